@@ -1,0 +1,66 @@
+"""The Redis target block."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from pydantic import Field, SecretStr
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from perfops.redaction import register_secret
+from prefect.blocks.core import Block
+
+
+class RedisTarget(Block):
+    """A Redis server holding the caches perfops invalidates and warms, and perfops' own state.
+
+    Connection errors and timeouts are retried by redis-py with exponential backoff and jitter;
+    command errors (wrong type, no permission) fail at once.
+
+    Example:
+        Load a saved target and ping it:
+        ```python
+        from blocks import RedisTarget
+
+        cache = RedisTarget.load("BLOCK_NAME")
+        cache.get_client().ping()
+        ```
+    """
+
+    _block_type_name = "perfops Redis Target"
+    _block_type_slug = "perfops-redis-target"
+    _description = "A Redis server: the caches perfops manages and its own locks and state."
+
+    url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="redis:// or rediss:// URL without the password, e.g. rediss://cache:6380/0.",
+    )
+    username: str | None = Field(default=None, description="ACL user name, if any.")
+    password: SecretStr | None = Field(default=None, description="Password or ACL secret.")
+    key_prefix: str = Field(
+        default="perfops:", description="Prefix of the keys perfops writes for its own state."
+    )
+    socket_timeout_s: float = Field(
+        default=5.0, gt=0, le=300, description="Seconds to wait for a reply to one command."
+    )
+    retries: int = Field(default=3, ge=0, le=10, description="Retries of a connection failure.")
+
+    def get_client(self, **kwargs: Any) -> redis.Redis:
+        """A `redis.Redis` client (strings decoded) with timeouts and jittered retries."""
+        password = self.password.get_secret_value() if self.password else None
+        register_secret(password)
+        return redis.Redis.from_url(
+            self.url,
+            username=self.username,
+            password=password,
+            socket_timeout=self.socket_timeout_s,
+            socket_connect_timeout=self.socket_timeout_s,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.1, cap=2.0), self.retries),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            decode_responses=True,
+            **kwargs,
+        )

@@ -1,0 +1,185 @@
+"""Resolve each outside system to a ready-to-use object: a saved block, one built from
+`PERFOPS_*` variables, or the embedded default.
+
+Flows call these with the block name they were given (or None) and pass the result to tasks;
+the `Resolved.origin` tells the run record whether it talked to a real service or a default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, Literal, TypeVar
+
+from pydantic import BaseModel, Field, SecretStr
+
+from blocks import PostgresTarget, PrometheusSource, RedisTarget, SlackEscalationTarget
+from perfops.redaction import redact
+from perfops.settings import DEFAULT_DEMO_DSN, PerfopsSettings, get_settings
+from prefect.filesystems import LocalFileSystem
+from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
+from prefect_email import EmailServerCredentials
+
+T = TypeVar("T")
+Origin = Literal["block", "environment", "embedded default"]
+
+# botocore's "standard" retry mode: exponential backoff with full jitter on throttling, 5xx and
+# connection errors only.
+BOTO_RETRY_CONFIG = {"retries": {"mode": "standard", "max_attempts": 5}, "connect_timeout": 10,
+                     "read_timeout": 60}
+
+
+class CsvTrace(BaseModel):
+    """A load trace in a `timestamp,value` CSV file: the metrics source without Prometheus."""
+
+    path: Path = Field(description="CSV file with a timestamp column and a value column.")
+    timestamp_column: str = "timestamp"
+    value_column: str = "value"
+
+
+class FileOutbox(BaseModel):
+    """A folder that receives what would have been sent (Slack notices, emails) as files."""
+
+    directory: Path = Field(description="Folder the notices or messages are written to.")
+
+
+ArchiveStore = S3Bucket | LocalFileSystem
+MetricsSource = PrometheusSource | CsvTrace
+SlackSink = SlackEscalationTarget | FileOutbox
+EmailSink = EmailServerCredentials | FileOutbox
+
+
+@dataclass(frozen=True)
+class Resolved(Generic[T]):
+    """A resolved connection and where it came from, for the run record."""
+
+    system: str
+    origin: Origin
+    value: T
+    description: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "description", redact(self.description))
+
+    @property
+    def is_default(self) -> bool:
+        return self.origin == "embedded default"
+
+
+def _settings(settings: PerfopsSettings | None) -> PerfopsSettings:
+    return settings if settings is not None else get_settings()
+
+
+def resolve_postgres(
+    block: str | None = None, settings: PerfopsSettings | None = None
+) -> Resolved[PostgresTarget]:
+    s = _settings(settings)
+    name = block or s.postgres_block
+    if name:
+        target = PostgresTarget.load(name)
+        return Resolved("postgres", "block", target, f"block {name}: {target.describe()}")
+    if s.dsn is not None:
+        target = PostgresTarget(dsn=s.dsn)
+        return Resolved("postgres", "environment", target, f"PERFOPS_DSN: {target.describe()}")
+    target = PostgresTarget(dsn=SecretStr(DEFAULT_DEMO_DSN))
+    return Resolved("postgres", "embedded default", target, f"local demo database {target.describe()}")
+
+
+def resolve_metrics(
+    block: str | None = None, settings: PerfopsSettings | None = None
+) -> Resolved[MetricsSource]:
+    s = _settings(settings)
+    name = block or s.prometheus_block
+    if name:
+        prom = PrometheusSource.load(name)
+        return Resolved("metrics", "block", prom, f"block {name}: {prom.url}")
+    if s.prometheus_url:
+        prom = PrometheusSource(url=s.prometheus_url, bearer_token=s.prometheus_token)
+        return Resolved("metrics", "environment", prom, f"PERFOPS_PROMETHEUS_URL: {prom.url}")
+    trace = CsvTrace(path=s.trace_csv)
+    return Resolved("metrics", "embedded default", trace, f"CSV trace {trace.path}")
+
+
+def resolve_redis(
+    block: str | None = None, settings: PerfopsSettings | None = None
+) -> Resolved[RedisTarget]:
+    s = _settings(settings)
+    name = block or s.redis_block
+    if name:
+        target = RedisTarget.load(name)
+        return Resolved("redis", "block", target, f"block {name}: {target.url}")
+    if s.redis_url:
+        target = RedisTarget(url=s.redis_url)
+        return Resolved("redis", "environment", target, f"PERFOPS_REDIS_URL: {target.url}")
+    target = RedisTarget()
+    return Resolved("redis", "embedded default", target, f"local Redis {target.url}")
+
+
+def resolve_archive(
+    block: str | None = None, settings: PerfopsSettings | None = None
+) -> Resolved[ArchiveStore]:
+    s = _settings(settings)
+    name = block or s.s3_block
+    if name:
+        bucket = S3Bucket.load(name)
+        where = f"s3://{bucket.bucket_name}/{bucket.bucket_folder}"
+        return Resolved("archive", "block", bucket, f"block {name}: {where}")
+    if s.s3_bucket:
+        credentials = AwsCredentials(
+            region_name=s.aws_region,
+            aws_client_parameters=AwsClientParameters(
+                endpoint_url=s.s3_endpoint_url, config=BOTO_RETRY_CONFIG
+            ),
+        )
+        bucket = S3Bucket(bucket_name=s.s3_bucket, bucket_folder=s.s3_prefix, credentials=credentials)
+        where = f"s3://{s.s3_bucket}/{s.s3_prefix}"
+        return Resolved("archive", "environment", bucket, f"PERFOPS_S3_BUCKET: {where}")
+    folder = (s.out_dir / "archive").resolve()
+    return Resolved("archive", "embedded default", LocalFileSystem(basepath=str(folder)),
+                    f"local folder {folder}")
+
+
+def resolve_slack(
+    block: str | None = None, settings: PerfopsSettings | None = None
+) -> Resolved[SlackSink]:
+    s = _settings(settings)
+    name = block or s.slack_block
+    if name:
+        target = SlackEscalationTarget.load(name)
+        return Resolved("slack", "block", target, f"block {name}: {target.api_base_url}")
+    if s.slack_token is not None:
+        kwargs = {"api_base_url": s.slack_api_url} if s.slack_api_url else {}
+        target = SlackEscalationTarget(bot_token=s.slack_token, channels=s.slack_channels, **kwargs)
+        return Resolved("slack", "environment", target,
+                        f"PERFOPS_SLACK_TOKEN: {target.api_base_url}")
+    folder = (s.out_dir / "slack").resolve()
+    return Resolved("slack", "embedded default", FileOutbox(directory=folder),
+                    f"files in {folder}")
+
+
+def resolve_email(
+    block: str | None = None, settings: PerfopsSettings | None = None
+) -> Resolved[EmailSink]:
+    s = _settings(settings)
+    name = block or s.email_block
+    if name:
+        creds = EmailServerCredentials.load(name)
+        return Resolved("email", "block", creds, f"block {name}: {_smtp_where(creds)}")
+    if s.smtp_host:
+        creds = EmailServerCredentials(
+            smtp_server=s.smtp_host,
+            smtp_type=s.smtp_security.upper(),
+            smtp_port=s.smtp_port,
+            username=s.smtp_username,
+            password=s.smtp_password or SecretStr(""),
+        )
+        return Resolved("email", "environment", creds, f"PERFOPS_SMTP_HOST: {_smtp_where(creds)}")
+    folder = (s.out_dir / "mail").resolve()
+    return Resolved("email", "embedded default", FileOutbox(directory=folder),
+                    f".eml files in {folder}")
+
+
+def _smtp_where(creds: EmailServerCredentials) -> str:
+    server = getattr(creds.smtp_server, "value", creds.smtp_server)
+    port = creds.smtp_port or creds.smtp_type.value
+    return f"smtp://{server}:{port}"

@@ -1,0 +1,33 @@
+"""The perfops exception tree.
+
+Every message names what was wrong and what to do about it. The CLI prints `str(exc)` as one line
+(after redaction) and exits 1; usage errors exit 2.
+"""
+
+
+class PerfopsError(Exception):
+    """Base class for errors perfops raises on purpose."""
+
+
+class ConfigurationError(PerfopsError):
+    """A setting, flag or block is missing or malformed."""
+
+
+class ConnectionFailed(PerfopsError):
+    """An outside system could not be reached or refused the credentials."""
+
+
+class MissingPrerequisite(PerfopsError):
+    """A server lacks something perfops needs (an extension, a preload library, a permission)."""
+
+
+class LockBusy(PerfopsError):
+    """Another run holds the advisory lock for the same work; nothing was changed."""
+
+
+class ChecksumMismatch(PerfopsError):
+    """An object read back from storage does not match the checksum recorded when it was written."""
+
+
+class ReadOnlyServer(PerfopsError):
+    """A write was requested on a server in recovery (a replica)."""

@@ -1,0 +1,87 @@
+"""perfops' environment settings (prefix `PERFOPS_`), the embedded defaults, and the Prefect
+settings perfops needs on a small machine.
+
+Resolution order for every outside system, highest first:
+1. a saved block named by a flow parameter or a `PERFOPS_<SYSTEM>_BLOCK` variable;
+2. connection settings in `PERFOPS_*` variables (what the CLI's `--dsn`-style flags set);
+3. the embedded default (local PostgreSQL, a CSV trace, files under `out/`).
+Secrets are never flow parameters: a deployment names a block, the CLI sets variables.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_TRACE = PROJECT_DIR / "data" / "traces" / "nyc_taxi.csv"
+DEFAULT_DEMO_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=perfops_demo"
+
+
+class PerfopsSettings(BaseSettings):
+    """Connection settings read from `PERFOPS_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="PERFOPS_", extra="ignore")
+
+    out_dir: Path = Field(default=Path("out"), description="Where embedded defaults write files.")
+
+    postgres_block: str | None = None
+    dsn: SecretStr | None = Field(default=None, description="libpq DSN of the target database.")
+
+    prometheus_block: str | None = None
+    prometheus_url: str | None = None
+    prometheus_token: SecretStr | None = None
+    trace_csv: Path = Field(default=DEFAULT_TRACE, description="CSV trace used without Prometheus.")
+
+    redis_block: str | None = None
+    redis_url: str | None = None
+
+    s3_block: str | None = None
+    s3_bucket: str | None = None
+    s3_prefix: str = "perfops"
+    s3_endpoint_url: str | None = None
+    aws_region: str = "us-east-1"
+
+    slack_block: str | None = None
+    slack_token: SecretStr | None = None
+    slack_channels: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["#perfops"])
+    slack_api_url: str | None = None
+
+    email_block: str | None = None
+    smtp_host: str | None = None
+    smtp_port: int | None = None
+    smtp_security: str = Field(default="insecure", pattern="^(insecure|starttls|ssl)$")
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    email_from: str = "perfops@localhost"
+
+    @field_validator("slack_channels", mode="before")
+    @classmethod
+    def _split_channels(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [c.strip() for c in value.split(",") if c.strip()]
+        return value
+
+
+def get_settings() -> PerfopsSettings:
+    """Read the settings afresh (the CLI sets variables after import)."""
+    return PerfopsSettings()
+
+
+PREFECT_DEFAULTS = {
+    # A temporary SQLite server takes 7-12 s to start here; the default 20 s is too tight.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    # No internet on these machines: telemetry only produces errors.
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
+def apply_prefect_defaults() -> None:
+    """Set the Prefect settings above unless the user set them. Call before importing prefect."""
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)

@@ -1,0 +1,94 @@
+"""Archive storage tasks: put and get objects with a SHA-256 checksum, on S3 (prefect-aws
+`S3Bucket`) or a local folder (Prefect `LocalFileSystem`).
+
+On S3 the checksum travels as `ChecksumSHA256`, so the server itself rejects a corrupted upload,
+and is also kept in the object's metadata; on a folder it sits beside the file as `NAME.sha256`.
+A read recomputes it and raises `ChecksumMismatch` when the bytes differ.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import BaseModel
+
+from perfops.connections import ArchiveStore
+from perfops.errors import ChecksumMismatch, ConnectionFailed
+from prefect import task
+from prefect.filesystems import LocalFileSystem
+from prefect_aws import S3Bucket
+
+
+class StoredObject(BaseModel):
+    """Where an object went and its checksum."""
+
+    key: str
+    location: str
+    size: int
+    sha256: str
+
+
+def _s3_key(bucket: S3Bucket, key: str) -> str:
+    folder = bucket.bucket_folder.strip("/")
+    return f"{folder}/{key}" if folder else key
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@task(name="put_archive_object")
+def put_object(store: ArchiveStore, key: str, data: bytes) -> StoredObject:
+    """Write `data` under `key` with its SHA-256 checksum."""
+    digest = _sha256(data)
+    if isinstance(store, S3Bucket):
+        s3_key = _s3_key(store, key)
+        try:
+            store.credentials.get_s3_client().put_object(
+                Bucket=store.bucket_name,
+                Key=s3_key,
+                Body=data,
+                ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
+                Metadata={"sha256": digest},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise ConnectionFailed(f"S3 upload of s3://{store.bucket_name}/{s3_key} failed: {exc}") from exc
+        location = f"s3://{store.bucket_name}/{s3_key}"
+    else:
+        path = Path(store.basepath or ".") / key
+        store.write_path(key, data)
+        Path(f"{path}.sha256").write_text(f"{digest}  {path.name}\n")
+        location = str(path)
+    return StoredObject(key=key, location=location, size=len(data), sha256=digest)
+
+
+@task(name="get_archive_object")
+def get_object(store: ArchiveStore, key: str) -> bytes:
+    """Read `key` back and verify it against the checksum recorded when it was written."""
+    if isinstance(store, S3Bucket):
+        s3_key = _s3_key(store, key)
+        try:
+            response = store.credentials.get_s3_client().get_object(
+                Bucket=store.bucket_name, Key=s3_key, ChecksumMode="ENABLED"
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise ConnectionFailed(f"S3 download of s3://{store.bucket_name}/{s3_key} failed: {exc}") from exc
+        data = response["Body"].read()
+        expected = response.get("Metadata", {}).get("sha256")
+        where = f"s3://{store.bucket_name}/{s3_key}"
+    else:
+        assert isinstance(store, LocalFileSystem)
+        data = store.read_path(key)
+        path = Path(store.basepath or ".") / key
+        sidecar = Path(f"{path}.sha256")
+        expected = sidecar.read_text().split()[0] if sidecar.exists() else None
+        where = str(path)
+    actual = _sha256(data)
+    if expected is None:
+        raise ChecksumMismatch(f"{where} has no recorded SHA-256; refusing to trust it")
+    if actual != expected:
+        raise ChecksumMismatch(f"{where}: SHA-256 {actual} differs from recorded {expected}")
+    return data
