@@ -51,6 +51,7 @@ def put_object(store: ArchiveStore, key: str, data: bytes) -> StoredObject:
                 Bucket=store.bucket_name,
                 Key=s3_key,
                 Body=data,
+                ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
                 Metadata={"sha256": digest},
             )
@@ -79,6 +80,12 @@ def get_object(store: ArchiveStore, key: str) -> bytes:
         data = response["Body"].read()
         expected = response.get("Metadata", {}).get("sha256")
         where = f"s3://{store.bucket_name}/{s3_key}"
+        server_sum = response.get("ChecksumSHA256")
+        if expected and server_sum and base64.b64decode(server_sum).hex() != expected:
+            raise ChecksumMismatch(
+                f"{where}: the server's SHA-256 {base64.b64decode(server_sum).hex()} differs "
+                f"from the recorded {expected}"
+            )
     else:
         assert isinstance(store, LocalFileSystem)
         data = store.read_path(key)

@@ -27,7 +27,22 @@ _PG_PERMANENT_CODES = {"57014"}  # query_canceled (statement_timeout): retrying 
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True when retrying the same call later can reasonably succeed."""
+    """True when retrying the same call later can reasonably succeed.
+
+    perfops wraps client errors in its own one-line errors (`ConnectionFailed`, ...); the
+    original error, kept as `__cause__`, decides.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if _is_transient_one(current):
+            return True
+        current = current.__cause__
+    return False
+
+
+def _is_transient_one(exc: BaseException) -> bool:
     if isinstance(exc, psycopg.Error):
         code = exc.sqlstate
         if code is None:

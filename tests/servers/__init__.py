@@ -4,7 +4,7 @@ Each class has ``start()`` (returns self), ``stop()`` and context-manager suppor
 docstrings for what was verified against the real clients and the pitfalls found.
 """
 
-from .moto import MotoServer
+from .moto import BotoClientKwargs, MotoServer
 from .ports import free_port
 from .prometheus import MetricSeries, PrometheusServer, Sample, openmetrics_text
 from .slack import DEFAULT_TOKEN, SlackRequest, SlackStandIn
@@ -12,6 +12,7 @@ from .smtp import ReceivedMessage, SmtpServer
 
 __all__ = [
     "DEFAULT_TOKEN",
+    "BotoClientKwargs",
     "MetricSeries",
     "MotoServer",
     "PrometheusServer",

@@ -46,12 +46,21 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
+from typing import TypedDict
 
 import httpx
 from moto.server import ThreadedMotoServer
 
 REGION = "us-east-1"
-CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+class BotoClientKwargs(TypedDict):
+    """``boto3.client(service, **kwargs)`` arguments (typed so boto3-stubs overloads match)."""
+
+    endpoint_url: str
+    region_name: str
+    aws_access_key_id: str
+    aws_secret_access_key: str
 
 
 class MotoServer:
@@ -68,9 +77,14 @@ class MotoServer:
             raise RuntimeError("MotoServer is not running")
         return self._endpoint_url
 
-    def client_kwargs(self) -> dict[str, str]:
-        """Keyword arguments for ``boto3.client(service, **kwargs)``."""
-        return {"endpoint_url": self.endpoint_url, "region_name": REGION, **CREDENTIALS}
+    def client_kwargs(self) -> BotoClientKwargs:
+        """Keyword arguments for ``boto3.client(service, **kwargs)`` with dummy credentials."""
+        return BotoClientKwargs(
+            endpoint_url=self.endpoint_url,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def start(self) -> MotoServer:
         if self._server is not None:

@@ -7,24 +7,28 @@ on 127.0.0.1 with no scrape targets and waits for ``/-/ready``. The blocks are l
 TSDB opens, so ``/api/v1/query_range`` sees the data as soon as the server is ready.
 
 Measured on the 2-core dev machine: 14 days of 1-minute data for 5 series (100,800 samples)
-takes ~1.6 s to start in total (write ~0.1 s, promtool ~0.7 s, Prometheus ready ~0.5-0.8 s).
+starts in ~1.0-1.3 s in total (render ~0.1 s, promtool ~0.7-0.9 s, Prometheus to ready ~0.2 s).
 
 Pitfalls:
 - OpenMetrics counters: the family is named without ``_total`` (``# TYPE http_requests counter``)
-  and the samples carry the suffix (``http_requests_total{...}``). A counter family whose name ends
-  in ``_total`` is rejected; :func:`openmetrics_text` accepts either spelling of the name and the
-  series is queried as ``<name>_total`` in PromQL.
-- Timestamps are seconds (floats allowed) in OpenMetrics, stored in ms by Prometheus; use whole
-  seconds or millisecond-aligned values if tests compare timestamps exactly.
+  and the samples carry the suffix (``http_requests_total{...}``). promtool 2.42 does not enforce
+  this: it stores whatever sample name is written (``# TYPE x counter`` + ``x 1`` gives a series
+  ``x``). :func:`openmetrics_text` accepts either spelling of a counter's name and always writes
+  ``<family>_total``, which is the name to use in PromQL (``MetricSeries.sample_name``).
+- Timestamps are seconds (floats allowed) in OpenMetrics; Prometheus keeps milliseconds exactly.
+- A range query may return at most 11,000 points per series: 14 days needs ``step >= 110s``.
+- Instant lookups use ``--query.lookback-delta`` (5 m), and in Prometheus 2.x the window includes
+  its left edge: a range query with ``step=300`` returns the last sample once more at
+  ``last + 300``. Data ending ~1 h ago is invisible to an instant query at "now" (pass
+  ``lookback_delta="2h"`` if a test needs that) but fine for range queries or ``x[1h]`` selectors.
 - ``--max-block-duration`` is a hidden flag of ``promtool tsdb create-blocks-from`` in 2.42; the
-  default (2 h) would create one block per 2 h (168 blocks for 14 days).
+  default (2 h) would write 168 blocks for 14 days. promtool rounds 24h down to its 18 h block
+  range, so 14 days become ~20 blocks.
 - Default retention is 15 d, counted back from the newest block: we pass
   ``--storage.tsdb.retention.time=3650d`` so old back-filled blocks are never deleted.
-- Instant queries only look back ``--query.lookback-delta`` (5 m by default). Data that ends ~1 h
-  ago is found by range queries over its time span (or by ``x[1h]`` style selectors); pass
-  ``lookback_delta="2h"`` if a test needs an instant query at "now" to see it.
-- Prometheus has no telemetry/update check; the config has no scrape targets, no rules, no
-  alerting, and the lifecycle/admin APIs stay disabled (their defaults).
+- Prometheus has no telemetry/update check to disable; the config has no scrape targets, rules or
+  alerting, and the lifecycle/admin APIs stay disabled (their defaults). About a minute after
+  start its compactor merges the back-filled blocks in the background (harmless).
 """
 
 from __future__ import annotations

@@ -1,0 +1,263 @@
+"""The `perfops` command line: one subcommand per flow, each runnable locally with connection
+settings from flags, `PERFOPS_*` variables or saved blocks.
+
+Exit codes: 0 done, 1 failed (one line on stderr says why), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+# typer (0.20+) vendors click; its exception classes are the ones raised here.
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from perfops import __version__
+from perfops.errors import PerfopsError
+from perfops.redaction import redact, register_secret
+from perfops.settings import apply_prefect_defaults
+
+app = typer.Typer(
+    name="perfops",
+    help=(
+        "Automation that keeps the platform fast: PostgreSQL advice, scaling, SLAs, reports and "
+        "caches, as Prefect flows.\n\nEvery connection comes from a flag, a PERFOPS_* variable or "
+        "a saved Prefect block (--*-block NAME); with none, perfops uses its embedded defaults "
+        "(local PostgreSQL, a CSV trace, files under out/). See README.md."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+blocks_app = typer.Typer(help="Manage perfops' Prefect block types.", no_args_is_help=True)
+app.add_typer(blocks_app, name="blocks")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+VerboseFlag = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Show Prefect's flow and task logs.")
+]
+
+
+def _set_env(name: str, value: Any) -> None:
+    if value is not None and value != "":
+        os.environ[name] = str(value)
+
+
+def _quiet_prefect_console(verbose: bool) -> None:
+    """Keep flow logs off the terminal unless --verbose: they still reach the Prefect API, and
+    the command prints its own summary and one-line errors. Call before importing prefect."""
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Any]:
+    """A progress bar on stderr; `update(label, done, total)`."""
+    if not enabled:
+        yield lambda _label, _done, _total: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                  "{task.total}"), TimeElapsedColumn(), console=err, transient=True) as bar:
+        task_id = bar.add_task("starting", total=1)
+
+        def update(label: str, done: int, total: int) -> None:
+            bar.update(task_id, description=label, completed=done, total=max(total, 1))
+
+        yield update
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        out.print(f"perfops {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True,
+                     help="Show the version and exit."),
+    ] = False,
+) -> None:
+    """perfops command line."""
+
+
+@app.command()
+def doctor(
+    dsn: Annotated[str | None, typer.Option(envvar="PERFOPS_DSN", show_envvar=True,
+                   help="PostgreSQL DSN (libpq string or URI).", show_default=False)] = None,
+    postgres_block: Annotated[str | None, typer.Option(help="perfops-postgres-target block name.")] = None,
+    prometheus_url: Annotated[str | None, typer.Option(envvar="PERFOPS_PROMETHEUS_URL",
+                              show_envvar=True, help="Prometheus base URL.")] = None,
+    prometheus_block: Annotated[str | None, typer.Option(help="perfops-prometheus-source block name.")] = None,
+    redis_url: Annotated[str | None, typer.Option(envvar="PERFOPS_REDIS_URL", show_envvar=True,
+                         help="Redis URL.")] = None,
+    redis_block: Annotated[str | None, typer.Option(help="perfops-redis-target block name.")] = None,
+    s3_bucket: Annotated[str | None, typer.Option(envvar="PERFOPS_S3_BUCKET", show_envvar=True,
+                         help="S3 bucket for archives (AWS credentials from the usual chain).")] = None,
+    s3_endpoint_url: Annotated[str | None, typer.Option(envvar="PERFOPS_S3_ENDPOINT_URL",
+                               show_envvar=True, help="S3-compatible endpoint URL.")] = None,
+    s3_block: Annotated[str | None, typer.Option(help="prefect-aws s3-bucket block name.")] = None,
+    slack_api_url: Annotated[str | None, typer.Option(envvar="PERFOPS_SLACK_API_URL", show_envvar=True,
+                             help="Slack Web API base URL (token only from PERFOPS_SLACK_TOKEN).")] = None,
+    slack_block: Annotated[str | None, typer.Option(help="perfops-slack-escalation-target block name.")] = None,
+    smtp_host: Annotated[str | None, typer.Option(envvar="PERFOPS_SMTP_HOST", show_envvar=True,
+                         help="SMTP server host.")] = None,
+    smtp_port: Annotated[int | None, typer.Option(envvar="PERFOPS_SMTP_PORT", show_envvar=True,
+                         min=1, max=65535, help="SMTP server port.")] = None,
+    email_block: Annotated[str | None, typer.Option(help="prefect-email email-server-credentials block name.")] = None,
+    as_json: JsonFlag = False,
+    verbose: VerboseFlag = False,
+) -> None:
+    """Check every configured system: real or embedded default, reachable, version, what is
+    missing and the command that fixes it (flow check_connections). Exit 1 if one is unreachable."""
+    if dsn:
+        register_secret(dsn)
+    for name, value in (("PERFOPS_DSN", dsn), ("PERFOPS_PROMETHEUS_URL", prometheus_url),
+                        ("PERFOPS_REDIS_URL", redis_url), ("PERFOPS_S3_BUCKET", s3_bucket),
+                        ("PERFOPS_S3_ENDPOINT_URL", s3_endpoint_url),
+                        ("PERFOPS_SLACK_API_URL", slack_api_url), ("PERFOPS_SMTP_HOST", smtp_host),
+                        ("PERFOPS_SMTP_PORT", smtp_port)):
+        _set_env(name, value)
+    apply_prefect_defaults()
+    _quiet_prefect_console(verbose)
+    with _progress(not as_json) as progress:
+        progress("checking connections (starting Prefect)", 0, 1)
+        from flows.check_connections import ConnectionsUnreachable, check_connections
+
+        state = check_connections(
+            postgres_block=postgres_block, prometheus_block=prometheus_block,
+            redis_block=redis_block, s3_block=s3_block, slack_block=slack_block,
+            email_block=email_block, return_state=True,
+        )
+        result = state.result(raise_on_failure=False)
+    checks = result.checks if isinstance(result, ConnectionsUnreachable) else result
+    if isinstance(checks, BaseException):
+        raise checks
+    rows = [c.model_dump() for c in checks]
+    if as_json:
+        out.print_json(redact(json.dumps({"flow_run_state": state.name, "systems": rows})))
+    else:
+        colours = {"ok": "green", "degraded": "yellow", "unreachable": "red"}
+        for c in checks:
+            out.print(f"[bold]{c.system:<9}[/][{colours[c.status]}]{c.status:<12}[/]"
+                      f"{c.origin:<17}{redact(c.target)}", highlight=False)
+            line = " ".join(x for x in (c.version, c.detail) if x)
+            if line:
+                out.print(f"{'':9}{redact(line)}", highlight=False, soft_wrap=True)
+            for f in c.findings:
+                if f.what != c.detail:
+                    out.print(f"{'':9}[yellow]missing:[/] {redact(f.what)}", highlight=False)
+                if f.fix:
+                    out.print(f"{'':9}[cyan]fix:[/] {redact(f.fix)}", highlight=False)
+    if isinstance(result, ConnectionsUnreachable):
+        raise PerfopsError(str(result))
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the demo's files.")] = Path("out"),
+    demo_dsn: Annotated[str | None, typer.Option(envvar="PERFOPS_DEMO_DSN", show_envvar=True,
+                        help="Server for the demo database (default: local PostgreSQL, else a "
+                        "private cluster).", show_default=False)] = None,
+    as_json: JsonFlag = False,
+    verbose: VerboseFlag = False,
+) -> None:
+    """Run the main job end to end: create the demo database and workload, run every perfops
+    flow once through Prefect against it and the embedded defaults, and summarise."""
+    if demo_dsn:
+        register_secret(demo_dsn)
+    out_dir = out_dir.resolve()
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_HOME", str(out_dir / "prefect"))
+    apply_prefect_defaults()
+    _quiet_prefect_console(verbose)
+    from perfops.demo import run_demo
+
+    with _progress(not as_json) as progress:
+        summary = run_demo(out_dir, demo_dsn, progress)
+    if as_json:
+        out.print_json(redact(json.dumps(asdict(summary), default=str)))
+        return
+    out.print(f"[bold]perfops demo[/] - database [cyan]{summary.database}[/] "
+              f"({summary.database_origin}); {summary.prefect}")
+    w = summary.workload
+    loaded = "loaded" if w.loaded else "already loaded"
+    out.print(f"  workload {loaded}: " + ", ".join(f"{t} {n:,}" for t, n in w.rows.items())
+              + (f"; ran {w.statements_run} API queries" if w.statements_run else ""))
+    out.print("  extensions: " + ", ".join(f"{k} {v}" for k, v in summary.extensions.items()))
+    for f in summary.flows:
+        out.print(f"  [bold]{f.flow}[/] [{'green' if f.state == 'Completed' else 'red'}]"
+                  f"{f.state}[/]: {f.found}")
+        out.print(f"    artifact: {f.artifact} (Prefect UI, or `prefect artifact inspect "
+                  f"{f.artifact}`)")
+        for path in f.files:
+            out.print(f"    files: {path}")
+    out.print(f"  embedded defaults in use: CSV trace metrics, archive folder, Slack and email "
+              f"as files under {summary.out_dir}")
+
+
+@blocks_app.command("register")
+def blocks_register() -> None:
+    """Register perfops' block types (same as `prefect block register -m blocks`)."""
+    apply_prefect_defaults()
+    from prefect.blocks.core import Block
+
+    import blocks as module
+
+    registered = []
+    for name in module.__all__:
+        block_cls = getattr(module, name)
+        if isinstance(block_cls, type) and issubclass(block_cls, Block):
+            block_cls.register_type_and_schema()
+            registered.append(block_cls.get_block_type_slug())
+    out.print("registered: " + ", ".join(registered))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI and map failures to one line and an exit code."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="perfops", standalone_mode=False)
+    except typer.Abort:
+        err.print("perfops: aborted")
+        return 130
+    except NoArgsIsHelpError as exc:
+        if exc.ctx is not None:
+            print(exc.ctx.get_help())
+        return 0
+    except UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        print(f"perfops: error: {redact(exc.format_message())}{hint}", file=sys.stderr)
+        return 2
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except PerfopsError as exc:
+        print(f"perfops: {redact(str(exc))}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: one line, not a traceback
+        if os.environ.get("PERFOPS_DEBUG"):
+            raise
+        print(f"perfops: unexpected {type(exc).__name__}: {redact(str(exc))} "
+              "(set PERFOPS_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+    return int(result) if isinstance(result, int) else 0
+
+
+def entrypoint() -> None:
+    sys.exit(main())

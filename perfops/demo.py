@@ -1,0 +1,147 @@
+"""`perfops demo`: the main job end to end on a laptop-sized copy of the platform.
+
+1. Find the demo database: `PERFOPS_DEMO_DSN`, else the local PostgreSQL on 127.0.0.1:5432,
+   else a private cluster under `out/pgdata` on port 55432.
+2. Create `perfops_demo` with the extensions perfops uses and load the workload (once).
+3. Run every perfops flow once through Prefect against the demo database and the embedded
+   defaults (CSV trace, folder archive, Slack and email as files under `out/`).
+4. Summarise what each flow found and did, and where its artifacts and files are.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from perfops.embedded_postgres import ensure_private_cluster
+from perfops.errors import ConnectionFailed
+from perfops.redaction import redact
+from perfops.settings import DEFAULT_DEMO_DSN
+from perfops.workload import WorkloadResult, load_workload
+
+DEMO_DATABASE = "perfops_demo"
+DEMO_EXTENSIONS = ("pg_stat_statements", "hypopg", "pg_partman")
+# Connection settings the demo clears so every system but PostgreSQL uses its embedded default.
+CONFIGURED_VARIABLES = (
+    "PERFOPS_POSTGRES_BLOCK", "PERFOPS_PROMETHEUS_BLOCK", "PERFOPS_PROMETHEUS_URL",
+    "PERFOPS_REDIS_BLOCK", "PERFOPS_S3_BLOCK", "PERFOPS_S3_BUCKET", "PERFOPS_SLACK_BLOCK",
+    "PERFOPS_SLACK_TOKEN", "PERFOPS_EMAIL_BLOCK", "PERFOPS_SMTP_HOST",
+)
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class FlowOutcome:
+    flow: str
+    state: str
+    found: str
+    artifact: str
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DemoSummary:
+    database: str
+    database_origin: str
+    workload: WorkloadResult
+    extensions: dict[str, str]
+    flows: list[FlowOutcome]
+    prefect: str
+    out_dir: str
+
+
+def _reachable(dsn: str) -> bool:
+    try:
+        with psycopg.connect(dsn, connect_timeout=3):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def find_server(out_dir: Path, demo_dsn: str | None) -> tuple[str, str]:
+    """(maintenance DSN, where it came from) for the server that hosts the demo database."""
+    if demo_dsn:
+        admin = make_conninfo(demo_dsn, dbname="postgres")
+        if not _reachable(admin):
+            raise ConnectionFailed(f"the demo server {redact(demo_dsn)} is not reachable")
+        return admin, "PERFOPS_DEMO_DSN"
+    local = make_conninfo(DEFAULT_DEMO_DSN, dbname="postgres")
+    if _reachable(local):
+        return local, "local PostgreSQL on 127.0.0.1:5432"
+    return ensure_private_cluster(out_dir / "pgdata"), "private cluster under out/pgdata"
+
+
+def prepare_database(admin_dsn: str) -> tuple[str, dict[str, str]]:
+    """Create the demo database and extensions if missing; return its DSN and extension state."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        exists = conn.execute("select 1 from pg_database where datname = %s",
+                              (DEMO_DATABASE,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(DEMO_DATABASE)))
+    dsn = make_conninfo(admin_dsn, dbname=DEMO_DATABASE)
+    state: dict[str, str] = {}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        available = {r[0] for r in conn.execute(
+            "select name from pg_available_extensions where name = any(%s)",
+            (list(DEMO_EXTENSIONS),))}
+        for ext in DEMO_EXTENSIONS:
+            if ext not in available:
+                state[ext] = "not available (run scripts/setup.sh)"
+                continue
+            if ext == "pg_partman":
+                conn.execute("create schema if not exists partman")
+                conn.execute("create extension if not exists pg_partman schema partman")
+            else:
+                conn.execute(sql.SQL("create extension if not exists {}").format(sql.Identifier(ext)))
+            row = conn.execute("select extversion from pg_extension where extname = %s",
+                               (ext,)).fetchone()
+            state[ext] = row[0] if row else "missing"
+    return dsn, state
+
+
+def run_demo(out_dir: Path, demo_dsn: str | None, progress: Progress) -> DemoSummary:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress("finding the demo database", 0, 1)
+    admin, origin = find_server(out_dir, demo_dsn)
+    dsn, extensions = prepare_database(admin)
+    with psycopg.connect(dsn) as conn:
+        workload = load_workload(conn, progress)
+
+    # Flows run against the demo database and embedded defaults, never a configured service.
+    for name in CONFIGURED_VARIABLES:
+        os.environ.pop(name, None)
+    os.environ["PERFOPS_DSN"] = dsn
+    os.environ["PERFOPS_OUT_DIR"] = str(out_dir)
+
+    flows = [_run_check_connections(progress)]
+    params = conninfo_to_dict(dsn)
+    where = f"{params.get('user')}@{params.get('host')}:{params.get('port', 5432)}/{DEMO_DATABASE}"
+    api = os.environ.get("PREFECT_API_URL")
+    prefect = (f"Prefect server {api}" if api else
+               f"ephemeral Prefect (SQLite in {os.environ.get('PREFECT_HOME', '~/.prefect')})")
+    return DemoSummary(database=where, database_origin=origin, workload=workload,
+                       extensions=extensions, flows=flows, prefect=prefect,
+                       out_dir=str(out_dir.resolve()))
+
+
+def _run_check_connections(progress: Progress) -> FlowOutcome:
+    from flows.check_connections import ARTIFACT_KEY, ConnectionsUnreachable, check_connections
+
+    progress("running check_connections", 0, 1)
+    state = check_connections(fail_when_unreachable=False, return_state=True)
+    result: Any = state.result(raise_on_failure=False)
+    checks = result.checks if isinstance(result, ConnectionsUnreachable) else result
+    if isinstance(checks, BaseException) or checks is None:
+        return FlowOutcome("check_connections", state.name or "Failed", redact(str(checks)),
+                           ARTIFACT_KEY)
+    parts = [f"{c.system} {c.status} ({c.origin})" for c in checks]
+    files = [c.target for c in checks if c.origin == "embedded default" and c.system != "postgres"]
+    return FlowOutcome("check_connections", state.name or "", "; ".join(parts), ARTIFACT_KEY, files)

@@ -1,0 +1,149 @@
+"""Session-wide real servers on 127.0.0.1 for the perfops tests.
+
+PostgreSQL (the machine's, with pg_stat_statements preloaded by scripts/setup.sh; a fresh
+database per session with pg_stat_statements, hypopg and pg_partman), Redis (db 15, flushed),
+a real Prometheus with back-filled history, moto's server for S3 and Auto Scaling, an aiosmtpd
+SMTP server, a Slack Web API stand-in, and one Prefect test harness.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from pydantic import SecretStr
+
+# Before anything imports prefect.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Tasks are also called on their own in tests (outside a flow run).
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+for _name in [n for n in os.environ if n.startswith("PERFOPS_")]:
+    del os.environ[_name]
+
+from blocks import PostgresTarget, RedisTarget  # noqa: E402
+from tests.servers import (  # noqa: E402
+    MetricSeries,
+    MotoServer,
+    PrometheusServer,
+    SlackStandIn,
+    SmtpServer,
+)
+
+ADMIN_DSN = os.environ.get("PERFOPS_TEST_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+TEST_DB = f"perfops_test_{os.getpid()}"
+REDIS_TEST_URL = "redis://127.0.0.1:6379/15"
+
+# Back-filled Prometheus history: 14 days at 1-minute resolution, ending on a whole hour.
+HISTORY_END = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+HISTORY_START = HISTORY_END - timedelta(days=14)
+HISTORY_STEP = timedelta(minutes=1)
+
+
+def load_value(ts: float) -> float:
+    """The known value of `perfops_test_load{service="api"}` at unix time `ts`."""
+    minute = int(ts // 60)
+    return float(100 + minute % 1440 // 10)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_out_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    out = tmp_path_factory.mktemp("out")
+    os.environ["PERFOPS_OUT_DIR"] = str(out)
+    yield out
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    """A fresh database with pg_stat_statements, hypopg and pg_partman; dropped at the end."""
+    try:
+        admin = psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {ADMIN_DSN!r} ({exc}); run `make setup`")
+    with admin:
+        preload = admin.execute("show shared_preload_libraries").fetchone()
+        if not preload or "pg_stat_statements" not in preload[0]:
+            pytest.fail("pg_stat_statements is not preloaded; run `make setup` (scripts/setup.sh)")
+        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(TEST_DB)))
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(TEST_DB)))
+    dsn = psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname=TEST_DB)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("create extension pg_stat_statements")
+        conn.execute("create extension hypopg")
+        conn.execute("create schema partman")
+        conn.execute("create extension pg_partman schema partman")
+    yield dsn
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(TEST_DB)))
+
+
+@pytest.fixture(scope="session")
+def pg_target(pg_dsn: str) -> PostgresTarget:
+    return PostgresTarget(dsn=SecretStr(pg_dsn), application_name="perfops-tests")
+
+
+@pytest.fixture()
+def redis_target() -> RedisTarget:
+    target = RedisTarget(url=REDIS_TEST_URL)
+    with target.get_client() as client:
+        client.flushdb()
+    return target
+
+
+@pytest.fixture(scope="session")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    start = int(HISTORY_START.timestamp())
+    end = int(HISTORY_END.timestamp())
+    step = int(HISTORY_STEP.total_seconds())
+    samples = [(float(t), load_value(t)) for t in range(start, end + 1, step)]
+    series = [
+        MetricSeries(name="perfops_test_load", type="gauge", labels={"service": "api"},
+                     samples=samples, help="Requests per second, a known test pattern."),
+        MetricSeries(name="perfops_test_requests", type="counter", labels={"service": "api"},
+                     samples=[(t, float(i * 60)) for i, (t, _) in enumerate(samples)],
+                     help="Requests served, +60 a minute."),
+    ]
+    with PrometheusServer(tmp_path_factory.mktemp("prometheus"), series) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                       ("AWS_DEFAULT_REGION", "us-east-1")):
+        os.environ.setdefault(key, value)
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def smtp_server() -> Iterator[SmtpServer]:
+    with SmtpServer(refuse={"nobody@example.test"}) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def _slack_session() -> Iterator[SlackStandIn]:
+    with SlackStandIn() as server:
+        yield server
+
+
+@pytest.fixture()
+def slack(_slack_session: SlackStandIn) -> SlackStandIn:
+    _slack_session.reset()
+    return _slack_session
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One Prefect test server (SQLite) for every test that runs flows or tasks."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
