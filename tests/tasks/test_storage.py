@@ -1,0 +1,68 @@
+"""Archive storage: S3 (moto's server) and a local folder, with SHA-256 checksums."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import boto3
+import pytest
+
+from perfops.connections import resolve_archive
+from perfops.errors import ChecksumMismatch
+from perfops.settings import PerfopsSettings
+from prefect.filesystems import LocalFileSystem
+from tasks.storage import get_object, put_object
+from tests.servers import MotoServer
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+PAYLOAD = b"partition audit_logs_p2025_10\n" * 1000
+
+
+def _bucket(moto_server: MotoServer, name: str):  # type: ignore[no-untyped-def]
+    s3 = boto3.client("s3", **moto_server.client_kwargs())
+    s3.create_bucket(Bucket=name)
+    settings = PerfopsSettings(s3_bucket=name, s3_prefix="archive",
+                               s3_endpoint_url=moto_server.endpoint_url)
+    resolved = resolve_archive(settings=settings)
+    assert resolved.origin == "environment"
+    return s3, resolved.value
+
+
+def test_s3_round_trip_with_checksum(moto_server: MotoServer) -> None:
+    s3, bucket = _bucket(moto_server, "perfops-roundtrip")
+    stored = put_object(bucket, "audit_logs/2025-10.bin", PAYLOAD)
+    assert stored.location == "s3://perfops-roundtrip/archive/audit_logs/2025-10.bin"
+    assert stored.sha256 == hashlib.sha256(PAYLOAD).hexdigest()
+    head = s3.head_object(Bucket="perfops-roundtrip", Key="archive/audit_logs/2025-10.bin",
+                          ChecksumMode="ENABLED")
+    assert head["Metadata"]["sha256"] == stored.sha256
+    assert "ChecksumSHA256" in head  # the server stored and checked its own SHA-256
+    assert get_object(bucket, "audit_logs/2025-10.bin") == PAYLOAD
+
+
+def test_s3_object_changed_behind_our_back_is_refused(moto_server: MotoServer) -> None:
+    s3, bucket = _bucket(moto_server, "perfops-tamper")
+    stored = put_object(bucket, "x.bin", PAYLOAD)
+    s3.put_object(Bucket="perfops-tamper", Key="archive/x.bin", Body=b"truncated",
+                  Metadata={"sha256": stored.sha256})
+    with pytest.raises(ChecksumMismatch, match="differs"):
+        get_object.fn(bucket, "x.bin")
+
+
+def test_folder_round_trip_and_corruption(tmp_path: Path) -> None:
+    store = LocalFileSystem(basepath=str(tmp_path))
+    stored = put_object(store, "audit_logs/2025-10.bin", PAYLOAD)
+    assert Path(stored.location).read_bytes() == PAYLOAD
+    assert (tmp_path / "audit_logs/2025-10.bin.sha256").read_text().split()[0] == stored.sha256
+    assert get_object(store, "audit_logs/2025-10.bin") == PAYLOAD
+    (tmp_path / "audit_logs/2025-10.bin").write_bytes(PAYLOAD[:-1])
+    with pytest.raises(ChecksumMismatch):
+        get_object.fn(store, "audit_logs/2025-10.bin")
+
+
+def test_folder_object_without_checksum_is_not_trusted(tmp_path: Path) -> None:
+    (tmp_path / "stray.bin").write_bytes(b"x")
+    with pytest.raises(ChecksumMismatch, match="no recorded SHA-256"):
+        get_object.fn(LocalFileSystem(basepath=str(tmp_path)), "stray.bin")
