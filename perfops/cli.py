@@ -66,9 +66,20 @@ def _quiet_prefect_console(verbose: bool) -> None:
 
 @contextmanager
 def _progress(enabled: bool) -> Iterator[Any]:
-    """A progress bar on stderr; `update(label, done, total)`."""
+    """Progress on stderr: a live bar on a terminal, one line per new step otherwise (CI logs).
+    Yields `update(label, done, total)`."""
     if not enabled:
         yield lambda _label, _done, _total: None
+        return
+    if not err.is_terminal:
+        last: list[str] = []
+
+        def log_step(label: str, _done: int, _total: int) -> None:
+            if not last or last[-1] != label:
+                last.append(label)
+                print(f"perfops: {label}...", file=sys.stderr, flush=True)
+
+        yield log_step
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
                   "{task.total}"), TimeElapsedColumn(), console=err, transient=True) as bar:

@@ -1,0 +1,5 @@
+"""`python -m perfops` runs the CLI."""
+
+from perfops.cli import entrypoint
+
+entrypoint()

@@ -1,0 +1,136 @@
+"""check_connections against every real stand-in, and against nothing configured."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from pydantic import SecretStr
+
+from blocks import PostgresTarget
+from flows.check_connections import ARTIFACT_KEY, ConnectionsUnreachable, check_connections
+from prefect.client.orchestration import get_client
+from prefect.events import Event
+from prefect.events.filters import EventFilter, EventNameFilter
+from tests.servers import DEFAULT_TOKEN, MotoServer, PrometheusServer, SlackStandIn, SmtpServer
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture()
+def all_real(
+    monkeypatch: pytest.MonkeyPatch, pg_dsn: str, prometheus: PrometheusServer,
+    moto_server: MotoServer, smtp_server: SmtpServer, slack: SlackStandIn,
+) -> Iterator[None]:
+    boto3.client("s3", **moto_server.client_kwargs()).create_bucket(Bucket="perfops-doctor")
+    env = {
+        "PERFOPS_DSN": pg_dsn,
+        "PERFOPS_PROMETHEUS_URL": prometheus.url,
+        "PERFOPS_REDIS_URL": "redis://127.0.0.1:6379/15",
+        "PERFOPS_S3_BUCKET": "perfops-doctor",
+        "PERFOPS_S3_ENDPOINT_URL": moto_server.endpoint_url,
+        "PERFOPS_SLACK_TOKEN": DEFAULT_TOKEN,
+        "PERFOPS_SLACK_API_URL": slack.base_url,
+        "PERFOPS_SMTP_HOST": smtp_server.host,
+        "PERFOPS_SMTP_PORT": str(smtp_server.port),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    yield
+
+
+def _wait_for_event(name: str, timeout_s: float = 20.0) -> Event:
+    """The newest event called `name` (events reach the server asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            page = client.read_events(EventFilter(event=EventNameFilter(name=[name])), limit=10)
+            if page.events:
+                return max(page.events, key=lambda e: e.occurred)
+            time.sleep(0.5)
+    raise AssertionError(f"no {name} event within {timeout_s} s")
+
+
+def _artifact_rows() -> list[dict[str, str]]:
+    with get_client(sync_client=True) as client:
+        artifact = client.read_latest_artifacts()
+        latest = [a for a in artifact if a.key == ARTIFACT_KEY]
+    assert latest, "no perfops-connections artifact"
+    data = latest[0].data
+    return json.loads(data) if isinstance(data, str) else data  # type: ignore[return-value]
+
+
+@pytest.mark.usefixtures("all_real")
+def test_every_real_system_is_reached(slack: SlackStandIn) -> None:
+    checks = {c.system: c for c in check_connections()}
+    assert {s: c.status for s, c in checks.items()} == {
+        "postgres": "ok", "metrics": "ok", "redis": "ok", "archive": "ok", "slack": "ok",
+        "email": "ok"}
+    assert all(c.origin == "environment" for c in checks.values())
+    assert checks["postgres"].version.startswith("15")
+    assert "hypopg 1.3.1" in checks["postgres"].detail
+    assert checks["metrics"].version.startswith("2.")
+    assert "SHA-256 verified" in checks["archive"].detail
+    assert [r.method for r in slack.requests] == ["auth.test"]
+    rows = _artifact_rows()
+    assert [r["system"] for r in rows] == ["postgres", "metrics", "redis", "archive", "slack", "email"]
+    assert {r["status"] for r in rows} == {"ok"}
+    event = _wait_for_event("perfops.connections.checked")
+    assert event.resource.id == "perfops.connections"
+    assert event.payload["statuses"] == {s: "ok" for s in checks}
+
+
+def test_nothing_configured_uses_embedded_defaults_and_says_so(monkeypatch: pytest.MonkeyPatch,
+                                                              pg_dsn: str) -> None:
+    monkeypatch.setenv("PERFOPS_DSN", pg_dsn)
+    checks = {c.system: c for c in check_connections()}
+    assert {s: c.origin for s, c in checks.items() if s != "postgres"} == {
+        "metrics": "embedded default", "redis": "embedded default", "archive": "embedded default",
+        "slack": "embedded default", "email": "embedded default"}
+    assert checks["metrics"].detail.startswith("10320 points")
+    assert all(c.status == "ok" for c in checks.values())
+
+
+def test_missing_extension_is_degraded_with_its_fix(monkeypatch: pytest.MonkeyPatch,
+                                                   pg_dsn: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("drop extension hypopg")
+    try:
+        monkeypatch.setenv("PERFOPS_DSN", pg_dsn)
+        [pg] = [c for c in check_connections() if c.system == "postgres"]
+        assert pg.status == "degraded"
+        assert [f.fix for f in pg.findings] == ["CREATE EXTENSION hypopg;"]
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("create extension if not exists hypopg")
+
+
+def test_unreachable_system_fails_the_run_without_leaking_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = "never-in-any-record-42"
+    monkeypatch.setenv("PERFOPS_DSN", f"postgresql://perfops:{secret}@127.0.0.1:1/app")
+    state = check_connections(return_state=True)
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ConnectionsUnreachable)
+    [pg] = [c for c in error.checks if c.system == "postgres"]
+    assert pg.status == "unreachable" and "127.0.0.1:1" in pg.detail
+    rows = _artifact_rows()
+    assert rows[0]["status"] == "unreachable"
+    assert secret not in json.dumps(rows)
+    assert secret not in state.message
+
+
+def test_block_names_take_precedence(monkeypatch: pytest.MonkeyPatch, pg_dsn: str) -> None:
+    PostgresTarget(dsn=SecretStr(pg_dsn), application_name="from-block").save(
+        "doctor-test", overwrite=True)
+    monkeypatch.setenv("PERFOPS_DSN", "host=127.0.0.1 port=1 dbname=wrong")
+    [pg] = [c for c in check_connections(postgres_block="doctor-test") if c.system == "postgres"]
+    assert pg.origin == "block" and pg.status == "ok"
+    assert pg.target.startswith("block doctor-test")
