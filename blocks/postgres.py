@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from prefect.blocks.core import Block
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
@@ -12,7 +13,6 @@ from pydantic import Field, SecretStr
 
 from perfops.errors import ConfigurationError
 from perfops.redaction import redact, register_secret
-from prefect.blocks.core import Block
 
 DEFAULT_APPLICATION_NAME = "perfops"
 DEFAULT_LOCK_TIMEOUT_MS = 5_000
@@ -120,7 +120,9 @@ class PostgresTarget(Block):
             self.conninfo(**overrides), autocommit=autocommit, row_factory=dict_row
         )
 
-    get_client = get_connection
+    def get_client(self) -> psycopg.Connection[DictRow]:
+        """The upstream blocks' name for `get_connection()` with the target's defaults."""
+        return self.get_connection()
 
     def get_pool(self, *, min_size: int = 1, max_size: int = 4) -> ConnectionPool:
         """A connection pool with this target's session settings (caller opens and closes it)."""

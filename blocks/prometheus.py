@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from prefect.blocks.core import Block
 from prometheus_api_client import PrometheusConnect
 from pydantic import Field, SecretStr
 from urllib3.util.retry import Retry
 
 from perfops.redaction import register_secret
-from prefect.blocks.core import Block
 
 # Prometheus refuses range queries over 11,000 points per series.
 MAX_POINTS_PER_QUERY = 11_000

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -12,7 +13,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from perfops.redaction import register_secret
-from prefect.blocks.core import Block
 
 
 class RedisTarget(Block):

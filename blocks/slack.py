@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import (
@@ -11,7 +12,6 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 
 from perfops.redaction import register_secret
-from prefect.blocks.core import Block
 
 SLACK_API_BASE_URL = "https://slack.com/api/"
 

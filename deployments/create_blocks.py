@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from perfops.connections import (
+    Resolved,
     resolve_archive,
     resolve_email,
     resolve_metrics,
@@ -26,7 +29,7 @@ from perfops.connections import (
 )
 from perfops.settings import apply_prefect_defaults
 
-RESOLVERS = {
+RESOLVERS: dict[str, Callable[[], Resolved[Any]]] = {
     "postgres": resolve_postgres,
     "prometheus": resolve_metrics,
     "redis": resolve_redis,
@@ -45,10 +48,13 @@ def main() -> int:
     apply_prefect_defaults()
     resolved = RESOLVERS[args.system]()
     if resolved.origin != "environment":
-        print(f"{args.system}: no PERFOPS_* settings found in the environment "
-              f"(would use {resolved.description}); nothing saved", file=sys.stderr)
+        print(
+            f"{args.system}: no PERFOPS_* settings found in the environment "
+            f"(would use {resolved.description}); nothing saved",
+            file=sys.stderr,
+        )
         return 2
-    resolved.value.save(args.name, overwrite=args.overwrite)  # type: ignore[union-attr]
+    resolved.value.save(args.name, overwrite=args.overwrite)
     print(f"saved {type(resolved.value).__name__} block {args.name!r}: {resolved.description}")
     return 0
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
+from prefect_email import EmailServerCredentials
 
 from blocks import PrometheusSource, SlackEscalationTarget
 from perfops.connections import (
@@ -22,7 +23,6 @@ from perfops.connections import (
 )
 from perfops.errors import PerfopsError
 from perfops.redaction import install_log_redaction
-from prefect_email import EmailServerCredentials
 from tasks.cache import fetch_redis_info
 from tasks.diagnosis import SystemCheck, check_from, postgres_findings
 from tasks.mail import fetch_smtp_greeting
@@ -64,8 +64,13 @@ def _finish(
     """Turn a probe's outcome into a report row (`summarize` gives version/detail/findings)."""
     outcome = _outcome(future)
     if isinstance(outcome, BaseException):
-        return check_from(resolved.system, resolved.origin, resolved.description, error=outcome,
-                          fix_when_unreachable=UNREACHABLE_FIXES[resolved.system])
+        return check_from(
+            resolved.system,
+            resolved.origin,
+            resolved.description,
+            error=outcome,
+            fix_when_unreachable=UNREACHABLE_FIXES[resolved.system],
+        )
     return check_from(resolved.system, resolved.origin, resolved.description, **summarize(outcome))
 
 
@@ -77,10 +82,14 @@ def _outcome(future: PrefectFuture[Any]) -> Any:
 
 def _summarize_postgres(info: PostgresInfo) -> dict[str, Any]:
     exts = ", ".join(
-        f"{n} {e.installed_version or '(not installed)'}" for n, e in sorted(info.extensions.items())
+        f"{n} {e.installed_version or '(not installed)'}"
+        for n, e in sorted(info.extensions.items())
     )
-    return {"version": info.server_version, "detail": f"{info.database} as {info.current_user}; "
-            f"{exts}", "findings": postgres_findings(info)}
+    return {
+        "version": info.server_version,
+        "detail": f"{info.database} as {info.current_user}; {exts}",
+        "findings": postgres_findings(info),
+    }
 
 
 @flow(
@@ -118,8 +127,8 @@ def check_connections(
     slack = resolve_slack(slack_block)
     mail = resolve_email(email_block)
 
-    no_retry = {"retries": 0}
-    pg_f = fetch_postgres_info.with_options(**no_retry).submit(pg.value)
+    pg_f = fetch_postgres_info.with_options(retries=0).submit(pg.value)
+    metrics_f: PrefectFuture[Any]
     if isinstance(metrics.value, PrometheusSource):
         metrics_f = fetch_build_info.submit(metrics.value)
     else:
@@ -139,45 +148,97 @@ def check_connections(
 
     def metrics_summary(result: Any) -> dict[str, Any]:
         if isinstance(metrics.value, CsvTrace):
-            return {"version": "csv", "detail": f"{len(result)} points, "
-                    f"{result.index.min():%Y-%m-%d} .. {result.index.max():%Y-%m-%d}"}
-        return {"version": result.get("version", ""), "detail": f"revision {result.get('revision', '')}"}
+            return {
+                "version": "csv",
+                "detail": f"{len(result)} points, "
+                f"{result.index.min():%Y-%m-%d} .. {result.index.max():%Y-%m-%d}",
+            }
+        return {
+            "version": result.get("version", ""),
+            "detail": f"revision {result.get('revision', '')}",
+        }
 
     checks = [
         _finish(pg, pg_f, _summarize_postgres),
         _finish(metrics, metrics_f, metrics_summary),
-        _finish(cache, redis_f, lambda i: {"version": i.get("redis_version") or "",
-                                           "detail": f"used memory {i.get('used_memory_human')}"}),
+        _finish(
+            cache,
+            redis_f,
+            lambda i: {
+                "version": i.get("redis_version") or "",
+                "detail": f"used memory {i.get('used_memory_human')}",
+            },
+        ),
     ]
     stored = _outcome(put_f)
     if isinstance(stored, BaseException):
-        checks.append(check_from("archive", archive.origin, archive.description, error=stored,
-                                 fix_when_unreachable=UNREACHABLE_FIXES["archive"]))
+        checks.append(
+            check_from(
+                "archive",
+                archive.origin,
+                archive.description,
+                error=stored,
+                fix_when_unreachable=UNREACHABLE_FIXES["archive"],
+            )
+        )
     else:
         get_f = get_object.submit(archive.value, PROBE_KEY)
-        checks.append(_finish(archive, get_f, lambda data: {
-            "version": "s3" if archive.origin != "embedded default" else "folder",
-            "detail": f"wrote and read back {len(data)} bytes, SHA-256 verified"}))
-    checks.append(_finish(slack, slack_f, lambda r: {
-        "version": "slack" if isinstance(r, dict) else "file",
-        "detail": f"team {r.get('team')}, bot {r.get('user')}" if isinstance(r, dict)
-        else f"notices written to {r}"}))
-    checks.append(_finish(mail, mail_f, lambda r: {
-        "version": "smtp" if isinstance(mail.value, EmailServerCredentials) else "file",
-        "detail": r if isinstance(mail.value, EmailServerCredentials) else f"emails written to {r}"}))
+        checks.append(
+            _finish(
+                archive,
+                get_f,
+                lambda data: {
+                    "version": "s3" if archive.origin != "embedded default" else "folder",
+                    "detail": f"wrote and read back {len(data)} bytes, SHA-256 verified",
+                },
+            )
+        )
+    checks.append(
+        _finish(
+            slack,
+            slack_f,
+            lambda r: {
+                "version": "slack" if isinstance(r, dict) else "file",
+                "detail": f"team {r.get('team')}, bot {r.get('user')}"
+                if isinstance(r, dict)
+                else f"notices written to {r}",
+            },
+        )
+    )
+    checks.append(
+        _finish(
+            mail,
+            mail_f,
+            lambda r: {
+                "version": "smtp" if isinstance(mail.value, EmailServerCredentials) else "file",
+                "detail": r
+                if isinstance(mail.value, EmailServerCredentials)
+                else f"emails written to {r}",
+            },
+        )
+    )
 
     rows = [
-        {"system": c.system, "origin": c.origin, "status": c.status, "target": c.target,
-         "version": c.version, "detail": c.detail, "fix": c.fixes}
+        {
+            "system": c.system,
+            "origin": c.origin,
+            "status": c.status,
+            "target": c.target,
+            "version": c.version,
+            "detail": c.detail,
+            "fix": c.fixes,
+        }
         for c in checks
     ]
     publish_table(ARTIFACT_KEY, rows, "perfops connection check: one row per system")
     statuses = {c.system: c.status for c in checks}
-    emit("perfops.connections.checked", "perfops.connections",
-         {"statuses": statuses, "origins": {c.system: c.origin for c in checks}})
+    emit(
+        "perfops.connections.checked",
+        "perfops.connections",
+        {"statuses": statuses, "origins": {c.system: c.origin for c in checks}},
+    )
     for c in checks:
         logger.info("%-8s %-11s %-16s %s %s", c.system, c.status, c.origin, c.target, c.fixes)
     if fail_when_unreachable and any(c.status == "unreachable" for c in checks):
         raise ConnectionsUnreachable(checks)
     return checks
-

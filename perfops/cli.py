@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 # typer (0.20+) vendors click; its exception classes are the ones raised here.
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from perfops import __version__
 from perfops.errors import PerfopsError
@@ -81,8 +81,14 @@ def _progress(enabled: bool) -> Iterator[Any]:
 
         yield log_step
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
-                  "{task.total}"), TimeElapsedColumn(), console=err, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
         task_id = bar.add_task("starting", total=1)
 
         def update(label: str, done: int, total: int) -> None:
@@ -101,8 +107,12 @@ def _version_callback(value: bool) -> None:
 def main_callback(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version_callback, is_eager=True,
-                     help="Show the version and exit."),
+        typer.Option(
+            "--version",
+            callback=_version_callback,
+            is_eager=True,
+            help="Show the version and exit.",
+        ),
     ] = False,
 ) -> None:
     """perfops command line."""
@@ -110,28 +120,72 @@ def main_callback(
 
 @app.command()
 def doctor(
-    dsn: Annotated[str | None, typer.Option(envvar="PERFOPS_DSN", show_envvar=True,
-                   help="PostgreSQL DSN (libpq string or URI).", show_default=False)] = None,
-    postgres_block: Annotated[str | None, typer.Option(help="perfops-postgres-target block name.")] = None,
-    prometheus_url: Annotated[str | None, typer.Option(envvar="PERFOPS_PROMETHEUS_URL",
-                              show_envvar=True, help="Prometheus base URL.")] = None,
-    prometheus_block: Annotated[str | None, typer.Option(help="perfops-prometheus-source block name.")] = None,
-    redis_url: Annotated[str | None, typer.Option(envvar="PERFOPS_REDIS_URL", show_envvar=True,
-                         help="Redis URL.")] = None,
-    redis_block: Annotated[str | None, typer.Option(help="perfops-redis-target block name.")] = None,
-    s3_bucket: Annotated[str | None, typer.Option(envvar="PERFOPS_S3_BUCKET", show_envvar=True,
-                         help="S3 bucket for archives (AWS credentials from the usual chain).")] = None,
-    s3_endpoint_url: Annotated[str | None, typer.Option(envvar="PERFOPS_S3_ENDPOINT_URL",
-                               show_envvar=True, help="S3-compatible endpoint URL.")] = None,
+    dsn: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PERFOPS_DSN",
+            show_envvar=True,
+            help="PostgreSQL DSN (libpq string or URI).",
+            show_default=False,
+        ),
+    ] = None,
+    postgres_block: Annotated[
+        str | None, typer.Option(help="perfops-postgres-target block name.")
+    ] = None,
+    prometheus_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PERFOPS_PROMETHEUS_URL", show_envvar=True, help="Prometheus base URL."
+        ),
+    ] = None,
+    prometheus_block: Annotated[
+        str | None, typer.Option(help="perfops-prometheus-source block name.")
+    ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(envvar="PERFOPS_REDIS_URL", show_envvar=True, help="Redis URL.")
+    ] = None,
+    redis_block: Annotated[
+        str | None, typer.Option(help="perfops-redis-target block name.")
+    ] = None,
+    s3_bucket: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PERFOPS_S3_BUCKET",
+            show_envvar=True,
+            help="S3 bucket for archives (AWS credentials from the usual chain).",
+        ),
+    ] = None,
+    s3_endpoint_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PERFOPS_S3_ENDPOINT_URL", show_envvar=True, help="S3-compatible endpoint URL."
+        ),
+    ] = None,
     s3_block: Annotated[str | None, typer.Option(help="prefect-aws s3-bucket block name.")] = None,
-    slack_api_url: Annotated[str | None, typer.Option(envvar="PERFOPS_SLACK_API_URL", show_envvar=True,
-                             help="Slack Web API base URL (token only from PERFOPS_SLACK_TOKEN).")] = None,
-    slack_block: Annotated[str | None, typer.Option(help="perfops-slack-escalation-target block name.")] = None,
-    smtp_host: Annotated[str | None, typer.Option(envvar="PERFOPS_SMTP_HOST", show_envvar=True,
-                         help="SMTP server host.")] = None,
-    smtp_port: Annotated[int | None, typer.Option(envvar="PERFOPS_SMTP_PORT", show_envvar=True,
-                         min=1, max=65535, help="SMTP server port.")] = None,
-    email_block: Annotated[str | None, typer.Option(help="prefect-email email-server-credentials block name.")] = None,
+    slack_api_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PERFOPS_SLACK_API_URL",
+            show_envvar=True,
+            help="Slack Web API base URL (token only from PERFOPS_SLACK_TOKEN).",
+        ),
+    ] = None,
+    slack_block: Annotated[
+        str | None, typer.Option(help="perfops-slack-escalation-target block name.")
+    ] = None,
+    smtp_host: Annotated[
+        str | None,
+        typer.Option(envvar="PERFOPS_SMTP_HOST", show_envvar=True, help="SMTP server host."),
+    ] = None,
+    smtp_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="PERFOPS_SMTP_PORT", show_envvar=True, min=1, max=65535, help="SMTP server port."
+        ),
+    ] = None,
+    email_block: Annotated[
+        str | None, typer.Option(help="prefect-email email-server-credentials block name.")
+    ] = None,
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
@@ -139,11 +193,16 @@ def doctor(
     missing and the command that fixes it (flow check_connections). Exit 1 if one is unreachable."""
     if dsn:
         register_secret(dsn)
-    for name, value in (("PERFOPS_DSN", dsn), ("PERFOPS_PROMETHEUS_URL", prometheus_url),
-                        ("PERFOPS_REDIS_URL", redis_url), ("PERFOPS_S3_BUCKET", s3_bucket),
-                        ("PERFOPS_S3_ENDPOINT_URL", s3_endpoint_url),
-                        ("PERFOPS_SLACK_API_URL", slack_api_url), ("PERFOPS_SMTP_HOST", smtp_host),
-                        ("PERFOPS_SMTP_PORT", smtp_port)):
+    for name, value in (
+        ("PERFOPS_DSN", dsn),
+        ("PERFOPS_PROMETHEUS_URL", prometheus_url),
+        ("PERFOPS_REDIS_URL", redis_url),
+        ("PERFOPS_S3_BUCKET", s3_bucket),
+        ("PERFOPS_S3_ENDPOINT_URL", s3_endpoint_url),
+        ("PERFOPS_SLACK_API_URL", slack_api_url),
+        ("PERFOPS_SMTP_HOST", smtp_host),
+        ("PERFOPS_SMTP_PORT", smtp_port),
+    ):
         _set_env(name, value)
     apply_prefect_defaults()
     _quiet_prefect_console(verbose)
@@ -152,9 +211,13 @@ def doctor(
         from flows.check_connections import ConnectionsUnreachable, check_connections
 
         state = check_connections(
-            postgres_block=postgres_block, prometheus_block=prometheus_block,
-            redis_block=redis_block, s3_block=s3_block, slack_block=slack_block,
-            email_block=email_block, return_state=True,
+            postgres_block=postgres_block,
+            prometheus_block=prometheus_block,
+            redis_block=redis_block,
+            s3_block=s3_block,
+            slack_block=slack_block,
+            email_block=email_block,
+            return_state=True,
         )
         result = state.result(raise_on_failure=False)
     checks = result.checks if isinstance(result, ConnectionsUnreachable) else result
@@ -166,8 +229,11 @@ def doctor(
     else:
         colours = {"ok": "green", "degraded": "yellow", "unreachable": "red"}
         for c in checks:
-            out.print(f"[bold]{c.system:<9}[/][{colours[c.status]}]{c.status:<12}[/]"
-                      f"{c.origin:<17}{redact(c.target)}", highlight=False)
+            out.print(
+                f"[bold]{c.system:<9}[/][{colours[c.status]}]{c.status:<12}[/]"
+                f"{c.origin:<17}{redact(c.target)}",
+                highlight=False,
+            )
             line = " ".join(x for x in (c.version, c.detail) if x)
             if line:
                 out.print(f"{'':9}{redact(line)}", highlight=False, soft_wrap=True)
@@ -182,10 +248,19 @@ def doctor(
 
 @app.command()
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the demo's files.")] = Path("out"),
-    demo_dsn: Annotated[str | None, typer.Option(envvar="PERFOPS_DEMO_DSN", show_envvar=True,
-                        help="Server for the demo database (default: local PostgreSQL, else a "
-                        "private cluster).", show_default=False)] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the demo's files.")] = Path(
+        "out"
+    ),
+    demo_dsn: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PERFOPS_DEMO_DSN",
+            show_envvar=True,
+            help="Server for the demo database (default: local PostgreSQL, else a "
+            "private cluster).",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
@@ -205,22 +280,32 @@ def demo(
     if as_json:
         out.print_json(redact(json.dumps(asdict(summary), default=str)))
         return
-    out.print(f"[bold]perfops demo[/] - database [cyan]{summary.database}[/] "
-              f"({summary.database_origin}); {summary.prefect}")
+    out.print(
+        f"[bold]perfops demo[/] - database [cyan]{summary.database}[/] "
+        f"({summary.database_origin}); {summary.prefect}"
+    )
     w = summary.workload
     loaded = "loaded" if w.loaded else "already loaded"
-    out.print(f"  workload {loaded}: " + ", ".join(f"{t} {n:,}" for t, n in w.rows.items())
-              + (f"; ran {w.statements_run} API queries" if w.statements_run else ""))
+    out.print(
+        f"  workload {loaded}: "
+        + ", ".join(f"{t} {n:,}" for t, n in w.rows.items())
+        + (f"; ran {w.statements_run} API queries" if w.statements_run else "")
+    )
     out.print("  extensions: " + ", ".join(f"{k} {v}" for k, v in summary.extensions.items()))
     for f in summary.flows:
-        out.print(f"  [bold]{f.flow}[/] [{'green' if f.state == 'Completed' else 'red'}]"
-                  f"{f.state}[/]: {f.found}")
-        out.print(f"    artifact: {f.artifact} (Prefect UI, or `prefect artifact inspect "
-                  f"{f.artifact}`)")
+        out.print(
+            f"  [bold]{f.flow}[/] [{'green' if f.state == 'Completed' else 'red'}]"
+            f"{f.state}[/]: {f.found}"
+        )
+        out.print(
+            f"    artifact: {f.artifact} (Prefect UI, or `prefect artifact inspect {f.artifact}`)"
+        )
         for path in f.files:
             out.print(f"    files: {path}")
-    out.print(f"  embedded defaults in use: CSV trace metrics, archive folder, Slack and email "
-              f"as files under {summary.out_dir}")
+    out.print(
+        f"  embedded defaults in use: CSV trace metrics, archive folder, Slack and email "
+        f"as files under {summary.out_dir}"
+    )
 
 
 @blocks_app.command("register")
@@ -261,11 +346,14 @@ def main(argv: list[str] | None = None) -> int:
     except PerfopsError as exc:
         print(f"perfops: {redact(str(exc))}", file=sys.stderr)
         return 1
-    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: one line, not a traceback
+    except Exception as exc:
         if os.environ.get("PERFOPS_DEBUG"):
             raise
-        print(f"perfops: unexpected {type(exc).__name__}: {redact(str(exc))} "
-              "(set PERFOPS_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(
+            f"perfops: unexpected {type(exc).__name__}: {redact(str(exc))} "
+            "(set PERFOPS_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return 1
     return int(result) if isinstance(result, int) else 0
 

@@ -9,24 +9,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal, TypeAlias, TypeVar, cast
 
+from prefect.blocks.core import Block
+from prefect.filesystems import LocalFileSystem
+from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
+from prefect_email import EmailServerCredentials
 from pydantic import BaseModel, Field, SecretStr
 
 from blocks import PostgresTarget, PrometheusSource, RedisTarget, SlackEscalationTarget
 from perfops.redaction import redact
 from perfops.settings import DEFAULT_DEMO_DSN, PerfopsSettings, get_settings
-from prefect.filesystems import LocalFileSystem
-from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
-from prefect_email import EmailServerCredentials
 
 T = TypeVar("T")
 Origin = Literal["block", "environment", "embedded default"]
 
 # botocore's "standard" retry mode: exponential backoff with full jitter on throttling, 5xx and
 # connection errors only.
-BOTO_RETRY_CONFIG = {"retries": {"mode": "standard", "max_attempts": 5}, "connect_timeout": 10,
-                     "read_timeout": 60}
+BOTO_RETRY_CONFIG = {
+    "retries": {"mode": "standard", "max_attempts": 5},
+    "connect_timeout": 10,
+    "read_timeout": 60,
+}
 
 
 class CsvTrace(BaseModel):
@@ -43,10 +47,16 @@ class FileOutbox(BaseModel):
     directory: Path = Field(description="Folder the notices or messages are written to.")
 
 
-ArchiveStore = S3Bucket | LocalFileSystem
-MetricsSource = PrometheusSource | CsvTrace
-SlackSink = SlackEscalationTarget | FileOutbox
-EmailSink = EmailServerCredentials | FileOutbox
+ArchiveStore: TypeAlias = S3Bucket | LocalFileSystem
+MetricsSource: TypeAlias = PrometheusSource | CsvTrace
+SlackSink: TypeAlias = SlackEscalationTarget | FileOutbox
+EmailSink: TypeAlias = EmailServerCredentials | FileOutbox
+B = TypeVar("B", bound=Block)
+
+
+def load_block(block_type: type[B], name: str) -> B:
+    """`Block.load` in a synchronous context, typed."""
+    return cast(B, block_type.load(name))
 
 
 @dataclass(frozen=True)
@@ -76,13 +86,15 @@ def resolve_postgres(
     s = _settings(settings)
     name = block or s.postgres_block
     if name:
-        target = PostgresTarget.load(name)
+        target = load_block(PostgresTarget, name)
         return Resolved("postgres", "block", target, f"block {name}: {target.describe()}")
     if s.dsn is not None:
         target = PostgresTarget(dsn=s.dsn)
         return Resolved("postgres", "environment", target, f"PERFOPS_DSN: {target.describe()}")
     target = PostgresTarget(dsn=SecretStr(DEFAULT_DEMO_DSN))
-    return Resolved("postgres", "embedded default", target, f"local demo database {target.describe()}")
+    return Resolved(
+        "postgres", "embedded default", target, f"local demo database {target.describe()}"
+    )
 
 
 def resolve_metrics(
@@ -91,7 +103,7 @@ def resolve_metrics(
     s = _settings(settings)
     name = block or s.prometheus_block
     if name:
-        prom = PrometheusSource.load(name)
+        prom = load_block(PrometheusSource, name)
         return Resolved("metrics", "block", prom, f"block {name}: {prom.url}")
     if s.prometheus_url:
         prom = PrometheusSource(url=s.prometheus_url, bearer_token=s.prometheus_token)
@@ -106,7 +118,7 @@ def resolve_redis(
     s = _settings(settings)
     name = block or s.redis_block
     if name:
-        target = RedisTarget.load(name)
+        target = load_block(RedisTarget, name)
         return Resolved("redis", "block", target, f"block {name}: {target.url}")
     if s.redis_url:
         target = RedisTarget(url=s.redis_url)
@@ -121,7 +133,7 @@ def resolve_archive(
     s = _settings(settings)
     name = block or s.s3_block
     if name:
-        bucket = S3Bucket.load(name)
+        bucket = load_block(S3Bucket, name)
         where = f"s3://{bucket.bucket_name}/{bucket.bucket_folder}"
         return Resolved("archive", "block", bucket, f"block {name}: {where}")
     if s.s3_bucket:
@@ -131,12 +143,18 @@ def resolve_archive(
                 endpoint_url=s.s3_endpoint_url, config=BOTO_RETRY_CONFIG
             ),
         )
-        bucket = S3Bucket(bucket_name=s.s3_bucket, bucket_folder=s.s3_prefix, credentials=credentials)
+        bucket = S3Bucket(
+            bucket_name=s.s3_bucket, bucket_folder=s.s3_prefix, credentials=credentials
+        )
         where = f"s3://{s.s3_bucket}/{s.s3_prefix}"
         return Resolved("archive", "environment", bucket, f"PERFOPS_S3_BUCKET: {where}")
     folder = (s.out_dir / "archive").resolve()
-    return Resolved("archive", "embedded default", LocalFileSystem(basepath=str(folder)),
-                    f"local folder {folder}")
+    return Resolved(
+        "archive",
+        "embedded default",
+        LocalFileSystem(basepath=str(folder)),
+        f"local folder {folder}",
+    )
 
 
 def resolve_slack(
@@ -145,16 +163,16 @@ def resolve_slack(
     s = _settings(settings)
     name = block or s.slack_block
     if name:
-        target = SlackEscalationTarget.load(name)
+        target = load_block(SlackEscalationTarget, name)
         return Resolved("slack", "block", target, f"block {name}: {target.api_base_url}")
     if s.slack_token is not None:
         kwargs = {"api_base_url": s.slack_api_url} if s.slack_api_url else {}
         target = SlackEscalationTarget(bot_token=s.slack_token, channels=s.slack_channels, **kwargs)
-        return Resolved("slack", "environment", target,
-                        f"PERFOPS_SLACK_TOKEN: {target.api_base_url}")
+        return Resolved(
+            "slack", "environment", target, f"PERFOPS_SLACK_TOKEN: {target.api_base_url}"
+        )
     folder = (s.out_dir / "slack").resolve()
-    return Resolved("slack", "embedded default", FileOutbox(directory=folder),
-                    f"files in {folder}")
+    return Resolved("slack", "embedded default", FileOutbox(directory=folder), f"files in {folder}")
 
 
 def resolve_email(
@@ -163,7 +181,7 @@ def resolve_email(
     s = _settings(settings)
     name = block or s.email_block
     if name:
-        creds = EmailServerCredentials.load(name)
+        creds = load_block(EmailServerCredentials, name)
         return Resolved("email", "block", creds, f"block {name}: {_smtp_where(creds)}")
     if s.smtp_host:
         creds = EmailServerCredentials(
@@ -175,8 +193,9 @@ def resolve_email(
         )
         return Resolved("email", "environment", creds, f"PERFOPS_SMTP_HOST: {_smtp_where(creds)}")
     folder = (s.out_dir / "mail").resolve()
-    return Resolved("email", "embedded default", FileOutbox(directory=folder),
-                    f".eml files in {folder}")
+    return Resolved(
+        "email", "embedded default", FileOutbox(directory=folder), f".eml files in {folder}"
+    )
 
 
 def _smtp_where(creds: EmailServerCredentials) -> str:

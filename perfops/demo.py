@@ -30,9 +30,16 @@ DEMO_DATABASE = "perfops_demo"
 DEMO_EXTENSIONS = ("pg_stat_statements", "hypopg", "pg_partman")
 # Connection settings the demo clears so every system but PostgreSQL uses its embedded default.
 CONFIGURED_VARIABLES = (
-    "PERFOPS_POSTGRES_BLOCK", "PERFOPS_PROMETHEUS_BLOCK", "PERFOPS_PROMETHEUS_URL",
-    "PERFOPS_REDIS_BLOCK", "PERFOPS_S3_BLOCK", "PERFOPS_S3_BUCKET", "PERFOPS_SLACK_BLOCK",
-    "PERFOPS_SLACK_TOKEN", "PERFOPS_EMAIL_BLOCK", "PERFOPS_SMTP_HOST",
+    "PERFOPS_POSTGRES_BLOCK",
+    "PERFOPS_PROMETHEUS_BLOCK",
+    "PERFOPS_PROMETHEUS_URL",
+    "PERFOPS_REDIS_BLOCK",
+    "PERFOPS_S3_BLOCK",
+    "PERFOPS_S3_BUCKET",
+    "PERFOPS_SLACK_BLOCK",
+    "PERFOPS_SLACK_TOKEN",
+    "PERFOPS_EMAIL_BLOCK",
+    "PERFOPS_SMTP_HOST",
 )
 
 Progress = Callable[[str, int, int], None]
@@ -82,16 +89,21 @@ def find_server(out_dir: Path, demo_dsn: str | None) -> tuple[str, str]:
 def prepare_database(admin_dsn: str) -> tuple[str, dict[str, str]]:
     """Create the demo database and extensions if missing; return its DSN and extension state."""
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        exists = conn.execute("select 1 from pg_database where datname = %s",
-                              (DEMO_DATABASE,)).fetchone()
+        exists = conn.execute(
+            "select 1 from pg_database where datname = %s", (DEMO_DATABASE,)
+        ).fetchone()
         if not exists:
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(DEMO_DATABASE)))
     dsn = make_conninfo(admin_dsn, dbname=DEMO_DATABASE)
     state: dict[str, str] = {}
     with psycopg.connect(dsn, autocommit=True) as conn:
-        available = {r[0] for r in conn.execute(
-            "select name from pg_available_extensions where name = any(%s)",
-            (list(DEMO_EXTENSIONS),))}
+        available = {
+            r[0]
+            for r in conn.execute(
+                "select name from pg_available_extensions where name = any(%s)",
+                (list(DEMO_EXTENSIONS),),
+            )
+        }
         for ext in DEMO_EXTENSIONS:
             if ext not in available:
                 state[ext] = "not available (run scripts/setup.sh)"
@@ -100,9 +112,12 @@ def prepare_database(admin_dsn: str) -> tuple[str, dict[str, str]]:
                 conn.execute("create schema if not exists partman")
                 conn.execute("create extension if not exists pg_partman schema partman")
             else:
-                conn.execute(sql.SQL("create extension if not exists {}").format(sql.Identifier(ext)))
-            row = conn.execute("select extversion from pg_extension where extname = %s",
-                               (ext,)).fetchone()
+                conn.execute(
+                    sql.SQL("create extension if not exists {}").format(sql.Identifier(ext))
+                )
+            row = conn.execute(
+                "select extversion from pg_extension where extname = %s", (ext,)
+            ).fetchone()
             state[ext] = row[0] if row else "missing"
     return dsn, state
 
@@ -125,11 +140,20 @@ def run_demo(out_dir: Path, demo_dsn: str | None, progress: Progress) -> DemoSum
     params = conninfo_to_dict(dsn)
     where = f"{params.get('user')}@{params.get('host')}:{params.get('port', 5432)}/{DEMO_DATABASE}"
     api = os.environ.get("PREFECT_API_URL")
-    prefect = (f"Prefect server {api}" if api else
-               f"ephemeral Prefect (SQLite in {os.environ.get('PREFECT_HOME', '~/.prefect')})")
-    return DemoSummary(database=where, database_origin=origin, workload=workload,
-                       extensions=extensions, flows=flows, prefect=prefect,
-                       out_dir=str(out_dir.resolve()))
+    prefect = (
+        f"Prefect server {api}"
+        if api
+        else f"ephemeral Prefect (SQLite in {os.environ.get('PREFECT_HOME', '~/.prefect')})"
+    )
+    return DemoSummary(
+        database=where,
+        database_origin=origin,
+        workload=workload,
+        extensions=extensions,
+        flows=flows,
+        prefect=prefect,
+        out_dir=str(out_dir.resolve()),
+    )
 
 
 def _run_check_connections(progress: Progress) -> FlowOutcome:
@@ -140,8 +164,9 @@ def _run_check_connections(progress: Progress) -> FlowOutcome:
     result: Any = state.result(raise_on_failure=False)
     checks = result.checks if isinstance(result, ConnectionsUnreachable) else result
     if isinstance(checks, BaseException) or checks is None:
-        return FlowOutcome("check_connections", state.name or "Failed", redact(str(checks)),
-                           ARTIFACT_KEY)
+        return FlowOutcome(
+            "check_connections", state.name or "Failed", redact(str(checks)), ARTIFACT_KEY
+        )
     parts = [f"{c.system} {c.status} ({c.origin})" for c in checks]
     files = [c.target for c in checks if c.origin == "embedded default" and c.system != "postgres"]
     return FlowOutcome("check_connections", state.name or "", "; ".join(parts), ARTIFACT_KEY, files)

@@ -16,8 +16,9 @@ PRIVATE_PORT = 55432
 
 def find_pg_bin() -> Path:
     """The newest PostgreSQL server binaries directory (`/usr/lib/postgresql/N/bin`)."""
-    roots = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-                   key=lambda p: int(p.parent.parent.name))
+    roots = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name)
+    )
     if not roots:
         raise MissingPrerequisite(
             "no PostgreSQL server binaries found: apt-get install postgresql-15 "
@@ -45,9 +46,21 @@ def ensure_private_cluster(datadir: Path, port: int = PRIVATE_PORT) -> str:
             shutil.chown(datadir, "postgres", "postgres")
             shutil.chown(datadir.parent, "postgres", "postgres")
         subprocess.run(
-            _as_postgres([str(pg_bin / "initdb"), "-D", str(datadir), "-U", "postgres",
-                          "--auth=trust", "--encoding=UTF8", "--no-instructions"]),
-            check=True, capture_output=True, timeout=120,
+            _as_postgres(
+                [
+                    str(pg_bin / "initdb"),
+                    "-D",
+                    str(datadir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
         with (datadir / "postgresql.conf").open("a") as conf:
             conf.write(
@@ -56,13 +69,29 @@ def ensure_private_cluster(datadir: Path, port: int = PRIVATE_PORT) -> str:
                 f"unix_socket_directories = '{datadir}'\n"
                 "shared_preload_libraries = 'pg_stat_statements'\n"
             )
-    status = subprocess.run(_as_postgres([str(pg_bin / "pg_ctl"), "-D", str(datadir), "status"]),
-                            capture_output=True, timeout=30)
+    status = subprocess.run(
+        _as_postgres([str(pg_bin / "pg_ctl"), "-D", str(datadir), "status"]),
+        capture_output=True,
+        timeout=30,
+    )
     if status.returncode != 0:
         subprocess.run(
-            _as_postgres([str(pg_bin / "pg_ctl"), "-D", str(datadir), "-l",
-                          str(datadir / "server.log"), "-w", "-t", "60", "start"]),
-            check=True, capture_output=True, timeout=90,
+            _as_postgres(
+                [
+                    str(pg_bin / "pg_ctl"),
+                    "-D",
+                    str(datadir),
+                    "-l",
+                    str(datadir / "server.log"),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+            timeout=90,
         )
     return f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
 
@@ -70,5 +99,10 @@ def ensure_private_cluster(datadir: Path, port: int = PRIVATE_PORT) -> str:
 def stop_private_cluster(datadir: Path) -> None:
     """Stop the private cluster if it runs (used by tests and `perfops demo --stop`)."""
     if (datadir / "postmaster.pid").exists():
-        subprocess.run(_as_postgres([str(find_pg_bin() / "pg_ctl"), "-D", str(datadir.resolve()),
-                                     "-m", "fast", "stop"]), capture_output=True, timeout=60)
+        subprocess.run(
+            _as_postgres(
+                [str(find_pg_bin() / "pg_ctl"), "-D", str(datadir.resolve()), "-m", "fast", "stop"]
+            ),
+            capture_output=True,
+            timeout=60,
+        )

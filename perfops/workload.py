@@ -48,21 +48,35 @@ DDL: list[LiteralString] = [
     # Two indexes on agents(name...): one covers the other (the index health check's example).
     "create index if not exists agents_name_idx on agents (name)",
     "create index if not exists agents_name_team_idx on agents (name, team)",
-    "create table if not exists perfops_demo_meta (version integer primary key, loaded_at timestamptz not null)",
+    """create table if not exists perfops_demo_meta (
+        version integer primary key,
+        loaded_at timestamptz not null)""",
 ]
 
 # (table, rows, insert ... select from generate_series(1, %(n)s))
 DATA: list[tuple[str, int, LiteralString]] = [
-    ("agents", 2_000, """insert into agents (name, team, status, created_at)
+    (
+        "agents",
+        2_000,
+        """insert into agents (name, team, status, created_at)
         select 'agent-' || g, (array['search','billing','ingest','ml','platform'])[1 + mod(g, 5)],
                case when mod(g, 20) = 0 then 'disabled' else 'active' end,
                now() - (g || ' minutes')::interval
-        from generate_series(1, %(n)s) g"""),
-    ("workflows", 500, """insert into workflows (name, owner_team, created_at)
-        select 'workflow-' || g, (array['search','billing','ingest','ml','platform'])[1 + mod(g, 5)],
+        from generate_series(1, %(n)s) g""",
+    ),
+    (
+        "workflows",
+        500,
+        """insert into workflows (name, owner_team, created_at)
+        select 'workflow-' || g,
+               (array['search','billing','ingest','ml','platform'])[1 + mod(g, 5)],
                now() - (g || ' hours')::interval
-        from generate_series(1, %(n)s) g"""),
-    ("agent_executions", 300_000, """insert into agent_executions
+        from generate_series(1, %(n)s) g""",
+    ),
+    (
+        "agent_executions",
+        300_000,
+        """insert into agent_executions
             (agent_id, workflow_id, status, started_at, duration_ms, error_code)
         select 1 + (random() * 1999)::int, 1 + (random() * 499)::int,
                case when random() < 0.02 then 'failed' when random() < 0.05 then 'running'
@@ -70,34 +84,57 @@ DATA: list[tuple[str, int, LiteralString]] = [
                now() - random() * interval '30 days',
                (50 + random() * random() * 4000)::int,
                case when random() < 0.02 then 'E' || (random() * 20)::int end
-        from generate_series(1, %(n)s) g"""),
-    ("workflow_runs", 100_000, """insert into workflow_runs
+        from generate_series(1, %(n)s) g""",
+    ),
+    (
+        "workflow_runs",
+        100_000,
+        """insert into workflow_runs
             (workflow_id, status, started_at, finished_at)
         select 1 + (random() * 499)::int,
                case when random() < 0.03 then 'failed' else 'completed' end,
                s, s + random() * interval '20 minutes'
         from (select g, now() - random() * interval '30 days' as s
-              from generate_series(1, %(n)s) g) t"""),
+              from generate_series(1, %(n)s) g) t""",
+    ),
 ]
 
 # The API's statements, parameterised as the application sends them.
 QUERIES: list[tuple[LiteralString, Callable[[random.Random], tuple[Any, ...]], int]] = [
-    ("select id, status, started_at, duration_ms from agent_executions "
-     "where agent_id = %s order by started_at desc limit 20",
-     lambda r: (r.randint(1, 2000),), 120),
-    ("select count(*) from agent_executions where status = %s and started_at >= %s",
-     lambda r: (r.choice(["failed", "running"]), datetime.now(UTC) - timedelta(hours=r.randint(1, 48))),
-     40),
-    ("select w.name, count(*) from workflow_runs r join workflows w on w.id = r.workflow_id "
-     "where r.status = %s and r.started_at >= %s group by w.name order by 2 desc limit 10",
-     lambda r: ("failed", datetime.now(UTC) - timedelta(days=r.randint(1, 7))), 20),
-    ("select * from workflow_runs where workflow_id = %s and started_at > %s order by started_at",
-     lambda r: (r.randint(1, 500), datetime.now(UTC) - timedelta(days=1)), 80),
-    ("select * from agents where name = %s",
-     lambda r: (f"agent-{r.randint(1, 2000)}",), 200),
-    ("select a.team, avg(e.duration_ms) from agent_executions e join agents a on a.id = e.agent_id "
-     "where e.started_at >= %s group by a.team",
-     lambda r: (datetime.now(UTC) - timedelta(hours=6),), 10),
+    (
+        "select id, status, started_at, duration_ms from agent_executions "
+        "where agent_id = %s order by started_at desc limit 20",
+        lambda r: (r.randint(1, 2000),),
+        120,
+    ),
+    (
+        "select count(*) from agent_executions where status = %s and started_at >= %s",
+        lambda r: (
+            r.choice(["failed", "running"]),
+            datetime.now(UTC) - timedelta(hours=r.randint(1, 48)),
+        ),
+        40,
+    ),
+    (
+        "select w.name, count(*) from workflow_runs r join workflows w on w.id = r.workflow_id "
+        "where r.status = %s and r.started_at >= %s group by w.name order by 2 desc limit 10",
+        lambda r: ("failed", datetime.now(UTC) - timedelta(days=r.randint(1, 7))),
+        20,
+    ),
+    (
+        "select * from workflow_runs where workflow_id = %s and started_at > %s "
+        "order by started_at",
+        lambda r: (r.randint(1, 500), datetime.now(UTC) - timedelta(days=1)),
+        80,
+    ),
+    ("select * from agents where name = %s", lambda r: (f"agent-{r.randint(1, 2000)}",), 200),
+    (
+        "select a.team, avg(e.duration_ms) from agent_executions e "
+        "join agents a on a.id = e.agent_id "
+        "where e.started_at >= %s group by a.team",
+        lambda r: (datetime.now(UTC) - timedelta(hours=6),),
+        10,
+    ),
 ]
 
 
@@ -119,26 +156,33 @@ def load_workload(
     for statement in DDL:
         conn.execute(statement)
     conn.commit()
-    done = conn.execute("select 1 from perfops_demo_meta where version = %s",
-                        (WORKLOAD_VERSION,)).fetchone()
+    done = conn.execute(
+        "select 1 from perfops_demo_meta where version = %s", (WORKLOAD_VERSION,)
+    ).fetchone()
     statements = 0
     if not done:
         for i, (table, n, insert) in enumerate(DATA, start=1):
             report(f"loading {table} ({n:,} rows)", i - 1, len(DATA))
-            conn.execute(sql.SQL("truncate {} restart identity cascade").format(
-                sql.Identifier(SCHEMA, table)))
+            conn.execute(
+                sql.SQL("truncate {} restart identity cascade").format(
+                    sql.Identifier(SCHEMA, table)
+                )
+            )
             conn.execute(insert, {"n": n})
             conn.commit()
         report("analysing tables", len(DATA), len(DATA))
         conn.execute("analyze")
         statements = run_queries(conn, report, seed=seed)
-        conn.execute("insert into perfops_demo_meta (version, loaded_at) values (%s, now())",
-                     (WORKLOAD_VERSION,))
+        conn.execute(
+            "insert into perfops_demo_meta (version, loaded_at) values (%s, now())",
+            (WORKLOAD_VERSION,),
+        )
         conn.commit()
     rows = {}
     for table, _, _ in DATA:
-        row = conn.execute(sql.SQL("select count(*) from {}").format(
-            sql.Identifier(SCHEMA, table))).fetchone()
+        row = conn.execute(
+            sql.SQL("select count(*) from {}").format(sql.Identifier(SCHEMA, table))
+        ).fetchone()
         rows[table] = int(next(iter(row.values())) if isinstance(row, dict) else row[0])  # type: ignore[index]
     conn.commit()
     return WorkloadResult(loaded=not done, rows=rows, statements_run=statements)

@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from prefect import task
 
 from blocks import RedisTarget
 from perfops.errors import ConnectionFailed
-from prefect import task
 
 
 def _client(target: RedisTarget) -> redis.Redis:

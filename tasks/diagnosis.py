@@ -50,14 +50,29 @@ def check_from(
     """Assemble a check: unreachable on error, degraded when something is missing, else ok."""
     if error is not None:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        missing = [Finding(what=message, fix=fix_when_unreachable, needed_by="every flow")] \
-            if fix_when_unreachable else []
-        return SystemCheck(system=system, origin=origin, target=target, status="unreachable",
-                           detail=message, findings=missing)
+        missing = (
+            [Finding(what=message, fix=fix_when_unreachable, needed_by="every flow")]
+            if fix_when_unreachable
+            else []
+        )
+        return SystemCheck(
+            system=system,
+            origin=origin,
+            target=target,
+            status="unreachable",
+            detail=message,
+            findings=missing,
+        )
     found = findings or []
-    return SystemCheck(system=system, origin=origin, target=target,
-                       status="degraded" if found else "ok", version=version, detail=detail,
-                       findings=found)
+    return SystemCheck(
+        system=system,
+        origin=origin,
+        target=target,
+        status="degraded" if found else "ok",
+        version=version,
+        detail=detail,
+        findings=found,
+    )
 
 
 def postgres_findings(info: PostgresInfo) -> list[Finding]:
@@ -87,8 +102,11 @@ def postgres_findings(info: PostgresInfo) -> list[Finding]:
         ext = info.extensions.get(name)
         if ext is None or ext.available_version is None:
             findings.append(
-                Finding(what=f"extension {name} is not available on the server",
-                        fix=f"apt-get install {packages[name]}", needed_by=used_for)
+                Finding(
+                    what=f"extension {name} is not available on the server",
+                    fix=f"apt-get install {packages[name]}",
+                    needed_by=used_for,
+                )
             )
         elif ext.installed_version is None:
             fix = (
@@ -99,13 +117,18 @@ def postgres_findings(info: PostgresInfo) -> list[Finding]:
             if not info.can_create_extensions:
                 fix += " (as a role with CREATE on the database)"
             findings.append(
-                Finding(what=f"extension {name} is not installed in database {info.database}",
-                        fix=fix, needed_by=used_for)
+                Finding(
+                    what=f"extension {name} is not installed in database {info.database}",
+                    fix=fix,
+                    needed_by=used_for,
+                )
             )
     if info.in_recovery:
         findings.append(
-            Finding(what="the server is a replica (in recovery): perfops will only read",
-                    fix="point perfops at the primary to let it create indexes or rotate partitions",
-                    needed_by="index creation, statistics refresh, partition rotation")
+            Finding(
+                what="the server is a replica (in recovery): perfops will only read",
+                fix="point perfops at the primary to let it create indexes or rotate partitions",
+                needed_by="index creation, statistics refresh, partition rotation",
+            )
         )
     return findings

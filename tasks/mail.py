@@ -15,13 +15,13 @@ import ssl
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
+from prefect import task
+from prefect_email import EmailServerCredentials
+from prefect_email.credentials import SMTPType
 from pydantic import BaseModel, Field
 
 from perfops.connections import EmailSink, FileOutbox
 from perfops.redaction import register_secret
-from prefect import task
-from prefect_email import EmailServerCredentials
-from prefect_email.credentials import SMTPType
 from tasks.outbox import write_email
 from tasks.transient_errors import RETRY_DEFAULTS
 
@@ -73,11 +73,16 @@ def build_message(
     message.set_content(text)
     if html is not None:
         message.add_alternative(html, subtype="html")
-        html_part = message.get_payload()[-1]
+        html_part = message.get_body(preferencelist=("html",))
+        assert isinstance(html_part, EmailMessage)
         for image in inline_images or []:
             html_part.add_related(
-                image.content, maintype="image", subtype=image.subtype, cid=f"<{image.cid}>",
-                filename=f"{image.cid}.{image.subtype}", disposition="inline",
+                image.content,
+                maintype="image",
+                subtype=image.subtype,
+                cid=f"<{image.cid}>",
+                filename=f"{image.cid}.{image.subtype}",
+                disposition="inline",
             )
     for item in attachments or []:
         maintype, _, subtype = item.mime_type.partition("/")
@@ -119,8 +124,10 @@ def send_email(sink: EmailSink, message: EmailMessage) -> SendResult:
         return SendResult(accepted=recipients, refused={}, sink="file", location=str(path))
     with open_smtp(sink) as server:
         refused_raw = server.send_message(message)
-    refused = {addr: f"{code} {reply.decode(errors='replace')}"
-               for addr, (code, reply) in refused_raw.items()}
+    refused = {
+        addr: f"{code} {reply.decode(errors='replace')}"
+        for addr, (code, reply) in refused_raw.items()
+    }
     accepted = [r for r in recipients if r not in refused]
     host = str(getattr(sink.smtp_server, "value", sink.smtp_server))
     return SendResult(accepted=accepted, refused=refused, sink="smtp", location=host)

@@ -11,8 +11,9 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from perfops.connections import FileOutbox
 from prefect import task
+
+from perfops.connections import FileOutbox
 
 SLACK_LOG = "messages.jsonl"
 

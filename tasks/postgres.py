@@ -10,20 +10,19 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, LiteralString
+from typing import Any
 
 import psycopg
-from psycopg import sql
+from prefect import task
+from psycopg.abc import QueryNoTemplate as Query
 from psycopg.rows import DictRow
 from pydantic import BaseModel
 
 from blocks import PostgresTarget
 from perfops.errors import ConnectionFailed, LockBusy, ReadOnlyServer
 from perfops.redaction import redact
-from prefect import task
 from tasks.transient_errors import RETRY_DEFAULTS
 
-Query = LiteralString | sql.Composable
 Params = Sequence[Any] | Mapping[str, Any] | None
 
 
@@ -59,7 +58,10 @@ def set_timeouts(
     local: bool = True,
 ) -> None:
     """Set `lock_timeout` / `statement_timeout` for this transaction (`local`) or session."""
-    for name, value in (("lock_timeout", lock_timeout_ms), ("statement_timeout", statement_timeout_ms)):
+    for name, value in (
+        ("lock_timeout", lock_timeout_ms),
+        ("statement_timeout", statement_timeout_ms),
+    ):
         if value is not None:
             conn.execute("select set_config(%s, %s, %s)", (name, f"{int(value)}ms", local))
 

@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
+from prefect import task
 from prometheus_api_client import PrometheusApiClientException
 
 from blocks import PrometheusSource
 from perfops.errors import ConfigurationError, ConnectionFailed
-from prefect import task
 
 
 def plan_range_chunks(
@@ -102,9 +102,7 @@ def query_range(
     """
     client = source.get_client()
     frames = []
-    for chunk_start, chunk_end in plan_range_chunks(
-        start, end, step, source.max_points_per_query
-    ):
+    for chunk_start, chunk_end in plan_range_chunks(start, end, step, source.max_points_per_query):
         results = _call(
             source,
             f"range query {promql!r}",

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from perfops.redaction import redact
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
+
+from perfops.redaction import redact
 
 EVENT_PREFIX = "perfops."
 

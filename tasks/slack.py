@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect import task
 from pydantic import BaseModel
 from slack_sdk.errors import SlackApiError, SlackClientError
 
@@ -16,7 +17,6 @@ from blocks import SlackEscalationTarget
 from perfops.connections import FileOutbox, SlackSink
 from perfops.errors import ConnectionFailed
 from perfops.redaction import redact
-from prefect import task
 from tasks.outbox import write_slack_notice
 
 
@@ -48,8 +48,13 @@ def post_message(
     if isinstance(sink, FileOutbox):
         ts = write_slack_notice(
             sink,
-            {"action": "post", "channel": channel, "text": text, "blocks": blocks,
-             "thread_ts": thread_ts},
+            {
+                "action": "post",
+                "channel": channel,
+                "text": text,
+                "blocks": blocks,
+                "thread_ts": thread_ts,
+            },
         )
         return PostedMessage(channel=channel, ts=ts, thread_ts=thread_ts, sink="file")
     assert isinstance(sink, SlackEscalationTarget)
@@ -75,8 +80,13 @@ def update_message(
     if isinstance(sink, FileOutbox):
         write_slack_notice(
             sink,
-            {"action": "update", "channel": message.channel, "ts": message.ts, "text": text,
-             "blocks": blocks},
+            {
+                "action": "update",
+                "channel": message.channel,
+                "ts": message.ts,
+                "text": text,
+                "blocks": blocks,
+            },
         )
         return message
     assert isinstance(sink, SlackEscalationTarget)

@@ -11,15 +11,16 @@ from __future__ import annotations
 import base64
 import hashlib
 from pathlib import Path
+from typing import cast
 
 from botocore.exceptions import BotoCoreError, ClientError
+from prefect import task
+from prefect.filesystems import LocalFileSystem
+from prefect_aws import S3Bucket
 from pydantic import BaseModel
 
 from perfops.connections import ArchiveStore
 from perfops.errors import ChecksumMismatch, ConnectionFailed
-from prefect import task
-from prefect.filesystems import LocalFileSystem
-from prefect_aws import S3Bucket
 
 
 class StoredObject(BaseModel):
@@ -56,7 +57,9 @@ def put_object(store: ArchiveStore, key: str, data: bytes) -> StoredObject:
                 Metadata={"sha256": digest},
             )
         except (ClientError, BotoCoreError) as exc:
-            raise ConnectionFailed(f"S3 upload of s3://{store.bucket_name}/{s3_key} failed: {exc}") from exc
+            raise ConnectionFailed(
+                f"S3 upload of s3://{store.bucket_name}/{s3_key} failed: {exc}"
+            ) from exc
         location = f"s3://{store.bucket_name}/{s3_key}"
     else:
         path = Path(store.basepath or ".") / key
@@ -76,7 +79,9 @@ def get_object(store: ArchiveStore, key: str) -> bytes:
                 Bucket=store.bucket_name, Key=s3_key, ChecksumMode="ENABLED"
             )
         except (ClientError, BotoCoreError) as exc:
-            raise ConnectionFailed(f"S3 download of s3://{store.bucket_name}/{s3_key} failed: {exc}") from exc
+            raise ConnectionFailed(
+                f"S3 download of s3://{store.bucket_name}/{s3_key} failed: {exc}"
+            ) from exc
         data = response["Body"].read()
         expected = response.get("Metadata", {}).get("sha256")
         where = f"s3://{store.bucket_name}/{s3_key}"
@@ -88,7 +93,7 @@ def get_object(store: ArchiveStore, key: str) -> bytes:
             )
     else:
         assert isinstance(store, LocalFileSystem)
-        data = store.read_path(key)
+        data = cast(bytes, store.read_path(key))
         path = Path(store.basepath or ".") / key
         sidecar = Path(f"{path}.sha256")
         expected = sidecar.read_text().split()[0] if sidecar.exists() else None

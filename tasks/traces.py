@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pandas as pd
+from prefect import task
 
 from perfops.connections import CsvTrace
 from perfops.errors import ConfigurationError
-from prefect import task
 
 
 def load_trace(trace: CsvTrace) -> pd.Series:
@@ -21,8 +21,9 @@ def load_trace(trace: CsvTrace) -> pd.Series:
             f"found {list(frame.columns)}"
         )
     index = pd.DatetimeIndex(pd.to_datetime(frame[trace.timestamp_column], utc=True), name="time")
-    series = pd.Series(frame[trace.value_column].astype(float).to_numpy(), index=index,
-                       name=trace.value_column)
+    series = pd.Series(
+        frame[trace.value_column].astype(float).to_numpy(), index=index, name=trace.value_column
+    )
     return series.sort_index()
 
 

@@ -12,12 +12,14 @@ import socket
 from typing import Any
 
 import psycopg
-from psycopg import errors as pg_errors
-
 from prefect.tasks import exponential_backoff
 
 # PostgreSQL SQLSTATE classes and codes that a retry can cure.
-_PG_TRANSIENT_CLASSES = ("08", "53", "57P")  # connection exception, insufficient resources, shutdown
+_PG_TRANSIENT_CLASSES = (
+    "08",
+    "53",
+    "57P",
+)  # connection exception, insufficient resources, shutdown
 _PG_TRANSIENT_CODES = {
     "40001",  # serialization_failure
     "40P01",  # deadlock_detected
@@ -94,4 +96,3 @@ RETRY_DEFAULTS: dict[str, Any] = {
     "retry_condition_fn": retry_on_transient,
 }
 """Task options for one I/O step: 3 retries at about 2, 4, 8 s (+-50% jitter), transient only."""
-

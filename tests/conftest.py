@@ -36,7 +36,9 @@ from tests.servers import (  # noqa: E402
     SmtpServer,
 )
 
-ADMIN_DSN = os.environ.get("PERFOPS_TEST_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+ADMIN_DSN = os.environ.get(
+    "PERFOPS_TEST_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+)
 TEST_DB = f"perfops_test_{os.getpid()}"
 REDIS_TEST_URL = "redis://127.0.0.1:6379/15"
 
@@ -70,7 +72,9 @@ def pg_dsn() -> Iterator[str]:
         preload = admin.execute("show shared_preload_libraries").fetchone()
         if not preload or "pg_stat_statements" not in preload[0]:
             pytest.fail("pg_stat_statements is not preloaded; run `make setup` (scripts/setup.sh)")
-        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(TEST_DB)))
+        admin.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(TEST_DB))
+        )
         admin.execute(sql.SQL("create database {}").format(sql.Identifier(TEST_DB)))
     dsn = psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname=TEST_DB)
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -80,7 +84,9 @@ def pg_dsn() -> Iterator[str]:
         conn.execute("create extension pg_partman schema partman")
     yield dsn
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(TEST_DB)))
+        admin.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(TEST_DB))
+        )
 
 
 @pytest.fixture(scope="session")
@@ -103,11 +109,20 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
     step = int(HISTORY_STEP.total_seconds())
     samples = [(float(t), load_value(t)) for t in range(start, end + 1, step)]
     series = [
-        MetricSeries(name="perfops_test_load", type="gauge", labels={"service": "api"},
-                     samples=samples, help="Requests per second, a known test pattern."),
-        MetricSeries(name="perfops_test_requests", type="counter", labels={"service": "api"},
-                     samples=[(t, float(i * 60)) for i, (t, _) in enumerate(samples)],
-                     help="Requests served, +60 a minute."),
+        MetricSeries(
+            name="perfops_test_load",
+            type="gauge",
+            labels={"service": "api"},
+            samples=samples,
+            help="Requests per second, a known test pattern.",
+        ),
+        MetricSeries(
+            name="perfops_test_requests",
+            type="counter",
+            labels={"service": "api"},
+            samples=[(t, float(i * 60)) for i, (t, _) in enumerate(samples)],
+            help="Requests served, +60 a minute.",
+        ),
     ]
     with PrometheusServer(tmp_path_factory.mktemp("prometheus"), series) as server:
         yield server
@@ -115,8 +130,11 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
-    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                       ("AWS_DEFAULT_REGION", "us-east-1")):
+    for key, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
         os.environ.setdefault(key, value)
     with MotoServer() as server:
         yield server

@@ -14,10 +14,19 @@ ROOT = Path(__file__).resolve().parent.parent
 PERFOPS = [sys.executable, "-m", "perfops"]
 
 
-def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def _run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("PERFOPS_")}
-    return subprocess.run([*PERFOPS, *args], capture_output=True, text=True, cwd=ROOT,
-                          env={**base, **(env or {})}, timeout=timeout, check=False)
+    return subprocess.run(
+        [*PERFOPS, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**base, **(env or {})},
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_help_lists_every_command() -> None:
@@ -49,8 +58,12 @@ def test_bad_value_is_one_line_and_exit_2() -> None:
 
 def test_unreachable_dsn_is_one_line_exit_1_and_hides_the_password(prefect_api_url: str) -> None:
     secret = "cli-secret-never-printed"
-    result = _run("doctor", "--dsn", f"postgresql://app:{secret}@127.0.0.1:1/app",
-                  env={"PREFECT_API_URL": prefect_api_url})
+    result = _run(
+        "doctor",
+        "--dsn",
+        f"postgresql://app:{secret}@127.0.0.1:1/app",
+        env={"PREFECT_API_URL": prefect_api_url},
+    )
     assert result.returncode == 1, result.stderr
     # progress lines ("perfops: checking ...") then exactly one error line
     errors = [line for line in result.stderr.splitlines() if not line.endswith("...")]
@@ -61,14 +74,26 @@ def test_unreachable_dsn_is_one_line_exit_1_and_hides_the_password(prefect_api_u
 
 
 def test_doctor_json_is_machine_readable(prefect_api_url: str, pg_dsn: str, tmp_path: Path) -> None:
-    result = _run("doctor", "--json", env={"PREFECT_API_URL": prefect_api_url,
-                                           "PERFOPS_DSN": pg_dsn, "PERFOPS_OUT_DIR": str(tmp_path)})
+    result = _run(
+        "doctor",
+        "--json",
+        env={
+            "PREFECT_API_URL": prefect_api_url,
+            "PERFOPS_DSN": pg_dsn,
+            "PERFOPS_OUT_DIR": str(tmp_path),
+        },
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["flow_run_state"] == "Completed"
     assert {s["system"]: s["status"] for s in report["systems"]} == {
-        "postgres": "ok", "metrics": "ok", "redis": "ok", "archive": "ok", "slack": "ok",
-        "email": "ok"}
+        "postgres": "ok",
+        "metrics": "ok",
+        "redis": "ok",
+        "archive": "ok",
+        "slack": "ok",
+        "email": "ok",
+    }
 
 
 @pytest.mark.parametrize("args", [["--version"], []])

@@ -21,25 +21,40 @@ from tests.servers import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_demo_runs_to_the_end_and_is_fast_the_second_time(prefect_api_url: str, tmp_path: Path) -> None:
+def test_demo_runs_to_the_end_and_is_fast_the_second_time(
+    prefect_api_url: str, tmp_path: Path
+) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERFOPS_")}
     env.update({"PREFECT_API_URL": prefect_api_url, "PERFOPS_DEMO_DSN": ADMIN_DSN})
     runs = []
     for _ in range(2):
-        result = subprocess.run([sys.executable, "-m", "perfops", "demo", "--json", "--out",
-                                 str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True,
-                                text=True, timeout=600, check=False)
+        result = subprocess.run(
+            [sys.executable, "-m", "perfops", "demo", "--json", "--out", str(tmp_path / "out")],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         assert result.returncode == 0, result.stderr
         runs.append(json.loads(result.stdout))
     first, second = runs
     assert first["database"].endswith("/perfops_demo")
-    assert first["workload"]["rows"] == {"agents": 2000, "workflows": 500,
-                                         "agent_executions": 300000, "workflow_runs": 100000}
+    assert first["workload"]["rows"] == {
+        "agents": 2000,
+        "workflows": 500,
+        "agent_executions": 300000,
+        "workflow_runs": 100000,
+    }
     assert second["workload"]["loaded"] is False and second["workload"]["statements_run"] == 0
     assert set(first["extensions"]) == {"pg_stat_statements", "hypopg", "pg_partman"}
     [flow] = second["flows"]
     assert (flow["flow"], flow["state"], flow["artifact"]) == (
-        "check_connections", "Completed", "perfops-connections")
+        "check_connections",
+        "Completed",
+        "perfops-connections",
+    )
     assert "postgres ok" in flow["found"]
     # the workload left its statements in pg_stat_statements
     dsn = psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname="perfops_demo")
@@ -47,7 +62,8 @@ def test_demo_runs_to_the_end_and_is_fast_the_second_time(prefect_api_url: str, 
         row = conn.execute(
             "select sum(calls) from pg_stat_statements s join pg_database d on d.oid = s.dbid "
             "where d.datname = 'perfops_demo' and s.query like %s",
-            ("%from agent_executions where agent_id = $1%",)).fetchone()
+            ("%from agent_executions where agent_id = $1%",),
+        ).fetchone()
     assert row is not None and row[0] >= 120
 
 

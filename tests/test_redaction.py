@@ -26,6 +26,8 @@ def test_short_values_are_not_registered() -> None:
 
 
 def test_log_filter_rewrites_the_record() -> None:
-    record = logging.LogRecord("t", logging.INFO, __file__, 1, "dsn %s", ("redis://u:pw123@h",), None)
+    record = logging.LogRecord(
+        "t", logging.INFO, __file__, 1, "dsn %s", ("redis://u:pw123@h",), None
+    )
     assert RedactingFilter().filter(record)
     assert record.getMessage() == "dsn redis://u:***@h"

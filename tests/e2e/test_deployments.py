@@ -25,7 +25,9 @@ BIN = Path(sys.executable).parent
 POOL = "perfops-process"
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 90) -> None:
+def _wait_healthy(
+    url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 90
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -55,18 +57,24 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PERFOPS_", "PREFECT_"))}
-    env.update({
-        "PREFECT_HOME": str(home),
-        "DO_NOT_TRACK": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-    })
+    env.update(
+        {
+            "PREFECT_HOME": str(home),
+            "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false",
+        }
+    )
     log = home / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=home)
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=home,
+        )
     try:
         _wait_healthy(api, proc, log)
         yield {**env, "PREFECT_API_URL": api}
@@ -75,17 +83,30 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
 
 
 def _prefect(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=ROOT, capture_output=True,
-                            text=True, timeout=180, check=False)
-    assert result.returncode == 0, f"prefect {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    result = subprocess.run(
+        [str(BIN / "prefect"), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"prefect {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    )
     return result.stdout
 
 
 def test_deploy_all_then_run_through_the_api(
     prefect_server: dict[str, str], pg_dsn: str, tmp_path: Path
 ) -> None:
-    env = {**prefect_server, "PERFOPS_PROJECT_DIR": str(ROOT), "PERFOPS_DSN": pg_dsn,
-           "PERFOPS_OUT_DIR": str(tmp_path / "out")}
+    env = {
+        **prefect_server,
+        "PERFOPS_PROJECT_DIR": str(ROOT),
+        "PERFOPS_DSN": pg_dsn,
+        "PERFOPS_OUT_DIR": str(tmp_path / "out"),
+    }
     api = env["PREFECT_API_URL"]
     _prefect(env, "work-pool", "create", POOL, "--type", "process", "--overwrite")
     deployed = _prefect(env, "--no-prompt", "deploy", "--all")
@@ -102,15 +123,26 @@ def test_deploy_all_then_run_through_the_api(
     assert schedule["schedule"]["timezone"] == "UTC"
     assert deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]
 
-    worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1",
-                  "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    worker_env = {
+        **env,
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+    }
     worker_log = tmp_path / "worker.log"
     with worker_log.open("wb") as out:
-        worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", POOL],
-                                  env=worker_env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+        worker = subprocess.Popen(
+            [str(BIN / "prefect"), "worker", "start", "--pool", POOL],
+            env=worker_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
     try:
-        created = http.post(f"/deployments/{deployment['id']}/create_flow_run",
-                            json={"parameters": {"fail_when_unreachable": True}})
+        created = http.post(
+            f"/deployments/{deployment['id']}/create_flow_run",
+            json={"parameters": {"fail_when_unreachable": True}},
+        )
         assert created.status_code == 201, created.text
         run_id = created.json()["id"]
         deadline = time.monotonic() + 150
@@ -121,17 +153,26 @@ def test_deploy_all_then_run_through_the_api(
                 break
             time.sleep(1)
         assert state.get("type") == "COMPLETED", (state, worker_log.read_text()[-3000:])
-        artifacts = http.post("/artifacts/filter", json={
-            "artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
+        artifacts = http.post(
+            "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}
+        ).json()
         assert [a["key"] for a in artifacts] == ["perfops-connections"]
         data = artifacts[0]["data"]
         rows = json.loads(data) if isinstance(data, str) else data
         systems = {row["system"]: row["status"] for row in rows}
-        assert systems == {"postgres": "ok", "metrics": "ok", "redis": "ok", "archive": "ok",
-                           "slack": "ok", "email": "ok"}
+        assert systems == {
+            "postgres": "ok",
+            "metrics": "ok",
+            "redis": "ok",
+            "archive": "ok",
+            "slack": "ok",
+            "email": "ok",
+        }
         # a parameter of the wrong type is refused by the enforced schema
-        bad = http.post(f"/deployments/{deployment['id']}/create_flow_run",
-                        json={"parameters": {"fail_when_unreachable": "maybe"}})
+        bad = http.post(
+            f"/deployments/{deployment['id']}/create_flow_run",
+            json={"parameters": {"fail_when_unreachable": "maybe"}},
+        )
         assert bad.status_code == 409, bad.text
     finally:
         _stop(worker)

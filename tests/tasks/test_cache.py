@@ -25,5 +25,5 @@ def test_info_reports_the_version(redis_target: RedisTarget) -> None:
 
 def test_unreachable_redis_is_a_clear_error() -> None:
     target = RedisTarget(url="redis://127.0.0.1:1/0", retries=1, socket_timeout_s=1)
-    with pytest.raises(ConnectionFailed, match="Redis at redis://127.0.0.1:1/0"):
+    with pytest.raises(ConnectionFailed, match=r"Redis at redis://127\.0\.0\.1:1/0"):
         fetch_redis_info.fn(target)

@@ -6,11 +6,11 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
+from prefect_email import EmailServerCredentials
 from pydantic import SecretStr
 
 from perfops.connections import FileOutbox, resolve_email
 from perfops.settings import PerfopsSettings
-from prefect_email import EmailServerCredentials
 from tasks.mail import Attachment, InlineImage, build_message, send_email
 from tests.servers import SmtpServer
 
@@ -22,7 +22,9 @@ CSV = b"endpoint,p95_ms\n/api/v1/agents,87\n"
 
 def _message(to: list[str]):  # type: ignore[no-untyped-def]
     return build_message(
-        sender="perfops@example.test", to=to, subject="Weekly performance report",
+        sender="perfops@example.test",
+        to=to,
+        subject="Weekly performance report",
         text="p95 87 ms (target 100 ms)",
         html='<p>p95 <b>87 ms</b></p><img src="cid:latency">',
         inline_images=[InlineImage(cid="latency", content=PNG)],
@@ -65,10 +67,12 @@ def test_refused_recipient_is_reported_and_others_still_receive(smtp_server: Smt
 def test_smtp_down_is_retried_then_fails(caplog: pytest.LogCaptureFixture) -> None:
     from tests.servers import free_port
 
-    creds = EmailServerCredentials(smtp_server="127.0.0.1", smtp_port=free_port(),
-                                   smtp_type="INSECURE", password=SecretStr(""))
+    creds = EmailServerCredentials(
+        smtp_server="127.0.0.1", smtp_port=free_port(), smtp_type="INSECURE", password=SecretStr("")
+    )
     state = send_email.with_options(retries=2, retry_delay_seconds=0)(
-        creds, _message(["sre@example.test"]), return_state=True)
+        creds, _message(["sre@example.test"]), return_state=True
+    )
     assert state.is_failed()
     with pytest.raises(ConnectionRefusedError):
         state.result()
@@ -80,7 +84,7 @@ def test_outbox_writes_an_eml_a_mail_client_opens(tmp_path: Path) -> None:
     assert result.sink == "file" and result.location
     parsed = message_from_bytes(Path(result.location).read_bytes(), policy=policy.default)
     assert parsed["To"] == "sre@example.test"
-    assert any(p.get_filename() == "latency.csv" for p in parsed.iter_attachments())  # type: ignore[attr-defined]
+    assert any(p.get_filename() == "latency.csv" for p in parsed.iter_attachments())
 
 
 def test_message_needs_a_recipient() -> None:

@@ -18,27 +18,34 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 def test_range_over_the_whole_history_is_chunked_and_exact(prometheus: PrometheusServer) -> None:
     source = PrometheusSource(url=prometheus.url, max_points_per_query=2_000)
     step = timedelta(minutes=5)
-    frame = query_range(source, 'perfops_test_load{service="api"}', HISTORY_START, HISTORY_END, step)
+    frame = query_range(
+        source, 'perfops_test_load{service="api"}', HISTORY_START, HISTORY_END, step
+    )
     expected_points = int((HISTORY_END - HISTORY_START) / step) + 1
     assert len(frame) == expected_points  # 4,033 points from 3 chunks, none lost or doubled
     [column] = frame.columns
     assert column == 'perfops_test_load{service="api"}'
-    for ts, value in frame[column].items():
+    for ts, value in zip(frame.index, frame[column], strict=True):
         assert value == load_value(ts.timestamp())
 
 
 def test_rate_over_the_counter(prometheus: PrometheusServer) -> None:
     source = PrometheusSource(url=prometheus.url)
     end = HISTORY_END - timedelta(hours=1)
-    frame = query_range(source, 'rate(perfops_test_requests_total{service="api"}[5m])',
-                        end - timedelta(hours=2), end, timedelta(minutes=10))
+    frame = query_range(
+        source,
+        'rate(perfops_test_requests_total{service="api"}[5m])',
+        end - timedelta(hours=2),
+        end,
+        timedelta(minutes=10),
+    )
     assert frame.iloc[:, 0].round(6).eq(1.0).all()  # +60 per minute = 1 per second
 
 
 def test_instant_query(prometheus: PrometheusServer) -> None:
     source = PrometheusSource(url=prometheus.url)
     at = HISTORY_END - timedelta(minutes=30)
-    frame = query_instant(source, 'sum(perfops_test_load)', at=at)
+    frame = query_instant(source, "sum(perfops_test_load)", at=at)
     assert frame.iloc[0, 0] == load_value(at.timestamp())
 
 

@@ -35,5 +35,7 @@ def test_bad_ranges_are_refused() -> None:
 
 
 def test_series_name_is_stable() -> None:
-    assert series_name({"__name__": "up", "job": "b", "instance": "a"}) == 'up{instance="a",job="b"}'
+    assert (
+        series_name({"__name__": "up", "job": "b", "instance": "a"}) == 'up{instance="a",job="b"}'
+    )
     assert series_name({}) == "{}"

@@ -18,14 +18,22 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def _target(slack: SlackStandIn, token: str = DEFAULT_TOKEN) -> SlackEscalationTarget:
-    return SlackEscalationTarget(bot_token=SecretStr(token), api_base_url=slack.base_url,
-                                 channels=["#team-lead", "#eng-manager", "#cto"], max_retries=2)
+    return SlackEscalationTarget(
+        bot_token=SecretStr(token),
+        api_base_url=slack.base_url,
+        channels=["#team-lead", "#eng-manager", "#cto"],
+        max_retries=2,
+    )
 
 
 def test_message_is_received_then_updated_in_thread(slack: SlackStandIn) -> None:
     target = _target(slack)
-    posted = post_message(target, target.channel_for(1), "SLO api-availability burning 14.4x",
-                          blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": "*burning*"}}])
+    posted = post_message(
+        target,
+        target.channel_for(1),
+        "SLO api-availability burning 14.4x",
+        blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": "*burning*"}}],
+    )
     reply = post_message(target, posted.channel, "escalated to level 2", thread_ts=posted.ts)
     update_message(target, posted, "SLO api-availability resolved")
     first, second = slack.messages

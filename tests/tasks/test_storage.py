@@ -7,11 +7,11 @@ from pathlib import Path
 
 import boto3
 import pytest
+from prefect.filesystems import LocalFileSystem
 
 from perfops.connections import resolve_archive
 from perfops.errors import ChecksumMismatch
 from perfops.settings import PerfopsSettings
-from prefect.filesystems import LocalFileSystem
 from tasks.storage import get_object, put_object
 from tests.servers import MotoServer
 
@@ -23,8 +23,9 @@ PAYLOAD = b"partition audit_logs_p2025_10\n" * 1000
 def _bucket(moto_server: MotoServer, name: str):  # type: ignore[no-untyped-def]
     s3 = boto3.client("s3", **moto_server.client_kwargs())
     s3.create_bucket(Bucket=name)
-    settings = PerfopsSettings(s3_bucket=name, s3_prefix="archive",
-                               s3_endpoint_url=moto_server.endpoint_url)
+    settings = PerfopsSettings(
+        s3_bucket=name, s3_prefix="archive", s3_endpoint_url=moto_server.endpoint_url
+    )
     resolved = resolve_archive(settings=settings)
     assert resolved.origin == "environment"
     return s3, resolved.value
@@ -35,8 +36,9 @@ def test_s3_round_trip_with_checksum(moto_server: MotoServer) -> None:
     stored = put_object(bucket, "audit_logs/2025-10.bin", PAYLOAD)
     assert stored.location == "s3://perfops-roundtrip/archive/audit_logs/2025-10.bin"
     assert stored.sha256 == hashlib.sha256(PAYLOAD).hexdigest()
-    head = s3.head_object(Bucket="perfops-roundtrip", Key="archive/audit_logs/2025-10.bin",
-                          ChecksumMode="ENABLED")
+    head = s3.head_object(
+        Bucket="perfops-roundtrip", Key="archive/audit_logs/2025-10.bin", ChecksumMode="ENABLED"
+    )
     assert head["Metadata"]["sha256"] == stored.sha256
     assert "ChecksumSHA256" in head  # the server stored and checked its own SHA-256
     assert get_object(bucket, "audit_logs/2025-10.bin") == PAYLOAD
@@ -45,8 +47,12 @@ def test_s3_round_trip_with_checksum(moto_server: MotoServer) -> None:
 def test_s3_object_changed_behind_our_back_is_refused(moto_server: MotoServer) -> None:
     s3, bucket = _bucket(moto_server, "perfops-tamper")
     stored = put_object(bucket, "x.bin", PAYLOAD)
-    s3.put_object(Bucket="perfops-tamper", Key="archive/x.bin", Body=b"truncated",
-                  Metadata={"sha256": stored.sha256})
+    s3.put_object(
+        Bucket="perfops-tamper",
+        Key="archive/x.bin",
+        Body=b"truncated",
+        Metadata={"sha256": stored.sha256},
+    )
     with pytest.raises(ChecksumMismatch, match="differs"):
         get_object.fn(bucket, "x.bin")
 

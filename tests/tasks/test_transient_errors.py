@@ -1,7 +1,7 @@
 """Retry only what a retry can cure."""
 
 import smtplib
-import socket
+from typing import Any
 
 import psycopg
 import pytest
@@ -12,8 +12,11 @@ from tasks.transient_errors import RETRY_DEFAULTS, is_transient
 
 
 def _client_error(status: int) -> ClientError:
-    return ClientError({"Error": {"Code": "X", "Message": "m"},
-                        "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+    response: Any = {
+        "Error": {"Code": "X", "Message": "m"},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    return ClientError(response, "PutObject")
 
 
 @pytest.mark.parametrize(
@@ -36,7 +39,7 @@ def _client_error(status: int) -> ClientError:
         (_client_error(429), True),
         (_client_error(403), False),
         (TimeoutError(), True),
-        (socket.timeout(), True),
+        (TimeoutError(), True),
         (ConnectionRefusedError(), True),
         (ValueError("bad input"), False),
     ],
