@@ -108,11 +108,20 @@ def test_deploy_all_then_run_through_the_api(
         "PERFOPS_OUT_DIR": str(tmp_path / "out"),
     }
     api = env["PREFECT_API_URL"]
+    registered = _prefect(env, "block", "register", "-m", "blocks")
+    assert "perfops PostgreSQL Target" in registered
+    http = httpx.Client(base_url=api, timeout=30)
+    for slug in (
+        "perfops-postgres-target",
+        "perfops-prometheus-source",
+        "perfops-redis-target",
+        "perfops-slack-escalation-target",
+    ):
+        assert http.get(f"/block_types/slug/{slug}").status_code == 200, slug
     _prefect(env, "work-pool", "create", POOL, "--type", "process", "--overwrite")
     deployed = _prefect(env, "--no-prompt", "deploy", "--all")
     assert "check_connections" in deployed
 
-    http = httpx.Client(base_url=api, timeout=30)
     deployment = http.get("/deployments/name/check_connections/check_connections").json()
     assert deployment["work_pool_name"] == POOL
     assert deployment["enforce_parameter_schema"] is True

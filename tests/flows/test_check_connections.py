@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from uuid import UUID
 
 import boto3
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.events import Event
 from prefect.events.filters import EventFilter, EventNameFilter
 from pydantic import SecretStr
@@ -56,6 +58,21 @@ def _wait_for_event(name: str, timeout_s: float = 20.0) -> Event:
                 return max(page.events, key=lambda e: e.occurred)
             time.sleep(0.5)
     raise AssertionError(f"no {name} event within {timeout_s} s")
+
+
+def _wait_for_logs(flow_run_id: UUID | None, containing: str, timeout_s: float = 20.0) -> str:
+    """Every log line of a flow run stored by the API (logs are shipped in batches)."""
+    assert flow_run_id is not None
+    deadline = time.monotonic() + timeout_s
+    text = ""
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            text = "\n".join(log.message for log in logs)
+            if containing in text:
+                return text
+            time.sleep(0.5)
+    raise AssertionError(f"no log line with {containing!r} within {timeout_s} s: {text[:500]}")
 
 
 def _artifact_rows() -> list[dict[str, str]]:
@@ -147,6 +164,9 @@ def test_unreachable_system_fails_the_run_without_leaking_the_password(
     assert rows[0]["status"] == "unreachable"
     assert secret not in json.dumps(rows)
     assert secret not in (state.message or "")
+    logs = _wait_for_logs(state.state_details.flow_run_id, containing="unreachable")
+    assert "127.0.0.1:1/app" in logs
+    assert secret not in logs
 
 
 def test_block_names_take_precedence(monkeypatch: pytest.MonkeyPatch, pg_dsn: str) -> None:
