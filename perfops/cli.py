@@ -9,20 +9,25 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 # typer (0.20+) vendors click; its exception classes are the ones raised here.
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
 from perfops import __version__
+from perfops.cli_support import (
+    JsonFlag,
+    VerboseFlag,
+    err,
+    out,
+    progress_reporter,
+    quiet_prefect_console,
+    set_env,
+)
 from perfops.errors import PerfopsError
 from perfops.redaction import redact, register_secret
 from perfops.settings import apply_prefect_defaults
@@ -42,59 +47,6 @@ app = typer.Typer(
 )
 blocks_app = typer.Typer(help="Manage perfops' Prefect block types.", no_args_is_help=True)
 app.add_typer(blocks_app, name="blocks")
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True)
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-VerboseFlag = Annotated[
-    bool, typer.Option("--verbose", "-v", help="Show Prefect's flow and task logs.")
-]
-
-
-def _set_env(name: str, value: Any) -> None:
-    if value is not None and value != "":
-        os.environ[name] = str(value)
-
-
-def _quiet_prefect_console(verbose: bool) -> None:
-    """Keep flow logs off the terminal unless --verbose: they still reach the Prefect API, and
-    the command prints its own summary and one-line errors. Call before importing prefect."""
-    if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-
-
-@contextmanager
-def _progress(enabled: bool) -> Iterator[Any]:
-    """Progress on stderr: a live bar on a terminal, one line per new step otherwise (CI logs).
-    Yields `update(label, done, total)`."""
-    if not enabled:
-        yield lambda _label, _done, _total: None
-        return
-    if not err.is_terminal:
-        last: list[str] = []
-
-        def log_step(label: str, _done: int, _total: int) -> None:
-            if not last or last[-1] != label:
-                last.append(label)
-                print(f"perfops: {label}...", file=sys.stderr, flush=True)
-
-        yield log_step
-        return
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
-        task_id = bar.add_task("starting", total=1)
-
-        def update(label: str, done: int, total: int) -> None:
-            bar.update(task_id, description=label, completed=done, total=max(total, 1))
-
-        yield update
 
 
 def _version_callback(value: bool) -> None:
@@ -203,10 +155,10 @@ def doctor(
         ("PERFOPS_SMTP_HOST", smtp_host),
         ("PERFOPS_SMTP_PORT", smtp_port),
     ):
-        _set_env(name, value)
+        set_env(name, value)
     apply_prefect_defaults()
-    _quiet_prefect_console(verbose)
-    with _progress(not as_json) as progress:
+    quiet_prefect_console(verbose)
+    with progress_reporter(not as_json) as progress:
         progress("checking connections (starting Prefect)", 0, 1)
         from flows.check_connections import ConnectionsUnreachable, check_connections
 
@@ -272,10 +224,10 @@ def demo(
     if not os.environ.get("PREFECT_API_URL"):
         os.environ.setdefault("PREFECT_HOME", str(out_dir / "prefect"))
     apply_prefect_defaults()
-    _quiet_prefect_console(verbose)
+    quiet_prefect_console(verbose)
     from perfops.demo import run_demo
 
-    with _progress(not as_json) as progress:
+    with progress_reporter(not as_json) as progress:
         summary = run_demo(out_dir, demo_dsn, progress)
     if as_json:
         out.print_json(redact(json.dumps(asdict(summary), default=str)))

@@ -1,0 +1,142 @@
+"""Pieces every perfops command shares: consoles, common flags, progress, and running a flow
+locally through Prefect with one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from perfops.redaction import redact, register_secret
+from perfops.settings import apply_prefect_defaults
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+VerboseFlag = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Show Prefect's flow and task logs.")
+]
+
+
+def set_env(name: str, value: Any) -> None:
+    if value is not None and value != "":
+        os.environ[name] = str(value)
+
+
+def quiet_prefect_console(verbose: bool) -> None:
+    """Keep flow logs off the terminal unless --verbose: they still reach the Prefect API, and
+    the command prints its own summary and one-line errors. Call before importing prefect."""
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+
+
+@contextmanager
+def progress_reporter(enabled: bool) -> Iterator[Any]:
+    """Progress on stderr: a live bar on a terminal, one line per new step otherwise (CI logs).
+    Yields `update(label, done, total)`."""
+    if not enabled:
+        yield lambda _label, _done, _total: None
+        return
+    if not err.is_terminal:
+        last: list[str] = []
+
+        def log_step(label: str, _done: int, _total: int) -> None:
+            if not last or last[-1] != label:
+                last.append(label)
+                print(f"perfops: {label}...", file=sys.stderr, flush=True)
+
+        yield log_step
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task_id = bar.add_task("starting", total=1)
+
+        def update(label: str, done: int, total: int) -> None:
+            bar.update(task_id, description=label, completed=done, total=max(total, 1))
+
+        yield update
+
+
+DsnOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="PERFOPS_DSN",
+        show_envvar=True,
+        help="PostgreSQL DSN (libpq string or URI); the password never reaches output.",
+        show_default=False,
+    ),
+]
+PostgresBlockOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="PERFOPS_POSTGRES_BLOCK",
+        show_envvar=True,
+        help="Name of a saved perfops-postgres-target block (wins over --dsn).",
+    ),
+]
+ApplyFlag = Annotated[
+    bool,
+    typer.Option(
+        "--apply",
+        help="Make the changes. Without it the command only reports what it would do.",
+    ),
+]
+
+
+def use_dsn(dsn: str | None) -> None:
+    """Make `--dsn` the PostgreSQL connection of flows run by this process."""
+    if dsn:
+        register_secret(dsn)
+        os.environ["PERFOPS_DSN"] = dsn
+
+
+def run_flow(
+    flow: Callable[..., Any],
+    parameters: dict[str, Any],
+    *,
+    verbose: bool,
+    label: str,
+    show_progress: bool = True,
+) -> Any:
+    """Run `flow` in this process through Prefect and return its result.
+
+    `flow` is given as a zero-argument loader (imports happen after Prefect's settings are set).
+    A failed run raises the flow's exception, which `main()` prints as one line.
+    """
+    apply_prefect_defaults()
+    quiet_prefect_console(verbose)
+    with progress_reporter(show_progress) as progress:
+        progress(f"{label} (starting Prefect)", 0, 1)
+        state = flow()(**parameters, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def print_json(value: Any) -> None:
+    """Print `value` (pydantic models, dataclasses, plain data) as redacted JSON on stdout."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    out.print_json(redact(json.dumps(value, default=str)))
+
+
+def fail(message: str) -> None:
+    """Stop the command with exit code 1 and a one-line message."""
+    print(f"perfops: {redact(message)}", file=sys.stderr)
+    raise typer.Exit(1)
