@@ -49,7 +49,8 @@ class StatementStats(BaseModel):
 
 
 def ensure_pg_stat_statements(conn: psycopg.Connection[Any]) -> None:
-    """Raise `MissingPrerequisite` with the fix unless pg_stat_statements is installed and loaded."""
+    """Raise `MissingPrerequisite` with the fix unless pg_stat_statements is installed and
+    preloaded."""
     row = conn.execute(
         "select extversion from pg_extension where extname = 'pg_stat_statements'"
     ).fetchone()
@@ -116,12 +117,14 @@ def explain_generic(conn: psycopg.Connection[Any], query: str) -> dict[str, Any]
     the caller rolls back (hypothetical indexes of hypopg are per session and survive it).
     """
     conn.execute("set local transaction_read_only = on")
+    # The statement text is what the server itself executed (pg_stat_statements), not a value
+    # being spliced in; it is only ever planned here, never executed.
+    statement = sql.SQL(query)  # type: ignore[arg-type]
     if conn.info.server_version >= 160000:
-        explain = sql.SQL("explain (generic_plan, format json) ") + sql.SQL(query)  # type: ignore[arg-type]
-        plan = conn.execute(explain).fetchone()
+        plan = conn.execute(sql.SQL("explain (generic_plan, format json) ") + statement).fetchone()
     else:
         conn.execute("set local plan_cache_mode = force_generic_plan")
-        conn.execute(sql.SQL("prepare {} as ").format(sql.Identifier(_PREPARED)) + sql.SQL(query))  # type: ignore[arg-type]
+        conn.execute(sql.SQL("prepare {} as ").format(sql.Identifier(_PREPARED)) + statement)
         try:
             n = parameter_count(query)
             args = sql.SQL("({})").format(sql.SQL(", ").join([sql.NULL] * n)) if n else sql.SQL("")
