@@ -119,7 +119,7 @@ def explain_generic(conn: psycopg.Connection[Any], query: str) -> dict[str, Any]
     conn.execute("set local transaction_read_only = on")
     # The statement text is what the server itself executed (pg_stat_statements), not a value
     # being spliced in; it is only ever planned here, never executed.
-    statement = sql.SQL(query)  # type: ignore[arg-type]
+    statement = sql.SQL(query)
     if conn.info.server_version >= 160000:
         plan = conn.execute(sql.SQL("explain (generic_plan, format json) ") + statement).fetchone()
     else:
