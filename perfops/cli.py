@@ -28,6 +28,7 @@ from perfops.cli_support import (
     quiet_prefect_console,
     set_env,
 )
+from perfops.commands import indexes
 from perfops.errors import PerfopsError
 from perfops.redaction import redact, register_secret
 from perfops.settings import apply_prefect_defaults
@@ -47,6 +48,7 @@ app = typer.Typer(
 )
 blocks_app = typer.Typer(help="Manage perfops' Prefect block types.", no_args_is_help=True)
 app.add_typer(blocks_app, name="blocks")
+app.add_typer(indexes.app, name="indexes")
 
 
 def _version_callback(value: bool) -> None:

@@ -1,0 +1,326 @@
+"""suggest_indexes: which indexes would pay off, with evidence; builds them only when told.
+
+Workload from pg_stat_statements -> candidates from each statement's parse tree (pglast) ->
+what-if costs with hypopg on generic plans -> greedy choice by calls x cost saved -> the chosen
+set verified together (an index no statement would use is dropped from the set) -> with
+`apply=True`, `CREATE INDEX CONCURRENTLY` under lock_timeout, an advisory lock and a re-check,
+then the real plans. CLI `perfops indexes suggest`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel
+
+from perfops.connections import resolve_postgres
+from perfops.redaction import install_log_redaction
+from tasks.indexing import (
+    Candidate,
+    Choice,
+    ExistingIndex,
+    IndexAdvisorSettings,
+    QueryCost,
+    Rejection,
+    ShapeError,
+    candidate_indexes,
+    choose_indexes,
+    index_name,
+    query_shape,
+    table_matches,
+)
+from tasks.postgres_hypopg import (
+    cost_base_plans,
+    cost_candidates,
+    fetch_table_catalog,
+    verify_index_set,
+)
+from tasks.postgres_index_builds import BuildRequest, BuildResult, create_indexes
+from tasks.postgres_indexes import fetch_indexes
+from tasks.postgres_statements import fetch_statement_stats
+from tasks.records import emit, publish_table
+
+ARTIFACT_KEY = "perfops-index-suggestions"
+
+
+class Suggestion(BaseModel):
+    table: str
+    columns: list[str]
+    index_name: str
+    ddl: str
+    size_bytes: int
+    calls: int
+    est_time_saved_ms: float
+    queries: list[dict[str, Any]]  # queryid, query, calls, cost_before, cost_after
+
+
+class SkippedStatement(BaseModel):
+    queryid: int
+    query: str
+    reason: str
+
+
+class IndexSuggestionReport(BaseModel):
+    database: str
+    statements_considered: int
+    suggestions: list[Suggestion]
+    rejected: list[Rejection]
+    skipped: list[SkippedStatement]
+    builds: list[BuildResult] = []
+    applied: bool = False
+
+
+def _ddl(candidate: Candidate) -> str:
+    def quote(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    columns = ", ".join(quote(c) for c in candidate.columns)
+    return (
+        f"CREATE INDEX CONCURRENTLY {quote(index_name(candidate))} ON "
+        f"{quote(candidate.schema_name)}.{quote(candidate.table_name)} ({columns});"
+    )
+
+
+@flow(
+    name="suggest_indexes",
+    description="Suggest indexes from pg_stat_statements with hypopg what-if costing; build them "
+    "CONCURRENTLY only with apply=True.",
+)
+def suggest_indexes(
+    postgres_block: str | None = None,
+    settings: IndexAdvisorSettings | None = None,
+    apply: bool = False,
+) -> IndexSuggestionReport:
+    """Suggest (and with `apply`, build) the indexes the workload would benefit from.
+
+    Args:
+        postgres_block: name of a `perfops-postgres-target` block (else PERFOPS_DSN / default).
+        settings: thresholds and caps; see `IndexAdvisorSettings` for defaults.
+        apply: build the chosen indexes `CONCURRENTLY` (default: only suggest).
+    """
+    install_log_redaction()
+    logger = get_run_logger()
+    settings = settings or IndexAdvisorSettings()
+    resolved = resolve_postgres(postgres_block)
+    target = resolved.value
+
+    statements = fetch_statement_stats(
+        target,
+        min_calls=settings.min_calls,
+        min_total_ms=settings.min_total_ms,
+        limit=settings.max_statements,
+    )
+    snapshot = fetch_table_catalog(target)
+    existing_rows = fetch_indexes(target)
+    catalog = snapshot.catalog()
+    existing = [ExistingIndex.model_validate(i.model_dump()) for i in existing_rows]
+
+    skipped: list[SkippedStatement] = []
+    shapes = []
+    texts: dict[int, str] = {}
+    tables_of: dict[int, list[str]] = {}
+    for stat in statements:
+        try:
+            shape = query_shape(stat.query, catalog, snapshot.search_path)
+        except ShapeError as exc:
+            skipped.append(
+                SkippedStatement(queryid=stat.queryid, query=stat.query, reason=str(exc))
+            )
+            continue
+        refs = [ref for ref in shape.tables if not table_matches(ref, settings.exclude_tables)]
+        if settings.include_tables:
+            refs = [ref for ref in refs if table_matches(ref, settings.include_tables)]
+        if not refs:
+            skipped.append(
+                SkippedStatement(
+                    queryid=stat.queryid,
+                    query=stat.query,
+                    reason="only excluded or not included tables",
+                )
+            )
+            continue
+        shape.tables = {ref: use for ref, use in shape.tables.items() if ref in refs}
+        shapes.append(shape)
+        texts[stat.queryid] = stat.query
+        tables_of[stat.queryid] = [str(ref) for ref in refs]
+
+    base = cost_base_plans(target, texts)
+    for qid, planned in base.items():
+        if planned.cost is None:
+            stat = next(s for s in statements if s.queryid == qid)
+            skipped.append(
+                SkippedStatement(
+                    queryid=qid, query=stat.query, reason=planned.error or "cannot be planned"
+                )
+            )
+            texts.pop(qid)
+    by_id = {s.queryid: s for s in statements}
+    queries = [
+        QueryCost(
+            queryid=qid,
+            calls=by_id[qid].calls,
+            mean_ms=by_id[qid].mean_ms,
+            base_cost=base[qid].cost or 0.0,
+            tables=tables_of[qid],
+        )
+        for qid in texts
+    ]
+    candidates = candidate_indexes(shapes)
+    costings = cost_candidates(target, texts, tables_of, candidates) if candidates else []
+    selection = choose_indexes(
+        queries,
+        costings,
+        existing,
+        min_saving=settings.min_saving,
+        max_new_per_table=settings.max_new_per_table,
+    )
+    chosen: list[Choice] = list(selection.chosen)
+    rejected = list(selection.rejected)
+    if chosen:
+        verification = verify_index_set(target, texts, [c.candidate for c in chosen])
+        unused = [c for c in chosen if not verification.used[c.candidate.key]]
+        for choice in unused:
+            rejected.append(
+                Rejection(
+                    candidate=choice.candidate,
+                    reason="no statement uses it once the other suggestions exist",
+                )
+            )
+        chosen = [c for c in chosen if verification.used[c.candidate.key]]
+
+    suggestions = [
+        Suggestion(
+            table=str(c.candidate.table),
+            columns=c.candidate.columns,
+            index_name=index_name(c.candidate),
+            ddl=_ddl(c.candidate),
+            size_bytes=c.size_bytes,
+            calls=sum(e.calls for e in c.effects),
+            est_time_saved_ms=round(c.est_time_saved_ms, 1),
+            queries=[
+                {
+                    "queryid": e.queryid,
+                    "query": by_id[e.queryid].query,
+                    "calls": e.calls,
+                    "cost_before": round(e.cost_before, 2),
+                    "cost_after": round(e.cost_after, 2),
+                }
+                for e in c.effects
+            ],
+        )
+        for c in chosen
+    ]
+    report = IndexSuggestionReport(
+        database=resolved.description,
+        statements_considered=len(statements),
+        suggestions=suggestions,
+        rejected=rejected,
+        skipped=skipped,
+    )
+    if apply and chosen:
+        requests = [
+            BuildRequest(
+                candidate=c.candidate,
+                queries={e.queryid: texts[e.queryid] for e in c.effects},
+                expected_costs={e.queryid: base[e.queryid].cost or 0.0 for e in c.effects},
+            )
+            for c in chosen
+        ]
+        report.builds = create_indexes(
+            target,
+            requests,
+            lock_timeout_ms=settings.build_lock_timeout_ms,
+            statement_timeout_ms=settings.build_statement_timeout_ms,
+        )
+        report.applied = True
+
+    _record(report)
+    for s in suggestions:
+        logger.info(
+            "suggest %s (%s): saves ~%.0f ms over %d calls",
+            s.table,
+            ", ".join(s.columns),
+            s.est_time_saved_ms,
+            s.calls,
+        )
+    return report
+
+
+def _record(report: IndexSuggestionReport) -> None:
+    builds = {b.key: b for b in report.builds}
+    rows: list[dict[str, Any]] = []
+    for s in report.suggestions:
+        key = f"{s.table}({', '.join(s.columns)})"
+        build = builds.get(key)
+        rows.append(
+            {
+                "decision": build.status if build else "suggested",
+                "table": s.table,
+                "columns": ", ".join(s.columns),
+                "why": f"{len(s.queries)} statement(s), {s.calls:,} calls, "
+                f"est. {s.est_time_saved_ms:,.0f} ms saved; "
+                + "; ".join(
+                    f"cost {q['cost_before']:,.0f} -> {q['cost_after']:,.0f}" for q in s.queries[:3]
+                ),
+                "size": s.size_bytes,
+                "ddl": s.ddl,
+                "result": build.detail if build else "dry run: pass apply=True to build",
+            }
+        )
+    for r in report.rejected:
+        rows.append(
+            {
+                "decision": "rejected",
+                "table": str(r.candidate.table),
+                "columns": ", ".join(r.candidate.columns),
+                "why": r.reason,
+                "size": "",
+                "ddl": "",
+                "result": "",
+            }
+        )
+    for sk in report.skipped:
+        rows.append(
+            {
+                "decision": "statement skipped",
+                "table": "",
+                "columns": "",
+                "why": f"queryid {sk.queryid}: {sk.reason}",
+                "size": "",
+                "ddl": "",
+                "result": sk.query[:120],
+            }
+        )
+    publish_table(ARTIFACT_KEY, rows, f"Index suggestions for {report.database}")
+    emit(
+        "perfops.indexes.suggested",
+        "perfops.postgres.indexes",
+        {
+            "database": report.database,
+            "suggestions": [
+                {"table": s.table, "columns": s.columns, "ddl": s.ddl} for s in report.suggestions
+            ],
+            "rejected": len(report.rejected),
+            "skipped": len(report.skipped),
+        },
+    )
+    created = [b for b in report.builds if b.status == "created"]
+    if created:
+        emit(
+            "perfops.indexes.created",
+            "perfops.postgres.indexes",
+            {
+                "database": report.database,
+                "indexes": [
+                    {
+                        "name": b.index_name,
+                        "key": b.key,
+                        "seconds": round(b.seconds, 2),
+                        "costs_before": b.costs_before,
+                        "costs_after": b.costs_after,
+                    }
+                    for b in created
+                ],
+            },
+        )

@@ -1,0 +1,1 @@
+"""perfops CLI sub-commands, one module per area."""

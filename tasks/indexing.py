@@ -1,0 +1,548 @@
+"""Which indexes would pay off: pure decisions of the index advisor (no I/O, no Prefect).
+
+1. `query_shape` parses a normalised statement with PostgreSQL's own parser (pglast) and finds,
+   per table, the columns compared for equality, compared by range, and sorted on, in WHERE,
+   JOIN ... ON, ORDER BY and GROUP BY.
+2. `candidate_indexes` turns shapes into single- and multi-column btree candidates (equality
+   columns first, then one range or the sort columns), dropping those an existing index covers.
+3. `choose_indexes` picks a set greedily by total benefit (calls x estimated cost saved, costs
+   from hypopg) with a minimum saving per query and a cap of new indexes per table. Every
+   candidate not chosen carries the reason.
+
+Only btree indexes on plain columns are proposed; expressions, OR branches and functions of
+columns are left out (the reason says so where a statement yields nothing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pglast import ast, parse_sql
+from pglast.enums.parsenodes import A_Expr_Kind
+from pglast.enums.primnodes import BoolExprType
+from pglast.parser import ParseError
+from pydantic import BaseModel, Field
+
+MAX_INDEX_COLUMNS = 3
+PG_MAX_IDENTIFIER = 63
+_EQUALITY_OPS = {"="}
+_RANGE_OPS = {"<", ">", "<=", ">="}
+
+
+# --------------------------------------------------------------------------- settings
+
+
+class IndexAdvisorSettings(BaseModel):
+    """Tunables of the index advisor (the Prefect UI shows them as a form)."""
+
+    min_calls: int = Field(default=10, ge=1, description="Ignore statements called fewer times.")
+    min_total_ms: float = Field(
+        default=0.0, ge=0, description="Ignore statements with less total execution time (ms)."
+    )
+    max_statements: int = Field(
+        default=200,
+        ge=1,
+        le=5000,
+        description="Consider at most this many statements (by total time).",
+    )
+    min_saving: float = Field(
+        default=0.3,
+        gt=0,
+        lt=1,
+        description="A candidate must cut a query's estimated cost by at least this fraction.",
+    )
+    max_new_per_table: int = Field(
+        default=3, ge=1, le=20, description="At most this many new indexes per table per run."
+    )
+    include_tables: list[str] = Field(
+        default_factory=list, description="Only these tables (name or schema.name); empty = all."
+    )
+    exclude_tables: list[str] = Field(
+        default_factory=list, description="Never these tables (name or schema.name)."
+    )
+    build_statement_timeout_ms: int = Field(
+        default=3_600_000,
+        ge=1_000,
+        description="statement_timeout for each CREATE INDEX CONCURRENTLY (default 1 h).",
+    )
+    build_lock_timeout_ms: int = Field(
+        default=5_000, ge=10, description="lock_timeout for each index build and cleanup."
+    )
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+@dataclass(frozen=True, order=True)
+class TableRef:
+    schema: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass
+class TableUse:
+    """How one statement uses one table."""
+
+    equality: list[str] = field(default_factory=list)
+    ranges: list[str] = field(default_factory=list)
+    sort: list[str] = field(default_factory=list)
+
+    def add(self, bucket: list[str], column: str) -> None:
+        if column not in bucket:
+            bucket.append(column)
+
+
+@dataclass
+class QueryShape:
+    """Per table, the columns a statement filters, joins and sorts on."""
+
+    tables: dict[TableRef, TableUse] = field(default_factory=dict)
+
+
+class ShapeError(ValueError):
+    """A statement perfops cannot derive candidates from (the message is the reason)."""
+
+
+Catalog = dict[TableRef, list[str]]
+"""Every user table and its columns."""
+
+
+def resolve_table(
+    schema: str | None, name: str, catalog: Catalog, search_path: Sequence[str]
+) -> TableRef | None:
+    """The catalog table a (possibly unqualified) name refers to, as the server would resolve it."""
+    if schema:
+        ref = TableRef(schema, name)
+        return ref if ref in catalog else None
+    for path_schema in search_path:
+        ref = TableRef(path_schema, name)
+        if ref in catalog:
+            return ref
+    return None
+
+
+def query_shape(
+    query: str, catalog: Catalog, search_path: Sequence[str] = ("public",)
+) -> QueryShape:
+    """Parse `query` and collect its equality, range and sort columns per table.
+
+    Raises `ShapeError` with the reason when the statement cannot be used.
+    """
+    try:
+        statements = parse_sql(query)
+    except ParseError as exc:
+        raise ShapeError(f"does not parse (truncated by pg_stat_statements?): {exc}") from None
+    if len(statements) != 1:
+        raise ShapeError(f"{len(statements)} statements in one entry")
+    root = statements[0].stmt
+    if not isinstance(root, ast.SelectStmt | ast.UpdateStmt | ast.DeleteStmt):
+        raise ShapeError(f"{type(root).__name__} is not a SELECT, UPDATE or DELETE")
+    shape = QueryShape()
+    for node in _statements(root):
+        _Scope(node, catalog, search_path, shape).collect()
+    if not any(u.equality or u.ranges or u.sort for u in shape.tables.values()):
+        raise ShapeError("no filter, join or sort on a plain column of a known table")
+    return shape
+
+
+def _walk(node: Any) -> Iterator[Any]:
+    """Every AST node under `node` (depth first, `node` included)."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, list | tuple):
+            stack.extend(current)
+        elif isinstance(current, ast.Node):
+            yield current
+            for name in getattr(current, "__slots__", ()):
+                value = getattr(current, name, None)
+                if isinstance(value, ast.Node | list | tuple):
+                    stack.append(value)
+
+
+def _statements(root: Any) -> Iterator[Any]:
+    """SELECT/UPDATE/DELETE nodes with their own FROM scope (subqueries and CTEs included)."""
+    for node in _walk(root):
+        if isinstance(node, ast.UpdateStmt | ast.DeleteStmt) or (
+            isinstance(node, ast.SelectStmt) and node.larg is None
+        ):
+            yield node
+
+
+class _Scope:
+    """One statement's FROM scope: aliases to tables, then its predicates and sort keys."""
+
+    def __init__(
+        self, node: Any, catalog: Catalog, search_path: Sequence[str], shape: QueryShape
+    ) -> None:
+        self.node = node
+        self.catalog = catalog
+        self.search_path = search_path
+        self.shape = shape
+        self.aliases: dict[str, TableRef] = {}
+        self.quals: list[Any] = []
+
+    def collect(self) -> None:
+        node = self.node
+        if isinstance(node, ast.SelectStmt):
+            for item in node.fromClause or ():
+                self._from_item(item)
+        elif isinstance(node, ast.UpdateStmt):
+            self._from_item(node.relation)
+            for item in node.fromClause or ():
+                self._from_item(item)
+        else:
+            self._from_item(node.relation)
+            for item in node.usingClause or ():
+                self._from_item(item)
+        if not self.aliases:
+            return
+        for qual in [node.whereClause, *self.quals]:
+            for conjunct in _conjuncts(qual):
+                self._predicate(conjunct)
+        if isinstance(node, ast.SelectStmt):
+            for sort in node.sortClause or ():
+                self._sort_key(sort.node)
+            for group in node.groupClause or ():
+                self._sort_key(group)
+
+    def _from_item(self, item: Any) -> None:
+        if isinstance(item, ast.RangeVar) and item.relname:
+            ref = resolve_table(item.schemaname, item.relname, self.catalog, self.search_path)
+            if ref is not None:
+                alias = (item.alias.aliasname if item.alias else None) or item.relname
+                self.aliases[alias] = ref
+                self.shape.tables.setdefault(ref, TableUse())
+        elif isinstance(item, ast.JoinExpr):
+            self._from_item(item.larg)
+            self._from_item(item.rarg)
+            if item.quals is not None:
+                self.quals.append(item.quals)
+
+    def _column(self, node: Any) -> tuple[TableRef, str] | None:
+        """The (table, column) a ColumnRef names in this scope, if it is a plain column."""
+        while isinstance(node, ast.TypeCast):
+            node = node.arg
+        if not isinstance(node, ast.ColumnRef):
+            return None
+        fields = node.fields or ()
+        names = [f.sval for f in fields if isinstance(f, ast.String) and f.sval]
+        if len(names) != len(fields):  # a star
+            return None
+        if len(names) == 1:
+            owners = [t for t in set(self.aliases.values()) if names[0] in self.catalog[t]]
+            return (owners[0], names[0]) if len(owners) == 1 else None
+        qualifier, column = names[-2], names[-1]
+        ref = self.aliases.get(qualifier)
+        if ref is None and len(names) == 3:
+            ref = resolve_table(names[0], qualifier, self.catalog, self.search_path)
+        if ref is None or column not in self.catalog.get(ref, []):
+            return None
+        return ref, column
+
+    def _predicate(self, expr: Any) -> None:
+        if isinstance(expr, ast.NullTest):
+            found = self._column(expr.arg)
+            if found:
+                self._use(found).add(self._use(found).equality, found[1])
+            return
+        if not isinstance(expr, ast.A_Expr):
+            return
+        kind = expr.kind
+        op = expr.name[-1].sval if expr.name else ""
+        left, right = self._column(expr.lexpr), self._column(expr.rexpr)
+        if kind == A_Expr_Kind.AEXPR_IN and left and op == "=":
+            self._use(left).add(self._use(left).equality, left[1])
+        elif kind in (A_Expr_Kind.AEXPR_BETWEEN, A_Expr_Kind.AEXPR_BETWEEN_SYM) and left:
+            self._use(left).add(self._use(left).ranges, left[1])
+        elif kind == A_Expr_Kind.AEXPR_OP and op in _EQUALITY_OPS | _RANGE_OPS:
+            if left and right and left[0] == right[0]:
+                return  # a comparison of two columns of one table cannot use an index
+            for side in (left, right):
+                if side is None:
+                    continue
+                use = self._use(side)
+                use.add(use.equality if op in _EQUALITY_OPS else use.ranges, side[1])
+
+    def _sort_key(self, node: Any) -> None:
+        found = self._column(node)
+        if found:
+            self._use(found).add(self._use(found).sort, found[1])
+
+    def _use(self, found: tuple[TableRef, str]) -> TableUse:
+        return self.shape.tables.setdefault(found[0], TableUse())
+
+
+def _conjuncts(expr: Any) -> Iterator[Any]:
+    """The AND-ed terms of a boolean expression (OR and NOT branches are not indexed here)."""
+    if expr is None:
+        return
+    if isinstance(expr, ast.BoolExpr):
+        if expr.boolop == BoolExprType.AND_EXPR:
+            for arg in expr.args or ():
+                yield from _conjuncts(arg)
+        return
+    yield expr
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+class Candidate(BaseModel):
+    """A btree index worth costing."""
+
+    schema_name: str
+    table_name: str
+    columns: list[str]
+
+    @property
+    def key(self) -> str:
+        return f"{self.schema_name}.{self.table_name}({', '.join(self.columns)})"
+
+    @property
+    def table(self) -> TableRef:
+        return TableRef(self.schema_name, self.table_name)
+
+
+class ExistingIndex(BaseModel):
+    """What the advisor needs to know of an index already there."""
+
+    schema_name: str
+    table_name: str
+    index_name: str
+    columns: list[str]
+    method: str
+    predicate: str | None = None
+    is_valid: bool = True
+
+
+def _column_sets(use: TableUse) -> Iterator[list[str]]:
+    eq = use.equality[:MAX_INDEX_COLUMNS]
+    for column in [*use.equality, *use.ranges, *use.sort[:1]]:
+        yield [column]
+    if eq:
+        if len(eq) > 1:
+            yield eq
+        for column in use.ranges:
+            if column not in eq:
+                yield [*eq[: MAX_INDEX_COLUMNS - 1], column]
+        sort = [c for c in use.sort if c not in eq]
+        if sort:
+            yield [*eq, *sort][:MAX_INDEX_COLUMNS]
+    elif len(use.sort) > 1:
+        yield use.sort[:MAX_INDEX_COLUMNS]
+
+
+def candidate_indexes(shapes: Iterable[QueryShape]) -> list[Candidate]:
+    """Distinct candidates from every shape, in a stable order."""
+    seen: dict[str, Candidate] = {}
+    for shape in shapes:
+        for ref, use in sorted(shape.tables.items()):
+            for columns in _column_sets(use):
+                candidate = Candidate(schema_name=ref.schema, table_name=ref.name, columns=columns)
+                seen.setdefault(candidate.key, candidate)
+    return list(seen.values())
+
+
+def covering_index(candidate: Candidate, existing: Iterable[ExistingIndex]) -> ExistingIndex | None:
+    """An existing valid, non-partial btree index whose leading columns are the candidate's."""
+    for index in existing:
+        if (
+            index.schema_name == candidate.schema_name
+            and index.table_name == candidate.table_name
+            and index.method == "btree"
+            and index.is_valid
+            and index.predicate is None
+            and index.columns[: len(candidate.columns)] == candidate.columns
+        ):
+            return index
+    return None
+
+
+def index_name(candidate: Candidate) -> str:
+    """`perfops_idx_<table>_<columns>`, shortened with a hash to PostgreSQL's 63 bytes."""
+    name = f"perfops_idx_{candidate.table_name}_{'_'.join(candidate.columns)}".lower()
+    name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)
+    if len(name.encode()) <= PG_MAX_IDENTIFIER:
+        return name
+    digest = hashlib.sha1(candidate.key.encode()).hexdigest()[:8]  # noqa: S324 - a name, not security
+    return f"{name.encode()[: PG_MAX_IDENTIFIER - 9].decode(errors='ignore')}_{digest}"
+
+
+# --------------------------------------------------------------------------- choice
+
+
+class QueryCost(BaseModel):
+    """One statement with its calls and its generic-plan cost without new indexes."""
+
+    queryid: int
+    calls: int
+    mean_ms: float
+    base_cost: float
+    tables: list[str]  # schema.table it touches
+
+
+class Costing(BaseModel):
+    """The estimated cost of each query with each candidate alone (hypopg)."""
+
+    candidate: Candidate
+    size_bytes: int
+    costs: dict[int, float]  # queryid -> cost with this index, for queries on its table
+
+
+class Effect(BaseModel):
+    queryid: int
+    calls: int
+    cost_before: float
+    cost_after: float
+
+    @property
+    def saving(self) -> float:
+        return 1 - self.cost_after / self.cost_before if self.cost_before > 0 else 0.0
+
+
+class Choice(BaseModel):
+    """A candidate chosen, with the queries it helps."""
+
+    candidate: Candidate
+    size_bytes: int
+    benefit: float  # sum of calls x cost saved (planner cost units)
+    effects: list[Effect]
+    est_time_saved_ms: float  # sum of calls x mean time x fraction of cost saved
+
+
+class Rejection(BaseModel):
+    candidate: Candidate
+    reason: str
+
+
+class Selection(BaseModel):
+    chosen: list[Choice]
+    rejected: list[Rejection]
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.0f}%"
+
+
+def choose_indexes(
+    queries: Sequence[QueryCost],
+    costings: Sequence[Costing],
+    existing: Sequence[ExistingIndex],
+    *,
+    min_saving: float,
+    max_new_per_table: int,
+) -> Selection:
+    """Greedy choice by total benefit; each rejected candidate says why."""
+    by_id = {q.queryid: q for q in queries}
+    best = {q.queryid: q.base_cost for q in queries}  # best cost so far per query
+    rejected: list[Rejection] = []
+    pool: list[Costing] = []
+    for costing in costings:
+        cover = covering_index(costing.candidate, existing)
+        if cover is not None:
+            rejected.append(
+                Rejection(
+                    candidate=costing.candidate,
+                    reason=f"covered by {cover.index_name} ({', '.join(cover.columns)})",
+                )
+            )
+            continue
+        savings = [
+            1 - cost / by_id[qid].base_cost
+            for qid, cost in costing.costs.items()
+            if qid in by_id and by_id[qid].base_cost > 0
+        ]
+        top = max(savings, default=0.0)
+        if top < min_saving:
+            rejected.append(
+                Rejection(
+                    candidate=costing.candidate,
+                    reason=f"saves {_pct(max(top, 0.0))} < {_pct(min_saving)} on every query",
+                )
+            )
+            continue
+        pool.append(costing)
+
+    chosen: list[Choice] = []
+    per_table: dict[TableRef, int] = {}
+    while pool:
+        scored = [(_benefit(c, by_id, best, min_saving), c) for c in pool]
+        benefit, winner = max(scored, key=lambda pair: (pair[0], -len(pair[1].candidate.columns)))
+        if benefit <= 0:
+            break
+        pool.remove(winner)
+        table = winner.candidate.table
+        if per_table.get(table, 0) >= max_new_per_table:
+            rejected.append(
+                Rejection(
+                    candidate=winner.candidate,
+                    reason=f"cap of {max_new_per_table} new indexes on {table} reached",
+                )
+            )
+            continue
+        per_table[table] = per_table.get(table, 0) + 1
+        effects = []
+        for qid, cost in sorted(winner.costs.items()):
+            query = by_id.get(qid)
+            if query is None or query.base_cost <= 0:
+                continue
+            if cost < best[qid] and 1 - cost / query.base_cost >= min_saving:
+                effects.append(
+                    Effect(queryid=qid, calls=query.calls, cost_before=best[qid], cost_after=cost)
+                )
+                best[qid] = cost
+        time_saved = sum(
+            e.calls * by_id[e.queryid].mean_ms * max(0.0, 1 - e.cost_after / e.cost_before)
+            for e in effects
+        )
+        chosen.append(
+            Choice(
+                candidate=winner.candidate,
+                size_bytes=winner.size_bytes,
+                benefit=benefit,
+                effects=effects,
+                est_time_saved_ms=time_saved,
+            )
+        )
+    for costing in pool:
+        helper = next(
+            (
+                c.candidate.key
+                for c in chosen
+                if set(c.candidate.columns) & set(costing.candidate.columns)
+                and c.candidate.table == costing.candidate.table
+            ),
+            None,
+        )
+        reason = (
+            f"no further saving once {helper} exists"
+            if helper
+            else "no further saving once the chosen indexes exist"
+        )
+        rejected.append(Rejection(candidate=costing.candidate, reason=reason))
+    return Selection(chosen=chosen, rejected=rejected)
+
+
+def _benefit(
+    costing: Costing, by_id: dict[int, QueryCost], best: dict[int, float], min_saving: float
+) -> float:
+    total = 0.0
+    for qid, cost in costing.costs.items():
+        query = by_id.get(qid)
+        if query is None or query.base_cost <= 0:
+            continue
+        if 1 - cost / query.base_cost >= min_saving and cost < best[qid]:
+            total += query.calls * (best[qid] - cost)
+    return total
+
+
+def table_matches(ref: TableRef, patterns: Sequence[str]) -> bool:
+    """Does `ref` match any of `name` / `schema.name`?"""
+    return any(p in (ref.name, str(ref)) for p in patterns)
