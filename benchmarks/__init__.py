@@ -1,0 +1,1 @@
+"""perfops benchmarks: run each as `python -m benchmarks.NAME` from the repository root."""
