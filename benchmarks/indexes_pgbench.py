@@ -21,11 +21,11 @@ import httpx
 
 from benchmarks._support import (
     BIN,
-    dsn_for,
     drop_database,
+    dsn_for,
     median,
-    print_table,
     prefect_server,
+    print_table,
     recreate_database,
     run,
 )
