@@ -22,6 +22,7 @@ from tasks.indexing import (
     ExistingIndex,
     IndexAdvisorSettings,
     QueryCost,
+    QueryShape,
     Rejection,
     ShapeError,
     candidate_indexes,
@@ -117,7 +118,7 @@ def suggest_indexes(
     existing = [ExistingIndex.model_validate(i.model_dump()) for i in existing_rows]
 
     skipped: list[SkippedStatement] = []
-    shapes = []
+    shapes: dict[int, QueryShape] = {}
     texts: dict[int, str] = {}
     tables_of: dict[int, list[str]] = {}
     for stat in statements:
@@ -141,7 +142,7 @@ def suggest_indexes(
             )
             continue
         shape.tables = {ref: use for ref, use in shape.tables.items() if ref in refs}
-        shapes.append(shape)
+        shapes[stat.queryid] = shape
         texts[stat.queryid] = stat.query
         tables_of[stat.queryid] = [str(ref) for ref in refs]
 
@@ -155,6 +156,7 @@ def suggest_indexes(
                 )
             )
             texts.pop(qid)
+            shapes.pop(qid)
     by_id = {s.queryid: s for s in statements}
     queries = [
         QueryCost(
@@ -166,7 +168,7 @@ def suggest_indexes(
         )
         for qid in texts
     ]
-    candidates = candidate_indexes(shapes)
+    candidates = candidate_indexes(shapes.values())
     costings = cost_candidates(target, texts, tables_of, candidates) if candidates else []
     selection = choose_indexes(
         queries,

@@ -16,13 +16,14 @@ columns are left out (the reason says so where a statement yields nothing).
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pglast import ast, parse_sql
 from pglast.enums.parsenodes import A_Expr_Kind
-from pglast.enums.primnodes import BoolExprType
+from pglast.enums.primnodes import BoolExprType, SubLinkType
 from pglast.parser import ParseError
 from pydantic import BaseModel, Field
 
@@ -203,7 +204,7 @@ class _Scope:
                 self._from_item(item)
         if not self.aliases:
             return
-        for qual in [node.whereClause, *self.quals]:
+        for qual in [*self.quals, node.whereClause]:
             for conjunct in _conjuncts(qual):
                 self._predicate(conjunct)
         if isinstance(node, ast.SelectStmt):
@@ -249,6 +250,11 @@ class _Scope:
     def _predicate(self, expr: Any) -> None:
         if isinstance(expr, ast.NullTest):
             found = self._column(expr.arg)
+            if found:
+                self._use(found).add(self._use(found).equality, found[1])
+            return
+        if isinstance(expr, ast.SubLink) and expr.subLinkType == SubLinkType.ANY_SUBLINK:
+            found = self._column(expr.testexpr)  # col IN (SELECT ...) / col = ANY (SELECT ...)
             if found:
                 self._use(found).add(self._use(found).equality, found[1])
             return
@@ -368,7 +374,7 @@ def covering_index(candidate: Candidate, existing: Iterable[ExistingIndex]) -> E
 def index_name(candidate: Candidate) -> str:
     """`perfops_idx_<table>_<columns>`, shortened with a hash to PostgreSQL's 63 bytes."""
     name = f"perfops_idx_{candidate.table_name}_{'_'.join(candidate.columns)}".lower()
-    name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)
+    name = re.sub(r"_+", "_", "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name))
     if len(name.encode()) <= PG_MAX_IDENTIFIER:
         return name
     digest = hashlib.sha1(candidate.key.encode()).hexdigest()[:8]  # noqa: S324 - a name, not security
@@ -394,6 +400,7 @@ class Costing(BaseModel):
     candidate: Candidate
     size_bytes: int
     costs: dict[int, float]  # queryid -> cost with this index, for queries on its table
+    error: str | None = None  # why it could not be costed
 
 
 class Effect(BaseModel):
@@ -445,6 +452,13 @@ def choose_indexes(
     rejected: list[Rejection] = []
     pool: list[Costing] = []
     for costing in costings:
+        if costing.error:
+            rejected.append(
+                Rejection(
+                    candidate=costing.candidate, reason=f"could not be costed: {costing.error}"
+                )
+            )
+            continue
         cover = covering_index(costing.candidate, existing)
         if cover is not None:
             rejected.append(

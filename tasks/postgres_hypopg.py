@@ -117,6 +117,11 @@ def _hypothetical(conn: psycopg.Connection[Any], candidate: Candidate) -> tuple[
     return int(row["indexrelid"]), str(row["indexname"])
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _plan(conn: psycopg.Connection[Any], query: str) -> tuple[float, set[str]]:
     try:
         plan = explain_generic(conn, query)
@@ -160,9 +165,18 @@ def cost_candidates(
         ensure_hypopg(conn)
         for candidate in candidates:
             conn.execute("select hypopg_reset()")
-            oid, _ = _hypothetical(conn, candidate)
-            size_row = conn.execute("select hypopg_relation_size(%s) as size", (oid,)).fetchone()
-            conn.commit()
+            try:
+                oid, _ = _hypothetical(conn, candidate)
+                size_row = conn.execute(
+                    "select hypopg_relation_size(%s) as size", (oid,)
+                ).fetchone()
+                conn.commit()
+            except psycopg.Error as exc:
+                conn.rollback()
+                costings.append(
+                    Costing(candidate=candidate, size_bytes=0, costs={}, error=_one_line(exc))
+                )
+                continue
             table = f"{candidate.schema_name}.{candidate.table_name}"
             costs: dict[int, float] = {}
             for qid, query in queries.items():
@@ -203,7 +217,7 @@ def verify_index_set(
             try:
                 cost, indexes = _plan(conn, query)
             except psycopg.Error as exc:
-                plans[qid] = PlannedQuery(queryid=qid, cost=None, error=str(exc).splitlines()[0])
+                plans[qid] = PlannedQuery(queryid=qid, cost=None, error=_one_line(exc))
                 continue
             plans[qid] = PlannedQuery(queryid=qid, cost=cost, indexes_used=sorted(indexes))
             for name in indexes:

@@ -27,6 +27,7 @@ from tasks.postgres import advisory_lock, connect, ensure_primary, set_timeouts
 from tasks.postgres_statements import explain_generic, plan_cost, plan_index_names
 
 NAME_PREFIX = "perfops_idx_"
+CLEANUP_TIMEOUT_MS = 60_000
 
 
 class BuildRequest(BaseModel):
@@ -127,10 +128,11 @@ def build_one(
     schema, table = candidate.schema_name, candidate.table_name
     try:
         with advisory_lock(conn, f"index-build:{schema}.{table}"):
+            # catalog work and cleanup under ordinary timeouts; the build under its own
             set_timeouts(
                 conn,
                 lock_timeout_ms=lock_timeout_ms,
-                statement_timeout_ms=statement_timeout_ms,
+                statement_timeout_ms=CLEANUP_TIMEOUT_MS,
                 local=False,
             )
             for leftover in _invalid_leftovers(conn, schema, table):
@@ -146,10 +148,17 @@ def build_one(
                 sql.SQL(", ").join(sql.Identifier(c) for c in candidate.columns),
             )
             try:
+                set_timeouts(conn, statement_timeout_ms=statement_timeout_ms, local=False)
                 conn.execute(statement)
             except psycopg.Error as exc:
                 result.detail = f"build failed: {_one_line(exc)}"
                 try:
+                    set_timeouts(
+                        conn,
+                        lock_timeout_ms=lock_timeout_ms,
+                        statement_timeout_ms=CLEANUP_TIMEOUT_MS,
+                        local=False,
+                    )
                     _drop_concurrently(conn, schema, name)
                     result.detail += "; the INVALID index it left was dropped"
                 except psycopg.Error as drop_exc:
@@ -158,6 +167,7 @@ def build_one(
                     )
                 return result
             result.seconds = time.monotonic() - started
+            set_timeouts(conn, statement_timeout_ms=CLEANUP_TIMEOUT_MS, local=False)
             row = conn.execute(
                 "select x.indisvalid as valid, pg_relation_size(x.indexrelid) as size "
                 "from pg_index x where x.indexrelid = %s::regclass",
@@ -168,9 +178,6 @@ def build_one(
                 result.detail = "the build finished but the index is not valid; dropped it"
                 return result
             result.size_bytes = int(row["size"])
-            set_timeouts(
-                conn, lock_timeout_ms=lock_timeout_ms, statement_timeout_ms=30_000, local=False
-            )
             after, used = _replan(conn, request.queries)
             result.costs_after = after
             result.used_by = sorted(qid for qid, names in used.items() if name in names)

@@ -90,9 +90,10 @@ def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 RETRY_DEFAULTS: dict[str, Any] = {
-    "retries": 3,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+    "retries": 2,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=1),
     "retry_jitter_factor": 0.5,
     "retry_condition_fn": retry_on_transient,
 }
-"""Task options for one I/O step: 3 retries at about 2, 4, 8 s (+-50% jitter), transient only."""
+"""Task options for one I/O step: 2 retries about 1 and 2 s apart (+-50% jitter), transient
+errors only, so an unreachable server still fails within a few seconds."""

@@ -1,0 +1,187 @@
+"""suggest_indexes on the real PostgreSQL with pg_stat_statements and hypopg."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from pydantic import SecretStr
+
+from blocks import PostgresTarget
+from flows.suggest_indexes import suggest_indexes
+from perfops.errors import ConnectionFailed
+from tasks.indexing import Candidate, IndexAdvisorSettings
+from tasks.postgres_index_builds import BuildRequest, create_indexes
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+HOSTILE = 'x"; DROP TABLE y; --'
+SCOPE = ["adv.orders", f"adv.{HOSTILE}"]
+
+
+def _invalid_indexes(conn: psycopg.Connection[Any]) -> list[str]:
+    rows = conn.execute(
+        "select i.relname from pg_index x join pg_class i on i.oid = x.indexrelid "
+        "join pg_namespace n on n.oid = i.relnamespace where n.nspname = 'adv' and not x.indisvalid"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+@pytest.fixture()
+def workload(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """adv.orders (100k rows, no index) and a hostile-named table, with their queries counted."""
+    monkeypatch.setenv("PERFOPS_DSN", pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("drop schema if exists adv cascade")
+        conn.execute("create schema adv")
+        conn.execute("create table adv.y (id int)")  # what the hostile name would drop
+        conn.execute(
+            "create table adv.orders as select g as id, (g * 7919) % 20000 as customer_id, "
+            "case when g % 2 = 0 then 'open' else 'closed' end as status, "
+            "now() - g * interval '1 minute' as created_at, (g % 1000)::numeric as total "
+            "from generate_series(1, 100000) g"
+        )
+        conn.execute(
+            sql.SQL(
+                'create table adv.{} as select g as id, g % 5000 as "Mixed Case" '
+                "from generate_series(1, 50000) g"
+            ).format(sql.Identifier(HOSTILE))
+        )
+        conn.execute("analyze adv.orders")
+        conn.execute(sql.SQL("analyze adv.{}").format(sql.Identifier(HOSTILE)))
+        conn.execute(
+            "select pg_stat_statements_reset(0, (select oid from pg_database "
+            "where datname = current_database()), 0)"
+        )
+        for i in range(30):
+            conn.execute("select * from adv.orders where customer_id = %s", (i,)).fetchall()
+            conn.execute("select count(*) from adv.orders where status = %s", ("open",)).fetchall()
+            conn.execute(
+                sql.SQL('select id from adv.{} where "Mixed Case" = %s').format(
+                    sql.Identifier(HOSTILE)
+                ),
+                (i,),
+            ).fetchall()
+    yield pg_dsn
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("drop schema if exists adv cascade")
+
+
+def _settings(**kw: Any) -> IndexAdvisorSettings:
+    return IndexAdvisorSettings(min_calls=10, include_tables=SCOPE, **kw)
+
+
+def test_suggests_what_pays_off_with_evidence_and_builds_nothing(workload: str) -> None:
+    report = suggest_indexes(settings=_settings())
+    by_table = {(s.table, tuple(s.columns)): s for s in report.suggestions}
+    assert set(by_table) == {("adv.orders", ("customer_id",)), (f"adv.{HOSTILE}", ("Mixed Case",))}
+    orders = by_table[("adv.orders", ("customer_id",))]
+    assert orders.ddl.startswith(
+        'CREATE INDEX CONCURRENTLY "perfops_idx_orders_customer_id" ON "adv"."orders"'
+    )
+    [helped] = orders.queries
+    assert helped["calls"] == 30 and helped["cost_after"] < helped["cost_before"] * 0.1
+    assert orders.size_bytes > 0 and orders.est_time_saved_ms > 0
+    reasons = {
+        (str(r.candidate.table), tuple(r.candidate.columns)): r.reason for r in report.rejected
+    }
+    assert reasons[("adv.orders", ("status",))].startswith("saves ")  # low selectivity: no index
+    assert report.builds == [] and not report.applied
+    with psycopg.connect(workload) as conn:
+        count = conn.execute("select count(*) from pg_indexes where schemaname = 'adv'").fetchone()
+    assert count == (0,)
+
+
+def test_apply_builds_concurrently_verifies_and_a_rerun_suggests_nothing(workload: str) -> None:
+    report = suggest_indexes(settings=_settings(), apply=True)
+    assert {b.status for b in report.builds} == {"created"}
+    for build in report.builds:
+        assert build.used_by, build
+        assert all(build.costs_after[q] < build.costs_before[q] for q in build.used_by)
+    with psycopg.connect(workload) as conn:
+        names = {
+            r[0]
+            for r in conn.execute(
+                "select indexname from pg_indexes where schemaname = 'adv'"
+            ).fetchall()
+        }
+        assert names == {"perfops_idx_orders_customer_id", "perfops_idx_x_drop_table_y_mixed_case"}
+        assert _invalid_indexes(conn) == []
+        assert conn.execute("select to_regclass('adv.y') is not null").fetchone() == (True,)
+    again = suggest_indexes(settings=_settings(), apply=True)
+    assert again.suggestions == [] and again.builds == []
+    reasons = [r.reason for r in again.rejected]
+    assert "covered by perfops_idx_orders_customer_id (customer_id)" in reasons
+
+
+def test_locked_table_statements_are_skipped_with_the_reason(workload: str) -> None:
+    PostgresTarget(dsn=SecretStr(workload), lock_timeout_ms=200).save(
+        "advisor-test", overwrite=True
+    )
+    with psycopg.connect(workload) as holder:
+        holder.execute("lock table adv.orders in access exclusive mode")
+        report = suggest_indexes(postgres_block="advisor-test", settings=_settings())
+        holder.rollback()
+    skipped = {s.query: s.reason for s in report.skipped}
+    locked = [r for q, r in skipped.items() if "adv.orders" in q]
+    assert locked and all("lock timeout" in r for r in locked)
+    assert [s.table for s in report.suggestions] == [f"adv.{HOSTILE}"]  # the other table went on
+
+
+def test_build_blocked_by_a_lock_fails_cleanly_and_leftovers_are_cleaned(workload: str) -> None:
+    target = PostgresTarget(dsn=SecretStr(workload))
+    request = BuildRequest(
+        candidate=Candidate(schema_name="adv", table_name="orders", columns=["customer_id"]),
+        queries={},
+        expected_costs={},
+    )
+    with psycopg.connect(workload, autocommit=True) as conn:
+        # a killed run's leftover: an INVALID perfops index
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(
+                "create unique index concurrently perfops_idx_orders_status on adv.orders (status)"
+            )
+        assert _invalid_indexes(conn) == ["perfops_idx_orders_status"]
+    with psycopg.connect(workload) as holder:
+        holder.execute("lock table adv.orders in share update exclusive mode")
+        [blocked] = create_indexes.fn(target, [request], lock_timeout_ms=200)
+        holder.rollback()
+    assert blocked.status == "failed" and "lock timeout" in blocked.detail
+    with psycopg.connect(workload) as conn:
+        assert _invalid_indexes(conn) == ["perfops_idx_orders_status"]  # nothing half-done
+    [built] = create_indexes.fn(target, [request], lock_timeout_ms=2000)
+    assert built.status == "created"
+    with psycopg.connect(workload) as conn:
+        assert _invalid_indexes(conn) == []  # the rerun cleaned the leftover first
+
+
+def test_a_build_cut_short_drops_the_invalid_index_it_left(workload: str) -> None:
+    target = PostgresTarget(dsn=SecretStr(workload))
+    request = BuildRequest(
+        candidate=Candidate(
+            schema_name="adv", table_name="orders", columns=["created_at", "total"]
+        ),
+        queries={},
+        expected_costs={},
+    )
+    [cut] = create_indexes.fn(target, [request], statement_timeout_ms=1)
+    assert cut.status == "failed" and "statement timeout" in cut.detail
+    assert "the INVALID index it left was dropped" in cut.detail
+    with psycopg.connect(workload) as conn:
+        assert _invalid_indexes(conn) == []
+        assert conn.execute(
+            "select count(*) from pg_indexes where indexname = %s", (cut.index_name,)
+        ).fetchone() == (0,)
+
+
+def test_unreachable_database_fails_fast_without_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PERFOPS_DSN", "postgresql://app:advisor-secret@127.0.0.1:1/app")
+    state = suggest_indexes(return_state=True)
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ConnectionFailed)
+    assert "advisor-secret" not in str(error) and "app@127.0.0.1:1/app" in str(error)
