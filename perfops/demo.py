@@ -43,6 +43,7 @@ CONFIGURED_VARIABLES = (
 )
 
 Progress = Callable[[str, int, int], None]
+FILE_DEFAULTS = ("metrics", "archive", "slack", "email")  # embedded defaults that are files
 
 
 @dataclass
@@ -136,7 +137,7 @@ def run_demo(out_dir: Path, demo_dsn: str | None, progress: Progress) -> DemoSum
     os.environ["PERFOPS_DSN"] = dsn
     os.environ["PERFOPS_OUT_DIR"] = str(out_dir)
 
-    flows = [_run_check_connections(progress)]
+    flows = [runner(progress) for runner in FLOW_RUNNERS]
     params = conninfo_to_dict(dsn)
     where = f"{params.get('user')}@{params.get('host')}:{params.get('port', 5432)}/{DEMO_DATABASE}"
     api = os.environ.get("PREFECT_API_URL")
@@ -168,5 +169,41 @@ def _run_check_connections(progress: Progress) -> FlowOutcome:
             "check_connections", state.name or "Failed", redact(str(checks)), ARTIFACT_KEY
         )
     parts = [f"{c.system} {c.status} ({c.origin})" for c in checks]
-    files = [c.target for c in checks if c.origin == "embedded default" and c.system != "postgres"]
+    files = [
+        c.target for c in checks if c.origin == "embedded default" and c.system in FILE_DEFAULTS
+    ]
     return FlowOutcome("check_connections", state.name or "", "; ".join(parts), ARTIFACT_KEY, files)
+
+
+def _run_suggest_indexes(progress: Progress) -> FlowOutcome:
+    from flows.suggest_indexes import ARTIFACT_KEY, suggest_indexes
+    from tasks.indexing import IndexAdvisorSettings
+
+    progress("running suggest_indexes", 0, 1)
+    state = suggest_indexes(settings=IndexAdvisorSettings(min_calls=5), return_state=True)
+    report: Any = state.result(raise_on_failure=False)
+    if isinstance(report, BaseException):
+        return FlowOutcome(
+            "suggest_indexes", state.name or "Failed", redact(str(report)), ARTIFACT_KEY
+        )
+    found = (
+        "; ".join(
+            f"{s.table}({', '.join(s.columns)}) saves ~{s.est_time_saved_ms:,.0f} ms over "
+            f"{s.calls} calls"
+            for s in report.suggestions
+        )
+        or "nothing worth an index"
+    )
+    return FlowOutcome(
+        "suggest_indexes",
+        state.name or "",
+        f"{len(report.suggestions)} suggested ({found}); {len(report.rejected)} candidates "
+        f"rejected with reasons; dry run, nothing built (perfops indexes suggest --apply)",
+        ARTIFACT_KEY,
+    )
+
+
+FLOW_RUNNERS: list[Callable[[Progress], FlowOutcome]] = [
+    _run_check_connections,
+    _run_suggest_indexes,
+]
