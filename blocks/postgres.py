@@ -103,6 +103,17 @@ class PostgresTarget(Block):
         dbname = params.get("dbname") or user
         return f"{user}@{host}:{port}/{dbname}" if user else f"{host}:{port}/{dbname}"
 
+    def resource_id(self) -> str:
+        """The event resource id of this database: `perfops.postgres.<host>:<port>/<dbname>`."""
+        try:
+            params = conninfo_to_dict(self.dsn.get_secret_value())
+        except psycopg.ProgrammingError:
+            return "perfops.postgres.invalid-dsn"
+        host = params.get("host") or "localhost"
+        port = params.get("port") or 5432
+        dbname = params.get("dbname") or params.get("user") or ""
+        return f"perfops.postgres.{host}:{port}/{dbname}"
+
     def get_connection(
         self,
         *,

@@ -37,7 +37,12 @@ from tasks.postgres_hypopg import (
     fetch_table_catalog,
     verify_index_set,
 )
-from tasks.postgres_index_builds import BuildRequest, BuildResult, create_indexes
+from tasks.postgres_index_builds import (
+    BuildRequest,
+    BuildResult,
+    create_index_sql,
+    create_indexes,
+)
 from tasks.postgres_indexes import fetch_indexes
 from tasks.postgres_statements import fetch_statement_stats
 from tasks.records import emit, publish_table
@@ -73,14 +78,7 @@ class IndexSuggestionReport(BaseModel):
 
 
 def _ddl(candidate: Candidate) -> str:
-    def quote(name: str) -> str:
-        return '"' + name.replace('"', '""') + '"'
-
-    columns = ", ".join(quote(c) for c in candidate.columns)
-    return (
-        f"CREATE INDEX CONCURRENTLY {quote(index_name(candidate))} ON "
-        f"{quote(candidate.schema_name)}.{quote(candidate.table_name)} ({columns});"
-    )
+    return create_index_sql(candidate).as_string(None) + ";"
 
 
 @flow(
@@ -237,7 +235,7 @@ def suggest_indexes(
         )
         report.applied = True
 
-    _record(report)
+    _record(report, target.resource_id())
     for s in suggestions:
         logger.info(
             "suggest %s (%s): saves ~%.0f ms over %d calls",
@@ -249,7 +247,7 @@ def suggest_indexes(
     return report
 
 
-def _record(report: IndexSuggestionReport) -> None:
+def _record(report: IndexSuggestionReport, resource: str) -> None:
     builds = {b.key: b for b in report.builds}
     rows: list[dict[str, Any]] = []
     for s in report.suggestions:
@@ -297,7 +295,7 @@ def _record(report: IndexSuggestionReport) -> None:
     publish_table(ARTIFACT_KEY, rows, f"Index suggestions for {report.database}")
     emit(
         "perfops.indexes.suggested",
-        "perfops.postgres.indexes",
+        resource,
         {
             "database": report.database,
             "suggestions": [
@@ -311,7 +309,7 @@ def _record(report: IndexSuggestionReport) -> None:
     if created:
         emit(
             "perfops.indexes.created",
-            "perfops.postgres.indexes",
+            resource,
             {
                 "database": report.database,
                 "indexes": [

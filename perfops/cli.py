@@ -28,7 +28,8 @@ from perfops.cli_support import (
     quiet_prefect_console,
     set_env,
 )
-from perfops.commands import indexes
+from perfops.commands import indexes, queries
+from perfops.commands.indexes_health import health as index_health
 from perfops.errors import PerfopsError
 from perfops.redaction import redact, register_secret
 from perfops.settings import apply_prefect_defaults
@@ -49,6 +50,8 @@ app = typer.Typer(
 blocks_app = typer.Typer(help="Manage perfops' Prefect block types.", no_args_is_help=True)
 app.add_typer(blocks_app, name="blocks")
 app.add_typer(indexes.app, name="indexes")
+indexes.app.command("health")(index_health)
+app.add_typer(queries.app, name="queries")
 
 
 def _version_callback(value: bool) -> None:

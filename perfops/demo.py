@@ -203,7 +203,62 @@ def _run_suggest_indexes(progress: Progress) -> FlowOutcome:
     )
 
 
+def _run_find_slow_queries(progress: Progress) -> FlowOutcome:
+    from flows.find_slow_queries import ARTIFACT_KEY, find_slow_queries
+    from tasks.slow_queries import SlowQuerySettings, format_ms, format_share
+
+    progress("running find_slow_queries", 0, 1)
+    state = find_slow_queries(settings=SlowQuerySettings(explain=True), return_state=True)
+    result: Any = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException) or result is None:
+        return FlowOutcome(
+            "find_slow_queries", state.name or "Failed", redact(str(result)), ARTIFACT_KEY
+        )
+    found = (
+        f"{len(result.statements)} of {result.statements_seen} statements listed, "
+        f"{result.over_threshold} with a mean over {format_ms(result.settings.threshold_ms)} ms"
+    )
+    if result.statements:
+        top = result.statements[0]
+        planned = sum(1 for s in result.statements if s.plan and s.plan.status == "planned")
+        found += (
+            f"; #1 takes {format_share(top.share_of_db_time)} of DB time at "
+            f"{format_ms(top.mean_ms)} ms mean ({' '.join(top.query.split())[:60]}); "
+            f"{planned} generic plans"
+        )
+    return FlowOutcome("find_slow_queries", state.name or "", found, ARTIFACT_KEY)
+
+
+def _run_check_index_health(progress: Progress) -> FlowOutcome:
+    from flows.check_index_health import ARTIFACT_KEY, check_index_health
+    from tasks.index_health import format_bytes
+
+    progress("running check_index_health", 0, 1)
+    state = check_index_health(return_state=True)  # report only: the demo drops nothing
+    result: Any = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException) or result is None:
+        return FlowOutcome(
+            "check_index_health", state.name or "Failed", redact(str(result)), ARTIFACT_KEY
+        )
+    kinds: dict[str, int] = {}
+    for f in result.findings:
+        kinds[f.kind] = kinds.get(f.kind, 0) + 1
+    found = (
+        f"{result.indexes_checked} indexes checked, {len(result.findings)} "
+        f"finding{'' if len(result.findings) == 1 else 's'} wasting "
+        f"{format_bytes(result.wasted_bytes)}"
+        + (" (" + ", ".join(f"{n} {k}" for k, n in kinds.items()) + ")" if kinds else "")
+    )
+    if result.findings:
+        first = result.findings[0]
+        found += f"; e.g. {first.name}: {first.reason.split('; ')[0]}"
+    found += "; report only, nothing dropped"
+    return FlowOutcome("check_index_health", state.name or "", found, ARTIFACT_KEY)
+
+
 FLOW_RUNNERS: list[Callable[[Progress], FlowOutcome]] = [
     _run_check_connections,
+    _run_find_slow_queries,
     _run_suggest_indexes,
+    _run_check_index_health,
 ]

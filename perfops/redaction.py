@@ -19,6 +19,10 @@ _URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^
 _KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|[^\s&]+)", re.I)
 # ?password=... in URIs is caught by the key/value rule above.
 
+# Utility statements (ALTER ROLE ... PASSWORD '...') reach pg_stat_statements verbatim.
+_SECRET_WORDS = re.compile(r"\b(password|secret|token)\b", re.IGNORECASE)
+_LITERAL = re.compile(r"'(?:[^']|'')*'|\$(?P<tag>[A-Za-z_]*)\$.*?\$(?P=tag)\$", re.DOTALL)
+
 _lock = threading.Lock()
 _secrets: set[str] = set()
 
@@ -62,3 +66,14 @@ def install_log_redaction() -> None:
         for handler in logging.getLogger(name).handlers:
             if _FILTER not in handler.filters:
                 handler.addFilter(_FILTER)
+
+
+def mask_statement_secrets(query: str) -> str:
+    """Mask every string literal of a statement that mentions a password, secret or token.
+
+    pg_stat_statements replaces constants by `$n` in plannable statements only: a utility
+    statement such as `ALTER ROLE app PASSWORD 'x'` is kept verbatim, password included.
+    """
+    if not _SECRET_WORDS.search(query):
+        return query
+    return _LITERAL.sub("'***'", query)

@@ -48,6 +48,15 @@ class BuildResult(BaseModel):
     used_by: list[int] = []
 
 
+def create_index_sql(candidate: Candidate) -> sql.Composed:
+    """`CREATE INDEX CONCURRENTLY name ON schema.table USING btree (columns)`."""
+    return sql.SQL("CREATE INDEX CONCURRENTLY {} ON {} USING btree ({})").format(
+        sql.Identifier(index_name(candidate)),
+        sql.Identifier(candidate.schema_name, candidate.table_name),
+        sql.SQL(", ").join(sql.Identifier(c) for c in candidate.columns),
+    )
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return redact(text.splitlines()[0]) if text else type(exc).__name__
@@ -142,11 +151,7 @@ def build_one(
                 result.status, result.detail = "already covered", f"{cover} already covers it"
                 return result
             started = time.monotonic()
-            statement = sql.SQL("create index concurrently {} on {} using btree ({})").format(
-                sql.Identifier(name),
-                sql.Identifier(schema, table),
-                sql.SQL(", ").join(sql.Identifier(c) for c in candidate.columns),
-            )
+            statement = create_index_sql(candidate)
             try:
                 set_timeouts(conn, statement_timeout_ms=statement_timeout_ms, local=False)
                 conn.execute(statement)

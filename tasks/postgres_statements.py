@@ -16,11 +16,13 @@ import psycopg
 from prefect import task
 from psycopg import errors as pg_errors
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from pydantic import BaseModel
 
 from blocks import PostgresTarget
 from perfops.errors import MissingPrerequisite
-from tasks.postgres import connect
+from perfops.redaction import mask_statement_secrets, redact
+from tasks.postgres import connect, set_timeouts
 from tasks.transient_errors import RETRY_DEFAULTS
 
 PSS_FIX = (
@@ -102,7 +104,11 @@ def fetch_statement_stats(
             """,
             {"min_calls": min_calls, "min_total": min_total_ms, "limit": limit},
         ).fetchall()
-    return [StatementStats.model_validate(r) for r in rows]
+    # Utility statements keep their literals in pg_stat_statements (ALTER ROLE ... PASSWORD).
+    return [
+        StatementStats.model_validate(r | {"query": mask_statement_secrets(r["query"])})
+        for r in rows
+    ]
 
 
 def parameter_count(query: str) -> int:
@@ -124,6 +130,11 @@ def explain_generic(conn: psycopg.Connection[Any], query: str) -> dict[str, Any]
         plan = conn.execute(sql.SQL("explain (generic_plan, format json) ") + statement).fetchone()
     else:
         conn.execute("set local plan_cache_mode = force_generic_plan")
+        # PREPARE is not transactional: a failure after it in an earlier call left it behind.
+        if conn.execute(
+            "select 1 from pg_prepared_statements where name = %s", (_PREPARED,)
+        ).fetchone():
+            conn.execute(sql.SQL("deallocate {}").format(sql.Identifier(_PREPARED)))
         conn.execute(sql.SQL("prepare {} as ").format(sql.Identifier(_PREPARED)) + statement)
         try:
             n = parameter_count(query)
@@ -134,7 +145,10 @@ def explain_generic(conn: psycopg.Connection[Any], query: str) -> dict[str, Any]
                 )
             ).fetchone()
         finally:
-            conn.execute(sql.SQL("deallocate {}").format(sql.Identifier(_PREPARED)))
+            # In an aborted transaction DEALLOCATE would fail and hide the planning error; the
+            # next call deallocates instead (above).
+            if conn.info.transaction_status != TransactionStatus.INERROR:
+                conn.execute(sql.SQL("deallocate {}").format(sql.Identifier(_PREPARED)))
     assert plan is not None
     value = next(iter(plan.values())) if isinstance(plan, dict) else plan[0]
     document = json.loads(value) if isinstance(value, str) else value
@@ -157,3 +171,59 @@ def plan_index_names(plan: dict[str, Any]) -> set[str]:
             names.add(str(node["Index Name"]))
         stack.extend(node.get("Plans", []))
     return names
+
+
+# --- Plans for a batch of statements (added for find_slow_queries) ---------------------------
+
+
+class GenericPlanResult(BaseModel):
+    """The generic plan of one statement (its JSON top node), or why it could not be planned."""
+
+    plan: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@task(name="explain_statements", **RETRY_DEFAULTS)
+def explain_statements(
+    target: PostgresTarget,
+    queries: list[str],
+    *,
+    lock_timeout_ms: int = 1_000,
+    statement_timeout_ms: int = 5_000,
+) -> list[GenericPlanResult]:
+    """`explain_generic` for each statement over one connection, each in its own transaction that
+    is rolled back, under its own lock and statement timeouts. A statement that fails to plan
+    (missing table, unknown parameter type, a table locked by another session, a timeout) gets
+    the reason instead of a plan; the batch goes on."""
+    results: list[GenericPlanResult] = []
+    with connect(target) as conn:
+        for query in queries:
+            try:
+                set_timeouts(
+                    conn, lock_timeout_ms=lock_timeout_ms, statement_timeout_ms=statement_timeout_ms
+                )
+                results.append(GenericPlanResult(plan=explain_generic(conn, query)))
+            except psycopg.Error as exc:
+                if conn.broken:
+                    raise
+                results.append(
+                    GenericPlanResult(error=_plan_error(exc, lock_timeout_ms, statement_timeout_ms))
+                )
+            finally:
+                if not conn.broken:
+                    conn.rollback()
+    return results
+
+
+def _plan_error(exc: psycopg.Error, lock_timeout_ms: int, statement_timeout_ms: int) -> str:
+    original: BaseException = exc
+    if isinstance(original, pg_errors.LockNotAvailable):
+        return (
+            "a table it uses is locked by another session: lock_timeout "
+            f"({lock_timeout_ms:,} ms) expired"
+        )
+    if isinstance(original, pg_errors.QueryCanceled):
+        return f"planning took longer than statement_timeout ({statement_timeout_ms:,} ms)"
+    text = str(original).strip()
+    first = redact(text.splitlines()[0]) if text else type(original).__name__
+    return f"fails to plan: {first}"

@@ -148,3 +148,16 @@ def test_unreachable_server_is_a_one_line_error_without_password() -> None:
     assert "\n" not in message
     assert "bob@127.0.0.1:1/db" in message
     assert isinstance(info.value.__cause__, psycopg.OperationalError)
+
+
+def test_statement_texts_with_a_password_are_masked(pg_target: PostgresTarget, pg_dsn: str) -> None:
+    from tasks.postgres_statements import fetch_statement_stats
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("drop role if exists perfops_mask_probe")
+        conn.execute("create role perfops_mask_probe")
+        conn.execute("alter role perfops_mask_probe password 'mask-me-1234'")
+        conn.execute("drop role perfops_mask_probe")
+    texts = [s.query for s in fetch_statement_stats.fn(pg_target, limit=5000)]
+    assert any("perfops_mask_probe password" in t for t in texts)
+    assert not any("mask-me-1234" in t for t in texts)

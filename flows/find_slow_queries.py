@@ -1,0 +1,153 @@
+"""find_slow_queries: the statements that cost the database most, from pg_stat_statements, each
+with why it is listed and optionally its generic plan. Read-only; CLI `perfops queries slow`."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel
+
+from blocks import PostgresTarget
+from perfops.connections import resolve_postgres
+from perfops.redaction import install_log_redaction
+from tasks.postgres_statements import explain_statements, fetch_statement_stats
+from tasks.records import emit, publish_table
+from tasks.slow_queries import (
+    PlanOutcome,
+    SlowQuerySettings,
+    SlowStatement,
+    explain_skip_reason,
+    format_ms,
+    pick_slow_statements,
+    statement_rows,
+    summarize_plan,
+)
+
+ARTIFACT_KEY = "perfops-slow-queries"
+EVENT_CHECKED = "perfops.queries.checked"
+EVENT_SLOW_FOUND = "perfops.queries.slow_found"
+DEFAULT_SETTINGS = SlowQuerySettings()
+
+
+class SlowQueryReport(BaseModel):
+    """What find_slow_queries found."""
+
+    database: str  # user@host:port/dbname, no password
+    origin: str  # block, environment or embedded default
+    settings: SlowQuerySettings
+    statements_seen: int  # distinct statements pg_stat_statements holds for this database
+    statements: list[SlowStatement]  # most total time first
+
+    @property
+    def over_threshold(self) -> int:
+        return sum(1 for s in self.statements if s.mean_ms >= self.settings.threshold_ms)
+
+
+@flow(
+    name="find_slow_queries",
+    description="List the statements over a mean-time threshold and the top N by total time "
+    "from pg_stat_statements, each with why it is listed, optionally with its generic plan. "
+    "Read-only.",
+    log_prints=False,
+)
+def find_slow_queries(
+    postgres_block: str | None = None,
+    settings: SlowQuerySettings = DEFAULT_SETTINGS,
+) -> SlowQueryReport:
+    """Find the slow statements of one database.
+
+    Args:
+        postgres_block: name of a `perfops-postgres-target` block (default: `PERFOPS_DSN`, else
+            the local demo database).
+        settings: thresholds and EXPLAIN options (see `SlowQuerySettings`).
+    """
+    install_log_redaction()
+    logger = get_run_logger()
+    pg = resolve_postgres(postgres_block)
+    # The first contact fails at once (no retries) with a one-line reason: an unreachable
+    # server or a missing pg_stat_statements is not cured by waiting. `min_calls` applies after
+    # the rows of several roles are merged.
+    stats = fetch_statement_stats.with_options(retries=0)(
+        pg.value, min_calls=1, limit=settings.fetch_limit
+    )
+    statements = pick_slow_statements(
+        stats, threshold_ms=settings.threshold_ms, top=settings.top, min_calls=settings.min_calls
+    )
+    seen = len({s.queryid for s in stats})
+    if settings.explain and statements:
+        statements = _with_plans(pg.value, statements, settings)
+
+    report = SlowQueryReport(
+        database=pg.value.describe(),
+        origin=pg.origin,
+        settings=settings,
+        statements_seen=seen,
+        statements=statements,
+    )
+    rows = statement_rows(statements) or [
+        {"rank": "-", "why": f"no statement among {seen} over the threshold", "query": ""}
+    ]
+    publish_table(
+        ARTIFACT_KEY,
+        rows,
+        f"Slow statements of {report.database}: mean >= {format_ms(settings.threshold_ms)} ms "
+        f"or top {settings.top} by total time ({len(statements)} of {seen} statements)",
+    )
+    resource = pg.value.resource_id()
+    dbname = resource.rpartition("/")[2]
+    payload = {
+        "database": dbname,
+        "statements_seen": seen,
+        "listed": len(statements),
+        "over_threshold": report.over_threshold,
+        "threshold_ms": settings.threshold_ms,
+        "top": settings.top,
+        "queryids": [str(s.queryid) for s in statements],
+    }
+    emit(EVENT_CHECKED, resource, payload, **{"perfops.database": dbname})
+    if report.over_threshold:
+        emit(EVENT_SLOW_FOUND, resource, payload, **{"perfops.database": dbname})
+    for s in statements:
+        logger.info(
+            "#%d mean %s ms, %d calls: %s [%s]",
+            s.rank_by_total,
+            format_ms(s.mean_ms),
+            s.calls,
+            s.query[:120],
+            s.why,
+        )
+    return report
+
+
+def _with_plans(
+    target: PostgresTarget, statements: list[SlowStatement], settings: SlowQuerySettings
+) -> list[SlowStatement]:
+    """Attach a generic plan, or the reason there is none, to every statement (one task)."""
+    skipped = {s.queryid: explain_skip_reason(s.query) for s in statements}
+    to_plan = [s for s in statements if skipped[s.queryid] is None]
+    results = (
+        explain_statements(
+            target,
+            [s.query for s in to_plan],
+            lock_timeout_ms=settings.explain_lock_timeout_ms,
+            statement_timeout_ms=settings.explain_statement_timeout_ms,
+        )
+        if to_plan
+        else []
+    )
+    plans = {s.queryid: r for s, r in zip(to_plan, results, strict=True)}
+    out = []
+    for s in statements:
+        result = plans.get(s.queryid)
+        if result is None:
+            plan = PlanOutcome(status="skipped", reason=skipped[s.queryid] or "not planned")
+        elif result.plan is None:
+            plan = PlanOutcome(status="skipped", reason=result.error or "not planned")
+        else:
+            plan = PlanOutcome(
+                status="planned",
+                cost=float(result.plan.get("Total Cost", 0.0)),
+                summary=summarize_plan(result.plan),
+                plan=result.plan,
+            )
+        out.append(s.model_copy(update={"plan": plan}))
+    return out

@@ -1,0 +1,470 @@
+"""check_index_health on the real PostgreSQL: findings and their reasons, dry run, dropping named
+indexes CONCURRENTLY, refusals, locked tables, hostile names, an unreachable server, and
+`perfops indexes health`."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import typer
+from prefect.client.orchestration import get_client
+from prefect.events.filters import EventFilter, EventNameFilter
+from psycopg import sql
+
+from blocks import PostgresTarget
+from flows.check_index_health import ARTIFACT_KEY, IndexHealthReport, check_index_health
+from perfops import cli
+from perfops.commands import indexes_health
+from perfops.errors import ConnectionFailed
+from tasks.index_health import IndexFinding, IndexHealthSettings
+from tasks.postgres import advisory_lock, connect
+from tasks.postgres_index_changes import drop_indexes, lock_name
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+SCHEMA = "Health Q"  # mixed case and a space
+TABLE = 'x"; DROP TABLE y; --'
+HOSTILE_INDEX = 'i"; DROP INDEX y; --'
+SETTINGS = IndexHealthSettings(
+    min_size_bytes=64 * 1024,
+    schemas=[SCHEMA],
+    catalog_lock_timeout_ms=300,
+    drop_lock_timeout_ms=300,
+)
+
+
+def q(*names: str) -> sql.Identifier:
+    return sql.Identifier(*names)
+
+
+def indexes(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "select indexrelid::regclass::text, indisvalid from pg_index x "
+            "join pg_class c on c.oid = x.indexrelid "
+            "where c.relnamespace = %s::regnamespace",
+            (f'"{SCHEMA}"',),
+        ).fetchall()
+    return {r[0] + ("" if r[1] else " (invalid)") for r in rows}
+
+
+@pytest.fixture()
+def health_db(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh schema per test: a hostile table with covered, duplicate, unused and invalid
+    indexes, a table `y` that must survive, and `locked_t` for lock tests."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop schema if exists {} cascade").format(q(SCHEMA)))
+        conn.execute(sql.SQL("create schema {}").format(q(SCHEMA)))
+        t = q(SCHEMA, TABLE)
+        conn.execute(
+            sql.SQL(
+                "create table {} (id int primary key, name text, team text, "
+                "code text constraint code_key unique, status text)"
+            ).format(t)
+        )
+        conn.execute(
+            sql.SQL(
+                "insert into {} select g, 'n' || g, 't' || g % 5, 'c' || g, 's' || g % 3 "
+                "from generate_series(1, 20000) g"
+            ).format(t)
+        )
+        for index, columns in (
+            ("agents_name_idx", "name"),
+            ("agents_name_team_idx", "name, team"),
+            ("code_plain", "code"),
+            (HOSTILE_INDEX, "status"),
+        ):
+            conn.execute(
+                sql.SQL("create index {} on {} ({})").format(q(index), t, sql.SQL(columns))
+            )
+        # a failed CREATE INDEX CONCURRENTLY leaves an invalid index behind
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(
+                sql.SQL("create unique index concurrently team_inv on {} (team)").format(t)
+            )
+        # two constraints on one column: the second is a duplicate nobody may drop by index
+        dup = q(SCHEMA, "dup_pk")
+        conn.execute(sql.SQL("create table {} (id int primary key)").format(dup))
+        conn.execute(sql.SQL("alter table {} add constraint dup_id_key unique (id)").format(dup))
+        for table in ("y", "locked_t"):
+            conn.execute(sql.SQL("create table {} (id int, v text)").format(q(SCHEMA, table)))
+        conn.execute(
+            sql.SQL("insert into {} select g, 'v' || g from generate_series(1, 20000) g").format(
+                q(SCHEMA, "locked_t")
+            )
+        )
+        conn.execute(sql.SQL("create index locked_idx on {} (v)").format(q(SCHEMA, "locked_t")))
+        # queries use agents_name_team_idx and the primary key: they are not unused
+        conn.execute("set enable_seqscan = off")
+        conn.execute(sql.SQL("select * from {} where name = 'n1' and team = 't1'").format(t))
+        conn.execute(sql.SQL("select * from {} where id = 1").format(t))
+        conn.execute("select pg_stat_force_next_flush()")
+        conn.execute("select 1")
+    _wait_for_scans(pg_dsn, "agents_name_team_idx")
+    monkeypatch.setenv("PERFOPS_DSN", pg_dsn)
+    yield pg_dsn
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop schema if exists {} cascade").format(q(SCHEMA)))
+
+
+def _wait_for_scans(dsn: str, index: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "select idx_scan from pg_stat_user_indexes where schemaname = %s "
+                "and indexrelname = %s",
+                (SCHEMA, index),
+            ).fetchone()
+            if row and row[0]:
+                return
+            time.sleep(0.1)
+    raise AssertionError(f"no scans of {index} recorded within {timeout_s} s")
+
+
+def _artifact_rows() -> list[dict[str, str]]:
+    with get_client(sync_client=True) as client:
+        latest = [a for a in client.read_latest_artifacts() if a.key == ARTIFACT_KEY]
+    assert latest, f"no {ARTIFACT_KEY} artifact"
+    data = latest[0].data
+    return json.loads(data) if isinstance(data, str) else data  # type: ignore[return-value]
+
+
+def _wait_for_event(event: str, key: str, value: object, timeout_s: float = 20.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            page = client.read_events(EventFilter(event=EventNameFilter(name=[event])), limit=20)
+            for e in sorted(page.events, key=lambda e: e.occurred, reverse=True):
+                if e.payload.get(key) == value:
+                    return dict(e.payload)
+            time.sleep(0.5)
+    raise AssertionError(f"no {event} event with {key}={value!r} within {timeout_s} s")
+
+
+def _findings(report: IndexHealthReport) -> dict[str, IndexFinding]:
+    return {f.index_name: f for f in report.findings}
+
+
+def test_findings_say_what_each_wastes_and_why_and_nothing_changes(health_db: str) -> None:
+    before = indexes(health_db)
+    report = check_index_health(settings=SETTINGS, drop=[f"{SCHEMA}.{HOSTILE_INDEX}"])
+    assert indexes(health_db) == before
+    found = _findings(report)
+    assert {k: f.kind for k, f in found.items()} == {
+        "agents_name_idx": "covered",
+        "code_plain": "duplicate",
+        HOSTILE_INDEX: "unused",
+        "team_inv": "invalid",
+        "dup_id_key": "duplicate",
+        "locked_idx": "unused",
+    }
+    assert found["agents_name_idx"].reason.startswith(
+        "covered by agents_name_team_idx (name, team); unused: no scans on this server since "
+    )
+    assert found["code_plain"].reason.startswith(
+        "duplicate of code_key (code) (kept: it backs a constraint)"
+    )
+    assert found[HOSTILE_INDEX].name == '"Health Q"."i""; DROP INDEX y; --"'
+    assert found[HOSTILE_INDEX].table == '"Health Q"."x""; DROP TABLE y; --"'
+    assert found["team_inv"].reason.startswith("invalid (a failed CREATE INDEX CONCURRENTLY")
+    assert not found["dup_id_key"].droppable
+    assert (
+        found["dup_id_key"].reason == "duplicate of dup_pk_pkey (id) (kept: it backs a constraint)"
+    )
+    assert report.wasted_bytes == sum(f.size_bytes for f in report.findings) > 64 * 1024
+    assert all(f.size_bytes > 0 for f in report.findings if f.kind != "invalid")
+    [d] = report.drops
+    assert (d.name, d.status) == ('"Health Q"."i""; DROP INDEX y; --"', "would drop")
+    assert not report.applied
+
+    rows = {r["index"]: r for r in _artifact_rows()}
+    assert rows['"Health Q".agents_name_idx']["action"] == (
+        'report only (to drop: --apply --drop "Health Q".agents_name_idx)'
+    )
+    assert rows['"Health Q"."i""; DROP INDEX y; --"']["action"] == (
+        "would drop (dry run: add --apply)"
+    )
+    payload = _wait_for_event("perfops.indexes.health_checked", "wasted_bytes", report.wasted_bytes)
+    assert payload["findings"] == {"covered": 1, "duplicate": 2, "unused": 2, "invalid": 1}
+    assert payload["applied"] is False
+
+
+def test_apply_drops_exactly_the_named_index_concurrently_and_reruns_cleanly(
+    health_db: str,
+) -> None:
+    before = indexes(health_db)
+    requested = f"{SCHEMA}.{HOSTILE_INDEX}"  # as written, no SQL quoting
+    report = check_index_health(settings=SETTINGS, apply=True, drop=[requested])
+    [d] = report.drops
+    assert (d.requested, d.status) == (requested, "dropped")
+    assert d.reason.startswith("unused: unused: no scans")
+    assert before - indexes(health_db) == {'"Health Q"."i""; DROP INDEX y; --"'}
+    assert indexes(health_db) - before == set()
+    with psycopg.connect(health_db) as conn:  # the hostile names never ran as SQL
+        assert conn.execute(sql.SQL("select count(*) from {}").format(q(SCHEMA, "y"))).fetchone()
+        statements = [
+            r[0]
+            for r in conn.execute(
+                "select query from pg_stat_statements where query like %s and dbid = "
+                "(select oid from pg_database where datname = current_database())",
+                ("drop index concurrently if exists %DROP INDEX y%",),
+            )
+        ]
+    assert statements == ['drop index concurrently if exists "Health Q"."i""; DROP INDEX y; --"']
+    payload = _wait_for_event("perfops.indexes.dropped", "freed_bytes", d.size_bytes)
+    assert [i["index"] for i in payload["indexes"]] == ['"Health Q"."i""; DROP INDEX y; --"']
+
+    again = check_index_health(settings=SETTINGS, apply=True, drop=[requested])
+    [d] = again.drops
+    assert d.status == "already gone"
+    assert HOSTILE_INDEX not in _findings(again)
+
+
+def test_refusals_name_the_reason_and_the_run_goes_on(health_db: str) -> None:
+    before = indexes(health_db)
+    report = check_index_health(
+        settings=SETTINGS,
+        apply=True,
+        drop=[
+            f'"{SCHEMA}".dup_id_key',  # backs a constraint
+            f'"{SCHEMA}".agents_name_team_idx',  # used
+            f'"{SCHEMA}".code_key',  # the constraint's own index
+            f'"{SCHEMA}".agents_name_idx',  # a finding: dropped
+        ],
+    )
+    got = {d.requested.split(".", 1)[1]: (d.status, d.reason) for d in report.drops}
+    assert got["dup_id_key"][0] == "refused"
+    assert got["dup_id_key"][1].startswith("backs constraint dup_id_key: drop the constraint")
+    assert got["agents_name_team_idx"] == (
+        "refused",
+        "not a finding of this check (it was scanned 1 times): perfops drops only findings",
+    )
+    assert got["code_key"] == (
+        "refused",
+        "not a finding of this check (it backs constraint code_key): perfops drops only findings",
+    )
+    assert got["agents_name_idx"][0] == "dropped"
+    assert before - indexes(health_db) == {'"Health Q".agents_name_idx'}
+
+
+def test_a_locked_table_is_skipped_after_lock_timeout_and_the_run_goes_on(health_db: str) -> None:
+    with psycopg.connect(health_db) as holder:
+        holder.execute(
+            sql.SQL("lock table {} in access exclusive mode").format(q(SCHEMA, "locked_t"))
+        )
+        started = time.monotonic()
+        report = check_index_health(
+            settings=SETTINGS,
+            apply=True,
+            drop=[f"{SCHEMA}.locked_idx", f"{SCHEMA}.agents_name_idx"],
+        )
+        assert time.monotonic() - started < 30
+    [locked] = report.locked_tables
+    assert (locked.table_name, locked.index_names) == ("locked_t", ["locked_idx"])
+    assert locked.reason == (
+        "table locked by another session: lock_timeout (300 ms) expired; "
+        "its indexes were not checked"
+    )
+    got = {d.name: d for d in report.drops}
+    assert got['"Health Q".locked_idx'].status == "failed"
+    assert got['"Health Q".locked_idx'].reason.startswith("not checked: table locked")
+    assert got['"Health Q".agents_name_idx'].status == "dropped"
+    assert '"Health Q".locked_idx' in indexes(health_db)
+    rows = [r for r in _artifact_rows() if r["kind"] == "not checked"]
+    assert rows and rows[0]["table"] == '"Health Q".locked_t'
+
+
+def test_a_transaction_using_the_table_stops_the_drop_and_a_rerun_finishes_it(
+    health_db: str,
+) -> None:
+    settings = SETTINGS.model_copy(update={"drop_lock_timeout_ms": 300})
+    with psycopg.connect(health_db) as reader:
+        reader.execute(sql.SQL("select count(*) from {}").format(q(SCHEMA, "locked_t")))
+        report = check_index_health(settings=settings, apply=True, drop=[f"{SCHEMA}.locked_idx"])
+    [d] = report.drops
+    assert d.status == "failed"
+    assert d.reason.startswith(
+        'table "Health Q".locked_t is locked by another session (or a transaction using it did '
+        "not finish): lock_timeout (300 ms) expired; the index is left INVALID"
+    )
+    assert '"Health Q".locked_idx (invalid)' in indexes(health_db)
+    again = check_index_health(settings=settings, apply=True, drop=[f"{SCHEMA}.locked_idx"])
+    assert _findings(again)["locked_idx"].kind == "invalid"
+    [d] = again.drops
+    assert d.status == "dropped"
+    assert not any("locked_idx" in i for i in indexes(health_db))
+
+
+# --- the drop task's own checks, inside the lock -----------------------------------------
+
+
+def _finding(report: IndexHealthReport, index: str) -> IndexFinding:
+    return _findings(report)[index]
+
+
+def test_the_drop_rechecks_inside_the_lock(health_db: str, pg_target: PostgresTarget) -> None:
+    report = check_index_health(settings=SETTINGS)
+    covered = _finding(report, "agents_name_idx")
+    unused = _finding(report, HOSTILE_INDEX)
+    stale = covered.model_copy(update={"definition": covered.definition + " WHERE (id > 0)"})
+    keeper_changed = covered.model_copy(update={"other_index_name": "no_such_index"})
+    with psycopg.connect(health_db, autocommit=True) as conn:  # scanned since the check
+        conn.execute("set enable_seqscan = off")
+        conn.execute(sql.SQL("select * from {} where status = 's1'").format(q(SCHEMA, TABLE)))
+        conn.execute("select pg_stat_force_next_flush()")
+        conn.execute("select 1")
+    _wait_for_scans(health_db, HOSTILE_INDEX)
+    outcomes = drop_indexes.fn(
+        pg_target,
+        [stale, keeper_changed, unused],
+        lock_timeout_ms=300,
+        statement_timeout_ms=10_000,
+    )
+    assert [(o.status, o.reason.split(" (now")[0]) for o in outcomes] == [
+        ("refused", "its definition changed since the check"),
+        (
+            "refused",
+            'the index kept in its place, "Health Q".agents_name_team_idx, no longer exists',
+        ),
+        ("refused", "it was scanned 1 times since the check"),
+    ]
+    assert '"Health Q".agents_name_idx' in indexes(health_db)
+
+
+def test_the_drop_waits_no_longer_than_lock_timeout_and_goes_on(
+    health_db: str, pg_target: PostgresTarget
+) -> None:
+    report = check_index_health(settings=SETTINGS)
+    locked, other = _finding(report, "locked_idx"), _finding(report, "agents_name_idx")
+    with psycopg.connect(health_db) as holder:
+        holder.execute(
+            sql.SQL("lock table {} in access exclusive mode").format(q(SCHEMA, "locked_t"))
+        )
+        outcomes = drop_indexes.fn(
+            pg_target, [locked, other], lock_timeout_ms=300, statement_timeout_ms=10_000
+        )
+    assert [o.status for o in outcomes] == ["failed", "dropped"]
+    assert outcomes[0].reason == (
+        'table "Health Q".locked_t is locked by another session (or a transaction using it did '
+        "not finish): lock_timeout (300 ms) expired; nothing was dropped"
+    )
+
+
+def test_another_perfops_run_on_the_table_is_waited_for_by_nobody(
+    health_db: str, pg_target: PostgresTarget
+) -> None:
+    report = check_index_health(settings=SETTINGS)
+    finding = _finding(report, "agents_name_idx")
+    with (
+        connect(pg_target, autocommit=True) as other,
+        advisory_lock(other, lock_name(SCHEMA, TABLE)),
+    ):
+        [outcome] = drop_indexes.fn(
+            pg_target, [finding], lock_timeout_ms=300, statement_timeout_ms=10_000
+        )
+    assert outcome.status == "failed"
+    assert outcome.reason.startswith("another perfops run holds the lock")
+
+
+def test_unreachable_server_fails_fast_without_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = "index-health-secret-42"
+    monkeypatch.setenv("PERFOPS_DSN", f"postgresql://app:{secret}@127.0.0.1:1/app")
+    started = time.monotonic()
+    state = check_index_health(return_state=True)
+    assert time.monotonic() - started < 15
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ConnectionFailed)
+    assert str(error).startswith("cannot connect to PostgreSQL at app@127.0.0.1:1/app: ")
+    assert "\n" not in str(error) and secret not in str(error)
+
+
+# --- the command line -------------------------------------------------------------------
+
+
+@pytest.fixture()
+def perfops(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
+    """`perfops.cli.main` with `perfops indexes health` registered as perfops.cli will."""
+    indexes_app = typer.Typer(no_args_is_help=True)
+    indexes_app.command("health")(indexes_health.health)
+    app = typer.Typer(no_args_is_help=True)
+    app.add_typer(indexes_app, name="indexes")
+    monkeypatch.setattr(cli, "app", app)
+    for var in ("PERFOPS_DSN", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"):
+        monkeypatch.setenv(var, "")  # so that what the command sets is undone afterwards
+        monkeypatch.delenv(var)
+    return app
+
+
+HEALTH = ["indexes", "health", "--schema", SCHEMA, "--min-size", "64kB"]
+
+
+def test_cli_report_fits_80_columns_and_changes_nothing(
+    perfops: typer.Typer, health_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = indexes(health_db)
+    code = cli.main([*HEALTH, "--dsn", health_db])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert indexes(health_db) == before
+    lines = captured.out.splitlines()
+    assert lines[0].startswith("index health of postgres@127.0.0.1:5432/perfops_test_")
+    assert lines[-1] == "report only: nothing was changed"
+    assert "          to drop: --apply --drop '\"Health Q\".agents_name_idx'" in lines
+    assert max(len(line) for line in lines) <= 80
+
+
+def test_cli_apply_needs_names(perfops: typer.Typer, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([*HEALTH, "--apply"]) == 2
+    assert "name each index to drop with --drop SCHEMA.INDEX" in capsys.readouterr().err
+
+
+def test_cli_bad_size_is_a_usage_error(
+    perfops: typer.Typer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["indexes", "health", "--min-size", "lots"]) == 2
+    assert "'lots' is not a size" in capsys.readouterr().err
+
+
+def test_cli_apply_json_and_exit_1_when_a_named_index_is_refused(
+    perfops: typer.Typer, health_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(
+        [
+            *HEALTH,
+            "--dsn",
+            health_db,
+            "--json",
+            "--apply",
+            "--drop",
+            f'"{SCHEMA}"."i""; DROP INDEX y; --"',
+            "--drop",
+            f"{SCHEMA}.code_key",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 1
+    report = json.loads(captured.out)
+    assert [d["status"] for d in report["drops"]] == ["dropped", "refused"]
+    assert captured.err.strip() == "perfops: 1 of 2 named indexes not dropped (see the reasons)"
+
+
+def test_cli_unreachable_is_one_line_and_exit_1(
+    perfops: typer.Typer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = "cli-health-secret-7"
+    code = cli.main(["indexes", "health", "--dsn", f"postgresql://app:{secret}@127.0.0.1:1/app"])
+    captured = capsys.readouterr()
+    assert code == 1
+    errors = [line for line in captured.err.splitlines() if not line.endswith("...")]
+    assert len(errors) == 1
+    assert errors[0].startswith("perfops: cannot connect to PostgreSQL at app@127.0.0.1:1/app:")
+    assert secret not in captured.out + captured.err

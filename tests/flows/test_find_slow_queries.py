@@ -1,0 +1,288 @@
+"""find_slow_queries on the real PostgreSQL: slow statements with their reasons and plans, the
+statements that cannot be planned (dropped table, locked table, utility, truncated), a missing
+pg_stat_statements, an unreachable server, and `perfops queries slow`."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import typer
+from prefect.client.orchestration import get_client
+from prefect.events.filters import EventFilter, EventNameFilter
+from psycopg import sql
+from pydantic import SecretStr
+
+from blocks import PostgresTarget
+from flows.find_slow_queries import ARTIFACT_KEY, SlowQueryReport, find_slow_queries
+from perfops import cli
+from perfops.commands import queries
+from perfops.errors import ConnectionFailed, MissingPrerequisite
+from tasks.postgres_statements import explain_statements
+from tasks.slow_queries import SlowQuerySettings, SlowStatement
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+SCHEMA = "Slow Q"  # mixed case and a space
+HOSTILE = 'x"; DROP TABLE y; --'
+SLEEP_S = 0.05
+THRESHOLD_MS = 40.0
+
+
+def q(*names: str) -> sql.Identifier:
+    return sql.Identifier(*names)
+
+
+@pytest.fixture(scope="module")
+def slow_db(pg_dsn: str) -> Iterator[str]:
+    """A schema with a hostile table name and statements that take about 50 ms each."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop schema if exists {} cascade").format(q(SCHEMA)))
+        conn.execute(sql.SQL("create schema {}").format(q(SCHEMA)))
+        for table in (HOSTILE, "y", "gone_t", "locked_t"):
+            conn.execute(
+                sql.SQL("create table {} (id int primary key, v text)").format(q(SCHEMA, table))
+            )
+            conn.execute(
+                sql.SQL("insert into {} select g, 'v' || g from generate_series(1, 1000) g").format(
+                    q(SCHEMA, table)
+                )
+            )
+        for table in (HOSTILE, "gone_t", "locked_t"):
+            for i in range(3):
+                conn.execute(
+                    sql.SQL("select *, pg_sleep(%s) from {} where id = %s").format(
+                        q(SCHEMA, table)
+                    ),
+                    (SLEEP_S, i + 1),
+                )
+        conn.execute("do $$ begin perform pg_sleep(0.05); end $$")
+        conn.execute(sql.SQL("drop table {}").format(q(SCHEMA, "gone_t")))
+    yield pg_dsn
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop schema if exists {} cascade").format(q(SCHEMA)))
+
+
+@pytest.fixture()
+def env_dsn(monkeypatch: pytest.MonkeyPatch, slow_db: str) -> str:
+    monkeypatch.setenv("PERFOPS_DSN", slow_db)
+    return slow_db
+
+
+def _ours(report: SlowQueryReport) -> dict[str, SlowStatement]:
+    """Our statements by the table they read ("do" for the DO block); others are tolerated."""
+    found = {}
+    for s in report.statements:
+        for table in (HOSTILE.replace('"', '""'), "gone_t", "locked_t"):
+            if table in s.query and "pg_sleep" in s.query:
+                found[table.replace('""', '"')] = s
+        if s.query.startswith("do $$"):
+            found["do"] = s
+    return found
+
+
+def _artifact_rows() -> list[dict[str, str]]:
+    with get_client(sync_client=True) as client:
+        latest = [a for a in client.read_latest_artifacts() if a.key == ARTIFACT_KEY]
+    assert latest, f"no {ARTIFACT_KEY} artifact"
+    data = latest[0].data
+    return json.loads(data) if isinstance(data, str) else data  # type: ignore[return-value]
+
+
+def _wait_for_event(name: str, queryid: str, timeout_s: float = 20.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            page = client.read_events(EventFilter(event=EventNameFilter(name=[name])), limit=20)
+            for event in sorted(page.events, key=lambda e: e.occurred, reverse=True):
+                if queryid in event.payload.get("queryids", []):
+                    return dict(event.payload)
+            time.sleep(0.5)
+    raise AssertionError(f"no {name} event naming {queryid} within {timeout_s} s")
+
+
+def test_slow_statements_are_listed_with_why_figures_and_plans(env_dsn: str) -> None:
+    settings = SlowQuerySettings(
+        threshold_ms=THRESHOLD_MS, top=0, explain=True, explain_lock_timeout_ms=200
+    )
+    with psycopg.connect(env_dsn) as holder:
+        holder.execute(
+            sql.SQL("lock table {} in access exclusive mode").format(q(SCHEMA, "locked_t"))
+        )
+        started = time.monotonic()
+        report = find_slow_queries(settings=settings)
+        elapsed = time.monotonic() - started
+    ours = _ours(report)
+    assert set(ours) == {HOSTILE, "gone_t", "locked_t", "do"}
+
+    hostile = ours[HOSTILE]
+    assert hostile.calls == 3 and hostile.rows == 3
+    assert hostile.mean_ms >= SLEEP_S * 1000
+    assert hostile.reasons[0].startswith("mean ") and hostile.reasons[0].endswith(" ms >= 40 ms")
+    assert hostile.max_ms >= hostile.mean_ms > 0 and hostile.shared_blks_hit > 0
+    assert hostile.plan is not None and hostile.plan.status == "planned"
+    assert HOSTILE in hostile.plan.summary and hostile.plan.cost is not None
+
+    # a table dropped since: planning fails, the statement is kept with the reason
+    gone = ours["gone_t"].plan
+    assert gone is not None and gone.status == "skipped"
+    assert gone.reason.startswith("fails to plan: relation") and "does not exist" in gone.reason
+    # a table another session holds: skipped after lock_timeout, the run goes on
+    locked = ours["locked_t"].plan
+    assert locked is not None and locked.status == "skipped"
+    assert locked.reason == (
+        "a table it uses is locked by another session: lock_timeout (200 ms) expired"
+    )
+    assert elapsed < 30
+    do = ours["do"].plan
+    assert do is not None and do.reason == "utility statement (DO) cannot be explained"
+
+    with psycopg.connect(env_dsn) as conn:  # the hostile name was never executed as SQL
+        assert conn.execute(sql.SQL("select count(*) from {}").format(q(SCHEMA, "y"))).fetchone()
+
+    rows = {r["queryid"]: r for r in _artifact_rows()}
+    row = rows[str(hostile.queryid)]
+    assert row["why"] == hostile.why and row["calls"] == 3
+    assert row["plan"].startswith("cost ")
+    assert rows[str(ours["locked_t"].queryid)]["plan"].startswith("skipped: a table it uses")
+    payload = _wait_for_event("perfops.queries.slow_found", str(hostile.queryid))
+    assert payload["threshold_ms"] == THRESHOLD_MS
+    assert payload["over_threshold"] == report.over_threshold >= 4
+
+
+def test_top_n_by_total_time_without_a_threshold_hit(env_dsn: str) -> None:
+    report = find_slow_queries(settings=SlowQuerySettings(threshold_ms=3_600_000, top=3))
+    assert [s.rank_by_total for s in report.statements] == [1, 2, 3]
+    for s in report.statements:
+        assert s.reasons == [s.reasons[0]]
+        assert s.reasons[0].startswith(f"top {s.rank_by_total} by total time (")
+        assert s.plan is None  # not asked to explain
+    assert report.over_threshold == 0
+    totals = [s.total_ms for s in report.statements]
+    assert totals == sorted(totals, reverse=True)
+
+
+def test_a_batch_of_plans_survives_statements_that_fail_to_plan(pg_target: PostgresTarget) -> None:
+    queries = [
+        "select 1 / 0 as x from pg_class where oid = $1",  # fails while planning (after PREPARE)
+        "select relname from pg_class where oid = $1",
+        "select * from t where id = ",  # truncated: the parser says so
+        "select * from no_such_table where id = $1",
+        "select relname from pg_class where relname = $1",
+    ]
+    results = explain_statements.fn(pg_target, queries)
+    assert [r.plan is not None for r in results] == [False, True, False, False, True]
+    assert results[0].error == "fails to plan: division by zero"
+    assert results[2].error == "fails to plan: syntax error at end of input"
+    assert results[3].error is not None and "no_such_table" in results[3].error
+
+
+def test_missing_pg_stat_statements_fails_with_the_fix(env_dsn: str) -> None:
+    with psycopg.connect(env_dsn, autocommit=True) as conn:
+        conn.execute("drop extension pg_stat_statements")
+    try:
+        state = find_slow_queries(return_state=True)
+    finally:
+        with psycopg.connect(env_dsn, autocommit=True) as conn:
+            conn.execute("create extension if not exists pg_stat_statements")
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, MissingPrerequisite)
+    assert str(error).startswith("pg_stat_statements is not installed in database perfops_test_")
+    assert "CREATE EXTENSION pg_stat_statements" in str(error)
+    assert "shared_preload_libraries" in str(error)
+
+
+def test_unreachable_server_fails_fast_without_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = "slow-queries-secret-42"
+    monkeypatch.setenv("PERFOPS_DSN", f"postgresql://app:{secret}@127.0.0.1:1/app")
+    started = time.monotonic()
+    state = find_slow_queries(return_state=True)
+    assert time.monotonic() - started < 15  # no retries: a refused connection is not waited on
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ConnectionFailed)
+    assert str(error).startswith("cannot connect to PostgreSQL at app@127.0.0.1:1/app: ")
+    assert "\n" not in str(error) and secret not in str(error)
+    assert secret not in (state.message or "")
+
+
+def test_a_block_names_the_database(pg_dsn: str, slow_db: str) -> None:
+    PostgresTarget(dsn=SecretStr(pg_dsn), application_name="slow-block").save(
+        "slow-queries-test", overwrite=True
+    )
+    report = find_slow_queries(
+        postgres_block="slow-queries-test", settings=SlowQuerySettings(top=1)
+    )
+    dbname = psycopg.conninfo.conninfo_to_dict(pg_dsn)["dbname"]
+    assert report.origin == "block" and report.database.endswith(f"/{dbname}")
+
+
+# --- the command line -------------------------------------------------------------------
+
+
+@pytest.fixture()
+def perfops(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
+    """`perfops.cli.main` with `perfops queries` registered as perfops.cli will register it."""
+    app = typer.Typer(no_args_is_help=True)
+    app.add_typer(queries.app, name="queries")
+    monkeypatch.setattr(cli, "app", app)
+    for name in ("PERFOPS_DSN", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"):
+        monkeypatch.setenv(name, "")  # so that what the command sets is undone afterwards
+        monkeypatch.delenv(name)
+    return app
+
+
+def test_cli_json_lists_the_statements(
+    perfops: typer.Typer, slow_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(
+        ["queries", "slow", "--dsn", slow_db, "--threshold-ms", "40", "--top", "0", "--json"]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    assert report["settings"]["threshold_ms"] == 40.0
+    assert any(HOSTILE.replace('"', '""') in s["query"] for s in report["statements"])
+    assert all(s["plan"] is None for s in report["statements"])
+
+
+def test_cli_human_output_fits_80_columns(
+    perfops: typer.Typer, slow_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(
+        ["queries", "slow", "--dsn", slow_db, "--threshold-ms", "40", "--top", "2", "--explain"]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = captured.out.splitlines()
+    assert lines[0].startswith("slow queries in postgres@127.0.0.1:5432/perfops_test_")
+    assert any(line.strip().startswith("why: mean ") for line in lines)
+    assert any(line.strip().startswith("plan: cost ") for line in lines)
+    assert any("plan skipped: fails to plan: relation" in line for line in lines)
+    assert max(len(line) for line in lines) <= 80
+
+
+def test_cli_unreachable_is_one_line_and_exit_1(
+    perfops: typer.Typer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = "cli-slow-secret-7"
+    code = cli.main(["queries", "slow", "--dsn", f"postgresql://app:{secret}@127.0.0.1:1/app"])
+    captured = capsys.readouterr()
+    assert code == 1
+    errors = [line for line in captured.err.splitlines() if not line.endswith("...")]
+    assert len(errors) == 1
+    assert errors[0].startswith("perfops: cannot connect to PostgreSQL at app@127.0.0.1:1/app:")
+    assert secret not in captured.out + captured.err
+
+
+def test_cli_bad_threshold_is_a_usage_error(
+    perfops: typer.Typer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["queries", "slow", "--threshold-ms", "-1"]) == 2
+    assert "--threshold-ms" in capsys.readouterr().err
