@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -13,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from perfops.redaction import redact, register_secret
@@ -96,6 +98,24 @@ ApplyFlag = Annotated[
         help="Make the changes. Without it the command only reports what it would do.",
     ),
 ]
+
+
+WIDTH = 80
+"""Human output is wrapped to fit an 80-column terminal."""
+
+
+def print_wrapped(text: str, *, indent: int, style: str | None = None) -> None:
+    """Print `text` wrapped to WIDTH, continuation lines indented two more, rich markup escaped."""
+    lines = textwrap.wrap(
+        text,
+        width=WIDTH,
+        initial_indent=" " * indent,
+        subsequent_indent=" " * (indent + 2),
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    for line in lines:
+        out.print(f"[{style}]{escape(line)}[/]" if style else escape(line), highlight=False)
 
 
 def use_dsn(dsn: str | None) -> None:

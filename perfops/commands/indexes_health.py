@@ -7,13 +7,13 @@ check_index_health). Registered by `perfops.cli` on the `indexes` group beside `
 from __future__ import annotations
 
 import re
-import textwrap
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from perfops.cli_support import (
+    WIDTH,
     ApplyFlag,
     DsnOption,
     JsonFlag,
@@ -22,12 +22,12 @@ from perfops.cli_support import (
     fail,
     out,
     print_json,
+    print_wrapped,
     run_flow,
     use_dsn,
 )
 from tasks.index_health import DEFAULT_MIN_SIZE_BYTES, IndexHealthSettings, format_bytes
 
-WIDTH = 80
 _UNITS = {
     "": 1,
     "b": 1,
@@ -46,6 +46,8 @@ _UNITS = {
     "tib": 1024**4,
 }
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", re.IGNORECASE)
+
+INDENT = 10
 
 
 def parse_size(value: str | int) -> int:
@@ -147,21 +149,25 @@ def _print(report: Any) -> None:
         head = f"{f.kind:<10}{f.name}"
         pad = max(WIDTH - len(head) - len(size), 1)
         out.print(f"[bold]{escape(head)}[/]{' ' * pad}{size}", highlight=False)
-        _wrapped(f"on {f.table}: {f.reason}")
+        print_wrapped(f"on {f.table}: {f.reason}", indent=INDENT)
         d = drops.pop(f.name, None)
         if d is not None:
             _print_drop(d)
         elif f.droppable:
-            _wrapped(f"to drop: --apply --drop {_shell_word(f.name)}", style="cyan")
+            print_wrapped(
+                f"to drop: --apply --drop {_shell_word(f.name)}", style="cyan", indent=INDENT
+            )
         else:
-            _wrapped(f"not droppable: {f.not_droppable_reason}", style="yellow")
+            print_wrapped(f"not droppable: {f.not_droppable_reason}", style="yellow", indent=INDENT)
     for d in drops.values():
         out.print()
         out.print(f"[bold]{escape(d.name)}[/]", highlight=False)
         _print_drop(d)
     for t in report.locked_tables:
         out.print()
-        _wrapped(f"not checked: {t.schema_name}.{t.table_name}: {t.reason}", indent=0, style="red")
+        print_wrapped(
+            f"not checked: {t.schema_name}.{t.table_name}: {t.reason}", indent=0, style="red"
+        )
     if not report.findings:
         out.print("nothing to do: no unused, duplicate, covered or invalid index", highlight=False)
     elif not report.applied:
@@ -176,7 +182,7 @@ def _print_drop(d: Any) -> None:
         text = "would drop (dry run: add --apply)"
     else:
         text = f"{d.status}: {d.reason}"
-    _wrapped(text, style=colours.get(d.status, "red"))
+    print_wrapped(text, style=colours.get(d.status, "red"), indent=INDENT)
 
 
 def _shell_word(name: str) -> str:
@@ -184,16 +190,3 @@ def _shell_word(name: str) -> str:
     if re.fullmatch(r"[A-Za-z0-9_.]+", name):
         return name
     return "'" + name.replace("'", "'\\''") + "'"
-
-
-def _wrapped(text: str, *, indent: int = 10, style: str | None = None) -> None:
-    lines = textwrap.wrap(
-        text,
-        width=WIDTH,
-        initial_indent=" " * indent,
-        subsequent_indent=" " * (indent + 2),
-        break_long_words=False,
-        break_on_hyphens=False,
-    )
-    for line in lines:
-        out.print(f"[{style}]{escape(line)}[/]" if style else escape(line), highlight=False)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import textwrap
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from perfops.cli_support import (
+    WIDTH,
     DsnOption,
     JsonFlag,
     PostgresBlockOption,
     VerboseFlag,
     out,
     print_json,
+    print_wrapped,
     run_flow,
     use_dsn,
 )
@@ -27,7 +28,8 @@ from tasks.slow_queries import (
     format_share,
 )
 
-WIDTH = 80
+INDENT = 5
+
 app = typer.Typer(
     help="Statements PostgreSQL executes (from pg_stat_statements).", no_args_is_help=True
 )
@@ -110,33 +112,21 @@ def _print_statement(st: SlowStatement) -> None:
     limit = WIDTH - 5
     shown = query if len(query) <= limit else query[: limit - 3] + "..."
     out.print(f"     [cyan]{escape(shown)}[/]", highlight=False)
-    _wrapped("why: " + st.why)
+    print_wrapped("why: " + st.why, indent=INDENT)
     ratio = st.hit_ratio
     cache = (
         "no blocks"
         if ratio is None
         else f"cache hits {ratio:.1%} ({st.shared_blks_read:,} blocks read)"
     )
-    _wrapped(
+    print_wrapped(
         f"stddev {format_ms(st.stddev_ms)} ms, max {format_ms(st.max_ms)} ms, "
-        f"rows {st.rows:,}, {cache}"
+        f"rows {st.rows:,}, {cache}",
+        indent=INDENT,
     )
     if st.plan is not None:
         if st.plan.status == "planned":
             cost = f"cost {st.plan.cost:,.0f}: " if st.plan.cost is not None else ""
-            _wrapped(f"plan: {cost}{st.plan.summary}")
+            print_wrapped(f"plan: {cost}{st.plan.summary}", indent=INDENT)
         else:
-            _wrapped(f"plan skipped: {st.plan.reason}", style="yellow")
-
-
-def _wrapped(text: str, *, indent: int = 5, style: str | None = None) -> None:
-    lines = textwrap.wrap(
-        text,
-        width=WIDTH,
-        initial_indent=" " * indent,
-        subsequent_indent=" " * (indent + 2),
-        break_long_words=False,
-        break_on_hyphens=False,
-    )
-    for line in lines:
-        out.print(f"[{style}]{escape(line)}[/]" if style else escape(line), highlight=False)
+            print_wrapped(f"plan skipped: {st.plan.reason}", style="yellow", indent=INDENT)
