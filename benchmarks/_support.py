@@ -54,8 +54,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def prefect_server() -> Iterator[str]:
-    """A real Prefect server on a free port (temporary SQLite home); yields PREFECT_API_URL."""
+def prefect_server(api_url: str | None = None) -> Iterator[str]:
+    """Yield PREFECT_API_URL: `api_url` when given (a server already running), else a real Prefect
+    server started here on a free port with a temporary SQLite home, stopped at the end."""
+    if api_url:
+        yield api_url
+        return
     home = Path(tempfile.mkdtemp(prefix="perfops-bench-prefect-"))
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"

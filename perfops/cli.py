@@ -6,6 +6,8 @@ Exit codes: 0 done, 1 failed (one line on stderr says why), 2 bad usage.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import os
 import sys
@@ -28,7 +30,7 @@ from perfops.cli_support import (
     quiet_prefect_console,
     set_env,
 )
-from perfops.commands import indexes, queries
+from perfops.commands import indexes, queries, stats
 from perfops.commands.indexes_health import health as index_health
 from perfops.errors import PerfopsError
 from perfops.redaction import redact, register_secret
@@ -52,6 +54,7 @@ app.add_typer(blocks_app, name="blocks")
 app.add_typer(indexes.app, name="indexes")
 indexes.app.command("health")(index_health)
 app.add_typer(queries.app, name="queries")
+app.add_typer(stats.app, name="stats")
 
 
 def _version_callback(value: bool) -> None:
@@ -316,4 +319,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entrypoint() -> None:
+    # At exit, keep the objects Prefect and pydantic created out of the interpreter's final
+    # garbage collections: about 0.4 s of a 3 s command here. Nothing is lost: Prefect's own exit
+    # handlers still drain its log and event queues.
+    atexit.register(gc.freeze)
     sys.exit(main())

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Literal, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Generic, Literal, TypeAlias, TypeVar, cast
 
 from prefect.blocks.core import Block
 from prefect.filesystems import LocalFileSystem
-from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
-from prefect_email import EmailServerCredentials
+
+if TYPE_CHECKING:  # imported where used: together they add ~0.5 s to every command's start
+    from prefect_aws import S3Bucket
+    from prefect_email import EmailServerCredentials
 from pydantic import BaseModel, Field, SecretStr
 
 from blocks import PostgresTarget, PrometheusSource, RedisTarget, SlackEscalationTarget
@@ -47,10 +49,10 @@ class FileOutbox(BaseModel):
     directory: Path = Field(description="Folder the notices or messages are written to.")
 
 
-ArchiveStore: TypeAlias = S3Bucket | LocalFileSystem
+ArchiveStore: TypeAlias = "S3Bucket | LocalFileSystem"
 MetricsSource: TypeAlias = PrometheusSource | CsvTrace
 SlackSink: TypeAlias = SlackEscalationTarget | FileOutbox
-EmailSink: TypeAlias = EmailServerCredentials | FileOutbox
+EmailSink: TypeAlias = "EmailServerCredentials | FileOutbox"
 B = TypeVar("B", bound=Block)
 
 
@@ -130,6 +132,8 @@ def resolve_redis(
 def resolve_archive(
     block: str | None = None, settings: PerfopsSettings | None = None
 ) -> Resolved[ArchiveStore]:
+    from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
+
     s = _settings(settings)
     name = block or s.s3_block
     if name:
@@ -178,6 +182,8 @@ def resolve_slack(
 def resolve_email(
     block: str | None = None, settings: PerfopsSettings | None = None
 ) -> Resolved[EmailSink]:
+    from prefect_email import EmailServerCredentials
+
     s = _settings(settings)
     name = block or s.email_block
     if name:

@@ -256,8 +256,25 @@ def _run_check_index_health(progress: Progress) -> FlowOutcome:
     return FlowOutcome("check_index_health", state.name or "", found, ARTIFACT_KEY)
 
 
+def _run_refresh_stale_statistics(progress: Progress) -> FlowOutcome:
+    from flows.refresh_stale_statistics import ARTIFACT_KEY, refresh_stale_statistics
+
+    progress("running refresh_stale_statistics", 0, 1)
+    state = refresh_stale_statistics(return_state=True)
+    report: Any = state.result(raise_on_failure=False)
+    if isinstance(report, BaseException) or report is None:
+        return FlowOutcome(
+            "refresh_stale_statistics", state.name or "Failed", redact(str(report)), ARTIFACT_KEY
+        )
+    found = report.summary
+    if report.failed_tables:
+        found += f"; failed: {', '.join(report.failed_tables[:5])}"
+    return FlowOutcome("refresh_stale_statistics", state.name or "", found, ARTIFACT_KEY)
+
+
 FLOW_RUNNERS: list[Callable[[Progress], FlowOutcome]] = [
     _run_check_connections,
+    _run_refresh_stale_statistics,
     _run_find_slow_queries,
     _run_suggest_indexes,
     _run_check_index_health,

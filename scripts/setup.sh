@@ -72,5 +72,5 @@ if ! command -v uv >/dev/null 2>&1; then
   log "installing uv"
   python3 -m pip install --quiet --disable-pip-version-check uv
 fi
-uv sync --frozen --quiet
+uv sync --frozen --quiet --compile-bytecode
 log "ready: .venv ($(.venv/bin/python --version)), PostgreSQL $PGV with pg_stat_statements, Redis"

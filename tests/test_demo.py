@@ -52,6 +52,7 @@ def test_demo_runs_to_the_end_and_is_fast_the_second_time(
     flows = {f["flow"]: f for f in second["flows"]}
     assert {name: (f["state"], f["artifact"]) for name, f in flows.items()} == {
         "check_connections": ("Completed", "perfops-connections"),
+        "refresh_stale_statistics": ("Completed", "perfops-stats-refresh"),
         "suggest_indexes": ("Completed", "perfops-index-suggestions"),
         "find_slow_queries": ("Completed", "perfops-slow-queries"),
         "check_index_health": ("Completed", "perfops-index-health"),

@@ -19,7 +19,6 @@ from psycopg import sql
 from blocks import PostgresTarget
 from flows.check_index_health import ARTIFACT_KEY, IndexHealthReport, check_index_health
 from perfops import cli
-from perfops.commands import indexes_health
 from perfops.errors import ConnectionFailed
 from tasks.index_health import IndexFinding, IndexHealthSettings
 from tasks.postgres import advisory_lock, connect
@@ -392,16 +391,11 @@ def test_unreachable_server_fails_fast_without_the_password(
 
 @pytest.fixture()
 def perfops(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
-    """`perfops.cli.main` with `perfops indexes health` registered as perfops.cli will."""
-    indexes_app = typer.Typer(no_args_is_help=True)
-    indexes_app.command("health")(indexes_health.health)
-    app = typer.Typer(no_args_is_help=True)
-    app.add_typer(indexes_app, name="indexes")
-    monkeypatch.setattr(cli, "app", app)
+    """`perfops.cli.main`, with the variables a command sets undone afterwards."""
     for var in ("PERFOPS_DSN", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"):
-        monkeypatch.setenv(var, "")  # so that what the command sets is undone afterwards
+        monkeypatch.setenv(var, "")
         monkeypatch.delenv(var)
-    return app
+    return cli.app
 
 
 HEALTH = ["indexes", "health", "--schema", SCHEMA, "--min-size", "64kB"]

@@ -19,7 +19,6 @@ from pydantic import SecretStr
 from blocks import PostgresTarget
 from flows.find_slow_queries import ARTIFACT_KEY, SlowQueryReport, find_slow_queries
 from perfops import cli
-from perfops.commands import queries
 from perfops.errors import ConnectionFailed, MissingPrerequisite
 from tasks.postgres_statements import explain_statements
 from tasks.slow_queries import SlowQuerySettings, SlowStatement
@@ -228,14 +227,11 @@ def test_a_block_names_the_database(pg_dsn: str, slow_db: str) -> None:
 
 @pytest.fixture()
 def perfops(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
-    """`perfops.cli.main` with `perfops queries` registered as perfops.cli will register it."""
-    app = typer.Typer(no_args_is_help=True)
-    app.add_typer(queries.app, name="queries")
-    monkeypatch.setattr(cli, "app", app)
-    for name in ("PERFOPS_DSN", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"):
-        monkeypatch.setenv(name, "")  # so that what the command sets is undone afterwards
-        monkeypatch.delenv(name)
-    return app
+    """`perfops.cli.main`, with the variables a command sets undone afterwards."""
+    for var in ("PERFOPS_DSN", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"):
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+    return cli.app
 
 
 def test_cli_json_lists_the_statements(

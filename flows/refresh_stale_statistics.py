@@ -1,0 +1,285 @@
+"""refresh_stale_statistics: ANALYZE the tables whose planner statistics are stale (rows changed
+since the last analyze >= `analyze_threshold` of their rows, or never analyzed), most stale first,
+a batch at a time on a few connections, and nothing else. CLI `perfops stats refresh`.
+
+ANALYZE only reads the table and rewrites its statistics, so the flow acts by default;
+`dry_run=True` lists what it would do. VACUUM (ANALYZE) only when `policy.vacuum_dead_ratio` is
+set. Every statement has its own `lock_timeout`; a table that fails is reported and the run goes
+on. A run holds the advisory lock `stats-refresh` and refuses a replica.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel
+
+from perfops.connections import resolve_postgres
+from perfops.redaction import install_log_redaction
+from tasks.postgres_tables import (
+    TableResult,
+    analyze_tables,
+    fetch_analyze_marks,
+    fetch_table_stats,
+    refresh_session,
+    refreshed,
+)
+from tasks.records import emit, publish_table
+from tasks.staleness import (
+    Decision,
+    StatisticsPolicy,
+    batches,
+    decide,
+    percent,
+    threshold_percent,
+)
+
+ARTIFACT_KEY = "perfops-stats-refresh"
+EVENT_REFRESHED = "perfops.stats.refreshed"
+EVENT_PREVIEWED = "perfops.stats.previewed"
+# The report and the artifact list every table acted on (or that would be, in a dry run) and,
+# of the tables left alone, the ones nearest to the threshold with a count per reason for the
+# rest: a person wants those, not thousands of fresh rows (and Prefect walks every returned
+# object, so a smaller report also ends the run sooner).
+LISTED_SKIPPED = 50
+EVENT_FAILED_TABLES = 100
+
+Result = Literal[
+    "analyzed",
+    "vacuumed and analyzed",
+    "failed",
+    "missing",
+    "would analyze",
+    "would vacuum and analyze",
+    "skipped",
+]
+
+
+class TableOutcome(BaseModel):
+    """One table: what was decided, why, and what happened."""
+
+    table: str  # schema.table quoted as PostgreSQL would
+    schema_name: str
+    table_name: str
+    action: str  # analyze, vacuum-analyze, skip
+    code: str  # never-analyzed, stale, dead-tuples, fresh, small, excluded, ...
+    reason: str
+    rows: int
+    changed: str  # rows modified since the last analyze, as a percentage
+    result: Result
+    duration_ms: float | None = None
+    error: str | None = None
+
+
+class StatisticsReport(BaseModel):
+    """What a statistics refresh found and did."""
+
+    target: str
+    dry_run: bool
+    analyze_threshold: float
+    considered: int
+    analyzed: int  # refreshed, confirmed in pg_stat_user_tables (VACUUM (ANALYZE) included)
+    vacuumed: int
+    failed: int
+    missing: int
+    skipped: int
+    would_analyze: int
+    failed_tables: list[str]
+    skipped_by_reason: dict[str, int]  # code -> tables left alone for that reason
+    seconds: float
+    tables: list[TableOutcome]  # every table acted on; the LISTED_SKIPPED skipped nearest to act
+
+    @property
+    def summary(self) -> str:
+        if self.dry_run:
+            return (
+                f"would analyze {self.would_analyze} of {self.considered} tables "
+                f"({self.skipped} fresh or skipped)"
+            )
+        text = (
+            f"analyzed {self.analyzed} of {self.considered} tables, {self.failed} failed, "
+            f"{self.skipped} skipped"
+        )
+        if self.vacuumed:
+            text += f" ({self.vacuumed} with VACUUM)"
+        if self.missing:
+            text += f", {self.missing} dropped meanwhile"
+        return text
+
+
+def _outcome(decision: Decision, result: TableResult | None, dry_run: bool) -> TableOutcome:
+    t = decision.table
+    outcome: Result
+    if not decision.acts:
+        outcome = "skipped"
+    elif dry_run:
+        vacuum = decision.action == "vacuum-analyze"
+        outcome = "would vacuum and analyze" if vacuum else "would analyze"
+    elif result is None or result.status == "failed":
+        outcome = "failed"
+    elif result.status == "missing":
+        outcome = "missing"
+    else:
+        outcome = "vacuumed and analyzed" if decision.action == "vacuum-analyze" else "analyzed"
+    return TableOutcome(
+        table=t.name,
+        schema_name=t.schema_name,
+        table_name=t.table_name,
+        action=decision.action,
+        code=decision.code,
+        reason=decision.reason,
+        rows=round(t.rows),
+        changed=percent(t.change_ratio),
+        result=outcome,
+        duration_ms=result.duration_ms if result else None,
+        error=result.error if result else ("not attempted" if outcome == "failed" else None),
+    )
+
+
+def _artifact_rows(report: StatisticsReport) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = [
+        {
+            "table": o.table,
+            "decision": o.action,
+            "reason": o.reason,
+            "result": o.result,
+            "duration_ms": o.duration_ms if o.duration_ms is not None else "",
+            "error": o.error or "",
+        }
+        for o in report.tables
+    ]
+    listed = sum(o.result == "skipped" for o in report.tables)
+    if report.skipped > listed:
+        rows.append(
+            {
+                "table": f"... {report.skipped - listed} more",
+                "decision": "skip",
+                "reason": "all skipped: "
+                + ", ".join(f"{n} {code}" for code, n in sorted(report.skipped_by_reason.items())),
+                "result": "skipped",
+                "duration_ms": "",
+                "error": "",
+            }
+        )
+    return rows
+
+
+@flow(
+    name="refresh_stale_statistics",
+    description="ANALYZE the tables whose statistics are stale (rows changed since the last "
+    "analyze >= the threshold, or never analyzed), most stale first, on a few connections, each "
+    "with its own lock_timeout; reports tables that fail and goes on. dry_run lists only.",
+    log_prints=False,
+)
+def refresh_stale_statistics(
+    postgres_block: str | None = None,
+    policy: StatisticsPolicy = StatisticsPolicy(),  # noqa: B008 - frozen model, safe default
+    dry_run: bool = False,
+) -> StatisticsReport:
+    """Refresh stale planner statistics in one database.
+
+    Args:
+        postgres_block: name of a `perfops-postgres-target` block (default: `PERFOPS_DSN`, else
+            the local demo database).
+        policy: what counts as stale (`analyze_threshold`, default 0.1), what to leave alone,
+            optional VACUUM (`vacuum_dead_ratio`), parallelism and per-statement timeouts.
+        dry_run: only list what would be analyzed and why; change nothing.
+    """
+    install_log_redaction()
+    logger = get_run_logger()
+    started = time.monotonic()
+    pg = resolve_postgres(postgres_block)
+    target = pg.value
+    results: dict[int, TableResult] = {}
+    with refresh_session(target, dry_run=dry_run):
+        stats = fetch_table_stats(target, policy.include_schemas)
+        decisions = decide(stats, policy)
+        work = batches(decisions, policy.batch_size)
+        logger.info(
+            "%s: %d tables, %d stale (threshold %s)%s",
+            pg.description,
+            len(decisions),
+            sum(len(b) for b in work),
+            threshold_percent(policy.analyze_threshold),
+            " - dry run, nothing changes" if dry_run else "",
+        )
+        if not dry_run:
+            for batch in work:
+                for r in analyze_tables(
+                    target,
+                    batch,
+                    parallelism=policy.parallelism,
+                    lock_timeout_ms=policy.lock_timeout_ms,
+                    statement_timeout_ms=policy.statement_timeout_ms,
+                ):
+                    results[r.relid] = r
+            before = {t.relid: t for t in stats}
+            done = [relid for relid, r in results.items() if r.status == "ok"]
+            marks = fetch_analyze_marks(target, done)
+            for relid in done:
+                if not refreshed(before[relid], marks.get(relid)):
+                    results[relid] = results[relid].model_copy(
+                        update={
+                            "status": "failed",
+                            "error": "the statement finished but pg_stat_user_tables shows no "
+                            "new analyze",
+                        }
+                    )
+
+    acted = [_outcome(d, results.get(d.table.relid), dry_run) for d in decisions if d.acts]
+    skipped = [d for d in decisions if not d.acts]
+    by_reason: dict[str, int] = {}
+    for d in skipped:
+        by_reason[d.code] = by_reason.get(d.code, 0) + 1
+    failed = [o for o in acted if o.result == "failed"]
+    report = StatisticsReport(
+        target=pg.description,
+        dry_run=dry_run,
+        analyze_threshold=policy.analyze_threshold,
+        considered=len(decisions),
+        analyzed=sum(o.result in ("analyzed", "vacuumed and analyzed") for o in acted),
+        vacuumed=sum(o.result == "vacuumed and analyzed" for o in acted),
+        failed=len(failed),
+        missing=sum(o.result == "missing" for o in acted),
+        skipped=len(skipped),
+        would_analyze=sum(o.result.startswith("would") for o in acted),
+        failed_tables=[o.table for o in failed],
+        skipped_by_reason=by_reason,
+        seconds=round(time.monotonic() - started, 3),
+        tables=acted + [_outcome(d, None, dry_run) for d in skipped[:LISTED_SKIPPED]],
+    )
+    for o in failed:
+        logger.warning("%s failed: %s", o.table, o.error)
+    logger.info("%s in %.1f s", report.summary, report.seconds)
+
+    publish_table(
+        ARTIFACT_KEY,
+        _artifact_rows(report),
+        f"Statistics refresh on {pg.description}"
+        + (" (dry run, nothing changed)" if dry_run else "")
+        + f": {report.summary}; threshold {threshold_percent(policy.analyze_threshold)} of rows "
+        "changed since the last analyze. Every table acted on is listed; of the others, the "
+        f"{LISTED_SKIPPED} nearest to the threshold, then a count per reason.",
+    )
+    outcome = "dry-run" if dry_run else ("partial" if failed else "complete")
+    resource = target.resource_id()  # perfops.postgres.<host>:<port>/<dbname>
+    emit(
+        EVENT_PREVIEWED if dry_run else EVENT_REFRESHED,
+        resource,
+        {
+            "dry_run": dry_run,
+            "considered": report.considered,
+            "analyzed": report.analyzed,
+            "vacuumed": report.vacuumed,
+            "failed": report.failed,
+            "skipped": report.skipped,
+            "would_analyze": report.would_analyze,
+            "failed_tables": report.failed_tables[:EVENT_FAILED_TABLES],
+            "analyze_threshold": policy.analyze_threshold,
+            "seconds": report.seconds,
+        },
+        **{"perfops.database": resource.rpartition("/")[2], "perfops.outcome": outcome},
+    )
+    return report

@@ -1,0 +1,329 @@
+"""Which tables need fresh planner statistics, and why. Pure: no I/O, no Prefect.
+
+A table is stale when the rows modified since its last ANALYZE reach `analyze_threshold` of its
+rows (`n_mod_since_analyze / max(reltuples or n_live_tup, 1)`), or when it was never analyzed.
+Optionally a table whose dead tuples reach `vacuum_dead_ratio` of all its tuples gets
+`VACUUM (ANALYZE)` instead. Every table gets one decision with the reason a person reads
+("12.0% of rows changed since last analyze >= 10%", "fresh: 2.1% < 10%"), most stale first.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from fnmatch import fnmatchcase
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_ANALYZE_THRESHOLD = 0.1
+DEFAULT_PARALLELISM = 2
+DEFAULT_LOCK_TIMEOUT_MS = 2_000
+DEFAULT_STATEMENT_TIMEOUT_MS = 600_000
+DEFAULT_BATCH_SIZE = 200
+
+Action = Literal["analyze", "vacuum-analyze", "skip"]
+# Why: stale, never analyzed, dead tuples (act); fresh, small, excluded, over max_tables,
+# partitioned parent without change counters (skip).
+Code = Literal[
+    "never-analyzed",
+    "stale",
+    "dead-tuples",
+    "fresh",
+    "small",
+    "excluded",
+    "over-max-tables",
+    "partitioned",
+]
+
+_PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]*")
+
+
+class TableStats(BaseModel):
+    """One table's statistics counters, as pg_stat_user_tables and pg_class report them."""
+
+    relid: int = Field(description="pg_class oid; identifies the table across queries.")
+    schema_name: str
+    table_name: str
+    relkind: Literal["r", "m", "p"] = Field(
+        default="r", description="r table, m materialized view, p partitioned table."
+    )
+    n_live_tup: int = 0
+    n_dead_tup: int = 0
+    n_mod_since_analyze: int = 0
+    reltuples: float = Field(
+        default=-1, description="Row estimate from the last VACUUM/ANALYZE; -1 when never."
+    )
+    size_bytes: int = Field(default=0, description="relpages x block size (no lock taken).")
+    last_analyze: datetime | None = None
+    last_autoanalyze: datetime | None = None
+    analyze_count: int = 0
+    autoanalyze_count: int = 0
+    has_statistics: bool = Field(
+        default=False,
+        description="pg_stats has rows for it (statistics exist even if their time was reset).",
+    )
+
+    @property
+    def name(self) -> str:
+        return display_name(self.schema_name, self.table_name)
+
+    @property
+    def rows(self) -> float:
+        """Rows the planner believes the table has (the live count when never estimated)."""
+        return self.reltuples if self.reltuples > 0 else float(self.n_live_tup)
+
+    @property
+    def change_ratio(self) -> float:
+        """Rows modified since the last analyze, as a fraction of the table's rows."""
+        return self.n_mod_since_analyze / max(self.rows, 1.0)
+
+    @property
+    def dead_ratio(self) -> float:
+        """Dead tuples as a fraction of all tuples."""
+        return self.n_dead_tup / max(self.n_live_tup + self.n_dead_tup, 1)
+
+    @property
+    def never_analyzed(self) -> bool:
+        return (
+            self.last_analyze is None and self.last_autoanalyze is None and not self.has_statistics
+        )
+
+
+class StatisticsPolicy(BaseModel):
+    """What counts as stale, what to leave alone, and how hard to work. Defaults are safe for a
+    daily run: ANALYZE only, 2 connections, 2 s lock_timeout per table."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    analyze_threshold: float = Field(
+        default=DEFAULT_ANALYZE_THRESHOLD,
+        gt=0,
+        le=1,
+        description="ANALYZE a table when rows modified since its last analyze reach this "
+        "fraction of its rows (0.1 = 10%, autovacuum's default scale factor).",
+    )
+    min_rows: int = Field(
+        default=0,
+        ge=0,
+        description="Leave tables with fewer estimated rows than this alone (0: judge all).",
+    )
+    vacuum_dead_ratio: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Also VACUUM (ANALYZE) tables whose dead tuples reach this fraction of all "
+        "tuples (e.g. 0.2). None: never VACUUM, ANALYZE only.",
+    )
+    include_schemas: list[str] | None = Field(
+        default=None, description="Only these schemas (exact names). None: every user schema."
+    )
+    exclude_schemas: list[str] = Field(
+        default_factory=list, description="Never these schemas (exact names)."
+    )
+    include_tables: list[str] | None = Field(
+        default=None,
+        description="Only tables whose schema.table matches one of these (exact or glob, "
+        "e.g. public.orders, sales.*). None: every table.",
+    )
+    exclude_tables: list[str] = Field(
+        default_factory=list,
+        description="Never tables whose schema.table matches one of these (exact or glob).",
+    )
+    max_tables: int | None = Field(
+        default=None,
+        ge=1,
+        description="At most this many tables per run, most stale first; the rest wait for the "
+        "next run. None: no limit.",
+    )
+    parallelism: int = Field(
+        default=DEFAULT_PARALLELISM,
+        ge=1,
+        le=8,
+        description="Tables analyzed at once, each on its own connection.",
+    )
+    lock_timeout_ms: int = Field(
+        default=DEFAULT_LOCK_TIMEOUT_MS,
+        ge=1,
+        le=600_000,
+        description="Per statement: give up on a table locked by another session after this "
+        "long, report it and go on.",
+    )
+    statement_timeout_ms: int = Field(
+        default=DEFAULT_STATEMENT_TIMEOUT_MS,
+        ge=1_000,
+        le=86_400_000,
+        description="Per statement: stop an ANALYZE or VACUUM that runs longer than this.",
+    )
+    batch_size: int = Field(
+        default=DEFAULT_BATCH_SIZE,
+        ge=1,
+        le=5_000,
+        description="Tables per Prefect task run (one task per batch, never one per table).",
+    )
+
+
+class Decision(BaseModel):
+    """What to do with one table, and why."""
+
+    table: TableStats
+    action: Action
+    code: Code
+    reason: str
+
+    @property
+    def acts(self) -> bool:
+        return self.action != "skip"
+
+
+def display_name(schema: str, table: str) -> str:
+    """`schema.table` as PostgreSQL would quote it (for people; SQL uses `sql.Identifier`)."""
+    return f"{quote_ident(schema)}.{quote_ident(table)}"
+
+
+def quote_ident(name: str) -> str:
+    """Quote an identifier the way `quote_ident()` does when it is not plain lower case."""
+    if _PLAIN_IDENTIFIER.fullmatch(name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def percent(fraction: float) -> str:
+    """0.1204 -> '12.0%'."""
+    return f"{fraction * 100:.1f}%"
+
+
+def threshold_percent(fraction: float) -> str:
+    """0.1 -> '10%', 0.125 -> '12.5%'."""
+    return f"{round(fraction * 100, 2):g}%"
+
+
+def _matches(qualified: str, patterns: Iterable[str]) -> bool:
+    return any(qualified == p or fnmatchcase(qualified, p) for p in patterns)
+
+
+def _excluded(t: TableStats, policy: StatisticsPolicy) -> str | None:
+    """Why a policy filter leaves the table out, or None."""
+    qualified = f"{t.schema_name}.{t.table_name}"
+    if policy.include_schemas is not None and t.schema_name not in policy.include_schemas:
+        return "excluded: schema not in include_schemas"
+    if t.schema_name in policy.exclude_schemas:
+        return "excluded: schema in exclude_schemas"
+    if policy.include_tables is not None and not _matches(qualified, policy.include_tables):
+        return "excluded: table not in include_tables"
+    if _matches(qualified, policy.exclude_tables):
+        return "excluded: table in exclude_tables"
+    return None
+
+
+def _judge(t: TableStats, policy: StatisticsPolicy) -> Decision:
+    """The decision for one table, before ordering and `max_tables`."""
+    threshold = threshold_percent(policy.analyze_threshold)
+    excluded = _excluded(t, policy)
+    if excluded:
+        return Decision(table=t, action="skip", code="excluded", reason=excluded)
+    if policy.min_rows and t.rows < policy.min_rows:
+        return Decision(
+            table=t,
+            action="skip",
+            code="small",
+            reason=f"small: {t.rows:,.0f} rows < min_rows {policy.min_rows:,}",
+        )
+    if t.relkind == "p":
+        if t.never_analyzed:
+            return Decision(
+                table=t,
+                action="analyze",
+                code="never-analyzed",
+                reason="never analyzed (partitioned table: ANALYZE samples all its partitions)",
+            )
+        return Decision(
+            table=t,
+            action="skip",
+            code="partitioned",
+            reason="partitioned table: PostgreSQL keeps no change counters for it; "
+            "its partitions are judged on their own",
+        )
+    vacuum = policy.vacuum_dead_ratio is not None and t.dead_ratio >= policy.vacuum_dead_ratio
+    dead_reason = (
+        f"dead tuples {percent(t.dead_ratio)} >= {threshold_percent(policy.vacuum_dead_ratio)}"
+        if vacuum and policy.vacuum_dead_ratio is not None
+        else ""
+    )
+    action: Action = "vacuum-analyze" if vacuum else "analyze"
+    if t.never_analyzed:
+        reason = "never analyzed" + (f"; {dead_reason}" if dead_reason else "")
+        return Decision(table=t, action=action, code="never-analyzed", reason=reason)
+    ratio = t.change_ratio
+    if ratio >= policy.analyze_threshold:
+        reason = f"{percent(ratio)} of rows changed since last analyze >= {threshold}"
+        if dead_reason:
+            reason += f"; {dead_reason}"
+        return Decision(table=t, action=action, code="stale", reason=reason)
+    if vacuum:
+        return Decision(
+            table=t,
+            action="vacuum-analyze",
+            code="dead-tuples",
+            reason=f"{dead_reason} ({percent(ratio)} of rows changed)",
+        )
+    return Decision(
+        table=t, action="skip", code="fresh", reason=f"fresh: {percent(ratio)} < {threshold}"
+    )
+
+
+_RANK: dict[Code, int] = {
+    "never-analyzed": 0,
+    "stale": 1,
+    "dead-tuples": 2,
+    "over-max-tables": 3,
+    "fresh": 4,
+    "partitioned": 5,
+    "small": 6,
+    "excluded": 7,
+}
+
+
+def _order(d: Decision) -> tuple[int, float, float, str, str]:
+    """Most stale first: never analyzed (biggest first), then by change ratio, then by dead ratio;
+    skipped tables after, nearest to the threshold first."""
+    t = d.table
+    if d.code == "never-analyzed":
+        weight = t.rows
+    elif d.code == "dead-tuples":
+        weight = t.dead_ratio
+    else:
+        weight = t.change_ratio
+    return (_RANK[d.code], -weight, -t.dead_ratio, t.schema_name, t.table_name)
+
+
+def decide(stats: Sequence[TableStats], policy: StatisticsPolicy) -> list[Decision]:
+    """One decision per table, most stale first, at most `policy.max_tables` acting."""
+    decisions = sorted((_judge(t, policy) for t in stats), key=_order)
+    if policy.max_tables is None:
+        return decisions
+    kept: list[Decision] = []
+    postponed: list[Decision] = []
+    acting = 0
+    for d in decisions:
+        if d.acts and acting >= policy.max_tables:
+            postponed.append(
+                Decision(
+                    table=d.table,
+                    action="skip",
+                    code="over-max-tables",
+                    reason=f"over max_tables {policy.max_tables}: left for the next run "
+                    f"({d.reason})",
+                )
+            )
+            continue
+        acting += d.acts
+        kept.append(d)
+    return sorted(kept + postponed, key=_order)
+
+
+def batches(decisions: Sequence[Decision], size: int) -> list[list[Decision]]:
+    """The acting decisions in order, cut into batches of `size` (one task run each)."""
+    acting = [d for d in decisions if d.acts]
+    return [acting[i : i + size] for i in range(0, len(acting), size)]

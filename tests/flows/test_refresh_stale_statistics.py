@@ -1,0 +1,440 @@
+"""refresh_stale_statistics on the real PostgreSQL: stale tables analyzed and fresh ones left
+alone, hostile names, a locked table, another run holding the lock, a dry run, VACUUM, a table
+the role may not analyze, timeouts, the record (artifact and event), an unreachable server, and
+the CLI.
+
+Each test works in its own schema(s), made and dropped here, and limits the flow to them with
+`include_schemas`. PostgreSQL's table counters reach other sessions asynchronously: `flush()`
+makes a session publish them (pg_stat_force_next_flush, PostgreSQL 15+) before the flow reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.events import Event
+from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+from psycopg import sql
+
+from blocks import PostgresTarget
+from flows.refresh_stale_statistics import (
+    ARTIFACT_KEY,
+    StatisticsReport,
+    refresh_stale_statistics,
+)
+from perfops.errors import ConnectionFailed, LockBusy
+from tasks.postgres import lock_key
+from tasks.postgres_tables import LOCK_NAME, analyze_tables, statement_for
+from tasks.staleness import Decision, StatisticsPolicy, TableStats
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+ROOT = Path(__file__).resolve().parents[2]
+ROWS = 1_000
+
+
+@pytest.fixture()
+def db(monkeypatch: pytest.MonkeyPatch, pg_dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the session database, which the flow also uses."""
+    monkeypatch.setenv("PERFOPS_DSN", pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture()
+def schema(db: psycopg.Connection[Any]) -> Iterator[str]:
+    """A schema of this test's own, dropped afterwards."""
+    name = f"stats_{uuid.uuid4().hex[:8]}"
+    db.execute(sql.SQL("create schema {}").format(sql.Identifier(name)))
+    yield name
+    db.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(name)))
+
+
+def create(conn: psycopg.Connection[Any], schema: str, table: str, rows: int = ROWS) -> None:
+    """A table of `rows` rows, autovacuum off so only the test decides what is analyzed."""
+    conn.execute(
+        sql.SQL(
+            "create table {} with (autovacuum_enabled = false) as "
+            "select g as id, mod(g, 10) as v from generate_series(1, {}) g"
+        ).format(sql.Identifier(schema, table), sql.Literal(rows))
+    )
+
+
+def flush(conn: psycopg.Connection[Any]) -> None:
+    """Publish this session's table counters now (they are flushed as the session goes idle)."""
+    conn.execute("select pg_stat_force_next_flush()")
+
+
+@pytest.fixture()
+def emitted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
+    """Events the flow emits, as (name, payload, resource labels); still sent to the server."""
+    import flows.refresh_stale_statistics as module
+
+    calls: list[tuple[str, dict[str, Any], dict[str, str]]] = []
+    real_emit = module.emit
+
+    def record(event: str, resource_id: str, payload: dict[str, Any], **labels: str) -> None:
+        calls.append((event, payload, labels))
+        real_emit(event, resource_id, payload, **labels)
+
+    monkeypatch.setattr(module, "emit", record)
+    return calls
+
+
+def analyze(conn: psycopg.Connection[Any], schema: str, *tables: str) -> None:
+    flush(conn)  # counters first: inserts flushed after an ANALYZE would count as changes
+    for t in tables:
+        conn.execute(sql.SQL("analyze {}").format(sql.Identifier(schema, t)))
+
+
+def change(conn: psycopg.Connection[Any], schema: str, table: str, rows: int) -> None:
+    conn.execute(
+        sql.SQL("update {} set v = v + 1 where id <= {}").format(
+            sql.Identifier(schema, table), sql.Literal(rows)
+        )
+    )
+    flush(conn)
+
+
+def analyze_counts(conn: psycopg.Connection[Any], *schemas: str) -> dict[str, int]:
+    rows = conn.execute(
+        "select relname, analyze_count from pg_stat_user_tables where schemaname = any(%s)",
+        (list(schemas),),
+    ).fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
+def policy(*schemas: str, **values: Any) -> StatisticsPolicy:
+    return StatisticsPolicy(include_schemas=list(schemas), **values)
+
+
+def outcomes(report: StatisticsReport) -> dict[str, tuple[str, str]]:
+    return {t.table_name: (t.result, t.reason) for t in report.tables}
+
+
+def wait_for_event(name: str, since: datetime, timeout_s: float = 20.0) -> Event:
+    """The newest `name` event since `since` (events reach the server asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            page = client.read_events(
+                EventFilter(
+                    event=EventNameFilter(name=[name]), occurred=EventOccurredFilter(since=since)
+                ),
+                limit=10,
+            )
+            if page.events:
+                return max(page.events, key=lambda e: e.occurred)
+            time.sleep(0.3)
+    raise AssertionError(f"no {name} event within {timeout_s} s")
+
+
+def artifact_rows() -> list[dict[str, Any]]:
+    with get_client(sync_client=True) as client:
+        latest = [a for a in client.read_latest_artifacts() if a.key == ARTIFACT_KEY]
+    assert latest, f"no {ARTIFACT_KEY} artifact"
+    data = latest[0].data
+    return json.loads(data) if isinstance(data, str) else data  # type: ignore[return-value]
+
+
+def test_analyzes_exactly_the_stale_and_never_analyzed_tables(
+    db: psycopg.Connection[Any], schema: str
+) -> None:
+    for t in ("stale", "fresh", "new"):
+        create(db, schema, t)
+    analyze(db, schema, "stale", "fresh")
+    change(db, schema, "stale", 150)  # 15% of the rows
+    change(db, schema, "fresh", 20)  # 2%
+    before = analyze_counts(db, schema)
+    since = datetime.now(UTC)
+
+    report = refresh_stale_statistics(policy=policy(schema))
+
+    assert outcomes(report) == {
+        "new": ("analyzed", "never analyzed"),
+        "stale": ("analyzed", "15.0% of rows changed since last analyze >= 10%"),
+        "fresh": ("skipped", "fresh: 2.0% < 10%"),
+    }
+    assert (report.analyzed, report.failed, report.skipped) == (2, 0, 1)
+    after = analyze_counts(db, schema)
+    assert {t for t in after if after[t] > before.get(t, 0)} == {"stale", "new"}
+    # the record: an artifact row per table, and the event with its counts
+    rows = {r["table"]: r for r in artifact_rows()}
+    assert rows[f"{schema}.stale"]["result"] == "analyzed"
+    assert rows[f"{schema}.fresh"]["reason"] == "fresh: 2.0% < 10%"
+    event = wait_for_event("perfops.stats.refreshed", since)
+    assert event.resource.id == f"perfops.postgres.127.0.0.1:5432/{db.info.dbname}"
+    assert event.resource["perfops.database"] == db.info.dbname
+    assert event.resource["perfops.outcome"] == "complete"
+    assert {k: event.payload[k] for k in ("analyzed", "failed", "skipped", "failed_tables")} == {
+        "analyzed": 2,
+        "failed": 0,
+        "skipped": 1,
+        "failed_tables": [],
+    }
+    # a second run finds nothing stale
+    again = refresh_stale_statistics(policy=policy(schema))
+    assert (again.analyzed, again.skipped) == (0, 3)
+
+
+def test_hostile_identifiers_are_quoted_and_other_schemas_untouched(
+    db: psycopg.Connection[Any], schema: str
+) -> None:
+    hostile_schema = f'{schema} "odd"; --'
+    db.execute(sql.SQL("create schema {}").format(sql.Identifier(hostile_schema)))
+    try:
+        names = ['x"; DROP TABLE y; --', "MixedCase", "with space", "y"]
+        for t in names:
+            create(db, hostile_schema, t, rows=10)
+        create(db, schema, "bystander", rows=10)  # never analyzed, but not in the run's schemas
+        flush(db)
+
+        report = refresh_stale_statistics(policy=policy(hostile_schema))
+
+        assert {t.table_name: t.result for t in report.tables} == dict.fromkeys(names, "analyzed")
+        shown = {t.table for t in report.tables}
+        assert f'"{schema} ""odd""; --"."x""; DROP TABLE y; --"' in shown
+        assert f'"{schema} ""odd""; --"."MixedCase"' in shown
+        counts = analyze_counts(db, hostile_schema, schema)
+        assert counts == {**dict.fromkeys(names, 1), "bystander": 0}  # y still exists
+    finally:
+        db.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(hostile_schema)))
+
+
+def test_a_locked_table_fails_after_lock_timeout_and_the_others_are_analyzed(
+    db: psycopg.Connection[Any],
+    schema: str,
+    pg_dsn: str,
+    emitted: list[tuple[str, dict[str, Any], dict[str, str]]],
+) -> None:
+    for t in ("a", "b", "locked", "c"):
+        create(db, schema, t)
+    flush(db)
+    with psycopg.connect(pg_dsn) as holder:  # another session holds ACCESS EXCLUSIVE
+        holder.execute(
+            sql.SQL("lock table {} in access exclusive mode").format(
+                sql.Identifier(schema, "locked")
+            )
+        )
+        started = time.monotonic()
+        report = refresh_stale_statistics(policy=policy(schema, lock_timeout_ms=300))
+        elapsed = time.monotonic() - started
+        holder.rollback()
+
+    assert {t.table_name: t.result for t in report.tables} == {
+        "a": "analyzed",
+        "b": "analyzed",
+        "c": "analyzed",
+        "locked": "failed",
+    }
+    [locked] = [t for t in report.tables if t.table_name == "locked"]
+    assert locked.error == "locked by another session: gave up after lock_timeout 300 ms"
+    assert locked.duration_ms is not None and 250 <= locked.duration_ms < 2_000
+    assert report.failed_tables == [f"{schema}.locked"]
+    assert elapsed < 10
+    assert analyze_counts(db, schema) == {"a": 1, "b": 1, "c": 1, "locked": 0}
+    [(name, payload, labels)] = emitted
+    assert (name, labels["perfops.outcome"]) == ("perfops.stats.refreshed", "partial")
+    assert (payload["failed"], payload["failed_tables"]) == (1, [f"{schema}.locked"])
+
+
+def test_dry_run_lists_what_it_would_analyze_and_changes_nothing(
+    db: psycopg.Connection[Any],
+    schema: str,
+    emitted: list[tuple[str, dict[str, Any], dict[str, str]]],
+) -> None:
+    create(db, schema, "stale")
+    create(db, schema, "fresh")
+    analyze(db, schema, "stale", "fresh")
+    change(db, schema, "stale", 120)
+    before = analyze_counts(db, schema)
+
+    report = refresh_stale_statistics(policy=policy(schema), dry_run=True)
+
+    assert outcomes(report) == {
+        "stale": ("would analyze", "12.0% of rows changed since last analyze >= 10%"),
+        "fresh": ("skipped", "fresh: 0.0% < 10%"),
+    }
+    assert (report.would_analyze, report.analyzed) == (1, 0)
+    assert analyze_counts(db, schema) == before
+    [(name, payload, labels)] = emitted
+    assert (name, labels["perfops.outcome"]) == ("perfops.stats.previewed", "dry-run")
+    assert (payload["would_analyze"], payload["analyzed"]) == (1, 0)
+
+
+def test_vacuum_analyze_when_dead_tuples_pass_the_ratio(
+    db: psycopg.Connection[Any], schema: str
+) -> None:
+    create(db, schema, "bloated")
+    analyze(db, schema, "bloated")
+    db.execute(sql.SQL("delete from {} where id <= 300").format(sql.Identifier(schema, "bloated")))
+    flush(db)
+
+    report = refresh_stale_statistics(policy=policy(schema, vacuum_dead_ratio=0.2))
+
+    assert outcomes(report) == {
+        "bloated": (
+            "vacuumed and analyzed",
+            "30.0% of rows changed since last analyze >= 10%; dead tuples 30.0% >= 20%",
+        )
+    }
+    row = db.execute(
+        "select n_dead_tup, vacuum_count from pg_stat_user_tables where relid = %s::regclass",
+        (f"{schema}.bloated",),
+    ).fetchone()
+    assert row == (0, 1)
+
+
+def test_a_table_the_role_cannot_analyze_is_reported_failed(
+    db: psycopg.Connection[Any], schema: str, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    role = f"perfops_stats_ro_{uuid.uuid4().hex[:8]}"
+    create(db, schema, "not_mine")
+    flush(db)
+    db.execute(sql.SQL("create role {} login").format(sql.Identifier(role)))
+    try:
+        db.execute(
+            sql.SQL("grant usage on schema {} to {}").format(
+                sql.Identifier(schema), sql.Identifier(role)
+            )
+        )
+        monkeypatch.setenv("PERFOPS_DSN", psycopg.conninfo.make_conninfo(pg_dsn, user=role))
+
+        report = refresh_stale_statistics(policy=policy(schema))
+
+        [t] = report.tables
+        assert t.result == "failed"
+        assert t.error == 'skipping "not_mine" --- only table or database owner can analyze it'
+    finally:
+        db.execute(sql.SQL("drop owned by {}").format(sql.Identifier(role)))
+        db.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
+
+
+def test_another_run_holding_the_lock_stops_this_one_before_any_change(
+    db: psycopg.Connection[Any], schema: str, pg_dsn: str
+) -> None:
+    create(db, schema, "new")
+    flush(db)
+    with psycopg.connect(pg_dsn, autocommit=True) as other:
+        other.execute("select pg_advisory_lock(%s)", (lock_key(LOCK_NAME),))
+        state = refresh_stale_statistics(policy=policy(schema), return_state=True)
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, LockBusy)
+    assert "another perfops run holds the lock 'stats-refresh'" in str(error)
+    assert analyze_counts(db, schema) == {"new": 0}
+
+
+def test_unreachable_database_fails_fast_with_one_line_and_no_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = "stats-secret-never-shown"
+    monkeypatch.setenv("PERFOPS_DSN", f"postgresql://perfops:{secret}@127.0.0.1:1/app")
+    started = time.monotonic()
+    state = refresh_stale_statistics(return_state=True)
+    assert time.monotonic() - started < 10
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ConnectionFailed)
+    message = str(error)
+    assert message.startswith("cannot connect to PostgreSQL at perfops@127.0.0.1:1/app: ")
+    assert "\n" not in message and secret not in message
+    assert secret not in (state.message or "")
+
+
+def test_timeouts_and_dropped_tables_become_results_not_exceptions(
+    db: psycopg.Connection[Any], schema: str, pg_target: PostgresTarget, pg_dsn: str
+) -> None:
+    create(db, schema, "slow")
+    rows = db.execute(
+        "select oid::bigint from pg_class where oid = %s::regclass", (f"{schema}.slow",)
+    ).fetchall()
+    slow = TableStats(relid=rows[0][0], schema_name=schema, table_name="slow")
+    gone = TableStats(relid=1, schema_name="public", table_name="dropped since")
+    decisions = [
+        Decision(table=t, action="analyze", code="never-analyzed", reason="never analyzed")
+        for t in (slow, gone)
+    ]
+    with pg_target.get_connection() as conn:
+        assert statement_for(decisions[1]).as_string(conn) == 'ANALYZE "public"."dropped since"'
+    with psycopg.connect(pg_dsn) as holder:  # the statement times out while it waits
+        lock = sql.SQL("lock table {} in access exclusive mode")
+        holder.execute(lock.format(sql.Identifier(schema, "slow")))
+        results = analyze_tables.fn(
+            pg_target, decisions, parallelism=1, lock_timeout_ms=5_000, statement_timeout_ms=200
+        )
+        holder.rollback()
+    assert [(r.table_name, r.status, r.error) for r in results] == [
+        ("slow", "failed", "stopped by statement_timeout 200 ms"),
+        ("dropped since", "missing", "dropped since the catalog was read"),
+    ]
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PERFOPS_")}
+    return subprocess.run(
+        [sys.executable, "-m", "perfops.commands.stats", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**base, **env},
+        timeout=180,
+        check=False,
+    )
+
+
+def test_cli_dry_run_json_and_human_output(
+    db: psycopg.Connection[Any], schema: str, pg_dsn: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from perfops.commands.stats import app
+
+    create(db, schema, "new")
+    create(db, schema, "[bold]x[/]", rows=10)  # rich markup in a name is printed as is
+    flush(db)
+    args = ["refresh", "--dsn", pg_dsn, "--schema", schema, "--dry-run"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [(t["table"], t["result"]) for t in report["tables"]] == [
+        (f"{schema}.new", "would analyze"),
+        (f'{schema}."[bold]x[/]"', "would analyze"),
+    ]
+    human = CliRunner().invoke(app, args)
+    assert human.exit_code == 0, human.output
+    assert f"would analyze: {schema}.new\n    never analyzed\n" in human.stdout
+    assert f'would analyze: {schema}."[bold]x[/]"' in human.stdout
+    assert "dry run: nothing was analyzed" in human.stdout
+    assert analyze_counts(db, schema) == {"new": 0, "[bold]x[/]": 0}
+
+
+def test_cli_unreachable_is_one_line_exit_1_without_the_password(prefect_api_url: str) -> None:
+    secret = "cli-stats-secret"
+    dsn = f"postgresql://app:{secret}@127.0.0.1:1/app"
+    bad = _cli("refresh", "--dsn", dsn, env={"PREFECT_API_URL": prefect_api_url})
+    assert bad.returncode == 1
+    errors = [line for line in bad.stderr.splitlines() if not line.endswith("...")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "perfops: cannot connect to PostgreSQL at app@127.0.0.1:1/app: "
+    )
+    assert secret not in bad.stdout + bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_bad_value_names_the_flag_and_exits_2() -> None:
+    usage = _cli("refresh", "--threshold", "0", env={})
+    assert usage.returncode == 2
+    assert usage.stderr.strip().count("\n") == 0
+    assert "--threshold: Input should be greater than 0" in usage.stderr
