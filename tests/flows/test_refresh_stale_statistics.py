@@ -385,7 +385,7 @@ def test_timeouts_and_dropped_tables_become_results_not_exceptions(
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("PERFOPS_")}
     return subprocess.run(
-        [sys.executable, "-m", "perfops.commands.stats", *args],
+        [sys.executable, "-m", "perfops", "stats", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
