@@ -73,6 +73,29 @@ def test_unreachable_dsn_is_one_line_exit_1_and_hides_the_password(prefect_api_u
     assert "app@127.0.0.1:1/app" in result.stdout
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["queries", "slow"], ["indexes", "suggest"], ["indexes", "health"], ["stats", "refresh"]],
+    ids=" ".join,
+)
+def test_postgres_commands_on_an_unreachable_server(
+    command: list[str], prefect_api_url: str
+) -> None:
+    secret = "cli-secret-of-" + "-".join(command)
+    result = _run(
+        *command,
+        "--dsn",
+        f"postgresql://app:{secret}@127.0.0.1:1/app",
+        env={"PREFECT_API_URL": prefect_api_url},
+    )
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if not line.endswith("...")]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("perfops: cannot connect to PostgreSQL at app@127.0.0.1:1/app:")
+    assert "Traceback" not in result.stdout + result.stderr
+    assert secret not in result.stdout + result.stderr
+
+
 def test_doctor_json_is_machine_readable(prefect_api_url: str, pg_dsn: str, tmp_path: Path) -> None:
     result = _run(
         "doctor",
