@@ -23,6 +23,7 @@ from blocks import PostgresTarget
 from perfops.errors import MissingPrerequisite
 from perfops.redaction import mask_statement_secrets, redact
 from tasks.postgres import connect, set_timeouts
+from tasks.slow_queries import StatementStats
 from tasks.transient_errors import RETRY_DEFAULTS
 
 PSS_FIX = (
@@ -31,23 +32,6 @@ PSS_FIX = (
 )
 _PARAM = re.compile(r"\$(\d+)")
 _PREPARED = "perfops_generic_plan"
-
-
-class StatementStats(BaseModel):
-    """One normalised statement as pg_stat_statements counts it (this database, top level)."""
-
-    queryid: int
-    query: str
-    calls: int
-    total_ms: float
-    mean_ms: float
-    stddev_ms: float
-    min_ms: float
-    max_ms: float
-    rows: int
-    shared_blks_hit: int
-    shared_blks_read: int
-    share_of_db_time: float  # fraction of all statements' total time in this database
 
 
 def ensure_pg_stat_statements(conn: psycopg.Connection[Any]) -> None:

@@ -1,8 +1,9 @@
 """Which statements are slow, and why each is listed. Pure: no Prefect, no I/O.
 
-From pg_stat_statements rows (`tasks.postgres_statements.StatementStats`), a statement is listed
-when its mean execution time reaches a threshold, or when it is among the top N by total execution
-time; the two lists are joined without duplicates and every statement says why it is there
+From pg_stat_statements rows (`StatementStats`, read by `tasks.postgres_statements`), a
+statement is listed when its mean execution time reaches a threshold, or when it is among the
+top N by total execution time; the two lists are joined without duplicates and every statement
+says why it is there
 ("mean 1,240 ms >= 1,000 ms", "top 3 by total time (41% of DB time)").
 
 Also decided here: whether a statement's text can be EXPLAINed at all (parsed with pglast: a
@@ -13,14 +14,11 @@ reason), and a one-line summary of a plan.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pglast import parse_sql
 from pglast.parser import ParseError
 from pydantic import BaseModel, ConfigDict, Field
-
-if TYPE_CHECKING:  # the row type only: this module imports no I/O module at run time
-    from tasks.postgres_statements import StatementStats
 
 DEFAULT_THRESHOLD_MS = 1_000.0
 DEFAULT_TOP = 10
@@ -32,6 +30,23 @@ INSUFFICIENT_PRIVILEGE = "<insufficient privilege>"
 
 # Statements EXPLAIN accepts (and that do not create anything when only planned).
 _EXPLAINABLE = {"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"}
+
+
+class StatementStats(BaseModel):
+    """One normalised statement as pg_stat_statements counts it (this database, top level)."""
+
+    queryid: int
+    query: str
+    calls: int
+    total_ms: float
+    mean_ms: float
+    stddev_ms: float
+    min_ms: float
+    max_ms: float
+    rows: int
+    shared_blks_hit: int
+    shared_blks_read: int
+    share_of_db_time: float  # fraction of all statements' total time in this database
 
 
 class SlowQuerySettings(BaseModel):
@@ -96,21 +111,9 @@ class PlanOutcome(BaseModel):
     plan: dict[str, Any] | None = None  # the JSON plan's top node
 
 
-class SlowStatement(BaseModel):
+class SlowStatement(StatementStats):
     """One listed statement: its pg_stat_statements figures, its rank and why it is listed."""
 
-    queryid: int
-    query: str  # as pg_stat_statements normalised it; literals masked near a password
-    calls: int
-    total_ms: float
-    mean_ms: float
-    stddev_ms: float
-    min_ms: float
-    max_ms: float
-    rows: int
-    shared_blks_hit: int
-    shared_blks_read: int
-    share_of_db_time: float  # fraction of the database's total execution time
     rank_by_total: int  # 1 = the most total execution time in this database
     reasons: list[str]
     plan: PlanOutcome | None = None
