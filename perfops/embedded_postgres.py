@@ -97,7 +97,7 @@ def ensure_private_cluster(datadir: Path, port: int = PRIVATE_PORT) -> str:
 
 
 def stop_private_cluster(datadir: Path) -> None:
-    """Stop the private cluster if it runs (used by tests and `perfops demo --stop`)."""
+    """Stop the private cluster if it runs."""
     if (datadir / "postmaster.pid").exists():
         subprocess.run(
             _as_postgres(
