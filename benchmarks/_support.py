@@ -32,15 +32,26 @@ def dsn_for(database: str) -> str:
 
 def recreate_database(name: str) -> str:
     """Drop and create `name`; return its DSN."""
+    drop_database(name)
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-        )
         conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
     return dsn_for(name)
 
 
 def drop_database(name: str) -> None:
+    """Drop `name`, first forgetting its pg_stat_statements entries (they would outlive it and
+    crowd out other databases' entries)."""
+    try:
+        with psycopg.connect(dsn_for(name), autocommit=True) as conn:
+            if conn.execute(
+                "select 1 from pg_extension where extname = 'pg_stat_statements'"
+            ).fetchone():
+                conn.execute(
+                    "select pg_stat_statements_reset(0, (select oid from pg_database "
+                    "where datname = current_database()), 0)"
+                )
+    except psycopg.OperationalError:
+        pass  # it does not exist
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
         conn.execute(
             sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))

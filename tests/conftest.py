@@ -40,6 +40,10 @@ ADMIN_DSN = os.environ.get(
     "PERFOPS_TEST_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 )
 TEST_DB = f"perfops_test_{os.getpid()}"
+FORGET_THIS_DATABASE = (
+    "select pg_stat_statements_reset(0, (select oid from pg_database "
+    "where datname = current_database()), 0)"
+)
 REDIS_TEST_URL = "redis://127.0.0.1:6379/15"
 
 # Back-filled Prometheus history: 14 days at 1-minute resolution, ending on a whole hour.
@@ -82,7 +86,16 @@ def pg_dsn() -> Iterator[str]:
         conn.execute("create extension hypopg")
         conn.execute("create schema partman")
         conn.execute("create extension pg_partman schema partman")
+        # pg_stat_statements keeps the entries of dropped databases until it evicts the least
+        # used (pg_stat_statements.max, 5,000): left-overs of earlier runs would evict this
+        # session's fresh entries. Forget the dropped databases' entries.
+        conn.execute(
+            "select pg_stat_statements_reset(0, dbid, 0) from (select distinct dbid "
+            "from pg_stat_statements where dbid not in (select oid from pg_database)) gone"
+        )
     yield dsn
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(FORGET_THIS_DATABASE)
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
         admin.execute(
             sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(TEST_DB))
