@@ -91,27 +91,30 @@ class PostgresTarget(Block):
             **overrides,
         )
 
-    def describe(self) -> str:
-        """Where this target points, without the password: `user@host:port/dbname`."""
+    def _address(self) -> tuple[str, str, object, str] | None:
+        """(user, host, port, dbname) of the DSN, without the password; None if it is invalid."""
         try:
             params = conninfo_to_dict(self.dsn.get_secret_value())
         except psycopg.ProgrammingError:
+            return None
+        user = str(params.get("user") or "")
+        dbname = str(params.get("dbname") or user)
+        return user, str(params.get("host") or "localhost"), params.get("port") or 5432, dbname
+
+    def describe(self) -> str:
+        """Where this target points, without the password: `user@host:port/dbname`."""
+        address = self._address()
+        if address is None:
             return "(invalid DSN)"
-        host = params.get("host") or "localhost"
-        port = params.get("port") or 5432
-        user = params.get("user") or ""
-        dbname = params.get("dbname") or user
+        user, host, port, dbname = address
         return f"{user}@{host}:{port}/{dbname}" if user else f"{host}:{port}/{dbname}"
 
     def resource_id(self) -> str:
         """The event resource id of this database: `perfops.postgres.<host>:<port>/<dbname>`."""
-        try:
-            params = conninfo_to_dict(self.dsn.get_secret_value())
-        except psycopg.ProgrammingError:
+        address = self._address()
+        if address is None:
             return "perfops.postgres.invalid-dsn"
-        host = params.get("host") or "localhost"
-        port = params.get("port") or 5432
-        dbname = params.get("dbname") or params.get("user") or ""
+        _, host, port, dbname = address
         return f"perfops.postgres.{host}:{port}/{dbname}"
 
     def get_connection(

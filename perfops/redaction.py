@@ -45,6 +45,14 @@ def redact(text: str) -> str:
     return text
 
 
+def one_line(exc: BaseException, empty: str | None = None) -> str:
+    """The first line of an error's message, redacted (its type name, or `empty`, when blank)."""
+    text = str(exc).strip()
+    if not text:
+        return empty if empty is not None else type(exc).__name__
+    return redact(text.splitlines()[0])
+
+
 class RedactingFilter(logging.Filter):
     """A logging filter that redacts the formatted message of every record."""
 

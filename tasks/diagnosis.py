@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from perfops.redaction import one_line
 from tasks.postgres import PostgresInfo
 
 Status = Literal["ok", "degraded", "unreachable"]
@@ -49,7 +50,7 @@ def check_from(
 ) -> SystemCheck:
     """Assemble a check: unreachable on error, degraded when something is missing, else ok."""
     if error is not None:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = one_line(error)
         missing = (
             [Finding(what=message, fix=fix_when_unreachable, needed_by="every flow")]
             if fix_when_unreachable

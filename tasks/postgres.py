@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from blocks import PostgresTarget
 from perfops.errors import ConnectionFailed, LockBusy, ReadOnlyServer
-from perfops.redaction import redact
+from perfops.redaction import one_line
 from tasks.transient_errors import RETRY_DEFAULTS
 
 Params = Sequence[Any] | Mapping[str, Any] | None
@@ -42,7 +42,7 @@ def connect(
             statement_timeout_ms=statement_timeout_ms,
         )
     except psycopg.OperationalError as exc:
-        first_line = redact(str(exc)).strip().splitlines()[0] if str(exc).strip() else "failed"
+        first_line = one_line(exc, empty="failed")
         raise ConnectionFailed(
             f"cannot connect to PostgreSQL at {target.describe()}: {first_line}"
         ) from exc

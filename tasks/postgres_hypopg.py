@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from blocks import PostgresTarget
 from perfops.errors import MissingPrerequisite
+from perfops.redaction import one_line
 from tasks.indexing import Candidate, Catalog, Costing, TableRef
 from tasks.postgres import connect
 from tasks.postgres_statements import explain_generic, plan_cost, plan_index_names
@@ -117,11 +118,6 @@ def _hypothetical(conn: psycopg.Connection[Any], candidate: Candidate) -> tuple[
     return int(row["indexrelid"]), str(row["indexname"])
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _plan(conn: psycopg.Connection[Any], query: str) -> tuple[float, set[str]]:
     try:
         plan = explain_generic(conn, query)
@@ -143,9 +139,7 @@ def cost_base_plans(target: PostgresTarget, queries: dict[int, str]) -> dict[int
                 cost, used = _plan(conn, query)
                 out[qid] = PlannedQuery(queryid=qid, cost=cost, indexes_used=sorted(used))
             except psycopg.Error as exc:
-                message = (
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                )
+                message = one_line(exc)
                 out[qid] = PlannedQuery(
                     queryid=qid, cost=None, error=f"cannot be planned: {message}"
                 )
@@ -174,7 +168,7 @@ def cost_candidates(
             except psycopg.Error as exc:
                 conn.rollback()
                 costings.append(
-                    Costing(candidate=candidate, size_bytes=0, costs={}, error=_one_line(exc))
+                    Costing(candidate=candidate, size_bytes=0, costs={}, error=one_line(exc))
                 )
                 continue
             table = f"{candidate.schema_name}.{candidate.table_name}"
@@ -217,7 +211,7 @@ def verify_index_set(
             try:
                 cost, indexes = _plan(conn, query)
             except psycopg.Error as exc:
-                plans[qid] = PlannedQuery(queryid=qid, cost=None, error=_one_line(exc))
+                plans[qid] = PlannedQuery(queryid=qid, cost=None, error=one_line(exc))
                 continue
             plans[qid] = PlannedQuery(queryid=qid, cost=cost, indexes_used=sorted(indexes))
             for name in indexes:

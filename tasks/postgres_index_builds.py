@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from blocks import PostgresTarget
 from perfops.errors import LockBusy
-from perfops.redaction import redact
+from perfops.redaction import one_line
 from tasks.indexing import Candidate, index_name
 from tasks.postgres import advisory_lock, connect, ensure_primary, set_timeouts
 from tasks.postgres_statements import explain_generic, plan_cost, plan_index_names
@@ -55,11 +55,6 @@ def create_index_sql(candidate: Candidate) -> sql.Composed:
         sql.Identifier(candidate.schema_name, candidate.table_name),
         sql.SQL(", ").join(sql.Identifier(c) for c in candidate.columns),
     )
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return redact(text.splitlines()[0]) if text else type(exc).__name__
 
 
 def _invalid_leftovers(conn: psycopg.Connection[Any], schema: str, table: str) -> list[str]:
@@ -156,7 +151,7 @@ def build_one(
                 set_timeouts(conn, statement_timeout_ms=statement_timeout_ms, local=False)
                 conn.execute(statement)
             except psycopg.Error as exc:
-                result.detail = f"build failed: {_one_line(exc)}"
+                result.detail = f"build failed: {one_line(exc)}"
                 try:
                     set_timeouts(
                         conn,
@@ -168,7 +163,7 @@ def build_one(
                     result.detail += "; the INVALID index it left was dropped"
                 except psycopg.Error as drop_exc:
                     result.detail += (
-                        f"; dropping the INVALID index failed too: {_one_line(drop_exc)}"
+                        f"; dropping the INVALID index failed too: {one_line(drop_exc)}"
                     )
                 return result
             result.seconds = time.monotonic() - started
@@ -194,7 +189,7 @@ def build_one(
     except LockBusy as exc:
         result.detail = str(exc)
     except psycopg.Error as exc:
-        result.detail = _one_line(exc)
+        result.detail = one_line(exc)
     return result
 
 

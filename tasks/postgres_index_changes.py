@@ -30,7 +30,7 @@ from psycopg import sql
 
 from blocks import PostgresTarget
 from perfops.errors import LockBusy, ReadOnlyServer
-from perfops.redaction import redact
+from perfops.redaction import one_line
 from tasks.index_health import DropOutcome, DropStatus, IndexFinding, qualified_name
 from tasks.postgres import advisory_lock, connect, ensure_primary
 from tasks.transient_errors import RETRY_DEFAULTS
@@ -131,8 +131,7 @@ def _drop_one(
         what = f"statement_timeout ({statement_timeout_ms:,} ms) expired"
         return _outcome(finding, "failed", what + _left_behind(conn, finding))
     except psycopg.Error as exc:
-        first = redact(str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return _outcome(finding, "failed", first + _left_behind(conn, finding))
+        return _outcome(finding, "failed", one_line(exc) + _left_behind(conn, finding))
 
 
 def _state(conn: psycopg.Connection[Any], schema: str, index: str) -> dict[str, Any] | None:

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from blocks import PostgresTarget
 from perfops.errors import MissingPrerequisite
-from perfops.redaction import mask_statement_secrets, redact
+from perfops.redaction import mask_statement_secrets, one_line
 from tasks.postgres import connect, set_timeouts
 from tasks.slow_queries import StatementStats
 from tasks.transient_errors import RETRY_DEFAULTS
@@ -208,6 +208,4 @@ def _plan_error(exc: psycopg.Error, lock_timeout_ms: int, statement_timeout_ms: 
         )
     if isinstance(original, pg_errors.QueryCanceled):
         return f"planning took longer than statement_timeout ({statement_timeout_ms:,} ms)"
-    text = str(original).strip()
-    first = redact(text.splitlines()[0]) if text else type(original).__name__
-    return f"fails to plan: {first}"
+    return f"fails to plan: {one_line(original)}"

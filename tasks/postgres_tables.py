@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from blocks import PostgresTarget
 from perfops.errors import ConnectionFailed, ReadOnlyServer
-from perfops.redaction import redact
+from perfops.redaction import one_line, redact
 from tasks.postgres import advisory_lock, connect, ensure_primary
 from tasks.staleness import Action, Decision, TableStats
 from tasks.transient_errors import RETRY_DEFAULTS
@@ -135,11 +135,6 @@ def statement_for(decision: Decision) -> sql.Composed:
     )
 
 
-def _one_line(exc: BaseException) -> str:
-    text = redact(str(exc)).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _run_one(
     conn: psycopg.Connection[Any],
     decision: Decision,
@@ -165,11 +160,11 @@ def _run_one(
         if "statement timeout" in str(exc):
             status, error = "failed", f"stopped by statement_timeout {statement_timeout_ms} ms"
         else:  # pg_cancel_backend() from another session
-            status, error = "failed", f"canceled: {_one_line(exc)}"
+            status, error = "failed", f"canceled: {one_line(exc)}"
     except (pg_errors.UndefinedTable, pg_errors.InvalidSchemaName):
         status, error = "missing", "dropped since the catalog was read"
     except psycopg.Error as exc:
-        status, error = "failed", f"{type(exc).__name__}: {_one_line(exc)}"
+        status, error = "failed", f"{type(exc).__name__}: {one_line(exc)}"
     else:
         skipped = [w for w in warnings if w.startswith("skipping")]
         if skipped:  # e.g. 'skipping "t" --- only table or database owner can analyze it'
