@@ -44,7 +44,8 @@ FORGET_THIS_DATABASE = (
     "select pg_stat_statements_reset(0, (select oid from pg_database "
     "where datname = current_database()), 0)"
 )
-REDIS_TEST_URL = "redis://127.0.0.1:6379/15"
+# Flushed by the tests that use it: one database per concurrent checkout (PERFOPS_TEST_REDIS_URL).
+REDIS_TEST_URL = os.environ.get("PERFOPS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 # Back-filled Prometheus history: 14 days at 1-minute resolution, ending on a whole hour.
 HISTORY_END = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
