@@ -26,9 +26,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from pglast import ast, parse_sql
-from pglast.parser import ParseError
-from pglast.stream import RawStream, maybe_double_quote_name
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:  # row types only: this module imports no I/O module at run time
@@ -121,6 +118,14 @@ class DropPlan(BaseModel):
     to_drop: list[IndexFinding]
 
 
+def maybe_double_quote_name(name: str) -> str:
+    """`name` with double quotes where SQL needs them (pglast's rules, imported on first use:
+    pglast loads in ~0.1 s and the CLI should not pay that for commands that never parse SQL)."""
+    from pglast.stream import maybe_double_quote_name as quote
+
+    return str(quote(name))
+
+
 def qualified_name(schema: str, name: str) -> str:
     """`schema.name` with double quotes where SQL needs them."""
     return f"{maybe_double_quote_name(schema)}.{maybe_double_quote_name(name)}"
@@ -139,6 +144,10 @@ class _Shape:
 def index_shape(index: IndexInfo) -> _Shape:
     """Key parts as SQL (`name text_pattern_ops`, `a COLLATE "C" DESC`), parsed from the index
     definition; the catalog's column list alone drops operator class, collation and order."""
+    from pglast import ast, parse_sql
+    from pglast.parser import ParseError
+    from pglast.stream import RawStream
+
     keys: tuple[str, ...] = tuple(index.columns)
     include = frozenset(index.include_columns)
     try:
