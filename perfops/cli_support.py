@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from perfops.redaction import redact, register_secret
-from perfops.settings import apply_prefect_defaults
+from perfops.settings import apply_prefect_defaults, get_settings
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
@@ -143,6 +143,27 @@ def _collector_paused() -> Iterator[None]:
         gc.enable()
 
 
+@contextmanager
+def _heartbeats(enabled: bool) -> Iterator[None]:
+    """Flow-run heartbeats on or off for runs started here (PERFOPS_CLI_HEARTBEATS).
+
+    Heartbeats let an automation mark a run Crashed when its process vanishes: that is for
+    unattended deployment runs, which keep Prefect's setting. A CLI run is attended, and Prefect
+    itself marks it Crashed on SIGINT/SIGTERM. Prefect's sync engine joins the heartbeat thread at
+    the end of each run, and the thread sleeps in whole seconds: up to 1 s added to every command.
+    """
+    from prefect.context import SettingsContext
+
+    current = SettingsContext.get()
+    if enabled or current is None or current.settings.flows.heartbeat_frequency is None:
+        yield
+        return
+    flows = current.settings.flows.model_copy(update={"heartbeat_frequency": None})
+    settings = current.settings.model_copy(update={"flows": flows})
+    with SettingsContext(profile=current.profile, settings=settings):
+        yield
+
+
 def run_flow(
     flow: Callable[..., Any],
     parameters: dict[str, Any],
@@ -162,7 +183,8 @@ def run_flow(
         progress(f"{label} (starting Prefect)", 0, 1)
         with _collector_paused():
             loaded = flow()
-        state = loaded(**parameters, return_state=True)
+        with _heartbeats(get_settings().cli_heartbeats):
+            state = loaded(**parameters, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         raise result

@@ -59,6 +59,14 @@ class PerfopsSettings(BaseSettings):
     smtp_password: SecretStr | None = None
     email_from: str = "perfops@localhost"
 
+    cli_heartbeats: bool = Field(
+        default=False,
+        description="Emit Prefect flow-run heartbeats from flows the CLI runs in the terminal. "
+        "Off by default: heartbeats drive zombie detection of unattended deployment runs (which "
+        "keep them), and Prefect's sync engine waits up to a second at the end of every run for "
+        "the heartbeat thread to stop.",
+    )
+
     @field_validator("slack_channels", mode="before")
     @classmethod
     def _split_channels(cls, value: object) -> object:
