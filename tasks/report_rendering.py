@@ -156,6 +156,12 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def _headroom(highest: float, target: float | None) -> float:
+    """An axis top leaving room for the legend above the data and the target line."""
+    values = [v for v in (highest, target) if v is not None and v == v and v > 0]
+    return max(values) * 1.35 if values else 1.0
+
+
 def endpoint_chart(
     series: EndpointSeries, target_ms: float | None, target_rps: float | None
 ) -> Chart:
@@ -174,7 +180,7 @@ def endpoint_chart(
             label=f"p95 target {target_ms:,.0f} ms",
         )
     top.set_ylabel("latency (ms)")
-    top.set_ylim(bottom=0)
+    top.set_ylim(0, _headroom(frame[["p50_ms", "p95_ms", "p99_ms"]].max().max(), target_ms))
     top.legend(loc="upper left", fontsize=8, ncols=4)
     top.set_title(f"{series.key}: latency per hour (UTC)", fontsize=10, loc="left")
     bottom.plot(frame.index, frame["rps"], color="#4c78a8", linewidth=1.2, label="throughput")
@@ -187,13 +193,13 @@ def endpoint_chart(
             label=f"designed {target_rps:,.0f} rps",
         )
     bottom.set_ylabel("requests/s")
-    bottom.set_ylim(bottom=0)
+    bottom.set_ylim(0, _headroom(frame["rps"].max(), target_rps))
     errors = bottom.twinx()
     errors.plot(
         frame.index, frame["error_rate"] * 100, color="#e45756", linewidth=1.0, label="error rate"
     )
     errors.set_ylabel("errors (%)")
-    errors.set_ylim(bottom=0)
+    errors.set_ylim(0, _headroom(frame["error_rate"].max() * 100, None))
     lines = bottom.get_lines() + errors.get_lines()
     bottom.legend(
         lines, [str(line.get_label()) for line in lines], loc="upper left", fontsize=8, ncols=3
