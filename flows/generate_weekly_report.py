@@ -36,15 +36,16 @@ from perfops.errors import PerfopsError
 from perfops.redaction import install_log_redaction, redact
 from perfops.settings import PROJECT_DIR, get_settings
 from tasks.mail import Attachment, InlineImage, SendResult, build_message, send_email
-from tasks.prefect_events import read_perfops_events
+from tasks.prefect_events import read_perfops_events, read_table_artifact
 from tasks.prometheus_report import SeriesResult, query_chart_series, query_week
 from tasks.records import emit, publish_markdown
 from tasks.report_rendering import (
     Chart,
+    EndpointSeries,
     WeeklyReport,
     csv_bytes,
     data_tables,
-    endpoint_chart,
+    endpoint_charts,
     endpoint_series,
     parquet_bytes,
     render_html,
@@ -55,10 +56,12 @@ from tasks.report_rendering import (
     time_grid,
 )
 from tasks.reporting import (
+    SLOW_QUERIES_ARTIFACT,
     QueryResult,
     RecordedEvent,
     ReportConfig,
     ReportWeek,
+    SlowQueries,
     WeekNumbers,
     assemble_week,
     chart_queries,
@@ -131,16 +134,16 @@ def render_report(
     frames = {name: r.frame for name, r in series.items()}
     keys = [e.key for e in report.current.endpoints]
     per_endpoint = endpoint_series(frames, grid, config.endpoint_labels, keys)
-    charts: list[Chart] = []
+    jobs: list[tuple[EndpointSeries, float | None, float | None]] = []
     for e in report.current.endpoints:
         s = per_endpoint[e.key]
         report.coverage[e.key] = round(s.missing_share, 4)
         if e.status != "ok" or s.points_with_data == 0:
             continue
         target = config.target_for(e.method, e.route)
-        charts.append(
-            endpoint_chart(s, target.p95_ms if target else None, target.rps if target else None)
-        )
+        jobs.append((s, target.p95_ms if target else None, target.rps if target else None))
+    started = time.monotonic()
+    charts: list[Chart] = endpoint_charts(jobs)
     resources: pd.DataFrame | None = None
     cpu, memory = frames.get("cpu_percent"), frames.get("memory_percent")
     if cpu is not None and memory is not None and not (cpu.empty and memory.empty):
@@ -173,6 +176,12 @@ def render_report(
         files[chart.filename] = chart.png
     page = render_html(report, config, charts, {c.cid: c.filename for c in charts})
     files["index.html"] = page.encode()
+    get_run_logger().info(
+        "rendered %d charts, %d tables and the page in %.1f s",
+        len(charts),
+        len(tables),
+        time.monotonic() - started,
+    )
     email_html = render_html(report, config, charts, {c.cid: f"cid:{c.cid}" for c in charts}, link)
     return RenderedReport(
         report=report,
@@ -275,7 +284,9 @@ def generate_weekly_report(
         logger.warning("section %s is missing: %s", section, why)
 
     events = read_perfops_events(this.start, this.end)
-    records = summarize_records(events)
+    latest_slow = read_table_artifact(SLOW_QUERIES_ARTIFACT, this.start, this.end)
+    slow = SlowQueries(checked_at=latest_slow[0], rows=latest_slow[1]) if latest_slow else None
+    records = summarize_records(events, slow)
     checks = evaluate(current, previous, config)
     report = WeeklyReport(
         week=this,

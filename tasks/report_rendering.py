@@ -156,10 +156,20 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
+ABOVE: dict[str, Any] = {
+    "loc": "lower left",
+    "bbox_to_anchor": (0.0, 1.0),
+    "fontsize": 8,
+    "frameon": False,
+    "borderaxespad": 0.2,
+}
+"""Legends sit above their axes, so they never hide data."""
+
+
 def _headroom(highest: float, target: float | None) -> float:
-    """An axis top leaving room for the legend above the data and the target line."""
+    """An axis top a little above the data and the target line."""
     values = [v for v in (highest, target) if v is not None and v == v and v > 0]
-    return max(values) * 1.35 if values else 1.0
+    return max(values) * 1.15 if values else 1.0
 
 
 def endpoint_chart(
@@ -167,7 +177,9 @@ def endpoint_chart(
 ) -> Chart:
     """Latency p50/p95/p99 (ms) with the p95 target; throughput (rps) and error rate (%)."""
     frame = series.frame
-    fig = Figure(figsize=(7.2, 4.4), layout="constrained")
+    # Fixed margins: matplotlib's constrained layout draws every figure twice (half the time).
+    fig = Figure(figsize=(7.2, 4.6))
+    fig.subplots_adjust(left=0.09, right=0.91, top=0.88, bottom=0.08, hspace=0.32)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
     for q in ("p50", "p95", "p99"):
         top.plot(frame.index, frame[f"{q}_ms"], label=q, color=COLOURS[q], linewidth=1.2)
@@ -181,8 +193,8 @@ def endpoint_chart(
         )
     top.set_ylabel("latency (ms)")
     top.set_ylim(0, _headroom(frame[["p50_ms", "p95_ms", "p99_ms"]].max().max(), target_ms))
-    top.legend(loc="upper left", fontsize=8, ncols=4)
-    top.set_title(f"{series.key}: latency per hour (UTC)", fontsize=10, loc="left")
+    top.legend(**ABOVE, ncols=4)
+    fig.suptitle(f"{series.key}: per hour (UTC)", fontsize=10, x=0.01, ha="left")
     bottom.plot(frame.index, frame["rps"], color="#4c78a8", linewidth=1.2, label="throughput")
     if target_rps is not None:
         bottom.axhline(
@@ -201,9 +213,7 @@ def endpoint_chart(
     errors.set_ylabel("errors (%)")
     errors.set_ylim(0, _headroom(frame["error_rate"].max() * 100, None))
     lines = bottom.get_lines() + errors.get_lines()
-    bottom.legend(
-        lines, [str(line.get_label()) for line in lines], loc="upper left", fontsize=8, ncols=3
-    )
+    bottom.legend(lines, [str(line.get_label()) for line in lines], **ABOVE, ncols=3)
     _axes_time(top, frame.index)
     _axes_time(bottom, frame.index)
     return Chart(
@@ -214,10 +224,17 @@ def endpoint_chart(
     )
 
 
+def endpoint_charts(jobs: list[tuple[EndpointSeries, float | None, float | None]]) -> list[Chart]:
+    """Every endpoint's chart, in order (about 0.25 s each here; a process pool was slower:
+    starting workers and importing matplotlib costs more than it saves)."""
+    return [endpoint_chart(*job) for job in jobs]
+
+
 def resources_chart(cpu: pd.Series, memory: pd.Series, config: ReportConfig) -> Chart:
     """CPU and memory use (% of the limit) with the normal and peak limits."""
     limits = config.resources
-    fig = Figure(figsize=(7.2, 3.6), layout="constrained")
+    fig = Figure(figsize=(7.2, 3.6))
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.80, bottom=0.09, wspace=0.06)
     ax_cpu, ax_mem = fig.subplots(1, 2, sharey=True)
     for ax, values, normal, peak, what in (
         (ax_cpu, cpu, limits.cpu_normal_max, limits.cpu_peak_max, "CPU"),
@@ -229,8 +246,8 @@ def resources_chart(cpu: pd.Series, memory: pd.Series, config: ReportConfig) -> 
         )
         ax.axhline(peak, color="#cf222e", linestyle="--", linewidth=1, label=f"peak {peak:.0f}%")
         ax.set_ylim(0, 100)
-        ax.set_title(f"{what} (% of limit, hourly, UTC)", fontsize=10, loc="left")
-        ax.legend(loc="lower left", fontsize=7)
+        ax.set_title(f"{what} (% of limit, hourly, UTC)", fontsize=10, loc="left", pad=24)
+        ax.legend(**{**ABOVE, "fontsize": 7}, ncols=3)
         _axes_time(ax, values.index)
         ax.xaxis.set_major_formatter(mdates.DateFormatter("%a"))
     ax_cpu.set_ylabel("percent")
@@ -250,7 +267,8 @@ def scaling_chart(events: list[RecordedEvent], week: ReportWeek) -> Chart | None
     if not decided:
         return None
     groups = sorted({str(e.payload.get("group")) for e in decided})
-    fig = Figure(figsize=(7.2, 3.2), layout="constrained")
+    fig = Figure(figsize=(7.2, 3.2))
+    fig.subplots_adjust(left=0.08, right=0.9, top=0.88, bottom=0.1)
     ax: Any = fig.subplots()
     load_ax: Any = ax.twinx()
     for group in groups:

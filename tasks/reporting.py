@@ -588,7 +588,7 @@ class RecordSection(BaseModel):
 
     @property
     def empty(self) -> bool:
-        return self.events == 0
+        return self.events == 0 and not self.rows
 
 
 RECORD_SECTIONS = {
@@ -615,9 +615,43 @@ def _named(events: list[RecordedEvent], name: str) -> list[RecordedEvent]:
     return sorted((e for e in events if e.event == name), key=lambda e: e.occurred)
 
 
-def _database_lines(events: list[RecordedEvent]) -> tuple[list[str], list[dict[str, Any]]]:
+class SlowQueries(BaseModel):
+    """The latest perfops-slow-queries table of the week (find_slow_queries' artifact)."""
+
+    checked_at: datetime
+    rows: list[dict[str, Any]]
+
+
+SLOW_QUERIES_SHOWN = 5
+SLOW_QUERIES_ARTIFACT = "perfops-slow-queries"
+
+
+def _slow_query_rows(slow: SlowQueries | None) -> list[dict[str, Any]]:
+    rows = []
+    for r in (slow.rows if slow else [])[:SLOW_QUERIES_SHOWN]:
+        if not isinstance(r.get("mean_ms"), int | float):
+            continue
+        query = " ".join(str(r.get("query", "")).split())
+        rows.append(
+            {
+                "kind": f"slow query #{r.get('rank', '?')}",
+                "what": f"mean {r['mean_ms']:,.1f} ms x {r.get('calls', '?'):,} calls "
+                f"({r.get('share_of_db_time', '?')} of DB time): {query[:160]}",
+            }
+        )
+    return rows
+
+
+def _database_lines(
+    events: list[RecordedEvent], slow_queries: SlowQueries | None = None
+) -> tuple[list[str], list[dict[str, Any]]]:
     lines: list[str] = []
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = _slow_query_rows(slow_queries)
+    if rows and slow_queries is not None:
+        lines.append(
+            f"top {len(rows)} statements by total time at the last check "
+            f"({slow_queries.checked_at:%a %d %b %H:%M} UTC, artifact perfops-slow-queries)"
+        )
     slow = _named(events, "perfops.queries.slow_found")
     checked = _latest(events, "perfops.queries.checked")
     if checked is not None:
@@ -756,10 +790,12 @@ def _sla_lines(events: list[RecordedEvent]) -> tuple[list[str], list[dict[str, A
     return lines, rows
 
 
-def summarize_records(events: list[RecordedEvent]) -> list[RecordSection]:
+def summarize_records(
+    events: list[RecordedEvent], slow_queries: SlowQueries | None = None
+) -> list[RecordSection]:
     """Sections of what perfops recorded in the week; an empty one says nothing was recorded."""
     builders = {
-        "database": _database_lines,
+        "database": lambda mine: _database_lines(mine, slow_queries),
         "partitions": _partition_lines,
         "scaling": _scaling_lines,
         "sla": _sla_lines,
@@ -767,7 +803,7 @@ def summarize_records(events: list[RecordedEvent]) -> list[RecordSection]:
     sections = []
     for key, (title, prefixes) in RECORD_SECTIONS.items():
         mine = [e for e in events if e.event.startswith(prefixes)]
-        if not mine:
+        if not mine and not (key == "database" and slow_queries and slow_queries.rows):
             sections.append(RecordSection(key=key, title=title, lines=[NOTHING[key]]))
             continue
         lines, rows = builders[key](mine)
@@ -796,7 +832,7 @@ def things_to_look_at(
                     100 + c.worse_by,
                     f"{c.name} missed its target: {format_value(c.value, c.unit)} against "
                     f"{format_value(c.target, c.unit)}"
-                    + (f" ({format_change(c)} week over week)" if c.change is not None else ""),
+                    + (f"; {c.change:+.0%} week over week" if c.change is not None else ""),
                 )
             )
         elif c.status == "met" and c.change is not None and c.better == "lower" and c.change > 0.2:

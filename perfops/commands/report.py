@@ -60,7 +60,7 @@ def weekly(
         Path | None,
         typer.Option(
             "--out",
-            help="Also write a browsable copy to DIR/<week>/index.html (charts and data beside).",
+            help="Also write a browsable copy to DIR/WEEK/index.html (charts and data beside).",
             show_default=False,
         ),
     ] = None,

@@ -618,3 +618,25 @@ def test_cli_writes_the_report_and_prints_where(
     assert data["week"] == WEEK.label and data["missed"] == 3
     assert Path(data["folder"]).exists()
     assert data["delivery"].startswith("not sent")
+
+
+def test_reads_the_newest_table_artifact_of_a_time_range() -> None:
+    from prefect import flow
+    from prefect.artifacts import create_table_artifact
+
+    from tasks.prefect_events import read_table_artifact
+
+    key = f"perfops-test-slow-{os.getpid()}"
+
+    @flow
+    def two_checks() -> None:
+        create_table_artifact([{"rank": 1, "mean_ms": 10.0}], key=key)
+        create_table_artifact([{"rank": 1, "mean_ms": 20.0}], key=key)
+
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    two_checks()
+    after = datetime.now(UTC) + timedelta(seconds=1)
+    found = read_table_artifact(key, before, after)
+    assert found is not None and found[1] == [{"rank": 1, "mean_ms": 20.0}]
+    assert before <= found[0] <= after
+    assert read_table_artifact(key, WEEK.start, WEEK.end) is None  # written now, not that week

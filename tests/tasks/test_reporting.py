@@ -23,6 +23,7 @@ from tasks.report_rendering import (
 from tasks.reporting import (
     QueryResult,
     RecordedEvent,
+    SlowQueries,
     assemble_week,
     error_budget_remaining,
     evaluate,
@@ -310,3 +311,32 @@ def test_sample_histogram_shares_are_exact_at_the_quantiles() -> None:
     assert values == sorted(values)
     with pytest.raises(ValueError, match="need 0 < p50 < p95 < p99"):
         quantile_shares(0.1, 0.05, 0.2)
+
+
+def test_top_slow_queries_come_from_the_latest_artifact_of_the_week() -> None:
+    slow = SlowQueries(
+        checked_at=datetime(2026, 11, 21, 5, 23, tzinfo=UTC),
+        rows=[
+            {
+                "rank": 1,
+                "mean_ms": 1234.5,
+                "calls": 5000,
+                "share_of_db_time": "61%",
+                "query": "select *\n  from agent_executions where agent_id = $1",
+            },
+            {"rank": "-", "why": "no statement over the threshold", "query": ""},
+        ],
+    )
+    [database, *_] = summarize_records([], slow)
+    assert not database.empty
+    assert database.lines == [
+        "top 1 statements by total time at the last check (Sat 21 Nov 05:23 UTC, artifact "
+        "perfops-slow-queries)"
+    ]
+    assert database.rows == [
+        {
+            "kind": "slow query #1",
+            "what": "mean 1,234.5 ms x 5,000 calls (61% of DB time): select * from "
+            "agent_executions where agent_id = $1",
+        }
+    ]
