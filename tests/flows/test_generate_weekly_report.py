@@ -560,6 +560,21 @@ def test_smtp_down_retries_then_fails_with_the_report_archived_on_s3(
     assert "archived at s3://perfops-reports/perfops/reports/weekly/" in str(error)
     assert "Connection refused" in str(error) or "refused" in str(error).lower()
     assert time.monotonic() - started > 1.0  # the send was retried with backoff first
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    assert state.state_details.flow_run_id is not None
+    with get_client(sync_client=True) as client:
+        [send] = [
+            t
+            for t in client.read_task_runs(
+                flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+                )
+            )
+            if t.name.startswith("send_email")
+        ]
+        history = [s.name for s in client.read_task_run_states(send.id)]
+    assert history.count("AwaitingRetry") == 2 and history[-1] == "Failed", history
     key = f"perfops/reports/weekly/{WEEK.label}/index.html"
     page = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
     assert f"Weekly performance report {WEEK.label}" in page
