@@ -135,7 +135,8 @@ def promql(server: PrometheusServer, expr: str, at: datetime) -> dict[str, float
 
 def _emit_week_events() -> None:
     """What the other flows would have recorded during WEEK (by the brief's contract)."""
-    at = WEEK.end - timedelta(hours=3)
+    # Late in the week: the Prefect server keeps events 7 days (PREFECT_EVENTS_RETENTION_PERIOD).
+    at = WEEK.end - timedelta(minutes=20)
     records: list[tuple[str, str, dict[str, Any]]] = [
         (
             "perfops.indexes.suggested",
