@@ -272,10 +272,50 @@ def _run_refresh_stale_statistics(progress: Progress) -> FlowOutcome:
     return FlowOutcome("refresh_stale_statistics", state.name or "", found, ARTIFACT_KEY)
 
 
+def _run_generate_weekly_report(progress: Progress) -> FlowOutcome:
+    """The last complete week's report from a private Prometheus of synthetic API metrics (the
+    demo has no real traffic), written to out/report/<week>/index.html and mailed to the outbox."""
+    from datetime import UTC, datetime
+
+    from flows.generate_weekly_report import ARTIFACT_KEY, generate_weekly_report
+    from perfops.embedded_prometheus import demo_prometheus
+    from tasks.reporting import last_complete_week
+
+    progress("running generate_weekly_report (back-filling a demo Prometheus)", 0, 1)
+    out_dir = Path(os.environ.get("PERFOPS_OUT_DIR", "out"))
+    week = last_complete_week(datetime.now(UTC))
+    try:
+        with demo_prometheus(out_dir / "prometheus", week) as url:
+            os.environ["PERFOPS_PROMETHEUS_URL"] = url
+            try:
+                state = generate_weekly_report(
+                    week=week.label,
+                    recipients=["platform-team@example.test"],
+                    out_dir=str(out_dir / "report"),
+                    return_state=True,
+                )
+            finally:
+                os.environ.pop("PERFOPS_PROMETHEUS_URL", None)
+    except Exception as exc:  # noqa: BLE001 - the demo reports it and goes on
+        return FlowOutcome("generate_weekly_report", "Failed", redact(str(exc)), ARTIFACT_KEY)
+    result: Any = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException) or result is None:
+        return FlowOutcome(
+            "generate_weekly_report", state.name or "Failed", redact(str(result)), ARTIFACT_KEY
+        )
+    found = (
+        f"{result.headline} (synthetic metrics from a demo Prometheus); 1st thing to look at: "
+        f"{result.things[0]}; {result.delivery}"
+    )
+    files = [result.folder] if result.folder else []
+    return FlowOutcome("generate_weekly_report", state.name or "", found, ARTIFACT_KEY, files)
+
+
 FLOW_RUNNERS: list[Callable[[Progress], FlowOutcome]] = [
     _run_check_connections,
     _run_refresh_stale_statistics,
     _run_find_slow_queries,
     _run_suggest_indexes,
     _run_check_index_health,
+    _run_generate_weekly_report,
 ]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # perfops set-up: everything the demo and the tests need on a Debian machine, idempotent and
 # fast on a second run (each step checks before it acts).
-#   1. Debian packages: hypopg, pg_partman (for the local PostgreSQL major), Prometheus.
+#   1. Debian packages: hypopg, pg_partman (for the local PostgreSQL major), Prometheus,
+#      Chromium (only if /usr/bin/chromium is missing).
 #   2. PostgreSQL: running, with pg_stat_statements in shared_preload_libraries (restart once).
 #   3. Redis: running on 127.0.0.1:6379.
 #   4. Python: uv, then the virtualenv .venv from the committed lock (uv.lock).
@@ -36,6 +37,13 @@ if [ "${PERFOPS_SKIP_APT:-0}" != 1 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
       "${missing[@]}" >/dev/null
+  fi
+  # Headless Chromium for the weekly report's rendering test (about 40 s the first time).
+  if [ ! -x /usr/bin/chromium ]; then
+    log "installing Chromium (headless rendering test of the weekly report)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium \
+      >/dev/null
   fi
 fi
 
