@@ -21,8 +21,10 @@ rotated).
 
 from __future__ import annotations
 
+import contextvars
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -121,6 +123,12 @@ class RotationSettings(BaseModel):
         description="At most this many default-partition rows moved into one new partition "
         "(one transaction); a larger backlog is reported, not moved.",
     )
+    archive_parallelism: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Detached partitions archived at once (each on its own connection).",
+    )
     max_future_intervals: int = Field(
         default=DEFAULT_MAX_FUTURE_INTERVALS,
         ge=0,
@@ -158,6 +166,9 @@ class TableRotation(BaseModel):
     created: list[CreatedPartition] = Field(default_factory=list)
     expired: list[ExpiryOutcome] = Field(default_factory=list)
     default_rows: int = 0
+    retire_seconds: float | None = Field(
+        default=None, description="Wall time archiving and dropping the detached partitions."
+    )
     problems: list[str] = Field(default_factory=list)
     error: str | None = None
 
@@ -335,35 +346,52 @@ def _rotate_range(
         for d in detached
         if d.name not in {e.name for e in plan.expire}
     ]
+    ready: list[tuple[ExpiryOutcome, datetime | None, datetime | None, bool]] = []
     for name, lower, upper, attached in todo:
-        outcome = ExpiryOutcome(partition=name, action=policy.expired_action, status="failed")
-        try:
-            if attached:
+        outcome = ExpiryOutcome(partition=name, action=policy.expired_action, status="detached")
+        result.expired.append(outcome)
+        if attached:
+            try:
                 outcome.detach_mode = detach_partition(
                     target, schema_name, table_name, name, lower, upper, timeouts
                 )
-                if outcome.detach_mode == "plain":
-                    outcome.detail = (
-                        f"{policy.table} has a DEFAULT partition, so PostgreSQL refuses DETACH "
-                        f"CONCURRENTLY: detached with a plain DETACH under lock_timeout "
-                        f"{settings.lock_timeout_ms} ms"
-                    )
-                emit(
-                    EVENT + "detached",
-                    _resource(target, policy.table),
-                    {"table": policy.table, "partition": name, "mode": outcome.detach_mode},
+            except (PerfopsError, psycopg.Error) as exc:
+                outcome.status = "failed"
+                outcome.detail = (
+                    f"{one_line(exc, empty='failed')}; nothing dropped, {name} stays attached"
                 )
-            outcome.status = "detached"
-            if policy.expired_action == "detach_only":
-                result.expired.append(outcome)
+                result.problems.append(f"detaching {name} failed: {outcome.detail}")
+                logger.warning("detaching %s failed: %s", name, outcome.detail)
                 continue
+            if outcome.detach_mode == "plain":
+                outcome.detail = (
+                    f"{policy.table} has a DEFAULT partition, so PostgreSQL refuses DETACH "
+                    f"CONCURRENTLY: detached with a plain DETACH under lock_timeout "
+                    f"{settings.lock_timeout_ms} ms"
+                )
+            emit(
+                EVENT + "detached",
+                _resource(target, policy.table),
+                {"table": policy.table, "partition": name, "mode": outcome.detach_mode},
+            )
+        if policy.expired_action != "detach_only":
+            ready.append((outcome, lower, upper, attached))
+
+    def retire(
+        outcome: ExpiryOutcome, lower: datetime | None, upper: datetime | None, fresh: bool
+    ) -> None:
+        """Archive (or not, for `drop`) and drop one detached table; failures are reported."""
+        name = outcome.partition
+        try:
             manifest: Manifest | None = None
             if policy.expired_action == "archive_then_drop":
                 if store is None:
                     raise ArchiveError(store_error or "no archive store")
+                archive_started = time.monotonic()
                 record = _archive(
-                    target, store, policy, name, key_column, lower, upper, settings, workdir
+                    target, store, policy, name, key_column, lower, upper, settings, workdir, fresh
                 )
+                outcome.archive_seconds = round(time.monotonic() - archive_started, 3)
                 manifest = record.manifest
                 outcome.rows, outcome.uri = manifest.rows, record.uri
                 outcome.sha256, outcome.bytes = manifest.sha256, manifest.bytes
@@ -382,12 +410,7 @@ def _rotate_range(
                     },
                 )
             rows = drop_detached_table(
-                target,
-                schema_name,
-                table_name,
-                name,
-                manifest.rows if manifest else None,
-                timeouts,
+                target, schema_name, table_name, name, manifest.rows if manifest else None, timeouts
             )
             outcome.rows = rows
             outcome.status = "dropped"
@@ -396,17 +419,26 @@ def _rotate_range(
                 _resource(target, policy.table),
                 {"table": policy.table, "partition": name, "rows": rows},
             )
-        except (PerfopsError, psycopg.Error) as exc:
-            message = one_line(exc, empty="failed")
-            kept = (
-                "stays detached" if outcome.status != "failed" or not attached else "stays attached"
+        except (PerfopsError, psycopg.Error, OSError) as exc:
+            outcome.detail = (
+                f"{one_line(exc, empty='failed')}; nothing dropped, {name} stays detached"
             )
-            outcome.detail = f"{message}; nothing dropped, {name} {kept}"
             result.problems.append(f"expiring {name} failed: {outcome.detail}")
             logger.warning("expiring %s failed: %s", name, outcome.detail)
             if outcome.status == "detached":
                 outcome.status = "failed"
-        result.expired.append(outcome)
+
+    # Detached tables are archived a few at a time: one COPY keeps one server core busy.
+    phase_started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=settings.archive_parallelism) as pool:
+        futures = [
+            pool.submit(contextvars.copy_context().run, retire, outcome, lower, upper, fresh)
+            for outcome, lower, upper, fresh in ready
+        ]
+        for future in futures:
+            future.result()
+    if ready:
+        result.retire_seconds = round(time.monotonic() - phase_started, 3)
     return result
 
 
@@ -420,12 +452,16 @@ def _archive(
     upper: datetime | None,
     settings: RotationSettings,
     workdir: Path,
+    fresh: bool = False,
 ) -> ArchiveRecord:
     """A verified archive of the detached table `name`: reuse one that a crashed run finished if
     it matches the table's row count, otherwise dump, upload and verify."""
     schema_name, table_name = policy.schema_name, policy.table_name
+    record = None
     try:
-        record = verify_archive(store, schema_name, table_name, name)
+        # Detached by this run: no archive of it can be complete yet. Otherwise an earlier run
+        # may have finished one before it stopped.
+        record = None if fresh else verify_archive(store, schema_name, table_name, name)
     except (ArchiveError, ChecksumMismatch):
         record = None  # a partial or corrupted archive: written again below
     if record is not None:

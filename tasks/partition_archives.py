@@ -149,24 +149,29 @@ _COLUMNS_QUERY = """
 
 
 class _CopyStream(io.RawIOBase):
-    """A file-like view of `COPY ... TO STDOUT` chunks, for pyarrow's streaming CSV reader."""
+    """A file-like view of `COPY ... TO STDOUT` for pyarrow's streaming CSV reader. libpq hands
+    out one row per chunk: reads gather chunks until the caller's buffer is full."""
 
     def __init__(self, copy: Any) -> None:
         self._chunks = iter(copy)
-        self._buffer = memoryview(b"")
+        self._pending = bytearray()
+        self._done = False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b: Any) -> int:
-        while not self._buffer:
+        want = len(b)
+        pending = self._pending
+        while len(pending) < want and not self._done:
             chunk = next(self._chunks, None)
             if chunk is None:
-                return 0
-            self._buffer = memoryview(bytes(chunk))
-        n = min(len(b), len(self._buffer))
-        b[:n] = self._buffer[:n]
-        self._buffer = self._buffer[n:]
+                self._done = True
+            else:
+                pending += chunk
+        n = min(want, len(pending))
+        b[:n] = pending[:n]
+        del pending[:n]
         return n
 
 

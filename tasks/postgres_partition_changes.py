@@ -437,8 +437,9 @@ def drop_detached_table(
     """
     where = qualified_name(schema_name, table_name)
     table = _ident(schema_name, table_name)
+    # Locked by the detached table's own name: tables of one parent are dropped in parallel.
     with (
-        ddl_session(target, schema_name, parent_name, f"drop {where}", timeouts) as conn,
+        ddl_session(target, schema_name, table_name, f"drop {where}", timeouts) as conn,
         conn.transaction(),
     ):
         row = conn.execute(
