@@ -56,11 +56,13 @@ def test_demo_runs_to_the_end_and_is_fast_the_second_time(
         "suggest_indexes": ("Completed", "perfops-index-suggestions"),
         "find_slow_queries": ("Completed", "perfops-slow-queries"),
         "check_index_health": ("Completed", "perfops-index-health"),
+        "rotate_partitions": ("Completed", "perfops-partitions-rotate"),
     }
     assert "postgres ok" in flows["check_connections"]["found"]
     assert "public.agent_executions(agent_id, started_at)" in flows["suggest_indexes"]["found"]
     assert " generic plans" in flows["find_slow_queries"]["found"]
     assert "covered" in flows["check_index_health"]["found"]  # agents_name_idx, the demo's example
+    assert "rows waiting in the default partition" in flows["rotate_partitions"]["found"]
     # the workload left its statements in pg_stat_statements
     dsn = psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname="perfops_demo")
     with psycopg.connect(dsn) as conn:
