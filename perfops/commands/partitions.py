@@ -19,10 +19,12 @@ from perfops.cli_support import (
     fail,
     print_json,
     print_wrapped,
+    quiet_prefect_console,
     run_flow,
     use_dsn,
 )
 from perfops.redaction import redact
+from perfops.settings import apply_prefect_defaults
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -69,6 +71,8 @@ def _bad(exc: ValidationError) -> typer.BadParameter:
     first = exc.errors()[0]
     field = str(first["loc"][0]) if first["loc"] else ""
     message = str(first["msg"]).removeprefix("Value error, ")
+    if not field:  # a check across fields: its message starts with the field it is about
+        field = next((f for f in _FLAGS if message.startswith(f)), "")
     flag = _FLAGS.get(field, field)
     return typer.BadParameter(f"{flag + ': ' if flag else ''}{message}")
 
@@ -143,8 +147,12 @@ def rotate(
 
     Without --apply nothing changes: the plan lists what would be created and expired, and why.
     """
-    from flows.rotate_partitions import RotationSettings
     from tasks.partitioning import PartitionPolicy, PolicyError, load_policies
+
+    # Prefect's settings before the flow module imports prefect (quiet console unless -v).
+    apply_prefect_defaults()
+    quiet_prefect_console(verbose)
+    from flows.rotate_partitions import RotationSettings
 
     if (table is None) == (policies is None):
         raise typer.BadParameter("give either --table (with --interval etc.) or --policies FILE")
