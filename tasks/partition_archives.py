@@ -46,7 +46,7 @@ from tasks.transient_errors import RETRY_DEFAULTS
 DEFAULT_BATCH_ROWS = 200_000
 MANIFEST_VERSION = 1
 COMPRESSION = "zstd"
-_CSV_BLOCK = 8 << 20
+_CSV_BLOCK = 1 << 20
 
 _ARROW_TYPES: dict[str, pa.DataType] = {
     "smallint": pa.int16(),
