@@ -215,7 +215,7 @@ def test_dry_run_plans_and_changes_nothing(
     monkeypatch: pytest.MonkeyPatch,
     emitted: list[tuple[str, dict[str, Any]]],
 ) -> None:
-    make_audit_logs(pg_dsn, schema, default_rows={(2027, 1): 5})
+    make_audit_logs(pg_dsn, schema, default_rows={(2027, 1): 5, (2029, 1): 3})
     before = children(pg_dsn, schema)
     report = run(
         target=pg_target, monkeypatch=monkeypatch, policies=[policy(schema, str(tmp_path))]
@@ -231,12 +231,16 @@ def test_dry_run_plans_and_changes_nothing(
     assert [e.partition for e in t.expired] == ["audit_logs_p2025_09", "audit_logs_p2025_10"]
     assert all(e.status == "would archive then drop" for e in t.expired)
     assert "archive to" in t.plan.expire[0].reason
-    assert t.default_rows == 5
+    assert t.default_rows == 8
     assert children(pg_dsn, schema) == before
     assert not list(tmp_path.iterdir())
     names = [e for e, _ in emitted]
     assert "perfops.partitions.default_rows" in names
     assert "perfops.partitions.dropped" not in names and "perfops.partitions.created" not in names
+    health = {p["kind"]: p["detail"] for e, p in emitted if e == "perfops.partitions.health"}
+    assert set(health) == {"premade_short", "default_rows", "far_future_rows"}
+    assert health["premade_short"].startswith("0 of 3 months after 2026-11")
+    assert "3 rows in the default partition for month 2029-01" in health["far_future_rows"]
     [rotated] = [p for e, p in emitted if e == "perfops.partitions.rotated"]
     assert rotated["dry_run"] and rotated["would_expire"] == [
         "audit_logs_p2025_09",
@@ -510,3 +514,91 @@ def test_archive_s3_url_resolves_to_a_bucket(monkeypatch: pytest.MonkeyPatch) ->
     assert resolved.value.bucket_folder == "some/prefix"  # type: ignore[union-attr]
     with pytest.raises(ConfigurationError, match="s3://BUCKET"):
         resolve_archive_store("s3:///x")
+
+
+class FlakyS3:
+    """A proxy in front of moto that answers the first `failures` requests with S3's
+    500 InternalError, then forwards everything (S3 having a bad minute and recovering)."""
+
+    def __init__(self, upstream: str, failures: int) -> None:
+        import http.server
+        import threading
+
+        import httpx
+
+        self.failed = 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if proxy.failed < failures:
+                    proxy.failed += 1
+                    error = (
+                        b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InternalError"
+                        b"</Code><Message>We encountered an internal error.</Message></Error>"
+                    )
+                    self.send_response(500)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(error)))
+                    self.end_headers()
+                    self.wfile.write(error)
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                reply = httpx.request(
+                    self.command, upstream + self.path, headers=headers, content=body, timeout=30
+                )
+                self.send_response(reply.status_code)
+                for k, v in reply.headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(reply.content)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(reply.content)
+
+            do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_s3_answering_500_then_recovering_is_retried(
+    pg_dsn: str,
+    pg_target: PostgresTarget,
+    schema: str,
+    moto_server: MotoServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    make_audit_logs(pg_dsn, schema)
+    before = fingerprint(db_ids(pg_dsn, schema))
+    bucket = f"flaky-{schema.replace('_', '-')}"
+    boto3.client("s3", **moto_server.client_kwargs()).create_bucket(Bucket=bucket)
+    flaky = FlakyS3(moto_server.endpoint_url, failures=3)
+    try:
+        monkeypatch.setenv("PERFOPS_S3_ENDPOINT_URL", flaky.url)
+        pol = policy(schema, f"s3://{bucket}/archive")
+        report = run(target=pg_target, monkeypatch=monkeypatch, policies=[pol], apply=True)
+    finally:
+        flaky.close()
+    [t] = report.tables
+    assert flaky.failed == 3
+    assert {e.status for e in t.expired} == {"dropped"}, t.problems
+    s3 = boto3.client("s3", **moto_server.client_kwargs())
+    ids: list[int] = []
+    for e in t.expired:
+        key = e.uri.removeprefix(f"s3://{bucket}/") if e.uri else ""
+        local = Path(f"/tmp/{schema}-{e.partition}.parquet")
+        local.write_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        ids += pq.read_table(local, columns=["id"]).column("id").to_pylist()
+        local.unlink()
+    assert fingerprint(db_ids(pg_dsn, schema) + ids) == before
