@@ -18,10 +18,9 @@ stay distinct. `infinity` timestamps cannot be archived (the dump fails; nothing
 from __future__ import annotations
 
 import io
-import json
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -39,6 +38,7 @@ from blocks import PostgresTarget
 from perfops.connections import ArchiveStore
 from perfops.errors import ChecksumMismatch, ConfigurationError, ConnectionFailed, PerfopsError
 from tasks.postgres import connect, ensure_primary, set_timeouts
+from tasks.postgres_partition_changes import bound_literal
 from tasks.postgres_partitions import qualified_name
 from tasks.storage import file_sha256, get_file, get_object, object_exists, put_file, put_object
 from tasks.transient_errors import RETRY_DEFAULTS
@@ -430,8 +430,6 @@ def load_archive(
                         "the manifest has no bounds: restore as a table (without --attach)"
                     )
                 key_type = next(c.type for c in manifest.columns if c.name == manifest.key_column)
-                from tasks.postgres_partition_changes import bound_literal
-
                 conn.execute(
                     sql.SQL(
                         "alter table {} attach partition {} for values from ({}) to ({})"
@@ -452,11 +450,3 @@ def _safe_type(pg_type: str) -> str:
     if not pg_type or not set(pg_type.lower()) <= allowed or ";" in pg_type or "--" in pg_type:
         raise ArchiveError(f"the manifest has an unreadable column type {pg_type!r}")
     return pg_type
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
-
-
-def manifest_json(manifest: Manifest) -> dict[str, Any]:
-    return json.loads(manifest.model_dump_json())
