@@ -134,12 +134,22 @@ def writer(dsn: str, table: str, out: str, stop: mp.synchronize.Event) -> None: 
 
 
 def worst(path: Path, start: float, end: float) -> float:
-    values = [
-        float(lat)
+    """The writer's worst insert latency between `start` and `end` (unix times); also prints
+    when it happened and the slowest few, so a spike can be told from a lock wait."""
+    samples = [
+        (float(lat), float(t))
         for t, lat in (line.split() for line in path.read_text().splitlines())
         if start <= float(t) <= end + 0.5
     ]
-    return max(values) if values else float("nan")
+    if not samples:
+        return float("nan")
+    slowest = sorted(samples, reverse=True)[:3]
+    print(
+        f"  {path.stem} [{start:.1f}, {end:.1f}]: {len(samples)} inserts, slowest "
+        + ", ".join(f"{lat * 1000:.0f} ms at +{t - lat - start:.2f} s" for lat, t in slowest),
+        file=sys.stderr,
+    )
+    return slowest[0][0]
 
 
 def with_writer(dsn: str, table: str, tmp: Path, action: object) -> tuple[float, float, object]:
