@@ -406,6 +406,7 @@ def test_s3_down_drops_nothing_then_next_run_completes(
     schema: str,
     moto_server: MotoServer,
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     make_audit_logs(pg_dsn, schema)
     before = fingerprint(db_ids(pg_dsn, schema))
@@ -437,7 +438,7 @@ def test_s3_down_drops_nothing_then_next_run_completes(
     for e in t.expired:
         key = e.uri.removeprefix(f"s3://{bucket}/") if e.uri else ""
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        local = Path(f"/tmp/{schema}-{e.partition}.parquet")
+        local = tmp_path / f"{e.partition}.parquet"
         local.write_bytes(body)
         ids += pq.read_table(local, columns=["id"]).column("id").to_pylist()
         local.unlink()
@@ -578,6 +579,7 @@ def test_s3_answering_500_then_recovering_is_retried(
     schema: str,
     moto_server: MotoServer,
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     make_audit_logs(pg_dsn, schema)
     before = fingerprint(db_ids(pg_dsn, schema))
@@ -597,7 +599,7 @@ def test_s3_answering_500_then_recovering_is_retried(
     ids: list[int] = []
     for e in t.expired:
         key = e.uri.removeprefix(f"s3://{bucket}/") if e.uri else ""
-        local = Path(f"/tmp/{schema}-{e.partition}.parquet")
+        local = tmp_path / f"{e.partition}.parquet"
         local.write_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
         ids += pq.read_table(local, columns=["id"]).column("id").to_pylist()
         local.unlink()
