@@ -311,11 +311,90 @@ def _run_generate_weekly_report(progress: Progress) -> FlowOutcome:
     return FlowOutcome("generate_weekly_report", state.name or "", found, ARTIFACT_KEY, files)
 
 
+def _demo_audit_logs(dsn: str) -> None:
+    """A small monthly-partitioned `audit_logs` (15 months, 100 rows each, some rows waiting in
+    the default partition), made once, for the partition rotation's dry run."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if conn.execute("select to_regclass('public.audit_logs')").fetchone() != (None,):
+            return
+        conn.execute(
+            "create table public.audit_logs (id bigint not null, created_at timestamptz not null,"
+            " actor text, payload jsonb) partition by range (created_at)"
+        )
+        conn.execute("create index on public.audit_logs (created_at)")
+        for back in range(14, -1, -1):
+            lower, upper = conn.execute(
+                "select date_trunc('month', now() at time zone 'UTC') at time zone 'UTC'"
+                " - make_interval(months => %s), date_trunc('month', now() at time zone 'UTC')"
+                " at time zone 'UTC' - make_interval(months => %s)",
+                (back, back - 1),
+            ).fetchone() or (None, None)
+            conn.execute(
+                sql.SQL(
+                    "create table {} partition of public.audit_logs for values from ({}) to ({})"
+                ).format(
+                    sql.Identifier("public", f"audit_logs_p{lower:%Y_%m}"),
+                    sql.Literal(lower),
+                    sql.Literal(upper),
+                )
+            )
+        conn.execute(
+            "create table public.audit_logs_default partition of public.audit_logs default"
+        )
+        conn.execute(
+            "insert into public.audit_logs select g, date_trunc('month', now())"
+            " - make_interval(months => g % 15) + make_interval(hours => g), 'user' || g % 7,"
+            " jsonb_build_object('n', g) from generate_series(1, 1500) g"
+        )
+        conn.execute(
+            "insert into public.audit_logs select 10000 + g, date_trunc('month', now())"
+            " + interval '2 months' + make_interval(hours => g), 'early', '{}'"
+            " from generate_series(1, 12) g"
+        )
+
+
+def _run_rotate_partitions(progress: Progress) -> FlowOutcome:
+    from flows.rotate_partitions import ARTIFACT_KEY, rotate_partitions
+    from tasks.partitioning import PartitionPolicy
+
+    progress("running rotate_partitions (dry run)", 0, 1)
+    out_dir = Path(os.environ.get("PERFOPS_OUT_DIR", "out"))
+    try:
+        _demo_audit_logs(os.environ["PERFOPS_DSN"])
+    except psycopg.Error as exc:
+        return FlowOutcome("rotate_partitions", "Failed", redact(str(exc)), ARTIFACT_KEY)
+    policy = PartitionPolicy(
+        table="public.audit_logs",
+        interval="month",
+        premake=3,
+        retention="12 months",
+        archive=str((out_dir / "archive").resolve()),
+    )
+    state = rotate_partitions(policies=[policy], return_state=True)
+    report: Any = state.result(raise_on_failure=False)
+    if isinstance(report, BaseException) or report is None:
+        return FlowOutcome(
+            "rotate_partitions", state.name or "Failed", redact(str(report)), ARTIFACT_KEY
+        )
+    found = report.summary
+    if report.tables and report.tables[0].plan:
+        plan = report.tables[0].plan
+        found += (
+            f" (create {', '.join(p.name for p in plan.create) or 'nothing'}; expire "
+            f"{', '.join(e.name for e in plan.expire) or 'nothing'}; "
+            f"{report.tables[0].default_rows} rows waiting in the default partition); "
+            "dry run, nothing changed (perfops partitions rotate --apply)"
+        )
+    return FlowOutcome("rotate_partitions", state.name or "", found, ARTIFACT_KEY)
+
+
 FLOW_RUNNERS: list[Callable[[Progress], FlowOutcome]] = [
     _run_check_connections,
     _run_refresh_stale_statistics,
     _run_find_slow_queries,
     _run_suggest_indexes,
     _run_check_index_health,
+    _run_rotate_partitions,
+    # last: the report reads what the flows above recorded
     _run_generate_weekly_report,
 ]

@@ -104,3 +104,114 @@ def get_object(store: ArchiveStore, key: str) -> bytes:
     if actual != expected:
         raise ChecksumMismatch(f"{where}: SHA-256 {actual} differs from recorded {expected}")
     return data
+
+
+_CHUNK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def put_file(store: ArchiveStore, key: str, path: Path, sha256: str | None = None) -> StoredObject:
+    """Upload a file under `key` with its SHA-256 (streamed from disk, never all in memory).
+
+    A plain function, for tasks that upload as one step of their own; `sha256` when the caller
+    already computed it.
+    """
+    digest = sha256 or file_sha256(path)
+    size = path.stat().st_size
+    if isinstance(store, S3Bucket):
+        s3_key = _s3_key(store, key)
+        try:
+            with path.open("rb") as body:
+                store.credentials.get_s3_client().put_object(
+                    Bucket=store.bucket_name,
+                    Key=s3_key,
+                    Body=body,
+                    ChecksumAlgorithm="SHA256",
+                    ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
+                    Metadata={"sha256": digest},
+                )
+        except (ClientError, BotoCoreError) as exc:
+            raise ConnectionFailed(
+                f"S3 upload of s3://{store.bucket_name}/{s3_key} failed: {exc}"
+            ) from exc
+        location = f"s3://{store.bucket_name}/{s3_key}"
+    else:
+        target = Path(store.basepath or ".") / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        with path.open("rb") as src, partial.open("wb") as dst:
+            for chunk in iter(lambda: src.read(_CHUNK), b""):
+                dst.write(chunk)
+        Path(f"{target}.sha256").write_text(f"{digest}  {target.name}\n")
+        partial.replace(target)  # the object appears whole or not at all
+        location = str(target)
+    return StoredObject(key=key, location=location, size=size, sha256=digest)
+
+
+def get_file(store: ArchiveStore, key: str, dest: Path) -> StoredObject:
+    """Download `key` into `dest` (streamed) and verify it against its recorded SHA-256.
+
+    Raises `ChecksumMismatch` when the bytes differ or no checksum was recorded, and
+    `ConnectionFailed` when the object cannot be read (missing, storage down).
+    """
+    digest = hashlib.sha256()
+    if isinstance(store, S3Bucket):
+        s3_key = _s3_key(store, key)
+        where = f"s3://{store.bucket_name}/{s3_key}"
+        try:
+            response = store.credentials.get_s3_client().get_object(
+                Bucket=store.bucket_name, Key=s3_key, ChecksumMode="ENABLED"
+            )
+            with dest.open("wb") as fh:
+                for chunk in response["Body"].iter_chunks(_CHUNK):
+                    digest.update(chunk)
+                    fh.write(chunk)
+        except (ClientError, BotoCoreError) as exc:
+            raise ConnectionFailed(f"S3 download of {where} failed: {exc}") from exc
+        expected = response.get("Metadata", {}).get("sha256")
+    else:
+        source = Path(store.basepath or ".") / key
+        where = str(source)
+        if not source.exists():
+            raise ConnectionFailed(f"{where} does not exist")
+        with source.open("rb") as src, dest.open("wb") as fh:
+            for chunk in iter(lambda: src.read(_CHUNK), b""):
+                digest.update(chunk)
+                fh.write(chunk)
+        sidecar = Path(f"{source}.sha256")
+        expected = sidecar.read_text().split()[0] if sidecar.exists() else None
+    actual = digest.hexdigest()
+    if expected is None:
+        raise ChecksumMismatch(f"{where} has no recorded SHA-256; refusing to trust it")
+    if actual != expected:
+        raise ChecksumMismatch(f"{where}: SHA-256 {actual} differs from recorded {expected}")
+    return StoredObject(key=key, location=where, size=dest.stat().st_size, sha256=actual)
+
+
+def object_exists(store: ArchiveStore, key: str) -> bool:
+    """Whether `key` exists (S3 HEAD, or the file); storage errors other than 404 propagate."""
+    if isinstance(store, S3Bucket):
+        s3_key = _s3_key(store, key)
+        try:
+            store.credentials.get_s3_client().head_object(Bucket=store.bucket_name, Key=s3_key)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404:
+                return False
+            raise ConnectionFailed(
+                f"S3 HEAD of s3://{store.bucket_name}/{s3_key} failed: {exc}"
+            ) from exc
+        except BotoCoreError as exc:
+            raise ConnectionFailed(
+                f"S3 HEAD of s3://{store.bucket_name}/{s3_key} failed: {exc}"
+            ) from exc
+        return True
+    return (Path(store.basepath or ".") / key).exists()

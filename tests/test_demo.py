@@ -57,6 +57,7 @@ def test_demo_runs_to_the_end_and_is_fast_the_second_time(
         "find_slow_queries": ("Completed", "perfops-slow-queries"),
         "check_index_health": ("Completed", "perfops-index-health"),
         "generate_weekly_report": ("Completed", "perfops-weekly-report"),
+        "rotate_partitions": ("Completed", "perfops-partitions-rotate"),
     }
     assert "postgres ok" in flows["check_connections"]["found"]
     assert "public.agent_executions(agent_id, started_at)" in flows["suggest_indexes"]["found"]
@@ -65,6 +66,7 @@ def test_demo_runs_to_the_end_and_is_fast_the_second_time(
     report = flows["generate_weekly_report"]
     assert "targets met" in report["found"] and "sent to 1 of 1" in report["found"]
     assert Path(report["files"][0]).name == "index.html" and Path(report["files"][0]).exists()
+    assert "rows waiting in the default partition" in flows["rotate_partitions"]["found"]
     # the workload left its statements in pg_stat_statements
     dsn = psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname="perfops_demo")
     with psycopg.connect(dsn) as conn:

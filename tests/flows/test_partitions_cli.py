@@ -1,0 +1,159 @@
+"""`perfops partitions rotate|restore` as a user runs them: help, bad input (exit 2, naming the
+flag), a table perfops cannot rotate (exit 1, one line), and a dry run, an applied rotation into
+a folder archive and a restore from it, against the real PostgreSQL and a Prefect test server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.flows.test_rotate_partitions import ROWS_PER_MONTH, make_audit_logs
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+AT = "2026-11-15T12:00:00+00:00"
+
+
+def perfops(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PERFOPS_")}
+    return subprocess.run(
+        [sys.executable, "-m", "perfops", "partitions", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**base, **(env or {})},
+        timeout=180,
+        check=False,
+    )
+
+
+@pytest.fixture()
+def schema(pg_dsn: str) -> Iterator[str]:
+    name = f"cli_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create schema {}").format(sql.Identifier(name)))
+    yield name
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(name)))
+
+
+def test_help_explains_the_flags() -> None:
+    result = perfops("rotate", "--help")
+    assert result.returncode == 0
+    for text in (
+        "--table",
+        "--interval",
+        "--premake",
+        "--retention",
+        "--archive",
+        "--apply",
+        "--policies",
+        "--json",
+        "PERFOPS_DSN",
+    ):
+        assert text in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--table", "a.b", "--retention", "1 day"], "--retention: retention '1 day' is shorter"),
+        (["--table", "a.b", "--premake", "-1"], "--premake"),
+        (["--table", "a.b", "--interval", "fortnight"], "--interval"),
+        (["--table", 'a."b; drop"'], "--table: table"),
+        (["--table", "a.b", "--retention", "12 months"], "needs archive"),
+        ([], "give either --table"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args: list[str], message: str) -> None:
+    result = perfops("rotate", "--dsn", "host=127.0.0.1 port=1", *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_not_partitioned_is_one_line_exit_1(pg_dsn: str, schema: str, prefect_api_url: str) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create table {} (id int)").format(sql.Identifier(schema, "plain")))
+    result = perfops(
+        "rotate",
+        "--dsn",
+        pg_dsn,
+        "--table",
+        f"{schema}.plain",
+        env={"PREFECT_API_URL": prefect_api_url},
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if not line.endswith("...")]
+    assert errors == [
+        f'perfops: "{schema}"."plain" is not partitioned (a plain table): perfops only rotates '
+        "declaratively partitioned tables"
+    ]
+
+
+def test_dry_run_apply_and_restore(
+    pg_dsn: str, schema: str, prefect_api_url: str, tmp_path: Path
+) -> None:
+    make_audit_logs(pg_dsn, schema)
+    env = {"PREFECT_API_URL": prefect_api_url}
+    common = [
+        "--dsn",
+        pg_dsn,
+        "--table",
+        f"{schema}.audit_logs",
+        "--interval",
+        "month",
+        "--premake",
+        "3",
+        "--retention",
+        "12 months",
+        "--archive",
+        str(tmp_path),
+        "--at",
+        AT,
+    ]
+    dry = perfops("rotate", *common, "--json", env=env)
+    assert dry.returncode == 0, dry.stderr
+    report = json.loads(dry.stdout)
+    assert report["dry_run"] is True
+    [table] = report["tables"]
+    assert [p["name"] for p in table["plan"]["create"]] == [
+        "audit_logs_p2026_12",
+        "audit_logs_p2027_01",
+        "audit_logs_p2027_02",
+    ]
+    assert [e["status"] for e in table["expired"]] == ["would archive then drop"] * 2
+    assert not list(tmp_path.iterdir())
+
+    applied = perfops("rotate", *common, "--apply", env=env)
+    assert applied.returncode == 0, applied.stderr
+    assert "dropped: audit_logs_p2025_09, 50 rows ->" in applied.stdout
+
+    archive = next(tmp_path.rglob("audit_logs_p2025_09.parquet"))
+    restored = perfops(
+        "restore",
+        "--dsn",
+        pg_dsn,
+        "--from",
+        str(archive),
+        "--table",
+        f"{schema}.back",
+        env=env,
+    )
+    assert restored.returncode == 0, restored.stderr
+    assert f"restored {ROWS_PER_MONTH} rows into {schema}.back" in restored.stdout
+    with psycopg.connect(pg_dsn) as conn:
+        n = conn.execute(
+            sql.SQL("select count(*), min(id), max(id) from {}").format(
+                sql.Identifier(schema, "back")
+            )
+        ).fetchone()
+    assert n == (ROWS_PER_MONTH, 1, ROWS_PER_MONTH)

@@ -1,0 +1,606 @@
+"""rotate_partitions on the real PostgreSQL and a real archive store (a folder, and moto's S3
+server): the dry run, create ahead with default-partition rescue, detach/archive/verify/drop,
+each crash point completed by the next run (rows in the database plus rows in archives equal the
+rows before, by count and by a checksum of the ids), S3 down (nothing dropped), hash children,
+bad input, and the record (artifact and events).
+
+Every test builds its own schema (dropped after) and plans for a fixed `now`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import psycopg
+import pyarrow.parquet as pq
+import pytest
+from prefect.filesystems import LocalFileSystem
+from psycopg import sql
+
+from blocks import PostgresTarget
+from flows.rotate_partitions import (
+    RotationReport,
+    RotationSettings,
+    resolve_archive_store,
+    rotate_partitions,
+)
+from perfops.errors import ConfigurationError
+from tasks.partition_archives import (
+    Manifest,
+    archive_keys,
+    dump_table_to_parquet,
+    upload_archive,
+)
+from tasks.partitioning import HashPolicy, PartitionPolicy
+from tasks.postgres_partition_changes import detach_partition
+from tests.servers import MotoServer
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+NOW = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
+ROWS_PER_MONTH = 50
+FAST = RotationSettings(lock_timeout_ms=1_000, statement_timeout_ms=30_000)
+
+
+def months(start: tuple[int, int], count: int) -> list[tuple[int, int]]:
+    y, m = start
+    out = []
+    for _ in range(count):
+        out.append((y, m))
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+    return out
+
+
+def _next(y: int, m: int) -> tuple[int, int]:
+    return (y + 1, 1) if m == 12 else (y, m + 1)
+
+
+@pytest.fixture()
+def schema(pg_dsn: str) -> Iterator[str]:
+    name = f"rot_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create schema {}").format(sql.Identifier(name)))
+    yield name
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(name)))
+
+
+def make_audit_logs(
+    dsn: str,
+    schema: str,
+    *,
+    with_default: bool = True,
+    default_rows: dict[tuple[int, int], int] | None = None,
+) -> None:
+    """audit_logs monthly 2025-09..2026-11 (15 children), ROWS_PER_MONTH rows each with a jsonb
+    payload, an index on the parent, and optionally a default partition holding rows."""
+    s = sql.Identifier(schema)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "create table {}.audit_logs (id bigint not null, created_at timestamptz not null, "
+                "actor text, ok boolean, amount numeric(12,2), payload jsonb) "
+                "partition by range (created_at)"
+            ).format(s)
+        )
+        conn.execute(sql.SQL("create index on {}.audit_logs (actor)").format(s))
+        for y, m in months((2025, 9), 15):
+            ny, nm = _next(y, m)
+            conn.execute(
+                sql.SQL("create table {} partition of {} for values from ({}) to ({})").format(
+                    sql.Identifier(schema, f"audit_logs_p{y}_{m:02d}"),
+                    sql.Identifier(schema, "audit_logs"),
+                    sql.Literal(f"{y}-{m:02d}-01 00:00+00"),
+                    sql.Literal(f"{ny}-{nm:02d}-01 00:00+00"),
+                )
+            )
+        if with_default:
+            conn.execute(
+                sql.SQL(
+                    "create table {}.audit_logs_default partition of {}.audit_logs default"
+                ).format(s, s)
+            )
+        next_id = 1
+        for y, m in months((2025, 9), 15) + list((default_rows or {}).keys()):
+            n = (default_rows or {}).get((y, m), ROWS_PER_MONTH)
+            conn.execute(
+                sql.SQL(
+                    "insert into {}.audit_logs select g, {}::timestamptz + (g - {}) * interval "
+                    "'1 minute', case when g % 7 = 0 then null when g % 5 = 0 then '' else "
+                    "'user' || g end, g % 2 = 0, g * 1.25, jsonb_build_object('n', g, 's', "
+                    "'it''s \"quoted\", ok') from generate_series({}, {}) g"
+                ).format(
+                    s,
+                    sql.Literal(f"{y}-{m:02d}-02 00:00+00"),
+                    sql.Literal(next_id),
+                    sql.Literal(next_id),
+                    sql.Literal(next_id + n - 1),
+                )
+            )
+            next_id += n
+
+
+def db_ids(dsn: str, schema: str) -> list[int]:
+    """Ids in the partitioned table plus any table left detached by a rotation."""
+    with psycopg.connect(dsn) as conn:
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+                "where n.nspname = %s and c.relkind = 'r' and not c.relispartition",
+                (schema,),
+            )
+        ]
+        ids = [
+            r[0]
+            for r in conn.execute(
+                sql.SQL("select id from {}.audit_logs").format(sql.Identifier(schema))
+            )
+        ]
+        for t in tables:
+            ids += [
+                r[0]
+                for r in conn.execute(
+                    sql.SQL("select id from {}").format(sql.Identifier(schema, t))
+                )
+            ]
+    return ids
+
+
+def archived_ids(folder: Path) -> list[int]:
+    ids: list[int] = []
+    for path in folder.rglob("*.parquet"):
+        ids += pq.read_table(path, columns=["id"]).column("id").to_pylist()
+    return ids
+
+
+def fingerprint(ids: list[int]) -> tuple[int, str]:
+    return len(ids), hashlib.sha256(",".join(map(str, sorted(ids))).encode()).hexdigest()
+
+
+def policy(schema: str, archive: str | None, **kw: Any) -> PartitionPolicy:
+    return PartitionPolicy(
+        table=f"{schema}.audit_logs",
+        interval="month",
+        premake=3,
+        retention="12 months",
+        archive=archive,
+        **kw,
+    )
+
+
+def children(dsn: str, schema: str) -> list[str]:
+    with psycopg.connect(dsn) as conn:
+        return [
+            r[0]
+            for r in conn.execute(
+                "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid "
+                "where i.inhparent = to_regclass(%s) order by 1",
+                (f'"{schema}".audit_logs',),
+            )
+        ]
+
+
+@pytest.fixture()
+def emitted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
+    import flows.rotate_partitions as module
+
+    calls: list[tuple[str, dict[str, Any]]] = []
+    real_emit = module.emit
+
+    def record(event: str, resource_id: str, payload: dict[str, Any], **labels: str) -> None:
+        calls.append((event, payload))
+        real_emit(event, resource_id, payload, **labels)
+
+    monkeypatch.setattr(module, "emit", record)
+    return calls
+
+
+def run(target: PostgresTarget, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> RotationReport:
+    monkeypatch.setenv("PERFOPS_DSN", target.dsn.get_secret_value())
+    return rotate_partitions(now=NOW, settings=FAST, **kw)
+
+
+def test_dry_run_plans_and_changes_nothing(
+    pg_dsn: str,
+    pg_target: PostgresTarget,
+    schema: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    emitted: list[tuple[str, dict[str, Any]]],
+) -> None:
+    make_audit_logs(pg_dsn, schema, default_rows={(2027, 1): 5, (2029, 1): 3})
+    before = children(pg_dsn, schema)
+    report = run(
+        target=pg_target, monkeypatch=monkeypatch, policies=[policy(schema, str(tmp_path))]
+    )
+    assert report.dry_run
+    [t] = report.tables
+    assert t.plan is not None
+    assert [p.name for p in t.plan.create] == [
+        "audit_logs_p2026_12",
+        "audit_logs_p2027_01",
+        "audit_logs_p2027_02",
+    ]
+    assert [e.partition for e in t.expired] == ["audit_logs_p2025_09", "audit_logs_p2025_10"]
+    assert all(e.status == "would archive then drop" for e in t.expired)
+    assert "archive to" in t.plan.expire[0].reason
+    assert t.default_rows == 8
+    assert children(pg_dsn, schema) == before
+    assert not list(tmp_path.iterdir())
+    names = [e for e, _ in emitted]
+    assert "perfops.partitions.default_rows" in names
+    assert "perfops.partitions.dropped" not in names and "perfops.partitions.created" not in names
+    health = {p["kind"]: p["detail"] for e, p in emitted if e == "perfops.partitions.health"}
+    assert set(health) == {"premade_short", "default_rows", "far_future_rows"}
+    assert health["premade_short"].startswith("0 of 3 months after 2026-11")
+    assert "3 rows in the default partition for month 2029-01" in health["far_future_rows"]
+    [rotated] = [p for e, p in emitted if e == "perfops.partitions.rotated"]
+    assert rotated["dry_run"] and rotated["would_expire"] == [
+        "audit_logs_p2025_09",
+        "audit_logs_p2025_10",
+    ]
+
+
+def test_apply_creates_rescues_archives_and_drops(
+    pg_dsn: str,
+    pg_target: PostgresTarget,
+    schema: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    emitted: list[tuple[str, dict[str, Any]]],
+) -> None:
+    make_audit_logs(pg_dsn, schema, default_rows={(2027, 1): 5})
+    before = fingerprint(db_ids(pg_dsn, schema))
+    report = run(
+        target=pg_target,
+        monkeypatch=monkeypatch,
+        policies=[policy(schema, str(tmp_path))],
+        apply=True,
+    )
+    [t] = report.tables
+    assert t.error is None and not report.failed, t.problems
+    assert t.created_names == ["audit_logs_p2026_12", "audit_logs_p2027_01", "audit_logs_p2027_02"]
+    rescued = next(c for c in t.created if c.name == "audit_logs_p2027_01")
+    assert rescued.moved_rows == 5
+    assert [(e.partition, e.status, e.rows, e.detach_mode) for e in t.expired] == [
+        ("audit_logs_p2025_09", "dropped", ROWS_PER_MONTH, "plain"),
+        ("audit_logs_p2025_10", "dropped", ROWS_PER_MONTH, "plain"),
+    ]
+    assert "DEFAULT partition" in t.expired[0].detail
+    kids = children(pg_dsn, schema)
+    assert "audit_logs_p2025_09" not in kids and "audit_logs_p2027_02" in kids
+    with psycopg.connect(pg_dsn) as conn:
+        left = conn.execute(
+            sql.SQL("select count(*) from {}.audit_logs_default").format(sql.Identifier(schema))
+        ).fetchone()
+        assert left == (0,)
+        # Indexes follow the parent.
+        idx = conn.execute(
+            "select count(*) from pg_indexes where schemaname = %s and tablename = %s",
+            (schema, "audit_logs_p2027_01"),
+        ).fetchone()
+        assert idx == (1,)
+    assert fingerprint(db_ids(pg_dsn, schema) + archived_ids(tmp_path)) == before
+    manifest_path = next(tmp_path.rglob("audit_logs_p2025_09.manifest.json"))
+    manifest = Manifest.model_validate_json(manifest_path.read_text())
+    assert manifest.rows == ROWS_PER_MONTH
+    assert manifest.min_key is not None and manifest.min_key.startswith("2025-09-02")
+    assert [c.name for c in manifest.columns][:2] == ["id", "created_at"]
+    events = [e for e, _ in emitted]
+    for name in ("created", "detached", "archived", "dropped", "default_rows", "rotated"):
+        assert f"perfops.partitions.{name}" in events
+    archived = [p for e, p in emitted if e == "perfops.partitions.archived"]
+    assert {p["partition"] for p in archived} == {"audit_logs_p2025_09", "audit_logs_p2025_10"}
+    assert all(p["rows"] == ROWS_PER_MONTH and len(p["sha256"]) == 64 for p in archived)
+
+    # A second run has nothing left to do.
+    again = run(
+        target=pg_target,
+        monkeypatch=monkeypatch,
+        policies=[policy(schema, str(tmp_path))],
+        apply=True,
+    )
+    assert again.tables[0].created == [] and again.tables[0].expired == []
+
+
+def test_detach_concurrently_without_default_partition(
+    pg_dsn: str, pg_target: PostgresTarget, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_audit_logs(pg_dsn, schema, with_default=False)
+    report = run(
+        target=pg_target,
+        monkeypatch=monkeypatch,
+        policies=[policy(schema, None, expired_action="detach_only")],
+        apply=True,
+    )
+    [t] = report.tables
+    assert [(e.partition, e.status, e.detach_mode) for e in t.expired] == [
+        ("audit_logs_p2025_09", "detached", "concurrently"),
+        ("audit_logs_p2025_10", "detached", "concurrently"),
+    ]
+    with psycopg.connect(pg_dsn) as conn:
+        kept = conn.execute(
+            sql.SQL("select count(*) from {}.audit_logs_p2025_09").format(sql.Identifier(schema))
+        ).fetchone()
+    assert kept == (ROWS_PER_MONTH,)
+
+
+@pytest.mark.parametrize("crash", ["after_detach", "after_upload", "partial_upload"])
+def test_crash_points_are_completed_by_the_next_run(
+    crash: str,
+    pg_dsn: str,
+    pg_target: PostgresTarget,
+    schema: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    make_audit_logs(pg_dsn, schema)
+    before = fingerprint(db_ids(pg_dsn, schema))
+    store = LocalFileSystem(basepath=str(tmp_path))
+    name = "audit_logs_p2025_09"
+    # The steps a run had done when it was killed, run one by one.
+    detach_partition.fn(
+        pg_target,
+        schema,
+        "audit_logs",
+        name,
+        datetime(2025, 9, 1, tzinfo=UTC),
+        datetime(2025, 10, 1, tzinfo=UTC),
+    )
+    if crash in ("after_upload", "partial_upload"):
+        dump = dump_table_to_parquet.fn(
+            pg_target, schema, name, "created_at", str(tmp_path / "dump.parquet")
+        )
+        (tmp_path / "dump.parquet").rename(tmp_path / "dump.keep")
+        dump.path = str(tmp_path / "dump.keep")
+        object_key, _ = archive_keys(schema, "audit_logs", name)
+        manifest = Manifest(
+            schema_name=schema,
+            parent="audit_logs",
+            partition=name,
+            key_column="created_at",
+            rows=dump.rows,
+            min_key=dump.min_key,
+            max_key=dump.max_key,
+            columns=dump.columns,
+            object_key=object_key,
+            sha256=dump.sha256,
+            bytes=dump.bytes,
+            created_at=datetime.now(UTC),
+        )
+        upload_archive.fn(store, dump, manifest)
+        (tmp_path / "dump.keep").unlink()
+        if crash == "partial_upload":  # killed mid-upload: a truncated object, no manifest
+            _, manifest_key = archive_keys(schema, "audit_logs", name)
+            (tmp_path / manifest_key).unlink()
+            obj = tmp_path / object_key
+            obj.write_bytes(obj.read_bytes()[:100])
+    # At the crash point every row is still in the database (the detached table holds them).
+    assert fingerprint(db_ids(pg_dsn, schema)) == before
+    report = run(
+        target=pg_target,
+        monkeypatch=monkeypatch,
+        policies=[policy(schema, str(tmp_path))],
+        apply=True,
+    )
+    [t] = report.tables
+    statuses = {e.partition: e.status for e in t.expired}
+    assert statuses == {"audit_logs_p2025_09": "dropped", "audit_logs_p2025_10": "dropped"}, (
+        t.problems
+    )
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("select to_regclass(%s)", (f'"{schema}".{name}',)).fetchone() == (None,)
+    assert fingerprint(db_ids(pg_dsn, schema) + archived_ids(tmp_path)) == before
+
+
+def test_s3_down_drops_nothing_then_next_run_completes(
+    pg_dsn: str,
+    pg_target: PostgresTarget,
+    schema: str,
+    moto_server: MotoServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    make_audit_logs(pg_dsn, schema)
+    before = fingerprint(db_ids(pg_dsn, schema))
+    bucket = f"rot-{schema.replace('_', '-')}"
+    boto3.client("s3", **moto_server.client_kwargs()).create_bucket(Bucket=bucket)
+    # S3 down: an endpoint where nothing listens (no retries inside boto, to stay fast).
+    from tests.servers.ports import free_port
+
+    monkeypatch.setenv("PERFOPS_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setattr(
+        "flows.rotate_partitions.BOTO_RETRY_CONFIG",
+        {"retries": {"mode": "standard", "max_attempts": 1}, "connect_timeout": 1},
+    )
+    pol = policy(schema, f"s3://{bucket}/archive")
+    report = run(target=pg_target, monkeypatch=monkeypatch, policies=[pol], apply=True)
+    [t] = report.tables
+    assert report.failed
+    assert {e.status for e in t.expired} == {"failed"}
+    assert all("nothing dropped" in e.detail and "stays detached" in e.detail for e in t.expired)
+    assert fingerprint(db_ids(pg_dsn, schema)) == before  # nothing dropped, nothing lost
+
+    monkeypatch.setenv("PERFOPS_S3_ENDPOINT_URL", moto_server.endpoint_url)
+    report = run(target=pg_target, monkeypatch=monkeypatch, policies=[pol], apply=True)
+    [t] = report.tables
+    assert {e.status for e in t.expired} == {"dropped"}, t.problems
+    assert all(e.uri and e.uri.startswith(f"s3://{bucket}/archive/") for e in t.expired)
+    s3 = boto3.client("s3", **moto_server.client_kwargs())
+    ids: list[int] = []
+    for e in t.expired:
+        key = e.uri.removeprefix(f"s3://{bucket}/") if e.uri else ""
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        local = tmp_path / f"{e.partition}.parquet"
+        local.write_bytes(body)
+        ids += pq.read_table(local, columns=["id"]).column("id").to_pylist()
+        local.unlink()
+    assert fingerprint(db_ids(pg_dsn, schema) + ids) == before
+
+
+def test_hash_partitions_completed(
+    pg_dsn: str, pg_target: PostgresTarget, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "create table {} (user_id bigint, at timestamptz) partition by hash (user_id)"
+            ).format(sql.Identifier(schema, "user_activities"))
+        )
+        for r in (0, 3):
+            conn.execute(
+                sql.SQL(
+                    "create table {} partition of {} for values with (modulus 8, remainder {})"
+                ).format(
+                    sql.Identifier(schema, f"ua_{r}"),
+                    sql.Identifier(schema, "user_activities"),
+                    sql.Literal(r),
+                )
+            )
+    pol = HashPolicy(table=f"{schema}.user_activities", modulus=8)
+    dry = run(target=pg_target, monkeypatch=monkeypatch, policies=[pol])
+    assert dry.tables[0].hash_plan is not None and dry.tables[0].hash_plan.missing == [
+        1,
+        2,
+        4,
+        5,
+        6,
+        7,
+    ]
+    report = run(target=pg_target, monkeypatch=monkeypatch, policies=[pol], apply=True)
+    assert report.tables[0].created_names == [f"user_activities_h{r}" for r in (1, 2, 4, 5, 6, 7)]
+    with psycopg.connect(pg_dsn) as conn:
+        n = conn.execute(
+            "select count(*) from pg_inherits where inhparent = to_regclass(%s)",
+            (f'"{schema}".user_activities',),
+        ).fetchone()
+    assert n == (8,)
+
+
+def test_not_partitioned_and_non_time_key_are_clear_errors(
+    pg_dsn: str, pg_target: PostgresTarget, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create table {} (id int)").format(sql.Identifier(schema, "plain")))
+        conn.execute(
+            sql.SQL("create table {} (id int) partition by range (id)").format(
+                sql.Identifier(schema, "by_id")
+            )
+        )
+    for table, message in (("plain", "is not partitioned"), ("by_id", "non-time column id")):
+        pol = PartitionPolicy(table=f"{schema}.{table}", interval="month")
+        with pytest.raises(ConfigurationError, match=message):
+            run(target=pg_target, monkeypatch=monkeypatch, policies=[pol])
+
+
+def test_hostile_names_are_refused_by_the_policy() -> None:
+    from pydantic import ValidationError
+
+    for bad in ('public."x; drop table y"', "audit_logs", "public.a-b"):
+        with pytest.raises(ValidationError, match="schema-qualified plain identifiers"):
+            PartitionPolicy(table=bad, interval="month")
+
+
+def test_archive_s3_url_resolves_to_a_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERFOPS_S3_ENDPOINT_URL", "http://127.0.0.1:9")
+    resolved = resolve_archive_store("s3://my-bucket/some/prefix/")
+    assert resolved.value.bucket_name == "my-bucket"  # type: ignore[union-attr]
+    assert resolved.value.bucket_folder == "some/prefix"  # type: ignore[union-attr]
+    with pytest.raises(ConfigurationError, match="s3://BUCKET"):
+        resolve_archive_store("s3:///x")
+
+
+class FlakyS3:
+    """A proxy in front of moto that answers the first `failures` requests with S3's
+    500 InternalError, then forwards everything (S3 having a bad minute and recovering)."""
+
+    def __init__(self, upstream: str, failures: int) -> None:
+        import http.server
+        import threading
+
+        import httpx
+
+        self.failed = 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if proxy.failed < failures:
+                    proxy.failed += 1
+                    error = (
+                        b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InternalError"
+                        b"</Code><Message>We encountered an internal error.</Message></Error>"
+                    )
+                    self.send_response(500)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(error)))
+                    self.end_headers()
+                    self.wfile.write(error)
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                reply = httpx.request(
+                    self.command, upstream + self.path, headers=headers, content=body, timeout=30
+                )
+                self.send_response(reply.status_code)
+                for k, v in reply.headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(reply.content)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(reply.content)
+
+            do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_s3_answering_500_then_recovering_is_retried(
+    pg_dsn: str,
+    pg_target: PostgresTarget,
+    schema: str,
+    moto_server: MotoServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    make_audit_logs(pg_dsn, schema)
+    before = fingerprint(db_ids(pg_dsn, schema))
+    bucket = f"flaky-{schema.replace('_', '-')}"
+    boto3.client("s3", **moto_server.client_kwargs()).create_bucket(Bucket=bucket)
+    flaky = FlakyS3(moto_server.endpoint_url, failures=3)
+    try:
+        monkeypatch.setenv("PERFOPS_S3_ENDPOINT_URL", flaky.url)
+        pol = policy(schema, f"s3://{bucket}/archive")
+        report = run(target=pg_target, monkeypatch=monkeypatch, policies=[pol], apply=True)
+    finally:
+        flaky.close()
+    [t] = report.tables
+    assert flaky.failed == 3
+    assert {e.status for e in t.expired} == {"dropped"}, t.problems
+    s3 = boto3.client("s3", **moto_server.client_kwargs())
+    ids: list[int] = []
+    for e in t.expired:
+        key = e.uri.removeprefix(f"s3://{bucket}/") if e.uri else ""
+        local = tmp_path / f"{e.partition}.parquet"
+        local.write_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        ids += pq.read_table(local, columns=["id"]).column("id").to_pylist()
+        local.unlink()
+    assert fingerprint(db_ids(pg_dsn, schema) + ids) == before
