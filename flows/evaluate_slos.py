@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
@@ -70,13 +71,13 @@ def load_sla_definitions(path: str) -> SlaDefinitions:
     return load_definitions(Path(path))
 
 
-@task(name="read_no_data_clocks")
+@task(name="read_no_data_clocks", cache_policy=NO_CACHE)
 def read_no_data_clocks(store: SlaStore) -> dict[str, datetime]:
     """Since when each item has had no data (Redis)."""
     return store.no_data_since()
 
 
-@task(name="escalate_alerts")
+@task(name="escalate_alerts", cache_policy=NO_CACHE)
 def escalate_alerts(
     store: SlaStore,
     definitions: SlaDefinitions,

@@ -272,10 +272,17 @@ def _run_refresh_stale_statistics(progress: Progress) -> FlowOutcome:
     return FlowOutcome("refresh_stale_statistics", state.name or "", found, ARTIFACT_KEY)
 
 
+def _run_evaluate_slos(progress: Progress) -> FlowOutcome:
+    from perfops.sla_demo import run_sla_demo
+
+    return run_sla_demo(progress)
+
+
 FLOW_RUNNERS: list[Callable[[Progress], FlowOutcome]] = [
     _run_check_connections,
     _run_refresh_stale_statistics,
     _run_find_slow_queries,
     _run_suggest_indexes,
     _run_check_index_health,
+    _run_evaluate_slos,
 ]

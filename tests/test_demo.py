@@ -56,11 +56,15 @@ def test_demo_runs_to_the_end_and_is_fast_the_second_time(
         "suggest_indexes": ("Completed", "perfops-index-suggestions"),
         "find_slow_queries": ("Completed", "perfops-slow-queries"),
         "check_index_health": ("Completed", "perfops-index-health"),
+        "evaluate_slos": ("Completed", "perfops-sla"),
     }
     assert "postgres ok" in flows["check_connections"]["found"]
     assert "public.agent_executions(agent_id, started_at)" in flows["suggest_indexes"]["found"]
     assert " generic plans" in flows["find_slow_queries"]["found"]
     assert "covered" in flows["check_index_health"]["found"]  # agents_name_idx, the demo's example
+    sla = flows["evaluate_slos"]["found"]
+    assert "before the outage: 0 alerts" in sla and "notices: fire level 1" in sla
+    assert "escalate level 2" in sla
     # the workload left its statements in pg_stat_statements
     dsn = psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname="perfops_demo")
     with psycopg.connect(dsn) as conn:
