@@ -245,6 +245,11 @@ def main() -> int:
                     break
                 at += timedelta(minutes=1)
             window_of[inc.name] = (first, at)
+            print(
+                f"{inc.name}: replayed {first:%m-%d %H:%M} .. {at:%m-%d %H:%M} "
+                f"({time.perf_counter() - t_replay:.0f} s so far)",
+                file=sys.stderr,
+            )
         replay_s = time.perf_counter() - t_replay
 
         # Goals per incident.

@@ -49,6 +49,7 @@ from tasks.slo_definitions import SlaDefinitions
 
 LOCK_TIMEOUT_S = 120
 LOCK_WAIT_S = 60
+LOCK_POLL_S = 0.01
 NOTICE_TTL_S = 90 * 86400
 DEFAULT_RECOVERY_LOOKBACK = timedelta(days=7)
 
@@ -87,7 +88,9 @@ class SlaStore:
 
     @contextlib.contextmanager
     def locked(self, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
-        lock = self.client.lock(self.key("lock"), timeout=LOCK_TIMEOUT_S, blocking_timeout=wait_s)
+        lock = self.client.lock(
+            self.key("lock"), timeout=LOCK_TIMEOUT_S, blocking_timeout=wait_s, sleep=LOCK_POLL_S
+        )
         try:
             acquired = lock.acquire()
         except redis.RedisError as exc:

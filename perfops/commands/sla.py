@@ -71,8 +71,12 @@ def _ack_flow() -> Any:
 
 
 def _check_file(path: Path) -> str:
+    """Validate the definitions before Prefect starts: a wrong field fails in a second."""
+    from tasks.slo_definitions import load_definitions
+
     if not path.is_file():
         raise typer.BadParameter(f"--definitions: no such file {path}")
+    load_definitions(path)  # ConfigurationError names the line and the field
     return str(path.resolve())
 
 

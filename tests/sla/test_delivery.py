@@ -221,3 +221,16 @@ def test_file_outbox_works_the_same(store: SlaStore, tmp_path: Path) -> None:
     assert [d.kind for d in report.delivered] == ["resolved"]
     lines = (tmp_path / "messages.jsonl").read_text().splitlines()
     assert len(lines) == 4  # fire, escalate, resolved reply, root update
+
+
+def test_slack_down_beyond_retries_falls_back_to_email(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn, tmp_path: Path
+) -> None:
+    store.mark_state()
+    slack.fail_next(503, count=10)  # more than the 3 retries
+    report = run(store, slack_target, 0, email=FileOutbox(directory=tmp_path))
+    d = report.delivered[0]
+    assert d.outcome == "email fallback"
+    assert "service_unavailable (HTTP 503)" in d.note and "via file" in d.note
+    assert len(list(tmp_path.glob("*.eml"))) == 1
+    assert slack.messages == []
