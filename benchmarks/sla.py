@@ -18,8 +18,10 @@ escalation policy (team lead -> +15 min engineering manager -> +30 min CTO). Not
 Slack Web API stand-in (tests/servers/slack.py) through slack-sdk; state to Redis
 (PERFOPS_BENCH_REDIS_URL, default redis://127.0.0.1:6379/0, keys under a private prefix that
 is deleted at the end). Two evaluators run every minute at once, each retrying its delivery
-once; the stand-in answers 500 every 40th request and a storm of eight 429s (Retry-After 0)
-every 97th. The slow burn's first incident is acknowledged 5 minutes after its first notice.
+once; the stand-in answers the next Slack request with a 500, or a storm of five 429s
+(Retry-After 0), whenever the previous fault was served and the minute is a multiple of 7
+(500) or of 5 (429s). The slow burn's first incident is acknowledged 5 minutes after its
+first notice.
 
 Goals (exit 1 when one is missed): every incident notified and the blip not; the page within
 5 minutes of the burn rate crossing 14.4x (exact crossing minute computed from the generated
@@ -31,7 +33,9 @@ incident; zero duplicate messages in the stand-in; one evaluation of 50 SLOs und
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -177,11 +181,14 @@ class Replay:
                 self.errors.append(f"{at:%m-%d %H:%M}: {type(exc).__name__}: {exc}")
 
     def minute(self, at: datetime, request_no: list[int]) -> int:
+        # Faults wait for the next Slack requests (minutes without a notice send none): add
+        # one only when the previous one was served.
         request_no[0] += 1
-        if request_no[0] % 40 == 0:
-            self.slack.fail_next(500)
-        if request_no[0] % 97 == 0:
-            self.slack.fail_next(429, count=8, retry_after=0)
+        if self.slack.faults_pending == 0:
+            if request_no[0] % 7 == 0:
+                self.slack.fail_next(500)
+            elif request_no[0] % 5 == 0:
+                self.slack.fail_next(429, count=5, retry_after=0)
         threads = [threading.Thread(target=self.evaluator, args=(at,)) for _ in range(2)]
         for t in threads:
             t.start()
@@ -194,6 +201,7 @@ class Replay:
 
 
 def main() -> int:
+    faulthandler.register(signal.SIGUSR1)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true", help="keep the Prometheus data folder")
     args = parser.parse_args()
@@ -232,6 +240,12 @@ def main() -> int:
             while at <= inc.end + MAX_AFTER:
                 replay.minute(at, request_no)
                 evaluations += 1
+                if evaluations % 60 == 0:
+                    print(
+                        f"  {evaluations} minutes replayed, {time.perf_counter() - t_replay:.0f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 if inc is SLOW and not acked:
                     mine = [n for n in replay.notices if n["kind"] == "fire" and n["at"] >= first]
                     if mine and at >= mine[0]["at"] + timedelta(minutes=5):  # type: ignore[operator]

@@ -133,6 +133,12 @@ class SlackStandIn:
         with self._lock:
             self._faults.extend(_Fault(status, retry_after) for _ in range(count))
 
+    @property
+    def faults_pending(self) -> int:
+        """Injected faults not yet served (they wait for the next requests)."""
+        with self._lock:
+            return len(self._faults)
+
     def delay_next(self, seconds: float, count: int = 1) -> None:
         """Handle the next ``count`` requests at once but answer only after ``seconds``: a
         client that times out has had its message posted anyway."""
