@@ -268,7 +268,7 @@ def main() -> int:
 
         # Goals per incident.
         notices = replay.notices
-        fires = [n for n in notices if n["kind"] == "fire"]
+        fires = [n for n in notices if n["kind"] in ("fire", "join")]
         missed: list[str] = []
         for inc in INCIDENTS:
             lo, hi = window_of[inc.name]

@@ -27,8 +27,13 @@ from pydantic import BaseModel, Field
 from tasks.burn_rate import Alert
 from tasks.slo_definitions import SEVERITY_RANK, SlaDefinitions
 
-NoticeKind = Literal["fire", "escalate", "repeat", "resolved", "update", "ack"]
-NOTICE_EVENT = {"fire": "breached", "escalate": "escalated", "resolved": "resolved"}
+NoticeKind = Literal["fire", "join", "escalate", "repeat", "resolved", "update", "ack"]
+NOTICE_EVENT = {
+    "fire": "breached",
+    "join": "breached",
+    "escalate": "escalated",
+    "resolved": "resolved",
+}
 
 
 class PostedNotice(BaseModel):
@@ -50,6 +55,7 @@ class IncidentState(BaseModel):
     policy: str
     started_at: datetime
     alerts: dict[str, Alert] = Field(default_factory=dict)
+    notified: list[str] = Field(default_factory=list)  # alert keys ever notified
     level: int = 0  # highest level notified
     level_at: datetime | None = None
     last_notified_at: datetime | None = None
@@ -165,7 +171,12 @@ def decide(
         if not firing:
             notices.extend(_resolved(state, now))
             continue
-        if set(state.alerts) != {a.key for a in firing} or any(
+        new = [a for a in firing if a.key not in state.notified]
+        if new:  # a new alert in an open incident: notified at the incident's level, in thread
+            notice = _join(state, firing, new, now, definitions)
+            notices.append(notice)
+            state = notice.state_after
+        elif set(state.alerts) != {a.key for a in firing} or any(
             state.alerts[a.key].severity != a.severity for a in firing if a.key in state.alerts
         ):
             updated = state.model_copy(update={"alerts": {a.key: a for a in firing}})
@@ -207,6 +218,7 @@ def _new_incident(
         policy=policy.name,
         started_at=now,
         alerts={a.key: a for a in firing},
+        notified=[a.key for a in firing],
         level=1,
         level_at=now,
         last_notified_at=now,
@@ -223,6 +235,42 @@ def _new_incident(
         mentions=level.mentions,
         alerts=firing,
         started_at=now,
+        at=now,
+        state_after=after,
+    )
+
+
+def _join(
+    state: IncidentState,
+    firing: list[Alert],
+    new: list[Alert],
+    now: datetime,
+    definitions: SlaDefinitions,
+) -> Notice:
+    """New alerts in an open incident: a reply (broadcast) at the current level, with its
+    mentions; the first message is re-rendered with every alert."""
+    policy = definitions.policy(state.policy)
+    level = policy.levels[state.level - 1]
+    channel = policy.channel(state.level) or state.root_channel or "#perfops"
+    after = state.model_copy(
+        update={
+            "alerts": {a.key: a for a in firing},
+            "notified": state.notified + [a.key for a in new],
+        }
+    )
+    return Notice(
+        key=f"{state.incident}:join:{_digest([a.key for a in new])}",
+        incident=state.incident,
+        group=state.group,
+        kind="join",
+        level=state.level,
+        level_name=level.name,
+        channel=channel,
+        mentions=level.mentions,
+        thread_ts=state.channel_roots.get(channel),
+        update_ts=state.root_ts,
+        alerts=new,
+        started_at=state.started_at,
         at=now,
         state_after=after,
     )
@@ -376,6 +424,10 @@ def rebuild(payloads: list[dict[str, Any]]) -> tuple[dict[str, IncidentState], l
             state.repeats = int(p.get("repeats") or 0)
         if kind in ("fire", "escalate", "repeat", "update") and alerts:
             state.alerts = alerts
+        if kind in ("fire", "join"):
+            state.notified += [k for k in alerts if k not in state.notified]
+            if kind == "join":
+                state.alerts = {**state.alerts, **alerts}
         if kind == "ack" and state.acked_at is None:
             state.acked_by, state.acked_at = p.get("acked_by"), at
         if kind == "resolved":

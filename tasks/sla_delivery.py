@@ -253,10 +253,21 @@ def _send(
         blocks,
         meta,
         thread_ts=notice.thread_ts,
-        broadcast=notice.kind in ("escalate", "repeat"),
+        broadcast=notice.kind in ("escalate", "repeat", "join"),
     )
     if notice.kind == "resolved" and notice.update_ts:
         messenger.update(notice.channel, notice.update_ts, text, blocks)
+    if notice.kind == "join" and notice.update_ts and state is not None and state.root_channel:
+        every = notice.model_copy(
+            update={"kind": "update", "alerts": list(notice.state_after.alerts.values())}
+        )
+        with contextlib.suppress(NoticeFailed):  # the reply went out; the summary can lag
+            messenger.update(
+                state.root_channel,
+                notice.update_ts,
+                notice_text(every, minutes),
+                notice_blocks(every, run_url),
+            )
     return channel, ts
 
 

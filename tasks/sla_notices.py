@@ -11,6 +11,7 @@ from tasks.escalation import Notice
 ICONS = {"critical": ":red_circle:", "warning": ":large_orange_circle:", "info": ":white_circle:"}
 TITLES = {
     "fire": "FIRING",
+    "join": "NEW ALERT",
     "escalate": "ESCALATED",
     "repeat": "STILL FIRING",
     "update": "FIRING",

@@ -227,8 +227,9 @@ def test_slack_down_beyond_retries_falls_back_to_email(
     store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn, tmp_path: Path
 ) -> None:
     store.mark_state()
-    slack.fail_next(503, count=10)  # more than the 3 retries
-    report = run(store, slack_target, 0, email=FileOutbox(directory=tmp_path))
+    target = slack_target.model_copy(update={"max_retries": 1})
+    slack.fail_next(503, count=5)  # more than the retries
+    report = run(store, target, 0, email=FileOutbox(directory=tmp_path))
     d = report.delivered[0]
     assert d.outcome == "email fallback"
     assert "service_unavailable (HTTP 503)" in d.note and "via file" in d.note

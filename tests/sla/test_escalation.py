@@ -122,17 +122,23 @@ def test_grouping_one_message_for_the_alerts_of_one_slo() -> None:
     text = str(blocks)
     assert "availability/page-fast" in text and "availability/page-slow" in text
     assert "Prefect run" in text and "Runbook" in text and "20.0x" in text
-    # A third alert joins: the first message is updated, no new message.
-    sim.step(
-        T0 + timedelta(minutes=1),
-        [
-            alert("availability/page-fast"),
-            alert("availability/page-slow"),
-            alert("availability/ticket", "critical"),
-        ],
-    )
-    assert [n.kind for n in sim.sent] == ["fire", "update"]
-    assert sim.sent[1].update_ts == sim.states[sim.sent[0].group].root_ts
+    # A third alert joins: a reply in the thread at the current level, the first message
+    # re-rendered; when one leaves, only the first message is updated.
+    three = [
+        alert("availability/page-fast"),
+        alert("availability/page-slow"),
+        alert("availability/ticket", "critical"),  # a warning would be inhibited
+    ]
+    sim.step(T0 + timedelta(minutes=1), three)
+    join = sim.sent[1]
+    assert join.kind == "join" and [a.key for a in join.alerts] == ["availability/ticket"]
+    assert join.thread_ts == join.update_ts == sim.states[sim.sent[0].group].root_ts
+    sim.step(T0 + timedelta(minutes=2), three)
+    assert len(sim.sent) == 2  # nothing new
+    sim.step(T0 + timedelta(minutes=3), three[:2])
+    assert [n.kind for n in sim.sent] == ["fire", "join", "update"]
+    sim.step(T0 + timedelta(minutes=4), three)  # back again: already notified, update only
+    assert [n.kind for n in sim.sent] == ["fire", "join", "update", "update"]
 
 
 def test_inhibition_critical_mutes_warning_of_the_same_slo() -> None:
