@@ -10,7 +10,8 @@ Alertmanager's `notify/`: silence -> inhibit (a critical alert mutes warnings of
 - unacknowledged `after` the current level's delay, it escalates to the next level;
 - acknowledging stops escalation and reminders;
 - still firing and unacknowledged at the last level: a reminder every `repeat_interval`;
-- alerts joining or leaving an open incident update its first message in place;
+- a new alert in an open incident is notified at its current level (a reply in the thread);
+  alerts leaving (or coming back) only update its first message in place;
 - no alert left: a resolved notice in the same thread.
 
 No I/O and no clock: `now` is an argument, so replays and tests control time.
