@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
+
+from tests.conftest import REDIS_TEST_URL
+from tests.servers import PrometheusServer
+from tests.sla.conftest import OUTAGE
+from tests.sla.helpers import DEFINITIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,3 +72,52 @@ def test_degradation_automation_runs_the_scaling_deployment() -> None:
 
     automation = Automation.model_validate(spec)
     assert automation.actions[0].type == "run-deployment"
+
+
+def test_evaluate_command_replays_a_minute(
+    prefect_api_url: str, sla_prometheus: PrometheusServer, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERFOPS_")}
+    env.update({"PREFECT_API_URL": prefect_api_url, "PERFOPS_OUT_DIR": str(tmp_path)})
+    definitions = tmp_path / "slos.yaml"
+    definitions.write_text(DEFINITIONS)
+    args = [
+        sys.executable,
+        "-m",
+        "perfops",
+        "sla",
+        "evaluate",
+        "--definitions",
+        str(definitions),
+        "--prometheus-url",
+        sla_prometheus.url,
+        "--redis-url",
+        REDIS_TEST_URL,
+        "--no-notify",
+    ]
+    before = (OUTAGE.start - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M")
+    result = subprocess.run(
+        [*args, "--at", before, "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert {s["name"]: s["status"] for s in report["statuses"]}["availability"] == "ok"
+    during = (OUTAGE.start + timedelta(minutes=4)).strftime("%Y-%m-%dT%H:%M")
+    result = subprocess.run(
+        [*args, "--at", during],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "firing      availability" in result.stdout
+    assert "alerts firing: availability/page-fast" in result.stderr
