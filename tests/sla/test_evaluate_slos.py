@@ -3,10 +3,14 @@ stand-in; PromQL errors and an unreachable Prometheus are "no data", never "ok".
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prefect import get_client
+from prefect.events import Event
+from prefect.events.filters import EventFilter, EventNameFilter
 
 from blocks import PrometheusSource, RedisTarget
 from perfops.errors import ConfigurationError
@@ -113,3 +117,34 @@ def test_flows_notify_escalate_ack_and_resolve(
     assert slack.messages[-1]["thread_ts"] == root["ts"]
     with pytest.raises(ConfigurationError, match="nothing to acknowledge"):
         acknowledge_alert(alert="error-rate-critical/threshold", definitions_path=str(sla_env))
+
+    # The records the weekly report and the automations read.
+    breached = _events("perfops.sla.breached", 3)
+    assert {e.payload["alert"] for e in breached} >= {
+        "availability/page-fast",
+        "error-rate-critical/threshold",
+    }
+    for e in breached:
+        assert {"alert", "slo", "severity", "level", "value", "objective", "reason"} <= set(
+            e.payload
+        )
+    assert {e.resource.id for e in breached} >= {"perfops.sla.slo.availability"}
+    escalated_events = _events("perfops.sla.escalated", 1)
+    assert all(e.payload["level"] == 2 for e in escalated_events)
+    assert _events("perfops.sla.resolved", 1)[0].payload["slo"] == "error-rate"
+    evaluated = _events("perfops.sla.evaluated", 4)
+    slo = next(x for x in evaluated[0].payload["slos"] if x["name"] == "availability")
+    assert {"name", "objective", "window", "sli", "budget_remaining", "burn_rates"} <= set(slo)
+    assert "alerts_firing" in evaluated[0].payload
+
+
+def _events(name: str, at_least: int, timeout_s: float = 20.0) -> list[Event]:
+    """Events called `name` (they reach the server asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_events(EventFilter(event=EventNameFilter(name=[name])), limit=50)
+            if len(page.events) >= at_least or time.monotonic() > deadline:
+                assert len(page.events) >= at_least, f"{len(page.events)} {name} events"
+                return list(page.events)
+            time.sleep(0.5)
