@@ -6,7 +6,8 @@ import math
 from datetime import timedelta
 
 from tasks.burn_rate import SeriesMeasurement, SloMeasurement, evaluate
-from tests.sla.helpers import T0, burning, definitions
+from tasks.slo_definitions import parse_definitions
+from tests.sla.helpers import DEFINITIONS, T0, burning, definitions
 
 NAN, INF = math.nan, math.inf
 
@@ -121,3 +122,21 @@ def test_degradation_against_last_week() -> None:
     assert ev.alerts == []
     ev = _eval(burning(), _quiet_rules(), _deg(0.21, NAN))
     assert {s.name: s for s in ev.statuses}["latency-degradation"].status == "no baseline"
+
+
+def test_quantile_slo_fires_when_both_windows_exceed_the_threshold() -> None:
+    quantile = (
+        "  - name: p95\n    sli:\n      kind: quantile\n"
+        "      query: histogram_quantile(0.95, sum by (le) (rate(b[$window])))\n"
+        "      threshold_s: 0.2\n    objective: 0.95\n    window: 1d\n"
+    )
+    d = parse_definitions(DEFINITIONS.replace("alert_rules:", quantile + "alert_rules:"))
+    windows = ["1h", "5m", "6h", "30m", "3d", "1d"]
+    slow = SloMeasurement(slo="p95", quantile={w: 0.25 for w in windows})
+    ev = evaluate(d, {"availability": burning(), "p95": slow}, _quiet_rules(), _deg(0.2, 0.2), T0)
+    keys = sorted(a.key for a in ev.alerts if a.slo == "p95")
+    assert keys == ["p95/page-fast", "p95/page-slow", "p95/ticket"]
+    assert "0.25 s over 1h" in ev.alerts[0].reason
+    fast = SloMeasurement(slo="p95", quantile={w: 0.15 for w in windows} | {"5m": 0.3})
+    ev = evaluate(d, {"availability": burning(), "p95": fast}, _quiet_rules(), _deg(0.2, 0.2), T0)
+    assert [a for a in ev.alerts if a.slo == "p95"] == []  # only the short window is slow
