@@ -30,7 +30,7 @@ from perfops.cli_support import (
     quiet_prefect_console,
     set_env,
 )
-from perfops.commands import indexes, partitions, queries, stats
+from perfops.commands import indexes, partitions, queries, sla, stats
 from perfops.commands import report as report_commands
 from perfops.commands.indexes_health import health as index_health
 from perfops.errors import PerfopsError
@@ -58,6 +58,7 @@ app.add_typer(queries.app, name="queries")
 app.add_typer(stats.app, name="stats")
 app.add_typer(report_commands.app, name="report")
 app.add_typer(partitions.app, name="partitions")
+app.add_typer(sla.app, name="sla")
 
 
 def _version_callback(value: bool) -> None:

@@ -388,6 +388,12 @@ def _run_rotate_partitions(progress: Progress) -> FlowOutcome:
     return FlowOutcome("rotate_partitions", state.name or "", found, ARTIFACT_KEY)
 
 
+def _run_evaluate_slos(progress: Progress) -> FlowOutcome:
+    from perfops.sla_demo import run_sla_demo
+
+    return run_sla_demo(progress)
+
+
 FLOW_RUNNERS: list[Callable[[Progress], FlowOutcome]] = [
     _run_check_connections,
     _run_refresh_stale_statistics,
@@ -395,6 +401,7 @@ FLOW_RUNNERS: list[Callable[[Progress], FlowOutcome]] = [
     _run_suggest_indexes,
     _run_check_index_health,
     _run_rotate_partitions,
+    _run_evaluate_slos,
     # last: the report reads what the flows above recorded
     _run_generate_weekly_report,
 ]

@@ -58,6 +58,7 @@ def test_demo_runs_to_the_end_and_is_fast_the_second_time(
         "check_index_health": ("Completed", "perfops-index-health"),
         "generate_weekly_report": ("Completed", "perfops-weekly-report"),
         "rotate_partitions": ("Completed", "perfops-partitions-rotate"),
+        "evaluate_slos": ("Completed", "perfops-sla"),
     }
     assert "postgres ok" in flows["check_connections"]["found"]
     assert "public.agent_executions(agent_id, started_at)" in flows["suggest_indexes"]["found"]
@@ -67,6 +68,9 @@ def test_demo_runs_to_the_end_and_is_fast_the_second_time(
     assert "targets met" in report["found"] and "sent to 1 of 1" in report["found"]
     assert Path(report["files"][0]).name == "index.html" and Path(report["files"][0]).exists()
     assert "rows waiting in the default partition" in flows["rotate_partitions"]["found"]
+    sla = flows["evaluate_slos"]["found"]
+    assert "before the outage: 0 alerts" in sla and "notices: fire level 1" in sla
+    assert "escalate level 2" in sla
     # the workload left its statements in pg_stat_statements
     dsn = psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname="perfops_demo")
     with psycopg.connect(dsn) as conn:

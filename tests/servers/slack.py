@@ -66,7 +66,10 @@ class SlackStandIn:
             "chat.postMessage": self._post_message,
             "chat.update": self._update,
             "conversations.info": self._conversations_info,
+            "conversations.history": self._history,
+            "conversations.replies": self._replies,
         }
+        self._delays: deque[float] = deque()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -130,11 +133,24 @@ class SlackStandIn:
         with self._lock:
             self._faults.extend(_Fault(status, retry_after) for _ in range(count))
 
+    @property
+    def faults_pending(self) -> int:
+        """Injected faults not yet served (they wait for the next requests)."""
+        with self._lock:
+            return len(self._faults)
+
+    def delay_next(self, seconds: float, count: int = 1) -> None:
+        """Handle the next ``count`` requests at once but answer only after ``seconds``: a
+        client that times out has had its message posted anyway."""
+        with self._lock:
+            self._delays.extend(seconds for _ in range(count))
+
     def reset(self) -> None:
         with self._lock:
             self._requests.clear()
             self._messages.clear()
             self._faults.clear()
+            self._delays.clear()
 
     # -- request handling ----------------------------------------------------------------------
 
@@ -144,6 +160,7 @@ class SlackStandIn:
         """Return (HTTP status, extra headers, JSON payload) and record the request."""
         with self._lock:
             fault = self._faults.popleft() if self._faults else None
+            delay = self._delays.popleft() if self._delays else 0.0
         extra: dict[str, str] = {}
         if fault is not None:
             status = fault.status
@@ -161,6 +178,8 @@ class SlackStandIn:
                 payload = {"ok": False, "error": "unknown_method"}
         with self._lock:
             self._requests.append(SlackRequest(method, headers, body, time.time(), status))
+        if delay:  # handled (a message is posted), but the answer comes late
+            time.sleep(delay)
         return status, extra, payload
 
     def _next_ts(self) -> str:
@@ -195,6 +214,7 @@ class SlackStandIn:
                 "text": body.get("text", ""),
                 "blocks": body.get("blocks"),
                 "thread_ts": body.get("thread_ts"),
+                "metadata": body.get("metadata"),
                 "updates": [],
             }
             self._messages.append(record)
@@ -223,6 +243,38 @@ class SlackStandIn:
             "message": message,
         }
 
+    def _history(self, body: JsonDict) -> JsonDict:
+        """Top-level messages of a channel, newest first (``oldest``/``latest`` bounds); like
+        Slack, ``metadata`` only with ``include_all_metadata``; no pagination (``limit`` caps)."""
+        channel = body.get("channel")
+        oldest, latest = float(body.get("oldest") or 0), float(body.get("latest") or 9e12)
+        limit = int(body.get("limit") or 100)
+        with_meta = str(body.get("include_all_metadata", "")).lower() in ("1", "true")
+        with self._lock:
+            found = [
+                _message_payload(m, with_meta)
+                for m in self._messages
+                if m["channel"] == channel
+                and m["thread_ts"] is None
+                and oldest <= float(m["ts"]) <= latest
+            ]
+        found.reverse()
+        return {"ok": True, "messages": found[:limit], "has_more": len(found) > limit}
+
+    def _replies(self, body: JsonDict) -> JsonDict:
+        """A thread: its parent first, then the replies oldest first."""
+        channel, ts = body.get("channel"), body.get("ts")
+        with_meta = str(body.get("include_all_metadata", "")).lower() in ("1", "true")
+        with self._lock:
+            found = [
+                _message_payload(m, with_meta)
+                for m in self._messages
+                if m["channel"] == channel and (m["ts"] == ts or m["thread_ts"] == ts)
+            ]
+        if not found:
+            return {"ok": False, "error": "thread_not_found"}
+        return {"ok": True, "messages": found, "has_more": False}
+
     def _conversations_info(self, body: JsonDict) -> JsonDict:
         channel = str(body.get("channel") or "")
         if not channel:
@@ -240,7 +292,7 @@ class SlackStandIn:
         }
 
 
-def _message_payload(record: JsonDict) -> JsonDict:
+def _message_payload(record: JsonDict, with_metadata: bool = False) -> JsonDict:
     message: JsonDict = {
         "type": "message",
         "user": "U00000001",
@@ -252,6 +304,8 @@ def _message_payload(record: JsonDict) -> JsonDict:
         message["blocks"] = copy.deepcopy(record["blocks"])
     if record["thread_ts"] is not None:
         message["thread_ts"] = record["thread_ts"]
+    if with_metadata and record.get("metadata") is not None:
+        message["metadata"] = copy.deepcopy(record["metadata"])
     return message
 
 
@@ -285,13 +339,15 @@ def _make_handler(stand_in: SlackStandIn) -> type[BaseHTTPRequestHandler]:
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, extra, payload = stand_in.handle(method, headers, body)
             data = json.dumps(payload).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in extra.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
+            # A client that timed out (see delay_next) has gone: nothing to answer.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in extra.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
 
         do_GET = do_POST = _serve
 

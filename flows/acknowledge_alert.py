@@ -1,0 +1,92 @@
+"""acknowledge_alert: stop the escalation of the incident holding an alert (CLI
+`perfops sla ack ALERT`, or a flow run through the API with the alert key). Posts an
+"acknowledged" reply in the incident's Slack thread and records it in Redis; the ack is also
+in the reply's metadata, so it survives a Redis that lost its data.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel
+
+from perfops.connections import resolve_redis, resolve_slack
+from perfops.errors import ConfigurationError
+from perfops.redaction import install_log_redaction
+from tasks.records import emit, publish_table
+from tasks.sla_delivery import SlaStore, acknowledge_alert_in_store
+from tasks.slack_threads import messenger_for
+from tasks.slo_definitions import load_definitions
+
+ARTIFACT_KEY = "perfops-sla-ack"
+
+
+class AckResult(BaseModel):
+    alert: str
+    incident: str
+    group: str
+    acked_by: str
+    acked_at: datetime
+    newly_acked: bool
+    level: int
+    alerts: list[str]
+
+
+@flow(
+    name="acknowledge_alert",
+    description="Acknowledge an SLA alert: its incident stops escalating and reminding; the "
+    "Slack thread says who acknowledged it.",
+    log_prints=False,
+)
+def acknowledge_alert(
+    alert: str,
+    by: str = "perfops",
+    definitions_path: str | None = None,
+    redis_block: str | None = None,
+    slack_block: str | None = None,
+) -> AckResult:
+    """Acknowledge the open incident holding `alert` (an alert key such as
+    `availability/page-fast`, a group, or an incident id); `by` names who did."""
+    from flows.evaluate_slos import DEFAULT_DEFINITIONS
+
+    install_log_redaction()
+    definitions = load_definitions(definitions_path or DEFAULT_DEFINITIONS)
+    store = SlaStore(resolve_redis(redis_block).value)
+    slack = resolve_slack(slack_block)
+    try:
+        state, new = acknowledge_alert_in_store(
+            store, messenger_for(slack.value), definitions, alert, by, datetime.now(UTC)
+        )
+    except LookupError as exc:
+        raise ConfigurationError(str(exc).strip("'\"")) from None
+    assert state.acked_at is not None and state.acked_by is not None
+    result = AckResult(
+        alert=alert,
+        incident=state.incident,
+        group=state.group,
+        acked_by=state.acked_by,
+        acked_at=state.acked_at,
+        newly_acked=new,
+        level=state.level,
+        alerts=sorted(state.alerts),
+    )
+    get_run_logger().info(
+        "%s %s by %s at level %d",
+        state.incident,
+        "acknowledged" if new else "was already acknowledged",
+        state.acked_by,
+        state.level,
+    )
+    publish_table(
+        ARTIFACT_KEY,
+        [result.model_dump(mode="json")],
+        f"Acknowledgement of {alert}: escalation of {state.incident} stopped",
+    )
+    if new:
+        emit(
+            "perfops.sla.acknowledged",
+            "perfops.sla",
+            {"alert": alert, "incident": state.incident, "by": by, "level": state.level},
+        )
+    return result

@@ -1,0 +1,269 @@
+"""evaluate_slos: read the SLIs from Prometheus at one instant, compute burn rates, alert rules
+and the degradation rule, and escalate the alerts to Slack exactly once per incident and level.
+CLI `perfops sla evaluate`. Scheduled every minute; `at` replays any past minute.
+
+Records: the table artifact `perfops-sla` (every SLO and rule with its budget and burn rates,
+then every notice sent), `perfops.sla.evaluated` once per run, and `perfops.sla.breached` /
+`.escalated` / `.resolved` per alert of each notice sent. Degradation alerts are emitted on the
+resource `perfops.sla.degradation.<rule>`, which the deployment trigger of
+`scale_predictively` watches (prefect.yaml).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from pydantic import BaseModel, Field
+
+from blocks import PrometheusSource
+from perfops.connections import resolve_email, resolve_metrics, resolve_redis, resolve_slack
+from perfops.errors import ConfigurationError
+from perfops.redaction import install_log_redaction
+from perfops.settings import PROJECT_DIR, get_settings
+from tasks.burn_rate import Alert, Evaluation, SloStatus, evaluate
+from tasks.escalation import NOTICE_EVENT
+from tasks.prometheus_slis import fetch_sli_measurements
+from tasks.records import emit, publish_table
+from tasks.sla_delivery import DeliveryReport, SlaStore, deliver
+from tasks.slack_threads import messenger_for
+from tasks.slo_definitions import SlaDefinitions, load_definitions
+
+ARTIFACT_KEY = "perfops-sla"
+DEFAULT_DEFINITIONS = str(PROJECT_DIR / "deployments" / "slos.yaml")
+
+
+class SlaRunReport(BaseModel):
+    at: datetime
+    statuses: list[SloStatus]
+    alerts: list[Alert]
+    delivery: DeliveryReport | None = None
+    queries: int
+    seconds: float
+    metrics: str
+    slack: str
+    notes: list[str] = Field(default_factory=list)
+
+    @property
+    def summary(self) -> str:
+        firing = len(self.alerts)
+        sent = [d for d in (self.delivery.delivered if self.delivery else []) if d.ts is not None]
+        return (
+            f"{len(self.statuses)} SLOs and rules at {self.at:%Y-%m-%d %H:%M} UTC: "
+            f"{firing} alerts firing, {sum(s.status == 'no data' for s in self.statuses)} "
+            f"without data; {len(sent)} notices"
+        )
+
+
+def alert_resource(alert: Alert) -> str:
+    if alert.kind == "degradation":
+        return f"perfops.sla.degradation.{alert.name}"
+    return f"perfops.sla.slo.{alert.slo}"
+
+
+@task(name="load_sla_definitions")
+def load_sla_definitions(path: str) -> SlaDefinitions:
+    """Read and validate the SLA definitions file (line and field named on an error)."""
+    return load_definitions(Path(path))
+
+
+@task(name="read_no_data_clocks", cache_policy=NO_CACHE)
+def read_no_data_clocks(store: SlaStore) -> dict[str, datetime]:
+    """Since when each item has had no data (Redis)."""
+    return store.no_data_since()
+
+
+@task(name="escalate_alerts", cache_policy=NO_CACHE)
+def escalate_alerts(
+    store: SlaStore,
+    definitions: SlaDefinitions,
+    evaluation: Evaluation,
+    slack_block: str | None,
+    email_block: str | None,
+    run_url: str,
+) -> DeliveryReport:
+    """Under the SLA lock in Redis: decide the notices due and send each exactly once."""
+    slack = resolve_slack(slack_block)
+    email = resolve_email(email_block)
+    report = deliver(
+        store,
+        messenger_for(slack.value),
+        definitions,
+        evaluation.alerts,
+        evaluation.at,
+        email=email.value,
+        email_from=get_settings().email_from,
+        run_url=run_url,
+    )
+    store.save_no_data_since(evaluation.no_data_since)
+    return report
+
+
+def _rows(report: SlaRunReport) -> list[dict[str, object]]:
+    def pct(v: float | None) -> str:
+        return "" if v is None else f"{v:.3%}"
+
+    rows: list[dict[str, object]] = []
+    for s in report.statuses:
+        rows.append(
+            {
+                "item": s.name,
+                "kind": s.kind,
+                "status": s.status,
+                "objective": s.objective if s.objective is not None else "",
+                "window": s.window,
+                "sli / value": pct(s.sli) if s.kind == "slo" else (s.value or ""),
+                "budget left": pct(s.budget_remaining),
+                "burn rates": ", ".join(
+                    f"{w} {v:.2f}x" for w, v in s.burn_rates.items() if v is not None
+                ),
+                "detail": s.detail,
+            }
+        )
+    for d in report.delivery.delivered if report.delivery else []:
+        rows.append(
+            {
+                "item": d.key,
+                "kind": f"notice {d.kind}",
+                "status": d.outcome,
+                "objective": "",
+                "window": "",
+                "sli / value": f"level {d.level}",
+                "budget left": "",
+                "burn rates": "",
+                "detail": f"{d.sink} {d.channel} ts={d.ts or '-'} {d.note}".strip(),
+            }
+        )
+    for m in report.delivery.suppressed if report.delivery else []:
+        rows.append({"item": m.alert, "kind": "suppressed", "status": "muted", "detail": m.why})
+    return rows
+
+
+@flow(
+    name="evaluate_slos",
+    description="Evaluate SLOs (multi-window multi-burn-rate), alert rules and the degradation "
+    "rule at one instant from Prometheus; notify and escalate in Slack exactly once per incident "
+    "and level (email when Slack fails); resolved notices in the same thread.",
+    log_prints=False,
+)
+def evaluate_slos(
+    definitions_path: str = DEFAULT_DEFINITIONS,
+    at: datetime | None = None,
+    notify: bool = True,
+    prometheus_block: str | None = None,
+    redis_block: str | None = None,
+    slack_block: str | None = None,
+    email_block: str | None = None,
+) -> SlaRunReport:
+    """Evaluate every SLO and rule once and escalate what fires.
+
+    Args:
+        definitions_path: the SLA definitions YAML (default deployments/slos.yaml).
+        at: evaluation time (default now); a past minute replays it.
+        notify: send notices (false: evaluate and record only, nothing sent, state unchanged).
+        prometheus_block: `perfops-prometheus-source` block (default PERFOPS_PROMETHEUS_URL).
+        redis_block: `perfops-redis-target` block for incident state and the notice log.
+        slack_block: `perfops-slack-escalation-target` block (default: files in out/slack).
+        email_block: prefect-email `EmailServerCredentials` block, the fallback when Slack fails.
+    """
+    install_log_redaction()
+    logger = get_run_logger()
+    started = time.monotonic()
+    now = (at or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    definitions = load_sla_definitions(definitions_path)
+    metrics = resolve_metrics(prometheus_block)
+    if not isinstance(metrics.value, PrometheusSource):
+        raise ConfigurationError(
+            "evaluate_slos reads Prometheus: set PERFOPS_PROMETHEUS_URL or a "
+            "perfops-prometheus-source block (the CSV trace holds no request/error series)"
+        )
+    redis = resolve_redis(redis_block)
+    store = SlaStore(redis.value)
+    measurements = fetch_sli_measurements(metrics.value, definitions, now)
+    evaluation = evaluate(
+        definitions,
+        measurements.slos,
+        measurements.rules,
+        measurements.degradations,
+        now,
+        read_no_data_clocks(store),
+    )
+    run_id = flow_run.get_id()
+    base_url = definitions.settings.prefect_ui_url.rstrip("/")
+    run_url = f"{base_url}/runs/flow-run/{run_id}" if base_url and run_id else ""
+    delivery = None
+    if notify:
+        delivery = escalate_alerts(
+            store, definitions, evaluation, slack_block, email_block, run_url
+        )
+    report = SlaRunReport(
+        at=now,
+        statuses=evaluation.statuses,
+        alerts=evaluation.alerts,
+        delivery=delivery,
+        queries=measurements.queries,
+        seconds=round(time.monotonic() - started, 3),
+        metrics=metrics.description,
+        slack=resolve_slack(slack_block).description,
+    )
+    if delivery and delivery.recovered:
+        logger.warning("%s", delivery.recovered)
+        report.notes.append(delivery.recovered)
+    logger.info("%s in %.2f s", report.summary, report.seconds)
+    publish_table(
+        ARTIFACT_KEY,
+        _rows(report),
+        f"SLA evaluation at {now:%Y-%m-%d %H:%M} UTC from {metrics.description}; notices to "
+        f"{report.slack}: {report.summary}. Budget left is over each SLO's whole window.",
+    )
+    for d in delivery.delivered if delivery else []:
+        what = NOTICE_EVENT.get(d.kind)
+        if what is None or d.outcome == "already sent":
+            continue
+        for alert in d.alerts:
+            emit(
+                f"perfops.sla.{what}",
+                alert_resource(alert),
+                {
+                    "alert": alert.key,
+                    "slo": alert.slo,
+                    "severity": alert.severity,
+                    "level": d.level,
+                    "value": alert.value,
+                    "objective": alert.objective,
+                    "reason": alert.reason,
+                    "incident": d.incident,
+                    "sink": d.sink,
+                    "channel": d.channel,
+                    "note": d.note,
+                },
+                **{"perfops.alert": alert.key, "perfops.kind": alert.kind},
+            )
+    emit(
+        "perfops.sla.evaluated",
+        "perfops.sla",
+        {
+            "at": now.isoformat(),
+            "slos": [
+                {
+                    "name": s.name,
+                    "kind": s.kind,
+                    "objective": s.objective,
+                    "window": s.window,
+                    "sli": s.sli if s.kind == "slo" else s.value,
+                    "budget_remaining": s.budget_remaining,
+                    "burn_rates": s.burn_rates,
+                    "status": s.status,
+                }
+                for s in evaluation.statuses
+            ],
+            "alerts_firing": len(evaluation.alerts),
+            "alerts": [a.key for a in evaluation.alerts],
+            "notices": len(delivery.delivered) if delivery else 0,
+        },
+    )
+    return report

@@ -1,0 +1,123 @@
+"""`perfops sla`: bad definitions fail fast with the line and field; --help explains."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from tests.conftest import REDIS_TEST_URL
+from tests.servers import PrometheusServer
+from tests.sla.conftest import OUTAGE
+from tests.sla.helpers import DEFINITIONS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def automation_spec(deployment_id: str, name: str) -> dict[str, object]:
+    """deployments/ is a folder of scripts, not a package: load the script by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "sla_automations", ROOT / "deployments" / "sla_automations.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result: dict[str, object] = module.automation_spec(deployment_id, name)
+    return result
+
+
+def perfops(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "perfops", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_malformed_definitions_name_line_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "slos.yaml"
+    text = (ROOT / "deployments" / "slos.yaml").read_text()
+    bad.write_text(text.replace("objective: 0.999", "objective: 99.9", 1))
+    line = next(i for i, t in enumerate(bad.read_text().splitlines(), 1) if "objective: 99.9" in t)
+    result = perfops("sla", "evaluate", "--definitions", str(bad))
+    assert result.returncode == 1
+    assert f"slos.yaml line {line}, slos[0].objective: Input should be less than 1" in (
+        result.stderr
+    )
+    result = perfops("sla", "ack", "x/y", "--definitions", str(tmp_path / "missing.yaml"))
+    assert result.returncode == 2 and "no such file" in result.stderr
+
+
+def test_help_explains() -> None:
+    result = perfops("sla", "evaluate", "--help")
+    assert result.returncode == 0
+    assert "burn rates" in result.stdout and "--no-notify" in result.stdout
+
+
+def test_degradation_automation_runs_the_scaling_deployment() -> None:
+    spec = automation_spec("00000000-0000-0000-0000-000000000001", "scale-on-degradation")
+    trigger = spec["trigger"]
+    assert isinstance(trigger, dict)
+    assert trigger["expect"] == ["perfops.sla.breached"]
+    assert trigger["match"] == {"prefect.resource.id": "perfops.sla.degradation.*"}
+    from prefect.automations import Automation
+
+    automation = Automation.model_validate(spec)
+    assert automation.actions[0].type == "run-deployment"
+
+
+def test_evaluate_command_replays_a_minute(
+    prefect_api_url: str, sla_prometheus: PrometheusServer, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERFOPS_")}
+    env.update({"PREFECT_API_URL": prefect_api_url, "PERFOPS_OUT_DIR": str(tmp_path)})
+    definitions = tmp_path / "slos.yaml"
+    definitions.write_text(DEFINITIONS)
+    args = [
+        sys.executable,
+        "-m",
+        "perfops",
+        "sla",
+        "evaluate",
+        "--definitions",
+        str(definitions),
+        "--prometheus-url",
+        sla_prometheus.url,
+        "--redis-url",
+        REDIS_TEST_URL,
+        "--no-notify",
+    ]
+    before = (OUTAGE.start - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M")
+    result = subprocess.run(
+        [*args, "--at", before, "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert {s["name"]: s["status"] for s in report["statuses"]}["availability"] == "ok"
+    during = (OUTAGE.start + timedelta(minutes=4)).strftime("%Y-%m-%dT%H:%M")
+    result = subprocess.run(
+        [*args, "--at", during],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "firing      availability" in result.stdout
+    assert "alerts firing: availability/page-fast" in result.stderr

@@ -1,0 +1,237 @@
+"""Delivery on real Redis and the Slack stand-in: exactly one notice per incident and level
+across retries, 429/500/timeouts, concurrent evaluators, crashes and a Redis that lost its
+data; invalid token -> clear error and email fallback."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect_email import EmailServerCredentials
+
+from blocks import SlackEscalationTarget
+from perfops.connections import FileOutbox
+from perfops.errors import ConnectionFailed
+from tasks.sla_delivery import SlaStore, acknowledge_alert_in_store, deliver
+from tasks.slack_threads import FileMessenger, SlackMessenger
+from tests.servers import SlackStandIn, SmtpServer
+from tests.sla.helpers import T0, definitions
+from tests.sla.test_escalation import alert
+
+D = definitions()
+FIRING = [alert("availability/page-fast")]
+
+
+def posts(slack: SlackStandIn) -> list[dict[str, Any]]:
+    return slack.messages
+
+
+def keys(slack: SlackStandIn) -> list[str]:
+    return [m["metadata"]["event_payload"]["key"] for m in slack.messages if m["metadata"]]
+
+
+def run(store: SlaStore, target: SlackEscalationTarget, minute: int, alerts=FIRING, **kw):  # type: ignore[no-untyped-def]
+    return deliver(store, SlackMessenger(target), D, alerts, T0 + timedelta(minutes=minute), **kw)
+
+
+def test_fire_escalate_resolve_in_one_thread(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    report = run(store, slack_target, 0)
+    assert [d.outcome for d in report.delivered] == ["sent"]
+    root = slack.messages[0]
+    assert root["channel"] == "#oncall" and root["thread_ts"] is None
+    assert root["blocks"][0]["type"] == "header" and "FIRING" in root["text"]
+    for minute in range(1, 16):
+        run(store, slack_target, minute)
+    assert len(slack.messages) == 2
+    escalation = slack.messages[1]
+    assert escalation["thread_ts"] == root["ts"] and "<@U0MGR>" in escalation["text"]
+    report = run(store, slack_target, 16, alerts=[])
+    assert [d.kind for d in report.delivered] == ["resolved"]
+    messages = slack.messages
+    resolved = messages[-1]
+    assert resolved["thread_ts"] == root["ts"] and "RESOLVED" in resolved["text"]
+    assert "RESOLVED" in messages[0]["text"] and messages[0]["updates"]  # root updated
+    assert len(keys(slack)) == len(set(keys(slack))) == 3
+
+
+def test_429_and_500_are_retried_without_duplicates(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    slack.fail_next(429, count=2, retry_after=0)
+    slack.fail_next(500)
+    report = run(store, slack_target, 0)
+    assert [d.outcome for d in report.delivered] == ["sent"]
+    assert len(slack.messages) == 1
+    assert [r.status for r in slack.requests][:4] == [429, 429, 500, 200]
+    run(store, slack_target, 1)  # the next minute: recorded, nothing new
+    assert len(slack.messages) == 1
+
+
+def test_timeout_after_slack_posted_is_found_not_reposted(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    store.mark_state()  # no recovery read first: the slow answer is the post's
+    slack.delay_next(1.5)  # posted, answered after the client's 1 s timeout
+    report = run(store, slack_target, 0)
+    assert [d.outcome for d in report.delivered] == ["sent"]
+    assert len(slack.messages) == 1
+    assert report.delivered[0].ts == slack.messages[0]["ts"]
+
+
+def test_invalid_token_falls_back_to_email(
+    store: SlaStore, slack: SlackStandIn, smtp_server: SmtpServer
+) -> None:
+    smtp_server.reset()
+    target = SlackEscalationTarget(
+        bot_token="xoxb-wrong", channels=["#oncall"], api_base_url=slack.base_url, timeout_s=2
+    )
+    email = EmailServerCredentials(
+        smtp_server=smtp_server.host, smtp_port=smtp_server.port, smtp_type="INSECURE"
+    )
+    report = run(store, target, 0, email=email)
+    d = report.delivered[0]
+    assert d.outcome == "email fallback" and d.sink == "email"
+    assert "invalid_auth" in d.note and "check the bot token" in d.note
+    assert "oncall@example.test" in d.note
+    _, rcpts, message = smtp_server.wait_for(1)[0]
+    assert rcpts == ["oncall@example.test"]
+    assert "availability/page-fast" in message.get_content()
+    assert slack.messages == []
+    assert store.logged(d.key) is not None  # recorded: not emailed again next minute
+    run(store, target, 1, email=email)
+    assert len(smtp_server.messages) == 1
+
+
+def test_no_fallback_configured_is_a_clear_error(store: SlaStore, slack: SlackStandIn) -> None:
+    target = SlackEscalationTarget(
+        bot_token="xoxb-wrong", channels=["#oncall"], api_base_url=slack.base_url
+    )
+    with pytest.raises(ConnectionFailed, match=r"invalid_auth.*no email fallback configured"):
+        run(store, target, 0)
+    assert store.logged("x") is None
+
+
+def test_two_concurrent_evaluators_send_once(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    errors: list[BaseException] = []
+
+    def evaluator() -> None:
+        try:
+            for minute in range(0, 50):
+                run(store, slack_target, minute)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=evaluator) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(keys(slack)) == len(set(keys(slack))) == 3  # fire, level 2, level 3
+
+
+class CrashAfterSend(SlackMessenger):
+    def post(self, *args: Any, **kwargs: Any) -> tuple[str, str]:
+        super().post(*args, **kwargs)
+        raise KeyboardInterrupt("process killed between send and record")
+
+
+class CrashBeforeSend(SlackMessenger):
+    def post(self, *args: Any, **kwargs: Any) -> tuple[str, str]:
+        raise KeyboardInterrupt("process killed between decide and send")
+
+
+def test_crash_between_send_and_record_is_not_sent_twice(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        deliver(store, CrashAfterSend(slack_target), D, FIRING, T0)
+    assert len(slack.messages) == 1
+    report = run(store, slack_target, 1)
+    assert "found sent, recorded" in report.recovered
+    assert len(slack.messages) == 1
+    assert report.delivered == []  # the incident was recorded with the notice found
+
+
+def test_crash_between_decide_and_send_loses_nothing(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        deliver(store, CrashBeforeSend(slack_target), D, FIRING, T0)
+    assert slack.messages == []
+    report = run(store, slack_target, 1)
+    assert [d.outcome for d in report.delivered] == ["sent"]
+    assert len(slack.messages) == 1
+
+
+def test_redis_restart_mid_escalation_recovers_from_slack(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    for minute in range(0, 20):
+        run(store, slack_target, minute)
+    assert len(slack.messages) == 2  # fire + level 2
+    store.client.flushdb()  # Redis without persistence restarted: everything gone
+    report = run(store, slack_target, 20)
+    assert "state rebuilt from slack: 2 notices, 1 incidents (1 open)" in report.recovered
+    assert report.delivered == []  # nothing re-sent
+    for minute in range(21, 46):
+        run(store, slack_target, minute)
+    assert len(keys(slack)) == len(set(keys(slack))) == 3  # level 3 at 45 min, once
+    assert slack.messages[-1]["channel"] == "#incidents"
+
+
+def test_ack_stops_escalation_and_survives_a_redis_restart(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    run(store, slack_target, 0)
+    state, new = acknowledge_alert_in_store(
+        store,
+        SlackMessenger(slack_target),
+        D,
+        "availability/page-fast",
+        "alice",
+        T0 + timedelta(minutes=5),
+    )
+    assert new and state.acked_by == "alice"
+    assert "Acknowledged by *alice*" in str(slack.messages[-1]["blocks"])
+    store.client.flushdb()
+    for minute in range(6, 60):
+        run(store, slack_target, minute)
+    assert [k.split(":")[-2] for k in keys(slack)] == ["fire", "ack"]
+    with pytest.raises(LookupError, match="no incident for 'nothing/here'"):
+        acknowledge_alert_in_store(
+            store, SlackMessenger(slack_target), D, "nothing/here", "bob", T0
+        )
+
+
+def test_file_outbox_works_the_same(store: SlaStore, tmp_path: Path) -> None:
+    messenger = FileMessenger(FileOutbox(directory=tmp_path))
+    for minute in range(0, 16):
+        deliver(store, messenger, D, FIRING, T0 + timedelta(minutes=minute))
+    store.client.flushdb()
+    report = deliver(store, messenger, D, [], T0 + timedelta(minutes=16))
+    assert "2 notices" in report.recovered
+    assert [d.kind for d in report.delivered] == ["resolved"]
+    lines = (tmp_path / "messages.jsonl").read_text().splitlines()
+    assert len(lines) == 4  # fire, escalate, resolved reply, root update
+
+
+def test_slack_down_beyond_retries_falls_back_to_email(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn, tmp_path: Path
+) -> None:
+    store.mark_state()
+    target = slack_target.model_copy(update={"max_retries": 1})
+    slack.fail_next(503, count=5)  # more than the retries
+    report = run(store, target, 0, email=FileOutbox(directory=tmp_path))
+    d = report.delivered[0]
+    assert d.outcome == "email fallback"
+    assert "service_unavailable (HTTP 503)" in d.note and "via file" in d.note
+    assert len(list(tmp_path.glob("*.eml"))) == 1
+    assert slack.messages == []

@@ -1,0 +1,199 @@
+"""The pure escalation state machine: levels at their delays, ack, repeat, resolve, grouping,
+inhibition, silences; rebuilding state from the notices' metadata."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from tasks.burn_rate import Alert
+from tasks.escalation import (
+    IncidentState,
+    Notice,
+    Plan,
+    PostedNotice,
+    acknowledge,
+    decide,
+    rebuild,
+    record,
+)
+from tasks.sla_notices import notice_blocks, notice_metadata, notice_text
+from tests.sla.helpers import T0, definitions
+
+D = definitions()
+
+
+def alert(key: str, severity: str = "critical", slo: str = "availability") -> Alert:
+    name, _, condition = key.partition("/")
+    return Alert(
+        key=key,
+        name=name,
+        condition=condition,
+        kind="slo",
+        slo=slo,
+        severity=severity,
+        labels={"slo": slo, "alertname": condition, "severity": severity},
+        value=0.98,
+        objective=0.999,
+        reason=f"{key} burning",
+        burn_rate=20.0,
+        budget_remaining=0.5,
+        runbook="https://runbooks.example.test/x",
+    )
+
+
+class Sim:
+    """Drive `decide` minute by minute, 'sending' every notice (ts = minute)."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, IncidentState] = {}
+        self.sent: list[Notice] = []
+
+    def step(self, now: datetime, alerts: list[Alert]) -> Plan:
+        plan = decide(now, alerts, self.states, D)
+        self.states.update(plan.states)
+        for n in plan.notices:
+            posted = PostedNotice(
+                key=n.key,
+                channel=n.channel,
+                ts=f"{now.timestamp():.6f}",
+                sent_at=now,
+                sink="slack",
+            )
+            self.states[n.group] = record(self.states.get(n.group) or n.state_after, n, posted)
+            self.sent.append(n)
+        return plan
+
+    def run(self, start: datetime, minutes: int, alerts: list[Alert]) -> None:
+        for i in range(minutes):
+            self.step(start + timedelta(minutes=i), alerts)
+
+
+def test_new_alert_notifies_level_one_at_once_then_escalates_at_the_delays() -> None:
+    sim = Sim()
+    sim.run(T0, 120, [alert("availability/page-fast")])
+    kinds = [(n.kind, n.level, n.at - T0, n.channel) for n in sim.sent]
+    assert kinds[:3] == [
+        ("fire", 1, timedelta(0), "#oncall"),
+        ("escalate", 2, timedelta(minutes=15), "#oncall"),
+        ("escalate", 3, timedelta(minutes=45), "#incidents"),
+    ]
+    assert sim.sent[1].mentions == ["U0MGR"] and sim.sent[1].thread_ts is not None
+    assert sim.sent[2].thread_ts is None  # a new channel: a new message there
+    assert len(sim.sent) == 3  # the repeat interval (2h) is not reached
+
+
+def test_repeat_interval_reminds_at_the_last_level() -> None:
+    sim = Sim()
+    sim.run(T0, 45 + 120 + 1, [alert("availability/page-fast")])
+    assert [(n.kind, n.at - T0) for n in sim.sent][-1] == ("repeat", timedelta(minutes=165))
+    assert sim.sent[-1].key.endswith(":repeat:3.1")
+
+
+def test_ack_stops_escalation_and_reminders() -> None:
+    sim = Sim()
+    a = [alert("availability/page-fast")]
+    sim.run(T0, 10, a)
+    group = next(iter(sim.states))
+    sim.states[group] = acknowledge(sim.states[group], "alice", T0 + timedelta(minutes=10))
+    sim.run(T0 + timedelta(minutes=10), 300, a)
+    assert [n.kind for n in sim.sent] == ["fire"]
+    assert sim.states[group].acked_by == "alice"
+
+
+def test_resolution_posts_in_the_same_thread_and_updates_the_first_message() -> None:
+    sim = Sim()
+    sim.run(T0, 20, [alert("availability/page-fast")])
+    root = sim.states[next(iter(sim.states))].root_ts
+    sim.step(T0 + timedelta(minutes=20), [])
+    resolved = sim.sent[-1]
+    assert resolved.kind == "resolved"
+    assert resolved.thread_ts == root and resolved.update_ts == root
+    assert "resolved after 20 min" in notice_text(resolved, 20)
+    # Once resolved, a new firing is a new incident with new keys.
+    sim.step(T0 + timedelta(minutes=30), [alert("availability/page-fast")])
+    assert sim.sent[-1].kind == "fire" and sim.sent[-1].incident != resolved.incident
+
+
+def test_grouping_one_message_for_the_alerts_of_one_slo() -> None:
+    sim = Sim()
+    sim.step(T0, [alert("availability/page-fast"), alert("availability/page-slow")])
+    assert len(sim.sent) == 1 and len(sim.sent[0].alerts) == 2
+    blocks = notice_blocks(sim.sent[0], "http://prefect/runs/1")
+    text = str(blocks)
+    assert "availability/page-fast" in text and "availability/page-slow" in text
+    assert "Prefect run" in text and "Runbook" in text and "20.0x" in text
+    # A third alert joins: a reply in the thread at the current level, the first message
+    # re-rendered; when one leaves, only the first message is updated.
+    three = [
+        alert("availability/page-fast"),
+        alert("availability/page-slow"),
+        alert("availability/ticket", "critical"),  # a warning would be inhibited
+    ]
+    sim.step(T0 + timedelta(minutes=1), three)
+    join = sim.sent[1]
+    assert join.kind == "join" and [a.key for a in join.alerts] == ["availability/ticket"]
+    assert join.thread_ts == join.update_ts == sim.states[sim.sent[0].group].root_ts
+    sim.step(T0 + timedelta(minutes=2), three)
+    assert len(sim.sent) == 2  # nothing new
+    sim.step(T0 + timedelta(minutes=3), three[:2])
+    assert [n.kind for n in sim.sent] == ["fire", "join", "update"]
+    sim.step(T0 + timedelta(minutes=4), three)  # back again: already notified, update only
+    assert [n.kind for n in sim.sent] == ["fire", "join", "update", "update"]
+
+
+def test_inhibition_critical_mutes_warning_of_the_same_slo() -> None:
+    plan = decide(
+        T0,
+        [
+            alert("error-rate/threshold", "warning", "error-rate"),
+            alert("error-rate-critical/threshold", "critical", "error-rate"),
+        ],
+        {},
+        D,
+    )
+    assert [a.key for a in plan.notices[0].alerts] == ["error-rate-critical/threshold"]
+    assert plan.suppressed[0].alert == "error-rate/threshold"
+    assert "inhibited by error-rate-critical/threshold" in plan.suppressed[0].why
+
+
+def test_silence_until_its_end() -> None:
+    d = definitions(
+        "silences:\n  - matchers: {slo: '~avail.*'}\n    ends_at: 2026-11-02T12:30:00Z\n"
+        "    comment: maintenance\n"
+    )
+    a = [alert("availability/page-fast")]
+    plan = decide(T0, a, {}, d)
+    assert plan.notices == [] and "silenced until" in plan.suppressed[0].why
+    plan = decide(T0 + timedelta(minutes=30), a, {}, d)
+    assert [n.kind for n in plan.notices] == ["fire"]
+
+
+def test_same_decision_twice_gives_the_same_idempotency_keys() -> None:
+    a = [alert("availability/page-fast")]
+    assert decide(T0, a, {}, D).notices[0].key == decide(T0, a, {}, D).notices[0].key
+
+
+def test_rebuild_from_notice_metadata() -> None:
+    sim = Sim()
+    sim.run(T0, 50, [alert("availability/page-fast")])
+    payloads = [
+        {
+            **notice_metadata(n),
+            "_channel": n.channel,
+            "_ts": f"{n.at.timestamp():.6f}",
+            "_top": n.thread_ts is None,
+        }
+        for n in sim.sent
+    ]
+    states, log = rebuild(payloads)
+    original = next(iter(sim.states.values()))
+    rebuilt = states[original.group]
+    assert rebuilt.level == 3 and rebuilt.level_at == original.level_at
+    assert rebuilt.root_ts == original.root_ts and rebuilt.open
+    assert set(rebuilt.alerts) == {"availability/page-fast"}
+    assert {p.key for p in log} == {n.key for n in sim.sent}
+    # Continuing from the rebuilt state sends nothing new until the repeat interval.
+    assert (
+        decide(T0 + timedelta(minutes=60), [alert("availability/page-fast")], states, D).notices
+        == []
+    )

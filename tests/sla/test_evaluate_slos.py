@@ -1,0 +1,150 @@
+"""The evaluate_slos and acknowledge_alert flows on a real Prometheus, Redis and the Slack
+stand-in; PromQL errors and an unreachable Prometheus are "no data", never "ok"."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prefect import get_client
+from prefect.events import Event
+from prefect.events.filters import EventFilter, EventNameFilter
+
+from blocks import PrometheusSource, RedisTarget
+from perfops.errors import ConfigurationError
+from tasks.burn_rate import evaluate
+from tasks.prometheus_slis import fetch_measurements
+from tests.conftest import REDIS_TEST_URL
+from tests.servers import PrometheusServer, SlackStandIn
+from tests.servers.slack import DEFAULT_TOKEN
+from tests.sla.conftest import OUTAGE, REGRESSION
+from tests.sla.helpers import DEFINITIONS, definitions
+
+
+@pytest.fixture()
+def sla_env(
+    monkeypatch: pytest.MonkeyPatch,
+    sla_prometheus: PrometheusServer,
+    slack: SlackStandIn,
+    redis_target: RedisTarget,
+    tmp_path: Path,
+) -> Path:
+    monkeypatch.setenv("PERFOPS_PROMETHEUS_URL", sla_prometheus.url)
+    monkeypatch.setenv("PERFOPS_REDIS_URL", REDIS_TEST_URL)
+    monkeypatch.setenv("PERFOPS_SLACK_TOKEN", DEFAULT_TOKEN)
+    monkeypatch.setenv("PERFOPS_SLACK_API_URL", slack.base_url)
+    path = tmp_path / "slos.yaml"
+    path.write_text(DEFINITIONS)
+    return path
+
+
+def _at(minutes_after_outage: int) -> datetime:
+    return OUTAGE.start + timedelta(minutes=minutes_after_outage)
+
+
+def test_outage_is_paged_from_real_prometheus(sla_prometheus: PrometheusServer) -> None:
+    source = PrometheusSource(url=sla_prometheus.url)
+    d = definitions()
+    before = fetch_measurements(source, d, _at(-5))
+    ev = evaluate(d, before.slos, before.rules, before.degradations, _at(-5))
+    assert ev.alerts == []
+    status = {s.name: s for s in ev.statuses}["availability"]
+    assert status.status == "ok" and status.budget_remaining is not None
+    assert 0.85 < status.budget_remaining < 0.95  # 0.01% errors of a 0.1% budget
+    during = fetch_measurements(source, d, _at(3))
+    ev = evaluate(d, during.slos, during.rules, during.degradations, _at(3))
+    keys = {a.key for a in ev.alerts}
+    assert "availability/page-fast" in keys and "error-rate-critical/threshold" in keys
+
+
+def test_latency_regression_against_last_week(sla_prometheus: PrometheusServer) -> None:
+    source = PrometheusSource(url=sla_prometheus.url)
+    d = definitions()
+    at = REGRESSION.start + timedelta(minutes=10)
+    m = fetch_measurements(source, d, at)
+    ev = evaluate(d, m.slos, m.rules, m.degradations, at)
+    assert [a.key for a in ev.alerts] == ["latency-degradation/degraded"]
+    assert ev.alerts[0].labels["kind"] == "degradation"
+
+
+def test_promql_error_and_unreachable_prometheus_are_no_data(
+    sla_prometheus: PrometheusServer,
+) -> None:
+    d = definitions().model_copy(deep=True)
+    bad = d.alert_rules[0].model_copy(update={"metric": "sum(rate(http_requests_total[5m]"})
+    d = d.model_copy(update={"alert_rules": [bad]})
+    m = fetch_measurements(PrometheusSource(url=sla_prometheus.url), d, _at(-5))
+    ev = evaluate(d, m.slos, m.rules, m.degradations, _at(-5))
+    status = {s.name: s for s in ev.statuses}["error-rate"]
+    assert status.status == "no data" and "rejected the query" in status.detail
+    down = PrometheusSource(url="http://127.0.0.1:9", retries=0, timeout_s=2)
+    m = fetch_measurements(down, d, _at(-5))
+    ev = evaluate(d, m.slos, m.rules, m.degradations, _at(-5))
+    assert {s.status for s in ev.statuses} == {"no data"}
+    assert "cannot reach Prometheus" in ev.statuses[0].detail
+
+
+def test_flows_notify_escalate_ack_and_resolve(
+    prefect_harness: None, sla_env: Path, slack: SlackStandIn
+) -> None:
+    from flows.acknowledge_alert import acknowledge_alert
+    from flows.evaluate_slos import evaluate_slos
+
+    report = evaluate_slos(definitions_path=str(sla_env), at=_at(3))
+    assert report.delivery is not None
+    assert [d.kind for d in report.delivery.delivered] == ["fire", "fire"]  # two SLO groups
+    assert len(slack.messages) == 2
+    report = evaluate_slos(definitions_path=str(sla_env), at=_at(3))  # a retried run
+    assert report.delivery is not None and report.delivery.delivered == []
+    assert len(slack.messages) == 2
+    ack = acknowledge_alert(
+        alert="error-rate-critical/threshold", by="alice", definitions_path=str(sla_env)
+    )
+    assert ack.newly_acked and ack.acked_by == "alice"
+    report = evaluate_slos(definitions_path=str(sla_env), at=_at(18))
+    assert report.delivery is not None
+    escalated = [d for d in report.delivery.delivered if d.kind == "escalate"]
+    assert [d.group for d in escalated] == ["default:slo=availability"]  # the acked one stays
+    # The error-rate rule clears ~5 minutes after the outage; availability's ticket-level burn
+    # (3d and 6h windows) keeps its incident open for hours.
+    report = evaluate_slos(definitions_path=str(sla_env), at=_at(30))
+    assert report.delivery is not None
+    resolved = [d for d in report.delivery.delivered if d.kind == "resolved"]
+    assert [d.group for d in resolved] == ["default:slo=error-rate"]
+    root = next(m for m in slack.messages if "error-rate" in m["text"] and not m["thread_ts"])
+    assert slack.messages[-1]["thread_ts"] == root["ts"]
+    with pytest.raises(ConfigurationError, match="nothing to acknowledge"):
+        acknowledge_alert(alert="error-rate-critical/threshold", definitions_path=str(sla_env))
+
+    # The records the weekly report and the automations read.
+    breached = _events("perfops.sla.breached", 3)
+    assert {e.payload["alert"] for e in breached} >= {
+        "availability/page-fast",
+        "error-rate-critical/threshold",
+    }
+    for e in breached:
+        assert {"alert", "slo", "severity", "level", "value", "objective", "reason"} <= set(
+            e.payload
+        )
+    assert {e.resource.id for e in breached} >= {"perfops.sla.slo.availability"}
+    escalated_events = _events("perfops.sla.escalated", 1)
+    assert all(e.payload["level"] == 2 for e in escalated_events)
+    assert _events("perfops.sla.resolved", 1)[0].payload["slo"] == "error-rate"
+    evaluated = _events("perfops.sla.evaluated", 4)
+    slo = next(x for x in evaluated[0].payload["slos"] if x["name"] == "availability")
+    assert {"name", "objective", "window", "sli", "budget_remaining", "burn_rates"} <= set(slo)
+    assert "alerts_firing" in evaluated[0].payload
+
+
+def _events(name: str, at_least: int, timeout_s: float = 20.0) -> list[Event]:
+    """Events called `name` (they reach the server asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_events(EventFilter(event=EventNameFilter(name=[name])), limit=50)
+            if len(page.events) >= at_least or time.monotonic() > deadline:
+                assert len(page.events) >= at_least, f"{len(page.events)} {name} events"
+                return list(page.events)
+            time.sleep(0.5)
