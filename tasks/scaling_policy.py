@@ -167,6 +167,16 @@ class ScalingPolicy(BaseModel):
     )
     burst_factor: float = Field(3.0, gt=1)
     tolerance: float = Field(0.10, ge=0, lt=1, description="Target-tracking dead band.")
+    target_tracking: bool = Field(
+        True, description="Include the reactive target-tracking demand (a floor under forecasts)."
+    )
+    reactive_utilization: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Utilisation the target-tracking floor aims at (default: the target); "
+        "with a calibrated forecast, 1.0 keeps the floor from paying for headroom twice.",
+    )
     thresholds: StepThresholds | None = Field(default_factory=StepThresholds)
     schedule: Schedule | None = None
     max_data_age: timedelta = Field(
@@ -317,14 +327,14 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalingState | None =
     why: dict[str, str] = {}
 
     # target tracking: the current load at the target utilisation, with HPA's dead band
-    wanted = now_load / (policy.capacity_per_instance * policy.target_utilization)
-    if current > 0 and abs(wanted / current - 1.0) <= policy.tolerance:
-        demands["target_tracking"] = current
-    else:
-        demands["target_tracking"] = math.ceil(wanted - EPS)
-    why["target_tracking"] = (
-        f"load {now_load:.4g} at {policy.target_utilization:.0%} target utilisation"
-    )
+    reactive_util = policy.reactive_utilization or policy.target_utilization
+    wanted = now_load / (policy.capacity_per_instance * reactive_util)
+    if policy.target_tracking or policy.mode != "forecast_and_scale":
+        if current > 0 and abs(wanted / current - 1.0) <= policy.tolerance:
+            demands["target_tracking"] = current
+        else:
+            demands["target_tracking"] = math.ceil(wanted - EPS)
+        why["target_tracking"] = f"load {now_load:.4g} at {reactive_util:.0%} utilisation"
     if policy.thresholds is not None:
         if obs.utilization is not None:
             util = np.asarray(obs.utilization, dtype=float)
@@ -354,8 +364,15 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalingState | None =
     if last_burst_at is not None and now - last_burst_at < policy.burst_window:
         window = max(window, policy.burst_window)
 
+    if not demands:  # predictive only, without a forecast: hold
+        demands["hold"], why["hold"] = current, "no forecast and no reactive demand"
     driver = max(demands, key=lambda k: demands[k])
     recommendation = min(max(demands[driver], lo), hi)
+    bound_note = ""
+    if demands[driver] > hi:
+        bound_note = f"; capped at the maximum {hi} ({bound_name})"
+    elif demands[driver] < lo:
+        bound_note = f"; raised to the minimum {lo} ({bound_name})"
     keep = max(window, policy.burst_window)
     recs = (
         *((t, n) for t, n in state.recommendations if now - t <= keep),
@@ -363,7 +380,7 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalingState | None =
     )
     in_window = [n for t, n in recs if now - t <= window]
 
-    desired, reason = recommendation, f"{driver}: {why[driver]}"
+    desired, reason = recommendation, f"{driver}: {why[driver]}{bound_note}"
     if recommendation < current:
         held = max(in_window)
         if held > recommendation:
@@ -423,3 +440,40 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalingState | None =
         bounds=(lo, hi),
         state=new_state,
     )
+
+
+CRON_DAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
+
+
+def schedule_actions(schedule: Schedule) -> list[tuple[str, str, int, int, int, str]]:
+    """The schedule as recurring Auto Scaling actions: (name, cron, min, max, desired, zone).
+
+    Each window starts with its own min/max (desired = its min) and ends by restoring the
+    off-hours bounds; the cron fields are in the schedule's time zone.
+    """
+    out = []
+    for w in schedule.windows:
+        days = ",".join(CRON_DAYS[d] for d in sorted(set(w.days)))
+        lo, hi = w.min_capacity, w.max_capacity
+        out.append(
+            (
+                f"perfops-{w.name}-start",
+                f"{w.start.minute} {w.start.hour} * * {days}",
+                lo,
+                hi,
+                lo,
+                schedule.timezone,
+            )
+        )
+        off_lo, off_hi = schedule.off_hours_min, schedule.off_hours_max
+        out.append(
+            (
+                f"perfops-{w.name}-end",
+                f"{w.end.minute} {w.end.hour} * * {days}",
+                off_lo,
+                off_hi,
+                off_lo,
+                schedule.timezone,
+            )
+        )
+    return out
