@@ -26,7 +26,7 @@ STEP = timedelta(minutes=5)
 def policy(**kw: object) -> ScalingPolicy:
     base: dict[str, object] = dict(capacity_per_instance=10.0, step=STEP, thresholds=None)
     base.update(kw)
-    return ScalingPolicy(**base)  # type: ignore[arg-type]
+    return ScalingPolicy(**base)
 
 
 def obs(load: float | list[float], current: int, **kw: object) -> Observation:
