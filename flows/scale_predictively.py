@@ -27,7 +27,13 @@ from perfops.errors import LockBusy
 from perfops.redaction import install_log_redaction
 from perfops.settings import get_settings
 from tasks import forecasting
-from tasks.autoscaling import AutoScalingTarget, client_for, describe_group, set_capacity_task
+from tasks.autoscaling import (
+    AutoScalingTarget,
+    client_for,
+    describe_group,
+    load_credentials,
+    set_capacity_task,
+)
 from tasks.load_history import (
     InsufficientData,
     LoadHistory,
@@ -210,7 +216,7 @@ def scale_predictively(
             state = load_state(redis_target, group)
             client = None
             if aws is not None:
-                client = client_for(aws, _credentials(aws))
+                client = client_for(aws, load_credentials(aws))
                 current = describe_group(client, aws.group).desired
             elif current_capacity is not None:
                 current = current_capacity
@@ -282,14 +288,6 @@ def scale_predictively(
     logger.info("%s", run.summary)
     _record(run, history, upper)
     return run
-
-
-def _credentials(aws: AutoScalingTarget) -> Any:
-    if not aws.credentials_block:
-        return None
-    from prefect_aws import AwsCredentials
-
-    return AwsCredentials.load(aws.credentials_block)
 
 
 def _history_record(run: ScalingRun, at: datetime) -> dict[str, Any]:

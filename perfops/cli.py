@@ -30,7 +30,7 @@ from perfops.cli_support import (
     quiet_prefect_console,
     set_env,
 )
-from perfops.commands import indexes, queries, stats
+from perfops.commands import indexes, queries, scaling, stats
 from perfops.commands.indexes_health import health as index_health
 from perfops.errors import PerfopsError
 from perfops.redaction import redact, register_secret
@@ -55,6 +55,7 @@ app.add_typer(indexes.app, name="indexes")
 indexes.app.command("health")(index_health)
 app.add_typer(queries.app, name="queries")
 app.add_typer(stats.app, name="stats")
+app.add_typer(scaling.app, name="scaling")
 
 
 def _version_callback(value: bool) -> None:

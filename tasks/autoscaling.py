@@ -11,7 +11,7 @@ changed meanwhile, would not stop it) and reads the group back after each change
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import boto3
 from botocore.config import Config
@@ -66,6 +66,15 @@ def client_for(target: AutoScalingTarget, credentials: AwsCredentials | None = N
         endpoint_url=target.endpoint_url,
         config=Config(**BOTO_RETRY_CONFIG),  # type: ignore[arg-type]
     )
+
+
+def load_credentials(target: AutoScalingTarget) -> AwsCredentials | None:
+    """The AwsCredentials block named by the target, if any."""
+    if not target.credentials_block:
+        return None
+    from prefect_aws import AwsCredentials
+
+    return cast("AwsCredentials", AwsCredentials.load(target.credentials_block))
 
 
 def _fail(target: str, what: str, exc: Exception) -> Exception:

@@ -238,26 +238,38 @@ def forecast(history: pd.Series, horizon: int) -> pd.Series:
 def forecast_quantile(history: pd.Series, horizon: int, q: float = 0.95) -> pd.Series:
     """An upper bound of the load over the next `horizon` steps, exceeded with about 1 - q.
 
-    The forecast times the `q` quantile of realised-peak / forecast-peak over the last week of
-    the ensemble's own forecasts (bounded to [0.8, 4]); with under a day of such errors, the
-    forecast plus 10 %.
+    The forecast times the `q` quantile of realised-peak / forecast-peak of the ensemble's own
+    forecasts over the last week, taken among the forecasts of a similar level (half to twice
+    the current forecast peak: relative errors at night are not those of the day), bounded to
+    [0.8, 4]; with under a day of such errors, the forecast plus 10 %.
     """
     if not 0.0 < q < 1.0:
         raise ForecastInputError(f"quantile must be between 0 and 1, got {q}")
     detail = forecast_detail(history, horizon)
     step = _step(history)
     y = _clean(history, step)
-    return detail.mean * peak_error_quantile(y, step, int(horizon), q)
+    errors = peak_errors(y, step, int(horizon))
+    return detail.mean * error_quantile(errors, float(detail.mean.max()), q)
 
 
-def peak_error_quantile(y: np.ndarray, step: pd.Timedelta, horizon: int, q: float) -> float:
-    """The q quantile of realised peak / forecast peak of the ensemble's forecasts made over the
-    last QUANTILE_WINDOW (origins whose horizon is already observed); 1.1 with under a day."""
+@dataclass(frozen=True)
+class PeakErrors:
+    """Forecast peaks and realised / forecast peak ratios of recent forecast origins."""
+
+    fpeak: np.ndarray
+    ratio: np.ndarray
+    min_samples: int
+
+
+def peak_errors(y: np.ndarray, step: pd.Timedelta, horizon: int) -> PeakErrors:
+    """The ensemble's forecasts from the origins of the last QUANTILE_WINDOW whose horizon is
+    already observed, and how far the realised peak was above (or below) the forecast peak."""
     n = len(y)
     last = n - 1 - horizon
     first = max(MIN_LEVEL_STEPS, last - int(QUANTILE_WINDOW / step) + 1)
-    if last - first + 1 < int(pd.Timedelta("1D") / step):
-        return 1.10
+    day = int(pd.Timedelta("1D") / step)
+    if last - first + 1 < day:
+        return PeakErrors(np.empty(0), np.empty(0), day)
     origins = np.arange(first, last + 1)
     members = _members(y, step, origins, horizon)
     weights, _ = _weights(y, step, horizon)
@@ -266,8 +278,15 @@ def peak_error_quantile(y: np.ndarray, step: pd.Timedelta, horizon: int, q: floa
     fc = sum(w / total * members[k] for k, w in weights.items())
     fpeak = np.asarray(fc).max(axis=1)
     ok = fpeak > 0
-    if ok.sum() < 2:
-        return 1.10
     actual = y[origins[:, None] + np.arange(1, horizon + 1)[None, :]]
-    ratio = actual.max(axis=1)[ok] / fpeak[ok]
+    return PeakErrors(fpeak[ok], actual.max(axis=1)[ok] / fpeak[ok], day)
+
+
+def error_quantile(errors: PeakErrors, peak: float, q: float) -> float:
+    """The q quantile of the ratios among forecasts of a similar level to `peak` (all of them
+    when fewer than a day's worth are similar); 1.1 without enough history."""
+    if len(errors.ratio) < errors.min_samples:
+        return 1.10
+    similar = (errors.fpeak >= 0.5 * peak) & (errors.fpeak <= 2.0 * peak)
+    ratio = errors.ratio[similar] if similar.sum() >= errors.min_samples else errors.ratio
     return float(np.clip(np.quantile(ratio, q), *QUANTILE_BOUNDS))

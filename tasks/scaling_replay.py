@@ -139,16 +139,16 @@ class PerfopsPolicy:
         self.keep = int(forecasting.MAX_HISTORY / step) + 1
         self.index = env.series.index
         self._q_at = -(10**9)
-        self._q = 1.1
         self.refresh = max(1, int(pd.Timedelta("1h") / step))
 
     def decide(self, obs: Any) -> int:
         y = np.asarray(obs.demand[-self.keep :], dtype=float)
         horizon = self.policy.horizon
         mean, _ = forecasting._ensemble(y, self.step, horizon)
-        if obs.t - self._q_at >= self.refresh:  # the error quantile is a week's statistic
-            self._q = forecasting.peak_error_quantile(y, self.step, horizon, self.quantile)
+        if obs.t - self._q_at >= self.refresh:  # a week's forecast errors: refreshed hourly
+            self._errors = forecasting.peak_errors(y, self.step, horizon)
             self._q_at = obs.t
+        q = forecasting.error_quantile(self._errors, float(mean.max()), self.quantile)
         now = self.index[obs.t].to_pydatetime().replace(tzinfo=UTC)
         observation = Observation(
             now=now,
@@ -157,7 +157,7 @@ class PerfopsPolicy:
             current=obs.total,
             ready=obs.ready,
             utilization=obs.util,
-            forecast_upper=mean * self._q,
+            forecast_upper=mean * q,
             forecast_mean=mean,
         )
         decision = decide(self.policy, observation, self.state)
