@@ -165,7 +165,10 @@ class ScalingPolicy(BaseModel):
         description="After a burst (load above burst_factor x its recent median), the "
         "stabilization window stretches to this.",
     )
-    burst_factor: float = Field(3.0, gt=1)
+    burst_factor: float = Field(
+        2.0, gt=1, description="A burst: load above this times the median of burst_baseline."
+    )
+    burst_baseline: timedelta = Field(timedelta(hours=1), gt=timedelta(0))
     tolerance: float = Field(0.10, ge=0, lt=1, description="Target-tracking dead band.")
     target_tracking: bool = Field(
         True, description="Include the reactive target-tracking demand (a floor under forecasts)."
@@ -354,9 +357,9 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalingState | None =
 
     lo, hi, bound_name = _bounds(policy, now)
 
-    # burst: the current load far above its recent median -> slow scale-in for a while
-    day = max(1, int(timedelta(days=1) / policy.step))
-    median = float(np.median(load[-day:]))
+    # burst: the current load far above the previous hour's median -> slow scale-in for a while
+    baseline = max(3, int(policy.burst_baseline / policy.step))
+    median = float(np.median(load[-baseline - 1 : -1])) if len(load) > 1 else now_load
     last_burst_at = state.last_burst_at
     if now_load > policy.burst_factor * max(median, EPS) and now_load > 0:
         last_burst_at = now

@@ -168,4 +168,4 @@ def test_decision_is_fast() -> None:
     t0 = clock.perf_counter()
     for _ in range(100):
         decide(p, o)
-    assert (clock.perf_counter() - t0) / 100 < 0.005
+    assert (clock.perf_counter() - t0) / 100 < 0.02  # ~1 ms idle; benchmarks.scaling measures
