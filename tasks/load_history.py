@@ -73,9 +73,9 @@ def regularize(
     runs = missing.ne(missing.shift()).cumsum()[missing]
     longest = int(runs.value_counts().max()) if len(runs) else 0
     if longest * freq > pd.Timedelta(max_gap):
-        gap_end = runs.index[-1]
+        gap = (longest * freq).to_pytimedelta()
         raise InsufficientData(
-            f"{source}: a gap of {longest * freq} (up to {gap_end}) is longer than {max_gap}: "
+            f"{source}: a gap of {gap} in the history is longer than {max_gap}: "
             "no decision on guessed data"
         )
     filled = on_grid.interpolate("time", limit_direction="both")

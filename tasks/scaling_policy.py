@@ -33,6 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 EPS = 1e-9
+ADAPTIVE_SPREAD = 0.5  # an upper bound 50 % above the forecast: the full stabilization window
 Mode = Literal["forecast_and_scale", "forecast_only", "reactive"]
 
 
@@ -146,7 +147,7 @@ class ScalingPolicy(BaseModel):
         description="forecast_and_scale: forecasts raise capacity ahead of load; forecast_only: "
         "they are recorded, not used; reactive: no forecast at all.",
     )
-    forecast_quantile: float = Field(0.95, gt=0, lt=1, description="Upper forecast quantile.")
+    forecast_quantile: float = Field(0.90, gt=0, lt=1, description="Upper forecast quantile.")
     boot_time: timedelta = Field(
         timedelta(minutes=10), ge=timedelta(0), description="Launch until an instance serves."
     )
@@ -160,8 +161,14 @@ class ScalingPolicy(BaseModel):
         timedelta(minutes=30),
         description="Scale-in goes no lower than the highest recommendation of this window.",
     )
+    adaptive_stabilization: bool = Field(
+        True,
+        description="Scale the stabilization window by the forecast's relative spread "
+        "(upper / mean - 1, full window at 50 %): smooth load scales in at once, bursty "
+        "load waits.",
+    )
     burst_window: timedelta = Field(
-        timedelta(hours=2),
+        timedelta(minutes=30),
         description="After a burst (load above burst_factor x its recent median), the "
         "stabilization window stretches to this.",
     )
@@ -180,7 +187,9 @@ class ScalingPolicy(BaseModel):
         description="Utilisation the target-tracking floor aims at (default: the target); "
         "with a calibrated forecast, 1.0 keeps the floor from paying for headroom twice.",
     )
-    thresholds: StepThresholds | None = Field(default_factory=StepThresholds)
+    thresholds: StepThresholds | None = Field(
+        None, description="The seed's 80 %/30 % step policy as one more demand (off by default)."
+    )
     schedule: Schedule | None = None
     max_data_age: timedelta = Field(
         timedelta(minutes=15), gt=timedelta(0), description="Older newest data: fail static."
@@ -363,7 +372,17 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalingState | None =
     last_burst_at = state.last_burst_at
     if now_load > policy.burst_factor * max(median, EPS) and now_load > 0:
         last_burst_at = now
+    # burst-aware scale-in: the wider the forecast's upper bound (noisy, bursty load), the
+    # longer scale-in waits; a well-forecast load scales in as soon as the forecast allows
     window = policy.stabilization_window
+    if (
+        policy.adaptive_stabilization
+        and obs.forecast_upper is not None
+        and obs.forecast_mean is not None
+    ):
+        mean_peak = float(np.nanmax(np.asarray(obs.forecast_mean, dtype=float)))
+        spread = (forecast_peak or 0.0) / mean_peak - 1.0 if mean_peak > 0 else 1.0
+        window = window * float(np.clip(spread / ADAPTIVE_SPREAD, 0.0, 1.0))
     if last_burst_at is not None and now - last_burst_at < policy.burst_window:
         window = max(window, policy.burst_window)
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from tasks import forecasting
-from tasks.scaling_policy import Observation, ScalingPolicy, ScalingState, StepThresholds, decide
+from tasks.scaling_policy import Observation, ScalingPolicy, ScalingState, decide
 
 EPS = 1e-9
 
@@ -112,7 +112,7 @@ class PerfopsPolicy:
 
     name = "perfops"
 
-    def __init__(self, target: float | None = None, quantile: float = 0.95, **overrides: Any):
+    def __init__(self, target: float | None = None, quantile: float = 0.90, **overrides: Any):
         self.target, self.quantile, self.overrides = target, quantile, overrides
         if target is not None:
             self.name = f"perfops@{round(100 * target)}%"
@@ -130,7 +130,6 @@ class PerfopsPolicy:
             step=step.to_pytimedelta(),
             max_step=env.max_inst,
             scale_in_cooldown=timedelta(0),
-            thresholds=StepThresholds(),
         )
         settings.update(self.overrides)
         self.policy = ScalingPolicy(**settings)
