@@ -145,3 +145,23 @@ def test_prometheus_history(
     assert none.action == "fail_static" and "no series" in none.reason
     with pytest.raises(ConfigurationError, match="rejected"):
         scale_predictively(group="api", query=LoadQuery(promql="sum("), now=HISTORY_END)
+
+
+def test_apply_scaling_schedule_dry_run_then_idempotent(
+    group: tuple[Any, AutoScalingTarget],
+) -> None:
+    from flows.apply_scaling_schedule import apply_scaling_schedule
+
+    client, target = group
+    preview = apply_scaling_schedule(aws=target)
+    assert preview.dry_run and len(preview.changed) == 2
+    assert (
+        client.describe_scheduled_actions(AutoScalingGroupName="web")["ScheduledUpdateGroupActions"]
+        == []
+    )
+    applied = apply_scaling_schedule(aws=target, dry_run=False)
+    assert applied.changed == ["perfops-business-hours-start", "perfops-business-hours-end"]
+    again = apply_scaling_schedule(aws=target, dry_run=False)
+    assert again.changed == [] and "already in place" in again.summary
+    event = _event("perfops.scaling.scheduled")
+    assert event.payload["group"] == "web"
