@@ -41,7 +41,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 HARNESS_TARGETS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-PERFOPS_TARGETS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# perfops' risk dial: the target utilisation, then (at 100 %) a lower forecast quantile
+PERFOPS_SETTINGS = "0.6,0.7,0.8,0.85,0.9,0.92,0.95,1.0,1.0@0.75,1.0@0.5"
 REACTIVE = ("threshold(out=u+10)", "target-tracking", "target-tracking/down30m", "scheduled-p99")
 SEASONAL_GOAL = {"nyc_taxi": (0.5, 1.20)}  # trace -> (under %, cost x oracle)
 BURSTY_GOAL = {"Twitter_volume_GOOG": (1.0, 2.15)}
@@ -65,17 +66,20 @@ def harness_args() -> types.SimpleNamespace:
     )  # fmt: skip
 
 
-def _perfops_point(harness_path: str, trace: str, target: float) -> dict[str, Any]:
+def _perfops_point(harness_path: str, trace: str, setting: str) -> dict[str, Any]:
     """One sweep point of PerfopsPolicy (run in a worker process)."""
     se = load_harness(Path(harness_path))
     from tasks.scaling_replay import PerfopsPolicy
 
     env = se.make_env(se.load_trace(trace), harness_args())
     oracle = se.simulate(env, se.Oracle(1.0)).billed.sum()
-    r = se.simulate(env, PerfopsPolicy(target=target))
+    target, _, quantile = setting.partition("@")
+    q = float(quantile) if quantile else 0.90
+    r = se.simulate(env, PerfopsPolicy(target=float(target), quantile=q))
     return {
         "policy": "perfops",
-        "target": target,
+        "target": float(target),
+        "quantile": q,
         "under%": 100 * float(np.mean(r.util > 1.0 + se.EPS)),
         "cost_x_oracle": float(r.billed.sum() / oracle),
         "actions": int(r.actions),
@@ -87,7 +91,7 @@ def _cost_at(se: Any, sweep: pd.DataFrame) -> pd.DataFrame:
     return se.cost_at_risk(sweep, levels=LEVELS)
 
 
-def evaluate_trace(se: Any, trace: Path, workers: int, targets: tuple[float, ...]) -> dict:
+def evaluate_trace(se: Any, trace: Path, workers: int, targets: tuple[str, ...]) -> dict:
     from tasks.forecasting import forecast
 
     name = trace.stem
@@ -125,7 +129,7 @@ def evaluate_trace(se: Any, trace: Path, workers: int, targets: tuple[float, ...
     both = pd.concat([sweep, mine[["policy", "target", "under%", "cost_x_oracle"]]])
     risk = _cost_at(se, both)
     hpa = se.simulate(env, se.TargetTracking(target=0.7))
-    default = mine.loc[(mine["target"] - 0.7).abs().idxmin()]
+    default = mine.loc[((mine["target"] - 0.7).abs() + (mine["quantile"] - 0.9).abs()).idxmin()]
     print("\nperfops sweep (target utilisation: under-provisioned % / cost x oracle / actions)")
     print(mine.round(3).to_string(index=False))
     print("\ncost x oracle at a given share of under-provisioned steps (blank: not reached)")
@@ -176,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", type=Path, default=SHARED / "datasets")
     ap.add_argument("--harness", type=Path, default=SHARED / "bench" / "scaling_eval.py")
     ap.add_argument("--trace", type=Path, action="append", help="only these traces (repeatable)")
-    ap.add_argument("--targets", default=",".join(map(str, PERFOPS_TARGETS)))
+    ap.add_argument(
+        "--targets", default=PERFOPS_SETTINGS, help="perfops settings: target[@quantile],..."
+    )
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
     if not args.harness.is_file():
@@ -186,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     traces = args.trace or sorted(args.datasets.glob("*.csv"))
     if not traces:
         raise SystemExit(f"no CSV traces in {args.datasets}")
-    targets = tuple(float(x) for x in args.targets.split(","))
+    targets = tuple(x.strip() for x in args.targets.split(",") if x.strip())
     started = time.monotonic()
     results = []
     for trace in traces:
