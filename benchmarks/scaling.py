@@ -1,7 +1,7 @@
 """Predictive scaling against reactive, scheduled and forecast baselines, in the shared harness.
 
     python -m benchmarks.scaling [--datasets DIR] [--harness PATH] [--trace CSV ...]
-                                 [--targets 0.5,...] [--workers 2]
+                                 [--targets 0.6,...,1.0@0.5] [--workers 2]
 
 Runs ../shared/bench/scaling_eval.py (imported as a module, its defaults: 14 training days,
 10-minute provisioning delay rounded to whole steps, p99.9 load = 20 instances, 2..100
@@ -13,7 +13,8 @@ instances) on every CSV trace in ../shared/datasets (or the given ones):
    forecast and by the instance-hours (x oracle) needed for <= 5 % and <= 1 % under-provisioned
    steps (best of its two rows). Goal: perfops at least as good as the best built-in on each.
 2. policy: tasks.scaling_replay.PerfopsPolicy (forecast + calibrated quantile + target tracking,
-   burst-aware scale-in) swept over its target utilisation, against the harness' reactive and
+   burst-aware scale-in) swept over its risk dial (target utilisation 60-100 %, then the forecast
+   quantile lowered at 100 %), against the harness' reactive and
    scheduled families (threshold, target tracking, target tracking/down30m, scheduled-p99).
    Goals: never costlier than the best reactive/scheduled family at <= 5 % and <= 1 %; on the
    seasonal trace (nyc_taxi) <= 0.5 % under-provisioned at <= 1.20x the oracle; on the bursty
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import sys
 import time
 import types
@@ -215,6 +215,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-__all__ = ["main", "math"]

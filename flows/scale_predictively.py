@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
@@ -360,4 +359,4 @@ def as_dict(run: ScalingRun) -> dict[str, Any]:
     return asdict(run) | {"summary": run.summary}
 
 
-__all__ = ["LoadQuery", "ScalingRun", "as_dict", "np", "scale_predictively"]
+__all__ = ["LoadQuery", "ScalingRun", "as_dict", "scale_predictively"]
