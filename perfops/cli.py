@@ -30,7 +30,7 @@ from perfops.cli_support import (
     quiet_prefect_console,
     set_env,
 )
-from perfops.commands import indexes, partitions, queries, sla, stats
+from perfops.commands import indexes, partitions, queries, scaling, sla, stats
 from perfops.commands import report as report_commands
 from perfops.commands.indexes_health import health as index_health
 from perfops.errors import PerfopsError
@@ -59,6 +59,7 @@ app.add_typer(stats.app, name="stats")
 app.add_typer(report_commands.app, name="report")
 app.add_typer(partitions.app, name="partitions")
 app.add_typer(sla.app, name="sla")
+app.add_typer(scaling.app, name="scaling")
 
 
 def _version_callback(value: bool) -> None:

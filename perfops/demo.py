@@ -394,6 +394,22 @@ def _run_evaluate_slos(progress: Progress) -> FlowOutcome:
     return run_sla_demo(progress)
 
 
+def _run_scale_predictively(progress: Progress) -> FlowOutcome:
+    from flows.scale_predictively import ARTIFACT_KEY, scale_predictively
+
+    progress("running scale_predictively (dry run on the CSV trace)", 0, 1)
+    state = scale_predictively(group="demo", current_capacity=10, return_state=True)
+    run: Any = state.result(raise_on_failure=False)
+    if isinstance(run, BaseException) or run is None:
+        return FlowOutcome(
+            "scale_predictively", state.name or "Failed", redact(str(run)), ARTIFACT_KEY
+        )
+    found = f"{run.summary}; dry run, nothing changed" + (
+        f"; chart {run.chart}" if run.chart else ""
+    )
+    return FlowOutcome("scale_predictively", state.name or "", found, ARTIFACT_KEY)
+
+
 FLOW_RUNNERS: list[Callable[[Progress], FlowOutcome]] = [
     _run_check_connections,
     _run_refresh_stale_statistics,
@@ -402,6 +418,7 @@ FLOW_RUNNERS: list[Callable[[Progress], FlowOutcome]] = [
     _run_check_index_health,
     _run_rotate_partitions,
     _run_evaluate_slos,
+    _run_scale_predictively,
     # last: the report reads what the flows above recorded
     _run_generate_weekly_report,
 ]

@@ -59,7 +59,9 @@ def test_demo_runs_to_the_end_and_is_fast_the_second_time(
         "generate_weekly_report": ("Completed", "perfops-weekly-report"),
         "rotate_partitions": ("Completed", "perfops-partitions-rotate"),
         "evaluate_slos": ("Completed", "perfops-sla"),
+        "scale_predictively": ("Completed", "perfops-scaling-decision"),
     }
+    assert "dry run, nothing changed" in flows["scale_predictively"]["found"]
     assert "postgres ok" in flows["check_connections"]["found"]
     assert "public.agent_executions(agent_id, started_at)" in flows["suggest_indexes"]["found"]
     assert " generic plans" in flows["find_slow_queries"]["found"]

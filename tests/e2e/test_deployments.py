@@ -10,7 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -185,3 +187,35 @@ def test_deploy_all_then_run_through_the_api(
         assert bad.status_code == 409, bad.text
     finally:
         _stop(worker)
+
+
+def test_sla_degradation_event_runs_the_scaling_deployment(prefect_server: dict[str, str]) -> None:
+    """The trigger on scale_predictively in prefect.yaml (deployed by the test above) became an
+    automation: a degradation alert's event creates a scaling run."""
+    http = httpx.Client(base_url=prefect_server["PREFECT_API_URL"], timeout=30)
+    found = http.get("/deployments/name/scale_predictively/scale_predictively")
+    assert found.status_code == 200, "prefect deploy --all did not create scale_predictively"
+    deployment_id = found.json()["id"]
+    runs_filter = {"deployments": {"id": {"any_": [deployment_id]}}}
+    assert http.post("/flow_runs/filter", json=runs_filter).json() == []
+    event = {
+        "id": str(uuid.uuid4()),
+        "occurred": datetime.now(UTC).isoformat(),
+        "event": "perfops.sla.breached",
+        "resource": {"prefect.resource.id": "perfops.sla.degradation.api-latency"},
+        "payload": {"alert": "api-latency", "severity": "warning"},
+    }
+    # an event on another resource runs nothing
+    other = {
+        **event,
+        "id": str(uuid.uuid4()),
+        "resource": {"prefect.resource.id": "perfops.sla.slo.x"},
+    }
+    assert http.post("/events", json=[other, event]).status_code == 204
+    deadline = time.monotonic() + 60
+    runs: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not runs:
+        time.sleep(1)
+        runs = http.post("/flow_runs/filter", json=runs_filter).json()
+    assert len(runs) == 1, f"expected one scaling run from the degradation event, got {len(runs)}"
+    assert runs[0]["parameters"] == {"group": "demo", "dry_run": True}

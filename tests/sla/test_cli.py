@@ -17,20 +17,6 @@ from tests.sla.helpers import DEFINITIONS
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def automation_spec(deployment_id: str, name: str) -> dict[str, object]:
-    """deployments/ is a folder of scripts, not a package: load the script by path."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "sla_automations", ROOT / "deployments" / "sla_automations.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    result: dict[str, object] = module.automation_spec(deployment_id, name)
-    return result
-
-
 def perfops(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "perfops", *args],
@@ -60,18 +46,6 @@ def test_help_explains() -> None:
     result = perfops("sla", "evaluate", "--help")
     assert result.returncode == 0
     assert "burn rates" in result.stdout and "--no-notify" in result.stdout
-
-
-def test_degradation_automation_runs_the_scaling_deployment() -> None:
-    spec = automation_spec("00000000-0000-0000-0000-000000000001", "scale-on-degradation")
-    trigger = spec["trigger"]
-    assert isinstance(trigger, dict)
-    assert trigger["expect"] == ["perfops.sla.breached"]
-    assert trigger["match"] == {"prefect.resource.id": "perfops.sla.degradation.*"}
-    from prefect.automations import Automation
-
-    automation = Automation.model_validate(spec)
-    assert automation.actions[0].type == "run-deployment"
 
 
 def test_evaluate_command_replays_a_minute(

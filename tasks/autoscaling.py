@@ -1,0 +1,203 @@
+"""AWS Auto Scaling tasks (boto3): describe a group, set its desired capacity, write scheduled
+actions idempotently.
+
+Throttling, 5xx and connection errors are retried by botocore's "standard" retry mode
+(exponential backoff with jitter, `perfops.connections.BOTO_RETRY_CONFIG`); anything else
+(a missing group, a validation error, denied access) fails at once with a clear message.
+perfops enforces the group's min/max itself before every change (moto, and a group whose bounds
+changed meanwhile, would not stop it) and reads the group back after each change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from prefect import task
+from pydantic import BaseModel, Field
+
+from perfops.connections import BOTO_RETRY_CONFIG
+from perfops.errors import ConfigurationError, ConnectionFailed
+
+if TYPE_CHECKING:
+    from prefect_aws import AwsCredentials
+
+
+class AutoScalingTarget(BaseModel):
+    """Where the Auto Scaling group lives (credentials come from an AwsCredentials block, or
+    boto3's default chain)."""
+
+    group: str = Field(min_length=1, description="Auto Scaling group name.")
+    region: str = Field("us-east-1", description="AWS region.")
+    endpoint_url: str | None = Field(None, description="Endpoint override (moto, LocalStack).")
+    credentials_block: str | None = Field(None, description="prefect-aws AwsCredentials block.")
+
+
+@dataclass(frozen=True)
+class GroupState:
+    name: str
+    min_size: int
+    max_size: int
+    desired: int
+    instances: int
+
+
+@dataclass(frozen=True)
+class ScheduledAction:
+    """One recurring scheduled action (cron in `timezone`)."""
+
+    name: str
+    recurrence: str
+    min_size: int
+    max_size: int
+    desired: int
+    timezone: str = "UTC"
+
+
+def client_for(target: AutoScalingTarget, credentials: AwsCredentials | None = None) -> Any:
+    """An `autoscaling` client with timeouts and botocore's standard retries."""
+    session = credentials.get_boto3_session() if credentials is not None else boto3.Session()
+    return session.client(
+        "autoscaling",
+        region_name=target.region,
+        endpoint_url=target.endpoint_url,
+        config=Config(**BOTO_RETRY_CONFIG),  # type: ignore[arg-type]
+    )
+
+
+def load_credentials(target: AutoScalingTarget) -> AwsCredentials | None:
+    """The AwsCredentials block named by the target, if any."""
+    if not target.credentials_block:
+        return None
+    from prefect_aws import AwsCredentials
+
+    return cast("AwsCredentials", AwsCredentials.load(target.credentials_block))
+
+
+def _fail(target: str, what: str, exc: Exception) -> Exception:
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        message = exc.response.get("Error", {}).get("Message", str(exc))
+        if code in {"Throttling", "ThrottlingException", "RequestLimitExceeded"}:
+            return ConnectionFailed(f"Auto Scaling kept throttling {what} for {target}: {message}")
+        return ConfigurationError(f"Auto Scaling refused {what} for {target}: {code} {message}")
+    return ConnectionFailed(f"cannot reach Auto Scaling for {what} ({target}): {exc}")
+
+
+def describe_group(client: Any, group: str) -> GroupState:
+    """The group's bounds, desired capacity and instance count; a clear error when missing."""
+    try:
+        found = client.describe_auto_scaling_groups(AutoScalingGroupNames=[group])
+    except (ClientError, BotoCoreError) as exc:
+        raise _fail(group, "describe_auto_scaling_groups", exc) from exc
+    groups = found.get("AutoScalingGroups", [])
+    if not groups:
+        raise ConfigurationError(
+            f"Auto Scaling group {group!r} does not exist in this account/region "
+            "(check the group name, region and endpoint)"
+        )
+    g = groups[0]
+    return GroupState(
+        name=g["AutoScalingGroupName"],
+        min_size=int(g["MinSize"]),
+        max_size=int(g["MaxSize"]),
+        desired=int(g["DesiredCapacity"]),
+        instances=len(g.get("Instances", [])),
+    )
+
+
+def set_capacity(client: Any, group: str, desired: int) -> GroupState:
+    """Set the desired capacity after checking it against the group's own min/max (perfops
+    enforces them: moto does not); returns the group as read back afterwards."""
+    before = describe_group(client, group)
+    if not before.min_size <= desired <= before.max_size:
+        raise ConfigurationError(
+            f"desired capacity {desired} is outside group {group!r}'s bounds "
+            f"[{before.min_size}, {before.max_size}]: nothing changed"
+        )
+    if before.desired != desired:
+        try:
+            client.set_desired_capacity(
+                AutoScalingGroupName=group, DesiredCapacity=desired, HonorCooldown=False
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _fail(group, "set_desired_capacity", exc) from exc
+    after = describe_group(client, group)
+    if after.desired != desired:
+        raise ConnectionFailed(
+            f"group {group!r} reports desired capacity {after.desired} after setting {desired}"
+        )
+    return after
+
+
+def scheduled_actions(client: Any, group: str) -> dict[str, ScheduledAction]:
+    try:
+        pages = client.get_paginator("describe_scheduled_actions").paginate(
+            AutoScalingGroupName=group
+        )
+        found = [a for page in pages for a in page.get("ScheduledUpdateGroupActions", [])]
+    except (ClientError, BotoCoreError) as exc:
+        raise _fail(group, "describe_scheduled_actions", exc) from exc
+    return {
+        a["ScheduledActionName"]: ScheduledAction(
+            name=a["ScheduledActionName"],
+            recurrence=a.get("Recurrence", ""),
+            min_size=int(a.get("MinSize", -1)),
+            max_size=int(a.get("MaxSize", -1)),
+            desired=int(a.get("DesiredCapacity", -1)),
+            timezone=a.get("TimeZone") or "UTC",
+        )
+        for a in found
+    }
+
+
+def put_schedule(client: Any, group: str, actions: list[ScheduledAction]) -> list[str]:
+    """Write the scheduled actions that differ from what the group has; returns their names
+    (empty on a rerun: idempotent)."""
+    for action in actions:
+        if not action.min_size <= action.desired <= action.max_size:
+            raise ConfigurationError(
+                f"scheduled action {action.name!r}: desired {action.desired} outside "
+                f"[{action.min_size}, {action.max_size}]"
+            )
+    describe_group(client, group)  # a clear error when the group does not exist
+    existing = scheduled_actions(client, group)
+    changed = []
+    for action in actions:
+        if existing.get(action.name) == action:
+            continue
+        try:
+            client.put_scheduled_update_group_action(
+                AutoScalingGroupName=group,
+                ScheduledActionName=action.name,
+                Recurrence=action.recurrence,
+                MinSize=action.min_size,
+                MaxSize=action.max_size,
+                DesiredCapacity=action.desired,
+                TimeZone=action.timezone,
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _fail(group, f"put_scheduled_update_group_action {action.name}", exc) from exc
+        changed.append(action.name)
+    return changed
+
+
+@task(name="describe_autoscaling_group")
+def describe_group_task(client: Any, group: str) -> GroupState:
+    """Task wrapper of `describe_group`."""
+    return describe_group(client, group)
+
+
+@task(name="set_desired_capacity")
+def set_capacity_task(client: Any, group: str, desired: int) -> GroupState:
+    """Task wrapper of `set_capacity` (one change, verified before and after)."""
+    return set_capacity(client, group, desired)
+
+
+@task(name="put_scheduled_actions")
+def put_schedule_task(client: Any, group: str, actions: list[ScheduledAction]) -> list[str]:
+    """Task wrapper of `put_schedule`."""
+    return put_schedule(client, group, actions)

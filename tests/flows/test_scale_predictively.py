@@ -1,0 +1,167 @@
+"""scale_predictively on the CSV trace, Prometheus, a moto Auto Scaling group and real Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.events import Event
+from prefect.events.filters import EventFilter, EventNameFilter
+
+from blocks import RedisTarget
+from flows.scale_predictively import LoadQuery, scale_predictively
+from perfops.errors import ConfigurationError, ConnectionFailed
+from tasks.autoscaling import AutoScalingTarget
+from tasks.scaling_policy import ScalingPolicy
+from tasks.scaling_state import group_lock, read_history
+from tests.conftest import HISTORY_END, REDIS_TEST_URL, load_value
+from tests.servers import MotoServer, PrometheusServer
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture()
+def env(monkeypatch: pytest.MonkeyPatch, redis_target: RedisTarget) -> Iterator[RedisTarget]:
+    monkeypatch.setenv("PERFOPS_REDIS_URL", REDIS_TEST_URL)
+    yield redis_target
+
+
+@pytest.fixture()
+def group(moto_server: MotoServer) -> Iterator[tuple[Any, AutoScalingTarget]]:
+    moto_server.reset()
+    client = boto3.client("autoscaling", **moto_server.client_kwargs())
+    client.create_launch_configuration(
+        LaunchConfigurationName="web-lc", ImageId="ami-12345678", InstanceType="t3.micro"
+    )
+    client.create_auto_scaling_group(
+        AutoScalingGroupName="web",
+        LaunchConfigurationName="web-lc",
+        MinSize=2,
+        MaxSize=40,
+        DesiredCapacity=2,
+        AvailabilityZones=["us-east-1a"],
+    )
+    yield client, AutoScalingTarget(group="web", endpoint_url=moto_server.endpoint_url)
+
+
+def _event(name: str, timeout_s: float = 20.0) -> Event:
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            page = client.read_events(EventFilter(event=EventNameFilter(name=[name])), limit=10)
+            if page.events:
+                return max(page.events, key=lambda e: e.occurred)
+            time.sleep(0.5)
+    raise AssertionError(f"no {name} event within {timeout_s} s")
+
+
+def test_csv_trace_dry_run_records_and_changes_nothing(env: RedisTarget) -> None:
+    run = scale_predictively(group="demo", current_capacity=3)
+    assert run.dry_run and not run.applied and run.action == "scale_out"
+    assert run.desired > 3 and run.forecast_peak is not None and len(run.forecast) == 2
+    assert run.chart is not None and Path(run.chart).stat().st_size > 1000
+    [record] = read_history(env, "demo")
+    assert record["desired"] == run.desired and record["dry_run"] is True
+    event = _event("perfops.scaling.decided")
+    for key in ("group", "mode", "current", "desired", "reason", "load", "forecast_peak"):
+        assert key in event.payload
+    assert event.payload["dry_run"] is True
+
+
+def test_applies_to_the_group_and_rerun_does_not_double_scale(
+    env: RedisTarget, group: tuple[Any, AutoScalingTarget]
+) -> None:
+    client, target = group
+    policy = ScalingPolicy(capacity_per_instance=2000.0, max_step=100, max_capacity=40)
+    run = scale_predictively(group="web", aws=target, dry_run=False, policy=policy)
+    assert run.applied and run.current == 2 and run.desired > 2
+    desired = client.describe_auto_scaling_groups(AutoScalingGroupNames=["web"])[
+        "AutoScalingGroups"
+    ][0]["DesiredCapacity"]
+    assert desired == run.desired
+    again = scale_predictively(group="web", aws=target, dry_run=False, policy=policy)
+    assert again.current == run.desired and not again.applied and again.desired == run.desired
+    applied = _event("perfops.scaling.applied")
+    assert applied.payload["to"] == run.desired and applied.payload["group"] == "web"
+
+
+def test_forecast_only_and_max_bound(
+    env: RedisTarget, group: tuple[Any, AutoScalingTarget]
+) -> None:
+    _client, target = group
+    only = scale_predictively(group="web", aws=target, dry_run=False, mode="forecast_only")
+    assert not only.applied and only.forecast_peak is not None
+    capped = scale_predictively(
+        group="web",
+        aws=target,
+        dry_run=False,
+        policy=ScalingPolicy(capacity_per_instance=1.0, max_capacity=7),
+    )
+    assert capped.desired == 7 and "capped at the maximum 7" in capped.reason
+
+
+def test_missing_group_fails_with_a_clear_error(env: RedisTarget, moto_server: MotoServer) -> None:
+    target = AutoScalingTarget(group="nope", endpoint_url=moto_server.endpoint_url)
+    with pytest.raises(ConfigurationError, match="'nope' does not exist"):
+        scale_predictively(group="nope", aws=target, dry_run=False)
+
+
+def test_redis_down_no_action(
+    monkeypatch: pytest.MonkeyPatch, group: tuple[Any, AutoScalingTarget]
+) -> None:
+    client, target = group
+    monkeypatch.setenv("PERFOPS_REDIS_URL", "redis://127.0.0.1:1/0")
+    with pytest.raises(ConnectionFailed, match="no action taken"):
+        scale_predictively(group="web", aws=target, dry_run=False)
+    groups = client.describe_auto_scaling_groups(AutoScalingGroupNames=["web"])
+    assert groups["AutoScalingGroups"][0]["DesiredCapacity"] == 2
+
+
+def test_concurrent_run_skips_and_says_why(env: RedisTarget) -> None:
+    with group_lock(env, "demo"):
+        run = scale_predictively(group="demo", current_capacity=3)
+    assert run.skipped and "another scaling run holds the lock" in run.reason
+
+
+def test_prometheus_history(
+    monkeypatch: pytest.MonkeyPatch, env: RedisTarget, prometheus: PrometheusServer
+) -> None:
+    monkeypatch.setenv("PERFOPS_PROMETHEUS_URL", prometheus.url)
+    query = LoadQuery(promql="sum(perfops_test_load)", lookback=timedelta(days=13))
+    run = scale_predictively(group="api", query=query, now=HISTORY_END, current_capacity=5)
+    assert run.action != "fail_static" and run.load == load_value(HISTORY_END.timestamp())
+    stale = scale_predictively(
+        group="api", query=query, now=HISTORY_END + timedelta(hours=3), current_capacity=5
+    )
+    assert stale.action == "fail_static" and "stale" in stale.reason
+    empty = LoadQuery(promql="sum(perfops_missing_metric)", lookback=timedelta(days=1))
+    none = scale_predictively(group="api", query=empty, now=HISTORY_END, current_capacity=5)
+    assert none.action == "fail_static" and "no series" in none.reason
+    with pytest.raises(ConfigurationError, match="rejected"):
+        scale_predictively(group="api", query=LoadQuery(promql="sum("), now=HISTORY_END)
+
+
+def test_apply_scaling_schedule_dry_run_then_idempotent(
+    group: tuple[Any, AutoScalingTarget],
+) -> None:
+    from flows.apply_scaling_schedule import apply_scaling_schedule
+
+    client, target = group
+    preview = apply_scaling_schedule(aws=target)
+    assert preview.dry_run and len(preview.changed) == 2
+    assert (
+        client.describe_scheduled_actions(AutoScalingGroupName="web")["ScheduledUpdateGroupActions"]
+        == []
+    )
+    applied = apply_scaling_schedule(aws=target, dry_run=False)
+    assert applied.changed == ["perfops-business-hours-start", "perfops-business-hours-end"]
+    again = apply_scaling_schedule(aws=target, dry_run=False)
+    assert again.changed == [] and "already in place" in again.summary
+    event = _event("perfops.scaling.scheduled")
+    assert event.payload["group"] == "web"

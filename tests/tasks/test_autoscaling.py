@@ -1,0 +1,142 @@
+"""Auto Scaling tasks against the moto server; Redis lock/state against real Redis."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import pytest
+
+from blocks import RedisTarget
+from perfops.errors import ConfigurationError, ConnectionFailed, LockBusy
+from tasks.autoscaling import (
+    AutoScalingTarget,
+    ScheduledAction,
+    client_for,
+    describe_group,
+    put_schedule,
+    set_capacity,
+)
+from tasks.scaling_policy import ScalingState, Schedule, schedule_actions
+from tasks.scaling_state import group_lock, load_state, read_history, save_state
+from tests.servers import MotoServer
+
+
+@pytest.fixture()
+def asg(moto_server: MotoServer) -> Any:
+    moto_server.reset()
+    client = boto3.client("autoscaling", **moto_server.client_kwargs())
+    client.create_launch_configuration(
+        LaunchConfigurationName="web-lc", ImageId="ami-12345678", InstanceType="t3.micro"
+    )
+    client.create_auto_scaling_group(
+        AutoScalingGroupName="web",
+        LaunchConfigurationName="web-lc",
+        MinSize=2,
+        MaxSize=6,
+        DesiredCapacity=2,
+        AvailabilityZones=["us-east-1a"],
+    )
+    return client_for(AutoScalingTarget(group="web", endpoint_url=moto_server.endpoint_url))
+
+
+def test_describe_and_set_capacity_verified(asg: Any) -> None:
+    assert describe_group(asg, "web").desired == 2
+    after = set_capacity(asg, "web", 5)
+    assert (after.desired, after.instances) == (5, 5)
+    assert set_capacity(asg, "web", 5).desired == 5  # rerun: nothing to change
+
+
+def test_perfops_enforces_the_groups_bounds(asg: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"outside group 'web'.s bounds \[2, 6\]"):
+        set_capacity(asg, "web", 9)
+    assert describe_group(asg, "web").desired == 2  # nothing changed
+
+
+def test_missing_group_is_a_clear_error(asg: Any) -> None:
+    with pytest.raises(ConfigurationError, match="group 'nope' does not exist"):
+        describe_group(asg, "nope")
+
+
+def test_schedule_is_written_once(asg: Any) -> None:
+    actions = [ScheduledAction(*a) for a in schedule_actions(Schedule())]
+    assert put_schedule(asg, "web", actions) == [
+        "perfops-business-hours-start",
+        "perfops-business-hours-end",
+    ]
+    assert put_schedule(asg, "web", actions) == []  # idempotent
+    described = asg.describe_scheduled_actions(AutoScalingGroupName="web")
+    recurrences = sorted(a["Recurrence"] for a in described["ScheduledUpdateGroupActions"])
+    assert recurrences == ["0 17 * * MON,TUE,WED,THU,FRI", "0 9 * * MON,TUE,WED,THU,FRI"]
+
+
+def test_throttling_is_retried_with_backoff(asg: Any) -> None:
+    """moto never throttles: two Throttling replies are injected before the real call (botocore's
+    standard retry mode must retry them)."""
+    calls = {"n": 0}
+
+    def throttle(request: Any, **_: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            from botocore.awsrequest import AWSResponse, HTTPHeaders
+
+            body = (
+                b"<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code>"
+                b"<Message>Rate exceeded</Message></Error></ErrorResponse>"
+            )
+            return AWSResponse(request.url, 400, HTTPHeaders(), _Raw(body))
+        return None
+
+    asg.meta.events.register("before-send.auto-scaling.DescribeAutoScalingGroups", throttle)
+    assert describe_group(asg, "web").desired == 2
+    assert calls["n"] == 3
+
+
+class _Raw:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, **_: Any) -> Any:
+        yield self.body
+
+    def read(self) -> bytes:
+        return self.body
+
+
+def test_lock_lets_one_run_decide(redis_target: RedisTarget) -> None:
+    entered = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        with group_lock(redis_target, "web"):
+            entered.set()
+            release.wait(5)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert entered.wait(5)
+    busy = "another scaling run holds the lock of group 'web'"
+    with pytest.raises(LockBusy, match=busy), group_lock(redis_target, "web"):
+        pass
+    release.set()
+    t.join()
+    with group_lock(redis_target, "web"):  # free again
+        pass
+
+
+def test_state_and_history_round_trip(redis_target: RedisTarget) -> None:
+    at = datetime(2024, 3, 6, 12, 0, tzinfo=UTC)
+    state = ScalingState(last_action_at=at, recommendations=((at, 7),))
+    save_state.fn(redis_target, "web", state, {"desired": 7, "reason": "test"})
+    assert load_state.fn(redis_target, "web") == state
+    assert read_history(redis_target, "web")[0] == {"desired": 7, "reason": "test"}
+
+
+def test_redis_down_is_a_clear_error() -> None:
+    down = RedisTarget(url="redis://127.0.0.1:1/0", retries=0, socket_timeout_s=0.5)
+    with pytest.raises(ConnectionFailed, match="no action taken"), group_lock(down, "web"):
+        pass
+    with pytest.raises(ConnectionFailed, match="no action taken"):
+        load_state.fn(down, "web")
