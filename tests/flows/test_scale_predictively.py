@@ -12,7 +12,7 @@ import boto3
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.events import Event
-from prefect.events.filters import EventFilter, EventNameFilter
+from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 
 from blocks import RedisTarget
 from flows.scale_predictively import LoadQuery, scale_predictively
@@ -50,11 +50,22 @@ def group(moto_server: MotoServer) -> Iterator[tuple[Any, AutoScalingTarget]]:
     yield client, AutoScalingTarget(group="web", endpoint_url=moto_server.endpoint_url)
 
 
-def _event(name: str, timeout_s: float = 20.0) -> Event:
+def _run(flow_call: Any) -> tuple[Any, str]:
+    """Run a flow (given as a zero-argument call) and return its result and flow-run id."""
+    state = flow_call()
+    return state.result(), str(state.state_details.flow_run_id)
+
+
+def _event(name: str, flow_run_id: str, timeout_s: float = 20.0) -> Event:
+    """The event `name` emitted by that flow run (other tests emit the same names)."""
+    only = EventFilter(
+        event=EventNameFilter(name=[name]),
+        related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+    )
     deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
-            page = client.read_events(EventFilter(event=EventNameFilter(name=[name])), limit=10)
+            page = client.read_events(only, limit=10)
             if page.events:
                 return max(page.events, key=lambda e: e.occurred)
             time.sleep(0.5)
@@ -62,13 +73,15 @@ def _event(name: str, timeout_s: float = 20.0) -> Event:
 
 
 def test_csv_trace_dry_run_records_and_changes_nothing(env: RedisTarget) -> None:
-    run = scale_predictively(group="demo", current_capacity=3)
+    run, run_id = _run(
+        lambda: scale_predictively(group="demo", current_capacity=3, return_state=True)
+    )
     assert run.dry_run and not run.applied and run.action == "scale_out"
     assert run.desired > 3 and run.forecast_peak is not None and len(run.forecast) == 2
     assert run.chart is not None and Path(run.chart).stat().st_size > 1000
     [record] = read_history(env, "demo")
     assert record["desired"] == run.desired and record["dry_run"] is True
-    event = _event("perfops.scaling.decided")
+    event = _event("perfops.scaling.decided", run_id)
     for key in ("group", "mode", "current", "desired", "reason", "load", "forecast_peak"):
         assert key in event.payload
     assert event.payload["dry_run"] is True
@@ -79,7 +92,11 @@ def test_applies_to_the_group_and_rerun_does_not_double_scale(
 ) -> None:
     client, target = group
     policy = ScalingPolicy(capacity_per_instance=2000.0, max_step=100, max_capacity=40)
-    run = scale_predictively(group="web", aws=target, dry_run=False, policy=policy)
+    run, run_id = _run(
+        lambda: scale_predictively(
+            group="web", aws=target, dry_run=False, policy=policy, return_state=True
+        )
+    )
     assert run.applied and run.current == 2 and run.desired > 2
     desired = client.describe_auto_scaling_groups(AutoScalingGroupNames=["web"])[
         "AutoScalingGroups"
@@ -87,7 +104,7 @@ def test_applies_to_the_group_and_rerun_does_not_double_scale(
     assert desired == run.desired
     again = scale_predictively(group="web", aws=target, dry_run=False, policy=policy)
     assert again.current == run.desired and not again.applied and again.desired == run.desired
-    applied = _event("perfops.scaling.applied")
+    applied = _event("perfops.scaling.applied", run_id)
     assert applied.payload["to"] == run.desired and applied.payload["group"] == "web"
 
 
@@ -159,9 +176,11 @@ def test_apply_scaling_schedule_dry_run_then_idempotent(
         client.describe_scheduled_actions(AutoScalingGroupName="web")["ScheduledUpdateGroupActions"]
         == []
     )
-    applied = apply_scaling_schedule(aws=target, dry_run=False)
+    applied, run_id = _run(
+        lambda: apply_scaling_schedule(aws=target, dry_run=False, return_state=True)
+    )
     assert applied.changed == ["perfops-business-hours-start", "perfops-business-hours-end"]
     again = apply_scaling_schedule(aws=target, dry_run=False)
     assert again.changed == [] and "already in place" in again.summary
-    event = _event("perfops.scaling.scheduled")
+    event = _event("perfops.scaling.scheduled", run_id)
     assert event.payload["group"] == "web"
