@@ -46,13 +46,12 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import IO, TYPE_CHECKING, Literal
 
 import httpx
 
 from perfops.errors import MissingPrerequisite
-from perfops.ports import free_port
+from perfops.local_server import LocalServer, free_port
 
 if TYPE_CHECKING:
     from tasks.reporting import ReportWeek
@@ -156,7 +155,7 @@ def merge_series(*segments: list[MetricSeries]) -> list[MetricSeries]:
     return list(merged.values())
 
 
-class PrometheusServer:
+class PrometheusServer(LocalServer):
     """Prometheus on 127.0.0.1:<free port> whose TSDB is back-filled with ``series``."""
 
     def __init__(
@@ -288,17 +287,6 @@ class PrometheusServer:
         if self._log is not None:
             self._log.close()
             self._log = None
-
-    def __enter__(self) -> PrometheusServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # -- the demo's weekly report --------------------------------------------------------------------
