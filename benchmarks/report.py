@@ -22,10 +22,14 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from benchmarks._support import prefect_server, print_table
+
+if TYPE_CHECKING:
+    from perfops.embedded_prometheus import MetricSeries
 
 GOAL_S = 30.0
 RUNS = 2
@@ -33,14 +37,13 @@ ENDPOINTS = 20
 BUCKETS = (0.005, 0.025, 0.1, 0.25, 1.0, 2.5)
 
 
-def _series(week_start: float, week_end: float) -> list[object]:
+def _series(week_start: float, week_end: float) -> list[MetricSeries]:
     from perfops.sample_metrics import (
         SyntheticEndpoint,
         duration_series,
         endpoint_series,
         node_series,
     )
-    from tests.servers import MetricSeries
 
     seed = [
         ("GET", "/api/v1/agents", 0.087, 800.0),
@@ -59,22 +62,17 @@ def _series(week_start: float, week_end: float) -> list[object]:
             )
         )
     start, end, step = week_start + 60, week_end - 60, 60.0
-    raw = []
+    series: list[MetricSeries] = []
     for e in endpoints:
-        raw += endpoint_series(e, start, end, step, BUCKETS)
-    raw += node_series(start, end, step, 50, 20, 60, 10)
-    raw += duration_series(
+        series += endpoint_series(e, start, end, step, BUCKETS)
+    series += node_series(start, end, step, 50, 20, 60, 10)
+    series += duration_series(
         "agent_execution_duration_seconds", (1.5, 4.0, 7.0), 5, start, end, step, BUCKETS
     )
-    raw += duration_series(
+    series += duration_series(
         "workflow_completion_duration_seconds", (12.0, 30.0, 55.0), 1, start, end, step, BUCKETS
     )
-    return [
-        MetricSeries(
-            s.name, "counter" if s.name.endswith("_total") else "gauge", s.labels, s.samples
-        )
-        for s in raw
-    ]
+    return series
 
 
 def main() -> int:
@@ -82,17 +80,18 @@ def main() -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     for name in [n for n in os.environ if n.startswith("PERFOPS_")]:
         del os.environ[name]
+    from perfops.embedded_prometheus import PrometheusServer
     from tasks.reporting import chart_queries, last_complete_week, load_config, week_queries
-    from tests.servers import PrometheusServer, SmtpServer
+    from tests.servers import SmtpServer
 
     week = last_complete_week(datetime.now(UTC))
     work = Path(tempfile.mkdtemp(prefix="perfops-bench-report-"))
     started = time.perf_counter()
     series = _series(week.start.timestamp(), week.end.timestamp())
-    samples = sum(len(s.samples) for s in series)  # type: ignore[attr-defined]
+    samples = sum(len(s.samples) for s in series)
     print(f"back-filling {len(series)} series, {samples:,} samples ...", file=sys.stderr)
     with (
-        PrometheusServer(work / "prometheus", series) as prom,  # type: ignore[arg-type]
+        PrometheusServer(work / "prometheus", series) as prom,
         SmtpServer() as smtp,
         prefect_server() as api,
     ):

@@ -47,9 +47,9 @@ from pathlib import Path
 
 from benchmarks._support import print_table
 from blocks import PrometheusSource, RedisTarget, SlackEscalationTarget
+from perfops.embedded_prometheus import PrometheusServer
 from perfops.sla_series import (
     Incident,
-    LocalPrometheus,
     api_series,
     error_ratio_at,
     minutes,
@@ -217,7 +217,7 @@ def main() -> int:
     print(
         f"generating 14 days x {len(series)} series and back-filling Prometheus...", file=sys.stderr
     )
-    with LocalPrometheus(work, series) as prom, SlackStandIn() as slack:
+    with PrometheusServer(work, series, startup_timeout=60) as prom, SlackStandIn() as slack:
         setup_s = time.perf_counter() - t0
         source = PrometheusSource(url=prom.url)
         target = SlackEscalationTarget(

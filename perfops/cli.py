@@ -23,7 +23,9 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from perfops import __version__
 from perfops.cli_support import (
     JsonFlag,
+    PrometheusUrlOption,
     VerboseFlag,
+    env_option,
     err,
     out,
     progress_reporter,
@@ -86,67 +88,41 @@ def main_callback(
 @app.command()
 def doctor(
     dsn: Annotated[
-        str | None,
-        typer.Option(
-            envvar="PERFOPS_DSN",
-            show_envvar=True,
-            help="PostgreSQL DSN (libpq string or URI).",
-            show_default=False,
-        ),
+        str | None, env_option("PERFOPS_DSN", "PostgreSQL DSN (libpq string or URI).")
     ] = None,
     postgres_block: Annotated[
         str | None, typer.Option(help="perfops-postgres-target block name.")
     ] = None,
-    prometheus_url: Annotated[
-        str | None,
-        typer.Option(
-            envvar="PERFOPS_PROMETHEUS_URL", show_envvar=True, help="Prometheus base URL."
-        ),
-    ] = None,
+    prometheus_url: PrometheusUrlOption = None,
     prometheus_block: Annotated[
         str | None, typer.Option(help="perfops-prometheus-source block name.")
     ] = None,
-    redis_url: Annotated[
-        str | None, typer.Option(envvar="PERFOPS_REDIS_URL", show_envvar=True, help="Redis URL.")
-    ] = None,
+    redis_url: Annotated[str | None, env_option("PERFOPS_REDIS_URL", "Redis URL.")] = None,
     redis_block: Annotated[
         str | None, typer.Option(help="perfops-redis-target block name.")
     ] = None,
     s3_bucket: Annotated[
         str | None,
-        typer.Option(
-            envvar="PERFOPS_S3_BUCKET",
-            show_envvar=True,
-            help="S3 bucket for archives (AWS credentials from the usual chain).",
+        env_option(
+            "PERFOPS_S3_BUCKET", "S3 bucket for archives (AWS credentials from the usual chain)."
         ),
     ] = None,
     s3_endpoint_url: Annotated[
-        str | None,
-        typer.Option(
-            envvar="PERFOPS_S3_ENDPOINT_URL", show_envvar=True, help="S3-compatible endpoint URL."
-        ),
+        str | None, env_option("PERFOPS_S3_ENDPOINT_URL", "S3-compatible endpoint URL.")
     ] = None,
     s3_block: Annotated[str | None, typer.Option(help="prefect-aws s3-bucket block name.")] = None,
     slack_api_url: Annotated[
         str | None,
-        typer.Option(
-            envvar="PERFOPS_SLACK_API_URL",
-            show_envvar=True,
-            help="Slack Web API base URL (token only from PERFOPS_SLACK_TOKEN).",
+        env_option(
+            "PERFOPS_SLACK_API_URL", "Slack Web API base URL (token only from PERFOPS_SLACK_TOKEN)."
         ),
     ] = None,
     slack_block: Annotated[
         str | None, typer.Option(help="perfops-slack-escalation-target block name.")
     ] = None,
-    smtp_host: Annotated[
-        str | None,
-        typer.Option(envvar="PERFOPS_SMTP_HOST", show_envvar=True, help="SMTP server host."),
-    ] = None,
+    smtp_host: Annotated[str | None, env_option("PERFOPS_SMTP_HOST", "SMTP server host.")] = None,
     smtp_port: Annotated[
-        int | None,
-        typer.Option(
-            envvar="PERFOPS_SMTP_PORT", show_envvar=True, min=1, max=65535, help="SMTP server port."
-        ),
+        int | None, env_option("PERFOPS_SMTP_PORT", "SMTP server port.", min=1, max=65535)
     ] = None,
     email_block: Annotated[
         str | None, typer.Option(help="prefect-email email-server-credentials block name.")

@@ -75,22 +75,28 @@ def progress_reporter(enabled: bool) -> Iterator[Any]:
         yield update
 
 
+def env_option(envvar: str, help: str, *param_decls: str, **kwargs: Any) -> Any:
+    """A `typer.Option` also read from `envvar` (named in --help), with no default shown."""
+    kwargs.setdefault("show_default", False)
+    return typer.Option(*param_decls, envvar=envvar, show_envvar=True, help=help, **kwargs)
+
+
 DsnOption = Annotated[
     str | None,
-    typer.Option(
-        envvar="PERFOPS_DSN",
-        show_envvar=True,
-        help="PostgreSQL DSN (libpq string or URI); the password never reaches output.",
-        show_default=False,
+    env_option(
+        "PERFOPS_DSN", "PostgreSQL DSN (libpq string or URI); the password never reaches output."
     ),
 ]
 PostgresBlockOption = Annotated[
     str | None,
-    typer.Option(
-        envvar="PERFOPS_POSTGRES_BLOCK",
-        show_envvar=True,
-        help="Name of a saved perfops-postgres-target block (wins over --dsn).",
+    env_option(
+        "PERFOPS_POSTGRES_BLOCK",
+        "Name of a saved perfops-postgres-target block (wins over --dsn).",
+        show_default=True,
     ),
+]
+PrometheusUrlOption = Annotated[
+    str | None, env_option("PERFOPS_PROMETHEUS_URL", "Prometheus base URL.")
 ]
 ApplyFlag = Annotated[
     bool,

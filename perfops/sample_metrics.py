@@ -17,19 +17,9 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
+from perfops.embedded_prometheus import MetricSeries, Sample
+
 BASE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-Sample = tuple[float, float]
-
-
-@dataclass(frozen=True)
-class Series:
-    """One series: name as PromQL selects it, type, labels, samples (unix s, value)."""
-
-    name: str
-    type: str  # "gauge" | "counter"
-    labels: dict[str, str]
-    samples: list[Sample]
 
 
 @dataclass(frozen=True)
@@ -81,10 +71,10 @@ def histogram(
     labels: dict[str, str],
     shares: list[tuple[float, float]],
     counts: list[tuple[float, float]],
-) -> list[Series]:
+) -> list[MetricSeries]:
     """Cumulative `name_bucket` series from per-sample request counts (time, cumulative)."""
     return [
-        Series(
+        MetricSeries(
             name=f"{name}_bucket",
             # OpenMetrics would name a counter family's samples *_total; Prometheus' rate()
             # does not care about the declared type, so the buckets are declared gauges.
@@ -123,7 +113,7 @@ def endpoint_series(
     end: float,
     step_s: float,
     buckets: tuple[float, ...] = BASE_BUCKETS,
-) -> list[Series]:
+) -> list[MetricSeries]:
     labels = {"method": e.method, "route": e.route}
     counts = request_counts(e.rps, start, end, step_s, e.daily_swing, e.gaps)
     out = histogram(
@@ -133,7 +123,7 @@ def endpoint_series(
         counts,
     )
     out.append(
-        Series(
+        MetricSeries(
             "http_requests_total",
             "counter",
             {**labels, "code": "200"},
@@ -141,7 +131,7 @@ def endpoint_series(
         )
     )
     out.append(
-        Series(
+        MetricSeries(
             "http_requests_total",
             "counter",
             {**labels, "code": "500"},
@@ -160,7 +150,7 @@ def node_series(
     memory_mean: float,
     memory_swing: float,
     total_bytes: float = 16 * 2**30,
-) -> list[Series]:
+) -> list[MetricSeries]:
     """node_cpu_seconds_total{mode="idle"} (one CPU) and node_memory_* following a daily curve
     (CPU and memory in percent)."""
     idle: list[Sample] = []
@@ -178,9 +168,9 @@ def node_series(
         total.append((t, total_bytes))
         t += step_s
     return [
-        Series("node_cpu_seconds_total", "counter", {"cpu": "0", "mode": "idle"}, idle),
-        Series("node_memory_MemAvailable_bytes", "gauge", {}, available),
-        Series("node_memory_MemTotal_bytes", "gauge", {}, total),
+        MetricSeries("node_cpu_seconds_total", "counter", {"cpu": "0", "mode": "idle"}, idle),
+        MetricSeries("node_memory_MemAvailable_bytes", "gauge", {}, available),
+        MetricSeries("node_memory_MemTotal_bytes", "gauge", {}, total),
     ]
 
 
@@ -192,7 +182,7 @@ def duration_series(
     end: float,
     step_s: float,
     buckets: tuple[float, ...] = BASE_BUCKETS,
-) -> list[Series]:
+) -> list[MetricSeries]:
     """A `name_bucket` histogram of `per_s` events a second with the given p50/p95/p99."""
     counts = request_counts(per_s, start, end, step_s, 0.0, [])
     return histogram(name, {}, quantile_shares(*quantiles_s, buckets), counts)

@@ -13,9 +13,10 @@ from typing import Any
 
 from perfops.connections import resolve_redis
 from perfops.demo import FlowOutcome, Progress
+from perfops.embedded_prometheus import PrometheusServer
 from perfops.redaction import redact
 from perfops.settings import get_settings
-from perfops.sla_series import Incident, LocalPrometheus, api_series
+from perfops.sla_series import Incident, api_series
 
 DEMO_BUCKETS = [0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0]
 
@@ -38,7 +39,7 @@ def run_sla_demo(progress: Progress) -> FlowOutcome:
     previous = os.environ.get("PERFOPS_PROMETHEUS_URL")
     lines: list[str] = []
     try:
-        with LocalPrometheus(out / "sla-prometheus", series) as prom:
+        with PrometheusServer(out / "sla-prometheus", series, startup_timeout=60) as prom:
             os.environ["PERFOPS_PROMETHEUS_URL"] = prom.url
             state: Any = None
             for label, at in (

@@ -1,6 +1,6 @@
 """Synthetic API metrics for the SLA demo, tests and benchmark: request counters by status
-code and a latency histogram, one sample a minute, with known incidents in them; and a small
-local Prometheus (Debian's `prometheus` + `promtool`) back-filled with them.
+code and a latency histogram, one sample a minute, with known incidents in them, ready to
+back-fill a perfops.embedded_prometheus.PrometheusServer.
 
 The traffic has a daily cycle (peak ~1.5x the trough); errors are 0.01% and the latency is
 log-normal (median 80 ms, p95 ~180 ms) outside incidents. An `Incident` multiplies the latency
@@ -11,15 +11,10 @@ the exact minute each burn rate crosses its threshold.
 from __future__ import annotations
 
 import math
-import shutil
-import socket
-import subprocess
-import time
-import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
-from types import TracebackType
+
+from perfops.embedded_prometheus import MetricSeries
 
 BUCKETS = [round(0.02 * i, 2) for i in range(1, 26)] + [0.75, 1.0, 2.5]  # seconds, + +Inf
 BASE_RPS = 2000.0
@@ -34,13 +29,6 @@ class Incident:
     end: datetime
     error_ratio: float | None = None  # share of requests answered 5xx
     latency_factor: float = 1.0  # latency multiplied by this
-
-
-@dataclass
-class Series:
-    name: str
-    labels: dict[str, str]
-    samples: list[tuple[float, float]] = field(default_factory=list)  # (unix s, counter value)
 
 
 def _phi(x: float) -> float:
@@ -73,18 +61,22 @@ def api_series(
     incidents: list[Incident],
     service: str = "api",
     buckets: list[float] | None = None,
-) -> list[Series]:
+) -> list[MetricSeries]:
     """Counters `http_requests_total{service,code}`, `http_request_duration_seconds_bucket{le}`
     and `_count`, one sample a minute in [start, end]; the minute's events land at its end.
-    Fewer `buckets` (seconds) back-fill faster; the default resolves p95 to about 10 ms."""
-    ok = Series("http_requests_total", {"service": service, "code": "200"})
-    bad = Series("http_requests_total", {"service": service, "code": "500"})
-    count = Series("http_request_duration_seconds_count", {"service": service})
+    Fewer `buckets` (seconds) back-fill faster; the default resolves p95 to about 10 ms. The
+    counters are declared gauges (as counters the buckets would be named `..._bucket_total`;
+    rate() ignores the type)."""
+
+    def series(name: str, **labels: str) -> MetricSeries:
+        return MetricSeries(name, "gauge", {"service": service, **labels}, [])
+
+    ok = series("http_requests_total", code="200")
+    bad = series("http_requests_total", code="500")
+    count = series("http_request_duration_seconds_count")
     bounds = buckets or BUCKETS
-    histogram = [
-        Series("http_request_duration_seconds_bucket", {"service": service, "le": f"{le:g}"})
-        for le in bounds
-    ] + [Series("http_request_duration_seconds_bucket", {"service": service, "le": "+Inf"})]
+    histogram = [series("http_request_duration_seconds_bucket", le=f"{le:g}") for le in bounds]
+    histogram.append(series("http_request_duration_seconds_bucket", le="+Inf"))
     totals = [0.0] * (3 + len(histogram))
     t = int(start.timestamp()) // 60 * 60
     stop = end.timestamp()
@@ -103,112 +95,6 @@ def api_series(
             s.samples.append((float(t), round(v, 3)))
         t += 60
     return [ok, bad, count, *histogram]
-
-
-def openmetrics(series: list[Series]) -> str:
-    """OpenMetrics text for `promtool tsdb create-blocks-from openmetrics` (counters as
-    untyped families so names stay exactly as given)."""
-    lines: list[str] = []
-    families: dict[str, list[Series]] = {}
-    for s in series:
-        families.setdefault(s.name, []).append(s)
-    for name, members in families.items():
-        lines.append(f"# TYPE {name} unknown")
-        for s in members:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            lines.extend(f"{name}{{{labels}}} {v!r} {int(ts)}" for ts, v in s.samples)
-    lines.append("# EOF")
-    return "\n".join(lines) + "\n"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class LocalPrometheus:
-    """Prometheus on 127.0.0.1 back-filled with `series` (promtool before start)."""
-
-    def __init__(self, workdir: Path, series: list[Series]) -> None:
-        self.workdir = workdir
-        self.series = series
-        self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> LocalPrometheus:
-        for tool in ("prometheus", "promtool"):
-            if shutil.which(tool) is None:
-                raise RuntimeError(f"{tool} is not installed: run `make setup` (scripts/setup.sh)")
-        data = self.workdir / "data"
-        shutil.rmtree(data, ignore_errors=True)
-        data.mkdir(parents=True)
-        source = self.workdir / "series.om"
-        source.write_text(openmetrics(self.series), encoding="utf-8")
-        subprocess.run(
-            [
-                "promtool",
-                "tsdb",
-                "create-blocks-from",
-                "--quiet",
-                "--max-block-duration=24h",
-                "openmetrics",
-                str(source),
-                str(data),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-        config = self.workdir / "prometheus.yml"
-        config.write_text("global:\n  scrape_interval: 15s\nscrape_configs: []\n")
-        self.port = _free_port()
-        log = (self.workdir / "prometheus.log").open("wb")
-        self._proc = subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={config}",
-                f"--storage.tsdb.path={data}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--storage.tsdb.retention.time=3650d",
-                "--query.lookback-delta=5m",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:  # noqa: S310
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"prometheus did not become ready; see {self.workdir}/prometheus.log")
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def __enter__(self) -> LocalPrometheus:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def minutes(start: datetime, end: datetime) -> list[datetime]:

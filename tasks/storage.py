@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect import task
@@ -41,26 +41,31 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _s3_put(bucket: S3Bucket, key: str, body: Any, digest: str) -> str:
+    """Upload `body` (bytes or a binary file) with its SHA-256 checked by S3; its s3:// URI."""
+    s3_key = _s3_key(bucket, key)
+    try:
+        bucket.credentials.get_s3_client().put_object(
+            Bucket=bucket.bucket_name,
+            Key=s3_key,
+            Body=body,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
+            Metadata={"sha256": digest},
+        )
+    except (ClientError, BotoCoreError) as exc:
+        raise ConnectionFailed(
+            f"S3 upload of s3://{bucket.bucket_name}/{s3_key} failed: {exc}"
+        ) from exc
+    return f"s3://{bucket.bucket_name}/{s3_key}"
+
+
 @task(name="put_archive_object")
 def put_object(store: ArchiveStore, key: str, data: bytes) -> StoredObject:
     """Write `data` under `key` with its SHA-256 checksum."""
     digest = _sha256(data)
     if isinstance(store, S3Bucket):
-        s3_key = _s3_key(store, key)
-        try:
-            store.credentials.get_s3_client().put_object(
-                Bucket=store.bucket_name,
-                Key=s3_key,
-                Body=data,
-                ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
-                Metadata={"sha256": digest},
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise ConnectionFailed(
-                f"S3 upload of s3://{store.bucket_name}/{s3_key} failed: {exc}"
-            ) from exc
-        location = f"s3://{store.bucket_name}/{s3_key}"
+        location = _s3_put(store, key, data, digest)
     else:
         path = Path(store.basepath or ".") / key
         store.write_path(key, data)
@@ -127,22 +132,8 @@ def put_file(store: ArchiveStore, key: str, path: Path, sha256: str | None = Non
     digest = sha256 or file_sha256(path)
     size = path.stat().st_size
     if isinstance(store, S3Bucket):
-        s3_key = _s3_key(store, key)
-        try:
-            with path.open("rb") as body:
-                store.credentials.get_s3_client().put_object(
-                    Bucket=store.bucket_name,
-                    Key=s3_key,
-                    Body=body,
-                    ChecksumAlgorithm="SHA256",
-                    ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
-                    Metadata={"sha256": digest},
-                )
-        except (ClientError, BotoCoreError) as exc:
-            raise ConnectionFailed(
-                f"S3 upload of s3://{store.bucket_name}/{s3_key} failed: {exc}"
-            ) from exc
-        location = f"s3://{store.bucket_name}/{s3_key}"
+        with path.open("rb") as body:
+            location = _s3_put(store, key, body, digest)
     else:
         target = Path(store.basepath or ".") / key
         target.parent.mkdir(parents=True, exist_ok=True)

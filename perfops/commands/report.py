@@ -11,6 +11,7 @@ import typer
 from perfops.cli_support import (
     JsonFlag,
     VerboseFlag,
+    env_option,
     print_json,
     print_wrapped,
     run_flow,
@@ -66,45 +67,35 @@ def weekly(
     ] = None,
     config: Annotated[
         Path | None,
-        typer.Option(
-            envvar="PERFOPS_REPORT_CONFIG",
-            show_envvar=True,
-            help="Targets and PromQL (default deployments/report.yaml).",
-            show_default=False,
+        env_option(
+            "PERFOPS_REPORT_CONFIG", "Targets and PromQL (default deployments/report.yaml)."
         ),
     ] = None,
     prometheus_url: Annotated[
         str | None,
-        typer.Option(
-            envvar="PERFOPS_PROMETHEUS_URL",
-            show_envvar=True,
-            help="Prometheus base URL (without one, the metrics sections say they are missing).",
+        env_option(
+            "PERFOPS_PROMETHEUS_URL",
+            "Prometheus base URL (without one, the metrics sections say they are missing).",
         ),
     ] = None,
     prometheus_block: Annotated[
         str | None,
-        typer.Option(
-            envvar="PERFOPS_PROMETHEUS_BLOCK",
-            show_envvar=True,
-            help="perfops-prometheus-source block name.",
-        ),
+        env_option("PERFOPS_PROMETHEUS_BLOCK", "perfops-prometheus-source block name."),
     ] = None,
     s3_block: Annotated[
         str | None,
-        typer.Option(
-            envvar="PERFOPS_S3_BLOCK",
-            show_envvar=True,
-            help="prefect-aws s3-bucket block for the archive (default: PERFOPS_S3_BUCKET, else "
-            "the folder out/archive).",
+        env_option(
+            "PERFOPS_S3_BLOCK",
+            "prefect-aws s3-bucket block for the archive (default: PERFOPS_S3_BUCKET, else the "
+            "folder out/archive).",
         ),
     ] = None,
     email_block: Annotated[
         str | None,
-        typer.Option(
-            envvar="PERFOPS_EMAIL_BLOCK",
-            show_envvar=True,
-            help="prefect-email email-server-credentials block (default: PERFOPS_SMTP_HOST, "
-            "else .eml files in out/mail).",
+        env_option(
+            "PERFOPS_EMAIL_BLOCK",
+            "prefect-email email-server-credentials block (default: PERFOPS_SMTP_HOST, else .eml "
+            "files in out/mail).",
         ),
     ] = None,
     as_json: JsonFlag = False,

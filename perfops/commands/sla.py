@@ -10,7 +10,9 @@ import typer
 
 from perfops.cli_support import (
     JsonFlag,
+    PrometheusUrlOption,
     VerboseFlag,
+    env_option,
     fail,
     print_json,
     print_wrapped,
@@ -25,29 +27,21 @@ DEFINITIONS_HELP = "SLA definitions YAML (SLOs, alert rules, escalation, silence
 DEFAULT_DEFINITIONS = Path(__file__).resolve().parents[2] / "deployments" / "slos.yaml"
 DefinitionsOption = Annotated[
     Path,
-    typer.Option(
-        "--definitions", envvar="PERFOPS_SLA_DEFINITIONS", show_envvar=True, help=DEFINITIONS_HELP
-    ),
+    env_option("PERFOPS_SLA_DEFINITIONS", DEFINITIONS_HELP, "--definitions", show_default=True),
 ]
 RedisOption = Annotated[
     str | None,
-    typer.Option(
-        "--redis-url",
-        envvar="PERFOPS_REDIS_URL",
-        show_envvar=True,
-        help="Redis holding incident state and the notice log.",
-        show_default=False,
+    env_option(
+        "PERFOPS_REDIS_URL", "Redis holding incident state and the notice log.", "--redis-url"
     ),
 ]
 SlackUrlOption = Annotated[
     str | None,
-    typer.Option(
+    env_option(
+        "PERFOPS_SLACK_API_URL",
+        "Slack Web API base URL (token only from PERFOPS_SLACK_TOKEN); without a token, notices "
+        "go to out/slack/messages.jsonl.",
         "--slack-api-url",
-        envvar="PERFOPS_SLACK_API_URL",
-        show_envvar=True,
-        help="Slack Web API base URL (token only from PERFOPS_SLACK_TOKEN); without a "
-        "token, notices go to out/slack/messages.jsonl.",
-        show_default=False,
     ),
 ]
 _COLOURS = {"ok": "green", "firing": "red", "no data": "yellow", "no baseline": "cyan"}
@@ -83,15 +77,7 @@ def _check_file(path: Path) -> str:
 @app.command()
 def evaluate(
     definitions: DefinitionsOption = DEFAULT_DEFINITIONS,
-    prometheus_url: Annotated[
-        str | None,
-        typer.Option(
-            envvar="PERFOPS_PROMETHEUS_URL",
-            show_envvar=True,
-            help="Prometheus base URL.",
-            show_default=False,
-        ),
-    ] = None,
+    prometheus_url: PrometheusUrlOption = None,
     at: Annotated[
         datetime | None,
         typer.Option(

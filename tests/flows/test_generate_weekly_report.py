@@ -39,8 +39,8 @@ from flows.generate_weekly_report import (
     ReportResult,
     generate_weekly_report,
 )
+from perfops.embedded_prometheus import merge_series
 from perfops.sample_metrics import (
-    Series,
     SyntheticEndpoint,
     duration_series,
     endpoint_series,
@@ -82,10 +82,12 @@ LAST_WEEK = [
 ]
 
 
-def _segment(week: ReportWeek, endpoints: list[SyntheticEndpoint], cpu: float) -> list[Series]:
+def _segment(
+    week: ReportWeek, endpoints: list[SyntheticEndpoint], cpu: float
+) -> list[MetricSeries]:
     # One step of gap at each end, so no rate window of one week sees the other week's samples.
     start, end = week.start.timestamp() + STEP_S, week.end.timestamp() - STEP_S
-    out: list[Series] = []
+    out: list[MetricSeries] = []
     for e in endpoints:
         out += endpoint_series(e, start, end, STEP_S, BUCKETS)
     out += node_series(start, end, STEP_S, cpu, 20, 60, 10)
@@ -98,23 +100,9 @@ def _segment(week: ReportWeek, endpoints: list[SyntheticEndpoint], cpu: float) -
     return out
 
 
-def _merge(*segments: list[Series]) -> list[MetricSeries]:
-    merged: dict[tuple[str, tuple[tuple[str, str], ...]], MetricSeries] = {}
-    for segment in segments:
-        for s in segment:
-            key = (s.name, tuple(sorted(s.labels.items())))
-            kind: Any = "counter" if s.name.endswith("_total") else "gauge"
-            if key in merged:
-                old = merged[key]
-                merged[key] = MetricSeries(old.name, kind, old.labels, old.samples + s.samples)
-            else:
-                merged[key] = MetricSeries(s.name, kind, s.labels, list(s.samples))
-    return list(merged.values())
-
-
 @pytest.fixture(scope="module")
 def report_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
-    series = _merge(_segment(PREVIOUS, LAST_WEEK, 40), _segment(WEEK, THIS_WEEK, 55))
+    series = merge_series(_segment(PREVIOUS, LAST_WEEK, 40), _segment(WEEK, THIS_WEEK, 55))
     with PrometheusServer(tmp_path_factory.mktemp("report-prometheus"), series) as server:
         yield server
 

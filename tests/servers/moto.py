@@ -45,11 +45,12 @@ Findings with moto 5.2.5 / boto3 1.43 (verified through the server):
 from __future__ import annotations
 
 import logging
-from types import TracebackType
 from typing import TypedDict
 
 import httpx
 from moto.server import ThreadedMotoServer
+
+from perfops.local_server import LocalServer
 
 REGION = "us-east-1"
 
@@ -63,7 +64,7 @@ class BotoClientKwargs(TypedDict):
     aws_secret_access_key: str
 
 
-class MotoServer:
+class MotoServer(LocalServer):
     """moto server on 127.0.0.1:<free port> running in a background thread."""
 
     def __init__(self, *, quiet: bool = True) -> None:
@@ -109,14 +110,3 @@ class MotoServer:
             wsgi = getattr(server, "_server", None)  # stop() leaves the listening socket open
             if wsgi is not None:
                 wsgi.server_close()
-
-    def __enter__(self) -> MotoServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

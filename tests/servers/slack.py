@@ -21,9 +21,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from perfops.local_server import LocalServer
 
 JsonDict = dict[str, Any]
 
@@ -48,7 +49,7 @@ class _Fault:
     retry_after: int | None
 
 
-class SlackStandIn:
+class SlackStandIn(LocalServer):
     """Slack Web API stand-in on 127.0.0.1:<free port> served from a background thread."""
 
     def __init__(self, token: str = DEFAULT_TOKEN) -> None:
@@ -103,17 +104,6 @@ class SlackStandIn:
             server.server_close()
         if thread is not None:
             thread.join()
-
-    def __enter__(self) -> SlackStandIn:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- test API ------------------------------------------------------------------------------
 

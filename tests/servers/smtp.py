@@ -12,12 +12,11 @@ import email.policy
 import threading
 import time
 from email.message import EmailMessage
-from types import TracebackType
 from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from .ports import free_port
+from perfops.local_server import LocalServer, free_port
 
 ReceivedMessage = tuple[str, list[str], EmailMessage]
 """(envelope MAIL FROM, envelope RCPT TOs, parsed message)."""
@@ -42,7 +41,7 @@ class _RecordingHandler:
         return "250 Message accepted for delivery"
 
 
-class SmtpServer:
+class SmtpServer(LocalServer):
     """SMTP server recording every accepted message in ``.messages``."""
 
     def __init__(self, refuse: set[str] | None = None) -> None:
@@ -91,14 +90,3 @@ class SmtpServer:
         controller, self._controller = self._controller, None
         if controller is not None:
             controller.stop()
-
-    def __enter__(self) -> SmtpServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from blocks import RedisTarget, SlackEscalationTarget
 from perfops.sla_series import Incident, api_series
 from tasks.sla_delivery import SlaStore
-from tests.servers import MetricSeries, PrometheusServer, SlackStandIn
+from tests.servers import PrometheusServer, SlackStandIn
 from tests.servers.slack import DEFAULT_TOKEN
 
 
@@ -45,9 +45,8 @@ REGRESSION = Incident(
 
 @pytest.fixture(scope="session")
 def sla_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
-    raw = api_series(
+    series = api_series(
         SLA_END - timedelta(days=8), SLA_END, [OUTAGE, REGRESSION], buckets=[0.1, 0.2, 0.3, 0.5, 1]
     )
-    series = [MetricSeries(s.name, "gauge", s.labels, s.samples) for s in raw]
     with PrometheusServer(tmp_path_factory.mktemp("sla-prometheus"), series) as server:
         yield server
