@@ -13,11 +13,15 @@ capacity and the reasons for it. Every demand is expressed in instances:
   utilisation (AWS predictive scaling, "forecast and scale"; in "forecast only" it is recorded
   but not used).
 
-Scale-out: the largest demand wins. Scale-in: the largest recommendation of the stabilization
-window wins (HPA), the window is stretched after a burst (load well above the fleet's recent
-norm tends to come back), and never during the scale-in cooldown. Guardrails always: min/max
-(including the schedule's), at most `max_step` instances per action, and no action at all on
-stale or missing data ("fail static").
+Scale-out: the largest demand wins, plus a little headroom (`scale_out_headroom`) so one action
+covers the next steps of a rising load. Scale-in: the largest recommendation of the
+stabilization window wins (HPA), the window is stretched after a burst (load well above the
+fleet's recent norm tends to come back), never during the scale-in cooldown, and not at all
+within a dead band (`scale_in_tolerance`) below the current capacity, so small dips and the
+headroom of the last scale-out do not act (fewer actions than following the load step by
+step; the headroom is capped to what the dead band keeps, so the two never flap). Guardrails
+always: min/max (including the schedule's), at most `max_step` instances per action, and no
+action at all on stale or missing data ("fail static").
 """
 
 from __future__ import annotations
@@ -177,6 +181,20 @@ class ScalingPolicy(BaseModel):
     )
     burst_baseline: timedelta = Field(timedelta(hours=1), gt=timedelta(0))
     tolerance: float = Field(0.10, ge=0, lt=1, description="Target-tracking dead band.")
+    scale_in_tolerance: float = Field(
+        0.12,
+        ge=0,
+        lt=1,
+        description="Scale-in dead band: no scale-in unless the recommendation is more than "
+        "this fraction below the current capacity (small dips do not act).",
+    )
+    scale_out_headroom: float = Field(
+        0.03,
+        ge=0,
+        le=1,
+        description="A scale-out adds this fraction on top of the demand, so one action "
+        "covers the next steps of a rising load.",
+    )
     target_tracking: bool = Field(
         True, description="Include the reactive target-tracking demand (a floor under forecasts)."
     )
@@ -403,6 +421,13 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalingState | None =
     in_window = [n for t, n in recs if now - t <= window]
 
     desired, reason = recommendation, f"{driver}: {why[driver]}{bound_note}"
+    if recommendation > current and policy.scale_out_headroom > 0:
+        # no more headroom than the scale-in dead band keeps (else the next run takes it back)
+        kept = math.floor(recommendation / (1.0 - policy.scale_in_tolerance) + EPS)
+        padded = min(math.ceil(recommendation * (1.0 + policy.scale_out_headroom) - EPS), kept, hi)
+        if padded > recommendation:
+            desired = padded
+            reason = f"{reason}; +{policy.scale_out_headroom:.0%} headroom ({padded})"
     if recommendation < current:
         held = max(in_window)
         if held > recommendation:
@@ -429,6 +454,13 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalingState | None =
                 f"scale-out cooldown ({since} of {policy.scale_out_cooldown})",
             )
 
+    # scale-in dead band: a small dip (or the headroom of the last scale-out) does not act
+    if lo <= current <= hi and current - policy.scale_in_tolerance * current <= desired < current:
+        desired, reason = (
+            current,
+            f"no scale-in: {desired} is within the {policy.scale_in_tolerance:.0%} dead band "
+            f"below {current} ({reason})",
+        )
     # guardrails: bounds (including the schedule's) and the maximum step per action
     if desired < lo:
         desired, reason = lo, f"{reason}; raised to the minimum {lo} ({bound_name})"

@@ -24,7 +24,15 @@ STEP = timedelta(minutes=5)
 
 
 def policy(**kw: object) -> ScalingPolicy:
-    base: dict[str, object] = dict(capacity_per_instance=10.0, step=STEP, thresholds=None)
+    """A policy whose rules are checked one at a time: no scale-out headroom or scale-in dead
+    band unless a test asks for them (their own tests below)."""
+    base: dict[str, object] = dict(
+        capacity_per_instance=10.0,
+        step=STEP,
+        thresholds=None,
+        scale_out_headroom=0.0,
+        scale_in_tolerance=0.0,
+    )
     base.update(kw)
     return ScalingPolicy(**base)
 
@@ -81,6 +89,33 @@ def test_burst_stretches_the_scale_in_window() -> None:
         p, obs([*calm, 200.0, 10.0], burst.desired, now=NOW + timedelta(minutes=20)), burst.state
     )
     assert after.desired == burst.desired and "1:00:00 stabilization window" in after.reason
+
+
+def test_scale_in_dead_band_ignores_small_dips() -> None:
+    p = policy(scale_in_tolerance=0.12, target_utilization=1.0, target_tracking=False)
+    dip = decide(p, obs(150.0, 20, forecast_upper=[180.0]))  # 18: 10 % below 20, in the band
+    assert (dip.desired, dip.action) == (20, "none")
+    assert "within the 12% dead band below 20" in dip.reason
+    drop = decide(p, obs(150.0, 20, forecast_upper=[170.0]))  # 17: 15 % below, outside
+    assert (drop.desired, drop.action) == (17, "scale_in")
+    assert decide(p, obs(0.0, 2)).desired == 2  # at the minimum: nothing to do
+    floor = decide(policy(scale_in_tolerance=0.12, min_capacity=5), obs(0.0, 4))
+    assert floor.desired == 5  # below the minimum: raised, the band does not hold it there
+
+
+def test_scale_out_headroom_covers_the_next_steps_without_flapping() -> None:
+    p = policy(scale_out_headroom=0.05, scale_in_tolerance=0.12, target_utilization=1.0)
+    out = decide(p, obs(200.0, 10))  # 20 wanted, +5 % -> 21
+    assert (out.desired, out.action) == (21, "scale_out") and "+5% headroom (21)" in out.reason
+    # the next run with the same load keeps the headroom (inside the dead band)
+    again = decide(p, obs(200.0, 21, now=NOW + timedelta(minutes=5)), out.state)
+    assert (again.desired, again.action) == (21, "none")
+    # a small fleet gets no headroom the dead band would take back (3 / 0.88 < 4)
+    small = decide(p, obs(30.0, 2))
+    assert small.desired == 3
+    assert decide(p, obs(30.0, 3), small.state).action == "none"
+    # never above the maximum
+    assert decide(policy(scale_out_headroom=0.5, max_capacity=22), obs(200.0, 10)).desired == 22
 
 
 def test_step_thresholds_after_evaluation_periods() -> None:
