@@ -64,6 +64,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _drain_prefect_queues() -> None:
+    """Send the logs and events this process's flow runs queued before their server stops (else
+    Prefect's exit handlers print "Error logging to API" for a server that is gone)."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
+
+
 @contextmanager
 def prefect_server(api_url: str | None = None) -> Iterator[str]:
     """Yield PREFECT_API_URL: `api_url` when given (a server already running), else a real Prefect
@@ -102,6 +114,7 @@ def prefect_server(api_url: str | None = None) -> Iterator[str]:
             time.sleep(0.5)
         yield api
     finally:
+        _drain_prefect_queues()
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(timeout=20)
