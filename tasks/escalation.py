@@ -241,6 +241,41 @@ def _new_incident(
     )
 
 
+def _at_level(
+    state: IncidentState,
+    definitions: SlaDefinitions,
+    level_no: int,
+    now: datetime,
+    *,
+    kind: NoticeKind,
+    key: str,
+    alerts: list[Alert],
+    after: IncidentState,
+    update_ts: str | None = None,
+) -> Notice:
+    """A notice to escalation level `level_no` of the incident's policy: that level's channel
+    (else the incident's first channel) and mentions, in the channel's thread."""
+    policy = definitions.policy(state.policy)
+    level = policy.levels[level_no - 1]
+    channel = policy.channel(level_no) or state.root_channel or "#perfops"
+    return Notice(
+        key=key,
+        incident=state.incident,
+        group=state.group,
+        kind=kind,
+        level=level_no,
+        level_name=level.name,
+        channel=channel,
+        mentions=level.mentions,
+        thread_ts=state.channel_roots.get(channel),
+        update_ts=update_ts,
+        alerts=alerts,
+        started_at=state.started_at,
+        at=now,
+        state_after=after,
+    )
+
+
 def _join(
     state: IncidentState,
     firing: list[Alert],
@@ -250,76 +285,52 @@ def _join(
 ) -> Notice:
     """New alerts in an open incident: a reply (broadcast) at the current level, with its
     mentions; the first message is re-rendered with every alert."""
-    policy = definitions.policy(state.policy)
-    level = policy.levels[state.level - 1]
-    channel = policy.channel(state.level) or state.root_channel or "#perfops"
     after = state.model_copy(
         update={
             "alerts": {a.key: a for a in firing},
             "notified": state.notified + [a.key for a in new],
         }
     )
-    return Notice(
-        key=f"{state.incident}:join:{_digest([a.key for a in new])}",
-        incident=state.incident,
-        group=state.group,
+    return _at_level(
+        state,
+        definitions,
+        state.level,
+        now,
         kind="join",
-        level=state.level,
-        level_name=level.name,
-        channel=channel,
-        mentions=level.mentions,
-        thread_ts=state.channel_roots.get(channel),
-        update_ts=state.root_ts,
+        key=f"{state.incident}:join:{_digest([a.key for a in new])}",
         alerts=new,
-        started_at=state.started_at,
-        at=now,
-        state_after=after,
+        after=after,
+        update_ts=state.root_ts,
     )
 
 
 def _escalate(state: IncidentState, now: datetime, definitions: SlaDefinitions) -> Notice:
-    policy = definitions.policy(state.policy)
     nxt = state.level + 1
-    level = policy.levels[nxt - 1]
-    channel = policy.channel(nxt) or state.root_channel or "#perfops"
     after = state.model_copy(update={"level": nxt, "level_at": now, "last_notified_at": now})
-    return Notice(
-        key=f"{state.incident}:escalate:{nxt}",
-        incident=state.incident,
-        group=state.group,
+    return _at_level(
+        state,
+        definitions,
+        nxt,
+        now,
         kind="escalate",
-        level=nxt,
-        level_name=level.name,
-        channel=channel,
-        mentions=level.mentions,
-        thread_ts=state.channel_roots.get(channel),
+        key=f"{state.incident}:escalate:{nxt}",
         alerts=list(state.alerts.values()),
-        started_at=state.started_at,
-        at=now,
-        state_after=after,
+        after=after,
     )
 
 
 def _repeat(state: IncidentState, now: datetime, definitions: SlaDefinitions) -> Notice:
-    policy = definitions.policy(state.policy)
-    level = policy.levels[state.level - 1]
-    channel = policy.channel(state.level) or state.root_channel or "#perfops"
     n = state.repeats + 1
     after = state.model_copy(update={"repeats": n, "last_notified_at": now})
-    return Notice(
-        key=f"{state.incident}:repeat:{state.level}.{n}",
-        incident=state.incident,
-        group=state.group,
+    return _at_level(
+        state,
+        definitions,
+        state.level,
+        now,
         kind="repeat",
-        level=state.level,
-        level_name=level.name,
-        channel=channel,
-        mentions=level.mentions,
-        thread_ts=state.channel_roots.get(channel),
+        key=f"{state.incident}:repeat:{state.level}.{n}",
         alerts=list(state.alerts.values()),
-        started_at=state.started_at,
-        at=now,
-        state_after=after,
+        after=after,
     )
 
 
