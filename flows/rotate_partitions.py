@@ -40,11 +40,13 @@ from perfops.redaction import install_log_redaction, one_line
 from perfops.settings import get_settings
 from tasks.partition_archives import (
     DEFAULT_BATCH_ROWS,
+    DEFAULT_SPOOL_BYTES,
     ArchiveError,
     ArchiveRecord,
     Manifest,
     archive_keys,
     dump_table_to_parquet,
+    spool,
     upload_archive,
     verify_archive,
 )
@@ -128,6 +130,15 @@ class RotationSettings(BaseModel):
         ge=1,
         le=16,
         description="Detached partitions archived at once (each on its own connection).",
+    )
+    archive_memory_mb: int = Field(
+        default=DEFAULT_SPOOL_BYTES >> 20,
+        ge=1,
+        le=65_536,
+        description="An archive up to this size (MiB) is built, uploaded and re-read in memory, "
+        "never written to local disk (whose writeback slows the database's WAL flushes when "
+        "they share a disk); a larger one spills to a temporary file. Peak memory is about "
+        "archive_parallelism x this.",
     )
     max_future_intervals: int = Field(
         default=DEFAULT_MAX_FUTURE_INTERVALS,
@@ -461,44 +472,50 @@ def _archive(
     try:
         # Detached by this run: no archive of it can be complete yet. Otherwise an earlier run
         # may have finished one before it stopped.
-        record = None if fresh else verify_archive(store, schema_name, table_name, name)
+        record = (
+            None
+            if fresh
+            else verify_archive(
+                store, schema_name, table_name, name, settings.archive_memory_mb << 20
+            )
+        )
     except (ArchiveError, ChecksumMismatch):
         record = None  # a partial or corrupted archive: written again below
     if record is not None:
         table_rows = count_rows(target, schema_name, name)
         if record.manifest.rows == table_rows:
             return record
-    path = workdir / f"{name}.parquet"
-    dump = dump_table_to_parquet(
-        target,
-        schema_name,
-        name,
-        key_column,
-        str(path),
-        settings.archive_batch_rows,
-        settings.statement_timeout_ms,
-    )
-    object_key, _ = archive_keys(schema_name, table_name, name)
-    manifest = Manifest(
-        schema_name=schema_name,
-        parent=table_name,
-        partition=name,
-        key_column=key_column,
-        lower=lower,
-        upper=upper,
-        rows=dump.rows,
-        min_key=dump.min_key,
-        max_key=dump.max_key,
-        columns=dump.columns,
-        object_key=object_key,
-        sha256=dump.sha256,
-        bytes=dump.bytes,
-        timezone=policy.timezone,
-        created_at=datetime.now(UTC),
-    )
-    upload_archive(store, dump, manifest)
-    path.unlink(missing_ok=True)
-    verified = verify_archive(store, schema_name, table_name, name)
+    memory = settings.archive_memory_mb << 20
+    with spool(memory, str(workdir)) as dumped:
+        dump = dump_table_to_parquet(
+            target,
+            schema_name,
+            name,
+            key_column,
+            dumped,
+            settings.archive_batch_rows,
+            settings.statement_timeout_ms,
+        )
+        object_key, _ = archive_keys(schema_name, table_name, name)
+        manifest = Manifest(
+            schema_name=schema_name,
+            parent=table_name,
+            partition=name,
+            key_column=key_column,
+            lower=lower,
+            upper=upper,
+            rows=dump.rows,
+            min_key=dump.min_key,
+            max_key=dump.max_key,
+            columns=dump.columns,
+            object_key=object_key,
+            sha256=dump.sha256,
+            bytes=dump.bytes,
+            timezone=policy.timezone,
+            created_at=datetime.now(UTC),
+        )
+        upload_archive(store, dumped, manifest)
+    verified = verify_archive(store, schema_name, table_name, name, memory)
     if verified is None or verified.manifest.sha256 != dump.sha256:
         raise ArchiveError(f"the archive of {name} is not in storage after the upload")
     return verified

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect import task
@@ -114,46 +114,59 @@ def get_object(store: ArchiveStore, key: str) -> bytes:
 _CHUNK = 1 << 20
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB chunks."""
+def stream_sha256(body: IO[bytes]) -> str:
+    """SHA-256 of a seekable binary file from its start, read in 1 MiB chunks; leaves it at 0."""
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
+    body.seek(0)
+    for chunk in iter(lambda: body.read(_CHUNK), b""):
+        digest.update(chunk)
+    body.seek(0)
     return digest.hexdigest()
 
 
-def put_file(store: ArchiveStore, key: str, path: Path, sha256: str | None = None) -> StoredObject:
-    """Upload a file under `key` with its SHA-256 (streamed from disk, never all in memory).
+def put_stream(store: ArchiveStore, key: str, body: IO[bytes], sha256: str) -> StoredObject:
+    """Upload a seekable binary file (from its start) under `key` with its SHA-256, streamed.
 
-    A plain function, for tasks that upload as one step of their own; `sha256` when the caller
-    already computed it.
+    A plain function, for tasks that upload as one step of their own. S3 itself checks `sha256`
+    (`ChecksumSHA256`); the folder store hashes while it copies and refuses a mismatch. The body
+    is rewound first, so a retried upload sends the whole object again.
     """
-    digest = sha256 or file_sha256(path)
-    size = path.stat().st_size
+    body.seek(0, 2)
+    size = body.tell()
+    body.seek(0)
     if isinstance(store, S3Bucket):
-        with path.open("rb") as body:
-            location = _s3_put(store, key, body, digest)
+        location = _s3_put(store, key, body, sha256)
     else:
         target = Path(store.basepath or ".") / key
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")
-        with path.open("rb") as src, partial.open("wb") as dst:
-            for chunk in iter(lambda: src.read(_CHUNK), b""):
+        digest = hashlib.sha256()
+        with partial.open("wb") as dst:
+            for chunk in iter(lambda: body.read(_CHUNK), b""):
+                digest.update(chunk)
                 dst.write(chunk)
-        Path(f"{target}.sha256").write_text(f"{digest}  {target.name}\n")
+        if digest.hexdigest() != sha256:
+            partial.unlink(missing_ok=True)
+            raise ChecksumMismatch(
+                f"{target}: the bytes written hash to {digest.hexdigest()}, not {sha256}"
+            )
+        Path(f"{target}.sha256").write_text(f"{sha256}  {target.name}\n")
         partial.replace(target)  # the object appears whole or not at all
         location = str(target)
-    return StoredObject(key=key, location=location, size=size, sha256=digest)
+    return StoredObject(key=key, location=location, size=size, sha256=sha256)
 
 
-def get_file(store: ArchiveStore, key: str, dest: Path) -> StoredObject:
-    """Download `key` into `dest` (streamed) and verify it against its recorded SHA-256.
+def get_stream(store: ArchiveStore, key: str, sink: IO[bytes]) -> StoredObject:
+    """Download `key` into the binary file `sink` (streamed, from the sink's start) and verify it
+    against its recorded SHA-256.
 
     Raises `ChecksumMismatch` when the bytes differ or no checksum was recorded, and
     `ConnectionFailed` when the object cannot be read (missing, storage down).
     """
     digest = hashlib.sha256()
+    size = 0
+    sink.seek(0)
+    sink.truncate()
     if isinstance(store, S3Bucket):
         s3_key = _s3_key(store, key)
         where = f"s3://{store.bucket_name}/{s3_key}"
@@ -161,10 +174,10 @@ def get_file(store: ArchiveStore, key: str, dest: Path) -> StoredObject:
             response = store.credentials.get_s3_client().get_object(
                 Bucket=store.bucket_name, Key=s3_key, ChecksumMode="ENABLED"
             )
-            with dest.open("wb") as fh:
-                for chunk in response["Body"].iter_chunks(_CHUNK):
-                    digest.update(chunk)
-                    fh.write(chunk)
+            for chunk in response["Body"].iter_chunks(_CHUNK):
+                digest.update(chunk)
+                sink.write(chunk)
+                size += len(chunk)
         except (ClientError, BotoCoreError) as exc:
             raise ConnectionFailed(f"S3 download of {where} failed: {exc}") from exc
         expected = response.get("Metadata", {}).get("sha256")
@@ -173,18 +186,26 @@ def get_file(store: ArchiveStore, key: str, dest: Path) -> StoredObject:
         where = str(source)
         if not source.exists():
             raise ConnectionFailed(f"{where} does not exist")
-        with source.open("rb") as src, dest.open("wb") as fh:
+        with source.open("rb") as src:
             for chunk in iter(lambda: src.read(_CHUNK), b""):
                 digest.update(chunk)
-                fh.write(chunk)
+                sink.write(chunk)
+                size += len(chunk)
         sidecar = Path(f"{source}.sha256")
         expected = sidecar.read_text().split()[0] if sidecar.exists() else None
+    sink.flush()
     actual = digest.hexdigest()
     if expected is None:
         raise ChecksumMismatch(f"{where} has no recorded SHA-256; refusing to trust it")
     if actual != expected:
         raise ChecksumMismatch(f"{where}: SHA-256 {actual} differs from recorded {expected}")
-    return StoredObject(key=key, location=where, size=dest.stat().st_size, sha256=actual)
+    return StoredObject(key=key, location=where, size=size, sha256=actual)
+
+
+def get_file(store: ArchiveStore, key: str, dest: Path) -> StoredObject:
+    """Download `key` into the file `dest`, verified as `get_stream` does."""
+    with dest.open("wb") as sink:
+        return get_stream(store, key, sink)
 
 
 def object_exists(store: ArchiveStore, key: str) -> bool:

@@ -35,6 +35,7 @@ from tasks.partition_archives import (
     Manifest,
     archive_keys,
     dump_table_to_parquet,
+    spool,
     upload_archive,
 )
 from tasks.partitioning import HashPolicy, PartitionPolicy
@@ -355,11 +356,8 @@ def test_crash_points_are_completed_by_the_next_run(
         datetime(2025, 10, 1, tzinfo=UTC),
     )
     if crash in ("after_upload", "partial_upload"):
-        dump = dump_table_to_parquet.fn(
-            pg_target, schema, name, "created_at", str(tmp_path / "dump.parquet")
-        )
-        (tmp_path / "dump.parquet").rename(tmp_path / "dump.keep")
-        dump.path = str(tmp_path / "dump.keep")
+        body = spool(1 << 20)
+        dump = dump_table_to_parquet.fn(pg_target, schema, name, "created_at", body)
         object_key, _ = archive_keys(schema, "audit_logs", name)
         manifest = Manifest(
             schema_name=schema,
@@ -375,8 +373,8 @@ def test_crash_points_are_completed_by_the_next_run(
             bytes=dump.bytes,
             created_at=datetime.now(UTC),
         )
-        upload_archive.fn(store, dump, manifest)
-        (tmp_path / "dump.keep").unlink()
+        upload_archive.fn(store, body, manifest)
+        body.close()
         if crash == "partial_upload":  # killed mid-upload: a truncated object, no manifest
             _, manifest_key = archive_keys(schema, "audit_logs", name)
             (tmp_path / manifest_key).unlink()

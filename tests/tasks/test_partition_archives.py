@@ -27,6 +27,7 @@ from tasks.partition_archives import (
     fetch_archive,
     load_archive,
     parse_archive_source,
+    spool,
     upload_archive,
     verify_archive,
 )
@@ -100,7 +101,8 @@ def archive(target: PostgresTarget, schema: str, store: LocalFileSystem, tmp: Pa
         datetime(2025, 9, 1, tzinfo=UTC),
         datetime(2025, 10, 1, tzinfo=UTC),
     )
-    dump = dump_table_to_parquet.fn(target, schema, "logs_p2025_09", "at", str(tmp / "d.parquet"))
+    body = spool(1 << 20)
+    dump = dump_table_to_parquet.fn(target, schema, "logs_p2025_09", "at", body)
     object_key, _ = archive_keys(schema, "logs", "logs_p2025_09")
     manifest = Manifest(
         schema_name=schema,
@@ -118,17 +120,19 @@ def archive(target: PostgresTarget, schema: str, store: LocalFileSystem, tmp: Pa
         bytes=dump.bytes,
         created_at=datetime.now(UTC),
     )
-    upload_archive.fn(store, dump, manifest)
+    upload_archive.fn(store, body, manifest)
+    body.close()
     return manifest
 
 
 def test_parquet_keeps_types_and_null_apart_from_empty(
     pg_dsn: str, pg_target: PostgresTarget, schema: str, tmp_path: Path
 ) -> None:
-    dump = dump_table_to_parquet.fn(
-        pg_target, schema, "logs_p2025_09", "at", str(tmp_path / "x.parquet"), batch_rows=1000
-    )
+    with (tmp_path / "x.parquet").open("w+b") as sink:
+        sink.write(b"left over from an earlier attempt")  # a retried dump starts over
+        dump = dump_table_to_parquet.fn(pg_target, schema, "logs_p2025_09", "at", sink, 1000)
     assert dump.rows == 3
+    assert dump.bytes == (tmp_path / "x.parquet").stat().st_size
     assert dump.min_key == "2025-09-01T00:00:00.123456+00:00"
     assert dump.max_key == "2025-09-30T23:59:59.999999+00:00"
     table = pq.read_table(tmp_path / "x.parquet")
@@ -233,3 +237,15 @@ def test_rescue_limit_and_lock_held_by_another_run(
     assert len(rows_of(pg_dsn, schema, "logs_default")) == 0
     [again] = create_partitions.fn(*args)
     assert again.status == "existed"
+
+
+def test_archive_larger_than_memory_spills_to_a_temporary_file(
+    pg_target: PostgresTarget, schema: str, tmp_path: Path
+) -> None:
+    detach_partition.fn(pg_target, schema, "logs", "logs_p2025_09", None, None)
+    body = spool(64, str(tmp_path))  # a few rows' Parquet is well over 64 bytes
+    dump = dump_table_to_parquet.fn(pg_target, schema, "logs_p2025_09", "at", body)
+    assert body._rolled  # type: ignore[attr-defined]
+    assert dump.bytes > 64 and dump.rows == 3
+    body.close()
+    assert not list(tmp_path.glob("perfops-archive-*"))  # the spill file goes when closed
