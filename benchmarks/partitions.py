@@ -175,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
-    parser.add_argument("--parallel", type=int, default=2, help="archive_parallelism")
+    parser.add_argument(
+        "--parallel", type=int, default=None, help="archive_parallelism (default: the flow's)"
+    )
     parser.add_argument("--prefect-api-url", default=None)
     args = parser.parse_args(argv)
     now = datetime.now(UTC)
@@ -246,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
                 report = rotate_partitions(
                     policies=[policy],
                     apply=True,
-                    settings=RotationSettings(archive_parallelism=args.parallel),
+                    settings=RotationSettings(archive_parallelism=args.parallel)
+                    if args.parallel
+                    else RotationSettings(),
                 )
                 return time.perf_counter() - started, report
 

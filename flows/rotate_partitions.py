@@ -126,10 +126,13 @@ class RotationSettings(BaseModel):
         "(one transaction); a larger backlog is reported, not moved.",
     )
     archive_parallelism: int = Field(
-        default=2,
+        default=1,
         ge=1,
         le=16,
-        description="Detached partitions archived at once (each on its own connection).",
+        description="Detached partitions archived at once (each on its own connection). One "
+        "archive already keeps two cores busy (the server's COPY and the Parquet encoding run "
+        "side by side); more only pays on a bigger machine, and costs the database's other "
+        "sessions CPU.",
     )
     archive_memory_mb: int = Field(
         default=DEFAULT_SPOOL_BYTES >> 20,

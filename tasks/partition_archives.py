@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import tempfile
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
@@ -191,6 +191,26 @@ def spool(max_bytes: int = DEFAULT_SPOOL_BYTES, directory: str | None = None) ->
     )
 
 
+_EPOCH = datetime(1970, 1, 1)
+_MICROS = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 1}
+
+
+def _as_py(scalar: pa.Scalar) -> Any:
+    """A scalar as a Python value. Timestamps and dates are converted here: pyarrow's own
+    `as_py()` imports pandas (0.4 s, on the first archive of a run) to look for nanoseconds."""
+    if not scalar.is_valid:
+        return None
+    kind = scalar.type
+    if pa.types.is_timestamp(kind):
+        value = scalar.value
+        micros = value // 1_000 if kind.unit == "ns" else value * _MICROS[kind.unit]
+        naive = _EPOCH + timedelta(microseconds=micros)
+        return naive.replace(tzinfo=UTC) if kind.tz is not None else naive
+    if pa.types.is_date32(kind):
+        return (_EPOCH + timedelta(days=scalar.value)).date()
+    return scalar.as_py()
+
+
 def _key_text(value: Any) -> str | None:
     if value is None:
         return None
@@ -268,7 +288,7 @@ def dump_table_to_parquet(
                 batch = pa.RecordBatch.from_arrays(batch.columns, schema=schema)
                 if batch.num_rows:
                     mm = pc.min_max(batch.column(key_column))
-                    bmin, bmax = mm["min"].as_py(), mm["max"].as_py()
+                    bmin, bmax = _as_py(mm["min"]), _as_py(mm["max"])
                     if bmin is not None:
                         lo = bmin if lo is None else min(lo, bmin)
                         hi = bmax if hi is None else max(hi, bmax)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from blocks import PostgresTarget
 from perfops.errors import ChecksumMismatch, ConfigurationError, LockBusy
 from tasks.partition_archives import (
     Manifest,
+    _as_py,
     archive_keys,
     dump_table_to_parquet,
     fetch_archive,
@@ -249,3 +250,19 @@ def test_archive_larger_than_memory_spills_to_a_temporary_file(
     assert dump.bytes > 64 and dump.rows == 3
     body.close()
     assert not list(tmp_path.glob("perfops-archive-*"))  # the spill file goes when closed
+
+
+@pytest.mark.parametrize(
+    ("value", "arrow_type"),
+    [
+        (datetime(2025, 9, 1, 0, 0, 0, 123456, tzinfo=UTC), pa.timestamp("us", tz="UTC")),
+        (datetime(1969, 12, 31, 23, 59, 59, 999999), pa.timestamp("us")),
+        (datetime(2024, 2, 29, 12, 30, 1, 5000, tzinfo=UTC), pa.timestamp("ms", tz="UTC")),
+        (datetime(2024, 2, 29, 12, 30, 1), pa.timestamp("s")),
+        (date(1900, 2, 28), pa.date32()),
+        (None, pa.timestamp("us", tz="UTC")),
+    ],
+)
+def test_key_scalars_convert_like_pyarrow_without_pandas(value: Any, arrow_type: Any) -> None:
+    scalar = pa.scalar(value, type=arrow_type)
+    assert _as_py(scalar) == value == scalar.as_py()
