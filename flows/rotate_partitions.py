@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field
 
 from perfops.connections import BOTO_RETRY_CONFIG, ArchiveStore, Resolved, load_block
 from perfops.errors import ChecksumMismatch, ConfigurationError, PerfopsError
+from perfops.priority import MAX_NICENESS, lower_thread_priority
 from perfops.redaction import install_log_redaction, one_line
 from perfops.settings import get_settings
 from tasks.partition_archives import (
@@ -142,6 +143,15 @@ class RotationSettings(BaseModel):
         "never written to local disk (whose writeback slows the database's WAL flushes when "
         "they share a disk); a larger one spills to a temporary file. Peak memory is about "
         "archive_parallelism x this.",
+    )
+    archive_niceness: int = Field(
+        default=10,
+        ge=0,
+        le=MAX_NICENESS,
+        description="CPU niceness (0-19; 0 leaves it) of the threads that archive and drop "
+        "(Linux). Parsing and compressing an archive keeps a core busy; when the flow runs on "
+        "the database host, a positive niceness lets the database's own sessions have the CPU "
+        "first. DDL that holds locks on the parent (create, detach) is never slowed.",
     )
     max_future_intervals: int = Field(
         default=DEFAULT_MAX_FUTURE_INTERVALS,
@@ -444,7 +454,12 @@ def _rotate_range(
 
     # Detached tables are archived a few at a time: one COPY keeps one server core busy.
     phase_started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=settings.archive_parallelism) as pool:
+    with ThreadPoolExecutor(
+        max_workers=settings.archive_parallelism,
+        thread_name_prefix="archive",
+        initializer=lower_thread_priority,
+        initargs=(settings.archive_niceness,),
+    ) as pool:
         futures = [
             pool.submit(contextvars.copy_context().run, retire, outcome, lower, upper, fresh)
             for outcome, lower, upper, fresh in ready

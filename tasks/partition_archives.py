@@ -262,7 +262,9 @@ def dump_table_to_parquet(
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,
         )
-        read = pacsv.ReadOptions(column_names=[c.name for c in columns], block_size=_CSV_BLOCK)
+        read = pacsv.ReadOptions(
+            column_names=[c.name for c in columns], block_size=_CSV_BLOCK, use_threads=False
+        )
         rows = 0
         lo: Any = None
         hi: Any = None

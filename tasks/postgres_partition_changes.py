@@ -199,6 +199,23 @@ def create_partitions(
     return results
 
 
+def _rows_waiting(
+    conn: psycopg.Connection[DictRow],
+    schema_name: str,
+    default: str,
+    key: sql.Identifier,
+    lower: sql.Literal,
+    upper: sql.Literal,
+) -> bool:
+    """Whether the default partition holds a row of [lower, upper) (read without a lock)."""
+    row = conn.execute(
+        sql.SQL(
+            "select exists (select from {table} where {key} >= {lo} and {key} < {hi}) as found"
+        ).format(table=_ident(schema_name, default), key=key, lo=lower, hi=upper)
+    ).fetchone()
+    return bool(row and row["found"])
+
+
 def _create_one(
     conn: psycopg.Connection[DictRow],
     schema_name: str,
@@ -216,6 +233,16 @@ def _create_one(
     create = sql.SQL("create table {} partition of {} for values from ({}) to ({})").format(
         child, parent, lower, upper
     )
+    if default is None or not _rows_waiting(conn, schema_name, default, key, lower, upper):
+        # Nothing to move (the common case): one autocommit statement, so the parent's lock is
+        # held only while it runs. PostgreSQL checks the default partition itself under that
+        # lock; a row that arrived since the count fails it, and the rescue below moves it.
+        try:
+            conn.execute(create)
+            return CreatedPartition(name=name, status="created")
+        except psycopg.errors.CheckViolation:
+            if default is None:
+                raise
     with conn.transaction():
         moved = 0
         if default is not None:
@@ -359,8 +386,9 @@ def detach_partition(
             )
             return "finalized"
         if _default_name(children) is not None:
-            with conn.transaction():
-                conn.execute(sql.SQL("alter table {} detach partition {}").format(parent, child))
+            # One autocommit statement: the parent's ACCESS EXCLUSIVE lock is held while it runs
+            # and commits, never across a round trip to this client.
+            conn.execute(sql.SQL("alter table {} detach partition {}").format(parent, child))
             return "plain"
         conn.execute(
             sql.SQL("alter table {} detach partition {} concurrently").format(parent, child)

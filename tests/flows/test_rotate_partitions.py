@@ -38,7 +38,7 @@ from tasks.partition_archives import (
     spool,
     upload_archive,
 )
-from tasks.partitioning import HashPolicy, PartitionPolicy
+from tasks.partitioning import HashPolicy, PartitionPolicy, PlannedPartition
 from tasks.postgres_partition_changes import detach_partition
 from tests.servers import MotoServer
 
@@ -309,6 +309,40 @@ def test_apply_creates_rescues_archives_and_drops(
         apply=True,
     )
     assert again.tables[0].created == [] and again.tables[0].expired == []
+
+
+def test_rows_arriving_in_the_default_after_the_check_are_still_rescued(
+    pg_dsn: str, pg_target: PostgresTarget, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unlocked "any rows waiting?" check can race a writer: PostgreSQL's own check of the
+    default partition then refuses the plain CREATE, and the locked rescue moves the rows."""
+    import tasks.postgres_partition_changes as changes
+
+    make_audit_logs(pg_dsn, schema, default_rows={(2027, 1): 4})
+    monkeypatch.setattr(changes, "_rows_waiting", lambda *args: False)  # the race, made certain
+    [created] = changes.create_partitions.fn(
+        pg_target,
+        schema,
+        "audit_logs",
+        "created_at",
+        "timestamp with time zone",
+        "UTC",
+        [
+            PlannedPartition(
+                name="audit_logs_p2027_01",
+                lower=datetime(2027, 1, 1, tzinfo=UTC),
+                upper=datetime(2027, 2, 1, tzinfo=UTC),
+                reason="test",
+            )
+        ],
+        changes.Timeouts(lock_timeout_ms=1_000),
+    )
+    assert (created.status, created.moved_rows) == ("created", 4)
+    with psycopg.connect(pg_dsn) as conn:
+        moved = conn.execute(
+            sql.SQL("select count(*) from {}").format(sql.Identifier(schema, "audit_logs_p2027_01"))
+        ).fetchone()
+    assert moved == (4,)
 
 
 def test_detach_concurrently_without_default_partition(
