@@ -44,11 +44,9 @@ from tasks.partition_archives import (
     DEFAULT_SPOOL_BYTES,
     ArchiveError,
     ArchiveRecord,
+    ArchiveSource,
     Manifest,
-    archive_keys,
-    dump_table_to_parquet,
-    spool,
-    upload_archive,
+    archive_partition,
     verify_archive,
 )
 from tasks.partitioning import (
@@ -68,11 +66,13 @@ from tasks.postgres_partition_changes import (
     DEFAULT_RESCUE_MAX_ROWS,
     DEFAULT_STATEMENT_TIMEOUT_MS,
     CreatedPartition,
+    Detached,
+    Expiring,
     Timeouts,
     count_rows,
     create_hash_partitions,
     create_partitions,
-    detach_partition,
+    detach_partitions,
     drop_detached_table,
     fetch_detached,
 )
@@ -371,22 +371,29 @@ def _rotate_range(
         if d.name not in {e.name for e in plan.expire}
     ]
     ready: list[tuple[ExpiryOutcome, datetime | None, datetime | None, bool]] = []
+    to_detach = [Expiring(name=n, lower=lo, upper=hi) for n, lo, hi, attached in todo if attached]
+    detached_now: dict[str, Detached] = {}
+    if to_detach:
+        try:
+            detached_now = {
+                d.name: d
+                for d in detach_partitions(target, schema_name, table_name, to_detach, timeouts)
+            }
+        except (PerfopsError, psycopg.Error) as exc:  # the session itself: nothing was detached
+            error = one_line(exc, empty="failed")
+            detached_now = {e.name: Detached(name=e.name, error=error) for e in to_detach}
     for name, lower, upper, attached in todo:
         outcome = ExpiryOutcome(partition=name, action=policy.expired_action, status="detached")
         result.expired.append(outcome)
         if attached:
-            try:
-                outcome.detach_mode = detach_partition(
-                    target, schema_name, table_name, name, lower, upper, timeouts
-                )
-            except (PerfopsError, psycopg.Error) as exc:
+            done = detached_now[name]
+            if done.mode is None:
                 outcome.status = "failed"
-                outcome.detail = (
-                    f"{one_line(exc, empty='failed')}; nothing dropped, {name} stays attached"
-                )
+                outcome.detail = f"{done.error}; nothing dropped, {name} stays attached"
                 result.problems.append(f"detaching {name} failed: {outcome.detail}")
                 logger.warning("detaching %s failed: %s", name, outcome.detail)
                 continue
+            outcome.detach_mode = done.mode
             if outcome.detach_mode == "plain":
                 outcome.detail = (
                     f"{policy.table} has a DEFAULT partition, so PostgreSQL refuses DETACH "
@@ -504,37 +511,25 @@ def _archive(
         if record.manifest.rows == table_rows:
             return record
     memory = settings.archive_memory_mb << 20
-    with spool(memory, str(workdir)) as dumped:
-        dump = dump_table_to_parquet(
-            target,
-            schema_name,
-            name,
-            key_column,
-            dumped,
-            settings.archive_batch_rows,
-            settings.statement_timeout_ms,
-        )
-        object_key, _ = archive_keys(schema_name, table_name, name)
-        manifest = Manifest(
+    manifest = archive_partition(
+        target,
+        store,
+        ArchiveSource(
             schema_name=schema_name,
             parent=table_name,
             partition=name,
             key_column=key_column,
             lower=lower,
             upper=upper,
-            rows=dump.rows,
-            min_key=dump.min_key,
-            max_key=dump.max_key,
-            columns=dump.columns,
-            object_key=object_key,
-            sha256=dump.sha256,
-            bytes=dump.bytes,
             timezone=policy.timezone,
-            created_at=datetime.now(UTC),
-        )
-        upload_archive(store, dumped, manifest)
+        ),
+        settings.archive_batch_rows,
+        settings.statement_timeout_ms,
+        memory,
+        str(workdir),
+    )
     verified = verify_archive(store, schema_name, table_name, name, memory)
-    if verified is None or verified.manifest.sha256 != dump.sha256:
+    if verified is None or verified.manifest.sha256 != manifest.sha256:
         raise ArchiveError(f"the archive of {name} is not in storage after the upload")
     return verified
 

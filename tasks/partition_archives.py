@@ -219,7 +219,6 @@ def _key_text(value: Any) -> str | None:
     return str(value)
 
 
-@task(name="dump_table_to_parquet", cache_policy=NO_CACHE, **RETRY_DEFAULTS)
 def dump_table_to_parquet(
     target: PostgresTarget,
     schema_name: str,
@@ -315,7 +314,6 @@ def dump_table_to_parquet(
     )
 
 
-@task(name="upload_archive", cache_policy=NO_CACHE, **RETRY_DEFAULTS)
 def upload_archive(store: ArchiveStore, body: IO[bytes], manifest: Manifest) -> str:
     """Upload the Parquet dump `body` with the manifest's SHA-256, then the manifest (last: the
     archive's commit mark). Returns the object's location."""
@@ -327,6 +325,65 @@ def upload_archive(store: ArchiveStore, body: IO[bytes], manifest: Manifest) -> 
     _, manifest_key = _keys(manifest)
     put_object.fn(store, manifest_key, manifest.model_dump_json(indent=2).encode())
     return stored.location
+
+
+class ArchiveSource(BaseModel):
+    """A detached partition to archive, and what its manifest records about where it came from."""
+
+    schema_name: str
+    parent: str
+    partition: str
+    key_column: str
+    lower: datetime | None = None
+    upper: datetime | None = None
+    timezone: str = "UTC"
+
+
+@task(name="archive_partition", cache_policy=NO_CACHE, **RETRY_DEFAULTS)
+def archive_partition(
+    target: PostgresTarget,
+    store: ArchiveStore,
+    source: ArchiveSource,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    statement_timeout_ms: int = 600_000,
+    spool_bytes: int = DEFAULT_SPOOL_BYTES,
+    spool_dir: str | None = None,
+) -> Manifest:
+    """Copy a detached partition into storage, one streaming step from the database to the
+    store: COPY into zstd Parquet held in memory (in a temporary file beyond `spool_bytes`), then
+    the upload with its SHA-256 and, last, its manifest. A retry starts over; the manifest is the
+    archive's commit mark, so a half-written archive is never taken for a finished one. Returns
+    the manifest written (`verify_archive` re-reads it from storage)."""
+    with spool(spool_bytes, spool_dir) as body:
+        dump = dump_table_to_parquet(
+            target,
+            source.schema_name,
+            source.partition,
+            source.key_column,
+            body,
+            batch_rows,
+            statement_timeout_ms,
+        )
+        object_key, _ = archive_keys(source.schema_name, source.parent, source.partition)
+        manifest = Manifest(
+            schema_name=source.schema_name,
+            parent=source.parent,
+            partition=source.partition,
+            key_column=source.key_column,
+            lower=source.lower,
+            upper=source.upper,
+            rows=dump.rows,
+            min_key=dump.min_key,
+            max_key=dump.max_key,
+            columns=dump.columns,
+            object_key=object_key,
+            sha256=dump.sha256,
+            bytes=dump.bytes,
+            timezone=source.timezone,
+            created_at=datetime.now(UTC),
+        )
+        upload_archive(store, body, manifest)
+    return manifest
 
 
 def _keys(manifest: Manifest) -> tuple[str, str]:

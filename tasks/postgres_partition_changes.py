@@ -347,53 +347,82 @@ def expired_comment(
     return EXPIRED_MARK + json.dumps(mark, sort_keys=True)
 
 
-@task(name="detach_partition", cache_policy=NO_CACHE, **RETRY_DEFAULTS)
-def detach_partition(
+class Expiring(BaseModel):
+    """An expired partition to detach, with the bounds its expiry mark records."""
+
+    name: str
+    lower: datetime | None = None
+    upper: datetime | None = None
+
+
+class Detached(BaseModel):
+    """What detaching one partition did: its mode, or why it failed (it stays attached)."""
+
+    name: str
+    mode: DetachMode | None = None
+    error: str | None = None
+
+
+@task(name="detach_partitions", cache_policy=NO_CACHE, **RETRY_DEFAULTS)
+def detach_partitions(
     target: PostgresTarget,
     schema_name: str,
     table_name: str,
-    child_name: str,
-    lower: datetime | None,
-    upper: datetime | None,
+    partitions: list[Expiring],
     timeouts: Timeouts = Timeouts(),  # noqa: B008
-) -> DetachMode:
-    """Mark `child_name` as expired (table comment) and detach it from its parent.
+) -> list[Detached]:
+    """Mark each partition as expired (table comment) and detach it from its parent, in order, on
+    one connection holding the table's advisory lock.
 
     `DETACH PARTITION ... CONCURRENTLY` outside a transaction when it can; PostgreSQL refuses it
     while the parent has a DEFAULT partition, so then a plain `DETACH` (ACCESS EXCLUSIVE on the
-    parent, bounded by lock_timeout) and the result says "plain". A concurrent detach interrupted
-    by a crash is completed with `DETACH ... FINALIZE`. Already detached: nothing to do.
+    parent, bounded by lock_timeout) and the mode says "plain". Each DETACH is its own autocommit
+    statement: the parent's lock is held while it runs and commits, never across a round trip to
+    this client, and never for more than one partition. A concurrent detach interrupted by a
+    crash is completed with `DETACH ... FINALIZE`; one already detached is left as it is. A
+    partition that fails (a lock timeout) is reported and stays attached; the others go on.
     """
+    parent = qualified_name(schema_name, table_name)
+    results = []
+    with ddl_session(
+        target, schema_name, table_name, f"detach partitions of {parent}", timeouts
+    ) as conn:
+        for item in partitions:
+            try:
+                mode = _detach_one(conn, schema_name, table_name, item)
+            except (PerfopsError, psycopg.Error) as exc:
+                results.append(Detached(name=item.name, error=one_line(exc, empty="failed")))
+            else:
+                results.append(Detached(name=item.name, mode=mode))
+    return results
+
+
+def _detach_one(
+    conn: psycopg.Connection[DictRow], schema_name: str, table_name: str, item: Expiring
+) -> DetachMode:
     parent_q = qualified_name(schema_name, table_name)
-    parent, child = _ident(schema_name, table_name), _ident(schema_name, child_name)
-    with ddl_session(target, schema_name, table_name, f"detach {child_name}", timeouts) as conn:
-        children = _children(conn, parent_q)
-        if child_name not in children:
-            if not _exists(conn, schema_name, child_name):
-                raise ConfigurationError(
-                    f"{child_name} is neither a partition of {parent_q} nor a table in "
-                    f"{schema_name}: nothing to detach"
-                )
-            return "already detached"
-        conn.execute(
-            sql.SQL("comment on table {} is {}").format(
-                child, sql.Literal(expired_comment(schema_name, table_name, lower, upper))
+    parent, child = _ident(schema_name, table_name), _ident(schema_name, item.name)
+    children = _children(conn, parent_q)
+    if item.name not in children:
+        if not _exists(conn, schema_name, item.name):
+            raise ConfigurationError(
+                f"{item.name} is neither a partition of {parent_q} nor a table in "
+                f"{schema_name}: nothing to detach"
             )
+        return "already detached"
+    conn.execute(
+        sql.SQL("comment on table {} is {}").format(
+            child, sql.Literal(expired_comment(schema_name, table_name, item.lower, item.upper))
         )
-        if children[child_name]["detach_pending"]:
-            conn.execute(
-                sql.SQL("alter table {} detach partition {} finalize").format(parent, child)
-            )
-            return "finalized"
-        if _default_name(children) is not None:
-            # One autocommit statement: the parent's ACCESS EXCLUSIVE lock is held while it runs
-            # and commits, never across a round trip to this client.
-            conn.execute(sql.SQL("alter table {} detach partition {}").format(parent, child))
-            return "plain"
-        conn.execute(
-            sql.SQL("alter table {} detach partition {} concurrently").format(parent, child)
-        )
-        return "concurrently"
+    )
+    if children[item.name]["detach_pending"]:
+        conn.execute(sql.SQL("alter table {} detach partition {} finalize").format(parent, child))
+        return "finalized"
+    if _default_name(children) is not None:
+        conn.execute(sql.SQL("alter table {} detach partition {}").format(parent, child))
+        return "plain"
+    conn.execute(sql.SQL("alter table {} detach partition {} concurrently").format(parent, child))
+    return "concurrently"
 
 
 _DETACHED: LiteralString = """

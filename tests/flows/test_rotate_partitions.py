@@ -31,15 +31,9 @@ from flows.rotate_partitions import (
     rotate_partitions,
 )
 from perfops.errors import ConfigurationError
-from tasks.partition_archives import (
-    Manifest,
-    archive_keys,
-    dump_table_to_parquet,
-    spool,
-    upload_archive,
-)
+from tasks.partition_archives import ArchiveSource, Manifest, archive_keys, archive_partition
 from tasks.partitioning import HashPolicy, PartitionPolicy, PlannedPartition
-from tasks.postgres_partition_changes import detach_partition
+from tasks.postgres_partition_changes import Expiring, detach_partitions
 from tests.servers import MotoServer
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -381,34 +375,27 @@ def test_crash_points_are_completed_by_the_next_run(
     store = LocalFileSystem(basepath=str(tmp_path))
     name = "audit_logs_p2025_09"
     # The steps a run had done when it was killed, run one by one.
-    detach_partition.fn(
+    detach_partitions.fn(
         pg_target,
         schema,
         "audit_logs",
-        name,
-        datetime(2025, 9, 1, tzinfo=UTC),
-        datetime(2025, 10, 1, tzinfo=UTC),
+        [
+            Expiring(
+                name=name,
+                lower=datetime(2025, 9, 1, tzinfo=UTC),
+                upper=datetime(2025, 10, 1, tzinfo=UTC),
+            )
+        ],
     )
     if crash in ("after_upload", "partial_upload"):
-        body = spool(1 << 20)
-        dump = dump_table_to_parquet.fn(pg_target, schema, name, "created_at", body)
-        object_key, _ = archive_keys(schema, "audit_logs", name)
-        manifest = Manifest(
-            schema_name=schema,
-            parent="audit_logs",
-            partition=name,
-            key_column="created_at",
-            rows=dump.rows,
-            min_key=dump.min_key,
-            max_key=dump.max_key,
-            columns=dump.columns,
-            object_key=object_key,
-            sha256=dump.sha256,
-            bytes=dump.bytes,
-            created_at=datetime.now(UTC),
+        manifest = archive_partition.fn(
+            pg_target,
+            store,
+            ArchiveSource(
+                schema_name=schema, parent="audit_logs", partition=name, key_column="created_at"
+            ),
         )
-        upload_archive.fn(store, body, manifest)
-        body.close()
+        object_key = manifest.object_key
         if crash == "partial_upload":  # killed mid-upload: a truncated object, no manifest
             _, manifest_key = archive_keys(schema, "audit_logs", name)
             (tmp_path / manifest_key).unlink()

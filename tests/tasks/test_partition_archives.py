@@ -21,23 +21,25 @@ from psycopg import sql
 from blocks import PostgresTarget
 from perfops.errors import ChecksumMismatch, ConfigurationError, LockBusy
 from tasks.partition_archives import (
+    ArchiveSource,
     Manifest,
     _as_py,
     archive_keys,
+    archive_partition,
     dump_table_to_parquet,
     fetch_archive,
     load_archive,
     parse_archive_source,
     spool,
-    upload_archive,
     verify_archive,
 )
 from tasks.partitioning import PlannedPartition
 from tasks.postgres import advisory_lock
 from tasks.postgres_partition_changes import (
+    Expiring,
     RowCountMismatch,
     create_partitions,
-    detach_partition,
+    detach_partitions,
     drop_detached_table,
     fetch_detached,
     lock_name,
@@ -93,36 +95,32 @@ def rows_of(dsn: str, schema: str, table: str) -> list[tuple[Any, ...]]:
         ).fetchall()
 
 
+def detach(target: PostgresTarget, schema: str, lower: datetime | None = None) -> None:
+    upper = datetime(2025, 10, 1, tzinfo=UTC) if lower else None
+    [done] = detach_partitions.fn(
+        target, schema, "logs", [Expiring(name="logs_p2025_09", lower=lower, upper=upper)]
+    )
+    assert done.error is None, done.error
+
+
 def archive(target: PostgresTarget, schema: str, store: LocalFileSystem, tmp: Path) -> Manifest:
-    detach_partition.fn(
+    detach(target, schema, datetime(2025, 9, 1, tzinfo=UTC))
+    manifest = archive_partition.fn(
         target,
-        schema,
-        "logs",
-        "logs_p2025_09",
-        datetime(2025, 9, 1, tzinfo=UTC),
-        datetime(2025, 10, 1, tzinfo=UTC),
+        store,
+        ArchiveSource(
+            schema_name=schema,
+            parent="logs",
+            partition="logs_p2025_09",
+            key_column="at",
+            lower=datetime(2025, 9, 1, tzinfo=UTC),
+            upper=datetime(2025, 10, 1, tzinfo=UTC),
+        ),
+        spool_bytes=1 << 20,
+        spool_dir=str(tmp),
     )
-    body = spool(1 << 20)
-    dump = dump_table_to_parquet.fn(target, schema, "logs_p2025_09", "at", body)
-    object_key, _ = archive_keys(schema, "logs", "logs_p2025_09")
-    manifest = Manifest(
-        schema_name=schema,
-        parent="logs",
-        partition="logs_p2025_09",
-        key_column="at",
-        lower=datetime(2025, 9, 1, tzinfo=UTC),
-        upper=datetime(2025, 10, 1, tzinfo=UTC),
-        rows=dump.rows,
-        min_key=dump.min_key,
-        max_key=dump.max_key,
-        columns=dump.columns,
-        object_key=object_key,
-        sha256=dump.sha256,
-        bytes=dump.bytes,
-        created_at=datetime.now(UTC),
-    )
-    upload_archive.fn(store, body, manifest)
-    body.close()
+    assert manifest.rows == 3
+    assert manifest.object_key == archive_keys(schema, "logs", "logs_p2025_09")[0]
     return manifest
 
 
@@ -131,7 +129,7 @@ def test_parquet_keeps_types_and_null_apart_from_empty(
 ) -> None:
     with (tmp_path / "x.parquet").open("w+b") as sink:
         sink.write(b"left over from an earlier attempt")  # a retried dump starts over
-        dump = dump_table_to_parquet.fn(pg_target, schema, "logs_p2025_09", "at", sink, 1000)
+        dump = dump_table_to_parquet(pg_target, schema, "logs_p2025_09", "at", sink, 1000)
     assert dump.rows == 3
     assert dump.bytes == (tmp_path / "x.parquet").stat().st_size
     assert dump.min_key == "2025-09-01T00:00:00.123456+00:00"
@@ -197,7 +195,7 @@ def test_tampered_archive_is_refused(
 def test_drop_refuses_count_mismatch_and_tables_it_did_not_detach(
     pg_dsn: str, pg_target: PostgresTarget, schema: str
 ) -> None:
-    detach_partition.fn(pg_target, schema, "logs", "logs_p2025_09", None, None)
+    detach(pg_target, schema)
     [found] = fetch_detached.fn(pg_target, schema, "logs")
     assert found.name == "logs_p2025_09"
     with pytest.raises(RowCountMismatch, match="holds 3 rows but its verified archive has 2"):
@@ -243,9 +241,9 @@ def test_rescue_limit_and_lock_held_by_another_run(
 def test_archive_larger_than_memory_spills_to_a_temporary_file(
     pg_target: PostgresTarget, schema: str, tmp_path: Path
 ) -> None:
-    detach_partition.fn(pg_target, schema, "logs", "logs_p2025_09", None, None)
+    detach(pg_target, schema)
     body = spool(64, str(tmp_path))  # a few rows' Parquet is well over 64 bytes
-    dump = dump_table_to_parquet.fn(pg_target, schema, "logs_p2025_09", "at", body)
+    dump = dump_table_to_parquet(pg_target, schema, "logs_p2025_09", "at", body)
     assert body._rolled  # type: ignore[attr-defined]
     assert dump.bytes > 64 and dump.rows == 3
     body.close()
@@ -266,3 +264,20 @@ def test_archive_larger_than_memory_spills_to_a_temporary_file(
 def test_key_scalars_convert_like_pyarrow_without_pandas(value: Any, arrow_type: Any) -> None:
     scalar = pa.scalar(value, type=arrow_type)
     assert _as_py(scalar) == value == scalar.as_py()
+
+
+def test_one_partition_failing_to_detach_does_not_stop_the_others(
+    pg_target: PostgresTarget, schema: str
+) -> None:
+    missing, present = detach_partitions.fn(
+        pg_target,
+        schema,
+        "logs",
+        [Expiring(name="logs_p1999_01"), Expiring(name="logs_p2025_09")],
+    )
+    assert missing.mode is None and "neither a partition of" in (missing.error or "")
+    assert present.error is None and present.mode in ("plain", "concurrently")
+    [found] = fetch_detached.fn(pg_target, schema, "logs")
+    assert found.name == "logs_p2025_09"
+    [again] = detach_partitions.fn(pg_target, schema, "logs", [Expiring(name="logs_p2025_09")])
+    assert again.mode == "already detached"
