@@ -45,7 +45,6 @@ from tasks.partition_archives import (
     ArchiveError,
     ArchiveRecord,
     ArchiveSource,
-    Manifest,
     archive_partition,
     verify_archive,
 )
@@ -67,13 +66,15 @@ from tasks.postgres_partition_changes import (
     DEFAULT_STATEMENT_TIMEOUT_MS,
     CreatedPartition,
     Detached,
+    Dropped,
     Expiring,
     Timeouts,
+    ToDrop,
     count_rows,
     create_hash_partitions,
     create_partitions,
     detach_partitions,
-    drop_detached_table,
+    drop_detached_tables,
     fetch_detached,
 )
 from tasks.postgres_partitions import (
@@ -408,74 +409,115 @@ def _rotate_range(
         if policy.expired_action != "detach_only":
             ready.append((outcome, lower, upper, attached))
 
-    def retire(
+    def archive(
         outcome: ExpiryOutcome, lower: datetime | None, upper: datetime | None, fresh: bool
     ) -> None:
-        """Archive (or not, for `drop`) and drop one detached table; failures are reported."""
+        """Archive one detached table (verified); a failure is reported and keeps the table."""
         name = outcome.partition
         try:
-            manifest: Manifest | None = None
-            if policy.expired_action == "archive_then_drop":
-                if store is None:
-                    raise ArchiveError(store_error or "no archive store")
-                archive_started = time.monotonic()
-                record = _archive(
-                    target, store, policy, name, key_column, lower, upper, settings, workdir, fresh
-                )
-                outcome.archive_seconds = round(time.monotonic() - archive_started, 3)
-                manifest = record.manifest
-                outcome.rows, outcome.uri = manifest.rows, record.uri
-                outcome.sha256, outcome.bytes = manifest.sha256, manifest.bytes
-                outcome.status = "archived, not dropped"
-                emit(
-                    EVENT + "archived",
-                    _resource(target, policy.table),
-                    {
-                        "table": policy.table,
-                        "partition": name,
-                        "rows": manifest.rows,
-                        "uri": record.uri,
-                        "sha256": manifest.sha256,
-                        "bytes": manifest.bytes,
-                        "manifest": record.manifest_uri,
-                    },
-                )
-            rows = drop_detached_table(
-                target, schema_name, table_name, name, manifest.rows if manifest else None, timeouts
+            if store is None:
+                raise ArchiveError(store_error or "no archive store")
+            archive_started = time.monotonic()
+            record = _archive(
+                target, store, policy, name, key_column, lower, upper, settings, workdir, fresh
             )
-            outcome.rows = rows
-            outcome.status = "dropped"
-            emit(
-                EVENT + "dropped",
-                _resource(target, policy.table),
-                {"table": policy.table, "partition": name, "rows": rows},
-            )
+            outcome.archive_seconds = round(time.monotonic() - archive_started, 3)
         except (PerfopsError, psycopg.Error, OSError) as exc:
+            outcome.status = "failed"
             outcome.detail = (
                 f"{one_line(exc, empty='failed')}; nothing dropped, {name} stays detached"
             )
             result.problems.append(f"expiring {name} failed: {outcome.detail}")
             logger.warning("expiring %s failed: %s", name, outcome.detail)
-            if outcome.status == "detached":
-                outcome.status = "failed"
+            return
+        manifest = record.manifest
+        outcome.rows, outcome.uri = manifest.rows, record.uri
+        outcome.sha256, outcome.bytes = manifest.sha256, manifest.bytes
+        outcome.status = "archived, not dropped"
+        emit(
+            EVENT + "archived",
+            _resource(target, policy.table),
+            {
+                "table": policy.table,
+                "partition": name,
+                "rows": manifest.rows,
+                "uri": record.uri,
+                "sha256": manifest.sha256,
+                "bytes": manifest.bytes,
+                "manifest": record.manifest_uri,
+            },
+        )
 
-    # Detached tables are archived a few at a time: one COPY keeps one server core busy.
     phase_started = time.monotonic()
-    with ThreadPoolExecutor(
-        max_workers=settings.archive_parallelism,
-        thread_name_prefix="archive",
-        initializer=lower_thread_priority,
-        initargs=(settings.archive_niceness,),
-    ) as pool:
-        futures = [
-            pool.submit(contextvars.copy_context().run, retire, outcome, lower, upper, fresh)
-            for outcome, lower, upper, fresh in ready
-        ]
-        for future in futures:
-            future.result()
+    if policy.expired_action == "archive_then_drop":
+        # One archive already keeps two cores busy (the server's COPY and the Parquet encoding);
+        # archive_parallelism > 1 only pays on a bigger machine.
+        with ThreadPoolExecutor(
+            max_workers=settings.archive_parallelism,
+            thread_name_prefix="archive",
+            initializer=lower_thread_priority,
+            initargs=(settings.archive_niceness,),
+        ) as pool:
+            futures = [
+                pool.submit(contextvars.copy_context().run, archive, outcome, lower, upper, fresh)
+                for outcome, lower, upper, fresh in ready
+            ]
+            for future in futures:
+                future.result()
+    # Only verified archives (or, for `drop`, every detached table) are dropped, count-checked.
+    droppable = [
+        outcome
+        for outcome, *_ in ready
+        if outcome.status == "archived, not dropped" or policy.expired_action == "drop"
+    ]
+    if droppable:
+        _drop(target, policy, droppable, timeouts, result)
     if ready:
         result.retire_seconds = round(time.monotonic() - phase_started, 3)
     return result
+
+
+def _drop(
+    target: Any,
+    policy: PartitionPolicy,
+    outcomes: list[ExpiryOutcome],
+    timeouts: Timeouts,
+    result: TableRotation,
+) -> None:
+    """Drop the detached tables of `outcomes` (count-checked against their verified archives)
+    and record each result; a table that cannot be dropped stays and is reported."""
+    archived = policy.expired_action == "archive_then_drop"
+    try:
+        dropped = drop_detached_tables(
+            target,
+            policy.schema_name,
+            policy.table_name,
+            [
+                ToDrop(name=o.partition, expected_rows=o.rows if archived else None)
+                for o in outcomes
+            ],
+            timeouts,
+        )
+    except (PerfopsError, psycopg.Error) as exc:  # the session itself: nothing was dropped
+        error = one_line(exc, empty="failed")
+        dropped = [Dropped(name=o.partition, error=error) for o in outcomes]
+    by_name = {d.name: d for d in dropped}
+    for outcome in outcomes:
+        done = by_name[outcome.partition]
+        if done.error is not None:
+            outcome.detail = f"{done.error}; nothing dropped, {outcome.partition} stays detached"
+            if not archived:
+                outcome.status = "failed"
+            result.problems.append(f"expiring {outcome.partition} failed: {outcome.detail}")
+            get_run_logger().warning("expiring %s failed: %s", outcome.partition, outcome.detail)
+            continue
+        outcome.rows = done.rows
+        outcome.status = "dropped"
+        emit(
+            EVENT + "dropped",
+            _resource(target, policy.table),
+            {"table": policy.table, "partition": outcome.partition, "rows": done.rows},
+        )
 
 
 def _archive(
@@ -510,8 +552,7 @@ def _archive(
         table_rows = count_rows(target, schema_name, name)
         if record.manifest.rows == table_rows:
             return record
-    memory = settings.archive_memory_mb << 20
-    manifest = archive_partition(
+    return archive_partition(
         target,
         store,
         ArchiveSource(
@@ -525,13 +566,9 @@ def _archive(
         ),
         settings.archive_batch_rows,
         settings.statement_timeout_ms,
-        memory,
+        settings.archive_memory_mb << 20,
         str(workdir),
     )
-    verified = verify_archive(store, schema_name, table_name, name, memory)
-    if verified is None or verified.manifest.sha256 != manifest.sha256:
-        raise ArchiveError(f"the archive of {name} is not in storage after the upload")
-    return verified
 
 
 def _rotate_hash(

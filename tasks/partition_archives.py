@@ -348,12 +348,14 @@ def archive_partition(
     statement_timeout_ms: int = 600_000,
     spool_bytes: int = DEFAULT_SPOOL_BYTES,
     spool_dir: str | None = None,
-) -> Manifest:
-    """Copy a detached partition into storage, one streaming step from the database to the
-    store: COPY into zstd Parquet held in memory (in a temporary file beyond `spool_bytes`), then
-    the upload with its SHA-256 and, last, its manifest. A retry starts over; the manifest is the
-    archive's commit mark, so a half-written archive is never taken for a finished one. Returns
-    the manifest written (`verify_archive` re-reads it from storage)."""
+) -> ArchiveRecord:
+    """Archive a detached partition and prove the archive readable: COPY into zstd Parquet held
+    in memory (in a temporary file beyond `spool_bytes`), upload it with its SHA-256 and, last,
+    its manifest, then read both back from storage (`read_archive`): checksum and row count.
+
+    A retry starts over. The manifest is the archive's commit mark, so a half-written archive is
+    never taken for a finished one. Returns the verified archive; raises `ArchiveError` when what
+    storage holds is not what was written."""
     with spool(spool_bytes, spool_dir) as body:
         dump = dump_table_to_parquet(
             target,
@@ -383,7 +385,12 @@ def archive_partition(
             created_at=datetime.now(UTC),
         )
         upload_archive(store, body, manifest)
-    return manifest
+    record = read_archive(store, source.schema_name, source.parent, source.partition, spool_bytes)
+    if record is None or record.manifest.sha256 != manifest.sha256:
+        raise ArchiveError(
+            f"the archive of {source.partition} is not in storage as written (re-read after upload)"
+        )
+    return record
 
 
 def _keys(manifest: Manifest) -> tuple[str, str]:
@@ -400,6 +407,17 @@ def _read_manifest(store: ArchiveStore, manifest_key: str) -> Manifest:
 
 @task(name="verify_archive", cache_policy=NO_CACHE, **RETRY_DEFAULTS)
 def verify_archive(
+    store: ArchiveStore,
+    schema_name: str,
+    parent: str,
+    partition: str,
+    spool_bytes: int = DEFAULT_SPOOL_BYTES,
+) -> ArchiveRecord | None:
+    """An archive an earlier run wrote, re-read from storage (`read_archive`)."""
+    return read_archive(store, schema_name, parent, partition, spool_bytes)
+
+
+def read_archive(
     store: ArchiveStore,
     schema_name: str,
     parent: str,

@@ -476,29 +476,60 @@ def count_rows(
     return int(row["n"]) if row else 0
 
 
-@task(name="drop_detached_table", cache_policy=NO_CACHE, **RETRY_DEFAULTS)
-def drop_detached_table(
+class ToDrop(BaseModel):
+    """A detached expired table to drop, and the rows its verified archive holds (None for the
+    `drop` action, which keeps no archive)."""
+
+    name: str
+    expected_rows: int | None = None
+
+
+class Dropped(BaseModel):
+    """What dropping one table did: the rows it held, or why it was kept."""
+
+    name: str
+    rows: int | None = None
+    error: str | None = None
+
+
+@task(name="drop_detached_tables", cache_policy=NO_CACHE, **RETRY_DEFAULTS)
+def drop_detached_tables(
     target: PostgresTarget,
     schema_name: str,
     parent_name: str,
-    table_name: str,
-    expected_rows: int | None,
+    tables: list[ToDrop],
     timeouts: Timeouts = Timeouts(),  # noqa: B008
-) -> int:
-    """Drop a detached expired table and return the rows it held.
+) -> list[Dropped]:
+    """Drop detached expired tables of `parent_name`, each in its own transaction, on one
+    connection holding the parent's advisory lock.
 
-    Inside one transaction: the table must still be a detached perfops-marked table (never a
-    partition), it is locked ACCESS EXCLUSIVE, counted, and dropped only when the count equals
-    `expected_rows` (the verified archive's row count; None for the `drop` action). Otherwise
-    `RowCountMismatch` and nothing is dropped.
+    Each table must still be a detached table that a rotation of this parent marked (never a
+    partition, never anyone else's table); it is locked ACCESS EXCLUSIVE, counted, and dropped
+    only when the count equals `expected_rows` (the verified archive's row count). Otherwise it
+    stays, with the reason (`RowCountMismatch`, ...) in its result; the others go on. The parent
+    itself is not locked: these tables are no longer its partitions.
     """
-    where = qualified_name(schema_name, table_name)
-    table = _ident(schema_name, table_name)
-    # Locked by the detached table's own name: tables of one parent are dropped in parallel.
-    with (
-        ddl_session(target, schema_name, table_name, f"drop {where}", timeouts) as conn,
-        conn.transaction(),
-    ):
+    parent = qualified_name(schema_name, parent_name)
+    results = []
+    with ddl_session(
+        target, schema_name, parent_name, f"drop expired tables of {parent}", timeouts
+    ) as conn:
+        for item in tables:
+            try:
+                rows = _drop_one(conn, schema_name, parent_name, item)
+            except (PerfopsError, psycopg.Error) as exc:
+                results.append(Dropped(name=item.name, error=one_line(exc, empty="failed")))
+            else:
+                results.append(Dropped(name=item.name, rows=rows))
+    return results
+
+
+def _drop_one(
+    conn: psycopg.Connection[DictRow], schema_name: str, parent_name: str, item: ToDrop
+) -> int:
+    where = qualified_name(schema_name, item.name)
+    table = _ident(schema_name, item.name)
+    with conn.transaction():
         row = conn.execute(
             "select c.relispartition, obj_description(c.oid, 'pg_class') as mark "
             "from pg_class c where c.oid = to_regclass(%s)",
@@ -506,17 +537,30 @@ def drop_detached_table(
         ).fetchone()
         if row is None:
             raise ConfigurationError(f"{where} does not exist: nothing to drop")
-        if row["relispartition"] or not str(row["mark"] or "").startswith(EXPIRED_MARK):
+        mark = str(row["mark"] or "")
+        if row["relispartition"] or not _marked_for(mark, schema_name, parent_name):
             raise ConfigurationError(
-                f"refusing to drop {where}: it is not a table detached by a perfops rotation"
+                f"refusing to drop {where}: it is not a table detached by a perfops rotation "
+                f"of {schema_name}.{parent_name}"
             )
         conn.execute(sql.SQL("lock table {} in access exclusive mode").format(table))
         counted = conn.execute(sql.SQL("select count(*) as n from {}").format(table)).fetchone()
         rows = int(counted["n"]) if counted else 0
-        if expected_rows is not None and rows != expected_rows:
+        if item.expected_rows is not None and rows != item.expected_rows:
             raise RowCountMismatch(
-                f"{where} holds {rows} rows but its verified archive has {expected_rows}: "
+                f"{where} holds {rows} rows but its verified archive has {item.expected_rows}: "
                 "not dropped (the table stays detached; the next run archives it again)"
             )
         conn.execute(sql.SQL("drop table {}").format(table))
     return rows
+
+
+def _marked_for(mark: str, schema_name: str, parent_name: str) -> bool:
+    """Whether a table comment is the expiry mark of a rotation of `schema.parent`."""
+    if not mark.startswith(EXPIRED_MARK):
+        return False
+    try:
+        recorded = json.loads(mark.removeprefix(EXPIRED_MARK))
+    except ValueError:
+        return False
+    return isinstance(recorded, dict) and recorded.get("parent") == f"{schema_name}.{parent_name}"

@@ -388,14 +388,14 @@ def test_crash_points_are_completed_by_the_next_run(
         ],
     )
     if crash in ("after_upload", "partial_upload"):
-        manifest = archive_partition.fn(
+        record = archive_partition.fn(
             pg_target,
             store,
             ArchiveSource(
                 schema_name=schema, parent="audit_logs", partition=name, key_column="created_at"
             ),
         )
-        object_key = manifest.object_key
+        object_key = record.manifest.object_key
         if crash == "partial_upload":  # killed mid-upload: a truncated object, no manifest
             _, manifest_key = archive_keys(schema, "audit_logs", name)
             (tmp_path / manifest_key).unlink()

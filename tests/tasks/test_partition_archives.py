@@ -37,10 +37,11 @@ from tasks.partitioning import PlannedPartition
 from tasks.postgres import advisory_lock
 from tasks.postgres_partition_changes import (
     Expiring,
-    RowCountMismatch,
+    ToDrop,
     create_partitions,
     detach_partitions,
-    drop_detached_table,
+    drop_detached_tables,
+    expired_comment,
     fetch_detached,
     lock_name,
 )
@@ -105,7 +106,7 @@ def detach(target: PostgresTarget, schema: str, lower: datetime | None = None) -
 
 def archive(target: PostgresTarget, schema: str, store: LocalFileSystem, tmp: Path) -> Manifest:
     detach(target, schema, datetime(2025, 9, 1, tzinfo=UTC))
-    manifest = archive_partition.fn(
+    record = archive_partition.fn(
         target,
         store,
         ArchiveSource(
@@ -119,8 +120,10 @@ def archive(target: PostgresTarget, schema: str, store: LocalFileSystem, tmp: Pa
         spool_bytes=1 << 20,
         spool_dir=str(tmp),
     )
+    manifest = record.manifest
     assert manifest.rows == 3
     assert manifest.object_key == archive_keys(schema, "logs", "logs_p2025_09")[0]
+    assert record.uri == str(tmp / "archive" / manifest.object_key)
     return manifest
 
 
@@ -158,7 +161,10 @@ def test_archive_restores_exactly_as_table_and_reattached(
     manifest = archive(pg_target, schema, store, tmp_path)
     record = verify_archive.fn(store, schema, "logs", "logs_p2025_09")
     assert record is not None and record.manifest.rows == 3
-    assert drop_detached_table.fn(pg_target, schema, "logs", "logs_p2025_09", 3) == 3
+    [dropped] = drop_detached_tables.fn(
+        pg_target, schema, "logs", [ToDrop(name="logs_p2025_09", expected_rows=3)]
+    )
+    assert (dropped.rows, dropped.error) == (3, None)
 
     root, key = parse_archive_source(str(tmp_path / "archive" / manifest.object_key))
     fetched = fetch_archive.fn(LocalFileSystem(basepath=root), key, str(tmp_path / "r.parquet"))
@@ -198,11 +204,37 @@ def test_drop_refuses_count_mismatch_and_tables_it_did_not_detach(
     detach(pg_target, schema)
     [found] = fetch_detached.fn(pg_target, schema, "logs")
     assert found.name == "logs_p2025_09"
-    with pytest.raises(RowCountMismatch, match="holds 3 rows but its verified archive has 2"):
-        drop_detached_table.fn(pg_target, schema, "logs", "logs_p2025_09", 2)
-    with pytest.raises(ConfigurationError, match="not a table detached by a perfops rotation"):
-        drop_detached_table.fn(pg_target, schema, "logs", "logs_default", None)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # marked, but by another parent's run
+        conn.execute(
+            sql.SQL("create table {} (id int)").format(sql.Identifier(schema, "other_p2025_01"))
+        )
+        conn.execute(
+            sql.SQL("comment on table {} is {}").format(
+                sql.Identifier(schema, "other_p2025_01"),
+                sql.Literal(expired_comment(schema, "other", None, None)),
+            )
+        )
+    mismatch, not_ours, elsewhere, gone = drop_detached_tables.fn(
+        pg_target,
+        schema,
+        "logs",
+        [
+            ToDrop(name="logs_p2025_09", expected_rows=2),
+            ToDrop(name="logs_default"),
+            ToDrop(name="other_p2025_01"),
+            ToDrop(name="logs_p1999_01"),
+        ],
+    )
+    assert mismatch.rows is None
+    assert "holds 3 rows but its verified archive has 2" in (mismatch.error or "")
+    assert "not a table detached by a perfops rotation" in (not_ours.error or "")
+    assert "not a table detached by a perfops rotation" in (elsewhere.error or "")
+    assert "does not exist" in (gone.error or "")
     assert len(rows_of(pg_dsn, schema, "logs_p2025_09")) == 3
+    [dropped] = drop_detached_tables.fn(
+        pg_target, schema, "logs", [ToDrop(name="logs_p2025_09", expected_rows=3)]
+    )
+    assert dropped.rows == 3
 
 
 def test_rescue_limit_and_lock_held_by_another_run(
