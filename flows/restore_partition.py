@@ -21,7 +21,7 @@ from perfops.connections import ArchiveStore, resolve_postgres
 from perfops.errors import ConfigurationError
 from perfops.redaction import install_log_redaction
 from tasks.partition_archives import fetch_archive, load_archive, parse_archive_source
-from tasks.partitioning import _TABLE
+from tasks.partitioning import split_table
 from tasks.records import emit, publish_table
 
 ARTIFACT_KEY = "perfops-partitions-restore"
@@ -68,18 +68,18 @@ def restore_partition(
         postgres_block: a `perfops-postgres-target` block (default: PERFOPS_DSN).
     """
     install_log_redaction()
-    if table is not None and not _TABLE.fullmatch(table):
-        raise ConfigurationError(
-            f"table {table!r} must be schema-qualified plain identifiers, e.g. public.audit_logs"
-        )
+    into: tuple[str, str] | None = None
+    if table is not None:
+        try:
+            into = split_table(table)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
     pg = resolve_postgres(postgres_block)
     store, key = store_for(source)
     with tempfile.TemporaryDirectory(prefix="perfops-restore-") as tmp:
         path = str(Path(tmp) / "archive.parquet")
         manifest = fetch_archive(store, key, path)
-        schema_name, table_name = (
-            table.split(".", 1) if table else (manifest.schema_name, manifest.partition)
-        )
+        schema_name, table_name = into or (manifest.schema_name, manifest.partition)
         rows = load_archive(pg.value, manifest, path, schema_name, table_name, attach)
     report = RestoreReport(
         source=source,

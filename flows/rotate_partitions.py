@@ -575,7 +575,7 @@ def _rotate_hash(
     target: Any, policy: HashPolicy, apply: bool, settings: RotationSettings
 ) -> TableRotation:
     result = TableRotation(table=policy.table, kind="hash")
-    schema_name, table_name = policy.table.split(".", 1)
+    schema_name, table_name = policy.schema_name, policy.table_name
     modulus, remainders = fetch_hash_children(target, qualified_name(schema_name, table_name))
     plan = plan_hash(policy, remainders, modulus)
     result.hash_plan = plan

@@ -48,7 +48,6 @@ HealthKind = Literal["default_rows", "premade_short", "far_future_rows"]
 
 _UNITS: tuple[Interval, ...] = ("hour", "day", "week", "month", "year")
 _RETENTION = re.compile(r"\s*(\d+)\s*(hour|day|week|month|year)s?\s*", re.IGNORECASE)
-_TABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*")
 _BLOCK_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 _HOURS = {"hour": 1, "day": 24, "week": 168}
 # Shortest and longest length of each unit in hours (calendar units vary; DST ignored here).
@@ -86,11 +85,38 @@ def _shorter_than(n: int, unit: Interval, interval: Interval) -> bool:
     return n * _MIN_HOURS[unit] < _MAX_HOURS[interval]
 
 
-def _check_table(value: str) -> str:
-    if not _TABLE.fullmatch(value):
+_PART = r'(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")'
+_QUALIFIED = re.compile(rf"({_PART})\.({_PART})")
+
+
+def _unquote(part: str) -> str:
+    if part.startswith('"'):
+        return part[1:-1].replace('""', '"')
+    return part.lower()  # PostgreSQL folds unquoted names to lower case
+
+
+def split_table(value: str) -> tuple[str, str]:
+    """`schema.table` as PostgreSQL reads it -> (schema, table) as stored in the catalog.
+
+    Unquoted parts fold to lower case (`public.Audit_Logs` is `public.audit_logs`); a part in
+    double quotes is kept as written, any character allowed (`"Audit Logs"`, with `""` for a
+    quote). Everything downstream passes the names through `psycopg.sql.Identifier`.
+    """
+    match = _QUALIFIED.fullmatch(value.strip())
+    if not match:
         raise ValueError(
-            f"table {value!r} must be schema-qualified plain identifiers, e.g. public.audit_logs"
+            f"table {value!r} must be schema-qualified, e.g. public.audit_logs or "
+            '"My Schema"."Audit Logs" (quote a part that has capitals, spaces or dots)'
         )
+    schema_name, table_name = _unquote(match.group(1)), _unquote(match.group(2))
+    for name in (schema_name, table_name):
+        if len(name.encode()) > PG_MAX_IDENTIFIER or "\x00" in name:
+            raise ValueError(f"{name!r} is not a PostgreSQL identifier (at most 63 bytes)")
+    return schema_name, table_name
+
+
+def _check_table(value: str) -> str:
+    split_table(value)
     return value
 
 
@@ -202,11 +228,11 @@ class PartitionPolicy(BaseModel):
 
     @property
     def schema_name(self) -> str:
-        return self.table.split(".", 1)[0]
+        return split_table(self.table)[0]
 
     @property
     def table_name(self) -> str:
-        return self.table.split(".", 1)[1]
+        return split_table(self.table)[1]
 
     @property
     def retention_span(self) -> tuple[int, Interval] | None:
@@ -240,8 +266,12 @@ class HashPolicy(BaseModel):
         return _check_table(value)
 
     @property
+    def schema_name(self) -> str:
+        return split_table(self.table)[0]
+
+    @property
     def table_name(self) -> str:
-        return self.table.split(".", 1)[1]
+        return split_table(self.table)[1]
 
 
 Policy = PartitionPolicy | HashPolicy
@@ -406,9 +436,9 @@ def partition_name(
     """`audit_logs_p2026_12` (month), `_p2026_12_05` (day), `_p2026w49` (ISO week),
     `_p2026_12_05_13` (hour, local; the repeated DST hour gets a `b`), `_p2026` (year).
 
-    A schema prefix is dropped (children live in the parent's schema).
+    `table_name` is the parent's bare name (children live in the parent's schema).
     """
-    return fit_identifier(table_name.rsplit(".", 1)[-1], _suffix(start, interval, tz))
+    return fit_identifier(table_name, _suffix(start, interval, tz))
 
 
 # --------------------------------------------------------------------------- what exists
@@ -810,7 +840,7 @@ class HashPlan(BaseModel):
 def hash_partition_name(table_name: str, remainder: int, modulus: int) -> str:
     """`user_activities_h07` for remainder 7 of 32 (zero-padded to the widest remainder)."""
     width = len(str(modulus - 1))
-    return fit_identifier(table_name.rsplit(".", 1)[-1], f"_h{remainder:0{width}d}")
+    return fit_identifier(table_name, f"_h{remainder:0{width}d}")
 
 
 def plan_hash(

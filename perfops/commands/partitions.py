@@ -84,7 +84,8 @@ def rotate(
     table: Annotated[
         str | None,
         typer.Option(
-            help="The partitioned table, schema.table (a bare name means public.NAME).",
+            help="The partitioned table, schema.table (a bare name means public.NAME). Quote "
+            'a part with capitals, spaces or dots, as in SQL: \'"My Schema"."Audit Logs"\'.',
             show_default=False,
         ),
     ] = None,
@@ -168,7 +169,7 @@ def rotate(
             raise typer.BadParameter(f"--policies {policies}: {exc}") from None
     else:
         assert table is not None
-        name = table if "." in table else f"public.{table}"
+        name = table if _qualified(table) else f"public.{table}"
         try:
             chosen = [
                 PartitionPolicy(
@@ -311,3 +312,13 @@ def restore(
         "verified)" + (f", attached to {report.attached_to}" if report.attached_to else ""),
         indent=0,
     )
+
+
+def _qualified(table: str) -> bool:
+    from tasks.partitioning import split_table
+
+    try:
+        split_table(table)
+    except ValueError:
+        return False
+    return True

@@ -68,7 +68,7 @@ def test_help_explains_the_flags() -> None:
         (["--table", "a.b", "--retention", "1 day"], "--retention: retention '1 day' is shorter"),
         (["--table", "a.b", "--premake", "-1"], "--premake"),
         (["--table", "a.b", "--interval", "fortnight"], "--interval"),
-        (["--table", 'a."b; drop"'], "--table: table"),
+        (["--table", 'a."b; drop'], "--table: table"),  # an unclosed quote
         (["--table", "a.b", "--retention", "12 months"], "needs archive"),
         ([], "give either --table"),
     ],

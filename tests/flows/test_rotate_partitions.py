@@ -519,12 +519,68 @@ def test_not_partitioned_and_non_time_key_are_clear_errors(
             run(target=pg_target, monkeypatch=monkeypatch, policies=[pol])
 
 
-def test_hostile_names_are_refused_by_the_policy() -> None:
-    from pydantic import ValidationError
-
-    for bad in ('public."x; drop table y"', "audit_logs", "public.a-b"):
-        with pytest.raises(ValidationError, match="schema-qualified plain identifiers"):
-            PartitionPolicy(table=bad, interval="month")
+def test_hostile_names_are_rotated_as_identifiers_never_as_sql(
+    pg_dsn: str, pg_target: PostgresTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema = f"Rot {uuid.uuid4().hex[:6]} Schema"
+    table = 'Audit "Logs"; DROP TABLE y; --'
+    ident = sql.Identifier(schema, table)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create schema {}").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("create table {} (id int)").format(sql.Identifier(schema, "y")))
+        conn.execute(
+            sql.SQL("create table {} (id bigint, at timestamptz) partition by range (at)").format(
+                ident
+            )
+        )
+        for y, m in months((2025, 9), 15):
+            ny, nm = _next(y, m)
+            conn.execute(
+                sql.SQL("create table {} partition of {} for values from ({}) to ({})").format(
+                    sql.Identifier(schema, f"{table}_p{y}_{m:02d}"),
+                    ident,
+                    sql.Literal(f"{y}-{m:02d}-01 00:00+00"),
+                    sql.Literal(f"{ny}-{nm:02d}-01 00:00+00"),
+                )
+            )
+            conn.execute(
+                sql.SQL("insert into {} values ({}, {})").format(
+                    ident, sql.Literal(y * 100 + m), sql.Literal(f"{y}-{m:02d}-15 00:00+00")
+                )
+            )
+    quoted = '"{}"."{}"'.format(schema.replace('"', '""'), table.replace('"', '""'))
+    try:
+        report = run(
+            target=pg_target,
+            monkeypatch=monkeypatch,
+            policies=[
+                PartitionPolicy(
+                    table=quoted,
+                    interval="month",
+                    premake=3,
+                    retention="12 months",
+                    archive=str(tmp_path),
+                )
+            ],
+            apply=True,
+        )
+        [t] = report.tables
+        assert t.error is None and not report.failed, t.problems
+        assert t.created_names == [f"{table}_p2026_12", f"{table}_p2027_01", f"{table}_p2027_02"]
+        assert [(e.partition, e.status) for e in t.expired] == [
+            (f"{table}_p2025_09", "dropped"),
+            (f"{table}_p2025_10", "dropped"),
+        ]
+        assert sorted(archived_ids(tmp_path)) == [202509, 202510]
+        with psycopg.connect(pg_dsn) as conn:
+            assert conn.execute(
+                "select to_regclass(%s) is not null", (f'"{schema}".y',)
+            ).fetchone() == (True,)
+            left = conn.execute(sql.SQL("select count(*) from {}").format(ident)).fetchone()
+        assert left == (13,)
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(schema)))
 
 
 def test_archive_s3_url_resolves_to_a_bucket(monkeypatch: pytest.MonkeyPatch) -> None:

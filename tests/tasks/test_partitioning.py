@@ -20,6 +20,7 @@ from tasks.partitioning import (
     partition_name,
     plan_hash,
     plan_rotation,
+    split_table,
 )
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -521,3 +522,31 @@ def test_hash_plan_reports_odd_remainders() -> None:
         "remainder 0 appears more than once",
         "remainder 9 is outside 0..3 for modulus 4",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("public.audit_logs", ("public", "audit_logs")),
+        ("Public.Audit_Logs", ("public", "audit_logs")),  # unquoted folds, as in SQL
+        ('"My Schema"."Audit Logs"', ("My Schema", "Audit Logs")),
+        ('app."x""; DROP TABLE y; --"', ("app", 'x"; DROP TABLE y; --')),
+        ('"a.b"."c.d"', ("a.b", "c.d")),
+        (' public."t" ', ("public", "t")),
+    ],
+)
+def test_split_table_reads_names_as_postgresql_does(text: str, expected: tuple[str, str]) -> None:
+    assert split_table(text) == expected
+    policy = PartitionPolicy(table=text, interval="month")
+    assert (policy.schema_name, policy.table_name) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["audit_logs", "public.a-b", 'public."unclosed', 'public.""', "a.b.c", "public." + "x" * 64],
+)
+def test_split_table_refuses_what_is_not_one_qualified_name(text: str) -> None:
+    with pytest.raises(ValueError, match=r"schema-qualified|at most 63 bytes"):
+        split_table(text)
+    with pytest.raises(ValidationError):
+        PartitionPolicy(table=text, interval="month")
