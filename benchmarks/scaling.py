@@ -132,7 +132,8 @@ def evaluate_trace(se: Any, trace: Path, workers: int, targets: tuple[str, ...])
     both = pd.concat([sweep, mine[["policy", "target", "under%", "cost_x_oracle"]]])
     risk = _cost_at(se, both)
     hpa = se.simulate(env, se.TargetTracking(target=0.7))
-    default = mine.loc[((mine["target"] - 0.7).abs() + (mine["quantile"] - 0.9).abs()).idxmin()]
+    distance = (mine["target"] - 0.7).abs() + (mine["quantile"] - 0.9).abs()
+    default = mine.iloc[int(distance.to_numpy().argmin())]
     print("\nperfops sweep (target utilisation: under-provisioned % / cost x oracle / actions)")
     print(mine.round(3).to_string(index=False))
     print("\ncost x oracle at a given share of under-provisioned steps (blank: not reached)")

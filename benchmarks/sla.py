@@ -44,6 +44,7 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from benchmarks._support import print_table
 from blocks import PrometheusSource, RedisTarget, SlackEscalationTarget
@@ -156,7 +157,7 @@ class Replay:
         d: SlaDefinitions,
     ) -> None:
         self.source, self.store, self.target, self.slack, self.d = source, store, target, slack, d
-        self.notices: list[dict[str, object]] = []
+        self.notices: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.eval_seconds: list[float] = []
         self.errors: list[str] = []
@@ -248,8 +249,8 @@ def main() -> int:
                     )
                 if inc is SLOW and not acked:
                     mine = [n for n in replay.notices if n["kind"] == "fire" and n["at"] >= first]
-                    if mine and at >= mine[0]["at"] + timedelta(minutes=5):  # type: ignore[operator]
-                        alert = mine[0]["alerts"][0]["key"]  # type: ignore[index]
+                    if mine and at >= mine[0]["at"] + timedelta(minutes=5):
+                        alert = mine[0]["alerts"][0]["key"]
                         acknowledge_alert_in_store(
                             store, SlackMessenger(target), d, alert, "benchmark", at
                         )
@@ -272,11 +273,11 @@ def main() -> int:
         missed: list[str] = []
         for inc in INCIDENTS:
             lo, hi = window_of[inc.name]
-            mine = [n for n in notices if lo <= n["at"] <= hi]  # type: ignore[operator]
+            mine = [n for n in notices if lo <= n["at"] <= hi]
             first_fire = min((n["at"] for n in mine if n["kind"] == "fire"), default=None)
             incidents = {str(n["incident"]) for n in mine}
             resolved = {str(n["incident"]) for n in mine if n["kind"] == "resolved"}
-            delay = "" if first_fire is None else f"{(first_fire - inc.start)}"  # type: ignore[operator]
+            delay = "" if first_fire is None else f"{(first_fire - inc.start)}"
             expected = inc is not BLIP
             ok = bool(first_fire) == expected and (not expected or incidents == resolved)
             if not ok:
@@ -317,9 +318,9 @@ def main() -> int:
             for n in fires
             if any(a["key"] == "availability/page-fast" for a in n["alerts"])
             and n["at"] >= FAST.start
-        ]  # type: ignore[union-attr, operator, index]
-        page_at = min((n["at"] for n in pages), default=None)  # type: ignore[type-var]
-        page_delay = (page_at - crossing) if page_at else None  # type: ignore[operator]
+        ]
+        page_at = min((n["at"] for n in pages), default=None)
+        page_delay = (page_at - crossing) if page_at else None
         page_ok = page_delay is not None and page_delay <= timedelta(minutes=5)
         print(
             f"\nfast burn: 1h burn rate crosses 14.4x at {crossing:%H:%M} "
@@ -333,26 +334,22 @@ def main() -> int:
         policy = d.policy("default")
         wrong: list[str] = []
         checked = 0
-        by_incident: dict[str, list[dict[str, object]]] = {}
+        by_incident: dict[str, list[dict[str, Any]]] = {}
         for n in notices:
             by_incident.setdefault(str(n["incident"]), []).append(n)
         for incident, items in by_incident.items():
-            items.sort(key=lambda n: (n["at"], n["level"]))  # type: ignore[arg-type, return-value]
-            levels = {
-                int(n["level"]): n["at"]
-                for n in items  # type: ignore[call-overload]
-                if n["kind"] in ("fire", "escalate")
-            }
+            items.sort(key=lambda n: (n["at"], n["level"]))
+            levels = {int(n["level"]): n["at"] for n in items if n["kind"] in ("fire", "escalate")}
             resolved_at = next((n["at"] for n in items if n["kind"] == "resolved"), None)
             for lvl in range(1, len(policy.levels)):
                 if lvl not in levels:
                     continue
-                due = levels[lvl] + policy.levels[lvl - 1].after  # type: ignore[operator]
+                due = levels[lvl] + policy.levels[lvl - 1].after
                 if incident in replay.acked:
                     if lvl + 1 in levels:
                         wrong.append(f"{incident}: escalated after ack")
                     continue
-                if resolved_at is not None and resolved_at <= due:  # type: ignore[operator]
+                if resolved_at is not None and resolved_at <= due:
                     continue
                 checked += 1
                 if levels.get(lvl + 1) != due:
