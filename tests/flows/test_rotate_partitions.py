@@ -40,7 +40,8 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 NOW = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
 ROWS_PER_MONTH = 50
-FAST = RotationSettings(lock_timeout_ms=1_000, statement_timeout_ms=30_000)
+# Two archive threads: the CLI tests and the demo run the default of one.
+FAST = RotationSettings(lock_timeout_ms=1_000, statement_timeout_ms=30_000, archive_parallelism=2)
 
 
 def months(start: tuple[int, int], count: int) -> list[tuple[int, int]]:
