@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextvars
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ from prefect import flow, get_run_logger
 from prefect.filesystems import LocalFileSystem
 from pydantic import BaseModel, Field
 
+from perfops import progress
 from perfops.connections import BOTO_RETRY_CONFIG, ArchiveStore, Resolved, load_block
 from perfops.errors import ChecksumMismatch, ConfigurationError, PerfopsError
 from perfops.priority import MAX_NICENESS, lower_thread_priority
@@ -285,6 +287,7 @@ def _rotate_range(
     result = TableRotation(table=policy.table, kind="range")
     schema_name, table_name = policy.schema_name, policy.table_name
     qualified = qualified_name(schema_name, table_name)
+    progress.report(f"{policy.table}: reading the catalog", 0, 1)
     meta = fetch_partitioned_table(target, qualified)
     if meta.strategy != "range":
         raise ConfigurationError(
@@ -334,6 +337,7 @@ def _rotate_range(
 
     timeouts = settings.timeouts
     if plan.create:
+        progress.report(f"{policy.table}: creating {len(plan.create)} partitions", 0, 1)
         result.created = create_partitions(
             target,
             schema_name,
@@ -375,6 +379,7 @@ def _rotate_range(
     to_detach = [Expiring(name=n, lower=lo, upper=hi) for n, lo, hi, attached in todo if attached]
     detached_now: dict[str, Detached] = {}
     if to_detach:
+        progress.report(f"{policy.table}: detaching {len(to_detach)} expired partitions", 0, 1)
         try:
             detached_now = {
                 d.name: d
@@ -434,6 +439,13 @@ def _rotate_range(
         outcome.rows, outcome.uri = manifest.rows, record.uri
         outcome.sha256, outcome.bytes = manifest.sha256, manifest.bytes
         outcome.status = "archived, not dropped"
+        with archived_lock:
+            archived_count[0] += 1
+            progress.report(
+                f"{policy.table}: archived {name} ({manifest.rows:,} rows)",
+                archived_count[0],
+                len(ready),
+            )
         emit(
             EVENT + "archived",
             _resource(target, policy.table),
@@ -448,8 +460,10 @@ def _rotate_range(
             },
         )
 
+    archived_count, archived_lock = [0], threading.Lock()
     phase_started = time.monotonic()
-    if policy.expired_action == "archive_then_drop":
+    if policy.expired_action == "archive_then_drop" and ready:
+        progress.report(f"{policy.table}: archiving {len(ready)} partitions", 0, len(ready))
         # One archive already keeps two cores busy (the server's COPY and the Parquet encoding);
         # archive_parallelism > 1 only pays on a bigger machine.
         with ThreadPoolExecutor(
@@ -471,6 +485,7 @@ def _rotate_range(
         if outcome.status == "archived, not dropped" or policy.expired_action == "drop"
     ]
     if droppable:
+        progress.report(f"{policy.table}: dropping {len(droppable)} expired tables", 0, 1)
         _drop(target, policy, droppable, timeouts, result)
     if ready:
         result.retire_seconds = round(time.monotonic() - phase_started, 3)

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from perfops.progress import listening
 from perfops.redaction import redact, register_secret
 from perfops.settings import apply_prefect_defaults, get_settings
 
@@ -189,7 +190,7 @@ def run_flow(
         progress(f"{label} (starting Prefect)", 0, 1)
         with _collector_paused():
             loaded = flow()
-        with _heartbeats(get_settings().cli_heartbeats):
+        with _heartbeats(get_settings().cli_heartbeats), listening(progress):
             state = loaded(**parameters, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):

@@ -136,6 +136,11 @@ def test_dry_run_apply_and_restore(
     applied = perfops("rotate", *common, "--apply", env=env)
     assert applied.returncode == 0, applied.stderr
     assert "dropped: audit_logs_p2025_09, 50 rows ->" in applied.stdout
+    # Progress, one line per step on a non-terminal stderr.
+    assert f"perfops: {schema}.audit_logs: archiving 2 partitions..." in applied.stderr
+    assert f"perfops: {schema}.audit_logs: archived audit_logs_p2025_09 (50 rows)..." in (
+        applied.stderr
+    )
 
     archive = next(tmp_path.rglob("audit_logs_p2025_09.parquet"))
     restored = perfops(
