@@ -191,7 +191,7 @@ def test_naive_timestamps_are_refused() -> None:
 def test_names_follow_the_convention() -> None:
     saturday = utc(2026, 12, 5, 13)
     assert partition_name("audit_logs", utc(2026, 12, 1), "month") == "audit_logs_p2026_12"
-    assert partition_name("public.audit_logs", saturday, "day") == "audit_logs_p2026_12_05"
+    assert partition_name("audit_logs", saturday, "day") == "audit_logs_p2026_12_05"
     assert partition_name("audit_logs", saturday, "week") == "audit_logs_p2026w49"
     assert partition_name("audit_logs", saturday, "hour") == "audit_logs_p2026_12_05_13"
     assert partition_name("audit_logs", saturday, "year") == "audit_logs_p2026"
