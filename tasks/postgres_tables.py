@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from contextvars import copy_context
 from datetime import datetime
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ from psycopg import sql
 from pydantic import BaseModel
 
 from blocks import PostgresTarget
+from perfops import progress
 from perfops.errors import ConnectionFailed, ReadOnlyServer
 from perfops.redaction import one_line, redact
 from tasks.postgres import advisory_lock, connect, ensure_primary
@@ -198,6 +200,7 @@ def analyze_tables(
     pending = iter(enumerate(decisions))
     take_lock = threading.Lock()
     connect_errors: list[str] = []
+    finished = [0]
 
     def take() -> tuple[int, Decision] | None:
         with take_lock:
@@ -228,6 +231,9 @@ def analyze_tables(
                             lock_timeout_ms=lock_timeout_ms,
                             statement_timeout_ms=statement_timeout_ms,
                         )
+                        with take_lock:
+                            finished[0] += 1
+                            progress.report("analyzing stale tables", finished[0], len(decisions))
                         if conn.broken:
                             break  # reconnect for the next table
                     else:
@@ -238,7 +244,8 @@ def analyze_tables(
 
     workers = min(parallelism, len(decisions))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="analyze") as pool:
-        for future in [pool.submit(worker) for _ in range(workers)]:
+        # Each worker in a copy of this context: progress reaches whoever listens (the CLI).
+        for future in [pool.submit(copy_context().run, worker) for _ in range(workers)]:
             future.result()
     reason = connect_errors[0] if connect_errors else "not attempted"
     return [

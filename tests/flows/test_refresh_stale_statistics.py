@@ -34,6 +34,7 @@ from flows.refresh_stale_statistics import (
     StatisticsReport,
     refresh_stale_statistics,
 )
+from perfops import progress
 from perfops.errors import LockBusy
 from tasks.postgres import lock_key
 from tasks.postgres_tables import LOCK_NAME, analyze_tables, statement_for
@@ -160,8 +161,12 @@ def test_analyzes_exactly_the_stale_and_never_analyzed_tables(
     before = analyze_counts(db, schema)
     since = datetime.now(UTC)
 
-    report = refresh_stale_statistics(policy=policy(schema))
+    steps: list[tuple[str, int, int]] = []
+    with progress.listening(lambda *step: steps.append(step)):
+        report = refresh_stale_statistics(policy=policy(schema))
 
+    # progress (the CLI's bar) counts the tables as the workers finish them
+    assert sorted(steps) == [("analyzing stale tables", 1, 2), ("analyzing stale tables", 2, 2)]
     assert outcomes(report) == {
         "new": ("analyzed", "never analyzed"),
         "stale": ("analyzed", "15.0% of rows changed since last analyze >= 10%"),
