@@ -20,10 +20,10 @@ finds a table a crashed run detached but did not archive or drop (`fetch_detache
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
-from typing import Any, Literal, LiteralString
+from typing import Any, Literal, LiteralString, TypeVar
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -45,6 +45,9 @@ DEFAULT_LOCK_TIMEOUT_MS = 2_000
 DEFAULT_STATEMENT_TIMEOUT_MS = 120_000
 DEFAULT_RESCUE_MAX_ROWS = 1_000_000
 EXPIRED_MARK = "perfops:expired "
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 DetachMode = Literal["concurrently", "plain", "finalized", "already detached"]
 
@@ -383,18 +386,27 @@ def detach_partitions(
     partition that fails (a lock timeout) is reported and stays attached; the others go on.
     """
     parent = qualified_name(schema_name, table_name)
-    results = []
     with ddl_session(
         target, schema_name, table_name, f"detach partitions of {parent}", timeouts
     ) as conn:
-        for item in partitions:
-            try:
-                mode = _detach_one(conn, schema_name, table_name, item)
-            except (PerfopsError, psycopg.Error) as exc:
-                results.append(Detached(name=item.name, error=one_line(exc, empty="failed")))
-            else:
-                results.append(Detached(name=item.name, mode=mode))
-    return results
+        return [
+            Detached(name=item.name, mode=mode, error=error)
+            for item, mode, error in _one_by_one(
+                partitions, lambda item: _detach_one(conn, schema_name, table_name, item)
+            )
+        ]
+
+
+def _one_by_one(items: list[T], step: Callable[[T], R]) -> list[tuple[T, R | None, str | None]]:
+    """`step` on every item in order: (item, result, None), or (item, None, the one-line error)
+    for an item that failed; the others go on."""
+    done: list[tuple[T, R | None, str | None]] = []
+    for item in items:
+        try:
+            done.append((item, step(item), None))
+        except (PerfopsError, psycopg.Error) as exc:
+            done.append((item, None, one_line(exc, empty="failed")))
+    return done
 
 
 def _detach_one(
@@ -425,6 +437,20 @@ def _detach_one(
     return "concurrently"
 
 
+def _expiry_mark(comment: str | None, schema_name: str, parent_name: str) -> dict[str, Any] | None:
+    """The mark `expired_comment` left on a table a rotation of `schema.parent` detached, or None
+    when the comment is anything else (no mark, unreadable, another parent's)."""
+    if not comment or not comment.startswith(EXPIRED_MARK):
+        return None
+    try:
+        mark = json.loads(comment.removeprefix(EXPIRED_MARK))
+    except ValueError:
+        return None
+    if not isinstance(mark, dict) or mark.get("parent") != f"{schema_name}.{parent_name}":
+        return None
+    return mark
+
+
 _DETACHED: LiteralString = """
     select n.nspname as schema_name, c.relname as name, obj_description(c.oid, 'pg_class') as mark
     from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -445,11 +471,8 @@ def fetch_detached(
     with connect(target, statement_timeout_ms=30_000) as conn:
         conn.read_only = True
         for row in conn.execute(_DETACHED, {"schema": schema_name}).fetchall():
-            try:
-                mark = json.loads(row["mark"].removeprefix(EXPIRED_MARK))
-            except ValueError:
-                continue
-            if mark.get("parent") != parent:
+            mark = _expiry_mark(row["mark"], schema_name, table_name)
+            if mark is None:
                 continue
             found.append(
                 DetachedTable(
@@ -510,18 +533,15 @@ def drop_detached_tables(
     itself is not locked: these tables are no longer its partitions.
     """
     parent = qualified_name(schema_name, parent_name)
-    results = []
     with ddl_session(
         target, schema_name, parent_name, f"drop expired tables of {parent}", timeouts
     ) as conn:
-        for item in tables:
-            try:
-                rows = _drop_one(conn, schema_name, parent_name, item)
-            except (PerfopsError, psycopg.Error) as exc:
-                results.append(Dropped(name=item.name, error=one_line(exc, empty="failed")))
-            else:
-                results.append(Dropped(name=item.name, rows=rows))
-    return results
+        return [
+            Dropped(name=item.name, rows=rows, error=error)
+            for item, rows, error in _one_by_one(
+                tables, lambda item: _drop_one(conn, schema_name, parent_name, item)
+            )
+        ]
 
 
 def _drop_one(
@@ -537,8 +557,7 @@ def _drop_one(
         ).fetchone()
         if row is None:
             raise ConfigurationError(f"{where} does not exist: nothing to drop")
-        mark = str(row["mark"] or "")
-        if row["relispartition"] or not _marked_for(mark, schema_name, parent_name):
+        if row["relispartition"] or _expiry_mark(row["mark"], schema_name, parent_name) is None:
             raise ConfigurationError(
                 f"refusing to drop {where}: it is not a table detached by a perfops rotation "
                 f"of {schema_name}.{parent_name}"
@@ -553,14 +572,3 @@ def _drop_one(
             )
         conn.execute(sql.SQL("drop table {}").format(table))
     return rows
-
-
-def _marked_for(mark: str, schema_name: str, parent_name: str) -> bool:
-    """Whether a table comment is the expiry mark of a rotation of `schema.parent`."""
-    if not mark.startswith(EXPIRED_MARK):
-        return False
-    try:
-        recorded = json.loads(mark.removeprefix(EXPIRED_MARK))
-    except ValueError:
-        return False
-    return isinstance(recorded, dict) and recorded.get("parent") == f"{schema_name}.{parent_name}"
