@@ -151,10 +151,10 @@ class RotationSettings(BaseModel):
         default=10,
         ge=0,
         le=MAX_NICENESS,
-        description="CPU niceness (0-19; 0 leaves it) of the threads that archive and drop "
-        "(Linux). Parsing and compressing an archive keeps a core busy; when the flow runs on "
-        "the database host, a positive niceness lets the database's own sessions have the CPU "
-        "first. DDL that holds locks on the parent (create, detach) is never slowed.",
+        description="CPU niceness (0-19; 0 leaves it) of the threads that archive (Linux). "
+        "Parsing and compressing an archive keeps a core busy; when the flow runs on the "
+        "database host, a positive niceness lets the database's own sessions have the CPU "
+        "first. DDL that holds locks (create, detach, drop) is never slowed.",
     )
     max_future_intervals: int = Field(
         default=DEFAULT_MAX_FUTURE_INTERVALS,
@@ -168,6 +168,10 @@ class RotationSettings(BaseModel):
         return Timeouts(
             lock_timeout_ms=self.lock_timeout_ms, statement_timeout_ms=self.statement_timeout_ms
         )
+
+    @property
+    def archive_memory_bytes(self) -> int:
+        return self.archive_memory_mb << 20
 
 
 class ExpiryOutcome(BaseModel):
@@ -557,9 +561,7 @@ def _archive(
         record = (
             None
             if fresh
-            else verify_archive(
-                store, schema_name, table_name, name, settings.archive_memory_mb << 20
-            )
+            else verify_archive(store, schema_name, table_name, name, settings.archive_memory_bytes)
         )
     except (ArchiveError, ChecksumMismatch):
         record = None  # a partial or corrupted archive: written again below
@@ -581,7 +583,7 @@ def _archive(
         ),
         settings.archive_batch_rows,
         settings.statement_timeout_ms,
-        settings.archive_memory_mb << 20,
+        settings.archive_memory_bytes,
         str(workdir),
     )
 

@@ -47,7 +47,7 @@ from tasks.storage import (
     object_exists,
     put_object,
     put_stream,
-    stream_sha256,
+    stream_digest,
 )
 from tasks.transient_errors import RETRY_DEFAULTS
 
@@ -299,10 +299,7 @@ def dump_table_to_parquet(
                 if pending_rows >= batch_rows:
                     flush()
             flush()
-    sha256 = stream_sha256(sink)
-    sink.seek(0, 2)
-    size = sink.tell()
-    sink.seek(0)
+    sha256, size = stream_digest(sink)
     return DumpResult(
         rows=rows,
         min_key=_key_text(lo),
@@ -368,20 +365,9 @@ def archive_partition(
         )
         object_key, _ = archive_keys(source.schema_name, source.parent, source.partition)
         manifest = Manifest(
-            schema_name=source.schema_name,
-            parent=source.parent,
-            partition=source.partition,
-            key_column=source.key_column,
-            lower=source.lower,
-            upper=source.upper,
-            rows=dump.rows,
-            min_key=dump.min_key,
-            max_key=dump.max_key,
-            columns=dump.columns,
+            **source.model_dump(),
+            **dump.model_dump(exclude={"seconds"}),
             object_key=object_key,
-            sha256=dump.sha256,
-            bytes=dump.bytes,
-            timezone=source.timezone,
             created_at=datetime.now(UTC),
         )
         upload_archive(store, body, manifest)

@@ -114,14 +114,17 @@ def get_object(store: ArchiveStore, key: str) -> bytes:
 _CHUNK = 1 << 20
 
 
-def stream_sha256(body: IO[bytes]) -> str:
-    """SHA-256 of a seekable binary file from its start, read in 1 MiB chunks; leaves it at 0."""
+def stream_digest(body: IO[bytes]) -> tuple[str, int]:
+    """(SHA-256, size) of a seekable binary file from its start, read in 1 MiB chunks; leaves it
+    at 0."""
     digest = hashlib.sha256()
+    size = 0
     body.seek(0)
     for chunk in iter(lambda: body.read(_CHUNK), b""):
         digest.update(chunk)
+        size += len(chunk)
     body.seek(0)
-    return digest.hexdigest()
+    return digest.hexdigest(), size
 
 
 def put_stream(store: ArchiveStore, key: str, body: IO[bytes], sha256: str) -> StoredObject:
