@@ -331,9 +331,9 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["PERFOPS_DSN"] = dsn
             os.environ["PERFOPS_S3_ENDPOINT_URL"] = endpoint
             os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+            from cli.support import run_flow
+            from decisions.partitioning import PartitionPolicy
             from flows.rotate_partitions import RotationSettings, rotate_partitions
-            from perfops.cli_support import run_flow
-            from tasks.partitioning import PartitionPolicy
 
             def rotate(prefix: str, **parameters: object) -> object:
                 policy = PartitionPolicy(

@@ -29,7 +29,7 @@ import httpx
 from benchmarks._support import prefect_server, print_table
 
 if TYPE_CHECKING:
-    from perfops.embedded_prometheus import MetricSeries
+    from demo.embedded_prometheus import MetricSeries
 
 GOAL_S = 30.0
 RUNS = 2
@@ -38,7 +38,7 @@ BUCKETS = (0.005, 0.025, 0.1, 0.25, 1.0, 2.5)
 
 
 def _series(week_start: float, week_end: float) -> list[MetricSeries]:
-    from perfops.sample_metrics import (
+    from demo.sample_metrics import (
         SyntheticEndpoint,
         duration_series,
         endpoint_series,
@@ -80,8 +80,8 @@ def main() -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     for name in [n for n in os.environ if n.startswith("PERFOPS_")]:
         del os.environ[name]
-    from perfops.embedded_prometheus import PrometheusServer
-    from tasks.reporting import chart_queries, last_complete_week, load_config, week_queries
+    from decisions.reporting import chart_queries, last_complete_week, load_config, week_queries
+    from demo.embedded_prometheus import PrometheusServer
     from tests.servers import SmtpServer
 
     week = last_complete_week(datetime.now(UTC))

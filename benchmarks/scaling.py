@@ -7,12 +7,12 @@ Runs ../shared/bench/scaling_eval.py (imported as a module, its defaults: 14 tra
 10-minute provisioning delay rounded to whole steps, p99.9 load = 20 instances, 2..100
 instances) on every CSV trace in ../shared/datasets (or the given ones):
 
-1. forecaster: tasks.forecasting.forecast plugged in like the built-in forecasters
+1. forecaster: decisions.forecasting.forecast plugged in like the built-in forecasters
    (snaive-week, hw-day, hw-week; mstl when statsforecast is installed); the rows pred:<f> and
    pred-q95:<f> swept over the harness' target utilisations; scored by WAPE of the D+1-step
    forecast and by the instance-hours (x oracle) needed for <= 5 % and <= 1 % under-provisioned
    steps (best of its two rows). Goal: perfops at least as good as the best built-in on each.
-2. policy: tasks.scaling_replay.PerfopsPolicy (forecast + calibrated quantile + target tracking,
+2. policy: decisions.scaling_replay.PerfopsPolicy (forecast + calibrated quantile + target tracking,
    burst-aware scale-in, scale-in dead band) swept over its risk dial (target utilisation
    60-95 % at the p90 bound, then at 100 % the forecast quantile from p99 down to p50), against
    the harness' reactive and scheduled families (threshold, target tracking, target
@@ -72,7 +72,7 @@ def harness_args() -> types.SimpleNamespace:
 def _perfops_point(harness_path: str, trace: str, setting: str) -> dict[str, Any]:
     """One sweep point of PerfopsPolicy (run in a worker process)."""
     se = load_harness(Path(harness_path))
-    from tasks.scaling_replay import PerfopsPolicy
+    from decisions.scaling_replay import PerfopsPolicy
 
     env = se.make_env(se.load_trace(trace), harness_args())
     oracle = se.simulate(env, se.Oracle(1.0)).billed.sum()
@@ -95,7 +95,7 @@ def _cost_at(se: Any, sweep: pd.DataFrame) -> pd.DataFrame:
 
 
 def evaluate_trace(se: Any, trace: Path, workers: int, targets: tuple[str, ...]) -> dict:
-    from tasks.forecasting import forecast
+    from decisions.forecasting import forecast
 
     name = trace.stem
     env = se.make_env(se.load_trace(str(trace)), harness_args())

@@ -4,7 +4,7 @@
 
 Sets up its own data: a real Prometheus (Debian's, back-filled with promtool) holding 14 days
 of API request/error counters and a latency histogram, one sample a minute, with four known
-incidents (perfops/sla_series.py):
+incidents (demo/sla_series.py):
 
 - fast burn: 50% errors for 20 minutes (500x the 99.9% budget rate);
 - slow burn: 0.8% errors for 8 hours (8x);
@@ -48,19 +48,19 @@ from typing import Any
 
 from benchmarks._support import print_table
 from blocks import PrometheusSource, RedisTarget, SlackEscalationTarget
-from perfops.embedded_prometheus import PrometheusServer
-from perfops.sla_series import (
+from decisions.burn_rate import evaluate
+from decisions.slo_definitions import SlaDefinitions, load_definitions
+from demo.embedded_prometheus import PrometheusServer
+from demo.sla_series import (
     Incident,
     api_series,
     error_ratio_at,
     minutes,
     rps_at,
 )
-from tasks.burn_rate import evaluate
-from tasks.prometheus_slis import fetch_measurements, slo_query
+from tasks.prometheus.slis import fetch_measurements, slo_query
 from tasks.sla_delivery import SlaStore, acknowledge_alert_in_store, deliver
-from tasks.slack_threads import SlackMessenger
-from tasks.slo_definitions import SlaDefinitions, load_definitions
+from tasks.slack.threads import SlackMessenger
 from tests.servers.slack import DEFAULT_TOKEN, SlackStandIn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,14 +127,14 @@ def fifty_slos(base: SlaDefinitions) -> SlaDefinitions:
 
 
 def load_window(text: str) -> timedelta:
-    from tasks.slo_definitions import parse_duration
+    from decisions.slo_definitions import parse_duration
 
     return parse_duration(text)
 
 
 def naive_fetch(source: PrometheusSource, d: SlaDefinitions, at: datetime) -> int:
     """The anchor: one instant query per SLO, window and part, one after the other."""
-    from tasks.burn_rate import slo_windows
+    from decisions.burn_rate import slo_windows
 
     client = source.get_client()
     n = 0

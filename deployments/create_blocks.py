@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from perfops.connections import (
+from blocks.resolve import (
     Resolved,
     resolve_archive,
     resolve_email,

@@ -11,13 +11,13 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from perfops.connections import resolve_redis, resolve_slack
+from blocks.resolve import resolve_redis, resolve_slack
+from decisions.slo_definitions import load_definitions
 from perfops.errors import ConfigurationError
 from perfops.redaction import install_log_redaction
 from tasks.records import emit, publish_table
 from tasks.sla_delivery import SlaStore, acknowledge_alert_in_store
-from tasks.slack_threads import messenger_for
-from tasks.slo_definitions import load_definitions
+from tasks.slack.threads import messenger_for
 
 ARTIFACT_KEY = "perfops-sla-ack"
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from decisions.scaling_policy import Schedule, schedule_actions
 from perfops.redaction import install_log_redaction
 from tasks.autoscaling import (
     AutoScalingTarget,
@@ -25,7 +26,6 @@ from tasks.autoscaling import (
     scheduled_actions,
 )
 from tasks.records import emit, publish_table
-from tasks.scaling_policy import Schedule, schedule_actions
 
 ARTIFACT_KEY = "perfops-scaling-schedule"
 EVENT_SCHEDULED = "perfops.scaling.scheduled"

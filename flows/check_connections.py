@@ -11,7 +11,7 @@ from prefect.futures import PrefectFuture
 from prefect_email import EmailServerCredentials
 
 from blocks import PrometheusSource, SlackEscalationTarget
-from perfops.connections import (
+from blocks.resolve import (
     CsvTrace,
     Resolved,
     resolve_archive,
@@ -21,16 +21,16 @@ from perfops.connections import (
     resolve_redis,
     resolve_slack,
 )
+from decisions.diagnosis import PostgresInfo, SystemCheck, check_from, postgres_findings
 from perfops.errors import PerfopsError
 from perfops.redaction import install_log_redaction
 from tasks.cache import fetch_redis_info
-from tasks.diagnosis import SystemCheck, check_from, postgres_findings
 from tasks.mail import fetch_smtp_greeting
 from tasks.outbox import check_outbox_writable
-from tasks.postgres import PostgresInfo, fetch_postgres_info
-from tasks.prometheus import fetch_build_info
+from tasks.postgres.server import fetch_postgres_info
+from tasks.prometheus.client import fetch_build_info
 from tasks.records import emit, publish_table
-from tasks.slack import fetch_identity
+from tasks.slack.client import fetch_identity
 from tasks.storage import get_object, put_object
 from tasks.traces import read_trace
 
@@ -234,7 +234,7 @@ def check_connections(
     statuses = {c.system: c.status for c in checks}
     emit(
         "perfops.connections.checked",
-        "perfops.connections",
+        "blocks.resolve",
         {"statuses": statuses, "origins": {c.system: c.origin for c in checks}},
     )
     for c in checks:

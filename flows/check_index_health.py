@@ -9,20 +9,21 @@ from datetime import datetime
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from perfops.connections import resolve_postgres
-from perfops.redaction import install_log_redaction
-from tasks.index_health import (
+from blocks.resolve import resolve_postgres
+from decisions.index_health import (
     DropOutcome,
     IndexFinding,
     IndexHealthSettings,
+    LockedTable,
     classify_indexes,
     finding_rows,
     format_bytes,
     select_drops,
     wasted_bytes,
 )
-from tasks.postgres_index_changes import drop_indexes
-from tasks.postgres_indexes import LockedTable, fetch_index_catalog
+from perfops.redaction import install_log_redaction
+from tasks.postgres.index_changes import drop_indexes
+from tasks.postgres.indexes import fetch_index_catalog
 from tasks.records import emit, publish_table
 
 ARTIFACT_KEY = "perfops-index-health"

@@ -21,17 +21,17 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from blocks import PrometheusSource
-from perfops.connections import resolve_email, resolve_metrics, resolve_redis, resolve_slack
+from blocks.resolve import resolve_email, resolve_metrics, resolve_redis, resolve_slack
+from decisions.burn_rate import Alert, Evaluation, SloStatus, evaluate
+from decisions.escalation import NOTICE_EVENT
+from decisions.slo_definitions import SlaDefinitions, load_definitions
 from perfops.errors import ConfigurationError
 from perfops.redaction import install_log_redaction
 from perfops.settings import PROJECT_DIR, get_settings
-from tasks.burn_rate import Alert, Evaluation, SloStatus, evaluate
-from tasks.escalation import NOTICE_EVENT
-from tasks.prometheus_slis import fetch_sli_measurements
+from tasks.prometheus.slis import fetch_sli_measurements
 from tasks.records import emit, publish_table
 from tasks.sla_delivery import DeliveryReport, SlaStore, deliver
-from tasks.slack_threads import messenger_for
-from tasks.slo_definitions import SlaDefinitions, load_definitions
+from tasks.slack.threads import messenger_for
 
 ARTIFACT_KEY = "perfops-sla"
 DEFAULT_DEFINITIONS = str(PROJECT_DIR / "deployments" / "slos.yaml")

@@ -7,11 +7,8 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
 from blocks import PostgresTarget
-from perfops.connections import resolve_postgres
-from perfops.redaction import install_log_redaction
-from tasks.postgres_statements import explain_statements, fetch_statement_stats
-from tasks.records import emit, publish_table
-from tasks.slow_queries import (
+from blocks.resolve import resolve_postgres
+from decisions.slow_queries import (
     PlanOutcome,
     SlowQuerySettings,
     SlowStatement,
@@ -21,6 +18,9 @@ from tasks.slow_queries import (
     statement_rows,
     summarize_plan,
 )
+from perfops.redaction import install_log_redaction
+from tasks.postgres.statements import explain_statements, fetch_statement_stats
+from tasks.records import emit, publish_table
 
 ARTIFACT_KEY = "perfops-slow-queries"
 EVENT_CHECKED = "perfops.queries.checked"

@@ -31,15 +31,8 @@ from prefect.filesystems import LocalFileSystem
 from pydantic import BaseModel, Field
 
 from blocks import PrometheusSource
-from perfops.connections import ArchiveStore, resolve_archive, resolve_email, resolve_metrics
-from perfops.errors import PerfopsError
-from perfops.redaction import install_log_redaction, redact
-from perfops.settings import PROJECT_DIR, get_settings
-from tasks.mail import Attachment, InlineImage, SendResult, build_message, send_email
-from tasks.prefect_events import read_perfops_events, read_table_artifact
-from tasks.prometheus_report import SeriesResult, query_chart_series, query_week
-from tasks.records import emit, publish_markdown
-from tasks.report_rendering import (
+from blocks.resolve import ArchiveStore, resolve_archive, resolve_email, resolve_metrics
+from decisions.report_rendering import (
     Chart,
     EndpointSeries,
     WeeklyReport,
@@ -55,7 +48,7 @@ from tasks.report_rendering import (
     scaling_chart,
     time_grid,
 )
-from tasks.reporting import (
+from decisions.reporting import (
     SLOW_QUERIES_ARTIFACT,
     QueryResult,
     RecordedEvent,
@@ -73,6 +66,13 @@ from tasks.reporting import (
     things_to_look_at,
     week_queries,
 )
+from perfops.errors import PerfopsError
+from perfops.redaction import install_log_redaction, redact
+from perfops.settings import PROJECT_DIR, get_settings
+from tasks.mail import Attachment, InlineImage, SendResult, build_message, send_email
+from tasks.prefect_events import read_perfops_events, read_table_artifact
+from tasks.prometheus.report import SeriesResult, query_chart_series, query_week
+from tasks.records import emit, publish_markdown
 from tasks.storage import StoredObject, put_object
 
 ARTIFACT_KEY = "perfops-weekly-report"

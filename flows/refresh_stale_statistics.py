@@ -16,9 +16,17 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from perfops.connections import resolve_postgres
+from blocks.resolve import resolve_postgres
+from decisions.staleness import (
+    Decision,
+    StatisticsPolicy,
+    batches,
+    decide,
+    percent,
+    threshold_percent,
+)
 from perfops.redaction import install_log_redaction
-from tasks.postgres_tables import (
+from tasks.postgres.tables import (
     TableResult,
     analyze_tables,
     fetch_analyze_marks,
@@ -27,14 +35,6 @@ from tasks.postgres_tables import (
     refreshed,
 )
 from tasks.records import emit, publish_table
-from tasks.staleness import (
-    Decision,
-    StatisticsPolicy,
-    batches,
-    decide,
-    percent,
-    threshold_percent,
-)
 
 ARTIFACT_KEY = "perfops-stats-refresh"
 EVENT_REFRESHED = "perfops.stats.refreshed"

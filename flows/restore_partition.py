@@ -16,12 +16,12 @@ from prefect import flow, get_run_logger
 from prefect.filesystems import LocalFileSystem
 from pydantic import BaseModel
 
+from blocks.resolve import ArchiveStore, resolve_postgres
+from decisions.partitioning import split_table
 from flows.rotate_partitions import resolve_archive_store
-from perfops.connections import ArchiveStore, resolve_postgres
 from perfops.errors import ConfigurationError
 from perfops.redaction import install_log_redaction
 from tasks.partition_archives import fetch_archive, load_archive, parse_archive_source
-from tasks.partitioning import split_table
 from tasks.records import emit, publish_table
 
 ARTIFACT_KEY = "perfops-partitions-restore"

@@ -2,7 +2,7 @@
 `apply=True`. CLI `perfops partitions rotate`.
 
 Per range policy: read the table and its children, the rows in its default partition and any
-table an earlier run detached; plan (`tasks.partitioning.plan_rotation`); then, with `apply`:
+table an earlier run detached; plan (`decisions.partitioning.plan_rotation`); then, with `apply`:
 
 1. create the current and `premake` next partitions, moving rows that wait in the default
    partition into them in the same transaction;
@@ -35,8 +35,20 @@ from prefect import flow, get_run_logger
 from prefect.filesystems import LocalFileSystem
 from pydantic import BaseModel, Field
 
+from blocks.resolve import BOTO_RETRY_CONFIG, ArchiveStore, Resolved, load_block
+from decisions.partitioning import (
+    DEFAULT_MAX_FUTURE_INTERVALS,
+    ExpiredAction,
+    HashPlan,
+    HashPolicy,
+    PartitionPolicy,
+    Policy,
+    RotationPlan,
+    load_policies,
+    plan_hash,
+    plan_rotation,
+)
 from perfops import progress
-from perfops.connections import BOTO_RETRY_CONFIG, ArchiveStore, Resolved, load_block
 from perfops.errors import ChecksumMismatch, ConfigurationError, PerfopsError
 from perfops.priority import MAX_NICENESS, lower_thread_priority
 from perfops.redaction import install_log_redaction, one_line
@@ -50,19 +62,7 @@ from tasks.partition_archives import (
     archive_partition,
     verify_archive,
 )
-from tasks.partitioning import (
-    DEFAULT_MAX_FUTURE_INTERVALS,
-    ExpiredAction,
-    HashPlan,
-    HashPolicy,
-    PartitionPolicy,
-    Policy,
-    RotationPlan,
-    load_policies,
-    plan_hash,
-    plan_rotation,
-)
-from tasks.postgres_partition_changes import (
+from tasks.postgres.partition_changes import (
     DEFAULT_LOCK_TIMEOUT_MS,
     DEFAULT_RESCUE_MAX_ROWS,
     DEFAULT_STATEMENT_TIMEOUT_MS,
@@ -79,7 +79,7 @@ from tasks.postgres_partition_changes import (
     drop_detached_tables,
     fetch_detached,
 )
-from tasks.postgres_partitions import (
+from tasks.postgres.partitions import (
     fetch_default_rows,
     fetch_hash_children,
     fetch_partitioned_table,
@@ -727,7 +727,7 @@ def rotate_partitions(
         settings: lock/statement timeouts, archive batch size, rescue limit.
         now: the time to plan for (default: now; for tests and previews).
     """
-    from perfops.connections import resolve_postgres
+    from blocks.resolve import resolve_postgres
 
     install_log_redaction()
     logger = get_run_logger()

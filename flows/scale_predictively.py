@@ -21,11 +21,12 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from blocks import PrometheusSource
-from perfops.connections import CsvTrace, resolve_metrics, resolve_redis
+from blocks.resolve import CsvTrace, resolve_metrics, resolve_redis
+from decisions import forecasting
+from decisions.scaling_policy import Decision, Mode, Observation, ScalingPolicy, decide
 from perfops.errors import LockBusy
 from perfops.redaction import install_log_redaction
 from perfops.settings import get_settings
-from tasks import forecasting
 from tasks.autoscaling import (
     AutoScalingTarget,
     client_for,
@@ -41,7 +42,6 @@ from tasks.load_history import (
     regularize,
 )
 from tasks.records import emit, publish_table
-from tasks.scaling_policy import Decision, Mode, Observation, ScalingPolicy, decide
 from tasks.scaling_state import group_lock, load_state, save_state
 
 ARTIFACT_KEY = "perfops-scaling-decision"

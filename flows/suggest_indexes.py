@@ -14,9 +14,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from perfops.connections import resolve_postgres
-from perfops.redaction import install_log_redaction
-from tasks.indexing import (
+from blocks.resolve import resolve_postgres
+from decisions.indexing import (
     Candidate,
     Choice,
     ExistingIndex,
@@ -31,20 +30,21 @@ from tasks.indexing import (
     query_shape,
     table_matches,
 )
-from tasks.postgres_hypopg import (
+from perfops.redaction import install_log_redaction
+from tasks.postgres.hypopg import (
     cost_base_plans,
     cost_candidates,
     fetch_table_catalog,
     verify_index_set,
 )
-from tasks.postgres_index_builds import (
+from tasks.postgres.index_builds import (
     BuildRequest,
     BuildResult,
     create_index_sql,
     create_indexes,
 )
-from tasks.postgres_indexes import fetch_indexes
-from tasks.postgres_statements import fetch_statement_stats
+from tasks.postgres.indexes import fetch_indexes
+from tasks.postgres.statements import fetch_statement_stats
 from tasks.records import emit, publish_table
 
 ARTIFACT_KEY = "perfops-index-suggestions"

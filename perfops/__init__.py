@@ -1,9 +1,7 @@
-"""perfops: Prefect flows that keep a production platform fast.
+"""perfops' core: what every layer may import (errors, settings, redaction, progress, priority).
 
-The deployable code lives in the top-level packages the users asked for: `flows/` (one deployable
-flow per file), `tasks/` (one module per outside system, plus pure decision modules), `blocks/`
-(connection blocks). This package holds what ties them together: settings and connection
-resolution, secret redaction, the CLI and the demo.
+It imports nothing of the project's other packages. The layers above it, bottom to top:
+`blocks/` and `decisions/`, `tasks/`, `flows/`, `demo/`, `cli/` (see docs/architecture.md).
 """
 
 __version__ = "0.1.0"

@@ -2,7 +2,7 @@
 actions idempotently.
 
 Throttling, 5xx and connection errors are retried by botocore's "standard" retry mode
-(exponential backoff with jitter, `perfops.connections.BOTO_RETRY_CONFIG`); anything else
+(exponential backoff with jitter, `blocks.resolve.BOTO_RETRY_CONFIG`); anything else
 (a missing group, a validation error, denied access) fails at once with a clear message.
 perfops enforces the group's min/max itself before every change (moto, and a group whose bounds
 changed meanwhile, would not stop it) and reads the group back after each change.
@@ -19,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prefect import task
 from pydantic import BaseModel, Field
 
-from perfops.connections import BOTO_RETRY_CONFIG
+from blocks.resolve import BOTO_RETRY_CONFIG
 from perfops.errors import ConfigurationError, ConnectionFailed
 
 if TYPE_CHECKING:

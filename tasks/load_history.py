@@ -2,8 +2,8 @@
 
 `regularize` (pure) puts raw points on a fixed grid, fills short gaps by time interpolation and
 refuses ("fail static") histories that are stale, mostly missing, or have a gap longer than
-`max_gap` at their end. The tasks read Prometheus (chunked range queries, tasks.prometheus) or
-a CSV trace (tasks.traces) and hand the raw points to it.
+`max_gap` at their end. The tasks read Prometheus (chunked range queries,
+`tasks.prometheus.client`) or a CSV trace (`tasks.traces`) and hand the raw points to it.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pandas as pd
 from prefect import task
 
 from blocks import PrometheusSource
-from perfops.connections import CsvTrace
+from blocks.resolve import CsvTrace
 from perfops.errors import PerfopsError
-from tasks.prometheus import query_range
+from tasks.prometheus.client import query_range
 from tasks.traces import load_trace
 
 

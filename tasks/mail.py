@@ -20,7 +20,7 @@ from prefect_email import EmailServerCredentials
 from prefect_email.credentials import SMTPType
 from pydantic import BaseModel, Field
 
-from perfops.connections import EmailSink, FileOutbox
+from blocks.resolve import EmailSink, FileOutbox
 from perfops.redaction import register_secret
 from tasks.outbox import write_email
 from tasks.transient_errors import RETRY_DEFAULTS

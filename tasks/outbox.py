@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import task
 
-from perfops.connections import FileOutbox
+from blocks.resolve import FileOutbox
 
 SLACK_LOG = "messages.jsonl"
 

@@ -35,11 +35,11 @@ from psycopg import sql
 from pydantic import BaseModel, Field
 
 from blocks import PostgresTarget
-from perfops.connections import ArchiveStore
+from blocks.resolve import ArchiveStore
 from perfops.errors import ChecksumMismatch, ConfigurationError, ConnectionFailed, PerfopsError
-from tasks.postgres import connect, ensure_primary, set_timeouts
-from tasks.postgres_partition_changes import bound_literal
-from tasks.postgres_partitions import qualified_name
+from tasks.postgres.partition_changes import bound_literal
+from tasks.postgres.partitions import qualified_name
+from tasks.postgres.server import connect, ensure_primary, set_timeouts
 from tasks.storage import (
     get_file,
     get_object,

@@ -20,9 +20,9 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 
+from decisions.reporting import RecordedEvent
 from perfops.errors import ConnectionFailed
 from tasks.records import EVENT_PREFIX
-from tasks.reporting import RecordedEvent
 from tasks.transient_errors import RETRY_DEFAULTS
 
 PAGE_SIZE = 50  # the most the events API returns per page

@@ -18,8 +18,8 @@ import redis
 from prefect import task
 
 from blocks import RedisTarget
+from decisions.scaling_policy import ScalingState
 from perfops.errors import ConnectionFailed, LockBusy
-from tasks.scaling_policy import ScalingState
 
 HISTORY_LENGTH = 1000
 LOCK_TTL_S = 300

@@ -29,11 +29,9 @@ import redis
 from pydantic import BaseModel, Field
 
 from blocks import RedisTarget
-from perfops.connections import EmailSink
-from perfops.errors import ConnectionFailed, LockBusy
-from perfops.redaction import redact
-from tasks.burn_rate import Alert
-from tasks.escalation import (
+from blocks.resolve import EmailSink
+from decisions.burn_rate import Alert
+from decisions.escalation import (
     IncidentState,
     Notice,
     PostedNotice,
@@ -43,9 +41,11 @@ from tasks.escalation import (
     rebuild,
     record,
 )
-from tasks.sla_notices import notice_blocks, notice_metadata, notice_text
-from tasks.slack_threads import Messenger, NoticeFailed
-from tasks.slo_definitions import SlaDefinitions
+from decisions.sla_notices import notice_blocks, notice_metadata, notice_text
+from decisions.slo_definitions import SlaDefinitions
+from perfops.errors import ConnectionFailed, LockBusy
+from perfops.redaction import redact
+from tasks.slack.threads import Messenger, NoticeFailed
 
 LOCK_TIMEOUT_S = 120
 LOCK_WAIT_S = 60

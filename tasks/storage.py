@@ -19,7 +19,7 @@ from prefect.filesystems import LocalFileSystem
 from prefect_aws import S3Bucket
 from pydantic import BaseModel
 
-from perfops.connections import ArchiveStore
+from blocks.resolve import ArchiveStore
 from perfops.errors import ChecksumMismatch, ConnectionFailed
 
 

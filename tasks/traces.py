@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from prefect import task
 
-from perfops.connections import CsvTrace
+from blocks.resolve import CsvTrace
 from perfops.errors import ConfigurationError
 
 

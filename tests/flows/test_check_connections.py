@@ -112,7 +112,7 @@ def test_every_real_system_is_reached(slack: SlackStandIn) -> None:
     ]
     assert {r["status"] for r in rows} == {"ok"}
     event = _wait_for_event("perfops.connections.checked")
-    assert event.resource.id == "perfops.connections"
+    assert event.resource.id == "blocks.resolve"
     assert event.payload["statuses"] == {s: "ok" for s in checks}
 
 

@@ -17,11 +17,11 @@ from prefect.events.filters import EventFilter, EventNameFilter
 from psycopg import sql
 
 from blocks import PostgresTarget
+from cli import command as cli
+from decisions.index_health import IndexFinding, IndexHealthSettings
 from flows.check_index_health import ARTIFACT_KEY, IndexHealthReport, check_index_health
-from perfops import cli
-from tasks.index_health import IndexFinding, IndexHealthSettings
-from tasks.postgres import advisory_lock, connect
-from tasks.postgres_index_changes import drop_indexes, lock_name
+from tasks.postgres.index_changes import drop_indexes, lock_name
+from tasks.postgres.server import advisory_lock, connect
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -375,7 +375,7 @@ def test_another_perfops_run_on_the_table_is_waited_for_by_nobody(
 
 @pytest.fixture()
 def perfops(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
-    """`perfops.cli.main`, with the variables a command sets undone afterwards."""
+    """`cli.command.main`, with the variables a command sets undone afterwards."""
     for var in ("PERFOPS_DSN", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"):
         monkeypatch.setenv(var, "")
         monkeypatch.delenv(var)

@@ -17,11 +17,11 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from blocks import PostgresTarget
+from cli import command as cli
+from decisions.slow_queries import SlowQuerySettings, SlowStatement
 from flows.find_slow_queries import ARTIFACT_KEY, SlowQueryReport, find_slow_queries
-from perfops import cli
 from perfops.errors import MissingPrerequisite
-from tasks.postgres_statements import explain_statements
-from tasks.slow_queries import SlowQuerySettings, SlowStatement
+from tasks.postgres.statements import explain_statements
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -211,7 +211,7 @@ def test_a_block_names_the_database(pg_dsn: str, slow_db: str) -> None:
 
 @pytest.fixture()
 def perfops(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
-    """`perfops.cli.main`, with the variables a command sets undone afterwards."""
+    """`cli.command.main`, with the variables a command sets undone afterwards."""
     for var in ("PERFOPS_DSN", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"):
         monkeypatch.setenv(var, "")
         monkeypatch.delenv(var)

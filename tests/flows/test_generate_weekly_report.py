@@ -33,20 +33,20 @@ from prefect.events import emit_event
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 
 from blocks import PrometheusSource
+from decisions.reporting import ReportWeek, last_complete_week
+from demo.embedded_prometheus import merge_series
+from demo.sample_metrics import (
+    SyntheticEndpoint,
+    duration_series,
+    endpoint_series,
+    node_series,
+)
 from flows.generate_weekly_report import (
     ARTIFACT_KEY,
     ReportDeliveryFailed,
     ReportResult,
     generate_weekly_report,
 )
-from perfops.embedded_prometheus import merge_series
-from perfops.sample_metrics import (
-    SyntheticEndpoint,
-    duration_series,
-    endpoint_series,
-    node_series,
-)
-from tasks.reporting import ReportWeek, last_complete_week
 from tests.servers import MetricSeries, MotoServer, PrometheusServer, SmtpServer, free_port
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -577,7 +577,7 @@ def test_smtp_down_retries_then_fails_with_the_report_archived_on_s3(
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("PERFOPS_")}
     return subprocess.run(
-        [sys.executable, "-m", "perfops", "report", "weekly", *args],
+        [sys.executable, "-m", "cli", "report", "weekly", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -25,7 +25,7 @@ AT = "2026-11-15T12:00:00+00:00"
 def perfops(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("PERFOPS_")}
     return subprocess.run(
-        [sys.executable, "-m", "perfops", "partitions", *args],
+        [sys.executable, "-m", "cli", "partitions", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

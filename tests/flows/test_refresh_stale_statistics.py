@@ -29,6 +29,7 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFi
 from psycopg import sql
 
 from blocks import PostgresTarget
+from decisions.staleness import Decision, StatisticsPolicy, TableStats
 from flows.refresh_stale_statistics import (
     ARTIFACT_KEY,
     StatisticsReport,
@@ -36,9 +37,8 @@ from flows.refresh_stale_statistics import (
 )
 from perfops import progress
 from perfops.errors import LockBusy
-from tasks.postgres import lock_key
-from tasks.postgres_tables import LOCK_NAME, analyze_tables, statement_for
-from tasks.staleness import Decision, StatisticsPolicy, TableStats
+from tasks.postgres.server import lock_key
+from tasks.postgres.tables import LOCK_NAME, analyze_tables, statement_for
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -373,7 +373,7 @@ def test_timeouts_and_dropped_tables_become_results_not_exceptions(
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("PERFOPS_")}
     return subprocess.run(
-        [sys.executable, "-m", "perfops", "stats", *args],
+        [sys.executable, "-m", "cli", "stats", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -388,7 +388,7 @@ def test_cli_dry_run_json_and_human_output(
 ) -> None:
     from typer.testing import CliRunner
 
-    from perfops.commands.stats import app
+    from cli.commands.stats import app
 
     create(db, schema, "new")
     create(db, schema, "[bold]x[/]", rows=10)  # rich markup in a name is printed as is

@@ -24,6 +24,7 @@ from prefect.filesystems import LocalFileSystem
 from psycopg import sql
 
 from blocks import PostgresTarget
+from decisions.partitioning import HashPolicy, PartitionPolicy, PlannedPartition
 from flows.rotate_partitions import (
     RotationReport,
     RotationSettings,
@@ -32,8 +33,7 @@ from flows.rotate_partitions import (
 )
 from perfops.errors import ConfigurationError
 from tasks.partition_archives import ArchiveSource, Manifest, archive_keys, archive_partition
-from tasks.partitioning import HashPolicy, PartitionPolicy, PlannedPartition
-from tasks.postgres_partition_changes import Expiring, detach_partitions
+from tasks.postgres.partition_changes import Expiring, detach_partitions
 from tests.servers import MotoServer
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -311,7 +311,7 @@ def test_rows_arriving_in_the_default_after_the_check_are_still_rescued(
 ) -> None:
     """The unlocked "any rows waiting?" check can race a writer: PostgreSQL's own check of the
     default partition then refuses the plain CREATE, and the locked rescue moves the rows."""
-    import tasks.postgres_partition_changes as changes
+    import tasks.postgres.partition_changes as changes
 
     make_audit_logs(pg_dsn, schema, default_rows={(2027, 1): 4})
     monkeypatch.setattr(changes, "_rows_waiting", lambda *args: False)  # the race, made certain

@@ -15,10 +15,10 @@ from prefect.events import Event
 from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 
 from blocks import RedisTarget
+from decisions.scaling_policy import ScalingPolicy
 from flows.scale_predictively import LoadQuery, scale_predictively
 from perfops.errors import ConfigurationError, ConnectionFailed
 from tasks.autoscaling import AutoScalingTarget
-from tasks.scaling_policy import ScalingPolicy
 from tasks.scaling_state import group_lock, read_history
 from tests.conftest import HISTORY_END, REDIS_TEST_URL, load_value
 from tests.servers import MotoServer, PrometheusServer

@@ -11,9 +11,9 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from blocks import PostgresTarget
+from decisions.indexing import Candidate, IndexAdvisorSettings
 from flows.suggest_indexes import suggest_indexes
-from tasks.indexing import Candidate, IndexAdvisorSettings
-from tasks.postgres_index_builds import BuildRequest, create_indexes
+from tasks.postgres.index_builds import BuildRequest, create_indexes
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

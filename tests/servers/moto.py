@@ -50,7 +50,7 @@ from typing import TypedDict
 import httpx
 from moto.server import ThreadedMotoServer
 
-from perfops.local_server import LocalServer
+from demo.local_server import LocalServer
 
 REGION = "us-east-1"
 

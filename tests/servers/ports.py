@@ -1,5 +1,5 @@
 """Free TCP port helper for the local stand-in servers (shared with perfops' own servers)."""
 
-from perfops.local_server import free_port
+from demo.local_server import free_port
 
 __all__ = ["free_port"]

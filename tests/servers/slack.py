@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from perfops.local_server import LocalServer
+from demo.local_server import LocalServer
 
 JsonDict = dict[str, Any]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from perfops.local_server import LocalServer, free_port
+from demo.local_server import LocalServer, free_port
 
 ReceivedMessage = tuple[str, list[str], EmailMessage]
 """(envelope MAIL FROM, envelope RCPT TOs, parsed message)."""

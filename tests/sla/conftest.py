@@ -9,7 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from blocks import RedisTarget, SlackEscalationTarget
-from perfops.sla_series import Incident, api_series
+from demo.sla_series import Incident, api_series
 from tasks.sla_delivery import SlaStore
 from tests.servers import PrometheusServer, SlackStandIn
 from tests.servers.slack import DEFAULT_TOKEN

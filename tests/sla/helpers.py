@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from tasks.burn_rate import SloMeasurement
-from tasks.slo_definitions import SlaDefinitions, parse_definitions
+from decisions.burn_rate import SloMeasurement
+from decisions.slo_definitions import SlaDefinitions, parse_definitions
 
 T0 = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 

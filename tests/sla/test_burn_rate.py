@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
-from tasks.burn_rate import SeriesMeasurement, SloMeasurement, evaluate
-from tasks.slo_definitions import parse_definitions
+from decisions.burn_rate import SeriesMeasurement, SloMeasurement, evaluate
+from decisions.slo_definitions import parse_definitions
 from tests.sla.helpers import DEFINITIONS, T0, burning, definitions
 
 NAN, INF = math.nan, math.inf

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def perfops(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "perfops", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -58,7 +58,7 @@ def test_evaluate_command_replays_a_minute(
     args = [
         sys.executable,
         "-m",
-        "perfops",
+        "cli",
         "sla",
         "evaluate",
         "--definitions",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from decisions.slo_definitions import load_definitions, parse_definitions, parse_duration
 from perfops.errors import ConfigurationError
-from tasks.slo_definitions import load_definitions, parse_definitions, parse_duration
 
 SEED = Path(__file__).resolve().parents[2] / "deployments" / "slos.yaml"
 

@@ -13,10 +13,10 @@ import pytest
 from prefect_email import EmailServerCredentials
 
 from blocks import SlackEscalationTarget
-from perfops.connections import FileOutbox
+from blocks.resolve import FileOutbox
 from perfops.errors import ConnectionFailed
 from tasks.sla_delivery import SlaStore, acknowledge_alert_in_store, deliver
-from tasks.slack_threads import FileMessenger, SlackMessenger
+from tasks.slack.threads import FileMessenger, SlackMessenger
 from tests.servers import SlackStandIn, SmtpServer
 from tests.sla.helpers import T0, definitions
 from tests.sla.test_escalation import alert

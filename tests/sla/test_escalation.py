@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from tasks.burn_rate import Alert
-from tasks.escalation import (
+from decisions.burn_rate import Alert
+from decisions.escalation import (
     IncidentState,
     Notice,
     Plan,
@@ -16,7 +16,7 @@ from tasks.escalation import (
     rebuild,
     record,
 )
-from tasks.sla_notices import notice_blocks, notice_metadata, notice_text
+from decisions.sla_notices import notice_blocks, notice_metadata, notice_text
 from tests.sla.helpers import T0, definitions
 
 D = definitions()

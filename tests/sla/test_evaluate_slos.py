@@ -13,9 +13,9 @@ from prefect.events import Event
 from prefect.events.filters import EventFilter, EventNameFilter
 
 from blocks import PrometheusSource, RedisTarget
+from decisions.burn_rate import evaluate
 from perfops.errors import ConfigurationError
-from tasks.burn_rate import evaluate
-from tasks.prometheus_slis import fetch_measurements
+from tasks.prometheus.slis import fetch_measurements
 from tests.conftest import REDIS_TEST_URL
 from tests.servers import PrometheusServer, SlackStandIn
 from tests.servers.slack import DEFAULT_TOKEN

@@ -10,6 +10,7 @@ import boto3
 import pytest
 
 from blocks import RedisTarget
+from decisions.scaling_policy import ScalingState, Schedule, schedule_actions
 from perfops.errors import ConfigurationError, ConnectionFailed, LockBusy
 from tasks.autoscaling import (
     AutoScalingTarget,
@@ -19,7 +20,6 @@ from tasks.autoscaling import (
     put_schedule,
     set_capacity,
 )
-from tasks.scaling_policy import ScalingState, Schedule, schedule_actions
 from tasks.scaling_state import group_lock, load_state, read_history, save_state
 from tests.servers import MotoServer
 

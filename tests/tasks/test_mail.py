@@ -9,7 +9,7 @@ import pytest
 from prefect_email import EmailServerCredentials
 from pydantic import SecretStr
 
-from perfops.connections import FileOutbox, resolve_email
+from blocks.resolve import FileOutbox, resolve_email
 from perfops.settings import PerfopsSettings
 from tasks.mail import Attachment, InlineImage, build_message, send_email
 from tests.servers import SmtpServer

@@ -19,6 +19,7 @@ from prefect.filesystems import LocalFileSystem
 from psycopg import sql
 
 from blocks import PostgresTarget
+from decisions.partitioning import PlannedPartition
 from perfops.errors import ChecksumMismatch, ConfigurationError, LockBusy
 from tasks.partition_archives import (
     ArchiveSource,
@@ -33,9 +34,7 @@ from tasks.partition_archives import (
     spool,
     verify_archive,
 )
-from tasks.partitioning import PlannedPartition
-from tasks.postgres import advisory_lock
-from tasks.postgres_partition_changes import (
+from tasks.postgres.partition_changes import (
     Expiring,
     ToDrop,
     create_partitions,
@@ -45,6 +44,7 @@ from tasks.postgres_partition_changes import (
     fetch_detached,
     lock_name,
 )
+from tasks.postgres.server import advisory_lock
 
 COLUMNS = (
     "id bigint not null, at timestamptz not null, local_at timestamp, day date, small smallint, "

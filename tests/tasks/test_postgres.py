@@ -10,7 +10,7 @@ from pydantic import SecretStr
 
 from blocks import PostgresTarget
 from perfops.errors import ConnectionFailed, LockBusy
-from tasks.postgres import (
+from tasks.postgres.server import (
     advisory_lock,
     connect,
     ensure_primary,
@@ -151,7 +151,7 @@ def test_unreachable_server_is_a_one_line_error_without_password() -> None:
 
 
 def test_statement_texts_with_a_password_are_masked(pg_target: PostgresTarget, pg_dsn: str) -> None:
-    from tasks.postgres_statements import fetch_statement_stats
+    from tasks.postgres.statements import fetch_statement_stats
 
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("drop role if exists perfops_mask_probe")

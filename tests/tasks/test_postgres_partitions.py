@@ -12,9 +12,9 @@ import pytest
 from psycopg import sql
 
 from blocks import PostgresTarget
+from decisions.partitioning import HashPolicy, PartitionPolicy, plan_hash, plan_rotation
 from perfops.errors import ConfigurationError
-from tasks.partitioning import HashPolicy, PartitionPolicy, plan_hash, plan_rotation
-from tasks.postgres_partitions import (
+from tasks.postgres.partitions import (
     PartitionChild,
     fetch_default_rows,
     fetch_hash_children,

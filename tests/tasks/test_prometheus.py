@@ -8,7 +8,7 @@ import pytest
 
 from blocks import PrometheusSource
 from perfops.errors import ConfigurationError, ConnectionFailed
-from tasks.prometheus import fetch_build_info, query_instant, query_range
+from tasks.prometheus.client import fetch_build_info, query_instant, query_range
 from tests.conftest import HISTORY_END, HISTORY_START, load_value
 from tests.servers import PrometheusServer
 

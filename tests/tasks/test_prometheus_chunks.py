@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tasks.prometheus import plan_range_chunks, series_name
+from tasks.prometheus.client import plan_range_chunks, series_name
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 

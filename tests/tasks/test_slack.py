@@ -8,10 +8,10 @@ import pytest
 from pydantic import SecretStr
 
 from blocks import SlackEscalationTarget
-from perfops.connections import FileOutbox
+from blocks.resolve import FileOutbox
 from perfops.errors import ConnectionFailed
 from tasks.outbox import read_slack_notices
-from tasks.slack import fetch_identity, post_message, update_message
+from tasks.slack.client import fetch_identity, post_message, update_message
 from tests.servers import DEFAULT_TOKEN, SlackStandIn
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

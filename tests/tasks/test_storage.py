@@ -9,7 +9,7 @@ import boto3
 import pytest
 from prefect.filesystems import LocalFileSystem
 
-from perfops.connections import resolve_archive
+from blocks.resolve import resolve_archive
 from perfops.errors import ChecksumMismatch
 from perfops.settings import PerfopsSettings
 from tasks.storage import get_object, put_object

@@ -1,0 +1,136 @@
+"""`perfops report ...`: the weekly performance report (flow generate_weekly_report)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.support import (
+    JsonFlag,
+    VerboseFlag,
+    env_option,
+    print_json,
+    print_wrapped,
+    run_flow,
+    set_env,
+)
+from decisions.reporting import parse_week
+from perfops.errors import ConfigurationError
+from perfops.redaction import redact
+
+app = typer.Typer(help="Performance reports.", no_args_is_help=True)
+
+
+def _flow() -> Any:
+    from flows.generate_weekly_report import generate_weekly_report
+
+    return generate_weekly_report
+
+
+def _week(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return parse_week(value, datetime.now(UTC)).label
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--week") from None
+
+
+@app.command("weekly")
+def weekly(
+    week: Annotated[
+        str | None,
+        typer.Option(
+            help="ISO week to report, like 2026-W47 (default: the last complete week, UTC).",
+            show_default=False,
+        ),
+    ] = None,
+    to: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--to",
+            help="Email the report to this address (repeatable). Default: `recipients` in the "
+            "configuration; with none the report is only archived.",
+            show_default=False,
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Also write a browsable copy to DIR/WEEK/index.html (charts and data beside).",
+            show_default=False,
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        env_option(
+            "PERFOPS_REPORT_CONFIG", "Targets and PromQL (default deployments/report.yaml)."
+        ),
+    ] = None,
+    prometheus_url: Annotated[
+        str | None,
+        env_option(
+            "PERFOPS_PROMETHEUS_URL",
+            "Prometheus base URL (without one, the metrics sections say they are missing).",
+        ),
+    ] = None,
+    prometheus_block: Annotated[
+        str | None,
+        env_option("PERFOPS_PROMETHEUS_BLOCK", "perfops-prometheus-source block name."),
+    ] = None,
+    s3_block: Annotated[
+        str | None,
+        env_option(
+            "PERFOPS_S3_BLOCK",
+            "prefect-aws s3-bucket block for the archive (default: PERFOPS_S3_BUCKET, else the "
+            "folder out/archive).",
+        ),
+    ] = None,
+    email_block: Annotated[
+        str | None,
+        env_option(
+            "PERFOPS_EMAIL_BLOCK",
+            "prefect-email email-server-credentials block (default: PERFOPS_SMTP_HOST, else .eml "
+            "files in out/mail).",
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+    verbose: VerboseFlag = False,
+) -> None:
+    """Build the week's performance report (targets met/missed, week over week, per-endpoint
+    latency, throughput and errors, availability and error budget, resources, and what perfops
+    recorded), archive it, and email it (flow generate_weekly_report). Exit 1 when the email
+    could not be sent (the report is archived all the same)."""
+    label = _week(week)
+    set_env("PERFOPS_PROMETHEUS_URL", prometheus_url)
+    result = run_flow(
+        _flow,
+        {
+            "week": label,
+            "recipients": to or None,
+            "out_dir": str(out_dir.resolve()) if out_dir else None,
+            "config_path": str(config) if config else None,
+            "prometheus_block": prometheus_block,
+            "s3_block": s3_block,
+            "email_block": email_block,
+        },
+        verbose=verbose,
+        label="building the weekly report",
+        show_progress=not as_json,
+    )
+    if as_json:
+        print_json(result)
+        return
+    print_wrapped(redact(f"weekly report {result.headline}"), indent=0, style="bold")
+    for n, thing in enumerate(result.things, 1):
+        print_wrapped(redact(f"{n}. {thing}"), indent=2)
+    for section, why in result.missing_sections.items():
+        print_wrapped(redact(f"missing {section}: {why}"), indent=2, style="yellow")
+    print_wrapped(redact(f"archived: {result.archive}"), indent=2)
+    if result.folder:
+        print_wrapped(redact(f"open in a browser: {Path(result.folder).as_uri()}"), indent=2)
+    print_wrapped(redact(f"email: {result.delivery}"), indent=2)

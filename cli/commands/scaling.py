@@ -1,0 +1,272 @@
+"""`perfops scaling ...`: predictive and scheduled capacity (flows scale_predictively and
+apply_scaling_schedule), the decision history, and a back-test on a trace."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.support import JsonFlag, VerboseFlag, fail, print_json, print_wrapped, run_flow
+
+app = typer.Typer(no_args_is_help=True)
+
+GroupOption = Annotated[
+    str, typer.Option("--group", help="Auto Scaling group (and Redis key) to decide for.")
+]
+EndpointOption = Annotated[
+    str | None,
+    typer.Option(help="Auto Scaling endpoint override (moto, LocalStack).", show_default=False),
+]
+RegionOption = Annotated[str, typer.Option(help="AWS region of the group.")]
+CredentialsOption = Annotated[
+    str | None,
+    typer.Option(
+        help="prefect-aws AwsCredentials block name (default: boto3's chain).", show_default=False
+    ),
+]
+
+
+@app.callback()
+def scaling() -> None:
+    """Scaling: forecast the load, decide capacity behind guardrails, apply schedules."""
+
+
+def _aws(
+    group: str, aws: bool, region: str, endpoint_url: str | None, credentials_block: str | None
+) -> Any:
+    if not aws and endpoint_url is None and credentials_block is None:
+        return None
+    from tasks.autoscaling import AutoScalingTarget
+
+    return AutoScalingTarget(
+        group=group, region=region, endpoint_url=endpoint_url, credentials_block=credentials_block
+    )
+
+
+@app.command()
+def decide(
+    group: GroupOption = "demo",
+    aws: Annotated[
+        bool, typer.Option("--aws", help="Read and set a real Auto Scaling group.")
+    ] = False,
+    region: RegionOption = "us-east-1",
+    endpoint_url: EndpointOption = None,
+    credentials_block: CredentialsOption = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(help="forecast_and_scale, forecast_only or reactive (default: the policy's)."),
+    ] = None,
+    current: Annotated[
+        int | None,
+        typer.Option(help="Capacity of a simulated group (without --aws).", show_default=False),
+    ] = None,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Set the capacity (default: dry run, record only).")
+    ] = False,
+    metrics_block: Annotated[str | None, typer.Option(show_default=False)] = None,
+    redis_block: Annotated[str | None, typer.Option(show_default=False)] = None,
+    as_json: JsonFlag = False,
+    verbose: VerboseFlag = False,
+) -> None:
+    """Read the load history (Prometheus, else the CSV trace), forecast it and decide the
+    group's capacity; with --apply, set it (flow scale_predictively). Dry run by default."""
+    if mode not in (None, "forecast_and_scale", "forecast_only", "reactive"):
+        raise typer.BadParameter(f"--mode: unknown mode {mode!r}")
+
+    def loader() -> Any:
+        from flows.scale_predictively import scale_predictively
+
+        return scale_predictively
+
+    run = run_flow(
+        loader,
+        {
+            "group": group,
+            "mode": mode,
+            "dry_run": not apply,
+            "aws": _aws(group, aws, region, endpoint_url, credentials_block),
+            "current_capacity": current,
+            "metrics_block": metrics_block,
+            "redis_block": redis_block,
+        },
+        verbose=verbose,
+        label="deciding capacity",
+        show_progress=not as_json,
+    )
+    if as_json:
+        from flows.scale_predictively import as_dict
+
+        print_json(as_dict(run))
+        return
+    print_wrapped(run.summary, indent=0, style="bold")
+    for name, n in run.demands.items():
+        print_wrapped(f"{name}: {n}", indent=2)
+    if run.chart:
+        print_wrapped(f"chart: {run.chart}", indent=2)
+    if run.dry_run and run.desired != run.current:
+        print_wrapped("dry run: nothing changed; rerun with --apply to set it", indent=2)
+
+
+@app.command("apply-schedule")
+def apply_schedule(
+    group: GroupOption,
+    region: RegionOption = "us-east-1",
+    endpoint_url: EndpointOption = None,
+    credentials_block: CredentialsOption = None,
+    business_min: Annotated[int, typer.Option(help="Minimum instances in business hours.")] = 4,
+    business_max: Annotated[int, typer.Option(help="Maximum in business hours.")] = 100,
+    off_min: Annotated[int, typer.Option(help="Minimum off hours.")] = 2,
+    off_max: Annotated[int, typer.Option(help="Maximum off hours.")] = 100,
+    start: Annotated[str, typer.Option(help="Business hours start (HH:MM).")] = "09:00",
+    end: Annotated[str, typer.Option(help="Business hours end (HH:MM).")] = "17:00",
+    timezone: Annotated[str, typer.Option(help="IANA time zone of the hours.")] = "UTC",
+    apply: Annotated[bool, typer.Option("--apply", help="Write the actions.")] = False,
+    as_json: JsonFlag = False,
+    verbose: VerboseFlag = False,
+) -> None:
+    """Write Mon-Fri business hours / off hours as Auto Scaling scheduled actions (flow
+    apply_scaling_schedule); idempotent, dry run by default."""
+    from pydantic import ValidationError
+
+    from decisions.scaling_policy import Schedule, ScheduleWindow
+    from tasks.autoscaling import AutoScalingTarget
+
+    try:
+        schedule = Schedule(
+            timezone=timezone,
+            windows=(
+                ScheduleWindow(
+                    start=start,
+                    end=end,
+                    min_capacity=business_min,
+                    max_capacity=business_max,
+                ),
+            ),
+            off_hours_min=off_min,
+            off_hours_max=off_max,
+        )
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc.errors()[0]["msg"])) from None
+
+    def loader() -> Any:
+        from flows.apply_scaling_schedule import apply_scaling_schedule
+
+        return apply_scaling_schedule
+
+    target = AutoScalingTarget(
+        group=group, region=region, endpoint_url=endpoint_url, credentials_block=credentials_block
+    )
+    run = run_flow(
+        loader,
+        {"aws": target, "schedule": schedule, "dry_run": not apply},
+        verbose=verbose,
+        label="applying the schedule",
+        show_progress=not as_json,
+    )
+    if as_json:
+        print_json(
+            {
+                "group": run.group,
+                "dry_run": run.dry_run,
+                "actions": run.actions,
+                "changed": run.changed,
+                "summary": run.summary,
+            }
+        )
+        return
+    print_wrapped(run.summary, indent=0, style="bold")
+    for a in run.actions:
+        mark = "*" if a["name"] in run.changed else " "
+        print_wrapped(
+            f"{mark} {a['name']}: {a['recurrence']} ({a['timezone']}) "
+            f"min {a['min_size']} max {a['max_size']} desired {a['desired']}",
+            indent=2,
+        )
+
+
+@app.command()
+def history(
+    group: GroupOption = "demo",
+    limit: Annotated[int, typer.Option(help="Newest decisions to show.")] = 20,
+    redis_block: Annotated[str | None, typer.Option(show_default=False)] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The group's latest scaling decisions (kept in Redis), newest first."""
+    from blocks.resolve import resolve_redis
+    from tasks.scaling_state import read_history
+
+    records = read_history(resolve_redis(redis_block).value, group, limit)
+    if as_json:
+        print_json(records)
+        return
+    if not records:
+        print_wrapped(f"no scaling decisions recorded for {group!r}", indent=0)
+        return
+    for r in records:
+        state = "applied" if r.get("applied") else "dry run" if r.get("dry_run") else "kept"
+        print_wrapped(
+            f"{r['at']}: {r['current']} -> {r['desired']} ({state}) {r['reason']}", indent=0
+        )
+
+
+@app.command()
+def backtest(
+    trace: Annotated[Path, typer.Option("--trace", help="CSV with timestamp,value columns.")],
+    delay: Annotated[str, typer.Option(help="Provisioning delay (e.g. 10min).")] = "10min",
+    chart: Annotated[
+        Path | None, typer.Option(help="Chart PNG (default out/scaling/backtest-<trace>.png).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Replay a trace step by step with a provisioning delay: perfops vs a threshold step
+    policy vs HPA-style target tracking vs the oracle (% steps under-provisioned, % above 80 %
+    utilisation, instance-hours x oracle, actions, forecast MAPE/WAPE) and draw a chart."""
+    import pandas as pd
+
+    from decisions.scaling_charts import backtest_chart
+    from decisions.scaling_replay import PerfopsPolicy, make_env, simulate
+    from decisions.scaling_replay import backtest as run_backtest
+    from perfops.settings import get_settings
+
+    if not trace.is_file():
+        fail(f"trace file {trace} does not exist")
+    frame = pd.read_csv(trace)
+    if not {"timestamp", "value"} <= set(frame.columns):
+        fail(f"trace {trace} needs timestamp,value columns; found {list(frame.columns)}")
+    series = pd.Series(
+        pd.to_numeric(frame["value"], errors="coerce").to_numpy(float),
+        index=pd.to_datetime(frame["timestamp"]),
+    )
+    series = series.dropna().groupby(level=0).mean().sort_index()
+    if len(series) < 10:
+        fail(f"trace {trace} has {len(series)} usable points; a back-test needs more")
+    step = series.index.to_series().diff().mode().iloc[0]
+    grid = pd.date_range(series.index[0], series.index[-1], freq=step)
+    series = (
+        series.reindex(series.index.union(grid)).interpolate("time").reindex(grid).clip(lower=0)
+    )
+    try:
+        env = make_env(series, delay=delay)
+    except ValueError as exc:
+        fail(f"trace {trace}: {exc}")
+    table = run_backtest(env)
+    out = chart or get_settings().out_dir / "scaling" / f"backtest-{trace.stem}.png"
+    perfops_run = simulate(env, PerfopsPolicy())
+    backtest_chart(out, env, perfops_run)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "trace": str(trace),
+                    "chart": str(out),
+                    "rows": table.reset_index().to_dict(orient="records"),
+                },
+                default=float,
+            )
+        )
+        return
+    print(table.round(3).to_string())
+    print(f"chart: {out}")

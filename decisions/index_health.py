@@ -1,0 +1,576 @@
+"""Which indexes waste space and why: unused, duplicate, covered and invalid indexes. Pure: no
+Prefect, no I/O.
+
+From the index catalog (`tasks.postgres.indexes.IndexInfo` rows):
+
+- **invalid**: `indisvalid` is false (a failed `CREATE INDEX CONCURRENTLY`, an interrupted
+  `DROP INDEX CONCURRENTLY`): queries never use it, writes may still maintain it.
+- **duplicate**: same table, method, key columns (with their operator class, collation and
+  order), INCLUDE columns and predicate as another index. The one kept is, in order, the one
+  backing a constraint, a unique one, then the first by name.
+- **covered**: a btree whose key columns are a strict prefix of another valid btree's on the same
+  table with the same predicate (and whose INCLUDE columns the other has); never a unique index
+  or one backing a constraint.
+- **unused**: valid, no scans since the statistics were reset, at least `min_size_bytes`, not
+  unique, not backing a constraint.
+
+Each finding names the index to drop (`schema.index`, quoted where SQL needs it), the bytes it
+wastes, and a reason naming the other index. Choosing what to drop from the names a person gave
+(`select_drops`) is decided here too; the dropping itself is `tasks.postgres.index_changes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# The index catalog as `tasks.postgres.indexes` reads it (rows; no I/O here).
+
+
+class IndexInfo(BaseModel):
+    """One index as the catalog describes it."""
+
+    schema_name: str
+    table_name: str
+    index_name: str
+    columns: list[str]  # key columns in order; an expression appears as its text
+    include_columns: list[str]
+    method: str  # btree, hash, gin, gist, brin, ...
+    predicate: str | None  # partial index WHERE clause, normalised by the server
+    is_unique: bool
+    is_primary: bool
+    constraint_name: str | None  # the constraint it backs (primary key, unique, exclusion)
+    is_valid: bool
+    is_ready: bool
+    size_bytes: int
+    scans: int  # idx_scan since the last statistics reset
+    definition: str  # pg_get_indexdef
+
+
+class LockedTable(BaseModel):
+    """A table whose indexes could not be read because another session held a lock on it."""
+
+    schema_name: str
+    table_name: str
+    index_names: list[str]  # read without the lock (pg_class), so a request can name them
+    reason: str
+
+
+class IndexCatalog(BaseModel):
+    """The index catalog, the tables skipped because they were locked, and when the
+    database's statistics (scan counts) were last reset (None: never)."""
+
+    indexes: list[IndexInfo]
+    locked_tables: list[LockedTable]
+    stats_reset: datetime | None
+
+
+DEFAULT_MIN_SIZE_BYTES = 1024 * 1024  # 1 MB: smaller unused indexes are not worth a change
+DEFAULT_CATALOG_LOCK_TIMEOUT_MS = 1_000
+DEFAULT_DROP_LOCK_TIMEOUT_MS = 5_000
+DEFAULT_DROP_STATEMENT_TIMEOUT_MS = 600_000
+
+FindingKind = Literal["invalid", "duplicate", "covered", "unused"]
+_KIND_ORDER: dict[str, int] = {"invalid": 0, "duplicate": 1, "covered": 2, "unused": 3}
+DropStatus = Literal["would drop", "dropped", "already gone", "refused", "failed"]
+
+
+class IndexHealthSettings(BaseModel):
+    """Tunables of `check_index_health` (all optional; the defaults suit a production database)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_size_bytes: int = Field(
+        default=DEFAULT_MIN_SIZE_BYTES,
+        ge=0,
+        le=2**50,
+        description="Report an unused index only from this size on (bytes, default 1 MB). "
+        "Duplicate, covered and invalid indexes are reported at any size.",
+    )
+    schemas: list[str] | None = Field(
+        default=None,
+        description="Only these schemas (default: every schema but the system ones).",
+    )
+    catalog_lock_timeout_ms: int = Field(
+        default=DEFAULT_CATALOG_LOCK_TIMEOUT_MS,
+        ge=1,
+        le=60_000,
+        description="How long reading one table's index definitions may wait for a lock held by "
+        "another session before that table is skipped (default 1,000 ms).",
+    )
+    drop_lock_timeout_ms: int = Field(
+        default=DEFAULT_DROP_LOCK_TIMEOUT_MS,
+        ge=1,
+        le=600_000,
+        description="lock_timeout of each DROP INDEX CONCURRENTLY, which also waits for the "
+        "transactions using the table to finish (default 5,000 ms).",
+    )
+    drop_statement_timeout_ms: int = Field(
+        default=DEFAULT_DROP_STATEMENT_TIMEOUT_MS,
+        ge=1_000,
+        le=86_400_000,
+        description="statement_timeout of each DROP INDEX CONCURRENTLY (default 600,000 ms).",
+    )
+
+
+class IndexFinding(BaseModel):
+    """An index that wastes space, and why."""
+
+    kind: FindingKind
+    name: str  # schema.index as SQL spells it (what `--drop` takes)
+    schema_name: str
+    table_name: str
+    index_name: str
+    table: str  # schema.table as SQL spells it
+    definition: str  # pg_get_indexdef, re-checked before a drop
+    size_bytes: int  # the space it wastes
+    scans: int
+    reason: str  # every reason that applies, most important first
+    other_index: str | None = None  # the index kept in its place (duplicate, covered)
+    other_schema: str | None = None
+    other_index_name: str | None = None
+    other_definition: str | None = None
+    droppable: bool = True
+    not_droppable_reason: str | None = None
+
+
+class DropOutcome(BaseModel):
+    """What happened (or would happen) to one index named for dropping."""
+
+    requested: str  # the name as given
+    name: str  # schema.index as SQL spells it (the request when it named nothing)
+    status: DropStatus
+    reason: str
+    size_bytes: int = 0
+    seconds: float | None = None
+
+
+class DropPlan(BaseModel):
+    """Each requested name's outcome so far, and the findings to drop (when applying)."""
+
+    outcomes: list[DropOutcome]
+    to_drop: list[IndexFinding]
+
+
+def maybe_double_quote_name(name: str) -> str:
+    """`name` with double quotes where SQL needs them (pglast's rules, imported on first use:
+    pglast loads in ~0.1 s and the CLI should not pay that for commands that never parse SQL)."""
+    from pglast.stream import maybe_double_quote_name as quote
+
+    return str(quote(name))
+
+
+def qualified_name(schema: str, name: str) -> str:
+    """`schema.name` with double quotes where SQL needs them."""
+    return f"{maybe_double_quote_name(schema)}.{maybe_double_quote_name(name)}"
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What makes two indexes interchangeable (the key parts keep opclass, collation, order)."""
+
+    keys: tuple[str, ...]
+    include: frozenset[str]
+    method: str
+    predicate: str | None
+
+
+def index_shape(index: IndexInfo) -> _Shape:
+    """Key parts as SQL (`name text_pattern_ops`, `a COLLATE "C" DESC`), parsed from the index
+    definition; the catalog's column list alone drops operator class, collation and order."""
+    from pglast import ast, parse_sql
+    from pglast.parser import ParseError
+    from pglast.stream import RawStream
+
+    keys: tuple[str, ...] = tuple(index.columns)
+    include = frozenset(index.include_columns)
+    try:
+        statement = parse_sql(index.definition)[0].stmt
+    except (ParseError, IndexError):
+        statement = None  # fall back to the catalog's column texts
+    if isinstance(statement, ast.IndexStmt):
+        keys = tuple(RawStream()(p) for p in statement.indexParams or ())
+        include = frozenset(RawStream()(p) for p in statement.indexIncludingParams or ())
+    return _Shape(keys, include, index.method, index.predicate)
+
+
+def classify_indexes(
+    indexes: Sequence[IndexInfo],
+    *,
+    min_size_bytes: int = DEFAULT_MIN_SIZE_BYTES,
+    stats_reset: datetime | None = None,
+) -> list[IndexFinding]:
+    """Every unused, duplicate, covered or invalid index, most wasted bytes first; an index that
+    is several of these is one finding with every reason."""
+    shapes = {_key(i): index_shape(i) for i in indexes}
+    reasons: dict[tuple[str, str], list[tuple[FindingKind, str]]] = {}  # index -> [(kind, why)]
+    others: dict[tuple[str, str], IndexInfo] = {}
+    by_key = {_key(i): i for i in indexes}
+
+    def add(
+        index: IndexInfo, kind: FindingKind, reason: str, other: IndexInfo | None = None
+    ) -> None:
+        reasons.setdefault(_key(index), []).append((kind, reason))
+        if other is not None and _key(index) not in others:
+            others[_key(index)] = other
+
+    for index in indexes:
+        if not index.is_valid:
+            maintained = "writes still maintain it" if index.is_ready else "writes skip it"
+            add(
+                index,
+                "invalid",
+                f"invalid (a failed CREATE INDEX CONCURRENTLY or an interrupted DROP INDEX "
+                f"CONCURRENTLY): queries never use it, {maintained}",
+            )
+
+    valid = [i for i in indexes if i.is_valid]
+    groups: dict[tuple[str, str, _Shape], list[IndexInfo]] = {}
+    for index in valid:
+        groups.setdefault((index.schema_name, index.table_name, shapes[_key(index)]), []).append(
+            index
+        )
+    dropped_as_duplicate: set[tuple[str, str]] = set()
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        keeper, *rest = sorted(members, key=_keep_order)
+        for index in rest:
+            dropped_as_duplicate.add(_key(index))
+            add(
+                index,
+                "duplicate",
+                f"duplicate of {_describe(keeper, shapes[_key(keeper)])}"
+                + (" (kept: it backs a constraint)" if keeper.constraint_name else ""),
+                keeper,
+            )
+
+    candidates = [i for i in valid if i.method == "btree" and _key(i) not in dropped_as_duplicate]
+    for index in candidates:
+        if index.is_unique or index.constraint_name:
+            continue
+        shape = shapes[_key(index)]
+        covering = [
+            other
+            for other in candidates
+            if other is not index
+            and (other.schema_name, other.table_name) == (index.schema_name, index.table_name)
+            and _covers(shapes[_key(other)], shape)
+        ]
+        if covering:
+            # The widest covering index: no other candidate covers it in turn.
+            best = min(covering, key=lambda o: (-len(shapes[_key(o)].keys), o.index_name))
+            add(index, "covered", f"covered by {_describe(best, shapes[_key(best)])}", best)
+
+    for index in valid:
+        if (
+            index.scans == 0
+            and index.size_bytes >= min_size_bytes
+            and not index.is_unique
+            and not index.is_primary
+            and not index.constraint_name
+        ):
+            since = (
+                f"statistics reset on {stats_reset:%Y-%m-%d}"
+                if stats_reset
+                else "statistics began (never reset)"
+            )
+            add(
+                index,
+                "unused",
+                f"unused: no scans on this server since {since}, "
+                f"{format_bytes(index.size_bytes)} >= {format_bytes(min_size_bytes)}",
+            )
+
+    findings = []
+    for key, found in reasons.items():
+        index = by_key[key]
+        found.sort(key=lambda kr: _KIND_ORDER[kr[0]])
+        kind = found[0][0]
+        other = others.get(key)
+        blocked = None
+        if index.constraint_name:
+            blocked = (
+                f"backs constraint {maybe_double_quote_name(index.constraint_name)}: drop the "
+                "constraint with ALTER TABLE if it is redundant, not the index"
+            )
+        findings.append(
+            IndexFinding(
+                kind=kind,
+                name=qualified_name(index.schema_name, index.index_name),
+                schema_name=index.schema_name,
+                table_name=index.table_name,
+                index_name=index.index_name,
+                table=qualified_name(index.schema_name, index.table_name),
+                definition=index.definition,
+                size_bytes=index.size_bytes,
+                scans=index.scans,
+                reason="; ".join(r for _, r in found),
+                other_index=qualified_name(other.schema_name, other.index_name) if other else None,
+                other_schema=other.schema_name if other else None,
+                other_index_name=other.index_name if other else None,
+                other_definition=other.definition if other else None,
+                droppable=blocked is None,
+                not_droppable_reason=blocked,
+            )
+        )
+    findings.sort(key=lambda f: (-f.size_bytes, _KIND_ORDER[f.kind], f.name))
+    return findings
+
+
+def _key(index: IndexInfo) -> tuple[str, str]:
+    return (index.schema_name, index.index_name)
+
+
+def _keep_order(index: IndexInfo) -> tuple[bool, bool, bool, str]:
+    """Among identical indexes, keep the constraint's, then a unique one, then the first name."""
+    return (
+        index.constraint_name is None,
+        not index.is_primary,
+        not index.is_unique,
+        index.index_name,
+    )
+
+
+def _covers(wide: _Shape, narrow: _Shape) -> bool:
+    """`wide` serves every lookup `narrow` serves: its keys start with all of narrow's (strictly
+    more), same predicate, and narrow's INCLUDE columns are among wide's columns."""
+    n = len(narrow.keys)
+    return (
+        wide.predicate == narrow.predicate
+        and len(wide.keys) > n
+        and wide.keys[:n] == narrow.keys
+        and narrow.include <= (set(wide.keys) | wide.include)
+    )
+
+
+def _describe(index: IndexInfo, shape: _Shape) -> str:
+    """`agents_name_team_idx (name, team)` (the other index is always on the same table)."""
+    return f"{maybe_double_quote_name(index.index_name)} ({', '.join(shape.keys)})"
+
+
+def wasted_bytes(findings: Iterable[IndexFinding]) -> int:
+    return sum(f.size_bytes for f in findings)
+
+
+def format_bytes(size: int) -> str:
+    """Like pg_size_pretty: 512 bytes, 16 kB, 1.2 MB, 3 GB (powers of 1024)."""
+    value = float(size)
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            if unit == "bytes":
+                return f"{int(value)} bytes"
+            return f"{value:.1f}".removesuffix(".0") + f" {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def resolve_name(requested: str, indexes: Iterable[Any]) -> list[Any]:
+    """Indexes (objects with `schema_name`, `index_name`) that `requested` names: `schema.index`
+    as written or as SQL quotes it; else a bare index name, in any schema."""
+    rows = list(indexes)
+    qualified = [
+        i
+        for i in rows
+        if requested
+        in (f"{i.schema_name}.{i.index_name}", qualified_name(i.schema_name, i.index_name))
+    ]
+    if qualified:
+        return qualified
+    return [i for i in rows if requested in (i.index_name, maybe_double_quote_name(i.index_name))]
+
+
+@dataclass(frozen=True)
+class _LockedIndex:
+    schema_name: str
+    index_name: str
+    table_name: str
+    reason: str
+
+
+def select_drops(
+    findings: Sequence[IndexFinding],
+    indexes: Sequence[IndexInfo],
+    names: Sequence[str],
+    *,
+    apply: bool,
+    locked_tables: Sequence[LockedTable] = (),
+    min_size_bytes: int = DEFAULT_MIN_SIZE_BYTES,
+) -> DropPlan:
+    """Decide, for each name a person gave, whether its index may be dropped.
+
+    Only findings can be dropped, and only those not backing a constraint; a name that matches
+    nothing is "already gone" (a rerun after a drop), one that matches several is ambiguous.
+    Without `apply` each droppable finding is "would drop"; with it, the finding goes into
+    `to_drop` for `tasks.postgres.index_changes.drop_indexes`, which re-checks it under a lock.
+    """
+    locked = [
+        _LockedIndex(t.schema_name, name, t.table_name, t.reason)
+        for t in locked_tables
+        for name in t.index_names
+    ]
+    outcomes: list[DropOutcome] = []
+    to_drop: list[IndexFinding] = []
+    seen: set[str] = set()
+    for requested in names:
+        matches = resolve_name(requested, indexes) or resolve_name(requested, locked)
+        if not matches:
+            outcomes.append(
+                DropOutcome(
+                    requested=requested,
+                    name=requested,
+                    status="already gone",
+                    reason="no index of that name in the database (dropped already?)",
+                )
+            )
+            continue
+        if len(matches) > 1:
+            spelled = ", ".join(
+                sorted(qualified_name(m.schema_name, m.index_name) for m in matches)
+            )
+            outcomes.append(
+                DropOutcome(
+                    requested=requested,
+                    name=requested,
+                    status="refused",
+                    reason=f"ambiguous: it names {spelled}; give schema.index",
+                )
+            )
+            continue
+        match = matches[0]
+        name = qualified_name(match.schema_name, match.index_name)
+        if name in seen:
+            continue
+        seen.add(name)
+        if isinstance(match, _LockedIndex):
+            outcomes.append(
+                DropOutcome(
+                    requested=requested,
+                    name=name,
+                    status="failed",
+                    reason=f"not checked: {match.reason}; nothing dropped, try again later",
+                )
+            )
+            continue
+        finding = next((f for f in findings if f.name == name), None)
+        if finding is None:
+            outcomes.append(
+                DropOutcome(
+                    requested=requested,
+                    name=name,
+                    status="refused",
+                    reason=f"not a finding of this check ({_why_kept(match, min_size_bytes)}): "
+                    "perfops drops only findings",
+                    size_bytes=match.size_bytes,
+                )
+            )
+            continue
+        if not finding.droppable:
+            outcomes.append(
+                DropOutcome(
+                    requested=requested,
+                    name=name,
+                    status="refused",
+                    reason=finding.not_droppable_reason or "not droppable",
+                    size_bytes=finding.size_bytes,
+                )
+            )
+            continue
+        outcomes.append(
+            DropOutcome(
+                requested=requested,
+                name=name,
+                status="would drop",
+                reason=f"{finding.kind}: {finding.reason}",
+                size_bytes=finding.size_bytes,
+            )
+        )
+        if apply:
+            to_drop.append(finding)
+    return DropPlan(outcomes=outcomes, to_drop=to_drop)
+
+
+def _why_kept(index: IndexInfo, min_size_bytes: int) -> str:
+    """Why an index is not a finding, most telling first."""
+    if index.constraint_name:
+        return f"it backs constraint {maybe_double_quote_name(index.constraint_name)}"
+    if index.is_unique:
+        return "it is unique: it enforces something"
+    if index.scans:
+        return f"it was scanned {index.scans:,} times"
+    if index.size_bytes < min_size_bytes:
+        return (
+            f"unused but {format_bytes(index.size_bytes)}, below the "
+            f"{format_bytes(min_size_bytes)} threshold"
+        )
+    return "nothing wrong with it"
+
+
+def finding_rows(
+    findings: Sequence[IndexFinding],
+    outcomes: Sequence[DropOutcome],
+    locked_tables: Sequence[LockedTable] = (),
+) -> list[dict[str, Any]]:
+    """The report as table rows: each finding with what was done about it and why, then drop
+    requests that matched no finding, then tables that could not be read."""
+    by_name = {o.name: o for o in outcomes}
+    rows: list[dict[str, Any]] = []
+    for f in findings:
+        outcome = by_name.pop(f.name, None)
+        if outcome is not None:
+            action = _action(outcome)
+        elif f.droppable:
+            action = f"report only (to drop: --apply --drop {f.name})"
+        else:
+            action = f"report only ({f.not_droppable_reason})"
+        rows.append(
+            {
+                "kind": f.kind,
+                "index": f.name,
+                "table": f.table,
+                "wasted": format_bytes(f.size_bytes),
+                "size_bytes": f.size_bytes,
+                "scans": f.scans,
+                "reason": f.reason,
+                "action": action,
+            }
+        )
+    for o in by_name.values():
+        rows.append(
+            {
+                "kind": "drop request",
+                "index": o.name,
+                "table": "",
+                "wasted": format_bytes(o.size_bytes) if o.size_bytes else "",
+                "size_bytes": o.size_bytes,
+                "scans": "",
+                "reason": o.reason,
+                "action": o.status,
+            }
+        )
+    for t in locked_tables:
+        rows.append(
+            {
+                "kind": "not checked",
+                "index": ", ".join(qualified_name(t.schema_name, n) for n in t.index_names),
+                "table": qualified_name(t.schema_name, t.table_name),
+                "wasted": "",
+                "size_bytes": 0,
+                "scans": "",
+                "reason": t.reason,
+                "action": "skipped",
+            }
+        )
+    return rows
+
+
+def _action(outcome: DropOutcome) -> str:
+    if outcome.status == "dropped":
+        return f"dropped CONCURRENTLY in {outcome.seconds or 0:.1f} s"
+    if outcome.status == "would drop":
+        return "would drop (dry run: add --apply)"
+    return f"{outcome.status}: {outcome.reason}"

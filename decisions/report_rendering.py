@@ -1,0 +1,751 @@
+"""Rendering of the weekly report: PNG charts (matplotlib, Agg, no pyplot), the HTML page with
+inline CSS (for email clients and the archive), the plain-text alternative, the markdown artifact
+and the data tables (CSV and Parquet). No network I/O.
+
+Gaps stay gaps: a series is re-indexed on the week's full time grid, so an hour without data is
+a break in the line, never a zero, and the page says how much is missing.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import re
+from datetime import datetime
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.dates as mdates
+import pandas as pd
+from matplotlib.figure import Figure
+from pydantic import BaseModel, ConfigDict, Field
+
+from decisions.reporting import (
+    Check,
+    EndpointWeek,
+    RecordedEvent,
+    RecordSection,
+    ReportConfig,
+    ReportWeek,
+    WeekNumbers,
+    error_budget_remaining,
+    format_change,
+    format_value,
+)
+
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+COLOURS = {"p50": "#4c78a8", "p95": "#f58518", "p99": "#e45756", "target": "#54a24b"}
+STATUS_COLOURS = {
+    "met": "#1a7f37",
+    "missed": "#cf222e",
+    "no data": "#9a6700",
+    "no traffic": "#57606a",
+    "info": "#57606a",
+}
+
+
+def column_labels(column: str) -> dict[str, str]:
+    """`{method="GET",route="/x"}` (tasks.prometheus.client.series_name) -> its labels."""
+    return {k: v.replace('\\"', '"') for k, v in _LABEL.findall(column)}
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+
+
+class Chart(BaseModel):
+    """A PNG chart, its content id (email) and file name (archive)."""
+
+    cid: str
+    title: str
+    png: bytes
+    alt: str
+
+    @property
+    def filename(self) -> str:
+        return f"charts/{self.cid}.png"
+
+
+class EndpointSeries(BaseModel):
+    """One endpoint's series over the week on the full time grid (NaN = no data)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    key: str
+    frame: pd.DataFrame  # columns p50_ms, p95_ms, p99_ms, rps, error_rate
+    points_expected: int
+    points_with_data: int
+
+    @property
+    def missing_share(self) -> float:
+        if self.points_expected == 0:
+            return 0.0
+        return 1 - self.points_with_data / self.points_expected
+
+
+def time_grid(week: ReportWeek, step_s: int) -> pd.DatetimeIndex:
+    """The chart's time points: one per step, the first a step after the week starts."""
+    return pd.date_range(
+        start=week.start + pd.Timedelta(seconds=step_s),
+        end=week.end,
+        freq=f"{step_s}s",
+        tz="UTC",
+        name="time",
+    )
+
+
+def _endpoint_columns(frame: pd.DataFrame | None, labels: list[str]) -> dict[str, pd.Series]:
+    out: dict[str, pd.Series] = {}
+    if frame is None:
+        return out
+    for column in frame.columns:
+        lab = column_labels(str(column))
+        out[f"{lab.get(labels[0], '')} {lab.get(labels[1], '')}"] = frame[column]
+    return out
+
+
+def endpoint_series(
+    frames: dict[str, pd.DataFrame | None],
+    grid: pd.DatetimeIndex,
+    labels: list[str],
+    keys: list[str],
+) -> dict[str, EndpointSeries]:
+    """Per endpoint: latency quantiles (ms), throughput and error rate on `grid`."""
+    parts = {
+        "p50_ms": _endpoint_columns(frames.get("latency_p50"), labels),
+        "p95_ms": _endpoint_columns(frames.get("latency_p95"), labels),
+        "p99_ms": _endpoint_columns(frames.get("latency_p99"), labels),
+        "rps": _endpoint_columns(frames.get("throughput"), labels),
+        "error_rate": _endpoint_columns(frames.get("error_rate"), labels),
+    }
+    out: dict[str, EndpointSeries] = {}
+    for key in keys:
+        columns = {}
+        for name, by_key in parts.items():
+            series = by_key.get(key)
+            values = (
+                series.reindex(grid) if series is not None else pd.Series(index=grid, dtype=float)
+            )
+            if name.endswith("_ms"):
+                values = values * 1000.0
+            columns[name] = values.astype("float64")
+        frame = pd.DataFrame(columns, index=grid)
+        # Infinite quantiles (too few requests in a step) are not data either.
+        frame = frame.where(frame.abs() != float("inf"))
+        present = int(frame["rps"].notna().sum())
+        out[key] = EndpointSeries(
+            key=key, frame=frame, points_expected=len(grid), points_with_data=present
+        )
+    return out
+
+
+def _axes_time(ax: Any, grid: pd.Index) -> None:
+    ax.set_xlim(grid[0], grid[-1])
+    ax.xaxis.set_major_locator(mdates.DayLocator())
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%a %d %b"))
+    ax.grid(True, color="#d0d7de", linewidth=0.6)
+    for label in ax.get_xticklabels():
+        label.set_fontsize(8)
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=96)
+    return buffer.getvalue()
+
+
+ABOVE: dict[str, Any] = {
+    "loc": "lower left",
+    "bbox_to_anchor": (0.0, 1.0),
+    "fontsize": 8,
+    "frameon": False,
+    "borderaxespad": 0.2,
+}
+"""Legends sit above their axes, so they never hide data."""
+
+
+def _headroom(highest: float, target: float | None) -> float:
+    """An axis top a little above the data and the target line."""
+    values = [v for v in (highest, target) if v is not None and v == v and v > 0]
+    return max(values) * 1.15 if values else 1.0
+
+
+def endpoint_chart(
+    series: EndpointSeries, target_ms: float | None, target_rps: float | None
+) -> Chart:
+    """Latency p50/p95/p99 (ms) with the p95 target; throughput (rps) and error rate (%)."""
+    frame = series.frame
+    # Fixed margins: matplotlib's constrained layout draws every figure twice (half the time).
+    fig = Figure(figsize=(7.2, 4.6))
+    fig.subplots_adjust(left=0.09, right=0.91, top=0.88, bottom=0.08, hspace=0.32)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    for q in ("p50", "p95", "p99"):
+        top.plot(frame.index, frame[f"{q}_ms"], label=q, color=COLOURS[q], linewidth=1.2)
+    if target_ms is not None:
+        top.axhline(
+            target_ms,
+            color=COLOURS["target"],
+            linestyle="--",
+            linewidth=1.2,
+            label=f"p95 target {target_ms:,.0f} ms",
+        )
+    top.set_ylabel("latency (ms)")
+    top.set_ylim(0, _headroom(frame[["p50_ms", "p95_ms", "p99_ms"]].max().max(), target_ms))
+    top.legend(**ABOVE, ncols=4)
+    fig.suptitle(f"{series.key}: per hour (UTC)", fontsize=10, x=0.01, ha="left")
+    bottom.plot(frame.index, frame["rps"], color="#4c78a8", linewidth=1.2, label="throughput")
+    if target_rps is not None:
+        bottom.axhline(
+            target_rps,
+            color=COLOURS["target"],
+            linestyle="--",
+            linewidth=1.2,
+            label=f"designed {target_rps:,.0f} rps",
+        )
+    bottom.set_ylabel("requests/s")
+    bottom.set_ylim(0, _headroom(frame["rps"].max(), target_rps))
+    errors = bottom.twinx()
+    errors.plot(
+        frame.index, frame["error_rate"] * 100, color="#e45756", linewidth=1.0, label="error rate"
+    )
+    errors.set_ylabel("errors (%)")
+    errors.set_ylim(0, _headroom(frame["error_rate"].max() * 100, None))
+    lines = bottom.get_lines() + errors.get_lines()
+    bottom.legend(lines, [str(line.get_label()) for line in lines], **ABOVE, ncols=3)
+    _axes_time(top, frame.index)
+    _axes_time(bottom, frame.index)
+    return Chart(
+        cid=f"endpoint-{slug(series.key)}",
+        title=series.key,
+        png=_png(fig),
+        alt=f"{series.key}: latency p50/p95/p99 in ms, throughput in requests/s, error rate in %",
+    )
+
+
+def endpoint_charts(jobs: list[tuple[EndpointSeries, float | None, float | None]]) -> list[Chart]:
+    """Every endpoint's chart, in order (about 0.25 s each here; a process pool was slower:
+    starting workers and importing matplotlib costs more than it saves)."""
+    return [endpoint_chart(*job) for job in jobs]
+
+
+def resources_chart(cpu: pd.Series, memory: pd.Series, config: ReportConfig) -> Chart:
+    """CPU and memory use (% of the limit) with the normal and peak limits."""
+    limits = config.resources
+    fig = Figure(figsize=(7.2, 3.6))
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.80, bottom=0.09, wspace=0.06)
+    ax_cpu, ax_mem = fig.subplots(1, 2, sharey=True)
+    for ax, values, normal, peak, what in (
+        (ax_cpu, cpu, limits.cpu_normal_max, limits.cpu_peak_max, "CPU"),
+        (ax_mem, memory, limits.memory_normal_max, limits.memory_peak_max, "memory"),
+    ):
+        ax.plot(values.index, values, color="#4c78a8", linewidth=1.2, label=f"{what} used")
+        ax.axhline(
+            normal, color="#9a6700", linestyle="--", linewidth=1, label=f"normal {normal:.0f}%"
+        )
+        ax.axhline(peak, color="#cf222e", linestyle="--", linewidth=1, label=f"peak {peak:.0f}%")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{what} (% of limit, hourly, UTC)", fontsize=10, loc="left", pad=24)
+        ax.legend(**{**ABOVE, "fontsize": 7}, ncols=3)
+        _axes_time(ax, values.index)
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%a"))
+    ax_cpu.set_ylabel("percent")
+    return Chart(
+        cid="resources",
+        title="Resources",
+        png=_png(fig),
+        alt="CPU and memory use in percent of the limit over the week, with the limits",
+    )
+
+
+def scaling_chart(events: list[RecordedEvent], week: ReportWeek) -> Chart | None:
+    """Capacity (current, desired) against load from perfops.scaling.decided events."""
+    decided = sorted(
+        (e for e in events if e.event == "perfops.scaling.decided"), key=lambda e: e.occurred
+    )
+    if not decided:
+        return None
+    groups = sorted({str(e.payload.get("group")) for e in decided})
+    fig = Figure(figsize=(7.2, 3.2))
+    fig.subplots_adjust(left=0.08, right=0.9, top=0.88, bottom=0.1)
+    ax: Any = fig.subplots()
+    load_ax: Any = ax.twinx()
+    for group in groups:
+        mine = [e for e in decided if str(e.payload.get("group")) == group]
+        times = [e.occurred for e in mine]
+        ax.step(
+            times, [e.payload.get("current") for e in mine], where="post", label=f"{group} capacity"
+        )
+        ax.plot(
+            times,
+            [e.payload.get("desired") for e in mine],
+            "o",
+            markersize=3,
+            label=f"{group} desired",
+        )
+        loads = [e.payload.get("load") for e in mine]
+        if any(isinstance(x, int | float) for x in loads):
+            load_ax.plot(
+                times,
+                [x if isinstance(x, int | float) else float("nan") for x in loads],
+                color="#9a6700",
+                linewidth=1,
+                label=f"{group} load",
+            )
+    ax.set_ylabel("instances")
+    load_ax.set_ylabel("load (as recorded)")
+    ax.set_xlim(week.start, week.end)
+    ax.set_title("Capacity vs load (perfops.scaling.decided)", fontsize=10, loc="left")
+    lines = ax.get_lines() + load_ax.get_lines()
+    ax.legend(lines, [str(line.get_label()) for line in lines], fontsize=7, loc="upper left")
+    ax.xaxis.set_major_locator(mdates.DayLocator())
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%a %d %b"))
+    ax.grid(True, color="#d0d7de", linewidth=0.6)
+    return Chart(
+        cid="scaling",
+        title="Scaling",
+        png=_png(fig),
+        alt="Instances (current and desired) and load as recorded by perfops scaling decisions",
+    )
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+class WeeklyReport(BaseModel):
+    """Everything the page, the email, the artifact and the archive show."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    week: ReportWeek
+    previous_week: str
+    generated_at: datetime
+    source: str
+    checks: list[Check]
+    current: WeekNumbers
+    previous: WeekNumbers | None
+    records: list[RecordSection]
+    things: list[str]
+    coverage: dict[str, float] = Field(default_factory=dict)  # endpoint -> share missing
+    chart_notes: dict[str, str] = Field(default_factory=dict)  # section -> why no chart
+    objectives: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def met(self) -> int:
+        return sum(c.status == "met" for c in self.checks)
+
+    @property
+    def missed(self) -> int:
+        return sum(c.status == "missed" for c in self.checks)
+
+    @property
+    def headline(self) -> str:
+        unknown = sum(c.status in ("no data", "no traffic") for c in self.checks)
+        return f"{self.week.label}: {self.met} targets met, {self.missed} missed" + (
+            f", {unknown} without data" if unknown else ""
+        )
+
+
+_CELL = "padding:4px 8px;border-bottom:1px solid #d0d7de;text-align:left;font-size:13px;"
+_HEAD = _CELL + "background:#f6f8fa;font-weight:600;"
+_FONT = "font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;color:#1f2328;"
+
+
+def _e(value: object) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _table(headers: list[str], rows: list[list[str]], raw: bool = False) -> str:
+    head = "".join(f'<th style="{_HEAD}">{_e(h)}</th>' for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f'<td style="{_CELL}">{c if raw else _e(c)}</td>' for c in row) + "</tr>"
+        for row in rows
+    )
+    return (
+        '<table role="presentation" cellspacing="0" cellpadding="0" '
+        f'style="border-collapse:collapse;width:100%;max-width:760px;margin:8px 0 16px 0;">'
+        f"<tr>{head}</tr>{body}</table>"
+    )
+
+
+def _status(status: str) -> str:
+    colour = STATUS_COLOURS.get(status, "#57606a")
+    return f'<span style="color:{colour};font-weight:600;">{_e(status)}</span>'
+
+
+def _h2(text: str) -> str:
+    style = "font-size:18px;margin:24px 0 8px 0;border-bottom:2px solid #d0d7de;"
+    return f'<h2 style="{style}">{_e(text)}</h2>'
+
+
+def _p(text: str, style: str = "") -> str:
+    return f'<p style="font-size:14px;margin:4px 0;{style}">{_e(text)}</p>'
+
+
+def _img(chart: Chart, src: str) -> str:
+    return (
+        f'<img src="{_e(src)}" alt="{_e(chart.alt)}" width="691" '
+        'style="display:block;width:100%;max-width:691px;height:auto;border:0;margin:8px 0;">'
+    )
+
+
+def _endpoint_rows(report: WeeklyReport, config: ReportConfig) -> list[list[str]]:
+    rows = []
+    for e in report.current.endpoints:
+        target = config.target_for(e.method, e.route)
+        before = report.previous.endpoint(e.key) if report.previous else None
+        if e.status != "ok":
+            rows.append([_e(e.key), _status(e.status), "", "", "", "", "", "", ""])
+            continue
+        p95_status = ""
+        if target is not None and e.p95_ms is not None:
+            p95_status = _status("met" if e.p95_ms <= target.p95_ms else "missed")
+        rows.append(
+            [
+                _e(e.key),
+                _e(format_value(e.p50_ms, "ms")),
+                _e(format_value(e.p95_ms, "ms")) + (f" {p95_status}" if p95_status else ""),
+                _e(format_value(e.p99_ms, "ms")),
+                _e(format_value(target.p95_ms, "ms") if target else "-"),
+                _e(format_value(e.rps, "rps")),
+                _e(format_value(e.peak_rps, "rps"))
+                + (_e(f" / {target.rps:,.0f} designed") if target else ""),
+                _e(format_value(e.error_rate, "ratio")),
+                _e(format_value(before.p95_ms, "ms") if before else "-"),
+            ]
+        )
+    return rows
+
+
+def render_html(
+    report: WeeklyReport,
+    config: ReportConfig,
+    charts: list[Chart],
+    src: dict[str, str],
+    link: str | None = None,
+) -> str:
+    """The report page. `src` maps a chart's cid to its image URL (`cid:...` in the email, a
+    relative file in the archive)."""
+    by_cid = {c.cid: c for c in charts}
+    out: list[str] = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>Weekly performance report {_e(report.week.label)}</title></head>",
+        f'<body style="margin:0;padding:16px;background:#ffffff;{_FONT}">',
+        f'<div style="max-width:760px;margin:0 auto;{_FONT}">',
+        '<h1 style="font-size:22px;margin:0 0 4px 0;">'
+        f"Weekly performance report {_e(report.week.label)}</h1>",
+        _p(
+            f"{report.week.start:%a %d %b %Y} - {report.week.end:%a %d %b %Y} 00:00 UTC, compared "
+            f"with {report.previous_week}. Metrics: {report.source}. Generated "
+            f"{report.generated_at:%Y-%m-%d %H:%M} UTC.",
+            "color:#57606a;",
+        ),
+    ]
+    if link:
+        out.append(
+            '<p style="font-size:14px;margin:4px 0;">Archived copy: '
+            f'<a href="{_e(link)}">{_e(link)}</a></p>'
+        )
+    # Summary: one screen.
+    out.append(_h2("Summary"))
+    out.append(
+        f'<p style="font-size:16px;margin:4px 0;"><b>{report.met}</b> targets met, '
+        f'<b style="color:{STATUS_COLOURS["missed"]};">{report.missed}</b> missed.</p>'
+    )
+    out.append(_p("Three things to look at:", "font-weight:600;margin-top:8px;"))
+    out.append(
+        '<ol style="font-size:14px;margin:4px 0 8px 20px;padding:0;">'
+        + "".join(f"<li>{_e(t)}</li>" for t in report.things)
+        + "</ol>"
+    )
+    out.append(
+        _table(
+            ["target", "this week", "objective", "status", "last week", "week over week"],
+            [
+                [
+                    _e(c.name),
+                    _e(format_value(c.value, c.unit))
+                    + (f"<br><small>{_e(c.detail)}</small>" if c.detail else ""),
+                    _e(("<= " if c.better == "lower" else ">= ") + format_value(c.target, c.unit))
+                    if c.target is not None
+                    else "-",
+                    _status(c.status),
+                    _e(format_value(c.previous, c.unit) if c.previous is not None else "-"),
+                    _e(format_change(c)),
+                ]
+                for c in report.checks
+            ],
+            raw=True,
+        )
+    )
+    # Endpoints.
+    out.append(_h2("Endpoints: latency, throughput, errors"))
+    if "endpoints" in report.current.missing:
+        out.append(
+            _p(
+                f"Missing: Prometheus did not answer ({report.current.missing['endpoints']}).",
+                "color:#9a6700;",
+            )
+        )
+    out.append(
+        _table(
+            [
+                "endpoint",
+                "p50",
+                "p95",
+                "p99",
+                "p95 target",
+                "mean load",
+                "peak load",
+                "errors",
+                "p95 last week",
+            ],
+            _endpoint_rows(report, config),
+            raw=True,
+        )
+    )
+    for e in report.current.endpoints:
+        chart = by_cid.get(f"endpoint-{slug(e.key)}")
+        if e.status == "no traffic":
+            out.append(
+                _p(
+                    f"{e.key}: no traffic this week (no requests counted), nothing to plot.",
+                    "color:#57606a;",
+                )
+            )
+        elif e.status == "no data":
+            out.append(
+                _p(
+                    f"{e.key}: no data in Prometheus for this week, nothing plotted.",
+                    "color:#9a6700;",
+                )
+            )
+        elif chart is not None:
+            share = report.coverage.get(e.key, 0.0)
+            if share > 0:
+                out.append(
+                    _p(
+                        f"{e.key}: data missing for {share:.0%} of the week's hours; gaps show "
+                        "as breaks in the lines, not as zeros.",
+                        "color:#9a6700;",
+                    )
+                )
+            out.append(_img(chart, src[chart.cid]))
+    # Availability.
+    out.append(_h2("Availability and error budget"))
+    if "availability" in report.current.missing:
+        out.append(
+            _p(
+                f"Missing: Prometheus did not answer ({report.current.missing['availability']}).",
+                "color:#9a6700;",
+            )
+        )
+    rows = []
+    for name, sli in report.current.slis.items():
+        objective = report.objectives.get(name)
+        budget = error_budget_remaining(sli, objective) if objective is not None else None
+        rows.append(
+            [
+                name,
+                format_value(sli, "ratio"),
+                format_value(objective, "ratio"),
+                "no data" if budget is None else f"{budget:.0%}",
+            ]
+        )
+    out.append(
+        _table(["SLO", "this week", "objective", "error budget left"], rows)
+        if rows
+        else _p("No SLO configured.")
+    )
+    # Resources.
+    out.append(_h2("Resources"))
+    if "resources" in report.current.missing:
+        out.append(
+            _p(
+                f"Missing: Prometheus did not answer ({report.current.missing['resources']}).",
+                "color:#9a6700;",
+            )
+        )
+    res = [c for c in report.checks if c.section == "resources"]
+    out.append(
+        _table(
+            ["figure", "this week", "limit", "status"],
+            [
+                [
+                    _e(c.name),
+                    _e(format_value(c.value, c.unit)),
+                    _e(format_value(c.target, c.unit)),
+                    _status(c.status),
+                ]
+                for c in res
+            ],
+            raw=True,
+        )
+    )
+    if "resources" in by_cid:
+        out.append(_img(by_cid["resources"], src["resources"]))
+    elif "resources" in report.chart_notes:
+        out.append(_p(report.chart_notes["resources"], "color:#9a6700;"))
+    # Durations.
+    if report.current.durations:
+        out.append(_h2("Agent execution and workflow completion"))
+        out.append(
+            _table(
+                ["what", "p50", "p95", "p99"],
+                [
+                    [
+                        d.title,
+                        format_value(d.p50_ms, "ms"),
+                        format_value(d.p95_ms, "ms"),
+                        format_value(d.p99_ms, "ms"),
+                    ]
+                    for d in report.current.durations
+                ],
+            )
+        )
+    # perfops' record.
+    for section in report.records:
+        out.append(_h2(section.title))
+        for line in section.lines:
+            out.append(_p(line, "color:#57606a;" if section.empty else ""))
+        if section.key == "scaling" and "scaling" in by_cid:
+            out.append(_img(by_cid["scaling"], src["scaling"]))
+        if section.rows:
+            headers = list(section.rows[0].keys())
+            out.append(
+                _table(headers, [[str(r.get(h, "")) for h in headers] for r in section.rows[:30]])
+            )
+    out.append(
+        _p(
+            "perfops weekly report: numbers from Prometheus (PromQL in deployments/report.yaml) "
+            "and perfops' own events; data attached as CSV.",
+            "color:#57606a;font-size:12px;margin-top:24px;",
+        )
+    )
+    out.append("</div></body></html>")
+    return "\n".join(out)
+
+
+def render_text(report: WeeklyReport, link: str | None = None) -> str:
+    """The plain-text alternative."""
+    lines = [f"Weekly performance report {report.week.label}", "", report.headline]
+    if link:
+        lines.append(f"Archived copy: {link}")
+    lines += ["", "Three things to look at:"]
+    lines += [f"  {n}. {t}" for n, t in enumerate(report.things, 1)]
+    lines += ["", "Targets:"]
+    for c in report.checks:
+        target = f" (target {format_value(c.target, c.unit)})" if c.target is not None else ""
+        lines.append(
+            f"  [{c.status}] {c.name}: {format_value(c.value, c.unit)}{target}; "
+            f"last week {format_value(c.previous, c.unit) if c.previous is not None else '-'}"
+        )
+    lines += ["", "Endpoints:"]
+    for e in report.current.endpoints:
+        if e.status != "ok":
+            lines.append(f"  {e.key}: {e.status}")
+        else:
+            lines.append(
+                f"  {e.key}: p50 {format_value(e.p50_ms, 'ms')}, "
+                f"p95 {format_value(e.p95_ms, 'ms')}, "
+                f"p99 {format_value(e.p99_ms, 'ms')}, {format_value(e.rps, 'rps')} mean, "
+                f"errors {format_value(e.error_rate, 'ratio')}"
+            )
+    for section, why in report.current.missing.items():
+        lines.append(f"  missing {section}: {why}")
+    for s in report.records:
+        lines += ["", f"{s.title}:"] + [f"  {line}" for line in s.lines]
+    lines += ["", "Charts are in the HTML version; the data is attached as CSV."]
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(report: WeeklyReport, link: str | None, delivery: str) -> str:
+    """The Prefect markdown artifact: the summary and where the full report is."""
+    lines = [f"# Weekly performance report {report.week.label}", "", f"**{report.headline}**", ""]
+    if link:
+        lines += [f"Full report: [{link}]({link})", ""]
+    lines += [f"Delivery: {delivery}", "", "## Three things to look at", ""]
+    lines += [f"{n}. {t}" for n, t in enumerate(report.things, 1)]
+    lines += [
+        "",
+        "| target | this week | objective | status | week over week |",
+        "|---|---|---|---|---|",
+    ]
+    for c in report.checks:
+        target = format_value(c.target, c.unit) if c.target is not None else "-"
+        lines.append(
+            f"| {c.name} | {format_value(c.value, c.unit)} | {target} | {c.status} "
+            f"| {format_change(c)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------- data tables
+
+
+def data_tables(
+    report: WeeklyReport, series: dict[str, EndpointSeries], resources: pd.DataFrame | None
+) -> dict[str, pd.DataFrame]:
+    """The report's data: summary checks, endpoint figures (both weeks), hourly series."""
+    tables: dict[str, pd.DataFrame] = {}
+    tables["targets"] = pd.DataFrame(
+        [
+            {
+                "section": c.section,
+                "target": c.name,
+                "value": c.value,
+                "objective": c.target,
+                "unit": c.unit,
+                "status": c.status,
+                "previous_week": c.previous,
+            }
+            for c in report.checks
+        ]
+    )
+    rows: list[dict[str, Any]] = []
+    for label, numbers in (
+        (report.week.label, report.current),
+        (report.previous_week, report.previous),
+    ):
+        if numbers is None:
+            continue
+        for e in numbers.endpoints:
+            rows.append({"week": label, **_endpoint_dict(e)})
+    tables["endpoints"] = pd.DataFrame(rows)
+    hourly = [
+        s.frame.assign(endpoint=key).reset_index()
+        for key, s in series.items()
+        if s.points_with_data
+    ]
+    if hourly:
+        tables["endpoint_hourly"] = pd.concat(hourly, ignore_index=True)
+    if resources is not None and not resources.empty:
+        tables["resources_hourly"] = resources.reset_index()
+    return tables
+
+
+def _endpoint_dict(e: EndpointWeek) -> dict[str, Any]:
+    return {
+        "method": e.method,
+        "route": e.route,
+        "status": e.status,
+        "p50_ms": e.p50_ms,
+        "p95_ms": e.p95_ms,
+        "p99_ms": e.p99_ms,
+        "mean_rps": e.rps,
+        "peak_rps": e.peak_rps,
+        "error_rate": e.error_rate,
+    }
+
+
+def csv_bytes(frame: pd.DataFrame) -> bytes:
+    return frame.to_csv(index=False, date_format="%Y-%m-%dT%H:%M:%SZ").encode()
+
+
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()

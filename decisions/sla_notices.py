@@ -1,0 +1,116 @@
+"""Block Kit for SLA notices: what broke, how bad (value vs objective, burn rate, budget left),
+since when, the escalation level, links (Prefect run, runbook, dashboard). Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from decisions.burn_rate import Alert
+from decisions.escalation import Notice
+
+ICONS = {"critical": ":red_circle:", "warning": ":large_orange_circle:", "info": ":white_circle:"}
+TITLES = {
+    "fire": "FIRING",
+    "join": "NEW ALERT",
+    "escalate": "ESCALATED",
+    "repeat": "STILL FIRING",
+    "update": "FIRING",
+    "resolved": "RESOLVED",
+    "ack": "ACKNOWLEDGED",
+}
+
+
+def _num(value: float | None, alert: Alert) -> str:
+    if value is None:
+        return "n/a"
+    if alert.kind == "slo" and alert.objective is not None and alert.objective < 1:
+        return f"{value:.3%}"
+    return f"{value:.4g}"
+
+
+def _severity(alerts: list[Alert]) -> str:
+    order = ["critical", "warning", "info"]
+    return next((s for s in order if any(a.severity == s for a in alerts)), "info")
+
+
+def notice_text(notice: Notice, resolved_after_min: int | None = None) -> str:
+    """The plain-text fallback (what the push notification shows)."""
+    severity = _severity(notice.alerts)
+    names = ", ".join(sorted({a.name for a in notice.alerts})) or notice.group
+    mentions = " ".join(f"<@{m}>" for m in notice.mentions)
+    head = f"{TITLES[notice.kind]} [{severity}] {names}"
+    if notice.kind == "resolved":
+        return f"{head}: resolved after {resolved_after_min} min"
+    return f"{head}: level {notice.level} ({notice.level_name})" + (
+        f" {mentions}" if mentions else ""
+    )
+
+
+def notice_blocks(notice: Notice, run_url: str = "") -> list[dict[str, Any]]:
+    """Block Kit: a header, one section per alert with its numbers, then since/level/links."""
+    severity = _severity(notice.alerts)
+    icon = ":white_check_mark:" if notice.kind == "resolved" else ICONS[severity]
+    minutes = int((notice.at - notice.started_at).total_seconds() // 60)
+    title = f"{TITLES[notice.kind]}: {', '.join(sorted({a.name for a in notice.alerts}))}"
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": f"{title}"[:150]}},
+    ]
+    for alert in notice.alerts[:10]:
+        fields = [
+            f"*What broke*\n{icon} `{alert.key}` ({alert.severity})",
+            f"*Value vs objective*\n{_num(alert.value, alert)} vs {_num(alert.objective, alert)}",
+        ]
+        if alert.burn_rate is not None:
+            fields.append(f"*Burn rate*\n{alert.burn_rate:.1f}x")
+        if alert.budget_remaining is not None:
+            fields.append(f"*Error budget left*\n{alert.budget_remaining:.1%}")
+        blocks.append(
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": alert.reason[:2900]},
+                "fields": [{"type": "mrkdwn", "text": f} for f in fields],
+            }
+        )
+    if len(notice.alerts) > 10:
+        more = f"... and {len(notice.alerts) - 10} more alerts in this group"
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": more}})
+    since = notice.started_at.strftime("%Y-%m-%d %H:%M UTC")
+    status = (
+        f"Resolved after {minutes} min (since {since})"
+        if notice.kind == "resolved"
+        else f"Since {since} ({minutes} min) - level {notice.level}: {notice.level_name}"
+    )
+    if notice.mentions and notice.kind != "resolved":
+        status += " " + " ".join(f"<@{m}>" for m in notice.mentions)
+    blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": status}})
+    links = []
+    if run_url:
+        links.append(f"<{run_url}|Prefect run>")
+    first = notice.alerts[0] if notice.alerts else None
+    if first is not None and first.runbook:
+        links.append(f"<{first.runbook}|Runbook>")
+    if first is not None and first.dashboard:
+        links.append(f"<{first.dashboard}|Dashboard>")
+    ack = (
+        f"Acknowledge: `perfops sla ack {first.key}`" if first and notice.kind != "resolved" else ""
+    )
+    context = " | ".join(links + ([ack] if ack else [])) or "perfops"
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context}]})
+    return blocks
+
+
+def notice_metadata(notice: Notice) -> dict[str, Any]:
+    """The message metadata payload: enough to rebuild the incident from Slack alone."""
+    return {
+        "key": notice.key,
+        "incident": notice.incident,
+        "group": notice.group,
+        "policy": notice.state_after.policy,
+        "kind": notice.kind,
+        "level": notice.level,
+        "at": notice.at.isoformat(),
+        "started_at": notice.started_at.isoformat(),
+        "repeats": notice.state_after.repeats,
+        "alerts": [a.model_dump(mode="json") for a in notice.alerts],
+        "acked_by": notice.state_after.acked_by,
+    }

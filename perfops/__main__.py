@@ -1,5 +1,0 @@
-"""`python -m perfops` runs the CLI."""
-
-from perfops.cli import entrypoint
-
-entrypoint()

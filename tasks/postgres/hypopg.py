@@ -1,0 +1,222 @@
+"""What-if costing with hypopg: the generic-plan cost of each statement with each candidate
+index alone, and with the chosen set together. Hypothetical indexes live only in this session's
+memory; nothing is written to the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from prefect import task
+from psycopg import sql
+from pydantic import BaseModel
+
+from blocks import PostgresTarget
+from decisions.indexing import Candidate, Catalog, Costing, TableRef
+from perfops.errors import MissingPrerequisite
+from perfops.redaction import one_line
+from tasks.postgres.server import connect
+from tasks.postgres.statements import explain_generic, plan_cost, plan_index_names
+from tasks.transient_errors import RETRY_DEFAULTS
+
+HYPOPG_FIX = "apt-get install postgresql-{major}-hypopg, then CREATE EXTENSION hypopg;"
+
+
+class CatalogSnapshot(BaseModel):
+    """User tables with their columns, and the session's search_path."""
+
+    tables: dict[str, list[str]]  # "schema.table" -> columns
+    search_path: list[str]
+
+    def catalog(self) -> Catalog:
+        out: Catalog = {}
+        for key, columns in self.tables.items():
+            schema, _, name = key.partition(".")
+            out[TableRef(schema, name)] = columns
+        return out
+
+
+class PlannedQuery(BaseModel):
+    queryid: int
+    cost: float | None  # None when it could not be planned
+    error: str | None = None
+    indexes_used: list[str] = []
+
+
+class SetVerification(BaseModel):
+    """Costs with every chosen hypothetical index present at once."""
+
+    plans: dict[int, PlannedQuery]
+    used: dict[str, list[int]]  # candidate key -> queryids whose plan uses it
+
+
+def ensure_hypopg(conn: psycopg.Connection[Any]) -> None:
+    """Create hypopg if it is available and the role may; otherwise say how to fix it."""
+    row = conn.execute(
+        "select installed_version, default_version from pg_available_extensions "
+        "where name = 'hypopg'"
+    ).fetchone()
+    major = conn.info.server_version // 10_000
+    if row is None:
+        raise MissingPrerequisite(
+            f"hypopg is not available on the server: {HYPOPG_FIX.format(major=major)}"
+        )
+    if row["installed_version"] is None:
+        try:
+            conn.execute("create extension if not exists hypopg")
+            conn.commit()
+        except psycopg.errors.InsufficientPrivilege:
+            conn.rollback()
+            raise MissingPrerequisite(
+                f"hypopg is not installed in database {conn.info.dbname} and this role may not "
+                "create it: run CREATE EXTENSION hypopg; as the database owner"
+            ) from None
+
+
+@task(name="fetch_table_catalog", **RETRY_DEFAULTS)
+def fetch_table_catalog(target: PostgresTarget) -> CatalogSnapshot:
+    """User tables (not extension-owned), their columns, and the search_path."""
+    with connect(target, statement_timeout_ms=30_000) as conn:
+        rows = conn.execute(
+            """
+            select n.nspname as schema_name, c.relname as table_name,
+                   array_agg(a.attname::text order by a.attnum) as columns
+            from pg_class c
+            join pg_namespace n on n.oid = c.relnamespace
+            join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+            where c.relkind in ('r', 'p', 'm')
+              and n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast')
+              and n.nspname not like 'pg_temp%%'
+              and not exists (
+                  select 1 from pg_depend d
+                  where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
+            group by n.nspname, c.relname
+            """
+        ).fetchall()
+        path = conn.execute("select current_schemas(false) as path").fetchone()
+    return CatalogSnapshot(
+        tables={f"{r['schema_name']}.{r['table_name']}": list(r["columns"]) for r in rows},
+        search_path=list(path["path"]) if path else ["public"],
+    )
+
+
+def _hypothetical(conn: psycopg.Connection[Any], candidate: Candidate) -> tuple[int, str]:
+    ddl = (
+        sql.SQL("create index on {} using btree ({})")
+        .format(
+            sql.Identifier(candidate.schema_name, candidate.table_name),
+            sql.SQL(", ").join(sql.Identifier(c) for c in candidate.columns),
+        )
+        .as_string(conn)
+    )
+    row = conn.execute(
+        "select indexrelid, indexname from hypopg_create_index(%s)", (ddl,)
+    ).fetchone()
+    assert row is not None
+    return int(row["indexrelid"]), str(row["indexname"])
+
+
+def _plan(conn: psycopg.Connection[Any], query: str) -> tuple[float, set[str]]:
+    try:
+        plan = explain_generic(conn, query)
+    finally:
+        conn.rollback()
+    return plan_cost(plan), plan_index_names(plan)
+
+
+@task(name="cost_base_plans", **RETRY_DEFAULTS)
+def cost_base_plans(target: PostgresTarget, queries: dict[int, str]) -> dict[int, PlannedQuery]:
+    """The generic-plan cost of each statement as things are (a failure is recorded, not raised)."""
+    out: dict[int, PlannedQuery] = {}
+    with connect(target, statement_timeout_ms=30_000) as conn:
+        ensure_hypopg(conn)
+        conn.execute("select hypopg_reset()")
+        conn.commit()
+        for qid, query in queries.items():
+            try:
+                cost, used = _plan(conn, query)
+                out[qid] = PlannedQuery(queryid=qid, cost=cost, indexes_used=sorted(used))
+            except psycopg.Error as exc:
+                message = one_line(exc)
+                out[qid] = PlannedQuery(
+                    queryid=qid, cost=None, error=f"cannot be planned: {message}"
+                )
+    return out
+
+
+@task(name="cost_candidates", **RETRY_DEFAULTS)
+def cost_candidates(
+    target: PostgresTarget,
+    queries: dict[int, str],
+    tables_of: dict[int, list[str]],
+    candidates: Sequence[Candidate],
+) -> list[Costing]:
+    """For each candidate alone: its size estimate and the cost of every statement on its table."""
+    costings: list[Costing] = []
+    with connect(target, statement_timeout_ms=30_000) as conn:
+        ensure_hypopg(conn)
+        for candidate in candidates:
+            conn.execute("select hypopg_reset()")
+            try:
+                oid, _ = _hypothetical(conn, candidate)
+                size_row = conn.execute(
+                    "select hypopg_relation_size(%s) as size", (oid,)
+                ).fetchone()
+                conn.commit()
+            except psycopg.Error as exc:
+                conn.rollback()
+                costings.append(
+                    Costing(candidate=candidate, size_bytes=0, costs={}, error=one_line(exc))
+                )
+                continue
+            table = f"{candidate.schema_name}.{candidate.table_name}"
+            costs: dict[int, float] = {}
+            for qid, query in queries.items():
+                if table not in tables_of.get(qid, []):
+                    continue
+                try:
+                    costs[qid], _ = _plan(conn, query)
+                except psycopg.Error:
+                    continue  # already reported by the base plan when it cannot be planned
+            costings.append(
+                Costing(
+                    candidate=candidate,
+                    size_bytes=int(size_row["size"]) if size_row else 0,
+                    costs=costs,
+                )
+            )
+        conn.execute("select hypopg_reset()")
+        conn.commit()
+    return costings
+
+
+@task(name="verify_index_set", **RETRY_DEFAULTS)
+def verify_index_set(
+    target: PostgresTarget, queries: dict[int, str], chosen: Sequence[Candidate]
+) -> SetVerification:
+    """Plan every statement with all chosen hypothetical indexes at once: which ones are used."""
+    plans: dict[int, PlannedQuery] = {}
+    used: dict[str, list[int]] = {c.key: [] for c in chosen}
+    with connect(target, statement_timeout_ms=30_000) as conn:
+        ensure_hypopg(conn)
+        conn.execute("select hypopg_reset()")
+        names: dict[str, str] = {}
+        for candidate in chosen:
+            _, name = _hypothetical(conn, candidate)
+            names[name] = candidate.key
+        conn.commit()
+        for qid, query in queries.items():
+            try:
+                cost, indexes = _plan(conn, query)
+            except psycopg.Error as exc:
+                plans[qid] = PlannedQuery(queryid=qid, cost=None, error=one_line(exc))
+                continue
+            plans[qid] = PlannedQuery(queryid=qid, cost=cost, indexes_used=sorted(indexes))
+            for name in indexes:
+                if name in names:
+                    used[names[name]].append(qid)
+        conn.execute("select hypopg_reset()")
+        conn.commit()
+    return SetVerification(plans=plans, used=used)

@@ -1,0 +1,212 @@
+"""The only writer of the index advisor: `CREATE INDEX CONCURRENTLY`, safely.
+
+For each index: refuse on a replica; take a per-table advisory lock; re-check inside the lock
+that no valid index with the same leading columns exists (another run, or a person, may have
+built one); build `CONCURRENTLY` under `lock_timeout` and a build-sized `statement_timeout`; on
+failure drop the INVALID index the build left behind; afterwards verify the index is valid and
+re-plan the statements it was meant to help, reporting the real cost change. Leftover INVALID
+`perfops_idx_*` indexes of a killed run are dropped first, so a rerun completes cleanly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from prefect import task
+from psycopg import sql
+from pydantic import BaseModel
+
+from blocks import PostgresTarget
+from decisions.indexing import Candidate, index_name
+from perfops.errors import LockBusy
+from perfops.redaction import one_line
+from tasks.postgres.server import advisory_lock, connect, ensure_primary, set_timeouts
+from tasks.postgres.statements import explain_generic, plan_cost, plan_index_names
+
+NAME_PREFIX = "perfops_idx_"
+CLEANUP_TIMEOUT_MS = 60_000
+
+
+class BuildRequest(BaseModel):
+    candidate: Candidate
+    queries: dict[int, str]  # the statements it should help, to verify afterwards
+    expected_costs: dict[int, float]  # queryid -> cost before the build
+
+
+class BuildResult(BaseModel):
+    key: str
+    index_name: str
+    status: str  # created | already covered | failed
+    detail: str
+    seconds: float = 0.0
+    size_bytes: int = 0
+    costs_before: dict[int, float] = {}
+    costs_after: dict[int, float] = {}
+    used_by: list[int] = []
+
+
+def create_index_sql(candidate: Candidate) -> sql.Composed:
+    """`CREATE INDEX CONCURRENTLY name ON schema.table USING btree (columns)`."""
+    return sql.SQL("CREATE INDEX CONCURRENTLY {} ON {} USING btree ({})").format(
+        sql.Identifier(index_name(candidate)),
+        sql.Identifier(candidate.schema_name, candidate.table_name),
+        sql.SQL(", ").join(sql.Identifier(c) for c in candidate.columns),
+    )
+
+
+def _invalid_leftovers(conn: psycopg.Connection[Any], schema: str, table: str) -> list[str]:
+    rows = conn.execute(
+        """
+        select i.relname as name
+        from pg_index x join pg_class i on i.oid = x.indexrelid
+        join pg_class t on t.oid = x.indrelid join pg_namespace n on n.oid = t.relnamespace
+        where n.nspname = %s and t.relname = %s and not x.indisvalid and i.relname like %s
+        """,
+        (schema, table, NAME_PREFIX.replace("_", r"\_") + "%"),
+    ).fetchall()
+    return [r["name"] for r in rows]
+
+
+def _existing_cover(conn: psycopg.Connection[Any], candidate: Candidate) -> str | None:
+    rows = conn.execute(
+        """
+        select i.relname as name,
+               array(select pg_get_indexdef(x.indexrelid, k.n, true)
+                     from generate_series(1, x.indnkeyatts) k(n) order by k.n) as columns
+        from pg_index x join pg_class i on i.oid = x.indexrelid
+        join pg_class t on t.oid = x.indrelid join pg_namespace n on n.oid = t.relnamespace
+        join pg_am am on am.oid = i.relam
+        where n.nspname = %s and t.relname = %s and x.indisvalid and am.amname = 'btree'
+          and x.indpred is null
+        """,
+        (candidate.schema_name, candidate.table_name),
+    ).fetchall()
+    for row in rows:
+        columns = [c.strip('"') for c in row["columns"]]
+        if columns[: len(candidate.columns)] == candidate.columns:
+            return str(row["name"])
+    return None
+
+
+def _drop_concurrently(conn: psycopg.Connection[Any], schema: str, name: str) -> None:
+    conn.execute(
+        sql.SQL("drop index concurrently if exists {}").format(sql.Identifier(schema, name))
+    )
+
+
+def _replan(
+    conn: psycopg.Connection[Any], queries: dict[int, str]
+) -> tuple[dict[int, float], dict[int, set[str]]]:
+    costs: dict[int, float] = {}
+    used: dict[int, set[str]] = {}
+    for qid, query in queries.items():
+        try:
+            with conn.transaction(force_rollback=True):
+                plan = explain_generic(conn, query)
+        except psycopg.Error:
+            continue  # a statement that no longer plans is reported by its missing cost
+        costs[qid], used[qid] = plan_cost(plan), plan_index_names(plan)
+    return costs, used
+
+
+def build_one(
+    conn: psycopg.Connection[Any],
+    request: BuildRequest,
+    *,
+    lock_timeout_ms: int,
+    statement_timeout_ms: int,
+) -> BuildResult:
+    """Build one index on an autocommit connection (see the module docstring for the steps)."""
+    candidate = request.candidate
+    name = index_name(candidate)
+    result = BuildResult(
+        key=candidate.key,
+        index_name=name,
+        status="failed",
+        detail="",
+        costs_before=request.expected_costs,
+    )
+    schema, table = candidate.schema_name, candidate.table_name
+    try:
+        with advisory_lock(conn, f"index-build:{schema}.{table}"):
+            # catalog work and cleanup under ordinary timeouts; the build under its own
+            set_timeouts(
+                conn,
+                lock_timeout_ms=lock_timeout_ms,
+                statement_timeout_ms=CLEANUP_TIMEOUT_MS,
+                local=False,
+            )
+            for leftover in _invalid_leftovers(conn, schema, table):
+                _drop_concurrently(conn, schema, leftover)
+            cover = _existing_cover(conn, candidate)
+            if cover is not None:
+                result.status, result.detail = "already covered", f"{cover} already covers it"
+                return result
+            started = time.monotonic()
+            statement = create_index_sql(candidate)
+            try:
+                set_timeouts(conn, statement_timeout_ms=statement_timeout_ms, local=False)
+                conn.execute(statement)
+            except psycopg.Error as exc:
+                result.detail = f"build failed: {one_line(exc)}"
+                try:
+                    set_timeouts(
+                        conn,
+                        lock_timeout_ms=lock_timeout_ms,
+                        statement_timeout_ms=CLEANUP_TIMEOUT_MS,
+                        local=False,
+                    )
+                    _drop_concurrently(conn, schema, name)
+                    result.detail += "; the INVALID index it left was dropped"
+                except psycopg.Error as drop_exc:
+                    result.detail += (
+                        f"; dropping the INVALID index failed too: {one_line(drop_exc)}"
+                    )
+                return result
+            result.seconds = time.monotonic() - started
+            set_timeouts(conn, statement_timeout_ms=CLEANUP_TIMEOUT_MS, local=False)
+            row = conn.execute(
+                "select x.indisvalid as valid, pg_relation_size(x.indexrelid) as size "
+                "from pg_index x where x.indexrelid = %s::regclass",
+                (sql.Identifier(schema, name).as_string(conn),),
+            ).fetchone()
+            if not row or not row["valid"]:
+                _drop_concurrently(conn, schema, name)
+                result.detail = "the build finished but the index is not valid; dropped it"
+                return result
+            result.size_bytes = int(row["size"])
+            after, used = _replan(conn, request.queries)
+            result.costs_after = after
+            result.used_by = sorted(qid for qid, names in used.items() if name in names)
+            result.status = "created"
+            result.detail = (
+                f"valid, {result.size_bytes:,} bytes, used by {len(result.used_by)} of "
+                f"{len(request.queries)} statements"
+            )
+    except LockBusy as exc:
+        result.detail = str(exc)
+    except psycopg.Error as exc:
+        result.detail = one_line(exc)
+    return result
+
+
+@task(name="create_indexes")
+def create_indexes(
+    target: PostgresTarget,
+    requests: Sequence[BuildRequest],
+    *,
+    lock_timeout_ms: int = 5_000,
+    statement_timeout_ms: int = 3_600_000,
+) -> list[BuildResult]:
+    """Build each requested index in turn (one connection, autocommit: CONCURRENTLY needs it)."""
+    with connect(target, autocommit=True) as conn:
+        ensure_primary(conn, "create indexes")
+        return [
+            build_one(
+                conn, r, lock_timeout_ms=lock_timeout_ms, statement_timeout_ms=statement_timeout_ms
+            )
+            for r in requests
+        ]

@@ -1,0 +1,91 @@
+"""Prometheus tasks of the weekly report: the week's figures (instant queries at the week's end)
+and the chart series (range queries over the week), one task per batch of queries.
+
+A query that fails is recorded with its error instead of failing the report: the section it
+feeds is then marked missing. Once Prometheus is unreachable, the remaining queries are not
+attempted (each would wait through its own retries).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict
+
+from blocks import PrometheusSource
+from decisions.reporting import QueryResult
+from perfops.errors import ConfigurationError, ConnectionFailed
+from tasks.prometheus.client import _call, query_range
+
+
+@task(name="query_prometheus_week", cache_policy=NO_CACHE)
+def query_week(
+    source: PrometheusSource, queries: dict[str, str], at: datetime
+) -> dict[str, QueryResult]:
+    """Evaluate every named instant query at `at`; failures are kept per query."""
+    client = source.get_client()
+    results: dict[str, QueryResult] = {}
+    unreachable: str | None = None
+    for name, expr in queries.items():
+        if unreachable:
+            results[name] = QueryResult(error=f"not attempted: {unreachable}")
+            continue
+        try:
+            raw = _call(
+                source,
+                f"query {name}",
+                client.custom_query,
+                expr,
+                params={"time": at.timestamp()},
+            )
+        except ConnectionFailed as exc:
+            unreachable = str(exc)
+            results[name] = QueryResult(error=unreachable)
+            continue
+        except ConfigurationError as exc:
+            results[name] = QueryResult(error=str(exc))
+            continue
+        results[name] = QueryResult(
+            samples=[(dict(item.get("metric", {})), float(item["value"][1])) for item in raw]
+        )
+    return results
+
+
+class SeriesResult(BaseModel):
+    """A range query's frame (rows are times, columns are series), or why there is none."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    frame: pd.DataFrame | None = None
+    error: str | None = None
+
+
+@task(name="query_prometheus_chart_series", cache_policy=NO_CACHE)
+def query_chart_series(
+    source: PrometheusSource,
+    queries: dict[str, str],
+    start: datetime,
+    end: datetime,
+    step: timedelta,
+) -> dict[str, SeriesResult]:
+    """Evaluate every named range query over [start, end] every `step`."""
+    results: dict[str, SeriesResult] = {}
+    unreachable: str | None = None
+    for name, expr in queries.items():
+        if unreachable:
+            results[name] = SeriesResult(error=f"not attempted: {unreachable}")
+            continue
+        try:
+            frame = query_range.fn(source, expr, start, end, step)
+        except ConnectionFailed as exc:
+            unreachable = str(exc)
+            results[name] = SeriesResult(error=unreachable)
+            continue
+        except ConfigurationError as exc:
+            results[name] = SeriesResult(error=str(exc))
+            continue
+        results[name] = SeriesResult(frame=frame)
+    return results

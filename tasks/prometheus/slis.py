@@ -1,0 +1,169 @@
+"""Prometheus reads for SLA evaluation at an explicit time `at` (the `time` parameter of the
+HTTP API), so a replay reads any minute of history exactly as the schedule would have.
+
+One instant query per SLO fetches every window it needs at once (each window's part tagged with
+`label_replace`); one range query per alert rule (its evaluation periods); two per degradation
+rule (now, and the baseline `baseline_offset` earlier). Queries run on a few threads. A query
+Prometheus rejects, or one that fails after the client's retries, becomes a measurement with an
+`error` (the item is "no data", never "ok"); the run goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any
+
+from prefect import task
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from pydantic import BaseModel
+
+from blocks import PrometheusSource
+from decisions.burn_rate import SeriesMeasurement, SloMeasurement, slo_windows
+from decisions.slo_definitions import (
+    WINDOW_PLACEHOLDER,
+    AlertRule,
+    DegradationRule,
+    SlaDefinitions,
+    Slo,
+    promql_duration,
+)
+from perfops.redaction import redact
+
+PARALLEL_QUERIES = 8
+PART, WINDOW = "perfops_part", "perfops_window"
+
+
+class Measurements(BaseModel):
+    at: datetime
+    slos: dict[str, SloMeasurement]
+    rules: dict[str, SeriesMeasurement]
+    degradations: dict[str, SeriesMeasurement]
+    queries: int
+
+
+def slo_query(slo: Slo) -> str:
+    """One PromQL expression returning every window's parts, tagged with labels."""
+    parts = []
+    for window in slo_windows(slo):
+        if slo.sli.kind == "ratio":
+            pairs = [("total", slo.sli.total), ("good", slo.sli.good)]
+        else:
+            pairs = [("quantile", slo.sli.query)]
+        for part, expr in pairs:
+            e = expr.replace(WINDOW_PLACEHOLDER, window)
+            parts.append(
+                f'label_replace(label_replace(({e}), "{PART}", "{part}", "", ""), '
+                f'"{WINDOW}", "{window}", "", "")'
+            )
+    return " or ".join(parts)
+
+
+class _Clients(threading.local):
+    client: PrometheusConnect | None = None
+
+
+def _error(source: PrometheusSource, exc: Exception) -> str:
+    if isinstance(exc, PrometheusApiClientException):
+        return f"Prometheus rejected the query: {redact(str(exc))[:300]}"
+    return (
+        f"cannot reach Prometheus at {source.url}: {type(exc).__name__}: {redact(str(exc))[:200]}"
+    )
+
+
+def _times(end: datetime, step: timedelta, count: int) -> list[float]:
+    return [(end - step * (count - 1 - i)).timestamp() for i in range(count)]
+
+
+def _aligned(results: list[dict[str, Any]], times: list[float]) -> list[float]:
+    """Values at `times` (summed over series), NaN where nothing was returned."""
+    by_time: dict[int, float] = {}
+    for item in results:
+        for t, v in item.get("values", []):
+            key = round(float(t))
+            by_time[key] = by_time.get(key, 0.0) + float(v)
+    return [by_time.get(round(t), math.nan) for t in times]
+
+
+def fetch_measurements(
+    source: PrometheusSource, definitions: SlaDefinitions, at: datetime
+) -> Measurements:
+    """Everything the definitions need at `at` (plain function; the task wraps it)."""
+    local = _Clients()
+
+    def client() -> PrometheusConnect:
+        if local.client is None:
+            local.client = source.get_client()
+        return local.client
+
+    def slo_job(slo: Slo) -> SloMeasurement:
+        m = SloMeasurement(slo=slo.name)
+        try:
+            results = client().custom_query(slo_query(slo), params={"time": at.timestamp()})
+        except (PrometheusApiClientException, OSError) as exc:
+            m.error = _error(source, exc)
+            return m
+        for item in results:
+            labels = item.get("metric", {})
+            part, window = labels.get(PART), labels.get(WINDOW)
+            value = float(item["value"][1])
+            target = {"total": m.total, "good": m.good, "quantile": m.quantile}.get(part or "")
+            if target is not None and window:
+                target[window] = target.get(window, 0.0) + value
+        return m
+
+    def range_values(query: str, end: datetime, step: timedelta, count: int) -> list[float]:
+        times = _times(end, step, count)
+        results = client().custom_query_range(
+            query,
+            start_time=datetime.fromtimestamp(times[0], tz=at.tzinfo),
+            end_time=end,
+            step=f"{int(step.total_seconds())}s",
+        )
+        return _aligned(results, times)
+
+    def rule_job(rule: AlertRule) -> SeriesMeasurement:
+        m = SeriesMeasurement(name=rule.name)
+        try:
+            m.values = range_values(rule.metric, at, rule.period, rule.evaluation_periods)
+        except (PrometheusApiClientException, OSError) as exc:
+            m.error = _error(source, exc)
+        return m
+
+    def degradation_job(rule: DegradationRule) -> SeriesMeasurement:
+        m = SeriesMeasurement(name=rule.name)
+        query = rule.query.replace(WINDOW_PLACEHOLDER, promql_duration(rule.window))
+        step = timedelta(minutes=1)
+        try:
+            m.values = range_values(query, at, step, rule.data_points)
+            m.baseline = range_values(query, at - rule.baseline_offset, step, rule.data_points)
+        except (PrometheusApiClientException, OSError) as exc:
+            m.error = _error(source, exc)
+        return m
+
+    jobs: list[Callable[[], Any]] = []
+    jobs += [functools.partial(slo_job, s) for s in definitions.slos]
+    jobs += [functools.partial(rule_job, r) for r in definitions.alert_rules]
+    jobs += [functools.partial(degradation_job, d) for d in definitions.degradation]
+    with ThreadPoolExecutor(max_workers=PARALLEL_QUERIES) as pool:
+        results = list(pool.map(lambda job: job(), jobs))
+    n_slo, n_rule = len(definitions.slos), len(definitions.alert_rules)
+    return Measurements(
+        at=at,
+        slos={m.slo: m for m in results[:n_slo]},
+        rules={m.name: m for m in results[n_slo : n_slo + n_rule]},
+        degradations={m.name: m for m in results[n_slo + n_rule :]},
+        queries=n_slo + n_rule + 2 * len(definitions.degradation),
+    )
+
+
+@task(name="fetch_sli_measurements")
+def fetch_sli_measurements(
+    source: PrometheusSource, definitions: SlaDefinitions, at: datetime
+) -> Measurements:
+    """Read every SLI, rule and degradation value the definitions need at `at`."""
+    return fetch_measurements(source, definitions, at)

@@ -1,0 +1,126 @@
+"""The perfops command line as a user runs it: help, exit codes, one-line errors, no secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PERFOPS = [sys.executable, "-m", "cli"]
+
+
+def _run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PERFOPS_")}
+    return subprocess.run(
+        [*PERFOPS, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**base, **(env or {})},
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_help_lists_every_command() -> None:
+    result = _run("--help")
+    assert result.returncode == 0
+    for command in ("doctor", "demo", "blocks"):
+        assert command in result.stdout
+
+
+def test_doctor_help_explains_flags_and_variables() -> None:
+    result = _run("doctor", "--help")
+    assert result.returncode == 0
+    for text in ("--dsn", "PERFOPS_DSN", "--json", "--postgres-block"):
+        assert text in result.stdout
+
+
+def test_bad_flag_is_one_line_and_exit_2() -> None:
+    result = _run("doctor", "--no-such-flag")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "No such option: --no-such-flag" in result.stderr
+
+
+def test_bad_value_is_one_line_and_exit_2() -> None:
+    result = _run("doctor", "--smtp-port", "seventy")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "--smtp-port" in result.stderr
+
+
+def test_unreachable_dsn_is_one_line_exit_1_and_hides_the_password(prefect_api_url: str) -> None:
+    secret = "cli-secret-never-printed"
+    result = _run(
+        "doctor",
+        "--dsn",
+        f"postgresql://app:{secret}@127.0.0.1:1/app",
+        env={"PREFECT_API_URL": prefect_api_url},
+    )
+    assert result.returncode == 1, result.stderr
+    # progress lines ("perfops: checking ...") then exactly one error line
+    errors = [line for line in result.stderr.splitlines() if not line.endswith("...")]
+    assert errors == ["perfops: unreachable: postgres (see the perfops-connections artifact)"]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert secret not in result.stdout + result.stderr
+    assert "app@127.0.0.1:1/app" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["queries", "slow"], ["indexes", "suggest"], ["indexes", "health"], ["stats", "refresh"]],
+    ids=" ".join,
+)
+def test_postgres_commands_on_an_unreachable_server(
+    command: list[str], prefect_api_url: str
+) -> None:
+    secret = "cli-secret-of-" + "-".join(command)
+    result = _run(
+        *command,
+        "--dsn",
+        f"postgresql://app:{secret}@127.0.0.1:1/app",
+        env={"PREFECT_API_URL": prefect_api_url},
+    )
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if not line.endswith("...")]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("perfops: cannot connect to PostgreSQL at app@127.0.0.1:1/app:")
+    assert "Traceback" not in result.stdout + result.stderr
+    assert secret not in result.stdout + result.stderr
+
+
+def test_doctor_json_is_machine_readable(prefect_api_url: str, pg_dsn: str, tmp_path: Path) -> None:
+    result = _run(
+        "doctor",
+        "--json",
+        env={
+            "PREFECT_API_URL": prefect_api_url,
+            "PERFOPS_DSN": pg_dsn,
+            "PERFOPS_OUT_DIR": str(tmp_path),
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["flow_run_state"] == "Completed"
+    assert {s["system"]: s["status"] for s in report["systems"]} == {
+        "postgres": "ok",
+        "metrics": "ok",
+        "redis": "ok",
+        "archive": "ok",
+        "slack": "ok",
+        "email": "ok",
+    }
+
+
+@pytest.mark.parametrize("args", [["--version"], []])
+def test_version_and_bare_command(args: list[str]) -> None:
+    result = _run(*args)
+    assert result.returncode == 0
+    assert "perfops" in result.stdout
