@@ -332,8 +332,9 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["PERFOPS_S3_ENDPOINT_URL"] = endpoint
             os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
             from cli.support import run_flow
+            from decisions.partition_rotation import RotationSettings
             from decisions.partitioning import PartitionPolicy
-            from flows.rotate_partitions import RotationSettings, rotate_partitions
+            from flows.rotate_partitions import rotate_partitions
 
             def rotate(prefix: str, **parameters: object) -> object:
                 policy = PartitionPolicy(

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # imported where used: together they add ~0.5 s to every comm
 from pydantic import BaseModel, Field, SecretStr
 
 from blocks import PostgresTarget, PrometheusSource, RedisTarget, SlackEscalationTarget
+from perfops.errors import ConfigurationError
 from perfops.redaction import redact
 from perfops.settings import DEFAULT_DEMO_DSN, PerfopsSettings, get_settings
 
@@ -129,28 +130,37 @@ def resolve_redis(
     return Resolved("redis", "embedded default", target, f"local Redis {target.url}")
 
 
+def _s3_bucket(bucket_name: str, prefix: str, s: PerfopsSettings) -> S3Bucket:
+    """An S3Bucket with credentials from the usual AWS chain and PERFOPS_S3_* / region settings."""
+    from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
+
+    credentials = AwsCredentials(
+        region_name=s.aws_region,
+        aws_client_parameters=AwsClientParameters(
+            endpoint_url=s.s3_endpoint_url, config=BOTO_RETRY_CONFIG
+        ),
+    )
+    return S3Bucket(bucket_name=bucket_name, bucket_folder=prefix, credentials=credentials)
+
+
+def _s3_block(name: str) -> Resolved[ArchiveStore]:
+    from prefect_aws import S3Bucket
+
+    bucket = load_block(S3Bucket, name)
+    where = f"s3://{bucket.bucket_name}/{bucket.bucket_folder}"
+    return Resolved("archive", "block", bucket, f"block {name}: {where}")
+
+
 def resolve_archive(
     block: str | None = None, settings: PerfopsSettings | None = None
 ) -> Resolved[ArchiveStore]:
-    from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
-
     s = _settings(settings)
     name = block or s.s3_block
     if name:
-        bucket = load_block(S3Bucket, name)
-        where = f"s3://{bucket.bucket_name}/{bucket.bucket_folder}"
-        return Resolved("archive", "block", bucket, f"block {name}: {where}")
+        return _s3_block(name)
     if s.s3_bucket:
-        credentials = AwsCredentials(
-            region_name=s.aws_region,
-            aws_client_parameters=AwsClientParameters(
-                endpoint_url=s.s3_endpoint_url, config=BOTO_RETRY_CONFIG
-            ),
-        )
-        bucket = S3Bucket(
-            bucket_name=s.s3_bucket, bucket_folder=s.s3_prefix, credentials=credentials
-        )
         where = f"s3://{s.s3_bucket}/{s.s3_prefix}"
+        bucket = _s3_bucket(s.s3_bucket, s.s3_prefix, s)
         return Resolved("archive", "environment", bucket, f"PERFOPS_S3_BUCKET: {where}")
     folder = (s.out_dir / "archive").resolve()
     return Resolved(
@@ -159,6 +169,24 @@ def resolve_archive(
         LocalFileSystem(basepath=str(folder)),
         f"local folder {folder}",
     )
+
+
+def resolve_archive_store(
+    archive: str, settings: PerfopsSettings | None = None
+) -> Resolved[ArchiveStore]:
+    """The store behind a partition policy's `archive`: 's3-block:NAME' (a saved S3Bucket block),
+    's3://bucket/prefix' (credentials and endpoint from the environment / PERFOPS_S3_* settings)
+    or a local folder."""
+    if archive.startswith("s3-block:"):
+        return _s3_block(archive.removeprefix("s3-block:"))
+    if archive.startswith("s3://"):
+        bucket_name, _, prefix = archive.removeprefix("s3://").partition("/")
+        if not bucket_name:
+            raise ConfigurationError(f"archive {archive!r} is not s3://BUCKET[/PREFIX]")
+        store = _s3_bucket(bucket_name, prefix.strip("/"), _settings(settings))
+        return Resolved("archive", "environment", store, archive)
+    folder = Path(archive).expanduser().resolve()
+    return Resolved("archive", "environment", LocalFileSystem(basepath=str(folder)), str(folder))
 
 
 def resolve_slack(

@@ -228,6 +228,35 @@ def _evaluate_slo(slo: Slo, m: SloMeasurement) -> tuple[SloStatus, list[Alert]]:
     return status, alerts
 
 
+def _firing(
+    rule: AlertRule | DegradationRule, status: SloStatus, condition: str, objective: float
+) -> tuple[SloStatus, list[Alert]]:
+    """Set `status` (of `rule`, an alert rule or a degradation rule) firing, with its alert:
+    the status's value, `objective`, the detail as the reason; a degradation's labels carry
+    `kind` unless the rule sets it."""
+    status.status = "firing"
+    slo = rule.slo or rule.name
+    labels = _labels(rule.labels, slo=slo, alertname=rule.name, severity=rule.severity)
+    if status.kind == "degradation":
+        labels.setdefault("kind", "degradation")
+    alert = Alert(
+        key=f"{rule.name}/{condition}",
+        name=rule.name,
+        condition=condition,
+        kind=status.kind,
+        slo=slo,
+        severity=rule.severity,
+        labels=labels,
+        value=status.value,
+        objective=objective,
+        reason=status.detail,
+        runbook=rule.runbook,
+        dashboard=rule.dashboard,
+        escalation=rule.escalation,
+    )
+    return status, [alert]
+
+
 def _evaluate_rule(rule: AlertRule, m: SeriesMeasurement) -> tuple[SloStatus, list[Alert]]:
     values = m.values[-rule.evaluation_periods :]
     window = promql_duration(rule.period * rule.evaluation_periods)
@@ -249,24 +278,7 @@ def _evaluate_rule(rule: AlertRule, m: SeriesMeasurement) -> tuple[SloStatus, li
     )
     if breaching < rule.data_points:
         return status, []
-    status.status = "firing"
-    slo = rule.slo or rule.name
-    alert = Alert(
-        key=f"{rule.name}/threshold",
-        name=rule.name,
-        condition="threshold",
-        kind="rule",
-        slo=slo,
-        severity=rule.severity,
-        labels=_labels(rule.labels, slo=slo, alertname=rule.name, severity=rule.severity),
-        value=latest,
-        objective=rule.threshold,
-        reason=status.detail,
-        runbook=rule.runbook,
-        dashboard=rule.dashboard,
-        escalation=rule.escalation,
-    )
-    return status, [alert]
+    return _firing(rule, status, "threshold", rule.threshold)
 
 
 def _evaluate_degradation(
@@ -309,26 +321,7 @@ def _evaluate_degradation(
     )
     if len(degraded) < n or not all(degraded):
         return status, []
-    status.status = "firing"
-    slo = rule.slo or rule.name
-    labels = _labels(rule.labels, slo=slo, alertname=rule.name, severity=rule.severity)
-    labels.setdefault("kind", "degradation")
-    alert = Alert(
-        key=f"{rule.name}/degraded",
-        name=rule.name,
-        condition="degraded",
-        kind="degradation",
-        slo=slo,
-        severity=rule.severity,
-        labels=labels,
-        value=latest,
-        objective=base_latest * (1.0 + rule.increase),
-        reason=status.detail,
-        runbook=rule.runbook,
-        dashboard=rule.dashboard,
-        escalation=rule.escalation,
-    )
-    return status, [alert]
+    return _firing(rule, status, "degraded", base_latest * (1.0 + rule.increase))
 
 
 def _no_data_alert(

@@ -115,19 +115,34 @@ def split_table(value: str) -> tuple[str, str]:
     return schema_name, table_name
 
 
-def _check_table(value: str) -> str:
-    split_table(value)
-    return value
+class _TablePolicy(BaseModel):
+    """What a range and a hash policy share: the table, schema-qualified, and its two parts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    table: str
+
+    @field_validator("table")
+    @classmethod
+    def _schema_qualified(cls, value: str) -> str:
+        split_table(value)
+        return value
+
+    @property
+    def schema_name(self) -> str:
+        return split_table(self.table)[0]
+
+    @property
+    def table_name(self) -> str:
+        return split_table(self.table)[1]
 
 
-class PartitionPolicy(BaseModel):
+class PartitionPolicy(_TablePolicy):
     """How one range-partitioned table (partitioned by a timestamptz column) rotates.
 
     Defaults are conservative: 3 partitions made ahead, expired partitions archived before they
     are dropped, at most 24 partitions created per run.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     table: str = Field(
         description="The partitioned table, schema-qualified (e.g. public.audit_logs)."
@@ -165,11 +180,6 @@ class PartitionPolicy(BaseModel):
         ge=1,
         description="At most this many partitions created per run; the rest wait for the next.",
     )
-
-    @field_validator("table")
-    @classmethod
-    def _schema_qualified(cls, value: str) -> str:
-        return _check_table(value)
 
     @field_validator("timezone")
     @classmethod
@@ -227,14 +237,6 @@ class PartitionPolicy(BaseModel):
         return ZoneInfo(self.timezone)
 
     @property
-    def schema_name(self) -> str:
-        return split_table(self.table)[0]
-
-    @property
-    def table_name(self) -> str:
-        return split_table(self.table)[1]
-
-    @property
     def retention_span(self) -> tuple[int, Interval] | None:
         """(n, unit) of the retention, or None to keep forever."""
         return None if self.retention is None else parse_retention(self.retention)
@@ -252,26 +254,11 @@ class PartitionPolicy(BaseModel):
         return None if self.archive is None or self.archive_block else self.archive
 
 
-class HashPolicy(BaseModel):
+class HashPolicy(_TablePolicy):
     """A hash-partitioned table that must have all `modulus` partitions."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     table: str = Field(description="The partitioned table, schema-qualified (e.g. public.users).")
     modulus: int = Field(ge=2, le=1024, description="Number of hash partitions (e.g. 32).")
-
-    @field_validator("table")
-    @classmethod
-    def _schema_qualified(cls, value: str) -> str:
-        return _check_table(value)
-
-    @property
-    def schema_name(self) -> str:
-        return split_table(self.table)[0]
-
-    @property
-    def table_name(self) -> str:
-        return split_table(self.table)[1]
 
 
 Policy = PartitionPolicy | HashPolicy
@@ -391,33 +378,37 @@ def add_intervals(ts: datetime, interval: Interval, n: int, tz: str | ZoneInfo =
     return wall.replace(tzinfo=zone).astimezone(UTC)
 
 
-def interval_label(start: datetime, interval: Interval, tz: str | ZoneInfo = "UTC") -> str:
-    """How a person names the interval starting at `start`: 2026-12, 2026-W49, 2026-12-05 13:00."""
+# How the start of each interval is written: for a person (`interval_label`) and in a partition's
+# name (`_suffix`). strftime formats, but a week's are its ISO year and week (str.format).
+_WRITTEN: dict[Interval, tuple[str, str]] = {
+    "hour": ("%Y-%m-%d %H:00", "_p%Y_%m_%d_%H"),
+    "day": ("%Y-%m-%d", "_p%Y_%m_%d"),
+    "week": ("{year}-W{week:02d}", "_p{year}w{week:02d}"),
+    "month": ("%Y-%m", "_p%Y_%m"),
+    "year": ("%Y", "_p%Y"),
+}
+
+
+def _written(start: datetime, interval: Interval, tz: str | ZoneInfo, *, in_name: bool) -> str:
+    """The interval starting at `start` as `_WRITTEN` says, local in `tz`; the second of two
+    equal local hours (DST fall-back) is marked ` (2nd)`, or `b` in a name."""
     local = _aware(start).astimezone(_zone(tz))
-    if interval == "hour":
-        return local.strftime("%Y-%m-%d %H:00") + (" (2nd)" if local.fold else "")
-    if interval == "day":
-        return local.strftime("%Y-%m-%d")
+    label, suffix = _WRITTEN.get(interval, _WRITTEN["year"])
+    form = suffix if in_name else label
     if interval == "week":
         iso = local.isocalendar()
-        return f"{iso.year}-W{iso.week:02d}"
-    if interval == "month":
-        return local.strftime("%Y-%m")
-    return local.strftime("%Y")
+        return form.format(year=iso.year, week=iso.week)
+    second = ("b" if in_name else " (2nd)") if interval == "hour" and local.fold else ""
+    return local.strftime(form) + second
+
+
+def interval_label(start: datetime, interval: Interval, tz: str | ZoneInfo = "UTC") -> str:
+    """How a person names the interval starting at `start`: 2026-12, 2026-W49, 2026-12-05 13:00."""
+    return _written(start, interval, tz, in_name=False)
 
 
 def _suffix(start: datetime, interval: Interval, tz: str | ZoneInfo) -> str:
-    local = _aware(start).astimezone(_zone(tz))
-    if interval == "hour":
-        return local.strftime("_p%Y_%m_%d_%H") + ("b" if local.fold else "")
-    if interval == "day":
-        return local.strftime("_p%Y_%m_%d")
-    if interval == "week":
-        iso = local.isocalendar()
-        return f"_p{iso.year}w{iso.week:02d}"
-    if interval == "month":
-        return local.strftime("_p%Y_%m")
-    return local.strftime("_p%Y")
+    return _written(start, interval, tz, in_name=True)
 
 
 def fit_identifier(base: str, suffix: str) -> str:

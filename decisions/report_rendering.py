@@ -1,6 +1,7 @@
 """Rendering of the weekly report: PNG charts (matplotlib, Agg, no pyplot), the HTML page with
 inline CSS (for email clients and the archive), the plain-text alternative, the markdown artifact
-and the data tables (CSV and Parquet). No network I/O.
+and the data tables (CSV and Parquet); `render_week` makes all of them at once. Also the run's
+result (`ReportResult`). No network I/O.
 
 Gaps stay gaps: a series is re-indexed on the week's full time grid, so an hour without data is
 a break in the line, never a zero, and the page says how much is missing.
@@ -29,6 +30,7 @@ from decisions.reporting import (
     RecordSection,
     ReportConfig,
     ReportWeek,
+    SeriesResult,
     WeekNumbers,
     error_budget_remaining,
     format_change,
@@ -172,6 +174,18 @@ def _headroom(highest: float, target: float | None) -> float:
     return max(values) * 1.15 if values else 1.0
 
 
+def _target_line(ax: Any, target: float | None, label: str) -> None:
+    """The dashed target line at `target` (none without one); `label` formats the target."""
+    if target is not None:
+        ax.axhline(
+            target,
+            color=COLOURS["target"],
+            linestyle="--",
+            linewidth=1.2,
+            label=label.format(target),
+        )
+
+
 def endpoint_chart(
     series: EndpointSeries, target_ms: float | None, target_rps: float | None
 ) -> Chart:
@@ -183,27 +197,13 @@ def endpoint_chart(
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
     for q in ("p50", "p95", "p99"):
         top.plot(frame.index, frame[f"{q}_ms"], label=q, color=COLOURS[q], linewidth=1.2)
-    if target_ms is not None:
-        top.axhline(
-            target_ms,
-            color=COLOURS["target"],
-            linestyle="--",
-            linewidth=1.2,
-            label=f"p95 target {target_ms:,.0f} ms",
-        )
+    _target_line(top, target_ms, "p95 target {:,.0f} ms")
     top.set_ylabel("latency (ms)")
     top.set_ylim(0, _headroom(frame[["p50_ms", "p95_ms", "p99_ms"]].max().max(), target_ms))
     top.legend(**ABOVE, ncols=4)
     fig.suptitle(f"{series.key}: per hour (UTC)", fontsize=10, x=0.01, ha="left")
     bottom.plot(frame.index, frame["rps"], color="#4c78a8", linewidth=1.2, label="throughput")
-    if target_rps is not None:
-        bottom.axhline(
-            target_rps,
-            color=COLOURS["target"],
-            linestyle="--",
-            linewidth=1.2,
-            label=f"designed {target_rps:,.0f} rps",
-        )
+    _target_line(bottom, target_rps, "designed {:,.0f} rps")
     bottom.set_ylabel("requests/s")
     bottom.set_ylim(0, _headroom(frame["rps"].max(), target_rps))
     errors = bottom.twinx()
@@ -347,6 +347,37 @@ class WeeklyReport(BaseModel):
         )
 
 
+class RenderedReport(BaseModel):
+    """The rendered files, by archive key, plus the email parts."""
+
+    report: WeeklyReport
+    files: dict[str, bytes]
+    email_html: str
+    text: str
+    charts: list[Chart]
+    csv: dict[str, bytes]
+
+
+class ReportResult(BaseModel):
+    """What the run produced and where it went."""
+
+    week: str
+    headline: str
+    things: list[str]
+    met: int
+    missed: int
+    missing_sections: dict[str, str]
+    archive: str
+    html_location: str
+    folder: str | None = None
+    files: int
+    recipients: list[str]
+    accepted: list[str] = Field(default_factory=list)
+    refused: dict[str, str] = Field(default_factory=dict)
+    delivery: str
+    seconds: float
+
+
 _CELL = "padding:4px 8px;border-bottom:1px solid #d0d7de;text-align:left;font-size:13px;"
 _HEAD = _CELL + "background:#f6f8fa;font-weight:600;"
 _FONT = "font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;color:#1f2328;"
@@ -381,6 +412,15 @@ def _h2(text: str) -> str:
 
 def _p(text: str, style: str = "") -> str:
     return f'<p style="font-size:14px;margin:4px 0;{style}">{_e(text)}</p>'
+
+
+def _section(report: WeeklyReport, title: str, section: str) -> list[str]:
+    """A section's heading, then what is missing from it when Prometheus did not answer."""
+    out = [_h2(title)]
+    if section in report.current.missing:
+        why = report.current.missing[section]
+        out.append(_p(f"Missing: Prometheus did not answer ({why}).", "color:#9a6700;"))
+    return out
 
 
 def _img(chart: Chart, src: str) -> str:
@@ -482,14 +522,7 @@ def render_html(
         )
     )
     # Endpoints.
-    out.append(_h2("Endpoints: latency, throughput, errors"))
-    if "endpoints" in report.current.missing:
-        out.append(
-            _p(
-                f"Missing: Prometheus did not answer ({report.current.missing['endpoints']}).",
-                "color:#9a6700;",
-            )
-        )
+    out += _section(report, "Endpoints: latency, throughput, errors", "endpoints")
     out.append(
         _table(
             [
@@ -535,14 +568,7 @@ def render_html(
                 )
             out.append(_img(chart, src[chart.cid]))
     # Availability.
-    out.append(_h2("Availability and error budget"))
-    if "availability" in report.current.missing:
-        out.append(
-            _p(
-                f"Missing: Prometheus did not answer ({report.current.missing['availability']}).",
-                "color:#9a6700;",
-            )
-        )
+    out += _section(report, "Availability and error budget", "availability")
     rows = []
     for name, sli in report.current.slis.items():
         objective = report.objectives.get(name)
@@ -561,14 +587,7 @@ def render_html(
         else _p("No SLO configured.")
     )
     # Resources.
-    out.append(_h2("Resources"))
-    if "resources" in report.current.missing:
-        out.append(
-            _p(
-                f"Missing: Prometheus did not answer ({report.current.missing['resources']}).",
-                "color:#9a6700;",
-            )
-        )
+    out += _section(report, "Resources", "resources")
     res = [c for c in report.checks if c.section == "resources"]
     out.append(
         _table(
@@ -749,3 +768,77 @@ def parquet_bytes(frame: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------- the whole report
+
+
+def _resources_frame(
+    frames: dict[str, pd.DataFrame | None], grid: pd.DatetimeIndex
+) -> pd.DataFrame | None:
+    """CPU and memory (% of the limit) on `grid`; None when Prometheus returned neither."""
+    cpu, memory = frames.get("cpu_percent"), frames.get("memory_percent")
+    if cpu is None or memory is None or (cpu.empty and memory.empty):
+        return None
+    return pd.DataFrame(
+        {
+            "cpu_percent": cpu.iloc[:, 0].reindex(grid) if not cpu.empty else float("nan"),
+            "memory_percent": memory.iloc[:, 0].reindex(grid) if not memory.empty else float("nan"),
+        },
+        index=grid,
+    )
+
+
+def render_week(
+    report: WeeklyReport,
+    config: ReportConfig,
+    series: dict[str, SeriesResult],
+    events: list[RecordedEvent],
+    link: str,
+) -> RenderedReport:
+    """Charts, the HTML page (archive and email flavours), text, CSV and Parquet. Records each
+    endpoint's missing share (`report.coverage`) and why a chart is absent (`report.chart_notes`)
+    on `report`, which the result carries."""
+    grid = time_grid(report.week, config.chart_step_s)
+    frames = {name: r.frame for name, r in series.items()}
+    keys = [e.key for e in report.current.endpoints]
+    per_endpoint = endpoint_series(frames, grid, config.endpoint_labels, keys)
+    jobs: list[tuple[EndpointSeries, float | None, float | None]] = []
+    for e in report.current.endpoints:
+        s = per_endpoint[e.key]
+        report.coverage[e.key] = round(s.missing_share, 4)
+        if e.status != "ok" or s.points_with_data == 0:
+            continue
+        target = config.target_for(e.method, e.route)
+        jobs.append((s, target.p95_ms if target else None, target.rps if target else None))
+    charts: list[Chart] = endpoint_charts(jobs)
+    resources = _resources_frame(frames, grid)
+    if resources is not None:
+        charts.append(
+            resources_chart(resources["cpu_percent"], resources["memory_percent"], config)
+        )
+    else:
+        why = series.get("cpu_percent", SeriesResult()).error or "Prometheus returned no series"
+        report.chart_notes["resources"] = f"No resource chart: {why}."
+    scaling = scaling_chart(events, report.week)
+    if scaling is not None:
+        charts.append(scaling)
+    files: dict[str, bytes] = {}
+    csv: dict[str, bytes] = {}
+    for name, frame in data_tables(report, per_endpoint, resources).items():
+        csv[f"{name}.csv"] = csv_bytes(frame)
+        files[f"data/{name}.csv"] = csv[f"{name}.csv"]
+        files[f"data/{name}.parquet"] = parquet_bytes(frame)
+    for chart in charts:
+        files[chart.filename] = chart.png
+    page = render_html(report, config, charts, {c.cid: c.filename for c in charts})
+    files["index.html"] = page.encode()
+    email_html = render_html(report, config, charts, {c.cid: f"cid:{c.cid}" for c in charts}, link)
+    return RenderedReport(
+        report=report,
+        files=files,
+        email_html=email_html,
+        text=render_text(report, link),
+        charts=charts,
+        csv=csv,
+    )

@@ -16,8 +16,9 @@ from pathlib import Path
 from string import Template
 from typing import Any, Literal
 
+import pandas as pd
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from perfops.errors import ConfigurationError
 
@@ -234,6 +235,15 @@ class QueryResult(BaseModel):
     """One instant query: its samples, or the error that kept it from answering."""
 
     samples: list[tuple[dict[str, str], float]] = Field(default_factory=list)
+    error: str | None = None
+
+
+class SeriesResult(BaseModel):
+    """A range query's frame (rows are times, columns are series), or why there is none."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    frame: pd.DataFrame | None = None
     error: str | None = None
 
 

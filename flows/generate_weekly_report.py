@@ -24,36 +24,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.filesystems import LocalFileSystem
-from pydantic import BaseModel, Field
 
 from blocks import PrometheusSource
-from blocks.resolve import ArchiveStore, resolve_archive, resolve_email, resolve_metrics
+from blocks.resolve import resolve_archive, resolve_email, resolve_metrics
 from decisions.report_rendering import (
-    Chart,
-    EndpointSeries,
+    ReportResult,
     WeeklyReport,
-    csv_bytes,
-    data_tables,
-    endpoint_charts,
-    endpoint_series,
-    parquet_bytes,
-    render_html,
     render_markdown,
-    render_text,
-    resources_chart,
-    scaling_chart,
-    time_grid,
+    render_week,
 )
 from decisions.reporting import (
     SLOW_QUERIES_ARTIFACT,
     QueryResult,
-    RecordedEvent,
-    ReportConfig,
     ReportWeek,
+    SeriesResult,
     SlowQueries,
     WeekNumbers,
     assemble_week,
@@ -71,9 +57,9 @@ from perfops.redaction import install_log_redaction, redact
 from perfops.settings import PROJECT_DIR, get_settings
 from tasks.mail import Attachment, InlineImage, SendResult, build_message, send_email
 from tasks.prefect_events import read_perfops_events, read_table_artifact
-from tasks.prometheus.report import SeriesResult, query_chart_series, query_week
+from tasks.prometheus.report import query_chart_series, query_week
 from tasks.records import emit, publish_markdown
-from tasks.storage import StoredObject, put_object
+from tasks.storage import archive_report, object_link, object_location, write_folder
 
 ARTIFACT_KEY = "perfops-weekly-report"
 EVENT_GENERATED = "perfops.report.generated"
@@ -86,137 +72,12 @@ class ReportDeliveryFailed(PerfopsError):
     """The report was archived but could not be emailed."""
 
 
-class ReportResult(BaseModel):
-    """What the run produced and where it went."""
-
-    week: str
-    headline: str
-    things: list[str]
-    met: int
-    missed: int
-    missing_sections: dict[str, str]
-    archive: str
-    html_location: str
-    folder: str | None = None
-    files: int
-    recipients: list[str]
-    accepted: list[str] = Field(default_factory=list)
-    refused: dict[str, str] = Field(default_factory=dict)
-    delivery: str
-    seconds: float
-
-
-class RenderedReport(BaseModel):
-    """The rendered files, by archive key, plus the email parts."""
-
-    report: WeeklyReport
-    files: dict[str, bytes]
-    email_html: str
-    text: str
-    charts: list[Chart]
-    csv: dict[str, bytes]
-
-
 def _missing_everywhere(queries: dict[str, str], why: str) -> dict[str, QueryResult]:
     return {name: QueryResult(error=why) for name in queries}
 
 
-@task(name="render_weekly_report", cache_policy=NO_CACHE)
-def render_report(
-    report: WeeklyReport,
-    config: ReportConfig,
-    series: dict[str, SeriesResult],
-    events: list[RecordedEvent],
-    link: str,
-) -> RenderedReport:
-    """Charts, the HTML page (archive and email flavours), text, CSV and Parquet."""
-    grid = time_grid(report.week, config.chart_step_s)
-    frames = {name: r.frame for name, r in series.items()}
-    keys = [e.key for e in report.current.endpoints]
-    per_endpoint = endpoint_series(frames, grid, config.endpoint_labels, keys)
-    jobs: list[tuple[EndpointSeries, float | None, float | None]] = []
-    for e in report.current.endpoints:
-        s = per_endpoint[e.key]
-        report.coverage[e.key] = round(s.missing_share, 4)
-        if e.status != "ok" or s.points_with_data == 0:
-            continue
-        target = config.target_for(e.method, e.route)
-        jobs.append((s, target.p95_ms if target else None, target.rps if target else None))
-    started = time.monotonic()
-    charts: list[Chart] = endpoint_charts(jobs)
-    resources: pd.DataFrame | None = None
-    cpu, memory = frames.get("cpu_percent"), frames.get("memory_percent")
-    if cpu is not None and memory is not None and not (cpu.empty and memory.empty):
-        resources = pd.DataFrame(
-            {
-                "cpu_percent": cpu.iloc[:, 0].reindex(grid) if not cpu.empty else float("nan"),
-                "memory_percent": (
-                    memory.iloc[:, 0].reindex(grid) if not memory.empty else float("nan")
-                ),
-            },
-            index=grid,
-        )
-        charts.append(
-            resources_chart(resources["cpu_percent"], resources["memory_percent"], config)
-        )
-    else:
-        why = series.get("cpu_percent", SeriesResult()).error or "Prometheus returned no series"
-        report.chart_notes["resources"] = f"No resource chart: {why}."
-    scaling = scaling_chart(events, report.week)
-    if scaling is not None:
-        charts.append(scaling)
-    tables = data_tables(report, per_endpoint, resources)
-    files: dict[str, bytes] = {}
-    csv: dict[str, bytes] = {}
-    for name, frame in tables.items():
-        csv[f"{name}.csv"] = csv_bytes(frame)
-        files[f"data/{name}.csv"] = csv[f"{name}.csv"]
-        files[f"data/{name}.parquet"] = parquet_bytes(frame)
-    for chart in charts:
-        files[chart.filename] = chart.png
-    page = render_html(report, config, charts, {c.cid: c.filename for c in charts})
-    files["index.html"] = page.encode()
-    get_run_logger().info(
-        "rendered %d charts, %d tables and the page in %.1f s",
-        len(charts),
-        len(tables),
-        time.monotonic() - started,
-    )
-    email_html = render_html(report, config, charts, {c.cid: f"cid:{c.cid}" for c in charts}, link)
-    return RenderedReport(
-        report=report,
-        files=files,
-        email_html=email_html,
-        text=render_text(report, link),
-        charts=charts,
-        csv=csv,
-    )
-
-
-@task(name="archive_weekly_report", cache_policy=NO_CACHE)
-def archive_report(store: ArchiveStore, prefix: str, files: dict[str, bytes]) -> list[StoredObject]:
-    """Write every file of the report under `prefix` (each with its SHA-256)."""
-    index = {k: v for k, v in files.items() if k != "index.html"}
-    stored = [put_object.fn(store, f"{prefix}/{key}", data) for key, data in index.items()]
-    # The page last: once it is there, everything it points at is too.
-    stored.append(put_object.fn(store, f"{prefix}/index.html", files["index.html"]))
-    return stored
-
-
-@task(name="write_report_folder", cache_policy=NO_CACHE)
-def write_folder(folder: Path, files: dict[str, bytes]) -> str:
-    """A browsable copy: FOLDER/index.html with charts/ and data/ beside it."""
-    for key, data in files.items():
-        path = folder / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return str(folder / "index.html")
-
-
-def _link(store: ArchiveStore, location: str) -> str:
-    if isinstance(store, LocalFileSystem):
-        return Path(location).resolve().as_uri()
-    return location
+# Charts, the HTML page (archive and email flavours), text, CSV and Parquet.
+render_report = task(name="render_weekly_report", cache_policy=NO_CACHE)(render_week)
 
 
 @flow(
@@ -302,15 +163,17 @@ def generate_weekly_report(
     )
     store = resolve_archive(s3_block)
     prefix = f"{ARCHIVE_PREFIX}/{this.label}"
-    if isinstance(store.value, LocalFileSystem):
-        index_location = str(Path(store.value.basepath or ".") / prefix / "index.html")
-    else:
-        folder_part = store.value.bucket_folder.strip("/")
-        key = f"{folder_part}/{prefix}/index.html" if folder_part else f"{prefix}/index.html"
-        index_location = f"s3://{store.value.bucket_name}/{key}"
-    link = _link(store.value, index_location)
+    index_location = object_location(store.value, f"{prefix}/index.html")
+    link = object_link(store.value, f"{prefix}/index.html")
+    rendering = time.monotonic()
     rendered = render_report(report, config, series, events, link)
     report = rendered.report
+    logger.info(
+        "rendered %d charts, %d tables and the page in %.1f s",
+        len(rendered.charts),
+        len(rendered.csv),
+        time.monotonic() - rendering,
+    )
 
     stored = archive_report(store.value, prefix, rendered.files)
     folder = write_folder(Path(out_dir) / this.label, rendered.files) if out_dir else None

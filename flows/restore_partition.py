@@ -16,9 +16,8 @@ from prefect import flow, get_run_logger
 from prefect.filesystems import LocalFileSystem
 from pydantic import BaseModel
 
-from blocks.resolve import ArchiveStore, resolve_postgres
+from blocks.resolve import ArchiveStore, resolve_archive_store, resolve_postgres
 from decisions.partitioning import split_table
-from flows.rotate_partitions import resolve_archive_store
 from perfops.errors import ConfigurationError
 from perfops.redaction import install_log_redaction
 from tasks.partition_archives import fetch_archive, load_archive, parse_archive_source

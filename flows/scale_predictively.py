@@ -11,19 +11,23 @@ Every run leaves a table artifact (history, forecast, decision, reason), a chart
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any, cast
+from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, Field
 
-from blocks import PrometheusSource
 from blocks.resolve import CsvTrace, resolve_metrics, resolve_redis
 from decisions import forecasting
-from decisions.scaling_policy import Decision, Mode, Observation, ScalingPolicy, decide
+from decisions.scaling_charts import decision_chart
+from decisions.scaling_policy import Mode, Observation, ScalingPolicy, decide
+from decisions.scaling_report import (
+    LoadQuery,
+    ScalingRun,
+    artifact_rows,
+    history_record,
+    scaling_events,
+)
 from perfops.errors import LockBusy
 from perfops.redaction import install_log_redaction
 from perfops.settings import get_settings
@@ -34,81 +38,12 @@ from tasks.autoscaling import (
     load_credentials,
     set_capacity_task,
 )
-from tasks.load_history import (
-    InsufficientData,
-    LoadHistory,
-    read_load_from_csv,
-    read_load_from_prometheus,
-    regularize,
-)
+from tasks.load_history import InsufficientData, LoadHistory, read_load_history
 from tasks.records import emit, publish_table
 from tasks.scaling_state import group_lock, load_state, save_state
 
 ARTIFACT_KEY = "perfops-scaling-decision"
-EVENT_DECIDED = "perfops.scaling.decided"
-EVENT_APPLIED = "perfops.scaling.applied"
-DEFAULT_PROMQL = "sum(rate(http_requests_total[5m]))"
 PEAK_INSTANCES = 20  # without capacity_per_instance: the history's p99.9 needs this many
-
-
-class LoadQuery(BaseModel):
-    """Which load history to read."""
-
-    promql: str = Field(DEFAULT_PROMQL, description="PromQL of the load (e.g. request rate).")
-    lookback: timedelta = Field(timedelta(days=35), description="History read for a decision.")
-    step: timedelta = Field(timedelta(minutes=5), description="Resolution of the history.")
-    max_gap: timedelta = Field(timedelta(minutes=30), description="Longer gaps: no decision.")
-    until: datetime | None = Field(None, description="CSV trace only: replay up to this time.")
-
-
-@dataclass
-class ScalingRun:
-    """What one run decided and did."""
-
-    group: str
-    mode: str
-    dry_run: bool
-    current: int
-    desired: int
-    action: str
-    reason: str
-    applied: bool = False
-    skipped: bool = False
-    load: float | None = None
-    forecast_peak: float | None = None
-    forecast: list[float] = field(default_factory=list)
-    demands: dict[str, int] = field(default_factory=dict)
-    chart: str | None = None
-    source: str = ""
-
-    @property
-    def summary(self) -> str:
-        verb = "set" if self.applied else "would set" if self.desired != self.current else "keep"
-        return f"{self.group}: {verb} {self.desired} (from {self.current}): {self.reason}"
-
-
-def _history(metrics: PrometheusSource | CsvTrace, query: LoadQuery, now: datetime) -> LoadHistory:
-    if isinstance(metrics, PrometheusSource):
-        raw = cast(
-            pd.Series,
-            read_load_from_prometheus(metrics, query.promql, query.lookback, query.step, now),
-        )
-        return regularize(
-            raw,
-            query.step,
-            source=f"Prometheus {metrics.url} {query.promql!r}",
-            now=now,
-            max_age=max(query.step * 3, timedelta(minutes=15)),
-            max_gap=query.max_gap,
-        )
-    raw = cast(pd.Series, read_load_from_csv(metrics, query.until))
-    if len(raw) < 2:
-        raise InsufficientData(f"CSV trace {metrics.path}: fewer than two points")
-    step = pd.Timedelta(raw.index.to_series().diff().mode().iloc[0]).to_pytimedelta()
-    raw = raw[raw.index >= raw.index[-1] - query.lookback]
-    return regularize(
-        raw, step, source=f"CSV trace {metrics.path}", max_gap=max(query.max_gap, step)
-    )
 
 
 def _policy_for(
@@ -121,32 +56,6 @@ def _policy_for(
     if mode is not None:
         update["mode"] = mode
     return policy.model_copy(update=update)
-
-
-def _chart(
-    path: Path, history: LoadHistory, upper: pd.Series, decision: Decision, policy: ScalingPolicy
-) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recent = history.series.iloc[-int(timedelta(days=2) / history.step) :]
-    fig, ax = plt.subplots(figsize=(10, 4))
-    ax.plot(recent.index, recent.to_numpy(), label="load", lw=1)
-    ax.plot(
-        upper.index, upper.to_numpy(), "o-", label=f"forecast p{100 * policy.forecast_quantile:g}"
-    )
-    cap = policy.capacity_per_instance * policy.target_utilization
-    ax.axhline(decision.current * cap, color="grey", ls="--", label=f"current {decision.current}")
-    ax.axhline(decision.desired * cap, color="green", ls=":", label=f"desired {decision.desired}")
-    ax.set_title(f"load, forecast and capacity at {policy.target_utilization:.0%} target")
-    ax.legend(loc="upper left")
-    fig.autofmt_xdate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return str(path)
 
 
 @flow(
@@ -190,7 +99,7 @@ def scale_predictively(
     redis_target = resolve_redis(redis_block).value
     at = now or datetime.now(UTC)
     try:
-        history = _history(metrics, query, at)
+        history = read_load_history(metrics, query, at)
     except InsufficientData as exc:
         run = ScalingRun(
             group,
@@ -268,8 +177,8 @@ def scale_predictively(
                 source=history.source,
             )
             out = get_settings().out_dir / "scaling" / f"{group}.png"
-            run.chart = _chart(out, history, upper, decision, pol)
-            save_state(redis_target, group, new_state, _history_record(run, at))
+            run.chart = decision_chart(out, history.series, history.step, upper, decision, pol)
+            save_state(redis_target, group, new_state, history_record(run, at))
     except LockBusy as exc:
         logger.warning("%s", exc)
         run = ScalingRun(
@@ -285,78 +194,12 @@ def scale_predictively(
         )
         return run
     logger.info("%s", run.summary)
-    _record(run, history, upper)
+    _record(run, history.series, upper)
     return run
 
 
-def _history_record(run: ScalingRun, at: datetime) -> dict[str, Any]:
-    return {
-        "at": at.isoformat(),
-        "group": run.group,
-        "mode": run.mode,
-        "dry_run": run.dry_run,
-        "current": run.current,
-        "desired": run.desired,
-        "applied": run.applied,
-        "reason": run.reason,
-        "load": run.load,
-        "forecast_peak": run.forecast_peak,
-    }
-
-
-def _record(
-    run: ScalingRun, history: LoadHistory | None = None, upper: pd.Series | None = None
-) -> None:
-    rows: list[dict[str, Any]] = []
-    if history is not None:
-        for t, v in history.series.iloc[-6:].items():
-            rows.append(
-                {"time": str(t), "kind": "history", "value": round(float(v), 3), "note": ""}
-            )
-    if upper is not None:
-        for t, v in upper.items():
-            rows.append(
-                {
-                    "time": str(t),
-                    "kind": "forecast (upper)",
-                    "value": round(float(v), 3),
-                    "note": "",
-                }
-            )
-    for name, n in run.demands.items():
-        rows.append({"time": "", "kind": f"demand: {name}", "value": n, "note": ""})
-    rows.append(
-        {
-            "time": "",
-            "kind": "decision",
-            "value": run.desired,
-            "note": f"{run.action} from {run.current}: {run.reason}"
-            + (" (dry run)" if run.dry_run else ""),
-        }
-    )
+def _record(run: ScalingRun, load: pd.Series | None = None, upper: pd.Series | None = None) -> None:
+    rows = artifact_rows(run, load, upper)
     publish_table(ARTIFACT_KEY, rows, f"scaling decision for {run.group}: {run.summary}")
-    payload = {
-        "group": run.group,
-        "mode": run.mode,
-        "current": run.current,
-        "desired": run.desired,
-        "reason": run.reason,
-        "load": run.load,
-        "forecast_peak": run.forecast_peak,
-        "dry_run": run.dry_run,
-        "action": run.action,
-    }
-    emit(EVENT_DECIDED, f"perfops.scaling.group.{run.group}", payload)
-    if run.applied:
-        emit(
-            EVENT_APPLIED,
-            f"perfops.scaling.group.{run.group}",
-            {"group": run.group, "from": run.current, "to": run.desired, "reason": run.reason},
-        )
-
-
-def as_dict(run: ScalingRun) -> dict[str, Any]:
-    return asdict(run) | {"summary": run.summary}
-
-
-__all__ = ["LoadQuery", "ScalingRun", "as_dict", "scale_predictively"]
+    for event, resource, payload in scaling_events(run):
+        emit(event, resource, payload)

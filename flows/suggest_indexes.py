@@ -9,14 +9,17 @@ then the real plans. CLI `perfops indexes suggest`.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, get_run_logger
-from pydantic import BaseModel
 
 from blocks.resolve import resolve_postgres
+from decisions.index_suggestions import (
+    IndexSuggestionReport,
+    SkippedStatement,
+    artifact_rows,
+    suggestion_events,
+    suggestions,
+)
 from decisions.indexing import (
-    Candidate,
     Choice,
     ExistingIndex,
     IndexAdvisorSettings,
@@ -26,7 +29,6 @@ from decisions.indexing import (
     ShapeError,
     candidate_indexes,
     choose_indexes,
-    index_name,
     query_shape,
     table_matches,
 )
@@ -37,48 +39,12 @@ from tasks.postgres.hypopg import (
     fetch_table_catalog,
     verify_index_set,
 )
-from tasks.postgres.index_builds import (
-    BuildRequest,
-    BuildResult,
-    create_index_sql,
-    create_indexes,
-)
+from tasks.postgres.index_builds import BuildRequest, create_index_ddl, create_indexes
 from tasks.postgres.indexes import fetch_indexes
 from tasks.postgres.statements import fetch_statement_stats
 from tasks.records import emit, publish_table
 
 ARTIFACT_KEY = "perfops-index-suggestions"
-
-
-class Suggestion(BaseModel):
-    table: str
-    columns: list[str]
-    index_name: str
-    ddl: str
-    size_bytes: int
-    calls: int
-    est_time_saved_ms: float
-    queries: list[dict[str, Any]]  # queryid, query, calls, cost_before, cost_after
-
-
-class SkippedStatement(BaseModel):
-    queryid: int
-    query: str
-    reason: str
-
-
-class IndexSuggestionReport(BaseModel):
-    database: str
-    statements_considered: int
-    suggestions: list[Suggestion]
-    rejected: list[Rejection]
-    skipped: list[SkippedStatement]
-    builds: list[BuildResult] = []
-    applied: bool = False
-
-
-def _ddl(candidate: Candidate) -> str:
-    return create_index_sql(candidate).as_string(None) + ";"
 
 
 @flow(
@@ -189,32 +155,11 @@ def suggest_indexes(
             )
         chosen = [c for c in chosen if verification.used[c.candidate.key]]
 
-    suggestions = [
-        Suggestion(
-            table=str(c.candidate.table),
-            columns=c.candidate.columns,
-            index_name=index_name(c.candidate),
-            ddl=_ddl(c.candidate),
-            size_bytes=c.size_bytes,
-            calls=sum(e.calls for e in c.effects),
-            est_time_saved_ms=round(c.est_time_saved_ms, 1),
-            queries=[
-                {
-                    "queryid": e.queryid,
-                    "query": by_id[e.queryid].query,
-                    "calls": e.calls,
-                    "cost_before": round(e.cost_before, 2),
-                    "cost_after": round(e.cost_after, 2),
-                }
-                for e in c.effects
-            ],
-        )
-        for c in chosen
-    ]
+    texts_of = {s.queryid: s.query for s in statements}
     report = IndexSuggestionReport(
         database=resolved.description,
         statements_considered=len(statements),
-        suggestions=suggestions,
+        suggestions=suggestions(chosen, texts_of, create_index_ddl),
         rejected=rejected,
         skipped=skipped,
     )
@@ -236,7 +181,7 @@ def suggest_indexes(
         report.applied = True
 
     _record(report, target.resource_id())
-    for s in suggestions:
+    for s in report.suggestions:
         logger.info(
             "suggest %s (%s): saves ~%.0f ms over %d calls",
             s.table,
@@ -248,79 +193,6 @@ def suggest_indexes(
 
 
 def _record(report: IndexSuggestionReport, resource: str) -> None:
-    builds = {b.key: b for b in report.builds}
-    rows: list[dict[str, Any]] = []
-    for s in report.suggestions:
-        key = f"{s.table}({', '.join(s.columns)})"
-        build = builds.get(key)
-        rows.append(
-            {
-                "decision": build.status if build else "suggested",
-                "table": s.table,
-                "columns": ", ".join(s.columns),
-                "why": f"{len(s.queries)} statement(s), {s.calls:,} calls, "
-                f"est. {s.est_time_saved_ms:,.0f} ms saved; "
-                + "; ".join(
-                    f"cost {q['cost_before']:,.0f} -> {q['cost_after']:,.0f}" for q in s.queries[:3]
-                ),
-                "size": s.size_bytes,
-                "ddl": s.ddl,
-                "result": build.detail if build else "dry run: pass apply=True to build",
-            }
-        )
-    for r in report.rejected:
-        rows.append(
-            {
-                "decision": "rejected",
-                "table": str(r.candidate.table),
-                "columns": ", ".join(r.candidate.columns),
-                "why": r.reason,
-                "size": "",
-                "ddl": "",
-                "result": "",
-            }
-        )
-    for sk in report.skipped:
-        rows.append(
-            {
-                "decision": "statement skipped",
-                "table": "",
-                "columns": "",
-                "why": f"queryid {sk.queryid}: {sk.reason}",
-                "size": "",
-                "ddl": "",
-                "result": sk.query[:120],
-            }
-        )
-    publish_table(ARTIFACT_KEY, rows, f"Index suggestions for {report.database}")
-    emit(
-        "perfops.indexes.suggested",
-        resource,
-        {
-            "database": report.database,
-            "suggestions": [
-                {"table": s.table, "columns": s.columns, "ddl": s.ddl} for s in report.suggestions
-            ],
-            "rejected": len(report.rejected),
-            "skipped": len(report.skipped),
-        },
-    )
-    created = [b for b in report.builds if b.status == "created"]
-    if created:
-        emit(
-            "perfops.indexes.created",
-            resource,
-            {
-                "database": report.database,
-                "indexes": [
-                    {
-                        "name": b.index_name,
-                        "key": b.key,
-                        "seconds": round(b.seconds, 2),
-                        "costs_before": b.costs_before,
-                        "costs_after": b.costs_after,
-                    }
-                    for b in created
-                ],
-            },
-        )
+    publish_table(ARTIFACT_KEY, artifact_rows(report), f"Index suggestions for {report.database}")
+    for event, event_resource, payload in suggestion_events(report, resource):
+        emit(event, event_resource, payload)

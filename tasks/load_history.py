@@ -3,13 +3,15 @@
 `regularize` (pure) puts raw points on a fixed grid, fills short gaps by time interpolation and
 refuses ("fail static") histories that are stale, mostly missing, or have a gap longer than
 `max_gap` at their end. The tasks read Prometheus (chunked range queries,
-`tasks.prometheus.client`) or a CSV trace (`tasks.traces`) and hand the raw points to it.
+`tasks.prometheus.client`) or a CSV trace (`tasks.traces`) and hand the raw points to it;
+`read_load_history` does both for a `LoadQuery`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -17,6 +19,7 @@ from prefect import task
 
 from blocks import PrometheusSource
 from blocks.resolve import CsvTrace
+from decisions.scaling_report import LoadQuery
 from perfops.errors import PerfopsError
 from tasks.prometheus.client import query_range
 from tasks.traces import load_trace
@@ -106,3 +109,31 @@ def read_load_from_csv(trace: CsvTrace, until: datetime | None = None) -> pd.Ser
     if until is not None:
         series = series[series.index <= pd.Timestamp(until)]
     return series
+
+
+def read_load_history(
+    metrics: PrometheusSource | CsvTrace, query: LoadQuery, now: datetime
+) -> LoadHistory:
+    """The regular load history `query` asks for, from Prometheus (fresh up to `now`) or from a
+    CSV trace (on the trace's own step); InsufficientData when it cannot support a decision."""
+    if isinstance(metrics, PrometheusSource):
+        raw = cast(
+            pd.Series,
+            read_load_from_prometheus(metrics, query.promql, query.lookback, query.step, now),
+        )
+        return regularize(
+            raw,
+            query.step,
+            source=f"Prometheus {metrics.url} {query.promql!r}",
+            now=now,
+            max_age=max(query.step * 3, timedelta(minutes=15)),
+            max_gap=query.max_gap,
+        )
+    raw = cast(pd.Series, read_load_from_csv(metrics, query.until))
+    if len(raw) < 2:
+        raise InsufficientData(f"CSV trace {metrics.path}: fewer than two points")
+    step = pd.Timedelta(raw.index.to_series().diff().mode().iloc[0]).to_pytimedelta()
+    raw = raw[raw.index >= raw.index[-1] - query.lookback]
+    return regularize(
+        raw, step, source=f"CSV trace {metrics.path}", max_gap=max(query.max_gap, step)
+    )

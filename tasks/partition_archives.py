@@ -36,8 +36,9 @@ from pydantic import BaseModel, Field
 
 from blocks import PostgresTarget
 from blocks.resolve import ArchiveStore
+from decisions.partition_rotation import DEFAULT_BATCH_ROWS, DEFAULT_SPOOL_BYTES, RotationSettings
 from perfops.errors import ChecksumMismatch, ConfigurationError, ConnectionFailed, PerfopsError
-from tasks.postgres.partition_changes import bound_literal
+from tasks.postgres.partition_changes import bound_literal, count_rows
 from tasks.postgres.partitions import qualified_name
 from tasks.postgres.server import connect, ensure_primary, set_timeouts
 from tasks.storage import (
@@ -51,8 +52,6 @@ from tasks.storage import (
 )
 from tasks.transient_errors import RETRY_DEFAULTS
 
-DEFAULT_BATCH_ROWS = 200_000
-DEFAULT_SPOOL_BYTES = 256 << 20
 MANIFEST_VERSION = 1
 COMPRESSION = "zstd"
 _CSV_BLOCK = 1 << 20
@@ -439,6 +438,44 @@ def read_archive(
 
 
 # --------------------------------------------------------------------------- restore
+
+
+def ensure_archive(
+    target: PostgresTarget,
+    store: ArchiveStore,
+    source: ArchiveSource,
+    settings: RotationSettings,
+    workdir: str,
+    fresh: bool = False,
+) -> ArchiveRecord:
+    """A verified archive of the detached table `source.partition`: reuse one that a crashed run
+    finished if it matches the table's row count, otherwise dump, upload and verify. `fresh`:
+    detached by this run, so no archive of it can be complete yet."""
+    record = None
+    if not fresh:
+        try:
+            record = verify_archive(
+                store,
+                source.schema_name,
+                source.parent,
+                source.partition,
+                settings.archive_memory_bytes,
+            )
+        except (ArchiveError, ChecksumMismatch):
+            record = None  # a partial or corrupted archive: written again below
+    if record is not None and record.manifest.rows == count_rows(
+        target, source.schema_name, source.partition
+    ):
+        return record
+    return archive_partition(
+        target,
+        store,
+        source,
+        settings.archive_batch_rows,
+        settings.statement_timeout_ms,
+        settings.archive_memory_bytes,
+        workdir,
+    )
 
 
 def parse_archive_source(source: str) -> tuple[str, str]:

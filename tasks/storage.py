@@ -1,5 +1,6 @@
 """Archive storage tasks: put and get objects with a SHA-256 checksum, on S3 (prefect-aws
-`S3Bucket`) or a local folder (Prefect `LocalFileSystem`).
+`S3Bucket`) or a local folder (Prefect `LocalFileSystem`); where an object is and the link a
+person opens; a report's files archived together, or copied to a browsable folder.
 
 On S3 the checksum travels as `ChecksumSHA256`, so the server itself rejects a corrupted upload,
 and is also kept in the object's metadata; on a folder it sits beside the file as `NAME.sha256`.
@@ -15,6 +16,7 @@ from typing import IO, Any, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.filesystems import LocalFileSystem
 from prefect_aws import S3Bucket
 from pydantic import BaseModel
@@ -39,6 +41,21 @@ def _s3_key(bucket: S3Bucket, key: str) -> str:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def object_location(store: ArchiveStore, key: str) -> str:
+    """Where `key` is (or will be) stored: its s3:// URI, or its path in the folder."""
+    if isinstance(store, S3Bucket):
+        return f"s3://{store.bucket_name}/{_s3_key(store, key)}"
+    return str(Path(store.basepath or ".") / key)
+
+
+def object_link(store: ArchiveStore, key: str) -> str:
+    """The link a person opens for `key`: its s3:// URI, or a file:// URI in a folder."""
+    location = object_location(store, key)
+    if isinstance(store, LocalFileSystem):
+        return Path(location).resolve().as_uri()
+    return location
 
 
 def _s3_put(bucket: S3Bucket, key: str, body: Any, digest: str) -> str:
@@ -230,3 +247,23 @@ def object_exists(store: ArchiveStore, key: str) -> bool:
             ) from exc
         return True
     return (Path(store.basepath or ".") / key).exists()
+
+
+@task(name="archive_weekly_report", cache_policy=NO_CACHE)
+def archive_report(store: ArchiveStore, prefix: str, files: dict[str, bytes]) -> list[StoredObject]:
+    """Write every file of the report under `prefix` (each with its SHA-256)."""
+    index = {k: v for k, v in files.items() if k != "index.html"}
+    stored = [put_object.fn(store, f"{prefix}/{key}", data) for key, data in index.items()]
+    # The page last: once it is there, everything it points at is too.
+    stored.append(put_object.fn(store, f"{prefix}/index.html", files["index.html"]))
+    return stored
+
+
+@task(name="write_report_folder", cache_policy=NO_CACHE)
+def write_folder(folder: Path, files: dict[str, bytes]) -> str:
+    """A browsable copy: FOLDER/index.html with charts/ and data/ beside it."""
+    for key, data in files.items():
+        path = folder / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return str(folder / "index.html")

@@ -153,7 +153,7 @@ def rotate(
     # Prefect's settings before the flow module imports prefect (quiet console unless -v).
     apply_prefect_defaults()
     quiet_prefect_console(verbose)
-    from flows.rotate_partitions import RotationSettings
+    from decisions.partition_rotation import RotationSettings
 
     if (table is None) == (policies is None):
         raise typer.BadParameter("give either --table (with --interval etc.) or --policies FILE")

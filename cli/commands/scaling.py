@@ -97,7 +97,7 @@ def decide(
         show_progress=not as_json,
     )
     if as_json:
-        from flows.scale_predictively import as_dict
+        from decisions.scaling_report import as_dict
 
         print_json(as_dict(run))
         return

@@ -20,6 +20,7 @@ from psycopg import sql
 from pydantic import BaseModel
 
 from blocks import PostgresTarget
+from decisions.index_suggestions import BuildResult
 from decisions.indexing import Candidate, index_name
 from perfops.errors import LockBusy
 from perfops.redaction import one_line
@@ -36,18 +37,6 @@ class BuildRequest(BaseModel):
     expected_costs: dict[int, float]  # queryid -> cost before the build
 
 
-class BuildResult(BaseModel):
-    key: str
-    index_name: str
-    status: str  # created | already covered | failed
-    detail: str
-    seconds: float = 0.0
-    size_bytes: int = 0
-    costs_before: dict[int, float] = {}
-    costs_after: dict[int, float] = {}
-    used_by: list[int] = []
-
-
 def create_index_sql(candidate: Candidate) -> sql.Composed:
     """`CREATE INDEX CONCURRENTLY name ON schema.table USING btree (columns)`."""
     return sql.SQL("CREATE INDEX CONCURRENTLY {} ON {} USING btree ({})").format(
@@ -55,6 +44,11 @@ def create_index_sql(candidate: Candidate) -> sql.Composed:
         sql.Identifier(candidate.schema_name, candidate.table_name),
         sql.SQL(", ").join(sql.Identifier(c) for c in candidate.columns),
     )
+
+
+def create_index_ddl(candidate: Candidate) -> str:
+    """`create_index_sql` as the text a person reads (identifiers quoted): the suggestion's DDL."""
+    return create_index_sql(candidate).as_string(None) + ";"
 
 
 def _invalid_leftovers(conn: psycopg.Connection[Any], schema: str, table: str) -> list[str]:

@@ -23,7 +23,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
-from typing import Any, Literal, LiteralString, TypeVar
+from typing import Any, LiteralString, TypeVar
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -31,9 +31,19 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from psycopg import sql
 from psycopg.rows import DictRow
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from blocks import PostgresTarget
+from decisions.partition_rotation import (
+    DEFAULT_RESCUE_MAX_ROWS,
+    CreatedPartition,
+    Detached,
+    DetachMode,
+    Dropped,
+    Expiring,
+    Timeouts,
+    ToDrop,
+)
 from decisions.partitioning import PlannedPartition
 from perfops.errors import ConfigurationError, PerfopsError
 from perfops.redaction import one_line
@@ -41,33 +51,14 @@ from tasks.postgres.partitions import qualified_name
 from tasks.postgres.server import advisory_lock, connect, ensure_primary, set_timeouts
 from tasks.transient_errors import RETRY_DEFAULTS
 
-DEFAULT_LOCK_TIMEOUT_MS = 2_000
-DEFAULT_STATEMENT_TIMEOUT_MS = 120_000
-DEFAULT_RESCUE_MAX_ROWS = 1_000_000
 EXPIRED_MARK = "perfops:expired "
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-DetachMode = Literal["concurrently", "plain", "finalized", "already detached"]
-
 
 class RowCountMismatch(PerfopsError):
     """A table's row count differs from what was archived; nothing was dropped."""
-
-
-class Timeouts(BaseModel):
-    """Per-statement limits of every DDL step."""
-
-    lock_timeout_ms: int = Field(default=DEFAULT_LOCK_TIMEOUT_MS, ge=1, le=600_000)
-    statement_timeout_ms: int = Field(default=DEFAULT_STATEMENT_TIMEOUT_MS, ge=1, le=86_400_000)
-
-
-class CreatedPartition(BaseModel):
-    name: str
-    status: Literal["created", "existed", "skipped", "failed"]
-    moved_rows: int = 0
-    detail: str = ""
 
 
 class DetachedTable(BaseModel):
@@ -350,22 +341,6 @@ def expired_comment(
     return EXPIRED_MARK + json.dumps(mark, sort_keys=True)
 
 
-class Expiring(BaseModel):
-    """An expired partition to detach, with the bounds its expiry mark records."""
-
-    name: str
-    lower: datetime | None = None
-    upper: datetime | None = None
-
-
-class Detached(BaseModel):
-    """What detaching one partition did: its mode, or why it failed (it stays attached)."""
-
-    name: str
-    mode: DetachMode | None = None
-    error: str | None = None
-
-
 @task(name="detach_partitions", cache_policy=NO_CACHE, **RETRY_DEFAULTS)
 def detach_partitions(
     target: PostgresTarget,
@@ -497,22 +472,6 @@ def count_rows(
             sql.SQL("select count(*) as n from {}").format(_ident(schema_name, table_name))
         ).fetchone()
     return int(row["n"]) if row else 0
-
-
-class ToDrop(BaseModel):
-    """A detached expired table to drop, and the rows its verified archive holds (None for the
-    `drop` action, which keeps no archive)."""
-
-    name: str
-    expected_rows: int | None = None
-
-
-class Dropped(BaseModel):
-    """What dropping one table did: the rows it held, or why it was kept."""
-
-    name: str
-    rows: int | None = None
-    error: str | None = None
 
 
 @task(name="drop_detached_tables", cache_policy=NO_CACHE, **RETRY_DEFAULTS)

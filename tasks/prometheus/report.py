@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict
 
 from blocks import PrometheusSource
-from decisions.reporting import QueryResult
+from decisions.reporting import QueryResult, SeriesResult
 from perfops.errors import ConfigurationError, ConnectionFailed
 from tasks.prometheus.client import _call, query_range
 
@@ -52,15 +50,6 @@ def query_week(
             samples=[(dict(item.get("metric", {})), float(item["value"][1])) for item in raw]
         )
     return results
-
-
-class SeriesResult(BaseModel):
-    """A range query's frame (rows are times, columns are series), or why there is none."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    frame: pd.DataFrame | None = None
-    error: str | None = None
 
 
 @task(name="query_prometheus_chart_series", cache_policy=NO_CACHE)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Protocol
+from abc import ABC, abstractmethod
+from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -51,7 +52,10 @@ class NoticeFailed(ConnectionFailed):
         self.reason = reason
 
 
-class Messenger(Protocol):
+class Messenger(ABC):
+    """Where notices go and are read back from: Slack (`SlackMessenger`) or the file outbox
+    (`FileMessenger`)."""
+
     sink: str
 
     def post(
@@ -62,10 +66,26 @@ class Messenger(Protocol):
         metadata: dict[str, Any],
         thread_ts: str | None = None,
         broadcast: bool = False,
-    ) -> tuple[str, str]: ...
+    ) -> tuple[str, str]:
+        """Post a notice carrying `metadata` (a reply in `thread_ts`, `broadcast` to the channel
+        too); its (channel, ts)."""
+        message = {
+            "channel": channel,
+            "text": text,
+            "blocks": blocks,
+            "thread_ts": thread_ts,
+            "metadata": {"event_type": METADATA_EVENT, "event_payload": metadata},
+        }
+        return self._post(message, broadcast)
 
+    @abstractmethod
+    def _post(self, message: dict[str, Any], broadcast: bool) -> tuple[str, str]:
+        """Post `message` (channel, text, blocks, thread_ts and metadata, as `post` built it)."""
+
+    @abstractmethod
     def update(self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]]) -> None: ...
 
+    @abstractmethod
     def notices(self, channel: str, oldest: float) -> list[dict[str, Any]]: ...
 
 
@@ -85,7 +105,7 @@ def _failed(what: str, exc: SlackClientError) -> NoticeFailed:
     )
 
 
-class SlackMessenger:
+class SlackMessenger(Messenger):
     sink = "slack"
 
     def __init__(self, target: SlackEscalationTarget) -> None:
@@ -110,25 +130,14 @@ class SlackMessenger:
                 reason=type(exc).__name__,
             ) from None
 
-    def post(
-        self,
-        channel: str,
-        text: str,
-        blocks: list[dict[str, Any]],
-        metadata: dict[str, Any],
-        thread_ts: str | None = None,
-        broadcast: bool = False,
-    ) -> tuple[str, str]:
+    def _post(self, message: dict[str, Any], broadcast: bool) -> tuple[str, str]:
+        channel, thread_ts = message["channel"], message["thread_ts"]
         try:
             response = self._call(
                 f"a notice to {channel}",
                 self.client.chat_postMessage,
-                channel=channel,
-                text=text,
-                blocks=blocks,
-                thread_ts=thread_ts,
+                **message,
                 reply_broadcast=broadcast if thread_ts else None,
-                metadata={"event_type": METADATA_EVENT, "event_payload": metadata},
                 unfurl_links=False,
             )
         except NoticeFailed as exc:
@@ -136,11 +145,37 @@ class SlackMessenger:
             # retry (ours or the next run's) never posts it twice.
             if exc.permanent:
                 raise
-            found = self.find(channel, str(metadata.get("key", "")), thread_ts)
+            key = message["metadata"]["event_payload"].get("key", "")
+            found = self.find(channel, str(key), thread_ts)
             if found is None:
                 raise
             return channel, found
         return str(response["channel"]), str(response["ts"])
+
+    def _history(self, channel: str, oldest: float) -> list[dict[str, Any]]:
+        """The messages of `channel` since `oldest` (unix s, at most 200), with their metadata."""
+        history = self._call(
+            f"reading {channel}",
+            self.client.conversations_history,
+            channel=channel,
+            oldest=str(oldest),
+            limit=200,
+            include_all_metadata=True,
+        )
+        messages: list[dict[str, Any]] = history.get("messages", [])
+        return messages
+
+    def _replies(self, channel: str, ts: str) -> list[dict[str, Any]]:
+        """The thread of `ts` in `channel` (the parent first), with their metadata."""
+        replies = self._call(
+            f"reading a thread in {channel}",
+            self.client.conversations_replies,
+            channel=channel,
+            ts=ts,
+            include_all_metadata=True,
+        )
+        messages: list[dict[str, Any]] = replies.get("messages", [])
+        return messages
 
     def find(self, channel: str, key: str, thread_ts: str | None) -> str | None:
         """The ts of the notice with idempotency `key` in `channel` (last hour), if any."""
@@ -148,24 +183,9 @@ class SlackMessenger:
             return None
         try:
             if thread_ts:
-                replies = self._call(
-                    f"reading a thread in {channel}",
-                    self.client.conversations_replies,
-                    channel=channel,
-                    ts=thread_ts,
-                    include_all_metadata=True,
-                )
-                messages = replies.get("messages", [])
+                messages = self._replies(channel, thread_ts)
             else:
-                history = self._call(
-                    f"reading {channel}",
-                    self.client.conversations_history,
-                    channel=channel,
-                    oldest=str(time.time() - 3600),
-                    limit=200,
-                    include_all_metadata=True,
-                )
-                messages = history.get("messages", [])
+                messages = self._history(channel, time.time() - 3600)
         except NoticeFailed:
             return None
         for message in messages:
@@ -186,26 +206,11 @@ class SlackMessenger:
 
     def notices(self, channel: str, oldest: float) -> list[dict[str, Any]]:
         """perfops notice payloads in `channel` since `oldest` (unix s), threads included."""
-        history = self._call(
-            f"reading {channel}",
-            self.client.conversations_history,
-            channel=channel,
-            oldest=str(oldest),
-            limit=200,
-            include_all_metadata=True,
-        )
         found: list[dict[str, Any]] = []
-        for message in history.get("messages", []):
+        for message in self._history(channel, oldest):
             if _payload(message) is None:
                 continue
-            replies = self._call(
-                f"reading a thread in {channel}",
-                self.client.conversations_replies,
-                channel=channel,
-                ts=message["ts"],
-                include_all_metadata=True,
-            )
-            for item in replies.get("messages", []):
+            for item in self._replies(channel, message["ts"]):
                 payload = _payload(item)
                 if payload is not None:
                     top = item.get("thread_ts") in (None, item["ts"])
@@ -221,7 +226,7 @@ def _payload(message: dict[str, Any]) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) else None
 
 
-class FileMessenger:
+class FileMessenger(Messenger):
     """The file outbox (`out/slack/messages.jsonl`) with the same operations."""
 
     sink = "file"
@@ -229,28 +234,10 @@ class FileMessenger:
     def __init__(self, outbox: FileOutbox) -> None:
         self.outbox = outbox
 
-    def post(
-        self,
-        channel: str,
-        text: str,
-        blocks: list[dict[str, Any]],
-        metadata: dict[str, Any],
-        thread_ts: str | None = None,
-        broadcast: bool = False,
-    ) -> tuple[str, str]:
-        ts = write_slack_notice(
-            self.outbox,
-            {
-                "action": "post",
-                "ts": f"{time.time():.6f}",
-                "channel": channel,
-                "text": text,
-                "blocks": blocks,
-                "thread_ts": thread_ts,
-                "metadata": {"event_type": METADATA_EVENT, "event_payload": metadata},
-            },
-        )
-        return channel, ts
+    def _post(self, message: dict[str, Any], broadcast: bool) -> tuple[str, str]:
+        """Append the post to the outbox (`broadcast` means nothing there)."""
+        record = {"action": "post", "ts": f"{time.time():.6f}", **message}
+        return message["channel"], write_slack_notice(self.outbox, record)
 
     def update(self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]]) -> None:
         write_slack_notice(

@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-PERFOPS = [sys.executable, "-m", "cli"]
+from tests.command import run_perfops
 
 
 def _run(
     *args: str, env: dict[str, str] | None = None, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PERFOPS_")}
-    return subprocess.run(
-        [*PERFOPS, *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**base, **(env or {})},
-        timeout=timeout,
-        check=False,
-    )
+    return run_perfops(*args, env=env, timeout=timeout)
 
 
 def test_help_lists_every_command() -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,28 +13,19 @@ import psycopg
 import pytest
 
 from demo.embedded_postgres import ensure_private_cluster, stop_private_cluster
+from tests.command import run_perfops
 from tests.conftest import ADMIN_DSN
 from tests.servers import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_runs_to_the_end_and_is_fast_the_second_time(
     prefect_api_url: str, tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PERFOPS_")}
-    env.update({"PREFECT_API_URL": prefect_api_url, "PERFOPS_DEMO_DSN": ADMIN_DSN})
+    env = {"PREFECT_API_URL": prefect_api_url, "PERFOPS_DEMO_DSN": ADMIN_DSN}
     runs = []
     for _ in range(2):
-        result = subprocess.run(
-            [sys.executable, "-m", "cli", "demo", "--json", "--out", str(tmp_path / "out")],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
+        out = str(tmp_path / "out")
+        result = run_perfops("demo", "--json", "--out", out, env=env, timeout=600)
         assert result.returncode == 0, result.stderr
         runs.append(json.loads(result.stdout))
     first, second = runs

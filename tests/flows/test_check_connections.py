@@ -11,12 +11,11 @@ import boto3
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-from prefect.events import Event
-from prefect.events.filters import EventFilter, EventNameFilter
 from pydantic import SecretStr
 
 from blocks import PostgresTarget
 from flows.check_connections import ARTIFACT_KEY, ConnectionsUnreachable, check_connections
+from tests.records import artifact_rows, wait_for_event
 from tests.servers import DEFAULT_TOKEN, MotoServer, PrometheusServer, SlackStandIn, SmtpServer
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -48,18 +47,6 @@ def all_real(
     yield
 
 
-def _wait_for_event(name: str, timeout_s: float = 20.0) -> Event:
-    """The newest event called `name` (events reach the server asynchronously)."""
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            page = client.read_events(EventFilter(event=EventNameFilter(name=[name])), limit=10)
-            if page.events:
-                return max(page.events, key=lambda e: e.occurred)
-            time.sleep(0.5)
-    raise AssertionError(f"no {name} event within {timeout_s} s")
-
-
 def _wait_for_logs(flow_run_id: UUID | None, containing: str, timeout_s: float = 20.0) -> str:
     """Every log line of a flow run stored by the API (logs are shipped in batches)."""
     assert flow_run_id is not None
@@ -73,15 +60,6 @@ def _wait_for_logs(flow_run_id: UUID | None, containing: str, timeout_s: float =
                 return text
             time.sleep(0.5)
     raise AssertionError(f"no log line with {containing!r} within {timeout_s} s: {text[:500]}")
-
-
-def _artifact_rows() -> list[dict[str, str]]:
-    with get_client(sync_client=True) as client:
-        artifact = client.read_latest_artifacts()
-        latest = [a for a in artifact if a.key == ARTIFACT_KEY]
-    assert latest, "no perfops-connections artifact"
-    data = latest[0].data
-    return json.loads(data) if isinstance(data, str) else data  # type: ignore[return-value]
 
 
 @pytest.mark.usefixtures("all_real")
@@ -101,7 +79,7 @@ def test_every_real_system_is_reached(slack: SlackStandIn) -> None:
     assert checks["metrics"].version.startswith("2.")
     assert "SHA-256 verified" in checks["archive"].detail
     assert [r.method for r in slack.requests] == ["auth.test"]
-    rows = _artifact_rows()
+    rows = artifact_rows(ARTIFACT_KEY)
     assert [r["system"] for r in rows] == [
         "postgres",
         "metrics",
@@ -111,7 +89,7 @@ def test_every_real_system_is_reached(slack: SlackStandIn) -> None:
         "email",
     ]
     assert {r["status"] for r in rows} == {"ok"}
-    event = _wait_for_event("perfops.connections.checked")
+    event = wait_for_event("perfops.connections.checked")
     assert event.resource.id == "blocks.resolve"
     assert event.payload["statuses"] == {s: "ok" for s in checks}
 
@@ -160,7 +138,7 @@ def test_unreachable_system_fails_the_run_without_leaking_the_password(
     assert isinstance(error, ConnectionsUnreachable)
     [pg] = [c for c in error.checks if c.system == "postgres"]
     assert pg.status == "unreachable" and "127.0.0.1:1" in pg.detail
-    rows = _artifact_rows()
+    rows = artifact_rows(ARTIFACT_KEY)
     assert rows[0]["status"] == "unreachable"
     assert secret not in json.dumps(rows)
     assert secret not in (state.message or "")

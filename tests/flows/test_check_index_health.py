@@ -7,13 +7,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import psycopg
 import pytest
 import typer
-from prefect.client.orchestration import get_client
-from prefect.events.filters import EventFilter, EventNameFilter
 from psycopg import sql
 
 from blocks import PostgresTarget
@@ -22,6 +19,7 @@ from decisions.index_health import IndexFinding, IndexHealthSettings
 from flows.check_index_health import ARTIFACT_KEY, IndexHealthReport, check_index_health
 from tasks.postgres.index_changes import drop_indexes, lock_name
 from tasks.postgres.server import advisory_lock, connect
+from tests.records import artifact_rows, wait_for_event
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -125,26 +123,6 @@ def _wait_for_scans(dsn: str, index: str, timeout_s: float = 10.0) -> None:
     raise AssertionError(f"no scans of {index} recorded within {timeout_s} s")
 
 
-def _artifact_rows() -> list[dict[str, str]]:
-    with get_client(sync_client=True) as client:
-        latest = [a for a in client.read_latest_artifacts() if a.key == ARTIFACT_KEY]
-    assert latest, f"no {ARTIFACT_KEY} artifact"
-    data = latest[0].data
-    return json.loads(data) if isinstance(data, str) else data  # type: ignore[return-value]
-
-
-def _wait_for_event(event: str, key: str, value: object, timeout_s: float = 20.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            page = client.read_events(EventFilter(event=EventNameFilter(name=[event])), limit=20)
-            for e in sorted(page.events, key=lambda e: e.occurred, reverse=True):
-                if e.payload.get(key) == value:
-                    return dict(e.payload)
-            time.sleep(0.5)
-    raise AssertionError(f"no {event} event with {key}={value!r} within {timeout_s} s")
-
-
 def _findings(report: IndexHealthReport) -> dict[str, IndexFinding]:
     return {f.index_name: f for f in report.findings}
 
@@ -181,14 +159,17 @@ def test_findings_say_what_each_wastes_and_why_and_nothing_changes(health_db: st
     assert (d.name, d.status) == ('"Health Q"."i""; DROP INDEX y; --"', "would drop")
     assert not report.applied
 
-    rows = {r["index"]: r for r in _artifact_rows()}
+    rows = {r["index"]: r for r in artifact_rows(ARTIFACT_KEY)}
     assert rows['"Health Q".agents_name_idx']["action"] == (
         'report only (to drop: --apply --drop "Health Q".agents_name_idx)'
     )
     assert rows['"Health Q"."i""; DROP INDEX y; --"']["action"] == (
         "would drop (dry run: add --apply)"
     )
-    payload = _wait_for_event("perfops.indexes.health_checked", "wasted_bytes", report.wasted_bytes)
+    payload = wait_for_event(
+        "perfops.indexes.health_checked",
+        where=lambda e: e.payload.get("wasted_bytes") == report.wasted_bytes,
+    ).payload
     assert payload["findings"] == {"covered": 1, "duplicate": 2, "unused": 2, "invalid": 1}
     assert payload["applied"] is False
 
@@ -215,7 +196,9 @@ def test_apply_drops_exactly_the_named_index_concurrently_and_reruns_cleanly(
             )
         ]
     assert statements == ['drop index concurrently if exists "Health Q"."i""; DROP INDEX y; --"']
-    payload = _wait_for_event("perfops.indexes.dropped", "freed_bytes", d.size_bytes)
+    payload = wait_for_event(
+        "perfops.indexes.dropped", where=lambda e: e.payload.get("freed_bytes") == d.size_bytes
+    ).payload
     assert [i["index"] for i in payload["indexes"]] == ['"Health Q"."i""; DROP INDEX y; --"']
 
     again = check_index_health(settings=SETTINGS, apply=True, drop=[requested])
@@ -274,7 +257,7 @@ def test_a_locked_table_is_skipped_after_lock_timeout_and_the_run_goes_on(health
     assert got['"Health Q".locked_idx'].reason.startswith("not checked: table locked")
     assert got['"Health Q".agents_name_idx'].status == "dropped"
     assert '"Health Q".locked_idx' in indexes(health_db)
-    rows = [r for r in _artifact_rows() if r["kind"] == "not checked"]
+    rows = [r for r in artifact_rows(ARTIFACT_KEY) if r["kind"] == "not checked"]
     assert rows and rows[0]["table"] == '"Health Q".locked_t'
 
 

@@ -11,8 +11,6 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 import typer
-from prefect.client.orchestration import get_client
-from prefect.events.filters import EventFilter, EventNameFilter
 from psycopg import sql
 from pydantic import SecretStr
 
@@ -22,6 +20,7 @@ from decisions.slow_queries import SlowQuerySettings, SlowStatement
 from flows.find_slow_queries import ARTIFACT_KEY, SlowQueryReport, find_slow_queries
 from perfops.errors import MissingPrerequisite
 from tasks.postgres.statements import explain_statements
+from tests.records import artifact_rows, wait_for_event
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -83,26 +82,6 @@ def _ours(report: SlowQueryReport) -> dict[str, SlowStatement]:
     return found
 
 
-def _artifact_rows() -> list[dict[str, str]]:
-    with get_client(sync_client=True) as client:
-        latest = [a for a in client.read_latest_artifacts() if a.key == ARTIFACT_KEY]
-    assert latest, f"no {ARTIFACT_KEY} artifact"
-    data = latest[0].data
-    return json.loads(data) if isinstance(data, str) else data  # type: ignore[return-value]
-
-
-def _wait_for_event(name: str, queryid: str, timeout_s: float = 20.0) -> dict[str, object]:
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            page = client.read_events(EventFilter(event=EventNameFilter(name=[name])), limit=20)
-            for event in sorted(page.events, key=lambda e: e.occurred, reverse=True):
-                if queryid in event.payload.get("queryids", []):
-                    return dict(event.payload)
-            time.sleep(0.5)
-    raise AssertionError(f"no {name} event naming {queryid} within {timeout_s} s")
-
-
 def test_slow_statements_are_listed_with_why_figures_and_plans(env_dsn: str) -> None:
     settings = SlowQuerySettings(
         threshold_ms=THRESHOLD_MS, top=0, explain=True, explain_lock_timeout_ms=200
@@ -142,12 +121,15 @@ def test_slow_statements_are_listed_with_why_figures_and_plans(env_dsn: str) -> 
     with psycopg.connect(env_dsn) as conn:  # the hostile name was never executed as SQL
         assert conn.execute(sql.SQL("select count(*) from {}").format(q(SCHEMA, "y"))).fetchone()
 
-    rows = {r["queryid"]: r for r in _artifact_rows()}
+    rows = {r["queryid"]: r for r in artifact_rows(ARTIFACT_KEY)}
     row = rows[str(hostile.queryid)]
     assert row["why"] == hostile.why and row["calls"] == 3
     assert row["plan"].startswith("cost ")
     assert rows[str(ours["locked_t"].queryid)]["plan"].startswith("skipped: a table it uses")
-    payload = _wait_for_event("perfops.queries.slow_found", str(hostile.queryid))
+    queryid = str(hostile.queryid)
+    payload = wait_for_event(
+        "perfops.queries.slow_found", where=lambda e: queryid in e.payload.get("queryids", [])
+    ).payload
     assert payload["threshold_ms"] == THRESHOLD_MS
     assert payload["over_threshold"] == report.over_threshold >= 4
 

@@ -33,6 +33,7 @@ from prefect.events import emit_event
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 
 from blocks import PrometheusSource
+from decisions.report_rendering import ReportResult
 from decisions.reporting import ReportWeek, last_complete_week
 from demo.embedded_prometheus import merge_series
 from demo.sample_metrics import (
@@ -44,7 +45,6 @@ from demo.sample_metrics import (
 from flows.generate_weekly_report import (
     ARTIFACT_KEY,
     ReportDeliveryFailed,
-    ReportResult,
     generate_weekly_report,
 )
 from tests.servers import MetricSeries, MotoServer, PrometheusServer, SmtpServer, free_port

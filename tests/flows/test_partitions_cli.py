@@ -5,9 +5,7 @@ a folder archive and a restore from it, against the real PostgreSQL and a Prefec
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,23 +14,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.command import run_perfops
 from tests.flows.test_rotate_partitions import ROWS_PER_MONTH, make_audit_logs
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 AT = "2026-11-15T12:00:00+00:00"
 
 
 def perfops(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PERFOPS_")}
-    return subprocess.run(
-        [sys.executable, "-m", "cli", "partitions", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**base, **(env or {})},
-        timeout=180,
-        check=False,
-    )
+    return run_perfops("partitions", *args, env=env)
 
 
 @pytest.fixture()

@@ -11,21 +11,15 @@ makes a session publish them (pg_stat_force_next_flush, PostgreSQL 15+) before t
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.events import Event
-from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 from psycopg import sql
 
 from blocks import PostgresTarget
@@ -39,10 +33,11 @@ from perfops import progress
 from perfops.errors import LockBusy
 from tasks.postgres.server import lock_key
 from tasks.postgres.tables import LOCK_NAME, analyze_tables, statement_for
+from tests.command import run_perfops
+from tests.records import artifact_rows, wait_for_event
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-ROOT = Path(__file__).resolve().parents[2]
 ROWS = 1_000
 
 
@@ -125,31 +120,6 @@ def outcomes(report: StatisticsReport) -> dict[str, tuple[str, str]]:
     return {t.table_name: (t.result, t.reason) for t in report.tables}
 
 
-def wait_for_event(name: str, since: datetime, timeout_s: float = 20.0) -> Event:
-    """The newest `name` event since `since` (events reach the server asynchronously)."""
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            page = client.read_events(
-                EventFilter(
-                    event=EventNameFilter(name=[name]), occurred=EventOccurredFilter(since=since)
-                ),
-                limit=10,
-            )
-            if page.events:
-                return max(page.events, key=lambda e: e.occurred)
-            time.sleep(0.3)
-    raise AssertionError(f"no {name} event within {timeout_s} s")
-
-
-def artifact_rows() -> list[dict[str, Any]]:
-    with get_client(sync_client=True) as client:
-        latest = [a for a in client.read_latest_artifacts() if a.key == ARTIFACT_KEY]
-    assert latest, f"no {ARTIFACT_KEY} artifact"
-    data = latest[0].data
-    return json.loads(data) if isinstance(data, str) else data  # type: ignore[return-value]
-
-
 def test_analyzes_exactly_the_stale_and_never_analyzed_tables(
     db: psycopg.Connection[Any], schema: str
 ) -> None:
@@ -176,10 +146,10 @@ def test_analyzes_exactly_the_stale_and_never_analyzed_tables(
     after = analyze_counts(db, schema)
     assert {t for t in after if after[t] > before.get(t, 0)} == {"stale", "new"}
     # the record: an artifact row per table, and the event with its counts
-    rows = {r["table"]: r for r in artifact_rows()}
+    rows = {r["table"]: r for r in artifact_rows(ARTIFACT_KEY)}
     assert rows[f"{schema}.stale"]["result"] == "analyzed"
     assert rows[f"{schema}.fresh"]["reason"] == "fresh: 2.0% < 10%"
-    event = wait_for_event("perfops.stats.refreshed", since)
+    event = wait_for_event("perfops.stats.refreshed", since=since)
     assert event.resource.id == f"perfops.postgres.127.0.0.1:5432/{db.info.dbname}"
     assert event.resource["perfops.database"] == db.info.dbname
     assert event.resource["perfops.outcome"] == "complete"
@@ -371,16 +341,7 @@ def test_timeouts_and_dropped_tables_become_results_not_exceptions(
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PERFOPS_")}
-    return subprocess.run(
-        [sys.executable, "-m", "cli", "stats", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**base, **env},
-        timeout=180,
-        check=False,
-    )
+    return run_perfops("stats", *args, env=env)
 
 
 def test_cli_dry_run_json_and_human_output(

@@ -24,16 +24,13 @@ from prefect.filesystems import LocalFileSystem
 from psycopg import sql
 
 from blocks import PostgresTarget
+from blocks.resolve import resolve_archive_store
+from decisions.partition_rotation import Expiring, RotationReport, RotationSettings, Timeouts
 from decisions.partitioning import HashPolicy, PartitionPolicy, PlannedPartition
-from flows.rotate_partitions import (
-    RotationReport,
-    RotationSettings,
-    resolve_archive_store,
-    rotate_partitions,
-)
+from flows.rotate_partitions import rotate_partitions
 from perfops.errors import ConfigurationError
 from tasks.partition_archives import ArchiveSource, Manifest, archive_keys, archive_partition
-from tasks.postgres.partition_changes import Expiring, detach_partitions
+from tasks.postgres.partition_changes import detach_partitions
 from tests.servers import MotoServer
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -185,16 +182,18 @@ def children(dsn: str, schema: str) -> list[str]:
 
 @pytest.fixture()
 def emitted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
-    import flows.rotate_partitions as module
+    import flows.rotate_partitions
+    import tasks.partition_retirement
 
     calls: list[tuple[str, dict[str, Any]]] = []
-    real_emit = module.emit
+    real_emit = flows.rotate_partitions.emit
 
     def record(event: str, resource_id: str, payload: dict[str, Any], **labels: str) -> None:
         calls.append((event, payload))
         real_emit(event, resource_id, payload, **labels)
 
-    monkeypatch.setattr(module, "emit", record)
+    for module in (flows.rotate_partitions, tasks.partition_retirement):  # where events are sent
+        monkeypatch.setattr(module, "emit", record)
     return calls
 
 
@@ -330,7 +329,7 @@ def test_rows_arriving_in_the_default_after_the_check_are_still_rescued(
                 reason="test",
             )
         ],
-        changes.Timeouts(lock_timeout_ms=1_000),
+        Timeouts(lock_timeout_ms=1_000),
     )
     assert (created.status, created.moved_rows) == ("created", 4)
     with psycopg.connect(pg_dsn) as conn:
@@ -437,7 +436,7 @@ def test_s3_down_drops_nothing_then_next_run_completes(
 
     monkeypatch.setenv("PERFOPS_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setattr(
-        "flows.rotate_partitions.BOTO_RETRY_CONFIG",
+        "blocks.resolve.BOTO_RETRY_CONFIG",
         {"retries": {"mode": "standard", "max_attempts": 1}, "connect_timeout": 1},
     )
     pol = policy(schema, f"s3://{bucket}/archive")

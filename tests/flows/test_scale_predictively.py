@@ -16,7 +16,8 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFil
 
 from blocks import RedisTarget
 from decisions.scaling_policy import ScalingPolicy
-from flows.scale_predictively import LoadQuery, scale_predictively
+from decisions.scaling_report import LoadQuery
+from flows.scale_predictively import scale_predictively
 from perfops.errors import ConfigurationError, ConnectionFailed
 from tasks.autoscaling import AutoScalingTarget
 from tasks.scaling_state import group_lock, read_history

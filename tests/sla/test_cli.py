@@ -5,27 +5,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
+from tests.command import ROOT, run_perfops
 from tests.conftest import REDIS_TEST_URL
 from tests.servers import PrometheusServer
 from tests.sla.conftest import OUTAGE
 from tests.sla.helpers import DEFINITIONS
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def perfops(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_perfops(*args, keep_perfops_env=True, timeout=120)
 
 
 def test_malformed_definitions_name_line_and_field(tmp_path: Path) -> None:
@@ -56,9 +47,6 @@ def test_evaluate_command_replays_a_minute(
     definitions = tmp_path / "slos.yaml"
     definitions.write_text(DEFINITIONS)
     args = [
-        sys.executable,
-        "-m",
-        "cli",
         "sla",
         "evaluate",
         "--definitions",
@@ -70,28 +58,12 @@ def test_evaluate_command_replays_a_minute(
         "--no-notify",
     ]
     before = (OUTAGE.start - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M")
-    result = subprocess.run(
-        [*args, "--at", before, "--json"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    result = run_perfops(*args, "--at", before, "--json", env=env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert {s["name"]: s["status"] for s in report["statuses"]}["availability"] == "ok"
     during = (OUTAGE.start + timedelta(minutes=4)).strftime("%Y-%m-%dT%H:%M")
-    result = subprocess.run(
-        [*args, "--at", during],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    result = run_perfops(*args, "--at", during, env=env)
     assert result.returncode == 1
     assert "firing      availability" in result.stdout
     assert "alerts firing: availability/page-fast" in result.stderr

@@ -3,20 +3,17 @@ stand-in; PromQL errors and an unreachable Prometheus are "no data", never "ok".
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from prefect import get_client
-from prefect.events import Event
-from prefect.events.filters import EventFilter, EventNameFilter
 
 from blocks import PrometheusSource, RedisTarget
 from decisions.burn_rate import evaluate
 from perfops.errors import ConfigurationError
 from tasks.prometheus.slis import fetch_measurements
 from tests.conftest import REDIS_TEST_URL
+from tests.records import wait_for_events
 from tests.servers import PrometheusServer, SlackStandIn
 from tests.servers.slack import DEFAULT_TOKEN
 from tests.sla.conftest import OUTAGE, REGRESSION
@@ -119,7 +116,7 @@ def test_flows_notify_escalate_ack_and_resolve(
         acknowledge_alert(alert="error-rate-critical/threshold", definitions_path=str(sla_env))
 
     # The records the weekly report and the automations read.
-    breached = _events("perfops.sla.breached", 3)
+    breached = wait_for_events("perfops.sla.breached", at_least=3)
     assert {e.payload["alert"] for e in breached} >= {
         "availability/page-fast",
         "error-rate-critical/threshold",
@@ -129,22 +126,10 @@ def test_flows_notify_escalate_ack_and_resolve(
             e.payload
         )
     assert {e.resource.id for e in breached} >= {"perfops.sla.slo.availability"}
-    escalated_events = _events("perfops.sla.escalated", 1)
+    escalated_events = wait_for_events("perfops.sla.escalated", at_least=1)
     assert all(e.payload["level"] == 2 for e in escalated_events)
-    assert _events("perfops.sla.resolved", 1)[0].payload["slo"] == "error-rate"
-    evaluated = _events("perfops.sla.evaluated", 4)
+    assert wait_for_events("perfops.sla.resolved", at_least=1)[0].payload["slo"] == "error-rate"
+    evaluated = wait_for_events("perfops.sla.evaluated", at_least=4)
     slo = next(x for x in evaluated[0].payload["slos"] if x["name"] == "availability")
     assert {"name", "objective", "window", "sli", "budget_remaining", "burn_rates"} <= set(slo)
     assert "alerts_firing" in evaluated[0].payload
-
-
-def _events(name: str, at_least: int, timeout_s: float = 20.0) -> list[Event]:
-    """Events called `name` (they reach the server asynchronously)."""
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while True:
-            page = client.read_events(EventFilter(event=EventNameFilter(name=[name])), limit=50)
-            if len(page.events) >= at_least or time.monotonic() > deadline:
-                assert len(page.events) >= at_least, f"{len(page.events)} {name} events"
-                return list(page.events)
-            time.sleep(0.5)

@@ -19,6 +19,7 @@ from prefect.filesystems import LocalFileSystem
 from psycopg import sql
 
 from blocks import PostgresTarget
+from decisions.partition_rotation import Expiring, ToDrop
 from decisions.partitioning import PlannedPartition
 from perfops.errors import ChecksumMismatch, ConfigurationError, LockBusy
 from tasks.partition_archives import (
@@ -35,8 +36,6 @@ from tasks.partition_archives import (
     verify_archive,
 )
 from tasks.postgres.partition_changes import (
-    Expiring,
-    ToDrop,
     create_partitions,
     detach_partitions,
     drop_detached_tables,

@@ -1,0 +1,126 @@
+"""A predictive scaling run's report: which load history it reads (`LoadQuery`), what it decided
+and did (`ScalingRun`), its entry in the group's history, its artifact rows and the events it
+emits. Pure: no Prefect, no I/O (`flows/scale_predictively.py` wires the steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, Field
+
+DEFAULT_PROMQL = "sum(rate(http_requests_total[5m]))"
+EVENT_DECIDED = "perfops.scaling.decided"
+EVENT_APPLIED = "perfops.scaling.applied"
+
+
+class LoadQuery(BaseModel):
+    """Which load history to read."""
+
+    promql: str = Field(DEFAULT_PROMQL, description="PromQL of the load (e.g. request rate).")
+    lookback: timedelta = Field(timedelta(days=35), description="History read for a decision.")
+    step: timedelta = Field(timedelta(minutes=5), description="Resolution of the history.")
+    max_gap: timedelta = Field(timedelta(minutes=30), description="Longer gaps: no decision.")
+    until: datetime | None = Field(None, description="CSV trace only: replay up to this time.")
+
+
+@dataclass
+class ScalingRun:
+    """What one run decided and did."""
+
+    group: str
+    mode: str
+    dry_run: bool
+    current: int
+    desired: int
+    action: str
+    reason: str
+    applied: bool = False
+    skipped: bool = False
+    load: float | None = None
+    forecast_peak: float | None = None
+    forecast: list[float] = field(default_factory=list)
+    demands: dict[str, int] = field(default_factory=dict)
+    chart: str | None = None
+    source: str = ""
+
+    @property
+    def summary(self) -> str:
+        verb = "set" if self.applied else "would set" if self.desired != self.current else "keep"
+        return f"{self.group}: {verb} {self.desired} (from {self.current}): {self.reason}"
+
+
+def as_dict(run: ScalingRun) -> dict[str, Any]:
+    return asdict(run) | {"summary": run.summary}
+
+
+def history_record(run: ScalingRun, at: datetime) -> dict[str, Any]:
+    """The run as the group's decision history (Redis) keeps it."""
+    return {
+        "at": at.isoformat(),
+        "group": run.group,
+        "mode": run.mode,
+        "dry_run": run.dry_run,
+        "current": run.current,
+        "desired": run.desired,
+        "applied": run.applied,
+        "reason": run.reason,
+        "load": run.load,
+        "forecast_peak": run.forecast_peak,
+    }
+
+
+def _points(kind: str, values: pd.Series) -> list[dict[str, Any]]:
+    return [
+        {"time": str(t), "kind": kind, "value": round(float(v), 3), "note": ""}
+        for t, v in values.items()
+    ]
+
+
+def artifact_rows(
+    run: ScalingRun, load: pd.Series | None = None, upper: pd.Series | None = None
+) -> list[dict[str, Any]]:
+    """The table artifact: the last six points of the load history, the forecast's upper bound,
+    each demand, then the decision and its reason."""
+    rows: list[dict[str, Any]] = []
+    if load is not None:
+        rows += _points("history", load.iloc[-6:])
+    if upper is not None:
+        rows += _points("forecast (upper)", upper)
+    for name, n in run.demands.items():
+        rows.append({"time": "", "kind": f"demand: {name}", "value": n, "note": ""})
+    rows.append(
+        {
+            "time": "",
+            "kind": "decision",
+            "value": run.desired,
+            "note": f"{run.action} from {run.current}: {run.reason}"
+            + (" (dry run)" if run.dry_run else ""),
+        }
+    )
+    return rows
+
+
+def scaling_events(run: ScalingRun) -> list[tuple[str, str, dict[str, Any]]]:
+    """The events a run ends with, as (event name, resource, payload): always
+    `perfops.scaling.decided`; `perfops.scaling.applied` when capacity changed."""
+    resource = f"perfops.scaling.group.{run.group}"
+    decided = {
+        "group": run.group,
+        "mode": run.mode,
+        "current": run.current,
+        "desired": run.desired,
+        "reason": run.reason,
+        "load": run.load,
+        "forecast_peak": run.forecast_peak,
+        "dry_run": run.dry_run,
+        "action": run.action,
+    }
+    events = [(EVENT_DECIDED, resource, decided)]
+    if run.applied:
+        applied = {"group": run.group, "from": run.current, "to": run.desired, "reason": run.reason}
+        events.append((EVENT_APPLIED, resource, applied))
+    return events

@@ -1,0 +1,205 @@
+"""Retire a range-partitioned table's expired partitions: detach them, archive each to Parquet
+with a verified manifest (or reuse a verified archive a crashed run finished), and only then drop
+them, count-checked. Each step is its own task (`detach_partitions`, `archive_partition` /
+`verify_archive`, `drop_detached_tables`); this module runs them in order for one table, records
+each outcome (`decisions.partition_rotation`) and emits `perfops.partitions.detached`,
+`.archived` and `.dropped` as each happens.
+
+A partition whose archive store cannot be used, or whose archive fails, is never dropped: it stays
+detached, the outcome says why, and the next run finishes it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from prefect import get_run_logger
+
+from blocks.resolve import ArchiveStore, resolve_archive_store
+from decisions.partition_rotation import (
+    EVENT,
+    Detached,
+    Dropped,
+    ExpiredTable,
+    Expiring,
+    ExpiryOutcome,
+    RotationSettings,
+    TableRotation,
+    ToDrop,
+    record_detaches,
+    record_drops,
+    record_failure,
+)
+from decisions.partitioning import PartitionPolicy
+from perfops import progress
+from perfops.errors import PerfopsError
+from perfops.priority import lower_thread_priority
+from perfops.redaction import one_line
+from tasks.partition_archives import ArchiveError, ArchiveSource, ensure_archive
+from tasks.postgres.partition_changes import detach_partitions, drop_detached_tables
+from tasks.records import emit
+
+
+def retire_expired(
+    target: Any,
+    policy: PartitionPolicy,
+    key_column: str,
+    retiring: list[ExpiredTable],
+    settings: RotationSettings,
+    workdir: Path,
+    result: TableRotation,
+) -> None:
+    """Detach, archive and drop `retiring` (this run's expired partitions and tables an earlier
+    run left detached) by the policy's `expired_action`, recording every outcome in `result`."""
+    logger = get_run_logger()
+    schema_name, table_name = policy.schema_name, policy.table_name
+    resource = f"{target.resource_id()}/{policy.table}"
+    timeouts = settings.timeouts
+    # The archive store first: a policy whose archive cannot be used archives and drops nothing.
+    store: ArchiveStore | None = None
+    store_error: str | None = None
+    if policy.expired_action == "archive_then_drop" and retiring:
+        assert policy.archive is not None
+        try:
+            store = resolve_archive_store(policy.archive).value
+        except (PerfopsError, ValueError) as exc:
+            store_error = f"archive {policy.archive} unusable: {one_line(exc)}"
+    to_detach = [
+        Expiring(name=t.name, lower=t.lower, upper=t.upper) for t in retiring if t.attached
+    ]
+    detached: dict[str, Detached] = {}
+    if to_detach:
+        progress.report(f"{policy.table}: detaching {len(to_detach)} expired partitions", 0, 1)
+        try:
+            done = detach_partitions(target, schema_name, table_name, to_detach, timeouts)
+        except (PerfopsError, psycopg.Error) as exc:  # the session itself: nothing was detached
+            error = one_line(exc, empty="failed")
+            done = [Detached(name=e.name, error=error) for e in to_detach]
+        detached = {d.name: d for d in done}
+    ready = record_detaches(result, policy, retiring, detached, settings.lock_timeout_ms)
+    for outcome in result.expired:
+        if outcome.status == "failed":
+            logger.warning("detaching %s failed: %s", outcome.partition, outcome.detail)
+        elif outcome.detach_mode is not None:
+            payload = {"table": policy.table, "partition": outcome.partition}
+            emit(EVENT + "detached", resource, {**payload, "mode": outcome.detach_mode})
+
+    # 3. Archive each detached table (verified), a few at a time at a lower CPU priority.
+    archived = [0]
+    archived_lock = threading.Lock()
+
+    def archive(outcome: ExpiryOutcome, table: ExpiredTable) -> None:
+        started = time.monotonic()
+        try:
+            if store is None:
+                raise ArchiveError(store_error or "no archive store")
+            source = ArchiveSource(
+                schema_name=schema_name,
+                parent=table_name,
+                partition=table.name,
+                key_column=key_column,
+                lower=table.lower,
+                upper=table.upper,
+                timezone=policy.timezone,
+            )
+            record = ensure_archive(
+                target, store, source, settings, str(workdir), fresh=table.attached
+            )
+        except (PerfopsError, psycopg.Error, OSError) as exc:
+            record_failure(result, outcome, one_line(exc, empty="failed"))
+            logger.warning("expiring %s failed: %s", table.name, outcome.detail)
+            return
+        m = record.manifest
+        outcome.archive_seconds = round(time.monotonic() - started, 3)
+        outcome.rows, outcome.uri, outcome.sha256, outcome.bytes = (
+            m.rows,
+            record.uri,
+            m.sha256,
+            m.bytes,
+        )
+        outcome.status = "archived, not dropped"
+        with archived_lock:
+            archived[0] += 1
+            progress.report(
+                f"{policy.table}: archived {table.name} ({m.rows:,} rows)", archived[0], len(ready)
+            )
+        emit(
+            EVENT + "archived",
+            resource,
+            {
+                "table": policy.table,
+                "partition": table.name,
+                "rows": m.rows,
+                "uri": record.uri,
+                "sha256": m.sha256,
+                "bytes": m.bytes,
+                "manifest": record.manifest_uri,
+            },
+        )
+
+    phase_started = time.monotonic()
+    if policy.expired_action == "archive_then_drop" and ready:
+        progress.report(f"{policy.table}: archiving {len(ready)} partitions", 0, len(ready))
+        # One archive already keeps two cores busy (the server's COPY and the Parquet encoding);
+        # archive_parallelism > 1 only pays on a bigger machine.
+        with ThreadPoolExecutor(
+            max_workers=settings.archive_parallelism,
+            thread_name_prefix="archive",
+            initializer=lower_thread_priority,
+            initargs=(settings.archive_niceness,),
+        ) as pool:
+            futures = [
+                pool.submit(contextvars.copy_context().run, archive, outcome, table)
+                for outcome, table in ready
+            ]
+            for future in futures:
+                future.result()
+
+    # 4. Drop only verified archives (or, for `drop`, every detached table), count-checked.
+    droppable = [
+        outcome
+        for outcome, _ in ready
+        if outcome.status == "archived, not dropped" or policy.expired_action == "drop"
+    ]
+    if droppable:
+        progress.report(f"{policy.table}: dropping {len(droppable)} expired tables", 0, 1)
+        _drop(target, policy, droppable, settings, result)
+    if ready:
+        result.retire_seconds = round(time.monotonic() - phase_started, 3)
+
+
+def _drop(
+    target: Any,
+    policy: PartitionPolicy,
+    outcomes: list[ExpiryOutcome],
+    settings: RotationSettings,
+    result: TableRotation,
+) -> None:
+    archived = policy.expired_action == "archive_then_drop"
+    to_drop = [
+        ToDrop(name=o.partition, expected_rows=o.rows if archived else None) for o in outcomes
+    ]
+    try:
+        dropped = drop_detached_tables(
+            target, policy.schema_name, policy.table_name, to_drop, settings.timeouts
+        )
+    except (PerfopsError, psycopg.Error) as exc:  # the session itself: nothing was dropped
+        error = one_line(exc, empty="failed")
+        dropped = [Dropped(name=o.partition, error=error) for o in outcomes]
+    done = {o.partition for o in record_drops(result, policy, outcomes, dropped)}
+    for outcome in outcomes:
+        if outcome.partition in done:
+            payload = {"table": policy.table, "partition": outcome.partition}
+            emit(
+                EVENT + "dropped",
+                f"{target.resource_id()}/{policy.table}",
+                {**payload, "rows": outcome.rows},
+            )
+        else:
+            get_run_logger().warning("expiring %s failed: %s", outcome.partition, outcome.detail)

@@ -1,0 +1,31 @@
+"""The `perfops` command run as a user runs it: a separate process from the repository root."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PERFOPS = [sys.executable, "-m", "cli"]
+
+
+def run_perfops(
+    *args: str,
+    env: dict[str, str] | None = None,
+    keep_perfops_env: bool = False,
+    timeout: float = 180,
+) -> subprocess.CompletedProcess[str]:
+    """`perfops ARGS...` with this environment (without its PERFOPS_* variables unless
+    `keep_perfops_env`) updated by `env`; output captured as text, exit code not checked."""
+    base = {k: v for k, v in os.environ.items() if keep_perfops_env or not k.startswith("PERFOPS_")}
+    return subprocess.run(
+        [*PERFOPS, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**base, **(env or {})},
+        timeout=timeout,
+        check=False,
+    )

@@ -1,0 +1,67 @@
+"""What a run left behind, read back from the Prefect API: the newest artifact of a key and the
+events of a name (both reach the server asynchronously, so the readers wait a little)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.events.filters import (
+    EventFilter,
+    EventNameFilter,
+    EventOccurredFilter,
+    EventRelatedFilter,
+)
+from prefect.events.schemas.events import ReceivedEvent
+
+
+def artifact_rows(key: str) -> list[dict[str, Any]]:
+    """The rows of the newest table artifact called `key`."""
+    with get_client(sync_client=True) as client:
+        latest = [a for a in client.read_latest_artifacts() if a.key == key]
+    assert latest, f"no {key} artifact"
+    data = latest[0].data
+    return json.loads(data) if isinstance(data, str) else data  # type: ignore[return-value]
+
+
+def wait_for_events(
+    name: str,
+    *,
+    at_least: int = 1,
+    since: datetime | None = None,
+    flow_run_id: UUID | str | None = None,
+    where: Callable[[ReceivedEvent], bool] | None = None,
+    timeout_s: float = 20.0,
+) -> list[ReceivedEvent]:
+    """At least `at_least` events called `name` (since `since`, related to one flow run, and for
+    which `where` holds), newest first; fails the test after `timeout_s`."""
+    only = EventFilter(event=EventNameFilter(name=[name]))
+    if since is not None:
+        only.occurred = EventOccurredFilter(since=since)
+    if flow_run_id is not None:
+        only.related = EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"])
+    deadline = time.monotonic() + timeout_s
+    found: list[ReceivedEvent] = []
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_events(only, limit=50)
+            found = sorted(
+                (e for e in page.events if where is None or where(e)),
+                key=lambda e: e.occurred,
+                reverse=True,
+            )
+            if len(found) >= at_least or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+    assert len(found) >= at_least, f"{len(found)} {name} event(s) within {timeout_s} s"
+    return found
+
+
+def wait_for_event(name: str, **kwargs: Any) -> ReceivedEvent:
+    """The newest event called `name` that matches (see `wait_for_events`)."""
+    return wait_for_events(name, **kwargs)[0]
