@@ -429,9 +429,14 @@ def record_detaches(
     return ready
 
 
-def record_failure(result: TableRotation, outcome: ExpiryOutcome, error: str) -> None:
-    """An archive or drop that failed: nothing was dropped and the table stays detached."""
-    outcome.status = "failed"
+def record_failure(
+    result: TableRotation, outcome: ExpiryOutcome, error: str, *, failed: bool = True
+) -> None:
+    """An archive or drop that failed: nothing was dropped and the table stays detached. With
+    `failed=False` the outcome keeps its status (a drop refused after a verified archive stays
+    "archived, not dropped": the next run drops it)."""
+    if failed:
+        outcome.status = "failed"
     outcome.detail = f"{error}; nothing dropped, {outcome.partition} stays detached"
     result.problems.append(f"expiring {outcome.partition} failed: {outcome.detail}")
 
@@ -449,10 +454,8 @@ def record_drops(
     for outcome in outcomes:
         drop = by_name[outcome.partition]
         if drop.error is not None:
-            status = outcome.status
-            record_failure(result, outcome, drop.error)
-            if policy.expired_action == "archive_then_drop":
-                outcome.status = status
+            archived = policy.expired_action == "archive_then_drop"
+            record_failure(result, outcome, drop.error, failed=not archived)
             continue
         outcome.rows = drop.rows
         outcome.status = "dropped"

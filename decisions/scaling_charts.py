@@ -1,9 +1,10 @@
-"""Charts of scaling runs (matplotlib, Agg backend): load, forecast and capacity over time."""
+"""Charts of scaling runs as PNG bytes (matplotlib `Figure`, Agg, no pyplot): load, forecast and
+capacity over time. The caller writes them where they belong."""
 
 from __future__ import annotations
 
+import io
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,29 +15,25 @@ from decisions.scaling_replay import Env, ReplayResult, horizon_forecasts
 
 
 def _figure(size: tuple[float, float]) -> tuple[Any, Any]:
-    """A pyplot figure and its axes on the Agg backend (matplotlib is imported on first use)."""
-    import matplotlib
+    """A figure and its axes (matplotlib is imported on first use: it costs every command's
+    start otherwise)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=size)
+    fig = Figure(figsize=size)
+    return fig, fig.subplots()
 
 
-def _save(fig: Any, ax: Any, title: str, path: Path) -> None:
-    """Title, legend and dated x axis, then the PNG at `path` (its folder made); the figure is
-    closed."""
-    import matplotlib.pyplot as plt
-
+def _png(fig: Any, ax: Any, title: str) -> bytes:
+    """Title, legend and dated x axis, then the figure as PNG."""
     ax.set_title(title)
     ax.legend(loc="upper left")
     fig.autofmt_xdate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    return buffer.getvalue()
 
 
-def backtest_chart(path: Path, env: Env, result: ReplayResult, days: float = 7.0) -> Path:
+def backtest_chart(env: Env, result: ReplayResult, days: float = 7.0) -> bytes:
     """The last `days` of a replay: load, perfops' forecast, and its serving capacity."""
     index = env.series.index[env.start :]
     n = min(len(index), max(2, int(days * 86400 / env.step.total_seconds())))
@@ -53,18 +50,16 @@ def backtest_chart(path: Path, env: Env, result: ReplayResult, days: float = 7.0
         where="post",
         label=f"{result.name} capacity",
     )
-    _save(fig, ax, f"{result.name}: load, forecast and serving capacity (last {days:g} days)", path)
-    return path
+    return _png(fig, ax, f"{result.name}: load, forecast and serving capacity (last {days:g} days)")
 
 
 def decision_chart(
-    path: Path,
     load: pd.Series,
     step: timedelta,
     upper: pd.Series,
     decision: Decision,
     policy: ScalingPolicy,
-) -> str:
+) -> bytes:
     """One decision: the last two days of `load` (a regular series every `step`), the forecast's
     upper bound, and the current and desired capacity at the policy's target utilization."""
     recent = load.iloc[-int(timedelta(days=2) / step) :]
@@ -76,5 +71,4 @@ def decision_chart(
     cap = policy.capacity_per_instance * policy.target_utilization
     ax.axhline(decision.current * cap, color="grey", ls="--", label=f"current {decision.current}")
     ax.axhline(decision.desired * cap, color="green", ls=":", label=f"desired {decision.desired}")
-    _save(fig, ax, f"load, forecast and capacity at {policy.target_utilization:.0%} target", path)
-    return str(path)
+    return _png(fig, ax, f"load, forecast and capacity at {policy.target_utilization:.0%} target")

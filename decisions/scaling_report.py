@@ -57,20 +57,23 @@ def as_dict(run: ScalingRun) -> dict[str, Any]:
     return asdict(run) | {"summary": run.summary}
 
 
-def history_record(run: ScalingRun, at: datetime) -> dict[str, Any]:
-    """The run as the group's decision history (Redis) keeps it."""
+def _decision(run: ScalingRun) -> dict[str, Any]:
+    """What the group's history and the `decided` event both say of a run."""
     return {
-        "at": at.isoformat(),
         "group": run.group,
         "mode": run.mode,
         "dry_run": run.dry_run,
         "current": run.current,
         "desired": run.desired,
-        "applied": run.applied,
         "reason": run.reason,
         "load": run.load,
         "forecast_peak": run.forecast_peak,
     }
+
+
+def history_record(run: ScalingRun, at: datetime) -> dict[str, Any]:
+    """The run as the group's decision history (Redis) keeps it."""
+    return {"at": at.isoformat(), **_decision(run), "applied": run.applied}
 
 
 def _points(kind: str, values: pd.Series) -> list[dict[str, Any]]:
@@ -108,17 +111,7 @@ def scaling_events(run: ScalingRun) -> list[tuple[str, str, dict[str, Any]]]:
     """The events a run ends with, as (event name, resource, payload): always
     `perfops.scaling.decided`; `perfops.scaling.applied` when capacity changed."""
     resource = f"perfops.scaling.group.{run.group}"
-    decided = {
-        "group": run.group,
-        "mode": run.mode,
-        "current": run.current,
-        "desired": run.desired,
-        "reason": run.reason,
-        "load": run.load,
-        "forecast_peak": run.forecast_peak,
-        "dry_run": run.dry_run,
-        "action": run.action,
-    }
+    decided = {**_decision(run), "action": run.action}
     events = [(EVENT_DECIDED, resource, decided)]
     if run.applied:
         applied = {"group": run.group, "from": run.current, "to": run.desired, "reason": run.reason}

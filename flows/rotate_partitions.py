@@ -148,8 +148,8 @@ def _rotate_range(
                 {"table": policy.table, "partitions": result.created_names},
             )
 
-    # 2-4. Detach the expired partitions, archive them (verified) and only then drop them.
-    retire_expired(target, policy, key_column, retiring, settings, workdir, result)
+    # 2. Retire the expired partitions: detach, archive (verified), only then drop.
+    retire_expired(target, resource, policy, key_column, retiring, settings, workdir, result)
     return result
 
 

@@ -177,7 +177,9 @@ def scale_predictively(
                 source=history.source,
             )
             out = get_settings().out_dir / "scaling" / f"{group}.png"
-            run.chart = decision_chart(out, history.series, history.step, upper, decision, pol)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(decision_chart(history.series, history.step, upper, decision, pol))
+            run.chart = str(out)
             save_state(redis_target, group, new_state, history_record(run, at))
     except LockBusy as exc:
         logger.warning("%s", exc)

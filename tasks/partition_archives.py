@@ -437,9 +437,6 @@ def read_archive(
     return ArchiveRecord(manifest=manifest, uri=stored.location, manifest_uri=manifest_uri)
 
 
-# --------------------------------------------------------------------------- restore
-
-
 def ensure_archive(
     target: PostgresTarget,
     store: ArchiveStore,
@@ -476,6 +473,9 @@ def ensure_archive(
         settings.archive_memory_bytes,
         workdir,
     )
+
+
+# --------------------------------------------------------------------------- restore
 
 
 def parse_archive_source(source: str) -> tuple[str, str]:

@@ -48,6 +48,7 @@ from tasks.records import emit
 
 def retire_expired(
     target: Any,
+    resource: str,
     policy: PartitionPolicy,
     key_column: str,
     retiring: list[ExpiredTable],
@@ -56,11 +57,10 @@ def retire_expired(
     result: TableRotation,
 ) -> None:
     """Detach, archive and drop `retiring` (this run's expired partitions and tables an earlier
-    run left detached) by the policy's `expired_action`, recording every outcome in `result`."""
+    run left detached) by the policy's `expired_action`, recording every outcome in `result`;
+    events go to `resource` (the table's)."""
     logger = get_run_logger()
     schema_name, table_name = policy.schema_name, policy.table_name
-    resource = f"{target.resource_id()}/{policy.table}"
-    timeouts = settings.timeouts
     # The archive store first: a policy whose archive cannot be used archives and drops nothing.
     store: ArchiveStore | None = None
     store_error: str | None = None
@@ -74,10 +74,11 @@ def retire_expired(
         Expiring(name=t.name, lower=t.lower, upper=t.upper) for t in retiring if t.attached
     ]
     detached: dict[str, Detached] = {}
+    # 1. Detach this run's expired partitions.
     if to_detach:
         progress.report(f"{policy.table}: detaching {len(to_detach)} expired partitions", 0, 1)
         try:
-            done = detach_partitions(target, schema_name, table_name, to_detach, timeouts)
+            done = detach_partitions(target, schema_name, table_name, to_detach, settings.timeouts)
         except (PerfopsError, psycopg.Error) as exc:  # the session itself: nothing was detached
             error = one_line(exc, empty="failed")
             done = [Detached(name=e.name, error=error) for e in to_detach]
@@ -90,7 +91,7 @@ def retire_expired(
             payload = {"table": policy.table, "partition": outcome.partition}
             emit(EVENT + "detached", resource, {**payload, "mode": outcome.detach_mode})
 
-    # 3. Archive each detached table (verified), a few at a time at a lower CPU priority.
+    # 2. Archive each detached table (verified), a few at a time at a lower CPU priority.
     archived = [0]
     archived_lock = threading.Lock()
 
@@ -117,12 +118,8 @@ def retire_expired(
             return
         m = record.manifest
         outcome.archive_seconds = round(time.monotonic() - started, 3)
-        outcome.rows, outcome.uri, outcome.sha256, outcome.bytes = (
-            m.rows,
-            record.uri,
-            m.sha256,
-            m.bytes,
-        )
+        outcome.rows, outcome.sha256, outcome.bytes = m.rows, m.sha256, m.bytes
+        outcome.uri = record.uri
         outcome.status = "archived, not dropped"
         with archived_lock:
             archived[0] += 1
@@ -161,7 +158,7 @@ def retire_expired(
             for future in futures:
                 future.result()
 
-    # 4. Drop only verified archives (or, for `drop`, every detached table), count-checked.
+    # 3. Drop only verified archives (or, for `drop`, every detached table), count-checked.
     droppable = [
         outcome
         for outcome, _ in ready
@@ -169,13 +166,14 @@ def retire_expired(
     ]
     if droppable:
         progress.report(f"{policy.table}: dropping {len(droppable)} expired tables", 0, 1)
-        _drop(target, policy, droppable, settings, result)
+        _drop(target, resource, policy, droppable, settings, result)
     if ready:
         result.retire_seconds = round(time.monotonic() - phase_started, 3)
 
 
 def _drop(
     target: Any,
+    resource: str,
     policy: PartitionPolicy,
     outcomes: list[ExpiryOutcome],
     settings: RotationSettings,
@@ -196,10 +194,6 @@ def _drop(
     for outcome in outcomes:
         if outcome.partition in done:
             payload = {"table": policy.table, "partition": outcome.partition}
-            emit(
-                EVENT + "dropped",
-                f"{target.resource_id()}/{policy.table}",
-                {**payload, "rows": outcome.rows},
-            )
+            emit(EVENT + "dropped", resource, {**payload, "rows": outcome.rows})
         else:
             get_run_logger().warning("expiring %s failed: %s", outcome.partition, outcome.detail)

@@ -43,11 +43,16 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _folder_path(store: LocalFileSystem, key: str) -> Path:
+    """Where `key` lives in a folder store."""
+    return Path(store.basepath or ".") / key
+
+
 def object_location(store: ArchiveStore, key: str) -> str:
     """Where `key` is (or will be) stored: its s3:// URI, or its path in the folder."""
     if isinstance(store, S3Bucket):
         return f"s3://{store.bucket_name}/{_s3_key(store, key)}"
-    return str(Path(store.basepath or ".") / key)
+    return str(_folder_path(store, key))
 
 
 def object_link(store: ArchiveStore, key: str) -> str:
@@ -84,7 +89,7 @@ def put_object(store: ArchiveStore, key: str, data: bytes) -> StoredObject:
     if isinstance(store, S3Bucket):
         location = _s3_put(store, key, data, digest)
     else:
-        path = Path(store.basepath or ".") / key
+        path = _folder_path(store, key)
         store.write_path(key, data)
         Path(f"{path}.sha256").write_text(f"{digest}  {path.name}\n")
         location = str(path)
@@ -116,7 +121,7 @@ def get_object(store: ArchiveStore, key: str) -> bytes:
     else:
         assert isinstance(store, LocalFileSystem)
         data = cast(bytes, store.read_path(key))
-        path = Path(store.basepath or ".") / key
+        path = _folder_path(store, key)
         sidecar = Path(f"{path}.sha256")
         expected = sidecar.read_text().split()[0] if sidecar.exists() else None
         where = str(path)
@@ -157,7 +162,7 @@ def put_stream(store: ArchiveStore, key: str, body: IO[bytes], sha256: str) -> S
     if isinstance(store, S3Bucket):
         location = _s3_put(store, key, body, sha256)
     else:
-        target = Path(store.basepath or ".") / key
+        target = _folder_path(store, key)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")
         digest = hashlib.sha256()
@@ -202,7 +207,7 @@ def get_stream(store: ArchiveStore, key: str, sink: IO[bytes]) -> StoredObject:
             raise ConnectionFailed(f"S3 download of {where} failed: {exc}") from exc
         expected = response.get("Metadata", {}).get("sha256")
     else:
-        source = Path(store.basepath or ".") / key
+        source = _folder_path(store, key)
         where = str(source)
         if not source.exists():
             raise ConnectionFailed(f"{where} does not exist")
@@ -246,7 +251,7 @@ def object_exists(store: ArchiveStore, key: str) -> bool:
                 f"S3 HEAD of s3://{store.bucket_name}/{s3_key} failed: {exc}"
             ) from exc
         return True
-    return (Path(store.basepath or ".") / key).exists()
+    return (_folder_path(store, key)).exists()
 
 
 @task(name="archive_weekly_report", cache_policy=NO_CACHE)

@@ -255,7 +255,8 @@ def backtest(
     table = run_backtest(env)
     out = chart or get_settings().out_dir / "scaling" / f"backtest-{trace.stem}.png"
     perfops_run = simulate(env, PerfopsPolicy())
-    backtest_chart(out, env, perfops_run)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(backtest_chart(env, perfops_run))
     if as_json:
         print(
             json.dumps(
