@@ -9,7 +9,7 @@ SMTP server, a Slack Web API stand-in, and one Prefect test harness.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -106,6 +106,18 @@ def pg_dsn() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def pg_target(pg_dsn: str) -> PostgresTarget:
     return PostgresTarget(dsn=SecretStr(pg_dsn), application_name="perfops-tests")
+
+
+@pytest.fixture()
+def perfops(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], int]:
+    """`perfops ARGS` run in this process (`cli.command.main`, which returns the exit code), with
+    the variables a command sets undone afterwards."""
+    from cli.command import main
+
+    for var in ("PERFOPS_DSN", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"):
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+    return main
 
 
 @pytest.fixture()

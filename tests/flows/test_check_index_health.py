@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
-import typer
 from psycopg import sql
 
 from blocks import PostgresTarget
-from cli import command as cli
 from decisions.index_health import IndexFinding, IndexHealthSettings
 from flows.check_index_health import ARTIFACT_KEY, IndexHealthReport, check_index_health
 from tasks.postgres.index_changes import drop_indexes, lock_name
@@ -356,23 +354,14 @@ def test_another_perfops_run_on_the_table_is_waited_for_by_nobody(
 # --- the command line -------------------------------------------------------------------
 
 
-@pytest.fixture()
-def perfops(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
-    """`cli.command.main`, with the variables a command sets undone afterwards."""
-    for var in ("PERFOPS_DSN", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"):
-        monkeypatch.setenv(var, "")
-        monkeypatch.delenv(var)
-    return cli.app
-
-
 HEALTH = ["indexes", "health", "--schema", SCHEMA, "--min-size", "64kB"]
 
 
 def test_cli_report_fits_80_columns_and_changes_nothing(
-    perfops: typer.Typer, health_db: str, capsys: pytest.CaptureFixture[str]
+    perfops: Callable[[list[str]], int], health_db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = indexes(health_db)
-    code = cli.main([*HEALTH, "--dsn", health_db])
+    code = perfops([*HEALTH, "--dsn", health_db])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert indexes(health_db) == before
@@ -383,22 +372,24 @@ def test_cli_report_fits_80_columns_and_changes_nothing(
     assert max(len(line) for line in lines) <= 80
 
 
-def test_cli_apply_needs_names(perfops: typer.Typer, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main([*HEALTH, "--apply"]) == 2
+def test_cli_apply_needs_names(
+    perfops: Callable[[list[str]], int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert perfops([*HEALTH, "--apply"]) == 2
     assert "name each index to drop with --drop SCHEMA.INDEX" in capsys.readouterr().err
 
 
 def test_cli_bad_size_is_a_usage_error(
-    perfops: typer.Typer, capsys: pytest.CaptureFixture[str]
+    perfops: Callable[[list[str]], int], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main(["indexes", "health", "--min-size", "lots"]) == 2
+    assert perfops(["indexes", "health", "--min-size", "lots"]) == 2
     assert "'lots' is not a size" in capsys.readouterr().err
 
 
 def test_cli_apply_json_and_exit_1_when_a_named_index_is_refused(
-    perfops: typer.Typer, health_db: str, capsys: pytest.CaptureFixture[str]
+    perfops: Callable[[list[str]], int], health_db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = cli.main(
+    code = perfops(
         [
             *HEALTH,
             "--dsn",

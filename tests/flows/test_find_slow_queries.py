@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
-import typer
 from psycopg import sql
 from pydantic import SecretStr
 
 from blocks import PostgresTarget
-from cli import command as cli
 from decisions.slow_queries import SlowQuerySettings, SlowStatement
 from flows.find_slow_queries import ARTIFACT_KEY, SlowQueryReport, find_slow_queries
 from perfops.errors import MissingPrerequisite
@@ -191,19 +189,10 @@ def test_a_block_names_the_database(pg_dsn: str, slow_db: str) -> None:
 # --- the command line -------------------------------------------------------------------
 
 
-@pytest.fixture()
-def perfops(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
-    """`cli.command.main`, with the variables a command sets undone afterwards."""
-    for var in ("PERFOPS_DSN", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"):
-        monkeypatch.setenv(var, "")
-        monkeypatch.delenv(var)
-    return cli.app
-
-
 def test_cli_json_lists_the_statements(
-    perfops: typer.Typer, slow_db: str, capsys: pytest.CaptureFixture[str]
+    perfops: Callable[[list[str]], int], slow_db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = cli.main(
+    code = perfops(
         ["queries", "slow", "--dsn", slow_db, "--threshold-ms", "40", "--top", "0", "--json"]
     )
     captured = capsys.readouterr()
@@ -215,9 +204,9 @@ def test_cli_json_lists_the_statements(
 
 
 def test_cli_human_output_fits_80_columns(
-    perfops: typer.Typer, slow_db: str, capsys: pytest.CaptureFixture[str]
+    perfops: Callable[[list[str]], int], slow_db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = cli.main(
+    code = perfops(
         ["queries", "slow", "--dsn", slow_db, "--threshold-ms", "40", "--top", "2", "--explain"]
     )
     captured = capsys.readouterr()
@@ -231,7 +220,7 @@ def test_cli_human_output_fits_80_columns(
 
 
 def test_cli_bad_threshold_is_a_usage_error(
-    perfops: typer.Typer, capsys: pytest.CaptureFixture[str]
+    perfops: Callable[[list[str]], int], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main(["queries", "slow", "--threshold-ms", "-1"]) == 2
+    assert perfops(["queries", "slow", "--threshold-ms", "-1"]) == 2
     assert "--threshold-ms" in capsys.readouterr().err
