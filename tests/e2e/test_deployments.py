@@ -12,12 +12,16 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
+from psycopg import sql
 
+from tests.conftest import REDIS_TEST_URL
 from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e
@@ -100,6 +104,55 @@ def _prefect(env: dict[str, str], *args: str) -> str:
     return result.stdout
 
 
+@contextmanager
+def _worker(env: dict[str, str], workdir: Path) -> Iterator[Path]:
+    """A process worker on the pool, polling every second; yields its log file."""
+    worker_env = {
+        **env,
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+    }
+    log = workdir / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [str(BIN / "prefect"), "worker", "start", "--pool", POOL],
+            env=worker_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+        )
+    try:
+        yield log
+    finally:
+        _stop(worker)
+
+
+def _run(
+    http: httpx.Client, deployment: str, body: dict[str, object], timeout_s: float = 150
+) -> tuple[str, dict[str, str]]:
+    """Create a run of `deployment` (flow/deployment name) through the REST API and wait for its
+    final state: (run id, state)."""
+    found = http.get(f"/deployments/name/{deployment}")
+    assert found.status_code == 200, f"{deployment} is not deployed"
+    created = http.post(f"/deployments/{found.json()['id']}/create_flow_run", json=body)
+    assert created.status_code == 201, created.text
+    run_id = created.json()["id"]
+    deadline = time.monotonic() + timeout_s
+    state: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        state = http.get(f"/flow_runs/{run_id}").json()["state"]
+        if state["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
+            break
+        time.sleep(1)
+    return run_id, state
+
+
+def _artifact_keys(http: httpx.Client, run_id: str) -> list[str]:
+    found = http.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}})
+    return [a["key"] for a in found.json()]
+
+
 def test_deploy_all_then_run_through_the_api(
     prefect_server: dict[str, str], pg_dsn: str, tmp_path: Path
 ) -> None:
@@ -134,35 +187,12 @@ def test_deploy_all_then_run_through_the_api(
     assert schedule["schedule"]["timezone"] == "UTC"
     assert deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]
 
-    worker_env = {
-        **env,
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_WORKER_PREFETCH_SECONDS": "1",
-        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-    }
-    worker_log = tmp_path / "worker.log"
-    with worker_log.open("wb") as out:
-        worker = subprocess.Popen(
-            [str(BIN / "prefect"), "worker", "start", "--pool", POOL],
-            env=worker_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
+    with _worker(env, tmp_path) as worker_log:
+        run_id, state = _run(
+            http,
+            "check_connections/check_connections",
+            {"parameters": {"fail_when_unreachable": True}},
         )
-    try:
-        created = http.post(
-            f"/deployments/{deployment['id']}/create_flow_run",
-            json={"parameters": {"fail_when_unreachable": True}},
-        )
-        assert created.status_code == 201, created.text
-        run_id = created.json()["id"]
-        deadline = time.monotonic() + 150
-        state: dict[str, str] = {}
-        while time.monotonic() < deadline:
-            state = http.get(f"/flow_runs/{run_id}").json()["state"]
-            if state["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
-                break
-            time.sleep(1)
         assert state.get("type") == "COMPLETED", (state, worker_log.read_text()[-3000:])
         artifacts = http.post(
             "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}
@@ -185,8 +215,6 @@ def test_deploy_all_then_run_through_the_api(
             json={"parameters": {"fail_when_unreachable": "maybe"}},
         )
         assert bad.status_code == 409, bad.text
-    finally:
-        _stop(worker)
 
 
 def test_sla_degradation_event_runs_the_scaling_deployment(prefect_server: dict[str, str]) -> None:
@@ -219,3 +247,126 @@ def test_sla_degradation_event_runs_the_scaling_deployment(prefect_server: dict[
         runs = http.post("/flow_runs/filter", json=runs_filter).json()
     assert len(runs) == 1, f"expected one scaling run from the degradation event, got {len(runs)}"
     assert runs[0]["parameters"] == {"group": "demo", "dry_run": True}
+
+
+@pytest.fixture()
+def partitioned_table(pg_dsn: str) -> Iterator[str]:
+    """`e2e_rotation.events`, monthly: this month's partition, and one long expired (2020-01)
+    holding rows (not the last child, which a rotation never drops)."""
+    now = datetime.now(UTC)
+    this_month = datetime(now.year, now.month, 1, tzinfo=UTC)
+    next_month = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("drop schema if exists e2e_rotation cascade")
+        conn.execute("create schema e2e_rotation")
+        conn.execute(
+            "create table e2e_rotation.events (at timestamptz not null, v int)"
+            " partition by range (at)"
+        )
+        conn.execute(
+            "create table e2e_rotation.events_p2020_01 partition of e2e_rotation.events"
+            " for values from ('2020-01-01 00:00+00') to ('2020-02-01 00:00+00')"
+        )
+        conn.execute(
+            sql.SQL(
+                "create table e2e_rotation.events_now partition of e2e_rotation.events"
+                " for values from ({}) to ({})"
+            ).format(sql.Literal(this_month), sql.Literal(next_month))
+        )
+        conn.execute(
+            "insert into e2e_rotation.events"
+            " select '2020-01-15 00:00+00'::timestamptz, g from generate_series(1, 100) g"
+        )
+    yield "e2e_rotation.events"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("drop schema if exists e2e_rotation cascade")
+
+
+def test_changed_flows_end_completed_when_their_work_succeeds_and_failed_when_it_fails(
+    prefect_server: dict[str, str], pg_dsn: str, partitioned_table: str, tmp_path: Path
+) -> None:
+    """Each flow the layout moved apart, run as a deployment by a worker: once where its work
+    succeeds (Completed, its artifact written) and once where it fails (Failed)."""
+    env = {
+        **prefect_server,
+        "PERFOPS_PROJECT_DIR": str(ROOT),
+        "PERFOPS_DSN": pg_dsn,
+        "PERFOPS_OUT_DIR": str(tmp_path / "out"),
+        "PERFOPS_REDIS_URL": REDIS_TEST_URL,
+    }
+    http = httpx.Client(base_url=env["PREFECT_API_URL"], timeout=30)
+    rotate = {
+        "table": partitioned_table,
+        "interval": "month",
+        "premake": 1,
+        "retention": "12 months",
+        "expired_action": "archive_then_drop",
+        "archive": str(tmp_path / "archive"),
+    }
+    closed_smtp = {"PERFOPS_SMTP_HOST": "127.0.0.1", "PERFOPS_SMTP_PORT": str(free_port())}
+    cases: list[tuple[str, dict[str, object], str, str | None]] = [
+        (
+            "rotate_partitions/rotate_partitions",
+            {"parameters": {"policies_file": None, "policies": [rotate]}},
+            "COMPLETED",
+            "perfops-partitions-rotate",
+        ),
+        (
+            "rotate_partitions/rotate_partitions",
+            {
+                "parameters": {
+                    "policies_file": None,
+                    "policies": [{**rotate, "table": "e2e_rotation.no_such_table"}],
+                }
+            },
+            "FAILED",
+            "perfops-partitions-rotate",  # the record is written before the run fails
+        ),
+        ("suggest_indexes/suggest_indexes", {}, "COMPLETED", "perfops-index-suggestions"),
+        (
+            "suggest_indexes/suggest_indexes",
+            {"parameters": {"postgres_block": "no-such-block"}},
+            "FAILED",
+            None,
+        ),
+        ("scale_predictively/scale_predictively", {}, "COMPLETED", "perfops-scaling-decision"),
+        (
+            "scale_predictively/scale_predictively",
+            {"parameters": {"metrics_block": "no-such-block"}},
+            "FAILED",
+            None,
+        ),
+        (
+            "generate_weekly_report/generate_weekly_report",
+            {"parameters": {"recipients": ["sre@example.com"]}},
+            "COMPLETED",
+            "perfops-weekly-report",
+        ),
+        (
+            "generate_weekly_report/generate_weekly_report",
+            {
+                "parameters": {"recipients": ["sre@example.com"]},
+                "job_variables": {"env": closed_smtp},
+            },
+            "FAILED",
+            "perfops-weekly-report",  # archived and recorded, then failed: not emailed
+        ),
+    ]
+    with _worker(env, tmp_path) as worker_log:
+        for deployment, body, expected, artifact in cases:
+            run_id, state = _run(http, deployment, body)
+            assert state.get("type") == expected, (
+                deployment,
+                body,
+                state,
+                worker_log.read_text()[-3000:],
+            )
+            if artifact is not None:
+                assert artifact in _artifact_keys(http, run_id), (deployment, body)
+    with psycopg.connect(pg_dsn) as conn:
+        left = conn.execute(
+            "select count(*) from pg_tables where schemaname = 'e2e_rotation'"
+            " and tablename = 'events_p2020_01'"
+        ).fetchone()
+    assert left == (0,), "the expired partition was archived and dropped"
+    assert list((tmp_path / "archive").rglob("events_p2020_01*.parquet"))
