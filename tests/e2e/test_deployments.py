@@ -15,13 +15,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
-from tests.conftest import REDIS_TEST_URL
+from tests.conftest import ADMIN_DSN, REDIS_TEST_URL
 from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e
@@ -58,7 +60,28 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def prefect_database() -> Iterator[str]:
+    """The server's own PostgreSQL database, as production runs it: the default SQLite-backed
+    server answers 503 when a worker, flow runs and their events write at once."""
+    name = f"perfops_e2e_prefect_{os.getpid()}"
+    drop = sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(drop)
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    info = conninfo_to_dict(ADMIN_DSN)
+    login = quote(str(info.get("user", "postgres")), safe="")
+    if info.get("password"):
+        login += ":" + quote(str(info["password"]), safe="")
+    host, port = info.get("host", "127.0.0.1"), info.get("port", 5432)
+    yield f"postgresql+asyncpg://{login}@{host}:{port}/{name}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(drop)
+
+
+@pytest.fixture(scope="module")
+def prefect_server(
+    tmp_path_factory: pytest.TempPathFactory, prefect_database: str
+) -> Iterator[dict[str, str]]:
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -66,6 +89,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     env.update(
         {
             "PREFECT_HOME": str(home),
+            "PREFECT_API_DATABASE_CONNECTION_URL": prefect_database,
             "DO_NOT_TRACK": "1",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
