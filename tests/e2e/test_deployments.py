@@ -49,6 +49,14 @@ def _wait_healthy(
     raise RuntimeError(f"prefect server not healthy after {timeout_s} s: {log.read_text()[-2000:]}")
 
 
+def _spawn(args: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """`prefect ARGS` in the background, its output in `log` (stop it with `_stop`)."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [str(BIN / "prefect"), *args], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd
+        )
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
@@ -97,14 +105,7 @@ def prefect_server(
         }
     )
     log = home / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=home,
-        )
+    proc = _spawn(["server", "start", "--host", "127.0.0.1", "--port", str(port)], env, log, home)
     try:
         _wait_healthy(api, proc, log)
         yield {**env, "PREFECT_API_URL": api}
@@ -138,14 +139,7 @@ def _worker(env: dict[str, str], workdir: Path) -> Iterator[Path]:
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     }
     log = workdir / "worker.log"
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            [str(BIN / "prefect"), "worker", "start", "--pool", POOL],
-            env=worker_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=workdir,
-        )
+    worker = _spawn(["worker", "start", "--pool", POOL], worker_env, log, workdir)
     try:
         yield log
     finally:
