@@ -1,0 +1,302 @@
+"""`perfops deploy`: `prefect deploy --all` that keeps what operators set on the server.
+
+Around Prefect's own deploy it (1) keeps parameters and schedule states an operator changed in
+the UI or API (a three-way merge against what the last `perfops deploy` applied, recorded in a
+Prefect variable per deployment), (2) turns a schedule on only once the systems its deployment
+needs are configured (a block named by a parameter or the work pool's environment, or
+`--configured SYSTEM`), and (3) makes the API refuse unknown top-level parameters (409 with the
+name) instead of accepting them and crashing the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+import yaml
+
+from cli.support import JsonFlag, err, fail, out, print_json
+from decisions.deployments import (
+    REQUIREMENTS,
+    SYSTEMS,
+    Readiness,
+    deployment_readiness,
+    merge_parameters,
+    schedule_active,
+    strict_schema,
+)
+from perfops.settings import PROJECT_DIR, apply_prefect_defaults
+
+RECORD_PREFIX = "perfops-deploy-"
+
+
+@dataclass
+class Planned:
+    """One deployment of prefect.yaml and what `perfops deploy` did to it."""
+
+    name: str
+    flow: str
+    pool: str
+    parameters: dict[str, Any]
+    schedules: list[str]
+    created: bool = False
+    active: list[bool] = field(default_factory=list)
+    readiness: list[Readiness] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _schedule_key(schedule: dict[str, Any]) -> str:
+    inner = schedule.get("schedule", schedule)
+    for kind in ("cron", "interval", "rrule"):
+        if inner.get(kind) is not None:
+            return f"{kind} {inner[kind]} {inner.get('timezone') or 'UTC'}"
+    return json.dumps(inner, sort_keys=True)
+
+
+def read_project(path: Path) -> list[Planned]:
+    """The deployments prefect.yaml declares, with their parameters and schedules."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        fail(f"cannot read {path}: {exc}")
+    planned = []
+    for entry in document.get("deployments") or []:
+        flow = str(entry["entrypoint"]).rsplit(":", 1)[1]
+        pool = (entry.get("work_pool") or {}).get("name", "")
+        planned.append(
+            Planned(
+                name=entry["name"],
+                flow=flow,
+                pool=pool,
+                parameters=entry.get("parameters") or {},
+                schedules=[_schedule_key(s) for s in entry.get("schedules") or []],
+            )
+        )
+    return planned
+
+
+class PrefectApi:
+    """The few Prefect REST calls `perfops deploy` makes (URL and key from Prefect's settings)."""
+
+    def __init__(self) -> None:
+        from prefect.settings import get_current_settings
+
+        api = get_current_settings().api
+        headers = {}
+        if api.key is not None:
+            headers["Authorization"] = f"Bearer {api.key.get_secret_value()}"
+        self.url = str(api.url or "")
+        self.http = httpx.Client(base_url=self.url.rstrip("/") + "/", headers=headers, timeout=30)
+
+    def _ok(self, response: httpx.Response, what: str) -> Any:
+        if response.status_code >= 400:
+            fail(f"Prefect API refused {what}: {response.status_code} {response.text[:300]}")
+        return response.json() if response.content else None
+
+    def deployment(self, flow: str, name: str) -> dict[str, Any] | None:
+        found = self.http.get(f"deployments/name/{flow}/{name}")
+        return None if found.status_code == 404 else self._ok(found, f"reading {flow}/{name}")
+
+    def record(self, name: str) -> dict[str, Any] | None:
+        found = self.http.get(f"variables/name/{RECORD_PREFIX}{name}")
+        if found.status_code == 404:
+            return None
+        value = self._ok(found, f"reading variable {RECORD_PREFIX}{name}")["value"]
+        return value if isinstance(value, dict) else None
+
+    def save_record(self, name: str, value: dict[str, Any]) -> None:
+        variable = f"{RECORD_PREFIX}{name}"
+        body = {"name": variable, "value": value, "tags": ["perfops"]}
+        if self.http.get(f"variables/name/{variable}").status_code == 404:
+            self._ok(self.http.post("variables/", json=body), f"creating variable {variable}")
+        else:
+            self._ok(
+                self.http.patch(f"variables/name/{variable}", json=body),
+                f"updating variable {variable}",
+            )
+
+    def pool_env(self, pool: str) -> dict[str, str]:
+        found = self.http.get(f"work_pools/{pool}")
+        if found.status_code == 404:
+            return {}
+        template = self._ok(found, f"reading work pool {pool}").get("base_job_template") or {}
+        env = template.get("variables", {}).get("properties", {}).get("env", {}).get("default")
+        return {str(k): str(v) for k, v in (env or {}).items() if v is not None}
+
+    def saved_blocks(self, slug: str) -> set[str]:
+        found = self.http.post(
+            "block_documents/filter",
+            json={"block_types": {"slug": {"any_": [slug]}}, "include_secrets": False},
+        )
+        return {d["name"] for d in self._ok(found, f"listing {slug} blocks") if d.get("name")}
+
+    def update(self, deployment_id: str, body: dict[str, Any]) -> None:
+        self._ok(self.http.patch(f"deployments/{deployment_id}", json=body), "the update")
+
+    def set_schedule(self, deployment_id: str, schedule_id: str, active: bool) -> None:
+        self._ok(
+            self.http.patch(
+                f"deployments/{deployment_id}/schedules/{schedule_id}", json={"active": active}
+            ),
+            "the schedule update",
+        )
+
+
+def _prefect_deploy(names: list[str]) -> None:
+    args = [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy"]
+    args += [a for n in names for a in ("--name", n)] if names else ["--all"]
+    result = subprocess.run(
+        args, cwd=PROJECT_DIR, capture_output=True, text=True, check=False, env=os.environ.copy()
+    )
+    if result.returncode != 0:
+        fail(f"prefect deploy failed:\n{(result.stdout + result.stderr)[-3000:]}")
+
+
+def _apply(
+    api: PrefectApi,
+    item: Planned,
+    before: dict[str, Any] | None,
+    record: dict[str, Any] | None,
+    assumed: set[str],
+    dry_run: bool,
+) -> None:
+    after = before if dry_run else api.deployment(item.flow, item.name)
+    item.created = before is None
+    server = before.get("parameters") if before else None
+    merged, item.notes = merge_parameters(
+        record.get("yaml") if record else None,
+        record.get("applied") if record else None,
+        item.parameters,
+        server,
+    )
+    saved = {
+        s.block_type: api.saved_blocks(s.block_type)
+        for s in SYSTEMS.values()
+        if s.name in REQUIREMENTS.get(item.name, ())
+    }
+    item.readiness = deployment_readiness(
+        item.name, merged, api.pool_env(item.pool), saved, assumed
+    )
+    ready = all(r.configured for r in item.readiness)
+    gated = bool(REQUIREMENTS.get(item.name))
+    previous = {_schedule_key(s): s.get("active") for s in (before or {}).get("schedules", [])}
+    applied = (record or {}).get("schedules") or {}
+    current = {_schedule_key(s): s for s in (after or {}).get("schedules", [])}
+    item.active = []
+    for key in item.schedules:
+        yaml_active = bool(current.get(key, {}).get("active", True))
+        planned = ready if gated else yaml_active
+        active, note = schedule_active(planned, previous.get(key), applied.get(key))
+        if active and not ready:
+            active, note = False, None
+        if note:
+            item.notes.append(f"schedule {key}: {note}")
+        item.active.append(active)
+        if not dry_run and key in current and current[key].get("active") != active:
+            api.set_schedule(after["id"], current[key]["id"], active)  # type: ignore[index]
+    if dry_run or after is None:
+        return
+    api.update(
+        after["id"],
+        {
+            "parameters": merged,
+            "parameter_openapi_schema": strict_schema(after["parameter_openapi_schema"]),
+        },
+    )
+    api.save_record(
+        item.name,
+        {
+            "yaml": item.parameters,
+            "applied": merged,
+            "schedules": dict(zip(item.schedules, item.active, strict=True)),
+        },
+    )
+
+
+def deploy(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Deployments to deploy (default: all in prefect.yaml)."),
+    ] = None,
+    configured: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--configured",
+            help="A system the workers' own environment configures (postgres, prometheus, "
+            "redis, archive, slack, email); repeat for several.",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Show what would be deployed and kept; change nothing."),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Deploy prefect.yaml's deployments (prefect deploy) keeping what operators set.
+
+    Parameters and schedule states changed on the server since the last `perfops deploy` are
+    kept (a note says so; prefect.yaml wins where it changed the same value). A schedule starts
+    only once its deployment's systems are configured: a block named by a parameter or by
+    PERFOPS_*_BLOCK in the work pool's environment, PERFOPS_* connection settings there, or
+    --configured SYSTEM. Unknown top-level parameters are refused by the API (409).
+    """
+    assumed = set(configured or [])
+    unknown = assumed - set(SYSTEMS)
+    if unknown:
+        err.print(
+            f"perfops: --configured {', '.join(sorted(unknown))}: unknown system "
+            f"(one of {', '.join(SYSTEMS)})"
+        )
+        raise typer.Exit(2)
+    apply_prefect_defaults()
+    if not os.environ.get("PREFECT_API_URL"):
+        err.print(
+            "perfops: PREFECT_API_URL is not set: perfops deploy writes to your Prefect server "
+            "(e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api)"
+        )
+        raise typer.Exit(2)
+    project = read_project(PROJECT_DIR / "prefect.yaml")
+    wanted = set(names or [])
+    missing = wanted - {p.name for p in project}
+    if missing:
+        err.print(f"perfops: not in prefect.yaml: {', '.join(sorted(missing))}")
+        raise typer.Exit(2)
+    chosen = [p for p in project if not wanted or p.name in wanted]
+    api = PrefectApi()
+    try:
+        before = {p.name: api.deployment(p.flow, p.name) for p in chosen}
+    except httpx.TransportError as exc:
+        fail(f"cannot reach the Prefect API at {api.url}: {exc}")
+    records = {p.name: api.record(p.name) for p in chosen}
+    if not dry_run:
+        _prefect_deploy(sorted(wanted))
+    for item in chosen:
+        _apply(api, item, before[item.name], records[item.name], assumed, dry_run)
+    _report(chosen, dry_run, as_json)
+
+
+def _report(chosen: list[Planned], dry_run: bool, as_json: bool) -> None:
+    if as_json:
+        print_json([asdict(p) for p in chosen])
+        return
+    verb = "would deploy" if dry_run else "deployed"
+    for item in chosen:
+        states = ", ".join("on" if a else "off" for a in item.active) or "no schedule"
+        out.print(f"{verb} {item.name}: schedule {states}")
+        for r in item.readiness:
+            out.print(f"  {r.system}: {'ok, ' if r.configured else ''}{r.how}")
+        for note in item.notes:
+            out.print(f"  {note}")
+    waiting = [p.name for p in chosen if p.readiness and not all(r.configured for r in p.readiness)]
+    if waiting:
+        out.print(
+            f"{len(waiting)} schedule(s) left off until their systems are configured: "
+            f"{', '.join(waiting)} (docs/deployments.md)"
+        )

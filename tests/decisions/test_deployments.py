@@ -1,0 +1,152 @@
+"""What `perfops deploy` decides: readiness of each deployment's systems, the three-way merge
+of parameters and schedule states, the strict schema; and prefect.yaml agrees with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from decisions.deployments import (
+    REQUIREMENTS,
+    SYSTEMS,
+    deployment_readiness,
+    merge_parameters,
+    schedule_active,
+    strict_schema,
+    system_readiness,
+)
+from perfops.project import project_dir_problem
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+
+
+def test_readiness_from_a_parameter_a_pool_variable_settings_or_the_workers() -> None:
+    saved = {"perfops-postgres-target": {"prod", "staging"}}
+    by_param = system_readiness("postgres", {"postgres_block": "prod"}, {}, saved)
+    assert by_param.configured and "parameter postgres_block" in by_param.how
+    by_pool = system_readiness("postgres", {}, {"PERFOPS_POSTGRES_BLOCK": "staging"}, saved)
+    assert by_pool.configured and "PERFOPS_POSTGRES_BLOCK" in by_pool.how
+    by_settings = system_readiness("postgres", {}, {"PERFOPS_DSN": "host=db"}, {})
+    assert by_settings.configured
+    assumed = system_readiness("postgres", {}, {}, {}, {"postgres"})
+    assert assumed.configured and "--configured" in assumed.how
+    nothing = system_readiness("postgres", {}, {}, {})
+    assert not nothing.configured
+    assert "PERFOPS_POSTGRES_BLOCK" in nothing.how and "--configured postgres" in nothing.how
+
+
+def test_a_named_block_that_does_not_exist_is_not_configured_and_lists_the_saved_ones() -> None:
+    typo = system_readiness(
+        "postgres", {"postgres_block": "prdo"}, {}, {"perfops-postgres-target": {"prod"}}
+    )
+    assert not typo.configured
+    assert "'prdo'" in typo.how and "saved: prod" in typo.how
+    # a block named anywhere wins over settings: a typo is not hidden by PERFOPS_DSN
+    hidden = system_readiness("postgres", {"postgres_block": "prdo"}, {"PERFOPS_DSN": "x"}, {})
+    assert not hidden.configured and "none saved" in hidden.how
+
+
+def test_scale_predictively_names_prometheus_through_metrics_block() -> None:
+    saved = {"perfops-prometheus-source": {"prom"}, "perfops-redis-target": {"r"}}
+    ready = deployment_readiness(
+        "scale_predictively", {"metrics_block": "prom", "redis_block": "r"}, {}, saved
+    )
+    assert [r.system for r in ready] == ["prometheus", "redis"]
+    assert all(r.configured for r in ready)
+
+
+def test_merge_keeps_what_the_operator_changed_and_takes_what_prefect_yaml_changed() -> None:
+    last_yaml = {"policy": {"threshold": 0.1, "parallelism": 2}, "dry_run": False}
+    applied = last_yaml
+    server = {"policy": {"threshold": 0.2, "parallelism": 2}, "dry_run": False, "pg": "prod"}
+    yaml_now = {"policy": {"threshold": 0.1, "parallelism": 4}, "dry_run": False}
+    merged, notes = merge_parameters(last_yaml, applied, yaml_now, server)
+    assert merged == {
+        "policy": {"threshold": 0.2, "parallelism": 4},
+        "dry_run": False,
+        "pg": "prod",
+    }
+    assert any("kept policy.threshold=0.2" in n for n in notes)
+    assert any("kept pg='prod'" in n for n in notes)
+
+
+def test_merge_conflict_prefect_yaml_wins_and_says_so() -> None:
+    merged, notes = merge_parameters({"a": 1}, {"a": 1}, {"a": 3}, {"a": 2})
+    assert merged == {"a": 3}
+    assert notes == ["prefect.yaml changed a to 3: it replaces 2 set on the server"]
+
+
+def test_merge_without_a_record_keeps_every_server_value_that_differs() -> None:
+    merged, notes = merge_parameters(None, None, {"a": 1, "b": {"c": 1}}, {"a": 2, "x": "y"})
+    assert merged == {"a": 2, "b": {"c": 1}, "x": "y"}
+    assert len(notes) == 2
+
+
+def test_merge_removes_what_prefect_yaml_removed_and_says_so_when_the_operator_had_set_it() -> None:
+    merged, notes = merge_parameters({"a": 1, "b": 2}, {"a": 1, "b": 2}, {"a": 1}, {"a": 1, "b": 2})
+    assert (merged, notes) == ({"a": 1}, [])
+    # the flow may no longer take it: prefect.yaml wins, and the note says what went
+    merged, notes = merge_parameters({"a": 1, "b": 2}, {"a": 1, "b": 2}, {"a": 1}, {"a": 1, "b": 5})
+    assert merged == {"a": 1}
+    assert notes == ["prefect.yaml changed b to unset: it replaces 5 set on the server"]
+
+
+def test_merge_of_a_new_deployment_is_prefect_yaml() -> None:
+    assert merge_parameters(None, None, {"a": {}}, None) == ({"a": {}}, [])
+
+
+@pytest.mark.parametrize(
+    ("planned", "server", "applied", "expected"),
+    [
+        (True, None, None, (True, None)),  # new: the plan
+        (False, None, None, (False, None)),
+        (True, True, True, (True, None)),  # nobody changed it
+        (True, False, True, (False, "kept paused as set on the server")),  # operator paused
+        (False, True, False, (True, "kept active as set on the server")),  # operator resumed
+        (True, False, None, (False, "kept paused as set on the server")),  # no record: paused
+        (True, True, None, (True, None)),
+        (False, False, False, (False, None)),
+    ],
+)
+def test_schedule_state(
+    planned: bool, server: bool | None, applied: bool | None, expected: tuple[bool, str | None]
+) -> None:
+    assert schedule_active(planned, server, applied) == expected
+
+
+def test_strict_schema_refuses_unknown_top_level_parameters() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    assert strict_schema(schema) == {**schema, "additionalProperties": False}
+
+
+def test_every_deployment_in_prefect_yaml_has_its_requirements_and_gated_ones_start_off() -> None:
+    names = {d["name"] for d in PROJECT["deployments"]}
+    assert names == set(REQUIREMENTS)
+    for deployment in PROJECT["deployments"]:
+        for schedule in deployment.get("schedules") or []:
+            gated = bool(REQUIREMENTS[deployment["name"]])
+            # a raw `prefect deploy --all` must not start runs that fail every time
+            assert schedule["active"] is not gated, deployment["name"]
+    assert {s for needs in REQUIREMENTS.values() for s in needs} <= set(SYSTEMS)
+
+
+def test_triggers_are_named_templated_from_the_event_and_deduplicated() -> None:
+    triggers = [t for d in PROJECT["deployments"] for t in d.get("triggers") or []]
+    assert triggers
+    for trigger in triggers:
+        assert trigger["name"].startswith("perfops: ")
+        assert trigger["for_each"] == ["perfops.scaling.group"]
+        assert trigger["match"]["perfops.scaling.group"] == "*"
+        assert trigger["within"] > 0 and trigger["threshold"] == 1
+        assert "event.resource['perfops.scaling.group']" in str(trigger["parameters"])
+
+
+def test_the_pull_step_reads_the_project_dir_at_run_time(tmp_path: Path) -> None:
+    assert PROJECT["pull"] == [{"perfops.project.enter_project_dir": {}}]
+    assert "PERFOPS_PROJECT_DIR is not set" in str(project_dir_problem(None))
+    assert "does not exist" in str(project_dir_problem(str(tmp_path / "gone")))
+    assert "not a perfops checkout" in str(project_dir_problem(str(tmp_path)))
+    assert project_dir_problem(str(ROOT)) is None

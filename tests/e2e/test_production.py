@@ -1,0 +1,200 @@
+"""End to end, the way an operator runs perfops in production (issue 13): `perfops deploy`
+keeps what operators set and starts schedules only once their systems are configured, the API
+refuses unknown parameters, triggers act on the event's target once per storm, blocks come from
+the work pool's environment, and a worker that cannot see the project fails the run naming
+PERFOPS_PROJECT_DIR."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.stack import (
+    BIN,
+    POOL,
+    ROOT,
+    perfops,
+    run,
+    wait_for_runs,
+    worker,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def _deployment(http: httpx.Client, name: str) -> dict[str, Any]:
+    found = http.get(f"/deployments/name/{name}/{name}")
+    assert found.status_code == 200, f"{name} is not deployed"
+    data: dict[str, Any] = found.json()
+    return data
+
+
+def _active(http: httpx.Client, name: str) -> list[bool]:
+    return [bool(s["active"]) for s in _deployment(http, name)["schedules"]]
+
+
+def _save_block(env: dict[str, str], system: str, name: str, settings: dict[str, str]) -> None:
+    import subprocess
+
+    result = subprocess.run(
+        [str(BIN / "python"), "deployments/create_blocks.py", system, "--name", name],
+        env={**env, **settings},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@contextmanager
+def _pool_env(http: httpx.Client, env: dict[str, str]) -> Iterator[None]:
+    """The work pool's job environment set to `env` (what an operator sets in the UI's work
+    pool page or with `prefect work-pool update --base-job-template`), restored afterwards."""
+    pool = http.get(f"/work_pools/{POOL}").json()
+    template = pool["base_job_template"]
+    original = json.loads(json.dumps(template))
+    template["variables"]["properties"]["env"]["default"] = env
+    assert (
+        http.patch(f"/work_pools/{POOL}", json={"base_job_template": template}).status_code == 204
+    )
+    try:
+        yield
+    finally:
+        http.patch(f"/work_pools/{POOL}", json={"base_job_template": original})
+
+
+def _event(name: str, resource_id: str, **labels: str) -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "occurred": datetime.now(UTC).isoformat(),
+        "event": name,
+        "resource": {"prefect.resource.id": resource_id, **labels},
+        "payload": {},
+    }
+
+
+def test_deploy_gates_schedules_keeps_operator_settings_and_refuses_unknown_parameters(
+    deployed: dict[str, str],
+) -> None:
+    env = deployed
+    http = httpx.Client(base_url=env["PREFECT_API_URL"], timeout=30)
+    # Fresh install, nothing configured: only what needs no outside system is scheduled.
+    assert _active(http, "check_connections") == [True]
+    assert _active(http, "apply_scaling_schedule") == [True]
+    for name in ("evaluate_slos", "refresh_stale_statistics", "generate_weekly_report"):
+        assert _active(http, name) == [False], name
+
+    # Unknown top-level parameters are refused with their name, not accepted and crashed.
+    slos = _deployment(http, "evaluate_slos")
+    refused = http.post(
+        f"/deployments/{slos['id']}/create_flow_run", json={"parameters": {"dryrun": True}}
+    )
+    assert refused.status_code == 409, refused.text
+    assert "dryrun" in refused.text
+
+    # Automations carry names a person recognises.
+    automations = http.post("/automations/filter", json={}).json()
+    names = {a["name"] for a in automations}
+    assert "perfops: scale the group an SLA degradation names" in names
+
+    # The operator: a Prometheus block named in the UI, a paused schedule, Slack on the
+    # workers' own environment, Redis through the work pool's environment.
+    _save_block(env, "prometheus", "prom-prod", {"PERFOPS_PROMETHEUS_URL": "http://127.0.0.1:9"})
+    params = {**slos["parameters"], "prometheus_block": "prom-prod"}
+    assert http.patch(f"/deployments/{slos['id']}", json={"parameters": params}).status_code == 204
+    connections = _deployment(http, "check_connections")
+    [schedule] = connections["schedules"]
+    http.patch(
+        f"/deployments/{connections['id']}/schedules/{schedule['id']}", json={"active": False}
+    )
+    with _pool_env(http, {"PERFOPS_REDIS_URL": "redis://127.0.0.1:6379/14"}):
+        redeploy = perfops(env, "deploy", "--configured", "slack")
+    assert "kept prometheus_block='prom-prod'" in redeploy.stdout, redeploy.stdout
+    after = _deployment(http, "evaluate_slos")
+    assert after["parameters"]["prometheus_block"] == "prom-prod"
+    assert after["parameters"]["definitions_path"] == "deployments/slos.yaml"
+    assert _active(http, "evaluate_slos") == [True], redeploy.stdout
+    assert _active(http, "check_connections") == [False], "the paused schedule stays paused"
+    # still gated: refresh needs PostgreSQL, which nobody configured
+    assert _active(http, "refresh_stale_statistics") == [False]
+
+
+def test_triggers_act_on_the_group_the_event_names_once_per_storm(
+    deployed: dict[str, str],
+) -> None:
+    http = httpx.Client(base_url=deployed["PREFECT_API_URL"], timeout=30)
+    scaling = _deployment(http, "scale_predictively")
+    assert wait_for_runs(http, scaling["id"], 0, timeout_s=0) == []
+    storm = [
+        _event(
+            "perfops.sla.breached",
+            "perfops.sla.degradation.latency-degradation",
+            **{"perfops.scaling.group": "group-b"},
+        )
+        for _ in range(5)
+    ]
+    other = _event(
+        "perfops.sla.breached",
+        "perfops.sla.degradation.latency-degradation",
+        **{"perfops.scaling.group": "group-c"},
+    )
+    unnamed = _event("perfops.sla.breached", "perfops.sla.degradation.latency-degradation")
+    assert http.post("/events", json=[*storm, other, unnamed]).status_code == 204
+    runs = wait_for_runs(http, scaling["id"], 2)
+    time.sleep(5)  # any extra run the storm would cause has been created by now
+    runs = wait_for_runs(http, scaling["id"], 2)
+    groups = sorted(str(r["parameters"]["group"]) for r in runs)  # type: ignore[index]
+    assert groups == ["group-b", "group-c"], runs
+    assert all(r["parameters"]["dry_run"] is True for r in runs)  # type: ignore[index]
+
+    schedule = _deployment(http, "apply_scaling_schedule")
+    changed = _event(
+        "perfops.scaling.schedule.changed",
+        "perfops.scaling.group.web-blue",
+        **{"perfops.scaling.group": "web-blue"},
+    )
+    assert http.post("/events", json=[changed]).status_code == 204
+    [created] = wait_for_runs(http, schedule["id"], 1)
+    assert created["parameters"]["aws"] == {"group": "web-blue"}  # type: ignore[index]
+
+
+def test_blocks_from_the_work_pool_environment_and_a_worker_without_the_project(
+    deployed: dict[str, str], pg_dsn: str, tmp_path: Path
+) -> None:
+    env = {**deployed, "PERFOPS_OUT_DIR": str(tmp_path / "out")}
+    http = httpx.Client(base_url=env["PREFECT_API_URL"], timeout=30)
+    _save_block(env, "postgres", "pg-from-pool", {"PERFOPS_DSN": pg_dsn})
+    with _pool_env(http, {"PERFOPS_POSTGRES_BLOCK": "pg-from-pool"}):
+        with worker({**env, "PERFOPS_PROJECT_DIR": str(ROOT)}, tmp_path) as log:
+            run_id, state = run(
+                http,
+                "check_connections/check_connections",
+                {"parameters": {"fail_when_unreachable": False}},
+            )
+            assert state["type"] == "COMPLETED", (state, log.read_text()[-3000:])
+        found = http.post(
+            "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}
+        ).json()
+        data = found[0]["data"]
+        rows = json.loads(data) if isinstance(data, str) else data
+        postgres = next(r for r in rows if r["system"] == "postgres")
+        assert postgres["origin"] == "block", postgres
+        assert postgres["result"] == "ok", postgres
+
+    # A worker whose environment lacks PERFOPS_PROJECT_DIR fails the run and says so.
+    bare = {k: v for k, v in env.items() if k != "PERFOPS_PROJECT_DIR"}
+    with worker(bare, tmp_path) as log:
+        _, state = run(http, "check_connections/check_connections", {})
+    assert state["type"] in {"FAILED", "CRASHED"}, state
+    assert "PERFOPS_PROJECT_DIR" in (state.get("message") or ""), (state, log.read_text()[-3000:])
