@@ -88,11 +88,13 @@ class PrefectApi:
     def __init__(self) -> None:
         from prefect.settings import get_current_settings
 
+        # The environment first: Prefect's settings object is read once, at import.
         api = get_current_settings().api
-        headers = {}
-        if api.key is not None:
-            headers["Authorization"] = f"Bearer {api.key.get_secret_value()}"
-        self.url = str(api.url or "")
+        key = os.environ.get("PREFECT_API_KEY") or (
+            api.key.get_secret_value() if api.key is not None else None
+        )
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.url = os.environ.get("PREFECT_API_URL") or str(api.url or "")
         self.http = httpx.Client(base_url=self.url.rstrip("/") + "/", headers=headers, timeout=30)
 
     def _ok(self, response: httpx.Response, what: str) -> Any:
@@ -129,6 +131,21 @@ class PrefectApi:
         template = self._ok(found, f"reading work pool {pool}").get("base_job_template") or {}
         env = template.get("variables", {}).get("properties", {}).get("env", {}).get("default")
         return {str(k): str(v) for k, v in (env or {}).items() if v is not None}
+
+    def set_pool_env(self, pool: str, updates: dict[str, str]) -> None:
+        """Merge `updates` into the work pool's job environment (every run on it gets them)."""
+        found = self.http.get(f"work_pools/{pool}")
+        if found.status_code == 404:
+            fail(
+                f"work pool {pool!r} does not exist: prefect work-pool create {pool} --type process"
+            )
+        template = self._ok(found, f"reading work pool {pool}")["base_job_template"]
+        env = template["variables"]["properties"].setdefault("env", {"type": "object"})
+        env["default"] = {**(env.get("default") or {}), **updates}
+        self._ok(
+            self.http.patch(f"work_pools/{pool}", json={"base_job_template": template}),
+            f"updating work pool {pool}",
+        )
 
     def saved_blocks(self, slug: str) -> set[str]:
         found = self.http.post(
@@ -233,6 +250,15 @@ def deploy(
             "redis, archive, slack, email); repeat for several.",
         ),
     ] = None,
+    pool_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pool-env",
+            help="NAME=VALUE set in the work pool's job environment before deploying, e.g. "
+            "PERFOPS_POSTGRES_BLOCK=prod (block names and settings, never secrets: job "
+            "variables are stored in clear); repeat for several.",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Show what would be deployed and kept; change nothing."),
@@ -255,8 +281,10 @@ def deploy(
             f"(one of {', '.join(SYSTEMS)})"
         )
         raise typer.Exit(2)
+    updates = _pool_updates(pool_env or [])
     apply_prefect_defaults()
-    if not os.environ.get("PREFECT_API_URL"):
+    api = PrefectApi()
+    if not api.url:
         err.print(
             "perfops: PREFECT_API_URL is not set: perfops deploy writes to your Prefect server "
             "(e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api)"
@@ -269,17 +297,41 @@ def deploy(
         err.print(f"perfops: not in prefect.yaml: {', '.join(sorted(missing))}")
         raise typer.Exit(2)
     chosen = [p for p in project if not wanted or p.name in wanted]
-    api = PrefectApi()
     try:
         before = {p.name: api.deployment(p.flow, p.name) for p in chosen}
     except httpx.TransportError as exc:
         fail(f"cannot reach the Prefect API at {api.url}: {exc}")
     records = {p.name: api.record(p.name) for p in chosen}
+    if updates and not dry_run:
+        for pool in sorted({p.pool for p in chosen}):
+            api.set_pool_env(pool, updates)
     if not dry_run:
         _prefect_deploy(sorted(wanted))
     for item in chosen:
         _apply(api, item, before[item.name], records[item.name], assumed, dry_run)
     _report(chosen, dry_run, as_json)
+
+
+SECRET_MARKERS = ("DSN", "TOKEN", "PASSWORD", "SECRET", "KEY")
+
+
+def _pool_updates(pairs: list[str]) -> dict[str, str]:
+    """--pool-env NAME=VALUE pairs, refusing malformed ones and secrets (exit 2)."""
+    updates: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            err.print(f"perfops: --pool-env {pair!r}: expected NAME=VALUE")
+            raise typer.Exit(2)
+        if any(marker in name.upper() for marker in SECRET_MARKERS):
+            err.print(
+                f"perfops: --pool-env {name}: looks like a secret; job variables are stored in "
+                "clear, so secrets go into a block (deployments/create_blocks.py) and the pool "
+                "names the block (e.g. PERFOPS_POSTGRES_BLOCK=prod)"
+            )
+            raise typer.Exit(2)
+        updates[name.strip()] = value
+    return updates
 
 
 def _report(chosen: list[Planned], dry_run: bool, as_json: bool) -> None:

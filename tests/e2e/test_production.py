@@ -109,7 +109,7 @@ def test_deploy_gates_schedules_keeps_operator_settings_and_refuses_unknown_para
     assert "perfops: scale the group an SLA degradation names" in names
 
     # The operator: a Prometheus block named in the UI, a paused schedule, Slack on the
-    # workers' own environment, Redis through the work pool's environment.
+    # workers' own environment, Redis through the work pool's environment (--pool-env).
     _save_block(env, "prometheus", "prom-prod", {"PERFOPS_PROMETHEUS_URL": "http://127.0.0.1:9"})
     params = {**slos["parameters"], "prometheus_block": "prom-prod"}
     assert http.patch(f"/deployments/{slos['id']}", json={"parameters": params}).status_code == 204
@@ -118,8 +118,15 @@ def test_deploy_gates_schedules_keeps_operator_settings_and_refuses_unknown_para
     http.patch(
         f"/deployments/{connections['id']}/schedules/{schedule['id']}", json={"active": False}
     )
-    with _pool_env(http, {"PERFOPS_REDIS_URL": "redis://127.0.0.1:6379/14"}):
-        redeploy = perfops(env, "deploy", "--configured", "slack")
+    redis = "PERFOPS_REDIS_URL=redis://127.0.0.1:6379/14"
+    refused = perfops(
+        env, "deploy", "--pool-env", "PERFOPS_DSN=postgresql://u:pw@db/app", check=False
+    )
+    assert refused.returncode == 2 and "secret" in refused.stderr
+    redeploy = perfops(env, "deploy", "--configured", "slack", "--pool-env", redis)
+    pool = http.get(f"/work_pools/{POOL}").json()
+    pool_env = pool["base_job_template"]["variables"]["properties"]["env"]["default"]
+    assert pool_env["PERFOPS_REDIS_URL"] == "redis://127.0.0.1:6379/14"
     assert "kept prometheus_block='prom-prod'" in redeploy.stdout, redeploy.stdout
     after = _deployment(http, "evaluate_slos")
     assert after["parameters"]["prometheus_block"] == "prom-prod"
@@ -198,3 +205,56 @@ def test_blocks_from_the_work_pool_environment_and_a_worker_without_the_project(
         _, state = run(http, "check_connections/check_connections", {})
     assert state["type"] in {"FAILED", "CRASHED"}, state
     assert "PERFOPS_PROJECT_DIR" in (state.get("message") or ""), (state, log.read_text()[-3000:])
+
+
+def _unit(name: str) -> dict[str, list[str]]:
+    """A systemd unit's [Service] keys (repeatable keys keep every value)."""
+    keys: dict[str, list[str]] = {}
+    section = ""
+    for line in (ROOT / "deployments" / "systemd" / name).read_text().splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            keys.setdefault(key, []).append(value)
+    return keys
+
+
+def test_the_worker_unit_starts_a_worker_that_its_stop_signal_stops(
+    deployed: dict[str, str], tmp_path: Path
+) -> None:
+    import shlex
+    import signal
+    import subprocess
+
+    unit = _unit("perfops-worker@.service")
+    assert "PERFOPS_PROJECT_DIR=/srv/perfops" in unit["Environment"]
+    stop_signal = getattr(signal, unit["KillSignal"][0])
+    timeout = float(unit["TimeoutStopSec"][0])
+    command = [
+        part.replace("/srv/perfops/.venv/bin", str(BIN)).replace("%i", "unit-test")
+        for part in shlex.split(unit["ExecStart"][0])
+    ]
+    log = tmp_path / "unit-worker.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            env={**deployed, "PERFOPS_PROJECT_DIR": str(ROOT)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "started!" not in log.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.5)
+        assert "started!" in log.read_text(), log.read_text()
+        process.send_signal(stop_signal)
+        process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert _unit("prefect-server.service")["KillSignal"] == unit["KillSignal"]

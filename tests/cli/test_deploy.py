@@ -1,0 +1,49 @@
+"""`perfops deploy` refuses bad input before it talks to Prefect (exit 2, one line naming it).
+What it does against a real server is tested end to end in tests/e2e/test_production.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--configured", "mongodb"], "--configured mongodb: unknown system"),
+        (["--pool-env", "PERFOPS_POSTGRES_BLOCK"], "expected NAME=VALUE"),
+        (["--pool-env", "PERFOPS_SLACK_TOKEN=xoxb-1"], "looks like a secret"),
+        (["no_such_deployment"], "not in prefect.yaml: no_such_deployment"),
+    ],
+)
+def test_bad_input_is_refused_with_exit_2(
+    perfops: Callable[[list[str]], int],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # never reached
+    assert perfops(["deploy", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_without_a_prefect_server_it_says_which_variable_to_set(
+    perfops: Callable[[list[str]], int],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert perfops(["deploy"]) == 2
+    assert "PREFECT_API_URL is not set" in capsys.readouterr().err
+
+
+def test_an_unreachable_server_fails_with_its_address(
+    perfops: Callable[[list[str]], int],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    assert perfops(["deploy", "--dry-run"]) == 1
+    assert "cannot reach the Prefect API at http://127.0.0.1:9/api" in capsys.readouterr().err
