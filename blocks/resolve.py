@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # imported where used: together they add ~0.5 s to every comm
 from pydantic import BaseModel, Field, SecretStr
 
 from blocks import PostgresTarget, PrometheusSource, RedisTarget, SlackEscalationTarget
-from perfops.errors import ConfigurationError
+from perfops.errors import BlockNotFound, ConfigurationError
 from perfops.redaction import redact
 from perfops.settings import DEFAULT_DEMO_DSN, PerfopsSettings, get_settings
 
@@ -57,9 +57,74 @@ EmailSink: TypeAlias = "EmailServerCredentials | FileOutbox"
 B = TypeVar("B", bound=Block)
 
 
+# How to save a block of each type (`deployments/create_blocks.py SYSTEM` reads PERFOPS_*).
+CREATE_BLOCK_SYSTEM = {
+    "perfops-postgres-target": "postgres",
+    "perfops-prometheus-source": "prometheus",
+    "perfops-redis-target": "redis",
+    "perfops-slack-escalation-target": "slack",
+    "s3-bucket": "s3",
+    "email-server-credentials": "email",
+}
+SAVED_NAMES_SHOWN = 20
+
+
 def load_block(block_type: type[B], name: str) -> B:
-    """`Block.load` in a synchronous context, typed."""
-    return cast(B, block_type.load(name))
+    """`Block.load` in a synchronous context, typed. A name with no saved block of that type
+    raises `BlockNotFound` naming the type and the name, with the saved blocks of that type."""
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return cast(B, block_type.load(name))
+    except ValueError as exc:  # Prefect turns the API's 404 into a ValueError
+        if not isinstance(exc.__cause__, ObjectNotFound):
+            raise
+        raise BlockNotFound(missing_block_message(block_type, name)) from None
+
+
+def saved_block_names(block_type: type[Block]) -> list[str]:
+    """The names of the saved (not anonymous) blocks of `block_type` on the Prefect server,
+    sorted; none when the server does not know the type yet. Secrets are not read."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+    with get_client(sync_client=True) as client:
+        try:
+            documents = client.read_block_documents_by_type(
+                block_type.get_block_type_slug(), include_secrets=False
+            )
+        except (ObjectNotFound, PrefectHTTPStatusError) as exc:
+            if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code != 404:
+                raise
+            return []  # the block type was never registered on this server
+    return sorted(d.name for d in documents if d.name and not d.is_anonymous)
+
+
+def missing_block_message(block_type: type[Block], name: str) -> str:
+    """Why `name` loads nothing: `no perfops-postgres-target block named 'prdo'; saved: prod,
+    staging`, or how to create one when none of that type is saved."""
+    try:
+        saved = saved_block_names(block_type)
+    except Exception as exc:  # noqa: BLE001 - the listing only adds to the message
+        slug = block_type.get_block_type_slug()
+        return f"no {slug} block named {name!r} (could not list the saved ones: {redact(str(exc))})"
+    return _missing(block_type, name, saved)
+
+
+def _missing(block_type: type[Block], name: str, saved: list[str]) -> str:
+    slug = block_type.get_block_type_slug()
+    message = f"no {slug} block named {name!r}"
+    if saved:
+        more = len(saved) - SAVED_NAMES_SHOWN
+        shown = ", ".join(saved[:SAVED_NAMES_SHOWN]) + (f" and {more} more" if more > 0 else "")
+        return f"{message}; saved: {shown}"
+    system = CREATE_BLOCK_SYSTEM.get(slug)
+    how = (
+        f"python deployments/create_blocks.py {system} --name {name}"
+        if system
+        else f"{block_type.__name__}(...).save({name!r}) or the Prefect UI (Blocks)"
+    )
+    return f"{message}; none saved; create one with: {how}"
 
 
 @dataclass(frozen=True)
@@ -236,3 +301,72 @@ def _smtp_where(creds: EmailServerCredentials) -> str:
     server = getattr(creds.smtp_server, "value", creds.smtp_server)
     port = creds.smtp_port or creds.smtp_type.value
     return f"smtp://{server}:{port}"
+
+
+# Block-name parameters of the flows: the block type each names, and the PERFOPS_* setting the
+# resolvers fall back to when the parameter is not given.
+_BLOCK_PARAMETERS: dict[str, tuple[str, str | None]] = {
+    "postgres_block": ("postgres", "postgres_block"),
+    "prometheus_block": ("prometheus", "prometheus_block"),
+    "metrics_block": ("prometheus", "prometheus_block"),
+    "redis_block": ("redis", "redis_block"),
+    "s3_block": ("s3", "s3_block"),
+    "archive_block": ("s3", "s3_block"),
+    "slack_block": ("slack", "slack_block"),
+    "email_block": ("email", "email_block"),
+    "credentials_block": ("aws", None),
+}
+
+
+def _block_type(system: str) -> type[Block]:
+    if system == "s3":
+        from prefect_aws import S3Bucket
+
+        return S3Bucket
+    if system == "email":
+        from prefect_email import EmailServerCredentials
+
+        return EmailServerCredentials
+    if system == "aws":
+        from prefect_aws import AwsCredentials
+
+        return AwsCredentials
+    types: dict[str, type[Block]] = {
+        "postgres": PostgresTarget,
+        "prometheus": PrometheusSource,
+        "redis": RedisTarget,
+        "slack": SlackEscalationTarget,
+    }
+    return types[system]
+
+
+def check_block_names(settings: PerfopsSettings | None = None, **names: str | None) -> None:
+    """Check, before a run does any work, that every block name it was given names a saved
+    block of the right type: `check_block_names(postgres_block=..., redis_block=...)`.
+
+    Keywords are the flows' block-name parameters (postgres_block, prometheus_block,
+    metrics_block, redis_block, s3_block, archive_block, slack_block, email_block,
+    credentials_block); a None value falls back to the `PERFOPS_*_BLOCK` variable the resolvers
+    read, and nothing is checked when neither is set. One request per block type, no secrets
+    read. Raises `BlockNotFound` naming every missing one, each with the saved blocks of its
+    type (one line each). The Prefect API must answer (its errors propagate)."""
+    unknown = sorted(set(names) - set(_BLOCK_PARAMETERS))
+    if unknown:
+        raise TypeError(f"check_block_names: not a block-name parameter: {', '.join(unknown)}")
+    s = _settings(settings)
+    wanted: list[tuple[str, str, type[Block]]] = []  # (where the name came from, name, type)
+    for parameter, given in names.items():
+        system, setting = _BLOCK_PARAMETERS[parameter]
+        name = given or (getattr(s, setting) if setting else None)
+        if name:
+            source = parameter if given else f"PERFOPS_{setting}".upper()
+            wanted.append((source, name, _block_type(system)))
+    saved: dict[type[Block], list[str]] = {}
+    problems: list[str] = []
+    for source, name, block_type in wanted:
+        if block_type not in saved:
+            saved[block_type] = saved_block_names(block_type)
+        if name not in saved[block_type]:
+            problems.append(f"{source}: {_missing(block_type, name, saved[block_type])}")
+    if problems:
+        raise BlockNotFound("\n".join(problems))

@@ -22,21 +22,27 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
 from cli.commands import indexes, partitions, queries, scaling, sla, stats
 from cli.commands import report as report_commands
+from cli.commands import server as server_commands
+from cli.commands.deploy import deploy as deploy_command
 from cli.commands.indexes_health import health as index_health
 from cli.support import (
     JsonFlag,
     PrometheusUrlOption,
     VerboseFlag,
+    check_dsn,
     env_option,
     err,
+    local_server,
     out,
+    perfops_settings,
     progress_reporter,
     quiet_prefect_console,
     set_env,
+    use_prefect_server,
 )
 from perfops import __version__
 from perfops.errors import PerfopsError
-from perfops.redaction import redact, register_secret
+from perfops.redaction import redact
 from perfops.settings import apply_prefect_defaults
 
 app = typer.Typer(
@@ -62,6 +68,8 @@ app.add_typer(report_commands.app, name="report")
 app.add_typer(partitions.app, name="partitions")
 app.add_typer(sla.app, name="sla")
 app.add_typer(scaling.app, name="scaling")
+app.add_typer(server_commands.app, name="server")
+app.command("deploy")(deploy_command)
 
 
 def _version_callback(value: bool) -> None:
@@ -132,8 +140,7 @@ def doctor(
 ) -> None:
     """Check every configured system: real or embedded default, reachable, version, what is
     missing and the command that fixes it (flow check_connections). Exit 1 if one is unreachable."""
-    if dsn:
-        register_secret(dsn)
+    check_dsn(dsn)
     for name, value in (
         ("PERFOPS_DSN", dsn),
         ("PERFOPS_PROMETHEUS_URL", prometheus_url),
@@ -148,6 +155,7 @@ def doctor(
     apply_prefect_defaults()
     quiet_prefect_console(verbose)
     with progress_reporter(not as_json) as progress:
+        use_prefect_server(progress)
         progress("checking connections (starting Prefect)", 0, 1)
         from flows.check_connections import ConnectionsUnreachable, check_connections
 
@@ -207,16 +215,17 @@ def demo(
 ) -> None:
     """Run the main job end to end: create the demo database and workload, run every perfops
     flow once through Prefect against it and the embedded defaults, and summarise."""
-    if demo_dsn:
-        register_secret(demo_dsn)
+    check_dsn(demo_dsn, "--demo-dsn")
     out_dir = out_dir.resolve()
-    if not os.environ.get("PREFECT_API_URL"):
+    if not perfops_settings().local_server and not os.environ.get("PREFECT_API_URL"):
+        # A throwaway server per run; its database kept with the demo's files.
         os.environ.setdefault("PREFECT_HOME", str(out_dir / "prefect"))
     apply_prefect_defaults()
     quiet_prefect_console(verbose)
-    from demo.run import run_demo
-
     with progress_reporter(not as_json) as progress:
+        use_prefect_server(progress)  # the local server, shared with every other command
+        from demo.run import run_demo
+
         summary = run_demo(out_dir, demo_dsn, progress)
     if as_json:
         out.print_json(redact(json.dumps(asdict(summary), default=str)))
@@ -247,12 +256,15 @@ def demo(
         f"  embedded defaults in use: CSV trace metrics, archive folder, Slack and email "
         f"as files under {summary.out_dir}"
     )
+    local = local_server()
+    if os.environ.get("PREFECT_API_URL") == local.api_url:
+        out.print(f"  Prefect UI (the local server, `perfops server status`): {local.url}")
 
 
 @blocks_app.command("register")
 def blocks_register() -> None:
     """Register perfops' block types (same as `prefect block register -m blocks`)."""
-    apply_prefect_defaults()
+    use_prefect_server()
     from prefect.blocks.core import Block
 
     import blocks as module

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -13,14 +14,16 @@ from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from demo.prefect_server import LocalPrefectServer, configured_api_url
+from perfops.errors import ConfigurationError
 from perfops.progress import listening
 from perfops.redaction import redact, register_secret
-from perfops.settings import apply_prefect_defaults, get_settings
+from perfops.settings import PerfopsSettings, apply_prefect_defaults, get_settings
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
@@ -126,11 +129,82 @@ def print_wrapped(text: str, *, indent: int, style: str | None = None) -> None:
         out.print(f"[{style}]{escape(line)}[/]" if style else escape(line), highlight=False)
 
 
+_HAS_PASSWORD = re.compile(r"password|://[^/@]*:[^/@]*@", re.IGNORECASE)
+_QUOTED = re.compile(r'"[^"]*"')
+
+
+def check_dsn(dsn: str | None, flag: str = "--dsn") -> None:
+    """Refuse a DSN libpq cannot parse (exit 2), before Prefect or a server starts."""
+    if not dsn:
+        return
+    register_secret(dsn)
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(dsn)
+    except ProgrammingError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "cannot be parsed"
+        if _HAS_PASSWORD.search(dsn):  # libpq quotes pieces of the string: maybe the password's
+            reason = _QUOTED.sub(lambda m: m[0] if m[0] == '"="' else '"..."', reason)
+        raise typer.BadParameter(
+            f"{flag}: not a PostgreSQL DSN ({reason}); give a libpq string "
+            "('host=... dbname=...') or a URI (postgresql://user@host/db)"
+        ) from None
+
+
 def use_dsn(dsn: str | None) -> None:
-    """Make `--dsn` the PostgreSQL connection of flows run by this process."""
+    """Make `--dsn` the PostgreSQL connection of flows run by this process (refused with exit 2
+    when libpq cannot parse it)."""
     if dsn:
-        register_secret(dsn)
+        check_dsn(dsn)
         os.environ["PERFOPS_DSN"] = dsn
+
+
+def perfops_settings() -> PerfopsSettings:
+    """The `PERFOPS_*` settings, a malformed one reported as one line."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "PERFOPS_" + "_".join(str(part) for part in first["loc"]).upper()
+        raise ConfigurationError(f"{name}: {first['msg']} (got {first.get('input')!r})") from None
+
+
+def local_server() -> LocalPrefectServer:
+    """The local Prefect server of this out folder (PERFOPS_OUT_DIR, PERFOPS_LOCAL_SERVER_PORT)."""
+    settings = perfops_settings()
+    return LocalPrefectServer(settings.out_dir, settings.local_server_port)
+
+
+def use_prefect_server(progress: Callable[[str, int, int], None] | None = None) -> None:
+    """Choose the Prefect server this process's flows report to. Call before importing prefect.
+
+    PREFECT_API_URL when set (in the environment or the active Prefect profile); else the local
+    server perfops keeps under the out folder, started here on first use (its UI address is
+    printed once, on stderr); with PERFOPS_LOCAL_SERVER=off, a throwaway server per command.
+    """
+    apply_prefect_defaults()
+    if "prefect" in sys.modules or configured_api_url():
+        return  # Prefect's settings are fixed once imported (in-process tests), or chosen
+    if not perfops_settings().local_server:
+        return
+    server = local_server()
+
+    def starting() -> None:
+        if progress is not None:
+            progress("starting the local Prefect server (once: 10-20 s)", 0, 1)
+
+    if server.ensure(on_start=starting):
+        gone = server.stale_pid
+        stale = f"; the previous one (pid {gone}) had exited" if gone else ""
+        err.print(
+            f"perfops: started the local Prefect server{stale}; its UI shows the runs, "
+            f"artifacts and events of local work: {server.url} (`perfops server stop` stops it)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    os.environ["PREFECT_API_URL"] = server.api_url
 
 
 @contextmanager
@@ -187,6 +261,7 @@ def run_flow(
     apply_prefect_defaults()
     quiet_prefect_console(verbose)
     with progress_reporter(show_progress) as progress:
+        use_prefect_server(progress)
         progress(f"{label} (starting Prefect)", 0, 1)
         with _collector_paused():
             loaded = flow()

@@ -516,7 +516,8 @@ def finding_rows(
     locked_tables: Sequence[LockedTable] = (),
 ) -> list[dict[str, Any]]:
     """The report as table rows: each finding with what was done about it and why, then drop
-    requests that matched no finding, then tables that could not be read."""
+    requests that matched no finding, then tables that could not be read. Columns: the index,
+    the result (report only, would drop, dropped...) and the reason, then the details."""
     by_name = {o.name: o for o in outcomes}
     rows: list[dict[str, Any]] = []
     for f in findings:
@@ -529,40 +530,40 @@ def finding_rows(
             action = f"report only ({f.not_droppable_reason})"
         rows.append(
             {
-                "kind": f.kind,
                 "index": f.name,
+                "result": action,
+                "reason": f.reason,
+                "kind": f.kind,
                 "table": f.table,
                 "wasted": format_bytes(f.size_bytes),
                 "size_bytes": f.size_bytes,
                 "scans": f.scans,
-                "reason": f.reason,
-                "action": action,
             }
         )
     for o in by_name.values():
         rows.append(
             {
-                "kind": "drop request",
                 "index": o.name,
+                "result": o.status,
+                "reason": o.reason,
+                "kind": "drop request",
                 "table": "",
                 "wasted": format_bytes(o.size_bytes) if o.size_bytes else "",
                 "size_bytes": o.size_bytes,
                 "scans": "",
-                "reason": o.reason,
-                "action": o.status,
             }
         )
     for t in locked_tables:
         rows.append(
             {
-                "kind": "not checked",
                 "index": ", ".join(qualified_name(t.schema_name, n) for n in t.index_names),
+                "result": "skipped",
+                "reason": t.reason,
+                "kind": "not checked",
                 "table": qualified_name(t.schema_name, t.table_name),
                 "wasted": "",
                 "size_bytes": 0,
                 "scans": "",
-                "reason": t.reason,
-                "action": "skipped",
             }
         )
     return rows

@@ -88,29 +88,31 @@ def suggestions(
 
 
 def _row(
-    decision: str,
+    result: str,
     *,
     table: str = "",
     columns: str = "",
-    why: str = "",
+    reason: str = "",
+    detail: str = "",
     size: int | str = "",
     ddl: str = "",
-    result: str = "",
 ) -> dict[str, Any]:
     return {
-        "decision": decision,
         "table": table,
         "columns": columns,
-        "why": why,
+        "result": result,
+        "reason": reason,
+        "detail": detail,
         "size": size,
         "ddl": ddl,
-        "result": result,
     }
 
 
 def artifact_rows(report: IndexSuggestionReport) -> list[dict[str, Any]]:
     """The table artifact: each suggestion (and what its build did), each rejected candidate,
-    each skipped statement, with the reason."""
+    each skipped statement. Columns: table, columns, then the result (suggested, created,
+    rejected, statement skipped...) and the reason, then the details (the build's or the
+    statement's), size and DDL."""
     builds = {b.key: b for b in report.builds}
     rows: list[dict[str, Any]] = []
     for s in report.suggestions:
@@ -123,11 +125,11 @@ def artifact_rows(report: IndexSuggestionReport) -> list[dict[str, Any]]:
                 build.status if build else "suggested",
                 table=s.table,
                 columns=", ".join(s.columns),
-                why=f"{len(s.queries)} statement(s), {s.calls:,} calls, "
+                reason=f"{len(s.queries)} statement(s), {s.calls:,} calls, "
                 f"est. {s.est_time_saved_ms:,.0f} ms saved; " + costs,
                 size=s.size_bytes,
                 ddl=s.ddl,
-                result=build.detail if build else "dry run: pass apply=True to build",
+                detail=build.detail if build else "dry run: pass apply=True to build",
             )
         )
     for r in report.rejected:
@@ -136,15 +138,15 @@ def artifact_rows(report: IndexSuggestionReport) -> list[dict[str, Any]]:
                 "rejected",
                 table=str(r.candidate.table),
                 columns=", ".join(r.candidate.columns),
-                why=r.reason,
+                reason=r.reason,
             )
         )
     for sk in report.skipped:
         rows.append(
             _row(
                 "statement skipped",
-                why=f"queryid {sk.queryid}: {sk.reason}",
-                result=sk.query[:120],
+                reason=f"queryid {sk.queryid}: {sk.reason}",
+                detail=sk.query[:120],
             )
         )
     return rows

@@ -197,6 +197,9 @@ class TableRotation(BaseModel):
         default=None, description="Wall time archiving and dropping the detached partitions."
     )
     problems: list[str] = Field(default_factory=list)
+    failures: list[str] = Field(
+        default_factory=list, description="The problems that are failures, first first."
+    )
     error: str | None = None
 
     @property
@@ -237,24 +240,33 @@ class RotationReport(BaseModel):
             e.status in ("failed", "archived, not dropped") for t in self.tables for e in t.expired
         )
         return f"{len(self.tables)} table(s): created {created}, dropped {dropped}" + (
-            f", {failed} expired partition(s) failed (kept detached)" if failed else ""
+            f", {failed} expired partition(s) failed (nothing dropped)" if failed else ""
         )
 
 
 def artifact_rows(report: RotationReport) -> list[dict[str, Any]]:
-    """One row per planned or done step of every table: what, which partition, bounds, why,
-    and the result."""
+    """One row per planned or done step of every table: the table, what, which partition, then
+    the result and the reason (the columns that explain lead), then the bounds and the archive."""
     rows: list[dict[str, Any]] = []
 
-    def add(table: str, what: str, partition: str, bounds: str, reason: str, result: str) -> None:
+    def add(
+        table: str,
+        what: str,
+        partition: str,
+        bounds: str,
+        reason: str,
+        result: str,
+        archive: str = "",
+    ) -> None:
         rows.append(
             {
                 "table": table,
                 "what": what,
                 "partition": partition,
-                "bounds": bounds,
-                "reason": reason,
                 "result": result,
+                "reason": reason,
+                "bounds": bounds,
+                "archive": archive,
             }
         )
 
@@ -310,8 +322,6 @@ def artifact_rows(report: RotationReport) -> list[dict[str, Any]]:
             )
         reasons = {e.name: e.reason for e in t.plan.expire} if t.plan else {}
         for e in t.expired:
-            extra = f"; {e.rows} rows" if e.rows is not None else ""
-            extra += f"; {e.uri} sha256 {e.sha256}" if e.uri else ""
             add(
                 t.table,
                 "expire",
@@ -319,7 +329,8 @@ def artifact_rows(report: RotationReport) -> list[dict[str, Any]]:
                 e.detach_mode or "",
                 reasons.get(e.partition, e.detail)
                 + (f" ({e.detail})" if e.detail and e.partition in reasons else ""),
-                e.status + extra,
+                e.status + (f"; {e.rows} rows" if e.rows is not None else ""),
+                f"{e.uri} sha256 {e.sha256}" if e.uri else "",
             )
         for problem in t.problems:
             add(t.table, "problem", "", "", problem, "")
@@ -415,7 +426,7 @@ def record_detaches(
             if done.mode is None:
                 outcome.status = "failed"
                 outcome.detail = f"{done.error}; nothing dropped, {table.name} stays attached"
-                result.problems.append(f"detaching {table.name} failed: {outcome.detail}")
+                record_problem(result, f"detaching {table.name} failed: {outcome.detail}")
                 continue
             outcome.detach_mode = done.mode
             if done.mode == "plain":
@@ -438,7 +449,7 @@ def record_failure(
     if failed:
         outcome.status = "failed"
     outcome.detail = f"{error}; nothing dropped, {outcome.partition} stays detached"
-    result.problems.append(f"expiring {outcome.partition} failed: {outcome.detail}")
+    record_problem(result, f"expiring {outcome.partition} failed: {outcome.detail}")
 
 
 def record_drops(
@@ -461,3 +472,73 @@ def record_drops(
         outcome.status = "dropped"
         done.append(outcome)
     return done
+
+
+def record_preflight_failure(
+    result: TableRotation, policy: PartitionPolicy, retiring: list[ExpiredTable], error: str
+) -> None:
+    """The policy's archive failed its preflight, so nothing of this table was detached,
+    archived or dropped: each table to retire fails with the reason (an expired partition stays
+    attached, a table an earlier run detached stays detached), and the reason is one problem."""
+    for table in retiring:
+        where = "stays attached" if table.attached else "stays detached"
+        result.expired.append(
+            ExpiryOutcome(
+                partition=table.name,
+                action=policy.expired_action,
+                status="failed",
+                detail=f"not detached, nothing dropped: {table.name} {where}",
+            )
+        )
+    record_problem(
+        result,
+        f"{error}; detached nothing of {policy.table} ({len(retiring)} expired partition(s) "
+        "wait for the next run)",
+    )
+
+
+def record_created(result: TableRotation) -> None:
+    """Record the partitions that were not created: a failure is a failure of the run, a skip
+    (rows in the way, beyond the rescue limit) a problem the artifact lists."""
+    for c in result.created:
+        if c.status == "failed":
+            record_problem(result, f"partition {c.name} not created: {c.detail}")
+        elif c.status == "skipped":
+            result.problems.append(f"partition {c.name} not created: {c.detail}")
+
+
+def record_problem(result: TableRotation, failure: str) -> None:
+    """A step of the table's rotation failed: a problem the artifact lists, and a failure of the
+    run."""
+    result.problems.append(failure)
+    result.failures.append(failure)
+
+
+def failed_tables(report: RotationReport) -> list[TableRotation]:
+    """The tables whose rotation failed, in whole (an error) or in part (a step)."""
+    return [
+        t
+        for t in report.tables
+        if t.error
+        or t.failures
+        or any(e.status in ("failed", "archived, not dropped") for e in t.expired)
+        or any(c.status == "failed" for c in t.created)
+    ]
+
+
+def rotation_failure(
+    report: RotationReport, denied: set[str] | None = None, privileges: str | None = None
+) -> str | None:
+    """What failed, for the run's state message: how many tables failed, the privilege message
+    once for the tables the role may not change (`denied`), then each other table with its error
+    or its first failure; None when nothing failed."""
+    failed = failed_tables(report)
+    if not failed:
+        return None
+    parts = [privileges] if privileges and denied else []
+    parts += [
+        f"{t.table}: {t.error or (t.failures[0] if t.failures else 'see the artifact')}"
+        for t in failed
+        if t.table not in (denied or set())
+    ]
+    return f"{len(failed)} of {len(report.tables)} table(s) failed: " + "; ".join(parts)

@@ -48,9 +48,15 @@ class ScalingRun:
     source: str = ""
 
     @property
-    def summary(self) -> str:
+    def outcome(self) -> str:
+        """What the run did or would do: 'set 6 (from 4)', 'would set 6 (from 4)', 'keep 4
+        (from 4)'."""
         verb = "set" if self.applied else "would set" if self.desired != self.current else "keep"
-        return f"{self.group}: {verb} {self.desired} (from {self.current}): {self.reason}"
+        return f"{verb} {self.desired} (from {self.current})"
+
+    @property
+    def summary(self) -> str:
+        return f"{self.group}: {self.outcome}: {self.reason}"
 
 
 def as_dict(run: ScalingRun) -> dict[str, Any]:
@@ -76,34 +82,30 @@ def history_record(run: ScalingRun, at: datetime) -> dict[str, Any]:
     return {"at": at.isoformat(), **_decision(run), "applied": run.applied}
 
 
-def _points(kind: str, values: pd.Series) -> list[dict[str, Any]]:
-    return [
-        {"time": str(t), "kind": kind, "value": round(float(v), 3), "note": ""}
-        for t, v in values.items()
-    ]
+def _row(
+    kind: str, value: float, result: str = "", reason: str = "", time: str = ""
+) -> dict[str, Any]:
+    return {"kind": kind, "result": result, "reason": reason, "value": value, "time": time}
 
 
 def artifact_rows(
     run: ScalingRun, load: pd.Series | None = None, upper: pd.Series | None = None
 ) -> list[dict[str, Any]]:
     """The table artifact: the last six points of the load history, the forecast's upper bound,
-    each demand, then the decision and its reason."""
+    each demand, then the decision. Columns: kind, the result and the reason (filled on the
+    decision's row), then the value and its time."""
     rows: list[dict[str, Any]] = []
     if load is not None:
-        rows += _points("history", load.iloc[-6:])
+        rows += [
+            _row("history", round(float(v), 3), time=str(t)) for t, v in load.iloc[-6:].items()
+        ]
     if upper is not None:
-        rows += _points("forecast (upper)", upper)
-    for name, n in run.demands.items():
-        rows.append({"time": "", "kind": f"demand: {name}", "value": n, "note": ""})
-    rows.append(
-        {
-            "time": "",
-            "kind": "decision",
-            "value": run.desired,
-            "note": f"{run.action} from {run.current}: {run.reason}"
-            + (" (dry run)" if run.dry_run else ""),
-        }
-    )
+        rows += [
+            _row("forecast (upper)", round(float(v), 3), time=str(t)) for t, v in upper.items()
+        ]
+    rows += [_row(f"demand: {name}", n) for name, n in run.demands.items()]
+    result = f"{run.action}: {run.outcome}" + (" (dry run)" if run.dry_run else "")
+    rows.append(_row("decision", run.desired, result, run.reason))
     return rows
 
 

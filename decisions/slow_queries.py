@@ -275,14 +275,15 @@ def format_share(fraction: float) -> str:
 
 
 def statement_rows(statements: Sequence[SlowStatement]) -> list[dict[str, Any]]:
-    """The report as table rows (artifact and --json friendly)."""
+    """The report as table rows (artifact and --json friendly): the rank, the reason it is
+    listed, then the figures, the plan and the statement."""
     rows = []
     for s in statements:
         ratio = s.hit_ratio
         rows.append(
             {
                 "rank": s.rank_by_total,
-                "why": s.why,
+                "reason": s.why,
                 "mean_ms": round(s.mean_ms, 2),
                 "stddev_ms": round(s.stddev_ms, 2),
                 "max_ms": round(s.max_ms, 2),

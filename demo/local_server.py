@@ -1,5 +1,6 @@
-"""What the local servers perfops starts (the demo Prometheus; the test suite's stand-ins) share:
-a free port on 127.0.0.1 and the start/stop/context-manager protocol."""
+"""What the local servers perfops starts (the demo Prometheus; the CLI's Prefect server,
+`demo.prefect_server`; the test suite's stand-ins) share: a free port on 127.0.0.1 and the
+start/stop/context-manager protocol."""
 
 from __future__ import annotations
 

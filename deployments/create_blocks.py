@@ -7,8 +7,12 @@
     PERFOPS_S3_BUCKET=perf-archive                  python deployments/create_blocks.py s3
     PERFOPS_SMTP_HOST=smtp.internal                 python deployments/create_blocks.py email
 
-Each block is saved under the name given by --name (default "prod"); flows then take it as a
-parameter (postgres_block="prod", ...). Secrets are read from the environment only.
+Each block is saved under the name given by --name, by default one name per system that every
+deployment, policy file and doc uses: perfops-postgres, perfops-prometheus, perfops-redis,
+perfops-archive (s3: the archive `deployments/partitions.yaml` names as s3-block:perfops-archive),
+perfops-slack, perfops-email. Flows take the name as a parameter (postgres_block=
+"perfops-postgres", ...) or from PERFOPS_<SYSTEM>_BLOCK. Secrets are read from the environment
+only.
 """
 
 from __future__ import annotations
@@ -37,12 +41,23 @@ RESOLVERS: dict[str, Callable[[], Resolved[Any]]] = {
     "slack": resolve_slack,
     "email": resolve_email,
 }
+DEFAULT_NAMES = {
+    "postgres": "perfops-postgres",
+    "prometheus": "perfops-prometheus",
+    "redis": "perfops-redis",
+    "s3": "perfops-archive",
+    "slack": "perfops-slack",
+    "email": "perfops-email",
+}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("system", choices=sorted(RESOLVERS), help="which block to save")
-    parser.add_argument("--name", default="prod", help="block document name (default: prod)")
+    parser.add_argument(
+        "--name",
+        help="block document name (default: perfops-<system>, perfops-archive for s3)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing block")
     args = parser.parse_args()
     apply_prefect_defaults()
@@ -54,8 +69,9 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    resolved.value.save(args.name, overwrite=args.overwrite)
-    print(f"saved {type(resolved.value).__name__} block {args.name!r}: {resolved.description}")
+    name = args.name or DEFAULT_NAMES[args.system]
+    resolved.value.save(name, overwrite=args.overwrite)
+    print(f"saved {type(resolved.value).__name__} block {name!r}: {resolved.description}")
     return 0
 
 

@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from blocks.resolve import resolve_redis, resolve_slack
+from blocks.resolve import check_block_names, resolve_redis, resolve_slack
 from decisions.slo_definitions import load_definitions
 from perfops.errors import ConfigurationError
 from perfops.redaction import install_log_redaction
-from tasks.records import emit, publish_table
+from tasks.records import emit, end_run, publish_table
 from tasks.sla_delivery import SlaStore, acknowledge_alert_in_store
 from tasks.slack.threads import messenger_for
 
@@ -51,6 +51,7 @@ def acknowledge_alert(
     from flows.evaluate_slos import DEFAULT_DEFINITIONS
 
     install_log_redaction()
+    check_block_names(redis_block=redis_block, slack_block=slack_block)
     definitions = load_definitions(definitions_path or DEFAULT_DEFINITIONS)
     store = SlaStore(resolve_redis(redis_block).value)
     slack = resolve_slack(slack_block)
@@ -80,7 +81,14 @@ def acknowledge_alert(
     )
     publish_table(
         ARTIFACT_KEY,
-        [result.model_dump(mode="json")],
+        [
+            {
+                "alert": alert,
+                "result": "acknowledged" if new else "already acknowledged",
+                "reason": f"escalation of {state.incident} stopped at level {state.level}",
+            }
+            | result.model_dump(mode="json", exclude={"alert", "newly_acked"})
+        ],
         f"Acknowledgement of {alert}: escalation of {state.incident} stopped",
     )
     if new:
@@ -89,4 +97,7 @@ def acknowledge_alert(
             "perfops.sla",
             {"alert": alert, "incident": state.incident, "by": by, "level": state.level},
         )
-    return result
+    return end_run(
+        result,
+        note=None if new else f"nothing to do: {state.incident} was already acknowledged",
+    )

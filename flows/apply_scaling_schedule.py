@@ -25,7 +25,7 @@ from tasks.autoscaling import (
     put_schedule_task,
     scheduled_actions,
 )
-from tasks.records import emit, publish_table
+from tasks.records import emit, end_run, publish_table
 
 ARTIFACT_KEY = "perfops-scaling-schedule"
 EVENT_SCHEDULED = "perfops.scaling.scheduled"
@@ -78,7 +78,19 @@ def apply_scaling_schedule(
     logger.info("%s", run.summary)
     publish_table(
         ARTIFACT_KEY,
-        [a | {"changed": a["name"] in changed, "dry_run": dry_run} for a in run.actions],
+        [
+            {
+                "name": a["name"],
+                "result": ("would write" if dry_run else "written")
+                if a["name"] in changed
+                else "unchanged",
+                "reason": "missing or different on the group"
+                if a["name"] in changed
+                else "already on the group",
+            }
+            | a
+            for a in run.actions
+        ],
         run.summary,
     )
     emit(
@@ -91,4 +103,4 @@ def apply_scaling_schedule(
             "dry_run": dry_run,
         },
     )
-    return run
+    return end_run(run, note=None if changed else f"nothing to do: {run.summary}")

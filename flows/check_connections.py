@@ -29,13 +29,12 @@ from tasks.mail import fetch_smtp_greeting
 from tasks.outbox import check_outbox_writable
 from tasks.postgres.server import fetch_postgres_info
 from tasks.prometheus.client import fetch_build_info
-from tasks.records import emit, publish_table
+from tasks.records import emit, end_run, publish_table
 from tasks.slack.client import fetch_identity
-from tasks.storage import get_object, put_object
+from tasks.storage import probe_archive
 from tasks.traces import read_trace
 
 ARTIFACT_KEY = "perfops-connections"
-PROBE_KEY = "perfops-doctor/probe.txt"
 
 UNREACHABLE_FIXES = {
     "postgres": "check the DSN (PERFOPS_DSN or the block) and that the server accepts connections",
@@ -134,7 +133,7 @@ def check_connections(
     else:
         metrics_f = read_trace.submit(metrics.value)
     redis_f = fetch_redis_info.submit(cache.value)
-    put_f = put_object.submit(archive.value, PROBE_KEY, b"perfops connection check\n")
+    archive_f = probe_archive.submit(archive.value)
     slack_f = (
         fetch_identity.submit(slack.value)
         if isinstance(slack.value, SlackEscalationTarget)
@@ -170,29 +169,16 @@ def check_connections(
             },
         ),
     ]
-    stored = _outcome(put_f)
-    if isinstance(stored, BaseException):
-        checks.append(
-            check_from(
-                "archive",
-                archive.origin,
-                archive.description,
-                error=stored,
-                fix_when_unreachable=UNREACHABLE_FIXES["archive"],
-            )
+    checks.append(
+        _finish(
+            archive,
+            archive_f,
+            lambda done: {
+                "version": "s3" if archive.origin != "embedded default" else "folder",
+                "detail": f"{done}, SHA-256 verified",
+            },
         )
-    else:
-        get_f = get_object.submit(archive.value, PROBE_KEY)
-        checks.append(
-            _finish(
-                archive,
-                get_f,
-                lambda data: {
-                    "version": "s3" if archive.origin != "embedded default" else "folder",
-                    "detail": f"wrote and read back {len(data)} bytes, SHA-256 verified",
-                },
-            )
-        )
+    )
     checks.append(
         _finish(
             slack,
@@ -221,12 +207,12 @@ def check_connections(
     rows = [
         {
             "system": c.system,
-            "origin": c.origin,
-            "status": c.status,
-            "target": c.target,
-            "version": c.version,
+            "result": c.status,
             "detail": c.detail,
             "fix": c.fixes,
+            "origin": c.origin,
+            "target": c.target,
+            "version": c.version,
         }
         for c in checks
     ]
@@ -240,5 +226,6 @@ def check_connections(
     for c in checks:
         logger.info("%-8s %-11s %-16s %s %s", c.system, c.status, c.origin, c.target, c.fixes)
     if fail_when_unreachable and any(c.status == "unreachable" for c in checks):
-        raise ConnectionsUnreachable(checks)
+        unreachable = ConnectionsUnreachable(checks)
+        return end_run(checks, str(unreachable), error=unreachable)
     return checks

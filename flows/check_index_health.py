@@ -1,6 +1,12 @@
 """check_index_health: unused, duplicate, covered and invalid indexes and the space each wastes.
 Reports only; with `apply=True` drops the indexes named in `drop` (and only those), each
-`CONCURRENTLY` after a re-check under an advisory lock. CLI `perfops indexes health`."""
+`CONCURRENTLY` after a re-check under an advisory lock. CLI `perfops indexes health`.
+
+Before dropping, one query checks the role owns (or is a member of the owner of) each table; the
+others are refused and reported once ("needs ownership of ..."). The run ends Failed when a
+named drop was refused or failed, or a table could not be checked (locked by another session),
+the state message saying which (`allow_partial`: Completed when only part failed); a check that
+finds nothing says so."""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from datetime import datetime
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
+from blocks import PostgresTarget
 from blocks.resolve import resolve_postgres
 from decisions.index_health import (
     DropOutcome,
@@ -18,13 +25,15 @@ from decisions.index_health import (
     classify_indexes,
     finding_rows,
     format_bytes,
+    qualified_name,
     select_drops,
     wasted_bytes,
 )
 from perfops.redaction import install_log_redaction
 from tasks.postgres.index_changes import drop_indexes
 from tasks.postgres.indexes import fetch_index_catalog
-from tasks.records import emit, publish_table
+from tasks.postgres.privileges import fetch_table_privileges
+from tasks.records import emit, end_run, publish_table
 
 ARTIFACT_KEY = "perfops-index-health"
 EVENT_CHECKED = "perfops.indexes.health_checked"
@@ -63,6 +72,7 @@ def check_index_health(
     settings: IndexHealthSettings = DEFAULT_SETTINGS,
     apply: bool = False,
     drop: list[str] | None = None,
+    allow_partial: bool = False,
 ) -> IndexHealthReport:
     """Check the indexes of one database and, when told, drop named ones.
 
@@ -73,6 +83,8 @@ def check_index_health(
         apply: drop the indexes named in `drop`; without it nothing changes.
         drop: indexes to drop, each `schema.index` (or a name unique across schemas). Only
             findings of this check are dropped; anything else is refused with the reason.
+        allow_partial: end Completed when only part failed (some drops refused or failed, some
+            tables locked); the artifact and state message still say what. Default False.
     """
     install_log_redaction()
     logger = get_run_logger()
@@ -92,21 +104,27 @@ def check_index_health(
         locked_tables=catalog.locked_tables,
         min_size_bytes=settings.min_size_bytes,
     )
+    refused, privileges = _not_permitted(pg.value, plan.to_drop)
+    to_drop = [f for f in plan.to_drop if f.name not in refused]
     done = {
         o.name: o
         for o in (
             drop_indexes(
                 pg.value,
-                plan.to_drop,
+                to_drop,
                 lock_timeout_ms=settings.drop_lock_timeout_ms,
                 statement_timeout_ms=settings.drop_statement_timeout_ms,
             )
-            if plan.to_drop
+            if to_drop
             else []
         )
     }
     drops = [
-        done[o.name].model_copy(update={"requested": o.requested}) if o.name in done else o
+        done[o.name].model_copy(update={"requested": o.requested})
+        if o.name in done
+        else o.model_copy(update={"status": "refused", "reason": refused[o.name]})
+        if o.name in refused
+        else o
         for o in plan.outcomes
     ]
     report = IndexHealthReport(
@@ -124,12 +142,12 @@ def check_index_health(
 
     rows = finding_rows(findings, drops, catalog.locked_tables) or [
         {
-            "kind": "none",
             "index": "",
-            "table": "",
+            "result": "nothing to do",
             "reason": f"{len(catalog.indexes)} indexes checked: none unused, duplicate, "
             "covered or invalid",
-            "action": "nothing to do",
+            "kind": "none",
+            "table": "",
         }
     ]
     publish_table(
@@ -180,4 +198,37 @@ def check_index_health(
         logger.info("%-9s %s (%s): %s", f.kind, f.name, format_bytes(f.size_bytes), f.reason)
     for o in drops:
         logger.info("drop %s: %s (%s)", o.name, o.status, o.reason)
-    return report
+    not_done = [o for o in drops if o.status in ("refused", "failed")]
+    first = next((o for o in not_done if o.name not in refused), None)
+    why = ([privileges] if privileges else []) + (
+        [f"{first.name}: {first.reason}"] if first else []
+    )
+    locked = [qualified_name(t.schema_name, t.table_name) for t in catalog.locked_tables]
+    failed = [
+        f"{len(not_done)} of {len(drops)} drops not done: {'; '.join(why)}" if not_done else "",
+        f"{len(locked)} tables not checked, locked by another session: {', '.join(locked[:5])}"
+        if locked
+        else "",
+    ]
+    return end_run(
+        report,
+        "; ".join(filter(None, failed)) or None,
+        partial=len(not_done) < len(drops) or not not_done,
+        allow_partial=allow_partial,
+        note=None
+        if findings or drops
+        else f"nothing to do: {len(catalog.indexes)} indexes checked, none unused, duplicate, "
+        "covered or invalid",
+    )
+
+
+def _not_permitted(
+    target: PostgresTarget, to_drop: list[IndexFinding]
+) -> tuple[dict[str, str], str | None]:
+    """Before any drop, one query: the indexes whose table this role does not own (index name ->
+    why), and what it needs, said once."""
+    if not to_drop:
+        return {}, None
+    check = fetch_table_privileges(target, [(f.schema_name, f.table_name) for f in to_drop])
+    refused = check.refused(to_drop, lambda f: (f.schema_name, f.table_name))
+    return {f.name: why for f, why in refused}, check.message

@@ -21,7 +21,13 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from blocks import PrometheusSource
-from blocks.resolve import resolve_email, resolve_metrics, resolve_redis, resolve_slack
+from blocks.resolve import (
+    check_block_names,
+    resolve_email,
+    resolve_metrics,
+    resolve_redis,
+    resolve_slack,
+)
 from decisions.burn_rate import Alert, Evaluation, SloStatus, evaluate
 from decisions.escalation import NOTICE_EVENT
 from decisions.slo_definitions import SlaDefinitions, load_definitions
@@ -29,7 +35,7 @@ from perfops.errors import ConfigurationError
 from perfops.redaction import install_log_redaction
 from perfops.settings import PROJECT_DIR, get_settings
 from tasks.prometheus.slis import fetch_sli_measurements
-from tasks.records import emit, publish_table
+from tasks.records import emit, end_run, publish_table
 from tasks.sla_delivery import DeliveryReport, SlaStore, deliver
 from tasks.slack.threads import messenger_for
 
@@ -63,6 +69,15 @@ def alert_resource(alert: Alert) -> str:
     if alert.kind == "degradation":
         return f"perfops.sla.degradation.{alert.name}"
     return f"perfops.sla.slo.{alert.slo}"
+
+
+def alert_labels(alert: Alert) -> dict[str, str]:
+    """The event's resource labels: the alert, its kind, and the Auto Scaling group a
+    degradation rule names (`scaling_group` label), which the scaling trigger runs for."""
+    labels = {"perfops.alert": alert.key, "perfops.kind": alert.kind}
+    if alert.labels.get("scaling_group"):
+        labels["perfops.scaling.group"] = alert.labels["scaling_group"]
+    return labels
 
 
 @task(name="load_sla_definitions")
@@ -112,8 +127,9 @@ def _rows(report: SlaRunReport) -> list[dict[str, object]]:
         rows.append(
             {
                 "item": s.name,
+                "result": s.status,
+                "reason": s.detail,
                 "kind": s.kind,
-                "status": s.status,
                 "objective": s.objective if s.objective is not None else "",
                 "window": s.window,
                 "sli / value": pct(s.sli) if s.kind == "slo" else (s.value or ""),
@@ -121,25 +137,26 @@ def _rows(report: SlaRunReport) -> list[dict[str, object]]:
                 "burn rates": ", ".join(
                     f"{w} {v:.2f}x" for w, v in s.burn_rates.items() if v is not None
                 ),
-                "detail": s.detail,
+                "detail": "",
             }
         )
     for d in report.delivery.delivered if report.delivery else []:
         rows.append(
             {
                 "item": d.key,
+                "result": d.outcome,
+                "reason": d.note,
                 "kind": f"notice {d.kind}",
-                "status": d.outcome,
                 "objective": "",
                 "window": "",
                 "sli / value": f"level {d.level}",
                 "budget left": "",
                 "burn rates": "",
-                "detail": f"{d.sink} {d.channel} ts={d.ts or '-'} {d.note}".strip(),
+                "detail": f"{d.sink} {d.channel} ts={d.ts or '-'}",
             }
         )
     for m in report.delivery.suppressed if report.delivery else []:
-        rows.append({"item": m.alert, "kind": "suppressed", "status": "muted", "detail": m.why})
+        rows.append({"item": m.alert, "result": "muted", "reason": m.why, "kind": "suppressed"})
     return rows
 
 
@@ -158,6 +175,7 @@ def evaluate_slos(
     redis_block: str | None = None,
     slack_block: str | None = None,
     email_block: str | None = None,
+    allow_partial: bool = False,
 ) -> SlaRunReport:
     """Evaluate every SLO and rule once and escalate what fires.
 
@@ -169,8 +187,16 @@ def evaluate_slos(
         redis_block: `perfops-redis-target` block for incident state and the notice log.
         slack_block: `perfops-slack-escalation-target` block (default: files in out/slack).
         email_block: prefect-email `EmailServerCredentials` block, the fallback when Slack fails.
+        allow_partial: end Completed when some notices could not be sent and others were (the
+            artifact and state message still say which); default False: Failed.
     """
     install_log_redaction()
+    check_block_names(
+        prometheus_block=prometheus_block,
+        redis_block=redis_block,
+        slack_block=slack_block,
+        email_block=email_block,
+    )
     logger = get_run_logger()
     started = time.monotonic()
     now = (at or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
@@ -241,7 +267,7 @@ def evaluate_slos(
                     "channel": d.channel,
                     "note": d.note,
                 },
-                **{"perfops.alert": alert.key, "perfops.kind": alert.kind},
+                **alert_labels(alert),
             )
     emit(
         "perfops.sla.evaluated",
@@ -266,4 +292,13 @@ def evaluate_slos(
             "notices": len(delivery.delivered) if delivery else 0,
         },
     )
-    return report
+    unsent = [d for d in delivery.delivered if d.outcome == "failed"] if delivery else []
+    return end_run(
+        report,
+        f"{len(unsent)} of {len(delivery.delivered)} notices not sent: {unsent[0].key}: "
+        f"{unsent[0].note}"
+        if delivery and unsent
+        else None,
+        partial=len(unsent) < len(delivery.delivered) if delivery else False,
+        allow_partial=allow_partial,
+    )

@@ -19,8 +19,13 @@ from decisions.slow_queries import (
     summarize_plan,
 )
 from perfops.redaction import install_log_redaction
-from tasks.postgres.statements import explain_statements, fetch_statement_stats
-from tasks.records import emit, publish_table
+from tasks.postgres.statements import (
+    explain_statements,
+    fetch_statement_stats,
+    fetch_statements_reset,
+    statements_since,
+)
+from tasks.records import emit, end_run, publish_table
 
 ARTIFACT_KEY = "perfops-slow-queries"
 EVENT_CHECKED = "perfops.queries.checked"
@@ -83,9 +88,12 @@ def find_slow_queries(
         statements_seen=seen,
         statements=statements,
     )
-    rows = statement_rows(statements) or [
-        {"rank": "-", "why": f"no statement among {seen} over the threshold", "query": ""}
-    ]
+    nothing = (  # a run with nothing to list says why (none recorded: since when)
+        f"no statement among {seen} over the threshold"
+        if seen
+        else statements_since(0, fetch_statements_reset(pg.value))
+    )
+    rows = statement_rows(statements) or [{"rank": "-", "reason": nothing, "query": ""}]
     publish_table(
         ARTIFACT_KEY,
         rows,
@@ -115,7 +123,7 @@ def find_slow_queries(
             s.query[:120],
             s.why,
         )
-    return report
+    return end_run(report, note=None if statements else nothing)
 
 
 def _with_plans(

@@ -14,6 +14,10 @@
    that stays down fails the run after the retries, with the report archived.
 5. A markdown artifact `perfops-weekly-report` with the summary and the link, and the event
    `perfops.report.generated` (or `perfops.report.delivery_failed`).
+6. The run ends Failed, the report archived all the same and the message saying why, when no
+   target could be scored (Prometheus answered nothing), no recipients are configured, or the
+   email could not be sent; and, unless `allow_partial`, when a section is missing or a recipient
+   was refused.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from blocks import PrometheusSource
-from blocks.resolve import resolve_archive, resolve_email, resolve_metrics
+from blocks.resolve import check_block_names, resolve_archive, resolve_email, resolve_metrics
 from decisions.report_rendering import (
     ReportResult,
     WeeklyReport,
@@ -58,7 +62,7 @@ from perfops.settings import PROJECT_DIR, get_settings
 from tasks.mail import Attachment, InlineImage, SendResult, build_message, send_email
 from tasks.prefect_events import read_perfops_events, read_table_artifact
 from tasks.prometheus.report import query_chart_series, query_week
-from tasks.records import emit, publish_markdown
+from tasks.records import emit, end_run, publish_markdown
 from tasks.storage import archive_report, object_link, object_location, write_folder
 
 ARTIFACT_KEY = "perfops-weekly-report"
@@ -68,7 +72,15 @@ DEFAULT_CONFIG = PROJECT_DIR / "deployments" / "report.yaml"
 ARCHIVE_PREFIX = "reports/weekly"
 
 
-class ReportDeliveryFailed(PerfopsError):
+class ReportFailed(PerfopsError):
+    """The report was archived but is incomplete or was not sent; `result` says what it holds."""
+
+    def __init__(self, message: str, result: ReportResult | None = None):
+        super().__init__(message)
+        self.result = result
+
+
+class ReportDeliveryFailed(ReportFailed):
     """The report was archived but could not be emailed."""
 
 
@@ -97,21 +109,25 @@ def generate_weekly_report(
     s3_block: str | None = None,
     email_block: str | None = None,
     now: datetime | None = None,
+    allow_partial: bool = False,
 ) -> ReportResult:
     """Generate, archive and send one weekly report.
 
     Args:
         week: ISO week like 2026-W47 (default: the last complete week, UTC).
-        recipients: email addresses (default: `recipients` in the configuration; none = the
-            report is archived but not sent).
+        recipients: email addresses (default: `recipients` in the configuration; none: the
+            report is archived, not sent, and the run fails saying so).
         out_dir: also write a browsable copy to OUT_DIR/<week>/index.html.
         config_path: targets and PromQL (default deployments/report.yaml, or
             PERFOPS_REPORT_CONFIG).
         prometheus_block, s3_block, email_block: saved blocks (default: PERFOPS_* variables,
             else the embedded defaults).
         now: the clock (tests); default the current time.
+        allow_partial: end Completed when only part failed (a section missing, a recipient
+            refused); the report and the state message still say what. Default False: Failed.
     """
     install_log_redaction()
+    check_block_names(prometheus_block=prometheus_block, s3_block=s3_block, email_block=email_block)
     logger = get_run_logger()
     started = time.monotonic()
     clock = now or datetime.now(UTC)
@@ -183,7 +199,10 @@ def generate_weekly_report(
     result_args: dict[str, Any] = {}
     delivery_error: BaseException | None = None
     if not to:
-        delivery = "not sent: no recipients (set recipients or --to)"
+        delivery = (
+            "not sent: no recipients; set recipients (CLI --to) or `recipients` in "
+            f"{config_file.name}"
+        )
     else:
         sink = resolve_email(email_block)
         message = build_message(
@@ -246,9 +265,31 @@ def generate_weekly_report(
     resource = f"perfops.report.weekly.{this.label}"
     if delivery_error is not None:
         emit(EVENT_DELIVERY_FAILED, resource, {**payload, "error": redact(str(delivery_error))})
-        raise ReportDeliveryFailed(
-            f"weekly report {this.label} archived at {link} but not emailed: "
-            f"{redact(str(delivery_error))}"
-        ) from delivery_error
-    emit(EVENT_GENERATED, resource, payload)
-    return result
+    else:
+        emit(EVENT_GENERATED, resource, payload)
+    failed = [
+        f"0 of {len(report.checks)} targets scored: no figures for {this.label} from "
+        f"{metrics.description}"
+        if report.met + report.missed == 0
+        else "",
+        f"sections missing: {', '.join(sorted(current.missing))}" if current.missing else "",
+        delivery if not to or result.refused else "",
+    ]
+    archived = f"weekly report {this.label} archived at {link}" + (
+        f" but not emailed: {redact(str(delivery_error))}" if delivery_error is not None else ""
+    )
+    failure = (
+        "; ".join([archived, *filter(None, failed)])
+        if any(failed) or delivery_error is not None
+        else None
+    )
+    error = (ReportDeliveryFailed if delivery_error is not None else ReportFailed)(
+        failure or "", result
+    )
+    return end_run(
+        result,
+        failure,
+        partial=report.met + report.missed > 0 and bool(to) and delivery_error is None,
+        allow_partial=allow_partial,
+        error=error,
+    )

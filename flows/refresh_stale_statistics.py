@@ -5,17 +5,22 @@ a batch at a time on a few connections, and nothing else. CLI `perfops stats ref
 ANALYZE only reads the table and rewrites its statistics, so the flow acts by default;
 `dry_run=True` lists what it would do. VACUUM (ANALYZE) only when `policy.vacuum_dead_ratio` is
 set. Every statement has its own `lock_timeout`; a table that fails is reported and the run goes
-on. A run holds the advisory lock `stats-refresh` and refuses a replica.
+on. A run holds the advisory lock `stats-refresh` and refuses a replica. Before any ANALYZE, one
+query checks which stale tables the role may analyze (owner, database owner, a member of either,
+or superuser); the others are not attempted and reported once ("needs ownership of ...").
+
+The run ends Failed when a table failed or was not permitted, the state message saying which and
+why ("23 of 23 tables failed: needs ownership of ..."), unless `allow_partial` and some tables
+were analyzed; a run with nothing stale says so in its message.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Literal
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel
 
+from blocks import PostgresTarget
 from blocks.resolve import resolve_postgres
 from decisions.staleness import (
     Decision,
@@ -25,7 +30,9 @@ from decisions.staleness import (
     percent,
     threshold_percent,
 )
+from decisions.statistics_report import Result, StatisticsReport, TableOutcome
 from perfops.redaction import install_log_redaction
+from tasks.postgres.privileges import fetch_table_privileges
 from tasks.postgres.tables import (
     TableResult,
     analyze_tables,
@@ -34,7 +41,7 @@ from tasks.postgres.tables import (
     refresh_session,
     refreshed,
 )
-from tasks.records import emit, publish_table
+from tasks.records import emit, end_run, publish_table
 
 ARTIFACT_KEY = "perfops-stats-refresh"
 EVENT_REFRESHED = "perfops.stats.refreshed"
@@ -46,74 +53,16 @@ EVENT_PREVIEWED = "perfops.stats.previewed"
 LISTED_SKIPPED = 50
 EVENT_FAILED_TABLES = 100
 
-Result = Literal[
-    "analyzed",
-    "vacuumed and analyzed",
-    "failed",
-    "missing",
-    "would analyze",
-    "would vacuum and analyze",
-    "skipped",
-]
 
-
-class TableOutcome(BaseModel):
-    """One table: what was decided, why, and what happened."""
-
-    table: str  # schema.table quoted as PostgreSQL would
-    schema_name: str
-    table_name: str
-    action: str  # analyze, vacuum-analyze, skip
-    code: str  # never-analyzed, stale, dead-tuples, fresh, small, excluded, ...
-    reason: str
-    rows: int
-    changed: str  # rows modified since the last analyze, as a percentage
-    result: Result
-    duration_ms: float | None = None
-    error: str | None = None
-
-
-class StatisticsReport(BaseModel):
-    """What a statistics refresh found and did."""
-
-    target: str
-    dry_run: bool
-    analyze_threshold: float
-    considered: int
-    analyzed: int  # refreshed, confirmed in pg_stat_user_tables (VACUUM (ANALYZE) included)
-    vacuumed: int
-    failed: int
-    missing: int
-    skipped: int
-    would_analyze: int
-    failed_tables: list[str]
-    skipped_by_reason: dict[str, int]  # code -> tables left alone for that reason
-    seconds: float
-    tables: list[TableOutcome]  # every table acted on; the LISTED_SKIPPED skipped nearest to act
-
-    @property
-    def summary(self) -> str:
-        if self.dry_run:
-            return (
-                f"would analyze {self.would_analyze} of {self.considered} tables "
-                f"({self.skipped} fresh or skipped)"
-            )
-        text = (
-            f"analyzed {self.analyzed} of {self.considered} tables, {self.failed} failed, "
-            f"{self.skipped} skipped"
-        )
-        if self.vacuumed:
-            text += f" ({self.vacuumed} with VACUUM)"
-        if self.missing:
-            text += f", {self.missing} dropped meanwhile"
-        return text
-
-
-def _outcome(decision: Decision, result: TableResult | None, dry_run: bool) -> TableOutcome:
+def _outcome(
+    decision: Decision, result: TableResult | None, dry_run: bool, denied: str | None = None
+) -> TableOutcome:
     t = decision.table
     outcome: Result
     if not decision.acts:
         outcome = "skipped"
+    elif denied is not None:
+        outcome = "not permitted"
     elif dry_run:
         vacuum = decision.action == "vacuum-analyze"
         outcome = "would vacuum and analyze" if vacuum else "would analyze"
@@ -134,7 +83,8 @@ def _outcome(decision: Decision, result: TableResult | None, dry_run: bool) -> T
         changed=percent(t.change_ratio),
         result=outcome,
         duration_ms=result.duration_ms if result else None,
-        error=result.error if result else ("not attempted" if outcome == "failed" else None),
+        error=denied
+        or (result.error if result else ("not attempted" if outcome == "failed" else None)),
     )
 
 
@@ -142,11 +92,11 @@ def _artifact_rows(report: StatisticsReport) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = [
         {
             "table": o.table,
-            "decision": o.action,
-            "reason": o.reason,
             "result": o.result,
-            "duration_ms": o.duration_ms if o.duration_ms is not None else "",
+            "reason": o.reason,
             "error": o.error or "",
+            "decision": o.action,
+            "duration_ms": o.duration_ms if o.duration_ms is not None else "",
         }
         for o in report.tables
     ]
@@ -155,15 +105,30 @@ def _artifact_rows(report: StatisticsReport) -> list[dict[str, object]]:
         rows.append(
             {
                 "table": f"... {report.skipped - listed} more",
-                "decision": "skip",
+                "result": "skipped",
                 "reason": "all skipped: "
                 + ", ".join(f"{n} {code}" for code, n in sorted(report.skipped_by_reason.items())),
-                "result": "skipped",
-                "duration_ms": "",
                 "error": "",
+                "decision": "skip",
+                "duration_ms": "",
             }
         )
     return rows
+
+
+def _not_permitted(
+    target: PostgresTarget, decisions: list[Decision]
+) -> tuple[dict[int, str], str | None]:
+    """The stale tables this role may not analyze (relid -> its row's reason), in one query, and
+    what it needs for them, said once."""
+    acting = [d.table for d in decisions if d.acts]
+    if not acting:
+        return {}, None
+    check = fetch_table_privileges(
+        target, [(t.schema_name, t.table_name) for t in acting], action="analyze"
+    )
+    denied = check.refused(acting, lambda t: (t.schema_name, t.table_name))
+    return {t.relid: why for t, why in denied}, check.message
 
 
 @flow(
@@ -177,6 +142,7 @@ def refresh_stale_statistics(
     postgres_block: str | None = None,
     policy: StatisticsPolicy = StatisticsPolicy(),  # noqa: B008 - frozen model, safe default
     dry_run: bool = False,
+    allow_partial: bool = False,
 ) -> StatisticsReport:
     """Refresh stale planner statistics in one database.
 
@@ -186,6 +152,8 @@ def refresh_stale_statistics(
         policy: what counts as stale (`analyze_threshold`, default 0.1), what to leave alone,
             optional VACUUM (`vacuum_dead_ratio`), parallelism and per-statement timeouts.
         dry_run: only list what would be analyzed and why; change nothing.
+        allow_partial: end Completed when some tables were analyzed and others failed (the
+            artifact, event and state message still say which); default False: Failed.
     """
     install_log_redaction()
     logger = get_run_logger()
@@ -193,10 +161,14 @@ def refresh_stale_statistics(
     pg = resolve_postgres(postgres_block)
     target = pg.value
     results: dict[int, TableResult] = {}
+    denied: dict[int, str] = {}
+    privileges: str | None = None
     with refresh_session(target, dry_run=dry_run):
         stats = fetch_table_stats(target, policy.include_schemas)
         decisions = decide(stats, policy)
-        work = batches(decisions, policy.batch_size)
+        if not dry_run:  # before any ANALYZE: the tables this role may not analyze, said once
+            denied, privileges = _not_permitted(target, decisions)
+        work = batches([d for d in decisions if d.table.relid not in denied], policy.batch_size)
         logger.info(
             "%s: %d tables, %d stale (threshold %s)%s",
             pg.description,
@@ -228,12 +200,16 @@ def refresh_stale_statistics(
                         }
                     )
 
-    acted = [_outcome(d, results.get(d.table.relid), dry_run) for d in decisions if d.acts]
+    acted = [
+        _outcome(d, results.get(d.table.relid), dry_run, denied.get(d.table.relid))
+        for d in decisions
+        if d.acts
+    ]
     skipped = [d for d in decisions if not d.acts]
     by_reason: dict[str, int] = {}
     for d in skipped:
         by_reason[d.code] = by_reason.get(d.code, 0) + 1
-    failed = [o for o in acted if o.result == "failed"]
+    failed = [o for o in acted if o.result in ("failed", "not permitted")]
     report = StatisticsReport(
         target=pg.description,
         dry_run=dry_run,
@@ -249,9 +225,14 @@ def refresh_stale_statistics(
         skipped_by_reason=by_reason,
         seconds=round(time.monotonic() - started, 3),
         tables=acted + [_outcome(d, None, dry_run) for d in skipped[:LISTED_SKIPPED]],
+        not_permitted=len(denied),
+        privileges=privileges,
     )
     for o in failed:
-        logger.warning("%s failed: %s", o.table, o.error)
+        if o.result == "failed":
+            logger.warning("%s failed: %s", o.table, o.error)
+    if privileges:
+        logger.warning("%d tables not attempted: %s", len(denied), privileges)
     logger.info("%s in %.1f s", report.summary, report.seconds)
 
     publish_table(
@@ -261,7 +242,8 @@ def refresh_stale_statistics(
         + (" (dry run, nothing changed)" if dry_run else "")
         + f": {report.summary}; threshold {threshold_percent(policy.analyze_threshold)} of rows "
         "changed since the last analyze. Every table acted on is listed; of the others, the "
-        f"{LISTED_SKIPPED} nearest to the threshold, then a count per reason.",
+        f"{LISTED_SKIPPED} nearest to the threshold, then a count per reason."
+        + (f" Not permitted: {privileges}." if privileges else ""),
     )
     outcome = "dry-run" if dry_run else ("partial" if failed else "complete")
     resource = target.resource_id()  # perfops.postgres.<host>:<port>/<dbname>
@@ -277,9 +259,19 @@ def refresh_stale_statistics(
             "skipped": report.skipped,
             "would_analyze": report.would_analyze,
             "failed_tables": report.failed_tables[:EVENT_FAILED_TABLES],
+            "not_permitted": report.not_permitted,
             "analyze_threshold": policy.analyze_threshold,
             "seconds": report.seconds,
         },
         **{"perfops.database": resource.rpartition("/")[2], "perfops.outcome": outcome},
     )
-    return report
+    return end_run(
+        report,
+        report.failure,
+        partial=report.analyzed > 0,
+        allow_partial=allow_partial,
+        note=None
+        if acted
+        else f"nothing to do: none of the {report.considered} tables is stale (threshold "
+        f"{threshold_percent(policy.analyze_threshold)} of rows changed since the last analyze)",
+    )

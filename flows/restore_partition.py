@@ -92,7 +92,15 @@ def restore_partition(
     get_run_logger().info("restored %d rows into %s", rows, report.table)
     publish_table(
         ARTIFACT_KEY,
-        [report.model_dump()],
+        [
+            {
+                "table": report.table,
+                "result": f"restored {rows} rows"
+                + (f", attached to {report.attached_to}" if report.attached_to else ""),
+                "reason": "SHA-256 and row count verified against the manifest",
+            }
+            | report.model_dump(exclude={"table"})
+        ],
         f"Restored {rows} rows from {source} (SHA-256 verified) into {report.table}"
         + (f", attached to {report.attached_to}" if attach else ""),
     )

@@ -13,10 +13,15 @@ table an earlier run detached; plan (`decisions.partitioning.plan_rotation`); th
 3. finish what an earlier run left: detached tables still there are archived (or their verified
    archive reused) and dropped.
 
+Preflights: with `apply`, one query checks the role may alter each table (else it is left alone,
+reported once: "needs ownership of ...: grant ... to ..."); before a policy's first detach, its
+archive must load and accept a probe write, read and delete, or that table detaches nothing.
+
 A failed archive never drops anything: the table stays detached and the run reports it; the next
 run picks it up. Per hash policy: create missing remainders. Every run publishes a table artifact
 and `perfops.partitions.*` events (created, detached, archived, dropped, default_rows, health,
-rotated).
+rotated), then ends Failed when any table failed, the message naming each (`allow_partial`:
+Completed when only some did).
 """
 
 from __future__ import annotations
@@ -38,8 +43,11 @@ from decisions.partition_rotation import (
     RotationSettings,
     TableRotation,
     artifact_rows,
+    failed_tables,
     planned_outcomes,
+    record_created,
     rotation_events,
+    rotation_failure,
     to_retire,
 )
 from decisions.partitioning import (
@@ -53,7 +61,7 @@ from decisions.partitioning import (
 from perfops import progress
 from perfops.errors import ConfigurationError, PerfopsError
 from perfops.redaction import install_log_redaction, one_line
-from tasks.partition_retirement import retire_expired
+from tasks.partition_retirement import ArchivePreflight, retire_expired
 from tasks.postgres.partition_changes import (
     create_hash_partitions,
     create_partitions,
@@ -66,7 +74,8 @@ from tasks.postgres.partitions import (
     qualified_name,
     to_existing,
 )
-from tasks.records import emit, publish_table
+from tasks.postgres.privileges import fetch_table_privileges
+from tasks.records import emit, end_run, publish_table
 
 ARTIFACT_KEY = "perfops-partitions-rotate"
 
@@ -82,6 +91,7 @@ def _rotate_range(
     apply: bool,
     settings: RotationSettings,
     workdir: Path,
+    preflight: ArchivePreflight,
 ) -> TableRotation:
     result = TableRotation(table=policy.table, kind="range")
     schema_name, table_name = policy.schema_name, policy.table_name
@@ -136,11 +146,7 @@ def _rotate_range(
             timeouts,
             settings.rescue_max_rows,
         )
-        result.problems += [
-            f"partition {c.name} not created: {c.detail}"
-            for c in result.created
-            if c.status in ("failed", "skipped")
-        ]
+        record_created(result)
         if result.created_names:
             emit(
                 EVENT + "created",
@@ -149,7 +155,9 @@ def _rotate_range(
             )
 
     # 2. Retire the expired partitions: detach, archive (verified), only then drop.
-    retire_expired(target, resource, policy, key_column, retiring, settings, workdir, result)
+    retire_expired(
+        target, resource, policy, key_column, retiring, settings, workdir, result, preflight
+    )
     return result
 
 
@@ -181,6 +189,15 @@ def _rotate_hash(
     return result
 
 
+def _not_permitted(target: Any, chosen: list[Policy]) -> tuple[dict[str, str], str | None]:
+    """Before any change, one query: the policies' tables this role may not alter (policy table
+    -> why, for its row) and the message that says it once for all of them."""
+    tables = [(p.schema_name, p.table_name) for p in chosen]
+    check = fetch_table_privileges(target, tables, action="create")  # creates partitions too
+    denied = check.refused(chosen, lambda p: (p.schema_name, p.table_name))
+    return {p.table: why for p, why in denied}, check.message
+
+
 @flow(
     name="rotate_partitions",
     description="Keep time-partitioned tables rotated: plan (always), then with apply create "
@@ -195,6 +212,7 @@ def rotate_partitions(
     apply: bool = False,
     settings: RotationSettings = RotationSettings(),  # noqa: B008 - frozen model
     now: datetime | None = None,
+    allow_partial: bool = False,
 ) -> RotationReport:
     """Rotate partitions of the tables the policies name.
 
@@ -208,6 +226,8 @@ def rotate_partitions(
         apply: make the changes. Default False: a dry run that only plans.
         settings: lock/statement timeouts, archive batch size, rescue limit.
         now: the time to plan for (default: now; for tests and previews).
+        allow_partial: end Completed when only some tables failed (the artifact, events and the
+            state message still say which); default False: any failure ends the run Failed.
     """
     install_log_redaction()
     logger = get_run_logger()
@@ -225,19 +245,26 @@ def rotate_partitions(
     at = now or datetime.now(UTC)
     tables: list[TableRotation] = []
     first_error: Exception | None = None
+    denied, privileges = _not_permitted(target, chosen) if apply else ({}, None)
+    preflight = ArchivePreflight()
     with tempfile.TemporaryDirectory(prefix="perfops-partitions-") as tmp:
         for policy in chosen:
+            kind = "range" if isinstance(policy, PartitionPolicy) else "hash"
             try:
-                if isinstance(policy, PartitionPolicy):
-                    rotation = _rotate_range(target, policy, at, apply, settings, Path(tmp))
+                if policy.table in denied:
+                    rotation = TableRotation(
+                        table=policy.table, kind=kind, error=denied[policy.table]
+                    )
+                elif isinstance(policy, PartitionPolicy):
+                    rotation = _rotate_range(
+                        target, policy, at, apply, settings, Path(tmp), preflight
+                    )
                 else:
                     rotation = _rotate_hash(target, policy, apply, settings)
             except (PerfopsError, psycopg.Error, ValueError) as exc:
                 first_error = first_error or exc
                 rotation = TableRotation(
-                    table=policy.table,
-                    kind="range" if isinstance(policy, PartitionPolicy) else "hash",
-                    error=one_line(exc, empty="failed"),
+                    table=policy.table, kind=kind, error=one_line(exc, empty="failed")
                 )
                 logger.error("%s: %s", policy.table, rotation.error)
             tables.append(rotation)
@@ -253,10 +280,15 @@ def rotate_partitions(
         artifact_rows(report),
         f"Partition rotation on {pg.description}"
         + (" (dry run: planned only, nothing changed)" if not apply else "")
-        + f": {report.summary}.",
+        + f": {report.summary}."
+        + (f" Not changed: {privileges}." if privileges else ""),
     )
     for event, table, payload in rotation_events(report):
         emit(event, _resource(target, table), payload)
-    if first_error is not None and len(tables) == 1:
-        raise first_error
-    return report
+    return end_run(
+        report,
+        rotation_failure(report, set(denied), privileges),
+        partial=0 < len(failed_tables(report)) < len(tables),
+        allow_partial=allow_partial,
+        error=first_error if len(tables) == 1 else None,  # one table: its error is the run's
+    )

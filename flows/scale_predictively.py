@@ -6,7 +6,9 @@ One decision per group at a time (a Redis lock; a concurrent run skips and says 
 action, cooldowns and recent recommendations persist in Redis, so repeated runs never
 double-scale. Stale, missing or mostly-missing data, Redis down or a missing group: no action.
 Every run leaves a table artifact (history, forecast, decision, reason), a chart PNG, the event
-`perfops.scaling.decided` and, when capacity changed, `perfops.scaling.applied`.
+`perfops.scaling.decided` and, when capacity changed, `perfops.scaling.applied`. A run that could
+not decide (stale, missing or too sparse data: fail static) ends Failed with the reason; one that
+found another run deciding for the group ends Completed, saying so.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import pandas as pd
 from prefect import flow, get_run_logger
 
-from blocks.resolve import CsvTrace, resolve_metrics, resolve_redis
+from blocks.resolve import CsvTrace, check_block_names, resolve_metrics, resolve_redis
 from decisions import forecasting
 from decisions.scaling_charts import decision_chart
 from decisions.scaling_policy import Mode, Observation, ScalingPolicy, decide
@@ -39,7 +41,7 @@ from tasks.autoscaling import (
     set_capacity_task,
 )
 from tasks.load_history import InsufficientData, LoadHistory, read_load_history
-from tasks.records import emit, publish_table
+from tasks.records import emit, end_run, publish_table
 from tasks.scaling_state import group_lock, load_state, save_state
 
 ARTIFACT_KEY = "perfops-scaling-decision"
@@ -94,6 +96,11 @@ def scale_predictively(
         now: the decision time (default: now; CSV trace: its last point).
     """
     install_log_redaction()
+    check_block_names(
+        metrics_block=metrics_block,
+        redis_block=redis_block,
+        credentials_block=aws.credentials_block if aws else None,
+    )
     logger = get_run_logger()
     metrics = resolve_metrics(metrics_block).value
     redis_target = resolve_redis(redis_block).value
@@ -113,7 +120,7 @@ def scale_predictively(
         )
         logger.warning("no decision: %s", exc)
         _record(run)
-        return run
+        return end_run(run, f"no decision for {group}: {exc}")
     if isinstance(metrics, CsvTrace) and now is None:
         at = history.last_at  # a trace is history: decide at its last point
     pol = _policy_for(history, policy, mode)
@@ -194,10 +201,11 @@ def scale_predictively(
             skipped=True,
             source=history.source,
         )
-        return run
+        return end_run(run, note=f"nothing done: {exc}")
     logger.info("%s", run.summary)
     _record(run, history.series, upper)
-    return run
+    failed = run.action == "fail_static"
+    return end_run(run, f"no decision for {group}: {run.reason}" if failed else None)
 
 
 def _record(run: ScalingRun, load: pd.Series | None = None, upper: pd.Series | None = None) -> None:

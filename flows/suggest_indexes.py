@@ -5,6 +5,12 @@ what-if costs with hypopg on generic plans -> greedy choice by calls x cost save
 set verified together (an index no statement would use is dropped from the set) -> with
 `apply=True`, `CREATE INDEX CONCURRENTLY` under lock_timeout, an advisory lock and a re-check,
 then the real plans. CLI `perfops indexes suggest`.
+
+Before building, one query checks the role may build on each table (owner, member of the owner
+role, or superuser); the others are not attempted and reported once ("needs ownership of ...").
+A run where a build failed or was not permitted ends Failed, the state message saying which and
+why (`allow_partial`: Completed when others were built); a run with no statement to look at
+says so ("0 statements in pg_stat_statements since its reset at ...").
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from prefect import flow, get_run_logger
 
 from blocks.resolve import resolve_postgres
 from decisions.index_suggestions import (
+    BuildResult,
     IndexSuggestionReport,
     SkippedStatement,
     artifact_rows,
@@ -29,6 +36,7 @@ from decisions.indexing import (
     ShapeError,
     candidate_indexes,
     choose_indexes,
+    index_name,
     query_shape,
     table_matches,
 )
@@ -41,8 +49,13 @@ from tasks.postgres.hypopg import (
 )
 from tasks.postgres.index_builds import BuildRequest, create_index_ddl, create_indexes
 from tasks.postgres.indexes import fetch_indexes
-from tasks.postgres.statements import fetch_statement_stats
-from tasks.records import emit, publish_table
+from tasks.postgres.privileges import fetch_table_privileges
+from tasks.postgres.statements import (
+    fetch_statement_stats,
+    fetch_statements_reset,
+    statements_since,
+)
+from tasks.records import emit, end_run, publish_table
 
 ARTIFACT_KEY = "perfops-index-suggestions"
 
@@ -56,6 +69,7 @@ def suggest_indexes(
     postgres_block: str | None = None,
     settings: IndexAdvisorSettings | None = None,
     apply: bool = False,
+    allow_partial: bool = False,
 ) -> IndexSuggestionReport:
     """Suggest (and with `apply`, build) the indexes the workload would benefit from.
 
@@ -63,6 +77,8 @@ def suggest_indexes(
         postgres_block: name of a `perfops-postgres-target` block (else PERFOPS_DSN / default).
         settings: thresholds and caps; see `IndexAdvisorSettings` for defaults.
         apply: build the chosen indexes `CONCURRENTLY` (default: only suggest).
+        allow_partial: end Completed when some builds succeeded and others failed (the artifact
+            and state message still say which); default False: Failed.
     """
     install_log_redaction()
     logger = get_run_logger()
@@ -163,7 +179,23 @@ def suggest_indexes(
         rejected=rejected,
         skipped=skipped,
     )
+    privileges = None
     if apply and chosen:
+        # Before any build: the tables this role may not build on, in one query, said once.
+        check = fetch_table_privileges(
+            target,
+            [(c.candidate.schema_name, c.candidate.table_name) for c in chosen],
+            action="create",
+        )
+        privileges = check.message
+        denied = [
+            BuildResult(
+                key=c.candidate.key, index_name=index_name(c.candidate), status="failed", detail=why
+            )
+            for c, why in check.refused(
+                chosen, lambda c: (c.candidate.schema_name, c.candidate.table_name)
+            )
+        ]
         requests = [
             BuildRequest(
                 candidate=c.candidate,
@@ -171,13 +203,19 @@ def suggest_indexes(
                 expected_costs={e.queryid: base[e.queryid].cost or 0.0 for e in c.effects},
             )
             for c in chosen
+            if check.allows(c.candidate.schema_name, c.candidate.table_name)
         ]
-        report.builds = create_indexes(
-            target,
-            requests,
-            lock_timeout_ms=settings.build_lock_timeout_ms,
-            statement_timeout_ms=settings.build_statement_timeout_ms,
+        built = (
+            create_indexes(
+                target,
+                requests,
+                lock_timeout_ms=settings.build_lock_timeout_ms,
+                statement_timeout_ms=settings.build_statement_timeout_ms,
+            )
+            if requests
+            else []
         )
+        report.builds = built + denied
         report.applied = True
 
     _record(report, target.resource_id())
@@ -189,7 +227,27 @@ def suggest_indexes(
             s.est_time_saved_ms,
             s.calls,
         )
-    return report
+    failed = [b for b in report.builds if b.status == "failed"]
+    first = next((b for b in failed if not b.detail.startswith("not attempted")), None)
+    why = ([privileges] if privileges else []) + (
+        [f"{first.index_name}: {first.detail}"] if first else []
+    )
+    return end_run(
+        report,
+        f"{len(failed)} of {len(report.builds)} index builds failed: {'; '.join(why)}"
+        if failed
+        else None,
+        partial=len(failed) < len(report.builds),
+        allow_partial=allow_partial,
+        note=None
+        if statements
+        else statements_since(
+            0,
+            fetch_statements_reset(target),
+            f"statements with at least {settings.min_calls} calls",
+        )
+        + ": nothing to suggest",
+    )
 
 
 def _record(report: IndexSuggestionReport, resource: str) -> None:

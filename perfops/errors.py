@@ -13,6 +13,11 @@ class ConfigurationError(PerfopsError):
     """A setting, flag or block is missing or malformed."""
 
 
+class BlockNotFound(ConfigurationError):
+    """A block name (a flow parameter or a `PERFOPS_*_BLOCK` variable) names no saved block of
+    its type; the message lists the saved ones, or how to create one."""
+
+
 class ConnectionFailed(PerfopsError):
     """An outside system could not be reached or refused the credentials."""
 

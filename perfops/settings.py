@@ -67,6 +67,17 @@ class PerfopsSettings(BaseSettings):
         "the heartbeat thread to stop.",
     )
 
+    local_server: bool = Field(
+        default=True,
+        description="Without PREFECT_API_URL, keep one local Prefect server for the command line "
+        "(PREFECT_HOME and its SQLite database in <out_dir>/prefect), started by the first command "
+        "and reused by the next, so runs stay in its UI. `off`: a throwaway server per command "
+        "(Prefect's ephemeral mode; what the tests use).",
+    )
+    local_server_port: int = Field(
+        default=4200, ge=1, le=65535, description="Port of the local Prefect server on 127.0.0.1."
+    )
+
     @field_validator("slack_channels", mode="before")
     @classmethod
     def _split_channels(cls, value: object) -> object:

@@ -10,8 +10,9 @@ changed meanwhile, would not stop it) and reads the group back after each change
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -19,7 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prefect import task
 from pydantic import BaseModel, Field
 
-from blocks.resolve import BOTO_RETRY_CONFIG
+from blocks.resolve import BOTO_RETRY_CONFIG, load_block
 from perfops.errors import ConfigurationError, ConnectionFailed
 
 if TYPE_CHECKING:
@@ -31,7 +32,13 @@ class AutoScalingTarget(BaseModel):
     boto3's default chain)."""
 
     group: str = Field(min_length=1, description="Auto Scaling group name.")
-    region: str = Field("us-east-1", description="AWS region.")
+    region: str = Field(
+        default_factory=lambda: (
+            os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        ),
+        description="AWS region (default: AWS_REGION or AWS_DEFAULT_REGION on the worker, else "
+        "us-east-1).",
+    )
     endpoint_url: str | None = Field(None, description="Endpoint override (moto, LocalStack).")
     credentials_block: str | None = Field(None, description="prefect-aws AwsCredentials block.")
 
@@ -74,7 +81,7 @@ def load_credentials(target: AutoScalingTarget) -> AwsCredentials | None:
         return None
     from prefect_aws import AwsCredentials
 
-    return cast("AwsCredentials", AwsCredentials.load(target.credentials_block))
+    return load_block(AwsCredentials, target.credentials_block)
 
 
 def _fail(target: str, what: str, exc: Exception) -> Exception:

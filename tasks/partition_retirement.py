@@ -5,8 +5,11 @@ them, count-checked. Each step is its own task (`detach_partitions`, `archive_pa
 each outcome (`decisions.partition_rotation`) and emits `perfops.partitions.detached`,
 `.archived` and `.dropped` as each happens.
 
-A partition whose archive store cannot be used, or whose archive fails, is never dropped: it stays
-detached, the outcome says why, and the next run finishes it.
+Before the first detach that depends on an archive, the archive target is checked
+(`ArchivePreflight`): its block loads and it accepts a probe write, read and delete. A table whose
+archive fails the check detaches nothing: its expired partitions stay attached, the outcome says
+why, and the next run (with the archive fixed) does it. A partition whose archive fails later is
+never dropped: it stays detached, the outcome says why, and the next run finishes it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from decisions.partition_rotation import (
     record_detaches,
     record_drops,
     record_failure,
+    record_preflight_failure,
 )
 from decisions.partitioning import PartitionPolicy
 from perfops import progress
@@ -44,6 +48,32 @@ from perfops.redaction import one_line
 from tasks.partition_archives import ArchiveError, ArchiveSource, ensure_archive
 from tasks.postgres.partition_changes import detach_partitions, drop_detached_tables
 from tasks.records import emit
+from tasks.storage import probe_archive
+
+
+class ArchivePreflight:
+    """The archive targets of one run, each checked once, before the first detach that depends
+    on it: the target resolves (its block exists and loads) and accepts a probe write, read
+    (SHA-256 verified) and delete. Remembers each answer for the rest of the run."""
+
+    def __init__(self) -> None:
+        self._checked: dict[str, ArchiveStore | str] = {}
+
+    def check(self, archive: str) -> ArchiveStore:
+        """The ready store of `archive`, or `ArchiveError` saying why it cannot be used."""
+        if archive not in self._checked:
+            try:
+                store = resolve_archive_store(archive).value
+                probe_archive(store)
+                self._checked[archive] = store
+            except (PerfopsError, ValueError, OSError) as exc:
+                self._checked[archive] = (
+                    f"archive {archive} failed the preflight: {one_line(exc, empty='failed')}"
+                )
+        checked = self._checked[archive]
+        if isinstance(checked, str):
+            raise ArchiveError(checked)
+        return checked
 
 
 def retire_expired(
@@ -55,21 +85,24 @@ def retire_expired(
     settings: RotationSettings,
     workdir: Path,
     result: TableRotation,
+    preflight: ArchivePreflight | None = None,
 ) -> None:
     """Detach, archive and drop `retiring` (this run's expired partitions and tables an earlier
     run left detached) by the policy's `expired_action`, recording every outcome in `result`;
-    events go to `resource` (the table's)."""
+    events go to `resource` (the table's). An archive that fails `preflight` (checked here when
+    not given) detaches, archives and drops nothing."""
     logger = get_run_logger()
     schema_name, table_name = policy.schema_name, policy.table_name
-    # The archive store first: a policy whose archive cannot be used archives and drops nothing.
+    # The archive first, before any detach: a policy whose archive cannot be used changes nothing.
     store: ArchiveStore | None = None
-    store_error: str | None = None
     if policy.expired_action == "archive_then_drop" and retiring:
         assert policy.archive is not None
         try:
-            store = resolve_archive_store(policy.archive).value
-        except (PerfopsError, ValueError) as exc:
-            store_error = f"archive {policy.archive} unusable: {one_line(exc)}"
+            store = (preflight or ArchivePreflight()).check(policy.archive)
+        except ArchiveError as exc:
+            record_preflight_failure(result, policy, retiring, str(exc))
+            logger.error("%s: %s; nothing detached", policy.table, exc)
+            return
     to_detach = [
         Expiring(name=t.name, lower=t.lower, upper=t.upper) for t in retiring if t.attached
     ]
@@ -99,7 +132,7 @@ def retire_expired(
         started = time.monotonic()
         try:
             if store is None:
-                raise ArchiveError(store_error or "no archive store")
+                raise ArchiveError("no archive store")
             source = ArchiveSource(
                 schema_name=schema_name,
                 parent=table_name,

@@ -1,6 +1,7 @@
 """Archive storage tasks: put and get objects with a SHA-256 checksum, on S3 (prefect-aws
 `S3Bucket`) or a local folder (Prefect `LocalFileSystem`); where an object is and the link a
-person opens; a report's files archived together, or copied to a browsable folder.
+person opens; a report's files archived together, or copied to a browsable folder; a probe that
+proves a store accepts a write, a read and a delete before anything depends on it.
 
 On S3 the checksum travels as `ChecksumSHA256`, so the server itself rejects a corrupted upload,
 and is also kept in the object's metadata; on a folder it sits beside the file as `NAME.sha256`.
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import uuid
+from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -252,6 +255,45 @@ def object_exists(store: ArchiveStore, key: str) -> bool:
             ) from exc
         return True
     return (_folder_path(store, key)).exists()
+
+
+def delete_object(store: ArchiveStore, key: str) -> None:
+    """Delete `key` (and, in a folder, its `.sha256`); a missing object is no error."""
+    if isinstance(store, S3Bucket):
+        s3_key = _s3_key(store, key)
+        try:
+            store.credentials.get_s3_client().delete_object(Bucket=store.bucket_name, Key=s3_key)
+        except (ClientError, BotoCoreError) as exc:
+            raise ConnectionFailed(
+                f"S3 delete of s3://{store.bucket_name}/{s3_key} failed: {exc}"
+            ) from exc
+        return
+    path = _folder_path(store, key)
+    path.unlink(missing_ok=True)
+    Path(f"{path}.sha256").unlink(missing_ok=True)
+
+
+PROBE_PREFIX = "perfops-probe"
+PROBE_BODY = b"perfops archive probe\n"
+
+
+@task(name="probe_archive", cache_policy=NO_CACHE)
+def probe_archive(store: ArchiveStore) -> str:
+    """Prove the store usable before anything depends on it: write a small object (its SHA-256
+    checked), read it back and verify it, then delete it. Each probe has a key of its own
+    (`perfops-probe/<random>.txt`), so concurrent runs never read each other's. Returns what was
+    done, for people; raises `ConnectionFailed` or `ChecksumMismatch` naming the step that
+    failed."""
+    key = f"{PROBE_PREFIX}/{uuid.uuid4().hex}.txt"
+    put_object.fn(store, key, PROBE_BODY)
+    try:
+        data = get_object.fn(store, key)
+    finally:
+        delete_object(store, key)
+        if isinstance(store, LocalFileSystem):
+            with suppress(OSError):  # the folder the probe made, when nothing else is in it
+                _folder_path(store, PROBE_PREFIX).rmdir()
+    return f"wrote, read back and deleted a {len(data)}-byte probe"
 
 
 @task(name="archive_weekly_report", cache_policy=NO_CACHE)

@@ -18,8 +18,11 @@ def run_perfops(
     timeout: float = 180,
 ) -> subprocess.CompletedProcess[str]:
     """`perfops ARGS...` with this environment (without its PERFOPS_* variables unless
-    `keep_perfops_env`) updated by `env`; output captured as text, exit code not checked."""
+    `keep_perfops_env`) updated by `env`; output captured as text, exit code not checked.
+    Without PREFECT_API_URL a command uses a throwaway Prefect server, never the local one the
+    CLI keeps (`env={"PERFOPS_LOCAL_SERVER": "on", ...}` to test that)."""
     base = {k: v for k, v in os.environ.items() if keep_perfops_env or not k.startswith("PERFOPS_")}
+    base.setdefault("PERFOPS_LOCAL_SERVER", "off")
     return subprocess.run(
         [*PERFOPS, *args],
         capture_output=True,

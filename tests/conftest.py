@@ -26,6 +26,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 for _name in [n for n in os.environ if n.startswith("PERFOPS_")]:
     del os.environ[_name]
+# Commands run by the tests use the harness (PREFECT_API_URL) or a throwaway server, never the
+# local server the CLI keeps (tests/cli/test_server.py starts its own on a free port).
+os.environ["PERFOPS_LOCAL_SERVER"] = "off"
 
 from blocks import PostgresTarget, RedisTarget  # noqa: E402
 from tests.servers import (  # noqa: E402

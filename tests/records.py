@@ -65,3 +65,10 @@ def wait_for_events(
 def wait_for_event(name: str, **kwargs: Any) -> ReceivedEvent:
     """The newest event called `name` that matches (see `wait_for_events`)."""
     return wait_for_events(name, **kwargs)[0]
+
+
+def failed_run(state: Any) -> tuple[Any, str]:
+    """A flow run that must have ended Failed (called with `return_state=True`): its result,
+    the flow's report as the CLI gets it, and its state message saying what failed."""
+    assert state.is_failed(), state
+    return state.result(raise_on_failure=False), state.message or ""

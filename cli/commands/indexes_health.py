@@ -10,6 +10,7 @@ import re
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.markup import escape
 
 from cli.support import (
@@ -105,8 +106,13 @@ def health(
             "nobody named)",
             param_hint="--apply",
         )
+    try:
+        settings = IndexHealthSettings(min_size_bytes=min_size, schemas=schema or None)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        flag = "--min-size" if first["loc"] and first["loc"][0] == "min_size_bytes" else "--schema"
+        raise typer.BadParameter(str(first["msg"]), param_hint=flag) from None
     use_dsn(dsn)
-    settings = IndexHealthSettings(min_size_bytes=min_size, schemas=schema or None)
     report = run_flow(
         _flow,
         {

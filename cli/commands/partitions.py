@@ -92,7 +92,9 @@ def rotate(
     interval: Annotated[
         str, typer.Option(help="One partition per hour, day, week, month or year.")
     ] = "month",
-    premake: Annotated[int, typer.Option(help="Partitions kept ready after the current one.")] = 3,
+    premake: Annotated[
+        int, typer.Option(min=0, max=365, help="Partitions kept ready after the current one.")
+    ] = 3,
     retention: Annotated[
         str | None,
         typer.Option(
@@ -119,7 +121,9 @@ def rotate(
     timezone: Annotated[
         str, typer.Option(help="IANA zone the interval boundaries align in.")
     ] = "UTC",
-    max_created: Annotated[int, typer.Option(help="At most this many partitions per run.")] = 24,
+    max_created: Annotated[
+        int, typer.Option(min=1, help="At most this many partitions per run.")
+    ] = 24,
     policies: Annotated[
         Path | None,
         typer.Option(
@@ -129,7 +133,10 @@ def rotate(
         ),
     ] = None,
     lock_timeout_ms: Annotated[
-        int, typer.Option(help="Every DDL statement gives up waiting for a lock after this.")
+        int,
+        typer.Option(
+            min=1, max=600_000, help="Every DDL statement gives up waiting for a lock after this."
+        ),
     ] = 2_000,
     at: Annotated[
         datetime | None,
@@ -296,6 +303,8 @@ def restore(
     """Load an archived partition back: verify the manifest's and the object's SHA-256 and the
     row count, load it into a new table in one transaction, and optionally reattach it
     (flow restore_partition)."""
+    if not source.startswith("s3://"):
+        _check_local_archive(source)
     use_dsn(dsn)
     report = run_flow(
         _restore_flow,
@@ -312,6 +321,27 @@ def restore(
         "verified)" + (f", attached to {report.attached_to}" if report.attached_to else ""),
         indent=0,
     )
+
+
+def _check_local_archive(source: str) -> None:
+    """A local archive is a .parquet file with its .manifest.json beside it: both must exist
+    (checked before Prefect starts; an s3:// archive is checked by the flow)."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise typer.BadParameter(f"the archive {source} does not exist", param_hint="--from")
+    if path.is_dir():
+        raise typer.BadParameter(
+            f"{source} is a folder; name the archive's .parquet file in it", param_hint="--from"
+        )
+    stem = str(path).removesuffix(".manifest.json").removesuffix(".parquet")
+    parquet, manifest = Path(stem + ".parquet"), Path(stem + ".manifest.json")
+    for part, what in ((parquet, "Parquet file"), (manifest, "manifest")):
+        if not part.is_file():
+            raise typer.BadParameter(
+                f"the archive's {what} {part} does not exist (an archive is restored from its "
+                ".parquet file and the .manifest.json written beside it)",
+                param_hint="--from",
+            )
 
 
 def _qualified(table: str) -> bool:

@@ -17,7 +17,6 @@ from cli.support import (
     run_flow,
     set_env,
 )
-from decisions.reporting import parse_week
 from perfops.errors import ConfigurationError
 from perfops.redaction import redact
 
@@ -33,6 +32,8 @@ def _flow() -> Any:
 def _week(value: str | None) -> str | None:
     if value is None:
         return None
+    from decisions.reporting import parse_week  # pandas: only for this command
+
     try:
         return parse_week(value, datetime.now(UTC)).label
     except ConfigurationError as exc:

@@ -11,6 +11,10 @@ import typer
 
 from cli.support import JsonFlag, VerboseFlag, fail, print_json, print_wrapped, run_flow
 
+# Decisions Redis keeps per group (tasks.scaling_state.HISTORY_LENGTH, not imported here: the
+# command line starts without the Redis and Prefect task modules).
+HISTORY_KEPT = 1000
+
 app = typer.Typer(no_args_is_help=True)
 
 GroupOption = Annotated[
@@ -61,7 +65,9 @@ def decide(
     ] = None,
     current: Annotated[
         int | None,
-        typer.Option(help="Capacity of a simulated group (without --aws).", show_default=False),
+        typer.Option(
+            min=0, help="Capacity of a simulated group (without --aws).", show_default=False
+        ),
     ] = None,
     apply: Annotated[
         bool, typer.Option("--apply", help="Set the capacity (default: dry run, record only).")
@@ -116,10 +122,12 @@ def apply_schedule(
     region: RegionOption = "us-east-1",
     endpoint_url: EndpointOption = None,
     credentials_block: CredentialsOption = None,
-    business_min: Annotated[int, typer.Option(help="Minimum instances in business hours.")] = 4,
-    business_max: Annotated[int, typer.Option(help="Maximum in business hours.")] = 100,
-    off_min: Annotated[int, typer.Option(help="Minimum off hours.")] = 2,
-    off_max: Annotated[int, typer.Option(help="Maximum off hours.")] = 100,
+    business_min: Annotated[
+        int, typer.Option(min=0, help="Minimum instances in business hours.")
+    ] = 4,
+    business_max: Annotated[int, typer.Option(min=1, help="Maximum in business hours.")] = 100,
+    off_min: Annotated[int, typer.Option(min=0, help="Minimum off hours.")] = 2,
+    off_max: Annotated[int, typer.Option(min=1, help="Maximum off hours.")] = 100,
     start: Annotated[str, typer.Option(help="Business hours start (HH:MM).")] = "09:00",
     end: Annotated[str, typer.Option(help="Business hours end (HH:MM).")] = "17:00",
     timezone: Annotated[str, typer.Option(help="IANA time zone of the hours.")] = "UTC",
@@ -190,7 +198,9 @@ def apply_schedule(
 @app.command()
 def history(
     group: GroupOption = "demo",
-    limit: Annotated[int, typer.Option(help="Newest decisions to show.")] = 20,
+    limit: Annotated[
+        int, typer.Option(min=1, max=HISTORY_KEPT, help="Newest decisions to show.")
+    ] = 20,
     redis_block: Annotated[str | None, typer.Option(show_default=False)] = None,
     as_json: JsonFlag = False,
 ) -> None:

@@ -80,28 +80,38 @@ def refresh(
     threshold: Annotated[
         float,
         typer.Option(
+            max=1.0,
             help="ANALYZE a table when rows changed since its last analyze reach this fraction "
-            "of its rows (0.1 = 10%); never-analyzed tables always."
+            "of its rows (0.1 = 10%, above 0); never-analyzed tables always.",
         ),
     ] = DEFAULT_ANALYZE_THRESHOLD,
     parallel: Annotated[
-        int, typer.Option(help="Tables analyzed at once, each on its own connection (1-8).")
+        int,
+        typer.Option(min=1, max=8, help="Tables analyzed at once, each on its own connection."),
     ] = DEFAULT_PARALLELISM,
     lock_timeout_ms: Annotated[
         int,
         typer.Option(
+            min=1,
+            max=600_000,
             help="Per table: give up on a table locked by another session after this long, "
-            "report it and go on."
+            "report it and go on.",
         ),
     ] = DEFAULT_LOCK_TIMEOUT_MS,
     statement_timeout_ms: Annotated[
-        int, typer.Option(help="Per table: stop an ANALYZE/VACUUM that runs longer than this.")
+        int,
+        typer.Option(
+            min=1_000,
+            max=86_400_000,
+            help="Per table: stop an ANALYZE/VACUUM that runs longer than this.",
+        ),
     ] = DEFAULT_STATEMENT_TIMEOUT_MS,
     vacuum_dead_ratio: Annotated[
         float | None,
         typer.Option(
+            max=1.0,
             help="Also VACUUM (ANALYZE) tables whose dead tuples reach this fraction of all "
-            "tuples (e.g. 0.2). Default: ANALYZE only.",
+            "tuples (e.g. 0.2, above 0). Default: ANALYZE only.",
             show_default=False,
         ),
     ] = None,
@@ -120,10 +130,10 @@ def refresh(
     ] = None,
     max_tables: Annotated[
         int | None,
-        typer.Option(help="At most this many tables, most stale first.", show_default=False),
+        typer.Option(min=1, help="At most this many tables, most stale first.", show_default=False),
     ] = None,
     min_rows: Annotated[
-        int, typer.Option(help="Leave tables with fewer estimated rows alone.")
+        int, typer.Option(min=0, help="Leave tables with fewer estimated rows alone.")
     ] = 0,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only list what would be analyzed, and why.")
@@ -164,7 +174,7 @@ def refresh(
         more = f" and {report.failed - 3} more" if report.failed > 3 else ""
         fail(
             f"{report.failed} of {report.analyzed + report.failed} tables failed: {names}{more} "
-            "(the others were analyzed; see the perfops-stats-refresh artifact)"
+            f"({report.privileges or 'the others were analyzed'}; artifact perfops-stats-refresh)"
         )
 
 

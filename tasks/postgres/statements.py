@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -93,6 +94,24 @@ def fetch_statement_stats(
         StatementStats.model_validate(r | {"query": mask_statement_secrets(r["query"])})
         for r in rows
     ]
+
+
+@task(name="fetch_statements_reset", **RETRY_DEFAULTS)
+def fetch_statements_reset(target: PostgresTarget) -> datetime | None:
+    """When pg_stat_statements was last reset (`pg_stat_statements_info`, PostgreSQL 14+): what
+    a run with no statements to look at says it counted since. None when unknown."""
+    with connect(target, statement_timeout_ms=10_000) as conn:
+        try:
+            row = conn.execute("select stats_reset from pg_stat_statements_info").fetchone()
+        except psycopg.Error:
+            return None
+    return row["stats_reset"] if row else None
+
+
+def statements_since(count: int, reset: datetime | None, what: str = "statements") -> str:
+    """'0 statements in pg_stat_statements since its reset at 2026-11-20 06:00 UTC'."""
+    since = f" since its reset at {reset.astimezone(UTC):%Y-%m-%d %H:%M} UTC" if reset else ""
+    return f"{count} {what} in pg_stat_statements{since}"
 
 
 def parameter_count(query: str) -> int:

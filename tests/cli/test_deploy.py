@@ -3,9 +3,14 @@ What it does against a real server is tested end to end in tests/e2e/test_produc
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+
+from tests.command import PERFOPS, ROOT
 
 
 @pytest.mark.parametrize(
@@ -29,14 +34,14 @@ def test_bad_input_is_refused_with_exit_2(
     assert message in capsys.readouterr().err
 
 
-def test_without_a_prefect_server_it_says_which_variable_to_set(
-    perfops: Callable[[list[str]], int],
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    assert perfops(["deploy"]) == 2
-    assert "PREFECT_API_URL is not set" in capsys.readouterr().err
+def test_without_a_prefect_server_it_says_which_variable_to_set(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path)  # no profile naming a server either
+    result = subprocess.run(
+        [*PERFOPS, "deploy"], env=env, cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2, result.stderr
+    assert "PREFECT_API_URL is not set" in result.stderr
 
 
 def test_an_unreachable_server_fails_with_its_address(

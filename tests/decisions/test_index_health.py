@@ -346,7 +346,7 @@ def test_rows_say_what_was_found_done_and_why(catalog: list[IndexInfo]) -> None:
     plan = select_drops(findings, catalog, ["public.agents_name_idx", "nope"], apply=False)
     locked = [LockedTable(schema_name="s", table_name="t", index_names=["i"], reason="locked")]
     rows = finding_rows(findings, plan.outcomes, locked)
-    actions = {r["index"]: r["action"] for r in rows}
+    actions = {r["index"]: r["result"] for r in rows}
     assert actions["public.agents_name_idx"] == "would drop (dry run: add --apply)"
     assert actions['"Mixed Case"."x""; DROP TABLE y; --"'].startswith(
         "report only (to drop: --apply --drop "

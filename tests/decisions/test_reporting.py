@@ -324,7 +324,7 @@ def test_top_slow_queries_come_from_the_latest_artifact_of_the_week() -> None:
                 "share_of_db_time": "61%",
                 "query": "select *\n  from agent_executions where agent_id = $1",
             },
-            {"rank": "-", "why": "no statement over the threshold", "query": ""},
+            {"rank": "-", "reason": "no statement over the threshold", "query": ""},
         ],
     )
     [database, *_] = summarize_records([], slow)

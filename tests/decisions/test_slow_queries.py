@@ -203,7 +203,7 @@ def test_rows_carry_figures_reasons_and_plan() -> None:
         update={"plan": PlanOutcome(status="planned", cost=42.0, summary="Seq Scan on t")}
     )
     [row] = statement_rows([s])
-    assert row["why"] == "mean 1,500 ms >= 1,000 ms; top 1 by total time (50% of DB time)"
+    assert row["reason"] == "mean 1,500 ms >= 1,000 ms; top 1 by total time (50% of DB time)"
     assert (row["calls"], row["total_s"], row["hit_ratio"]) == (4, 6.0, "90.0%")
     assert row["plan"] == "cost 42: Seq Scan on t"
     skipped = s.model_copy(update={"plan": PlanOutcome(status="skipped", reason="locked")})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 import psycopg
@@ -71,3 +72,36 @@ def deployed(prefect_server: dict[str, str]) -> dict[str, str]:
     prefect(prefect_server, "work-pool", "create", POOL, "--type", "process", "--overwrite")
     perfops(prefect_server, "deploy")
     return prefect_server
+
+
+@pytest.fixture()
+def partitioned_table(pg_dsn: str) -> Iterator[str]:
+    """`e2e_rotation.events`, monthly: this month's partition, and one long expired (2020-01)
+    holding rows (not the last child, which a rotation never drops)."""
+    now = datetime.now(UTC)
+    this_month = datetime(now.year, now.month, 1, tzinfo=UTC)
+    next_month = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("drop schema if exists e2e_rotation cascade")
+        conn.execute("create schema e2e_rotation")
+        conn.execute(
+            "create table e2e_rotation.events (at timestamptz not null, v int)"
+            " partition by range (at)"
+        )
+        conn.execute(
+            "create table e2e_rotation.events_p2020_01 partition of e2e_rotation.events"
+            " for values from ('2020-01-01 00:00+00') to ('2020-02-01 00:00+00')"
+        )
+        conn.execute(
+            sql.SQL(
+                "create table e2e_rotation.events_now partition of e2e_rotation.events"
+                " for values from ({}) to ({})"
+            ).format(sql.Literal(this_month), sql.Literal(next_month))
+        )
+        conn.execute(
+            "insert into e2e_rotation.events"
+            " select '2020-01-15 00:00+00'::timestamptz, g from generate_series(1, 100) g"
+        )
+    yield "e2e_rotation.events"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("drop schema if exists e2e_rotation cascade")

@@ -5,14 +5,11 @@ states and artifacts read back."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
-from psycopg import sql
 
 from tests.conftest import REDIS_TEST_URL
 from tests.e2e.stack import POOL, ROOT, artifact_keys, run, worker
@@ -78,39 +75,6 @@ def test_deploy_all_then_run_through_the_api(
             json={"parameters": {"fail_when_unreachable": "maybe"}},
         )
         assert bad.status_code == 409, bad.text
-
-
-@pytest.fixture()
-def partitioned_table(pg_dsn: str) -> Iterator[str]:
-    """`e2e_rotation.events`, monthly: this month's partition, and one long expired (2020-01)
-    holding rows (not the last child, which a rotation never drops)."""
-    now = datetime.now(UTC)
-    this_month = datetime(now.year, now.month, 1, tzinfo=UTC)
-    next_month = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("drop schema if exists e2e_rotation cascade")
-        conn.execute("create schema e2e_rotation")
-        conn.execute(
-            "create table e2e_rotation.events (at timestamptz not null, v int)"
-            " partition by range (at)"
-        )
-        conn.execute(
-            "create table e2e_rotation.events_p2020_01 partition of e2e_rotation.events"
-            " for values from ('2020-01-01 00:00+00') to ('2020-02-01 00:00+00')"
-        )
-        conn.execute(
-            sql.SQL(
-                "create table e2e_rotation.events_now partition of e2e_rotation.events"
-                " for values from ({}) to ({})"
-            ).format(sql.Literal(this_month), sql.Literal(next_month))
-        )
-        conn.execute(
-            "insert into e2e_rotation.events"
-            " select '2020-01-15 00:00+00'::timestamptz, g from generate_series(1, 100) g"
-        )
-    yield "e2e_rotation.events"
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("drop schema if exists e2e_rotation cascade")
 
 
 def test_changed_flows_end_completed_when_their_work_succeeds_and_failed_when_it_fails(

@@ -119,10 +119,10 @@ def test_deploy_gates_schedules_keeps_operator_settings_and_refuses_unknown_para
         f"/deployments/{connections['id']}/schedules/{schedule['id']}", json={"active": False}
     )
     redis = "PERFOPS_REDIS_URL=redis://127.0.0.1:6379/14"
-    refused = perfops(
+    secret = perfops(
         env, "deploy", "--pool-env", "PERFOPS_DSN=postgresql://u:pw@db/app", check=False
     )
-    assert refused.returncode == 2 and "secret" in refused.stderr
+    assert secret.returncode == 2 and "secret" in secret.stderr
     redeploy = perfops(env, "deploy", "--configured", "slack", "--pool-env", redis)
     pool = http.get(f"/work_pools/{POOL}").json()
     pool_env = pool["base_job_template"]["variables"]["properties"]["env"]["default"]
@@ -258,3 +258,71 @@ def test_the_worker_unit_starts_a_worker_that_its_stop_signal_stops(
             process.kill()
             process.wait()
     assert _unit("prefect-server.service")["KillSignal"] == unit["KillSignal"]
+
+
+def test_rotation_without_its_archive_block_and_a_least_privilege_role_end_failed(
+    deployed: dict[str, str], pg_dsn: str, partitioned_table: str, tmp_path: Path
+) -> None:
+    """Finding 1 and 2 of issue 13, through deployments and a worker: the rotation whose
+    archive block does not exist detaches nothing and ends Failed; refresh_stale_statistics as
+    docs/production.md's least-privilege role ends Failed with the privilege named."""
+    import psycopg
+    from psycopg import sql
+
+    role = f"perfops_e2e_ro_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create role {} login").format(sql.Identifier(role)))
+        for grant in ("grant pg_monitor to {}", "grant pg_read_all_stats to {}"):
+            conn.execute(sql.SQL(grant).format(sql.Identifier(role)))
+        conn.execute(
+            sql.SQL("grant usage on schema e2e_rotation to {}").format(sql.Identifier(role))
+        )
+        conn.execute("analyze e2e_rotation.events")
+        conn.execute(
+            "insert into e2e_rotation.events select now(), g from generate_series(1, 500) g"
+        )
+    env = {
+        **deployed,
+        "PERFOPS_PROJECT_DIR": str(ROOT),
+        "PERFOPS_DSN": pg_dsn,
+        "PERFOPS_OUT_DIR": str(tmp_path / "out"),
+    }
+    http = httpx.Client(base_url=env["PREFECT_API_URL"], timeout=30)
+    rotate = {
+        "table": partitioned_table,
+        "interval": "month",
+        "premake": 1,
+        "retention": "12 months",
+        "expired_action": "archive_then_drop",
+        "archive": "s3-block:perfops-archive",
+    }
+    least = psycopg.conninfo.make_conninfo(pg_dsn, user=role)
+    try:
+        with worker(env, tmp_path) as log:
+            _, rotated = run(
+                http,
+                "rotate_partitions/rotate_partitions",
+                {"parameters": {"policies_file": None, "policies": [rotate]}},
+            )
+            _, refreshed = run(
+                http,
+                "refresh_stale_statistics/refresh_stale_statistics",
+                {"job_variables": {"env": {"PERFOPS_DSN": least}}},
+            )
+            tail = log.read_text()[-3000:]
+        assert rotated["type"] == "FAILED", (rotated, tail)
+        assert "perfops-archive" in (rotated.get("message") or ""), rotated
+        with psycopg.connect(pg_dsn) as conn:
+            attached = conn.execute(
+                "select count(*) from pg_inherits"
+                " where inhrelid = 'e2e_rotation.events_p2020_01'::regclass"
+            ).fetchone()
+        assert attached == (1,), "nothing was detached"
+        assert refreshed["type"] == "FAILED", (refreshed, tail)
+        message = refreshed.get("message") or ""
+        assert "needs ownership of e2e_rotation.events" in message, refreshed
+        assert f"to {role}" in message, refreshed
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop owned by {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))

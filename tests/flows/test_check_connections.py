@@ -88,7 +88,8 @@ def test_every_real_system_is_reached(slack: SlackStandIn) -> None:
         "slack",
         "email",
     ]
-    assert {r["status"] for r in rows} == {"ok"}
+    assert {r["result"] for r in rows} == {"ok"}
+    assert all(list(r)[:4] == ["system", "result", "detail", "fix"] for r in rows)
     event = wait_for_event("perfops.connections.checked")
     assert event.resource.id == "blocks.resolve"
     assert event.payload["statuses"] == {s: "ok" for s in checks}
@@ -139,7 +140,7 @@ def test_unreachable_system_fails_the_run_without_leaking_the_password(
     [pg] = [c for c in error.checks if c.system == "postgres"]
     assert pg.status == "unreachable" and "127.0.0.1:1" in pg.detail
     rows = artifact_rows(ARTIFACT_KEY)
-    assert rows[0]["status"] == "unreachable"
+    assert rows[0]["result"] == "unreachable"
     assert secret not in json.dumps(rows)
     assert secret not in (state.message or "")
     logs = _wait_for_logs(state.state_details.flow_run_id, containing="unreachable")

@@ -17,7 +17,7 @@ from decisions.index_health import IndexFinding, IndexHealthSettings
 from flows.check_index_health import ARTIFACT_KEY, IndexHealthReport, check_index_health
 from tasks.postgres.index_changes import drop_indexes, lock_name
 from tasks.postgres.server import advisory_lock, connect
-from tests.records import artifact_rows, wait_for_event
+from tests.records import artifact_rows, failed_run, wait_for_event
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -158,10 +158,11 @@ def test_findings_say_what_each_wastes_and_why_and_nothing_changes(health_db: st
     assert not report.applied
 
     rows = {r["index"]: r for r in artifact_rows(ARTIFACT_KEY)}
-    assert rows['"Health Q".agents_name_idx']["action"] == (
+    assert all(list(r)[:3] == ["index", "result", "reason"] for r in rows.values())
+    assert rows['"Health Q".agents_name_idx']["result"] == (
         'report only (to drop: --apply --drop "Health Q".agents_name_idx)'
     )
-    assert rows['"Health Q"."i""; DROP INDEX y; --"']["action"] == (
+    assert rows['"Health Q"."i""; DROP INDEX y; --"']["result"] == (
         "would drop (dry run: add --apply)"
     )
     payload = wait_for_event(
@@ -207,16 +208,21 @@ def test_apply_drops_exactly_the_named_index_concurrently_and_reruns_cleanly(
 
 def test_refusals_name_the_reason_and_the_run_goes_on(health_db: str) -> None:
     before = indexes(health_db)
-    report = check_index_health(
-        settings=SETTINGS,
-        apply=True,
-        drop=[
-            f'"{SCHEMA}".dup_id_key',  # backs a constraint
-            f'"{SCHEMA}".agents_name_team_idx',  # used
-            f'"{SCHEMA}".code_key',  # the constraint's own index
-            f'"{SCHEMA}".agents_name_idx',  # a finding: dropped
-        ],
+    report, message = failed_run(
+        check_index_health(
+            settings=SETTINGS,
+            apply=True,
+            drop=[
+                f'"{SCHEMA}".dup_id_key',  # backs a constraint
+                f'"{SCHEMA}".agents_name_team_idx',  # used
+                f'"{SCHEMA}".code_key',  # the constraint's own index
+                f'"{SCHEMA}".agents_name_idx',  # a finding: dropped
+            ],
+            return_state=True,
+        )
     )
+    # The others went on, but what the operator asked for was not all done: the run fails.
+    assert message.startswith('3 of 4 drops not done: "Health Q".dup_id_key: backs constraint')
     got = {d.requested.split(".", 1)[1]: (d.status, d.reason) for d in report.drops}
     assert got["dup_id_key"][0] == "refused"
     assert got["dup_id_key"][1].startswith("backs constraint dup_id_key: drop the constraint")
@@ -238,12 +244,18 @@ def test_a_locked_table_is_skipped_after_lock_timeout_and_the_run_goes_on(health
             sql.SQL("lock table {} in access exclusive mode").format(q(SCHEMA, "locked_t"))
         )
         started = time.monotonic()
-        report = check_index_health(
-            settings=SETTINGS,
-            apply=True,
-            drop=[f"{SCHEMA}.locked_idx", f"{SCHEMA}.agents_name_idx"],
+        report, message = failed_run(
+            check_index_health(
+                settings=SETTINGS,
+                apply=True,
+                drop=[f"{SCHEMA}.locked_idx", f"{SCHEMA}.agents_name_idx"],
+                return_state=True,
+            )
         )
         assert time.monotonic() - started < 30
+    assert message.endswith(
+        '; 1 tables not checked, locked by another session: "Health Q".locked_t'
+    ), message
     [locked] = report.locked_tables
     assert (locked.table_name, locked.index_names) == ("locked_t", ["locked_idx"])
     assert locked.reason == (
@@ -265,7 +277,15 @@ def test_a_transaction_using_the_table_stops_the_drop_and_a_rerun_finishes_it(
     settings = SETTINGS.model_copy(update={"drop_lock_timeout_ms": 300})
     with psycopg.connect(health_db) as reader:
         reader.execute(sql.SQL("select count(*) from {}").format(q(SCHEMA, "locked_t")))
-        report = check_index_health(settings=settings, apply=True, drop=[f"{SCHEMA}.locked_idx"])
+        report, message = failed_run(
+            check_index_health(
+                settings=settings,
+                apply=True,
+                drop=[f"{SCHEMA}.locked_idx"],
+                return_state=True,
+            )
+        )
+    assert message.startswith('1 of 1 drops not done: "Health Q".locked_idx: table ')
     [d] = report.drops
     assert d.status == "failed"
     assert d.reason.startswith(
@@ -407,3 +427,38 @@ def test_cli_apply_json_and_exit_1_when_a_named_index_is_refused(
     report = json.loads(captured.out)
     assert [d["status"] for d in report["drops"]] == ["dropped", "refused"]
     assert captured.err.strip() == "perfops: 1 of 2 named indexes not dropped (see the reasons)"
+
+
+def test_a_role_that_does_not_own_the_table_drops_nothing_and_says_what_it_needs(
+    health_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    role = "perfops_health_ro"
+    before = indexes(health_db)
+    with psycopg.connect(health_db, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop role if exists {}").format(q(role)))
+        conn.execute(sql.SQL("create role {} login").format(q(role)))
+        conn.execute(sql.SQL("grant usage on schema {} to {}").format(q(SCHEMA), q(role)))
+        owner = conn.info.user
+    try:
+        monkeypatch.setenv("PERFOPS_DSN", psycopg.conninfo.make_conninfo(health_db, user=role))
+        report, message = failed_run(
+            check_index_health(
+                settings=SETTINGS,
+                apply=True,
+                drop=[f'"{SCHEMA}".agents_name_idx', f'"{SCHEMA}".code_plain'],
+                return_state=True,
+            )
+        )
+        table = '"Health Q"."x""; DROP TABLE y; --"'
+        assert message == (
+            f"2 of 2 drops not done: needs ownership of {table} (owner {owner}): grant {owner} "
+            f"to {role} (or run perfops as the owner)"
+        )
+        assert [(d.status, d.reason) for d in report.drops] == [
+            ("refused", f"not attempted: needs ownership (owner {owner})")
+        ] * 2
+        assert indexes(health_db) == before
+    finally:
+        with psycopg.connect(health_db, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop owned by {}").format(q(role)))
+            conn.execute(sql.SQL("drop role {}").format(q(role)))

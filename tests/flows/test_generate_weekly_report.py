@@ -45,6 +45,7 @@ from demo.sample_metrics import (
 from flows.generate_weekly_report import (
     ARTIFACT_KEY,
     ReportDeliveryFailed,
+    ReportFailed,
     generate_weekly_report,
 )
 from tests.servers import MetricSeries, MotoServer, PrometheusServer, SmtpServer, free_port
@@ -229,10 +230,11 @@ def week_run(
     os.environ.update(env)
     smtp_server.reset()
     try:
-        result = generate_weekly_report(
+        state = generate_weekly_report(
             week=WEEK.label,
             recipients=["sre@example.test", "nobody@example.test"],
             out_dir=str(out),
+            return_state=True,
         )
         messages = smtp_server.wait_for(1)
     finally:
@@ -241,7 +243,22 @@ def week_run(
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    yield result, messages, out / WEEK.label
+    # One recipient refused: the others got it, but the run's work did not fully succeed.
+    assert state.is_failed() and state.message is not None
+    assert "refused: nobody@example.test" in state.message
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ReportFailed) and error.result is not None
+    yield error.result, messages, out / WEEK.label
+
+
+def _failed(**parameters: Any) -> tuple[ReportResult, str]:
+    """A run that must end Failed: the report it archived and the state message."""
+    state = generate_weekly_report(return_state=True, **parameters)
+    assert state.is_failed(), state
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ReportFailed) and error.result is not None, error
+    assert str(error) == state.message
+    return error.result, state.message or ""
 
 
 def _csv(data: bytes | str) -> list[dict[str, str]]:
@@ -492,12 +509,13 @@ def test_prometheus_partly_down_marks_the_sections_missing(
         PrometheusSource(url=f"http://127.0.0.1:{proxy.server_address[1]}", retries=0).save(
             block, overwrite=True
         )
-        result = generate_weekly_report(
+        result, message = _failed(
             week=WEEK.label, prometheus_block=block, out_dir=str(tmp_path), recipients=[]
         )
     finally:
         proxy.shutdown()
         proxy.server_close()
+    assert "sections missing: resources" in message
     assert set(result.missing_sections) == {"resources"}
     assert "503" in result.missing_sections["resources"]
     page = (tmp_path / WEEK.label / "index.html").read_text()
@@ -514,13 +532,33 @@ def test_a_week_without_data_says_so_and_plots_nothing(
 ) -> None:
     monkeypatch.setenv("PERFOPS_PROMETHEUS_URL", report_prometheus.url)
     empty = PREVIOUS.previous().previous()  # before the back-filled data
-    result = generate_weekly_report(week=empty.label, out_dir=str(tmp_path), recipients=[])
+    result, message = _failed(week=empty.label, out_dir=str(tmp_path), recipients=["a@b.test"])
+    assert f"0 of 13 targets scored: no figures for {empty.label} from " in message
     page = (tmp_path / empty.label / "index.html").read_text()
     assert "<img" not in page
     assert "GET /api/v1/agents: no data in Prometheus for this week, nothing plotted." in page
     assert result.met == 0 and result.missed == 0
     assert "nothing recorded this week" in page
     assert not (tmp_path / empty.label / "charts").exists()
+
+
+def test_no_recipients_fails_with_the_report_archived(
+    report_prometheus: PrometheusServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The weekly deployment with no recipients configured used to end Completed, "not sent"."""
+    monkeypatch.setenv("PERFOPS_PROMETHEUS_URL", report_prometheus.url)
+    monkeypatch.setenv("PERFOPS_OUT_DIR", str(tmp_path / "defaults"))
+    result, message = _failed(week=WEEK.label, recipients=[])
+    assert result.met + result.missed > 0  # the report itself is complete
+    assert result.delivery == (
+        "not sent: no recipients; set recipients (CLI --to) or `recipients` in report.yaml"
+    )
+    assert message == f"weekly report {WEEK.label} archived at {result.archive}; {result.delivery}"
+    archived = tmp_path / "defaults" / "archive" / "reports" / "weekly" / WEEK.label
+    assert (archived / "index.html").exists() and (archived / "data" / "endpoints.csv").exists()
+    with get_client(sync_client=True) as client:
+        latest = [a for a in client.read_latest_artifacts() if a.key == ARTIFACT_KEY]
+    assert "not sent: no recipients" in str(latest[0].data)
 
 
 def test_smtp_down_retries_then_fails_with_the_report_archived_on_s3(
@@ -605,23 +643,24 @@ def test_cli_rejects_a_bad_or_future_week(week: str, message: str) -> None:
 def test_cli_writes_the_report_and_prints_where(
     report_prometheus: PrometheusServer, tmp_path: Path, prefect_api_url: str
 ) -> None:
+    env = {
+        "PERFOPS_PROMETHEUS_URL": report_prometheus.url,
+        "PREFECT_API_URL": prefect_api_url,
+        "PERFOPS_OUT_DIR": str(tmp_path / "defaults"),
+    }
     result = _cli(
-        "--week",
-        WEEK.label,
-        "--out",
-        str(tmp_path),
-        "--json",
-        env={
-            "PERFOPS_PROMETHEUS_URL": report_prometheus.url,
-            "PREFECT_API_URL": prefect_api_url,
-            "PERFOPS_OUT_DIR": str(tmp_path / "defaults"),
-        },
+        "--week", WEEK.label, "--out", str(tmp_path), "--to", "sre@x.test", "--json", env=env
     )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["week"] == WEEK.label and data["missed"] == 3
     assert Path(data["folder"]).exists()
-    assert data["delivery"].startswith("not sent")
+    assert data["delivery"].startswith("sent to 1 of 1 via .eml files in ")
+    # Without recipients the report is written and archived, and the command fails saying why.
+    unsent = _cli("--week", WEEK.label, "--out", str(tmp_path / "again"), env=env)
+    assert unsent.returncode == 1
+    assert "not sent: no recipients; set recipients (CLI --to)" in unsent.stderr
+    assert (tmp_path / "again" / WEEK.label / "index.html").exists()
 
 
 def test_reads_the_newest_table_artifact_of_a_time_range() -> None:

@@ -149,6 +149,7 @@ def test_analyzes_exactly_the_stale_and_never_analyzed_tables(
     rows = {r["table"]: r for r in artifact_rows(ARTIFACT_KEY)}
     assert rows[f"{schema}.stale"]["result"] == "analyzed"
     assert rows[f"{schema}.fresh"]["reason"] == "fresh: 2.0% < 10%"
+    assert all(list(r)[:3] == ["table", "result", "reason"] for r in rows.values())
     event = wait_for_event("perfops.stats.refreshed", since=since)
     assert event.resource.id == f"perfops.postgres.127.0.0.1:5432/{db.info.dbname}"
     assert event.resource["perfops.database"] == db.info.dbname
@@ -160,8 +161,14 @@ def test_analyzes_exactly_the_stale_and_never_analyzed_tables(
         "failed_tables": [],
     }
     # a second run finds nothing stale
-    again = refresh_stale_statistics(policy=policy(schema))
-    assert (again.analyzed, again.skipped) == (0, 3)
+    again = refresh_stale_statistics(policy=policy(schema), return_state=True)
+    assert again.is_completed()
+    assert again.message == (
+        "nothing to do: none of the 3 tables is stale (threshold 10% of rows changed since the "
+        "last analyze)"
+    )
+    report = again.result()
+    assert (report.analyzed, report.skipped) == (0, 3)
 
 
 def test_hostile_identifiers_are_quoted_and_other_schemas_untouched(
@@ -204,9 +211,20 @@ def test_a_locked_table_fails_after_lock_timeout_and_the_others_are_analyzed(
             )
         )
         started = time.monotonic()
-        report = refresh_stale_statistics(policy=policy(schema, lock_timeout_ms=300))
+        state = refresh_stale_statistics(
+            policy=policy(schema, lock_timeout_ms=300), return_state=True
+        )
         elapsed = time.monotonic() - started
         holder.rollback()
+
+    # The others were analyzed, but the run's work did not fully succeed: Failed, saying which.
+    assert state.is_failed()
+    assert state.message == (
+        f"1 of 4 tables failed: {schema}.locked: locked by another session: gave up after "
+        "lock_timeout 300 ms"
+    )
+    report = state.result(raise_on_failure=False)
+    assert isinstance(report, StatisticsReport)
 
     assert {t.table_name: t.result for t in report.tables} == {
         "a": "analyzed",
@@ -272,26 +290,60 @@ def test_vacuum_analyze_when_dead_tuples_pass_the_ratio(
     assert row == (0, 1)
 
 
-def test_a_table_the_role_cannot_analyze_is_reported_failed(
+def test_a_least_privilege_role_fails_with_the_privilege_named_and_touches_nothing(
     db: psycopg.Connection[Any], schema: str, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """docs/production.md's role (pg_monitor, pg_read_all_stats, not the owner): the privilege
+    preflight says once what it needs, no ANALYZE is attempted, and the run ends Failed."""
     role = f"perfops_stats_ro_{uuid.uuid4().hex[:8]}"
-    create(db, schema, "not_mine")
+    for t in ("not_mine", "nor_this"):
+        create(db, schema, t)
     flush(db)
+    owner = db.info.user
     db.execute(sql.SQL("create role {} login").format(sql.Identifier(role)))
     try:
+        for grant in ("grant pg_monitor to {}", "grant pg_read_all_stats to {}"):
+            db.execute(sql.SQL(grant).format(sql.Identifier(role)))
         db.execute(
             sql.SQL("grant usage on schema {} to {}").format(
                 sql.Identifier(schema), sql.Identifier(role)
             )
         )
         monkeypatch.setenv("PERFOPS_DSN", psycopg.conninfo.make_conninfo(pg_dsn, user=role))
+        before = analyze_counts(db, schema)
 
-        report = refresh_stale_statistics(policy=policy(schema))
+        state = refresh_stale_statistics(policy=policy(schema), return_state=True)
 
-        [t] = report.tables
-        assert t.result == "failed"
-        assert t.error == 'skipping "not_mine" --- only table or database owner can analyze it'
+        assert state.is_failed()
+        needs = (
+            f"needs ownership of {schema}.nor_this, {schema}.not_mine (owner {owner}): grant "
+            f"{owner} to {role} (or run perfops as the owner)"
+        )
+        assert state.message == f"2 of 2 tables failed: {needs}"
+        report = state.result(raise_on_failure=False)
+        assert isinstance(report, StatisticsReport)
+        assert {t.table_name: (t.result, t.error) for t in report.tables} == dict.fromkeys(
+            ("not_mine", "nor_this"),
+            ("not permitted", f"not attempted: needs ownership (owner {owner})"),
+        )
+        assert (report.analyzed, report.failed, report.not_permitted) == (0, 2, 2)
+        assert report.privileges == needs
+        assert analyze_counts(db, schema) == before  # nothing was attempted
+        rows = artifact_rows(ARTIFACT_KEY)
+        assert {r["result"] for r in rows} == {"not permitted"}
+        # A table the role owns is analyzed; the run still fails for the others, unless the
+        # operator allows a partial run.
+        db.execute(
+            sql.SQL("alter table {} owner to {}").format(
+                sql.Identifier(schema, "nor_this"), sql.Identifier(role)
+            )
+        )
+        state = refresh_stale_statistics(
+            policy=policy(schema), allow_partial=True, return_state=True
+        )
+        assert state.is_completed() and state.message is not None
+        assert state.message.startswith(f"1 of 2 tables failed: needs ownership of {schema}.")
+        assert analyze_counts(db, schema)["nor_this"] == before["nor_this"] + 1
     finally:
         db.execute(sql.SQL("drop owned by {}").format(sql.Identifier(role)))
         db.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))

@@ -1,8 +1,10 @@
 """rotate_partitions on the real PostgreSQL and a real archive store (a folder, and moto's S3
 server): the dry run, create ahead with default-partition rescue, detach/archive/verify/drop,
 each crash point completed by the next run (rows in the database plus rows in archives equal the
-rows before, by count and by a checksum of the ids), S3 down (nothing dropped), hash children,
-bad input, and the record (artifact and events).
+rows before, by count and by a checksum of the ids), S3 down or the archive block missing (the
+preflight fails: nothing detached, the run Failed), one failing table of several (Failed), a role
+that does not own the table (nothing changed), hash children, bad input, and the record (artifact
+and events).
 
 Every test builds its own schema (dropped after) and plans for a fixed `now`.
 """
@@ -31,6 +33,7 @@ from flows.rotate_partitions import rotate_partitions
 from perfops.errors import ConfigurationError
 from tasks.partition_archives import ArchiveSource, Manifest, archive_keys, archive_partition
 from tasks.postgres.partition_changes import detach_partitions
+from tests.records import artifact_rows
 from tests.servers import MotoServer
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -200,6 +203,18 @@ def emitted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]
 def run(target: PostgresTarget, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> RotationReport:
     monkeypatch.setenv("PERFOPS_DSN", target.dsn.get_secret_value())
     return rotate_partitions(now=NOW, settings=FAST, **kw)
+
+
+def run_failed(
+    target: PostgresTarget, monkeypatch: pytest.MonkeyPatch, **kw: Any
+) -> tuple[RotationReport, str]:
+    """A run that must end Failed: its report (what the CLI prints) and its state message."""
+    monkeypatch.setenv("PERFOPS_DSN", target.dsn.get_secret_value())
+    state = rotate_partitions(now=NOW, settings=FAST, return_state=True, **kw)
+    assert state.is_failed(), state
+    report = state.result(raise_on_failure=False)
+    assert isinstance(report, RotationReport), report
+    return report, state.message or ""
 
 
 def test_dry_run_plans_and_changes_nothing(
@@ -419,7 +434,7 @@ def test_crash_points_are_completed_by_the_next_run(
     assert fingerprint(db_ids(pg_dsn, schema) + archived_ids(tmp_path)) == before
 
 
-def test_s3_down_drops_nothing_then_next_run_completes(
+def test_s3_down_detaches_nothing_then_next_run_completes(
     pg_dsn: str,
     pg_target: PostgresTarget,
     schema: str,
@@ -440,12 +455,21 @@ def test_s3_down_drops_nothing_then_next_run_completes(
         {"retries": {"mode": "standard", "max_attempts": 1}, "connect_timeout": 1},
     )
     pol = policy(schema, f"s3://{bucket}/archive")
-    report = run(target=pg_target, monkeypatch=monkeypatch, policies=[pol], apply=True)
+    kids = children(pg_dsn, schema)
+    report, message = run_failed(
+        target=pg_target, monkeypatch=monkeypatch, policies=[pol], apply=True
+    )
     [t] = report.tables
     assert report.failed
+    # The archive preflight failed before any detach: the expired partitions stay attached.
     assert {e.status for e in t.expired} == {"failed"}
-    assert all("nothing dropped" in e.detail and "stays detached" in e.detail for e in t.expired)
+    assert all("not detached, nothing dropped" in e.detail for e in t.expired)
+    assert all("stays attached" in e.detail for e in t.expired)
+    assert [k for k in children(pg_dsn, schema) if k not in kids] == t.created_names
+    assert set(kids) <= set(children(pg_dsn, schema))  # nothing detached
     assert fingerprint(db_ids(pg_dsn, schema)) == before  # nothing dropped, nothing lost
+    assert message.startswith(f"1 of 1 table(s) failed: {schema}.audit_logs: archive s3://")
+    assert "failed the preflight" in message and "Could not connect" in message
 
     monkeypatch.setenv("PERFOPS_S3_ENDPOINT_URL", moto_server.endpoint_url)
     report = run(target=pg_target, monkeypatch=monkeypatch, policies=[pol], apply=True)
@@ -679,3 +703,111 @@ def test_s3_answering_500_then_recovering_is_retried(
         ids += pq.read_table(local, columns=["id"]).column("id").to_pylist()
         local.unlink()
     assert fingerprint(db_ids(pg_dsn, schema) + ids) == before
+
+
+def test_missing_archive_block_detaches_nothing_and_the_run_fails_saying_why(
+    pg_dsn: str,
+    pg_target: PostgresTarget,
+    schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+    emitted: list[tuple[str, dict[str, Any]]],
+) -> None:
+    """deployments/partitions.yaml names s3-block:perfops-archive; without that block the daily
+    run used to detach first and end Completed. Now nothing is detached and the run fails."""
+    make_audit_logs(pg_dsn, schema)
+    before = fingerprint(db_ids(pg_dsn, schema))
+    kids = children(pg_dsn, schema)
+    block = f"perfops-archive-missing-{uuid.uuid4().hex[:8]}"
+    report, message = run_failed(
+        target=pg_target,
+        monkeypatch=monkeypatch,
+        policies=[policy(schema, f"s3-block:{block}")],
+        apply=True,
+    )
+    [t] = report.tables
+    assert [(e.partition, e.status) for e in t.expired] == [
+        ("audit_logs_p2025_09", "failed"),
+        ("audit_logs_p2025_10", "failed"),
+    ]
+    assert set(kids) <= set(children(pg_dsn, schema))  # every expired partition still attached
+    assert fingerprint(db_ids(pg_dsn, schema)) == before
+    assert "perfops.partitions.detached" not in [e for e, _ in emitted]
+    why = f"archive s3-block:{block} failed the preflight: no s3-bucket block named {block!r}"
+    assert why in message
+    # The artifact says why, once, and on each partition's row that it stayed attached.
+    rows = artifact_rows("perfops-partitions-rotate")
+    problems = [r["reason"] for r in rows if r["what"] == "problem"]
+    assert [p for p in problems if why in p] == [p for p in problems if "preflight" in p]
+    assert len([p for p in problems if why in p]) == 1
+    expired = [r for r in rows if r["what"] == "expire"]
+    assert {r["result"] for r in expired} == {"failed"}
+    assert all("stays attached" in r["reason"] for r in expired)
+
+
+def test_one_failing_table_of_several_fails_the_run_and_names_it(
+    pg_dsn: str,
+    pg_target: PostgresTarget,
+    schema: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    make_audit_logs(pg_dsn, schema)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create table {} (id int)").format(sql.Identifier(schema, "plain")))
+    good = policy(schema, str(tmp_path))
+    bad = PartitionPolicy(table=f"{schema}.plain", interval="month")
+    report, message = run_failed(
+        target=pg_target, monkeypatch=monkeypatch, policies=[good, bad], apply=True
+    )
+    ok, failed = report.tables
+    assert ok.error is None and {e.status for e in ok.expired} == {"dropped"}  # the other went on
+    assert failed.error is not None and "is not partitioned" in failed.error
+    assert message == f"1 of 2 table(s) failed: {schema}.plain: {failed.error}"
+    # An operator who accepts partial runs says so; the message still names the failure.
+    monkeypatch.setenv("PERFOPS_DSN", pg_target.dsn.get_secret_value())
+    state = rotate_partitions(
+        now=NOW, settings=FAST, policies=[good, bad], allow_partial=True, return_state=True
+    )
+    assert state.is_completed() and state.message is not None
+    assert state.message.startswith(f"1 of 2 table(s) failed: {schema}.plain: ")
+    assert state.message.endswith("(allowed: allow_partial)")
+
+
+def test_a_role_that_does_not_own_the_table_changes_nothing(
+    pg_dsn: str, pg_target: PostgresTarget, schema: str, tmp_path: Path
+) -> None:
+    make_audit_logs(pg_dsn, schema)
+    kids = children(pg_dsn, schema)
+    role = f"perfops_rot_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create role {} login").format(sql.Identifier(role)))
+        conn.execute(
+            sql.SQL("grant usage, create on schema {} to {}").format(
+                sql.Identifier(schema), sql.Identifier(role)
+            )
+        )
+        conn.execute(
+            sql.SQL("grant select on all tables in schema {} to {}").format(
+                sql.Identifier(schema), sql.Identifier(role)
+            )
+        )
+        owner = conn.execute("select current_user").fetchone()
+    assert owner is not None
+    try:
+        target = PostgresTarget(dsn=psycopg.conninfo.make_conninfo(pg_dsn, user=role))
+        with pytest.MonkeyPatch.context() as mp:
+            report, message = run_failed(
+                target=target, monkeypatch=mp, policies=[policy(schema, str(tmp_path))], apply=True
+            )
+        [t] = report.tables
+        assert t.error == f"not attempted: needs ownership (owner {owner[0]})"
+        assert message == (
+            f"1 of 1 table(s) failed: needs ownership of {schema}.audit_logs (owner "
+            f"{owner[0]}): grant {owner[0]} to {role} (or run perfops as the owner)"
+        )
+        assert children(pg_dsn, schema) == kids  # nothing created, nothing detached
+        assert not list(tmp_path.iterdir())
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop owned by {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))

@@ -22,6 +22,7 @@ from perfops.errors import ConfigurationError, ConnectionFailed
 from tasks.autoscaling import AutoScalingTarget
 from tasks.scaling_state import group_lock, read_history
 from tests.conftest import HISTORY_END, REDIS_TEST_URL, load_value
+from tests.records import artifact_rows, failed_run
 from tests.servers import MotoServer, PrometheusServer
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -154,13 +155,26 @@ def test_prometheus_history(
     query = LoadQuery(promql="sum(perfops_test_load)", lookback=timedelta(days=13))
     run = scale_predictively(group="api", query=query, now=HISTORY_END, current_capacity=5)
     assert run.action != "fail_static" and run.load == load_value(HISTORY_END.timestamp())
-    stale = scale_predictively(
-        group="api", query=query, now=HISTORY_END + timedelta(hours=3), current_capacity=5
+    # No decision on stale or missing data: capacity unchanged, and the run says so by failing.
+    stale, message = failed_run(
+        scale_predictively(
+            group="api",
+            query=query,
+            now=HISTORY_END + timedelta(hours=3),
+            current_capacity=5,
+            return_state=True,
+        )
     )
     assert stale.action == "fail_static" and "stale" in stale.reason
+    assert message == f"no decision for api: {stale.reason}"
     empty = LoadQuery(promql="sum(perfops_missing_metric)", lookback=timedelta(days=1))
-    none = scale_predictively(group="api", query=empty, now=HISTORY_END, current_capacity=5)
+    none, message = failed_run(
+        scale_predictively(
+            group="api", query=empty, now=HISTORY_END, current_capacity=5, return_state=True
+        )
+    )
     assert none.action == "fail_static" and "no series" in none.reason
+    assert message.startswith("no decision for api: ")
     with pytest.raises(ConfigurationError, match="rejected"):
         scale_predictively(group="api", query=LoadQuery(promql="sum("), now=HISTORY_END)
 
@@ -183,5 +197,11 @@ def test_apply_scaling_schedule_dry_run_then_idempotent(
     assert applied.changed == ["perfops-business-hours-start", "perfops-business-hours-end"]
     again = apply_scaling_schedule(aws=target, dry_run=False)
     assert again.changed == [] and "already in place" in again.summary
+    rows = artifact_rows("perfops-scaling-schedule")
+    assert [(r["name"], r["result"], r["reason"]) for r in rows] == [
+        (name, "unchanged", "already on the group")
+        for name in ("perfops-business-hours-start", "perfops-business-hours-end")
+    ]
+    assert all(list(r)[:3] == ["name", "result", "reason"] for r in rows)
     event = _event("perfops.scaling.scheduled", run_id)
     assert event.payload["group"] == "web"

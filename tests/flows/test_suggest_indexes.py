@@ -11,6 +11,7 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from blocks import PostgresTarget
+from decisions.index_suggestions import IndexSuggestionReport
 from decisions.indexing import Candidate, IndexAdvisorSettings
 from flows.suggest_indexes import suggest_indexes
 from tasks.postgres.index_builds import BuildRequest, create_indexes
@@ -174,3 +175,48 @@ def test_a_build_cut_short_drops_the_invalid_index_it_left(workload: str) -> Non
         assert conn.execute(
             "select count(*) from pg_indexes where indexname = %s", (cut.index_name,)
         ).fetchone() == (0,)
+
+
+def test_apply_builds_only_on_tables_the_role_owns_and_fails_naming_the_rest(
+    workload: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    role = "perfops_advisor_ro"
+    with psycopg.connect(workload, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))
+        for statement in (
+            "create role {} login",
+            "grant pg_read_all_stats to {}",
+            "grant usage, create on schema adv to {}",
+            "grant select on all tables in schema adv to {}",
+            "alter table adv.orders owner to {}",
+        ):
+            conn.execute(sql.SQL(statement).format(sql.Identifier(role)))
+        owner = conn.info.user
+    try:
+        monkeypatch.setenv("PERFOPS_DSN", psycopg.conninfo.make_conninfo(workload, user=role))
+        state = suggest_indexes(settings=_settings(), apply=True, return_state=True)
+        assert state.is_failed()
+        hostile = 'adv."x""; DROP TABLE y; --"'
+        assert state.message == (
+            f"1 of 2 index builds failed: needs ownership of {hostile} (owner {owner}): grant "
+            f"{owner} to {role} (or run perfops as the owner)"
+        )
+        report = state.result(raise_on_failure=False)
+        assert isinstance(report, IndexSuggestionReport)
+        by_status = {b.index_name: (b.status, b.detail) for b in report.builds}
+        assert by_status["perfops_idx_orders_customer_id"][0] == "created"
+        assert by_status["perfops_idx_x_drop_table_y_mixed_case"] == (
+            "failed",
+            f"not attempted: needs ownership (owner {owner})",
+        )
+        with psycopg.connect(workload) as conn:
+            names = {
+                r[0]
+                for r in conn.execute("select indexname from pg_indexes where schemaname = 'adv'")
+            }
+        assert names == {"perfops_idx_orders_customer_id"}
+    finally:
+        with psycopg.connect(workload, autocommit=True) as conn:
+            conn.execute("drop schema if exists adv cascade")
+            conn.execute(sql.SQL("drop owned by {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))

@@ -13,7 +13,7 @@ from decisions.burn_rate import evaluate
 from perfops.errors import ConfigurationError
 from tasks.prometheus.slis import fetch_measurements
 from tests.conftest import REDIS_TEST_URL
-from tests.records import wait_for_events
+from tests.records import artifact_rows, wait_for_events
 from tests.servers import PrometheusServer, SlackStandIn
 from tests.servers.slack import DEFAULT_TOKEN
 from tests.sla.conftest import OUTAGE, REGRESSION
@@ -92,6 +92,9 @@ def test_flows_notify_escalate_ack_and_resolve(
     report = evaluate_slos(definitions_path=str(sla_env), at=_at(3))
     assert report.delivery is not None
     assert [d.kind for d in report.delivery.delivered] == ["fire", "fire"]  # two SLO groups
+    rows = artifact_rows("perfops-sla")
+    assert all(list(r)[:3] == ["item", "result", "reason"] for r in rows)
+    assert [r["result"] for r in rows if r["kind"] == "notice fire"] == ["sent", "sent"]
     assert len(slack.messages) == 2
     report = evaluate_slos(definitions_path=str(sla_env), at=_at(3))  # a retried run
     assert report.delivery is not None and report.delivery.delivered == []
@@ -100,6 +103,8 @@ def test_flows_notify_escalate_ack_and_resolve(
         alert="error-rate-critical/threshold", by="alice", definitions_path=str(sla_env)
     )
     assert ack.newly_acked and ack.acked_by == "alice"
+    [acked] = artifact_rows("perfops-sla-ack")
+    assert list(acked)[:3] == ["alert", "result", "reason"] and acked["result"] == "acknowledged"
     report = evaluate_slos(definitions_path=str(sla_env), at=_at(18))
     assert report.delivery is not None
     escalated = [d for d in report.delivery.delivered if d.kind == "escalate"]

@@ -1,0 +1,110 @@
+"""Bad input is refused before Prefect starts, in one line naming the flag, with exit code 2:
+numbers out of their range on every command, and a local archive to restore that is not there."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import cli.commands.partitions
+from cli.commands.scaling import HISTORY_KEPT
+from tasks.scaling_state import HISTORY_LENGTH
+
+
+@pytest.fixture()
+def no_flow_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the command got as far as running its flow (starting Prefect)."""
+
+    def run_flow(*_: object, **__: object) -> None:
+        raise AssertionError("the bad input reached run_flow")
+
+    monkeypatch.setattr(cli.commands.partitions, "run_flow", run_flow)
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["scaling", "decide", "--group", "g", "--current", "-5"], "--current"),
+        (["scaling", "history", "--limit", "0"], "--limit"),
+        (["scaling", "history", "--limit", str(HISTORY_KEPT + 1)], "--limit"),
+        (["scaling", "apply-schedule", "--group", "g", "--business-min", "-1"], "--business-min"),
+        (["scaling", "apply-schedule", "--group", "g", "--business-max", "0"], "--business-max"),
+        (["scaling", "apply-schedule", "--group", "g", "--off-min", "-1"], "--off-min"),
+        (["scaling", "apply-schedule", "--group", "g", "--off-max", "0"], "--off-max"),
+        (["stats", "refresh", "--threshold", "1.5"], "--threshold"),
+        (["stats", "refresh", "--threshold", "0"], "--threshold"),
+        (["stats", "refresh", "--parallel", "0"], "--parallel"),
+        (["stats", "refresh", "--parallel", "9"], "--parallel"),
+        (["stats", "refresh", "--lock-timeout-ms", "0"], "--lock-timeout-ms"),
+        (["stats", "refresh", "--statement-timeout-ms", "10"], "--statement-timeout-ms"),
+        (["stats", "refresh", "--vacuum-dead-ratio", "2"], "--vacuum-dead-ratio"),
+        (["stats", "refresh", "--max-tables", "0"], "--max-tables"),
+        (["stats", "refresh", "--min-rows", "-1"], "--min-rows"),
+        (["partitions", "rotate", "--table", "a.b", "--premake", "400"], "--premake"),
+        (["partitions", "rotate", "--table", "a.b", "--max-created", "0"], "--max-created"),
+        (["partitions", "rotate", "--table", "a.b", "--lock-timeout-ms", "0"], "--lock-timeout-ms"),
+        (["indexes", "health", "--min-size", "5000TB"], "--min-size"),
+        (["indexes", "suggest", "--min-calls", "0"], "--min-calls"),
+        (["indexes", "suggest", "--min-saving", "1.5"], "--min-saving"),
+        (["indexes", "suggest", "--max-per-table", "0"], "--max-per-table"),
+        (["queries", "slow", "--threshold-ms", "-1"], "--threshold-ms"),
+        (["queries", "slow", "--top", "-1"], "--top"),
+    ],
+)
+def test_numbers_out_of_range_are_usage_errors(
+    perfops: Callable[[list[str]], int],
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    flag: str,
+) -> None:
+    assert perfops(args) == 2
+    err = capsys.readouterr().err
+    assert flag in err and "Traceback" not in err
+    assert err.strip().count("\n") == 0, err
+
+
+def test_history_limit_is_what_redis_keeps() -> None:
+    assert HISTORY_KEPT == HISTORY_LENGTH
+
+
+@pytest.mark.usefixtures("no_flow_runs")
+def test_restore_from_a_missing_file_says_so(
+    perfops: Callable[[list[str]], int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert perfops(["partitions", "restore", "--from", "/nonexistent.parquet"]) == 2
+    err = capsys.readouterr().err
+    assert "--from: the archive /nonexistent.parquet does not exist" in err
+    assert "ValueError" not in err and err.strip().count("\n") == 0
+
+
+@pytest.mark.usefixtures("no_flow_runs")
+@pytest.mark.parametrize(
+    ("present", "given", "missing"),
+    [
+        ("p.parquet", "p.parquet", "manifest {dir}/p.manifest.json"),
+        ("p.manifest.json", "p.manifest.json", "Parquet file {dir}/p.parquet"),
+    ],
+)
+def test_restore_needs_the_parquet_file_and_its_manifest(
+    perfops: Callable[[list[str]], int],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    present: str,
+    given: str,
+    missing: str,
+) -> None:
+    (tmp_path / present).write_bytes(b"")
+    assert perfops(["partitions", "restore", "--from", str(tmp_path / given)]) == 2
+    err = capsys.readouterr().err
+    assert f"the archive's {missing.format(dir=tmp_path)} does not exist" in err
+    assert err.strip().count("\n") == 0
+
+
+@pytest.mark.usefixtures("no_flow_runs")
+def test_restore_from_a_folder_asks_for_the_file(
+    perfops: Callable[[list[str]], int], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert perfops(["partitions", "restore", "--from", str(tmp_path)]) == 2
+    assert "is a folder; name the archive's .parquet file in it" in capsys.readouterr().err
