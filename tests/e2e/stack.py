@@ -122,19 +122,30 @@ def perfops(
     return result
 
 
+def run_ids(http: httpx.Client, deployment_id: str) -> set[str]:
+    """The ids of the deployment's flow runs so far."""
+    runs_filter = {"deployments": {"id": {"any_": [deployment_id]}}}
+    return {str(r["id"]) for r in http.post("/flow_runs/filter", json=runs_filter).json()}
+
+
 def wait_for_runs(
-    http: httpx.Client, deployment_id: str, count: int, timeout_s: float = 60
+    http: httpx.Client,
+    deployment_id: str,
+    count: int,
+    timeout_s: float = 60,
+    besides: set[str] | frozenset[str] = frozenset(),
 ) -> list[dict[str, object]]:
-    """The deployment's flow runs once there are at least `count` (or when time is up)."""
+    """The deployment's flow runs other than `besides` (ids of earlier ones), once there are at
+    least `count` (or when time is up)."""
     runs_filter = {"deployments": {"id": {"any_": [deployment_id]}}}
     deadline = time.monotonic() + timeout_s
     runs: list[dict[str, object]] = []
-    while time.monotonic() < deadline:
-        runs = http.post("/flow_runs/filter", json=runs_filter).json()
-        if len(runs) >= count:
-            break
+    while True:
+        found = http.post("/flow_runs/filter", json=runs_filter).json()
+        runs = [r for r in found if str(r["id"]) not in besides]
+        if len(runs) >= count or time.monotonic() >= deadline:
+            return runs
         time.sleep(1)
-    return runs
 
 
 def wait_final(http: httpx.Client, run_id: str, timeout_s: float = 150) -> dict[str, str]:

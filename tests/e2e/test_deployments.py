@@ -5,12 +5,16 @@ states and artifacts read back."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
+from decisions.reporting import last_complete_week
+from demo.sample_metrics import demo_prometheus
 from tests.conftest import REDIS_TEST_URL
 from tests.e2e.stack import POOL, ROOT, artifact_keys, run, worker
 from tests.servers import free_port
@@ -45,7 +49,7 @@ def test_deploy_all_then_run_through_the_api(
     assert deployment["description"].startswith("Touch every configured system")
     [schedule] = deployment["schedules"]
     assert schedule["schedule"]["timezone"] == "UTC"
-    assert deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]
+    assert deployment["pull_steps"] == [{"perfops.project.enter_project_dir": {}}]
 
     with worker(env, tmp_path) as worker_log:
         run_id, state = run(
@@ -77,8 +81,19 @@ def test_deploy_all_then_run_through_the_api(
         assert bad.status_code == 409, bad.text
 
 
+@pytest.fixture()
+def report_metrics(tmp_path: Path) -> Iterator[str]:
+    """A Prometheus holding the demo's data for the last complete week (what the report scores)."""
+    with demo_prometheus(tmp_path / "prometheus", last_complete_week(datetime.now(UTC))) as url:
+        yield url
+
+
 def test_changed_flows_end_completed_when_their_work_succeeds_and_failed_when_it_fails(
-    deployed: dict[str, str], pg_dsn: str, partitioned_table: str, tmp_path: Path
+    report_metrics: str,
+    deployed: dict[str, str],
+    pg_dsn: str,
+    partitioned_table: str,
+    tmp_path: Path,
 ) -> None:
     """Each flow the layout moved apart, run as a deployment by a worker: once where its work
     succeeds (Completed, its artifact written) and once where it fails (Failed)."""
@@ -133,7 +148,10 @@ def test_changed_flows_end_completed_when_their_work_succeeds_and_failed_when_it
         ),
         (
             "generate_weekly_report/generate_weekly_report",
-            {"parameters": {"recipients": ["sre@example.com"]}},
+            {
+                "parameters": {"recipients": ["sre@example.com"]},
+                "job_variables": {"env": {"PERFOPS_PROMETHEUS_URL": report_metrics}},
+            },
             "COMPLETED",
             "perfops-weekly-report",
         ),
@@ -141,7 +159,7 @@ def test_changed_flows_end_completed_when_their_work_succeeds_and_failed_when_it
             "generate_weekly_report/generate_weekly_report",
             {
                 "parameters": {"recipients": ["sre@example.com"]},
-                "job_variables": {"env": closed_smtp},
+                "job_variables": {"env": {**closed_smtp, "PERFOPS_PROMETHEUS_URL": report_metrics}},
             },
             "FAILED",
             "perfops-weekly-report",  # archived and recorded, then failed: not emailed
