@@ -52,19 +52,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def prefect(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [str(BIN / "prefect"), *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert result.returncode == 0, (
-        f"prefect {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    )
-    return result.stdout
+    """`prefect ARGS` from the checkout; its stdout (fails the test when it fails)."""
+    return command("prefect", env, *args).stdout
 
 
 @contextmanager
@@ -106,8 +95,16 @@ def perfops(
     env: dict[str, str], *args: str, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """`perfops ARGS` as an operator types it, from the checkout."""
+    return command("perfops", env, *args, check=check)
+
+
+def command(
+    program: str, env: dict[str, str], *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """The virtualenv's `program ARGS` run from the checkout, output captured; with `check`, a
+    non-zero exit fails the test showing both outputs."""
     result = subprocess.run(
-        [str(BIN / "perfops"), *args],
+        [str(BIN / program), *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -117,7 +114,7 @@ def perfops(
     )
     if check:
         assert result.returncode == 0, (
-            f"perfops {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+            f"{program} {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
         )
     return result
 

@@ -22,6 +22,7 @@ from tests.e2e.stack import (
     BIN,
     POOL,
     ROOT,
+    command,
     perfops,
     run,
     run_ids,
@@ -44,18 +45,7 @@ def _active(http: httpx.Client, name: str) -> list[bool]:
 
 
 def _save_block(env: dict[str, str], system: str, name: str, settings: dict[str, str]) -> None:
-    import subprocess
-
-    result = subprocess.run(
-        [str(BIN / "python"), "deployments/create_blocks.py", system, "--name", name],
-        env={**env, **settings},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    command("python", {**env, **settings}, "deployments/create_blocks.py", system, "--name", name)
 
 
 @contextmanager
