@@ -29,6 +29,7 @@ class TablePrivilege(BaseModel):
     schema_name: str
     table_name: str
     owner: str | None = None  # None: no such table (dropped meanwhile: the step reports it)
+    owner_superuser: bool = False  # granting a superuser role is never the fix
     permitted: bool  # owner, member of the owner role, superuser (ANALYZE: or database owner)
     can_create: bool = True  # CREATE on the schema, where the step creates (indexes, partitions)
 
@@ -100,9 +101,12 @@ def privilege_message(role: str, denied: list[TablePrivilege]) -> str | None:
         return None
     grantee = quote_ident(role)
     by_owner: dict[str, list[str]] = {}
+    superusers: set[str] = set()
     for t in denied:
         if not t.permitted:
             by_owner.setdefault(t.owner or "?", []).append(t.name)
+            if t.owner_superuser:
+                superusers.add(t.owner or "?")
     parts = []
     if by_owner:
         listed = []
@@ -111,9 +115,19 @@ def privilege_message(role: str, denied: list[TablePrivilege]) -> str | None:
             shown = ", ".join(names[:LISTED_TABLES])
             more = len(names) - LISTED_TABLES
             listed.append(f"{shown}{f' and {more} more' if more > 0 else ''} (owner {owner})")
-        owners = ", ".join(quote_ident(o) for o in by_owner)
+        fixes = []
+        grantable = [quote_ident(o) for o in by_owner if o not in superusers]
+        if grantable:
+            fixes.append(f"grant {', '.join(grantable)} to {grantee}")
+        if superusers:
+            owners = ", ".join(quote_ident(o) for o in sorted(superusers))
+            fixes.append(
+                f"tables owned by the superuser {owners}: give them an owner role that "
+                f"{grantee} may join (alter table ... owner to app_owner; grant app_owner to "
+                f"{grantee}), never a superuser role"
+            )
         parts.append(
-            f"needs ownership of {'; '.join(listed)}: grant {owners} to {grantee} "
+            f"needs ownership of {'; '.join(listed)}: {'; '.join(fixes)} "
             "(or run perfops as the owner)"
         )
     schemas = sorted({quote_ident(t.schema_name) for t in denied if not t.can_create})

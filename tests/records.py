@@ -72,3 +72,13 @@ def failed_run(state: Any) -> tuple[Any, str]:
     the flow's report as the CLI gets it, and its state message saying what failed."""
     assert state.is_failed(), state
     return state.result(raise_on_failure=False), state.message or ""
+
+
+def superuser_fix(owner: str, role: str) -> str:
+    """The privilege message's fix for tables owned by a superuser (the tests' tables are owned
+    by the admin role they connect as): never "grant <superuser> to ..."."""
+    return (
+        f"tables owned by the superuser {owner}: give them an owner role that {role} may join "
+        f"(alter table ... owner to app_owner; grant app_owner to {role}), never a superuser "
+        "role (or run perfops as the owner)"
+    )

@@ -7,6 +7,7 @@ from typing import Literal
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from psycopg import sql
 
 from blocks import PostgresTarget
 from decisions.privileges import PrivilegeCheck, TablePrivilege, check_privileges
@@ -19,8 +20,8 @@ from tasks.transient_errors import RETRY_DEFAULTS
 # the table's owner and CREATE on its schema.
 Action = Literal["analyze", "ddl", "create"]
 
-_QUERY = """
-    select t.schema_name, t.table_name, r.rolname as owner,
+_QUERY = sql.SQL("""
+    select t.schema_name, t.table_name, r.rolname as owner, r.rolsuper as owner_superuser,
            coalesce(
                pg_has_role(current_user, c.relowner, 'USAGE')
                or (%(analyze)s and pg_has_role(current_user, d.datdba, 'USAGE'))
@@ -34,7 +35,9 @@ _QUERY = """
     left join pg_roles r on r.oid = c.relowner
     cross join (select rolsuper from pg_roles where rolname = current_user) me
     cross join (select datdba from pg_database where datname = current_database()) d
-"""
+""")
+# PostgreSQL 17's MAINTAIN privilege (ANALYZE, VACUUM); older servers do not know the word.
+_MAINTAIN = sql.SQL("\n or has_table_privilege(c.oid, 'MAINTAIN')")
 
 
 @task(name="fetch_table_privileges", cache_policy=NO_CACHE, **RETRY_DEFAULTS)
@@ -47,9 +50,7 @@ def fetch_table_privileges(
         conn.read_only = True
         role_row = conn.execute("select current_user as role").fetchone()
         maintain = action == "analyze" and conn.info.server_version >= 170000
-        query = _QUERY.replace(
-            "{maintain}", "\n or has_table_privilege(c.oid, 'MAINTAIN')" if maintain else ""
-        )
+        query = _QUERY.format(maintain=_MAINTAIN if maintain else sql.SQL(""))
         rows = conn.execute(
             query,
             {
@@ -67,6 +68,7 @@ def fetch_table_privileges(
                 schema_name=r["schema_name"],
                 table_name=r["table_name"],
                 owner=r["owner"],
+                owner_superuser=bool(r["owner_superuser"]),
                 permitted=bool(r["permitted"]) if r["owner"] is not None else True,
                 can_create=bool(r["can_create"]),
             )

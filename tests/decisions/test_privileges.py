@@ -85,3 +85,20 @@ def test_creating_an_index_or_partition_also_needs_create_on_the_schema() -> Non
         'perfops as the owner); needs CREATE on schema "App Data", app: grant create on schema '
         '"App Data", app to perfops'
     )
+
+
+def test_a_superuser_owner_is_never_the_role_to_grant() -> None:
+    owned_by_postgres = TablePrivilege(
+        schema_name="public",
+        table_name="audit_logs",
+        owner="postgres",
+        owner_superuser=True,
+        permitted=False,
+    )
+    message = privilege_message(
+        "perfops_ro", [owned_by_postgres, table("orders", "app_owner", False)]
+    )
+    assert message is not None
+    assert "grant app_owner to perfops_ro" in message
+    assert "grant postgres" not in message
+    assert "tables owned by the superuser postgres: give them an owner role" in message

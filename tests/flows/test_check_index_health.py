@@ -17,7 +17,7 @@ from decisions.index_health import IndexFinding, IndexHealthSettings
 from flows.check_index_health import ARTIFACT_KEY, IndexHealthReport, check_index_health
 from tasks.postgres.index_changes import drop_indexes, lock_name
 from tasks.postgres.server import advisory_lock, connect
-from tests.records import artifact_rows, failed_run, wait_for_event
+from tests.records import artifact_rows, failed_run, superuser_fix, wait_for_event
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -451,8 +451,8 @@ def test_a_role_that_does_not_own_the_table_drops_nothing_and_says_what_it_needs
         )
         table = '"Health Q"."x""; DROP TABLE y; --"'
         assert message == (
-            f"2 of 2 drops not done: needs ownership of {table} (owner {owner}): grant {owner} "
-            f"to {role} (or run perfops as the owner)"
+            f"2 of 2 drops not done: needs ownership of {table} (owner {owner}): "
+            f"{superuser_fix(owner, role)}"
         )
         assert [(d.status, d.reason) for d in report.drops] == [
             ("refused", f"not attempted: needs ownership (owner {owner})")

@@ -34,7 +34,7 @@ from perfops.errors import LockBusy
 from tasks.postgres.server import lock_key
 from tasks.postgres.tables import LOCK_NAME, analyze_tables, statement_for
 from tests.command import run_perfops
-from tests.records import artifact_rows, wait_for_event
+from tests.records import artifact_rows, superuser_fix, wait_for_event
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -316,8 +316,8 @@ def test_a_least_privilege_role_fails_with_the_privilege_named_and_touches_nothi
 
         assert state.is_failed()
         needs = (
-            f"needs ownership of {schema}.nor_this, {schema}.not_mine (owner {owner}): grant "
-            f"{owner} to {role} (or run perfops as the owner)"
+            f"needs ownership of {schema}.nor_this, {schema}.not_mine (owner {owner}): "
+            f"{superuser_fix(owner, role)}"
         )
         assert state.message == f"2 of 2 tables failed: {needs}"
         report = state.result(raise_on_failure=False)

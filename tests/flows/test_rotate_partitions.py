@@ -33,7 +33,7 @@ from flows.rotate_partitions import rotate_partitions
 from perfops.errors import ConfigurationError
 from tasks.partition_archives import ArchiveSource, Manifest, archive_keys, archive_partition
 from tasks.postgres.partition_changes import detach_partitions
-from tests.records import artifact_rows
+from tests.records import artifact_rows, superuser_fix
 from tests.servers import MotoServer
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -803,7 +803,7 @@ def test_a_role_that_does_not_own_the_table_changes_nothing(
         assert t.error == f"not attempted: needs ownership (owner {owner[0]})"
         assert message == (
             f"1 of 1 table(s) failed: needs ownership of {schema}.audit_logs (owner "
-            f"{owner[0]}): grant {owner[0]} to {role} (or run perfops as the owner)"
+            f"{owner[0]}): {superuser_fix(owner[0], role)}"
         )
         assert children(pg_dsn, schema) == kids  # nothing created, nothing detached
         assert not list(tmp_path.iterdir())

@@ -15,6 +15,7 @@ from decisions.index_suggestions import IndexSuggestionReport
 from decisions.indexing import Candidate, IndexAdvisorSettings
 from flows.suggest_indexes import suggest_indexes
 from tasks.postgres.index_builds import BuildRequest, create_indexes
+from tests.records import superuser_fix
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -198,8 +199,8 @@ def test_apply_builds_only_on_tables_the_role_owns_and_fails_naming_the_rest(
         assert state.is_failed()
         hostile = 'adv."x""; DROP TABLE y; --"'
         assert state.message == (
-            f"1 of 2 index builds failed: needs ownership of {hostile} (owner {owner}): grant "
-            f"{owner} to {role} (or run perfops as the owner)"
+            f"1 of 2 index builds failed: needs ownership of {hostile} (owner {owner}): "
+            f"{superuser_fix(owner, role)}"
         )
         report = state.result(raise_on_failure=False)
         assert isinstance(report, IndexSuggestionReport)
