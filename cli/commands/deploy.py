@@ -340,13 +340,17 @@ def _report(chosen: list[Planned], dry_run: bool, as_json: bool) -> None:
         return
     verb = "would deploy" if dry_run else "deployed"
     for item in chosen:
-        states = ", ".join("on" if a else "off" for a in item.active) or "no schedule"
-        out.print(f"{verb} {item.name}: schedule {states}")
+        states = ", ".join("on" if a else "off" for a in item.active)
+        out.print(f"{verb} {item.name}: " + (f"schedule {states}" if states else "no schedule"))
         for r in item.readiness:
             out.print(f"  {r.system}: {'ok, ' if r.configured else ''}{r.how}")
         for note in item.notes:
             out.print(f"  {note}")
-    waiting = [p.name for p in chosen if p.readiness and not all(r.configured for r in p.readiness)]
+    waiting = [
+        p.name
+        for p in chosen
+        if p.schedules and p.readiness and not all(r.configured for r in p.readiness)
+    ]
     if waiting:
         out.print(
             f"{len(waiting)} schedule(s) left off until their systems are configured: "
