@@ -20,7 +20,7 @@ import typer
 # typer (0.20+) vendors click; its exception classes are the ones raised here.
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
-from cli.commands import indexes, partitions, queries, scaling, sla, stats
+from cli.commands import fleet, indexes, partitions, queries, scaling, sla, stats
 from cli.commands import report as report_commands
 from cli.commands import server as server_commands
 from cli.commands.deploy import deploy as deploy_command
@@ -64,6 +64,7 @@ app.add_typer(indexes.app, name="indexes")
 indexes.app.command("health")(index_health)
 app.add_typer(queries.app, name="queries")
 app.add_typer(stats.app, name="stats")
+app.add_typer(fleet.app, name="fleet")
 app.add_typer(report_commands.app, name="report")
 app.add_typer(partitions.app, name="partitions")
 app.add_typer(sla.app, name="sla")

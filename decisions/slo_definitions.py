@@ -13,17 +13,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
+from decisions.yaml_models import parse_model
 from perfops.errors import ConfigurationError
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
@@ -307,63 +306,18 @@ class SlaDefinitions(_Model):
         return next(p for p in self.escalation_policies if p.name == name)
 
 
-def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
-    """The deepest YAML node on the pydantic error path `loc`."""
-    node = root
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            nxt = next(
-                (v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part),
-                None,
-            )
-            if nxt is None:
-                if part in ("ratio", "quantile"):  # a discriminated union's tag in the path
-                    continue
-                return node
-            node = nxt
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if part >= len(node.value):
-                return node
-            node = node.value[part]
-        else:
-            return node
-    return node
-
-
-def _field_path(loc: tuple[Any, ...]) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif part in ("ratio", "quantile") and text.endswith("sli"):
-            continue  # the discriminated union's tag adds nothing for a reader
-        else:
-            text += f".{part}" if text else str(part)
-    return text or "(top level)"
+_UNIONS = {"sli": ("ratio", "quantile")}  # the SLI union's tags: in error paths, not the file
 
 
 def parse_definitions(text: str, source: str = "<string>") -> SlaDefinitions:
     """Parse and validate YAML text; errors name `source`, the line and the field."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigurationError(f"{source}{where}: not valid YAML: {problem}") from None
-    if not isinstance(data, dict):
-        raise ConfigurationError(f"{source}: expected a mapping with slos, alert_rules, ...")
-    try:
-        return SlaDefinitions.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors()[:5]:
-            node = _node_at(root, tuple(err["loc"]))
-            line = f" line {node.start_mark.line + 1}" if node is not None else ""
-            problems.append(f"{source}{line}, {_field_path(tuple(err['loc']))}: {err['msg']}")
-        more = f" (and {exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
-        raise ConfigurationError("; ".join(problems) + more) from None
+    return parse_model(
+        SlaDefinitions,
+        text,
+        source,
+        expected="a mapping with slos, alert_rules, ...",
+        unions=_UNIONS,
+    )
 
 
 def load_definitions(path: Path | str) -> SlaDefinitions:

@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger
 
 from blocks import PostgresTarget
 from blocks.resolve import resolve_postgres
+from decisions.fleet import FleetReport, Target
 from decisions.staleness import (
     Decision,
     StatisticsPolicy,
@@ -31,7 +32,9 @@ from decisions.staleness import (
     threshold_percent,
 )
 from decisions.statistics_report import Result, StatisticsReport, TableOutcome
+from perfops.errors import ConfigurationError
 from perfops.redaction import install_log_redaction
+from tasks.fleet_runs import run_over_fleet
 from tasks.postgres.privileges import fetch_table_privileges
 from tasks.postgres.tables import (
     TableResult,
@@ -46,6 +49,8 @@ from tasks.records import emit, end_run, publish_table
 ARTIFACT_KEY = "perfops-stats-refresh"
 EVENT_REFRESHED = "perfops.stats.refreshed"
 EVENT_PREVIEWED = "perfops.stats.previewed"
+FLEET_ARTIFACT_KEY = "perfops-stats-refresh-fleet"
+EVENT_FLEET = "perfops.stats.fleet_refreshed"
 # The report and the artifact list every table acted on (or that would be, in a dry run) and,
 # of the tables left alone, the ones nearest to the threshold with a count per reason for the
 # rest: a person wants those, not thousands of fresh rows (and Prefect walks every returned
@@ -143,8 +148,11 @@ def refresh_stale_statistics(
     policy: StatisticsPolicy = StatisticsPolicy(),  # noqa: B008 - frozen model, safe default
     dry_run: bool = False,
     allow_partial: bool = False,
-) -> StatisticsReport:
-    """Refresh stale planner statistics in one database.
+    targets: list[str] | str | None = None,
+    fleet_file: str | None = None,
+    fleet_target: str | None = None,
+) -> StatisticsReport | FleetReport:
+    """Refresh stale planner statistics in one database, or in every target of a fleet.
 
     Args:
         postgres_block: name of a `perfops-postgres-target` block (default: `PERFOPS_DSN`, else
@@ -154,8 +162,18 @@ def refresh_stale_statistics(
         dry_run: only list what would be analyzed and why; change nothing.
         allow_partial: end Completed when some tables were analyzed and others failed (the
             artifact, event and state message still say which); default False: Failed.
+        targets: run over a fleet instead (`deployments/fleet.yaml`, docs/fleet.md): a named
+            fleet, `all`, a label `key=value`, or a list of target names. One child run per
+            target (named `refresh_stale_statistics-<target>`), a summary artifact
+            `perfops-stats-refresh-fleet`; Failed when any target failed.
+        fleet_file: the fleet definition (default `PERFOPS_FLEET_FILE`, else
+            deployments/fleet.yaml).
+        fleet_target: set by the fleet parent on each child: keys its artifact
+            `perfops-stats-refresh-<target>` and labels its event `perfops.target`.
     """
     install_log_redaction()
+    if targets is not None:
+        return _refresh_fleet(targets, fleet_file, policy, dry_run, allow_partial)
     logger = get_run_logger()
     started = time.monotonic()
     pg = resolve_postgres(postgres_block)
@@ -236,7 +254,7 @@ def refresh_stale_statistics(
     logger.info("%s in %.1f s", report.summary, report.seconds)
 
     publish_table(
-        ARTIFACT_KEY,
+        f"{ARTIFACT_KEY}-{fleet_target}" if fleet_target else ARTIFACT_KEY,
         _artifact_rows(report),
         f"Statistics refresh on {pg.description}"
         + (" (dry run, nothing changed)" if dry_run else "")
@@ -264,6 +282,7 @@ def refresh_stale_statistics(
             "seconds": report.seconds,
         },
         **{"perfops.database": resource.rpartition("/")[2], "perfops.outcome": outcome},
+        **({"perfops.target": fleet_target} if fleet_target else {}),
     )
     return end_run(
         report,
@@ -274,4 +293,37 @@ def refresh_stale_statistics(
         if acted
         else f"nothing to do: none of the {report.considered} tables is stale (threshold "
         f"{threshold_percent(policy.analyze_threshold)} of rows changed since the last analyze)",
+    )
+
+
+def _refresh_fleet(
+    selection: list[str] | str,
+    fleet_file: str | None,
+    policy: StatisticsPolicy,
+    dry_run: bool,
+    allow_partial: bool,
+) -> FleetReport:
+    """The parent of a fleet run: one child run of this flow per target (tasks.fleet_runs)."""
+
+    def parameters(target: Target) -> dict[str, object]:
+        block = target.blocks.get("postgres")
+        if block is None:
+            raise ConfigurationError("no postgres block in the fleet file")
+        return {
+            "postgres_block": block,
+            "policy": policy,
+            "dry_run": dry_run,
+            "allow_partial": allow_partial,
+            "fleet_target": target.name,
+        }
+
+    return run_over_fleet(
+        refresh_stale_statistics,
+        selection,
+        fleet_file,
+        parameters,
+        lambda report: report.summary,
+        artifact_key=FLEET_ARTIFACT_KEY,
+        event=EVENT_FLEET,
+        dry_run=dry_run,
     )

@@ -30,6 +30,11 @@ class PerfopsSettings(BaseSettings):
     out_dir: Path = Field(default=Path("out"), description="Where embedded defaults write files.")
 
     postgres_block: str | None = None
+    fleet_file: Path = Field(
+        default=PROJECT_DIR / "deployments" / "fleet.yaml",
+        description="The fleet definition `--fleet NAME` and a flow's `targets` read "
+        "(docs/fleet.md).",
+    )
     dsn: SecretStr | None = Field(default=None, description="libpq DSN of the target database.")
 
     prometheus_block: str | None = None

@@ -174,3 +174,23 @@ def fetch_postgres_info(target: PostgresTarget) -> PostgresInfo:
     extensions = {r["name"]: ExtensionInfo(**r) for r in rows}
     preload = [p.strip() for p in str(head.pop("preload")).split(",") if p.strip()]
     return PostgresInfo(**head, shared_preload_libraries=preload, extensions=extensions)
+
+
+PROBE_TIMEOUT_S = 3
+
+
+def probe_postgres(target: PostgresTarget, timeout_s: int = PROBE_TIMEOUT_S) -> tuple[bool, str]:
+    """Can perfops reach `target`? Connects with a short `connect_timeout` and asks the server's
+    version: (True, "PostgreSQL 15.8, primary") or (False, one line saying why). A plain
+    function, not a task: `perfops fleet list` probes many targets at once from threads."""
+    quick = target.model_copy(update={"connect_timeout_s": max(1, int(timeout_s))})
+    try:
+        with connect(quick, statement_timeout_ms=int(timeout_s * 1000)) as conn:
+            row = conn.execute(
+                "select current_setting('server_version') as version, "
+                "pg_is_in_recovery() as replica"
+            ).fetchone()
+    except (ConnectionFailed, psycopg.Error) as exc:
+        return False, one_line(exc, empty="failed")
+    assert row is not None
+    return True, f"PostgreSQL {row['version']}, {'replica' if row['replica'] else 'primary'}"

@@ -116,6 +116,13 @@ def policy(*schemas: str, **values: Any) -> StatisticsPolicy:
     return StatisticsPolicy(include_schemas=list(schemas), **values)
 
 
+def refresh_one(**parameters: Any) -> StatisticsReport:
+    """The flow on one database (without `targets` it returns that database's report)."""
+    report = refresh_stale_statistics(**parameters)
+    assert isinstance(report, StatisticsReport)
+    return report
+
+
 def outcomes(report: StatisticsReport) -> dict[str, tuple[str, str]]:
     return {t.table_name: (t.result, t.reason) for t in report.tables}
 
@@ -133,7 +140,7 @@ def test_analyzes_exactly_the_stale_and_never_analyzed_tables(
 
     steps: list[tuple[str, int, int]] = []
     with progress.listening(lambda *step: steps.append(step)):
-        report = refresh_stale_statistics(policy=policy(schema))
+        report = refresh_one(policy=policy(schema))
 
     # progress (the CLI's bar) counts the tables as the workers finish them
     assert sorted(steps) == [("analyzing stale tables", 1, 2), ("analyzing stale tables", 2, 2)]
@@ -167,8 +174,9 @@ def test_analyzes_exactly_the_stale_and_never_analyzed_tables(
         "nothing to do: none of the 3 tables is stale (threshold 10% of rows changed since the "
         "last analyze)"
     )
-    report = again.result()
-    assert (report.analyzed, report.skipped) == (0, 3)
+    second = again.result()
+    assert isinstance(second, StatisticsReport)
+    assert (second.analyzed, second.skipped) == (0, 3)
 
 
 def test_hostile_identifiers_are_quoted_and_other_schemas_untouched(
@@ -183,7 +191,7 @@ def test_hostile_identifiers_are_quoted_and_other_schemas_untouched(
         create(db, schema, "bystander", rows=10)  # never analyzed, but not in the run's schemas
         flush(db)
 
-        report = refresh_stale_statistics(policy=policy(hostile_schema))
+        report = refresh_one(policy=policy(hostile_schema))
 
         assert {t.table_name: t.result for t in report.tables} == dict.fromkeys(names, "analyzed")
         shown = {t.table for t in report.tables}
@@ -254,7 +262,7 @@ def test_dry_run_lists_what_it_would_analyze_and_changes_nothing(
     change(db, schema, "stale", 120)
     before = analyze_counts(db, schema)
 
-    report = refresh_stale_statistics(policy=policy(schema), dry_run=True)
+    report = refresh_one(policy=policy(schema), dry_run=True)
 
     assert outcomes(report) == {
         "stale": ("would analyze", "12.0% of rows changed since last analyze >= 10%"),
@@ -275,7 +283,7 @@ def test_vacuum_analyze_when_dead_tuples_pass_the_ratio(
     db.execute(sql.SQL("delete from {} where id <= 300").format(sql.Identifier(schema, "bloated")))
     flush(db)
 
-    report = refresh_stale_statistics(policy=policy(schema, vacuum_dead_ratio=0.2))
+    report = refresh_one(policy=policy(schema, vacuum_dead_ratio=0.2))
 
     assert outcomes(report) == {
         "bloated": (

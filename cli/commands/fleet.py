@@ -1,0 +1,137 @@
+"""`perfops fleet ...`: the targets perfops runs over (`deployments/fleet.yaml`, docs/fleet.md)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.support import (
+    JsonFlag,
+    env_option,
+    fail,
+    perfops_settings,
+    print_json,
+    print_wrapped,
+    use_prefect_server,
+)
+from decisions.fleet import ALL, Fleet, Target, load_fleet
+from perfops.errors import PerfopsError
+from perfops.redaction import one_line, redact
+
+app = typer.Typer(no_args_is_help=True)
+
+FleetOption = Annotated[
+    str | None,
+    env_option(
+        "PERFOPS_FLEET",
+        "A named fleet of the fleet file, 'all', a label key=value, or a target's name.",
+        "--fleet",
+    ),
+]
+FleetFileOption = Annotated[
+    Path | None,
+    env_option(
+        "PERFOPS_FLEET_FILE",
+        "The fleet definition (default deployments/fleet.yaml).",
+        "--fleet-file",
+    ),
+]
+PROBE_THREADS = 16
+
+
+@app.callback()
+def fleet() -> None:
+    """The fleet: the databases perfops runs over, defined in deployments/fleet.yaml."""
+
+
+def selected(selection: str | None, fleet_file: Path | None) -> tuple[Fleet, list[Target], Path]:
+    """The fleet file and the targets `--fleet` selects (all of them without it)."""
+    path = fleet_file or perfops_settings().fleet_file
+    definition = load_fleet(path)
+    return definition, definition.select(selection or ALL), path
+
+
+def _reach(target: Target, timeout_s: int) -> tuple[bool, str]:
+    """Load the target's postgres block and connect to it; (reachable, what was found or why
+    not), never raising."""
+    from blocks import PostgresTarget
+    from blocks.resolve import load_block
+    from tasks.postgres.server import probe_postgres
+
+    name = target.blocks.get("postgres")
+    if name is None:
+        return False, "no postgres block"
+    try:
+        block = load_block(PostgresTarget, name)
+    except PerfopsError as exc:
+        return False, str(exc)
+    except Exception as exc:  # noqa: BLE001 - one target's problem must not hide the others
+        return False, f"cannot load block {name!r}: {one_line(exc, empty=type(exc).__name__)}"
+    return probe_postgres(block, timeout_s)
+
+
+@app.command("list")
+def list_targets(
+    selection: FleetOption = None,
+    fleet_file: FleetFileOption = None,
+    probe: Annotated[
+        bool, typer.Option("--probe/--no-probe", help="Connect to each target's PostgreSQL.")
+    ] = True,
+    timeout_s: Annotated[
+        int, typer.Option("--timeout", min=1, max=60, help="Seconds to wait for each target.")
+    ] = 3,
+    as_json: JsonFlag = False,
+) -> None:
+    """Each target with its blocks, labels, cluster and whether its PostgreSQL answers (probed in
+    parallel, --timeout seconds each). Exit 1 when a target is unreachable."""
+    definition, targets, path = selected(selection, fleet_file)
+    reach: list[tuple[bool, str] | None] = [None] * len(targets)
+    if probe:
+        use_prefect_server()  # the blocks are saved on the Prefect server
+        with ThreadPoolExecutor(max_workers=min(PROBE_THREADS, len(targets))) as pool:
+            reach = list(pool.map(lambda t: _reach(t, timeout_s), targets))
+    rows: list[dict[str, Any]] = [
+        {
+            "name": t.name,
+            "blocks": dict(t.blocks),
+            "labels": dict(t.labels),
+            "cluster": t.cluster_name,
+            "reachable": r[0] if r else None,
+            "detail": redact(r[1]) if r else "",
+        }
+        for t, r in zip(targets, reach, strict=True)
+    ]
+    down = [row for row in rows if row["reachable"] is False]
+    if as_json:
+        print_json(
+            {
+                "fleet_file": str(path),
+                "selection": selection or ALL,
+                "max_parallel": definition.max_parallel,
+                "max_parallel_per_cluster": definition.max_parallel_per_cluster,
+                "targets": rows,
+            }
+        )
+    else:
+        print_wrapped(
+            f"{selection or ALL} ({path}): {len(rows)} targets, max_parallel "
+            f"{definition.max_parallel}, max_parallel_per_cluster "
+            f"{definition.max_parallel_per_cluster}",
+            indent=0,
+            style="bold",
+        )
+        for row in rows:
+            state = {True: "reachable", False: "UNREACHABLE", None: "not probed"}[row["reachable"]]
+            style = {True: "green", False: "red", None: None}[row["reachable"]]
+            detail = f": {row['detail']}" if row["detail"] else ""
+            print_wrapped(f"{row['name']}: {state}{detail}", indent=2, style=style)
+            blocks = ", ".join(f"{k}: {v}" for k, v in row["blocks"].items())
+            labels = " ".join(f"{k}={v}" for k, v in row["labels"].items()) or "no labels"
+            print_wrapped(f"{blocks}; cluster {row['cluster']}; {labels}", indent=4, style="dim")
+    if down:
+        names = ", ".join(row["name"] for row in down[:5])
+        more = f" and {len(down) - 5} more" if len(down) > 5 else ""
+        fail(f"{len(down)} of {len(rows)} targets unreachable: {names}{more}")

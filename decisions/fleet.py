@@ -1,0 +1,289 @@
+"""The fleet: the targets perfops runs over (`deployments/fleet.yaml`), which of them a run
+selects, and the report of a run over several targets (one row per target, the parent's
+message: `1 of 3 targets failed: orders: cannot connect ...`).
+
+A target is one database (and, later, its other systems): its blocks per system, labels (env,
+team, tier, ...) and the PostgreSQL server (`cluster`) it lives on. A run selects targets by a
+named fleet of the file (which lists targets, matches labels or a block-name prefix), `all`, a
+`key=value` label, or a list of target names. A malformed file fails with an error naming the
+file, the line and the field (`deployments/fleet.yaml line 9, targets[1].cluster: ...`).
+
+Pure: the only I/O is `load_fleet`, which reads one file.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from decisions.yaml_models import parse_model
+from perfops.errors import ConfigurationError
+
+# Target names key Prefect artifacts (`perfops-stats-refresh-<target>`: lowercase letters,
+# digits and dashes only), concurrency limits and run names.
+TARGET_NAME = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+SYSTEMS = ("postgres", "prometheus", "redis", "archive")
+DEFAULT_MAX_PARALLEL = 4
+DEFAULT_MAX_PARALLEL_PER_CLUSTER = 2
+ALL = "all"
+FAILED_SHOWN = 3
+
+TargetName = Annotated[str, Field(pattern=TARGET_NAME)]
+LabelKey = Annotated[str, Field(pattern=LABEL)]
+System = Literal["postgres", "prometheus", "redis", "archive"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Target(_Model):
+    """One target: a database and the blocks that reach its systems."""
+
+    name: TargetName = Field(
+        description="Short name (lowercase letters, digits, dashes): run names, tags, artifact "
+        "keys and concurrency limits carry it."
+    )
+    blocks: dict[System, str] = Field(
+        description="Saved block per system, e.g. {postgres: perfops-postgres-orders}.",
+        min_length=1,
+    )
+    labels: dict[LabelKey, str] = Field(
+        default_factory=dict, description="Free labels such as env, team, tier."
+    )
+    cluster: TargetName | None = Field(
+        default=None,
+        description="The PostgreSQL server (cluster) the database lives on; targets on one "
+        "cluster share its limit max_parallel_per_cluster. None: a cluster of its own.",
+    )
+
+    @property
+    def cluster_name(self) -> str:
+        """The cluster this target counts against (its own name when none is given)."""
+        return self.cluster or self.name
+
+
+class FleetSelector(_Model):
+    """A named fleet in the file: the targets it lists, or those matching every label given and
+    the block-name prefix (both, when both are given)."""
+
+    targets: list[TargetName] | None = Field(default=None, description="These targets, by name.")
+    labels: dict[LabelKey, str] | None = Field(
+        default=None, description="Targets having all these labels."
+    )
+    block_prefix: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Targets with a block whose name starts with this (e.g. perfops-postgres-eu-).",
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> FleetSelector:
+        if self.targets is not None and (self.labels or self.block_prefix):
+            raise ValueError("give either targets, or labels and/or block_prefix, not both")
+        if self.targets is None and not self.labels and not self.block_prefix:
+            raise ValueError("give targets, labels or block_prefix")
+        return self
+
+    def matches(self, target: Target) -> bool:
+        if self.targets is not None:
+            return target.name in self.targets
+        if self.labels and any(target.labels.get(k) != v for k, v in self.labels.items()):
+            return False
+        prefix = self.block_prefix
+        return prefix is None or any(b.startswith(prefix) for b in target.blocks.values())
+
+
+class Fleet(_Model):
+    """`deployments/fleet.yaml`: the targets, the named fleets and the fleet-wide limits."""
+
+    max_parallel: int = Field(
+        default=DEFAULT_MAX_PARALLEL,
+        ge=1,
+        le=64,
+        description="Targets a run works on at once, fleet-wide.",
+    )
+    max_parallel_per_cluster: int = Field(
+        default=DEFAULT_MAX_PARALLEL_PER_CLUSTER,
+        ge=1,
+        le=64,
+        description="Targets on one PostgreSQL server worked on at once, by all perfops runs "
+        "(a Prefect global concurrency limit per cluster).",
+    )
+    targets: list[Target] = Field(min_length=1)
+    fleets: dict[TargetName, FleetSelector] = Field(
+        default_factory=dict, description="Named selections, e.g. prod: {labels: {env: prod}}."
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _unique(cls, targets: list[Target]) -> list[Target]:
+        twice = sorted(n for n, c in Counter(t.name for t in targets).items() if c > 1)
+        if twice:
+            raise ValueError(f"target names must be unique: {', '.join(twice)} given twice")
+        return targets
+
+    @field_validator("fleets")
+    @classmethod
+    def _known(
+        cls, fleets: dict[str, FleetSelector], info: ValidationInfo
+    ) -> dict[str, FleetSelector]:
+        names = {t.name for t in info.data.get("targets") or []}
+        for fleet_name, selector in fleets.items():
+            if fleet_name == ALL or fleet_name in names:
+                raise ValueError(
+                    f"fleet {fleet_name!r}: a fleet may not be called 'all' or like a target"
+                )
+            unknown = [n for n in selector.targets or [] if n not in names]
+            if unknown and names:
+                raise ValueError(
+                    f"fleet {fleet_name!r} names unknown targets: {', '.join(unknown)}"
+                )
+        return fleets
+
+    def target(self, name: str) -> Target:
+        for t in self.targets:
+            if t.name == name:
+                return t
+        raise ConfigurationError(f"no target {name!r} in the fleet; targets: {self._names()}")
+
+    def _names(self) -> str:
+        shown = [t.name for t in self.targets[:20]]
+        more = len(self.targets) - len(shown)
+        return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+    def select(self, selection: str | list[str]) -> list[Target]:
+        """The targets a run works on, in the file's order.
+
+        `selection`: a named fleet of the file, `all`, a label `key=value`, a target's name, or
+        a list of target names. Nothing selected, or an unknown name, raises ConfigurationError.
+        """
+        if isinstance(selection, list):
+            wanted = [self.target(n) for n in dict.fromkeys(selection)]
+            if not wanted:
+                raise ConfigurationError("no targets given: name at least one")
+            return wanted
+        if selection == ALL:
+            return list(self.targets)
+        if selection in self.fleets:
+            chosen = [t for t in self.targets if self.fleets[selection].matches(t)]
+            if not chosen:
+                raise ConfigurationError(f"fleet {selection!r} selects no target")
+            return chosen
+        key, eq, value = selection.partition("=")
+        if eq:
+            chosen = [t for t in self.targets if t.labels.get(key.strip()) == value.strip()]
+            if not chosen:
+                raise ConfigurationError(f"no target has the label {selection!r}")
+            return chosen
+        if any(t.name == selection for t in self.targets):
+            return [self.target(selection)]
+        fleets = ", ".join(self.fleets) or "none defined"
+        raise ConfigurationError(
+            f"{selection!r} is neither a fleet ({fleets}), 'all', a label key=value nor a "
+            f"target ({self._names()})"
+        )
+
+
+def parse_fleet(text: str, source: str = "<string>") -> Fleet:
+    """Parse and validate fleet YAML; errors name `source`, the line and the field."""
+    return parse_model(
+        Fleet, text, source, expected="a mapping with targets (and fleets, max_parallel)"
+    )
+
+
+def load_fleet(path: Path | str) -> Fleet:
+    """Read and validate a fleet file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read the fleet file {path}: {exc.strerror} (PERFOPS_FLEET_FILE or "
+            "--fleet-file names it; see docs/fleet.md)"
+        ) from None
+    return parse_fleet(text, str(path))
+
+
+def target_limit(target: Target) -> str:
+    """The Prefect global concurrency limit held while a run works on `target` (limit 1)."""
+    return f"perfops-target-{target.name}"
+
+
+def cluster_limit(target: Target) -> str:
+    """The global concurrency limit of the PostgreSQL server `target` lives on."""
+    return f"perfops-cluster-{target.cluster_name}"
+
+
+# --- a run over several targets ------------------------------------------------------------
+
+TargetResult = Literal["done", "failed", "not run"]
+
+
+class TargetRun(_Model):
+    """What one target's child run did."""
+
+    target: str
+    result: TargetResult
+    reason: str = Field(description="The child run's state message, or why it did not run.")
+    changed: str = Field(default="", description="What the child run found and changed.")
+    flow_run_id: str | None = None
+    seconds: float | None = None
+
+
+class FleetReport(_Model):
+    """The parent run's report: one row per target, in the fleet's order."""
+
+    flow: str
+    selection: str
+    dry_run: bool = False
+    targets: list[TargetRun]
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[TargetRun]:
+        return [t for t in self.targets if t.result != "done"]
+
+    @property
+    def summary(self) -> str:
+        done = len(self.targets) - len(self.failed)
+        return f"{done} of {len(self.targets)} targets done" + (
+            f", {len(self.failed)} failed" if self.failed else ""
+        )
+
+    @property
+    def failure(self) -> str | None:
+        """The parent's Failed message (`1 of 3 targets failed: orders: cannot connect ...`),
+        or None when every target is done."""
+        failed = self.failed
+        if not failed:
+            return None
+        shown = "; ".join(f"{t.target}: {t.reason}" for t in failed[:FAILED_SHOWN])
+        more = f"; and {len(failed) - FAILED_SHOWN} more" if len(failed) > FAILED_SHOWN else ""
+        return f"{len(failed)} of {len(self.targets)} targets failed: {shown}{more}"
+
+    def artifact_rows(self, ui_url: str | None = None) -> list[dict[str, object]]:
+        """The fleet summary table: target, result, reason, what changed, the child run."""
+        base = (ui_url or "").rstrip("/")
+        return [
+            {
+                "target": t.target,
+                "result": t.result,
+                "reason": t.reason,
+                "changed": t.changed,
+                "run": f"{base}/runs/flow-run/{t.flow_run_id}" if t.flow_run_id else "",
+                "seconds": t.seconds if t.seconds is not None else "",
+            }
+            for t in self.targets
+        ]

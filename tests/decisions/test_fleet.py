@@ -1,0 +1,169 @@
+"""The fleet file: what it selects, and how a malformed one is reported (file, line, field); the
+report of a run over several targets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from decisions.fleet import (
+    Fleet,
+    FleetReport,
+    Target,
+    TargetRun,
+    cluster_limit,
+    load_fleet,
+    parse_fleet,
+    target_limit,
+)
+from perfops.errors import ConfigurationError
+from perfops.settings import PROJECT_DIR
+
+FLEET = """\
+max_parallel: 3
+targets:
+  - name: orders
+    blocks: {postgres: perfops-postgres-orders}
+    labels: {env: prod, team: payments}
+    cluster: pg-1
+  - name: billing
+    blocks: {postgres: perfops-postgres-billing}
+    labels: {env: prod, team: payments}
+    cluster: pg-1
+  - name: catalog
+    blocks: {postgres: perfops-postgres-eu-catalog}
+    labels: {env: staging}
+fleets:
+  payments:
+    targets: [billing, orders]
+  prod:
+    labels: {env: prod}
+  eu:
+    block_prefix: perfops-postgres-eu-
+"""
+
+
+@pytest.fixture()
+def fleet() -> Fleet:
+    return parse_fleet(FLEET, "fleet.yaml")
+
+
+def names(targets: list[Target]) -> list[str]:
+    return [t.name for t in targets]
+
+
+def test_the_shipped_fleet_file_is_valid() -> None:
+    shipped = load_fleet(PROJECT_DIR / "deployments" / "fleet.yaml")
+    assert names(shipped.select("prod")) == ["orders", "billing", "catalog"]
+    assert names(shipped.select("staging")) == ["catalog-staging"]
+
+
+def test_defaults_and_limits(fleet: Fleet) -> None:
+    assert fleet.max_parallel == 3
+    assert fleet.max_parallel_per_cluster == 2
+    orders, _, catalog = fleet.targets
+    assert target_limit(orders) == "perfops-target-orders"
+    assert cluster_limit(orders) == "perfops-cluster-pg-1"
+    assert cluster_limit(catalog) == "perfops-cluster-catalog"  # no cluster: one of its own
+
+
+@pytest.mark.parametrize(
+    ("selection", "expected"),
+    [
+        ("payments", ["orders", "billing"]),  # the file's order, not the fleet's list
+        ("prod", ["orders", "billing"]),
+        ("eu", ["catalog"]),
+        ("all", ["orders", "billing", "catalog"]),
+        ("env=staging", ["catalog"]),
+        ("catalog", ["catalog"]),
+        (["catalog", "orders", "catalog"], ["catalog", "orders"]),
+    ],
+)
+def test_selection(fleet: Fleet, selection: str | list[str], expected: list[str]) -> None:
+    assert names(fleet.select(selection)) == expected
+
+
+@pytest.mark.parametrize(
+    ("selection", "message"),
+    [
+        ("nope", "'nope' is neither a fleet (payments, prod, eu), 'all', a label"),
+        (["orders", "nope"], "no target 'nope' in the fleet; targets: orders, billing, catalog"),
+        ([], "no targets given"),
+        ("env=dev", "no target has the label 'env=dev'"),
+    ],
+)
+def test_a_selection_that_selects_nothing_says_why(
+    fleet: Fleet, selection: str | list[str], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        fleet.select(selection)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            FLEET.replace("name: billing", "name: Billing_DB"),
+            "fleet.yaml line 7, targets[1].name: String should match pattern",
+        ),
+        (
+            FLEET.replace("cluster: pg-1\n  - name: billing", "cluster: pg-1\n  - name: orders"),
+            "fleet.yaml line 3, targets: Value error, target names must be unique: orders given "
+            "twice",
+        ),
+        (
+            FLEET.replace("{postgres: perfops-postgres-billing}", "{mysql: x}"),
+            "fleet.yaml line 8, targets[1].blocks.mysql: Input should be 'postgres'",
+        ),
+        (FLEET.replace("max_parallel: 3", "max_parallel: 0"), "line 1, max_parallel: Input"),
+        (
+            FLEET.replace("targets: [billing, orders]", "targets: [billing, shop]"),
+            "fleet 'payments' names unknown targets: shop",
+        ),
+        (
+            FLEET.replace("labels: {env: prod}\n  eu", "labels: {}\n  eu"),
+            "line 18, fleets.prod: Value error, give targets, labels or block_prefix",
+        ),
+        (FLEET.replace("    cluster: pg-1\n", "    cluster: pg-1\n    zone: a\n", 1), "zone"),
+        ("targets: [", "fleet.yaml line 1: not valid YAML"),
+        ("- a\n", "fleet.yaml: expected a mapping with targets"),
+    ],
+)
+def test_a_malformed_file_names_line_and_field(text: str, message: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        parse_fleet(text, "fleet.yaml")
+    assert message in str(caught.value)
+
+
+def test_a_missing_file_says_which(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"cannot read the fleet file .*nope\.yaml"):
+        load_fleet(tmp_path / "nope.yaml")
+
+
+def test_fleet_report_message_and_rows() -> None:
+    report = FleetReport(
+        flow="refresh_stale_statistics",
+        selection="prod",
+        targets=[
+            TargetRun(
+                target="orders", result="done", reason="ok", changed="2 analyzed", flow_run_id="abc"
+            ),
+            TargetRun(target="billing", result="failed", reason="cannot connect to PostgreSQL"),
+            TargetRun(target="catalog", result="done", reason="nothing to do"),
+        ],
+    )
+    assert report.summary == "2 of 3 targets done, 1 failed"
+    assert report.failure == "1 of 3 targets failed: billing: cannot connect to PostgreSQL"
+    rows = report.artifact_rows("http://127.0.0.1:4200/")
+    assert list(rows[0]) == ["target", "result", "reason", "changed", "run", "seconds"]
+    assert rows[0]["run"] == "http://127.0.0.1:4200/runs/flow-run/abc"
+    assert rows[1]["run"] == ""
+    many = report.model_copy(
+        update={
+            "targets": [TargetRun(target=f"t{i}", result="failed", reason="x") for i in range(5)]
+        }
+    )
+    assert many.failure == "5 of 5 targets failed: t0: x; t1: x; t2: x; and 2 more"
+    done = report.model_copy(update={"targets": report.targets[:1]})
+    assert done.failure is None

@@ -1,0 +1,175 @@
+"""refresh_stale_statistics over a fleet, on the real PostgreSQL and the Prefect test harness:
+three small databases and one target on a closed port. One child run per target, named and
+tagged with it; per-target artifacts and the fleet summary; the unreachable target fails only
+its own child and the parent says how many failed; two runs over one target never overlap."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.objects import FlowRun
+from psycopg import sql
+from pydantic import SecretStr
+
+from blocks import PostgresTarget
+from decisions.fleet import FleetReport
+from flows.refresh_stale_statistics import FLEET_ARTIFACT_KEY, refresh_stale_statistics
+from tests.conftest import ADMIN_DSN
+from tests.records import artifact_rows, failed_run
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+DATABASES = ("alpha", "beta", "gamma")
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again when the socket is
+
+
+@pytest.fixture(scope="module")
+def fleet_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Three databases, each with one never-analyzed table, saved as blocks; a fourth target
+    whose block points at a closed port; the fleet file naming them."""
+    run = uuid.uuid4().hex[:6]
+    names = {t: f"perfops_fleet_{run}_{t}" for t in DATABASES}
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        for db in names.values():
+            admin.execute(sql.SQL("create database {}").format(sql.Identifier(db)))
+    for target, db in names.items():
+        dsn = psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname=db)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "create table items with (autovacuum_enabled = false) as "
+                "select g as id from generate_series(1, 100) g"
+            )
+        PostgresTarget(dsn=SecretStr(dsn)).save(f"fleet-{run}-{target}", overwrite=True)
+    down = f"host=127.0.0.1 port={closed_port()} user=postgres dbname=x"
+    PostgresTarget(dsn=SecretStr(down), connect_timeout_s=2).save(f"fleet-{run}-down")
+    path = tmp_path_factory.mktemp("fleet") / "fleet.yaml"
+    entries = "".join(
+        f"  - name: {t}-{run}\n    blocks: {{postgres: fleet-{run}-{t}}}\n"
+        f"    labels: {{env: {'prod' if t != 'down' else 'lab'}}}\n    cluster: local-{run}\n"
+        for t in (*DATABASES, "down")
+    )
+    path.write_text(
+        f"max_parallel: 4\nmax_parallel_per_cluster: 3\ntargets:\n{entries}"
+        f"fleets:\n  every:\n    block_prefix: fleet-{run}-\n",
+        encoding="utf-8",
+    )
+    path.with_suffix(".run").write_text(run)
+    yield path
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        for db in names.values():
+            admin.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(db))
+            )
+
+
+def run_id(fleet_file: Path) -> str:
+    return fleet_file.with_suffix(".run").read_text()
+
+
+def child_runs(tag: str) -> list[FlowRun]:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag]))
+        )
+
+
+def test_one_child_per_target_and_the_unreachable_one_fails_alone(fleet_file: Path) -> None:
+    run = run_id(fleet_file)
+    state = refresh_stale_statistics(targets="every", fleet_file=str(fleet_file), return_state=True)
+    report, message = failed_run(state)
+    assert isinstance(report, FleetReport)
+    assert message.startswith(f"1 of 4 targets failed: down-{run}: cannot connect to PostgreSQL")
+    assert "port 5432" not in message  # the closed port, not the server
+    by_target = {t.target: t for t in report.targets}
+    for name in DATABASES:
+        done = by_target[f"{name}-{run}"]
+        assert (done.result, done.changed) == (
+            "done",
+            "analyzed 1 of 1 tables, 0 failed, 0 skipped",
+        ), done
+        (child,) = child_runs(f"target:{name}-{run}")
+        assert child.name == f"refresh_stale_statistics-{name}-{run}"
+        assert f"cluster:local-{run}" in child.tags
+        assert str(child.id) == done.flow_run_id
+        assert child.parent_task_run_id is not None  # a subflow of the parent run
+        assert artifact_rows(f"perfops-stats-refresh-{name}-{run}")[0]["result"] == "analyzed"
+    (down,) = child_runs(f"target:down-{run}")
+    assert down.state is not None and down.state.is_failed()
+    assert by_target[f"down-{run}"].result == "failed"
+
+    rows = artifact_rows(FLEET_ARTIFACT_KEY)
+    assert [r["target"] for r in rows] == [f"{t}-{run}" for t in (*DATABASES, "down")]
+    assert [r["result"] for r in rows] == ["done", "done", "done", "failed"]
+    assert all(
+        str(r["run"]).endswith(f"/runs/flow-run/{r_id}")
+        for r, r_id in zip(rows, [by_target[r["target"]].flow_run_id for r in rows], strict=True)
+    )
+
+
+def test_two_runs_over_one_target_wait_for_each_other(fleet_file: Path) -> None:
+    """Without the target's limit the second would stop at the advisory lock (LockBusy)."""
+    run = run_id(fleet_file)
+    target = f"alpha-{run}"
+    states: list[Any] = []
+
+    def parent() -> None:
+        states.append(
+            refresh_stale_statistics(
+                targets=[target], fleet_file=str(fleet_file), return_state=True
+            )
+        )
+
+    before = {r.id for r in child_runs(f"target:{target}")}
+    threads = [threading.Thread(target=parent) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert [s.is_completed() for s in states] == [True, True], [s.message for s in states]
+    runs = sorted(
+        (r for r in child_runs(f"target:{target}") if r.id not in before),
+        key=lambda r: r.start_time or 0,
+    )
+    assert len(runs) == 2
+    first, second = runs
+    assert first.end_time is not None and second.start_time is not None
+    assert second.start_time >= first.end_time, "two runs worked on one target at once"
+
+
+def test_fleet_list_shows_each_target_and_its_reachability(
+    fleet_file: Path, perfops: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = run_id(fleet_file)
+    code = perfops(["fleet", "list", "--fleet-file", str(fleet_file), "--json"])
+    assert code == 1  # one target is unreachable
+    captured = capsys.readouterr()
+    assert f"1 of 4 targets unreachable: down-{run}" in captured.err
+    listed = json.loads(captured.out)
+    reach = {t["name"]: (t["reachable"], t["cluster"]) for t in listed["targets"]}
+    assert reach[f"alpha-{run}"] == (True, f"local-{run}")
+    assert reach[f"down-{run}"][0] is False
+    assert next(t for t in listed["targets"] if t["name"] == f"alpha-{run}")["detail"].startswith(
+        "PostgreSQL 1"
+    )
+    assert (
+        perfops(
+            ["fleet", "list", "--fleet-file", str(fleet_file), "--fleet", "env=prod", "--no-probe"]
+        )
+        == 0
+    )
+    assert perfops(["stats", "refresh", "--fleet", "every", "--dsn", "host=x"]) == 2
