@@ -15,19 +15,24 @@ It then replays evaluate_slos' work (read Prometheus at the minute, evaluate, es
 every minute of each incident window, from 15 minutes before it until its alerts resolve
 (at most 14 hours after), with deployments/slos.yaml's SLOs, rules, degradation rule and
 escalation policy (team lead -> +15 min engineering manager -> +30 min CTO). Notices go to the
-Slack Web API stand-in (tests/servers/slack.py) through slack-sdk; state to Redis
-(PERFOPS_BENCH_REDIS_URL, default redis://127.0.0.1:6379/0, keys under a private prefix that
-is deleted at the end). Two evaluators run every minute at once, each retrying its delivery
-once; the stand-in answers the next Slack request with a 500, or a storm of five 429s
-(Retry-After 0), whenever the previous fault was served and the minute is a multiple of 7
-(500) or of 5 (429s). The slow burn's first incident is acknowledged 5 minutes after its
-first notice.
+Slack Web API stand-in (tests/servers/slack.py, as strict as Slack: channel ids for reads and
+updates) through slack-sdk; state to Redis (PERFOPS_BENCH_REDIS_URL, default
+redis://127.0.0.1:6379/0, keys under a private prefix that is deleted at the end). Two
+evaluators run every minute at once, each retrying its delivery once. Whenever the previous
+fault was served, the stand-in answers the next Slack request with a 500 (minute a multiple
+of 7), or a storm of five 429s (Retry-After 0; multiple of 5); and the next post with a 500
+after storing it (multiple of 11) or an answer held past the client's timeout (multiple of
+13). Redis loses its data (the benchmark's keys deleted) 30 minutes into the fast burn. The
+slow burn's first incident is acknowledged 5 minutes after its first notice.
 
 Goals (exit 1 when one is missed): every incident notified and the blip not; the page within
 5 minutes of the burn rate crossing 14.4x (exact crossing minute computed from the generated
 counts); every escalation exactly at its configured delay; a resolved notice for every
-incident; zero duplicate messages in the stand-in; one evaluation of 50 SLOs under 2 s
-(anchor: the same 50 SLOs read the naive way, one query per window and part, in series).
+incident, in its own thread(s); the acknowledgement in its thread; no new incident after the
+Redis restart; zero duplicate messages in the stand-in and no notice lost (every notice sent
+to Slack: none emailed, failed or deferred); one evaluation of 50 SLOs under 2 s (anchor: the
+same 50 SLOs read the naive way, one query per window and part, in series). Prints the Slack
+requests per evaluation.
 """
 
 from __future__ import annotations
@@ -92,6 +97,9 @@ BLIP = Incident(
 )
 INCIDENTS = [FAST, SLOW, LATENCY, BLIP]
 MAX_AFTER = timedelta(hours=14)
+RESTART_AFTER = timedelta(minutes=30)  # Redis loses its data this long into the fast burn
+TIMEOUT_S = 2
+HELD_S = 2.5
 
 
 def burn_crossing(incident: Incident, factor: float = 14.4, budget: float = 0.001) -> datetime:
@@ -163,6 +171,9 @@ class Replay:
         self.errors: list[str] = []
         self.no_data: dict[str, datetime] = {}
         self.acked: set[str] = set()
+        self.outcomes: Counter[str] = Counter()
+        self.recovered: list[str] = []
+        self.deliveries = 0
 
     def evaluator(self, at: datetime) -> None:
         try:
@@ -174,7 +185,11 @@ class Replay:
             for _ in range(2):  # the run and its retry
                 report = deliver(self.store, SlackMessenger(self.target), self.d, ev.alerts, at)
                 with self.lock:
+                    self.deliveries += 1
+                    if report.recovered:
+                        self.recovered.append(report.recovered)
                     for n in report.delivered:
+                        self.outcomes[n.outcome] += 1
                         if n.outcome in ("sent", "email fallback"):
                             self.notices.append({"at": at, **n.model_dump()})
         except Exception as exc:  # noqa: BLE001 - reported as a missed goal
@@ -186,7 +201,12 @@ class Replay:
         # one only when the previous one was served.
         request_no[0] += 1
         if self.slack.faults_pending == 0:
-            if request_no[0] % 7 == 0:
+            post = "chat.postMessage"
+            if request_no[0] % 13 == 0:  # stored at once, answered after the timeout
+                self.slack.delay_next(HELD_S, method=post)
+            elif request_no[0] % 11 == 0:
+                self.slack.fail_next(500, method=post, after_handling=True)
+            elif request_no[0] % 7 == 0:
                 self.slack.fail_next(500)
             elif request_no[0] % 5 == 0:
                 self.slack.fail_next(429, count=5, retry_after=0)
@@ -199,6 +219,30 @@ class Replay:
 
     def open_incidents(self) -> int:
         return sum(s.open for s in self.store.incidents().values())
+
+
+def thread_check(slack: SlackStandIn) -> list[str]:
+    """What is wrong with the threads: an incident with two roots in one channel, a reply
+    outside its incident's thread, an incident without a resolved notice in each of its
+    threads, an ack outside its thread."""
+    errors: list[str] = []
+    by_incident: dict[str, list[dict[str, Any]]] = {}
+    for m in slack.messages:
+        by_incident.setdefault(m["metadata"]["event_payload"]["incident"], []).append(m)
+    for incident, items in by_incident.items():
+        tops = [m for m in items if m["thread_ts"] is None]
+        roots = {m["channel"]: m["ts"] for m in tops}
+        if len(roots) != len(tops):
+            errors.append(f"{incident}: {len(tops)} roots in {len(roots)} channels")
+        for m in items:
+            if m["thread_ts"] is not None and m["thread_ts"] != roots.get(m["channel"]):
+                errors.append(f"{incident}: {m['metadata']['event_payload']['key']} elsewhere")
+        resolved = {
+            m["channel"] for m in items if m["metadata"]["event_payload"]["kind"] == "resolved"
+        }
+        if resolved != set(roots):
+            errors.append(f"{incident}: resolved in {len(resolved)} of {len(roots)} threads")
+    return errors
 
 
 def main() -> int:
@@ -225,7 +269,7 @@ def main() -> int:
             bot_token=DEFAULT_TOKEN,
             channels=["#oncall"],
             api_base_url=slack.base_url,
-            timeout_s=5,
+            timeout_s=TIMEOUT_S,
             max_retries=10,
         )
         replay = Replay(source, store, target, slack, d)
@@ -234,11 +278,16 @@ def main() -> int:
         window_of: dict[str, tuple[datetime, datetime]] = {}
         t_replay = time.perf_counter()
         evaluations = 0
+        restarted_at: datetime | None = None
         for inc in INCIDENTS:
             first = inc.start - timedelta(minutes=15)
             at = first
             acked = False
             while at <= inc.end + MAX_AFTER:
+                if inc is FAST and restarted_at is None and at >= inc.start + RESTART_AFTER:
+                    for key in store.client.scan_iter(f"{redis_target.key_prefix}*", count=1000):
+                        store.client.delete(key)  # a Redis without persistence restarted
+                    restarted_at = at
                 replay.minute(at, request_no)
                 evaluations += 1
                 if evaluations % 60 == 0:
@@ -251,9 +300,11 @@ def main() -> int:
                     mine = [n for n in replay.notices if n["kind"] == "fire" and n["at"] >= first]
                     if mine and at >= mine[0]["at"] + timedelta(minutes=5):
                         alert = mine[0]["alerts"][0]["key"]
-                        acknowledge_alert_in_store(
+                        done = acknowledge_alert_in_store(
                             store, SlackMessenger(target), d, alert, "benchmark", at
                         )
+                        if [r.outcome for r in done.replies] != ["sent"]:
+                            replay.errors.append(f"ack replies: {done.replies}")
                         replay.acked.add(str(mine[0]["incident"]))
                         acked = True
                 if at >= inc.end + timedelta(minutes=10) and replay.open_incidents() == 0:
@@ -359,14 +410,33 @@ def main() -> int:
             + (f" ({'; '.join(wrong[:3])})" if wrong else "")
         )
 
-        # Duplicates in the stand-in.
+        # Duplicates in the stand-in; notices lost.
         keys = [m["metadata"]["event_payload"]["key"] for m in slack.messages if m["metadata"]]
         dupes = sum(c - 1 for c in Counter(keys).values() if c > 1)
         statuses = Counter(r.status for r in slack.requests)
+        lost = {k: v for k, v in replay.outcomes.items() if k not in ("sent", "already sent")}
         print(
-            f"Slack stand-in: {len(slack.messages)} messages, {dupes} duplicates; requests by "
-            f"status {dict(statuses)}; evaluator errors: {len(replay.errors)}"
-            + (f" ({replay.errors[0]})" if replay.errors else "")
+            f"Slack stand-in: {len(slack.messages)} messages, {dupes} duplicates; notices not "
+            f"sent to Slack: {lost or 0}; requests by status {dict(statuses)}; evaluator "
+            f"errors: {len(replay.errors)}" + (f" ({replay.errors[0]})" if replay.errors else "")
+        )
+        per_minute = len(slack.requests) / evaluations
+        per_delivery = len(slack.requests) / max(replay.deliveries, 1)
+        print(
+            f"Slack requests: {len(slack.requests)} for {evaluations} minutes x 2 evaluators x "
+            f"2 deliveries ({per_minute:.2f} a minute, {per_delivery:.2f} a delivery); by method "
+            f"{dict(Counter(r.method for r in slack.requests))}"
+        )
+
+        # Threads: each incident one root per channel it reached, every reply in its own
+        # incident's thread, a resolved notice in each; the ack in its thread.
+        thread_errors = thread_check(slack)
+        rebuilt = [r for r in replay.recovered if "state rebuilt from slack" in r]
+        print(
+            f"threads: {len({m['metadata']['event_payload']['incident'] for m in slack.messages})}"
+            f" incidents, {len(thread_errors)} threading errors"
+            + (f" ({'; '.join(thread_errors[:3])})" if thread_errors else "")
+            + f"; Redis restarted at {restarted_at:%m-%d %H:%M}: {rebuilt[-1] if rebuilt else '-'}"
         )
 
         # 50 SLOs in one evaluation vs the naive anchor.
@@ -419,6 +489,9 @@ def main() -> int:
         "page within 5 min of 14.4x": page_ok,
         "escalations at their delays": not wrong and checked > 0,
         "zero duplicates": dupes == 0 and not replay.errors,
+        "no notice lost": not lost,
+        "own threads, resolved and acked in them": not thread_errors,
+        "state rebuilt after the Redis restart": bool(rebuilt) and "1 open" in rebuilt[-1],
         "50 SLOs < 2 s": fifty_ok,
     }
     failed = [k for k, v in goals.items() if not v]
@@ -427,7 +500,9 @@ def main() -> int:
         f"{setup_s:.0f} s); {len(INCIDENTS) - 1}/3 incidents notified, blip "
         f"{'silent' if not missed or 'blip' not in str(missed) else 'NOTIFIED'}; page "
         f"{page_delay} after 14.4x; {checked} escalations on time, {len(wrong)} late; "
-        f"{dupes} duplicates in {len(slack.messages)} messages; 50 SLOs in "
+        f"{dupes} duplicates in {len(slack.messages)} messages, {sum(lost.values())} lost, "
+        f"{len(thread_errors)} threading errors; {per_minute:.2f} Slack requests a minute; "
+        f"50 SLOs in "
         f"{max(ours):.2f} s (anchor {statistics.median(naive):.2f} s) -> "
         + ("all goals met" if not failed else "MISSED: " + ", ".join(failed))
     )

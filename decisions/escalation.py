@@ -12,7 +12,13 @@ Alertmanager's `notify/`: silence -> inhibit (a critical alert mutes warnings of
 - still firing and unacknowledged at the last level: a reminder every `repeat_interval`;
 - a new alert in an open incident is notified at its current level (a reply in the thread);
   alerts leaving (or coming back) only update its first message in place;
-- no alert left: a resolved notice in the same thread.
+- no alert left: a resolved notice in the same thread;
+- one incident, its own threads: a new incident in a group never continues the previous
+  (resolved) incident's threads, roots or notices (`continuing`, `record`).
+
+Channels: the policies name channels (`#oncall`); Slack threads and updates need the channel
+*id*. `decide` takes the ids the run resolved (`channel_ids`, name -> id) and puts ids in every
+notice, so thread roots are keyed by id, as Slack answers a post and as the rebuild reads them.
 
 No I/O and no clock: `now` is an argument, so replays and tests control time.
 """
@@ -20,13 +26,14 @@ No I/O and no clock: `now` is an argument, so replays and tests control time.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from decisions.burn_rate import Alert
-from decisions.slo_definitions import SEVERITY_RANK, SlaDefinitions
+from decisions.slo_definitions import SEVERITY_RANK, EscalationPolicy, SlaDefinitions
 
 NoticeKind = Literal["fire", "join", "escalate", "repeat", "resolved", "update", "ack"]
 NOTICE_EVENT = {
@@ -35,6 +42,7 @@ NOTICE_EVENT = {
     "escalate": "escalated",
     "resolved": "resolved",
 }
+DEFAULT_CHANNEL = "#perfops"  # where a policy whose levels name no channel posts
 
 
 class PostedNotice(BaseModel):
@@ -109,6 +117,26 @@ class Plan(BaseModel):
     suppressed: list[Suppressed]
 
 
+def policy_channels(definitions: SlaDefinitions) -> list[str]:
+    """Every channel the escalation policies name, in order (and the default channel when a
+    policy names none): what a run resolves to Slack ids before deciding."""
+    seen: list[str] = []
+    for policy in definitions.escalation_policies:
+        named = [lvl.channel for lvl in policy.levels if lvl.channel]
+        for channel in named or [DEFAULT_CHANNEL]:
+            if channel not in seen:
+                seen.append(channel)
+    return seen
+
+
+def level_channel(
+    policy: EscalationPolicy, level_no: int, channel_ids: Mapping[str, str] | None = None
+) -> str:
+    """The channel of escalation level `level_no` (its id when resolved, else as configured)."""
+    name = policy.channel(level_no) or DEFAULT_CHANNEL
+    return (channel_ids or {}).get(name, name)
+
+
 def group_key(alert: Alert, definitions: SlaDefinitions) -> str:
     policy = definitions.policy(alert.escalation)
     parts = [f"{label}={alert.labels.get(label, '')}" for label in policy.group_by]
@@ -152,9 +180,12 @@ def decide(
     alerts: list[Alert],
     states: dict[str, IncidentState],
     definitions: SlaDefinitions,
+    channel_ids: Mapping[str, str] | None = None,
 ) -> Plan:
     """The notices due at `now` for `alerts` (firing, before silences) given each group's
-    incident state (`states`: group -> latest incident)."""
+    incident state (`states`: group -> latest incident); channels as ids where `channel_ids`
+    (configured name -> id) has them."""
+    ids = channel_ids or {}
     active, suppressed = silence_and_inhibit(alerts, definitions, now)
     grouped: dict[str, list[Alert]] = {}
     for alert in active:
@@ -166,7 +197,7 @@ def decide(
         state = states.get(group)
         if state is None or not state.open:
             if firing:
-                notices.append(_new_incident(group, firing, now, definitions))
+                notices.append(_new_incident(group, firing, now, definitions, ids))
             continue
         policy = definitions.policy(state.policy)
         if not firing:
@@ -174,7 +205,7 @@ def decide(
             continue
         new = [a for a in firing if a.key not in state.notified]
         if new:  # a new alert in an open incident: notified at the incident's level, in thread
-            notice = _join(state, firing, new, now, definitions)
+            notice = _join(state, firing, new, now, definitions, ids)
             notices.append(notice)
             state = notice.state_after
         elif set(state.alerts) != {a.key for a in firing} or any(
@@ -191,11 +222,11 @@ def decide(
         current = policy.levels[state.level - 1]
         if state.level < len(policy.levels):
             if state.level_at is not None and now - state.level_at >= current.after:
-                notices.append(_escalate(state, now, definitions))
+                notices.append(_escalate(state, now, definitions, ids))
         elif state.last_notified_at is not None and (
             now - state.last_notified_at >= policy.repeat_interval
         ):
-            notices.append(_repeat(state, now, definitions))
+            notices.append(_repeat(state, now, definitions, ids))
     # Values in `changed` only refresh alert details; a notice's state_after supersedes them.
     for n in notices:
         changed.pop(n.group, None)
@@ -207,11 +238,16 @@ def _incident_id(group: str, now: datetime) -> str:
 
 
 def _new_incident(
-    group: str, firing: list[Alert], now: datetime, definitions: SlaDefinitions
+    group: str,
+    firing: list[Alert],
+    now: datetime,
+    definitions: SlaDefinitions,
+    ids: Mapping[str, str],
 ) -> Notice:
+    """A new incident: its own state, no thread yet (never the previous incident's)."""
     policy = definitions.policy(firing[0].escalation)
     level = policy.levels[0]
-    channel = policy.channel(1) or "#perfops"
+    channel = level_channel(policy, 1, ids)
     incident = _incident_id(group, now)
     after = IncidentState(
         incident=incident,
@@ -246,6 +282,7 @@ def _at_level(
     definitions: SlaDefinitions,
     level_no: int,
     now: datetime,
+    ids: Mapping[str, str],
     *,
     kind: NoticeKind,
     key: str,
@@ -257,7 +294,7 @@ def _at_level(
     (else the incident's first channel) and mentions, in the channel's thread."""
     policy = definitions.policy(state.policy)
     level = policy.levels[level_no - 1]
-    channel = policy.channel(level_no) or state.root_channel or "#perfops"
+    channel = level_channel(policy, level_no, ids)
     return Notice(
         key=key,
         incident=state.incident,
@@ -282,6 +319,7 @@ def _join(
     new: list[Alert],
     now: datetime,
     definitions: SlaDefinitions,
+    ids: Mapping[str, str],
 ) -> Notice:
     """New alerts in an open incident: a reply (broadcast) at the current level, with its
     mentions; the first message is re-rendered with every alert."""
@@ -296,6 +334,7 @@ def _join(
         definitions,
         state.level,
         now,
+        ids,
         kind="join",
         key=f"{state.incident}:join:{_digest([a.key for a in new])}",
         alerts=new,
@@ -304,7 +343,9 @@ def _join(
     )
 
 
-def _escalate(state: IncidentState, now: datetime, definitions: SlaDefinitions) -> Notice:
+def _escalate(
+    state: IncidentState, now: datetime, definitions: SlaDefinitions, ids: Mapping[str, str]
+) -> Notice:
     nxt = state.level + 1
     after = state.model_copy(update={"level": nxt, "level_at": now, "last_notified_at": now})
     return _at_level(
@@ -312,6 +353,7 @@ def _escalate(state: IncidentState, now: datetime, definitions: SlaDefinitions) 
         definitions,
         nxt,
         now,
+        ids,
         kind="escalate",
         key=f"{state.incident}:escalate:{nxt}",
         alerts=list(state.alerts.values()),
@@ -319,7 +361,9 @@ def _escalate(state: IncidentState, now: datetime, definitions: SlaDefinitions) 
     )
 
 
-def _repeat(state: IncidentState, now: datetime, definitions: SlaDefinitions) -> Notice:
+def _repeat(
+    state: IncidentState, now: datetime, definitions: SlaDefinitions, ids: Mapping[str, str]
+) -> Notice:
     n = state.repeats + 1
     after = state.model_copy(update={"repeats": n, "last_notified_at": now})
     return _at_level(
@@ -327,6 +371,7 @@ def _repeat(state: IncidentState, now: datetime, definitions: SlaDefinitions) ->
         definitions,
         state.level,
         now,
+        ids,
         kind="repeat",
         key=f"{state.incident}:repeat:{state.level}.{n}",
         alerts=list(state.alerts.values()),
@@ -342,7 +387,7 @@ def _update(state: IncidentState, now: datetime) -> Notice:
         group=state.group,
         kind="update",
         level=state.level,
-        channel=state.root_channel or "#perfops",
+        channel=state.root_channel or DEFAULT_CHANNEL,
         update_ts=state.root_ts,
         alerts=list(state.alerts.values()),
         started_at=state.started_at,
@@ -351,44 +396,90 @@ def _update(state: IncidentState, now: datetime) -> Notice:
     )
 
 
-def _resolved(state: IncidentState, now: datetime) -> list[Notice]:
-    """A resolved reply in every channel the incident reached (the root thread first)."""
-    after = state.model_copy(update={"resolved_at": now})
-    channels = [state.root_channel or "#perfops"] + [
-        c for c in state.channel_roots if c != state.root_channel
-    ]
+def _in_every_thread(
+    state: IncidentState,
+    kind: NoticeKind,
+    key: Callable[[int], str],
+    at: datetime,
+    after: IncidentState,
+    *,
+    update_first: bool = False,
+) -> list[Notice]:
+    """A reply of `kind` in every channel the incident reached (in its thread there), its first
+    channel first; `key(i)` the i-th reply's idempotency key; `update_first`: the first message
+    is re-rendered too."""
+    first = state.root_channel or DEFAULT_CHANNEL
+    channels = [first] + [c for c in state.channel_roots if c != first]
     return [
         Notice(
-            key=f"{state.incident}:resolved:{i + 1}",
+            key=key(i),
             incident=state.incident,
             group=state.group,
-            kind="resolved",
+            kind=kind,
             level=state.level,
             channel=channel,
             thread_ts=state.channel_roots.get(channel),
-            update_ts=state.root_ts if i == 0 else None,
+            update_ts=state.root_ts if update_first and i == 0 else None,
             alerts=list(state.alerts.values()),
             started_at=state.started_at,
-            at=now,
+            at=at,
             state_after=after,
         )
         for i, channel in enumerate(channels)
     ]
 
 
-def record(state: IncidentState, notice: Notice, posted: PostedNotice) -> IncidentState:
-    """The incident after `notice` was delivered as `posted` (ts kept to thread and update)."""
+def _resolved(state: IncidentState, now: datetime) -> list[Notice]:
+    """A resolved reply in every thread of the incident; the first message updated."""
+    after = state.model_copy(update={"resolved_at": now})
+    return _in_every_thread(
+        state,
+        "resolved",
+        lambda i: f"{state.incident}:resolved:{i + 1}",
+        now,
+        after,
+        update_first=True,
+    )
+
+
+def acknowledgement(state: IncidentState, by: str, now: datetime) -> list[Notice]:
+    """Acknowledging an open incident: escalation and reminders stop (`acknowledge`), and a
+    reply says so in every thread of the incident (the root thread first). The same keys for
+    a second acknowledgement, so a reply that failed is posted when it is run again."""
+    after = acknowledge(state, by, now)
+    return _in_every_thread(
+        state,
+        "ack",
+        lambda i: f"{state.incident}:ack:{state.level}" + (f".{i + 1}" if i else ""),
+        after.acked_at or now,
+        after,
+    )
+
+
+def continuing(state: IncidentState | None, notice: Notice) -> IncidentState:
+    """The incident state a delivered notice continues: the group's recorded state when it is
+    the notice's incident; a notice of a new incident starts from its own state, so a new
+    incident never inherits a resolved one's threads."""
+    if state is not None and state.incident == notice.incident:
+        return state
+    return notice.state_after
+
+
+def record(state: IncidentState | None, notice: Notice, posted: PostedNotice) -> IncidentState:
+    """The incident after `notice` was delivered as `posted` (ts kept to thread and update).
+    `state` is the group's recorded state; only the notice's own incident is carried over."""
+    prior = continuing(state, notice)
     new = notice.state_after.model_copy(deep=True)
     # Keep what other notices of the same run already recorded.
-    new.notices = {**state.notices, **new.notices, notice.key: posted}
-    new.channel_roots = {**state.channel_roots, **new.channel_roots}
+    new.notices = {**prior.notices, **new.notices, notice.key: posted}
+    new.channel_roots = {**prior.channel_roots, **new.channel_roots}
     top_level = notice.kind in ("fire", "escalate", "repeat") and notice.thread_ts is None
     if top_level and posted.sink != "email":
         new.channel_roots.setdefault(posted.channel, posted.ts)
         if notice.kind == "fire":
             new.root_channel, new.root_ts = posted.channel, posted.ts
-    if state.root_ts and not new.root_ts:
-        new.root_channel, new.root_ts = state.root_channel, state.root_ts
+    if prior.root_ts and not new.root_ts:
+        new.root_channel, new.root_ts = prior.root_channel, prior.root_ts
     return new
 
 

@@ -1,7 +1,8 @@
 """acknowledge_alert: stop the escalation of the incident holding an alert (CLI
-`perfops sla ack ALERT`, or a flow run through the API with the alert key). Posts an
-"acknowledged" reply in the incident's Slack thread and records it in Redis; the ack is also
-in the reply's metadata, so it survives a Redis that lost its data.
+`perfops sla ack ALERT [--at TIME]`, or a flow run through the API with the alert key). Posts
+an "acknowledged" reply in each of the incident's Slack threads and records it in Redis; the
+ack is also in the reply's metadata, so it survives a Redis that lost its data. A reply Slack
+refused fails the run (the acknowledgement itself holds); running it again posts it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class AckResult(BaseModel):
     newly_acked: bool
     level: int
     alerts: list[str]
+    replies: list[str]  # where the thread says so: "<channel> ts=<ts>" or "<channel>: why not"
+    replies_failed: int = 0
 
 
 @flow(
@@ -45,9 +48,11 @@ def acknowledge_alert(
     definitions_path: str | None = None,
     redis_block: str | None = None,
     slack_block: str | None = None,
+    at: datetime | None = None,
 ) -> AckResult:
     """Acknowledge the open incident holding `alert` (an alert key such as
-    `availability/page-fast`, a group, or an incident id); `by` names who did."""
+    `availability/page-fast`, a group, or an incident id); `by` names who did, `at` when
+    (default now; a replay passes the replayed minute)."""
     from flows.evaluate_slos import DEFAULT_DEFINITIONS
 
     install_log_redaction()
@@ -55,12 +60,14 @@ def acknowledge_alert(
     definitions = load_definitions(definitions_path or DEFAULT_DEFINITIONS)
     store = SlaStore(resolve_redis(redis_block).value)
     slack = resolve_slack(slack_block)
+    now = (at or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
     try:
-        state, new = acknowledge_alert_in_store(
-            store, messenger_for(slack.value), definitions, alert, by, datetime.now(UTC)
+        done = acknowledge_alert_in_store(
+            store, messenger_for(slack.value), definitions, alert, by, now
         )
     except LookupError as exc:
         raise ConfigurationError(str(exc).strip("'\"")) from None
+    state, new = done.state, done.newly_acked
     assert state.acked_at is not None and state.acked_by is not None
     result = AckResult(
         alert=alert,
@@ -71,6 +78,11 @@ def acknowledge_alert(
         newly_acked=new,
         level=state.level,
         alerts=sorted(state.alerts),
+        replies=[
+            f"{r.channel} ts={r.ts}" if r.outcome != "failed" else f"{r.channel}: {r.note}"
+            for r in done.replies
+        ],
+        replies_failed=len(done.failed_replies),
     )
     get_run_logger().info(
         "%s %s by %s at level %d",
@@ -87,7 +99,10 @@ def acknowledge_alert(
                 "result": "acknowledged" if new else "already acknowledged",
                 "reason": f"escalation of {state.incident} stopped at level {state.level}",
             }
-            | result.model_dump(mode="json", exclude={"alert", "newly_acked"})
+            | result.model_dump(
+                mode="json", exclude={"alert", "newly_acked", "replies", "replies_failed"}
+            )
+            | {"replies": "; ".join(result.replies)}
         ],
         f"Acknowledgement of {alert}: escalation of {state.incident} stopped",
     )
@@ -97,7 +112,13 @@ def acknowledge_alert(
             "perfops.sla",
             {"alert": alert, "incident": state.incident, "by": by, "level": state.level},
         )
+    failed = done.failed_replies
     return end_run(
         result,
+        f"{state.incident} acknowledged (escalation stopped), but {len(failed)} of "
+        f"{len(done.replies)} thread replies were not posted: {failed[0].note}; run it again "
+        "to post them"
+        if failed
+        else None,
         note=None if new else f"nothing to do: {state.incident} was already acknowledged",
     )

@@ -152,7 +152,9 @@ def _rows(report: SlaRunReport) -> list[dict[str, object]]:
                 "sli / value": f"level {d.level}",
                 "budget left": "",
                 "burn rates": "",
-                "detail": f"{d.sink} {d.channel} ts={d.ts or '-'}",
+                "detail": f"{d.sink} {d.channel}"
+                + (f" ({d.channel_id})" if d.channel_id else "")
+                + f" ts={d.ts or '-'}",
             }
         )
     for m in report.delivery.suppressed if report.delivery else []:
@@ -265,6 +267,7 @@ def evaluate_slos(
                     "incident": d.incident,
                     "sink": d.sink,
                     "channel": d.channel,
+                    "channel_id": d.channel_id,
                     "note": d.note,
                 },
                 **alert_labels(alert),
@@ -293,12 +296,17 @@ def evaluate_slos(
         },
     )
     unsent = [d for d in delivery.delivered if d.outcome == "failed"] if delivery else []
+    failed = None
+    if delivery and delivery.deferred:
+        failed = delivery.recovered
+    elif delivery and unsent:
+        failed = (
+            f"{len(unsent)} of {len(delivery.delivered)} notices not sent: {unsent[0].key}: "
+            f"{unsent[0].note}"
+        )
     return end_run(
         report,
-        f"{len(unsent)} of {len(delivery.delivered)} notices not sent: {unsent[0].key}: "
-        f"{unsent[0].note}"
-        if delivery and unsent
-        else None,
+        failed,
         partial=len(unsent) < len(delivery.delivered) if delivery else False,
         allow_partial=allow_partial,
     )

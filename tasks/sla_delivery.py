@@ -9,18 +9,26 @@ Exactly one notice per incident and level:
   and send loses nothing: the next run decides the same notice again.
 - Before sending, a `pending` marker names the notice; a marker left by a crash between send
   and record is resolved by reading the channel back: a message whose metadata carries the
-  notice's key was sent (recorded now, not sent again), otherwise it is sent.
-- Redis here runs without persistence. When the state is gone (the `epoch` key is missing:
-  first run, flushed or restarted Redis), the incidents and the log are rebuilt from the
-  notices themselves: every notice carries its key, incident, level and alerts as Slack message
-  metadata (`conversations.history` + `conversations.replies`, `recovery_lookback` back).
-  What Slack does not hold is lost: the no-data clocks restart.
+  notice's key was sent (recorded now, not sent again), otherwise it is sent. While the channel
+  cannot be read, the notice waits (`deferred`) rather than risk a second copy, for at most
+  `PENDING_WAIT_S`.
+- Channels: the policies' channel names are resolved to Slack ids once per run (cached in
+  Redis, `tasks.slack.channels`); every notice, thread key and read uses the id.
+- One incident, its own threads: a notice of a new incident never continues the previous
+  (resolved) incident's state (`decisions.escalation.continuing`).
+- When the state is gone (the `epoch` key is missing: first run, or a Redis that lost its data),
+  the incidents and the log are rebuilt from the notices themselves: every notice carries its
+  key, incident, level and alerts as Slack message metadata (`conversations.history` +
+  `conversations.replies`, `recovery_lookback` back). What Slack does not hold is lost: the
+  no-data clocks restart. Redis persistence (AOF) is the first line of defence
+  (docs/production.md); this is the second.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,7 +45,10 @@ from decisions.escalation import (
     PostedNotice,
     Suppressed,
     acknowledge,
+    acknowledgement,
+    continuing,
     decide,
+    policy_channels,
     rebuild,
     record,
 )
@@ -52,6 +63,7 @@ LOCK_WAIT_S = 60
 LOCK_POLL_S = 0.01
 NOTICE_TTL_S = 90 * 86400
 DEFAULT_RECOVERY_LOOKBACK = timedelta(days=7)
+PENDING_WAIT_S = 15 * 60  # a notice unconfirmable this long (Slack unreadable) is sent anyway
 
 
 class Delivered(BaseModel):
@@ -60,10 +72,11 @@ class Delivered(BaseModel):
     group: str
     kind: str
     level: int
-    channel: str
+    channel: str  # as the policy names it (#oncall)
+    channel_id: str = ""  # Slack's id (C0123...), where it was resolved
     sink: str  # slack, file, email, skipped
     ts: str | None = None
-    outcome: str  # sent, already sent, recovered from Slack, email fallback, failed
+    outcome: str  # sent, already sent, email fallback, deferred, failed
     note: str = ""
     alerts: list[Alert] = Field(default_factory=list)
 
@@ -73,6 +86,7 @@ class DeliveryReport(BaseModel):
     suppressed: list[Suppressed]
     recovered: str = ""  # what a state rebuild found, when one ran
     incidents_open: int = 0
+    deferred: bool = False  # nothing decided: Redis had no state and Slack was unreadable
 
 
 class SlaStore:
@@ -132,20 +146,58 @@ class SlaStore:
     def log(self, notice: PostedNotice) -> None:
         self.client.set(self.key("notice", notice.key), notice.model_dump_json(), ex=NOTICE_TTL_S)
 
-    def set_pending(self, notice: Notice) -> None:
-        self.client.set(self.key("pending", notice.key), notice.model_dump_json(), ex=NOTICE_TTL_S)
+    def set_pending(self, notice: Notice) -> float:
+        """Mark `notice` as being sent; returns since when (wall clock, kept across runs)."""
+        key = self.key("pending", notice.key)
+        since = time.time()
+        value = json.dumps({"notice": notice.model_dump(mode="json"), "since": since})
+        if not self.client.set(key, value, ex=NOTICE_TTL_S, nx=True):
+            since = self.pending_since(notice.key) or since
+        return since
 
     def clear_pending(self, key: str) -> None:
         self.client.delete(self.key("pending", key))
 
-    def pending(self) -> list[Notice]:
+    def pending_since(self, key: str) -> float | None:
+        raw: Any = self.client.get(self.key("pending", key))
+        return float(json.loads(raw).get("since", 0)) if raw else None
+
+    def pending(self) -> list[tuple[Notice, float]]:
+        """Notices being sent when a run stopped, with since when (wall clock)."""
         keys = list(self.client.scan_iter(self.key("pending", "*"), count=500))
         out = []
         for k in keys:
             raw: Any = self.client.get(k)
             if raw:
-                out.append(Notice.model_validate_json(raw))
+                value = json.loads(raw)
+                if "notice" not in value:  # a marker written before `since` was kept
+                    value = {"notice": value, "since": 0.0}
+                out.append((Notice.model_validate(value["notice"]), float(value["since"])))
         return out
+
+    # The Slack channel directory's cache (tasks.slack.channels.ChannelCache): one JSON value
+    # per workspace and token, each entry with its own expiry.
+    def cached_channels(self, scope: str) -> dict[str, str]:
+        raw: Any = self.client.get(self.key("slack-channels", scope))
+        entries = json.loads(raw) if raw else {}
+        now = time.time()
+        return {name: cid for name, (cid, until) in entries.items() if until > now}
+
+    def cache_channels(self, scope: str, ids: dict[str, str], ttl_s: int) -> None:
+        key = self.key("slack-channels", scope)
+        raw: Any = self.client.get(key)
+        now = time.time()
+        entries = {n: e for n, e in (json.loads(raw) if raw else {}).items() if e[1] > now}
+        entries.update({name: [cid, now + ttl_s] for name, cid in ids.items()})
+        self.client.set(key, json.dumps(entries), ex=ttl_s)
+
+    def forget_channel(self, scope: str, name: str) -> None:
+        key = self.key("slack-channels", scope)
+        raw: Any = self.client.get(key)
+        if raw:
+            entries = json.loads(raw)
+            entries.pop(name, None)
+            self.client.set(key, json.dumps(entries), keepttl=True)
 
     def group_of(self, alert_key: str) -> str | None:
         value = self.client.get(self.key("alert", alert_key))
@@ -163,15 +215,6 @@ def _json(value: Any) -> str:
     return json.dumps(value, default=str, sort_keys=True)
 
 
-def _channels(definitions: SlaDefinitions) -> list[str]:
-    seen: list[str] = []
-    for policy in definitions.escalation_policies:
-        for level in policy.levels:
-            if level.channel and level.channel not in seen:
-                seen.append(level.channel)
-    return seen
-
-
 def recover(
     store: SlaStore,
     messenger: Messenger,
@@ -179,11 +222,23 @@ def recover(
     now: datetime,
     lookback: timedelta = DEFAULT_RECOVERY_LOOKBACK,
 ) -> str:
-    """Rebuild incidents and the notification log from the notices in the channels."""
-    oldest = (now - lookback).timestamp()
+    """Rebuild incidents and the notification log from the notices in the channels (by id).
+    Slack's ts are wall-clock times, so a replayed minute still reads the recent messages."""
+    oldest = min(now.timestamp(), time.time()) - lookback.total_seconds()
     payloads: list[dict[str, Any]] = []
-    for channel in _channels(definitions):
-        payloads.extend(messenger.notices(channel, oldest))
+    read: set[str] = set()
+    unread: list[str] = []
+    for channel in policy_channels(definitions):
+        try:
+            channel_id = messenger.channel_id(channel)
+        except NoticeFailed as exc:
+            if not exc.permanent:
+                raise
+            unread.append(f"{channel} ({exc.reason})")  # no notice can be there either
+            continue
+        if channel_id not in read:
+            read.add(channel_id)
+            payloads.extend(messenger.notices(channel_id, oldest))
     incidents, log = rebuild(payloads)
     for posted in log:
         store.log(posted)
@@ -193,44 +248,45 @@ def recover(
     open_ = sum(s.open for s in incidents.values())
     return (
         f"state rebuilt from {messenger.sink}: {len(log)} notices, {len(incidents)} incidents "
-        f"({open_} open)"
+        f"({open_} open)" + (f"; not read: {', '.join(unread)}" if unread else "")
     )
 
 
-def _reconcile_pending(store: SlaStore, messenger: Messenger, now: datetime) -> list[str]:
-    """Notices sent but not recorded (a crash between send and record): record them now, with
-    the incident state they lead to; the others are decided and sent again."""
+def _reconcile_pending(store: SlaStore, messenger: Messenger) -> tuple[list[str], dict[str, str]]:
+    """Notices being sent when a run stopped (a crash between send and record, or Slack's
+    answer lost): found in the channel, they are recorded now with the incident state they lead
+    to; not found, they are decided and sent again. Returns the keys found, and the keys that
+    could not be checked (Slack unreadable: the marker stays, the notice waits) with why."""
     found: list[str] = []
+    unchecked: dict[str, str] = {}
     states = store.incidents()
-    for notice in store.pending():
-        if store.logged(notice.key) is None:
-            oldest = (now - timedelta(days=1)).timestamp()
-            match = next(
-                (
-                    p
-                    for p in messenger.notices(notice.channel, oldest)
-                    if p.get("key") == notice.key
-                ),
-                None,
+    for notice, since in store.pending():
+        if store.logged(notice.key) is not None:
+            store.clear_pending(notice.key)
+            continue
+        oldest = (since or time.time() - 86400) - 300
+        try:
+            ts = messenger.find(notice.channel, notice.key, notice.thread_ts, oldest)
+        except NoticeFailed as exc:
+            if not exc.permanent and time.time() - since < PENDING_WAIT_S:
+                unchecked[notice.key] = str(exc)
+                continue
+            ts = None
+        if ts is not None:
+            posted = PostedNotice(
+                key=notice.key,
+                channel=messenger.channel_id(notice.channel),
+                ts=ts,
+                sent_at=notice.at,
+                sink=messenger.sink,
+                note="found in the channel after an interrupted send",
             )
-            if match is not None:
-                posted = PostedNotice(
-                    key=notice.key,
-                    channel=match["_channel"],
-                    ts=match["_ts"],
-                    sent_at=notice.at,
-                    sink=messenger.sink,
-                    note="found in the channel after a crash",
-                )
-                store.log(posted)
-                state = states.get(notice.group)
-                if state is None or state.incident != notice.incident:
-                    state = notice.state_after
-                states[notice.group] = record(state, notice, posted)
-                store.save(states[notice.group])
-                found.append(notice.key)
+            store.log(posted)
+            states[notice.group] = record(states.get(notice.group), notice, posted)
+            store.save(states[notice.group])
+            found.append(notice.key)
         store.clear_pending(notice.key)
-    return found
+    return found, unchecked
 
 
 def _send(
@@ -292,6 +348,50 @@ def _email_fallback(
     return f"emailed {', '.join(result.accepted)} via {result.sink}"
 
 
+def _row(notice: Notice, names: dict[str, str]) -> dict[str, Any]:
+    """What every `Delivered` of `notice` says; the channel as the policy names it (`names`:
+    id -> name) and its id."""
+    return {
+        "key": notice.key,
+        "incident": notice.incident,
+        "group": notice.group,
+        "kind": notice.kind,
+        "level": notice.level,
+        "channel": names.get(notice.channel, notice.channel),
+        "channel_id": notice.channel if notice.channel in names else "",
+        "alerts": notice.alerts,
+    }
+
+
+def _rebuild_state(
+    store: SlaStore,
+    messenger: Messenger,
+    definitions: SlaDefinitions,
+    now: datetime,
+    lookback: timedelta,
+) -> tuple[str, bool]:
+    """Rebuild the state from Slack when Redis has none. Returns (what happened, whether to
+    decide now). Slack briefly unreadable: nothing is decided (an open incident would fire
+    again as new), for at most `PENDING_WAIT_S`; a permanent failure (no scope, bad token):
+    go on with what Redis holds, the email fallback still notifies."""
+    if store.has_state():
+        return "", True
+    try:
+        return recover(store, messenger, definitions, now, lookback), True
+    except NoticeFailed as exc:
+        marker = store.key("rebuild-failing-since")
+        store.client.set(marker, time.time(), nx=True, ex=NOTICE_TTL_S)
+        since: Any = store.client.get(marker)
+        waiting = not exc.permanent and time.time() - float(since or 0) < PENDING_WAIT_S
+        if waiting:
+            return (
+                f"state could not be rebuilt from {messenger.sink} ({exc}): nothing decided, "
+                "the next run tries again",
+                False,
+            )
+        return f"state could not be rebuilt from {messenger.sink}: {exc}", True
+
+
 def deliver(
     store: SlaStore,
     messenger: Messenger,
@@ -308,31 +408,23 @@ def deliver(
     """Decide and deliver the notices due at `now`, exactly once each (see the module doc)."""
     delivered: list[Delivered] = []
     with store.locked(lock_wait_s):
-        recovered = ""
-        if not store.has_state():
-            try:
-                recovered = recover(store, messenger, definitions, now, recovery_lookback)
-            except NoticeFailed as exc:
-                # Slack unreadable: go on with what Redis holds (the fallback still notifies);
-                # the next run tries to rebuild again.
-                recovered = f"state could not be rebuilt from {messenger.sink}: {exc}"
-        for key in _reconcile_pending(store, messenger, now):
+        channel_ids = messenger.resolve(policy_channels(definitions), cache=store)
+        names = {cid: name for name, cid in channel_ids.items()}
+        recovered, decide_now = _rebuild_state(
+            store, messenger, definitions, now, recovery_lookback
+        )
+        if not decide_now:
+            return DeliveryReport(delivered=[], suppressed=[], recovered=recovered, deferred=True)
+        found, unchecked = _reconcile_pending(store, messenger)
+        for key in found:
             recovered += f"{'; ' if recovered else ''}notice {key} found sent, recorded"
         states = store.incidents()
-        plan = decide(now, alerts, states, definitions)
+        plan = decide(now, alerts, states, definitions, channel_ids)
         for state in plan.states.values():
             store.save(state)
         for notice in plan.notices:
-            state = states.get(notice.group) or notice.state_after
-            base = {
-                "key": notice.key,
-                "incident": notice.incident,
-                "group": notice.group,
-                "kind": notice.kind,
-                "level": notice.level,
-                "channel": notice.channel,
-                "alerts": notice.alerts,
-            }
+            state = continuing(states.get(notice.group), notice)
+            base = _row(notice, names)
             logged = store.logged(notice.key)
             if logged is not None:  # sent by an earlier (retried or crashed) run
                 states[notice.group] = record(state, notice, logged)
@@ -340,6 +432,10 @@ def deliver(
                 delivered.append(
                     Delivered(**base, sink=logged.sink, ts=logged.ts, outcome="already sent")
                 )
+                continue
+            if notice.key in unchecked:  # maybe sent, Slack unreadable: never a second copy
+                why = f"maybe sent, not confirmed ({unchecked[notice.key]}); checked next run"
+                delivered.append(Delivered(**base, sink="skipped", outcome="deferred", note=why))
                 continue
             store.set_pending(notice)
             note = ""
@@ -365,12 +461,26 @@ def deliver(
             store.save(states[notice.group])
             store.clear_pending(notice.key)
             delivered.append(Delivered(**base, sink=sink, ts=ts, outcome=outcome, note=note))
+        store.client.delete(store.key("rebuild-failing-since"))
         return DeliveryReport(
             delivered=delivered,
             suppressed=plan.suppressed,
             recovered=recovered,
             incidents_open=sum(s.open for s in states.values()),
         )
+
+
+class Acknowledged(BaseModel):
+    """What `perfops sla ack` did: the incident after it, whether it was new, and the replies
+    that say so in the incident's threads (those Slack refused, with why)."""
+
+    state: IncidentState
+    newly_acked: bool
+    replies: list[Delivered] = Field(default_factory=list)
+
+    @property
+    def failed_replies(self) -> list[Delivered]:
+        return [r for r in self.replies if r.outcome == "failed"]
 
 
 def acknowledge_alert_in_store(
@@ -380,12 +490,15 @@ def acknowledge_alert_in_store(
     alert_or_group: str,
     by: str,
     now: datetime,
-) -> tuple[IncidentState, bool]:
+) -> Acknowledged:
     """Acknowledge the open incident holding `alert_or_group` (an alert key, a group or an
-    incident id); posts an acknowledged reply in its thread. Returns (state, newly acked)."""
+    incident id): escalation and reminders stop, and a reply says so in each of its threads.
+    A reply that failed is posted by the next acknowledgement of the same incident."""
     with store.locked():
+        channel_ids = messenger.resolve(policy_channels(definitions), cache=store)
+        names = {cid: name for name, cid in channel_ids.items()}
         if not store.has_state():
-            recover(store, messenger, definitions, now)
+            recover(store, messenger, definitions, now)  # Slack unreadable: a clear error
         states = store.incidents()
         group = store.group_of(alert_or_group) or alert_or_group
         state = states.get(group) or next(
@@ -401,46 +514,39 @@ def acknowledge_alert_in_store(
                 f"{alert_or_group!r} belongs to incident {state.incident}, resolved at "
                 f"{state.resolved_at}: nothing to acknowledge"
             )
-        if state.acked_at is not None:
-            return state, False
-        acked = acknowledge(state, by, now)
-        notice = Notice(
-            key=f"{state.incident}:ack:{state.level}",
-            incident=state.incident,
-            group=group,
-            kind="ack",
-            level=state.level,
-            channel=state.root_channel or "#perfops",
-            thread_ts=state.root_ts,
-            alerts=list(state.alerts.values()),
-            started_at=state.started_at,
-            at=now,
-            state_after=acked,
-        )
-        posted_ts = ""
-        if store.logged(notice.key) is None:
-            try:
-                text = (
-                    f":eyes: Acknowledged by *{by}* at {now:%H:%M} UTC: escalation and "
-                    "reminders stopped."
+        newly = state.acked_at is None
+        replies: list[Delivered] = []
+        for notice in acknowledgement(state, by, now):
+            acked_by = notice.state_after.acked_by or by
+            acked_at = notice.state_after.acked_at or now
+            base = _row(notice, names)
+            logged = store.logged(notice.key)
+            if logged is not None:
+                replies.append(
+                    Delivered(**base, sink=logged.sink, ts=logged.ts, outcome="already sent")
                 )
-                _, posted_ts = messenger.post(
+                continue
+            text = (
+                f":eyes: Acknowledged by *{acked_by}* at {acked_at:%Y-%m-%d %H:%M} UTC: "
+                f"escalation stopped at level {notice.level}, no more reminders."
+            )
+            try:
+                channel, ts = messenger.post(
                     notice.channel,
-                    f"ACKNOWLEDGED by {by}: escalation stopped",
+                    f"ACKNOWLEDGED by {acked_by}: escalation stopped",
                     [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
                     notice_metadata(notice),
                     thread_ts=notice.thread_ts,
                 )
-            except NoticeFailed:
-                posted_ts = ""  # the ack itself is recorded in Redis either way
+            except NoticeFailed as exc:  # the ack itself holds (Redis); the reply is retried
+                replies.append(Delivered(**base, sink="skipped", outcome="failed", note=str(exc)))
+                continue
             store.log(
                 PostedNotice(
-                    key=notice.key,
-                    channel=notice.channel,
-                    ts=posted_ts,
-                    sent_at=now,
-                    sink=messenger.sink,
+                    key=notice.key, channel=channel, ts=ts, sent_at=now, sink=messenger.sink
                 )
             )
+            replies.append(Delivered(**base, sink=messenger.sink, ts=ts, outcome="sent"))
+        acked = acknowledge(state, by, now)
         store.save(acked)
-        return acked, True
+        return Acknowledged(state=acked, newly_acked=newly, replies=replies)

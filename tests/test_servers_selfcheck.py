@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import boto3
 import httpx
@@ -135,21 +136,23 @@ def slack(slack_server: SlackStandIn) -> SlackStandIn:
 def test_slack_post_update_and_errors(slack: SlackStandIn) -> None:
     client = WebClient(token=DEFAULT_TOKEN, base_url=slack.base_url)
     assert client.auth_test()["user_id"]
+    perf = slack.channel_id("#perfops")
     blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "*p95 up*"}}]
-    first = client.chat_postMessage(channel="C0PERF", text="p95 up", blocks=blocks)
-    reply = client.chat_postMessage(channel="C0PERF", text="details", thread_ts=first["ts"])
+    first = client.chat_postMessage(channel="#perfops", text="p95 up", blocks=blocks)
+    assert first["channel"] == perf  # a post takes a name and answers with the id
+    reply = client.chat_postMessage(channel=perf, text="details", thread_ts=first["ts"])
     assert float(reply["ts"]) > float(first["ts"])
-    client.chat_update(channel="C0PERF", ts=first["ts"], text="p95 back to normal")
-    assert client.conversations_info(channel="C0PERF")["channel"]["id"] == "C0PERF"
+    client.chat_update(channel=perf, ts=first["ts"], text="p95 back to normal")
+    assert client.conversations_info(channel=perf)["channel"]["name"] == "perfops"
 
     root, threaded = slack.messages
     assert root["blocks"] == blocks and root["text"] == "p95 back to normal"
     assert root["updates"] == [{"text": "p95 up", "blocks": blocks}]
-    assert threaded["thread_ts"] == first["ts"]
+    assert threaded["thread_ts"] == first["ts"] and threaded["channel"] == perf
     assert slack.requests[1].body["blocks"] == blocks
 
     with pytest.raises(SlackApiError) as missing:
-        client.chat_update(channel="C0PERF", ts="1.000000", text="x")
+        client.chat_update(channel=perf, ts="1.000000", text="x")
     assert missing.value.response["error"] == "message_not_found"
     with pytest.raises(SlackApiError) as bad_auth:
         WebClient(token="xoxb-wrong", base_url=slack.base_url).auth_test()
@@ -159,6 +162,84 @@ def test_slack_post_update_and_errors(slack: SlackStandIn) -> None:
     assert unknown.value.response["error"] == "unknown_method"
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.chat_update(channel="#perfops", ts="1.0", text="x"),
+        lambda c: c.conversations_history(channel="#perfops"),
+        lambda c: c.conversations_replies(channel="#perfops", ts="1.0"),
+        lambda c: c.conversations_info(channel="#perfops"),
+    ],
+    ids=["chat.update", "conversations.history", "conversations.replies", "conversations.info"],
+)
+def test_slack_reads_and_updates_take_ids_only(slack: SlackStandIn, call: Any) -> None:
+    with pytest.raises(SlackApiError) as err:
+        call(WebClient(token=DEFAULT_TOKEN, base_url=slack.base_url))
+    assert err.value.response["error"] == "channel_not_found"
+
+
+def test_slack_membership_and_missing_channels(slack: SlackStandIn) -> None:
+    client = WebClient(token=DEFAULT_TOKEN, base_url=slack.base_url)
+    outside = slack.add_channel("#outside", member=False)
+    secret = slack.add_channel("#secret", private=True, member=False)
+    archived = slack.add_channel("#old", archived=True)
+    for channel, error in (
+        ("#outside", "not_in_channel"),
+        (outside, "not_in_channel"),
+        ("#secret", "channel_not_found"),
+        ("#nowhere", "channel_not_found"),
+        ("#old", "is_archived"),
+    ):
+        with pytest.raises(SlackApiError) as err:
+            client.chat_postMessage(channel=channel, text="x")
+        assert err.value.response["error"] == error, channel
+    with pytest.raises(SlackApiError, match="not_in_channel"):
+        client.conversations_history(channel=outside)
+    assert client.conversations_info(channel=outside)["channel"]["is_member"] is False
+    with pytest.raises(SlackApiError, match="channel_not_found"):
+        client.conversations_info(channel=secret)
+    names = {
+        c["name"]
+        for c in client.conversations_list(types="public_channel,private_channel")["channels"]
+    }
+    assert "outside" in names and "secret" not in names and "old" in names
+    listed = client.conversations_list(exclude_archived=True)["channels"]
+    assert archived not in {c["id"] for c in listed}
+
+
+def test_slack_paging_threads_and_broadcasts(slack: SlackStandIn) -> None:
+    client = WebClient(token=DEFAULT_TOKEN, base_url=slack.base_url)
+    for i in range(5):
+        slack.add_channel(f"extra-{i}")
+    pages, cursor = [], None
+    while True:
+        page = client.conversations_list(limit=4, cursor=cursor)
+        pages.append([c["name"] for c in page["channels"]])
+        cursor = page["response_metadata"]["next_cursor"]
+        if not cursor:
+            break
+    assert [len(p) for p in pages] == [4, 4, 4] and len({n for p in pages for n in p}) == 12
+    perf = slack.channel_id("#perfops")
+    root = client.chat_postMessage(channel=perf, text="root")["ts"]
+    client.chat_postMessage(channel=perf, text="quiet reply", thread_ts=root)
+    loud = client.chat_postMessage(
+        channel=perf, text="loud reply", thread_ts=root, reply_broadcast=True
+    )["ts"]
+    history = client.conversations_history(channel=perf)["messages"]
+    assert [m["text"] for m in history] == ["loud reply", "root"]  # newest first
+    assert history[0]["subtype"] == "thread_broadcast" and history[1]["reply_count"] == 2
+    first = client.conversations_history(channel=perf, limit=1)
+    assert first["has_more"] and len(first["messages"]) == 1
+    rest = client.conversations_history(
+        channel=perf, limit=1, cursor=first["response_metadata"]["next_cursor"]
+    )
+    assert [m["text"] for m in rest["messages"]] == ["root"] and not rest["has_more"]
+    thread = client.conversations_replies(channel=perf, ts=loud)["messages"]
+    assert [m["text"] for m in thread] == ["root", "quiet reply", "loud reply"]
+    assert "metadata" not in history[0]  # only with include_all_metadata
+    assert client.conversations_history(channel=perf, oldest=root)["messages"][0]["ts"] == loud
+
+
 def test_slack_rate_limit_is_retried(slack: SlackStandIn) -> None:
     client = WebClient(
         token=DEFAULT_TOKEN,
@@ -166,7 +247,7 @@ def test_slack_rate_limit_is_retried(slack: SlackStandIn) -> None:
         retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=2)],
     )
     slack.fail_next(429, retry_after=1)
-    assert client.chat_postMessage(channel="C0PERF", text="hello")["ok"]
+    assert client.chat_postMessage(channel="#perfops", text="hello")["ok"]
     assert [r.status for r in slack.requests] == [429, 200]
     assert len(slack.messages) == 1
 
@@ -175,14 +256,31 @@ def test_slack_server_error_needs_retry_handler(slack: SlackStandIn) -> None:
     slack.fail_next(500)
     with pytest.raises(SlackApiError) as err:
         WebClient(token=DEFAULT_TOKEN, base_url=slack.base_url).chat_postMessage(
-            channel="C0PERF", text="x"
+            channel="#perfops", text="x"
         )
     assert err.value.response.status_code == 500
     slack.fail_next(503)
     retrying = WebClient(
         token=DEFAULT_TOKEN, base_url=slack.base_url, retry_handlers=[ServerErrorRetryHandler()]
     )
-    assert retrying.chat_postMessage(channel="C0PERF", text="x")["ok"]
+    assert retrying.chat_postMessage(channel="#perfops", text="x")["ok"]
+
+
+def test_slack_500_after_storing_makes_a_blind_retry_post_twice(slack: SlackStandIn) -> None:
+    """Why perfops does not let slack-sdk retry chat.postMessage after a 5xx."""
+    retrying = WebClient(
+        token=DEFAULT_TOKEN, base_url=slack.base_url, retry_handlers=[ServerErrorRetryHandler()]
+    )
+    slack.fail_next(500, method="chat.postMessage", after_handling=True)
+    assert retrying.chat_postMessage(channel="#perfops", text="once")["ok"]
+    assert [m["text"] for m in slack.messages] == ["once", "once"]
+    slack.reset()
+    slack.delay_next(1.5, method="chat.postMessage")
+    with pytest.raises(TimeoutError):
+        WebClient(token=DEFAULT_TOKEN, base_url=slack.base_url, timeout=1).chat_postMessage(
+            channel="#perfops", text="held"
+        )
+    assert [m["text"] for m in slack.messages] == ["held"]  # stored all the same
 
 
 # -- SMTP --------------------------------------------------------------------------------------

@@ -47,6 +47,15 @@ SlackUrlOption = Annotated[
 _COLOURS = {"ok": "green", "firing": "red", "no data": "yellow", "no baseline": "cyan"}
 
 
+def _at_option(help_text: str) -> Any:
+    """`--at`: a UTC time in one of the accepted formats; default now."""
+    return typer.Option(
+        help=f"{help_text}; default now.",
+        formats=["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"],
+        show_default=False,
+    )
+
+
 @app.callback()
 def sla() -> None:
     """SLOs: burn-rate alerts, alert rules, escalation in Slack, acknowledgements."""
@@ -79,12 +88,7 @@ def evaluate(
     definitions: DefinitionsOption = DEFAULT_DEFINITIONS,
     prometheus_url: PrometheusUrlOption = None,
     at: Annotated[
-        datetime | None,
-        typer.Option(
-            help="Evaluate at this UTC time (replay a past minute); default now.",
-            formats=["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"],
-            show_default=False,
-        ),
+        datetime | None, _at_option("Evaluate at this UTC time (replay a past minute)")
     ] = None,
     notify: Annotated[
         bool, typer.Option("--notify/--no-notify", help="Send notices (--no-notify: only report).")
@@ -148,14 +152,18 @@ def ack(
         str, typer.Argument(help="Alert key (e.g. availability/page-fast), group or incident id.")
     ],
     by: Annotated[str, typer.Option(help="Who acknowledges (shown in the thread).")] = "",
+    at: Annotated[
+        datetime | None,
+        _at_option("Acknowledge as of this UTC time (in a replay, the replayed minute)"),
+    ] = None,
     definitions: DefinitionsOption = DEFAULT_DEFINITIONS,
     redis_url: RedisOption = None,
     slack_api_url: SlackUrlOption = None,
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
-    """Acknowledge an alert: its incident stops escalating and reminding; the Slack thread
-    says who acknowledged it (flow acknowledge_alert)."""
+    """Acknowledge an alert: its incident stops escalating and reminding; its Slack threads
+    say who acknowledged it (flow acknowledge_alert)."""
     import getpass
 
     path = _check_file(definitions)
@@ -163,13 +171,20 @@ def ack(
     set_env("PERFOPS_SLACK_API_URL", slack_api_url)
     result = run_flow(
         _ack_flow,
-        {"alert": alert, "by": by or getpass.getuser(), "definitions_path": path},
+        {
+            "alert": alert,
+            "by": by or getpass.getuser(),
+            "definitions_path": path,
+            "at": at.replace(tzinfo=UTC) if at else None,
+        },
         verbose=verbose,
         label="acknowledging",
         show_progress=not as_json,
     )
     if as_json:
         print_json(result)
+        if result.replies_failed:
+            raise typer.Exit(1)
         return
     verb = "acknowledged" if result.newly_acked else "was already acknowledged"
     print_wrapped(
@@ -177,3 +192,7 @@ def ack(
         f"({', '.join(result.alerts)})",
         indent=0,
     )
+    for reply in result.replies:
+        print_wrapped(f"thread reply: {redact(reply)}", indent=2)
+    if result.replies_failed:
+        fail(f"{result.replies_failed} thread replies not posted: run the same command again")

@@ -2,7 +2,10 @@
 when no Slack is configured.
 
 slack-sdk retries 429 (honouring Retry-After), 5xx and connection errors (see
-`SlackEscalationTarget.get_client`); any other Slack error fails at once with Slack's reason.
+`SlackEscalationTarget.get_client`), except a 5xx or a lost connection of `chat.postMessage`:
+Slack may have stored that message, and a blind retry posts it twice (the SLA notices, which
+carry an idempotency key, are read back and retried in `tasks.slack.threads`). Any other Slack
+error fails at once with Slack's reason.
 """
 
 from __future__ import annotations
@@ -63,7 +66,10 @@ def post_message(
             channel=channel, text=text, blocks=blocks, thread_ts=thread_ts
         )
     except SlackClientError as exc:
-        raise _slack_error(f"a message to {channel}", exc) from exc
+        error = _slack_error(f"a message to {channel}", exc)
+        if isinstance(exc, SlackApiError) and exc.response.status_code >= 500:
+            error = ConnectionFailed(f"{error}; Slack may have stored it: not posted again")
+        raise error from exc
     return PostedMessage(
         channel=str(response["channel"]), ts=str(response["ts"]), thread_ts=thread_ts, sink="slack"
     )

@@ -2,54 +2,56 @@
 channel's notices (history and thread replies) to rebuild the notification log. The same
 operations on the file outbox when no Slack is configured.
 
+Channels are ids everywhere but in the policy file: a run first resolves the names it needs
+(`resolve`, see `tasks.slack.channels`), and every read, update and thread key uses the id.
+
 Every notice carries Slack message metadata (`event_type` `perfops_sla_notice`, payload with
-its idempotency key): that is what lets perfops find a notice it sent but could not record
-(a crash between send and record, or a Redis that lost its data). slack-sdk retries 429
-(honouring Retry-After), 5xx and connection errors (`SlackEscalationTarget.get_client`); what
-is left raises `NoticeFailed`, `permanent` when retrying cannot help (bad token, no channel).
+its idempotency key): that is what lets perfops find a notice it sent but could not record.
+Posting is safe to retry: slack-sdk retries 429 (honouring Retry-After, Slack did not take the
+message) but never re-posts `chat.postMessage` after a 5xx or a connection error
+(`SlackEscalationTarget.get_client`), since Slack may have stored it. Here, after a 5xx or a
+timeout, the channel (or the thread) is read back for the notice's key; only when it is not
+there is the notice posted again, with backoff. What is left raises `NoticeFailed`,
+`permanent` when retrying cannot help (bad token, no channel, bot not in it).
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
+import random
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError, SlackClientError
 
 from blocks import SlackEscalationTarget
 from blocks.resolve import FileOutbox
-from perfops.errors import ConnectionFailed
-from perfops.redaction import redact
 from tasks.outbox import read_slack_notices, write_slack_notice
+from tasks.slack.channels import (
+    CHANNEL_ID,
+    ChannelCache,
+    ChannelDirectory,
+    resolve_channels,
+)
+from tasks.slack.failures import CHANNEL_ERRORS, NoticeFailed, slack_call
+
+__all__ = [
+    "METADATA_EVENT",
+    "FileMessenger",
+    "Messenger",
+    "NoticeFailed",
+    "SlackMessenger",
+    "messenger_for",
+]
 
 METADATA_EVENT = "perfops_sla_notice"
-PERMANENT_ERRORS = {
-    "invalid_auth",
-    "not_authed",
-    "token_revoked",
-    "token_expired",
-    "account_inactive",
-    "channel_not_found",
-    "not_in_channel",
-    "is_archived",
-    "missing_scope",
-    "no_permission",
-    "restricted_action",
-    "invalid_blocks",
-    "msg_too_long",
-}
-
-
-class NoticeFailed(ConnectionFailed):
-    """Slack did not take a notice; `permanent` when a retry cannot help."""
-
-    def __init__(self, message: str, *, permanent: bool, reason: str) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-        self.reason = reason
+FIND_MARGIN_S = 300  # read back from this long before the first attempt (clock skew)
+PAGE = 200
+MAX_PAGES = 50  # 10,000 messages of one channel's lookback
+BACKOFF_S = 0.5
+BACKOFF_MAX_S = 8.0
 
 
 class Messenger(ABC):
@@ -57,6 +59,15 @@ class Messenger(ABC):
     (`FileMessenger`)."""
 
     sink: str
+
+    def resolve(self, channels: Iterable[str], cache: ChannelCache | None = None) -> dict[str, str]:
+        """`configured channel -> the id to use` for those that resolve (all of them, as they
+        are, for the outbox); a failure is raised by the first call to that channel."""
+        return {c: c for c in channels}
+
+    def channel_id(self, channel: str) -> str:
+        """The id to use for `channel` (the outbox keeps names)."""
+        return channel
 
     def post(
         self,
@@ -68,7 +79,7 @@ class Messenger(ABC):
         broadcast: bool = False,
     ) -> tuple[str, str]:
         """Post a notice carrying `metadata` (a reply in `thread_ts`, `broadcast` to the channel
-        too); its (channel, ts)."""
+        too); its (channel id, ts)."""
         message = {
             "channel": channel,
             "text": text,
@@ -86,136 +97,14 @@ class Messenger(ABC):
     def update(self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]]) -> None: ...
 
     @abstractmethod
-    def notices(self, channel: str, oldest: float) -> list[dict[str, Any]]: ...
-
-
-def _failed(what: str, exc: SlackClientError) -> NoticeFailed:
-    if isinstance(exc, SlackApiError):
-        reason = str(exc.response.get("error", "unknown_error"))
-        status = exc.response.status_code
-        permanent = reason in PERMANENT_ERRORS or (status < 500 and status != 429)
-        hint = " (check the bot token in the Slack block)" if "auth" in reason else ""
-        return NoticeFailed(
-            f"Slack refused {what}: {reason} (HTTP {status}){hint}",
-            permanent=permanent,
-            reason=reason,
-        )
-    return NoticeFailed(
-        f"Slack {what} failed: {redact(str(exc))}", permanent=False, reason=type(exc).__name__
-    )
-
-
-class SlackMessenger(Messenger):
-    sink = "slack"
-
-    def __init__(self, target: SlackEscalationTarget) -> None:
-        self.target = target
-        self._client: WebClient | None = None
-
-    @property
-    def client(self) -> WebClient:
-        if self._client is None:
-            self._client = self.target.get_client()
-        return self._client
-
-    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(**kwargs)
-        except SlackClientError as exc:
-            raise _failed(what, exc) from None
-        except OSError as exc:  # timeouts, refused connections after slack-sdk's retries
-            raise NoticeFailed(
-                f"Slack {what} failed: {redact(str(exc)) or type(exc).__name__}",
-                permanent=False,
-                reason=type(exc).__name__,
-            ) from None
-
-    def _post(self, message: dict[str, Any], broadcast: bool) -> tuple[str, str]:
-        channel, thread_ts = message["channel"], message["thread_ts"]
-        try:
-            response = self._call(
-                f"a notice to {channel}",
-                self.client.chat_postMessage,
-                **message,
-                reply_broadcast=broadcast if thread_ts else None,
-                unfurl_links=False,
-            )
-        except NoticeFailed as exc:
-            # A timeout may hide a message Slack did post: look for it before giving up, so a
-            # retry (ours or the next run's) never posts it twice.
-            if exc.permanent:
-                raise
-            key = message["metadata"]["event_payload"].get("key", "")
-            found = self.find(channel, str(key), thread_ts)
-            if found is None:
-                raise
-            return channel, found
-        return str(response["channel"]), str(response["ts"])
-
-    def _history(self, channel: str, oldest: float) -> list[dict[str, Any]]:
-        """The messages of `channel` since `oldest` (unix s, at most 200), with their metadata."""
-        history = self._call(
-            f"reading {channel}",
-            self.client.conversations_history,
-            channel=channel,
-            oldest=str(oldest),
-            limit=200,
-            include_all_metadata=True,
-        )
-        messages: list[dict[str, Any]] = history.get("messages", [])
-        return messages
-
-    def _replies(self, channel: str, ts: str) -> list[dict[str, Any]]:
-        """The thread of `ts` in `channel` (the parent first), with their metadata."""
-        replies = self._call(
-            f"reading a thread in {channel}",
-            self.client.conversations_replies,
-            channel=channel,
-            ts=ts,
-            include_all_metadata=True,
-        )
-        messages: list[dict[str, Any]] = replies.get("messages", [])
-        return messages
-
-    def find(self, channel: str, key: str, thread_ts: str | None) -> str | None:
-        """The ts of the notice with idempotency `key` in `channel` (last hour), if any."""
-        if not key:
-            return None
-        try:
-            if thread_ts:
-                messages = self._replies(channel, thread_ts)
-            else:
-                messages = self._history(channel, time.time() - 3600)
-        except NoticeFailed:
-            return None
-        for message in messages:
-            payload = _payload(message)
-            if payload is not None and payload.get("key") == key:
-                return str(message["ts"])
-        return None
-
-    def update(self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]]) -> None:
-        self._call(
-            f"an update of {channel}/{ts}",
-            self.client.chat_update,
-            channel=channel,
-            ts=ts,
-            text=text,
-            blocks=blocks,
-        )
-
     def notices(self, channel: str, oldest: float) -> list[dict[str, Any]]:
-        """perfops notice payloads in `channel` since `oldest` (unix s), threads included."""
-        found: list[dict[str, Any]] = []
-        for message in self._history(channel, oldest):
-            if _payload(message) is None:
-                continue
-            for item in self._replies(channel, message["ts"]):
-                payload = _payload(item)
-                if payload is not None:
-                    top = item.get("thread_ts") in (None, item["ts"])
-                    found.append({**payload, "_channel": channel, "_ts": item["ts"], "_top": top})
-        return found
+        """perfops notice payloads in `channel` since `oldest` (unix s), threads included, each
+        with `_channel` (the id), `_ts` and `_top` (not a reply)."""
+
+    @abstractmethod
+    def find(self, channel: str, key: str, thread_ts: str | None, oldest: float) -> str | None:
+        """The ts of the notice with idempotency `key` in `channel` (in thread `thread_ts`, or
+        top level since `oldest`), if it is there; raises NoticeFailed when unreadable."""
 
 
 def _payload(message: dict[str, Any]) -> dict[str, Any] | None:
@@ -224,6 +113,197 @@ def _payload(message: dict[str, Any]) -> dict[str, Any] | None:
         return None
     payload = meta.get("event_payload")
     return payload if isinstance(payload, dict) else None
+
+
+def _backoff(attempt: int) -> float:
+    return min(BACKOFF_S * 2**attempt, BACKOFF_MAX_S) * (0.5 + random.random() / 2)
+
+
+class SlackMessenger(Messenger):
+    sink = "slack"
+
+    def __init__(self, target: SlackEscalationTarget, cache: ChannelCache | None = None) -> None:
+        self.target = target
+        self.cache = cache
+        self.directory = ChannelDirectory()
+        self._client: WebClient | None = None
+
+    @property
+    def client(self) -> WebClient:
+        if self._client is None:
+            self._client = self.target.get_client()
+        return self._client
+
+    @property
+    def scope(self) -> str:
+        """The channel cache's scope: one workspace and token (a digest, never the token)."""
+        token = self.target.bot_token.get_secret_value()
+        return hashlib.sha256(f"{self.target.api_base_url}|{token}".encode()).hexdigest()[:16]
+
+    # -- channels ------------------------------------------------------------------------------
+
+    def resolve(self, channels: Iterable[str], cache: ChannelCache | None = None) -> dict[str, str]:
+        if cache is not None:
+            self.cache = cache
+        wanted = list(dict.fromkeys(channels))
+        known = self.directory.ids.keys() | self.directory.problems.keys()
+        todo = [c for c in wanted if c not in known]
+        if todo:
+            found = resolve_channels(
+                slack_call,
+                self.client,
+                todo,
+                self.cache,
+                self.scope,
+                self.target.channel_cache_ttl_s,
+            )
+            self.directory.ids.update(found.ids)
+            self.directory.problems.update(found.problems)
+        return {c: self.directory.ids[c] for c in wanted if c in self.directory.ids}
+
+    def channel_id(self, channel: str) -> str:
+        """The id of `channel` (a configured name is resolved once; an id is itself)."""
+        known = channel in self.directory.ids or channel in self.directory.problems
+        if not known and not CHANNEL_ID.match(channel):
+            self.resolve([channel])
+        return self.directory.id_of(channel)
+
+    def _forget(self, channel_id: str, exc: NoticeFailed) -> None:
+        """Slack says the channel is gone or the bot left: the next run resolves it again."""
+        if exc.reason not in CHANNEL_ERRORS or self.cache is None:
+            return
+        for name, cid in list(self.directory.ids.items()):
+            if cid == channel_id:
+                self.cache.forget_channel(self.scope, name)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def _pages(self, what: str, fn: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        cursor = ""
+        for _ in range(MAX_PAGES):
+            page = slack_call(what, fn, **kwargs, limit=PAGE, cursor=cursor or None)
+            yield from page.get("messages", [])
+            cursor = str((page.get("response_metadata") or {}).get("next_cursor") or "")
+            if not cursor:
+                return
+
+    def _history(self, channel_id: str, oldest: float) -> Iterator[dict[str, Any]]:
+        """The top-level messages (and thread broadcasts) of a channel since `oldest`, newest
+        first, with their metadata."""
+        return self._pages(
+            f"reading {channel_id}",
+            self.client.conversations_history,
+            channel=channel_id,
+            oldest=f"{oldest:.6f}",
+            include_all_metadata=True,
+        )
+
+    def _replies(self, channel_id: str, ts: str) -> Iterator[dict[str, Any]]:
+        """The thread of `ts` (the parent first), with their metadata."""
+        return self._pages(
+            f"reading a thread in {channel_id}",
+            self.client.conversations_replies,
+            channel=channel_id,
+            ts=ts,
+            include_all_metadata=True,
+        )
+
+    def find(self, channel: str, key: str, thread_ts: str | None, oldest: float) -> str | None:
+        if not key:
+            return None
+        channel_id = self.channel_id(channel)
+        messages = (
+            self._replies(channel_id, thread_ts) if thread_ts else self._history(channel_id, oldest)
+        )
+        for message in messages:
+            payload = _payload(message)
+            if payload is not None and payload.get("key") == key:
+                return str(message["ts"])
+        return None
+
+    def notices(self, channel: str, oldest: float) -> list[dict[str, Any]]:
+        channel_id = self.channel_id(channel)
+        found: list[dict[str, Any]] = []
+
+        def add(message: dict[str, Any], payload: dict[str, Any]) -> None:
+            top = message.get("thread_ts") in (None, message["ts"])
+            found.append({**payload, "_channel": channel_id, "_ts": message["ts"], "_top": top})
+
+        for message in self._history(channel_id, oldest):
+            payload = _payload(message)
+            if payload is None or message.get("thread_ts") not in (None, message["ts"]):
+                continue  # not perfops', or a broadcast reply (read with its thread)
+            if not message.get("reply_count"):
+                add(message, payload)
+                continue
+            for item in self._replies(channel_id, message["ts"]):
+                reply = _payload(item)
+                if reply is not None:
+                    add(item, reply)
+        return found
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def _post(self, message: dict[str, Any], broadcast: bool) -> tuple[str, str]:
+        name, thread_ts = message["channel"], message["thread_ts"]
+        channel_id = self.channel_id(name)
+        key = str(message["metadata"]["event_payload"].get("key", ""))
+        oldest = time.time() - FIND_MARGIN_S
+        last: NoticeFailed | None = None
+        for attempt in range(self.target.max_retries + 1):
+            if attempt:
+                time.sleep(_backoff(attempt - 1))
+            if last is not None:
+                # A 5xx or a timeout may hide a message Slack stored: look before posting again.
+                try:
+                    ts = self.find(channel_id, key, thread_ts, oldest)
+                except NoticeFailed as exc:
+                    last = NoticeFailed(
+                        f"{last}; reading it back failed too ({exc}): not posted again",
+                        permanent=False,
+                        reason=last.reason,
+                    )
+                    continue
+                if ts is not None:
+                    return channel_id, ts
+            try:
+                response = slack_call(
+                    f"a notice to {name}",
+                    self.client.chat_postMessage,
+                    **{**message, "channel": channel_id},
+                    reply_broadcast=broadcast if thread_ts else None,
+                    unfurl_links=False,
+                )
+            except NoticeFailed as exc:
+                if exc.permanent:
+                    self._forget(channel_id, exc)
+                    raise
+                last = exc
+                continue
+            return str(response["channel"]), str(response["ts"])
+        assert last is not None
+        try:  # the last attempt may have been stored too
+            ts = self.find(channel_id, key, thread_ts, oldest)
+        except NoticeFailed:
+            ts = None
+        if ts is not None:
+            return channel_id, ts
+        raise last
+
+    def update(self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]]) -> None:
+        channel_id = self.channel_id(channel)
+        try:
+            slack_call(
+                f"an update of {channel}/{ts}",
+                self.client.chat_update,
+                channel=channel_id,
+                ts=ts,
+                text=text,
+                blocks=blocks,
+            )
+        except NoticeFailed as exc:
+            self._forget(channel_id, exc)
+            raise
 
 
 class FileMessenger(Messenger):
@@ -259,12 +339,11 @@ class FileMessenger(Messenger):
                 found.append({**payload, "_channel": channel, "_ts": str(line["ts"]), "_top": top})
         return found
 
+    def find(self, channel: str, key: str, thread_ts: str | None, oldest: float) -> str | None:
+        return next((n["_ts"] for n in self.notices(channel, 0) if n.get("key") == key), None)
+
 
 def messenger_for(sink: SlackEscalationTarget | FileOutbox) -> Messenger:
     if isinstance(sink, FileOutbox):
         return FileMessenger(sink)
     return SlackMessenger(sink)
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, default=str, sort_keys=True)

@@ -1,25 +1,48 @@
-"""A tiny Slack Web API stand-in for ``slack_sdk.WebClient(base_url=stand_in.base_url)``.
+"""A Slack Web API stand-in for ``slack_sdk.WebClient(base_url=stand_in.base_url)``, as strict as
+Slack where perfops depends on it.
 
 slack-sdk always POSTs (``conversations.info`` included): ``chat.postMessage``/``chat.update`` as
 JSON, most other methods form-encoded; query-string parameters are merged in too. Like real Slack,
 API errors are HTTP 200 with ``{"ok": false, "error": ...}``; only injected faults
 (:meth:`SlackStandIn.fail_next`) use other status codes.
 
+What it holds Slack to (each one a way perfops once failed against the real service):
+
+- **Channels are ids.** The workspace has channels (:meth:`SlackStandIn.add_channel`; a default
+  set exists, the bot a member of each), each with an id (``C...``) and a name. Only
+  ``chat.postMessage`` accepts a name (``#name`` or ``name``), and it answers with the channel's
+  *id*; ``chat.update``, ``conversations.history``, ``conversations.replies`` and
+  ``conversations.info`` take ids only and answer ``channel_not_found`` for a name.
+- **Membership.** A public channel the bot is not in: ``not_in_channel`` for posts and reads; a
+  private channel it is not in does not exist for it (``channel_not_found``, and
+  ``conversations.list`` does not list it). An archived channel: ``is_archived`` for posts.
+- **Paging.** ``conversations.list`` (``types``, ``exclude_archived``, ``limit`` default 100),
+  ``conversations.history`` (newest first, ``oldest``/``latest`` exclusive unless ``inclusive``,
+  ``limit`` default 100) and ``conversations.replies`` (``limit`` default 1000) page with
+  ``cursor`` and ``response_metadata.next_cursor``.
+- **Threads.** A reply with ``reply_broadcast`` also shows in the channel's history
+  (``subtype: thread_broadcast``); a thread's parent carries ``reply_count``; ``metadata`` only
+  with ``include_all_metadata``.
+- **Partial failures.** :meth:`SlackStandIn.fail_next` with ``after_handling=True`` answers a
+  500 for a request it *did* handle (the message is stored); :meth:`SlackStandIn.delay_next`
+  stores at once and answers after the client's timeout. Either fault can wait for one method.
+
 slack-sdk retry behaviour (verified against this stand-in):
 - ``RateLimitErrorRetryHandler`` retries a 429 after ``Retry-After`` + random 0-1 s.
-- A 500/503 raises ``SlackApiError`` unless ``ServerErrorRetryHandler`` is in ``retry_handlers``.
+- A 500/503 raises ``SlackApiError`` unless ``ServerErrorRetryHandler`` is in ``retry_handlers``;
+  with it, a ``chat.postMessage`` answered 500 after Slack stored it is posted twice.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import json
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -29,7 +52,20 @@ from demo.local_server import LocalServer
 JsonDict = dict[str, Any]
 
 DEFAULT_TOKEN = "xoxb-test-token"
+# The channels every stand-in starts with (the bot a member of each): the test definitions',
+# deployments/slos.yaml's and the block's defaults.
+DEFAULT_CHANNELS = (
+    "oncall",
+    "incidents",
+    "platform-oncall",
+    "perfops",
+    "team-lead",
+    "eng-manager",
+    "cto",
+)
 _FAULT_ERRORS = {429: "ratelimited", 500: "internal_error", 503: "service_unavailable"}
+# Methods that take a channel id only (a name is `channel_not_found`, as in Slack).
+_ID_ONLY = {"chat.update", "conversations.history", "conversations.replies", "conversations.info"}
 
 
 @dataclass(frozen=True)
@@ -47,17 +83,55 @@ class SlackRequest:
 class _Fault:
     status: int
     retry_after: int | None
+    method: str | None  # only a request of this method takes the fault
+    after_handling: bool  # handle the request (store the message), then answer the fault
+
+
+@dataclass(frozen=True)
+class _Delay:
+    seconds: float
+    method: str | None
+
+
+@dataclass
+class Channel:
+    """A conversation of the stand-in's workspace."""
+
+    id: str
+    name: str
+    is_private: bool = False
+    is_archived: bool = False
+    is_member: bool = True
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def payload(self) -> JsonDict:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "name_normalized": self.name,
+            "is_channel": not self.is_private,
+            "is_group": False,
+            "is_private": self.is_private,
+            "is_archived": self.is_archived,
+            "is_member": self.is_member,
+            "created": self.created,
+        }
 
 
 class SlackStandIn(LocalServer):
     """Slack Web API stand-in on 127.0.0.1:<free port> served from a background thread."""
 
-    def __init__(self, token: str = DEFAULT_TOKEN) -> None:
+    def __init__(
+        self, token: str = DEFAULT_TOKEN, channels: tuple[str, ...] = DEFAULT_CHANNELS
+    ) -> None:
         self.token = token
+        self._default_channels = channels
         self._lock = threading.Lock()
         self._requests: list[SlackRequest] = []
         self._messages: list[JsonDict] = []
-        self._faults: deque[_Fault] = deque()
+        self._channels: list[Channel] = []
+        self._faults: list[_Fault] = []
+        self._delays: list[_Delay] = []
         self._last_ts_us = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -67,10 +141,11 @@ class SlackStandIn(LocalServer):
             "chat.postMessage": self._post_message,
             "chat.update": self._update,
             "conversations.info": self._conversations_info,
+            "conversations.list": self._conversations_list,
             "conversations.history": self._history,
             "conversations.replies": self._replies,
         }
-        self._delays: deque[float] = deque()
+        self._reset_channels()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -114,26 +189,75 @@ class SlackStandIn(LocalServer):
 
     @property
     def messages(self) -> list[JsonDict]:
-        """Posted messages: channel, ts, text, blocks, thread_ts, updates (earlier versions)."""
+        """Posted messages, oldest first: channel (its id), ts, text, blocks, thread_ts,
+        reply_broadcast, metadata, updates (earlier versions)."""
         with self._lock:
             return copy.deepcopy(self._messages)
 
-    def fail_next(self, status: int, count: int = 1, retry_after: int | None = None) -> None:
-        """Answer the next ``count`` requests with HTTP ``status`` before normal handling."""
+    def add_channel(
+        self,
+        name: str,
+        *,
+        member: bool = True,
+        private: bool = False,
+        archived: bool = False,
+    ) -> str:
+        """Create a channel (`#name` or `name`) and return its id."""
         with self._lock:
-            self._faults.extend(_Fault(status, retry_after) for _ in range(count))
+            channel = Channel(
+                id=f"C{0x5E0000 + len(self._channels):08X}",
+                name=name.lstrip("#").lower(),
+                is_private=private,
+                is_archived=archived,
+                is_member=member,
+            )
+            self._channels.append(channel)
+            return channel.id
+
+    def set_member(self, name: str, member: bool) -> None:
+        """Invite the bot to (or remove it from) channel `name`."""
+        with self._lock:
+            self._by_name(name).is_member = member
+
+    def channel_id(self, name: str) -> str:
+        """The id of channel `name` (`#name` or `name`)."""
+        with self._lock:
+            return self._by_name(name).id
+
+    def channel_name(self, channel_id: str) -> str:
+        """`#name` of the channel with `channel_id`."""
+        with self._lock:
+            return "#" + next(c.name for c in self._channels if c.id == channel_id)
+
+    def fail_next(
+        self,
+        status: int,
+        count: int = 1,
+        retry_after: int | None = None,
+        *,
+        method: str | None = None,
+        after_handling: bool = False,
+    ) -> None:
+        """Answer the next ``count`` requests (of ``method`` only, when given) with HTTP
+        ``status``. ``after_handling``: handle each first, as Slack did when its answer was a
+        500 after it stored the message."""
+        with self._lock:
+            self._faults.extend(
+                _Fault(status, retry_after, method, after_handling) for _ in range(count)
+            )
 
     @property
     def faults_pending(self) -> int:
-        """Injected faults not yet served (they wait for the next requests)."""
+        """Injected faults and delays not yet served (they wait for the next requests)."""
         with self._lock:
-            return len(self._faults)
+            return len(self._faults) + len(self._delays)
 
-    def delay_next(self, seconds: float, count: int = 1) -> None:
-        """Handle the next ``count`` requests at once but answer only after ``seconds``: a
-        client that times out has had its message posted anyway."""
+    def delay_next(self, seconds: float, count: int = 1, *, method: str | None = None) -> None:
+        """Handle the next ``count`` requests (of ``method`` only, when given) at once but
+        answer only after ``seconds``: a client that times out has had its message posted
+        anyway."""
         with self._lock:
-            self._delays.extend(seconds for _ in range(count))
+            self._delays.extend(_Delay(seconds, method) for _ in range(count))
 
     def reset(self) -> None:
         with self._lock:
@@ -141,24 +265,34 @@ class SlackStandIn(LocalServer):
             self._messages.clear()
             self._faults.clear()
             self._delays.clear()
+        self._reset_channels()
+
+    def _reset_channels(self) -> None:
+        with self._lock:
+            self._channels.clear()
+        for name in self._default_channels:
+            self.add_channel(name)
 
     # -- request handling ----------------------------------------------------------------------
+
+    def _take(self, queue: list[Any], method: str) -> Any:
+        # Caller holds the lock: the first fault or delay for this method (or for any).
+        for i, item in enumerate(queue):
+            if item.method in (None, method):
+                return queue.pop(i)
+        return None
 
     def handle(
         self, method: str, headers: dict[str, str], body: JsonDict
     ) -> tuple[int, dict[str, str], JsonDict]:
         """Return (HTTP status, extra headers, JSON payload) and record the request."""
         with self._lock:
-            fault = self._faults.popleft() if self._faults else None
-            delay = self._delays.popleft() if self._delays else 0.0
+            fault: _Fault | None = self._take(self._faults, method)
+            delay: _Delay | None = self._take(self._delays, method)
         extra: dict[str, str] = {}
-        if fault is not None:
-            status = fault.status
-            payload: JsonDict = {"ok": False, "error": _FAULT_ERRORS.get(status, "fatal_error")}
-            if fault.retry_after is not None:
-                extra["Retry-After"] = str(fault.retry_after)
-        else:
-            status = 200
+        status = 200
+        payload: JsonDict = {}
+        if fault is None or fault.after_handling:
             auth = headers.get("authorization", "")
             if auth != f"Bearer {self.token}":
                 payload = {"ok": False, "error": "invalid_auth"}
@@ -166,10 +300,15 @@ class SlackStandIn(LocalServer):
                 payload = self._methods[method](body)
             else:
                 payload = {"ok": False, "error": "unknown_method"}
+        if fault is not None:
+            status = fault.status
+            payload = {"ok": False, "error": _FAULT_ERRORS.get(status, "fatal_error")}
+            if fault.retry_after is not None:
+                extra["Retry-After"] = str(fault.retry_after)
         with self._lock:
             self._requests.append(SlackRequest(method, headers, body, time.time(), status))
-        if delay:  # handled (a message is posted), but the answer comes late
-            time.sleep(delay)
+        if delay is not None:  # handled (a message is posted), but the answer comes late
+            time.sleep(delay.seconds)
         return status, extra, payload
 
     def _next_ts(self) -> str:
@@ -177,6 +316,31 @@ class SlackStandIn(LocalServer):
         self._last_ts_us = max(self._last_ts_us + 100, int(time.time() * 1_000_000))
         seconds, micros = divmod(self._last_ts_us, 1_000_000)
         return f"{seconds}.{micros:06d}"
+
+    def _by_name(self, name: str) -> Channel:
+        # Caller holds the lock.
+        wanted = name.lstrip("#").lower()
+        return next(c for c in self._channels if c.name == wanted)
+
+    def _visible(self, channel: Channel) -> bool:
+        return not channel.is_private or channel.is_member
+
+    def _resolve(self, method: str, value: Any) -> Channel | JsonDict:
+        """The channel a request names, or Slack's error for it. Caller holds the lock."""
+        text = str(value or "")
+        found = next((c for c in self._channels if c.id == text), None)
+        if found is None and method not in _ID_ONLY:
+            wanted = text.lstrip("#").lower()
+            found = next((c for c in self._channels if c.name == wanted), None)
+        if found is None or not self._visible(found):
+            return {"ok": False, "error": "channel_not_found"}
+        if method == "conversations.info":
+            return found
+        if not found.is_member:
+            return {"ok": False, "error": "not_in_channel"}
+        if method in ("chat.postMessage", "chat.update") and found.is_archived:
+            return {"ok": False, "error": "is_archived"}
+        return found
 
     def _auth_test(self, body: JsonDict) -> JsonDict:
         return {
@@ -191,31 +355,36 @@ class SlackStandIn(LocalServer):
         }
 
     def _post_message(self, body: JsonDict) -> JsonDict:
-        channel = body.get("channel")
-        if not channel:
-            return {"ok": False, "error": "channel_not_found"}
         if not (body.get("text") or body.get("blocks") or body.get("attachments")):
             return {"ok": False, "error": "no_text"}
         with self._lock:
+            channel = self._resolve("chat.postMessage", body.get("channel"))
+            if isinstance(channel, dict):
+                return channel
             ts = self._next_ts()
+            thread_ts = body.get("thread_ts") or None
             record: JsonDict = {
-                "channel": channel,
+                "channel": channel.id,
                 "ts": ts,
                 "text": body.get("text", ""),
                 "blocks": body.get("blocks"),
-                "thread_ts": body.get("thread_ts"),
+                "thread_ts": str(thread_ts) if thread_ts else None,
+                "reply_broadcast": bool(thread_ts) and _true(body.get("reply_broadcast")),
                 "metadata": body.get("metadata"),
                 "updates": [],
             }
             self._messages.append(record)
-            message = _message_payload(record)
-        return {"ok": True, "channel": channel, "ts": ts, "message": message}
+            message = self._payload(record)
+        return {"ok": True, "channel": channel.id, "ts": ts, "message": message}
 
     def _update(self, body: JsonDict) -> JsonDict:
-        channel, ts = body.get("channel"), body.get("ts")
+        ts = body.get("ts")
         with self._lock:
+            channel = self._resolve("chat.update", body.get("channel"))
+            if isinstance(channel, dict):
+                return channel
             record = next(
-                (m for m in self._messages if m["channel"] == channel and m["ts"] == ts), None
+                (m for m in self._messages if m["channel"] == channel.id and m["ts"] == ts), None
             )
             if record is None:
                 return {"ok": False, "error": "message_not_found"}
@@ -224,79 +393,139 @@ class SlackStandIn(LocalServer):
                 record["text"] = body["text"]
             if "blocks" in body:
                 record["blocks"] = body["blocks"]
-            message = _message_payload(record)
+            message = self._payload(record)
         return {
             "ok": True,
-            "channel": channel,
+            "channel": channel.id,
             "ts": ts,
             "text": message["text"],
             "message": message,
         }
 
     def _history(self, body: JsonDict) -> JsonDict:
-        """Top-level messages of a channel, newest first (``oldest``/``latest`` bounds); like
-        Slack, ``metadata`` only with ``include_all_metadata``; no pagination (``limit`` caps)."""
-        channel = body.get("channel")
+        """Top-level messages and thread broadcasts of a channel, newest first; like Slack,
+        ``metadata`` only with ``include_all_metadata``; paged by ``cursor``."""
         oldest, latest = float(body.get("oldest") or 0), float(body.get("latest") or 9e12)
-        limit = int(body.get("limit") or 100)
-        with_meta = str(body.get("include_all_metadata", "")).lower() in ("1", "true")
+        inclusive = _true(body.get("inclusive"))
+        with_meta = _true(body.get("include_all_metadata"))
         with self._lock:
+            channel = self._resolve("conversations.history", body.get("channel"))
+            if isinstance(channel, dict):
+                return channel
+
+            def within(ts: float) -> bool:
+                if inclusive:
+                    return oldest <= ts <= latest
+                return oldest < ts < latest
+
             found = [
-                _message_payload(m, with_meta)
+                self._payload(m, with_meta)
                 for m in self._messages
-                if m["channel"] == channel
-                and m["thread_ts"] is None
-                and oldest <= float(m["ts"]) <= latest
+                if m["channel"] == channel.id
+                and (m["thread_ts"] is None or m["reply_broadcast"])
+                and within(float(m["ts"]))
             ]
         found.reverse()
-        return {"ok": True, "messages": found[:limit], "has_more": len(found) > limit}
+        return _page(found, body, "messages", default_limit=100, max_limit=999)
 
     def _replies(self, body: JsonDict) -> JsonDict:
-        """A thread: its parent first, then the replies oldest first."""
-        channel, ts = body.get("channel"), body.get("ts")
-        with_meta = str(body.get("include_all_metadata", "")).lower() in ("1", "true")
+        """A thread: its parent first, then the replies oldest first (``ts`` may name the
+        parent or any reply); paged by ``cursor``."""
+        ts = str(body.get("ts") or "")
+        with_meta = _true(body.get("include_all_metadata"))
         with self._lock:
+            channel = self._resolve("conversations.replies", body.get("channel"))
+            if isinstance(channel, dict):
+                return channel
+            mine = [m for m in self._messages if m["channel"] == channel.id]
+            named = next((m for m in mine if m["ts"] == ts), None)
+            if named is None:
+                return {"ok": False, "error": "thread_not_found"}
+            parent = named["thread_ts"] or named["ts"]
             found = [
-                _message_payload(m, with_meta)
-                for m in self._messages
-                if m["channel"] == channel and (m["ts"] == ts or m["thread_ts"] == ts)
+                self._payload(m, with_meta)
+                for m in mine
+                if m["ts"] == parent or m["thread_ts"] == parent
             ]
-        if not found:
-            return {"ok": False, "error": "thread_not_found"}
-        return {"ok": True, "messages": found, "has_more": False}
+        return _page(found, body, "messages", default_limit=1000, max_limit=1000)
 
     def _conversations_info(self, body: JsonDict) -> JsonDict:
-        channel = str(body.get("channel") or "")
-        if not channel:
-            return {"ok": False, "error": "channel_not_found"}
-        return {
-            "ok": True,
-            "channel": {
-                "id": channel,
-                "name": channel.lstrip("#").lower(),
-                "is_channel": True,
-                "is_private": False,
-                "is_archived": False,
-                "is_member": True,
-            },
+        with self._lock:
+            channel = self._resolve("conversations.info", body.get("channel"))
+            if isinstance(channel, dict):
+                return channel
+            return {"ok": True, "channel": channel.payload()}
+
+    def _conversations_list(self, body: JsonDict) -> JsonDict:
+        """Channels of the requested `types` (default public_channel); private ones only where
+        the bot is a member; paged by ``cursor``."""
+        types = set(str(body.get("types") or "public_channel").split(","))
+        exclude_archived = _true(body.get("exclude_archived"))
+        with self._lock:
+            found = [
+                c.payload()
+                for c in self._channels
+                if self._visible(c)
+                and ("private_channel" if c.is_private else "public_channel") in types
+                and not (exclude_archived and c.is_archived)
+            ]
+        return _page(found, body, "channels", default_limit=100, max_limit=1000)
+
+    def _payload(self, record: JsonDict, with_metadata: bool = False) -> JsonDict:
+        # Caller holds the lock.
+        message: JsonDict = {
+            "type": "message",
+            "user": "U00000001",
+            "bot_id": "B00000001",
+            "text": record["text"],
+            "ts": record["ts"],
         }
+        if record["blocks"] is not None:
+            message["blocks"] = copy.deepcopy(record["blocks"])
+        if record["thread_ts"] is not None:
+            message["thread_ts"] = record["thread_ts"]
+            if record["reply_broadcast"]:
+                message["subtype"] = "thread_broadcast"
+        else:
+            replies = [
+                m
+                for m in self._messages
+                if m["channel"] == record["channel"] and m["thread_ts"] == record["ts"]
+            ]
+            if replies:
+                message["thread_ts"] = record["ts"]
+                message["reply_count"] = len(replies)
+                message["latest_reply"] = replies[-1]["ts"]
+        if with_metadata and record.get("metadata") is not None:
+            message["metadata"] = copy.deepcopy(record["metadata"])
+        return message
 
 
-def _message_payload(record: JsonDict, with_metadata: bool = False) -> JsonDict:
-    message: JsonDict = {
-        "type": "message",
-        "user": "U00000001",
-        "bot_id": "B00000001",
-        "text": record["text"],
-        "ts": record["ts"],
-    }
-    if record["blocks"] is not None:
-        message["blocks"] = copy.deepcopy(record["blocks"])
-    if record["thread_ts"] is not None:
-        message["thread_ts"] = record["thread_ts"]
-    if with_metadata and record.get("metadata") is not None:
-        message["metadata"] = copy.deepcopy(record["metadata"])
-    return message
+def _true(value: Any) -> bool:
+    return str(value or "").lower() in ("1", "true")
+
+
+def _page(
+    items: list[JsonDict], body: JsonDict, key: str, *, default_limit: int, max_limit: int
+) -> JsonDict:
+    """One page of `items` from the request's ``cursor`` (opaque, as Slack's) and ``limit``."""
+    limit = min(int(body.get("limit") or default_limit), max_limit)
+    cursor = str(body.get("cursor") or "")
+    try:
+        start = (
+            int(base64.urlsafe_b64decode(cursor.encode()).decode().split(":")[1]) if cursor else 0
+        )
+    except (ValueError, IndexError):
+        return {"ok": False, "error": "invalid_cursor"}
+    page = items[start : start + limit]
+    more = start + limit < len(items)
+    next_cursor = (
+        base64.urlsafe_b64encode(f"next:{start + limit}".encode()).decode() if more else ""
+    )
+    answer: JsonDict = {"ok": True, key: page, "response_metadata": {"next_cursor": next_cursor}}
+    if key == "messages":
+        answer["has_more"] = more
+    return answer
 
 
 def _parse_body(content_type: str, raw: bytes, query: str) -> JsonDict:
@@ -307,7 +536,7 @@ def _parse_body(content_type: str, raw: bytes, query: str) -> JsonDict:
             body.update(parsed)
     elif raw:
         body.update(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
-    for key in ("blocks", "attachments"):  # form-encoded clients send these as JSON strings
+    for key in ("blocks", "attachments", "metadata"):  # form-encoded: JSON strings
         if isinstance(body.get(key), str):
             with contextlib.suppress(ValueError):
                 body[key] = json.loads(body[key])

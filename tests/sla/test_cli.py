@@ -8,9 +8,11 @@ import subprocess
 from datetime import timedelta
 from pathlib import Path
 
+from blocks import RedisTarget
 from tests.command import ROOT, run_perfops
 from tests.conftest import REDIS_TEST_URL
-from tests.servers import PrometheusServer
+from tests.servers import PrometheusServer, SlackStandIn
+from tests.servers.slack import DEFAULT_TOKEN
 from tests.sla.conftest import OUTAGE
 from tests.sla.helpers import DEFINITIONS
 
@@ -67,3 +69,51 @@ def test_evaluate_command_replays_a_minute(
     assert result.returncode == 1
     assert "firing      availability" in result.stdout
     assert "alerts firing: availability/page-fast" in result.stderr
+
+
+def test_ack_command_with_at_against_strict_slack_after_redis_lost_its_state(
+    prefect_api_url: str,
+    sla_prometheus: PrometheusServer,
+    slack: SlackStandIn,
+    redis_target: RedisTarget,
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERFOPS_")}
+    env.update(
+        {
+            "PREFECT_API_URL": prefect_api_url,
+            "PERFOPS_OUT_DIR": str(tmp_path),
+            "PERFOPS_REDIS_URL": REDIS_TEST_URL,
+            "PERFOPS_SLACK_TOKEN": DEFAULT_TOKEN,
+            "PERFOPS_SLACK_API_URL": slack.base_url,
+        }
+    )
+    definitions = tmp_path / "slos.yaml"
+    definitions.write_text(DEFINITIONS)
+    common = ["--definitions", str(definitions)]
+
+    def minute(offset: int) -> str:
+        return (OUTAGE.start + timedelta(minutes=offset)).strftime("%Y-%m-%dT%H:%M")
+
+    evaluate = ["sla", "evaluate", *common, "--prometheus-url", sla_prometheus.url, "--at"]
+    result = run_perfops(*evaluate, minute(4), env=env)
+    assert result.returncode == 1 and "notice fire level 1 -> slack #oncall: sent" in (
+        result.stdout
+    ), result.stdout + result.stderr
+    root = next(m for m in slack.messages if "availability" in m["text"])
+    redis_target.get_client().flushdb()  # Redis lost its data: the ack rebuilds from Slack
+    result = run_perfops(
+        "sla", "ack", "availability/page-fast", "--by", "alice", "--at", minute(6), *common, env=env
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "acknowledged by alice at level 1" in result.stdout
+    assert "thread reply: #oncall ts=" in result.stdout
+    ack = slack.messages[-1]
+    assert ack["thread_ts"] == root["ts"] and ack["channel"] == slack.channel_id("#oncall")
+    assert "Acknowledged by *alice* at " in str(ack["blocks"])
+    result = run_perfops(*evaluate, minute(25), "--json", env=env)
+    report = json.loads(result.stdout)
+    escalated = [d["group"] for d in report["delivery"]["delivered"] if d["kind"] == "escalate"]
+    assert "default:slo=availability" not in escalated  # acknowledged: no level 2
+    keys = [m["metadata"]["event_payload"]["key"] for m in slack.messages]
+    assert len(keys) == len(set(keys))

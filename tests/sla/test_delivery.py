@@ -43,7 +43,7 @@ def test_fire_escalate_resolve_in_one_thread(
     report = run(store, slack_target, 0)
     assert [d.outcome for d in report.delivered] == ["sent"]
     root = slack.messages[0]
-    assert root["channel"] == "#oncall" and root["thread_ts"] is None
+    assert root["channel"] == slack.channel_id("#oncall") and root["thread_ts"] is None
     assert root["blocks"][0]["type"] == "header" and "FIRING" in root["text"]
     for minute in range(1, 16):
         run(store, slack_target, minute)
@@ -62,12 +62,17 @@ def test_fire_escalate_resolve_in_one_thread(
 def test_429_and_500_are_retried_without_duplicates(
     store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
 ) -> None:
-    slack.fail_next(429, count=2, retry_after=0)
-    slack.fail_next(500)
+    slack.fail_next(429, count=2, retry_after=0, method="chat.postMessage")
+    slack.fail_next(500, method="chat.postMessage")
     report = run(store, slack_target, 0)
     assert [d.outcome for d in report.delivered] == ["sent"]
     assert len(slack.messages) == 1
-    assert [r.status for r in slack.requests][:4] == [429, 429, 500, 200]
+    calls = [(r.method, r.status) for r in slack.requests]
+    assert [s for m, s in calls if m == "chat.postMessage"] == [429, 429, 500, 200]
+    # After the 500, the channel was read back (by id) before the notice was posted again.
+    i = calls.index(("chat.postMessage", 500))
+    assert calls[i + 1 : i + 3] == [("conversations.history", 200), ("chat.postMessage", 200)]
+    assert slack.requests[i + 1].body["channel"] == slack.channel_id("#oncall")
     run(store, slack_target, 1)  # the next minute: recorded, nothing new
     assert len(slack.messages) == 1
 
@@ -75,8 +80,7 @@ def test_429_and_500_are_retried_without_duplicates(
 def test_timeout_after_slack_posted_is_found_not_reposted(
     store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
 ) -> None:
-    store.mark_state()  # no recovery read first: the slow answer is the post's
-    slack.delay_next(1.5)  # posted, answered after the client's 1 s timeout
+    slack.delay_next(1.5, method="chat.postMessage")  # posted, answered after the 1 s timeout
     report = run(store, slack_target, 0)
     assert [d.outcome for d in report.delivered] == ["sent"]
     assert len(slack.messages) == 1
@@ -184,14 +188,14 @@ def test_redis_restart_mid_escalation_recovers_from_slack(
     for minute in range(21, 46):
         run(store, slack_target, minute)
     assert len(keys(slack)) == len(set(keys(slack))) == 3  # level 3 at 45 min, once
-    assert slack.messages[-1]["channel"] == "#incidents"
+    assert slack.messages[-1]["channel"] == slack.channel_id("#incidents")
 
 
 def test_ack_stops_escalation_and_survives_a_redis_restart(
     store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
 ) -> None:
     run(store, slack_target, 0)
-    state, new = acknowledge_alert_in_store(
+    done = acknowledge_alert_in_store(
         store,
         SlackMessenger(slack_target),
         D,
@@ -199,8 +203,9 @@ def test_ack_stops_escalation_and_survives_a_redis_restart(
         "alice",
         T0 + timedelta(minutes=5),
     )
-    assert new and state.acked_by == "alice"
+    assert done.newly_acked and done.state.acked_by == "alice"
     assert "Acknowledged by *alice*" in str(slack.messages[-1]["blocks"])
+    assert slack.messages[-1]["thread_ts"] == slack.messages[0]["ts"]
     store.client.flushdb()
     for minute in range(6, 60):
         run(store, slack_target, minute)
@@ -228,7 +233,7 @@ def test_slack_down_beyond_retries_falls_back_to_email(
 ) -> None:
     store.mark_state()
     target = slack_target.model_copy(update={"max_retries": 1})
-    slack.fail_next(503, count=5)  # more than the retries
+    slack.fail_next(503, count=5, method="chat.postMessage")  # more than the retries
     report = run(store, target, 0, email=FileOutbox(directory=tmp_path))
     d = report.delivered[0]
     assert d.outcome == "email fallback"

@@ -12,7 +12,10 @@ from decisions.escalation import (
     Plan,
     PostedNotice,
     acknowledge,
+    acknowledgement,
+    continuing,
     decide,
+    policy_channels,
     rebuild,
     record,
 )
@@ -197,3 +200,74 @@ def test_rebuild_from_notice_metadata() -> None:
         decide(T0 + timedelta(minutes=60), [alert("availability/page-fast")], states, D).notices
         == []
     )
+
+
+def test_a_new_incident_never_continues_the_resolved_ones_threads() -> None:
+    sim = Sim()
+    a = [alert("availability/page-fast")]
+    sim.run(T0, 16, a)  # fire, level 2 in the thread
+    sim.step(T0 + timedelta(minutes=16), [])  # resolved
+    old = sim.states[next(iter(sim.states))]
+    sim.run(T0 + timedelta(minutes=30), 16, a)  # a new incident, escalated at +15
+    fire, escalate = sim.sent[-2:]
+    assert (fire.kind, escalate.kind) == ("fire", "escalate")
+    assert fire.incident != old.incident and fire.thread_ts is None
+    new = sim.states[fire.group]
+    assert new.root_ts != old.root_ts and escalate.thread_ts == new.root_ts
+    assert old.root_ts not in new.channel_roots.values()
+    assert all(key.startswith(new.incident) for key in new.notices)
+    sim.step(T0 + timedelta(minutes=50), [])
+    assert sim.sent[-1].kind == "resolved" and sim.sent[-1].thread_ts == new.root_ts
+
+
+def test_record_and_continuing_keep_only_the_notices_own_incident() -> None:
+    sim = Sim()
+    sim.run(T0, 16, [alert("availability/page-fast")])
+    sim.step(T0 + timedelta(minutes=16), [])
+    resolved = sim.states[next(iter(sim.states))]
+    fire = decide(T0 + timedelta(hours=1), [alert("availability/page-fast")], sim.states, D)
+    [notice] = fire.notices
+    assert continuing(resolved, notice) == notice.state_after
+    posted = PostedNotice(key=notice.key, channel="C1", ts="2.0", sent_at=notice.at, sink="slack")
+    after = record(resolved, notice, posted)
+    assert after.channel_roots == {"C1": "2.0"} and (after.root_channel, after.root_ts) == (
+        "C1",
+        "2.0",
+    )
+    assert list(after.notices) == [notice.key]
+
+
+def test_channels_are_ids_once_resolved() -> None:
+    assert policy_channels(D) == ["#oncall", "#incidents"]
+    ids = {"#oncall": "C0ONCALL", "#incidents": "C0INCIDENTS"}
+    sim = Sim()
+    a = [alert("availability/page-fast")]
+    for i in range(46):
+        now = T0 + timedelta(minutes=i)
+        plan = decide(now, a, sim.states, D, ids)
+        for n in plan.notices:
+            posted = PostedNotice(key=n.key, channel=n.channel, ts=f"{i}.0", sent_at=now, sink="x")
+            sim.states[n.group] = record(sim.states.get(n.group), n, posted)
+            sim.sent.append(n)
+    assert [(n.kind, n.channel, n.thread_ts) for n in sim.sent] == [
+        ("fire", "C0ONCALL", None),
+        ("escalate", "C0ONCALL", "0.0"),  # the thread is found by the id Slack answered with
+        ("escalate", "C0INCIDENTS", None),
+    ]
+    state = sim.states[sim.sent[0].group]
+    assert state.channel_roots == {"C0ONCALL": "0.0", "C0INCIDENTS": "45.0"}
+
+
+def test_acknowledgement_replies_in_every_thread_of_the_incident() -> None:
+    sim = Sim()
+    sim.run(T0, 46, [alert("availability/page-fast")])  # reached #oncall and #incidents
+    state = sim.states[next(iter(sim.states))]
+    replies = acknowledgement(state, "alice", T0 + timedelta(minutes=50))
+    assert [(n.kind, n.channel, n.thread_ts) for n in replies] == [
+        ("ack", "#oncall", state.channel_roots["#oncall"]),
+        ("ack", "#incidents", state.channel_roots["#incidents"]),
+    ]
+    assert replies[0].state_after.acked_by == "alice"
+    again = acknowledgement(replies[0].state_after, "bob", T0 + timedelta(minutes=55))
+    assert [n.key for n in again] == [n.key for n in replies]  # the first ack stays
+    assert again[0].state_after.acked_by == "alice"

@@ -37,7 +37,8 @@ def test_message_is_received_then_updated_in_thread(slack: SlackStandIn) -> None
     reply = post_message(target, posted.channel, "escalated to level 2", thread_ts=posted.ts)
     update_message(target, posted, "SLO api-availability resolved")
     first, second = slack.messages
-    assert (first["channel"], first["ts"]) == ("#team-lead", posted.ts)
+    assert posted.channel == slack.channel_id("#team-lead")  # Slack answers with the id
+    assert (first["channel"], first["ts"]) == (posted.channel, posted.ts)
     assert first["text"] == "SLO api-availability resolved"
     assert first["updates"][0]["text"] == "SLO api-availability burning 14.4x"
     assert second["thread_ts"] == posted.ts and reply.thread_ts == posted.ts
@@ -52,10 +53,17 @@ def test_rate_limit_is_retried_after_retry_after(slack: SlackStandIn) -> None:
     assert posted.sink == "slack"
 
 
-def test_server_errors_are_retried(slack: SlackStandIn) -> None:
+def test_server_errors_are_retried_but_a_post_is_never_sent_twice(slack: SlackStandIn) -> None:
+    target = _target(slack)
+    posted = post_message(target, "#team-lead", "hello")
     slack.fail_next(503, count=2)
-    post_message(_target(slack), "#team-lead", "hello")
-    assert [r.status for r in slack.requests] == [503, 503, 200]
+    update_message(target, posted, "edited")  # idempotent: retried by the client
+    assert [r.status for r in slack.requests][1:] == [503, 503, 200]
+    # A 500 may come after Slack stored the message: the client does not post it again.
+    slack.fail_next(500, method="chat.postMessage", after_handling=True)
+    with pytest.raises(ConnectionFailed, match="internal_error"):
+        post_message.fn(target, "#team-lead", "once")
+    assert [m["text"] for m in slack.messages] == ["edited", "once"]
 
 
 def test_permanent_error_fails_fast_with_slacks_reason(slack: SlackStandIn) -> None:
