@@ -255,7 +255,7 @@ def deploy(
         typer.Option(
             "--pool-env",
             help="NAME=VALUE set in the work pool's job environment before deploying, e.g. "
-            "PERFOPS_POSTGRES_BLOCK=prod (block names and settings, never secrets: job "
+            "PERFOPS_POSTGRES_BLOCK=perfops-postgres (block names and settings, never secrets: job "
             "variables are stored in clear); repeat for several.",
         ),
     ] = None,
@@ -270,8 +270,9 @@ def deploy(
     Parameters and schedule states changed on the server since the last `perfops deploy` are
     kept (a note says so; prefect.yaml wins where it changed the same value). A schedule starts
     only once its deployment's systems are configured: a block named by a parameter or by
-    PERFOPS_*_BLOCK in the work pool's environment, PERFOPS_* connection settings there, or
-    --configured SYSTEM. Unknown top-level parameters are refused by the API (409).
+    `PERFOPS_<SYSTEM>_BLOCK` in the work pool's environment, `PERFOPS_...` connection settings
+    there, or `--configured SYSTEM` (docs/deployments.md). Unknown top-level parameters are
+    refused by the API (409).
     """
     assumed = set(configured or [])
     unknown = assumed - set(SYSTEMS)
