@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -53,7 +54,14 @@ def promql_duration(delta: timedelta) -> str:
     return f"{seconds}s"
 
 
+def _has_window(value: str) -> str:
+    if WINDOW_PLACEHOLDER not in value:
+        raise ValueError(f"the expression must contain {WINDOW_PLACEHOLDER}: {value!r}")
+    return value
+
+
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+WindowedPromQL = Annotated[str, AfterValidator(_has_window)]  # PromQL with `$window` in it
 Name = Annotated[str, Field(pattern=_NAME.pattern, max_length=80)]
 Severity = Literal["critical", "warning", "info"]
 SEVERITY_RANK = {"critical": 3, "warning": 2, "info": 1}
@@ -68,15 +76,8 @@ class RatioSli(_Model):
     e.g. `sum(rate(http_requests_total{code!~"5.."}[$window]))`."""
 
     kind: Literal["ratio"] = "ratio"
-    good: str = Field(description="PromQL: rate of good events over $window.")
-    total: str = Field(description="PromQL: rate of all events over $window.")
-
-    @field_validator("good", "total")
-    @classmethod
-    def _has_window(cls, value: str) -> str:
-        if WINDOW_PLACEHOLDER not in value:
-            raise ValueError(f"the expression must contain {WINDOW_PLACEHOLDER}: {value!r}")
-        return value
+    good: WindowedPromQL = Field(description="PromQL: rate of good events over $window.")
+    total: WindowedPromQL = Field(description="PromQL: rate of all events over $window.")
 
 
 class QuantileSli(_Model):
@@ -88,15 +89,8 @@ class QuantileSli(_Model):
     """
 
     kind: Literal["quantile"] = "quantile"
-    query: str = Field(description="PromQL quantile over $window, in seconds.")
+    query: WindowedPromQL = Field(description="PromQL quantile over $window, in seconds.")
     threshold_s: float = Field(gt=0, description="The objective: the quantile stays <= this.")
-
-    @field_validator("query")
-    @classmethod
-    def _has_window(cls, value: str) -> str:
-        if WINDOW_PLACEHOLDER not in value:
-            raise ValueError(f"the expression must contain {WINDOW_PLACEHOLDER}: {value!r}")
-        return value
 
 
 class BurnWindow(_Model):
@@ -181,7 +175,7 @@ class DegradationRule(_Model):
     same hour last week by default); fires when now > baseline * (1 + `increase`)."""
 
     name: Name = "latency-degradation"
-    query: str = Field(description="PromQL with $window, e.g. a p95 latency.")
+    query: WindowedPromQL = Field(description="PromQL with $window, e.g. a p95 latency.")
     window: Duration = Field(default=timedelta(minutes=5))
     baseline_offset: Duration = Field(default=timedelta(weeks=1))
     increase: float = Field(default=0.2, gt=0, le=10)
@@ -193,13 +187,6 @@ class DegradationRule(_Model):
     labels: dict[str, str] = Field(default_factory=dict)
     runbook: str = ""
     dashboard: str = ""
-
-    @field_validator("query")
-    @classmethod
-    def _has_window(cls, value: str) -> str:
-        if WINDOW_PLACEHOLDER not in value:
-            raise ValueError(f"the expression must contain {WINDOW_PLACEHOLDER}: {value!r}")
-        return value
 
 
 class EscalationLevel(_Model):
