@@ -82,17 +82,17 @@ def load_block(block_type: type[B], name: str) -> B:
         raise BlockNotFound(missing_block_message(block_type, name)) from None
 
 
-def saved_block_names(block_type: type[Block]) -> list[str]:
-    """The names of the saved (not anonymous) blocks of `block_type` on the Prefect server,
-    sorted; none when the server does not know the type yet. Secrets are not read."""
+def saved_block_names(block_type: type[Block] | str) -> list[str]:
+    """The names of the saved (not anonymous) blocks of `block_type` (a block class or its type
+    slug) on the Prefect server, sorted; none when the server does not know the type yet.
+    Secrets are not read."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
     with get_client(sync_client=True) as client:
         try:
-            documents = client.read_block_documents_by_type(
-                block_type.get_block_type_slug(), include_secrets=False
-            )
+            slug = block_type if isinstance(block_type, str) else block_type.get_block_type_slug()
+            documents = client.read_block_documents_by_type(slug, include_secrets=False)
         except (ObjectNotFound, PrefectHTTPStatusError) as exc:
             if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code != 404:
                 raise

@@ -22,6 +22,7 @@ import httpx
 import typer
 import yaml
 
+from blocks.resolve import saved_block_names
 from cli.support import JsonFlag, err, fail, out, print_json
 from decisions.deployments import (
     REQUIREMENTS,
@@ -147,13 +148,6 @@ class PrefectApi:
             f"updating work pool {pool}",
         )
 
-    def saved_blocks(self, slug: str) -> set[str]:
-        found = self.http.post(
-            "block_documents/filter",
-            json={"block_types": {"slug": {"any_": [slug]}}, "include_secrets": False},
-        )
-        return {d["name"] for d in self._ok(found, f"listing {slug} blocks") if d.get("name")}
-
     def update(self, deployment_id: str, body: dict[str, Any]) -> None:
         self._ok(self.http.patch(f"deployments/{deployment_id}", json=body), "the update")
 
@@ -194,7 +188,7 @@ def _apply(
         server,
     )
     saved = {
-        s.block_type: api.saved_blocks(s.block_type)
+        s.block_type: set(saved_block_names(s.block_type))
         for s in SYSTEMS.values()
         if s.name in REQUIREMENTS.get(item.name, ())
     }
