@@ -245,13 +245,17 @@ def merge_parameters(
 
 
 def schedule_active(
-    planned: bool, server: bool | None, applied: bool | None
+    planned: bool, server: bool | None, applied: bool | None, ready: bool = True
 ) -> tuple[bool, str | None]:
     """Whether one schedule ends active. `planned` is what this deploy wants (prefect.yaml's
     `active` and the systems it needs); `server` the schedule's state before the deploy (None
     for a new one) and `applied` what the last `perfops deploy` set (None if unknown). A schedule
     an operator paused or resumed keeps that state; with no record, a paused one stays paused.
+    A schedule whose deployment is not `ready` (its systems not configured) stays off whatever
+    its state was: every run would fail.
     Returns (active, a note when the operator's state wins over the plan)."""
+    if not ready:
+        return False, None
     if server is None:
         return planned, None
     operator_changed = server != applied if applied is not None else not server

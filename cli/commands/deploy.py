@@ -47,6 +47,7 @@ class Planned:
     pool: str
     parameters: dict[str, Any]
     schedules: list[str]
+    yaml_active: list[bool]
     created: bool = False
     active: list[bool] = field(default_factory=list)
     readiness: list[Readiness] = field(default_factory=list)
@@ -78,6 +79,7 @@ def read_project(path: Path) -> list[Planned]:
                 pool=pool,
                 parameters=entry.get("parameters") or {},
                 schedules=[_schedule_key(s) for s in entry.get("schedules") or []],
+                yaml_active=[bool(s.get("active", True)) for s in entry.get("schedules") or []],
             )
         )
     return planned
@@ -175,6 +177,8 @@ def _apply(
     item: Planned,
     before: dict[str, Any] | None,
     record: dict[str, Any] | None,
+    pool_env: dict[str, str],
+    saved: dict[str, set[str]],
     assumed: set[str],
     dry_run: bool,
 ) -> None:
@@ -187,26 +191,16 @@ def _apply(
         item.parameters,
         server,
     )
-    saved = {
-        s.block_type: set(saved_block_names(s.block_type))
-        for s in SYSTEMS.values()
-        if s.name in REQUIREMENTS.get(item.name, ())
-    }
-    item.readiness = deployment_readiness(
-        item.name, merged, api.pool_env(item.pool), saved, assumed
-    )
+    item.readiness = deployment_readiness(item.name, merged, pool_env, saved, assumed)
     ready = all(r.configured for r in item.readiness)
     gated = bool(REQUIREMENTS.get(item.name))
     previous = {_schedule_key(s): s.get("active") for s in (before or {}).get("schedules", [])}
     applied = (record or {}).get("schedules") or {}
     current = {_schedule_key(s): s for s in (after or {}).get("schedules", [])}
     item.active = []
-    for key in item.schedules:
-        yaml_active = bool(current.get(key, {}).get("active", True))
+    for key, yaml_active in zip(item.schedules, item.yaml_active, strict=True):
         planned = ready if gated else yaml_active
-        active, note = schedule_active(planned, previous.get(key), applied.get(key))
-        if active and not ready:
-            active, note = False, None
+        active, note = schedule_active(planned, previous.get(key), applied.get(key), ready)
         if note:
             item.notes.append(f"schedule {key}: {note}")
         item.active.append(active)
@@ -302,8 +296,21 @@ def deploy(
             api.set_pool_env(pool, updates)
     if not dry_run:
         _prefect_deploy(sorted(wanted))
+    # Read once for all deployments: each pool's job environment, the saved blocks by type.
+    pool_envs = {pool: api.pool_env(pool) for pool in {p.pool for p in chosen}}
+    needed = {s for p in chosen for s in REQUIREMENTS.get(p.name, ())}
+    saved = {SYSTEMS[s].block_type: set(saved_block_names(SYSTEMS[s].block_type)) for s in needed}
     for item in chosen:
-        _apply(api, item, before[item.name], records[item.name], assumed, dry_run)
+        _apply(
+            api,
+            item,
+            before[item.name],
+            records[item.name],
+            pool_envs[item.pool],
+            saved,
+            assumed,
+            dry_run,
+        )
     _report(chosen, dry_run, as_json)
 
 

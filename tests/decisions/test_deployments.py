@@ -150,3 +150,8 @@ def test_the_pull_step_reads_the_project_dir_at_run_time(tmp_path: Path) -> None
     assert "does not exist" in str(project_dir_problem(str(tmp_path / "gone")))
     assert "not a perfops checkout" in str(project_dir_problem(str(tmp_path)))
     assert project_dir_problem(str(ROOT)) is None
+
+
+def test_a_schedule_whose_systems_are_not_configured_stays_off_even_if_resumed() -> None:
+    assert schedule_active(True, True, False, ready=False) == (False, None)
+    assert schedule_active(True, None, None, ready=False) == (False, None)
