@@ -155,3 +155,15 @@ def wait_final(http: httpx.Client, run_id: str, timeout_s: float = 150) -> dict[
             break
         time.sleep(1)
     return state
+
+
+def rotation_policy(table: str, archive: str) -> dict[str, object]:
+    """The monthly, 12 months' retention, archive-then-drop policy for `partitioned_table`."""
+    return {
+        "table": table,
+        "interval": "month",
+        "premake": 1,
+        "retention": "12 months",
+        "expired_action": "archive_then_drop",
+        "archive": archive,
+    }

@@ -16,7 +16,7 @@ import pytest
 from decisions.reporting import last_complete_week
 from demo.sample_metrics import demo_prometheus
 from tests.conftest import REDIS_TEST_URL
-from tests.e2e.stack import POOL, ROOT, artifact_keys, run, worker
+from tests.e2e.stack import POOL, ROOT, artifact_keys, rotation_policy, run, worker
 from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e
@@ -105,14 +105,7 @@ def test_changed_flows_end_completed_when_their_work_succeeds_and_failed_when_it
         "PERFOPS_REDIS_URL": REDIS_TEST_URL,
     }
     http = httpx.Client(base_url=env["PREFECT_API_URL"], timeout=30)
-    rotate = {
-        "table": partitioned_table,
-        "interval": "month",
-        "premake": 1,
-        "retention": "12 months",
-        "expired_action": "archive_then_drop",
-        "archive": str(tmp_path / "archive"),
-    }
+    rotate = rotation_policy(partitioned_table, str(tmp_path / "archive"))
     closed_smtp = {"PERFOPS_SMTP_HOST": "127.0.0.1", "PERFOPS_SMTP_PORT": str(free_port())}
     cases: list[tuple[str, dict[str, object], str, str | None]] = [
         (

@@ -24,6 +24,7 @@ from tests.e2e.stack import (
     ROOT,
     command,
     perfops,
+    rotation_policy,
     run,
     run_ids,
     wait_for_runs,
@@ -280,14 +281,7 @@ def test_rotation_without_its_archive_block_and_a_least_privilege_role_end_faile
         "PERFOPS_OUT_DIR": str(tmp_path / "out"),
     }
     http = httpx.Client(base_url=env["PREFECT_API_URL"], timeout=30)
-    rotate = {
-        "table": partitioned_table,
-        "interval": "month",
-        "premake": 1,
-        "retention": "12 months",
-        "expired_action": "archive_then_drop",
-        "archive": "s3-block:perfops-archive",
-    }
+    rotate = rotation_policy(partitioned_table, "s3-block:perfops-archive")
     least = psycopg.conninfo.make_conninfo(pg_dsn, user=role)
     try:
         with worker(env, tmp_path) as log:
