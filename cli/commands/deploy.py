@@ -22,7 +22,6 @@ import httpx
 import typer
 import yaml
 
-from blocks.resolve import saved_block_names
 from cli.support import JsonFlag, err, fail, out, print_json
 from decisions.deployments import (
     REQUIREMENTS,
@@ -297,6 +296,8 @@ def deploy(
     if not dry_run:
         _prefect_deploy(sorted(wanted))
     # Read once for all deployments: each pool's job environment, the saved blocks by type.
+    from blocks.resolve import saved_block_names  # imports prefect: not at CLI start-up
+
     pool_envs = {pool: api.pool_env(pool) for pool in {p.pool for p in chosen}}
     needed = {s for p in chosen for s in REQUIREMENTS.get(p.name, ())}
     saved = {SYSTEMS[s].block_type: set(saved_block_names(SYSTEMS[s].block_type)) for s in needed}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,3 +53,13 @@ def test_an_unreachable_server_fails_with_its_address(
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
     assert perfops(["deploy", "--dry-run"]) == 1
     assert "cannot reach the Prefect API at http://127.0.0.1:9/api" in capsys.readouterr().err
+
+
+def test_the_command_line_starts_without_importing_prefect() -> None:
+    """The local Prefect server is chosen before prefect is imported (cli.support.
+    use_prefect_server does nothing once it is): no command module may import it at start-up."""
+    code = "import sys, cli.command; print('prefect' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
