@@ -13,6 +13,7 @@ Pure: the only I/O is `load_fleet`, which reads one file.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Literal
@@ -65,13 +66,13 @@ class Target(_Model):
     cluster: TargetName | None = Field(
         default=None,
         description="The PostgreSQL server (cluster) the database lives on; targets on one "
-        "cluster share its limit max_parallel_per_cluster. None: a cluster of its own.",
+        "cluster share its limit max_parallel_per_cluster. None: the host:port of its DSN.",
     )
 
-    @property
-    def cluster_name(self) -> str:
-        """The cluster this target counts against (its own name when none is given)."""
-        return self.cluster or self.name
+    def cluster_for(self, resource: str) -> str:
+        """The cluster this target counts against: `cluster`, else the server (`host:port`)
+        of its database's event resource id."""
+        return self.cluster or server_of(resource)
 
 
 class FleetSelector(_Model):
@@ -216,14 +217,37 @@ def load_fleet(path: Path | str) -> Fleet:
     return parse_fleet(text, str(path))
 
 
-def target_limit(target: Target) -> str:
-    """The Prefect global concurrency limit held while a run works on `target` (limit 1)."""
-    return f"perfops-target-{target.name}"
+# Characters Prefect refuses in a global concurrency limit's name.
+_BANNED = "/%&><"
 
 
-def cluster_limit(target: Target) -> str:
-    """The global concurrency limit of the PostgreSQL server `target` lives on."""
-    return f"perfops-cluster-{target.cluster_name}"
+def _limit_name(raw: str) -> str:
+    """`raw` as a Prefect global concurrency limit name: banned characters become `_`, and then
+    a short hash of `raw` keeps two names that differ only there apart."""
+    clean = "".join("_" if c in _BANNED else c for c in raw)
+    if clean == raw:
+        return raw
+    return f"{clean}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
+
+
+def database_limit(resource: str) -> str:
+    """The global concurrency limit (1 slot) a run holds while it changes a database, named
+    after the database itself (`perfops.postgres.db1:5432/orders` ->
+    `perfops-db-db1:5432:orders`), so a fleet child and a single-database run of any flow
+    exclude each other, whatever the target or the block is called."""
+    address = resource.removeprefix("perfops.postgres.")
+    server, _, dbname = address.partition("/")
+    return _limit_name(f"perfops-db-{server}:{dbname}")
+
+
+def server_of(resource: str) -> str:
+    """`host:port` of a database's event resource id."""
+    return resource.removeprefix("perfops.postgres.").partition("/")[0]
+
+
+def cluster_limit(cluster: str) -> str:
+    """The global concurrency limit of one PostgreSQL server (cluster)."""
+    return _limit_name(f"perfops-cluster-{cluster}")
 
 
 # --- a run over several targets ------------------------------------------------------------
@@ -287,3 +311,14 @@ class FleetReport(_Model):
             }
             for t in self.targets
         ]
+
+
+def keyed(artifact_key: str, fleet_target: str | None) -> str:
+    """A run's artifact key: `perfops-slow-queries`, or per target in a fleet
+    (`perfops-slow-queries-orders`), so the UI's latest artifact is per database."""
+    return f"{artifact_key}-{fleet_target}" if fleet_target else artifact_key
+
+
+def target_labels(fleet_target: str | None) -> dict[str, str]:
+    """The event labels naming a fleet run's target (`perfops.target`); none outside a fleet."""
+    return {"perfops.target": fleet_target} if fleet_target else {}

@@ -86,3 +86,33 @@ class StatisticsReport(BaseModel):
             reasons.append(f"{first.table}: {first.error}")
         acting = self.analyzed + self.failed + self.missing
         return f"{self.failed} of {acting} tables failed: " + "; ".join(reasons)
+
+
+def artifact_rows(report: StatisticsReport) -> list[dict[str, object]]:
+    """The artifact table: every table acted on, then the skipped ones the report lists and one
+    row counting the rest by reason."""
+    rows: list[dict[str, object]] = [
+        {
+            "table": o.table,
+            "result": o.result,
+            "reason": o.reason,
+            "error": o.error or "",
+            "decision": o.action,
+            "duration_ms": o.duration_ms if o.duration_ms is not None else "",
+        }
+        for o in report.tables
+    ]
+    listed = sum(o.result == "skipped" for o in report.tables)
+    if report.skipped > listed:
+        rows.append(
+            {
+                "table": f"... {report.skipped - listed} more",
+                "result": "skipped",
+                "reason": "all skipped: "
+                + ", ".join(f"{n} {code}" for code, n in sorted(report.skipped_by_reason.items())),
+                "error": "",
+                "decision": "skip",
+                "duration_ms": "",
+            }
+        )
+    return rows

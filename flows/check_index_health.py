@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from blocks import PostgresTarget
 from blocks.resolve import resolve_postgres
+from decisions.fleet import FleetReport, keyed, target_labels
 from decisions.index_health import (
     DropOutcome,
     IndexFinding,
@@ -30,6 +31,7 @@ from decisions.index_health import (
     wasted_bytes,
 )
 from perfops.redaction import install_log_redaction
+from tasks.fleet_runs import database_slots, fan_out
 from tasks.postgres.index_changes import drop_indexes
 from tasks.postgres.indexes import fetch_index_catalog
 from tasks.postgres.privileges import fetch_table_privileges
@@ -38,6 +40,8 @@ from tasks.records import emit, end_run, publish_table
 ARTIFACT_KEY = "perfops-index-health"
 EVENT_CHECKED = "perfops.indexes.health_checked"
 EVENT_DROPPED = "perfops.indexes.dropped"
+FLEET_ARTIFACT_KEY = "perfops-index-health-fleet"
+EVENT_FLEET = "perfops.indexes.fleet_health_checked"
 DEFAULT_SETTINGS = IndexHealthSettings()
 
 
@@ -73,7 +77,10 @@ def check_index_health(
     apply: bool = False,
     drop: list[str] | None = None,
     allow_partial: bool = False,
-) -> IndexHealthReport:
+    targets: list[str] | str | None = None,
+    fleet_file: str | None = None,
+    fleet_target: str | None = None,
+) -> IndexHealthReport | FleetReport:
     """Check the indexes of one database and, when told, drop named ones.
 
     Args:
@@ -85,141 +92,169 @@ def check_index_health(
             findings of this check are dropped; anything else is refused with the reason.
         allow_partial: end Completed when only part failed (some drops refused or failed, some
             tables locked); the artifact and state message still say what. Default False.
+        targets: run over a fleet instead (docs/fleet.md): a named fleet, `all`, a label
+            `key=value`, or a list of target names; one child run per target (each dropping
+            only what `drop` names and it found), a summary artifact
+            `perfops-index-health-fleet`.
+        fleet_file: the fleet definition (default `PERFOPS_FLEET_FILE`, else
+            deployments/fleet.yaml).
+        fleet_target: set by the fleet parent on each child (its artifact
+            `perfops-index-health-<target>`, its event label `perfops.target`, its cluster
+            slot). A run that drops holds its database's slot.
     """
     install_log_redaction()
+    if targets is not None:  # the parent of a fleet run: one child run per target
+        return fan_out(
+            check_index_health,
+            targets,
+            fleet_file,
+            {
+                "settings": settings,
+                "apply": apply,
+                "drop": drop,
+                "allow_partial": allow_partial,
+            },
+            artifact_key=FLEET_ARTIFACT_KEY,
+            event=EVENT_FLEET,
+            dry_run=not apply,
+            describe=lambda r: f"{len(r.findings)} findings, {len(r.dropped)} dropped",
+        )
     logger = get_run_logger()
     pg = resolve_postgres(postgres_block)
-    # The first contact fails at once (no retries) with a one-line reason.
-    catalog = fetch_index_catalog.with_options(retries=0)(
-        pg.value, settings.schemas, lock_timeout_ms=settings.catalog_lock_timeout_ms
-    )
-    findings = classify_indexes(
-        catalog.indexes, min_size_bytes=settings.min_size_bytes, stats_reset=catalog.stats_reset
-    )
-    plan = select_drops(
-        findings,
-        catalog.indexes,
-        drop or [],
-        apply=apply,
-        locked_tables=catalog.locked_tables,
-        min_size_bytes=settings.min_size_bytes,
-    )
-    refused, privileges = _not_permitted(pg.value, plan.to_drop)
-    to_drop = [f for f in plan.to_drop if f.name not in refused]
-    done = {
-        o.name: o
-        for o in (
-            drop_indexes(
-                pg.value,
-                to_drop,
-                lock_timeout_ms=settings.drop_lock_timeout_ms,
-                statement_timeout_ms=settings.drop_statement_timeout_ms,
-            )
-            if to_drop
-            else []
+    with database_slots(
+        pg.value, changes=apply and bool(drop), fleet_target=fleet_target, fleet_file=fleet_file
+    ):
+        # The first contact fails at once (no retries) with a one-line reason.
+        catalog = fetch_index_catalog.with_options(retries=0)(
+            pg.value, settings.schemas, lock_timeout_ms=settings.catalog_lock_timeout_ms
         )
-    }
-    drops = [
-        done[o.name].model_copy(update={"requested": o.requested})
-        if o.name in done
-        else o.model_copy(update={"status": "refused", "reason": refused[o.name]})
-        if o.name in refused
-        else o
-        for o in plan.outcomes
-    ]
-    report = IndexHealthReport(
-        database=pg.value.describe(),
-        origin=pg.origin,
-        settings=settings,
-        applied=apply,
-        stats_reset=catalog.stats_reset,
-        indexes_checked=len(catalog.indexes),
-        findings=findings,
-        wasted_bytes=wasted_bytes(findings),
-        locked_tables=catalog.locked_tables,
-        drops=drops,
-    )
-
-    rows = finding_rows(findings, drops, catalog.locked_tables) or [
-        {
-            "index": "",
-            "result": "nothing to do",
-            "reason": f"{len(catalog.indexes)} indexes checked: none unused, duplicate, "
-            "covered or invalid",
-            "kind": "none",
-            "table": "",
+        findings = classify_indexes(
+            catalog.indexes, min_size_bytes=settings.min_size_bytes, stats_reset=catalog.stats_reset
+        )
+        plan = select_drops(
+            findings,
+            catalog.indexes,
+            drop or [],
+            apply=apply,
+            locked_tables=catalog.locked_tables,
+            min_size_bytes=settings.min_size_bytes,
+        )
+        refused, privileges = _not_permitted(pg.value, plan.to_drop)
+        to_drop = [f for f in plan.to_drop if f.name not in refused]
+        done = {
+            o.name: o
+            for o in (
+                drop_indexes(
+                    pg.value,
+                    to_drop,
+                    lock_timeout_ms=settings.drop_lock_timeout_ms,
+                    statement_timeout_ms=settings.drop_statement_timeout_ms,
+                )
+                if to_drop
+                else []
+            )
         }
-    ]
-    publish_table(
-        ARTIFACT_KEY,
-        rows,
-        f"Index health of {report.database}: {len(findings)} findings wasting "
-        f"{format_bytes(report.wasted_bytes)}; "
-        + (
-            f"{len(report.dropped)} dropped"
-            if apply
-            else "report only (drop with apply=True and drop=[schema.index, ...])"
-        ),
-    )
-    resource = pg.value.resource_id()
-    dbname = resource.rpartition("/")[2]
-    counts: dict[str, int] = {}
-    for f in findings:
-        counts[f.kind] = counts.get(f.kind, 0) + 1
-    emit(
-        EVENT_CHECKED,
-        resource,
-        {
-            "database": dbname,
-            "indexes_checked": report.indexes_checked,
-            "findings": counts,
-            "wasted_bytes": report.wasted_bytes,
-            "locked_tables": [f"{t.schema_name}.{t.table_name}" for t in catalog.locked_tables],
-            "applied": apply,
-            "drops": {o.name: o.status for o in drops},
-        },
-        **{"perfops.database": dbname},
-    )
-    if report.dropped:
+        drops = [
+            done[o.name].model_copy(update={"requested": o.requested})
+            if o.name in done
+            else o.model_copy(update={"status": "refused", "reason": refused[o.name]})
+            if o.name in refused
+            else o
+            for o in plan.outcomes
+        ]
+        report = IndexHealthReport(
+            database=pg.value.describe(),
+            origin=pg.origin,
+            settings=settings,
+            applied=apply,
+            stats_reset=catalog.stats_reset,
+            indexes_checked=len(catalog.indexes),
+            findings=findings,
+            wasted_bytes=wasted_bytes(findings),
+            locked_tables=catalog.locked_tables,
+            drops=drops,
+        )
+
+        rows = finding_rows(findings, drops, catalog.locked_tables) or [
+            {
+                "index": "",
+                "result": "nothing to do",
+                "reason": f"{len(catalog.indexes)} indexes checked: none unused, duplicate, "
+                "covered or invalid",
+                "kind": "none",
+                "table": "",
+            }
+        ]
+        publish_table(
+            keyed(ARTIFACT_KEY, fleet_target),
+            rows,
+            f"Index health of {report.database}: {len(findings)} findings wasting "
+            f"{format_bytes(report.wasted_bytes)}; "
+            + (
+                f"{len(report.dropped)} dropped"
+                if apply
+                else "report only (drop with apply=True and drop=[schema.index, ...])"
+            ),
+        )
+        resource = pg.value.resource_id()
+        dbname = resource.rpartition("/")[2]
+        counts: dict[str, int] = {}
+        for f in findings:
+            counts[f.kind] = counts.get(f.kind, 0) + 1
         emit(
-            EVENT_DROPPED,
+            EVENT_CHECKED,
             resource,
             {
                 "database": dbname,
-                "indexes": [
-                    {"index": o.name, "size_bytes": o.size_bytes, "reason": o.reason}
-                    for o in report.dropped
-                ],
-                "freed_bytes": sum(o.size_bytes for o in report.dropped),
+                "indexes_checked": report.indexes_checked,
+                "findings": counts,
+                "wasted_bytes": report.wasted_bytes,
+                "locked_tables": [f"{t.schema_name}.{t.table_name}" for t in catalog.locked_tables],
+                "applied": apply,
+                "drops": {o.name: o.status for o in drops},
             },
-            **{"perfops.database": dbname},
+            **{"perfops.database": dbname, **target_labels(fleet_target)},
         )
-    for f in findings:
-        logger.info("%-9s %s (%s): %s", f.kind, f.name, format_bytes(f.size_bytes), f.reason)
-    for o in drops:
-        logger.info("drop %s: %s (%s)", o.name, o.status, o.reason)
-    not_done = [o for o in drops if o.status in ("refused", "failed")]
-    first = next((o for o in not_done if o.name not in refused), None)
-    why = ([privileges] if privileges else []) + (
-        [f"{first.name}: {first.reason}"] if first else []
-    )
-    locked = [qualified_name(t.schema_name, t.table_name) for t in catalog.locked_tables]
-    failed = [
-        f"{len(not_done)} of {len(drops)} drops not done: {'; '.join(why)}" if not_done else "",
-        f"{len(locked)} tables not checked, locked by another session: {', '.join(locked[:5])}"
-        if locked
-        else "",
-    ]
-    return end_run(
-        report,
-        "; ".join(filter(None, failed)) or None,
-        partial=len(not_done) < len(drops) or not not_done,
-        allow_partial=allow_partial,
-        note=None
-        if findings or drops
-        else f"nothing to do: {len(catalog.indexes)} indexes checked, none unused, duplicate, "
-        "covered or invalid",
-    )
+        if report.dropped:
+            emit(
+                EVENT_DROPPED,
+                resource,
+                {
+                    "database": dbname,
+                    "indexes": [
+                        {"index": o.name, "size_bytes": o.size_bytes, "reason": o.reason}
+                        for o in report.dropped
+                    ],
+                    "freed_bytes": sum(o.size_bytes for o in report.dropped),
+                },
+                **{"perfops.database": dbname, **target_labels(fleet_target)},
+            )
+        for f in findings:
+            logger.info("%-9s %s (%s): %s", f.kind, f.name, format_bytes(f.size_bytes), f.reason)
+        for o in drops:
+            logger.info("drop %s: %s (%s)", o.name, o.status, o.reason)
+        not_done = [o for o in drops if o.status in ("refused", "failed")]
+        first = next((o for o in not_done if o.name not in refused), None)
+        why = ([privileges] if privileges else []) + (
+            [f"{first.name}: {first.reason}"] if first else []
+        )
+        locked = [qualified_name(t.schema_name, t.table_name) for t in catalog.locked_tables]
+        failed = [
+            f"{len(not_done)} of {len(drops)} drops not done: {'; '.join(why)}" if not_done else "",
+            f"{len(locked)} tables not checked, locked by another session: {', '.join(locked[:5])}"
+            if locked
+            else "",
+        ]
+        return end_run(
+            report,
+            "; ".join(filter(None, failed)) or None,
+            partial=len(not_done) < len(drops) or not not_done,
+            allow_partial=allow_partial,
+            note=None
+            if findings or drops
+            else f"nothing to do: {len(catalog.indexes)} indexes checked, none unused, duplicate, "
+            "covered or invalid",
+        )
 
 
 def _not_permitted(

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from blocks import PostgresTarget
 from blocks.resolve import resolve_postgres
+from decisions.fleet import FleetReport, keyed, target_labels
 from decisions.slow_queries import (
     PlanOutcome,
     SlowQuerySettings,
@@ -19,6 +20,7 @@ from decisions.slow_queries import (
     summarize_plan,
 )
 from perfops.redaction import install_log_redaction
+from tasks.fleet_runs import database_slots, fan_out
 from tasks.postgres.statements import (
     explain_statements,
     fetch_statement_stats,
@@ -28,6 +30,8 @@ from tasks.postgres.statements import (
 from tasks.records import emit, end_run, publish_table
 
 ARTIFACT_KEY = "perfops-slow-queries"
+FLEET_ARTIFACT_KEY = "perfops-slow-queries-fleet"
+EVENT_FLEET = "perfops.queries.fleet_checked"
 EVENT_CHECKED = "perfops.queries.checked"
 EVENT_SLOW_FOUND = "perfops.queries.slow_found"
 DEFAULT_SETTINGS = SlowQuerySettings()
@@ -46,6 +50,13 @@ class SlowQueryReport(BaseModel):
     def over_threshold(self) -> int:
         return sum(1 for s in self.statements if s.mean_ms >= self.settings.threshold_ms)
 
+    @property
+    def summary(self) -> str:
+        return (
+            f"{len(self.statements)} of {self.statements_seen} statements listed, "
+            f"{self.over_threshold} over {format_ms(self.settings.threshold_ms)} ms"
+        )
+
 
 @flow(
     name="find_slow_queries",
@@ -57,73 +68,98 @@ class SlowQueryReport(BaseModel):
 def find_slow_queries(
     postgres_block: str | None = None,
     settings: SlowQuerySettings = DEFAULT_SETTINGS,
-) -> SlowQueryReport:
-    """Find the slow statements of one database.
+    targets: list[str] | str | None = None,
+    fleet_file: str | None = None,
+    fleet_target: str | None = None,
+) -> SlowQueryReport | FleetReport:
+    """Find the slow statements of one database, or of every target of a fleet.
 
     Args:
         postgres_block: name of a `perfops-postgres-target` block (default: `PERFOPS_DSN`, else
             the local demo database).
         settings: thresholds and EXPLAIN options (see `SlowQuerySettings`).
+        targets: run over a fleet instead (docs/fleet.md): a named fleet, `all`, a label
+            `key=value`, or a list of target names; one child run per target, a summary
+            artifact `perfops-slow-queries-fleet`.
+        fleet_file: the fleet definition (default `PERFOPS_FLEET_FILE`, else
+            deployments/fleet.yaml).
+        fleet_target: set by the fleet parent on each child (its artifact
+            `perfops-slow-queries-<target>`, its event label `perfops.target`, its cluster slot).
     """
     install_log_redaction()
+    if targets is not None:  # the parent of a fleet run: one child run per target
+        return fan_out(
+            find_slow_queries,
+            targets,
+            fleet_file,
+            {"settings": settings},
+            artifact_key=FLEET_ARTIFACT_KEY,
+            event=EVENT_FLEET,
+            dry_run=False,
+        )
     logger = get_run_logger()
     pg = resolve_postgres(postgres_block)
-    # The first contact fails at once (no retries) with a one-line reason: an unreachable
-    # server or a missing pg_stat_statements is not cured by waiting. `min_calls` applies after
-    # the rows of several roles are merged.
-    stats = fetch_statement_stats.with_options(retries=0)(
-        pg.value, min_calls=1, limit=settings.fetch_limit
-    )
-    statements = pick_slow_statements(
-        stats, threshold_ms=settings.threshold_ms, top=settings.top, min_calls=settings.min_calls
-    )
-    seen = len({s.queryid for s in stats})
-    if settings.explain and statements:
-        statements = _with_plans(pg.value, statements, settings)
-
-    report = SlowQueryReport(
-        database=pg.value.describe(),
-        origin=pg.origin,
-        settings=settings,
-        statements_seen=seen,
-        statements=statements,
-    )
-    nothing = (  # a run with nothing to list says why (none recorded: since when)
-        f"no statement among {seen} over the threshold"
-        if seen
-        else statements_since(0, fetch_statements_reset(pg.value))
-    )
-    rows = statement_rows(statements) or [{"rank": "-", "reason": nothing, "query": ""}]
-    publish_table(
-        ARTIFACT_KEY,
-        rows,
-        f"Slow statements of {report.database}: mean >= {format_ms(settings.threshold_ms)} ms "
-        f"or top {settings.top} by total time ({len(statements)} of {seen} statements)",
-    )
-    resource = pg.value.resource_id()
-    dbname = resource.rpartition("/")[2]
-    payload = {
-        "database": dbname,
-        "statements_seen": seen,
-        "listed": len(statements),
-        "over_threshold": report.over_threshold,
-        "threshold_ms": settings.threshold_ms,
-        "top": settings.top,
-        "queryids": [str(s.queryid) for s in statements],
-    }
-    emit(EVENT_CHECKED, resource, payload, **{"perfops.database": dbname})
-    if report.over_threshold:
-        emit(EVENT_SLOW_FOUND, resource, payload, **{"perfops.database": dbname})
-    for s in statements:
-        logger.info(
-            "#%d mean %s ms, %d calls: %s [%s]",
-            s.rank_by_total,
-            format_ms(s.mean_ms),
-            s.calls,
-            s.query[:120],
-            s.why,
+    with database_slots(pg.value, changes=False, fleet_target=fleet_target, fleet_file=fleet_file):
+        # The first contact fails at once (no retries) with a one-line reason: an unreachable
+        # server or a missing pg_stat_statements is not cured by waiting. `min_calls` applies after
+        # the rows of several roles are merged.
+        stats = fetch_statement_stats.with_options(retries=0)(
+            pg.value, min_calls=1, limit=settings.fetch_limit
         )
-    return end_run(report, note=None if statements else nothing)
+        statements = pick_slow_statements(
+            stats,
+            threshold_ms=settings.threshold_ms,
+            top=settings.top,
+            min_calls=settings.min_calls,
+        )
+        seen = len({s.queryid for s in stats})
+        if settings.explain and statements:
+            statements = _with_plans(pg.value, statements, settings)
+
+        report = SlowQueryReport(
+            database=pg.value.describe(),
+            origin=pg.origin,
+            settings=settings,
+            statements_seen=seen,
+            statements=statements,
+        )
+        nothing = (  # a run with nothing to list says why (none recorded: since when)
+            f"no statement among {seen} over the threshold"
+            if seen
+            else statements_since(0, fetch_statements_reset(pg.value))
+        )
+        rows = statement_rows(statements) or [{"rank": "-", "reason": nothing, "query": ""}]
+        publish_table(
+            keyed(ARTIFACT_KEY, fleet_target),
+            rows,
+            f"Slow statements of {report.database}: mean >= {format_ms(settings.threshold_ms)} ms "
+            f"or top {settings.top} by total time ({len(statements)} of {seen} statements)",
+        )
+        resource = pg.value.resource_id()
+        dbname = resource.rpartition("/")[2]
+        payload = {
+            "database": dbname,
+            "statements_seen": seen,
+            "listed": len(statements),
+            "over_threshold": report.over_threshold,
+            "threshold_ms": settings.threshold_ms,
+            "top": settings.top,
+            "queryids": [str(s.queryid) for s in statements],
+        }
+        labels = {"perfops.database": dbname, **target_labels(fleet_target)}
+        emit(EVENT_CHECKED, resource, payload, **labels)
+        if report.over_threshold:
+            emit(EVENT_SLOW_FOUND, resource, payload, **labels)
+        for s in statements:
+            logger.info(
+                "#%d mean %s ms, %d calls: %s [%s]",
+                s.rank_by_total,
+                format_ms(s.mean_ms),
+                s.calls,
+                s.query[:120],
+                s.why,
+            )
+        return end_run(report, note=None if statements else nothing)
 
 
 def _with_plans(

@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger
 
 from blocks import PostgresTarget
 from blocks.resolve import resolve_postgres
-from decisions.fleet import FleetReport, Target
+from decisions.fleet import FleetReport
 from decisions.staleness import (
     Decision,
     StatisticsPolicy,
@@ -31,10 +31,9 @@ from decisions.staleness import (
     percent,
     threshold_percent,
 )
-from decisions.statistics_report import Result, StatisticsReport, TableOutcome
-from perfops.errors import ConfigurationError
+from decisions.statistics_report import Result, StatisticsReport, TableOutcome, artifact_rows
 from perfops.redaction import install_log_redaction
-from tasks.fleet_runs import run_over_fleet
+from tasks.fleet_runs import database_slots, fan_out
 from tasks.postgres.privileges import fetch_table_privileges
 from tasks.postgres.tables import (
     TableResult,
@@ -93,34 +92,6 @@ def _outcome(
     )
 
 
-def _artifact_rows(report: StatisticsReport) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = [
-        {
-            "table": o.table,
-            "result": o.result,
-            "reason": o.reason,
-            "error": o.error or "",
-            "decision": o.action,
-            "duration_ms": o.duration_ms if o.duration_ms is not None else "",
-        }
-        for o in report.tables
-    ]
-    listed = sum(o.result == "skipped" for o in report.tables)
-    if report.skipped > listed:
-        rows.append(
-            {
-                "table": f"... {report.skipped - listed} more",
-                "result": "skipped",
-                "reason": "all skipped: "
-                + ", ".join(f"{n} {code}" for code, n in sorted(report.skipped_by_reason.items())),
-                "error": "",
-                "decision": "skip",
-                "duration_ms": "",
-            }
-        )
-    return rows
-
-
 def _not_permitted(
     target: PostgresTarget, decisions: list[Decision]
 ) -> tuple[dict[int, str], str | None]:
@@ -169,11 +140,20 @@ def refresh_stale_statistics(
         fleet_file: the fleet definition (default `PERFOPS_FLEET_FILE`, else
             deployments/fleet.yaml).
         fleet_target: set by the fleet parent on each child: keys its artifact
-            `perfops-stats-refresh-<target>` and labels its event `perfops.target`.
+            `perfops-stats-refresh-<target>`, labels its event `perfops.target` and takes the
+            target's cluster slot. Unless `dry_run`, every run holds its database's slot.
     """
     install_log_redaction()
-    if targets is not None:
-        return _refresh_fleet(targets, fleet_file, policy, dry_run, allow_partial)
+    if targets is not None:  # the parent of a fleet run: one child run per target
+        return fan_out(
+            refresh_stale_statistics,
+            targets,
+            fleet_file,
+            {"policy": policy, "dry_run": dry_run, "allow_partial": allow_partial},
+            artifact_key=FLEET_ARTIFACT_KEY,
+            event=EVENT_FLEET,
+            dry_run=dry_run,
+        )
     logger = get_run_logger()
     started = time.monotonic()
     pg = resolve_postgres(postgres_block)
@@ -181,7 +161,12 @@ def refresh_stale_statistics(
     results: dict[int, TableResult] = {}
     denied: dict[int, str] = {}
     privileges: str | None = None
-    with refresh_session(target, dry_run=dry_run):
+    with (
+        database_slots(
+            target, changes=not dry_run, fleet_target=fleet_target, fleet_file=fleet_file
+        ),
+        refresh_session(target, dry_run=dry_run),
+    ):
         stats = fetch_table_stats(target, policy.include_schemas)
         decisions = decide(stats, policy)
         if not dry_run:  # before any ANALYZE: the tables this role may not analyze, said once
@@ -255,7 +240,7 @@ def refresh_stale_statistics(
 
     publish_table(
         f"{ARTIFACT_KEY}-{fleet_target}" if fleet_target else ARTIFACT_KEY,
-        _artifact_rows(report),
+        artifact_rows(report),
         f"Statistics refresh on {pg.description}"
         + (" (dry run, nothing changed)" if dry_run else "")
         + f": {report.summary}; threshold {threshold_percent(policy.analyze_threshold)} of rows "
@@ -293,37 +278,4 @@ def refresh_stale_statistics(
         if acted
         else f"nothing to do: none of the {report.considered} tables is stale (threshold "
         f"{threshold_percent(policy.analyze_threshold)} of rows changed since the last analyze)",
-    )
-
-
-def _refresh_fleet(
-    selection: list[str] | str,
-    fleet_file: str | None,
-    policy: StatisticsPolicy,
-    dry_run: bool,
-    allow_partial: bool,
-) -> FleetReport:
-    """The parent of a fleet run: one child run of this flow per target (tasks.fleet_runs)."""
-
-    def parameters(target: Target) -> dict[str, object]:
-        block = target.blocks.get("postgres")
-        if block is None:
-            raise ConfigurationError("no postgres block in the fleet file")
-        return {
-            "postgres_block": block,
-            "policy": policy,
-            "dry_run": dry_run,
-            "allow_partial": allow_partial,
-            "fleet_target": target.name,
-        }
-
-    return run_over_fleet(
-        refresh_stale_statistics,
-        selection,
-        fleet_file,
-        parameters,
-        lambda report: report.summary,
-        artifact_key=FLEET_ARTIFACT_KEY,
-        event=EVENT_FLEET,
-        dry_run=dry_run,
     )

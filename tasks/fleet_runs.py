@@ -1,13 +1,16 @@
 """One flow over a fleet: the parent run fans out one child run per target, as Prefect subflow
-runs in this process, and ends with a summary (docs/fleet.md).
+runs in this process, and ends with a summary; and the slots every run that works on a database
+holds (docs/fleet.md).
 
 - Each child is the same flow called for one target, its run named `<flow>-<target>` and tagged
-  `target:<name>` and `cluster:<cluster>`, so the UI filters runs by target.
-- Exclusion and pacing per target, not per deployment: a child starts only once it holds a slot
-  of two Prefect global concurrency limits, `perfops-target-<name>` (limit 1: two perfops runs
-  never work on one database at once) and `perfops-cluster-<cluster>` (limit
-  `max_parallel_per_cluster`: one PostgreSQL server is not hammered). Both are taken in one
-  request (all or none). The fleet file's `max_parallel` bounds the threads of one parent run.
+  `target:<name>` (and `cluster:<cluster>` when the fleet file names one), so the UI filters runs
+  by target. The fleet file's `max_parallel` bounds the threads of one parent run.
+- Exclusion and pacing per database, not per deployment (`database_slots`): a run that changes a
+  database holds the Prefect global concurrency limit `perfops-db-<host>:<port>:<dbname>`
+  (1 slot), a fleet child also `perfops-cluster-<cluster>` (`max_parallel_per_cluster` slots),
+  both taken in one request (all or none, so two runs cannot deadlock each holding one). So two
+  flows that change one database never overlap, whether run over a fleet or for one database,
+  and different databases run side by side.
 - Failures are isolated: a child that fails (an unreachable database, a missing block) fails its
   own run; the parent goes on and ends Failed with `1 of 3 targets failed: ...`.
 - The parent leaves the fleet summary artifact (one row per target with a link to its run) and
@@ -17,9 +20,9 @@ runs in this process, and ends with a summary (docs/fleet.md).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from contextvars import copy_context
 from pathlib import Path
 from typing import Any, cast
@@ -35,21 +38,22 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import PREFECT_UI_URL
 from prefect.states import State
 
+from blocks import PostgresTarget
 from decisions.fleet import (
     Fleet,
     FleetReport,
     Target,
     TargetRun,
     cluster_limit,
+    database_limit,
     load_fleet,
-    target_limit,
 )
-from perfops.errors import PerfopsError
+from perfops.errors import ConfigurationError, PerfopsError
 from perfops.redaction import one_line
 from perfops.settings import get_settings
 from tasks.records import emit, end_run, publish_table
 
-# A child waits this long for its target's and its cluster's slots, then is reported not run.
+# A run waits this long for its database's and its cluster's slots, then fails saying which.
 SLOT_TIMEOUT_S = 3600.0
 
 
@@ -62,17 +66,15 @@ def load_selection(
     return definition, definition.select(selection)
 
 
-def ensure_limits(targets: list[Target], per_cluster: int) -> None:
-    """Create the targets' and clusters' global concurrency limits, or set them to the fleet
-    file's values (the file is the source of truth: an edit in the UI lasts until the next run)."""
-    wanted = {target_limit(t): 1 for t in targets}
-    wanted.update({cluster_limit(t): per_cluster for t in targets})
+def ensure_limits(wanted: dict[str, int]) -> None:
+    """Create the global concurrency limits `wanted` (name -> slots), or set them to these values
+    (the fleet file is the source of truth: an edit in the UI lasts until the next run)."""
     with get_client(sync_client=True) as client:
         for name, limit in wanted.items():
             try:
                 existing = client.read_global_concurrency_limit_by_name(name)
             except ObjectNotFound:
-                with suppress(ObjectAlreadyExists):  # another parent made it meanwhile
+                with suppress(ObjectAlreadyExists):  # another run made it meanwhile
                     client.create_global_concurrency_limit(
                         GlobalConcurrencyLimitCreate(name=name, limit=limit)
                     )
@@ -83,33 +85,59 @@ def ensure_limits(targets: list[Target], per_cluster: int) -> None:
                 )
 
 
+@contextmanager
+def database_slots(
+    target: PostgresTarget,
+    *,
+    changes: bool,
+    fleet_target: str | None = None,
+    fleet_file: str | None = None,
+    timeout_s: float = SLOT_TIMEOUT_S,
+) -> Iterator[float]:
+    """Hold this run's slots while the block runs; yields the seconds it waited for them.
+
+    A run that `changes` the database holds its database's limit (1 slot); a fleet child
+    (`fleet_target`) also its cluster's (`max_parallel_per_cluster`). A read-only run outside a
+    fleet holds nothing. No slot within `timeout_s` raises PerfopsError naming the limits."""
+    resource = target.resource_id()
+    wanted: dict[str, int] = {}
+    if changes:
+        wanted[database_limit(resource)] = 1
+    if fleet_target:
+        definition = load_fleet(Path(fleet_file) if fleet_file else get_settings().fleet_file)
+        cluster = definition.target(fleet_target).cluster_for(resource)
+        wanted[cluster_limit(cluster)] = definition.max_parallel_per_cluster
+    if not wanted:
+        yield 0.0
+        return
+    ensure_limits(wanted)
+    logger = get_run_logger()
+    names = ", ".join(wanted)
+    started = time.monotonic()
+    try:
+        with concurrency(list(wanted), occupy=1, timeout_seconds=timeout_s, strict=True):
+            waited = time.monotonic() - started
+            logger.info("holding %s (waited %.1f s for it)", names, waited)
+            yield waited
+    except TimeoutError:
+        raise PerfopsError(
+            f"no slot of {names} within {timeout_s:.0f} s: another perfops run kept working on "
+            "this database or its server (the Prefect UI's Concurrency page shows the holders)"
+        ) from None
+
+
 def _run_one(
     child: Flow[..., Any],
     target: Target,
     parameters: dict[str, Any],
     describe: Callable[[Any], str],
-    slot_timeout_s: float,
 ) -> TargetRun:
     started = time.monotonic()
+    labels = [f"target:{target.name}"] + ([f"cluster:{target.cluster}"] if target.cluster else [])
     try:
-        with (
-            concurrency(
-                [target_limit(target), cluster_limit(target)],
-                occupy=1,
-                timeout_seconds=slot_timeout_s,
-                strict=True,
-            ),
-            tags(f"target:{target.name}", f"cluster:{target.cluster_name}"),
-        ):
+        with tags(*labels):
             named = child.with_options(flow_run_name=f"{child.name}-{target.name}")
             state = cast("State[Any]", named(**parameters, return_state=True))
-    except TimeoutError:
-        return TargetRun(
-            target=target.name,
-            result="not run",
-            reason=f"no slot of {target_limit(target)} / {cluster_limit(target)} within "
-            f"{slot_timeout_s:.0f} s (another run held it)",
-        )
     except Exception as exc:  # noqa: BLE001 - one target's failure must not stop the others
         return TargetRun(
             target=target.name, result="not run", reason=one_line(exc, empty=type(exc).__name__)
@@ -129,6 +157,46 @@ def _run_one(
     )
 
 
+def fan_out(
+    child: Flow[..., Any],
+    selection: str | list[str],
+    fleet_file: str | None,
+    parameters: dict[str, Any],
+    *,
+    artifact_key: str,
+    event: str,
+    dry_run: bool,
+    describe: Callable[[Any], str] = lambda report: str(getattr(report, "summary", "")),
+    system: str = "postgres",
+    block_parameter: str = "postgres_block",
+) -> FleetReport:
+    """`run_over_fleet` for a flow whose children differ only by their block: each child gets
+    `parameters`, the target's `system` block as `block_parameter`, `fleet_target` and
+    `fleet_file`."""
+
+    def for_target(target: Target) -> dict[str, Any]:
+        block = target.blocks.get(system)  # type: ignore[call-overload]
+        if block is None:
+            raise ConfigurationError(f"no {system} block in the fleet file")
+        return {
+            **parameters,
+            block_parameter: block,
+            "fleet_target": target.name,
+            "fleet_file": fleet_file,
+        }
+
+    return run_over_fleet(
+        child,
+        selection,
+        fleet_file,
+        for_target,
+        describe,
+        artifact_key=artifact_key,
+        event=event,
+        dry_run=dry_run,
+    )
+
+
 def run_over_fleet(
     child: Flow[..., Any],
     selection: str | list[str],
@@ -139,7 +207,6 @@ def run_over_fleet(
     artifact_key: str,
     event: str,
     dry_run: bool = False,
-    slot_timeout_s: float = SLOT_TIMEOUT_S,
 ) -> FleetReport:
     """Run `child` once per selected target (`parameters(target)` gives its parameters; raising
     `PerfopsError` there reports the target not run), at most `max_parallel` at once, then
@@ -149,7 +216,6 @@ def run_over_fleet(
     started = time.monotonic()
     definition, targets = load_selection(selection, fleet_file)
     label = selection if isinstance(selection, str) else ", ".join(selection)
-    ensure_limits(targets, definition.max_parallel_per_cluster)
     logger.info(
         "%s over %d targets (%s), %d at once, %d per cluster",
         child.name,
@@ -164,7 +230,7 @@ def run_over_fleet(
             params = parameters(target)
         except PerfopsError as exc:
             return TargetRun(target=target.name, result="not run", reason=str(exc))
-        return _run_one(child, target, params, describe, slot_timeout_s)
+        return _run_one(child, target, params, describe)
 
     with ThreadPoolExecutor(max_workers=min(definition.max_parallel, len(targets))) as pool:
         # Each thread runs its child in a copy of this run's context: the child is a subflow of

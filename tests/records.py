@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
@@ -18,6 +18,10 @@ from prefect.events.filters import (
     EventRelatedFilter,
 )
 from prefect.events.schemas.events import ReceivedEvent
+
+from decisions.fleet import FleetReport
+
+T = TypeVar("T")
 
 
 def artifact_rows(key: str) -> list[dict[str, Any]]:
@@ -82,3 +86,11 @@ def superuser_fix(owner: str, role: str) -> str:
         f"(alter table ... owner to app_owner; grant app_owner to {role}), never a superuser "
         "role (or run perfops as the owner)"
     )
+
+
+def one_target(flow: Callable[..., T | FleetReport], /, **parameters: Any) -> T:
+    """Call a flow that runs for one database or a fleet, for one database: its report (a
+    fleet parent's FleetReport fails the test)."""
+    report = flow(**parameters)
+    assert not isinstance(report, FleetReport), report
+    return report

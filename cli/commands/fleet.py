@@ -98,7 +98,7 @@ def list_targets(
             "name": t.name,
             "blocks": dict(t.blocks),
             "labels": dict(t.labels),
-            "cluster": t.cluster_name,
+            "cluster": t.cluster or "(its server, host:port)",
             "reachable": r[0] if r else None,
             "detail": redact(r[1]) if r else "",
         }

@@ -13,9 +13,9 @@ from decisions.fleet import (
     Target,
     TargetRun,
     cluster_limit,
+    database_limit,
     load_fleet,
     parse_fleet,
-    target_limit,
 )
 from perfops.errors import ConfigurationError
 from perfops.settings import PROJECT_DIR
@@ -63,9 +63,19 @@ def test_defaults_and_limits(fleet: Fleet) -> None:
     assert fleet.max_parallel == 3
     assert fleet.max_parallel_per_cluster == 2
     orders, _, catalog = fleet.targets
-    assert target_limit(orders) == "perfops-target-orders"
-    assert cluster_limit(orders) == "perfops-cluster-pg-1"
-    assert cluster_limit(catalog) == "perfops-cluster-catalog"  # no cluster: one of its own
+    assert orders.cluster_for("perfops.postgres.db1:5432/orders") == "pg-1"
+    # no cluster: the server of its DSN, so databases on one server share its slots
+    assert catalog.cluster_for("perfops.postgres.db2:6432/catalog") == "db2:6432"
+    assert cluster_limit("pg-1") == "perfops-cluster-pg-1"
+
+
+def test_slot_names_follow_the_database_not_the_target() -> None:
+    assert database_limit("perfops.postgres.db1:5432/orders") == "perfops-db-db1:5432:orders"
+    # Prefect refuses / % & > < in a limit's name: replaced, and a hash keeps names apart
+    odd = database_limit("perfops.postgres.db1:5432/a/b")
+    assert odd.startswith("perfops-db-db1:5432:a_b-") and "/" not in odd
+    assert odd != database_limit("perfops.postgres.db1:5432/a_b")
+    assert "/" not in cluster_limit("rack/1")
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from decisions.index_health import IndexFinding, IndexHealthSettings
 from flows.check_index_health import ARTIFACT_KEY, IndexHealthReport, check_index_health
 from tasks.postgres.index_changes import drop_indexes, lock_name
 from tasks.postgres.server import advisory_lock, connect
-from tests.records import artifact_rows, failed_run, superuser_fix, wait_for_event
+from tests.records import artifact_rows, failed_run, one_target, superuser_fix, wait_for_event
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -127,7 +127,7 @@ def _findings(report: IndexHealthReport) -> dict[str, IndexFinding]:
 
 def test_findings_say_what_each_wastes_and_why_and_nothing_changes(health_db: str) -> None:
     before = indexes(health_db)
-    report = check_index_health(settings=SETTINGS, drop=[f"{SCHEMA}.{HOSTILE_INDEX}"])
+    report = one_target(check_index_health, settings=SETTINGS, drop=[f"{SCHEMA}.{HOSTILE_INDEX}"])
     assert indexes(health_db) == before
     found = _findings(report)
     assert {k: f.kind for k, f in found.items()} == {
@@ -178,7 +178,7 @@ def test_apply_drops_exactly_the_named_index_concurrently_and_reruns_cleanly(
 ) -> None:
     before = indexes(health_db)
     requested = f"{SCHEMA}.{HOSTILE_INDEX}"  # as written, no SQL quoting
-    report = check_index_health(settings=SETTINGS, apply=True, drop=[requested])
+    report = one_target(check_index_health, settings=SETTINGS, apply=True, drop=[requested])
     [d] = report.drops
     assert (d.requested, d.status) == (requested, "dropped")
     assert d.reason.startswith("unused: unused: no scans")
@@ -200,7 +200,7 @@ def test_apply_drops_exactly_the_named_index_concurrently_and_reruns_cleanly(
     ).payload
     assert [i["index"] for i in payload["indexes"]] == ['"Health Q"."i""; DROP INDEX y; --"']
 
-    again = check_index_health(settings=SETTINGS, apply=True, drop=[requested])
+    again = one_target(check_index_health, settings=SETTINGS, apply=True, drop=[requested])
     [d] = again.drops
     assert d.status == "already gone"
     assert HOSTILE_INDEX not in _findings(again)
@@ -293,7 +293,9 @@ def test_a_transaction_using_the_table_stops_the_drop_and_a_rerun_finishes_it(
         "not finish): lock_timeout (300 ms) expired; the index is left INVALID"
     )
     assert '"Health Q".locked_idx (invalid)' in indexes(health_db)
-    again = check_index_health(settings=settings, apply=True, drop=[f"{SCHEMA}.locked_idx"])
+    again = one_target(
+        check_index_health, settings=settings, apply=True, drop=[f"{SCHEMA}.locked_idx"]
+    )
     assert _findings(again)["locked_idx"].kind == "invalid"
     [d] = again.drops
     assert d.status == "dropped"
@@ -308,7 +310,7 @@ def _finding(report: IndexHealthReport, index: str) -> IndexFinding:
 
 
 def test_the_drop_rechecks_inside_the_lock(health_db: str, pg_target: PostgresTarget) -> None:
-    report = check_index_health(settings=SETTINGS)
+    report = one_target(check_index_health, settings=SETTINGS)
     covered = _finding(report, "agents_name_idx")
     unused = _finding(report, HOSTILE_INDEX)
     stale = covered.model_copy(update={"definition": covered.definition + " WHERE (id > 0)"})
@@ -339,7 +341,7 @@ def test_the_drop_rechecks_inside_the_lock(health_db: str, pg_target: PostgresTa
 def test_the_drop_waits_no_longer_than_lock_timeout_and_goes_on(
     health_db: str, pg_target: PostgresTarget
 ) -> None:
-    report = check_index_health(settings=SETTINGS)
+    report = one_target(check_index_health, settings=SETTINGS)
     locked, other = _finding(report, "locked_idx"), _finding(report, "agents_name_idx")
     with psycopg.connect(health_db) as holder:
         holder.execute(
@@ -358,7 +360,7 @@ def test_the_drop_waits_no_longer_than_lock_timeout_and_goes_on(
 def test_another_perfops_run_on_the_table_is_waited_for_by_nobody(
     health_db: str, pg_target: PostgresTarget
 ) -> None:
-    report = check_index_health(settings=SETTINGS)
+    report = one_target(check_index_health, settings=SETTINGS)
     finding = _finding(report, "agents_name_idx")
     with (
         connect(pg_target, autocommit=True) as other,

@@ -18,7 +18,7 @@ from decisions.slow_queries import SlowQuerySettings, SlowStatement
 from flows.find_slow_queries import ARTIFACT_KEY, SlowQueryReport, find_slow_queries
 from perfops.errors import MissingPrerequisite
 from tasks.postgres.statements import explain_statements
-from tests.records import artifact_rows, wait_for_event
+from tests.records import artifact_rows, one_target, wait_for_event
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -89,7 +89,7 @@ def test_slow_statements_are_listed_with_why_figures_and_plans(env_dsn: str) -> 
             sql.SQL("lock table {} in access exclusive mode").format(q(SCHEMA, "locked_t"))
         )
         started = time.monotonic()
-        report = find_slow_queries(settings=settings)
+        report = one_target(find_slow_queries, settings=settings)
         elapsed = time.monotonic() - started
     ours = _ours(report)
     assert set(ours) == {HOSTILE, "gone_t", "locked_t", "do"}
@@ -134,7 +134,9 @@ def test_slow_statements_are_listed_with_why_figures_and_plans(env_dsn: str) -> 
 
 
 def test_top_n_by_total_time_without_a_threshold_hit(env_dsn: str) -> None:
-    report = find_slow_queries(settings=SlowQuerySettings(threshold_ms=3_600_000, top=3))
+    report = one_target(
+        find_slow_queries, settings=SlowQuerySettings(threshold_ms=3_600_000, top=3)
+    )
     assert [s.rank_by_total for s in report.statements] == [1, 2, 3]
     for s in report.statements:
         assert s.reasons == [s.reasons[0]]
@@ -180,8 +182,8 @@ def test_a_block_names_the_database(pg_dsn: str, slow_db: str) -> None:
     PostgresTarget(dsn=SecretStr(pg_dsn), application_name="slow-block").save(
         "slow-queries-test", overwrite=True
     )
-    report = find_slow_queries(
-        postgres_block="slow-queries-test", settings=SlowQuerySettings(top=1)
+    report = one_target(
+        find_slow_queries, postgres_block="slow-queries-test", settings=SlowQuerySettings(top=1)
     )
     dbname = psycopg.conninfo.conninfo_to_dict(pg_dsn)["dbname"]
     assert report.origin == "block" and report.database.endswith(f"/{dbname}")

@@ -187,6 +187,7 @@ def children(dsn: str, schema: str) -> list[str]:
 def emitted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
     import flows.rotate_partitions
     import tasks.partition_retirement
+    import tasks.partition_rotation
 
     calls: list[tuple[str, dict[str, Any]]] = []
     real_emit = flows.rotate_partitions.emit
@@ -195,7 +196,7 @@ def emitted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]
         calls.append((event, payload))
         real_emit(event, resource_id, payload, **labels)
 
-    for module in (flows.rotate_partitions, tasks.partition_retirement):  # where events are sent
+    for module in (flows.rotate_partitions, tasks.partition_rotation, tasks.partition_retirement):
         monkeypatch.setattr(module, "emit", record)
     return calls
 

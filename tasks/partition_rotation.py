@@ -1,0 +1,150 @@
+"""The steps `rotate_partitions` runs per table: a range policy (create ahead, rescue the default
+partition's rows, retire expired partitions through `tasks.partition_retirement`) and a hash
+policy (complete the partitions), each returning the table's `TableRotation`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from decisions.partition_rotation import (
+    EVENT,
+    ExpiredTable,
+    RotationSettings,
+    TableRotation,
+    planned_outcomes,
+    record_created,
+    to_retire,
+)
+from decisions.partitioning import (
+    HashPolicy,
+    PartitionPolicy,
+    plan_hash,
+    plan_rotation,
+)
+from perfops import progress
+from perfops.errors import ConfigurationError
+from tasks.partition_retirement import ArchivePreflight, retire_expired
+from tasks.postgres.partition_changes import (
+    create_hash_partitions,
+    create_partitions,
+    fetch_detached,
+)
+from tasks.postgres.partitions import (
+    fetch_default_rows,
+    fetch_hash_children,
+    fetch_partitioned_table,
+    qualified_name,
+    to_existing,
+)
+from tasks.records import emit
+
+
+def table_resource(target: Any, table: str) -> str:
+    return f"{target.resource_id()}/{table}"
+
+
+def rotate_range(
+    target: Any,
+    policy: PartitionPolicy,
+    now: datetime,
+    apply: bool,
+    settings: RotationSettings,
+    workdir: Path,
+    preflight: ArchivePreflight,
+) -> TableRotation:
+    result = TableRotation(table=policy.table, kind="range")
+    schema_name, table_name = policy.schema_name, policy.table_name
+    qualified = qualified_name(schema_name, table_name)
+    resource = table_resource(target, policy.table)
+    progress.report(f"{policy.table}: reading the catalog", 0, 1)
+    meta = fetch_partitioned_table(target, qualified)
+    if meta.strategy != "range":
+        raise ConfigurationError(
+            f"{policy.table} is {meta.strategy}-partitioned: a time policy (interval) needs a "
+            "range-partitioned table; give a hash table `modulus` instead"
+        )
+    key_column = meta.key_column
+    assert key_column is not None  # fetch_partitioned_table refuses anything else
+    existing = to_existing(meta.children, meta.key_type, policy.timezone)
+    default_rows = (
+        fetch_default_rows(target, qualified, key_column, policy.interval, policy.timezone)
+        if meta.default
+        else []
+    )
+    result.default_rows = sum(d.rows for d in default_rows)
+    leftovers = [
+        ExpiredTable(name=d.name, lower=d.lower, upper=d.upper, attached=False)
+        for d in fetch_detached(target, schema_name, table_name)
+    ]
+    plan = plan_rotation(policy, now, existing, default_rows, settings.max_future_intervals)
+    result.plan = plan
+    result.problems.extend(plan.problems)
+    retiring = to_retire(plan, leftovers)
+    for t in retiring:
+        if not t.attached:
+            result.problems.append(
+                f"{t.name} was detached by an earlier run and is still there: "
+                + ("finishing its expiry" if apply else "the next --apply run finishes it")
+            )
+    if not apply:
+        result.expired = planned_outcomes(plan, [t.name for t in leftovers], policy)
+        return result
+
+    # 1. Create ahead, moving rows waiting in the default partition.
+    timeouts = settings.timeouts
+    if plan.create:
+        progress.report(f"{policy.table}: creating {len(plan.create)} partitions", 0, 1)
+        result.created = create_partitions(
+            target,
+            schema_name,
+            table_name,
+            key_column,
+            meta.key_type,
+            policy.timezone,
+            plan.create,
+            timeouts,
+            settings.rescue_max_rows,
+        )
+        record_created(result)
+        if result.created_names:
+            emit(
+                EVENT + "created",
+                resource,
+                {"table": policy.table, "partitions": result.created_names},
+            )
+
+    # 2. Retire the expired partitions: detach, archive (verified), only then drop.
+    retire_expired(
+        target, resource, policy, key_column, retiring, settings, workdir, result, preflight
+    )
+    return result
+
+
+def rotate_hash(
+    target: Any, policy: HashPolicy, apply: bool, settings: RotationSettings
+) -> TableRotation:
+    result = TableRotation(table=policy.table, kind="hash")
+    schema_name, table_name = policy.schema_name, policy.table_name
+    modulus, remainders = fetch_hash_children(target, qualified_name(schema_name, table_name))
+    plan = plan_hash(policy, remainders, modulus)
+    result.hash_plan = plan
+    result.problems.extend(plan.problems)
+    if apply and plan.missing and not plan.problems:
+        result.created = create_hash_partitions(
+            target,
+            schema_name,
+            table_name,
+            policy.modulus,
+            plan.missing,
+            plan.names,
+            settings.timeouts,
+        )
+        if result.created_names:
+            emit(
+                EVENT + "created",
+                table_resource(target, policy.table),
+                {"table": policy.table, "partitions": result.created_names},
+            )
+    return result
