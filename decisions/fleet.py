@@ -263,7 +263,10 @@ class TargetRun(_Model):
     reason: str = Field(description="The child run's state message, or why it did not run.")
     changed: str = Field(default="", description="What the child run found and changed.")
     flow_run_id: str | None = None
-    seconds: float | None = None
+    seconds: float | None = Field(default=None, description="The child run's own time.")
+    waited: float | None = Field(
+        default=None, description="Seconds the target waited for its slots before its run."
+    )
 
 
 class FleetReport(_Model):
@@ -308,6 +311,7 @@ class FleetReport(_Model):
                 "changed": t.changed,
                 "run": f"{base}/runs/flow-run/{t.flow_run_id}" if t.flow_run_id else "",
                 "seconds": t.seconds if t.seconds is not None else "",
+                "waited": t.waited if t.waited is not None else "",
             }
             for t in self.targets
         ]

@@ -114,6 +114,7 @@ def check_index_health(
                 "drop": drop,
                 "allow_partial": allow_partial,
             },
+            changes=apply and bool(drop),
             artifact_key=FLEET_ARTIFACT_KEY,
             event=EVENT_FLEET,
             dry_run=not apply,
@@ -121,9 +122,7 @@ def check_index_health(
         )
     logger = get_run_logger()
     pg = resolve_postgres(postgres_block)
-    with database_slots(
-        pg.value, changes=apply and bool(drop), fleet_target=fleet_target, fleet_file=fleet_file
-    ):
+    with database_slots(pg.value, changes=apply and bool(drop), fleet_target=fleet_target):
         # The first contact fails at once (no retries) with a one-line reason.
         catalog = fetch_index_catalog.with_options(retries=0)(
             pg.value, settings.schemas, lock_timeout_ms=settings.catalog_lock_timeout_ms

@@ -93,13 +93,14 @@ def find_slow_queries(
             targets,
             fleet_file,
             {"settings": settings},
+            changes=False,
             artifact_key=FLEET_ARTIFACT_KEY,
             event=EVENT_FLEET,
             dry_run=False,
         )
     logger = get_run_logger()
     pg = resolve_postgres(postgres_block)
-    with database_slots(pg.value, changes=False, fleet_target=fleet_target, fleet_file=fleet_file):
+    with database_slots(pg.value, changes=False, fleet_target=fleet_target):
         # The first contact fails at once (no retries) with a one-line reason: an unreachable
         # server or a missing pg_stat_statements is not cured by waiting. `min_calls` applies after
         # the rows of several roles are merged.

@@ -150,6 +150,7 @@ def refresh_stale_statistics(
             targets,
             fleet_file,
             {"policy": policy, "dry_run": dry_run, "allow_partial": allow_partial},
+            changes=not dry_run,
             artifact_key=FLEET_ARTIFACT_KEY,
             event=EVENT_FLEET,
             dry_run=dry_run,
@@ -162,9 +163,7 @@ def refresh_stale_statistics(
     denied: dict[int, str] = {}
     privileges: str | None = None
     with (
-        database_slots(
-            target, changes=not dry_run, fleet_target=fleet_target, fleet_file=fleet_file
-        ),
+        database_slots(target, changes=not dry_run, fleet_target=fleet_target),
         refresh_session(target, dry_run=dry_run),
     ):
         stats = fetch_table_stats(target, policy.include_schemas)

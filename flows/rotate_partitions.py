@@ -130,6 +130,7 @@ def rotate_partitions(
                 "now": now,
                 "allow_partial": allow_partial,
             },
+            changes=apply,
             artifact_key=FLEET_ARTIFACT_KEY,
             event=EVENT_FLEET,
             dry_run=not apply,
@@ -146,7 +147,7 @@ def rotate_partitions(
             "no partition policies: pass policies or policies_file "
             "(see deployments/partitions.yaml)"
         )
-    with database_slots(target, changes=apply, fleet_target=fleet_target, fleet_file=fleet_file):
+    with database_slots(target, changes=apply, fleet_target=fleet_target):
         at = now or datetime.now(UTC)
         tables: list[TableRotation] = []
         first_error: Exception | None = None

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from blocks.resolve import resolve_postgres
+from blocks import PostgresTarget
+from blocks.resolve import Resolved, resolve_postgres
+from decisions.fleet import FleetReport, keyed, target_labels
 from decisions.index_suggestions import (
     BuildResult,
     IndexSuggestionReport,
@@ -41,6 +43,7 @@ from decisions.indexing import (
     table_matches,
 )
 from perfops.redaction import install_log_redaction
+from tasks.fleet_runs import database_slots, fan_out
 from tasks.postgres.hypopg import (
     cost_base_plans,
     cost_candidates,
@@ -58,6 +61,8 @@ from tasks.postgres.statements import (
 from tasks.records import emit, end_run, publish_table
 
 ARTIFACT_KEY = "perfops-index-suggestions"
+FLEET_ARTIFACT_KEY = "perfops-index-suggestions-fleet"
+EVENT_FLEET = "perfops.indexes.fleet_suggested"
 
 
 @flow(
@@ -70,7 +75,10 @@ def suggest_indexes(
     settings: IndexAdvisorSettings | None = None,
     apply: bool = False,
     allow_partial: bool = False,
-) -> IndexSuggestionReport:
+    targets: list[str] | str | None = None,
+    fleet_file: str | None = None,
+    fleet_target: str | None = None,
+) -> IndexSuggestionReport | FleetReport:
     """Suggest (and with `apply`, build) the indexes the workload would benefit from.
 
     Args:
@@ -79,11 +87,46 @@ def suggest_indexes(
         apply: build the chosen indexes `CONCURRENTLY` (default: only suggest).
         allow_partial: end Completed when some builds succeeded and others failed (the artifact
             and state message still say which); default False: Failed.
+        targets: run over a fleet instead (docs/fleet.md): a named fleet, `all`, a label
+            `key=value`, or a list of target names; one child run per target, a summary
+            artifact `perfops-index-suggestions-fleet`.
+        fleet_file: the fleet definition (default `PERFOPS_FLEET_FILE`, else
+            deployments/fleet.yaml).
+        fleet_target: set by the fleet parent on each child (its artifact
+            `perfops-index-suggestions-<target>`, its event label `perfops.target`, its cluster
+            slot). A run with `apply` holds its database's slot.
     """
     install_log_redaction()
-    logger = get_run_logger()
     settings = settings or IndexAdvisorSettings()
+    if targets is not None:  # the parent of a fleet run: one child run per target
+        return fan_out(
+            suggest_indexes,
+            targets,
+            fleet_file,
+            {"settings": settings, "apply": apply, "allow_partial": allow_partial},
+            changes=apply,
+            artifact_key=FLEET_ARTIFACT_KEY,
+            event=EVENT_FLEET,
+            dry_run=not apply,
+            describe=lambda r: (
+                f"{len(r.suggestions)} suggested, "
+                f"{sum(b.status == 'created' for b in r.builds)} built"
+            ),
+        )
     resolved = resolve_postgres(postgres_block)
+    with database_slots(resolved.value, changes=apply, fleet_target=fleet_target):
+        return _suggest(resolved, settings, apply, allow_partial, fleet_target)
+
+
+def _suggest(
+    resolved: Resolved[PostgresTarget],
+    settings: IndexAdvisorSettings,
+    apply: bool,
+    allow_partial: bool,
+    fleet_target: str | None,
+) -> IndexSuggestionReport:
+    """One database: suggest, and with `apply` build (under the run's slots)."""
+    logger = get_run_logger()
     target = resolved.value
 
     statements = fetch_statement_stats(
@@ -218,7 +261,7 @@ def suggest_indexes(
         report.builds = built + denied
         report.applied = True
 
-    _record(report, target.resource_id())
+    _record(report, target.resource_id(), fleet_target)
     for s in report.suggestions:
         logger.info(
             "suggest %s (%s): saves ~%.0f ms over %d calls",
@@ -250,7 +293,11 @@ def suggest_indexes(
     )
 
 
-def _record(report: IndexSuggestionReport, resource: str) -> None:
-    publish_table(ARTIFACT_KEY, artifact_rows(report), f"Index suggestions for {report.database}")
+def _record(report: IndexSuggestionReport, resource: str, fleet_target: str | None) -> None:
+    publish_table(
+        keyed(ARTIFACT_KEY, fleet_target),
+        artifact_rows(report),
+        f"Index suggestions for {report.database}",
+    )
     for event, event_resource, payload in suggestion_events(report, resource):
-        emit(event, event_resource, payload)
+        emit(event, event_resource, payload, **target_labels(fleet_target))

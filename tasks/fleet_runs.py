@@ -39,6 +39,7 @@ from prefect.settings import PREFECT_UI_URL
 from prefect.states import State
 
 from blocks import PostgresTarget
+from blocks.resolve import resolve_postgres
 from decisions.fleet import (
     Fleet,
     FleetReport,
@@ -86,31 +87,14 @@ def ensure_limits(wanted: dict[str, int]) -> None:
 
 
 @contextmanager
-def database_slots(
-    target: PostgresTarget,
-    *,
-    changes: bool,
-    fleet_target: str | None = None,
-    fleet_file: str | None = None,
-    timeout_s: float = SLOT_TIMEOUT_S,
+def hold_slots(
+    wanted: dict[str, int], timeout_s: float = SLOT_TIMEOUT_S, *, ensure: bool = True
 ) -> Iterator[float]:
-    """Hold this run's slots while the block runs; yields the seconds it waited for them.
-
-    A run that `changes` the database holds its database's limit (1 slot); a fleet child
-    (`fleet_target`) also its cluster's (`max_parallel_per_cluster`). A read-only run outside a
-    fleet holds nothing. No slot within `timeout_s` raises PerfopsError naming the limits."""
-    resource = target.resource_id()
-    wanted: dict[str, int] = {}
-    if changes:
-        wanted[database_limit(resource)] = 1
-    if fleet_target:
-        definition = load_fleet(Path(fleet_file) if fleet_file else get_settings().fleet_file)
-        cluster = definition.target(fleet_target).cluster_for(resource)
-        wanted[cluster_limit(cluster)] = definition.max_parallel_per_cluster
-    if not wanted:
-        yield 0.0
-        return
-    ensure_limits(wanted)
+    """Hold one slot of each global concurrency limit `wanted` (name -> its slots; created or
+    set first unless `ensure` is False) while the block runs, all taken in one request; yields
+    the seconds it waited. No slot within `timeout_s` raises PerfopsError naming the limits."""
+    if ensure:
+        ensure_limits(wanted)
     logger = get_run_logger()
     names = ", ".join(wanted)
     started = time.monotonic()
@@ -126,21 +110,58 @@ def database_slots(
         ) from None
 
 
+@contextmanager
+def database_slots(
+    target: PostgresTarget, *, changes: bool, fleet_target: str | None = None
+) -> Iterator[float]:
+    """A run that `changes` the database holds its database's limit (1 slot) while the block
+    runs, so two perfops runs never change one database at once; yields the seconds waited.
+    A fleet child (`fleet_target`) holds nothing itself: its parent took its slots before the
+    child run started. A read-only run holds nothing."""
+    if fleet_target is not None or not changes:
+        yield 0.0
+        return
+    with hold_slots({database_limit(target.resource_id()): 1}) as waited:
+        yield waited
+
+
+def fleet_slots(
+    definition: Fleet, target: Target, *, changes: bool, system: str = "postgres"
+) -> dict[str, int]:
+    """The slots a fleet child needs, taken by the parent before the child starts: its
+    cluster's (`max_parallel_per_cluster`) and, when it `changes` the database, the database's
+    (1). Loads the target's block to know which database and server it is."""
+    block = target.blocks.get(system)  # type: ignore[call-overload]
+    if block is None:
+        raise ConfigurationError(f"no {system} block in the fleet file")
+    resource = resolve_postgres(block).value.resource_id()
+    wanted = {cluster_limit(target.cluster_for(resource)): definition.max_parallel_per_cluster}
+    if changes:
+        wanted[database_limit(resource)] = 1
+    return wanted
+
+
 def _run_one(
     child: Flow[..., Any],
     target: Target,
     parameters: dict[str, Any],
+    slots: dict[str, int],
     describe: Callable[[Any], str],
 ) -> TargetRun:
-    started = time.monotonic()
     labels = [f"target:{target.name}"] + ([f"cluster:{target.cluster}"] if target.cluster else [])
+    waited: float | None = None
     try:
-        with tags(*labels):
+        with hold_slots(slots, ensure=False) as waited, tags(*labels):
+            started = time.monotonic()
             named = child.with_options(flow_run_name=f"{child.name}-{target.name}")
             state = cast("State[Any]", named(**parameters, return_state=True))
+            seconds = round(time.monotonic() - started, 3)
     except Exception as exc:  # noqa: BLE001 - one target's failure must not stop the others
         return TargetRun(
-            target=target.name, result="not run", reason=one_line(exc, empty=type(exc).__name__)
+            target=target.name,
+            result="not run",
+            reason=one_line(exc, empty=type(exc).__name__),
+            waited=waited,
         )
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
@@ -153,7 +174,8 @@ def _run_one(
         reason=reason,
         changed=changed,
         flow_run_id=str(state.state_details.flow_run_id),
-        seconds=round(time.monotonic() - started, 3),
+        seconds=seconds,
+        waited=round(waited, 3) if waited is not None else None,
     )
 
 
@@ -166,24 +188,19 @@ def fan_out(
     artifact_key: str,
     event: str,
     dry_run: bool,
+    changes: bool,
     describe: Callable[[Any], str] = lambda report: str(getattr(report, "summary", "")),
     system: str = "postgres",
     block_parameter: str = "postgres_block",
 ) -> FleetReport:
     """`run_over_fleet` for a flow whose children differ only by their block: each child gets
-    `parameters`, the target's `system` block as `block_parameter`, `fleet_target` and
-    `fleet_file`."""
+    `parameters`, the target's `system` block as `block_parameter`, and `fleet_target`; it
+    holds its cluster's slot and, when it `changes` the database, the database's."""
 
-    def for_target(target: Target) -> dict[str, Any]:
-        block = target.blocks.get(system)  # type: ignore[call-overload]
-        if block is None:
-            raise ConfigurationError(f"no {system} block in the fleet file")
-        return {
-            **parameters,
-            block_parameter: block,
-            "fleet_target": target.name,
-            "fleet_file": fleet_file,
-        }
+    def for_target(definition: Fleet, target: Target) -> tuple[dict[str, Any], dict[str, int]]:
+        slots = fleet_slots(definition, target, changes=changes, system=system)
+        block = target.blocks[system]  # type: ignore[index]
+        return {**parameters, block_parameter: block, "fleet_target": target.name}, slots
 
     return run_over_fleet(
         child,
@@ -201,15 +218,16 @@ def run_over_fleet(
     child: Flow[..., Any],
     selection: str | list[str],
     fleet_file: str | None,
-    parameters: Callable[[Target], dict[str, Any]],
+    parameters: Callable[[Fleet, Target], tuple[dict[str, Any], dict[str, int]]],
     describe: Callable[[Any], str],
     *,
     artifact_key: str,
     event: str,
     dry_run: bool = False,
 ) -> FleetReport:
-    """Run `child` once per selected target (`parameters(target)` gives its parameters; raising
-    `PerfopsError` there reports the target not run), at most `max_parallel` at once, then
+    """Run `child` once per selected target (`parameters(fleet, target)` gives its parameters
+    and the slots it holds; raising `PerfopsError` there reports the target not run), each
+    started once it holds its slots, at most `max_parallel` at once, then
     publish the fleet summary (`artifact_key`) and `event`, and end Failed when a target failed.
     Call from inside the parent flow run."""
     logger = get_run_logger()
@@ -225,18 +243,29 @@ def run_over_fleet(
         definition.max_parallel_per_cluster,
     )
 
-    def one(target: Target) -> TargetRun:
+    def prepare(target: Target) -> tuple[dict[str, Any], dict[str, int]] | TargetRun:
         try:
-            params = parameters(target)
+            return parameters(definition, target)
         except PerfopsError as exc:
             return TargetRun(target=target.name, result="not run", reason=str(exc))
-        return _run_one(child, target, params, describe)
 
     with ThreadPoolExecutor(max_workers=min(definition.max_parallel, len(targets))) as pool:
-        # Each thread runs its child in a copy of this run's context: the child is a subflow of
-        # this run (a context is entered by one thread at a time, so one copy per child).
-        futures = [pool.submit(copy_context().run, one, t) for t in targets]
-        runs = [f.result() for f in futures]
+        # Each thread works in a copy of this run's context, so its child is a subflow of this
+        # run (a context is entered by one thread at a time, so one copy per call).
+        prepared = [
+            f.result() for f in [pool.submit(copy_context().run, prepare, t) for t in targets]
+        ]
+        # Every limit the children hold, made or set once, before any child starts.
+        ensure_limits(
+            {n: k for p in prepared if not isinstance(p, TargetRun) for n, k in p[1].items()}
+        )
+        futures = [
+            p
+            if isinstance(p, TargetRun)
+            else pool.submit(copy_context().run, _run_one, child, t, p[0], p[1], describe)
+            for t, p in zip(targets, prepared, strict=True)
+        ]
+        runs = [f if isinstance(f, TargetRun) else f.result() for f in futures]
 
     report = FleetReport(
         flow=child.name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,7 @@ from cli.support import (
     perfops_settings,
     print_json,
     print_wrapped,
+    run_flow,
     use_prefect_server,
 )
 from decisions.fleet import ALL, Fleet, Target, load_fleet
@@ -52,6 +54,51 @@ def selected(selection: str | None, fleet_file: Path | None) -> tuple[Fleet, lis
     path = fleet_file or perfops_settings().fleet_file
     definition = load_fleet(path)
     return definition, definition.select(selection or ALL), path
+
+
+def run_fleet(
+    flow: Callable[[], Any],
+    parameters: dict[str, Any],
+    *,
+    fleet: str,
+    fleet_file: Path | None,
+    single: dict[str, object],
+    label: str,
+    artifact_key: str,
+    as_json: bool,
+    verbose: bool,
+) -> None:
+    """`--fleet NAME` of a per-database command: one child run per target (docs/fleet.md), a
+    line per target, exit 1 when a target failed. `single` holds the command's one-database
+    options (`--dsn`, ...), refused with `--fleet`; a fleet file or selection that is wrong is
+    refused (exit 2) before Prefect starts."""
+    given = [name for name, value in single.items() if value]
+    if given:
+        raise typer.BadParameter(
+            f"--fleet runs over the fleet file's blocks: drop {' and '.join(given)}"
+        )
+    try:
+        selected(fleet, fleet_file)
+    except PerfopsError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--fleet") from None
+    report = run_flow(
+        flow,
+        {**parameters, "targets": fleet, "fleet_file": str(fleet_file) if fleet_file else None},
+        verbose=verbose,
+        label=f"{label} over {fleet}",
+        show_progress=not as_json,
+    )
+    if as_json:
+        print_json(report)
+    else:
+        print_wrapped(f"{label} over the fleet {report.selection}", indent=0, style="bold")
+        print_wrapped(redact(f"{report.summary} in {report.seconds:.1f} s"), indent=2)
+        for t in report.targets:
+            style = "green" if t.result == "done" else "red"
+            print_wrapped(redact(f"{t.result}: {t.target}"), indent=2, style=style)
+            print_wrapped(redact(t.changed or t.reason), indent=4, style="dim")
+    if report.failure:
+        fail(f"{report.failure} (artifact {artifact_key})")
 
 
 def _reach(target: Target, timeout_s: int) -> tuple[bool, str]:

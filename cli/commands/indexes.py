@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.commands.fleet import FleetFileOption, FleetOption, run_fleet
 from cli.support import (
     ApplyFlag,
     DsnOption,
@@ -31,6 +32,8 @@ def _suggest_flow() -> Any:
 def suggest(
     dsn: DsnOption = None,
     postgres_block: PostgresBlockOption = None,
+    fleet: FleetOption = None,
+    fleet_file: FleetFileOption = None,
     min_calls: Annotated[
         int, typer.Option(min=1, help="Ignore statements called fewer times.")
     ] = 10,
@@ -64,6 +67,19 @@ def suggest(
         include_tables=table or [],
         exclude_tables=exclude_table or [],
     )
+    if fleet:
+        run_fleet(
+            _suggest_flow,
+            {"settings": settings, "apply": apply},
+            fleet=fleet,
+            fleet_file=fleet_file,
+            single={"--dsn": dsn, "--postgres-block": postgres_block},
+            label="index suggestions",
+            artifact_key="perfops-index-suggestions-fleet",
+            as_json=as_json,
+            verbose=verbose,
+        )
+        return
     report = run_flow(
         _suggest_flow,
         {"postgres_block": postgres_block, "settings": settings, "apply": apply},

@@ -13,6 +13,7 @@ import typer
 from pydantic import ValidationError
 from rich.markup import escape
 
+from cli.commands.fleet import FleetFileOption, FleetOption, run_fleet
 from cli.support import (
     WIDTH,
     ApplyFlag,
@@ -71,6 +72,8 @@ def _flow() -> Any:
 def health(
     dsn: DsnOption = None,
     postgres_block: PostgresBlockOption = None,
+    fleet: FleetOption = None,
+    fleet_file: FleetFileOption = None,
     min_size: Annotated[
         int,
         typer.Option(
@@ -112,6 +115,19 @@ def health(
         first = exc.errors()[0]
         flag = "--min-size" if first["loc"] and first["loc"][0] == "min_size_bytes" else "--schema"
         raise typer.BadParameter(str(first["msg"]), param_hint=flag) from None
+    if fleet:
+        run_fleet(
+            _flow,
+            {"settings": settings, "apply": apply, "drop": list(drop or [])},
+            fleet=fleet,
+            fleet_file=fleet_file,
+            single={"--dsn": dsn, "--postgres-block": postgres_block},
+            label="index health",
+            artifact_key="perfops-index-health-fleet",
+            as_json=as_json,
+            verbose=verbose,
+        )
+        return
     use_dsn(dsn)
     report = run_flow(
         _flow,

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from cli.commands.fleet import FleetFileOption, FleetOption, run_fleet
 from cli.support import (
     ApplyFlag,
     DsnOption,
@@ -81,6 +82,8 @@ def _bad(exc: ValidationError) -> typer.BadParameter:
 def rotate(
     dsn: DsnOption = None,
     postgres_block: PostgresBlockOption = None,
+    fleet: FleetOption = None,
+    fleet_file: FleetFileOption = None,
     table: Annotated[
         str | None,
         typer.Option(
@@ -198,6 +201,19 @@ def rotate(
         raise _bad(exc) from None
     if at is not None and (at.tzinfo is None or at.utcoffset() is None):
         raise typer.BadParameter("--at needs a UTC offset, e.g. 2026-12-01T00:00:00+00:00")
+    if fleet:
+        run_fleet(
+            _rotate_flow,
+            {"policies": chosen, "apply": apply, "settings": settings, "now": at},
+            fleet=fleet,
+            fleet_file=fleet_file,
+            single={"--dsn": dsn, "--postgres-block": postgres_block},
+            label="partition rotation",
+            artifact_key="perfops-partitions-rotate-fleet",
+            as_json=as_json,
+            verbose=verbose,
+        )
+        return
     use_dsn(dsn)
     report = run_flow(
         _rotate_flow,

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from cli.commands.fleet import FleetFileOption, FleetOption, run_fleet
 from cli.support import (
     WIDTH,
     DsnOption,
@@ -45,6 +46,8 @@ def _flow() -> Any:
 def slow(
     dsn: DsnOption = None,
     postgres_block: PostgresBlockOption = None,
+    fleet: FleetOption = None,
+    fleet_file: FleetFileOption = None,
     threshold_ms: Annotated[
         float,
         typer.Option(
@@ -67,6 +70,19 @@ def slow(
 ) -> None:
     """List the statements over a mean-time threshold and the top N by total time, each with
     why it is listed (flow find_slow_queries). Read-only."""
+    if fleet:
+        run_fleet(
+            _flow,
+            {"settings": SlowQuerySettings(threshold_ms=threshold_ms, top=top, explain=explain)},
+            fleet=fleet,
+            fleet_file=fleet_file,
+            single={"--dsn": dsn, "--postgres-block": postgres_block},
+            label="slow queries",
+            artifact_key="perfops-slow-queries-fleet",
+            as_json=as_json,
+            verbose=verbose,
+        )
+        return
     use_dsn(dsn)
     settings = SlowQuerySettings(threshold_ms=threshold_ms, top=top, explain=explain)
     report = run_flow(

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from cli.commands.fleet import FleetFileOption, FleetOption
+from cli.commands.fleet import FleetFileOption, FleetOption, run_fleet
 from cli.support import (
     DsnOption,
     JsonFlag,
@@ -161,11 +161,17 @@ def refresh(
         min_rows=min_rows,
     )
     if fleet:
-        if dsn or postgres_block:
-            raise typer.BadParameter(
-                "--fleet runs over the fleet file's blocks: drop --dsn and --postgres-block"
-            )
-        _refresh_fleet(fleet, fleet_file, policy, dry_run, as_json=as_json, verbose=verbose)
+        run_fleet(
+            _refresh_flow,
+            {"policy": policy, "dry_run": dry_run},
+            fleet=fleet,
+            fleet_file=fleet_file,
+            single={"--dsn": dsn, "--postgres-block": postgres_block},
+            label="statistics refresh",
+            artifact_key="perfops-stats-refresh-fleet",
+            as_json=as_json,
+            verbose=verbose,
+        )
         return
     use_dsn(dsn)
     report = run_flow(
@@ -186,40 +192,6 @@ def refresh(
             f"{report.failed} of {report.analyzed + report.failed} tables failed: {names}{more} "
             f"({report.privileges or 'the others were analyzed'}; artifact perfops-stats-refresh)"
         )
-
-
-def _refresh_fleet(
-    fleet: str,
-    fleet_file: Any,
-    policy: StatisticsPolicy,
-    dry_run: bool,
-    *,
-    as_json: bool,
-    verbose: bool,
-) -> None:
-    """`--fleet NAME`: one child run per target (docs/fleet.md); exit 1 when a target failed."""
-    report = run_flow(
-        _refresh_flow,
-        {
-            "targets": fleet,
-            "fleet_file": str(fleet_file) if fleet_file else None,
-            "policy": policy,
-            "dry_run": dry_run,
-        },
-        verbose=verbose,
-        label=f"refreshing statistics over {fleet}",
-        show_progress=not as_json,
-    )
-    if as_json:
-        print_json(report)
-    else:
-        _print(f"statistics over the fleet {report.selection}", indent=0, style="bold")
-        _print(f"{report.summary} in {report.seconds:.1f} s")
-        for t in report.targets:
-            _print(f"{t.result}: {t.target}", style="green" if t.result == "done" else "red")
-            _print(t.changed or t.reason, indent=4, style="dim")
-    if report.failure:
-        fail(f"{report.failure} (artifact perfops-stats-refresh-fleet)")
 
 
 def _print(text: str, *, indent: int = 2, style: str | None = None) -> None:

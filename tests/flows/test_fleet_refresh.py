@@ -1,13 +1,15 @@
-"""refresh_stale_statistics over a fleet, on the real PostgreSQL and the Prefect test harness:
-three small databases and one target on a closed port. One child run per target, named and
-tagged with it; per-target artifacts and the fleet summary; the unreachable target fails only
-its own child and the parent says how many failed; two runs over one target never overlap."""
+"""Flows over a fleet, on the real PostgreSQL and the Prefect test harness: three small databases
+and one target on a closed port. One child run per target, named and tagged with it; per-target
+artifacts and the fleet summary; the unreachable target fails only its own child and the parent
+says how many failed; two runs over one target never overlap; a single-database run that changes
+a database waits for its slot."""
 
 from __future__ import annotations
 
 import json
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +20,20 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun
+from prefect.concurrency.sync import concurrency
 from psycopg import sql
 from pydantic import SecretStr
 
 from blocks import PostgresTarget
-from decisions.fleet import FleetReport
+from blocks.resolve import resolve_postgres
+from decisions.fleet import FleetReport, database_limit
+from decisions.partitioning import PartitionPolicy
+from flows.check_index_health import check_index_health
+from flows.find_slow_queries import find_slow_queries
 from flows.refresh_stale_statistics import FLEET_ARTIFACT_KEY, refresh_stale_statistics
+from flows.rotate_partitions import rotate_partitions
+from flows.suggest_indexes import suggest_indexes
+from tasks.fleet_runs import ensure_limits
 from tests.conftest import ADMIN_DSN
 from tests.records import artifact_rows, failed_run
 
@@ -50,6 +60,8 @@ def fleet_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     for target, db in names.items():
         dsn = psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname=db)
         with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("create extension pg_stat_statements")
+            conn.execute("create extension hypopg")
             conn.execute(
                 "create table items with (autovacuum_enabled = false) as "
                 "select g as id from generate_series(1, 100) g"
@@ -173,3 +185,62 @@ def test_fleet_list_shows_each_target_and_its_reachability(
         == 0
     )
     assert perfops(["stats", "refresh", "--fleet", "every", "--dsn", "host=x"]) == 2
+    assert perfops(["queries", "slow", "--fleet", "every", "--postgres-block", "b"]) == 2
+    # a selection the file does not have is refused before Prefect starts
+    unknown = ["indexes", "health", "--fleet", "nosuch", "--fleet-file", str(fleet_file)]
+    assert perfops(unknown) == 2
+    assert "'nosuch' is neither a fleet" in capsys.readouterr().err
+
+
+def test_every_per_database_flow_runs_over_the_fleet(fleet_file: Path) -> None:
+    """find_slow_queries, check_index_health, suggest_indexes and rotate_partitions fan out like
+    refresh_stale_statistics: a named child run and an artifact per target, a summary."""
+    run = run_id(fleet_file)
+    selection = [f"alpha-{run}", f"beta-{run}"]
+    for flow, key in (
+        (find_slow_queries, "perfops-slow-queries"),
+        (check_index_health, "perfops-index-health"),
+        (suggest_indexes, "perfops-index-suggestions"),
+    ):
+        report = flow(targets=selection, fleet_file=str(fleet_file))
+        assert isinstance(report, FleetReport), flow.name
+        assert [(t.target, t.result) for t in report.targets] == [(s, "done") for s in selection]
+        assert [r["target"] for r in artifact_rows(f"{key}-fleet")] == selection
+        for name in selection:
+            names = [r.name for r in child_runs(f"target:{name}")]
+            assert f"{flow.name}-{name}" in names
+            # the child's own artifact (artifact_rows fails when there is none)
+            assert isinstance(artifact_rows(f"{key}-{name}"), list)
+    # rotate_partitions: no partitioned table there, so each child fails with the reason
+    state = rotate_partitions(
+        targets=selection,
+        fleet_file=str(fleet_file),
+        policies=[PartitionPolicy(table="public.items", interval="month")],
+        return_state=True,
+    )
+    report, message = failed_run(state)
+    assert isinstance(report, FleetReport)
+    assert message.startswith("2 of 2 targets failed: ") and "not partitioned" in message
+
+
+def test_a_run_that_changes_a_database_waits_for_its_slot(fleet_file: Path) -> None:
+    """A single-database run that changes it holds `perfops-db-<host>:<port>:<db>`: while
+    another holder has it, the run waits and starts its work only once it is released."""
+    run = run_id(fleet_file)
+    block = f"fleet-{run}-gamma"
+    limit = database_limit(resolve_postgres(block).value.resource_id())
+    ensure_limits({limit: 1})
+    states: list[Any] = []
+    with concurrency(limit, occupy=1, strict=True):
+        worker = threading.Thread(
+            target=lambda: states.append(
+                refresh_stale_statistics(postgres_block=block, return_state=True)
+            )
+        )
+        worker.start()
+        worker.join(timeout=4)
+        assert worker.is_alive() and not states, "the run did not wait for the database's slot"
+        released = time.monotonic()
+    worker.join(timeout=60)
+    assert states and states[0].is_completed(), states
+    assert time.monotonic() - released < 15

@@ -15,7 +15,7 @@ from decisions.index_suggestions import IndexSuggestionReport
 from decisions.indexing import Candidate, IndexAdvisorSettings
 from flows.suggest_indexes import suggest_indexes
 from tasks.postgres.index_builds import BuildRequest, create_indexes
-from tests.records import superuser_fix
+from tests.records import one_target, superuser_fix
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -76,7 +76,7 @@ def _settings(**kw: Any) -> IndexAdvisorSettings:
 
 
 def test_suggests_what_pays_off_with_evidence_and_builds_nothing(workload: str) -> None:
-    report = suggest_indexes(settings=_settings())
+    report = one_target(suggest_indexes, settings=_settings())
     by_table = {(s.table, tuple(s.columns)): s for s in report.suggestions}
     assert set(by_table) == {("adv.orders", ("customer_id",)), (f"adv.{HOSTILE}", ("Mixed Case",))}
     orders = by_table[("adv.orders", ("customer_id",))]
@@ -97,7 +97,7 @@ def test_suggests_what_pays_off_with_evidence_and_builds_nothing(workload: str) 
 
 
 def test_apply_builds_concurrently_verifies_and_a_rerun_suggests_nothing(workload: str) -> None:
-    report = suggest_indexes(settings=_settings(), apply=True)
+    report = one_target(suggest_indexes, settings=_settings(), apply=True)
     assert {b.status for b in report.builds} == {"created"}
     for build in report.builds:
         assert build.used_by, build
@@ -112,7 +112,7 @@ def test_apply_builds_concurrently_verifies_and_a_rerun_suggests_nothing(workloa
         assert names == {"perfops_idx_orders_customer_id", "perfops_idx_x_drop_table_y_mixed_case"}
         assert _invalid_indexes(conn) == []
         assert conn.execute("select to_regclass('adv.y') is not null").fetchone() == (True,)
-    again = suggest_indexes(settings=_settings(), apply=True)
+    again = one_target(suggest_indexes, settings=_settings(), apply=True)
     assert again.suggestions == [] and again.builds == []
     reasons = [r.reason for r in again.rejected]
     assert "covered by perfops_idx_orders_customer_id (customer_id)" in reasons
@@ -124,7 +124,7 @@ def test_locked_table_statements_are_skipped_with_the_reason(workload: str) -> N
     )
     with psycopg.connect(workload) as holder:
         holder.execute("lock table adv.orders in access exclusive mode")
-        report = suggest_indexes(postgres_block="advisor-test", settings=_settings())
+        report = one_target(suggest_indexes, postgres_block="advisor-test", settings=_settings())
         holder.rollback()
     skipped = {s.query: s.reason for s in report.skipped}
     locked = [r for q, r in skipped.items() if "adv.orders" in q]
