@@ -23,6 +23,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, Field
 
+from decisions.report_fleet import INTEGERS, FleetView, data_rows, describe, display_rows
 from decisions.reporting import (
     Check,
     EndpointWeek,
@@ -330,6 +331,7 @@ class WeeklyReport(BaseModel):
     coverage: dict[str, float] = Field(default_factory=dict)  # endpoint -> share missing
     chart_notes: dict[str, str] = Field(default_factory=dict)  # section -> why no chart
     objectives: dict[str, float] = Field(default_factory=dict)
+    fleet: FleetView | None = None  # the Fleet section, when run over a fleet
 
     @property
     def met(self) -> int:
@@ -376,6 +378,36 @@ class ReportResult(BaseModel):
     refused: dict[str, str] = Field(default_factory=dict)
     delivery: str
     seconds: float
+    fleet: list[dict[str, str]] = Field(
+        default_factory=list, description="The Fleet section's rows, worst first (over a fleet)."
+    )
+    fleet_unreachable: list[str] = Field(default_factory=list)
+
+
+def run_failure(
+    report: WeeklyReport, result: ReportResult, source: str, not_emailed: str | None
+) -> str | None:
+    """The run's Failed message, or None when everything succeeded. It starts with where the
+    report is archived, then says each thing that failed: no target scored (`source` answered
+    nothing), sections missing, no or refused recipients, fleet targets unreachable;
+    `not_emailed` is why the email could not be sent."""
+    failed = [
+        f"0 of {len(report.checks)} targets scored: no figures for {report.week.label} from "
+        f"{source}"
+        if report.met + report.missed == 0
+        else "",
+        f"sections missing: {', '.join(sorted(result.missing_sections))}"
+        if result.missing_sections
+        else "",
+        result.delivery if not result.recipients or result.refused else "",
+        (report.fleet.failure or "") if report.fleet is not None else "",
+    ]
+    if not any(failed) and not_emailed is None:
+        return None
+    archived = f"weekly report {report.week.label} archived at {result.archive}" + (
+        f" but not emailed: {not_emailed}" if not_emailed is not None else ""
+    )
+    return "; ".join([archived, *filter(None, failed)])
 
 
 _CELL = "padding:4px 8px;border-bottom:1px solid #d0d7de;text-align:left;font-size:13px;"
@@ -521,6 +553,7 @@ def render_html(
             raw=True,
         )
     )
+    out += _fleet_html(report.fleet)
     # Endpoints.
     out += _section(report, "Endpoints: latency, throughput, errors", "endpoints")
     out.append(
@@ -648,6 +681,44 @@ def render_html(
     return "\n".join(out)
 
 
+def _fleet_html(view: FleetView | None) -> list[str]:
+    """The Fleet section: one row per target, worst first."""
+    if view is None:
+        return []
+    rows = display_rows(view)
+    headers = list(rows[0]) if rows else ["target", "result", "reason"]
+    colours = {"unreachable": "missed", "attention": "no data", "ok": "met"}
+    return [
+        _h2("Fleet"),
+        _p(describe(view)),
+        _table(
+            headers,
+            [
+                [
+                    _status_as(r[h], colours[r["result"]]) if h == "result" else _e(r[h])
+                    for h in headers
+                ]
+                for r in rows
+            ],
+            raw=True,
+        ),
+    ]
+
+
+def _status_as(text: str, status: str) -> str:
+    colour = STATUS_COLOURS.get(status, "#57606a")
+    return f'<span style="color:{colour};font-weight:600;">{_e(text)}</span>'
+
+
+def _fleet_lines(view: FleetView | None) -> list[str]:
+    if view is None:
+        return []
+    lines = ["", f"Fleet {view.selection}, worst first ({view.summary}):"]
+    for n, r in enumerate(display_rows(view), 1):
+        lines.append(f"  {n}. [{r['result']}] {r['target']}: {r['reason']}")
+    return lines
+
+
 def render_text(report: WeeklyReport, link: str | None = None) -> str:
     """The plain-text alternative."""
     lines = [f"Weekly performance report {report.week.label}", "", report.headline]
@@ -655,6 +726,7 @@ def render_text(report: WeeklyReport, link: str | None = None) -> str:
         lines.append(f"Archived copy: {link}")
     lines += ["", "Three things to look at:"]
     lines += [f"  {n}. {t}" for n, t in enumerate(report.things, 1)]
+    lines += _fleet_lines(report.fleet)
     lines += ["", "Targets:"]
     for c in report.checks:
         target = f" (target {format_value(c.target, c.unit)})" if c.target is not None else ""
@@ -699,7 +771,18 @@ def render_markdown(report: WeeklyReport, link: str | None, delivery: str) -> st
             f"| {c.name} | {format_value(c.value, c.unit)} | {target} | {c.status} "
             f"| {format_change(c)} |"
         )
+    if report.fleet is not None:
+        rows = display_rows(report.fleet)
+        lines += ["", "## Fleet", "", describe(report.fleet), ""]
+        if rows:
+            lines += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+            lines += ["| " + " | ".join(_md(v) for v in r.values()) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def _md(value: str) -> str:
+    """A markdown table cell: no pipe or line break ends it early."""
+    return " ".join(value.replace("|", "\\|").split())
 
 
 # ------------------------------------------------------------------------------- data tables
@@ -734,6 +817,9 @@ def data_tables(
         for e in numbers.endpoints:
             rows.append({"week": label, **_endpoint_dict(e)})
     tables["endpoints"] = pd.DataFrame(rows)
+    if report.fleet is not None:
+        fleet = pd.DataFrame(data_rows(report.fleet))
+        tables["fleet"] = fleet.astype({c: "Int64" for c in INTEGERS if c in fleet})
     hourly = [
         s.frame.assign(endpoint=key).reset_index()
         for key, s in series.items()

@@ -132,6 +132,31 @@ REQUIRED_QUERIES = (
 )
 
 
+class FleetLimits(BaseModel):
+    """What counts as a problem in a fleet target's database (the report's Fleet section, run
+    over a fleet: docs/fleet.md)."""
+
+    cache_hit_ratio_min: float = Field(
+        default=0.99,
+        gt=0,
+        le=1,
+        description="Shared-buffer hit ratio below this is a problem (pghero's 99%).",
+    )
+    slow_statement_ms: float = Field(
+        default=1000,
+        gt=0,
+        description="A statement whose mean execution time reaches this is slow (as "
+        "find_slow_queries' default threshold).",
+    )
+    stale_ratio: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="A table whose rows changed since its last analyze reach this fraction of "
+        "its rows (or never analyzed) has stale statistics (as refresh_stale_statistics).",
+    )
+
+
 class ReportConfig(BaseModel):
     """Targets and the PromQL behind every number (deployments/report.yaml documents it)."""
 
@@ -144,6 +169,7 @@ class ReportConfig(BaseModel):
     queries: dict[str, str]
     chart_step_s: int = Field(default=3600, ge=60, le=86400)
     recipients: list[str] = Field(default_factory=list)
+    fleet: FleetLimits = Field(default_factory=FleetLimits)
 
     @field_validator("endpoint_labels")
     @classmethod
@@ -831,10 +857,12 @@ def things_to_look_at(
     current: WeekNumbers,
     records: list[RecordSection],
     limit: int = 3,
+    extra: list[tuple[float, str]] | None = None,
 ) -> list[str]:
     """The most important things of the week, worst first: missed targets (furthest past the
-    target first), big regressions, missing data, then incidents and pending changes."""
-    items: list[tuple[float, str]] = []
+    target first), big regressions, missing data, then incidents and pending changes. `extra`
+    adds weighted items (the fleet's: `decisions.report_fleet.fleet_things`)."""
+    items: list[tuple[float, str]] = list(extra or [])
     for c in checks:
         if c.status == "missed":
             items.append(

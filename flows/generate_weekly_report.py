@@ -16,52 +16,54 @@
    `perfops.report.generated` (or `perfops.report.delivery_failed`).
 6. The run ends Failed, the report archived all the same and the message saying why, when no
    target could be scored (Prometheus answered nothing), no recipients are configured, or the
-   email could not be sent; and, unless `allow_partial`, when a section is missing or a recipient
-   was refused.
+   email could not be sent; and, unless `allow_partial`, when a section is missing, a recipient
+   was refused or a fleet target could not be reached.
+
+Over a fleet (`targets`, docs/fleet.md): the same one report, with a Fleet section, one row per
+target worst first (tasks.fleet_report, decisions.report_fleet).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks import PrometheusSource
 from blocks.resolve import check_block_names, resolve_archive, resolve_email, resolve_metrics
+from decisions.report_fleet import FleetView, display_rows, fleet_things
 from decisions.report_rendering import (
     ReportResult,
     WeeklyReport,
     render_markdown,
     render_week,
+    run_failure,
 )
 from decisions.reporting import (
     SLOW_QUERIES_ARTIFACT,
-    QueryResult,
     ReportWeek,
-    SeriesResult,
     SlowQueries,
     WeekNumbers,
     assemble_week,
-    chart_queries,
     evaluate,
     last_complete_week,
     load_config,
     parse_week,
     summarize_records,
     things_to_look_at,
-    week_queries,
 )
 from perfops.errors import PerfopsError
 from perfops.redaction import install_log_redaction, redact
 from perfops.settings import PROJECT_DIR, get_settings
+from tasks.fleet_report import read_fleet_view
+from tasks.fleet_runs import load_selection
 from tasks.mail import Attachment, InlineImage, SendResult, build_message, send_email
 from tasks.prefect_events import read_perfops_events, read_table_artifact
-from tasks.prometheus.report import query_chart_series, query_week
+from tasks.prometheus.report import query_report_figures
 from tasks.records import emit, end_run, publish_markdown
 from tasks.storage import archive_report, object_link, object_location, write_folder
 
@@ -82,10 +84,6 @@ class ReportFailed(PerfopsError):
 
 class ReportDeliveryFailed(ReportFailed):
     """The report was archived but could not be emailed."""
-
-
-def _missing_everywhere(queries: dict[str, str], why: str) -> dict[str, QueryResult]:
-    return {name: QueryResult(error=why) for name in queries}
 
 
 # Charts, the HTML page (archive and email flavours), text, CSV and Parquet.
@@ -110,6 +108,8 @@ def generate_weekly_report(
     email_block: str | None = None,
     now: datetime | None = None,
     allow_partial: bool = False,
+    targets: list[str] | str | None = None,
+    fleet_file: str | None = None,
 ) -> ReportResult:
     """Generate, archive and send one weekly report.
 
@@ -124,7 +124,14 @@ def generate_weekly_report(
             else the embedded defaults).
         now: the clock (tests); default the current time.
         allow_partial: end Completed when only part failed (a section missing, a recipient
-            refused); the report and the state message still say what. Default False: Failed.
+            refused, a fleet target unreachable); the report and the state message still say
+            what. Default False: Failed.
+        targets: also report over a fleet (docs/fleet.md): a named fleet, `all`, a label
+            `key=value`, a target's name or a list of names. The report gets a Fleet section,
+            one row per target, worst first; Failed (`1 of 4 targets unreachable: ...`) when a
+            target cannot be read.
+        fleet_file: the fleet definition (default `PERFOPS_FLEET_FILE`, else
+            deployments/fleet.yaml).
     """
     install_log_redaction()
     check_block_names(prometheus_block=prometheus_block, s3_block=s3_block, email_block=email_block)
@@ -136,25 +143,13 @@ def generate_weekly_report(
     config = load_config(config_file)
     this = parse_week(week, clock) if week else last_complete_week(clock)
     before: ReportWeek = this.previous()
+    if targets is not None:  # an unknown fleet or target fails before any query
+        load_selection(targets, fleet_file)
 
     metrics = resolve_metrics(prometheus_block)
-    current_q = week_queries(config, this.seconds)
-    previous_q = week_queries(config, before.seconds)
-    series_q = chart_queries(config)
-    if isinstance(metrics.value, PrometheusSource):
-        source = metrics.value
-        current_raw = query_week(source, current_q, this.end)
-        previous_raw = query_week(source, previous_q, before.end)
-        step = timedelta(seconds=config.chart_step_s)
-        series = query_chart_series(source, series_q, this.start + step, this.end, step)
-    else:
-        why = (
-            f"no Prometheus configured ({metrics.description}); set PERFOPS_PROMETHEUS_URL "
-            "or a perfops-prometheus-source block"
-        )
-        current_raw = _missing_everywhere(current_q, why)
-        previous_raw = _missing_everywhere(previous_q, why)
-        series = {name: SeriesResult(error=why) for name in series_q}
+    current_raw, previous_raw, series = query_report_figures(
+        metrics.value, metrics.description, config, this
+    )
     current: WeekNumbers = assemble_week(this.label, current_raw, config)
     previous: WeekNumbers = assemble_week(before.label, previous_raw, config)
     for section, why in current.missing.items():
@@ -165,6 +160,13 @@ def generate_weekly_report(
     slow = SlowQueries(checked_at=latest_slow[0], rows=latest_slow[1]) if latest_slow else None
     records = summarize_records(events, slow)
     checks = evaluate(current, previous, config)
+    store = resolve_archive(s3_block)
+    prefix = f"{ARCHIVE_PREFIX}/{this.label}"
+    fleet: FleetView | None = None
+    if targets is not None:
+        last = f"{ARCHIVE_PREFIX}/{before.label}/data/fleet.csv"
+        fleet = read_fleet_view(targets, fleet_file, config, this, events, store.value, last, clock)
+        logger.info("fleet: %s", fleet.summary)
     report = WeeklyReport(
         week=this,
         previous_week=before.label,
@@ -174,11 +176,10 @@ def generate_weekly_report(
         current=current,
         previous=previous,
         records=records,
-        things=things_to_look_at(checks, current, records),
+        things=things_to_look_at(checks, current, records, extra=fleet_things(fleet)),
         objectives={s.name: s.objective for s in config.slos},
+        fleet=fleet,
     )
-    store = resolve_archive(s3_block)
-    prefix = f"{ARCHIVE_PREFIX}/{this.label}"
     index_location = object_location(store.value, f"{prefix}/index.html")
     link = object_link(store.value, f"{prefix}/index.html")
     rendering = time.monotonic()
@@ -250,6 +251,8 @@ def generate_weekly_report(
         recipients=to,
         delivery=delivery,
         seconds=round(time.monotonic() - started, 3),
+        fleet=display_rows(fleet) if fleet else [],
+        fleet_unreachable=[r.target for r in fleet.unreachable] if fleet else [],
         **result_args,
     )
     payload = {
@@ -261,28 +264,15 @@ def generate_weekly_report(
         "recipients": len(to),
         "accepted": len(result.accepted),
         "refused": sorted(result.refused),
+        **({"fleet": fleet.selection, "unreachable": result.fleet_unreachable} if fleet else {}),
     }
     resource = f"perfops.report.weekly.{this.label}"
     if delivery_error is not None:
         emit(EVENT_DELIVERY_FAILED, resource, {**payload, "error": redact(str(delivery_error))})
     else:
         emit(EVENT_GENERATED, resource, payload)
-    failed = [
-        f"0 of {len(report.checks)} targets scored: no figures for {this.label} from "
-        f"{metrics.description}"
-        if report.met + report.missed == 0
-        else "",
-        f"sections missing: {', '.join(sorted(current.missing))}" if current.missing else "",
-        delivery if not to or result.refused else "",
-    ]
-    archived = f"weekly report {this.label} archived at {link}" + (
-        f" but not emailed: {redact(str(delivery_error))}" if delivery_error is not None else ""
-    )
-    failure = (
-        "; ".join([archived, *filter(None, failed)])
-        if any(failed) or delivery_error is not None
-        else None
-    )
+    not_emailed = redact(str(delivery_error)) if delivery_error is not None else None
+    failure = run_failure(report, result, metrics.description, not_emailed)
     error = (ReportDeliveryFailed if delivery_error is not None else ReportFailed)(
         failure or "", result
     )

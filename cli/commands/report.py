@@ -8,15 +8,18 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.commands.fleet import FleetFileOption, FleetOption
 from cli.support import (
     JsonFlag,
     VerboseFlag,
     env_option,
+    perfops_settings,
     print_json,
     print_wrapped,
     run_flow,
     set_env,
 )
+from decisions.fleet import load_fleet
 from perfops.errors import ConfigurationError
 from perfops.redaction import redact
 
@@ -40,8 +43,29 @@ def _week(value: str | None) -> str | None:
         raise typer.BadParameter(str(exc), param_hint="--week") from None
 
 
+def _fleet(ctx: typer.Context, fleet: str | None, fleet_file: Path | None) -> str | None:
+    """`--fleet NAME` checked against the fleet file before Prefect starts (exit 2 when it selects
+    nothing); `--fleet-file` typed without `--fleet` is refused (from PERFOPS_FLEET_FILE it is
+    only the default)."""
+    if not fleet:
+        source = ctx.get_parameter_source("fleet_file")  # typer's own click: compare names
+        if source is not None and source.name == "COMMANDLINE":
+            raise typer.BadParameter(
+                "--fleet-file only says where the fleet of --fleet is defined: add --fleet NAME "
+                "(a fleet, 'all', a label key=value or a target) for the report's Fleet section",
+                param_hint="--fleet-file",
+            )
+        return None
+    try:
+        load_fleet(fleet_file or perfops_settings().fleet_file).select(fleet)
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--fleet") from None
+    return fleet
+
+
 @app.command("weekly")
 def weekly(
+    ctx: typer.Context,
     week: Annotated[
         str | None,
         typer.Option(
@@ -99,14 +123,19 @@ def weekly(
             "files in out/mail).",
         ),
     ] = None,
+    fleet: FleetOption = None,
+    fleet_file: FleetFileOption = None,
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
     """Build the week's performance report (targets met/missed, week over week, per-endpoint
     latency, throughput and errors, availability and error budget, resources, and what perfops
-    recorded), archive it, and email it (flow generate_weekly_report). Exit 1 when the email
-    could not be sent (the report is archived all the same)."""
+    recorded), archive it, and email it (flow generate_weekly_report). With --fleet, one report
+    with a Fleet section: one row per target, worst first (docs/fleet.md). Exit 1 when the
+    email could not be sent or a fleet target could not be read (the report is archived all
+    the same)."""
     label = _week(week)
+    selection = _fleet(ctx, fleet, fleet_file)
     set_env("PERFOPS_PROMETHEUS_URL", prometheus_url)
     result = run_flow(
         _flow,
@@ -118,6 +147,8 @@ def weekly(
             "prometheus_block": prometheus_block,
             "s3_block": s3_block,
             "email_block": email_block,
+            "targets": selection,
+            "fleet_file": str(fleet_file) if selection and fleet_file else None,
         },
         verbose=verbose,
         label="building the weekly report",
@@ -135,3 +166,7 @@ def weekly(
     if result.folder:
         print_wrapped(redact(f"open in a browser: {Path(result.folder).as_uri()}"), indent=2)
     print_wrapped(redact(f"email: {result.delivery}"), indent=2)
+    for n, row in enumerate(result.fleet, 1):
+        style = {"unreachable": "red", "attention": "yellow"}.get(row["result"])
+        print_wrapped(redact(f"{n}. {row['target']}: {row['result']}"), indent=2, style=style)
+        print_wrapped(redact(row["reason"]), indent=5, style="dim")

@@ -14,7 +14,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from blocks import PrometheusSource
-from decisions.reporting import QueryResult, SeriesResult
+from blocks.resolve import MetricsSource
+from decisions.reporting import (
+    QueryResult,
+    ReportConfig,
+    ReportWeek,
+    SeriesResult,
+    chart_queries,
+    week_queries,
+)
 from perfops.errors import ConfigurationError, ConnectionFailed
 from tasks.prometheus.client import _call, query_range
 
@@ -78,3 +86,40 @@ def query_chart_series(
             continue
         results[name] = SeriesResult(frame=frame)
     return results
+
+
+WeekResults = tuple[dict[str, QueryResult], dict[str, QueryResult], dict[str, SeriesResult]]
+
+
+def query_report_figures(
+    source: MetricsSource,
+    described: str,
+    config: ReportConfig,
+    this: ReportWeek,
+    *,
+    charts: bool = True,
+) -> WeekResults:
+    """The report's instant queries for `this` week and the one before, and (with `charts`) its
+    range queries over `this` week. Without a Prometheus (`source` is the CSV trace), every
+    query is marked missing saying so (`described` names what is configured)."""
+    before = this.previous()
+    current_q = week_queries(config, this.seconds)
+    previous_q = week_queries(config, before.seconds)
+    series_q = chart_queries(config) if charts else {}
+    if not isinstance(source, PrometheusSource):
+        why = (
+            f"no Prometheus configured ({described}); set PERFOPS_PROMETHEUS_URL "
+            "or a perfops-prometheus-source block"
+        )
+        return (
+            {name: QueryResult(error=why) for name in current_q},
+            {name: QueryResult(error=why) for name in previous_q},
+            {name: SeriesResult(error=why) for name in series_q},
+        )
+    current = query_week(source, current_q, this.end)
+    previous = query_week(source, previous_q, before.end)
+    step = timedelta(seconds=config.chart_step_s)
+    series = (
+        query_chart_series(source, series_q, this.start + step, this.end, step) if charts else {}
+    )
+    return current, previous, series
