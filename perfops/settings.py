@@ -102,6 +102,10 @@ PREFECT_DEFAULTS = {
     # No internet on these machines: telemetry only produces errors.
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # A run waiting for a global concurrency slot (perfops-db-*, perfops-cluster-*) is told to
+    # ask again after at most this many seconds (Prefect's default 30): it starts soon after
+    # the slot frees (docs/fleet.md).
+    "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS": "2",
 }
 
 

@@ -18,10 +18,10 @@ import pytest
 from psycopg import sql
 from pydantic import SecretStr
 
-# Before anything imports prefect.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+from perfops.settings import apply_prefect_defaults
+
+# Before anything imports prefect: the settings the CLI gives Prefect (perfops.settings).
+apply_prefect_defaults()
 # Tasks are also called on their own in tests (outside a flow run).
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 for _name in [n for n in os.environ if n.startswith("PERFOPS_")]:
