@@ -166,7 +166,7 @@ def test_fleet_report_message_and_rows() -> None:
     assert report.summary == "2 of 3 targets done, 1 failed"
     assert report.failure == "1 of 3 targets failed: billing: cannot connect to PostgreSQL"
     rows = report.artifact_rows("http://127.0.0.1:4200/")
-    assert list(rows[0]) == ["target", "result", "reason", "changed", "run", "seconds"]
+    assert list(rows[0]) == ["target", "result", "reason", "changed", "run", "seconds", "waited"]
     assert rows[0]["run"] == "http://127.0.0.1:4200/runs/flow-run/abc"
     assert rows[1]["run"] == ""
     many = report.model_copy(

@@ -57,16 +57,26 @@ def prefect(env: dict[str, str], *args: str) -> str:
 
 
 @contextmanager
-def worker(env: dict[str, str], workdir: Path, pool: str = POOL) -> Iterator[Path]:
-    """A process worker on `pool`, polling every second; yields its log file."""
+def worker(
+    env: dict[str, str],
+    workdir: Path,
+    pool: str = POOL,
+    name: str | None = None,
+    limit: int | None = None,
+) -> Iterator[Path]:
+    """A process worker on `pool`, polling every second; yields its log file. `name` names the
+    worker (its log is then worker-<name>.log); `limit` caps the runs it works on at once."""
     worker_env = {
         **env,
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "1",
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     }
-    log = workdir / f"worker-{pool}.log"
-    process = spawn(["worker", "start", "--pool", pool], worker_env, log, workdir)
+    log = workdir / f"worker-{name or pool}.log"
+    args = ["worker", "start", "--pool", pool]
+    args += ["--name", name] if name else []
+    args += ["--limit", str(limit)] if limit else []
+    process = spawn(args, worker_env, log, workdir)
     try:
         yield log
     finally:
