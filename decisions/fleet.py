@@ -38,6 +38,7 @@ SYSTEMS = ("postgres", "prometheus", "redis", "archive")
 DEFAULT_MAX_PARALLEL = 4
 DEFAULT_MAX_PARALLEL_PER_CLUSTER = 2
 ALL = "all"
+AUTOSCALING = "autoscaling"
 FAILED_SHOWN = 3
 
 TargetName = Annotated[str, Field(pattern=TARGET_NAME)]
@@ -49,16 +50,33 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ScalingGroup(_Model):
+    """An Auto Scaling group a target scales (`scale_predictively` over a fleet)."""
+
+    group: str = Field(min_length=1, description="The Auto Scaling group's name.")
+    region: str | None = Field(
+        default=None, description="AWS region (default: AWS_REGION on the worker)."
+    )
+    endpoint_url: str | None = Field(default=None, description="Endpoint override (moto).")
+    credentials_block: str | None = Field(
+        default=None, description="prefect-aws AwsCredentials block (default: boto3's chain)."
+    )
+
+
 class Target(_Model):
-    """One target: a database and the blocks that reach its systems."""
+    """One target: a database and the blocks that reach its systems, or an Auto Scaling group
+    (with the Prometheus and Redis blocks its scaling reads)."""
 
     name: TargetName = Field(
         description="Short name (lowercase letters, digits, dashes): run names, tags, artifact "
         "keys and concurrency limits carry it."
     )
     blocks: dict[System, str] = Field(
+        default_factory=dict,
         description="Saved block per system, e.g. {postgres: perfops-postgres-orders}.",
-        min_length=1,
+    )
+    autoscaling: ScalingGroup | None = Field(
+        default=None, description="The Auto Scaling group this target scales, if any."
     )
     labels: dict[LabelKey, str] = Field(
         default_factory=dict, description="Free labels such as env, team, tier."
@@ -68,6 +86,18 @@ class Target(_Model):
         description="The PostgreSQL server (cluster) the database lives on; targets on one "
         "cluster share its limit max_parallel_per_cluster. None: the host:port of its DSN.",
     )
+
+    @model_validator(mode="after")
+    def _something(self) -> Target:
+        if not self.blocks and self.autoscaling is None:
+            raise ValueError(
+                "give blocks (e.g. {postgres: perfops-postgres-orders}) or autoscaling"
+            )
+        return self
+
+    def has(self, system: str) -> bool:
+        """Whether a flow working on `system` (a block's system, or `autoscaling`) applies."""
+        return self.autoscaling is not None if system == AUTOSCALING else system in self.blocks
 
     def cluster_for(self, resource: str) -> str:
         """The cluster this target counts against: `cluster`, else the server (`host:port`)

@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger
 
 from blocks.resolve import CsvTrace, check_block_names, resolve_metrics, resolve_redis
 from decisions import forecasting
+from decisions.fleet import AUTOSCALING, FleetReport, Target, keyed, target_labels
 from decisions.scaling_charts import decision_chart
 from decisions.scaling_policy import Mode, Observation, ScalingPolicy, decide
 from decisions.scaling_report import (
@@ -40,11 +41,14 @@ from tasks.autoscaling import (
     load_credentials,
     set_capacity_task,
 )
+from tasks.fleet_runs import run_over_fleet
 from tasks.load_history import InsufficientData, LoadHistory, read_load_history
 from tasks.records import emit, end_run, publish_table
 from tasks.scaling_state import group_lock, load_state, save_state
 
 ARTIFACT_KEY = "perfops-scaling-decision"
+FLEET_ARTIFACT_KEY = "perfops-scaling-fleet"
+EVENT_FLEET = "perfops.scaling.fleet_decided"
 PEAK_INSTANCES = 20  # without capacity_per_instance: the history's p99.9 needs this many
 
 
@@ -78,7 +82,10 @@ def scale_predictively(
     metrics_block: str | None = None,
     redis_block: str | None = None,
     now: datetime | None = None,
-) -> ScalingRun:
+    targets: list[str] | str | None = None,
+    fleet_file: str | None = None,
+    fleet_target: str | None = None,
+) -> ScalingRun | FleetReport:
     """Decide (and unless dry_run, apply) one group's capacity.
 
     Args:
@@ -94,8 +101,29 @@ def scale_predictively(
         metrics_block / redis_block: block names (default: PERFOPS_* variables, else the
             embedded CSV trace and local Redis).
         now: the decision time (default: now; CSV trace: its last point).
+        targets: run over the fleet's Auto Scaling groups instead (docs/fleet.md): a named
+            fleet, `all`, a label `key=value`, or target names; the targets with `autoscaling`
+            each get a child run (their group, region, Prometheus and Redis blocks) with the
+            other parameters shared, and a summary artifact `perfops-scaling-fleet`.
+        fleet_file: the fleet definition (default `PERFOPS_FLEET_FILE`, else
+            deployments/fleet.yaml).
+        fleet_target: set by the fleet parent on each child (its artifact
+            `perfops-scaling-decision-<target>`, its event label `perfops.target`).
     """
     install_log_redaction()
+    if targets is not None:  # the parent of a fleet run: one child run per group
+        shared = {"policy": policy, "mode": mode, "dry_run": dry_run, "query": query, "now": now}
+        return run_over_fleet(
+            scale_predictively,
+            targets,
+            fleet_file,
+            lambda _, target: (_group_parameters(target, shared), {}),
+            lambda run: run.summary,
+            artifact_key=FLEET_ARTIFACT_KEY,
+            event=EVENT_FLEET,
+            dry_run=dry_run,
+            system=AUTOSCALING,
+        )
     check_block_names(
         metrics_block=metrics_block,
         redis_block=redis_block,
@@ -119,7 +147,7 @@ def scale_predictively(
             source=str(metrics),
         )
         logger.warning("no decision: %s", exc)
-        _record(run)
+        _record(run, fleet_target=fleet_target)
         return end_run(run, f"no decision for {group}: {exc}")
     if isinstance(metrics, CsvTrace) and now is None:
         at = history.last_at  # a trace is history: decide at its last point
@@ -203,13 +231,35 @@ def scale_predictively(
         )
         return end_run(run, note=f"nothing done: {exc}")
     logger.info("%s", run.summary)
-    _record(run, history.series, upper)
+    _record(run, history.series, upper, fleet_target)
     failed = run.action == "fail_static"
     return end_run(run, f"no decision for {group}: {run.reason}" if failed else None)
 
 
-def _record(run: ScalingRun, load: pd.Series | None = None, upper: pd.Series | None = None) -> None:
+def _record(
+    run: ScalingRun,
+    load: pd.Series | None = None,
+    upper: pd.Series | None = None,
+    fleet_target: str | None = None,
+) -> None:
     rows = artifact_rows(run, load, upper)
-    publish_table(ARTIFACT_KEY, rows, f"scaling decision for {run.group}: {run.summary}")
+    publish_table(
+        keyed(ARTIFACT_KEY, fleet_target), rows, f"scaling decision for {run.group}: {run.summary}"
+    )
     for event, resource, payload in scaling_events(run):
-        emit(event, resource, payload)
+        emit(event, resource, payload, **target_labels(fleet_target))
+
+
+def _group_parameters(target: Target, shared: dict[str, Any]) -> dict[str, Any]:
+    """A fleet child's parameters: the target's group, where it lives, its blocks."""
+    scaling = target.autoscaling
+    assert scaling is not None  # run_over_fleet ran only the targets with a group
+    where = scaling.model_dump(exclude={"group"}, exclude_none=True)
+    return {
+        **shared,
+        "group": scaling.group,
+        "aws": AutoScalingTarget(group=scaling.group, **where),
+        "metrics_block": target.blocks.get("prometheus"),
+        "redis_block": target.blocks.get("redis"),
+        "fleet_target": target.name,
+    }

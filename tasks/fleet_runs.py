@@ -93,17 +93,24 @@ def hold_slots(
     """Hold one slot of each global concurrency limit `wanted` (name -> its slots; created or
     set first unless `ensure` is False) while the block runs, all taken in one request; yields
     the seconds it waited. No slot within `timeout_s` raises PerfopsError naming the limits."""
+    if not wanted:
+        yield 0.0
+        return
     if ensure:
         ensure_limits(wanted)
     logger = get_run_logger()
     names = ", ".join(wanted)
     started = time.monotonic()
+    acquired = False
     try:
         with concurrency(list(wanted), occupy=1, timeout_seconds=timeout_s, strict=True):
+            acquired = True
             waited = time.monotonic() - started
             logger.info("holding %s (waited %.1f s for it)", names, waited)
             yield waited
     except TimeoutError:
+        if acquired:  # the work's own timeout, not the wait for the slots
+            raise
         raise PerfopsError(
             f"no slot of {names} within {timeout_s:.0f} s: another perfops run kept working on "
             "this database or its server (the Prefect UI's Concurrency page shows the holders)"
@@ -211,6 +218,7 @@ def fan_out(
         artifact_key=artifact_key,
         event=event,
         dry_run=dry_run,
+        system=system,
     )
 
 
@@ -224,15 +232,21 @@ def run_over_fleet(
     artifact_key: str,
     event: str,
     dry_run: bool = False,
+    system: str | None = None,
 ) -> FleetReport:
     """Run `child` once per selected target (`parameters(fleet, target)` gives its parameters
     and the slots it holds; raising `PerfopsError` there reports the target not run), each
     started once it holds its slots, at most `max_parallel` at once, then
     publish the fleet summary (`artifact_key`) and `event`, and end Failed when a target failed.
+    With `system`, only the selected targets that have it (`Target.has`) are run.
     Call from inside the parent flow run."""
     logger = get_run_logger()
     started = time.monotonic()
     definition, targets = load_selection(selection, fleet_file)
+    if system is not None:  # a flow over databases leaves Auto Scaling groups out, and back
+        targets = [t for t in targets if t.has(system)]
+        if not targets:
+            raise ConfigurationError(f"no target of the selection has {system} in the fleet file")
     label = selection if isinstance(selection, str) else ", ".join(selection)
     logger.info(
         "%s over %d targets (%s), %d at once, %d per cluster",

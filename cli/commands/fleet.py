@@ -109,6 +109,8 @@ def _reach(target: Target, timeout_s: int) -> tuple[bool, str]:
     from tasks.postgres.server import probe_postgres
 
     name = target.blocks.get("postgres")
+    if name is None and target.autoscaling is not None:
+        return _reach_group(target.autoscaling)
     if name is None:
         return False, "no postgres block"
     try:
@@ -118,6 +120,28 @@ def _reach(target: Target, timeout_s: int) -> tuple[bool, str]:
     except Exception as exc:  # noqa: BLE001 - one target's problem must not hide the others
         return False, f"cannot load block {name!r}: {one_line(exc, empty=type(exc).__name__)}"
     return probe_postgres(block, timeout_s)
+
+
+def _reach_group(scaling: Any) -> tuple[bool, str]:
+    """Describe the target's Auto Scaling group; (found, its sizes or why not), never raising."""
+    from tasks.autoscaling import (
+        AutoScalingTarget,
+        client_for,
+        describe_group,
+        load_credentials,
+    )
+
+    where = AutoScalingTarget(
+        group=scaling.group, **scaling.model_dump(exclude={"group"}, exclude_none=True)
+    )
+    try:
+        state = describe_group(client_for(where, load_credentials(where)), where.group)
+    except Exception as exc:  # noqa: BLE001 - one target's problem must not hide the others
+        return False, one_line(exc, empty=type(exc).__name__)
+    return True, (
+        f"Auto Scaling group {state.name} in {where.region}: desired {state.desired}, "
+        f"min {state.min_size}, max {state.max_size}"
+    )
 
 
 @app.command("list")

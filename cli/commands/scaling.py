@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.commands.fleet import FleetFileOption, FleetOption, run_fleet
 from cli.support import JsonFlag, VerboseFlag, fail, print_json, print_wrapped, run_flow
 
 # Decisions Redis keeps per group (tasks.scaling_state.HISTORY_LENGTH, not imported here: the
@@ -74,11 +75,14 @@ def decide(
     ] = False,
     metrics_block: Annotated[str | None, typer.Option(show_default=False)] = None,
     redis_block: Annotated[str | None, typer.Option(show_default=False)] = None,
+    fleet: FleetOption = None,
+    fleet_file: FleetFileOption = None,
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
     """Read the load history (Prometheus, else the CSV trace), forecast it and decide the
-    group's capacity; with --apply, set it (flow scale_predictively). Dry run by default."""
+    group's capacity; with --apply, set it (flow scale_predictively). Dry run by default.
+    --fleet NAME decides for every target of the fleet file with an Auto Scaling group."""
     if mode not in (None, "forecast_and_scale", "forecast_only", "reactive"):
         raise typer.BadParameter(f"--mode: unknown mode {mode!r}")
 
@@ -86,6 +90,28 @@ def decide(
         from flows.scale_predictively import scale_predictively
 
         return scale_predictively
+
+    if fleet:
+        run_fleet(
+            loader,
+            {"mode": mode, "dry_run": not apply},
+            fleet=fleet,
+            fleet_file=fleet_file,
+            single={
+                "--group": group != "demo",
+                "--aws": aws,
+                "--endpoint-url": endpoint_url,
+                "--credentials-block": credentials_block,
+                "--current": current is not None,
+                "--metrics-block": metrics_block,
+                "--redis-block": redis_block,
+            },
+            label="scaling decisions",
+            artifact_key="perfops-scaling-fleet",
+            as_json=as_json,
+            verbose=verbose,
+        )
+        return
 
     run = run_flow(
         loader,

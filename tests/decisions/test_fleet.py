@@ -55,7 +55,9 @@ def names(targets: list[Target]) -> list[str]:
 
 def test_the_shipped_fleet_file_is_valid() -> None:
     shipped = load_fleet(PROJECT_DIR / "deployments" / "fleet.yaml")
-    assert names(shipped.select("prod")) == ["orders", "billing", "catalog"]
+    assert names(shipped.select("prod")) == ["orders", "billing", "catalog", "api"]
+    [api] = [t for t in shipped.targets if t.autoscaling]
+    assert api.has("autoscaling") and not api.has("postgres") and api.has("prometheus")
     assert names(shipped.select("staging")) == ["catalog-staging"]
 
 
@@ -177,3 +179,8 @@ def test_fleet_report_message_and_rows() -> None:
     assert many.failure == "5 of 5 targets failed: t0: x; t1: x; t2: x; and 2 more"
     done = report.model_copy(update={"targets": report.targets[:1]})
     assert done.failure is None
+
+
+def test_a_target_needs_blocks_or_a_group() -> None:
+    with pytest.raises(ConfigurationError, match=r"targets\[0\].*give blocks .* or autoscaling"):
+        parse_fleet("targets:\n  - name: lonely\n", "fleet.yaml")

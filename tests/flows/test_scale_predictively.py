@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -15,6 +16,7 @@ from prefect.events import Event
 from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 
 from blocks import RedisTarget
+from decisions.fleet import FleetReport
 from decisions.scaling_policy import ScalingPolicy
 from decisions.scaling_report import LoadQuery
 from flows.scale_predictively import scale_predictively
@@ -22,7 +24,7 @@ from perfops.errors import ConfigurationError, ConnectionFailed
 from tasks.autoscaling import AutoScalingTarget
 from tasks.scaling_state import group_lock, read_history
 from tests.conftest import HISTORY_END, REDIS_TEST_URL, load_value
-from tests.records import artifact_rows, failed_run
+from tests.records import artifact_rows, failed_run, one_target
 from tests.servers import MotoServer, PrometheusServer
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -104,7 +106,7 @@ def test_applies_to_the_group_and_rerun_does_not_double_scale(
         "AutoScalingGroups"
     ][0]["DesiredCapacity"]
     assert desired == run.desired
-    again = scale_predictively(group="web", aws=target, dry_run=False, policy=policy)
+    again = one_target(scale_predictively, group="web", aws=target, dry_run=False, policy=policy)
     assert again.current == run.desired and not again.applied and again.desired == run.desired
     applied = _event("perfops.scaling.applied", run_id)
     assert applied.payload["to"] == run.desired and applied.payload["group"] == "web"
@@ -114,9 +116,12 @@ def test_forecast_only_and_max_bound(
     env: RedisTarget, group: tuple[Any, AutoScalingTarget]
 ) -> None:
     _client, target = group
-    only = scale_predictively(group="web", aws=target, dry_run=False, mode="forecast_only")
+    only = one_target(
+        scale_predictively, group="web", aws=target, dry_run=False, mode="forecast_only"
+    )
     assert not only.applied and only.forecast_peak is not None
-    capped = scale_predictively(
+    capped = one_target(
+        scale_predictively,
         group="web",
         aws=target,
         dry_run=False,
@@ -144,7 +149,7 @@ def test_redis_down_no_action(
 
 def test_concurrent_run_skips_and_says_why(env: RedisTarget) -> None:
     with group_lock(env, "demo"):
-        run = scale_predictively(group="demo", current_capacity=3)
+        run = one_target(scale_predictively, group="demo", current_capacity=3)
     assert run.skipped and "another scaling run holds the lock" in run.reason
 
 
@@ -153,7 +158,9 @@ def test_prometheus_history(
 ) -> None:
     monkeypatch.setenv("PERFOPS_PROMETHEUS_URL", prometheus.url)
     query = LoadQuery(promql="sum(perfops_test_load)", lookback=timedelta(days=13))
-    run = scale_predictively(group="api", query=query, now=HISTORY_END, current_capacity=5)
+    run = one_target(
+        scale_predictively, group="api", query=query, now=HISTORY_END, current_capacity=5
+    )
     assert run.action != "fail_static" and run.load == load_value(HISTORY_END.timestamp())
     # No decision on stale or missing data: capacity unchanged, and the run says so by failing.
     stale, message = failed_run(
@@ -205,3 +212,51 @@ def test_apply_scaling_schedule_dry_run_then_idempotent(
     assert all(list(r)[:3] == ["name", "result", "reason"] for r in rows)
     event = _event("perfops.scaling.scheduled", run_id)
     assert event.payload["group"] == "web"
+
+
+def test_a_fleet_scales_each_of_its_groups_and_leaves_databases_out(
+    env: RedisTarget,
+    group: tuple[Any, AutoScalingTarget],
+    moto_server: MotoServer,
+    tmp_path: Path,
+    perfops: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Targets with `autoscaling` each get a child run on their own group; a database target of
+    the same selection is not one of them."""
+    client, _ = group
+    client.create_auto_scaling_group(
+        AutoScalingGroupName="api",
+        LaunchConfigurationName="web-lc",
+        MinSize=2,
+        MaxSize=40,
+        DesiredCapacity=3,
+        AvailabilityZones=["us-east-1a"],
+    )
+    fleet = tmp_path / "fleet.yaml"
+    endpoint = moto_server.endpoint_url
+    fleet.write_text(
+        "targets:\n"
+        f"  - {{name: web, autoscaling: {{group: web, endpoint_url: '{endpoint}'}}}}\n"
+        f"  - {{name: api, autoscaling: {{group: api, endpoint_url: '{endpoint}'}}}}\n"
+        "  - {name: orders, blocks: {postgres: perfops-postgres-orders}}\n",
+        encoding="utf-8",
+    )
+    policy = ScalingPolicy(capacity_per_instance=2000.0, max_step=100, max_capacity=40)
+    report = scale_predictively(targets="all", fleet_file=str(fleet), dry_run=False, policy=policy)
+    assert isinstance(report, FleetReport)
+    assert [(t.target, t.result) for t in report.targets] == [("web", "done"), ("api", "done")]
+    for name in ("web", "api"):
+        [asg] = client.describe_auto_scaling_groups(AutoScalingGroupNames=[name])[
+            "AutoScalingGroups"
+        ]
+        assert asg["DesiredCapacity"] > 3  # scaled out by its own child run
+        # the child's own artifact says so
+        rows = artifact_rows(f"perfops-scaling-decision-{name}")
+        assert any(f"(from {2 if name == 'web' else 3})" in str(r["result"]) for r in rows), rows
+    assert [r["target"] for r in artifact_rows("perfops-scaling-fleet")] == ["web", "api"]
+    # `perfops fleet list` probes a group target by describing its group
+    capsys.readouterr()
+    assert perfops(["fleet", "list", "--fleet-file", str(fleet), "--fleet", "api", "--json"]) == 0
+    [listed] = json.loads(capsys.readouterr().out)["targets"]
+    assert listed["reachable"] is True and "Auto Scaling group api" in listed["detail"]
