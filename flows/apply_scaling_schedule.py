@@ -14,21 +14,26 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from decisions.fleet import AUTOSCALING, FleetReport, keyed, target_labels
 from decisions.scaling_policy import Schedule, schedule_actions
+from perfops.errors import ConfigurationError
 from perfops.redaction import install_log_redaction
 from tasks.autoscaling import (
     AutoScalingTarget,
     ScheduledAction,
     client_for,
     describe_group,
+    group_target,
     load_credentials,
     put_schedule_task,
     scheduled_actions,
 )
+from tasks.fleet_runs import run_over_fleet
 from tasks.records import emit, end_run, publish_table
 
 ARTIFACT_KEY = "perfops-scaling-schedule"
 EVENT_SCHEDULED = "perfops.scaling.scheduled"
+EVENT_FLEET = "perfops.scaling.fleet_scheduled"
 
 
 @dataclass
@@ -53,18 +58,48 @@ class ScheduleRun:
     log_prints=False,
 )
 def apply_scaling_schedule(
-    aws: AutoScalingTarget,
+    aws: AutoScalingTarget | None = None,
     schedule: Schedule = Schedule(),  # noqa: B008 - immutable default
     dry_run: bool = True,
-) -> ScheduleRun:
-    """Apply `schedule` to the group `aws.group`.
+    targets: list[str] | str | None = None,
+    fleet_file: str | None = None,
+    fleet_target: str | None = None,
+) -> ScheduleRun | FleetReport:
+    """Apply `schedule` to the group `aws.group`, or to every group of a fleet.
 
     Args:
         aws: the Auto Scaling group (name, region, endpoint, AwsCredentials block name).
         schedule: windows (default Mon-Fri 09:00-17:00 UTC, min 4) and off-hours bounds.
         dry_run: list the actions that would change; write nothing.
+        targets: instead of `aws`, the fleet's targets with an Auto Scaling group
+            (docs/fleet.md): one child run per group, a summary `perfops-scaling-schedule-fleet`.
+        fleet_file: the fleet definition (default `PERFOPS_FLEET_FILE`, else
+            deployments/fleet.yaml).
+        fleet_target: set by the fleet parent on each child (artifact and event label).
     """
     install_log_redaction()
+    if targets is not None:  # the parent of a fleet run: one child run per group
+        return run_over_fleet(
+            apply_scaling_schedule,
+            targets,
+            fleet_file,
+            lambda _, target: (
+                {
+                    "aws": group_target(target),
+                    "schedule": schedule,
+                    "dry_run": dry_run,
+                    "fleet_target": target.name,
+                },
+                {},
+            ),
+            lambda run: run.summary,
+            artifact_key=f"{ARTIFACT_KEY}-fleet",
+            event=EVENT_FLEET,
+            dry_run=dry_run,
+            system=AUTOSCALING,
+        )
+    if aws is None:
+        raise ConfigurationError("give aws (the Auto Scaling group) or targets (a fleet)")
     logger = get_run_logger()
     client = client_for(aws, load_credentials(aws))
     actions = [ScheduledAction(*a) for a in schedule_actions(schedule)]
@@ -77,7 +112,7 @@ def apply_scaling_schedule(
     run = ScheduleRun(aws.group, dry_run, [asdict(a) for a in actions], changed)
     logger.info("%s", run.summary)
     publish_table(
-        ARTIFACT_KEY,
+        keyed(ARTIFACT_KEY, fleet_target),
         [
             {
                 "name": a["name"],
@@ -102,5 +137,6 @@ def apply_scaling_schedule(
             "changed": changed,
             "dry_run": dry_run,
         },
+        **target_labels(fleet_target),
     )
     return end_run(run, note=None if changed else f"nothing to do: {run.summary}")

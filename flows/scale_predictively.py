@@ -38,6 +38,7 @@ from tasks.autoscaling import (
     AutoScalingTarget,
     client_for,
     describe_group,
+    group_target,
     load_credentials,
     set_capacity_task,
 )
@@ -252,13 +253,11 @@ def _record(
 
 def _group_parameters(target: Target, shared: dict[str, Any]) -> dict[str, Any]:
     """A fleet child's parameters: the target's group, where it lives, its blocks."""
-    scaling = target.autoscaling
-    assert scaling is not None  # run_over_fleet ran only the targets with a group
-    where = scaling.model_dump(exclude={"group"}, exclude_none=True)
+    aws = group_target(target)
     return {
         **shared,
-        "group": scaling.group,
-        "aws": AutoScalingTarget(group=scaling.group, **where),
+        "group": aws.group,
+        "aws": aws,
         "metrics_block": target.blocks.get("prometheus"),
         "redis_block": target.blocks.get("redis"),
         "fleet_target": target.name,

@@ -21,6 +21,7 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from blocks.resolve import BOTO_RETRY_CONFIG, load_block
+from decisions.fleet import Target
 from perfops.errors import ConfigurationError, ConnectionFailed
 
 if TYPE_CHECKING:
@@ -41,6 +42,16 @@ class AutoScalingTarget(BaseModel):
     )
     endpoint_url: str | None = Field(None, description="Endpoint override (moto, LocalStack).")
     credentials_block: str | None = Field(None, description="prefect-aws AwsCredentials block.")
+
+
+def group_target(target: Target) -> AutoScalingTarget:
+    """Where a fleet target's Auto Scaling group lives (`deployments/fleet.yaml`)."""
+    scaling = target.autoscaling
+    if scaling is None:
+        raise ConfigurationError(f"target {target.name} has no autoscaling group in the fleet file")
+    return AutoScalingTarget(
+        group=scaling.group, **scaling.model_dump(exclude={"group"}, exclude_none=True)
+    )
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ def _reach(target: Target, timeout_s: int) -> tuple[bool, str]:
 
     name = target.blocks.get("postgres")
     if name is None and target.autoscaling is not None:
-        return _reach_group(target.autoscaling)
+        return _reach_group(target)
     if name is None:
         return False, "no postgres block"
     try:
@@ -122,19 +122,12 @@ def _reach(target: Target, timeout_s: int) -> tuple[bool, str]:
     return probe_postgres(block, timeout_s)
 
 
-def _reach_group(scaling: Any) -> tuple[bool, str]:
+def _reach_group(target: Target) -> tuple[bool, str]:
     """Describe the target's Auto Scaling group; (found, its sizes or why not), never raising."""
-    from tasks.autoscaling import (
-        AutoScalingTarget,
-        client_for,
-        describe_group,
-        load_credentials,
-    )
+    from tasks.autoscaling import client_for, describe_group, group_target, load_credentials
 
-    where = AutoScalingTarget(
-        group=scaling.group, **scaling.model_dump(exclude={"group"}, exclude_none=True)
-    )
     try:
+        where = group_target(target)
         state = describe_group(client_for(where, load_credentials(where)), where.group)
     except Exception as exc:  # noqa: BLE001 - one target's problem must not hide the others
         return False, one_line(exc, empty=type(exc).__name__)

@@ -144,7 +144,12 @@ def decide(
 
 @app.command("apply-schedule")
 def apply_schedule(
-    group: GroupOption,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            "--group", help="Auto Scaling group to write (or --fleet).", show_default=False
+        ),
+    ] = None,
     region: RegionOption = "us-east-1",
     endpoint_url: EndpointOption = None,
     credentials_block: CredentialsOption = None,
@@ -158,11 +163,16 @@ def apply_schedule(
     end: Annotated[str, typer.Option(help="Business hours end (HH:MM).")] = "17:00",
     timezone: Annotated[str, typer.Option(help="IANA time zone of the hours.")] = "UTC",
     apply: Annotated[bool, typer.Option("--apply", help="Write the actions.")] = False,
+    fleet: FleetOption = None,
+    fleet_file: FleetFileOption = None,
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
     """Write Mon-Fri business hours / off hours as Auto Scaling scheduled actions (flow
-    apply_scaling_schedule); idempotent, dry run by default."""
+    apply_scaling_schedule); idempotent, dry run by default. --fleet NAME writes them to every
+    group of the fleet file's targets."""
+    if not group and not fleet:
+        raise typer.BadParameter("name the group with --group, or a fleet with --fleet")
     from pydantic import ValidationError
 
     from decisions.scaling_policy import Schedule, ScheduleWindow
@@ -190,6 +200,24 @@ def apply_schedule(
 
         return apply_scaling_schedule
 
+    if fleet:
+        run_fleet(
+            loader,
+            {"schedule": schedule, "dry_run": not apply},
+            fleet=fleet,
+            fleet_file=fleet_file,
+            single={
+                "--group": group,
+                "--endpoint-url": endpoint_url,
+                "--credentials-block": credentials_block,
+            },
+            label="scaling schedules",
+            artifact_key="perfops-scaling-schedule-fleet",
+            as_json=as_json,
+            verbose=verbose,
+        )
+        return
+    assert group is not None
     target = AutoScalingTarget(
         group=group, region=region, endpoint_url=endpoint_url, credentials_block=credentials_block
     )

@@ -51,6 +51,9 @@ def no_flow_runs(monkeypatch: pytest.MonkeyPatch) -> None:
         (["indexes", "suggest", "--max-per-table", "0"], "--max-per-table"),
         (["queries", "slow", "--threshold-ms", "-1"], "--threshold-ms"),
         (["queries", "slow", "--top", "-1"], "--top"),
+        (["scaling", "apply-schedule"], "--group"),  # neither a group nor a fleet
+        (["scaling", "decide", "--fleet", "prod", "--current", "3"], "--current"),
+        (["indexes", "suggest", "--fleet", "prod", "--dsn", "host=x"], "--dsn"),
     ],
 )
 def test_numbers_out_of_range_are_usage_errors(
