@@ -21,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from demo.prefect_server import LocalPrefectServer, configured_api_url
 from perfops.errors import ConfigurationError
+from perfops.heartbeats import heartbeats
 from perfops.progress import listening
 from perfops.redaction import redact, register_secret
 from perfops.settings import PerfopsSettings, apply_prefect_defaults, get_settings
@@ -224,27 +225,6 @@ def _collector_paused() -> Iterator[None]:
         gc.enable()
 
 
-@contextmanager
-def _heartbeats(enabled: bool) -> Iterator[None]:
-    """Flow-run heartbeats on or off for runs started here (PERFOPS_CLI_HEARTBEATS).
-
-    Heartbeats let an automation mark a run Crashed when its process vanishes: that is for
-    unattended deployment runs, which keep Prefect's setting. A CLI run is attended, and Prefect
-    itself marks it Crashed on SIGINT/SIGTERM. Prefect's sync engine joins the heartbeat thread at
-    the end of each run, and the thread sleeps in whole seconds: up to 1 s added to every command.
-    """
-    from prefect.context import SettingsContext
-
-    current = SettingsContext.get()
-    if enabled or current is None or current.settings.flows.heartbeat_frequency is None:
-        yield
-        return
-    flows = current.settings.flows.model_copy(update={"heartbeat_frequency": None})
-    settings = current.settings.model_copy(update={"flows": flows})
-    with SettingsContext(profile=current.profile, settings=settings):
-        yield
-
-
 def run_flow(
     flow: Callable[..., Any],
     parameters: dict[str, Any],
@@ -265,7 +245,7 @@ def run_flow(
         progress(f"{label} (starting Prefect)", 0, 1)
         with _collector_paused():
             loaded = flow()
-        with _heartbeats(get_settings().cli_heartbeats), listening(progress):
+        with heartbeats(get_settings().cli_heartbeats), listening(progress):
             state = loaded(**parameters, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):

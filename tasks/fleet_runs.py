@@ -50,6 +50,7 @@ from decisions.fleet import (
     load_fleet,
 )
 from perfops.errors import ConfigurationError, PerfopsError
+from perfops.heartbeats import heartbeats
 from perfops.redaction import one_line
 from perfops.settings import get_settings
 from tasks.records import emit, end_run, publish_table
@@ -158,7 +159,9 @@ def _run_one(
     labels = [f"target:{target.name}"] + ([f"cluster:{target.cluster}"] if target.cluster else [])
     waited: float | None = None
     try:
-        with hold_slots(slots, ensure=False) as waited, tags(*labels):
+        # heartbeats off: the parent's run beats for this process; each child's would add up
+        # to 1 s to it (perfops.heartbeats)
+        with hold_slots(slots, ensure=False) as waited, tags(*labels), heartbeats(False):
             started = time.monotonic()
             named = child.with_options(flow_run_name=f"{child.name}-{target.name}")
             state = cast("State[Any]", named(**parameters, return_state=True))
