@@ -9,20 +9,21 @@ between the two databases, median of several runs.
 
 Goal: at least 0.9x the primary-key TPS in both modes; suggestions in under 2 s of flow time.
 Run: `python -m benchmarks.indexes_pgbench` (about 4 minutes). Exits 1 when a goal is missed.
+`PERFOPS_BENCH_DB_PREFIX` renames its two databases (default `perfops_bench_pgbench`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
-
-import httpx
 
 from benchmarks._support import (
     BIN,
     drop_database,
     dsn_for,
+    flow_seconds,
     median,
     prefect_server,
     print_table,
@@ -31,8 +32,8 @@ from benchmarks._support import (
 )
 
 SCALE = 20
-DB_KEYLESS = "perfops_bench_pgbench"
-DB_KEYS = "perfops_bench_pgbench_pk"
+DB_KEYLESS = os.environ.get("PERFOPS_BENCH_DB_PREFIX", "perfops_bench_pgbench")
+DB_KEYS = f"{DB_KEYLESS}_pk"
 ROUNDS = 3
 SECONDS = 8
 CLIENTS = "2"
@@ -51,13 +52,6 @@ def tps(mode: str, db: str, seconds: int = SECONDS) -> float:
     if not match:
         raise RuntimeError(f"no TPS in pgbench output:\n{output[-1000:]}")
     return float(match.group(1))
-
-
-def flow_seconds(api: str, flow_name: str) -> float:
-    """Run time of the newest run of `flow_name` as the Prefect server recorded it."""
-    body = {"flows": {"name": {"any_": [flow_name]}}, "sort": "START_TIME_DESC", "limit": 1}
-    [flow_run] = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=30).json()
-    return float(flow_run["total_run_time"])
 
 
 def main() -> int:

@@ -7,11 +7,23 @@ events. Pure: no Prefect, no I/O (`flows/suggest_indexes.py` wires the steps,
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 
-from decisions.indexing import Candidate, Choice, Rejection, index_name
+from decisions.index_costing import CostingPlan, hot_value_evidence, plannable_text
+from decisions.indexing import (
+    Candidate,
+    Choice,
+    IndexAdvisorSettings,
+    QueryShape,
+    Rejection,
+    ShapeError,
+    index_name,
+    query_shape,
+    table_matches,
+)
 
 EVENT_SUGGESTED = "perfops.indexes.suggested"
 EVENT_CREATED = "perfops.indexes.created"
@@ -39,13 +51,78 @@ class Suggestion(BaseModel):
     size_bytes: int
     calls: int
     est_time_saved_ms: float
-    queries: list[dict[str, Any]]  # queryid, query, calls, cost_before, cost_after
+    queries: list[dict[str, Any]]  # queryid, query, calls, cost_before, cost_after, costing
+    write_overhead: str = ""  # the workload's writes' upkeep of it, when its table is written
+    key: str = ""  # the candidate's key (what its build result is filed under)
+    include: list[str] = []  # INCLUDE columns of a covering index
 
 
 class SkippedStatement(BaseModel):
     queryid: int
     query: str
     reason: str
+
+
+@dataclass
+class ShapedWorkload:
+    """The statements the advisor costs (by queryid: shape, plannable text, tables) and the
+    ones it skips with the reason."""
+
+    skipped: list[SkippedStatement] = field(default_factory=list)
+    shapes: dict[int, QueryShape] = field(default_factory=dict)
+    texts: dict[int, str] = field(default_factory=dict)
+    tables: dict[int, list[str]] = field(default_factory=dict)
+
+
+def shape_workload(
+    statements: Sequence[tuple[int, str]],
+    catalog: Any,
+    search_path: Sequence[str],
+    settings: IndexAdvisorSettings,
+) -> ShapedWorkload:
+    """Parse each (queryid, query) against the catalog and keep the tables the settings
+    include; a statement that cannot be parsed, or touches only excluded tables, is skipped."""
+    out = ShapedWorkload()
+    for queryid, query in statements:
+        text = plannable_text(query)  # `interval $1` -> `$1::interval`
+        try:
+            shape = query_shape(text, catalog, search_path)
+        except ShapeError as exc:
+            out.skipped.append(SkippedStatement(queryid=queryid, query=query, reason=str(exc)))
+            continue
+        refs = [ref for ref in shape.tables if not table_matches(ref, settings.exclude_tables)]
+        if settings.include_tables:
+            refs = [ref for ref in refs if table_matches(ref, settings.include_tables)]
+        if not refs:
+            reason = "only excluded or not included tables"
+            out.skipped.append(SkippedStatement(queryid=queryid, query=query, reason=reason))
+            continue
+        shape.tables = {ref: use for ref, use in shape.tables.items() if ref in refs}
+        out.shapes[queryid] = shape
+        out.texts[queryid] = text
+        out.tables[queryid] = [str(ref) for ref in refs]
+    return out
+
+
+class CostingNote(BaseModel):
+    """How a statement was costed when it was not simply its generic plan: the skew weighting,
+    or the fallback to the generic plan for columns without statistics."""
+
+    queryid: int
+    query: str
+    note: str
+    fallback: bool = False
+
+
+def costing_notes(
+    plans: Mapping[int, CostingPlan], query_text: Mapping[int, str]
+) -> list[CostingNote]:
+    """A note for each statement costed at skewed values or that fell back for lack of stats."""
+    return [
+        CostingNote(queryid=qid, query=query_text[qid], note=p.note, fallback=p.fallback)
+        for qid, p in plans.items()
+        if p.note and qid in query_text
+    ]
 
 
 class IndexSuggestionReport(BaseModel):
@@ -56,13 +133,20 @@ class IndexSuggestionReport(BaseModel):
     skipped: list[SkippedStatement]
     builds: list[BuildResult] = []
     applied: bool = False
+    costing: list[CostingNote] = []
+    note: str = ""  # why there is nothing to look at ("0 statements ... since its reset at ...")
 
 
 def suggestions(
-    chosen: Sequence[Choice], query_text: Mapping[int, str], ddl: Callable[[Candidate], str]
+    chosen: Sequence[Choice],
+    query_text: Mapping[int, str],
+    ddl: Callable[[Candidate], str],
+    plans: Mapping[int, CostingPlan] | None = None,
 ) -> list[Suggestion]:
     """Each chosen index with its DDL (`ddl` renders it) and the statements it helps, by the
-    text of each (`query_text`, by queryid)."""
+    text of each (`query_text`, by queryid); with `plans`, how each statement was costed ("hot
+    values: ...; cost at a hot value 18,400 -> 12")."""
+    plans = plans or {}
     return [
         Suggestion(
             table=str(c.candidate.table),
@@ -72,6 +156,11 @@ def suggestions(
             size_bytes=c.size_bytes,
             calls=sum(e.calls for e in c.effects),
             est_time_saved_ms=round(c.est_time_saved_ms, 1),
+            write_overhead=(
+                f"{c.upkeep.detail} vs {c.benefit:,.0f} saved" if c.upkeep is not None else ""
+            ),
+            key=c.candidate.key,
+            include=c.candidate.include,
             queries=[
                 {
                     "queryid": e.queryid,
@@ -79,6 +168,7 @@ def suggestions(
                     "calls": e.calls,
                     "cost_before": round(e.cost_before, 2),
                     "cost_after": round(e.cost_after, 2),
+                    "costing": hot_value_evidence(plans.get(e.queryid), e.hot_before, e.hot_after),
                 }
                 for e in c.effects
             ],
@@ -115,16 +205,24 @@ def artifact_rows(report: IndexSuggestionReport) -> list[dict[str, Any]]:
     statement's), size and DDL."""
     builds = {b.key: b for b in report.builds}
     rows: list[dict[str, Any]] = []
+    if report.note:
+        rows.append(_row("nothing to suggest", reason=report.note))
     for s in report.suggestions:
-        build = builds.get(f"{s.table}({', '.join(s.columns)})")
+        build = builds.get(s.key or f"{s.table}({', '.join(s.columns)})")
+        included = f" INCLUDE ({', '.join(s.include)})" if s.include else ""
         costs = "; ".join(
             f"cost {q['cost_before']:,.0f} -> {q['cost_after']:,.0f}" for q in s.queries[:3]
         )
+        skew = next((q["costing"] for q in s.queries if q.get("costing")), "")
+        if skew:
+            costs += f" (weighted; {skew})"
+        if s.write_overhead:
+            costs += f"; write overhead: {s.write_overhead}"
         rows.append(
             _row(
                 build.status if build else "suggested",
                 table=s.table,
-                columns=", ".join(s.columns),
+                columns=", ".join(s.columns) + included,
                 reason=f"{len(s.queries)} statement(s), {s.calls:,} calls, "
                 f"est. {s.est_time_saved_ms:,.0f} ms saved; " + costs,
                 size=s.size_bytes,
@@ -137,10 +235,20 @@ def artifact_rows(report: IndexSuggestionReport) -> list[dict[str, Any]]:
             _row(
                 "rejected",
                 table=str(r.candidate.table),
-                columns=", ".join(r.candidate.columns),
+                columns=", ".join(r.candidate.key_labels)
+                + (f" INCLUDE ({', '.join(r.candidate.include)})" if r.candidate.include else ""),
                 reason=r.reason,
             )
         )
+    for note in report.costing:
+        if note.fallback:
+            rows.append(
+                _row(
+                    "generic plan only",
+                    reason=f"queryid {note.queryid}: {note.note}",
+                    detail=note.query[:120],
+                )
+            )
     for sk in report.skipped:
         rows.append(
             _row(

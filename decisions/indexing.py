@@ -3,11 +3,16 @@
 1. `query_shape` parses a normalised statement with PostgreSQL's own parser (pglast) and finds,
    per table, the columns compared for equality, compared by range, and sorted on, in WHERE,
    JOIN ... ON, ORDER BY and GROUP BY.
+   It also records which `$n` is compared with which column (for skew-aware costing,
+   `decisions.index_costing`) and every column a SELECT reads (for covering indexes).
 2. `candidate_indexes` turns shapes into single- and multi-column btree candidates (equality
-   columns first, then one range or the sort columns), dropping those an existing index covers.
+   columns first, most distinct first when pg_stats knows them, then one range or the sort
+   columns in the statement's direction), and their covering variants (`INCLUDE` what else a
+   narrow SELECT reads).
 3. `choose_indexes` picks a set greedily by total benefit (calls x estimated cost saved, costs
-   from hypopg) with a minimum saving per query and a cap of new indexes per table. Every
-   candidate not chosen carries the reason.
+   from hypopg) less write overhead (`decisions.index_writes`), with a minimum saving per query
+   (and for INCLUDE, over the plain index) and a cap of new indexes per table. Every candidate
+   not chosen carries the reason, including those an existing index covers.
 
 Only btree indexes on plain columns are proposed; expressions, OR branches and functions of
 columns are left out (the reason says so where a statement yields nothing).
@@ -17,17 +22,18 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pglast import ast, parse_sql
-from pglast.enums.parsenodes import A_Expr_Kind
+from pglast.enums.parsenodes import A_Expr_Kind, SortByDir
 from pglast.enums.primnodes import BoolExprType, SubLinkType
 from pglast.parser import ParseError
 from pydantic import BaseModel, Field
 
 MAX_INDEX_COLUMNS = 3
+MAX_INCLUDE_COLUMNS = 2  # a covering index stays narrow: at most this many INCLUDE columns
 PG_MAX_IDENTIFIER = 63
 _EQUALITY_OPS = {"="}
 _RANGE_OPS = {"<", ">", "<=", ">="}
@@ -93,17 +99,36 @@ class TableUse:
     equality: list[str] = field(default_factory=list)
     ranges: list[str] = field(default_factory=list)
     sort: list[str] = field(default_factory=list)
+    sort_desc: list[str] = field(default_factory=list)  # ORDER BY columns sorted DESC
+    # every column a SELECT reads from the table (None: all of them, `*`): what an index must
+    # hold for an index-only scan
+    referenced: list[str] | None = field(default_factory=list)
 
     def add(self, bucket: list[str], column: str) -> None:
         if column not in bucket:
             bucket.append(column)
 
 
+@dataclass(frozen=True)
+class ParamBinding:
+    """A `$n` parameter compared with a plain column (`col = $n`, `col IN ($n, ...)`,
+    `col > $n`): whose statistics say what values it is likely to take."""
+
+    number: int
+    table: TableRef
+    column: str
+    kind: str  # "equality" | "range"
+
+
 @dataclass
 class QueryShape:
-    """Per table, the columns a statement filters, joins and sorts on."""
+    """Per table, the columns a statement filters, joins and sorts on; and which parameters are
+    compared with which column."""
 
     tables: dict[TableRef, TableUse] = field(default_factory=dict)
+    params: list[ParamBinding] = field(default_factory=list)
+    has_limit: bool = False
+    limit_param: int | None = None  # `LIMIT $n` (pg_stat_statements turns `LIMIT 20` into it)
 
 
 class ShapeError(ValueError):
@@ -145,6 +170,13 @@ def query_shape(
     if not isinstance(root, ast.SelectStmt | ast.UpdateStmt | ast.DeleteStmt):
         raise ShapeError(f"{type(root).__name__} is not a SELECT, UPDATE or DELETE")
     shape = QueryShape()
+    if isinstance(root, ast.SelectStmt) and root.limitCount is not None:
+        shape.has_limit = True
+        limit: Any = root.limitCount
+        while isinstance(limit, ast.TypeCast):
+            limit = limit.arg
+        if isinstance(limit, ast.ParamRef) and limit.number is not None:
+            shape.limit_param = limit.number
     for node in _statements(root):
         _Scope(node, catalog, search_path, shape).collect()
     if not any(u.equality or u.ranges or u.sort for u in shape.tables.values()):
@@ -209,9 +241,39 @@ class _Scope:
                 self._predicate(conjunct)
         if isinstance(node, ast.SelectStmt):
             for sort in node.sortClause or ():
-                self._sort_key(sort.node)
+                self._sort_key(sort.node, descending=sort.sortby_dir == SortByDir.SORTBY_DESC)
             for group in node.groupClause or ():
                 self._sort_key(group)
+            self._references(node)
+        else:  # an UPDATE or DELETE reads the heap anyway: no index-only scan
+            for ref in set(self.aliases.values()):
+                self.shape.tables[ref].referenced = None
+
+    def _references(self, node: Any) -> None:
+        """Every column of each table this SELECT reads (subqueries' columns may be counted
+        too: that only makes a covering index wider, or not proposed)."""
+        parts = [node.targetList, node.whereClause, *self.quals, node.sortClause]
+        parts += [node.groupClause, node.havingClause]
+        for item in _walk(parts):
+            if not isinstance(item, ast.ColumnRef):
+                continue
+            fields = item.fields or ()
+            if fields and isinstance(fields[-1], ast.A_Star):
+                qualifier = fields[-2].sval if len(fields) > 1 else None
+                refs = (
+                    [self.aliases[qualifier]]
+                    if qualifier in self.aliases
+                    else list(set(self.aliases.values()))
+                )
+                for ref in refs:
+                    self.shape.tables[ref].referenced = None
+                continue
+            found = self._column(item)
+            if found is None:
+                continue
+            use = self._use(found)
+            if use.referenced is not None and found[1] not in use.referenced:
+                use.referenced.append(found[1])
 
     def _from_item(self, item: Any) -> None:
         if isinstance(item, ast.RangeVar) and item.relname:
@@ -247,6 +309,16 @@ class _Scope:
             return None
         return ref, column
 
+    def _bind(self, column: tuple[TableRef, str] | None, node: Any, kind: str) -> None:
+        """Record `node` as a parameter compared with `column`, when it is one (`$n`, `$n::t`)."""
+        while isinstance(node, ast.TypeCast):
+            node = node.arg
+        if column is None or not isinstance(node, ast.ParamRef) or node.number is None:
+            return
+        binding = ParamBinding(node.number, column[0], column[1], kind)
+        if binding not in self.shape.params:
+            self.shape.params.append(binding)
+
     def _predicate(self, expr: Any) -> None:
         if isinstance(expr, ast.NullTest):
             found = self._column(expr.arg)
@@ -265,21 +337,30 @@ class _Scope:
         left, right = self._column(expr.lexpr), self._column(expr.rexpr)
         if kind == A_Expr_Kind.AEXPR_IN and left and op == "=":
             self._use(left).add(self._use(left).equality, left[1])
+            for item in expr.rexpr or ():
+                self._bind(left, item, "equality")
         elif kind in (A_Expr_Kind.AEXPR_BETWEEN, A_Expr_Kind.AEXPR_BETWEEN_SYM) and left:
             self._use(left).add(self._use(left).ranges, left[1])
+            for item in expr.rexpr or ():
+                self._bind(left, item, "range")
         elif kind == A_Expr_Kind.AEXPR_OP and op in _EQUALITY_OPS | _RANGE_OPS:
             if left and right and left[0] == right[0]:
                 return  # a comparison of two columns of one table cannot use an index
+            bound = "equality" if op in _EQUALITY_OPS else "range"
+            self._bind(left, expr.rexpr, bound)
+            self._bind(right, expr.lexpr, bound)
             for side in (left, right):
                 if side is None:
                     continue
                 use = self._use(side)
                 use.add(use.equality if op in _EQUALITY_OPS else use.ranges, side[1])
 
-    def _sort_key(self, node: Any) -> None:
+    def _sort_key(self, node: Any, *, descending: bool = False) -> None:
         found = self._column(node)
         if found:
             self._use(found).add(self._use(found).sort, found[1])
+            if descending:
+                self._use(found).add(self._use(found).sort_desc, found[1])
 
     def _use(self, found: tuple[TableRef, str]) -> TableUse:
         return self.shape.tables.setdefault(found[0], TableUse())
@@ -306,10 +387,30 @@ class Candidate(BaseModel):
     schema_name: str
     table_name: str
     columns: list[str]
+    descending: list[str] = Field(
+        default_factory=list,
+        description="Key columns stored DESC: only when a statement sorts in mixed directions "
+        "(one direction throughout is served by a backward scan of an ascending index).",
+    )
+    include: list[str] = Field(
+        default_factory=list,
+        description="INCLUDE columns: what else a SELECT reads, so it can be an index-only scan.",
+    )
+
+    @property
+    def key_labels(self) -> list[str]:
+        """The key columns as `pg_get_indexdef` shows them: `created_at DESC` when descending."""
+        return [f"{c} DESC" if c in self.descending else c for c in self.columns]
 
     @property
     def key(self) -> str:
-        return f"{self.schema_name}.{self.table_name}({', '.join(self.columns)})"
+        included = f" INCLUDE ({', '.join(self.include)})" if self.include else ""
+        return f"{self.schema_name}.{self.table_name}({', '.join(self.key_labels)}){included}"
+
+    @property
+    def plain(self) -> Candidate:
+        """The same key columns without INCLUDE."""
+        return self.model_copy(update={"include": []})
 
     @property
     def table(self) -> TableRef:
@@ -326,33 +427,68 @@ class ExistingIndex(BaseModel):
     method: str
     predicate: str | None = None
     is_valid: bool = True
+    include_columns: list[str] = []
 
 
-def _column_sets(use: TableUse) -> Iterator[list[str]]:
+def _sorted_keys(use: TableUse, columns: list[str]) -> tuple[list[str], list[str]]:
+    """`columns` with the DESC markers an index needs to end the statement's sort: none when
+    every sort column goes one way (a backward scan serves DESC), else the statement's own."""
+    sort = [c for c in columns if c in use.sort]
+    desc = [c for c in sort if c in use.sort_desc]
+    mixed = 0 < len(desc) < len(sort)
+    return columns, desc if mixed else []
+
+
+def _column_sets(use: TableUse) -> Iterator[tuple[list[str], list[str]]]:
+    """(columns, descending columns) of each candidate for one table of one statement."""
     eq = use.equality[:MAX_INDEX_COLUMNS]
     for column in [*use.equality, *use.ranges, *use.sort[:1]]:
-        yield [column]
+        yield [column], []
     if eq:
         if len(eq) > 1:
-            yield eq
+            yield eq, []
         for column in use.ranges:
             if column not in eq:
-                yield [*eq[: MAX_INDEX_COLUMNS - 1], column]
+                yield [*eq[: MAX_INDEX_COLUMNS - 1], column], []
         sort = [c for c in use.sort if c not in eq]
         if sort:
-            yield [*eq, *sort][:MAX_INDEX_COLUMNS]
+            # equality columns, then the ORDER BY columns in the statement's direction: the
+            # index returns each equality group already sorted, so ... LIMIT n stops after n rows
+            yield _sorted_keys(use, [*eq, *sort][:MAX_INDEX_COLUMNS])
     elif len(use.sort) > 1:
-        yield use.sort[:MAX_INDEX_COLUMNS]
+        yield _sorted_keys(use, use.sort[:MAX_INDEX_COLUMNS])
 
 
-def candidate_indexes(shapes: Iterable[QueryShape]) -> list[Candidate]:
-    """Distinct candidates from every shape, in a stable order."""
+def candidate_indexes(
+    shapes: Iterable[QueryShape], distinct: Mapping[tuple[str, str, str], float] | None = None
+) -> list[Candidate]:
+    """Distinct candidates from every shape, in a stable order. With `distinct` (values per
+    (schema, table, column), from pg_stats), equality columns go most distinct first (the
+    statement's order otherwise), so `(tenant_id, status)` also serves `tenant_id = $1`."""
     seen: dict[str, Candidate] = {}
+    distinct = distinct or {}
     for shape in shapes:
         for ref, use in sorted(shape.tables.items()):
-            for columns in _column_sets(use):
-                candidate = Candidate(schema_name=ref.schema, table_name=ref.name, columns=columns)
+            if distinct:
+                rank = {c: -distinct.get((ref.schema, ref.name, c), 0.0) for c in use.equality}
+                use = replace(use, equality=sorted(use.equality, key=lambda c: rank[c]))
+            for columns, descending in _column_sets(use):
+                candidate = Candidate(
+                    schema_name=ref.schema,
+                    table_name=ref.name,
+                    columns=columns,
+                    descending=descending,
+                )
                 seen.setdefault(candidate.key, candidate)
+                # the covering variant: what else the SELECT reads, when that is little
+                extra = [c for c in use.referenced or () if c not in columns]
+                if (
+                    use.referenced is not None
+                    and (use.equality or use.sort)
+                    and 0 < len(extra) <= MAX_INCLUDE_COLUMNS
+                ):
+                    covering = candidate.model_copy(update={"include": extra})
+                    seen.setdefault(covering.key, covering)
     return list(seen.values())
 
 
@@ -365,15 +501,51 @@ def covering_index(candidate: Candidate, existing: Iterable[ExistingIndex]) -> E
             and index.method == "btree"
             and index.is_valid
             and index.predicate is None
-            and index.columns[: len(candidate.columns)] == candidate.columns
+            and same_keys(index.columns[: len(candidate.columns)], candidate.key_labels)
+            and set(candidate.include) <= column_names([*index.columns, *index.include_columns])
         ):
             return index
     return None
 
 
+def column_names(labels: Iterable[str]) -> set[str]:
+    """Column names from `pg_get_indexdef` labels (`"Name" DESC` -> `Name`)."""
+    out = set()
+    for label in labels:
+        name = label.removesuffix(" DESC")
+        if len(name) > 1 and name.startswith('"') and name.endswith('"'):
+            name = name[1:-1].replace('""', '"')
+        out.add(name)
+    return out
+
+
+def same_keys(existing: Sequence[str], wanted: Sequence[str]) -> bool:
+    """Do an index's leading key columns serve `wanted` (same columns; same directions, or all
+    of them reversed: a backward scan)? Names as `pg_get_indexdef` shows them (quoted or not)."""
+
+    def parts(labels: Sequence[str]) -> list[tuple[str, bool]]:
+        out = []
+        for label in labels:
+            desc = label.endswith(" DESC")
+            name = label.removesuffix(" DESC")
+            if len(name) > 1 and name.startswith('"') and name.endswith('"'):
+                name = name[1:-1].replace('""', '"')
+            out.append((name, desc))
+        return out
+
+    have, want = parts(existing), parts(wanted)
+    if len(have) != len(want) or [n for n, _ in have] != [n for n, _ in want]:
+        return False
+    flips = {h != w for (_, h), (_, w) in zip(have, want, strict=True)}
+    return len(flips) <= 1
+
+
 def index_name(candidate: Candidate) -> str:
     """`perfops_idx_<table>_<columns>`, shortened with a hash to PostgreSQL's 63 bytes."""
-    name = f"perfops_idx_{candidate.table_name}_{'_'.join(candidate.columns)}".lower()
+    keys = [f"{c}_desc" if c in candidate.descending else c for c in candidate.columns]
+    if candidate.include:
+        keys += ["incl", *candidate.include]
+    name = f"perfops_idx_{candidate.table_name}_{'_'.join(keys)}".lower()
     name = re.sub(r"_+", "_", "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name))
     if len(name.encode()) <= PG_MAX_IDENTIFIER:
         return name
@@ -385,13 +557,15 @@ def index_name(candidate: Candidate) -> str:
 
 
 class QueryCost(BaseModel):
-    """One statement with its calls and its generic-plan cost without new indexes."""
+    """One statement with its calls and its cost without new indexes: the generic plan's, or
+    the frequency-weighted cost over representative parameter values (`decisions.index_costing`)."""
 
     queryid: int
     calls: int
     mean_ms: float
     base_cost: float
     tables: list[str]  # schema.table it touches
+    hot_cost: float | None = None  # the cost at its hottest parameter value, when skew-costed
 
 
 class Costing(BaseModel):
@@ -401,6 +575,7 @@ class Costing(BaseModel):
     size_bytes: int
     costs: dict[int, float]  # queryid -> cost with this index, for queries on its table
     error: str | None = None  # why it could not be costed
+    hot_costs: dict[int, float] = {}  # queryid -> cost at its hottest value with this index
 
 
 class Effect(BaseModel):
@@ -408,10 +583,20 @@ class Effect(BaseModel):
     calls: int
     cost_before: float
     cost_after: float
+    hot_before: float | None = None  # at the statement's hottest parameter value
+    hot_after: float | None = None
 
     @property
     def saving(self) -> float:
         return 1 - self.cost_after / self.cost_before if self.cost_before > 0 else 0.0
+
+
+class Upkeep(BaseModel):
+    """A candidate's write overhead over the pg_stat_statements window (decisions.index_writes)."""
+
+    cost: float  # planner cost units, comparable with a Choice's benefit
+    entries: int  # index entries the workload's writes would have added
+    detail: str  # "2,400 rows inserted + 120 updated (status) x 4 = 10,080"
 
 
 class Choice(BaseModel):
@@ -422,6 +607,7 @@ class Choice(BaseModel):
     benefit: float  # sum of calls x cost saved (planner cost units)
     effects: list[Effect]
     est_time_saved_ms: float  # sum of calls x mean time x fraction of cost saved
+    upkeep: Upkeep | None = None  # what the workload's writes would pay to maintain it
 
 
 class Rejection(BaseModel):
@@ -445,12 +631,21 @@ def choose_indexes(
     *,
     min_saving: float,
     max_new_per_table: int,
+    upkeep: Mapping[str, Upkeep] | None = None,
 ) -> Selection:
-    """Greedy choice by total benefit; each rejected candidate says why."""
+    """Greedy choice by total benefit less write upkeep (by candidate key, when known); each
+    rejected candidate says why."""
+    upkeep = upkeep or {}
+
+    def net(costing: Costing, benefit: float) -> float:
+        found = upkeep.get(costing.candidate.key)
+        return benefit - (found.cost if found else 0.0)
+
     by_id = {q.queryid: q for q in queries}
     best = {q.queryid: q.base_cost for q in queries}  # best cost so far per query
     rejected: list[Rejection] = []
     pool: list[Costing] = []
+    by_key = {c.candidate.key: c for c in costings}
     for costing in costings:
         if costing.error:
             rejected.append(
@@ -482,14 +677,36 @@ def choose_indexes(
                 )
             )
             continue
+        plain = by_key.get(costing.candidate.plain.key) if costing.candidate.include else None
+        if plain is not None and not plain.error:
+            # INCLUDE only when the index-only scan itself pays: the same rule, over the plain
+            # index rather than over no index
+            gains = [
+                1 - cost / plain.costs[qid]
+                for qid, cost in costing.costs.items()
+                if plain.costs.get(qid, 0) > 0
+            ]
+            gain = max(gains, default=0.0)
+            if gain < min_saving:
+                rejected.append(
+                    Rejection(
+                        candidate=costing.candidate,
+                        reason=f"INCLUDE ({', '.join(costing.candidate.include)}) saves "
+                        f"{_pct(max(gain, 0.0))} < {_pct(min_saving)} over "
+                        f"({', '.join(costing.candidate.key_labels)}) alone",
+                    )
+                )
+                continue
         pool.append(costing)
 
     chosen: list[Choice] = []
     per_table: dict[TableRef, int] = {}
     while pool:
         scored = [(_benefit(c, by_id, best, min_saving), c) for c in pool]
-        benefit, winner = max(scored, key=lambda pair: (pair[0], -len(pair[1].candidate.columns)))
-        if benefit <= 0:
+        benefit, winner = max(
+            scored, key=lambda pair: (net(pair[1], pair[0]), -len(pair[1].candidate.columns))
+        )
+        if net(winner, benefit) <= 0:
             break
         pool.remove(winner)
         table = winner.candidate.table
@@ -509,7 +726,14 @@ def choose_indexes(
                 continue
             if cost < best[qid] and 1 - cost / query.base_cost >= min_saving:
                 effects.append(
-                    Effect(queryid=qid, calls=query.calls, cost_before=best[qid], cost_after=cost)
+                    Effect(
+                        queryid=qid,
+                        calls=query.calls,
+                        cost_before=best[qid],
+                        cost_after=cost,
+                        hot_before=query.hot_cost,
+                        hot_after=winner.hot_costs.get(qid),
+                    )
                 )
                 best[qid] = cost
         time_saved = sum(
@@ -523,9 +747,21 @@ def choose_indexes(
                 benefit=benefit,
                 effects=effects,
                 est_time_saved_ms=time_saved,
+                upkeep=upkeep.get(winner.candidate.key),
             )
         )
     for costing in pool:
+        benefit = _benefit(costing, by_id, best, min_saving)
+        overhead = upkeep.get(costing.candidate.key)
+        if benefit > 0 and overhead is not None and overhead.cost >= benefit:
+            rejected.append(
+                Rejection(
+                    candidate=costing.candidate,
+                    reason=f"write overhead outweighs the saving: upkeep {overhead.detail} >= "
+                    f"{benefit:,.0f} saved (calls x cost saved)",
+                )
+            )
+            continue
         helper = next(
             (
                 c.candidate.key

@@ -20,30 +20,37 @@ from prefect import flow, get_run_logger
 from blocks import PostgresTarget
 from blocks.resolve import Resolved, resolve_postgres
 from decisions.fleet import FleetReport, keyed, target_labels
+from decisions.index_costing import (
+    distinct_counts,
+    parameter_columns,
+    plannable_text,
+    skew_plan,
+    verification_statement,
+)
 from decisions.index_suggestions import (
     BuildResult,
     IndexSuggestionReport,
     SkippedStatement,
     artifact_rows,
+    costing_notes,
+    shape_workload,
     suggestion_events,
     suggestions,
 )
+from decisions.index_writes import collect_writes, index_upkeep
 from decisions.indexing import (
     Choice,
     ExistingIndex,
     IndexAdvisorSettings,
     QueryCost,
-    QueryShape,
     Rejection,
-    ShapeError,
     candidate_indexes,
     choose_indexes,
     index_name,
-    query_shape,
-    table_matches,
 )
 from perfops.redaction import install_log_redaction
 from tasks.fleet_runs import database_slots, fan_out
+from tasks.postgres.column_stats import fetch_column_stats
 from tasks.postgres.hypopg import (
     cost_base_plans,
     cost_candidates,
@@ -136,40 +143,22 @@ def _suggest(
         limit=settings.max_statements,
     )
     snapshot = fetch_table_catalog(target)
-    existing_rows = fetch_indexes(target)
+    existing = [ExistingIndex.model_validate(i.model_dump()) for i in fetch_indexes(target)]
     catalog = snapshot.catalog()
-    existing = [ExistingIndex.model_validate(i.model_dump()) for i in existing_rows]
 
-    skipped: list[SkippedStatement] = []
-    shapes: dict[int, QueryShape] = {}
-    texts: dict[int, str] = {}
-    tables_of: dict[int, list[str]] = {}
-    for stat in statements:
-        try:
-            shape = query_shape(stat.query, catalog, snapshot.search_path)
-        except ShapeError as exc:
-            skipped.append(
-                SkippedStatement(queryid=stat.queryid, query=stat.query, reason=str(exc))
-            )
-            continue
-        refs = [ref for ref in shape.tables if not table_matches(ref, settings.exclude_tables)]
-        if settings.include_tables:
-            refs = [ref for ref in refs if table_matches(ref, settings.include_tables)]
-        if not refs:
-            skipped.append(
-                SkippedStatement(
-                    queryid=stat.queryid,
-                    query=stat.query,
-                    reason="only excluded or not included tables",
-                )
-            )
-            continue
-        shape.tables = {ref: use for ref, use in shape.tables.items() if ref in refs}
-        shapes[stat.queryid] = shape
-        texts[stat.queryid] = stat.query
-        tables_of[stat.queryid] = [str(ref) for ref in refs]
+    shaped = shape_workload(
+        [(st.queryid, st.query) for st in statements], catalog, snapshot.search_path, settings
+    )
+    skipped, shapes, texts, tables_of = shaped.skipped, shaped.shapes, shaped.texts, shaped.tables
 
-    base = cost_base_plans(target, texts)
+    # Skew: custom plans at representative values from pg_stats, weighted by their share.
+    column_stats = fetch_column_stats(target, parameter_columns(shapes.values()))
+    stat_of = {s.queryid: s for s in statements}
+    plans = {
+        qid: skew_plan(qid, texts[qid], shapes[qid], column_stats, statement=stat_of[qid])
+        for qid in texts
+    }
+    base = cost_base_plans(target, texts, plans)
     for qid, planned in base.items():
         if planned.cost is None:
             stat = next(s for s in statements if s.queryid == qid)
@@ -180,30 +169,35 @@ def _suggest(
             )
             texts.pop(qid)
             shapes.pop(qid)
-    by_id = {s.queryid: s for s in statements}
     queries = [
         QueryCost(
             queryid=qid,
-            calls=by_id[qid].calls,
-            mean_ms=by_id[qid].mean_ms,
+            calls=stat_of[qid].calls,
+            mean_ms=stat_of[qid].mean_ms,
             base_cost=base[qid].cost or 0.0,
             tables=tables_of[qid],
+            hot_cost=base[qid].hot_cost,
         )
         for qid in texts
     ]
-    candidates = candidate_indexes(shapes.values())
-    costings = cost_candidates(target, texts, tables_of, candidates) if candidates else []
+    candidates = candidate_indexes(shapes.values(), distinct_counts(column_stats))
+    # the workload's INSERTs and UPDATEs: what each candidate would cost them to maintain
+    writes = collect_writes(
+        [(plannable_text(s.query), s.rows) for s in statements], catalog, snapshot.search_path
+    )
+    costings = cost_candidates(target, texts, tables_of, candidates, plans) if candidates else []
     selection = choose_indexes(
         queries,
         costings,
         existing,
         min_saving=settings.min_saving,
         max_new_per_table=settings.max_new_per_table,
+        upkeep=index_upkeep(candidates, writes),
     )
     chosen: list[Choice] = list(selection.chosen)
     rejected = list(selection.rejected)
     if chosen:
-        verification = verify_index_set(target, texts, [c.candidate for c in chosen])
+        verification = verify_index_set(target, texts, [c.candidate for c in chosen], plans)
         unused = [c for c in chosen if not verification.used[c.candidate.key]]
         for choice in unused:
             rejected.append(
@@ -216,11 +210,21 @@ def _suggest(
 
     texts_of = {s.queryid: s.query for s in statements}
     report = IndexSuggestionReport(
+        # "0 statements with at least 10 calls ... since its reset at ...": in the artifact too
+        note=""
+        if statements
+        else statements_since(
+            0,
+            fetch_statements_reset(target),
+            f"statements with at least {settings.min_calls} calls",
+        )
+        + ": nothing to suggest",
         database=resolved.description,
         statements_considered=len(statements),
-        suggestions=suggestions(chosen, texts_of, create_index_ddl),
+        suggestions=suggestions(chosen, texts_of, create_index_ddl, plans),
         rejected=rejected,
         skipped=skipped,
+        costing=costing_notes(plans, texts_of),
     )
     privileges = None
     if apply and chosen:
@@ -239,11 +243,15 @@ def _suggest(
                 chosen, lambda c: (c.candidate.schema_name, c.candidate.table_name)
             )
         ]
+        checks = {  # skewed statements are re-planned at their hottest value
+            q: verification_statement(plans.get(q), texts[q], base[q].hot_cost, base[q].cost)
+            for q in texts
+        }
         requests = [
             BuildRequest(
                 candidate=c.candidate,
-                queries={e.queryid: texts[e.queryid] for e in c.effects},
-                expected_costs={e.queryid: base[e.queryid].cost or 0.0 for e in c.effects},
+                queries={e.queryid: checks[e.queryid][0] for e in c.effects},
+                expected_costs={e.queryid: checks[e.queryid][1] for e in c.effects},
             )
             for c in chosen
             if check.allows(c.candidate.schema_name, c.candidate.table_name)
@@ -263,13 +271,7 @@ def _suggest(
 
     _record(report, target.resource_id(), fleet_target)
     for s in report.suggestions:
-        logger.info(
-            "suggest %s (%s): saves ~%.0f ms over %d calls",
-            s.table,
-            ", ".join(s.columns),
-            s.est_time_saved_ms,
-            s.calls,
-        )
+        logger.info("suggest %s (%s): saves ~%.0f ms", s.table, s.columns, s.est_time_saved_ms)
     failed = [b for b in report.builds if b.status == "failed"]
     first = next((b for b in failed if not b.detail.startswith("not attempted")), None)
     why = ([privileges] if privileges else []) + (
@@ -282,14 +284,7 @@ def _suggest(
         else None,
         partial=len(failed) < len(report.builds),
         allow_partial=allow_partial,
-        note=None
-        if statements
-        else statements_since(
-            0,
-            fetch_statements_reset(target),
-            f"statements with at least {settings.min_calls} calls",
-        )
-        + ": nothing to suggest",
+        note=report.note or None,
     )
 
 

@@ -1,11 +1,15 @@
-"""What-if costing with hypopg: the generic-plan cost of each statement with each candidate
-index alone, and with the chosen set together. Hypothetical indexes live only in this session's
-memory; nothing is written to the database.
+"""What-if costing with hypopg: the cost of each statement with each candidate index alone, and
+with the chosen set together. Hypothetical indexes live only in this session's memory; nothing
+is written to the database.
+
+A statement's cost is its generic plan's, or, given its `CostingPlan`
+(`decisions.index_costing`), the frequency-weighted mean of its generic plan and its custom
+plans at representative values of a skewed parameter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -14,9 +18,11 @@ from psycopg import sql
 from pydantic import BaseModel
 
 from blocks import PostgresTarget
+from decisions.index_costing import CostingPlan, weighted_cost
 from decisions.indexing import Candidate, Catalog, Costing, TableRef
 from perfops.errors import MissingPrerequisite
 from perfops.redaction import one_line
+from tasks.postgres.index_builds import include_sql
 from tasks.postgres.server import connect
 from tasks.postgres.statements import explain_generic, plan_cost, plan_index_names
 from tasks.transient_errors import RETRY_DEFAULTS
@@ -43,6 +49,7 @@ class PlannedQuery(BaseModel):
     cost: float | None  # None when it could not be planned
     error: str | None = None
     indexes_used: list[str] = []
+    hot_cost: float | None = None  # at the hottest parameter value, when skew-costed
 
 
 class SetVerification(BaseModel):
@@ -104,10 +111,14 @@ def fetch_table_catalog(target: PostgresTarget) -> CatalogSnapshot:
 
 def _hypothetical(conn: psycopg.Connection[Any], candidate: Candidate) -> tuple[int, str]:
     ddl = (
-        sql.SQL("create index on {} using btree ({})")
+        sql.SQL("create index on {} using btree ({}){}")
         .format(
             sql.Identifier(candidate.schema_name, candidate.table_name),
-            sql.SQL(", ").join(sql.Identifier(c) for c in candidate.columns),
+            sql.SQL(", ").join(
+                sql.Identifier(c) + sql.SQL(" DESC" if c in candidate.descending else "")
+                for c in candidate.columns
+            ),
+            include_sql(candidate),
         )
         .as_string(conn)
     )
@@ -126,9 +137,45 @@ def _plan(conn: psycopg.Connection[Any], query: str) -> tuple[float, set[str]]:
     return plan_cost(plan), plan_index_names(plan)
 
 
+def _cost(
+    conn: psycopg.Connection[Any], query: str, plan: CostingPlan | None
+) -> tuple[float, float | None, set[str]]:
+    """(cost, cost at the hottest value, indexes used): the generic plan's, or the weighted mean
+    over the plan's variants. A generic plan that fails raises (the statement cannot be planned);
+    a custom variant that fails is left out of the weighting."""
+    if plan is None or not plan.skewed:  # the generic plan (a LIMIT $n bound: `plan`'s text)
+        cost, used = _plan(conn, plan.variants[0].query if plan is not None else query)
+        return cost, None, used
+    costs: list[float | None] = []
+    indexes: set[str] = set()
+    hot: float | None = None
+    hottest = plan.hottest
+    for variant in plan.variants:
+        try:
+            cost, used = _plan(conn, variant.query)
+        except psycopg.Error:
+            if variant.value is None:
+                raise
+            costs.append(None)
+            continue
+        costs.append(cost)
+        if variant.weight > 0:
+            indexes |= used
+        if variant is hottest:
+            hot = cost
+    total = weighted_cost(plan.variants, costs)
+    assert total is not None  # the generic variant was planned
+    return total, hot, indexes
+
+
 @task(name="cost_base_plans", **RETRY_DEFAULTS)
-def cost_base_plans(target: PostgresTarget, queries: dict[int, str]) -> dict[int, PlannedQuery]:
-    """The generic-plan cost of each statement as things are (a failure is recorded, not raised)."""
+def cost_base_plans(
+    target: PostgresTarget,
+    queries: dict[int, str],
+    plans: Mapping[int, CostingPlan] | None = None,
+) -> dict[int, PlannedQuery]:
+    """The cost of each statement as things are (generic, or weighted by its `plans` entry); a
+    failure is recorded, not raised."""
     out: dict[int, PlannedQuery] = {}
     with connect(target, statement_timeout_ms=30_000) as conn:
         ensure_hypopg(conn)
@@ -136,8 +183,10 @@ def cost_base_plans(target: PostgresTarget, queries: dict[int, str]) -> dict[int
         conn.commit()
         for qid, query in queries.items():
             try:
-                cost, used = _plan(conn, query)
-                out[qid] = PlannedQuery(queryid=qid, cost=cost, indexes_used=sorted(used))
+                cost, hot, used = _cost(conn, query, (plans or {}).get(qid))
+                out[qid] = PlannedQuery(
+                    queryid=qid, cost=cost, indexes_used=sorted(used), hot_cost=hot
+                )
             except psycopg.Error as exc:
                 message = one_line(exc)
                 out[qid] = PlannedQuery(
@@ -152,6 +201,7 @@ def cost_candidates(
     queries: dict[int, str],
     tables_of: dict[int, list[str]],
     candidates: Sequence[Candidate],
+    plans: Mapping[int, CostingPlan] | None = None,
 ) -> list[Costing]:
     """For each candidate alone: its size estimate and the cost of every statement on its table."""
     costings: list[Costing] = []
@@ -173,18 +223,22 @@ def cost_candidates(
                 continue
             table = f"{candidate.schema_name}.{candidate.table_name}"
             costs: dict[int, float] = {}
+            hot_costs: dict[int, float] = {}
             for qid, query in queries.items():
                 if table not in tables_of.get(qid, []):
                     continue
                 try:
-                    costs[qid], _ = _plan(conn, query)
+                    costs[qid], hot, _ = _cost(conn, query, (plans or {}).get(qid))
                 except psycopg.Error:
                     continue  # already reported by the base plan when it cannot be planned
+                if hot is not None:
+                    hot_costs[qid] = hot
             costings.append(
                 Costing(
                     candidate=candidate,
                     size_bytes=int(size_row["size"]) if size_row else 0,
                     costs=costs,
+                    hot_costs=hot_costs,
                 )
             )
         conn.execute("select hypopg_reset()")
@@ -194,10 +248,14 @@ def cost_candidates(
 
 @task(name="verify_index_set", **RETRY_DEFAULTS)
 def verify_index_set(
-    target: PostgresTarget, queries: dict[int, str], chosen: Sequence[Candidate]
+    target: PostgresTarget,
+    queries: dict[int, str],
+    chosen: Sequence[Candidate],
+    plans: Mapping[int, CostingPlan] | None = None,
 ) -> SetVerification:
-    """Plan every statement with all chosen hypothetical indexes at once: which ones are used."""
-    plans: dict[int, PlannedQuery] = {}
+    """Plan every statement with all chosen hypothetical indexes at once: which ones are used
+    (at the generic plan or at any value a statement is costed at)."""
+    planned: dict[int, PlannedQuery] = {}
     used: dict[str, list[int]] = {c.key: [] for c in chosen}
     with connect(target, statement_timeout_ms=30_000) as conn:
         ensure_hypopg(conn)
@@ -209,14 +267,16 @@ def verify_index_set(
         conn.commit()
         for qid, query in queries.items():
             try:
-                cost, indexes = _plan(conn, query)
+                cost, hot, indexes = _cost(conn, query, (plans or {}).get(qid))
             except psycopg.Error as exc:
-                plans[qid] = PlannedQuery(queryid=qid, cost=None, error=one_line(exc))
+                planned[qid] = PlannedQuery(queryid=qid, cost=None, error=one_line(exc))
                 continue
-            plans[qid] = PlannedQuery(queryid=qid, cost=cost, indexes_used=sorted(indexes))
+            planned[qid] = PlannedQuery(
+                queryid=qid, cost=cost, indexes_used=sorted(indexes), hot_cost=hot
+            )
             for name in indexes:
                 if name in names:
                     used[names[name]].append(qid)
         conn.execute("select hypopg_reset()")
         conn.commit()
-    return SetVerification(plans=plans, used=used)
+    return SetVerification(plans=planned, used=used)

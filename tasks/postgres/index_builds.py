@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from blocks import PostgresTarget
 from decisions.index_suggestions import BuildResult
-from decisions.indexing import Candidate, index_name
+from decisions.indexing import Candidate, column_names, index_name, same_keys
 from perfops.errors import LockBusy
 from perfops.redaction import one_line
 from tasks.postgres.server import advisory_lock, connect, ensure_primary, set_timeouts
@@ -37,12 +37,25 @@ class BuildRequest(BaseModel):
     expected_costs: dict[int, float]  # queryid -> cost before the build
 
 
+def include_sql(candidate: Candidate) -> sql.Composable:
+    """` INCLUDE (columns)` of a covering candidate, else nothing."""
+    if not candidate.include:
+        return sql.SQL("")
+    return sql.SQL(" INCLUDE ({})").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in candidate.include)
+    )
+
+
 def create_index_sql(candidate: Candidate) -> sql.Composed:
-    """`CREATE INDEX CONCURRENTLY name ON schema.table USING btree (columns)`."""
-    return sql.SQL("CREATE INDEX CONCURRENTLY {} ON {} USING btree ({})").format(
+    """`CREATE INDEX CONCURRENTLY name ON schema.table USING btree (columns) [INCLUDE (...)]`."""
+    return sql.SQL("CREATE INDEX CONCURRENTLY {} ON {} USING btree ({}){}").format(
         sql.Identifier(index_name(candidate)),
         sql.Identifier(candidate.schema_name, candidate.table_name),
-        sql.SQL(", ").join(sql.Identifier(c) for c in candidate.columns),
+        sql.SQL(", ").join(
+            sql.Identifier(c) + sql.SQL(" DESC" if c in candidate.descending else "")
+            for c in candidate.columns
+        ),
+        include_sql(candidate),
     )
 
 
@@ -69,7 +82,9 @@ def _existing_cover(conn: psycopg.Connection[Any], candidate: Candidate) -> str 
         """
         select i.relname as name,
                array(select pg_get_indexdef(x.indexrelid, k.n, true)
-                     from generate_series(1, x.indnkeyatts) k(n) order by k.n) as columns
+                     from generate_series(1, x.indnkeyatts) k(n) order by k.n) as columns,
+               array(select pg_get_indexdef(x.indexrelid, k.n, true)
+                     from generate_series(1, x.indnatts) k(n) order by k.n) as all_columns
         from pg_index x join pg_class i on i.oid = x.indexrelid
         join pg_class t on t.oid = x.indrelid join pg_namespace n on n.oid = t.relnamespace
         join pg_am am on am.oid = i.relam
@@ -79,8 +94,9 @@ def _existing_cover(conn: psycopg.Connection[Any], candidate: Candidate) -> str 
         (candidate.schema_name, candidate.table_name),
     ).fetchall()
     for row in rows:
-        columns = [c.strip('"') for c in row["columns"]]
-        if columns[: len(candidate.columns)] == candidate.columns:
+        if same_keys(row["columns"][: len(candidate.columns)], candidate.key_labels) and set(
+            candidate.include
+        ) <= column_names(row["all_columns"]):
             return str(row["name"])
     return None
 
