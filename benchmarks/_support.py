@@ -151,6 +151,13 @@ def run(
     return elapsed, result
 
 
+def flow_seconds(api: str, flow_name: str) -> float:
+    """Run time of the newest run of `flow_name` as the Prefect server recorded it."""
+    body = {"flows": {"name": {"any_": [flow_name]}}, "sort": "START_TIME_DESC", "limit": 1}
+    [flow_run] = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=30).json()
+    return float(flow_run["total_run_time"])
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
@@ -162,3 +169,23 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
         if n == 0:
             print("  ".join("-" * w for w in widths))
+
+
+@contextmanager
+def private_postgres(root: Path, name: str) -> Iterator[str]:
+    """A private PostgreSQL cluster for a benchmark: `initdb` (as the postgres user when run as
+    root) under `root/name`, on a free port, with pg_stat_statements preloaded and fsync off (a
+    benchmark's data is throwaway); yields its admin DSN and stops it at the end."""
+    from demo.embedded_postgres import ensure_private_cluster, stop_private_cluster
+
+    datadir = root / name
+    try:
+        dsn = ensure_private_cluster(datadir, free_port())
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("alter system set fsync = off")
+            conn.execute("alter system set synchronous_commit = off")
+            conn.execute("alter system set full_page_writes = off")
+            conn.execute("select pg_reload_conf()")
+        yield dsn
+    finally:
+        stop_private_cluster(datadir)
