@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from demo.prefect_server import LocalPrefectServer, configured_api_url
-from perfops.errors import ConfigurationError
+from perfops.errors import ConfigurationError, report_of
 from perfops.heartbeats import heartbeats
 from perfops.progress import listening
 from perfops.redaction import redact, register_secret
@@ -247,7 +247,8 @@ def run_flow(
             loaded = flow()
         with heartbeats(get_settings().cli_heartbeats), listening(progress):
             state = loaded(**parameters, return_state=True)
-    result = state.result(raise_on_failure=False)
+    # a run whose work failed gives its report (the caller says what failed); an error raises
+    result = report_of(state.result(raise_on_failure=False))
     if isinstance(result, BaseException):
         raise result
     return result

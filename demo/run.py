@@ -23,7 +23,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from demo.embedded_postgres import ensure_private_cluster
 from demo.outcome import FlowOutcome, Progress
 from demo.workload import WorkloadResult, load_workload
-from perfops.errors import ConnectionFailed
+from perfops.errors import ConnectionFailed, report_of
 from perfops.redaction import redact
 from perfops.settings import DEFAULT_DEMO_DSN
 
@@ -153,7 +153,7 @@ def _run_check_connections(progress: Progress) -> FlowOutcome:
 
     progress("running check_connections", 0, 1)
     state = check_connections(fail_when_unreachable=False, return_state=True)
-    result: Any = state.result(raise_on_failure=False)
+    result: Any = report_of(state.result(raise_on_failure=False))
     checks = result.checks if isinstance(result, ConnectionsUnreachable) else result
     if isinstance(checks, BaseException) or checks is None:
         return FlowOutcome(
@@ -172,7 +172,7 @@ def _run_suggest_indexes(progress: Progress) -> FlowOutcome:
 
     progress("running suggest_indexes", 0, 1)
     state = suggest_indexes(settings=IndexAdvisorSettings(min_calls=5), return_state=True)
-    report: Any = state.result(raise_on_failure=False)
+    report: Any = report_of(state.result(raise_on_failure=False))
     if isinstance(report, BaseException):
         return FlowOutcome(
             "suggest_indexes", state.name or "Failed", redact(str(report)), ARTIFACT_KEY
@@ -200,7 +200,7 @@ def _run_find_slow_queries(progress: Progress) -> FlowOutcome:
 
     progress("running find_slow_queries", 0, 1)
     state = find_slow_queries(settings=SlowQuerySettings(explain=True), return_state=True)
-    result: Any = state.result(raise_on_failure=False)
+    result: Any = report_of(state.result(raise_on_failure=False))
     if isinstance(result, BaseException) or result is None:
         return FlowOutcome(
             "find_slow_queries", state.name or "Failed", redact(str(result)), ARTIFACT_KEY
@@ -226,7 +226,7 @@ def _run_check_index_health(progress: Progress) -> FlowOutcome:
 
     progress("running check_index_health", 0, 1)
     state = check_index_health(return_state=True)  # report only: the demo drops nothing
-    result: Any = state.result(raise_on_failure=False)
+    result: Any = report_of(state.result(raise_on_failure=False))
     if isinstance(result, BaseException) or result is None:
         return FlowOutcome(
             "check_index_health", state.name or "Failed", redact(str(result)), ARTIFACT_KEY
@@ -252,7 +252,7 @@ def _run_refresh_stale_statistics(progress: Progress) -> FlowOutcome:
 
     progress("running refresh_stale_statistics", 0, 1)
     state = refresh_stale_statistics(return_state=True)
-    report: Any = state.result(raise_on_failure=False)
+    report: Any = report_of(state.result(raise_on_failure=False))
     if isinstance(report, BaseException) or report is None:
         return FlowOutcome(
             "refresh_stale_statistics", state.name or "Failed", redact(str(report)), ARTIFACT_KEY
@@ -289,7 +289,7 @@ def _run_generate_weekly_report(progress: Progress) -> FlowOutcome:
                 os.environ.pop("PERFOPS_PROMETHEUS_URL", None)
     except Exception as exc:  # noqa: BLE001 - the demo reports it and goes on
         return FlowOutcome("generate_weekly_report", "Failed", redact(str(exc)), ARTIFACT_KEY)
-    result: Any = state.result(raise_on_failure=False)
+    result: Any = report_of(state.result(raise_on_failure=False))
     if isinstance(result, BaseException) or result is None:
         return FlowOutcome(
             "generate_weekly_report", state.name or "Failed", redact(str(result)), ARTIFACT_KEY
@@ -362,7 +362,7 @@ def _run_rotate_partitions(progress: Progress) -> FlowOutcome:
         archive=str((out_dir / "archive").resolve()),
     )
     state = rotate_partitions(policies=[policy], return_state=True)
-    report: Any = state.result(raise_on_failure=False)
+    report: Any = report_of(state.result(raise_on_failure=False))
     if isinstance(report, BaseException) or report is None:
         return FlowOutcome(
             "rotate_partitions", state.name or "Failed", redact(str(report)), ARTIFACT_KEY
@@ -390,7 +390,7 @@ def _run_scale_predictively(progress: Progress) -> FlowOutcome:
 
     progress("running scale_predictively (dry run on the CSV trace)", 0, 1)
     state = scale_predictively(group="demo", current_capacity=10, return_state=True)
-    run: Any = state.result(raise_on_failure=False)
+    run: Any = report_of(state.result(raise_on_failure=False))
     if isinstance(run, BaseException) or run is None:
         return FlowOutcome(
             "scale_predictively", state.name or "Failed", redact(str(run)), ARTIFACT_KEY

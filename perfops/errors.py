@@ -36,3 +36,22 @@ class ChecksumMismatch(PerfopsError):
 
 class ReadOnlyServer(PerfopsError):
     """A write was requested on a server in recovery (a replica)."""
+
+
+class RunFailed(PerfopsError):
+    """A run whose work failed: the message says what and why, `report` holds what the flow
+    found and did (the artifact's content). It is the data of the Failed state a flow ends with
+    (`tasks.records.end_run`), as Prefect expects a Failed state's data to be an exception."""
+
+    def __init__(self, message: str, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+    def __reduce__(self) -> tuple[type["RunFailed"], tuple[str, object]]:
+        return (RunFailed, (str(self), self.report))
+
+
+def report_of(result: object) -> object:
+    """A run's result as its callers want it: the report of a run that failed (`RunFailed`),
+    else the result itself."""
+    return result.report if isinstance(result, RunFailed) else result

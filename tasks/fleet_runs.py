@@ -49,7 +49,7 @@ from decisions.fleet import (
     database_limit,
     load_fleet,
 )
-from perfops.errors import ConfigurationError, PerfopsError
+from perfops.errors import ConfigurationError, PerfopsError, RunFailed
 from perfops.heartbeats import heartbeats
 from perfops.redaction import one_line
 from perfops.settings import get_settings
@@ -174,7 +174,9 @@ def _run_one(
             waited=waited,
         )
     result = state.result(raise_on_failure=False)
-    if isinstance(result, BaseException):
+    if isinstance(result, RunFailed):  # its work failed: the message says what, its report
+        reason, changed = state.message or str(result), describe(result.report)
+    elif isinstance(result, BaseException):
         reason, changed = one_line(result, empty=type(result).__name__), ""
     else:
         reason, changed = state.message or str(state.name), describe(result)

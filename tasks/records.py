@@ -16,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 from prefect.states import Completed, Failed
 
+from perfops.errors import RunFailed
 from perfops.redaction import redact
 
 EVENT_PREFIX = "perfops."
@@ -54,8 +55,10 @@ def end_run(
     tells the truth.
 
     - `failed` (one line: what did not succeed and why): the run ends **Failed** with that
-      message. Its result stays the flow's report (`state.result(raise_on_failure=False)`; the
-      CLI prints it), or `error` when given (a direct call then raises it). When only part of
+      message. Its data is `RunFailed(message, report)` (Prefect wants an exception there; its
+      engine logged a TypeError for any other data), so `state.result(raise_on_failure=False)`
+      gives it and `perfops.errors.report_of` the flow's report (the CLI prints it), or
+      `error` when given (a direct call then raises it). When only part of
       the work failed (`partial`) and the operator set `allow_partial`, it ends Completed, the
       message still saying what failed.
     - `note` (a run with nothing to do says so, and why): Completed with that message.
@@ -69,7 +72,8 @@ def end_run(
         if partial and allow_partial:
             return cast(R, Completed(message=f"{message} (allowed: allow_partial)", data=result))
         get_run_logger().error("run failed: %s", message)
-        return cast(R, Failed(message=message, data=error if error is not None else result))
+        data = error if error is not None else RunFailed(message, result)
+        return cast(R, Failed(message=message, data=data))
     if note is not None:
         return cast(R, Completed(message=redact(note), data=result))
     return result

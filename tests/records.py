@@ -20,6 +20,7 @@ from prefect.events.filters import (
 from prefect.events.schemas.events import ReceivedEvent
 
 from decisions.fleet import FleetReport
+from perfops.errors import report_of
 
 T = TypeVar("T")
 
@@ -75,7 +76,7 @@ def failed_run(state: Any) -> tuple[Any, str]:
     """A flow run that must have ended Failed (called with `return_state=True`): its result,
     the flow's report as the CLI gets it, and its state message saying what failed."""
     assert state.is_failed(), state
-    return state.result(raise_on_failure=False), state.message or ""
+    return report_of(state.result(raise_on_failure=False)), state.message or ""
 
 
 def superuser_fix(owner: str, role: str) -> str:

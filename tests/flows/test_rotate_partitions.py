@@ -30,7 +30,7 @@ from blocks.resolve import resolve_archive_store
 from decisions.partition_rotation import Expiring, RotationReport, RotationSettings, Timeouts
 from decisions.partitioning import HashPolicy, PartitionPolicy, PlannedPartition
 from flows.rotate_partitions import rotate_partitions
-from perfops.errors import ConfigurationError
+from perfops.errors import ConfigurationError, report_of
 from tasks.partition_archives import ArchiveSource, Manifest, archive_keys, archive_partition
 from tasks.postgres.partition_changes import detach_partitions
 from tests.records import artifact_rows, superuser_fix
@@ -213,7 +213,7 @@ def run_failed(
     monkeypatch.setenv("PERFOPS_DSN", target.dsn.get_secret_value())
     state = rotate_partitions(now=NOW, settings=FAST, return_state=True, **kw)
     assert state.is_failed(), state
-    report = state.result(raise_on_failure=False)
+    report = report_of(state.result(raise_on_failure=False))
     assert isinstance(report, RotationReport), report
     return report, state.message or ""
 

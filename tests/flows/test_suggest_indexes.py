@@ -14,6 +14,7 @@ from blocks import PostgresTarget
 from decisions.index_suggestions import IndexSuggestionReport
 from decisions.indexing import Candidate, IndexAdvisorSettings
 from flows.suggest_indexes import suggest_indexes
+from perfops.errors import report_of
 from tasks.postgres.index_builds import BuildRequest, create_indexes
 from tests.records import one_target, superuser_fix
 
@@ -202,7 +203,7 @@ def test_apply_builds_only_on_tables_the_role_owns_and_fails_naming_the_rest(
             f"1 of 2 index builds failed: needs ownership of {hostile} (owner {owner}): "
             f"{superuser_fix(owner, role)}"
         )
-        report = state.result(raise_on_failure=False)
+        report = report_of(state.result(raise_on_failure=False))
         assert isinstance(report, IndexSuggestionReport)
         by_status = {b.index_name: (b.status, b.detail) for b in report.builds}
         assert by_status["perfops_idx_orders_customer_id"][0] == "created"
