@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,6 +49,7 @@ class IndexInfo(BaseModel):
     size_bytes: int
     scans: int  # idx_scan since the last statistics reset
     definition: str  # pg_get_indexdef
+    comment: str | None = None  # COMMENT ON INDEX: perfops' build record, or the owner's
 
 
 class LockedTable(BaseModel):
@@ -73,6 +74,29 @@ DEFAULT_MIN_SIZE_BYTES = 1024 * 1024  # 1 MB: smaller unused indexes are not wor
 DEFAULT_CATALOG_LOCK_TIMEOUT_MS = 1_000
 DEFAULT_DROP_LOCK_TIMEOUT_MS = 5_000
 DEFAULT_DROP_STATEMENT_TIMEOUT_MS = 600_000
+DEFAULT_NEW_INDEX_GRACE_DAYS = 7
+# The build record suggest_indexes leaves on each index it builds (COMMENT ON INDEX): PostgreSQL
+# keeps no creation time, so this is how check_index_health knows an index is new.
+BUILD_MARK = "perfops: built "
+
+
+def build_comment(at: datetime) -> str:
+    """The comment suggest_indexes puts on an index it built at `at`."""
+    return f"{BUILD_MARK}{at.isoformat(timespec='seconds')} by suggest_indexes"
+
+
+def built_at(comment: str | None) -> datetime | None:
+    """When perfops built the index, from its comment; None when perfops did not build it (the
+    catalog keeps no creation time) or the comment was changed."""
+    if not comment or not comment.startswith(BUILD_MARK):
+        return None
+    stamp = comment.removeprefix(BUILD_MARK).split(" ", 1)[0]
+    try:
+        when = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else None
+
 
 FindingKind = Literal["invalid", "duplicate", "covered", "unused"]
 _KIND_ORDER: dict[str, int] = {"invalid": 0, "duplicate": 1, "covered": 2, "unused": 3}
@@ -108,6 +132,13 @@ class IndexHealthSettings(BaseModel):
         le=600_000,
         description="lock_timeout of each DROP INDEX CONCURRENTLY, which also waits for the "
         "transactions using the table to finish (default 5,000 ms).",
+    )
+    new_index_grace_days: int = Field(
+        default=DEFAULT_NEW_INDEX_GRACE_DAYS,
+        ge=0,
+        le=365,
+        description="An index suggest_indexes built (its build record, a COMMENT ON INDEX) is "
+        "not reported unused until it is this many days old: it has had no time to be used.",
     )
     drop_statement_timeout_ms: int = Field(
         default=DEFAULT_DROP_STATEMENT_TIMEOUT_MS,
@@ -203,9 +234,12 @@ def classify_indexes(
     *,
     min_size_bytes: int = DEFAULT_MIN_SIZE_BYTES,
     stats_reset: datetime | None = None,
+    now: datetime | None = None,
+    grace: timedelta = timedelta(days=DEFAULT_NEW_INDEX_GRACE_DAYS),
 ) -> list[IndexFinding]:
     """Every unused, duplicate, covered or invalid index, most wasted bytes first; an index that
-    is several of these is one finding with every reason."""
+    is several of these is one finding with every reason. An index perfops built less than
+    `grace` before `now` (its build record) is not reported unused: it is new, not unused."""
     shapes = {_key(i): index_shape(i) for i in indexes}
     reasons: dict[tuple[str, str], list[tuple[FindingKind, str]]] = {}  # index -> [(kind, why)]
     others: dict[tuple[str, str], IndexInfo] = {}
@@ -274,6 +308,9 @@ def classify_indexes(
             and not index.is_primary
             and not index.constraint_name
         ):
+            built = built_at(index.comment)
+            if built is not None and now is not None and now - built < grace:
+                continue  # new: built by perfops within the grace period
             since = (
                 f"statistics reset on {stats_reset:%Y-%m-%d}"
                 if stats_reset
@@ -283,7 +320,8 @@ def classify_indexes(
                 index,
                 "unused",
                 f"unused: no scans on this server since {since}, "
-                f"{format_bytes(index.size_bytes)} >= {format_bytes(min_size_bytes)}",
+                f"{format_bytes(index.size_bytes)} >= {format_bytes(min_size_bytes)}"
+                + (f"; built by perfops on {built:%Y-%m-%d}" if built else ""),
             )
 
     findings = []

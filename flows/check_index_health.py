@@ -10,7 +10,7 @@ finds nothing says so."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
@@ -128,7 +128,11 @@ def check_index_health(
             pg.value, settings.schemas, lock_timeout_ms=settings.catalog_lock_timeout_ms
         )
         findings = classify_indexes(
-            catalog.indexes, min_size_bytes=settings.min_size_bytes, stats_reset=catalog.stats_reset
+            catalog.indexes,
+            min_size_bytes=settings.min_size_bytes,
+            stats_reset=catalog.stats_reset,
+            now=datetime.now(UTC),  # an index perfops built within the grace is not unused
+            grace=timedelta(days=settings.new_index_grace_days),
         )
         plan = select_drops(
             findings,

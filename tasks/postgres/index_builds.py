@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -20,6 +21,7 @@ from psycopg import sql
 from pydantic import BaseModel
 
 from blocks import PostgresTarget
+from decisions.index_health import build_comment
 from decisions.index_suggestions import BuildResult
 from decisions.indexing import Candidate, column_names, index_name, same_keys
 from perfops.errors import LockBusy
@@ -188,6 +190,12 @@ def build_one(
                 result.detail = "the build finished but the index is not valid; dropped it"
                 return result
             result.size_bytes = int(row["size"])
+            # the build record check_index_health reads: a new index is not "unused" yet
+            conn.execute(
+                sql.SQL("comment on index {} is {}").format(
+                    sql.Identifier(schema, name), sql.Literal(build_comment(datetime.now(UTC)))
+                )
+            )
             after, used = _replan(conn, request.queries)
             result.costs_after = after
             result.used_by = sorted(qid for qid, names in used.items() if name in names)

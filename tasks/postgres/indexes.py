@@ -40,7 +40,8 @@ _CATALOG_QUERY: LiteralString = """
            x.indisvalid as is_valid, x.indisready as is_ready,
            pg_relation_size(i.oid) as size_bytes,
            coalesce(s.idx_scan, 0) as scans,
-           pg_get_indexdef(x.indexrelid) as definition
+           pg_get_indexdef(x.indexrelid) as definition,
+           obj_description(x.indexrelid, 'pg_class') as comment
     from pg_index x
     join pg_class i on i.oid = x.indexrelid
     join pg_class t on t.oid = x.indrelid

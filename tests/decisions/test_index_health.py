@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pglast.stream import maybe_double_quote_name as q
@@ -13,6 +13,8 @@ from decisions.index_health import (
     IndexHealthSettings,
     IndexInfo,
     LockedTable,
+    build_comment,
+    built_at,
     classify_indexes,
     finding_rows,
     format_bytes,
@@ -365,3 +367,19 @@ def test_settings_have_bounds_and_documented_defaults() -> None:
         IndexHealthSettings(min_size_bytes=-1)
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         IndexHealthSettings.model_validate({"no_such_setting": 1})  # a typo in a deployment
+
+
+def test_an_index_perfops_built_is_new_not_unused_until_its_grace_has_passed() -> None:
+    now = datetime(2026, 12, 6, 12, tzinfo=UTC)
+    built = idx("perfops_idx_runs_tenant", "tenant_id", scans=0, size=5 * MB)
+    fresh = built.model_copy(update={"comment": build_comment(now - timedelta(hours=1))})
+    old = built.model_copy(update={"comment": build_comment(now - timedelta(days=8))})
+    theirs = built.model_copy(update={"comment": "owned by the search team"})
+    week = timedelta(days=7)
+    assert classify_indexes([fresh], now=now, grace=week) == []
+    [finding] = classify_indexes([old], now=now, grace=week)
+    assert finding.kind == "unused" and "built by perfops on 2026-11-28" in finding.reason
+    # without a build record there is no age to go by: the index is judged by its scans
+    assert [f.kind for f in classify_indexes([theirs], now=now, grace=week)] == ["unused"]
+    assert built_at("perfops: built not-a-date by suggest_indexes") is None
+    assert built_at(build_comment(now)) == now

@@ -11,8 +11,10 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from blocks import PostgresTarget
+from decisions.index_health import IndexHealthSettings, built_at
 from decisions.index_suggestions import IndexSuggestionReport
 from decisions.indexing import Candidate, IndexAdvisorSettings
+from flows.check_index_health import check_index_health
 from flows.suggest_indexes import suggest_indexes
 from perfops.errors import report_of
 from tasks.postgres.index_builds import BuildRequest, create_indexes
@@ -117,6 +119,20 @@ def test_apply_builds_concurrently_verifies_and_a_rerun_suggests_nothing(workloa
     assert again.suggestions == [] and again.builds == []
     reasons = [r.reason for r in again.rejected]
     assert "covered by perfops_idx_orders_customer_id (customer_id)" in reasons
+    # each build leaves its record, so check_index_health calls the new indexes new, not unused
+    with psycopg.connect(workload) as conn:
+        comments = conn.execute(
+            "select obj_description(indexrelid, 'pg_class') from pg_stat_user_indexes "
+            "where schemaname = 'adv' and indexrelname like 'perfops_idx_%'"
+        ).fetchall()
+    assert len(comments) == 2 and all(built_at(c) is not None for (c,) in comments), comments
+    health = one_target(check_index_health, settings=IndexHealthSettings(min_size_bytes=0))
+    assert not [f for f in health.findings if f.index_name.startswith("perfops_idx_")]
+    aged = IndexHealthSettings(min_size_bytes=0, new_index_grace_days=0)
+    unused = one_target(check_index_health, settings=aged).findings
+    assert {f.index_name for f in unused if f.kind == "unused"} >= {
+        "perfops_idx_orders_customer_id"
+    }
 
 
 def test_locked_table_statements_are_skipped_with_the_reason(workload: str) -> None:
