@@ -119,6 +119,7 @@ class CostingPlan(BaseModel):
     note: str = ""  # the weighting, or why it fell back to the generic plan
     fallback: bool = False  # parameter columns without statistics: generic plan only
     signal: str = ""  # execution times that suggest skew (pg_stat_statements)
+    typical: Variant | None = None  # at a value outside the hot ones (a histogram bound)
 
     @property
     def skewed(self) -> bool:
@@ -131,6 +132,7 @@ class CostingPlan(BaseModel):
         return custom[0] if custom else None
 
 
+PARAMETER = re.compile(r"\$\d+")
 TAIL_RATIO = 10.0
 """`max_exec_time` this many times the mean is a skew signal (some calls hit far bigger sets)."""
 
@@ -353,7 +355,41 @@ def _skew_plan(
         variants=variants,
         column=f"{binding.table}.{binding.column}",
         note=note,
+        typical=_typical(query, number, binding.column, column),
     )
+
+
+def _typical(query: str, number: int, name: str, column: ColumnStats) -> Variant | None:
+    """The statement at a typical value: the middle histogram bound (pg_stats keeps the most
+    common values out of the histogram), for measuring a build; None without a histogram."""
+    bounds = column.histogram_bounds
+    if not bounds:
+        return None
+    value = bounds[len(bounds) // 2]
+    try:
+        text = bind_parameter(query, number, sql_literal(value))
+    except ValueError:
+        return None
+    return Variant(label=f"{name} = {value} (typical)", query=text, weight=0.0, value=value)
+
+
+def measurable(plan: CostingPlan | None) -> list[Variant]:
+    """The variants of a statement a build can measure by running them (EXPLAIN ANALYZE in a
+    rolled-back read-only transaction): at its hottest and at a typical value, when every
+    parameter of the statement is bound there. None for a statement costed at its generic plan
+    (its values are not known)."""
+    if plan is None:
+        return []
+    chosen = [v for v in (plan.hottest, plan.typical) if v is not None]
+    return [v for v in chosen if not PARAMETER.search(v.query) and _reads_only(v.query)]
+
+
+def _reads_only(query: str) -> bool:
+    try:
+        [statement] = parse_sql(query)
+    except (ParseError, ValueError):
+        return False
+    return isinstance(statement.stmt, ast.SelectStmt)
 
 
 def weighted_cost(variants: Sequence[Variant], costs: Sequence[float | None]) -> float | None:

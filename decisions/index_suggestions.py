@@ -29,6 +29,28 @@ EVENT_SUGGESTED = "perfops.indexes.suggested"
 EVENT_CREATED = "perfops.indexes.created"
 
 
+class Measurement(BaseModel):
+    """One statement run before and after a build (EXPLAIN ANALYZE in a rolled-back read-only
+    transaction): at its hottest or a typical value of its skewed parameter."""
+
+    queryid: int
+    label: str  # "tenant_id = 2", "tenant_id = 1234 (typical)"
+    before_ms: float | None = None
+    after_ms: float | None = None
+    error: str = ""  # why a side is missing (statement_timeout, an error)
+
+    def describe(self) -> str:
+        """'tenant_id = 2: 182 ms -> 0.41 ms' (or the reason one side is missing)."""
+
+        def ms(value: float | None) -> str:
+            return (
+                "?" if value is None else f"{value:,.2f} ms" if value < 10 else f"{value:,.0f} ms"
+            )
+
+        text = f"{self.label}: {ms(self.before_ms)} -> {ms(self.after_ms)}"
+        return text + (f" ({self.error})" if self.error else "")
+
+
 class BuildResult(BaseModel):
     """What building one suggested index did, with the real cost change it measured."""
 
@@ -41,6 +63,7 @@ class BuildResult(BaseModel):
     costs_before: dict[int, float] = {}
     costs_after: dict[int, float] = {}
     used_by: list[int] = []
+    measured: list[Measurement] = []  # statements run before and after, where values are known
 
 
 class Suggestion(BaseModel):

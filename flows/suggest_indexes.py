@@ -22,6 +22,7 @@ from blocks.resolve import Resolved, resolve_postgres
 from decisions.fleet import FleetReport, keyed, target_labels
 from decisions.index_costing import (
     distinct_counts,
+    measurable,
     parameter_columns,
     plannable_text,
     skew_plan,
@@ -243,6 +244,7 @@ def _suggest(
                 chosen, lambda c: (c.candidate.schema_name, c.candidate.table_name)
             )
         ]
+        runs = {q: [(v.label, v.query) for v in measurable(plans.get(q))] for q in texts}
         checks = {  # skewed statements are re-planned at their hottest value
             q: verification_statement(plans.get(q), texts[q], base[q].hot_cost, base[q].cost)
             for q in texts
@@ -252,6 +254,7 @@ def _suggest(
                 candidate=c.candidate,
                 queries={e.queryid: checks[e.queryid][0] for e in c.effects},
                 expected_costs={e.queryid: checks[e.queryid][1] for e in c.effects},
+                measure={e.queryid: runs[e.queryid] for e in c.effects if runs[e.queryid]},
             )
             for c in chosen
             if check.allows(c.candidate.schema_name, c.candidate.table_name)
@@ -274,9 +277,8 @@ def _suggest(
         logger.info("suggest %s (%s): saves ~%.0f ms", s.table, s.columns, s.est_time_saved_ms)
     failed = [b for b in report.builds if b.status == "failed"]
     first = next((b for b in failed if not b.detail.startswith("not attempted")), None)
-    why = ([privileges] if privileges else []) + (
-        [f"{first.index_name}: {first.detail}"] if first else []
-    )
+    why = [privileges] if privileges else []
+    why += [f"{first.index_name}: {first.detail}"] if first else []
     return end_run(
         report,
         f"{len(failed)} of {len(report.builds)} index builds failed: {'; '.join(why)}"

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from blocks import PostgresTarget
 from decisions.index_health import build_comment
-from decisions.index_suggestions import BuildResult
+from decisions.index_suggestions import BuildResult, Measurement
 from decisions.indexing import Candidate, column_names, index_name, same_keys
 from perfops.errors import LockBusy
 from perfops.redaction import one_line
@@ -37,6 +37,49 @@ class BuildRequest(BaseModel):
     candidate: Candidate
     queries: dict[int, str]  # the statements it should help, to verify afterwards
     expected_costs: dict[int, float]  # queryid -> cost before the build
+    # queryid -> (label, statement with every value bound): run before and after the build
+    measure: dict[int, list[tuple[str, str]]] = {}
+
+
+# One measured run of a statement (EXPLAIN ANALYZE, rolled back) may take this long.
+MEASURE_TIMEOUT_MS = 5_000
+
+
+def _execution_ms(conn: psycopg.Connection[Any], query: str) -> float:
+    """Run `query` once under EXPLAIN ANALYZE in a read-only transaction that is rolled back,
+    bounded by MEASURE_TIMEOUT_MS; its execution time in ms."""
+    with conn.transaction(force_rollback=True):
+        conn.execute("set local transaction_read_only = on")
+        conn.execute(
+            sql.SQL("set local statement_timeout = {}").format(sql.Literal(MEASURE_TIMEOUT_MS))
+        )
+        # The text is the server's own normalised statement with representative values from
+        # pg_stats bound by the parser (decisions.index_costing.bind_parameter), not user input.
+        row = conn.execute(sql.SQL("explain (analyze, format json) ") + sql.SQL(query)).fetchone()
+    plan = next(iter(row.values())) if isinstance(row, dict) else row[0]  # type: ignore[index]
+    return float(plan[0]["Execution Time"])
+
+
+def _measure(
+    conn: psycopg.Connection[Any],
+    measure: dict[int, list[tuple[str, str]]],
+    before: list[Measurement] | None = None,
+) -> list[Measurement]:
+    """Each statement's execution time now: the "before" side, or (given `before`) the after."""
+    out = []
+    sides = before or [
+        Measurement(queryid=q, label=label) for q, runs in measure.items() for label, _ in runs
+    ]
+    texts = {(q, label): text for q, runs in measure.items() for label, text in runs}
+    for m in sides:
+        try:
+            took = _execution_ms(conn, texts[(m.queryid, m.label)])
+        except psycopg.Error as exc:
+            out.append(m.model_copy(update={"error": m.error or one_line(exc)}))
+            continue
+        side = "after_ms" if before is not None else "before_ms"
+        out.append(m.model_copy(update={side: round(took, 3)}))
+    return out
 
 
 def include_sql(candidate: Candidate) -> sql.Composable:
@@ -157,6 +200,7 @@ def build_one(
             if cover is not None:
                 result.status, result.detail = "already covered", f"{cover} already covers it"
                 return result
+            measured = _measure(conn, request.measure) if request.measure else []
             started = time.monotonic()
             statement = create_index_sql(candidate)
             try:
@@ -204,6 +248,11 @@ def build_one(
                 f"valid, {result.size_bytes:,} bytes, used by {len(result.used_by)} of "
                 f"{len(request.queries)} statements"
             )
+            if measured:
+                result.measured = _measure(conn, request.measure, measured)
+                result.detail += "; measured (EXPLAIN ANALYZE, rolled back): " + "; ".join(
+                    m.describe() for m in result.measured
+                )
     except LockBusy as exc:
         result.detail = str(exc)
     except psycopg.Error as exc:

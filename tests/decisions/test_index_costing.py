@@ -7,7 +7,9 @@ import pytest
 from decisions.index_costing import (
     ColumnStats,
     CostingPlan,
+    Variant,
     bind_parameter,
+    measurable,
     parameter_columns,
     plannable_text,
     skew_plan,
@@ -266,3 +268,24 @@ def test_include_must_pay_over_the_plain_index_and_an_existing_one_may_cover_it(
     )
     assert covering_index(covering, [existing]) is existing
     assert covering_index(covering.model_copy(update={"include": ["priority"]}), [existing]) is None
+
+
+def test_only_fully_bound_reads_are_measured_by_running_them() -> None:
+    def variant(label: str, query: str, value: str | None = "1") -> Variant:
+        return Variant(label=label, query=query, weight=0.5, value=value)
+
+    plan = CostingPlan(
+        queryid=1,
+        variants=[
+            variant("generic plan", "select * from t where a = $1 limit 20", value=None),
+            variant("a = 1", "select * from t where a = 1 limit 20"),
+        ],
+        typical=variant("a = 500 (typical)", "select * from t where a = 500 limit $1"),
+    )
+    # the typical variant still has a parameter (no value is known for it): not run
+    assert [v.label for v in measurable(plan)] == ["a = 1"]
+    writes = plan.model_copy(
+        update={"variants": [plan.variants[0], variant("a = 1", "delete from t where a = 1")]}
+    )
+    assert measurable(writes) == []  # only reads are run, and only in a read-only transaction
+    assert measurable(None) == []

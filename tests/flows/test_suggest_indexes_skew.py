@@ -105,6 +105,14 @@ def test_mixed_sort_directions_get_an_index_in_the_statement_direction(skewed: s
     assert build.status == "created", build
     [qid] = build.used_by  # re-planned at the hottest tenant, where it matters most
     assert build.costs_after[qid] < build.costs_before[qid] / 10
+    # measured too: the statement run at the hottest and at a typical tenant, before and after
+    # the build (EXPLAIN ANALYZE in a rolled-back read-only transaction)
+    by_label = {m.label: m for m in build.measured}
+    [hot] = [m for label, m in by_label.items() if not label.endswith("(typical)")]
+    assert hot.before_ms is not None and hot.after_ms is not None, hot
+    assert hot.after_ms < hot.before_ms, hot  # 200,000 rows: a sort of the hot tenant's rows
+    assert any(label.endswith("(typical)") for label in by_label), by_label
+    assert "measured (EXPLAIN ANALYZE, rolled back): " in build.detail
     with psycopg.connect(skewed) as conn:
         definition = conn.execute(
             "select pg_get_indexdef(indexrelid) from pg_stat_user_indexes where schemaname = 'skew'"
