@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, Literal, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar, cast
 
 from prefect.blocks.core import Block
 from prefect.filesystems import LocalFileSystem
@@ -82,6 +82,9 @@ def load_block(block_type: type[B], name: str) -> B:
         raise BlockNotFound(missing_block_message(block_type, name)) from None
 
 
+BLOCK_PAGE = 200
+
+
 def saved_block_names(block_type: type[Block] | str) -> list[str]:
     """The names of the saved (not anonymous) blocks of `block_type` (a block class or its type
     slug) on the Prefect server, sorted; none when the server does not know the type yet.
@@ -89,14 +92,21 @@ def saved_block_names(block_type: type[Block] | str) -> list[str]:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
+    slug = block_type if isinstance(block_type, str) else block_type.get_block_type_slug()
+    documents: list[Any] = []
     with get_client(sync_client=True) as client:
-        try:
-            slug = block_type if isinstance(block_type, str) else block_type.get_block_type_slug()
-            documents = client.read_block_documents_by_type(slug, include_secrets=False)
-        except (ObjectNotFound, PrefectHTTPStatusError) as exc:
-            if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code != 404:
-                raise
-            return []  # the block type was never registered on this server
+        while True:  # a page at a time: a fleet may save hundreds
+            try:
+                page = client.read_block_documents_by_type(
+                    slug, offset=len(documents), limit=BLOCK_PAGE, include_secrets=False
+                )
+            except (ObjectNotFound, PrefectHTTPStatusError) as exc:
+                if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code != 404:
+                    raise
+                return []  # the block type was never registered on this server
+            documents += page
+            if len(page) < BLOCK_PAGE:
+                break
     return sorted(d.name for d in documents if d.name and not d.is_anonymous)
 
 

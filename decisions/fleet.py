@@ -14,7 +14,9 @@ Pure: the only I/O is `load_fleet`, which reads one file.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -136,6 +138,51 @@ class FleetSelector(_Model):
         return prefix is None or any(b.startswith(prefix) for b in target.blocks.values())
 
 
+class Discovery(_Model):
+    """Targets found on the Prefect server instead of listed: one per saved PostgreSQL block
+    whose name starts with `block_prefix`, named after the rest of the block's name
+    (`perfops-postgres-eu-orders` with prefix `perfops-postgres-eu-`: target `orders`)."""
+
+    block_prefix: str = Field(min_length=1, description="Saved postgres blocks starting so.")
+    labels: dict[LabelKey, str] = Field(
+        default_factory=dict, description="Labels every discovered target gets."
+    )
+    cluster: TargetName | None = Field(
+        default=None, description="Their PostgreSQL server (default: each DSN's host:port)."
+    )
+
+
+def discovered_targets(
+    discovery: Discovery, block_names: Sequence[str], taken: Iterable[str]
+) -> tuple[list[Target], list[str]]:
+    """The targets `discovery` finds among the saved postgres `block_names`, and why any block
+    with the prefix was left out (its rest is no valid target name, or a target of the file or
+    an earlier discovery already has that name: the file wins)."""
+    used = set(taken)
+    found: list[Target] = []
+    skipped: list[str] = []
+    for block in sorted(block_names):
+        if not block.startswith(discovery.block_prefix):
+            continue
+        name = block.removeprefix(discovery.block_prefix).lower()
+        if not re.fullmatch(TARGET_NAME, name):
+            skipped.append(f"{block}: {name!r} is no target name (lowercase letters, digits, -)")
+            continue
+        if name in used:
+            skipped.append(f"{block}: a target {name!r} exists already")
+            continue
+        used.add(name)
+        found.append(
+            Target(
+                name=name,
+                blocks={"postgres": block},
+                labels=dict(discovery.labels),
+                cluster=discovery.cluster,
+            )
+        )
+    return found, skipped
+
+
 class Fleet(_Model):
     """`deployments/fleet.yaml`: the targets, the named fleets and the fleet-wide limits."""
 
@@ -152,10 +199,34 @@ class Fleet(_Model):
         description="Targets on one PostgreSQL server worked on at once, by all perfops runs "
         "(a Prefect global concurrency limit per cluster).",
     )
-    targets: list[Target] = Field(min_length=1)
+    targets: list[Target] = Field(default_factory=list)
+    discover: list[Discovery] = Field(
+        default_factory=list,
+        description="Targets found on the Prefect server by block-name prefix, added to targets "
+        "when a run or `perfops fleet list` reads the fleet.",
+    )
     fleets: dict[TargetName, FleetSelector] = Field(
         default_factory=dict, description="Named selections, e.g. prod: {labels: {env: prod}}."
     )
+
+    @model_validator(mode="after")
+    def _some_targets(self) -> Fleet:
+        if not self.targets and not self.discover:
+            raise ValueError("list targets, or discover them by block_prefix (or both)")
+        return self
+
+    def with_discovered(self, block_names: Sequence[str]) -> tuple[Fleet, list[str]]:
+        """This fleet with the targets its `discover` entries find among `block_names` (the
+        saved postgres blocks), and why any block with a prefix was left out."""
+        added: list[Target] = []
+        skipped: list[str] = []
+        for discovery in self.discover:
+            found, why = discovered_targets(
+                discovery, block_names, [t.name for t in (*self.targets, *added)]
+            )
+            added += found
+            skipped += why
+        return self.model_copy(update={"targets": [*self.targets, *added]}), skipped
 
     @field_validator("targets")
     @classmethod
@@ -177,7 +248,7 @@ class Fleet(_Model):
                     f"fleet {fleet_name!r}: a fleet may not be called 'all' or like a target"
                 )
             unknown = [n for n in selector.targets or [] if n not in names]
-            if unknown and names:
+            if unknown and names and not info.data.get("discover"):  # discovered: known later
                 raise ValueError(
                     f"fleet {fleet_name!r} names unknown targets: {', '.join(unknown)}"
                 )

@@ -39,7 +39,7 @@ from prefect.settings import PREFECT_UI_URL
 from prefect.states import State
 
 from blocks import PostgresTarget
-from blocks.resolve import resolve_postgres
+from blocks.resolve import resolve_postgres, saved_block_names
 from decisions.fleet import (
     Fleet,
     FleetReport,
@@ -64,8 +64,21 @@ def load_selection(
 ) -> tuple[Fleet, list[Target]]:
     """The fleet file (`fleet_file`, else PERFOPS_FLEET_FILE, else deployments/fleet.yaml) and
     the targets `selection` names."""
-    definition = load_fleet(Path(fleet_file) if fleet_file else get_settings().fleet_file)
+    definition = with_discovered(
+        load_fleet(Path(fleet_file) if fleet_file else get_settings().fleet_file)
+    )
     return definition, definition.select(selection)
+
+
+def with_discovered(definition: Fleet) -> Fleet:
+    """The fleet with the targets its `discover` entries find among the postgres blocks saved
+    on the Prefect server (one listing); blocks left out are logged with the reason."""
+    if not definition.discover:
+        return definition
+    fleet, skipped = definition.with_discovered(saved_block_names(PostgresTarget))
+    for why in skipped:
+        get_run_logger().warning("not a fleet target: %s", why)
+    return fleet
 
 
 def ensure_limits(wanted: dict[str, int]) -> None:

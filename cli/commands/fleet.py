@@ -49,10 +49,24 @@ def fleet() -> None:
     """The fleet: the databases perfops runs over, defined in deployments/fleet.yaml."""
 
 
-def selected(selection: str | None, fleet_file: Path | None) -> tuple[Fleet, list[Target], Path]:
-    """The fleet file and the targets `--fleet` selects (all of them without it)."""
+def selected(
+    selection: str | None, fleet_file: Path | None, *, discovered: bool = True
+) -> tuple[Fleet, list[Target], Path]:
+    """The fleet file and the targets `--fleet` selects (all of them without it). A fleet that
+    discovers targets on the Prefect server is read there (`discovered`), or, before Prefect
+    starts, checked only as far as the file goes (no targets selected yet)."""
     path = fleet_file or perfops_settings().fleet_file
     definition = load_fleet(path)
+    if definition.discover:
+        if not discovered:
+            return definition, [], path  # the flow selects once it has listed the blocks
+        use_prefect_server()
+        from blocks import PostgresTarget
+        from blocks.resolve import saved_block_names
+
+        definition, skipped = definition.with_discovered(saved_block_names(PostgresTarget))
+        for why in skipped:
+            print_wrapped(f"not a fleet target: {why}", indent=0, style="yellow")
     return definition, definition.select(selection or ALL), path
 
 
@@ -78,7 +92,7 @@ def run_fleet(
             f"--fleet runs over the fleet file's blocks: drop {' and '.join(given)}"
         )
     try:
-        selected(fleet, fleet_file)
+        selected(fleet, fleet_file, discovered=False)
     except PerfopsError as exc:
         raise typer.BadParameter(str(exc), param_hint="--fleet") from None
     report = run_flow(

@@ -57,7 +57,9 @@ def _fleet(ctx: typer.Context, fleet: str | None, fleet_file: Path | None) -> st
             )
         return None
     try:
-        load_fleet(fleet_file or perfops_settings().fleet_file).select(fleet)
+        definition = load_fleet(fleet_file or perfops_settings().fleet_file)
+        if not definition.discover:  # discovered targets are known once the run lists blocks
+            definition.select(fleet)
     except ConfigurationError as exc:
         raise typer.BadParameter(str(exc), param_hint="--fleet") from None
     return fleet

@@ -184,3 +184,35 @@ def test_fleet_report_message_and_rows() -> None:
 def test_a_target_needs_blocks_or_a_group() -> None:
     with pytest.raises(ConfigurationError, match=r"targets\[0\].*give blocks .* or autoscaling"):
         parse_fleet("targets:\n  - name: lonely\n", "fleet.yaml")
+
+
+def test_discovery_makes_a_target_per_saved_block_with_the_prefix() -> None:
+    fleet = parse_fleet(
+        "targets:\n"
+        "  - {name: orders, blocks: {postgres: perfops-postgres-orders}}\n"
+        "discover:\n"
+        "  - {block_prefix: perfops-postgres-eu-, labels: {region: eu}, cluster: pg-eu}\n",
+        "fleet.yaml",
+    )
+    saved = [
+        "perfops-postgres-eu-billing",
+        "perfops-postgres-eu-Orders",  # lowercased: collides with the file's target, file wins
+        "perfops-postgres-eu-a_b",  # no target name
+        "perfops-postgres-us-catalog",  # another prefix
+    ]
+    grown, skipped = fleet.with_discovered(saved)
+    assert names(grown.targets) == ["orders", "billing"]
+    [billing] = grown.select("region=eu")
+    assert billing.blocks == {"postgres": "perfops-postgres-eu-billing"}
+    assert billing.cluster == "pg-eu"
+    assert skipped == [
+        "perfops-postgres-eu-Orders: a target 'orders' exists already",
+        "perfops-postgres-eu-a_b: 'a_b' is no target name (lowercase letters, digits, -)",
+    ]
+
+
+def test_a_fleet_may_only_discover_but_must_have_targets_somehow() -> None:
+    only = parse_fleet("discover:\n  - block_prefix: perfops-postgres-\n", "fleet.yaml")
+    assert only.targets == [] and only.with_discovered(["perfops-postgres-x"])[0].targets
+    with pytest.raises(ConfigurationError, match="list targets, or discover them"):
+        parse_fleet("max_parallel: 2\n", "fleet.yaml")

@@ -244,3 +244,29 @@ def test_a_run_that_changes_a_database_waits_for_its_slot(fleet_file: Path) -> N
     worker.join(timeout=60)
     assert states and states[0].is_completed(), states
     assert time.monotonic() - released < 15
+
+
+def test_targets_discovered_from_the_blocks_saved_on_the_server(
+    fleet_file: Path, perfops: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fleet file that lists no target but discovers them by block-name prefix: one target
+    per saved postgres block, for a run and for `perfops fleet list`."""
+    run = run_id(fleet_file)
+    found = fleet_file.with_name("discovered.yaml")
+    found.write_text(
+        f"discover:\n  - {{block_prefix: fleet-{run}-, labels: {{found: 'yes'}}}}\n",
+        encoding="utf-8",
+    )
+    state = refresh_stale_statistics(
+        targets="found=yes", fleet_file=str(found), dry_run=True, return_state=True
+    )
+    report, message = failed_run(state)  # the block on a closed port was discovered too
+    assert isinstance(report, FleetReport) and message.startswith("1 of 4 targets failed: down")
+    assert [t.target for t in report.targets] == sorted([*DATABASES, "down"])
+    assert [t.result for t in report.targets if t.target != "down"] == ["done"] * 3
+    capsys.readouterr()
+    assert perfops(["fleet", "list", "--fleet-file", str(found), "--no-probe", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["targets"]
+    assert {t["name"]: t["blocks"]["postgres"] for t in listed} == {
+        name: f"fleet-{run}-{name}" for name in (*DATABASES, "down")
+    }
