@@ -176,7 +176,8 @@ def list_targets(
             "name": t.name,
             "blocks": dict(t.blocks),
             "labels": dict(t.labels),
-            "cluster": t.cluster or "(its server, host:port)",
+            "cluster": t.cluster or ("(its server, host:port)" if "postgres" in t.blocks else None),
+            "autoscaling": t.autoscaling.model_dump(exclude_none=True) if t.autoscaling else None,
             "reachable": r[0] if r else None,
             "detail": redact(r[1]) if r else "",
         }
@@ -195,7 +196,8 @@ def list_targets(
         )
     else:
         print_wrapped(
-            f"{selection or ALL} ({path}): {len(rows)} targets, max_parallel "
+            f"{selection or ALL} ({path}): {len(rows)} target{'' if len(rows) == 1 else 's'}, "
+            f"max_parallel "
             f"{definition.max_parallel}, max_parallel_per_cluster "
             f"{definition.max_parallel_per_cluster}",
             indent=0,
@@ -206,9 +208,14 @@ def list_targets(
             style = {True: "green", False: "red", None: None}[row["reachable"]]
             detail = f": {row['detail']}" if row["detail"] else ""
             print_wrapped(f"{row['name']}: {state}{detail}", indent=2, style=style)
-            blocks = ", ".join(f"{k}: {v}" for k, v in row["blocks"].items())
-            labels = " ".join(f"{k}={v}" for k, v in row["labels"].items()) or "no labels"
-            print_wrapped(f"{blocks}; cluster {row['cluster']}; {labels}", indent=4, style="dim")
+            parts = [", ".join(f"{k}: {v}" for k, v in row["blocks"].items())]
+            if row["autoscaling"]:
+                group = row["autoscaling"]
+                parts.append(f"Auto Scaling group {group['group']} ({group.get('region', '-')})")
+            if row["cluster"]:
+                parts.append(f"cluster {row['cluster']}")
+            parts.append(" ".join(f"{k}={v}" for k, v in row["labels"].items()) or "no labels")
+            print_wrapped("; ".join(p for p in parts if p), indent=4, style="dim")
     if down:
         names = ", ".join(row["name"] for row in down[:5])
         more = f" and {len(down) - 5} more" if len(down) > 5 else ""
