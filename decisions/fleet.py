@@ -394,12 +394,7 @@ class FleetReport(_Model):
     def failure(self) -> str | None:
         """The parent's Failed message (`1 of 3 targets failed: orders: cannot connect ...`),
         or None when every target is done."""
-        failed = self.failed
-        if not failed:
-            return None
-        shown = "; ".join(f"{t.target}: {t.reason}" for t in failed[:FAILED_SHOWN])
-        more = f"; and {len(failed) - FAILED_SHOWN} more" if len(failed) > FAILED_SHOWN else ""
-        return f"{len(failed)} of {len(self.targets)} targets failed: {shown}{more}"
+        return targets_message([(t.target, t.reason) for t in self.failed], self.targets, "failed")
 
     def artifact_rows(self, ui_url: str | None = None) -> list[dict[str, object]]:
         """The fleet summary table: target, result, reason, what changed, the child run."""
@@ -416,6 +411,18 @@ class FleetReport(_Model):
             }
             for t in self.targets
         ]
+
+
+def targets_message(
+    which: Sequence[tuple[str, str]], of: Sequence[object], what: str
+) -> str | None:
+    """`1 of 3 targets failed: orders: cannot connect ...` for the (target, reason) pairs
+    `which` out of `of`, the first FAILED_SHOWN named; None when `which` is empty."""
+    if not which:
+        return None
+    shown = "; ".join(f"{name}: {reason}" for name, reason in which[:FAILED_SHOWN])
+    more = f"; and {len(which) - FAILED_SHOWN} more" if len(which) > FAILED_SHOWN else ""
+    return f"{len(which)} of {len(of)} targets {what}: {shown}{more}"
 
 
 def keyed(artifact_key: str, fleet_target: str | None) -> str:

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from decisions.fleet import targets_message
 from decisions.reporting import (
     Check,
     FleetLimits,
@@ -47,7 +48,6 @@ from decisions.reporting import (
 from decisions.staleness import StatisticsPolicy, TableStats, decide
 
 FleetResult = Literal["unreachable", "attention", "ok"]
-FAILED_SHOWN = 3
 QUERY_SHOWN = 120
 
 
@@ -311,12 +311,8 @@ class FleetView(BaseModel):
     @property
     def failure(self) -> str | None:
         """`1 of 4 targets unreachable: down: cannot connect ...`, or None."""
-        down = self.unreachable
-        if not down:
-            return None
-        shown = "; ".join(f"{r.target}: {r.reason}" for r in down[:FAILED_SHOWN])
-        more = f"; and {len(down) - FAILED_SHOWN} more" if len(down) > FAILED_SHOWN else ""
-        return f"{len(down)} of {len(self.rows)} targets unreachable: {shown}{more}"
+        down = [(r.target, r.reason) for r in self.unreachable]
+        return targets_message(down, self.rows, "unreachable")
 
 
 def build_view(

@@ -8,18 +8,16 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.commands.fleet import FleetFileOption, FleetOption
+from cli.commands.fleet import FleetFileOption, FleetOption, selected
 from cli.support import (
     JsonFlag,
     VerboseFlag,
     env_option,
-    perfops_settings,
     print_json,
     print_wrapped,
     run_flow,
     set_env,
 )
-from decisions.fleet import load_fleet
 from perfops.errors import ConfigurationError
 from perfops.redaction import redact
 
@@ -57,9 +55,7 @@ def _fleet(ctx: typer.Context, fleet: str | None, fleet_file: Path | None) -> st
             )
         return None
     try:
-        definition = load_fleet(fleet_file or perfops_settings().fleet_file)
-        if not definition.discover:  # discovered targets are known once the run lists blocks
-            definition.select(fleet)
+        selected(fleet, fleet_file, discovered=False)  # as every --fleet command checks it
     except ConfigurationError as exc:
         raise typer.BadParameter(str(exc), param_hint="--fleet") from None
     return fleet
