@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # perfops set-up: everything the demo and the tests need on a Debian machine, idempotent and
 # fast on a second run (each step checks before it acts).
-#   1. Debian packages: hypopg, pg_partman (for the local PostgreSQL major), Prometheus,
+#   1. Debian packages: hypopg, pg_partman (for the local PostgreSQL major), Prometheus, wrk
+#      (the load-test benchmark's anchor),
 #      Chromium (only if /usr/bin/chromium is missing).
 #   2. PostgreSQL: running, with pg_stat_statements in shared_preload_libraries (restart once).
 #   3. Redis: running on 127.0.0.1:6379.
@@ -25,7 +26,7 @@ PGV=$(pg_major)
 
 # 1. Debian packages -------------------------------------------------------------------------
 if [ "${PERFOPS_SKIP_APT:-0}" != 1 ]; then
-  wanted=("postgresql-$PGV-hypopg" "postgresql-$PGV-partman" prometheus)
+  wanted=("postgresql-$PGV-hypopg" "postgresql-$PGV-partman" prometheus wrk)
   command -v pg_lsclusters >/dev/null 2>&1 || wanted+=("postgresql-$PGV")
   command -v redis-server >/dev/null 2>&1 || wanted+=(redis-server)
   missing=()
