@@ -40,6 +40,7 @@ SYSTEMS = ("postgres", "prometheus", "redis", "archive")
 DEFAULT_MAX_PARALLEL = 4
 DEFAULT_MAX_PARALLEL_PER_CLUSTER = 2
 ALL = "all"
+MAX_SPREAD = 32
 AUTOSCALING = "autoscaling"
 FAILED_SHOWN = 3
 
@@ -199,6 +200,12 @@ class Fleet(_Model):
         description="Targets on one PostgreSQL server worked on at once, by all perfops runs "
         "(a Prefect global concurrency limit per cluster).",
     )
+    spread: int | Literal["auto"] = Field(
+        default=1,
+        description="Shares one fleet run started from a deployment is split into, each share "
+        "a run of the same deployment that any worker of its work pool can take (a number, or "
+        "`auto`: the pool's online workers); 1 runs every child in the parent's process.",
+    )
     targets: list[Target] = Field(default_factory=list)
     discover: list[Discovery] = Field(
         default_factory=list,
@@ -227,6 +234,13 @@ class Fleet(_Model):
             added += found
             skipped += why
         return self.model_copy(update={"targets": [*self.targets, *added]}), skipped
+
+    @field_validator("spread")
+    @classmethod
+    def _spread_bounds(cls, spread: int | str) -> int | str:
+        if isinstance(spread, int) and not 1 <= spread <= MAX_SPREAD:
+            raise ValueError(f"spread is a number of shares from 1 to {MAX_SPREAD}, or auto")
+        return spread
 
     @field_validator("targets")
     @classmethod
@@ -411,6 +425,27 @@ class FleetReport(_Model):
             }
             for t in self.targets
         ]
+
+
+def share_count(spread: int | Literal["auto"], online_workers: int, targets: int) -> int:
+    """How many shares a fleet run is split into: `spread` (or, for `auto`, the work pool's
+    online workers), never more than the targets, at least 1."""
+    wanted = online_workers if spread == "auto" else spread
+    return max(1, min(wanted, targets, MAX_SPREAD))
+
+
+def split_shares(targets: Sequence[Target], shares: int) -> list[list[Target]]:
+    """`targets` dealt round robin into `shares` lists, in the fleet's order: each share gets
+    about as many targets and a mix of clusters (the per-cluster slots stay shared by all)."""
+    count = max(1, min(shares, len(targets)))
+    return [list(targets[i::count]) for i in range(count)]
+
+
+def share_runs_lost(targets: Sequence[Target], share: str, state: str, why: str) -> list[TargetRun]:
+    """The rows of a share's targets when the share run left no report (it crashed, or was
+    cancelled before it ran): each target not run, saying which share and why."""
+    reason = f"its share run {share} ended {state}" + (f": {why}" if why else "")
+    return [TargetRun(target=t.name, result="not run", reason=reason) for t in targets]
 
 
 def targets_message(

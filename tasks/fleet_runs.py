@@ -19,6 +19,7 @@ holds (docs/fleet.md).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from contextlib import contextmanager, suppress
 from contextvars import copy_context
 from pathlib import Path
 from typing import Any, cast
+from uuid import UUID
 
 from prefect import Flow, get_run_logger, tags
 from prefect.client.orchestration import get_client
@@ -33,10 +35,22 @@ from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
     GlobalConcurrencyLimitUpdate,
 )
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
 from prefect.concurrency.sync import concurrency
+from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.runtime import deployment as runtime_deployment
+from prefect.runtime import flow_run as runtime_flow_run
 from prefect.settings import PREFECT_UI_URL
-from prefect.states import State
+from prefect.states import Cancelled, Pending, State
 
 from blocks import PostgresTarget
 from blocks.resolve import resolve_postgres, saved_block_names
@@ -48,6 +62,9 @@ from decisions.fleet import (
     cluster_limit,
     database_limit,
     load_fleet,
+    share_count,
+    share_runs_lost,
+    split_shares,
 )
 from perfops.errors import ConfigurationError, PerfopsError, RunFailed
 from perfops.heartbeats import heartbeats
@@ -55,6 +72,10 @@ from perfops.redaction import one_line
 from perfops.settings import get_settings
 from tasks.records import emit, end_run, publish_table
 
+# The tag of a share's run: one part of a fleet run spread over the pool's workers.
+SHARE_TAG = "perfops-fleet-share"
+# How often a spread parent reads its shares' states.
+SHARE_POLL_S = 1.0
 # A run waits this long for its database's and its cluster's slots, then fails saying which.
 SLOT_TIMEOUT_S = 3600.0
 
@@ -204,6 +225,171 @@ def _run_one(
     )
 
 
+def _run_targets(
+    child: Flow[..., Any],
+    definition: Fleet,
+    targets: list[Target],
+    parameters: Callable[[Fleet, Target], tuple[dict[str, Any], dict[str, int]]],
+    describe: Callable[[Any], str],
+) -> list[TargetRun]:
+    """One child run per target in this process, each started once it holds its slots, at
+    most `max_parallel` at once."""
+
+    def prepare(target: Target) -> tuple[dict[str, Any], dict[str, int]] | TargetRun:
+        try:
+            return parameters(definition, target)
+        except PerfopsError as exc:
+            return TargetRun(target=target.name, result="not run", reason=str(exc))
+
+    with ThreadPoolExecutor(max_workers=min(definition.max_parallel, len(targets))) as pool:
+        # Each thread works in a copy of this run's context, so its child is a subflow of this
+        # run (a context is entered by one thread at a time, so one copy per call).
+        prepared = [
+            f.result() for f in [pool.submit(copy_context().run, prepare, t) for t in targets]
+        ]
+        # Every limit the children hold, made or set once, before any child starts.
+        ensure_limits(
+            {n: k for p in prepared if not isinstance(p, TargetRun) for n, k in p[1].items()}
+        )
+        futures = [
+            p
+            if isinstance(p, TargetRun)
+            else pool.submit(copy_context().run, _run_one, child, t, p[0], p[1], describe)
+            for t, p in zip(targets, prepared, strict=True)
+        ]
+        return [f if isinstance(f, TargetRun) else f.result() for f in futures]
+
+
+def _is_share() -> bool:
+    """Whether this run is one share of a spread fleet run (started by its parent)."""
+    return SHARE_TAG in (runtime_flow_run.tags or [])
+
+
+def _shares_wanted(definition: Fleet, targets: int) -> int:
+    """How many shares this run splits its targets into: the fleet's `spread` for a parent
+    run started from a deployment (its shares are runs of that deployment), else 1."""
+    if definition.spread == 1 or targets < 2 or _is_share():
+        return 1
+    logger = get_run_logger()
+    deployment_id = runtime_deployment.id
+    if deployment_id is None:
+        logger.info(
+            "spread %s: not a deployment run, so every target runs in this process",
+            definition.spread,
+        )
+        return 1
+    online = 0
+    if definition.spread == "auto":
+        with get_client(sync_client=True) as client:
+            pool = client.read_deployment(deployment_id).work_pool_name
+            online = sum(
+                1
+                for w in (client.read_workers_for_work_pool(pool) if pool else [])
+                if str(w.status).upper().endswith("ONLINE")
+            )
+    return share_count(definition.spread, online, targets)
+
+
+def _run_spread(
+    child: Flow[..., Any],
+    definition: Fleet,
+    shares: list[list[Target]],
+    parameters: Callable[[Fleet, Target], tuple[dict[str, Any], dict[str, int]]],
+    describe: Callable[[Any], str],
+    artifact_key: str,
+) -> list[TargetRun]:
+    """The targets split into shares: shares 2..N started as runs of this run's deployment
+    (any worker of the pool takes each), share 1 run here; then each share's rows read back
+    from its artifact. A share no worker has taken by the time share 1 is done is taken back
+    (claimed as Pending, so no worker starts it too, then cancelled) and run here."""
+    logger = get_run_logger()
+    count = len(shares)
+    own_parameters = dict(runtime_flow_run.parameters)
+    started: list[tuple[str, str, list[Target]]] = []
+    for number, share in enumerate(shares[1:], start=2):
+        name = f"{child.name}-share-{number}-of-{count}"
+        run = cast(
+            "FlowRun",
+            run_deployment(
+                name=runtime_deployment.id,
+                parameters={**own_parameters, "targets": [t.name for t in share]},
+                flow_run_name=name,
+                tags=[SHARE_TAG],
+                timeout=0,
+                as_subflow=True,
+            ),
+        )
+        started.append((str(run.id), name, share))
+    logger.info(
+        "spread over %d shares: share 1 (%d targets) here, %s started for any worker",
+        count,
+        len(shares[0]),
+        ", ".join(name for _, name, _ in started),
+    )
+    runs = _run_targets(child, definition, shares[0], parameters, describe)
+    waiting = list(started)
+    while waiting:
+        with get_client(sync_client=True) as client:
+            states = {
+                str(r.id): r.state
+                for r in client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        id=FlowRunFilterId(any_=[UUID(i) for i, _, _ in waiting])
+                    )
+                )
+            }
+        still: list[tuple[str, str, list[Target]]] = []
+        for run_id, name, share in waiting:
+            state = states.get(run_id)
+            if state is not None and state.is_final():
+                runs += _share_rows(run_id, name, share, state, artifact_key)
+            elif state is not None and state.is_scheduled() and _take_back(run_id):
+                logger.info("no worker took %s: running its %d targets here", name, len(share))
+                runs += _run_targets(child, definition, share, parameters, describe)
+            else:
+                still.append((run_id, name, share))
+        waiting = still
+        if waiting:
+            time.sleep(SHARE_POLL_S)
+    return runs
+
+
+def _take_back(run_id: str) -> bool:
+    """Claim a share run no worker has taken (Pending, which the server grants to one
+    proposer only, as it does between two workers), then cancel it saying why; False when a
+    worker got it first."""
+    with get_client(sync_client=True) as client:
+        claimed: OrchestrationResult[Any] = client.set_flow_run_state(run_id, Pending())
+        if claimed.status != SetStateStatus.ACCEPT:
+            return False
+        client.set_flow_run_state(
+            run_id,
+            Cancelled(message="no worker took this share in time: its parent ran its targets"),
+            force=True,
+        )
+    return True
+
+
+def _share_rows(
+    run_id: str, name: str, share: list[Target], state: State[Any], artifact_key: str
+) -> list[TargetRun]:
+    """The rows a finished share run published (`<artifact_key>-share`), or, when it left
+    none (crashed, cancelled), each of its targets not run, saying why."""
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[f"{artifact_key}-share"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(run_id)]),
+            ),
+            limit=1,
+        )
+    if not found:
+        return share_runs_lost(share, name, str(state.name), state.message or "")
+    data = found[0].data
+    rows = json.loads(data) if isinstance(data, str) else data
+    return [TargetRun.model_validate(row) for row in rows or []]
+
+
 def fan_out(
     child: Flow[..., Any],
     selection: str | list[str],
@@ -275,30 +461,13 @@ def run_over_fleet(
         definition.max_parallel_per_cluster,
     )
 
-    def prepare(target: Target) -> tuple[dict[str, Any], dict[str, int]] | TargetRun:
-        try:
-            return parameters(definition, target)
-        except PerfopsError as exc:
-            return TargetRun(target=target.name, result="not run", reason=str(exc))
-
-    with ThreadPoolExecutor(max_workers=min(definition.max_parallel, len(targets))) as pool:
-        # Each thread works in a copy of this run's context, so its child is a subflow of this
-        # run (a context is entered by one thread at a time, so one copy per call).
-        prepared = [
-            f.result() for f in [pool.submit(copy_context().run, prepare, t) for t in targets]
-        ]
-        # Every limit the children hold, made or set once, before any child starts.
-        ensure_limits(
-            {n: k for p in prepared if not isinstance(p, TargetRun) for n, k in p[1].items()}
-        )
-        futures = [
-            p
-            if isinstance(p, TargetRun)
-            else pool.submit(copy_context().run, _run_one, child, t, p[0], p[1], describe)
-            for t, p in zip(targets, prepared, strict=True)
-        ]
-        runs = [f if isinstance(f, TargetRun) else f.result() for f in futures]
-
+    shares = split_shares(targets, _shares_wanted(definition, len(targets)))
+    if len(shares) == 1:
+        runs = _run_targets(child, definition, targets, parameters, describe)
+    else:
+        runs = _run_spread(child, definition, shares, parameters, describe, artifact_key)
+        order = {t.name: i for i, t in enumerate(targets)}  # the fleet's order, as unspread
+        runs.sort(key=lambda r: order.get(r.target, len(order)))
     report = FleetReport(
         flow=child.name,
         selection=label,
@@ -309,6 +478,14 @@ def run_over_fleet(
     for run in report.failed:
         logger.warning("%s %s: %s", run.target, run.result, run.reason)
     logger.info("%s in %.1f s", report.summary, report.seconds)
+    if _is_share():  # its parent reads these rows back and publishes the fleet's summary
+        publish_table(
+            f"{artifact_key}-share",
+            [run.model_dump(mode="json") for run in runs],
+            f"{child.name}: one share of the fleet run over {label}: {report.summary}. "
+            f"The fleet's summary is {artifact_key}, on the parent run.",
+        )
+        return end_run(report, report.failure)
     ui_url = PREFECT_UI_URL.value()
     publish_table(
         artifact_key,

@@ -16,6 +16,9 @@ from decisions.fleet import (
     database_limit,
     load_fleet,
     parse_fleet,
+    share_count,
+    share_runs_lost,
+    split_shares,
 )
 from perfops.errors import ConfigurationError
 from perfops.settings import PROJECT_DIR
@@ -216,3 +219,44 @@ def test_a_fleet_may_only_discover_but_must_have_targets_somehow() -> None:
     assert only.targets == [] and only.with_discovered(["perfops-postgres-x"])[0].targets
     with pytest.raises(ConfigurationError, match="list targets, or discover them"):
         parse_fleet("max_parallel: 2\n", "fleet.yaml")
+
+
+def test_spread_is_a_number_of_shares_or_auto() -> None:
+    text = "targets:\n  - {name: a, blocks: {postgres: p-a}}\n"
+    assert parse_fleet(text, "fleet.yaml").spread == 1
+    assert parse_fleet("spread: auto\n" + text, "fleet.yaml").spread == "auto"
+    assert parse_fleet("spread: 3\n" + text, "fleet.yaml").spread == 3
+    with pytest.raises(ConfigurationError, match="spread"):
+        parse_fleet("spread: 0\n" + text, "fleet.yaml")
+    with pytest.raises(ConfigurationError, match="spread"):
+        parse_fleet("spread: many\n" + text, "fleet.yaml")
+
+
+@pytest.mark.parametrize(
+    ("spread", "online", "targets", "expected"),
+    [
+        (1, 4, 10, 1),
+        (3, 0, 10, 3),  # a number does not look at the workers
+        (3, 0, 2, 2),  # never more shares than targets
+        ("auto", 4, 10, 4),
+        ("auto", 0, 10, 1),  # no worker online (the parent's own is busy with it): one share
+        ("auto", 4, 1, 1),
+    ],
+)
+def test_share_count(spread: int | str, online: int, targets: int, expected: int) -> None:
+    assert share_count(spread, online, targets) == expected  # type: ignore[arg-type]
+
+
+def test_shares_are_dealt_round_robin_in_the_fleet_order(fleet: Fleet) -> None:
+    targets = fleet.select("all")
+    shares = split_shares(targets, 2)
+    assert [names(s) for s in shares] == [names(targets[0::2]), names(targets[1::2])]
+    assert sorted(t.name for s in shares for t in s) == sorted(names(targets))
+    assert split_shares(targets[:1], 4) == [targets[:1]]
+
+
+def test_a_lost_share_reports_each_of_its_targets_not_run(fleet: Fleet) -> None:
+    targets = fleet.select("all")[:2]
+    rows = share_runs_lost(targets, "refresh-share-2-of-2", "Crashed", "worker killed")
+    assert [(r.target, r.result) for r in rows] == [(t.name, "not run") for t in targets]
+    assert rows[0].reason == "its share run refresh-share-2-of-2 ended Crashed: worker killed"

@@ -191,6 +191,87 @@ def test_two_workers_take_the_environment_from_the_pool_and_share_the_runs(
     assert set().union(*picked.values()) == set(names), (picked, tails)
 
 
+def _runs_named(http: httpx.Client, names: list[str]) -> dict[str, dict[str, Any]]:
+    found = http.post("/flow_runs/filter", json={"flow_runs": {"name": {"any_": names}}}).json()
+    return {r["name"]: r for r in found}
+
+
+def _parent_run_of(http: httpx.Client, run: dict[str, Any]) -> str:
+    return str(http.get(f"/task_runs/{run['parent_task_run_id']}").json()["flow_run_id"])
+
+
+def _fleet_rows(http: httpx.Client, run_id: str, key: str) -> list[dict[str, Any]]:
+    body = {"artifacts": {"flow_run_id": {"any_": [run_id]}, "key": {"any_": [key]}}}
+    [artifact] = http.post("/artifacts/filter", json=body).json()
+    data = artifact["data"]
+    return list(json.loads(data) if isinstance(data, str) else data)
+
+
+def test_a_spread_fleet_run_gives_a_share_to_another_worker_or_takes_it_back(
+    deployed: dict[str, str], two_databases: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """`spread: 2`: the parent (on one worker, limit 1) runs the first target itself and
+    starts the second as a share run of the same deployment, which the other worker takes;
+    with that worker gone, no worker can take the share, so the parent takes it back
+    (claims it, cancels it saying why) and runs its target itself. Each time the parent's
+    summary has one row per target."""
+    fleet, dsns = two_databases
+    targets = list(dsns)  # the file's order: share 1 is targets[0], share 2 targets[1]
+    fleet.write_text("spread: 2\n" + fleet.read_text(), encoding="utf-8")
+    http = httpx.Client(base_url=deployed["PREFECT_API_URL"], timeout=30)
+    env = {**deployed, "PERFOPS_OUT_DIR": str(tmp_path / "out"), "PERFOPS_REDIS_URL": REDIS_URL}
+    deployment = "refresh_stale_statistics/refresh_stale_statistics"
+    share_name = "refresh_stale_statistics-share-2-of-2"
+    children = [f"refresh_stale_statistics-{t}" for t in targets]
+    _drop_waiting_runs(http, POOL)
+    with (
+        _pool_restored(http, POOL),
+        worker(env, tmp_path, name="spread-1", limit=1) as log1,
+    ):
+        perfops(
+            deployed,
+            "deploy",
+            "refresh_stale_statistics",
+            "--pool-env",
+            f"PERFOPS_PROJECT_DIR={ROOT}",
+            "--pool-env",
+            f"PERFOPS_FLEET_FILE={fleet}",
+        )
+        with worker(env, tmp_path, name="spread-2", limit=1) as log2:
+            _wait_started(log1, log2)
+            parent = _create_run(http, deployment, {"targets": "all", "dry_run": True})
+            state = wait_final(http, parent, timeout_s=120)
+            tails = f"{log1.read_text()[-2000:]}\n{log2.read_text()[-2000:]}"
+        assert state["type"] == "COMPLETED", (state, tails)
+        runs = _runs_named(http, [share_name, *children])
+        share = runs[share_name]
+        assert share["state"]["type"] == "COMPLETED", share
+        assert "perfops-fleet-share" in share["tags"]
+        assert _parent_run_of(http, share) == parent  # a subflow of the parent, in the UI
+        assert _parent_run_of(http, runs[children[0]]) == parent
+        assert _parent_run_of(http, runs[children[1]]) == share["id"]
+        logs = {"spread-1": log1, "spread-2": log2}
+        by_parent = _picked_by(logs, http.get(f"/flow_runs/{parent}").json()["name"])
+        assert len(by_parent) == 1 and _picked_by(logs, share_name) == set(logs) - by_parent
+        rows = _fleet_rows(http, parent, "perfops-stats-refresh-fleet")
+        assert [(r["target"], r["result"]) for r in rows] == [(t, "done") for t in targets]
+        assert all(r["run"] for r in rows), rows
+
+        # The second worker is gone and the first is busy with the parent: the share waits.
+        for run in runs.values():
+            http.delete(f"/flow_runs/{run['id']}")
+        parent = _create_run(http, deployment, {"targets": "all", "dry_run": True})
+        state = wait_final(http, parent, timeout_s=120)
+        assert state["type"] == "COMPLETED", (state, log1.read_text()[-3000:])
+    runs = _runs_named(http, [share_name, *children])
+    share = runs[share_name]
+    assert share["state"]["type"] == "CANCELLED", share
+    assert "its parent ran its targets" in (share["state"]["message"] or "")
+    assert {_parent_run_of(http, runs[c]) for c in children} == {parent}
+    rows = _fleet_rows(http, parent, "perfops-stats-refresh-fleet")
+    assert [(r["target"], r["result"]) for r in rows] == [(t, "done") for t in targets]
+
+
 def test_the_kubernetes_template_makes_a_work_pool_that_takes_pool_env(
     deployed: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
