@@ -24,7 +24,8 @@ from perfops.settings import apply_prefect_defaults
 apply_prefect_defaults()
 # Tasks are also called on their own in tests (outside a flow run).
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
-for _name in [n for n in os.environ if n.startswith("PERFOPS_")]:
+# (PERFOPS_TEST_* stay: they choose the tests' own servers, read below.)
+for _name in [n for n in os.environ if n.startswith("PERFOPS_") and "PERFOPS_TEST_" not in n]:
     del os.environ[_name]
 # Commands run by the tests use the harness (PREFECT_API_URL) or a throwaway server, never the
 # local server the CLI keeps (tests/cli/test_server.py starts its own on a free port).
@@ -47,8 +48,22 @@ FORGET_THIS_DATABASE = (
     "select pg_stat_statements_reset(0, (select oid from pg_database "
     "where datname = current_database()), 0)"
 )
-# Flushed by the tests that use it: one database per concurrent checkout (PERFOPS_TEST_REDIS_URL).
-REDIS_TEST_URL = os.environ.get("PERFOPS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# Flushed by the tests that use it: one database per concurrent checkout (PERFOPS_TEST_REDIS_URL)
+# and per pytest-xdist worker (gw0 15, gw1 9, ...: the e2e tests use 11 and 14).
+_XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+REDIS_TEST_URL = os.environ.get(
+    "PERFOPS_TEST_REDIS_URL",
+    f"redis://127.0.0.1:6379/{15 if _XDIST_WORKER == 0 else 10 - _XDIST_WORKER}",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With pytest-xdist (`-n 2 --dist loadgroup`, the README's test command), the end-to-end
+    tests share one Prefect server, work pool and workers: they run in one xdist worker."""
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+
 
 # Back-filled Prometheus history: 14 days at 1-minute resolution, ending on a whole hour.
 HISTORY_END = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)

@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from blocks import PostgresTarget
 from flows.check_connections import ARTIFACT_KEY, ConnectionsUnreachable, check_connections
+from tests.conftest import REDIS_TEST_URL
 from tests.records import artifact_rows, wait_for_event
 from tests.servers import DEFAULT_TOKEN, MotoServer, PrometheusServer, SlackStandIn, SmtpServer
 
@@ -34,7 +35,7 @@ def all_real(
     env = {
         "PERFOPS_DSN": pg_dsn,
         "PERFOPS_PROMETHEUS_URL": prometheus.url,
-        "PERFOPS_REDIS_URL": "redis://127.0.0.1:6379/15",
+        "PERFOPS_REDIS_URL": REDIS_TEST_URL,
         "PERFOPS_S3_BUCKET": "perfops-doctor",
         "PERFOPS_S3_ENDPOINT_URL": moto_server.endpoint_url,
         "PERFOPS_SLACK_TOKEN": DEFAULT_TOKEN,
