@@ -27,6 +27,7 @@ from contextlib import contextmanager, suppress
 from contextvars import copy_context
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 from uuid import UUID
 
 from prefect import Flow, get_run_logger, tags
@@ -53,7 +54,7 @@ from prefect.settings import PREFECT_UI_URL
 from prefect.states import Cancelled, Pending, State
 
 from blocks import PostgresTarget
-from blocks.resolve import resolve_postgres, saved_block_names
+from blocks.resolve import resolve_postgres, resolve_redis, saved_block_names
 from decisions.fleet import (
     Fleet,
     FleetReport,
@@ -176,6 +177,12 @@ def fleet_slots(
     block = target.blocks.get(system)  # type: ignore[call-overload]
     if block is None:
         raise ConfigurationError(f"no {system} block in the fleet file")
+    if system == "redis":  # a cache: paced per Redis server; its flows need no exclusion
+        server = urlsplit(resolve_redis(block).value.url)
+        address = f"{server.hostname}:{server.port or 6379}"
+        return {
+            cluster_limit(target.cluster or f"redis-{address}"): definition.max_parallel_per_cluster
+        }
     resource = resolve_postgres(block).value.resource_id()
     wanted = {cluster_limit(target.cluster_for(resource)): definition.max_parallel_per_cluster}
     if changes:

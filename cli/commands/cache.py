@@ -1,0 +1,301 @@
+"""`perfops cache ...`: invalidation (flow invalidate_cache), warm-up (warm_cache) and
+statistics (collect_cache_stats) of the platform's caches; docs/caches.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.commands.fleet import FleetFileOption, FleetOption, run_fleet
+from cli.support import (
+    JsonFlag,
+    VerboseFlag,
+    env_option,
+    fail,
+    print_json,
+    print_wrapped,
+    run_flow,
+    set_env,
+)
+from perfops.redaction import redact
+
+app = typer.Typer(no_args_is_help=True)
+
+DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "deployments" / "caches.yaml"
+PolicyOption = Annotated[
+    Path,
+    env_option(
+        "PERFOPS_CACHE_POLICY", "Cache policy YAML (caches, events, tags).", "--policy",
+        show_default=True,
+    ),
+]  # fmt: skip
+RedisUrlOption = Annotated[
+    str | None,
+    env_option(
+        "PERFOPS_REDIS_URL",
+        "Redis (or one node of a Redis Cluster) holding the caches.",
+        "--redis-url",
+    ),
+]
+RedisBlockOption = Annotated[
+    str | None,
+    env_option(
+        "PERFOPS_REDIS_BLOCK", "Name of a saved perfops-redis-target block.", "--redis-block"
+    ),
+]
+_COLOURS = {
+    "dropped": "green",
+    "purged": "green",
+    "notified": "green",
+    "warmed": "green",
+    "would drop": "cyan",
+    "would purge": "cyan",
+    "refused": "red",
+    "failed": "red",
+    "skipped": "yellow",
+}
+
+
+@app.callback()
+def cache() -> None:
+    """Caches: invalidate (event, pattern, tag, versions), warm up, statistics."""
+
+
+def _print(text: str, *, indent: int = 2, style: str | None = None) -> None:
+    print_wrapped(redact(text), indent=indent, style=style)
+
+
+@app.command()
+def invalidate(
+    event: Annotated[
+        str | None,
+        typer.Option(help="Application event (user_updated) or Prefect event name."),
+    ] = None,
+    payload: Annotated[
+        str | None, typer.Option(help='The event\'s payload as JSON, e.g. \'{"user_id": "42"}\'.')
+    ] = None,
+    pattern: Annotated[str | None, typer.Option(help="A Redis glob, e.g. 'user:42:*'.")] = None,
+    tag: Annotated[
+        str | None, typer.Option(help="NAME=VALUE: the keys in the tag index set tag:NAME:VALUE.")
+    ] = None,
+    versions: Annotated[
+        str | None, typer.Option(help="A versioned cache: drop versions older than it keeps.")
+    ] = None,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Drop. Without it: count and sample only.")
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="With --apply: drop even past --max-keys or a bare '*'."),
+    ] = False,
+    max_keys: Annotated[
+        int | None,
+        typer.Option(min=1, help="Refuse past this many keys (default: the policy's, 100,000)."),
+    ] = None,
+    cdn_block: Annotated[
+        str | None,
+        env_option(
+            "PERFOPS_CDN_BLOCK", "A saved perfops-cdn-target block to purge.", "--cdn-block"
+        ),
+    ] = None,
+    policy: PolicyOption = DEFAULT_POLICY,
+    redis_url: RedisUrlOption = None,
+    redis_block: RedisBlockOption = None,
+    as_json: JsonFlag = False,
+    verbose: VerboseFlag = False,
+) -> None:
+    """Drop the cache keys an event, a pattern, a tag or a version bump makes stale (flow
+    invalidate_cache). Dry run unless --apply. Exit 1 when a step was refused or failed."""
+    given = [n for n, v in (("--event", event), ("--pattern", pattern), ("--tag", tag),
+                            ("--versions", versions)) if v]  # fmt: skip
+    if len(given) != 1:
+        raise typer.BadParameter("give exactly one of --event, --pattern, --tag, --versions")
+    if payload is not None:
+        if not event:
+            raise typer.BadParameter("--payload goes with --event")
+        try:
+            parsed = json.loads(payload)
+        except ValueError as exc:
+            raise typer.BadParameter(f"--payload is not JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise typer.BadParameter("--payload must be a JSON object")
+    if force and not apply:
+        raise typer.BadParameter("--force goes with --apply")
+    if not policy.is_file():
+        raise typer.BadParameter(f"--policy {policy}: no such file")
+    set_env("PERFOPS_REDIS_URL", redis_url)
+
+    def load() -> Any:
+        from flows.invalidate_cache import invalidate_cache
+
+        return invalidate_cache
+
+    report = run_flow(
+        load,
+        {
+            "event": event,
+            "payload": payload,
+            "pattern": pattern,
+            "tag": tag,
+            "versions": versions,
+            "apply": apply,
+            "force": force,
+            "max_keys": max_keys,
+            "policy_path": str(policy),
+            "redis_block": redis_block,
+            "cdn_block": cdn_block,
+        },
+        verbose=verbose,
+        label="invalidating" if apply else "counting what an invalidation would drop",
+        show_progress=not as_json,
+    )
+    if as_json:
+        print_json(report)
+    else:
+        _print(f"cache invalidation on {report.redis}", indent=0, style="bold")
+        _print(f"{report.summary} in {report.seconds:.1f} s")
+        for o in report.outcomes:
+            _print(f"{o.result}: {o.target}", style=_COLOURS.get(o.result))
+            _print(o.reason, indent=4, style="dim")
+            if o.samples and o.result in ("would drop", "refused"):
+                _print("e.g. " + ", ".join(o.samples[:5]), indent=4, style="dim")
+        if report.dry_run and report.matched:
+            _print("dry run: nothing was dropped; rerun with --apply to drop these")
+    if report.failure:
+        fail(f"{report.failure} (artifact perfops-cache-invalidation)")
+
+
+@app.command()
+def stats(
+    sample: Annotated[
+        int | None,
+        typer.Option(min=100, max=1_000_000, help="Keys sampled for per-prefix figures."),
+    ] = None,
+    policy: PolicyOption = DEFAULT_POLICY,
+    redis_url: RedisUrlOption = None,
+    redis_block: RedisBlockOption = None,
+    fleet: FleetOption = None,
+    fleet_file: FleetFileOption = None,
+    as_json: JsonFlag = False,
+    verbose: VerboseFlag = False,
+) -> None:
+    """Hit ratio since the last run, evictions, memory, fragmentation, per-prefix keys and
+    memory, keys without TTL, big keys (flow collect_cache_stats). Read-only. With --fleet,
+    every cache of the fleet (its targets with a redis block), one child run each."""
+    if not policy.is_file():
+        raise typer.BadParameter(f"--policy {policy}: no such file")
+
+    def load() -> Any:
+        from flows.collect_cache_stats import collect_cache_stats
+
+        return collect_cache_stats
+
+    if fleet:
+        run_fleet(
+            load,
+            {"policy_path": str(policy), "sample": sample},
+            fleet=fleet,
+            fleet_file=fleet_file,
+            single={"--redis-url": redis_url, "--redis-block": redis_block},
+            label="cache statistics",
+            artifact_key="perfops-cache-stats-fleet",
+            as_json=as_json,
+            verbose=verbose,
+        )
+        return
+    set_env("PERFOPS_REDIS_URL", redis_url)
+
+    report = run_flow(
+        load,
+        {"policy_path": str(policy), "sample": sample, "redis_block": redis_block},
+        verbose=verbose,
+        label="measuring the cache",
+        show_progress=not as_json,
+    )
+    if as_json:
+        print_json(report)
+        return
+    _print(f"cache statistics of {report.redis}", indent=0, style="bold")
+    _print(report.summary)
+    for event, reason in report.alerts:
+        _print(f"{event}: {reason}", style="red")
+    for p in report.prefixes[:10]:
+        no_ttl = f", {p.no_ttl} of {p.sampled} sampled without TTL" if p.no_ttl else ""
+        _print(
+            f"{p.prefix}: ~{p.estimated_keys:,} keys, ~{p.estimated_bytes / 1e6:,.1f} MB{no_ttl}"
+        )
+    for b in report.big_keys:
+        _print(f"big key {b.key}: {b.bytes / 1e6:,.1f} MB", style="yellow")
+
+
+@app.command()
+def warm(
+    cache_name: Annotated[str, typer.Option("--cache", help="A cache of the policy.")],
+    key: Annotated[
+        list[str] | None, typer.Option("--key", help="A key to warm (repeatable).")
+    ] = None,
+    keys_file: Annotated[
+        Path | None, typer.Option(help="A file of keys, one a line.", exists=True, dir_okay=False)
+    ] = None,
+    url_template: Annotated[
+        str | None,
+        typer.Option(help="Where a key's value is fetched: https://app/api/{key} (key quoted)."),
+    ] = None,
+    keys_sql: Annotated[
+        str | None,
+        typer.Option(help="Read-only SQL returning (key, value), or (key) with --url-template."),
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Requests in flight.")] = 8,
+    ttl_s: Annotated[
+        int | None, typer.Option(min=1, help="TTL instead of the cache's (jitter still applies).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List only; write nothing.")] = False,
+    dsn: Annotated[
+        str | None, env_option("PERFOPS_DSN", "PostgreSQL DSN for --keys-sql.", "--dsn")
+    ] = None,
+    policy: PolicyOption = DEFAULT_POLICY,
+    redis_url: RedisUrlOption = None,
+    redis_block: RedisBlockOption = None,
+    as_json: JsonFlag = False,
+    verbose: VerboseFlag = False,
+) -> None:
+    """Warm a cache from keys (--key, --keys-file) fetched through --url-template, or from
+    --keys-sql (flow warm_cache). Exit 1 when a key failed to warm."""
+    keys = list(key or [])
+    if keys_file is not None:
+        keys += [line.strip() for line in keys_file.read_text().splitlines() if line.strip()]
+    if bool(keys) == bool(keys_sql):
+        raise typer.BadParameter("give keys (--key/--keys-file) or --keys-sql, not both")
+    if keys and not url_template:
+        raise typer.BadParameter("--key/--keys-file need --url-template")
+    if not policy.is_file():
+        raise typer.BadParameter(f"--policy {policy}: no such file")
+    set_env("PERFOPS_REDIS_URL", redis_url)
+    set_env("PERFOPS_DSN", dsn)
+
+    def load() -> Any:
+        from flows.warm_cache import warm_cache
+
+        return warm_cache
+
+    report = run_flow(
+        load,
+        {"cache": cache_name, "keys": keys or None, "url_template": url_template,
+         "keys_sql": keys_sql, "concurrency": concurrency, "ttl_s": ttl_s, "dry_run": dry_run,
+         "policy_path": str(policy), "redis_block": redis_block},
+        verbose=verbose,
+        label="warming the cache",
+        show_progress=not as_json,
+    )  # fmt: skip
+    if as_json:
+        print_json(report)
+    else:
+        _print(f"cache warm-up on {report.redis}", indent=0, style="bold")
+        _print(f"{report.summary} in {report.seconds:.1f} s")
+        for f in report.failures[:10]:
+            _print(f"failed: {f.key}: {f.reason}", style="red")
+    if report.failure:
+        fail(f"{report.failure} (artifact perfops-cache-warmup)")

@@ -1,0 +1,277 @@
+"""Redis key work for the cache flows, on one server or a Redis Cluster: count and drop the keys
+of a glob (SCAN MATCH COUNT, then UNLINK in pipelined batches, on every master at once), drop the
+members of a tag index set, read and forget a cache's versions, tell L1 holders on pub/sub.
+
+Never KEYS, never FLUSH*: SCAN visits `scan_count` buckets per call and each UNLINK batch frees
+big values in the background, so no call blocks other clients for long. Every drop is
+idempotent (UNLINK of a gone key is a no-op; a tag's members leave its set only once their keys
+are gone; a version leaves its sorted set only once its keys are gone), so a run killed half way
+is finished by the next one.
+
+Keys are bytes end to end (any key, binary or not, is dropped as it is); samples are decoded for
+people with `errors="replace"`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from blocks import RedisTarget
+from decisions.cache_policy import refusal
+from perfops.errors import ConnectionFailed
+from perfops.redaction import register_secret
+from tasks.cache_scan import (
+    SAMPLES,
+    CacheConnection,
+    KeyCount,
+    ScanOptions,
+    decode_key,
+    scan_pattern,
+    unlink_batch,
+)
+
+# A count keeps the matching keys (up to this many per node, about 15 MB), so an applied
+# invalidation drops exactly what it counted without a second SCAN. Past it (only with a
+# max_keys above it) a second, dropping SCAN follows. Memory is bounded by this, never by the
+# number of keys in Redis.
+COLLECT = 200_000
+
+
+def _kwargs(target: RedisTarget) -> dict[str, Any]:
+    password = target.password.get_secret_value() if target.password else None
+    register_secret(password)
+    return {
+        "username": target.username,
+        "password": password,
+        "socket_timeout": target.socket_timeout_s,
+        "socket_connect_timeout": target.socket_timeout_s,
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.1, cap=2.0), target.retries),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+
+
+def failed(target: RedisTarget, exc: BaseException) -> ConnectionFailed:
+    return ConnectionFailed(f"Redis at {target.url} failed: {exc}")
+
+
+def connect(target: RedisTarget) -> CacheConnection:
+    """Connect, finding out whether the server is a cluster node (`INFO cluster`)."""
+    try:
+        probe = redis.Redis.from_url(target.url, **_kwargs(target))
+        with probe:
+            info: dict[str, Any] = probe.info("cluster")  # type: ignore[assignment]
+            enabled = int(info.get("cluster_enabled", 0)) == 1
+        if not enabled:
+            client = redis.Redis.from_url(target.url, **_kwargs(target))
+            return CacheConnection(target.url, client, [(target.url, client)], cluster=False)
+        kwargs = _kwargs(target)
+        kwargs.pop("retry_on_error")
+        cluster = RedisCluster.from_url(target.url, **kwargs)
+        masters = [(n.name, cluster.get_redis_connection(n)) for n in cluster.get_primaries()]
+        return CacheConnection(target.url, cluster, masters, cluster=True)
+    except redis.RedisError as exc:
+        raise failed(target, exc) from exc
+
+
+@contextmanager
+def connected(target: RedisTarget) -> Iterator[CacheConnection]:
+    conn = connect(target)
+    try:
+        yield conn
+    except redis.RedisError as exc:
+        raise failed(target, exc) from exc
+    finally:
+        conn.close()
+
+
+def resource_id(target: RedisTarget) -> str:
+    """`perfops.redis.<host>:<port>/<db>`: the events' resource."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(target.url)
+    db = parts.path.strip("/") or "0"
+    return f"perfops.redis.{parts.hostname}:{parts.port or 6379}/{db}"
+
+
+@dataclass
+class PatternResult:
+    """One pattern's invalidation: keys matched (before), dropped (UNLINK's count), samples,
+    whether it was refused and why, SCAN passes made, and sample keys still there after."""
+
+    matched: int
+    dropped: int
+    samples: list[str]
+    nodes: dict[str, int]
+    refused: str | None
+    passes: int
+    left: list[str]
+    seconds: float
+
+
+def _drop_collected(conn: CacheConnection, found: KeyCount, batch_size: int) -> int:
+    clients = dict(conn.masters)
+    dropped = 0
+    for name, keys in found.keys.items():
+        for i in range(0, len(keys), batch_size):
+            dropped += unlink_batch(clients[name], keys[i : i + batch_size], conn.cluster)
+    return dropped
+
+
+def _still_there(conn: CacheConnection, samples: list[str]) -> list[str]:
+    if not samples:
+        return []
+    pipe = conn.router.pipeline(transaction=False)
+    for key in samples:
+        pipe.exists(key)
+    return [k for k, n in zip(samples, pipe.execute(), strict=True) if n]
+
+
+@task(name="invalidate_cache_pattern", cache_policy=NO_CACHE)
+def invalidate_pattern(
+    target: RedisTarget,
+    pattern: str,
+    options: ScanOptions,
+    *,
+    apply: bool,
+    max_keys: int,
+    force: bool,
+    label: str = "",
+) -> PatternResult:
+    """Count the keys of `pattern` (a dry run stops there), refuse past `max_keys` unless
+    `force`, then UNLINK them in pipelined batches: the keys the count kept (one SCAN pass in
+    all) while there were at most `COLLECT` per node, else a second SCAN that drops as it goes.
+    With `force` a single dropping SCAN. Afterwards the sampled keys are checked gone."""
+    started = time.monotonic()
+    with connected(target) as conn:
+        if apply and force:
+            found = scan_pattern(conn, pattern, options, drop=True)
+            matched, dropped, passes, refused = found.matched, found.dropped, 1, None
+        else:
+            found = scan_pattern(
+                conn,
+                pattern,
+                options,
+                drop=False,
+                stop_after=max_keys if apply else None,
+                collect=COLLECT if apply else 0,
+            )
+            matched, dropped, passes = found.matched, 0, 1
+            refused = (
+                refusal(label or pattern, pattern, matched, max_keys, force) if apply else None
+            )
+            if apply and refused is None:
+                if found.complete:
+                    dropped = _drop_collected(conn, found, options.batch_size)
+                else:
+                    dropped = scan_pattern(conn, pattern, options, drop=True).dropped
+                    passes = 2
+        left = _still_there(conn, found.samples) if apply and refused is None else []
+    return PatternResult(
+        matched=matched,
+        dropped=dropped,
+        samples=found.samples,
+        nodes=found.nodes,
+        refused=refused,
+        passes=passes,
+        left=left,
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+def _drop_members(conn: CacheConnection, members: list[bytes]) -> int:
+    if not conn.cluster:
+        return unlink_batch(conn.masters[0][1], members, cluster=False)
+    by_node: dict[int, tuple[redis.Redis, list[bytes]]] = {}
+    for m in members:
+        client = conn.master_of(m)
+        by_node.setdefault(id(client), (client, []))[1].append(m)
+    return sum(unlink_batch(c, keys, cluster=True) for c, keys in by_node.values())
+
+
+@task(name="drop_tagged_cache_keys", cache_policy=NO_CACHE)
+def drop_tagged(
+    target: RedisTarget, tag_key: str, batch_size: int, *, apply: bool, max_keys: int, force: bool
+) -> tuple[PatternResult, list[list[str]]]:
+    """The keys listed in the tag index set `tag_key` (SCARD first: past `max_keys` refused
+    unless `force`): counted, or (with `apply`) UNLINKed a batch at a time (SSCAN), each batch
+    then removed from the set (SREM), and the set itself once empty, so a re-run after a crash
+    finds only what is left. Returns the result and, when applied, the dropped keys by batch
+    (for L1 notices)."""
+    started = time.monotonic()
+    matched = dropped = 0
+    samples: list[str] = []
+    dropped_batches: list[list[str]] = []
+    with connected(target) as conn:
+        router = conn.router
+        size = int(cast(int, router.scard(tag_key)))
+        refused = refusal(tag_key, None, size, max_keys, force) if apply else None
+        cursor = 0
+        while refused is None:
+            page: Any = router.sscan(tag_key, cursor=cursor, count=batch_size)
+            cursor, members = page
+            matched += len(members)
+            if len(samples) < SAMPLES:
+                samples += [decode_key(m) for m in members[: SAMPLES - len(samples)]]
+            if apply and members:
+                dropped += _drop_members(conn, members)
+                router.srem(tag_key, *members)
+                dropped_batches.append([decode_key(m) for m in members])
+            if cursor == 0:
+                break
+        if refused:
+            matched = size
+        if apply and refused is None and router.scard(tag_key) == 0:
+            router.unlink(tag_key)
+        left = _still_there(conn, samples) if apply and refused is None else []
+    result = PatternResult(
+        matched=matched,
+        dropped=dropped,
+        samples=samples,
+        nodes={},
+        refused=refused,
+        passes=1,
+        left=left,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    return result, dropped_batches
+
+
+@task(name="read_cache_versions", cache_policy=NO_CACHE)
+def read_versions(target: RedisTarget, versions_key: str) -> list[tuple[str, float]]:
+    """A versioned cache's versions and their deploy times (ZRANGE ... WITHSCORES)."""
+    with connected(target) as conn:
+        rows: Any = conn.router.zrange(versions_key, 0, -1, withscores=True)
+    return [(decode_key(v), float(s)) for v, s in rows]
+
+
+@task(name="forget_cache_version", cache_policy=NO_CACHE)
+def forget_version(target: RedisTarget, versions_key: str, version: str) -> None:
+    """ZREM a version whose keys are gone."""
+    with connected(target) as conn:
+        conn.router.zrem(versions_key, version)
+
+
+@task(name="notify_l1_holders", cache_policy=NO_CACHE)
+def notify_l1(target: RedisTarget, channel: str, messages: list[dict[str, Any]]) -> int:
+    """PUBLISH each message (JSON) on `channel`; returns how many subscribers heard the last."""
+    heard = 0
+    with connected(target) as conn:
+        for message in messages:
+            heard = int(
+                cast(int, conn.router.publish(channel, json.dumps(message, sort_keys=True)))
+            )
+    return heard
