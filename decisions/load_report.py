@@ -1,0 +1,257 @@
+"""A load test run's report: the figures per endpoint and per step, the criteria judged, the
+comparison with the baseline, the summary a person reads, the one line that says why the run
+failed (its state message), the artifact rows, the event payload, and the history record.
+
+Pure: `flows/run_load_test.py` fills it in from the merged share results.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from decisions.load_baseline import Comparison, EndpointRecord, LoadRunRecord
+from decisions.load_results import (
+    CriterionResult,
+    LatencyStats,
+    ShareResult,
+    TimelinePoint,
+    endpoint_stats,
+    step_stats,
+    timeline,
+    window_p95s,
+)
+from decisions.load_scenarios import LoadTest
+
+ACHIEVED_SHARE = 0.99  # achieved below this share of asked: the generator (or the box) fell short
+
+
+class LoadTestReport(BaseModel):
+    """What one load test run asked, measured and concluded."""
+
+    test: str
+    run_id: str
+    target: str
+    model: str  # open (rps) or closed (vus)
+    shares: int
+    started_at: datetime
+    duration_s: float
+    asked: int
+    sent: int
+    asked_rps: float
+    achieved_rps: float
+    late_sends: int
+    send_lag_max_ms: float
+    endpoints: list[LatencyStats]  # `all` first
+    steps: list[LatencyStats]
+    timeline: list[TimelinePoint]
+    criteria: list[CriterionResult]
+    comparisons: list[Comparison] = Field(default_factory=list)
+    baseline: str | None = None  # what the run was compared with, or why not
+    aborted: str | None = None
+    established_baseline: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return self.aborted is None and all(c.passed for c in self.criteria)
+
+    @property
+    def regressed(self) -> list[Comparison]:
+        return [c for c in self.comparisons if c.result == "regressed"]
+
+    @property
+    def summary(self) -> str:
+        overall = self.endpoints[0] if self.endpoints else None
+        p95 = f"{overall.p95_ms:,.1f} ms" if overall and overall.p95_ms is not None else "n/a"
+        err = f"{overall.error_rate:.2%}" if overall else "n/a"
+        met = sum(c.passed for c in self.criteria)
+        text = (
+            f"{self.sent:,} requests, {self.achieved_rps:,.1f} of {self.asked_rps:,.1f} rps "
+            f"asked, p95 {p95}, errors {err}; criteria {met} of {len(self.criteria)} met"
+        )
+        if self.regressed:
+            text += "; regressed: " + ", ".join(c.endpoint for c in self.regressed)
+        if self.aborted:
+            text += f"; {self.aborted}"
+        return text
+
+    @property
+    def failure(self) -> str | None:
+        """Why the run failed, for its state message; None when it passed."""
+        reasons = []
+        if self.aborted:
+            reasons.append(self.aborted)
+        missed = [c for c in self.criteria if not c.passed]
+        if missed:
+            reasons.append(
+                f"{len(missed)} of {len(self.criteria)} criteria missed: "
+                + "; ".join(f"{c.endpoint} {c.reason}" for c in missed[:3])
+            )
+        if self.regressed:
+            reasons.append(
+                "regressed against the baseline: "
+                + "; ".join(f"{c.endpoint} {c.reason}" for c in self.regressed[:3])
+            )
+        return f"{self.test}: " + " | ".join(reasons) if reasons else None
+
+
+def build_report(
+    test: LoadTest,
+    result: ShareResult,
+    criteria: list[CriterionResult],
+    *,
+    run_id: str,
+    target: str,
+) -> LoadTestReport:
+    return LoadTestReport(
+        test=test.name,
+        run_id=run_id,
+        target=target,
+        model=result.model,
+        shares=result.shares,
+        started_at=result.started_at,
+        duration_s=result.duration_s,
+        asked=result.asked,
+        sent=result.sent,
+        asked_rps=round(result.asked / result.duration_s, 2) if result.duration_s else 0.0,
+        achieved_rps=round(result.sent / result.duration_s, 2) if result.duration_s else 0.0,
+        late_sends=result.late_sends,
+        send_lag_max_ms=result.send_lag_max_ms,
+        endpoints=endpoint_stats(result),
+        steps=step_stats(result),
+        timeline=timeline(result),
+        criteria=criteria,
+        aborted=result.aborted,
+    )
+
+
+def history_record(report: LoadTestReport, result: ShareResult) -> LoadRunRecord:
+    """The run as history keeps it: per endpoint its figures and per-second p95s."""
+    endpoints = {}
+    for s in report.endpoints:
+        endpoints[s.name] = EndpointRecord(
+            p50_ms=s.p50_ms,
+            p95_ms=s.p95_ms,
+            p99_ms=s.p99_ms,
+            max_ms=s.max_ms,
+            error_rate=s.error_rate,
+            rps=s.rps,
+            window_p95s=window_p95s(result, s.name),
+        )
+    return LoadRunRecord(
+        run_id=report.run_id,
+        test=report.test,
+        started_at=report.started_at,
+        target=report.target,
+        asked_rps=report.asked_rps,
+        achieved_rps=report.achieved_rps,
+        passed=report.passed,
+        aborted=report.aborted is not None,
+        regressed=bool(report.regressed),
+        endpoints=endpoints,
+    )
+
+
+def _fmt(value: float | None) -> str | float:
+    return "" if value is None else value
+
+
+def artifact_rows(report: LoadTestReport) -> list[dict[str, object]]:
+    """One row per endpoint (all first), then per step; each leads with what it is about, then
+    result and reason, then the figures."""
+    judged: dict[str, list[CriterionResult]] = {}
+    for c in report.criteria:
+        judged.setdefault(c.endpoint, []).append(c)
+    compared = {c.endpoint: c for c in report.comparisons}
+    rows: list[dict[str, object]] = []
+    for s in report.endpoints:
+        mine = judged.get(s.name, [])
+        comparison = compared.get(s.name)
+        missed = [c for c in mine if not c.passed]
+        if comparison is not None and comparison.result == "regressed":
+            result = "regressed"
+        elif missed:
+            result = "missed"
+        elif mine:
+            result = "met"
+        else:
+            result = "measured"
+        reasons = [c.reason for c in (missed or mine)]
+        if comparison is not None and comparison.result != "not compared":
+            reasons.append(comparison.reason)
+        rows.append(
+            {
+                "what": f"endpoint {s.name}",
+                "result": result,
+                "reason": "; ".join(reasons) or "no criteria for this endpoint",
+                "requests": s.requests,
+                "rps": s.rps,
+                "p50_ms": _fmt(s.p50_ms),
+                "p90_ms": _fmt(s.p90_ms),
+                "p95_ms": _fmt(s.p95_ms),
+                "p99_ms": _fmt(s.p99_ms),
+                "max_ms": _fmt(s.max_ms),
+                "avg_ms": _fmt(s.avg_ms),
+                "error_rate": s.error_rate,
+                "errors": ", ".join(f"{n} {cause}" for cause, n in s.errors_by_cause.items()),
+            }
+        )
+    for s in report.steps:
+        rows.append(
+            {
+                "what": f"step {s.name}",
+                "result": "errors" if s.errors else "ok",
+                "reason": ", ".join(f"{n} {cause}" for cause, n in s.errors_by_cause.items())
+                or "no errors or failed assertions",
+                "requests": s.requests,
+                "rps": s.rps,
+                "p50_ms": _fmt(s.p50_ms),
+                "p90_ms": _fmt(s.p90_ms),
+                "p95_ms": _fmt(s.p95_ms),
+                "p99_ms": _fmt(s.p99_ms),
+                "max_ms": _fmt(s.max_ms),
+                "avg_ms": _fmt(s.avg_ms),
+                "error_rate": s.error_rate,
+                "errors": "",
+            }
+        )
+    return rows
+
+
+def event_payload(report: LoadTestReport) -> dict[str, object]:
+    """The `perfops.load.*` events' payload (no secrets: the target is its base URL)."""
+    return {
+        "test": report.test,
+        "run_id": report.run_id,
+        "target": report.target,
+        "passed": report.passed,
+        "aborted": report.aborted,
+        "asked_rps": report.asked_rps,
+        "achieved_rps": report.achieved_rps,
+        "requests": report.sent,
+        "endpoints": {
+            s.name: {
+                "p50_ms": s.p50_ms,
+                "p95_ms": s.p95_ms,
+                "p99_ms": s.p99_ms,
+                "max_ms": s.max_ms,
+                "error_rate": s.error_rate,
+                "rps": s.rps,
+            }
+            for s in report.endpoints
+        },
+        "criteria_missed": [f"{c.endpoint}: {c.reason}" for c in report.criteria if not c.passed],
+        "regressions": [
+            {
+                "endpoint": c.endpoint,
+                "p95_ms": c.p95_ms,
+                "baseline_p95_ms": c.baseline_p95_ms,
+                "change": c.change,
+                "p_value": c.p_value,
+                "reason": c.reason,
+            }
+            for c in report.regressed
+        ],
+        "baseline": report.baseline,
+    }

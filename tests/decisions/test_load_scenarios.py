@@ -1,0 +1,96 @@
+"""The load tests file: the shipped example, and errors that name the line and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from decisions.load_scenarios import cap_problems, load_tests, parse_tests
+from perfops.errors import ConfigurationError
+
+ROOT = Path(__file__).resolve().parents[2]
+MINIMAL = """\
+tests:
+  - name: t
+    duration: 10s
+    pattern: {rps: 50}
+    scenarios:
+      - name: s
+        steps:
+          - {url: /x}
+"""
+
+
+def test_the_shipped_file_holds_the_platforms_three_endpoints_at_their_rates() -> None:
+    tests = load_tests(ROOT / "deployments" / "load_tests.yaml")
+    api = tests.get("platform-api")
+    assert api.pattern.open_model and api.pattern.rps == 1600
+    weights = {sc.steps[0].endpoint: sc.weight for sc in api.scenarios}
+    assert weights == {
+        "GET /api/v1/agents": 1000,
+        "POST /api/v1/agents/execute": 500,
+        "POST /api/v1/workflows/run": 100,
+    }
+    p95 = {c.endpoint: c.p95_ms for c in api.criteria if c.p95_ms}
+    assert p95 == {
+        "GET /api/v1/agents": 100,
+        "POST /api/v1/agents/execute": 200,
+        "POST /api/v1/workflows/run": 500,
+    }
+    assert {t.pattern.kind for t in tests.tests} == {"constant", "step", "spike"}
+    assert any(not t.pattern.open_model for t in tests.tests)  # a vus journey with think time
+
+
+def test_a_wrong_field_names_the_file_the_line_and_the_field() -> None:
+    text = MINIMAL.replace("{rps: 50}", "{rps: -5}")
+    with pytest.raises(ConfigurationError) as caught:
+        parse_tests(text, "load.yaml")
+    assert "load.yaml line 4, tests[0].pattern.rps: Input should be greater than 0" in str(
+        caught.value
+    )
+
+
+def test_an_assertion_field_is_named_as_written_in_the_file() -> None:
+    text = MINIMAL.replace("{url: /x}", "{url: /x, assert: {status: [999]}}")
+    with pytest.raises(ConfigurationError) as caught:
+        parse_tests(text, "f.yaml")
+    message = str(caught.value)
+    assert "line 8" in message and "steps[0].assert.status" in message
+    assert "not HTTP status codes: [999]" in message
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ("{rps: 50}", "give exactly one of rps (open model) or vus"),
+        ("duration: 10s", "must be shorter than duration"),
+        ("{url: /x}", "credentials do not belong in the file"),
+        ("{url: /x}", "criteria name endpoints no step calls"),
+    ],
+)
+def test_refusals_say_what_is_wrong(change: str, expected: str) -> None:
+    replacement = {
+        "give exactly one of rps (open model) or vus": "{rps: 50, vus: 3}",
+        "must be shorter than duration": "duration: 10s\n    ramp_up: 6s\n    ramp_down: 4s",
+        "credentials do not belong in the file": "{url: /x, headers: {Authorization: x}}",
+        "criteria name endpoints no step calls": "{url: /x}\n    criteria: [{endpoint: GET /y}]",
+    }[expected]
+    with pytest.raises(ConfigurationError) as caught:
+        parse_tests(MINIMAL.replace(change, replacement))
+    assert expected in str(caught.value)
+
+
+def test_an_unknown_test_name_lists_the_defined_ones() -> None:
+    with pytest.raises(ConfigurationError, match="no load test named 'nope'; defined: t"):
+        parse_tests(MINIMAL).get("nope")
+
+
+def test_caps_refuse_a_test_asking_more_than_the_target_allows() -> None:
+    test = parse_tests(MINIMAL.replace("{rps: 50}", "{rps: 5000}")).tests[0]
+    problems = cap_problems(test, max_rps=1000, max_connections=100, max_duration_s=5)
+    assert problems == [
+        "asks 5,000 rps, over the target's cap of 1,000 rps",
+        "lasts 10 s, over the target's cap of 5 s",
+    ]
+    assert cap_problems(test, max_rps=5000, max_connections=1, max_duration_s=10) == []

@@ -1,0 +1,162 @@
+"""run_load_test through Prefect against the real local target (127.0.0.1) and a PostgreSQL
+database of its own: history, baseline, a regression flagged (Failed, event, artifact), a
+target the allow-list refuses, two shares merged, and the CLI's history."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from blocks import LoadTarget
+from decisions.load_baseline import ComparePolicy
+from demo.target_server import TargetBehaviour, TargetServer
+from flows import run_load_test as module
+from flows.run_load_test import run_load_test
+from tests.conftest import ADMIN_DSN
+from tests.records import artifact_rows, failed_run, wait_for_event
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+DB = f"perfops_load_test_{os.getpid()}"
+TESTS = """\
+tests:
+  - name: smoke
+    duration: 3s
+    pattern: {rps: 60}
+    scenarios:
+      - name: list
+        steps: [{url: /api/v1/agents, assert: {status: [200], json: {status: ok}}}]
+    criteria:
+      - {endpoint: GET /api/v1/agents, p95_ms: 1000, min_rps: 55}
+  - name: steady
+    duration: 4s
+    pattern: {rps: 40}
+    scenarios:
+      - name: list
+        steps: [{url: /api/v1/agents}]
+    criteria:
+      - {endpoint: GET /api/v1/agents, p95_ms: 200}
+  - name: elsewhere
+    duration: 1s
+    pattern: {rps: 5}
+    scenarios:
+      - name: away
+        steps: [{url: "http://example.com/api"}]
+"""
+# 4 s runs give 4 one-second windows each (a short sample: a lenient alpha; 4 against 4
+# clearly apart give p = 1/70)
+LENIENT = ComparePolicy(runs=2, alpha=0.05, min_effect=0.2, min_windows=3)
+
+
+@pytest.fixture(scope="module")
+def history_dsn() -> Iterator[str]:
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(DB)))
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(DB)))
+    yield psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname=DB)
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(DB)))
+
+
+@pytest.fixture()
+def tests_file(tmp_path: Path) -> str:
+    path = tmp_path / "load_tests.yaml"
+    path.write_text(TESTS)
+    return str(path)
+
+
+@pytest.fixture()
+def local(monkeypatch: pytest.MonkeyPatch, history_dsn: str) -> Callable[[TargetServer], None]:
+    monkeypatch.setenv("PERFOPS_DSN", history_dsn)
+
+    def point_at(server: TargetServer) -> None:
+        monkeypatch.setenv("PERFOPS_LOAD_TARGET_URL", server.url)
+
+    return point_at
+
+
+def test_a_baseline_then_a_slower_server_is_flagged_with_the_record_kept(
+    tests_file: str, local: Callable[[TargetServer], None], history_dsn: str
+) -> None:
+    with TargetServer(TargetBehaviour(median_ms=10, seed=1)) as server:
+        local(server)
+        first = run_load_test(name="steady", tests_file=tests_file, baseline=True, compare=LENIENT)
+    assert first.passed and first.established_baseline
+    assert first.endpoints[1].requests == 160 and first.endpoints[1].p50_ms is not None
+    assert 9 <= first.endpoints[1].p50_ms <= 100
+    wait_for_event("perfops.load.baseline_established")
+
+    with TargetServer(TargetBehaviour(median_ms=250, seed=2)) as slower:
+        local(slower)
+        state = run_load_test(
+            name="steady", tests_file=tests_file, compare=LENIENT, return_state=True
+        )
+    report, message = failed_run(state)
+    assert [c.endpoint for c in report.regressed] == ["all", "GET /api/v1/agents"]
+    assert "1 of 1 criteria missed: GET /api/v1/agents p95_ms" in message
+    assert "regressed against the baseline: all p95" in message
+    event = wait_for_event("perfops.load.regressed")
+    assert event.payload["regressions"][0]["baseline_p95_ms"] is not None
+    assert event.resource.id == f"perfops.load.127.0.0.1:{slower.port}"
+    rows = artifact_rows("perfops-load-steady")
+    assert rows[1]["what"] == "endpoint GET /api/v1/agents"
+    assert rows[1]["result"] == "regressed"
+    with psycopg.connect(history_dsn) as conn:
+        kept = conn.execute(
+            "select passed, regressed from perfops.load_test_runs order by started_at"
+        ).fetchall()
+    assert kept == [(True, False), (False, True)]
+
+
+def test_a_host_outside_the_allow_list_is_refused_before_any_request(
+    tests_file: str, local: Callable[[TargetServer], None]
+) -> None:
+    with TargetServer() as server:
+        LoadTarget(base_url=server.url).save("perfops-load-test-refuse", overwrite=True)
+        state = run_load_test(
+            name="elsewhere",
+            tests_file=tests_file,
+            target_block="perfops-load-test-refuse",
+            keep_history=False,
+            return_state=True,
+        )
+        assert server.log is not None and server.log.numbers == []
+    assert state.is_failed()
+    assert "host 'example.com' is not in the load target's allow-list" in str(
+        state.result(raise_on_failure=False)
+    )
+    [row] = artifact_rows("perfops-load-elsewhere")
+    assert row["result"] == "refused" and "allowed_hosts" in row["reason"]
+    wait_for_event("perfops.load.refused")
+
+
+def test_two_shares_ask_half_each_and_merge_into_one_result(
+    tests_file: str, local: Callable[[TargetServer], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(module, "SHARE_START_S", 4.0)
+    with TargetServer(TargetBehaviour(median_ms=5)) as server:
+        local(server)
+        report = run_load_test(name="smoke", tests_file=tests_file, shares=2, keep_history=False)
+        assert server.log is not None
+        numbers = sorted(server.log.numbers)
+    assert report.shares == 2 and report.asked == 180
+    assert numbers == list(range(180))  # each arrival once, from one share or the other
+    assert report.endpoints[1].requests == 180
+
+
+def test_history_lists_runs_newest_first(
+    perfops: Callable[[list[str]], int],
+    history_dsn: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert perfops(["load", "history", "steady", "--dsn", history_dsn, "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)
+    assert [r["regressed"] for r in runs][:2] == [True, False]
+    assert perfops(["load", "run", "nope", "--tests-file", "deployments/load_tests.yaml"]) == 1
+    assert "no load test named 'nope'; defined: platform-api" in capsys.readouterr().err
