@@ -42,8 +42,9 @@ deployment, which the workers take (each started with `--limit 2`, `--worker-lim
 worker without a limit takes every waiting run in one poll, so one worker would take every
 share); a share no worker has taken when its parent is done with its own is taken back and run
 by the parent. The "shares" column says how many shares workers ran, how many were taken back,
-and which workers ran the parents and shares. It then reads every child run (`parent_flow_run_id` of the two parents), their logs
-and the `prefect.concurrency-limit.acquired/released` events, and prints:
+and which workers ran the parents and shares. It then reads every child run
+(`parent_flow_run_id` of the two parents and of their shares), their logs and the
+`prefect.concurrency-limit.acquired/released` events, and prints:
 
 - wall: the first parent's creation to the last parent's end (server timestamps), seconds;
 - child sum: the sum over all children of their own duration (end - start; when a child takes
