@@ -36,7 +36,15 @@ from pglast import ast, parse_sql
 from pglast.parser import ParseError
 from pydantic import BaseModel
 
-from decisions.indexing import ParamBinding, QueryShape, _walk
+from decisions.indexing import (
+    Candidate,
+    ParamBinding,
+    Predicate,
+    QueryShape,
+    _walk,
+    candidate_indexes,
+    statements_for,
+)
 from decisions.slow_queries import StatementStats
 
 MAX_VALUES = 3
@@ -173,9 +181,60 @@ def parameter_columns(shapes: Iterable[QueryShape]) -> list[tuple[str, str, str]
                 seen.setdefault(stats_key(binding.table.schema, binding.table.name, binding.column))
     for shape in shapes:
         for ref, use in shape.tables.items():
-            for column in use.equality:
+            for column in [*use.equality, *(p.column for p in use.partial)]:
                 seen.setdefault(stats_key(ref.schema, ref.name, column))
     return list(seen)
+
+
+def predicate_share(predicate: Predicate, column: ColumnStats | None) -> float | None:
+    """The share of rows a partial index's predicate keeps, from pg_stats; None when unknown.
+
+    `IS NULL` / `IS NOT NULL`: the null fraction. A boolean test or `col = literal`: the value's
+    most-common-values frequency, and only when pg_stats lists every value of the column (a
+    column of few values, where an index on the column is no use for its common values and a
+    partial index is the way to reach a rare one); a column of many values (tenants) is served
+    by a full index on it, which every value can use."""
+    if column is None:
+        return None
+    if predicate.test == "IS NULL":
+        return column.null_frac
+    if predicate.test == "IS NOT NULL":
+        return 1.0 - column.null_frac
+    value = predicate.matches_value
+    if value is None or column.distinct_values > len(column.most_common_vals):
+        return None
+    pairs = dict(zip(column.most_common_vals, column.most_common_freqs, strict=False))
+    return pairs.get(value, 0.0)
+
+
+def workload_candidates(
+    shapes: Mapping[int, QueryShape], stats: Mapping[tuple[str, str, str], ColumnStats]
+) -> tuple[list[Candidate], dict[str, set[int]]]:
+    """The candidates of the workload's statements (by queryid), equality columns most distinct
+    first and partial indexes for the predicates pg_stats shows rare, and the statements each
+    is costed against (`statements_for`)."""
+    rate_predicates(shapes.values(), stats)
+    candidates = candidate_indexes(shapes.values(), distinct_counts(stats))
+    return candidates, statements_for(candidates, shapes)
+
+
+def rate_predicates(
+    shapes: Iterable[QueryShape], stats: Mapping[tuple[str, str, str], ColumnStats]
+) -> None:
+    """Give each statement's partial-index predicates their share of rows (`predicate_share`),
+    in place: `candidate_indexes` proposes partial indexes for the rare ones only."""
+    for shape in shapes:
+        for ref, use in shape.tables.items():
+            use.partial = [
+                p.model_copy(
+                    update={
+                        "share": predicate_share(
+                            p, stats.get(stats_key(ref.schema, ref.name, p.column))
+                        )
+                    }
+                )
+                for p in use.partial
+            ]
 
 
 def bind_parameter(query: str, number: int, literal: str) -> str:

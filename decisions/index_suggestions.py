@@ -78,6 +78,7 @@ class Suggestion(BaseModel):
     write_overhead: str = ""  # the workload's writes' upkeep of it, when its table is written
     key: str = ""  # the candidate's key (what its build result is filed under)
     include: list[str] = []  # INCLUDE columns of a covering index
+    predicate: str = ""  # a partial index's WHERE (`finished_at IS NULL`)
 
 
 class SkippedStatement(BaseModel):
@@ -184,6 +185,7 @@ def suggestions(
             ),
             key=c.candidate.key,
             include=c.candidate.include,
+            predicate=c.candidate.predicate.label if c.candidate.predicate else "",
             queries=[
                 {
                     "queryid": e.queryid,
@@ -233,6 +235,7 @@ def artifact_rows(report: IndexSuggestionReport) -> list[dict[str, Any]]:
     for s in report.suggestions:
         build = builds.get(s.key or f"{s.table}({', '.join(s.columns)})")
         included = f" INCLUDE ({', '.join(s.include)})" if s.include else ""
+        included += f" WHERE {s.predicate}" if s.predicate else ""
         costs = "; ".join(
             f"cost {q['cost_before']:,.0f} -> {q['cost_after']:,.0f}" for q in s.queries[:3]
         )
@@ -259,7 +262,8 @@ def artifact_rows(report: IndexSuggestionReport) -> list[dict[str, Any]]:
                 "rejected",
                 table=str(r.candidate.table),
                 columns=", ".join(r.candidate.key_labels)
-                + (f" INCLUDE ({', '.join(r.candidate.include)})" if r.candidate.include else ""),
+                + (f" INCLUDE ({', '.join(r.candidate.include)})" if r.candidate.include else "")
+                + (f" WHERE {r.candidate.predicate.label}" if r.candidate.predicate else ""),
                 reason=r.reason,
             )
         )

@@ -4,8 +4,9 @@ Pure: no Prefect, no I/O.
 
 The writes come from the same pg_stat_statements window as the reads: each INSERT adds an entry
 to every index of its table per row (`rows` of the statement); an UPDATE adds one to an index
-whose columns (key or INCLUDE) it sets (it can no longer be a HOT update). DELETEs add none
-(their cost comes later, in VACUUM). One entry costs about one random page
+whose columns (key, INCLUDE or a partial index's predicate) it sets (it can no longer be a HOT
+update); a partial index takes an INSERT's rows in the share its predicate keeps (pg_stats).
+DELETEs add none (their cost comes later, in VACUUM). One entry costs about one random page
 (`INDEX_ENTRY_COST`): the leaf page it dirties, written back later, and its WAL record. An index
 whose upkeep over the window is at least what it saves the reads in that window is rejected with
 both numbers.
@@ -89,13 +90,19 @@ def index_upkeep(
         table = writes.get(candidate.table)
         if table is None:
             continue
-        held = {*candidate.columns, *candidate.include}  # an UPDATE of either is not HOT
+        # an UPDATE of a key, INCLUDE or predicate column is not HOT
+        held = {*candidate.columns, *candidate.include}
+        if candidate.predicate is not None:
+            held.add(candidate.predicate.column)
         touched = sorted({c for columns, _ in table.updates for c in columns if c in held})
         updated = sum(rows for columns, rows in table.updates if columns & held)
-        entries = table.inserted + updated
+        # a partial index takes an entry only for the rows its predicate keeps
+        share = candidate.predicate.share if candidate.predicate is not None else None
+        inserted = round(table.inserted * share) if share is not None else table.inserted
+        entries = inserted + updated
         if entries <= 0:
             continue
-        parts = [f"{table.inserted:,} rows inserted"] if table.inserted else []
+        parts = [f"{inserted:,} rows inserted"] if inserted else []
         if updated:
             parts.append(f"{updated:,} updated ({', '.join(touched)})")
         cost = entries * INDEX_ENTRY_COST

@@ -28,15 +28,19 @@ from typing import Any
 
 from pglast import ast, parse_sql
 from pglast.enums.parsenodes import A_Expr_Kind, SortByDir
-from pglast.enums.primnodes import BoolExprType, SubLinkType
+from pglast.enums.primnodes import BoolExprType, BoolTestType, NullTestType, SubLinkType
 from pglast.parser import ParseError
 from pydantic import BaseModel, Field
 
 MAX_INDEX_COLUMNS = 3
 MAX_INCLUDE_COLUMNS = 2  # a covering index stays narrow: at most this many INCLUDE columns
+PARTIAL_MAX_SHARE = 0.5
+"""A partial index is proposed for a predicate only when it leaves out at least half the rows
+(pg_stats): past that it is most of a full index, serving fewer statements."""
 PG_MAX_IDENTIFIER = 63
 _EQUALITY_OPS = {"="}
 _RANGE_OPS = {"<", ">", "<=", ">="}
+_BOOL_TESTS = {BoolTestType.IS_TRUE: "IS TRUE", BoolTestType.IS_FALSE: "IS FALSE"}
 
 
 # --------------------------------------------------------------------------- settings
@@ -92,6 +96,68 @@ class TableRef:
         return f"{self.schema}.{self.name}"
 
 
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
+class Predicate(BaseModel, frozen=True):
+    """One conjunct of a statement a partial index can take as its WHERE: it is in the statement
+    verbatim, so the planner proves the index's predicate from it for any plan, generic included.
+    `col IS [NOT] NULL`, `col IS TRUE/FALSE`, `NOT col` and a bare boolean `col` survive
+    pg_stat_statements' normalisation; `col = 'literal'` only where a statement's text keeps the
+    literal (pg_stat_statements turns it into `$n`: a `col = $n` never gets a partial index)."""
+
+    column: str
+    test: str  # "IS NULL" | "IS NOT NULL" | "IS TRUE" | "IS FALSE" | "NOT" | "TRUE" | "="
+    value: str | None = None  # the literal of `col = literal`
+    literal: str = "string"  # its kind: string | number | boolean
+    share: float | None = Field(
+        default=None, description="The share of rows it matches (pg_stats), when known."
+    )
+
+    @property
+    def label(self) -> str:
+        """`finished_at IS NULL`, `status = 'queued'`, `NOT archived`: as a person reads it."""
+        column = self.column
+        if self.test == "NOT":
+            return f"NOT {column}"
+        if self.test == "TRUE":
+            return column
+        if self.test == "=":
+            value = self.value or ""
+            shown = value if self.literal != "string" else "'" + value.replace("'", "''") + "'"
+            return f"{column} = {shown}"
+        return f"{column} {self.test}"
+
+    @property
+    def matches_value(self) -> str | None:
+        """The value (as pg_stats shows it) the predicate keeps, for `=` and boolean tests."""
+        if self.test in ("IS TRUE", "TRUE"):
+            return "t"
+        if self.test in ("IS FALSE", "NOT"):
+            return "f"
+        if self.test == "=" and self.literal == "boolean":
+            return "t" if self.value == "true" else "f"
+        return self.value if self.test == "=" else None
+
+
+def _literal(node: Any) -> tuple[str, str] | None:
+    """(text, kind) of a plain constant (`'queued'`, `3`, `true`, `'x'::text`), else None."""
+    while isinstance(node, ast.TypeCast):
+        node = node.arg
+    if not isinstance(node, ast.A_Const) or node.isnull:
+        return None
+    val = node.val
+    if isinstance(val, ast.String) and val.sval is not None:
+        return val.sval, "string"
+    if isinstance(val, ast.Integer) and val.ival is not None:
+        return str(val.ival), "number"
+    if isinstance(val, ast.Float) and val.fval and _NUMBER.fullmatch(val.fval):
+        return val.fval, "number"
+    if isinstance(val, ast.Boolean) and val.boolval is not None:
+        return ("true" if val.boolval else "false"), "boolean"
+    return None
+
+
 @dataclass
 class TableUse:
     """How one statement uses one table."""
@@ -103,6 +169,8 @@ class TableUse:
     # every column a SELECT reads from the table (None: all of them, `*`): what an index must
     # hold for an index-only scan
     referenced: list[str] | None = field(default_factory=list)
+    # conjuncts a partial index can take as its WHERE, as the statement has them verbatim
+    partial: list[Predicate] = field(default_factory=list)
 
     def add(self, bucket: list[str], column: str) -> None:
         if column not in bucket:
@@ -179,7 +247,7 @@ def query_shape(
             shape.limit_param = limit.number
     for node in _statements(root):
         _Scope(node, catalog, search_path, shape).collect()
-    if not any(u.equality or u.ranges or u.sort for u in shape.tables.values()):
+    if not any(u.equality or u.ranges or u.sort or u.partial for u in shape.tables.values()):
         raise ShapeError("no filter, join or sort on a plain column of a known table")
     return shape
 
@@ -319,11 +387,34 @@ class _Scope:
         if binding not in self.shape.params:
             self.shape.params.append(binding)
 
+    def _partial(self, found: tuple[TableRef, str], predicate: Predicate) -> None:
+        if predicate not in self._use(found).partial:
+            self._use(found).partial.append(predicate)
+
     def _predicate(self, expr: Any) -> None:
         if isinstance(expr, ast.NullTest):
             found = self._column(expr.arg)
             if found:
                 self._use(found).add(self._use(found).equality, found[1])
+                test = "IS NULL" if expr.nulltesttype == NullTestType.IS_NULL else "IS NOT NULL"
+                self._partial(found, Predicate(column=found[1], test=test))
+            return
+        if isinstance(expr, ast.BooleanTest) and expr.booltesttype in _BOOL_TESTS:
+            found = self._column(expr.arg)
+            if found:
+                test = _BOOL_TESTS[expr.booltesttype]
+                self._partial(found, Predicate(column=found[1], test=test))
+            return
+        if isinstance(expr, ast.BoolExpr) and expr.boolop == BoolExprType.NOT_EXPR:
+            args = expr.args or ()
+            found = self._column(args[0]) if len(args) == 1 else None
+            if found and isinstance(args[0], ast.ColumnRef):
+                self._partial(found, Predicate(column=found[1], test="NOT"))
+            return
+        if isinstance(expr, ast.ColumnRef):  # a bare boolean column
+            found = self._column(expr)
+            if found:
+                self._partial(found, Predicate(column=found[1], test="TRUE"))
             return
         if isinstance(expr, ast.SubLink) and expr.subLinkType == SubLinkType.ANY_SUBLINK:
             found = self._column(expr.testexpr)  # col IN (SELECT ...) / col = ANY (SELECT ...)
@@ -349,6 +440,14 @@ class _Scope:
             bound = "equality" if op in _EQUALITY_OPS else "range"
             self._bind(left, expr.rexpr, bound)
             self._bind(right, expr.lexpr, bound)
+            if op in _EQUALITY_OPS and (left is None) != (right is None):
+                side, other = (left, expr.rexpr) if left else (right, expr.lexpr)
+                constant = _literal(other)
+                if side and constant:  # `status = 'queued'` kept verbatim: a partial index's WHERE
+                    text, sort = constant
+                    self._partial(
+                        side, Predicate(column=side[1], test="=", value=text, literal=sort)
+                    )
             for side in (left, right):
                 if side is None:
                     continue
@@ -374,6 +473,8 @@ def _conjuncts(expr: Any) -> Iterator[Any]:
         if expr.boolop == BoolExprType.AND_EXPR:
             for arg in expr.args or ():
                 yield from _conjuncts(arg)
+        elif expr.boolop == BoolExprType.NOT_EXPR:
+            yield expr  # `NOT archived`: a partial index's WHERE (OR branches are not indexed)
         return
     yield expr
 
@@ -396,6 +497,10 @@ class Candidate(BaseModel):
         default_factory=list,
         description="INCLUDE columns: what else a SELECT reads, so it can be an index-only scan.",
     )
+    predicate: Predicate | None = Field(
+        default=None,
+        description="A partial index's WHERE: a rare value's conjunct a statement has verbatim.",
+    )
 
     @property
     def key_labels(self) -> list[str]:
@@ -405,7 +510,10 @@ class Candidate(BaseModel):
     @property
     def key(self) -> str:
         included = f" INCLUDE ({', '.join(self.include)})" if self.include else ""
-        return f"{self.schema_name}.{self.table_name}({', '.join(self.key_labels)}){included}"
+        where = f" WHERE {self.predicate.label}" if self.predicate else ""
+        return (
+            f"{self.schema_name}.{self.table_name}({', '.join(self.key_labels)}){included}{where}"
+        )
 
     @property
     def plain(self) -> Candidate:
@@ -472,16 +580,33 @@ def candidate_indexes(
             if distinct:
                 rank = {c: -distinct.get((ref.schema, ref.name, c), 0.0) for c in use.equality}
                 use = replace(use, equality=sorted(use.equality, key=lambda c: rank[c]))
-            for columns, descending in _column_sets(use):
+            variants: list[tuple[list[str], list[str], Predicate | None]] = [
+                (columns, descending, None) for columns, descending in _column_sets(use)
+            ]
+            for rare in use.partial:
+                if rare.share is None or rare.share > PARTIAL_MAX_SHARE:
+                    continue  # not known to be rare: the full indexes serve it
+                # the rows of a rare value only, keyed by the statement's other columns
+                rest = replace(
+                    use,
+                    equality=[c for c in use.equality if c != rare.column],
+                    ranges=[c for c in use.ranges if c != rare.column],
+                )
+                sets = list(_column_sets(rest)) or [([rare.column], [])]
+                variants += [(columns, descending, rare) for columns, descending in sets]
+            for columns, descending, predicate in variants:
                 candidate = Candidate(
                     schema_name=ref.schema,
                     table_name=ref.name,
                     columns=columns,
                     descending=descending,
+                    predicate=predicate,
                 )
                 seen.setdefault(candidate.key, candidate)
-                # the covering variant: what else the SELECT reads, when that is little
-                extra = [c for c in use.referenced or () if c not in columns]
+                # the covering variant: what else the SELECT reads, when that is little (not a
+                # partial index's predicate column: the predicate answers it)
+                skip = {*columns, predicate.column} if predicate else set(columns)
+                extra = [c for c in use.referenced or () if c not in skip]
                 if (
                     use.referenced is not None
                     and (use.equality or use.sort)
@@ -492,15 +617,59 @@ def candidate_indexes(
     return list(seen.values())
 
 
+def statements_for(
+    candidates: Iterable[Candidate], shapes: Mapping[int, QueryShape]
+) -> dict[str, set[int]]:
+    """Which statements each candidate (by key) is costed against: those on its table that
+    filter, join or sort on its leading column and, for a partial index, have its predicate
+    verbatim (the planner can use it for no other). A statement that names neither could use the
+    index only to scan all of it; leaving it out keeps the what-if planning to what can pay."""
+    out: dict[str, set[int]] = {}
+    for candidate in candidates:
+        wanted: set[int] = set()
+        for qid, shape in shapes.items():
+            use = shape.tables.get(candidate.table)
+            if use is None:
+                continue
+            lead, rare = candidate.columns[0], candidate.predicate
+            if lead not in {*use.equality, *use.ranges, *use.sort} and (
+                rare is None or lead != rare.column
+            ):
+                continue
+            if rare is not None and not any(
+                (p.column, p.test, p.value) == (rare.column, rare.test, rare.value)
+                for p in use.partial
+            ):
+                continue
+            wanted.add(qid)
+        out[candidate.key] = wanted
+    return out
+
+
+def same_predicate(existing: str | None, predicate: Predicate | None) -> bool:
+    """Is an index's predicate (as `pg_get_expr` shows it: `(status = 'queued'::text)`) the
+    candidate's? Loosely: parentheses, quotes around names, casts and case left out."""
+    if existing is None or predicate is None:
+        return existing is None and predicate is None
+
+    def norm(text: str) -> str:
+        text = re.sub(r"::[a-z ]+(\[\])?", "", text.lower())
+        return re.sub(r"\s+", " ", text.replace("(", "").replace(")", "").replace('"', "")).strip()
+
+    return norm(existing) == norm(predicate.label)
+
+
 def covering_index(candidate: Candidate, existing: Iterable[ExistingIndex]) -> ExistingIndex | None:
-    """An existing valid, non-partial btree index whose leading columns are the candidate's."""
+    """An existing valid btree index whose leading columns are the candidate's, with the same
+    predicate (none for a full candidate: a full index does not do a partial one's job of
+    leaving the common rows out, nor a partial index a full one's)."""
     for index in existing:
         if (
             index.schema_name == candidate.schema_name
             and index.table_name == candidate.table_name
             and index.method == "btree"
             and index.is_valid
-            and index.predicate is None
+            and same_predicate(index.predicate, candidate.predicate)
             and same_keys(index.columns[: len(candidate.columns)], candidate.key_labels)
             and set(candidate.include) <= column_names([*index.columns, *index.include_columns])
         ):
@@ -545,6 +714,10 @@ def index_name(candidate: Candidate) -> str:
     keys = [f"{c}_desc" if c in candidate.descending else c for c in candidate.columns]
     if candidate.include:
         keys += ["incl", *candidate.include]
+    if candidate.predicate is not None:
+        test = candidate.predicate.test.replace(" ", "_").replace("=", "eq")
+        keys += ["where", candidate.predicate.column, test]
+        keys += [candidate.predicate.value] if candidate.predicate.value else []
     name = f"perfops_idx_{candidate.table_name}_{'_'.join(keys)}".lower()
     name = re.sub(r"_+", "_", "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name))
     if len(name.encode()) <= PG_MAX_IDENTIFIER:

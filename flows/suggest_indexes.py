@@ -21,12 +21,12 @@ from blocks import PostgresTarget
 from blocks.resolve import Resolved, resolve_postgres
 from decisions.fleet import FleetReport, keyed, target_labels
 from decisions.index_costing import (
-    distinct_counts,
     measurable,
     parameter_columns,
     plannable_text,
     skew_plan,
     verification_statement,
+    workload_candidates,
 )
 from decisions.index_suggestions import (
     BuildResult,
@@ -45,7 +45,6 @@ from decisions.indexing import (
     IndexAdvisorSettings,
     QueryCost,
     Rejection,
-    candidate_indexes,
     choose_indexes,
     index_name,
 )
@@ -181,12 +180,13 @@ def _suggest(
         )
         for qid in texts
     ]
-    candidates = candidate_indexes(shapes.values(), distinct_counts(column_stats))
+    # with partial indexes for rare predicates; each costed against the statements it could serve
+    candidates, serves = workload_candidates(shapes, column_stats)
     # the workload's INSERTs and UPDATEs: what each candidate would cost them to maintain
     writes = collect_writes(
         [(plannable_text(s.query), s.rows) for s in statements], catalog, snapshot.search_path
     )
-    costings = cost_candidates(target, texts, tables_of, candidates, plans) if candidates else []
+    costings = cost_candidates(target, texts, tables_of, candidates, plans, serves)
     selection = choose_indexes(
         queries,
         costings,

@@ -109,7 +109,7 @@ def suggest(
                 f"    cost {q['cost_before']:,.0f} -> {q['cost_after']:,.0f}: {q['query'][:70]}",
                 highlight=False,
             )
-        build = builds.get(f"{s.table}({', '.join(s.columns)})")
+        build = builds.get(s.key or f"{s.table}({', '.join(s.columns)})")
         if build:
             colour = "green" if build.status == "created" else "red"
             out.print(f"    [{colour}]{build.status}[/]: {build.detail}")

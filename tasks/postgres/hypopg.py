@@ -22,7 +22,7 @@ from decisions.index_costing import CostingPlan, weighted_cost
 from decisions.indexing import Candidate, Catalog, Costing, TableRef
 from perfops.errors import MissingPrerequisite
 from perfops.redaction import one_line
-from tasks.postgres.index_builds import include_sql
+from tasks.postgres.index_builds import include_sql, predicate_sql
 from tasks.postgres.server import connect
 from tasks.postgres.statements import explain_generic, plan_cost, plan_index_names
 from tasks.transient_errors import RETRY_DEFAULTS
@@ -111,7 +111,7 @@ def fetch_table_catalog(target: PostgresTarget) -> CatalogSnapshot:
 
 def _hypothetical(conn: psycopg.Connection[Any], candidate: Candidate) -> tuple[int, str]:
     ddl = (
-        sql.SQL("create index on {} using btree ({}){}")
+        sql.SQL("create index on {} using btree ({}){}{}")
         .format(
             sql.Identifier(candidate.schema_name, candidate.table_name),
             sql.SQL(", ").join(
@@ -119,6 +119,7 @@ def _hypothetical(conn: psycopg.Connection[Any], candidate: Candidate) -> tuple[
                 for c in candidate.columns
             ),
             include_sql(candidate),
+            predicate_sql(candidate),
         )
         .as_string(conn)
     )
@@ -202,8 +203,10 @@ def cost_candidates(
     tables_of: dict[int, list[str]],
     candidates: Sequence[Candidate],
     plans: Mapping[int, CostingPlan] | None = None,
+    relevant: Mapping[str, set[int]] | None = None,
 ) -> list[Costing]:
-    """For each candidate alone: its size estimate and the cost of every statement on its table."""
+    """For each candidate alone: its size estimate and the cost of every statement on its table
+    (with `relevant`, by candidate key: only of those statements)."""
     costings: list[Costing] = []
     with connect(target, statement_timeout_ms=30_000) as conn:
         ensure_hypopg(conn)
@@ -226,6 +229,8 @@ def cost_candidates(
             hot_costs: dict[int, float] = {}
             for qid, query in queries.items():
                 if table not in tables_of.get(qid, []):
+                    continue
+                if relevant is not None and qid not in relevant.get(candidate.key, set()):
                     continue
                 try:
                     costs[qid], hot, _ = _cost(conn, query, (plans or {}).get(qid))

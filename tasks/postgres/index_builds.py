@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -23,7 +24,7 @@ from pydantic import BaseModel
 from blocks import PostgresTarget
 from decisions.index_health import build_comment
 from decisions.index_suggestions import BuildResult, Measurement
-from decisions.indexing import Candidate, column_names, index_name, same_keys
+from decisions.indexing import Candidate, column_names, index_name, same_keys, same_predicate
 from perfops.errors import LockBusy
 from perfops.redaction import one_line
 from tasks.postgres.server import advisory_lock, connect, ensure_primary, set_timeouts
@@ -91,9 +92,43 @@ def include_sql(candidate: Candidate) -> sql.Composable:
     )
 
 
+_TESTS: dict[str, sql.SQL] = {
+    "IS NULL": sql.SQL(" IS NULL"),
+    "IS NOT NULL": sql.SQL(" IS NOT NULL"),
+    "IS TRUE": sql.SQL(" IS TRUE"),
+    "IS FALSE": sql.SQL(" IS FALSE"),
+    "TRUE": sql.SQL(""),
+}
+
+
+def predicate_sql(candidate: Candidate) -> sql.Composable:
+    """` WHERE predicate` of a partial candidate, else nothing: the column through
+    `sql.Identifier`, the literal through `sql.Literal` (a number as a number, a string quoted)."""
+    predicate = candidate.predicate
+    if predicate is None:
+        return sql.SQL("")
+    column = sql.Identifier(predicate.column)
+    if predicate.test == "NOT":
+        return sql.SQL(" WHERE NOT ") + column
+    if predicate.test == "=":
+        value = predicate.value or ""
+        literal: sql.Composable
+        if predicate.literal == "boolean":
+            literal = sql.Literal(value == "true")
+        elif predicate.literal == "number":
+            literal = sql.Literal(Decimal(value))  # InvalidOperation for anything else
+        else:
+            literal = sql.Literal(value)
+        return sql.SQL(" WHERE ") + column + sql.SQL(" = ") + literal
+    if predicate.test not in _TESTS:
+        raise ValueError(f"unknown predicate test {predicate.test!r}")
+    return sql.SQL(" WHERE ") + column + _TESTS[predicate.test]
+
+
 def create_index_sql(candidate: Candidate) -> sql.Composed:
-    """`CREATE INDEX CONCURRENTLY name ON schema.table USING btree (columns) [INCLUDE (...)]`."""
-    return sql.SQL("CREATE INDEX CONCURRENTLY {} ON {} USING btree ({}){}").format(
+    """`CREATE INDEX CONCURRENTLY name ON schema.table USING btree (columns) [INCLUDE (...)]
+    [WHERE predicate]`."""
+    return sql.SQL("CREATE INDEX CONCURRENTLY {} ON {} USING btree ({}){}{}").format(
         sql.Identifier(index_name(candidate)),
         sql.Identifier(candidate.schema_name, candidate.table_name),
         sql.SQL(", ").join(
@@ -101,6 +136,7 @@ def create_index_sql(candidate: Candidate) -> sql.Composed:
             for c in candidate.columns
         ),
         include_sql(candidate),
+        predicate_sql(candidate),
     )
 
 
@@ -129,19 +165,21 @@ def _existing_cover(conn: psycopg.Connection[Any], candidate: Candidate) -> str 
                array(select pg_get_indexdef(x.indexrelid, k.n, true)
                      from generate_series(1, x.indnkeyatts) k(n) order by k.n) as columns,
                array(select pg_get_indexdef(x.indexrelid, k.n, true)
-                     from generate_series(1, x.indnatts) k(n) order by k.n) as all_columns
+                     from generate_series(1, x.indnatts) k(n) order by k.n) as all_columns,
+               pg_get_expr(x.indpred, x.indrelid, true) as predicate
         from pg_index x join pg_class i on i.oid = x.indexrelid
         join pg_class t on t.oid = x.indrelid join pg_namespace n on n.oid = t.relnamespace
         join pg_am am on am.oid = i.relam
         where n.nspname = %s and t.relname = %s and x.indisvalid and am.amname = 'btree'
-          and x.indpred is null
         """,
         (candidate.schema_name, candidate.table_name),
     ).fetchall()
     for row in rows:
-        if same_keys(row["columns"][: len(candidate.columns)], candidate.key_labels) and set(
-            candidate.include
-        ) <= column_names(row["all_columns"]):
+        if (
+            same_predicate(row["predicate"], candidate.predicate)
+            and same_keys(row["columns"][: len(candidate.columns)], candidate.key_labels)
+            and set(candidate.include) <= column_names(row["all_columns"])
+        ):
             return str(row["name"])
     return None
 

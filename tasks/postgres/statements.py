@@ -8,16 +8,18 @@ ever EXPLAINs (never ANALYZE), inside a read-only transaction that is rolled bac
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from pglast import parse_sql
+from pglast.parser import ParseError
 from prefect import task
 from psycopg import errors as pg_errors
 from psycopg import sql
-from psycopg.pq import TransactionStatus
 from pydantic import BaseModel
 
 from blocks import PostgresTarget
@@ -33,6 +35,7 @@ PSS_FIX = (
 )
 _PARAM = re.compile(r"\$(\d+)")
 _PREPARED = "perfops_generic_plan"
+_PREPARED_COUNT = itertools.count()
 
 
 def ensure_pg_stat_statements(conn: psycopg.Connection[Any]) -> None:
@@ -125,33 +128,45 @@ def explain_generic(conn: psycopg.Connection[Any], query: str) -> dict[str, Any]
     Runs `SET LOCAL transaction_read_only`-style protection itself: call it inside a transaction
     the caller rolls back (hypothetical indexes of hypopg are per session and survive it).
     """
-    conn.execute("set local transaction_read_only = on")
     # The statement text is what the server itself executed (pg_stat_statements), not a value
-    # being spliced in; it is only ever planned here, never executed.
+    # being spliced in; it is only ever planned here, never executed. One round trip: the
+    # settings, the plan and the clean-up go as one simple-protocol batch (a what-if costing
+    # plans hundreds of statements; each trip costs more than the planning on a busy server).
     statement = sql.SQL(query)
+    guard = sql.SQL("set local transaction_read_only = on; ")
+    try:
+        count = len(parse_sql(query))
+    except ParseError:
+        # the server says what is wrong with the statement alone (a truncated text: "syntax
+        # error at end of input"); EXPLAIN without ANALYZE runs nothing
+        conn.execute(guard + sql.SQL("explain ") + statement)
+        raise psycopg.ProgrammingError("does not parse") from None
+    if count != 1:  # the batch below must plan one statement, and only plan it
+        raise psycopg.ProgrammingError(f"{count} statements in one text: not planned")
     if conn.info.server_version >= 160000:
-        plan = conn.execute(sql.SQL("explain (generic_plan, format json) ") + statement).fetchone()
+        batch = guard + sql.SQL("explain (generic_plan, format json) ") + statement
     else:
-        conn.execute("set local plan_cache_mode = force_generic_plan")
-        # PREPARE is not transactional: a failure after it in an earlier call left it behind.
-        if conn.execute(
-            "select 1 from pg_prepared_statements where name = %s", (_PREPARED,)
-        ).fetchone():
-            conn.execute(sql.SQL("deallocate {}").format(sql.Identifier(_PREPARED)))
-        conn.execute(sql.SQL("prepare {} as ").format(sql.Identifier(_PREPARED)) + statement)
-        try:
-            n = parameter_count(query)
-            args = sql.SQL("({})").format(sql.SQL(", ").join([sql.NULL] * n)) if n else sql.SQL("")
-            plan = conn.execute(
-                sql.SQL("explain (format json) execute {}{}").format(
-                    sql.Identifier(_PREPARED), args
-                )
-            ).fetchone()
-        finally:
-            # In an aborted transaction DEALLOCATE would fail and hide the planning error; the
-            # next call deallocates instead (above).
-            if conn.info.transaction_status != TransactionStatus.INERROR:
-                conn.execute(sql.SQL("deallocate {}").format(sql.Identifier(_PREPARED)))
+        # PREPARE is not transactional: a name of its own per call, so one that a failed call
+        # left behind (its DEALLOCATE never ran) is in no later call's way
+        name = sql.Identifier(f"{_PREPARED}_{next(_PREPARED_COUNT)}")
+        n = parameter_count(query)
+        args = sql.SQL("({})").format(sql.SQL(", ").join([sql.NULL] * n)) if n else sql.SQL("")
+        batch = (
+            guard
+            + sql.SQL("set local plan_cache_mode = force_generic_plan; prepare {} as ").format(name)
+            + statement
+            + sql.SQL("; explain (format json) execute {}{}; deallocate {}").format(
+                name, args, name
+            )
+        )
+    cursor = conn.execute(batch)
+    plan = None
+    while True:
+        if cursor.description is not None:
+            plan = cursor.fetchone()
+            break
+        if not cursor.nextset():
+            break
     assert plan is not None
     value = next(iter(plan.values())) if isinstance(plan, dict) else plan[0]
     document = json.loads(value) if isinstance(value, str) else value
