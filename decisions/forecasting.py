@@ -26,6 +26,7 @@ seasonal naive in ../shared/bench/scaling_eval.py; see docs/scaling.md and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +42,9 @@ WEEK_AHEAD_WINDOW = pd.Timedelta("12h")  # plus the origins this far ahead, one 
 MAX_BACKTEST_ORIGINS = 96  # origins are thinned to at most this many (speed)
 WEIGHT_POWER = 2.0  # weight = (1 / relative MSE) ** WEIGHT_POWER
 QUANTILE_WINDOW = pd.Timedelta("7D")
-QUANTILE_BOUNDS = (0.8, 4.0)
+RATIO_BOUNDS_UPPER = (0.8, 4.0)  # a multiplicative margin stays within these
+MIN_UPPER_FRACTION = 0.8  # an upper bound never below this fraction of the forecast
+WEIGHT_REFRESH = pd.Timedelta("1h")  # a pass re-scores the members' weights this often
 # history older than this is never read (4 weekly analogues of the oldest back-test origin)
 MAX_HISTORY = pd.Timedelta("7D") * (SEASON_WEEKS + 1) + QUANTILE_WINDOW
 
@@ -104,15 +107,20 @@ def _analogue(
     """
     if origins.min() + 1 - level < 0:
         return None
-    csum = np.concatenate(([0.0], np.cumsum(y)))
     h = np.arange(1, horizon + 1)
-    recent = csum[origins + 1] - csum[origins + 1 - level]
+    window = np.arange(1 - level, 1)[None, :]  # the level window ending at each index
+
+    def level_sum(ends: np.ndarray) -> np.ndarray:
+        # summed row by row: the same value whether origins come one by one or in a batch
+        return np.asarray(y[ends[:, None] + window].sum(axis=1))
+
+    recent = level_sum(origins)
     members = []
     for k in range(1, SEASON_WEEKS + 1):
         past = origins - k * period
         if past.min() - level + 1 < 0:
             break
-        past_level = csum[past + 1] - csum[past + 1 - level]
+        past_level = level_sum(past)
         ratio = np.clip((recent + 1.0) / (past_level + 1.0), *RATIO_BOUNDS)
         members.append(y[past[:, None] + h[None, :]] * ratio[:, None])
     if not members:
@@ -235,13 +243,18 @@ def forecast(history: pd.Series, horizon: int) -> pd.Series:
     return forecast_detail(history, horizon).mean
 
 
-def forecast_quantile(history: pd.Series, horizon: int, q: float = 0.95) -> pd.Series:
+def forecast_quantile(
+    history: pd.Series, horizon: int, q: float = 0.95, margin: str = "additive"
+) -> pd.Series:
     """An upper bound of the load over the next `horizon` steps, exceeded with about 1 - q.
 
-    The forecast times the `q` quantile of realised-peak / forecast-peak of the ensemble's own
-    forecasts over the last week, taken among the forecasts of a similar level (half to twice
-    the current forecast peak: relative errors at night are not those of the day), bounded to
-    [0.8, 4]; with under a day of such errors, the forecast plus 10 %.
+    The forecast plus the `q` quantile of (realised peak - forecast peak) of the ensemble's own
+    forecasts over the last week, taken among the forecasts closest in level to the current
+    forecast peak (at least a day of them): an additive margin in load units. (A multiplicative
+    margin, realised / forecast, let the skewed relative errors of quiet hours multiply a
+    forecast that had just followed a burst up: capacity ran to ~4x the load after bursts; see
+    docs/scaling.md.) `margin="ratio"` gives that multiplicative bound (bounded to 0.8-4x),
+    which the tuning back-test still offers. With under a day of errors, the forecast + 10 %.
     """
     if not 0.0 < q < 1.0:
         raise ForecastInputError(f"quantile must be between 0 and 1, got {q}")
@@ -249,44 +262,165 @@ def forecast_quantile(history: pd.Series, horizon: int, q: float = 0.95) -> pd.S
     step = _step(history)
     y = _clean(history, step)
     errors = peak_errors(y, step, int(horizon))
-    return detail.mean * error_quantile(errors, float(detail.mean.max()), q)
+    mean = detail.mean.to_numpy()
+    day = int(pd.Timedelta("1D") / step)
+    peak = float(mean.max())
+    if margin == "ratio":
+        factor = ratio_quantiles(errors.fpeak, errors.actual, peak, [q], day)[0]
+        return pd.Series(mean * factor, index=detail.mean.index)
+    if margin != "additive":
+        raise ForecastInputError(f"margin must be 'additive' or 'ratio', got {margin!r}")
+    add = margin_quantiles(errors.fpeak, errors.actual, peak, [q], day)[0]
+    return pd.Series(upper_bound(mean, add), index=detail.mean.index)
 
 
 @dataclass(frozen=True)
 class PeakErrors:
-    """Forecast peaks and realised / forecast peak ratios of recent forecast origins."""
+    """Forecast peaks and realised peaks of recent forecast origins."""
 
     fpeak: np.ndarray
-    ratio: np.ndarray
-    min_samples: int
+    actual: np.ndarray
 
 
 def peak_errors(y: np.ndarray, step: pd.Timedelta, horizon: int) -> PeakErrors:
     """The ensemble's forecasts from the origins of the last QUANTILE_WINDOW whose horizon is
-    already observed, and how far the realised peak was above (or below) the forecast peak."""
+    already observed (with today's weights), and the realised peak after each."""
     n = len(y)
     last = n - 1 - horizon
     first = max(MIN_LEVEL_STEPS, last - int(QUANTILE_WINDOW / step) + 1)
     day = int(pd.Timedelta("1D") / step)
     if last - first + 1 < day:
-        return PeakErrors(np.empty(0), np.empty(0), day)
+        return PeakErrors(np.empty(0), np.empty(0))
     origins = np.arange(first, last + 1)
     members = _members(y, step, origins, horizon)
     weights, _ = _weights(y, step, horizon)
     weights = {k: w for k, w in weights.items() if k in members} or {"naive": 1.0}
     total = sum(weights.values())
     fc = sum(w / total * members[k] for k, w in weights.items())
-    fpeak = np.asarray(fc).max(axis=1)
-    ok = fpeak > 0
+    fpeak = np.maximum(np.asarray(fc).max(axis=1), 0.0)
     actual = y[origins[:, None] + np.arange(1, horizon + 1)[None, :]]
-    return PeakErrors(fpeak[ok], actual.max(axis=1)[ok] / fpeak[ok], day)
+    return PeakErrors(fpeak, actual.max(axis=1))
 
 
-def error_quantile(errors: PeakErrors, peak: float, q: float) -> float:
-    """The q quantile of the ratios among forecasts of a similar level to `peak` (all of them
-    when fewer than a day's worth are similar); 1.1 without enough history."""
-    if len(errors.ratio) < errors.min_samples:
-        return 1.10
-    similar = (errors.fpeak >= 0.5 * peak) & (errors.fpeak <= 2.0 * peak)
-    ratio = errors.ratio[similar] if similar.sum() >= errors.min_samples else errors.ratio
-    return float(np.clip(np.quantile(ratio, q), *QUANTILE_BOUNDS))
+def margin_quantiles(
+    fpeak: np.ndarray, actual: np.ndarray, peak: float, qs: Sequence[float], min_samples: int
+) -> np.ndarray:
+    """The `qs` quantiles of realised - forecast peak among recent forecasts close in level to
+    `peak`: those within half to twice it, or else the `min_samples` nearest to it (a
+    burst-level forecast is not calibrated on quiet hours' errors). With fewer than
+    `min_samples` errors: 10 % of `peak` for every quantile."""
+    n = len(fpeak)
+    if n < max(min_samples, 1):
+        return np.full(len(qs), 0.10 * max(peak, 0.0))
+    residual = actual - fpeak
+    similar = (fpeak >= 0.5 * peak) & (fpeak <= 2.0 * peak)
+    if similar.sum() >= min_samples:
+        chosen = residual[similar]
+    else:
+        nearest = np.argpartition(np.abs(fpeak - peak), min_samples - 1)[:min_samples]
+        chosen = residual[nearest]
+    return np.quantile(chosen, np.asarray(qs, dtype=float))
+
+
+def ratio_quantiles(
+    fpeak: np.ndarray, actual: np.ndarray, peak: float, qs: Sequence[float], min_samples: int
+) -> np.ndarray:
+    """Like `margin_quantiles`, but of realised / forecast peak (a multiplier, bounded to
+    RATIO_BOUNDS_UPPER): the margin perfops used before; the tuning back-test still offers it,
+    as it fits load whose noise grows with its level. Without enough errors: 1.1."""
+    ok = fpeak > 0
+    fpeak, actual = fpeak[ok], actual[ok]
+    if len(fpeak) < max(min_samples, 1):
+        return np.full(len(qs), 1.10)
+    similar = (fpeak >= 0.5 * peak) & (fpeak <= 2.0 * peak)
+    if similar.sum() >= min_samples:
+        chosen = actual[similar] / fpeak[similar]
+    else:
+        nearest = np.argpartition(np.abs(fpeak - peak), min_samples - 1)[:min_samples]
+        chosen = actual[nearest] / fpeak[nearest]
+    return np.clip(np.quantile(chosen, np.asarray(qs, dtype=float)), *RATIO_BOUNDS_UPPER)
+
+
+def upper_bound(mean: np.ndarray, margin: float) -> np.ndarray:
+    """mean + margin, never below MIN_UPPER_FRACTION of the mean, nor below zero."""
+    mean = np.asarray(mean, dtype=float)
+    return np.maximum(np.maximum(mean + margin, MIN_UPPER_FRACTION * mean), 0.0)
+
+
+# --- a forecast pass: the forecasts a replay (or a tuning back-test) makes at every step ----
+
+
+def weight_refresh_steps(step: pd.Timedelta) -> int:
+    """Steps between two re-scorings of the members' weights in a pass (WEIGHT_REFRESH)."""
+    return max(1, int(WEIGHT_REFRESH / step))
+
+
+def _availability_edges(step: pd.Timedelta, horizon: int) -> np.ndarray:
+    """Origins at which a member becomes available (mean3, each past day / week analogue)."""
+    level = level_steps(step)
+    edges = [2]
+    for period in (pd.Timedelta("7D"), pd.Timedelta("1D")):
+        p = round(period / step)
+        if p > horizon and p >= 2:
+            edges += [level - 1 + k * p for k in range(SEASON_WEEKS + 1)]
+    return np.array(sorted(set(edges)))
+
+
+def forecast_pass(
+    y: np.ndarray,
+    step: pd.Timedelta,
+    horizon: int,
+    first: int,
+    last: int,
+    weights_cache: dict[int, dict[str, float]] | None = None,
+) -> np.ndarray:
+    """The ensemble's forecasts made at origins first..last of `y`: (last - first + 1, horizon).
+
+    The forecast at origin t reads y[..t] only (no look-ahead), exactly as a policy deciding
+    at t would: the members at t, weighted by their back-test over the history up to the last
+    refresh origin r = t - t % weight_refresh_steps (weights re-scored hourly, not every step:
+    the back-test is the costly part). `weights_cache` (r -> weights) lets a caller that
+    forecasts one origin at a time (`PerfopsPolicy`) reuse them.
+    """
+    y = np.asarray(y, dtype=float)
+    y = np.maximum(y, 0.0)
+    cache = {} if weights_cache is None else weights_cache
+    k = weight_refresh_steps(step)
+    keep = int(MAX_HISTORY / step) + 1
+    edges = _availability_edges(step, horizon)
+    out = np.empty((max(last - first + 1, 0), horizon))
+    t = first
+    while t <= last:
+        r = t - t % k
+        end = min(last, r + k - 1)
+        if r not in cache:
+            weights, _ = _weights(y[max(0, r + 1 - keep) : r + 1], step, horizon)
+            cache[r] = weights
+        weights = cache[r]
+        origins = np.arange(t, end + 1)
+        # a member that becomes available inside the block: forecast origin by origin
+        split = bool(((edges > t) & (edges <= end)).any())
+        groups = [origins[i : i + 1] for i in range(len(origins))] if split else [origins]
+        for group in groups:
+            # the last MAX_HISTORY only (older load is never read: every member is available)
+            base = max(0, int(group[-1]) + 1 - keep)
+            members = _members(y[base : group[-1] + 1], step, group - base, horizon)
+            used = {n: w for n, w in weights.items() if n in members}
+            if not used:
+                used = {"mean3": 1.0} if "mean3" in members else {"naive": 1.0}
+            total = sum(used.values())
+            mean = sum(w / total * members[n] for n, w in used.items())
+            out[group - first] = np.maximum(np.asarray(mean, dtype=float), 0.0)
+        t = end + 1
+    return out
+
+
+def realised_peaks(y: np.ndarray, horizon: int) -> np.ndarray:
+    """peak[t] = max(y[t+1 .. t+horizon]) (NaN where the horizon runs past the end)."""
+    y = np.asarray(y, dtype=float)
+    n = len(y)
+    out = np.full(n, np.nan)
+    if n > horizon:
+        windows = np.lib.stride_tricks.sliding_window_view(y[1:], horizon)
+        out[: len(windows)] = windows.max(axis=1)
+    return out

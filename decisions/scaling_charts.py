@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from decisions.scaling_policy import Decision, ScalingPolicy
-from decisions.scaling_replay import Env, ReplayResult, horizon_forecasts
+from decisions.scaling_simulation import Env, ReplayResult, horizon_forecasts
 
 
 def _figure(size: tuple[float, float]) -> tuple[Any, Any]:

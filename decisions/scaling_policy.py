@@ -152,6 +152,12 @@ class ScalingPolicy(BaseModel):
         "they are recorded, not used; reactive: no forecast at all.",
     )
     forecast_quantile: float = Field(0.90, gt=0, lt=1, description="Upper forecast quantile.")
+    forecast_margin: Literal["additive", "ratio"] = Field(
+        "additive",
+        description="How the forecast's upper bound is calibrated: additive (forecast plus "
+        "the quantile of recent realised - forecast peaks, in load units) or ratio (times "
+        "the quantile of realised / forecast peaks); the tuning back-test picks one.",
+    )
     boot_time: timedelta = Field(
         timedelta(minutes=10), ge=timedelta(0), description="Launch until an instance serves."
     )
@@ -359,7 +365,11 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalingState | None =
     # target tracking: the current load at the target utilisation, with HPA's dead band
     reactive_util = policy.reactive_utilization or policy.target_utilization
     wanted = now_load / (policy.capacity_per_instance * reactive_util)
-    if policy.target_tracking or policy.mode != "forecast_and_scale":
+    # (reactive and forecast-only modes keep target tracking as their decider unless the
+    # step thresholds replace it: a tuned step-scaling policy)
+    if policy.target_tracking or (
+        policy.mode != "forecast_and_scale" and policy.thresholds is None
+    ):
         if current > 0 and abs(wanted / current - 1.0) <= policy.tolerance:
             demands["target_tracking"] = current
         else:

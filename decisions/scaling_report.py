@@ -46,6 +46,7 @@ class ScalingRun:
     demands: dict[str, int] = field(default_factory=dict)
     chart: str | None = None
     source: str = ""
+    tuned: str = ""  # which tuned policy ran (tune_scaling's choice), or why none
 
     @property
     def outcome(self) -> str:
@@ -74,6 +75,7 @@ def _decision(run: ScalingRun) -> dict[str, Any]:
         "reason": run.reason,
         "load": run.load,
         "forecast_peak": run.forecast_peak,
+        "policy": run.tuned,
     }
 
 
@@ -83,7 +85,7 @@ def history_record(run: ScalingRun, at: datetime) -> dict[str, Any]:
 
 
 def _row(
-    kind: str, value: float, result: str = "", reason: str = "", time: str = ""
+    kind: str, value: float | str, result: str = "", reason: str = "", time: str = ""
 ) -> dict[str, Any]:
     return {"kind": kind, "result": result, "reason": reason, "value": value, "time": time}
 
@@ -104,6 +106,8 @@ def artifact_rows(
             _row("forecast (upper)", round(float(v), 3), time=str(t)) for t, v in upper.items()
         ]
     rows += [_row(f"demand: {name}", n) for name, n in run.demands.items()]
+    if run.tuned:
+        rows.append(_row("policy", "", "tuned" if run.tuned.startswith("tuned") else "", run.tuned))
     result = f"{run.action}: {run.outcome}" + (" (dry run)" if run.dry_run else "")
     rows.append(_row("decision", run.desired, result, run.reason))
     return rows

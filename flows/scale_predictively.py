@@ -31,6 +31,7 @@ from decisions.scaling_report import (
     history_record,
     scaling_events,
 )
+from decisions.scaling_tuning import base_policy, candidate_from_record, scaling_policy_for
 from perfops.errors import LockBusy
 from perfops.redaction import install_log_redaction
 from perfops.settings import get_settings
@@ -45,24 +46,31 @@ from tasks.autoscaling import (
 from tasks.fleet_runs import run_over_fleet
 from tasks.load_history import InsufficientData, LoadHistory, read_load_history
 from tasks.records import emit, end_run, publish_table
-from tasks.scaling_state import group_lock, load_state, save_state
+from tasks.scaling_state import group_lock, load_state, load_tuning, save_state
 
 ARTIFACT_KEY = "perfops-scaling-decision"
 FLEET_ARTIFACT_KEY = "perfops-scaling-fleet"
 EVENT_FLEET = "perfops.scaling.fleet_decided"
-PEAK_INSTANCES = 20  # without capacity_per_instance: the history's p99.9 needs this many
 
 
 def _policy_for(
     history: LoadHistory, policy: ScalingPolicy | None, mode: Mode | None
 ) -> ScalingPolicy:
-    if policy is None:
-        peak = float(history.series.quantile(0.999))
-        policy = ScalingPolicy(capacity_per_instance=max(peak / PEAK_INSTANCES, 1e-9))
-    update: dict[str, Any] = {"step": history.step}
-    if mode is not None:
-        update["mode"] = mode
-    return policy.model_copy(update=update)
+    return base_policy(history.series, history.step, policy, mode)
+
+
+def _tuned(
+    pol: ScalingPolicy, record: dict[str, Any] | None, use_tuning: bool
+) -> tuple[ScalingPolicy, str]:
+    """The tuned policy (tune_scaling's stored choice) in place of `pol`, and what to say."""
+    if not record:
+        return pol, "not tuned: the base policy (run tune_scaling)" if use_tuning else ""
+    if not use_tuning:
+        return pol, f"tuning not used (use_tuning=False); tuned: {record['label']}"
+    if pol.mode == "forecast_only":
+        return pol, f"forecast only: the tuning would use {record['label']} ({record['reason']})"
+    tuned = scaling_policy_for(pol, candidate_from_record(record), record.get("schedule_load"))
+    return tuned, f"tuned {str(record['at'])[:10]}: {record['label']}"
 
 
 @flow(
@@ -86,6 +94,7 @@ def scale_predictively(
     targets: list[str] | str | None = None,
     fleet_file: str | None = None,
     fleet_target: str | None = None,
+    use_tuning: bool = True,
 ) -> ScalingRun | FleetReport:
     """Decide (and unless dry_run, apply) one group's capacity.
 
@@ -110,10 +119,20 @@ def scale_predictively(
             deployments/fleet.yaml).
         fleet_target: set by the fleet parent on each child (its artifact
             `perfops-scaling-decision-<target>`, its event label `perfops.target`).
+        use_tuning: run the policy tune_scaling chose for the group (stored in Redis) instead
+            of `policy` (whose bounds, capacity per instance and boot time it keeps); in
+            forecast_only mode the record says what the tuning would use.
     """
     install_log_redaction()
     if targets is not None:  # the parent of a fleet run: one child run per group
-        shared = {"policy": policy, "mode": mode, "dry_run": dry_run, "query": query, "now": now}
+        shared = {
+            "policy": policy,
+            "mode": mode,
+            "dry_run": dry_run,
+            "query": query,
+            "now": now,
+            "use_tuning": use_tuning,
+        }
         return run_over_fleet(
             scale_predictively,
             targets,
@@ -152,9 +171,13 @@ def scale_predictively(
         return end_run(run, f"no decision for {group}: {exc}")
     if isinstance(metrics, CsvTrace) and now is None:
         at = history.last_at  # a trace is history: decide at its last point
-    pol = _policy_for(history, policy, mode)
+    pol, tuned_note = _tuned(
+        _policy_for(history, policy, mode), load_tuning(redis_target, group), use_tuning
+    )
     detail = forecasting.forecast_detail(history.series, pol.horizon)
-    upper = forecasting.forecast_quantile(history.series, pol.horizon, pol.forecast_quantile)
+    upper = forecasting.forecast_quantile(
+        history.series, pol.horizon, pol.forecast_quantile, pol.forecast_margin
+    )
     try:
         with group_lock(redis_target, group):
             state = load_state(redis_target, group)
@@ -211,6 +234,7 @@ def scale_predictively(
                 forecast=[round(float(v), 3) for v in upper.to_numpy()],
                 demands=decision.demands,
                 source=history.source,
+                tuned=tuned_note,
             )
             out = get_settings().out_dir / "scaling" / f"{group}.png"
             out.parent.mkdir(parents=True, exist_ok=True)

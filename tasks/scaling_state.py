@@ -2,6 +2,7 @@
 cooldowns, recent recommendations) and the scaling history `perfops scaling history` reads.
 
 Keys (under the RedisTarget's prefix): `scaling:<group>:lock`, `scaling:<group>:state` (JSON),
+`scaling:<group>:tuned` (the tuned policy, JSON, written by `tune_scaling`),
 `scaling:<group>:history` (a list of JSON records, newest first, capped). Redis being down is a
 `ConnectionFailed`: the flow then decides nothing and changes nothing.
 """
@@ -121,3 +122,24 @@ def read_history(target: RedisTarget, group: str, limit: int = 20) -> list[dict[
     except redis.RedisError as exc:
         raise _down(target, exc) from exc
     return [json.loads(item) for item in items]
+
+
+@task(name="save_scaling_tuning")
+def save_tuning(target: RedisTarget, group: str, record: dict[str, Any]) -> None:
+    """Store the group's tuned policy (`tune_scaling`); `scale_predictively` uses it."""
+    try:
+        with target.get_client() as client:
+            client.set(_key(target, group, "tuned"), json.dumps(record, default=str))
+    except redis.RedisError as exc:
+        raise _down(target, exc) from exc
+
+
+@task(name="load_scaling_tuning")
+def load_tuning(target: RedisTarget, group: str) -> dict[str, Any] | None:
+    """The group's tuned policy, or None when it was never tuned."""
+    try:
+        with target.get_client() as client:
+            text = client.get(_key(target, group, "tuned"))
+    except redis.RedisError as exc:
+        raise _down(target, exc) from exc
+    return json.loads(text) if text else None

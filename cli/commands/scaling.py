@@ -285,13 +285,20 @@ def backtest(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Replay a trace step by step with a provisioning delay: perfops vs a threshold step
-    policy vs HPA-style target tracking vs the oracle (% steps under-provisioned, % above 80 %
+    """Replay a trace step by step with a provisioning delay: perfops (tuned on the training
+    part, then scored on the rest) vs a threshold step policy vs HPA-style target tracking vs
+    the oracle (% steps under-provisioned, % above 80 %
     utilisation, instance-hours x oracle, actions, forecast MAPE/WAPE) and draw a chart."""
     import pandas as pd
 
     from decisions.scaling_charts import backtest_chart
-    from decisions.scaling_replay import PerfopsPolicy, make_env, simulate
+    from decisions.scaling_replay import (
+        HpaTargetTracking,
+        PerfopsPolicy,
+        ThresholdStep,
+        make_env,
+        simulate,
+    )
     from decisions.scaling_replay import backtest as run_backtest
     from perfops.settings import get_settings
 
@@ -316,9 +323,11 @@ def backtest(
         env = make_env(series, delay=delay)
     except ValueError as exc:
         fail(f"trace {trace}: {exc}")
-    table = run_backtest(env)
+    perfops = PerfopsPolicy()
+    table = run_backtest(env, [perfops, ThresholdStep(), HpaTargetTracking(env.target)])
+    choice = perfops.choice
     out = chart or get_settings().out_dir / "scaling" / f"backtest-{trace.stem}.png"
-    perfops_run = simulate(env, PerfopsPolicy())
+    perfops_run = simulate(env, PerfopsPolicy(track=perfops.track, tuning=perfops.tuning))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(backtest_chart(env, perfops_run))
     if as_json:
@@ -327,6 +336,8 @@ def backtest(
                 {
                     "trace": str(trace),
                     "chart": str(out),
+                    "choice": choice.candidate.label if choice else None,
+                    "reason": choice.reason if choice else None,
                     "rows": table.reset_index().to_dict(orient="records"),
                 },
                 default=float,
@@ -334,4 +345,65 @@ def backtest(
         )
         return
     print(table.round(3).to_string())
+    if choice is not None:
+        days = env.start * env.step / pd.Timedelta("1D")
+        print_wrapped(
+            f"perfops, tuned on the first {days:.1f} days only (at most {choice.risk_pct:g} % "
+            f"under-provisioned there), runs {choice.candidate.label}: {choice.reason}",
+            indent=0,
+        )
     print(f"chart: {out}")
+
+
+@app.command()
+def tune(
+    group: GroupOption = "demo",
+    risk: Annotated[
+        float,
+        typer.Option(
+            "--risk", min=0, max=100, help="Under-provisioned steps (%) the group accepts."
+        ),
+    ] = 1.0,
+    store: Annotated[
+        bool,
+        typer.Option(
+            "--store/--no-store", help="Store the choice for decide (default) or only show it."
+        ),
+    ] = True,
+    metrics_block: Annotated[str | None, typer.Option(show_default=False)] = None,
+    redis_block: Annotated[str | None, typer.Option(show_default=False)] = None,
+    as_json: JsonFlag = False,
+    verbose: VerboseFlag = False,
+) -> None:
+    """Back-test the group's recent load through the simple policies and perfops' forecast
+    policy, pick the cheapest meeting --risk and store it for `perfops scaling decide` (flow
+    tune_scaling). Changes no capacity."""
+
+    def loader() -> Any:
+        from flows.tune_scaling import tune_scaling
+
+        return tune_scaling
+
+    run = run_flow(
+        loader,
+        {
+            "group": group,
+            "risk_pct": risk,
+            "store": store,
+            "metrics_block": metrics_block,
+            "redis_block": redis_block,
+        },
+        verbose=verbose,
+        label="tuning the scaling policy",
+        show_progress=not as_json,
+    )
+    if as_json:
+        print_json({"summary": run.summary, "record": run.record, "rows": run.rows})
+        return
+    print_wrapped(run.summary, indent=0, style="bold")
+    for row in (run.rows or [])[:8]:
+        print_wrapped(
+            f"{row['candidate']}: {row['under_pct']:.2f} % under, "
+            f"{row['cost_x_oracle']:.2f}x the oracle ({row['result']})",
+            indent=2,
+        )

@@ -41,6 +41,8 @@ def test_backtest_json_compares_perfops_with_reactive_and_oracle(tmp_path: Path)
     assert rows["oracle"]["cost_x_oracle"] == 1.0 and rows["oracle"]["under_pct"] == 0.0
     assert rows["perfops"]["under_pct"] <= rows["hpa@70%"]["under_pct"]
     assert rows["perfops"]["wape_pct"] < 15
+    # perfops tuned itself on the training part and says what it runs and why
+    assert report["choice"] and report["reason"]
     assert chart.stat().st_size > 1000
 
 

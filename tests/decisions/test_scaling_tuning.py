@@ -1,0 +1,216 @@
+"""decisions.scaling_tuning and its replay machinery: the back-test, the pick, the live policy a
+choice becomes, and that nothing reads the future."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from decisions import forecasting
+from decisions.scaling_policy import Observation, ScalingPolicy, decide
+from decisions.scaling_replay import PerfopsPolicy
+from decisions.scaling_simulation import (
+    Env,
+    ForecastPolicy,
+    ForecastTrack,
+    HpaTargetTracking,
+    ScheduledPeak,
+    ThresholdStep,
+    simulate,
+    sweep_simple,
+)
+from decisions.scaling_tuning import (
+    BacktestRow,
+    Candidate,
+    Tuning,
+    TuningError,
+    artifact_rows,
+    backtest,
+    candidate_from_record,
+    choice_record,
+    pick,
+    scaling_policy_for,
+)
+
+STEP = pd.Timedelta("15min")
+
+
+def bursty(days: int = 4, seed: int = 0) -> pd.Series:
+    """A daily cycle (20..100) with noise and a short burst most afternoons, 15-minute steps."""
+    index = pd.date_range("2024-03-04", periods=days * 96, freq=STEP)  # a Monday
+    hour = index.hour + index.minute / 60
+    rng = np.random.default_rng(seed)
+    load = 60 - 40 * np.cos(2 * np.pi * hour / 24) + rng.normal(0, 4, len(index))
+    burst = (index.hour == 15) & (index.minute < 30) & (index.day % 2 == 0)
+    return pd.Series(np.maximum(load + 120 * burst, 0), index=index)
+
+
+def env_of(series: pd.Series, start: int) -> Env:
+    return Env(series, float(series.quantile(0.999)) / 20, 1, start)
+
+
+def row(
+    family: str, target: float, under: float, cost: float, q: float | None = None
+) -> BacktestRow:
+    return BacktestRow(Candidate(family, target, q), under, cost, 10)  # type: ignore[arg-type]
+
+
+def table(*rows: BacktestRow) -> Tuning:
+    return Tuning(rows, pd.Timestamp("2024-03-05"), pd.Timestamp("2024-03-08"), 288, 0.1)
+
+
+def test_pick_takes_the_cheapest_within_the_risk_target_and_a_forecast_only_if_it_pays() -> None:
+    tt = row("target_tracking", 0.6, 0.8, 1.50)
+    sched = row("scheduled_p99", 0.9, 0.2, 1.80)
+    risky = row("target_tracking", 0.9, 6.0, 1.10)
+    fc_close = row("forecast", 1.0, 0.5, 1.495, 0.9)  # under 1 % cheaper: not worth it
+    chosen = pick(table(tt, sched, risky, fc_close), 1.0)
+    assert chosen.candidate == tt.candidate and chosen.met and not chosen.forecast_wins
+    assert chosen.reason.startswith("no forecast beats the simple policies on this history")
+    assert "does not beat it by more than 1%" in chosen.reason
+
+    fc = row("forecast", 1.0, 0.5, 1.20, 0.9)
+    won = pick(table(tt, sched, risky, fc), 1.0)
+    assert won.candidate == fc.candidate and won.forecast_wins
+    assert "20% cheaper than the best simple policy, target tracking @ 60%" in won.reason
+    # a looser target lets the cheap, risky one in
+    assert pick(table(tt, sched, risky, fc), 10.0).candidate == risky.candidate
+
+
+def test_pick_without_any_candidate_meeting_the_target_takes_the_safest_and_says_so() -> None:
+    a, b = row("target_tracking", 0.5, 2.0, 1.3), row("step", 0.5, 1.5, 1.9)
+    chosen = pick(table(a, b), 1.0)
+    assert chosen.candidate == b.candidate and not chosen.met
+    assert "no candidate kept under-provisioned steps at or below 1 %" in chosen.reason
+    rows = artifact_rows(table(a, b), chosen)
+    assert [r["result"] for r in rows] == ["chosen", "too risky"]
+    assert list(rows[0])[:3] == ["candidate", "result", "reason"]
+
+
+@pytest.mark.parametrize(
+    ("family", "make"),
+    [
+        ("target_tracking", lambda u: HpaTargetTracking(u)),
+        ("target_tracking_30m", lambda u: HpaTargetTracking(u, down_window="30min")),
+        ("step", lambda u: ThresholdStep(out_thr=min(u + 0.10, 1.0))),
+        ("scheduled_p99", lambda u: ScheduledPeak(u)),
+    ],
+)
+def test_the_lockstep_sweep_decides_exactly_as_each_policy_replayed_alone(
+    family: str, make: object
+) -> None:
+    env = env_of(bursty(), start=96)
+    targets = (0.2, 0.45, 0.7, 1.0)
+    swept = sweep_simple(env, family, targets)
+    for j, u in enumerate(targets):
+        alone = simulate(env, make(u))  # type: ignore[operator]
+        assert swept.billed[j] == alone.billed.sum()
+        assert swept.actions[j] == alone.actions
+        assert swept.under_pct[j] == pytest.approx(100 * np.mean(alone.util > 1 + 1e-9))
+
+
+def test_a_forecast_pass_reads_no_later_step_and_matches_one_origin_at_a_time() -> None:
+    y = bursty(days=3).to_numpy()
+    whole = forecasting.forecast_pass(y, STEP, 2, 100, 250)
+    changed = y.copy()
+    changed[201:] *= 5  # the future changes: forecasts made up to 200 must not
+    again = forecasting.forecast_pass(changed, STEP, 2, 100, 200)
+    np.testing.assert_array_equal(whole[:101], again)
+    cache: dict[int, dict[str, float]] = {}
+    one = [forecasting.forecast_pass(y[: t + 1], STEP, 2, t, t, cache)[0] for t in (100, 173)]
+    np.testing.assert_array_equal(one[0], whole[0])
+    np.testing.assert_array_equal(one[1], whole[73])
+
+
+def test_the_additive_margin_does_not_multiply_a_forecast_that_followed_a_burst() -> None:
+    # quiet nights make relative errors large; the forecast right after a burst is high
+    s = bursty(days=9, seed=3)
+    s.iloc[-2:] = 400.0
+    mean = forecasting.forecast(s, 2).max()
+    additive = forecasting.forecast_quantile(s, 2, 0.95).max()
+    ratio = forecasting.forecast_quantile(s, 2, 0.95, margin="ratio").max()
+    assert mean < additive < ratio
+    assert additive - mean < 0.7 * (ratio - mean)
+
+
+def test_backtest_replays_each_candidate_and_the_choice_becomes_a_live_policy() -> None:
+    s = bursty(days=3)
+    cands = [
+        Candidate("target_tracking", 0.5),
+        Candidate("target_tracking", 0.8),
+        Candidate("scheduled_p99", 0.7),
+        Candidate("forecast", 1.0, 0.9, "additive"),
+    ]
+    capacity = float(s.quantile(0.999)) / 20
+    tuning = backtest(s, capacity=capacity, delay=1, cands=cands)
+    assert [r.candidate for r in tuning.rows] == cands
+    assert tuning.steps == len(s) - 96  # the first day only warms up
+    by = {r.candidate: r for r in tuning.rows}
+    # a lower target is safer and dearer
+    low, high = by[cands[0]], by[cands[1]]
+    assert low.under_pct <= high.under_pct and low.cost_x_oracle > high.cost_x_oracle
+    # the forecast row is what a fresh replay of that setting gives, forecasts made live
+    fresh = simulate(
+        Env(s, capacity, 1, len(s) - tuning.steps), ForecastPolicy(1.0, 0.9, "additive")
+    )
+    assert by[cands[3]].under_pct == pytest.approx(100 * np.mean(fresh.util > 1 + 1e-9))
+    choice = pick(tuning, 5.0)
+    record = choice_record(tuning, choice, "2024-03-08T00:00:00+00:00", s)
+    assert candidate_from_record(record) == choice.candidate
+    assert record["reason"] == choice.reason and record["steps"] == tuning.steps
+    with pytest.raises(TuningError, match="at least two days"):
+        backtest(s.iloc[:120], capacity=capacity, delay=1, cands=cands)
+
+
+def test_each_family_runs_live_as_it_was_back_tested() -> None:
+    base = ScalingPolicy(capacity_per_instance=10.0, step=timedelta(minutes=5), min_capacity=1)
+    now = datetime(2024, 3, 6, 10, 0, tzinfo=UTC)  # Wednesday, business hours
+    tt = scaling_policy_for(base, Candidate("target_tracking", 0.5))
+    assert tt.mode == "reactive" and tt.target_utilization == 0.5
+    assert tt.scale_in_tolerance == 0 and tt.burst_window == timedelta(0)
+    load = np.full(30, 100.0)
+    assert decide(tt, Observation(now, load, now, current=10)).desired == 20
+    step = scaling_policy_for(base, Candidate("step", 0.7))
+    assert step.thresholds is not None and step.thresholds.scale_out_above == pytest.approx(0.8)
+    # utilisation 100 % > 80 % for 3 periods: +30 % of 10, and no target tracking demand
+    decision = decide(step, Observation(now, load, now, current=10))
+    assert decision.desired == 13 and "target_tracking" not in decision.demands
+    sched = scaling_policy_for(base, Candidate("scheduled_p99", 0.5), schedule_load=(150.0, 40.0))
+    assert decide(sched, Observation(now, load, now, current=3)).desired == 30
+    night = now.replace(hour=23)
+    assert decide(sched, Observation(night, load, night, current=30)).desired == 8
+    fc = scaling_policy_for(base, Candidate("forecast", 1.0, 0.95, "ratio"))
+    assert (fc.mode, fc.forecast_quantile, fc.forecast_margin) == (
+        "forecast_and_scale",
+        0.95,
+        "ratio",
+    )
+    # forecast_only shows the pick but stays forecast_only
+    only = scaling_policy_for(
+        base.model_copy(update={"mode": "forecast_only"}), tt_c := Candidate("target_tracking", 0.6)
+    )
+    assert only.mode == "forecast_only" and tt_c.simple
+
+
+def test_perfops_is_tuned_on_the_training_steps_only() -> None:
+    s = bursty(days=4)
+    start = 3 * 96
+    other = s.copy()
+    other.iloc[start:] = other.iloc[start:] * 3  # a different future
+    cands = [
+        Candidate("target_tracking", 0.4),
+        Candidate("target_tracking", 0.9),
+        Candidate("forecast", 1.0, 0.9, "additive"),
+    ]
+    track_a = ForecastTrack(STEP, 2, len(s))
+    a = PerfopsPolicy(risk=1.0, track=track_a, cands=cands)
+    b = PerfopsPolicy(risk=1.0, cands=cands)
+    a.reset(env_of(s, start))
+    capacity = env_of(s, start).capacity
+    b.reset(Env(other, capacity, 1, start))
+    assert a.choice is not None and b.choice is not None
+    assert a.choice.candidate == b.choice.candidate
+    assert a.choice.reason == b.choice.reason
