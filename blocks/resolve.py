@@ -19,7 +19,13 @@ if TYPE_CHECKING:  # imported where used: together they add ~0.5 s to every comm
     from prefect_email import EmailServerCredentials
 from pydantic import BaseModel, Field, SecretStr
 
-from blocks import PostgresTarget, PrometheusSource, RedisTarget, SlackEscalationTarget
+from blocks import (
+    LoadTarget,
+    PostgresTarget,
+    PrometheusSource,
+    RedisTarget,
+    SlackEscalationTarget,
+)
 from perfops.errors import BlockNotFound, ConfigurationError
 from perfops.redaction import redact
 from perfops.settings import DEFAULT_DEMO_DSN, PerfopsSettings, get_settings
@@ -205,6 +211,39 @@ def resolve_redis(
     return Resolved("redis", "embedded default", target, f"local Redis {target.url}")
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def resolve_load_target(
+    block: str | None = None, settings: PerfopsSettings | None = None
+) -> Resolved[LoadTarget]:
+    """A load test's target: a saved perfops-load-target block (its allow-list, caps and auth
+    header), else PERFOPS_LOAD_TARGET_URL, accepted only on a loopback host (a local server);
+    with neither, a ConfigurationError saying how to name one."""
+    s = _settings(settings)
+    name = block or s.load_target_block
+    if name:
+        target = load_block(LoadTarget, name)
+        return Resolved("load_target", "block", target, f"block {name}: {target.base_url}")
+    if s.load_target_url:
+        from urllib.parse import urlsplit
+
+        host = (urlsplit(s.load_target_url).hostname or "").lower()
+        if host not in LOOPBACK_HOSTS:
+            raise ConfigurationError(
+                f"PERFOPS_LOAD_TARGET_URL may name a loopback host only (got {host!r}): save a "
+                "perfops-load-target block with its allow-list for any other target"
+            )
+        target = LoadTarget(base_url=s.load_target_url, allowed_hosts=list(LOOPBACK_HOSTS))
+        return Resolved(
+            "load_target", "environment", target, f"PERFOPS_LOAD_TARGET_URL: {target.base_url}"
+        )
+    raise ConfigurationError(
+        "no load target: name a perfops-load-target block (--target-block, "
+        "PERFOPS_LOAD_TARGET_BLOCK) or a local server (PERFOPS_LOAD_TARGET_URL=http://127.0.0.1:PORT)"
+    )
+
+
 def _s3_bucket(bucket_name: str, prefix: str, s: PerfopsSettings) -> S3Bucket:
     """An S3Bucket with credentials from the usual AWS chain and PERFOPS_S3_* / region settings."""
     from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
@@ -325,6 +364,7 @@ _BLOCK_PARAMETERS: dict[str, tuple[str, str | None]] = {
     "slack_block": ("slack", "slack_block"),
     "email_block": ("email", "email_block"),
     "credentials_block": ("aws", None),
+    "target_block": ("load_target", "load_target_block"),
 }
 
 
@@ -346,6 +386,7 @@ def _block_type(system: str) -> type[Block]:
         "prometheus": PrometheusSource,
         "redis": RedisTarget,
         "slack": SlackEscalationTarget,
+        "load_target": LoadTarget,
     }
     return types[system]
 

@@ -20,7 +20,8 @@ import typer
 # typer (0.20+) vendors click; its exception classes are the ones raised here.
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
-from cli.commands import fleet, indexes, partitions, queries, scaling, sla, stats
+from cli.commands import cache, fleet, indexes, partitions, queries, scaling, sla, stats
+from cli.commands import load as load_commands
 from cli.commands import report as report_commands
 from cli.commands import server as server_commands
 from cli.commands.deploy import deploy as deploy_command
@@ -69,6 +70,8 @@ app.add_typer(report_commands.app, name="report")
 app.add_typer(partitions.app, name="partitions")
 app.add_typer(sla.app, name="sla")
 app.add_typer(scaling.app, name="scaling")
+app.add_typer(cache.app, name="cache")
+app.add_typer(load_commands.app, name="load")
 app.add_typer(server_commands.app, name="server")
 app.command("deploy")(deploy_command)
 

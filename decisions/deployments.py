@@ -79,6 +79,14 @@ SYSTEMS: dict[str, System] = {
             ("PERFOPS_SMTP_HOST",),
             "python deployments/create_blocks.py email",
         ),
+        System(
+            "load_target",
+            "perfops-load-target",
+            ("target_block",),
+            "PERFOPS_LOAD_TARGET_BLOCK",
+            ("PERFOPS_LOAD_TARGET_URL",),
+            "LoadTarget(base_url=..., allowed_hosts=[...]).save(NAME) (docs/load-tests.md)",
+        ),
     )
 }
 
@@ -97,7 +105,12 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "evaluate_slos": ("prometheus", "slack", "redis"),
     "acknowledge_alert": ("slack", "redis"),
     "scale_predictively": ("prometheus", "redis"),
+    "tune_scaling": ("prometheus", "redis"),
     "apply_scaling_schedule": (),
+    "run_load_test": ("load_target", "postgres"),
+    "invalidate_cache": ("redis",),
+    "warm_cache": ("redis", "postgres"),
+    "collect_cache_stats": ("redis",),
 }
 
 

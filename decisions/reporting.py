@@ -20,6 +20,10 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from decisions.report_caches import NOTHING as CACHES_NOTHING
+from decisions.report_caches import cache_lines, cache_things
+from decisions.report_load import NOTHING as LOAD_NOTHING
+from decisions.report_load import load_lines, load_things
 from perfops.errors import ConfigurationError
 
 WEEK = timedelta(days=7)
@@ -632,6 +636,8 @@ RECORD_SECTIONS = {
     "partitions": ("Partitions", ("perfops.partitions.",)),
     "scaling": ("Scaling", ("perfops.scaling.",)),
     "sla": ("SLA alerts and incidents", ("perfops.sla.",)),
+    "load": ("Load tests", ("perfops.load.",)),
+    "caches": ("Caches", ("perfops.cache.",)),
 }
 NOTHING = {
     "database": "nothing recorded this week (find_slow_queries, suggest_indexes, "
@@ -639,6 +645,8 @@ NOTHING = {
     "partitions": "nothing recorded this week (no partition maintenance run emitted events)",
     "scaling": "nothing recorded this week (no scaling decision was emitted)",
     "sla": "nothing recorded this week (no SLA evaluation, alert or escalation was emitted)",
+    "load": LOAD_NOTHING,
+    "caches": CACHES_NOTHING,
 }
 
 
@@ -835,6 +843,8 @@ def summarize_records(
         "partitions": _partition_lines,
         "scaling": _scaling_lines,
         "sla": _sla_lines,
+        "load": load_lines,
+        "caches": cache_lines,
     }
     sections = []
     for key, (title, prefixes) in RECORD_SECTIONS.items():
@@ -899,6 +909,11 @@ def things_to_look_at(
             suggested = [row for row in r.rows if row.get("kind") == "suggested"]
             if suggested:
                 items.append((10, f"{len(suggested)} index suggestions are waiting for review"))
+    for r in records:
+        if r.key == "load":
+            items += load_things(r.rows)
+        if r.key == "caches":
+            items += cache_things(r.lines)
     items.sort(key=lambda x: -x[0])
     found = [text for _, text in items[:limit]]
     if not found:

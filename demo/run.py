@@ -20,7 +20,9 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from demo.caches import run_collect_cache_stats, run_invalidate_cache, run_warm_cache
 from demo.embedded_postgres import ensure_private_cluster
+from demo.load import run_load_demo
 from demo.outcome import FlowOutcome, Progress
 from demo.workload import WorkloadResult, load_workload
 from perfops.errors import ConnectionFailed, report_of
@@ -410,6 +412,10 @@ FLOW_RUNNERS: list[Callable[[Progress], FlowOutcome]] = [
     _run_rotate_partitions,
     _run_evaluate_slos,
     _run_scale_predictively,
+    run_load_demo,
+    run_warm_cache,
+    run_invalidate_cache,
+    run_collect_cache_stats,
     # last: the report reads what the flows above recorded
     _run_generate_weekly_report,
 ]

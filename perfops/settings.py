@@ -56,6 +56,17 @@ class PerfopsSettings(BaseSettings):
     slack_channels: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["#perfops"])
     slack_api_url: str | None = None
 
+    load_target_block: str | None = None
+    load_target_url: str | None = Field(
+        default=None,
+        description="Without a perfops-load-target block: a loopback base URL (127.0.0.1, "
+        "localhost) load tests may target; any other host needs a block (its allow-list).",
+    )
+    load_tests_file: Path = Field(
+        default=PROJECT_DIR / "deployments" / "load_tests.yaml",
+        description="The load tests `perfops load run NAME` reads (docs/load-tests.md).",
+    )
+
     email_block: str | None = None
     smtp_host: str | None = None
     smtp_port: int | None = None

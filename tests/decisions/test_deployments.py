@@ -134,7 +134,12 @@ def test_every_deployment_in_prefect_yaml_has_its_requirements_and_gated_ones_st
 
 
 def test_triggers_are_named_templated_from_the_event_and_deduplicated() -> None:
-    triggers = [t for d in PROJECT["deployments"] for t in d.get("triggers") or []]
+    triggers = [
+        t
+        for d in PROJECT["deployments"]
+        if d["name"] != "invalidate_cache"  # every platform event runs it: see the next test
+        for t in d.get("triggers") or []
+    ]
     assert triggers
     for trigger in triggers:
         assert trigger["name"].startswith("perfops: ")
@@ -142,6 +147,20 @@ def test_triggers_are_named_templated_from_the_event_and_deduplicated() -> None:
         assert trigger["match"]["perfops.scaling.group"] == "*"
         assert trigger["within"] > 0 and trigger["threshold"] == 1
         assert "event.resource['perfops.scaling.group']" in str(trigger["parameters"])
+
+
+def test_the_cache_trigger_expects_every_platform_event_of_the_cache_policy() -> None:
+    from decisions.cache_policy import load_policy
+
+    [deployment] = [d for d in PROJECT["deployments"] if d["name"] == "invalidate_cache"]
+    [trigger] = deployment["triggers"]
+    policy = load_policy(ROOT / "deployments" / "caches.yaml")
+    assert set(trigger["expect"]) == {p for e in policy.events for p in e.prefect_events}
+    assert trigger["parameters"] == {
+        "event": "{{ event.event }}",
+        "payload": "{{ event.payload | tojson }}",
+        "apply": True,
+    }  # never force: an event past max_keys is refused and the run fails
 
 
 def test_the_pull_step_reads_the_project_dir_at_run_time(tmp_path: Path) -> None:

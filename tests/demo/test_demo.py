@@ -49,8 +49,14 @@ def test_demo_runs_to_the_end_and_is_fast_the_second_time(
         "rotate_partitions": ("Completed", "perfops-partitions-rotate"),
         "evaluate_slos": ("Completed", "perfops-sla"),
         "scale_predictively": ("Completed", "perfops-scaling-decision"),
+        "run_load_test": ("Completed", "perfops-load-demo-platform-api"),
+        "warm_cache": ("Completed", "perfops-cache-warmup"),
+        "invalidate_cache": ("Completed", "perfops-cache-invalidation"),
+        "collect_cache_stats": ("Completed", "perfops-cache-stats"),
     }
     assert "dry run, nothing changed" in flows["scale_predictively"]["found"]
+    assert flows["warm_cache"]["found"].startswith("warmed 50 of 50 keys of workflow_definitions")
+    assert flows["invalidate_cache"]["found"].startswith("dropped 1 of 1 keys for event")
     assert "postgres ok" in flows["check_connections"]["found"]
     assert "public.agent_executions(agent_id, started_at)" in flows["suggest_indexes"]["found"]
     assert " generic plans" in flows["find_slow_queries"]["found"]
