@@ -9,7 +9,7 @@ demo: setup
 	.venv/bin/perfops demo
 
 test: setup
-	.venv/bin/pytest
+	.venv/bin/pytest -n 2 --dist loadgroup
 
 lint: setup
 	.venv/bin/ruff check .

@@ -57,6 +57,7 @@ REDIS_TEST_URL = os.environ.get(
 )
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """With pytest-xdist (`-n 2 --dist loadgroup`, the README's test command), the end-to-end
     tests share one Prefect server, work pool and workers: they run in one xdist worker."""
