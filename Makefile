@@ -9,7 +9,7 @@ demo: setup
 	.venv/bin/perfops demo
 
 test: setup
-	.venv/bin/pytest -n 2 --dist loadgroup
+	.venv/bin/pytest -n 2 --dist loadfile
 
 lint: setup
 	.venv/bin/ruff check .

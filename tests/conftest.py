@@ -49,7 +49,8 @@ FORGET_THIS_DATABASE = (
     "where datname = current_database()), 0)"
 )
 # Flushed by the tests that use it: one database per concurrent checkout (PERFOPS_TEST_REDIS_URL)
-# and per pytest-xdist worker (gw0 15, gw1 9, ...: the e2e tests use 11 and 14).
+# and per pytest-xdist worker (gw0 15, gw1 9, ...: tests/e2e/test_workers.py uses 11 and
+# tests/e2e/test_production.py 14; `--dist loadfile` runs a file's tests in one worker).
 _XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 REDIS_TEST_URL = os.environ.get(
     "PERFOPS_TEST_REDIS_URL",
@@ -57,13 +58,15 @@ REDIS_TEST_URL = os.environ.get(
 )
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """With pytest-xdist (`-n 2 --dist loadgroup`, the README's test command), the end-to-end
-    tests share one Prefect server, work pool and workers: they run in one xdist worker."""
-    for item in items:
-        if item.get_closest_marker("e2e"):
-            item.add_marker(pytest.mark.xdist_group("e2e"))
+@pytest.fixture(autouse=True)
+def _perfops_environment_restored() -> Iterator[None]:
+    """A test, or a command it runs in this process (`--redis-url` sets PERFOPS_REDIS_URL),
+    leaves the PERFOPS_* variables as it found them."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("PERFOPS_")}
+    yield
+    for name in [k for k in os.environ if k.startswith("PERFOPS_") and k not in before]:
+        del os.environ[name]
+    os.environ.update(before)
 
 
 # Back-filled Prometheus history: 14 days at 1-minute resolution, ending on a whole hour.
