@@ -36,8 +36,8 @@ failure or Ctrl-C):
 
 Each round (1, then 2, then 4 workers: workers are added between rounds) creates, through the
 REST API in the same instant, one fleet run of each flow (`targets: all`, 101 targets) and waits
-for both. The fleet file says `spread: auto` (`--spread`): each parent splits its targets into
-one share per online worker, runs the first itself and starts the others as runs of its
+for both. With `--spread auto` (default 1, as the shipped fleet file) each parent splits its
+targets into one share per online worker, runs the first itself and starts the others as runs of its
 deployment, which the workers take (each started with `--limit 2`, `--worker-limit`: a process
 worker without a limit takes every waiting run in one poll, so one worker would take every
 share); a share no worker has taken when its parent is done with its own is taken back and run
@@ -1063,9 +1063,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flows", default=",".join(FLOWS))
     parser.add_argument(
         "--spread",
-        default="auto",
-        help="the fleet file's spread: shares per fleet run (auto: the online workers; 1: no "
-        "spreading, every child in the parent's process)",
+        default="1",
+        help="the fleet file's spread: shares per fleet run (auto: the online workers; 1, the "
+        "default: every child in the parent's process; all workers here share one machine)",
     )
     parser.add_argument(
         "--worker-limit",
