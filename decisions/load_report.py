@@ -185,15 +185,7 @@ def artifact_rows(report: LoadTestReport) -> list[dict[str, object]]:
                 "what": f"endpoint {s.name}",
                 "result": result,
                 "reason": "; ".join(reasons) or "no criteria for this endpoint",
-                "requests": s.requests,
-                "rps": s.rps,
-                "p50_ms": _fmt(s.p50_ms),
-                "p90_ms": _fmt(s.p90_ms),
-                "p95_ms": _fmt(s.p95_ms),
-                "p99_ms": _fmt(s.p99_ms),
-                "max_ms": _fmt(s.max_ms),
-                "avg_ms": _fmt(s.avg_ms),
-                "error_rate": s.error_rate,
+                **_figures(s),
                 "errors": ", ".join(f"{n} {cause}" for cause, n in s.errors_by_cause.items()),
             }
         )
@@ -204,19 +196,26 @@ def artifact_rows(report: LoadTestReport) -> list[dict[str, object]]:
                 "result": "errors" if s.errors else "ok",
                 "reason": ", ".join(f"{n} {cause}" for cause, n in s.errors_by_cause.items())
                 or "no errors or failed assertions",
-                "requests": s.requests,
-                "rps": s.rps,
-                "p50_ms": _fmt(s.p50_ms),
-                "p90_ms": _fmt(s.p90_ms),
-                "p95_ms": _fmt(s.p95_ms),
-                "p99_ms": _fmt(s.p99_ms),
-                "max_ms": _fmt(s.max_ms),
-                "avg_ms": _fmt(s.avg_ms),
-                "error_rate": s.error_rate,
+                **_figures(s),
                 "errors": "",
             }
         )
     return rows
+
+
+def _figures(s: LatencyStats) -> dict[str, object]:
+    """The latency and rate columns an endpoint's and a step's rows share."""
+    return {
+        "requests": s.requests,
+        "rps": s.rps,
+        "p50_ms": _fmt(s.p50_ms),
+        "p90_ms": _fmt(s.p90_ms),
+        "p95_ms": _fmt(s.p95_ms),
+        "p99_ms": _fmt(s.p99_ms),
+        "max_ms": _fmt(s.max_ms),
+        "avg_ms": _fmt(s.avg_ms),
+        "error_rate": s.error_rate,
+    }
 
 
 def event_payload(report: LoadTestReport) -> dict[str, object]:
