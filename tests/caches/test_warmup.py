@@ -22,7 +22,8 @@ from tests.records import artifact_rows, failed_run
 
 class App:
     """GET /values/<key>: 200 with JSON; `gone` keys 404; `limited` keys 429 (Retry-After 1)
-    the first time. Records the most requests in flight at once."""
+    the first time. Records the most requests in flight at once (a request is in flight until
+    its body is sent)."""
 
     def __init__(self) -> None:
         self.seen: dict[str, int] = {}
@@ -50,9 +51,11 @@ class App:
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                # Out of flight before the body goes: once it is sent the client may start its
+                # next request before this thread runs again, and would be counted twice.
                 with app.lock:
                     app.in_flight -= 1
+                self.wfile.write(body)
 
             def log_message(self, *args: Any) -> None:
                 pass
