@@ -18,7 +18,6 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from pydantic import BaseModel, Field
 
 from blocks import PrometheusSource
 from blocks.resolve import (
@@ -28,56 +27,19 @@ from blocks.resolve import (
     resolve_redis,
     resolve_slack,
 )
-from decisions.burn_rate import Alert, Evaluation, SloStatus, evaluate
-from decisions.escalation import NOTICE_EVENT
+from decisions.burn_rate import Evaluation, evaluate
+from decisions.sla_report import DeliveryReport, SlaRunReport, artifact_rows, sla_events
 from decisions.slo_definitions import SlaDefinitions, load_definitions
 from perfops.errors import ConfigurationError
 from perfops.redaction import install_log_redaction
 from perfops.settings import PROJECT_DIR, get_settings
 from tasks.prometheus.slis import fetch_sli_measurements
 from tasks.records import emit, end_run, publish_table
-from tasks.sla_delivery import DeliveryReport, SlaStore, deliver
+from tasks.sla_delivery import SlaStore, deliver
 from tasks.slack.threads import messenger_for
 
 ARTIFACT_KEY = "perfops-sla"
 DEFAULT_DEFINITIONS = str(PROJECT_DIR / "deployments" / "slos.yaml")
-
-
-class SlaRunReport(BaseModel):
-    at: datetime
-    statuses: list[SloStatus]
-    alerts: list[Alert]
-    delivery: DeliveryReport | None = None
-    queries: int
-    seconds: float
-    metrics: str
-    slack: str
-    notes: list[str] = Field(default_factory=list)
-
-    @property
-    def summary(self) -> str:
-        firing = len(self.alerts)
-        sent = [d for d in (self.delivery.delivered if self.delivery else []) if d.ts is not None]
-        return (
-            f"{len(self.statuses)} SLOs and rules at {self.at:%Y-%m-%d %H:%M} UTC: "
-            f"{firing} alerts firing, {sum(s.status == 'no data' for s in self.statuses)} "
-            f"without data; {len(sent)} notices"
-        )
-
-
-def alert_resource(alert: Alert) -> str:
-    if alert.kind == "degradation":
-        return f"perfops.sla.degradation.{alert.name}"
-    return f"perfops.sla.slo.{alert.slo}"
-
-
-def alert_labels(alert: Alert) -> dict[str, str]:
-    """The event's resource labels: the alert, its kind, and the Auto Scaling group a
-    degradation rule names (`scaling_group` label), which the scaling trigger runs for."""
-    labels = {"perfops.alert": alert.key, "perfops.kind": alert.kind}
-    if alert.labels.get("scaling_group"):
-        labels["perfops.scaling.group"] = alert.labels["scaling_group"]
-    return labels
 
 
 @task(name="load_sla_definitions")
@@ -116,50 +78,6 @@ def escalate_alerts(
     )
     store.save_no_data_since(evaluation.no_data_since)
     return report
-
-
-def _rows(report: SlaRunReport) -> list[dict[str, object]]:
-    def pct(v: float | None) -> str:
-        return "" if v is None else f"{v:.3%}"
-
-    rows: list[dict[str, object]] = []
-    for s in report.statuses:
-        rows.append(
-            {
-                "item": s.name,
-                "result": s.status,
-                "reason": s.detail,
-                "kind": s.kind,
-                "objective": s.objective if s.objective is not None else "",
-                "window": s.window,
-                "sli / value": pct(s.sli) if s.kind == "slo" else (s.value or ""),
-                "budget left": pct(s.budget_remaining),
-                "burn rates": ", ".join(
-                    f"{w} {v:.2f}x" for w, v in s.burn_rates.items() if v is not None
-                ),
-                "detail": "",
-            }
-        )
-    for d in report.delivery.delivered if report.delivery else []:
-        rows.append(
-            {
-                "item": d.key,
-                "result": d.outcome,
-                "reason": d.note,
-                "kind": f"notice {d.kind}",
-                "objective": "",
-                "window": "",
-                "sli / value": f"level {d.level}",
-                "budget left": "",
-                "burn rates": "",
-                "detail": f"{d.sink} {d.channel}"
-                + (f" ({d.channel_id})" if d.channel_id else "")
-                + f" ts={d.ts or '-'}",
-            }
-        )
-    for m in report.delivery.suppressed if report.delivery else []:
-        rows.append({"item": m.alert, "result": "muted", "reason": m.why, "kind": "suppressed"})
-    return rows
 
 
 @flow(
@@ -242,71 +160,7 @@ def evaluate_slos(
         logger.warning("%s", delivery.recovered)
         report.notes.append(delivery.recovered)
     logger.info("%s in %.2f s", report.summary, report.seconds)
-    publish_table(
-        ARTIFACT_KEY,
-        _rows(report),
-        f"SLA evaluation at {now:%Y-%m-%d %H:%M} UTC from {metrics.description}; notices to "
-        f"{report.slack}: {report.summary}. Budget left is over each SLO's whole window.",
-    )
-    for d in delivery.delivered if delivery else []:
-        what = NOTICE_EVENT.get(d.kind)
-        if what is None or d.outcome == "already sent":
-            continue
-        for alert in d.alerts:
-            emit(
-                f"perfops.sla.{what}",
-                alert_resource(alert),
-                {
-                    "alert": alert.key,
-                    "slo": alert.slo,
-                    "severity": alert.severity,
-                    "level": d.level,
-                    "value": alert.value,
-                    "objective": alert.objective,
-                    "reason": alert.reason,
-                    "incident": d.incident,
-                    "sink": d.sink,
-                    "channel": d.channel,
-                    "channel_id": d.channel_id,
-                    "note": d.note,
-                },
-                **alert_labels(alert),
-            )
-    emit(
-        "perfops.sla.evaluated",
-        "perfops.sla",
-        {
-            "at": now.isoformat(),
-            "slos": [
-                {
-                    "name": s.name,
-                    "kind": s.kind,
-                    "objective": s.objective,
-                    "window": s.window,
-                    "sli": s.sli if s.kind == "slo" else s.value,
-                    "budget_remaining": s.budget_remaining,
-                    "burn_rates": s.burn_rates,
-                    "status": s.status,
-                }
-                for s in evaluation.statuses
-            ],
-            "alerts_firing": len(evaluation.alerts),
-            "alerts": [a.key for a in evaluation.alerts],
-            "notices": len(delivery.delivered) if delivery else 0,
-        },
-    )
-    unsent = [d for d in delivery.delivered if d.outcome == "failed"] if delivery else []
-    failed = None
-    if delivery and delivery.deferred:
-        failed = delivery.recovered
-    elif delivery and unsent:
-        failed = (
-            f"{len(unsent)} of {len(delivery.delivered)} notices not sent: {unsent[0].key}: "
-            f"{unsent[0].note}"
-        )
-    return end_run(
-        report,
-        failed,
-        partial=len(unsent) < len(delivery.delivered) if delivery else False,
-        allow_partial=allow_partial,
-    )
+    publish_table(ARTIFACT_KEY, artifact_rows(report), report.description)
+    for event, resource, payload, labels in sla_events(report):
+        emit(event, resource, payload, **labels)
+    return end_run(report, report.failure, partial=report.partial, allow_partial=allow_partial)

@@ -43,7 +43,6 @@ from decisions.escalation import (
     IncidentState,
     Notice,
     PostedNotice,
-    Suppressed,
     acknowledge,
     acknowledgement,
     continuing,
@@ -53,6 +52,7 @@ from decisions.escalation import (
     record,
 )
 from decisions.sla_notices import notice_blocks, notice_metadata, notice_text
+from decisions.sla_report import Delivered, DeliveryReport
 from decisions.slo_definitions import SlaDefinitions
 from perfops.errors import ConnectionFailed, LockBusy
 from perfops.redaction import redact
@@ -64,29 +64,6 @@ LOCK_POLL_S = 0.01
 NOTICE_TTL_S = 90 * 86400
 DEFAULT_RECOVERY_LOOKBACK = timedelta(days=7)
 PENDING_WAIT_S = 15 * 60  # a notice unconfirmable this long (Slack unreadable) is sent anyway
-
-
-class Delivered(BaseModel):
-    key: str
-    incident: str
-    group: str
-    kind: str
-    level: int
-    channel: str  # as the policy names it (#oncall)
-    channel_id: str = ""  # Slack's id (C0123...), where it was resolved
-    sink: str  # slack, file, email, skipped
-    ts: str | None = None
-    outcome: str  # sent, already sent, email fallback, deferred, failed
-    note: str = ""
-    alerts: list[Alert] = Field(default_factory=list)
-
-
-class DeliveryReport(BaseModel):
-    delivered: list[Delivered]
-    suppressed: list[Suppressed]
-    recovered: str = ""  # what a state rebuild found, when one ran
-    incidents_open: int = 0
-    deferred: bool = False  # nothing decided: Redis had no state and Slack was unreadable
 
 
 class SlaStore:

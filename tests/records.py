@@ -25,29 +25,42 @@ from perfops.errors import report_of
 T = TypeVar("T")
 
 
-def artifact_rows(key: str) -> list[dict[str, Any]]:
-    """The rows of the newest table artifact called `key`."""
+def latest_artifact(key: str) -> Any:
+    """The data of the newest artifact called `key`, as stored (a table's JSON text, a
+    markdown artifact's text)."""
     with get_client(sync_client=True) as client:
         latest = [a for a in client.read_latest_artifacts() if a.key == key]
     assert latest, f"no {key} artifact"
-    data = latest[0].data
-    return json.loads(data) if isinstance(data, str) else data  # type: ignore[return-value]
+    return latest[0].data
+
+
+def artifact_rows(key: str) -> list[dict[str, Any]]:
+    """The rows of the newest table artifact called `key`."""
+    data = latest_artifact(key)
+    return json.loads(data) if isinstance(data, str) else data
 
 
 def wait_for_events(
     name: str,
     *,
+    prefix: bool = False,
     at_least: int = 1,
     since: datetime | None = None,
+    until: datetime | None = None,
     flow_run_id: UUID | str | None = None,
     where: Callable[[ReceivedEvent], bool] | None = None,
     timeout_s: float = 20.0,
 ) -> list[ReceivedEvent]:
-    """At least `at_least` events called `name` (since `since`, related to one flow run, and for
-    which `where` holds), newest first; fails the test after `timeout_s`."""
-    only = EventFilter(event=EventNameFilter(name=[name]))
-    if since is not None:
-        only.occurred = EventOccurredFilter(since=since)
+    """At least `at_least` events called `name` (every name starting with it, with `prefix`;
+    occurred between `since` and `until`, related to one flow run, and for which `where`
+    holds), newest first; fails the test after `timeout_s`."""
+    names = EventNameFilter(prefix=[name]) if prefix else EventNameFilter(name=[name])
+    only = EventFilter(event=names)
+    if since is not None or until is not None:
+        default = EventOccurredFilter()
+        only.occurred = EventOccurredFilter(
+            since=since or default.since, until=until or default.until
+        )
     if flow_run_id is not None:
         only.related = EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"])
     deadline = time.monotonic() + timeout_s

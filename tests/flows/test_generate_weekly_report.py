@@ -30,7 +30,6 @@ import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.events import emit_event
-from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 
 from blocks import PrometheusSource
 from decisions.report_rendering import ReportResult
@@ -48,6 +47,7 @@ from flows.generate_weekly_report import (
     ReportFailed,
     generate_weekly_report,
 )
+from tests.records import latest_artifact, wait_for_events
 from tests.servers import MetricSeries, MotoServer, PrometheusServer, SmtpServer, free_port
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -195,20 +195,14 @@ def _emit_week_events() -> None:
             occurred=at + timedelta(minutes=n),
             payload=payload,
         )
-    deadline = time.monotonic() + 30
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            page = client.read_events(
-                EventFilter(
-                    event=EventNameFilter(prefix=["perfops."]),
-                    occurred=EventOccurredFilter(since=WEEK.start, until=WEEK.end),
-                ),
-                limit=50,
-            )
-            if page.total >= len(records):
-                return
-            time.sleep(0.3)
-    raise AssertionError("the week's events did not reach the Prefect API")
+    wait_for_events(
+        "perfops.",
+        prefix=True,
+        at_least=len(records),
+        since=WEEK.start,
+        until=WEEK.end,
+        timeout_s=30,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -419,10 +413,7 @@ def test_archive_and_artifact(week_run: tuple[ReportResult, list[Any], Path]) ->
     assert index.read_bytes() == (folder / "index.html").read_bytes()
     assert Path(f"{index}.sha256").exists()
     assert (index.parent / "data" / "endpoints.parquet").exists()
-    with get_client(sync_client=True) as client:
-        latest = [a for a in client.read_latest_artifacts() if a.key == ARTIFACT_KEY]
-    assert latest
-    markdown = str(latest[0].data)
+    markdown = str(latest_artifact(ARTIFACT_KEY))
     assert result.headline in markdown and result.archive in markdown
 
 
@@ -556,9 +547,7 @@ def test_no_recipients_fails_with_the_report_archived(
     assert message == f"weekly report {WEEK.label} archived at {result.archive}; {result.delivery}"
     archived = tmp_path / "defaults" / "archive" / "reports" / "weekly" / WEEK.label
     assert (archived / "index.html").exists() and (archived / "data" / "endpoints.csv").exists()
-    with get_client(sync_client=True) as client:
-        latest = [a for a in client.read_latest_artifacts() if a.key == ARTIFACT_KEY]
-    assert "not sent: no recipients" in str(latest[0].data)
+    assert "not sent: no recipients" in str(latest_artifact(ARTIFACT_KEY))
 
 
 def test_smtp_down_retries_then_fails_with_the_report_archived_on_s3(

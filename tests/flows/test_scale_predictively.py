@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -11,9 +10,6 @@ from typing import Any
 
 import boto3
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.events import Event
-from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 
 from blocks import RedisTarget
 from decisions.fleet import FleetReport
@@ -24,7 +20,7 @@ from perfops.errors import ConfigurationError, ConnectionFailed
 from tasks.autoscaling import AutoScalingTarget
 from tasks.scaling_state import group_lock, read_history
 from tests.conftest import HISTORY_END, REDIS_TEST_URL, load_value
-from tests.records import artifact_rows, failed_run, one_target
+from tests.records import artifact_rows, failed_run, one_target, wait_for_event
 from tests.servers import MotoServer, PrometheusServer
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -60,22 +56,6 @@ def _run(flow_call: Any) -> tuple[Any, str]:
     return state.result(), str(state.state_details.flow_run_id)
 
 
-def _event(name: str, flow_run_id: str, timeout_s: float = 20.0) -> Event:
-    """The event `name` emitted by that flow run (other tests emit the same names)."""
-    only = EventFilter(
-        event=EventNameFilter(name=[name]),
-        related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
-    )
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            page = client.read_events(only, limit=10)
-            if page.events:
-                return max(page.events, key=lambda e: e.occurred)
-            time.sleep(0.5)
-    raise AssertionError(f"no {name} event within {timeout_s} s")
-
-
 def test_csv_trace_dry_run_records_and_changes_nothing(env: RedisTarget) -> None:
     run, run_id = _run(
         lambda: scale_predictively(group="demo", current_capacity=3, return_state=True)
@@ -85,7 +65,7 @@ def test_csv_trace_dry_run_records_and_changes_nothing(env: RedisTarget) -> None
     assert run.chart is not None and Path(run.chart).stat().st_size > 1000
     [record] = read_history(env, "demo")
     assert record["desired"] == run.desired and record["dry_run"] is True
-    event = _event("perfops.scaling.decided", run_id)
+    event = wait_for_event("perfops.scaling.decided", flow_run_id=run_id)
     for key in ("group", "mode", "current", "desired", "reason", "load", "forecast_peak"):
         assert key in event.payload
     assert event.payload["dry_run"] is True
@@ -108,7 +88,7 @@ def test_applies_to_the_group_and_rerun_does_not_double_scale(
     assert desired == run.desired
     again = one_target(scale_predictively, group="web", aws=target, dry_run=False, policy=policy)
     assert again.current == run.desired and not again.applied and again.desired == run.desired
-    applied = _event("perfops.scaling.applied", run_id)
+    applied = wait_for_event("perfops.scaling.applied", flow_run_id=run_id)
     assert applied.payload["to"] == run.desired and applied.payload["group"] == "web"
 
 
@@ -210,7 +190,7 @@ def test_apply_scaling_schedule_dry_run_then_idempotent(
         for name in ("perfops-business-hours-start", "perfops-business-hours-end")
     ]
     assert all(list(r)[:3] == ["name", "result", "reason"] for r in rows)
-    event = _event("perfops.scaling.scheduled", run_id)
+    event = wait_for_event("perfops.scaling.scheduled", flow_run_id=run_id)
     assert event.payload["group"] == "web"
 
 

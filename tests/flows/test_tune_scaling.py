@@ -3,14 +3,10 @@ scale_predictively running what it chose."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.events import Event
-from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 
 from blocks import RedisTarget
 from decisions.scaling_report import LoadQuery
@@ -19,7 +15,7 @@ from flows.scale_predictively import scale_predictively
 from flows.tune_scaling import tune_scaling
 from tasks.scaling_state import load_tuning
 from tests.conftest import HISTORY_END, REDIS_TEST_URL
-from tests.records import artifact_rows, failed_run, one_target
+from tests.records import artifact_rows, failed_run, one_target, wait_for_event
 from tests.servers import PrometheusServer
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -39,21 +35,6 @@ def env(
     yield redis_target
 
 
-def _event(name: str, flow_run_id: str, timeout_s: float = 20.0) -> Event:
-    only = EventFilter(
-        event=EventNameFilter(name=[name]),
-        related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
-    )
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            page = client.read_events(only, limit=10)
-            if page.events:
-                return page.events[0]
-            time.sleep(0.5)
-    raise AssertionError(f"no {name} event within {timeout_s} s")
-
-
 def test_tunes_on_the_groups_history_and_the_decision_runs_the_choice(env: RedisTarget) -> None:
     state = tune_scaling(group="api", query=QUERY, now=HISTORY_END, return_state=True)
     run = state.result()
@@ -66,7 +47,7 @@ def test_tunes_on_the_groups_history_and_the_decision_runs_the_choice(env: Redis
     assert (rows[0]["candidate"], rows[0]["result"]) == (run.choice, "chosen")
     assert rows[0]["reason"] == run.reason and len(rows) == len(candidates())
     assert {r["result"] for r in rows[1:]} <= {"meets the risk target", "too risky"}
-    event = _event("perfops.scaling.tuned", str(state.state_details.flow_run_id))
+    event = wait_for_event("perfops.scaling.tuned", flow_run_id=state.state_details.flow_run_id)
     assert event.payload["choice"] == run.choice and event.payload["risk_pct"] == 1.0
     assert event.payload["forecast_wins"] == run.forecast_wins
 

@@ -14,7 +14,6 @@ import csv
 import io
 import os
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -23,9 +22,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from prefect.client.orchestration import get_client
 from prefect.events import emit_event
-from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 from psycopg import sql
 from pydantic import SecretStr
 
@@ -43,6 +40,7 @@ from tests.flows.test_generate_weekly_report import (
     _cli,
     _segment,
 )
+from tests.records import latest_artifact, wait_for_event
 from tests.servers import PrometheusServer, SmtpServer
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -146,17 +144,13 @@ def _emit_refresh_failure(resource: str) -> None:
         occurred=WEEK.end - timedelta(minutes=5),
         payload={"analyzed": 0, "failed": 1, "considered": 1},
     )
-    only = EventFilter(
-        event=EventNameFilter(name=["perfops.stats.refreshed"]),
-        occurred=EventOccurredFilter(since=WEEK.end - timedelta(minutes=6), until=WEEK.end),
+    wait_for_event(
+        "perfops.stats.refreshed",
+        since=WEEK.end - timedelta(minutes=6),
+        until=WEEK.end,
+        where=lambda e: e.resource.id == resource,
+        timeout_s=30,
     )
-    deadline = time.monotonic() + 30
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            if any(e.resource.id == resource for e in client.read_events(only, limit=50).events):
-                return
-            time.sleep(0.3)
-    raise AssertionError("the week's event did not reach the Prefect API")
 
 
 def _archive_last_week(out: Path) -> None:
@@ -307,9 +301,7 @@ def test_one_email_one_archive_and_the_artifact_carry_the_fleet(
     archived = Path(result.html_location)
     assert archived.read_bytes() == (folder / "index.html").read_bytes()
     assert (archived.parent / "data" / "fleet.parquet").exists()
-    with get_client(sync_client=True) as client:
-        latest = [a for a in client.read_latest_artifacts() if a.key == ARTIFACT_KEY]
-    markdown = str(latest[0].data)
+    markdown = str(latest_artifact(ARTIFACT_KEY))
     assert "## Fleet" in markdown
     assert markdown.index("| down | unreachable |") < markdown.index("| billing | ok |")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 from decisions.burn_rate import Alert
-from flows.evaluate_slos import alert_labels, alert_resource
+from decisions.sla_report import alert_labels, alert_resource
 
 
 def _alert(kind: Literal["slo", "rule", "degradation"], labels: dict[str, str]) -> Alert:
