@@ -298,7 +298,8 @@ def deploy(
     # Read once for all deployments: each pool's job environment, the saved blocks by type.
     from blocks.resolve import saved_block_names  # imports prefect: not at CLI start-up
 
-    pool_envs = {pool: api.pool_env(pool) for pool in {p.pool for p in chosen}}
+    # --pool-env values count too (a dry run has not written them: its plan must show them).
+    pool_envs = {pool: {**api.pool_env(pool), **updates} for pool in {p.pool for p in chosen}}
     needed = {s for p in chosen for s in REQUIREMENTS.get(p.name, ())}
     saved = {SYSTEMS[s].block_type: set(saved_block_names(SYSTEMS[s].block_type)) for s in needed}
     for item in chosen:
