@@ -385,12 +385,16 @@ class ReportResult(BaseModel):
 
 
 def run_failure(
-    report: WeeklyReport, result: ReportResult, source: str, not_emailed: str | None
+    report: WeeklyReport,
+    result: ReportResult,
+    source: str,
+    not_emailed: str | None,
+    not_archived: str | None = None,
 ) -> str | None:
     """The run's Failed message, or None when everything succeeded. It starts with where the
-    report is archived, then says each thing that failed: no target scored (`source` answered
-    nothing), sections missing, no or refused recipients, fleet targets unreachable;
-    `not_emailed` is why the email could not be sent."""
+    report is archived (or why it is not), then says each thing that failed: no target scored
+    (`source` answered nothing), sections missing, no or refused recipients, fleet targets
+    unreachable; `not_emailed` is why the email could not be sent."""
     failed = [
         f"0 of {len(report.checks)} targets scored: no figures for {report.week.label} from "
         f"{source}"
@@ -402,11 +406,13 @@ def run_failure(
         result.delivery if not result.recipients or result.refused else "",
         (report.fleet.failure or "") if report.fleet is not None else "",
     ]
-    if not any(failed) and not_emailed is None:
+    if not any(failed) and not_emailed is None and not_archived is None:
         return None
-    archived = f"weekly report {report.week.label} archived at {result.archive}" + (
-        f" but not emailed: {not_emailed}" if not_emailed is not None else ""
-    )
+    archived = (
+        f"weekly report {report.week.label} archived at {result.archive}"
+        if not_archived is None
+        else f"weekly report {report.week.label} NOT archived at {result.archive}: {not_archived}"
+    ) + (f" but not emailed: {not_emailed}" if not_emailed is not None else "")
     return "; ".join([archived, *filter(None, failed)])
 
 

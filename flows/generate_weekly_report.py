@@ -17,7 +17,8 @@
 6. The run ends Failed, the report archived all the same and the message saying why, when no
    target could be scored (Prometheus answered nothing), no recipients are configured, or the
    email could not be sent; and, unless `allow_partial`, when a section is missing, a recipient
-   was refused or a fleet target could not be reached.
+   was refused or a fleet target could not be reached; and when the archive refused the report
+   (emailed and recorded all the same).
 
 Over a fleet (`targets`, docs/fleet.md): the same one report, with a Fleet section, one row per
 target worst first (tasks.fleet_report, decisions.report_fleet).
@@ -192,7 +193,12 @@ def generate_weekly_report(
         time.monotonic() - rendering,
     )
 
-    stored = archive_report(store.value, prefix, rendered.files)
+    not_archived: str | None = None
+    try:
+        stored = archive_report(store.value, prefix, rendered.files)
+    except Exception as exc:  # noqa: BLE001 - said in the artifact and the state, then Failed
+        stored, not_archived = [], redact(str(exc))
+        logger.error("archiving the report to %s failed: %s", link, not_archived)
     folder = write_folder(Path(out_dir) / this.label, rendered.files) if out_dir else None
     logger.info("%s; archived %d files to %s", report.headline, len(stored), link)
 
@@ -234,7 +240,11 @@ def generate_weekly_report(
     delivery = redact(delivery)
     publish_markdown(
         ARTIFACT_KEY,
-        render_markdown(report, link, delivery),
+        render_markdown(
+            report,
+            link,
+            delivery if not_archived is None else f"NOT archived: {not_archived}; {delivery}",
+        ),
         f"Weekly performance report {this.label}: {report.headline}",
     )
     result = ReportResult(
@@ -260,7 +270,7 @@ def generate_weekly_report(
         "met": report.met,
         "missed": report.missed,
         "missing_sections": sorted(current.missing),
-        "archive": link,
+        "archive": link if not_archived is None else f"NOT archived: {not_archived}",
         "recipients": len(to),
         "accepted": len(result.accepted),
         "refused": sorted(result.refused),
@@ -272,14 +282,17 @@ def generate_weekly_report(
     else:
         emit(EVENT_GENERATED, resource, payload)
     not_emailed = redact(str(delivery_error)) if delivery_error is not None else None
-    failure = run_failure(report, result, metrics.description, not_emailed)
+    failure = run_failure(report, result, metrics.description, not_emailed, not_archived)
     error = (ReportDeliveryFailed if delivery_error is not None else ReportFailed)(
         failure or "", result
     )
     return end_run(
         result,
         failure,
-        partial=report.met + report.missed > 0 and bool(to) and delivery_error is None,
+        partial=report.met + report.missed > 0
+        and bool(to)
+        and delivery_error is None
+        and not_archived is None,
         allow_partial=allow_partial,
         error=error,
     )

@@ -550,6 +550,26 @@ def test_no_recipients_fails_with_the_report_archived(
     assert "not sent: no recipients" in str(latest_artifact(ARTIFACT_KEY))
 
 
+def test_an_archive_that_refuses_fails_the_run_with_the_artifact_written(
+    report_prometheus: PrometheusServer, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The archive upload failing used to end the run before its artifact was written."""
+    for key, value in {
+        "PERFOPS_PROMETHEUS_URL": report_prometheus.url,
+        "PERFOPS_S3_BUCKET": "perfops-no-such-bucket",  # never created: a permanent error
+        "PERFOPS_S3_ENDPOINT_URL": moto_server.endpoint_url,
+    }.items():
+        monkeypatch.setenv(key, value)
+    result, message = _failed(week=WEEK.label, recipients=[])
+    assert message.startswith(
+        f"weekly report {WEEK.label} NOT archived at s3://perfops-no-such-bucket/"
+    ), message
+    assert "NoSuchBucket" in message and "not sent: no recipients" in message
+    assert result.files == 0
+    artifact = str(latest_artifact(ARTIFACT_KEY))
+    assert "NOT archived: " in artifact and "NoSuchBucket" in artifact
+
+
 def test_smtp_down_retries_then_fails_with_the_report_archived_on_s3(
     report_prometheus: PrometheusServer,
     moto_server: MotoServer,
