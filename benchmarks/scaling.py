@@ -1,7 +1,8 @@
 """perfops (self-tuned by back-test) against the best reactive and scheduled policies, in the
 shared harness, over the trace corpus.
 
-    python -m benchmarks.scaling [--corpus data/traces] [--trace CSV ...] [--workers 2]
+    python -m benchmarks.scaling [--corpus data/traces] [--trace CSV ...] [--traces AAPL,UPS]
+                                 [--workers 2]
                                  [--risks 0,0.1,...] [--targets 0.2,...,1.0] [--forecasters]
 
 Runs ../shared/bench/scaling_eval.py (imported as a module, its defaults: 14 training days, or
@@ -14,10 +15,11 @@ the given ones, one trace per worker process:
    0.20-1.00 in steps of 0.05 (`--targets`), scored on the evaluated (post-training) steps.
 2. perfops = `decisions.scaling_replay.PerfopsPolicy(risk=r)`: at reset it back-tests the
    candidates (the same four families at 0.2-1.0, and the forecast grid) on the training
-   steps only, picks the cheapest meeting `r` % under-provisioned steps there, and runs that
-   choice on the evaluated steps it has never seen. The dial `r` is swept over `--risks`;
-   by default over its frontier: each training under-provisioned share at which the choice
-   changes (read from the training back-test alone, so no evaluated step shapes the sweep).
+   steps only, picks the family cheapest around `r` % under-provisioned steps there (its
+   cost over r/2..2r, `scaling_tuning.family_score`) and its cheapest setting meeting `r`,
+   and runs that choice on the evaluated steps it has never seen. The dial `r` is swept over
+   `--risks`; by default over its frontier: each training under-provisioned share at which the
+   choice changes (read from the training back-test alone, so no evaluated step shapes the sweep).
    One back-test and one forecast pass (each forecast reads only the steps before it) are
    shared by the dial's settings: they read the same past.
 3. cost at risk: instance-hours x the oracle at <= 5 % and <= 1 % under-provisioned steps,
@@ -198,15 +200,22 @@ class _CpuTimed:
 
 
 def frontier(tuning: Any, up_to: float = 15.0) -> tuple[float, ...]:
-    """The risk targets (training under-provisioned %) at which `pick` changes its choice:
-    the under % of every candidate on the training back-test's cost / risk frontier."""
-    rows = sorted(tuning.rows, key=lambda r: (r.under_pct, r.cost_x_oracle))
-    out, best = [0.0], float("inf")
-    for r in rows:
-        if r.cost_x_oracle < best and r.under_pct <= up_to:
-            best = r.cost_x_oracle
-            out.append(r.under_pct)
-    return tuple(sorted(set(out)))
+    """The risk targets (training under-provisioned %) at which `pick` changes its choice,
+    read from the training back-test alone: `pick` is asked at 0, at every candidate's
+    training under % and at those times the band factors of `family_score` (where one
+    family's score can overtake another's), and each level where the choice changes is kept."""
+    from decisions.scaling_tuning import BAND_LEVELS, RISK_BAND, pick
+
+    factors = 2.0 ** np.linspace(-RISK_BAND, RISK_BAND, BAND_LEVELS)
+    unders = {r.under_pct for r in tuning.rows}
+    levels = sorted({0.0} | {u * f for u in unders for f in factors if u * f <= up_to})
+    out, last = [], None
+    for r in levels:
+        label = pick(tuning, r).candidate
+        if label != last:
+            out.append(r)
+            last = label
+    return tuple(out)
 
 
 def _forecasters(se: Any, env: Any) -> str:
@@ -272,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", type=Path, default=CORPUS)
     ap.add_argument("--harness", type=Path, default=SHARED / "bench" / "scaling_eval.py")
     ap.add_argument("--trace", type=Path, action="append", help="only these traces (repeatable)")
+    ap.add_argument(
+        "--traces", default="", help="only these traces of the corpus, by name: AAPL,nyc_taxi,..."
+    )
     ap.add_argument("--targets", default=",".join(f"{u:g}" for u in TARGETS))
     ap.add_argument(
         "--risks",
@@ -284,7 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.harness.is_file():
         raise SystemExit(f"harness not found at {args.harness} (give --harness)")
-    traces = args.trace or sorted(args.corpus.glob("*.csv"))
+    traces = list(args.trace or [])
+    for name in (x.strip() for x in args.traces.split(",") if x.strip()):
+        found = sorted(p for p in args.corpus.glob("*.csv") if name.lower() in p.stem.lower())
+        if not found:
+            raise SystemExit(f"no trace named like {name!r} in {args.corpus}")
+        traces += [p for p in found if p not in traces]
+    traces = traces or sorted(args.corpus.glob("*.csv"))
     if not traces:
         raise SystemExit(f"no CSV traces in {args.corpus}")
     targets = tuple(float(x) for x in args.targets.split(",") if x.strip())

@@ -1,6 +1,7 @@
 """tune_scaling: back-test the group's own recent load history through the candidate policies
 (the simple families swept over 20-100 % target utilisation, and perfops' forecast policy on a
-small grid), pick the cheapest that meets the group's risk target, and store the choice for
+small grid), pick the family cheapest around the group's risk target and its cheapest setting
+that meets it (`decisions.scaling_tuning.pick`), and store the choice for
 `scale_predictively`, which runs it until the next tuning. CLI `perfops scaling tune`.
 
 Daily (its own deployment): a tuning takes seconds to a minute, so the 10-minute decision stays
@@ -42,7 +43,8 @@ ARTIFACT_KEY = "perfops-scaling-tuning"
 @flow(
     name="tune_scaling",
     description="Back-test the group's recent load history through the simple scaling "
-    "policies and perfops' forecast policy, pick the cheapest meeting the risk target and "
+    "policies and perfops' forecast policy, pick the family cheapest around the risk target "
+    "(its cheapest setting meeting it) and "
     "store it for scale_predictively.",
     log_prints=False,
 )

@@ -376,8 +376,9 @@ def tune(
     verbose: VerboseFlag = False,
 ) -> None:
     """Back-test the group's recent load through the simple policies and perfops' forecast
-    policy, pick the cheapest meeting --risk and store it for `perfops scaling decide` (flow
-    tune_scaling). Changes no capacity."""
+    policy, pick the family cheapest around --risk (its cost curve read over a band of risk
+    levels), at its cheapest setting meeting --risk, and store it for `perfops scaling decide`
+    (flow tune_scaling). Changes no capacity."""
 
     def loader() -> Any:
         from flows.tune_scaling import tune_scaling

@@ -31,6 +31,8 @@ from decisions.scaling_tuning import (
     backtest,
     candidate_from_record,
     choice_record,
+    cost_at_risk,
+    family_score,
     pick,
     scaling_policy_for,
 )
@@ -75,9 +77,29 @@ def test_pick_takes_the_cheapest_within_the_risk_target_and_a_forecast_only_if_i
     fc = row("forecast", 1.0, 0.5, 1.20, 0.9)
     won = pick(table(tt, sched, risky, fc), 1.0)
     assert won.candidate == fc.candidate and won.forecast_wins
-    assert "20% cheaper than the best simple policy, target tracking @ 60%" in won.reason
+    assert "19% below the best simple family, target tracking (1.48x)" in won.reason
     # a looser target lets the cheap, risky one in
     assert pick(table(tt, sched, risky, fc), 10.0).candidate == risky.candidate
+
+
+def test_pick_judges_a_family_around_the_risk_target_not_at_one_setting() -> None:
+    # the forecast is 1.3 % cheaper than target tracking's setting that meets 0.45 % exactly
+    # there, but target tracking's curve is cheaper around it (0.32-0.64 %): a fortnight's
+    # risk is often a third off the next weeks', so target tracking is the better bet
+    tt40, tt45 = row("target_tracking", 0.40, 0.43, 1.12), row("target_tracking", 0.45, 0.51, 1.092)
+    tt100 = row("target_tracking", 1.0, 1.0, 0.99)
+    fc = row("forecast", 1.0, 0.45, 1.105, 0.95)
+    assert cost_at_risk([tt40, tt45, tt100], 0.45) == pytest.approx(1.113)
+    assert family_score([fc], 0.45) == pytest.approx(1.105)
+    assert family_score([tt40, tt45, tt100], 0.45) == pytest.approx(1.101, abs=1e-3)
+    chosen = pick(table(tt40, tt45, tt100, fc), 0.45)
+    assert chosen.candidate == tt40.candidate and not chosen.forecast_wins
+    assert "target tracking is the cheapest family around the target" in chosen.reason
+    assert chosen.row.under_pct <= 0.45  # the setting still meets the target on the history
+    # a simple family that is cheaper at a higher risk does not override the target: the
+    # step family has nothing at or below 0.45 % and is not a candidate there
+    step = row("step", 1.0, 0.9, 0.80)
+    assert pick(table(tt40, tt45, tt100, fc, step), 0.45).candidate == tt40.candidate
 
 
 def test_pick_without_any_candidate_meeting_the_target_takes_the_safest_and_says_so() -> None:
