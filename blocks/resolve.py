@@ -71,6 +71,7 @@ CREATE_BLOCK_SYSTEM = {
     "perfops-slack-escalation-target": "slack",
     "s3-bucket": "s3",
     "email-server-credentials": "email",
+    "perfops-cdn-target": "cdn",
 }
 SAVED_NAMES_SHOWN = 20
 

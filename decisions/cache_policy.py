@@ -156,6 +156,13 @@ class CacheSettings(_Model):
     ttl_jitter: float = Field(
         default=0.1, ge=0, le=0.5, description="Warm-up TTLs vary by up to this fraction."
     )
+    warm_max_keys: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000,
+        description="Dropped keys an invalidation hands to the warm-up of a cache with "
+        "warm_after_invalidation (in its perfops.cache.invalidated event); the rest refill lazily.",
+    )
 
 
 class CdnPurge(_Model):
@@ -183,6 +190,15 @@ class Cache(_Model):
     tags: list[Name] = Field(default_factory=list)
     keep_versions: int | None = Field(default=None, ge=1, le=100)
     cdn: CdnPurge | None = None
+    warm_url: str | None = Field(
+        default=None,
+        description="Where warm_cache fetches a key's value: a URL with {key} (URL-quoted).",
+    )
+    warm_after_invalidation: bool = Field(
+        default=False,
+        description="Re-warm the keys an invalidation dropped (the warm_cache deployment's "
+        "trigger on perfops.cache.invalidated); needs refresh: proactive and warm_url.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Cache:
@@ -202,6 +218,20 @@ class Cache(_Model):
             extra = {p for t in self.cdn.templates() for p in placeholders(t)} - fields
             if extra:
                 raise ValueError(f"cdn templates use {sorted(extra)}, not in key {self.key!r}")
+        if self.warm_url is not None and "{key}" not in self.warm_url:
+            raise ValueError(f"warm_url {self.warm_url!r} needs {{key}} where the key goes")
+        if self.warm_after_invalidation:
+            if self.refresh != "proactive":
+                raise ValueError(
+                    "warm_after_invalidation needs refresh: proactive (a lazily refreshed cache "
+                    "refills on its next miss, never by a warm-up)"
+                )
+            if self.invalidation == "version":
+                raise ValueError(
+                    "warm_after_invalidation: a versioned cache's old versions stay gone"
+                )
+            if self.warm_url is None:
+                raise ValueError("warm_after_invalidation needs warm_url (where values come from)")
         return self
 
     @property
@@ -258,6 +288,13 @@ class CachePolicy(_Model):
         events = [e.name for e in self.events]
         if len(set(events)) != len(events):
             raise ValueError("event names must be unique")
+        for rule in self.events:  # one warm-up run per invalidation event: one cache to warm
+            warmed = [c.name for c in self.expand(rule.invalidate) if c.warm_after_invalidation]
+            if len(warmed) > 1:
+                raise ValueError(
+                    f"event {rule.name!r} drops {len(warmed)} caches with "
+                    f"warm_after_invalidation ({', '.join(warmed)}): at most one per event"
+                )
         return self
 
     def cache(self, name: str) -> Cache:

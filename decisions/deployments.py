@@ -108,6 +108,7 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "tune_scaling": ("prometheus", "redis"),
     "apply_scaling_schedule": (),
     "run_load_test": ("load_target", "postgres"),
+    "run_load_share": ("load_target",),
     "invalidate_cache": ("redis",),
     "warm_cache": ("redis", "postgres"),
     "collect_cache_stats": ("redis",),

@@ -7,22 +7,32 @@ Pure: `flows/run_load_test.py` fills it in from the merged share results.
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from decisions.load_baseline import Comparison, EndpointRecord, LoadRunRecord
+from decisions.load_baseline import (
+    Baseline,
+    ComparePolicy,
+    Comparison,
+    EndpointRecord,
+    LoadRunRecord,
+    compare_to_baseline,
+)
 from decisions.load_results import (
     CriterionResult,
     LatencyStats,
     ShareResult,
     TimelinePoint,
     endpoint_stats,
+    judge,
     step_stats,
     timeline,
     window_p95s,
 )
 from decisions.load_scenarios import LoadTest
+from decisions.load_shares import ShareRun, overlap_problem, share_rows
 
 ACHIEVED_SHARE = 0.99  # achieved below this share of asked: the generator (or the box) fell short
 
@@ -51,10 +61,21 @@ class LoadTestReport(BaseModel):
     baseline: str | None = None  # what the run was compared with, or why not
     aborted: str | None = None
     established_baseline: bool = False
+    share_runs: list[ShareRun] = Field(default_factory=list)  # a test in 2+ shares
+    apart: str | None = None  # why the shares did not run together (decisions.load_shares)
 
     @property
     def passed(self) -> bool:
-        return self.aborted is None and all(c.passed for c in self.criteria)
+        return self.aborted is None and self.apart is None and all(c.passed for c in self.criteria)
+
+    @property
+    def outcome(self) -> str:
+        """The `perfops.outcome` label of the run's event."""
+        if self.aborted:
+            return "aborted"
+        if self.regressed:
+            return "regressed"
+        return "passed" if self.passed else "failed"
 
     @property
     def regressed(self) -> list[Comparison]:
@@ -74,6 +95,8 @@ class LoadTestReport(BaseModel):
             text += "; regressed: " + ", ".join(c.endpoint for c in self.regressed)
         if self.aborted:
             text += f"; {self.aborted}"
+        if self.apart:
+            text += "; the shares did not run together"
         return text
 
     @property
@@ -82,6 +105,8 @@ class LoadTestReport(BaseModel):
         reasons = []
         if self.aborted:
             reasons.append(self.aborted)
+        if self.apart:
+            reasons.append(self.apart)
         missed = [c for c in self.criteria if not c.passed]
         if missed:
             reasons.append(
@@ -123,6 +148,64 @@ def build_report(
         timeline=timeline(result),
         criteria=criteria,
         aborted=result.aborted,
+    )
+
+
+def assemble_report(
+    test: LoadTest,
+    result: ShareResult,
+    *,
+    run_id: str,
+    target: str,
+    shares: list[ShareRun] | None = None,
+) -> LoadTestReport:
+    """The run's report from the merged result: the figures, the criteria judged on them, and
+    with 2+ shares each share's row and whether they ran together."""
+    report = build_report(test, result, [], run_id=run_id, target=target)
+    report.criteria = judge(test.criteria, report.endpoints)
+    report.share_runs = shares or []
+    report.apart = overlap_problem(report.share_runs, result.duration_s)
+    return report
+
+
+def add_comparison(
+    report: LoadTestReport,
+    result: ShareResult,
+    previous: Baseline | None,
+    policy: ComparePolicy,
+    *,
+    kept: bool,
+) -> None:
+    """Compare the run with the newest baseline (`previous`) per endpoint, saying in
+    `report.baseline` what it was compared with, or why not (history `kept` or off)."""
+    if previous is not None:
+        report.comparisons = compare_to_baseline(
+            previous, history_record(report, result).endpoints, policy
+        )
+        report.baseline = (
+            f"baseline of {previous.established_at:%Y-%m-%d %H:%M} UTC from "
+            f"{len(previous.run_ids)} runs"
+        )
+    elif kept:
+        report.baseline = "no baseline yet: run with --baseline (baseline=true) to establish one"
+
+
+def table_description(report: LoadTestReport, chart: str) -> str:
+    """The description of the artifact `perfops-load-<test>`."""
+    return (
+        f"Load test {report.test} against {report.target}: {report.summary}. Latency is "
+        "measured from each request's intended start (open model). "
+        + (report.baseline or "history off")
+        + f". Chart: {chart}"
+    )
+
+
+def chart_markdown(report: LoadTestReport, png: bytes, chart: str) -> str:
+    """The artifact `perfops-load-<test>-chart`: the summary and the PNG inline."""
+    return (
+        f"# Load test {report.test}\n\n{report.summary}\n\n"
+        f"![latency per second](data:image/png;base64,{base64.b64encode(png).decode()})\n\n"
+        f"File: `{chart}`\n"
     )
 
 
@@ -200,7 +283,8 @@ def artifact_rows(report: LoadTestReport) -> list[dict[str, object]]:
                 "errors": "",
             }
         )
-    return rows
+    columns = list(rows[0]) if rows else []
+    return rows + [{k: row.get(k, "") for k in columns} for row in share_rows(report.share_runs)]
 
 
 def _figures(s: LatencyStats) -> dict[str, object]:
@@ -229,6 +313,8 @@ def event_payload(report: LoadTestReport) -> dict[str, object]:
         "asked_rps": report.asked_rps,
         "achieved_rps": report.achieved_rps,
         "requests": report.sent,
+        "shares": report.shares,
+        "shares_apart": report.apart,
         "endpoints": {
             s.name: {
                 "p50_ms": s.p50_ms,

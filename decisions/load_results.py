@@ -87,6 +87,9 @@ class ShareResult(BaseModel):
     model: Literal["open", "closed"] = "open"
     started_at: datetime
     started_monotonic: float = 0.0  # the generator's clock at the schedule's time 0
+    start_late_s: float = 0.0  # began this long after the start shared by the test's shares
+    ran_on: str = ""  # host:pid of the flow run that sent the share
+    flow_run_id: str | None = None  # the share's own flow run (run_load_share)
     duration_s: float  # the schedule's length
     seconds: float  # wall time, drain included
     asked: int  # arrivals the schedule asked of this share (open model)
@@ -134,7 +137,10 @@ def merge_shares(results: list[ShareResult]) -> ShareResult:
         merged.seconds = max(merged.seconds, r.seconds)
         merged.started_at = min(merged.started_at, r.started_at)
         merged.aborted = merged.aborted or r.aborted
+        merged.start_late_s = max(merged.start_late_s, r.start_late_s)
     merged.share, merged.shares = 0, max(r.shares for r in results)
+    if len(results) > 1:  # per share: decisions.load_shares.share_runs
+        merged.ran_on, merged.flow_run_id = "", None
     return merged
 
 

@@ -9,8 +9,12 @@ Dry run by default (`apply=False`): counts and samples what would go. With `appl
 that has no literal prefix or matches more than `max_keys` (100,000) is refused unless `force`.
 Keys go by SCAN MATCH COUNT + pipelined UNLINK batches on every master (never KEYS or FLUSH*);
 sampled keys are checked gone afterwards. Every step is idempotent: a run that died half way is
-finished by running it again. The run ends Failed when a step was refused or failed, the
-artifact `perfops-cache-invalidation` and the event still written.
+finished by running it again. An applied run that drops keys of a cache whose policy says
+`warm_after_invalidation` names them in its event (payload `warm`, label `perfops.cache.warm`),
+for the warm_cache deployment's trigger. The run ends Failed when a step was refused or failed, the
+artifact `perfops-cache-invalidation` and the event still written. Over a fleet (`targets`, the
+targets with a `redis` block): one child run per Redis, artifact
+`perfops-cache-invalidation-<target>`, summary `perfops-cache-invalidation-fleet`.
 """
 
 from __future__ import annotations
@@ -24,11 +28,25 @@ from prefect.runtime import flow_run
 from blocks.cdn import CdnTarget
 from blocks.resolve import load_block, resolve_redis
 from decisions.cache_invalidation import (
+    PURGE_AFTER,
     InvalidationReport,
     Outcome,
+    PurgeItems,
+    WarmAfter,
+    artifact_description,
     artifact_rows,
+    cdn_outcome,
+    event_labels,
+    event_payload,
+    failed_outcome,
     l1_message,
+    l1_outcome,
     pattern_outcome,
+    refused_outcome,
+    versions_outcome,
+    warm_after,
+    warm_keys_wanted,
+    with_apply_refusal,
 )
 from decisions.cache_policy import (
     Target,
@@ -41,21 +59,27 @@ from decisions.cache_policy import (
     resolve_request,
     versions_to_drop,
 )
+from decisions.fleet import FleetReport, keyed, target_labels
 from perfops.errors import PerfopsError
 from perfops.redaction import install_log_redaction
+from perfops.settings import get_settings
 from tasks.cache_keys import (
     ScanOptions,
     drop_tagged,
     forget_version,
     invalidate_pattern,
+    is_cluster,
     notify_l1,
     read_versions,
     resource_id,
 )
 from tasks.cdn import purge_cdn
+from tasks.fleet_runs import fan_out
 from tasks.records import emit, end_run, publish_table
 
 ARTIFACT_KEY = "perfops-cache-invalidation"
+FLEET_ARTIFACT_KEY = "perfops-cache-invalidation-fleet"
+EVENT_FLEET = "perfops.cache.fleet_invalidated"
 EVENT_INVALIDATED = "perfops.cache.invalidated"
 EVENT_PREVIEWED = "perfops.cache.previewed"
 EVENT_CDN = "perfops.cache.cdn_purged"
@@ -82,8 +106,11 @@ def invalidate_cache(
     policy_path: str = DEFAULT_POLICY,
     redis_block: str | None = None,
     cdn_block: str | None = None,
-) -> InvalidationReport:
-    """Invalidate cache entries.
+    targets: list[str] | str | None = None,
+    fleet_file: str | None = None,
+    fleet_target: str | None = None,
+) -> InvalidationReport | FleetReport:
+    """Invalidate cache entries, on one Redis or on every Redis of a fleet.
 
     Args:
         event: an application event of the policy (`user_updated`) or the Prefect event that
@@ -99,15 +126,31 @@ def invalidate_cache(
         pause_ms: pause after each SCAN call (pacing for a busy server; default none).
         policy_path: the cache policy file.
         redis_block: a `perfops-redis-target` block (default `PERFOPS_REDIS_URL`, else local).
-        cdn_block: a `perfops-cdn-target` block; without it CDN purges are skipped (reported).
+        cdn_block: a `perfops-cdn-target` block (default `PERFOPS_CDN_BLOCK`); without one
+            CDN purges are skipped (reported). Over a fleet every target's run purges it.
+        targets: run over a fleet instead (`deployments/fleet.yaml`, docs/fleet.md): a named
+            fleet, `all`, a label `key=value`, or target names; the targets with a `redis`
+            block, one child run each, a summary artifact `perfops-cache-invalidation-fleet`.
+        fleet_file: the fleet definition (default `PERFOPS_FLEET_FILE`, else
+            deployments/fleet.yaml).
+        fleet_target: set by the fleet parent on each child: keys its artifact
+            (`perfops-cache-invalidation-<target>`) and labels its events.
     """
     install_log_redaction()
+    policy = load_policy(policy_path)
+    request, steps = resolve_request(policy, event, parse_payload(payload), pattern, tag, versions)
+    if targets is not None:  # the parent of a fleet run: one child run per Redis
+        asked = {"event": event, "payload": payload, "pattern": pattern, "tag": tag,
+                 "versions": versions, "apply": apply, "force": force, "max_keys": max_keys,
+                 "pause_ms": pause_ms, "policy_path": policy_path,
+                 "cdn_block": cdn_block}  # fmt: skip
+        return fan_out(
+            invalidate_cache, targets, fleet_file, asked, artifact_key=FLEET_ARTIFACT_KEY,
+            event=EVENT_FLEET, dry_run=not apply, changes=apply, system="redis",
+            block_parameter="redis_block",
+        )  # fmt: skip
     logger = get_run_logger()
     started = time.monotonic()
-    policy = load_policy(policy_path)
-    request, targets = resolve_request(
-        policy, event, parse_payload(payload), pattern, tag, versions
-    )
     redis = resolve_redis(redis_block)
     target = redis.value
     limit = max_keys or policy.settings.max_keys
@@ -119,49 +162,45 @@ def invalidate_cache(
     run = str(flow_run.get_id() or "")
     outcomes: list[Outcome] = []
     messages: list[dict[str, Any]] = []
-    purge: dict[str, list[str]] = {"files": [], "tags": [], "prefixes": []}
+    purge = PurgeItems()
+    warm: list[WarmAfter] = []  # the cache to warm again, if any (one per run: the policy)
     logger.info("%s on %s%s", request, redis.description, "" if apply else " (dry run)")
-
-    def add_cdn(items: dict[str, list[str]]) -> None:
-        purge["files"] += items.get("cdn_urls", [])
-        purge["tags"] += items.get("cdn_tags", [])
-        purge["prefixes"] += items.get("cdn_prefixes", [])
 
     def one_pattern(t: Target, glob: str) -> Outcome:
         early = refusal(t.label, glob, None, limit, force) if apply else None
         if early:
-            return Outcome(
-                target=f"{t.cache or 'pattern'}: {glob}",
-                result="refused",
-                reason=early,
-                kind=t.kind,
-                cache=t.cache or "",
-            )
+            return refused_outcome(t, glob, early)
         result = invalidate_pattern(
-            target, glob, options, apply=apply, max_keys=limit, force=force, label=t.label
-        )
+            target, glob, options, apply=apply, max_keys=limit, force=force, label=t.label,
+            keep_keys=warm_keys_wanted(policy, t, apply),
+        )  # fmt: skip
         outcome = pattern_outcome(t, glob, result, apply)
-        later = None if apply else refusal(t.label, glob, result.matched, limit, force)
-        if later:  # a dry run says what --apply would refuse
-            outcome = outcome.model_copy(update={"reason": f"{outcome.reason}; --apply: {later}"})
+        wanted = warm_after(policy, t, glob, outcome, result.kept, redis_block)
+        warm.extend([wanted] if wanted and not warm else [])
+        if not apply:  # a dry run says what --apply would refuse
+            outcome = with_apply_refusal(
+                outcome, refusal(t.label, glob, result.matched, limit, force)
+            )
         if outcome.result == "dropped" and outcome.dropped:
             messages.append(
                 l1_message(run=run, cache=t.cache, pattern=glob, regex=glob_regex(glob), keys=[])
             )
         return outcome
 
-    for t in targets:
+    for t in steps:
         try:
             if t.kind == "pattern":
-                outcome = one_pattern(t, t.pattern)
-                outcomes.append(outcome)
-                if outcome.result in ("dropped", "would drop", "nothing to drop"):
-                    add_cdn(t.model_dump(include={"cdn_urls", "cdn_tags", "cdn_prefixes"}))
+                outcomes.append(one_pattern(t, t.pattern))
+                if outcomes[-1].result in PURGE_AFTER:
+                    purge.add(t.model_dump(include={"cdn_urls", "cdn_tags", "cdn_prefixes"}))
             elif t.kind == "tag":
                 found, batches = drop_tagged(
                     target, t.tag_key, options.batch_size, apply=apply, max_keys=limit, force=force
                 )
                 outcomes.append(pattern_outcome(t, t.tag_key, found, apply))
+                kept = [k for b in batches for k in b]
+                wanted = warm_after(policy, t, t.tag_key, outcomes[-1], kept, redis_block)
+                warm.extend([wanted] if wanted and not warm else [])
                 messages += [
                     l1_message(run=run, cache=t.cache, pattern=None, regex=None, keys=b)
                     for b in batches
@@ -169,57 +208,28 @@ def invalidate_cache(
             else:
                 known = read_versions(target, t.versions_key)
                 old = versions_to_drop(known, t.keep)
-                outcomes.append(
-                    Outcome(
-                        target=f"{t.cache}: {t.versions_key}",
-                        result="skipped" if not old else ("dropped" if apply else "would drop"),
-                        reason=f"{len(known)} versions, keep the newest {t.keep}; "
-                        + (f"older: {', '.join(old)}" if old else "nothing older"),
-                        kind="versions",
-                        cache=t.cache or "",
-                    )
-                )
+                outcomes.append(versions_outcome(t, known, old, apply))
                 cache = policy.cache(str(t.cache))
                 for version in old:
                     outcome = one_pattern(t, fill(t.pattern, {"version": version}))
                     outcomes.append(outcome)
-                    if outcome.result in ("dropped", "would drop", "nothing to drop"):
-                        add_cdn(cdn_items(cache, {"version": version}))
+                    if outcome.result in PURGE_AFTER:
+                        purge.add(cdn_items(cache, {"version": version}))
                     if apply and outcome.result in ("dropped", "nothing to drop"):
                         forget_version(target, t.versions_key, version)
         except PerfopsError as exc:
-            outcomes.append(
-                Outcome(
-                    target=t.label,
-                    result="failed",
-                    reason=str(exc),
-                    kind=t.kind,
-                    cache=t.cache or "",
-                )
-            )
-    cluster = _is_cluster(target)
+            outcomes.append(failed_outcome(t, str(exc)))
+    cluster = is_cluster(target)
 
     if apply and messages:
+        channel = policy.settings.l1_channel
         try:
-            heard = notify_l1(target, policy.settings.l1_channel, messages)
-            outcomes.append(
-                Outcome(
-                    target=f"l1: {policy.settings.l1_channel}",
-                    result="notified",
-                    kind="l1",
-                    reason=f"{len(messages)} notices, {heard} subscribers heard the last",
-                )
-            )
+            heard = notify_l1(target, channel, messages)
+            outcomes.append(l1_outcome(channel, len(messages), heard))
         except PerfopsError as exc:
-            outcomes.append(
-                Outcome(
-                    target=f"l1: {policy.settings.l1_channel}",
-                    result="failed",
-                    reason=str(exc),
-                    kind="l1",
-                )
-            )
-    outcomes += _purge_cdn(purge, apply, cdn_block)
+            outcomes.append(l1_outcome(channel, len(messages), error=str(exc)))
+    cdn = _purge_cdn(purge.items(), apply, cdn_block or get_settings().cdn_block)
+    outcomes += [cdn] if cdn else []
 
     report = InvalidationReport(
         request=request,
@@ -229,83 +239,35 @@ def invalidate_cache(
         max_keys=limit,
         outcomes=outcomes,
         seconds=round(time.monotonic() - started, 3),
+        warm=warm[0] if warm else None,
     )
     logger.info("%s in %.1f s", report.summary, report.seconds)
     publish_table(
-        ARTIFACT_KEY,
-        artifact_rows(report),
-        f"Cache invalidation: {report.summary}. max_keys {limit:,}; "
-        "keys dropped by SCAN + UNLINK (never KEYS/FLUSH); see docs/caches.md.",
+        keyed(ARTIFACT_KEY, fleet_target), artifact_rows(report), artifact_description(report)
     )
     resource = resource_id(target)
     emit(
         EVENT_INVALIDATED if apply else EVENT_PREVIEWED,
         resource,
-        {
-            "request": request,
-            "dry_run": not apply,
-            "matched": report.matched,
-            "dropped": report.dropped,
-            "refused": [o.target for o in outcomes if o.result == "refused"],
-            "failed": [o.target for o in outcomes if o.result == "failed"],
-            "caches": sorted({o.cache for o in outcomes if o.cache}),
-            "seconds": report.seconds,
-        },
-        **{"perfops.outcome": "dry-run" if not apply else ("failed" if report.failure else "ok")},
+        event_payload(report),
+        **event_labels(report),
+        **target_labels(fleet_target),
     )
-    cdn = [o for o in outcomes if o.kind == "cdn" and o.result == "purged"]
-    if cdn:
-        emit(EVENT_CDN, resource, {"request": request, "items": cdn[0].dropped})
+    if cdn and cdn.result == "purged":
+        emit(
+            EVENT_CDN,
+            resource,
+            {"request": request, "items": cdn.dropped},
+            **target_labels(fleet_target),
+        )
     return end_run(report, report.failure)
 
 
-def _is_cluster(target: Any) -> bool:
-    from tasks.cache_keys import connected
-
-    try:
-        with connected(target) as conn:
-            return conn.cluster
-    except PerfopsError:
-        return False
-
-
-def _purge_cdn(purge: dict[str, list[str]], apply: bool, cdn_block: str | None) -> list[Outcome]:
-    items = {k: sorted(set(v)) for k, v in purge.items() if v}
-    count = sum(len(v) for v in items.values())
-    if not count:
-        return []
-    what = ", ".join(f"{len(v)} {k}" for k, v in items.items())
-    if not apply:
-        return [
-            Outcome(
-                target=f"cdn: {what}",
-                result="would purge",
-                kind="cdn",
-                reason="dry run",
-                matched=count,
-            )
-        ]
-    if not cdn_block:
-        return [
-            Outcome(
-                target=f"cdn: {what}",
-                result="skipped",
-                kind="cdn",
-                matched=count,
-                reason="no perfops-cdn-target block given (cdn_block)",
-            )
-        ]
-    cdn = load_block(CdnTarget, cdn_block)
-    result = purge_cdn(cdn, items)
-    return [
-        Outcome(
-            target=f"cdn: {what}",
-            result="failed" if result.error else "purged",
-            reason=result.error
-            or f"{result.requests} requests, {result.rate_limited} rate-limited (429) and "
-            f"{result.server_errors} 5xx retried, {result.waited_s:.1f} s paced",
-            kind="cdn",
-            matched=count,
-            dropped=result.items,
-        )
-    ]
+def _purge_cdn(items: dict[str, list[str]], apply: bool, cdn_block: str | None) -> Outcome | None:
+    """The CDN step: decided without the CDN when it can be (nothing, a dry run, no block),
+    else the purge through the `cdn_block` block."""
+    decided = cdn_outcome(items, apply=apply, cdn_block=cdn_block)
+    if decided is not None or not items:
+        return decided
+    result = purge_cdn(load_block(CdnTarget, str(cdn_block)), items)
+    return cdn_outcome(items, apply=apply, cdn_block=cdn_block, result=result)

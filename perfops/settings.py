@@ -44,6 +44,10 @@ class PerfopsSettings(BaseSettings):
 
     redis_block: str | None = None
     redis_url: str | None = None
+    cdn_block: str | None = Field(
+        default=None,
+        description="A perfops-cdn-target block invalidate_cache purges (docs/caches.md).",
+    )
 
     s3_block: str | None = None
     s3_bucket: str | None = None

@@ -18,7 +18,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis
@@ -32,7 +32,7 @@ from redis.retry import Retry
 
 from blocks import RedisTarget
 from decisions.cache_policy import refusal
-from perfops.errors import ConnectionFailed
+from perfops.errors import ConnectionFailed, PerfopsError
 from perfops.redaction import register_secret
 from tasks.cache_scan import (
     SAMPLES,
@@ -98,6 +98,16 @@ def connected(target: RedisTarget) -> Iterator[CacheConnection]:
         conn.close()
 
 
+def is_cluster(target: RedisTarget) -> bool:
+    """Whether `target` is a Redis Cluster node (False when it does not answer: the steps
+    that needed it already said why)."""
+    try:
+        with connected(target) as conn:
+            return conn.cluster
+    except PerfopsError:
+        return False
+
+
 def resource_id(target: RedisTarget) -> str:
     """`perfops.redis.<host>:<port>/<db>`: the events' resource."""
     from urllib.parse import urlsplit
@@ -120,6 +130,7 @@ class PatternResult:
     passes: int
     left: list[str]
     seconds: float
+    kept: list[str] = field(default_factory=list)  # dropped keys, the first `keep_keys`
 
 
 def _drop_collected(conn: CacheConnection, found: KeyCount, batch_size: int) -> int:
@@ -150,15 +161,24 @@ def invalidate_pattern(
     max_keys: int,
     force: bool,
     label: str = "",
+    keep_keys: int = 0,
 ) -> PatternResult:
     """Count the keys of `pattern` (a dry run stops there), refuse past `max_keys` unless
     `force`, then UNLINK them in pipelined batches: the keys the count kept (one SCAN pass in
     all) while there were at most `COLLECT` per node, else a second SCAN that drops as it goes.
-    With `force` a single dropping SCAN. Afterwards the sampled keys are checked gone."""
+    With `force` a single dropping SCAN. Afterwards the sampled keys are checked gone. The
+    first `keep_keys` dropped keys are returned (`kept`: what a warm-up refetches)."""
     started = time.monotonic()
+    kept: list[bytes] = []
+
+    def keep(batch: list[bytes]) -> None:  # called from one thread per master
+        room = keep_keys - len(kept)
+        if room > 0:
+            kept.extend(batch[:room])
+
     with connected(target) as conn:
         if apply and force:
-            found = scan_pattern(conn, pattern, options, drop=True)
+            found = scan_pattern(conn, pattern, options, drop=True, on_batch=keep)
             matched, dropped, passes, refused = found.matched, found.dropped, 1, None
         else:
             found = scan_pattern(
@@ -176,8 +196,10 @@ def invalidate_pattern(
             if apply and refused is None:
                 if found.complete:
                     dropped = _drop_collected(conn, found, options.batch_size)
+                    for keys in found.keys.values():
+                        keep(keys)
                 else:
-                    dropped = scan_pattern(conn, pattern, options, drop=True).dropped
+                    dropped = scan_pattern(conn, pattern, options, drop=True, on_batch=keep).dropped
                     passes = 2
         left = _still_there(conn, found.samples) if apply and refused is None else []
     return PatternResult(
@@ -189,6 +211,7 @@ def invalidate_pattern(
         passes=passes,
         left=left,
         seconds=round(time.monotonic() - started, 3),
+        kept=[decode_key(k) for k in kept[:keep_keys]],
     )
 
 

@@ -40,18 +40,13 @@ from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     ArtifactFilterKey,
-    FlowRunFilter,
-    FlowRunFilterId,
 )
-from prefect.client.schemas.objects import FlowRun
-from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
 from prefect.concurrency.sync import concurrency
-from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.settings import PREFECT_UI_URL
-from prefect.states import Cancelled, Pending, State
+from prefect.states import State
 
 from blocks import PostgresTarget
 from blocks.resolve import resolve_postgres, resolve_redis, saved_block_names
@@ -72,11 +67,14 @@ from perfops.heartbeats import heartbeats
 from perfops.redaction import one_line
 from perfops.settings import get_settings
 from tasks.records import emit, end_run, publish_table
+from tasks.share_runs import share_run_states, start_share_run, take_back
 
 # The tag of a share's run: one part of a fleet run spread over the pool's workers.
 SHARE_TAG = "perfops-fleet-share"
 # How often a spread parent reads its shares' states.
 SHARE_POLL_S = 1.0
+# A share no worker took by the time share 1 is done is cancelled saying this (tasks.share_runs).
+TAKEN_BACK = "no worker took this share in time: its parent ran its targets"
 # A run waits this long for its database's and its cluster's slots, then fails saying which.
 SLOT_TIMEOUT_S = 3600.0
 
@@ -315,18 +313,13 @@ def _run_spread(
     started: list[tuple[str, str, list[Target]]] = []
     for number, share in enumerate(shares[1:], start=2):
         name = f"{child.name}-share-{number}-of-{count}"
-        run = cast(
-            "FlowRun",
-            run_deployment(
-                name=runtime_deployment.id,
-                parameters={**own_parameters, "targets": [t.name for t in share]},
-                flow_run_name=name,
-                tags=[SHARE_TAG],
-                timeout=0,
-                as_subflow=True,
-            ),
+        run_id = start_share_run(
+            cast("UUID", runtime_deployment.id),
+            {**own_parameters, "targets": [t.name for t in share]},
+            name,
+            SHARE_TAG,
         )
-        started.append((str(run.id), name, share))
+        started.append((run_id, name, share))
     logger.info(
         "spread over %d shares: share 1 (%d targets) here, %s started for any worker",
         count,
@@ -336,21 +329,13 @@ def _run_spread(
     runs = _run_targets(child, definition, shares[0], parameters, describe)
     waiting = list(started)
     while waiting:
-        with get_client(sync_client=True) as client:
-            states = {
-                str(r.id): r.state
-                for r in client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(
-                        id=FlowRunFilterId(any_=[UUID(i) for i, _, _ in waiting])
-                    )
-                )
-            }
+        states = share_run_states([i for i, _, _ in waiting])
         still: list[tuple[str, str, list[Target]]] = []
         for run_id, name, share in waiting:
             state = states.get(run_id)
             if state is not None and state.is_final():
                 runs += _share_rows(run_id, name, share, state, artifact_key)
-            elif state is not None and state.is_scheduled() and _take_back(run_id):
+            elif state is not None and state.is_scheduled() and take_back(run_id, TAKEN_BACK):
                 logger.info("no worker took %s: running its %d targets here", name, len(share))
                 runs += _run_targets(child, definition, share, parameters, describe)
             else:
@@ -359,22 +344,6 @@ def _run_spread(
         if waiting:
             time.sleep(SHARE_POLL_S)
     return runs
-
-
-def _take_back(run_id: str) -> bool:
-    """Claim a share run no worker has taken (Pending, which the server grants to one
-    proposer only, as it does between two workers), then cancel it saying why; False when a
-    worker got it first."""
-    with get_client(sync_client=True) as client:
-        claimed: OrchestrationResult[Any] = client.set_flow_run_state(run_id, Pending())
-        if claimed.status != SetStateStatus.ACCEPT:
-            return False
-        client.set_flow_run_state(
-            run_id,
-            Cancelled(message="no worker took this share in time: its parent ran its targets"),
-            force=True,
-        )
-    return True
 
 
 def _share_rows(

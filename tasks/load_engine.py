@@ -673,9 +673,12 @@ class _Run:
         await asyncio.gather(*(pool.warm(warm) for pool in self.pools.values()))
         started_at = datetime.now(UTC)
         delay = self.plan.start_delay_s
+        late = 0.0
         if self.plan.start_at_unix is not None:  # shares of one test start together
-            delay = max(0.0, self.plan.start_at_unix - time.time())
-            started_at = datetime.fromtimestamp(max(self.plan.start_at_unix, time.time()), UTC)
+            now = time.time()
+            delay = max(0.0, self.plan.start_at_unix - now)
+            late = max(0.0, now - self.plan.start_at_unix)  # reported: the parent judges it
+            started_at = datetime.fromtimestamp(max(self.plan.start_at_unix, now), UTC)
         self.t0 = self.loop.time() + delay
         self.end = self.t0 + self.test.seconds
         monitor = self.loop.create_task(self.monitor())
@@ -700,6 +703,7 @@ class _Run:
             model="open" if open_model else "closed",
             started_at=started_at,
             started_monotonic=self.t0,
+            start_late_s=round(late, 3),
             duration_s=self.test.seconds,
             seconds=round(self.loop.time() - self.t0, 3),
             asked=asked,

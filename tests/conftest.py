@@ -49,8 +49,9 @@ FORGET_THIS_DATABASE = (
     "where datname = current_database()), 0)"
 )
 # Flushed by the tests that use it: one database per concurrent checkout (PERFOPS_TEST_REDIS_URL)
-# and per pytest-xdist worker (gw0 15, gw1 9, ...: tests/e2e/test_workers.py uses 11 and
-# tests/e2e/test_production.py 14; `--dist loadfile` runs a file's tests in one worker).
+# and per pytest-xdist worker (gw0 15, gw1 9, ...: tests/e2e/test_workers.py uses 11,
+# tests/e2e/test_caches_e2e.py 12 and tests/e2e/test_production.py 14; `--dist loadfile` runs a
+# file's tests in one worker).
 _XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 REDIS_TEST_URL = os.environ.get(
     "PERFOPS_TEST_REDIS_URL",

@@ -68,6 +68,18 @@ def _print(text: str, *, indent: int = 2, style: str | None = None) -> None:
     print_wrapped(redact(text), indent=indent, style=style)
 
 
+def _warm_url(policy: Path, cache_name: str) -> str | None:
+    """The cache's warm_url in the policy (None when it has none); a bad policy or an unknown
+    cache is refused as bad usage."""
+    from decisions.cache_policy import load_policy
+    from perfops.errors import PerfopsError
+
+    try:
+        return load_policy(policy).cache(cache_name).warm_url
+    except PerfopsError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 @app.command()
 def invalidate(
     event: Annotated[
@@ -104,11 +116,14 @@ def invalidate(
     policy: PolicyOption = DEFAULT_POLICY,
     redis_url: RedisUrlOption = None,
     redis_block: RedisBlockOption = None,
+    fleet: FleetOption = None,
+    fleet_file: FleetFileOption = None,
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
     """Drop the cache keys an event, a pattern, a tag or a version bump makes stale (flow
-    invalidate_cache). Dry run unless --apply. Exit 1 when a step was refused or failed."""
+    invalidate_cache). Dry run unless --apply. Exit 1 when a step was refused or failed. With
+    --fleet, on every cache of the fleet (its targets with a redis block), one child run each."""
     given = [n for n, v in (("--event", event), ("--pattern", pattern), ("--tag", tag),
                             ("--versions", versions)) if v]  # fmt: skip
     if len(given) != 1:
@@ -126,28 +141,27 @@ def invalidate(
         raise typer.BadParameter("--force goes with --apply")
     if not policy.is_file():
         raise typer.BadParameter(f"--policy {policy}: no such file")
-    set_env("PERFOPS_REDIS_URL", redis_url)
 
     def load() -> Any:
         from flows.invalidate_cache import invalidate_cache
 
         return invalidate_cache
 
+    asked = {"event": event, "payload": payload, "pattern": pattern, "tag": tag,
+             "versions": versions, "apply": apply, "force": force, "max_keys": max_keys,
+             "policy_path": str(policy), "cdn_block": cdn_block}  # fmt: skip
+    if fleet:
+        run_fleet(
+            load, asked, fleet=fleet, fleet_file=fleet_file,
+            single={"--redis-url": redis_url, "--redis-block": redis_block},
+            label="cache invalidation" + ("" if apply else " (dry run)"),
+            artifact_key="perfops-cache-invalidation-fleet", as_json=as_json, verbose=verbose,
+        )  # fmt: skip
+        return
+    set_env("PERFOPS_REDIS_URL", redis_url)
     report = run_flow(
         load,
-        {
-            "event": event,
-            "payload": payload,
-            "pattern": pattern,
-            "tag": tag,
-            "versions": versions,
-            "apply": apply,
-            "force": force,
-            "max_keys": max_keys,
-            "policy_path": str(policy),
-            "redis_block": redis_block,
-            "cdn_block": cdn_block,
-        },
+        {**asked, "redis_block": redis_block},
         verbose=verbose,
         label="invalidating" if apply else "counting what an invalidation would drop",
         show_progress=not as_json,
@@ -259,21 +273,25 @@ def warm(
     policy: PolicyOption = DEFAULT_POLICY,
     redis_url: RedisUrlOption = None,
     redis_block: RedisBlockOption = None,
+    fleet: FleetOption = None,
+    fleet_file: FleetFileOption = None,
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
-    """Warm a cache from keys (--key, --keys-file) fetched through --url-template, or from
-    --keys-sql (flow warm_cache). Exit 1 when a key failed to warm."""
+    """Warm a cache from keys (--key, --keys-file) fetched through --url-template (default: the
+    cache's warm_url in the policy), or from --keys-sql (flow warm_cache). Exit 1 when a key
+    failed to warm. With --fleet, on every cache of the fleet, one child run each."""
     keys = list(key or [])
     if keys_file is not None:
         keys += [line.strip() for line in keys_file.read_text().splitlines() if line.strip()]
     if bool(keys) == bool(keys_sql):
         raise typer.BadParameter("give keys (--key/--keys-file) or --keys-sql, not both")
-    if keys and not url_template:
-        raise typer.BadParameter("--key/--keys-file need --url-template")
     if not policy.is_file():
         raise typer.BadParameter(f"--policy {policy}: no such file")
-    set_env("PERFOPS_REDIS_URL", redis_url)
+    if keys and not url_template and not _warm_url(policy, cache_name):
+        raise typer.BadParameter(
+            f"--key/--keys-file need --url-template ({cache_name} has no warm_url in {policy})"
+        )
     set_env("PERFOPS_DSN", dsn)
 
     def load() -> Any:
@@ -281,11 +299,21 @@ def warm(
 
         return warm_cache
 
+    asked = {"cache": cache_name, "keys": keys or None, "url_template": url_template,
+             "keys_sql": keys_sql, "concurrency": concurrency, "ttl_s": ttl_s,
+             "dry_run": dry_run, "policy_path": str(policy)}  # fmt: skip
+    if fleet:
+        run_fleet(
+            load, asked, fleet=fleet, fleet_file=fleet_file,
+            single={"--redis-url": redis_url, "--redis-block": redis_block},
+            label="cache warm-up" + (" (dry run)" if dry_run else ""),
+            artifact_key="perfops-cache-warmup-fleet", as_json=as_json, verbose=verbose,
+        )  # fmt: skip
+        return
+    set_env("PERFOPS_REDIS_URL", redis_url)
     report = run_flow(
         load,
-        {"cache": cache_name, "keys": keys or None, "url_template": url_template,
-         "keys_sql": keys_sql, "concurrency": concurrency, "ttl_s": ttl_s, "dry_run": dry_run,
-         "policy_path": str(policy), "redis_block": redis_block},
+        {**asked, "redis_block": redis_block},
         verbose=verbose,
         label="warming the cache",
         show_progress=not as_json,

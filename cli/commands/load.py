@@ -75,6 +75,15 @@ def run(
             min=1, max=16, help="Split the load into N child runs, each in its own process."
         ),
     ] = 1,
+    spread: Annotated[
+        bool,
+        typer.Option(
+            "--spread",
+            help="Shares 2..N as runs of the run_load_share deployment, taken by any worker of "
+            "its pool (other machines); without that deployment on the server (PREFECT_API_URL), "
+            "every share runs here.",
+        ),
+    ] = False,
     target_block: TargetBlockOption = None,
     target_url: TargetUrlOption = None,
     tests_file: TestsFileOption = None,
@@ -105,6 +114,7 @@ def run(
             "tests_file": str(path),
             "baseline": baseline,
             "shares": shares,
+            "spread": spread,
             "keep_history": not no_history,
         },
         verbose=verbose,
@@ -156,6 +166,16 @@ def _print_report(report: Any) -> None:
         print_wrapped(f"{c.result}: {c.endpoint} {c.reason}", indent=2, style=style)
     if report.baseline:
         print_wrapped(report.baseline, indent=2, style="dim")
+    for r in report.share_runs:
+        late = f"began {r.start_late_s:.1f} s late" if r.late else "on time"
+        print_wrapped(
+            f"share {r.share} of {r.shares}: {r.where} on {r.ran_on or '?'}, {late}, "
+            f"sent {r.sent:,} of {r.asked:,}",
+            indent=2,
+            style="yellow" if r.late else "dim",
+        )
+    if report.apart:
+        print_wrapped(report.apart, indent=2, style="red")
     if report.late_sends:
         print_wrapped(
             f"{report.late_sends:,} requests left more than 10 ms after their intended start "

@@ -1,6 +1,8 @@
 """run_load_test through Prefect against the real local target (127.0.0.1) and a PostgreSQL
 database of its own: history, baseline, a regression flagged (Failed, event, artifact), a
-target the allow-list refuses, two shares merged, and the CLI's history."""
+target the allow-list refuses, two shares merged (spread asked, but without a run_load_share
+deployment they run here; tests/e2e/test_load_spread.py spreads them over two workers), and the
+CLI's history."""
 
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ from psycopg import sql
 from blocks import LoadTarget
 from decisions.load_baseline import ComparePolicy
 from demo.target_server import TargetBehaviour, TargetServer
-from flows import run_load_test as module
 from flows.run_load_test import run_load_test
 from tests.conftest import ADMIN_DSN
 from tests.records import artifact_rows, failed_run, wait_for_event
@@ -137,17 +138,30 @@ def test_a_host_outside_the_allow_list_is_refused_before_any_request(
 
 
 def test_two_shares_ask_half_each_and_merge_into_one_result(
-    tests_file: str, local: Callable[[TargetServer], None], monkeypatch: pytest.MonkeyPatch
+    tests_file: str, local: Callable[[TargetServer], None]
 ) -> None:
-    monkeypatch.setattr(module, "SHARE_START_S", 4.0)
+    # the shares begin tasks.load_shares.START_HERE_S (8 s) after the parent asks: both subflows
+    # start within it, even on a busy machine
     with TargetServer(TargetBehaviour(median_ms=5)) as server:
         local(server)
-        report = run_load_test(name="smoke", tests_file=tests_file, shares=2, keep_history=False)
+        report = run_load_test(
+            name="smoke", tests_file=tests_file, shares=2, spread=True, keep_history=False
+        )
         assert server.log is not None
         numbers = sorted(server.log.numbers)
     assert report.shares == 2 and report.asked == 180
     assert numbers == list(range(180))  # each arrival once, from one share or the other
     assert report.endpoints[1].requests == 180
+    # no run_load_share deployment on this server: both shares ran here, together
+    assert [(r.share, r.where, r.asked) for r in report.share_runs] == [
+        (1, "here", 90),
+        (2, "here", 90),
+    ]
+    assert report.apart is None and report.passed
+    assert all(r.flow_run_id for r in report.share_runs), report.share_runs
+    assert len({r.ran_on for r in report.share_runs}) == 1  # one process: the parent's
+    rows = artifact_rows("perfops-load-smoke")
+    assert [r["what"] for r in rows[-2:]] == ["share 1 of 2", "share 2 of 2"]
 
 
 def test_history_lists_runs_newest_first(

@@ -116,3 +116,17 @@ def test_the_auth_header_reaches_the_target_and_no_result(
     assert "s3cret" not in plan.model_dump_json()
     assert "s3cret" not in capfd.readouterr().err
     assert result.endpoints["GET /api/v1/agents"].responses == 10
+
+
+def test_a_share_that_begins_after_the_shared_start_says_how_late() -> None:
+    import time
+
+    with TargetServer(TargetBehaviour(median_ms=1)) as server:
+        test = a_test("{rps: 20}", "1s")
+        on_time = run_share(
+            LoadPlan(test=test, base_url=server.url, start_at_unix=time.time() + 1.0)
+        )
+        late = run_share(LoadPlan(test=test, base_url=server.url, start_at_unix=time.time() - 3))
+    assert on_time.start_late_s == 0.0
+    assert 3.0 <= late.start_late_s < 6.0
+    assert late.sent == 20  # the whole schedule, shifted by its lateness

@@ -1,0 +1,57 @@
+"""Share runs: one piece of a parent run's work started as a run of a deployment, so that any
+worker of the pool can take it (a spread fleet run, tasks/fleet_runs.py; a load test in shares,
+tasks/load_shares.py). The parent starts it, reads its state, and takes it back when no worker
+has taken it in time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
+from prefect.deployments import run_deployment
+from prefect.states import Cancelled, Pending, State
+
+
+def start_share_run(deployment: UUID | str, parameters: dict[str, Any], name: str, tag: str) -> str:
+    """A run of `deployment` for any worker of its pool, a subflow of the current run in the
+    UI, tagged `tag`; its id. Returns at once (the run is Scheduled)."""
+    run = cast(
+        "FlowRun",
+        run_deployment(
+            name=deployment,
+            parameters=parameters,
+            flow_run_name=name,
+            tags=[tag],
+            timeout=0,
+            as_subflow=True,
+        ),
+    )
+    return str(run.id)
+
+
+def share_run_states(run_ids: list[str]) -> dict[str, State[Any]]:
+    """The current state of each run (one request)."""
+    if not run_ids:
+        return {}
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(i) for i in run_ids]))
+        )
+    return {str(r.id): r.state for r in runs if r.state is not None}
+
+
+def take_back(run_id: str, message: str) -> bool:
+    """Claim a share run no worker has taken (Pending, which the server grants to one
+    proposer only, as it does between two workers), then cancel it with `message`; False when
+    a worker got it first."""
+    with get_client(sync_client=True) as client:
+        claimed: OrchestrationResult[Any] = client.set_flow_run_state(run_id, Pending())
+        if claimed.status != SetStateStatus.ACCEPT:
+            return False
+        client.set_flow_run_state(run_id, Cancelled(message=message), force=True)
+    return True
