@@ -16,7 +16,7 @@ the given ones, one trace per worker process:
 2. perfops = `decisions.scaling_replay.PerfopsPolicy(risk=r)`: at reset it back-tests the
    candidates (the same four families at 0.2-1.0, and the forecast grid) on the training
    steps only, picks the family cheapest around `r` % under-provisioned steps there (its
-   cost over r/2..2r, `scaling_tuning.family_score`) and its cheapest setting meeting `r`,
+   cost over r/sqrt2..r*sqrt2, `scaling_tuning.family_score`) and its cheapest setting meeting `r`,
    and runs that choice on the evaluated steps it has never seen. The dial `r` is swept over
    `--risks`; by default over its frontier: each training under-provisioned share at which the
    choice changes (read from the training back-test alone, so no evaluated step shapes the sweep).

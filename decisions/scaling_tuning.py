@@ -5,14 +5,14 @@ model of `decisions.scaling_simulation` (provisioning delay, billing from launch
 candidates: the simple families, each swept over target utilisations 20-100 % (HPA target
 tracking with a 5- and a 30-minute scale-down window, AWS step scaling with its scale-out
 threshold at target + 10 points, a business-hours schedule sized from the history's p99), and
-perfops' forecast policy on a small grid (target utilisation x forecast quantile x margin kind)
-that shares one forecast pass. `pick` judges each family as the goal does, by its cost curve
-(cost at a share of under-provisioned steps, interpolated over its settings), read over a band
-around the group's risk target (from 1/sqrt(2) to sqrt(2) times it: the share one fortnight
-gives a policy is often a third off, or half or twice, the share of the weeks after it), takes
-the cheapest family and its cheapest setting that meets the target on the history; a simple
-family wins ties (within 1 %), so a forecast is used only where it pays on this group's history,
-and when none does, the choice says so: that is a result, not a failure.
+perfops' forecast policy on a grid (forecast quantiles log-spaced in exceedance, a lower target
+utilisation, the ratio margin) that shares one forecast pass. `pick` judges each family as the
+goal does, by its cost curve (cost at a share of under-provisioned steps, interpolated over its
+settings), read over a band around the group's risk target (from 1/sqrt(2) to sqrt(2) times it:
+the share one fortnight gives a policy is often a third off, or half or twice, the share of the
+weeks after it), takes the cheapest family and its cheapest setting that meets the target on the
+history; a simple family wins ties (within 1 %), so a forecast is used only where it pays on
+this group's history, and when none does, the choice says so: that is a result, not a failure.
 
 The choice is made on the past only; `scaling_policy_for` turns it into the `ScalingPolicy` the
 scaling flow runs until the next tuning.
@@ -54,11 +54,17 @@ SIMPLE_FAMILIES: tuple[Family, ...] = (
     "scheduled_p99",
 )
 SIMPLE_TARGETS = tuple(round(0.20 + 0.05 * i, 2) for i in range(17))  # 0.20 .. 1.00
-# the forecast policy's grid, kept small (each setting is a replay of decide() at every step):
-# the forecast's upper bound at 100 % utilisation swept over the quantile (the efficient dial),
-# a few at 80 % (target tracking's floor then adds headroom of its own), and the ratio margin
+# the forecast policy's grid (each setting is a replay of decide() at every step): the
+# forecast's upper bound at 100 % utilisation swept over the quantile (the efficient dial), its
+# exceedance 1 - q log-spaced by sqrt(2) from 50 % to 0.55 % (p50 .. p99.45): the share of
+# under-provisioned steps follows 1 - q, so the dial has a setting in every sqrt(2) band of
+# risk, as `pick` reads a family (RISK_BAND), and its points on unseen weeks lie close enough for
+# the curve between them to be the family's (with five quantiles, 1 % was read off a line
+# between settings far either side of it: see docs/scaling.md); one at 80 % (target tracking's
+# floor then adds headroom of its own), and the ratio margin
+FORECAST_QUANTILES = tuple(round(1.0 - 0.5 * 2.0 ** (-k / 2), 3) for k in range(14))
 FORECAST_GRID: tuple[tuple[float, float, MarginKind], ...] = (
-    *((1.0, q, "additive") for q in (0.5, 0.75, 0.9, 0.95, 0.99)),
+    *((1.0, q, "additive") for q in FORECAST_QUANTILES),
     (0.8, 0.9, "additive"),
     *((1.0, q, "ratio") for q in (0.9, 0.95)),
 )

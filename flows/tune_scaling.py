@@ -1,8 +1,8 @@
 """tune_scaling: back-test the group's own recent load history through the candidate policies
-(the simple families swept over 20-100 % target utilisation, and perfops' forecast policy on a
-small grid), pick the family cheapest around the group's risk target and its cheapest setting
-that meets it (`decisions.scaling_tuning.pick`), and store the choice for
-`scale_predictively`, which runs it until the next tuning. CLI `perfops scaling tune`.
+(the simple families swept over 20-100 % target utilisation, and perfops' forecast policy over
+14 quantiles and a few other settings), pick the family cheapest around the group's risk
+target and its cheapest setting that meets it (`decisions.scaling_tuning.pick`), and store the
+choice for `scale_predictively`, which runs it until the next tuning. CLI `perfops scaling tune`.
 
 Daily (its own deployment): a tuning takes seconds to a minute, so the 10-minute decision stays
 fast, and a failed tuning leaves the last choice in place. When no forecast beats the simple

@@ -4,6 +4,7 @@ choice becomes, and that nothing reads the future."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,8 @@ from decisions.scaling_simulation import (
     sweep_simple,
 )
 from decisions.scaling_tuning import (
+    FORECAST_QUANTILES,
+    RISK_BAND,
     BacktestRow,
     Candidate,
     Tuning,
@@ -30,6 +33,7 @@ from decisions.scaling_tuning import (
     artifact_rows,
     backtest,
     candidate_from_record,
+    candidates,
     choice_record,
     cost_at_risk,
     family_score,
@@ -100,6 +104,18 @@ def test_pick_judges_a_family_around_the_risk_target_not_at_one_setting() -> Non
     # step family has nothing at or below 0.45 % and is not a candidate there
     step = row("step", 1.0, 0.9, 0.80)
     assert pick(table(tt40, tt45, tt100, fc, step), 0.45).candidate == tt40.candidate
+
+
+def test_the_forecast_dial_has_a_setting_in_every_band_of_risk_pick_reads() -> None:
+    """The forecast quantiles' exceedances (1 - q, which the share of under-provisioned steps
+    follows) run from 50 % to under 1 %, each step at most the band factor of `pick` (2^0.5)
+    plus rounding: no band of risk around a target falls between two settings."""
+    exceed = [1.0 - q for q in FORECAST_QUANTILES]
+    assert exceed[0] == pytest.approx(0.5) and exceed[-1] < 0.01
+    ratios = [a / b for a, b in pairwise(exceed)]
+    assert all(1.0 < r <= 2.0**RISK_BAND * 1.1 for r in ratios), ratios
+    grid = {c.quantile for c in candidates() if c.family == "forecast" and c.margin == "additive"}
+    assert set(FORECAST_QUANTILES) <= grid
 
 
 def test_pick_without_any_candidate_meeting_the_target_takes_the_safest_and_says_so() -> None:
