@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 from pathlib import Path
 
 import boto3
 import pytest
 from prefect.filesystems import LocalFileSystem
+from prefect_aws import S3Bucket
 
 from blocks.resolve import resolve_archive
-from perfops.errors import ChecksumMismatch
+from perfops.errors import ChecksumMismatch, ConnectionFailed
 from perfops.settings import PerfopsSettings
-from tasks.storage import get_object, put_object
+from tasks.storage import get_object, probe_archive, put_object
 from tests.servers import MotoServer
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -72,3 +74,27 @@ def test_folder_object_without_checksum_is_not_trusted(tmp_path: Path) -> None:
     (tmp_path / "stray.bin").write_bytes(b"x")
     with pytest.raises(ChecksumMismatch, match="no recorded SHA-256"):
         get_object.fn(LocalFileSystem(basepath=str(tmp_path)), "stray.bin")
+
+
+def test_the_probe_gives_up_on_an_endpoint_that_never_answers_with_its_own_timeout(
+    moto_server: MotoServer,
+) -> None:
+    """An endpoint that accepts connections and never answers: the probe fails on its own short
+    read timeout (retried once), naming the upload, not on the block's 60 s sized for archives;
+    a probe of a working bucket still writes, reads back and deletes."""
+    _, bucket = _bucket(moto_server, "perfops-probe-ok")
+    assert probe_archive.fn(bucket) == "wrote, read back and deleted a 22-byte probe"
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever reads or answers
+        settings = PerfopsSettings(
+            s3_bucket="perfops-silent",
+            s3_endpoint_url=f"http://127.0.0.1:{silent.getsockname()[1]}",
+        )
+        hung = resolve_archive(settings=settings).value
+        assert isinstance(hung, S3Bucket)
+        assert (hung.credentials.aws_client_parameters.config or {})["read_timeout"] == 60
+        with pytest.raises(ConnectionFailed, match=r"S3 upload of s3://perfops-silent/.* failed: "):
+            probe_archive.fn(hung)
+        # the block keeps its own timeouts: the probe's are on a copy
+        assert (hung.credentials.aws_client_parameters.config or {})["read_timeout"] == 60
