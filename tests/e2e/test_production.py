@@ -183,6 +183,23 @@ def test_blocks_from_the_work_pool_environment_and_a_worker_without_the_project(
                 {"parameters": {"fail_when_unreachable": False}},
             )
             assert state["type"] == "COMPLETED", (state, log.read_text()[-3000:])
+            # Deployed by a bare `prefect deploy`, the schema takes any name: the worker's pull
+            # step refuses the run then, naming the parameter, instead of an exit code.
+            checks = _deployment(http, "check_connections")
+            schema = checks["parameter_openapi_schema"]
+            opened = {k: v for k, v in schema.items() if k != "additionalProperties"}
+            patch = f"/deployments/{checks['id']}"
+            assert http.patch(patch, json={"parameter_openapi_schema": opened}).status_code == 204
+            try:
+                _, refused = run(
+                    http, "check_connections/check_connections", {"parameters": {"dryrun": True}}
+                )
+            finally:
+                http.patch(patch, json={"parameter_openapi_schema": schema})
+            assert refused["type"] == "FAILED", (refused, log.read_text()[-3000:])
+            assert (refused.get("message") or "").startswith(
+                "unknown parameter dryrun: check_connections takes "
+            ), refused
         found = http.post(
             "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}
         ).json()
