@@ -275,10 +275,11 @@ def delete_object(store: ArchiveStore, key: str) -> None:
 
 PROBE_PREFIX = "perfops-probe"
 PROBE_BODY = b"perfops archive probe\n"
-PROBE_TIMEOUT_S = 10
-"""The probe's connect and read timeouts, one retry: a 22-byte object answers in milliseconds,
-and an endpoint that accepts and never answers must not hold a rotation for the block's own
-timeouts (60 s a read, sized for large archives, retried)."""
+PROBE_TIMEOUT_S = 5
+"""The probe's connect and read timeouts: a 22-byte object answers in milliseconds, and an
+endpoint that accepts and never answers must not hold a rotation for the block's own read
+timeout (60 s, sized for large archives) on every attempt. The block's retries of transient
+errors (5xx, throttling, timeouts) stay as they are."""
 
 
 def _probing(store: ArchiveStore) -> ArchiveStore:
@@ -290,7 +291,6 @@ def _probing(store: ArchiveStore) -> ArchiveStore:
         **(params.config or {}),
         "connect_timeout": PROBE_TIMEOUT_S,
         "read_timeout": PROBE_TIMEOUT_S,
-        "retries": {"mode": "standard", "max_attempts": 2},
     }
     credentials = store.credentials.model_copy(
         update={"aws_client_parameters": params.model_copy(update={"config": config})}
@@ -304,7 +304,7 @@ def probe_archive(store: ArchiveStore) -> str:
     checked), read it back and verify it, then delete it. Each probe has a key of its own
     (`perfops-probe/<random>.txt`), so concurrent runs never read each other's. Returns what was
     done, for people; raises `ConnectionFailed` or `ChecksumMismatch` naming the step that
-    failed. Each call waits at most PROBE_TIMEOUT_S, retried once."""
+    failed. Each attempt waits at most PROBE_TIMEOUT_S (the block's retries stay)."""
     store = _probing(store)
     key = f"{PROBE_PREFIX}/{uuid.uuid4().hex}.txt"
     put_object.fn(store, key, PROBE_BODY)

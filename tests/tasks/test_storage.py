@@ -80,8 +80,8 @@ def test_the_probe_gives_up_on_an_endpoint_that_never_answers_with_its_own_timeo
     moto_server: MotoServer,
 ) -> None:
     """An endpoint that accepts connections and never answers: the probe fails on its own short
-    read timeout (retried once), naming the upload, not on the block's 60 s sized for archives;
-    a probe of a working bucket still writes, reads back and deletes."""
+    read timeout (each of the block's attempts), naming the upload, not on the block's 60 s
+    sized for archives; a probe of a working bucket still writes, reads back and deletes."""
     _, bucket = _bucket(moto_server, "perfops-probe-ok")
     assert probe_archive.fn(bucket) == "wrote, read back and deleted a 22-byte probe"
     with socket.socket() as silent:
