@@ -130,14 +130,16 @@ def run(
     env: dict[str, str] | None = None,
     check: bool = True,
     timeout: float = 1800,
+    cwd: Path = ROOT,
 ) -> tuple[float, subprocess.CompletedProcess[str]]:
-    """Run a whole command; return (wall seconds, result)."""
+    """Run a whole command (from `cwd`, the repository by default); return (wall seconds,
+    result)."""
     started = time.perf_counter()
     result = subprocess.run(
         list(cmd),
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=cwd,
         env={**os.environ, **(env or {})},
         timeout=timeout,
         check=False,

@@ -1,5 +1,6 @@
-"""`python -m cli` runs the `perfops` command."""
+"""`python -m cli` runs the `perfops` command (through a warm process when one matches:
+cli/warm.py)."""
 
-from cli.command import entrypoint
+from cli.warm import entrypoint
 
 entrypoint()

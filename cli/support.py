@@ -29,6 +29,18 @@ from perfops.settings import PerfopsSettings, apply_prefect_defaults, get_settin
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
+prefect_server_used = False
+"""Whether this command's flows reported to a real Prefect server (a warm process can keep it:
+cli/warm.py), not a throwaway one."""
+
+
+def reset_consoles() -> None:
+    """Detect the terminal again (a warm process's child got the command's stdio after the
+    consoles were made): colours, width and whether progress is a live bar."""
+    Console.__init__(out, soft_wrap=True)
+    Console.__init__(err, stderr=True)
+
+
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 VerboseFlag = Annotated[
     bool, typer.Option("--verbose", "-v", help="Show Prefect's flow and task logs.")
@@ -45,6 +57,15 @@ def quiet_prefect_console(verbose: bool) -> None:
     the command prints its own summary and one-line errors. Call before importing prefect."""
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+        if "prefect" in sys.modules:  # a warm process's child: logging is configured already
+            import logging
+
+            from prefect.logging.handlers import PrefectConsoleHandler
+
+            for ref in list(logging._handlerList):  # type: ignore[attr-defined]
+                handler = ref()
+                if isinstance(handler, PrefectConsoleHandler):
+                    handler.setLevel(logging.CRITICAL)
 
 
 @contextmanager
@@ -185,12 +206,30 @@ def use_prefect_server(progress: Callable[[str, int, int], None] | None = None) 
     server perfops keeps under the out folder, started here on first use (its UI address is
     printed once, on stderr); with PERFOPS_LOCAL_SERVER=off, a throwaway server per command.
     """
+    global prefect_server_used
     apply_prefect_defaults()
-    if "prefect" in sys.modules or configured_api_url():
-        return  # Prefect's settings are fixed once imported (in-process tests), or chosen
+    if "prefect" in sys.modules:
+        # Prefect's settings are fixed once imported: in-process tests, or a warm process's
+        # child, whose local server may have been stopped since (started again on its port)
+        if os.environ.get("PERFOPS_WARM_CHILD") and perfops_settings().local_server:
+            server = local_server()
+            if os.environ.get("PREFECT_API_URL") == server.api_url:
+                _ensure_local(server, progress)
+        return
+    if configured_api_url():
+        prefect_server_used = True
+        return
     if not perfops_settings().local_server:
         return
     server = local_server()
+    _ensure_local(server, progress)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    prefect_server_used = True
+
+
+def _ensure_local(
+    server: LocalPrefectServer, progress: Callable[[str, int, int], None] | None
+) -> None:
 
     def starting() -> None:
         if progress is not None:
@@ -205,7 +244,6 @@ def use_prefect_server(progress: Callable[[str, int, int], None] | None = None) 
             highlight=False,
             soft_wrap=True,
         )
-    os.environ["PREFECT_API_URL"] = server.api_url
 
 
 @contextmanager

@@ -97,6 +97,16 @@ class PerfopsSettings(BaseSettings):
     local_server_port: int = Field(
         default=4200, ge=1, le=65535, description="Port of the local Prefect server on 127.0.0.1."
     )
+    warm: bool = Field(
+        default=True,
+        description="After a command that ran a flow on a real Prefect server, keep a process "
+        "with Prefect imported for the next command of this directory and these settings "
+        "(cli/warm.py: read by the `perfops` entry point itself, before anything is imported). "
+        "`off`: every command starts afresh (what the tests use).",
+    )
+    warm_idle: float = Field(
+        default=1800, gt=0, description="Seconds the warm command process waits for a command."
+    )
 
     @field_validator("slack_channels", mode="before")
     @classmethod
@@ -106,9 +116,19 @@ class PerfopsSettings(BaseSettings):
         return value
 
 
+_read: dict[tuple[tuple[str, str], ...], PerfopsSettings] = {}
+
+
 def get_settings() -> PerfopsSettings:
-    """Read the settings afresh (the CLI sets variables after import)."""
-    return PerfopsSettings()
+    """The settings of the current `PERFOPS_*` variables (the CLI sets variables after import):
+    read again whenever one changed, else the last reading (pydantic-settings takes ~40 ms to
+    read them). Treat the result as read-only."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.upper().startswith("PERFOPS_")))
+    settings = _read.get(env)
+    if settings is None:
+        _read.clear()
+        settings = _read[env] = PerfopsSettings()
+    return settings
 
 
 PREFECT_DEFAULTS = {

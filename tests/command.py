@@ -20,9 +20,11 @@ def run_perfops(
     """`perfops ARGS...` with this environment (without its PERFOPS_* variables unless
     `keep_perfops_env`) updated by `env`; output captured as text, exit code not checked.
     Without PREFECT_API_URL a command uses a throwaway Prefect server, never the local one the
-    CLI keeps (`env={"PERFOPS_LOCAL_SERVER": "on", ...}` to test that)."""
+    CLI keeps (`env={"PERFOPS_LOCAL_SERVER": "on", ...}` to test that), and no warm process
+    (`PERFOPS_WARM`)."""
     base = {k: v for k, v in os.environ.items() if keep_perfops_env or not k.startswith("PERFOPS_")}
     base.setdefault("PERFOPS_LOCAL_SERVER", "off")
+    base.setdefault("PERFOPS_WARM", "off")  # tests/cli/test_warm.py turns it on
     return subprocess.run(
         [*PERFOPS, *args],
         capture_output=True,

@@ -30,6 +30,8 @@ for _name in [n for n in os.environ if n.startswith("PERFOPS_") and "PERFOPS_TES
 # Commands run by the tests use the harness (PREFECT_API_URL) or a throwaway server, never the
 # local server the CLI keeps (tests/cli/test_server.py starts its own on a free port).
 os.environ["PERFOPS_LOCAL_SERVER"] = "off"
+# ... and no warm command process is left behind (tests/cli/test_warm.py turns it on).
+os.environ["PERFOPS_WARM"] = "off"
 
 from blocks import PostgresTarget, RedisTarget  # noqa: E402
 from tests.servers import (  # noqa: E402

@@ -12,6 +12,7 @@ from dataclasses import asdict
 import typer
 
 from cli.support import JsonFlag, fail, local_server, out, perfops_settings, print_json
+from cli.warm import stop_for
 from demo.prefect_server import ServerStatus, configured_api_url
 
 app = typer.Typer(no_args_is_help=True)
@@ -97,7 +98,8 @@ def start() -> None:
 @app.command()
 def stop() -> None:
     """Stop the local server perfops started (the next command that runs a flow starts it
-    again). Runs and artifacts stay in its database."""
+    again), and the warm command processes of this directory (PERFOPS_WARM). Runs and
+    artifacts stay in its database."""
     server = local_server()
     outcome = server.shutdown()
     if outcome.result == "stopped":
@@ -110,6 +112,8 @@ def stop() -> None:
         )
     else:
         out.print(f"no local Prefect server running for {server.home}", highlight=False)
+    for pid in stop_for(os.getcwd()):
+        out.print(f"stopped the warm command process (pid {pid})", highlight=False)
     if os.environ.get("PREFECT_API_URL") == server.api_url:
         out.print(
             f"note: PREFECT_API_URL={server.api_url} is set: commands will fail until the server "
