@@ -278,6 +278,7 @@ def serve(key: str) -> int:
         return 1
     path = socket_path(directory, key)
     lock = open(path + ".lock", "w")  # noqa: SIM115 (held for the process's life)
+    _held.append(lock)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -346,6 +347,7 @@ class _Stopped(Exception):
 
 
 _listener: socket.socket | None = None
+_held: list[Any] = []
 
 
 def _stop(_signum: int, _frame: Any) -> None:
@@ -427,6 +429,8 @@ def _child(
     try:
         if _listener is not None:
             _listener.close()
+        for handle in _held:  # a long command must not keep the next warm process out
+            handle.close()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
