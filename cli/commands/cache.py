@@ -4,6 +4,7 @@ statistics (collect_cache_stats) of the platform's caches; docs/caches.md."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -80,6 +81,41 @@ def _warm_url(policy: Path, cache_name: str) -> str | None:
         raise typer.BadParameter(str(exc)) from None
 
 
+def _run(
+    load: Callable[[], Any],
+    asked: dict[str, Any],
+    *,
+    label: str,
+    fleet_label: str,
+    fleet_artifact_key: str,
+    redis_url: str | None,
+    redis_block: str | None,
+    fleet: str | None,
+    fleet_file: Path | None,
+    as_json: bool,
+    verbose: bool,
+) -> Any | None:
+    """The flow's report of one run on one Redis (--redis-block, else --redis-url, else
+    PERFOPS_REDIS_URL); or, with --fleet, None once run_fleet has run it over every cache of the
+    fleet (one child run each, `fleet_label`, summary artifact `fleet_artifact_key`) and printed
+    the outcome; --redis-url and --redis-block are refused with --fleet."""
+    if fleet:
+        run_fleet(
+            load, asked, fleet=fleet, fleet_file=fleet_file,
+            single={"--redis-url": redis_url, "--redis-block": redis_block},
+            label=fleet_label, artifact_key=fleet_artifact_key, as_json=as_json, verbose=verbose,
+        )  # fmt: skip
+        return None
+    set_env("PERFOPS_REDIS_URL", redis_url)
+    return run_flow(
+        load,
+        {**asked, "redis_block": redis_block},
+        verbose=verbose,
+        label=label,
+        show_progress=not as_json,
+    )
+
+
 @app.command()
 def invalidate(
     event: Annotated[
@@ -150,22 +186,15 @@ def invalidate(
     asked = {"event": event, "payload": payload, "pattern": pattern, "tag": tag,
              "versions": versions, "apply": apply, "force": force, "max_keys": max_keys,
              "policy_path": str(policy), "cdn_block": cdn_block}  # fmt: skip
-    if fleet:
-        run_fleet(
-            load, asked, fleet=fleet, fleet_file=fleet_file,
-            single={"--redis-url": redis_url, "--redis-block": redis_block},
-            label="cache invalidation" + ("" if apply else " (dry run)"),
-            artifact_key="perfops-cache-invalidation-fleet", as_json=as_json, verbose=verbose,
-        )  # fmt: skip
-        return
-    set_env("PERFOPS_REDIS_URL", redis_url)
-    report = run_flow(
-        load,
-        {**asked, "redis_block": redis_block},
-        verbose=verbose,
+    report = _run(
+        load, asked, redis_url=redis_url, redis_block=redis_block, fleet=fleet,
+        fleet_file=fleet_file, as_json=as_json, verbose=verbose,
         label="invalidating" if apply else "counting what an invalidation would drop",
-        show_progress=not as_json,
-    )
+        fleet_label="cache invalidation" + ("" if apply else " (dry run)"),
+        fleet_artifact_key="perfops-cache-invalidation-fleet",
+    )  # fmt: skip
+    if report is None:  # --fleet: done
+        return
     if as_json:
         print_json(report)
     else:
@@ -207,28 +236,14 @@ def stats(
 
         return collect_cache_stats
 
-    if fleet:
-        run_fleet(
-            load,
-            {"policy_path": str(policy), "sample": sample},
-            fleet=fleet,
-            fleet_file=fleet_file,
-            single={"--redis-url": redis_url, "--redis-block": redis_block},
-            label="cache statistics",
-            artifact_key="perfops-cache-stats-fleet",
-            as_json=as_json,
-            verbose=verbose,
-        )
+    report = _run(
+        load, {"policy_path": str(policy), "sample": sample}, redis_url=redis_url,
+        redis_block=redis_block, fleet=fleet, fleet_file=fleet_file, as_json=as_json,
+        verbose=verbose, label="measuring the cache", fleet_label="cache statistics",
+        fleet_artifact_key="perfops-cache-stats-fleet",
+    )  # fmt: skip
+    if report is None:  # --fleet: done
         return
-    set_env("PERFOPS_REDIS_URL", redis_url)
-
-    report = run_flow(
-        load,
-        {"policy_path": str(policy), "sample": sample, "redis_block": redis_block},
-        verbose=verbose,
-        label="measuring the cache",
-        show_progress=not as_json,
-    )
     if as_json:
         print_json(report)
         return
@@ -302,22 +317,14 @@ def warm(
     asked = {"cache": cache_name, "keys": keys or None, "url_template": url_template,
              "keys_sql": keys_sql, "concurrency": concurrency, "ttl_s": ttl_s,
              "dry_run": dry_run, "policy_path": str(policy)}  # fmt: skip
-    if fleet:
-        run_fleet(
-            load, asked, fleet=fleet, fleet_file=fleet_file,
-            single={"--redis-url": redis_url, "--redis-block": redis_block},
-            label="cache warm-up" + (" (dry run)" if dry_run else ""),
-            artifact_key="perfops-cache-warmup-fleet", as_json=as_json, verbose=verbose,
-        )  # fmt: skip
-        return
-    set_env("PERFOPS_REDIS_URL", redis_url)
-    report = run_flow(
-        load,
-        {**asked, "redis_block": redis_block},
-        verbose=verbose,
-        label="warming the cache",
-        show_progress=not as_json,
+    report = _run(
+        load, asked, redis_url=redis_url, redis_block=redis_block, fleet=fleet,
+        fleet_file=fleet_file, as_json=as_json, verbose=verbose, label="warming the cache",
+        fleet_label="cache warm-up" + (" (dry run)" if dry_run else ""),
+        fleet_artifact_key="perfops-cache-warmup-fleet",
     )  # fmt: skip
+    if report is None:  # --fleet: done
+        return
     if as_json:
         print_json(report)
     else:

@@ -1,10 +1,15 @@
 """Fixtures of the cache tests: the test Redis (db from PERFOPS_TEST_REDIS_URL, flushed), one
-3-master Redis Cluster for the session, and the CDN purge API stand-in."""
+3-master Redis Cluster for the session, the CDN purge API stand-in, and the HTTP application
+stand-in the warm-up fetches values from (`app`)."""
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 import redis
@@ -62,3 +67,56 @@ def cdn_target(cdn: CdnStandIn) -> CdnTarget:
     return CdnTarget(
         base_url=cdn.base_url, zone_id=ZONE, api_token=TOKEN, requests_per_second=100, burst=10
     )
+
+
+class App:
+    """GET /values/<key>: 200 with JSON; `gone` keys 404; `limited` keys 429 (Retry-After 1)
+    the first time. Records the most requests in flight at once (a request is in flight until
+    its body is sent)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+        self.in_flight = self.most_in_flight = 0
+        self.lock = threading.Lock()
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                key = unquote(self.path.removeprefix("/values/"))
+                with app.lock:
+                    app.seen[key] = app.seen.get(key, 0) + 1
+                    app.in_flight += 1
+                    app.most_in_flight = max(app.most_in_flight, app.in_flight)
+                    first = app.seen[key] == 1
+                threading.Event().wait(0.02)
+                status, headers = 200, {}
+                if "gone" in key:
+                    status = 404
+                elif "limited" in key and first:
+                    status, headers = 429, {"Retry-After": "1"}
+                body = json.dumps({"key": key}).encode()
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                # Out of flight before the body goes: once it is sent the client may start its
+                # next request before this thread runs again, and would be counted twice.
+                with app.lock:
+                    app.in_flight -= 1
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/values/{{key}}"
+
+
+@pytest.fixture()
+def app() -> Iterator[App]:
+    server = App()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()

@@ -17,9 +17,8 @@ from blocks import RedisTarget
 from decisions.fleet import FleetReport
 from flows.invalidate_cache import invalidate_cache
 from flows.warm_cache import warm_cache
-from tests.caches.conftest import client_for
+from tests.caches.conftest import App, client_for
 from tests.caches.test_invalidation import existing, seed
-from tests.caches.test_warmup import App
 from tests.records import artifact_rows, wait_for_events
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

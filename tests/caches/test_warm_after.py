@@ -7,7 +7,6 @@ tests/caches/test_trigger.py and tests/e2e/test_caches_e2e.py.)"""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,20 +15,11 @@ import pytest
 from blocks import RedisTarget
 from flows.invalidate_cache import invalidate_cache
 from flows.warm_cache import warm_cache
-from tests.caches.conftest import client_for
-from tests.caches.test_warmup import App
+from tests.caches.conftest import App, client_for
 from tests.records import one_target, wait_for_event
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-
-@pytest.fixture()
-def app() -> Iterator[App]:
-    server = App()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
 
 
 def policy_warming_from(app: App, folder: Path) -> Path:

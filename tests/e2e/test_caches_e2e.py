@@ -20,7 +20,7 @@ import httpx
 import pytest
 import redis
 
-from tests.caches.test_warmup import App
+from tests.caches.conftest import App
 from tests.e2e.stack import POOL, ROOT, run_ids, wait_final, wait_for_runs, worker
 
 pytestmark = pytest.mark.e2e
