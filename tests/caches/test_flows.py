@@ -103,3 +103,21 @@ def test_cli_refuses_bad_usage(
     assert "--payload is not JSON" in capsys.readouterr().err
     assert perfops(["cache", "invalidate", "--pattern", "a:*", "--force"]) == 2
     assert "--force goes with --apply" in capsys.readouterr().err
+
+
+def test_cli_cache_stats_on_one_redis_and_refused_with_a_fleet(
+    redis_target: RedisTarget,
+    perfops: Callable[[list[str]], int],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    client = client_for(redis_target)
+    client.mset({f"user:{i}:profile:a": "x" for i in range(40)})
+    assert perfops(["cache", "stats", "--redis-url", redis_target.url, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["key_count"] >= 40 and report["failed"] is None
+    assert any(p["prefix"].startswith("user") and p["estimated_keys"] for p in report["prefixes"])
+    assert perfops(["cache", "stats", "--redis-url", redis_target.url]) == 0
+    assert "cache statistics of" in capsys.readouterr().out
+    code = perfops(["cache", "stats", "--fleet", "all", "--redis-url", redis_target.url])
+    assert code == 2
+    assert "--redis-url" in capsys.readouterr().err
