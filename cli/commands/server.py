@@ -12,7 +12,7 @@ from dataclasses import asdict
 import typer
 
 from cli.support import JsonFlag, fail, local_server, out, perfops_settings, print_json
-from cli.warm import stop_for
+from cli.warm_registry import stop_for
 from demo.prefect_server import ServerStatus, configured_api_url
 
 app = typer.Typer(no_args_is_help=True)

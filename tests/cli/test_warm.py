@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cli import warm
+from cli import warm, warm_registry
 from tests.command import run_perfops
 
 
@@ -67,14 +67,14 @@ def _runs(api_url: str) -> int:
 
 def test_the_key_follows_prefect_and_perfops_settings_and_the_directory(tmp_path: Path) -> None:
     env = {"PREFECT_API_URL": "http://127.0.0.1:4200/api", "PERFOPS_DSN": "dbname=a", "TERM": "x"}
-    key = warm.key_of(env, str(tmp_path))
-    assert warm.key_of({**env, "TERM": "dumb"}, str(tmp_path)) == key  # not a setting
-    assert warm.key_of({**env, warm.CHILD_MARK: "1"}, str(tmp_path)) == key
-    assert warm.key_of({**env, "PERFOPS_DSN": "dbname=b"}, str(tmp_path)) != key
-    assert warm.key_of({**env, "PREFECT_LOGGING_LEVEL": "DEBUG"}, str(tmp_path)) != key
-    assert warm.key_of(env, str(tmp_path / "elsewhere")) != key
+    key = warm_registry.key_of(env, str(tmp_path))
+    assert warm_registry.key_of({**env, "TERM": "dumb"}, str(tmp_path)) == key  # not a setting
+    assert warm_registry.key_of({**env, warm_registry.CHILD_MARK: "1"}, str(tmp_path)) == key
+    assert warm_registry.key_of({**env, "PERFOPS_DSN": "dbname=b"}, str(tmp_path)) != key
+    assert warm_registry.key_of({**env, "PREFECT_LOGGING_LEVEL": "DEBUG"}, str(tmp_path)) != key
+    assert warm_registry.key_of(env, str(tmp_path / "elsewhere")) != key
     (tmp_path / "prefect.toml").write_text("[logging]\nlevel = 'DEBUG'\n")
-    assert warm.key_of(env, str(tmp_path)) != key  # Prefect reads it from the directory
+    assert warm_registry.key_of(env, str(tmp_path)) != key  # Prefect reads it from the directory
 
 
 def test_a_changed_source_file_is_named(tmp_path: Path) -> None:
@@ -92,9 +92,9 @@ def test_a_runtime_directory_others_can_enter_is_not_used(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    assert warm.runtime_dir() == str(tmp_path / f"perfops-{os.getuid()}")
+    assert warm_registry.runtime_dir() == str(tmp_path / f"perfops-{os.getuid()}")
     os.chmod(tmp_path / f"perfops-{os.getuid()}", 0o755)  # noqa: S103 (the case refused)
-    assert warm.runtime_dir() is None
+    assert warm_registry.runtime_dir() is None
 
 
 def test_a_warm_process_runs_commands_as_a_fresh_process_would(

@@ -623,6 +623,7 @@ def test_smtp_down_retries_then_fails_with_the_report_archived_on_s3(
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("PERFOPS_")}
+    base["PERFOPS_WARM"] = "off"  # leave no warm command process (cli/warm.py)
     return subprocess.run(
         [sys.executable, "-m", "cli", "report", "weekly", *args],
         capture_output=True,

@@ -45,6 +45,7 @@ def test_evaluate_command_replays_a_minute(
     prefect_api_url: str, sla_prometheus: PrometheusServer, tmp_path: Path
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERFOPS_")}
+    env["PERFOPS_WARM"] = "off"  # leave no warm command process (cli/warm.py)
     env.update({"PREFECT_API_URL": prefect_api_url, "PERFOPS_OUT_DIR": str(tmp_path)})
     definitions = tmp_path / "slos.yaml"
     definitions.write_text(DEFINITIONS)
@@ -79,6 +80,7 @@ def test_ack_command_with_at_against_strict_slack_after_redis_lost_its_state(
     tmp_path: Path,
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERFOPS_")}
+    env["PERFOPS_WARM"] = "off"  # leave no warm command process (cli/warm.py)
     env.update(
         {
             "PREFECT_API_URL": prefect_api_url,
