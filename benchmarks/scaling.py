@@ -4,6 +4,7 @@ shared harness, over the trace corpus.
     python -m benchmarks.scaling [--corpus data/traces] [--trace CSV ...] [--traces AAPL,UPS]
                                  [--workers 2]
                                  [--risks 0,0.1,...] [--targets 0.2,...,1.0] [--forecasters]
+                                 [--retune 7D [--retune-window 14D] [--keep-band 1]]
 
 Runs ../shared/bench/scaling_eval.py (imported as a module, its defaults: 14 training days, or
 half a shorter trace; 10-minute provisioning delay rounded to whole steps; p99.9 load = 20
@@ -22,6 +23,9 @@ the given ones, one trace per worker process:
    choice changes (read from the training back-test alone, so no evaluated step shapes the sweep).
    One back-test and one forecast pass (each forecast reads only the steps before it) are
    shared by the dial's settings: they read the same past.
+   With `--retune 7D`, perfops also re-tunes during the replay, as `tune_scaling` does in
+   production: every 7 days it back-tests the last 14 days it has observed and picks again at
+   the same risk target (measured: it costs more than tuning once, see docs/scaling.md).
 3. cost at risk: instance-hours x the oracle at <= 5 % and <= 1 % under-provisioned steps,
    interpolated over each sweep as the harness does (`cost_at_risk`).
 
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import os
 import sys
 import time
@@ -54,6 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 CORPUS = ROOT / "data" / "traces"
 TARGETS = tuple(round(0.20 + 0.05 * i, 2) for i in range(17))  # 0.20 .. 1.00
+RETUNE = "none"  # how often perfops re-tunes during the replay ("7D", "1D"; "none": never)
 RISKS = "frontier"  # every risk level at which the training back-test's choice changes
 REACTIVE = ("threshold(out=u+10)", "target-tracking", "target-tracking/down30m", "scheduled-p99")
 LEVELS = (5.0, 1.0)
@@ -86,7 +92,12 @@ def _under(se: Any, r: Any) -> float:
 
 
 def evaluate_trace(
-    harness: str, trace: str, targets: tuple[float, ...], risks: tuple[float, ...], fc: bool
+    harness: str,
+    trace: str,
+    targets: tuple[float, ...],
+    risks: tuple[float, ...],
+    fc: bool,
+    retune: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything for one trace (runs in a worker process); returns tables and figures."""
     sys.path.insert(0, str(ROOT))
@@ -121,23 +132,33 @@ def evaluate_trace(
     oracle = se.simulate(env, se.Oracle(1.0)).billed.sum()
     if not risks:  # the frontier: each candidate that is the cheapest for some risk target
         risks = frontier(tuning)
-    rows, by_choice = [], {}
+    rows, by_plan = [], {}
+    tunings: dict[int, Any] = {}  # the re-tunings' back-tests by step, shared by the dial
+    retune_cpu0 = time.process_time()
     for r in risks:
-        policy = PerfopsPolicy(risk=r, track=track, tuning=tuning)
-        policy.reset(env)
-        assert policy.choice is not None
-        label = policy.choice.candidate.label
-        if label not in by_choice:
-            res = se.simulate(env, PerfopsPolicy(risk=r, track=track, tuning=tuning))
-            by_choice[label] = (_under(se, res), float(res.billed.sum() / oracle), res.actions)
-        under, cost, actions = by_choice[label]
-        train_row = policy.choice.row
+        kw = {"tunings": tunings, **(retune or {})}
+        policy = PerfopsPolicy(risk=r, track=track, tuning=tuning, **kw)
+        plan = policy.plan(env)  # the reset's choice, then each re-tuning's (past only)
+        key = tuple(c.candidate for c in plan)
+        if key not in by_plan:
+            res = se.simulate(
+                env,
+                PerfopsPolicy(risk=r, track=track, tuning=tuning, **kw),
+            )
+            by_plan[key] = (_under(se, res), float(res.billed.sum() / oracle), res.actions)
+        under, cost, actions = by_plan[key]
+        train_row = plan[0].row
+        switches = sum(a.candidate != b.candidate for a, b in itertools.pairwise(plan))
         rows.append({
-            "policy": "perfops", "risk%": r, "choice": label,
+            "policy": "perfops", "risk%": r, "choice": plan[0].candidate.label,
             "train under%": train_row.under_pct, "train cost": train_row.cost_x_oracle,
+            "retunes": len(plan) - 1, "switches": switches,
             "under%": under, "cost_x_oracle": cost, "actions": actions,
         })  # fmt: skip
     mine = pd.DataFrame(rows)
+    if not retune:
+        mine = mine.drop(columns=["retunes", "switches"])
+    retune_cpu = time.process_time() - retune_cpu0
 
     # decision time: the forecast policy with its forecasts made live, on the last days
     speed_steps = min(n - env.start - 2, int(pd.Timedelta(days=SPEED_DAYS) / step))
@@ -158,6 +179,15 @@ def evaluate_trace(
         f"wall); decision {decision_cpu_ms:.2f} ms/step CPU ({decision_ms:.2f} ms wall); "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
+    if retune:
+        made = len(tunings)
+        out.append(
+            f"re-tuned every {retune['retune']} on the last {retune['retune_window']} "
+            f"(keep band {retune['keep_band']}): {made} back-tests of the observed past, "
+            f"{max((t.seconds for t in tunings.values()), default=0.0):.1f} s wall at worst; "
+            f"the dial's {len(risks)} settings and {len(by_plan)} distinct replays in "
+            f"{retune_cpu:.0f} s CPU"
+        )
     out.append("\nperfops dial: risk target on the training steps -> choice -> evaluated steps")
     out.append(mine.drop(columns="policy").round(3).to_string(index=False))
     out.append("\ncost x oracle at a share of under-provisioned steps (blank: not reached)")
@@ -291,6 +321,20 @@ def main(argv: list[str] | None = None) -> int:
         help="perfops' dial: risk targets in %% (comma list), or 'frontier' (default): every "
         "level at which the choice made on the training steps changes",
     )
+    ap.add_argument(
+        "--retune",
+        default=RETUNE,
+        help="perfops re-tunes on its observed past this often during the replay, as "
+        "tune_scaling does in production (e.g. 7D, 1D); 'none': tuned once on the training steps",
+    )
+    ap.add_argument("--retune-window", default="14D", help="the history a re-tuning replays")
+    ap.add_argument(
+        "--keep-band",
+        type=float,
+        default=None,
+        help="a re-tuning keeps the running choice while its back-tested share under is within "
+        "2^-b..2^b x the risk target",
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--forecasters", action="store_true", help="also the forecaster alone")
     args = ap.parse_args(argv)
@@ -311,13 +355,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.risks == "frontier"
         else tuple(float(x) for x in args.risks.split(",") if x.strip())
     )
+    retune = (
+        None
+        if args.retune.lower() in ("", "none", "0")
+        else {"retune": args.retune, "retune_window": args.retune_window,
+              "keep_band": args.keep_band}
+    )  # fmt: skip
     started = time.monotonic()
     # shortest first, printed as each finishes (a partial run still shows whole traces)
     traces = sorted(traces, key=lambda t: t.stat().st_size)
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         futures = [
             pool.submit(evaluate_trace, str(args.harness), str(t), targets, risks,
-                        args.forecasters)
+                        args.forecasters, retune)
             for t in traces
         ]  # fmt: skip
         results = []

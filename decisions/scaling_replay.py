@@ -9,16 +9,21 @@ on. It runs in the harness as `--policy decisions.scaling_replay:PerfopsPolicy` 
 under-provisioned steps, in %, the group accepts on its history); the old dial
 `PerfopsPolicy(target=, quantile=)` still works: it asks for at most the risk that perfops'
 forecast policy at that setting had on the training part. `tune=False` runs the forecast policy
-at the setting as it is. The replay machinery itself lives in `decisions.scaling_simulation`.
+at the setting as it is; `retune="7D"` re-tunes every 7 days during the replay on the load it
+has observed, as `tune_scaling` does in production. The replay machinery itself lives in
+`decisions.scaling_simulation`.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from decisions.scaling_report import LoadQuery
 from decisions.scaling_simulation import (
     Env,
     ForecastPolicy,
@@ -39,6 +44,7 @@ from decisions.scaling_simulation import (
 )
 from decisions.scaling_tuning import (
     DEFAULT_RISK_PCT,
+    TUNING_WINDOW,
     Candidate,
     Choice,
     Tuning,
@@ -69,11 +75,21 @@ __all__ = [
 ]
 
 
+RETUNE_LOOKBACK = LoadQuery().lookback  # what a re-tuning reads, as `tune_scaling` does
+
+
 class PerfopsPolicy:
     """perfops on the harness' interface: tuned on the training part (past only), then the
     chosen policy. `track` / `tuning`: a forecast pass and a back-test already made on the same
     trace (a benchmark sweeping the dial reuses them; they read the same past); `cands`: the
-    candidates to tune over (default: `decisions.scaling_tuning.candidates()`)."""
+    candidates to tune over (default: `decisions.scaling_tuning.candidates()`).
+
+    `retune` (e.g. "7D"): re-tune every so often during the replay, as `tune_scaling` does in
+    production: at the end of step t = start + k x retune it back-tests the last 14 days of the
+    load it has observed (steps ..t, read from the decision's own observation; the lookback,
+    35 days, sizes a schedule), picks again at the same risk target and runs that choice from
+    the next decision. `tunings`: those back-tests by the step they were made at, shared by the
+    dial's settings (each reads only the past of its step)."""
 
     name = "perfops"
 
@@ -86,10 +102,19 @@ class PerfopsPolicy:
         track: ForecastTrack | None = None,
         tuning: Tuning | None = None,
         cands: list[Candidate] | None = None,
+        retune: str | pd.Timedelta | None = None,
+        tunings: dict[int, Tuning] | None = None,
+        retune_window: str | pd.Timedelta = TUNING_WINDOW,
+        keep_band: float | None = None,
         **overrides: Any,
     ) -> None:
         self.target, self.quantile, self.risk, self.tune = target, quantile, risk, tune
         self.cands = cands
+        self.retune = pd.Timedelta(retune) if retune is not None else None
+        self.retune_window = pd.Timedelta(retune_window)
+        self.keep_band = keep_band
+        self.tunings: dict[int, Tuning] = tunings if tunings is not None else {}
+        self.choices: list[tuple[int, Choice]] = []
         self.track, self.tuning, self.overrides = track, tuning, overrides
         self.choice: Choice | None = None
         if risk is not None:
@@ -133,14 +158,99 @@ class PerfopsPolicy:
             row = self.tuning.row(self._setting(env))
             assert row is not None
             risk = row.under_pct
+        self.risk_pct, self.all_cands = risk, cands
+        self.qs = tuple(sorted({c.quantile or 0.9 for c in cands if not c.simple}))
         self.choice = pick(self.tuning, risk)
-        qs = tuple(sorted({c.quantile or 0.9 for c in cands if not c.simple}))
+        self.choices = [(env.start - 1, self.choice)]
         self.inner = replay_policy(
-            self.choice.candidate, sizing=train, track=self.track, quantiles=qs
+            self.choice.candidate, sizing=train, track=self.track, quantiles=self.qs
         )
         self.inner.reset(env)
+        self.every = max(1, round(self.retune / step)) if self.retune is not None else 0
+        self.next_tune = env.start - 1 + self.every if self.every else len(env.series)
+
+    def retune_steps(self, env: Any) -> list[int]:
+        """The steps at whose end the policy re-tunes (none without `retune`)."""
+        step = pd.Timedelta(env.series.index[1] - env.series.index[0])
+        every = max(1, round(self.retune / step)) if self.retune is not None else 0
+        if not every:
+            return []
+        return list(range(env.start - 1 + every, len(env.series) - 1, every))
+
+    def tuned_at(self, t: int, demand: np.ndarray) -> Tuning:
+        """The back-test made at the end of step t on `demand` = the load of steps 0..t
+        (memoised in `tunings`, shared by the dial's settings)."""
+        if t not in self.tunings:
+            assert len(demand) == t + 1, "a re-tuning reads the observed steps only"
+            history = pd.Series(demand, index=self.env.series.index[: t + 1], dtype=float)
+            step = pd.Timedelta(history.index[1] - history.index[0])
+            self.tunings[t] = tuning_backtest(
+                history,
+                capacity=self.env.capacity,
+                delay=self.env.delay,
+                min_capacity=self.env.min_inst,
+                max_capacity=self.env.max_inst,
+                cands=self.all_cands,
+                track=self.track,
+                window=self.retune_window,
+                sizing=history.iloc[-int(RETUNE_LOOKBACK / step) :],
+            )
+        return self.tunings[t]
+
+    def plan(self, env: Any) -> list[Choice]:
+        """The choice of every tuning this policy makes on `env` (the reset's, then each
+        re-tuning's, each from the load observed up to its step): what a replay will run."""
+        self.reset(env)
+        assert self.choice is not None
+        y = np.asarray(env.demand, dtype=float)
+        out = [self.choice]
+        for t in self.retune_steps(env):
+            out.append(self._next_choice(out[-1], self.tuned_at(t, y[: t + 1])))
+        return out
+
+    def _next_choice(self, previous: Choice, tuning: Tuning) -> Choice:
+        """The re-tuning's choice; with `keep_band` b, the running choice is kept while its
+        share of under-provisioned steps on the recent back-test stays within 2^-b..2^b x the
+        risk target (a fixed setting lets the risk float with the load, which is cheaper than
+        re-aiming every setting at the target)."""
+        choice = pick(tuning, self.risk_pct)
+        if self.keep_band is None or choice.candidate == previous.candidate:
+            return choice
+        row = tuning.row(previous.candidate)
+        if row is None:
+            return choice
+        lo, hi = self.risk_pct * 2.0**-self.keep_band, self.risk_pct * 2.0**self.keep_band
+        if lo - 1e-9 <= row.under_pct <= hi + 1e-9:
+            return replace(
+                choice,
+                row=row,
+                reason=f"kept: {row.candidate.label} is {row.under_pct:.2f} % under on the "
+                f"recent history, within {lo:.2g}-{hi:.2g} %; {choice.reason}",
+            )
+        return choice
+
+    def _switch(self, obs: Any) -> None:
+        t = obs.t
+        y = np.asarray(obs.demand, dtype=float)
+        assert self.choice is not None
+        choice = self._next_choice(self.choice, self.tuned_at(t, y))
+        self.choices.append((t, choice))
+        previous, self.choice = self.choice, choice
+        if choice.candidate == previous.candidate and choice.candidate.family != "scheduled_p99":
+            return  # the same policy runs on, its state kept
+        index = self.env.series.index[: t + 1]
+        step = pd.Timedelta(index[1] - index[0])
+        sizing = pd.Series(y, index=index).iloc[-int(RETUNE_LOOKBACK / step) :]
+        inner = replay_policy(choice.candidate, sizing=sizing, track=self.track, quantiles=self.qs)
+        inner.reset(self.env)
+        if isinstance(inner, ForecastPolicy) and isinstance(self.inner, ForecastPolicy):
+            inner.state = self.inner.state  # the group's state (cooldowns, recommendations)
+        self.inner = inner
 
     def decide(self, obs: Any) -> int:
+        if obs.t >= self.next_tune:
+            self._switch(obs)
+            self.next_tune += self.every
         return int(self.inner.decide(obs))
 
 

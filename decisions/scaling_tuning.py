@@ -172,10 +172,12 @@ def backtest(
     window: pd.Timedelta = TUNING_WINDOW,
     cands: list[Candidate] | None = None,
     track: ForecastTrack | None = None,
+    sizing: pd.Series | None = None,
 ) -> Tuning:
     """Replay the last `window` of `history` (a regular series, oldest first) through every
     candidate; the steps before it (at least WARMUP) only warm the policies up. `track`: the
-    forecasts already made on this history (same origins), to reuse."""
+    forecasts already made on this history (same origins), to reuse; `sizing`: the history a
+    schedule is sized from (default: `history`; a group's tuning reads its lookback)."""
     t0 = time.perf_counter()
     history = history.astype(float)
     if len(history) < 3:
@@ -207,7 +209,12 @@ def backtest(
     for family in SIMPLE_FAMILIES:  # each family at all its targets in one numpy pass
         mine = [c for c in cands if c.family == family]
         if mine:
-            swept = sweep_simple(env, family, tuple(c.target for c in mine), sizing=history)
+            swept = sweep_simple(
+                env,
+                family,
+                tuple(c.target for c in mine),
+                sizing=history if sizing is None else sizing,
+            )
             rows += [
                 BacktestRow(
                     c,
@@ -220,7 +227,9 @@ def backtest(
     for c in cands:
         if c.simple:
             continue
-        policy = replay_policy(c, sizing=history, track=track, quantiles=forecast_qs)
+        policy = replay_policy(
+            c, sizing=history if sizing is None else sizing, track=track, quantiles=forecast_qs
+        )
         result = simulate(env, policy)
         rows.append(
             BacktestRow(

@@ -252,3 +252,33 @@ def test_perfops_is_tuned_on_the_training_steps_only() -> None:
     assert a.choice is not None and b.choice is not None
     assert a.choice.candidate == b.choice.candidate
     assert a.choice.reason == b.choice.reason
+
+
+def test_perfops_re_tunes_on_the_observed_past_only() -> None:
+    s = bursty(days=6)
+    start = 3 * 96
+    cut = start - 1 + 2 * 96 + 1  # the future changes right after the second re-tuning
+    other = s.copy()
+    other.iloc[cut:] = other.iloc[cut:] * 3
+    cands = [
+        Candidate("target_tracking", 0.4),
+        Candidate("target_tracking", 0.9),
+        Candidate("forecast", 1.0, 0.9, "additive"),
+    ]
+    env_a = env_of(s, start)
+    env_b = Env(other, env_a.capacity, 1, start)
+    a = PerfopsPolicy(risk=1.0, cands=cands, retune="1D")
+    b = PerfopsPolicy(risk=1.0, cands=cands, retune="1D")
+    assert a.retune_steps(env_a) == [start - 1 + 96, start - 1 + 2 * 96]
+    plan_a, plan_b = a.plan(env_a), b.plan(env_b)
+    # the reset's choice and both re-tunings read steps before `cut` only
+    assert [c.candidate for c in plan_a] == [c.candidate for c in plan_b]
+    assert [c.reason for c in plan_a] == [c.reason for c in plan_b]
+    # the replay re-tunes at those steps, to the choices the plan said
+    simulate(env_a, a)
+    assert [t for t, _ in a.choices] == [start - 1, *a.retune_steps(env_a)]
+    assert [c.candidate for _, c in a.choices] == [c.candidate for c in plan_a]
+    # a policy tuned once makes one choice
+    once = PerfopsPolicy(risk=1.0, cands=cands)
+    simulate(env_a, once)
+    assert len(once.choices) == 1 and once.choices[0][1].candidate == plan_a[0].candidate
