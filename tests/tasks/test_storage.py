@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import time
 from pathlib import Path
 
 import boto3
@@ -14,6 +15,7 @@ from prefect_aws import S3Bucket
 from blocks.resolve import resolve_archive
 from perfops.errors import ChecksumMismatch, ConnectionFailed
 from perfops.settings import PerfopsSettings
+from tasks import storage
 from tasks.storage import get_object, probe_archive, put_object
 from tests.servers import MotoServer
 
@@ -77,11 +79,13 @@ def test_folder_object_without_checksum_is_not_trusted(tmp_path: Path) -> None:
 
 
 def test_the_probe_gives_up_on_an_endpoint_that_never_answers_with_its_own_timeout(
-    moto_server: MotoServer,
+    moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An endpoint that accepts connections and never answers: the probe fails on its own short
     read timeout (each of the block's attempts), naming the upload, not on the block's 60 s
-    sized for archives; a probe of a working bucket still writes, reads back and deletes."""
+    sized for archives; a probe of a working bucket still writes, reads back and deletes.
+    (Its own timeout is 1 s here, 5 s in production, so that the test takes seconds.)"""
+    monkeypatch.setattr(storage, "PROBE_TIMEOUT_S", 1)
     _, bucket = _bucket(moto_server, "perfops-probe-ok")
     assert probe_archive.fn(bucket) == "wrote, read back and deleted a 22-byte probe"
     with socket.socket() as silent:
@@ -94,7 +98,12 @@ def test_the_probe_gives_up_on_an_endpoint_that_never_answers_with_its_own_timeo
         hung = resolve_archive(settings=settings).value
         assert isinstance(hung, S3Bucket)
         assert (hung.credentials.aws_client_parameters.config or {})["read_timeout"] == 60
+        config = hung.credentials.aws_client_parameters.config or {}
+        config["retries"] = {"mode": "standard", "max_attempts": 2}  # the block's, kept short
+        started = time.monotonic()
         with pytest.raises(ConnectionFailed, match=r"S3 upload of s3://perfops-silent/.* failed: "):
             probe_archive.fn(hung)
+        # two attempts on the block's own 60 s read timeout would take two minutes
+        assert time.monotonic() - started < 30
         # the block keeps its own timeouts: the probe's are on a copy
         assert (hung.credentials.aws_client_parameters.config or {})["read_timeout"] == 60
