@@ -210,11 +210,13 @@ def use_prefect_server(progress: Callable[[str, int, int], None] | None = None) 
     apply_prefect_defaults()
     if "prefect" in sys.modules:
         # Prefect's settings are fixed once imported: in-process tests, or a warm process's
-        # child, whose local server may have been stopped since (started again on its port)
-        if os.environ.get("PERFOPS_WARM_CHILD") and perfops_settings().local_server:
+        # child (cli/warm.py), whose settings chose the local server as this command would
+        # (same variables); it may have been stopped since: started again on its port
+        warm_child = os.environ.get("PERFOPS_WARM_CHILD")
+        if warm_child and not configured_api_url() and perfops_settings().local_server:
             server = local_server()
-            if os.environ.get("PREFECT_API_URL") == server.api_url:
-                _ensure_local(server, progress)
+            _ensure_local(server, progress)
+            os.environ["PREFECT_API_URL"] = server.api_url
         return
     if configured_api_url():
         prefect_server_used = True

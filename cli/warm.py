@@ -185,14 +185,14 @@ def changed(files: dict[str, int]) -> str | None:
     return None
 
 
-def _preload() -> dict[str, str]:
-    """Prepare as a command would and import what commands use; return the environment the
-    preparation added (Prefect's settings and server), which every child gets too."""
+def _preload() -> None:
+    """Prepare as a command would (Prefect's settings and server chosen before Prefect is
+    imported) and import what commands use. A child starts from the command's own environment
+    and adds what the command itself adds, as a fresh process would (`use_prefect_server`)."""
     import gc
     import importlib
     import pkgutil
 
-    before = dict(os.environ)
     gc.disable()
     try:
         from cli import support
@@ -211,7 +211,6 @@ def _preload() -> dict[str, str]:
     finally:
         gc.freeze()
         gc.enable()
-    return {k: v for k, v in os.environ.items() if before.get(k) != v}
 
 
 def serve(key: str) -> int:
@@ -233,7 +232,7 @@ def serve(key: str) -> int:
         _log("started with settings that are not the key's; not serving")
         return 1
     started = time.monotonic()
-    added = _preload()
+    _preload()
     if threading.active_count() != 1:
         _log(f"{threading.active_count()} threads after preparing: forking is unsafe, exiting")
         return 1
@@ -272,7 +271,7 @@ def serve(key: str) -> int:
             except InterruptedError:
                 continue
             last = time.monotonic()
-            stale = _take(conn, key, files, added)
+            stale = _take(conn, key, files)
             if stale:
                 _log(f"{stale}: exiting")
                 break
@@ -336,7 +335,7 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     return json.loads(body), list(fds)
 
 
-def _take(conn: socket.socket, key: str, files: dict[str, int], added: dict[str, str]) -> str:
+def _take(conn: socket.socket, key: str, files: dict[str, int]) -> str:
     """Hand one command to a child; return why this process must exit, or ''."""
     fds: list[int] = []
     try:
@@ -352,7 +351,7 @@ def _take(conn: socket.socket, key: str, files: dict[str, int], added: dict[str,
             conn.sendall(b'{"status": "stale"}\n')
             why = f"{moved} changed"
         elif os.fork() == 0:
-            _child(conn, fds, request, added)  # never returns
+            _child(conn, fds, request)  # never returns
         return why
     except (OSError, ValueError) as exc:
         _log(f"request dropped: {exc}")
@@ -363,9 +362,7 @@ def _take(conn: socket.socket, key: str, files: dict[str, int], added: dict[str,
         conn.close()
 
 
-def _child(
-    conn: socket.socket, fds: list[int], request: dict[str, Any], added: dict[str, str]
-) -> None:
+def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
     """Become the command: its stdio, directory, environment and arguments; run it; report the
     exit status after the exit handlers (Prefect drains its log and event queues there)."""
     import atexit
@@ -383,7 +380,7 @@ def _child(
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         os.chdir(request["cwd"])
-        env = {**added, **request["env"], CHILD_MARK: "1"}
+        env = {**request["env"], CHILD_MARK: "1"}
         os.environ.clear()
         os.environ.update(env)
         sys.argv = ["perfops", *request["argv"]]
