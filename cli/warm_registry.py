@@ -5,6 +5,7 @@ before anything else is imported."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -79,22 +80,31 @@ def is_warm_process(pid: int, key: str) -> bool:
     return b"cli.warm" in argv and key.encode() in argv
 
 
-def stop_for(cwd: str) -> list[int]:
-    """Stop the warm processes serving `cwd` (every key); return their pids."""
+def processes_for(cwd: str) -> list[dict[str, object]]:
+    """The live warm processes serving `cwd` (every key): pid, key, commands served."""
     directory = runtime_dir()
-    stopped: list[int] = []
+    found: list[dict[str, object]] = []
     if directory is None:
-        return stopped
-    for name in os.listdir(directory):
+        return found
+    for name in sorted(os.listdir(directory)):
         if not name.endswith(".sock.json"):
             continue
         try:
             with open(os.path.join(directory, name)) as handle:
                 info = json.load(handle)
-            pid = int(info["pid"])
-            if info.get("cwd") == cwd and is_warm_process(pid, str(info["key"])):
-                os.kill(pid, signal.SIGTERM)
-                stopped.append(pid)
-        except (OSError, ValueError, KeyError):
+            if info.get("cwd") == cwd and is_warm_process(int(info["pid"]), str(info["key"])):
+                found.append(info)
+        except (OSError, ValueError, KeyError, TypeError):
             continue
+    return found
+
+
+def stop_for(cwd: str) -> list[int]:
+    """Stop the warm processes serving `cwd` (every key); return their pids."""
+    stopped: list[int] = []
+    for info in processes_for(cwd):
+        pid = int(str(info["pid"]))
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            stopped.append(pid)
     return stopped

@@ -12,7 +12,7 @@ from dataclasses import asdict
 import typer
 
 from cli.support import JsonFlag, fail, local_server, out, perfops_settings, print_json
-from cli.warm_registry import stop_for
+from cli.warm_registry import processes_for, stop_for
 from demo.prefect_server import ServerStatus, configured_api_url
 
 app = typer.Typer(no_args_is_help=True)
@@ -52,6 +52,8 @@ def _print_status(status: ServerStatus, note: str | None) -> None:
     ]
     for name, value in rows:
         out.print(f"  {name:<9}{value}", highlight=False)
+    warm = [f"pid {w['pid']} ({w['served']} served)" for w in processes_for(os.getcwd())]
+    out.print(f"  {'warm':<9}{', '.join(warm) or '-'} (PERFOPS_WARM)", highlight=False)
     if status.state == "running":
         out.print(f"  prefect CLI: export PREFECT_API_URL={status.api_url}", highlight=False)
     if note:
@@ -60,13 +62,14 @@ def _print_status(status: ServerStatus, note: str | None) -> None:
 
 @app.command()
 def status(as_json: JsonFlag = False) -> None:
-    """URL, pid, health, database and version of the local server. Exit 0 when it runs and is
-    healthy, 1 when not (one line on stderr says why)."""
+    """URL, pid, health, database and version of the local server, and the warm command
+    processes of this directory. Exit 0 when the server runs and is healthy, 1 when not (one
+    line on stderr says why)."""
     server = local_server()
     found = server.status()
     note = _use_note()
     if as_json:
-        print_json({**asdict(found), "note": note})
+        print_json({**asdict(found), "note": note, "warm": processes_for(os.getcwd())})
     else:
         _print_status(found, note)
     if found.state == "not running":

@@ -135,7 +135,9 @@ def test_a_warm_process_runs_commands_as_a_fresh_process_would(
     assert other.returncode == 1 and "cannot connect to PostgreSQL" in other.stderr
     assert [i["served"] for i in _infos(runtime) if i["pid"] == info["pid"]] == [2]
 
-    # `perfops server stop` stops the warm processes of its directory
+    # `perfops server status` lists it, `perfops server stop` stops it (those of its directory)
+    status = run_perfops("server", "status", "--json", env=env)
+    assert info["pid"] in [w["pid"] for w in json.loads(status.stdout)["warm"]]
     stop = run_perfops("server", "stop", env=env)
     assert stop.returncode == 0, stop.stderr
     assert f"warm command process (pid {info['pid']})" in stop.stdout
