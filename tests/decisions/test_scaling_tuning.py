@@ -282,3 +282,26 @@ def test_perfops_re_tunes_on_the_observed_past_only() -> None:
     once = PerfopsPolicy(risk=1.0, cands=cands)
     simulate(env_a, once)
     assert len(once.choices) == 1 and once.choices[0][1].candidate == plan_a[0].candidate
+
+
+def test_a_re_tuning_follows_the_load_or_keeps_its_choice_within_the_keep_band() -> None:
+    # calm (a smooth daily cycle) while training, then the afternoon bursts start
+    s = bursty(days=6)
+    start = 3 * 96
+    hour = s.index.hour + s.index.minute / 60
+    mixed = pd.Series(60 - 40 * np.cos(2 * np.pi * hour / 24), index=s.index)
+    mixed.iloc[start:] = s.iloc[start:]
+    env = env_of(mixed, start)
+    cands = [
+        Candidate("target_tracking", 0.4),
+        Candidate("target_tracking", 0.9),
+        Candidate("forecast", 1.0, 0.9, "additive"),
+    ]
+    follows = PerfopsPolicy(risk=1.0, cands=cands, retune="1D").plan(env)
+    assert len(follows) == 3 and follows[-1].candidate != follows[0].candidate
+    # a band wide enough to hold any share keeps the first choice throughout, saying so
+    sticky = PerfopsPolicy(risk=1.0, cands=cands, retune="1D", keep_band=60.0)
+    kept = sticky.plan(env)
+    assert [c.candidate for c in kept] == [follows[0].candidate] * 3
+    for new, old in zip(follows[1:], kept[1:], strict=True):
+        assert old.reason.startswith("kept: ") == (new.candidate != follows[0].candidate)
