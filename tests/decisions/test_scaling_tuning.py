@@ -288,7 +288,8 @@ def test_a_re_tuning_follows_the_load_or_keeps_its_choice_within_the_keep_band()
     # calm (a smooth daily cycle) while training, then the afternoon bursts start
     s = bursty(days=6)
     start = 3 * 96
-    hour = s.index.hour + s.index.minute / 60
+    index = pd.DatetimeIndex(s.index)
+    hour = index.hour + index.minute / 60
     mixed = pd.Series(60 - 40 * np.cos(2 * np.pi * hour / 24), index=s.index)
     mixed.iloc[start:] = s.iloc[start:]
     env = env_of(mixed, start)
