@@ -1,4 +1,4 @@
-"""The warm command process: `perfops` answers in a fraction of a second instead of three.
+"""The warm command process: `perfops` answers in about a second instead of three to four.
 
 Most of a command's time is Python importing Prefect (2-3 s of CPU here) before any work. After a
 command that ran a flow against a real Prefect server (the local one perfops keeps, or

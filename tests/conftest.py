@@ -8,7 +8,10 @@ SMTP server, a Slack Web API stand-in, and one Prefect test harness.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +35,10 @@ for _name in [n for n in os.environ if n.startswith("PERFOPS_") and "PERFOPS_TES
 os.environ["PERFOPS_LOCAL_SERVER"] = "off"
 # ... and no warm command process is left behind (tests/cli/test_warm.py turns it on).
 os.environ["PERFOPS_WARM"] = "off"
+# Warm processes live in this session's own runtime directory: `perfops server stop` in a test
+# never finds (or stops) the ones of the developer's own commands in the same checkout.
+os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="perfops-tests-", dir="/tmp")
+atexit.register(shutil.rmtree, os.environ["XDG_RUNTIME_DIR"], ignore_errors=True)
 
 from blocks import PostgresTarget, RedisTarget  # noqa: E402
 from tests.servers import (  # noqa: E402
