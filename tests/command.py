@@ -22,15 +22,22 @@ def run_perfops(
     Without PREFECT_API_URL a command uses a throwaway Prefect server, never the local one the
     CLI keeps (`env={"PERFOPS_LOCAL_SERVER": "on", ...}` to test that), and no warm process
     (`PERFOPS_WARM`)."""
-    base = {k: v for k, v in os.environ.items() if keep_perfops_env or not k.startswith("PERFOPS_")}
-    base.setdefault("PERFOPS_LOCAL_SERVER", "off")
-    base.setdefault("PERFOPS_WARM", "off")  # tests/cli/test_warm.py turns it on
     return subprocess.run(
         [*PERFOPS, *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={**base, **(env or {})},
+        env=perfops_env(env, keep_perfops_env),
         timeout=timeout,
         check=False,
     )
+
+
+def perfops_env(
+    env: dict[str, str] | None = None, keep_perfops_env: bool = False
+) -> dict[str, str]:
+    """The environment `run_perfops` gives a command (for one started another way)."""
+    base = {k: v for k, v in os.environ.items() if keep_perfops_env or not k.startswith("PERFOPS_")}
+    base.setdefault("PERFOPS_LOCAL_SERVER", "off")
+    base.setdefault("PERFOPS_WARM", "off")  # tests/cli/test_warm.py turns it on
+    return {**base, **(env or {})}

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from cli import warm, warm_registry
-from tests.command import run_perfops
+from tests.command import PERFOPS, ROOT, perfops_env, run_perfops
 
 
 @pytest.fixture()
@@ -130,10 +131,32 @@ def test_a_warm_process_runs_commands_as_a_fresh_process_would(
     cold_usage = run_perfops("stats", "refresh", "--threshold", "5", env={"PERFOPS_WARM": "off"})
     assert usage.stderr == cold_usage.stderr
 
+    # Ctrl-C reaches the command in the warm process: it stops, exit 130 as a fresh one
+    tune = subprocess.Popen(
+        [*PERFOPS, "scaling", "tune", "--group", "web", "--no-store"],
+        cwd=ROOT,
+        env=perfops_env(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while _infos(runtime)[0]["served"] != 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)  # into the back-test (about 10 s of CPU)
+    children = Path(f"/proc/{info['pid']}/task/{info['pid']}/children").read_text().split()
+    assert len(children) == 1
+    tune.send_signal(signal.SIGINT)
+    assert tune.wait(timeout=30) == 130, tune.communicate()[1]
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{children[0]}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{children[0]}").exists()
+
     # other settings, another key: this warm process does not take it
     other = run_perfops("stats", "refresh", "--dry-run", env=bad_dsn)
     assert other.returncode == 1 and "cannot connect to PostgreSQL" in other.stderr
-    assert [i["served"] for i in _infos(runtime) if i["pid"] == info["pid"]] == [2]
+    assert [i["served"] for i in _infos(runtime) if i["pid"] == info["pid"]] == [3]
 
     # `perfops server status` lists it, `perfops server stop` stops it (those of its directory)
     status = run_perfops("server", "status", "--json", env=env)
