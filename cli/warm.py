@@ -46,6 +46,8 @@ from cli.warm_registry import CHILD_MARK, ROOT, enabled, key_of, runtime_dir, so
 HEADER = struct.Struct("!I")
 MAX_REQUEST = 16 << 20
 DEFAULT_IDLE_S = 1800.0
+MAX_WARM = 4
+"""At most this many warm processes of this user at once (one per directory and settings)."""
 
 
 # --- the client: the `perfops` entry point ----------------------------------------------------
@@ -130,6 +132,9 @@ def _leave_warm_process_at_exit(directory: str, key: str) -> None:
         support = sys.modules.get("cli.support")
         if support is None or not getattr(support, "prefect_server_used", False):
             return
+        running = [n for n in os.listdir(directory) if n.endswith(".sock.json")]
+        if len(running) >= MAX_WARM:
+            return  # each holds ~300 MB: the others serve their settings until they idle out
         import subprocess
 
         log = os.path.join(directory, f"{key}.log")
