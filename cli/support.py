@@ -232,6 +232,7 @@ def use_prefect_server(progress: Callable[[str, int, int], None] | None = None) 
 def _ensure_local(
     server: LocalPrefectServer, progress: Callable[[str, int, int], None] | None
 ) -> None:
+    """Start the local server unless it runs, saying so once on stderr with its UI address."""
 
     def starting() -> None:
         if progress is not None:
