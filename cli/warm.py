@@ -39,6 +39,7 @@ import socket
 import struct
 import sys
 import time
+import traceback
 from typing import Any
 
 from cli.warm_registry import CHILD_MARK, ROOT, enabled, key_of, runtime_dir, socket_path
@@ -402,18 +403,28 @@ def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None
             print("perfops: aborted", file=sys.stderr)
             code = 130
         except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
+            code = _exit_status(exc)
+        except BaseException:  # noqa: BLE001 (as a fresh process: the traceback, exit 1)
+            traceback.print_exc()
+            code = 1
         gc.freeze()
         atexit._run_exitfuncs()  # what a fresh process's exit would run
-    except BaseException as exc:  # noqa: BLE001 (report, then exit with a status)
-        kind = type(exc).__name__
-        print(f"perfops: unexpected {kind} in the warm process: {exc}", file=sys.stderr)
+    except BaseException:  # noqa: BLE001 (the hand-over itself failed)
+        traceback.print_exc()
     finally:
         with contextlib.suppress(BaseException):  # the command is over; the client may be gone
             sys.stdout.flush()
             sys.stderr.flush()
             conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
         os._exit(code)
+
+
+def _exit_status(exc: SystemExit) -> int:
+    """The status a fresh process would exit with (a message is printed, then 1)."""
+    if exc.code is None or isinstance(exc.code, int):
+        return int(exc.code or 0)
+    print(exc.code, file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
