@@ -3,7 +3,8 @@ deployments of prefect.yaml (`perfops deploy`), a process worker, and platform e
 the server. `platform.user.updated` makes the invalidate_cache automation start a run that drops
 that user's keys from Redis and no other; `platform.agent.updated` drops an agent's keys, and
 the perfops.cache.invalidated event it emits makes the warm_cache automation fetch the agent's
-configuration keys again from the application (agent_configs: proactive refresh)."""
+configuration keys again from the application (agent_configs: proactive refresh); a run whose
+work failed (a refused pattern) ends Failed on the worker with its artifact."""
 
 from __future__ import annotations
 
@@ -21,7 +22,16 @@ import pytest
 import redis
 
 from tests.caches.conftest import App
-from tests.e2e.stack import POOL, ROOT, run_ids, wait_final, wait_for_runs, worker
+from tests.e2e.stack import (
+    POOL,
+    ROOT,
+    artifact_keys,
+    run_ids,
+    wait_final,
+    wait_for_runs,
+    worker,
+)
+from tests.e2e.stack import run as run_deployment
 
 pytestmark = pytest.mark.e2e
 
@@ -145,6 +155,17 @@ def test_platform_events_invalidate_through_the_automation_and_warm_proactive_ca
                 _emit(http, "platform.agent.updated", "platform.agent.7", {"agent_id": "7"})
                 _triggered_run(http, invalidate, earlier, log)
                 warmed = _triggered_run(http, warm, earlier_warm, log)
+
+            # A run whose work failed ends Failed on the worker, its record still written: a
+            # bare pattern would span every cache and is refused; nothing is dropped.
+            keys_before = sorted(cache.scan_iter("*"))
+            refused, state = run_deployment(
+                http, "invalidate_cache/invalidate_cache", {"parameters": {"pattern": "*"}}
+            )
+            assert state["type"] == "FAILED", (state, log.read_text()[-3000:])
+            assert "has no literal prefix and spans every cache" in state["message"]
+            assert "perfops-cache-invalidation" in artifact_keys(http, refused)
+            assert sorted(cache.scan_iter("*")) == keys_before
             time.sleep(0.5)
     finally:
         app.server.shutdown()
