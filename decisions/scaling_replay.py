@@ -131,6 +131,8 @@ class PerfopsPolicy:
         n = len(env.series)
         if self.track is None or self.track.n < n or self.track.horizon != env.horizon:
             self.track = ForecastTrack(step, env.horizon, n)
+        self.every = self._every(env) if self.tune else 0  # an untuned policy never re-tunes
+        self.next_tune = env.start - 1 + self.every if self.every else n
         if not self.tune:
             setting = self._setting(env)
             self.inner: ReplayPolicy = ForecastPolicy(
@@ -166,13 +168,17 @@ class PerfopsPolicy:
             self.choice.candidate, sizing=train, track=self.track, quantiles=self.qs
         )
         self.inner.reset(env)
-        self.every = max(1, round(self.retune / step)) if self.retune is not None else 0
-        self.next_tune = env.start - 1 + self.every if self.every else len(env.series)
+
+    def _every(self, env: Any) -> int:
+        """Steps between re-tunings (0: never)."""
+        if self.retune is None:
+            return 0
+        step = pd.Timedelta(env.series.index[1] - env.series.index[0])
+        return max(1, round(self.retune / step))
 
     def retune_steps(self, env: Any) -> list[int]:
         """The steps at whose end the policy re-tunes (none without `retune`)."""
-        step = pd.Timedelta(env.series.index[1] - env.series.index[0])
-        every = max(1, round(self.retune / step)) if self.retune is not None else 0
+        every = self._every(env)
         if not every:
             return []
         return list(range(env.start - 1 + every, len(env.series) - 1, every))

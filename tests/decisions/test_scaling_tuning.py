@@ -306,3 +306,13 @@ def test_a_re_tuning_follows_the_load_or_keeps_its_choice_within_the_keep_band()
     assert [c.candidate for c in kept] == [follows[0].candidate] * 3
     for new, old in zip(follows[1:], kept[1:], strict=True):
         assert old.reason.startswith("kept: ") == (new.candidate != follows[0].candidate)
+
+
+def test_an_untuned_perfops_runs_the_forecast_policy_at_its_setting() -> None:
+    """`tune=False`: the forecast policy at the given setting, as it is (never re-tuned)."""
+    s = bursty(days=4)
+    env = env_of(s, 2 * 96)
+    untuned = simulate(env, PerfopsPolicy(target=0.7, quantile=0.9, tune=False))
+    track = ForecastTrack(STEP, env.horizon, len(s))
+    forecast = simulate(env, ForecastPolicy(0.7, 0.9, track=track))
+    assert untuned.billed.tolist() == forecast.billed.tolist()
