@@ -42,11 +42,19 @@ import time
 import traceback
 from typing import Any
 
-from cli.warm_registry import CHILD_MARK, ROOT, enabled, key_of, runtime_dir, socket_path
+from cli.warm_registry import (
+    CHILD_MARK,
+    ROOT,
+    enabled,
+    key_of,
+    mtime_ns,
+    processes_for,
+    runtime_dir,
+    socket_path,
+)
 
 HEADER = struct.Struct("!I")
 MAX_REQUEST = 16 << 20
-DEFAULT_IDLE_S = 1800.0
 MAX_WARM = 4
 """At most this many warm processes of this user at once (one per directory and settings)."""
 
@@ -133,8 +141,7 @@ def _leave_warm_process_at_exit(directory: str, key: str) -> None:
         support = sys.modules.get("cli.support")
         if support is None or not getattr(support, "prefect_server_used", False):
             return
-        running = [n for n in os.listdir(directory) if n.endswith(".sock.json")]
-        if len(running) >= MAX_WARM:
+        if len(processes_for(None)) >= MAX_WARM:
             return  # each holds ~300 MB: the others serve their settings until they idle out
         import subprocess
 
@@ -169,24 +176,17 @@ def _project_files() -> dict[str, int]:
     for module in list(sys.modules.values()):
         path = getattr(module, "__file__", None)
         if path and path.startswith(ROOT) and not path.startswith(venv):
-            seen[path] = _mtime_ns(path)
+            seen[path] = mtime_ns(path)
     for entry in sys.path:
         if entry.endswith("site-packages"):
-            seen[entry] = _mtime_ns(entry)
+            seen[entry] = mtime_ns(entry)
     return seen
-
-
-def _mtime_ns(path: str) -> int:
-    try:
-        return os.stat(path).st_mtime_ns
-    except OSError:
-        return -1
 
 
 def changed(files: dict[str, int]) -> str | None:
     """The first file whose modification time is not the one recorded, if any."""
     for path, mtime in files.items():
-        if _mtime_ns(path) != mtime:
+        if mtime_ns(path) != mtime:
             return path
     return None
 
@@ -243,7 +243,9 @@ def serve(key: str) -> int:
         _log(f"{threading.active_count()} threads after preparing: forking is unsafe, exiting")
         return 1
     files = _project_files()
-    idle = float(os.environ.get("PERFOPS_WARM_IDLE") or DEFAULT_IDLE_S)
+    from perfops.settings import get_settings
+
+    idle = get_settings().warm_idle  # PERFOPS_WARM_IDLE, validated with the other settings
 
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     staging = f"{path}.{os.getpid()}"

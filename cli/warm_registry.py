@@ -43,11 +43,12 @@ def runtime_dir() -> str | None:
     return path
 
 
-def _mtime(path: str) -> str:
+def mtime_ns(path: str) -> int:
+    """`path`'s modification time in nanoseconds, -1 when it is missing."""
     try:
-        return str(os.stat(path).st_mtime_ns)
+        return os.stat(path).st_mtime_ns
     except OSError:
-        return "-"
+        return -1
 
 
 def key_of(env: dict[str, str] | os._Environ[str], cwd: str) -> str:
@@ -61,7 +62,7 @@ def key_of(env: dict[str, str] | os._Environ[str], cwd: str) -> str:
         if name.startswith(("PREFECT_", "PERFOPS_")) and name != CHILD_MARK
     )
     for path in (profiles, ".env", "prefect.toml", "pyproject.toml"):
-        parts.append(f"{path}@{_mtime(os.path.join(cwd, path))}")
+        parts.append(f"{path}@{mtime_ns(os.path.join(cwd, path))}")
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
 
 
@@ -80,8 +81,9 @@ def is_warm_process(pid: int, key: str) -> bool:
     return b"cli.warm" in argv and key.encode() in argv
 
 
-def processes_for(cwd: str) -> list[dict[str, object]]:
-    """The live warm processes serving `cwd` (every key): pid, key, commands served."""
+def processes_for(cwd: str | None) -> list[dict[str, object]]:
+    """The live warm processes serving `cwd` (every key; None: every directory): pid, cwd,
+    key, commands served."""
     directory = runtime_dir()
     found: list[dict[str, object]] = []
     if directory is None:
@@ -92,7 +94,9 @@ def processes_for(cwd: str) -> list[dict[str, object]]:
         try:
             with open(os.path.join(directory, name)) as handle:
                 info = json.load(handle)
-            if info.get("cwd") == cwd and is_warm_process(int(info["pid"]), str(info["key"])):
+            if cwd not in (None, info.get("cwd")):
+                continue
+            if is_warm_process(int(info["pid"]), str(info["key"])):
                 found.append(info)
         except (OSError, ValueError, KeyError, TypeError):
             continue
