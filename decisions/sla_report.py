@@ -82,13 +82,25 @@ class SlaRunReport(BaseModel):
     @property
     def partial(self) -> bool:
         """Some notices were sent (or already were) and others not."""
-        if self.delivery is None:
+        if self.delivery is None or not self.unsent:
             return False
         return len(self.unsent) < len(self.delivery.delivered)
 
     @property
+    def blind(self) -> str | None:
+        """Why no SLO or rule could be read, when Prometheus could not be reached for any of
+        them: the evaluation did not happen (an empty answer or a rejected query is that item's
+        "no data", not a blind run)."""
+        if not self.statuses or not all(
+            s.status == "no data" and s.detail.startswith("cannot reach") for s in self.statuses
+        ):
+            return None
+        return f"no SLO or rule could be evaluated: {self.statuses[0].detail}"
+
+    @property
     def failure(self) -> str | None:
-        """What failed, for the run's state message; None when every notice went out."""
+        """What failed, for the run's state message; None when the SLOs were evaluated and
+        every notice went out."""
         delivery, unsent = self.delivery, self.unsent
         if delivery and delivery.deferred:
             return delivery.recovered
@@ -97,7 +109,7 @@ class SlaRunReport(BaseModel):
                 f"{len(unsent)} of {len(delivery.delivered)} notices not sent: {unsent[0].key}: "
                 f"{unsent[0].note}"
             )
-        return None
+        return self.blind
 
 
 def alert_resource(alert: Alert) -> str:

@@ -6,7 +6,8 @@ Records: the table artifact `perfops-sla` (every SLO and rule with its budget an
 then every notice sent), `perfops.sla.evaluated` once per run, and `perfops.sla.breached` /
 `.escalated` / `.resolved` per alert of each notice sent. Degradation alerts are emitted on the
 resource `perfops.sla.degradation.<rule>`, which the deployment trigger of
-`scale_predictively` watches (prefect.yaml).
+`scale_predictively` watches (prefect.yaml). A run that could not reach Prometheus for any SLO
+or rule ends Failed after its records are written (every item "no data").
 """
 
 from __future__ import annotations

@@ -101,6 +101,27 @@ def test_no_delivery_no_failure_and_no_notice_events() -> None:
     assert events[0][2]["notices"] == 0
 
 
+def _no_data(name: str, detail: str) -> SloStatus:
+    return SloStatus(name=name, kind="slo", objective=0.999, window="30d", status="no data",
+                     detail=detail)  # fmt: skip
+
+
+def test_a_run_that_could_not_reach_prometheus_for_any_item_is_blind_and_fails() -> None:
+    down = "cannot reach Prometheus at http://127.0.0.1:9: ConnectionError: refused"
+    blind = _report(_notice("sent", ts="1.0")).model_copy(
+        update={"statuses": [_no_data("api-availability", down), _no_data("latency", down)]}
+    )
+    assert blind.failure == f"no SLO or rule could be evaluated: {down}"
+    assert not blind.partial  # every notice went out: allow_partial does not turn it Completed
+    # an empty answer or a rejected query is that item's "no data", not a blind run
+    empty = blind.model_copy(
+        update={"statuses": [_no_data("a", "no samples in any window"), _no_data("b", down)]}
+    )
+    assert empty.failure is None
+    seen = blind.model_copy(update={"statuses": [_report().statuses[0], _no_data("b", down)]})
+    assert seen.failure is None
+
+
 def test_a_notice_already_sent_emits_no_second_event() -> None:
     report = _report(_notice("sent", ts="1.0"), _notice("already sent", ts="0.5"))
     events = sla_events(report)
