@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -169,6 +169,22 @@ def test_changed_flows_end_completed_when_their_work_succeeds_and_failed_when_it
             )
             if artifact is not None:
                 assert artifact in artifact_keys(http, run_id), (deployment, body)
+        # evaluate_slos at a minute of the demo week: it read Prometheus and ends Completed;
+        # with Prometheus unreachable it is blind: its record is written, then it ends Failed
+        minute = last_complete_week(datetime.now(UTC)).start + timedelta(days=2, hours=10)
+        closed = f"http://127.0.0.1:{free_port()}"
+        for url, expected in ((report_metrics, "COMPLETED"), (closed, "FAILED")):
+            body = {
+                "parameters": {"at": minute.isoformat(), "notify": False},
+                "job_variables": {"env": {"PERFOPS_PROMETHEUS_URL": url}},
+            }
+            run_id, state = run(http, "evaluate_slos/evaluate_slos", body)
+            assert state.get("type") == expected, (body, state, worker_log.read_text()[-3000:])
+            assert "perfops-sla" in artifact_keys(http, run_id)
+            if expected == "FAILED":
+                assert "no SLO or rule could be evaluated: cannot reach Prometheus" in str(
+                    state.get("message")
+                ), state
     with psycopg.connect(pg_dsn) as conn:
         left = conn.execute(
             "select count(*) from pg_tables where schemaname = 'e2e_rotation'"
