@@ -67,13 +67,14 @@ from perfops.heartbeats import heartbeats
 from perfops.redaction import one_line
 from perfops.settings import get_settings
 from tasks.records import emit, end_run, publish_table
-from tasks.share_runs import share_run_states, start_share_run, take_back
+from tasks.share_runs import claim_window_s, share_run_states, start_share_run, take_back
 
 # The tag of a share's run: one part of a fleet run spread over the pool's workers.
 SHARE_TAG = "perfops-fleet-share"
 # How often a spread parent reads its shares' states.
 SHARE_POLL_S = 1.0
-# A share no worker took by the time share 1 is done is cancelled saying this (tasks.share_runs).
+# A share no worker took by the time share 1 is done (and the workers had two polls to take it:
+# tasks.share_runs.claim_window_s) is cancelled saying this.
 TAKEN_BACK = "no worker took this share in time: its parent ran its targets"
 # A run waits this long for its database's and its cluster's slots, then fails saying which.
 SLOT_TIMEOUT_S = 3600.0
@@ -305,8 +306,9 @@ def _run_spread(
 ) -> list[TargetRun]:
     """The targets split into shares: shares 2..N started as runs of this run's deployment
     (any worker of the pool takes each), share 1 run here; then each share's rows read back
-    from its artifact. A share no worker has taken by the time share 1 is done is taken back
-    (claimed as Pending, so no worker starts it too, then cancelled) and run here."""
+    from its artifact. A share no worker has taken by the time share 1 is done, and after the
+    pool's workers had two polls to take it (`claim_window_s`), is taken back (claimed as
+    Pending, so no worker starts it too, then cancelled) and run here."""
     logger = get_run_logger()
     count = len(shares)
     own_parameters = dict(runtime_flow_run.parameters)
@@ -320,6 +322,7 @@ def _run_spread(
             SHARE_TAG,
         )
         started.append((run_id, name, share))
+    claimable_at = time.monotonic() + claim_window_s()
     logger.info(
         "spread over %d shares: share 1 (%d targets) here, %s started for any worker",
         count,
@@ -335,7 +338,12 @@ def _run_spread(
             state = states.get(run_id)
             if state is not None and state.is_final():
                 runs += _share_rows(run_id, name, share, state, artifact_key)
-            elif state is not None and state.is_scheduled() and take_back(run_id, TAKEN_BACK):
+            elif (
+                state is not None
+                and state.is_scheduled()
+                and time.monotonic() >= claimable_at
+                and take_back(run_id, TAKEN_BACK)
+            ):
                 logger.info("no worker took %s: running its %d targets here", name, len(share))
                 runs += _run_targets(child, definition, share, parameters, describe)
             else:

@@ -14,6 +14,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
 from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_WORKER_QUERY_SECONDS
 from prefect.states import Cancelled, Pending, State
 
 
@@ -43,6 +44,15 @@ def share_run_states(run_ids: list[str]) -> dict[str, State[Any]]:
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(i) for i in run_ids]))
         )
     return {str(r.id): r.state for r in runs if r.state is not None}
+
+
+def claim_window_s() -> float:
+    """How long a started share is left to the pool's workers before its parent may take it
+    back: two of their polls and a second (PREFECT_WORKER_QUERY_SECONDS, which a process
+    worker passes on to the runs it starts: 10 s by default, so 21 s). Without it, a parent
+    whose own share took less than one poll took back every share, and the spread happened
+    only when a worker's poll fell in that moment."""
+    return 2.0 * float(PREFECT_WORKER_QUERY_SECONDS.value()) + 1.0
 
 
 def take_back(run_id: str, message: str) -> bool:

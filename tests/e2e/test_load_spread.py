@@ -15,6 +15,7 @@ import pytest
 
 from demo.target_server import TargetBehaviour, TargetServer
 from tests.e2e.stack import POOL, ROOT, wait_final, worker
+from tests.e2e.stack import run as run_deployment
 from tests.e2e.test_workers import (
     _create_run,
     _drop_waiting_runs,
@@ -150,3 +151,21 @@ def test_a_load_test_in_two_shares_runs_them_on_two_workers_and_merges_them(
     assert [r["what"] for r in share_rows] == ["share 1 of 2", "share 2 of 2"]
     assert "taken back from the pool" in share_rows[1]["reason"]
     assert next(r for r in rows if r["what"] == "endpoint all")["requests"] == 400
+
+    # A test whose work fails (every answer a 500: its error-rate criterion missed) ends Failed
+    # on the worker, saying which criterion, with its artifact written.
+    with (
+        TargetServer(TargetBehaviour(median_ms=5, error_rate=1.0)) as broken,
+        worker(env, tmp_path, name="load-1", limit=1) as log1,
+    ):
+        _wait_started(log1)
+        body = {
+            "parameters": {**parameters, "shares": 1, "spread": False},
+            "job_variables": {"env": {"PERFOPS_LOAD_TARGET_URL": broken.url}},
+        }
+        run_id, state = run_deployment(http, PARENT, body, timeout_s=240)
+        tail = log1.read_text()[-3000:]
+    assert state["type"] == "FAILED", (state, tail)
+    assert "criteria missed" in (state["message"] or ""), state
+    rows = _artifact(http, run_id, "perfops-load-spread")
+    assert next(r for r in rows if r["what"] == "endpoint all")["requests"] > 0
