@@ -175,11 +175,17 @@ def test_changed_flows_end_completed_when_their_work_succeeds_and_failed_when_it
         closed = f"http://127.0.0.1:{free_port()}"
         for url, expected in ((report_metrics, "COMPLETED"), (closed, "FAILED")):
             body = {
-                "parameters": {"at": minute.isoformat(), "notify": False},
+                # prometheus_block None: another test of the session points the deployment
+                # at a block of its own (test_production's prom-prod, unreachable)
+                "parameters": {"at": minute.isoformat(), "notify": False, "prometheus_block": None},
                 "job_variables": {"env": {"PERFOPS_PROMETHEUS_URL": url}},
             }
             run_id, state = run(http, "evaluate_slos/evaluate_slos", body)
-            assert state.get("type") == expected, (body, state, worker_log.read_text()[-3000:])
+            assert state.get("type") == expected, (
+                state.get("message"),
+                body,
+                worker_log.read_text()[-3000:],
+            )
             assert "perfops-sla" in artifact_keys(http, run_id)
             if expected == "FAILED":
                 assert "no SLO or rule could be evaluated: cannot reach Prometheus" in str(
