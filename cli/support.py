@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from cli.warm_registry import CHILD_MARK
 from demo.prefect_server import LocalPrefectServer, configured_api_url
 from perfops.errors import ConfigurationError, report_of
 from perfops.heartbeats import heartbeats
@@ -212,7 +213,7 @@ def use_prefect_server(progress: Callable[[str, int, int], None] | None = None) 
         # Prefect's settings are fixed once imported: in-process tests, or a warm process's
         # child (cli/warm.py), whose settings chose the local server as this command would
         # (same variables); it may have been stopped since: started again on its port
-        warm_child = os.environ.get("PERFOPS_WARM_CHILD")
+        warm_child = os.environ.get(CHILD_MARK)
         if warm_child and not configured_api_url() and perfops_settings().local_server:
             server = local_server()
             _ensure_local(server, progress)

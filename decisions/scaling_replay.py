@@ -188,8 +188,7 @@ class PerfopsPolicy:
         (memoised in `tunings`, shared by the dial's settings)."""
         if t not in self.tunings:
             assert len(demand) == t + 1, "a re-tuning reads the observed steps only"
-            history = pd.Series(demand, index=self.env.series.index[: t + 1], dtype=float)
-            step = pd.Timedelta(history.index[1] - history.index[0])
+            history = self._observed(demand)
             self.tunings[t] = tuning_backtest(
                 history,
                 capacity=self.env.capacity,
@@ -199,9 +198,19 @@ class PerfopsPolicy:
                 cands=self.all_cands,
                 track=self.track,
                 window=self.retune_window,
-                sizing=history.iloc[-int(RETUNE_LOOKBACK / step) :],
+                sizing=self._lookback(history),
             )
         return self.tunings[t]
+
+    def _observed(self, demand: np.ndarray) -> pd.Series:
+        """The load of the steps observed so far (0..len(demand) - 1), on the trace's times."""
+        return pd.Series(demand, index=self.env.series.index[: len(demand)], dtype=float)
+
+    @staticmethod
+    def _lookback(history: pd.Series) -> pd.Series:
+        """What `tune_scaling` reads of a group's history (a schedule is sized from it)."""
+        step = pd.Timedelta(history.index[1] - history.index[0])
+        return history.iloc[-int(RETUNE_LOOKBACK / step) :]
 
     def plan(self, env: Any) -> list[Choice]:
         """The choice of every tuning this policy makes on `env` (the reset's, then each
@@ -244,9 +253,7 @@ class PerfopsPolicy:
         previous, self.choice = self.choice, choice
         if choice.candidate == previous.candidate and choice.candidate.family != "scheduled_p99":
             return  # the same policy runs on, its state kept
-        index = self.env.series.index[: t + 1]
-        step = pd.Timedelta(index[1] - index[0])
-        sizing = pd.Series(y, index=index).iloc[-int(RETUNE_LOOKBACK / step) :]
+        sizing = self._lookback(self._observed(y))
         inner = replay_policy(choice.candidate, sizing=sizing, track=self.track, quantiles=self.qs)
         inner.reset(self.env)
         if isinstance(inner, ForecastPolicy) and isinstance(self.inner, ForecastPolicy):
