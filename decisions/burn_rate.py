@@ -29,6 +29,9 @@ from decisions.slo_definitions import (
 )
 
 Status = Literal["ok", "firing", "no data", "no baseline"]
+# how a measurement's error begins when Prometheus could not be reached at all (not a rejected
+# query or an empty answer): a run where every item failed so was blind (decisions.sla_report)
+UNREACHABLE = "cannot reach Prometheus"
 
 
 class SloMeasurement(BaseModel):

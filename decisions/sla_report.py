@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from decisions.burn_rate import Alert, SloStatus
+from decisions.burn_rate import UNREACHABLE, Alert, SloStatus
 from decisions.escalation import NOTICE_EVENT, Suppressed
 
 EVENT = "perfops.sla."
@@ -92,7 +92,7 @@ class SlaRunReport(BaseModel):
         them: the evaluation did not happen (an empty answer or a rejected query is that item's
         "no data", not a blind run)."""
         if not self.statuses or not all(
-            s.status == "no data" and s.detail.startswith("cannot reach") for s in self.statuses
+            s.status == "no data" and s.detail.startswith(UNREACHABLE) for s in self.statuses
         ):
             return None
         return f"no SLO or rule could be evaluated: {self.statuses[0].detail}"

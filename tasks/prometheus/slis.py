@@ -23,7 +23,7 @@ from prometheus_api_client import PrometheusApiClientException, PrometheusConnec
 from pydantic import BaseModel
 
 from blocks import PrometheusSource
-from decisions.burn_rate import SeriesMeasurement, SloMeasurement, slo_windows
+from decisions.burn_rate import UNREACHABLE, SeriesMeasurement, SloMeasurement, slo_windows
 from decisions.slo_definitions import (
     WINDOW_PLACEHOLDER,
     AlertRule,
@@ -70,9 +70,7 @@ class _Clients(threading.local):
 def _error(source: PrometheusSource, exc: Exception) -> str:
     if isinstance(exc, PrometheusApiClientException):
         return f"Prometheus rejected the query: {redact(str(exc))[:300]}"
-    return (
-        f"cannot reach Prometheus at {source.url}: {type(exc).__name__}: {redact(str(exc))[:200]}"
-    )
+    return f"{UNREACHABLE} at {source.url}: {type(exc).__name__}: {redact(str(exc))[:200]}"
 
 
 def _times(end: datetime, step: timedelta, count: int) -> list[float]:
