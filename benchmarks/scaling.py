@@ -121,7 +121,7 @@ def evaluate_trace(
     se = load_harness(Path(harness))
     from decisions.scaling_replay import PerfopsPolicy
     from decisions.scaling_simulation import ForecastPolicy, ForecastTrack
-    from decisions.scaling_tuning import backtest, pick
+    from decisions.scaling_tuning import DEFAULT_RISK_PCT, TuningError, backtest, pick
 
     started = time.monotonic()
     name = Path(trace).stem
@@ -138,16 +138,23 @@ def evaluate_trace(
     track = ForecastTrack(step, env.horizon, n)
     train = env.series.iloc[: env.start]
     cpu0 = time.process_time()  # the tuning as a group's would run: forecast pass included
-    tuning = backtest(
-        train, capacity=env.capacity, delay=env.delay, min_capacity=env.min_inst,
-        max_capacity=env.max_inst, track=track,
-    )  # fmt: skip
+    untuned = ""
+    try:
+        tuning = backtest(
+            train, capacity=env.capacity, delay=env.delay, min_capacity=env.min_inst,
+            max_capacity=env.max_inst, track=track,
+        )  # fmt: skip
+    except TuningError as exc:  # too short: perfops runs its base policy, as a new group does
+        tuning, untuned = None, f"not tuned ({exc}): the base policy"
+        risks = (DEFAULT_RISK_PCT,)
     tuning_cpu = time.process_time() - cpu0
     t0 = time.perf_counter()
     track.fill(env.demand, env.start - 1, n - 2)  # the scored steps' forecasts, made once
     pass_s = time.perf_counter() - t0
     oracle = se.simulate(env, se.Oracle(1.0)).billed.sum()
-    if not risks:  # the frontier: each candidate that is the cheapest for some risk target
+    if (
+        not risks and tuning is not None
+    ):  # the frontier: each candidate that is the cheapest for some risk target
         risks = frontier(tuning)
     rows, by_plan = [], {}
     tunings: dict[int, Any] = {}  # the re-tunings' back-tests by step, shared by the dial
@@ -164,11 +171,13 @@ def evaluate_trace(
             )
             by_plan[key] = (_under(se, res), float(res.billed.sum() / oracle), res.actions)
         under, cost, actions = by_plan[key]
-        train_row = plan[0].row
+        first = plan[0] if tuning is not None else None
         switches = sum(a.candidate != b.candidate for a, b in itertools.pairwise(plan))
         rows.append({
-            "policy": "perfops", "risk%": r, "choice": plan[0].candidate.label,
-            "train under%": train_row.under_pct, "train cost": train_row.cost_x_oracle,
+            "policy": "perfops", "risk%": r,
+            "choice": first.candidate.label if first else untuned,
+            "train under%": first.row.under_pct if first else np.nan,
+            "train cost": first.row.cost_x_oracle if first else np.nan,
             "retunes": len(plan) - 1, "switches": switches,
             "under%": under, "cost_x_oracle": cost, "actions": actions,
         })  # fmt: skip
@@ -194,10 +203,14 @@ def evaluate_trace(
     for lv in LEVELS:
         bound = clairvoyant_bound(scored, env.capacity, env.min_inst, env.max_inst, lv)
         risk_table.loc["clairvoyant bound", f"cost@under<={lv:g}%"] = bound / oracle
+    tuned = (
+        f"back-test of {tuning.steps} steps in {tuning_cpu:.1f} s CPU ({tuning.seconds:.1f} s wall)"
+        if tuning is not None
+        else f"perfops {untuned}"
+    )
     out.append(
-        f"training {env.start} steps, back-test of {tuning.steps} steps in {tuning_cpu:.1f} s "
-        f"CPU ({tuning.seconds:.1f} s wall; forecast pass over the scored steps {pass_s:.1f} s "
-        f"wall); decision {decision_cpu_ms:.2f} ms/step CPU ({decision_ms:.2f} ms wall); "
+        f"training {env.start} steps, {tuned}; forecast pass over the scored steps {pass_s:.1f} s "
+        f"wall; decision {decision_cpu_ms:.2f} ms/step CPU ({decision_ms:.2f} ms wall); "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
     if retune:
@@ -222,11 +235,11 @@ def evaluate_trace(
         "decision_ms": decision_cpu_ms,
         "decision_wall_ms": decision_ms,
         "tuning_s": tuning_cpu,
-        "tuning_wall_s": tuning.seconds,
-        "tuning_steps": tuning.steps,
+        "tuning_wall_s": tuning.seconds if tuning is not None else np.nan,
+        "tuning_steps": tuning.steps if tuning is not None else 0,
         "step_min": step / pd.Timedelta("1min"),
         "seconds": time.monotonic() - started,
-        "choice_at_1": pick(tuning, 1.0).candidate.label,
+        "choice_at_1": pick(tuning, 1.0).candidate.label if tuning is not None else untuned,
     }
 
 

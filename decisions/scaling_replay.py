@@ -9,8 +9,10 @@ on. It runs in the harness as `--policy decisions.scaling_replay:PerfopsPolicy` 
 under-provisioned steps, in %, the group accepts on its history); the old dial
 `PerfopsPolicy(target=, quantile=)` still works: it asks for at most the risk that perfops'
 forecast policy at that setting had on the training part. `tune=False` runs the forecast policy
-at the setting as it is; `retune="7D"` re-tunes every 7 days during the replay on the load it
-has observed, as `tune_scaling` does in production. The replay machinery itself lives in
+at the setting as it is, and so does a policy whose training part is too short to back-test
+(less than two days; `untuned` says why), as `scale_predictively` runs a group's base policy
+until `tune_scaling` has tuned it; `retune="7D"` re-tunes every 7 days during the replay on
+the load it has observed, as `tune_scaling` does in production. The replay machinery itself lives in
 `decisions.scaling_simulation`.
 """
 
@@ -48,6 +50,7 @@ from decisions.scaling_tuning import (
     Candidate,
     Choice,
     Tuning,
+    TuningError,
     candidates,
     pick,
     replay_policy,
@@ -117,6 +120,8 @@ class PerfopsPolicy:
         self.choices: list[tuple[int, Choice]] = []
         self.track, self.tuning, self.overrides = track, tuning, overrides
         self.choice: Choice | None = None
+        self.untuned: str | None = None  # why the policy runs untuned, when tuning was asked
+        self.inner: ReplayPolicy
         if risk is not None:
             self.name = f"perfops@risk{risk:g}%"
         elif target is not None:
@@ -133,39 +138,50 @@ class PerfopsPolicy:
             self.track = ForecastTrack(step, env.horizon, n)
         self.every = self._every(env) if self.tune else 0  # an untuned policy never re-tunes
         self.next_tune = env.start - 1 + self.every if self.every else n
+        self.choice, self.untuned, self.choices = None, None, []
         if not self.tune:
-            setting = self._setting(env)
-            self.inner: ReplayPolicy = ForecastPolicy(
-                setting.target, self.quantile, track=self.track, **self.overrides
-            )
-            self.inner.reset(env)
+            self._run_base(env)
             return
         train = env.series.iloc[: env.start]
         cands = list(self.cands) if self.cands is not None else candidates()
         legacy = self.risk is None and self.target is not None
         if legacy and self._setting(env) not in cands:
             cands.append(self._setting(env))
+        self.risk_pct = self.risk if self.risk is not None else DEFAULT_RISK_PCT
+        self.all_cands = cands
+        self.qs = tuple(sorted({c.quantile or 0.9 for c in cands if not c.simple}))
         if self.tuning is None or (legacy and self.tuning.row(self._setting(env)) is None):
-            self.tuning = tuning_backtest(
-                train,
-                capacity=env.capacity,
-                delay=env.delay,
-                min_capacity=env.min_inst,
-                max_capacity=env.max_inst,
-                cands=cands,
-                track=self.track,
-            )
-        risk = self.risk if self.risk is not None else DEFAULT_RISK_PCT
+            try:
+                self.tuning = tuning_backtest(
+                    train,
+                    capacity=env.capacity,
+                    delay=env.delay,
+                    min_capacity=env.min_inst,
+                    max_capacity=env.max_inst,
+                    cands=cands,
+                    track=self.track,
+                )
+            except TuningError as exc:  # too little history: the base policy, as in production
+                self.untuned = f"not tuned ({exc}): the base policy"
+                self._run_base(env)
+                return
+        risk = self.risk_pct
         if legacy:
             row = self.tuning.row(self._setting(env))
             assert row is not None
-            risk = row.under_pct
-        self.risk_pct, self.all_cands = risk, cands
-        self.qs = tuple(sorted({c.quantile or 0.9 for c in cands if not c.simple}))
+            risk = self.risk_pct = row.under_pct
         self.choice = pick(self.tuning, risk)
         self.choices = [(env.start - 1, self.choice)]
         self.inner = replay_policy(
             self.choice.candidate, sizing=train, track=self.track, quantiles=self.qs
+        )
+        self.inner.reset(env)
+
+    def _run_base(self, env: Any) -> None:
+        """Run perfops' forecast policy at the policy's own setting (no back-test)."""
+        setting = self._setting(env)
+        self.inner = ForecastPolicy(
+            setting.target, self.quantile, track=self.track, **self.overrides
         )
         self.inner.reset(env)
 
@@ -216,12 +232,23 @@ class PerfopsPolicy:
         """The choice of every tuning this policy makes on `env` (the reset's, then each
         re-tuning's, each from the load observed up to its step): what a replay will run."""
         self.reset(env)
-        assert self.choice is not None
         y = np.asarray(env.demand, dtype=float)
-        out = [self.choice]
+        out = [self.choice] if self.choice is not None else []  # none: untuned at first
         for t in self.retune_steps(env):
-            out.append(self._next_choice(out[-1], self.tuned_at(t, y[: t + 1])))
+            tuning = self._tuning_at(t, y[: t + 1])
+            if tuning is not None:
+                out.append(
+                    self._next_choice(out[-1], tuning) if out else pick(tuning, self.risk_pct)
+                )
         return out
+
+    def _tuning_at(self, t: int, demand: np.ndarray) -> Tuning | None:
+        """`tuned_at`, or None (and `untuned` says why) while the history is too short."""
+        try:
+            return self.tuned_at(t, demand)
+        except TuningError as exc:
+            self.untuned = f"not tuned ({exc}): the base policy"
+            return None
 
     def _next_choice(self, previous: Choice, tuning: Tuning) -> Choice:
         """The re-tuning's choice; with `keep_band` b, the running choice is kept while its
@@ -247,11 +274,20 @@ class PerfopsPolicy:
     def _switch(self, obs: Any) -> None:
         t = obs.t
         y = np.asarray(obs.demand, dtype=float)
-        assert self.choice is not None
-        choice = self._next_choice(self.choice, self.tuned_at(t, y))
+        tuning = self._tuning_at(t, y)
+        if tuning is None:
+            return  # the base policy runs on
+        previous = self.choice
+        choice = (
+            pick(tuning, self.risk_pct) if previous is None else self._next_choice(previous, tuning)
+        )
         self.choices.append((t, choice))
-        previous, self.choice = self.choice, choice
-        if choice.candidate == previous.candidate and choice.candidate.family != "scheduled_p99":
+        self.choice, self.untuned = choice, None
+        if (
+            previous is not None
+            and choice.candidate == previous.candidate
+            and choice.candidate.family != "scheduled_p99"
+        ):
             return  # the same policy runs on, its state kept
         sizing = self._lookback(self._observed(y))
         inner = replay_policy(choice.candidate, sizing=sizing, track=self.track, quantiles=self.qs)

@@ -316,3 +316,26 @@ def test_an_untuned_perfops_runs_the_forecast_policy_at_its_setting() -> None:
     track = ForecastTrack(STEP, env.horizon, len(s))
     forecast = simulate(env, ForecastPolicy(0.7, 0.9, track=track))
     assert untuned.billed.tolist() == forecast.billed.tolist()
+
+
+def test_a_perfops_with_too_short_a_training_part_runs_the_base_policy_and_says_why() -> None:
+    """Less than two days before `env.start`: no back-test is possible, so perfops runs its base
+    policy (the forecast policy at its setting, as `scale_predictively` does for a group not
+    tuned yet) instead of failing the replay; a re-tuning tunes it once the history suffices."""
+    s = bursty(days=5)
+    env = env_of(s, 96 + 48)  # a day and a half of training
+    cands = [Candidate("target_tracking", 0.4), Candidate("forecast", 1.0, 0.9, "additive")]
+    short = PerfopsPolicy(risk=1.0, cands=cands)
+    ran = simulate(env, short)
+    assert short.choice is None and short.choices == []
+    assert short.untuned is not None and "at least two days of history" in short.untuned
+    base = simulate(env, ForecastPolicy(env.target, 0.9, track=ForecastTrack(STEP, 2, len(s))))
+    assert ran.billed.tolist() == base.billed.tolist()
+    # re-tuned every 6 hours: the first re-tuning still has too little, a later one tunes
+    retuned = PerfopsPolicy(risk=1.0, cands=cands, retune="6h")
+    plan, steps = retuned.plan(env), retuned.retune_steps(env)
+    assert 1 <= len(plan) < len(steps)
+    simulate(env, retuned)
+    assert retuned.untuned is None and retuned.choice == plan[-1]
+    assert [t for t, _ in retuned.choices] == steps[len(steps) - len(plan) :]
+    assert [c for _, c in retuned.choices] == plan
