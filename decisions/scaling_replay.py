@@ -162,7 +162,9 @@ class PerfopsPolicy:
                     track=self.track,
                 )
             except TuningError as exc:  # too little history: the base policy, as in production
-                self.untuned = f"not tuned ({exc}): the base policy"
+                self.untuned = (
+                    f"not tuned ({exc}): the base policy, {self._setting(self.env).label}"
+                )
                 self._run_base(env)
                 return
         risk = self.risk_pct
@@ -247,7 +249,7 @@ class PerfopsPolicy:
         try:
             return self.tuned_at(t, demand)
         except TuningError as exc:
-            self.untuned = f"not tuned ({exc}): the base policy"
+            self.untuned = f"not tuned ({exc}): the base policy, {self._setting(self.env).label}"
             return None
 
     def _next_choice(self, previous: Choice, tuning: Tuning) -> Choice:

@@ -337,7 +337,7 @@ def backtest(
                     "trace": str(trace),
                     "chart": str(out),
                     "choice": choice.candidate.label if choice else None,
-                    "reason": choice.reason if choice else None,
+                    "reason": choice.reason if choice else perfops.untuned,
                     "rows": table.reset_index().to_dict(orient="records"),
                 },
                 default=float,
@@ -352,6 +352,8 @@ def backtest(
             f"under-provisioned there), runs {choice.candidate.label}: {choice.reason}",
             indent=0,
         )
+    elif perfops.untuned:
+        print_wrapped(f"perfops is {perfops.untuned}", indent=0)
     print(f"chart: {out}")
 
 

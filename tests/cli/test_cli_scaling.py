@@ -46,6 +46,20 @@ def test_backtest_json_compares_perfops_with_reactive_and_oracle(tmp_path: Path)
     assert chart.stat().st_size > 1000
 
 
+def test_backtest_of_a_trace_too_short_to_tune_runs_the_base_policy_and_says_so(
+    tmp_path: Path,
+) -> None:
+    short = tmp_path / "short.csv"
+    pd.read_csv(_trace(tmp_path / "t.csv")).head(24 * 3).to_csv(short, index=False)  # 3 days
+    result = _run("scaling", "backtest", "--trace", str(short), "--delay", "1h", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["choice"] is None
+    assert report["reason"].startswith("not tuned (a back-test needs at least two days")
+    assert "the base policy, forecast @ 70%" in report["reason"]
+    assert {r["policy"] for r in report["rows"]} == {"perfops", "threshold", "hpa@70%", "oracle"}
+
+
 def test_backtest_bad_trace_is_one_line(tmp_path: Path) -> None:
     missing = _run("scaling", "backtest", "--trace", str(tmp_path / "nope.csv"))
     assert missing.returncode == 1 and "does not exist" in missing.stderr
