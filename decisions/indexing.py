@@ -66,7 +66,7 @@ class IndexAdvisorSettings(BaseModel):
         description="A candidate must cut a query's estimated cost by at least this fraction.",
     )
     max_new_per_table: int = Field(
-        default=3, ge=1, le=20, description="At most this many new indexes per table per run."
+        default=5, ge=1, le=20, description="At most this many new indexes per table per run."
     )
     include_tables: list[str] = Field(
         default_factory=list, description="Only these tables (name or schema.name); empty = all."

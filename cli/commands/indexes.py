@@ -43,7 +43,7 @@ def suggest(
     ] = 0.3,
     max_per_table: Annotated[
         int, typer.Option(min=1, max=20, help="At most this many new indexes per table.")
-    ] = 3,
+    ] = 5,  # IndexAdvisorSettings.max_new_per_table (not imported: the CLI starts light)
     table: Annotated[
         list[str] | None, typer.Option(help="Only these tables (repeatable; name or schema.name).")
     ] = None,

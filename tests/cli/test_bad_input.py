@@ -72,6 +72,16 @@ def test_history_limit_is_what_redis_keeps() -> None:
     assert HISTORY_KEPT == HISTORY_LENGTH
 
 
+def test_the_cli_per_table_cap_is_the_advisor_default() -> None:
+    import inspect
+
+    from cli.commands.indexes import suggest
+    from decisions.indexing import IndexAdvisorSettings
+
+    cli_default = inspect.signature(suggest).parameters["max_per_table"].default
+    assert cli_default == IndexAdvisorSettings().max_new_per_table
+
+
 @pytest.mark.usefixtures("no_flow_runs")
 def test_restore_from_a_missing_file_says_so(
     perfops: Callable[[list[str]], int], capsys: pytest.CaptureFixture[str]
