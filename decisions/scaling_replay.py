@@ -162,9 +162,7 @@ class PerfopsPolicy:
                     track=self.track,
                 )
             except TuningError as exc:  # too little history: the base policy, as in production
-                self.untuned = (
-                    f"not tuned ({exc}): the base policy, {self._setting(self.env).label}"
-                )
+                self._not_tuned(exc)
                 self._run_base(env)
                 return
         risk = self.risk_pct
@@ -249,8 +247,11 @@ class PerfopsPolicy:
         try:
             return self.tuned_at(t, demand)
         except TuningError as exc:
-            self.untuned = f"not tuned ({exc}): the base policy, {self._setting(self.env).label}"
+            self._not_tuned(exc)
             return None
+
+    def _not_tuned(self, exc: TuningError) -> None:
+        self.untuned = f"not tuned ({exc}): the base policy, {self._setting(self.env).label}"
 
     def _next_choice(self, previous: Choice, tuning: Tuning) -> Choice:
         """The re-tuning's choice; with `keep_band` b, the running choice is kept while its
