@@ -144,17 +144,15 @@ def evaluate_trace(
             train, capacity=env.capacity, delay=env.delay, min_capacity=env.min_inst,
             max_capacity=env.max_inst, track=track,
         )  # fmt: skip
-    except TuningError as exc:  # too short: perfops runs its base policy, as a new group does
-        tuning, untuned = None, f"not tuned ({exc}): the base policy"
-        risks = (DEFAULT_RISK_PCT,)
+    except TuningError:  # too short: perfops runs its base policy (it says why: `untuned`)
+        tuning, risks = None, (DEFAULT_RISK_PCT,)
     tuning_cpu = time.process_time() - cpu0
     t0 = time.perf_counter()
     track.fill(env.demand, env.start - 1, n - 2)  # the scored steps' forecasts, made once
     pass_s = time.perf_counter() - t0
     oracle = se.simulate(env, se.Oracle(1.0)).billed.sum()
-    if (
-        not risks and tuning is not None
-    ):  # the frontier: each candidate that is the cheapest for some risk target
+    # the frontier: each candidate that is the cheapest for some risk target
+    if not risks and tuning is not None:
         risks = frontier(tuning)
     rows, by_plan = [], {}
     tunings: dict[int, Any] = {}  # the re-tunings' back-tests by step, shared by the dial
@@ -172,6 +170,7 @@ def evaluate_trace(
             by_plan[key] = (_under(se, res), float(res.billed.sum() / oracle), res.actions)
         under, cost, actions = by_plan[key]
         first = plan[0] if tuning is not None else None
+        untuned = policy.untuned or untuned
         switches = sum(a.candidate != b.candidate for a, b in itertools.pairwise(plan))
         rows.append({
             "policy": "perfops", "risk%": r,

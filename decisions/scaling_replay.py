@@ -165,12 +165,11 @@ class PerfopsPolicy:
                 self._not_tuned(exc)
                 self._run_base(env)
                 return
-        risk = self.risk_pct
         if legacy:
             row = self.tuning.row(self._setting(env))
             assert row is not None
-            risk = self.risk_pct = row.under_pct
-        self.choice = pick(self.tuning, risk)
+            self.risk_pct = row.under_pct
+        self.choice = pick(self.tuning, self.risk_pct)
         self.choices = [(env.start - 1, self.choice)]
         self.inner = replay_policy(
             self.choice.candidate, sizing=train, track=self.track, quantiles=self.qs
@@ -237,9 +236,7 @@ class PerfopsPolicy:
         for t in self.retune_steps(env):
             tuning = self._tuning_at(t, y[: t + 1])
             if tuning is not None:
-                out.append(
-                    self._next_choice(out[-1], tuning) if out else pick(tuning, self.risk_pct)
-                )
+                out.append(self._next_choice(out[-1] if out else None, tuning))
         return out
 
     def _tuning_at(self, t: int, demand: np.ndarray) -> Tuning | None:
@@ -253,13 +250,13 @@ class PerfopsPolicy:
     def _not_tuned(self, exc: TuningError) -> None:
         self.untuned = f"not tuned ({exc}): the base policy, {self._setting(self.env).label}"
 
-    def _next_choice(self, previous: Choice, tuning: Tuning) -> Choice:
-        """The re-tuning's choice; with `keep_band` b, the running choice is kept while its
-        share of under-provisioned steps on the recent back-test stays within 2^-b..2^b x the
-        risk target (a fixed setting lets the risk float with the load, which is cheaper than
-        re-aiming every setting at the target)."""
+    def _next_choice(self, previous: Choice | None, tuning: Tuning) -> Choice:
+        """The re-tuning's choice (`previous`: the running one, None while untuned); with
+        `keep_band` b, the running choice is kept while its share of under-provisioned steps on
+        the recent back-test stays within 2^-b..2^b x the risk target (a fixed setting lets the
+        risk float with the load, which is cheaper than re-aiming every setting at the target)."""
         choice = pick(tuning, self.risk_pct)
-        if self.keep_band is None or choice.candidate == previous.candidate:
+        if previous is None or self.keep_band is None or choice.candidate == previous.candidate:
             return choice
         row = tuning.row(previous.candidate)
         if row is None:
@@ -281,9 +278,7 @@ class PerfopsPolicy:
         if tuning is None:
             return  # the base policy runs on
         previous = self.choice
-        choice = (
-            pick(tuning, self.risk_pct) if previous is None else self._next_choice(previous, tuning)
-        )
+        choice = self._next_choice(previous, tuning)
         self.choices.append((t, choice))
         self.choice, self.untuned = choice, None
         if (
