@@ -152,15 +152,7 @@ class PerfopsPolicy:
         self.qs = tuple(sorted({c.quantile or 0.9 for c in cands if not c.simple}))
         if self.tuning is None or (legacy and self.tuning.row(self._setting(env)) is None):
             try:
-                self.tuning = tuning_backtest(
-                    train,
-                    capacity=env.capacity,
-                    delay=env.delay,
-                    min_capacity=env.min_inst,
-                    max_capacity=env.max_inst,
-                    cands=cands,
-                    track=self.track,
-                )
+                self.tuning = self._backtest(train)
             except TuningError as exc:  # too little history: the base policy, as in production
                 self._not_tuned(exc)
                 self._run_base(env)
@@ -204,18 +196,25 @@ class PerfopsPolicy:
         if t not in self.tunings:
             assert len(demand) == t + 1, "a re-tuning reads the observed steps only"
             history = self._observed(demand)
-            self.tunings[t] = tuning_backtest(
-                history,
-                capacity=self.env.capacity,
-                delay=self.env.delay,
-                min_capacity=self.env.min_inst,
-                max_capacity=self.env.max_inst,
-                cands=self.all_cands,
-                track=self.track,
-                window=self.retune_window,
-                sizing=self._lookback(history),
+            self.tunings[t] = self._backtest(
+                history, window=self.retune_window, sizing=self._lookback(history)
             )
         return self.tunings[t]
+
+    def _backtest(self, history: pd.Series, **extra: Any) -> Tuning:
+        """The group's back-test of `history` over the candidates, on the trace's capacity,
+        delay and bounds, reusing the policy's forecast pass."""
+        env = self.env
+        return tuning_backtest(
+            history,
+            capacity=env.capacity,
+            delay=env.delay,
+            min_capacity=env.min_inst,
+            max_capacity=env.max_inst,
+            cands=self.all_cands,
+            track=self.track,
+            **extra,
+        )
 
     def _observed(self, demand: np.ndarray) -> pd.Series:
         """The load of the steps observed so far (0..len(demand) - 1), on the trace's times."""
