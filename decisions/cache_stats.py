@@ -12,6 +12,7 @@ from collections import defaultdict
 from pydantic import BaseModel, Field
 
 from decisions.cache_policy import CachePolicy, CacheSettings
+from perfops.wording import counted
 
 EVENT_COLLECTED = "perfops.cache.stats_collected"
 EVENT_HIT_RATIO_LOW = "perfops.cache.hit_ratio_low"
@@ -175,12 +176,13 @@ class StatsReport(BaseModel):
 
     @property
     def summary(self) -> str:
-        ratio = f"{self.hit_ratio:.1%}" if self.hit_ratio is not None else "unknown"
         mem = _mb(self.used_memory) + (f" of {_mb(self.maxmemory)}" if self.maxmemory else "")
-        return (
-            f"hit ratio {ratio}, {self.evicted if self.evicted is not None else '?'} evictions, "
-            f"{self.key_count:,} keys, {mem} used, fragmentation {self.fragmentation:.2f}"
-        )
+        rest = f"{self.key_count:,} keys, {mem} used, fragmentation {self.fragmentation:.2f}"
+        if self.evicted is None:  # no deltas on a node: say why (first sample, a restart)
+            why = "; ".join(dict.fromkeys(n.note for n in self.nodes if n.evicted is None))
+            return f"no hit ratio or evictions yet ({why}), {rest}"
+        ratio = f"{self.hit_ratio:.1%}" if self.hit_ratio is not None else "unknown (no reads)"
+        return f"hit ratio {ratio}, {counted(self.evicted, 'eviction')}, {rest}"
 
 
 def _mb(n: int) -> str:

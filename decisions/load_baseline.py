@@ -24,6 +24,8 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 from scipy.stats import mannwhitneyu  # type: ignore[import-untyped]
 
+from perfops.wording import counted
+
 MAX_BASELINE_WINDOWS = 2_000  # pooled window samples kept per endpoint
 
 
@@ -93,8 +95,8 @@ def establish_baseline(
     good = [r for r in mine if r.passed and not r.aborted and not r.regressed][: policy.runs]
     if not good:
         raise NoBaseline(
-            f"no good run of {test} to make a baseline from ({len(mine)} runs in history, none "
-            "met its criteria without an abort or a regression)"
+            f"no good run of {test} to make a baseline from ({counted(len(mine), 'run')} in "
+            "history, none met its criteria without an abort or a regression)"
         )
     endpoints: dict[str, BaselineEndpoint] = {}
     names = {name for r in good for name in r.endpoints}

@@ -33,6 +33,7 @@ from decisions.load_results import (
 )
 from decisions.load_scenarios import LoadTest
 from decisions.load_shares import ShareRun, overlap_problem, share_rows
+from perfops.wording import counted
 
 ACHIEVED_SHARE = 0.99  # achieved below this share of asked: the generator (or the box) fell short
 
@@ -175,17 +176,21 @@ def add_comparison(
     policy: ComparePolicy,
     *,
     kept: bool,
+    establishing: bool = False,
 ) -> None:
     """Compare the run with the newest baseline (`previous`) per endpoint, saying in
-    `report.baseline` what it was compared with, or why not (history `kept` or off)."""
+    `report.baseline` what it was compared with, or why not (history `kept` or off; a run
+    `establishing` the first baseline is told so, not told to establish one)."""
     if previous is not None:
         report.comparisons = compare_to_baseline(
             previous, history_record(report, result).endpoints, policy
         )
         report.baseline = (
             f"baseline of {previous.established_at:%Y-%m-%d %H:%M} UTC from "
-            f"{len(previous.run_ids)} runs"
+            f"{counted(len(previous.run_ids), 'run')}"
         )
+    elif kept and establishing:
+        report.baseline = "no earlier baseline to compare with"
     elif kept:
         report.baseline = "no baseline yet: run with --baseline (baseline=true) to establish one"
 

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
+from perfops.wording import counted
+
 
 class RecordedEvent(Protocol):
     """What the section reads of `decisions.reporting.RecordedEvent` (which imports this)."""
@@ -54,15 +56,17 @@ def cache_lines(events: Sequence[RecordedEvent]) -> tuple[list[str], list[dict[s
             day["problems"] += int(p.get("failed") or 0)
     if ratios:
         lines.append(
-            f"hit ratio over {len(ratios)} samples: median {_pct(statistics.median(ratios))}, "
-            f"lowest {_pct(min(ratios))}, last {_pct(ratios[-1])}; {evicted:,} keys evicted"
+            f"hit ratio over {counted(len(ratios), 'sample')}: "
+            f"median {_pct(statistics.median(ratios))}, "
+            f"lowest {_pct(min(ratios))}, last {_pct(ratios[-1])}; "
+            f"{counted(evicted, 'key')} evicted"
         )
     low = [e for e in events if e.event == "perfops.cache.hit_ratio_low"]
     climbing = [e for e in events if e.event == "perfops.cache.evictions_climbing"]
     if low or climbing:
         lines.append(
-            f"problem: hit ratio under target {len(low)} times, evictions climbing "
-            f"{len(climbing)} times"
+            f"problem: hit ratio under target {counted(len(low), 'time')}, evictions climbing "
+            f"{counted(len(climbing), 'time')}"
         )
     invalidations = [e for e in events if e.event == "perfops.cache.invalidated"]
     if invalidations:

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
+from perfops.wording import counted
+
 NOTHING = "nothing recorded this week (no load test ran)"
 
 
@@ -34,7 +36,7 @@ def load_lines(events: Sequence[LoadEvent]) -> tuple[list[str], list[dict[str, A
         overall = (latest.get("endpoints") or {}).get("all") or {}
         p95 = overall.get("p95_ms")
         lines.append(
-            f"{test}: {len(runs)} runs, {passed} passed"
+            f"{test}: {counted(len(runs), 'run')}, {passed} passed"
             + (f", {aborted} aborted" if aborted else "")
             + (f"; latest p95 {p95:,.1f} ms" if isinstance(p95, int | float) else "")
             + f" at {latest.get('achieved_rps', 0):,.0f} of {latest.get('asked_rps', 0):,.0f} rps"
@@ -55,7 +57,7 @@ def load_lines(events: Sequence[LoadEvent]) -> tuple[list[str], list[dict[str, A
                 }
             )
     if rows:
-        lines.append(f"{len(rows)} endpoint regressions against the baseline")
+        lines.append(f"{counted(len(rows), 'endpoint regression')} against the baseline")
     return lines, rows
 
 

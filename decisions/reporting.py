@@ -25,6 +25,7 @@ from decisions.report_caches import cache_lines, cache_things
 from decisions.report_load import NOTHING as LOAD_NOTHING
 from decisions.report_load import load_lines, load_things
 from perfops.errors import ConfigurationError
+from perfops.wording import counted
 
 WEEK = timedelta(days=7)
 QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
@@ -740,7 +741,8 @@ def _database_lines(
         analyzed = sum(int(e.payload.get("analyzed") or 0) for e in refreshed)
         failed = sum(int(e.payload.get("failed") or 0) for e in refreshed)
         lines.append(
-            f"statistics refreshed: {analyzed} tables analyzed in {len(refreshed)} runs, "
+            f"statistics refreshed: {counted(analyzed, 'table')} analyzed in "
+            f"{counted(len(refreshed), 'run')}, "
             f"{failed} failed"
         )
     return lines, rows

@@ -165,7 +165,9 @@ def run_load_test(
         publish_unmeasured(test.name, str(exc))
         raise
     report = assemble_report(test, merged, run_id=run_id, target=target.base_url, shares=ran)
-    add_comparison(report, merged, previous, compare, kept=history is not None)
+    add_comparison(
+        report, merged, previous, compare, kept=history is not None, establishing=baseline
+    )
     history_error = None
     if history is not None:
         history_error = record_history(history, report, merged, baseline=baseline, policy=compare)

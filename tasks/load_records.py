@@ -24,6 +24,7 @@ from decisions.load_report import (
 from decisions.load_results import ShareResult
 from perfops.redaction import one_line
 from perfops.settings import get_settings
+from perfops.wording import counted
 from tasks.postgres.load_runs import read_load_runs, record_load_run, save_load_baseline
 from tasks.records import emit, publish_markdown, publish_table
 
@@ -59,7 +60,7 @@ def keep_history(
             report.established_baseline = True
             report.baseline = (
                 (report.baseline + "; ") if report.baseline else ""
-            ) + f"new baseline established from {len(made.run_ids)} runs"
+            ) + f"new baseline established from {counted(len(made.run_ids), 'run')}"
     except NoBaseline as exc:
         return f"no baseline established: {exc}"
     except Exception as exc:  # noqa: BLE001 - the load test's record must still be written

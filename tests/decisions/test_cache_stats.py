@@ -41,6 +41,16 @@ def test_no_ratio_on_the_first_sample_or_after_a_restart() -> None:
     assert restarted.hit_ratio is None and "restarted" in restarted.note
 
 
+def test_the_summary_says_why_there_is_no_ratio_yet() -> None:
+    first = report("local", False, [between(None, sample())], [], POLICY, POLICY.settings)
+    assert first.summary.startswith(
+        "no hit ratio or evictions yet (first sample: ratio from the next run), 1,000 keys"
+    )
+    one = between(sample(), sample(keyspace_hits=190, evicted_keys=1, uptime_s=900))
+    later = report("local", False, [one], [], POLICY, POLICY.settings)
+    assert later.summary.startswith("hit ratio 100.0%, 1 eviction, 1,000 keys")
+
+
 def test_prefixes_are_the_policys_caches_scaled_to_all_keys() -> None:
     samples = [KeySample(key=f"user:{i}:profile:x", bytes=100, ttl_s=60) for i in range(3)]
     samples.append(KeySample(key="legacy:thing", bytes=1000, ttl_s=-1))

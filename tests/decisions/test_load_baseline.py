@@ -56,7 +56,7 @@ def test_a_baseline_takes_the_last_good_runs_only() -> None:
 
 
 def test_no_good_run_means_no_baseline_and_says_why() -> None:
-    with pytest.raises(NoBaseline, match="1 runs in history, none met its criteria"):
+    with pytest.raises(NoBaseline, match="1 run in history, none met its criteria"):
         establish_baseline("t", [run(0, random.Random(1), passed=False)], NOW)
 
 

@@ -25,14 +25,14 @@ def test_the_caches_section_sums_the_week_and_flags_a_low_hit_ratio() -> None:
     assert caches.title == "Caches" and caches.events == 5
     assert caches.lines == [
         "hit ratio over 2 samples: median 70.0%, lowest 50.0%, last 50.0%; 5,010 keys evicted",
-        "problem: hit ratio under target 1 times, evictions climbing 0 times",
+        "problem: hit ratio under target 1 time, evictions climbing 0 times",
         "1 invalidations dropped 120 keys (1 steps refused, 0 failed)",
         "1 warm-ups wrote 40 keys (2 failed)",
     ]
     assert [r["day"] for r in caches.rows] == ["Mon 16 Nov", "Tue 17 Nov", "Wed 18 Nov"]
     assert caches.rows[1]["problems"] == 1 and caches.rows[2]["warmed keys"] == 40
     found = things_to_look_at([], _no_numbers(), [caches])
-    assert "caches: hit ratio under target 1 times, evictions climbing 0 times" in found
+    assert "caches: hit ratio under target 1 time, evictions climbing 0 times" in found
 
 
 def test_a_quiet_week_says_nothing_was_recorded() -> None:

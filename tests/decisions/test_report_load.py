@@ -37,7 +37,7 @@ def test_runs_and_regressions_of_the_week_are_summarised_and_flagged() -> None:
     assert load.title == "Load tests"
     assert load.lines == [
         "platform-api: 2 runs, 1 passed; latest p95 180.5 ms at 1,598 of 1,600 rps",
-        "1 endpoint regressions against the baseline",
+        "1 endpoint regression against the baseline",
     ]
     assert load.rows[0]["endpoint"] == "POST /api/v1/agents/execute"
     assert load.rows[0]["time"] == "Tue 01 Dec 01:30"

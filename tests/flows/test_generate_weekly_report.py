@@ -369,7 +369,7 @@ def test_page_says_what_is_missing_and_lists_quiet_endpoints(
     assert "1 scaling actions applied" in page
     assert "problem: public.agent_executions: default partition holds 12 rows" in page
     assert "CREATE INDEX ON agents" in page
-    assert "statistics refreshed: 4 tables analyzed in 1 runs" in page
+    assert "statistics refreshed: 4 tables analyzed in 1 run" in page
     assert "charts/scaling.png" in page
 
 

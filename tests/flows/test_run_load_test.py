@@ -89,6 +89,10 @@ def test_a_baseline_then_a_slower_server_is_flagged_with_the_record_kept(
         local(server)
         first = run_load_test(name="steady", tests_file=tests_file, baseline=True, compare=LENIENT)
     assert first.passed and first.established_baseline
+    # the first baseline: not told to establish one, as it just did
+    assert (
+        first.baseline == "no earlier baseline to compare with; new baseline established from 1 run"
+    )
     assert first.endpoints[1].requests == 160 and first.endpoints[1].p50_ms is not None
     assert 9 <= first.endpoints[1].p50_ms <= 100
     wait_for_event("perfops.load.baseline_established")
