@@ -17,6 +17,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from perfops.wording import counted
+
 DEFAULT_ANALYZE_THRESHOLD = 0.1
 DEFAULT_PARALLELISM = 2
 DEFAULT_LOCK_TIMEOUT_MS = 2_000
@@ -125,11 +127,13 @@ class StatisticsPolicy(BaseModel):
     include_tables: list[str] | None = Field(
         default=None,
         description="Only tables whose schema.table matches one of these (exact or glob, "
-        "e.g. public.orders, sales.*). None: every table.",
+        "e.g. public.orders, sales.*; without a dot, the table name in any schema: orders). "
+        "None: every table. A run where none matches fails, naming them.",
     )
     exclude_tables: list[str] = Field(
         default_factory=list,
-        description="Never tables whose schema.table matches one of these (exact or glob).",
+        description="Never tables whose schema.table matches one of these (exact or glob; "
+        "without a dot, the table name in any schema).",
     )
     max_tables: int | None = Field(
         default=None,
@@ -199,22 +203,47 @@ def threshold_percent(fraction: float) -> str:
     return f"{round(fraction * 100, 2):g}%"
 
 
-def _matches(qualified: str, patterns: Iterable[str]) -> bool:
-    return any(qualified == p or fnmatchcase(qualified, p) for p in patterns)
+def _matches(t: TableStats, patterns: Iterable[str]) -> bool:
+    """`schema.table` against patterns: exact or glob, a pattern without a dot on the table
+    name in any schema (`orders`, `audit_*`)."""
+    qualified = f"{t.schema_name}.{t.table_name}"
+    return any(
+        qualified == p or fnmatchcase(qualified if "." in p else t.table_name, p) for p in patterns
+    )
 
 
 def _excluded(t: TableStats, policy: StatisticsPolicy) -> str | None:
     """Why a policy filter leaves the table out, or None."""
-    qualified = f"{t.schema_name}.{t.table_name}"
     if policy.include_schemas is not None and t.schema_name not in policy.include_schemas:
         return "excluded: schema not in include_schemas"
     if t.schema_name in policy.exclude_schemas:
         return "excluded: schema in exclude_schemas"
-    if policy.include_tables is not None and not _matches(qualified, policy.include_tables):
+    if policy.include_tables is not None and not _matches(t, policy.include_tables):
         return "excluded: table not in include_tables"
-    if _matches(qualified, policy.exclude_tables):
+    if _matches(t, policy.exclude_tables):
         return "excluded: table in exclude_tables"
     return None
+
+
+def unmatched_tables(stats: Sequence[TableStats], policy: StatisticsPolicy) -> list[str]:
+    """The `include_tables` patterns that match no table of the schemas read (a typo, or a
+    table that is not there): said in the report, an error when none matches."""
+    return [p for p in policy.include_tables or [] if not any(_matches(t, [p]) for t in stats)]
+
+
+def no_table_matches(unmatched: Sequence[str], stats: Sequence[TableStats]) -> str:
+    """The error when no `include_tables` pattern matches a table: what was asked, what is
+    there."""
+    names = sorted(display_name(t.schema_name, t.table_name) for t in stats)
+    there = (
+        f"{counted(len(names), 'table')} here, e.g. {', '.join(names[:5])}"
+        if names
+        else "no tables here"
+    )
+    return (
+        f"no table matches include_tables {', '.join(unmatched)} (--table): {there}; give "
+        "schema.table, a table name or a glob like sales.*"
+    )
 
 
 def _judge(t: TableStats, policy: StatisticsPolicy) -> Decision:

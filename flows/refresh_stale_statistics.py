@@ -28,10 +28,13 @@ from decisions.staleness import (
     StatisticsPolicy,
     batches,
     decide,
+    no_table_matches,
     percent,
     threshold_percent,
+    unmatched_tables,
 )
 from decisions.statistics_report import Result, StatisticsReport, TableOutcome, artifact_rows
+from perfops.errors import ConfigurationError
 from perfops.redaction import install_log_redaction
 from tasks.fleet_runs import database_slots, fan_out
 from tasks.postgres.privileges import fetch_table_privileges
@@ -167,6 +170,9 @@ def refresh_stale_statistics(
         refresh_session(target, dry_run=dry_run),
     ):
         stats = fetch_table_stats(target, policy.include_schemas)
+        unmatched = unmatched_tables(stats, policy)
+        if unmatched and len(unmatched) == len(policy.include_tables or []):
+            raise ConfigurationError(no_table_matches(unmatched, stats))  # before any work
         decisions = decide(stats, policy)
         if not dry_run:  # before any ANALYZE: the tables this role may not analyze, said once
             denied, privileges = _not_permitted(target, decisions)
@@ -229,7 +235,10 @@ def refresh_stale_statistics(
         tables=acted + [_outcome(d, None, dry_run) for d in skipped[:LISTED_SKIPPED]],
         not_permitted=len(denied),
         privileges=privileges,
+        unmatched_tables=unmatched,
     )
+    if report.unmatched:
+        logger.warning("%s", report.unmatched)
     for o in failed:
         if o.result == "failed":
             logger.warning("%s failed: %s", o.table, o.error)
@@ -245,7 +254,8 @@ def refresh_stale_statistics(
         + f": {report.summary}; threshold {threshold_percent(policy.analyze_threshold)} of rows "
         "changed since the last analyze. Every table acted on is listed; of the others, the "
         f"{LISTED_SKIPPED} nearest to the threshold, then a count per reason."
-        + (f" Not permitted: {privileges}." if privileges else ""),
+        + (f" Not permitted: {privileges}." if privileges else "")
+        + (f" {report.unmatched.capitalize()}." if report.unmatched else ""),
     )
     outcome = "dry-run" if dry_run else ("partial" if failed else "complete")
     resource = target.resource_id()  # perfops.postgres.<host>:<port>/<dbname>

@@ -126,10 +126,14 @@ def refresh(
     ] = None,
     table: Annotated[
         list[str] | None,
-        typer.Option(help="Only these tables: schema.table or a glob like sales.* (repeatable)."),
+        typer.Option(
+            help="Only these tables: schema.table, a table name in any schema, or a glob like "
+            "sales.* (repeatable). When none matches a table, the run fails naming them."
+        ),
     ] = None,
     exclude_table: Annotated[
-        list[str] | None, typer.Option(help="Never these tables (schema.table or glob).")
+        list[str] | None,
+        typer.Option(help="Never these tables (schema.table, a table name, or a glob)."),
     ] = None,
     max_tables: Annotated[
         int | None,
@@ -203,6 +207,8 @@ def _print(text: str, *, indent: int = 2, style: str | None = None) -> None:
 def _print_report(report: Any) -> None:
     _print(f"statistics on {report.target}", indent=0, style="bold")
     _print(f"{report.summary} in {report.seconds:.1f} s")
+    if report.unmatched:
+        _print(report.unmatched, style="yellow")
     acted = [t for t in report.tables if t.result != "skipped"]
     for t in acted[:SHOWN_ROWS]:
         ms = f" {t.duration_ms:,.0f} ms" if t.duration_ms is not None else ""

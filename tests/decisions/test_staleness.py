@@ -15,7 +15,9 @@ from decisions.staleness import (
     batches,
     decide,
     display_name,
+    no_table_matches,
     threshold_percent,
+    unmatched_tables,
 )
 
 ANALYZED = datetime(2026, 11, 1, 3, 0, tzinfo=UTC)
@@ -178,6 +180,24 @@ def test_include_and_exclude_filters_say_which_rule_left_a_table_out() -> None:
     assert {d.reason for d in only_audit if not d.acts} == {
         "excluded: schema not in include_schemas"
     }
+
+
+def test_a_bare_table_name_matches_in_any_schema_and_unmatched_patterns_are_named() -> None:
+    stats = [
+        table("orders", schema="sales", n_mod_since_analyze=5_000),
+        table("orders", schema="archive", n_mod_since_analyze=5_000),
+        table("events", schema="audit", n_mod_since_analyze=5_000),
+    ]
+    policy = StatisticsPolicy(include_tables=["orders", "odrers", "sales.nosuch*"])
+    acting = [(d.table.schema_name, d.table.table_name) for d in decide(stats, policy) if d.acts]
+    assert sorted(acting) == [("archive", "orders"), ("sales", "orders")]
+    assert unmatched_tables(stats, policy) == ["odrers", "sales.nosuch*"]
+    assert unmatched_tables(stats, StatisticsPolicy()) == []
+    assert no_table_matches(["odrers"], stats) == (
+        "no table matches include_tables odrers (--table): 3 tables here, e.g. archive.orders, "
+        "audit.events, sales.orders; give schema.table, a table name or a glob like sales.*"
+    )
+    assert "no tables here" in no_table_matches(["x"], [])
 
 
 def test_small_tables_can_be_left_alone() -> None:

@@ -30,7 +30,7 @@ from flows.refresh_stale_statistics import (
     refresh_stale_statistics,
 )
 from perfops import progress
-from perfops.errors import LockBusy, report_of
+from perfops.errors import ConfigurationError, LockBusy, report_of
 from tasks.postgres.server import lock_key
 from tasks.postgres.tables import LOCK_NAME, analyze_tables, statement_for
 from tests.command import run_perfops
@@ -273,6 +273,26 @@ def test_dry_run_lists_what_it_would_analyze_and_changes_nothing(
     [(name, payload, labels)] = emitted
     assert (name, labels["perfops.outcome"]) == ("perfops.stats.previewed", "dry-run")
     assert (payload["would_analyze"], payload["analyzed"]) == (1, 0)
+
+
+def test_a_table_filter_matching_nothing_fails_before_any_work_and_a_partial_one_says_so(
+    db: psycopg.Connection[Any], schema: str
+) -> None:
+    create(db, schema, "orders")
+    flush(db)
+    state = refresh_stale_statistics(
+        policy=policy(schema, include_tables=["odrers"]), return_state=True
+    )
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ConfigurationError)
+    assert str(error).startswith("no table matches include_tables odrers (--table): 1 table here")
+    assert analyze_counts(db, schema) == {"orders": 0}
+
+    report = refresh_one(policy=policy(schema, include_tables=["orders", f"{schema}.nosuch"]))
+    assert outcomes(report) == {"orders": ("analyzed", "never analyzed")}
+    assert report.unmatched == f"no table matches include_tables {schema}.nosuch (--table)"
+    assert analyze_counts(db, schema) == {"orders": 1}
 
 
 def test_vacuum_analyze_when_dead_tuples_pass_the_ratio(
