@@ -6,7 +6,8 @@ events. Pure: no Prefect, no I/O (`flows/suggest_indexes.py` wires the steps,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from decisions.indexing import (
     QueryShape,
     Rejection,
     ShapeError,
+    TableRef,
     index_name,
     query_shape,
     table_matches,
@@ -159,6 +161,33 @@ class IndexSuggestionReport(BaseModel):
     applied: bool = False
     costing: list[CostingNote] = []
     note: str = ""  # why there is nothing to look at ("0 statements ... since its reset at ...")
+    unknown_tables: list[str] = []  # include_tables names that are no table of the database
+
+    @property
+    def unknown(self) -> str | None:
+        """The include_tables names that are no table here, said once (a typo?)."""
+        if not self.unknown_tables:
+            return None
+        return f"no table matches include_tables {', '.join(self.unknown_tables)} (--table)"
+
+
+def nothing_suggested(report: IndexSuggestionReport) -> str:
+    """The line saying why a run suggests nothing: its note (no statements), every statement
+    skipped (by reason, most common first), or no candidate saving enough."""
+    if report.note:
+        return report.note
+    if report.statements_considered and len(report.skipped) == report.statements_considered:
+        reasons = Counter(s.reason for s in report.skipped).most_common(3)
+        why = "; ".join(f"{n}: {r}" for r, n in reasons)
+        return f"nothing to suggest: every statement was skipped ({why})"
+    return "nothing to suggest: no candidate saves enough on any statement"
+
+
+def unknown_tables(tables: Iterable[TableRef], names: Sequence[str]) -> list[str]:
+    """The `include_tables` names (`name` or `schema.name`) that are no table of the catalog:
+    said in the report, an error when none is one."""
+    refs = list(tables)
+    return [n for n in names if not any(table_matches(ref, [n]) for ref in refs)]
 
 
 def suggestions(

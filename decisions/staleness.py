@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from perfops.wording import counted
+from perfops.wording import no_table_matches
 
 DEFAULT_ANALYZE_THRESHOLD = 0.1
 DEFAULT_PARALLELISM = 2
@@ -231,18 +231,13 @@ def unmatched_tables(stats: Sequence[TableStats], policy: StatisticsPolicy) -> l
     return [p for p in policy.include_tables or [] if not any(_matches(t, [p]) for t in stats)]
 
 
-def no_table_matches(unmatched: Sequence[str], stats: Sequence[TableStats]) -> str:
+def no_table_matches_error(unmatched: Sequence[str], stats: Sequence[TableStats]) -> str:
     """The error when no `include_tables` pattern matches a table: what was asked, what is
-    there."""
-    names = sorted(display_name(t.schema_name, t.table_name) for t in stats)
-    there = (
-        f"{counted(len(names), 'table')} here, e.g. {', '.join(names[:5])}"
-        if names
-        else "no tables here"
-    )
+    there, what a pattern may be."""
+    names = [display_name(t.schema_name, t.table_name) for t in stats]
     return (
-        f"no table matches include_tables {', '.join(unmatched)} (--table): {there}; give "
-        "schema.table, a table name or a glob like sales.*"
+        no_table_matches("include_tables", unmatched, names)
+        + "; give schema.table, a table name or a glob like sales.*"
     )
 
 

@@ -28,7 +28,7 @@ from decisions.staleness import (
     StatisticsPolicy,
     batches,
     decide,
-    no_table_matches,
+    no_table_matches_error,
     percent,
     threshold_percent,
     unmatched_tables,
@@ -172,7 +172,7 @@ def refresh_stale_statistics(
         stats = fetch_table_stats(target, policy.include_schemas)
         unmatched = unmatched_tables(stats, policy)
         if unmatched and len(unmatched) == len(policy.include_tables or []):
-            raise ConfigurationError(no_table_matches(unmatched, stats))  # before any work
+            raise ConfigurationError(no_table_matches_error(unmatched, stats))  # before any work
         decisions = decide(stats, policy)
         if not dry_run:  # before any ANALYZE: the tables this role may not analyze, said once
             denied, privileges = _not_permitted(target, decisions)

@@ -37,6 +37,7 @@ from decisions.index_suggestions import (
     shape_workload,
     suggestion_events,
     suggestions,
+    unknown_tables,
 )
 from decisions.index_writes import collect_writes, index_upkeep
 from decisions.indexing import (
@@ -48,7 +49,9 @@ from decisions.indexing import (
     choose_indexes,
     index_name,
 )
+from perfops.errors import ConfigurationError
 from perfops.redaction import install_log_redaction
+from perfops.wording import no_table_matches
 from tasks.fleet_runs import database_slots, fan_out
 from tasks.postgres.column_stats import fetch_column_stats
 from tasks.postgres.hypopg import (
@@ -145,6 +148,12 @@ def _suggest(
     snapshot = fetch_table_catalog(target)
     existing = [ExistingIndex.model_validate(i.model_dump()) for i in fetch_indexes(target)]
     catalog = snapshot.catalog()
+    unknown = unknown_tables(catalog, settings.include_tables)
+    if unknown and len(unknown) == len(settings.include_tables):  # before any costing or build
+        raise ConfigurationError(
+            no_table_matches("include_tables", unknown, [str(ref) for ref in catalog])
+            + "; give schema.table or a table name"
+        )
 
     shaped = shape_workload(
         [(st.queryid, st.query) for st in statements], catalog, snapshot.search_path, settings
@@ -221,6 +230,7 @@ def _suggest(
         )
         + ": nothing to suggest",
         database=resolved.description,
+        unknown_tables=unknown,
         statements_considered=len(statements),
         suggestions=suggestions(chosen, texts_of, create_index_ddl, plans),
         rejected=rejected,
@@ -273,6 +283,8 @@ def _suggest(
         report.applied = True
 
     _record(report, target.resource_id(), fleet_target)
+    if report.unknown:
+        logger.warning("%s", report.unknown)
     for s in report.suggestions:
         logger.info("suggest %s (%s): saves ~%.0f ms", s.table, s.columns, s.est_time_saved_ms)
     failed = [b for b in report.builds if b.status == "failed"]

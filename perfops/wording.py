@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 def counted(count: int, noun: str) -> str:
     """`1 run`, `3 runs`, `1,200 tables`: a count with its noun (a plural in -s)."""
     return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
+def no_table_matches(field: str, patterns: Sequence[str], tables: Sequence[str]) -> str:
+    """The error when no table filter pattern matches a table: what was asked (the setting
+    `field` and its --table flag), what is there."""
+    there = (
+        f"{counted(len(tables), 'table')} here, e.g. {', '.join(sorted(tables)[:5])}"
+        if tables
+        else "no tables here"
+    )
+    return f"no table matches {field} {', '.join(patterns)} (--table): {there}"

@@ -15,6 +15,7 @@ from cli.support import (
     VerboseFlag,
     out,
     print_json,
+    print_wrapped,
     run_flow,
     use_dsn,
 )
@@ -45,7 +46,11 @@ def suggest(
         int, typer.Option(min=1, max=20, help="At most this many new indexes per table.")
     ] = 5,  # IndexAdvisorSettings.max_new_per_table (not imported: the CLI starts light)
     table: Annotated[
-        list[str] | None, typer.Option(help="Only these tables (repeatable; name or schema.name).")
+        list[str] | None,
+        typer.Option(
+            help="Only these tables (repeatable; name or schema.name). When none is a table "
+            "of the database, the run fails naming them."
+        ),
     ] = None,
     exclude_table: Annotated[
         list[str] | None, typer.Option(help="Never these tables (repeatable).")
@@ -57,6 +62,7 @@ def suggest(
     """Suggest indexes from pg_stat_statements, costed with hypopg on generic plans (flow
     suggest_indexes). With --apply, build them CONCURRENTLY under lock_timeout and an advisory
     lock, then verify the real plans."""
+    from decisions.index_suggestions import nothing_suggested
     from decisions.indexing import IndexAdvisorSettings
 
     use_dsn(dsn)
@@ -95,8 +101,10 @@ def suggest(
         f"{report.statements_considered} statements considered, "
         f"{len(report.skipped)} skipped, {len(report.rejected)} candidates rejected"
     )
+    if report.unknown:
+        print_wrapped(report.unknown, indent=2, style="yellow")
     if not report.suggestions:
-        out.print("  nothing to suggest: no candidate saves enough on any statement")
+        print_wrapped(nothing_suggested(report), indent=2)
     builds = {b.key: b for b in report.builds}
     for s in report.suggestions:
         out.print(f"\n  [green]{s.ddl}[/]")

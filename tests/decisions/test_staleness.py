@@ -15,7 +15,7 @@ from decisions.staleness import (
     batches,
     decide,
     display_name,
-    no_table_matches,
+    no_table_matches_error,
     threshold_percent,
     unmatched_tables,
 )
@@ -193,11 +193,11 @@ def test_a_bare_table_name_matches_in_any_schema_and_unmatched_patterns_are_name
     assert sorted(acting) == [("archive", "orders"), ("sales", "orders")]
     assert unmatched_tables(stats, policy) == ["odrers", "sales.nosuch*"]
     assert unmatched_tables(stats, StatisticsPolicy()) == []
-    assert no_table_matches(["odrers"], stats) == (
+    assert no_table_matches_error(["odrers"], stats) == (
         "no table matches include_tables odrers (--table): 3 tables here, e.g. archive.orders, "
         "audit.events, sales.orders; give schema.table, a table name or a glob like sales.*"
     )
-    assert "no tables here" in no_table_matches(["x"], [])
+    assert "no tables here" in no_table_matches_error(["x"], [])
 
 
 def test_small_tables_can_be_left_alone() -> None:

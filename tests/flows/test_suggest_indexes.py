@@ -16,7 +16,7 @@ from decisions.index_suggestions import IndexSuggestionReport
 from decisions.indexing import Candidate, IndexAdvisorSettings
 from flows.check_index_health import check_index_health
 from flows.suggest_indexes import suggest_indexes
-from perfops.errors import report_of
+from perfops.errors import ConfigurationError, report_of
 from tasks.postgres.index_builds import BuildRequest, create_indexes
 from tests.records import one_target, superuser_fix
 
@@ -133,6 +133,27 @@ def test_apply_builds_concurrently_verifies_and_a_rerun_suggests_nothing(workloa
     assert {f.index_name for f in unused if f.kind == "unused"} >= {
         "perfops_idx_orders_customer_id"
     }
+
+
+def test_a_table_filter_naming_no_table_fails_before_costing_and_a_partial_one_says_so(
+    workload: str,
+) -> None:
+    state = suggest_indexes(
+        settings=IndexAdvisorSettings(min_calls=10, include_tables=["adv.odrers"]),
+        return_state=True,
+    )
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ConfigurationError)
+    assert str(error).startswith("no table matches include_tables adv.odrers (--table): ")
+    assert "adv.orders" in str(error)  # what is there
+
+    report = one_target(
+        suggest_indexes,
+        settings=IndexAdvisorSettings(min_calls=10, include_tables=["orders", "adv.nosuch"]),
+    )
+    assert report.unknown == "no table matches include_tables adv.nosuch (--table)"
+    assert [(s.table, s.columns) for s in report.suggestions] == [("adv.orders", ["customer_id"])]
 
 
 def test_locked_table_statements_are_skipped_with_the_reason(workload: str) -> None:
