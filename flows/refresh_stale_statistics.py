@@ -171,8 +171,10 @@ def refresh_stale_statistics(
     ):
         stats = fetch_table_stats(target, policy.include_schemas)
         unmatched = unmatched_tables(stats, policy)
-        if unmatched and len(unmatched) == len(policy.include_tables or []):
-            raise ConfigurationError(no_table_matches_error(unmatched, stats))  # before any work
+        none_matches = bool(unmatched) and len(unmatched) == len(policy.include_tables or [])
+        if none_matches and fleet_target is None:  # a typo: fail before any work
+            raise ConfigurationError(no_table_matches_error(unmatched, stats))
+        # in a fleet, a database without the tables has nothing to do (the note says why)
         decisions = decide(stats, policy)
         if not dry_run:  # before any ANALYZE: the tables this role may not analyze, said once
             denied, privileges = _not_permitted(target, decisions)
@@ -285,6 +287,8 @@ def refresh_stale_statistics(
         allow_partial=allow_partial,
         note=None
         if acted
+        else f"nothing to do: {report.unmatched}"
+        if none_matches
         else f"nothing to do: none of the {report.considered} tables is stale (threshold "
         f"{threshold_percent(policy.analyze_threshold)} of rows changed since the last analyze)",
     )

@@ -149,11 +149,13 @@ def _suggest(
     existing = [ExistingIndex.model_validate(i.model_dump()) for i in fetch_indexes(target)]
     catalog = snapshot.catalog()
     unknown = unknown_tables(catalog, settings.include_tables)
-    if unknown and len(unknown) == len(settings.include_tables):  # before any costing or build
+    none_known = bool(unknown) and len(unknown) == len(settings.include_tables)
+    if none_known and fleet_target is None:  # a typo: fail before any costing or build
         raise ConfigurationError(
             no_table_matches("include_tables", unknown, [str(ref) for ref in catalog])
             + "; give schema.table or a table name"
         )
+    # in a fleet, a database without the tables has nothing to suggest (the note says why)
 
     shaped = shape_workload(
         [(st.queryid, st.query) for st in statements], catalog, snapshot.search_path, settings
@@ -221,7 +223,9 @@ def _suggest(
     texts_of = {s.queryid: s.query for s in statements}
     report = IndexSuggestionReport(
         # "0 statements with at least 10 calls ... since its reset at ...": in the artifact too
-        note=""
+        note=f"no table matches include_tables {', '.join(unknown)} here: nothing to suggest"
+        if none_known
+        else ""
         if statements
         else statements_since(
             0,

@@ -288,6 +288,13 @@ def test_a_table_filter_matching_nothing_fails_before_any_work_and_a_partial_one
     assert isinstance(error, ConfigurationError)
     assert str(error).startswith("no table matches include_tables odrers (--table): 1 table here")
     assert analyze_counts(db, schema) == {"orders": 0}
+    # one database of a fleet without the table: nothing to do there, said, not a failure
+    child = refresh_stale_statistics(
+        policy=policy(schema, include_tables=["odrers"]), fleet_target="db-a", return_state=True
+    )
+    assert child.is_completed()
+    assert child.message == "nothing to do: no table matches include_tables odrers (--table)"
+    assert analyze_counts(db, schema) == {"orders": 0}
 
     report = refresh_one(policy=policy(schema, include_tables=["orders", f"{schema}.nosuch"]))
     assert outcomes(report) == {"orders": ("analyzed", "never analyzed")}

@@ -147,6 +147,13 @@ def test_a_table_filter_naming_no_table_fails_before_costing_and_a_partial_one_s
     assert isinstance(error, ConfigurationError)
     assert str(error).startswith("no table matches include_tables adv.odrers (--table): ")
     assert "adv.orders" in str(error)  # what is there
+    child = suggest_indexes(  # one database of a fleet without the table: nothing to do there
+        settings=IndexAdvisorSettings(min_calls=10, include_tables=["adv.odrers"]),
+        fleet_target="db-a",
+        return_state=True,
+    )
+    assert child.is_completed()
+    assert child.message == "no table matches include_tables adv.odrers here: nothing to suggest"
 
     report = one_target(
         suggest_indexes,
