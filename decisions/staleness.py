@@ -128,7 +128,7 @@ class StatisticsPolicy(BaseModel):
         default=None,
         description="Only tables whose schema.table matches one of these (exact or glob, "
         "e.g. public.orders, sales.*; without a dot, the table name in any schema: orders). "
-        "None: every table. A run where none matches fails, naming them.",
+        "None or empty: every table. A run where none matches fails, naming them.",
     )
     exclude_tables: list[str] = Field(
         default_factory=list,
@@ -218,7 +218,7 @@ def _excluded(t: TableStats, policy: StatisticsPolicy) -> str | None:
         return "excluded: schema not in include_schemas"
     if t.schema_name in policy.exclude_schemas:
         return "excluded: schema in exclude_schemas"
-    if policy.include_tables is not None and not _matches(t, policy.include_tables):
+    if policy.include_tables and not _matches(t, policy.include_tables):  # [] as None: all
         return "excluded: table not in include_tables"
     if _matches(t, policy.exclude_tables):
         return "excluded: table in exclude_tables"
