@@ -15,7 +15,7 @@ from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from perfops.wording import no_table_matches
 
@@ -119,7 +119,8 @@ class StatisticsPolicy(BaseModel):
         "tuples (e.g. 0.2). None: never VACUUM, ANALYZE only.",
     )
     include_schemas: list[str] | None = Field(
-        default=None, description="Only these schemas (exact names). None: every user schema."
+        default=None,
+        description="Only these schemas (exact names). None or empty: every user schema.",
     )
     exclude_schemas: list[str] = Field(
         default_factory=list, description="Never these schemas (exact names)."
@@ -166,6 +167,12 @@ class StatisticsPolicy(BaseModel):
         le=5_000,
         description="Tables per Prefect task run (one task per batch, never one per table).",
     )
+
+    @field_validator("include_schemas", "include_tables")
+    @classmethod
+    def _empty_is_all(cls, value: list[str] | None) -> list[str] | None:
+        """An empty list (a cleared field in the UI's form) means every one, as None does."""
+        return value or None
 
 
 class Decision(BaseModel):
@@ -218,7 +225,7 @@ def _excluded(t: TableStats, policy: StatisticsPolicy) -> str | None:
         return "excluded: schema not in include_schemas"
     if t.schema_name in policy.exclude_schemas:
         return "excluded: schema in exclude_schemas"
-    if policy.include_tables and not _matches(t, policy.include_tables):  # [] as None: all
+    if policy.include_tables is not None and not _matches(t, policy.include_tables):
         return "excluded: table not in include_tables"
     if _matches(t, policy.exclude_tables):
         return "excluded: table in exclude_tables"

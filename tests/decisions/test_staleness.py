@@ -193,8 +193,9 @@ def test_a_bare_table_name_matches_in_any_schema_and_unmatched_patterns_are_name
     assert sorted(acting) == [("archive", "orders"), ("sales", "orders")]
     assert unmatched_tables(stats, policy) == ["odrers", "sales.nosuch*"]
     assert unmatched_tables(stats, StatisticsPolicy()) == []
-    everything = decide(stats, StatisticsPolicy(include_tables=[]))  # empty as None: every table
-    assert sum(d.acts for d in everything) == 3
+    empty = StatisticsPolicy(include_tables=[], include_schemas=[])  # a cleared form field
+    assert (empty.include_tables, empty.include_schemas) == (None, None)  # every one
+    assert sum(d.acts for d in decide(stats, empty)) == 3
     assert no_table_matches_error(["odrers"], stats) == (
         "no table matches include_tables odrers (--table): 3 tables here, e.g. archive.orders, "
         "audit.events, sales.orders; give schema.table, a table name or a glob like sales.*"
