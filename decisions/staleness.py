@@ -232,20 +232,47 @@ def _excluded(t: TableStats, policy: StatisticsPolicy) -> str | None:
     return None
 
 
-def unmatched_tables(stats: Sequence[TableStats], policy: StatisticsPolicy) -> list[str]:
-    """The `include_tables` patterns that match no table of the schemas read (a typo, or a
-    table that is not there): said in the report, an error when none matches."""
-    return [p for p in policy.include_tables or [] if not any(_matches(t, [p]) for t in stats)]
+class FilterMiss(BaseModel):
+    """The include filters' names that select no table: a typo, or a schema or table that is
+    not there. Said in the report; when they leave nothing to select, a single database's run
+    fails (`error`) and a fleet's database has nothing to do."""
+
+    schemas: list[str] = []  # include_schemas without a table
+    tables: list[str] = []  # include_tables patterns matching no table of the schemas read
+    nothing: bool = False  # every name of an include filter missed: no table is selected
+    error: str = ""  # what to say when `nothing`: what was asked, what is there
+
+    @property
+    def text(self) -> str | None:
+        """One line for the report, the artifact and the log; None when every name selects."""
+        parts = []
+        if self.schemas:
+            parts.append(f"no table in include_schemas {', '.join(self.schemas)} (--schema)")
+        if self.tables:
+            parts.append(f"no table matches include_tables {', '.join(self.tables)} (--table)")
+        return "; ".join(parts) or None
 
 
-def no_table_matches_error(unmatched: Sequence[str], stats: Sequence[TableStats]) -> str:
-    """The error when no `include_tables` pattern matches a table: what was asked, what is
-    there, what a pattern may be."""
-    names = [display_name(t.schema_name, t.table_name) for t in stats]
-    return (
-        no_table_matches("include_tables", unmatched, names)
-        + "; give schema.table, a table name or a glob like sales.*"
-    )
+def filter_miss(stats: Sequence[TableStats], policy: StatisticsPolicy) -> FilterMiss:
+    """Which include_schemas / include_tables names select no table of `stats` (the tables of
+    the schemas read)."""
+    present = {t.schema_name for t in stats}
+    schemas = [s for s in policy.include_schemas or [] if s not in present]
+    tables = [p for p in policy.include_tables or [] if not any(_matches(t, [p]) for t in stats)]
+    if policy.include_schemas and len(schemas) == len(policy.include_schemas):
+        error = (
+            f"no table in include_schemas {', '.join(schemas)} (--schema): check the names "
+            "(exact and case-sensitive)"
+        )
+    elif policy.include_tables and len(tables) == len(policy.include_tables):
+        names = [display_name(t.schema_name, t.table_name) for t in stats]
+        error = (
+            no_table_matches("include_tables", tables, names)
+            + "; give schema.table, a table name or a glob like sales.*"
+        )
+    else:
+        error = ""
+    return FilterMiss(schemas=schemas, tables=tables, nothing=bool(error), error=error)
 
 
 def _judge(t: TableStats, policy: StatisticsPolicy) -> Decision:

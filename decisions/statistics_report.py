@@ -57,7 +57,7 @@ class StatisticsReport(BaseModel):
     tables: list[TableOutcome]  # every table acted on; the LISTED_SKIPPED skipped nearest to act
     not_permitted: int = 0  # stale tables the role may not analyze (not attempted)
     privileges: str | None = None  # what the role needs for them, said once
-    unmatched_tables: list[str] = []  # include_tables patterns that matched no table
+    unmatched: str | None = None  # the include filters' names that selected no table
 
     @property
     def summary(self) -> str:
@@ -75,13 +75,6 @@ class StatisticsReport(BaseModel):
         if self.missing:
             text += f", {self.missing} dropped meanwhile"
         return text
-
-    @property
-    def unmatched(self) -> str | None:
-        """The include_tables patterns that matched no table, said once (a typo?)."""
-        if not self.unmatched_tables:
-            return None
-        return f"no table matches include_tables {', '.join(self.unmatched_tables)} (--table)"
 
     @property
     def failure(self) -> str | None:

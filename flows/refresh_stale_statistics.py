@@ -28,10 +28,9 @@ from decisions.staleness import (
     StatisticsPolicy,
     batches,
     decide,
-    no_table_matches_error,
+    filter_miss,
     percent,
     threshold_percent,
-    unmatched_tables,
 )
 from decisions.statistics_report import Result, StatisticsReport, TableOutcome, artifact_rows
 from perfops.errors import ConfigurationError
@@ -170,10 +169,9 @@ def refresh_stale_statistics(
         refresh_session(target, dry_run=dry_run),
     ):
         stats = fetch_table_stats(target, policy.include_schemas)
-        unmatched = unmatched_tables(stats, policy)
-        none_matches = bool(unmatched) and len(unmatched) == len(policy.include_tables or [])
-        if none_matches and fleet_target is None:  # a typo: fail before any work
-            raise ConfigurationError(no_table_matches_error(unmatched, stats))
+        miss = filter_miss(stats, policy)
+        if miss.nothing and fleet_target is None:  # a typo: fail before any work
+            raise ConfigurationError(miss.error)
         # in a fleet, a database without the tables has nothing to do (the note says why)
         decisions = decide(stats, policy)
         if not dry_run:  # before any ANALYZE: the tables this role may not analyze, said once
@@ -237,7 +235,7 @@ def refresh_stale_statistics(
         tables=acted + [_outcome(d, None, dry_run) for d in skipped[:LISTED_SKIPPED]],
         not_permitted=len(denied),
         privileges=privileges,
-        unmatched_tables=unmatched,
+        unmatched=miss.text,
     )
     if report.unmatched:
         logger.warning("%s", report.unmatched)
@@ -288,7 +286,7 @@ def refresh_stale_statistics(
         note=None
         if acted
         else f"nothing to do: {report.unmatched}"
-        if none_matches
+        if miss.nothing
         else f"nothing to do: none of the {report.considered} tables is stale (threshold "
         f"{threshold_percent(policy.analyze_threshold)} of rows changed since the last analyze)",
     )

@@ -15,9 +15,8 @@ from decisions.staleness import (
     batches,
     decide,
     display_name,
-    no_table_matches_error,
+    filter_miss,
     threshold_percent,
-    unmatched_tables,
 )
 
 ANALYZED = datetime(2026, 11, 1, 3, 0, tzinfo=UTC)
@@ -182,7 +181,7 @@ def test_include_and_exclude_filters_say_which_rule_left_a_table_out() -> None:
     }
 
 
-def test_a_bare_table_name_matches_in_any_schema_and_unmatched_patterns_are_named() -> None:
+def test_a_bare_table_name_matches_in_any_schema_and_unmatched_names_are_said() -> None:
     stats = [
         table("orders", schema="sales", n_mod_since_analyze=5_000),
         table("orders", schema="archive", n_mod_since_analyze=5_000),
@@ -191,16 +190,28 @@ def test_a_bare_table_name_matches_in_any_schema_and_unmatched_patterns_are_name
     policy = StatisticsPolicy(include_tables=["orders", "odrers", "sales.nosuch*"])
     acting = [(d.table.schema_name, d.table.table_name) for d in decide(stats, policy) if d.acts]
     assert sorted(acting) == [("archive", "orders"), ("sales", "orders")]
-    assert unmatched_tables(stats, policy) == ["odrers", "sales.nosuch*"]
-    assert unmatched_tables(stats, StatisticsPolicy()) == []
-    empty = StatisticsPolicy(include_tables=[], include_schemas=[])  # a cleared form field
-    assert (empty.include_tables, empty.include_schemas) == (None, None)  # every one
-    assert sum(d.acts for d in decide(stats, empty)) == 3
-    assert no_table_matches_error(["odrers"], stats) == (
+    miss = filter_miss(stats, policy)
+    assert (miss.tables, miss.nothing) == (["odrers", "sales.nosuch*"], False)
+    assert miss.text == "no table matches include_tables odrers, sales.nosuch* (--table)"
+    assert filter_miss(stats, StatisticsPolicy()).text is None
+
+    typo = filter_miss(stats, StatisticsPolicy(include_tables=["odrers"]))
+    assert typo.nothing and typo.error == (
         "no table matches include_tables odrers (--table): 3 tables here, e.g. archive.orders, "
         "audit.events, sales.orders; give schema.table, a table name or a glob like sales.*"
     )
-    assert "no tables here" in no_table_matches_error(["x"], [])
+    assert "no tables here" in filter_miss([], StatisticsPolicy(include_tables=["x"])).error
+
+    # include_schemas: the tables were read from those schemas only; one without a table is said
+    schemas = filter_miss(stats, StatisticsPolicy(include_schemas=["sales", "slaes"]))
+    assert (schemas.schemas, schemas.nothing) == (["slaes"], False)
+    assert schemas.text == "no table in include_schemas slaes (--schema)"
+    none = filter_miss([], StatisticsPolicy(include_schemas=["slaes"]))
+    assert none.nothing and none.error.startswith("no table in include_schemas slaes (--schema)")
+
+    empty = StatisticsPolicy(include_tables=[], include_schemas=[])  # a cleared form field
+    assert (empty.include_tables, empty.include_schemas) == (None, None)  # every one
+    assert sum(d.acts for d in decide(stats, empty)) == 3
 
 
 def test_small_tables_can_be_left_alone() -> None:

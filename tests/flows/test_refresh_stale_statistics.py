@@ -299,6 +299,9 @@ def test_a_table_filter_matching_nothing_fails_before_any_work_and_a_partial_one
     report = refresh_one(policy=policy(schema, include_tables=["orders", f"{schema}.nosuch"]))
     assert outcomes(report) == {"orders": ("analyzed", "never analyzed")}
     assert report.unmatched == f"no table matches include_tables {schema}.nosuch (--table)"
+    state = refresh_stale_statistics(policy=policy(f"{schema}_typo"), return_state=True)
+    assert isinstance(state.result(raise_on_failure=False), ConfigurationError)
+    assert f"no table in include_schemas {schema}_typo (--schema)" in str(state.message)
     assert analyze_counts(db, schema) == {"orders": 1}
 
 
