@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # The index catalog as `tasks.postgres.indexes` reads it (rows; no I/O here).
 
@@ -103,6 +103,14 @@ _KIND_ORDER: dict[str, int] = {"invalid": 0, "duplicate": 1, "covered": 2, "unus
 DropStatus = Literal["would drop", "dropped", "already gone", "refused", "failed"]
 
 
+def schemas_without_indexes(indexes: Sequence[IndexInfo], schemas: Sequence[str] | None) -> str:
+    """The asked schemas with no index (a typo, an empty schema), in one line; "" when each has
+    one."""
+    present = {i.schema_name for i in indexes}
+    missing = [s for s in schemas or [] if s not in present]
+    return f"no index in schemas {', '.join(missing)} (--schema)" if missing else ""
+
+
 class IndexHealthSettings(BaseModel):
     """Tunables of `check_index_health` (all optional; the defaults suit a production database)."""
 
@@ -117,7 +125,7 @@ class IndexHealthSettings(BaseModel):
     )
     schemas: list[str] | None = Field(
         default=None,
-        description="Only these schemas (default: every schema but the system ones).",
+        description="Only these schemas (default, or empty: every schema but the system ones).",
     )
     catalog_lock_timeout_ms: int = Field(
         default=DEFAULT_CATALOG_LOCK_TIMEOUT_MS,
@@ -146,6 +154,12 @@ class IndexHealthSettings(BaseModel):
         le=86_400_000,
         description="statement_timeout of each DROP INDEX CONCURRENTLY (default 600,000 ms).",
     )
+
+    @field_validator("schemas")
+    @classmethod
+    def _empty_is_all(cls, value: list[str] | None) -> list[str] | None:
+        """An empty list (a cleared field in the UI's form) means every schema, as None does."""
+        return value or None
 
 
 class IndexFinding(BaseModel):

@@ -27,6 +27,7 @@ from decisions.index_health import (
     finding_rows,
     format_bytes,
     qualified_name,
+    schemas_without_indexes,
     select_drops,
     wasted_bytes,
 )
@@ -58,6 +59,7 @@ class IndexHealthReport(BaseModel):
     wasted_bytes: int
     locked_tables: list[LockedTable]  # not checked: locked by another session
     drops: list[DropOutcome]  # one per name given in `drop`, in that order
+    unmatched: str = ""  # the asked schemas without an index ("no index in schemas x (--schema)")
 
     @property
     def dropped(self) -> list[DropOutcome]:
@@ -176,14 +178,17 @@ def check_index_health(
             wasted_bytes=wasted_bytes(findings),
             locked_tables=catalog.locked_tables,
             drops=drops,
+            unmatched=schemas_without_indexes(catalog.indexes, settings.schemas),
         )
+        if report.unmatched:
+            logger.warning("%s", report.unmatched)
 
         rows = finding_rows(findings, drops, catalog.locked_tables) or [
             {
                 "index": "",
                 "result": "nothing to do",
                 "reason": f"{len(catalog.indexes)} indexes checked: none unused, duplicate, "
-                "covered or invalid",
+                "covered or invalid" + (f"; {report.unmatched}" if report.unmatched else ""),
                 "kind": "none",
                 "table": "",
             }
@@ -255,6 +260,8 @@ def check_index_health(
             allow_partial=allow_partial,
             note=None
             if findings or drops
+            else f"nothing to do: {report.unmatched}"
+            if report.unmatched and not catalog.indexes
             else f"nothing to do: {len(catalog.indexes)} indexes checked, none unused, duplicate, "
             "covered or invalid",
         )

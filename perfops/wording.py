@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def counted(count: int, noun: str) -> str:
-    """`1 run`, `3 runs`, `1,200 tables`: a count with its noun (a plural in -s)."""
-    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """`1 run`, `3 runs`, `1,200 tables`, `2 indexes`: a count with its noun (`plural`, or the
+    noun in -s)."""
+    return f"{count:,} " + (noun if count == 1 else plural or f"{noun}s")
 
 
 def no_table_matches(field: str, patterns: Sequence[str], tables: Sequence[str]) -> str:

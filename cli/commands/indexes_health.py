@@ -29,6 +29,7 @@ from cli.support import (
     use_dsn,
 )
 from decisions.index_health import DEFAULT_MIN_SIZE_BYTES, IndexHealthSettings, format_bytes
+from perfops.wording import counted
 
 _UNITS = {
     "": 1,
@@ -160,10 +161,13 @@ def _print(report: Any) -> None:
         else "statistics never reset"
     )
     out.print(
-        f"{report.indexes_checked} indexes checked ({reset}); {len(report.findings)} findings "
+        f"{counted(report.indexes_checked, 'index', 'indexes')} checked ({reset}); "
+        f"{counted(len(report.findings), 'finding')} "
         f"wasting {format_bytes(report.wasted_bytes)}",
         highlight=False,
     )
+    if report.unmatched:
+        print_wrapped(report.unmatched, style="yellow", indent=0)
     drops = {d.name: d for d in report.drops}
     for f in report.findings:
         out.print()

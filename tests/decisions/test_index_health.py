@@ -19,6 +19,7 @@ from decisions.index_health import (
     finding_rows,
     format_bytes,
     qualified_name,
+    schemas_without_indexes,
     select_drops,
     wasted_bytes,
 )
@@ -383,3 +384,12 @@ def test_an_index_perfops_built_is_new_not_unused_until_its_grace_has_passed() -
     assert [f.kind for f in classify_indexes([theirs], now=now, grace=week)] == ["unused"]
     assert built_at("perfops: built not-a-date by suggest_indexes") is None
     assert built_at(build_comment(now)) == now
+
+
+def test_asked_schemas_without_an_index_are_named_and_an_empty_list_means_all() -> None:
+    indexes = [idx("a_idx", "a"), idx("b_idx", "b", schema="sales")]
+    assert schemas_without_indexes(indexes, ["sales", "slaes"]) == (
+        "no index in schemas slaes (--schema)"
+    )
+    assert schemas_without_indexes(indexes, None) == ""
+    assert IndexHealthSettings(schemas=[]).schemas is None  # a cleared form field: every schema

@@ -173,6 +173,18 @@ def test_findings_say_what_each_wastes_and_why_and_nothing_changes(health_db: st
     assert payload["applied"] is False
 
 
+def test_a_schema_without_indexes_is_said_and_alone_leaves_nothing_to_do(health_db: str) -> None:
+    settings = SETTINGS.model_copy(update={"schemas": [SCHEMA, "Health Typo"]})
+    report = one_target(check_index_health, settings=settings)
+    assert report.unmatched == "no index in schemas Health Typo (--schema)"
+    assert report.findings  # the other schema was checked
+    alone = check_index_health(
+        settings=SETTINGS.model_copy(update={"schemas": ["Health Typo"]}), return_state=True
+    )
+    assert alone.is_completed()
+    assert alone.message == "nothing to do: no index in schemas Health Typo (--schema)"
+
+
 def test_apply_drops_exactly_the_named_index_concurrently_and_reruns_cleanly(
     health_db: str,
 ) -> None:
