@@ -299,8 +299,13 @@ def warm(
     keys = list(key or [])
     if keys_file is not None:
         keys += [line.strip() for line in keys_file.read_text().splitlines() if line.strip()]
-    if bool(keys) == bool(keys_sql):
+    if keys and keys_sql:
         raise typer.BadParameter("give keys (--key/--keys-file) or --keys-sql, not both")
+    if not keys and not keys_sql:
+        raise typer.BadParameter(
+            "nothing to warm: give keys (--key/--keys-file, fetched through --url-template or "
+            "the cache's warm_url) or --keys-sql"
+        )
     if not policy.is_file():
         raise typer.BadParameter(f"--policy {policy}: no such file")
     if keys and not url_template and not _warm_url(policy, cache_name):

@@ -54,6 +54,11 @@ def no_flow_runs(monkeypatch: pytest.MonkeyPatch) -> None:
         (["scaling", "apply-schedule"], "--group"),  # neither a group nor a fleet
         (["scaling", "decide", "--fleet", "prod", "--current", "3"], "--current"),
         (["indexes", "suggest", "--fleet", "prod", "--dsn", "host=x"], "--dsn"),
+        (["cache", "warm", "--cache", "agent_configs"], "nothing to warm: give keys (--key"),
+        (
+            ["cache", "warm", "--cache", "agent_configs", "--key", "a", "--keys-sql", "select 1"],
+            "or --keys-sql, not both",
+        ),
     ],
 )
 def test_numbers_out_of_range_are_usage_errors(
