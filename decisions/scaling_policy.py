@@ -36,6 +36,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from perfops.wording import figure
+
 EPS = 1e-9
 ADAPTIVE_SPREAD = 0.5  # an upper bound 50 % above the forecast: the full stabilization window
 Mode = Literal["forecast_and_scale", "forecast_only", "reactive"]
@@ -374,7 +376,7 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalingState | None =
             demands["target_tracking"] = current
         else:
             demands["target_tracking"] = math.ceil(wanted - EPS)
-        why["target_tracking"] = f"load {now_load:.4g} at {reactive_util:.0%} utilisation"
+        why["target_tracking"] = f"load {figure(now_load)} at {reactive_util:.0%} utilisation"
     if policy.thresholds is not None:
         if obs.utilization is not None:
             util = np.asarray(obs.utilization, dtype=float)
@@ -388,8 +390,8 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalingState | None =
         if policy.mode == "forecast_and_scale" and np.isfinite(forecast_peak):
             demands["predictive"] = policy.need(max(forecast_peak, 0.0))
             why["predictive"] = (
-                f"forecast peak {forecast_peak:.4g} (p{100 * policy.forecast_quantile:g}) in the "
-                f"next {policy.horizon} steps"
+                f"forecast peak {figure(forecast_peak)} "
+                f"(p{100 * policy.forecast_quantile:g}) in the next {policy.horizon} steps"
             )
 
     lo, hi, bound_name = _bounds(policy, now)

@@ -7,6 +7,7 @@ from typing import Any
 
 from decisions.burn_rate import Alert
 from decisions.escalation import Notice
+from perfops.wording import figure
 
 ICONS = {"critical": ":red_circle:", "warning": ":large_orange_circle:", "info": ":white_circle:"}
 TITLES = {
@@ -25,7 +26,7 @@ def _num(value: float | None, alert: Alert) -> str:
         return "n/a"
     if alert.kind == "slo" and alert.objective is not None and alert.objective < 1:
         return f"{value:.3%}"
-    return f"{value:.4g}"
+    return figure(value)
 
 
 def _severity(alerts: list[Alert]) -> str:

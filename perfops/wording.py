@@ -20,3 +20,9 @@ def no_table_matches(field: str, patterns: Sequence[str], tables: Sequence[str])
         else "no tables here"
     )
     return f"no table matches {field} {', '.join(patterns)} (--table): {there}"
+
+
+def figure(value: float) -> str:
+    """A measured number for people: 26,290 (not 2.629e+04) from 1,000 on, else 4 significant
+    digits (210, 3.75, 0.2345)."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
