@@ -26,6 +26,7 @@ from decisions.indexing import (
     query_shape,
     table_matches,
 )
+from perfops.wording import no_table_matches
 
 EVENT_SUGGESTED = "perfops.indexes.suggested"
 EVENT_CREATED = "perfops.indexes.created"
@@ -168,7 +169,7 @@ class IndexSuggestionReport(BaseModel):
         """The include_tables names that are no table here, said once (a typo?)."""
         if not self.unknown_tables:
             return None
-        return f"no table matches include_tables {', '.join(self.unknown_tables)} (--table)"
+        return no_table_matches(self.unknown_tables)
 
 
 def nothing_suggested(report: IndexSuggestionReport) -> str:

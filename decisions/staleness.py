@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from perfops.wording import no_table_matches
+from perfops.wording import no_table_matches, tables_here
 
 DEFAULT_ANALYZE_THRESHOLD = 0.1
 DEFAULT_PARALLELISM = 2
@@ -239,8 +239,12 @@ class FilterMiss(BaseModel):
 
     schemas: list[str] = []  # include_schemas without a table
     tables: list[str] = []  # include_tables patterns matching no table of the schemas read
-    nothing: bool = False  # every name of an include filter missed: no table is selected
-    error: str = ""  # what to say when `nothing`: what was asked, what is there
+    error: str = ""  # when no table is selected at all: what was asked, what is there
+
+    @property
+    def nothing(self) -> bool:
+        """Every name of an include filter missed: no table is selected."""
+        return bool(self.error)
 
     @property
     def text(self) -> str | None:
@@ -249,7 +253,7 @@ class FilterMiss(BaseModel):
         if self.schemas:
             parts.append(f"no table in include_schemas {', '.join(self.schemas)} (--schema)")
         if self.tables:
-            parts.append(f"no table matches include_tables {', '.join(self.tables)} (--table)")
+            parts.append(no_table_matches(self.tables))
         return "; ".join(parts) or None
 
 
@@ -267,12 +271,12 @@ def filter_miss(stats: Sequence[TableStats], policy: StatisticsPolicy) -> Filter
     elif policy.include_tables and len(tables) == len(policy.include_tables):
         names = [display_name(t.schema_name, t.table_name) for t in stats]
         error = (
-            no_table_matches("include_tables", tables, names)
-            + "; give schema.table, a table name or a glob like sales.*"
+            f"{no_table_matches(tables)}: {tables_here(names)}; give schema.table, a table name "
+            "or a glob like sales.*"
         )
     else:
         error = ""
-    return FilterMiss(schemas=schemas, tables=tables, nothing=bool(error), error=error)
+    return FilterMiss(schemas=schemas, tables=tables, error=error)
 
 
 def _judge(t: TableStats, policy: StatisticsPolicy) -> Decision:

@@ -51,7 +51,7 @@ from decisions.indexing import (
 )
 from perfops.errors import ConfigurationError
 from perfops.redaction import install_log_redaction
-from perfops.wording import no_table_matches
+from perfops.wording import no_table_matches, tables_here
 from tasks.fleet_runs import database_slots, fan_out
 from tasks.postgres.column_stats import fetch_column_stats
 from tasks.postgres.hypopg import (
@@ -152,8 +152,8 @@ def _suggest(
     none_known = bool(unknown) and len(unknown) == len(settings.include_tables)
     if none_known and fleet_target is None:  # a typo: fail before any costing or build
         raise ConfigurationError(
-            no_table_matches("include_tables", unknown, [str(ref) for ref in catalog])
-            + "; give schema.table or a table name"
+            f"{no_table_matches(unknown)}: {tables_here([str(ref) for ref in catalog])}; give "
+            "schema.table or a table name"
         )
     # in a fleet, a database without the tables has nothing to suggest (the note says why)
 

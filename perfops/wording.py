@@ -11,15 +11,17 @@ def counted(count: int, noun: str, plural: str | None = None) -> str:
     return f"{count:,} " + (noun if count == 1 else plural or f"{noun}s")
 
 
-def no_table_matches(field: str, patterns: Sequence[str], tables: Sequence[str]) -> str:
-    """The error when no table filter pattern matches a table: what was asked (the setting
-    `field` and its --table flag), what is there."""
-    there = (
-        f"{counted(len(tables), 'table')} here, e.g. {', '.join(sorted(tables)[:5])}"
-        if tables
-        else "no tables here"
-    )
-    return f"no table matches {field} {', '.join(patterns)} (--table): {there}"
+def no_table_matches(patterns: Sequence[str]) -> str:
+    """The table filter's names that select no table, as every run says them:
+    `no table matches include_tables a, b (--table)`."""
+    return f"no table matches include_tables {', '.join(patterns)} (--table)"
+
+
+def tables_here(tables: Sequence[str]) -> str:
+    """What a database has, for an error about a table filter: `24 tables here, e.g. ...`."""
+    if not tables:
+        return "no tables here"
+    return f"{counted(len(tables), 'table')} here, e.g. {', '.join(sorted(tables)[:5])}"
 
 
 def figure(value: float) -> str:
