@@ -198,3 +198,68 @@ def test_changed_flows_end_completed_when_their_work_succeeds_and_failed_when_it
         ).fetchone()
     assert left == (0,), "the expired partition was archived and dropped"
     assert list((tmp_path / "archive").rglob("events_p2020_01*.parquet"))
+
+
+def test_database_flows_end_failed_on_a_table_filter_naming_no_table(
+    deployed: dict[str, str], pg_dsn: str, tmp_path: Path
+) -> None:
+    """refresh_stale_statistics, suggest_indexes and check_index_health as deployments run by a
+    worker: Completed where their work succeeds; Failed, saying which names, when a table
+    filter names no table of the database (a typo must not pass as "nothing to do"), and
+    check_index_health Failed without its block."""
+    env = {
+        **deployed,
+        "PERFOPS_PROJECT_DIR": str(ROOT),
+        "PERFOPS_DSN": pg_dsn,
+        "PERFOPS_OUT_DIR": str(tmp_path / "out"),
+    }
+    http = httpx.Client(base_url=env["PREFECT_API_URL"], timeout=30)
+    typo = ["e2e_no_such_table"]
+    refused = "no table matches include_tables e2e_no_such_table (--table): "
+    # postgres_block None: the deployment reads PERFOPS_DSN whatever another test saved
+    # (deployment, parameters, final state, its artifact when Completed / message when Failed)
+    cases: list[tuple[str, dict[str, object], str, str]] = [
+        (
+            "refresh_stale_statistics/refresh_stale_statistics",
+            {"dry_run": True, "postgres_block": None},
+            "COMPLETED",
+            "perfops-stats-refresh",
+        ),
+        (
+            "refresh_stale_statistics/refresh_stale_statistics",
+            {"dry_run": True, "postgres_block": None, "policy": {"include_tables": typo}},
+            "FAILED",
+            refused,
+        ),
+        (
+            "suggest_indexes/suggest_indexes",
+            {"postgres_block": None, "settings": {"include_tables": typo}},
+            "FAILED",
+            refused,
+        ),
+        (
+            "check_index_health/check_index_health",
+            {"postgres_block": None},
+            "COMPLETED",
+            "perfops-index-health",
+        ),
+        (
+            "check_index_health/check_index_health",
+            {"postgres_block": "no-such-block"},
+            "FAILED",
+            "no-such-block",
+        ),
+    ]
+    with worker(env, tmp_path) as worker_log:
+        for deployment, parameters, expected, said in cases:
+            run_id, state = run(http, deployment, {"parameters": parameters})
+            assert state.get("type") == expected, (
+                deployment,
+                parameters,
+                state,
+                worker_log.read_text()[-3000:],
+            )
+            if expected == "COMPLETED":
+                assert said in artifact_keys(http, run_id), (deployment, parameters)
+            else:
+                assert said in (state.get("message") or ""), (deployment, state)
