@@ -19,7 +19,22 @@ HISTORY_KEPT = 1000
 app = typer.Typer(no_args_is_help=True)
 
 GroupOption = Annotated[
-    str, typer.Option("--group", help="Auto Scaling group (and Redis key) to decide for.")
+    str,
+    typer.Option(
+        "--group",
+        help="Auto Scaling group to decide for; with --aws its state (Redis lock, state, "
+        "history, tuning) is keyed by its name behind the --region, --endpoint-url and "
+        "--credentials-block given, e.g. eu-west-1/api, as a fleet target's is.",
+    ),
+]
+GroupKeyOption = Annotated[
+    str,
+    typer.Option(
+        "--group",
+        help="The group's state key: its name, or eu-west-1/api for a group with a region "
+        "(endpoint, credentials block) configured, as `decide` and a fleet target key it "
+        "(`perfops fleet list` shows it).",
+    ),
 ]
 EndpointOption = Annotated[
     str | None,
@@ -51,8 +66,23 @@ def _aws(
     )
 
 
+def _group_key(ctx: typer.Context, group: str, target: Any) -> str:
+    """The state key of `decide`'s group: its name behind the region (when typed), endpoint and
+    credentials block given, as a fleet target with the same settings keys it."""
+    if target is None:  # a simulated group: its name
+        return group
+    from decisions.fleet import scaling_key
+
+    source = ctx.get_parameter_source("region")  # typer's own click: compare names
+    typed = source is not None and source.name != "DEFAULT"
+    return scaling_key(
+        group, target.region if typed else None, target.endpoint_url, target.credentials_block
+    )
+
+
 @app.command()
 def decide(
+    ctx: typer.Context,
     group: GroupOption = "demo",
     aws: Annotated[
         bool, typer.Option("--aws", help="Read and set a real Auto Scaling group.")
@@ -113,13 +143,14 @@ def decide(
         )
         return
 
+    target = _aws(group, aws, region, endpoint_url, credentials_block)
     run = run_flow(
         loader,
         {
-            "group": group,
+            "group": _group_key(ctx, group, target),
             "mode": mode,
             "dry_run": not apply,
-            "aws": _aws(group, aws, region, endpoint_url, credentials_block),
+            "aws": target,
             "current_capacity": current,
             "metrics_block": metrics_block,
             "redis_block": redis_block,
@@ -251,7 +282,7 @@ def apply_schedule(
 
 @app.command()
 def history(
-    group: GroupOption = "demo",
+    group: GroupKeyOption = "demo",
     limit: Annotated[
         int, typer.Option(min=1, max=HISTORY_KEPT, help="Newest decisions to show.")
     ] = 20,
@@ -359,7 +390,7 @@ def backtest(
 
 @app.command()
 def tune(
-    group: GroupOption = "demo",
+    group: GroupKeyOption = "demo",
     risk: Annotated[
         float,
         typer.Option(

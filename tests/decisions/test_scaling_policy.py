@@ -18,6 +18,7 @@ from decisions.scaling_policy import (
     decide,
     schedule_actions,
 )
+from decisions.scaling_report import chart_file
 
 NOW = datetime(2024, 3, 6, 12, 0, tzinfo=UTC)  # a Wednesday
 STEP = timedelta(minutes=5)
@@ -204,3 +205,10 @@ def test_decision_is_fast() -> None:
     for _ in range(100):
         decide(p, o)
     assert (clock.perf_counter() - t0) / 100 < 0.02  # ~1 ms idle; benchmarks.scaling measures
+
+
+def test_each_group_key_has_its_own_chart_file() -> None:
+    assert chart_file("api") == "api.png"
+    assert chart_file("eu-west-1/api") == "eu-west-1/api.png"
+    assert chart_file("us-east-1/api") == "us-east-1/api.png"
+    assert chart_file("127.0.0.1:5000/../api x") == "127.0.0.1_5000/_/api_x.png"
