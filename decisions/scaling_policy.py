@@ -27,6 +27,7 @@ action at all on stale or missing data ("fail static").
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta
@@ -125,6 +126,14 @@ class Schedule(BaseModel):
         if self.off_hours_min > self.off_hours_max:
             raise ValueError(
                 f"off_hours_min {self.off_hours_min} > off_hours_max {self.off_hours_max}"
+            )
+        names = Counter(w.name for w in self.windows)
+        twice = [f"{n!r} ({c} windows)" for n, c in names.items() if c > 1]
+        if twice:
+            raise ValueError(
+                f"window names must be unique: {', '.join(twice)}; each window is written as "
+                "the scheduled actions perfops-<name>-start and perfops-<name>-end, so windows "
+                "of one name would overwrite each other: give each window its own name"
             )
         return self
 

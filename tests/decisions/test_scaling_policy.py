@@ -196,6 +196,28 @@ def test_bad_schedules_are_rejected() -> None:
         ScheduleWindow(min_capacity=1, max_capacity=3, start=time(17), end=time(9))
 
 
+def test_windows_of_one_name_are_rejected_naming_it() -> None:
+    """Two windows named alike (here both left at the default `business-hours`) would both be
+    written as perfops-business-hours-start/-end, each overwriting the other on every run."""
+    weekdays = ScheduleWindow(min_capacity=6, max_capacity=100)
+    saturday = ScheduleWindow(
+        days=(5,), start=time(10), end=time(14), min_capacity=3, max_capacity=50
+    )
+    with pytest.raises(
+        ValidationError,
+        match=r"window names must be unique: 'business-hours' \(2 windows\); .*"
+        r"perfops-<name>-start .* give each window its own name",
+    ):
+        Schedule(windows=(weekdays, saturday))
+    named = Schedule(windows=(weekdays, saturday.model_copy(update={"name": "saturday"})))
+    assert [a[0] for a in schedule_actions(named)] == [
+        "perfops-business-hours-start",
+        "perfops-business-hours-end",
+        "perfops-saturday-start",
+        "perfops-saturday-end",
+    ]
+
+
 def test_decision_is_fast() -> None:
     import time as clock
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from typing import Any
 
 import boto3
 import pytest
 
 from blocks import RedisTarget
-from decisions.scaling_policy import ScalingState, Schedule, schedule_actions
+from decisions.scaling_policy import ScalingState, Schedule, ScheduleWindow, schedule_actions
 from perfops.errors import ConfigurationError, ConnectionFailed, LockBusy
 from tasks.autoscaling import (
     AutoScalingTarget,
@@ -70,6 +70,37 @@ def test_schedule_is_written_once(asg: Any) -> None:
     described = asg.describe_scheduled_actions(AutoScalingGroupName="web")
     recurrences = sorted(a["Recurrence"] for a in described["ScheduledUpdateGroupActions"])
     assert recurrences == ["0 17 * * MON,TUE,WED,THU,FRI", "0 9 * * MON,TUE,WED,THU,FRI"]
+
+
+def test_a_schedule_of_two_windows_keeps_both_and_a_rerun_changes_nothing(asg: Any) -> None:
+    schedule = Schedule(
+        windows=(
+            ScheduleWindow(min_capacity=4, max_capacity=6),
+            ScheduleWindow(
+                name="saturday",
+                days=(5,),
+                start=time(10),
+                end=time(14),
+                min_capacity=3,
+                max_capacity=5,
+            ),
+        ),
+    )
+    actions = [ScheduledAction(*a) for a in schedule_actions(schedule)]
+    names = [
+        "perfops-business-hours-start",
+        "perfops-business-hours-end",
+        "perfops-saturday-start",
+        "perfops-saturday-end",
+    ]
+    assert put_schedule(asg, "web", actions) == names
+    for _ in range(2):
+        assert put_schedule(asg, "web", actions) == []  # idempotent
+    described = asg.describe_scheduled_actions(AutoScalingGroupName="web")
+    written = {a["ScheduledActionName"]: a for a in described["ScheduledUpdateGroupActions"]}
+    assert sorted(written) == sorted(names)
+    assert written["perfops-saturday-start"]["Recurrence"] == "0 10 * * SAT"
+    assert written["perfops-business-hours-start"]["Recurrence"] == "0 9 * * MON,TUE,WED,THU,FRI"
 
 
 def test_throttling_is_retried_with_backoff(asg: Any) -> None:
