@@ -520,11 +520,15 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalingState | None =
 CRON_DAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
 
 
-def schedule_actions(schedule: Schedule) -> list[tuple[str, str, int, int, int, str]]:
-    """The schedule as recurring Auto Scaling actions: (name, cron, min, max, desired, zone).
+def schedule_actions(schedule: Schedule) -> list[tuple[str, str, int, int, str]]:
+    """The schedule as recurring Auto Scaling actions: (name, cron, min, max, zone).
 
-    Each window starts with its own min/max (desired = its min) and ends by restoring the
-    off-hours bounds; the cron fields are in the schedule's time zone.
+    Each window starts with its own min/max and ends by restoring the off-hours bounds; the
+    cron fields are in the schedule's time zone. No action sets the desired capacity: AWS
+    clamps the group's current desired into the new bounds, so a higher minimum scales out at
+    once, and a lower one lets perfops' decisions scale in behind their guardrails
+    (stabilization, cooldown, max_step) instead of dropping the group to the off-hours minimum
+    at the window's end, or undoing a pre-warm at its start.
     """
     out = []
     for w in schedule.windows:
@@ -536,7 +540,6 @@ def schedule_actions(schedule: Schedule) -> list[tuple[str, str, int, int, int, 
                 f"{w.start.minute} {w.start.hour} * * {days}",
                 lo,
                 hi,
-                lo,
                 schedule.timezone,
             )
         )
@@ -547,7 +550,6 @@ def schedule_actions(schedule: Schedule) -> list[tuple[str, str, int, int, int, 
                 f"{w.end.minute} {w.end.hour} * * {days}",
                 off_lo,
                 off_hi,
-                off_lo,
                 schedule.timezone,
             )
         )

@@ -199,8 +199,9 @@ def apply_schedule(
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
-    """Write Mon-Fri business hours / off hours as Auto Scaling scheduled actions (flow
-    apply_scaling_schedule); idempotent, dry run by default. --fleet NAME writes them to every
+    """Write Mon-Fri business hours / off hours as Auto Scaling scheduled actions that set the
+    group's min and max, never its desired capacity (flow apply_scaling_schedule); idempotent,
+    dry run by default. --fleet NAME writes them to every
     group of the fleet file's targets."""
     if not group and not fleet:
         raise typer.BadParameter("name the group with --group, or a fleet with --fleet")
@@ -275,7 +276,7 @@ def apply_schedule(
         mark = "*" if a["name"] in run.changed else " "
         print_wrapped(
             f"{mark} {a['name']}: {a['recurrence']} ({a['timezone']}) "
-            f"min {a['min_size']} max {a['max_size']} desired {a['desired']}",
+            f"min {a['min_size']} max {a['max_size']}",
             indent=2,
         )
 

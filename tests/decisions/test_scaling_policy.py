@@ -142,15 +142,21 @@ def test_schedule_bounds_in_its_time_zone_and_warm_in_time() -> None:
     d = decide(p, obs(0.0, 2, now=before_open, last_load_at=before_open))
     assert d.desired == 8 and "starting within the boot time" in d.reason
     actions = schedule_actions(sched)
+    # bounds only: no desired capacity that would override the decisions when the action runs
     assert actions[0] == (
         "perfops-business-hours-start",
         "0 9 * * MON,TUE,WED,THU,FRI",
         8,
         50,
-        8,
         "America/New_York",
     )
-    assert actions[1][1:5] == ("0 17 * * MON,TUE,WED,THU,FRI", 2, 10, 2)
+    assert actions[1] == (
+        "perfops-business-hours-end",
+        "0 17 * * MON,TUE,WED,THU,FRI",
+        2,
+        10,
+        "America/New_York",
+    )
 
 
 @pytest.mark.parametrize(

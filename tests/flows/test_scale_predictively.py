@@ -194,6 +194,50 @@ def test_apply_scaling_schedule_dry_run_then_idempotent(
     assert event.payload["group"] == "web"
 
 
+def test_apply_scaling_schedule_rewrites_actions_that_set_the_desired_capacity(
+    group: tuple[Any, AutoScalingTarget],
+) -> None:
+    """Actions an older perfops wrote with DesiredCapacity (the group forced to the off-hours
+    minimum at 17:00, whatever its load) are changes: rewritten with min/max only."""
+    from flows.apply_scaling_schedule import apply_scaling_schedule
+
+    client, target = group
+    for name, cron, low in (
+        ("perfops-business-hours-start", "0 9 * * MON,TUE,WED,THU,FRI", 4),
+        ("perfops-business-hours-end", "0 17 * * MON,TUE,WED,THU,FRI", 2),
+    ):
+        client.put_scheduled_update_group_action(
+            AutoScalingGroupName="web",
+            ScheduledActionName=name,
+            Recurrence=cron,
+            MinSize=low,
+            MaxSize=100,
+            DesiredCapacity=low,
+            TimeZone="UTC",
+        )
+    preview = one_target(apply_scaling_schedule, aws=target)
+    assert len(preview.changed) == 2
+    rows = artifact_rows("perfops-scaling-schedule")
+    assert [(r["result"], r["reason"]) for r in rows] == [
+        (
+            "would write",
+            f"sets desired capacity {low} when it runs, overriding the scaling "
+            "decisions: rewritten with bounds only",
+        )
+        for low in (4, 2)
+    ]
+    assert all("desired" not in r for r in rows)  # the actions written carry none
+    applied = one_target(apply_scaling_schedule, aws=target, dry_run=False)
+    assert applied.changed == ["perfops-business-hours-start", "perfops-business-hours-end"]
+    described = client.describe_scheduled_actions(AutoScalingGroupName="web")
+    assert [
+        (a["MinSize"], a["MaxSize"], a.get("DesiredCapacity"))
+        for a in described["ScheduledUpdateGroupActions"]
+    ] == [(4, 100, None), (2, 100, None)]
+    again = one_target(apply_scaling_schedule, aws=target, dry_run=False)
+    assert again.changed == [] and "already in place" in again.summary
+
+
 def test_a_fleet_scales_each_of_its_groups_and_leaves_databases_out(
     env: RedisTarget,
     group: tuple[Any, AutoScalingTarget],
