@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -64,6 +65,29 @@ class ScalingGroup(_Model):
     credentials_block: str | None = Field(
         default=None, description="prefect-aws AwsCredentials block (default: boto3's chain)."
     )
+
+    @property
+    def key(self) -> str:
+        """The key of the group's scaling state (`scaling_key`)."""
+        return scaling_key(self.group, self.region, self.endpoint_url, self.credentials_block)
+
+
+def scaling_key(
+    group: str,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    credentials_block: str | None = None,
+) -> str:
+    """The key of a group's scaling state: its Redis lock, decision state, history and tuned
+    policy, its chart, and the `group` of its runs and records.
+
+    The group's name behind whichever of endpoint (host:port), credentials block (the account)
+    and region is configured, so groups of one name in two regions or accounts never share a
+    lock or a state: `api`, `eu-west-1/api`, `prod-aws/eu-west-1/api`. A group configured by
+    its name alone keeps the plain name (the key perfops always used).
+    """
+    endpoint = (urlsplit(endpoint_url).netloc or endpoint_url) if endpoint_url else None
+    return "/".join(part for part in (endpoint, credentials_block, region, group) if part)
 
 
 class Target(_Model):
@@ -248,6 +272,17 @@ class Fleet(_Model):
         twice = sorted(n for n, c in Counter(t.name for t in targets).items() if c > 1)
         if twice:
             raise ValueError(f"target names must be unique: {', '.join(twice)} given twice")
+        by_key: dict[str, list[str]] = {}
+        for t in targets:
+            if t.autoscaling is not None:
+                by_key.setdefault(t.autoscaling.key, []).append(t.name)
+        same = [f"{' and '.join(names)} ({key})" for key, names in by_key.items() if len(names) > 1]
+        if same:
+            raise ValueError(
+                "targets scale the same Auto Scaling group and would share its lock and state: "
+                f"{'; '.join(same)}; keep one target per group (groups of one name in other "
+                "regions or accounts: give each its region, endpoint_url or credentials_block)"
+            )
         return targets
 
     @field_validator("fleets")

@@ -27,6 +27,7 @@ action at all on stale or missing data ("fail static").
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta
@@ -125,6 +126,14 @@ class Schedule(BaseModel):
         if self.off_hours_min > self.off_hours_max:
             raise ValueError(
                 f"off_hours_min {self.off_hours_min} > off_hours_max {self.off_hours_max}"
+            )
+        names = Counter(w.name for w in self.windows)
+        twice = [f"{n!r} ({c} windows)" for n, c in names.items() if c > 1]
+        if twice:
+            raise ValueError(
+                f"window names must be unique: {', '.join(twice)}; each window is written as "
+                "the scheduled actions perfops-<name>-start and perfops-<name>-end, so windows "
+                "of one name would overwrite each other: give each window its own name"
             )
         return self
 
@@ -511,11 +520,15 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalingState | None =
 CRON_DAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
 
 
-def schedule_actions(schedule: Schedule) -> list[tuple[str, str, int, int, int, str]]:
-    """The schedule as recurring Auto Scaling actions: (name, cron, min, max, desired, zone).
+def schedule_actions(schedule: Schedule) -> list[tuple[str, str, int, int, str]]:
+    """The schedule as recurring Auto Scaling actions: (name, cron, min, max, zone).
 
-    Each window starts with its own min/max (desired = its min) and ends by restoring the
-    off-hours bounds; the cron fields are in the schedule's time zone.
+    Each window starts with its own min/max and ends by restoring the off-hours bounds; the
+    cron fields are in the schedule's time zone. No action sets the desired capacity: AWS
+    clamps the group's current desired into the new bounds, so a higher minimum scales out at
+    once, and a lower one lets perfops' decisions scale in behind their guardrails
+    (stabilization, cooldown, max_step) instead of dropping the group to the off-hours minimum
+    at the window's end, or undoing a pre-warm at its start.
     """
     out = []
     for w in schedule.windows:
@@ -527,7 +540,6 @@ def schedule_actions(schedule: Schedule) -> list[tuple[str, str, int, int, int, 
                 f"{w.start.minute} {w.start.hour} * * {days}",
                 lo,
                 hi,
-                lo,
                 schedule.timezone,
             )
         )
@@ -538,7 +550,6 @@ def schedule_actions(schedule: Schedule) -> list[tuple[str, str, int, int, int, 
                 f"{w.end.minute} {w.end.hour} * * {days}",
                 off_lo,
                 off_hi,
-                off_lo,
                 schedule.timezone,
             )
         )

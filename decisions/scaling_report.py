@@ -5,6 +5,7 @@ emits. Pure: no Prefect, no I/O (`flows/scale_predictively.py` wires the steps).
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,6 +16,7 @@ from pydantic import BaseModel, Field
 DEFAULT_PROMQL = "sum(rate(http_requests_total[5m]))"
 EVENT_DECIDED = "perfops.scaling.decided"
 EVENT_APPLIED = "perfops.scaling.applied"
+UNSAFE_IN_FILE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class LoadQuery(BaseModel):
@@ -111,6 +113,13 @@ def artifact_rows(
     result = f"{run.action}: {run.outcome}" + (" (dry run)" if run.dry_run else "")
     rows.append(_row("decision", run.desired, result, run.reason))
     return rows
+
+
+def chart_file(group: str) -> str:
+    """The chart's path under `out/scaling/`, one per group key (`decisions.fleet.scaling_key`):
+    `api.png`, `eu-west-1/api.png`; each part of the key made a safe file name."""
+    parts = [UNSAFE_IN_FILE_NAME.sub("_", part) for part in group.split("/")]
+    return "/".join("_" if part.strip(".") == "" else part for part in parts) + ".png"
 
 
 def scaling_events(run: ScalingRun) -> list[tuple[str, str, dict[str, Any]]]:

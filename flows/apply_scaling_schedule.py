@@ -2,6 +2,9 @@
 Scaling scheduled actions, idempotently (a rerun changes nothing). CLI
 `perfops scaling apply-schedule`.
 
+The actions set the group's min and max only, never its desired capacity (AWS clamps the
+desired into the new bounds; scale-in stays with perfops' guarded decisions); an action found
+with a desired capacity (an older perfops wrote them so) is rewritten without it.
 dry_run (the default) lists the actions that differ from the group's and changes nothing.
 Records: a table artifact of the actions and the event `perfops.scaling.scheduled`
 {group, actions, changed, dry_run}.
@@ -21,6 +24,7 @@ from perfops.redaction import install_log_redaction
 from tasks.autoscaling import (
     AutoScalingTarget,
     ScheduledAction,
+    action_change,
     client_for,
     describe_group,
     group_target,
@@ -69,7 +73,9 @@ def apply_scaling_schedule(
 
     Args:
         aws: the Auto Scaling group (name, region, endpoint, AwsCredentials block name).
-        schedule: windows (default Mon-Fri 09:00-17:00 UTC, min 4) and off-hours bounds.
+        schedule: windows (default Mon-Fri 09:00-17:00 UTC, min 4) and off-hours bounds,
+            written as each window's min/max at its start and the off-hours min/max at its
+            end (no desired capacity).
         dry_run: list the actions that would change; write nothing.
         targets: instead of `aws`, the fleet's targets with an Auto Scaling group
             (docs/fleet.md): one child run per group, a summary `perfops-scaling-schedule-fleet`.
@@ -104,12 +110,14 @@ def apply_scaling_schedule(
     client = client_for(aws, load_credentials(aws))
     actions = [ScheduledAction(*a) for a in schedule_actions(schedule)]
     describe_group(client, aws.group)
+    existing = scheduled_actions(client, aws.group)
+    why = {a.name: action_change(existing.get(a.name), a) for a in actions}
     if dry_run:
-        existing = scheduled_actions(client, aws.group)
-        changed = [a.name for a in actions if existing.get(a.name) != a]
+        changed = [a.name for a in actions if why[a.name] is not None]
     else:
         changed = put_schedule_task(client, aws.group, actions)
-    run = ScheduleRun(aws.group, dry_run, [asdict(a) for a in actions], changed)
+    shown = [{k: v for k, v in asdict(a).items() if k != "desired"} for a in actions]
+    run = ScheduleRun(aws.group, dry_run, shown, changed)
     logger.info("%s", run.summary)
     publish_table(
         keyed(ARTIFACT_KEY, fleet_target),
@@ -119,7 +127,7 @@ def apply_scaling_schedule(
                 "result": ("would write" if dry_run else "written")
                 if a["name"] in changed
                 else "unchanged",
-                "reason": "missing or different on the group"
+                "reason": (why[a["name"]] or "changed on the group meanwhile")
                 if a["name"] in changed
                 else "already on the group",
             }

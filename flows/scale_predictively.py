@@ -28,6 +28,7 @@ from decisions.scaling_report import (
     LoadQuery,
     ScalingRun,
     artifact_rows,
+    chart_file,
     history_record,
     scaling_events,
 )
@@ -99,7 +100,10 @@ def scale_predictively(
     """Decide (and unless dry_run, apply) one group's capacity.
 
     Args:
-        group: Redis key and record name of the group (the Auto Scaling group name when `aws`).
+        group: the key of the group's state (Redis lock, state, history, tuning; chart and
+            record name): the Auto Scaling group's name, behind its region (and endpoint,
+            credentials block) where they are configured (`eu-west-1/api`, as a fleet child and
+            `perfops scaling decide --aws --region` key it; `decisions.fleet.scaling_key`).
         policy: the scaling policy; default: 2..100 instances, 70 % target, capacity per
             instance sized so the history's p99.9 needs 20 instances.
         mode: override the policy's mode (forecast_and_scale, forecast_only, reactive).
@@ -236,7 +240,7 @@ def scale_predictively(
                 source=history.source,
                 tuned=tuned_note,
             )
-            out = get_settings().out_dir / "scaling" / f"{group}.png"
+            out = get_settings().out_dir / "scaling" / chart_file(group)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(decision_chart(history.series, history.step, upper, decision, pol))
             run.chart = str(out)
@@ -276,11 +280,12 @@ def _record(
 
 
 def _group_parameters(target: Target, shared: dict[str, Any]) -> dict[str, Any]:
-    """A fleet child's parameters: the target's group, where it lives, its blocks."""
+    """A fleet child's parameters: the target's group and its state key (`eu-west-1/api`:
+    groups of one name in two regions or accounts keep apart), where it lives, its blocks."""
     aws = group_target(target)
     return {
         **shared,
-        "group": aws.group,
+        "group": target.autoscaling.key if target.autoscaling else aws.group,
         "aws": aws,
         "metrics_block": target.blocks.get("prometheus"),
         "redis_block": target.blocks.get("redis"),

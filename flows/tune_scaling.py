@@ -61,7 +61,9 @@ def tune_scaling(
     """Tune one group's scaling policy on its own history.
 
     Args:
-        group: Redis key and record name of the group.
+        group: the key of the group's state, as scale_predictively reads it: the group's
+            name, behind its region (endpoint, credentials block) where configured, e.g.
+            `eu-west-1/api` for a fleet target with a region (`perfops fleet list` shows it).
         policy: the group's scaling policy (bounds, capacity per instance, boot time); default
             as in scale_predictively.
         risk_pct: the share of under-provisioned steps (in %) the group accepts on its history.

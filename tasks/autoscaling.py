@@ -1,5 +1,5 @@
 """AWS Auto Scaling tasks (boto3): describe a group, set its desired capacity, write scheduled
-actions idempotently.
+actions idempotently (bounds only: an action never sets the desired capacity).
 
 Throttling, 5xx and connection errors are retried by botocore's "standard" retry mode
 (exponential backoff with jitter, `blocks.resolve.BOTO_RETRY_CONFIG`); anything else
@@ -65,14 +65,33 @@ class GroupState:
 
 @dataclass(frozen=True)
 class ScheduledAction:
-    """One recurring scheduled action (cron in `timezone`)."""
+    """One recurring scheduled action (cron in `timezone`) that sets the group's bounds.
+
+    `desired` is what an action read back from the group sets as DesiredCapacity: perfops
+    writes none (AWS then clamps the group's desired into the new bounds, so perfops' own
+    decisions keep their guardrails), and rewrites an action found with one.
+    """
 
     name: str
     recurrence: str
     min_size: int
     max_size: int
-    desired: int
     timezone: str = "UTC"
+    desired: int | None = None
+
+
+def action_change(existing: ScheduledAction | None, wanted: ScheduledAction) -> str | None:
+    """Why `wanted` must be written over what the group has (None: already in place)."""
+    if existing is None:
+        return "missing on the group"
+    if existing.desired is not None:
+        return (
+            f"sets desired capacity {existing.desired} when it runs, overriding the scaling "
+            "decisions: rewritten with bounds only"
+        )
+    if existing != wanted:
+        return "different on the group"
+    return None
 
 
 def client_for(target: AutoScalingTarget, credentials: AwsCredentials | None = None) -> Any:
@@ -165,41 +184,57 @@ def scheduled_actions(client: Any, group: str) -> dict[str, ScheduledAction]:
             recurrence=a.get("Recurrence", ""),
             min_size=int(a.get("MinSize", -1)),
             max_size=int(a.get("MaxSize", -1)),
-            desired=int(a.get("DesiredCapacity", -1)),
             timezone=a.get("TimeZone") or "UTC",
+            desired=int(a["DesiredCapacity"]) if a.get("DesiredCapacity") is not None else None,
         )
         for a in found
     }
 
 
 def put_schedule(client: Any, group: str, actions: list[ScheduledAction]) -> list[str]:
-    """Write the scheduled actions that differ from what the group has; returns their names
-    (empty on a rerun: idempotent)."""
+    """Write the scheduled actions that differ from what the group has (`action_change`);
+    returns their names (empty on a rerun: idempotent) after reading them back.
+
+    An action is written with MinSize and MaxSize only. One the group has with a
+    DesiredCapacity (written by an older perfops) is deleted and written again, so no desired
+    capacity survives whatever AWS keeps of an updated action's omitted fields."""
     for action in actions:
-        if not action.min_size <= action.desired <= action.max_size:
+        if action.desired is not None or not action.min_size <= action.max_size:
             raise ConfigurationError(
-                f"scheduled action {action.name!r}: desired {action.desired} outside "
-                f"[{action.min_size}, {action.max_size}]"
+                f"scheduled action {action.name!r}: bounds [{action.min_size}, "
+                f"{action.max_size}] without a desired capacity expected (got {action.desired})"
             )
     describe_group(client, group)  # a clear error when the group does not exist
     existing = scheduled_actions(client, group)
     changed = []
     for action in actions:
-        if existing.get(action.name) == action:
+        old = existing.get(action.name)
+        if action_change(old, action) is None:
             continue
         try:
+            if old is not None and old.desired is not None:
+                client.delete_scheduled_action(
+                    AutoScalingGroupName=group, ScheduledActionName=action.name
+                )
             client.put_scheduled_update_group_action(
                 AutoScalingGroupName=group,
                 ScheduledActionName=action.name,
                 Recurrence=action.recurrence,
                 MinSize=action.min_size,
                 MaxSize=action.max_size,
-                DesiredCapacity=action.desired,
                 TimeZone=action.timezone,
             )
         except (ClientError, BotoCoreError) as exc:
             raise _fail(group, f"put_scheduled_update_group_action {action.name}", exc) from exc
         changed.append(action.name)
+    if changed:
+        after = scheduled_actions(client, group)
+        wrong = [a.name for a in actions if a.name in changed and after.get(a.name) != a]
+        if wrong:
+            raise ConnectionFailed(
+                f"group {group!r} reports the scheduled actions {', '.join(wrong)} differently "
+                "after writing them (a concurrent writer?): rerun to write them again"
+            )
     return changed
 
 

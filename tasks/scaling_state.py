@@ -1,6 +1,9 @@
 """Redis tasks of the scaling flows: one lock per group, the decision state (last action,
 cooldowns, recent recommendations) and the scaling history `perfops scaling history` reads.
 
+`group` is the group's key (`decisions.fleet.scaling_key`: `api`, or `eu-west-1/api` where a
+region, endpoint or credentials block is configured), so groups of one name in two regions or
+accounts have their own lock, state, history and tuning.
 Keys (under the RedisTarget's prefix): `scaling:<group>:lock`, `scaling:<group>:state` (JSON),
 `scaling:<group>:tuned` (the tuned policy, JSON, written by `tune_scaling`),
 `scaling:<group>:history` (a list of JSON records, newest first, capped). Redis being down is a

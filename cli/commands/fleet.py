@@ -177,7 +177,11 @@ def list_targets(
             "blocks": dict(t.blocks),
             "labels": dict(t.labels),
             "cluster": t.cluster or ("(its server, host:port)" if "postgres" in t.blocks else None),
-            "autoscaling": t.autoscaling.model_dump(exclude_none=True) if t.autoscaling else None,
+            "autoscaling": (
+                {**t.autoscaling.model_dump(exclude_none=True), "key": t.autoscaling.key}
+                if t.autoscaling
+                else None
+            ),
             "reachable": r[0] if r else None,
             "detail": redact(r[1]) if r else "",
         }
@@ -211,7 +215,10 @@ def list_targets(
             parts = [", ".join(f"{k}: {v}" for k, v in row["blocks"].items())]
             if row["autoscaling"]:
                 group = row["autoscaling"]
-                parts.append(f"Auto Scaling group {group['group']} ({group.get('region', '-')})")
+                parts.append(
+                    f"Auto Scaling group {group['group']} ({group.get('region', '-')}), "
+                    f"state key {group['key']}"
+                )
             if row["cluster"]:
                 parts.append(f"cluster {row['cluster']}")
             parts.append(" ".join(f"{k}={v}" for k, v in row["labels"].items()) or "no labels")

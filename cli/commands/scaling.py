@@ -19,7 +19,22 @@ HISTORY_KEPT = 1000
 app = typer.Typer(no_args_is_help=True)
 
 GroupOption = Annotated[
-    str, typer.Option("--group", help="Auto Scaling group (and Redis key) to decide for.")
+    str,
+    typer.Option(
+        "--group",
+        help="Auto Scaling group to decide for; with --aws its state (Redis lock, state, "
+        "history, tuning) is keyed by its name behind the --region, --endpoint-url and "
+        "--credentials-block given, e.g. eu-west-1/api, as a fleet target's is.",
+    ),
+]
+GroupKeyOption = Annotated[
+    str,
+    typer.Option(
+        "--group",
+        help="The group's state key: its name, or eu-west-1/api for a group with a region "
+        "(endpoint, credentials block) configured, as `decide` and a fleet target key it "
+        "(`perfops fleet list` shows it).",
+    ),
 ]
 EndpointOption = Annotated[
     str | None,
@@ -51,8 +66,23 @@ def _aws(
     )
 
 
+def _group_key(ctx: typer.Context, group: str, target: Any) -> str:
+    """The state key of `decide`'s group: its name behind the region (when typed), endpoint and
+    credentials block given, as a fleet target with the same settings keys it."""
+    if target is None:  # a simulated group: its name
+        return group
+    from decisions.fleet import scaling_key
+
+    source = ctx.get_parameter_source("region")  # typer's own click: compare names
+    typed = source is not None and source.name != "DEFAULT"
+    return scaling_key(
+        group, target.region if typed else None, target.endpoint_url, target.credentials_block
+    )
+
+
 @app.command()
 def decide(
+    ctx: typer.Context,
     group: GroupOption = "demo",
     aws: Annotated[
         bool, typer.Option("--aws", help="Read and set a real Auto Scaling group.")
@@ -113,13 +143,14 @@ def decide(
         )
         return
 
+    target = _aws(group, aws, region, endpoint_url, credentials_block)
     run = run_flow(
         loader,
         {
-            "group": group,
+            "group": _group_key(ctx, group, target),
             "mode": mode,
             "dry_run": not apply,
-            "aws": _aws(group, aws, region, endpoint_url, credentials_block),
+            "aws": target,
             "current_capacity": current,
             "metrics_block": metrics_block,
             "redis_block": redis_block,
@@ -168,8 +199,9 @@ def apply_schedule(
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
-    """Write Mon-Fri business hours / off hours as Auto Scaling scheduled actions (flow
-    apply_scaling_schedule); idempotent, dry run by default. --fleet NAME writes them to every
+    """Write Mon-Fri business hours / off hours as Auto Scaling scheduled actions that set the
+    group's min and max, never its desired capacity (flow apply_scaling_schedule); idempotent,
+    dry run by default. --fleet NAME writes them to every
     group of the fleet file's targets."""
     if not group and not fleet:
         raise typer.BadParameter("name the group with --group, or a fleet with --fleet")
@@ -244,14 +276,14 @@ def apply_schedule(
         mark = "*" if a["name"] in run.changed else " "
         print_wrapped(
             f"{mark} {a['name']}: {a['recurrence']} ({a['timezone']}) "
-            f"min {a['min_size']} max {a['max_size']} desired {a['desired']}",
+            f"min {a['min_size']} max {a['max_size']}",
             indent=2,
         )
 
 
 @app.command()
 def history(
-    group: GroupOption = "demo",
+    group: GroupKeyOption = "demo",
     limit: Annotated[
         int, typer.Option(min=1, max=HISTORY_KEPT, help="Newest decisions to show.")
     ] = 20,
@@ -359,7 +391,7 @@ def backtest(
 
 @app.command()
 def tune(
-    group: GroupOption = "demo",
+    group: GroupKeyOption = "demo",
     risk: Annotated[
         float,
         typer.Option(

@@ -16,6 +16,7 @@ from decisions.fleet import (
     database_limit,
     load_fleet,
     parse_fleet,
+    scaling_key,
     share_count,
     share_runs_lost,
     split_shares,
@@ -260,3 +261,39 @@ def test_a_lost_share_reports_each_of_its_targets_not_run(fleet: Fleet) -> None:
     rows = share_runs_lost(targets, "refresh-share-2-of-2", "Crashed", "worker killed")
     assert [(r.target, r.result) for r in rows] == [(t.name, "not run") for t in targets]
     assert rows[0].reason == "its share run refresh-share-2-of-2 ended Crashed: worker killed"
+
+
+def test_a_groups_key_names_it_behind_what_is_configured() -> None:
+    """One name in two regions or accounts: two keys, so two locks, states and histories."""
+    assert scaling_key("api") == "api"  # a group named alone keeps the key it always had
+    assert scaling_key("api", "eu-west-1") == "eu-west-1/api"
+    assert scaling_key("api", "us-east-1") == "us-east-1/api"
+    assert scaling_key("api", "eu-west-1", None, "prod-aws") == "prod-aws/eu-west-1/api"
+    assert (
+        scaling_key("api", "eu-west-1", "http://127.0.0.1:5000/", "prod-aws")
+        == "127.0.0.1:5000/prod-aws/eu-west-1/api"
+    )
+    fleet = parse_fleet(
+        "targets:\n"
+        "  - {name: api-eu, autoscaling: {group: api, region: eu-west-1}}\n"
+        "  - {name: api-us, autoscaling: {group: api, region: us-east-1}}\n"
+        "  - {name: api-staging, autoscaling: {group: api, region: eu-west-1, "
+        "credentials_block: staging-aws}}\n",
+        "fleet.yaml",
+    )
+    keys = [t.autoscaling.key for t in fleet.targets if t.autoscaling]
+    assert keys == ["eu-west-1/api", "us-east-1/api", "staging-aws/eu-west-1/api"]
+
+
+def test_one_group_listed_twice_is_refused_naming_both_targets() -> None:
+    with pytest.raises(
+        ConfigurationError,
+        match=r"targets scale the same Auto Scaling group and would share its lock and state: "
+        r"api-a and api-b \(eu-west-1/api\)",
+    ):
+        parse_fleet(
+            "targets:\n"
+            "  - {name: api-a, autoscaling: {group: api, region: eu-west-1}}\n"
+            "  - {name: api-b, autoscaling: {group: api, region: eu-west-1}}\n",
+            "fleet.yaml",
+        )

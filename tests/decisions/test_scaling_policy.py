@@ -18,6 +18,7 @@ from decisions.scaling_policy import (
     decide,
     schedule_actions,
 )
+from decisions.scaling_report import chart_file
 
 NOW = datetime(2024, 3, 6, 12, 0, tzinfo=UTC)  # a Wednesday
 STEP = timedelta(minutes=5)
@@ -141,15 +142,21 @@ def test_schedule_bounds_in_its_time_zone_and_warm_in_time() -> None:
     d = decide(p, obs(0.0, 2, now=before_open, last_load_at=before_open))
     assert d.desired == 8 and "starting within the boot time" in d.reason
     actions = schedule_actions(sched)
+    # bounds only: no desired capacity that would override the decisions when the action runs
     assert actions[0] == (
         "perfops-business-hours-start",
         "0 9 * * MON,TUE,WED,THU,FRI",
         8,
         50,
-        8,
         "America/New_York",
     )
-    assert actions[1][1:5] == ("0 17 * * MON,TUE,WED,THU,FRI", 2, 10, 2)
+    assert actions[1] == (
+        "perfops-business-hours-end",
+        "0 17 * * MON,TUE,WED,THU,FRI",
+        2,
+        10,
+        "America/New_York",
+    )
 
 
 @pytest.mark.parametrize(
@@ -195,6 +202,28 @@ def test_bad_schedules_are_rejected() -> None:
         ScheduleWindow(min_capacity=1, max_capacity=3, start=time(17), end=time(9))
 
 
+def test_windows_of_one_name_are_rejected_naming_it() -> None:
+    """Two windows named alike (here both left at the default `business-hours`) would both be
+    written as perfops-business-hours-start/-end, each overwriting the other on every run."""
+    weekdays = ScheduleWindow(min_capacity=6, max_capacity=100)
+    saturday = ScheduleWindow(
+        days=(5,), start=time(10), end=time(14), min_capacity=3, max_capacity=50
+    )
+    with pytest.raises(
+        ValidationError,
+        match=r"window names must be unique: 'business-hours' \(2 windows\); .*"
+        r"perfops-<name>-start .* give each window its own name",
+    ):
+        Schedule(windows=(weekdays, saturday))
+    named = Schedule(windows=(weekdays, saturday.model_copy(update={"name": "saturday"})))
+    assert [a[0] for a in schedule_actions(named)] == [
+        "perfops-business-hours-start",
+        "perfops-business-hours-end",
+        "perfops-saturday-start",
+        "perfops-saturday-end",
+    ]
+
+
 def test_decision_is_fast() -> None:
     import time as clock
 
@@ -204,3 +233,10 @@ def test_decision_is_fast() -> None:
     for _ in range(100):
         decide(p, o)
     assert (clock.perf_counter() - t0) / 100 < 0.02  # ~1 ms idle; benchmarks.scaling measures
+
+
+def test_each_group_key_has_its_own_chart_file() -> None:
+    assert chart_file("api") == "api.png"
+    assert chart_file("eu-west-1/api") == "eu-west-1/api.png"
+    assert chart_file("us-east-1/api") == "us-east-1/api.png"
+    assert chart_file("127.0.0.1:5000/../api x") == "127.0.0.1_5000/_/api_x.png"

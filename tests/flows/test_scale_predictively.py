@@ -194,6 +194,50 @@ def test_apply_scaling_schedule_dry_run_then_idempotent(
     assert event.payload["group"] == "web"
 
 
+def test_apply_scaling_schedule_rewrites_actions_that_set_the_desired_capacity(
+    group: tuple[Any, AutoScalingTarget],
+) -> None:
+    """Actions an older perfops wrote with DesiredCapacity (the group forced to the off-hours
+    minimum at 17:00, whatever its load) are changes: rewritten with min/max only."""
+    from flows.apply_scaling_schedule import apply_scaling_schedule
+
+    client, target = group
+    for name, cron, low in (
+        ("perfops-business-hours-start", "0 9 * * MON,TUE,WED,THU,FRI", 4),
+        ("perfops-business-hours-end", "0 17 * * MON,TUE,WED,THU,FRI", 2),
+    ):
+        client.put_scheduled_update_group_action(
+            AutoScalingGroupName="web",
+            ScheduledActionName=name,
+            Recurrence=cron,
+            MinSize=low,
+            MaxSize=100,
+            DesiredCapacity=low,
+            TimeZone="UTC",
+        )
+    preview = one_target(apply_scaling_schedule, aws=target)
+    assert len(preview.changed) == 2
+    rows = artifact_rows("perfops-scaling-schedule")
+    assert [(r["result"], r["reason"]) for r in rows] == [
+        (
+            "would write",
+            f"sets desired capacity {low} when it runs, overriding the scaling "
+            "decisions: rewritten with bounds only",
+        )
+        for low in (4, 2)
+    ]
+    assert all("desired" not in r for r in rows)  # the actions written carry none
+    applied = one_target(apply_scaling_schedule, aws=target, dry_run=False)
+    assert applied.changed == ["perfops-business-hours-start", "perfops-business-hours-end"]
+    described = client.describe_scheduled_actions(AutoScalingGroupName="web")
+    assert [
+        (a["MinSize"], a["MaxSize"], a.get("DesiredCapacity"))
+        for a in described["ScheduledUpdateGroupActions"]
+    ] == [(4, 100, None), (2, 100, None)]
+    again = one_target(apply_scaling_schedule, aws=target, dry_run=False)
+    assert again.changed == [] and "already in place" in again.summary
+
+
 def test_a_fleet_scales_each_of_its_groups_and_leaves_databases_out(
     env: RedisTarget,
     group: tuple[Any, AutoScalingTarget],
@@ -250,3 +294,100 @@ def test_a_fleet_scales_each_of_its_groups_and_leaves_databases_out(
     ]
     # (moto keys scheduled actions by name alone, not per group as AWS does, so the groups'
     # actions cannot both be read back here: each child's own report says what it wrote)
+
+
+def test_groups_of_one_name_in_two_regions_keep_their_own_lock_state_tuning_and_chart(
+    monkeypatch: pytest.MonkeyPatch,
+    env: RedisTarget,
+    moto_server: MotoServer,
+    prometheus: PrometheusServer,
+    tmp_path: Path,
+    perfops: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`api` in eu-west-1 and in us-east-1: each fleet child decides under its own key (no
+    shared lock: neither is skipped), keeps its own history and chart, and runs the tuning
+    tune_scaling stored under its key only."""
+    from flows.tune_scaling import tune_scaling
+    from perfops.settings import get_settings
+
+    monkeypatch.setenv("PERFOPS_PROMETHEUS_URL", prometheus.url)
+    moto_server.reset()
+    endpoint = moto_server.endpoint_url
+    for region, desired in (("eu-west-1", 2), ("us-east-1", 3)):
+        kwargs = moto_server.client_kwargs()
+        kwargs["region_name"] = region
+        client = boto3.client("autoscaling", **kwargs)
+        client.create_launch_configuration(
+            LaunchConfigurationName="api-lc", ImageId="ami-12345678", InstanceType="t3.micro"
+        )
+        client.create_auto_scaling_group(
+            AutoScalingGroupName="api",
+            LaunchConfigurationName="api-lc",
+            MinSize=1,
+            MaxSize=40,
+            DesiredCapacity=desired,
+            AvailabilityZones=[f"{region}a"],
+        )
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        "targets:\n"
+        f"  - {{name: api-eu, autoscaling: {{group: api, region: eu-west-1, "
+        f"endpoint_url: '{endpoint}'}}}}\n"
+        f"  - {{name: api-us, autoscaling: {{group: api, region: us-east-1, "
+        f"endpoint_url: '{endpoint}'}}}}\n",
+        encoding="utf-8",
+    )
+    where = endpoint.removeprefix("http://")
+    eu, us = f"{where}/eu-west-1/api", f"{where}/us-east-1/api"
+    query = LoadQuery(
+        promql="sum(perfops_test_load)", lookback=timedelta(days=3), step=timedelta(minutes=15)
+    )
+    tuned = one_target(tune_scaling, group=eu, query=query, now=HISTORY_END)
+    assert tuned.stored
+    # another run deciding for the us group holds its lock: the eu group is not held up by it
+    with group_lock(env, us):
+        report = scale_predictively(
+            targets="all", fleet_file=str(fleet), query=query, now=HISTORY_END
+        )
+    assert isinstance(report, FleetReport)
+    assert [t.target for t in report.targets] == ["api-eu", "api-us"]
+    eu_rows = artifact_rows("perfops-scaling-decision-api-eu")
+    assert not any("holds the lock" in str(r["reason"]) for r in eu_rows), eu_rows
+    assert any(str(r["reason"]).startswith("tuned ") for r in eu_rows), eu_rows
+    # the us group decides on its own now that its lock is free, untouched by the eu tuning
+    report = scale_predictively(targets="all", fleet_file=str(fleet), query=query, now=HISTORY_END)
+    us_rows = artifact_rows("perfops-scaling-decision-api-us")
+    assert any("not tuned" in str(r["reason"]) for r in us_rows), us_rows
+    assert [(r["group"], r["current"]) for r in read_history(env, eu)] == [(eu, 2), (eu, 2)]
+    assert [(r["group"], r["current"]) for r in read_history(env, us)] == [(us, 3)]
+    assert read_history(env, "api") == []
+    charts = get_settings().out_dir / "scaling"
+    assert (charts / where.replace(":", "_") / "eu-west-1" / "api.png").is_file()
+    assert (charts / where.replace(":", "_") / "us-east-1" / "api.png").is_file()
+    # `perfops scaling history` takes the key; `perfops fleet list` shows it
+    capsys.readouterr()
+    assert perfops(["scaling", "history", "--group", us, "--json"]) == 0
+    assert [r["current"] for r in json.loads(capsys.readouterr().out)] == [3]
+    assert perfops(["fleet", "list", "--fleet-file", str(fleet), "--no-probe", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["targets"]
+    assert [t["autoscaling"]["key"] for t in listed] == [eu, us]
+
+
+def test_decide_from_the_command_line_keys_the_group_as_its_fleet_target_does(
+    env: RedisTarget,
+    group: tuple[Any, AutoScalingTarget],
+    perfops: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _client, target = group
+    where = (target.endpoint_url or "").removeprefix("http://")
+    capsys.readouterr()
+    argv = ["scaling", "decide", "--group", "web", "--endpoint-url", str(target.endpoint_url)]
+    assert perfops([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["group"] == f"{where}/web"
+    assert perfops([*argv, "--region", "us-east-1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["group"] == f"{where}/us-east-1/web"
+    assert [r["group"] for r in read_history(env, f"{where}/us-east-1/web")] == [
+        f"{where}/us-east-1/web"
+    ]

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from typing import Any
 
 import boto3
 import pytest
 
 from blocks import RedisTarget
-from decisions.scaling_policy import ScalingState, Schedule, schedule_actions
+from decisions.scaling_policy import ScalingState, Schedule, ScheduleWindow, schedule_actions
 from perfops.errors import ConfigurationError, ConnectionFailed, LockBusy
 from tasks.autoscaling import (
     AutoScalingTarget,
     ScheduledAction,
+    action_change,
     client_for,
     describe_group,
     put_schedule,
+    scheduled_actions,
     set_capacity,
 )
 from tasks.scaling_state import group_lock, load_state, read_history, save_state
@@ -70,6 +72,74 @@ def test_schedule_is_written_once(asg: Any) -> None:
     described = asg.describe_scheduled_actions(AutoScalingGroupName="web")
     recurrences = sorted(a["Recurrence"] for a in described["ScheduledUpdateGroupActions"])
     assert recurrences == ["0 17 * * MON,TUE,WED,THU,FRI", "0 9 * * MON,TUE,WED,THU,FRI"]
+    # bounds only: an action with a DesiredCapacity would set the group's capacity when it runs
+    assert [
+        (a["MinSize"], a["MaxSize"], a.get("DesiredCapacity"))
+        for a in described["ScheduledUpdateGroupActions"]
+    ] == [(4, 100, None), (2, 100, None)]
+
+
+def test_an_action_that_sets_the_desired_capacity_is_rewritten_without_it(asg: Any) -> None:
+    """An older perfops wrote DesiredCapacity = the window's min: at 17:00 the group dropped to
+    the off-hours minimum whatever its load. Found so, the action is a change to rewrite."""
+    for name, cron, low in (
+        ("perfops-business-hours-start", "0 9 * * MON,TUE,WED,THU,FRI", 4),
+        ("perfops-business-hours-end", "0 17 * * MON,TUE,WED,THU,FRI", 2),
+    ):
+        asg.put_scheduled_update_group_action(
+            AutoScalingGroupName="web",
+            ScheduledActionName=name,
+            Recurrence=cron,
+            MinSize=low,
+            MaxSize=100,
+            DesiredCapacity=low,
+            TimeZone="UTC",
+        )
+    found = scheduled_actions(asg, "web")
+    actions = [ScheduledAction(*a) for a in schedule_actions(Schedule())]
+    assert [action_change(found[a.name], a) for a in actions] == [
+        "sets desired capacity 4 when it runs, overriding the scaling decisions: rewritten "
+        "with bounds only",
+        "sets desired capacity 2 when it runs, overriding the scaling decisions: rewritten "
+        "with bounds only",
+    ]
+    assert put_schedule(asg, "web", actions) == [a.name for a in actions]
+    described = asg.describe_scheduled_actions(AutoScalingGroupName="web")
+    assert all("DesiredCapacity" not in a for a in described["ScheduledUpdateGroupActions"])
+    assert put_schedule(asg, "web", actions) == []  # then idempotent
+    with pytest.raises(ConfigurationError, match="without a desired capacity expected"):
+        put_schedule(asg, "web", [ScheduledAction("x", "0 9 * * *", 1, 5, "UTC", desired=2)])
+
+
+def test_a_schedule_of_two_windows_keeps_both_and_a_rerun_changes_nothing(asg: Any) -> None:
+    schedule = Schedule(
+        windows=(
+            ScheduleWindow(min_capacity=4, max_capacity=6),
+            ScheduleWindow(
+                name="saturday",
+                days=(5,),
+                start=time(10),
+                end=time(14),
+                min_capacity=3,
+                max_capacity=5,
+            ),
+        ),
+    )
+    actions = [ScheduledAction(*a) for a in schedule_actions(schedule)]
+    names = [
+        "perfops-business-hours-start",
+        "perfops-business-hours-end",
+        "perfops-saturday-start",
+        "perfops-saturday-end",
+    ]
+    assert put_schedule(asg, "web", actions) == names
+    for _ in range(2):
+        assert put_schedule(asg, "web", actions) == []  # idempotent
+    described = asg.describe_scheduled_actions(AutoScalingGroupName="web")
+    written = {a["ScheduledActionName"]: a for a in described["ScheduledUpdateGroupActions"]}
+    assert sorted(written) == sorted(names)
+    assert written["perfops-saturday-start"]["Recurrence"] == "0 10 * * SAT"
+    assert written["perfops-business-hours-start"]["Recurrence"] == "0 9 * * MON,TUE,WED,THU,FRI"
 
 
 def test_throttling_is_retried_with_backoff(asg: Any) -> None:
