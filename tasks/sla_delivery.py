@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import smtplib
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -307,6 +308,8 @@ def _send(
 def _email_fallback(
     notice: Notice, email: EmailSink | None, recipients: list[str], sender: str, why: str
 ) -> str:
+    """Email `notice` to `recipients` because Slack failed (`why`); raises ConnectionFailed
+    naming both failures when there is no fallback or the email could not be sent."""
     from tasks.mail import build_message, send_email
 
     if email is None or not recipients:
@@ -321,7 +324,13 @@ def _email_fallback(
         subject=f"[perfops] {notice_text(notice, minutes)}"[:200],
         text="\n".join(lines),
     )
-    result = send_email.fn(email, message)
+    try:
+        result = send_email.fn(email, message)
+    except (smtplib.SMTPException, OSError) as exc:
+        raise ConnectionFailed(
+            f"{why}; the email fallback to {', '.join(recipients)} failed too: "
+            f"{redact(str(exc)) or type(exc).__name__}"
+        ) from exc
     return f"emailed {', '.join(result.accepted)} via {result.sink}"
 
 
@@ -427,7 +436,19 @@ def deliver(
                     )
                     continue
                 policy = definitions.policy(state.policy)
-                note = _email_fallback(notice, email, policy.email_fallback, email_from, str(exc))
+                try:
+                    note = _email_fallback(
+                        notice, email, policy.email_fallback, email_from, str(exc)
+                    )
+                except ConnectionFailed as lost:  # not sent at all: say so, go on with the rest
+                    if exc.permanent:  # Slack did not take it: nothing to look for next run
+                        store.clear_pending(notice.key)
+                    # else the marker stays: a post Slack stored but could not confirm is found
+                    # (and recorded) by the next run rather than sent twice
+                    delivered.append(
+                        Delivered(**base, sink="skipped", outcome="failed", note=redact(str(lost)))
+                    )
+                    continue
                 note = f"{exc}; {note}"
                 channel, ts, sink, outcome = notice.channel, "", "email", "email fallback"
             posted = PostedNotice(

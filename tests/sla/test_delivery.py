@@ -4,6 +4,7 @@ data; invalid token -> clear error and email fallback."""
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -14,15 +15,16 @@ from prefect_email import EmailServerCredentials
 
 from blocks import SlackEscalationTarget
 from blocks.resolve import FileOutbox
-from perfops.errors import ConnectionFailed
+from decisions.slo_definitions import parse_definitions
 from tasks.sla_delivery import SlaStore, acknowledge_alert_in_store, deliver
 from tasks.slack.threads import FileMessenger, SlackMessenger
 from tests.servers import SlackStandIn, SmtpServer
-from tests.sla.helpers import T0, definitions
+from tests.sla.helpers import DEFINITIONS, T0, definitions
 from tests.sla.test_escalation import alert
 
 D = definitions()
 FIRING = [alert("availability/page-fast")]
+MINUTE = timedelta(minutes=1)
 
 
 def posts(slack: SlackStandIn) -> list[dict[str, Any]]:
@@ -111,13 +113,72 @@ def test_invalid_token_falls_back_to_email(
     assert len(smtp_server.messages) == 1
 
 
-def test_no_fallback_configured_is_a_clear_error(store: SlaStore, slack: SlackStandIn) -> None:
+def test_no_fallback_configured_is_a_failed_notice_with_a_clear_reason(
+    store: SlaStore, slack: SlackStandIn
+) -> None:
     target = SlackEscalationTarget(
         bot_token="xoxb-wrong", channels=["#oncall"], api_base_url=slack.base_url
     )
-    with pytest.raises(ConnectionFailed, match=r"invalid_auth.*no email fallback configured"):
-        run(store, target, 0)
-    assert store.logged("x") is None
+    report = run(store, target, 0)
+    [d] = report.delivered
+    assert (d.outcome, d.sink) == ("failed", "skipped")
+    assert re.search(r"invalid_auth.*no email fallback configured", d.note)
+    assert store.logged(d.key) is None and store.pending() == []  # refused: nothing to look for
+
+
+# A second policy whose channel works; the default policy (#oncall) without an email fallback.
+TWO_POLICIES = parse_definitions(
+    DEFINITIONS.replace("    email_fallback: [oncall@example.test]\n", "").replace(
+        "slos:\n",
+        "  - name: platform\n"
+        "    levels:\n"
+        '      - {name: platform on-call, channel: "#incidents", after: 15m}\n'
+        "slos:\n",
+        1,
+    ),
+    "two-policies.yaml",
+)
+
+
+def test_a_notice_slack_refuses_without_fallback_does_not_stop_the_others(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    slack.set_member("#oncall", False)
+    errors = alert("error-rate-critical/threshold", slo="error-rate").model_copy(
+        update={"escalation": "platform"}
+    )
+    alerts = [alert("availability/page-fast"), errors]
+    report = deliver(store, SlackMessenger(slack_target), TWO_POLICIES, alerts, T0)
+    outcomes = {d.group: (d.outcome, d.note) for d in report.delivered}
+    failed, why = outcomes["default:slo=availability"]
+    assert failed == "failed"
+    assert "the Slack bot is not in #oncall" in why and "no email fallback configured" in why
+    assert outcomes["platform:slo=error-rate"] == ("sent", "")
+    assert [m["channel"] for m in slack.messages] == [slack.channel_id("#incidents")]
+    assert store.pending() == []  # Slack refused it: no marker left to look for
+    # Once the bot is invited, the next run fires the incident that could not be notified.
+    slack.set_member("#oncall", True)
+    report = deliver(store, SlackMessenger(slack_target), TWO_POLICIES, alerts, T0 + MINUTE)
+    assert [(d.group, d.kind, d.outcome) for d in report.delivered] == [
+        ("default:slo=availability", "fire", "sent")
+    ]
+
+
+def test_slack_down_without_fallback_keeps_the_marker_and_the_next_run_sends(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    store.mark_state()
+    run(store, slack_target, 0)  # fired
+    target = slack_target.model_copy(update={"max_retries": 0})
+    slack.fail_next(503, count=2)  # the post and its read-back: maybe stored, unconfirmed
+    report = deliver(store, SlackMessenger(target), TWO_POLICIES, FIRING, T0 + 15 * MINUTE)
+    [d] = report.delivered
+    assert (d.kind, d.outcome) == ("escalate", "failed")
+    assert "service_unavailable (HTTP 503)" in d.note and "no email fallback" in d.note
+    assert [n.key for n, _ in store.pending()] == [d.key]  # looked for by the next run
+    report = deliver(store, SlackMessenger(target), TWO_POLICIES, FIRING, T0 + 16 * MINUTE)
+    assert [(x.key, x.outcome) for x in report.delivered] == [(d.key, "sent")]
+    assert len(keys(slack)) == len(set(keys(slack))) == 2
 
 
 def test_two_concurrent_evaluators_send_once(

@@ -138,3 +138,23 @@ def test_flows_notify_escalate_ack_and_resolve(
     slo = next(x for x in evaluated[0].payload["slos"] if x["name"] == "availability")
     assert {"name", "objective", "window", "sli", "budget_remaining", "burn_rates"} <= set(slo)
     assert "alerts_firing" in evaluated[0].payload
+
+
+def test_notices_slack_refuses_without_fallback_end_failed_with_the_records_written(
+    prefect_harness: None, sla_env: Path, slack: SlackStandIn
+) -> None:
+    from flows.evaluate_slos import evaluate_slos
+
+    sla_env.write_text(DEFINITIONS.replace("    email_fallback: [oncall@example.test]\n", ""))
+    slack.set_member("#oncall", False)
+    state = evaluate_slos(definitions_path=str(sla_env), at=_at(3), return_state=True)
+    assert state.is_failed()
+    assert state.message is not None
+    assert state.message.startswith("2 of 2 notices not sent: default:slo=")
+    assert "the Slack bot is not in #oncall" in state.message
+    assert "no email fallback configured" in state.message
+    rows = artifact_rows("perfops-sla")  # written before the run ended
+    notices = [r for r in rows if r["kind"] == "notice fire"]
+    assert [r["result"] for r in notices] == ["failed", "failed"]
+    assert all("no email fallback configured" in str(r["reason"]) for r in notices)
+    assert slack.messages == []
