@@ -41,6 +41,7 @@ class DeliveryReport(BaseModel):
     recovered: str = ""  # what a state rebuild found, when one ran
     incidents_open: int = 0
     deferred: bool = False  # nothing decided: Redis had no state and Slack was unreadable
+    warnings: list[str] = Field(default_factory=list)  # an incident's policy changed under it
 
 
 class SlaRunReport(BaseModel):
@@ -170,6 +171,10 @@ def artifact_rows(report: SlaRunReport) -> list[dict[str, object]]:
         )
     for m in report.delivery.suppressed if report.delivery else []:
         rows.append({"item": m.alert, "result": "muted", "reason": m.why, "kind": "suppressed"})
+    for w in report.delivery.warnings if report.delivery else []:
+        rows.append(
+            {"item": "escalation policies", "result": "warning", "reason": w, "kind": "definitions"}
+        )
     return rows
 
 

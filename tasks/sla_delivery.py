@@ -117,6 +117,11 @@ class SlaStore:
             pipe.set(self.key("alert", alert), state.group)
         pipe.execute()
 
+    def move(self, old_group: str, state: IncidentState) -> None:
+        """Save `state` under its (new) group and forget the incident under `old_group`."""
+        self.save(state)
+        self.client.delete(self.key("incident", old_group))
+
     def logged(self, key: str) -> PostedNotice | None:
         raw: Any = self.client.get(self.key("notice", key))
         return PostedNotice.model_validate_json(raw) if raw else None
@@ -406,6 +411,10 @@ def deliver(
             recovered += f"{'; ' if recovered else ''}notice {key} found sent, recorded"
         states = store.incidents()
         plan = decide(now, alerts, states, definitions, channel_ids)
+        for old, moved in plan.moved.items():  # its policy is gone: the incident moved group
+            store.move(old, moved)
+            states.pop(old, None)
+            states[moved.group] = moved
         for state in plan.states.values():
             store.save(state)
         for notice in plan.notices:
@@ -435,11 +444,11 @@ def deliver(
                         Delivered(**base, sink="skipped", outcome="failed", note=str(exc))
                     )
                     continue
-                policy = definitions.policy(state.policy)
+                # the incident's policy as decided (`fit_policy`: one still defined)
+                policy = definitions.find_policy(notice.state_after.policy)
+                recipients = policy.email_fallback if policy is not None else []
                 try:
-                    note = _email_fallback(
-                        notice, email, policy.email_fallback, email_from, str(exc)
-                    )
+                    note = _email_fallback(notice, email, recipients, email_from, str(exc))
                 except ConnectionFailed as lost:  # not sent at all: say so, go on with the rest
                     if exc.permanent:  # Slack did not take it: nothing to look for next run
                         store.clear_pending(notice.key)
@@ -465,6 +474,7 @@ def deliver(
             suppressed=plan.suppressed,
             recovered=recovered,
             incidents_open=sum(s.open for s in states.values()),
+            warnings=plan.warnings,
         )
 
 

@@ -20,7 +20,7 @@ from tasks.sla_delivery import SlaStore, acknowledge_alert_in_store, deliver
 from tasks.slack.threads import FileMessenger, SlackMessenger
 from tests.servers import SlackStandIn, SmtpServer
 from tests.sla.helpers import DEFINITIONS, T0, definitions
-from tests.sla.test_escalation import alert
+from tests.sla.test_escalation import RENAMED, TWO_LEVELS, alert
 
 D = definitions()
 FIRING = [alert("availability/page-fast")]
@@ -301,3 +301,39 @@ def test_slack_down_beyond_retries_falls_back_to_email(
     assert "service_unavailable (HTTP 503)" in d.note and "via file" in d.note
     assert len(list(tmp_path.glob("*.eml"))) == 1
     assert slack.messages == []
+
+
+def test_editing_the_policies_under_an_open_incident_keeps_it_notified(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn, tmp_path: Path
+) -> None:
+    messenger = SlackMessenger(slack_target)
+    for minute in (0, 16, 47):  # fire, level 2, level 3
+        run(store, slack_target, minute)
+    # The CTO level removed: no IndexError, the incident continues at level 2.
+    report = deliver(store, messenger, TWO_LEVELS, FIRING, T0 + 50 * MINUTE)
+    assert report.delivered == [] and "continues at level 2" in report.warnings[0]
+    assert store.incidents()["default:slo=availability"].level == 2
+    # The policy renamed: no StopIteration, the incident moves to the group its alert is in
+    # now (not resolved, not fired again).
+    renamed = [FIRING[0].model_copy(update={"escalation": "platform"})]
+    report = deliver(store, messenger, RENAMED, renamed, T0 + 51 * MINUTE)
+    assert (
+        report.delivered == []
+        and "continues as group platform:slo=availability" in (report.warnings[0])
+    )
+    [(group, state)] = store.incidents().items()
+    assert group == "platform:slo=availability" and state.policy == "platform"
+    assert len(slack.messages) == 3
+    # Slack down: the email fallback is the renamed policy's.
+    slack.fail_next(503, count=20)
+    failing = slack_target.model_copy(update={"max_retries": 0})
+    report = deliver(
+        store,
+        SlackMessenger(failing),
+        RENAMED,
+        [],
+        T0 + 52 * MINUTE,
+        email=FileOutbox(directory=tmp_path),
+    )
+    assert [(d.kind, d.outcome) for d in report.delivered] == [("resolved", "email fallback")] * 2
+    assert all("emailed oncall@example.test" in d.note for d in report.delivered)
