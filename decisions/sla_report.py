@@ -42,6 +42,7 @@ class DeliveryReport(BaseModel):
     incidents_open: int = 0
     deferred: bool = False  # nothing decided: Redis had no state and Slack was unreadable
     warnings: list[str] = Field(default_factory=list)  # an incident's policy changed under it
+    lock_lost: str = ""  # the SLA lock expired mid-run: why the rest was not sent or recorded
 
 
 class SlaRunReport(BaseModel):
@@ -110,6 +111,8 @@ class SlaRunReport(BaseModel):
                 f"{len(unsent)} of {len(delivery.delivered)} notices not sent: {unsent[0].key}: "
                 f"{unsent[0].note}"
             )
+        if delivery and delivery.lock_lost:
+            return delivery.lock_lost
         return self.blind
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,11 @@ from typing import Any
 import pytest
 from prefect_email import EmailServerCredentials
 
-from blocks import SlackEscalationTarget
+from blocks import RedisTarget, SlackEscalationTarget
 from blocks.resolve import FileOutbox
+from decisions.escalation import acknowledge
 from decisions.slo_definitions import parse_definitions
+from tasks import sla_delivery
 from tasks.sla_delivery import SlaStore, acknowledge_alert_in_store, deliver
 from tasks.slack.threads import FileMessenger, SlackMessenger
 from tests.servers import SlackStandIn, SmtpServer
@@ -337,3 +340,65 @@ def test_editing_the_policies_under_an_open_incident_keeps_it_notified(
     )
     assert [(d.kind, d.outcome) for d in report.delivered] == [("resolved", "email fallback")] * 2
     assert all("emailed oncall@example.test" in d.note for d in report.delivered)
+
+
+def test_a_slack_answer_outliving_the_lock_never_clears_an_acknowledgement(
+    redis_target: RedisTarget,
+    slack_target: SlackEscalationTarget,
+    slack: SlackStandIn,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The lock's 120 s scaled to 2 s; Slack answers the escalation after 4 s (as retries and
+    # Retry-After can), and `sla ack` takes the expired lock meanwhile.
+    monkeypatch.setattr(sla_delivery, "LOCK_TIMEOUT_S", 2)
+    store = SlaStore(redis_target)
+    target = slack_target.model_copy(update={"timeout_s": 10})
+    run(store, target, 0)
+    slack.delay_next(4, method="chat.postMessage")
+    reports = []
+    slow = threading.Thread(target=lambda: reports.append(run(store, target, 16)))
+    slow.start()
+    time.sleep(2.5)
+    ack = acknowledge_alert_in_store(
+        store, SlackMessenger(target), D, "availability/page-fast", "alice", T0 + 17 * MINUTE
+    )
+    slow.join()
+    assert ack.newly_acked
+    state = store.incidents()["default:slo=availability"]
+    assert (state.acked_by, state.acked_at) == ("alice", T0 + 17 * MINUTE)  # not cleared
+    [report] = reports
+    [d] = report.delivered
+    assert (d.kind, d.outcome) == ("escalate", "sent")  # Slack has it: logged, never resent
+    assert "expired (held over 2 s" in d.note and "acknowledgement there is kept" in d.note
+    assert "the rest of this run was not sent or recorded" in report.lock_lost
+    assert run(store, target, 47).delivered == []  # acknowledged: no level 3
+    assert len(keys(slack)) == len(set(keys(slack))) == 3  # fire, escalate, ack reply
+
+
+def test_after_the_lock_expired_the_rest_is_not_sent_and_says_why(
+    redis_target: RedisTarget, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    store = SlaStore(redis_target, lock_timeout_s=1)  # Slack answers after 2 s
+    target = slack_target.model_copy(update={"timeout_s": 10})
+    slack.delay_next(2, method="chat.postMessage")  # the first of two new incidents
+    both = [*FIRING, alert("error-rate-critical/threshold", slo="error-rate")]
+    report = run(store, target, 0, alerts=both)
+    first, second = report.delivered
+    assert first.outcome == "sent" and "expired (held over 1 s" in first.note
+    assert (second.outcome, second.sink) == ("failed", "skipped")
+    assert second.note.startswith("not sent: the SLA lock") and "next run decides" in second.note
+    assert len(slack.messages) == 1 and list(store.incidents()) == [first.group]  # recorded
+    report = run(store, target, 1, alerts=both)  # the next run catches up, nothing twice
+    assert [(d.group, d.outcome) for d in report.delivered] == [(second.group, "sent")]
+    assert len(keys(slack)) == len(set(keys(slack))) == 2
+
+
+def test_a_stale_save_keeps_an_acknowledgement_of_the_same_incident(
+    store: SlaStore, tmp_path: Path
+) -> None:
+    deliver(store, FileMessenger(FileOutbox(directory=tmp_path)), D, FIRING, T0)
+    [stale] = store.incidents().values()
+    store.save(acknowledge(stale, "alice", T0 + MINUTE))
+    store.save(stale.model_copy(update={"level": 2}))  # read before the ack, saved after it
+    [saved] = store.incidents().values()
+    assert (saved.level, saved.acked_by, saved.acked_at) == (2, "alice", T0 + MINUTE)
