@@ -222,7 +222,7 @@ def decide(
             state.alerts[a.key].severity != a.severity for a in firing if a.key in state.alerts
         ):
             updated = state.model_copy(update={"alerts": {a.key: a for a in firing}})
-            notices.append(_update(updated, now))
+            notices.append(_update(updated, now, policy))
             state = updated
         else:
             state = state.model_copy(update={"alerts": {a.key: a for a in firing}})
@@ -456,14 +456,19 @@ def _repeat(
     )
 
 
-def _update(state: IncidentState, now: datetime) -> Notice:
+def _update(state: IncidentState, now: datetime, policy: EscalationPolicy) -> Notice:
+    """The first message re-rendered with the alerts firing now. Keyed by the evaluation time
+    and the alert set: each change is its own update (an alert set coming back to an earlier
+    one is edited in again), and a retry of the same run finds it logged."""
+    level = policy.levels[min(max(state.level, 1), len(policy.levels)) - 1]
     digest = _digest(list(state.alerts) + [a.severity for a in state.alerts.values()])
     return Notice(
-        key=f"{state.incident}:update:{digest}",
+        key=f"{state.incident}:update:{int(now.timestamp())}.{digest}",
         incident=state.incident,
         group=state.group,
         kind="update",
         level=state.level,
+        level_name=level.name,
         channel=state.root_channel or DEFAULT_CHANNEL,
         update_ts=state.root_ts,
         alerts=list(state.alerts.values()),

@@ -402,3 +402,19 @@ def test_a_stale_save_keeps_an_acknowledgement_of_the_same_incident(
     store.save(stale.model_copy(update={"level": 2}))  # read before the ack, saved after it
     [saved] = store.incidents().values()
     assert (saved.level, saved.acked_by, saved.acked_at) == (2, "alice", T0 + MINUTE)
+
+
+def test_flapping_alerts_keep_the_first_message_current(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    fast, slow = alert("availability/page-fast"), alert("availability/page-slow")
+    for minute, firing in enumerate([[fast], [fast, slow], [fast], [fast, slow], [fast]]):
+        report = run(store, slack_target, minute, alerts=firing)
+        assert all(d.outcome in ("sent", "already sent") for d in report.delivered)
+    kinds = [d.kind for d in report.delivered]
+    assert kinds == ["update"] and report.delivered[0].outcome == "sent"  # not "already sent"
+    root = slack.messages[0]
+    assert root["text"] == "FIRING [critical] availability: level 1 (team lead)"
+    assert "page-fast" in str(root["blocks"]) and "page-slow" not in str(root["blocks"])
+    assert len(set(keys(slack))) == len(keys(slack))
+    assert len(root["updates"]) == 4  # the join re-rendered it, then each of the 3 changes

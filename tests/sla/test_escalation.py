@@ -344,3 +344,17 @@ def test_an_incident_whose_policy_was_renamed_continues_in_its_thread() -> None:
 def test_policy_names_the_defined_policies_when_unknown() -> None:
     with pytest.raises(ConfigurationError, match=r"policy 'nope' is not defined .*have default"):
         D.policy("nope")
+
+
+def test_each_change_of_the_alert_set_is_its_own_update_and_a_retry_the_same() -> None:
+    sim = Sim()
+    fast, slow = alert("availability/page-fast"), alert("availability/page-slow")
+    for minute, firing in enumerate([[fast], [fast, slow], [fast], [fast, slow], [fast]]):
+        sim.step(T0 + timedelta(minutes=minute), firing)
+    updates = [n for n in sim.sent if n.kind == "update"]
+    assert len(updates) == 3 and len({n.key for n in updates}) == 3  # A+B -> A comes twice
+    assert {n.level_name for n in updates} == {"team lead"}
+    state = sim.states["default:slo=availability"]
+    again = decide(T0 + timedelta(minutes=5), [fast, slow], {state.group: state}, D)
+    twice = decide(T0 + timedelta(minutes=5), [fast, slow], {state.group: state}, D)
+    assert [n.key for n in again.notices] == [n.key for n in twice.notices]
