@@ -620,10 +620,39 @@ def acknowledge_alert_in_store(
                     Delivered(**base, sink=logged.sink, ts=logged.ts, outcome="already sent")
                 )
                 continue
+            since = store.pending_since(notice.key)
+            if since is not None:  # a reply being posted when an earlier ack stopped
+                try:
+                    ts = messenger.find(notice.channel, notice.key, notice.thread_ts, since - 300)
+                except NoticeFailed as exc:
+                    if not exc.permanent and time.time() - since < PENDING_WAIT_S:
+                        why = f"maybe posted, not confirmed ({exc}); run the acknowledgement again"
+                        replies.append(
+                            Delivered(**base, sink="skipped", outcome="failed", note=why)
+                        )
+                        continue
+                    ts = None
+                if ts is not None:
+                    store.log(
+                        PostedNotice(
+                            key=notice.key,
+                            channel=messenger.channel_id(notice.channel),
+                            ts=ts,
+                            sent_at=acked_at,
+                            sink=messenger.sink,
+                            note="found in the channel after an interrupted send",
+                        )
+                    )
+                    store.clear_pending(notice.key)
+                    replies.append(
+                        Delivered(**base, sink=messenger.sink, ts=ts, outcome="already sent")
+                    )
+                    continue
             text = (
                 f":eyes: Acknowledged by *{acked_by}* at {acked_at:%Y-%m-%d %H:%M} UTC: "
                 f"escalation stopped at level {notice.level}, no more reminders."
             )
+            store.set_pending(notice)
             try:
                 channel, ts = messenger.post(
                     notice.channel,
@@ -633,6 +662,8 @@ def acknowledge_alert_in_store(
                     thread_ts=notice.thread_ts,
                 )
             except NoticeFailed as exc:  # the ack itself holds (Redis); the reply is retried
+                if exc.permanent:  # Slack did not take it: nothing to look for
+                    store.clear_pending(notice.key)
                 replies.append(Delivered(**base, sink="skipped", outcome="failed", note=str(exc)))
                 continue
             store.log(
@@ -640,6 +671,7 @@ def acknowledge_alert_in_store(
                     key=notice.key, channel=channel, ts=ts, sent_at=now, sink=messenger.sink
                 )
             )
+            store.clear_pending(notice.key)
             replies.append(Delivered(**base, sink=messenger.sink, ts=ts, outcome="sent"))
         if not held.renew():  # Slack was slow: re-read the incident, never save a stale one
             fresh = store.incidents().get(state.group)

@@ -418,3 +418,37 @@ def test_flapping_alerts_keep_the_first_message_current(
     assert "page-fast" in str(root["blocks"]) and "page-slow" not in str(root["blocks"])
     assert len(set(keys(slack))) == len(keys(slack))
     assert len(root["updates"]) == 4  # the join re-rendered it, then each of the 3 changes
+
+
+def test_an_acknowledgement_interrupted_after_its_reply_does_not_reply_twice(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    run(store, slack_target, 0)
+
+    def ack(messenger: SlackMessenger):  # type: ignore[no-untyped-def]
+        return acknowledge_alert_in_store(
+            store, messenger, D, "availability/page-fast", "alice", T0 + 5 * MINUTE
+        )
+
+    with pytest.raises(KeyboardInterrupt):
+        ack(CrashAfterSend(slack_target))  # the reply is in Slack, nothing recorded
+    done = ack(SlackMessenger(slack_target))
+    assert [r.outcome for r in done.replies] == ["already sent"]
+    assert done.replies[0].ts == slack.messages[-1]["ts"]
+    assert [k.split(":")[-2] for k in keys(slack)] == ["fire", "ack"]  # one reply
+    assert done.state.acked_by == "alice" and store.pending() == []
+
+
+def test_an_acknowledgement_interrupted_before_its_reply_posts_it(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    run(store, slack_target, 0)
+    with pytest.raises(KeyboardInterrupt):
+        acknowledge_alert_in_store(
+            store, CrashBeforeSend(slack_target), D, "availability/page-fast", "bob", T0
+        )
+    done = acknowledge_alert_in_store(
+        store, SlackMessenger(slack_target), D, "availability/page-fast", "bob", T0
+    )
+    assert [r.outcome for r in done.replies] == ["sent"]
+    assert [k.split(":")[-2] for k in keys(slack)] == ["fire", "ack"]
