@@ -13,6 +13,8 @@ Alertmanager's `notify/`: silence -> inhibit (a critical alert mutes warnings of
 - a new alert in an open incident is notified at its current level (a reply in the thread);
   alerts leaving (or coming back) only update its first message in place;
 - no alert left: a resolved notice in the same thread;
+- the definitions edited under an open incident: it continues at its policy's last level, or
+  in the group its alerts moved to when its policy is gone (`carry_over`, `fit_policy`);
 - one incident, its own threads: a new incident in a group never continues the previous
   (resolved) incident's threads, roots or notices (`continuing`, `record`).
 
@@ -115,6 +117,10 @@ class Plan(BaseModel):
     notices: list[Notice]
     states: dict[str, IncidentState]  # states to save without a notice (alert set changes)
     suppressed: list[Suppressed]
+    # Open incidents whose policy is gone, moved to the group their alerts are in now
+    # (old group -> the incident under its new group): saved there, the old group forgotten.
+    moved: dict[str, IncidentState] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)  # the definitions changed under an incident
 
 
 def policy_channels(definitions: SlaDefinitions) -> list[str]:
@@ -190,6 +196,7 @@ def decide(
     grouped: dict[str, list[Alert]] = {}
     for alert in active:
         grouped.setdefault(group_key(alert, definitions), []).append(alert)
+    states, moved, warnings = carry_over(states, grouped, definitions)
     notices: list[Notice] = []
     changed: dict[str, IncidentState] = {}
     for group in sorted(set(grouped) | {g for g, s in states.items() if s.open}):
@@ -199,10 +206,13 @@ def decide(
             if firing:
                 notices.append(_new_incident(group, firing, now, definitions, ids))
             continue
-        policy = definitions.policy(state.policy)
         if not firing:
             notices.extend(_resolved(state, now))
             continue
+        state, policy, warning = fit_policy(state, definitions, firing[0].escalation)
+        if warning:
+            warnings.append(warning)
+            changed[group] = state
         new = [a for a in firing if a.key not in state.notified]
         if new:  # a new alert in an open incident: notified at the incident's level, in thread
             notice = _join(state, firing, new, now, definitions, ids)
@@ -212,7 +222,7 @@ def decide(
             state.alerts[a.key].severity != a.severity for a in firing if a.key in state.alerts
         ):
             updated = state.model_copy(update={"alerts": {a.key: a for a in firing}})
-            notices.append(_update(updated, now))
+            notices.append(_update(updated, now, policy))
             state = updated
         else:
             state = state.model_copy(update={"alerts": {a.key: a for a in firing}})
@@ -230,7 +240,74 @@ def decide(
     # Values in `changed` only refresh alert details; a notice's state_after supersedes them.
     for n in notices:
         changed.pop(n.group, None)
-    return Plan(notices=notices, states=changed, suppressed=suppressed)
+    return Plan(
+        notices=notices, states=changed, suppressed=suppressed, moved=moved, warnings=warnings
+    )
+
+
+def carry_over(
+    states: dict[str, IncidentState],
+    grouped: Mapping[str, list[Alert]],
+    definitions: SlaDefinitions,
+) -> tuple[dict[str, IncidentState], dict[str, IncidentState], list[str]]:
+    """Open incidents whose escalation policy is no longer defined (the definitions were edited:
+    the policy renamed or removed, an SLO given another). A group is keyed by its policy, so the
+    incident's alerts now fire in another group: the incident moves there, under that group's
+    policy, keeping its thread, level and acknowledgement; unless that group has an open
+    incident of its own, or none of its alerts fires any more, when it stays and resolves.
+    Returns the states by group after the moves, the moved (old group -> incident), and why."""
+    out = dict(states)
+    moved: dict[str, IncidentState] = {}
+    warnings: list[str] = []
+    for group, state in sorted(states.items()):
+        if not state.open or definitions.find_policy(state.policy) is not None:
+            continue
+        mine = set(state.alerts) | set(state.notified)
+        target = next(
+            (
+                g
+                for g, firing in sorted(grouped.items())
+                if any(a.key in mine for a in firing) and not (g in out and out[g].open)
+            ),
+            None,
+        )
+        gone = f"incident {state.incident}: escalation policy {state.policy!r} is no longer defined"
+        if target is None:
+            warnings.append(f"{gone}; it resolves where it is (none of its alerts fires elsewhere)")
+            continue
+        policy = definitions.policy(grouped[target][0].escalation)
+        migrated = state.model_copy(update={"group": target, "policy": policy.name})
+        del out[group]
+        out[target] = moved[group] = migrated
+        warnings.append(f"{gone}; it continues as group {target} under policy {policy.name!r}")
+    return out, moved, warnings
+
+
+def fit_policy(
+    state: IncidentState, definitions: SlaDefinitions, fallback: str
+) -> tuple[IncidentState, EscalationPolicy, str]:
+    """The open incident `state` under its policy as now defined, and why it had to change
+    (else ""): the policy gone, `fallback` (its alerts' policy) instead, else `default`, else
+    the first; the incident past the policy's last level (levels were removed) continues at
+    the last one."""
+    policy = definitions.find_policy(state.policy)
+    why: list[str] = []
+    if policy is None:
+        policy = (
+            definitions.find_policy(fallback)
+            or definitions.find_policy("default")
+            or definitions.escalation_policies[0]
+        )
+        why.append(f"policy {state.policy!r} is no longer defined: {policy.name!r} instead")
+        state = state.model_copy(update={"policy": policy.name})
+    last = len(policy.levels)
+    if state.level > last:
+        why.append(
+            f"reached level {state.level}, policy {policy.name!r} now has {last}: it continues "
+            f"at level {last} ({policy.levels[-1].name})"
+        )
+        state = state.model_copy(update={"level": last})
+    return state, policy, f"incident {state.incident}: " + "; ".join(why) if why else ""
 
 
 def _incident_id(group: str, now: datetime) -> str:
@@ -379,14 +456,19 @@ def _repeat(
     )
 
 
-def _update(state: IncidentState, now: datetime) -> Notice:
+def _update(state: IncidentState, now: datetime, policy: EscalationPolicy) -> Notice:
+    """The first message re-rendered with the alerts firing now. Keyed by the evaluation time
+    and the alert set: each change is its own update (an alert set coming back to an earlier
+    one is edited in again), and a retry of the same run finds it logged."""
+    level = policy.levels[min(max(state.level, 1), len(policy.levels)) - 1]
     digest = _digest(list(state.alerts) + [a.severity for a in state.alerts.values()])
     return Notice(
-        key=f"{state.incident}:update:{digest}",
+        key=f"{state.incident}:update:{int(now.timestamp())}.{digest}",
         incident=state.incident,
         group=state.group,
         kind="update",
         level=state.level,
+        level_name=level.name,
         channel=state.root_channel or DEFAULT_CHANNEL,
         update_ts=state.root_ts,
         alerts=list(state.alerts.values()),
@@ -514,6 +596,7 @@ def rebuild(payloads: list[dict[str, Any]]) -> tuple[dict[str, IncidentState], l
                 alerts=alerts,
             )
             incidents[p["incident"]] = state
+        state.group, state.policy = p["group"], p.get("policy", state.policy)  # it may have moved
         state.notices[p["key"]] = log[-1]
         kind = p["kind"]
         if p.get("_top") and kind in ("fire", "escalate", "repeat"):

@@ -41,6 +41,8 @@ class DeliveryReport(BaseModel):
     recovered: str = ""  # what a state rebuild found, when one ran
     incidents_open: int = 0
     deferred: bool = False  # nothing decided: Redis had no state and Slack was unreadable
+    warnings: list[str] = Field(default_factory=list)  # an incident's policy changed under it
+    lock_lost: str = ""  # the SLA lock expired mid-run: why the rest was not sent or recorded
 
 
 class SlaRunReport(BaseModel):
@@ -109,6 +111,8 @@ class SlaRunReport(BaseModel):
                 f"{len(unsent)} of {len(delivery.delivered)} notices not sent: {unsent[0].key}: "
                 f"{unsent[0].note}"
             )
+        if delivery and delivery.lock_lost:
+            return delivery.lock_lost
         return self.blind
 
 
@@ -170,6 +174,10 @@ def artifact_rows(report: SlaRunReport) -> list[dict[str, object]]:
         )
     for m in report.delivery.suppressed if report.delivery else []:
         rows.append({"item": m.alert, "result": "muted", "reason": m.why, "kind": "suppressed"})
+    for w in report.delivery.warnings if report.delivery else []:
+        rows.append(
+            {"item": "escalation policies", "result": "warning", "reason": w, "kind": "definitions"}
+        )
     return rows
 
 

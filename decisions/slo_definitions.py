@@ -289,8 +289,20 @@ class SlaDefinitions(_Model):
                 )
         return self
 
+    def find_policy(self, name: str) -> EscalationPolicy | None:
+        """The escalation policy called `name`, or None when none is."""
+        return next((p for p in self.escalation_policies if p.name == name), None)
+
     def policy(self, name: str) -> EscalationPolicy:
-        return next(p for p in self.escalation_policies if p.name == name)
+        """The escalation policy called `name`; a ConfigurationError naming the defined ones
+        when there is none."""
+        found = self.find_policy(name)
+        if found is None:
+            have = ", ".join(p.name for p in self.escalation_policies)
+            raise ConfigurationError(
+                f"escalation policy {name!r} is not defined in the SLA definitions (have {have})"
+            )
+        return found
 
 
 _UNIONS = {"sli": ("ratio", "quantile")}  # the SLI union's tags: in error paths, not the file

@@ -160,6 +160,9 @@ def evaluate_slos(
     if delivery and delivery.recovered:
         logger.warning("%s", delivery.recovered)
         report.notes.append(delivery.recovered)
+    for warning in delivery.warnings if delivery else []:
+        logger.warning("%s", warning)
+        report.notes.append(warning)
     logger.info("%s in %.2f s", report.summary, report.seconds)
     publish_table(ARTIFACT_KEY, artifact_rows(report), report.description)
     for event, resource, payload, labels in sla_events(report):

@@ -3,7 +3,10 @@ decision under a Redis lock, Slack (or the file outbox) with email as the fallba
 
 Exactly one notice per incident and level:
 - Everything from reading the state to recording the last notice runs under one Redis lock
-  (`<prefix>sla:lock`): a second evaluator waits for it, then finds the notices recorded.
+  (`<prefix>sla:lock`): a second evaluator waits for it, then finds the notices recorded. The
+  lock expires (`LOCK_TIMEOUT_S`) and is renewed before each notice; a notice that outlived it
+  is recorded (never clearing an acknowledgement made meanwhile, `SlaStore.save`) and the rest
+  of the run is not sent (`HeldLock`).
 - Each notice is *sent, then recorded* (`<prefix>sla:notice:<key>`, Slack's channel and ts
   kept to thread and update). Nothing is recorded before the send, so a crash between decide
   and send loses nothing: the next run decides the same notice again.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import smtplib
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -66,21 +70,58 @@ DEFAULT_RECOVERY_LOOKBACK = timedelta(days=7)
 PENDING_WAIT_S = 15 * 60  # a notice unconfirmable this long (Slack unreadable) is sent anyway
 
 
+class HeldLock:
+    """The SLA lock while a run holds it. It expires `timeout_s` after it was taken or last
+    renewed, so a run that stalls (a slow Slack: retries, Retry-After) cannot block the others
+    for ever; the run renews it before each notice and, before each write of incident state,
+    checks it still holds it (`renew`): once it expired another run (the next minute's
+    evaluation, an acknowledgement) may have written newer state."""
+
+    def __init__(self, lock: Any, name: str, timeout_s: float) -> None:
+        self._lock = lock
+        self.name = name
+        self.timeout_s = timeout_s
+
+    def renew(self) -> bool:
+        """Start the timeout again; False when the lock expired and is no longer ours."""
+        try:
+            return bool(self._lock.reacquire())
+        except redis.exceptions.LockNotOwnedError:
+            return False
+
+    @property
+    def lost(self) -> str:
+        """What happened once `renew` failed."""
+        return (
+            f"the SLA lock {self.name} expired (held over {self.timeout_s:g} s with Slack slow "
+            "to answer) and another run may have changed the incidents"
+        )
+
+
 class SlaStore:
     """The SLA keys in Redis under `<key_prefix>sla:`."""
 
-    def __init__(self, target: RedisTarget, client: redis.Redis | None = None) -> None:
+    def __init__(
+        self,
+        target: RedisTarget,
+        client: redis.Redis | None = None,
+        lock_timeout_s: float | None = None,
+    ) -> None:
         self.target = target
         self.client = client or target.get_client()
         self.prefix = f"{target.key_prefix}sla:"
+        self.lock_timeout_s = lock_timeout_s or LOCK_TIMEOUT_S
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
     @contextlib.contextmanager
-    def locked(self, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    def locked(self, wait_s: float = LOCK_WAIT_S) -> Iterator[HeldLock]:
         lock = self.client.lock(
-            self.key("lock"), timeout=LOCK_TIMEOUT_S, blocking_timeout=wait_s, sleep=LOCK_POLL_S
+            self.key("lock"),
+            timeout=self.lock_timeout_s,
+            blocking_timeout=wait_s,
+            sleep=LOCK_POLL_S,
         )
         try:
             acquired = lock.acquire()
@@ -92,9 +133,9 @@ class SlaStore:
                 "nothing was sent (the next run catches up)"
             )
         try:
-            yield
+            yield HeldLock(lock, self.key("lock"), self.lock_timeout_s)
         finally:
-            with contextlib.suppress(redis.RedisError):
+            with contextlib.suppress(redis.RedisError):  # expired: another run's now, untouched
                 lock.release()
 
     def has_state(self) -> bool:
@@ -110,11 +151,35 @@ class SlaStore:
         return {s.group: s for s in states}
 
     def save(self, state: IncidentState) -> None:
-        pipe = self.client.pipeline()
-        pipe.set(self.key("incident", state.group), state.model_dump_json())
-        for alert in state.alerts:
-            pipe.set(self.key("alert", alert), state.group)
-        pipe.execute()
+        """Write the group's incident. An acknowledgement of the same incident already in Redis
+        is kept even when `state` (read before it) has none: a run that lost the lock to
+        `sla ack` never clears the acknowledgement (a WATCHed read-modify-write)."""
+        key = self.key("incident", state.group)
+
+        def write(pipe: Any) -> None:
+            raw = pipe.get(key)
+            stored = IncidentState.model_validate_json(raw) if raw else None
+            merged = state
+            if (
+                stored is not None
+                and stored.incident == state.incident
+                and stored.acked_at is not None
+                and state.acked_at is None
+            ):
+                merged = state.model_copy(
+                    update={"acked_by": stored.acked_by, "acked_at": stored.acked_at}
+                )
+            pipe.multi()
+            pipe.set(key, merged.model_dump_json())
+            for alert in merged.alerts:
+                pipe.set(self.key("alert", alert), merged.group)
+
+        self.client.transaction(write, key)
+
+    def move(self, old_group: str, state: IncidentState) -> None:
+        """Save `state` under its (new) group and forget the incident under `old_group`."""
+        self.save(state)
+        self.client.delete(self.key("incident", old_group))
 
     def logged(self, key: str) -> PostedNotice | None:
         raw: Any = self.client.get(self.key("notice", key))
@@ -307,6 +372,8 @@ def _send(
 def _email_fallback(
     notice: Notice, email: EmailSink | None, recipients: list[str], sender: str, why: str
 ) -> str:
+    """Email `notice` to `recipients` because Slack failed (`why`); raises ConnectionFailed
+    naming both failures when there is no fallback or the email could not be sent."""
     from tasks.mail import build_message, send_email
 
     if email is None or not recipients:
@@ -321,7 +388,13 @@ def _email_fallback(
         subject=f"[perfops] {notice_text(notice, minutes)}"[:200],
         text="\n".join(lines),
     )
-    result = send_email.fn(email, message)
+    try:
+        result = send_email.fn(email, message)
+    except (smtplib.SMTPException, OSError) as exc:
+        raise ConnectionFailed(
+            f"{why}; the email fallback to {', '.join(recipients)} failed too: "
+            f"{redact(str(exc)) or type(exc).__name__}"
+        ) from exc
     return f"emailed {', '.join(result.accepted)} via {result.sink}"
 
 
@@ -384,7 +457,7 @@ def deliver(
 ) -> DeliveryReport:
     """Decide and deliver the notices due at `now`, exactly once each (see the module doc)."""
     delivered: list[Delivered] = []
-    with store.locked(lock_wait_s):
+    with store.locked(lock_wait_s) as held:
         channel_ids = messenger.resolve(policy_channels(definitions), cache=store)
         names = {cid: name for name, cid in channel_ids.items()}
         recovered, decide_now = _rebuild_state(
@@ -393,15 +466,37 @@ def deliver(
         if not decide_now:
             return DeliveryReport(delivered=[], suppressed=[], recovered=recovered, deferred=True)
         found, unchecked = _reconcile_pending(store, messenger)
+        if not held.renew():  # the rebuild or the read-backs outlived the lock
+            raise LockBusy(
+                f"the SLA lock {held.name} expired (held over {held.timeout_s:g} s) while the "
+                f"state was read back from {messenger.sink}: nothing was decided or sent (the "
+                "next run catches up)"
+            )
         for key in found:
             recovered += f"{'; ' if recovered else ''}notice {key} found sent, recorded"
         states = store.incidents()
         plan = decide(now, alerts, states, definitions, channel_ids)
+        for old, moved in plan.moved.items():  # its policy is gone: the incident moved group
+            store.move(old, moved)
+            states.pop(old, None)
+            states[moved.group] = moved
         for state in plan.states.values():
             store.save(state)
+        lost = False
         for notice in plan.notices:
             state = continuing(states.get(notice.group), notice)
             base = _row(notice, names)
+            if lost or not held.renew():  # expired: another run may be deciding; send no more
+                lost = True
+                delivered.append(
+                    Delivered(
+                        **base,
+                        sink="skipped",
+                        outcome="failed",
+                        note=f"not sent: {held.lost}; the next run decides it again",
+                    )
+                )
+                continue
             logged = store.logged(notice.key)
             if logged is not None:  # sent by an earlier (retried or crashed) run
                 states[notice.group] = record(state, notice, logged)
@@ -426,14 +521,34 @@ def deliver(
                         Delivered(**base, sink="skipped", outcome="failed", note=str(exc))
                     )
                     continue
-                policy = definitions.policy(state.policy)
-                note = _email_fallback(notice, email, policy.email_fallback, email_from, str(exc))
+                # the incident's policy as decided (`fit_policy`: one still defined)
+                policy = definitions.find_policy(notice.state_after.policy)
+                recipients = policy.email_fallback if policy is not None else []
+                try:
+                    note = _email_fallback(notice, email, recipients, email_from, str(exc))
+                except ConnectionFailed as unsent:  # not sent at all: say so, go on with the rest
+                    if exc.permanent:  # Slack did not take it: nothing to look for next run
+                        store.clear_pending(notice.key)
+                    # else the marker stays: a post Slack stored but could not confirm is found
+                    # (and recorded) by the next run rather than sent twice
+                    delivered.append(
+                        Delivered(
+                            **base, sink="skipped", outcome="failed", note=redact(str(unsent))
+                        )
+                    )
+                    continue
                 note = f"{exc}; {note}"
                 channel, ts, sink, outcome = notice.channel, "", "email", "email fallback"
             posted = PostedNotice(
                 key=notice.key, channel=channel, ts=ts, sent_at=now, sink=sink, note=redact(note)
             )
-            store.log(posted)
+            store.log(posted)  # a fact whoever holds the lock: never sent again
+            if not held.renew():  # the send outlived the lock: record it, send nothing more
+                lost = True
+                note = (
+                    f"{note + '; ' if note else ''}{held.lost} while it was sent: recorded "
+                    "over the newer state (an acknowledgement there is kept)"
+                )
             states[notice.group] = record(state, notice, posted)
             store.save(states[notice.group])
             store.clear_pending(notice.key)
@@ -444,6 +559,8 @@ def deliver(
             suppressed=plan.suppressed,
             recovered=recovered,
             incidents_open=sum(s.open for s in states.values()),
+            warnings=plan.warnings,
+            lock_lost=f"{held.lost}: the rest of this run was not sent or recorded" if lost else "",
         )
 
 
@@ -471,7 +588,7 @@ def acknowledge_alert_in_store(
     """Acknowledge the open incident holding `alert_or_group` (an alert key, a group or an
     incident id): escalation and reminders stop, and a reply says so in each of its threads.
     A reply that failed is posted by the next acknowledgement of the same incident."""
-    with store.locked():
+    with store.locked() as held:
         channel_ids = messenger.resolve(policy_channels(definitions), cache=store)
         names = {cid: name for name, cid in channel_ids.items()}
         if not store.has_state():
@@ -503,10 +620,39 @@ def acknowledge_alert_in_store(
                     Delivered(**base, sink=logged.sink, ts=logged.ts, outcome="already sent")
                 )
                 continue
+            since = store.pending_since(notice.key)
+            if since is not None:  # a reply being posted when an earlier ack stopped
+                try:
+                    ts = messenger.find(notice.channel, notice.key, notice.thread_ts, since - 300)
+                except NoticeFailed as exc:
+                    if not exc.permanent and time.time() - since < PENDING_WAIT_S:
+                        why = f"maybe posted, not confirmed ({exc}); run the acknowledgement again"
+                        replies.append(
+                            Delivered(**base, sink="skipped", outcome="failed", note=why)
+                        )
+                        continue
+                    ts = None
+                if ts is not None:
+                    store.log(
+                        PostedNotice(
+                            key=notice.key,
+                            channel=messenger.channel_id(notice.channel),
+                            ts=ts,
+                            sent_at=acked_at,
+                            sink=messenger.sink,
+                            note="found in the channel after an interrupted send",
+                        )
+                    )
+                    store.clear_pending(notice.key)
+                    replies.append(
+                        Delivered(**base, sink=messenger.sink, ts=ts, outcome="already sent")
+                    )
+                    continue
             text = (
                 f":eyes: Acknowledged by *{acked_by}* at {acked_at:%Y-%m-%d %H:%M} UTC: "
                 f"escalation stopped at level {notice.level}, no more reminders."
             )
+            store.set_pending(notice)
             try:
                 channel, ts = messenger.post(
                     notice.channel,
@@ -516,6 +662,8 @@ def acknowledge_alert_in_store(
                     thread_ts=notice.thread_ts,
                 )
             except NoticeFailed as exc:  # the ack itself holds (Redis); the reply is retried
+                if exc.permanent:  # Slack did not take it: nothing to look for
+                    store.clear_pending(notice.key)
                 replies.append(Delivered(**base, sink="skipped", outcome="failed", note=str(exc)))
                 continue
             store.log(
@@ -523,7 +671,16 @@ def acknowledge_alert_in_store(
                     key=notice.key, channel=channel, ts=ts, sent_at=now, sink=messenger.sink
                 )
             )
+            store.clear_pending(notice.key)
             replies.append(Delivered(**base, sink=messenger.sink, ts=ts, outcome="sent"))
+        if not held.renew():  # Slack was slow: re-read the incident, never save a stale one
+            fresh = store.incidents().get(state.group)
+            if fresh is None or fresh.incident != state.incident or not fresh.open:
+                raise LookupError(
+                    f"incident {state.incident} resolved while its acknowledgement was being "
+                    "posted (the SLA lock expired meanwhile): nothing to acknowledge"
+                )
+            state = fresh
         acked = acknowledge(state, by, now)
         store.save(acked)
         return Acknowledged(state=acked, newly_acked=newly, replies=replies)

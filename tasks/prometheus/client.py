@@ -2,12 +2,14 @@
 
 Range queries longer than the server accepts (11,000 points per series) are split into
 consecutive chunks whose results are joined; transient HTTP failures are retried inside the
-client (see `PrometheusSource.get_client`), a bad expression fails at once with the server's
-own message.
+client (see `PrometheusSource.get_client`). What is left is classified by status: 429 and 5xx
+(Prometheus, or the proxy in front of it, unavailable) are `ConnectionFailed`; a 4xx (bad
+PromQL, a limit) is the query's fault, a `ConfigurationError` with the server's own message.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +19,7 @@ from prometheus_api_client import PrometheusApiClientException
 
 from blocks import PrometheusSource
 from perfops.errors import ConfigurationError, ConnectionFailed
+from perfops.redaction import redact
 
 
 def plan_range_chunks(
@@ -68,10 +71,33 @@ def _frame_from_matrix(results: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
+_STATUS = re.compile(r"HTTP Status Code (\d{3})")
+
+
+def answered_status(exc: PrometheusApiClientException) -> int | None:
+    """The HTTP status of the answer `exc` reports (prometheus-api-client keeps it only in its
+    message, `HTTP Status Code 503 (b'...')`), when it names one."""
+    match = _STATUS.search(str(exc))
+    return int(match.group(1)) if match else None
+
+
+def unavailable(exc: PrometheusApiClientException) -> bool:
+    """Whether `exc` is Prometheus (or the proxy in front of it) being unavailable, 429 or 5xx
+    after the client's retries, rather than a refusal of the query itself (a 4xx: bad PromQL,
+    too many points, a query its limits reject): the query is not at fault."""
+    status = answered_status(exc)
+    return status is not None and (status == 429 or status >= 500)
+
+
 def _call(source: PrometheusSource, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except PrometheusApiClientException as exc:
+        if unavailable(exc):
+            raise ConnectionFailed(
+                f"cannot reach Prometheus at {source.url}: {what} answered "
+                f"{redact(str(exc))[:300]} (retried {source.retries}x); try again later"
+            ) from exc
         raise ConfigurationError(f"Prometheus at {source.url} rejected {what}: {exc}") from exc
     except OSError as exc:  # requests' ConnectionError and timeouts derive from OSError
         raise ConnectionFailed(f"cannot reach Prometheus at {source.url}: {exc}") from exc

@@ -4,8 +4,9 @@ HTTP API), so a replay reads any minute of history exactly as the schedule would
 One instant query per SLO fetches every window it needs at once (each window's part tagged with
 `label_replace`); one range query per alert rule (its evaluation periods); two per degradation
 rule (now, and the baseline `baseline_offset` earlier). Queries run on a few threads. A query
-Prometheus rejects, or one that fails after the client's retries, becomes a measurement with an
-`error` (the item is "no data", never "ok"); the run goes on.
+Prometheus rejects (4xx), or one that fails after the client's retries (no connection, a
+timeout, 429 or 5xx: Prometheus unreachable), becomes a measurement with an `error` (the item
+is "no data", never "ok"); the run goes on.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from decisions.slo_definitions import (
     promql_duration,
 )
 from perfops.redaction import redact
+from tasks.prometheus.client import unavailable
 
 PARALLEL_QUERIES = 8
 PART, WINDOW = "perfops_part", "perfops_window"
@@ -68,6 +70,14 @@ class _Clients(threading.local):
 
 
 def _error(source: PrometheusSource, exc: Exception) -> str:
+    """The item's "no data" reason: a query Prometheus refused (4xx) is the query's fault;
+    429/5xx after the retries, like a refused connection, is Prometheus unreachable (all items
+    so: a blind run)."""
+    if isinstance(exc, PrometheusApiClientException) and unavailable(exc):
+        return (
+            f"{UNREACHABLE} at {source.url}: answered {redact(str(exc))[:200]} "
+            f"(retried {source.retries}x)"
+        )
     if isinstance(exc, PrometheusApiClientException):
         return f"Prometheus rejected the query: {redact(str(exc))[:300]}"
     return f"{UNREACHABLE} at {source.url}: {type(exc).__name__}: {redact(str(exc))[:200]}"

@@ -144,3 +144,22 @@ def test_the_artifact_lists_slos_then_notices_then_what_was_muted() -> None:
     assert list(rows[0])[:3] == ["item", "result", "reason"]
     assert rows[0]["burn rates"] == "1h 14.40x"
     assert rows[1]["detail"] == "slack #oncall (C01) ts=1.0"
+
+
+def test_a_run_that_lost_the_sla_lock_fails_saying_so() -> None:
+    report = _report(_notice("sent", ts="1.0"))
+    assert report.delivery is not None
+    report.delivery.lock_lost = "the SLA lock perfops:sla:lock expired (held over 120 s ...)"
+    assert report.failure == report.delivery.lock_lost  # every notice went out, the rest not
+    failed = _report(_notice("sent", ts="1.0"), _notice("failed"))
+    assert failed.delivery is not None
+    failed.delivery.lock_lost = "expired"
+    assert failed.failure is not None and failed.failure.startswith("1 of 2 notices not sent")
+
+
+def test_policy_warnings_are_artifact_rows() -> None:
+    report = _report(_notice("sent", ts="1.0"))
+    assert report.delivery is not None
+    report.delivery.warnings = ["incident g@1: reached level 3, policy 'default' now has 2"]
+    [row] = [r for r in artifact_rows(report) if r["result"] == "warning"]
+    assert row["reason"] == report.delivery.warnings[0] and row["kind"] == "definitions"

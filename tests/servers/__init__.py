@@ -9,6 +9,7 @@ from .ports import free_port
 from .prometheus import MetricSeries, PrometheusServer, Sample, openmetrics_text
 from .slack import DEFAULT_TOKEN, SlackRequest, SlackStandIn
 from .smtp import ReceivedMessage, SmtpServer
+from .unhealthy_proxy import UnhealthyProxy
 
 __all__ = [
     "DEFAULT_TOKEN",
@@ -21,6 +22,7 @@ __all__ = [
     "SlackRequest",
     "SlackStandIn",
     "SmtpServer",
+    "UnhealthyProxy",
     "free_port",
     "openmetrics_text",
 ]

@@ -4,7 +4,9 @@ data; invalid token -> clear error and email fallback."""
 
 from __future__ import annotations
 
+import re
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -12,17 +14,20 @@ from typing import Any
 import pytest
 from prefect_email import EmailServerCredentials
 
-from blocks import SlackEscalationTarget
+from blocks import RedisTarget, SlackEscalationTarget
 from blocks.resolve import FileOutbox
-from perfops.errors import ConnectionFailed
+from decisions.escalation import acknowledge
+from decisions.slo_definitions import parse_definitions
+from tasks import sla_delivery
 from tasks.sla_delivery import SlaStore, acknowledge_alert_in_store, deliver
 from tasks.slack.threads import FileMessenger, SlackMessenger
 from tests.servers import SlackStandIn, SmtpServer
-from tests.sla.helpers import T0, definitions
-from tests.sla.test_escalation import alert
+from tests.sla.helpers import DEFINITIONS, T0, definitions
+from tests.sla.test_escalation import RENAMED, TWO_LEVELS, alert
 
 D = definitions()
 FIRING = [alert("availability/page-fast")]
+MINUTE = timedelta(minutes=1)
 
 
 def posts(slack: SlackStandIn) -> list[dict[str, Any]]:
@@ -111,13 +116,72 @@ def test_invalid_token_falls_back_to_email(
     assert len(smtp_server.messages) == 1
 
 
-def test_no_fallback_configured_is_a_clear_error(store: SlaStore, slack: SlackStandIn) -> None:
+def test_no_fallback_configured_is_a_failed_notice_with_a_clear_reason(
+    store: SlaStore, slack: SlackStandIn
+) -> None:
     target = SlackEscalationTarget(
         bot_token="xoxb-wrong", channels=["#oncall"], api_base_url=slack.base_url
     )
-    with pytest.raises(ConnectionFailed, match=r"invalid_auth.*no email fallback configured"):
-        run(store, target, 0)
-    assert store.logged("x") is None
+    report = run(store, target, 0)
+    [d] = report.delivered
+    assert (d.outcome, d.sink) == ("failed", "skipped")
+    assert re.search(r"invalid_auth.*no email fallback configured", d.note)
+    assert store.logged(d.key) is None and store.pending() == []  # refused: nothing to look for
+
+
+# A second policy whose channel works; the default policy (#oncall) without an email fallback.
+TWO_POLICIES = parse_definitions(
+    DEFINITIONS.replace("    email_fallback: [oncall@example.test]\n", "").replace(
+        "slos:\n",
+        "  - name: platform\n"
+        "    levels:\n"
+        '      - {name: platform on-call, channel: "#incidents", after: 15m}\n'
+        "slos:\n",
+        1,
+    ),
+    "two-policies.yaml",
+)
+
+
+def test_a_notice_slack_refuses_without_fallback_does_not_stop_the_others(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    slack.set_member("#oncall", False)
+    errors = alert("error-rate-critical/threshold", slo="error-rate").model_copy(
+        update={"escalation": "platform"}
+    )
+    alerts = [alert("availability/page-fast"), errors]
+    report = deliver(store, SlackMessenger(slack_target), TWO_POLICIES, alerts, T0)
+    outcomes = {d.group: (d.outcome, d.note) for d in report.delivered}
+    failed, why = outcomes["default:slo=availability"]
+    assert failed == "failed"
+    assert "the Slack bot is not in #oncall" in why and "no email fallback configured" in why
+    assert outcomes["platform:slo=error-rate"] == ("sent", "")
+    assert [m["channel"] for m in slack.messages] == [slack.channel_id("#incidents")]
+    assert store.pending() == []  # Slack refused it: no marker left to look for
+    # Once the bot is invited, the next run fires the incident that could not be notified.
+    slack.set_member("#oncall", True)
+    report = deliver(store, SlackMessenger(slack_target), TWO_POLICIES, alerts, T0 + MINUTE)
+    assert [(d.group, d.kind, d.outcome) for d in report.delivered] == [
+        ("default:slo=availability", "fire", "sent")
+    ]
+
+
+def test_slack_down_without_fallback_keeps_the_marker_and_the_next_run_sends(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    store.mark_state()
+    run(store, slack_target, 0)  # fired
+    target = slack_target.model_copy(update={"max_retries": 0})
+    slack.fail_next(503, count=2)  # the post and its read-back: maybe stored, unconfirmed
+    report = deliver(store, SlackMessenger(target), TWO_POLICIES, FIRING, T0 + 15 * MINUTE)
+    [d] = report.delivered
+    assert (d.kind, d.outcome) == ("escalate", "failed")
+    assert "service_unavailable (HTTP 503)" in d.note and "no email fallback" in d.note
+    assert [n.key for n, _ in store.pending()] == [d.key]  # looked for by the next run
+    report = deliver(store, SlackMessenger(target), TWO_POLICIES, FIRING, T0 + 16 * MINUTE)
+    assert [(x.key, x.outcome) for x in report.delivered] == [(d.key, "sent")]
+    assert len(keys(slack)) == len(set(keys(slack))) == 2
 
 
 def test_two_concurrent_evaluators_send_once(
@@ -240,3 +304,151 @@ def test_slack_down_beyond_retries_falls_back_to_email(
     assert "service_unavailable (HTTP 503)" in d.note and "via file" in d.note
     assert len(list(tmp_path.glob("*.eml"))) == 1
     assert slack.messages == []
+
+
+def test_editing_the_policies_under_an_open_incident_keeps_it_notified(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn, tmp_path: Path
+) -> None:
+    messenger = SlackMessenger(slack_target)
+    for minute in (0, 16, 47):  # fire, level 2, level 3
+        run(store, slack_target, minute)
+    # The CTO level removed: no IndexError, the incident continues at level 2.
+    report = deliver(store, messenger, TWO_LEVELS, FIRING, T0 + 50 * MINUTE)
+    assert report.delivered == [] and "continues at level 2" in report.warnings[0]
+    assert store.incidents()["default:slo=availability"].level == 2
+    # The policy renamed: no StopIteration, the incident moves to the group its alert is in
+    # now (not resolved, not fired again).
+    renamed = [FIRING[0].model_copy(update={"escalation": "platform"})]
+    report = deliver(store, messenger, RENAMED, renamed, T0 + 51 * MINUTE)
+    assert (
+        report.delivered == []
+        and "continues as group platform:slo=availability" in (report.warnings[0])
+    )
+    [(group, state)] = store.incidents().items()
+    assert group == "platform:slo=availability" and state.policy == "platform"
+    assert len(slack.messages) == 3
+    # Slack down: the email fallback is the renamed policy's.
+    slack.fail_next(503, count=20)
+    failing = slack_target.model_copy(update={"max_retries": 0})
+    report = deliver(
+        store,
+        SlackMessenger(failing),
+        RENAMED,
+        [],
+        T0 + 52 * MINUTE,
+        email=FileOutbox(directory=tmp_path),
+    )
+    assert [(d.kind, d.outcome) for d in report.delivered] == [("resolved", "email fallback")] * 2
+    assert all("emailed oncall@example.test" in d.note for d in report.delivered)
+
+
+def test_a_slack_answer_outliving_the_lock_never_clears_an_acknowledgement(
+    redis_target: RedisTarget,
+    slack_target: SlackEscalationTarget,
+    slack: SlackStandIn,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The lock's 120 s scaled to 2 s; Slack answers the escalation after 4 s (as retries and
+    # Retry-After can), and `sla ack` takes the expired lock meanwhile.
+    monkeypatch.setattr(sla_delivery, "LOCK_TIMEOUT_S", 2)
+    store = SlaStore(redis_target)
+    target = slack_target.model_copy(update={"timeout_s": 10})
+    run(store, target, 0)
+    slack.delay_next(4, method="chat.postMessage")
+    reports = []
+    slow = threading.Thread(target=lambda: reports.append(run(store, target, 16)))
+    slow.start()
+    time.sleep(2.5)
+    ack = acknowledge_alert_in_store(
+        store, SlackMessenger(target), D, "availability/page-fast", "alice", T0 + 17 * MINUTE
+    )
+    slow.join()
+    assert ack.newly_acked
+    state = store.incidents()["default:slo=availability"]
+    assert (state.acked_by, state.acked_at) == ("alice", T0 + 17 * MINUTE)  # not cleared
+    [report] = reports
+    [d] = report.delivered
+    assert (d.kind, d.outcome) == ("escalate", "sent")  # Slack has it: logged, never resent
+    assert "expired (held over 2 s" in d.note and "acknowledgement there is kept" in d.note
+    assert "the rest of this run was not sent or recorded" in report.lock_lost
+    assert run(store, target, 47).delivered == []  # acknowledged: no level 3
+    assert len(keys(slack)) == len(set(keys(slack))) == 3  # fire, escalate, ack reply
+
+
+def test_after_the_lock_expired_the_rest_is_not_sent_and_says_why(
+    redis_target: RedisTarget, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    store = SlaStore(redis_target, lock_timeout_s=1)  # Slack answers after 2 s
+    target = slack_target.model_copy(update={"timeout_s": 10})
+    slack.delay_next(2, method="chat.postMessage")  # the first of two new incidents
+    both = [*FIRING, alert("error-rate-critical/threshold", slo="error-rate")]
+    report = run(store, target, 0, alerts=both)
+    first, second = report.delivered
+    assert first.outcome == "sent" and "expired (held over 1 s" in first.note
+    assert (second.outcome, second.sink) == ("failed", "skipped")
+    assert second.note.startswith("not sent: the SLA lock") and "next run decides" in second.note
+    assert len(slack.messages) == 1 and list(store.incidents()) == [first.group]  # recorded
+    report = run(store, target, 1, alerts=both)  # the next run catches up, nothing twice
+    assert [(d.group, d.outcome) for d in report.delivered] == [(second.group, "sent")]
+    assert len(keys(slack)) == len(set(keys(slack))) == 2
+
+
+def test_a_stale_save_keeps_an_acknowledgement_of_the_same_incident(
+    store: SlaStore, tmp_path: Path
+) -> None:
+    deliver(store, FileMessenger(FileOutbox(directory=tmp_path)), D, FIRING, T0)
+    [stale] = store.incidents().values()
+    store.save(acknowledge(stale, "alice", T0 + MINUTE))
+    store.save(stale.model_copy(update={"level": 2}))  # read before the ack, saved after it
+    [saved] = store.incidents().values()
+    assert (saved.level, saved.acked_by, saved.acked_at) == (2, "alice", T0 + MINUTE)
+
+
+def test_flapping_alerts_keep_the_first_message_current(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    fast, slow = alert("availability/page-fast"), alert("availability/page-slow")
+    for minute, firing in enumerate([[fast], [fast, slow], [fast], [fast, slow], [fast]]):
+        report = run(store, slack_target, minute, alerts=firing)
+        assert all(d.outcome in ("sent", "already sent") for d in report.delivered)
+    kinds = [d.kind for d in report.delivered]
+    assert kinds == ["update"] and report.delivered[0].outcome == "sent"  # not "already sent"
+    root = slack.messages[0]
+    assert root["text"] == "FIRING [critical] availability: level 1 (team lead)"
+    assert "page-fast" in str(root["blocks"]) and "page-slow" not in str(root["blocks"])
+    assert len(set(keys(slack))) == len(keys(slack))
+    assert len(root["updates"]) == 4  # the join re-rendered it, then each of the 3 changes
+
+
+def test_an_acknowledgement_interrupted_after_its_reply_does_not_reply_twice(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    run(store, slack_target, 0)
+
+    def ack(messenger: SlackMessenger):  # type: ignore[no-untyped-def]
+        return acknowledge_alert_in_store(
+            store, messenger, D, "availability/page-fast", "alice", T0 + 5 * MINUTE
+        )
+
+    with pytest.raises(KeyboardInterrupt):
+        ack(CrashAfterSend(slack_target))  # the reply is in Slack, nothing recorded
+    done = ack(SlackMessenger(slack_target))
+    assert [r.outcome for r in done.replies] == ["already sent"]
+    assert done.replies[0].ts == slack.messages[-1]["ts"]
+    assert [k.split(":")[-2] for k in keys(slack)] == ["fire", "ack"]  # one reply
+    assert done.state.acked_by == "alice" and store.pending() == []
+
+
+def test_an_acknowledgement_interrupted_before_its_reply_posts_it(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    run(store, slack_target, 0)
+    with pytest.raises(KeyboardInterrupt):
+        acknowledge_alert_in_store(
+            store, CrashBeforeSend(slack_target), D, "availability/page-fast", "bob", T0
+        )
+    done = acknowledge_alert_in_store(
+        store, SlackMessenger(slack_target), D, "availability/page-fast", "bob", T0
+    )
+    assert [r.outcome for r in done.replies] == ["sent"]
+    assert [k.split(":")[-2] for k in keys(slack)] == ["fire", "ack"]

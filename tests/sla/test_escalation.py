@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pytest
+
 from decisions.burn_rate import Alert
 from decisions.escalation import (
     IncidentState,
@@ -20,7 +22,9 @@ from decisions.escalation import (
     record,
 )
 from decisions.sla_notices import notice_blocks, notice_metadata, notice_text
-from tests.sla.helpers import T0, definitions
+from decisions.slo_definitions import parse_definitions
+from perfops.errors import ConfigurationError
+from tests.sla.helpers import DEFINITIONS, T0, definitions
 
 D = definitions()
 
@@ -50,9 +54,13 @@ class Sim:
     def __init__(self) -> None:
         self.states: dict[str, IncidentState] = {}
         self.sent: list[Notice] = []
+        self.definitions = D
 
     def step(self, now: datetime, alerts: list[Alert]) -> Plan:
-        plan = decide(now, alerts, self.states, D)
+        plan = decide(now, alerts, self.states, self.definitions)
+        for old, moved in plan.moved.items():
+            del self.states[old]
+            self.states[moved.group] = moved
         self.states.update(plan.states)
         for n in plan.notices:
             posted = PostedNotice(
@@ -271,3 +279,82 @@ def test_acknowledgement_replies_in_every_thread_of_the_incident() -> None:
     again = acknowledgement(replies[0].state_after, "bob", T0 + timedelta(minutes=55))
     assert [n.key for n in again] == [n.key for n in replies]  # the first ack stays
     assert again[0].state_after.acked_by == "alice"
+
+
+# deployments/slos.yaml edited while an incident is open: the CTO level removed; the policy
+# renamed (every item now escalates to "platform").
+TWO_LEVELS = parse_definitions(
+    DEFINITIONS.replace(
+        '      - {name: CTO, channel: "#incidents", mentions: [U0CTO], after: 60m}\n', ""
+    ),
+    "two-levels.yaml",
+)
+RENAMED = parse_definitions(
+    DEFINITIONS.replace("  - name: default\n", "  - name: platform\n")
+    .replace("    objective: 0.999\n", "    objective: 0.999\n    escalation: platform\n")
+    .replace("    slo: error-rate\n", "    slo: error-rate\n    escalation: platform\n")
+    .replace("    slo: api-latency\n", "    slo: api-latency\n    escalation: platform\n"),
+    "renamed.yaml",
+)
+
+
+def test_an_incident_past_its_policys_last_level_continues_at_the_last() -> None:
+    sim = Sim()
+    firing = [alert("availability/page-fast")]
+    sim.run(T0, 50, firing)
+    assert [n.level for n in sim.sent] == [1, 2, 3]
+    sim.definitions = TWO_LEVELS
+    plan = sim.step(T0 + timedelta(minutes=50), firing)
+    [warning] = plan.warnings
+    assert "reached level 3, policy 'default' now has 2: it continues at level 2" in warning
+    group = "default:slo=availability"
+    assert sim.states[group].level == 2  # saved: warned once
+    assert sim.step(T0 + timedelta(minutes=51), firing).warnings == []
+    sim.run(T0 + timedelta(minutes=52), 120, firing)
+    repeat = sim.sent[-1]  # reminders at the last level now defined, in its channel
+    assert (repeat.kind, repeat.level, repeat.level_name) == ("repeat", 2, "engineering manager")
+    assert repeat.channel == "#oncall" and repeat.mentions == ["U0MGR"]
+
+
+def test_an_incident_whose_policy_was_renamed_continues_in_its_thread() -> None:
+    sim = Sim()
+    firing = [alert("availability/page-fast")]
+    sim.run(T0, 5, firing)
+    [fired] = sim.sent
+    root = sim.states["default:slo=availability"].root_ts
+    sim.definitions = RENAMED
+    renamed = [firing[0].model_copy(update={"escalation": "platform"})]
+    plan = sim.step(T0 + timedelta(minutes=5), renamed)
+    assert plan.notices == []  # neither resolved nor fired again
+    assert list(plan.moved) == ["default:slo=availability"]
+    [warning] = plan.warnings
+    assert "policy 'default' is no longer defined" in warning
+    assert "continues as group platform:slo=availability under policy 'platform'" in warning
+    state = sim.states["platform:slo=availability"]
+    assert (state.incident, state.level, state.root_ts) == (fired.incident, 1, root)
+    assert "default:slo=availability" not in sim.states
+    sim.run(T0 + timedelta(minutes=6), 10, renamed)
+    escalated = sim.sent[-1]  # at the old incident's delay, in its thread
+    assert (escalated.kind, escalated.level, escalated.incident) == ("escalate", 2, fired.incident)
+    assert escalated.thread_ts == state.root_ts and escalated.at == T0 + timedelta(minutes=15)
+    sim.step(T0 + timedelta(minutes=20), [])
+    assert [n.kind for n in sim.sent] == ["fire", "escalate", "resolved"]
+
+
+def test_policy_names_the_defined_policies_when_unknown() -> None:
+    with pytest.raises(ConfigurationError, match=r"policy 'nope' is not defined .*have default"):
+        D.policy("nope")
+
+
+def test_each_change_of_the_alert_set_is_its_own_update_and_a_retry_the_same() -> None:
+    sim = Sim()
+    fast, slow = alert("availability/page-fast"), alert("availability/page-slow")
+    for minute, firing in enumerate([[fast], [fast, slow], [fast], [fast, slow], [fast]]):
+        sim.step(T0 + timedelta(minutes=minute), firing)
+    updates = [n for n in sim.sent if n.kind == "update"]
+    assert len(updates) == 3 and len({n.key for n in updates}) == 3  # A+B -> A comes twice
+    assert {n.level_name for n in updates} == {"team lead"}
+    state = sim.states["default:slo=availability"]
+    again = decide(T0 + timedelta(minutes=5), [fast, slow], {state.group: state}, D)
+    twice = decide(T0 + timedelta(minutes=5), [fast, slow], {state.group: state}, D)
+    assert [n.key for n in again.notices] == [n.key for n in twice.notices]

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from blocks import PrometheusSource, RedisTarget
-from decisions.burn_rate import evaluate
+from decisions.burn_rate import UNREACHABLE, evaluate
 from perfops.errors import ConfigurationError
 from tasks.prometheus.slis import fetch_measurements
 from tests.conftest import REDIS_TEST_URL
 from tests.records import artifact_rows, wait_for_events
-from tests.servers import PrometheusServer, SlackStandIn
+from tests.servers import PrometheusServer, SlackStandIn, UnhealthyProxy
 from tests.servers.slack import DEFAULT_TOKEN
 from tests.sla.conftest import OUTAGE, REGRESSION
 from tests.sla.helpers import DEFINITIONS, definitions
@@ -138,3 +138,41 @@ def test_flows_notify_escalate_ack_and_resolve(
     slo = next(x for x in evaluated[0].payload["slos"] if x["name"] == "availability")
     assert {"name", "objective", "window", "sli", "budget_remaining", "burn_rates"} <= set(slo)
     assert "alerts_firing" in evaluated[0].payload
+
+
+def test_notices_slack_refuses_without_fallback_end_failed_with_the_records_written(
+    prefect_harness: None, sla_env: Path, slack: SlackStandIn
+) -> None:
+    from flows.evaluate_slos import evaluate_slos
+
+    sla_env.write_text(DEFINITIONS.replace("    email_fallback: [oncall@example.test]\n", ""))
+    slack.set_member("#oncall", False)
+    state = evaluate_slos(definitions_path=str(sla_env), at=_at(3), return_state=True)
+    assert state.is_failed()
+    assert state.message is not None
+    assert state.message.startswith("2 of 2 notices not sent: default:slo=")
+    assert "the Slack bot is not in #oncall" in state.message
+    assert "no email fallback configured" in state.message
+    rows = artifact_rows("perfops-sla")  # written before the run ended
+    notices = [r for r in rows if r["kind"] == "notice fire"]
+    assert [r["result"] for r in notices] == ["failed", "failed"]
+    assert all("no email fallback configured" in str(r["reason"]) for r in notices)
+    assert slack.messages == []
+
+
+def test_prometheus_answering_503_after_retries_is_a_blind_run_that_fails(
+    prefect_harness: None, sla_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.evaluate_slos import evaluate_slos
+
+    with UnhealthyProxy(503) as proxy:  # Prometheus down behind its proxy
+        monkeypatch.setenv("PERFOPS_PROMETHEUS_URL", proxy.url)
+        state = evaluate_slos(definitions_path=str(sla_env), notify=False, return_state=True)
+    assert state.is_failed()
+    assert state.message is not None
+    assert state.message.startswith(f"no SLO or rule could be evaluated: {UNREACHABLE} at")
+    assert "HTTP Status Code 503" in state.message
+    rows = artifact_rows("perfops-sla")  # every item recorded as no data, why
+    items = [r for r in rows if r["kind"] in ("slo", "rule", "degradation")]
+    assert items and {r["result"] for r in items} == {"no data"}
+    assert all(str(r["reason"]).startswith(UNREACHABLE) for r in items)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from blocks import PrometheusSource
+from decisions.scaling_report import LoadQuery
 from perfops.errors import ConfigurationError, ConnectionFailed
+from tasks.load_history import read_load_history
 from tasks.prometheus.client import fetch_build_info, query_instant, query_range
 from tests.conftest import HISTORY_END, HISTORY_START, load_value
-from tests.servers import PrometheusServer
+from tests.servers import PrometheusServer, UnhealthyProxy
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
+MINUTE = timedelta(minutes=1)
 
 
 def test_range_over_the_whole_history_is_chunked_and_exact(prometheus: PrometheusServer) -> None:
@@ -62,3 +66,42 @@ def test_unreachable_prometheus() -> None:
     source = PrometheusSource(url="http://127.0.0.1:1", retries=0, timeout_s=2)
     with pytest.raises(ConnectionFailed, match="cannot reach Prometheus"):
         query_instant.fn(source, "up")
+
+
+@pytest.fixture()
+def unhealthy() -> Iterator[UnhealthyProxy]:
+    """A proxy in front of a Prometheus that is down: 503 for every request."""
+    with UnhealthyProxy(503) as proxy:
+        yield proxy
+
+
+def test_prometheus_unavailable_behind_a_proxy_is_unreachable_not_a_rejected_query(
+    unhealthy: UnhealthyProxy,
+) -> None:
+    source = PrometheusSource(url=unhealthy.url, retries=1)
+    with pytest.raises(ConnectionFailed) as caught:
+        query_instant.fn(source, "up")
+    message = str(caught.value)
+    assert message.startswith(f"cannot reach Prometheus at {unhealthy.url}: query 'up' answered")
+    assert "HTTP Status Code 503" in message and "no healthy upstream" in message
+    assert "(retried 1x)" in message and "rejected" not in message
+    assert len(unhealthy.requests) == 2  # the client's retry first
+    unhealthy.status = 429
+    with pytest.raises(ConnectionFailed, match="HTTP Status Code 429"):
+        query_range.fn(source, "up", HISTORY_END - timedelta(hours=1), HISTORY_END, MINUTE)
+
+
+def test_scaling_history_from_an_unavailable_prometheus_is_a_connection_failure(
+    unhealthy: UnhealthyProxy,
+) -> None:
+    source = PrometheusSource(url=unhealthy.url, retries=0)
+    with pytest.raises(ConnectionFailed, match="cannot reach Prometheus"):
+        read_load_history(source, LoadQuery(lookback=timedelta(hours=2)), datetime.now(UTC))
+
+
+def test_a_query_prometheus_refuses_is_still_rejected_not_unreachable(
+    prometheus: PrometheusServer,
+) -> None:
+    source = PrometheusSource(url=prometheus.url)
+    with pytest.raises(ConfigurationError, match=r"rejected query 'sum\(': HTTP Status Code 400"):
+        query_instant.fn(source, "sum(")
