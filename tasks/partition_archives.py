@@ -566,7 +566,8 @@ def load_archive(
         exists = conn.execute("select to_regclass(%s) is not null as found", (where,)).fetchone()
         if exists and exists["found"]:
             raise ConfigurationError(
-                f"{where} already exists: restore into a new name (--into) or drop it first"
+                f"{where} already exists: restore into another table (--table SCHEMA.NAME) "
+                "or drop it first"
             )
         columns = sql.SQL(", ").join(
             sql.SQL("{} {}{}").format(
