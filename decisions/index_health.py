@@ -7,10 +7,12 @@ From the index catalog (`tasks.postgres.indexes.IndexInfo` rows):
   `DROP INDEX CONCURRENTLY`): queries never use it, writes may still maintain it.
 - **duplicate**: same table, method, key columns (with their operator class, collation and
   order), INCLUDE columns and predicate as another index. The one kept is, in order, the one
-  backing a constraint, a unique one, then the first by name.
+  backing a constraint, a unique one, one not reported unused, then the first by name; when all
+  of them are reported unused, none is called a duplicate of another.
 - **covered**: a btree whose key columns are a strict prefix of another valid btree's on the same
   table with the same predicate (and whose INCLUDE columns the other has); never a unique index
-  or one backing a constraint.
+  or one backing a constraint, and never covered by an index reported unused (the advice is then
+  to keep the used narrow one and drop the unused wide one).
 - **unused**: valid, no scans since the statistics were reset, at least `min_size_bytes`, not
   unique, not backing a constraint.
 
@@ -266,6 +268,22 @@ def classify_indexes(
         if other is not None and _key(index) not in others:
             others[_key(index)] = other
 
+    def unused(index: IndexInfo) -> bool:
+        """Reported unused below (so a person may drop it): never kept in another's place."""
+        if not (
+            index.is_valid
+            and index.scans == 0
+            and index.size_bytes >= min_size_bytes
+            and not index.is_unique
+            and not index.is_primary
+            and not index.constraint_name
+        ):
+            return False
+        built = built_at(index.comment)
+        return not (built is not None and now is not None and now - built < grace)
+
+    to_drop_unused = {_key(i) for i in indexes if unused(i)}
+
     for index in indexes:
         if not index.is_valid:
             maintained = "writes still maintain it" if index.is_ready else "writes skip it"
@@ -286,7 +304,12 @@ def classify_indexes(
     for members in groups.values():
         if len(members) < 2:
             continue
-        keeper, *rest = sorted(members, key=_keep_order)
+        # Keep a used one where the flags allow: the index kept must not itself be advised away.
+        keeper, *rest = sorted(
+            members, key=lambda i: (*_keep_order(i)[:3], _key(i) in to_drop_unused, i.index_name)
+        )
+        if _key(keeper) in to_drop_unused:
+            continue  # all of them unused: each is reported unused, none kept for another
         for index in rest:
             dropped_as_duplicate.add(_key(index))
             add(
@@ -306,6 +329,7 @@ def classify_indexes(
             other
             for other in candidates
             if other is not index
+            and _key(other) not in to_drop_unused  # advised away itself: it covers nothing
             and (other.schema_name, other.table_name) == (index.schema_name, index.table_name)
             and _covers(shapes[_key(other)], shape)
         ]
@@ -315,16 +339,8 @@ def classify_indexes(
             add(index, "covered", f"covered by {_describe(best, shapes[_key(best)])}", best)
 
     for index in valid:
-        if (
-            index.scans == 0
-            and index.size_bytes >= min_size_bytes
-            and not index.is_unique
-            and not index.is_primary
-            and not index.constraint_name
-        ):
+        if _key(index) in to_drop_unused:  # (an index perfops built within `grace` is new)
             built = built_at(index.comment)
-            if built is not None and now is not None and now - built < grace:
-                continue  # new: built by perfops within the grace period
             since = (
                 f"statistics reset on {stats_reset:%Y-%m-%d}"
                 if stats_reset
@@ -456,7 +472,9 @@ def select_drops(
     """Decide, for each name a person gave, whether its index may be dropped.
 
     Only findings can be dropped, and only those not backing a constraint; a name that matches
-    nothing is "already gone" (a rerun after a drop), one that matches several is ambiguous.
+    nothing is "already gone" (a rerun after a drop), one that matches several is ambiguous. A
+    duplicate or covered index whose kept index (`other_index`) is asked to be dropped too is
+    refused: dropping both would leave nothing in their place.
     Without `apply` each droppable finding is "would drop"; with it, the finding goes into
     `to_drop` for `tasks.postgres.index_changes.drop_indexes`, which re-checks it under a lock.
     """
@@ -467,6 +485,7 @@ def select_drops(
     ]
     outcomes: list[DropOutcome] = []
     to_drop: list[IndexFinding] = []
+    dropping: list[tuple[int, IndexFinding]] = []  # (its outcome, the finding) of each would-drop
     seen: set[str] = set()
     for requested in names:
         matches = resolve_name(requested, indexes) or resolve_name(requested, locked)
@@ -541,7 +560,22 @@ def select_drops(
                 size_bytes=finding.size_bytes,
             )
         )
-        if apply:
+        dropping.append((len(outcomes) - 1, finding))
+    # An index dropped as a duplicate or as covered relies on the other index staying: when that
+    # one is asked to go too, dropping both would leave nothing serving those lookups.
+    going = {f.name for _, f in dropping}
+    for at, finding in dropping:
+        if finding.other_index is not None and finding.other_index in going:
+            outcomes[at] = outcomes[at].model_copy(
+                update={
+                    "status": "refused",
+                    "reason": f"{finding.kind}: it is {finding.kind} only while "
+                    f"{finding.other_index} stays, and {finding.other_index} is to be dropped "
+                    "in this run too: dropping both leaves nothing serving those lookups; "
+                    "drop one, then check again",
+                }
+            )
+        elif apply:
             to_drop.append(finding)
     return DropPlan(outcomes=outcomes, to_drop=to_drop)
 

@@ -476,3 +476,45 @@ def test_a_role_that_does_not_own_the_table_drops_nothing_and_says_what_it_needs
         with psycopg.connect(health_db, autocommit=True) as conn:
             conn.execute(sql.SQL("drop owned by {}").format(q(role)))
             conn.execute(sql.SQL("drop role {}").format(q(role)))
+
+
+def test_applying_every_advised_drop_never_leaves_a_used_lookup_without_an_index(
+    health_db: str,
+) -> None:
+    """t_a (a) is used, t_a_c (a, c) is not. Before, t_a was "covered by t_a_c" and t_a_c
+    "unused"; dropping both (as advised) left lookups on a with a Seq Scan."""
+    t = q(SCHEMA, "t")
+    with psycopg.connect(health_db, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "create table {} as select g as a, g % 7 as c, 'b' || g as b "
+                "from generate_series(1, 20000) g"
+            ).format(t)
+        )
+        conn.execute(sql.SQL("create index t_a on {} (a)").format(t))
+        conn.execute(sql.SQL("analyze {}").format(t))
+        conn.execute("set enable_seqscan = off")
+        conn.execute(sql.SQL("select * from {} where a = 5").format(t))  # uses t_a
+        conn.execute("select pg_stat_force_next_flush()")
+        conn.execute(sql.SQL("create index t_a_c on {} (a, c)").format(t))  # never used
+    _wait_for_scans(health_db, "t_a")
+    settings = SETTINGS.model_copy(update={"schemas": [SCHEMA]})
+    found = _findings(one_target(check_index_health, settings=settings))
+    assert "t_a" not in found  # used, and t_a_c, advised away, covers nothing
+    assert found["t_a_c"].kind == "unused"
+    report, _ = failed_run(
+        check_index_health(
+            settings=settings,
+            apply=True,
+            drop=[f'"{SCHEMA}".t_a', f'"{SCHEMA}".t_a_c'],
+            return_state=True,
+        )
+    )
+    got = {d.requested: d.status for d in report.drops}
+    assert got == {f'"{SCHEMA}".t_a': "refused", f'"{SCHEMA}".t_a_c': "dropped"}
+    with psycopg.connect(health_db) as conn:
+        conn.execute("set enable_seqscan = off")
+        plan = conn.execute(
+            sql.SQL("explain (format json) select * from {} where a = 5").format(t)
+        ).fetchone()
+    assert plan is not None and "t_a" in json.dumps(plan[0])
