@@ -54,6 +54,15 @@ class IndexInfo(BaseModel):
     comment: str | None = None  # COMMENT ON INDEX: perfops' build record, or the owner's
 
 
+class IndexLocation(BaseModel):
+    """Where an index is, read from pg_class alone in every schema (to place a name the catalog
+    read, limited to `--schema`, did not find)."""
+
+    schema_name: str
+    index_name: str
+    table_name: str
+
+
 class LockedTable(BaseModel):
     """A table whose indexes could not be read because another session held a lock on it."""
 
@@ -102,7 +111,7 @@ def built_at(comment: str | None) -> datetime | None:
 
 FindingKind = Literal["invalid", "duplicate", "covered", "unused"]
 _KIND_ORDER: dict[str, int] = {"invalid": 0, "duplicate": 1, "covered": 2, "unused": 3}
-DropStatus = Literal["would drop", "dropped", "already gone", "refused", "failed"]
+DropStatus = Literal["would drop", "dropped", "already gone", "not found", "refused", "failed"]
 
 
 def schemas_without_indexes(indexes: Sequence[IndexInfo], schemas: Sequence[str] | None) -> str:
@@ -468,11 +477,16 @@ def select_drops(
     apply: bool,
     locked_tables: Sequence[LockedTable] = (),
     min_size_bytes: int = DEFAULT_MIN_SIZE_BYTES,
+    elsewhere: Sequence[IndexLocation] = (),
+    schemas: Sequence[str] = (),
 ) -> DropPlan:
     """Decide, for each name a person gave, whether its index may be dropped.
 
-    Only findings can be dropped, and only those not backing a constraint; a name that matches
-    nothing is "already gone" (a rerun after a drop), one that matches several is ambiguous. A
+    Only findings can be dropped, and only those not backing a constraint; one that matches
+    several is ambiguous. A name the catalog read (limited to `schemas`) did not find is placed
+    with `elsewhere` (every index of the database, by name): one outside `schemas` is refused,
+    naming `--schema`; one in no schema is "not found" (never existed, or already dropped: this
+    run cannot tell which, so it is not done). A
     duplicate or covered index whose kept index (`other_index`) is asked to be dropped too is
     refused: dropping both would leave nothing in their place.
     Without `apply` each droppable finding is "would drop"; with it, the finding goes into
@@ -490,14 +504,7 @@ def select_drops(
     for requested in names:
         matches = resolve_name(requested, indexes) or resolve_name(requested, locked)
         if not matches:
-            outcomes.append(
-                DropOutcome(
-                    requested=requested,
-                    name=requested,
-                    status="already gone",
-                    reason="no index of that name in the database (dropped already?)",
-                )
-            )
+            outcomes.append(_unmatched(requested, elsewhere, schemas))
             continue
         if len(matches) > 1:
             spelled = ", ".join(
@@ -578,6 +585,31 @@ def select_drops(
         elif apply:
             to_drop.append(finding)
     return DropPlan(outcomes=outcomes, to_drop=to_drop)
+
+
+def _unmatched(
+    requested: str, elsewhere: Sequence[IndexLocation], schemas: Sequence[str]
+) -> DropOutcome:
+    """A name the catalog read did not find: outside the schemas checked, or nowhere."""
+    found = resolve_name(requested, elsewhere)
+    if found:
+        where = ", ".join(sorted(qualified_name(f.schema_name, f.index_name) for f in found))
+        checked = ", ".join(dict.fromkeys(schemas)) if schemas else "all"
+        add = " ".join(f"--schema {s}" for s in sorted({f.schema_name for f in found}))
+        return DropOutcome(
+            requested=requested,
+            name=requested,
+            status="refused",
+            reason=f"{where} is outside the schemas checked ({checked}; --schema): not "
+            f"checked, so not dropped; add {add} to check it",
+        )
+    return DropOutcome(
+        requested=requested,
+        name=requested,
+        status="not found",
+        reason=f"no index named {requested} in the database (never existed, or already "
+        "dropped): nothing dropped; check the name",
+    )
 
 
 def _why_kept(index: IndexInfo, min_size_bytes: int) -> str:

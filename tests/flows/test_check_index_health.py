@@ -212,9 +212,14 @@ def test_apply_drops_exactly_the_named_index_concurrently_and_reruns_cleanly(
     ).payload
     assert [i["index"] for i in payload["indexes"]] == ['"Health Q"."i""; DROP INDEX y; --"']
 
-    again = one_target(check_index_health, settings=SETTINGS, apply=True, drop=[requested])
+    # A rerun cannot tell "dropped by the last run" from a typo: it fails, saying both.
+    again, message = failed_run(
+        check_index_health(settings=SETTINGS, apply=True, drop=[requested], return_state=True)
+    )
     [d] = again.drops
-    assert d.status == "already gone"
+    assert d.status == "not found"
+    assert "(never existed, or already dropped)" in d.reason
+    assert message.startswith("1 of 1 drops not done: ")
     assert HOSTILE_INDEX not in _findings(again)
 
 
@@ -518,3 +523,46 @@ def test_applying_every_advised_drop_never_leaves_a_used_lookup_without_an_index
             sql.SQL("explain (format json) select * from {} where a = 5").format(t)
         ).fetchone()
     assert plan is not None and "t_a" in json.dumps(plan[0])
+
+
+def test_cli_a_drop_outside_schema_or_of_no_index_exits_1_saying_which(
+    health_db: str,
+    perfops: Callable[[list[str]], int],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before, both were "already gone: no index of that name in the database (dropped
+    already?)" and the command exited 0."""
+    with psycopg.connect(health_db, autocommit=True) as conn:
+        conn.execute("drop schema if exists health_other cascade")
+        conn.execute("create schema health_other")
+        conn.execute("create table health_other.t (a int)")
+        conn.execute("create index other_idx on health_other.t (a)")
+    try:
+        code = perfops(
+            [
+                *HEALTH,
+                "--dsn",
+                health_db,
+                "--json",
+                "--apply",
+                "--drop",
+                "health_other.other_idx",
+                "--drop",
+                f"{SCHEMA}.no_such_idx",
+            ]
+        )
+        captured = capsys.readouterr()
+        assert code == 1
+        drops = {d["requested"]: d for d in json.loads(captured.out)["drops"]}
+        outside = drops["health_other.other_idx"]
+        assert outside["status"] == "refused"
+        assert "outside the schemas checked (Health Q; --schema)" in outside["reason"]
+        assert "add --schema health_other" in outside["reason"]
+        assert drops[f"{SCHEMA}.no_such_idx"]["status"] == "not found"
+        with psycopg.connect(health_db) as conn:
+            assert conn.execute(
+                "select to_regclass('health_other.other_idx') is not null"
+            ).fetchone() == (True,)
+    finally:
+        with psycopg.connect(health_db, autocommit=True) as conn:
+            conn.execute("drop schema if exists health_other cascade")
