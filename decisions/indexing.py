@@ -32,6 +32,8 @@ from pglast.enums.primnodes import BoolExprType, BoolTestType, NullTestType, Sub
 from pglast.parser import ParseError
 from pydantic import BaseModel, Field
 
+from perfops.names import names_table
+
 MAX_INDEX_COLUMNS = 3
 MAX_INCLUDE_COLUMNS = 2  # a covering index stays narrow: at most this many INCLUDE columns
 PARTIAL_MAX_SHARE = 0.5
@@ -972,5 +974,6 @@ def _benefit(
 
 
 def table_matches(ref: TableRef, patterns: Sequence[str]) -> bool:
-    """Does `ref` match any of `name` / `schema.name`?"""
-    return any(p in (ref.name, str(ref)) for p in patterns)
+    """Does `ref` match any of `name` / `schema.name`, as stored or as PostgreSQL reads it
+    (`"Sales"."Events"`, the form errors list; `perfops.names`)?"""
+    return any(names_table(p, ref.schema, ref.name) for p in patterns)

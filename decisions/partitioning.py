@@ -37,6 +37,8 @@ from pydantic import (
     model_validator,
 )
 
+from perfops.names import read_qualified
+
 PG_MAX_IDENTIFIER = 63
 DEFAULT_PREMAKE = 3
 DEFAULT_MAX_CREATED_PER_RUN = 24
@@ -85,16 +87,6 @@ def _shorter_than(n: int, unit: Interval, interval: Interval) -> bool:
     return n * _MIN_HOURS[unit] < _MAX_HOURS[interval]
 
 
-_PART = r'(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")'
-_QUALIFIED = re.compile(rf"({_PART})\.({_PART})")
-
-
-def _unquote(part: str) -> str:
-    if part.startswith('"'):
-        return part[1:-1].replace('""', '"')
-    return part.lower()  # PostgreSQL folds unquoted names to lower case
-
-
 def split_table(value: str) -> tuple[str, str]:
     """`schema.table` as PostgreSQL reads it -> (schema, table) as stored in the catalog.
 
@@ -102,13 +94,13 @@ def split_table(value: str) -> tuple[str, str]:
     double quotes is kept as written, any character allowed (`"Audit Logs"`, with `""` for a
     quote). Everything downstream passes the names through `psycopg.sql.Identifier`.
     """
-    match = _QUALIFIED.fullmatch(value.strip())
-    if not match:
+    read = read_qualified(value)
+    if read is None:
         raise ValueError(
             f"table {value!r} must be schema-qualified, e.g. public.audit_logs or "
             '"My Schema"."Audit Logs" (quote a part that has capitals, spaces or dots)'
         )
-    schema_name, table_name = _unquote(match.group(1)), _unquote(match.group(2))
+    schema_name, table_name = read
     for name in (schema_name, table_name):
         if len(name.encode()) > PG_MAX_IDENTIFIER or "\x00" in name:
             raise ValueError(f"{name!r} is not a PostgreSQL identifier (at most 63 bytes)")

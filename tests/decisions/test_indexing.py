@@ -16,6 +16,7 @@ from decisions.indexing import (
     covering_index,
     index_name,
     query_shape,
+    table_matches,
 )
 
 ORDERS = TableRef("public", "orders")
@@ -212,3 +213,14 @@ def test_index_names_differ_where_their_readable_parts_collide() -> None:
         assert one != two, (one, two)
         assert len(one.encode()) <= 63 and len(two.encode()) <= 63
     assert index_name(_candidate("customer_id")) == index_name(_candidate("customer_id"))
+
+
+def test_include_tables_takes_a_name_as_stored_or_as_sql_quotes_it() -> None:
+    """The same convention as `stats --table` and `partitions rotate --table`: the quoted form
+    errors list, and the stored form as before."""
+    ref = TableRef("Sales", "Events")
+    for name in ('"Sales"."Events"', "Sales.Events", '"Events"', "Events"):
+        assert table_matches(ref, [name]), name
+    for name in ("sales.events", "Other.Events", '"sales"."Events"'):
+        assert not table_matches(ref, [name]), name
+    assert table_matches(TableRef("public", "orders"), ["PUBLIC.Orders"])  # folded, as SQL
