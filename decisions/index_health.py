@@ -7,10 +7,12 @@ From the index catalog (`tasks.postgres.indexes.IndexInfo` rows):
   `DROP INDEX CONCURRENTLY`): queries never use it, writes may still maintain it.
 - **duplicate**: same table, method, key columns (with their operator class, collation and
   order), INCLUDE columns and predicate as another index. The one kept is, in order, the one
-  backing a constraint, a unique one, then the first by name.
+  backing a constraint, a unique one, one not reported unused, then the first by name; when all
+  of them are reported unused, none is called a duplicate of another.
 - **covered**: a btree whose key columns are a strict prefix of another valid btree's on the same
   table with the same predicate (and whose INCLUDE columns the other has); never a unique index
-  or one backing a constraint.
+  or one backing a constraint, and never covered by an index reported unused (the advice is then
+  to keep the used narrow one and drop the unused wide one).
 - **unused**: valid, no scans since the statistics were reset, at least `min_size_bytes`, not
   unique, not backing a constraint.
 
@@ -50,6 +52,15 @@ class IndexInfo(BaseModel):
     scans: int  # idx_scan since the last statistics reset
     definition: str  # pg_get_indexdef
     comment: str | None = None  # COMMENT ON INDEX: perfops' build record, or the owner's
+
+
+class IndexLocation(BaseModel):
+    """Where an index is, read from pg_class alone in every schema (to place a name the catalog
+    read, limited to `--schema`, did not find)."""
+
+    schema_name: str
+    index_name: str
+    table_name: str
 
 
 class LockedTable(BaseModel):
@@ -100,7 +111,7 @@ def built_at(comment: str | None) -> datetime | None:
 
 FindingKind = Literal["invalid", "duplicate", "covered", "unused"]
 _KIND_ORDER: dict[str, int] = {"invalid": 0, "duplicate": 1, "covered": 2, "unused": 3}
-DropStatus = Literal["would drop", "dropped", "already gone", "refused", "failed"]
+DropStatus = Literal["would drop", "dropped", "already gone", "not found", "refused", "failed"]
 
 
 def schemas_without_indexes(indexes: Sequence[IndexInfo], schemas: Sequence[str] | None) -> str:
@@ -266,6 +277,22 @@ def classify_indexes(
         if other is not None and _key(index) not in others:
             others[_key(index)] = other
 
+    def unused(index: IndexInfo) -> bool:
+        """Reported unused below (so a person may drop it): never kept in another's place."""
+        if not (
+            index.is_valid
+            and index.scans == 0
+            and index.size_bytes >= min_size_bytes
+            and not index.is_unique
+            and not index.is_primary
+            and not index.constraint_name
+        ):
+            return False
+        built = built_at(index.comment)
+        return not (built is not None and now is not None and now - built < grace)
+
+    to_drop_unused = {_key(i) for i in indexes if unused(i)}
+
     for index in indexes:
         if not index.is_valid:
             maintained = "writes still maintain it" if index.is_ready else "writes skip it"
@@ -286,7 +313,12 @@ def classify_indexes(
     for members in groups.values():
         if len(members) < 2:
             continue
-        keeper, *rest = sorted(members, key=_keep_order)
+        # Keep a used one where the flags allow: the index kept must not itself be advised away.
+        keeper, *rest = sorted(
+            members, key=lambda i: (*_keep_order(i)[:3], _key(i) in to_drop_unused, i.index_name)
+        )
+        if _key(keeper) in to_drop_unused:
+            continue  # all of them unused: each is reported unused, none kept for another
         for index in rest:
             dropped_as_duplicate.add(_key(index))
             add(
@@ -306,6 +338,7 @@ def classify_indexes(
             other
             for other in candidates
             if other is not index
+            and _key(other) not in to_drop_unused  # advised away itself: it covers nothing
             and (other.schema_name, other.table_name) == (index.schema_name, index.table_name)
             and _covers(shapes[_key(other)], shape)
         ]
@@ -315,16 +348,8 @@ def classify_indexes(
             add(index, "covered", f"covered by {_describe(best, shapes[_key(best)])}", best)
 
     for index in valid:
-        if (
-            index.scans == 0
-            and index.size_bytes >= min_size_bytes
-            and not index.is_unique
-            and not index.is_primary
-            and not index.constraint_name
-        ):
+        if _key(index) in to_drop_unused:  # (an index perfops built within `grace` is new)
             built = built_at(index.comment)
-            if built is not None and now is not None and now - built < grace:
-                continue  # new: built by perfops within the grace period
             since = (
                 f"statistics reset on {stats_reset:%Y-%m-%d}"
                 if stats_reset
@@ -452,11 +477,18 @@ def select_drops(
     apply: bool,
     locked_tables: Sequence[LockedTable] = (),
     min_size_bytes: int = DEFAULT_MIN_SIZE_BYTES,
+    elsewhere: Sequence[IndexLocation] = (),
+    schemas: Sequence[str] = (),
 ) -> DropPlan:
     """Decide, for each name a person gave, whether its index may be dropped.
 
-    Only findings can be dropped, and only those not backing a constraint; a name that matches
-    nothing is "already gone" (a rerun after a drop), one that matches several is ambiguous.
+    Only findings can be dropped, and only those not backing a constraint; one that matches
+    several is ambiguous. A name the catalog read (limited to `schemas`) did not find is placed
+    with `elsewhere` (every index of the database, by name): one outside `schemas` is refused,
+    naming `--schema`; one in no schema is "not found" (never existed, or already dropped: this
+    run cannot tell which, so it is not done). A
+    duplicate or covered index whose kept index (`other_index`) is asked to be dropped too is
+    refused: dropping both would leave nothing in their place.
     Without `apply` each droppable finding is "would drop"; with it, the finding goes into
     `to_drop` for `tasks.postgres.index_changes.drop_indexes`, which re-checks it under a lock.
     """
@@ -467,18 +499,12 @@ def select_drops(
     ]
     outcomes: list[DropOutcome] = []
     to_drop: list[IndexFinding] = []
+    dropping: list[tuple[int, IndexFinding]] = []  # (its outcome, the finding) of each would-drop
     seen: set[str] = set()
     for requested in names:
         matches = resolve_name(requested, indexes) or resolve_name(requested, locked)
         if not matches:
-            outcomes.append(
-                DropOutcome(
-                    requested=requested,
-                    name=requested,
-                    status="already gone",
-                    reason="no index of that name in the database (dropped already?)",
-                )
-            )
+            outcomes.append(_unmatched(requested, elsewhere, schemas))
             continue
         if len(matches) > 1:
             spelled = ", ".join(
@@ -541,9 +567,49 @@ def select_drops(
                 size_bytes=finding.size_bytes,
             )
         )
-        if apply:
+        dropping.append((len(outcomes) - 1, finding))
+    # An index dropped as a duplicate or as covered relies on the other index staying: when that
+    # one is asked to go too, dropping both would leave nothing serving those lookups.
+    going = {f.name for _, f in dropping}
+    for at, finding in dropping:
+        if finding.other_index is not None and finding.other_index in going:
+            outcomes[at] = outcomes[at].model_copy(
+                update={
+                    "status": "refused",
+                    "reason": f"{finding.kind}: it is {finding.kind} only while "
+                    f"{finding.other_index} stays, and {finding.other_index} is to be dropped "
+                    "in this run too: dropping both leaves nothing serving those lookups; "
+                    "drop one, then check again",
+                }
+            )
+        elif apply:
             to_drop.append(finding)
     return DropPlan(outcomes=outcomes, to_drop=to_drop)
+
+
+def _unmatched(
+    requested: str, elsewhere: Sequence[IndexLocation], schemas: Sequence[str]
+) -> DropOutcome:
+    """A name the catalog read did not find: outside the schemas checked, or nowhere."""
+    found = resolve_name(requested, elsewhere)
+    if found:
+        where = ", ".join(sorted(qualified_name(f.schema_name, f.index_name) for f in found))
+        checked = ", ".join(dict.fromkeys(schemas)) if schemas else "all"
+        add = " ".join(f"--schema {s}" for s in sorted({f.schema_name for f in found}))
+        return DropOutcome(
+            requested=requested,
+            name=requested,
+            status="refused",
+            reason=f"{where} is outside the schemas checked ({checked}; --schema): not "
+            f"checked, so not dropped; add {add} to check it",
+        )
+    return DropOutcome(
+        requested=requested,
+        name=requested,
+        status="not found",
+        reason=f"no index named {requested} in the database (never existed, or already "
+        "dropped): nothing dropped; check the name",
+    )
 
 
 def _why_kept(index: IndexInfo, min_size_bytes: int) -> str:

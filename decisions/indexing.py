@@ -32,6 +32,8 @@ from pglast.enums.primnodes import BoolExprType, BoolTestType, NullTestType, Sub
 from pglast.parser import ParseError
 from pydantic import BaseModel, Field
 
+from perfops.names import names_table
+
 MAX_INDEX_COLUMNS = 3
 MAX_INCLUDE_COLUMNS = 2  # a covering index stays narrow: at most this many INCLUDE columns
 PARTIAL_MAX_SHARE = 0.5
@@ -710,7 +712,13 @@ def same_keys(existing: Sequence[str], wanted: Sequence[str]) -> bool:
 
 
 def index_name(candidate: Candidate) -> str:
-    """`perfops_idx_<table>_<columns>`, shortened with a hash to PostgreSQL's 63 bytes."""
+    """`perfops_idx_<table>_<columns>_<hash>`: readable, and unique per candidate.
+
+    The readable part is lowercased, every character but letters, digits and `_` becomes `_`,
+    and parts are joined with `_`, so it alone would collide (`"order"(item_sku)` and
+    `order_item(sku)`, `"Orders"` and `orders`). The 8 hex digits of a hash of the candidate's
+    key (schema, table, columns, directions, INCLUDE, WHERE, as written) make the name unique;
+    the readable part is cut so the whole fits PostgreSQL's 63 bytes."""
     keys = [f"{c}_desc" if c in candidate.descending else c for c in candidate.columns]
     if candidate.include:
         keys += ["incl", *candidate.include]
@@ -720,10 +728,9 @@ def index_name(candidate: Candidate) -> str:
         keys += [candidate.predicate.value] if candidate.predicate.value else []
     name = f"perfops_idx_{candidate.table_name}_{'_'.join(keys)}".lower()
     name = re.sub(r"_+", "_", "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name))
-    if len(name.encode()) <= PG_MAX_IDENTIFIER:
-        return name
     digest = hashlib.sha1(candidate.key.encode()).hexdigest()[:8]  # noqa: S324 - a name, not security
-    return f"{name.encode()[: PG_MAX_IDENTIFIER - 9].decode(errors='ignore')}_{digest}"
+    readable = name.encode()[: PG_MAX_IDENTIFIER - 9].decode(errors="ignore").rstrip("_")
+    return f"{readable}_{digest}"
 
 
 # --------------------------------------------------------------------------- choice
@@ -967,5 +974,6 @@ def _benefit(
 
 
 def table_matches(ref: TableRef, patterns: Sequence[str]) -> bool:
-    """Does `ref` match any of `name` / `schema.name`?"""
-    return any(p in (ref.name, str(ref)) for p in patterns)
+    """Does `ref` match any of `name` / `schema.name`, as stored or as PostgreSQL reads it
+    (`"Sales"."Events"`, the form errors list; `perfops.names`)?"""
+    return any(names_table(p, ref.schema, ref.name) for p in patterns)

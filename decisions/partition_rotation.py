@@ -17,6 +17,7 @@ from decisions.partitioning import (
     HashPlan,
     PartitionPolicy,
     RotationPlan,
+    partition_label,
 )
 from perfops.priority import MAX_NICENESS
 
@@ -45,43 +46,55 @@ class CreatedPartition(BaseModel):
 DetachMode = Literal["concurrently", "plain", "finalized", "already detached"]
 
 
-class Expiring(BaseModel):
-    """An expired partition to detach, with the bounds its expiry mark records."""
+class _Child(BaseModel):
+    """A child table of the rotated parent: its name and, when it is not the parent's, its
+    schema (PostgreSQL lets a partition live in any schema; every step names it by both)."""
 
     name: str
+    schema_name: str | None = Field(default=None, description="None: the parent's schema.")
+
+    @property
+    def label(self) -> str:
+        """The bare name in the parent's schema, `schema.name` elsewhere (reports key by it)."""
+        return partition_label(self.schema_name, self.name)
+
+
+class Expiring(_Child):
+    """An expired partition to detach, with the bounds its expiry mark records."""
+
     lower: datetime | None = None
     upper: datetime | None = None
 
 
 class Detached(BaseModel):
-    """What detaching one partition did: its mode, or why it failed (it stays attached)."""
+    """What detaching one partition did: its mode, or why it failed (it stays attached).
+    `name` is the partition's label (`schema.name` outside the parent's schema)."""
 
     name: str
     mode: DetachMode | None = None
     error: str | None = None
 
 
-class ToDrop(BaseModel):
+class ToDrop(_Child):
     """A detached expired table to drop, and the rows its verified archive holds (None for the
     `drop` action, which keeps no archive)."""
 
-    name: str
     expected_rows: int | None = None
 
 
 class Dropped(BaseModel):
-    """What dropping one table did: the rows it held, or why it was kept."""
+    """What dropping one table did: the rows it held, or why it was kept. `name` is the
+    table's label (`schema.name` outside the parent's schema)."""
 
     name: str
     rows: int | None = None
     error: str | None = None
 
 
-class ExpiredTable(BaseModel):
+class ExpiredTable(_Child):
     """One table to retire this run: an expired partition still attached (`attached`), or one an
     earlier run detached and left behind."""
 
-    name: str
     lower: datetime | None = None
     upper: datetime | None = None
     attached: bool
@@ -171,7 +184,7 @@ class RotationSettings(BaseModel):
 
 
 class ExpiryOutcome(BaseModel):
-    partition: str
+    partition: str = Field(description="The table's label: `schema.name` outside the parent's.")
     action: ExpiredAction
     status: Status
     detach_mode: str | None = None
@@ -309,7 +322,7 @@ def artifact_rows(report: RotationReport) -> list[dict[str, Any]]:
             for h in t.plan.health:
                 add(t.table, "health", "", "", f"{h.kind}: {h.detail}", "")
             for k in t.plan.kept:
-                add(t.table, "keep", k.name, "", k.reason, "kept")
+                add(t.table, "keep", k.label, "", k.reason, "kept")
         if t.hash_plan:
             add(
                 t.table,
@@ -320,7 +333,7 @@ def artifact_rows(report: RotationReport) -> list[dict[str, Any]]:
                 ", ".join(f"{c.name} {c.status}" for c in t.created)
                 or ("planned" if t.hash_plan.missing else "ok"),
             )
-        reasons = {e.name: e.reason for e in t.plan.expire} if t.plan else {}
+        reasons = {e.label: e.reason for e in t.plan.expire} if t.plan else {}
         for e in t.expired:
             add(
                 t.table,
@@ -341,14 +354,14 @@ def planned_outcomes(
     plan: RotationPlan, detached: list[str], policy: PartitionPolicy
 ) -> list[ExpiryOutcome]:
     """What a dry run would do with each expired partition and with each table an earlier run
-    detached (`detached`, by name) and left behind."""
+    detached (`detached`, by label) and left behind."""
     verb: dict[ExpiredAction, Status] = {
         "archive_then_drop": "would archive then drop",
         "detach_only": "would detach",
         "drop": "would drop",
     }
     return [
-        ExpiryOutcome(partition=e.name, action=e.action, status=verb[e.action], detail=e.reason)
+        ExpiryOutcome(partition=e.label, action=e.action, status=verb[e.action], detail=e.reason)
         for e in plan.expire
     ] + [
         ExpiryOutcome(
@@ -399,10 +412,13 @@ def rotation_events(report: RotationReport) -> list[tuple[str, str, dict[str, An
 def to_retire(plan: RotationPlan, leftovers: list[ExpiredTable]) -> list[ExpiredTable]:
     """This run's expired partitions (to detach), then the tables earlier runs detached and left
     (already detached), each once."""
-    expiring = {e.name for e in plan.expire}
+    expiring = {e.label for e in plan.expire}
     return [
-        ExpiredTable(name=e.name, lower=e.lower, upper=e.upper, attached=True) for e in plan.expire
-    ] + [t for t in leftovers if t.name not in expiring]
+        ExpiredTable(
+            name=e.name, schema_name=e.schema_name, lower=e.lower, upper=e.upper, attached=True
+        )
+        for e in plan.expire
+    ] + [t for t in leftovers if t.label not in expiring]
 
 
 def record_detaches(
@@ -412,21 +428,21 @@ def record_detaches(
     detached: dict[str, Detached],
     lock_timeout_ms: int,
 ) -> list[tuple[ExpiryOutcome, ExpiredTable]]:
-    """Record what detaching did to each table to retire (`detached`, by name, for the ones this
+    """Record what detaching did to each table to retire (`detached`, by label, for the ones this
     run detached) and return those that go on to be archived or dropped. A partition that could
     not be detached stays attached, fails, and goes no further."""
     ready: list[tuple[ExpiryOutcome, ExpiredTable]] = []
     for table in retiring:
         outcome = ExpiryOutcome(
-            partition=table.name, action=policy.expired_action, status="detached"
+            partition=table.label, action=policy.expired_action, status="detached"
         )
         result.expired.append(outcome)
         if table.attached:
-            done = detached[table.name]
+            done = detached[table.label]
             if done.mode is None:
                 outcome.status = "failed"
-                outcome.detail = f"{done.error}; nothing dropped, {table.name} stays attached"
-                record_problem(result, f"detaching {table.name} failed: {outcome.detail}")
+                outcome.detail = f"{done.error}; nothing dropped, {table.label} stays attached"
+                record_problem(result, f"detaching {table.label} failed: {outcome.detail}")
                 continue
             outcome.detach_mode = done.mode
             if done.mode == "plain":
@@ -484,10 +500,10 @@ def record_preflight_failure(
         where = "stays attached" if table.attached else "stays detached"
         result.expired.append(
             ExpiryOutcome(
-                partition=table.name,
+                partition=table.label,
                 action=policy.expired_action,
                 status="failed",
-                detail=f"not detached, nothing dropped: {table.name} {where}",
+                detail=f"not detached, nothing dropped: {table.label} {where}",
             )
         )
     record_problem(

@@ -37,6 +37,8 @@ from pydantic import (
     model_validator,
 )
 
+from perfops.names import read_qualified
+
 PG_MAX_IDENTIFIER = 63
 DEFAULT_PREMAKE = 3
 DEFAULT_MAX_CREATED_PER_RUN = 24
@@ -85,16 +87,6 @@ def _shorter_than(n: int, unit: Interval, interval: Interval) -> bool:
     return n * _MIN_HOURS[unit] < _MAX_HOURS[interval]
 
 
-_PART = r'(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")'
-_QUALIFIED = re.compile(rf"({_PART})\.({_PART})")
-
-
-def _unquote(part: str) -> str:
-    if part.startswith('"'):
-        return part[1:-1].replace('""', '"')
-    return part.lower()  # PostgreSQL folds unquoted names to lower case
-
-
 def split_table(value: str) -> tuple[str, str]:
     """`schema.table` as PostgreSQL reads it -> (schema, table) as stored in the catalog.
 
@@ -102,13 +94,13 @@ def split_table(value: str) -> tuple[str, str]:
     double quotes is kept as written, any character allowed (`"Audit Logs"`, with `""` for a
     quote). Everything downstream passes the names through `psycopg.sql.Identifier`.
     """
-    match = _QUALIFIED.fullmatch(value.strip())
-    if not match:
+    read = read_qualified(value)
+    if read is None:
         raise ValueError(
             f"table {value!r} must be schema-qualified, e.g. public.audit_logs or "
             '"My Schema"."Audit Logs" (quote a part that has capitals, spaces or dots)'
         )
-    schema_name, table_name = _unquote(match.group(1)), _unquote(match.group(2))
+    schema_name, table_name = read
     for name in (schema_name, table_name):
         if len(name.encode()) > PG_MAX_IDENTIFIER or "\x00" in name:
             raise ValueError(f"{name!r} is not a PostgreSQL identifier (at most 63 bytes)")
@@ -435,14 +427,29 @@ def partition_name(
 # --------------------------------------------------------------------------- what exists
 
 
+def partition_label(schema_name: str | None, name: str) -> str:
+    """A child as reports name it: its bare name when it lives in the parent's schema
+    (`schema_name` None), `schema.name` when it lives elsewhere."""
+    return name if schema_name is None else f"{schema_name}.{name}"
+
+
 class ExistingPartition(BaseModel):
     """One child of a range-partitioned table, bounds parsed from pg_get_expr(relpartbound)."""
 
     name: str = Field(description="The child's table name (no schema).")
+    schema_name: str | None = Field(
+        default=None,
+        description="The child's schema when it is not the parent's (None: the parent's). "
+        "PostgreSQL lets a partition live in any schema; every step names it by both.",
+    )
     lower: AwareDatetime | None = Field(default=None, description="FROM bound; None: MINVALUE.")
     upper: AwareDatetime | None = Field(default=None, description="TO bound; None: MAXVALUE.")
     is_default: bool = Field(default=False, description="The DEFAULT partition (no bounds).")
     rows_estimate: int = Field(default=0, ge=-1, description="pg_class.reltuples (-1 unknown).")
+
+    @property
+    def label(self) -> str:
+        return partition_label(self.schema_name, self.name)
 
 
 class DefaultRows(BaseModel):
@@ -464,19 +471,29 @@ class PlannedPartition(BaseModel):
 
 class PlannedExpiry(BaseModel):
     name: str
+    schema_name: str | None = Field(default=None, description="None: the parent's schema.")
     lower: datetime | None
     upper: datetime | None
     action: ExpiredAction
     reason: str
+
+    @property
+    def label(self) -> str:
+        return partition_label(self.schema_name, self.name)
 
 
 class KeptPartition(BaseModel):
     """An expired child kept anyway (the last child is never dropped)."""
 
     name: str
+    schema_name: str | None = Field(default=None, description="None: the parent's schema.")
     lower: datetime | None
     upper: datetime | None
     reason: str
+
+    @property
+    def label(self) -> str:
+        return partition_label(self.schema_name, self.name)
 
 
 class PlannedRescue(BaseModel):
@@ -555,7 +572,7 @@ def _overlaps(child: ExistingPartition, lower: datetime, upper: datetime) -> boo
 def _sort_key(child: ExistingPartition) -> tuple[datetime, datetime, str]:
     low = datetime.min.replace(tzinfo=UTC)
     high = datetime.max.replace(tzinfo=UTC)
-    return (child.lower or low, child.upper or high, child.name)
+    return (child.lower or low, child.upper or high, child.label)
 
 
 def plan_rotation(
@@ -592,19 +609,20 @@ def plan_rotation(
     )
     default = next((c for c in existing if c.is_default), None)
     children = sorted((c for c in existing if not c.is_default), key=_sort_key)
-    names = {c.name for c in existing}
+    # New children go in the parent's schema: only a name taken there blocks one.
+    names = {c.name for c in existing if c.schema_name is None}
 
     # Which children the plan understands: bounded, on interval boundaries in the policy's zone.
     adopted: list[ExistingPartition] = []
     for child in children:
         if child.lower is None or child.upper is None:
             plan.problems.append(
-                f"cannot adopt: child {child.name} has bounds {_bounds(child, zone)}, unbounded "
+                f"cannot adopt: child {child.label} has bounds {_bounds(child, zone)}, unbounded "
                 f"(MINVALUE/MAXVALUE), not aligned to {interval} in {tz}; left alone"
             )
         elif not (aligned(child.lower) and aligned(child.upper)):
             plan.problems.append(
-                f"cannot adopt: child {child.name} has bounds {_bounds(child, zone)} not aligned "
+                f"cannot adopt: child {child.label} has bounds {_bounds(child, zone)} not aligned "
                 f"to {interval} in {tz}; left alone"
             )
         else:
@@ -616,7 +634,7 @@ def plan_rotation(
         if reach is not None and reach.upper is not None:
             if child.lower is not None and reach.upper < child.lower:
                 where = (
-                    f"rows in it go to the default partition {default.name}"
+                    f"rows in it go to the default partition {default.label}"
                     if default
                     else "inserts in it fail (no default partition)"
                 )
@@ -625,14 +643,14 @@ def plan_rotation(
                         lower=reach.upper,
                         upper=child.lower,
                         reason=f"no child covers [{_iso(reach.upper, zone, '')}, "
-                        f"{_iso(child.lower, zone, '')}) between {reach.name} and "
-                        f"{child.name}: {where}",
+                        f"{_iso(child.lower, zone, '')}) between {reach.label} and "
+                        f"{child.label}: {where}",
                     )
                 )
             elif child.lower is None or child.lower < reach.upper:
                 plan.problems.append(
-                    f"overlapping ranges: child {child.name} {_bounds(child, zone)} overlaps "
-                    f"{reach.name} {_bounds(reach, zone)}"
+                    f"overlapping ranges: child {child.label} {_bounds(child, zone)} overlaps "
+                    f"{reach.label} {_bounds(reach, zone)}"
                 )
         if reach is None or (
             reach.upper is not None and (child.upper is None or child.upper > reach.upper)
@@ -647,7 +665,7 @@ def plan_rotation(
         name = partition_name(policy.table_name, lower, interval, zone)
         for child in children:
             if _overlaps(child, lower, upper):
-                return f"it would overlap child {child.name} {_bounds(child, zone)}"
+                return f"it would overlap child {child.label} {_bounds(child, zone)}"
         if name in names:
             return f"the name {name} is taken by a child with other bounds"
         return None
@@ -689,7 +707,7 @@ def plan_rotation(
             continue
         holder = covering(start, upper)
         if holder is not None:
-            destinations[start] = holder.name
+            destinations[start] = holder.label
             continue
         if start in wanted:
             continue
@@ -791,6 +809,7 @@ def plan_rotation(
             plan.kept.append(
                 KeptPartition(
                     name=spared.name,
+                    schema_name=spared.schema_name,
                     lower=spared.lower,
                     upper=spared.upper,
                     reason=f"expired (ends {_iso(spared.upper, zone, '')} <= cutoff "
@@ -803,6 +822,7 @@ def plan_rotation(
             plan.expire.append(
                 PlannedExpiry(
                     name=child.name,
+                    schema_name=child.schema_name,
                     lower=child.lower,
                     upper=child.upper,
                     action=policy.expired_action,

@@ -9,7 +9,6 @@ Optionally a table whose dead tuples reach `vacuum_dead_ratio` of all its tuples
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from fnmatch import fnmatchcase
@@ -17,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from perfops.names import display_name, names_table, quote_ident
 from perfops.wording import no_table_matches, tables_here
 
 DEFAULT_ANALYZE_THRESHOLD = 0.1
@@ -38,8 +38,6 @@ Code = Literal[
     "over-max-tables",
     "partitioned",
 ]
-
-_PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]*")
 
 
 class TableStats(BaseModel):
@@ -188,18 +186,6 @@ class Decision(BaseModel):
         return self.action != "skip"
 
 
-def display_name(schema: str, table: str) -> str:
-    """`schema.table` as PostgreSQL would quote it (for people; SQL uses `sql.Identifier`)."""
-    return f"{quote_ident(schema)}.{quote_ident(table)}"
-
-
-def quote_ident(name: str) -> str:
-    """Quote an identifier the way `quote_ident()` does when it is not plain lower case."""
-    if _PLAIN_IDENTIFIER.fullmatch(name):
-        return name
-    return '"' + name.replace('"', '""') + '"'
-
-
 def percent(fraction: float) -> str:
     """0.1204 -> '12.0%'."""
     return f"{fraction * 100:.1f}%"
@@ -211,11 +197,18 @@ def threshold_percent(fraction: float) -> str:
 
 
 def _matches(t: TableStats, patterns: Iterable[str]) -> bool:
-    """`schema.table` against patterns: exact or glob, a pattern without a dot on the table
-    name in any schema (`orders`, `audit_*`)."""
-    qualified = f"{t.schema_name}.{t.table_name}"
+    """`schema.table` against patterns: the name as stored or as PostgreSQL reads it
+    (`"Sales"."Events"`, the form errors list; `perfops.names`), or a glob over either form, a
+    pattern without a dot on the table name in any schema (`orders`, `audit_*`)."""
+    raw = f"{t.schema_name}.{t.table_name}"
+    shown = display_name(t.schema_name, t.table_name)
     return any(
-        qualified == p or fnmatchcase(qualified if "." in p else t.table_name, p) for p in patterns
+        names_table(p, t.schema_name, t.table_name)
+        or any(
+            fnmatchcase(whole if "." in p else bare, p)
+            for whole, bare in ((raw, t.table_name), (shown, quote_ident(t.table_name)))
+        )
+        for p in patterns
     )
 
 

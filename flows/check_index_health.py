@@ -20,13 +20,16 @@ from blocks.resolve import resolve_postgres
 from decisions.fleet import FleetReport, keyed, target_labels
 from decisions.index_health import (
     DropOutcome,
+    IndexCatalog,
     IndexFinding,
     IndexHealthSettings,
+    IndexLocation,
     LockedTable,
     classify_indexes,
     finding_rows,
     format_bytes,
     qualified_name,
+    resolve_name,
     schemas_without_indexes,
     select_drops,
     wasted_bytes,
@@ -34,7 +37,7 @@ from decisions.index_health import (
 from perfops.redaction import install_log_redaction
 from tasks.fleet_runs import database_slots, fan_out
 from tasks.postgres.index_changes import drop_indexes
-from tasks.postgres.indexes import fetch_index_catalog
+from tasks.postgres.indexes import fetch_index_catalog, fetch_index_locations
 from tasks.postgres.privileges import fetch_table_privileges
 from tasks.records import emit, end_run, publish_table
 
@@ -143,6 +146,8 @@ def check_index_health(
             apply=apply,
             locked_tables=catalog.locked_tables,
             min_size_bytes=settings.min_size_bytes,
+            elsewhere=_unread(pg.value, catalog, drop or []),
+            schemas=settings.schemas or [],
         )
         refused, privileges = _not_permitted(pg.value, plan.to_drop)
         to_drop = [f for f in plan.to_drop if f.name not in refused]
@@ -241,7 +246,7 @@ def check_index_health(
             logger.info("%-9s %s (%s): %s", f.kind, f.name, format_bytes(f.size_bytes), f.reason)
         for o in drops:
             logger.info("drop %s: %s (%s)", o.name, o.status, o.reason)
-        not_done = [o for o in drops if o.status in ("refused", "failed")]
+        not_done = [o for o in drops if o.status in ("refused", "failed", "not found")]
         first = next((o for o in not_done if o.name not in refused), None)
         why = ([privileges] if privileges else []) + (
             [f"{first.name}: {first.reason}"] if first else []
@@ -265,6 +270,19 @@ def check_index_health(
             else f"nothing to do: {len(catalog.indexes)} indexes checked, none unused, duplicate, "
             "covered or invalid",
         )
+
+
+def _unread(target: PostgresTarget, catalog: IndexCatalog, drop: list[str]) -> list[IndexLocation]:
+    """Every index of the database by name (one pg_class query), read only when a name to drop
+    is not among the indexes checked: it may be outside `--schema`, or nowhere."""
+    locked = [
+        IndexLocation(schema_name=t.schema_name, index_name=n, table_name=t.table_name)
+        for t in catalog.locked_tables
+        for n in t.index_names
+    ]
+    if all(resolve_name(n, catalog.indexes) or resolve_name(n, locked) for n in drop):
+        return []
+    return fetch_index_locations(target)
 
 
 def _not_permitted(

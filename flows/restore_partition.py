@@ -78,7 +78,10 @@ def restore_partition(
     with tempfile.TemporaryDirectory(prefix="perfops-restore-") as tmp:
         path = str(Path(tmp) / "archive.parquet")
         manifest = fetch_archive(store, key, path)
-        schema_name, table_name = into or (manifest.schema_name, manifest.partition)
+        schema_name, table_name = into or (
+            manifest.partition_schema or manifest.schema_name,
+            manifest.partition,
+        )
         rows = load_archive(pg.value, manifest, path, schema_name, table_name, attach)
     report = RestoreReport(
         source=source,

@@ -50,6 +50,7 @@ from decisions.indexing import (
     index_name,
 )
 from perfops.errors import ConfigurationError
+from perfops.names import display_name
 from perfops.redaction import install_log_redaction
 from perfops.wording import no_table_matches, tables_here
 from tasks.fleet_runs import database_slots, fan_out
@@ -151,9 +152,9 @@ def _suggest(
     unknown = unknown_tables(catalog, settings.include_tables)
     none_known = bool(unknown) and len(unknown) == len(settings.include_tables)
     if none_known and fleet_target is None:  # a typo: fail before any costing or build
+        here = tables_here([display_name(ref.schema, ref.name) for ref in catalog])
         raise ConfigurationError(
-            f"{no_table_matches(unknown)}: {tables_here([str(ref) for ref in catalog])}; give "
-            "schema.table or a table name"
+            f"{no_table_matches(unknown)}: {here}; give schema.table or a table name"
         )
     # in a fleet, a database without the tables has nothing to suggest (the note says why)
 

@@ -37,6 +37,7 @@ from pydantic import BaseModel, Field
 from blocks import PostgresTarget
 from blocks.resolve import ArchiveStore
 from decisions.partition_rotation import DEFAULT_BATCH_ROWS, DEFAULT_SPOOL_BYTES, RotationSettings
+from decisions.partitioning import partition_label
 from perfops.errors import ChecksumMismatch, ConfigurationError, ConnectionFailed, PerfopsError
 from tasks.postgres.partition_changes import bound_literal, count_rows
 from tasks.postgres.partitions import qualified_name
@@ -86,6 +87,9 @@ class Manifest(BaseModel):
     schema_name: str
     parent: str
     partition: str
+    partition_schema: str | None = Field(
+        default=None, description="The partition's schema when not the parent's (None: the same)."
+    )
     key_column: str
     lower: datetime | None = None
     upper: datetime | None = None
@@ -121,7 +125,9 @@ class ArchiveRecord(BaseModel):
 
 
 def archive_keys(schema_name: str, parent: str, partition: str) -> tuple[str, str]:
-    """(object key, manifest key) of one partition's archive."""
+    """(object key, manifest key) of one partition's archive. `partition` is its label: the bare
+    name in the parent's schema, `schema.name` for a partition that lived elsewhere (so two
+    partitions of one name in different schemas never share an archive)."""
     folder = f"{quote(schema_name, safe='')}/{quote(parent, safe='')}"
     base = f"{folder}/{quote(partition, safe='')}"
     return f"{base}.parquet", f"{base}.manifest.json"
@@ -324,15 +330,26 @@ def upload_archive(store: ArchiveStore, body: IO[bytes], manifest: Manifest) -> 
 
 
 class ArchiveSource(BaseModel):
-    """A detached partition to archive, and what its manifest records about where it came from."""
+    """A detached partition to archive, and what its manifest records about where it came from:
+    the parent (`schema_name`, `parent`) and the partition (`partition` in `partition_schema`,
+    None: the parent's schema)."""
 
     schema_name: str
     parent: str
     partition: str
+    partition_schema: str | None = None
     key_column: str
     lower: datetime | None = None
     upper: datetime | None = None
     timezone: str = "UTC"
+
+    @property
+    def label(self) -> str:
+        return partition_label(self.partition_schema, self.partition)
+
+    @property
+    def table_schema(self) -> str:
+        return self.partition_schema or self.schema_name
 
 
 @task(name="archive_partition", cache_policy=NO_CACHE, **RETRY_DEFAULTS)
@@ -355,14 +372,14 @@ def archive_partition(
     with spool(spool_bytes, spool_dir) as body:
         dump = dump_table_to_parquet(
             target,
-            source.schema_name,
+            source.table_schema,
             source.partition,
             source.key_column,
             body,
             batch_rows,
             statement_timeout_ms,
         )
-        object_key, _ = archive_keys(source.schema_name, source.parent, source.partition)
+        object_key, _ = archive_keys(source.schema_name, source.parent, source.label)
         manifest = Manifest(
             **source.model_dump(),
             **dump.model_dump(exclude={"seconds"}),
@@ -370,16 +387,20 @@ def archive_partition(
             created_at=datetime.now(UTC),
         )
         upload_archive(store, body, manifest)
-    record = read_archive(store, source.schema_name, source.parent, source.partition, spool_bytes)
+    record = read_archive(store, source.schema_name, source.parent, source.label, spool_bytes)
     if record is None or record.manifest.sha256 != manifest.sha256:
         raise ArchiveError(
-            f"the archive of {source.partition} is not in storage as written (re-read after upload)"
+            f"the archive of {source.label} is not in storage as written (re-read after upload)"
         )
     return record
 
 
 def _keys(manifest: Manifest) -> tuple[str, str]:
-    return archive_keys(manifest.schema_name, manifest.parent, manifest.partition)
+    return archive_keys(
+        manifest.schema_name,
+        manifest.parent,
+        partition_label(manifest.partition_schema, manifest.partition),
+    )
 
 
 def _read_manifest(store: ArchiveStore, manifest_key: str) -> Manifest:
@@ -455,13 +476,13 @@ def ensure_archive(
                 store,
                 source.schema_name,
                 source.parent,
-                source.partition,
+                source.label,
                 settings.archive_memory_bytes,
             )
         except (ArchiveError, ChecksumMismatch):
             record = None  # a partial or corrupted archive: written again below
     if record is not None and record.manifest.rows == count_rows(
-        target, source.schema_name, source.partition
+        target, source.table_schema, source.partition
     ):
         return record
     return archive_partition(
@@ -545,7 +566,8 @@ def load_archive(
         exists = conn.execute("select to_regclass(%s) is not null as found", (where,)).fetchone()
         if exists and exists["found"]:
             raise ConfigurationError(
-                f"{where} already exists: restore into a new name (--into) or drop it first"
+                f"{where} already exists: restore into another table (--table SCHEMA.NAME) "
+                "or drop it first"
             )
         columns = sql.SQL(", ").join(
             sql.SQL("{} {}{}").format(

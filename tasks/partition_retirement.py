@@ -104,7 +104,9 @@ def retire_expired(
             logger.error("%s: %s; nothing detached", policy.table, exc)
             return
     to_detach = [
-        Expiring(name=t.name, lower=t.lower, upper=t.upper) for t in retiring if t.attached
+        Expiring(name=t.name, schema_name=t.schema_name, lower=t.lower, upper=t.upper)
+        for t in retiring
+        if t.attached
     ]
     detached: dict[str, Detached] = {}
     # 1. Detach this run's expired partitions.
@@ -114,7 +116,7 @@ def retire_expired(
             done = detach_partitions(target, schema_name, table_name, to_detach, settings.timeouts)
         except (PerfopsError, psycopg.Error) as exc:  # the session itself: nothing was detached
             error = one_line(exc, empty="failed")
-            done = [Detached(name=e.name, error=error) for e in to_detach]
+            done = [Detached(name=e.label, error=error) for e in to_detach]
         detached = {d.name: d for d in done}
     ready = record_detaches(result, policy, retiring, detached, settings.lock_timeout_ms)
     for outcome in result.expired:
@@ -137,6 +139,7 @@ def retire_expired(
                 schema_name=schema_name,
                 parent=table_name,
                 partition=table.name,
+                partition_schema=table.schema_name,
                 key_column=key_column,
                 lower=table.lower,
                 upper=table.upper,
@@ -147,7 +150,7 @@ def retire_expired(
             )
         except (PerfopsError, psycopg.Error, OSError) as exc:
             record_failure(result, outcome, one_line(exc, empty="failed"))
-            logger.warning("expiring %s failed: %s", table.name, outcome.detail)
+            logger.warning("expiring %s failed: %s", table.label, outcome.detail)
             return
         m = record.manifest
         outcome.archive_seconds = round(time.monotonic() - started, 3)
@@ -157,14 +160,14 @@ def retire_expired(
         with archived_lock:
             archived[0] += 1
             progress.report(
-                f"{policy.table}: archived {table.name} ({m.rows:,} rows)", archived[0], len(ready)
+                f"{policy.table}: archived {table.label} ({m.rows:,} rows)", archived[0], len(ready)
             )
         emit(
             EVENT + "archived",
             resource,
             {
                 "table": policy.table,
-                "partition": table.name,
+                "partition": table.label,
                 "rows": m.rows,
                 "uri": record.uri,
                 "sha256": m.sha256,
@@ -193,8 +196,8 @@ def retire_expired(
 
     # 3. Drop only verified archives (or, for `drop`, every detached table), count-checked.
     droppable = [
-        outcome
-        for outcome, _ in ready
+        (outcome, table)
+        for outcome, table in ready
         if outcome.status == "archived, not dropped" or policy.expired_action == "drop"
     ]
     if droppable:
@@ -208,13 +211,15 @@ def _drop(
     target: Any,
     resource: str,
     policy: PartitionPolicy,
-    outcomes: list[ExpiryOutcome],
+    droppable: list[tuple[ExpiryOutcome, ExpiredTable]],
     settings: RotationSettings,
     result: TableRotation,
 ) -> None:
     archived = policy.expired_action == "archive_then_drop"
+    outcomes = [o for o, _ in droppable]
     to_drop = [
-        ToDrop(name=o.partition, expected_rows=o.rows if archived else None) for o in outcomes
+        ToDrop(name=t.name, schema_name=t.schema_name, expected_rows=o.rows if archived else None)
+        for o, t in droppable
     ]
     try:
         dropped = drop_detached_tables(

@@ -67,17 +67,27 @@ def rotate_range(
         )
     key_column = meta.key_column
     assert key_column is not None  # fetch_partitioned_table refuses anything else
-    existing = to_existing(meta.children, meta.key_type, policy.timezone)
+    existing = to_existing(meta.children, meta.key_type, policy.timezone, schema_name)
     default_rows = (
         fetch_default_rows(target, qualified, key_column, policy.interval, policy.timezone)
         if meta.default
         else []
     )
     result.default_rows = sum(d.rows for d in default_rows)
-    leftovers = [
-        ExpiredTable(name=d.name, lower=d.lower, upper=d.upper, attached=False)
-        for d in fetch_detached(target, schema_name, table_name)
-    ]
+    leftovers: list[ExpiredTable] = []
+    for d in fetch_detached(target, schema_name, table_name):
+        if d.problem is not None:  # marked for this parent, but not provably this table
+            result.problems.append(d.problem)
+            continue
+        leftovers.append(
+            ExpiredTable(
+                name=d.name,
+                schema_name=None if d.schema_name == schema_name else d.schema_name,
+                lower=d.lower,
+                upper=d.upper,
+                attached=False,
+            )
+        )
     plan = plan_rotation(policy, now, existing, default_rows, settings.max_future_intervals)
     result.plan = plan
     result.problems.extend(plan.problems)
@@ -85,11 +95,11 @@ def rotate_range(
     for t in retiring:
         if not t.attached:
             result.problems.append(
-                f"{t.name} was detached by an earlier run and is still there: "
+                f"{t.label} was detached by an earlier run and is still there: "
                 + ("finishing its expiry" if apply else "the next --apply run finishes it")
             )
     if not apply:
-        result.expired = planned_outcomes(plan, [t.name for t in leftovers], policy)
+        result.expired = planned_outcomes(plan, [t.label for t in leftovers], policy)
         return result
 
     # 1. Create ahead, moving rows waiting in the default partition.

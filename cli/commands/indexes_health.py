@@ -103,7 +103,8 @@ def health(
     """Find unused, duplicate, covered and invalid indexes and the space each wastes (flow
     check_index_health). Report only; `--apply --drop SCHEMA.INDEX` drops the named ones.
 
-    Exit 1 when an index named with --apply was not dropped (refused or failed)."""
+    Exit 1 when an index named with --apply was not dropped (refused, failed, or not found:
+    outside --schema, or no index of that name in the database)."""
     if apply and not drop:
         raise typer.BadParameter(
             "name each index to drop with --drop SCHEMA.INDEX (perfops never drops a finding "
@@ -146,7 +147,7 @@ def health(
         print_json(report)
     else:
         _print(report)
-    not_done = [d for d in report.drops if d.status in ("refused", "failed")]
+    not_done = [d for d in report.drops if d.status in ("refused", "failed", "not found")]
     if apply and not_done:
         fail(f"{len(not_done)} of {len(report.drops)} named indexes not dropped (see the reasons)")
 

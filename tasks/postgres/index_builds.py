@@ -2,10 +2,13 @@
 
 For each index: refuse on a replica; take a per-table advisory lock; re-check inside the lock
 that no valid index with the same leading columns exists (another run, or a person, may have
-built one); build `CONCURRENTLY` under `lock_timeout` and a build-sized `statement_timeout`; on
-failure drop the INVALID index the build left behind; afterwards verify the index is valid and
-re-plan the statements it was meant to help, reporting the real cost change. Leftover INVALID
-`perfops_idx_*` indexes of a killed run are dropped first, so a rerun completes cleanly.
+built one) and that the index's name is free (a relation of that name is reported, never built
+over or dropped); build `CONCURRENTLY` under `lock_timeout` and a build-sized
+`statement_timeout`; on failure drop the INVALID index the build left behind, and only that: an
+index of the name, INVALID, on the candidate's table, which did not exist before the build;
+afterwards verify the index is valid and re-plan the statements it was meant to help, reporting
+the real cost change. Leftover INVALID `perfops_idx_*` indexes of a killed run on the same table
+are dropped first, so a rerun completes cleanly.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 from prefect import task
@@ -190,6 +193,54 @@ def _drop_concurrently(conn: psycopg.Connection[Any], schema: str, name: str) ->
     )
 
 
+_NAMED: LiteralString = """
+    select c.oid::bigint as oid, c.relkind::text as relkind, x.indisvalid as valid,
+           tn.nspname as table_schema, t.relname as table_name
+    from pg_class c
+    join pg_namespace n on n.oid = c.relnamespace
+    left join pg_index x on x.indexrelid = c.oid
+    left join pg_class t on t.oid = x.indrelid
+    left join pg_namespace tn on tn.oid = t.relnamespace
+    where n.nspname = %(schema)s and c.relname = %(name)s
+"""
+
+
+def _named(conn: psycopg.Connection[Any], schema: str, name: str) -> dict[str, Any] | None:
+    """The relation `schema.name` (an index: its table and validity), or None."""
+    row = conn.execute(_NAMED, {"schema": schema, "name": name}).fetchone()
+    return dict(row) if row else None
+
+
+def _name_taken(found: dict[str, Any], schema: str, name: str) -> str:
+    what = (
+        f"an index on {found['table_schema']}.{found['table_name']}"
+        if found["relkind"] in ("i", "I")
+        else f"a relation (relkind {found['relkind']!r})"
+    )
+    return (
+        f"not built: the name {schema}.{name} is taken by {what}; perfops never builds over "
+        "or drops an index it did not build here: rename or drop that one, then run again"
+    )
+
+
+def _drop_own_leftover(conn: psycopg.Connection[Any], schema: str, table: str, name: str) -> str:
+    """Drop the INVALID index this build left, and nothing else: only an index named `name`
+    that is INVALID and on `schema.table` (the caller checked the name was free before the
+    build). Returns what happened, for the build's detail."""
+    found = _named(conn, schema, name)
+    if found is None:
+        return "the build left no index behind"
+    if found["relkind"] not in ("i", "I") or (found["table_schema"], found["table_name"]) != (
+        schema,
+        table,
+    ):
+        return f"{schema}.{name} is not an index on {schema}.{table}: left alone"
+    if found["valid"]:
+        return f"{schema}.{name} is valid: left alone"
+    _drop_concurrently(conn, schema, name)
+    return "the INVALID index it left was dropped"
+
+
 def _replan(
     conn: psycopg.Connection[Any], queries: dict[int, str]
 ) -> tuple[dict[int, float], dict[int, set[str]]]:
@@ -238,6 +289,10 @@ def build_one(
             if cover is not None:
                 result.status, result.detail = "already covered", f"{cover} already covers it"
                 return result
+            taken = _named(conn, schema, name)
+            if taken is not None:  # never build over, or later drop, what is not ours
+                result.detail = _name_taken(taken, schema, name)
+                return result
             measured = _measure(conn, request.measure) if request.measure else []
             started = time.monotonic()
             statement = create_index_sql(candidate)
@@ -253,8 +308,7 @@ def build_one(
                         statement_timeout_ms=CLEANUP_TIMEOUT_MS,
                         local=False,
                     )
-                    _drop_concurrently(conn, schema, name)
-                    result.detail += "; the INVALID index it left was dropped"
+                    result.detail += "; " + _drop_own_leftover(conn, schema, table, name)
                 except psycopg.Error as drop_exc:
                     result.detail += (
                         f"; dropping the INVALID index failed too: {one_line(drop_exc)}"
@@ -268,8 +322,8 @@ def build_one(
                 (sql.Identifier(schema, name).as_string(conn),),
             ).fetchone()
             if not row or not row["valid"]:
-                _drop_concurrently(conn, schema, name)
-                result.detail = "the build finished but the index is not valid; dropped it"
+                dropped = _drop_own_leftover(conn, schema, table, name)
+                result.detail = f"the build finished but the index is not valid; {dropped}"
                 return result
             result.size_bytes = int(row["size"])
             # the build record check_index_health reads: a new index is not "unused" yet

@@ -13,8 +13,9 @@ For each index it was asked to drop (findings of `decisions.index_health`, named
 5. verify it is gone.
 
 A failure on one index (a lock held by another session, a timeout, a permission) is recorded with
-its reason and the next index is tried. Rerunning is safe: a dropped index is "already gone", and
-an index an interrupted `DROP INDEX CONCURRENTLY` left invalid is dropped the next time.
+its reason and the next index is tried. Rerunning is safe: an index gone since the check is
+"already gone" (one gone before the check is "not found" by `select_drops`), and an index an
+interrupted `DROP INDEX CONCURRENTLY` left invalid is dropped the next time.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from prefect import task
 from psycopg import errors as pg_errors
 
 from blocks import PostgresTarget
-from decisions.index_health import IndexCatalog, IndexInfo, LockedTable
+from decisions.index_health import IndexCatalog, IndexInfo, IndexLocation, LockedTable
 from tasks.postgres.server import connect, set_timeouts
 from tasks.transient_errors import RETRY_DEFAULTS
 
@@ -142,3 +142,27 @@ def fetch_index_catalog(
                     )
                 )
     return IndexCatalog(indexes=indexes, locked_tables=locked, stats_reset=stats_reset)
+
+
+_LOCATIONS_QUERY: LiteralString = """
+    select n.nspname as schema_name, i.relname as index_name, t.relname as table_name
+    from pg_index x
+    join pg_class i on i.oid = x.indexrelid
+    join pg_class t on t.oid = x.indrelid
+    join pg_namespace n on n.oid = i.relnamespace
+    where n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast')
+      and n.nspname not like 'pg_temp%%'
+      and n.nspname not like 'pg_toast_temp%%'
+    order by 1, 2
+"""
+
+
+@task(name="fetch_index_locations", **RETRY_DEFAULTS)
+def fetch_index_locations(target: PostgresTarget) -> list[IndexLocation]:
+    """Every index outside the system schemas, by schema, name and table: pg_class only (no
+    lock), to place a name `--drop` gave that the catalog read (limited to `--schema`) did not
+    find."""
+    with connect(target, statement_timeout_ms=60_000) as conn:
+        conn.read_only = True
+        rows = conn.execute(_LOCATIONS_QUERY).fetchall()
+    return [IndexLocation.model_validate(r) for r in rows]

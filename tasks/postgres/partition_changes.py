@@ -13,8 +13,14 @@ Every task is one I/O step and follows the same discipline:
 * SQL is composed with `psycopg.sql` (identifiers as `Identifier`, bounds as `Literal`).
 
 Expired partitions are marked before they are detached: a table comment
-`perfops:expired {"parent": ..., "lower": ..., "upper": ...}` survives the detach, so the next run
-finds a table a crashed run detached but did not archive or drop (`fetch_detached`).
+`perfops:expired {"parent": ..., "schema": ..., "name": ..., "lower": ..., "upper": ...}` survives
+the detach, so the next run finds a table a crashed run detached but did not archive or drop
+(`fetch_detached`, in any schema). The mark names the parent and the marked table itself; a table
+is only ever marked after the catalog (`pg_inherits`) shows it is a partition of that parent, and
+only a table whose mark names this parent and the table itself is archived or dropped.
+
+A partition may live in another schema than its parent: every step names a child by its own
+schema and name (`schema_name` None on the decision models means the parent's schema).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from psycopg import sql
 from psycopg.rows import DictRow
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from blocks import PostgresTarget
 from decisions.partition_rotation import (
@@ -69,6 +75,12 @@ class DetachedTable(BaseModel):
     parent: str
     lower: datetime | None
     upper: datetime | None
+    problem: str | None = Field(
+        default=None,
+        description="Why the table is not taken as this parent's leftover although it carries a "
+        "mark naming the parent (an older mark that does not name the table itself, or one "
+        "naming another table): reported, never archived or dropped.",
+    )
 
 
 def lock_name(schema_name: str, table_name: str) -> str:
@@ -111,19 +123,29 @@ def bound_literal(ts: datetime, key_type: str, tz: str) -> sql.Literal:
 
 
 _CHILDREN: LiteralString = """
-    select ch.relname as name, pg_get_expr(ch.relpartbound, ch.oid) as bound,
-           i.inhdetachpending as detach_pending
-    from pg_inherits i join pg_class ch on ch.oid = i.inhrelid
+    select chn.nspname as schema_name, ch.relname as name,
+           pg_get_expr(ch.relpartbound, ch.oid) as bound, i.inhdetachpending as detach_pending
+    from pg_inherits i
+    join pg_class ch on ch.oid = i.inhrelid
+    join pg_namespace chn on chn.oid = ch.relnamespace
     where i.inhparent = to_regclass(%(parent)s)
 """
 
-
-def _children(conn: psycopg.Connection[DictRow], parent: str) -> dict[str, dict[str, Any]]:
-    return {r["name"]: dict(r) for r in conn.execute(_CHILDREN, {"parent": parent}).fetchall()}
+Children = dict[tuple[str, str], dict[str, Any]]
 
 
-def _default_name(children: dict[str, dict[str, Any]]) -> str | None:
-    return next((n for n, c in children.items() if c["bound"] == "DEFAULT"), None)
+def _children(conn: psycopg.Connection[DictRow], parent: str) -> Children:
+    """The parent's partitions as the catalog says now, by (schema, name): a partition may live
+    in another schema than its parent, and a table of the same name elsewhere is not one."""
+    return {
+        (r["schema_name"], r["name"]): dict(r)
+        for r in conn.execute(_CHILDREN, {"parent": parent}).fetchall()
+    }
+
+
+def _default_partition(children: Children) -> tuple[str, str] | None:
+    """(schema, name) of the default partition, wherever it lives."""
+    return next((key for key, c in children.items() if c["bound"] == "DEFAULT"), None)
 
 
 def _exists(conn: psycopg.Connection[DictRow], schema_name: str, name: str) -> bool:
@@ -162,14 +184,24 @@ def create_partitions(
     ) as conn:
         for item in planned:
             children = _children(conn, parent)
-            if item.name in children or _exists(conn, schema_name, item.name):
+            if (schema_name, item.name) in children:
                 results.append(
                     CreatedPartition(name=item.name, status="existed", detail="already there")
                 )
                 continue
+            if _exists(conn, schema_name, item.name):
+                results.append(
+                    CreatedPartition(
+                        name=item.name,
+                        status="failed",
+                        detail=f"{qualified_name(schema_name, item.name)} exists but is not a "
+                        f"partition of {parent}: rename or drop that table, then run again",
+                    )
+                )
+                continue
             lower = bound_literal(item.lower, key_type, tz)
             upper = bound_literal(item.upper, key_type, tz)
-            default = _default_name(children)
+            default = _default_partition(children)
             try:
                 results.append(
                     _create_one(
@@ -195,17 +227,17 @@ def create_partitions(
 
 def _rows_waiting(
     conn: psycopg.Connection[DictRow],
-    schema_name: str,
-    default: str,
+    default: tuple[str, str],
     key: sql.Identifier,
     lower: sql.Literal,
     upper: sql.Literal,
 ) -> bool:
-    """Whether the default partition holds a row of [lower, upper) (read without a lock)."""
+    """Whether the default partition (schema, name) holds a row of [lower, upper) (read without
+    a lock)."""
     row = conn.execute(
         sql.SQL(
             "select exists (select from {table} where {key} >= {lo} and {key} < {hi}) as found"
-        ).format(table=_ident(schema_name, default), key=key, lo=lower, hi=upper)
+        ).format(table=_ident(*default), key=key, lo=lower, hi=upper)
     ).fetchone()
     return bool(row and row["found"])
 
@@ -218,7 +250,7 @@ def _create_one(
     key_column: str,
     lower: sql.Literal,
     upper: sql.Literal,
-    default: str | None,
+    default: tuple[str, str] | None,
     rescue_max_rows: int,
 ) -> CreatedPartition:
     parent = _ident(schema_name, table_name)
@@ -227,7 +259,7 @@ def _create_one(
     create = sql.SQL("create table {} partition of {} for values from ({}) to ({})").format(
         child, parent, lower, upper
     )
-    if default is None or not _rows_waiting(conn, schema_name, default, key, lower, upper):
+    if default is None or not _rows_waiting(conn, default, key, lower, upper):
         # Nothing to move (the common case): one autocommit statement, so the parent's lock is
         # held only while it runs. PostgreSQL checks the default partition itself under that
         # lock; a row that arrived since the count fails it, and the rescue below moves it.
@@ -240,7 +272,7 @@ def _create_one(
     with conn.transaction():
         moved = 0
         if default is not None:
-            dflt = _ident(schema_name, default)
+            dflt = _ident(*default)
             in_range = sql.SQL("{key} >= {lo} and {key} < {hi}").format(key=key, lo=lower, hi=upper)
             # Writers routed to the default partition wait (under their own timeouts) for this
             # short transaction; readers do not.
@@ -254,8 +286,8 @@ def _create_one(
                     name=name,
                     status="skipped",
                     detail=f"{waiting_rows} rows of its range wait in the default partition "
-                    f"{default}, more than rescue_max_rows={rescue_max_rows} moved in one "
-                    "transaction; raise the limit or move them by hand",
+                    f"{'.'.join(default)}, more than rescue_max_rows={rescue_max_rows} moved in "
+                    "one transaction; raise the limit or move them by hand",
                 )
             if waiting_rows:
                 conn.execute(
@@ -278,8 +310,8 @@ def _create_one(
                 ).rowcount
                 if inserted != moved:
                     raise RowCountMismatch(
-                        f"moved {moved} rows out of {default} but inserted {inserted} into "
-                        f"{name}; rolled back"
+                        f"moved {moved} rows out of {'.'.join(default)} but inserted {inserted} "
+                        f"into {name}; rolled back"
                     )
         else:
             conn.execute(create)
@@ -331,13 +363,22 @@ def create_hash_partitions(
 
 
 def expired_comment(
-    schema_name: str, table_name: str, lower: datetime | None, upper: datetime | None
+    schema_name: str,
+    table_name: str,
+    lower: datetime | None,
+    upper: datetime | None,
+    partition: tuple[str, str] | None = None,
 ) -> str:
-    mark = {
+    """The mark of an expired partition `partition` (its schema, name) of `schema.table`. Without
+    `partition` the mark is an older perfops's, which named only the parent: such a table is
+    reported, never archived or dropped."""
+    mark: dict[str, str | None] = {
         "parent": f"{schema_name}.{table_name}",
         "lower": lower.astimezone(UTC).isoformat() if lower else None,
         "upper": upper.astimezone(UTC).isoformat() if upper else None,
     }
+    if partition is not None:
+        mark["schema"], mark["name"] = partition
     return EXPIRED_MARK + json.dumps(mark, sort_keys=True)
 
 
@@ -365,7 +406,7 @@ def detach_partitions(
         target, schema_name, table_name, f"detach partitions of {parent}", timeouts
     ) as conn:
         return [
-            Detached(name=item.name, mode=mode, error=error)
+            Detached(name=item.label, mode=mode, error=error)
             for item, mode, error in _one_by_one(
                 partitions, lambda item: _detach_one(conn, schema_name, table_name, item)
             )
@@ -388,33 +429,39 @@ def _detach_one(
     conn: psycopg.Connection[DictRow], schema_name: str, table_name: str, item: Expiring
 ) -> DetachMode:
     parent_q = qualified_name(schema_name, table_name)
-    parent, child = _ident(schema_name, table_name), _ident(schema_name, item.name)
+    child_schema = item.schema_name or schema_name
+    where = qualified_name(child_schema, item.name)
+    parent, child = _ident(schema_name, table_name), _ident(child_schema, item.name)
+    # The catalog, read inside the lock, says whether this very table (schema and name) is a
+    # partition of this parent: only then is it marked. A table of the same name in another
+    # schema is never touched.
     children = _children(conn, parent_q)
-    if item.name not in children:
-        if not _exists(conn, schema_name, item.name):
-            raise ConfigurationError(
-                f"{item.name} is neither a partition of {parent_q} nor a table in "
-                f"{schema_name}: nothing to detach"
-            )
-        return "already detached"
-    conn.execute(
-        sql.SQL("comment on table {} is {}").format(
-            child, sql.Literal(expired_comment(schema_name, table_name, item.lower, item.upper))
+    found = children.get((child_schema, item.name))
+    if found is None:
+        why = _not_ours(conn, child_schema, item.name, schema_name, table_name)
+        if why is None:
+            return "already detached"
+        raise ConfigurationError(
+            f"{where} is neither a partition of {parent_q} nor a table a rotation of it "
+            f"detached ({why}): nothing to detach"
         )
+    mark = expired_comment(
+        schema_name, table_name, item.lower, item.upper, (child_schema, item.name)
     )
-    if children[item.name]["detach_pending"]:
+    conn.execute(sql.SQL("comment on table {} is {}").format(child, sql.Literal(mark)))
+    if found["detach_pending"]:
         conn.execute(sql.SQL("alter table {} detach partition {} finalize").format(parent, child))
         return "finalized"
-    if _default_name(children) is not None:
+    if _default_partition(children) is not None:
         conn.execute(sql.SQL("alter table {} detach partition {}").format(parent, child))
         return "plain"
     conn.execute(sql.SQL("alter table {} detach partition {} concurrently").format(parent, child))
     return "concurrently"
 
 
-def _expiry_mark(comment: str | None, schema_name: str, parent_name: str) -> dict[str, Any] | None:
-    """The mark `expired_comment` left on a table a rotation of `schema.parent` detached, or None
-    when the comment is anything else (no mark, unreadable, another parent's)."""
+def _parent_mark(comment: str | None, schema_name: str, parent_name: str) -> dict[str, Any] | None:
+    """The mark `expired_comment` left naming `schema.parent` as the parent, or None when the
+    comment is anything else (no mark, unreadable, another parent's)."""
     if not comment or not comment.startswith(EXPIRED_MARK):
         return None
     try:
@@ -426,12 +473,66 @@ def _expiry_mark(comment: str | None, schema_name: str, parent_name: str) -> dic
     return mark
 
 
+def _mark_problem(mark: dict[str, Any], table_schema: str, table_name: str) -> str | None:
+    """Why a mark naming the right parent does not make the table `schema.name` its leftover
+    (None: it does). The mark must name the table itself: an older perfops's mark did not, and
+    could sit on a table of the same name in the parent's schema that was never a partition."""
+    where = qualified_name(table_schema, table_name)
+    if "name" not in mark:
+        return (
+            f"{where} carries an expiry mark of {mark.get('parent')} from an older perfops that "
+            "does not name the marked table: it is not archived or dropped; check that it is a "
+            "detached partition, then drop it by hand (or remove its comment)"
+        )
+    if (mark.get("schema"), mark.get("name")) != (table_schema, table_name):
+        return (
+            f"{where} carries the expiry mark of {mark.get('schema')}.{mark.get('name')} "
+            f"(renamed or copied since?): it is not archived or dropped"
+        )
+    return None
+
+
+def _expiry_mark(
+    comment: str | None, schema_name: str, parent_name: str, table_schema: str, table_name: str
+) -> dict[str, Any] | None:
+    """The mark `expired_comment` left on the table `table_schema.table_name` a rotation of
+    `schema.parent` detached, or None (no mark, another parent's, or not naming this table)."""
+    mark = _parent_mark(comment, schema_name, parent_name)
+    if mark is None or _mark_problem(mark, table_schema, table_name) is not None:
+        return None
+    return mark
+
+
+def _not_ours(
+    conn: psycopg.Connection[DictRow],
+    table_schema: str,
+    table_name: str,
+    schema_name: str,
+    parent_name: str,
+) -> str | None:
+    """None when `table_schema.table_name` is a plain table a rotation of `schema.parent`
+    detached (not a partition, marked for this parent and this table); else why not."""
+    row = conn.execute(
+        "select c.relispartition, obj_description(c.oid, 'pg_class') as mark "
+        "from pg_class c where c.oid = to_regclass(%s)",
+        (qualified_name(table_schema, table_name),),
+    ).fetchone()
+    if row is None:
+        return "no such table"
+    if row["relispartition"]:
+        return "it is a partition of another table"
+    mark = _parent_mark(row["mark"], schema_name, parent_name)
+    if mark is None:
+        return "it carries no expiry mark of this parent"
+    return _mark_problem(mark, table_schema, table_name)
+
+
 _DETACHED: LiteralString = """
     select n.nspname as schema_name, c.relname as name, obj_description(c.oid, 'pg_class') as mark
     from pg_class c join pg_namespace n on n.oid = c.relnamespace
-    where n.nspname = %(schema)s and c.relkind = 'r' and not c.relispartition
+    where c.relkind = 'r' and not c.relispartition
       and obj_description(c.oid, 'pg_class') like 'perfops:expired %%'
-    order by c.relname
+    order by n.nspname, c.relname
 """
 
 
@@ -439,14 +540,16 @@ _DETACHED: LiteralString = """
 def fetch_detached(
     target: PostgresTarget, schema_name: str, table_name: str
 ) -> list[DetachedTable]:
-    """Tables a rotation of `schema.table` detached (its comment mark) that still exist: a crashed
-    or failed run's leftovers, to archive and drop (or keep, for detach_only)."""
+    """Tables a rotation of `schema.table` detached (its comment mark) that still exist, in any
+    schema (a partition may live outside its parent's): a crashed or failed run's leftovers, to
+    archive and drop (or keep, for detach_only). A table whose mark names this parent but not
+    the table itself comes with its `problem` and is never archived or dropped."""
     parent = f"{schema_name}.{table_name}"
     found = []
     with connect(target, statement_timeout_ms=30_000) as conn:
         conn.read_only = True
-        for row in conn.execute(_DETACHED, {"schema": schema_name}).fetchall():
-            mark = _expiry_mark(row["mark"], schema_name, table_name)
+        for row in conn.execute(_DETACHED).fetchall():
+            mark = _parent_mark(row["mark"], schema_name, table_name)
             if mark is None:
                 continue
             found.append(
@@ -456,6 +559,7 @@ def fetch_detached(
                     parent=parent,
                     lower=datetime.fromisoformat(mark["lower"]) if mark.get("lower") else None,
                     upper=datetime.fromisoformat(mark["upper"]) if mark.get("upper") else None,
+                    problem=_mark_problem(mark, row["schema_name"], row["name"]),
                 )
             )
     return found
@@ -496,7 +600,7 @@ def drop_detached_tables(
         target, schema_name, parent_name, f"drop expired tables of {parent}", timeouts
     ) as conn:
         return [
-            Dropped(name=item.name, rows=rows, error=error)
+            Dropped(name=item.label, rows=rows, error=error)
             for item, rows, error in _one_by_one(
                 tables, lambda item: _drop_one(conn, schema_name, parent_name, item)
             )
@@ -506,8 +610,9 @@ def drop_detached_tables(
 def _drop_one(
     conn: psycopg.Connection[DictRow], schema_name: str, parent_name: str, item: ToDrop
 ) -> int:
-    where = qualified_name(schema_name, item.name)
-    table = _ident(schema_name, item.name)
+    table_schema = item.schema_name or schema_name
+    where = qualified_name(table_schema, item.name)
+    table = _ident(table_schema, item.name)
     with conn.transaction():
         row = conn.execute(
             "select c.relispartition, obj_description(c.oid, 'pg_class') as mark "
@@ -516,7 +621,8 @@ def _drop_one(
         ).fetchone()
         if row is None:
             raise ConfigurationError(f"{where} does not exist: nothing to drop")
-        if row["relispartition"] or _expiry_mark(row["mark"], schema_name, parent_name) is None:
+        mark = _expiry_mark(row["mark"], schema_name, parent_name, table_schema, item.name)
+        if row["relispartition"] or mark is None:
             raise ConfigurationError(
                 f"refusing to drop {where}: it is not a table detached by a perfops rotation "
                 f"of {schema_name}.{parent_name}"

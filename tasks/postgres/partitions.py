@@ -283,9 +283,12 @@ def parse_range_bound(
 
 
 def to_existing(
-    children: Iterable[PartitionChild], key_type: str, tz: str
+    children: Iterable[PartitionChild], key_type: str, tz: str, parent_schema: str | None = None
 ) -> list[ExistingPartition]:
-    """The children as the planner sees them (`plan_rotation`'s `existing`)."""
+    """The children as the planner sees them (`plan_rotation`'s `existing`). A child in
+    `parent_schema` (the parent's schema) has `schema_name` None; a child elsewhere keeps its
+    own schema, so every later step names it by both (with `parent_schema` None, every child
+    keeps its schema)."""
     existing = []
     for child in children:
         if child.is_default:
@@ -295,6 +298,7 @@ def to_existing(
         existing.append(
             ExistingPartition(
                 name=child.name,
+                schema_name=None if child.schema_name == parent_schema else child.schema_name,
                 lower=lower,
                 upper=upper,
                 is_default=child.is_default,

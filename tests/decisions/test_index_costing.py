@@ -171,7 +171,8 @@ def test_equality_then_order_by_columns_in_the_statement_direction() -> None:
         columns=["tenant_id", "priority", "created_at"],
         descending=["priority"],
     )
-    assert index_name(mixed) == "perfops_idx_events_tenant_id_priority_desc_created_at"
+    readable = index_name(mixed).rsplit("_", 1)[0]  # then a hash of the key
+    assert readable == "perfops_idx_events_tenant_id_priority_desc_created_at"
 
 
 def test_an_existing_index_in_the_reverse_direction_covers_a_candidate() -> None:
@@ -257,7 +258,7 @@ def test_include_must_pay_over_the_plain_index_and_an_existing_one_may_cover_it(
     assert [r.reason for r in selection.rejected] == [
         "INCLUDE (kind) saves 20% < 30% over (tenant_id) alone"
     ]
-    assert index_name(covering) == "perfops_idx_events_tenant_id_incl_kind"
+    assert index_name(covering).rsplit("_", 1)[0] == "perfops_idx_events_tenant_id_incl_kind"
     existing = ExistingIndex(
         schema_name="public",
         table_name="events",

@@ -12,6 +12,7 @@ from decisions.index_health import (
     IndexFinding,
     IndexHealthSettings,
     IndexInfo,
+    IndexLocation,
     LockedTable,
     build_comment,
     built_at,
@@ -303,7 +304,7 @@ def test_what_is_refused_and_why(catalog: list[IndexInfo]) -> None:
             "agents_name_team_idx",  # used, not a finding
             "agents_code_key2",  # duplicate backing a constraint
             "status_idx",  # in two schemas
-            "public.gone_idx",  # not there (dropped by an earlier run)
+            "public.gone_idx",  # not there (never was, or dropped by an earlier run)
         ],
         apply=True,
     )
@@ -319,7 +320,11 @@ def test_what_is_refused_and_why(catalog: list[IndexInfo]) -> None:
         "refused",
         "ambiguous: it names archive.status_idx, public.status_idx; give schema.index",
     )
-    assert got["public.gone_idx"][0] == "already gone"
+    assert got["public.gone_idx"] == (
+        "not found",
+        "no index named public.gone_idx in the database (never existed, or already dropped): "
+        "nothing dropped; check the name",
+    )
 
 
 def test_an_index_of_a_locked_table_is_not_dropped_blind(catalog: list[IndexInfo]) -> None:
@@ -355,7 +360,7 @@ def test_rows_say_what_was_found_done_and_why(catalog: list[IndexInfo]) -> None:
         "report only (to drop: --apply --drop "
     )
     assert actions["public.agents_code_key2"].startswith("report only (backs constraint")
-    assert actions["nope"] == "already gone"
+    assert actions["nope"] == "not found"
     assert actions["s.i"] == "skipped"
 
 
@@ -393,3 +398,82 @@ def test_asked_schemas_without_an_index_are_named_and_an_empty_list_means_all() 
     )
     assert schemas_without_indexes(indexes, None) == ""
     assert IndexHealthSettings(schemas=[]).schemas is None  # a cleared form field: every schema
+
+
+def test_an_unused_wide_index_covers_nothing_so_the_used_narrow_one_is_kept() -> None:
+    """t_a (a) is used, t_a_c (a, c) is not: the advice is to drop the unused wide one and keep
+    the narrow one, not both (dropping both left the table without any index on a)."""
+    narrow = idx("t_a", "a", table="t", scans=25, size=3 * MB)
+    wide = idx("t_a_c", "a", "c", table="t", scans=0, size=5 * MB)
+    found = by_name(classify_indexes([narrow, wide], min_size_bytes=MB))
+    assert set(found) == {"t_a_c"}
+    assert found["t_a_c"].kind == "unused" and found["t_a_c"].other_index is None
+    # Both unused: each is reported unused in its own right, neither "covered by" the other.
+    idle = narrow.model_copy(update={"scans": 0})
+    found = by_name(classify_indexes([idle, wide], min_size_bytes=MB))
+    assert {k: (f.kind, f.other_index) for k, f in found.items()} == {
+        "t_a": ("unused", None),
+        "t_a_c": ("unused", None),
+    }
+
+
+def test_of_identical_indexes_the_used_one_is_kept() -> None:
+    first = idx("a_first", "name", scans=0, size=3 * MB)  # first by name, but unused
+    second = idx("b_second", "name", scans=40, size=3 * MB)
+    found = by_name(classify_indexes([first, second], min_size_bytes=MB))
+    assert set(found) == {"a_first"}
+    assert found["a_first"].kind == "duplicate"
+    assert found["a_first"].other_index_name == "b_second"
+
+
+def test_a_drop_whose_kept_index_is_dropped_too_is_refused() -> None:
+    narrow = idx("t_a", "a", table="t", scans=0, size=3 * MB)
+    wide = idx("t_a_c", "a", "c", table="t", scans=25, size=5 * MB)
+    [covered] = classify_indexes([narrow, wide], min_size_bytes=MB)
+    assert (covered.kind, covered.other_index) == ("covered", "public.t_a_c")
+    # The wide one a finding too (as a stale report, or another rule, could make it).
+    wide_finding = covered.model_copy(
+        update={
+            "kind": "unused",
+            "name": "public.t_a_c",
+            "index_name": "t_a_c",
+            "other_index": None,
+            "other_schema": None,
+            "other_index_name": None,
+        }
+    )
+    plan = select_drops(
+        [covered, wide_finding], [narrow, wide], ["public.t_a", "public.t_a_c"], apply=True
+    )
+    got = {o.name: (o.status, o.reason) for o in plan.outcomes}
+    assert got["public.t_a"][0] == "refused"
+    assert "public.t_a_c is to be dropped in this run too" in got["public.t_a"][1]
+    assert got["public.t_a_c"][0] == "would drop"
+    assert [f.name for f in plan.to_drop] == ["public.t_a_c"]
+
+
+def test_a_name_outside_the_schemas_checked_is_refused_naming_schema() -> None:
+    """Before, an index outside --schema (or a typo) was "already gone ... (dropped already?)"
+    and the run exited 0."""
+    checked = [idx("t_a", "a", table="t", schema="app")]
+    elsewhere = [
+        IndexLocation(schema_name="audit", index_name="audit_idx", table_name="events"),
+        IndexLocation(schema_name="app", index_name="t_a", table_name="t"),
+    ]
+    plan = select_drops(
+        [],
+        checked,
+        ["audit.audit_idx", "audit_idx", "app.t_typo"],
+        apply=True,
+        elsewhere=elsewhere,
+        schemas=["app"],
+    )
+    got = {o.requested: (o.status, o.reason) for o in plan.outcomes}
+    for name in ("audit.audit_idx", "audit_idx"):
+        assert got[name] == (
+            "refused",
+            "audit.audit_idx is outside the schemas checked (app; --schema): not checked, so "
+            "not dropped; add --schema audit to check it",
+        )
+    assert got["app.t_typo"][0] == "not found"
+    assert plan.to_drop == []

@@ -150,7 +150,8 @@ def test_an_existing_partial_index_covers_only_a_candidate_with_its_predicate() 
     assert same_predicate(
         '("Finished At" IS NULL)', Predicate(column="Finished At", test="IS NULL")
     )
-    assert index_name(partial) == "perfops_idx_runs_created_at_where_status_eq_queued"
+    readable = index_name(partial).rsplit("_", 1)[0]  # then a hash of the key
+    assert readable == "perfops_idx_runs_created_at_where_status_eq_queued"
 
 
 def test_a_partial_index_takes_only_its_share_of_inserts_and_updates_of_its_predicate() -> None:

@@ -16,6 +16,7 @@ from decisions.indexing import (
     covering_index,
     index_name,
     query_shape,
+    table_matches,
 )
 
 ORDERS = TableRef("public", "orders")
@@ -187,8 +188,39 @@ def test_cap_per_table() -> None:
 
 
 def test_index_names_are_safe_and_short() -> None:
-    assert index_name(_candidate("customer_id")) == "perfops_idx_orders_customer_id"
+    readable = index_name(_candidate("customer_id")).rsplit("_", 1)[0]  # then a hash of the key
+    assert readable == "perfops_idx_orders_customer_id"
     long = Candidate(schema_name="s", table_name='x"; DROP TABLE y; --' * 3, columns=["a" * 40])
     name = index_name(long)
     assert len(name.encode()) <= 63 and '"' not in name and ";" not in name
     assert index_name(long) == name  # stable
+
+
+def test_index_names_differ_where_their_readable_parts_collide() -> None:
+    """`"order"(item_sku)` and `order_item(sku)` read alike once joined with `_`, `"Orders"` and
+    `orders` once lowercased, and the punctuation of a name is folded away: the hash of each
+    candidate's key keeps every name apart (a build failing with "already exists" then dropped
+    another table's index)."""
+    pairs = [
+        (("order", ["item_sku"]), ("order_item", ["sku"])),
+        (("Orders", ["id"]), ("orders", ["id"])),
+        (("a-b", ["c"]), ("a_b", ["c"])),
+        (("t" * 70, ["x"]), ("t" * 70, ["y"])),  # both cut to 63 bytes
+    ]
+    for (t1, c1), (t2, c2) in pairs:
+        one = index_name(Candidate(schema_name="public", table_name=t1, columns=c1))
+        two = index_name(Candidate(schema_name="public", table_name=t2, columns=c2))
+        assert one != two, (one, two)
+        assert len(one.encode()) <= 63 and len(two.encode()) <= 63
+    assert index_name(_candidate("customer_id")) == index_name(_candidate("customer_id"))
+
+
+def test_include_tables_takes_a_name_as_stored_or_as_sql_quotes_it() -> None:
+    """The same convention as `stats --table` and `partitions rotate --table`: the quoted form
+    errors list, and the stored form as before."""
+    ref = TableRef("Sales", "Events")
+    for name in ('"Sales"."Events"', "Sales.Events", '"Events"', "Events"):
+        assert table_matches(ref, [name]), name
+    for name in ("sales.events", "Other.Events", '"sales"."Events"'):
+        assert not table_matches(ref, [name]), name
+    assert table_matches(TableRef("public", "orders"), ["PUBLIC.Orders"])  # folded, as SQL

@@ -311,3 +311,21 @@ def test_policy_defaults_are_the_documented_ones() -> None:
     )
     with pytest.raises(ValidationError):
         p.parallelism = 4  # type: ignore[misc]
+
+
+def test_a_table_listed_in_the_error_is_accepted_by_table_as_listed() -> None:
+    """The error lists `"Sales"."Events"` (as SQL quotes it); before, typing that matched
+    nothing, since --table compared the raw name only. Both forms match now, globs too."""
+    stats = [table("Events", schema="Sales", n_mod_since_analyze=5_000)]
+    typo = filter_miss(stats, StatisticsPolicy(include_tables=["Sales.Evnets"]))
+    assert '"Sales"."Events"' in typo.error
+    for name in ('"Sales"."Events"', "Sales.Events", '"Events"', "Events", '"Sales".*', "Sales.*"):
+        policy = StatisticsPolicy(include_tables=[name])
+        assert filter_miss(stats, policy).tables == [], name
+        assert [d.acts for d in decide(stats, policy)] == [True], name
+    # Unquoted, PostgreSQL folds to lower case: sales.events is another table.
+    assert filter_miss(stats, StatisticsPolicy(include_tables=["sales.events"])).tables == [
+        "sales.events"
+    ]
+    lower = [table("events", schema="sales", n_mod_since_analyze=5_000)]
+    assert filter_miss(lower, StatisticsPolicy(include_tables=["Sales.Events"])).tables == []

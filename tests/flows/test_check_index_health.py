@@ -212,9 +212,14 @@ def test_apply_drops_exactly_the_named_index_concurrently_and_reruns_cleanly(
     ).payload
     assert [i["index"] for i in payload["indexes"]] == ['"Health Q"."i""; DROP INDEX y; --"']
 
-    again = one_target(check_index_health, settings=SETTINGS, apply=True, drop=[requested])
+    # A rerun cannot tell "dropped by the last run" from a typo: it fails, saying both.
+    again, message = failed_run(
+        check_index_health(settings=SETTINGS, apply=True, drop=[requested], return_state=True)
+    )
     [d] = again.drops
-    assert d.status == "already gone"
+    assert d.status == "not found"
+    assert "(never existed, or already dropped)" in d.reason
+    assert message.startswith("1 of 1 drops not done: ")
     assert HOSTILE_INDEX not in _findings(again)
 
 
@@ -476,3 +481,88 @@ def test_a_role_that_does_not_own_the_table_drops_nothing_and_says_what_it_needs
         with psycopg.connect(health_db, autocommit=True) as conn:
             conn.execute(sql.SQL("drop owned by {}").format(q(role)))
             conn.execute(sql.SQL("drop role {}").format(q(role)))
+
+
+def test_applying_every_advised_drop_never_leaves_a_used_lookup_without_an_index(
+    health_db: str,
+) -> None:
+    """t_a (a) is used, t_a_c (a, c) is not. Before, t_a was "covered by t_a_c" and t_a_c
+    "unused"; dropping both (as advised) left lookups on a with a Seq Scan."""
+    t = q(SCHEMA, "t")
+    with psycopg.connect(health_db, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "create table {} as select g as a, g % 7 as c, 'b' || g as b "
+                "from generate_series(1, 20000) g"
+            ).format(t)
+        )
+        conn.execute(sql.SQL("create index t_a on {} (a)").format(t))
+        conn.execute(sql.SQL("analyze {}").format(t))
+        conn.execute("set enable_seqscan = off")
+        conn.execute(sql.SQL("select * from {} where a = 5").format(t))  # uses t_a
+        conn.execute("select pg_stat_force_next_flush()")
+        conn.execute(sql.SQL("create index t_a_c on {} (a, c)").format(t))  # never used
+    _wait_for_scans(health_db, "t_a")
+    settings = SETTINGS.model_copy(update={"schemas": [SCHEMA]})
+    found = _findings(one_target(check_index_health, settings=settings))
+    assert "t_a" not in found  # used, and t_a_c, advised away, covers nothing
+    assert found["t_a_c"].kind == "unused"
+    report, _ = failed_run(
+        check_index_health(
+            settings=settings,
+            apply=True,
+            drop=[f'"{SCHEMA}".t_a', f'"{SCHEMA}".t_a_c'],
+            return_state=True,
+        )
+    )
+    got = {d.requested: d.status for d in report.drops}
+    assert got == {f'"{SCHEMA}".t_a': "refused", f'"{SCHEMA}".t_a_c': "dropped"}
+    with psycopg.connect(health_db) as conn:
+        conn.execute("set enable_seqscan = off")
+        plan = conn.execute(
+            sql.SQL("explain (format json) select * from {} where a = 5").format(t)
+        ).fetchone()
+    assert plan is not None and "t_a" in json.dumps(plan[0])
+
+
+def test_cli_a_drop_outside_schema_or_of_no_index_exits_1_saying_which(
+    health_db: str,
+    perfops: Callable[[list[str]], int],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before, both were "already gone: no index of that name in the database (dropped
+    already?)" and the command exited 0."""
+    with psycopg.connect(health_db, autocommit=True) as conn:
+        conn.execute("drop schema if exists health_other cascade")
+        conn.execute("create schema health_other")
+        conn.execute("create table health_other.t (a int)")
+        conn.execute("create index other_idx on health_other.t (a)")
+    try:
+        code = perfops(
+            [
+                *HEALTH,
+                "--dsn",
+                health_db,
+                "--json",
+                "--apply",
+                "--drop",
+                "health_other.other_idx",
+                "--drop",
+                f"{SCHEMA}.no_such_idx",
+            ]
+        )
+        captured = capsys.readouterr()
+        assert code == 1
+        drops = {d["requested"]: d for d in json.loads(captured.out)["drops"]}
+        outside = drops["health_other.other_idx"]
+        assert outside["status"] == "refused"
+        assert "outside the schemas checked (Health Q; --schema)" in outside["reason"]
+        assert "add --schema health_other" in outside["reason"]
+        assert drops[f"{SCHEMA}.no_such_idx"]["status"] == "not found"
+        with psycopg.connect(health_db) as conn:
+            assert conn.execute(
+                "select to_regclass('health_other.other_idx') is not null"
+            ).fetchone() == (True,)
+    finally:
+        with psycopg.connect(health_db, autocommit=True) as conn:
+            conn.execute("drop schema if exists health_other cascade")

@@ -32,7 +32,7 @@ from decisions.partitioning import HashPolicy, PartitionPolicy, PlannedPartition
 from flows.rotate_partitions import rotate_partitions
 from perfops.errors import ConfigurationError, report_of
 from tasks.partition_archives import ArchiveSource, Manifest, archive_keys, archive_partition
-from tasks.postgres.partition_changes import detach_partitions
+from tasks.postgres.partition_changes import detach_partitions, expired_comment
 from tests.records import artifact_rows, superuser_fix
 from tests.servers import MotoServer
 
@@ -812,3 +812,129 @@ def test_a_role_that_does_not_own_the_table_changes_nothing(
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("drop owned by {}").format(sql.Identifier(role)))
             conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture()
+def elsewhere(pg_dsn: str) -> Iterator[str]:
+    """A second schema, for partitions that live outside their parent's."""
+    name = f"rot_other_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create schema {}").format(sql.Identifier(name)))
+    yield name
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(name)))
+
+
+def _comment_and_count(dsn: str, schema: str, table: str) -> tuple[str | None, int]:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            sql.SQL("select obj_description({}::regclass, 'pg_class'), count(*) from {}").format(
+                sql.Literal(f'"{schema}"."{table}"'), sql.Identifier(schema, table)
+            )
+        ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def test_partitions_in_another_schema_are_rotated_there_and_a_namesake_is_never_touched(
+    pg_dsn: str,
+    pg_target: PostgresTarget,
+    schema: str,
+    elsewhere: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The expired partitions and the default partition live in another schema than the parent,
+    and the parent's schema holds an unrelated plain table of an expired partition's name: the
+    rotation detaches, archives and drops the partitions where they are, rescues the default
+    partition's rows from its own schema, and never marks or drops the namesake."""
+    make_audit_logs(pg_dsn, schema, default_rows={(2027, 1): 5})
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for table in ("audit_logs_p2025_09", "audit_logs_p2025_10", "audit_logs_default"):
+            conn.execute(
+                sql.SQL("alter table {} set schema {}").format(
+                    sql.Identifier(schema, table), sql.Identifier(elsewhere)
+                )
+            )
+        conn.execute(  # unrelated, same name as an expired partition, in the parent's schema
+            sql.SQL("create table {} as select g as id from generate_series(1, 7) g").format(
+                sql.Identifier(schema, "audit_logs_p2025_09")
+            )
+        )
+    for _ in range(2):  # the second run finds nothing left and still leaves the namesake alone
+        report = run(
+            target=pg_target,
+            monkeypatch=monkeypatch,
+            policies=[policy(schema, str(tmp_path))],
+            apply=True,
+        )
+        [t] = report.tables
+        assert t.error is None and not report.failed, t.problems
+        if t.expired:
+            assert [(e.partition, e.status, e.rows) for e in t.expired] == [
+                (f"{elsewhere}.audit_logs_p2025_09", "dropped", ROWS_PER_MONTH),
+                (f"{elsewhere}.audit_logs_p2025_10", "dropped", ROWS_PER_MONTH),
+            ]
+            rescued = next(c for c in t.created if c.name == "audit_logs_p2027_01")
+            assert (rescued.status, rescued.moved_rows) == ("created", 5)
+        assert _comment_and_count(pg_dsn, schema, "audit_logs_p2025_09") == (None, 7)
+    with psycopg.connect(pg_dsn) as conn:
+        gone = conn.execute(
+            "select to_regclass(%s), to_regclass(%s)",
+            (f'"{elsewhere}".audit_logs_p2025_09', f'"{elsewhere}".audit_logs_p2025_10'),
+        ).fetchone()
+    assert gone == (None, None)
+    # Archived under the partition's own schema, so a namesake's archive is never reused.
+    manifest_path = next(tmp_path.rglob(f"{elsewhere}.audit_logs_p2025_09.manifest.json"))
+    manifest = Manifest.model_validate_json(manifest_path.read_text())
+    assert (manifest.schema_name, manifest.partition_schema) == (schema, elsewhere)
+    assert manifest.rows == ROWS_PER_MONTH
+
+
+def test_drop_action_never_marks_or_drops_a_namesake_of_a_partition_elsewhere(
+    pg_dsn: str,
+    pg_target: PostgresTarget,
+    schema: str,
+    elsewhere: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reported data loss: parent in one schema, an expired partition in another, an
+    unrelated table of its name beside the parent; `expired_action: drop` twice. And a table
+    carrying an older perfops's mark (naming the parent but not the table) is reported, not
+    dropped."""
+    make_audit_logs(pg_dsn, schema, with_default=False)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("alter table {} set schema {}").format(
+                sql.Identifier(schema, "audit_logs_p2025_09"), sql.Identifier(elsewhere)
+            )
+        )
+        for name in ("audit_logs_p2025_09", "legacy_leftover"):
+            conn.execute(
+                sql.SQL("create table {} as select g as id from generate_series(1, 3) g").format(
+                    sql.Identifier(schema, name)
+                )
+            )
+        conn.execute(
+            sql.SQL("comment on table {} is {}").format(
+                sql.Identifier(schema, "legacy_leftover"),
+                sql.Literal(expired_comment(schema, "audit_logs", None, None)),  # no table named
+            )
+        )
+    for _ in range(2):
+        report = run(
+            target=pg_target,
+            monkeypatch=monkeypatch,
+            policies=[policy(schema, None, expired_action="drop")],
+            apply=True,
+        )
+        [t] = report.tables
+        assert t.error is None and not report.failed, t.problems
+        assert any("legacy_leftover" in p and "older perfops" in p for p in t.problems)
+        assert all(e.status == "dropped" for e in t.expired)
+        assert _comment_and_count(pg_dsn, schema, "audit_logs_p2025_09") == (None, 3)
+        assert _comment_and_count(pg_dsn, schema, "legacy_leftover")[1] == 3
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute(
+            "select to_regclass(%s)", (f'"{elsewhere}".audit_logs_p2025_09',)
+        ).fetchone() == (None,)

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from blocks import PostgresTarget
 from decisions.index_health import IndexHealthSettings, built_at
 from decisions.index_suggestions import IndexSuggestionReport
-from decisions.indexing import Candidate, IndexAdvisorSettings
+from decisions.indexing import Candidate, IndexAdvisorSettings, index_name
 from flows.check_index_health import check_index_health
 from flows.suggest_indexes import suggest_indexes
 from perfops.errors import ConfigurationError, report_of
@@ -24,6 +24,8 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 HOSTILE = 'x"; DROP TABLE y; --'
 SCOPE = ["adv.orders", f"adv.{HOSTILE}"]
+ORDERS_IDX = index_name(Candidate(schema_name="adv", table_name="orders", columns=["customer_id"]))
+HOSTILE_IDX = index_name(Candidate(schema_name="adv", table_name=HOSTILE, columns=["Mixed Case"]))
 
 
 def _invalid_indexes(conn: psycopg.Connection[Any]) -> list[str]:
@@ -83,9 +85,7 @@ def test_suggests_what_pays_off_with_evidence_and_builds_nothing(workload: str) 
     by_table = {(s.table, tuple(s.columns)): s for s in report.suggestions}
     assert set(by_table) == {("adv.orders", ("customer_id",)), (f"adv.{HOSTILE}", ("Mixed Case",))}
     orders = by_table[("adv.orders", ("customer_id",))]
-    assert orders.ddl.startswith(
-        'CREATE INDEX CONCURRENTLY "perfops_idx_orders_customer_id" ON "adv"."orders"'
-    )
+    assert orders.ddl.startswith(f'CREATE INDEX CONCURRENTLY "{ORDERS_IDX}" ON "adv"."orders"')
     [helped] = orders.queries
     assert helped["calls"] == 30 and helped["cost_after"] < helped["cost_before"] * 0.1
     assert orders.size_bytes > 0 and orders.est_time_saved_ms > 0
@@ -112,13 +112,13 @@ def test_apply_builds_concurrently_verifies_and_a_rerun_suggests_nothing(workloa
                 "select indexname from pg_indexes where schemaname = 'adv'"
             ).fetchall()
         }
-        assert names == {"perfops_idx_orders_customer_id", "perfops_idx_x_drop_table_y_mixed_case"}
+        assert names == {ORDERS_IDX, HOSTILE_IDX}
         assert _invalid_indexes(conn) == []
         assert conn.execute("select to_regclass('adv.y') is not null").fetchone() == (True,)
     again = one_target(suggest_indexes, settings=_settings(), apply=True)
     assert again.suggestions == [] and again.builds == []
     reasons = [r.reason for r in again.rejected]
-    assert "covered by perfops_idx_orders_customer_id (customer_id)" in reasons
+    assert f"covered by {ORDERS_IDX} (customer_id)" in reasons
     # each build leaves its record, so check_index_health calls the new indexes new, not unused
     with psycopg.connect(workload) as conn:
         comments = conn.execute(
@@ -130,9 +130,7 @@ def test_apply_builds_concurrently_verifies_and_a_rerun_suggests_nothing(workloa
     assert not [f for f in health.findings if f.index_name.startswith("perfops_idx_")]
     aged = IndexHealthSettings(min_size_bytes=0, new_index_grace_days=0)
     unused = one_target(check_index_health, settings=aged).findings
-    assert {f.index_name for f in unused if f.kind == "unused"} >= {
-        "perfops_idx_orders_customer_id"
-    }
+    assert {f.index_name for f in unused if f.kind == "unused"} >= {ORDERS_IDX}
 
 
 def test_a_table_filter_naming_no_table_fails_before_costing_and_a_partial_one_says_so(
@@ -215,12 +213,62 @@ def test_a_build_cut_short_drops_the_invalid_index_it_left(workload: str) -> Non
     )
     [cut] = create_indexes.fn(target, [request], statement_timeout_ms=1)
     assert cut.status == "failed" and "statement timeout" in cut.detail
-    assert "the INVALID index it left was dropped" in cut.detail
+    # Cancelled before or after PostgreSQL recorded the index: either way nothing is left.
+    assert (
+        "the INVALID index it left was dropped" in cut.detail
+        or "the build left no index behind" in cut.detail
+    ), cut.detail
     with psycopg.connect(workload) as conn:
         assert _invalid_indexes(conn) == []
         assert conn.execute(
             "select count(*) from pg_indexes where indexname = %s", (cut.index_name,)
         ).fetchone() == (0,)
+
+
+def test_a_build_that_fails_midway_drops_its_own_invalid_index(workload: str) -> None:
+    """A row too big for a btree fails the build after PostgreSQL recorded the index: the
+    INVALID index it left (its name, on its table, not there before) is dropped."""
+    target = PostgresTarget(dsn=SecretStr(workload))
+    with psycopg.connect(workload, autocommit=True) as conn:
+        conn.execute(
+            "create table adv.notes as select g as id, "
+            "(select string_agg(md5(random()::text || g || k), '') from generate_series(1, 200) k) "
+            "as body from generate_series(1, 3) g"
+        )
+    candidate = Candidate(schema_name="adv", table_name="notes", columns=["body"])
+    [failed] = create_indexes.fn(
+        target, [BuildRequest(candidate=candidate, queries={}, expected_costs={})]
+    )
+    assert failed.status == "failed" and "index row size" in failed.detail, failed.detail
+    assert failed.detail.endswith("; the INVALID index it left was dropped")
+    with psycopg.connect(workload) as conn:
+        assert _invalid_indexes(conn) == []
+
+
+def test_a_name_taken_by_another_tables_index_is_reported_and_that_index_kept(
+    workload: str,
+) -> None:
+    """A relation already holding the build's name (here a valid index on another table) is
+    reported before any build; before, the build failed with "already exists" and its cleanup
+    ran DROP INDEX CONCURRENTLY IF EXISTS on that name, dropping the other table's index."""
+    target = PostgresTarget(dsn=SecretStr(workload))
+    candidate = Candidate(schema_name="adv", table_name="orders", columns=["customer_id"])
+    name = index_name(candidate)
+    with psycopg.connect(workload, autocommit=True) as conn:
+        conn.execute(sql.SQL("create index {} on adv.y (id)").format(sql.Identifier(name)))
+    [clash] = create_indexes.fn(
+        target, [BuildRequest(candidate=candidate, queries={}, expected_costs={})]
+    )
+    assert clash.status == "failed"
+    assert f"the name adv.{name} is taken by an index on adv.y" in clash.detail
+    with psycopg.connect(workload) as conn:
+        kept = conn.execute(
+            "select t.relname, x.indisvalid from pg_index x "
+            "join pg_class t on t.oid = x.indrelid where x.indexrelid = to_regclass(%s)",
+            (f"adv.{name}",),
+        ).fetchone()
+        assert kept == ("y", True)
+        assert _invalid_indexes(conn) == []
 
 
 def test_apply_builds_only_on_tables_the_role_owns_and_fails_naming_the_rest(
@@ -250,8 +298,8 @@ def test_apply_builds_only_on_tables_the_role_owns_and_fails_naming_the_rest(
         report = report_of(state.result(raise_on_failure=False))
         assert isinstance(report, IndexSuggestionReport)
         by_status = {b.index_name: (b.status, b.detail) for b in report.builds}
-        assert by_status["perfops_idx_orders_customer_id"][0] == "created"
-        assert by_status["perfops_idx_x_drop_table_y_mixed_case"] == (
+        assert by_status[ORDERS_IDX][0] == "created"
+        assert by_status[HOSTILE_IDX] == (
             "failed",
             f"not attempted: needs ownership (owner {owner})",
         )
@@ -260,7 +308,7 @@ def test_apply_builds_only_on_tables_the_role_owns_and_fails_naming_the_rest(
                 r[0]
                 for r in conn.execute("select indexname from pg_indexes where schemaname = 'adv'")
             }
-        assert names == {"perfops_idx_orders_customer_id"}
+        assert names == {ORDERS_IDX}
     finally:
         with psycopg.connect(workload, autocommit=True) as conn:
             conn.execute("drop schema if exists adv cascade")
