@@ -485,8 +485,8 @@ def select_drops(
     Only findings can be dropped, and only those not backing a constraint; one that matches
     several is ambiguous. A name the catalog read (limited to `schemas`) did not find is placed
     with `elsewhere` (every index of the database, by name): one outside `schemas` is refused,
-    naming `--schema`; one in no schema is "not found" (never existed, or already dropped: this
-    run cannot tell which, so it is not done). A
+    naming `--schema`; one in no schema is "not found" (already dropped, or misspelt: this run
+    cannot tell which; it does not fail the run, so a rerun after a drop completes). A
     duplicate or covered index whose kept index (`other_index`) is asked to be dropped too is
     refused: dropping both would leave nothing in their place.
     Without `apply` each droppable finding is "would drop"; with it, the finding goes into
@@ -607,8 +607,8 @@ def _unmatched(
         requested=requested,
         name=requested,
         status="not found",
-        reason=f"no index named {requested} in the database (never existed, or already "
-        "dropped): nothing dropped; check the name",
+        reason=f"no index named {requested} in the database: nothing to drop (already dropped "
+        "by an earlier run, or a misspelt name: check it)",
     )
 
 

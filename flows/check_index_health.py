@@ -246,7 +246,7 @@ def check_index_health(
             logger.info("%-9s %s (%s): %s", f.kind, f.name, format_bytes(f.size_bytes), f.reason)
         for o in drops:
             logger.info("drop %s: %s (%s)", o.name, o.status, o.reason)
-        not_done = [o for o in drops if o.status in ("refused", "failed", "not found")]
+        not_done = [o for o in drops if o.status in ("refused", "failed")]
         first = next((o for o in not_done if o.name not in refused), None)
         why = ([privileges] if privileges else []) + (
             [f"{first.name}: {first.reason}"] if first else []

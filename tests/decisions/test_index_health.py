@@ -322,8 +322,8 @@ def test_what_is_refused_and_why(catalog: list[IndexInfo]) -> None:
     )
     assert got["public.gone_idx"] == (
         "not found",
-        "no index named public.gone_idx in the database (never existed, or already dropped): "
-        "nothing dropped; check the name",
+        "no index named public.gone_idx in the database: nothing to drop (already dropped by "
+        "an earlier run, or a misspelt name: check it)",
     )
 
 
