@@ -10,6 +10,7 @@ describe is `decisions.load_schedule`.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from pydantic import (
 from decisions.slo_definitions import parse_duration
 from decisions.yaml_models import parse_model
 from perfops.errors import ConfigurationError
+from perfops.wording import counted
 
 TEST_NAME = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
@@ -328,6 +330,50 @@ def load_tests(path: Path | str) -> LoadTests:
     return parse_tests(text, str(path))
 
 
+def closed_rate_per_user(test: LoadTest) -> tuple[float, Scenario]:
+    """The most requests per second one virtual user of the closed model can send, and the
+    scenario that sends them: a pass of a scenario sends one request per step and waits at
+    least the steps' think times (the answers take time too, so this is an upper bound). A
+    scenario without think time is bounded only by how fast the target answers: inf."""
+    worst: tuple[float, Scenario] | None = None
+    for sc in test.scenarios:
+        think = sum(s.think_time.total_seconds() for s in sc.steps)
+        rate = len(sc.steps) / think if think > 0 else math.inf
+        if worst is None or rate > worst[0]:
+            worst = (rate, sc)
+    assert worst is not None  # a test has at least one scenario
+    return worst
+
+
+def closed_rate_problem(test: LoadTest, max_rps: float) -> str | None:
+    """Why a closed-model (vus) test could send more than `max_rps` (None: it cannot). The
+    engine also holds it to the cap at run time; this refuses before any request a test that
+    would lean on that limit instead of asking what the target allows."""
+    vus = test.pattern.vus
+    if vus is None:
+        return None
+    per_user, sc = closed_rate_per_user(test)
+    steps = len(sc.steps)
+    need = vus * steps / max_rps  # seconds of think time per pass that keep it under the cap
+    if math.isinf(per_user):
+        return (
+            f"is a closed model of {vus} virtual users whose scenario {sc.name!r} has no think "
+            f"time, so its rate is bounded only by how fast the target answers, not by the "
+            f"target's cap of {max_rps:,g} rps: give its steps think_time, at least {need:,.3g} s "
+            f"per pass ({vus} users x {counted(steps, 'request')} per pass / {max_rps:,g} rps)"
+        )
+    if vus * per_user > max_rps:
+        think = steps / per_user
+        per_pass = counted(steps, "request")
+        return (
+            f"is a closed model of {vus} virtual users that can send up to "
+            f"{vus * per_user:,.4g} rps ({vus} users x {per_pass} per {think:,.3g} s of "
+            f"think time in scenario {sc.name!r}), over the target's cap of {max_rps:,g} rps: "
+            f"fewer users or at least {need:,.3g} s of think time per pass"
+        )
+    return None
+
+
 def cap_problems(
     test: LoadTest, *, max_rps: float, max_connections: int, max_duration_s: float
 ) -> list[str]:
@@ -336,6 +382,9 @@ def cap_problems(
     p = test.pattern
     if p.rps is not None and p.rps > max_rps:
         problems.append(f"asks {p.rps:,g} rps, over the target's cap of {max_rps:,g} rps")
+    closed = closed_rate_problem(test, max_rps)
+    if closed is not None:
+        problems.append(closed)
     if p.vus is not None and p.vus > max_connections:
         problems.append(
             f"asks {p.vus} virtual users, over the target's cap of {max_connections} connections"
