@@ -35,6 +35,27 @@ from perfops.wording import counted
 TEST_NAME = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 _FIELD_PATH = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+# A header name is an RFC 9110 token; a value and a URL hold no control character (a CR or LF
+# would end the header and start another: header injection)
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_VALUE_BAD = re.compile(r"[^\t\x20-\x7e\x80-\xff]")  # controls (CR, LF, ...), past Latin-1
+_URL_BAD = re.compile(r"[^\x21-\x7e]")  # anything but printable ASCII: spaces, controls
+# Headers a step may not set: perfops writes them itself. Host comes from the target's URL (the
+# allow-list checks that host: a Host header would send the load elsewhere); the framing and
+# hop-by-hop ones say how the request and the connection end; x-perfops-request numbers it.
+REFUSED_HEADERS = {
+    "host": "perfops sets Host from the target's URL, the host the allow-list checked",
+    "content-length": "perfops frames the request itself",
+    "transfer-encoding": "perfops frames the request itself",
+    "connection": "perfops keeps its connections alive itself",
+    "keep-alive": "perfops keeps its connections alive itself",
+    "proxy-connection": "perfops keeps its connections alive itself",
+    "upgrade": "perfops speaks HTTP/1.1 only",
+    "te": "perfops frames the request itself",
+    "trailer": "perfops frames the request itself",
+    "expect": "perfops sends the body at once",
+    "x-perfops-request": "perfops numbers every request itself",
+}
 # Hard limits of the file itself; the target block's caps (blocks.load_target) apply on top.
 MAX_DURATION = timedelta(hours=1)
 MAX_RPS = 20_000.0
@@ -162,6 +183,32 @@ class Step(_Model):
         return self.name or self.endpoint
 
 
+def request_problems(step: Step) -> list[str]:
+    """Why a step's request line or headers are unsafe to send (empty: they are safe): a header
+    perfops writes itself (REFUSED_HEADERS), a header name that is not a token, a control
+    character (CR, LF, ...) in a header value, or a space, control or non-ASCII character in
+    the URL."""
+    problems = []
+    bad = _URL_BAD.search(step.url)
+    if bad:
+        problems.append(
+            f"url {step.url!r} holds {bad.group()!r} at {bad.start()}: a URL is sent as is, so "
+            "no spaces, control characters (CR, LF) or non-ASCII (percent-encode them)"
+        )
+    for name, value in step.headers.items():
+        why = REFUSED_HEADERS.get(name.lower())
+        if why is not None:
+            problems.append(f"headers may not set {name} ({why})")
+        elif not _HEADER_NAME.match(name):
+            problems.append(f"header name {name!r} is not a token (letters, digits, -, ...)")
+        if _VALUE_BAD.search(value):
+            problems.append(
+                f"header {name}'s value {value!r} holds a character a header cannot carry (CR, "
+                "LF or another control character, or one past Latin-1)"
+            )
+    return problems
+
+
 class Scenario(_Model):
     """Steps run in order; scenarios are chosen by weight (each arrival starts one)."""
 
@@ -271,6 +318,14 @@ class LoadTest(_Model):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"scenario names must be unique: {dupes}")
+        unsafe = [
+            f"test {self.name}, scenario {sc.name}, step {i} ({s.label!r}): " + "; ".join(problems)
+            for sc in self.scenarios
+            for i, s in enumerate(sc.steps, 1)
+            if (problems := request_problems(s))
+        ]
+        if unsafe:
+            raise ValueError(" | ".join(unsafe))
         endpoints = {s.endpoint for sc in self.scenarios for s in sc.steps}
         unknown = [c.endpoint for c in self.criteria if c.endpoint not in endpoints | {"all"}]
         if unknown:

@@ -48,7 +48,7 @@ from decisions.load_results import (
     encode,
     new_histogram,
 )
-from decisions.load_scenarios import MAX_RPS, LoadTest, Step
+from decisions.load_scenarios import MAX_RPS, LoadTest, Step, request_problems
 from decisions.load_schedule import Shape, arrival_times, scenario_order, share_users, vus_at
 
 LATE_S = 0.010  # a request sent this much after its intended start counts as a late send
@@ -343,6 +343,9 @@ class _Prepared:
     checks."""
 
     def __init__(self, key: str, step: Step, plan: LoadPlan, pools: dict[str, _Pool]) -> None:
+        unsafe = request_problems(step)  # the file's validation refuses these; never send them
+        if unsafe:
+            raise ValueError(f"step {step.label!r} cannot be sent: {'; '.join(unsafe)}")
         base = urlsplit(plan.base_url)
         url = urlsplit(step.url) if not step.url.startswith("/") else None
         origin = url if url is not None else base

@@ -137,3 +137,45 @@ def test_a_closed_model_that_could_send_more_than_the_cap_is_refused_with_its_nu
         cap_problems(vus_test("0s", "1s"), max_rps=100, max_connections=100, max_duration_s=60)
         == []
     )
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        (
+            "{url: /x, headers: {Host: api.prod.example.com}}",
+            "headers may not set Host (perfops sets Host from the target's URL, the host the "
+            "allow-list checked)",
+        ),
+        ("{url: /x, headers: {content-length: '0'}}", "headers may not set content-length"),
+        ("{url: /x, headers: {Transfer-Encoding: chunked}}", "may not set Transfer-Encoding"),
+        ("{url: /x, headers: {Connection: close}}", "headers may not set Connection"),
+        (
+            "{url: /x, headers: {X-Perfops-Request: '7'}}",
+            "headers may not set X-Perfops-Request (perfops numbers every request itself)",
+        ),
+        (
+            '{url: /x, headers: {X-Team: "perf\\r\\nHost: api.prod.example.com"}}',
+            "header X-Team's value 'perf\\r\\nHost: api.prod.example.com' holds a character a "
+            "header cannot carry (CR, LF",
+        ),
+        ('{url: /x, headers: {"X-Team\\nHost": a}}', "header name 'X-Team\\nHost' is not a token"),
+        (
+            '{url: "/x HTTP/1.1\\r\\nHost: api.prod.example.com\\r\\nX: "}',
+            "url '/x HTTP/1.1\\r\\nHost: api.prod.example.com\\r\\nX: ' holds ' ' at 2",
+        ),
+    ],
+)
+def test_a_step_may_not_set_the_headers_perfops_writes_nor_inject_any(
+    step: str, expected: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        parse_tests(MINIMAL.replace("{url: /x}", step), "load.yaml")
+    message = str(caught.value)
+    assert "load.yaml line 2, tests[0]: Value error, test t, scenario s, step 1 (" in message
+    assert expected in message
+
+
+def test_ordinary_headers_still_reach_the_step() -> None:
+    test = parse_tests(MINIMAL.replace("{url: /x}", "{url: '/x?a=1', headers: {X-Team: perf}}"))
+    assert test.tests[0].scenarios[0].steps[0].headers == {"X-Team": "perf"}

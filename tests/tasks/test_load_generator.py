@@ -171,3 +171,19 @@ def test_a_closed_model_the_cap_cannot_bound_is_refused_naming_the_test() -> Non
         "think time"
     )
     assert "target's cap of 100 rps" in str(caught.value)
+
+
+def test_the_engine_will_not_send_a_step_that_sets_host_even_unvalidated() -> None:
+    import asyncio
+
+    from decisions.load_scenarios import Step
+    from tasks.load_engine import _Prepared
+
+    step = Step.model_construct(**{**Step(url="/x").__dict__, "headers": {"Host": "prod.example"}})
+    plan = LoadPlan(test=a_test("{rps: 1}", "1s"), base_url="http://127.0.0.1:9")
+
+    async def prepare() -> None:
+        _Prepared("s/x", step, plan, {})
+
+    with pytest.raises(ValueError, match="cannot be sent: headers may not set Host"):
+        asyncio.run(prepare())
