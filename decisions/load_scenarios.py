@@ -10,6 +10,8 @@ describe is `decisions.load_schedule`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from datetime import timedelta
@@ -368,6 +370,14 @@ class LoadTests(_Model):
         raise ConfigurationError(
             f"no load test named {name!r}; defined: {', '.join(t.name for t in self.tests)}"
         )
+
+
+def definition_hash(test: LoadTest) -> str:
+    """A short fingerprint of a test's whole definition (what it sends, how hard, for how long):
+    two processes that read the same test from their own tests file agree on it only when the
+    definitions are the same."""
+    canonical = json.dumps(test.model_dump(mode="json", by_alias=True), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def parse_tests(text: str, source: str = "<string>") -> LoadTests:

@@ -48,7 +48,13 @@ from decisions.load_results import (
     encode,
     new_histogram,
 )
-from decisions.load_scenarios import MAX_RPS, LoadTest, Step, request_problems
+from decisions.load_scenarios import (
+    MAX_RPS,
+    LoadTest,
+    Step,
+    definition_hash,
+    request_problems,
+)
 from decisions.load_schedule import Shape, arrival_times, scenario_order, share_users, vus_at
 
 LATE_S = 0.010  # a request sent this much after its intended start counts as a late send
@@ -764,6 +770,8 @@ class _Run:
             started_at=started_at,
             started_monotonic=self.t0,
             start_late_s=round(late, 3),
+            base_url=self.plan.base_url,
+            test_hash=definition_hash(self.test),
             duration_s=self.test.seconds,
             seconds=round(self.loop.time() - self.t0, 3),
             asked=asked,

@@ -168,6 +168,64 @@ def test_two_shares_ask_half_each_and_merge_into_one_result(
     assert [r["what"] for r in rows[-2:]] == ["share 1 of 2", "share 2 of 2"]
 
 
+def test_shares_send_to_the_target_the_parent_resolved_not_their_environments(
+    tests_file: str, local: Callable[[TargetServer], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with TargetServer(TargetBehaviour(median_ms=5)) as named, TargetServer() as other:
+        local(other)  # the environment names another local server
+        LoadTarget(base_url=other.url).save("perfops-load-test-env", overwrite=True)
+        monkeypatch.setenv("PERFOPS_LOAD_TARGET_BLOCK", "perfops-load-test-env")
+        report = run_load_test(
+            name="smoke", tests_file=tests_file, target_url=named.url, shares=2, keep_history=False
+        )
+        assert named.log is not None and other.log is not None
+        assert len(named.log.numbers) == 180 and other.log.numbers == []
+    assert report.target == named.url and report.shares == 2
+
+
+def test_a_share_whose_target_differs_from_the_parents_sends_nothing(
+    tests_file: str, local: Callable[[TargetServer], None]
+) -> None:
+    import time
+
+    from flows.run_load_share import run_load_share
+
+    with TargetServer() as here, TargetServer() as checked:
+        state = run_load_share(
+            name="smoke",
+            share=1,
+            shares=2,
+            start_at_unix=time.time() + 1,
+            tests_file=tests_file,
+            target_url=here.url,
+            base_url=checked.url,
+            return_state=True,
+        )
+        assert here.log is not None and here.log.numbers == []
+    assert state.is_failed()
+    assert (
+        f"share 2 of 2 of load test smoke: the target resolved here is {here.url}, not "
+        f"{checked.url} that the parent checked"
+    ) in str(state.result(raise_on_failure=False))
+
+
+def test_the_command_lines_target_url_wins_over_the_environments_block(
+    perfops: Callable[[list[str]], int],
+    tests_file: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with TargetServer(TargetBehaviour(median_ms=5)) as named, TargetServer() as other:
+        LoadTarget(base_url=other.url).save("perfops-load-test-env", overwrite=True)
+        monkeypatch.setenv("PERFOPS_LOAD_TARGET_BLOCK", "perfops-load-test-env")
+        args = ["load", "run", "smoke", "--tests-file", tests_file, "--no-history", "--json"]
+        assert perfops([*args, "--target-url", named.url]) == 0
+        assert named.log is not None and other.log is not None
+        assert len(named.log.numbers) == 180 and other.log.numbers == []
+        # both named on the command line: refused, nothing sent
+        code = perfops([*args, "--target-url", named.url, "--target-block", "x"])
+        assert code != 0 and len(named.log.numbers) == 180
+
+
 def test_history_lists_runs_newest_first(
     perfops: Callable[[list[str]], int],
     history_dsn: str,
