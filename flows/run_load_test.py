@@ -11,8 +11,8 @@
    `run_load_share` deployment that other workers of the pool take (tasks/load_shares.py).
    A share aborts when the error rate passes the test's limit.
 3. The figures per endpoint and per step, the criteria judged, whether the shares ran
-   together, the comparison with the newest baseline (Mann-Whitney on per-second p95s and a
-   minimum effect, decisions.load_baseline).
+   together, the comparison with the newest baseline of this test against this target
+   (Mann-Whitney on per-second p95s and a minimum effect, decisions.load_baseline).
 4. History in PostgreSQL (`perfops.load_test_runs`, created by an idempotent migration);
    `baseline=True` then establishes a new baseline from the last good runs.
 5. The artifact `perfops-load-<test>` (table), `perfops-load-<test>-chart` (markdown with the
@@ -160,7 +160,7 @@ def run_load_test(
     previous = None
     if history is not None:
         migrate_load_history(history)
-        previous = read_load_baseline(history, test.name)
+        previous = read_load_baseline(history, test.name, target.base_url)
     logger.info(
         "%s against %s: %s %s for %.0f s in %d share(s)%s",
         test.name,

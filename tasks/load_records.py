@@ -54,8 +54,12 @@ def keep_history(
     try:
         record_load_run(history, history_record(report, result))
         if baseline:
-            runs = read_load_runs(history, report.test, HISTORY_FOR_BASELINE)
-            made = establish_baseline(report.test, runs, datetime.now(UTC), policy)
+            runs = read_load_runs(
+                history, report.test, HISTORY_FOR_BASELINE, load_target=report.target
+            )
+            made = establish_baseline(
+                report.test, runs, datetime.now(UTC), policy, target=report.target
+            )
             save_load_baseline(history, made)
             report.established_baseline = True
             report.baseline = (

@@ -203,6 +203,12 @@ def _print_report(report: Any) -> None:
 def history(
     name: Annotated[str | None, typer.Argument(help="Only this test.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="Newest runs to show.")] = 20,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target", help="Only runs against this base URL (the target a baseline is kept for)."
+        ),
+    ] = None,
     dsn: DsnOption = None,
     postgres_block: PostgresBlockOption = None,
     as_json: JsonFlag = False,
@@ -214,16 +220,21 @@ def history(
     from tasks.postgres.load_runs import read_load_runs
 
     use_dsn(dsn)
-    target = resolve_postgres(postgres_block).value
+    history_db = resolve_postgres(postgres_block).value
     try:
-        records = read_load_runs.fn(target, name, limit)
+        records = read_load_runs.fn(history_db, name, limit, load_target=target)
     except psycopg.errors.UndefinedTable:
         records = []
     if as_json:
         print_json([r.model_dump(mode="json") for r in records])
         return
     if not records:
-        print_wrapped("no load test runs recorded" + (f" for {name}" if name else ""), indent=0)
+        print_wrapped(
+            "no load test runs recorded"
+            + (f" for {name}" if name else "")
+            + (f" against {target}" if target else ""),
+            indent=0,
+        )
         return
     for r in records:
         state = (

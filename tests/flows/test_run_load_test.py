@@ -97,7 +97,8 @@ def test_a_baseline_then_a_slower_server_is_flagged_with_the_record_kept(
     assert 9 <= first.endpoints[1].p50_ms <= 100
     wait_for_event("perfops.load.baseline_established")
 
-    with TargetServer(TargetBehaviour(median_ms=250, seed=2)) as slower:
+    # the same target (base URL) slower: compared with its baseline
+    with TargetServer(TargetBehaviour(median_ms=250, seed=2), port=server.port) as slower:
         local(slower)
         state = run_load_test(
             name="steady", tests_file=tests_file, compare=LENIENT, return_state=True
@@ -117,6 +118,28 @@ def test_a_baseline_then_a_slower_server_is_flagged_with_the_record_kept(
             "select passed, regressed from perfops.load_test_runs order by started_at"
         ).fetchall()
     assert kept == [(True, False), (False, True)]
+
+
+def test_a_run_against_another_target_is_not_compared_with_this_ones_baseline(
+    tests_file: str, local: Callable[[TargetServer], None], history_dsn: str
+) -> None:
+    with TargetServer(TargetBehaviour(median_ms=5, seed=1)) as fast:
+        local(fast)
+        first = run_load_test(name="smoke", tests_file=tests_file, baseline=True)
+    assert first.established_baseline
+    with TargetServer(TargetBehaviour(median_ms=60, seed=2)) as elsewhere:  # another system
+        local(elsewhere)
+        other = run_load_test(name="smoke", tests_file=tests_file, baseline=True)
+    # not judged against the first target's baseline (it would have "regressed")
+    assert other.regressed == [] and other.baseline is not None
+    assert other.baseline.startswith("no earlier baseline to compare with")
+    assert other.established_baseline  # from its own runs only: one run
+    with psycopg.connect(history_dsn) as conn:
+        kept = conn.execute(
+            "select target, baseline->'run_ids' from perfops.load_test_baselines "
+            "where test = 'smoke' order by established_at"
+        ).fetchall()
+    assert kept == [(fast.url, [first.run_id]), (elsewhere.url, [other.run_id])]
 
 
 def test_a_host_outside_the_allow_list_is_refused_before_any_request(
