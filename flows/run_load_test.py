@@ -17,7 +17,9 @@
    `baseline=True` then establishes a new baseline from the last good runs.
 5. The artifact `perfops-load-<test>` (table), `perfops-load-<test>-chart` (markdown with the
    latency-over-time PNG, also written under <out>/load-tests/), events `perfops.load.tested`,
-   `perfops.load.regressed`, `perfops.load.aborted`, `perfops.load.baseline_established`.
+   `perfops.load.regressed`, `perfops.load.aborted`, `perfops.load.baseline_established`;
+   `perfops.load.refused` for a test refused before sending, `perfops.load.failed` for one
+   whose load could not be measured.
 6. Failed, with the artifact written, when a criterion was missed, the test aborted, the
    shares did not run together, an endpoint regressed, or history could not be written.
 """
@@ -174,7 +176,7 @@ def run_load_test(
     try:
         merged, ran = _send(test, resolved, tests_file, shares, spread)
     except PerfopsError as exc:  # a generator or a share failed: the record says which
-        publish_unmeasured(test.name, str(exc))
+        publish_unmeasured(test.name, target.base_url, str(exc))
         raise
     report = assemble_report(test, merged, run_id=run_id, target=target.base_url, shares=ran)
     add_comparison(

@@ -249,6 +249,26 @@ def test_the_command_lines_target_url_wins_over_the_environments_block(
         assert code != 0 and len(named.log.numbers) == 180
 
 
+def test_a_run_whose_load_was_not_measured_says_so_in_an_event() -> None:
+    from prefect import flow
+
+    from tasks.load_records import publish_unmeasured
+
+    reason = "load test smoke: share 2 (run r2) ended Crashed with no result"
+
+    @flow(name="publish_unmeasured_here")
+    def unmeasured() -> None:
+        publish_unmeasured("smoke", "http://127.0.0.1:8089", reason)
+
+    unmeasured()
+    event = wait_for_event("perfops.load.failed")
+    assert event.payload == {"test": "smoke", "reason": reason}
+    assert event.resource.id == "perfops.load.127.0.0.1:8089"
+    assert event.resource.get("perfops.test") == "smoke"
+    [row] = artifact_rows("perfops-load-smoke")
+    assert (row["result"], row["reason"]) == ("failed", reason)
+
+
 def test_history_lists_runs_newest_first(
     perfops: Callable[[list[str]], int],
     history_dsn: str,
