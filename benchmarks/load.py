@@ -228,7 +228,7 @@ def judgement(runs: int) -> dict[str, float]:
             for kind, url in (("same", same_url), ("slow", slow_url)):
                 result = run_share(LoadPlan(test=test, base_url=url))
                 measured[kind].append(record(i, result).endpoints)
-    baseline = establish_baseline("bench", history, datetime.now(UTC), POLICY)
+    baseline = establish_baseline("bench", history, datetime.now(UTC), POLICY, target="local")
     log(f"baseline p95 {baseline.endpoints[ENDPOINT].p95_ms:.1f} ms")
     flagged: dict[str, int] = {}
     changes: dict[str, float] = {}

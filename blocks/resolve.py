@@ -3,6 +3,12 @@
 
 Flows call these with the block name they were given (or None) and pass the result to tasks;
 the `Resolved.origin` tells the run record whether it talked to a real service or a default.
+
+One rule for every system: what the caller names explicitly (a block-name parameter, or the
+load target's `url`) wins over the environment; in the environment a `PERFOPS_*_BLOCK` wins
+over the variables that describe a connection (`PERFOPS_DSN`, `PERFOPS_LOAD_TARGET_URL`, ...);
+with neither, the embedded default (or, for a load target, a refusal). Naming two explicit
+choices for one system (a load target's block and its URL) is refused.
 """
 
 from __future__ import annotations
@@ -152,6 +158,7 @@ class Resolved(Generic[T]):
     origin: Origin
     value: T
     description: str
+    name: str | None = None  # the block's name, when origin is "block"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "description", redact(self.description))
@@ -216,29 +223,38 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def resolve_load_target(
-    block: str | None = None, settings: PerfopsSettings | None = None
+    block: str | None = None, settings: PerfopsSettings | None = None, *, url: str | None = None
 ) -> Resolved[LoadTarget]:
-    """A load test's target: a saved perfops-load-target block (its allow-list, caps and auth
-    header), else PERFOPS_LOAD_TARGET_URL, accepted only on a loopback host (a local server);
-    with neither, a ConfigurationError saying how to name one."""
+    """A load test's target: the block or the local URL named explicitly (`block`, `url`: both
+    at once are refused), else the environment's PERFOPS_LOAD_TARGET_BLOCK, else its
+    PERFOPS_LOAD_TARGET_URL. A URL is accepted only on a loopback host (a local server); a
+    block carries the allow-list, caps and auth header. With none, a ConfigurationError saying
+    how to name one."""
     s = _settings(settings)
-    name = block or s.load_target_block
+    if block and url:
+        raise ConfigurationError(
+            f"name one load target, not two: the block {block!r} (--target-block, target_block) "
+            f"or the local URL {url!r} (--target-url, target_url)"
+        )
+    name = block or (None if url else s.load_target_block)
     if name:
         target = load_block(LoadTarget, name)
-        return Resolved("load_target", "block", target, f"block {name}: {target.base_url}")
-    if s.load_target_url:
+        return Resolved(
+            "load_target", "block", target, f"block {name}: {target.base_url}", name=name
+        )
+    given = url or s.load_target_url
+    if given:
         from urllib.parse import urlsplit
 
-        host = (urlsplit(s.load_target_url).hostname or "").lower()
+        source = "target_url" if url else "PERFOPS_LOAD_TARGET_URL"
+        host = (urlsplit(given).hostname or "").lower()
         if host not in LOOPBACK_HOSTS:
             raise ConfigurationError(
-                f"PERFOPS_LOAD_TARGET_URL may name a loopback host only (got {host!r}): save a "
+                f"{source} may name a loopback host only (got {host!r}): save a "
                 "perfops-load-target block with its allow-list for any other target"
             )
-        target = LoadTarget(base_url=s.load_target_url, allowed_hosts=list(LOOPBACK_HOSTS))
-        return Resolved(
-            "load_target", "environment", target, f"PERFOPS_LOAD_TARGET_URL: {target.base_url}"
-        )
+        target = LoadTarget(base_url=given, allowed_hosts=list(LOOPBACK_HOSTS))
+        return Resolved("load_target", "environment", target, f"{source}: {target.base_url}")
     raise ConfigurationError(
         "no load target: name a perfops-load-target block (--target-block, "
         "PERFOPS_LOAD_TARGET_BLOCK) or a local server (PERFOPS_LOAD_TARGET_URL=http://127.0.0.1:PORT)"

@@ -77,6 +77,7 @@ class BaselineEndpoint(BaseModel):
 
 class Baseline(BaseModel):
     test: str
+    target: str = ""  # the base URL its runs sent to ("": established before targets were kept)
     established_at: datetime
     run_ids: list[str]
     endpoints: dict[str, BaselineEndpoint]
@@ -87,16 +88,28 @@ class NoBaseline(ValueError):
 
 
 def establish_baseline(
-    test: str, runs: list[LoadRunRecord], now: datetime, policy: ComparePolicy | None = None
+    test: str,
+    runs: list[LoadRunRecord],
+    now: datetime,
+    policy: ComparePolicy | None = None,
+    *,
+    target: str,
 ) -> Baseline:
-    """The baseline of `test` from its last `policy.runs` good runs (newest first in `runs`)."""
+    """The baseline of `test` against `target` (a base URL) from the last `policy.runs` good
+    runs of that test against that target (newest first in `runs`): a run against another
+    system never enters it."""
     policy = policy or ComparePolicy()
-    mine = sorted((r for r in runs if r.test == test), key=lambda r: r.started_at, reverse=True)
+    mine = sorted(
+        (r for r in runs if r.test == test and r.target == target),
+        key=lambda r: r.started_at,
+        reverse=True,
+    )
     good = [r for r in mine if r.passed and not r.aborted and not r.regressed][: policy.runs]
     if not good:
         raise NoBaseline(
-            f"no good run of {test} to make a baseline from ({counted(len(mine), 'run')} in "
-            "history, none met its criteria without an abort or a regression)"
+            f"no good run of {test} against {target} to make a baseline from "
+            f"({counted(len(mine), 'run')} in history, none met its criteria without an abort "
+            "or a regression)"
         )
     endpoints: dict[str, BaselineEndpoint] = {}
     names = {name for r in good for name in r.endpoints}
@@ -112,7 +125,11 @@ def establish_baseline(
             runs=len(values),
         )
     return Baseline(
-        test=test, established_at=now, run_ids=[r.run_id for r in good], endpoints=endpoints
+        test=test,
+        target=target,
+        established_at=now,
+        run_ids=[r.run_id for r in good],
+        endpoints=endpoints,
     )
 
 

@@ -90,6 +90,8 @@ class ShareResult(BaseModel):
     start_late_s: float = 0.0  # began this long after the start shared by the test's shares
     ran_on: str = ""  # host:pid of the flow run that sent the share
     flow_run_id: str | None = None  # the share's own flow run (run_load_share)
+    base_url: str = ""  # the target this share sent to
+    test_hash: str = ""  # decisions.load_scenarios.definition_hash of the test it ran
     duration_s: float  # the schedule's length
     seconds: float  # wall time, drain included
     asked: int  # arrivals the schedule asked of this share (open model)

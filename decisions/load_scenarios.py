@@ -10,6 +10,9 @@ describe is `decisions.load_schedule`.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -29,10 +32,32 @@ from pydantic import (
 from decisions.slo_definitions import parse_duration
 from decisions.yaml_models import parse_model
 from perfops.errors import ConfigurationError
+from perfops.wording import counted
 
 TEST_NAME = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 _FIELD_PATH = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+# A header name is an RFC 9110 token; a value and a URL hold no control character (a CR or LF
+# would end the header and start another: header injection)
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_VALUE_BAD = re.compile(r"[^\t\x20-\x7e\x80-\xff]")  # controls (CR, LF, ...), past Latin-1
+_URL_BAD = re.compile(r"[^\x21-\x7e]")  # anything but printable ASCII: spaces, controls
+# Headers a step may not set: perfops writes them itself. Host comes from the target's URL (the
+# allow-list checks that host: a Host header would send the load elsewhere); the framing and
+# hop-by-hop ones say how the request and the connection end; x-perfops-request numbers it.
+REFUSED_HEADERS = {
+    "host": "perfops sets Host from the target's URL, the host the allow-list checked",
+    "content-length": "perfops frames the request itself",
+    "transfer-encoding": "perfops frames the request itself",
+    "connection": "perfops keeps its connections alive itself",
+    "keep-alive": "perfops keeps its connections alive itself",
+    "proxy-connection": "perfops keeps its connections alive itself",
+    "upgrade": "perfops speaks HTTP/1.1 only",
+    "te": "perfops frames the request itself",
+    "trailer": "perfops frames the request itself",
+    "expect": "perfops sends the body at once",
+    "x-perfops-request": "perfops numbers every request itself",
+}
 # Hard limits of the file itself; the target block's caps (blocks.load_target) apply on top.
 MAX_DURATION = timedelta(hours=1)
 MAX_RPS = 20_000.0
@@ -160,6 +185,32 @@ class Step(_Model):
         return self.name or self.endpoint
 
 
+def request_problems(step: Step) -> list[str]:
+    """Why a step's request line or headers are unsafe to send (empty: they are safe): a header
+    perfops writes itself (REFUSED_HEADERS), a header name that is not a token, a control
+    character (CR, LF, ...) in a header value, or a space, control or non-ASCII character in
+    the URL."""
+    problems = []
+    bad = _URL_BAD.search(step.url)
+    if bad:
+        problems.append(
+            f"url {step.url!r} holds {bad.group()!r} at {bad.start()}: a URL is sent as is, so "
+            "no spaces, control characters (CR, LF) or non-ASCII (percent-encode them)"
+        )
+    for name, value in step.headers.items():
+        why = REFUSED_HEADERS.get(name.lower())
+        if why is not None:
+            problems.append(f"headers may not set {name} ({why})")
+        elif not _HEADER_NAME.match(name):
+            problems.append(f"header name {name!r} is not a token (letters, digits, -, ...)")
+        if _VALUE_BAD.search(value):
+            problems.append(
+                f"header {name}'s value {value!r} holds a character a header cannot carry (CR, "
+                "LF or another control character, or one past Latin-1)"
+            )
+    return problems
+
+
 class Scenario(_Model):
     """Steps run in order; scenarios are chosen by weight (each arrival starts one)."""
 
@@ -269,6 +320,14 @@ class LoadTest(_Model):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"scenario names must be unique: {dupes}")
+        unsafe = [
+            f"test {self.name}, scenario {sc.name}, step {i} ({s.label!r}): " + "; ".join(problems)
+            for sc in self.scenarios
+            for i, s in enumerate(sc.steps, 1)
+            if (problems := request_problems(s))
+        ]
+        if unsafe:
+            raise ValueError(" | ".join(unsafe))
         endpoints = {s.endpoint for sc in self.scenarios for s in sc.steps}
         unknown = [c.endpoint for c in self.criteria if c.endpoint not in endpoints | {"all"}]
         if unknown:
@@ -313,6 +372,14 @@ class LoadTests(_Model):
         )
 
 
+def definition_hash(test: LoadTest) -> str:
+    """A short fingerprint of a test's whole definition (what it sends, how hard, for how long):
+    two processes that read the same test from their own tests file agree on it only when the
+    definitions are the same."""
+    canonical = json.dumps(test.model_dump(mode="json", by_alias=True), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
 def parse_tests(text: str, source: str = "<string>") -> LoadTests:
     """Parse and validate YAML text; errors name `source`, the line and the field."""
     return parse_model(LoadTests, text, source, expected="a mapping with tests: [...]")
@@ -328,6 +395,50 @@ def load_tests(path: Path | str) -> LoadTests:
     return parse_tests(text, str(path))
 
 
+def closed_rate_per_user(test: LoadTest) -> tuple[float, Scenario]:
+    """The most requests per second one virtual user of the closed model can send, and the
+    scenario that sends them: a pass of a scenario sends one request per step and waits at
+    least the steps' think times (the answers take time too, so this is an upper bound). A
+    scenario without think time is bounded only by how fast the target answers: inf."""
+    worst: tuple[float, Scenario] | None = None
+    for sc in test.scenarios:
+        think = sum(s.think_time.total_seconds() for s in sc.steps)
+        rate = len(sc.steps) / think if think > 0 else math.inf
+        if worst is None or rate > worst[0]:
+            worst = (rate, sc)
+    assert worst is not None  # a test has at least one scenario
+    return worst
+
+
+def closed_rate_problem(test: LoadTest, max_rps: float) -> str | None:
+    """Why a closed-model (vus) test could send more than `max_rps` (None: it cannot). The
+    engine also holds it to the cap at run time; this refuses before any request a test that
+    would lean on that limit instead of asking what the target allows."""
+    vus = test.pattern.vus
+    if vus is None:
+        return None
+    per_user, sc = closed_rate_per_user(test)
+    steps = len(sc.steps)
+    need = vus * steps / max_rps  # seconds of think time per pass that keep it under the cap
+    if math.isinf(per_user):
+        return (
+            f"is a closed model of {vus} virtual users whose scenario {sc.name!r} has no think "
+            f"time, so its rate is bounded only by how fast the target answers, not by the "
+            f"target's cap of {max_rps:,g} rps: give its steps think_time, at least {need:,.3g} s "
+            f"per pass ({vus} users x {counted(steps, 'request')} per pass / {max_rps:,g} rps)"
+        )
+    if vus * per_user > max_rps:
+        think = steps / per_user
+        per_pass = counted(steps, "request")
+        return (
+            f"is a closed model of {vus} virtual users that can send up to "
+            f"{vus * per_user:,.4g} rps ({vus} users x {per_pass} per {think:,.3g} s of "
+            f"think time in scenario {sc.name!r}), over the target's cap of {max_rps:,g} rps: "
+            f"fewer users or at least {need:,.3g} s of think time per pass"
+        )
+    return None
+
+
 def cap_problems(
     test: LoadTest, *, max_rps: float, max_connections: int, max_duration_s: float
 ) -> list[str]:
@@ -336,6 +447,9 @@ def cap_problems(
     p = test.pattern
     if p.rps is not None and p.rps > max_rps:
         problems.append(f"asks {p.rps:,g} rps, over the target's cap of {max_rps:,g} rps")
+    closed = closed_rate_problem(test, max_rps)
+    if closed is not None:
+        problems.append(closed)
     if p.vus is not None and p.vus > max_connections:
         problems.append(
             f"asks {p.vus} virtual users, over the target's cap of {max_connections} connections"

@@ -129,6 +129,14 @@ def vus_at(shape: Shape, t: float) -> int:
     return round(float(rate_at(shape, np.asarray([t]))[0]))
 
 
+def share_users(users: int, share: int, shares: int) -> int:
+    """How many of `users` virtual users share `share` of `shares` runs (users share,
+    share + shares, ...: together exactly `users`)."""
+    if not 0 <= share < shares:
+        raise ValueError(f"share {share} is not one of 0..{shares - 1}")
+    return max(0, (users - share + shares - 1) // shares)
+
+
 def share_level(level: float, shares: int) -> float:
     """The level each of `shares` asks (the test's asked rate divided between them)."""
     if shares < 1:

@@ -58,6 +58,27 @@ def share_runs(results: list[ShareResult], where: dict[int, Where]) -> list[Shar
     ]
 
 
+def identity_problems(results: list[ShareResult], base_url: str, test_hash: str) -> list[str]:
+    """Why the shares' figures may not be merged (empty: they may): a share that sent to another
+    target than the parent checked (its run resolved its own block or URL), or that ran another
+    definition of the test (its tests file differs). Merged, they would mix two systems or two
+    loads into one set of percentiles."""
+    problems = []
+    for r in sorted(results, key=lambda r: r.share):
+        which = f"share {r.share + 1} of {r.shares}"
+        if r.base_url != base_url:
+            problems.append(
+                f"{which} sent to {r.base_url or 'an unnamed target'}, not to {base_url} that "
+                "the test was checked against"
+            )
+        if r.test_hash != test_hash:
+            problems.append(
+                f"{which} ran another definition of the test (hash {r.test_hash or 'none'}, "
+                f"checked {test_hash}): the tests file differs where it ran"
+            )
+    return problems
+
+
 def max_start_gap_s(duration_s: float) -> float:
     """How far apart the shares' starts may lie: 10% of the test, at least 1 s."""
     return max(MIN_GAP_S, MAX_GAP * duration_s)

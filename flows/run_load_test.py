@@ -11,13 +11,15 @@
    `run_load_share` deployment that other workers of the pool take (tasks/load_shares.py).
    A share aborts when the error rate passes the test's limit.
 3. The figures per endpoint and per step, the criteria judged, whether the shares ran
-   together, the comparison with the newest baseline (Mann-Whitney on per-second p95s and a
-   minimum effect, decisions.load_baseline).
+   together, the comparison with the newest baseline of this test against this target
+   (Mann-Whitney on per-second p95s and a minimum effect, decisions.load_baseline).
 4. History in PostgreSQL (`perfops.load_test_runs`, created by an idempotent migration);
    `baseline=True` then establishes a new baseline from the last good runs.
 5. The artifact `perfops-load-<test>` (table), `perfops-load-<test>-chart` (markdown with the
    latency-over-time PNG, also written under <out>/load-tests/), events `perfops.load.tested`,
-   `perfops.load.regressed`, `perfops.load.aborted`, `perfops.load.baseline_established`.
+   `perfops.load.regressed`, `perfops.load.aborted`, `perfops.load.baseline_established`;
+   `perfops.load.refused` for a test refused before sending, `perfops.load.failed` for one
+   whose load could not be measured.
 6. Failed, with the artifact written, when a criterion was missed, the test aborted, the
    shares did not run together, an endpoint regressed, or history could not be written.
 """
@@ -30,12 +32,12 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from blocks import LoadTarget
-from blocks.resolve import resolve_load_target, resolve_postgres
+from blocks.resolve import Resolved, resolve_load_target, resolve_postgres
 from decisions.load_baseline import ComparePolicy
 from decisions.load_report import LoadTestReport, add_comparison, assemble_report
 from decisions.load_results import ShareResult, merge_shares
-from decisions.load_scenarios import LoadTest
-from decisions.load_shares import ShareRun, share_runs
+from decisions.load_scenarios import LoadTest, definition_hash
+from decisions.load_shares import ShareRun, identity_problems, share_runs
 from flows.run_load_share import run_load_share
 from perfops.errors import ConfigurationError, PerfopsError
 from perfops.heartbeats import heartbeats
@@ -54,14 +56,16 @@ MAX_SHARES = 16
 
 def _send(
     test: LoadTest,
-    target: LoadTarget,
-    target_block: str | None,
+    resolved: Resolved[LoadTarget],
     tests_file: str | None,
     shares: int,
     spread: bool,
 ) -> tuple[ShareResult, list[ShareRun]]:
     """The load sent, in one generator process or in shares; the merged result and, for
-    shares, where each ran."""
+    shares, where each ran. Every share resolves the block or local URL this run resolved
+    (not its own environment's) and is told the base URL and the test's hash this run
+    checked; a share result that differs in either fails the test before anything is merged."""
+    target = resolved.value
     if shares == 1:
         return generate_load(share_plan(test, target, 0, 1, None)), []
     deployment = share_deployment() if spread else None
@@ -75,22 +79,28 @@ def _send(
             child = run_load_share.with_options(
                 flow_run_name=f"run_load_share-{test.name}-{k + 1}-of-{shares}"
             )
-            state = child(
-                name=test.name,
-                share=k,
-                shares=shares,
-                start_at_unix=start_at,
-                target_block=target_block,
-                tests_file=tests_file,
-                return_state=True,
-            )
+            state = child(share=k, start_at_unix=start_at, return_state=True, **parameters)
         result = state.result(raise_on_failure=False)
         if isinstance(result, BaseException):
             raise PerfopsError(f"share {k + 1} of {shares} failed: {result}")
         return result
 
-    parameters = {"name": test.name, "target_block": target_block, "tests_file": tests_file}
+    test_hash = definition_hash(test)
+    parameters = {
+        "name": test.name,
+        "shares": shares,
+        "target_block": resolved.name if resolved.origin == "block" else None,
+        "target_url": target.base_url if resolved.origin != "block" else None,
+        "base_url": target.base_url,
+        "test_hash": test_hash,
+        "tests_file": tests_file,
+    }
     results, where = run_shares(test.name, shares, test.seconds, here, parameters, deployment)
+    mixed = identity_problems(results, target.base_url, test_hash)
+    if mixed:
+        raise PerfopsError(
+            f"load test {test.name}: the shares' figures were not merged: " + "; ".join(mixed)
+        )
     return merge_shares(results), share_runs(results, where)
 
 
@@ -104,6 +114,7 @@ def _send(
 def run_load_test(
     name: str,
     target_block: str | None = None,
+    target_url: str | None = None,
     postgres_block: str | None = None,
     tests_file: str | None = None,
     baseline: bool = False,
@@ -116,8 +127,11 @@ def run_load_test(
 
     Args:
         name: a test of the tests file (`perfops load run --help` lists them).
-        target_block: a saved `perfops-load-target` block (allow-list, caps, auth header);
-            default PERFOPS_LOAD_TARGET_BLOCK, else PERFOPS_LOAD_TARGET_URL (loopback only).
+        target_block: a saved `perfops-load-target` block (allow-list, caps, auth header).
+        target_url: instead of a block, a local server's base URL (loopback only). Named
+            explicitly, either wins over the environment (PERFOPS_LOAD_TARGET_BLOCK, then
+            PERFOPS_LOAD_TARGET_URL); both at once are refused. Shares use what this run
+            resolved, never their own environment's.
         postgres_block: where history is kept (`perfops.load_test_runs`); default PERFOPS_DSN,
             else the local demo database.
         tests_file: default PERFOPS_LOAD_TESTS_FILE, else deployments/load_tests.yaml.
@@ -136,7 +150,7 @@ def run_load_test(
         raise ConfigurationError(f"shares must be 1..{MAX_SHARES}, got {shares}")
     logger = get_run_logger()
     test = read_test(name, tests_file)
-    resolved = resolve_load_target(target_block)
+    resolved = resolve_load_target(target_block, url=target_url)
     target = resolved.value
     try:
         check_test(test, target, shares)
@@ -148,7 +162,7 @@ def run_load_test(
     previous = None
     if history is not None:
         migrate_load_history(history)
-        previous = read_load_baseline(history, test.name)
+        previous = read_load_baseline(history, test.name, target.base_url)
     logger.info(
         "%s against %s: %s %s for %.0f s in %d share(s)%s",
         test.name,
@@ -160,9 +174,9 @@ def run_load_test(
         ", spread over the pool's workers" if spread and shares > 1 else "",
     )
     try:
-        merged, ran = _send(test, target, target_block, tests_file, shares, spread)
+        merged, ran = _send(test, resolved, tests_file, shares, spread)
     except PerfopsError as exc:  # a generator or a share failed: the record says which
-        publish_unmeasured(test.name, str(exc))
+        publish_unmeasured(test.name, target.base_url, str(exc))
         raise
     report = assemble_report(test, merged, run_id=run_id, target=target.base_url, shares=ran)
     add_comparison(

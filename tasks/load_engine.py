@@ -11,7 +11,11 @@ way; past that the request waits and the wait counts). Latency is measured from 
 should have started meanwhile, instead of silently lowering the rate (coordinated omission).
 **Closed model** (`vus`): each virtual user sends, waits for the answer, thinks, and sends again;
 latency from the actual send (what Locust's default users and wrk report); kept for comparison
-and for think-time journeys.
+and for think-time journeys. Its rate is set by the target's answers, not by a schedule, so a
+token bucket at the plan's `max_rps` (the target block's cap divided between the shares) holds
+every send: a user whose send would pass the cap waits for the next token (a wait before the
+send, so not in its latency), and the cap holds however fast the target answers. Each share runs
+its part of the virtual users (share k of N: users k, k + N, ...).
 
 Errors are recorded by cause, never retried: a retry would hide the error and add load.
 Latencies go into HDR histograms (microseconds) per step, per endpoint and per second.
@@ -44,8 +48,14 @@ from decisions.load_results import (
     encode,
     new_histogram,
 )
-from decisions.load_scenarios import LoadTest, Step
-from decisions.load_schedule import Shape, arrival_times, scenario_order, vus_at
+from decisions.load_scenarios import (
+    MAX_RPS,
+    LoadTest,
+    Step,
+    definition_hash,
+    request_problems,
+)
+from decisions.load_schedule import Shape, arrival_times, scenario_order, share_users, vus_at
 
 LATE_S = 0.010  # a request sent this much after its intended start counts as a late send
 DISPATCH_SLICE_S = 0.002
@@ -57,6 +67,10 @@ WARM_LATENCY_S = 0.05
 # Connects under way at most: past it, requests wait for the next free connection (a storm of
 # connects when the target slows would otherwise take the generator's CPU and fall further behind)
 MAX_OPENING = 16
+# The closed model's token bucket holds this much of its rate at most: a burst of users answered
+# together may leave at once up to it, and over any window the sends stay under rate x window +
+# this (the bucket starts empty, so over the whole test under rate x duration)
+PACE_BURST_S = 0.01
 
 
 class LoadPlan(BaseModel):
@@ -70,6 +84,13 @@ class LoadPlan(BaseModel):
     share: int = 0
     shares: int = 1
     max_connections: int = Field(default=1_000, ge=1)
+    max_rps: float = Field(
+        default=MAX_RPS,
+        gt=0,
+        le=MAX_RPS,
+        description="This share's cap on requests per second (the target's cap / shares): the "
+        "closed model's token bucket; the open model's schedule is checked against it before.",
+    )
     start_delay_s: float = Field(default=0.05, ge=0, le=60)
     start_at_unix: float | None = Field(
         default=None, description="Wall-clock start shared by every share of one test."
@@ -328,6 +349,9 @@ class _Prepared:
     checks."""
 
     def __init__(self, key: str, step: Step, plan: LoadPlan, pools: dict[str, _Pool]) -> None:
+        unsafe = request_problems(step)  # the file's validation refuses these; never send them
+        if unsafe:
+            raise ValueError(f"step {step.label!r} cannot be sent: {'; '.join(unsafe)}")
         base = urlsplit(plan.base_url)
         url = urlsplit(step.url) if not step.url.startswith("/") else None
         origin = url if url is not None else base
@@ -471,6 +495,27 @@ class _Recorder:
         }
 
 
+class _Pacer:
+    """A token bucket at `rate` tokens per second, holding at most `rate * PACE_BURST_S` (at
+    least 1), starting empty. `take` reserves the next token and says when the send may leave:
+    now, or when that token will have come (tokens may be owed, so waiters keep their order)."""
+
+    __slots__ = ("burst", "last", "rate", "tokens")
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, rate * PACE_BURST_S)
+        self.tokens = 0.0
+        self.last = now
+
+    def take(self, now: float) -> float:
+        if now > self.last:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+        self.tokens -= 1.0
+        return now if self.tokens >= 0 else now + -self.tokens / self.rate
+
+
 class _Run:
     def __init__(self, plan: LoadPlan) -> None:
         self.plan = plan
@@ -491,11 +536,24 @@ class _Run:
         self.idle = asyncio.Event()
         self.t0 = 0.0
         self.end = 0.0
+        self.pacer: _Pacer | None = None  # the closed model's, from its start
 
     # one request: intended start, then the pool, then the answer
-    def start_step(self, steps: list[_Prepared], index: int, number: int, intended: float) -> None:
+    def start_step(
+        self, steps: list[_Prepared], index: int, number: int, intended: float, paced: bool = False
+    ) -> None:
         if self.stopping:
             return
+        if self.pacer is not None and not paced:  # the closed model: within the cap
+            now = self.loop.time()
+            at = self.pacer.take(now)
+            if at > now:
+                if at < self.end:  # else the cap leaves no room before the end: not sent
+                    self.in_flight += 1  # held until its token comes
+                    self.loop.call_at(at, self._paced_step, steps, index, number, at)
+                self._settle()
+                return
+            intended = now
         step = steps[index]
         second = int(intended - self.t0)
         self.in_flight += 1
@@ -574,6 +632,11 @@ class _Run:
         self.start_step(steps, index, number, at)
         self._settle()
 
+    def _paced_step(self, steps: list[_Prepared], index: int, number: int, at: float) -> None:
+        self.in_flight -= 1
+        self.start_step(steps, index, number, at, paced=True)
+        self._settle()
+
     def _settle(self) -> None:
         if self.in_flight <= 0 and self.stopping:
             self.idle.set()
@@ -613,8 +676,11 @@ class _Run:
         self.iteration = 0
         weights = [sc.weight for sc in self.test.scenarios]
         self.order = scenario_order(weights, 10_000)
+        self.pacer = _Pacer(self.plan.max_rps, self.loop.time())
         while not self.stopping and self.loop.time() < self.end:
-            self.vu_target = vus_at(shape, self.loop.time() - self.t0)
+            self.vu_target = share_users(
+                vus_at(shape, self.loop.time() - self.t0), self.plan.share, self.plan.shares
+            )
             while self.vus < self.vu_target:
                 self.vus += 1
                 self._vu_iteration_done(self.loop.time())
@@ -704,6 +770,8 @@ class _Run:
             started_at=started_at,
             started_monotonic=self.t0,
             start_late_s=round(late, 3),
+            base_url=self.plan.base_url,
+            test_hash=definition_hash(self.test),
             duration_s=self.test.seconds,
             seconds=round(self.loop.time() - self.t0, 3),
             asked=asked,

@@ -74,8 +74,8 @@ def check_test(test: LoadTest, target: LoadTarget, shares: int) -> None:
 def share_plan(
     test: LoadTest, target: LoadTarget, share: int, shares: int, start_at: float | None
 ) -> LoadPlan:
-    """Share `share` (0-based) of `shares`: rate/shares, the target's connections divided, the
-    auth header from the block."""
+    """Share `share` (0-based) of `shares`: rate/shares, the target's connections and its rate
+    cap divided, the auth header from the block."""
     auth = target.auth()
     return LoadPlan(
         test=test,
@@ -85,6 +85,7 @@ def share_plan(
         share=share,
         shares=shares,
         max_connections=max(1, min(test.max_connections, target.max_connections // shares)),
+        max_rps=target.max_rps / shares,
         start_at_unix=start_at,
     )
 

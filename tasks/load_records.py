@@ -33,6 +33,7 @@ EVENT_REGRESSED = "perfops.load.regressed"
 EVENT_ABORTED = "perfops.load.aborted"
 EVENT_BASELINE = "perfops.load.baseline_established"
 EVENT_REFUSED = "perfops.load.refused"
+EVENT_FAILED = "perfops.load.failed"
 HISTORY_FOR_BASELINE = 50
 
 
@@ -54,8 +55,12 @@ def keep_history(
     try:
         record_load_run(history, history_record(report, result))
         if baseline:
-            runs = read_load_runs(history, report.test, HISTORY_FOR_BASELINE)
-            made = establish_baseline(report.test, runs, datetime.now(UTC), policy)
+            runs = read_load_runs(
+                history, report.test, HISTORY_FOR_BASELINE, load_target=report.target
+            )
+            made = establish_baseline(
+                report.test, runs, datetime.now(UTC), policy, target=report.target
+            )
             save_load_baseline(history, made)
             report.established_baseline = True
             report.baseline = (
@@ -115,11 +120,18 @@ def publish_refusal(test: str, base_url: str, reason: str) -> None:
     )
 
 
-def publish_unmeasured(test: str, reason: str) -> None:
-    """The record of a test whose load could not be measured (a generator or a share failed):
-    no figures, the reason."""
+def publish_unmeasured(test: str, base_url: str, reason: str) -> None:
+    """The record of a test whose load could not be measured (a generator or a share failed,
+    or the shares' figures could not be merged): no figures, the reason; the event
+    `perfops.load.failed` so the weekly report counts it."""
     publish_table(
         f"perfops-load-{test}",
         [{"what": f"test {test}", "result": "failed", "reason": reason}],
         f"Load test {test} failed before its figures were measured.",
+    )
+    emit(
+        EVENT_FAILED,
+        resource(base_url),
+        {"test": test, "reason": reason},
+        **{"perfops.test": test},
     )

@@ -17,7 +17,6 @@ from cli.support import (
     print_json,
     print_wrapped,
     run_flow,
-    set_env,
     use_dsn,
 )
 from perfops.redaction import redact
@@ -35,7 +34,9 @@ TargetUrlOption = Annotated[
     str | None,
     env_option(
         "PERFOPS_LOAD_TARGET_URL",
-        "Without a block: a local target's base URL (127.0.0.1 or localhost only).",
+        "Instead of a block: a local target's base URL (127.0.0.1 or localhost only). Given on "
+        "the command line it wins over PERFOPS_LOAD_TARGET_BLOCK; with --target-block it is "
+        "refused.",
     ),
 ]
 TestsFileOption = Annotated[
@@ -58,8 +59,17 @@ def _flow() -> Any:
     return run_load_test
 
 
+def _given(ctx: typer.Context, parameter: str, value: str | None) -> str | None:
+    """`value` when the command line gave it, None when it came from the environment."""
+    from typer._click.core import ParameterSource
+
+    from_env = ctx.get_parameter_source(parameter) == ParameterSource.ENVIRONMENT
+    return None if from_env else value
+
+
 @app.command()
 def run(
+    ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="A test of the tests file, e.g. platform-api.")],
     baseline: Annotated[
         bool,
@@ -101,7 +111,10 @@ def run(
     from decisions.load_scenarios import load_tests
     from perfops.settings import get_settings
 
-    set_env("PERFOPS_LOAD_TARGET_URL", target_url)
+    # What the command line names is explicit and wins over the environment (blocks/resolve.py);
+    # what came from PERFOPS_LOAD_TARGET_* the flow reads from the environment itself
+    target_block = _given(ctx, "target_block", target_block)
+    target_url = _given(ctx, "target_url", target_url)
     path = tests_file or get_settings().load_tests_file
     load_tests(path).get(name)  # a bad file or name: one line, before Prefect starts
     use_dsn(dsn)
@@ -110,6 +123,7 @@ def run(
         {
             "name": name,
             "target_block": target_block,
+            "target_url": target_url,
             "postgres_block": postgres_block,
             "tests_file": str(path),
             "baseline": baseline,
@@ -189,6 +203,12 @@ def _print_report(report: Any) -> None:
 def history(
     name: Annotated[str | None, typer.Argument(help="Only this test.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="Newest runs to show.")] = 20,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target", help="Only runs against this base URL (the target a baseline is kept for)."
+        ),
+    ] = None,
     dsn: DsnOption = None,
     postgres_block: PostgresBlockOption = None,
     as_json: JsonFlag = False,
@@ -200,16 +220,21 @@ def history(
     from tasks.postgres.load_runs import read_load_runs
 
     use_dsn(dsn)
-    target = resolve_postgres(postgres_block).value
+    history_db = resolve_postgres(postgres_block).value
     try:
-        records = read_load_runs.fn(target, name, limit)
+        records = read_load_runs.fn(history_db, name, limit, load_target=target)
     except psycopg.errors.UndefinedTable:
         records = []
     if as_json:
         print_json([r.model_dump(mode="json") for r in records])
         return
     if not records:
-        print_wrapped("no load test runs recorded" + (f" for {name}" if name else ""), indent=0)
+        print_wrapped(
+            "no load test runs recorded"
+            + (f" for {name}" if name else "")
+            + (f" against {target}" if target else ""),
+            indent=0,
+        )
         return
     for r in records:
         state = (

@@ -4,8 +4,12 @@ idempotent migration, one row per run and one per baseline established.
 - `perfops.load_test_runs`: run id, test, start, target (base URL), passed / aborted / regressed,
   asked and achieved rps, and the record (per endpoint p50/p95/p99/max, error rate, rps and the
   per-second p95s the baseline comparison tests) as jsonb.
-- `perfops.load_test_baselines`: the baseline of a test as established at a time; the newest
-  is the one runs compare with.
+- `perfops.load_test_baselines`: the baseline of a test against a target (base URL) as
+  established at a time; the newest of that test and target is the one its runs compare with.
+  Both tables are read by (test, target): a run against one system is never compared with a
+  baseline of another. Baselines kept before the target was (schema 1) get the target their
+  runs all sent to; one whose runs sent to several targets keeps '' and is never used (run
+  with --baseline again).
 
 The migration runs in one transaction under a transaction-level advisory lock (two runs starting
 together wait for each other instead of racing on CREATE), each statement under lock_timeout and
@@ -23,7 +27,7 @@ from decisions.load_baseline import Baseline, LoadRunRecord
 from tasks.postgres.server import connect, lock_key, set_timeouts
 from tasks.transient_errors import RETRY_DEFAULTS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _MIGRATION = (
     "create schema if not exists perfops",
     """create table if not exists perfops.load_test_runs (
@@ -46,6 +50,29 @@ _MIGRATION = (
         baseline jsonb not null,
         primary key (test, established_at)
     )""",
+    # schema 2: runs and baselines are read by (test, target)
+    "create index if not exists load_test_runs_test_target_started "
+    "on perfops.load_test_runs (test, target, started_at desc)",
+    "alter table perfops.load_test_baselines add column if not exists target text not null "
+    "default ''",
+    """do $$ begin
+        if (select array_length(i.indkey::int2[], 1) from pg_index i
+            where i.indexrelid = 'perfops.load_test_baselines_pkey'::regclass) = 2 then
+            alter table perfops.load_test_baselines drop constraint load_test_baselines_pkey;
+            alter table perfops.load_test_baselines
+                add primary key (test, target, established_at);
+        end if;
+    end $$""",
+    # a schema-1 baseline: the target its runs all sent to ('' when they sent to several)
+    """update perfops.load_test_baselines b set target = r.target
+       from (select b2.test, b2.established_at, min(runs.target) as target
+             from perfops.load_test_baselines b2
+             join perfops.load_test_runs runs
+               on runs.run_id in (select jsonb_array_elements_text(b2.baseline->'run_ids'))
+             where b2.target = ''
+             group by b2.test, b2.established_at
+             having count(distinct runs.target) = 1) r
+       where b.target = '' and b.test = r.test and b.established_at = r.established_at""",
 )
 LOCK_TIMEOUT_MS = 5_000
 STATEMENT_TIMEOUT_MS = 30_000
@@ -95,18 +122,23 @@ def record_load_run(target: PostgresTarget, record: LoadRunRecord) -> None:
 
 @task(name="read_load_runs", cache_policy=NO_CACHE, **RETRY_DEFAULTS)
 def read_load_runs(
-    target: PostgresTarget, test: str | None = None, limit: int = 20
+    target: PostgresTarget,
+    test: str | None = None,
+    limit: int = 20,
+    load_target: str | None = None,
 ) -> list[LoadRunRecord]:
-    """The newest `limit` runs (of one test, or of all), newest first."""
+    """The newest `limit` runs (of one test, or of all; against one target base URL, or any),
+    newest first."""
     with connect(target) as conn:
         set_timeouts(
             conn, lock_timeout_ms=LOCK_TIMEOUT_MS, statement_timeout_ms=STATEMENT_TIMEOUT_MS
         )
         rows = conn.execute(
             """select record from perfops.load_test_runs
-               where %(test)s::text is null or test = %(test)s
+               where (%(test)s::text is null or test = %(test)s)
+                 and (%(target)s::text is null or target = %(target)s)
                order by started_at desc limit %(limit)s""",
-            {"test": test, "limit": limit},
+            {"test": test, "target": load_target, "limit": limit},
         ).fetchall()
     return [LoadRunRecord.model_validate(r["record"]) for r in rows]
 
@@ -118,23 +150,29 @@ def save_load_baseline(target: PostgresTarget, baseline: Baseline) -> None:
             conn, lock_timeout_ms=LOCK_TIMEOUT_MS, statement_timeout_ms=STATEMENT_TIMEOUT_MS
         )
         conn.execute(
-            """insert into perfops.load_test_baselines (test, established_at, baseline)
-               values (%s, %s, %s) on conflict do nothing""",
-            (baseline.test, baseline.established_at, Jsonb(baseline.model_dump(mode="json"))),
+            """insert into perfops.load_test_baselines (test, target, established_at, baseline)
+               values (%s, %s, %s, %s) on conflict do nothing""",
+            (
+                baseline.test,
+                baseline.target,
+                baseline.established_at,
+                Jsonb(baseline.model_dump(mode="json")),
+            ),
         )
         conn.commit()
 
 
 @task(name="read_load_baseline", cache_policy=NO_CACHE, **RETRY_DEFAULTS)
-def read_load_baseline(target: PostgresTarget, test: str) -> Baseline | None:
-    """The newest baseline of `test`, or None."""
+def read_load_baseline(target: PostgresTarget, test: str, load_target: str) -> Baseline | None:
+    """The newest baseline of `test` against `load_target` (a base URL), or None."""
     with connect(target) as conn:
         set_timeouts(
             conn, lock_timeout_ms=LOCK_TIMEOUT_MS, statement_timeout_ms=STATEMENT_TIMEOUT_MS
         )
         row = conn.execute(
-            """select baseline from perfops.load_test_baselines where test = %s
+            """select baseline || jsonb_build_object('target', target) as baseline
+               from perfops.load_test_baselines where test = %s and target = %s
                order by established_at desc limit 1""",
-            (test,),
+            (test, load_target),
         ).fetchone()
     return Baseline.model_validate(row["baseline"]) if row else None

@@ -16,6 +16,7 @@ from blocks.resolve import (
     check_block_names,
     load_block,
     missing_block_message,
+    resolve_load_target,
     resolve_postgres,
     resolve_redis,
 )
@@ -94,3 +95,33 @@ def test_check_block_names_passes_saved_and_unset_names(saved_postgres: str) -> 
     )
     with pytest.raises(TypeError, match="not a block-name parameter: postgres"):
         check_block_names(postgres="prod")
+
+
+def test_an_explicit_load_target_url_wins_over_the_environments_block() -> None:
+    settings = PerfopsSettings(load_target_block="stg", load_target_url="http://127.0.0.1:1")
+    resolved = resolve_load_target(None, settings, url="http://127.0.0.1:8089")
+    assert resolved.origin == "environment" and resolved.name is None
+    assert resolved.value.base_url == "http://127.0.0.1:8089"
+    assert resolved.description == "target_url: http://127.0.0.1:8089"
+    with pytest.raises(ConfigurationError, match="target_url may name a loopback host only"):
+        resolve_load_target(None, settings, url="https://staging.example.com")
+
+
+def test_a_load_target_block_and_url_named_together_are_refused() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        resolve_load_target("stg", PerfopsSettings(), url="http://127.0.0.1:8089")
+    assert str(caught.value) == (
+        "name one load target, not two: the block 'stg' (--target-block, target_block) or the "
+        "local URL 'http://127.0.0.1:8089' (--target-url, target_url)"
+    )
+
+
+def test_the_environments_load_target_block_wins_over_its_url_and_is_named() -> None:
+    from blocks import LoadTarget
+
+    name = f"lt-{uuid.uuid4().hex[:8]}"
+    LoadTarget(base_url="https://staging.example.com").save(name)
+    settings = PerfopsSettings(load_target_block=name, load_target_url="http://127.0.0.1:1")
+    resolved = resolve_load_target(None, settings)
+    assert (resolved.origin, resolved.name) == ("block", name)
+    assert resolved.value.base_url == "https://staging.example.com"

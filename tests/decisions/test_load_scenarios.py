@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from decisions.load_scenarios import cap_problems, load_tests, parse_tests
+from decisions.load_scenarios import LoadTest, cap_problems, load_tests, parse_tests
 from perfops.errors import ConfigurationError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,3 +94,88 @@ def test_caps_refuse_a_test_asking_more_than_the_target_allows() -> None:
         "lasts 10 s, over the target's cap of 5 s",
     ]
     assert cap_problems(test, max_rps=5000, max_connections=1, max_duration_s=10) == []
+
+
+VUS = """\
+tests:
+  - name: journey
+    duration: 10s
+    pattern: {vus: 50}
+    scenarios:
+      - name: browse
+        steps:
+          - {url: /a, think_time: THINK_A}
+          - {url: /b, think_time: THINK_B}
+"""
+
+
+def vus_test(think_a: str, think_b: str) -> LoadTest:
+    return parse_tests(VUS.replace("THINK_A", think_a).replace("THINK_B", think_b)).tests[0]
+
+
+def test_a_closed_model_without_think_time_is_refused_under_any_rate_cap() -> None:
+    test = vus_test("0s", "0s")  # 50 users as fast as the target answers: no cap holds them
+    problems = cap_problems(test, max_rps=100, max_connections=100, max_duration_s=60)
+    assert problems == [
+        "is a closed model of 50 virtual users whose scenario 'browse' has no think time, so its "
+        "rate is bounded only by how fast the target answers, not by the target's cap of 100 "
+        "rps: give its steps think_time, at least 1 s per pass (50 users x 2 requests per pass "
+        "/ 100 rps)"
+    ]
+
+
+def test_a_closed_model_that_could_send_more_than_the_cap_is_refused_with_its_numbers() -> None:
+    test = vus_test("250ms", "250ms")  # 50 users x 2 requests per 0.5 s = up to 200 rps
+    problems = cap_problems(test, max_rps=100, max_connections=100, max_duration_s=60)
+    assert problems == [
+        "is a closed model of 50 virtual users that can send up to 200 rps (50 users x 2 "
+        "requests per 0.5 s of think time in scenario 'browse'), over the target's cap of 100 "
+        "rps: fewer users or at least 1 s of think time per pass"
+    ]
+    # enough think time per pass: at most 100 rps whatever the target does
+    assert (
+        cap_problems(vus_test("0s", "1s"), max_rps=100, max_connections=100, max_duration_s=60)
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        (
+            "{url: /x, headers: {Host: api.prod.example.com}}",
+            "headers may not set Host (perfops sets Host from the target's URL, the host the "
+            "allow-list checked)",
+        ),
+        ("{url: /x, headers: {content-length: '0'}}", "headers may not set content-length"),
+        ("{url: /x, headers: {Transfer-Encoding: chunked}}", "may not set Transfer-Encoding"),
+        ("{url: /x, headers: {Connection: close}}", "headers may not set Connection"),
+        (
+            "{url: /x, headers: {X-Perfops-Request: '7'}}",
+            "headers may not set X-Perfops-Request (perfops numbers every request itself)",
+        ),
+        (
+            '{url: /x, headers: {X-Team: "perf\\r\\nHost: api.prod.example.com"}}',
+            "header X-Team's value 'perf\\r\\nHost: api.prod.example.com' holds a character a "
+            "header cannot carry (CR, LF",
+        ),
+        ('{url: /x, headers: {"X-Team\\nHost": a}}', "header name 'X-Team\\nHost' is not a token"),
+        (
+            '{url: "/x HTTP/1.1\\r\\nHost: api.prod.example.com\\r\\nX: "}',
+            "url '/x HTTP/1.1\\r\\nHost: api.prod.example.com\\r\\nX: ' holds ' ' at 2",
+        ),
+    ],
+)
+def test_a_step_may_not_set_the_headers_perfops_writes_nor_inject_any(
+    step: str, expected: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        parse_tests(MINIMAL.replace("{url: /x}", step), "load.yaml")
+    message = str(caught.value)
+    assert "load.yaml line 2, tests[0]: Value error, test t, scenario s, step 1 (" in message
+    assert expected in message
+
+
+def test_ordinary_headers_still_reach_the_step() -> None:
+    test = parse_tests(MINIMAL.replace("{url: /x}", "{url: '/x?a=1', headers: {X-Team: perf}}"))
+    assert test.tests[0].scenarios[0].steps[0].headers == {"X-Team": "perf"}

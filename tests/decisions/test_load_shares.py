@@ -74,3 +74,35 @@ def test_one_share_has_no_rows_and_nothing_to_overlap() -> None:
     report = assemble_report(TEST, result(0, 30.0, "a:1"), run_id="r", target="x")
     assert report.share_runs == []
     assert all(not str(r["what"]).startswith("share") for r in artifact_rows(report))
+
+
+def test_shares_that_sent_elsewhere_or_ran_another_test_are_not_merged() -> None:
+    from decisions.load_scenarios import definition_hash
+    from decisions.load_shares import identity_problems
+
+    checked = definition_hash(TEST)
+    same = result(0, 0.0, "a:1").model_copy(
+        update={"base_url": "https://staging.example.com", "test_hash": checked}
+    )
+    other = result(1, 0.0, "b:2").model_copy(
+        update={"base_url": "http://127.0.0.1:8089", "test_hash": "0123456789abcdef"}
+    )
+    assert identity_problems([same, same], "https://staging.example.com", checked) == []
+    assert identity_problems([same, other], "https://staging.example.com", checked) == [
+        "share 2 of 2 sent to http://127.0.0.1:8089, not to https://staging.example.com that "
+        "the test was checked against",
+        f"share 2 of 2 ran another definition of the test (hash 0123456789abcdef, checked "
+        f"{checked}): the tests file differs where it ran",
+    ]
+
+
+def test_a_tests_definition_hash_changes_with_what_it_sends_only() -> None:
+    from decisions.load_scenarios import definition_hash
+
+    text = (
+        "tests:\n  - {name: t, duration: 60s, pattern: {rps: 100}, "
+        "scenarios: [{name: s, steps: [{url: /a}]}]}\n"
+    )
+    assert definition_hash(parse_tests(text).tests[0]) == definition_hash(TEST)
+    faster = parse_tests(text.replace("rps: 100", "rps: 200")).tests[0]
+    assert definition_hash(faster) != definition_hash(TEST)

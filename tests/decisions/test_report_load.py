@@ -51,3 +51,34 @@ def test_a_week_without_load_tests_says_so() -> None:
     [load] = [s for s in summarize_records([]) if s.key == "load"]
     assert load.lines == ["nothing recorded this week (no load test ran)"]
     assert load.empty
+
+
+def test_refused_and_failed_runs_are_counted_and_looked_at() -> None:
+    production = "load test platform-api refused: host 'api.prod.example.com' looks like production"
+    events = [
+        *[event("perfops.load.refused", day, test="platform-api", reason=production)
+          for day in range(6)],
+        event("perfops.load.tested", 0, test="stress", passed=True,
+              endpoints={"all": {"p95_ms": 90.0}}, achieved_rps=3200, asked_rps=3200),
+        event("perfops.load.failed", 2, test="stress",
+              reason="load test stress: share 2 (run r2) ended Crashed with no result"),
+    ]  # fmt: skip
+    [load] = [s for s in summarize_records(events) if s.key == "load"]
+    assert load.lines == [
+        f"platform-api: no run measured; 6 refused before sending (latest: {production})",
+        "stress: 1 run, 1 passed; latest p95 90.0 ms at 3,200 of 3,200 rps; 1 failed before "
+        "measuring (latest: load test stress: share 2 (run r2) ended Crashed with no result)",
+    ]
+    assert [(r["test"], r["result"]) for r in load.rows] == [
+        *[("platform-api", "refused")] * 3,
+        ("stress", "failed"),
+        *[("platform-api", "refused")] * 3,
+    ]
+    assert load.rows[0]["reason"] == production
+    things = things_to_look_at([], WeekNumbers(week="2026-W49", endpoints=[], slis={}), [load])
+    assert things == [
+        f"load test platform-api: 6 runs refused before being measured this week; latest: "
+        f"{production}",
+        "load test stress: 1 run failed before being measured this week; latest: load test "
+        "stress: share 2 (run r2) ended Crashed with no result",
+    ]

@@ -97,7 +97,8 @@ def test_a_baseline_then_a_slower_server_is_flagged_with_the_record_kept(
     assert 9 <= first.endpoints[1].p50_ms <= 100
     wait_for_event("perfops.load.baseline_established")
 
-    with TargetServer(TargetBehaviour(median_ms=250, seed=2)) as slower:
+    # the same target (base URL) slower: compared with its baseline
+    with TargetServer(TargetBehaviour(median_ms=250, seed=2), port=server.port) as slower:
         local(slower)
         state = run_load_test(
             name="steady", tests_file=tests_file, compare=LENIENT, return_state=True
@@ -117,6 +118,28 @@ def test_a_baseline_then_a_slower_server_is_flagged_with_the_record_kept(
             "select passed, regressed from perfops.load_test_runs order by started_at"
         ).fetchall()
     assert kept == [(True, False), (False, True)]
+
+
+def test_a_run_against_another_target_is_not_compared_with_this_ones_baseline(
+    tests_file: str, local: Callable[[TargetServer], None], history_dsn: str
+) -> None:
+    with TargetServer(TargetBehaviour(median_ms=5, seed=1)) as fast:
+        local(fast)
+        first = run_load_test(name="smoke", tests_file=tests_file, baseline=True)
+    assert first.established_baseline
+    with TargetServer(TargetBehaviour(median_ms=60, seed=2)) as elsewhere:  # another system
+        local(elsewhere)
+        other = run_load_test(name="smoke", tests_file=tests_file, baseline=True)
+    # not judged against the first target's baseline (it would have "regressed")
+    assert other.regressed == [] and other.baseline is not None
+    assert other.baseline.startswith("no earlier baseline to compare with")
+    assert other.established_baseline  # from its own runs only: one run
+    with psycopg.connect(history_dsn) as conn:
+        kept = conn.execute(
+            "select target, baseline->'run_ids' from perfops.load_test_baselines "
+            "where test = 'smoke' order by established_at"
+        ).fetchall()
+    assert kept == [(fast.url, [first.run_id]), (elsewhere.url, [other.run_id])]
 
 
 def test_a_host_outside_the_allow_list_is_refused_before_any_request(
@@ -166,6 +189,84 @@ def test_two_shares_ask_half_each_and_merge_into_one_result(
     assert len({r.ran_on for r in report.share_runs}) == 1  # one process: the parent's
     rows = artifact_rows("perfops-load-smoke")
     assert [r["what"] for r in rows[-2:]] == ["share 1 of 2", "share 2 of 2"]
+
+
+def test_shares_send_to_the_target_the_parent_resolved_not_their_environments(
+    tests_file: str, local: Callable[[TargetServer], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with TargetServer(TargetBehaviour(median_ms=5)) as named, TargetServer() as other:
+        local(other)  # the environment names another local server
+        LoadTarget(base_url=other.url).save("perfops-load-test-env", overwrite=True)
+        monkeypatch.setenv("PERFOPS_LOAD_TARGET_BLOCK", "perfops-load-test-env")
+        report = run_load_test(
+            name="smoke", tests_file=tests_file, target_url=named.url, shares=2, keep_history=False
+        )
+        assert named.log is not None and other.log is not None
+        assert len(named.log.numbers) == 180 and other.log.numbers == []
+    assert report.target == named.url and report.shares == 2
+
+
+def test_a_share_whose_target_differs_from_the_parents_sends_nothing(
+    tests_file: str, local: Callable[[TargetServer], None]
+) -> None:
+    import time
+
+    from flows.run_load_share import run_load_share
+
+    with TargetServer() as here, TargetServer() as checked:
+        state = run_load_share(
+            name="smoke",
+            share=1,
+            shares=2,
+            start_at_unix=time.time() + 1,
+            tests_file=tests_file,
+            target_url=here.url,
+            base_url=checked.url,
+            return_state=True,
+        )
+        assert here.log is not None and here.log.numbers == []
+    assert state.is_failed()
+    assert (
+        f"share 2 of 2 of load test smoke: the target resolved here is {here.url}, not "
+        f"{checked.url} that the parent checked"
+    ) in str(state.result(raise_on_failure=False))
+
+
+def test_the_command_lines_target_url_wins_over_the_environments_block(
+    perfops: Callable[[list[str]], int],
+    tests_file: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with TargetServer(TargetBehaviour(median_ms=5)) as named, TargetServer() as other:
+        LoadTarget(base_url=other.url).save("perfops-load-test-env", overwrite=True)
+        monkeypatch.setenv("PERFOPS_LOAD_TARGET_BLOCK", "perfops-load-test-env")
+        args = ["load", "run", "smoke", "--tests-file", tests_file, "--no-history", "--json"]
+        assert perfops([*args, "--target-url", named.url]) == 0
+        assert named.log is not None and other.log is not None
+        assert len(named.log.numbers) == 180 and other.log.numbers == []
+        # both named on the command line: refused, nothing sent
+        code = perfops([*args, "--target-url", named.url, "--target-block", "x"])
+        assert code != 0 and len(named.log.numbers) == 180
+
+
+def test_a_run_whose_load_was_not_measured_says_so_in_an_event() -> None:
+    from prefect import flow
+
+    from tasks.load_records import publish_unmeasured
+
+    reason = "load test smoke: share 2 (run r2) ended Crashed with no result"
+
+    @flow(name="publish_unmeasured_here")
+    def unmeasured() -> None:
+        publish_unmeasured("smoke", "http://127.0.0.1:8089", reason)
+
+    unmeasured()
+    event = wait_for_event("perfops.load.failed")
+    assert event.payload == {"test": "smoke", "reason": reason}
+    assert event.resource.id == "perfops.load.127.0.0.1:8089"
+    assert event.resource.get("perfops.test") == "smoke"
+    [row] = artifact_rows("perfops-load-smoke")
+    assert (row["result"], row["reason"]) == ("failed", reason)
 
 
 def test_history_lists_runs_newest_first(

@@ -130,3 +130,60 @@ def test_a_share_that_begins_after_the_shared_start_says_how_late() -> None:
     assert on_time.start_late_s == 0.0
     assert 3.0 <= late.start_late_s < 6.0
     assert late.sent == 20  # the whole schedule, shifted by its lateness
+
+
+def test_a_closed_model_is_held_to_its_rate_cap_however_fast_the_target_answers() -> None:
+    with TargetServer(TargetBehaviour(median_ms=1)) as server:
+        capped = run_share(
+            LoadPlan(test=a_test("{vus: 50}", "2s"), base_url=server.url, max_rps=100)
+        )
+    assert capped.model == "closed"
+    # 50 users on a 1 ms server would send thousands; the token bucket allows 100 a second
+    assert 150 <= capped.sent <= 200
+    assert capped.endpoints["GET /api/v1/agents"].errors == {}
+
+
+def test_shares_of_a_closed_model_divide_its_users_and_its_cap() -> None:
+    from blocks import LoadTarget
+    from tasks.load_generator import share_plan
+
+    test = a_test("{vus: 5}", "1s")
+    target = LoadTarget(base_url="http://127.0.0.1:9", max_rps=300)
+    plans = [share_plan(test, target, k, 2, None) for k in range(2)]
+    assert [p.max_rps for p in plans] == [150, 150]
+    with TargetServer(TargetBehaviour(median_ms=200)) as server:
+        results = [run_share(p.model_copy(update={"base_url": server.url})) for p in plans]
+    # 3 + 2 users, each sending about 5 requests (200 ms each) in 1 s: 5 users in all, not 10
+    first, second = (r.sent for r in results)
+    assert 12 <= first <= 18 and 8 <= second <= 12, (first, second)
+
+
+def test_a_closed_model_the_cap_cannot_bound_is_refused_naming_the_test() -> None:
+    from blocks import LoadTarget
+    from perfops.errors import ConfigurationError
+    from tasks.load_generator import check_test
+
+    target = LoadTarget(base_url="http://127.0.0.1:9", max_rps=100, max_connections=100)
+    with pytest.raises(ConfigurationError) as caught:
+        check_test(a_test("{vus: 50}", "4s"), target, 1)
+    assert str(caught.value).startswith(
+        "load test t refused: is a closed model of 50 virtual users whose scenario 's' has no "
+        "think time"
+    )
+    assert "target's cap of 100 rps" in str(caught.value)
+
+
+def test_the_engine_will_not_send_a_step_that_sets_host_even_unvalidated() -> None:
+    import asyncio
+
+    from decisions.load_scenarios import Step
+    from tasks.load_engine import _Prepared
+
+    step = Step.model_construct(**{**Step(url="/x").__dict__, "headers": {"Host": "prod.example"}})
+    plan = LoadPlan(test=a_test("{rps: 1}", "1s"), base_url="http://127.0.0.1:9")
+
+    async def prepare() -> None:
+        _Prepared("s/x", step, plan, {})
+
+    with pytest.raises(ValueError, match="cannot be sent: headers may not set Host"):
+        asyncio.run(prepare())
