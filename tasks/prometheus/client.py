@@ -89,6 +89,13 @@ def unavailable(exc: PrometheusApiClientException) -> bool:
     return status is not None and (status == 429 or status >= 500)
 
 
+def answered(exc: BaseException) -> bool:
+    """Whether a `ConnectionFailed` of `_call` came with an HTTP answer (429/5xx: Prometheus or
+    its proxy answered, e.g. a query that timed out there) rather than none at all (refused
+    connection, timeout): after an answer the next query may well succeed."""
+    return isinstance(exc.__cause__, PrometheusApiClientException)
+
+
 def _call(source: PrometheusSource, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)

@@ -2,8 +2,9 @@
 and the chart series (range queries over the week), one task per batch of queries.
 
 A query that fails is recorded with its error instead of failing the report: the section it
-feeds is then marked missing. Once Prometheus is unreachable, the remaining queries are not
-attempted (each would wait through its own retries).
+feeds is then marked missing. Once Prometheus does not answer at all (refused connection, timeout),
+the remaining queries are not attempted (each would wait through its own retries); a 429/5xx
+answer to one query (a query Prometheus timed out, a proxy's hiccup) fails that query only.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from decisions.reporting import (
     week_queries,
 )
 from perfops.errors import ConfigurationError, ConnectionFailed
-from tasks.prometheus.client import _call, query_range
+from tasks.prometheus.client import _call, answered, query_range
 
 
 @task(name="query_prometheus_week", cache_policy=NO_CACHE)
@@ -48,8 +49,8 @@ def query_week(
                 params={"time": at.timestamp()},
             )
         except ConnectionFailed as exc:
-            unreachable = str(exc)
-            results[name] = QueryResult(error=unreachable)
+            results[name] = QueryResult(error=str(exc))
+            unreachable = None if answered(exc) else str(exc)
             continue
         except ConfigurationError as exc:
             results[name] = QueryResult(error=str(exc))
@@ -78,8 +79,8 @@ def query_chart_series(
         try:
             frame = query_range.fn(source, expr, start, end, step)
         except ConnectionFailed as exc:
-            unreachable = str(exc)
-            results[name] = SeriesResult(error=unreachable)
+            results[name] = SeriesResult(error=str(exc))
+            unreachable = None if answered(exc) else str(exc)
             continue
         except ConfigurationError as exc:
             results[name] = SeriesResult(error=str(exc))
