@@ -273,6 +273,19 @@ def cdn_outcome(
     )
 
 
+def cdn_done(cdn: Outcome | None) -> bool:
+    """Whether the CDN step is done with the items of the versions dropped: nothing to purge,
+    purged, or skipped for want of a CDN block. Only then are those versions forgotten: a run
+    whose purge failed keeps them listed, so the next run purges them again."""
+    return cdn is None or cdn.result in ("purged", "skipped")
+
+
+def versions_kept(cdn: Outcome, versions: list[str]) -> Outcome:
+    """A CDN row that is not done, saying the dropped versions stay listed for the rerun."""
+    kept = f"versions {', '.join(versions)} stay listed: run again to purge them"
+    return cdn.model_copy(update={"reason": f"{cdn.reason}; {kept}"})
+
+
 def event_payload(report: InvalidationReport) -> dict[str, Any]:
     """The payload of `perfops.cache.invalidated` (`.previewed` for a dry run)."""
     outcomes = report.outcomes

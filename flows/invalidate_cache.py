@@ -35,6 +35,7 @@ from decisions.cache_invalidation import (
     WarmAfter,
     artifact_description,
     artifact_rows,
+    cdn_done,
     cdn_outcome,
     event_labels,
     event_payload,
@@ -43,6 +44,7 @@ from decisions.cache_invalidation import (
     l1_outcome,
     pattern_outcome,
     refused_outcome,
+    versions_kept,
     versions_outcome,
     warm_after,
     warm_keys_wanted,
@@ -164,6 +166,9 @@ def invalidate_cache(
     messages: list[dict[str, Any]] = []
     purge = PurgeItems()
     warm: list[WarmAfter] = []  # the cache to warm again, if any (one per run: the policy)
+    # old versions whose keys are gone: forgotten (ZREM) only once the CDN step is done, so a
+    # rerun after a failed purge still sees them and purges again
+    gone: list[tuple[Target, str]] = []
     logger.info("%s on %s%s", request, redis.description, "" if apply else " (dry run)")
 
     def one_pattern(t: Target, glob: str) -> Outcome:
@@ -216,7 +221,7 @@ def invalidate_cache(
                     if outcome.result in PURGE_AFTER:
                         purge.add(cdn_items(cache, {"version": version}))
                     if apply and outcome.result in ("dropped", "nothing to drop"):
-                        forget_version(target, t.versions_key, version)
+                        gone.append((t, version))
         except PerfopsError as exc:
             outcomes.append(failed_outcome(t, str(exc)))
     cluster = is_cluster(target)
@@ -229,7 +234,14 @@ def invalidate_cache(
         except PerfopsError as exc:
             outcomes.append(l1_outcome(channel, len(messages), error=str(exc)))
     cdn = _purge_cdn(purge.items(), apply, cdn_block or get_settings().cdn_block)
+    if gone and cdn is not None and not cdn_done(cdn):
+        cdn = versions_kept(cdn, [version for _, version in gone])
     outcomes += [cdn] if cdn else []
+    for t, version in gone if cdn_done(cdn) else []:
+        try:
+            forget_version(target, t.versions_key, version)
+        except PerfopsError as exc:
+            outcomes.append(failed_outcome(t, str(exc)))
 
     report = InvalidationReport(
         request=request,

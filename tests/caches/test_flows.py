@@ -57,6 +57,39 @@ def test_a_deploy_event_drops_old_versions_and_purges_them_at_the_cdn(
     wait_for_event("perfops.cache.cdn_purged", since=since)
 
 
+def test_a_failed_cdn_purge_keeps_the_old_version_listed_and_the_rerun_purges_it(
+    redis_target: RedisTarget,
+    cdn: CdnStandIn,
+    cdn_target: CdnTarget,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = client_for(redis_target)
+    client.zadd("cache:versions:static_assets", {"a1": 1, "b2": 2, "c3": 3})
+    for version in ("a1", "b2", "c3"):
+        client.set(f"static:{version}:app.js", "x")
+    cdn_target.retries = 0
+    cdn_target.save("perfops-test-cdn-once", overwrite=True)
+    monkeypatch.setenv("PERFOPS_REDIS_URL", redis_target.url)
+    cdn.fail_next(503)
+    state = invalidate_cache(
+        versions="static_assets", apply=True, cdn_block="perfops-test-cdn-once", return_state=True
+    )
+    report, message = failed_run(state)
+    assert report.outcomes[-1].kind == "cdn"
+    assert "HTTP 503" in message and "versions a1 stay listed: run again" in message
+    assert client.keys("static:a1:*") == []
+    assert client.zrange("cache:versions:static_assets", 0, -1) == [b"a1", b"b2", b"c3"]
+    assert cdn.purged["prefixes"] == []
+
+    again = one_target(
+        invalidate_cache, versions="static_assets", apply=True, cdn_block="perfops-test-cdn-once"
+    )
+    assert again.failure is None, again.failure
+    assert [o.result for o in again.outcomes] == ["dropped", "nothing to drop", "purged"]
+    assert cdn.purged["prefixes"] == ["cdn.example.com/static/a1/"]
+    assert client.zrange("cache:versions:static_assets", 0, -1) == [b"b2", b"c3"]
+
+
 def test_a_bare_pattern_is_refused_the_run_fails_and_nothing_goes(
     redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
 ) -> None:
