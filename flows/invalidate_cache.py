@@ -26,7 +26,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from blocks.cdn import CdnTarget
-from blocks.resolve import load_block, resolve_redis
+from blocks.resolve import check_block_names, load_block, resolve_redis
 from decisions.cache_invalidation import (
     PURGE_AFTER,
     InvalidationReport,
@@ -36,6 +36,7 @@ from decisions.cache_invalidation import (
     artifact_description,
     artifact_rows,
     cdn_done,
+    cdn_failed,
     cdn_outcome,
     event_labels,
     event_payload,
@@ -63,7 +64,7 @@ from decisions.cache_policy import (
 )
 from decisions.fleet import FleetReport, keyed, target_labels
 from perfops.errors import PerfopsError
-from perfops.redaction import install_log_redaction
+from perfops.redaction import install_log_redaction, redact
 from perfops.settings import get_settings
 from tasks.cache_keys import (
     ScanOptions,
@@ -129,7 +130,8 @@ def invalidate_cache(
         policy_path: the cache policy file.
         redis_block: a `perfops-redis-target` block (default `PERFOPS_REDIS_URL`, else local).
         cdn_block: a `perfops-cdn-target` block (default `PERFOPS_CDN_BLOCK`); without one
-            CDN purges are skipped (reported). Over a fleet every target's run purges it.
+            CDN purges are skipped (reported); a name with no saved block fails the run before
+            any key goes. Over a fleet every target's run purges it.
         targets: run over a fleet instead (`deployments/fleet.yaml`, docs/fleet.md): a named
             fleet, `all`, a label `key=value`, or target names; the targets with a `redis`
             block, one child run each, a summary artifact `perfops-cache-invalidation-fleet`.
@@ -141,6 +143,7 @@ def invalidate_cache(
     install_log_redaction()
     policy = load_policy(policy_path)
     request, steps = resolve_request(policy, event, parse_payload(payload), pattern, tag, versions)
+    check_block_names(cdn_block=cdn_block)  # a mistyped CDN block fails before any key goes
     if targets is not None:  # the parent of a fleet run: one child run per Redis
         asked = {"event": event, "payload": payload, "pattern": pattern, "tag": tag,
                  "versions": versions, "apply": apply, "force": force, "max_keys": max_keys,
@@ -233,7 +236,10 @@ def invalidate_cache(
             outcomes.append(l1_outcome(channel, len(messages), heard))
         except PerfopsError as exc:
             outcomes.append(l1_outcome(channel, len(messages), error=str(exc)))
-    cdn = _purge_cdn(purge.items(), apply, cdn_block or get_settings().cdn_block)
+    try:
+        cdn = _purge_cdn(purge.items(), apply, cdn_block or get_settings().cdn_block)
+    except Exception as exc:  # noqa: BLE001 - its row, the event and a Failed run say it
+        cdn = cdn_failed(purge.items(), redact(f"{type(exc).__name__}: {exc}"))
     if gone and cdn is not None and not cdn_done(cdn):
         cdn = versions_kept(cdn, [version for _, version in gone])
     outcomes += [cdn] if cdn else []

@@ -4,14 +4,19 @@ artifacts, events, final states and the `perfops cache` commands."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from blocks import RedisTarget
 from blocks.cdn import CdnTarget
 from flows.invalidate_cache import invalidate_cache
+from perfops.errors import BlockNotFound
 from tests.caches.conftest import client_for
 from tests.records import artifact_rows, failed_run, one_target, wait_for_event
 from tests.servers.cdn import CdnStandIn
@@ -88,6 +93,101 @@ def test_a_failed_cdn_purge_keeps_the_old_version_listed_and_the_rerun_purges_it
     assert [o.result for o in again.outcomes] == ["dropped", "nothing to drop", "purged"]
     assert cdn.purged["prefixes"] == ["cdn.example.com/static/a1/"]
     assert client.zrange("cache:versions:static_assets", 0, -1) == [b"b2", b"c3"]
+
+
+def test_a_mistyped_cdn_block_fails_the_run_before_any_key_goes(
+    redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = client_for(redis_target)
+    client.zadd("cache:versions:static_assets", {"a1": 1, "b2": 2, "c3": 3})
+    client.set("static:a1:app.js", "x")
+    monkeypatch.setenv("PERFOPS_REDIS_URL", redis_target.url)
+    state = invalidate_cache(
+        versions="static_assets", apply=True, cdn_block="perfops-cdn-typo", return_state=True
+    )
+    assert state.is_failed()
+    assert client.get("static:a1:app.js") == b"x"
+    assert client.zcard("cache:versions:static_assets") == 3
+    assert "cdn_block: no perfops-cdn-target block named 'perfops-cdn-typo'" in (
+        state.message or ""
+    )
+
+
+class NotJsonPurgeApi:
+    """A purge API that answers 200 with an HTML page (a proxy's, a wrong base_url)."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                body = b"<html>purged, probably</html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/client/v4"
+
+
+def test_a_cdn_answer_that_is_not_json_fails_the_run_with_its_record(
+    redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    since = datetime.now(UTC)
+    api = NotJsonPurgeApi()
+    client = client_for(redis_target)
+    client.zadd("cache:versions:static_assets", {"a1": 1, "b2": 2, "c3": 3})
+    client.set("static:a1:app.js", "x")
+    CdnTarget(base_url=api.base_url, zone_id="z1", api_token=SecretStr("t"), retries=0).save(
+        "perfops-test-cdn-html", overwrite=True
+    )
+    monkeypatch.setenv("PERFOPS_REDIS_URL", redis_target.url)
+    try:
+        state = invalidate_cache(
+            versions="static_assets", apply=True, cdn_block="perfops-test-cdn-html",
+            return_state=True,
+        )  # fmt: skip
+    finally:
+        api.server.shutdown()
+        api.server.server_close()
+    report, message = failed_run(state)
+    assert "answered HTTP 200 without a JSON body" in message
+    rows = artifact_rows("perfops-cache-invalidation")
+    assert rows[-1]["kind"] == "cdn" and rows[-1]["result"] == "failed"
+    event = wait_for_event("perfops.cache.invalidated", since=since)
+    assert event.payload["failed"] == [report.outcomes[-1].target]
+    assert client.zcard("cache:versions:static_assets") == 3  # a1 stays for the rerun
+
+
+def test_a_cdn_block_gone_between_the_check_and_the_purge_is_a_failed_row(
+    redis_target: RedisTarget, cdn_target: CdnTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.invalidate_cache as module
+
+    def deleted(*args: Any) -> None:
+        raise BlockNotFound("no perfops-cdn-target block named 'perfops-test-cdn-gone'")
+
+    since = datetime.now(UTC)
+    client = client_for(redis_target)
+    client.zadd("cache:versions:static_assets", {"a1": 1, "b2": 2, "c3": 3})
+    cdn_target.save("perfops-test-cdn-gone", overwrite=True)
+    monkeypatch.setenv("PERFOPS_REDIS_URL", redis_target.url)
+    monkeypatch.setattr(module, "load_block", deleted)
+    state = invalidate_cache(
+        versions="static_assets", apply=True, cdn_block="perfops-test-cdn-gone", return_state=True
+    )
+    report, message = failed_run(state)
+    assert "BlockNotFound: no perfops-cdn-target block named 'perfops-test-cdn-gone'" in message
+    rows = artifact_rows("perfops-cache-invalidation")
+    assert [r["result"] for r in rows] == ["dropped", "nothing to drop", "failed"]
+    assert report.outcomes[-1].kind == "cdn"
+    event = wait_for_event("perfops.cache.invalidated", since=since)
+    assert event.payload["failed"] == [report.outcomes[-1].target]
 
 
 def test_a_bare_pattern_is_refused_the_run_fails_and_nothing_goes(
