@@ -8,7 +8,8 @@
    fails marks its section missing; the rest of the report still goes out.
 2. From the Prefect API, the `perfops.*` events of the week: what perfops itself did.
 3. Rendered as an HTML page (inline CSS, PNG charts), plain text and CSV/Parquet data; archived
-   (S3 or a folder) before it is sent, so a failed delivery never loses the report.
+   (S3 or a folder) before it is sent, so a failed delivery never loses the report. The email
+   is rendered after archiving: the archived copy's link, or `Not archived: <why>`.
 4. Emailed to the recipients through the prefect-email `EmailServerCredentials` block (or the
    file outbox): refused recipients are reported, the others still receive it; an SMTP server
    that stays down fails the run after the retries, with the report archived.
@@ -40,6 +41,7 @@ from decisions.report_fleet import FleetView, display_rows, fleet_things
 from decisions.report_rendering import (
     ReportResult,
     WeeklyReport,
+    render_email,
     render_markdown,
     render_week,
     run_failure,
@@ -184,7 +186,7 @@ def generate_weekly_report(
     index_location = object_location(store.value, f"{prefix}/index.html")
     link = object_link(store.value, f"{prefix}/index.html")
     rendering = time.monotonic()
-    rendered = render_report(report, config, series, events, link)
+    rendered = render_report(report, config, series, events)
     report = rendered.report
     logger.info(
         "rendered %d charts, %d tables and the page in %.1f s",
@@ -202,6 +204,7 @@ def generate_weekly_report(
     folder = write_folder(Path(out_dir) / this.label, rendered.files) if out_dir else None
     logger.info("%s; archived %d files to %s", report.headline, len(stored), link)
 
+    email = render_email(rendered, config, link, not_archived)  # says if archiving failed
     to = list(recipients if recipients is not None else config.recipients)
     result_args: dict[str, Any] = {}
     delivery_error: BaseException | None = None
@@ -216,8 +219,8 @@ def generate_weekly_report(
             sender=settings.email_from,
             to=to,
             subject=f"Weekly performance report {report.headline}",
-            text=rendered.text,
-            html=rendered.email_html,
+            text=email.text,
+            html=email.html,
             inline_images=[InlineImage(cid=c.cid, content=c.png) for c in rendered.charts],
             attachments=[
                 Attachment(filename=name, content=data, mime_type="text/csv")

@@ -570,6 +570,35 @@ def test_an_archive_that_refuses_fails_the_run_with_the_artifact_written(
     assert "NOT archived: " in artifact and "NoSuchBucket" in artifact
 
 
+def test_the_email_of_a_report_the_archive_refused_says_it_is_not_archived(
+    report_prometheus: PrometheusServer,
+    moto_server: MotoServer,
+    smtp_server: SmtpServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The email was rendered before the upload and said "Archived copy: <link>" all the same."""
+    for key, value in {
+        "PERFOPS_PROMETHEUS_URL": report_prometheus.url,
+        "PERFOPS_S3_BUCKET": "perfops-no-such-bucket",
+        "PERFOPS_S3_ENDPOINT_URL": moto_server.endpoint_url,
+        "PERFOPS_SMTP_HOST": smtp_server.host,
+        "PERFOPS_SMTP_PORT": str(smtp_server.port),
+    }.items():
+        monkeypatch.setenv(key, value)
+    smtp_server.reset()
+    result, message = _failed(week=WEEK.label, recipients=["sre@example.test"])
+    assert "NOT archived at s3://perfops-no-such-bucket/" in message
+    assert result.accepted == ["sre@example.test"]
+    [(_, _, email)] = smtp_server.wait_for(1)
+    assert isinstance(email, EmailMessage)
+    for kind in ("plain", "html"):
+        part = email.get_body(preferencelist=(kind,))
+        assert part is not None
+        content = part.get_content()
+        assert "Archived copy" not in content
+        assert "Not archived: " in content and "NoSuchBucket" in content
+
+
 def test_smtp_down_retries_then_fails_with_the_report_archived_on_s3(
     report_prometheus: PrometheusServer,
     moto_server: MotoServer,
