@@ -37,6 +37,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.resolve import check_block_names, resolve_archive, resolve_email, resolve_metrics
+from decisions.recipients import check_recipients
 from decisions.report_fleet import FleetView, display_rows, fleet_things
 from decisions.report_rendering import (
     ReportResult,
@@ -118,8 +119,10 @@ def generate_weekly_report(
 
     Args:
         week: ISO week like 2026-W47 (default: the last complete week, UTC).
-        recipients: email addresses (default: `recipients` in the configuration; none: the
-            report is archived, not sent, and the run fails saying so).
+        recipients: email addresses, one per entry (`sre@example.com`, `"Doe, John"
+            <john@example.com>`; default: `recipients` in the configuration). An entry that is
+            not one address fails the run before any work, naming it; none: the report is
+            archived, not sent, and the run fails saying so.
         out_dir: also write a browsable copy to OUT_DIR/<week>/index.html.
         config_path: targets and PromQL (default deployments/report.yaml, or
             PERFOPS_REPORT_CONFIG).
@@ -146,6 +149,9 @@ def generate_weekly_report(
     config = load_config(config_file)
     this = parse_week(week, clock) if week else last_complete_week(clock)
     before: ReportWeek = this.previous()
+    to = list(recipients if recipients is not None else config.recipients)
+    # a bad address fails before any query, not after the report is archived
+    check_recipients(to, "recipients" if recipients is not None else f"recipients in {config_file}")
     if targets is not None:  # an unknown fleet or target fails before any query
         load_selection(targets, fleet_file)
 
@@ -205,7 +211,6 @@ def generate_weekly_report(
     logger.info("%s; archived %d files to %s", report.headline, len(stored), link)
 
     email = render_email(rendered, config, link, not_archived)  # says if archiving failed
-    to = list(recipients if recipients is not None else config.recipients)
     result_args: dict[str, Any] = {}
     delivery_error: BaseException | None = None
     if not to:
@@ -215,19 +220,19 @@ def generate_weekly_report(
         )
     else:
         sink = resolve_email(email_block)
-        message = build_message(
-            sender=settings.email_from,
-            to=to,
-            subject=f"Weekly performance report {report.headline}",
-            text=email.text,
-            html=email.html,
-            inline_images=[InlineImage(cid=c.cid, content=c.png) for c in rendered.charts],
-            attachments=[
-                Attachment(filename=name, content=data, mime_type="text/csv")
-                for name, data in rendered.csv.items()
-            ],
-        )
         try:
+            message = build_message(
+                sender=settings.email_from,
+                to=to,
+                subject=f"Weekly performance report {report.headline}",
+                text=email.text,
+                html=email.html,
+                inline_images=[InlineImage(cid=c.cid, content=c.png) for c in rendered.charts],
+                attachments=[
+                    Attachment(filename=name, content=data, mime_type="text/csv")
+                    for name, data in rendered.csv.items()
+                ],
+            )
             sent: SendResult = send_email(sink.value, message)
         except Exception as exc:  # noqa: BLE001 - reported, then the run fails below
             delivery_error = exc

@@ -599,6 +599,25 @@ def test_the_email_of_a_report_the_archive_refused_says_it_is_not_archived(
         assert "Not archived: " in content and "NoSuchBucket" in content
 
 
+def test_a_recipient_that_is_not_one_address_fails_the_run_before_any_work(
+    report_prometheus: PrometheusServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recipient with a line break used to raise after the report was archived, with no
+    artifact or event."""
+    monkeypatch.setenv("PERFOPS_PROMETHEUS_URL", report_prometheus.url)
+    monkeypatch.setenv("PERFOPS_OUT_DIR", str(tmp_path / "defaults"))
+    state = generate_weekly_report(
+        week=WEEK.label,
+        recipients=["sre@example.test", "ops@example.test\nBcc: all@example.test"],
+        return_state=True,
+    )
+    assert state.is_failed()
+    assert "recipients: 'ops@example.test\\nBcc: all@example.test' has a line break" in (
+        state.message or ""
+    )
+    assert not (tmp_path / "defaults" / "archive").exists()  # nothing done
+
+
 def test_smtp_down_retries_then_fails_with_the_report_archived_on_s3(
     report_prometheus: PrometheusServer,
     moto_server: MotoServer,
