@@ -189,8 +189,8 @@ def invalidate_cache(
             outcome = with_apply_refusal(
                 outcome, refusal(t.label, glob, result.matched, limit, force)
             )
-        if outcome.result == "dropped" and outcome.dropped:
-            messages.append(
+        if apply and outcome.result in PURGE_AFTER:  # "nothing to drop" too: an L1 holder
+            messages.append(  # may hold a value Redis has let expire or evicted
                 l1_message(run=run, cache=t.cache, pattern=glob, regex=glob_regex(glob), keys=[])
             )
         return outcome

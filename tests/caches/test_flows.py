@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +25,8 @@ from tests.records import artifact_rows, failed_run, one_target, wait_for_event
 from tests.servers.cdn import CdnStandIn
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_deploy_event_drops_old_versions_and_purges_them_at_the_cdn(
@@ -90,7 +95,12 @@ def test_a_failed_cdn_purge_keeps_the_old_version_listed_and_the_rerun_purges_it
         invalidate_cache, versions="static_assets", apply=True, cdn_block="perfops-test-cdn-once"
     )
     assert again.failure is None, again.failure
-    assert [o.result for o in again.outcomes] == ["dropped", "nothing to drop", "purged"]
+    assert [o.result for o in again.outcomes] == [
+        "dropped",
+        "nothing to drop",
+        "notified",
+        "purged",
+    ]
     assert cdn.purged["prefixes"] == ["cdn.example.com/static/a1/"]
     assert client.zrange("cache:versions:static_assets", 0, -1) == [b"b2", b"c3"]
 
@@ -184,10 +194,41 @@ def test_a_cdn_block_gone_between_the_check_and_the_purge_is_a_failed_row(
     report, message = failed_run(state)
     assert "BlockNotFound: no perfops-cdn-target block named 'perfops-test-cdn-gone'" in message
     rows = artifact_rows("perfops-cache-invalidation")
-    assert [r["result"] for r in rows] == ["dropped", "nothing to drop", "failed"]
+    assert [r["result"] for r in rows] == ["dropped", "nothing to drop", "notified", "failed"]
     assert report.outcomes[-1].kind == "cdn"
     event = wait_for_event("perfops.cache.invalidated", since=since)
     assert event.payload["failed"] == [report.outcomes[-1].target]
+
+
+def test_l1_holders_are_told_even_when_redis_had_nothing_to_drop(
+    redis_target: RedisTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An L1 copy can outlive its L2 key (expired, evicted): the notice goes all the same."""
+    channel = f"perfops-test-{uuid.uuid4().hex}:l1"  # pub/sub is shared by every Redis db
+    policy = tmp_path / "caches.yaml"
+    policy.write_text(
+        (ROOT / "deployments" / "caches.yaml")
+        .read_text()
+        .replace('l1_channel: "perfops:cache:invalidate"', f'l1_channel: "{channel}"'),
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("PERFOPS_REDIS_URL", redis_target.url)
+    subscriber = client_for(redis_target).pubsub(ignore_subscribe_messages=True)
+    subscriber.subscribe(channel)
+    try:
+        report = one_target(
+            invalidate_cache, event="profile_changed", payload={"user_id": "77"}, apply=True,
+            policy_path=str(policy),
+        )  # fmt: skip
+        notices: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 5
+        while not notices and time.monotonic() < deadline:
+            if (message := subscriber.get_message(timeout=0.2)) is not None:
+                notices.append(json.loads(message["data"]))
+    finally:
+        subscriber.close()
+    assert [o.result for o in report.outcomes] == ["nothing to drop", "notified"]
+    assert [(n["cache"], n["pattern"]) for n in notices] == [("user_profiles", "user:77:profile:*")]
 
 
 def test_a_bare_pattern_is_refused_the_run_fails_and_nothing_goes(
