@@ -6,7 +6,8 @@
    p50/p95/p99, mean and peak throughput, error rate; SLIs and error budget; CPU and memory;
    agent execution and workflow completion times; hourly series for the charts. A query that
    fails marks its section missing; the rest of the report still goes out.
-2. From the Prefect API, the `perfops.*` events of the week: what perfops itself did.
+2. From the Prefect API, the `perfops.*` events of the week: what perfops itself did (one query
+   per section, newest first; a section whose query hit its cap says it is partial).
 3. Rendered as an HTML page (inline CSS, PNG charts), plain text and CSV/Parquet data; archived
    (S3 or a folder) before it is sent, so a failed delivery never loses the report. The email
    is rendered after archiving: the archived copy's link, or `Not archived: <why>`.
@@ -164,10 +165,13 @@ def generate_weekly_report(
     for section, why in current.missing.items():
         logger.warning("section %s is missing: %s", section, why)
 
-    events = read_perfops_events(this.start, this.end)
+    read = read_perfops_events(this.start, this.end)
+    events = read.events
+    for cut in read.partial:
+        logger.warning("section %s is partial: %s", cut.section, cut.line)
     latest_slow = read_table_artifact(SLOW_QUERIES_ARTIFACT, this.start, this.end)
     slow = SlowQueries(checked_at=latest_slow[0], rows=latest_slow[1]) if latest_slow else None
-    records = summarize_records(events, slow)
+    records = summarize_records(events, slow, read.partial)
     checks = evaluate(current, previous, config)
     store = resolve_archive(s3_block)
     prefix = f"{ARCHIVE_PREFIX}/{this.label}"
