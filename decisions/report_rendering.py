@@ -422,6 +422,7 @@ def run_failure(
     return "; ".join([archived, *filter(None, failed)])
 
 
+ROWS_SHOWN = 30  # rows of a record section's table on the page; the data files hold all
 _CELL = "padding:4px 8px;border-bottom:1px solid #d0d7de;text-align:left;font-size:13px;"
 _HEAD = _CELL + "background:#f6f8fa;font-weight:600;"
 _FONT = "font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;color:#1f2328;"
@@ -686,9 +687,16 @@ def render_html(
             out.append(_img(by_cid["scaling"], src["scaling"]))
         if section.rows:
             headers = list(section.rows[0].keys())
-            out.append(
-                _table(headers, [[str(r.get(h, "")) for h in headers] for r in section.rows[:30]])
-            )
+            shown = section.rows[:ROWS_SHOWN]
+            out.append(_table(headers, [[str(r.get(h, "")) for h in headers] for r in shown]))
+            if len(section.rows) > ROWS_SHOWN:
+                out.append(
+                    _p(
+                        f"First {ROWS_SHOWN} of {len(section.rows):,} rows; all of them in the "
+                        f"data files ({records_table(section.key)}.csv and .parquet).",
+                        "color:#57606a;font-size:12px;",
+                    )
+                )
     out.append(
         _p(
             "perfops weekly report: numbers from Prometheus (PromQL in deployments/report.yaml) "
@@ -857,7 +865,27 @@ def data_tables(
         tables["endpoint_hourly"] = pd.concat(hourly, ignore_index=True)
     if resources is not None and not resources.empty:
         tables["resources_hourly"] = resources.reset_index()
+    for section in report.records:  # every row; the page shows the first ROWS_SHOWN
+        if section.rows:
+            tables[records_table(section.key)] = _one_type_a_column(pd.DataFrame(section.rows))
     return tables
+
+
+def records_table(key: str) -> str:
+    """The data file of a record section's rows (`records_scaling`, ...)."""
+    return f"records_{key}"
+
+
+def _one_type_a_column(frame: pd.DataFrame) -> pd.DataFrame:
+    """Event payloads may mix types in a column (2 and "2"): such a column becomes text, so
+    Parquet can store it."""
+    for column in frame.columns:
+        kinds = {
+            float if type(v) is int else type(v) for v in frame[column] if v is not None
+        }  # ints and floats are one kind: numbers
+        if len(kinds) > 1 or kinds - {str, float, bool}:
+            frame[column] = [None if v is None else str(v) for v in frame[column]]
+    return frame
 
 
 def _endpoint_dict(e: EndpointWeek) -> dict[str, Any]:
