@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # imported where used: together they add ~0.5 s to every comm
 from pydantic import BaseModel, Field, SecretStr
 
 from blocks import (
+    CdnTarget,
     LoadTarget,
     PostgresTarget,
     PrometheusSource,
@@ -382,6 +383,7 @@ _BLOCK_PARAMETERS: dict[str, tuple[str, str | None]] = {
     "email_block": ("email", "email_block"),
     "credentials_block": ("aws", None),
     "target_block": ("load_target", "load_target_block"),
+    "cdn_block": ("cdn", "cdn_block"),
 }
 
 
@@ -404,6 +406,7 @@ def _block_type(system: str) -> type[Block]:
         "redis": RedisTarget,
         "slack": SlackEscalationTarget,
         "load_target": LoadTarget,
+        "cdn": CdnTarget,
     }
     return types[system]
 
@@ -414,10 +417,11 @@ def check_block_names(settings: PerfopsSettings | None = None, **names: str | No
 
     Keywords are the flows' block-name parameters (postgres_block, prometheus_block,
     metrics_block, redis_block, s3_block, archive_block, slack_block, email_block,
-    credentials_block); a None value falls back to the `PERFOPS_*_BLOCK` variable the resolvers
-    read, and nothing is checked when neither is set. One request per block type, no secrets
-    read. Raises `BlockNotFound` naming every missing one, each with the saved blocks of its
-    type (one line each). The Prefect API must answer (its errors propagate)."""
+    credentials_block, target_block, cdn_block); a None value falls back to the
+    `PERFOPS_*_BLOCK` variable the resolvers read, and nothing is checked when neither is set.
+    One request per block type, no secrets read. Raises `BlockNotFound` naming every missing
+    one, each with the saved blocks of its type (one line each). The Prefect API must answer
+    (its errors propagate)."""
     unknown = sorted(set(names) - set(_BLOCK_PARAMETERS))
     if unknown:
         raise TypeError(f"check_block_names: not a block-name parameter: {', '.join(unknown)}")

@@ -250,7 +250,7 @@ def cdn_outcome(
     count = sum(len(v) for v in items.values())
     if not count:
         return None
-    what = f"cdn: {', '.join(f'{len(v)} {k}' for k, v in items.items())}"
+    what = _cdn_what(items)
     if not apply:
         return Outcome(target=what, result="would purge", kind="cdn", reason="dry run",
                        matched=count)  # fmt: skip
@@ -271,6 +271,30 @@ def cdn_outcome(
         matched=count,
         dropped=result.items,
     )
+
+
+def cdn_failed(items: dict[str, list[str]], error: str) -> Outcome:
+    """The CDN row of a purge that raised instead of returning (an unexpected answer)."""
+    count = sum(len(v) for v in items.values())
+    return Outcome(target=_cdn_what(items), result="failed", kind="cdn", reason=error,
+                   matched=count)  # fmt: skip
+
+
+def _cdn_what(items: dict[str, list[str]]) -> str:
+    return f"cdn: {', '.join(f'{len(v)} {k}' for k, v in items.items())}"
+
+
+def cdn_done(cdn: Outcome | None) -> bool:
+    """Whether the CDN step is done with the items of the versions dropped: nothing to purge,
+    purged, or skipped for want of a CDN block. Only then are those versions forgotten: a run
+    whose purge failed keeps them listed, so the next run purges them again."""
+    return cdn is None or cdn.result in ("purged", "skipped")
+
+
+def versions_kept(cdn: Outcome, versions: list[str]) -> Outcome:
+    """A CDN row that is not done, saying the dropped versions stay listed for the rerun."""
+    kept = f"versions {', '.join(versions)} stay listed: run again to purge them"
+    return cdn.model_copy(update={"reason": f"{cdn.reason}; {kept}"})
 
 
 def event_payload(report: InvalidationReport) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Rendering of the weekly report: PNG charts (matplotlib, Agg, no pyplot), the HTML page with
 inline CSS (for email clients and the archive), the plain-text alternative, the markdown artifact
-and the data tables (CSV and Parquet); `render_week` makes all of them at once. Also the run's
-result (`ReportResult`). No network I/O.
+and the data tables (CSV and Parquet); `render_week` makes the archive's, `render_email` the
+email's once the archive is done. Also the run's result (`ReportResult`). No network I/O.
 
 Gaps stay gaps: a series is re-indexed on the week's full time grid, so an hour without data is
 a break in the line, never a zero, and the page says how much is missing.
@@ -350,14 +350,20 @@ class WeeklyReport(BaseModel):
 
 
 class RenderedReport(BaseModel):
-    """The rendered files, by archive key, plus the email parts."""
+    """The rendered files, by archive key, plus what the email attaches (its page and text are
+    rendered once the archive is done: `render_email`)."""
 
     report: WeeklyReport
     files: dict[str, bytes]
-    email_html: str
-    text: str
     charts: list[Chart]
     csv: dict[str, bytes]
+
+
+class RenderedEmail(BaseModel):
+    """The email's HTML page (charts as `cid:` images) and its plain-text alternative."""
+
+    html: str
+    text: str
 
 
 class ReportResult(BaseModel):
@@ -416,6 +422,7 @@ def run_failure(
     return "; ".join([archived, *filter(None, failed)])
 
 
+ROWS_SHOWN = 30  # rows of a record section's table on the page; the data files hold all
 _CELL = "padding:4px 8px;border-bottom:1px solid #d0d7de;text-align:left;font-size:13px;"
 _HEAD = _CELL + "background:#f6f8fa;font-weight:600;"
 _FONT = "font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;color:#1f2328;"
@@ -502,9 +509,11 @@ def render_html(
     charts: list[Chart],
     src: dict[str, str],
     link: str | None = None,
+    not_archived: str | None = None,
 ) -> str:
     """The report page. `src` maps a chart's cid to its image URL (`cid:...` in the email, a
-    relative file in the archive)."""
+    relative file in the archive). The email's page says where the archived copy is (`link`),
+    or that the report is not archived and why (`not_archived`)."""
     by_cid = {c.cid: c for c in charts}
     out: list[str] = [
         "<!DOCTYPE html>",
@@ -522,7 +531,12 @@ def render_html(
             "color:#57606a;",
         ),
     ]
-    if link:
+    if not_archived is not None:
+        out.append(
+            f'<p style="font-size:14px;margin:4px 0;color:{STATUS_COLOURS["missed"]};">'
+            f"{_e(archive_line(link, not_archived))}</p>"
+        )
+    elif link:
         out.append(
             '<p style="font-size:14px;margin:4px 0;">Archived copy: '
             f'<a href="{_e(link)}">{_e(link)}</a></p>'
@@ -673,9 +687,16 @@ def render_html(
             out.append(_img(by_cid["scaling"], src["scaling"]))
         if section.rows:
             headers = list(section.rows[0].keys())
-            out.append(
-                _table(headers, [[str(r.get(h, "")) for h in headers] for r in section.rows[:30]])
-            )
+            shown = section.rows[:ROWS_SHOWN]
+            out.append(_table(headers, [[str(r.get(h, "")) for h in headers] for r in shown]))
+            if len(section.rows) > ROWS_SHOWN:
+                out.append(
+                    _p(
+                        f"First {ROWS_SHOWN} of {len(section.rows):,} rows; all of them in the "
+                        f"data files ({records_table(section.key)}.csv and .parquet).",
+                        "color:#57606a;font-size:12px;",
+                    )
+                )
     out.append(
         _p(
             "perfops weekly report: numbers from Prometheus (PromQL in deployments/report.yaml) "
@@ -725,11 +746,20 @@ def _fleet_lines(view: FleetView | None) -> list[str]:
     return lines
 
 
-def render_text(report: WeeklyReport, link: str | None = None) -> str:
+def archive_line(link: str | None, not_archived: str | None) -> str:
+    """Where the email says the archived copy is, or that there is none and why."""
+    if not_archived is not None:
+        return f"Not archived: {not_archived}"
+    return f"Archived copy: {link}" if link else ""
+
+
+def render_text(
+    report: WeeklyReport, link: str | None = None, not_archived: str | None = None
+) -> str:
     """The plain-text alternative."""
     lines = [f"Weekly performance report {report.week.label}", "", report.headline]
-    if link:
-        lines.append(f"Archived copy: {link}")
+    if archive_line(link, not_archived):
+        lines.append(archive_line(link, not_archived))
     lines += ["", "Three things to look at:"]
     lines += [f"  {n}. {t}" for n, t in enumerate(report.things, 1)]
     lines += _fleet_lines(report.fleet)
@@ -835,7 +865,27 @@ def data_tables(
         tables["endpoint_hourly"] = pd.concat(hourly, ignore_index=True)
     if resources is not None and not resources.empty:
         tables["resources_hourly"] = resources.reset_index()
+    for section in report.records:  # every row; the page shows the first ROWS_SHOWN
+        if section.rows:
+            tables[records_table(section.key)] = _one_type_a_column(pd.DataFrame(section.rows))
     return tables
+
+
+def records_table(key: str) -> str:
+    """The data file of a record section's rows (`records_scaling`, ...)."""
+    return f"records_{key}"
+
+
+def _one_type_a_column(frame: pd.DataFrame) -> pd.DataFrame:
+    """Event payloads may mix types in a column (2 and "2"): such a column becomes text, so
+    Parquet can store it."""
+    for column in frame.columns:
+        kinds = {
+            float if type(v) is int else type(v) for v in frame[column] if v is not None
+        }  # ints and floats are one kind: numbers
+        if len(kinds) > 1 or kinds - {str, float, bool}:
+            frame[column] = [None if v is None else str(v) for v in frame[column]]
+    return frame
 
 
 def _endpoint_dict(e: EndpointWeek) -> dict[str, Any]:
@@ -886,9 +936,9 @@ def render_week(
     config: ReportConfig,
     series: dict[str, SeriesResult],
     events: list[RecordedEvent],
-    link: str,
 ) -> RenderedReport:
-    """Charts, the HTML page (archive and email flavours), text, CSV and Parquet. Records each
+    """Charts, the archive's HTML page, CSV and Parquet (the email: `render_email`, once the
+    archive is done). Records each
     endpoint's missing share (`report.coverage`) and why a chart is absent (`report.chart_notes`)
     on `report`, which the result carries."""
     grid = time_grid(report.week, config.chart_step_s)
@@ -925,12 +975,17 @@ def render_week(
         files[chart.filename] = chart.png
     page = render_html(report, config, charts, {c.cid: c.filename for c in charts})
     files["index.html"] = page.encode()
-    email_html = render_html(report, config, charts, {c.cid: f"cid:{c.cid}" for c in charts}, link)
-    return RenderedReport(
-        report=report,
-        files=files,
-        email_html=email_html,
-        text=render_text(report, link),
-        charts=charts,
-        csv=csv,
+    return RenderedReport(report=report, files=files, charts=charts, csv=csv)
+
+
+def render_email(
+    rendered: RenderedReport, config: ReportConfig, link: str, not_archived: str | None
+) -> RenderedEmail:
+    """The email of a rendered report, after archiving it: the archived copy's `link`, or
+    `Not archived: <why>` when the archive refused it (`not_archived`)."""
+    report, charts = rendered.report, rendered.charts
+    src = {c.cid: f"cid:{c.cid}" for c in charts}
+    return RenderedEmail(
+        html=render_html(report, config, charts, src, link, not_archived),
+        text=render_text(report, link, not_archived),
     )

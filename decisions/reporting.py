@@ -626,6 +626,7 @@ class RecordSection(BaseModel):
     lines: list[str]
     rows: list[dict[str, Any]] = Field(default_factory=list)
     events: int = 0
+    partial: bool = False  # some of its events were not read (a cap was hit): its lines say so
 
     @property
     def empty(self) -> bool:
@@ -649,6 +650,65 @@ NOTHING = {
     "load": LOAD_NOTHING,
     "caches": CACHES_NOTHING,
 }
+
+
+# How the report reads the week's events: one query per section (its prefixes), newest first,
+# at most MAX_EVENTS_PER_QUERY each; the shipped schedules emit thousands of some names a week
+# (evaluate_slos about 10,080, collect_cache_stats 2,016 per Redis, scale_predictively 1,008 per
+# target), so those are read apart: a name the report shows only the latest of reads one event,
+# a high-volume name the report counts reads on its own, so its cap never cuts the rest.
+MAX_EVENTS_PER_QUERY = 20_000
+LATEST_ONLY = {"perfops.sla.evaluated": "sla"}
+OWN_QUERY = {"perfops.cache.stats_collected": "caches", "perfops.scaling.decided": "scaling"}
+
+
+class EventQuery(BaseModel):
+    """One read of the week's events for a section: names by prefix or exact name."""
+
+    section: str
+    prefixes: list[str] = Field(default_factory=list)
+    names: list[str] = Field(default_factory=list)
+    exclude_names: list[str] = Field(default_factory=list)
+    latest_only: bool = False  # the newest event only
+
+    @property
+    def label(self) -> str:
+        return ", ".join(self.names or [f"{p}*" for p in self.prefixes])
+
+
+def event_queries() -> list[EventQuery]:
+    """The reads the report makes, per section of RECORD_SECTIONS."""
+    apart = {**OWN_QUERY, **LATEST_ONLY}
+    queries: list[EventQuery] = []
+    for key, (_, prefixes) in RECORD_SECTIONS.items():
+        alone = sorted(n for n, section in apart.items() if section == key)
+        queries.append(EventQuery(section=key, prefixes=list(prefixes), exclude_names=alone))
+        queries += [EventQuery(section=key, names=[n], latest_only=n in LATEST_ONLY) for n in alone]
+    return queries
+
+
+class PartialRead(BaseModel):
+    """A query that hit its cap: the newest `read` of `total` matching events were read."""
+
+    section: str
+    what: str
+    read: int
+    total: int
+    cap: int = MAX_EVENTS_PER_QUERY
+
+    @property
+    def line(self) -> str:
+        return (
+            f"partial: read the newest {self.read:,} of {self.total:,} {self.what} events of "
+            f"the week (at most {self.cap:,} a query); older ones are not counted"
+        )
+
+
+class EventsRead(BaseModel):
+    """The week's events (oldest first) and the queries that were cut at their cap."""
+
+    events: list[RecordedEvent]
+    partial: list[PartialRead] = Field(default_factory=list)
 
 
 def _latest(events: list[RecordedEvent], name: str) -> RecordedEvent | None:
@@ -837,9 +897,12 @@ def _sla_lines(events: list[RecordedEvent]) -> tuple[list[str], list[dict[str, A
 
 
 def summarize_records(
-    events: list[RecordedEvent], slow_queries: SlowQueries | None = None
+    events: list[RecordedEvent],
+    slow_queries: SlowQueries | None = None,
+    partial: list[PartialRead] | None = None,
 ) -> list[RecordSection]:
-    """Sections of what perfops recorded in the week; an empty one says nothing was recorded."""
+    """Sections of what perfops recorded in the week; an empty one says nothing was recorded.
+    A section some of whose events were not read (`partial`) says so and is marked partial."""
     builders = {
         "database": lambda mine: _database_lines(mine, slow_queries),
         "partitions": _partition_lines,
@@ -855,9 +918,13 @@ def summarize_records(
             sections.append(RecordSection(key=key, title=title, lines=[NOTHING[key]]))
             continue
         lines, rows = builders[key](mine)
+        cut = [p.line for p in partial or [] if p.section == key]
         sections.append(
-            RecordSection(key=key, title=title, lines=lines, rows=rows, events=len(mine))
-        )
+            RecordSection(
+                key=key, title=title, lines=lines + cut, rows=rows, events=len(mine),
+                partial=bool(cut),
+            )
+        )  # fmt: skip
     return sections
 
 

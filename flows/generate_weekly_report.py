@@ -6,9 +6,11 @@
    p50/p95/p99, mean and peak throughput, error rate; SLIs and error budget; CPU and memory;
    agent execution and workflow completion times; hourly series for the charts. A query that
    fails marks its section missing; the rest of the report still goes out.
-2. From the Prefect API, the `perfops.*` events of the week: what perfops itself did.
+2. From the Prefect API, the `perfops.*` events of the week: what perfops itself did (one query
+   per section, newest first; a section whose query hit its cap says it is partial).
 3. Rendered as an HTML page (inline CSS, PNG charts), plain text and CSV/Parquet data; archived
-   (S3 or a folder) before it is sent, so a failed delivery never loses the report.
+   (S3 or a folder) before it is sent, so a failed delivery never loses the report. The email
+   is rendered after archiving: the archived copy's link, or `Not archived: <why>`.
 4. Emailed to the recipients through the prefect-email `EmailServerCredentials` block (or the
    file outbox): refused recipients are reported, the others still receive it; an SMTP server
    that stays down fails the run after the retries, with the report archived.
@@ -36,10 +38,12 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.resolve import check_block_names, resolve_archive, resolve_email, resolve_metrics
+from decisions.recipients import check_recipients
 from decisions.report_fleet import FleetView, display_rows, fleet_things
 from decisions.report_rendering import (
     ReportResult,
     WeeklyReport,
+    render_email,
     render_markdown,
     render_week,
     run_failure,
@@ -116,8 +120,10 @@ def generate_weekly_report(
 
     Args:
         week: ISO week like 2026-W47 (default: the last complete week, UTC).
-        recipients: email addresses (default: `recipients` in the configuration; none: the
-            report is archived, not sent, and the run fails saying so).
+        recipients: email addresses, one per entry (`sre@example.com`, `"Doe, John"
+            <john@example.com>`; default: `recipients` in the configuration). An entry that is
+            not one address fails the run before any work, naming it; none: the report is
+            archived, not sent, and the run fails saying so.
         out_dir: also write a browsable copy to OUT_DIR/<week>/index.html.
         config_path: targets and PromQL (default deployments/report.yaml, or
             PERFOPS_REPORT_CONFIG).
@@ -144,6 +150,9 @@ def generate_weekly_report(
     config = load_config(config_file)
     this = parse_week(week, clock) if week else last_complete_week(clock)
     before: ReportWeek = this.previous()
+    to = list(recipients if recipients is not None else config.recipients)
+    # a bad address fails before any query, not after the report is archived
+    check_recipients(to, "recipients" if recipients is not None else f"recipients in {config_file}")
     if targets is not None:  # an unknown fleet or target fails before any query
         load_selection(targets, fleet_file)
 
@@ -156,10 +165,13 @@ def generate_weekly_report(
     for section, why in current.missing.items():
         logger.warning("section %s is missing: %s", section, why)
 
-    events = read_perfops_events(this.start, this.end)
+    read = read_perfops_events(this.start, this.end)
+    events = read.events
+    for cut in read.partial:
+        logger.warning("section %s is partial: %s", cut.section, cut.line)
     latest_slow = read_table_artifact(SLOW_QUERIES_ARTIFACT, this.start, this.end)
     slow = SlowQueries(checked_at=latest_slow[0], rows=latest_slow[1]) if latest_slow else None
-    records = summarize_records(events, slow)
+    records = summarize_records(events, slow, read.partial)
     checks = evaluate(current, previous, config)
     store = resolve_archive(s3_block)
     prefix = f"{ARCHIVE_PREFIX}/{this.label}"
@@ -184,7 +196,7 @@ def generate_weekly_report(
     index_location = object_location(store.value, f"{prefix}/index.html")
     link = object_link(store.value, f"{prefix}/index.html")
     rendering = time.monotonic()
-    rendered = render_report(report, config, series, events, link)
+    rendered = render_report(report, config, series, events)
     report = rendered.report
     logger.info(
         "rendered %d charts, %d tables and the page in %.1f s",
@@ -202,7 +214,7 @@ def generate_weekly_report(
     folder = write_folder(Path(out_dir) / this.label, rendered.files) if out_dir else None
     logger.info("%s; archived %d files to %s", report.headline, len(stored), link)
 
-    to = list(recipients if recipients is not None else config.recipients)
+    email = render_email(rendered, config, link, not_archived)  # says if archiving failed
     result_args: dict[str, Any] = {}
     delivery_error: BaseException | None = None
     if not to:
@@ -212,19 +224,19 @@ def generate_weekly_report(
         )
     else:
         sink = resolve_email(email_block)
-        message = build_message(
-            sender=settings.email_from,
-            to=to,
-            subject=f"Weekly performance report {report.headline}",
-            text=rendered.text,
-            html=rendered.email_html,
-            inline_images=[InlineImage(cid=c.cid, content=c.png) for c in rendered.charts],
-            attachments=[
-                Attachment(filename=name, content=data, mime_type="text/csv")
-                for name, data in rendered.csv.items()
-            ],
-        )
         try:
+            message = build_message(
+                sender=settings.email_from,
+                to=to,
+                subject=f"Weekly performance report {report.headline}",
+                text=email.text,
+                html=email.html,
+                inline_images=[InlineImage(cid=c.cid, content=c.png) for c in rendered.charts],
+                attachments=[
+                    Attachment(filename=name, content=data, mime_type="text/csv")
+                    for name, data in rendered.csv.items()
+                ],
+            )
             sent: SendResult = send_email(sink.value, message)
         except Exception as exc:  # noqa: BLE001 - reported, then the run fails below
             delivery_error = exc

@@ -26,7 +26,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from blocks.cdn import CdnTarget
-from blocks.resolve import load_block, resolve_redis
+from blocks.resolve import check_block_names, load_block, resolve_redis
 from decisions.cache_invalidation import (
     PURGE_AFTER,
     InvalidationReport,
@@ -35,6 +35,8 @@ from decisions.cache_invalidation import (
     WarmAfter,
     artifact_description,
     artifact_rows,
+    cdn_done,
+    cdn_failed,
     cdn_outcome,
     event_labels,
     event_payload,
@@ -43,6 +45,7 @@ from decisions.cache_invalidation import (
     l1_outcome,
     pattern_outcome,
     refused_outcome,
+    versions_kept,
     versions_outcome,
     warm_after,
     warm_keys_wanted,
@@ -61,7 +64,7 @@ from decisions.cache_policy import (
 )
 from decisions.fleet import FleetReport, keyed, target_labels
 from perfops.errors import PerfopsError
-from perfops.redaction import install_log_redaction
+from perfops.redaction import install_log_redaction, redact
 from perfops.settings import get_settings
 from tasks.cache_keys import (
     ScanOptions,
@@ -127,7 +130,8 @@ def invalidate_cache(
         policy_path: the cache policy file.
         redis_block: a `perfops-redis-target` block (default `PERFOPS_REDIS_URL`, else local).
         cdn_block: a `perfops-cdn-target` block (default `PERFOPS_CDN_BLOCK`); without one
-            CDN purges are skipped (reported). Over a fleet every target's run purges it.
+            CDN purges are skipped (reported); a name with no saved block fails the run before
+            any key goes. Over a fleet every target's run purges it.
         targets: run over a fleet instead (`deployments/fleet.yaml`, docs/fleet.md): a named
             fleet, `all`, a label `key=value`, or target names; the targets with a `redis`
             block, one child run each, a summary artifact `perfops-cache-invalidation-fleet`.
@@ -139,6 +143,7 @@ def invalidate_cache(
     install_log_redaction()
     policy = load_policy(policy_path)
     request, steps = resolve_request(policy, event, parse_payload(payload), pattern, tag, versions)
+    check_block_names(cdn_block=cdn_block)  # a mistyped CDN block fails before any key goes
     if targets is not None:  # the parent of a fleet run: one child run per Redis
         asked = {"event": event, "payload": payload, "pattern": pattern, "tag": tag,
                  "versions": versions, "apply": apply, "force": force, "max_keys": max_keys,
@@ -164,6 +169,9 @@ def invalidate_cache(
     messages: list[dict[str, Any]] = []
     purge = PurgeItems()
     warm: list[WarmAfter] = []  # the cache to warm again, if any (one per run: the policy)
+    # old versions whose keys are gone: forgotten (ZREM) only once the CDN step is done, so a
+    # rerun after a failed purge still sees them and purges again
+    gone: list[tuple[Target, str]] = []
     logger.info("%s on %s%s", request, redis.description, "" if apply else " (dry run)")
 
     def one_pattern(t: Target, glob: str) -> Outcome:
@@ -181,8 +189,8 @@ def invalidate_cache(
             outcome = with_apply_refusal(
                 outcome, refusal(t.label, glob, result.matched, limit, force)
             )
-        if outcome.result == "dropped" and outcome.dropped:
-            messages.append(
+        if apply and outcome.result in PURGE_AFTER:  # "nothing to drop" too: an L1 holder
+            messages.append(  # may hold a value Redis has let expire or evicted
                 l1_message(run=run, cache=t.cache, pattern=glob, regex=glob_regex(glob), keys=[])
             )
         return outcome
@@ -216,7 +224,7 @@ def invalidate_cache(
                     if outcome.result in PURGE_AFTER:
                         purge.add(cdn_items(cache, {"version": version}))
                     if apply and outcome.result in ("dropped", "nothing to drop"):
-                        forget_version(target, t.versions_key, version)
+                        gone.append((t, version))
         except PerfopsError as exc:
             outcomes.append(failed_outcome(t, str(exc)))
     cluster = is_cluster(target)
@@ -228,8 +236,18 @@ def invalidate_cache(
             outcomes.append(l1_outcome(channel, len(messages), heard))
         except PerfopsError as exc:
             outcomes.append(l1_outcome(channel, len(messages), error=str(exc)))
-    cdn = _purge_cdn(purge.items(), apply, cdn_block or get_settings().cdn_block)
+    try:
+        cdn = _purge_cdn(purge.items(), apply, cdn_block or get_settings().cdn_block)
+    except Exception as exc:  # noqa: BLE001 - its row, the event and a Failed run say it
+        cdn = cdn_failed(purge.items(), redact(f"{type(exc).__name__}: {exc}"))
+    if gone and cdn is not None and not cdn_done(cdn):
+        cdn = versions_kept(cdn, [version for _, version in gone])
     outcomes += [cdn] if cdn else []
+    for t, version in gone if cdn_done(cdn) else []:
+        try:
+            forget_version(target, t.versions_key, version)
+        except PerfopsError as exc:
+            outcomes.append(failed_outcome(t, str(exc)))
 
     report = InvalidationReport(
         request=request,

@@ -73,7 +73,7 @@ def warm_cache(
         url_template: where a key's value is fetched from (default: the cache's `warm_url`).
         urls: key -> URL instead.
         keys_sql: a read-only query returning (key, value) (values from PostgreSQL) or (key)
-            (fetched through `url_template`).
+            (fetched through `url_template`); a NULL value is fetched too, a NULL key refused.
         concurrency: HTTP requests in flight (1-64).
         ttl_s: TTL in seconds instead of the cache's; jitter from the policy (ttl_jitter).
         dry_run: list what would be fetched; write nothing.

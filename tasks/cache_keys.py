@@ -108,13 +108,19 @@ def is_cluster(target: RedisTarget) -> bool:
         return False
 
 
-def resource_id(target: RedisTarget) -> str:
-    """`perfops.redis.<host>:<port>/<db>`: the events' resource."""
+def node_name(target: RedisTarget) -> str:
+    """`<host>:<port>/<db>` of the target's URL: never its user or password (a URL may carry
+    them, `redis://:pw@cache:6379/0`), so the name is safe in artifacts, events and Redis."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(target.url)
     db = parts.path.strip("/") or "0"
-    return f"perfops.redis.{parts.hostname}:{parts.port or 6379}/{db}"
+    return f"{parts.hostname}:{parts.port or 6379}/{db}"
+
+
+def resource_id(target: RedisTarget) -> str:
+    """`perfops.redis.<host>:<port>/<db>`: the events' resource."""
+    return f"perfops.redis.{node_name(target)}"
 
 
 @dataclass

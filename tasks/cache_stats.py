@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks import RedisTarget
 from decisions.cache_stats import KeySample, NodeSample
-from tasks.cache_keys import connected
+from tasks.cache_keys import connected, node_name
 
 STATE_KEY = "perfops:cache:stats:last"
 STATE_TTL_S = 7 * 86400
@@ -30,7 +30,7 @@ def sample_nodes(target: RedisTarget) -> tuple[bool, list[NodeSample]]:
                 info |= cast(dict[str, Any], client.info(section))
             out.append(
                 NodeSample(
-                    node=name if conn.cluster else target.url.split("//")[-1],
+                    node=name if conn.cluster else node_name(target),
                     at=time.time(),
                     keyspace_hits=int(info.get("keyspace_hits", 0)),
                     keyspace_misses=int(info.get("keyspace_misses", 0)),

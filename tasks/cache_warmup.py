@@ -85,7 +85,9 @@ def fetch_values(urls: dict[str, str], concurrency: int, timeout_s: float = 10.0
 def query_entries(
     target: PostgresTarget, sql_text: str, statement_timeout_ms: int = 60_000
 ) -> list[tuple[str, str | None]]:
-    """Run `sql_text` read-only: rows of (key) or (key, value)."""
+    """Run `sql_text` read-only: rows of (key) or (key, value). A NULL value stays None (the
+    value is then fetched from the warm URL, as for a key alone); a NULL key is refused naming
+    its row."""
     with connect(target, statement_timeout_ms=statement_timeout_ms) as conn:
         try:
             conn.execute("set transaction read only")
@@ -103,8 +105,14 @@ def query_entries(
             f"the warm-up query must return (key) or (key, value) columns, got {width}"
         )
     out: list[tuple[str, str | None]] = []
-    for row in rows:
-        out.append((str(row[0]), None if width == 1 else str(row[1])))
+    for number, row in enumerate(rows, start=1):
+        if row[0] is None:
+            raise ConfigurationError(
+                f"the warm-up query returned a NULL key in row {number} of {len(rows)}: "
+                "every row needs a key (add `where <key column> is not null`)"
+            )
+        value = None if width == 1 or row[1] is None else str(row[1])
+        out.append((str(row[0]), value))
     return out
 
 

@@ -139,8 +139,15 @@ def send_purge(
                     + redact(_api_error(response))
                 )
             else:
-                body = response.json()
-                if not body.get("success"):
+                try:
+                    body = response.json()
+                except ValueError:
+                    raise ConnectionFailed(
+                        f"CDN purge in zone {cdn.zone_id} answered HTTP {status} without a "
+                        f"JSON body: {redact(response.text[:200])!r}; is base_url "
+                        f"{cdn.base_url} a Cloudflare-compatible purge API?"
+                    ) from None
+                if not isinstance(body, dict) or not body.get("success"):
                     raise ConnectionFailed(
                         f"CDN purge in zone {cdn.zone_id} failed: {_api_error(response)}"
                     )

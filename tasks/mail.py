@@ -21,6 +21,7 @@ from prefect_email.credentials import SMTPType
 from pydantic import BaseModel, Field
 
 from blocks.resolve import EmailSink, FileOutbox
+from decisions.recipients import addresses_of, check_recipients
 from perfops.redaction import register_secret
 from tasks.outbox import write_email
 from tasks.transient_errors import RETRY_DEFAULTS
@@ -61,9 +62,12 @@ def build_message(
     inline_images: list[InlineImage] | None = None,
     attachments: list[Attachment] | None = None,
 ) -> EmailMessage:
-    """A standards-compliant message: text, then HTML alternative with related inline images."""
+    """A standards-compliant message: text, then HTML alternative with related inline images.
+    Each of `to` must be one address (a display name may hold a comma); `ConfigurationError`
+    names those that are not."""
     if not to:
         raise ValueError("an email needs at least one recipient")
+    check_recipients(to, "email recipients")
     message = EmailMessage()
     message["From"] = sender
     message["To"] = ", ".join(to)
@@ -118,7 +122,7 @@ def open_smtp(creds: EmailServerCredentials, timeout_s: float = SMTP_TIMEOUT_S) 
 @task(name="send_email", **RETRY_DEFAULTS)
 def send_email(sink: EmailSink, message: EmailMessage) -> SendResult:
     """Send `message` to its To/Cc recipients (or write it to the outbox)."""
-    recipients = [a.strip() for a in str(message.get("To", "")).split(",") if a.strip()]
+    recipients = addresses_of(str(message.get("To", "")), str(message.get("Cc", "")))
     if isinstance(sink, FileOutbox):
         path = write_email(sink, message)
         return SendResult(accepted=recipients, refused={}, sink="file", location=str(path))

@@ -75,8 +75,10 @@ def weekly(
         list[str] | None,
         typer.Option(
             "--to",
-            help="Email the report to this address (repeatable). Default: `recipients` in the "
-            "configuration; with none the report is only archived.",
+            help="Email the report to this address (repeatable; one address each, like "
+            "sre@example.com, with or without a display name). Default: `recipients` in the "
+            "configuration; with none the report is archived, not sent, and the command "
+            "exits 1.",
             show_default=False,
         ),
     ] = None,
@@ -129,9 +131,12 @@ def weekly(
     """Build the week's performance report (targets met/missed, week over week, per-endpoint
     latency, throughput and errors, availability and error budget, resources, and what perfops
     recorded), archive it, and email it (flow generate_weekly_report). With --fleet, one report
-    with a Fleet section: one row per target, worst first (docs/fleet.md). Exit 1 when the
-    email could not be sent or a fleet target could not be read (the report is archived all
-    the same)."""
+    with a Fleet section: one row per target, worst first (docs/fleet.md). Exit 1, the report
+    archived and recorded all the same, when no target could be scored, a section is missing
+    (Prometheus did not answer a query), there are no recipients, a recipient was refused, the
+    email could not be sent, the archive refused the report, or a fleet target could not be
+    read; exit 1 before any work when a recipient is not one address or a block name names no
+    saved block."""
     label = _week(week)
     selection = _fleet(ctx, fleet, fleet_file)
     set_env("PERFOPS_PROMETHEUS_URL", prometheus_url)

@@ -3,18 +3,30 @@ the shared Redis): two runs measure the hit ratio between them."""
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import redis
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
 from blocks import RedisTarget
+from decisions.cache_stats import StatsReport
 from decisions.fleet import FleetReport
 from flows.collect_cache_stats import collect_cache_stats
+from perfops.errors import report_of
+from tasks.cache_stats import STATE_KEY
 from tests.caches.conftest import client_for
-from tests.records import artifact_rows, failed_run, one_target, wait_for_event
+from tests.records import artifact_rows, failed_run, latest_artifact, one_target, wait_for_event
+from tests.servers.ports import free_port
+from tests.servers.redis_cluster import REDIS_SERVER
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -89,3 +101,56 @@ def test_a_fleet_run_measures_each_cache_and_the_down_one_fails_alone(
     assert sum(1 for r in rows if str(r["what"]).startswith("node ")) == 3
     summary = artifact_rows("perfops-cache-stats-fleet")
     assert [r["target"] for r in summary] == [f"{n}-{run}" for n in ("single", "cluster", "down")]
+
+
+PASSWORD = "s3cretpw-for-the-stats-test"
+
+
+@pytest.fixture()
+def redis_with_password(tmp_path: Path) -> Iterator[str]:
+    """A private redis-server with `requirepass`: its URL carries the password."""
+    port = free_port()
+    server = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", PASSWORD,
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                server.kill()
+                raise
+            time.sleep(0.05)
+    yield url
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def test_a_password_in_the_redis_url_never_reaches_the_artifact_the_hash_or_the_log(
+    redis_with_password: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PERFOPS_REDIS_URL", redis_with_password)
+    client = redis.Redis.from_url(redis_with_password)
+    client.set("user:1:profile:p", "x", ex=60)
+    state = collect_cache_stats(return_state=True)
+    report = report_of(state.result(raise_on_failure=False))
+    assert isinstance(report, StatsReport), report
+    port = redis_with_password.rsplit(":", 1)[1].split("/")[0]
+    assert [n.node for n in report.nodes] == [f"127.0.0.1:{port}/0"]
+    assert client.hkeys(STATE_KEY) == [f"127.0.0.1:{port}/0".encode()]
+    artifact = latest_artifact("perfops-cache-stats")
+    assert f"127.0.0.1:{port}/0" in artifact and PASSWORD not in artifact
+    assert PASSWORD not in json.dumps(report.model_dump())
+    logs = ""
+    with get_client(sync_client=True) as api:
+        deadline = time.monotonic() + 20
+        while "127.0.0.1" not in logs and time.monotonic() < deadline:
+            only = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+            logs = "\n".join(log.message for log in api.read_logs(only))
+            time.sleep(0.3)
+    assert "127.0.0.1" in logs and PASSWORD not in logs

@@ -10,9 +10,10 @@ import pytest
 from blocks import PostgresTarget, RedisTarget
 from decisions.cache_warmup import ttl_with_jitter
 from flows.warm_cache import warm_cache
+from perfops.errors import ConfigurationError
 from tasks.cache_warmup import query_entries, write_values
 from tests.caches.conftest import App, client_for
-from tests.records import artifact_rows, failed_run
+from tests.records import artifact_rows, failed_run, one_target
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -55,6 +56,40 @@ def test_values_computed_in_postgresql_are_written_pipelined(
     assert client_for(redis_target).get("workflow:1200:definition:v1") == b"steps 1200"
     with pytest.raises(Exception, match="must return \\(key\\) or \\(key, value\\)"):
         query_entries.fn(pg_target, "select 1, 2, 3")
+
+
+def test_a_null_value_is_fetched_from_the_url_and_a_null_key_is_refused_naming_its_row(
+    pg_target: PostgresTarget,
+) -> None:
+    rows = query_entries.fn(
+        pg_target,
+        "select 'workflow:1:definition:v1', null::text union all select 'workflow:2:definition:v1',"
+        " 'steps 2' union all select 'workflow:3:definition:v1', 'None'",
+    )
+    # NULL is None (fetched from the warm URL), never the text "None"; a real "None" stays text
+    assert rows == [("workflow:1:definition:v1", None), ("workflow:2:definition:v1", "steps 2"),
+                    ("workflow:3:definition:v1", "None")]  # fmt: skip
+    for sql_text in ("select 'a:1', 'x' union all select null, 'y'", "select null::text"):
+        with pytest.raises(ConfigurationError, match=r"returned a NULL key in row \d+ of"):
+            query_entries.fn(pg_target, sql_text)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_warm_up_from_sql_fetches_a_null_value_instead_of_writing_none(
+    app: App, pg_dsn: str, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PERFOPS_REDIS_URL", redis_target.url)
+    monkeypatch.setenv("PERFOPS_DSN", pg_dsn)
+    report = one_target(
+        warm_cache, cache="agent_configs", url_template=app.url,
+        keys_sql="select 'agent:1:config:main', 'v1' union all "
+        "select 'agent:2:config:main', null::text",
+    )  # fmt: skip
+    assert report.warmed == 2
+    client = client_for(redis_target)
+    assert client.get("agent:1:config:main") == b"v1"
+    assert json.loads(client.get("agent:2:config:main")) == {"key": "agent:2:config:main"}
+    assert list(app.seen) == ["agent:2:config:main"]
 
 
 def test_ttl_jitter_stays_within_bounds() -> None:

@@ -31,6 +31,25 @@ def test_doctor_help_explains_flags_and_variables() -> None:
         assert text in result.stdout
 
 
+def test_report_weekly_help_says_every_way_it_exits_1() -> None:
+    result = _run("report", "weekly", "--help", env={"COLUMNS": "400"})
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "only archived" not in text  # it used to say so, but the run fails
+    assert "with none the report is archived, not sent, and the command exits 1" in text
+    for reason in (
+        "no target could be scored",
+        "a section is missing",
+        "there are no recipients",
+        "a recipient was refused",
+        "the email could not be sent",
+        "the archive refused the report",
+        "a fleet target could not be read",
+        "a recipient is not one address",
+    ):
+        assert reason in text, reason
+
+
 def test_bad_flag_is_one_line_and_exit_2() -> None:
     result = _run("doctor", "--no-such-flag")
     assert result.returncode == 2

@@ -340,3 +340,31 @@ def test_top_slow_queries_come_from_the_latest_artifact_of_the_week() -> None:
             "agent_executions where agent_id = $1",
         }
     ]
+
+
+def test_a_long_record_table_says_it_shows_the_first_rows_and_the_data_holds_them_all() -> None:
+    from decisions.report_rendering import data_tables, parquet_bytes
+
+    week = parse_week("2026-W47", NOW)
+    empty = {name: QueryResult() for name in week_queries(CONFIG, week.seconds)}
+    now = assemble_week(week.label, empty, CONFIG)
+    applied = [
+        RecordedEvent(
+            event="perfops.scaling.applied",
+            occurred=week.start + pd.Timedelta(hours=n),
+            resource="perfops.scaling.web",
+            payload={"group": "web", "from": n, "to": n + 1 if n % 2 else str(n + 1)},
+        )
+        for n in range(45)
+    ]
+    report = WeeklyReport(
+        week=week, previous_week="2026-W46", generated_at=NOW, source="test",
+        checks=evaluate(now, None, CONFIG), current=now, previous=None,
+        records=summarize_records(applied), things=[], objectives={},
+    )  # fmt: skip
+    page = render_html(report, CONFIG, [], {})
+    assert "First 30 of 45 rows; all of them in the data files (records_scaling.csv" in page
+    assert "Tue 17 Nov 05:00" in page and "Tue 17 Nov 06:00" not in page  # rows 30 and 31
+    table = data_tables(report, {}, None)["records_scaling"]
+    assert len(table) == 45 and list(table["to"])[-1] == "45"
+    assert parquet_bytes(table)  # the column of 2 and "2" is stored as text

@@ -33,7 +33,7 @@ from prefect.events import emit_event
 
 from blocks import PrometheusSource
 from decisions.report_rendering import ReportResult
-from decisions.reporting import ReportWeek, last_complete_week
+from decisions.reporting import ReportWeek, last_complete_week, summarize_records
 from demo.embedded_prometheus import merge_series
 from demo.sample_metrics import (
     SyntheticEndpoint,
@@ -570,6 +570,54 @@ def test_an_archive_that_refuses_fails_the_run_with_the_artifact_written(
     assert "NOT archived: " in artifact and "NoSuchBucket" in artifact
 
 
+def test_the_email_of_a_report_the_archive_refused_says_it_is_not_archived(
+    report_prometheus: PrometheusServer,
+    moto_server: MotoServer,
+    smtp_server: SmtpServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The email was rendered before the upload and said "Archived copy: <link>" all the same."""
+    for key, value in {
+        "PERFOPS_PROMETHEUS_URL": report_prometheus.url,
+        "PERFOPS_S3_BUCKET": "perfops-no-such-bucket",
+        "PERFOPS_S3_ENDPOINT_URL": moto_server.endpoint_url,
+        "PERFOPS_SMTP_HOST": smtp_server.host,
+        "PERFOPS_SMTP_PORT": str(smtp_server.port),
+    }.items():
+        monkeypatch.setenv(key, value)
+    smtp_server.reset()
+    result, message = _failed(week=WEEK.label, recipients=["sre@example.test"])
+    assert "NOT archived at s3://perfops-no-such-bucket/" in message
+    assert result.accepted == ["sre@example.test"]
+    [(_, _, email)] = smtp_server.wait_for(1)
+    assert isinstance(email, EmailMessage)
+    for kind in ("plain", "html"):
+        part = email.get_body(preferencelist=(kind,))
+        assert part is not None
+        content = part.get_content()
+        assert "Archived copy" not in content
+        assert "Not archived: " in content and "NoSuchBucket" in content
+
+
+def test_a_recipient_that_is_not_one_address_fails_the_run_before_any_work(
+    report_prometheus: PrometheusServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recipient with a line break used to raise after the report was archived, with no
+    artifact or event."""
+    monkeypatch.setenv("PERFOPS_PROMETHEUS_URL", report_prometheus.url)
+    monkeypatch.setenv("PERFOPS_OUT_DIR", str(tmp_path / "defaults"))
+    state = generate_weekly_report(
+        week=WEEK.label,
+        recipients=["sre@example.test", "ops@example.test\nBcc: all@example.test"],
+        return_state=True,
+    )
+    assert state.is_failed()
+    assert "recipients: 'ops@example.test\\nBcc: all@example.test' has a line break" in (
+        state.message or ""
+    )
+    assert not (tmp_path / "defaults" / "archive").exists()  # nothing done
+
+
 def test_smtp_down_retries_then_fails_with_the_report_archived_on_s3(
     report_prometheus: PrometheusServer,
     moto_server: MotoServer,
@@ -693,3 +741,50 @@ def test_reads_the_newest_table_artifact_of_a_time_range() -> None:
     assert found is not None and found[1] == [{"rank": 1, "mean_ms": 20.0}]
     assert before <= found[0] <= after
     assert read_table_artifact(key, WEEK.start, WEEK.end) is None  # written now, not that week
+
+
+def test_high_volume_events_never_cut_the_rest_and_a_cut_section_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The report read at most 20,000 events of the week, oldest first, for every section at
+    once: the shipped schedules emit far more (evaluate_slos alone ~10,080 a week), so the end
+    of the week was cut silently. Here the cap is 5 a query."""
+    import tasks.prefect_events as module
+
+    monkeypatch.setattr(module, "MAX_EVENTS_PER_QUERY", 5)
+    start = (datetime.now(UTC) - timedelta(days=1, minutes=os.getpid() % 600)).replace(
+        microsecond=0
+    )
+    emitted: list[tuple[str, dict[str, Any]]] = [
+        ("perfops.sla.evaluated", {"n": n}) for n in range(12)
+    ]
+    emitted += [("perfops.cache.stats_collected", {"hit_ratio": n / 10}) for n in range(8)]
+    emitted += [("perfops.cache.invalidated", {"dropped": 3, "refused": [], "failed": []})]
+    # (names no other test reads without a time range: the harness's events are shared)
+    emitted += [("perfops.sla.acknowledged", {"alert": "a", "slo": "availability"})]
+    for n, (name, payload) in enumerate(emitted):
+        emit_event(
+            event=name,
+            resource={"prefect.resource.id": "perfops.test.events"},
+            occurred=start + timedelta(seconds=n),
+            payload=payload,
+        )
+    end = start + timedelta(seconds=len(emitted))
+    wait_for_events("perfops.", prefix=True, at_least=len(emitted), since=start, until=end)
+
+    read = module.read_perfops_events.fn(start, end)
+    names = [e.event for e in read.events]
+    assert [e.payload for e in read.events if e.event == "perfops.sla.evaluated"] == [{"n": 11}]
+    stats = [e.payload["hit_ratio"] for e in read.events if "stats_collected" in e.event]
+    assert stats == [0.3, 0.4, 0.5, 0.6, 0.7]  # the newest 5 of 8, oldest first
+    assert "perfops.cache.invalidated" in names and "perfops.sla.acknowledged" in names
+    assert [e.occurred for e in read.events] == sorted(e.occurred for e in read.events)
+    assert [(p.section, p.what, p.read, p.total) for p in read.partial] == [
+        ("caches", "perfops.cache.stats_collected", 5, 8)
+    ]
+    sections = {s.key: s for s in summarize_records(read.events, None, read.partial)}
+    assert sections["caches"].partial and not sections["sla"].partial
+    assert sections["caches"].lines[-1] == (
+        "partial: read the newest 5 of 8 perfops.cache.stats_collected events of the week "
+        "(at most 5 a query); older ones are not counted"
+    )

@@ -10,6 +10,7 @@ from prefect_email import EmailServerCredentials
 from pydantic import SecretStr
 
 from blocks.resolve import FileOutbox, resolve_email
+from perfops.errors import ConfigurationError
 from perfops.settings import PerfopsSettings
 from tasks.mail import Attachment, InlineImage, build_message, send_email
 from tests.servers import SmtpServer
@@ -62,6 +63,20 @@ def test_refused_recipient_is_reported_and_others_still_receive(smtp_server: Smt
     assert result.refused["nobody@example.test"].startswith("550")
     [(_, rcpts, _)] = smtp_server.wait_for(1)
     assert rcpts == ["sre@example.test"]
+
+
+def test_a_display_name_with_a_comma_is_one_recipient(smtp_server: SmtpServer) -> None:
+    smtp_server.reset()
+    result = send_email(_creds(smtp_server), _message(['"Doe, John" <john@example.test>']))
+    assert result.accepted == ["john@example.test"] and result.refused == {}
+    [(_, rcpts, _)] = smtp_server.wait_for(1)
+    assert rcpts == ["john@example.test"]
+
+
+def test_a_recipient_with_a_line_break_is_refused_naming_it() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        _message(["a@example.test\nBcc: b@example.test"])
+    assert "'a@example.test\\nBcc: b@example.test' has a line break" in str(caught.value)
 
 
 def test_smtp_down_is_retried_then_fails(caplog: pytest.LogCaptureFixture) -> None:
