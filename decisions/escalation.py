@@ -35,6 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from decisions.burn_rate import Alert
+from decisions.slack_metadata import alert_from_metadata
 from decisions.slo_definitions import SEVERITY_RANK, EscalationPolicy, SlaDefinitions
 
 NoticeKind = Literal["fire", "join", "escalate", "repeat", "resolved", "update", "ack"]
@@ -577,7 +578,9 @@ def acknowledge(state: IncidentState, by: str, now: datetime) -> IncidentState:
 def rebuild(payloads: list[dict[str, Any]]) -> tuple[dict[str, IncidentState], list[PostedNotice]]:
     """Incidents (group -> latest) and the notification log rebuilt from the notices' own
     metadata, as read back from Slack (or the outbox): what survives a Redis without data.
-    Each payload is `notice_metadata(...)` plus `_channel`, `_ts` and `_top` (a thread root)."""
+    Each payload is `notice_metadata(...)` plus `_channel`, `_ts` and `_top` (a thread root);
+    notices posted before the metadata fitted Slack's documented shape (alert labels an object,
+    None values present) read the same."""
     incidents: dict[str, IncidentState] = {}
     log: list[PostedNotice] = []
     for p in sorted(payloads, key=lambda p: (p["at"], p["_ts"])):
@@ -585,7 +588,7 @@ def rebuild(payloads: list[dict[str, Any]]) -> tuple[dict[str, IncidentState], l
         log.append(
             PostedNotice(key=p["key"], channel=p["_channel"], ts=p["_ts"], sent_at=at, sink="slack")
         )
-        alerts = {a["key"]: Alert.model_validate(a) for a in p.get("alerts", [])}
+        alerts = {a["key"]: alert_from_metadata(a) for a in p.get("alerts") or []}
         state = incidents.get(p["incident"])
         if state is None:
             state = IncidentState(

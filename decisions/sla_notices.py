@@ -7,6 +7,7 @@ from typing import Any
 
 from decisions.burn_rate import Alert
 from decisions.escalation import Notice
+from decisions.slack_metadata import alert_metadata, drop_nulls
 from perfops.wording import figure
 
 ICONS = {"critical": ":red_circle:", "warning": ":large_orange_circle:", "info": ":white_circle:"}
@@ -101,17 +102,21 @@ def notice_blocks(notice: Notice, run_url: str = "") -> list[dict[str, Any]]:
 
 
 def notice_metadata(notice: Notice) -> dict[str, Any]:
-    """The message metadata payload: enough to rebuild the incident from Slack alone."""
-    return {
-        "key": notice.key,
-        "incident": notice.incident,
-        "group": notice.group,
-        "policy": notice.state_after.policy,
-        "kind": notice.kind,
-        "level": notice.level,
-        "at": notice.at.isoformat(),
-        "started_at": notice.started_at.isoformat(),
-        "repeats": notice.state_after.repeats,
-        "alerts": [a.model_dump(mode="json") for a in notice.alerts],
-        "acked_by": notice.state_after.acked_by,
-    }
+    """The message metadata payload: enough to rebuild the incident from Slack alone. In the
+    shape Slack documents (`decisions.slack_metadata`): scalars and an array of flat alert
+    objects (labels a JSON string), None values left out (an absent key reads as None)."""
+    return drop_nulls(
+        {
+            "key": notice.key,
+            "incident": notice.incident,
+            "group": notice.group,
+            "policy": notice.state_after.policy,
+            "kind": notice.kind,
+            "level": notice.level,
+            "at": notice.at.isoformat(),
+            "started_at": notice.started_at.isoformat(),
+            "repeats": notice.state_after.repeats,
+            "alerts": [alert_metadata(a) for a in notice.alerts],
+            "acked_by": notice.state_after.acked_by,
+        }
+    )

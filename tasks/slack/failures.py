@@ -25,6 +25,7 @@ PERMANENT_ERRORS = {
     "no_permission",
     "restricted_action",
     "invalid_blocks",
+    "invalid_metadata_format",
     "msg_too_long",
 }
 CHANNEL_ERRORS = {"channel_not_found", "not_in_channel", "is_archived"}

@@ -7,6 +7,8 @@ Channels are ids everywhere but in the policy file: a run first resolves the nam
 
 Every notice carries Slack message metadata (`event_type` `perfops_sla_notice`, payload with
 its idempotency key): that is what lets perfops find a notice it sent but could not record.
+The metadata must fit the shape Slack documents (`decisions.slack_metadata`); `post` checks it
+before anything is sent.
 Posting is safe to retry: slack-sdk retries 429 (honouring Retry-After, Slack did not take the
 message) but never re-posts `chat.postMessage` after a 5xx or a connection error
 (`SlackEscalationTarget.get_client`), since Slack may have stored it. Here, after a 5xx or a
@@ -28,6 +30,7 @@ from slack_sdk import WebClient
 
 from blocks import SlackEscalationTarget
 from blocks.resolve import FileOutbox
+from decisions.slack_metadata import slack_metadata_problems
 from tasks.outbox import read_slack_notices, write_slack_notice
 from tasks.slack.channels import (
     CHANNEL_ID,
@@ -79,13 +82,23 @@ class Messenger(ABC):
         broadcast: bool = False,
     ) -> tuple[str, str]:
         """Post a notice carrying `metadata` (a reply in `thread_ts`, `broadcast` to the channel
-        too); its (channel id, ts)."""
+        too); its (channel id, ts). Metadata outside the shape Slack documents is refused here,
+        as Slack would refuse it (`invalid_metadata_format`), and never sent."""
+        meta = {"event_type": METADATA_EVENT, "event_payload": metadata}
+        problems = slack_metadata_problems(meta)
+        if problems:
+            raise NoticeFailed(
+                f"not posted to {channel}: its metadata is outside Slack's documented shape "
+                f"({'; '.join(problems[:3])})",
+                permanent=True,
+                reason="invalid_metadata_format",
+            )
         message = {
             "channel": channel,
             "text": text,
             "blocks": blocks,
             "thread_ts": thread_ts,
-            "metadata": {"event_type": METADATA_EVENT, "event_payload": metadata},
+            "metadata": meta,
         }
         return self._post(message, broadcast)
 

@@ -23,6 +23,11 @@ What it holds Slack to (each one a way perfops once failed against the real serv
 - **Threads.** A reply with ``reply_broadcast`` also shows in the channel's history
   (``subtype: thread_broadcast``); a thread's parent carries ``reply_count``; ``metadata`` only
   with ``include_all_metadata``.
+- **Message metadata.** ``chat.postMessage`` and ``chat.update`` with ``metadata`` outside the
+  shape Slack documents (``decisions.slack_metadata.slack_metadata_problems``: payload values
+  strings, numbers, booleans, flat objects or arrays of flat objects; no null, no nesting) are
+  refused with ``invalid_metadata_format`` (ok false, nothing stored); the problems are in
+  ``response_metadata.messages``. ``chat.update`` with valid ``metadata`` replaces it.
 - **Partial failures.** :meth:`SlackStandIn.fail_next` with ``after_handling=True`` answers a
   500 for a request it *did* handle (the message is stored); :meth:`SlackStandIn.delay_next`
   stores at once and answers after the client's timeout. Either fault can wait for one method.
@@ -47,6 +52,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from decisions.slack_metadata import slack_metadata_problems
 from demo.local_server import LocalServer
 
 JsonDict = dict[str, Any]
@@ -357,6 +363,9 @@ class SlackStandIn(LocalServer):
     def _post_message(self, body: JsonDict) -> JsonDict:
         if not (body.get("text") or body.get("blocks") or body.get("attachments")):
             return {"ok": False, "error": "no_text"}
+        refused = _metadata_refusal(body)
+        if refused is not None:
+            return refused
         with self._lock:
             channel = self._resolve("chat.postMessage", body.get("channel"))
             if isinstance(channel, dict):
@@ -378,6 +387,9 @@ class SlackStandIn(LocalServer):
         return {"ok": True, "channel": channel.id, "ts": ts, "message": message}
 
     def _update(self, body: JsonDict) -> JsonDict:
+        refused = _metadata_refusal(body)
+        if refused is not None:
+            return refused
         ts = body.get("ts")
         with self._lock:
             channel = self._resolve("chat.update", body.get("channel"))
@@ -393,6 +405,8 @@ class SlackStandIn(LocalServer):
                 record["text"] = body["text"]
             if "blocks" in body:
                 record["blocks"] = body["blocks"]
+            if body.get("metadata") is not None:
+                record["metadata"] = body["metadata"]
             message = self._payload(record)
         return {
             "ok": True,
@@ -499,6 +513,21 @@ class SlackStandIn(LocalServer):
         if with_metadata and record.get("metadata") is not None:
             message["metadata"] = copy.deepcopy(record["metadata"])
         return message
+
+
+def _metadata_refusal(body: JsonDict) -> JsonDict | None:
+    """Slack's answer to a ``metadata`` argument outside its documented shape (None: fits, or
+    there is none)."""
+    if body.get("metadata") is None:
+        return None
+    problems = slack_metadata_problems(body["metadata"])
+    if not problems:
+        return None
+    return {
+        "ok": False,
+        "error": "invalid_metadata_format",
+        "response_metadata": {"messages": [f"[ERROR] {p}" for p in problems]},
+    }
 
 
 def _true(value: Any) -> bool:
