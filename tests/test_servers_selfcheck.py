@@ -162,6 +162,30 @@ def test_slack_post_update_and_errors(slack: SlackStandIn) -> None:
     assert unknown.value.response["error"] == "unknown_method"
 
 
+def test_slack_refuses_metadata_outside_its_documented_shape(slack: SlackStandIn) -> None:
+    client = WebClient(token=DEFAULT_TOKEN, base_url=slack.base_url)
+    perf = slack.channel_id("#perfops")
+    good = {"event_type": "perfops_test", "event_payload": {"k": "1", "rows": [{"a": 1}]}}
+    nested = {"event_type": "perfops_test", "event_payload": {"rows": [{"labels": {"a": "1"}}]}}
+    null = {"event_type": "perfops_test", "event_payload": {"acked_by": None}}
+    for bad in (nested, null):
+        with pytest.raises(SlackApiError) as refused:
+            client.chat_postMessage(channel=perf, text="x", metadata=bad)
+        assert refused.value.response["error"] == "invalid_metadata_format"
+        assert refused.value.response["response_metadata"]["messages"]
+    assert slack.messages == []  # nothing stored
+    posted = client.chat_postMessage(channel=perf, text="x", metadata=good)
+    with pytest.raises(SlackApiError) as refused:
+        client.chat_update(channel=perf, ts=posted["ts"], text="y", metadata=nested)
+    assert refused.value.response["error"] == "invalid_metadata_format"
+    [message] = slack.messages
+    assert message["text"] == "x" and message["metadata"] == good and message["updates"] == []
+    changed = {"event_type": "perfops_test", "event_payload": {"k": "2"}}
+    client.chat_update(channel=perf, ts=posted["ts"], text="y", metadata=changed)
+    [read] = client.conversations_history(channel=perf, include_all_metadata=True)["messages"]
+    assert read["metadata"] == changed and read["text"] == "y"
+
+
 @pytest.mark.parametrize(
     "call",
     [

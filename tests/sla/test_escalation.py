@@ -4,6 +4,7 @@ inhibition, silences; rebuilding state from the notices' metadata."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ from decisions.escalation import (
     record,
 )
 from decisions.sla_notices import notice_blocks, notice_metadata, notice_text
+from decisions.slack_metadata import slack_metadata_problems
 from decisions.slo_definitions import parse_definitions
 from perfops.errors import ConfigurationError
 from tests.sla.helpers import DEFINITIONS, T0, definitions
@@ -208,6 +210,87 @@ def test_rebuild_from_notice_metadata() -> None:
         decide(T0 + timedelta(minutes=60), [alert("availability/page-fast")], states, D).notices
         == []
     )
+
+
+def _old_shape(n: Notice) -> dict[str, Any]:
+    """`notice_metadata` as perfops wrote it before it fitted Slack's documented shape: each
+    alert's labels an object, None values (an alert's value, acked_by) present."""
+    return {
+        "key": n.key,
+        "incident": n.incident,
+        "group": n.group,
+        "policy": n.state_after.policy,
+        "kind": n.kind,
+        "level": n.level,
+        "at": n.at.isoformat(),
+        "started_at": n.started_at.isoformat(),
+        "repeats": n.state_after.repeats,
+        "alerts": [a.model_dump(mode="json") for a in n.alerts],
+        "acked_by": n.state_after.acked_by,
+    }
+
+
+def _acked_incident() -> tuple[Sim, list[Notice]]:
+    """Fire, escalate to level 3 (two channels), a second alert joins, then an ack; one alert
+    without value or objective (None), labels with commas and equals signs."""
+    sim = Sim()
+    quiet = alert("latency/page-slow").model_copy(
+        update={
+            "value": None,
+            "objective": None,
+            "burn_rate": None,
+            "labels": {"slo": "availability", "q": "a=1,b"},
+        }
+    )
+    sim.run(T0, 5, [alert("availability/page-fast")])
+    sim.run(T0 + timedelta(minutes=5), 45, [alert("availability/page-fast"), quiet])
+    state = sim.states[next(iter(sim.states))]
+    replies = acknowledgement(state, "alice", T0 + timedelta(minutes=50))
+    return sim, sim.sent + replies
+
+
+def _with_place(payload: dict[str, Any], n: Notice) -> dict[str, Any]:
+    return {
+        **payload,
+        "_channel": n.channel,
+        "_ts": f"{n.at.timestamp():.6f}",
+        "_top": n.thread_ts is None,
+    }
+
+
+def test_every_notice_metadata_fits_slacks_documented_shape() -> None:
+    _, notices = _acked_incident()
+    resolved = Sim()
+    resolved.run(T0, 20, [alert("availability/page-fast")])
+    resolved.step(T0 + timedelta(minutes=20), [])
+    notices += resolved.sent
+    assert {n.kind for n in notices} >= {"fire", "join", "escalate", "ack", "resolved"}
+    for n in notices:
+        payload = notice_metadata(n)
+        assert slack_metadata_problems({"event_type": "x", "event_payload": payload}) == []
+        assert None not in payload.values()
+    # The old shape was outside it: what this guards against.
+    old = _old_shape(notices[-1])
+    assert slack_metadata_problems({"event_type": "x", "event_payload": old})
+
+
+@pytest.mark.parametrize("shape", ["current", "old", "mixed"])
+def test_rebuild_reads_notices_of_the_current_and_the_old_metadata_shape(shape: str) -> None:
+    sim, notices = _acked_incident()
+
+    def payload(i: int, n: Notice) -> dict[str, Any]:
+        old = shape == "old" or (shape == "mixed" and i % 2)
+        return _with_place(_old_shape(n) if old else notice_metadata(n), n)
+
+    states, log = rebuild([payload(i, n) for i, n in enumerate(notices)])
+    original = next(iter(sim.states.values()))
+    rebuilt = states[original.group]
+    assert rebuilt.alerts == original.alerts  # labels and None values as they were
+    assert rebuilt.alerts["latency/page-slow"].value is None
+    assert rebuilt.alerts["latency/page-slow"].labels["q"] == "a=1,b"
+    assert (rebuilt.level, rebuilt.acked_by) == (original.level, "alice")
+    assert rebuilt.acked_at == T0 + timedelta(minutes=50)
+    assert {p.key for p in log} == {n.key for n in notices}
 
 
 def test_a_new_incident_never_continues_the_resolved_ones_threads() -> None:

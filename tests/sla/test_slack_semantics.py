@@ -18,9 +18,10 @@ from slack_sdk.errors import SlackApiError
 from blocks import SlackEscalationTarget
 from blocks.resolve import FileOutbox
 from decisions.escalation import policy_channels
+from decisions.slack_metadata import slack_metadata_problems
 from decisions.slo_definitions import SlaDefinitions, parse_definitions
 from tasks.sla_delivery import Acknowledged, SlaStore, acknowledge_alert_in_store, deliver
-from tasks.slack.threads import SlackMessenger
+from tasks.slack.threads import NoticeFailed, SlackMessenger
 from tests.servers import SlackStandIn
 from tests.servers.slack import DEFAULT_TOKEN
 from tests.sla.helpers import DEFINITIONS, T0, definitions
@@ -222,6 +223,49 @@ def test_redis_restart_rebuilds_by_id_resumes_and_resolves_in_the_original_threa
     assert resolved_oncall["thread_ts"] == root["ts"]
     assert resolved_incidents["thread_ts"] == level3["ts"]
     assert len({m["metadata"]["event_payload"]["incident"] for m in slack.messages}) == 1
+
+
+def test_after_redis_lost_its_state_alerts_and_the_ack_are_rebuilt_as_they_were(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    """The stand-in refuses metadata outside Slack's documented shape: what rebuilds here is
+    only what Slack itself would have kept (labels, None values, who acknowledged)."""
+    quiet = alert("latency/page-slow").model_copy(
+        update={
+            "value": None,
+            "objective": None,
+            "burn_rate": None,
+            "labels": {"slo": "availability", "route": "/a,b=c"},
+        }
+    )
+    firing = [alert("availability/page-fast"), quiet]
+    for minute in range(0, 6):
+        run(store, slack_target, minute, alerts=firing)
+    assert acknowledge(store, slack_target, "alice", 6).newly_acked
+    [before] = store.incidents().values()
+    assert all(slack_metadata_problems(m["metadata"]) == [] for m in slack.messages)
+    store.client.flushdb()
+    report = run(store, slack_target, 7, alerts=firing)
+    assert report.recovered.startswith("state rebuilt from slack") and report.delivered == []
+    [after] = store.incidents().values()
+    assert after.alerts == before.alerts
+    assert after.alerts["latency/page-slow"].value is None
+    assert (after.acked_by, after.acked_at) == ("alice", before.acked_at)
+    assert (after.level, after.root_ts, after.incident) == (
+        before.level,
+        before.root_ts,
+        before.incident,
+    )
+
+
+def test_metadata_outside_slacks_shape_is_refused_before_anything_is_sent(
+    slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    bad = {"key": "k", "alerts": [{"key": "a", "labels": {"slo": "x"}}], "acked_by": None}
+    with pytest.raises(NoticeFailed) as refused:
+        SlackMessenger(slack_target).post("#oncall", "x", [], bad)
+    assert refused.value.permanent and refused.value.reason == "invalid_metadata_format"
+    assert "alerts[0].labels" in str(refused.value) and slack.requests == []
 
 
 # -- 2. One incident, its own threads -------------------------------------------------------------
