@@ -42,6 +42,8 @@ DEFAULT_MAX_PARALLEL = 4
 DEFAULT_MAX_PARALLEL_PER_CLUSTER = 2
 ALL = "all"
 MAX_SPREAD = 32
+# How long a spread fleet run waits for its shares, from their start, by default (4 h).
+DEFAULT_SHARE_TIMEOUT_S = 14400
 AUTOSCALING = "autoscaling"
 FAILED_SHOWN = 3
 
@@ -229,6 +231,14 @@ class Fleet(_Model):
         description="Shares one fleet run started from a deployment is split into, each share "
         "a run of the same deployment that any worker of its work pool can take (a number, or "
         "`auto`: the pool's online workers); 1 runs every child in the parent's process.",
+    )
+    share_timeout_s: int = Field(
+        default=DEFAULT_SHARE_TIMEOUT_S,
+        ge=60,
+        le=7 * 86400,
+        description="Seconds a spread run waits for its shares, from their start: then a "
+        "share no worker started is run by the parent, and one still running is cancelled and "
+        "its targets reported not run, so the parent never waits forever.",
     )
     targets: list[Target] = Field(default_factory=list)
     discover: list[Discovery] = Field(
@@ -462,10 +472,26 @@ class FleetReport(_Model):
         ]
 
 
-def share_count(spread: int | Literal["auto"], online_workers: int, targets: int) -> int:
+def share_count(
+    spread: int | Literal["auto"],
+    online_workers: int,
+    targets: int,
+    deployment_limit: int | None = None,
+    *,
+    cancels_new: bool = False,
+) -> int:
     """How many shares a fleet run is split into: `spread` (or, for `auto`, the work pool's
-    online workers), never more than the targets, at least 1."""
+    online workers), never more than the targets, at least 1.
+
+    The shares are runs of the parent's own deployment, so its concurrency limit
+    (`deployment_limit`, None: none) counts them, and the parent holds one of its slots: at
+    most `deployment_limit` shares in all (the parent's and limit - 1 others), so a limit of 1
+    runs every target in the parent, where a share would wait for the slot its own parent
+    holds. A limit that cancels the runs over it (`cancels_new`) also gives 1: a share it
+    cancelled would leave its targets not run."""
     wanted = online_workers if spread == "auto" else spread
+    if deployment_limit is not None:
+        wanted = min(wanted, 1 if cancels_new else deployment_limit)
     return max(1, min(wanted, targets, MAX_SPREAD))
 
 
@@ -480,6 +506,52 @@ def share_runs_lost(targets: Sequence[Target], share: str, state: str, why: str)
     """The rows of a share's targets when the share run left no report (it crashed, or was
     cancelled before it ran): each target not run, saying which share and why."""
     reason = f"its share run {share} ended {state}" + (f": {why}" if why else "")
+    return [TargetRun(target=t.name, result="not run", reason=reason) for t in targets]
+
+
+# The state a deployment's concurrency limit keeps a run in while its slots are held.
+AWAITING_SLOT = "AwaitingConcurrencySlot"
+_FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
+
+ShareStep = Literal["collect", "take back", "wait", "give up"]
+
+
+def share_step(state_type: str | None, *, claimable: bool, overdue: bool) -> ShareStep:
+    """What a spread parent does next with one share run, by its state's type (`COMPLETED`,
+    `SCHEDULED`, ...; None: the run no longer exists):
+
+    - `collect` its rows once the run is final;
+    - `take back` (and run its targets itself) a run no worker has started, once the workers
+      had their time (`claimable`: the parent's own share is done and the claim window has
+      passed) or the fleet's `share_timeout_s` is over (`overdue`). A run the server keeps
+      Scheduled (AwaitingConcurrencySlot: its deployment's concurrency limit is full, perhaps
+      with the parent itself) counts as not started;
+    - `give up` on a run that is still running, or gone, once `overdue`: its targets are
+      reported not run, so the parent never waits forever;
+    - else `wait`.
+    """
+    if state_type is None:
+        return "give up"
+    if state_type in _FINAL_STATES:
+        return "collect"
+    if state_type == "SCHEDULED" and (claimable or overdue):
+        return "take back"
+    return "give up" if overdue else "wait"
+
+
+def share_runs_overdue(
+    targets: Sequence[Target], share: str, state: str | None, timeout_s: float
+) -> list[TargetRun]:
+    """The rows of a share's targets when the parent gave up on the share run after the
+    fleet's `share_timeout_s`: each target not run, saying which share and in what state."""
+    if state is None:
+        reason = f"its share run {share} no longer exists (deleted before it reported)"
+    else:
+        reason = (
+            f"its share run {share} was still {state} after {timeout_s:.0f} s (the fleet's "
+            "share_timeout_s): the parent stopped waiting and cancelled it; its run shows what "
+            "it did"
+        )
     return [TargetRun(target=t.name, result="not run", reason=reason) for t in targets]
 
 

@@ -41,6 +41,8 @@ from prefect.client.schemas.filters import (
     ArtifactFilterFlowRunId,
     ArtifactFilterKey,
 )
+from prefect.client.schemas.objects import ConcurrencyLimitStrategy
+from prefect.client.schemas.responses import DeploymentResponse
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.runtime import deployment as runtime_deployment
@@ -60,6 +62,8 @@ from decisions.fleet import (
     load_fleet,
     share_count,
     share_runs_lost,
+    share_runs_overdue,
+    share_step,
     split_shares,
 )
 from perfops.errors import ConfigurationError, PerfopsError, RunFailed
@@ -67,7 +71,13 @@ from perfops.heartbeats import heartbeats
 from perfops.redaction import one_line
 from perfops.settings import get_settings
 from tasks.records import emit, end_run, publish_table
-from tasks.share_runs import claim_window_s, share_run_states, start_share_run, take_back
+from tasks.share_runs import (
+    claim_window_s,
+    give_up,
+    share_run_states,
+    start_share_run,
+    take_back,
+)
 
 # The tag of a share's run: one part of a fleet run spread over the pool's workers.
 SHARE_TAG = "perfops-fleet-share"
@@ -273,7 +283,8 @@ def _is_share() -> bool:
 
 def _shares_wanted(definition: Fleet, targets: int) -> int:
     """How many shares this run splits its targets into: the fleet's `spread` for a parent
-    run started from a deployment (its shares are runs of that deployment), else 1."""
+    run started from a deployment (its shares are runs of that deployment), within the
+    deployment's concurrency limit, which this run holds a slot of (`share_count`), else 1."""
     if definition.spread == 1 or targets < 2 or _is_share():
         return 1
     logger = get_run_logger()
@@ -285,15 +296,40 @@ def _shares_wanted(definition: Fleet, targets: int) -> int:
         )
         return 1
     online = 0
-    if definition.spread == "auto":
-        with get_client(sync_client=True) as client:
-            pool = client.read_deployment(deployment_id).work_pool_name
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment(deployment_id)
+        limit, cancels_new = deployment_limit(deployment)
+        if definition.spread == "auto":
+            pool = deployment.work_pool_name
             online = sum(
                 1
                 for w in (client.read_workers_for_work_pool(pool) if pool else [])
                 if str(w.status).upper().endswith("ONLINE")
             )
-    return share_count(definition.spread, online, targets)
+    count = share_count(definition.spread, online, targets, limit, cancels_new=cancels_new)
+    if limit is not None and count == 1:
+        logger.info(
+            "spread %s: deployment %s has concurrency_limit %d%s and this run holds one of its "
+            "slots, so every target runs in this process (a share would wait for that slot)",
+            definition.spread,
+            deployment.name,
+            limit,
+            " (cancel_new)" if cancels_new else "",
+        )
+    return count
+
+
+def deployment_limit(deployment: DeploymentResponse) -> tuple[int | None, bool]:
+    """The deployment's concurrency limit (None: none, or inactive), and whether it cancels
+    the runs over it (collision strategy CANCEL_NEW) rather than queueing them."""
+    gcl = deployment.global_concurrency_limit
+    if gcl is None or not gcl.active:
+        return None, False
+    options = deployment.concurrency_options
+    cancels = (
+        options is not None and options.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
+    )
+    return gcl.limit, cancels
 
 
 def _run_spread(
@@ -306,9 +342,12 @@ def _run_spread(
 ) -> list[TargetRun]:
     """The targets split into shares: shares 2..N started as runs of this run's deployment
     (any worker of the pool takes each), share 1 run here; then each share's rows read back
-    from its artifact. A share no worker has taken by the time share 1 is done, and after the
-    pool's workers had two polls to take it (`claim_window_s`), is taken back (claimed as
-    Pending, so no worker starts it too, then cancelled) and run here."""
+    from its artifact. A share no worker has started by the time share 1 is done, and after
+    the pool's workers had two polls to take it (`claim_window_s`), is taken back (claimed as
+    Pending, so no worker starts it too, then cancelled; a share the server keeps waiting for
+    its deployment's concurrency slot counts as not started) and run here. After the fleet's
+    `share_timeout_s` the parent stops waiting (`share_step`): a share still running is
+    cancelled and its targets reported not run."""
     logger = get_run_logger()
     count = len(shares)
     own_parameters = dict(runtime_flow_run.parameters)
@@ -322,7 +361,9 @@ def _run_spread(
             SHARE_TAG,
         )
         started.append((run_id, name, share))
-    claimable_at = time.monotonic() + claim_window_s()
+    now = time.monotonic()
+    claimable_at = now + claim_window_s()
+    overdue_at = now + definition.share_timeout_s
     logger.info(
         "spread over %d shares: share 1 (%d targets) here, %s started for any worker",
         count,
@@ -336,16 +377,33 @@ def _run_spread(
         still: list[tuple[str, str, list[Target]]] = []
         for run_id, name, share in waiting:
             state = states.get(run_id)
-            if state is not None and state.is_final():
+            now = time.monotonic()
+            step = share_step(
+                state.type.value if state is not None else None,
+                claimable=now >= claimable_at,
+                overdue=now >= overdue_at,
+            )
+            if step == "collect" and state is not None:
                 runs += _share_rows(run_id, name, share, state, artifact_key)
-            elif (
-                state is not None
-                and state.is_scheduled()
-                and time.monotonic() >= claimable_at
-                and take_back(run_id, TAKEN_BACK)
-            ):
-                logger.info("no worker took %s: running its %d targets here", name, len(share))
+            elif step == "take back" and take_back(run_id, TAKEN_BACK):
+                logger.info(
+                    "no worker started %s (%s): running its %d targets here",
+                    name,
+                    state.name if state is not None else "gone",
+                    len(share),
+                )
                 runs += _run_targets(child, definition, share, parameters, describe)
+            elif step == "give up":
+                rows = share_runs_overdue(
+                    share,
+                    name,
+                    state.name if state is not None else None,
+                    definition.share_timeout_s,
+                )
+                logger.warning("%s: %s", name, rows[0].reason)
+                if state is not None:
+                    give_up(run_id, rows[0].reason)
+                runs += rows
             else:
                 still.append((run_id, name, share))
         waiting = still

@@ -19,6 +19,8 @@ from decisions.fleet import (
     scaling_key,
     share_count,
     share_runs_lost,
+    share_runs_overdue,
+    share_step,
     split_shares,
 )
 from perfops.errors import ConfigurationError
@@ -246,6 +248,60 @@ def test_spread_is_a_number_of_shares_or_auto() -> None:
 )
 def test_share_count(spread: int | str, online: int, targets: int, expected: int) -> None:
     assert share_count(spread, online, targets) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("spread", "limit", "cancels_new", "expected"),
+    [
+        (3, 1, False, 1),  # the parent holds the only slot: a share would wait for it forever
+        ("auto", 1, False, 1),
+        (3, 2, False, 2),  # the parent's slot and one for a share
+        (3, 10, False, 3),
+        (3, 4, True, 1),  # a share over the limit would be cancelled, its targets not run
+        (3, None, False, 3),  # no limit
+    ],
+)
+def test_shares_fit_the_deployments_concurrency_limit_the_parent_holds_a_slot_of(
+    spread: int | str, limit: int | None, cancels_new: bool, expected: int
+) -> None:
+    got = share_count(spread, 4, 10, limit, cancels_new=cancels_new)  # type: ignore[arg-type]
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("state", "claimable", "overdue", "expected"),
+    [
+        ("COMPLETED", False, False, "collect"),
+        ("CRASHED", True, True, "collect"),
+        ("SCHEDULED", False, False, "wait"),  # the workers have not had their time
+        ("SCHEDULED", True, False, "take back"),  # also AwaitingConcurrencySlot
+        ("SCHEDULED", False, True, "take back"),
+        ("PENDING", True, False, "wait"),  # a worker has it
+        ("RUNNING", True, False, "wait"),
+        ("RUNNING", True, True, "give up"),  # never wait forever
+        ("PAUSED", True, True, "give up"),
+        (None, False, False, "give up"),  # the run was deleted
+    ],
+)
+def test_a_spread_parent_never_waits_forever_on_a_share(
+    state: str | None, claimable: bool, overdue: bool, expected: str
+) -> None:
+    assert share_step(state, claimable=claimable, overdue=overdue) == expected
+
+
+def test_a_share_given_up_on_reports_its_targets_not_run_saying_why(fleet: Fleet) -> None:
+    targets = fleet.select("all")[:2]
+    rows = share_runs_overdue(targets, "warm_cache-share-2-of-2", "Running", 600)
+    assert [(r.target, r.result) for r in rows] == [(t.name, "not run") for t in targets]
+    assert rows[0].reason.startswith(
+        "its share run warm_cache-share-2-of-2 was still Running after 600 s (the fleet's "
+        "share_timeout_s)"
+    )
+    assert "no longer exists" in share_runs_overdue(targets, "s", None, 600)[0].reason
+    text = "targets:\n  - {name: a, blocks: {postgres: p-a}}\n"
+    assert parse_fleet(text, "fleet.yaml").share_timeout_s == 14400
+    with pytest.raises(ConfigurationError, match="share_timeout_s"):
+        parse_fleet("share_timeout_s: 5\n" + text, "fleet.yaml")
 
 
 def test_shares_are_dealt_round_robin_in_the_fleet_order(fleet: Fleet) -> None:
