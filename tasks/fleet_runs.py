@@ -223,13 +223,16 @@ def _run_one(
             reason=one_line(exc, empty=type(exc).__name__),
             waited=waited,
         )
-    result = state.result(raise_on_failure=False)
-    if isinstance(result, RunFailed):  # its work failed: the message says what, its report
-        reason, changed = state.message or str(result), describe(result.report)
-    elif isinstance(result, BaseException):
-        reason, changed = one_line(result, empty=type(result).__name__), ""
-    else:
-        reason, changed = state.message or str(state.name), describe(result)
+    try:
+        result = state.result(raise_on_failure=False)
+        if isinstance(result, RunFailed):  # its work failed: the message says what, its report
+            reason, changed = state.message or str(result), describe(result.report)
+        elif isinstance(result, BaseException):
+            reason, changed = one_line(result, empty=type(result).__name__), ""
+        else:
+            reason, changed = state.message or str(state.name), describe(result)
+    except Exception as exc:  # noqa: BLE001 - an unreadable result fails this target only
+        reason, changed = f"its result could not be read: {_error(exc)}", ""
     return TargetRun(
         target=target.name,
         result="done" if state.is_completed() else "failed",
@@ -255,7 +258,13 @@ def _run_targets(
         try:
             return parameters(definition, target)
         except PerfopsError as exc:
-            return TargetRun(target=target.name, result="not run", reason=str(exc))
+            return TargetRun(target=target.name, result="not run", reason=one_line(exc))
+        except Exception as exc:  # noqa: BLE001 - one target's bad block must not stop the others
+            return TargetRun(
+                target=target.name,
+                result="not run",
+                reason=f"cannot prepare its run from its blocks: {_error(exc)}",
+            )
 
     with ThreadPoolExecutor(max_workers=min(definition.max_parallel, len(targets))) as pool:
         # Each thread works in a copy of this run's context, so its child is a subflow of this
@@ -274,6 +283,12 @@ def _run_targets(
             for t, p in zip(targets, prepared, strict=True)
         ]
         return [f if isinstance(f, TargetRun) else f.result() for f in futures]
+
+
+def _error(exc: BaseException) -> str:
+    """An unexpected error in one line, redacted, with its type (`ValueError: Port out of
+    range 0-65535`)."""
+    return f"{type(exc).__name__}: {one_line(exc, empty='')}".rstrip(": ")
 
 
 def _is_share() -> bool:
@@ -416,20 +431,25 @@ def _share_rows(
     run_id: str, name: str, share: list[Target], state: State[Any], artifact_key: str
 ) -> list[TargetRun]:
     """The rows a finished share run published (`<artifact_key>-share`), or, when it left
-    none (crashed, cancelled), each of its targets not run, saying why."""
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[f"{artifact_key}-share"]),
-                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(run_id)]),
-            ),
-            limit=1,
-        )
-    if not found:
-        return share_runs_lost(share, name, str(state.name), state.message or "")
-    data = found[0].data
-    rows = json.loads(data) if isinstance(data, str) else data
-    return [TargetRun.model_validate(row) for row in rows or []]
+    none (crashed, cancelled) or they cannot be read, each of its targets not run, saying
+    why."""
+    try:
+        with get_client(sync_client=True) as client:
+            found = client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=[f"{artifact_key}-share"]),
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(run_id)]),
+                ),
+                limit=1,
+            )
+        if not found:
+            return share_runs_lost(share, name, str(state.name), state.message or "")
+        data = found[0].data
+        rows = json.loads(data) if isinstance(data, str) else data
+        return [TargetRun.model_validate(row) for row in rows or []]
+    except Exception as exc:  # noqa: BLE001 - the other shares' rows still count
+        why = f"its rows could not be read: {_error(exc)}"
+        return share_runs_lost(share, name, str(state.name), why)
 
 
 def fan_out(
