@@ -390,19 +390,35 @@ def _limit_name(raw: str) -> str:
     return f"{clean}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
 
 
+# `perfops.postgres.<host>:<port>/<dbname>` (blocks.postgres.database_address normalises it):
+# the host may be a socket directory with slashes, so the address splits at `:<port>/`.
+_RESOURCE = re.compile(r"^(?P<server>.*?:[0-9,]+)/(?P<dbname>.*)$")
+
+
+def _database_of(resource: str) -> tuple[str, str]:
+    """(`host:port`, dbname) of a database's event resource id; neither ever empty."""
+    address = resource.removeprefix("perfops.postgres.")
+    found = _RESOURCE.match(address)
+    if found is None:
+        server, _, dbname = address.partition("/")
+    else:
+        server, dbname = found["server"], found["dbname"]
+    return server or "unknown-server", dbname or "unknown-database"
+
+
 def database_limit(resource: str) -> str:
     """The global concurrency limit (1 slot) a run holds while it changes a database, named
     after the database itself (`perfops.postgres.db1:5432/orders` ->
     `perfops-db-db1:5432:orders`), so a fleet child and a single-database run of any flow
     exclude each other, whatever the target or the block is called."""
-    address = resource.removeprefix("perfops.postgres.")
-    server, _, dbname = address.partition("/")
+    server, dbname = _database_of(resource)
     return _limit_name(f"perfops-db-{server}:{dbname}")
 
 
 def server_of(resource: str) -> str:
-    """`host:port` of a database's event resource id."""
-    return resource.removeprefix("perfops.postgres.").partition("/")[0]
+    """`host:port` of a database's event resource id (a Unix socket's directory and port,
+    `/var/run/postgresql:5432`)."""
+    return _database_of(resource)[0]
 
 
 def cluster_limit(cluster: str) -> str:

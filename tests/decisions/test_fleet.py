@@ -17,6 +17,7 @@ from decisions.fleet import (
     load_fleet,
     parse_fleet,
     scaling_key,
+    server_of,
     share_count,
     share_runs_lost,
     share_runs_overdue,
@@ -84,6 +85,23 @@ def test_slot_names_follow_the_database_not_the_target() -> None:
     assert odd.startswith("perfops-db-db1:5432:a_b-") and "/" not in odd
     assert odd != database_limit("perfops.postgres.db1:5432/a_b")
     assert "/" not in cluster_limit("rack/1")
+
+
+def test_a_socket_database_has_a_server_and_slots_of_its_own() -> None:
+    """A Unix-socket DSN's resource id has slashes in its host: its server was '' (so every
+    socket target shared `perfops-cluster-`), now the socket directory and port."""
+    resource = "perfops.postgres./var/run/postgresql:5432/orders"
+    assert server_of(resource) == "/var/run/postgresql:5432"
+    limit = cluster_limit(server_of(resource))
+    assert limit.startswith("perfops-cluster-_var_run_postgresql:5432-"), limit
+    assert limit != cluster_limit(server_of("perfops.postgres./tmp:5432/orders"))
+    db = database_limit(resource)
+    assert db.startswith("perfops-db-_var_run_postgresql:5432:orders-"), db
+    assert db != database_limit("perfops.postgres./var/run/postgresql:5432/billing")
+    assert server_of("perfops.postgres.h1,h2:5432/orders") == "h1,h2:5432"
+    # never an empty name, even from an address that does not parse
+    assert server_of("perfops.postgres.invalid-dsn") == "invalid-dsn"
+    assert database_limit("perfops.postgres.invalid-dsn").endswith(":unknown-database")
 
 
 @pytest.mark.parametrize(
