@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from contextvars import copy_context
+from contextvars import ContextVar, copy_context
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -162,18 +163,59 @@ def hold_slots(
         ) from None
 
 
+@dataclass(frozen=True)
+class _ChildRun:
+    """What a fleet parent in this process set for the child run it is starting: the target
+    and the slots it holds for it."""
+
+    target: str
+    slots: frozenset[str]
+
+
+# Set by `_run_one` around the child's call (a subflow runs in the caller's thread and
+# context): no run from the API or the UI can set it, whatever parameters it is given.
+_CHILD_RUN: ContextVar[_ChildRun | None] = ContextVar("perfops_fleet_child_run", default=None)
+
+
+def _started_for(fleet_target: str | None) -> _ChildRun | None:
+    child = _CHILD_RUN.get()
+    if fleet_target is None or child is None or child.target != fleet_target:
+        return None
+    return child
+
+
+def verified_fleet_target(fleet_target: str | None) -> str | None:
+    """`fleet_target` when this run is that target's child, started by a fleet parent in this
+    process, else None: a run given `fleet_target` by hand (an API or UI run) is a single run,
+    holding its database's slot, keyed and checked as one (logged)."""
+    if fleet_target is None or _started_for(fleet_target) is not None:
+        return fleet_target
+    get_run_logger().warning(
+        "fleet_target %r ignored: this run was not started by a fleet parent for that target, "
+        "so it runs as a single run (its own database slot, artifact and checks)",
+        fleet_target,
+    )
+    return None
+
+
 @contextmanager
 def database_slots(
     target: PostgresTarget, *, changes: bool, fleet_target: str | None = None
 ) -> Iterator[float]:
     """A run that `changes` the database holds its database's limit (1 slot) while the block
     runs, so two perfops runs never change one database at once; yields the seconds waited.
-    A fleet child (`fleet_target`) holds nothing itself: its parent took its slots before the
-    child run started. A read-only run holds nothing."""
-    if fleet_target is not None or not changes:
+    A fleet child holds nothing itself when its parent (in this process, for `fleet_target`)
+    took that slot before the child run started; any other run takes it here, whatever its
+    parameters say. A read-only run holds nothing."""
+    if not changes:
         yield 0.0
         return
-    with hold_slots({database_limit(target.resource_id()): 1}) as waited:
+    limit = database_limit(target.resource_id())
+    child = _started_for(fleet_target)
+    if child is not None and limit in child.slots:
+        yield 0.0
+        return
+    with hold_slots({limit: 1}) as waited:
         yield waited
 
 
@@ -214,7 +256,11 @@ def _run_one(
         with hold_slots(slots, ensure=False) as waited, tags(*labels), heartbeats(False):
             started = time.monotonic()
             named = child.with_options(flow_run_name=f"{child.name}-{target.name}")
-            state = cast("State[Any]", named(**parameters, return_state=True))
+            token = _CHILD_RUN.set(_ChildRun(target.name, frozenset(slots)))
+            try:
+                state = cast("State[Any]", named(**parameters, return_state=True))
+            finally:
+                _CHILD_RUN.reset(token)
             seconds = round(time.monotonic() - started, 3)
     except Exception as exc:  # noqa: BLE001 - one target's failure must not stop the others
         return TargetRun(

@@ -19,7 +19,12 @@ import psycopg
 import pytest
 from prefect import flow as prefect_flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterTags,
+)
 from prefect.client.schemas.objects import FlowRun
 from prefect.concurrency.sync import concurrency
 from psycopg import sql
@@ -245,6 +250,39 @@ def test_a_run_that_changes_a_database_waits_for_its_slot(fleet_file: Path) -> N
     worker.join(timeout=60)
     assert states and states[0].is_completed(), states
     assert time.monotonic() - released < 15
+
+
+def test_a_run_given_fleet_target_by_hand_still_waits_for_its_databases_slot(
+    fleet_file: Path,
+) -> None:
+    """`fleet_target` is a public parameter: an API or UI run that sets it (and changes the
+    database) is no fleet child, so it takes the database's slot as a single run does."""
+    run = run_id(fleet_file)
+    block = f"fleet-{run}-beta"
+    limit = database_limit(resolve_postgres(block).value.resource_id())
+    ensure_limits({limit: 1})
+    states: list[Any] = []
+    with concurrency(limit, occupy=1, strict=True):
+        worker = threading.Thread(
+            target=lambda: states.append(
+                refresh_stale_statistics(
+                    postgres_block=block, fleet_target=f"beta-{run}", return_state=True
+                )
+            )
+        )
+        worker.start()
+        worker.join(timeout=4)
+        assert worker.is_alive() and not states, "fleet_target by hand skipped the slot"
+    worker.join(timeout=60)
+    assert states and states[0].is_completed(), states
+    # and it is keyed as a single run, not as the target it named
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[states[0].state_details.flow_run_id])
+            )
+        )
+    assert [a.key for a in artifacts] == ["perfops-stats-refresh"]
 
 
 def test_targets_discovered_from_the_blocks_saved_on_the_server(
