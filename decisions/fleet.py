@@ -73,6 +73,12 @@ class ScalingGroup(_Model):
         """The key of the group's scaling state (`scaling_key`)."""
         return scaling_key(self.group, self.region, self.endpoint_url, self.credentials_block)
 
+    @property
+    def region_given(self) -> str | None:
+        """The region the fleet file gives: `region`, else that of AWS's regional endpoint in
+        `endpoint_url`; None when the worker's AWS_REGION decides."""
+        return self.region or scaling_endpoint(self.endpoint_url)[1]
+
 
 def scaling_key(
     group: str,
@@ -86,10 +92,45 @@ def scaling_key(
     The group's name behind whichever of endpoint (host:port), credentials block (the account)
     and region is configured, so groups of one name in two regions or accounts never share a
     lock or a state: `api`, `eu-west-1/api`, `prod-aws/eu-west-1/api`. A group configured by
-    its name alone keeps the plain name (the key perfops always used).
+    its name alone keeps the plain name (the key perfops always used). The endpoint is keyed
+    without its user and password, lowercased (`scaling_endpoint`); AWS's own regional
+    endpoint (`autoscaling.<region>.amazonaws.com`) is the region's, not an endpoint of its own.
     """
-    endpoint = (urlsplit(endpoint_url).netloc or endpoint_url) if endpoint_url else None
+    endpoint, endpoint_region = scaling_endpoint(endpoint_url)
+    if endpoint is None and endpoint_region is not None and region in (None, endpoint_region):
+        region = endpoint_region
+    elif endpoint is None and endpoint_region is not None:  # another region's endpoint
+        endpoint = f"autoscaling.{endpoint_region}.amazonaws.com"
     return "/".join(part for part in (endpoint, credentials_block, region, group) if part)
+
+
+# AWS's own Auto Scaling endpoint of a region (boto3's default for it).
+_AWS_ENDPOINT = re.compile(r"^autoscaling\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
+
+
+def scaling_endpoint(endpoint_url: str | None) -> tuple[str | None, str | None]:
+    """(the endpoint as it keys a group: `host:port`, lowercased, without user and password;
+    the region of AWS's own regional endpoint, which keys nothing of its own). (None, None)
+    without an endpoint."""
+    if not endpoint_url:
+        return None, None
+    parts = urlsplit(endpoint_url if "//" in endpoint_url else f"//{endpoint_url}")
+    host = (parts.hostname or "").rstrip(".")
+    try:
+        port = parts.port
+    except ValueError:  # not a number: keep it, as written, for the key
+        port_text: str | None = parts.netloc.rpartition("@")[2].rpartition(":")[2].lower()
+    else:
+        port_text = str(port) if port is not None else None
+    default_port = port_text in (None, "443" if parts.scheme != "http" else "80")
+    aws = _AWS_ENDPOINT.match(host)
+    if aws is not None and default_port:
+        return None, aws.group(1)
+    if not host:
+        return endpoint_url.rpartition("@")[2].lower() or None, None
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    return (f"{host}:{port_text}" if port_text else host), None
 
 
 class Target(_Model):
@@ -283,15 +324,33 @@ class Fleet(_Model):
         if twice:
             raise ValueError(f"target names must be unique: {', '.join(twice)} given twice")
         by_key: dict[str, list[str]] = {}
+        by_group: dict[str, list[Target]] = {}
         for t in targets:
             if t.autoscaling is not None:
                 by_key.setdefault(t.autoscaling.key, []).append(t.name)
+                by_group.setdefault(t.autoscaling.group, []).append(t)
         same = [f"{' and '.join(names)} ({key})" for key, names in by_key.items() if len(names) > 1]
         if same:
             raise ValueError(
                 "targets scale the same Auto Scaling group and would share its lock and state: "
                 f"{'; '.join(same)}; keep one target per group (groups of one name in other "
                 "regions or accounts: give each its region, endpoint_url or credentials_block)"
+            )
+        unsure = [
+            (group, listed)
+            for group, listed in by_group.items()
+            if len(listed) > 1
+            and any(t.autoscaling and not t.autoscaling.region_given for t in listed)
+        ]
+        if unsure:
+            group, listed = unsure[0]
+            without = [t.name for t in listed if t.autoscaling and not t.autoscaling.region_given]
+            raise ValueError(
+                f"targets {' and '.join(t.name for t in listed)} scale Auto Scaling groups named "
+                f"{group!r} and {', '.join(without)} gives no region (the worker's AWS_REGION "
+                "would decide), so perfops cannot tell whether they are one group (which must "
+                "have one target: one lock and state) or groups of one name in two regions: "
+                "give each of them its region"
             )
         return targets
 

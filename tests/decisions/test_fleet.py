@@ -359,6 +359,55 @@ def test_a_groups_key_names_it_behind_what_is_configured() -> None:
     assert keys == ["eu-west-1/api", "us-east-1/api", "staging-aws/eu-west-1/api"]
 
 
+def test_a_groups_key_has_no_secret_and_one_spelling_of_its_endpoint() -> None:
+    """The endpoint's user:password never reaches a key (Redis keys, chart file names,
+    records); AWS's default regional endpoint is the region, not an endpoint of its own."""
+    key = scaling_key("api", "eu-west-1", "http://admin:s3cret@LocalHost:5000/")
+    assert key == "localhost:5000/eu-west-1/api" and "s3cret" not in key
+    aws = "https://autoscaling.eu-west-1.amazonaws.com"
+    assert scaling_key("api", "eu-west-1", aws) == "eu-west-1/api"
+    assert scaling_key("api", "eu-west-1", aws + "/") == scaling_key("api", "eu-west-1")
+    assert scaling_key("api", None, aws) == "eu-west-1/api"  # the endpoint says the region
+    # another region's endpoint is where the calls go: keyed
+    assert scaling_key("api", "us-east-1", aws) == (
+        "autoscaling.eu-west-1.amazonaws.com/us-east-1/api"
+    )
+    assert scaling_key("api", None, "localhost:5000") == "localhost:5000/api"
+
+
+def test_groups_of_one_name_are_refused_while_any_gives_no_region() -> None:
+    """{group: api} is in the worker's AWS_REGION: perhaps eu-west-1, perhaps not."""
+    with pytest.raises(
+        ConfigurationError,
+        match=r"targets api-a and api-b scale Auto Scaling groups named 'api' and api-a gives no "
+        r"region .*give each of them its region",
+    ):
+        parse_fleet(
+            "targets:\n"
+            "  - {name: api-a, autoscaling: {group: api}}\n"
+            "  - {name: api-b, autoscaling: {group: api, region: eu-west-1}}\n",
+            "fleet.yaml",
+        )
+    fleet = parse_fleet(
+        "targets:\n"
+        "  - {name: api-a, autoscaling: {group: api, region: us-east-1}}\n"
+        "  - {name: api-b, autoscaling: {group: api, endpoint_url: "
+        "'https://autoscaling.eu-west-1.amazonaws.com'}}\n"
+        "  - {name: web, autoscaling: {group: web}}\n",  # alone: fine, and still keyed `web`
+        "fleet.yaml",
+    )
+    keys = [t.autoscaling.key for t in fleet.targets if t.autoscaling]
+    assert keys == ["us-east-1/api", "eu-west-1/api", "web"]
+    with pytest.raises(ConfigurationError, match=r"same Auto Scaling group.*eu-west-1/api"):
+        parse_fleet(
+            "targets:\n"
+            "  - {name: api-a, autoscaling: {group: api, region: eu-west-1}}\n"
+            "  - {name: api-b, autoscaling: {group: api, region: eu-west-1, endpoint_url: "
+            "'https://autoscaling.eu-west-1.amazonaws.com/'}}\n",
+            "fleet.yaml",
+        )
+
+
 def test_one_group_listed_twice_is_refused_naming_both_targets() -> None:
     with pytest.raises(
         ConfigurationError,
