@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
@@ -18,6 +19,34 @@ DEFAULT_APPLICATION_NAME = "perfops"
 DEFAULT_LOCK_TIMEOUT_MS = 5_000
 DEFAULT_STATEMENT_TIMEOUT_MS = 60_000
 DEFAULT_CONNECT_TIMEOUT_S = 10
+
+
+def database_address(params: Mapping[str, object]) -> tuple[str, str, str, str]:
+    """(user, host, port, dbname) of parsed DSN `params`, normalised so that one database has
+    one address however its DSN spells it: it names the database's event resource and its
+    concurrency slots (`perfops-db-...`, `perfops-cluster-...`).
+
+    Host names lowercased without a trailing dot (`DB1.Internal.` -> `db1.internal`); a Unix
+    socket directory (`/var/run/postgresql`) kept as its path; no host: `hostaddr`, else
+    `localhost`. Port as a number (`05432` -> `5432`), 5432 when not given. A host or port
+    list (`h1,h2`) keeps each entry, normalised. dbname defaults to the user, as in libpq.
+    Not merged: names and addresses of one machine (`localhost`, `127.0.0.1`, `::1`).
+    """
+
+    def host_of(raw: str) -> str:
+        raw = raw.strip()
+        return raw if raw.startswith("/") else raw.lower().rstrip(".")
+
+    def port_of(raw: str) -> str:
+        raw = raw.strip()
+        return str(int(raw)) if raw.isdigit() else raw or "5432"
+
+    user = str(params.get("user") or "")
+    hosts = str(params.get("host") or params.get("hostaddr") or "localhost")
+    host = ",".join(host_of(h) for h in hosts.split(",")) or "localhost"
+    port = ",".join(port_of(p) for p in str(params.get("port") or "5432").split(","))
+    dbname = str(params.get("dbname") or user)
+    return user, host, port, dbname
 
 
 class PostgresTarget(Block):
@@ -91,15 +120,14 @@ class PostgresTarget(Block):
             **overrides,
         )
 
-    def _address(self) -> tuple[str, str, object, str] | None:
-        """(user, host, port, dbname) of the DSN, without the password; None if it is invalid."""
+    def _address(self) -> tuple[str, str, str, str] | None:
+        """(user, host, port, dbname) of the DSN, without the password, normalised
+        (`database_address`); None if it is invalid."""
         try:
             params = conninfo_to_dict(self.dsn.get_secret_value())
         except psycopg.ProgrammingError:
             return None
-        user = str(params.get("user") or "")
-        dbname = str(params.get("dbname") or user)
-        return user, str(params.get("host") or "localhost"), params.get("port") or 5432, dbname
+        return database_address(params)
 
     def describe(self) -> str:
         """Where this target points, without the password: `user@host:port/dbname`."""

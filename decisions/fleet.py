@@ -42,6 +42,8 @@ DEFAULT_MAX_PARALLEL = 4
 DEFAULT_MAX_PARALLEL_PER_CLUSTER = 2
 ALL = "all"
 MAX_SPREAD = 32
+# How long a spread fleet run waits for its shares, from their start, by default (4 h).
+DEFAULT_SHARE_TIMEOUT_S = 14400
 AUTOSCALING = "autoscaling"
 FAILED_SHOWN = 3
 
@@ -71,6 +73,12 @@ class ScalingGroup(_Model):
         """The key of the group's scaling state (`scaling_key`)."""
         return scaling_key(self.group, self.region, self.endpoint_url, self.credentials_block)
 
+    @property
+    def region_given(self) -> str | None:
+        """The region the fleet file gives: `region`, else that of AWS's regional endpoint in
+        `endpoint_url`; None when the worker's AWS_REGION decides."""
+        return self.region or scaling_endpoint(self.endpoint_url)[1]
+
 
 def scaling_key(
     group: str,
@@ -84,10 +92,45 @@ def scaling_key(
     The group's name behind whichever of endpoint (host:port), credentials block (the account)
     and region is configured, so groups of one name in two regions or accounts never share a
     lock or a state: `api`, `eu-west-1/api`, `prod-aws/eu-west-1/api`. A group configured by
-    its name alone keeps the plain name (the key perfops always used).
+    its name alone keeps the plain name (the key perfops always used). The endpoint is keyed
+    without its user and password, lowercased (`scaling_endpoint`); AWS's own regional
+    endpoint (`autoscaling.<region>.amazonaws.com`) is the region's, not an endpoint of its own.
     """
-    endpoint = (urlsplit(endpoint_url).netloc or endpoint_url) if endpoint_url else None
+    endpoint, endpoint_region = scaling_endpoint(endpoint_url)
+    if endpoint is None and endpoint_region is not None and region in (None, endpoint_region):
+        region = endpoint_region
+    elif endpoint is None and endpoint_region is not None:  # another region's endpoint
+        endpoint = f"autoscaling.{endpoint_region}.amazonaws.com"
     return "/".join(part for part in (endpoint, credentials_block, region, group) if part)
+
+
+# AWS's own Auto Scaling endpoint of a region (boto3's default for it).
+_AWS_ENDPOINT = re.compile(r"^autoscaling\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
+
+
+def scaling_endpoint(endpoint_url: str | None) -> tuple[str | None, str | None]:
+    """(the endpoint as it keys a group: `host:port`, lowercased, without user and password;
+    the region of AWS's own regional endpoint, which keys nothing of its own). (None, None)
+    without an endpoint."""
+    if not endpoint_url:
+        return None, None
+    parts = urlsplit(endpoint_url if "//" in endpoint_url else f"//{endpoint_url}")
+    host = (parts.hostname or "").rstrip(".")
+    try:
+        port = parts.port
+    except ValueError:  # not a number: keep it, as written, for the key
+        port_text: str | None = parts.netloc.rpartition("@")[2].rpartition(":")[2].lower()
+    else:
+        port_text = str(port) if port is not None else None
+    default_port = port_text in (None, "443" if parts.scheme != "http" else "80")
+    aws = _AWS_ENDPOINT.match(host)
+    if aws is not None and default_port:
+        return None, aws.group(1)
+    if not host:
+        return endpoint_url.rpartition("@")[2].lower() or None, None
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    return (f"{host}:{port_text}" if port_text else host), None
 
 
 class Target(_Model):
@@ -230,6 +273,14 @@ class Fleet(_Model):
         "a run of the same deployment that any worker of its work pool can take (a number, or "
         "`auto`: the pool's online workers); 1 runs every child in the parent's process.",
     )
+    share_timeout_s: int = Field(
+        default=DEFAULT_SHARE_TIMEOUT_S,
+        ge=60,
+        le=7 * 86400,
+        description="Seconds a spread run waits for its shares, from their start: then a "
+        "share no worker started is run by the parent, and one still running is cancelled and "
+        "its targets reported not run, so the parent never waits forever.",
+    )
     targets: list[Target] = Field(default_factory=list)
     discover: list[Discovery] = Field(
         default_factory=list,
@@ -273,15 +324,33 @@ class Fleet(_Model):
         if twice:
             raise ValueError(f"target names must be unique: {', '.join(twice)} given twice")
         by_key: dict[str, list[str]] = {}
+        by_group: dict[str, list[Target]] = {}
         for t in targets:
             if t.autoscaling is not None:
                 by_key.setdefault(t.autoscaling.key, []).append(t.name)
+                by_group.setdefault(t.autoscaling.group, []).append(t)
         same = [f"{' and '.join(names)} ({key})" for key, names in by_key.items() if len(names) > 1]
         if same:
             raise ValueError(
                 "targets scale the same Auto Scaling group and would share its lock and state: "
                 f"{'; '.join(same)}; keep one target per group (groups of one name in other "
                 "regions or accounts: give each its region, endpoint_url or credentials_block)"
+            )
+        unsure = [
+            (group, listed)
+            for group, listed in by_group.items()
+            if len(listed) > 1
+            and any(t.autoscaling and not t.autoscaling.region_given for t in listed)
+        ]
+        if unsure:
+            group, listed = unsure[0]
+            without = [t.name for t in listed if t.autoscaling and not t.autoscaling.region_given]
+            raise ValueError(
+                f"targets {' and '.join(t.name for t in listed)} scale Auto Scaling groups named "
+                f"{group!r} and {', '.join(without)} gives no region (the worker's AWS_REGION "
+                "would decide), so perfops cannot tell whether they are one group (which must "
+                "have one target: one lock and state) or groups of one name in two regions: "
+                "give each of them its region"
             )
         return targets
 
@@ -380,19 +449,35 @@ def _limit_name(raw: str) -> str:
     return f"{clean}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
 
 
+# `perfops.postgres.<host>:<port>/<dbname>` (blocks.postgres.database_address normalises it):
+# the host may be a socket directory with slashes, so the address splits at `:<port>/`.
+_RESOURCE = re.compile(r"^(?P<server>.*?:[0-9,]+)/(?P<dbname>.*)$")
+
+
+def _database_of(resource: str) -> tuple[str, str]:
+    """(`host:port`, dbname) of a database's event resource id; neither ever empty."""
+    address = resource.removeprefix("perfops.postgres.")
+    found = _RESOURCE.match(address)
+    if found is None:
+        server, _, dbname = address.partition("/")
+    else:
+        server, dbname = found["server"], found["dbname"]
+    return server or "unknown-server", dbname or "unknown-database"
+
+
 def database_limit(resource: str) -> str:
     """The global concurrency limit (1 slot) a run holds while it changes a database, named
     after the database itself (`perfops.postgres.db1:5432/orders` ->
     `perfops-db-db1:5432:orders`), so a fleet child and a single-database run of any flow
     exclude each other, whatever the target or the block is called."""
-    address = resource.removeprefix("perfops.postgres.")
-    server, _, dbname = address.partition("/")
+    server, dbname = _database_of(resource)
     return _limit_name(f"perfops-db-{server}:{dbname}")
 
 
 def server_of(resource: str) -> str:
-    """`host:port` of a database's event resource id."""
-    return resource.removeprefix("perfops.postgres.").partition("/")[0]
+    """`host:port` of a database's event resource id (a Unix socket's directory and port,
+    `/var/run/postgresql:5432`)."""
+    return _database_of(resource)[0]
 
 
 def cluster_limit(cluster: str) -> str:
@@ -462,10 +547,26 @@ class FleetReport(_Model):
         ]
 
 
-def share_count(spread: int | Literal["auto"], online_workers: int, targets: int) -> int:
+def share_count(
+    spread: int | Literal["auto"],
+    online_workers: int,
+    targets: int,
+    deployment_limit: int | None = None,
+    *,
+    cancels_new: bool = False,
+) -> int:
     """How many shares a fleet run is split into: `spread` (or, for `auto`, the work pool's
-    online workers), never more than the targets, at least 1."""
+    online workers), never more than the targets, at least 1.
+
+    The shares are runs of the parent's own deployment, so its concurrency limit
+    (`deployment_limit`, None: none) counts them, and the parent holds one of its slots: at
+    most `deployment_limit` shares in all (the parent's and limit - 1 others), so a limit of 1
+    runs every target in the parent, where a share would wait for the slot its own parent
+    holds. A limit that cancels the runs over it (`cancels_new`) also gives 1: a share it
+    cancelled would leave its targets not run."""
     wanted = online_workers if spread == "auto" else spread
+    if deployment_limit is not None:
+        wanted = min(wanted, 1 if cancels_new else deployment_limit)
     return max(1, min(wanted, targets, MAX_SPREAD))
 
 
@@ -480,6 +581,52 @@ def share_runs_lost(targets: Sequence[Target], share: str, state: str, why: str)
     """The rows of a share's targets when the share run left no report (it crashed, or was
     cancelled before it ran): each target not run, saying which share and why."""
     reason = f"its share run {share} ended {state}" + (f": {why}" if why else "")
+    return [TargetRun(target=t.name, result="not run", reason=reason) for t in targets]
+
+
+# The state a deployment's concurrency limit keeps a run in while its slots are held.
+AWAITING_SLOT = "AwaitingConcurrencySlot"
+_FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
+
+ShareStep = Literal["collect", "take back", "wait", "give up"]
+
+
+def share_step(state_type: str | None, *, claimable: bool, overdue: bool) -> ShareStep:
+    """What a spread parent does next with one share run, by its state's type (`COMPLETED`,
+    `SCHEDULED`, ...; None: the run no longer exists):
+
+    - `collect` its rows once the run is final;
+    - `take back` (and run its targets itself) a run no worker has started, once the workers
+      had their time (`claimable`: the parent's own share is done and the claim window has
+      passed) or the fleet's `share_timeout_s` is over (`overdue`). A run the server keeps
+      Scheduled (AwaitingConcurrencySlot: its deployment's concurrency limit is full, perhaps
+      with the parent itself) counts as not started;
+    - `give up` on a run that is still running, or gone, once `overdue`: its targets are
+      reported not run, so the parent never waits forever;
+    - else `wait`.
+    """
+    if state_type is None:
+        return "give up"
+    if state_type in _FINAL_STATES:
+        return "collect"
+    if state_type == "SCHEDULED" and (claimable or overdue):
+        return "take back"
+    return "give up" if overdue else "wait"
+
+
+def share_runs_overdue(
+    targets: Sequence[Target], share: str, state: str | None, timeout_s: float
+) -> list[TargetRun]:
+    """The rows of a share's targets when the parent gave up on the share run after the
+    fleet's `share_timeout_s`: each target not run, saying which share and in what state."""
+    if state is None:
+        reason = f"its share run {share} no longer exists (deleted before it reported)"
+    else:
+        reason = (
+            f"its share run {share} was still {state} after {timeout_s:.0f} s (the fleet's "
+            "share_timeout_s): the parent stopped waiting and cancelled it; its run shows what "
+            "it did"
+        )
     return [TargetRun(target=t.name, result="not run", reason=reason) for t in targets]
 
 

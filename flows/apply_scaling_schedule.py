@@ -32,7 +32,7 @@ from tasks.autoscaling import (
     put_schedule_task,
     scheduled_actions,
 )
-from tasks.fleet_runs import run_over_fleet
+from tasks.fleet_runs import run_over_fleet, verified_fleet_target
 from tasks.records import emit, end_run, publish_table
 
 ARTIFACT_KEY = "perfops-scaling-schedule"
@@ -82,6 +82,7 @@ def apply_scaling_schedule(
         fleet_file: the fleet definition (default `PERFOPS_FLEET_FILE`, else
             deployments/fleet.yaml).
         fleet_target: set by the fleet parent on each child (artifact and event label).
+            Ignored on a run no fleet parent started (it runs as a single run).
     """
     install_log_redaction()
     if targets is not None:  # the parent of a fleet run: one child run per group
@@ -104,6 +105,7 @@ def apply_scaling_schedule(
             dry_run=dry_run,
             system=AUTOSCALING,
         )
+    fleet_target = verified_fleet_target(fleet_target)  # never trusted as given
     if aws is None:
         raise ConfigurationError("give aws (the Auto Scaling group) or targets (a fleet)")
     logger = get_run_logger()

@@ -35,7 +35,7 @@ from decisions.index_health import (
     wasted_bytes,
 )
 from perfops.redaction import install_log_redaction
-from tasks.fleet_runs import database_slots, fan_out
+from tasks.fleet_runs import database_slots, fan_out, verified_fleet_target
 from tasks.postgres.index_changes import drop_indexes
 from tasks.postgres.indexes import fetch_index_catalog, fetch_index_locations
 from tasks.postgres.privileges import fetch_table_privileges
@@ -106,6 +106,7 @@ def check_index_health(
         fleet_target: set by the fleet parent on each child (its artifact
             `perfops-index-health-<target>`, its event label `perfops.target`, its cluster
             slot). A run that drops holds its database's slot.
+            Ignored on a run no fleet parent started (it runs as a single run).
     """
     install_log_redaction()
     if targets is not None:  # the parent of a fleet run: one child run per target
@@ -125,6 +126,7 @@ def check_index_health(
             dry_run=not apply,
             describe=lambda r: f"{len(r.findings)} findings, {len(r.dropped)} dropped",
         )
+    fleet_target = verified_fleet_target(fleet_target)  # never trusted as given
     logger = get_run_logger()
     pg = resolve_postgres(postgres_block)
     with database_slots(pg.value, changes=apply and bool(drop), fleet_target=fleet_target):

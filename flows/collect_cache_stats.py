@@ -22,7 +22,7 @@ from decisions.fleet import FleetReport, keyed, target_labels
 from perfops.redaction import install_log_redaction
 from tasks.cache_keys import resource_id
 from tasks.cache_stats import read_previous, sample_keys, sample_nodes, store_sample
-from tasks.fleet_runs import fan_out
+from tasks.fleet_runs import fan_out, verified_fleet_target
 from tasks.records import emit, end_run, publish_table
 
 ARTIFACT_KEY = "perfops-cache-stats"
@@ -59,6 +59,7 @@ def collect_cache_stats(
             deployments/fleet.yaml).
         fleet_target: set by the fleet parent on each child: keys its artifact
             (`perfops-cache-stats-<target>`) and labels its events.
+            Ignored on a run no fleet parent started (it runs as a single run).
     """
     install_log_redaction()
     if targets is not None:  # the parent of a fleet run: one child run per cache
@@ -74,6 +75,7 @@ def collect_cache_stats(
             system="redis",
             block_parameter="redis_block",
         )
+    fleet_target = verified_fleet_target(fleet_target)  # never trusted as given
     logger = get_run_logger()
     policy = load_policy(policy_path)
     settings = policy.settings

@@ -20,7 +20,7 @@ from decisions.slow_queries import (
     summarize_plan,
 )
 from perfops.redaction import install_log_redaction
-from tasks.fleet_runs import database_slots, fan_out
+from tasks.fleet_runs import database_slots, fan_out, verified_fleet_target
 from tasks.postgres.statements import (
     explain_statements,
     fetch_statement_stats,
@@ -85,6 +85,7 @@ def find_slow_queries(
             deployments/fleet.yaml).
         fleet_target: set by the fleet parent on each child (its artifact
             `perfops-slow-queries-<target>`, its event label `perfops.target`, its cluster slot).
+            Ignored on a run no fleet parent started (it runs as a single run).
     """
     install_log_redaction()
     if targets is not None:  # the parent of a fleet run: one child run per target
@@ -98,6 +99,7 @@ def find_slow_queries(
             event=EVENT_FLEET,
             dry_run=False,
         )
+    fleet_target = verified_fleet_target(fleet_target)  # never trusted as given
     logger = get_run_logger()
     pg = resolve_postgres(postgres_block)
     with database_slots(pg.value, changes=False, fleet_target=fleet_target):

@@ -77,7 +77,7 @@ from tasks.cache_keys import (
     resource_id,
 )
 from tasks.cdn import purge_cdn
-from tasks.fleet_runs import fan_out
+from tasks.fleet_runs import fan_out, verified_fleet_target
 from tasks.records import emit, end_run, publish_table
 
 ARTIFACT_KEY = "perfops-cache-invalidation"
@@ -139,6 +139,7 @@ def invalidate_cache(
             deployments/fleet.yaml).
         fleet_target: set by the fleet parent on each child: keys its artifact
             (`perfops-cache-invalidation-<target>`) and labels its events.
+            Ignored on a run no fleet parent started (it runs as a single run).
     """
     install_log_redaction()
     policy = load_policy(policy_path)
@@ -154,6 +155,7 @@ def invalidate_cache(
             event=EVENT_FLEET, dry_run=not apply, changes=apply, system="redis",
             block_parameter="redis_block",
         )  # fmt: skip
+    fleet_target = verified_fleet_target(fleet_target)  # never trusted as given
     logger = get_run_logger()
     started = time.monotonic()
     redis = resolve_redis(redis_block)

@@ -35,7 +35,7 @@ from decisions.staleness import (
 from decisions.statistics_report import Result, StatisticsReport, TableOutcome, artifact_rows
 from perfops.errors import ConfigurationError
 from perfops.redaction import install_log_redaction
-from tasks.fleet_runs import database_slots, fan_out
+from tasks.fleet_runs import database_slots, fan_out, verified_fleet_target
 from tasks.postgres.privileges import fetch_table_privileges
 from tasks.postgres.tables import (
     TableResult,
@@ -144,6 +144,7 @@ def refresh_stale_statistics(
         fleet_target: set by the fleet parent on each child: keys its artifact
             `perfops-stats-refresh-<target>`, labels its event `perfops.target` and takes the
             target's cluster slot. Unless `dry_run`, every run holds its database's slot.
+            Ignored on a run no fleet parent started (it runs as a single run).
     """
     install_log_redaction()
     if targets is not None:  # the parent of a fleet run: one child run per target
@@ -157,6 +158,7 @@ def refresh_stale_statistics(
             event=EVENT_FLEET,
             dry_run=dry_run,
         )
+    fleet_target = verified_fleet_target(fleet_target)  # never trusted as given
     logger = get_run_logger()
     started = time.monotonic()
     pg = resolve_postgres(postgres_block)

@@ -54,7 +54,7 @@ from decisions.partitioning import (
 )
 from perfops.errors import ConfigurationError, PerfopsError
 from perfops.redaction import install_log_redaction, one_line
-from tasks.fleet_runs import database_slots, fan_out
+from tasks.fleet_runs import database_slots, fan_out, verified_fleet_target
 from tasks.partition_retirement import ArchivePreflight
 from tasks.partition_rotation import rotate_hash, rotate_range, table_resource
 from tasks.postgres.privileges import fetch_table_privileges
@@ -115,6 +115,7 @@ def rotate_partitions(
         fleet_target: set by the fleet parent on each child (its artifact
             `perfops-partitions-rotate-<target>`, its event label `perfops.target`, its cluster
             slot). A run with `apply` holds its database's slot.
+            Ignored on a run no fleet parent started (it runs as a single run).
     """
     install_log_redaction()
     if targets is not None:  # the parent of a fleet run: one child run per target
@@ -135,6 +136,7 @@ def rotate_partitions(
             event=EVENT_FLEET,
             dry_run=not apply,
         )
+    fleet_target = verified_fleet_target(fleet_target)  # never trusted as given
     logger = get_run_logger()
     started = time.monotonic()
     pg = resolve_postgres(postgres_block)

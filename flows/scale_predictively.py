@@ -44,7 +44,7 @@ from tasks.autoscaling import (
     load_credentials,
     set_capacity_task,
 )
-from tasks.fleet_runs import run_over_fleet
+from tasks.fleet_runs import run_over_fleet, verified_fleet_target
 from tasks.load_history import InsufficientData, LoadHistory, read_load_history
 from tasks.records import emit, end_run, publish_table
 from tasks.scaling_state import group_lock, load_state, load_tuning, save_state
@@ -123,6 +123,7 @@ def scale_predictively(
             deployments/fleet.yaml).
         fleet_target: set by the fleet parent on each child (its artifact
             `perfops-scaling-decision-<target>`, its event label `perfops.target`).
+            Ignored on a run no fleet parent started (it runs as a single run).
         use_tuning: run the policy tune_scaling chose for the group (stored in Redis) instead
             of `policy` (whose bounds, capacity per instance and boot time it keeps); in
             forecast_only mode the record says what the tuning would use.
@@ -148,6 +149,7 @@ def scale_predictively(
             dry_run=dry_run,
             system=AUTOSCALING,
         )
+    fleet_target = verified_fleet_target(fleet_target)  # never trusted as given
     check_block_names(
         metrics_block=metrics_block,
         redis_block=redis_block,

@@ -53,7 +53,7 @@ from perfops.errors import ConfigurationError
 from perfops.names import display_name
 from perfops.redaction import install_log_redaction
 from perfops.wording import no_table_matches, tables_here
-from tasks.fleet_runs import database_slots, fan_out
+from tasks.fleet_runs import database_slots, fan_out, verified_fleet_target
 from tasks.postgres.column_stats import fetch_column_stats
 from tasks.postgres.hypopg import (
     cost_base_plans,
@@ -106,6 +106,7 @@ def suggest_indexes(
         fleet_target: set by the fleet parent on each child (its artifact
             `perfops-index-suggestions-<target>`, its event label `perfops.target`, its cluster
             slot). A run with `apply` holds its database's slot.
+            Ignored on a run no fleet parent started (it runs as a single run).
     """
     install_log_redaction()
     settings = settings or IndexAdvisorSettings()
@@ -124,6 +125,7 @@ def suggest_indexes(
                 f"{sum(b.status == 'created' for b in r.builds)} built"
             ),
         )
+    fleet_target = verified_fleet_target(fleet_target)  # never trusted as given
     resolved = resolve_postgres(postgres_block)
     with database_slots(resolved.value, changes=apply, fleet_target=fleet_target):
         return _suggest(resolved, settings, apply, allow_partial, fleet_target)

@@ -31,7 +31,7 @@ from perfops.errors import ConfigurationError
 from perfops.redaction import install_log_redaction
 from tasks.cache_keys import resource_id
 from tasks.cache_warmup import fetch_values, query_entries, write_values
-from tasks.fleet_runs import fan_out
+from tasks.fleet_runs import fan_out, verified_fleet_target
 from tasks.records import emit, end_run, publish_table
 
 ARTIFACT_KEY = "perfops-cache-warmup"
@@ -88,6 +88,7 @@ def warm_cache(
             deployments/fleet.yaml).
         fleet_target: set by the fleet parent on each child: keys its artifact
             (`perfops-cache-warmup-<target>`) and labels its events.
+            Ignored on a run no fleet parent started (it runs as a single run).
     """
     install_log_redaction()
     logger = get_run_logger()
@@ -111,6 +112,7 @@ def warm_cache(
             event=EVENT_FLEET, dry_run=dry_run, changes=not dry_run, system="redis",
             block_parameter="redis_block",
         )  # fmt: skip
+    fleet_target = verified_fleet_target(fleet_target)  # never trusted as given
     computed: dict[str, bytes] = {}
     wanted: dict[str, str] = dict(urls or {})
     if keys_sql:

@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from contextvars import copy_context
+from contextvars import ContextVar, copy_context
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -41,6 +42,8 @@ from prefect.client.schemas.filters import (
     ArtifactFilterFlowRunId,
     ArtifactFilterKey,
 )
+from prefect.client.schemas.objects import ConcurrencyLimitStrategy
+from prefect.client.schemas.responses import DeploymentResponse
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.runtime import deployment as runtime_deployment
@@ -60,6 +63,8 @@ from decisions.fleet import (
     load_fleet,
     share_count,
     share_runs_lost,
+    share_runs_overdue,
+    share_step,
     split_shares,
 )
 from perfops.errors import ConfigurationError, PerfopsError, RunFailed
@@ -67,7 +72,13 @@ from perfops.heartbeats import heartbeats
 from perfops.redaction import one_line
 from perfops.settings import get_settings
 from tasks.records import emit, end_run, publish_table
-from tasks.share_runs import claim_window_s, share_run_states, start_share_run, take_back
+from tasks.share_runs import (
+    claim_window_s,
+    give_up,
+    share_run_states,
+    start_share_run,
+    take_back,
+)
 
 # The tag of a share's run: one part of a fleet run spread over the pool's workers.
 SHARE_TAG = "perfops-fleet-share"
@@ -152,18 +163,59 @@ def hold_slots(
         ) from None
 
 
+@dataclass(frozen=True)
+class _ChildRun:
+    """What a fleet parent in this process set for the child run it is starting: the target
+    and the slots it holds for it."""
+
+    target: str
+    slots: frozenset[str]
+
+
+# Set by `_run_one` around the child's call (a subflow runs in the caller's thread and
+# context): no run from the API or the UI can set it, whatever parameters it is given.
+_CHILD_RUN: ContextVar[_ChildRun | None] = ContextVar("perfops_fleet_child_run", default=None)
+
+
+def _started_for(fleet_target: str | None) -> _ChildRun | None:
+    child = _CHILD_RUN.get()
+    if fleet_target is None or child is None or child.target != fleet_target:
+        return None
+    return child
+
+
+def verified_fleet_target(fleet_target: str | None) -> str | None:
+    """`fleet_target` when this run is that target's child, started by a fleet parent in this
+    process, else None: a run given `fleet_target` by hand (an API or UI run) is a single run,
+    holding its database's slot, keyed and checked as one (logged)."""
+    if fleet_target is None or _started_for(fleet_target) is not None:
+        return fleet_target
+    get_run_logger().warning(
+        "fleet_target %r ignored: this run was not started by a fleet parent for that target, "
+        "so it runs as a single run (its own database slot, artifact and checks)",
+        fleet_target,
+    )
+    return None
+
+
 @contextmanager
 def database_slots(
     target: PostgresTarget, *, changes: bool, fleet_target: str | None = None
 ) -> Iterator[float]:
     """A run that `changes` the database holds its database's limit (1 slot) while the block
     runs, so two perfops runs never change one database at once; yields the seconds waited.
-    A fleet child (`fleet_target`) holds nothing itself: its parent took its slots before the
-    child run started. A read-only run holds nothing."""
-    if fleet_target is not None or not changes:
+    A fleet child holds nothing itself when its parent (in this process, for `fleet_target`)
+    took that slot before the child run started; any other run takes it here, whatever its
+    parameters say. A read-only run holds nothing."""
+    if not changes:
         yield 0.0
         return
-    with hold_slots({database_limit(target.resource_id()): 1}) as waited:
+    limit = database_limit(target.resource_id())
+    child = _started_for(fleet_target)
+    if child is not None and limit in child.slots:
+        yield 0.0
+        return
+    with hold_slots({limit: 1}) as waited:
         yield waited
 
 
@@ -204,7 +256,11 @@ def _run_one(
         with hold_slots(slots, ensure=False) as waited, tags(*labels), heartbeats(False):
             started = time.monotonic()
             named = child.with_options(flow_run_name=f"{child.name}-{target.name}")
-            state = cast("State[Any]", named(**parameters, return_state=True))
+            token = _CHILD_RUN.set(_ChildRun(target.name, frozenset(slots)))
+            try:
+                state = cast("State[Any]", named(**parameters, return_state=True))
+            finally:
+                _CHILD_RUN.reset(token)
             seconds = round(time.monotonic() - started, 3)
     except Exception as exc:  # noqa: BLE001 - one target's failure must not stop the others
         return TargetRun(
@@ -213,13 +269,16 @@ def _run_one(
             reason=one_line(exc, empty=type(exc).__name__),
             waited=waited,
         )
-    result = state.result(raise_on_failure=False)
-    if isinstance(result, RunFailed):  # its work failed: the message says what, its report
-        reason, changed = state.message or str(result), describe(result.report)
-    elif isinstance(result, BaseException):
-        reason, changed = one_line(result, empty=type(result).__name__), ""
-    else:
-        reason, changed = state.message or str(state.name), describe(result)
+    try:
+        result = state.result(raise_on_failure=False)
+        if isinstance(result, RunFailed):  # its work failed: the message says what, its report
+            reason, changed = state.message or str(result), describe(result.report)
+        elif isinstance(result, BaseException):
+            reason, changed = one_line(result, empty=type(result).__name__), ""
+        else:
+            reason, changed = state.message or str(state.name), describe(result)
+    except Exception as exc:  # noqa: BLE001 - an unreadable result fails this target only
+        reason, changed = f"its result could not be read: {_error(exc)}", ""
     return TargetRun(
         target=target.name,
         result="done" if state.is_completed() else "failed",
@@ -245,7 +304,13 @@ def _run_targets(
         try:
             return parameters(definition, target)
         except PerfopsError as exc:
-            return TargetRun(target=target.name, result="not run", reason=str(exc))
+            return TargetRun(target=target.name, result="not run", reason=one_line(exc))
+        except Exception as exc:  # noqa: BLE001 - one target's bad block must not stop the others
+            return TargetRun(
+                target=target.name,
+                result="not run",
+                reason=f"cannot prepare its run from its blocks: {_error(exc)}",
+            )
 
     with ThreadPoolExecutor(max_workers=min(definition.max_parallel, len(targets))) as pool:
         # Each thread works in a copy of this run's context, so its child is a subflow of this
@@ -266,6 +331,12 @@ def _run_targets(
         return [f if isinstance(f, TargetRun) else f.result() for f in futures]
 
 
+def _error(exc: BaseException) -> str:
+    """An unexpected error in one line, redacted, with its type (`ValueError: Port out of
+    range 0-65535`)."""
+    return f"{type(exc).__name__}: {one_line(exc, empty='')}".rstrip(": ")
+
+
 def _is_share() -> bool:
     """Whether this run is one share of a spread fleet run (started by its parent)."""
     return SHARE_TAG in (runtime_flow_run.tags or [])
@@ -273,7 +344,8 @@ def _is_share() -> bool:
 
 def _shares_wanted(definition: Fleet, targets: int) -> int:
     """How many shares this run splits its targets into: the fleet's `spread` for a parent
-    run started from a deployment (its shares are runs of that deployment), else 1."""
+    run started from a deployment (its shares are runs of that deployment), within the
+    deployment's concurrency limit, which this run holds a slot of (`share_count`), else 1."""
     if definition.spread == 1 or targets < 2 or _is_share():
         return 1
     logger = get_run_logger()
@@ -285,15 +357,40 @@ def _shares_wanted(definition: Fleet, targets: int) -> int:
         )
         return 1
     online = 0
-    if definition.spread == "auto":
-        with get_client(sync_client=True) as client:
-            pool = client.read_deployment(deployment_id).work_pool_name
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment(deployment_id)
+        limit, cancels_new = deployment_limit(deployment)
+        if definition.spread == "auto":
+            pool = deployment.work_pool_name
             online = sum(
                 1
                 for w in (client.read_workers_for_work_pool(pool) if pool else [])
                 if str(w.status).upper().endswith("ONLINE")
             )
-    return share_count(definition.spread, online, targets)
+    count = share_count(definition.spread, online, targets, limit, cancels_new=cancels_new)
+    if limit is not None and count == 1:
+        logger.info(
+            "spread %s: deployment %s has concurrency_limit %d%s and this run holds one of its "
+            "slots, so every target runs in this process (a share would wait for that slot)",
+            definition.spread,
+            deployment.name,
+            limit,
+            " (cancel_new)" if cancels_new else "",
+        )
+    return count
+
+
+def deployment_limit(deployment: DeploymentResponse) -> tuple[int | None, bool]:
+    """The deployment's concurrency limit (None: none, or inactive), and whether it cancels
+    the runs over it (collision strategy CANCEL_NEW) rather than queueing them."""
+    gcl = deployment.global_concurrency_limit
+    if gcl is None or not gcl.active:
+        return None, False
+    options = deployment.concurrency_options
+    cancels = (
+        options is not None and options.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
+    )
+    return gcl.limit, cancels
 
 
 def _run_spread(
@@ -306,9 +403,12 @@ def _run_spread(
 ) -> list[TargetRun]:
     """The targets split into shares: shares 2..N started as runs of this run's deployment
     (any worker of the pool takes each), share 1 run here; then each share's rows read back
-    from its artifact. A share no worker has taken by the time share 1 is done, and after the
-    pool's workers had two polls to take it (`claim_window_s`), is taken back (claimed as
-    Pending, so no worker starts it too, then cancelled) and run here."""
+    from its artifact. A share no worker has started by the time share 1 is done, and after
+    the pool's workers had two polls to take it (`claim_window_s`), is taken back (claimed as
+    Pending, so no worker starts it too, then cancelled; a share the server keeps waiting for
+    its deployment's concurrency slot counts as not started) and run here. After the fleet's
+    `share_timeout_s` the parent stops waiting (`share_step`): a share still running is
+    cancelled and its targets reported not run."""
     logger = get_run_logger()
     count = len(shares)
     own_parameters = dict(runtime_flow_run.parameters)
@@ -322,7 +422,9 @@ def _run_spread(
             SHARE_TAG,
         )
         started.append((run_id, name, share))
-    claimable_at = time.monotonic() + claim_window_s()
+    now = time.monotonic()
+    claimable_at = now + claim_window_s()
+    overdue_at = now + definition.share_timeout_s
     logger.info(
         "spread over %d shares: share 1 (%d targets) here, %s started for any worker",
         count,
@@ -336,16 +438,33 @@ def _run_spread(
         still: list[tuple[str, str, list[Target]]] = []
         for run_id, name, share in waiting:
             state = states.get(run_id)
-            if state is not None and state.is_final():
+            now = time.monotonic()
+            step = share_step(
+                state.type.value if state is not None else None,
+                claimable=now >= claimable_at,
+                overdue=now >= overdue_at,
+            )
+            if step == "collect" and state is not None:
                 runs += _share_rows(run_id, name, share, state, artifact_key)
-            elif (
-                state is not None
-                and state.is_scheduled()
-                and time.monotonic() >= claimable_at
-                and take_back(run_id, TAKEN_BACK)
-            ):
-                logger.info("no worker took %s: running its %d targets here", name, len(share))
+            elif step == "take back" and take_back(run_id, TAKEN_BACK):
+                logger.info(
+                    "no worker started %s (%s): running its %d targets here",
+                    name,
+                    state.name if state is not None else "gone",
+                    len(share),
+                )
                 runs += _run_targets(child, definition, share, parameters, describe)
+            elif step == "give up":
+                rows = share_runs_overdue(
+                    share,
+                    name,
+                    state.name if state is not None else None,
+                    definition.share_timeout_s,
+                )
+                logger.warning("%s: %s", name, rows[0].reason)
+                if state is not None:
+                    give_up(run_id, rows[0].reason)
+                runs += rows
             else:
                 still.append((run_id, name, share))
         waiting = still
@@ -358,20 +477,25 @@ def _share_rows(
     run_id: str, name: str, share: list[Target], state: State[Any], artifact_key: str
 ) -> list[TargetRun]:
     """The rows a finished share run published (`<artifact_key>-share`), or, when it left
-    none (crashed, cancelled), each of its targets not run, saying why."""
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[f"{artifact_key}-share"]),
-                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(run_id)]),
-            ),
-            limit=1,
-        )
-    if not found:
-        return share_runs_lost(share, name, str(state.name), state.message or "")
-    data = found[0].data
-    rows = json.loads(data) if isinstance(data, str) else data
-    return [TargetRun.model_validate(row) for row in rows or []]
+    none (crashed, cancelled) or they cannot be read, each of its targets not run, saying
+    why."""
+    try:
+        with get_client(sync_client=True) as client:
+            found = client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=[f"{artifact_key}-share"]),
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(run_id)]),
+                ),
+                limit=1,
+            )
+        if not found:
+            return share_runs_lost(share, name, str(state.name), state.message or "")
+        data = found[0].data
+        rows = json.loads(data) if isinstance(data, str) else data
+        return [TargetRun.model_validate(row) for row in rows or []]
+    except Exception as exc:  # noqa: BLE001 - the other shares' rows still count
+        why = f"its rows could not be read: {_error(exc)}"
+        return share_runs_lost(share, name, str(state.name), why)
 
 
 def fan_out(

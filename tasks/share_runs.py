@@ -6,6 +6,7 @@ has taken it in time.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Any, cast
 from uuid import UUID
 
@@ -14,8 +15,9 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
 from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_WORKER_QUERY_SECONDS
-from prefect.states import Cancelled, Pending, State
+from prefect.states import Cancelled, Cancelling, Pending, State
 
 
 def start_share_run(deployment: UUID | str, parameters: dict[str, Any], name: str, tag: str) -> str:
@@ -58,10 +60,26 @@ def claim_window_s() -> float:
 def take_back(run_id: str, message: str) -> bool:
     """Claim a share run no worker has taken (Pending, which the server grants to one
     proposer only, as it does between two workers), then cancel it with `message`; False when
-    a worker got it first."""
+    a worker got it first.
+
+    A claim the server refuses while the run stays Scheduled (AwaitingConcurrencySlot: its
+    deployment's concurrency limit is full, perhaps with the parent's own run) means no worker
+    can start it either: the run is cancelled all the same (forced, as the claim cannot be
+    granted). Only a slot freed in the moment between the refusal and the cancel could let a
+    worker start it first."""
     with get_client(sync_client=True) as client:
         claimed: OrchestrationResult[Any] = client.set_flow_run_state(run_id, Pending())
         if claimed.status != SetStateStatus.ACCEPT:
-            return False
+            now = client.read_flow_run(UUID(run_id)).state
+            if now is None or not now.is_scheduled():  # a worker has it
+                return False
         client.set_flow_run_state(run_id, Cancelled(message=message), force=True)
     return True
+
+
+def give_up(run_id: str, message: str) -> None:
+    """Cancel a share run its parent no longer waits for (Cancelling, so the worker running
+    it stops it; the server makes a run no worker started Cancelled at once); a run that no
+    longer exists is left so."""
+    with get_client(sync_client=True) as client, suppress(ObjectNotFound):
+        client.set_flow_run_state(run_id, Cancelling(message=message))

@@ -17,6 +17,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import httpx
 import typer
@@ -32,6 +33,7 @@ from decisions.deployments import (
     schedule_active,
     strict_schema,
 )
+from perfops.redaction import redact
 from perfops.settings import PROJECT_DIR, apply_prefect_defaults
 
 RECORD_PREFIX = "perfops-deploy-"
@@ -334,8 +336,28 @@ def _pool_updates(pairs: list[str]) -> dict[str, str]:
                 "names the block (e.g. PERFOPS_POSTGRES_BLOCK=prod)"
             )
             raise typer.Exit(2)
+        if carries_secret(value):
+            err.print(
+                f"perfops: --pool-env {name.strip()}: its value holds a password (a URL's "
+                "user:password@, or password=...); job variables are stored in clear, so put "
+                "the connection in a block (deployments/create_blocks.py) and give the pool "
+                "the block's name (e.g. PERFOPS_REDIS_BLOCK=prod)"
+            )
+            raise typer.Exit(2)
         updates[name.strip()] = value
     return updates
+
+
+def carries_secret(value: str) -> bool:
+    """Whether a job variable's value holds a secret: a password `redact` would hide (a URL's
+    user:password@, libpq's password=..., a secret this process knows), or a URL whose user
+    part has a password."""
+    if redact(value) != value:
+        return True
+    try:
+        return urlsplit(value.strip()).password is not None
+    except ValueError:  # not a URL (a bad port, brackets): redact covered it
+        return False
 
 
 def _report(chosen: list[Planned], dry_run: bool, as_json: bool) -> None:

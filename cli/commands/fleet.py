@@ -20,7 +20,7 @@ from cli.support import (
     use_prefect_server,
 )
 from decisions.fleet import ALL, Fleet, Target, load_fleet
-from perfops.errors import PerfopsError
+from perfops.errors import ConfigurationError, PerfopsError
 from perfops.redaction import one_line, redact
 
 app = typer.Typer(no_args_is_help=True)
@@ -164,8 +164,12 @@ def list_targets(
     as_json: JsonFlag = False,
 ) -> None:
     """Each target with its blocks, labels, cluster and whether its PostgreSQL answers (probed in
-    parallel, --timeout seconds each). Exit 1 when a target is unreachable."""
-    definition, targets, path = selected(selection, fleet_file)
+    parallel, --timeout seconds each). Exit 1 when a target is unreachable, 2 when the fleet
+    file or the selection is wrong."""
+    try:
+        definition, targets, path = selected(selection, fleet_file)
+    except ConfigurationError as exc:  # bad usage, as every other --fleet command says it
+        raise typer.BadParameter(str(exc), param_hint="--fleet") from None
     reach: list[tuple[bool, str] | None] = [None] * len(targets)
     if probe:
         use_prefect_server()  # the blocks are saved on the Prefect server

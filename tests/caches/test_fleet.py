@@ -15,11 +15,12 @@ import pytest
 
 from blocks import RedisTarget
 from decisions.fleet import FleetReport
+from flows.collect_cache_stats import collect_cache_stats
 from flows.invalidate_cache import invalidate_cache
 from flows.warm_cache import warm_cache
 from tests.caches.conftest import App, client_for
 from tests.caches.test_invalidation import existing, seed
-from tests.records import artifact_rows, wait_for_events
+from tests.records import artifact_rows, failed_run, wait_for_events
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 MINE = ["user:42:profile:main", "user:42:preferences:ui"]
@@ -115,3 +116,36 @@ def test_cli_fleet_dry_run_counts_on_every_cache_and_refuses_a_single_redis_too(
     warm = ["cache", "warm", "--cache", "agent_configs", "--key", "agent:1:config:main"]
     assert perfops([*warm, "--fleet", "nowhere", "--fleet-file", str(path)]) == 2
     assert "'nowhere' is neither a fleet" in capsys.readouterr().err
+
+
+def test_a_target_whose_block_cannot_be_used_fails_alone_and_is_named(
+    redis_target: RedisTarget, tmp_path: Path
+) -> None:
+    """A block whose URL has a port out of range (ValueError while the parent prepares the
+    target's slots) is that target's `not run` row; the other cache is measured and the fleet
+    summary is written (it aborted the parent before, naming no target)."""
+    run = uuid.uuid4().hex[:6]
+    redis_target.save(f"cache-good-{run}", overwrite=True)
+    RedisTarget(url="redis://127.0.0.1:99999/1").save(f"cache-bad-{run}", overwrite=True)
+    path = tmp_path / "fleet.yaml"
+    path.write_text(
+        f"targets:\n  - {{name: good-{run}, blocks: {{redis: cache-good-{run}}}}}\n"
+        f"  - {{name: bad-{run}, blocks: {{redis: cache-bad-{run}}}}}\n",
+        encoding="utf-8",
+    )
+    state = collect_cache_stats(targets="all", fleet_file=str(path), return_state=True)
+    report, message = failed_run(state)
+    assert isinstance(report, FleetReport)
+    assert message.startswith(
+        f"1 of 2 targets failed: bad-{run}: cannot prepare its run from its blocks: "
+        "ValueError: Port"
+    ), message
+    assert [(t.target, t.result) for t in report.targets] == [
+        (f"good-{run}", "done"),
+        (f"bad-{run}", "not run"),
+    ]
+    rows = artifact_rows("perfops-cache-stats-fleet")
+    assert [(r["target"], r["result"]) for r in rows] == [
+        (f"good-{run}", "done"),
+        (f"bad-{run}", "not run"),
+    ]

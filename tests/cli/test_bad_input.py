@@ -55,6 +55,8 @@ def no_flow_runs(monkeypatch: pytest.MonkeyPatch) -> None:
         (["scaling", "decide", "--fleet", "prod", "--current", "3"], "--current"),
         (["indexes", "suggest", "--fleet", "prod", "--dsn", "host=x"], "--dsn"),
         (["cache", "warm", "--cache", "agent_configs"], "nothing to warm: give keys (--key"),
+        (["fleet", "list", "--no-probe", "--fleet", "nosuch"], "'nosuch' is neither a fleet"),
+        (["fleet", "list", "--fleet-file", "/nonexistent/fleet.yaml"], "cannot read the fleet"),
         (
             ["cache", "warm", "--cache", "agent_configs", "--key", "a", "--keys-sql", "select 1"],
             "or --keys-sql, not both",

@@ -20,6 +20,18 @@ from tests.command import PERFOPS, ROOT
         (["--configured", "mongodb"], "--configured mongodb: unknown system"),
         (["--pool-env", "PERFOPS_POSTGRES_BLOCK"], "expected NAME=VALUE"),
         (["--pool-env", "PERFOPS_SLACK_TOKEN=xoxb-1"], "looks like a secret"),
+        (
+            ["--pool-env", "PERFOPS_REDIS_URL=redis://app:s3cret@cache:6379/0"],
+            "--pool-env PERFOPS_REDIS_URL: its value holds a password",
+        ),
+        (
+            ["--pool-env", "PERFOPS_REDIS_URL=redis://:s3cret@cache:6379/0"],
+            "--pool-env PERFOPS_REDIS_URL: its value holds a password",
+        ),
+        (
+            ["--pool-env", "PERFOPS_PROMETHEUS_URL=http://u:p@prom:9090"],
+            "--pool-env PERFOPS_PROMETHEUS_URL: its value holds a password",
+        ),
         (["no_such_deployment"], "not in prefect.yaml: no_such_deployment"),
     ],
 )
@@ -33,6 +45,18 @@ def test_bad_input_is_refused_with_exit_2(
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # never reached
     assert perfops(["deploy", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_value_with_a_password_is_a_secret_whatever_its_name() -> None:
+    from cli.commands.deploy import carries_secret
+
+    assert carries_secret("postgresql://app:s3cret@db1:5432/orders")
+    assert carries_secret("host=db1 user=app password=s3cret dbname=orders")
+    assert carries_secret("redis://:s3cret@cache:6379/0")
+    assert not carries_secret("redis://cache:6379/0")
+    assert not carries_secret("redis://app@cache:6379/0")  # a user alone
+    assert not carries_secret("/srv/perfops")
+    assert not carries_secret("redis://cache:99999/0")  # not a secret, whatever else
 
 
 def test_without_a_prefect_server_it_says_which_variable_to_set(tmp_path: Path) -> None:

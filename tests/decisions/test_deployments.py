@@ -133,6 +133,38 @@ def test_every_deployment_in_prefect_yaml_has_its_requirements_and_gated_ones_st
     assert {s for needs in REQUIREMENTS.values() for s in needs} <= set(SYSTEMS)
 
 
+def _docs_table(header: str) -> dict[str, list[str]]:
+    """The rows of the table in docs/deployments.md that starts with `header`: first cell
+    (without backquotes) -> the other cells."""
+    lines = (ROOT / "docs" / "deployments.md").read_text().splitlines()
+    start = lines.index(header) + 2  # the header and its |---| line
+    rows: dict[str, list[str]] = {}
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def test_the_docs_show_every_deployment_what_it_needs_and_its_triggers() -> None:
+    """docs/deployments.md's table is REQUIREMENTS' (decisions/deployments.py says so)."""
+    table = _docs_table("| deployment | schedule (UTC) | needs | triggers |")
+    assert set(table) == set(REQUIREMENTS), set(REQUIREMENTS) ^ set(table)
+    for deployment in PROJECT["deployments"]:
+        schedule, needs, triggers = table[deployment["name"]]
+        assert all(system in needs for system in REQUIREMENTS[deployment["name"]]), deployment
+        assert schedule.startswith("none") is not bool(deployment.get("schedules")), deployment
+        assert bool(triggers) is bool(deployment.get("triggers")), deployment["name"]
+    systems = _docs_table(
+        "| system | block type (`deployments/create_blocks.py SYSTEM`) | work pool variable "
+        "naming the block | settings instead of a block |"
+    )
+    for name, system in SYSTEMS.items():
+        assert name in systems, name
+        assert system.block_variable in systems[name][1], name
+
+
 def test_triggers_are_named_templated_from_the_event_and_deduplicated() -> None:
     triggers = [
         t

@@ -17,8 +17,11 @@ from decisions.fleet import (
     load_fleet,
     parse_fleet,
     scaling_key,
+    server_of,
     share_count,
     share_runs_lost,
+    share_runs_overdue,
+    share_step,
     split_shares,
 )
 from perfops.errors import ConfigurationError
@@ -82,6 +85,23 @@ def test_slot_names_follow_the_database_not_the_target() -> None:
     assert odd.startswith("perfops-db-db1:5432:a_b-") and "/" not in odd
     assert odd != database_limit("perfops.postgres.db1:5432/a_b")
     assert "/" not in cluster_limit("rack/1")
+
+
+def test_a_socket_database_has_a_server_and_slots_of_its_own() -> None:
+    """A Unix-socket DSN's resource id has slashes in its host: its server was '' (so every
+    socket target shared `perfops-cluster-`), now the socket directory and port."""
+    resource = "perfops.postgres./var/run/postgresql:5432/orders"
+    assert server_of(resource) == "/var/run/postgresql:5432"
+    limit = cluster_limit(server_of(resource))
+    assert limit.startswith("perfops-cluster-_var_run_postgresql:5432-"), limit
+    assert limit != cluster_limit(server_of("perfops.postgres./tmp:5432/orders"))
+    db = database_limit(resource)
+    assert db.startswith("perfops-db-_var_run_postgresql:5432:orders-"), db
+    assert db != database_limit("perfops.postgres./var/run/postgresql:5432/billing")
+    assert server_of("perfops.postgres.h1,h2:5432/orders") == "h1,h2:5432"
+    # never an empty name, even from an address that does not parse
+    assert server_of("perfops.postgres.invalid-dsn") == "invalid-dsn"
+    assert database_limit("perfops.postgres.invalid-dsn").endswith(":unknown-database")
 
 
 @pytest.mark.parametrize(
@@ -248,6 +268,60 @@ def test_share_count(spread: int | str, online: int, targets: int, expected: int
     assert share_count(spread, online, targets) == expected  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("spread", "limit", "cancels_new", "expected"),
+    [
+        (3, 1, False, 1),  # the parent holds the only slot: a share would wait for it forever
+        ("auto", 1, False, 1),
+        (3, 2, False, 2),  # the parent's slot and one for a share
+        (3, 10, False, 3),
+        (3, 4, True, 1),  # a share over the limit would be cancelled, its targets not run
+        (3, None, False, 3),  # no limit
+    ],
+)
+def test_shares_fit_the_deployments_concurrency_limit_the_parent_holds_a_slot_of(
+    spread: int | str, limit: int | None, cancels_new: bool, expected: int
+) -> None:
+    got = share_count(spread, 4, 10, limit, cancels_new=cancels_new)  # type: ignore[arg-type]
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("state", "claimable", "overdue", "expected"),
+    [
+        ("COMPLETED", False, False, "collect"),
+        ("CRASHED", True, True, "collect"),
+        ("SCHEDULED", False, False, "wait"),  # the workers have not had their time
+        ("SCHEDULED", True, False, "take back"),  # also AwaitingConcurrencySlot
+        ("SCHEDULED", False, True, "take back"),
+        ("PENDING", True, False, "wait"),  # a worker has it
+        ("RUNNING", True, False, "wait"),
+        ("RUNNING", True, True, "give up"),  # never wait forever
+        ("PAUSED", True, True, "give up"),
+        (None, False, False, "give up"),  # the run was deleted
+    ],
+)
+def test_a_spread_parent_never_waits_forever_on_a_share(
+    state: str | None, claimable: bool, overdue: bool, expected: str
+) -> None:
+    assert share_step(state, claimable=claimable, overdue=overdue) == expected
+
+
+def test_a_share_given_up_on_reports_its_targets_not_run_saying_why(fleet: Fleet) -> None:
+    targets = fleet.select("all")[:2]
+    rows = share_runs_overdue(targets, "warm_cache-share-2-of-2", "Running", 600)
+    assert [(r.target, r.result) for r in rows] == [(t.name, "not run") for t in targets]
+    assert rows[0].reason.startswith(
+        "its share run warm_cache-share-2-of-2 was still Running after 600 s (the fleet's "
+        "share_timeout_s)"
+    )
+    assert "no longer exists" in share_runs_overdue(targets, "s", None, 600)[0].reason
+    text = "targets:\n  - {name: a, blocks: {postgres: p-a}}\n"
+    assert parse_fleet(text, "fleet.yaml").share_timeout_s == 14400
+    with pytest.raises(ConfigurationError, match="share_timeout_s"):
+        parse_fleet("share_timeout_s: 5\n" + text, "fleet.yaml")
+
+
 def test_shares_are_dealt_round_robin_in_the_fleet_order(fleet: Fleet) -> None:
     targets = fleet.select("all")
     shares = split_shares(targets, 2)
@@ -283,6 +357,55 @@ def test_a_groups_key_names_it_behind_what_is_configured() -> None:
     )
     keys = [t.autoscaling.key for t in fleet.targets if t.autoscaling]
     assert keys == ["eu-west-1/api", "us-east-1/api", "staging-aws/eu-west-1/api"]
+
+
+def test_a_groups_key_has_no_secret_and_one_spelling_of_its_endpoint() -> None:
+    """The endpoint's user:password never reaches a key (Redis keys, chart file names,
+    records); AWS's default regional endpoint is the region, not an endpoint of its own."""
+    key = scaling_key("api", "eu-west-1", "http://admin:s3cret@LocalHost:5000/")
+    assert key == "localhost:5000/eu-west-1/api" and "s3cret" not in key
+    aws = "https://autoscaling.eu-west-1.amazonaws.com"
+    assert scaling_key("api", "eu-west-1", aws) == "eu-west-1/api"
+    assert scaling_key("api", "eu-west-1", aws + "/") == scaling_key("api", "eu-west-1")
+    assert scaling_key("api", None, aws) == "eu-west-1/api"  # the endpoint says the region
+    # another region's endpoint is where the calls go: keyed
+    assert scaling_key("api", "us-east-1", aws) == (
+        "autoscaling.eu-west-1.amazonaws.com/us-east-1/api"
+    )
+    assert scaling_key("api", None, "localhost:5000") == "localhost:5000/api"
+
+
+def test_groups_of_one_name_are_refused_while_any_gives_no_region() -> None:
+    """{group: api} is in the worker's AWS_REGION: perhaps eu-west-1, perhaps not."""
+    with pytest.raises(
+        ConfigurationError,
+        match=r"targets api-a and api-b scale Auto Scaling groups named 'api' and api-a gives no "
+        r"region .*give each of them its region",
+    ):
+        parse_fleet(
+            "targets:\n"
+            "  - {name: api-a, autoscaling: {group: api}}\n"
+            "  - {name: api-b, autoscaling: {group: api, region: eu-west-1}}\n",
+            "fleet.yaml",
+        )
+    fleet = parse_fleet(
+        "targets:\n"
+        "  - {name: api-a, autoscaling: {group: api, region: us-east-1}}\n"
+        "  - {name: api-b, autoscaling: {group: api, endpoint_url: "
+        "'https://autoscaling.eu-west-1.amazonaws.com'}}\n"
+        "  - {name: web, autoscaling: {group: web}}\n",  # alone: fine, and still keyed `web`
+        "fleet.yaml",
+    )
+    keys = [t.autoscaling.key for t in fleet.targets if t.autoscaling]
+    assert keys == ["us-east-1/api", "eu-west-1/api", "web"]
+    with pytest.raises(ConfigurationError, match=r"same Auto Scaling group.*eu-west-1/api"):
+        parse_fleet(
+            "targets:\n"
+            "  - {name: api-a, autoscaling: {group: api, region: eu-west-1}}\n"
+            "  - {name: api-b, autoscaling: {group: api, region: eu-west-1, endpoint_url: "
+            "'https://autoscaling.eu-west-1.amazonaws.com/'}}\n",
+            "fleet.yaml",
+        )
 
 
 def test_one_group_listed_twice_is_refused_naming_both_targets() -> None:

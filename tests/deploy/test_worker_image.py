@@ -88,10 +88,30 @@ def test_the_dockerfile_installs_the_lock_with_the_tested_script_as_a_non_root_u
     assert keywords[-1] == "CMD" and users[-1] < len(keywords) - 1
     command = json.loads(steps[-1].arguments)
     pool = yaml.safe_load((ROOT / "prefect.yaml").read_text())["definitions"]["work_pools"]
-    assert command == ["prefect", "worker", "start", "--pool", pool["perfops_process"]["name"]]
+    name = pool["perfops_process"]["name"]
+    assert command == ["prefect", "worker", "start", "--pool", name, "--limit", "2"]
 
     bad = subprocess.run(["sh", str(ROOT / INSTALL_SCRIPT)], capture_output=True, text=True)
     assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+def test_every_process_worker_the_docs_start_has_a_limit() -> None:
+    """Without --limit a process worker takes every waiting run in one poll, so one worker took
+    every share of a spread fleet run (docs/fleet.md): the README, the docs, the image and the
+    systemd unit start process workers with one."""
+    started = re.compile(r"prefect\"?,? \"?worker\"?,? \"?start\b[^\n`]*")
+    found = 0
+    for path in [
+        ROOT / "README.md",
+        *sorted((ROOT / "docs").glob("*.md")),
+        *sorted(p for p in (ROOT / "deployments").rglob("*") if p.is_file()),
+    ]:
+        for match in started.finditer(path.read_text(errors="ignore")):
+            line = match.group(0)
+            if "perfops-process" in line and "--limit" not in line.replace('"', ""):
+                raise AssertionError(f"{path.relative_to(ROOT)}: {line}")
+            found += "perfops-process" in line
+    assert found >= 4  # README, production.md, the Dockerfile, the systemd unit
 
 
 def _pinned_uv(tmp_path: Path, version: str) -> Path:

@@ -17,8 +17,14 @@ from typing import Any
 
 import psycopg
 import pytest
+from prefect import flow as prefect_flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterTags,
+)
 from prefect.client.schemas.objects import FlowRun
 from prefect.concurrency.sync import concurrency
 from psycopg import sql
@@ -33,7 +39,7 @@ from flows.find_slow_queries import find_slow_queries
 from flows.refresh_stale_statistics import FLEET_ARTIFACT_KEY, refresh_stale_statistics
 from flows.rotate_partitions import rotate_partitions
 from flows.suggest_indexes import suggest_indexes
-from tasks.fleet_runs import ensure_limits
+from tasks.fleet_runs import ensure_limits, run_over_fleet
 from tests.conftest import ADMIN_DSN
 from tests.records import artifact_rows, failed_run
 
@@ -246,6 +252,39 @@ def test_a_run_that_changes_a_database_waits_for_its_slot(fleet_file: Path) -> N
     assert time.monotonic() - released < 15
 
 
+def test_a_run_given_fleet_target_by_hand_still_waits_for_its_databases_slot(
+    fleet_file: Path,
+) -> None:
+    """`fleet_target` is a public parameter: an API or UI run that sets it (and changes the
+    database) is no fleet child, so it takes the database's slot as a single run does."""
+    run = run_id(fleet_file)
+    block = f"fleet-{run}-beta"
+    limit = database_limit(resolve_postgres(block).value.resource_id())
+    ensure_limits({limit: 1})
+    states: list[Any] = []
+    with concurrency(limit, occupy=1, strict=True):
+        worker = threading.Thread(
+            target=lambda: states.append(
+                refresh_stale_statistics(
+                    postgres_block=block, fleet_target=f"beta-{run}", return_state=True
+                )
+            )
+        )
+        worker.start()
+        worker.join(timeout=4)
+        assert worker.is_alive() and not states, "fleet_target by hand skipped the slot"
+    worker.join(timeout=60)
+    assert states and states[0].is_completed(), states
+    # and it is keyed as a single run, not as the target it named
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[states[0].state_details.flow_run_id])
+            )
+        )
+    assert [a.key for a in artifacts] == ["perfops-stats-refresh"]
+
+
 def test_targets_discovered_from_the_blocks_saved_on_the_server(
     fleet_file: Path, perfops: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -270,3 +309,49 @@ def test_targets_discovered_from_the_blocks_saved_on_the_server(
     assert {t["name"]: t["blocks"]["postgres"] for t in listed} == {
         name: f"fleet-{run}-{name}" for name in (*DATABASES, "down")
     }
+
+
+@prefect_flow(name="fleet_echo")
+def fleet_echo(targets: str | None = None, fleet_file: str | None = None, n: int = 0) -> Any:
+    """A fleet parent whose children return a number; describing the second one fails."""
+    if targets is None:
+        return n
+
+    def describe(result: Any) -> str:
+        if result == 2:
+            raise RuntimeError("cannot describe 2")
+        return f"echoed {result}"
+
+    return run_over_fleet(
+        fleet_echo,
+        targets,
+        fleet_file,
+        lambda _, target: ({"n": int(target.name[-1])}, {}),
+        describe,
+        artifact_key="perfops-fleet-echo-fleet",
+        event="perfops.test.fleet_echo",
+    )
+
+
+def test_a_childs_unreadable_result_fails_its_row_only(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(
+        "targets:\n"
+        + "".join(f"  - {{name: echo-{i}, blocks: {{postgres: p-{i}}}}}\n" for i in (1, 2, 3)),
+        encoding="utf-8",
+    )
+    report = fleet_echo(targets="all", fleet_file=str(path))
+    assert isinstance(report, FleetReport)
+    rows = {t.target: (t.result, t.reason, t.changed) for t in report.targets}
+    assert rows["echo-1"] == ("done", "Completed", "echoed 1")
+    assert rows["echo-3"] == ("done", "Completed", "echoed 3")
+    assert rows["echo-2"] == (
+        "done",
+        "its result could not be read: RuntimeError: cannot describe 2",
+        "",
+    )
+    assert [r["target"] for r in artifact_rows("perfops-fleet-echo-fleet")] == [
+        "echo-1",
+        "echo-2",
+        "echo-3",
+    ]

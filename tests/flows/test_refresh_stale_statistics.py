@@ -16,13 +16,16 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
+from pydantic import SecretStr
 
 from blocks import PostgresTarget
+from decisions.fleet import FleetReport
 from decisions.staleness import Decision, StatisticsPolicy, TableStats
 from flows.refresh_stale_statistics import (
     ARTIFACT_KEY,
@@ -276,7 +279,7 @@ def test_dry_run_lists_what_it_would_analyze_and_changes_nothing(
 
 
 def test_a_table_filter_matching_nothing_fails_before_any_work_and_a_partial_one_says_so(
-    db: psycopg.Connection[Any], schema: str
+    db: psycopg.Connection[Any], schema: str, pg_dsn: str, tmp_path: Path
 ) -> None:
     create(db, schema, "orders")
     flush(db)
@@ -288,12 +291,25 @@ def test_a_table_filter_matching_nothing_fails_before_any_work_and_a_partial_one
     assert isinstance(error, ConfigurationError)
     assert str(error).startswith("no table matches include_tables odrers (--table): 1 table here")
     assert analyze_counts(db, schema) == {"orders": 0}
-    # one database of a fleet without the table: nothing to do there, said, not a failure
-    child = refresh_stale_statistics(
+    # fleet_target given by hand (an API run) is no fleet child: the same failure
+    hand = refresh_stale_statistics(
         policy=policy(schema, include_tables=["odrers"]), fleet_target="db-a", return_state=True
     )
-    assert child.is_completed()
-    assert child.message == "nothing to do: no table matches include_tables odrers (--table)"
+    assert hand.is_failed() and isinstance(hand.result(raise_on_failure=False), ConfigurationError)
+    # one database of a fleet without the table: nothing to do there, said, not a failure
+    block = f"stats-{schema}".replace("_", "-")
+    PostgresTarget(dsn=SecretStr(pg_dsn)).save(block, overwrite=True)
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(f"targets:\n  - {{name: db-a, blocks: {{postgres: {block}}}}}\n")
+    parent = refresh_stale_statistics(
+        policy=policy(schema, include_tables=["odrers"]), targets="all", fleet_file=str(fleet)
+    )
+    assert isinstance(parent, FleetReport)
+    [child] = parent.targets
+    assert (child.result, child.reason) == (
+        "done",
+        "nothing to do: no table matches include_tables odrers (--table)",
+    )
     assert analyze_counts(db, schema) == {"orders": 0}
 
     report = refresh_one(policy=policy(schema, include_tables=["orders", f"{schema}.nosuch"]))

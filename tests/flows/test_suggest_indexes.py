@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -11,6 +12,7 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from blocks import PostgresTarget
+from decisions.fleet import FleetReport
 from decisions.index_health import IndexHealthSettings, built_at
 from decisions.index_suggestions import IndexSuggestionReport
 from decisions.indexing import Candidate, IndexAdvisorSettings, index_name
@@ -134,7 +136,7 @@ def test_apply_builds_concurrently_verifies_and_a_rerun_suggests_nothing(workloa
 
 
 def test_a_table_filter_naming_no_table_fails_before_costing_and_a_partial_one_says_so(
-    workload: str,
+    workload: str, tmp_path: Path
 ) -> None:
     state = suggest_indexes(
         settings=IndexAdvisorSettings(min_calls=10, include_tables=["adv.odrers"]),
@@ -145,13 +147,27 @@ def test_a_table_filter_naming_no_table_fails_before_costing_and_a_partial_one_s
     assert isinstance(error, ConfigurationError)
     assert str(error).startswith("no table matches include_tables adv.odrers (--table): ")
     assert "adv.orders" in str(error)  # what is there
-    child = suggest_indexes(  # one database of a fleet without the table: nothing to do there
+    hand = suggest_indexes(  # fleet_target given by hand (an API run): no fleet child
         settings=IndexAdvisorSettings(min_calls=10, include_tables=["adv.odrers"]),
         fleet_target="db-a",
         return_state=True,
     )
-    assert child.is_completed()
-    assert child.message == "no table matches include_tables adv.odrers here: nothing to suggest"
+    assert hand.is_failed() and isinstance(hand.result(raise_on_failure=False), ConfigurationError)
+    # one database of a fleet without the table: nothing to do there
+    PostgresTarget(dsn=SecretStr(workload)).save("advisor-fleet-a", overwrite=True)
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("targets:\n  - {name: db-a, blocks: {postgres: advisor-fleet-a}}\n")
+    parent = suggest_indexes(
+        settings=IndexAdvisorSettings(min_calls=10, include_tables=["adv.odrers"]),
+        targets="all",
+        fleet_file=str(fleet),
+    )
+    assert isinstance(parent, FleetReport)
+    [child] = parent.targets
+    assert (child.result, child.reason) == (
+        "done",
+        "no table matches include_tables adv.odrers here: nothing to suggest",
+    )
 
     report = one_target(
         suggest_indexes,

@@ -1,0 +1,61 @@
+"""The address of a PostgreSQL target: one database has one event resource id, and so one
+`perfops-db-...` and `perfops-cluster-...` slot, however its DSN spells the host and port."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr
+
+from blocks import PostgresTarget
+from blocks.postgres import database_address
+from decisions.fleet import cluster_limit, database_limit, server_of
+
+
+def resource(dsn: str) -> str:
+    return PostgresTarget(dsn=SecretStr(dsn)).resource_id()
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "host=db1.internal port=5432 dbname=orders",
+        "host=DB1.Internal port=5432 dbname=orders",
+        "host=db1.internal. port=5432 dbname=orders",  # the fully qualified name
+        "host=db1.internal port=05432 dbname=orders",
+        "host=db1.internal dbname=orders",  # the default port
+        "postgresql://app:secret@DB1.internal:5432/orders",
+    ],
+)
+def test_one_database_one_address_however_the_dsn_spells_it(dsn: str) -> None:
+    assert resource(dsn) == "perfops.postgres.db1.internal:5432/orders"
+    assert database_limit(resource(dsn)) == "perfops-db-db1.internal:5432:orders"
+    assert server_of(resource(dsn)) == "db1.internal:5432"
+
+
+def test_a_socket_keeps_its_path_and_other_servers_stay_apart() -> None:
+    socket = resource("host=/var/run/postgresql dbname=orders user=app")
+    assert socket == "perfops.postgres./var/run/postgresql:5432/orders"
+    assert cluster_limit(server_of(socket)) != "perfops-cluster-"
+    assert resource("host=/Tmp/PG dbname=orders") == "perfops.postgres./Tmp/PG:5432/orders"
+    assert resource("host=db1.internal port=6432 dbname=orders") != resource(
+        "host=db1.internal dbname=orders"
+    )
+    assert resource("host=db1.internal dbname=Orders") != resource(
+        "host=db1.internal dbname=orders"
+    )  # database names are case-sensitive
+
+
+def test_what_the_address_falls_back_to() -> None:
+    assert database_address({"user": "app"}) == ("app", "localhost", "5432", "app")
+    assert database_address({"hostaddr": "10.0.0.7", "dbname": "x"})[1:3] == (
+        "10.0.0.7",
+        "5432",
+    )
+    assert database_address({"host": "H1.,h2", "port": "5432,05433", "dbname": "x"}) == (
+        "",
+        "h1,h2",
+        "5432,5433",
+        "x",
+    )
+    # left as they are (documented): two names of one machine
+    assert resource("host=localhost dbname=x") != resource("host=127.0.0.1 dbname=x")
