@@ -81,16 +81,21 @@ def sample_keys(target: RedisTarget, limit: int, scan_count: int = 1000) -> list
 def read_previous(target: RedisTarget) -> dict[str, NodeSample]:
     with connected(target) as conn:
         raw: Any = conn.router.hgetall(STATE_KEY)
-    return {
-        (k.decode() if isinstance(k, bytes) else k): NodeSample.model_validate_json(v)
-        for k, v in raw.items()
-    }
+    fields = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+    # a node's name never holds an `@`: such a field is an older version's (see store_sample)
+    return {k: NodeSample.model_validate_json(v) for k, v in fields.items() if "@" not in k}
 
 
 @task(name="store_cache_sample", cache_policy=NO_CACHE)
 def store_sample(target: RedisTarget, samples: list[NodeSample]) -> None:
+    """Store this run's counters (the next run's previous sample). The field versions before
+    2026-12-07 named a single node by, its URL after the scheme with the user and password in it
+    (`:pw@host:port/db`), is removed (HDEL: a write, so the hit counters do not move)."""
+    leaked = target.url.split("//")[-1]
     with connected(target) as conn:
         pipe = conn.router.pipeline(transaction=False)
+        if "@" in leaked:
+            pipe.hdel(STATE_KEY, leaked)
         pipe.hset(STATE_KEY, mapping={s.node: json.dumps(s.model_dump()) for s in samples})
         pipe.expire(STATE_KEY, STATE_TTL_S)
         pipe.execute()
