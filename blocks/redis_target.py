@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import redis
 from prefect.blocks.core import Block
@@ -13,6 +14,19 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from perfops.redaction import register_secret
+
+
+def redis_address(url: str) -> tuple[str, str]:
+    """(server, db) of a Redis URL, normalised and without its user or password: one server
+    however its URL spells it (`redis://Cache.Internal.:06379/0` and `redis://cache.internal/0`
+    are `cache.internal:6379`), a socket by its path (`unix:/run/redis.sock`, db from `?db=`)."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    if parts.scheme == "unix":
+        return f"unix:{parts.path}", query.get("db", ["0"])[0] or "0"
+    host = (parts.hostname or "localhost").rstrip(".")
+    port = parts.port or 6379  # ValueError (`Port out of range`) for a port that is no port
+    return f"{host}:{port}", parts.path.strip("/") or query.get("db", ["0"])[0] or "0"
 
 
 class RedisTarget(Block):

@@ -31,6 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from blocks import RedisTarget
+from blocks.redis_target import redis_address
 from decisions.cache_policy import refusal
 from perfops.errors import ConnectionFailed, PerfopsError
 from perfops.redaction import register_secret
@@ -111,11 +112,8 @@ def is_cluster(target: RedisTarget) -> bool:
 def node_name(target: RedisTarget) -> str:
     """`<host>:<port>/<db>` of the target's URL: never its user or password (a URL may carry
     them, `redis://:pw@cache:6379/0`), so the name is safe in artifacts, events and Redis."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(target.url)
-    db = parts.path.strip("/") or "0"
-    return f"{parts.hostname}:{parts.port or 6379}/{db}"
+    server, db = redis_address(target.url)
+    return f"{server}/{db}"
 
 
 def resource_id(target: RedisTarget) -> str:

@@ -28,7 +28,6 @@ from contextvars import ContextVar, copy_context
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit
 from uuid import UUID
 
 from prefect import Flow, get_run_logger, tags
@@ -52,6 +51,7 @@ from prefect.settings import PREFECT_UI_URL
 from prefect.states import State
 
 from blocks import PostgresTarget
+from blocks.redis_target import redis_address
 from blocks.resolve import resolve_postgres, resolve_redis, saved_block_names
 from decisions.fleet import (
     Fleet,
@@ -229,8 +229,7 @@ def fleet_slots(
     if block is None:
         raise ConfigurationError(f"no {system} block in the fleet file")
     if system == "redis":  # a cache: paced per Redis server; its flows need no exclusion
-        server = urlsplit(resolve_redis(block).value.url)
-        address = f"{server.hostname}:{server.port or 6379}"
+        address, _ = redis_address(resolve_redis(block).value.url)
         return {
             cluster_limit(target.cluster or f"redis-{address}"): definition.max_parallel_per_cluster
         }
