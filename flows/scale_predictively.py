@@ -44,7 +44,7 @@ from tasks.autoscaling import (
     load_credentials,
     set_capacity_task,
 )
-from tasks.fleet_runs import run_over_fleet, verified_fleet_target
+from tasks.fleet_runs import run_over_fleet, scaling_parameters, verified_fleet_target
 from tasks.load_history import InsufficientData, LoadHistory, read_load_history
 from tasks.records import emit, end_run, publish_table
 from tasks.scaling_state import group_lock, load_state, load_tuning, save_state
@@ -282,14 +282,6 @@ def _record(
 
 
 def _group_parameters(target: Target, shared: dict[str, Any]) -> dict[str, Any]:
-    """A fleet child's parameters: the target's group and its state key (`eu-west-1/api`:
-    groups of one name in two regions or accounts keep apart), where it lives, its blocks."""
-    aws = group_target(target)
-    return {
-        **shared,
-        "group": target.autoscaling.key if target.autoscaling else aws.group,
-        "aws": aws,
-        "metrics_block": target.blocks.get("prometheus"),
-        "redis_block": target.blocks.get("redis"),
-        "fleet_target": target.name,
-    }
+    """A fleet child's parameters: the group's key and blocks as tune_scaling's child gets
+    them (`scaling_parameters`), and where the group lives."""
+    return {**shared, **scaling_parameters(target), "aws": group_target(target)}

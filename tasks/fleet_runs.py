@@ -533,6 +533,22 @@ def fan_out(
     )
 
 
+def scaling_parameters(target: Target) -> dict[str, Any]:
+    """A scaling flow's fleet child's parameters for `target`'s Auto Scaling group (the
+    children of scale_predictively and tune_scaling get the same): `group`, the key of the
+    group's state (`eu-west-1/api`, `decisions.fleet.scaling_key`: groups of one name in two
+    regions or accounts keep apart, and a group's decisions read the tuning stored under its
+    own key), the target's Prometheus and Redis blocks, and `fleet_target`."""
+    if target.autoscaling is None:
+        raise ConfigurationError(f"target {target.name} has no autoscaling group in the fleet file")
+    return {
+        "group": target.autoscaling.key,
+        "metrics_block": target.blocks.get("prometheus"),
+        "redis_block": target.blocks.get("redis"),
+        "fleet_target": target.name,
+    }
+
+
 def run_over_fleet(
     child: Flow[..., Any],
     selection: str | list[str],

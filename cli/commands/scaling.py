@@ -1,5 +1,5 @@
-"""`perfops scaling ...`: predictive and scheduled capacity (flows scale_predictively and
-apply_scaling_schedule), the decision history, and a back-test on a trace."""
+"""`perfops scaling ...`: predictive and scheduled capacity (flows scale_predictively,
+tune_scaling and apply_scaling_schedule), the decision history, and a back-test on a trace."""
 
 from __future__ import annotations
 
@@ -406,18 +406,39 @@ def tune(
     ] = True,
     metrics_block: Annotated[str | None, typer.Option(show_default=False)] = None,
     redis_block: Annotated[str | None, typer.Option(show_default=False)] = None,
+    fleet: FleetOption = None,
+    fleet_file: FleetFileOption = None,
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
     """Back-test the group's recent load through the simple policies and perfops' forecast
     policy, pick the family cheapest around --risk (its cost curve read over a band of risk
     levels), at its cheapest setting meeting --risk, and store it for `perfops scaling decide`
-    (flow tune_scaling). Changes no capacity."""
+    (flow tune_scaling). Changes no capacity. --fleet NAME tunes every target of the fleet
+    file with an Auto Scaling group, each under the key `decide --fleet` reads."""
 
     def loader() -> Any:
         from flows.tune_scaling import tune_scaling
 
         return tune_scaling
+
+    if fleet:
+        run_fleet(
+            loader,
+            {"risk_pct": risk, "store": store},
+            fleet=fleet,
+            fleet_file=fleet_file,
+            single={
+                "--group": group != "demo",
+                "--metrics-block": metrics_block,
+                "--redis-block": redis_block,
+            },
+            label="scaling tunings",
+            artifact_key="perfops-scaling-tuning-fleet",
+            as_json=as_json,
+            verbose=verbose,
+        )
+        return
 
     run = run_flow(
         loader,

@@ -53,6 +53,7 @@ def no_flow_runs(monkeypatch: pytest.MonkeyPatch) -> None:
         (["queries", "slow", "--top", "-1"], "--top"),
         (["scaling", "apply-schedule"], "--group"),  # neither a group nor a fleet
         (["scaling", "decide", "--fleet", "prod", "--current", "3"], "--current"),
+        (["scaling", "tune", "--fleet", "prod", "--metrics-block", "m"], "--metrics-block"),
         (["indexes", "suggest", "--fleet", "prod", "--dsn", "host=x"], "--dsn"),
         (["cache", "warm", "--cache", "agent_configs"], "nothing to warm: give keys (--key"),
         (["fleet", "list", "--no-probe", "--fleet", "nosuch"], "'nosuch' is neither a fleet"),

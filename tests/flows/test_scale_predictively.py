@@ -296,21 +296,15 @@ def test_a_fleet_scales_each_of_its_groups_and_leaves_databases_out(
     # actions cannot both be read back here: each child's own report says what it wrote)
 
 
-def test_groups_of_one_name_in_two_regions_keep_their_own_lock_state_tuning_and_chart(
+@pytest.fixture()
+def api_in_two_regions(
     monkeypatch: pytest.MonkeyPatch,
-    env: RedisTarget,
     moto_server: MotoServer,
     prometheus: PrometheusServer,
     tmp_path: Path,
-    perfops: Any,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """`api` in eu-west-1 and in us-east-1: each fleet child decides under its own key (no
-    shared lock: neither is skipped), keeps its own history and chart, and runs the tuning
-    tune_scaling stored under its key only."""
-    from flows.tune_scaling import tune_scaling
-    from perfops.settings import get_settings
-
+) -> tuple[Path, str, str]:
+    """A group `api` in eu-west-1 (desired 2) and one in us-east-1 (desired 3), the fleet file
+    naming them `api-eu` and `api-us`, and their keys; their load from the test Prometheus."""
     monkeypatch.setenv("PERFOPS_PROMETHEUS_URL", prometheus.url)
     moto_server.reset()
     endpoint = moto_server.endpoint_url
@@ -339,16 +333,35 @@ def test_groups_of_one_name_in_two_regions_keep_their_own_lock_state_tuning_and_
         encoding="utf-8",
     )
     where = endpoint.removeprefix("http://")
-    eu, us = f"{where}/eu-west-1/api", f"{where}/us-east-1/api"
-    query = LoadQuery(
-        promql="sum(perfops_test_load)", lookback=timedelta(days=3), step=timedelta(minutes=15)
-    )
-    tuned = one_target(tune_scaling, group=eu, query=query, now=HISTORY_END)
+    return fleet, f"{where}/eu-west-1/api", f"{where}/us-east-1/api"
+
+
+# three days at 15 minutes: a small back-test for tune_scaling
+QUERY = LoadQuery(
+    promql="sum(perfops_test_load)", lookback=timedelta(days=3), step=timedelta(minutes=15)
+)
+
+
+def test_groups_of_one_name_in_two_regions_keep_their_own_lock_state_tuning_and_chart(
+    env: RedisTarget,
+    api_in_two_regions: tuple[Path, str, str],
+    perfops: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`api` in eu-west-1 and in us-east-1: each fleet child decides under its own key (no
+    shared lock: neither is skipped), keeps its own history and chart, and runs the tuning
+    tune_scaling stored under its key only."""
+    from flows.tune_scaling import tune_scaling
+    from perfops.settings import get_settings
+
+    fleet, eu, us = api_in_two_regions
+    where = eu.removesuffix("/eu-west-1/api")
+    tuned = one_target(tune_scaling, group=eu, query=QUERY, now=HISTORY_END)
     assert tuned.stored
     # another run deciding for the us group holds its lock: the eu group is not held up by it
     with group_lock(env, us):
         report = scale_predictively(
-            targets="all", fleet_file=str(fleet), query=query, now=HISTORY_END
+            targets="all", fleet_file=str(fleet), query=QUERY, now=HISTORY_END
         )
     assert isinstance(report, FleetReport)
     assert [t.target for t in report.targets] == ["api-eu", "api-us"]
@@ -356,7 +369,7 @@ def test_groups_of_one_name_in_two_regions_keep_their_own_lock_state_tuning_and_
     assert not any("holds the lock" in str(r["reason"]) for r in eu_rows), eu_rows
     assert any(str(r["reason"]).startswith("tuned ") for r in eu_rows), eu_rows
     # the us group decides on its own now that its lock is free, untouched by the eu tuning
-    report = scale_predictively(targets="all", fleet_file=str(fleet), query=query, now=HISTORY_END)
+    report = scale_predictively(targets="all", fleet_file=str(fleet), query=QUERY, now=HISTORY_END)
     us_rows = artifact_rows("perfops-scaling-decision-api-us")
     assert any("not tuned" in str(r["reason"]) for r in us_rows), us_rows
     assert [(r["group"], r["current"]) for r in read_history(env, eu)] == [(eu, 2), (eu, 2)]
@@ -372,6 +385,85 @@ def test_groups_of_one_name_in_two_regions_keep_their_own_lock_state_tuning_and_
     assert perfops(["fleet", "list", "--fleet-file", str(fleet), "--no-probe", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)["targets"]
     assert [t["autoscaling"]["key"] for t in listed] == [eu, us]
+
+
+def test_a_fleet_tuning_is_stored_under_each_groups_key_and_its_decisions_run_it(
+    env: RedisTarget,
+    api_in_two_regions: tuple[Path, str, str],
+    perfops: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """tune_scaling over the fleet: one child per group, each tuning under the key
+    scale_predictively's child for that target uses, so each decision runs its own group's
+    tuning; a summary artifact and event; a child that cannot tune fails the parent."""
+    from flows.tune_scaling import tune_scaling
+    from tasks.scaling_state import load_tuning
+
+    fleet, eu, us = api_in_two_regions
+    state = tune_scaling(
+        targets="all", fleet_file=str(fleet), query=QUERY, now=HISTORY_END, return_state=True
+    )
+    report = state.result()
+    assert isinstance(report, FleetReport)
+    assert [(t.target, t.result) for t in report.targets] == [
+        ("api-eu", "done"),
+        ("api-us", "done"),
+    ]
+    stored = {key: load_tuning.fn(env, key) for key in (eu, us)}
+    assert all(stored.values()), stored
+    assert load_tuning.fn(env, "api") is None and load_tuning.fn(env, "demo") is None
+    assert [r["target"] for r in artifact_rows("perfops-scaling-tuning-fleet")] == [
+        "api-eu",
+        "api-us",
+    ]
+    labels = {key: str((stored[key] or {})["label"]) for key in (eu, us)}
+    for child, key in zip(report.targets, (eu, us), strict=True):
+        [chosen, *_] = artifact_rows(f"perfops-scaling-tuning-{child.target}")
+        assert (chosen["candidate"], chosen["result"]) == (labels[key], "chosen")
+        tuned = wait_for_event("perfops.scaling.tuned", flow_run_id=child.flow_run_id)
+        assert tuned.resource["perfops.target"] == child.target
+        assert tuned.payload["group"] == key and tuned.payload["stored"] is True
+    summary = wait_for_event(
+        "perfops.scaling.fleet_tuned", flow_run_id=state.state_details.flow_run_id
+    )
+    assert summary.payload["targets"] == 2 and summary.payload["failed"] == []
+
+    # scale_predictively's children read the tuning stored under their own key
+    decided = scale_predictively(targets="all", fleet_file=str(fleet), query=QUERY, now=HISTORY_END)
+    assert isinstance(decided, FleetReport)
+    for child, key in zip(decided.targets, (eu, us), strict=True):
+        rows = artifact_rows(f"perfops-scaling-decision-{child.target}")
+        [policy] = [r for r in rows if r["kind"] == "policy"]
+        assert policy["result"] == "tuned", policy
+        assert str(policy["reason"]).endswith(f": {labels[key]}"), policy
+        event = wait_for_event("perfops.scaling.decided", flow_run_id=child.flow_run_id)
+        assert event.payload["group"] == key
+        assert event.payload["policy"] == policy["reason"]
+
+    # too short a history for one group: its child fails, and so does the parent, saying which
+    short = QUERY.model_copy(update={"lookback": timedelta(hours=30)})
+    failed, message = failed_run(
+        tune_scaling(
+            targets="api-us",
+            fleet_file=str(fleet),
+            query=short,
+            now=HISTORY_END,
+            return_state=True,
+        )
+    )
+    assert [(t.target, t.result) for t in failed.targets] == [("api-us", "failed")]
+    assert message.startswith(f"1 of 1 targets failed: api-us: no tuning for {us}"), message
+
+    # the command line: --fleet runs the same children (here on the default query and now,
+    # which the test Prometheus cannot answer: each fails, the command says so and exits 1)
+    capsys.readouterr()
+    argv = ["scaling", "tune", "--fleet", "all", "--fleet-file", str(fleet), "--no-store"]
+    assert perfops(argv) == 1
+    out, err = capsys.readouterr()
+    assert "scaling tunings over the fleet all" in out and "failed: api-eu" in out
+    assert "2 of 2 targets failed" in err and "perfops-scaling-tuning-fleet" in err
+    assert perfops([*argv, "--group", eu]) == 2
+    assert "drop --group" in capsys.readouterr().err
 
 
 def test_decide_from_the_command_line_keys_the_group_as_its_fleet_target_does(

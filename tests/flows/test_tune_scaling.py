@@ -10,7 +10,7 @@ import pytest
 
 from blocks import RedisTarget
 from decisions.scaling_report import LoadQuery
-from decisions.scaling_tuning import candidates
+from decisions.scaling_tuning import TuningRun, candidates
 from flows.scale_predictively import scale_predictively
 from flows.tune_scaling import tune_scaling
 from tasks.scaling_state import load_tuning
@@ -38,6 +38,7 @@ def env(
 def test_tunes_on_the_groups_history_and_the_decision_runs_the_choice(env: RedisTarget) -> None:
     state = tune_scaling(group="api", query=QUERY, now=HISTORY_END, return_state=True)
     run = state.result()
+    assert isinstance(run, TuningRun)  # one group, not a fleet
     assert run.result == "tuned" and run.stored and run.met and run.choice
     stored = load_tuning.fn(env, "api")
     # 3 days at 15 minutes, both ends included (289 points), the first day only warms up
