@@ -5,6 +5,7 @@ few seconds, against `demo.target_server` started here on 127.0.0.1, through the
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,19 @@ tests:
 """
 
 
+DEMO_PORT = 38089  # one port run after run: baselines are kept per target (its base URL)
+
+
+def _demo_port() -> int:
+    """DEMO_PORT when it is free, so a second demo compares with the first; else any port."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", DEMO_PORT))
+        except OSError:
+            return 0
+    return DEMO_PORT
+
+
 def run_load_demo(progress: Progress) -> FlowOutcome:
     from flows.run_load_test import run_load_test
 
@@ -47,7 +61,8 @@ def run_load_demo(progress: Progress) -> FlowOutcome:
     tests_file.write_text(DEMO_TESTS)
     before = os.environ.get("PERFOPS_LOAD_TARGET_URL")
     key = "perfops-load-demo-platform-api"
-    with TargetServer(TargetBehaviour(median_ms=10, sigma=0.3), keep_log=False) as server:
+    behaviour = TargetBehaviour(median_ms=10, sigma=0.3)
+    with TargetServer(behaviour, port=_demo_port(), keep_log=False) as server:
         os.environ["PERFOPS_LOAD_TARGET_URL"] = server.url
         try:
             state = run_load_test(
