@@ -5,7 +5,9 @@ start/stop/context-manager protocol."""
 from __future__ import annotations
 
 import socket
+import threading
 from abc import ABC, abstractmethod
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Self
 
@@ -44,3 +46,26 @@ class LocalServer(ABC):
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class ThreadedHttpServer(LocalServer):
+    """A `LocalServer` that is an `http.server` on a free port of 127.0.0.1, served from a
+    daemon thread: a subclass's `start()` calls `_serve(handler class)` and returns self."""
+
+    _server: ThreadingHTTPServer | None = None
+
+    @property
+    def origin(self) -> str:
+        """`http://127.0.0.1:<port>` of the running server."""
+        assert self._server is not None, "not started"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def _serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

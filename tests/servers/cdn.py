@@ -23,10 +23,10 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from demo.local_server import LocalServer
+from demo.local_server import ThreadedHttpServer
 
 TOKEN = "cf-test-token-123456"
 ZONE = "023e105f4ecef8ad9ca31a8372d0c353"
@@ -41,7 +41,7 @@ class PurgeRequest:
     time: float
 
 
-class CdnStandIn(LocalServer):
+class CdnStandIn(ThreadedHttpServer):
     def __init__(
         self, token: str = TOKEN, zone: str = ZONE, rate: float = 5.0, burst: int = 5
     ) -> None:
@@ -52,12 +52,10 @@ class CdnStandIn(LocalServer):
         self._tokens = float(burst)
         self._updated = time.monotonic()
         self._faults: list[int] = []
-        self._server: ThreadingHTTPServer | None = None
 
     @property
     def base_url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}/client/v4"
+        return f"{self.origin}/client/v4"
 
     def fail_next(self, status: int = 503, count: int = 1) -> None:
         with self._lock:
@@ -151,15 +149,8 @@ class CdnStandIn(LocalServer):
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._serve(Handler)
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
 
 def _error(code: int, message: str) -> dict[str, Any]:

@@ -6,25 +6,23 @@ given. Every request is counted (`requests`), so a test sees the client's retrie
 from __future__ import annotations
 
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from demo.local_server import LocalServer
+from demo.local_server import ThreadedHttpServer
 
 
-class UnhealthyProxy(LocalServer):
+class UnhealthyProxy(ThreadedHttpServer):
     def __init__(
         self, status: int = 503, body: str = "no healthy upstream", retry_after: int | None = None
     ) -> None:
         self.status, self.body, self.retry_after = status, body, retry_after
         self.requests: list[tuple[str, str]] = []  # (method, path)
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
 
     @property
     def url(self) -> str:
-        assert self._server is not None, "not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self.origin
 
     def start(self) -> UnhealthyProxy:
         proxy = self
@@ -48,12 +46,5 @@ class UnhealthyProxy(LocalServer):
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._serve(Handler)
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
