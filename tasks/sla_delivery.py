@@ -306,29 +306,44 @@ def _reconcile_pending(store: SlaStore, messenger: Messenger) -> tuple[list[str]
         if store.logged(notice.key) is not None:
             store.clear_pending(notice.key)
             continue
-        oldest = (since or time.time() - 86400) - 300
-        try:
-            ts = messenger.find(notice.channel, notice.key, notice.thread_ts, oldest)
-        except NoticeFailed as exc:
-            if not exc.permanent and time.time() - since < PENDING_WAIT_S:
-                unchecked[notice.key] = str(exc)
-                continue
-            ts = None
-        if ts is not None:
-            posted = PostedNotice(
-                key=notice.key,
-                channel=messenger.channel_id(notice.channel),
-                ts=ts,
-                sent_at=notice.at,
-                sink=messenger.sink,
-                note="found in the channel after an interrupted send",
-            )
-            store.log(posted)
+        posted, why = _find_interrupted(store, messenger, notice, since, notice.at)
+        if why is not None:
+            unchecked[notice.key] = why
+            continue
+        if posted is not None:
             states[notice.group] = record(states.get(notice.group), notice, posted)
             store.save(states[notice.group])
             found.append(notice.key)
         store.clear_pending(notice.key)
     return found, unchecked
+
+
+def _find_interrupted(
+    store: SlaStore, messenger: Messenger, notice: Notice, since: float, sent_at: datetime
+) -> tuple[PostedNotice | None, str | None]:
+    """A notice whose send was interrupted (pending since `since`), looked for in its channel:
+    the post found, recorded in the notice log as sent at `sent_at`, or None (not there: send
+    it); or why it could not be checked (Slack unreadable within PENDING_WAIT_S: the marker
+    stays, the notice waits)."""
+    oldest = (since or time.time() - 86400) - 300  # since 0: a marker from before it was kept
+    try:
+        ts = messenger.find(notice.channel, notice.key, notice.thread_ts, oldest)
+    except NoticeFailed as exc:
+        if not exc.permanent and time.time() - since < PENDING_WAIT_S:
+            return None, str(exc)
+        ts = None
+    if ts is None:
+        return None, None
+    posted = PostedNotice(
+        key=notice.key,
+        channel=messenger.channel_id(notice.channel),
+        ts=ts,
+        sent_at=sent_at,
+        sink=messenger.sink,
+        note="found in the channel after an interrupted send",
+    )
+    store.log(posted)
+    return posted, None
 
 
 def _send(
@@ -622,30 +637,15 @@ def acknowledge_alert_in_store(
                 continue
             since = store.pending_since(notice.key)
             if since is not None:  # a reply being posted when an earlier ack stopped
-                try:
-                    ts = messenger.find(notice.channel, notice.key, notice.thread_ts, since - 300)
-                except NoticeFailed as exc:
-                    if not exc.permanent and time.time() - since < PENDING_WAIT_S:
-                        why = f"maybe posted, not confirmed ({exc}); run the acknowledgement again"
-                        replies.append(
-                            Delivered(**base, sink="skipped", outcome="failed", note=why)
-                        )
-                        continue
-                    ts = None
-                if ts is not None:
-                    store.log(
-                        PostedNotice(
-                            key=notice.key,
-                            channel=messenger.channel_id(notice.channel),
-                            ts=ts,
-                            sent_at=acked_at,
-                            sink=messenger.sink,
-                            note="found in the channel after an interrupted send",
-                        )
-                    )
+                found, why = _find_interrupted(store, messenger, notice, since, acked_at)
+                if why is not None:
+                    why = f"maybe posted, not confirmed ({why}); run the acknowledgement again"
+                    replies.append(Delivered(**base, sink="skipped", outcome="failed", note=why))
+                    continue
+                if found is not None:
                     store.clear_pending(notice.key)
                     replies.append(
-                        Delivered(**base, sink=messenger.sink, ts=ts, outcome="already sent")
+                        Delivered(**base, sink=messenger.sink, ts=found.ts, outcome="already sent")
                     )
                     continue
             text = (
