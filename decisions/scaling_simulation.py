@@ -9,7 +9,8 @@ under-provisioned when load > capacity x serving instances.
 
 The policies here are the candidates a tuning back-test (`decisions.scaling_tuning`) compares:
 the simple families as the harness defines them (HPA target tracking, AWS step scaling, a
-business-hours schedule sized from the history's p99) and `ForecastPolicy`, perfops' policy
+business-hours schedule sized from the history's p99; perfops runs the schedule as a floor with
+target tracking above it, `ScheduledFloor`) and `ForecastPolicy`, perfops' policy
 engine (`decisions.scaling_policy.decide` on `decisions.forecasting`'s forecast and calibrated
 margin). `ForecastTrack` keeps the forecasts a replay has made, so several settings replay on one
 forecast pass and the margin is calibrated on the forecasts that were really made.
@@ -214,6 +215,27 @@ class ScheduledPeak:
 
     def decide(self, obs: Any) -> int:
         return int(self.plan[obs.t + 1 : obs.t + 1 + self.env.horizon].max())
+
+
+class ScheduledFloor:
+    """perfops' scheduled family: `ScheduledPeak`'s fleet as the floor, target tracking at the
+    same target above it (as scheduled actions setting the minimum under a target-tracking
+    policy run on AWS): the schedule's cost while the load stays within what it was sized
+    for, and no day-long under-provisioning when the load outgrows it (a level shift)."""
+
+    def __init__(
+        self, target: float = 0.70, quantile: float = 0.99, sizing: pd.Series | None = None
+    ) -> None:
+        self.schedule = ScheduledPeak(target, quantile, sizing)
+        self.tracking = HpaTargetTracking(target)
+        self.name = f"{self.schedule.name}+hpa"
+
+    def reset(self, env: Any) -> None:
+        self.schedule.reset(env)
+        self.tracking.reset(env)
+
+    def decide(self, obs: Any) -> int:
+        return max(self.schedule.decide(obs), self.tracking.decide(obs))
 
 
 class Oracle:
@@ -493,7 +515,7 @@ def sweep_simple(
 ) -> SweepResult:
     """Replay one simple family at every target at once (one pass, numpy over the targets):
     the same decisions and actuation as `simulate` with `HpaTargetTracking`, `ThresholdStep`
-    or `ScheduledPeak` at each target, at a fraction of the cost."""
+    or `ScheduledFloor` at each target, at a fraction of the cost."""
     if family not in ("target_tracking", "target_tracking_30m", "step", "scheduled_p99"):
         raise ValueError(f"no lockstep replay for the family {family!r}")
     d, cap, delay, start = env.demand, env.capacity, env.delay, env.start
@@ -507,11 +529,12 @@ def sweep_simple(
     under = np.zeros(k, dtype=np.int64)
     actions = np.zeros(k, dtype=np.int64)
     # family state
-    if family in ("target_tracking", "target_tracking_30m"):
+    tracking = family != "step"  # the schedule's floor tracks the target above it
+    if tracking:
         window = pd.Timedelta("30min" if family.endswith("30m") else "5min") / env.step
         keep = math.floor(window + EPS) + 1
         recs = np.zeros((k, keep), dtype=np.int64)
-    elif family == "step":
+    if family == "step":
         out_thr = np.minimum(u + 0.10, 1.0)
         in_thr = 0.30
         k_out, k_in = env.steps("3min"), env.steps("15min")
@@ -519,7 +542,7 @@ def sweep_simple(
         last = np.full(k, -(10**9))
         above = np.zeros(k, dtype=np.int64)
         below = np.zeros(k, dtype=np.int64)
-    else:
+    elif family == "scheduled_p99":
         sizes = [
             schedule_sizes(
                 sizing if sizing is not None else env.series.iloc[:start], cap, float(x), 0.99
@@ -545,7 +568,7 @@ def sweep_simple(
         if t == n - 1:
             break
         total = ready + n_pend
-        if family in ("target_tracking", "target_tracking_30m"):
+        if tracking:
             wanted = ready * util / u
             rec = np.where(
                 np.abs(wanted / total - 1.0) <= 0.10, total, np.ceil(wanted - EPS).astype(np.int64)
@@ -553,7 +576,7 @@ def sweep_simple(
             recs[:, i % keep] = rec
             held = recs.max(axis=1) if i + 1 >= keep else recs[:, : i + 1].max(axis=1)
             desired = np.where(rec >= total, rec, np.minimum(total, held))
-        elif family == "step":
+        if family == "step":
             above = np.where(util > out_thr, above + 1, 0)
             below = np.where(util < in_thr, below + 1, 0)
             desired = total.copy()
@@ -567,8 +590,8 @@ def sweep_simple(
             shrink = total - np.maximum(1, np.floor(total * _step_pct(in_thr - util)))
             desired = np.where(inn, shrink, desired).astype(np.int64)
             last = np.where(free & (desired != total), t, last)
-        else:
-            desired = plan[:, t + 1 : t + 1 + env.horizon].max(axis=1)
+        elif family == "scheduled_p99":
+            desired = np.maximum(desired, plan[:, t + 1 : t + 1 + env.horizon].max(axis=1))
         desired = np.minimum(np.maximum(desired, env.min_inst), env.max_inst)
         up = desired > total
         pend[up, (t + 1 + delay) % slots] += (desired - total)[up]

@@ -38,7 +38,7 @@ from decisions.scaling_simulation import (
     HpaTargetTracking,
     MarginKind,
     ReplayPolicy,
-    ScheduledPeak,
+    ScheduledFloor,
     ThresholdStep,
     business_hours,
     oracle_cost,
@@ -82,7 +82,7 @@ LABELS = {
     "target_tracking": "target tracking",
     "target_tracking_30m": "target tracking, 30 min scale-in",
     "step": "step scaling",
-    "scheduled_p99": "scheduled p99",
+    "scheduled_p99": "scheduled p99 + target tracking",
     "forecast": "forecast",
 }
 
@@ -134,7 +134,7 @@ def replay_policy(
     if candidate.family == "step":
         return ThresholdStep(out_thr=min(u + 0.10, 1.0))
     if candidate.family == "scheduled_p99":
-        return ScheduledPeak(u, 0.99, sizing=sizing)
+        return ScheduledFloor(u, 0.99, sizing=sizing)
     q = candidate.quantile or 0.90
     qs = quantiles if quantiles and q in quantiles else (q,)
     return ForecastPolicy(u, q, candidate.margin, track=track, quantiles=qs)
@@ -464,7 +464,8 @@ def scaling_policy_for(
     bounds, capacity per instance, boot time and step stay). A simple family turns perfops'
     extras off (forecast, burst window, dead band, headroom), as the back-test ran it; a
     schedule (UTC business hours, Mon-Fri 09-17) is sized from `schedule_load` (the p99 load
-    of business hours and off hours) at the target utilisation."""
+    of business hours and off hours) at the target utilisation and sets the minimum, with
+    target tracking at that target above it (`ScheduledFloor`)."""
     u = candidate.target
     plain: dict[str, Any] = {
         "mode": "reactive",
@@ -515,12 +516,15 @@ def scaling_policy_for(
             timezone="UTC",
             windows=(
                 ScheduleWindow(
-                    start=clock(9, 0), end=clock(17, 0), min_capacity=lo_bh, max_capacity=lo_bh
+                    start=clock(9, 0),
+                    end=clock(17, 0),
+                    min_capacity=lo_bh,
+                    max_capacity=base.max_capacity,
                 ),
             ),
             off_hours_min=lo_off,
-            off_hours_max=lo_off,
-        )
+            off_hours_max=base.max_capacity,
+        )  # the schedule is the floor; target tracking at the same target runs above it
     if base.mode == "forecast_only":
         plain["mode"] = "forecast_only"  # shows what it would pick; still decides nothing
     return _updated(base, plain)

@@ -18,6 +18,7 @@ from decisions.scaling_simulation import (
     ForecastPolicy,
     ForecastTrack,
     HpaTargetTracking,
+    ScheduledFloor,
     ScheduledPeak,
     ThresholdStep,
     simulate,
@@ -134,7 +135,7 @@ def test_pick_without_any_candidate_meeting_the_target_takes_the_safest_and_says
         ("target_tracking", lambda u: HpaTargetTracking(u)),
         ("target_tracking_30m", lambda u: HpaTargetTracking(u, down_window="30min")),
         ("step", lambda u: ThresholdStep(out_thr=min(u + 0.10, 1.0))),
-        ("scheduled_p99", lambda u: ScheduledPeak(u)),
+        ("scheduled_p99", lambda u: ScheduledFloor(u)),
     ],
 )
 def test_the_lockstep_sweep_decides_exactly_as_each_policy_replayed_alone(
@@ -148,6 +149,20 @@ def test_the_lockstep_sweep_decides_exactly_as_each_policy_replayed_alone(
         assert swept.billed[j] == alone.billed.sum()
         assert swept.actions[j] == alone.actions
         assert swept.under_pct[j] == pytest.approx(100 * np.mean(alone.util > 1 + 1e-9))
+
+
+def test_a_schedule_is_a_floor_that_target_tracking_scales_above_when_the_load_outgrows_it() -> (
+    None
+):
+    s = bursty(days=6)
+    s.iloc[4 * 96 :] *= 3  # the replayed days carry three times the load the schedule saw
+    env = env_of(s, start=4 * 96)
+    pure = simulate(env, ScheduledPeak(0.7))
+    floor = simulate(env, ScheduledFloor(0.7))
+    assert np.mean(pure.util > 1 + 1e-9) > 0.3  # sized from the old level: under for days
+    assert np.mean(floor.util > 1 + 1e-9) < 0.1
+    swept = sweep_simple(env, "scheduled_p99", (0.7,))
+    assert swept.billed[0] == floor.billed.sum()
 
 
 def test_a_forecast_pass_reads_no_later_step_and_matches_one_origin_at_a_time() -> None:
@@ -219,7 +234,10 @@ def test_each_family_runs_live_as_it_was_back_tested() -> None:
     sched = scaling_policy_for(base, Candidate("scheduled_p99", 0.5), schedule_load=(150.0, 40.0))
     assert decide(sched, Observation(now, load, now, current=3)).desired == 30
     night = now.replace(hour=23)
-    assert decide(sched, Observation(night, load, night, current=30)).desired == 8
+    quiet = np.full(30, 20.0)  # 4 instances at 50 %: the off-hours schedule's 8 hold
+    assert decide(sched, Observation(night, quiet, night, current=30)).desired == 8
+    # the load outgrew the schedule (a level shift): target tracking scales above it
+    assert decide(sched, Observation(night, load, night, current=8)).desired == 20
     fc = scaling_policy_for(base, Candidate("forecast", 1.0, 0.95, "ratio"))
     assert (fc.mode, fc.forecast_quantile, fc.forecast_margin) == (
         "forecast_and_scale",
