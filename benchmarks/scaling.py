@@ -126,6 +126,8 @@ def evaluate_trace(
     started = time.monotonic()
     name = Path(trace).stem
     env = se.make_env(se.load_trace(trace), harness_args())
+    if not env.capacity > 0:  # the harness sizes an instance from the p99.9 load
+        raise ValueError(f"the load is zero at its p99.9 ({trace}): nothing to scale for")
     out: list[str] = [f"\n== {name}", se.describe(env)]
 
     # 1. baselines over the full range of targets
@@ -406,24 +408,31 @@ def main(argv: list[str] | None = None) -> int:
     # shortest first, printed as each finishes (a partial run still shows whole traces)
     traces = sorted(traces, key=lambda t: t.stat().st_size)
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        futures = [
+        futures = {
             pool.submit(evaluate_trace, str(args.harness), str(t), targets, risks,
-                        args.forecasters, retune)
+                        args.forecasters, retune): t
             for t in traces
-        ]  # fmt: skip
-        results = []
+        }  # fmt: skip
+        results, failed = [], []
         for f in as_completed(futures):
-            res = f.result()
+            try:
+                res = f.result()
+            except Exception as exc:  # noqa: BLE001 - one bad trace must not hide the others
+                failed.append((futures[f].stem, f"{type(exc).__name__}: {exc}"))
+                print(f"\n== {futures[f].stem}\nnot evaluated: {failed[-1][1]}", flush=True)
+                continue
             print(res["text"], flush=True)
             results.append(res)
     results.sort(key=lambda r: r["name"])
-    frame, checks = goals(results)
-    print("\ncorpus: cost x oracle at <= 1 % and <= 5 % under-provisioned (perfops vs the best "
-          "reactive/scheduled family, each over its own sweep; bound: the clairvoyant bound / "
-          "the best family, how far below it any policy could be)")  # fmt: skip
-    cols = ["perfops@1%", "best@1%", "family@1%", "bound@1%", "perfops@5%", "best@5%",
-            "family@5%", "bound@5%", "choice@1%"]  # fmt: skip
-    print(frame[cols].round(3).to_string())
+    frame, checks = goals(results) if results else (pd.DataFrame(), [])
+    checks += [(f"{name}: replayed", False, why) for name, why in sorted(failed)]
+    if results:
+        print("\ncorpus: cost x oracle at <= 1 % and <= 5 % under-provisioned (perfops vs the "
+              "best reactive/scheduled family, each over its own sweep; bound: the clairvoyant "
+              "bound / the best family, how far below it any policy could be)")  # fmt: skip
+        cols = ["perfops@1%", "best@1%", "family@1%", "bound@1%", "perfops@5%", "best@5%",
+                "family@5%", "bound@5%", "choice@1%"]  # fmt: skip
+        print(frame[cols].round(3).to_string())
     print("\ngoals")
     missed = []
     for label, ok, detail in checks:
