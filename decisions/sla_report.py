@@ -43,6 +43,7 @@ class DeliveryReport(BaseModel):
     deferred: bool = False  # nothing decided: Redis had no state and Slack was unreadable
     warnings: list[str] = Field(default_factory=list)  # an incident's policy changed under it
     lock_lost: str = ""  # the SLA lock expired mid-run: why the rest was not sent or recorded
+    stale: str = ""  # nothing decided: a newer evaluation already had (why)
 
 
 class SlaRunReport(BaseModel):
@@ -174,6 +175,15 @@ def artifact_rows(report: SlaRunReport) -> list[dict[str, object]]:
         )
     for m in report.delivery.suppressed if report.delivery else []:
         rows.append({"item": m.alert, "result": "muted", "reason": m.why, "kind": "suppressed"})
+    if report.delivery and report.delivery.stale:
+        rows.append(
+            {
+                "item": "notices",
+                "result": "skipped",
+                "reason": report.delivery.stale,
+                "kind": "delivery",
+            }
+        )
     for w in report.delivery.warnings if report.delivery else []:
         rows.append(
             {"item": "escalation policies", "result": "warning", "reason": w, "kind": "definitions"}

@@ -157,6 +157,9 @@ def evaluate_slos(
         metrics=metrics.description,
         slack=resolve_slack(slack_block).description,
     )
+    if delivery and delivery.stale:
+        logger.warning("%s", delivery.stale)
+        report.notes.append(delivery.stale)
     if delivery and delivery.recovered:
         logger.warning("%s", delivery.recovered)
         report.notes.append(delivery.recovered)

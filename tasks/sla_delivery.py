@@ -19,6 +19,10 @@ Exactly one notice per incident and level:
   Redis, `tasks.slack.channels`); every notice, thread key and read uses the id.
 - One incident, its own threads: a notice of a new incident never continues the previous
   (resolved) incident's state (`decisions.escalation.continuing`).
+- Evaluations decide in time order: the newest evaluation time decided is kept
+  (`<prefix>sla:decided-at`), and a run evaluated at an older instant (one that waited for the
+  lock behind a newer run, e.g. its Prometheus queries were slow) decides nothing: its alerts are
+  older than the state, so it would fire again an incident the newer run resolved.
 - When the state is gone (the `epoch` key is missing: first run, or a Redis that lost its data),
   the incidents and the log are rebuilt from the notices themselves: every notice carries its
   key, incident, level and alerts as Slack message metadata (`conversations.history` +
@@ -143,6 +147,17 @@ class SlaStore:
 
     def mark_state(self) -> None:
         self.client.set(self.key("epoch"), datetime.now(UTC).isoformat())
+
+    def decided_at(self) -> datetime | None:
+        """The newest evaluation time whose notices a run decided."""
+        raw: Any = self.client.get(self.key("decided-at"))
+        return datetime.fromisoformat(raw) if raw else None
+
+    def mark_decided(self, at: datetime) -> None:
+        """Keep `at` as the newest evaluation time decided (under the SLA lock)."""
+        newest = self.decided_at()
+        if newest is None or at > newest:
+            self.client.set(self.key("decided-at"), at.isoformat(), ex=NOTICE_TTL_S)
 
     def incidents(self) -> dict[str, IncidentState]:
         keys = list(self.client.scan_iter(self.key("incident", "*"), count=500))
@@ -473,6 +488,18 @@ def deliver(
     """Decide and deliver the notices due at `now`, exactly once each (see the module doc)."""
     delivered: list[Delivered] = []
     with store.locked(lock_wait_s) as held:
+        newer = store.decided_at()
+        if newer is not None and now < newer:  # a newer evaluation decided while this one waited
+            return DeliveryReport(
+                delivered=[],
+                suppressed=[],
+                stale=(
+                    f"nothing decided: an evaluation at {newer:%Y-%m-%d %H:%M:%S} UTC already "
+                    f"decided the notices, and this one (at {now:%Y-%m-%d %H:%M:%S} UTC) is "
+                    "older: its alerts would undo newer state (fire again an incident since "
+                    "resolved); a replay of a past minute is --no-notify"
+                ),
+            )
         channel_ids = messenger.resolve(policy_channels(definitions), cache=store)
         names = {cid: name for name, cid in channel_ids.items()}
         recovered, decide_now = _rebuild_state(
@@ -491,6 +518,7 @@ def deliver(
             recovered += f"{'; ' if recovered else ''}notice {key} found sent, recorded"
         states = store.incidents()
         plan = decide(now, alerts, states, definitions, channel_ids)
+        store.mark_decided(now)
         for old, moved in plan.moved.items():  # its policy is gone: the incident moved group
             store.move(old, moved)
             states.pop(old, None)

@@ -205,6 +205,27 @@ def test_two_concurrent_evaluators_send_once(
     assert len(keys(slack)) == len(set(keys(slack))) == 3  # fire, level 2, level 3
 
 
+def test_an_evaluation_older_than_one_already_decided_decides_nothing(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    run(store, slack_target, 0)
+    resolved = run(store, slack_target, 5, alerts=[])
+    assert [d.kind for d in resolved.delivered] == ["resolved"]
+    # The run of minute 4 (still firing then) waited for the lock behind minute 5's, e.g. its
+    # Prometheus queries were slow: it fired the resolved incident again as a new one.
+    late = run(store, slack_target, 4)
+    assert late.delivered == []
+    assert late.stale.startswith("nothing decided: an evaluation at 2026-11-02 12:05:00 UTC")
+    assert "this one (at 2026-11-02 12:04:00 UTC) is older" in late.stale
+    assert [m["text"].split(":")[0] for m in slack.messages] == [
+        "RESOLVED [critical] availability"
+    ] * 2
+    again = run(store, slack_target, 5, alerts=[])  # the same minute again (a retried run)
+    assert again.stale == "" and again.delivered == []
+    fired = run(store, slack_target, 6)  # the next minute fires a new incident as it should
+    assert [d.kind for d in fired.delivered] == ["fire"] and len(slack.messages) == 3
+
+
 class CrashAfterSend(SlackMessenger):
     def post(self, *args: Any, **kwargs: Any) -> tuple[str, str]:
         super().post(*args, **kwargs)
