@@ -14,7 +14,8 @@ Exactly one notice per incident and level:
   and record is resolved by reading the channel back: a message whose metadata carries the
   notice's key was sent (recorded now, not sent again), otherwise it is sent. While the channel
   cannot be read, the notice waits (`deferred`) rather than risk a second copy, for at most
-  `PENDING_WAIT_S`.
+  `PENDING_WAIT_S`, and so do the other notices of its group (an unconfirmed first message
+  leaves no incident: the run decides a new one, the same alerts under another key).
 - Channels: the policies' channel names are resolved to Slack ids once per run (cached in
   Redis, `tasks.slack.channels`); every notice, thread key and read uses the id.
 - One incident, its own threads: a notice of a new incident never continues the previous
@@ -309,13 +310,16 @@ def recover(
     )
 
 
-def _reconcile_pending(store: SlaStore, messenger: Messenger) -> tuple[list[str], dict[str, str]]:
+def _reconcile_pending(
+    store: SlaStore, messenger: Messenger
+) -> tuple[list[str], dict[str, tuple[str, str]]]:
     """Notices being sent when a run stopped (a crash between send and record, or Slack's
     answer lost): found in the channel, they are recorded now with the incident state they lead
-    to; not found, they are decided and sent again. Returns the keys found, and the keys that
-    could not be checked (Slack unreadable: the marker stays, the notice waits) with why."""
+    to; not found, they are decided and sent again. Returns the keys found, and per group the
+    key that could not be checked (Slack unreadable: the marker stays, the group's notices
+    wait) with why."""
     found: list[str] = []
-    unchecked: dict[str, str] = {}
+    unchecked: dict[str, tuple[str, str]] = {}
     states = store.incidents()
     for notice, since in store.pending():
         if store.logged(notice.key) is not None:
@@ -323,7 +327,7 @@ def _reconcile_pending(store: SlaStore, messenger: Messenger) -> tuple[list[str]
             continue
         posted, why = _find_interrupted(store, messenger, notice, since, notice.at)
         if why is not None:
-            unchecked[notice.key] = why
+            unchecked.setdefault(notice.group, (notice.key, why))
             continue
         if posted is not None:
             states[notice.group] = record(states.get(notice.group), notice, posted)
@@ -548,8 +552,16 @@ def deliver(
                     Delivered(**base, sink=logged.sink, ts=logged.ts, outcome="already sent")
                 )
                 continue
-            if notice.key in unchecked:  # maybe sent, Slack unreadable: never a second copy
-                why = f"maybe sent, not confirmed ({unchecked[notice.key]}); checked next run"
+            if notice.group in unchecked:  # maybe sent, Slack unreadable: never a second copy
+                # The group's other notices wait too: an unconfirmed first message leaves no
+                # incident in Redis, so this run decided a new one (another key, the same alerts)
+                key, why = unchecked[notice.group]
+                why = (
+                    f"maybe sent, not confirmed ({why}); checked next run"
+                    if key == notice.key
+                    else f"waits: {key} of this group maybe sent, not confirmed ({why}); "
+                    "checked next run"
+                )
                 delivered.append(Delivered(**base, sink="skipped", outcome="deferred", note=why))
                 continue
             store.set_pending(notice)

@@ -184,6 +184,29 @@ def test_slack_down_without_fallback_keeps_the_marker_and_the_next_run_sends(
     assert len(keys(slack)) == len(set(keys(slack))) == 2
 
 
+def test_an_unconfirmed_first_message_holds_back_the_new_incident_of_its_group(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    store.mark_state()
+    target = slack_target.model_copy(update={"max_retries": 0})
+    slack.fail_next(503, method="chat.postMessage", after_handling=True)  # stored, then a 503
+    slack.fail_next(503, count=2, method="conversations.history")  # and Slack unreadable
+    [first] = deliver(store, SlackMessenger(target), D, FIRING, T0).delivered
+    assert (first.kind, first.outcome) == ("fire", "failed")
+    assert len(slack.messages) == 1 and store.incidents() == {}
+    # No incident in Redis: this run decides a new one (another key, the same alerts). While the
+    # first message cannot be looked for it waits: it was a second FIRING, and once the first was
+    # found, recorded over it (its thread never resolved).
+    [late] = deliver(store, SlackMessenger(target), D, FIRING, T0 + MINUTE).delivered
+    assert late.kind == "fire" and late.key != first.key and late.outcome == "deferred"
+    assert late.note.startswith(f"waits: {first.key} of this group maybe sent, not confirmed")
+    assert len(slack.messages) == 1
+    report = deliver(store, SlackMessenger(target), D, FIRING, T0 + 2 * MINUTE)
+    assert f"notice {first.key} found sent, recorded" in report.recovered
+    assert report.delivered == [] and len(slack.messages) == 1
+    assert store.incidents()["default:slo=availability"].root_ts == slack.messages[0]["ts"]
+
+
 def test_two_concurrent_evaluators_send_once(
     store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
 ) -> None:
