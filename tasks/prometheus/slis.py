@@ -98,14 +98,14 @@ def _error(source: PrometheusSource, exc: Exception) -> str:
     """The item's "no data" reason: a query Prometheus refused (4xx) is the query's fault;
     429/5xx after the retries, like a refused connection, is Prometheus unreachable (all items
     so: a blind run)."""
+    url = redact(source.url)  # the reason reaches Slack, email and events: no password
     if isinstance(exc, PrometheusApiClientException) and unavailable(exc):
         return (
-            f"{UNREACHABLE} at {source.url}: answered {redact(str(exc))[:200]} "
-            f"(retried {source.retries}x)"
+            f"{UNREACHABLE} at {url}: answered {redact(str(exc))[:200]} (retried {source.retries}x)"
         )
     if isinstance(exc, PrometheusApiClientException):
         return f"Prometheus rejected the query: {redact(str(exc))[:300]}"
-    return f"{UNREACHABLE} at {source.url}: {type(exc).__name__}: {redact(str(exc))[:200]}"
+    return f"{UNREACHABLE} at {url}: {type(exc).__name__}: {redact(str(exc))[:200]}"
 
 
 def _times(end: datetime, step: timedelta, count: int) -> list[float]:
