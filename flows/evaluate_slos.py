@@ -77,7 +77,8 @@ def escalate_alerts(
         email_from=get_settings().email_from,
         run_url=run_url,
     )
-    store.save_no_data_since(evaluation.no_data_since)
+    if not report.stale:  # an older evaluation's clocks would undo the newer run's
+        store.save_no_data_since(evaluation.no_data_since)
     return report
 
 

@@ -16,12 +16,14 @@ from prefect_email import EmailServerCredentials
 
 from blocks import RedisTarget, SlackEscalationTarget
 from blocks.resolve import FileOutbox
+from decisions.burn_rate import Evaluation
 from decisions.escalation import acknowledge
 from decisions.slo_definitions import parse_definitions
 from tasks import sla_delivery
 from tasks.sla_delivery import SlaStore, acknowledge_alert_in_store, deliver
 from tasks.slack.threads import FileMessenger, SlackMessenger
 from tests.servers import SlackStandIn, SmtpServer
+from tests.servers.slack import DEFAULT_TOKEN
 from tests.sla.helpers import DEFINITIONS, T0, definitions
 from tests.sla.test_escalation import RENAMED, TWO_LEVELS, alert
 
@@ -247,6 +249,28 @@ def test_an_evaluation_older_than_one_already_decided_decides_nothing(
     assert again.stale == "" and again.delivered == []
     fired = run(store, slack_target, 6)  # the next minute fires a new incident as it should
     assert [d.kind for d in fired.delivered] == ["fire"] and len(slack.messages) == 3
+
+
+def test_an_older_evaluation_leaves_the_no_data_clocks_as_the_newer_one_wrote_them(
+    store: SlaStore,
+    slack: SlackStandIn,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flows.evaluate_slos import escalate_alerts
+
+    monkeypatch.setenv("PERFOPS_SLACK_TOKEN", DEFAULT_TOKEN)
+    monkeypatch.setenv("PERFOPS_SLACK_API_URL", slack.base_url)
+
+    def at(minute: int, no_data_since: dict[str, Any]) -> Evaluation:
+        now = T0 + minute * MINUTE
+        return Evaluation(at=now, statuses=[], alerts=[], no_data_since=no_data_since)
+
+    escalate_alerts.fn(store, D, at(5, {}), None, None, "")  # the data came back at minute 5
+    # The run of minute 4 (no data since minute 0) got the lock last: it restarted the clock
+    # the newer run had cleared, so the next gap raised a no-data alert at once.
+    late = escalate_alerts.fn(store, D, at(4, {"availability": T0}), None, None, "")
+    assert late.stale.startswith("nothing decided")
+    assert store.no_data_since() == {}
 
 
 class CrashAfterSend(SlackMessenger):
