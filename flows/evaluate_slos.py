@@ -7,7 +7,8 @@ then every notice sent), `perfops.sla.evaluated` once per run, and `perfops.sla.
 `.escalated` / `.resolved` per alert of each notice sent. Degradation alerts are emitted on the
 resource `perfops.sla.degradation.<rule>`, which the deployment trigger of
 `scale_predictively` watches (prefect.yaml). A run that could not reach Prometheus for any SLO
-or rule ends Failed after its records are written (every item "no data").
+or rule ends Failed after its records are written (every item "no data"), and so does one
+that could not take the SLA lock (another run held it): evaluated and recorded, nothing sent.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from blocks.resolve import (
 from decisions.burn_rate import Evaluation, evaluate
 from decisions.sla_report import DeliveryReport, SlaRunReport, artifact_rows, sla_events
 from decisions.slo_definitions import SlaDefinitions, load_definitions
-from perfops.errors import ConfigurationError
+from perfops.errors import ConfigurationError, LockBusy
 from perfops.redaction import install_log_redaction
 from perfops.settings import PROJECT_DIR, get_settings
+from tasks import sla_delivery
 from tasks.prometheus.slis import fetch_sli_measurements
 from tasks.records import emit, end_run, publish_table
 from tasks.sla_delivery import SlaStore, deliver
@@ -67,16 +69,20 @@ def escalate_alerts(
     """Under the SLA lock in Redis: decide the notices due and send each exactly once."""
     slack = resolve_slack(slack_block)
     email = resolve_email(email_block)
-    report = deliver(
-        store,
-        messenger_for(slack.value),
-        definitions,
-        evaluation.alerts,
-        evaluation.at,
-        email=email.value,
-        email_from=get_settings().email_from,
-        run_url=run_url,
-    )
+    try:
+        report = deliver(
+            store,
+            messenger_for(slack.value),
+            definitions,
+            evaluation.alerts,
+            evaluation.at,
+            email=email.value,
+            email_from=get_settings().email_from,
+            run_url=run_url,
+            lock_wait_s=sla_delivery.LOCK_WAIT_S,
+        )
+    except LockBusy as exc:  # evaluated all the same: the run records it, then ends Failed
+        return DeliveryReport(delivered=[], suppressed=[], busy=str(exc))
     if not report.stale:  # an older evaluation's clocks would undo the newer run's
         store.save_no_data_since(evaluation.no_data_since)
     return report
