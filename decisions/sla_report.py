@@ -44,7 +44,7 @@ class DeliveryReport(BaseModel):
     warnings: list[str] = Field(default_factory=list)  # an incident's policy changed under it
     lock_lost: str = ""  # the SLA lock expired mid-run: why the rest was not sent or recorded
     stale: str = ""  # nothing decided: a newer evaluation already had (why)
-    busy: str = ""  # nothing decided: the SLA lock could not be taken, or expired (why)
+    busy: str = ""  # nothing decided: the SLA lock could not be taken, or Redis read (why)
 
 
 class SlaRunReport(BaseModel):

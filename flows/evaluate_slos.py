@@ -8,7 +8,8 @@ then every notice sent), `perfops.sla.evaluated` once per run, and `perfops.sla.
 resource `perfops.sla.degradation.<rule>`, which the deployment trigger of
 `scale_predictively` watches (prefect.yaml). A run that could not reach Prometheus for any SLO
 or rule ends Failed after its records are written (every item "no data"), and so does one
-that could not take the SLA lock (another run held it): evaluated and recorded, nothing sent.
+that could not take the SLA lock (another run held it) or read Redis: evaluated and recorded,
+nothing sent.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from blocks.resolve import (
 from decisions.burn_rate import Evaluation, evaluate
 from decisions.sla_report import DeliveryReport, SlaRunReport, artifact_rows, sla_events
 from decisions.slo_definitions import SlaDefinitions, load_definitions
-from perfops.errors import ConfigurationError, LockBusy
+from perfops.errors import ConfigurationError, ConnectionFailed, LockBusy
 from perfops.redaction import install_log_redaction
 from perfops.settings import PROJECT_DIR, get_settings
 from tasks import sla_delivery
@@ -138,19 +139,32 @@ def evaluate_slos(
     redis = resolve_redis(redis_block)
     store = SlaStore(redis.value)
     measurements = fetch_sli_measurements(metrics.value, definitions, now)
+    redis_failed = ""
+    try:
+        clocks = read_no_data_clocks(store)
+    except ConnectionFailed as exc:  # evaluated and recorded all the same; nothing decided
+        clocks, redis_failed = {}, str(exc)
+        logger.error("%s", redis_failed)
     evaluation = evaluate(
         definitions,
         measurements.slos,
         measurements.rules,
         measurements.degradations,
         now,
-        read_no_data_clocks(store),
+        clocks,
     )
     run_id = flow_run.get_id()
     base_url = definitions.settings.prefect_ui_url.rstrip("/")
     run_url = f"{base_url}/runs/flow-run/{run_id}" if base_url and run_id else ""
     delivery = None
-    if notify:
+    if notify and redis_failed:
+        delivery = DeliveryReport(
+            delivered=[],
+            suppressed=[],
+            busy=f"nothing decided or sent: {redis_failed} (the incidents, the notice log and "
+            "the lock are there); the next run catches up",
+        )
+    elif notify:
         delivery = escalate_alerts(
             store, definitions, evaluation, slack_block, email_block, run_url
         )
@@ -167,6 +181,8 @@ def evaluate_slos(
     if delivery and delivery.stale:
         logger.warning("%s", delivery.stale)
         report.notes.append(delivery.stale)
+    if redis_failed and not notify:
+        report.notes.append(f"no-data clocks not read: {redis_failed}")
     if delivery and delivery.recovered:
         logger.warning("%s", delivery.recovered)
         report.notes.append(delivery.recovered)

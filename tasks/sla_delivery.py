@@ -262,7 +262,10 @@ class SlaStore:
         return str(value) if value else None
 
     def no_data_since(self) -> dict[str, datetime]:
-        raw: Any = self.client.get(self.key("nodata"))
+        try:
+            raw: Any = self.client.get(self.key("nodata"))
+        except redis.RedisError as exc:
+            raise ConnectionFailed(f"Redis at {self.target.url} failed: {exc}") from exc
         return {k: datetime.fromisoformat(v) for k, v in json.loads(raw).items()} if raw else {}
 
     def save_no_data_since(self, since: dict[str, datetime]) -> None:
