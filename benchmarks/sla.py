@@ -283,6 +283,10 @@ def main() -> int:
             first = inc.start - timedelta(minutes=15)
             at = first
             acked = False
+            # Each incident replays from its own start, which may be earlier than the last
+            # replayed minute: forget it, or these minutes are refused as older (a schedule
+            # never goes back in time).
+            store.client.delete(store.key("decided-at"))
             while at <= inc.end + MAX_AFTER:
                 if inc is FAST and restarted_at is None and at >= inc.start + RESTART_AFTER:
                     for key in store.client.scan_iter(f"{redis_target.key_prefix}*", count=1000):

@@ -329,6 +329,41 @@ def _scalar(result: QueryResult | None) -> float | None:
     return _finite(result.samples[0][1])
 
 
+SCALAR_QUERIES = ("slo_", "cpu_", "memory_", "duration_")
+"""Figures one number stands for: their query must answer one series."""
+
+
+def _labels_text(metric: dict[str, str]) -> str:
+    inner = ",".join(f'{k}="{v}"' for k, v in sorted(metric.items()) if k != "__name__")
+    return "{" + inner + "}"
+
+
+def _several_series(name: str, result: QueryResult, labels: list[str]) -> str | None:
+    """Why `result` of query `name` cannot be read as the report reads it: a figure's query
+    answered several series (the first would stand for all), or an endpoint query several for
+    one endpoint (labels besides `endpoint_labels`: the last would); None when it can."""
+    if name.startswith(SCALAR_QUERIES):
+        if len(result.samples) < 2:
+            return None
+        shown = ", ".join(_labels_text(m) for m, _ in result.samples[:3])
+        more = f" and {len(result.samples) - 3} more" if len(result.samples) > 3 else ""
+        return (
+            f"answered {len(result.samples)} series ({shown}{more}), a figure needs one: "
+            "aggregate it (avg, max or sum without by)"
+        )
+    seen: dict[tuple[str, str], dict[str, str]] = {}
+    for metric, _ in result.samples:
+        key = (metric.get(labels[0], ""), metric.get(labels[1], ""))
+        if key in seen:
+            return (
+                f"answered several series for endpoint {key[0]} {key[1]} "
+                f"({_labels_text(seen[key])}, {_labels_text(metric)}): keep only the labels "
+                f"{', '.join(labels)} (sum by ({', '.join(labels)}) ...)"
+            )
+        seen[key] = metric
+    return None
+
+
 def _by_endpoint(result: QueryResult | None, labels: list[str]) -> dict[tuple[str, str], float]:
     out: dict[tuple[str, str], float] = {}
     for metric, value in result.samples if result and not result.error else []:
@@ -351,8 +386,15 @@ SECTION_QUERIES = {
 
 
 def assemble_week(week: str, results: dict[str, QueryResult], config: ReportConfig) -> WeekNumbers:
-    """The week's figures from the instant query results named as in `week_queries`."""
+    """The week's figures from the instant query results named as in `week_queries`. A query
+    answering more series than its figure can stand for is that query's error (its section
+    missing, naming the series), never one of them taken for all."""
     labels = config.endpoint_labels
+    results = dict(results)
+    for name, result in list(results.items()):
+        why = None if result.error else _several_series(name, result, labels)
+        if why is not None:
+            results[name] = QueryResult(error=why)
     per = {name: _by_endpoint(results.get(name), labels) for name in results}
     keys: set[tuple[str, str]] = {(e.method, e.route) for e in config.endpoints}
     for name in ("throughput", "latency_p95", "latency_p50", "latency_p99", "error_rate"):

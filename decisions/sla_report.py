@@ -43,6 +43,8 @@ class DeliveryReport(BaseModel):
     deferred: bool = False  # nothing decided: Redis had no state and Slack was unreadable
     warnings: list[str] = Field(default_factory=list)  # an incident's policy changed under it
     lock_lost: str = ""  # the SLA lock expired mid-run: why the rest was not sent or recorded
+    stale: str = ""  # nothing decided: a newer evaluation already had (why)
+    busy: str = ""  # nothing decided: the SLA lock could not be taken, or Redis read (why)
 
 
 class SlaRunReport(BaseModel):
@@ -106,6 +108,8 @@ class SlaRunReport(BaseModel):
         delivery, unsent = self.delivery, self.unsent
         if delivery and delivery.deferred:
             return delivery.recovered
+        if delivery and delivery.busy:
+            return delivery.busy
         if delivery and unsent:
             return (
                 f"{len(unsent)} of {len(delivery.delivered)} notices not sent: {unsent[0].key}: "
@@ -174,6 +178,12 @@ def artifact_rows(report: SlaRunReport) -> list[dict[str, object]]:
         )
     for m in report.delivery.suppressed if report.delivery else []:
         rows.append({"item": m.alert, "result": "muted", "reason": m.why, "kind": "suppressed"})
+    for result, why in [
+        ("skipped", report.delivery.stale if report.delivery else ""),
+        ("not decided", report.delivery.busy if report.delivery else ""),
+    ]:
+        if why:
+            rows.append({"item": "notices", "result": result, "reason": why, "kind": "delivery"})
     for w in report.delivery.warnings if report.delivery else []:
         rows.append(
             {"item": "escalation policies", "result": "warning", "reason": w, "kind": "definitions"}

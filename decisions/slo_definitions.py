@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from decisions.recipients import EXAMPLE, recipient_problem
 from decisions.yaml_models import parse_model
 from perfops.errors import ConfigurationError
 
@@ -206,6 +207,18 @@ class EscalationLevel(_Model):
         return self
 
 
+def _one_address(value: str) -> str:
+    """An email fallback entry is one address: checked when the file is read, not when Slack
+    has failed and the notice needs it."""
+    problem = recipient_problem(value)
+    if problem is not None:
+        raise ValueError(f"{value!r} {problem}; give one address per entry, like {EXAMPLE}")
+    return value
+
+
+EmailAddress = Annotated[str, AfterValidator(_one_address)]
+
+
 class EscalationPolicy(_Model):
     name: Name
     levels: list[EscalationLevel] = Field(min_length=1)
@@ -213,8 +226,9 @@ class EscalationPolicy(_Model):
         default=timedelta(hours=4), description="Remind in the thread while still firing."
     )
     group_by: list[str] = Field(default_factory=lambda: ["slo"])
-    email_fallback: list[str] = Field(
-        default_factory=list, description="Who gets the notice by email when Slack fails."
+    email_fallback: list[EmailAddress] = Field(
+        default_factory=list,
+        description="Who gets the notice by email when Slack fails, one address per entry.",
     )
 
     def channel(self, level: int) -> str | None:

@@ -7,7 +7,9 @@ then every notice sent), `perfops.sla.evaluated` once per run, and `perfops.sla.
 `.escalated` / `.resolved` per alert of each notice sent. Degradation alerts are emitted on the
 resource `perfops.sla.degradation.<rule>`, which the deployment trigger of
 `scale_predictively` watches (prefect.yaml). A run that could not reach Prometheus for any SLO
-or rule ends Failed after its records are written (every item "no data").
+or rule ends Failed after its records are written (every item "no data"), and so does one
+that could not take the SLA lock (another run held it) or read Redis: evaluated and recorded,
+nothing sent.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from blocks.resolve import (
 from decisions.burn_rate import Evaluation, evaluate
 from decisions.sla_report import DeliveryReport, SlaRunReport, artifact_rows, sla_events
 from decisions.slo_definitions import SlaDefinitions, load_definitions
-from perfops.errors import ConfigurationError
+from perfops.errors import ConfigurationError, ConnectionFailed, LockBusy
 from perfops.redaction import install_log_redaction
 from perfops.settings import PROJECT_DIR, get_settings
+from tasks import sla_delivery
 from tasks.prometheus.slis import fetch_sli_measurements
 from tasks.records import emit, end_run, publish_table
 from tasks.sla_delivery import SlaStore, deliver
@@ -67,17 +70,22 @@ def escalate_alerts(
     """Under the SLA lock in Redis: decide the notices due and send each exactly once."""
     slack = resolve_slack(slack_block)
     email = resolve_email(email_block)
-    report = deliver(
-        store,
-        messenger_for(slack.value),
-        definitions,
-        evaluation.alerts,
-        evaluation.at,
-        email=email.value,
-        email_from=get_settings().email_from,
-        run_url=run_url,
-    )
-    store.save_no_data_since(evaluation.no_data_since)
+    try:
+        report = deliver(
+            store,
+            messenger_for(slack.value),
+            definitions,
+            evaluation.alerts,
+            evaluation.at,
+            email=email.value,
+            email_from=get_settings().email_from,
+            run_url=run_url,
+            lock_wait_s=sla_delivery.LOCK_WAIT_S,
+        )
+    except LockBusy as exc:  # evaluated all the same: the run records it, then ends Failed
+        return DeliveryReport(delivered=[], suppressed=[], busy=str(exc))
+    if not report.stale:  # an older evaluation's clocks would undo the newer run's
+        store.save_no_data_since(evaluation.no_data_since)
     return report
 
 
@@ -131,19 +139,32 @@ def evaluate_slos(
     redis = resolve_redis(redis_block)
     store = SlaStore(redis.value)
     measurements = fetch_sli_measurements(metrics.value, definitions, now)
+    redis_failed = ""
+    try:
+        clocks = read_no_data_clocks(store)
+    except ConnectionFailed as exc:  # evaluated and recorded all the same; nothing decided
+        clocks, redis_failed = {}, str(exc)
+        logger.error("%s", redis_failed)
     evaluation = evaluate(
         definitions,
         measurements.slos,
         measurements.rules,
         measurements.degradations,
         now,
-        read_no_data_clocks(store),
+        clocks,
     )
     run_id = flow_run.get_id()
     base_url = definitions.settings.prefect_ui_url.rstrip("/")
     run_url = f"{base_url}/runs/flow-run/{run_id}" if base_url and run_id else ""
     delivery = None
-    if notify:
+    if notify and redis_failed:
+        delivery = DeliveryReport(
+            delivered=[],
+            suppressed=[],
+            busy=f"nothing decided or sent: {redis_failed} (the incidents, the notice log and "
+            "the lock are there); the next run catches up",
+        )
+    elif notify:
         delivery = escalate_alerts(
             store, definitions, evaluation, slack_block, email_block, run_url
         )
@@ -157,6 +178,11 @@ def evaluate_slos(
         metrics=metrics.description,
         slack=resolve_slack(slack_block).description,
     )
+    if delivery and delivery.stale:
+        logger.warning("%s", delivery.stale)
+        report.notes.append(delivery.stale)
+    if redis_failed and not notify:
+        report.notes.append(f"no-data clocks not read: {redis_failed}")
     if delivery and delivery.recovered:
         logger.warning("%s", delivery.recovered)
         report.notes.append(delivery.recovered)

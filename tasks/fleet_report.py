@@ -25,7 +25,7 @@ from decisions.report_fleet import FleetView, TargetFigures, build_view, events_
 from decisions.report_fleet import previous_figures as parse_previous
 from decisions.reporting import RecordedEvent, ReportConfig, ReportWeek, assemble_week, evaluate
 from perfops.errors import PerfopsError
-from perfops.redaction import one_line
+from perfops.redaction import one_line, redact
 from tasks.fleet_runs import load_selection
 from tasks.postgres.report_figures import fetch_database_figures
 from tasks.prometheus.report import query_report_figures
@@ -70,7 +70,7 @@ def _prometheus(figures: TargetFigures, name: str, config: ReportConfig, this: R
     )
     errors = [r.error for r in current_raw.values() if r.error]
     if errors and len(errors) == len(current_raw):
-        raise _Unreachable(f"{source.url}: {errors[0]}")
+        raise _Unreachable(redact(f"{source.url}: {errors[0]}"))
     current = assemble_week(this.label, current_raw, config)
     previous = assemble_week(this.previous().label, previous_raw, config)
     figures.checks = evaluate(current, previous, config)

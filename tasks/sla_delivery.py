@@ -14,11 +14,16 @@ Exactly one notice per incident and level:
   and record is resolved by reading the channel back: a message whose metadata carries the
   notice's key was sent (recorded now, not sent again), otherwise it is sent. While the channel
   cannot be read, the notice waits (`deferred`) rather than risk a second copy, for at most
-  `PENDING_WAIT_S`.
+  `PENDING_WAIT_S`, and so do the other notices of its group (an unconfirmed first message
+  leaves no incident: the run decides a new one, the same alerts under another key).
 - Channels: the policies' channel names are resolved to Slack ids once per run (cached in
   Redis, `tasks.slack.channels`); every notice, thread key and read uses the id.
 - One incident, its own threads: a notice of a new incident never continues the previous
   (resolved) incident's state (`decisions.escalation.continuing`).
+- Evaluations decide in time order: the newest evaluation time decided is kept
+  (`<prefix>sla:decided-at`), and a run evaluated at an older instant (one that waited for the
+  lock behind a newer run, e.g. its Prometheus queries were slow) decides nothing: its alerts are
+  older than the state, so it would fire again an incident the newer run resolved.
 - When the state is gone (the `epoch` key is missing: first run, or a Redis that lost its data),
   the incidents and the log are rebuilt from the notices themselves: every notice carries its
   key, incident, level and alerts as Slack message metadata (`conversations.history` +
@@ -144,6 +149,17 @@ class SlaStore:
     def mark_state(self) -> None:
         self.client.set(self.key("epoch"), datetime.now(UTC).isoformat())
 
+    def decided_at(self) -> datetime | None:
+        """The newest evaluation time whose notices a run decided."""
+        raw: Any = self.client.get(self.key("decided-at"))
+        return datetime.fromisoformat(raw) if raw else None
+
+    def mark_decided(self, at: datetime) -> None:
+        """Keep `at` as the newest evaluation time decided (under the SLA lock)."""
+        newest = self.decided_at()
+        if newest is None or at > newest:
+            self.client.set(self.key("decided-at"), at.isoformat(), ex=NOTICE_TTL_S)
+
     def incidents(self) -> dict[str, IncidentState]:
         keys = list(self.client.scan_iter(self.key("incident", "*"), count=500))
         values: list[Any] = list(self.client.mget(keys)) if keys else []  # type: ignore[arg-type]
@@ -246,7 +262,10 @@ class SlaStore:
         return str(value) if value else None
 
     def no_data_since(self) -> dict[str, datetime]:
-        raw: Any = self.client.get(self.key("nodata"))
+        try:
+            raw: Any = self.client.get(self.key("nodata"))
+        except redis.RedisError as exc:
+            raise ConnectionFailed(f"Redis at {self.target.url} failed: {exc}") from exc
         return {k: datetime.fromisoformat(v) for k, v in json.loads(raw).items()} if raw else {}
 
     def save_no_data_since(self, since: dict[str, datetime]) -> None:
@@ -294,13 +313,16 @@ def recover(
     )
 
 
-def _reconcile_pending(store: SlaStore, messenger: Messenger) -> tuple[list[str], dict[str, str]]:
+def _reconcile_pending(
+    store: SlaStore, messenger: Messenger
+) -> tuple[list[str], dict[str, tuple[str, str]]]:
     """Notices being sent when a run stopped (a crash between send and record, or Slack's
     answer lost): found in the channel, they are recorded now with the incident state they lead
-    to; not found, they are decided and sent again. Returns the keys found, and the keys that
-    could not be checked (Slack unreadable: the marker stays, the notice waits) with why."""
+    to; not found, they are decided and sent again. Returns the keys found, and per group the
+    key that could not be checked (Slack unreadable: the marker stays, the group's notices
+    wait) with why."""
     found: list[str] = []
-    unchecked: dict[str, str] = {}
+    unchecked: dict[str, tuple[str, str]] = {}
     states = store.incidents()
     for notice, since in store.pending():
         if store.logged(notice.key) is not None:
@@ -308,7 +330,7 @@ def _reconcile_pending(store: SlaStore, messenger: Messenger) -> tuple[list[str]
             continue
         posted, why = _find_interrupted(store, messenger, notice, since, notice.at)
         if why is not None:
-            unchecked[notice.key] = why
+            unchecked.setdefault(notice.group, (notice.key, why))
             continue
         if posted is not None:
             states[notice.group] = record(states.get(notice.group), notice, posted)
@@ -473,6 +495,18 @@ def deliver(
     """Decide and deliver the notices due at `now`, exactly once each (see the module doc)."""
     delivered: list[Delivered] = []
     with store.locked(lock_wait_s) as held:
+        newer = store.decided_at()
+        if newer is not None and now < newer:  # a newer evaluation decided while this one waited
+            return DeliveryReport(
+                delivered=[],
+                suppressed=[],
+                stale=(
+                    f"nothing decided: an evaluation at {newer:%Y-%m-%d %H:%M:%S} UTC already "
+                    f"decided the notices, and this one (at {now:%Y-%m-%d %H:%M:%S} UTC) is "
+                    "older: its alerts would undo newer state (fire again an incident since "
+                    "resolved); a replay of a past minute is --no-notify"
+                ),
+            )
         channel_ids = messenger.resolve(policy_channels(definitions), cache=store)
         names = {cid: name for name, cid in channel_ids.items()}
         recovered, decide_now = _rebuild_state(
@@ -491,6 +525,7 @@ def deliver(
             recovered += f"{'; ' if recovered else ''}notice {key} found sent, recorded"
         states = store.incidents()
         plan = decide(now, alerts, states, definitions, channel_ids)
+        store.mark_decided(now)
         for old, moved in plan.moved.items():  # its policy is gone: the incident moved group
             store.move(old, moved)
             states.pop(old, None)
@@ -520,8 +555,16 @@ def deliver(
                     Delivered(**base, sink=logged.sink, ts=logged.ts, outcome="already sent")
                 )
                 continue
-            if notice.key in unchecked:  # maybe sent, Slack unreadable: never a second copy
-                why = f"maybe sent, not confirmed ({unchecked[notice.key]}); checked next run"
+            if notice.group in unchecked:  # maybe sent, Slack unreadable: never a second copy
+                # The group's other notices wait too: an unconfirmed first message leaves no
+                # incident in Redis, so this run decided a new one (another key, the same alerts)
+                key, why = unchecked[notice.group]
+                why = (
+                    f"maybe sent, not confirmed ({why}); checked next run"
+                    if key == notice.key
+                    else f"waits: {key} of this group maybe sent, not confirmed ({why}); "
+                    "checked next run"
+                )
                 delivered.append(Delivered(**base, sink="skipped", outcome="deferred", note=why))
                 continue
             store.set_pending(notice)

@@ -136,6 +136,8 @@ def evaluate(
             )
             if s.detail:
                 print_wrapped(redact(s.detail), indent=4, style="dim")
+        for note in report.notes:
+            print_wrapped(redact(note), indent=2, style="yellow")
         for d in report.delivery.delivered if report.delivery else []:
             print_wrapped(
                 f"notice {d.kind} level {d.level} -> {d.sink} {d.channel}: {d.outcome}"

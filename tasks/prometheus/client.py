@@ -97,17 +97,22 @@ def answered(exc: BaseException) -> bool:
 
 
 def _call(source: PrometheusSource, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    # The messages become report sections and SLA reasons (pages, emails, Slack): a URL's
+    # `user:password@` never goes with them.
+    url = redact(source.url)
     try:
         return fn(*args, **kwargs)
     except PrometheusApiClientException as exc:
         if unavailable(exc):
             raise ConnectionFailed(
-                f"cannot reach Prometheus at {source.url}: {what} answered "
+                f"cannot reach Prometheus at {url}: {what} answered "
                 f"{redact(str(exc))[:300]} (retried {source.retries}x); try again later"
             ) from exc
-        raise ConfigurationError(f"Prometheus at {source.url} rejected {what}: {exc}") from exc
+        raise ConfigurationError(
+            f"Prometheus at {url} rejected {what}: {redact(str(exc))}"
+        ) from exc
     except OSError as exc:  # requests' ConnectionError and timeouts derive from OSError
-        raise ConnectionFailed(f"cannot reach Prometheus at {source.url}: {exc}") from exc
+        raise ConnectionFailed(f"cannot reach Prometheus at {url}: {redact(str(exc))}") from exc
 
 
 @task(name="query_prometheus_instant")
@@ -167,7 +172,7 @@ def fetch_build_info(source: PrometheusSource) -> dict[str, str]:
     )
     if response.status_code != 200:
         raise ConnectionFailed(
-            f"Prometheus at {source.url} answered HTTP {response.status_code} to buildinfo"
+            f"Prometheus at {redact(source.url)} answered HTTP {response.status_code} to buildinfo"
         )
     data: dict[str, str] = response.json()["data"]
     return data

@@ -7,6 +7,12 @@ rule (now, and the baseline `baseline_offset` earlier). Queries run on a few thr
 Prometheus rejects (4xx), or one that fails after the client's retries (no connection, a
 timeout, 429 or 5xx: Prometheus unreachable), becomes a measurement with an `error` (the item
 is "no data", never "ok"); the run goes on.
+
+Several series: a ratio SLI's `good` and `total` are rates, summed over their series. A rule's
+metric, a degradation's query and a quantile SLI compare one value with a threshold: summing
+several series' ratios or quantiles means nothing (two healthy routes' p95 add up to a breach;
+one idle route's NaN hides another's outage), so such a query is the item's error, naming the
+series and how to aggregate them (`SeveralSeries`).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from decisions.slo_definitions import (
     promql_duration,
 )
 from perfops.redaction import redact
-from tasks.prometheus.client import unavailable
+from tasks.prometheus.client import series_name, unavailable
 
 PARALLEL_QUERIES = 8
 PART, WINDOW = "perfops_part", "perfops_window"
@@ -69,18 +75,37 @@ class _Clients(threading.local):
     client: PrometheusConnect | None = None
 
 
+class SeveralSeries(ValueError):
+    """A query that must answer one series answered several."""
+
+    def __init__(self, what: str, metrics: list[dict[str, str]]):
+        shown = ", ".join(series_name(m) for m in metrics[:3])
+        more = f" and {len(metrics) - 3} more" if len(metrics) > 3 else ""
+        super().__init__(
+            f"the {what} answered {len(metrics)} series ({shown}{more}), it must answer one: "
+            "aggregate it, e.g. max(...) for the worst series (max skips a series without "
+            "traffic) or sum(...) for a total"
+        )
+
+
+def _one_series(results: list[dict[str, Any]], what: str) -> None:
+    """Raise `SeveralSeries` when `results` hold more than one series."""
+    if len(results) > 1:
+        raise SeveralSeries(what, [dict(r.get("metric", {})) for r in results])
+
+
 def _error(source: PrometheusSource, exc: Exception) -> str:
     """The item's "no data" reason: a query Prometheus refused (4xx) is the query's fault;
     429/5xx after the retries, like a refused connection, is Prometheus unreachable (all items
     so: a blind run)."""
+    url = redact(source.url)  # the reason reaches Slack, email and events: no password
     if isinstance(exc, PrometheusApiClientException) and unavailable(exc):
         return (
-            f"{UNREACHABLE} at {source.url}: answered {redact(str(exc))[:200]} "
-            f"(retried {source.retries}x)"
+            f"{UNREACHABLE} at {url}: answered {redact(str(exc))[:200]} (retried {source.retries}x)"
         )
     if isinstance(exc, PrometheusApiClientException):
         return f"Prometheus rejected the query: {redact(str(exc))[:300]}"
-    return f"{UNREACHABLE} at {source.url}: {type(exc).__name__}: {redact(str(exc))[:200]}"
+    return f"{UNREACHABLE} at {url}: {type(exc).__name__}: {redact(str(exc))[:200]}"
 
 
 def _times(end: datetime, step: timedelta, count: int) -> list[float]:
@@ -88,12 +113,11 @@ def _times(end: datetime, step: timedelta, count: int) -> list[float]:
 
 
 def _aligned(results: list[dict[str, Any]], times: list[float]) -> list[float]:
-    """Values at `times` (summed over series), NaN where nothing was returned."""
+    """The one series' values at `times`, NaN where nothing was returned."""
     by_time: dict[int, float] = {}
     for item in results:
         for t, v in item.get("values", []):
-            key = round(float(t))
-            by_time[key] = by_time.get(key, 0.0) + float(v)
+            by_time[round(float(t))] = float(v)
     return [by_time.get(round(t), math.nan) for t in times]
 
 
@@ -115,16 +139,26 @@ def fetch_measurements(
         except (PrometheusApiClientException, OSError) as exc:
             m.error = _error(source, exc)
             return m
+        quantiles: dict[str, list[dict[str, str]]] = {}
         for item in results:
             labels = item.get("metric", {})
             part, window = labels.get(PART), labels.get(WINDOW)
             value = float(item["value"][1])
             target = {"total": m.total, "good": m.good, "quantile": m.quantile}.get(part or "")
             if target is not None and window:
-                target[window] = target.get(window, 0.0) + value
+                target[window] = target.get(window, 0.0) + value  # rates add up
+            if part == "quantile" and window:
+                own = {k: v for k, v in labels.items() if k not in (PART, WINDOW)}
+                quantiles.setdefault(window, []).append(own)
+        several = next((s for s in quantiles.values() if len(s) > 1), None)
+        if several is not None:  # quantiles do not add up
+            m.quantile.clear()
+            m.error = str(SeveralSeries("quantile SLI's query", several))
         return m
 
-    def range_values(query: str, end: datetime, step: timedelta, count: int) -> list[float]:
+    def range_values(
+        query: str, end: datetime, step: timedelta, count: int, what: str
+    ) -> list[float]:
         times = _times(end, step, count)
         results = client().custom_query_range(
             query,
@@ -132,12 +166,17 @@ def fetch_measurements(
             end_time=end,
             step=f"{int(step.total_seconds())}s",
         )
+        _one_series(results, what)
         return _aligned(results, times)
 
     def rule_job(rule: AlertRule) -> SeriesMeasurement:
         m = SeriesMeasurement(name=rule.name)
         try:
-            m.values = range_values(rule.metric, at, rule.period, rule.evaluation_periods)
+            m.values = range_values(
+                rule.metric, at, rule.period, rule.evaluation_periods, "rule's metric"
+            )
+        except SeveralSeries as exc:
+            m.error = str(exc)
         except (PrometheusApiClientException, OSError) as exc:
             m.error = _error(source, exc)
         return m
@@ -147,8 +186,13 @@ def fetch_measurements(
         query = rule.query.replace(WINDOW_PLACEHOLDER, promql_duration(rule.window))
         step = timedelta(minutes=1)
         try:
-            m.values = range_values(query, at, step, rule.data_points)
-            m.baseline = range_values(query, at - rule.baseline_offset, step, rule.data_points)
+            what = "degradation rule's query"
+            m.values = range_values(query, at, step, rule.data_points, what)
+            m.baseline = range_values(
+                query, at - rule.baseline_offset, step, rule.data_points, what
+            )
+        except SeveralSeries as exc:
+            m.values, m.baseline, m.error = [], [], str(exc)
         except (PrometheusApiClientException, OSError) as exc:
             m.error = _error(source, exc)
         return m

@@ -368,3 +368,31 @@ def test_a_long_record_table_says_it_shows_the_first_rows_and_the_data_holds_the
     table = data_tables(report, {}, None)["records_scaling"]
     assert len(table) == 45 and list(table["to"])[-1] == "45"
     assert parquet_bytes(table)  # the column of 2 and "2" is stored as text
+
+
+def test_a_query_answering_more_series_than_its_figure_marks_its_section_missing() -> None:
+    """One CPU figure from a query per instance took the first instance's 20% for all (the
+    other at 95%); an endpoint query keeping `instance` took the last instance's p95."""
+    results = _week(0.087)
+    results["cpu_percent"] = QueryResult(
+        samples=[({"instance": "a:9100"}, 20.0), ({"instance": "b:9100"}, 95.0)]
+    )
+    results["latency_p95"] = QueryResult(
+        samples=[({**AGENTS, "instance": "a"}, 0.3), ({**AGENTS, "instance": "b"}, 0.05)]
+    )
+    now = assemble_week("w", results, CONFIG)
+    assert now.cpu_percent is None and now.memory_percent == 60.0
+    assert now.missing["resources"] == (
+        'cpu_percent: answered 2 series ({instance="a:9100"}, {instance="b:9100"}), a figure '
+        "needs one: aggregate it (avg, max or sum without by)"
+    )
+    assert now.endpoint("GET /api/v1/agents").p95_ms is None  # type: ignore[union-attr]
+    assert now.missing["endpoints"].startswith(
+        "latency_p95: answered several series for endpoint GET /api/v1/agents "
+        '({instance="a",method="GET",route="/api/v1/agents"}, {instance="b",'
+    )
+    assert now.missing["endpoints"].endswith(
+        "keep only the labels method, route (sum by (method, route) ...)"
+    )
+    checks = {c.name: c for c in evaluate(now, assemble_week("v", _week(0.06), CONFIG), CONFIG)}
+    assert checks["CPU average"].status == "no data"

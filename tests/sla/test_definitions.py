@@ -87,6 +87,31 @@ def test_rule_data_points_cannot_exceed_periods() -> None:
         parse_definitions(text, "slos.yaml")
 
 
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        ("oncall@example.test, cto@example.test", "holds 2 addresses: give each one on its own"),
+        ("oncall", "is not an email address"),
+    ],
+)
+def test_an_email_fallback_entry_that_is_not_one_address_fails_naming_line_and_field(
+    entry: str, why: str
+) -> None:
+    """It used to be found only when Slack had failed and a notice needed the fallback: the
+    delivery then raised, the run's other notices unsent and its artifact unwritten."""
+    text = MINIMAL.format(objective="0.99").replace(
+        "  - name: default\n",
+        f"  - name: default\n    email_fallback: [ok@example.test, '{entry}']\n",
+    )
+    with pytest.raises(ConfigurationError) as err:
+        parse_definitions(text, "slos.yaml")
+    assert (
+        f"slos.yaml line 3, escalation_policies[0].email_fallback[1]: Value error, '{entry}' {why}"
+        in str(err.value)
+    )
+    assert "give one address per entry, like sre@example.com" in str(err.value)
+
+
 def test_durations() -> None:
     assert parse_duration("90m") == timedelta(minutes=90)
     assert parse_duration(30) == timedelta(seconds=30)

@@ -16,12 +16,14 @@ from prefect_email import EmailServerCredentials
 
 from blocks import RedisTarget, SlackEscalationTarget
 from blocks.resolve import FileOutbox
+from decisions.burn_rate import Evaluation
 from decisions.escalation import acknowledge
 from decisions.slo_definitions import parse_definitions
 from tasks import sla_delivery
 from tasks.sla_delivery import SlaStore, acknowledge_alert_in_store, deliver
 from tasks.slack.threads import FileMessenger, SlackMessenger
 from tests.servers import SlackStandIn, SmtpServer
+from tests.servers.slack import DEFAULT_TOKEN
 from tests.sla.helpers import DEFINITIONS, T0, definitions
 from tests.sla.test_escalation import RENAMED, TWO_LEVELS, alert
 
@@ -184,6 +186,29 @@ def test_slack_down_without_fallback_keeps_the_marker_and_the_next_run_sends(
     assert len(keys(slack)) == len(set(keys(slack))) == 2
 
 
+def test_an_unconfirmed_first_message_holds_back_the_new_incident_of_its_group(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    store.mark_state()
+    target = slack_target.model_copy(update={"max_retries": 0})
+    slack.fail_next(503, method="chat.postMessage", after_handling=True)  # stored, then a 503
+    slack.fail_next(503, count=2, method="conversations.history")  # and Slack unreadable
+    [first] = deliver(store, SlackMessenger(target), D, FIRING, T0).delivered
+    assert (first.kind, first.outcome) == ("fire", "failed")
+    assert len(slack.messages) == 1 and store.incidents() == {}
+    # No incident in Redis: this run decides a new one (another key, the same alerts). While the
+    # first message cannot be looked for it waits: it was a second FIRING, and once the first was
+    # found, recorded over it (its thread never resolved).
+    [late] = deliver(store, SlackMessenger(target), D, FIRING, T0 + MINUTE).delivered
+    assert late.kind == "fire" and late.key != first.key and late.outcome == "deferred"
+    assert late.note.startswith(f"waits: {first.key} of this group maybe sent, not confirmed")
+    assert len(slack.messages) == 1
+    report = deliver(store, SlackMessenger(target), D, FIRING, T0 + 2 * MINUTE)
+    assert f"notice {first.key} found sent, recorded" in report.recovered
+    assert report.delivered == [] and len(slack.messages) == 1
+    assert store.incidents()["default:slo=availability"].root_ts == slack.messages[0]["ts"]
+
+
 def test_two_concurrent_evaluators_send_once(
     store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
 ) -> None:
@@ -203,6 +228,49 @@ def test_two_concurrent_evaluators_send_once(
         t.join()
     assert errors == []
     assert len(keys(slack)) == len(set(keys(slack))) == 3  # fire, level 2, level 3
+
+
+def test_an_evaluation_older_than_one_already_decided_decides_nothing(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    run(store, slack_target, 0)
+    resolved = run(store, slack_target, 5, alerts=[])
+    assert [d.kind for d in resolved.delivered] == ["resolved"]
+    # The run of minute 4 (still firing then) waited for the lock behind minute 5's, e.g. its
+    # Prometheus queries were slow: it fired the resolved incident again as a new one.
+    late = run(store, slack_target, 4)
+    assert late.delivered == []
+    assert late.stale.startswith("nothing decided: an evaluation at 2026-11-02 12:05:00 UTC")
+    assert "this one (at 2026-11-02 12:04:00 UTC) is older" in late.stale
+    assert [m["text"].split(":")[0] for m in slack.messages] == [
+        "RESOLVED [critical] availability"
+    ] * 2
+    again = run(store, slack_target, 5, alerts=[])  # the same minute again (a retried run)
+    assert again.stale == "" and again.delivered == []
+    fired = run(store, slack_target, 6)  # the next minute fires a new incident as it should
+    assert [d.kind for d in fired.delivered] == ["fire"] and len(slack.messages) == 3
+
+
+def test_an_older_evaluation_leaves_the_no_data_clocks_as_the_newer_one_wrote_them(
+    store: SlaStore,
+    slack: SlackStandIn,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flows.evaluate_slos import escalate_alerts
+
+    monkeypatch.setenv("PERFOPS_SLACK_TOKEN", DEFAULT_TOKEN)
+    monkeypatch.setenv("PERFOPS_SLACK_API_URL", slack.base_url)
+
+    def at(minute: int, no_data_since: dict[str, Any]) -> Evaluation:
+        now = T0 + minute * MINUTE
+        return Evaluation(at=now, statuses=[], alerts=[], no_data_since=no_data_since)
+
+    escalate_alerts.fn(store, D, at(5, {}), None, None, "")  # the data came back at minute 5
+    # The run of minute 4 (no data since minute 0) got the lock last: it restarted the clock
+    # the newer run had cleared, so the next gap raised a no-data alert at once.
+    late = escalate_alerts.fn(store, D, at(4, {"availability": T0}), None, None, "")
+    assert late.stale.startswith("nothing decided")
+    assert store.no_data_since() == {}
 
 
 class CrashAfterSend(SlackMessenger):

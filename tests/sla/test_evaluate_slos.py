@@ -176,3 +176,61 @@ def test_prometheus_answering_503_after_retries_is_a_blind_run_that_fails(
     items = [r for r in rows if r["kind"] in ("slo", "rule", "degradation")]
     assert items and {r["result"] for r in items} == {"no data"}
     assert all(str(r["reason"]).startswith(UNREACHABLE) for r in items)
+
+
+def test_a_run_that_cannot_take_the_sla_lock_records_its_evaluation_then_fails(
+    prefect_harness: None,
+    sla_env: Path,
+    slack: SlackStandIn,
+    redis_target: RedisTarget,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It used to end with LockBusy raised from its delivery task: no artifact, no
+    perfops.sla.evaluated, though every SLO had been evaluated."""
+    from flows.evaluate_slos import evaluate_slos
+    from tasks import sla_delivery
+
+    monkeypatch.setattr(sla_delivery, "LOCK_WAIT_S", 0.5)
+    held = redis_target.get_client().lock(f"{redis_target.key_prefix}sla:lock", timeout=120)
+    assert held.acquire(blocking=False)  # another evaluation, slow on Slack, holds it
+    try:
+        state = evaluate_slos(definitions_path=str(sla_env), at=_at(3), return_state=True)
+    finally:
+        held.release()
+    assert state.is_failed() and state.message is not None
+    assert state.message.startswith("another SLA evaluation holds perfops:sla:lock for more than")
+    rows = artifact_rows("perfops-sla")
+    assert [(r["item"], r["result"]) for r in rows if r["kind"] == "delivery"] == [
+        ("notices", "not decided")
+    ]
+    assert {r["item"]: r["result"] for r in rows}["availability"] == "firing"
+    evaluated = wait_for_events(
+        "perfops.sla.evaluated", flow_run_id=state.state_details.flow_run_id
+    )
+    assert evaluated[0].payload["at"] == _at(3).isoformat()
+    assert slack.messages == []
+
+
+def test_a_run_without_redis_records_its_evaluation_then_fails_saying_so(
+    prefect_harness: None, sla_env: Path, slack: SlackStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It used to crash in read_no_data_clocks with the client's bare ConnectionError ('Error
+    111 connecting to ...'): no artifact, no perfops.sla.evaluated."""
+    from flows.evaluate_slos import evaluate_slos
+
+    monkeypatch.setenv("PERFOPS_REDIS_URL", "redis://127.0.0.1:9/4")  # nothing listens there
+    state = evaluate_slos(definitions_path=str(sla_env), at=_at(3), return_state=True)
+    assert state.is_failed() and state.message is not None
+    assert state.message.startswith(
+        "nothing decided or sent: Redis at redis://127.0.0.1:9/4 failed: Error 111 connecting"
+    )
+    assert state.message.endswith(
+        "(the incidents, the notice log and the lock are there); the next run catches up"
+    )
+    rows = artifact_rows("perfops-sla")
+    assert [(r["item"], r["result"]) for r in rows if r["kind"] == "delivery"] == [
+        ("notices", "not decided")
+    ]
+    assert {r["item"]: r["result"] for r in rows}["availability"] == "firing"
+    assert wait_for_events("perfops.sla.evaluated", flow_run_id=state.state_details.flow_run_id)
+    assert slack.messages == []

@@ -15,11 +15,13 @@ import pytest
 from pydantic import SecretStr
 from slack_sdk.errors import SlackApiError
 
-from blocks import SlackEscalationTarget
+from blocks import PrometheusSource, SlackEscalationTarget
 from blocks.resolve import FileOutbox
+from decisions.burn_rate import evaluate
 from decisions.escalation import policy_channels
 from decisions.slack_metadata import slack_metadata_problems
 from decisions.slo_definitions import SlaDefinitions, parse_definitions
+from tasks.prometheus.slis import fetch_measurements
 from tasks.sla_delivery import Acknowledged, SlaStore, acknowledge_alert_in_store, deliver
 from tasks.slack.threads import NoticeFailed, SlackMessenger
 from tests.servers import SlackStandIn
@@ -419,3 +421,23 @@ def test_the_bot_token_never_reaches_logs_notes_or_redis(
         assert secret not in caplog.text
         assert secret not in " ".join(notes)
         assert secret not in stored
+
+
+def test_a_password_in_the_prometheus_url_never_reaches_slack(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    """The no-data alert's reason says why Prometheus could not be read: its URL, without the
+    password a Prometheus behind basic auth is given in it."""
+    source = PrometheusSource(url="http://alice:s3cret-pw@127.0.0.1:9", retries=0, timeout_s=2)
+    m = fetch_measurements(source, D, T0)
+    since = {s.name: T0 - timedelta(minutes=15) for s in D.slos + D.alert_rules}
+    ev = evaluate(D, m.slos, m.rules, m.degradations, T0, since)
+    assert ev.alerts and all(a.key.endswith("/no-data") for a in ev.alerts)
+    assert all(
+        "cannot reach Prometheus at http://alice:***@127.0.0.1:9" in a.reason for a in ev.alerts
+    )
+    report = deliver(store, SlackMessenger(slack_target), D, ev.alerts, T0)
+    assert {d.outcome for d in report.delivered} == {"sent"}
+    posted = repr(slack.messages)
+    assert "alice:***@" in posted and "s3cret-pw" not in posted
+    assert all("s3cret-pw" not in s.detail for s in ev.statuses)

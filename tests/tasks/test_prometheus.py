@@ -12,6 +12,7 @@ from decisions.scaling_report import LoadQuery
 from perfops.errors import ConfigurationError, ConnectionFailed
 from tasks.load_history import read_load_history
 from tasks.prometheus.client import fetch_build_info, query_instant, query_range
+from tasks.prometheus.report import query_week
 from tests.conftest import HISTORY_END, HISTORY_START, load_value
 from tests.servers import PrometheusServer, UnhealthyProxy
 
@@ -97,6 +98,18 @@ def test_scaling_history_from_an_unavailable_prometheus_is_a_connection_failure(
     source = PrometheusSource(url=unhealthy.url, retries=0)
     with pytest.raises(ConnectionFailed, match="cannot reach Prometheus"):
         read_load_history(source, LoadQuery(lookback=timedelta(hours=2)), datetime.now(UTC))
+
+
+@pytest.mark.parametrize("status", [None, 503])  # no answer at all, or a 503 after retries
+def test_a_password_in_the_prometheus_url_stays_out_of_the_report_sections(
+    unhealthy: UnhealthyProxy, status: int | None
+) -> None:
+    """A section's reason is on the report's page and in its email."""
+    url = "http://127.0.0.1:9" if status is None else unhealthy.url
+    source = PrometheusSource(url=url.replace("http://", "http://alice:s3cret-pw@"), retries=0)
+    [result] = query_week.fn(source, {"up": "up"}, datetime.now(UTC)).values()
+    assert result.error is not None and result.error.startswith("cannot reach Prometheus at")
+    assert "http://alice:***@127.0.0.1:" in result.error and "s3cret-pw" not in result.error
 
 
 def test_a_query_prometheus_refuses_is_still_rejected_not_unreachable(
