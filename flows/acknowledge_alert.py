@@ -2,7 +2,9 @@
 `perfops sla ack ALERT [--at TIME]`, or a flow run through the API with the alert key). Posts
 an "acknowledged" reply in each of the incident's Slack threads and records it in Redis; the
 ack is also in the reply's metadata, so it survives a Redis that lost its data. A reply Slack
-refused fails the run (the acknowledgement itself holds); running it again posts it.
+refused fails the run (the acknowledgement itself holds); running it again posts it. A run that
+could not take the SLA lock (an evaluation holds it) or reach Redis acknowledges nothing: its
+artifact says so and it ends Failed; running it again acknowledges.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pydantic import BaseModel
 
 from blocks.resolve import check_block_names, resolve_redis, resolve_slack
 from decisions.slo_definitions import load_definitions
-from perfops.errors import ConfigurationError
+from perfops.errors import ConfigurationError, ConnectionFailed, LockBusy
 from perfops.redaction import install_log_redaction
 from tasks.records import emit, end_run, publish_table
 from tasks.sla_delivery import SlaStore, acknowledge_alert_in_store
@@ -67,6 +69,18 @@ def acknowledge_alert(
         )
     except LookupError as exc:
         raise ConfigurationError(str(exc).strip("'\"")) from None
+    except (LockBusy, ConnectionFailed) as exc:  # nothing changed: say so, then fail
+        why = (
+            "an SLA evaluation holds the SLA lock"
+            if isinstance(exc, LockBusy)
+            else str(exc).removesuffix(".")
+        ) + "; nothing was acknowledged: run it again"
+        publish_table(
+            ARTIFACT_KEY,
+            [{"alert": alert, "result": "not acknowledged", "reason": why}],
+            f"Acknowledgement of {alert}: not done",
+        )
+        raise type(exc)(why) from exc
     state, new = done.state, done.newly_acked
     assert state.acked_at is not None and state.acked_by is not None
     result = AckResult(

@@ -121,7 +121,8 @@ class SlaStore:
         return self.prefix + ":".join(parts)
 
     @contextlib.contextmanager
-    def locked(self, wait_s: float = LOCK_WAIT_S) -> Iterator[HeldLock]:
+    def locked(self, wait_s: float | None = None) -> Iterator[HeldLock]:
+        wait_s = LOCK_WAIT_S if wait_s is None else wait_s  # read when called (tests shorten it)
         lock = self.client.lock(
             self.key("lock"),
             timeout=self.lock_timeout_s,

@@ -211,6 +211,47 @@ def test_a_run_that_cannot_take_the_sla_lock_records_its_evaluation_then_fails(
     assert slack.messages == []
 
 
+def test_an_acknowledgement_that_cannot_take_the_lock_or_reach_redis_says_so_and_fails(
+    prefect_harness: None,
+    sla_env: Path,
+    slack: SlackStandIn,
+    redis_target: RedisTarget,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It used to end with the bare LockBusy / Redis error and no artifact."""
+    from flows.acknowledge_alert import acknowledge_alert
+    from flows.evaluate_slos import evaluate_slos
+    from tasks import sla_delivery
+
+    evaluate_slos(definitions_path=str(sla_env), at=_at(3))
+    monkeypatch.setattr(sla_delivery, "LOCK_WAIT_S", 0.5)
+    held = redis_target.get_client().lock(f"{redis_target.key_prefix}sla:lock", timeout=120)
+    assert held.acquire(blocking=False)  # an evaluation, slow on Slack, holds it
+    try:
+        state = acknowledge_alert(
+            alert="error-rate-critical/threshold",
+            definitions_path=str(sla_env),
+            return_state=True,
+        )
+    finally:
+        held.release()
+    assert state.is_failed() and state.message is not None
+    assert state.message.endswith(
+        "an SLA evaluation holds the SLA lock; nothing was acknowledged: run it again"
+    )
+    [row] = artifact_rows("perfops-sla-ack")
+    assert row["result"] == "not acknowledged" and row["reason"] in state.message
+    posted = len(slack.messages)
+    monkeypatch.setenv("PERFOPS_REDIS_URL", "redis://127.0.0.1:9/4")  # nothing listens there
+    state = acknowledge_alert(
+        alert="error-rate-critical/threshold", definitions_path=str(sla_env), return_state=True
+    )
+    assert state.is_failed() and "Redis at redis://127.0.0.1:9/4 failed" in str(state.message)
+    [row] = artifact_rows("perfops-sla-ack")
+    assert row["result"] == "not acknowledged"
+    assert len(slack.messages) == posted  # no reply says it was acknowledged
+
+
 def test_a_run_without_redis_records_its_evaluation_then_fails_saying_so(
     prefect_harness: None, sla_env: Path, slack: SlackStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
