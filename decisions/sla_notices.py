@@ -22,6 +22,13 @@ TITLES = {
 }
 
 
+def slack_escape(text: str) -> str:
+    """`text` as Slack's mrkdwn reads it literally: `&`, `<` and `>` are its control characters
+    (`<url|label>`, `<@U123>`), so a reason such as "p95 < 0.3 s & errors > 1 %" lost the text
+    between them; Slack asks for exactly these three to be escaped."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _num(value: float | None, alert: Alert) -> str:
     if value is None:
         return "n/a"
@@ -35,10 +42,14 @@ def _severity(alerts: list[Alert]) -> str:
     return next((s for s in order if any(a.severity == s for a in alerts)), "info")
 
 
-def notice_text(notice: Notice, resolved_after_min: int | None = None) -> str:
-    """The plain-text fallback (what the push notification shows)."""
+def notice_text(
+    notice: Notice, resolved_after_min: int | None = None, *, slack: bool = True
+) -> str:
+    """The plain-text fallback (what the push notification shows); `slack=False`: for an email
+    (nothing escaped)."""
     severity = _severity(notice.alerts)
     names = ", ".join(sorted({a.name for a in notice.alerts})) or notice.group
+    names = slack_escape(names) if slack else names
     mentions = " ".join(f"<@{m}>" for m in notice.mentions)
     head = f"{TITLES[notice.kind]} [{severity}] {names}"
     if notice.kind == "resolved":
@@ -59,7 +70,7 @@ def notice_blocks(notice: Notice, run_url: str = "") -> list[dict[str, Any]]:
     ]
     for alert in notice.alerts[:10]:
         fields = [
-            f"*What broke*\n{icon} `{alert.key}` ({alert.severity})",
+            f"*What broke*\n{icon} `{slack_escape(alert.key)}` ({alert.severity})",
             f"*Value vs objective*\n{_num(alert.value, alert)} vs {_num(alert.objective, alert)}",
         ]
         if alert.burn_rate is not None:
@@ -69,7 +80,7 @@ def notice_blocks(notice: Notice, run_url: str = "") -> list[dict[str, Any]]:
         blocks.append(
             {
                 "type": "section",
-                "text": {"type": "mrkdwn", "text": alert.reason[:2900]},
+                "text": {"type": "mrkdwn", "text": slack_escape(alert.reason)[:2900]},
                 "fields": [{"type": "mrkdwn", "text": f} for f in fields],
             }
         )

@@ -60,7 +60,7 @@ from decisions.escalation import (
     rebuild,
     record,
 )
-from decisions.sla_notices import notice_blocks, notice_metadata, notice_text
+from decisions.sla_notices import notice_blocks, notice_metadata, notice_text, slack_escape
 from decisions.sla_report import Delivered, DeliveryReport
 from decisions.slo_definitions import SlaDefinitions
 from perfops.errors import ConnectionFailed, LockBusy
@@ -417,13 +417,13 @@ def _email_fallback(
     if email is None or not recipients:
         raise ConnectionFailed(f"{why}; no email fallback configured")
     minutes = int((notice.at - notice.started_at).total_seconds() // 60)
-    lines = [notice_text(notice, minutes), "", f"Slack failed: {why}", ""]
+    lines = [notice_text(notice, minutes, slack=False), "", f"Slack failed: {why}", ""]
     for a in notice.alerts:
         lines.append(f"- {a.key} [{a.severity}]: {a.reason} (runbook {a.runbook or 'n/a'})")
     message = build_message(
         sender=sender,
         to=recipients,
-        subject=f"[perfops] {notice_text(notice, minutes)}"[:200],
+        subject=f"[perfops] {notice_text(notice, minutes, slack=False)}"[:200],
         text="\n".join(lines),
     )
     try:
@@ -693,7 +693,8 @@ def acknowledge_alert_in_store(
                     )
                     continue
             text = (
-                f":eyes: Acknowledged by *{acked_by}* at {acked_at:%Y-%m-%d %H:%M} UTC: "
+                f":eyes: Acknowledged by *{slack_escape(acked_by)}* at "
+                f"{acked_at:%Y-%m-%d %H:%M} UTC: "
                 f"escalation stopped at level {notice.level}, no more reminders."
             )
             store.set_pending(notice)

@@ -127,6 +127,21 @@ def test_resolution_posts_in_the_same_thread_and_updates_the_first_message() -> 
     assert sim.sent[-1].kind == "fire" and sim.sent[-1].incident != resolved.incident
 
 
+def test_slack_text_escapes_its_control_characters_and_the_email_keeps_them() -> None:
+    sim = Sim()
+    raw = alert("errors&latency/p95<0.3s")
+    odd = raw.model_copy(update={"reason": "p95 0.42 s > 0.3 s & errors < 1 % <@U999>"})
+    sim.step(T0, [odd])
+    [notice] = sim.sent
+    section = notice_blocks(notice)[1]
+    assert section["text"]["text"] == (
+        "p95 0.42 s &gt; 0.3 s &amp; errors &lt; 1 % &lt;@U999&gt;"  # no mention, no lost text
+    )
+    assert "`errors&amp;latency/p95&lt;0.3s`" in section["fields"][0]["text"]
+    assert "] errors&amp;latency:" in notice_text(notice)
+    assert "] errors&latency:" in notice_text(notice, slack=False)
+
+
 def test_grouping_one_message_for_the_alerts_of_one_slo() -> None:
     sim = Sim()
     sim.step(T0, [alert("availability/page-fast"), alert("availability/page-slow")])
