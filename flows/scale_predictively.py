@@ -33,7 +33,7 @@ from decisions.scaling_report import (
     scaling_events,
 )
 from decisions.scaling_tuning import base_policy, candidate_from_record, scaling_policy_for
-from perfops.errors import LockBusy
+from perfops.errors import LockBusy, PerfopsError
 from perfops.redaction import install_log_redaction
 from perfops.settings import get_settings
 from tasks.autoscaling import (
@@ -213,9 +213,13 @@ def scale_predictively(
                 and decision.action != "fail_static"
             )
             applied = False
+            not_set: PerfopsError | None = None
             if acts and client is not None and aws is not None:
-                set_capacity_task(client, aws.group, decision.desired)
-                applied = True
+                try:  # from the capacity decided on: a group changed meanwhile is left alone
+                    set_capacity_task(client, aws.group, decision.desired, decision.current)
+                    applied = True
+                except PerfopsError as exc:  # recorded below, then the run fails
+                    not_set = exc
             elif acts:
                 applied = True  # simulated group: the decision is its new capacity
             new_state = decision.state
@@ -233,7 +237,7 @@ def scale_predictively(
                 current=decision.current,
                 desired=decision.desired,
                 action=decision.action,
-                reason=decision.reason,
+                reason=f"{decision.reason}; not set: {not_set}" if not_set else decision.reason,
                 applied=applied,
                 load=decision.load,
                 forecast_peak=decision.forecast_peak,
@@ -263,6 +267,8 @@ def scale_predictively(
         return end_run(run, note=f"nothing done: {exc}")
     logger.info("%s", run.summary)
     _record(run, history.series, upper, fleet_target)
+    if not_set is not None:
+        return end_run(run, f"capacity of {group} not set to {run.desired}: {not_set}")
     failed = run.action == "fail_static"
     return end_run(run, f"no decision for {group}: {run.reason}" if failed else None)
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from blocks.resolve import BOTO_RETRY_CONFIG, load_block
 from decisions.fleet import Target
-from perfops.errors import ConfigurationError, ConnectionFailed
+from perfops.errors import ConfigurationError, ConnectionFailed, PerfopsError
 
 if TYPE_CHECKING:
     from prefect_aws import AwsCredentials
@@ -52,6 +52,11 @@ def group_target(target: Target) -> AutoScalingTarget:
     return AutoScalingTarget(
         group=scaling.group, **scaling.model_dump(exclude={"group"}, exclude_none=True)
     )
+
+
+class GroupChanged(PerfopsError):
+    """The group's desired capacity changed between the decision's read and its write (an
+    operator, a scheduled action, another scaler): nothing was set, the next run decides again."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,11 @@ def _fail(target: str, what: str, exc: Exception) -> Exception:
         message = exc.response.get("Error", {}).get("Message", str(exc))
         if code in {"Throttling", "ThrottlingException", "RequestLimitExceeded"}:
             return ConnectionFailed(f"Auto Scaling kept throttling {what} for {target}: {message}")
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if status >= 500:  # botocore's retries are spent: unavailable, not a refusal
+            return ConnectionFailed(
+                f"Auto Scaling kept failing {what} for {target} (HTTP {status} {code}): {message}"
+            )
         return ConfigurationError(f"Auto Scaling refused {what} for {target}: {code} {message}")
     return ConnectionFailed(f"cannot reach Auto Scaling for {what} ({target}): {exc}")
 
@@ -146,10 +156,21 @@ def describe_group(client: Any, group: str) -> GroupState:
     )
 
 
-def set_capacity(client: Any, group: str, desired: int) -> GroupState:
+def set_capacity(client: Any, group: str, desired: int, expected: int | None = None) -> GroupState:
     """Set the desired capacity after checking it against the group's own min/max (perfops
-    enforces them: moto does not); returns the group as read back afterwards."""
+    enforces them: moto does not); returns the group as read back afterwards.
+
+    `expected` is the desired capacity the decision started from: a group found at another one
+    (changed meanwhile) is left as it is (`GroupChanged`), since the decision's step and
+    cooldowns were measured from `expected`. An error answer to the write (a 5xx after the
+    retries) is checked against the group read back: a change AWS stored anyway is done."""
     before = describe_group(client, group)
+    if expected is not None and before.desired not in (expected, desired):
+        raise GroupChanged(
+            f"group {group!r} is at desired capacity {before.desired}, not the {expected} this "
+            f"decision started from (changed meanwhile): {desired} not set, nothing changed; "
+            "the next run decides from the group's capacity then"
+        )
     if not before.min_size <= desired <= before.max_size:
         raise ConfigurationError(
             f"desired capacity {desired} is outside group {group!r}'s bounds "
@@ -161,7 +182,13 @@ def set_capacity(client: Any, group: str, desired: int) -> GroupState:
                 AutoScalingGroupName=group, DesiredCapacity=desired, HonorCooldown=False
             )
         except (ClientError, BotoCoreError) as exc:
-            raise _fail(group, "set_desired_capacity", exc) from exc
+            failure = _fail(group, "set_desired_capacity", exc)
+            try:
+                stored = describe_group(client, group).desired == desired
+            except PerfopsError:
+                stored = False
+            if not stored:
+                raise failure from exc
     after = describe_group(client, group)
     if after.desired != desired:
         raise ConnectionFailed(
@@ -245,9 +272,11 @@ def describe_group_task(client: Any, group: str) -> GroupState:
 
 
 @task(name="set_desired_capacity")
-def set_capacity_task(client: Any, group: str, desired: int) -> GroupState:
+def set_capacity_task(
+    client: Any, group: str, desired: int, expected: int | None = None
+) -> GroupState:
     """Task wrapper of `set_capacity` (one change, verified before and after)."""
-    return set_capacity(client, group, desired)
+    return set_capacity(client, group, desired, expected)
 
 
 @task(name="put_scheduled_actions")

@@ -18,7 +18,7 @@ from decisions.scaling_report import LoadQuery
 from flows.scale_predictively import scale_predictively
 from perfops.errors import ConfigurationError, ConnectionFailed
 from tasks.autoscaling import AutoScalingTarget
-from tasks.scaling_state import group_lock, read_history
+from tasks.scaling_state import group_lock, load_state, read_history
 from tests.conftest import HISTORY_END, REDIS_TEST_URL, load_value
 from tests.records import artifact_rows, failed_run, one_target, wait_for_event
 from tests.servers import MotoServer, PrometheusServer
@@ -114,6 +114,45 @@ def test_missing_group_fails_with_a_clear_error(env: RedisTarget, moto_server: M
     target = AutoScalingTarget(group="nope", endpoint_url=moto_server.endpoint_url)
     with pytest.raises(ConfigurationError, match="'nope' does not exist"):
         scale_predictively(group="nope", aws=target, dry_run=False)
+
+
+def test_a_group_changed_between_read_and_write_is_left_alone_and_the_run_fails(
+    env: RedisTarget, group: tuple[Any, AutoScalingTarget], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decision scales in 30 -> 27 (max_step 3); an operator sets the group to 10 while it
+    forecasts. Setting 27 then would be a scale-out of 17 recorded as a scale-in of 3."""
+    import flows.scale_predictively as module
+
+    client, target = group
+    client.set_desired_capacity(AutoScalingGroupName="web", DesiredCapacity=30)
+    read = module.describe_group
+
+    def read_then_operator(c: Any, name: str) -> Any:
+        found = read(c, name)
+        client.set_desired_capacity(AutoScalingGroupName="web", DesiredCapacity=10)
+        return found
+
+    monkeypatch.setattr(module, "describe_group", read_then_operator)
+    policy = ScalingPolicy(capacity_per_instance=1e9, max_step=3, max_capacity=40)
+    state = scale_predictively(
+        group="web", aws=target, dry_run=False, policy=policy, return_state=True
+    )
+    run, message = failed_run(state)
+    assert run.action == "scale_in" and (run.current, run.desired) == (30, 27)
+    assert not run.applied and "not the 30 this decision started from" in run.reason
+    assert message.startswith("capacity of web not set to 27: group 'web' is at desired ")
+    [found] = client.describe_auto_scaling_groups(AutoScalingGroupNames=["web"])[
+        "AutoScalingGroups"
+    ]
+    assert found["DesiredCapacity"] == 10
+    [row] = [r for r in artifact_rows("perfops-scaling-decision") if r["kind"] == "decision"]
+    assert "not set:" in row["reason"]
+    [record] = read_history(env, "web")
+    assert record["applied"] is False
+    assert load_state.fn(env, "web").last_action_at is None  # no cooldown: nothing was done
+    run_id = str(state.state_details.flow_run_id)
+    decided = wait_for_event("perfops.scaling.decided", flow_run_id=run_id)
+    assert "not set:" in decided.payload["reason"]
 
 
 def test_redis_down_no_action(
