@@ -1,5 +1,6 @@
 """AWS Auto Scaling tasks (boto3): describe a group, set its desired capacity, write scheduled
-actions idempotently (bounds only: an action never sets the desired capacity).
+actions idempotently (bounds only: an action never sets the desired capacity) and delete the
+ones of windows the schedule no longer has.
 
 Throttling, 5xx and connection errors are retried by botocore's "standard" retry mode
 (exponential backoff with jitter, `blocks.resolve.BOTO_RETRY_CONFIG`); anything else
@@ -83,6 +84,16 @@ class ScheduledAction:
     max_size: int
     timezone: str = "UTC"
     desired: int | None = None
+
+
+ACTION_PREFIX = "perfops-"  # the scheduled actions perfops writes: perfops-<window>-start/-end
+
+
+def stale_actions(existing: dict[str, ScheduledAction], wanted: list[ScheduledAction]) -> list[str]:
+    """perfops' actions on the group that the schedule no longer has (a window removed or
+    renamed): left there, they would keep setting the group's bounds. Other actions stay."""
+    names = {a.name for a in wanted}
+    return sorted(n for n in existing if n.startswith(ACTION_PREFIX) and n not in names)
 
 
 def action_change(existing: ScheduledAction | None, wanted: ScheduledAction) -> str | None:
@@ -265,6 +276,27 @@ def put_schedule(client: Any, group: str, actions: list[ScheduledAction]) -> lis
     return changed
 
 
+def delete_actions(client: Any, group: str, names: list[str]) -> list[str]:
+    """Delete the scheduled actions `names` (one already gone counts as deleted: a rerun after
+    a crash finishes the work); returns them after checking that the group has none of them."""
+    for name in names:
+        try:
+            client.delete_scheduled_action(AutoScalingGroupName=group, ScheduledActionName=name)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ValidationError":
+                raise _fail(group, f"delete_scheduled_action {name}", exc) from exc
+            # AWS answers ValidationError for an action that no longer exists: checked below
+        except BotoCoreError as exc:
+            raise _fail(group, f"delete_scheduled_action {name}", exc) from exc
+    left = [n for n in names if n in scheduled_actions(client, group)]
+    if left:
+        raise ConnectionFailed(
+            f"group {group!r} still has the scheduled actions {', '.join(left)} after deleting "
+            "them: rerun to delete them again"
+        )
+    return names
+
+
 @task(name="describe_autoscaling_group")
 def describe_group_task(client: Any, group: str) -> GroupState:
     """Task wrapper of `describe_group`."""
@@ -283,3 +315,9 @@ def set_capacity_task(
 def put_schedule_task(client: Any, group: str, actions: list[ScheduledAction]) -> list[str]:
     """Task wrapper of `put_schedule`."""
     return put_schedule(client, group, actions)
+
+
+@task(name="delete_scheduled_actions")
+def delete_actions_task(client: Any, group: str, names: list[str]) -> list[str]:
+    """Task wrapper of `delete_actions`."""
+    return delete_actions(client, group, names)

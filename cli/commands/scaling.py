@@ -267,6 +267,7 @@ def apply_schedule(
                 "dry_run": run.dry_run,
                 "actions": run.actions,
                 "changed": run.changed,
+                "deleted": run.deleted,
                 "summary": run.summary,
             }
         )
@@ -279,6 +280,9 @@ def apply_schedule(
             f"min {a['min_size']} max {a['max_size']}",
             indent=2,
         )
+    for name in run.deleted:
+        verb = "would delete" if run.dry_run else "deleted"
+        print_wrapped(f"- {name}: {verb} (not in the schedule)", indent=2)
 
 
 @app.command()

@@ -13,7 +13,7 @@ import pytest
 
 from blocks import RedisTarget
 from decisions.fleet import FleetReport
-from decisions.scaling_policy import ScalingPolicy
+from decisions.scaling_policy import ScalingPolicy, Schedule, ScheduleWindow
 from decisions.scaling_report import LoadQuery
 from flows.scale_predictively import scale_predictively
 from perfops.errors import ConfigurationError, ConnectionFailed
@@ -275,6 +275,46 @@ def test_apply_scaling_schedule_rewrites_actions_that_set_the_desired_capacity(
     ] == [(4, 100, None), (2, 100, None)]
     again = one_target(apply_scaling_schedule, aws=target, dry_run=False)
     assert again.changed == [] and "already in place" in again.summary
+
+
+def test_apply_scaling_schedule_deletes_the_actions_of_a_window_no_longer_in_the_schedule(
+    group: tuple[Any, AutoScalingTarget],
+) -> None:
+    """A window removed from (or renamed in) the schedule must not keep setting the group's
+    bounds: its perfops-<name>-start/-end actions go; actions perfops did not name stay."""
+    from flows.apply_scaling_schedule import apply_scaling_schedule
+
+    client, target = group
+    weekend = ScheduleWindow(name="saturday", days=(5,), min_capacity=10, max_capacity=40)
+    both = Schedule(windows=(ScheduleWindow(min_capacity=4, max_capacity=40), weekend))
+    one_target(apply_scaling_schedule, aws=target, schedule=both, dry_run=False)
+    client.put_scheduled_update_group_action(
+        AutoScalingGroupName="web", ScheduledActionName="ops-manual", Recurrence="0 3 * * *"
+    )
+
+    def names() -> list[str]:
+        found = client.describe_scheduled_actions(AutoScalingGroupName="web")
+        return sorted(a["ScheduledActionName"] for a in found["ScheduledUpdateGroupActions"])
+
+    weekdays = Schedule(windows=(ScheduleWindow(min_capacity=4, max_capacity=40),))
+    preview = one_target(apply_scaling_schedule, aws=target, schedule=weekdays)
+    assert preview.deleted == ["perfops-saturday-end", "perfops-saturday-start"]
+    assert "would delete 2" in preview.summary and len(names()) == 5
+    rows = artifact_rows("perfops-scaling-schedule")
+    assert [(r["name"], r["result"]) for r in rows][2:] == [
+        ("perfops-saturday-end", "would delete"),
+        ("perfops-saturday-start", "would delete"),
+    ]
+    assert "not in the schedule" in rows[2]["reason"]
+    applied = one_target(apply_scaling_schedule, aws=target, schedule=weekdays, dry_run=False)
+    assert applied.deleted == ["perfops-saturday-end", "perfops-saturday-start"]
+    assert names() == [
+        "ops-manual",
+        "perfops-business-hours-end",
+        "perfops-business-hours-start",
+    ]
+    again = one_target(apply_scaling_schedule, aws=target, schedule=weekdays, dry_run=False)
+    assert again.changed == [] and again.deleted == [] and "already in place" in again.summary
 
 
 def test_a_fleet_scales_each_of_its_groups_and_leaves_databases_out(

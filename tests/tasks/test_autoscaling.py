@@ -18,10 +18,12 @@ from tasks.autoscaling import (
     ScheduledAction,
     action_change,
     client_for,
+    delete_actions,
     describe_group,
     put_schedule,
     scheduled_actions,
     set_capacity,
+    stale_actions,
 )
 from tasks.scaling_state import group_lock, load_state, read_history, save_state
 from tests.servers import MotoServer
@@ -141,6 +143,21 @@ def test_a_schedule_of_two_windows_keeps_both_and_a_rerun_changes_nothing(asg: A
     assert sorted(written) == sorted(names)
     assert written["perfops-saturday-start"]["Recurrence"] == "0 10 * * SAT"
     assert written["perfops-business-hours-start"]["Recurrence"] == "0 9 * * MON,TUE,WED,THU,FRI"
+
+
+def test_actions_of_windows_gone_from_the_schedule_are_deleted_once(asg: Any) -> None:
+    """perfops' own actions (perfops-*) the schedule no longer has go; a rerun after a crash
+    (one already deleted) finishes the work; actions perfops did not name stay."""
+    for name in ("perfops-saturday-start", "perfops-saturday-end", "nightly-batch"):
+        asg.put_scheduled_update_group_action(
+            AutoScalingGroupName="web", ScheduledActionName=name, Recurrence="0 3 * * *", MinSize=3
+        )
+    wanted = [ScheduledAction("perfops-business-hours-start", "0 9 * * MON", 4, 6)]
+    stale = stale_actions(scheduled_actions(asg, "web"), wanted)
+    assert stale == ["perfops-saturday-end", "perfops-saturday-start"]
+    asg.delete_scheduled_action(AutoScalingGroupName="web", ScheduledActionName=stale[0])
+    assert delete_actions(asg, "web", stale) == stale
+    assert list(scheduled_actions(asg, "web")) == ["nightly-batch"]
 
 
 def test_throttling_is_retried_with_backoff(asg: Any) -> None:
