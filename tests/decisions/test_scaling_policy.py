@@ -224,6 +224,45 @@ def test_windows_of_one_name_are_rejected_naming_it() -> None:
     ]
 
 
+def test_overlapping_windows_are_rejected_and_windows_that_meet_hand_over() -> None:
+    """A window inside another (lunch in business hours) would end by restoring the off-hours
+    bounds while the outer one still holds; a window ending as the next starts must not race
+    the next one's start with an off-hours end action at the same minute."""
+    business = ScheduleWindow(name="business", min_capacity=4, max_capacity=50)
+    lunch = ScheduleWindow(
+        name="lunch", start=time(12), end=time(14), min_capacity=8, max_capacity=50
+    )
+    with pytest.raises(
+        ValidationError,
+        match=r"windows 'business' and 'lunch' overlap on MON,TUE,WED,THU,FRI from 12:00 to "
+        r"14:00: the end of one would restore the off-hours bounds inside the other",
+    ):
+        Schedule(windows=(business, lunch))
+    morning = ScheduleWindow(
+        name="morning", start=time(8), end=time(12), min_capacity=10, max_capacity=50
+    )
+    afternoon = ScheduleWindow(
+        name="afternoon",
+        days=(0, 1, 2),
+        start=time(12),
+        end=time(18),
+        min_capacity=6,
+        max_capacity=50,
+    )
+    sched = Schedule(windows=(morning, afternoon), off_hours_min=2, off_hours_max=20)
+    assert schedule_actions(sched) == [
+        ("perfops-morning-start", "0 8 * * MON,TUE,WED,THU,FRI", 10, 50, "UTC"),
+        ("perfops-morning-end", "0 12 * * THU,FRI", 2, 20, "UTC"),  # Mon-Wed: afternoon starts
+        ("perfops-afternoon-start", "0 12 * * MON,TUE,WED", 6, 50, "UTC"),
+        ("perfops-afternoon-end", "0 18 * * MON,TUE,WED", 2, 20, "UTC"),
+    ]
+    every_day = afternoon.model_copy(update={"days": (0, 1, 2, 3, 4)})
+    names = [a[0] for a in schedule_actions(Schedule(windows=(morning, every_day)))]
+    assert "perfops-morning-end" not in names  # the afternoon's start takes over every day
+    monday_noon = datetime(2024, 3, 4, 12, 30, tzinfo=UTC)
+    assert sched.bounds_at(monday_noon) == (6, 50, "afternoon")
+
+
 def test_decision_is_fast() -> None:
     import time as clock
 
