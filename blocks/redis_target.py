@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from perfops.redaction import register_secret
+from perfops.redaction import redact, register_secret
 
 
 def redis_address(url: str) -> tuple[str, str]:
@@ -62,6 +62,12 @@ class RedisTarget(Block):
         default=5.0, gt=0, le=300, description="Seconds to wait for a reply to one command."
     )
     retries: int = Field(default=3, ge=0, le=10, description="Retries of a connection failure.")
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as errors and records may show it: a password it carries masked
+        (`redis://:***@cache:6379/0`)."""
+        return redact(self.url)
 
     def get_client(self, **kwargs: Any) -> redis.Redis:
         """A `redis.Redis` client (strings decoded) with timeouts and jittered retries."""

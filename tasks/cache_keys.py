@@ -66,7 +66,7 @@ def _kwargs(target: RedisTarget) -> dict[str, Any]:
 
 
 def failed(target: RedisTarget, exc: BaseException) -> ConnectionFailed:
-    return ConnectionFailed(f"Redis at {target.url} failed: {exc}")
+    return ConnectionFailed(f"Redis at {target.shown_url} failed: {exc}")
 
 
 def connect(target: RedisTarget) -> CacheConnection:
