@@ -40,6 +40,28 @@ def test_warm_fetches_with_bounded_concurrency_waits_out_429_and_reports_a_404(
                        "reason": f"HTTP 404 from {gone_url}", "count": 1}  # fmt: skip
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_redirect_fails_its_key_instead_of_caching_where_it_leads(
+    app: App, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app behind SSO answers a request without a session with a redirect to its login
+    page: following it cached the login page as the key's value."""
+    monkeypatch.setenv("PERFOPS_REDIS_URL", redis_target.url)
+    keys = ["agent:1:config:main", "agent:private:config:main"]
+    state = warm_cache(cache="agent_configs", keys=keys, url_template=app.url, return_state=True)
+    report, message = failed_run(state)
+    assert (report.warmed, report.failed) == (1, 1)
+    private_url = app.url.replace("{key}", "agent%3Aprivate%3Aconfig%3Amain")
+    assert message == (
+        f"1 of 2 keys of agent_configs failed to warm: agent:private:config:main: HTTP 302 from "
+        f"{private_url} redirects to /login: not followed (give the URL that answers with the "
+        "value)"
+    )
+    client = client_for(redis_target)
+    assert client.get("agent:private:config:main") is None
+    assert "/login" not in app.seen
+
+
 def test_values_computed_in_postgresql_are_written_pipelined(
     pg_target: PostgresTarget, redis_target: RedisTarget
 ) -> None:
