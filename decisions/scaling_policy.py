@@ -531,6 +531,31 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalingState | None =
     )
 
 
+def held_to_group(decision: Decision, min_size: int, max_size: int) -> Decision:
+    """`decision` held inside the group's own MinSize..MaxSize as AWS has them now (a scheduled
+    action moves them: business hours raise the minimum), which AWS would refuse to pass;
+    only ever closer to the current capacity, so the step and cooldown checks still hold."""
+    if decision.action == "fail_static" or min_size <= decision.desired <= max_size:
+        return decision
+    if decision.desired < min_size:
+        desired, held = min_size, f"MinSize {min_size}"
+    else:
+        desired, held = max_size, f"MaxSize {max_size}"
+    action: Literal["scale_out", "scale_in", "none"] = (
+        "scale_out"
+        if desired > decision.current
+        else "scale_in"
+        if desired < decision.current
+        else "none"
+    )
+    return replace(
+        decision,
+        desired=desired,
+        action=action,
+        reason=f"{decision.reason}; held to the group's {held}",
+    )
+
+
 def schedule_actions(schedule: Schedule) -> list[tuple[str, str, int, int, str]]:
     """The schedule as recurring Auto Scaling actions: (name, cron, min, max, zone).
 

@@ -23,7 +23,7 @@ from blocks.resolve import CsvTrace, check_block_names, resolve_metrics, resolve
 from decisions import forecasting
 from decisions.fleet import AUTOSCALING, FleetReport, Target, keyed, target_labels
 from decisions.scaling_charts import decision_chart
-from decisions.scaling_policy import Mode, Observation, ScalingPolicy, decide
+from decisions.scaling_policy import Mode, Observation, ScalingPolicy, decide, held_to_group
 from decisions.scaling_report import (
     LoadQuery,
     ScalingRun,
@@ -187,10 +187,11 @@ def scale_predictively(
     try:
         with group_lock(redis_target, group):
             state = load_state(redis_target, group)
-            client = None
+            client, found = None, None
             if aws is not None:
                 client = client_for(aws, load_credentials(aws))
-                current = describe_group(client, aws.group).desired
+                found = describe_group(client, aws.group)
+                current = found.desired
             elif current_capacity is not None:
                 current = current_capacity
             else:
@@ -206,6 +207,8 @@ def scale_predictively(
                 missing_fraction=history.missing_fraction,
             )
             decision = decide(pol, observation, state)
+            if found is not None:  # never past the bounds the group has now (AWS refuses)
+                decision = held_to_group(decision, found.min_size, found.max_size)
             acts = (
                 not dry_run
                 and pol.mode == "forecast_and_scale"

@@ -16,6 +16,7 @@ from decisions.scaling_policy import (
     ScheduleWindow,
     StepThresholds,
     decide,
+    held_to_group,
     schedule_actions,
 )
 from decisions.scaling_report import chart_file
@@ -261,6 +262,19 @@ def test_overlapping_windows_are_rejected_and_windows_that_meet_hand_over() -> N
     assert "perfops-morning-end" not in names  # the afternoon's start takes over every day
     monday_noon = datetime(2024, 3, 4, 12, 30, tzinfo=UTC)
     assert sched.bounds_at(monday_noon) == (6, 50, "afternoon")
+
+
+def test_a_decision_is_held_to_the_groups_own_bounds() -> None:
+    d = decide(policy(), obs(0.0, 6))  # wants the policy's minimum, 2
+    assert d.desired == 2
+    held = held_to_group(d, 4, 40)  # business hours: the group's MinSize is 4
+    assert (held.desired, held.action) == (4, "scale_in")
+    assert held.reason == f"{d.reason}; held to the group's MinSize 4"
+    at_min = held_to_group(decide(policy(), obs(0.0, 4)), 4, 40)
+    assert (at_min.desired, at_min.action, at_min.changes) == (4, "none", False)
+    assert held_to_group(d, 2, 40) is d  # inside the bounds: unchanged
+    blind = decide(policy(), obs([], 6))
+    assert held_to_group(blind, 8, 40) is blind  # no decision stays no decision
 
 
 def test_decision_is_fast() -> None:

@@ -155,6 +155,31 @@ def test_a_group_changed_between_read_and_write_is_left_alone_and_the_run_fails(
     assert "not set:" in decided.payload["reason"]
 
 
+def test_decisions_are_held_to_the_groups_own_bounds_a_schedule_moved(
+    env: RedisTarget, group: tuple[Any, AutoScalingTarget]
+) -> None:
+    """apply_scaling_schedule raises the group's MinSize to 4 in business hours (and its
+    off-hours MaxSize may sit under the policy's maximum): a decision past them was refused,
+    run after run, and the group never moved; it is held to the group's bounds instead."""
+    client, target = group
+    client.update_auto_scaling_group(AutoScalingGroupName="web", MinSize=4, DesiredCapacity=6)
+    quiet = ScalingPolicy(capacity_per_instance=1e9, max_capacity=40)  # wants the minimum, 2
+    run = one_target(scale_predictively, group="web", aws=target, dry_run=False, policy=quiet)
+    assert run.applied and (run.current, run.desired, run.action) == (6, 4, "scale_in")
+    assert run.reason.endswith("; held to the group's MinSize 4")
+    client.update_auto_scaling_group(AutoScalingGroupName="web", MaxSize=8)
+    busy = ScalingPolicy(capacity_per_instance=1000.0, max_capacity=40, max_step=40)
+    run = one_target(scale_predictively, group="web", aws=target, dry_run=False, policy=busy)
+    assert run.applied and (run.current, run.desired, run.action) == (4, 8, "scale_out")
+    assert run.reason.endswith("; held to the group's MaxSize 8")
+    [found] = client.describe_auto_scaling_groups(AutoScalingGroupNames=["web"])[
+        "AutoScalingGroups"
+    ]
+    assert found["DesiredCapacity"] == 8
+    again = one_target(scale_predictively, group="web", aws=target, dry_run=False, policy=busy)
+    assert not again.applied and again.action == "none" and again.desired == 8
+
+
 def test_redis_down_no_action(
     monkeypatch: pytest.MonkeyPatch, group: tuple[Any, AutoScalingTarget]
 ) -> None:
