@@ -47,7 +47,7 @@ from tasks.autoscaling import (
 from tasks.fleet_runs import run_over_fleet, scaling_parameters, verified_fleet_target
 from tasks.load_history import InsufficientData, LoadHistory, read_load_history
 from tasks.records import emit, end_run, publish_table
-from tasks.scaling_state import group_lock, load_state, load_tuning, save_state
+from tasks.scaling_state import group_lock, load_state, load_tuning, read_history, save_state
 
 ARTIFACT_KEY = "perfops-scaling-decision"
 FLEET_ARTIFACT_KEY = "perfops-scaling-fleet"
@@ -110,7 +110,8 @@ def scale_predictively(
         dry_run: decide and record only (default for a new deployment).
         query: PromQL, lookback and step of the load history (CSV trace: the trace's step).
         aws: the Auto Scaling group (region, endpoint, credentials block); without it the group
-            is simulated (current capacity from `current_capacity` or the last decision).
+            is simulated (current capacity from `current_capacity`, else what the group's last
+            run set, or kept in a dry run; else the policy's minimum).
         current_capacity: the simulated group's capacity.
         metrics_block / redis_block: block names (default: PERFOPS_* variables, else the
             embedded CSV trace and local Redis).
@@ -194,9 +195,11 @@ def scale_predictively(
                 current = found.desired
             elif current_capacity is not None:
                 current = current_capacity
-            else:
-                last = [n for _, n in state.recommendations]
-                current = last[-1] if last else pol.min_capacity
+            else:  # a simulated group: at what its last run set (or, dry, kept)
+                last = read_history(redis_target, group, limit=1)
+                current = pol.min_capacity
+                if last:
+                    current = int(last[0]["desired" if last[0].get("applied") else "current"])
             observation = Observation(
                 now=at,
                 load=history.series.to_numpy(),

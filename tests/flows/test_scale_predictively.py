@@ -71,6 +71,23 @@ def test_csv_trace_dry_run_records_and_changes_nothing(env: RedisTarget) -> None
     assert event.payload["dry_run"] is True
 
 
+def test_a_simulated_group_is_at_the_capacity_its_last_run_left(env: RedisTarget) -> None:
+    """Without `current_capacity`, a simulated group's capacity is what the last run set (or,
+    in a dry run, kept): it was the last recommendation, before max_step, so the group seemed
+    at 77 after a step from 3 to 8, and 'no change' followed."""
+    policy = ScalingPolicy(capacity_per_instance=500.0, max_step=5, max_capacity=100)
+    first = one_target(
+        scale_predictively, group="sim", policy=policy, dry_run=False, current_capacity=3
+    )
+    assert first.applied and (first.current, first.desired) == (3, 8)
+    second = one_target(scale_predictively, group="sim", policy=policy, dry_run=False)
+    assert second.applied and (second.current, second.desired) == (8, 13)
+    preview = one_target(scale_predictively, group="sim", policy=policy)
+    assert not preview.applied and (preview.current, preview.desired) == (13, 18)
+    after_preview = one_target(scale_predictively, group="sim", policy=policy)
+    assert after_preview.current == 13  # a dry run changed nothing
+
+
 def test_applies_to_the_group_and_rerun_does_not_double_scale(
     env: RedisTarget, group: tuple[Any, AutoScalingTarget]
 ) -> None:
