@@ -212,6 +212,9 @@ def test_concurrent_run_skips_and_says_why(env: RedisTarget) -> None:
     with group_lock(env, "demo"):
         run = one_target(scale_predictively, group="demo", current_capacity=3)
     assert run.skipped and "another scaling run holds the lock" in run.reason
+    with group_lock(env, "web"):  # a real group: no capacity was read, none is claimed
+        skipped = one_target(scale_predictively, group="web", aws=AutoScalingTarget(group="web"))
+    assert skipped.summary.startswith("web: skipped: another scaling run holds the lock")
 
 
 def test_prometheus_history(
