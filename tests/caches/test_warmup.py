@@ -114,6 +114,27 @@ def test_a_warm_up_from_sql_fetches_a_null_value_instead_of_writing_none(
     assert list(app.seen) == ["agent:2:config:main"]
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_keys_that_are_not_the_caches_are_refused_before_anything_is_written(
+    app: App, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key of another cache (or perfops' own state) was fetched from this cache's URL and
+    written with this cache's TTL: a wrong --cache overwrote other caches' values."""
+    monkeypatch.setenv("PERFOPS_REDIS_URL", redis_target.url)
+    client = client_for(redis_target)
+    client.set("user:42:profile:main", b"the user's")
+    keys = ["agent:1:config:main", "user:42:profile:main", "perfops:scaling:web:state"]
+    with pytest.raises(
+        ConfigurationError,
+        match=r"2 of 3 keys are not keys of cache agent_configs \(agent:\{agent_id\}:config:\*\): "
+        r"user:42:profile:main \(a key of user_profiles\), perfops:scaling:web:state; nothing "
+        r"warmed",
+    ):
+        warm_cache(cache="agent_configs", keys=keys, url_template=app.url)
+    assert client.get("user:42:profile:main") == b"the user's"
+    assert client.get("agent:1:config:main") is None and app.seen == {}
+
+
 def test_ttl_jitter_stays_within_bounds() -> None:
     assert ttl_with_jitter(1000, 0.1, lambda: 0.0) == 900
     assert ttl_with_jitter(1000, 0.1, lambda: 1.0) == 1100
