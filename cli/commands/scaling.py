@@ -97,7 +97,10 @@ def decide(
     current: Annotated[
         int | None,
         typer.Option(
-            min=0, help="Capacity of a simulated group (without --aws).", show_default=False
+            min=0,
+            help="Capacity of a simulated group (without --aws; default: what its last "
+            "decide --apply set, else the policy's minimum).",
+            show_default=False,
         ),
     ] = None,
     apply: Annotated[
