@@ -303,7 +303,7 @@ def test_a_run_whose_load_was_not_measured_says_so_in_an_event() -> None:
         publish_unmeasured("smoke", "http://127.0.0.1:8089", reason)
 
     unmeasured()
-    event = wait_for_event("perfops.load.failed")
+    event = wait_for_event("perfops.load.failed", where=lambda e: e.payload["reason"] == reason)
     assert event.payload == {"test": "smoke", "reason": reason}
     assert event.resource.id == "perfops.load.127.0.0.1:8089"
     assert event.resource.get("perfops.test") == "smoke"
