@@ -264,6 +264,7 @@ def drop_tagged(
     started = time.monotonic()
     matched = dropped = 0
     samples: list[str] = []
+    before: dict[str, int] = {}
     dropped_batches: list[list[str]] = []
     with connected(target) as conn:
         router = conn.router
@@ -275,7 +276,10 @@ def drop_tagged(
             cursor, members = page
             matched += len(members)
             if len(samples) < SAMPLES:
-                samples += [decode_key(m) for m in members[: SAMPLES - len(samples)]]
+                taken = [decode_key(m) for m in members[: SAMPLES - len(samples)]]
+                samples += taken
+                if apply:  # their TTLs before the drop: a refill since is not a key left
+                    before.update(_ttls(conn, taken))
             if apply and members:
                 dropped += _drop_members(conn, members)
                 router.srem(tag_key, *members)
@@ -286,7 +290,10 @@ def drop_tagged(
             matched = size
         if apply and refused is None and router.scard(tag_key) == 0:
             router.unlink(tag_key)
-        left = _still_there(conn, samples)[0] if apply and refused is None else []
+        left: list[str] = []
+        rewritten = 0
+        if apply and refused is None:
+            left, rewritten = _still_there(conn, samples, before)
     result = PatternResult(
         matched=matched,
         dropped=dropped,
@@ -296,6 +303,7 @@ def drop_tagged(
         passes=1,
         left=left,
         seconds=round(time.monotonic() - started, 3),
+        rewritten=rewritten,
     )
     return result, dropped_batches
 

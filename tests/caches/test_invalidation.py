@@ -119,6 +119,27 @@ def test_a_key_the_app_writes_again_after_the_drop_is_fresh_not_left(
     assert missed.left == [keys[1]] and missed.rewritten == 0
 
 
+def test_a_tagged_key_the_app_writes_again_after_the_drop_is_fresh_not_left(
+    cache_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = [f"user:{i}:profile:main" for i in range(5)]
+    seed(cache_target, keys)
+    client = client_for(cache_target)
+    client.sadd("tag:department:sales", *keys)
+    drop = cache_keys._drop_members
+
+    def drop_then_the_app_refills(conn: object, members: list[bytes]) -> int:
+        dropped = drop(conn, members)  # type: ignore[arg-type]
+        client.set(keys[0], "fresh", ex=7200)  # the app's next read, with its tag again
+        return dropped
+
+    monkeypatch.setattr(cache_keys, "_drop_members", drop_then_the_app_refills)
+    done, _ = drop_tagged.fn(
+        cache_target, "tag:department:sales", 100, apply=True, max_keys=1000, force=False
+    )
+    assert done.dropped == 5 and done.left == [] and done.rewritten == 1
+
+
 def test_a_payload_of_star_drops_the_user_called_star_only(cache_target: RedisTarget) -> None:
     star = ["user:*:profile:a", "user:*:preferences:b"]
     others = ["user:1:profile:a", "user:2:preferences:b", "user:?:profile:c", "user:[*]:profile:d"]
