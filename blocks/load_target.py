@@ -64,6 +64,12 @@ class LoadTarget(Block):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"base_url must be an http(s) URL with a host, got {value!r}")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(
+                "base_url must not carry a user or password (it is recorded as the target in "
+                "the load history, artifacts and events): give the credentials as auth_header "
+                "(a secret), e.g. 'Basic <base64 of user:password>'"
+            )
         return value.rstrip("/")
 
     def hosts(self) -> set[str]:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from perfops.redaction import register_secret
+from perfops.redaction import redact, register_secret
 
 
 def redis_address(url: str) -> tuple[str, str]:
@@ -51,7 +51,8 @@ class RedisTarget(Block):
 
     url: str = Field(
         default="redis://127.0.0.1:6379/0",
-        description="redis:// or rediss:// URL without the password, e.g. rediss://cache:6380/0.",
+        description="redis:// or rediss:// URL, e.g. rediss://cache:6380/0; a user and password "
+        "in it move to username and password (a secret).",
     )
     username: str | None = Field(default=None, description="ACL user name, if any.")
     password: SecretStr | None = Field(default=None, description="Password or ACL secret.")
@@ -62,6 +63,33 @@ class RedisTarget(Block):
         default=5.0, gt=0, le=300, description="Seconds to wait for a reply to one command."
     )
     retries: int = Field(default=3, ge=0, le=10, description="Retries of a connection failure.")
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as errors and records may show it: a password it carries masked
+        (`redis://:***@cache:6379/0`)."""
+        return redact(self.url)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_out_of_the_url(cls, data: Any) -> Any:
+        """A user and password the URL carries (`redis://:pw@cache/0`, as PERFOPS_REDIS_URL
+        often does) move to `username` and the secret `password`: the URL is a plain field,
+        shown in the UI, kept in the block document and named in errors. Redis used the URL's
+        password over the field's, so it wins here too."""
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return data
+        parts = urlsplit(data["url"])
+        if "@" not in parts.netloc:
+            return data
+        moved = dict(data)
+        head, rest = data["url"].split("//", 1)  # the netloc follows the scheme's //
+        moved["url"] = f"{head}//{rest.replace(parts.netloc, parts.netloc.rsplit('@', 1)[1], 1)}"
+        if parts.username and not data.get("username"):
+            moved["username"] = unquote(parts.username)
+        if parts.password is not None:
+            moved["password"] = SecretStr(unquote(parts.password))
+        return moved
 
     def get_client(self, **kwargs: Any) -> redis.Redis:
         """A `redis.Redis` client (strings decoded) with timeouts and jittered retries."""

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from decisions.cache_policy import CachePolicy, Target
+from perfops.wording import counted
 
 # A pattern step with these results still means the CDN items of its cache go too (the keys
 # are gone, or would go, or were gone already).
@@ -151,6 +152,9 @@ def pattern_outcome(target: Target, pattern: str, result: Any, apply: bool) -> O
     else:
         verdict = "dropped"
         reason = f"UNLINKed {result.dropped:,} keys in {result.passes} SCAN pass(es)"
+        rewritten = getattr(result, "rewritten", 0)
+        if rewritten:
+            reason += f"; {counted(rewritten, 'sampled key')} written again since (refilled)"
         if result.left:
             verdict, reason = "failed", f"sampled keys still there: {', '.join(result.left)}"
     return Outcome(

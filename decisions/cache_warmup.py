@@ -5,12 +5,36 @@ together do not expire together), the run's report and its artifact rows. Pure:
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from decisions.cache_policy import Cache, CachePolicy, glob_regex
+
 LISTED_FAILURES = 50
+LISTED_FOREIGN = 5
+
+
+def not_of_cache(policy: CachePolicy, cache: Cache, keys: Iterable[str]) -> str | None:
+    """Why keys that `cache`'s key pattern does not match may not be warmed as its keys (they
+    would be fetched from its URL and written with its TTL over another cache's value, or over
+    perfops' own state), naming the first few and their cache; None when all are its own."""
+    keys = list(keys)
+    own = re.compile(glob_regex(cache.any_key))
+    foreign = [k for k in keys if not own.fullmatch(k)]
+    if not foreign:
+        return None
+    named = []
+    for key in foreign[:LISTED_FOREIGN]:
+        other = policy.cache_of_key(key)
+        named.append(f"{key} (a key of {other})" if other else key)
+    more = f" and {len(foreign) - LISTED_FOREIGN} more" if len(foreign) > LISTED_FOREIGN else ""
+    return (
+        f"{len(foreign)} of {len(keys)} keys are not keys of cache {cache.name} ({cache.key}): "
+        f"{', '.join(named)}{more}; nothing warmed: give each cache's keys with its --cache"
+    )
 
 
 def ttl_with_jitter(ttl_s: int, jitter: float, rng: Callable[[], float] = random.random) -> int:

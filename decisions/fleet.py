@@ -474,6 +474,17 @@ def database_limit(resource: str) -> str:
     return _limit_name(f"perfops-db-{server}:{dbname}")
 
 
+def load_target_limit(base_url: str) -> str:
+    """The global concurrency limit (1 slot) a load test holds while it sends load to a target,
+    named after the target's host and port (`https://staging.example.com` ->
+    `perfops-load-staging.example.com:443`): two load tests of one target never overlap (each
+    would measure the other's load), whether run by the deployment, the CLI or the API."""
+    parts = urlsplit(base_url)
+    host = (parts.hostname or "unknown-host").rstrip(".")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return _limit_name(f"perfops-load-{host}:{port}")
+
+
 def server_of(resource: str) -> str:
     """`host:port` of a database's event resource id (a Unix socket's directory and port,
     `/var/run/postgresql:5432`)."""

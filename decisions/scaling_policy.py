@@ -68,6 +68,9 @@ class StepThresholds(BaseModel):
         return self
 
 
+CRON_DAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
+
+
 class ScheduleWindow(BaseModel):
     """A recurring window (e.g. business hours) with its own capacity bounds."""
 
@@ -135,6 +138,17 @@ class Schedule(BaseModel):
                 "the scheduled actions perfops-<name>-start and perfops-<name>-end, so windows "
                 "of one name would overwrite each other: give each window its own name"
             )
+        for i, a in enumerate(self.windows):
+            for b in self.windows[i + 1 :]:
+                days = sorted(set(a.days) & set(b.days))
+                if days and a.start < b.end and b.start < a.end:
+                    raise ValueError(
+                        f"windows {a.name!r} and {b.name!r} overlap on "
+                        f"{','.join(CRON_DAYS[d] for d in days)} from "
+                        f"{max(a.start, b.start):%H:%M} to {min(a.end, b.end):%H:%M}: the end "
+                        "of one would restore the off-hours bounds inside the other; split "
+                        "them so they only meet (one ending when the next starts)"
+                    )
         return self
 
     def bounds_at(self, moment: datetime) -> tuple[int, int, str]:
@@ -517,13 +531,36 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalingState | None =
     )
 
 
-CRON_DAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
+def held_to_group(decision: Decision, min_size: int, max_size: int) -> Decision:
+    """`decision` held inside the group's own MinSize..MaxSize as AWS has them now (a scheduled
+    action moves them: business hours raise the minimum), which AWS would refuse to pass;
+    only ever closer to the current capacity, so the step and cooldown checks still hold."""
+    if decision.action == "fail_static" or min_size <= decision.desired <= max_size:
+        return decision
+    if decision.desired < min_size:
+        desired, held = min_size, f"MinSize {min_size}"
+    else:
+        desired, held = max_size, f"MaxSize {max_size}"
+    action: Literal["scale_out", "scale_in", "none"] = (
+        "scale_out"
+        if desired > decision.current
+        else "scale_in"
+        if desired < decision.current
+        else "none"
+    )
+    return replace(
+        decision,
+        desired=desired,
+        action=action,
+        reason=f"{decision.reason}; held to the group's {held}",
+    )
 
 
 def schedule_actions(schedule: Schedule) -> list[tuple[str, str, int, int, str]]:
     """The schedule as recurring Auto Scaling actions: (name, cron, min, max, zone).
 
-    Each window starts with its own min/max and ends by restoring the off-hours bounds; the
+    Each window starts with its own min/max and ends by restoring the off-hours bounds (not on
+    a day another window starts as it ends: that window's start sets the bounds then); the
     cron fields are in the schedule's time zone. No action sets the desired capacity: AWS
     clamps the group's current desired into the new bounds, so a higher minimum scales out at
     once, and a lower one lets perfops' decisions scale in behind their guardrails
@@ -533,6 +570,11 @@ def schedule_actions(schedule: Schedule) -> list[tuple[str, str, int, int, str]]
     out = []
     for w in schedule.windows:
         days = ",".join(CRON_DAYS[d] for d in sorted(set(w.days)))
+        # a window that ends as another starts (morning 08-12, afternoon 12-18) hands over:
+        # an end action restoring the off-hours bounds at that moment would race the start
+        # action, so it runs only on the days no window starts then (none: no end action)
+        handed = {d for o in schedule.windows if o is not w and o.start == w.end for d in o.days}
+        end_days = ",".join(CRON_DAYS[d] for d in sorted(set(w.days) - handed))
         lo, hi = w.min_capacity, w.max_capacity
         out.append(
             (
@@ -543,11 +585,13 @@ def schedule_actions(schedule: Schedule) -> list[tuple[str, str, int, int, str]]
                 schedule.timezone,
             )
         )
+        if not end_days:
+            continue
         off_lo, off_hi = schedule.off_hours_min, schedule.off_hours_max
         out.append(
             (
                 f"perfops-{w.name}-end",
-                f"{w.end.minute} {w.end.hour} * * {days}",
+                f"{w.end.minute} {w.end.hour} * * {end_days}",
                 off_lo,
                 off_hi,
                 schedule.timezone,

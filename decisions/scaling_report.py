@@ -53,7 +53,10 @@ class ScalingRun:
     @property
     def outcome(self) -> str:
         """What the run did or would do: 'set 6 (from 4)', 'would set 6 (from 4)', 'keep 4
-        (from 4)'."""
+        (from 4)'; 'skipped' for a run another run's lock kept from deciding (it read no
+        capacity)."""
+        if self.skipped:
+            return "skipped"
         verb = "set" if self.applied else "would set" if self.desired != self.current else "keep"
         return f"{verb} {self.desired} (from {self.current})"
 

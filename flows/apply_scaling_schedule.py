@@ -5,9 +5,10 @@ Scaling scheduled actions, idempotently (a rerun changes nothing). CLI
 The actions set the group's min and max only, never its desired capacity (AWS clamps the
 desired into the new bounds; scale-in stays with perfops' guarded decisions); an action found
 with a desired capacity (an older perfops wrote them so) is rewritten without it.
-dry_run (the default) lists the actions that differ from the group's and changes nothing.
-Records: a table artifact of the actions and the event `perfops.scaling.scheduled`
-{group, actions, changed, dry_run}.
+perfops' actions (`perfops-*`) of windows the schedule no longer has are deleted, after the
+new ones are written. dry_run (the default) lists the actions that differ from the group's
+(and those it would delete) and changes nothing. Records: a table artifact of the actions and
+the event `perfops.scaling.scheduled` {group, actions, changed, deleted, dry_run}.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from tasks.autoscaling import (
     ScheduledAction,
     action_change,
     client_for,
+    delete_actions_task,
     describe_group,
     group_target,
     load_credentials,
     put_schedule_task,
     scheduled_actions,
+    stale_actions,
 )
 from tasks.fleet_runs import run_over_fleet, verified_fleet_target
 from tasks.records import emit, end_run, publish_table
@@ -46,13 +49,20 @@ class ScheduleRun:
     dry_run: bool
     actions: list[dict[str, Any]] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)  # perfops' actions no window has now
 
     @property
     def summary(self) -> str:
-        verb = "would write" if self.dry_run else "wrote"
-        if not self.changed:
+        if not self.changed and not self.deleted:
             return f"{self.group}: schedule already in place ({len(self.actions)} actions)"
-        return f"{self.group}: {verb} {len(self.changed)} of {len(self.actions)} scheduled actions"
+        done = []
+        if self.changed:
+            verb = "would write" if self.dry_run else "wrote"
+            done.append(f"{verb} {len(self.changed)} of {len(self.actions)} scheduled actions")
+        if self.deleted:
+            verb = "would delete" if self.dry_run else "deleted"
+            done.append(f"{verb} {len(self.deleted)} no longer in the schedule")
+        return f"{self.group}: {'; '.join(done)}"
 
 
 @flow(
@@ -114,12 +124,14 @@ def apply_scaling_schedule(
     describe_group(client, aws.group)
     existing = scheduled_actions(client, aws.group)
     why = {a.name: action_change(existing.get(a.name), a) for a in actions}
+    stale = stale_actions(existing, actions)
     if dry_run:
         changed = [a.name for a in actions if why[a.name] is not None]
-    else:
+    else:  # the new actions first, then the old ones go: the group is never without bounds
         changed = put_schedule_task(client, aws.group, actions)
+        stale = delete_actions_task(client, aws.group, stale)
     shown = [{k: v for k, v in asdict(a).items() if k != "desired"} for a in actions]
-    run = ScheduleRun(aws.group, dry_run, shown, changed)
+    run = ScheduleRun(aws.group, dry_run, shown, changed, stale)
     logger.info("%s", run.summary)
     publish_table(
         keyed(ARTIFACT_KEY, fleet_target),
@@ -135,6 +147,16 @@ def apply_scaling_schedule(
             }
             | a
             for a in run.actions
+        ]
+        + [
+            {
+                "name": name,
+                "result": "would delete" if dry_run else "deleted",
+                "reason": "not in the schedule (its window was removed or renamed): it would "
+                "keep setting the group's bounds",
+            }
+            | {k: v for k, v in asdict(existing[name]).items() if k not in ("name", "desired")}
+            for name in run.deleted
         ],
         run.summary,
     )
@@ -145,8 +167,10 @@ def apply_scaling_schedule(
             "group": aws.group,
             "actions": [a.name for a in actions],
             "changed": changed,
+            "deleted": run.deleted,
             "dry_run": dry_run,
         },
         **target_labels(fleet_target),
     )
-    return end_run(run, note=None if changed else f"nothing to do: {run.summary}")
+    busy = changed or run.deleted
+    return end_run(run, note=None if busy else f"nothing to do: {run.summary}")

@@ -33,6 +33,7 @@ from prefect.runtime import flow_run
 
 from blocks import LoadTarget
 from blocks.resolve import Resolved, resolve_load_target, resolve_postgres
+from decisions.fleet import load_target_limit
 from decisions.load_baseline import ComparePolicy
 from decisions.load_report import LoadTestReport, add_comparison, assemble_report
 from decisions.load_results import ShareResult, merge_shares
@@ -42,6 +43,8 @@ from flows.run_load_share import run_load_share
 from perfops.errors import ConfigurationError, PerfopsError
 from perfops.heartbeats import heartbeats
 from perfops.redaction import install_log_redaction
+from tasks import fleet_runs
+from tasks.fleet_runs import hold_slots
 from tasks.load_generator import check_test, generate_load, read_test, share_plan
 from tasks.load_records import keep_history as record_history
 from tasks.load_records import publish_load_run, publish_refusal, publish_unmeasured
@@ -173,8 +176,13 @@ def run_load_test(
         shares,
         ", spread over the pool's workers" if spread and shares > 1 else "",
     )
-    try:
-        merged, ran = _send(test, resolved, tests_file, shares, spread)
+    try:  # one load test of a target at a time: a second would measure this one's load too
+        with hold_slots(
+            {load_target_limit(target.base_url): 1},
+            fleet_runs.SLOT_TIMEOUT_S,
+            held_by="another load test kept sending to this target",
+        ):
+            merged, ran = _send(test, resolved, tests_file, shares, spread)
     except PerfopsError as exc:  # a generator or a share failed: the record says which
         publish_unmeasured(test.name, target.base_url, str(exc))
         raise

@@ -23,7 +23,7 @@ from blocks.resolve import CsvTrace, check_block_names, resolve_metrics, resolve
 from decisions import forecasting
 from decisions.fleet import AUTOSCALING, FleetReport, Target, keyed, target_labels
 from decisions.scaling_charts import decision_chart
-from decisions.scaling_policy import Mode, Observation, ScalingPolicy, decide
+from decisions.scaling_policy import Mode, Observation, ScalingPolicy, decide, held_to_group
 from decisions.scaling_report import (
     LoadQuery,
     ScalingRun,
@@ -33,7 +33,7 @@ from decisions.scaling_report import (
     scaling_events,
 )
 from decisions.scaling_tuning import base_policy, candidate_from_record, scaling_policy_for
-from perfops.errors import LockBusy
+from perfops.errors import LockBusy, PerfopsError
 from perfops.redaction import install_log_redaction
 from perfops.settings import get_settings
 from tasks.autoscaling import (
@@ -47,7 +47,7 @@ from tasks.autoscaling import (
 from tasks.fleet_runs import run_over_fleet, scaling_parameters, verified_fleet_target
 from tasks.load_history import InsufficientData, LoadHistory, read_load_history
 from tasks.records import emit, end_run, publish_table
-from tasks.scaling_state import group_lock, load_state, load_tuning, save_state
+from tasks.scaling_state import group_lock, load_state, load_tuning, read_history, save_state
 
 ARTIFACT_KEY = "perfops-scaling-decision"
 FLEET_ARTIFACT_KEY = "perfops-scaling-fleet"
@@ -110,7 +110,8 @@ def scale_predictively(
         dry_run: decide and record only (default for a new deployment).
         query: PromQL, lookback and step of the load history (CSV trace: the trace's step).
         aws: the Auto Scaling group (region, endpoint, credentials block); without it the group
-            is simulated (current capacity from `current_capacity` or the last decision).
+            is simulated (current capacity from `current_capacity`, else what the group's last
+            run set, or kept in a dry run; else the policy's minimum).
         current_capacity: the simulated group's capacity.
         metrics_block / redis_block: block names (default: PERFOPS_* variables, else the
             embedded CSV trace and local Redis).
@@ -187,15 +188,18 @@ def scale_predictively(
     try:
         with group_lock(redis_target, group):
             state = load_state(redis_target, group)
-            client = None
+            client, found = None, None
             if aws is not None:
                 client = client_for(aws, load_credentials(aws))
-                current = describe_group(client, aws.group).desired
+                found = describe_group(client, aws.group)
+                current = found.desired
             elif current_capacity is not None:
                 current = current_capacity
-            else:
-                last = [n for _, n in state.recommendations]
-                current = last[-1] if last else pol.min_capacity
+            else:  # a simulated group: at what its last run set (or, dry, kept)
+                last = read_history(redis_target, group, limit=1)
+                current = pol.min_capacity
+                if last:
+                    current = int(last[0]["desired" if last[0].get("applied") else "current"])
             observation = Observation(
                 now=at,
                 load=history.series.to_numpy(),
@@ -206,6 +210,8 @@ def scale_predictively(
                 missing_fraction=history.missing_fraction,
             )
             decision = decide(pol, observation, state)
+            if found is not None:  # never past the bounds the group has now (AWS refuses)
+                decision = held_to_group(decision, found.min_size, found.max_size)
             acts = (
                 not dry_run
                 and pol.mode == "forecast_and_scale"
@@ -213,9 +219,13 @@ def scale_predictively(
                 and decision.action != "fail_static"
             )
             applied = False
+            not_set: PerfopsError | None = None
             if acts and client is not None and aws is not None:
-                set_capacity_task(client, aws.group, decision.desired)
-                applied = True
+                try:  # from the capacity decided on: a group changed meanwhile is left alone
+                    set_capacity_task(client, aws.group, decision.desired, decision.current)
+                    applied = True
+                except PerfopsError as exc:  # recorded below, then the run fails
+                    not_set = exc
             elif acts:
                 applied = True  # simulated group: the decision is its new capacity
             new_state = decision.state
@@ -233,7 +243,7 @@ def scale_predictively(
                 current=decision.current,
                 desired=decision.desired,
                 action=decision.action,
-                reason=decision.reason,
+                reason=f"{decision.reason}; not set: {not_set}" if not_set else decision.reason,
                 applied=applied,
                 load=decision.load,
                 forecast_peak=decision.forecast_peak,
@@ -263,6 +273,8 @@ def scale_predictively(
         return end_run(run, note=f"nothing done: {exc}")
     logger.info("%s", run.summary)
     _record(run, history.series, upper, fleet_target)
+    if not_set is not None:
+        return end_run(run, f"capacity of {group} not set to {run.desired}: {not_set}")
     failed = run.action == "fail_static"
     return end_run(run, f"no decision for {group}: {run.reason}" if failed else None)
 

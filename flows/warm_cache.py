@@ -25,7 +25,13 @@ from prefect import flow, get_run_logger
 
 from blocks.resolve import resolve_postgres, resolve_redis
 from decisions.cache_policy import load_policy
-from decisions.cache_warmup import WarmFailure, WarmReport, artifact_rows, ttl_with_jitter
+from decisions.cache_warmup import (
+    WarmFailure,
+    WarmReport,
+    artifact_rows,
+    not_of_cache,
+    ttl_with_jitter,
+)
 from decisions.fleet import FleetReport, keyed, target_labels
 from perfops.errors import ConfigurationError
 from perfops.redaction import install_log_redaction
@@ -102,6 +108,9 @@ def warm_cache(
         raise ConfigurationError(
             "give exactly one of keys, urls or keys_sql; got " + (", ".join(sources) or "none")
         )
+    foreign = not_of_cache(policy, spec, [*(keys or []), *(urls or {})])
+    if foreign:  # checked once, before any child or fetch
+        raise ConfigurationError(foreign)
     if targets is not None:  # the parent of a fleet run: one child run per Redis
         asked = {"cache": cache, "keys": keys, "url_template": url_template, "urls": urls,
                  "keys_sql": keys_sql, "concurrency": concurrency, "ttl_s": ttl_s,
@@ -117,6 +126,9 @@ def warm_cache(
     wanted: dict[str, str] = dict(urls or {})
     if keys_sql:
         rows = query_entries(resolve_postgres(postgres_block).value, keys_sql)
+        foreign = not_of_cache(policy, spec, (k for k, _ in rows))
+        if foreign:
+            raise ConfigurationError(f"the warm-up query: {foreign}")
         computed = {k: v.encode() for k, v in rows if v is not None}
         keys = [k for k, v in rows if v is None]
     if keys:

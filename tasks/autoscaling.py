@@ -1,5 +1,6 @@
 """AWS Auto Scaling tasks (boto3): describe a group, set its desired capacity, write scheduled
-actions idempotently (bounds only: an action never sets the desired capacity).
+actions idempotently (bounds only: an action never sets the desired capacity) and delete the
+ones of windows the schedule no longer has.
 
 Throttling, 5xx and connection errors are retried by botocore's "standard" retry mode
 (exponential backoff with jitter, `blocks.resolve.BOTO_RETRY_CONFIG`); anything else
@@ -22,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from blocks.resolve import BOTO_RETRY_CONFIG, load_block
 from decisions.fleet import Target
-from perfops.errors import ConfigurationError, ConnectionFailed
+from perfops.errors import ConfigurationError, ConnectionFailed, PerfopsError
 
 if TYPE_CHECKING:
     from prefect_aws import AwsCredentials
@@ -54,6 +55,11 @@ def group_target(target: Target) -> AutoScalingTarget:
     )
 
 
+class GroupChanged(PerfopsError):
+    """The group's desired capacity changed between the decision's read and its write (an
+    operator, a scheduled action, another scaler): nothing was set, the next run decides again."""
+
+
 @dataclass(frozen=True)
 class GroupState:
     name: str
@@ -78,6 +84,16 @@ class ScheduledAction:
     max_size: int
     timezone: str = "UTC"
     desired: int | None = None
+
+
+ACTION_PREFIX = "perfops-"  # the scheduled actions perfops writes: perfops-<window>-start/-end
+
+
+def stale_actions(existing: dict[str, ScheduledAction], wanted: list[ScheduledAction]) -> list[str]:
+    """perfops' actions on the group that the schedule no longer has (a window removed or
+    renamed): left there, they would keep setting the group's bounds. Other actions stay."""
+    names = {a.name for a in wanted}
+    return sorted(n for n in existing if n.startswith(ACTION_PREFIX) and n not in names)
 
 
 def action_change(existing: ScheduledAction | None, wanted: ScheduledAction) -> str | None:
@@ -120,6 +136,11 @@ def _fail(target: str, what: str, exc: Exception) -> Exception:
         message = exc.response.get("Error", {}).get("Message", str(exc))
         if code in {"Throttling", "ThrottlingException", "RequestLimitExceeded"}:
             return ConnectionFailed(f"Auto Scaling kept throttling {what} for {target}: {message}")
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if status >= 500:  # botocore's retries are spent: unavailable, not a refusal
+            return ConnectionFailed(
+                f"Auto Scaling kept failing {what} for {target} (HTTP {status} {code}): {message}"
+            )
         return ConfigurationError(f"Auto Scaling refused {what} for {target}: {code} {message}")
     return ConnectionFailed(f"cannot reach Auto Scaling for {what} ({target}): {exc}")
 
@@ -146,10 +167,21 @@ def describe_group(client: Any, group: str) -> GroupState:
     )
 
 
-def set_capacity(client: Any, group: str, desired: int) -> GroupState:
+def set_capacity(client: Any, group: str, desired: int, expected: int | None = None) -> GroupState:
     """Set the desired capacity after checking it against the group's own min/max (perfops
-    enforces them: moto does not); returns the group as read back afterwards."""
+    enforces them: moto does not); returns the group as read back afterwards.
+
+    `expected` is the desired capacity the decision started from: a group found at another one
+    (changed meanwhile) is left as it is (`GroupChanged`), since the decision's step and
+    cooldowns were measured from `expected`. An error answer to the write (a 5xx after the
+    retries) is checked against the group read back: a change AWS stored anyway is done."""
     before = describe_group(client, group)
+    if expected is not None and before.desired not in (expected, desired):
+        raise GroupChanged(
+            f"group {group!r} is at desired capacity {before.desired}, not the {expected} this "
+            f"decision started from (changed meanwhile): {desired} not set, nothing changed; "
+            "the next run decides from the group's capacity then"
+        )
     if not before.min_size <= desired <= before.max_size:
         raise ConfigurationError(
             f"desired capacity {desired} is outside group {group!r}'s bounds "
@@ -161,7 +193,13 @@ def set_capacity(client: Any, group: str, desired: int) -> GroupState:
                 AutoScalingGroupName=group, DesiredCapacity=desired, HonorCooldown=False
             )
         except (ClientError, BotoCoreError) as exc:
-            raise _fail(group, "set_desired_capacity", exc) from exc
+            failure = _fail(group, "set_desired_capacity", exc)
+            try:
+                stored = describe_group(client, group).desired == desired
+            except PerfopsError:
+                stored = False
+            if not stored:
+                raise failure from exc
     after = describe_group(client, group)
     if after.desired != desired:
         raise ConnectionFailed(
@@ -238,6 +276,27 @@ def put_schedule(client: Any, group: str, actions: list[ScheduledAction]) -> lis
     return changed
 
 
+def delete_actions(client: Any, group: str, names: list[str]) -> list[str]:
+    """Delete the scheduled actions `names` (one already gone counts as deleted: a rerun after
+    a crash finishes the work); returns them after checking that the group has none of them."""
+    for name in names:
+        try:
+            client.delete_scheduled_action(AutoScalingGroupName=group, ScheduledActionName=name)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ValidationError":
+                raise _fail(group, f"delete_scheduled_action {name}", exc) from exc
+            # AWS answers ValidationError for an action that no longer exists: checked below
+        except BotoCoreError as exc:
+            raise _fail(group, f"delete_scheduled_action {name}", exc) from exc
+    left = [n for n in names if n in scheduled_actions(client, group)]
+    if left:
+        raise ConnectionFailed(
+            f"group {group!r} still has the scheduled actions {', '.join(left)} after deleting "
+            "them: rerun to delete them again"
+        )
+    return names
+
+
 @task(name="describe_autoscaling_group")
 def describe_group_task(client: Any, group: str) -> GroupState:
     """Task wrapper of `describe_group`."""
@@ -245,12 +304,20 @@ def describe_group_task(client: Any, group: str) -> GroupState:
 
 
 @task(name="set_desired_capacity")
-def set_capacity_task(client: Any, group: str, desired: int) -> GroupState:
+def set_capacity_task(
+    client: Any, group: str, desired: int, expected: int | None = None
+) -> GroupState:
     """Task wrapper of `set_capacity` (one change, verified before and after)."""
-    return set_capacity(client, group, desired)
+    return set_capacity(client, group, desired, expected)
 
 
 @task(name="put_scheduled_actions")
 def put_schedule_task(client: Any, group: str, actions: list[ScheduledAction]) -> list[str]:
     """Task wrapper of `put_schedule`."""
     return put_schedule(client, group, actions)
+
+
+@task(name="delete_scheduled_actions")
+def delete_actions_task(client: Any, group: str, names: list[str]) -> list[str]:
+    """Task wrapper of `delete_actions`."""
+    return delete_actions(client, group, names)

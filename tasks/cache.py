@@ -19,7 +19,7 @@ def _client(target: RedisTarget) -> redis.Redis:
 
 
 def _wrap(target: RedisTarget, exc: redis.RedisError) -> ConnectionFailed:
-    return ConnectionFailed(f"Redis at {target.url} failed: {exc}")
+    return ConnectionFailed(f"Redis at {target.shown_url} failed: {exc}")
 
 
 @task(name="fetch_redis_info")

@@ -66,7 +66,7 @@ def _kwargs(target: RedisTarget) -> dict[str, Any]:
 
 
 def failed(target: RedisTarget, exc: BaseException) -> ConnectionFailed:
-    return ConnectionFailed(f"Redis at {target.url} failed: {exc}")
+    return ConnectionFailed(f"Redis at {target.shown_url} failed: {exc}")
 
 
 def connect(target: RedisTarget) -> CacheConnection:
@@ -135,6 +135,7 @@ class PatternResult:
     left: list[str]
     seconds: float
     kept: list[str] = field(default_factory=list)  # dropped keys, the first `keep_keys`
+    rewritten: int = 0  # sampled keys there again, written since the drop (the app's refill)
 
 
 def _drop_collected(conn: CacheConnection, found: KeyCount, batch_size: int) -> int:
@@ -146,13 +147,27 @@ def _drop_collected(conn: CacheConnection, found: KeyCount, batch_size: int) -> 
     return dropped
 
 
-def _still_there(conn: CacheConnection, samples: list[str]) -> list[str]:
-    if not samples:
-        return []
+def _ttls(conn: CacheConnection, keys: list[str]) -> dict[str, int]:
+    """PTTL of each key (ms; -1 without a TTL, -2 when gone), pipelined."""
+    if not keys:
+        return {}
     pipe = conn.router.pipeline(transaction=False)
-    for key in samples:
-        pipe.exists(key)
-    return [k for k, n in zip(samples, pipe.execute(), strict=True) if n]
+    for key in keys:
+        pipe.pttl(key)
+    return {k: int(t) for k, t in zip(keys, pipe.execute(), strict=True)}
+
+
+def _still_there(
+    conn: CacheConnection, samples: list[str], before: dict[str, int] | None = None
+) -> tuple[list[str], int]:
+    """The sampled keys the drop left, and how many are there again because they were written
+    since (the application refilling a hot key on its next miss: a TTL longer than the key's
+    before the drop, or one it had none). Without `before`, every key there is left."""
+    after = {k: t for k, t in _ttls(conn, samples).items() if t != -2}
+    if before is None:
+        return list(after), 0
+    fresh = [k for k, t in after.items() if t > before.get(k, -2)]
+    return [k for k in after if k not in fresh], len(fresh)
 
 
 @task(name="invalidate_cache_pattern", cache_policy=NO_CACHE)
@@ -170,8 +185,10 @@ def invalidate_pattern(
     """Count the keys of `pattern` (a dry run stops there), refuse past `max_keys` unless
     `force`, then UNLINK them in pipelined batches: the keys the count kept (one SCAN pass in
     all) while there were at most `COLLECT` per node, else a second SCAN that drops as it goes.
-    With `force` a single dropping SCAN. Afterwards the sampled keys are checked gone. The
-    first `keep_keys` dropped keys are returned (`kept`: what a warm-up refetches)."""
+    With `force` a single dropping SCAN. Afterwards the sampled keys are checked gone (one
+    there again with a longer TTL than before the drop was written since: `rewritten`, the
+    application's refill, not a key left). The first `keep_keys` dropped keys are returned
+    (`kept`: what a warm-up refetches)."""
     started = time.monotonic()
     kept: list[bytes] = []
 
@@ -180,8 +197,9 @@ def invalidate_pattern(
         if room > 0:
             kept.extend(batch[:room])
 
+    before: dict[str, int] | None = None  # the samples' TTLs before the drop
     with connected(target) as conn:
-        if apply and force:
+        if apply and force:  # samples taken as they go: no TTL before the drop to compare
             found = scan_pattern(conn, pattern, options, drop=True, on_batch=keep)
             matched, dropped, passes, refused = found.matched, found.dropped, 1, None
         else:
@@ -198,6 +216,7 @@ def invalidate_pattern(
                 refusal(label or pattern, pattern, matched, max_keys, force) if apply else None
             )
             if apply and refused is None:
+                before = _ttls(conn, found.samples)
                 if found.complete:
                     dropped = _drop_collected(conn, found, options.batch_size)
                     for keys in found.keys.values():
@@ -205,7 +224,10 @@ def invalidate_pattern(
                 else:
                     dropped = scan_pattern(conn, pattern, options, drop=True, on_batch=keep).dropped
                     passes = 2
-        left = _still_there(conn, found.samples) if apply and refused is None else []
+        left: list[str] = []
+        rewritten = 0
+        if apply and refused is None:
+            left, rewritten = _still_there(conn, found.samples, before)
     return PatternResult(
         matched=matched,
         dropped=dropped,
@@ -216,6 +238,7 @@ def invalidate_pattern(
         left=left,
         seconds=round(time.monotonic() - started, 3),
         kept=[decode_key(k) for k in kept[:keep_keys]],
+        rewritten=rewritten,
     )
 
 
@@ -241,6 +264,7 @@ def drop_tagged(
     started = time.monotonic()
     matched = dropped = 0
     samples: list[str] = []
+    before: dict[str, int] = {}
     dropped_batches: list[list[str]] = []
     with connected(target) as conn:
         router = conn.router
@@ -252,7 +276,10 @@ def drop_tagged(
             cursor, members = page
             matched += len(members)
             if len(samples) < SAMPLES:
-                samples += [decode_key(m) for m in members[: SAMPLES - len(samples)]]
+                taken = [decode_key(m) for m in members[: SAMPLES - len(samples)]]
+                samples += taken
+                if apply:  # their TTLs before the drop: a refill since is not a key left
+                    before.update(_ttls(conn, taken))
             if apply and members:
                 dropped += _drop_members(conn, members)
                 router.srem(tag_key, *members)
@@ -263,7 +290,10 @@ def drop_tagged(
             matched = size
         if apply and refused is None and router.scard(tag_key) == 0:
             router.unlink(tag_key)
-        left = _still_there(conn, samples) if apply and refused is None else []
+        left: list[str] = []
+        rewritten = 0
+        if apply and refused is None:
+            left, rewritten = _still_there(conn, samples, before)
     result = PatternResult(
         matched=matched,
         dropped=dropped,
@@ -273,6 +303,7 @@ def drop_tagged(
         passes=1,
         left=left,
         seconds=round(time.monotonic() - started, 3),
+        rewritten=rewritten,
     )
     return result, dropped_batches
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from typing import Any, cast
+from urllib.parse import quote
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -90,11 +91,16 @@ def read_previous(target: RedisTarget) -> dict[str, NodeSample]:
 def store_sample(target: RedisTarget, samples: list[NodeSample]) -> None:
     """Store this run's counters (the next run's previous sample). The field versions before
     2026-12-07 named a single node by, its URL after the scheme with the user and password in it
-    (`:pw@host:port/db`), is removed (HDEL: a write, so the hit counters do not move)."""
-    leaked = target.url.split("//")[-1]
+    (`:pw@host:port/db`, spelled again from the block, whose URL no longer holds them), is
+    removed (HDEL: a write, so the hit counters do not move)."""
+    leaked = None
+    if target.password is not None:
+        user = quote(target.username or "", safe="")
+        secret = quote(target.password.get_secret_value(), safe="")
+        leaked = f"{user}:{secret}@{target.url.split('//')[-1]}"
     with connected(target) as conn:
         pipe = conn.router.pipeline(transaction=False)
-        if "@" in leaked:
+        if leaked:
             pipe.hdel(STATE_KEY, leaked)
         pipe.hset(STATE_KEY, mapping={s.node: json.dumps(s.model_dump()) for s in samples})
         pipe.expire(STATE_KEY, STATE_TTL_S)

@@ -1,6 +1,7 @@
 """Cache warm-up I/O: values fetched from the application over HTTP (httpx, bounded concurrency,
 429 waited out per its Retry-After, 5xx and timeouts retried with backoff and jitter, other 4xx
-failing that key at once), or keys and values computed by a read-only PostgreSQL query; written
+and any redirect failing that key at once: what a redirect leads to, a login page, is not the
+key's value), or keys and values computed by a read-only PostgreSQL query; written
 to Redis with a TTL each, pipelined (on a cluster, a pipeline that routes each key)."""
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ def _fetch_one(
         if response.status_code >= 500 and attempt < HTTP_RETRIES:
             sleep(backoff(attempt))
             continue
+        if response.is_redirect:  # a login page (SSO) or another resource: never the value
+            where = response.headers.get("Location", "?")
+            return (
+                None,
+                f"HTTP {response.status_code} from {url} redirects to {where}: not followed "
+                "(give the URL that answers with the value)",
+                limited,
+            )
         if response.status_code >= 400:
             return None, f"HTTP {response.status_code} from {url}", limited
         return response.content, None, limited
@@ -66,7 +75,7 @@ def fetch_values(urls: dict[str, str], concurrency: int, timeout_s: float = 10.0
     """GET each URL (key -> URL) with at most `concurrency` requests in flight."""
     out = Fetched()
     with (
-        httpx.Client(timeout=timeout_s, follow_redirects=True) as client,
+        httpx.Client(timeout=timeout_s, follow_redirects=False) as client,
         ThreadPoolExecutor(max_workers=concurrency) as pool,
     ):
         results = pool.map(

@@ -134,7 +134,11 @@ def ensure_limits(wanted: dict[str, int]) -> None:
 
 @contextmanager
 def hold_slots(
-    wanted: dict[str, int], timeout_s: float = SLOT_TIMEOUT_S, *, ensure: bool = True
+    wanted: dict[str, int],
+    timeout_s: float = SLOT_TIMEOUT_S,
+    *,
+    ensure: bool = True,
+    held_by: str = "another perfops run kept working on this database or its server",
 ) -> Iterator[float]:
     """Hold one slot of each global concurrency limit `wanted` (name -> its slots; created or
     set first unless `ensure` is False) while the block runs, all taken in one request; yields
@@ -158,8 +162,8 @@ def hold_slots(
         if acquired:  # the work's own timeout, not the wait for the slots
             raise
         raise PerfopsError(
-            f"no slot of {names} within {timeout_s:.0f} s: another perfops run kept working on "
-            "this database or its server (the Prefect UI's Concurrency page shows the holders)"
+            f"no slot of {names} within {timeout_s:.0f} s: {held_by} (the Prefect UI's "
+            "Concurrency page shows the holders)"
         ) from None
 
 

@@ -581,7 +581,10 @@ class _Run:
 
         def no_connection(cause: str, t: float) -> None:
             if not cause.startswith("not sent") and not self.stopping:
-                self.rec.sent(step, second)  # attempted: a refused connect is the target's error
+                # attempted: a refused connect is the target's error, and a request sent
+                if time.monotonic() <= self.end:
+                    self.sent += 1
+                self.rec.sent(step, second)
             self._failed(steps, index, number, intended, cause, t)
 
         step.pool.get(use, no_connection)

@@ -35,7 +35,8 @@ def _key(target: RedisTarget, group: str, what: str) -> str:
 
 def _down(target: RedisTarget, exc: redis.RedisError) -> ConnectionFailed:
     return ConnectionFailed(
-        f"Redis at {target.url} failed ({exc}): scaling state and lock unavailable, no action taken"
+        f"Redis at {target.shown_url} failed ({exc}): scaling state and lock unavailable, "
+        "no action taken"
     )
 
 

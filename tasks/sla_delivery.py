@@ -132,7 +132,7 @@ class SlaStore:
         try:
             acquired = lock.acquire()
         except redis.RedisError as exc:
-            raise ConnectionFailed(f"Redis at {self.target.url} failed: {exc}") from exc
+            raise ConnectionFailed(f"Redis at {self.target.shown_url} failed: {exc}") from exc
         if not acquired:
             raise LockBusy(
                 f"another SLA evaluation holds {self.key('lock')} for more than {wait_s:g} s; "

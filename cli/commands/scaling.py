@@ -97,7 +97,10 @@ def decide(
     current: Annotated[
         int | None,
         typer.Option(
-            min=0, help="Capacity of a simulated group (without --aws).", show_default=False
+            min=0,
+            help="Capacity of a simulated group (without --aws; default: what its last "
+            "decide --apply set, else the policy's minimum).",
+            show_default=False,
         ),
     ] = None,
     apply: Annotated[
@@ -267,6 +270,7 @@ def apply_schedule(
                 "dry_run": run.dry_run,
                 "actions": run.actions,
                 "changed": run.changed,
+                "deleted": run.deleted,
                 "summary": run.summary,
             }
         )
@@ -279,6 +283,9 @@ def apply_schedule(
             f"min {a['min_size']} max {a['max_size']}",
             indent=2,
         )
+    for name in run.deleted:
+        verb = "would delete" if run.dry_run else "deleted"
+        print_wrapped(f"- {name}: {verb} (not in the schedule)", indent=2)
 
 
 @app.command()

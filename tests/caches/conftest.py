@@ -71,8 +71,9 @@ def cdn_target(cdn: CdnStandIn) -> CdnTarget:
 
 class App:
     """GET /values/<key>: 200 with JSON; `gone` keys 404; `limited` keys 429 (Retry-After 1)
-    the first time. Records the most requests in flight at once (a request is in flight until
-    its body is sent)."""
+    the first time; `private` keys 302 to /login (200, a login page, as an app behind SSO
+    answers a request without a session). Records the most requests in flight at once (a
+    request is in flight until its body is sent)."""
 
     def __init__(self) -> None:
         self.seen: dict[str, int] = {}
@@ -82,6 +83,13 @@ class App:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if self.path == "/login":
+                    page = b"<html>sign in</html>"
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    self.wfile.write(page)
+                    return
                 key = unquote(self.path.removeprefix("/values/"))
                 with app.lock:
                     app.seen[key] = app.seen.get(key, 0) + 1
@@ -94,6 +102,8 @@ class App:
                     status = 404
                 elif "limited" in key and first:
                     status, headers = 429, {"Retry-After": "1"}
+                elif "private" in key:
+                    status, headers = 302, {"Location": "/login"}
                 body = json.dumps({"key": key}).encode()
                 self.send_response(status)
                 for k, v in headers.items():

@@ -16,7 +16,7 @@ import pytest
 
 import tasks.cache_keys as cache_keys
 from blocks import RedisTarget
-from decisions.cache_invalidation import l1_message
+from decisions.cache_invalidation import l1_message, pattern_outcome
 from decisions.cache_policy import glob_regex, load_policy, targets_for_event
 from tasks.cache_keys import (
     ScanOptions,
@@ -74,6 +74,70 @@ def test_an_event_drops_its_users_keys_and_nothing_else(cache_target: RedisTarge
     ]
     assert [d.dropped for d in done] == [300, 1] and [d.left for d in done] == [[], []]
     assert existing(cache_target, mine + others) == set(others)
+
+
+def test_a_key_the_app_writes_again_after_the_drop_is_fresh_not_left(
+    cache_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hot key is refilled by the application on its next miss, milliseconds after the
+    drop: that is the invalidation working, not a key left behind (the run failed). A key
+    the drop missed (its TTL running down as before) still fails it."""
+    keys = [f"user:42:profile:{i}" for i in range(8)]  # all sampled (10 a pattern)
+    seed(cache_target, keys)
+    client = client_for(cache_target)
+    client.expire(keys[0], 600)  # older than the rest: its TTL is below a refill's
+    drop = cache_keys._drop_collected
+
+    def drop_then_the_app_refills(conn: object, found: object, batch_size: int) -> int:
+        dropped = drop(conn, found, batch_size)  # type: ignore[arg-type]
+        client.set(keys[0], "fresh", ex=3600)  # the app's next read of user 42
+        return dropped
+
+    monkeypatch.setattr(cache_keys, "_drop_collected", drop_then_the_app_refills)
+    done = invalidate_pattern.fn(
+        cache_target, "user:42:profile:*", OPTIONS, apply=True, max_keys=1000, force=False
+    )
+    assert done.dropped == 8 and done.left == [] and done.rewritten == 1
+    assert client.get(keys[0]) == b"fresh"
+    [target] = [t for t in targets_for_event(POLICY, "user_updated", {"user_id": "42"})
+                if t.cache == "user_profiles"]  # fmt: skip
+    row = pattern_outcome(target, "user:42:profile:*", done, apply=True)
+    assert row.result == "dropped"
+    assert row.reason.endswith("; 1 sampled key written again since (refilled)")
+
+    seed(cache_target, keys)
+
+    def drop_all_but_one(conn: object, found: object, batch_size: int) -> int:
+        dropped = drop(conn, found, batch_size)  # type: ignore[arg-type]
+        client.set(keys[1], "v", ex=3000)  # as if the drop had missed it: TTL below before
+        return dropped
+
+    monkeypatch.setattr(cache_keys, "_drop_collected", drop_all_but_one)
+    missed = invalidate_pattern.fn(
+        cache_target, "user:42:profile:*", OPTIONS, apply=True, max_keys=1000, force=False
+    )
+    assert missed.left == [keys[1]] and missed.rewritten == 0
+
+
+def test_a_tagged_key_the_app_writes_again_after_the_drop_is_fresh_not_left(
+    cache_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = [f"user:{i}:profile:main" for i in range(5)]
+    seed(cache_target, keys)
+    client = client_for(cache_target)
+    client.sadd("tag:department:sales", *keys)
+    drop = cache_keys._drop_members
+
+    def drop_then_the_app_refills(conn: object, members: list[bytes]) -> int:
+        dropped = drop(conn, members)  # type: ignore[arg-type]
+        client.set(keys[0], "fresh", ex=7200)  # the app's next read, with its tag again
+        return dropped
+
+    monkeypatch.setattr(cache_keys, "_drop_members", drop_then_the_app_refills)
+    done, _ = drop_tagged.fn(
+        cache_target, "tag:department:sales", 100, apply=True, max_keys=1000, force=False
+    )
+    assert done.dropped == 5 and done.left == [] and done.rewritten == 1
 
 
 def test_a_payload_of_star_drops_the_user_called_star_only(cache_target: RedisTarget) -> None:

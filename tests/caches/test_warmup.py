@@ -40,6 +40,28 @@ def test_warm_fetches_with_bounded_concurrency_waits_out_429_and_reports_a_404(
                        "reason": f"HTTP 404 from {gone_url}", "count": 1}  # fmt: skip
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_redirect_fails_its_key_instead_of_caching_where_it_leads(
+    app: App, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app behind SSO answers a request without a session with a redirect to its login
+    page: following it cached the login page as the key's value."""
+    monkeypatch.setenv("PERFOPS_REDIS_URL", redis_target.url)
+    keys = ["agent:1:config:main", "agent:private:config:main"]
+    state = warm_cache(cache="agent_configs", keys=keys, url_template=app.url, return_state=True)
+    report, message = failed_run(state)
+    assert (report.warmed, report.failed) == (1, 1)
+    private_url = app.url.replace("{key}", "agent%3Aprivate%3Aconfig%3Amain")
+    assert message == (
+        f"1 of 2 keys of agent_configs failed to warm: agent:private:config:main: HTTP 302 from "
+        f"{private_url} redirects to /login: not followed (give the URL that answers with the "
+        "value)"
+    )
+    client = client_for(redis_target)
+    assert client.get("agent:private:config:main") is None
+    assert "/login" not in app.seen
+
+
 def test_values_computed_in_postgresql_are_written_pipelined(
     pg_target: PostgresTarget, redis_target: RedisTarget
 ) -> None:
@@ -90,6 +112,27 @@ def test_a_warm_up_from_sql_fetches_a_null_value_instead_of_writing_none(
     assert client.get("agent:1:config:main") == b"v1"
     assert json.loads(client.get("agent:2:config:main")) == {"key": "agent:2:config:main"}
     assert list(app.seen) == ["agent:2:config:main"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_keys_that_are_not_the_caches_are_refused_before_anything_is_written(
+    app: App, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key of another cache (or perfops' own state) was fetched from this cache's URL and
+    written with this cache's TTL: a wrong --cache overwrote other caches' values."""
+    monkeypatch.setenv("PERFOPS_REDIS_URL", redis_target.url)
+    client = client_for(redis_target)
+    client.set("user:42:profile:main", b"the user's")
+    keys = ["agent:1:config:main", "user:42:profile:main", "perfops:scaling:web:state"]
+    with pytest.raises(
+        ConfigurationError,
+        match=r"2 of 3 keys are not keys of cache agent_configs \(agent:\{agent_id\}:config:\*\): "
+        r"user:42:profile:main \(a key of user_profiles\), perfops:scaling:web:state; nothing "
+        r"warmed",
+    ):
+        warm_cache(cache="agent_configs", keys=keys, url_template=app.url)
+    assert client.get("user:42:profile:main") == b"the user's"
+    assert client.get("agent:1:config:main") is None and app.seen == {}
 
 
 def test_ttl_jitter_stays_within_bounds() -> None:

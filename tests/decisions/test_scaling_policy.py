@@ -16,6 +16,7 @@ from decisions.scaling_policy import (
     ScheduleWindow,
     StepThresholds,
     decide,
+    held_to_group,
     schedule_actions,
 )
 from decisions.scaling_report import chart_file
@@ -222,6 +223,58 @@ def test_windows_of_one_name_are_rejected_naming_it() -> None:
         "perfops-saturday-start",
         "perfops-saturday-end",
     ]
+
+
+def test_overlapping_windows_are_rejected_and_windows_that_meet_hand_over() -> None:
+    """A window inside another (lunch in business hours) would end by restoring the off-hours
+    bounds while the outer one still holds; a window ending as the next starts must not race
+    the next one's start with an off-hours end action at the same minute."""
+    business = ScheduleWindow(name="business", min_capacity=4, max_capacity=50)
+    lunch = ScheduleWindow(
+        name="lunch", start=time(12), end=time(14), min_capacity=8, max_capacity=50
+    )
+    with pytest.raises(
+        ValidationError,
+        match=r"windows 'business' and 'lunch' overlap on MON,TUE,WED,THU,FRI from 12:00 to "
+        r"14:00: the end of one would restore the off-hours bounds inside the other",
+    ):
+        Schedule(windows=(business, lunch))
+    morning = ScheduleWindow(
+        name="morning", start=time(8), end=time(12), min_capacity=10, max_capacity=50
+    )
+    afternoon = ScheduleWindow(
+        name="afternoon",
+        days=(0, 1, 2),
+        start=time(12),
+        end=time(18),
+        min_capacity=6,
+        max_capacity=50,
+    )
+    sched = Schedule(windows=(morning, afternoon), off_hours_min=2, off_hours_max=20)
+    assert schedule_actions(sched) == [
+        ("perfops-morning-start", "0 8 * * MON,TUE,WED,THU,FRI", 10, 50, "UTC"),
+        ("perfops-morning-end", "0 12 * * THU,FRI", 2, 20, "UTC"),  # Mon-Wed: afternoon starts
+        ("perfops-afternoon-start", "0 12 * * MON,TUE,WED", 6, 50, "UTC"),
+        ("perfops-afternoon-end", "0 18 * * MON,TUE,WED", 2, 20, "UTC"),
+    ]
+    every_day = afternoon.model_copy(update={"days": (0, 1, 2, 3, 4)})
+    names = [a[0] for a in schedule_actions(Schedule(windows=(morning, every_day)))]
+    assert "perfops-morning-end" not in names  # the afternoon's start takes over every day
+    monday_noon = datetime(2024, 3, 4, 12, 30, tzinfo=UTC)
+    assert sched.bounds_at(monday_noon) == (6, 50, "afternoon")
+
+
+def test_a_decision_is_held_to_the_groups_own_bounds() -> None:
+    d = decide(policy(), obs(0.0, 6))  # wants the policy's minimum, 2
+    assert d.desired == 2
+    held = held_to_group(d, 4, 40)  # business hours: the group's MinSize is 4
+    assert (held.desired, held.action) == (4, "scale_in")
+    assert held.reason == f"{d.reason}; held to the group's MinSize 4"
+    at_min = held_to_group(decide(policy(), obs(0.0, 4)), 4, 40)
+    assert (at_min.desired, at_min.action, at_min.changes) == (4, "none", False)
+    assert held_to_group(d, 2, 40) is d  # inside the bounds: unchanged
+    blind = decide(policy(), obs([], 6))
+    assert held_to_group(blind, 8, 40) is blind  # no decision stays no decision
 
 
 def test_decision_is_fast() -> None:

@@ -249,6 +249,48 @@ def test_the_command_lines_target_url_wins_over_the_environments_block(
         assert code != 0 and len(named.log.numbers) == 180
 
 
+def test_two_load_tests_of_one_target_never_overlap(
+    local: Callable[[TargetServer], None],
+    tests_file: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A load test from the command line while the nightly one runs (the deployment's
+    concurrency limit holds only its own runs) measured both loads: it waits for the target's
+    slot instead, and past the wait sends nothing, saying why."""
+    import threading
+
+    from prefect.concurrency.sync import concurrency
+
+    from decisions.fleet import load_target_limit
+    from tasks import fleet_runs
+
+    monkeypatch.setattr(fleet_runs, "SLOT_TIMEOUT_S", 2.0)
+    with TargetServer(TargetBehaviour(median_ms=2)) as server:
+        local(server)
+        limit = load_target_limit(server.url)
+        fleet_runs.ensure_limits({limit: 1})
+        holding, done = threading.Event(), threading.Event()
+
+        def other_load_test() -> None:
+            with concurrency([limit], occupy=1, strict=True):
+                holding.set()
+                done.wait(60)
+
+        thread = threading.Thread(target=other_load_test)
+        thread.start()
+        try:
+            assert holding.wait(30)
+            state = run_load_test(name="smoke", tests_file=tests_file, return_state=True)
+        finally:
+            done.set()
+            thread.join()
+        served = len(server.log.numbers) if server.log else 0
+    assert state.is_failed() and served == 0
+    assert f"no slot of {limit} within 2 s: another load test kept sending to this target" in (
+        state.message or ""
+    )
+
+
 def test_a_run_whose_load_was_not_measured_says_so_in_an_event() -> None:
     from prefect import flow
 
@@ -261,7 +303,7 @@ def test_a_run_whose_load_was_not_measured_says_so_in_an_event() -> None:
         publish_unmeasured("smoke", "http://127.0.0.1:8089", reason)
 
     unmeasured()
-    event = wait_for_event("perfops.load.failed")
+    event = wait_for_event("perfops.load.failed", where=lambda e: e.payload["reason"] == reason)
     assert event.payload == {"test": "smoke", "reason": reason}
     assert event.resource.id == "perfops.load.127.0.0.1:8089"
     assert event.resource.get("perfops.test") == "smoke"

@@ -13,12 +13,12 @@ import pytest
 
 from blocks import RedisTarget
 from decisions.fleet import FleetReport
-from decisions.scaling_policy import ScalingPolicy
+from decisions.scaling_policy import ScalingPolicy, Schedule, ScheduleWindow
 from decisions.scaling_report import LoadQuery
 from flows.scale_predictively import scale_predictively
 from perfops.errors import ConfigurationError, ConnectionFailed
 from tasks.autoscaling import AutoScalingTarget
-from tasks.scaling_state import group_lock, read_history
+from tasks.scaling_state import group_lock, load_state, read_history
 from tests.conftest import HISTORY_END, REDIS_TEST_URL, load_value
 from tests.records import artifact_rows, failed_run, one_target, wait_for_event
 from tests.servers import MotoServer, PrometheusServer
@@ -71,6 +71,23 @@ def test_csv_trace_dry_run_records_and_changes_nothing(env: RedisTarget) -> None
     assert event.payload["dry_run"] is True
 
 
+def test_a_simulated_group_is_at_the_capacity_its_last_run_left(env: RedisTarget) -> None:
+    """Without `current_capacity`, a simulated group's capacity is what the last run set (or,
+    in a dry run, kept): it was the last recommendation, before max_step, so the group seemed
+    at 77 after a step from 3 to 8, and 'no change' followed."""
+    policy = ScalingPolicy(capacity_per_instance=500.0, max_step=5, max_capacity=100)
+    first = one_target(
+        scale_predictively, group="sim", policy=policy, dry_run=False, current_capacity=3
+    )
+    assert first.applied and (first.current, first.desired) == (3, 8)
+    second = one_target(scale_predictively, group="sim", policy=policy, dry_run=False)
+    assert second.applied and (second.current, second.desired) == (8, 13)
+    preview = one_target(scale_predictively, group="sim", policy=policy)
+    assert not preview.applied and (preview.current, preview.desired) == (13, 18)
+    after_preview = one_target(scale_predictively, group="sim", policy=policy)
+    assert after_preview.current == 13  # a dry run changed nothing
+
+
 def test_applies_to_the_group_and_rerun_does_not_double_scale(
     env: RedisTarget, group: tuple[Any, AutoScalingTarget]
 ) -> None:
@@ -116,6 +133,70 @@ def test_missing_group_fails_with_a_clear_error(env: RedisTarget, moto_server: M
         scale_predictively(group="nope", aws=target, dry_run=False)
 
 
+def test_a_group_changed_between_read_and_write_is_left_alone_and_the_run_fails(
+    env: RedisTarget, group: tuple[Any, AutoScalingTarget], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decision scales in 30 -> 27 (max_step 3); an operator sets the group to 10 while it
+    forecasts. Setting 27 then would be a scale-out of 17 recorded as a scale-in of 3."""
+    import flows.scale_predictively as module
+
+    client, target = group
+    client.set_desired_capacity(AutoScalingGroupName="web", DesiredCapacity=30)
+    read = module.describe_group
+
+    def read_then_operator(c: Any, name: str) -> Any:
+        found = read(c, name)
+        client.set_desired_capacity(AutoScalingGroupName="web", DesiredCapacity=10)
+        return found
+
+    monkeypatch.setattr(module, "describe_group", read_then_operator)
+    policy = ScalingPolicy(capacity_per_instance=1e9, max_step=3, max_capacity=40)
+    state = scale_predictively(
+        group="web", aws=target, dry_run=False, policy=policy, return_state=True
+    )
+    run, message = failed_run(state)
+    assert run.action == "scale_in" and (run.current, run.desired) == (30, 27)
+    assert not run.applied and "not the 30 this decision started from" in run.reason
+    assert message.startswith("capacity of web not set to 27: group 'web' is at desired ")
+    [found] = client.describe_auto_scaling_groups(AutoScalingGroupNames=["web"])[
+        "AutoScalingGroups"
+    ]
+    assert found["DesiredCapacity"] == 10
+    [row] = [r for r in artifact_rows("perfops-scaling-decision") if r["kind"] == "decision"]
+    assert "not set:" in row["reason"]
+    [record] = read_history(env, "web")
+    assert record["applied"] is False
+    assert load_state.fn(env, "web").last_action_at is None  # no cooldown: nothing was done
+    run_id = str(state.state_details.flow_run_id)
+    decided = wait_for_event("perfops.scaling.decided", flow_run_id=run_id)
+    assert "not set:" in decided.payload["reason"]
+
+
+def test_decisions_are_held_to_the_groups_own_bounds_a_schedule_moved(
+    env: RedisTarget, group: tuple[Any, AutoScalingTarget]
+) -> None:
+    """apply_scaling_schedule raises the group's MinSize to 4 in business hours (and its
+    off-hours MaxSize may sit under the policy's maximum): a decision past them was refused,
+    run after run, and the group never moved; it is held to the group's bounds instead."""
+    client, target = group
+    client.update_auto_scaling_group(AutoScalingGroupName="web", MinSize=4, DesiredCapacity=6)
+    quiet = ScalingPolicy(capacity_per_instance=1e9, max_capacity=40)  # wants the minimum, 2
+    run = one_target(scale_predictively, group="web", aws=target, dry_run=False, policy=quiet)
+    assert run.applied and (run.current, run.desired, run.action) == (6, 4, "scale_in")
+    assert run.reason.endswith("; held to the group's MinSize 4")
+    client.update_auto_scaling_group(AutoScalingGroupName="web", MaxSize=8)
+    busy = ScalingPolicy(capacity_per_instance=1000.0, max_capacity=40, max_step=40)
+    run = one_target(scale_predictively, group="web", aws=target, dry_run=False, policy=busy)
+    assert run.applied and (run.current, run.desired, run.action) == (4, 8, "scale_out")
+    assert run.reason.endswith("; held to the group's MaxSize 8")
+    [found] = client.describe_auto_scaling_groups(AutoScalingGroupNames=["web"])[
+        "AutoScalingGroups"
+    ]
+    assert found["DesiredCapacity"] == 8
+    again = one_target(scale_predictively, group="web", aws=target, dry_run=False, policy=busy)
+    assert not again.applied and again.action == "none" and again.desired == 8
+
+
 def test_redis_down_no_action(
     monkeypatch: pytest.MonkeyPatch, group: tuple[Any, AutoScalingTarget]
 ) -> None:
@@ -131,6 +212,9 @@ def test_concurrent_run_skips_and_says_why(env: RedisTarget) -> None:
     with group_lock(env, "demo"):
         run = one_target(scale_predictively, group="demo", current_capacity=3)
     assert run.skipped and "another scaling run holds the lock" in run.reason
+    with group_lock(env, "web"):  # a real group: no capacity was read, none is claimed
+        skipped = one_target(scale_predictively, group="web", aws=AutoScalingTarget(group="web"))
+    assert skipped.summary.startswith("web: skipped: another scaling run holds the lock")
 
 
 def test_prometheus_history(
@@ -236,6 +320,46 @@ def test_apply_scaling_schedule_rewrites_actions_that_set_the_desired_capacity(
     ] == [(4, 100, None), (2, 100, None)]
     again = one_target(apply_scaling_schedule, aws=target, dry_run=False)
     assert again.changed == [] and "already in place" in again.summary
+
+
+def test_apply_scaling_schedule_deletes_the_actions_of_a_window_no_longer_in_the_schedule(
+    group: tuple[Any, AutoScalingTarget],
+) -> None:
+    """A window removed from (or renamed in) the schedule must not keep setting the group's
+    bounds: its perfops-<name>-start/-end actions go; actions perfops did not name stay."""
+    from flows.apply_scaling_schedule import apply_scaling_schedule
+
+    client, target = group
+    weekend = ScheduleWindow(name="saturday", days=(5,), min_capacity=10, max_capacity=40)
+    both = Schedule(windows=(ScheduleWindow(min_capacity=4, max_capacity=40), weekend))
+    one_target(apply_scaling_schedule, aws=target, schedule=both, dry_run=False)
+    client.put_scheduled_update_group_action(
+        AutoScalingGroupName="web", ScheduledActionName="ops-manual", Recurrence="0 3 * * *"
+    )
+
+    def names() -> list[str]:
+        found = client.describe_scheduled_actions(AutoScalingGroupName="web")
+        return sorted(a["ScheduledActionName"] for a in found["ScheduledUpdateGroupActions"])
+
+    weekdays = Schedule(windows=(ScheduleWindow(min_capacity=4, max_capacity=40),))
+    preview = one_target(apply_scaling_schedule, aws=target, schedule=weekdays)
+    assert preview.deleted == ["perfops-saturday-end", "perfops-saturday-start"]
+    assert "would delete 2" in preview.summary and len(names()) == 5
+    rows = artifact_rows("perfops-scaling-schedule")
+    assert [(r["name"], r["result"]) for r in rows][2:] == [
+        ("perfops-saturday-end", "would delete"),
+        ("perfops-saturday-start", "would delete"),
+    ]
+    assert "not in the schedule" in rows[2]["reason"]
+    applied = one_target(apply_scaling_schedule, aws=target, schedule=weekdays, dry_run=False)
+    assert applied.deleted == ["perfops-saturday-end", "perfops-saturday-start"]
+    assert names() == [
+        "ops-manual",
+        "perfops-business-hours-end",
+        "perfops-business-hours-start",
+    ]
+    again = one_target(apply_scaling_schedule, aws=target, schedule=weekdays, dry_run=False)
+    assert again.changed == [] and again.deleted == [] and "already in place" in again.summary
 
 
 def test_a_fleet_scales_each_of_its_groups_and_leaves_databases_out(

@@ -14,13 +14,16 @@ from decisions.scaling_policy import ScalingState, Schedule, ScheduleWindow, sch
 from perfops.errors import ConfigurationError, ConnectionFailed, LockBusy
 from tasks.autoscaling import (
     AutoScalingTarget,
+    GroupChanged,
     ScheduledAction,
     action_change,
     client_for,
+    delete_actions,
     describe_group,
     put_schedule,
     scheduled_actions,
     set_capacity,
+    stale_actions,
 )
 from tasks.scaling_state import group_lock, load_state, read_history, save_state
 from tests.servers import MotoServer
@@ -142,6 +145,21 @@ def test_a_schedule_of_two_windows_keeps_both_and_a_rerun_changes_nothing(asg: A
     assert written["perfops-business-hours-start"]["Recurrence"] == "0 9 * * MON,TUE,WED,THU,FRI"
 
 
+def test_actions_of_windows_gone_from_the_schedule_are_deleted_once(asg: Any) -> None:
+    """perfops' own actions (perfops-*) the schedule no longer has go; a rerun after a crash
+    (one already deleted) finishes the work; actions perfops did not name stay."""
+    for name in ("perfops-saturday-start", "perfops-saturday-end", "nightly-batch"):
+        asg.put_scheduled_update_group_action(
+            AutoScalingGroupName="web", ScheduledActionName=name, Recurrence="0 3 * * *", MinSize=3
+        )
+    wanted = [ScheduledAction("perfops-business-hours-start", "0 9 * * MON", 4, 6)]
+    stale = stale_actions(scheduled_actions(asg, "web"), wanted)
+    assert stale == ["perfops-saturday-end", "perfops-saturday-start"]
+    asg.delete_scheduled_action(AutoScalingGroupName="web", ScheduledActionName=stale[0])
+    assert delete_actions(asg, "web", stale) == stale
+    assert list(scheduled_actions(asg, "web")) == ["nightly-batch"]
+
+
 def test_throttling_is_retried_with_backoff(asg: Any) -> None:
     """moto never throttles: two Throttling replies are injected before the real call (botocore's
     standard retry mode must retry them)."""
@@ -162,6 +180,66 @@ def test_throttling_is_retried_with_backoff(asg: Any) -> None:
     asg.meta.events.register("before-send.auto-scaling.DescribeAutoScalingGroups", throttle)
     assert describe_group(asg, "web").desired == 2
     assert calls["n"] == 3
+
+
+def _error_after(store: Any, asg: Any, status: int, code: str) -> None:
+    """Answer every SetDesiredCapacity with `status` (one attempt: no retries in this client),
+    having first stored it through `store` when that is a client (AWS failed after storing)."""
+
+    def answer(request: Any, **_: Any) -> Any:
+        from urllib.parse import parse_qs
+
+        from botocore.awsrequest import AWSResponse, HTTPHeaders
+
+        if store is not None:
+            body = request.body if isinstance(request.body, str) else request.body.decode()
+            wanted = parse_qs(body)["DesiredCapacity"][0]
+            store.set_desired_capacity(AutoScalingGroupName="web", DesiredCapacity=int(wanted))
+        body = (
+            f"<ErrorResponse><Error><Type>Receiver</Type><Code>{code}</Code>"
+            "<Message>try again</Message></Error></ErrorResponse>"
+        ).encode()
+        return AWSResponse(request.url, status, HTTPHeaders(), _Raw(body))
+
+    asg.meta.events.register("before-send.auto-scaling.SetDesiredCapacity", answer)
+
+
+@pytest.fixture()
+def no_retries(moto_server: MotoServer, asg: Any) -> Any:
+    """A client of the group's server that makes one attempt per call."""
+    from botocore.config import Config
+
+    return boto3.client(
+        "autoscaling",
+        **moto_server.client_kwargs(),
+        config=Config(retries={"mode": "standard", "max_attempts": 1}),
+    )
+
+
+def test_a_5xx_answer_to_a_change_aws_stored_is_verified_done(asg: Any, no_retries: Any) -> None:
+    _error_after(asg, no_retries, 503, "ServiceUnavailable")
+    assert set_capacity(no_retries, "web", 5, expected=2).desired == 5
+    assert describe_group(asg, "web").desired == 5
+
+
+def test_a_5xx_answer_to_a_change_not_stored_is_unavailable_not_refused(
+    asg: Any, no_retries: Any
+) -> None:
+    _error_after(None, no_retries, 500, "InternalFailure")
+    with pytest.raises(ConnectionFailed, match=r"kept failing set_desired_capacity .*HTTP 500"):
+        set_capacity(no_retries, "web", 5, expected=2)
+    assert describe_group(asg, "web").desired == 2
+
+
+def test_a_group_changed_since_the_decision_is_left_as_it_is(asg: Any) -> None:
+    """The decision's step and cooldown were measured from the capacity it read: a group
+    another hand moved meanwhile (2 -> 6 here) is not set from the stale figure."""
+    asg.set_desired_capacity(AutoScalingGroupName="web", DesiredCapacity=6)
+    with pytest.raises(GroupChanged, match="at desired capacity 6, not the 2 this decision"):
+        set_capacity(asg, "web", 3, expected=2)
+    assert describe_group(asg, "web").desired == 6
+    # already where the decision wanted it (a rerun after a crash): nothing to do, no error
+    assert set_capacity(asg, "web", 6, expected=2).desired == 6
 
 
 class _Raw:

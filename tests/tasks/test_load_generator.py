@@ -85,6 +85,9 @@ def test_a_refused_connection_is_an_error_of_its_own() -> None:
     counts = result.endpoints["GET /api/v1/agents"]
     assert counts.errors.get("connection refused", 0) >= 15
     assert endpoint_stats(result)[0].error_rate == 1.0  # attempted and failed, every one
+    # counted as sent as the endpoints count them: the summary said "0 requests" beside a
+    # table of 20 refused ones
+    assert result.sent == counts.requests
 
 
 def test_the_auth_header_reaches_the_target_and_no_result(
