@@ -240,6 +240,12 @@ class ScalingPolicy(BaseModel):
         None, description="The seed's 80 %/30 % step policy as one more demand (off by default)."
     )
     schedule: Schedule | None = None
+    schedule_floor: Schedule | None = Field(
+        None,
+        description="A tuned schedule (`tune_scaling` chose 'scheduled p99 + target tracking'): "
+        "the minimum of its bounds is a floor under the decisions, on top of `schedule` (the "
+        "group's own, which stays).",
+    )
     max_data_age: timedelta = Field(
         timedelta(minutes=15), gt=timedelta(0), description="Older newest data: fail static."
     )
@@ -341,17 +347,29 @@ def _step_demand(policy: ScalingPolicy, obs: Observation, util: np.ndarray) -> t
     return total, "utilisation within thresholds"
 
 
+def _schedule_bounds(
+    policy: ScalingPolicy, schedule: Schedule, now: datetime
+) -> tuple[int, int, str]:
+    """`schedule`'s bounds now; a window that starts within the boot time already counts:
+    instances warm in time."""
+    ahead = now + policy.boot_time + policy.step
+    s_lo, s_hi, s_name = schedule.bounds_at(now)
+    a_lo, _, a_name = schedule.bounds_at(ahead)
+    if a_lo > s_lo:
+        s_lo, s_name = a_lo, f"{a_name} (starting within the boot time)"
+    return s_lo, s_hi, s_name
+
+
 def _bounds(policy: ScalingPolicy, now: datetime) -> tuple[int, int, str]:
     lo, hi, name = policy.min_capacity, policy.max_capacity, "policy"
     if policy.schedule is not None:
-        # a window that starts within the boot time already counts: instances warm in time
-        ahead = now + policy.boot_time + policy.step
-        s_lo, s_hi, s_name = policy.schedule.bounds_at(now)
-        a_lo, _, a_name = policy.schedule.bounds_at(ahead)
-        if a_lo > s_lo:
-            s_lo, s_name = a_lo, f"{a_name} (starting within the boot time)"
+        s_lo, s_hi, s_name = _schedule_bounds(policy, policy.schedule, now)
         lo, hi, name = max(lo, s_lo), min(hi, max(s_hi, s_lo)), s_name
         lo = min(lo, hi)
+    if policy.schedule_floor is not None:
+        f_lo, _, f_name = _schedule_bounds(policy, policy.schedule_floor, now)
+        if f_lo > lo:
+            lo, name = min(f_lo, hi), f"tuned schedule {f_name}"
     return lo, hi, name
 
 

@@ -464,8 +464,9 @@ def scaling_policy_for(
     bounds, capacity per instance, boot time and step stay). A simple family turns perfops'
     extras off (forecast, burst window, dead band, headroom), as the back-test ran it; a
     schedule (UTC business hours, Mon-Fri 09-17) is sized from `schedule_load` (the p99 load
-    of business hours and off hours) at the target utilisation and sets the minimum, with
-    target tracking at that target above it (`ScheduledFloor`)."""
+    of business hours and off hours) at the target utilisation and sets a minimum
+    (`schedule_floor`), with target tracking at that target above it (`ScheduledFloor`). The
+    group's own bounds and schedule stay: guardrails over whichever policy runs."""
     u = candidate.target
     plain: dict[str, Any] = {
         "mode": "reactive",
@@ -477,7 +478,7 @@ def scaling_policy_for(
         "scale_in_cooldown": timedelta(0),
         "stabilization_window": timedelta(minutes=5),
         "thresholds": None,
-        "schedule": None,
+        "schedule_floor": None,  # the group's own `schedule` stays: its bounds are guardrails
         "target_tracking": True,
         "max_step": base.max_capacity,
     }
@@ -512,7 +513,7 @@ def scaling_policy_for(
         n_bh, n_off = (base.need(load, u) for load in schedule_load)
         lo_bh = min(max(n_bh, base.min_capacity), base.max_capacity)
         lo_off = min(max(n_off, base.min_capacity), base.max_capacity)
-        plain["schedule"] = Schedule(
+        plain["schedule_floor"] = Schedule(
             timezone="UTC",
             windows=(
                 ScheduleWindow(
@@ -524,7 +525,7 @@ def scaling_policy_for(
             ),
             off_hours_min=lo_off,
             off_hours_max=base.max_capacity,
-        )  # the schedule is the floor; target tracking at the same target runs above it
+        )  # a floor (on top of the group's own schedule); target tracking runs above it
     if base.mode == "forecast_only":
         plain["mode"] = "forecast_only"  # shows what it would pick; still decides nothing
     return _updated(base, plain)

@@ -4,6 +4,7 @@ choice becomes, and that nothing reads the future."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from datetime import time as clock
 from itertools import pairwise
 
 import numpy as np
@@ -11,7 +12,13 @@ import pandas as pd
 import pytest
 
 from decisions import forecasting
-from decisions.scaling_policy import Observation, ScalingPolicy, decide
+from decisions.scaling_policy import (
+    Observation,
+    ScalingPolicy,
+    Schedule,
+    ScheduleWindow,
+    decide,
+)
 from decisions.scaling_replay import PerfopsPolicy
 from decisions.scaling_simulation import (
     Env,
@@ -249,6 +256,35 @@ def test_each_family_runs_live_as_it_was_back_tested() -> None:
         base.model_copy(update={"mode": "forecast_only"}), tt_c := Candidate("target_tracking", 0.6)
     )
     assert only.mode == "forecast_only" and tt_c.simple
+
+
+def test_the_groups_own_schedule_stays_a_guardrail_under_a_tuned_choice() -> None:
+    """A tuned simple choice used to drop the group's schedule (its business-hours minimum
+    gone), and a tuned schedule replaced it with UTC 09-17."""
+    own = Schedule(
+        timezone="Europe/Berlin",
+        windows=(
+            ScheduleWindow(
+                name="shop", start=clock(7, 0), end=clock(22, 0), min_capacity=12, max_capacity=60
+            ),
+        ),
+    )
+    base = ScalingPolicy(
+        capacity_per_instance=10.0, step=timedelta(minutes=5), min_capacity=1, schedule=own
+    )
+    quiet = np.full(30, 20.0)  # 4 instances at 50 %
+    evening = datetime(2024, 3, 6, 19, 0, tzinfo=UTC)  # 20:00 in Berlin: the shop window
+    tt = scaling_policy_for(base, Candidate("target_tracking", 0.5))
+    assert tt.schedule == own
+    held = decide(tt, Observation(evening, quiet, evening, current=12))
+    assert held.desired == 12 and "shop" in held.reason
+    sched = scaling_policy_for(base, Candidate("scheduled_p99", 0.5), schedule_load=(150.0, 40.0))
+    assert sched.schedule == own
+    noon = evening.replace(hour=11)  # business hours in UTC: the tuned floor's 30 is higher
+    assert decide(sched, Observation(noon, quiet, noon, current=30)).desired == 30
+    assert decide(sched, Observation(evening, quiet, evening, current=30)).desired == 12
+    night = evening.replace(hour=23)  # both off hours: the tuned floor's 8
+    assert decide(sched, Observation(night, quiet, night, current=30)).desired == 8
 
 
 def test_perfops_is_tuned_on_the_training_steps_only() -> None:
