@@ -133,6 +133,14 @@ def send_purge(
             elif status >= 500 and attempt < cdn.retries:
                 result.server_errors += 1
                 wait = backoff(attempt)
+            elif status == 429 or status >= 500:  # transient, but past the retries
+                raise ConnectionFailed(
+                    f"CDN purge of {len(items)} {kind} in zone {cdn.zone_id} "
+                    + ("still rate-limited" if status == 429 else "unavailable")
+                    + f" after {attempt} retries: "
+                    + redact(_api_error(response))
+                    + "; a later run retries it"
+                )
             elif status >= 400:
                 raise ConnectionFailed(
                     f"CDN purge of {len(items)} {kind} in zone {cdn.zone_id} refused: "

@@ -61,6 +61,11 @@ def test_5xx_is_retried_and_a_bad_token_or_zone_fails_at_once(
     result = purge_cdn.fn(cdn_target, {"files": ["https://cdn.example.com/a.js"]})
     assert result.error is None and result.server_errors == 2 and result.items == 1
     cdn.reset()
+    cdn.fail_next(503, count=cdn_target.retries + 1)  # past the retries: unavailable, not refused
+    result = purge_cdn.fn(cdn_target, {"files": ["https://cdn.example.com/a.js"]})
+    assert result.error and "unavailable after 4 retries: HTTP 503" in result.error
+    assert result.error.endswith("; a later run retries it") and "refused" not in result.error
+    cdn.reset()
     wrong = cdn_target.model_copy(update={"api_token": SecretStr("wrong-token-9999")})
     result = purge_cdn.fn(wrong, {"files": ["https://cdn.example.com/a.js"]})
     assert result.error and "HTTP 403" in result.error and "Authentication error" in result.error
