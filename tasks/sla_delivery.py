@@ -4,9 +4,9 @@ decision under a Redis lock, Slack (or the file outbox) with email as the fallba
 Exactly one notice per incident and level:
 - Everything from reading the state to recording the last notice runs under one Redis lock
   (`<prefix>sla:lock`): a second evaluator waits for it, then finds the notices recorded. The
-  lock expires (`LOCK_TIMEOUT_S`) and is renewed before each notice; a notice that outlived it
-  is recorded (never clearing an acknowledgement made meanwhile, `SlaStore.save`) and the rest
-  of the run is not sent (`HeldLock`).
+  lock expires (`LOCK_TIMEOUT_S`) and is renewed before each notice (and as a rebuild reads
+  Slack); a notice that outlived it is recorded (never clearing an acknowledgement made
+  meanwhile, `SlaStore.save`) and the rest of the run is not sent (`HeldLock`).
 - Each notice is *sent, then recorded* (`<prefix>sla:notice:<key>`, Slack's channel and ts
   kept to thread and update). Nothing is recorded before the send, so a crash between decide
   and send loses nothing: the next run decides the same notice again.
@@ -283,9 +283,21 @@ def recover(
     definitions: SlaDefinitions,
     now: datetime,
     lookback: timedelta = DEFAULT_RECOVERY_LOOKBACK,
+    held: HeldLock | None = None,
 ) -> str:
     """Rebuild incidents and the notification log from the notices in the channels (by id).
-    Slack's ts are wall-clock times, so a replayed minute still reads the recent messages."""
+    Slack's ts are wall-clock times, so a replayed minute still reads the recent messages.
+    `held`: the SLA lock, renewed as the read goes on (a long history read outlived it) and
+    checked before anything is written (LockBusy: nothing written)."""
+
+    def tick() -> None:
+        if held is not None and not held.renew():
+            raise LockBusy(
+                f"the SLA lock {held.name} expired (held over {held.timeout_s:g} s) while the "
+                f"state was read back from {messenger.sink}: nothing was rebuilt, decided or "
+                "sent (the next run catches up)"
+            )
+
     oldest = min(now.timestamp(), time.time()) - lookback.total_seconds()
     payloads: list[dict[str, Any]] = []
     read: set[str] = set()
@@ -300,8 +312,9 @@ def recover(
             continue
         if channel_id not in read:
             read.add(channel_id)
-            payloads.extend(messenger.notices(channel_id, oldest))
+            payloads.extend(messenger.notices(channel_id, oldest, tick))
     incidents, log = rebuild(payloads)
+    tick()  # still ours: nobody else wrote meanwhile
     for posted in log:
         store.log(posted)
     for state in incidents.values():
@@ -457,6 +470,7 @@ def _rebuild_state(
     definitions: SlaDefinitions,
     now: datetime,
     lookback: timedelta,
+    held: HeldLock,
 ) -> tuple[str, bool]:
     """Rebuild the state from Slack when Redis has none. Returns (what happened, whether to
     decide now). Slack briefly unreadable: nothing is decided (an open incident would fire
@@ -465,7 +479,7 @@ def _rebuild_state(
     if store.has_state():
         return "", True
     try:
-        return recover(store, messenger, definitions, now, lookback), True
+        return recover(store, messenger, definitions, now, lookback, held), True
     except NoticeFailed as exc:
         marker = store.key("rebuild-failing-since")
         store.client.set(marker, time.time(), nx=True, ex=NOTICE_TTL_S)
@@ -511,7 +525,7 @@ def deliver(
         channel_ids = messenger.resolve(policy_channels(definitions), cache=store)
         names = {cid: name for name, cid in channel_ids.items()}
         recovered, decide_now = _rebuild_state(
-            store, messenger, definitions, now, recovery_lookback
+            store, messenger, definitions, now, recovery_lookback, held
         )
         if not decide_now:
             return DeliveryReport(delivered=[], suppressed=[], recovered=recovered, deferred=True)
@@ -651,7 +665,7 @@ def acknowledge_alert_in_store(
         channel_ids = messenger.resolve(policy_channels(definitions), cache=store)
         names = {cid: name for name, cid in channel_ids.items()}
         if not store.has_state():
-            recover(store, messenger, definitions, now)  # Slack unreadable: a clear error
+            recover(store, messenger, definitions, now, held=held)  # Slack unreadable: an error
         states = store.incidents()
         group = store.group_of(alert_or_group) or alert_or_group
         state = states.get(group) or next(

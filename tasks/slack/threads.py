@@ -23,7 +23,7 @@ import hashlib
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from slack_sdk import WebClient
@@ -110,9 +110,12 @@ class Messenger(ABC):
     def update(self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]]) -> None: ...
 
     @abstractmethod
-    def notices(self, channel: str, oldest: float) -> list[dict[str, Any]]:
+    def notices(
+        self, channel: str, oldest: float, tick: Callable[[], object] | None = None
+    ) -> list[dict[str, Any]]:
         """perfops notice payloads in `channel` since `oldest` (unix s), threads included, each
-        with `_channel` (the id), `_ts` and `_top` (not a reply)."""
+        with `_channel` (the id), `_ts` and `_top` (not a reply); `tick` is called as the read
+        goes on (between requests: the caller renews its lock)."""
 
     @abstractmethod
     def find(self, channel: str, key: str, thread_ts: str | None, oldest: float) -> str | None:
@@ -234,7 +237,9 @@ class SlackMessenger(Messenger):
                 return str(message["ts"])
         return None
 
-    def notices(self, channel: str, oldest: float) -> list[dict[str, Any]]:
+    def notices(
+        self, channel: str, oldest: float, tick: Callable[[], object] | None = None
+    ) -> list[dict[str, Any]]:
         channel_id = self.channel_id(channel)
         found: list[dict[str, Any]] = []
 
@@ -242,7 +247,9 @@ class SlackMessenger(Messenger):
             top = message.get("thread_ts") in (None, message["ts"])
             found.append({**payload, "_channel": channel_id, "_ts": message["ts"], "_top": top})
 
-        for message in self._history(channel_id, oldest):
+        for i, message in enumerate(self._history(channel_id, oldest)):
+            if tick is not None and i % PAGE == 0:  # once per page of history
+                tick()
             payload = _payload(message)
             if payload is None or message.get("thread_ts") not in (None, message["ts"]):
                 continue  # not perfops', or a broadcast reply (read with its thread)
@@ -253,6 +260,8 @@ class SlackMessenger(Messenger):
                 reply = _payload(item)
                 if reply is not None:
                     add(item, reply)
+            if tick is not None:
+                tick()
         return found
 
     # -- writes --------------------------------------------------------------------------------
@@ -338,7 +347,9 @@ class FileMessenger(Messenger):
             {"action": "update", "channel": channel, "ts": ts, "text": text, "blocks": blocks},
         )
 
-    def notices(self, channel: str, oldest: float) -> list[dict[str, Any]]:
+    def notices(
+        self, channel: str, oldest: float, tick: Callable[[], object] | None = None
+    ) -> list[dict[str, Any]]:
         found = []
         for line in read_slack_notices(self.outbox):
             payload = _payload(line)

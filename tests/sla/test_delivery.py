@@ -323,6 +323,24 @@ def test_redis_restart_mid_escalation_recovers_from_slack(
     assert slack.messages[-1]["channel"] == slack.channel_id("#incidents")
 
 
+def test_a_rebuild_that_reads_longer_than_the_lock_renews_it_as_it_reads(
+    redis_target: RedisTarget, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    """The lock expired while a long Slack history was read back: the run wrote the rebuilt
+    state all the same, then raised LockBusy, and a history as long did so on every run."""
+    store = SlaStore(redis_target, lock_timeout_s=2)
+    both = [*FIRING, alert("error-rate-critical/threshold", slo="error-rate")]
+    for minute in range(0, 20):
+        run(store, slack_target, minute, alerts=both)
+    assert len(slack.messages) == 4  # two incidents, each fired and escalated in its thread
+    store.client.flushdb()  # Redis restarted empty
+    target = slack_target.model_copy(update={"timeout_s": 10})
+    slack.delay_next(1.5, count=2, method="conversations.replies")  # 3 s of reading threads
+    report = run(store, target, 20, alerts=both)
+    assert "state rebuilt from slack: 4 notices, 2 incidents (2 open)" in report.recovered
+    assert report.delivered == [] and len(slack.messages) == 4
+
+
 def test_ack_stops_escalation_and_survives_a_redis_restart(
     store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
 ) -> None:
