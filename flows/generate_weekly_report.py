@@ -145,6 +145,7 @@ def generate_weekly_report(
     logger = get_run_logger()
     started = time.monotonic()
     clock = now or datetime.now(UTC)
+    clock = clock if clock.tzinfo is not None else clock.replace(tzinfo=UTC)  # typed: UTC
     settings = get_settings()
     config_file = Path(config_path or os.environ.get("PERFOPS_REPORT_CONFIG") or DEFAULT_CONFIG)
     config = load_config(config_file)

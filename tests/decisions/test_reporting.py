@@ -42,6 +42,13 @@ NOW = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)  # a Friday in 2026-W48
 CONFIG = load_config(ROOT / "deployments" / "report.yaml")
 
 
+def test_a_clock_without_a_time_zone_reads_as_utc() -> None:
+    """A `now` typed without a zone (the UI, the API) raised TypeError comparing it."""
+    naive = NOW.astimezone(UTC).replace(tzinfo=None)
+    assert parse_week("2026-W47", naive) == parse_week("2026-W47", NOW)
+    assert last_complete_week(naive) == last_complete_week(NOW)
+
+
 def test_parse_week_gives_monday_to_monday_utc() -> None:
     week = parse_week("2026-W47", NOW)
     assert (week.label, week.start, week.end) == (
