@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
@@ -70,7 +70,17 @@ class LoadTarget(Block):
                 "the load history, artifacts and events): give the credentials as auth_header "
                 "(a secret), e.g. 'Basic <base64 of user:password>'"
             )
-        return value.rstrip("/")
+        # one spelling per target: the base URL keys its baselines and history, so
+        # https://Staging.example.com:443/ and https://staging.example.com are one target
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"base_url has an invalid port: {value!r} ({exc})") from None
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        if port is not None and port != {"http": 80, "https": 443}[parts.scheme]:
+            host += f":{port}"
+        path = parts.path.rstrip("/")
+        return urlunsplit((parts.scheme, host, path, parts.query, parts.fragment)).rstrip("/")
 
     def hosts(self) -> set[str]:
         host = urlsplit(self.base_url).hostname or ""
