@@ -80,6 +80,21 @@ def ensure_hypopg(conn: psycopg.Connection[Any]) -> None:
                 f"hypopg is not installed in database {conn.info.dbname} and this role may not "
                 "create it: run CREATE EXTENSION hypopg; as the database owner"
             ) from None
+        except psycopg.errors.ReadOnlySqlTransaction:
+            # A standby (or a read-only session) cannot create it; on the primary it replicates.
+            conn.rollback()
+            replica = conn.execute("select pg_is_in_recovery() as replica").fetchone()
+            conn.rollback()
+            why = (
+                "the server is a replica (pg_is_in_recovery())"
+                if replica and replica["replica"]
+                else "this session is read-only (default_transaction_read_only)"
+            )
+            raise MissingPrerequisite(
+                f"hypopg is not installed in database {conn.info.dbname} and {why}, so perfops "
+                "cannot create it: run CREATE EXTENSION hypopg; on the primary as the database "
+                "owner (it reaches the replicas by replication)"
+            ) from None
 
 
 @task(name="fetch_table_catalog", **RETRY_DEFAULTS)

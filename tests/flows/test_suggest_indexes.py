@@ -330,3 +330,47 @@ def test_apply_builds_only_on_tables_the_role_owns_and_fails_naming_the_rest(
             conn.execute("drop schema if exists adv cascade")
             conn.execute(sql.SQL("drop owned by {}").format(sql.Identifier(role)))
             conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
+
+
+def test_a_read_only_server_without_hypopg_fails_saying_where_to_create_it(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A standby (here a database whose sessions are read-only: the same SQLSTATE 25006) cannot
+    run perfops' CREATE EXTENSION hypopg: the run fails with the fix, not 'unexpected
+    ReadOnlySqlTransaction'."""
+    db = f"{psycopg.conninfo.conninfo_to_dict(pg_dsn)['dbname']}_read_only"
+    dsn = psycopg.conninfo.make_conninfo(pg_dsn, dbname=db)
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(db)))
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(db)))
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("create extension pg_stat_statements")
+            conn.execute(
+                "create table orders as select g as id, g % 5000 as customer_id "
+                "from generate_series(1, 20000) g"
+            )
+            conn.execute("analyze orders")
+            conn.execute(
+                sql.SQL("alter database {} set default_transaction_read_only = on").format(
+                    sql.Identifier(db)
+                )
+            )
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for i in range(20):
+                conn.execute("select * from orders where customer_id = %s", (i,)).fetchall()
+        monkeypatch.setenv("PERFOPS_DSN", dsn)
+        state = suggest_indexes(settings=IndexAdvisorSettings(min_calls=10), return_state=True)
+        assert state.is_failed()
+        assert state.message is not None
+        assert state.message.endswith(
+            f"hypopg is not installed in database {db} and this session is read-only "
+            "(default_transaction_read_only), so perfops cannot create it: run CREATE EXTENSION "
+            "hypopg; on the primary as the database owner (it reaches the replicas by "
+            "replication)"
+        )
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(db))
+            )
