@@ -938,3 +938,34 @@ def test_drop_action_never_marks_or_drops_a_namesake_of_a_partition_elsewhere(
         assert conn.execute(
             "select to_regclass(%s)", (f'"{elsewhere}".audit_logs_p2025_09',)
         ).fetchone() == (None,)
+
+
+def test_detach_only_leaves_what_an_earlier_run_detached_without_reporting_it_again(
+    pg_dsn: str,
+    pg_target: PostgresTarget,
+    schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+    emitted: list[tuple[str, dict[str, Any]]],
+) -> None:
+    """detach_only's end state is a detached plain table: the next runs neither list it as
+    'detached' again nor report it as a problem ('still there: finishing its expiry') in the
+    artifact and the rotated event, run after run."""
+    make_audit_logs(pg_dsn, schema, with_default=False)
+    keep = policy(schema, None, expired_action="detach_only")
+    first = run(target=pg_target, monkeypatch=monkeypatch, policies=[keep], apply=True)
+    assert [e.partition for e in first.tables[0].expired] == [
+        "audit_logs_p2025_09",
+        "audit_logs_p2025_10",
+    ]
+    emitted.clear()
+    for apply in (False, True):
+        again = run(target=pg_target, monkeypatch=monkeypatch, policies=[keep], apply=apply)
+        [t] = again.tables
+        assert (t.expired, t.problems) == ([], [])
+    rotated = [payload for event, payload in emitted if event == "perfops.partitions.rotated"]
+    assert [p["problems"] for p in rotated] == [[], []]
+    with psycopg.connect(pg_dsn) as conn:
+        kept = conn.execute(
+            sql.SQL("select count(*) from {}.audit_logs_p2025_09").format(sql.Identifier(schema))
+        ).fetchone()
+    assert kept == (ROWS_PER_MONTH,)
