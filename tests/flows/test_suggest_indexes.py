@@ -14,13 +14,13 @@ from pydantic import SecretStr
 from blocks import PostgresTarget
 from decisions.fleet import FleetReport
 from decisions.index_health import IndexHealthSettings, built_at
-from decisions.index_suggestions import IndexSuggestionReport
+from decisions.index_suggestions import IndexSuggestionReport, nothing_suggested
 from decisions.indexing import Candidate, IndexAdvisorSettings, index_name
 from flows.check_index_health import check_index_health
 from flows.suggest_indexes import suggest_indexes
 from perfops.errors import ConfigurationError, report_of
 from tasks.postgres.index_builds import BuildRequest, create_indexes
-from tests.records import one_target, superuser_fix
+from tests.records import artifact_rows, one_target, superuser_fix
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -374,3 +374,32 @@ def test_a_read_only_server_without_hypopg_fails_saying_where_to_create_it(
             admin.execute(
                 sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(db))
             )
+
+
+def test_a_role_without_pg_read_all_stats_is_told_the_workload_is_hidden(
+    workload: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workload's statements are another role's: without pg_read_all_stats they are hidden
+    (`<insufficient privilege>`), so nothing is suggested, and the run says why and the grant."""
+    role = "perfops_advisor_nostats"
+    with psycopg.connect(workload, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("create role {} login").format(sql.Identifier(role)))
+    try:
+        monkeypatch.setenv("PERFOPS_DSN", psycopg.conninfo.make_conninfo(workload, user=role))
+        report = one_target(suggest_indexes, settings=_settings())
+        assert report.suggestions == []
+        assert report.hidden is not None and report.hidden.role == role
+        assert report.hidden.statements >= 3  # the workload's three statements, at least
+        warning = report.hidden.warning
+        assert warning.endswith(f"grant pg_read_all_stats to {role} to see them")
+        assert warning in nothing_suggested(report)
+        rows = artifact_rows("perfops-index-suggestions")
+        assert {"result": "statements hidden", "reason": warning}.items() <= next(
+            r for r in rows if r["result"] == "statements hidden"
+        ).items()
+    finally:
+        with psycopg.connect(workload, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))
+    monkeypatch.setenv("PERFOPS_DSN", workload)  # a role that sees every statement
+    assert one_target(suggest_indexes, settings=_settings()).hidden is None
