@@ -154,7 +154,8 @@ def rotate_partitions(
         tables: list[TableRotation] = []
         first_error: Exception | None = None
         denied, privileges = _not_permitted(target, chosen) if apply else ({}, None)
-        preflight = ArchivePreflight()
+        # a fleet's databases share one archive: each target archives under its own folder
+        preflight = ArchivePreflight(folder=fleet_target)
         with tempfile.TemporaryDirectory(prefix="perfops-partitions-") as tmp:
             for policy in chosen:
                 kind = "range" if isinstance(policy, PartitionPolicy) else "hash"
