@@ -157,7 +157,12 @@ def fetch_postgres_info(target: PostgresTarget) -> PostgresInfo:
                    (r.rolsuper or has_database_privilege(current_database(), 'CREATE'))
                        as can_create_extensions,
                    pg_is_in_recovery() as in_recovery,
-                   current_setting('shared_preload_libraries') as preload
+                   -- a role without pg_read_all_settings may not read it: pg_settings then
+                   -- hides the row (NULL), where current_setting() would fail the whole check
+                   (select s.setting from pg_settings s
+                    where s.name = 'shared_preload_libraries') as preload,
+                   (r.rolsuper or pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'))
+                       as reads_all_statements
             from pg_roles r where r.rolname = current_user
             """
         ).fetchone()
@@ -172,7 +177,8 @@ def fetch_postgres_info(target: PostgresTarget) -> PostgresInfo:
             (list(WATCHED_EXTENSIONS),),
         ).fetchall()
     extensions = {r["name"]: ExtensionInfo(**r) for r in rows}
-    preload = [p.strip() for p in str(head.pop("preload")).split(",") if p.strip()]
+    setting = head.pop("preload")
+    preload = None if setting is None else [p.strip() for p in setting.split(",") if p.strip()]
     return PostgresInfo(**head, shared_preload_libraries=preload, extensions=extensions)
 
 
