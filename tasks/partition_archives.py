@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
+import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -39,6 +40,7 @@ from blocks.resolve import ArchiveStore
 from decisions.partition_rotation import DEFAULT_BATCH_ROWS, DEFAULT_SPOOL_BYTES, RotationSettings
 from decisions.partitioning import partition_label
 from perfops.errors import ChecksumMismatch, ConfigurationError, ConnectionFailed, PerfopsError
+from perfops.redaction import one_line
 from tasks.postgres.partition_changes import bound_literal, count_rows
 from tasks.postgres.partitions import qualified_name
 from tasks.postgres.server import connect, ensure_primary, set_timeouts
@@ -604,16 +606,30 @@ def load_archive(
                         "the manifest has no bounds: restore as a table (without --attach)"
                     )
                 key_type = next(c.type for c in manifest.columns if c.name == manifest.key_column)
-                conn.execute(
-                    sql.SQL(
-                        "alter table {} attach partition {} for values from ({}) to ({})"
-                    ).format(
-                        sql.Identifier(manifest.schema_name, manifest.parent),
-                        table,
-                        bound_literal(manifest.lower, _bare_type(key_type), manifest.timezone),
-                        bound_literal(manifest.upper, _bare_type(key_type), manifest.timezone),
+                parent = qualified_name(manifest.schema_name, manifest.parent)
+                try:
+                    conn.execute(
+                        sql.SQL(
+                            "alter table {} attach partition {} for values from ({}) to ({})"
+                        ).format(
+                            sql.Identifier(manifest.schema_name, manifest.parent),
+                            table,
+                            bound_literal(manifest.lower, _bare_type(key_type), manifest.timezone),
+                            bound_literal(manifest.upper, _bare_type(key_type), manifest.timezone),
+                        )
                     )
-                )
+                except psycopg.Error as exc:  # the transaction rolls back: nothing was restored
+                    raise ConfigurationError(
+                        f"cannot attach {where} to {parent} for [{manifest.lower.isoformat()}, "
+                        f"{manifest.upper.isoformat()}): {one_line(exc, empty='failed')}; "
+                        "nothing was restored: "
+                        + (
+                            "rows of that range wait in its default partition (move them out "
+                            "first), or restore without --attach"
+                            if isinstance(exc, psycopg.errors.CheckViolation)
+                            else "restore without --attach"
+                        )
+                    ) from None
     return rows
 
 
