@@ -969,3 +969,34 @@ def test_detach_only_leaves_what_an_earlier_run_detached_without_reporting_it_ag
             sql.SQL("select count(*) from {}.audit_logs_p2025_09").format(sql.Identifier(schema))
         ).fetchone()
     assert kept == (ROWS_PER_MONTH,)
+
+
+def test_a_concurrent_detach_stopped_after_its_first_step_is_reported_pending_and_finished(
+    pg_dsn: str, pg_target: PostgresTarget, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DETACH CONCURRENTLY commits its first step, then waits for older snapshots under
+    lock_timeout: a long transaction that read the parent makes it give up with the partition
+    detach-pending (its rows no longer read through the parent). The report says so, not
+    'stays attached'; the next run finishes it (FINALIZE) and drops it."""
+    make_audit_logs(pg_dsn, schema, with_default=False)
+    drop = policy(schema, None, expired_action="drop")
+    with psycopg.connect(pg_dsn) as reader:  # an open snapshot that saw the partitions
+        reader.execute("set transaction isolation level repeatable read")
+        reader.execute(sql.SQL("select count(*) from {}.audit_logs").format(sql.Identifier(schema)))
+        report, message = run_failed(pg_target, monkeypatch, policies=[drop], apply=True)
+        [first, second] = report.tables[0].expired
+        assert (first.partition, first.status) == ("audit_logs_p2025_09", "failed")
+        assert first.detail.startswith("canceling statement due to lock timeout; nothing dropped")
+        assert first.detail.endswith(
+            "audit_logs_p2025_09 is left detach-pending (DETACH CONCURRENTLY stopped after its "
+            f"first step): its rows no longer read through {schema}.audit_logs and its range "
+            "takes no inserts until the next run finishes the detach (FINALIZE)"
+        )
+        assert message.startswith("1 of 1 table(s) failed: ")
+        # PostgreSQL detaches one partition concurrently at a time: the next one stays attached
+        assert second.detail.endswith("nothing dropped, audit_logs_p2025_10 stays attached")
+        reader.rollback()
+    again = run(target=pg_target, monkeypatch=monkeypatch, policies=[drop], apply=True)
+    modes = {e.partition: (e.status, e.detach_mode) for e in again.tables[0].expired}
+    assert modes["audit_logs_p2025_09"] == ("dropped", "finalized")
+    assert children(pg_dsn, schema)[0] == "audit_logs_p2025_11"
