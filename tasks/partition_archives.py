@@ -49,6 +49,7 @@ from tasks.storage import (
     get_object,
     get_stream,
     object_exists,
+    object_location,
     put_object,
     put_stream,
     stream_digest,
@@ -105,6 +106,11 @@ class Manifest(BaseModel):
     format: str = "parquet"
     compression: str = COMPRESSION
     timezone: str = Field(default="UTC", description="The policy's zone (wall time of date keys).")
+    database: str | None = Field(
+        default=None,
+        description="The database the rows came from, `host:port/dbname` (None: written by an "
+        "older perfops). An archive of another database is never overwritten or reused.",
+    )
     created_at: datetime
 
 
@@ -370,7 +376,10 @@ def archive_partition(
 
     A retry starts over. The manifest is the archive's commit mark, so a half-written archive is
     never taken for a finished one. Returns the verified archive; raises `ArchiveError` when what
-    storage holds is not what was written."""
+    storage holds is not what was written, or when the key already holds the archive of another
+    database's partition of the same name (never overwritten: nothing is dumped)."""
+    database = database_of(target)
+    _refuse_another_databases(store, source, database)
     with spool(spool_bytes, spool_dir) as body:
         dump = dump_table_to_parquet(
             target,
@@ -386,6 +395,7 @@ def archive_partition(
             **source.model_dump(),
             **dump.model_dump(exclude={"seconds"}),
             object_key=object_key,
+            database=database,
             created_at=datetime.now(UTC),
         )
         upload_archive(store, body, manifest)
@@ -395,6 +405,31 @@ def archive_partition(
             f"the archive of {source.label} is not in storage as written (re-read after upload)"
         )
     return record
+
+
+def database_of(target: PostgresTarget) -> str:
+    """`host:port/dbname` of the database (no user or password): what a manifest records."""
+    return target.resource_id().removeprefix("perfops.postgres.")
+
+
+def _refuse_another_databases(store: ArchiveStore, source: ArchiveSource, database: str) -> None:
+    """Raise `ArchiveError` when the archive's key holds a manifest of another database (two
+    databases with the same table archiving to one place): overwriting it would lose the rows of
+    a partition already dropped there."""
+    object_key, manifest_key = archive_keys(source.schema_name, source.parent, source.label)
+    if not object_exists(store, manifest_key):
+        return
+    try:
+        existing = _read_manifest(store, manifest_key)
+    except (ArchiveError, ChecksumMismatch):
+        return  # an unreadable (partial, corrupted) manifest: written again
+    if existing.database is not None and existing.database != database:
+        raise ArchiveError(
+            f"{object_location(store, object_key)} already holds the archive of "
+            f"{existing.database}'s {source.label} ({existing.rows} rows): not overwritten with "
+            f"{database}'s; give each database its own archive (another prefix or folder, or "
+            "run them as one fleet)"
+        )
 
 
 def _keys(manifest: Manifest) -> tuple[str, str]:
@@ -483,8 +518,10 @@ def ensure_archive(
             )
         except (ArchiveError, ChecksumMismatch):
             record = None  # a partial or corrupted archive: written again below
-    if record is not None and record.manifest.rows == count_rows(
-        target, source.table_schema, source.partition
+    if (
+        record is not None
+        and record.manifest.database in (None, database_of(target))
+        and record.manifest.rows == count_rows(target, source.table_schema, source.partition)
     ):
         return record
     return archive_partition(

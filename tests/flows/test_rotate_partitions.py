@@ -12,6 +12,7 @@ Every test builds its own schema (dropped after) and plans for a fixed `now`.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 from prefect.filesystems import LocalFileSystem
 from psycopg import sql
+from pydantic import SecretStr
 
 from blocks import PostgresTarget
 from blocks.resolve import resolve_archive_store
@@ -1000,3 +1002,51 @@ def test_a_concurrent_detach_stopped_after_its_first_step_is_reported_pending_an
     modes = {e.partition: (e.status, e.detach_mode) for e in again.tables[0].expired}
     assert modes["audit_logs_p2025_09"] == ("dropped", "finalized")
     assert children(pg_dsn, schema)[0] == "audit_logs_p2025_11"
+
+
+def test_an_archive_another_database_wrote_is_never_overwritten(
+    pg_dsn: str,
+    pg_target: PostgresTarget,
+    schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Two databases with the same table, rotated to one archive (the same command run against
+    staging, then prod): the second must not overwrite the first's archive, whose partitions
+    are dropped already. Its partitions fail, stay detached and are not dropped; the first's
+    archive stays as it was."""
+    other_db = f"{psycopg.conninfo.conninfo_to_dict(pg_dsn)['dbname']}_other"
+    other_dsn = psycopg.conninfo.make_conninfo(pg_dsn, dbname=other_db)
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(other_db)))
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(other_db)))
+    try:
+        with psycopg.connect(other_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("create schema {}").format(sql.Identifier(schema)))
+        make_audit_logs(other_dsn, schema)
+        make_audit_logs(pg_dsn, schema)
+        shared = policy(schema, str(tmp_path))
+        other = PostgresTarget(dsn=SecretStr(other_dsn))
+        first = run(target=other, monkeypatch=monkeypatch, policies=[shared], apply=True)
+        assert [e.status for e in first.tables[0].expired] == ["dropped", "dropped"]
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        manifest = json.loads(next(tmp_path.rglob("audit_logs_p2025_09.manifest.json")).read_text())
+        assert manifest["database"] == f"127.0.0.1:5432/{other_db}"
+
+        report, _ = run_failed(pg_target, monkeypatch, policies=[shared], apply=True)
+        expired = report.tables[0].expired
+        assert [(e.partition, e.status) for e in expired] == [
+            ("audit_logs_p2025_09", "failed"),
+            ("audit_logs_p2025_10", "failed"),
+        ]
+        assert f"already holds the archive of 127.0.0.1:5432/{other_db}'s audit_logs_p2025_09" in (
+            expired[0].detail
+        )
+        assert expired[0].detail.endswith("nothing dropped, audit_logs_p2025_09 stays detached")
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+        assert len(db_ids(pg_dsn, schema)) == 15 * ROWS_PER_MONTH  # every row still here
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(other_db))
+            )
