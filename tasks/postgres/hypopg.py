@@ -23,7 +23,7 @@ from decisions.indexing import Candidate, Catalog, Costing, TableRef
 from perfops.errors import MissingPrerequisite
 from perfops.redaction import one_line
 from tasks.postgres.index_builds import include_sql, predicate_sql
-from tasks.postgres.server import connect
+from tasks.postgres.server import connect, extension_off_path
 from tasks.postgres.statements import explain_generic, plan_cost, plan_index_names
 from tasks.transient_errors import RETRY_DEFAULTS
 
@@ -70,7 +70,11 @@ def ensure_hypopg(conn: psycopg.Connection[Any]) -> None:
         raise MissingPrerequisite(
             f"hypopg is not available on the server: {HYPOPG_FIX.format(major=major)}"
         )
-    if row["installed_version"] is None:
+    if row["installed_version"] is not None:
+        off_path = extension_off_path(conn, "hypopg")
+        if off_path:
+            raise MissingPrerequisite(off_path)
+    else:
         try:
             conn.execute("create extension if not exists hypopg")
             conn.commit()

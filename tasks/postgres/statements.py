@@ -26,7 +26,7 @@ from blocks import PostgresTarget
 from decisions.slow_queries import HiddenStatements, StatementStats
 from perfops.errors import MissingPrerequisite
 from perfops.redaction import mask_statement_secrets, one_line
-from tasks.postgres.server import connect, set_timeouts
+from tasks.postgres.server import connect, extension_off_path, set_timeouts
 from tasks.transient_errors import RETRY_DEFAULTS
 
 PSS_FIX = (
@@ -49,6 +49,9 @@ def ensure_pg_stat_statements(conn: psycopg.Connection[Any]) -> None:
         raise MissingPrerequisite(
             f"pg_stat_statements is not installed in database {db}: {PSS_FIX}"
         )
+    off_path = extension_off_path(conn, "pg_stat_statements")
+    if off_path:
+        raise MissingPrerequisite(off_path)
     try:
         conn.execute("select 1 from pg_stat_statements limit 1")
     except pg_errors.ObjectNotInPrerequisiteState:

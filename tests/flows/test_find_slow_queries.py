@@ -178,6 +178,30 @@ def test_missing_pg_stat_statements_fails_with_the_fix(env_dsn: str) -> None:
     assert "shared_preload_libraries" in str(error)
 
 
+def test_pg_stat_statements_off_the_search_path_fails_with_the_fix(env_dsn: str) -> None:
+    """Installed in a schema the role's search_path does not hold (a managed database's
+    `extensions` schema): one line saying where it is and how to reach it, not 'unexpected
+    UndefinedTable: relation "pg_stat_statements" does not exist'."""
+    with psycopg.connect(env_dsn, autocommit=True) as conn:
+        conn.execute('create schema if not exists "Ext Schema"')
+        conn.execute('alter extension pg_stat_statements set schema "Ext Schema"')
+    try:
+        state = find_slow_queries(return_state=True)
+    finally:
+        with psycopg.connect(env_dsn, autocommit=True) as conn:
+            conn.execute("alter extension pg_stat_statements set schema public")
+            conn.execute('drop schema "Ext Schema"')
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, MissingPrerequisite)
+    assert str(error).startswith("pg_stat_statements is installed in schema Ext Schema of ")
+    assert str(error).endswith(
+        'which is not on the search_path of postgres (public): ALTER ROLE "postgres" SET '
+        'search_path = "$user", public, "Ext Schema"; (or ALTER EXTENSION pg_stat_statements '
+        "SET SCHEMA public;)"
+    )
+
+
 def test_a_block_names_the_database(pg_dsn: str, slow_db: str) -> None:
     PostgresTarget(dsn=SecretStr(pg_dsn), application_name="slow-block").save(
         "slow-queries-test", overwrite=True

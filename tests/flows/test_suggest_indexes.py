@@ -403,3 +403,21 @@ def test_a_role_without_pg_read_all_stats_is_told_the_workload_is_hidden(
             conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))
     monkeypatch.setenv("PERFOPS_DSN", workload)  # a role that sees every statement
     assert one_target(suggest_indexes, settings=_settings()).hidden is None
+
+
+def test_hypopg_off_the_search_path_fails_with_the_fix(workload: str) -> None:
+    with psycopg.connect(workload, autocommit=True) as conn:
+        conn.execute("create schema if not exists hypo_ext")
+        conn.execute("alter extension hypopg set schema hypo_ext")
+    try:
+        state = suggest_indexes(settings=_settings(), return_state=True)
+    finally:
+        with psycopg.connect(workload, autocommit=True) as conn:
+            conn.execute("alter extension hypopg set schema public")
+            conn.execute("drop schema hypo_ext")
+    assert state.is_failed()
+    assert state.message is not None
+    assert "hypopg is installed in schema hypo_ext of database perfops_test_" in state.message
+    assert state.message.endswith(
+        'search_path = "$user", public, "hypo_ext"; (or ALTER EXTENSION hypopg SET SCHEMA public;)'
+    )
