@@ -1050,3 +1050,35 @@ def test_an_archive_another_database_wrote_is_never_overwritten(
             admin.execute(
                 sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(other_db))
             )
+
+
+def test_two_policies_for_one_table_are_refused_before_any_change(
+    pg_dsn: str,
+    pg_target: PostgresTarget,
+    schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A policy passed as a parameter and one in the policies file for the same table, spelled
+    differently: the run refuses both (two rules for one table) and changes nothing."""
+    make_audit_logs(pg_dsn, schema)
+    before = children(pg_dsn, schema)
+    policies_file = tmp_path / "policies.yaml"
+    policies_file.write_text(
+        f'- table: \'"{schema}"."audit_logs"\'\n  interval: day\n  premake: 2\n', encoding="utf-8"
+    )
+    monkeypatch.setenv("PERFOPS_DSN", pg_dsn)
+    state = rotate_partitions(
+        policies=[policy(schema, None, expired_action="drop")],
+        policies_file=str(policies_file),
+        apply=True,
+        now=NOW,
+        settings=FAST,
+        return_state=True,
+    )
+    assert state.is_failed()
+    assert state.message is not None and state.message.endswith(
+        f'policy 2 ("{schema}"."audit_logs"): table "{schema}"."audit_logs" has more than one '
+        f"policy (also policy 1, {schema}.audit_logs): keep one"
+    )
+    assert children(pg_dsn, schema) == before
