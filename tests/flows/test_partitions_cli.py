@@ -60,6 +60,14 @@ def test_help_explains_the_flags() -> None:
         (["--table", 'a."b; drop'], "--table: table"),  # an unclosed quote
         (["--table", "a.b", "--retention", "12 months"], "needs archive"),
         ([], "give either --table"),
+        (  # a preview of a later day must not be applied today
+            [
+                *("--table", "a.b", "--expired-action", "drop", "--retention", "12 months"),
+                *("--at", "2099-01-01T00:00:00+00:00", "--apply"),
+            ],
+            "--at 2099-01-01T00:00:00+00:00 is in the future: it previews a later run; drop "
+            "--apply",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args: list[str], message: str) -> None:
