@@ -28,7 +28,8 @@ class PostgresInfo(BaseModel):
     is_superuser: bool
     can_create_extensions: bool
     in_recovery: bool
-    shared_preload_libraries: list[str]
+    shared_preload_libraries: list[str] | None  # None: this role may not read the setting
+    reads_all_statements: bool = True  # superuser or pg_read_all_stats: every role's statements
     extensions: dict[str, ExtensionInfo]
 
 
@@ -99,7 +100,16 @@ def postgres_findings(info: PostgresInfo) -> list[Finding]:
     """Findings for the PostgreSQL extensions and settings the perfops flows rely on."""
     major = info.server_version_num // 10_000
     findings: list[Finding] = []
-    if "pg_stat_statements" not in info.shared_preload_libraries:
+    if info.shared_preload_libraries is None:
+        findings.append(
+            Finding(
+                what=f"{info.current_user} may not read shared_preload_libraries, so whether "
+                "pg_stat_statements is preloaded is not known",
+                fix=f"GRANT pg_monitor TO {info.current_user}; (docs/production.md)",
+                needed_by="this check",
+            )
+        )
+    elif "pg_stat_statements" not in info.shared_preload_libraries:
         findings.append(
             Finding(
                 what="pg_stat_statements is not in shared_preload_libraries",
@@ -143,6 +153,14 @@ def postgres_findings(info: PostgresInfo) -> list[Finding]:
                     needed_by=used_for,
                 )
             )
+    if not info.reads_all_statements:
+        findings.append(
+            Finding(
+                what=f"pg_stat_statements hides other roles' statements from {info.current_user}",
+                fix=f"GRANT pg_read_all_stats TO {info.current_user};",
+                needed_by="slow queries, index suggestions",
+            )
+        )
     if info.in_recovery:
         findings.append(
             Finding(

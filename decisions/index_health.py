@@ -30,6 +30,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from perfops.names import schema_name
+
 # The index catalog as `tasks.postgres.indexes` reads it (rows; no I/O here).
 
 
@@ -169,8 +171,9 @@ class IndexHealthSettings(BaseModel):
     @field_validator("schemas")
     @classmethod
     def _empty_is_all(cls, value: list[str] | None) -> list[str] | None:
-        """An empty list (a cleared field in the UI's form) means every schema, as None does."""
-        return value or None
+        """An empty list (a cleared field in the UI's form) means every schema, as None does; a
+        name may be quoted as perfops prints it (`"Mixed Case"`)."""
+        return [schema_name(s) for s in value] if value else None
 
 
 class IndexFinding(BaseModel):

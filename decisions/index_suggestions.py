@@ -26,6 +26,7 @@ from decisions.indexing import (
     query_shape,
     table_matches,
 )
+from decisions.slow_queries import HiddenStatements
 from perfops.wording import no_table_matches
 
 EVENT_SUGGESTED = "perfops.indexes.suggested"
@@ -163,6 +164,7 @@ class IndexSuggestionReport(BaseModel):
     costing: list[CostingNote] = []
     note: str = ""  # why there is nothing to look at ("0 statements ... since its reset at ...")
     unknown_tables: list[str] = []  # include_tables names that are no table of the database
+    hidden: HiddenStatements | None = None  # other roles' statements this role cannot see
 
     @property
     def unknown(self) -> str | None:
@@ -176,7 +178,9 @@ def nothing_suggested(report: IndexSuggestionReport) -> str:
     """The line saying why a run suggests nothing: its note (no statements), every statement
     skipped (by reason, most common first), or no candidate saving enough."""
     if report.note:
-        return report.note
+        return report.note + (f" ({report.hidden.warning})" if report.hidden else "")
+    if report.hidden and not report.statements_considered:
+        return f"nothing to suggest: {report.hidden.warning}"
     if report.statements_considered and len(report.skipped) == report.statements_considered:
         reasons = Counter(s.reason for s in report.skipped).most_common(3)
         why = "; ".join(f"{n}: {r}" for r, n in reasons)
@@ -262,6 +266,8 @@ def artifact_rows(report: IndexSuggestionReport) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     if report.note:
         rows.append(_row("nothing to suggest", reason=report.note))
+    if report.hidden:
+        rows.append(_row("statements hidden", reason=report.hidden.warning))
     for s in report.suggestions:
         build = builds.get(s.key or f"{s.table}({', '.join(s.columns)})")
         included = f" INCLUDE ({', '.join(s.include)})" if s.include else ""
@@ -329,6 +335,7 @@ def suggestion_events(
         ],
         "rejected": len(report.rejected),
         "skipped": len(report.skipped),
+        "hidden_statements": report.hidden.statements if report.hidden else 0,
     }
     events = [(EVENT_SUGGESTED, resource, suggested)]
     created = [b for b in report.builds if b.status == "created"]

@@ -67,12 +67,14 @@ class Expiring(_Child):
 
 
 class Detached(BaseModel):
-    """What detaching one partition did: its mode, or why it failed (it stays attached).
+    """What detaching one partition did: its mode, or why it failed (it stays attached, or,
+    `pending`, a DETACH CONCURRENTLY stopped after its first step left it detach-pending).
     `name` is the partition's label (`schema.name` outside the parent's schema)."""
 
     name: str
     mode: DetachMode | None = None
     error: str | None = None
+    pending: bool = False
 
 
 class ToDrop(_Child):
@@ -441,7 +443,14 @@ def record_detaches(
             done = detached[table.label]
             if done.mode is None:
                 outcome.status = "failed"
-                outcome.detail = f"{done.error}; nothing dropped, {table.label} stays attached"
+                where = (
+                    f"{table.label} is left detach-pending (DETACH CONCURRENTLY stopped after "
+                    f"its first step): its rows no longer read through {policy.table} and its "
+                    "range takes no inserts until the next run finishes the detach (FINALIZE)"
+                    if done.pending
+                    else f"{table.label} stays attached"
+                )
+                outcome.detail = f"{done.error}; nothing dropped, {where}"
                 record_problem(result, f"detaching {table.label} failed: {outcome.detail}")
                 continue
             outcome.detach_mode = done.mode

@@ -22,6 +22,7 @@ from __future__ import annotations
 import calendar
 import hashlib
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -272,7 +273,6 @@ def load_policies(text: str) -> list[Policy]:
     if not isinstance(data, list):
         raise PolicyError("partition policies must be a list (or `policies:` holding a list)")
     policies: list[Policy] = []
-    seen: set[str] = set()
     for position, entry in enumerate(data, start=1):
         if not isinstance(entry, dict):
             raise PolicyError(f"policy {position}: must be a mapping with `table`, got {entry!r}")
@@ -287,11 +287,25 @@ def load_policies(text: str) -> list[Policy]:
             policy = model.model_validate(entry)
         except ValidationError as exc:
             raise PolicyError(f"{where}: {_errors(exc)}") from None
-        if policy.table in seen:
-            raise PolicyError(f"{where}: table {policy.table} has more than one policy")
-        seen.add(policy.table)
         policies.append(policy)
+    refuse_duplicates(policies, [f"policy {n}" for n in range(1, len(policies) + 1)])
     return policies
+
+
+def refuse_duplicates(policies: Sequence[Policy], names: Sequence[str] | None = None) -> None:
+    """Raise `PolicyError` when two policies name one table, however each spells it
+    (`public.ev`, `"public"."ev"`, `ev`): one run would rotate it twice, by two rules."""
+    seen: dict[tuple[str, str], int] = {}
+    for position, policy in enumerate(policies):
+        key = (policy.schema_name, policy.table_name)
+        if key in seen:
+            first = seen[key]
+            label = names or [f"policy {n}" for n in range(1, len(policies) + 1)]
+            raise PolicyError(
+                f"{label[position]} ({policy.table}): table {policy.table} has more than one "
+                f"policy (also {label[first]}, {policies[first].table}): keep one"
+            )
+        seen[key] = position
 
 
 def _errors(exc: ValidationError) -> str:

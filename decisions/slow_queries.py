@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from perfops.wording import counted
+
 DEFAULT_THRESHOLD_MS = 1_000.0
 DEFAULT_TOP = 10
 DEFAULT_MIN_CALLS = 1
@@ -45,6 +47,27 @@ class StatementStats(BaseModel):
     shared_blks_hit: int
     shared_blks_read: int
     share_of_db_time: float  # fraction of all statements' total time in this database
+
+
+class HiddenStatements(BaseModel):
+    """The statements of other roles pg_stat_statements hides from a role without
+    pg_read_all_stats (their text reads `<insufficient privilege>`, their queryid NULL): they
+    cannot be listed, planned or costed, so a run that reads around them says so."""
+
+    statements: int
+    total_ms: float
+    share_of_db_time: float  # fraction of all statements' total time in this database
+    role: str
+
+    @property
+    def warning(self) -> str:
+        """`3 statements of other roles (97% of DB time) are hidden from perfops ...`."""
+        return (
+            f"{counted(self.statements, 'statement')} of other roles "
+            f"({format_share(self.share_of_db_time)} of DB time) "
+            f"{'is' if self.statements == 1 else 'are'} hidden from {self.role} "
+            f"({INSUFFICIENT_PRIVILEGE}): grant pg_read_all_stats to {self.role} to see them"
+        )
 
 
 class SlowQuerySettings(BaseModel):

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from perfops.names import display_name, names_table, quote_ident
+from perfops.names import display_name, names_table, quote_ident, schema_name
 from perfops.wording import no_table_matches, tables_here
 
 DEFAULT_ANALYZE_THRESHOLD = 0.1
@@ -171,6 +171,12 @@ class StatisticsPolicy(BaseModel):
     def _empty_is_all(cls, value: list[str] | None) -> list[str] | None:
         """An empty list (a cleared field in the UI's form) means every one, as None does."""
         return value or None
+
+    @field_validator("include_schemas", "exclude_schemas")
+    @classmethod
+    def _quoted_schemas(cls, value: list[str] | None) -> list[str] | None:
+        """A schema may be named as stored or quoted as perfops prints it (`"Mixed Case"`)."""
+        return [schema_name(s) for s in value] if value is not None else None
 
 
 class Decision(BaseModel):

@@ -10,6 +10,8 @@ from blocks import PostgresTarget
 from blocks.resolve import resolve_postgres
 from decisions.fleet import FleetReport, keyed, target_labels
 from decisions.slow_queries import (
+    INSUFFICIENT_PRIVILEGE,
+    HiddenStatements,
     PlanOutcome,
     SlowQuerySettings,
     SlowStatement,
@@ -23,6 +25,7 @@ from perfops.redaction import install_log_redaction
 from tasks.fleet_runs import database_slots, fan_out, verified_fleet_target
 from tasks.postgres.statements import (
     explain_statements,
+    fetch_hidden_statements,
     fetch_statement_stats,
     fetch_statements_reset,
     statements_since,
@@ -45,6 +48,7 @@ class SlowQueryReport(BaseModel):
     settings: SlowQuerySettings
     statements_seen: int  # distinct statements pg_stat_statements holds for this database
     statements: list[SlowStatement]  # most total time first
+    hidden: HiddenStatements | None = None  # other roles' statements this role cannot see
 
     @property
     def over_threshold(self) -> int:
@@ -55,7 +59,7 @@ class SlowQueryReport(BaseModel):
         return (
             f"{len(self.statements)} of {self.statements_seen} statements listed, "
             f"{self.over_threshold} over {format_ms(self.settings.threshold_ms)} ms"
-        )
+        ) + (f"; {self.hidden.warning}" if self.hidden else "")
 
 
 @flow(
@@ -116,6 +120,7 @@ def find_slow_queries(
             min_calls=settings.min_calls,
         )
         seen = len({s.queryid for s in stats})
+        hidden = fetch_hidden_statements(pg.value)  # listed around them, they would go unsaid
         if settings.explain and statements:
             statements = _with_plans(pg.value, statements, settings)
 
@@ -125,18 +130,24 @@ def find_slow_queries(
             settings=settings,
             statements_seen=seen,
             statements=statements,
+            hidden=hidden,
         )
+        if hidden:
+            logger.warning("%s", hidden.warning)
         nothing = (  # a run with nothing to list says why (none recorded: since when)
             f"no statement among {seen} over the threshold"
             if seen
             else statements_since(0, fetch_statements_reset(pg.value))
         )
         rows = statement_rows(statements) or [{"rank": "-", "reason": nothing, "query": ""}]
+        if hidden:
+            rows.append({"rank": "-", "reason": hidden.warning, "query": INSUFFICIENT_PRIVILEGE})
         publish_table(
             keyed(ARTIFACT_KEY, fleet_target),
             rows,
             f"Slow statements of {report.database}: mean >= {format_ms(settings.threshold_ms)} ms "
-            f"or top {settings.top} by total time ({len(statements)} of {seen} statements)",
+            f"or top {settings.top} by total time ({len(statements)} of {seen} statements)"
+            + (f". Not seen: {hidden.warning}" if hidden else ""),
         )
         resource = pg.value.resource_id()
         dbname = resource.rpartition("/")[2]
@@ -148,6 +159,7 @@ def find_slow_queries(
             "threshold_ms": settings.threshold_ms,
             "top": settings.top,
             "queryids": [str(s.queryid) for s in statements],
+            "hidden_statements": hidden.statements if hidden else 0,
         }
         labels = {"perfops.database": dbname, **target_labels(fleet_target)}
         emit(EVENT_CHECKED, resource, payload, **labels)

@@ -51,6 +51,7 @@ from decisions.partitioning import (
     PartitionPolicy,
     Policy,
     load_policies,
+    refuse_duplicates,
 )
 from perfops.errors import ConfigurationError, PerfopsError
 from perfops.redaction import install_log_redaction, one_line
@@ -149,12 +150,14 @@ def rotate_partitions(
             "no partition policies: pass policies or policies_file "
             "(see deployments/partitions.yaml)"
         )
+    refuse_duplicates(chosen)  # one table, two rules: which would win is not a choice to guess
     with database_slots(target, changes=apply, fleet_target=fleet_target):
         at = now or datetime.now(UTC)
         tables: list[TableRotation] = []
         first_error: Exception | None = None
         denied, privileges = _not_permitted(target, chosen) if apply else ({}, None)
-        preflight = ArchivePreflight()
+        # a fleet's databases share one archive: each target archives under its own folder
+        preflight = ArchivePreflight(folder=fleet_target)
         with tempfile.TemporaryDirectory(prefix="perfops-partitions-") as tmp:
             for policy in chosen:
                 kind = "range" if isinstance(policy, PartitionPolicy) else "hash"

@@ -65,6 +65,7 @@ from tasks.postgres.index_builds import BuildRequest, create_index_ddl, create_i
 from tasks.postgres.indexes import fetch_indexes
 from tasks.postgres.privileges import fetch_table_privileges
 from tasks.postgres.statements import (
+    fetch_hidden_statements,
     fetch_statement_stats,
     fetch_statements_reset,
     statements_since,
@@ -148,6 +149,7 @@ def _suggest(
         min_total_ms=settings.min_total_ms,
         limit=settings.max_statements,
     )
+    hidden = fetch_hidden_statements(target)  # suggested around them, they would go unsaid
     snapshot = fetch_table_catalog(target)
     existing = [ExistingIndex.model_validate(i.model_dump()) for i in fetch_indexes(target)]
     catalog = snapshot.catalog()
@@ -243,6 +245,7 @@ def _suggest(
         rejected=rejected,
         skipped=skipped,
         costing=costing_notes(plans, texts_of),
+        hidden=hidden,
     )
     privileges = None
     if apply and chosen:
@@ -292,6 +295,8 @@ def _suggest(
     _record(report, target.resource_id(), fleet_target)
     if report.unknown:
         logger.warning("%s", report.unknown)
+    if report.hidden:
+        logger.warning("%s", report.hidden.warning)
     for s in report.suggestions:
         logger.info("suggest %s (%s): saves ~%.0f ms", s.table, s.columns, s.est_time_saved_ms)
     failed = [b for b in report.builds if b.status == "failed"]

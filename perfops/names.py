@@ -37,6 +37,15 @@ def unquote(part: str) -> str:
     return part.lower()
 
 
+def schema_name(value: str) -> str:
+    """A schema filter name as stored: `Mixed Case` as it is, or as PostgreSQL quotes it and
+    perfops prints it (`"Mixed Case"`, `""` for a quote) unquoted."""
+    text = value.strip()
+    if re.fullmatch(r'"(?:[^"]|"")+"', text):
+        return unquote(text)
+    return value
+
+
 def read_qualified(value: str) -> tuple[str, str] | None:
     """`schema.table` as PostgreSQL reads it -> (schema, table) as stored; None when it is not
     one schema-qualified name."""

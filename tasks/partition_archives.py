@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
+import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -39,6 +40,7 @@ from blocks.resolve import ArchiveStore
 from decisions.partition_rotation import DEFAULT_BATCH_ROWS, DEFAULT_SPOOL_BYTES, RotationSettings
 from decisions.partitioning import partition_label
 from perfops.errors import ChecksumMismatch, ConfigurationError, ConnectionFailed, PerfopsError
+from perfops.redaction import one_line
 from tasks.postgres.partition_changes import bound_literal, count_rows
 from tasks.postgres.partitions import qualified_name
 from tasks.postgres.server import connect, ensure_primary, set_timeouts
@@ -47,6 +49,7 @@ from tasks.storage import (
     get_object,
     get_stream,
     object_exists,
+    object_location,
     put_object,
     put_stream,
     stream_digest,
@@ -103,6 +106,11 @@ class Manifest(BaseModel):
     format: str = "parquet"
     compression: str = COMPRESSION
     timezone: str = Field(default="UTC", description="The policy's zone (wall time of date keys).")
+    database: str | None = Field(
+        default=None,
+        description="The database the rows came from, `host:port/dbname` (None: written by an "
+        "older perfops). An archive of another database is never overwritten or reused.",
+    )
     created_at: datetime
 
 
@@ -368,7 +376,10 @@ def archive_partition(
 
     A retry starts over. The manifest is the archive's commit mark, so a half-written archive is
     never taken for a finished one. Returns the verified archive; raises `ArchiveError` when what
-    storage holds is not what was written."""
+    storage holds is not what was written, or when the key already holds the archive of another
+    database's partition of the same name (never overwritten: nothing is dumped)."""
+    database = database_of(target)
+    _refuse_another_databases(store, source, database)
     with spool(spool_bytes, spool_dir) as body:
         dump = dump_table_to_parquet(
             target,
@@ -384,6 +395,7 @@ def archive_partition(
             **source.model_dump(),
             **dump.model_dump(exclude={"seconds"}),
             object_key=object_key,
+            database=database,
             created_at=datetime.now(UTC),
         )
         upload_archive(store, body, manifest)
@@ -393,6 +405,31 @@ def archive_partition(
             f"the archive of {source.label} is not in storage as written (re-read after upload)"
         )
     return record
+
+
+def database_of(target: PostgresTarget) -> str:
+    """`host:port/dbname` of the database (no user or password): what a manifest records."""
+    return target.resource_id().removeprefix("perfops.postgres.")
+
+
+def _refuse_another_databases(store: ArchiveStore, source: ArchiveSource, database: str) -> None:
+    """Raise `ArchiveError` when the archive's key holds a manifest of another database (two
+    databases with the same table archiving to one place): overwriting it would lose the rows of
+    a partition already dropped there."""
+    object_key, manifest_key = archive_keys(source.schema_name, source.parent, source.label)
+    if not object_exists(store, manifest_key):
+        return
+    try:
+        existing = _read_manifest(store, manifest_key)
+    except (ArchiveError, ChecksumMismatch):
+        return  # an unreadable (partial, corrupted) manifest: written again
+    if existing.database is not None and existing.database != database:
+        raise ArchiveError(
+            f"{object_location(store, object_key)} already holds the archive of "
+            f"{existing.database}'s {source.label} ({existing.rows} rows): not overwritten with "
+            f"{database}'s; give each database its own archive (another prefix or folder, or "
+            "run them as one fleet)"
+        )
 
 
 def _keys(manifest: Manifest) -> tuple[str, str]:
@@ -481,8 +518,10 @@ def ensure_archive(
             )
         except (ArchiveError, ChecksumMismatch):
             record = None  # a partial or corrupted archive: written again below
-    if record is not None and record.manifest.rows == count_rows(
-        target, source.table_schema, source.partition
+    if (
+        record is not None
+        and record.manifest.database in (None, database_of(target))
+        and record.manifest.rows == count_rows(target, source.table_schema, source.partition)
     ):
         return record
     return archive_partition(
@@ -604,16 +643,30 @@ def load_archive(
                         "the manifest has no bounds: restore as a table (without --attach)"
                     )
                 key_type = next(c.type for c in manifest.columns if c.name == manifest.key_column)
-                conn.execute(
-                    sql.SQL(
-                        "alter table {} attach partition {} for values from ({}) to ({})"
-                    ).format(
-                        sql.Identifier(manifest.schema_name, manifest.parent),
-                        table,
-                        bound_literal(manifest.lower, _bare_type(key_type), manifest.timezone),
-                        bound_literal(manifest.upper, _bare_type(key_type), manifest.timezone),
+                parent = qualified_name(manifest.schema_name, manifest.parent)
+                try:
+                    conn.execute(
+                        sql.SQL(
+                            "alter table {} attach partition {} for values from ({}) to ({})"
+                        ).format(
+                            sql.Identifier(manifest.schema_name, manifest.parent),
+                            table,
+                            bound_literal(manifest.lower, _bare_type(key_type), manifest.timezone),
+                            bound_literal(manifest.upper, _bare_type(key_type), manifest.timezone),
+                        )
                     )
-                )
+                except psycopg.Error as exc:  # the transaction rolls back: nothing was restored
+                    raise ConfigurationError(
+                        f"cannot attach {where} to {parent} for [{manifest.lower.isoformat()}, "
+                        f"{manifest.upper.isoformat()}): {one_line(exc, empty='failed')}; "
+                        "nothing was restored: "
+                        + (
+                            "rows of that range wait in its default partition (move them out "
+                            "first), or restore without --attach"
+                            if isinstance(exc, psycopg.errors.CheckViolation)
+                            else "restore without --attach"
+                        )
+                    ) from None
     return rows
 
 

@@ -48,22 +48,28 @@ from perfops.redaction import one_line
 from tasks.partition_archives import ArchiveError, ArchiveSource, ensure_archive
 from tasks.postgres.partition_changes import detach_partitions, drop_detached_tables
 from tasks.records import emit
-from tasks.storage import probe_archive
+from tasks.storage import in_folder, probe_archive
 
 
 class ArchivePreflight:
     """The archive targets of one run, each checked once, before the first detach that depends
     on it: the target resolves (its block exists and loads) and accepts a probe write, read
-    (SHA-256 verified) and delete. Remembers each answer for the rest of the run."""
+    (SHA-256 verified) and delete. Remembers each answer for the rest of the run.
 
-    def __init__(self) -> None:
+    `folder`: keep every object under this folder of the archive (a fleet child's target name:
+    the fleet's databases share the policies, so the archive, and have tables of one name)."""
+
+    def __init__(self, folder: str | None = None) -> None:
         self._checked: dict[str, ArchiveStore | str] = {}
+        self._folder = folder
 
     def check(self, archive: str) -> ArchiveStore:
         """The ready store of `archive`, or `ArchiveError` saying why it cannot be used."""
         if archive not in self._checked:
             try:
                 store = resolve_archive_store(archive).value
+                if self._folder:
+                    store = in_folder(store, self._folder)
                 probe_archive(store)
                 self._checked[archive] = store
             except (PerfopsError, ValueError, OSError) as exc:

@@ -88,6 +88,10 @@ def rotate_range(
                 attached=False,
             )
         )
+    if policy.expired_action == "detach_only":
+        # What an earlier run detached is where this policy leaves it (a plain table): done, not
+        # a leftover to finish or to report again on every run.
+        leftovers = []
     plan = plan_rotation(policy, now, existing, default_rows, settings.max_future_intervals)
     result.plan = plan
     result.problems.extend(plan.problems)

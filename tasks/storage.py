@@ -51,6 +51,15 @@ def _folder_path(store: LocalFileSystem, key: str) -> Path:
     return Path(store.basepath or ".") / key
 
 
+def in_folder(store: ArchiveStore, folder: str) -> ArchiveStore:
+    """`store` with every key under `folder`: a fleet target's own part of an archive the
+    fleet's targets share (their tables, and so their keys, have the same names)."""
+    if isinstance(store, S3Bucket):
+        base = store.bucket_folder.strip("/")
+        return store.model_copy(update={"bucket_folder": f"{base}/{folder}" if base else folder})
+    return store.model_copy(update={"basepath": str(Path(store.basepath or ".") / folder)})
+
+
 def object_location(store: ArchiveStore, key: str) -> str:
     """Where `key` is (or will be) stored: its s3:// URI, or its path in the folder."""
     if isinstance(store, S3Bucket):

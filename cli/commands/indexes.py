@@ -103,6 +103,8 @@ def suggest(
     )
     if report.unknown:
         print_wrapped(report.unknown, indent=2, style="yellow")
+    if report.hidden:
+        print_wrapped(report.hidden.warning, indent=2, style="yellow")
     if not report.suggestions:
         print_wrapped(nothing_suggested(report), indent=2)
     builds = {b.key: b for b in report.builds}

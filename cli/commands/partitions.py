@@ -3,7 +3,7 @@ restore_partition)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -144,7 +144,8 @@ def rotate(
     at: Annotated[
         datetime | None,
         typer.Option(
-            help="Plan as if it were this time (ISO, with offset); for previews.",
+            help="Plan as if it were this time (ISO, with offset); for previews (a time after "
+            "now is refused with --apply).",
             show_default=False,
         ),
     ] = None,
@@ -201,6 +202,13 @@ def rotate(
         raise _bad(exc) from None
     if at is not None and (at.tzinfo is None or at.utcoffset() is None):
         raise typer.BadParameter("--at needs a UTC offset, e.g. 2026-12-01T00:00:00+00:00")
+    if at is not None and apply and at > datetime.now(UTC):
+        # a preview of a later day, applied today, would expire partitions still inside their
+        # retention (and drop them, with expired_action drop)
+        raise typer.BadParameter(
+            f"--at {at.isoformat()} is in the future: it previews a later run; drop --apply "
+            "(a later time applied now would expire partitions still inside their retention)"
+        )
     if fleet:
         run_fleet(
             _rotate_flow,

@@ -108,6 +108,8 @@ def _print(report: Any) -> None:
         f"{format_ms(s.threshold_ms)} ms or top {s.top} by total time",
         highlight=False,
     )
+    if report.hidden:
+        print_wrapped(report.hidden.warning, indent=0, style="yellow")
     if not report.statements:
         out.print("nothing to show: no statement over the threshold", highlight=False)
     for st in report.statements:

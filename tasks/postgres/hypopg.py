@@ -23,7 +23,7 @@ from decisions.indexing import Candidate, Catalog, Costing, TableRef
 from perfops.errors import MissingPrerequisite
 from perfops.redaction import one_line
 from tasks.postgres.index_builds import include_sql, predicate_sql
-from tasks.postgres.server import connect
+from tasks.postgres.server import connect, extension_off_path
 from tasks.postgres.statements import explain_generic, plan_cost, plan_index_names
 from tasks.transient_errors import RETRY_DEFAULTS
 
@@ -70,7 +70,11 @@ def ensure_hypopg(conn: psycopg.Connection[Any]) -> None:
         raise MissingPrerequisite(
             f"hypopg is not available on the server: {HYPOPG_FIX.format(major=major)}"
         )
-    if row["installed_version"] is None:
+    if row["installed_version"] is not None:
+        off_path = extension_off_path(conn, "hypopg")
+        if off_path:
+            raise MissingPrerequisite(off_path)
+    else:
         try:
             conn.execute("create extension if not exists hypopg")
             conn.commit()
@@ -79,6 +83,21 @@ def ensure_hypopg(conn: psycopg.Connection[Any]) -> None:
             raise MissingPrerequisite(
                 f"hypopg is not installed in database {conn.info.dbname} and this role may not "
                 "create it: run CREATE EXTENSION hypopg; as the database owner"
+            ) from None
+        except psycopg.errors.ReadOnlySqlTransaction:
+            # A standby (or a read-only session) cannot create it; on the primary it replicates.
+            conn.rollback()
+            replica = conn.execute("select pg_is_in_recovery() as replica").fetchone()
+            conn.rollback()
+            why = (
+                "the server is a replica (pg_is_in_recovery())"
+                if replica and replica["replica"]
+                else "this session is read-only (default_transaction_read_only)"
+            )
+            raise MissingPrerequisite(
+                f"hypopg is not installed in database {conn.info.dbname} and {why}, so perfops "
+                "cannot create it: run CREATE EXTENSION hypopg; on the primary as the database "
+                "owner (it reaches the replicas by replication)"
             ) from None
 
 

@@ -399,18 +399,40 @@ def detach_partitions(
     statement: the parent's lock is held while it runs and commits, never across a round trip to
     this client, and never for more than one partition. A concurrent detach interrupted by a
     crash is completed with `DETACH ... FINALIZE`; one already detached is left as it is. A
-    partition that fails (a lock timeout) is reported and stays attached; the others go on.
+    partition that fails (a lock timeout) is reported and stays attached, or, when a concurrent
+    detach stopped after its first step, detach-pending (`pending`: the next run finalizes it);
+    the others go on.
     """
     parent = qualified_name(schema_name, table_name)
     with ddl_session(
         target, schema_name, table_name, f"detach partitions of {parent}", timeouts
     ) as conn:
+        done = _one_by_one(
+            partitions, lambda item: _detach_one(conn, schema_name, table_name, item)
+        )
+        # A DETACH CONCURRENTLY that failed after its first step (waiting for older snapshots
+        # past lock_timeout) leaves the partition detach-pending, not attached: say which.
+        pending = _pending(conn, parent) if any(error for _, _, error in done) else set()
         return [
-            Detached(name=item.label, mode=mode, error=error)
-            for item, mode, error in _one_by_one(
-                partitions, lambda item: _detach_one(conn, schema_name, table_name, item)
+            Detached(
+                name=item.label,
+                mode=mode,
+                error=error,
+                pending=error is not None
+                and (item.schema_name or schema_name, item.name) in pending,
             )
+            for item, mode, error in done
         ]
+
+
+def _pending(conn: psycopg.Connection[DictRow], parent: str) -> set[tuple[str, str]]:
+    """The parent's partitions a DETACH CONCURRENTLY left pending (empty if it cannot tell)."""
+    if conn.broken:
+        return set()
+    try:
+        return {key for key, c in _children(conn, parent).items() if c["detach_pending"]}
+    except psycopg.Error:
+        return set()
 
 
 def _one_by_one(items: list[T], step: Callable[[T], R]) -> list[tuple[T, R | None, str | None]]:

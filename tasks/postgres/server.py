@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 from prefect import task
+from psycopg import sql
 from psycopg.abc import QueryNoTemplate as Query
 from psycopg.rows import DictRow
 
@@ -100,6 +101,29 @@ def ensure_primary(conn: psycopg.Connection[Any], what: str) -> None:
         raise ReadOnlyServer(f"refusing to {what}: the server is a replica (pg_is_in_recovery())")
 
 
+def extension_off_path(conn: psycopg.Connection[Any], name: str) -> str | None:
+    """Why the installed extension `name` cannot be used by its bare names in this session (it
+    lives in a schema not on the search_path: its views and functions are "not found"), with
+    the fix; None when it is on the path (or not installed: the caller says that)."""
+    row = conn.execute(
+        "select n.nspname as schema, n.nspname = any(current_schemas(false)) as on_path, "
+        "array_to_string(current_schemas(false), ', ') as path, current_user as role "
+        "from pg_extension e join pg_namespace n on n.oid = e.extnamespace "
+        "where e.extname = %s",
+        (name,),
+    ).fetchone()
+    if row is None or row["on_path"]:
+        return None
+    schema = sql.Identifier(row["schema"]).as_string(conn)
+    path = row["path"] or "(empty)"
+    return (
+        f"{name} is installed in schema {row['schema']} of database {conn.info.dbname}, which "
+        f"is not on the search_path of {row['role']} ({path}): ALTER ROLE "
+        f"{sql.Identifier(row['role']).as_string(conn)} SET search_path = "
+        f'"$user", public, {schema}; (or ALTER EXTENSION {name} SET SCHEMA public;)'
+    )
+
+
 def _first(row: Any) -> Any:
     return next(iter(row.values())) if isinstance(row, Mapping) else row[0]
 
@@ -157,7 +181,12 @@ def fetch_postgres_info(target: PostgresTarget) -> PostgresInfo:
                    (r.rolsuper or has_database_privilege(current_database(), 'CREATE'))
                        as can_create_extensions,
                    pg_is_in_recovery() as in_recovery,
-                   current_setting('shared_preload_libraries') as preload
+                   -- a role without pg_read_all_settings may not read it: pg_settings then
+                   -- hides the row (NULL), where current_setting() would fail the whole check
+                   (select s.setting from pg_settings s
+                    where s.name = 'shared_preload_libraries') as preload,
+                   (r.rolsuper or pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'))
+                       as reads_all_statements
             from pg_roles r where r.rolname = current_user
             """
         ).fetchone()
@@ -172,7 +201,8 @@ def fetch_postgres_info(target: PostgresTarget) -> PostgresInfo:
             (list(WATCHED_EXTENSIONS),),
         ).fetchall()
     extensions = {r["name"]: ExtensionInfo(**r) for r in rows}
-    preload = [p.strip() for p in str(head.pop("preload")).split(",") if p.strip()]
+    setting = head.pop("preload")
+    preload = None if setting is None else [p.strip() for p in setting.split(",") if p.strip()]
     return PostgresInfo(**head, shared_preload_libraries=preload, extensions=extensions)
 
 

@@ -23,10 +23,10 @@ from psycopg import sql
 from pydantic import BaseModel
 
 from blocks import PostgresTarget
-from decisions.slow_queries import StatementStats
+from decisions.slow_queries import HiddenStatements, StatementStats
 from perfops.errors import MissingPrerequisite
 from perfops.redaction import mask_statement_secrets, one_line
-from tasks.postgres.server import connect, set_timeouts
+from tasks.postgres.server import connect, extension_off_path, set_timeouts
 from tasks.transient_errors import RETRY_DEFAULTS
 
 PSS_FIX = (
@@ -49,6 +49,9 @@ def ensure_pg_stat_statements(conn: psycopg.Connection[Any]) -> None:
         raise MissingPrerequisite(
             f"pg_stat_statements is not installed in database {db}: {PSS_FIX}"
         )
+    off_path = extension_off_path(conn, "pg_stat_statements")
+    if off_path:
+        raise MissingPrerequisite(off_path)
     try:
         conn.execute("select 1 from pg_stat_statements limit 1")
     except pg_errors.ObjectNotInPrerequisiteState:
@@ -97,6 +100,37 @@ def fetch_statement_stats(
         StatementStats.model_validate(r | {"query": mask_statement_secrets(r["query"])})
         for r in rows
     ]
+
+
+@task(name="fetch_hidden_statements", **RETRY_DEFAULTS)
+def fetch_hidden_statements(target: PostgresTarget) -> HiddenStatements | None:
+    """The statements of this database pg_stat_statements hides from this role (another role's,
+    without pg_read_all_stats: no text, no queryid), or None when it hides none.
+    `fetch_statement_stats` cannot return them; a run says they exist instead of listing around
+    them as if they did not."""
+    with connect(target, statement_timeout_ms=30_000) as conn:
+        row = conn.execute(
+            """
+            with s as (
+                select queryid, total_exec_time from pg_stat_statements
+                where dbid = (select oid from pg_database where datname = current_database())
+                  and toplevel
+            )
+            select count(*) filter (where queryid is null) as statements,
+                   coalesce(sum(total_exec_time) filter (where queryid is null), 0) as hidden_ms,
+                   coalesce(sum(total_exec_time), 0) as all_ms,
+                   current_user as role
+            from s
+            """
+        ).fetchone()
+    if row is None or not row["statements"]:
+        return None
+    return HiddenStatements(
+        statements=row["statements"],
+        total_ms=row["hidden_ms"],
+        share_of_db_time=row["hidden_ms"] / row["all_ms"] if row["all_ms"] else 0.0,
+        role=row["role"],
+    )
 
 
 @task(name="fetch_statements_reset", **RETRY_DEFAULTS)

@@ -39,6 +39,15 @@ def test_missing_preload_says_how_to_fix() -> None:
     assert "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'" in finding.fix
 
 
+def test_unreadable_preload_and_hidden_statements_say_which_grant() -> None:
+    unknown, hidden = postgres_findings(
+        _info(shared_preload_libraries=None, reads_all_statements=False)
+    )
+    assert "may not read shared_preload_libraries" in unknown.what
+    assert unknown.fix == "GRANT pg_monitor TO perfops; (docs/production.md)"
+    assert hidden.fix == "GRANT pg_read_all_stats TO perfops;"
+
+
 def test_unavailable_extension_names_the_debian_package() -> None:
     info = _info()
     info.extensions["hypopg"] = ExtensionInfo(

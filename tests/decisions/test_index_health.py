@@ -398,6 +398,9 @@ def test_asked_schemas_without_an_index_are_named_and_an_empty_list_means_all() 
     )
     assert schemas_without_indexes(indexes, None) == ""
     assert IndexHealthSettings(schemas=[]).schemas is None  # a cleared form field: every schema
+    # a schema as perfops prints it ("Mixed Case") is the schema, as is its stored name
+    quoted = IndexHealthSettings(schemas=['"Mixed Case"', "Mixed Case", '"a""b"', "app"])
+    assert quoted.schemas == ["Mixed Case", "Mixed Case", 'a"b', "app"]
 
 
 def test_an_unused_wide_index_covers_nothing_so_the_used_narrow_one_is_kept() -> None:

@@ -139,6 +139,16 @@ def test_load_errors_name_the_table_and_the_field() -> None:
     dup = "- {table: public.z, interval: day}\n- {table: public.z, interval: week}\n"
     with pytest.raises(PolicyError, match=r"public\.z has more than one policy"):
         load_policies(dup)
+    # one table spelled two ways (as SQL reads them both) is one table with two policies
+    spelled = '- {table: public.z, interval: day}\n- {table: \'"public"."Z"\', interval: day}\n'
+    assert len(load_policies(spelled)) == 2  # "Z" keeps its capital: another table
+    twice = '- {table: public.z, interval: day}\n- {table: \'"public"."z"\', interval: week}\n'
+    with pytest.raises(
+        PolicyError,
+        match=r'^policy 2 \("public"\."z"\): table "public"\."z" has more than one policy '
+        r"\(also policy 1, public\.z\): keep one$",
+    ):
+        load_policies(twice)
     with pytest.raises(PolicyError, match="must be a list"):
         load_policies("table: public.audit_logs")
     with pytest.raises(PolicyError, match="not valid YAML"):

@@ -329,3 +329,13 @@ def test_a_table_listed_in_the_error_is_accepted_by_table_as_listed() -> None:
     ]
     lower = [table("events", schema="sales", n_mod_since_analyze=5_000)]
     assert filter_miss(lower, StatisticsPolicy(include_tables=["Sales.Events"])).tables == []
+
+
+def test_a_schema_quoted_as_perfops_prints_it_is_that_schema() -> None:
+    policy = StatisticsPolicy(
+        include_schemas=['"Mixed Case"', "app"], exclude_schemas=['"Old ""x"""', "Old"]
+    )
+    assert policy.include_schemas == ["Mixed Case", "app"]
+    assert policy.exclude_schemas == ['Old "x"', "Old"]
+    [d] = decide([table("Orders", "Mixed Case", n_mod_since_analyze=5_000)], policy)
+    assert d.acts

@@ -129,6 +129,37 @@ def test_missing_extension_is_degraded_with_its_fix(
             conn.execute("create extension if not exists hypopg")
 
 
+@pytest.mark.usefixtures("all_real")
+def test_a_role_without_pg_monitor_is_reached_and_told_what_to_grant(
+    monkeypatch: pytest.MonkeyPatch, pg_dsn: str
+) -> None:
+    """A login role with no grants may not read shared_preload_libraries (pg_read_all_settings):
+    the server answers, so it is not 'unreachable' ('check the DSN ...'); the check says what
+    it could not see and which grant lets it (and that other roles' statements are hidden)."""
+    import psycopg
+    from psycopg import sql
+
+    role = "perfops_doctor_bare"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("create role {} login").format(sql.Identifier(role)))
+    try:
+        monkeypatch.setenv("PERFOPS_DSN", psycopg.conninfo.make_conninfo(pg_dsn, user=role))
+        [pg] = [c for c in check_connections() if c.system == "postgres"]
+        assert pg.status == "degraded", pg.detail
+        assert [f.fix for f in pg.findings] == [
+            f"GRANT pg_monitor TO {role}; (docs/production.md)",
+            f"GRANT pg_read_all_stats TO {role};",
+        ]
+        assert pg.findings[0].what == (
+            f"{role} may not read shared_preload_libraries, so whether pg_stat_statements is "
+            "preloaded is not known"
+        )
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))
+
+
 def test_unreachable_system_fails_the_run_without_leaking_the_password(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -178,6 +178,30 @@ def test_missing_pg_stat_statements_fails_with_the_fix(env_dsn: str) -> None:
     assert "shared_preload_libraries" in str(error)
 
 
+def test_pg_stat_statements_off_the_search_path_fails_with_the_fix(env_dsn: str) -> None:
+    """Installed in a schema the role's search_path does not hold (a managed database's
+    `extensions` schema): one line saying where it is and how to reach it, not 'unexpected
+    UndefinedTable: relation "pg_stat_statements" does not exist'."""
+    with psycopg.connect(env_dsn, autocommit=True) as conn:
+        conn.execute('create schema if not exists "Ext Schema"')
+        conn.execute('alter extension pg_stat_statements set schema "Ext Schema"')
+    try:
+        state = find_slow_queries(return_state=True)
+    finally:
+        with psycopg.connect(env_dsn, autocommit=True) as conn:
+            conn.execute("alter extension pg_stat_statements set schema public")
+            conn.execute('drop schema "Ext Schema"')
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, MissingPrerequisite)
+    assert str(error).startswith("pg_stat_statements is installed in schema Ext Schema of ")
+    assert str(error).endswith(
+        'which is not on the search_path of postgres (public): ALTER ROLE "postgres" SET '
+        'search_path = "$user", public, "Ext Schema"; (or ALTER EXTENSION pg_stat_statements '
+        "SET SCHEMA public;)"
+    )
+
+
 def test_a_block_names_the_database(pg_dsn: str, slow_db: str) -> None:
     PostgresTarget(dsn=SecretStr(pg_dsn), application_name="slow-block").save(
         "slow-queries-test", overwrite=True
@@ -227,3 +251,48 @@ def test_cli_bad_threshold_is_a_usage_error(
 ) -> None:
     assert perfops(["queries", "slow", "--threshold-ms", "-1"]) == 2
     assert "--threshold-ms" in capsys.readouterr().err
+
+
+def test_a_role_without_pg_read_all_stats_is_told_what_it_cannot_see(
+    perfops: Callable[[list[str]], int], slow_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pg_stat_statements hides other roles' statements (text `<insufficient privilege>`,
+    queryid NULL) from a role without pg_read_all_stats: the slowest statements are not listed,
+    and the run says so, naming the grant, instead of ranking what it sees as the top ones."""
+    role = "perfops_slow_ro"
+    with psycopg.connect(slow_db, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop role if exists {}").format(q(role)))
+        conn.execute(sql.SQL("create role {} login").format(q(role)))
+    try:
+        code = perfops(
+            [
+                "queries",
+                "slow",
+                "--dsn",
+                psycopg.conninfo.make_conninfo(slow_db, user=role),
+                "--threshold-ms",
+                "40",
+                "--json",
+            ]
+        )
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        report = SlowQueryReport.model_validate_json(captured.out)
+        assert report.hidden is not None and report.hidden.role == role
+        assert report.hidden.statements >= 4  # the three sleeping selects and the DO block
+        assert report.hidden.total_ms >= 9 * SLEEP_S * 1000
+        assert report.hidden.warning.endswith(
+            f"hidden from {role} (<insufficient privilege>): grant pg_read_all_stats to "
+            f"{role} to see them"
+        )
+        assert report.over_threshold == 0  # what it sees is its own quick statements
+        rows = artifact_rows(ARTIFACT_KEY)
+        assert rows[-1]["reason"] == report.hidden.warning
+    finally:
+        with psycopg.connect(slow_db, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop role if exists {}").format(q(role)))
+    # the role that sees every statement is told nothing of the kind
+    code = perfops(["queries", "slow", "--dsn", slow_db, "--threshold-ms", "40", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert json.loads(captured.out)["hidden"] is None

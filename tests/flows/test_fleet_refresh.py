@@ -12,10 +12,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pyarrow.parquet as pq
 import pytest
 from prefect import flow as prefect_flow
 from prefect.client.orchestration import get_client
@@ -354,4 +356,67 @@ def test_a_childs_unreadable_result_fails_its_row_only(tmp_path: Path) -> None:
         "echo-1",
         "echo-2",
         "echo-3",
+    ]
+
+
+def test_a_fleet_rotation_keeps_each_databases_archive_apart(
+    fleet_file: Path, tmp_path: Path
+) -> None:
+    """The fleet's targets share the policies, so one archive: two databases with the same
+    partitioned table must not archive their expired partitions to one key, where the second
+    overwrites the first after the first's partition was dropped (its rows gone for good)."""
+    run = run_id(fleet_file)
+    selection = [f"alpha-{run}", f"beta-{run}"]
+    ids = {"alpha": (1, 30), "beta": (1001, 1050)}  # different rows (and counts) in each
+    for target, (first, last) in ids.items():
+        dsn = psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname=f"perfops_fleet_{run}_{target}")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "create table audit_logs (id bigint, at timestamptz not null) "
+                "partition by range (at)"
+            )
+            for month, upper in (("2024_01", "2024-02-01"), ("2026_11", "2026-12-01")):
+                conn.execute(
+                    sql.SQL(
+                        "create table {} partition of audit_logs for values from ({}) to ({})"
+                    ).format(
+                        sql.Identifier(f"audit_logs_p{month}"),
+                        sql.Literal(f"{month.replace('_', '-')}-01 00:00+00"),
+                        sql.Literal(f"{upper} 00:00+00"),
+                    )
+                )
+            conn.execute(
+                "insert into audit_logs select g, '2024-01-02 00:00+00'::timestamptz "
+                "from generate_series(%s::bigint, %s::bigint) g",
+                (first, last),
+            )
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    report = rotate_partitions(
+        targets=selection,
+        fleet_file=str(fleet_file),
+        policies=[
+            PartitionPolicy(
+                table="public.audit_logs",
+                interval="month",
+                premake=0,
+                retention="12 months",
+                archive=str(archive),
+            )
+        ],
+        apply=True,
+        now=datetime(2026, 11, 15, tzinfo=UTC),
+    )
+    assert isinstance(report, FleetReport)
+    assert [(t.target, t.result) for t in report.targets] == [(s, "done") for s in selection]
+    archived = sorted(
+        i
+        for path in archive.rglob("*.parquet")
+        for i in pq.read_table(path, columns=["id"]).column("id").to_pylist()
+    )
+    expected = sorted(i for first, last in ids.values() for i in range(first, last + 1))
+    assert archived == expected  # every dropped row of both databases is in an archive
+    # each target's archive in its own folder: <target>/<schema>/<table>/<partition>.parquet
+    assert sorted(str(p.relative_to(archive)) for p in archive.rglob("*.parquet")) == [
+        f"{name}/public/audit_logs/audit_logs_p2024_01.parquet" for name in selection
     ]

@@ -60,6 +60,14 @@ def test_help_explains_the_flags() -> None:
         (["--table", 'a."b; drop'], "--table: table"),  # an unclosed quote
         (["--table", "a.b", "--retention", "12 months"], "needs archive"),
         ([], "give either --table"),
+        (  # a preview of a later day must not be applied today
+            [
+                *("--table", "a.b", "--expired-action", "drop", "--retention", "12 months"),
+                *("--at", "2099-01-01T00:00:00+00:00", "--apply"),
+            ],
+            "--at 2099-01-01T00:00:00+00:00 is in the future: it previews a later run; drop "
+            "--apply",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args: list[str], message: str) -> None:
@@ -151,3 +159,28 @@ def test_dry_run_apply_and_restore(
             )
         ).fetchone()
     assert n == (ROWS_PER_MONTH, 1, ROWS_PER_MONTH)
+
+    # --attach while the default partition holds a row of the archive's range (it arrived after
+    # the drop): PostgreSQL refuses the ATTACH; one line says why and what to do, and the
+    # restore is rolled back whole (no table left behind).
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("insert into {} (id, created_at) values (0, '2025-09-15 00:00+00')").format(
+                sql.Identifier(schema, "audit_logs")
+            )
+        )
+    refused = perfops("restore", "--dsn", pg_dsn, "--from", str(archive), "--attach", env=env)
+    assert refused.returncode == 1
+    errors = [line for line in refused.stderr.splitlines() if not line.endswith("...")]
+    assert errors == [
+        f'perfops: cannot attach "{schema}"."audit_logs_p2025_09" to "{schema}"."audit_logs" '
+        "for [2025-09-01T00:00:00+00:00, 2025-10-01T00:00:00+00:00): updated partition "
+        'constraint for default partition "audit_logs_default" would be violated by some row; '
+        "nothing was restored: rows of that range wait in its default partition (move them out "
+        "first), or restore without --attach"
+    ]
+    with psycopg.connect(pg_dsn) as conn:
+        left = conn.execute(
+            "select to_regclass(%s)", (f'"{schema}".audit_logs_p2025_09',)
+        ).fetchone()
+    assert left == (None,)

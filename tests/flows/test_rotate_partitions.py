@@ -12,6 +12,7 @@ Every test builds its own schema (dropped after) and plans for a fixed `now`.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 from prefect.filesystems import LocalFileSystem
 from psycopg import sql
+from pydantic import SecretStr
 
 from blocks import PostgresTarget
 from blocks.resolve import resolve_archive_store
@@ -938,3 +940,145 @@ def test_drop_action_never_marks_or_drops_a_namesake_of_a_partition_elsewhere(
         assert conn.execute(
             "select to_regclass(%s)", (f'"{elsewhere}".audit_logs_p2025_09',)
         ).fetchone() == (None,)
+
+
+def test_detach_only_leaves_what_an_earlier_run_detached_without_reporting_it_again(
+    pg_dsn: str,
+    pg_target: PostgresTarget,
+    schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+    emitted: list[tuple[str, dict[str, Any]]],
+) -> None:
+    """detach_only's end state is a detached plain table: the next runs neither list it as
+    'detached' again nor report it as a problem ('still there: finishing its expiry') in the
+    artifact and the rotated event, run after run."""
+    make_audit_logs(pg_dsn, schema, with_default=False)
+    keep = policy(schema, None, expired_action="detach_only")
+    first = run(target=pg_target, monkeypatch=monkeypatch, policies=[keep], apply=True)
+    assert [e.partition for e in first.tables[0].expired] == [
+        "audit_logs_p2025_09",
+        "audit_logs_p2025_10",
+    ]
+    emitted.clear()
+    for apply in (False, True):
+        again = run(target=pg_target, monkeypatch=monkeypatch, policies=[keep], apply=apply)
+        [t] = again.tables
+        assert (t.expired, t.problems) == ([], [])
+    rotated = [payload for event, payload in emitted if event == "perfops.partitions.rotated"]
+    assert [p["problems"] for p in rotated] == [[], []]
+    with psycopg.connect(pg_dsn) as conn:
+        kept = conn.execute(
+            sql.SQL("select count(*) from {}.audit_logs_p2025_09").format(sql.Identifier(schema))
+        ).fetchone()
+    assert kept == (ROWS_PER_MONTH,)
+
+
+def test_a_concurrent_detach_stopped_after_its_first_step_is_reported_pending_and_finished(
+    pg_dsn: str, pg_target: PostgresTarget, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DETACH CONCURRENTLY commits its first step, then waits for older snapshots under
+    lock_timeout: a long transaction that read the parent makes it give up with the partition
+    detach-pending (its rows no longer read through the parent). The report says so, not
+    'stays attached'; the next run finishes it (FINALIZE) and drops it."""
+    make_audit_logs(pg_dsn, schema, with_default=False)
+    drop = policy(schema, None, expired_action="drop")
+    with psycopg.connect(pg_dsn) as reader:  # an open snapshot that saw the partitions
+        reader.execute("set transaction isolation level repeatable read")
+        reader.execute(sql.SQL("select count(*) from {}.audit_logs").format(sql.Identifier(schema)))
+        report, message = run_failed(pg_target, monkeypatch, policies=[drop], apply=True)
+        [first, second] = report.tables[0].expired
+        assert (first.partition, first.status) == ("audit_logs_p2025_09", "failed")
+        assert first.detail.startswith("canceling statement due to lock timeout; nothing dropped")
+        assert first.detail.endswith(
+            "audit_logs_p2025_09 is left detach-pending (DETACH CONCURRENTLY stopped after its "
+            f"first step): its rows no longer read through {schema}.audit_logs and its range "
+            "takes no inserts until the next run finishes the detach (FINALIZE)"
+        )
+        assert message.startswith("1 of 1 table(s) failed: ")
+        # PostgreSQL detaches one partition concurrently at a time: the next one stays attached
+        assert second.detail.endswith("nothing dropped, audit_logs_p2025_10 stays attached")
+        reader.rollback()
+    again = run(target=pg_target, monkeypatch=monkeypatch, policies=[drop], apply=True)
+    modes = {e.partition: (e.status, e.detach_mode) for e in again.tables[0].expired}
+    assert modes["audit_logs_p2025_09"] == ("dropped", "finalized")
+    assert children(pg_dsn, schema)[0] == "audit_logs_p2025_11"
+
+
+def test_an_archive_another_database_wrote_is_never_overwritten(
+    pg_dsn: str,
+    pg_target: PostgresTarget,
+    schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Two databases with the same table, rotated to one archive (the same command run against
+    staging, then prod): the second must not overwrite the first's archive, whose partitions
+    are dropped already. Its partitions fail, stay detached and are not dropped; the first's
+    archive stays as it was."""
+    other_db = f"{psycopg.conninfo.conninfo_to_dict(pg_dsn)['dbname']}_other"
+    other_dsn = psycopg.conninfo.make_conninfo(pg_dsn, dbname=other_db)
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(other_db)))
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(other_db)))
+    try:
+        with psycopg.connect(other_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("create schema {}").format(sql.Identifier(schema)))
+        make_audit_logs(other_dsn, schema)
+        make_audit_logs(pg_dsn, schema)
+        shared = policy(schema, str(tmp_path))
+        other = PostgresTarget(dsn=SecretStr(other_dsn))
+        first = run(target=other, monkeypatch=monkeypatch, policies=[shared], apply=True)
+        assert [e.status for e in first.tables[0].expired] == ["dropped", "dropped"]
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        manifest = json.loads(next(tmp_path.rglob("audit_logs_p2025_09.manifest.json")).read_text())
+        assert manifest["database"] == f"127.0.0.1:5432/{other_db}"
+
+        report, _ = run_failed(pg_target, monkeypatch, policies=[shared], apply=True)
+        expired = report.tables[0].expired
+        assert [(e.partition, e.status) for e in expired] == [
+            ("audit_logs_p2025_09", "failed"),
+            ("audit_logs_p2025_10", "failed"),
+        ]
+        assert f"already holds the archive of 127.0.0.1:5432/{other_db}'s audit_logs_p2025_09" in (
+            expired[0].detail
+        )
+        assert expired[0].detail.endswith("nothing dropped, audit_logs_p2025_09 stays detached")
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+        assert len(db_ids(pg_dsn, schema)) == 15 * ROWS_PER_MONTH  # every row still here
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(other_db))
+            )
+
+
+def test_two_policies_for_one_table_are_refused_before_any_change(
+    pg_dsn: str,
+    pg_target: PostgresTarget,
+    schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A policy passed as a parameter and one in the policies file for the same table, spelled
+    differently: the run refuses both (two rules for one table) and changes nothing."""
+    make_audit_logs(pg_dsn, schema)
+    before = children(pg_dsn, schema)
+    policies_file = tmp_path / "policies.yaml"
+    policies_file.write_text(
+        f'- table: \'"{schema}"."audit_logs"\'\n  interval: day\n  premake: 2\n', encoding="utf-8"
+    )
+    monkeypatch.setenv("PERFOPS_DSN", pg_dsn)
+    state = rotate_partitions(
+        policies=[policy(schema, None, expired_action="drop")],
+        policies_file=str(policies_file),
+        apply=True,
+        now=NOW,
+        settings=FAST,
+        return_state=True,
+    )
+    assert state.is_failed()
+    assert state.message is not None and state.message.endswith(
+        f'policy 2 ("{schema}"."audit_logs"): table "{schema}"."audit_logs" has more than one '
+        f"policy (also policy 1, {schema}.audit_logs): keep one"
+    )
+    assert children(pg_dsn, schema) == before

@@ -14,13 +14,13 @@ from pydantic import SecretStr
 from blocks import PostgresTarget
 from decisions.fleet import FleetReport
 from decisions.index_health import IndexHealthSettings, built_at
-from decisions.index_suggestions import IndexSuggestionReport
+from decisions.index_suggestions import IndexSuggestionReport, nothing_suggested
 from decisions.indexing import Candidate, IndexAdvisorSettings, index_name
 from flows.check_index_health import check_index_health
 from flows.suggest_indexes import suggest_indexes
 from perfops.errors import ConfigurationError, report_of
 from tasks.postgres.index_builds import BuildRequest, create_indexes
-from tests.records import one_target, superuser_fix
+from tests.records import artifact_rows, one_target, superuser_fix
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -330,3 +330,94 @@ def test_apply_builds_only_on_tables_the_role_owns_and_fails_naming_the_rest(
             conn.execute("drop schema if exists adv cascade")
             conn.execute(sql.SQL("drop owned by {}").format(sql.Identifier(role)))
             conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
+
+
+def test_a_read_only_server_without_hypopg_fails_saying_where_to_create_it(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A standby (here a database whose sessions are read-only: the same SQLSTATE 25006) cannot
+    run perfops' CREATE EXTENSION hypopg: the run fails with the fix, not 'unexpected
+    ReadOnlySqlTransaction'."""
+    db = f"{psycopg.conninfo.conninfo_to_dict(pg_dsn)['dbname']}_read_only"
+    dsn = psycopg.conninfo.make_conninfo(pg_dsn, dbname=db)
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(db)))
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(db)))
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("create extension pg_stat_statements")
+            conn.execute(
+                "create table orders as select g as id, g % 5000 as customer_id "
+                "from generate_series(1, 20000) g"
+            )
+            conn.execute("analyze orders")
+            conn.execute(
+                sql.SQL("alter database {} set default_transaction_read_only = on").format(
+                    sql.Identifier(db)
+                )
+            )
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for i in range(20):
+                conn.execute("select * from orders where customer_id = %s", (i,)).fetchall()
+        monkeypatch.setenv("PERFOPS_DSN", dsn)
+        state = suggest_indexes(settings=IndexAdvisorSettings(min_calls=10), return_state=True)
+        assert state.is_failed()
+        assert state.message is not None
+        assert state.message.endswith(
+            f"hypopg is not installed in database {db} and this session is read-only "
+            "(default_transaction_read_only), so perfops cannot create it: run CREATE EXTENSION "
+            "hypopg; on the primary as the database owner (it reaches the replicas by "
+            "replication)"
+        )
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(db))
+            )
+
+
+def test_a_role_without_pg_read_all_stats_is_told_the_workload_is_hidden(
+    workload: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workload's statements are another role's: without pg_read_all_stats they are hidden
+    (`<insufficient privilege>`), so nothing is suggested, and the run says why and the grant."""
+    role = "perfops_advisor_nostats"
+    with psycopg.connect(workload, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("create role {} login").format(sql.Identifier(role)))
+    try:
+        monkeypatch.setenv("PERFOPS_DSN", psycopg.conninfo.make_conninfo(workload, user=role))
+        report = one_target(suggest_indexes, settings=_settings())
+        assert report.suggestions == []
+        assert report.hidden is not None and report.hidden.role == role
+        assert report.hidden.statements >= 3  # the workload's three statements, at least
+        warning = report.hidden.warning
+        assert warning.endswith(f"grant pg_read_all_stats to {role} to see them")
+        assert warning in nothing_suggested(report)
+        rows = artifact_rows("perfops-index-suggestions")
+        assert {"result": "statements hidden", "reason": warning}.items() <= next(
+            r for r in rows if r["result"] == "statements hidden"
+        ).items()
+    finally:
+        with psycopg.connect(workload, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))
+    monkeypatch.setenv("PERFOPS_DSN", workload)  # a role that sees every statement
+    assert one_target(suggest_indexes, settings=_settings()).hidden is None
+
+
+def test_hypopg_off_the_search_path_fails_with_the_fix(workload: str) -> None:
+    with psycopg.connect(workload, autocommit=True) as conn:
+        conn.execute("create schema if not exists hypo_ext")
+        conn.execute("alter extension hypopg set schema hypo_ext")
+    try:
+        state = suggest_indexes(settings=_settings(), return_state=True)
+    finally:
+        with psycopg.connect(workload, autocommit=True) as conn:
+            conn.execute("alter extension hypopg set schema public")
+            conn.execute("drop schema hypo_ext")
+    assert state.is_failed()
+    assert state.message is not None
+    assert "hypopg is installed in schema hypo_ext of database perfops_test_" in state.message
+    assert state.message.endswith(
+        'search_path = "$user", public, "hypo_ext"; (or ALTER EXTENSION hypopg SET SCHEMA public;)'
+    )

@@ -32,7 +32,8 @@ def _retries(caplog: pytest.LogCaptureFixture) -> int:
 def test_stand_in_has_hypopg_and_pg_stat_statements(pg_target: PostgresTarget) -> None:
     info = fetch_postgres_info(pg_target)
     assert info.server_version_num >= 150000
-    assert "pg_stat_statements" in info.shared_preload_libraries
+    assert "pg_stat_statements" in (info.shared_preload_libraries or [])
+    assert info.reads_all_statements
     assert {n: e.installed_version is not None for n, e in info.extensions.items()} == {
         "pg_stat_statements": True,
         "hypopg": True,

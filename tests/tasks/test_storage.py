@@ -48,6 +48,25 @@ def test_s3_round_trip_with_checksum(moto_server: MotoServer) -> None:
     assert get_object(bucket, "audit_logs/2025-10.bin") == PAYLOAD
 
 
+def test_a_fleet_targets_folder_holds_its_keys_in_s3_and_in_a_folder(
+    moto_server: MotoServer, tmp_path: Path
+) -> None:
+    _, bucket = _bucket(moto_server, "perfops-fleet-folder")
+    orders = storage.in_folder(bucket, "orders")
+    stored = put_object(orders, "public/audit_logs/p.parquet", PAYLOAD)
+    assert stored.location == "s3://perfops-fleet-folder/archive/orders/public/audit_logs/p.parquet"
+    assert bucket.bucket_folder == "archive"  # the shared store itself is unchanged
+    bare = bucket.model_copy(update={"bucket_folder": ""})
+    assert storage.object_location(storage.in_folder(bare, "orders"), "k") == (
+        "s3://perfops-fleet-folder/orders/k"
+    )
+    folder = storage.in_folder(LocalFileSystem(basepath=str(tmp_path)), "billing")
+    assert put_object(folder, "public/audit_logs/p.parquet", PAYLOAD).location == str(
+        tmp_path / "billing/public/audit_logs/p.parquet"
+    )
+    assert get_object(folder, "public/audit_logs/p.parquet") == PAYLOAD
+
+
 def test_s3_object_changed_behind_our_back_is_refused(moto_server: MotoServer) -> None:
     s3, bucket = _bucket(moto_server, "perfops-tamper")
     stored = put_object(bucket, "x.bin", PAYLOAD)
