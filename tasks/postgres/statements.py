@@ -46,9 +46,16 @@ def ensure_pg_stat_statements(conn: psycopg.Connection[Any]) -> None:
     ).fetchone()
     db = conn.info.dbname
     if row is None:
-        raise MissingPrerequisite(
-            f"pg_stat_statements is not installed in database {db}: {PSS_FIX}"
+        preload = conn.execute(  # pg_settings: NULL, not an error, for a role that cannot see it
+            "select setting from pg_settings where name = 'shared_preload_libraries'"
+        ).fetchone()
+        libraries = [x.strip() for x in ((preload or {}).get("setting") or "").split(",")]
+        fix = (
+            "the library is preloaded: run CREATE EXTENSION pg_stat_statements; in the database"
+            if "pg_stat_statements" in libraries
+            else PSS_FIX
         )
+        raise MissingPrerequisite(f"pg_stat_statements is not installed in database {db}: {fix}")
     off_path = extension_off_path(conn, "pg_stat_statements")
     if off_path:
         raise MissingPrerequisite(off_path)
