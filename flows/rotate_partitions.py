@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ from tasks.records import emit, end_run, publish_table
 ARTIFACT_KEY = "perfops-partitions-rotate"
 FLEET_ARTIFACT_KEY = "perfops-partitions-rotate-fleet"
 EVENT_FLEET = "perfops.partitions.fleet_rotated"
+FUTURE_SLACK = timedelta(minutes=5)  # a `now` this far ahead of the clock is a preview
 
 
 def _not_permitted(target: Any, chosen: list[Policy]) -> tuple[dict[str, str], str | None]:
@@ -119,6 +120,16 @@ def rotate_partitions(
             Ignored on a run no fleet parent started (it runs as a single run).
     """
     install_log_redaction()
+    if now is not None and now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)  # typed without a zone (the UI, the API): UTC
+    if apply and now is not None and now > datetime.now(UTC) + FUTURE_SLACK:
+        # a preview of a later day, applied today, would expire partitions still inside their
+        # retention (and drop them, with expired_action drop): through the API as on the CLI
+        raise ConfigurationError(
+            f"now {now.isoformat()} is in the future: it previews a later run; run it without "
+            "apply (a later time applied now would expire partitions still inside their "
+            "retention)"
+        )
     if targets is not None:  # the parent of a fleet run: one child run per target
         return fan_out(
             rotate_partitions,

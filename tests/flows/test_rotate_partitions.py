@@ -15,7 +15,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +259,33 @@ def test_dry_run_plans_and_changes_nothing(
         "audit_logs_p2025_09",
         "audit_logs_p2025_10",
     ]
+
+
+def test_a_later_now_applied_is_refused_before_anything_changes(
+    pg_dsn: str,
+    pg_target: PostgresTarget,
+    schema: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`now` is for previews: a later day through the API with apply expired partitions still
+    inside their retention today (the CLI's --at was refused; the flow's parameter was not)."""
+    make_audit_logs(pg_dsn, schema)
+    before = children(pg_dsn, schema)
+    monkeypatch.setenv("PERFOPS_DSN", pg_target.dsn.get_secret_value())
+    later = datetime.now(UTC).replace(tzinfo=None) + timedelta(days=400)  # as the API sends it
+    state = rotate_partitions(
+        now=later,
+        settings=FAST,
+        policies=[policy(schema, str(tmp_path))],
+        apply=True,
+        return_state=True,
+    )
+    assert state.is_failed() and "is in the future: it previews a later run" in str(state.message)
+    assert children(pg_dsn, schema) == before and not list(tmp_path.iterdir())
+    preview = rotate_partitions(now=later, settings=FAST, policies=[policy(schema, str(tmp_path))])
+    assert isinstance(preview, RotationReport)
+    assert preview.dry_run and preview.tables[0].expired  # a preview of that day still works
 
 
 def test_apply_creates_rescues_archives_and_drops(
