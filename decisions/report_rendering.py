@@ -9,9 +9,11 @@ a break in the line, never a zero, and the page says how much is missing.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import re
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -56,6 +58,19 @@ def column_labels(column: str) -> dict[str, str]:
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+
+
+def endpoint_cids(keys: list[str]) -> dict[str, str]:
+    """Each endpoint's chart content id, which names its file too: `endpoint-<slug>`; endpoints
+    whose keys slug alike (`/agent_runs` and `/agent-runs`, a trailing slash, case) each add a
+    hash of their key, so one chart never replaces another's."""
+    count = Counter(slug(k) for k in keys)
+    return {
+        k: f"endpoint-{slug(k)}"
+        if count[slug(k)] == 1
+        else f"endpoint-{slug(k)}-{hashlib.sha256(k.encode()).hexdigest()[:8]}"
+        for k in keys
+    }
 
 
 class Chart(BaseModel):
@@ -188,7 +203,7 @@ def _target_line(ax: Any, target: float | None, label: str) -> None:
 
 
 def endpoint_chart(
-    series: EndpointSeries, target_ms: float | None, target_rps: float | None
+    series: EndpointSeries, target_ms: float | None, target_rps: float | None, cid: str = ""
 ) -> Chart:
     """Latency p50/p95/p99 (ms) with the p95 target; throughput (rps) and error rate (%)."""
     frame = series.frame
@@ -218,17 +233,20 @@ def endpoint_chart(
     _axes_time(top, frame.index)
     _axes_time(bottom, frame.index)
     return Chart(
-        cid=f"endpoint-{slug(series.key)}",
+        cid=cid or f"endpoint-{slug(series.key)}",
         title=series.key,
         png=_png(fig),
         alt=f"{series.key}: latency p50/p95/p99 in ms, throughput in requests/s, error rate in %",
     )
 
 
-def endpoint_charts(jobs: list[tuple[EndpointSeries, float | None, float | None]]) -> list[Chart]:
-    """Every endpoint's chart, in order (about 0.25 s each here; a process pool was slower:
-    starting workers and importing matplotlib costs more than it saves)."""
-    return [endpoint_chart(*job) for job in jobs]
+def endpoint_charts(
+    jobs: list[tuple[EndpointSeries, float | None, float | None]], cids: dict[str, str]
+) -> list[Chart]:
+    """Every endpoint's chart, in order, under its content id in `cids` (`endpoint_cids`; about
+    0.25 s each here; a process pool was slower: starting workers and importing matplotlib
+    costs more than it saves)."""
+    return [endpoint_chart(*job, cid=cids[job[0].key]) for job in jobs]
 
 
 def resources_chart(cpu: pd.Series, memory: pd.Series, config: ReportConfig) -> Chart:
@@ -515,6 +533,7 @@ def render_html(
     relative file in the archive). The email's page says where the archived copy is (`link`),
     or that the report is not archived and why (`not_archived`)."""
     by_cid = {c.cid: c for c in charts}
+    cids = endpoint_cids([e.key for e in report.current.endpoints])
     out: list[str] = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -594,7 +613,7 @@ def render_html(
         )
     )
     for e in report.current.endpoints:
-        chart = by_cid.get(f"endpoint-{slug(e.key)}")
+        chart = by_cid.get(cids[e.key])
         if e.status == "no traffic":
             out.append(
                 _p(
@@ -953,7 +972,7 @@ def render_week(
             continue
         target = config.target_for(e.method, e.route)
         jobs.append((s, target.p95_ms if target else None, target.rps if target else None))
-    charts: list[Chart] = endpoint_charts(jobs)
+    charts: list[Chart] = endpoint_charts(jobs, endpoint_cids(keys))
     resources = _resources_frame(frames, grid)
     if resources is not None:
         charts.append(

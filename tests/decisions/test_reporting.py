@@ -403,3 +403,44 @@ def test_a_query_answering_more_series_than_its_figure_marks_its_section_missing
     )
     checks = {c.name: c for c in evaluate(now, assemble_week("v", _week(0.06), CONFIG), CONFIG)}
     assert checks["CPU average"].status == "no data"
+
+
+def test_endpoints_whose_names_slug_alike_keep_a_chart_each() -> None:
+    """`/agent_runs` and `/agent-runs` (or a trailing slash, or case) both slug to
+    `get-api-v1-agent-runs`: each still has its own chart, file and content id, and the page
+    shows each endpoint's own."""
+    from decisions.report_rendering import render_week
+    from decisions.reporting import SeriesResult
+
+    week = parse_week("2026-W47", NOW)
+    grid = time_grid(week, CONFIG.chart_step_s)
+    routes = {"/api/v1/agent_runs": 10.0, "/api/v1/agent-runs": 500.0, "/api/v1/Agent-Runs/": 9.0}
+    columns = {f'{{method="GET",route="{r}"}}': rps for r, rps in routes.items()}
+    results = _week(0.087)
+    for name in ("latency_p50", "latency_p95", "latency_p99", "throughput", "error_rate"):
+        results[name] = QueryResult(
+            samples=[
+                *results[name].samples,
+                *(({"method": "GET", "route": r}, 0.05) for r in routes),
+            ]
+        )
+    now = assemble_week(week.label, results, CONFIG)
+    checks = evaluate(now, None, CONFIG)
+    report = WeeklyReport(
+        week=week, previous_week="2026-W46", generated_at=NOW, source="test", checks=checks,
+        current=now, previous=None, records=summarize_records([]), things=[], objectives={},
+    )  # fmt: skip
+    frame = pd.DataFrame({c: [v] * len(grid) for c, v in columns.items()}, index=grid)
+    series = {
+        "throughput": SeriesResult(frame=frame),
+        "latency_p95": SeriesResult(frame=frame / 1000),
+    }
+    rendered = render_week(report, CONFIG, series, [])
+    charts = {c.title: c for c in rendered.charts if c.title.startswith("GET /api/v1/")}
+    assert set(charts) == {f"GET {r}" for r in routes}
+    assert len({c.cid for c in charts.values()}) == 3  # one file and content id each
+    assert len({c.png for c in charts.values()}) == 3
+    assert all(rendered.files[c.filename] == c.png for c in charts.values())
+    page = rendered.files["index.html"].decode()
+    for chart in charts.values():
+        assert page.count(f'src="{chart.filename}"') == 1
