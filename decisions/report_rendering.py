@@ -184,6 +184,23 @@ ABOVE: dict[str, Any] = {
 """Legends sit above their axes, so they never hide data."""
 
 
+def _line(ax: Any, values: pd.Series, **style: Any) -> None:
+    """A line through `values` (NaN: a gap); a point with no neighbour on either side (sparse
+    data, an hour between gaps), which a line alone leaves invisible, is drawn as a dot."""
+    ax.plot(values.index, values, **style)
+    present = values.notna()
+    alone = present & ~present.shift(1, fill_value=False) & ~present.shift(-1, fill_value=False)
+    if alone.any():
+        dots = values[alone]
+        colour = style.get("color")
+        ax.plot(dots.index, dots, "o", markersize=3, color=colour, label="_nolegend_")
+
+
+def _labelled(lines: list[Any]) -> list[Any]:
+    """The lines a legend lists (not the dots of `_line`)."""
+    return [line for line in lines if not str(line.get_label()).startswith("_")]
+
+
 def _headroom(highest: float, target: float | None) -> float:
     """An axis top a little above the data and the target line."""
     values = [v for v in (highest, target) if v is not None and v == v and v > 0]
@@ -212,23 +229,21 @@ def endpoint_chart(
     fig.subplots_adjust(left=0.09, right=0.91, top=0.88, bottom=0.08, hspace=0.32)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
     for q in ("p50", "p95", "p99"):
-        top.plot(frame.index, frame[f"{q}_ms"], label=q, color=COLOURS[q], linewidth=1.2)
+        _line(top, frame[f"{q}_ms"], label=q, color=COLOURS[q], linewidth=1.2)
     _target_line(top, target_ms, "p95 target {:,.0f} ms")
     top.set_ylabel("latency (ms)")
     top.set_ylim(0, _headroom(frame[["p50_ms", "p95_ms", "p99_ms"]].max().max(), target_ms))
     top.legend(**ABOVE, ncols=4)
     fig.suptitle(f"{series.key}: per hour (UTC)", fontsize=10, x=0.01, ha="left")
-    bottom.plot(frame.index, frame["rps"], color="#4c78a8", linewidth=1.2, label="throughput")
+    _line(bottom, frame["rps"], color="#4c78a8", linewidth=1.2, label="throughput")
     _target_line(bottom, target_rps, "designed {:,.0f} rps")
     bottom.set_ylabel("requests/s")
     bottom.set_ylim(0, _headroom(frame["rps"].max(), target_rps))
     errors = bottom.twinx()
-    errors.plot(
-        frame.index, frame["error_rate"] * 100, color="#e45756", linewidth=1.0, label="error rate"
-    )
+    _line(errors, frame["error_rate"] * 100, color="#e45756", linewidth=1.0, label="error rate")
     errors.set_ylabel("errors (%)")
     errors.set_ylim(0, _headroom(frame["error_rate"].max() * 100, None))
-    lines = bottom.get_lines() + errors.get_lines()
+    lines = _labelled(bottom.get_lines() + errors.get_lines())
     bottom.legend(lines, [str(line.get_label()) for line in lines], **ABOVE, ncols=3)
     _axes_time(top, frame.index)
     _axes_time(bottom, frame.index)
@@ -259,7 +274,7 @@ def resources_chart(cpu: pd.Series, memory: pd.Series, config: ReportConfig) -> 
         (ax_cpu, cpu, limits.cpu_normal_max, limits.cpu_peak_max, "CPU"),
         (ax_mem, memory, limits.memory_normal_max, limits.memory_peak_max, "memory"),
     ):
-        ax.plot(values.index, values, color="#4c78a8", linewidth=1.2, label=f"{what} used")
+        _line(ax, values, color="#4c78a8", linewidth=1.2, label=f"{what} used")
         ax.axhline(
             normal, color="#9a6700", linestyle="--", linewidth=1, label=f"normal {normal:.0f}%"
         )

@@ -444,3 +444,50 @@ def test_endpoints_whose_names_slug_alike_keep_a_chart_each() -> None:
     page = rendered.files["index.html"].decode()
     for chart in charts.values():
         assert page.count(f'src="{chart.filename}"') == 1
+
+
+def _pixels_of(png: bytes, colour: str) -> int:
+    """How many pixels of a chart are (about) `colour` (#rrggbb)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+    image = np.array(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return int((np.abs(image - rgb).sum(axis=2) < 90).sum())
+
+
+def test_hours_with_data_between_gaps_are_drawn_not_left_out() -> None:
+    """A sparse endpoint (three hours with requests, p95 900 ms against 100 ms) or a resource
+    sampled once: a line through a point with no neighbour draws nothing, so its chart was empty
+    beside a table saying 900 ms. Such points are dots."""
+    from decisions.report_rendering import (
+        COLOURS,
+        EndpointSeries,
+        endpoint_chart,
+        resources_chart,
+    )
+
+    grid = time_grid(parse_week("2026-W47", NOW), 3600)
+
+    def chart(hours: list[int]) -> bytes:
+        columns = ["p50_ms", "p95_ms", "p99_ms", "rps", "error_rate"]
+        frame = pd.DataFrame({c: [math.nan] * len(grid) for c in columns}, index=grid)
+        for hour in hours:
+            frame.iloc[hour] = [40.0, 900.0, 150.0, 5.0, 0.01]
+        series = EndpointSeries(
+            key="GET /x", frame=frame, points_expected=len(grid), points_with_data=len(hours)
+        )
+        return endpoint_chart(series, 100.0, 1000.0).png
+
+    legend_only = _pixels_of(chart([]), COLOURS["p95"])
+    assert _pixels_of(chart([50]), COLOURS["p95"]) > legend_only
+    assert _pixels_of(chart([10, 50, 90]), COLOURS["p95"]) > _pixels_of(chart([50]), COLOURS["p95"])
+    once = pd.Series(math.nan, index=grid)
+    once.iloc[80] = 50.0
+    nothing = pd.Series(math.nan, index=grid)
+    used = "#4c78a8"
+    assert _pixels_of(resources_chart(once, once, CONFIG).png, used) > _pixels_of(
+        resources_chart(nothing, nothing, CONFIG).png, used
+    )
