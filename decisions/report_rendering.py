@@ -456,6 +456,12 @@ def run_failure(
 
 
 ROWS_SHOWN = 30  # rows of a record section's table on the page; the data files hold all
+EMAIL_HTML_MAX = 100_000
+"""Bytes of the email's HTML part: Gmail clips a message whose HTML is over 102 KB ('[Message
+clipped]'), hiding the sections after the cut. Past it the email shows fewer table rows
+(`EMAIL_ROWS`); the archived page and the attached data keep them all."""
+EMAIL_ROWS: tuple[tuple[int, int | None], ...] = ((ROWS_SHOWN, None), (10, 10), (3, 3))
+"""(record rows, fleet rows; None: all) the email tries in turn until its HTML fits."""
 _CELL = "padding:4px 8px;border-bottom:1px solid #d0d7de;text-align:left;font-size:13px;"
 _HEAD = _CELL + "background:#f6f8fa;font-weight:600;"
 _FONT = "font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;color:#1f2328;"
@@ -543,10 +549,14 @@ def render_html(
     src: dict[str, str],
     link: str | None = None,
     not_archived: str | None = None,
+    rows_shown: int = ROWS_SHOWN,
+    fleet_rows: int | None = None,
 ) -> str:
     """The report page. `src` maps a chart's cid to its image URL (`cid:...` in the email, a
     relative file in the archive). The email's page says where the archived copy is (`link`),
-    or that the report is not archived and why (`not_archived`)."""
+    or that the report is not archived and why (`not_archived`). A record section's table shows
+    its first `rows_shown` rows, the Fleet table its first `fleet_rows` (None: all); each says
+    when it shows fewer than it has."""
     by_cid = {c.cid: c for c in charts}
     cids = endpoint_cids([e.key for e in report.current.endpoints])
     out: list[str] = [
@@ -607,7 +617,7 @@ def render_html(
             raw=True,
         )
     )
-    out += _fleet_html(report.fleet)
+    out += _fleet_html(report.fleet, fleet_rows)
     # Endpoints.
     out += _section(report, "Endpoints: latency, throughput, errors", "endpoints")
     out.append(
@@ -721,12 +731,12 @@ def render_html(
             out.append(_img(by_cid["scaling"], src["scaling"]))
         if section.rows:
             headers = list(section.rows[0].keys())
-            shown = section.rows[:ROWS_SHOWN]
+            shown = section.rows[:rows_shown]
             out.append(_table(headers, [[str(r.get(h, "")) for h in headers] for r in shown]))
-            if len(section.rows) > ROWS_SHOWN:
+            if len(section.rows) > rows_shown:
                 out.append(
                     _p(
-                        f"First {ROWS_SHOWN} of {len(section.rows):,} rows; all of them in the "
+                        f"First {rows_shown} of {len(section.rows):,} rows; all of them in the "
                         f"data files ({records_table(section.key)}.csv and .parquet).",
                         "color:#57606a;font-size:12px;",
                     )
@@ -742,13 +752,25 @@ def render_html(
     return "\n".join(out)
 
 
-def _fleet_html(view: FleetView | None) -> list[str]:
-    """The Fleet section: one row per target, worst first."""
+def _fleet_html(view: FleetView | None, shown: int | None = None) -> list[str]:
+    """The Fleet section: one row per target, worst first (the first `shown`; None: all)."""
     if view is None:
         return []
-    rows = display_rows(view)
+    every = display_rows(view)
+    rows = every if shown is None else every[:shown]
     headers = list(rows[0]) if rows else ["target", "result", "reason"]
     colours = {"unreachable": "missed", "attention": "no data", "ok": "met"}
+    cut = (
+        [
+            _p(
+                f"First {len(rows)} of {len(every):,} targets, worst first; all of them in the "
+                "data files (fleet.csv and .parquet).",
+                "color:#57606a;font-size:12px;",
+            )
+        ]
+        if len(rows) < len(every)
+        else []
+    )
     return [
         _h2("Fleet"),
         _p(describe(view)),
@@ -763,6 +785,7 @@ def _fleet_html(view: FleetView | None) -> list[str]:
             ],
             raw=True,
         ),
+        *cut,
     ]
 
 
@@ -1016,10 +1039,12 @@ def render_email(
     rendered: RenderedReport, config: ReportConfig, link: str, not_archived: str | None
 ) -> RenderedEmail:
     """The email of a rendered report, after archiving it: the archived copy's `link`, or
-    `Not archived: <why>` when the archive refused it (`not_archived`)."""
+    `Not archived: <why>` when the archive refused it (`not_archived`). Its HTML shows fewer
+    table rows when all of them would take it over EMAIL_HTML_MAX (Gmail clips it)."""
     report, charts = rendered.report, rendered.charts
     src = {c.cid: f"cid:{c.cid}" for c in charts}
-    return RenderedEmail(
-        html=render_html(report, config, charts, src, link, not_archived),
-        text=render_text(report, link, not_archived),
-    )
+    for rows_shown, fleet_rows in EMAIL_ROWS:
+        html = render_html(report, config, charts, src, link, not_archived, rows_shown, fleet_rows)
+        if len(html.encode()) <= EMAIL_HTML_MAX:
+            break
+    return RenderedEmail(html=html, text=render_text(report, link, not_archived))

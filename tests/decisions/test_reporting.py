@@ -491,3 +491,46 @@ def test_hours_with_data_between_gaps_are_drawn_not_left_out() -> None:
     assert _pixels_of(resources_chart(once, once, CONFIG).png, used) > _pixels_of(
         resources_chart(nothing, nothing, CONFIG).png, used
     )
+
+
+def test_an_email_that_gmail_would_clip_shows_fewer_rows_and_says_where_the_rest_are() -> None:
+    """Gmail clips an HTML part over 102 KB ('[Message clipped]'), hiding every section after
+    the cut: a busy week (50 endpoints, a scaling decision and an SLA breach an hour) had a
+    125 KB email. The email shows fewer rows; the archived page keeps 30 a section."""
+    from decisions.report_rendering import EMAIL_HTML_MAX, RenderedReport, render_email
+
+    week = parse_week("2026-W47", NOW)
+    results = _week(0.087)
+    routes = [{"method": "GET", "route": f"/api/v1/resources/{n}/items"} for n in range(50)]
+    for name in ("latency_p50", "latency_p95", "latency_p99", "throughput", "error_rate"):
+        results[name] = QueryResult(
+            samples=[*results[name].samples, *((labels, 0.05) for labels in routes)]
+        )
+    now = assemble_week(week.label, results, CONFIG)
+    events = [
+        RecordedEvent(event=name, occurred=week.start + pd.Timedelta(hours=n), resource=resource,
+                      payload=payload)
+        for n in range(100)
+        for name, resource, payload in (
+            ("perfops.scaling.applied", "perfops.scaling.web",
+             {"group": "web", "from": n, "to": n + 1, "reason": "load 80% over 15 minutes"}),
+            ("perfops.sla.breached", "perfops.sla.availability",
+             {"alert": "availability-fast-burn", "slo": "availability", "severity": "page",
+              "level": 1, "value": 0.995, "objective": 0.999, "reason": "burn rate 14x"}),
+        )
+    ]  # fmt: skip
+    report = WeeklyReport(
+        week=week, previous_week="2026-W46", generated_at=NOW, source="test",
+        checks=evaluate(now, None, CONFIG), current=now, previous=None,
+        records=summarize_records(events), things=[], objectives={},
+    )  # fmt: skip
+    page = render_html(report, CONFIG, [], {})
+    assert len(page.encode()) > 102 * 1024  # the archived page: every row it always had
+    assert "First 30 of 100 rows" in page
+    rendered = RenderedReport(report=report, files={}, charts=[], csv={})
+    email = render_email(rendered, CONFIG, "s3://archive/reports/weekly/2026-W47/index.html", None)
+    assert len(email.html.encode()) <= EMAIL_HTML_MAX
+    assert "First 10 of 100 rows; all of them in the data files (records_scaling.csv" in email.html
+    assert "First 10 of 100 rows; all of them in the data files (records_sla.csv" in email.html
+    assert "GET /api/v1/resources/49/items" in email.html  # every endpoint still there
+    assert "perfops weekly report: numbers from Prometheus" in email.html  # to the end
