@@ -429,11 +429,13 @@ def run_failure(
     source: str,
     not_emailed: str | None,
     not_archived: str | None = None,
+    not_copied: str | None = None,
 ) -> str | None:
     """The run's Failed message, or None when everything succeeded. It starts with where the
     report is archived (or why it is not), then says each thing that failed: no target scored
     (`source` answered nothing), sections missing, no or refused recipients, fleet targets
-    unreachable; `not_emailed` is why the email could not be sent."""
+    unreachable, the browsable copy not written (`not_copied`); `not_emailed` is why the email
+    could not be sent."""
     failed = [
         f"0 of {len(report.checks)} targets scored: no figures for {report.week.label} from "
         f"{source}"
@@ -444,6 +446,7 @@ def run_failure(
         else "",
         result.delivery if not result.recipients or result.refused else "",
         (report.fleet.failure or "") if report.fleet is not None else "",
+        not_copied or "",
     ]
     if not any(failed) and not_emailed is None and not_archived is None:
         return None

@@ -550,6 +550,25 @@ def test_no_recipients_fails_with_the_report_archived(
     assert "not sent: no recipients" in str(latest_artifact(ARTIFACT_KEY))
 
 
+def test_an_out_folder_that_cannot_be_written_still_sends_and_records_the_report(
+    report_prometheus: PrometheusServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--out` naming a file (or a folder it may not write) crashed the run after archiving:
+    the report was not emailed, and no artifact or event recorded it."""
+    monkeypatch.setenv("PERFOPS_PROMETHEUS_URL", report_prometheus.url)
+    monkeypatch.setenv("PERFOPS_OUT_DIR", str(tmp_path / "defaults"))
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a folder\n")
+    result, message = _failed(week=WEEK.label, recipients=["sre@example.test"], out_dir=str(taken))
+    assert result.folder is None
+    assert result.delivery.startswith("sent to 1 of 1 via ")  # the email still went
+    assert list((tmp_path / "defaults" / "mail").glob("*.eml"))
+    assert message.startswith(f"weekly report {WEEK.label} archived at {result.archive}; ")
+    assert f"copy to {taken / WEEK.label} not written: " in message
+    artifact = str(latest_artifact(ARTIFACT_KEY))
+    assert f"copy to {taken / WEEK.label} not written: " in artifact
+
+
 def test_an_archive_that_refuses_fails_the_run_with_the_artifact_written(
     report_prometheus: PrometheusServer, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
