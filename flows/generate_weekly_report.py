@@ -321,7 +321,7 @@ def generate_weekly_report(
         result,
         failure,
         partial=report.met + report.missed > 0
-        and bool(to)
+        and bool(result.accepted)  # someone got it
         and delivery_error is None
         and not_archived is None,
         allow_partial=allow_partial,

@@ -569,6 +569,33 @@ def test_an_out_folder_that_cannot_be_written_still_sends_and_records_the_report
     assert f"copy to {taken / WEEK.label} not written: " in artifact
 
 
+def test_every_recipient_refused_is_reported_and_never_passes_as_partial(
+    report_prometheus: PrometheusServer, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one recipient refused (550) used to fail the send as if the server were down:
+    `refused` empty in the result and the event, the server's reply as a Python dict."""
+    for key, value in {
+        "PERFOPS_PROMETHEUS_URL": report_prometheus.url,
+        "PERFOPS_SMTP_HOST": smtp_server.host,
+        "PERFOPS_SMTP_PORT": str(smtp_server.port),
+    }.items():
+        monkeypatch.setenv(key, value)
+    smtp_server.reset()
+    started = datetime.now(UTC)
+    # allow_partial: a refused recipient among others may end Completed, nobody reached may not
+    result, message = _failed(
+        week=WEEK.label, recipients=["nobody@example.test"], allow_partial=True
+    )
+    assert result.accepted == []
+    assert result.refused == {"nobody@example.test": "550 5.1.1 mailbox unavailable"}
+    assert result.delivery.startswith("sent to 0 of 1 via PERFOPS_SMTP_HOST: smtp://")
+    assert "refused: nobody@example.test (550 5.1.1 mailbox unavailable)" in message
+    [event, *_] = wait_for_events(
+        "perfops.report.generated", since=started, where=lambda e: e.payload["accepted"] == 0
+    )
+    assert event.payload["refused"] == ["nobody@example.test"]
+
+
 def test_an_archive_that_refuses_fails_the_run_with_the_artifact_written(
     report_prometheus: PrometheusServer, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
