@@ -13,7 +13,7 @@ from psycopg_pool import ConnectionPool
 from pydantic import Field, SecretStr
 
 from perfops.errors import ConfigurationError
-from perfops.redaction import redact, register_secret
+from perfops.redaction import dsn_parse_error, register_secret
 
 DEFAULT_APPLICATION_NAME = "perfops"
 DEFAULT_LOCK_TIMEOUT_MS = 5_000
@@ -108,7 +108,9 @@ class PostgresTarget(Block):
         try:
             params = conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
-            raise ConfigurationError(f"invalid PostgreSQL DSN: {redact(str(exc))}") from None
+            raise ConfigurationError(
+                f"invalid PostgreSQL DSN: {dsn_parse_error(str(exc), dsn)}"
+            ) from None
         register_secret(str(params.get("password") or ""))
         lock_ms = overrides.pop("lock_timeout_ms", self.lock_timeout_ms)
         statement_ms = overrides.pop("statement_timeout_ms", self.statement_timeout_ms)

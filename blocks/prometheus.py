@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
 from prefect.blocks.core import Block
 from prometheus_api_client import PrometheusConnect
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from urllib3.util.retry import Retry
 
 from perfops.redaction import register_secret
@@ -36,11 +39,16 @@ class PrometheusSource(Block):
 
     url: str = Field(
         default=...,
-        description="Base URL of the Prometheus HTTP API, e.g. https://prometheus.internal:9090.",
+        description="Base URL of the Prometheus HTTP API, e.g. https://prometheus.internal:9090; "
+        "a user and password in it move to username and password (a secret).",
     )
     bearer_token: SecretStr | None = Field(
         default=None, description="Optional bearer token sent as `Authorization: Bearer ...`."
     )
+    username: str | None = Field(
+        default=None, description="User for HTTP basic auth (a Prometheus behind a proxy)."
+    )
+    password: SecretStr | None = Field(default=None, description="Password for HTTP basic auth.")
     verify_tls: bool = Field(default=True, description="Verify the server's TLS certificate.")
     timeout_s: float = Field(
         default=30.0, gt=0, le=600, description="Seconds to wait for one HTTP request."
@@ -55,8 +63,39 @@ class PrometheusSource(Block):
         description="Longer range queries are split into chunks of at most this many steps.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_out_of_the_url(cls, data: Any) -> Any:
+        """A user and password the URL carries (`https://user:pw@prom:9090`, a Prometheus
+        behind basic auth, as PERFOPS_PROMETHEUS_URL or a fleet file may give it) move to
+        `username` and the secret `password`: the URL is a plain field, shown in the UI, kept
+        in the block document and named in reasons, errors and scaling records. The URL's
+        credentials were the ones sent, so they win here too."""
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return data
+        parts = urlsplit(data["url"])
+        if "@" not in parts.netloc:
+            return data
+        moved = dict(data)
+        head, rest = data["url"].split("//", 1)  # the netloc follows the scheme's //
+        moved["url"] = f"{head}//{rest.replace(parts.netloc, parts.netloc.rsplit('@', 1)[1], 1)}"
+        if parts.username:
+            moved["username"] = unquote(parts.username)
+        if parts.password is not None:
+            moved["password"] = SecretStr(unquote(parts.password))
+        return moved
+
+    def auth(self) -> tuple[str, str] | None:
+        """The basic-auth pair requests sends, or None without a user and password."""
+        if self.username is None and self.password is None:
+            return None
+        password = self.password.get_secret_value() if self.password else ""
+        register_secret(password)
+        return (self.username or "", password)
+
     def get_client(self) -> PrometheusConnect:
-        """A `PrometheusConnect` with retries, timeout, TLS setting and auth header."""
+        """A `PrometheusConnect` with retries, timeout, TLS setting and auth (bearer header or
+        basic)."""
         headers = None
         if self.bearer_token is not None:
             token = self.bearer_token.get_secret_value()
@@ -77,6 +116,7 @@ class PrometheusSource(Block):
         return PrometheusConnect(
             url=self.url.rstrip("/"),
             headers=headers,
+            auth=self.auth(),
             disable_ssl=not self.verify_tls,
             retry=retry,
             timeout=self.timeout_s,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import re
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from demo.prefect_server import LocalPrefectServer, configured_api_url
 from perfops.errors import ConfigurationError, report_of
 from perfops.heartbeats import heartbeats
 from perfops.progress import listening
-from perfops.redaction import redact, register_secret
+from perfops.redaction import dsn_parse_error, redact, register_secret
 from perfops.settings import PerfopsSettings, apply_prefect_defaults, get_settings
 
 out = Console(soft_wrap=True)
@@ -152,10 +151,6 @@ def print_wrapped(text: str, *, indent: int, style: str | None = None) -> None:
         out.print(f"[{style}]{escape(line)}[/]" if style else escape(line), highlight=False)
 
 
-_HAS_PASSWORD = re.compile(r"password|://[^/@]*:[^/@]*@", re.IGNORECASE)
-_QUOTED = re.compile(r'"[^"]*"')
-
-
 def check_dsn(dsn: str | None, flag: str = "--dsn") -> None:
     """Refuse a DSN libpq cannot parse (exit 2), before Prefect or a server starts."""
     if not dsn:
@@ -168,8 +163,7 @@ def check_dsn(dsn: str | None, flag: str = "--dsn") -> None:
         conninfo_to_dict(dsn)
     except ProgrammingError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "cannot be parsed"
-        if _HAS_PASSWORD.search(dsn):  # libpq quotes pieces of the string: maybe the password's
-            reason = _QUOTED.sub(lambda m: m[0] if m[0] == '"="' else '"..."', reason)
+        reason = dsn_parse_error(reason, dsn)  # libpq quotes pieces: maybe the password's
         raise typer.BadParameter(
             f"{flag}: not a PostgreSQL DSN ({reason}); give a libpq string "
             "('host=... dbname=...') or a URI (postgresql://user@host/db)"

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from perfops.names import quote_ident
 from perfops.redaction import one_line
 
 Status = Literal["ok", "degraded", "unreachable"]
@@ -105,7 +106,7 @@ def postgres_findings(info: PostgresInfo) -> list[Finding]:
             Finding(
                 what=f"{info.current_user} may not read shared_preload_libraries, so whether "
                 "pg_stat_statements is preloaded is not known",
-                fix=f"GRANT pg_monitor TO {info.current_user}; (docs/production.md)",
+                fix=f"GRANT pg_monitor TO {quote_ident(info.current_user)}; (docs/production.md)",
                 needed_by="this check",
             )
         )
@@ -157,7 +158,7 @@ def postgres_findings(info: PostgresInfo) -> list[Finding]:
         findings.append(
             Finding(
                 what=f"pg_stat_statements hides other roles' statements from {info.current_user}",
-                fix=f"GRANT pg_read_all_stats TO {info.current_user};",
+                fix=f"GRANT pg_read_all_stats TO {quote_ident(info.current_user)};",
                 needed_by="slow queries, index suggestions",
             )
         )

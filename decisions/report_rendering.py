@@ -9,9 +9,11 @@ a break in the line, never a zero, and the page says how much is missing.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import re
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -56,6 +58,19 @@ def column_labels(column: str) -> dict[str, str]:
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+
+
+def endpoint_cids(keys: list[str]) -> dict[str, str]:
+    """Each endpoint's chart content id, which names its file too: `endpoint-<slug>`; endpoints
+    whose keys slug alike (`/agent_runs` and `/agent-runs`, a trailing slash, case) each add a
+    hash of their key, so one chart never replaces another's."""
+    count = Counter(slug(k) for k in keys)
+    return {
+        k: f"endpoint-{slug(k)}"
+        if count[slug(k)] == 1
+        else f"endpoint-{slug(k)}-{hashlib.sha256(k.encode()).hexdigest()[:8]}"
+        for k in keys
+    }
 
 
 class Chart(BaseModel):
@@ -169,6 +184,23 @@ ABOVE: dict[str, Any] = {
 """Legends sit above their axes, so they never hide data."""
 
 
+def _line(ax: Any, values: pd.Series, **style: Any) -> None:
+    """A line through `values` (NaN: a gap); a point with no neighbour on either side (sparse
+    data, an hour between gaps), which a line alone leaves invisible, is drawn as a dot."""
+    ax.plot(values.index, values, **style)
+    present = values.notna()
+    alone = present & ~present.shift(1, fill_value=False) & ~present.shift(-1, fill_value=False)
+    if alone.any():
+        dots = values[alone]
+        colour = style.get("color")
+        ax.plot(dots.index, dots, "o", markersize=3, color=colour, label="_nolegend_")
+
+
+def _labelled(lines: list[Any]) -> list[Any]:
+    """The lines a legend lists (not the dots of `_line`)."""
+    return [line for line in lines if not str(line.get_label()).startswith("_")]
+
+
 def _headroom(highest: float, target: float | None) -> float:
     """An axis top a little above the data and the target line."""
     values = [v for v in (highest, target) if v is not None and v == v and v > 0]
@@ -188,7 +220,7 @@ def _target_line(ax: Any, target: float | None, label: str) -> None:
 
 
 def endpoint_chart(
-    series: EndpointSeries, target_ms: float | None, target_rps: float | None
+    series: EndpointSeries, target_ms: float | None, target_rps: float | None, cid: str = ""
 ) -> Chart:
     """Latency p50/p95/p99 (ms) with the p95 target; throughput (rps) and error rate (%)."""
     frame = series.frame
@@ -197,38 +229,39 @@ def endpoint_chart(
     fig.subplots_adjust(left=0.09, right=0.91, top=0.88, bottom=0.08, hspace=0.32)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
     for q in ("p50", "p95", "p99"):
-        top.plot(frame.index, frame[f"{q}_ms"], label=q, color=COLOURS[q], linewidth=1.2)
+        _line(top, frame[f"{q}_ms"], label=q, color=COLOURS[q], linewidth=1.2)
     _target_line(top, target_ms, "p95 target {:,.0f} ms")
     top.set_ylabel("latency (ms)")
     top.set_ylim(0, _headroom(frame[["p50_ms", "p95_ms", "p99_ms"]].max().max(), target_ms))
     top.legend(**ABOVE, ncols=4)
     fig.suptitle(f"{series.key}: per hour (UTC)", fontsize=10, x=0.01, ha="left")
-    bottom.plot(frame.index, frame["rps"], color="#4c78a8", linewidth=1.2, label="throughput")
+    _line(bottom, frame["rps"], color="#4c78a8", linewidth=1.2, label="throughput")
     _target_line(bottom, target_rps, "designed {:,.0f} rps")
     bottom.set_ylabel("requests/s")
     bottom.set_ylim(0, _headroom(frame["rps"].max(), target_rps))
     errors = bottom.twinx()
-    errors.plot(
-        frame.index, frame["error_rate"] * 100, color="#e45756", linewidth=1.0, label="error rate"
-    )
+    _line(errors, frame["error_rate"] * 100, color="#e45756", linewidth=1.0, label="error rate")
     errors.set_ylabel("errors (%)")
     errors.set_ylim(0, _headroom(frame["error_rate"].max() * 100, None))
-    lines = bottom.get_lines() + errors.get_lines()
+    lines = _labelled(bottom.get_lines() + errors.get_lines())
     bottom.legend(lines, [str(line.get_label()) for line in lines], **ABOVE, ncols=3)
     _axes_time(top, frame.index)
     _axes_time(bottom, frame.index)
     return Chart(
-        cid=f"endpoint-{slug(series.key)}",
+        cid=cid or f"endpoint-{slug(series.key)}",
         title=series.key,
         png=_png(fig),
         alt=f"{series.key}: latency p50/p95/p99 in ms, throughput in requests/s, error rate in %",
     )
 
 
-def endpoint_charts(jobs: list[tuple[EndpointSeries, float | None, float | None]]) -> list[Chart]:
-    """Every endpoint's chart, in order (about 0.25 s each here; a process pool was slower:
-    starting workers and importing matplotlib costs more than it saves)."""
-    return [endpoint_chart(*job) for job in jobs]
+def endpoint_charts(
+    jobs: list[tuple[EndpointSeries, float | None, float | None]], cids: dict[str, str]
+) -> list[Chart]:
+    """Every endpoint's chart, in order, under its content id in `cids` (`endpoint_cids`; about
+    0.25 s each here; a process pool was slower: starting workers and importing matplotlib
+    costs more than it saves)."""
+    return [endpoint_chart(*job, cid=cids[job[0].key]) for job in jobs]
 
 
 def resources_chart(cpu: pd.Series, memory: pd.Series, config: ReportConfig) -> Chart:
@@ -241,7 +274,7 @@ def resources_chart(cpu: pd.Series, memory: pd.Series, config: ReportConfig) -> 
         (ax_cpu, cpu, limits.cpu_normal_max, limits.cpu_peak_max, "CPU"),
         (ax_mem, memory, limits.memory_normal_max, limits.memory_peak_max, "memory"),
     ):
-        ax.plot(values.index, values, color="#4c78a8", linewidth=1.2, label=f"{what} used")
+        _line(ax, values, color="#4c78a8", linewidth=1.2, label=f"{what} used")
         ax.axhline(
             normal, color="#9a6700", linestyle="--", linewidth=1, label=f"normal {normal:.0f}%"
         )
@@ -396,11 +429,13 @@ def run_failure(
     source: str,
     not_emailed: str | None,
     not_archived: str | None = None,
+    not_copied: str | None = None,
 ) -> str | None:
     """The run's Failed message, or None when everything succeeded. It starts with where the
     report is archived (or why it is not), then says each thing that failed: no target scored
     (`source` answered nothing), sections missing, no or refused recipients, fleet targets
-    unreachable; `not_emailed` is why the email could not be sent."""
+    unreachable, the browsable copy not written (`not_copied`); `not_emailed` is why the email
+    could not be sent."""
     failed = [
         f"0 of {len(report.checks)} targets scored: no figures for {report.week.label} from "
         f"{source}"
@@ -411,6 +446,7 @@ def run_failure(
         else "",
         result.delivery if not result.recipients or result.refused else "",
         (report.fleet.failure or "") if report.fleet is not None else "",
+        not_copied or "",
     ]
     if not any(failed) and not_emailed is None and not_archived is None:
         return None
@@ -423,6 +459,12 @@ def run_failure(
 
 
 ROWS_SHOWN = 30  # rows of a record section's table on the page; the data files hold all
+EMAIL_HTML_MAX = 100_000
+"""Bytes of the email's HTML part: Gmail clips a message whose HTML is over 102 KB ('[Message
+clipped]'), hiding the sections after the cut. Past it the email shows fewer table rows
+(`EMAIL_ROWS`); the archived page and the attached data keep them all."""
+EMAIL_ROWS: tuple[tuple[int, int | None], ...] = ((ROWS_SHOWN, None), (10, 10), (3, 3))
+"""(record rows, fleet rows; None: all) the email tries in turn until its HTML fits."""
 _CELL = "padding:4px 8px;border-bottom:1px solid #d0d7de;text-align:left;font-size:13px;"
 _HEAD = _CELL + "background:#f6f8fa;font-weight:600;"
 _FONT = "font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;color:#1f2328;"
@@ -510,11 +552,16 @@ def render_html(
     src: dict[str, str],
     link: str | None = None,
     not_archived: str | None = None,
+    rows_shown: int = ROWS_SHOWN,
+    fleet_rows: int | None = None,
 ) -> str:
     """The report page. `src` maps a chart's cid to its image URL (`cid:...` in the email, a
     relative file in the archive). The email's page says where the archived copy is (`link`),
-    or that the report is not archived and why (`not_archived`)."""
+    or that the report is not archived and why (`not_archived`). A record section's table shows
+    its first `rows_shown` rows, the Fleet table its first `fleet_rows` (None: all); each says
+    when it shows fewer than it has."""
     by_cid = {c.cid: c for c in charts}
+    cids = endpoint_cids([e.key for e in report.current.endpoints])
     out: list[str] = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -573,7 +620,7 @@ def render_html(
             raw=True,
         )
     )
-    out += _fleet_html(report.fleet)
+    out += _fleet_html(report.fleet, fleet_rows)
     # Endpoints.
     out += _section(report, "Endpoints: latency, throughput, errors", "endpoints")
     out.append(
@@ -594,7 +641,7 @@ def render_html(
         )
     )
     for e in report.current.endpoints:
-        chart = by_cid.get(f"endpoint-{slug(e.key)}")
+        chart = by_cid.get(cids[e.key])
         if e.status == "no traffic":
             out.append(
                 _p(
@@ -687,12 +734,12 @@ def render_html(
             out.append(_img(by_cid["scaling"], src["scaling"]))
         if section.rows:
             headers = list(section.rows[0].keys())
-            shown = section.rows[:ROWS_SHOWN]
+            shown = section.rows[:rows_shown]
             out.append(_table(headers, [[str(r.get(h, "")) for h in headers] for r in shown]))
-            if len(section.rows) > ROWS_SHOWN:
+            if len(section.rows) > rows_shown:
                 out.append(
                     _p(
-                        f"First {ROWS_SHOWN} of {len(section.rows):,} rows; all of them in the "
+                        f"First {rows_shown} of {len(section.rows):,} rows; all of them in the "
                         f"data files ({records_table(section.key)}.csv and .parquet).",
                         "color:#57606a;font-size:12px;",
                     )
@@ -708,13 +755,25 @@ def render_html(
     return "\n".join(out)
 
 
-def _fleet_html(view: FleetView | None) -> list[str]:
-    """The Fleet section: one row per target, worst first."""
+def _fleet_html(view: FleetView | None, shown: int | None = None) -> list[str]:
+    """The Fleet section: one row per target, worst first (the first `shown`; None: all)."""
     if view is None:
         return []
-    rows = display_rows(view)
+    every = display_rows(view)
+    rows = every if shown is None else every[:shown]
     headers = list(rows[0]) if rows else ["target", "result", "reason"]
     colours = {"unreachable": "missed", "attention": "no data", "ok": "met"}
+    cut = (
+        [
+            _p(
+                f"First {len(rows)} of {len(every):,} targets, worst first; all of them in the "
+                "data files (fleet.csv and .parquet).",
+                "color:#57606a;font-size:12px;",
+            )
+        ]
+        if len(rows) < len(every)
+        else []
+    )
     return [
         _h2("Fleet"),
         _p(describe(view)),
@@ -729,6 +788,7 @@ def _fleet_html(view: FleetView | None) -> list[str]:
             ],
             raw=True,
         ),
+        *cut,
     ]
 
 
@@ -953,7 +1013,7 @@ def render_week(
             continue
         target = config.target_for(e.method, e.route)
         jobs.append((s, target.p95_ms if target else None, target.rps if target else None))
-    charts: list[Chart] = endpoint_charts(jobs)
+    charts: list[Chart] = endpoint_charts(jobs, endpoint_cids(keys))
     resources = _resources_frame(frames, grid)
     if resources is not None:
         charts.append(
@@ -982,10 +1042,12 @@ def render_email(
     rendered: RenderedReport, config: ReportConfig, link: str, not_archived: str | None
 ) -> RenderedEmail:
     """The email of a rendered report, after archiving it: the archived copy's `link`, or
-    `Not archived: <why>` when the archive refused it (`not_archived`)."""
+    `Not archived: <why>` when the archive refused it (`not_archived`). Its HTML shows fewer
+    table rows when all of them would take it over EMAIL_HTML_MAX (Gmail clips it)."""
     report, charts = rendered.report, rendered.charts
     src = {c.cid: f"cid:{c.cid}" for c in charts}
-    return RenderedEmail(
-        html=render_html(report, config, charts, src, link, not_archived),
-        text=render_text(report, link, not_archived),
-    )
+    for rows_shown, fleet_rows in EMAIL_ROWS:
+        html = render_html(report, config, charts, src, link, not_archived, rows_shown, fleet_rows)
+        if len(html.encode()) <= EMAIL_HTML_MAX:
+            break
+    return RenderedEmail(html=html, text=render_text(report, link, not_archived))

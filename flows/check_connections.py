@@ -44,6 +44,15 @@ UNREACHABLE_FIXES = {
     "slack": "check the bot token and API URL (or unset PERFOPS_SLACK_TOKEN to write files)",
     "email": "check the SMTP host, port and credentials (or unset PERFOPS_SMTP_HOST)",
 }
+# The embedded defaults fail for their own reasons: a CSV trace, folders under PERFOPS_OUT_DIR.
+_FOLDER_FIX = "make PERFOPS_OUT_DIR (default out) a folder perfops can write to"
+EMBEDDED_FIXES = {
+    "metrics": "point PERFOPS_TRACE_CSV at a timestamp,value CSV file, or set "
+    "PERFOPS_PROMETHEUS_URL",
+    "archive": f"{_FOLDER_FIX}, or set PERFOPS_S3_BUCKET",
+    "slack": f"{_FOLDER_FIX}, or set PERFOPS_SLACK_TOKEN",
+    "email": f"{_FOLDER_FIX}, or set PERFOPS_SMTP_HOST",
+}
 
 
 class ConnectionsUnreachable(PerfopsError):
@@ -68,7 +77,11 @@ def _finish(
             resolved.origin,
             resolved.description,
             error=outcome,
-            fix_when_unreachable=UNREACHABLE_FIXES[resolved.system],
+            fix_when_unreachable=(
+                EMBEDDED_FIXES.get(resolved.system, UNREACHABLE_FIXES[resolved.system])
+                if resolved.is_default
+                else UNREACHABLE_FIXES[resolved.system]
+            ),
         )
     return check_from(resolved.system, resolved.origin, resolved.description, **summarize(outcome))
 

@@ -19,8 +19,8 @@
 6. The run ends Failed, the report archived all the same and the message saying why, when no
    target could be scored (Prometheus answered nothing), no recipients are configured, or the
    email could not be sent; and, unless `allow_partial`, when a section is missing, a recipient
-   was refused or a fleet target could not be reached; and when the archive refused the report
-   (emailed and recorded all the same).
+   was refused, a fleet target could not be reached or the `out_dir` copy could not be
+   written; and when the archive refused the report (emailed and recorded all the same).
 
 Over a fleet (`targets`, docs/fleet.md): the same one report, with a Fleet section, one row per
 target worst first (tasks.fleet_report, decisions.report_fleet).
@@ -212,7 +212,14 @@ def generate_weekly_report(
     except Exception as exc:  # noqa: BLE001 - said in the artifact and the state, then Failed
         stored, not_archived = [], redact(str(exc))
         logger.error("archiving the report to %s failed: %s", link, not_archived)
-    folder = write_folder(Path(out_dir) / this.label, rendered.files) if out_dir else None
+    folder: str | None = None
+    not_copied: str | None = None  # the --out copy, when it could not be written
+    if out_dir:
+        try:
+            folder = write_folder(Path(out_dir) / this.label, rendered.files)
+        except OSError as exc:  # said in the artifact and the state; the email still goes
+            not_copied = redact(f"copy to {Path(out_dir) / this.label} not written: {exc}")
+            logger.error("%s", not_copied)
     logger.info("%s; archived %d files to %s", report.headline, len(stored), link)
 
     email = render_email(rendered, config, link, not_archived)  # says if archiving failed
@@ -256,7 +263,16 @@ def generate_weekly_report(
         render_markdown(
             report,
             link,
-            delivery if not_archived is None else f"NOT archived: {not_archived}; {delivery}",
+            "; ".join(
+                filter(
+                    None,
+                    [
+                        f"NOT archived: {not_archived}" if not_archived is not None else "",
+                        not_copied,
+                        delivery,
+                    ],
+                )
+            ),
         ),
         f"Weekly performance report {this.label}: {report.headline}",
     )
@@ -295,7 +311,9 @@ def generate_weekly_report(
     else:
         emit(EVENT_GENERATED, resource, payload)
     not_emailed = redact(str(delivery_error)) if delivery_error is not None else None
-    failure = run_failure(report, result, metrics.description, not_emailed, not_archived)
+    failure = run_failure(
+        report, result, metrics.description, not_emailed, not_archived, not_copied
+    )
     error = (ReportDeliveryFailed if delivery_error is not None else ReportFailed)(
         failure or "", result
     )
@@ -303,7 +321,7 @@ def generate_weekly_report(
         result,
         failure,
         partial=report.met + report.missed > 0
-        and bool(to)
+        and bool(result.accepted)  # someone got it
         and delivery_error is None
         and not_archived is None,
         allow_partial=allow_partial,

@@ -45,6 +45,18 @@ def redact(text: str) -> str:
     return text
 
 
+_DSN_HAS_PASSWORD = re.compile(r"password|://[^/@]*:[^/@]*@", re.IGNORECASE)
+_QUOTED = re.compile(r'"[^"]*"')
+
+
+def dsn_parse_error(reason: str, dsn: str) -> str:
+    """libpq's reason a DSN does not parse, without the pieces of it libpq quotes (`missing "="
+    after "horse"`: a word of a password with a space) when the DSN holds a password."""
+    if _DSN_HAS_PASSWORD.search(dsn):
+        reason = _QUOTED.sub(lambda m: m[0] if m[0] == '"="' else '"..."', reason)
+    return redact(reason.strip())
+
+
 def one_line(exc: BaseException, empty: str | None = None) -> str:
     """The first line of an error's message, redacted (its type name, or `empty`, when blank)."""
     text = str(exc).strip()

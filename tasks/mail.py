@@ -4,8 +4,9 @@ send it through prefect-email's `EmailServerCredentials`, or write it to the fil
 prefect-email's `get_server()` opens the SMTP connection without a socket timeout, so a stalled
 server would hang the run; `open_smtp` reads the same block fields and always sets one.
 Transient SMTP failures (4xx replies, dropped or refused connections) are retried by Prefect with
-backoff and jitter; a 5xx refusal fails at once. Recipients the server refuses while others are
-accepted are reported in the result, not raised.
+backoff and jitter; a 5xx refusal fails at once. Recipients the server refuses are reported in the
+result, not raised, whether others are accepted or not (every one refused for good, 5xx: nobody
+got it, and the result says who and why); every one refused for now (4xx) is retried.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from blocks.resolve import EmailSink, FileOutbox
 from decisions.recipients import addresses_of, check_recipients
 from perfops.redaction import register_secret
 from tasks.outbox import write_email
-from tasks.transient_errors import RETRY_DEFAULTS
+from tasks.transient_errors import RETRY_DEFAULTS, is_transient
 
 SMTP_TIMEOUT_S = 30.0
 
@@ -127,7 +128,12 @@ def send_email(sink: EmailSink, message: EmailMessage) -> SendResult:
         path = write_email(sink, message)
         return SendResult(accepted=recipients, refused={}, sink="file", location=str(path))
     with open_smtp(sink) as server:
-        refused_raw = server.send_message(message)
+        try:
+            refused_raw = server.send_message(message)
+        except smtplib.SMTPRecipientsRefused as exc:  # every one refused: nothing was sent
+            if is_transient(exc):
+                raise  # all of them 4xx: a retry may get through
+            refused_raw = exc.recipients
     refused = {
         addr: f"{code} {reply.decode(errors='replace')}"
         for addr, (code, reply) in refused_raw.items()

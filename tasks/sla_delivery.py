@@ -446,6 +446,12 @@ def _email_fallback(
             f"{why}; the email fallback to {', '.join(recipients)} failed too: "
             f"{redact(str(exc)) or type(exc).__name__}"
         ) from exc
+    if not result.accepted:  # the server refused every recipient: nobody got it
+        refused = "; ".join(f"{a} ({why})" for a, why in result.refused.items())
+        raise ConnectionFailed(
+            f"{why}; the email fallback to {', '.join(recipients)} failed too: refused: "
+            f"{redact(refused)}"
+        )
     return f"emailed {', '.join(result.accepted)} via {result.sink}"
 
 

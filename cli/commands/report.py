@@ -134,9 +134,9 @@ def weekly(
     with a Fleet section: one row per target, worst first (docs/fleet.md). Exit 1, the report
     archived and recorded all the same, when no target could be scored, a section is missing
     (Prometheus did not answer a query), there are no recipients, a recipient was refused, the
-    email could not be sent, the archive refused the report, or a fleet target could not be
-    read; exit 1 before any work when a recipient is not one address or a block name names no
-    saved block."""
+    email could not be sent, the archive refused the report, a fleet target could not be
+    read, or the --out copy could not be written; exit 1 before any work when a recipient is
+    not one address or a block name names no saved block."""
     label = _week(week)
     selection = _fleet(ctx, fleet, fleet_file)
     set_env("PERFOPS_PROMETHEUS_URL", prometheus_url)

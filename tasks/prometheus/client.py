@@ -167,6 +167,7 @@ def fetch_build_info(source: PrometheusSource) -> dict[str, str]:
         client._session.get,
         f"{client.url}/api/v1/status/buildinfo",
         headers=client.headers,
+        auth=client.auth,
         verify=client._session.verify,
         timeout=source.timeout_s,
     )

@@ -59,3 +59,20 @@ def test_what_the_address_falls_back_to() -> None:
     )
     # left as they are (documented): two names of one machine
     assert resource("host=localhost dbname=x") != resource("host=127.0.0.1 dbname=x")
+
+
+def test_a_dsn_that_does_not_parse_names_no_piece_of_its_password() -> None:
+    """libpq quotes the word it stopped at (`missing "=" after "horse"`): with a password of
+    several words left unquoted, a word of it. A saved block's DSN fails in the flow, where the
+    message becomes the run's state, the doctor's detail and a fleet row's reason."""
+    from perfops.errors import ConfigurationError
+
+    target = PostgresTarget(dsn=SecretStr("host=db.internal password=correct horse battery"))
+    with pytest.raises(ConfigurationError) as caught:
+        target.conninfo()
+    assert str(caught.value) == (
+        'invalid PostgreSQL DSN: missing "=" after "..." in connection info string'
+    )
+    plain = PostgresTarget(dsn=SecretStr("host=db.internal dbname"))
+    with pytest.raises(ConfigurationError, match='after "dbname"'):  # no password: as it is
+        plain.conninfo()

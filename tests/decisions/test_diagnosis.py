@@ -48,6 +48,17 @@ def test_unreadable_preload_and_hidden_statements_say_which_grant() -> None:
     assert hidden.fix == "GRANT pg_read_all_stats TO perfops;"
 
 
+def test_a_grant_to_a_mixed_case_role_names_it_quoted() -> None:
+    """`GRANT pg_monitor TO Perf-Ops;` is a syntax error, and `TO PerfOps` grants the role
+    perfops (if there is one), not PerfOps: the fix names the role as PostgreSQL reads it."""
+    for role, quoted in (("PerfOps", '"PerfOps"'), ('perf "ops"', '"perf ""ops"""')):
+        unknown, hidden = postgres_findings(
+            _info(current_user=role, shared_preload_libraries=None, reads_all_statements=False)
+        )
+        assert unknown.fix == f"GRANT pg_monitor TO {quoted}; (docs/production.md)"
+        assert hidden.fix == f"GRANT pg_read_all_stats TO {quoted};"
+
+
 def test_unavailable_extension_names_the_debian_package() -> None:
     info = _info()
     info.extensions["hypopg"] = ExtensionInfo(

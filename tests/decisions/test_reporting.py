@@ -403,3 +403,134 @@ def test_a_query_answering_more_series_than_its_figure_marks_its_section_missing
     )
     checks = {c.name: c for c in evaluate(now, assemble_week("v", _week(0.06), CONFIG), CONFIG)}
     assert checks["CPU average"].status == "no data"
+
+
+def test_endpoints_whose_names_slug_alike_keep_a_chart_each() -> None:
+    """`/agent_runs` and `/agent-runs` (or a trailing slash, or case) both slug to
+    `get-api-v1-agent-runs`: each still has its own chart, file and content id, and the page
+    shows each endpoint's own."""
+    from decisions.report_rendering import render_week
+    from decisions.reporting import SeriesResult
+
+    week = parse_week("2026-W47", NOW)
+    grid = time_grid(week, CONFIG.chart_step_s)
+    routes = {"/api/v1/agent_runs": 10.0, "/api/v1/agent-runs": 500.0, "/api/v1/Agent-Runs/": 9.0}
+    columns = {f'{{method="GET",route="{r}"}}': rps for r, rps in routes.items()}
+    results = _week(0.087)
+    for name in ("latency_p50", "latency_p95", "latency_p99", "throughput", "error_rate"):
+        results[name] = QueryResult(
+            samples=[
+                *results[name].samples,
+                *(({"method": "GET", "route": r}, 0.05) for r in routes),
+            ]
+        )
+    now = assemble_week(week.label, results, CONFIG)
+    checks = evaluate(now, None, CONFIG)
+    report = WeeklyReport(
+        week=week, previous_week="2026-W46", generated_at=NOW, source="test", checks=checks,
+        current=now, previous=None, records=summarize_records([]), things=[], objectives={},
+    )  # fmt: skip
+    frame = pd.DataFrame({c: [v] * len(grid) for c, v in columns.items()}, index=grid)
+    series = {
+        "throughput": SeriesResult(frame=frame),
+        "latency_p95": SeriesResult(frame=frame / 1000),
+    }
+    rendered = render_week(report, CONFIG, series, [])
+    charts = {c.title: c for c in rendered.charts if c.title.startswith("GET /api/v1/")}
+    assert set(charts) == {f"GET {r}" for r in routes}
+    assert len({c.cid for c in charts.values()}) == 3  # one file and content id each
+    assert len({c.png for c in charts.values()}) == 3
+    assert all(rendered.files[c.filename] == c.png for c in charts.values())
+    page = rendered.files["index.html"].decode()
+    for chart in charts.values():
+        assert page.count(f'src="{chart.filename}"') == 1
+
+
+def _pixels_of(png: bytes, colour: str) -> int:
+    """How many pixels of a chart are (about) `colour` (#rrggbb)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+    image = np.array(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return int((np.abs(image - rgb).sum(axis=2) < 90).sum())
+
+
+def test_hours_with_data_between_gaps_are_drawn_not_left_out() -> None:
+    """A sparse endpoint (three hours with requests, p95 900 ms against 100 ms) or a resource
+    sampled once: a line through a point with no neighbour draws nothing, so its chart was empty
+    beside a table saying 900 ms. Such points are dots."""
+    from decisions.report_rendering import (
+        COLOURS,
+        EndpointSeries,
+        endpoint_chart,
+        resources_chart,
+    )
+
+    grid = time_grid(parse_week("2026-W47", NOW), 3600)
+
+    def chart(hours: list[int]) -> bytes:
+        columns = ["p50_ms", "p95_ms", "p99_ms", "rps", "error_rate"]
+        frame = pd.DataFrame({c: [math.nan] * len(grid) for c in columns}, index=grid)
+        for hour in hours:
+            frame.iloc[hour] = [40.0, 900.0, 150.0, 5.0, 0.01]
+        series = EndpointSeries(
+            key="GET /x", frame=frame, points_expected=len(grid), points_with_data=len(hours)
+        )
+        return endpoint_chart(series, 100.0, 1000.0).png
+
+    legend_only = _pixels_of(chart([]), COLOURS["p95"])
+    assert _pixels_of(chart([50]), COLOURS["p95"]) > legend_only
+    assert _pixels_of(chart([10, 50, 90]), COLOURS["p95"]) > _pixels_of(chart([50]), COLOURS["p95"])
+    once = pd.Series(math.nan, index=grid)
+    once.iloc[80] = 50.0
+    nothing = pd.Series(math.nan, index=grid)
+    used = "#4c78a8"
+    assert _pixels_of(resources_chart(once, once, CONFIG).png, used) > _pixels_of(
+        resources_chart(nothing, nothing, CONFIG).png, used
+    )
+
+
+def test_an_email_that_gmail_would_clip_shows_fewer_rows_and_says_where_the_rest_are() -> None:
+    """Gmail clips an HTML part over 102 KB ('[Message clipped]'), hiding every section after
+    the cut: a busy week (50 endpoints, a scaling decision and an SLA breach an hour) had a
+    125 KB email. The email shows fewer rows; the archived page keeps 30 a section."""
+    from decisions.report_rendering import EMAIL_HTML_MAX, RenderedReport, render_email
+
+    week = parse_week("2026-W47", NOW)
+    results = _week(0.087)
+    routes = [{"method": "GET", "route": f"/api/v1/resources/{n}/items"} for n in range(50)]
+    for name in ("latency_p50", "latency_p95", "latency_p99", "throughput", "error_rate"):
+        results[name] = QueryResult(
+            samples=[*results[name].samples, *((labels, 0.05) for labels in routes)]
+        )
+    now = assemble_week(week.label, results, CONFIG)
+    events = [
+        RecordedEvent(event=name, occurred=week.start + pd.Timedelta(hours=n), resource=resource,
+                      payload=payload)
+        for n in range(100)
+        for name, resource, payload in (
+            ("perfops.scaling.applied", "perfops.scaling.web",
+             {"group": "web", "from": n, "to": n + 1, "reason": "load 80% over 15 minutes"}),
+            ("perfops.sla.breached", "perfops.sla.availability",
+             {"alert": "availability-fast-burn", "slo": "availability", "severity": "page",
+              "level": 1, "value": 0.995, "objective": 0.999, "reason": "burn rate 14x"}),
+        )
+    ]  # fmt: skip
+    report = WeeklyReport(
+        week=week, previous_week="2026-W46", generated_at=NOW, source="test",
+        checks=evaluate(now, None, CONFIG), current=now, previous=None,
+        records=summarize_records(events), things=[], objectives={},
+    )  # fmt: skip
+    page = render_html(report, CONFIG, [], {})
+    assert len(page.encode()) > 102 * 1024  # the archived page: every row it always had
+    assert "First 30 of 100 rows" in page
+    rendered = RenderedReport(report=report, files={}, charts=[], csv={})
+    email = render_email(rendered, CONFIG, "s3://archive/reports/weekly/2026-W47/index.html", None)
+    assert len(email.html.encode()) <= EMAIL_HTML_MAX
+    assert "First 10 of 100 rows; all of them in the data files (records_scaling.csv" in email.html
+    assert "First 10 of 100 rows; all of them in the data files (records_sla.csv" in email.html
+    assert "GET /api/v1/resources/49/items" in email.html  # every endpoint still there
+    assert "perfops weekly report: numbers from Prometheus" in email.html  # to the end

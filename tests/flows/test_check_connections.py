@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from uuid import UUID
 
 import boto3
@@ -110,6 +111,24 @@ def test_nothing_configured_uses_embedded_defaults_and_says_so(
     }
     assert checks["metrics"].detail.startswith("10320 points")
     assert all(c.status == "ok" for c in checks.values())
+
+
+def test_embedded_defaults_that_fail_say_how_to_fix_them_not_the_real_services(
+    monkeypatch: pytest.MonkeyPatch, pg_dsn: str, tmp_path: Path
+) -> None:
+    """An out folder perfops cannot write to, and a CSV trace that is not there: the fixes named
+    the S3 bucket, the bot token, the SMTP host and PERFOPS_PROMETHEUS_URL, none of them set."""
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a folder\n")
+    monkeypatch.setenv("PERFOPS_DSN", pg_dsn)
+    monkeypatch.setenv("PERFOPS_OUT_DIR", str(taken))
+    monkeypatch.setenv("PERFOPS_TRACE_CSV", str(tmp_path / "no-such-trace.csv"))
+    checks = {c.system: c for c in check_connections(fail_when_unreachable=False)}
+    fixes = {s: c.fixes for s, c in checks.items() if c.status == "unreachable"}
+    assert set(fixes) == {"metrics", "archive", "slack", "email"}
+    assert "PERFOPS_TRACE_CSV" in fixes["metrics"]
+    for system, real in (("archive", "bucket"), ("slack", "bot token"), ("email", "SMTP host")):
+        assert "PERFOPS_OUT_DIR" in fixes[system] and real not in fixes[system], fixes[system]
 
 
 def test_missing_extension_is_degraded_with_its_fix(

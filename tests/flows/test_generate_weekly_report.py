@@ -550,6 +550,52 @@ def test_no_recipients_fails_with_the_report_archived(
     assert "not sent: no recipients" in str(latest_artifact(ARTIFACT_KEY))
 
 
+def test_an_out_folder_that_cannot_be_written_still_sends_and_records_the_report(
+    report_prometheus: PrometheusServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--out` naming a file (or a folder it may not write) crashed the run after archiving:
+    the report was not emailed, and no artifact or event recorded it."""
+    monkeypatch.setenv("PERFOPS_PROMETHEUS_URL", report_prometheus.url)
+    monkeypatch.setenv("PERFOPS_OUT_DIR", str(tmp_path / "defaults"))
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a folder\n")
+    result, message = _failed(week=WEEK.label, recipients=["sre@example.test"], out_dir=str(taken))
+    assert result.folder is None
+    assert result.delivery.startswith("sent to 1 of 1 via ")  # the email still went
+    assert list((tmp_path / "defaults" / "mail").glob("*.eml"))
+    assert message.startswith(f"weekly report {WEEK.label} archived at {result.archive}; ")
+    assert f"copy to {taken / WEEK.label} not written: " in message
+    artifact = str(latest_artifact(ARTIFACT_KEY))
+    assert f"copy to {taken / WEEK.label} not written: " in artifact
+
+
+def test_every_recipient_refused_is_reported_and_never_passes_as_partial(
+    report_prometheus: PrometheusServer, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one recipient refused (550) used to fail the send as if the server were down:
+    `refused` empty in the result and the event, the server's reply as a Python dict."""
+    for key, value in {
+        "PERFOPS_PROMETHEUS_URL": report_prometheus.url,
+        "PERFOPS_SMTP_HOST": smtp_server.host,
+        "PERFOPS_SMTP_PORT": str(smtp_server.port),
+    }.items():
+        monkeypatch.setenv(key, value)
+    smtp_server.reset()
+    started = datetime.now(UTC)
+    # allow_partial: a refused recipient among others may end Completed, nobody reached may not
+    result, message = _failed(
+        week=WEEK.label, recipients=["nobody@example.test"], allow_partial=True
+    )
+    assert result.accepted == []
+    assert result.refused == {"nobody@example.test": "550 5.1.1 mailbox unavailable"}
+    assert result.delivery.startswith("sent to 0 of 1 via PERFOPS_SMTP_HOST: smtp://")
+    assert "refused: nobody@example.test (550 5.1.1 mailbox unavailable)" in message
+    [event, *_] = wait_for_events(
+        "perfops.report.generated", since=started, where=lambda e: e.payload["accepted"] == 0
+    )
+    assert event.payload["refused"] == ["nobody@example.test"]
+
+
 def test_an_archive_that_refuses_fails_the_run_with_the_artifact_written(
     report_prometheus: PrometheusServer, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

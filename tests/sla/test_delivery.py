@@ -118,6 +118,28 @@ def test_invalid_token_falls_back_to_email(
     assert len(smtp_server.messages) == 1
 
 
+def test_an_email_fallback_whose_every_recipient_is_refused_is_a_failed_notice(
+    store: SlaStore, slack: SlackStandIn, smtp_server: SmtpServer
+) -> None:
+    """The SMTP server refusing every fallback address (550) is not an email sent."""
+    smtp_server.reset()
+    target = SlackEscalationTarget(
+        bot_token="xoxb-wrong", channels=["#oncall"], api_base_url=slack.base_url, timeout_s=2
+    )
+    email = EmailServerCredentials(
+        smtp_server=smtp_server.host, smtp_port=smtp_server.port, smtp_type="INSECURE"
+    )
+    refused = parse_definitions(
+        DEFINITIONS.replace("[oncall@example.test]", "[nobody@example.test]"), "refused.yaml"
+    )
+    report = deliver(store, SlackMessenger(target), refused, FIRING, T0, email=email)
+    [d] = report.delivered
+    assert (d.outcome, d.sink) == ("failed", "skipped")
+    assert "the email fallback to nobody@example.test failed too: refused: " in d.note
+    assert "nobody@example.test (550 5.1.1 mailbox unavailable)" in d.note
+    assert store.logged(d.key) is None
+
+
 def test_no_fallback_configured_is_a_failed_notice_with_a_clear_reason(
     store: SlaStore, slack: SlackStandIn
 ) -> None:

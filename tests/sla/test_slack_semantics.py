@@ -433,11 +433,9 @@ def test_a_password_in_the_prometheus_url_never_reaches_slack(
     since = {s.name: T0 - timedelta(minutes=15) for s in D.slos + D.alert_rules}
     ev = evaluate(D, m.slos, m.rules, m.degradations, T0, since)
     assert ev.alerts and all(a.key.endswith("/no-data") for a in ev.alerts)
-    assert all(
-        "cannot reach Prometheus at http://alice:***@127.0.0.1:9" in a.reason for a in ev.alerts
-    )
+    assert all("cannot reach Prometheus at http://127.0.0.1:9" in a.reason for a in ev.alerts)
     report = deliver(store, SlackMessenger(slack_target), D, ev.alerts, T0)
     assert {d.outcome for d in report.delivered} == {"sent"}
     posted = repr(slack.messages)
-    assert "alice:***@" in posted and "s3cret-pw" not in posted
+    assert "cannot reach Prometheus at http://127.0.0.1:9" in posted and "s3cret-pw" not in posted
     assert all("s3cret-pw" not in s.detail for s in ev.statuses)

@@ -105,3 +105,15 @@ def test_outbox_writes_an_eml_a_mail_client_opens(tmp_path: Path) -> None:
 def test_message_needs_a_recipient() -> None:
     with pytest.raises(ValueError, match="at least one recipient"):
         _message([])
+
+
+def test_every_recipient_refused_is_reported_as_refused_not_as_a_server_failure(
+    smtp_server: SmtpServer,
+) -> None:
+    """One recipient (a team list, mistyped) the server refuses with 550 raised
+    SMTPRecipientsRefused: the run said 'FAILED to send ... {'nobody@...': (550, b'...')}' as if
+    the server were down, with `refused` empty in the result and the event."""
+    smtp_server.reset()
+    result = send_email(_creds(smtp_server), _message(["nobody@example.test"]))
+    assert result.accepted == []
+    assert result.refused == {"nobody@example.test": "550 5.1.1 mailbox unavailable"}

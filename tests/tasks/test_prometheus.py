@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 
 import pytest
 
 from blocks import PrometheusSource
 from decisions.scaling_report import LoadQuery
+from demo.local_server import ThreadedHttpServer
 from perfops.errors import ConfigurationError, ConnectionFailed
 from tasks.load_history import read_load_history
 from tasks.prometheus.client import fetch_build_info, query_instant, query_range
@@ -109,7 +113,7 @@ def test_a_password_in_the_prometheus_url_stays_out_of_the_report_sections(
     source = PrometheusSource(url=url.replace("http://", "http://alice:s3cret-pw@"), retries=0)
     [result] = query_week.fn(source, {"up": "up"}, datetime.now(UTC)).values()
     assert result.error is not None and result.error.startswith("cannot reach Prometheus at")
-    assert "http://alice:***@127.0.0.1:" in result.error and "s3cret-pw" not in result.error
+    assert "http://127.0.0.1:" in result.error and "s3cret-pw" not in result.error
 
 
 def test_a_query_prometheus_refuses_is_still_rejected_not_unreachable(
@@ -118,3 +122,66 @@ def test_a_query_prometheus_refuses_is_still_rejected_not_unreachable(
     source = PrometheusSource(url=prometheus.url)
     with pytest.raises(ConfigurationError, match=r"rejected query 'sum\(': HTTP Status Code 400"):
         query_instant.fn(source, "sum(")
+
+
+class _BasicAuthPrometheus(ThreadedHttpServer):
+    """A Prometheus behind a proxy that asks for basic auth: 401 without alice's password."""
+
+    def __init__(self) -> None:
+        self.authorizations: list[str | None] = []
+
+    def start(self) -> _BasicAuthPrometheus:
+        server = self
+        expected = "Basic " + base64.b64encode(b"alice:p@ss w").decode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                given = self.headers.get("Authorization")
+                server.authorizations.append(given)
+                if given != expected:
+                    status, body = 401, b"unauthorized"
+                elif self.path.startswith("/api/v1/status/buildinfo"):
+                    status, body = 200, b'{"status":"success","data":{"version":"2.53.0"}}'
+                else:
+                    status, body = (
+                        200,
+                        (
+                            b'{"status":"success","data":{"resultType":"vector","result":'
+                            b'[{"metric":{},"value":[1,"7"]}]}}'
+                        ),
+                    )
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._serve(Handler)
+        return self
+
+
+def test_a_user_and_password_in_the_url_move_to_the_secret_and_are_sent_as_basic_auth() -> None:
+    """The URL is a plain field (the UI shows it, the block document keeps it, scaling's history
+    source and every reason name it): a password in it (PERFOPS_PROMETHEUS_URL=https://user:pw@
+    prom:9090) goes to the secret field and is still sent."""
+    source = PrometheusSource(url="https://alice:p%40ss%20w@Prom.internal:9090/prometheus")
+    assert source.url == "https://Prom.internal:9090/prometheus"
+    assert source.username == "alice"
+    assert source.password is not None and source.password.get_secret_value() == "p@ss w"
+    dumped = source.model_dump_json()
+    assert "p%40ss" not in dumped and "p@ss" not in dumped
+    plain = PrometheusSource(url="http://prom:9090", username="bob", password="kept")
+    assert plain.url == "http://prom:9090" and plain.auth() == ("bob", "kept")
+    assert PrometheusSource(url="http://prom:9090").auth() is None
+    with _BasicAuthPrometheus() as server:
+        host = server.origin.removeprefix("http://")
+        behind = PrometheusSource(url=f"http://alice:p%40ss%20w@{host}", retries=0)
+        assert fetch_build_info.fn(behind)["version"] == "2.53.0"
+        assert query_instant.fn(behind, "up").iloc[0, 0] == 7.0
+        assert server.authorizations and all(a is not None for a in server.authorizations)
+        with pytest.raises(ConfigurationError) as caught:  # the 401 names no password
+            query_instant.fn(PrometheusSource(url=server.origin, retries=0), "up")
+        assert "p@ss" not in str(caught.value)
