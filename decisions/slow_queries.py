@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from perfops.names import quote_ident
 from perfops.wording import counted
 
 DEFAULT_THRESHOLD_MS = 1_000.0
@@ -66,7 +67,8 @@ class HiddenStatements(BaseModel):
             f"{counted(self.statements, 'statement')} of other roles "
             f"({format_share(self.share_of_db_time)} of DB time) "
             f"{'is' if self.statements == 1 else 'are'} hidden from {self.role} "
-            f"({INSUFFICIENT_PRIVILEGE}): grant pg_read_all_stats to {self.role} to see them"
+            f"({INSUFFICIENT_PRIVILEGE}): grant pg_read_all_stats to "
+            f"{quote_ident(self.role)} to see them"
         )
 
 

@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from decisions.slow_queries import (
+    HiddenStatements,
     PlanOutcome,
     SlowQuerySettings,
     explain_skip_reason,
@@ -221,3 +222,15 @@ def test_settings_have_bounds_and_documented_defaults() -> None:
         SlowQuerySettings(threshold_ms=-5)
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         SlowQuerySettings.model_validate({"no_such_setting": 1})  # a typo in a deployment
+
+
+def test_the_hidden_statements_grant_quotes_a_role_as_postgresql_reads_it() -> None:
+    """`grant pg_read_all_stats to Perf-Ops` is a syntax error, and `... to PerfOps` grants
+    the role perfops."""
+    for role, shown in (
+        ("perfops", "perfops"),
+        ("PerfOps", '"PerfOps"'),
+        ("Perf-Ops", '"Perf-Ops"'),
+    ):
+        hidden = HiddenStatements(statements=2, total_ms=10.0, share_of_db_time=0.5, role=role)
+        assert hidden.warning.endswith(f"grant pg_read_all_stats to {shown} to see them")
