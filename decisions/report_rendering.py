@@ -308,9 +308,10 @@ def scaling_chart(events: list[RecordedEvent], week: ReportWeek) -> Chart | None
     for group in groups:
         mine = [e for e in decided if str(e.payload.get("group")) == group]
         times = [e.occurred for e in mine]
-        ax.step(
-            times, [e.payload.get("current") for e in mine], where="post", label=f"{group} capacity"
-        )
+        current = [e.payload.get("current") for e in mine]
+        (step,) = ax.step(times, current, where="post", label=f"{group} capacity")
+        if len(mine) == 1:  # a step through one point draws nothing: show it as a dot
+            ax.plot(times, current, "o", markersize=4, color=step.get_color(), label="_nolegend_")
         ax.plot(
             times,
             [e.payload.get("desired") for e in mine],
@@ -331,7 +332,7 @@ def scaling_chart(events: list[RecordedEvent], week: ReportWeek) -> Chart | None
     load_ax.set_ylabel("load (as recorded)")
     ax.set_xlim(week.start, week.end)
     ax.set_title("Capacity vs load (perfops.scaling.decided)", fontsize=10, loc="left")
-    lines = ax.get_lines() + load_ax.get_lines()
+    lines = _labelled(ax.get_lines() + load_ax.get_lines())
     ax.legend(lines, [str(line.get_label()) for line in lines], fontsize=7, loc="upper left")
     ax.xaxis.set_major_locator(mdates.DayLocator())
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%a %d %b"))

@@ -493,6 +493,23 @@ def test_hours_with_data_between_gaps_are_drawn_not_left_out() -> None:
     )
 
 
+def test_a_group_with_one_scaling_decision_shows_its_capacity() -> None:
+    """A step through one point draws nothing: a group decided once in the week had a chart
+    with its 'desired' marker and no capacity."""
+    from decisions.report_rendering import scaling_chart
+
+    week = parse_week("2026-W47", NOW)
+
+    def chart(current: int | None) -> bytes:
+        payload: dict[str, object] = {"group": "web", "current": current, "desired": 6}
+        made = scaling_chart([_event("perfops.scaling.decided", payload, 12)], week)
+        assert made is not None
+        return made.png
+
+    capacity = "#1f77b4"  # the first line's colour
+    assert _pixels_of(chart(4), capacity) > _pixels_of(chart(None), capacity)  # legend alone
+
+
 def test_an_email_that_gmail_would_clip_shows_fewer_rows_and_says_where_the_rest_are() -> None:
     """Gmail clips an HTML part over 102 KB ('[Message clipped]'), hiding every section after
     the cut: a busy week (50 endpoints, a scaling decision and an SLA breach an hour) had a
