@@ -115,6 +115,21 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The systems a fleet run of a deployment (its `targets` parameter set) reaches through each
+# target's own block in the fleet file (docs/fleet.md), not through one block for the
+# deployment: a missing block fails that target's child run, named, not the schedule.
+FLEET_SYSTEMS: dict[str, tuple[str, ...]] = {
+    "suggest_indexes": ("postgres",),
+    "find_slow_queries": ("postgres",),
+    "check_index_health": ("postgres",),
+    "refresh_stale_statistics": ("postgres",),
+    "rotate_partitions": ("postgres",),
+    "invalidate_cache": ("redis",),
+    "warm_cache": ("redis",),
+    "collect_cache_stats": ("redis",),
+}
+
+
 @dataclass(frozen=True)
 class Readiness:
     """Whether one system is configured for one deployment, and how (or what is missing)."""
@@ -173,9 +188,20 @@ def deployment_readiness(
     saved_blocks: Mapping[str, set[str]],
     assumed: set[str] | frozenset[str] = frozenset(),
 ) -> list[Readiness]:
-    """One `Readiness` per system the deployment needs (none for an unknown deployment)."""
+    """One `Readiness` per system the deployment needs (none for an unknown deployment). A
+    fleet deployment (`targets` set) gets the systems of FLEET_SYSTEMS from each target's
+    block in the fleet file, so they need no block of their own."""
+    targets = parameters.get("targets")
+    by_fleet = FLEET_SYSTEMS.get(deployment, ()) if targets not in (None, "", []) else ()
     return [
-        system_readiness(s, parameters, pool_env, saved_blocks, assumed)
+        Readiness(
+            s,
+            True,
+            f"each target's {s} block in the fleet file (parameter targets={targets!r}; "
+            "PERFOPS_FLEET_FILE or the fleet_file parameter names the file)",
+        )
+        if s in by_fleet
+        else system_readiness(s, parameters, pool_env, saved_blocks, assumed)
         for s in REQUIREMENTS.get(deployment, ())
     ]
 

@@ -58,6 +58,25 @@ def test_scale_predictively_names_prometheus_through_metrics_block() -> None:
     assert all(r.configured for r in ready)
 
 
+@pytest.mark.parametrize("targets", ["prod", ["orders", "billing"]])
+def test_a_fleet_deployment_reaches_its_databases_through_the_fleet_file(
+    targets: str | list[str],
+) -> None:
+    # targets set in the UI: each target's postgres block comes from the fleet file, so the
+    # schedule an operator resumed is not paused again for want of PERFOPS_POSTGRES_BLOCK
+    fleet = deployment_readiness("refresh_stale_statistics", {"targets": targets}, {}, {})
+    assert [(r.system, r.configured) for r in fleet] == [("postgres", True)]
+    assert "fleet file" in fleet[0].how and repr(targets) in fleet[0].how
+    caches = deployment_readiness("warm_cache", {"targets": targets}, {}, {})
+    # the fleet gives each cache's Redis; the warm-up query's PostgreSQL is still one block
+    assert [(r.system, r.configured) for r in caches] == [("redis", True), ("postgres", False)]
+    # the weekly report over a fleet still reads the platform's Prometheus and sends email
+    report = deployment_readiness("generate_weekly_report", {"targets": targets}, {}, {})
+    assert not any(r.configured for r in report)
+    single = deployment_readiness("refresh_stale_statistics", {"targets": None}, {}, {})
+    assert not single[0].configured
+
+
 def test_merge_keeps_what_the_operator_changed_and_takes_what_prefect_yaml_changed() -> None:
     last_yaml = {"policy": {"threshold": 0.1, "parallelism": 2}, "dry_run": False}
     applied = last_yaml
