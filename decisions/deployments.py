@@ -245,7 +245,9 @@ def merge_parameters(
     deploy`; `server` is what the deployment holds now and `applied` what the last `perfops
     deploy` left there. A value the operator changed on the server (server != applied) is kept
     unless prefect.yaml changed the same value too (then prefect.yaml wins and a note says so);
-    a value only prefect.yaml changed is taken from it. Without a record of the last deploy,
+    a value only prefect.yaml changed is taken from it, and a value neither changed stays as
+    the last deploy left it (an operator's value kept then is kept again). Without a record of
+    the last deploy,
     every server value that differs from prefect.yaml is taken as the operator's and kept.
     Returns (merged parameters, notes for the operator)."""
     if server is None:
@@ -277,6 +279,8 @@ def merge_parameters(
                 f"{'unset' if ours_now is _MISSING else repr(ours_now)}: it replaces "
                 f"{server_now!r} set on the server"
             )
+        elif before is not None and not operator_changed and not yaml_changed:
+            value = server_now  # as the last deploy left it: an operator's value it kept too
         else:
             value = ours_now
         if value is not _MISSING:

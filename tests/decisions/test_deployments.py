@@ -92,6 +92,22 @@ def test_merge_keeps_what_the_operator_changed_and_takes_what_prefect_yaml_chang
     assert any("kept pg='prod'" in n for n in notes)
 
 
+def test_merge_keeps_an_operators_value_on_every_later_deploy_not_only_the_next() -> None:
+    yaml_now = {"policy": {"threshold": 0.1}, "dry_run": False}
+    server = {"policy": {"threshold": 0.2}, "dry_run": False, "targets": "prod"}
+    first, _ = merge_parameters(yaml_now, yaml_now, yaml_now, server)
+    assert first == server
+    # the next deploy: prefect.yaml and the server as the first left them (its record)
+    second, notes = merge_parameters(yaml_now, first, yaml_now, first)
+    assert second == server and notes == []
+    removed = {"dry_run": False}  # the operator removed policy; kept removed on a later deploy
+    assert merge_parameters(yaml_now, removed, yaml_now, removed)[0] == removed
+    # prefect.yaml changing another value still takes it, and keeps the operator's
+    changed = {"policy": {"threshold": 0.1}, "dry_run": True}
+    third, _ = merge_parameters(yaml_now, second, changed, second)
+    assert third == {"policy": {"threshold": 0.2}, "dry_run": True, "targets": "prod"}
+
+
 def test_merge_conflict_prefect_yaml_wins_and_says_so() -> None:
     merged, notes = merge_parameters({"a": 1}, {"a": 1}, {"a": 3}, {"a": 2})
     assert merged == {"a": 3}
