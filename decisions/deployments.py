@@ -289,21 +289,27 @@ def merge_parameters(
 
 
 def schedule_active(
-    planned: bool, server: bool | None, applied: bool | None, ready: bool = True
+    planned: bool,
+    server: bool | None,
+    applied: bool | None,
+    ready: bool = True,
+    last_planned: bool | None = None,
 ) -> tuple[bool, str | None]:
     """Whether one schedule ends active. `planned` is what this deploy wants (prefect.yaml's
-    `active` and the systems it needs); `server` the schedule's state before the deploy (None
-    for a new one) and `applied` what the last `perfops deploy` set (None if unknown). A schedule
-    an operator paused or resumed keeps that state; with no record, a paused one stays paused.
-    A schedule whose deployment is not `ready` (its systems not configured) stays off whatever
-    its state was: every run would fail.
+    `active` and the systems it needs) and `last_planned` what the last `perfops deploy` wanted
+    (None if unknown); `server` the schedule's state before the deploy (None for a new one) and
+    `applied` what the last `perfops deploy` set (None if unknown). A schedule an operator
+    paused or resumed keeps that state, on every later deploy until the plan itself changes;
+    with no record, a paused one stays paused. A schedule whose deployment is not `ready` (its
+    systems not configured) stays off whatever its state was: every run would fail.
     Returns (active, a note when the operator's state wins over the plan)."""
     if not ready:
         return False, None
     if server is None:
         return planned, None
     operator_changed = server != applied if applied is not None else not server
-    if operator_changed and server != planned:
+    kept = operator_changed or (applied is not None and last_planned == planned)
+    if kept and server != planned:
         state = "active" if server else "paused"
         return server, f"kept {state} as set on the server"
     return planned, None

@@ -51,6 +51,7 @@ class Planned:
     yaml_active: list[bool]
     created: bool = False
     active: list[bool] = field(default_factory=list)
+    planned: list[bool] = field(default_factory=list)
     readiness: list[Readiness] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -197,11 +198,16 @@ def _apply(
     gated = bool(REQUIREMENTS.get(item.name))
     previous = {_schedule_key(s): s.get("active") for s in (before or {}).get("schedules", [])}
     applied = (record or {}).get("schedules") or {}
+    last_planned = (record or {}).get("planned") or {}
+    item.planned = []
     current = {_schedule_key(s): s for s in (after or {}).get("schedules", [])}
     item.active = []
     for key, yaml_active in zip(item.schedules, item.yaml_active, strict=True):
         planned = ready if gated else yaml_active
-        active, note = schedule_active(planned, previous.get(key), applied.get(key), ready)
+        active, note = schedule_active(
+            planned, previous.get(key), applied.get(key), ready, last_planned.get(key)
+        )
+        item.planned.append(planned)
         if note:
             item.notes.append(f"schedule {key}: {note}")
         item.active.append(active)
@@ -222,6 +228,7 @@ def _apply(
             "yaml": item.parameters,
             "applied": merged,
             "schedules": dict(zip(item.schedules, item.active, strict=True)),
+            "planned": dict(zip(item.schedules, item.planned, strict=True)),
         },
     )
 

@@ -152,6 +152,20 @@ def test_schedule_state(
     assert schedule_active(planned, server, applied) == expected
 
 
+def test_a_schedule_the_operator_paused_stays_paused_on_every_later_deploy() -> None:
+    # deploy 1 kept the pause and recorded it (applied False) with its plan (True)
+    assert schedule_active(True, False, True, last_planned=True)[0] is False
+    # deploy 2: nobody changed anything since: still paused, not resumed
+    assert schedule_active(True, False, False, last_planned=True) == (
+        False,
+        "kept paused as set on the server",
+    )
+    # the plan itself changed since (systems configured, prefect.yaml's active): the plan
+    assert schedule_active(True, False, False, last_planned=False) == (True, None)
+    # a record from before plans were recorded: as before
+    assert schedule_active(True, False, False) == (True, None)
+
+
 def test_strict_schema_refuses_unknown_top_level_parameters() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     assert strict_schema(schema) == {**schema, "additionalProperties": False}
