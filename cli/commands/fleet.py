@@ -70,6 +70,19 @@ def selected(
     return definition, definition.select(selection or ALL), path
 
 
+def _from_environment(flag: str) -> bool:
+    """Whether the running command's option `flag` took its value from its environment
+    variable (PERFOPS_DSN, PERFOPS_REDIS_URL, ...), not from the command line."""
+    from typer._click.core import ParameterSource
+    from typer._click.globals import get_current_context
+
+    ctx = get_current_context(silent=True)
+    param = next((p for p in ctx.command.params if flag in p.opts), None) if ctx else None
+    if ctx is None or param is None or param.name is None:
+        return False
+    return ctx.get_parameter_source(param.name) == ParameterSource.ENVIRONMENT
+
+
 def run_fleet(
     flow: Callable[[], Any],
     parameters: dict[str, Any],
@@ -84,9 +97,10 @@ def run_fleet(
 ) -> None:
     """`--fleet NAME` of a per-database command: one child run per target (docs/fleet.md), a
     line per target, exit 1 when a target failed. `single` holds the command's one-database
-    options (`--dsn`, ...), refused with `--fleet`; a fleet file or selection that is wrong is
-    refused (exit 2) before Prefect starts."""
-    given = [name for name, value in single.items() if value]
+    options (`--dsn`, ...), refused with `--fleet` when typed (from their PERFOPS_* variable
+    they are only defaults, which the fleet's blocks replace); a fleet file or selection that
+    is wrong is refused (exit 2) before Prefect starts."""
+    given = [name for name, value in single.items() if value and not _from_environment(name)]
     if given:
         raise typer.BadParameter(
             f"--fleet runs over the fleet file's blocks: drop {' and '.join(given)}"

@@ -129,3 +129,27 @@ def test_restore_from_a_folder_asks_for_the_file(
 ) -> None:
     assert perfops(["partitions", "restore", "--from", str(tmp_path)]) == 2
     assert "is a folder; name the archive's .parquet file in it" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "args"),
+    [
+        ("PERFOPS_DSN", "host=db1 dbname=app", ["stats", "refresh"]),
+        ("PERFOPS_POSTGRES_BLOCK", "perfops-postgres", ["queries", "slow"]),
+        ("PERFOPS_REDIS_URL", "redis://cache:6379/0", ["cache", "stats"]),
+    ],
+)
+def test_a_single_target_variable_in_the_environment_does_not_refuse_fleet(
+    perfops: Callable[[list[str]], int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    args: list[str],
+) -> None:
+    # exported for single runs (README: every flag has a PERFOPS_* variable), it is only a
+    # default the fleet's blocks replace: the command goes on to check the selection itself
+    monkeypatch.setenv(variable, value)
+    assert perfops([*args, "--fleet", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "'nosuch' is neither a fleet" in err and "drop --" not in err, err
