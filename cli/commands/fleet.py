@@ -70,17 +70,18 @@ def selected(
     return definition, definition.select(selection or ALL), path
 
 
-def _from_environment(flag: str) -> bool:
-    """Whether the running command's option `flag` took its value from its environment
-    variable (PERFOPS_DSN, PERFOPS_REDIS_URL, ...), not from the command line."""
+def _typed(flag: str, value: object) -> bool:
+    """Whether the running command's option `flag` was typed on the command line, not taken
+    from its environment variable (PERFOPS_DSN, PERFOPS_REDIS_URL, ...) or its default
+    (--region us-east-1); `value` decides outside a command."""
     from typer._click.core import ParameterSource
     from typer._click.globals import get_current_context
 
     ctx = get_current_context(silent=True)
     param = next((p for p in ctx.command.params if flag in p.opts), None) if ctx else None
     if ctx is None or param is None or param.name is None:
-        return False
-    return ctx.get_parameter_source(param.name) == ParameterSource.ENVIRONMENT
+        return bool(value)
+    return ctx.get_parameter_source(param.name) == ParameterSource.COMMANDLINE
 
 
 def run_fleet(
@@ -100,7 +101,7 @@ def run_fleet(
     options (`--dsn`, ...), refused with `--fleet` when typed (from their PERFOPS_* variable
     they are only defaults, which the fleet's blocks replace); a fleet file or selection that
     is wrong is refused (exit 2) before Prefect starts."""
-    given = [name for name, value in single.items() if value and not _from_environment(name)]
+    given = [name for name, value in single.items() if _typed(name, value)]
     if given:
         raise typer.BadParameter(
             f"--fleet runs over the fleet file's blocks: drop {' and '.join(given)}"

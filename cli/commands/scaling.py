@@ -133,6 +133,7 @@ def decide(
             single={
                 "--group": group != "demo",
                 "--aws": aws,
+                "--region": region,
                 "--endpoint-url": endpoint_url,
                 "--credentials-block": credentials_block,
                 "--current": current is not None,
@@ -243,6 +244,7 @@ def apply_schedule(
             fleet_file=fleet_file,
             single={
                 "--group": group,
+                "--region": region,
                 "--endpoint-url": endpoint_url,
                 "--credentials-block": credentials_block,
             },

@@ -55,6 +55,9 @@ def no_flow_runs(monkeypatch: pytest.MonkeyPatch) -> None:
         (["scaling", "decide", "--fleet", "prod", "--current", "3"], "--current"),
         (["scaling", "tune", "--fleet", "prod", "--metrics-block", "m"], "--metrics-block"),
         (["indexes", "suggest", "--fleet", "prod", "--dsn", "host=x"], "--dsn"),
+        # each target's region is in the fleet file: a typed one would be ignored
+        (["scaling", "decide", "--fleet", "prod", "--region", "eu-west-1"], "--region"),
+        (["scaling", "apply-schedule", "--fleet", "prod", "--region", "eu-west-1"], "--region"),
         (["cache", "warm", "--cache", "agent_configs"], "nothing to warm: give keys (--key"),
         (["fleet", "list", "--no-probe", "--fleet", "nosuch"], "'nosuch' is neither a fleet"),
         (["fleet", "list", "--fleet-file", "/nonexistent/fleet.yaml"], "cannot read the fleet"),
