@@ -242,8 +242,8 @@ def deploy(
         list[str] | None,
         typer.Option(
             "--configured",
-            help="A system the workers' own environment configures (postgres, prometheus, "
-            "redis, archive, slack, email); repeat for several.",
+            help=f"A system the workers' own environment configures ({', '.join(SYSTEMS)}); "
+            "repeat for several.",
         ),
     ] = None,
     pool_env: Annotated[

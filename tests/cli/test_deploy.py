@@ -87,3 +87,13 @@ def test_the_command_line_starts_without_importing_prefect() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_the_help_names_every_system_configured_takes(
+    perfops: Callable[[list[str]], int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from decisions.deployments import SYSTEMS
+
+    assert perfops(["deploy", "--help"]) == 0
+    shown = " ".join(capsys.readouterr().out.split()).replace("│", "").replace("  ", " ")
+    assert all(name in shown for name in SYSTEMS), shown  # load_target was missing
