@@ -12,6 +12,7 @@ import typer
 from cli.support import (
     JsonFlag,
     env_option,
+    err,
     fail,
     perfops_settings,
     print_json,
@@ -65,8 +66,8 @@ def selected(
         from blocks.resolve import saved_block_names
 
         definition, skipped = definition.with_discovered(saved_block_names(PostgresTarget))
-        for why in skipped:
-            print_wrapped(f"not a fleet target: {why}", indent=0, style="yellow")
+        for why in skipped:  # on stderr: stdout holds the listing (--json: only the JSON)
+            err.print(f"perfops: not a fleet target: {why}", style="yellow", markup=False)
     return definition, definition.select(selection or ALL), path
 
 

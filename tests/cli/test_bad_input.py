@@ -156,3 +156,29 @@ def test_a_single_target_variable_in_the_environment_does_not_refuse_fleet(
     assert perfops([*args, "--fleet", "nosuch"]) == 2
     err = capsys.readouterr().err
     assert "'nosuch' is neither a fleet" in err and "drop --" not in err, err
+
+
+def test_fleet_list_json_stays_json_when_discovery_leaves_blocks_out(
+    perfops: Callable[[list[str]], int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    import json
+
+    import blocks.resolve
+    import cli.commands.fleet
+
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        "targets:\n  - {name: orders, blocks: {postgres: pg-orders}}\n"
+        "discover:\n  - {block_prefix: pg-}\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setattr(cli.commands.fleet, "use_prefect_server", lambda: None)
+    monkeypatch.setattr(blocks.resolve, "saved_block_names", lambda _: ["pg-orders", "pg-bill"])
+    assert perfops(["fleet", "list", "--fleet-file", str(fleet), "--no-probe", "--json"]) == 0
+    captured = capsys.readouterr()
+    listed = json.loads(captured.out)  # the note on a block left out was on stdout before it
+    assert [t["name"] for t in listed["targets"]] == ["orders", "bill"]
+    assert "not a fleet target: pg-orders: a target 'orders' exists already" in captured.err
