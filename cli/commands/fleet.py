@@ -26,12 +26,24 @@ from perfops.redaction import one_line, redact
 
 app = typer.Typer(no_args_is_help=True)
 
+
+def _named(value: str | None) -> str | None:
+    """--fleet as given; an empty one (`--fleet "$FLEET"` with FLEET unset) is refused: it ran
+    the command on its single database instead of the fleet."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter(
+            "empty: name a fleet of the fleet file, 'all', a label key=value or a target"
+        )
+    return value
+
+
 FleetOption = Annotated[
     str | None,
     env_option(
         "PERFOPS_FLEET",
         "A named fleet of the fleet file, 'all', a label key=value, or a target's name.",
         "--fleet",
+        callback=_named,
     ),
 ]
 FleetFileOption = Annotated[

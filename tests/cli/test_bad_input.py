@@ -60,6 +60,10 @@ def no_flow_runs(monkeypatch: pytest.MonkeyPatch) -> None:
         (["scaling", "apply-schedule", "--fleet", "prod", "--region", "eu-west-1"], "--region"),
         (["cache", "warm", "--cache", "agent_configs"], "nothing to warm: give keys (--key"),
         (["fleet", "list", "--no-probe", "--fleet", "nosuch"], "'nosuch' is neither a fleet"),
+        # `--fleet "$FLEET"` with FLEET unset ran the single-database command instead
+        (["stats", "refresh", "--fleet", "", "--dry-run"], "empty: name a fleet"),
+        (["indexes", "health", "--fleet", " ", "--apply", "--drop", "a.b"], "empty: name a fleet"),
+        (["cache", "stats", "--fleet", ""], "empty: name a fleet"),
         (["fleet", "list", "--fleet-file", "/nonexistent/fleet.yaml"], "cannot read the fleet"),
         (
             ["cache", "warm", "--cache", "agent_configs", "--key", "a", "--keys-sql", "select 1"],
