@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -55,6 +55,10 @@ FleetFileOption = Annotated[
     ),
 ]
 PROBE_THREADS = 16
+if TYPE_CHECKING:
+    from prefect.blocks.core import Block
+
+B = TypeVar("B", bound="Block")
 
 
 @app.callback()
@@ -144,24 +148,38 @@ def run_fleet(
 
 
 def _reach(target: Target, timeout_s: int) -> tuple[bool, str]:
-    """Load the target's postgres block and connect to it; (reachable, what was found or why
+    """Load the target's postgres block and connect to it (a group target: describe its group;
+    a cache target, with a redis block only: ask its Redis); (reachable, what was found or why
     not), never raising."""
-    from blocks import PostgresTarget
-    from blocks.resolve import load_block
+    from blocks import PostgresTarget, RedisTarget
+    from tasks.cache import probe_redis
     from tasks.postgres.server import probe_postgres
 
     name = target.blocks.get("postgres")
     if name is None and target.autoscaling is not None:
         return _reach_group(target)
+    cache = target.blocks.get("redis")
+    if name is None and cache is not None:
+        redis_block = _loaded(RedisTarget, cache)
+        return (
+            redis_block if isinstance(redis_block, tuple) else probe_redis(redis_block, timeout_s)
+        )
     if name is None:
         return False, "no postgres block"
+    block = _loaded(PostgresTarget, name)
+    return block if isinstance(block, tuple) else probe_postgres(block, timeout_s)
+
+
+def _loaded(block_type: type[B], name: str) -> B | tuple[bool, str]:
+    """The saved block `name`, or (False, why it does not load), never raising."""
+    from blocks.resolve import load_block
+
     try:
-        block = load_block(PostgresTarget, name)
+        return load_block(block_type, name)
     except PerfopsError as exc:
         return False, str(exc)
     except Exception as exc:  # noqa: BLE001 - one target's problem must not hide the others
         return False, f"cannot load block {name!r}: {one_line(exc, empty=type(exc).__name__)}"
-    return probe_postgres(block, timeout_s)
 
 
 def _reach_group(target: Target) -> tuple[bool, str]:
@@ -184,7 +202,11 @@ def list_targets(
     selection: FleetOption = None,
     fleet_file: FleetFileOption = None,
     probe: Annotated[
-        bool, typer.Option("--probe/--no-probe", help="Connect to each target's PostgreSQL.")
+        bool,
+        typer.Option(
+            "--probe/--no-probe",
+            help="Connect to each target's PostgreSQL (a cache's Redis, a group's AWS).",
+        ),
     ] = True,
     timeout_s: Annotated[
         int, typer.Option("--timeout", min=1, max=60, help="Seconds to wait for each target.")
