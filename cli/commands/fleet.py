@@ -112,6 +112,7 @@ def run_fleet(
     artifact_key: str,
     as_json: bool,
     verbose: bool,
+    system: str = "postgres",
 ) -> None:
     """`--fleet NAME` of a per-database command: one child run per target (docs/fleet.md), a
     line per target, exit 1 when a target failed. `single` holds the command's one-database
@@ -124,9 +125,13 @@ def run_fleet(
             f"--fleet runs over the fleet file's blocks: drop {' and '.join(given)}"
         )
     try:
-        selected(fleet, fleet_file, discovered=False)
+        definition, targets, _ = selected(fleet, fleet_file, discovered=False)
     except PerfopsError as exc:
         raise typer.BadParameter(str(exc), param_hint="--fleet") from None
+    if not definition.discover and not any(t.has(system) for t in targets):  # as the run says
+        raise typer.BadParameter(
+            f"no target of the selection has {system} in the fleet file", param_hint="--fleet"
+        )
     report = run_flow(
         flow,
         {**parameters, "targets": fleet, "fleet_file": str(fleet_file) if fleet_file else None},

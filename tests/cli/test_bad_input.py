@@ -64,6 +64,14 @@ def no_flow_runs(monkeypatch: pytest.MonkeyPatch) -> None:
         (["stats", "refresh", "--fleet", "", "--dry-run"], "empty: name a fleet"),
         (["indexes", "health", "--fleet", " ", "--apply", "--drop", "a.b"], "empty: name a fleet"),
         (["cache", "stats", "--fleet", ""], "empty: name a fleet"),
+        # a selection without the system the command works on: bad usage before Prefect starts
+        (
+            ["scaling", "decide", "--fleet", "payments"],
+            "no target of the selection has autoscaling",
+        ),
+        (["scaling", "tune", "--fleet", "orders"], "no target of the selection has autoscaling"),
+        (["cache", "stats", "--fleet", "payments"], "no target of the selection has redis"),
+        (["stats", "refresh", "--fleet", "api"], "no target of the selection has postgres"),
         (["fleet", "list", "--fleet-file", "/nonexistent/fleet.yaml"], "cannot read the fleet"),
         (
             ["cache", "warm", "--cache", "agent_configs", "--key", "a", "--keys-sql", "select 1"],
