@@ -37,6 +37,11 @@ from perfops.redaction import redact
 from perfops.settings import PROJECT_DIR, apply_prefect_defaults
 
 RECORD_PREFIX = "perfops-deploy-"
+PART = "-part-"
+# A Prefect variable holds at most 5,000 characters of JSON; a part is a string of its record's
+# JSON text, whose quotes JSON escapes again (at most twice as long).
+RECORD_INLINE_CHARS = 4500
+RECORD_PART_CHARS = 2000
 
 
 @dataclass
@@ -111,15 +116,26 @@ class PrefectApi:
         found = self.http.get(f"deployments/name/{flow}/{name}")
         return None if found.status_code == 404 else self._ok(found, f"reading {flow}/{name}")
 
-    def record(self, name: str) -> dict[str, Any] | None:
-        found = self.http.get(f"variables/name/{RECORD_PREFIX}{name}")
+    def _variable(self, variable: str) -> Any:
+        found = self.http.get(f"variables/name/{variable}")
         if found.status_code == 404:
             return None
-        value = self._ok(found, f"reading variable {RECORD_PREFIX}{name}")["value"]
+        return self._ok(found, f"reading variable {variable}")["value"]
+
+    def record(self, name: str) -> dict[str, Any] | None:
+        value = self._variable(f"{RECORD_PREFIX}{name}")
+        if isinstance(value, dict) and isinstance(value.get("parts"), int):  # a large record
+            text = "".join(
+                str(self._variable(f"{RECORD_PREFIX}{name}{PART}{n}") or "")
+                for n in range(1, value["parts"] + 1)
+            )
+            try:
+                value = json.loads(text)
+            except ValueError:  # a part lost or edited: as if there were no record
+                return None
         return value if isinstance(value, dict) else None
 
-    def save_record(self, name: str, value: dict[str, Any]) -> None:
-        variable = f"{RECORD_PREFIX}{name}"
+    def _save(self, variable: str, value: Any) -> None:
         body = {"name": variable, "value": value, "tags": ["perfops"]}
         if self.http.get(f"variables/name/{variable}").status_code == 404:
             self._ok(self.http.post("variables/", json=body), f"creating variable {variable}")
@@ -128,6 +144,19 @@ class PrefectApi:
                 self.http.patch(f"variables/name/{variable}", json=body),
                 f"updating variable {variable}",
             )
+
+    def save_record(self, name: str, value: dict[str, Any]) -> None:
+        """The record in one variable, or, past Prefect's 5,000 characters a variable holds
+        (parameters an operator set on the server: a list of keys, many policies), its JSON
+        text in parts `<variable>-part-N` and `{"parts": N}` in the variable itself."""
+        text = json.dumps(value, sort_keys=True)
+        if len(text) <= RECORD_INLINE_CHARS:
+            self._save(f"{RECORD_PREFIX}{name}", value)
+            return
+        parts = [text[i : i + RECORD_PART_CHARS] for i in range(0, len(text), RECORD_PART_CHARS)]
+        for n, part in enumerate(parts, start=1):
+            self._save(f"{RECORD_PREFIX}{name}{PART}{n}", part)
+        self._save(f"{RECORD_PREFIX}{name}", {"parts": len(parts)})
 
     def pool_env(self, pool: str) -> dict[str, str]:
         found = self.http.get(f"work_pools/{pool}")
