@@ -115,6 +115,21 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The systems a fleet run of a deployment (its `targets` parameter set) reaches through each
+# target's own block in the fleet file (docs/fleet.md), not through one block for the
+# deployment: a missing block fails that target's child run, named, not the schedule.
+FLEET_SYSTEMS: dict[str, tuple[str, ...]] = {
+    "suggest_indexes": ("postgres",),
+    "find_slow_queries": ("postgres",),
+    "check_index_health": ("postgres",),
+    "refresh_stale_statistics": ("postgres",),
+    "rotate_partitions": ("postgres",),
+    "invalidate_cache": ("redis",),
+    "warm_cache": ("redis",),
+    "collect_cache_stats": ("redis",),
+}
+
+
 @dataclass(frozen=True)
 class Readiness:
     """Whether one system is configured for one deployment, and how (or what is missing)."""
@@ -173,9 +188,20 @@ def deployment_readiness(
     saved_blocks: Mapping[str, set[str]],
     assumed: set[str] | frozenset[str] = frozenset(),
 ) -> list[Readiness]:
-    """One `Readiness` per system the deployment needs (none for an unknown deployment)."""
+    """One `Readiness` per system the deployment needs (none for an unknown deployment). A
+    fleet deployment (`targets` set) gets the systems of FLEET_SYSTEMS from each target's
+    block in the fleet file, so they need no block of their own."""
+    targets = parameters.get("targets")
+    by_fleet = FLEET_SYSTEMS.get(deployment, ()) if targets not in (None, "", []) else ()
     return [
-        system_readiness(s, parameters, pool_env, saved_blocks, assumed)
+        Readiness(
+            s,
+            True,
+            f"each target's {s} block in the fleet file (parameter targets={targets!r}; "
+            "PERFOPS_FLEET_FILE or the fleet_file parameter names the file)",
+        )
+        if s in by_fleet
+        else system_readiness(s, parameters, pool_env, saved_blocks, assumed)
         for s in REQUIREMENTS.get(deployment, ())
     ]
 
@@ -219,7 +245,9 @@ def merge_parameters(
     deploy`; `server` is what the deployment holds now and `applied` what the last `perfops
     deploy` left there. A value the operator changed on the server (server != applied) is kept
     unless prefect.yaml changed the same value too (then prefect.yaml wins and a note says so);
-    a value only prefect.yaml changed is taken from it. Without a record of the last deploy,
+    a value only prefect.yaml changed is taken from it, and a value neither changed stays as
+    the last deploy left it (an operator's value kept then is kept again). Without a record of
+    the last deploy,
     every server value that differs from prefect.yaml is taken as the operator's and kept.
     Returns (merged parameters, notes for the operator)."""
     if server is None:
@@ -251,6 +279,8 @@ def merge_parameters(
                 f"{'unset' if ours_now is _MISSING else repr(ours_now)}: it replaces "
                 f"{server_now!r} set on the server"
             )
+        elif before is not None and not operator_changed and not yaml_changed:
+            value = server_now  # as the last deploy left it: an operator's value it kept too
         else:
             value = ours_now
         if value is not _MISSING:
@@ -259,21 +289,27 @@ def merge_parameters(
 
 
 def schedule_active(
-    planned: bool, server: bool | None, applied: bool | None, ready: bool = True
+    planned: bool,
+    server: bool | None,
+    applied: bool | None,
+    ready: bool = True,
+    last_planned: bool | None = None,
 ) -> tuple[bool, str | None]:
     """Whether one schedule ends active. `planned` is what this deploy wants (prefect.yaml's
-    `active` and the systems it needs); `server` the schedule's state before the deploy (None
-    for a new one) and `applied` what the last `perfops deploy` set (None if unknown). A schedule
-    an operator paused or resumed keeps that state; with no record, a paused one stays paused.
-    A schedule whose deployment is not `ready` (its systems not configured) stays off whatever
-    its state was: every run would fail.
+    `active` and the systems it needs) and `last_planned` what the last `perfops deploy` wanted
+    (None if unknown); `server` the schedule's state before the deploy (None for a new one) and
+    `applied` what the last `perfops deploy` set (None if unknown). A schedule an operator
+    paused or resumed keeps that state, on every later deploy until the plan itself changes;
+    with no record, a paused one stays paused. A schedule whose deployment is not `ready` (its
+    systems not configured) stays off whatever its state was: every run would fail.
     Returns (active, a note when the operator's state wins over the plan)."""
     if not ready:
         return False, None
     if server is None:
         return planned, None
     operator_changed = server != applied if applied is not None else not server
-    if operator_changed and server != planned:
+    kept = operator_changed or (applied is not None and last_planned == planned)
+    if kept and server != planned:
         state = "active" if server else "paused"
         return server, f"kept {state} as set on the server"
     return planned, None

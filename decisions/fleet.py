@@ -397,6 +397,13 @@ class Fleet(_Model):
         if selection == ALL:
             return list(self.targets)
         if selection in self.fleets:
+            have = {t.name for t in self.targets}
+            gone = [n for n in self.fleets[selection].targets or [] if n not in have]
+            if gone:  # a fleet that discovers targets is checked here, once they are found
+                raise ConfigurationError(
+                    f"fleet {selection!r} names targets the fleet does not have (neither "
+                    f"listed nor discovered): {', '.join(gone)}; targets: {self._names()}"
+                )
             chosen = [t for t in self.targets if self.fleets[selection].matches(t)]
             if not chosen:
                 raise ConfigurationError(f"fleet {selection!r} selects no target")

@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from decisions.fleet import targets_message
+from decisions.fleet import Target, targets_message
 from decisions.reporting import (
     Check,
     FleetLimits,
@@ -46,6 +46,7 @@ from decisions.reporting import (
     format_value,
 )
 from decisions.staleness import StatisticsPolicy, TableStats, decide
+from perfops.errors import ConfigurationError
 
 FleetResult = Literal["unreachable", "attention", "ok"]
 QUERY_SHOWN = 120
@@ -72,6 +73,23 @@ class DatabaseFigures(BaseModel):
     def cache_hit_ratio(self) -> float | None:
         total = self.blks_hit + self.blks_read
         return self.blks_hit / total if total else None
+
+
+# The systems of a target the Fleet section reads; a target with neither (a cache, an Auto
+# Scaling group scaled on the platform's Prometheus) has no row: nothing about it is read.
+REPORTED_SYSTEMS = ("postgres", "prometheus")
+
+
+def reported_targets(targets: list[Target], selection: str) -> list[Target]:
+    """The selected targets the Fleet section reads (a `postgres` or `prometheus` block), in
+    the fleet's order; none raises ConfigurationError naming the selection."""
+    reported = [t for t in targets if any(t.has(s) for s in REPORTED_SYSTEMS)]
+    if not reported:
+        raise ConfigurationError(
+            f"no target of {selection} has a postgres or prometheus block in the fleet file: "
+            "the Fleet section has nothing to read"
+        )
+    return reported
 
 
 class TargetFigures(BaseModel):

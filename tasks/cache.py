@@ -38,6 +38,19 @@ def fetch_redis_info(target: RedisTarget) -> dict[str, Any]:
     }
 
 
+def probe_redis(target: RedisTarget, timeout_s: float) -> tuple[bool, str]:
+    """Can perfops reach `target`? `INFO server` within `timeout_s`, no retries: (True,
+    "Redis 7.0.15, standalone") or (False, one line saying why, no password). A plain
+    function, not a task: `perfops fleet list` probes many targets at once from threads."""
+    quick = target.model_copy(update={"socket_timeout_s": float(timeout_s), "retries": 0})
+    try:
+        with _client(quick) as client:
+            info: dict[str, Any] = client.info("server")
+    except redis.RedisError as exc:
+        return False, str(_wrap(quick, exc))
+    return True, f"Redis {info.get('redis_version')}, {info.get('redis_mode', 'standalone')}"
+
+
 @task(name="set_cache_value")
 def set_value(target: RedisTarget, key: str, value: str, ttl_s: int | None = None) -> bool:
     """SET one key, with an optional time to live."""

@@ -21,7 +21,13 @@ from datetime import datetime
 from blocks import PostgresTarget, PrometheusSource
 from blocks.resolve import ArchiveStore, load_block
 from decisions.fleet import Target
-from decisions.report_fleet import FleetView, TargetFigures, build_view, events_of
+from decisions.report_fleet import (
+    FleetView,
+    TargetFigures,
+    build_view,
+    events_of,
+    reported_targets,
+)
 from decisions.report_fleet import previous_figures as parse_previous
 from decisions.reporting import RecordedEvent, ReportConfig, ReportWeek, assemble_week, evaluate
 from perfops.errors import PerfopsError
@@ -118,7 +124,9 @@ def read_fleet_view(
 ) -> FleetView:
     """Read every target `selection` names (`max_parallel` at once) and build the Fleet section,
     worst first. `previous_key` is last week's archived fleet table."""
-    definition, targets = load_selection(selection, fleet_file)
+    definition, selected = load_selection(selection, fleet_file)
+    label = selection if isinstance(selection, str) else ", ".join(selection)
+    targets = reported_targets(selected, label)  # caches and groups alone: nothing to read
     with ThreadPoolExecutor(max_workers=min(definition.max_parallel, len(targets))) as pool:
         # Each thread runs in a copy of this run's context, so its task runs belong to the run.
         futures = [
@@ -127,7 +135,7 @@ def read_fleet_view(
         gathered = [f.result() for f in futures]
     data, compared_with = _last_week(store, previous_key)
     return build_view(
-        selection if isinstance(selection, str) else ", ".join(selection),
+        label,
         read_at,
         gathered,
         config.fleet,

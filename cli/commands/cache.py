@@ -104,6 +104,7 @@ def _run(
             load, asked, fleet=fleet, fleet_file=fleet_file,
             single={"--redis-url": redis_url, "--redis-block": redis_block},
             label=fleet_label, artifact_key=fleet_artifact_key, as_json=as_json, verbose=verbose,
+            system="redis",
         )  # fmt: skip
         return None
     set_env("PERFOPS_REDIS_URL", redis_url)

@@ -37,6 +37,11 @@ from perfops.redaction import redact
 from perfops.settings import PROJECT_DIR, apply_prefect_defaults
 
 RECORD_PREFIX = "perfops-deploy-"
+PART = "-part-"
+# A Prefect variable holds at most 5,000 characters of JSON; a part is a string of its record's
+# JSON text, whose quotes JSON escapes again (at most twice as long).
+RECORD_INLINE_CHARS = 4500
+RECORD_PART_CHARS = 2000
 
 
 @dataclass
@@ -51,6 +56,7 @@ class Planned:
     yaml_active: list[bool]
     created: bool = False
     active: list[bool] = field(default_factory=list)
+    planned: list[bool] = field(default_factory=list)
     readiness: list[Readiness] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -110,15 +116,26 @@ class PrefectApi:
         found = self.http.get(f"deployments/name/{flow}/{name}")
         return None if found.status_code == 404 else self._ok(found, f"reading {flow}/{name}")
 
-    def record(self, name: str) -> dict[str, Any] | None:
-        found = self.http.get(f"variables/name/{RECORD_PREFIX}{name}")
+    def _variable(self, variable: str) -> Any:
+        found = self.http.get(f"variables/name/{variable}")
         if found.status_code == 404:
             return None
-        value = self._ok(found, f"reading variable {RECORD_PREFIX}{name}")["value"]
+        return self._ok(found, f"reading variable {variable}")["value"]
+
+    def record(self, name: str) -> dict[str, Any] | None:
+        value = self._variable(f"{RECORD_PREFIX}{name}")
+        if isinstance(value, dict) and isinstance(value.get("parts"), int):  # a large record
+            text = "".join(
+                str(self._variable(f"{RECORD_PREFIX}{name}{PART}{n}") or "")
+                for n in range(1, value["parts"] + 1)
+            )
+            try:
+                value = json.loads(text)
+            except ValueError:  # a part lost or edited: as if there were no record
+                return None
         return value if isinstance(value, dict) else None
 
-    def save_record(self, name: str, value: dict[str, Any]) -> None:
-        variable = f"{RECORD_PREFIX}{name}"
+    def _save(self, variable: str, value: Any) -> None:
         body = {"name": variable, "value": value, "tags": ["perfops"]}
         if self.http.get(f"variables/name/{variable}").status_code == 404:
             self._ok(self.http.post("variables/", json=body), f"creating variable {variable}")
@@ -127,6 +144,19 @@ class PrefectApi:
                 self.http.patch(f"variables/name/{variable}", json=body),
                 f"updating variable {variable}",
             )
+
+    def save_record(self, name: str, value: dict[str, Any]) -> None:
+        """The record in one variable, or, past Prefect's 5,000 characters a variable holds
+        (parameters an operator set on the server: a list of keys, many policies), its JSON
+        text in parts `<variable>-part-N` and `{"parts": N}` in the variable itself."""
+        text = json.dumps(value, sort_keys=True)
+        if len(text) <= RECORD_INLINE_CHARS:
+            self._save(f"{RECORD_PREFIX}{name}", value)
+            return
+        parts = [text[i : i + RECORD_PART_CHARS] for i in range(0, len(text), RECORD_PART_CHARS)]
+        for n, part in enumerate(parts, start=1):
+            self._save(f"{RECORD_PREFIX}{name}{PART}{n}", part)
+        self._save(f"{RECORD_PREFIX}{name}", {"parts": len(parts)})
 
     def pool_env(self, pool: str) -> dict[str, str]:
         found = self.http.get(f"work_pools/{pool}")
@@ -197,11 +227,16 @@ def _apply(
     gated = bool(REQUIREMENTS.get(item.name))
     previous = {_schedule_key(s): s.get("active") for s in (before or {}).get("schedules", [])}
     applied = (record or {}).get("schedules") or {}
+    last_planned = (record or {}).get("planned") or {}
+    item.planned = []
     current = {_schedule_key(s): s for s in (after or {}).get("schedules", [])}
     item.active = []
     for key, yaml_active in zip(item.schedules, item.yaml_active, strict=True):
         planned = ready if gated else yaml_active
-        active, note = schedule_active(planned, previous.get(key), applied.get(key), ready)
+        active, note = schedule_active(
+            planned, previous.get(key), applied.get(key), ready, last_planned.get(key)
+        )
+        item.planned.append(planned)
         if note:
             item.notes.append(f"schedule {key}: {note}")
         item.active.append(active)
@@ -222,6 +257,7 @@ def _apply(
             "yaml": item.parameters,
             "applied": merged,
             "schedules": dict(zip(item.schedules, item.active, strict=True)),
+            "planned": dict(zip(item.schedules, item.planned, strict=True)),
         },
     )
 
@@ -235,8 +271,8 @@ def deploy(
         list[str] | None,
         typer.Option(
             "--configured",
-            help="A system the workers' own environment configures (postgres, prometheus, "
-            "redis, archive, slack, email); repeat for several.",
+            help=f"A system the workers' own environment configures ({', '.join(SYSTEMS)}); "
+            "repeat for several.",
         ),
     ] = None,
     pool_env: Annotated[

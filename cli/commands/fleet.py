@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from cli.support import (
     JsonFlag,
     env_option,
+    err,
     fail,
     perfops_settings,
     print_json,
@@ -25,12 +26,24 @@ from perfops.redaction import one_line, redact
 
 app = typer.Typer(no_args_is_help=True)
 
+
+def _named(value: str | None) -> str | None:
+    """--fleet as given; an empty one (`--fleet "$FLEET"` with FLEET unset) is refused: it ran
+    the command on its single database instead of the fleet."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter(
+            "empty: name a fleet of the fleet file, 'all', a label key=value or a target"
+        )
+    return value
+
+
 FleetOption = Annotated[
     str | None,
     env_option(
         "PERFOPS_FLEET",
         "A named fleet of the fleet file, 'all', a label key=value, or a target's name.",
         "--fleet",
+        callback=_named,
     ),
 ]
 FleetFileOption = Annotated[
@@ -42,6 +55,10 @@ FleetFileOption = Annotated[
     ),
 ]
 PROBE_THREADS = 16
+if TYPE_CHECKING:
+    from prefect.blocks.core import Block
+
+B = TypeVar("B", bound="Block")
 
 
 @app.callback()
@@ -65,9 +82,23 @@ def selected(
         from blocks.resolve import saved_block_names
 
         definition, skipped = definition.with_discovered(saved_block_names(PostgresTarget))
-        for why in skipped:
-            print_wrapped(f"not a fleet target: {why}", indent=0, style="yellow")
+        for why in skipped:  # on stderr: stdout holds the listing (--json: only the JSON)
+            err.print(f"perfops: not a fleet target: {why}", style="yellow", markup=False)
     return definition, definition.select(selection or ALL), path
+
+
+def _typed(flag: str, value: object) -> bool:
+    """Whether the running command's option `flag` was typed on the command line, not taken
+    from its environment variable (PERFOPS_DSN, PERFOPS_REDIS_URL, ...) or its default
+    (--region us-east-1); `value` decides outside a command."""
+    from typer._click.core import ParameterSource
+    from typer._click.globals import get_current_context
+
+    ctx = get_current_context(silent=True)
+    param = next((p for p in ctx.command.params if flag in p.opts), None) if ctx else None
+    if ctx is None or param is None or param.name is None:
+        return bool(value)
+    return ctx.get_parameter_source(param.name) == ParameterSource.COMMANDLINE
 
 
 def run_fleet(
@@ -81,20 +112,26 @@ def run_fleet(
     artifact_key: str,
     as_json: bool,
     verbose: bool,
+    system: str = "postgres",
 ) -> None:
     """`--fleet NAME` of a per-database command: one child run per target (docs/fleet.md), a
     line per target, exit 1 when a target failed. `single` holds the command's one-database
-    options (`--dsn`, ...), refused with `--fleet`; a fleet file or selection that is wrong is
-    refused (exit 2) before Prefect starts."""
-    given = [name for name, value in single.items() if value]
+    options (`--dsn`, ...), refused with `--fleet` when typed (from their PERFOPS_* variable
+    they are only defaults, which the fleet's blocks replace); a fleet file or selection that
+    is wrong is refused (exit 2) before Prefect starts."""
+    given = [name for name, value in single.items() if _typed(name, value)]
     if given:
         raise typer.BadParameter(
             f"--fleet runs over the fleet file's blocks: drop {' and '.join(given)}"
         )
     try:
-        selected(fleet, fleet_file, discovered=False)
+        definition, targets, _ = selected(fleet, fleet_file, discovered=False)
     except PerfopsError as exc:
         raise typer.BadParameter(str(exc), param_hint="--fleet") from None
+    if not definition.discover and not any(t.has(system) for t in targets):  # as the run says
+        raise typer.BadParameter(
+            f"no target of the selection has {system} in the fleet file", param_hint="--fleet"
+        )
     report = run_flow(
         flow,
         {**parameters, "targets": fleet, "fleet_file": str(fleet_file) if fleet_file else None},
@@ -116,24 +153,38 @@ def run_fleet(
 
 
 def _reach(target: Target, timeout_s: int) -> tuple[bool, str]:
-    """Load the target's postgres block and connect to it; (reachable, what was found or why
+    """Load the target's postgres block and connect to it (a group target: describe its group;
+    a cache target, with a redis block only: ask its Redis); (reachable, what was found or why
     not), never raising."""
-    from blocks import PostgresTarget
-    from blocks.resolve import load_block
+    from blocks import PostgresTarget, RedisTarget
+    from tasks.cache import probe_redis
     from tasks.postgres.server import probe_postgres
 
     name = target.blocks.get("postgres")
     if name is None and target.autoscaling is not None:
         return _reach_group(target)
+    cache = target.blocks.get("redis")
+    if name is None and cache is not None:
+        redis_block = _loaded(RedisTarget, cache)
+        return (
+            redis_block if isinstance(redis_block, tuple) else probe_redis(redis_block, timeout_s)
+        )
     if name is None:
         return False, "no postgres block"
+    block = _loaded(PostgresTarget, name)
+    return block if isinstance(block, tuple) else probe_postgres(block, timeout_s)
+
+
+def _loaded(block_type: type[B], name: str) -> B | tuple[bool, str]:
+    """The saved block `name`, or (False, why it does not load), never raising."""
+    from blocks.resolve import load_block
+
     try:
-        block = load_block(PostgresTarget, name)
+        return load_block(block_type, name)
     except PerfopsError as exc:
         return False, str(exc)
     except Exception as exc:  # noqa: BLE001 - one target's problem must not hide the others
         return False, f"cannot load block {name!r}: {one_line(exc, empty=type(exc).__name__)}"
-    return probe_postgres(block, timeout_s)
 
 
 def _reach_group(target: Target) -> tuple[bool, str]:
@@ -156,7 +207,11 @@ def list_targets(
     selection: FleetOption = None,
     fleet_file: FleetFileOption = None,
     probe: Annotated[
-        bool, typer.Option("--probe/--no-probe", help="Connect to each target's PostgreSQL.")
+        bool,
+        typer.Option(
+            "--probe/--no-probe",
+            help="Connect to each target's PostgreSQL (a cache's Redis, a group's AWS).",
+        ),
     ] = True,
     timeout_s: Annotated[
         int, typer.Option("--timeout", min=1, max=60, help="Seconds to wait for each target.")

@@ -13,12 +13,13 @@ from cli.support import (
     JsonFlag,
     VerboseFlag,
     env_option,
+    fail,
     print_json,
     print_wrapped,
     run_flow,
     set_env,
 )
-from perfops.errors import ConfigurationError
+from perfops.errors import ConfigurationError, PerfopsError
 from perfops.redaction import redact
 
 app = typer.Typer(help="Performance reports.", no_args_is_help=True)
@@ -140,26 +141,39 @@ def weekly(
     label = _week(week)
     selection = _fleet(ctx, fleet, fleet_file)
     set_env("PERFOPS_PROMETHEUS_URL", prometheus_url)
-    result = run_flow(
-        _flow,
-        {
-            "week": label,
-            "recipients": to or None,
-            "out_dir": str(out_dir.resolve()) if out_dir else None,
-            "config_path": str(config) if config else None,
-            "prometheus_block": prometheus_block,
-            "s3_block": s3_block,
-            "email_block": email_block,
-            "targets": selection,
-            "fleet_file": str(fleet_file) if selection and fleet_file else None,
-        },
-        verbose=verbose,
-        label="building the weekly report",
-        show_progress=not as_json,
-    )
+    failure: str | None = None
+    try:
+        result = run_flow(
+            _flow,
+            {
+                "week": label,
+                "recipients": to or None,
+                "out_dir": str(out_dir.resolve()) if out_dir else None,
+                "config_path": str(config) if config else None,
+                "prometheus_block": prometheus_block,
+                "s3_block": s3_block,
+                "email_block": email_block,
+                "targets": selection,
+                "fleet_file": str(fleet_file) if selection and fleet_file else None,
+            },
+            verbose=verbose,
+            label="building the weekly report",
+            show_progress=not as_json,
+        )
+    except PerfopsError as exc:  # archived but incomplete or unsent: shown, then exit 1
+        if getattr(exc, "result", None) is None:
+            raise
+        result, failure = exc.result, str(exc)  # type: ignore[attr-defined]
     if as_json:
         print_json(result)
-        return
+    else:
+        _print(result)
+    if failure:
+        fail(failure)
+
+
+def _print(result: Any) -> None:
+    """The report's headline, things to look at, what is missing, where it is, its fleet."""
     print_wrapped(redact(f"weekly report {result.headline}"), indent=0, style="bold")
     for n, thing in enumerate(result.things, 1):
         print_wrapped(redact(f"{n}. {thing}"), indent=2)

@@ -55,8 +55,23 @@ def no_flow_runs(monkeypatch: pytest.MonkeyPatch) -> None:
         (["scaling", "decide", "--fleet", "prod", "--current", "3"], "--current"),
         (["scaling", "tune", "--fleet", "prod", "--metrics-block", "m"], "--metrics-block"),
         (["indexes", "suggest", "--fleet", "prod", "--dsn", "host=x"], "--dsn"),
+        # each target's region is in the fleet file: a typed one would be ignored
+        (["scaling", "decide", "--fleet", "prod", "--region", "eu-west-1"], "--region"),
+        (["scaling", "apply-schedule", "--fleet", "prod", "--region", "eu-west-1"], "--region"),
         (["cache", "warm", "--cache", "agent_configs"], "nothing to warm: give keys (--key"),
         (["fleet", "list", "--no-probe", "--fleet", "nosuch"], "'nosuch' is neither a fleet"),
+        # `--fleet "$FLEET"` with FLEET unset ran the single-database command instead
+        (["stats", "refresh", "--fleet", "", "--dry-run"], "empty: name a fleet"),
+        (["indexes", "health", "--fleet", " ", "--apply", "--drop", "a.b"], "empty: name a fleet"),
+        (["cache", "stats", "--fleet", ""], "empty: name a fleet"),
+        # a selection without the system the command works on: bad usage before Prefect starts
+        (
+            ["scaling", "decide", "--fleet", "payments"],
+            "no target of the selection has autoscaling",
+        ),
+        (["scaling", "tune", "--fleet", "orders"], "no target of the selection has autoscaling"),
+        (["cache", "stats", "--fleet", "payments"], "no target of the selection has redis"),
+        (["stats", "refresh", "--fleet", "api"], "no target of the selection has postgres"),
         (["fleet", "list", "--fleet-file", "/nonexistent/fleet.yaml"], "cannot read the fleet"),
         (
             ["cache", "warm", "--cache", "agent_configs", "--key", "a", "--keys-sql", "select 1"],
@@ -129,3 +144,53 @@ def test_restore_from_a_folder_asks_for_the_file(
 ) -> None:
     assert perfops(["partitions", "restore", "--from", str(tmp_path)]) == 2
     assert "is a folder; name the archive's .parquet file in it" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "args"),
+    [
+        ("PERFOPS_DSN", "host=db1 dbname=app", ["stats", "refresh"]),
+        ("PERFOPS_POSTGRES_BLOCK", "perfops-postgres", ["queries", "slow"]),
+        ("PERFOPS_REDIS_URL", "redis://cache:6379/0", ["cache", "stats"]),
+    ],
+)
+def test_a_single_target_variable_in_the_environment_does_not_refuse_fleet(
+    perfops: Callable[[list[str]], int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    args: list[str],
+) -> None:
+    # exported for single runs (README: every flag has a PERFOPS_* variable), it is only a
+    # default the fleet's blocks replace: the command goes on to check the selection itself
+    monkeypatch.setenv(variable, value)
+    assert perfops([*args, "--fleet", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "'nosuch' is neither a fleet" in err and "drop --" not in err, err
+
+
+def test_fleet_list_json_stays_json_when_discovery_leaves_blocks_out(
+    perfops: Callable[[list[str]], int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    import json
+
+    import blocks.resolve
+    import cli.commands.fleet
+
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        "targets:\n  - {name: orders, blocks: {postgres: pg-orders}}\n"
+        "discover:\n  - {block_prefix: pg-}\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setattr(cli.commands.fleet, "use_prefect_server", lambda: None)
+    monkeypatch.setattr(blocks.resolve, "saved_block_names", lambda _: ["pg-orders", "pg-bill"])
+    assert perfops(["fleet", "list", "--fleet-file", str(fleet), "--no-probe", "--json"]) == 0
+    captured = capsys.readouterr()
+    listed = json.loads(captured.out)  # the note on a block left out was on stdout before it
+    assert [t["name"] for t in listed["targets"]] == ["orders", "bill"]
+    assert "not a fleet target: pg-orders: a target 'orders' exists already" in captured.err

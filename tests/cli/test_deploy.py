@@ -87,3 +87,35 @@ def test_the_command_line_starts_without_importing_prefect() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_the_help_names_every_system_configured_takes(
+    perfops: Callable[[list[str]], int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from decisions.deployments import SYSTEMS
+
+    assert perfops(["deploy", "--help"]) == 0
+    shown = " ".join(capsys.readouterr().out.split()).replace("│", "").replace("  ", " ")
+    assert all(name in shown for name in SYSTEMS), shown  # load_target was missing
+
+
+def test_a_record_past_what_one_prefect_variable_holds_is_kept_in_parts(
+    prefect_api_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 300 keys set on warm_cache in the UI: the record (prefect.yaml's and the applied
+    # parameters) passed the 5,000 characters of a variable and every perfops deploy failed
+    # with "Prefect API refused updating variable ...: 422"
+    from cli.commands.deploy import PrefectApi
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api_url)
+    api = PrefectApi()
+    name = f"test-record-{os.getpid()}"
+    keys = [f'workflow:{n}:definition:"v1"' for n in range(300)]
+    big = {"yaml": {"cache": "c"}, "applied": {"cache": "c", "keys": keys}, "schedules": {}}
+    api.save_record(name, big)
+    assert api.record(name) == big
+    small = {"yaml": {"cache": "c"}, "applied": {"cache": "c"}, "schedules": {}}
+    api.save_record(name, small)  # back to one variable
+    assert api.record(name) == small
+    api.save_record(name, big)  # and parts again, over the old ones
+    assert api.record(name) == big

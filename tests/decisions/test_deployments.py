@@ -58,6 +58,25 @@ def test_scale_predictively_names_prometheus_through_metrics_block() -> None:
     assert all(r.configured for r in ready)
 
 
+@pytest.mark.parametrize("targets", ["prod", ["orders", "billing"]])
+def test_a_fleet_deployment_reaches_its_databases_through_the_fleet_file(
+    targets: str | list[str],
+) -> None:
+    # targets set in the UI: each target's postgres block comes from the fleet file, so the
+    # schedule an operator resumed is not paused again for want of PERFOPS_POSTGRES_BLOCK
+    fleet = deployment_readiness("refresh_stale_statistics", {"targets": targets}, {}, {})
+    assert [(r.system, r.configured) for r in fleet] == [("postgres", True)]
+    assert "fleet file" in fleet[0].how and repr(targets) in fleet[0].how
+    caches = deployment_readiness("warm_cache", {"targets": targets}, {}, {})
+    # the fleet gives each cache's Redis; the warm-up query's PostgreSQL is still one block
+    assert [(r.system, r.configured) for r in caches] == [("redis", True), ("postgres", False)]
+    # the weekly report over a fleet still reads the platform's Prometheus and sends email
+    report = deployment_readiness("generate_weekly_report", {"targets": targets}, {}, {})
+    assert not any(r.configured for r in report)
+    single = deployment_readiness("refresh_stale_statistics", {"targets": None}, {}, {})
+    assert not single[0].configured
+
+
 def test_merge_keeps_what_the_operator_changed_and_takes_what_prefect_yaml_changed() -> None:
     last_yaml = {"policy": {"threshold": 0.1, "parallelism": 2}, "dry_run": False}
     applied = last_yaml
@@ -71,6 +90,22 @@ def test_merge_keeps_what_the_operator_changed_and_takes_what_prefect_yaml_chang
     }
     assert any("kept policy.threshold=0.2" in n for n in notes)
     assert any("kept pg='prod'" in n for n in notes)
+
+
+def test_merge_keeps_an_operators_value_on_every_later_deploy_not_only_the_next() -> None:
+    yaml_now = {"policy": {"threshold": 0.1}, "dry_run": False}
+    server = {"policy": {"threshold": 0.2}, "dry_run": False, "targets": "prod"}
+    first, _ = merge_parameters(yaml_now, yaml_now, yaml_now, server)
+    assert first == server
+    # the next deploy: prefect.yaml and the server as the first left them (its record)
+    second, notes = merge_parameters(yaml_now, first, yaml_now, first)
+    assert second == server and notes == []
+    removed = {"dry_run": False}  # the operator removed policy; kept removed on a later deploy
+    assert merge_parameters(yaml_now, removed, yaml_now, removed)[0] == removed
+    # prefect.yaml changing another value still takes it, and keeps the operator's
+    changed = {"policy": {"threshold": 0.1}, "dry_run": True}
+    third, _ = merge_parameters(yaml_now, second, changed, second)
+    assert third == {"policy": {"threshold": 0.2}, "dry_run": True, "targets": "prod"}
 
 
 def test_merge_conflict_prefect_yaml_wins_and_says_so() -> None:
@@ -115,6 +150,20 @@ def test_schedule_state(
     planned: bool, server: bool | None, applied: bool | None, expected: tuple[bool, str | None]
 ) -> None:
     assert schedule_active(planned, server, applied) == expected
+
+
+def test_a_schedule_the_operator_paused_stays_paused_on_every_later_deploy() -> None:
+    # deploy 1 kept the pause and recorded it (applied False) with its plan (True)
+    assert schedule_active(True, False, True, last_planned=True)[0] is False
+    # deploy 2: nobody changed anything since: still paused, not resumed
+    assert schedule_active(True, False, False, last_planned=True) == (
+        False,
+        "kept paused as set on the server",
+    )
+    # the plan itself changed since (systems configured, prefect.yaml's active): the plan
+    assert schedule_active(True, False, False, last_planned=False) == (True, None)
+    # a record from before plans were recorded: as before
+    assert schedule_active(True, False, False) == (True, None)
 
 
 def test_strict_schema_refuses_unknown_top_level_parameters() -> None:

@@ -242,6 +242,21 @@ def test_a_fleet_may_only_discover_but_must_have_targets_somehow() -> None:
         parse_fleet("max_parallel: 2\n", "fleet.yaml")
 
 
+def test_a_named_fleet_naming_a_target_discovery_did_not_find_is_refused() -> None:
+    # with discover the file cannot check a fleet's target list; the selection does, once the
+    # blocks are listed: a deleted or misspelt block must not drop its target from the run
+    fleet = parse_fleet(
+        "discover:\n  - block_prefix: perfops-postgres-\n"
+        "fleets:\n  payments: {targets: [orders, billing]}\n",
+        "fleet.yaml",
+    )
+    found, _ = fleet.with_discovered(["perfops-postgres-orders", "perfops-postgres-billing"])
+    assert names(found.select("payments")) == ["billing", "orders"]  # discovered: by name
+    gone, _ = fleet.with_discovered(["perfops-postgres-orders"])
+    with pytest.raises(ConfigurationError, match=r"fleet 'payments' names targets .*: billing;"):
+        gone.select("payments")
+
+
 def test_spread_is_a_number_of_shares_or_auto() -> None:
     text = "targets:\n  - {name: a, blocks: {postgres: p-a}}\n"
     assert parse_fleet(text, "fleet.yaml").spread == 1

@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
+from decisions.fleet import parse_fleet
 from decisions.report_fleet import (
     DatabaseFigures,
     FleetRow,
@@ -23,6 +25,7 @@ from decisions.report_fleet import (
     fleet_things,
     previous_figures,
     rank,
+    reported_targets,
     worst_first,
 )
 from decisions.report_rendering import (
@@ -49,6 +52,7 @@ from decisions.reporting import (
     week_queries,
 )
 from decisions.staleness import TableStats
+from perfops.errors import ConfigurationError
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
@@ -336,3 +340,18 @@ def test_the_runs_failure_message_says_how_many_targets_are_unreachable() -> Non
     assert message is not None
     assert message.startswith("weekly report 2026-W47 archived at s3://b/index.html; 0 of 13")
     assert message.endswith("; 1 of 2 targets unreachable: down: postgres: refused")
+
+
+def test_a_target_with_nothing_the_section_reads_has_no_row() -> None:
+    # a cache (redis only) read nothing: its row said "ok: nothing missed or over its limit"
+    fleet = parse_fleet(
+        "targets:\n"
+        "  - {name: orders, blocks: {postgres: pg-orders}}\n"
+        "  - {name: sessions, blocks: {redis: cache-sessions}}\n"
+        "  - {name: api, blocks: {prometheus: prom-api, redis: r}, autoscaling: {group: api}}\n",
+        "fleet.yaml",
+    )
+    kept = reported_targets(fleet.select("all"), "all")
+    assert [t.name for t in kept] == ["orders", "api"]
+    with pytest.raises(ConfigurationError, match="no target of sessions has a postgres or"):
+        reported_targets(fleet.select("sessions"), "sessions")

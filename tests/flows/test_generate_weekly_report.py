@@ -765,6 +765,14 @@ def test_cli_writes_the_report_and_prints_where(
     assert unsent.returncode == 1
     assert "not sent: no recipients; set recipients (CLI --to)" in unsent.stderr
     assert (tmp_path / "again" / WEEK.label / "index.html").exists()
+    # what was archived is still shown (the one-line reason on stderr): --json gives the
+    # report's JSON, not an empty stdout
+    assert "archived:" in unsent.stdout and "email: not sent: no recipients" in unsent.stdout
+    as_json = _cli("--week", WEEK.label, "--out", str(tmp_path / "json"), "--json", env=env)
+    assert as_json.returncode == 1 and "not sent: no recipients" in as_json.stderr
+    data = json.loads(as_json.stdout)
+    assert data["week"] == WEEK.label and data["missed"] == 3
+    assert data["delivery"].startswith("not sent: no recipients")
 
 
 def test_reads_the_newest_table_artifact_of_a_time_range() -> None:
