@@ -235,7 +235,7 @@ def list_targets(
             "name": t.name,
             "blocks": dict(t.blocks),
             "labels": dict(t.labels),
-            "cluster": t.cluster or ("(its server, host:port)" if "postgres" in t.blocks else None),
+            "cluster": t.cluster,  # None: the database's own server (host:port) is its slot
             "autoscaling": (
                 {**t.autoscaling.model_dump(exclude_none=True), "key": t.autoscaling.key}
                 if t.autoscaling
@@ -280,6 +280,8 @@ def list_targets(
                 )
             if row["cluster"]:
                 parts.append(f"cluster {row['cluster']}")
+            elif "postgres" in row["blocks"]:
+                parts.append("cluster: its server (host:port)")
             parts.append(" ".join(f"{k}={v}" for k, v in row["labels"].items()) or "no labels")
             print_wrapped("; ".join(p for p in parts if p), indent=4, style="dim")
     if down:

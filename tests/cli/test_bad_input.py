@@ -193,4 +193,5 @@ def test_fleet_list_json_stays_json_when_discovery_leaves_blocks_out(
     captured = capsys.readouterr()
     listed = json.loads(captured.out)  # the note on a block left out was on stdout before it
     assert [t["name"] for t in listed["targets"]] == ["orders", "bill"]
+    assert listed["targets"][0]["cluster"] is None  # not a human placeholder in --json
     assert "not a fleet target: pg-orders: a target 'orders' exists already" in captured.err
