@@ -125,6 +125,7 @@ def check_index_health(
             event=EVENT_FLEET,
             dry_run=not apply,
             describe=lambda r: f"{len(r.findings)} findings, {len(r.dropped)} dropped",
+            block_given=postgres_block,
         )
     fleet_target = verified_fleet_target(fleet_target)  # never trusted as given
     logger = get_run_logger()

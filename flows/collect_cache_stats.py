@@ -74,6 +74,7 @@ def collect_cache_stats(
             changes=False,
             system="redis",
             block_parameter="redis_block",
+            block_given=redis_block,
         )
     fleet_target = verified_fleet_target(fleet_target)  # never trusted as given
     logger = get_run_logger()

@@ -102,6 +102,7 @@ def find_slow_queries(
             artifact_key=FLEET_ARTIFACT_KEY,
             event=EVENT_FLEET,
             dry_run=False,
+            block_given=postgres_block,
         )
     fleet_target = verified_fleet_target(fleet_target)  # never trusted as given
     logger = get_run_logger()

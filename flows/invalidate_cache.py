@@ -153,7 +153,7 @@ def invalidate_cache(
         return fan_out(
             invalidate_cache, targets, fleet_file, asked, artifact_key=FLEET_ARTIFACT_KEY,
             event=EVENT_FLEET, dry_run=not apply, changes=apply, system="redis",
-            block_parameter="redis_block",
+            block_parameter="redis_block", block_given=redis_block,
         )  # fmt: skip
     fleet_target = verified_fleet_target(fleet_target)  # never trusted as given
     logger = get_run_logger()

@@ -157,6 +157,7 @@ def refresh_stale_statistics(
             artifact_key=FLEET_ARTIFACT_KEY,
             event=EVENT_FLEET,
             dry_run=dry_run,
+            block_given=postgres_block,
         )
     fleet_target = verified_fleet_target(fleet_target)  # never trusted as given
     logger = get_run_logger()

@@ -147,6 +147,7 @@ def rotate_partitions(
             artifact_key=FLEET_ARTIFACT_KEY,
             event=EVENT_FLEET,
             dry_run=not apply,
+            block_given=postgres_block,
         )
     fleet_target = verified_fleet_target(fleet_target)  # never trusted as given
     logger = get_run_logger()

@@ -125,6 +125,7 @@ def suggest_indexes(
                 f"{len(r.suggestions)} suggested, "
                 f"{sum(b.status == 'created' for b in r.builds)} built"
             ),
+            block_given=postgres_block,
         )
     fleet_target = verified_fleet_target(fleet_target)  # never trusted as given
     resolved = resolve_postgres(postgres_block)

@@ -514,10 +514,20 @@ def fan_out(
     describe: Callable[[Any], str] = lambda report: str(getattr(report, "summary", "")),
     system: str = "postgres",
     block_parameter: str = "postgres_block",
+    block_given: str | None = None,
 ) -> FleetReport:
     """`run_over_fleet` for a flow whose children differ only by their block: each child gets
     `parameters`, the target's `system` block as `block_parameter`, and `fleet_target`; it
-    holds its cluster's slot and, when it `changes` the database, the database's."""
+    holds its cluster's slot and, when it `changes` the database, the database's.
+    `block_given`: the flow's own `block_parameter` as the run was given it; a fleet run takes
+    each target's block from the fleet file, so one given too is refused (the CLI refuses the
+    same), not silently ignored."""
+    if block_given is not None:
+        raise ConfigurationError(
+            f"{block_parameter}={block_given!r} names one target's block, but targets="
+            f"{selection!r} runs over the fleet, each target with its own from the fleet file: "
+            f"give one of them"
+        )
 
     def for_target(definition: Fleet, target: Target) -> tuple[dict[str, Any], dict[str, int]]:
         slots = fleet_slots(definition, target, changes=changes, system=system)

@@ -108,6 +108,21 @@ def child_runs(tag: str) -> list[FlowRun]:
         )
 
 
+def test_a_block_given_with_targets_is_refused_not_ignored(fleet_file: Path) -> None:
+    """Through the API, targets with postgres_block ran the fleet and ignored the block (the
+    CLI refuses --fleet with --postgres-block)."""
+    state = refresh_stale_statistics(
+        targets="every",
+        fleet_file=str(fleet_file),
+        postgres_block="pg-orders",
+        dry_run=True,
+        return_state=True,
+    )
+    assert state.is_failed() and "postgres_block='pg-orders' names one target's block" in str(
+        state.message
+    )
+
+
 def test_one_child_per_target_and_the_unreachable_one_fails_alone(fleet_file: Path) -> None:
     run = run_id(fleet_file)
     state = refresh_stale_statistics(targets="every", fleet_file=str(fleet_file), return_state=True)
