@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from prefect.blocks.core import Block
 from prometheus_api_client import PrometheusConnect
 from pydantic import Field, SecretStr, model_validator
 from urllib3.util.retry import Retry
 
+from blocks.url_credentials import credentials_out_of_url
 from perfops.redaction import register_secret
 
 # Prometheus refuses range queries over 11,000 points per series.
@@ -71,19 +71,7 @@ class PrometheusSource(Block):
         `username` and the secret `password`: the URL is a plain field, shown in the UI, kept
         in the block document and named in reasons, errors and scaling records. The URL's
         credentials were the ones sent, so they win here too."""
-        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
-            return data
-        parts = urlsplit(data["url"])
-        if "@" not in parts.netloc:
-            return data
-        moved = dict(data)
-        head, rest = data["url"].split("//", 1)  # the netloc follows the scheme's //
-        moved["url"] = f"{head}//{rest.replace(parts.netloc, parts.netloc.rsplit('@', 1)[1], 1)}"
-        if parts.username:
-            moved["username"] = unquote(parts.username)
-        if parts.password is not None:
-            moved["password"] = SecretStr(unquote(parts.password))
-        return moved
+        return credentials_out_of_url(data)
 
     def auth(self) -> tuple[str, str] | None:
         """The basic-auth pair requests sends, or None without a user and password."""

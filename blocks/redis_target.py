@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import redis
 from prefect.blocks.core import Block
@@ -13,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from blocks.url_credentials import credentials_out_of_url
 from perfops.redaction import redact, register_secret
 
 
@@ -77,19 +78,7 @@ class RedisTarget(Block):
         often does) move to `username` and the secret `password`: the URL is a plain field,
         shown in the UI, kept in the block document and named in errors. Redis used the URL's
         password over the field's, so it wins here too."""
-        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
-            return data
-        parts = urlsplit(data["url"])
-        if "@" not in parts.netloc:
-            return data
-        moved = dict(data)
-        head, rest = data["url"].split("//", 1)  # the netloc follows the scheme's //
-        moved["url"] = f"{head}//{rest.replace(parts.netloc, parts.netloc.rsplit('@', 1)[1], 1)}"
-        if parts.username and not data.get("username"):
-            moved["username"] = unquote(parts.username)
-        if parts.password is not None:
-            moved["password"] = SecretStr(unquote(parts.password))
-        return moved
+        return credentials_out_of_url(data, keep_username=True)
 
     def get_client(self, **kwargs: Any) -> redis.Redis:
         """A `redis.Redis` client (strings decoded) with timeouts and jittered retries."""
