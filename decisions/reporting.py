@@ -24,6 +24,7 @@ from decisions.report_caches import NOTHING as CACHES_NOTHING
 from decisions.report_caches import cache_lines, cache_things
 from decisions.report_load import NOTHING as LOAD_NOTHING
 from decisions.report_load import load_lines, load_things
+from perfops.clock import as_utc
 from perfops.errors import ConfigurationError
 from perfops.wording import counted
 
@@ -57,21 +58,15 @@ def week_of(moment: datetime) -> ReportWeek:
     return ReportWeek(label=f"{year}-W{week:02d}", start=start, end=start + WEEK)
 
 
-def _utc(now: datetime) -> datetime:
-    """A clock without a time zone (a `now` parameter typed in the UI or the API) is UTC, as
-    the weeks are."""
-    return now if now.tzinfo is not None else now.replace(tzinfo=UTC)
-
-
 def last_complete_week(now: datetime) -> ReportWeek:
     """The latest ISO week that has ended by `now` (on a Monday: the week before)."""
-    return week_of(_utc(now) - WEEK)
+    return week_of(as_utc(now) - WEEK)
 
 
 def parse_week(text: str, now: datetime) -> ReportWeek:
     """`2026-W47` -> that ISO week; a malformed, non-existent or unfinished week is an error
     naming the latest complete week."""
-    now = _utc(now)
+    now = as_utc(now)
     latest = last_complete_week(now).label
     match = _WEEK_RE.match(text.strip())
     if not match:

@@ -37,6 +37,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from perfops.clock import as_utc
 from perfops.wording import figure
 
 EPS = 1e-9
@@ -153,7 +154,7 @@ class Schedule(BaseModel):
 
     def bounds_at(self, moment: datetime) -> tuple[int, int, str]:
         """(min, max, window name) in force at `moment` (aware, or naive = UTC)."""
-        local = _aware(moment).astimezone(ZoneInfo(self.timezone))
+        local = as_utc(moment).astimezone(ZoneInfo(self.timezone))
         for window in self.windows:
             if window.contains(local):
                 return window.min_capacity, window.max_capacity, window.name
@@ -313,12 +314,6 @@ class Decision:
         return self.desired != self.current
 
 
-def _aware(moment: datetime) -> datetime:
-    from datetime import UTC
-
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def _pct(distance: float, table: tuple[tuple[float, float], ...]) -> float:
     for upper, pct in table:
         if distance < upper:
@@ -380,12 +375,12 @@ def _fail_static(obs: Observation, state: ScalingState, reason: str) -> Decision
 def decide(policy: ScalingPolicy, obs: Observation, state: ScalingState | None = None) -> Decision:
     """The desired capacity and why; `Decision.state` is what to remember for the next run."""
     state = state or ScalingState()
-    now = _aware(obs.now)
+    now = as_utc(obs.now)
     load = np.asarray(obs.load, dtype=float)
     if load.size == 0:
         return _fail_static(obs, state, "no load data: fail static, capacity unchanged")
-    if obs.last_load_at is None or now - _aware(obs.last_load_at) > policy.max_data_age:
-        age = "never" if obs.last_load_at is None else str(now - _aware(obs.last_load_at))
+    if obs.last_load_at is None or now - as_utc(obs.last_load_at) > policy.max_data_age:
+        age = "never" if obs.last_load_at is None else str(now - as_utc(obs.last_load_at))
         return _fail_static(
             obs,
             state,
@@ -490,7 +485,7 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalingState | None =
                 f"(highest recommendation {held})"
             )
         if desired < current and state.last_action_at is not None:
-            since = now - _aware(state.last_action_at)
+            since = now - as_utc(state.last_action_at)
             if since < policy.scale_in_cooldown:
                 desired, reason = (
                     current,
@@ -500,7 +495,7 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalingState | None =
                     ),
                 )
     elif recommendation > current and state.last_scale_out_at is not None:
-        since = now - _aware(state.last_scale_out_at)
+        since = now - as_utc(state.last_scale_out_at)
         if since < policy.scale_out_cooldown:
             desired, reason = (
                 current,

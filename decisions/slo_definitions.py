@@ -9,7 +9,7 @@ only I/O is `load_definitions`, which reads one file.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,6 +25,7 @@ from pydantic import (
 
 from decisions.recipients import EXAMPLE, recipient_problem
 from decisions.yaml_models import parse_model
+from perfops.clock import as_utc
 from perfops.errors import ConfigurationError
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
@@ -250,7 +251,7 @@ class Silence(_Model):
     @field_validator("ends_at")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return as_utc(value)
 
     def matches(self, labels: dict[str, str], now: datetime) -> bool:
         if now >= self.ends_at:

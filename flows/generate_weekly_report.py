@@ -61,6 +61,7 @@ from decisions.reporting import (
     summarize_records,
     things_to_look_at,
 )
+from perfops.clock import as_utc
 from perfops.errors import PerfopsError
 from perfops.redaction import install_log_redaction, redact
 from perfops.settings import PROJECT_DIR, get_settings
@@ -144,8 +145,7 @@ def generate_weekly_report(
     check_block_names(prometheus_block=prometheus_block, s3_block=s3_block, email_block=email_block)
     logger = get_run_logger()
     started = time.monotonic()
-    clock = now or datetime.now(UTC)
-    clock = clock if clock.tzinfo is not None else clock.replace(tzinfo=UTC)  # typed: UTC
+    clock = as_utc(now) if now else datetime.now(UTC)  # typed without a zone: UTC
     settings = get_settings()
     config_file = Path(config_path or os.environ.get("PERFOPS_REPORT_CONFIG") or DEFAULT_CONFIG)
     config = load_config(config_file)

@@ -53,6 +53,7 @@ from decisions.partitioning import (
     load_policies,
     refuse_duplicates,
 )
+from perfops.clock import as_utc
 from perfops.errors import ConfigurationError, PerfopsError
 from perfops.redaction import install_log_redaction, one_line
 from tasks.fleet_runs import database_slots, fan_out, verified_fleet_target
@@ -120,8 +121,7 @@ def rotate_partitions(
             Ignored on a run no fleet parent started (it runs as a single run).
     """
     install_log_redaction()
-    if now is not None and now.tzinfo is None:
-        now = now.replace(tzinfo=UTC)  # typed without a zone (the UI, the API): UTC
+    now = as_utc(now) if now is not None else None  # typed without a zone (UI, API): UTC
     if apply and now is not None and now > datetime.now(UTC) + FUTURE_SLACK:
         # a preview of a later day, applied today, would expire partitions still inside their
         # retention (and drop them, with expired_action drop): through the API as on the CLI
