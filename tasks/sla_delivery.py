@@ -94,6 +94,15 @@ class HeldLock:
         except redis.exceptions.LockNotOwnedError:
             return False
 
+    def renew_reading(self, sink: str, undone: str) -> None:
+        """`renew` while the state is read back from `sink`; raises LockBusy when the lock
+        expired meanwhile (`undone`: what the run therefore did not do)."""
+        if not self.renew():
+            raise LockBusy(
+                f"the SLA lock {self.name} expired (held over {self.timeout_s:g} s) while the "
+                f"state was read back from {sink}: {undone} (the next run catches up)"
+            )
+
     @property
     def lost(self) -> str:
         """What happened once `renew` failed."""
@@ -291,12 +300,8 @@ def recover(
     checked before anything is written (LockBusy: nothing written)."""
 
     def tick() -> None:
-        if held is not None and not held.renew():
-            raise LockBusy(
-                f"the SLA lock {held.name} expired (held over {held.timeout_s:g} s) while the "
-                f"state was read back from {messenger.sink}: nothing was rebuilt, decided or "
-                "sent (the next run catches up)"
-            )
+        if held is not None:
+            held.renew_reading(messenger.sink, "nothing was rebuilt, decided or sent")
 
     oldest = min(now.timestamp(), time.time()) - lookback.total_seconds()
     payloads: list[dict[str, Any]] = []
@@ -536,12 +541,8 @@ def deliver(
         if not decide_now:
             return DeliveryReport(delivered=[], suppressed=[], recovered=recovered, deferred=True)
         found, unchecked = _reconcile_pending(store, messenger)
-        if not held.renew():  # the rebuild or the read-backs outlived the lock
-            raise LockBusy(
-                f"the SLA lock {held.name} expired (held over {held.timeout_s:g} s) while the "
-                f"state was read back from {messenger.sink}: nothing was decided or sent (the "
-                "next run catches up)"
-            )
+        # the rebuild or the read-backs outlived the lock?
+        held.renew_reading(messenger.sink, "nothing was decided or sent")
         for key in found:
             recovered += f"{'; ' if recovered else ''}notice {key} found sent, recorded"
         states = store.incidents()
