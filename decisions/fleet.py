@@ -52,6 +52,12 @@ LabelKey = Annotated[str, Field(pattern=LABEL)]
 System = Literal["postgres", "prometheus", "redis", "archive"]
 
 
+class FleetFileError(ConfigurationError):
+    """The fleet file itself is wrong: it cannot be read, is no YAML, fails validation, or a
+    named fleet lists targets the fleet does not have. What names the file (`--fleet-file`,
+    PERFOPS_FLEET_FILE, a flow's `fleet_file`) is to fix, not the selection (`--fleet`)."""
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -400,7 +406,7 @@ class Fleet(_Model):
             have = {t.name for t in self.targets}
             gone = [n for n in self.fleets[selection].targets or [] if n not in have]
             if gone:  # a fleet that discovers targets is checked here, once they are found
-                raise ConfigurationError(
+                raise FleetFileError(
                     f"fleet {selection!r} names targets the fleet does not have (neither "
                     f"listed nor discovered): {', '.join(gone)}; targets: {self._names()}"
                 )
@@ -424,21 +430,29 @@ class Fleet(_Model):
 
 
 def parse_fleet(text: str, source: str = "<string>") -> Fleet:
-    """Parse and validate fleet YAML; errors name `source`, the line and the field."""
-    return parse_model(
-        Fleet, text, source, expected="a mapping with targets (and fleets, max_parallel)"
-    )
+    """Parse and validate fleet YAML; errors (`FleetFileError`) name `source`, the line and the
+    field."""
+    try:
+        return parse_model(
+            Fleet, text, source, expected="a mapping with targets (and fleets, max_parallel)"
+        )
+    except ConfigurationError as exc:
+        raise FleetFileError(str(exc)) from None
 
 
-def load_fleet(path: Path | str) -> Fleet:
-    """Read and validate a fleet file."""
+NAMED_BY_DEFAULT = "PERFOPS_FLEET_FILE or --fleet-file names it"
+
+
+def load_fleet(path: Path | str, named_by: str = NAMED_BY_DEFAULT) -> Fleet:
+    """Read and validate a fleet file. Any error is a `FleetFileError`; one that cannot be read
+    says `named_by` (where the path came from: `--fleet-file`, PERFOPS_FLEET_FILE, a flow's
+    `fleet_file`, the default)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigurationError(
-            f"cannot read the fleet file {path}: {exc.strerror} (PERFOPS_FLEET_FILE or "
-            "--fleet-file names it; see docs/fleet.md)"
+        raise FleetFileError(
+            f"cannot read the fleet file {path}: {exc.strerror} ({named_by}; see docs/fleet.md)"
         ) from None
     return parse_fleet(text, str(path))
 

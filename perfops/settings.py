@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_FLEET_FILE = PROJECT_DIR / "deployments" / "fleet.yaml"
 DEFAULT_TRACE = PROJECT_DIR / "data" / "traces" / "nyc_taxi.csv"
 DEFAULT_DEMO_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=perfops_demo"
 
@@ -31,7 +32,7 @@ class PerfopsSettings(BaseSettings):
 
     postgres_block: str | None = None
     fleet_file: Path = Field(
-        default=PROJECT_DIR / "deployments" / "fleet.yaml",
+        default=DEFAULT_FLEET_FILE,
         description="The fleet definition `--fleet NAME` and a flow's `targets` read "
         "(docs/fleet.md).",
     )
@@ -107,6 +108,15 @@ class PerfopsSettings(BaseSettings):
     warm_idle: float = Field(
         default=1800, gt=0, description="Seconds the warm command process waits for a command."
     )
+
+    @field_validator("fleet_file", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        """PERFOPS_FLEET_FILE="" is unset (as `--fleet-file` takes it), not the directory ".":
+        the default fleet file."""
+        if isinstance(value, str) and not value.strip():
+            return DEFAULT_FLEET_FILE
+        return value
 
     @field_validator("slack_channels", mode="before")
     @classmethod

@@ -20,6 +20,7 @@ holds (docs/fleet.md).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -95,10 +96,17 @@ def load_selection(
     selection: str | list[str], fleet_file: str | None
 ) -> tuple[Fleet, list[Target]]:
     """The fleet file (`fleet_file`, else PERFOPS_FLEET_FILE, else deployments/fleet.yaml) and
-    the targets `selection` names."""
-    definition = with_discovered(
-        load_fleet(Path(fleet_file) if fleet_file else get_settings().fleet_file)
-    )
+    the targets `selection` names. A file that cannot be read says which of the three named it."""
+    if fleet_file:
+        path, named_by = Path(fleet_file), "named by the flow's fleet_file parameter"
+    else:
+        path = get_settings().fleet_file
+        named_by = (
+            "named by PERFOPS_FLEET_FILE"
+            if os.environ.get("PERFOPS_FLEET_FILE", "").strip()
+            else "the default: the flow's fleet_file parameter or PERFOPS_FLEET_FILE names another"
+        )
+    definition = with_discovered(load_fleet(path, named_by))
     return definition, definition.select(selection)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +21,7 @@ from cli.support import (
     run_flow,
     use_prefect_server,
 )
-from decisions.fleet import ALL, Fleet, Target, load_fleet
+from decisions.fleet import ALL, Fleet, FleetFileError, Target, load_fleet
 from perfops.errors import ConfigurationError, PerfopsError
 from perfops.redaction import one_line, redact
 
@@ -46,12 +47,45 @@ FleetOption = Annotated[
         callback=_named,
     ),
 ]
+FLEET_FILE_FLAG = "--fleet-file"
+FLEET_FILE_VARIABLE = "PERFOPS_FLEET_FILE"
+
+
+def _file_source() -> str | None:
+    """Where the running command's fleet file came from: `--fleet-file` typed,
+    PERFOPS_FLEET_FILE (read by the option or, outside a command, by the settings), or None
+    for the default deployments/fleet.yaml."""
+    from typer._click.core import ParameterSource
+    from typer._click.globals import get_current_context
+
+    ctx = get_current_context(silent=True)
+    source = ctx.get_parameter_source("fleet_file") if ctx is not None else None
+    if source == ParameterSource.COMMANDLINE:
+        return FLEET_FILE_FLAG
+    if source == ParameterSource.ENVIRONMENT or os.environ.get(FLEET_FILE_VARIABLE):
+        return FLEET_FILE_VARIABLE
+    return None
+
+
+def _file_named(value: Path | None) -> Path | None:
+    """--fleet-file (or PERFOPS_FLEET_FILE) as given; an empty one (`--fleet-file "$F"` with F
+    unset: a path of ".") is refused, naming whichever of the two gave it."""
+    if value is not None and str(value) in ("", "."):
+        raise typer.BadParameter(
+            "empty: name the fleet file (a YAML file such as deployments/fleet.yaml), or leave "
+            f"{FLEET_FILE_FLAG} and {FLEET_FILE_VARIABLE} unset for deployments/fleet.yaml",
+            param_hint=_file_source() or FLEET_FILE_FLAG,
+        )
+    return value
+
+
 FleetFileOption = Annotated[
     Path | None,
     env_option(
-        "PERFOPS_FLEET_FILE",
+        FLEET_FILE_VARIABLE,
         "The fleet definition (default deployments/fleet.yaml).",
-        "--fleet-file",
+        FLEET_FILE_FLAG,
+        callback=_file_named,
     ),
 ]
 PROBE_THREADS = 16
@@ -73,7 +107,13 @@ def selected(
     discovers targets on the Prefect server is read there (`discovered`), or, before Prefect
     starts, checked only as far as the file goes (no targets selected yet)."""
     path = fleet_file or perfops_settings().fleet_file
-    definition = load_fleet(path)
+    source = _file_source()
+    definition = load_fleet(
+        path,
+        f"named by {source}"
+        if source
+        else f"the default: name another with {FLEET_FILE_FLAG} or {FLEET_FILE_VARIABLE}",
+    )
     if definition.discover:
         if not discovered:
             return definition, [], path  # the flow selects once it has listed the blocks
@@ -85,6 +125,15 @@ def selected(
         for why in skipped:  # on stderr: stdout holds the listing (--json: only the JSON)
             err.print(f"perfops: not a fleet target: {why}", style="yellow", markup=False)
     return definition, definition.select(selection or ALL), path
+
+
+def selection_refused(exc: PerfopsError) -> typer.BadParameter:
+    """A wrong fleet as a usage error (exit 2) naming what the user gave: a wrong fleet file
+    names `--fleet-file` or PERFOPS_FLEET_FILE (none: the default file, which the message
+    names), any other wrong selection `--fleet`."""
+    if isinstance(exc, FleetFileError):
+        return typer.BadParameter(str(exc), param_hint=_file_source())
+    return typer.BadParameter(str(exc), param_hint="--fleet")
 
 
 def _typed(flag: str, value: object) -> bool:
@@ -127,7 +176,7 @@ def run_fleet(
     try:
         definition, targets, _ = selected(fleet, fleet_file, discovered=False)
     except PerfopsError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--fleet") from None
+        raise selection_refused(exc) from None
     if not definition.discover and not any(t.has(system) for t in targets):  # as the run says
         raise typer.BadParameter(
             f"no target of the selection has {system} in the fleet file", param_hint="--fleet"
@@ -224,7 +273,7 @@ def list_targets(
     try:
         definition, targets, path = selected(selection, fleet_file)
     except ConfigurationError as exc:  # bad usage, as every other --fleet command says it
-        raise typer.BadParameter(str(exc), param_hint="--fleet") from None
+        raise selection_refused(exc) from None
     reach: list[tuple[bool, str] | None] = [None] * len(targets)
     if probe:
         use_prefect_server()  # the blocks are saved on the Prefect server

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.commands.fleet import FleetFileOption, FleetOption, selected
+from cli.commands.fleet import FleetFileOption, FleetOption, selected, selection_refused
 from cli.support import (
     JsonFlag,
     VerboseFlag,
@@ -58,7 +58,7 @@ def _fleet(ctx: typer.Context, fleet: str | None, fleet_file: Path | None) -> st
     try:
         selected(fleet, fleet_file, discovered=False)  # as every --fleet command checks it
     except ConfigurationError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--fleet") from None
+        raise selection_refused(exc) from None
     return fleet
 
 

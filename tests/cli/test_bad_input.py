@@ -195,3 +195,94 @@ def test_fleet_list_json_stays_json_when_discovery_leaves_blocks_out(
     assert [t["name"] for t in listed["targets"]] == ["orders", "bill"]
     assert listed["targets"][0]["cluster"] is None  # not a human placeholder in --json
     assert "not a fleet target: pg-orders: a target 'orders' exists already" in captured.err
+
+
+BAD_FLEET_FILES = {
+    "missing": (None, "cannot read the fleet file"),
+    "not YAML": ("targets: [\n", "not valid YAML"),
+    "empty": ("", "expected a mapping with targets"),
+    "no targets": ("targets: []\n", "list targets, or discover them"),
+    "unknown target": (
+        "targets:\n  - {name: orders, blocks: {postgres: pg-orders}}\n"
+        "fleets:\n  prod: {targets: [orders, nosuch]}\n",
+        "fleet 'prod' names unknown targets: nosuch",
+    ),
+}
+FLEET_COMMANDS = [
+    ["fleet", "list", "--no-probe"],
+    ["stats", "refresh"],
+    ["scaling", "apply-schedule"],
+    ["partitions", "rotate", "--table", "public.t", "--interval", "month"],
+    ["report", "weekly"],
+]
+
+
+def _fleet_file(tmp_path: Path, problem: str) -> Path:
+    text = BAD_FLEET_FILES[problem][0]
+    path = tmp_path / "fleet.yaml"
+    if text is not None:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("problem", list(BAD_FLEET_FILES))
+@pytest.mark.parametrize("command", FLEET_COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_a_bad_fleet_file_is_reported_against_fleet_file_not_fleet(
+    perfops: Callable[[list[str]], int],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    command: list[str],
+    problem: str,
+) -> None:
+    path = _fleet_file(tmp_path, problem)
+    assert perfops([*command, "--fleet", "all", "--fleet-file", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Invalid value for --fleet-file: " in err, err
+    assert BAD_FLEET_FILES[problem][1] in err and "for --fleet:" not in err, err
+    assert err.strip().count("\n") == 0, err
+
+
+@pytest.mark.parametrize("problem", ["missing", "not YAML", "unknown target"])
+def test_a_bad_fleet_file_from_the_variable_names_the_variable(
+    perfops: Callable[[list[str]], int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    problem: str,
+) -> None:
+    monkeypatch.setenv("PERFOPS_FLEET_FILE", str(_fleet_file(tmp_path, problem)))
+    assert perfops(["stats", "refresh", "--fleet", "all"]) == 2
+    err = capsys.readouterr().err
+    assert "Invalid value for PERFOPS_FLEET_FILE: " in err, err
+    assert BAD_FLEET_FILES[problem][1] in err and "--fleet:" not in err, err
+
+
+@pytest.mark.parametrize("command", FLEET_COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_an_empty_fleet_file_option_is_refused_naming_it(
+    perfops: Callable[[list[str]], int], capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    # `--fleet-file "$FLEET_FILE"` with the variable unset: it read the directory "."
+    assert perfops([*command, "--fleet", "all", "--fleet-file", ""]) == 2
+    err = capsys.readouterr().err
+    assert "Invalid value for --fleet-file: empty: name the fleet file" in err, err
+
+
+def test_an_empty_fleet_file_variable_is_unset_not_the_directory(
+    perfops: Callable[[list[str]], int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PERFOPS_FLEET_FILE", "")
+    assert perfops(["fleet", "list", "--no-probe", "--fleet", "nosuch"]) == 2
+    err = capsys.readouterr().err  # the default fleet file was read: the selection is wrong
+    assert "Invalid value for --fleet: 'nosuch' is neither a fleet" in err, err
+
+
+def test_a_wrong_selection_in_a_good_file_still_names_fleet(
+    perfops: Callable[[list[str]], int], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text("targets:\n  - {name: orders, blocks: {postgres: pg-orders}}\n")
+    assert perfops(["stats", "refresh", "--fleet", "env=prod", "--fleet-file", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Invalid value for --fleet: no target has the label 'env=prod'" in err, err

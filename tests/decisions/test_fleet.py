@@ -3,12 +3,14 @@ report of a run over several targets."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from decisions.fleet import (
     Fleet,
+    FleetFileError,
     FleetReport,
     Target,
     TargetRun,
@@ -175,6 +177,37 @@ def test_a_malformed_file_names_line_and_field(text: str, message: str) -> None:
 def test_a_missing_file_says_which(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"cannot read the fleet file .*nope\.yaml"):
         load_fleet(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, "cannot read the fleet file"),
+        ("targets: [", "not valid YAML"),
+        ("", "expected a mapping"),
+        ("targets: []\n", "list targets"),
+        (
+            "targets:\n  - {name: a, blocks: {postgres: pg-a}}\nfleets:\n  f: {targets: [zz]}\n",
+            "fleet 'f' names unknown targets: zz",
+        ),
+    ],
+)
+def test_every_fault_of_the_file_is_a_fleet_file_error_saying_what_named_it(
+    tmp_path: Path, text: str | None, message: str
+) -> None:
+    path = tmp_path / "fleet.yaml"
+    if text is not None:
+        path.write_text(text, encoding="utf-8")
+    with pytest.raises(FleetFileError, match=re.escape(message)) as caught:
+        load_fleet(path, "named by --fleet-file")
+    if text is None:
+        assert "(named by --fleet-file; see docs/fleet.md)" in str(caught.value)
+
+
+def test_a_selection_fault_is_no_fleet_file_error(fleet: Fleet) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        fleet.select("nosuch")
+    assert not isinstance(caught.value, FleetFileError)
 
 
 def test_fleet_report_message_and_rows() -> None:

@@ -108,6 +108,17 @@ def child_runs(tag: str) -> list[FlowRun]:
         )
 
 
+def test_a_fleet_file_parameter_that_cannot_be_read_is_named(tmp_path: Path) -> None:
+    """A deployment run has no --fleet-file: its error names the flow's parameter."""
+    state = refresh_stale_statistics(
+        targets="all", fleet_file=str(tmp_path / "nope.yaml"), dry_run=True, return_state=True
+    )
+    assert state.is_failed()
+    assert "nope.yaml: No such file or directory (named by the flow's fleet_file parameter" in str(
+        state.message
+    )
+
+
 def test_a_block_given_with_targets_is_refused_not_ignored(fleet_file: Path) -> None:
     """Through the API, targets with postgres_block ran the fleet and ignored the block (the
     CLI refuses --fleet with --postgres-block)."""
