@@ -32,11 +32,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from decisions.time_zones import time_zone_problem
 from perfops.clock import as_utc
 from perfops.wording import figure
 
@@ -119,10 +120,9 @@ class Schedule(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
+        problem = time_zone_problem(value)  # before any scheduled action is written with it
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from blocks.resolve import BOTO_RETRY_CONFIG, load_block
 from decisions.fleet import Target
+from decisions.time_zones import same_time_zone
 from perfops.errors import ConfigurationError, ConnectionFailed, PerfopsError
 
 if TYPE_CHECKING:
@@ -105,9 +106,28 @@ def action_change(existing: ScheduledAction | None, wanted: ScheduledAction) -> 
             f"sets desired capacity {existing.desired} when it runs, overriding the scaling "
             "decisions: rewritten with bounds only"
         )
-    if existing != wanted:
-        return "different on the group"
+    differs = action_differences(existing, wanted)
+    if differs:
+        return "different on the group: " + "; ".join(differs)
     return None
+
+
+def action_differences(existing: ScheduledAction, wanted: ScheduledAction) -> list[str]:
+    """What of `wanted` the group's action has otherwise (empty: the same action). The time zone
+    is compared as a zone, not as a name: AWS may give it back as an alias (`Etc/UTC` for
+    `UTC`), which is the same action and no change."""
+    fields: list[tuple[str, object, object]] = [
+        ("recurrence", existing.recurrence, wanted.recurrence),
+        ("min", existing.min_size, wanted.min_size),
+        ("max", existing.max_size, wanted.max_size),
+        ("desired", existing.desired, wanted.desired),
+    ]
+    differs = [
+        f"{what} {have} on the group, {want} wanted" for what, have, want in fields if have != want
+    ]
+    if not same_time_zone(existing.timezone, wanted.timezone):
+        differs.append(f"time zone {existing.timezone} on the group, {wanted.timezone} wanted")
+    return differs
 
 
 def client_for(target: AutoScalingTarget, credentials: AwsCredentials | None = None) -> Any:
@@ -267,7 +287,11 @@ def put_schedule(client: Any, group: str, actions: list[ScheduledAction]) -> lis
         changed.append(action.name)
     if changed:
         after = scheduled_actions(client, group)
-        wrong = [a.name for a in actions if a.name in changed and after.get(a.name) != a]
+        wrong = [
+            a.name
+            for a in actions
+            if a.name in changed and action_change(after.get(a.name), a) is not None
+        ]
         if wrong:
             raise ConnectionFailed(
                 f"group {group!r} reports the scheduled actions {', '.join(wrong)} differently "

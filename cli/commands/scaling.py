@@ -178,6 +178,14 @@ def decide(
         print_wrapped("dry run: nothing changed; rerun with --apply to set it", indent=2)
 
 
+# The Schedule fields `apply-schedule` sets, by flag (a bad value is reported against its flag).
+_SCHEDULE_FLAGS = {
+    "timezone": "--timezone",
+    "off_hours_min": "--off-min",
+    "off_hours_max": "--off-max",
+}
+
+
 @app.command("apply-schedule")
 def apply_schedule(
     group: Annotated[
@@ -230,7 +238,12 @@ def apply_schedule(
             off_hours_max=off_max,
         )
     except ValidationError as exc:
-        raise typer.BadParameter(str(exc.errors()[0]["msg"])) from None
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        raise typer.BadParameter(
+            str(first["msg"]).removeprefix("Value error, "),
+            param_hint=_SCHEDULE_FLAGS.get(field),
+        ) from None
 
     def loader() -> Any:
         from flows.apply_scaling_schedule import apply_scaling_schedule

@@ -52,6 +52,14 @@ def no_flow_runs(monkeypatch: pytest.MonkeyPatch) -> None:
         (["queries", "slow", "--threshold-ms", "-1"], "--threshold-ms"),
         (["queries", "slow", "--top", "-1"], "--top"),
         (["scaling", "apply-schedule"], "--group"),  # neither a group nor a fleet
+        (
+            ["scaling", "apply-schedule", "--group", "g", "--timezone", "Europe/Berln"],
+            "Invalid value for --timezone: unknown time zone 'Europe/Berln': give an IANA name",
+        ),
+        (
+            ["scaling", "apply-schedule", "--group", "g", "--timezone", "localtime"],
+            "Invalid value for --timezone: 'localtime' is no IANA time zone name",
+        ),
         (["scaling", "decide", "--fleet", "prod", "--current", "3"], "--current"),
         (["scaling", "tune", "--fleet", "prod", "--metrics-block", "m"], "--metrics-block"),
         (["indexes", "suggest", "--fleet", "prod", "--dsn", "host=x"], "--dsn"),

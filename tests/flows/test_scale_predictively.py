@@ -278,6 +278,42 @@ def test_apply_scaling_schedule_dry_run_then_idempotent(
     assert event.payload["group"] == "web"
 
 
+def test_apply_scaling_schedule_after_aws_renamed_the_zone_changes_nothing(
+    group: tuple[Any, AutoScalingTarget],
+) -> None:
+    """AWS may give the TimeZone back as an alias (`Etc/UTC` for the `UTC` written): the
+    second apply compared the names and rewrote both actions, reporting changes every run."""
+    from flows.apply_scaling_schedule import apply_scaling_schedule
+
+    client, target = group
+    schedule = Schedule(timezone="UTC")
+    first = one_target(apply_scaling_schedule, aws=target, schedule=schedule, dry_run=False)
+    assert len(first.changed) == 2
+    for a in client.describe_scheduled_actions(AutoScalingGroupName="web")[
+        "ScheduledUpdateGroupActions"
+    ]:  # as AWS may store it: the same zone, another name
+        client.put_scheduled_update_group_action(
+            AutoScalingGroupName="web",
+            ScheduledActionName=a["ScheduledActionName"],
+            Recurrence=a["Recurrence"],
+            MinSize=a["MinSize"],
+            MaxSize=a["MaxSize"],
+            TimeZone="Etc/UTC",
+        )
+    for spelling in ("UTC", "Etc/UTC", "Zulu"):
+        again = one_target(
+            apply_scaling_schedule,
+            aws=target,
+            schedule=Schedule(timezone=spelling),
+            dry_run=False,
+        )
+        assert again.changed == [] and "already in place" in again.summary, spelling
+        rows = artifact_rows("perfops-scaling-schedule")
+        assert [r["result"] for r in rows] == ["unchanged", "unchanged"]
+    described = client.describe_scheduled_actions(AutoScalingGroupName="web")
+    assert {a["TimeZone"] for a in described["ScheduledUpdateGroupActions"]} == {"Etc/UTC"}
+
+
 def test_apply_scaling_schedule_rewrites_actions_that_set_the_desired_capacity(
     group: tuple[Any, AutoScalingTarget],
 ) -> None:

@@ -288,3 +288,59 @@ def test_redis_down_is_a_clear_error() -> None:
         pass
     with pytest.raises(ConnectionFailed, match="no action taken"):
         load_state.fn(down, "web")
+
+
+def _write_as_aws_returns_it(asg: Any, schedule: Schedule, zone: str) -> None:
+    """The schedule's actions on the group as AWS may give them back: another name of its zone."""
+    for name, cron, low, high, _ in schedule_actions(schedule):
+        asg.put_scheduled_update_group_action(
+            AutoScalingGroupName="web",
+            ScheduledActionName=name,
+            Recurrence=cron,
+            MinSize=low,
+            MaxSize=high,
+            TimeZone=zone,
+        )
+
+
+@pytest.mark.parametrize(
+    ("wanted", "on_the_group"),
+    [("UTC", "Etc/UTC"), ("Etc/UTC", "UTC"), ("UTC", "GMT"), ("US/Eastern", "America/New_York")],
+)
+def test_an_action_whose_zone_aws_spells_otherwise_is_not_rewritten(
+    asg: Any, wanted: str, on_the_group: str
+) -> None:
+    """Compared as strings, `Etc/UTC` on the group differed from the `UTC` written: every apply
+    rewrote the actions and reported changes, forever."""
+    schedule = Schedule(timezone=wanted)
+    _write_as_aws_returns_it(asg, schedule, on_the_group)
+    actions = [ScheduledAction(*a) for a in schedule_actions(schedule)]
+    found = scheduled_actions(asg, "web")
+    assert {found[a.name].timezone for a in actions} == {on_the_group}
+    assert [action_change(found[a.name], a) for a in actions] == [None, None]
+    assert put_schedule(asg, "web", actions) == []
+    described = asg.describe_scheduled_actions(AutoScalingGroupName="web")
+    assert {a["TimeZone"] for a in described["ScheduledUpdateGroupActions"]} == {on_the_group}
+
+
+def test_an_action_in_another_zone_is_rewritten_saying_so(asg: Any) -> None:
+    schedule = Schedule(timezone="Europe/Berlin")
+    _write_as_aws_returns_it(asg, schedule, "Europe/London")
+    actions = [ScheduledAction(*a) for a in schedule_actions(schedule)]
+    found = scheduled_actions(asg, "web")
+    assert action_change(found[actions[0].name], actions[0]) == (
+        "different on the group: time zone Europe/London on the group, Europe/Berlin wanted"
+    )
+    assert put_schedule(asg, "web", actions) == [a.name for a in actions]
+    after = scheduled_actions(asg, "web")
+    assert {after[a.name].timezone for a in actions} == {"Europe/Berlin"}
+
+
+def test_a_changed_bound_is_named_in_the_reason(asg: Any) -> None:
+    _write_as_aws_returns_it(asg, Schedule(off_hours_min=1), "UTC")
+    actions = [ScheduledAction(*a) for a in schedule_actions(Schedule())]
+    found = scheduled_actions(asg, "web")
+    assert [action_change(found[a.name], a) for a in actions] == [
+        None,
+        "different on the group: min 1 on the group, 2 wanted",
+    ]
