@@ -203,7 +203,15 @@ class TableRotation(BaseModel):
 
     table: str
     kind: Literal["range", "hash"]
-    plan: RotationPlan | None = None
+    plan: RotationPlan | None = Field(
+        default=None, description="What the run planned, from the table as it found it."
+    )
+    after: RotationPlan | None = Field(
+        default=None,
+        description="An applied run that created partitions: the plan again from the catalog "
+        "read after creating them; its expiry is what the run retired, its health, gaps and "
+        "kept children are the state the run left (None: `plan` says it).",
+    )
     hash_plan: HashPlan | None = None
     created: list[CreatedPartition] = Field(default_factory=list)
     expired: list[ExpiryOutcome] = Field(default_factory=list)
@@ -220,6 +228,12 @@ class TableRotation(BaseModel):
     @property
     def created_names(self) -> list[str]:
         return [c.name for c in self.created if c.status == "created"]
+
+    @property
+    def state(self) -> RotationPlan | None:
+        """The plan that describes the table as the run left it: `after` when the run created
+        partitions, else `plan` (a dry run, or a run that created none)."""
+        return self.after or self.plan
 
 
 class RotationReport(BaseModel):
@@ -312,7 +326,9 @@ def artifact_rows(report: RotationReport) -> list[dict[str, Any]]:
                     r.reason,
                     "planned" if report.dry_run else "see create",
                 )
-            for g in t.plan.gaps:
+        state = t.state
+        if state:
+            for g in state.gaps:
                 add(
                     t.table,
                     "gap",
@@ -321,9 +337,9 @@ def artifact_rows(report: RotationReport) -> list[dict[str, Any]]:
                     g.reason,
                     "",
                 )
-            for h in t.plan.health:
+            for h in state.health:
                 add(t.table, "health", "", "", f"{h.kind}: {h.detail}", "")
-            for k in t.plan.kept:
+            for k in state.kept:
                 add(t.table, "keep", k.label, "", k.reason, "kept")
         if t.hash_plan:
             add(
@@ -335,7 +351,7 @@ def artifact_rows(report: RotationReport) -> list[dict[str, Any]]:
                 ", ".join(f"{c.name} {c.status}" for c in t.created)
                 or ("planned" if t.hash_plan.missing else "ok"),
             )
-        reasons = {e.label: e.reason for e in t.plan.expire} if t.plan else {}
+        reasons = {e.label: e.reason for e in state.expire} if state else {}
         for e in t.expired:
             add(
                 t.table,
@@ -386,7 +402,7 @@ def rotation_events(report: RotationReport) -> list[tuple[str, str, dict[str, An
             events.append(
                 (EVENT + "default_rows", t.table, {"table": t.table, "rows": t.default_rows})
             )
-        for h in t.plan.health if t.plan else []:
+        for h in t.state.health if t.state else []:  # the state the run left
             events.append(
                 (EVENT + "health", t.table, {"table": t.table, "kind": h.kind, "detail": h.detail})
             )

@@ -13,7 +13,9 @@ is exactly this plan.
   be adopted. A child whose bounds do not lie on the policy's interval boundaries is reported and
   left alone: nothing is converted that the plan does not understand.
 * Expired children (upper bound <= start of the current interval - retention) are archived,
-  detached or dropped as the policy says, never the default partition and never the last child.
+  detached or dropped as the policy says, never the default partition and never the last child
+  (counting the partitions the plan creates first; an applied run plans its expiry again from
+  the catalog once they exist: `after_changes`).
 * Hash-partitioned tables only need every remainder present (`plan_hash`).
 """
 
@@ -595,9 +597,18 @@ def plan_rotation(
     existing: list[ExistingPartition],
     default_rows: list[DefaultRows],
     max_future_intervals: int = DEFAULT_MAX_FUTURE_INTERVALS,
+    *,
+    after_changes: bool = False,
 ) -> RotationPlan:
     """What one rotation of `policy.table` would do at `now`, given its children and the rows
-    waiting in its default partition. Deterministic; nothing is read or written."""
+    waiting in its default partition. Deterministic; nothing is read or written.
+
+    An expired child is kept when it is the last child: not when this plan creates newer ones
+    first (they are created before anything expires, and the run plans its expiry again from
+    the catalog once they exist). `after_changes`: the children are those a run left after
+    creating its partitions (nothing more is created before the expiry: the last child is kept
+    whatever is still missing), and the findings say what is left for a later run (the report
+    of an applied run describes the state it leaves, not the one it found)."""
     if max_future_intervals < 0:
         raise ValueError(f"max_future_intervals must be >= 0, got {max_future_intervals}")
     interval, zone, tz = policy.interval, policy.zone, policy.timezone
@@ -786,7 +797,9 @@ def plan_rotation(
                     f"{label(start)}: move them into {made} partition {target}",
                 )
             )
-            detail = f"moved to {target}"
+            detail = (
+                f"the next run moves them to {target}" if after_changes else f"moved to {target}"
+            )
         elif start in unrescued:
             detail = unrescued[start]
         else:
@@ -799,7 +812,7 @@ def plan_rotation(
             )
         )
 
-    # Premade partitions running short (before this run creates any).
+    # Premade partitions running short (before this run creates any; after_changes: still).
     ready = sum(
         1 for i in range(1, policy.premake + 1) if covering(step(current, i), step(current, i + 1))
     )
@@ -810,7 +823,11 @@ def plan_rotation(
             HealthFinding(
                 kind="premade_short",
                 detail=f"{ready} of {policy.premake} {interval}s after {label(current)} have a "
-                f"partition ready; this run creates {coming}",
+                + (
+                    f"partition ready after this run; the next run creates {coming}"
+                    if after_changes
+                    else f"partition ready; this run creates {coming}"
+                ),
             ),
         )
 
@@ -818,7 +835,7 @@ def plan_rotation(
     if cutoff is not None:
         expired = [c for c in adopted if c.upper is not None and c.upper <= cutoff]
         spared: ExistingPartition | None = None
-        if expired and len(expired) == len(children):
+        if expired and len(expired) == len(children) and (after_changes or not plan.create):
             spared = expired.pop()
             plan.kept.append(
                 KeptPartition(

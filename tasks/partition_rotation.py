@@ -18,6 +18,8 @@ from decisions.partition_rotation import (
     to_retire,
 )
 from decisions.partitioning import (
+    DefaultRows,
+    ExistingPartition,
     HashPolicy,
     PartitionPolicy,
     plan_hash,
@@ -32,6 +34,7 @@ from tasks.postgres.partition_changes import (
     fetch_detached,
 )
 from tasks.postgres.partitions import (
+    PartitionedTable,
     fetch_default_rows,
     fetch_hash_children,
     fetch_partitioned_table,
@@ -67,12 +70,7 @@ def rotate_range(
         )
     key_column = meta.key_column
     assert key_column is not None  # fetch_partitioned_table refuses anything else
-    existing = to_existing(meta.children, meta.key_type, policy.timezone, schema_name)
-    default_rows = (
-        fetch_default_rows(target, qualified, key_column, policy.interval, policy.timezone)
-        if meta.default
-        else []
-    )
+    existing, default_rows = _read_children(target, policy, meta)
     result.default_rows = sum(d.rows for d in default_rows)
     leftovers: list[ExpiredTable] = []
     for d in fetch_detached(target, schema_name, table_name):
@@ -129,11 +127,41 @@ def rotate_range(
                 {"table": policy.table, "partitions": result.created_names},
             )
 
+        # The table as the creation left it: the expiry runs from it (an expired child is the
+        # last child only if nothing newer was made), and the report describes it.
+        progress.report(f"{policy.table}: reading the catalog again", 0, 1)
+        existing, default_rows = _read_children(
+            target, policy, fetch_partitioned_table(target, qualified)
+        )
+        result.after = plan_rotation(
+            policy,
+            now,
+            existing,
+            default_rows,
+            settings.max_future_intervals,
+            after_changes=True,
+        )
+        retiring = to_retire(result.after, leftovers)
+
     # 2. Retire the expired partitions: detach, archive (verified), only then drop.
     retire_expired(
         target, resource, policy, key_column, retiring, settings, workdir, result, preflight
     )
     return result
+
+
+def _read_children(
+    target: Any, policy: PartitionPolicy, meta: PartitionedTable
+) -> tuple[list[ExistingPartition], list[DefaultRows]]:
+    """The table's children as the plan takes them, and the rows waiting in its default
+    partition (none without one)."""
+    existing = to_existing(meta.children, meta.key_type, policy.timezone, policy.schema_name)
+    if not meta.default or meta.key_column is None:
+        return existing, []
+    qualified = qualified_name(policy.schema_name, policy.table_name)
+    return existing, fetch_default_rows(
+        target, qualified, meta.key_column, policy.interval, policy.timezone
+    )
 
 
 def rotate_hash(

@@ -269,11 +269,12 @@ def _print_report(report: Any) -> None:
                 _print(p.reason, indent=6, style="dim")
             for r in t.plan.rescue:
                 _print(f"rescue: {r.reason}", indent=4)
-            for g in t.plan.gaps:
+        if t.state:  # an applied run: the table as it left it
+            for g in t.state.gaps:
                 _print(f"gap: {g.reason}", indent=4, style="yellow")
-            for h in t.plan.health:
+            for h in t.state.health:
                 _print(f"health ({h.kind}): {h.detail}", indent=4, style="yellow")
-            for k in t.plan.kept:
+            for k in t.state.kept:
                 _print(f"kept: {k.name}: {k.reason}", indent=4)
         if t.hash_plan:
             _print(f"hash: {t.hash_plan.reason}", indent=4)

@@ -6,12 +6,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from decisions.partition_rotation import (
+    CreatedPartition,
     Detached,
     Dropped,
     ExpiredTable,
     ExpiryOutcome,
     RotationReport,
     TableRotation,
+    artifact_rows,
     planned_outcomes,
     record_detaches,
     record_drops,
@@ -19,7 +21,14 @@ from decisions.partition_rotation import (
     rotation_events,
     to_retire,
 )
-from decisions.partitioning import PartitionPolicy, PlannedExpiry, RotationPlan
+from decisions.partitioning import (
+    HealthFinding,
+    KeptPartition,
+    PartitionPolicy,
+    PlannedExpiry,
+    PlannedPartition,
+    RotationPlan,
+)
 
 JAN, FEB, MAR = (datetime(2025, m, 1, tzinfo=UTC) for m in (1, 2, 3))
 
@@ -171,3 +180,40 @@ def test_a_run_ends_with_one_rotated_event_per_table_and_its_findings() -> None:
     assert rotated["problems"] == ["a gap"]
     assert events[2][2]["problems"] == ["not partitioned"]
     assert events[0][2] == {"table": "public.audit_logs", "rows": 7}
+
+
+def test_an_applied_run_reports_the_state_it_left_not_the_one_it_found() -> None:
+    """Found short of premade partitions with an expired last child; the run created them and
+    planned again (`after`): its artifact and events say neither any more."""
+    found = plan("p_jan")
+    found.health = [HealthFinding(kind="premade_short", detail="0 of 3 months ready")]
+    found.kept = [KeptPartition(name="p_feb", lower=FEB, upper=MAR, reason="it is the last child")]
+    found.create = [PlannedPartition(name="p_apr", lower=MAR, upper=MAR, reason="premake 1")]
+    after = plan("p_jan", "p_feb")
+    after.expire[1].reason = "older than 12 months, and no longer the last child"
+    applied = TableRotation(
+        table="public.audit_logs",
+        kind="range",
+        plan=found,
+        after=after,
+        created=[CreatedPartition(name="p_apr", status="created")],
+        expired=[
+            ExpiryOutcome(partition=n, action="archive_then_drop", status="dropped", rows=1)
+            for n in ("p_jan", "p_feb")
+        ],
+    )
+    report = RotationReport(target="db", dry_run=False, seconds=1.0, tables=[applied])
+    rows = artifact_rows(report)
+    assert [(r["what"], r["partition"], r["result"]) for r in rows] == [
+        ("create", "p_apr", "created"),
+        ("expire", "p_jan", "dropped; 1 rows"),
+        ("expire", "p_feb", "dropped; 1 rows"),
+    ]
+    assert rows[2]["reason"] == "older than 12 months, and no longer the last child"
+    assert [n for n, _, _ in rotation_events(report)] == ["perfops.partitions.rotated"]
+    # a dry run (no `after`) still reports what it found
+    dry = RotationReport(
+        target="db", dry_run=True, seconds=1.0, tables=[applied.model_copy(update={"after": None})]
+    )
+    assert {"health", "keep"} <= {r["what"] for r in artifact_rows(dry)}
+    assert "perfops.partitions.health" in [n for n, _, _ in rotation_events(dry)]

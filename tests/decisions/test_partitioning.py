@@ -350,14 +350,65 @@ def test_detach_only_and_drop_say_so() -> None:
 
 
 def test_never_drops_the_last_child() -> None:
+    """The children a run left after creating its partitions (`after_changes`): when none of
+    them was made (they all failed), the newest expired child is the last one and stays."""
     p = policy(retention="1 month", expired_action="drop")
-    plan = plan_rotation(p, NOW, [DEFAULT, month(2020, 1), month(2020, 2)], [])
+    plan = plan_rotation(p, NOW, [DEFAULT, month(2020, 1), month(2020, 2)], [], after_changes=True)
     assert [e.name for e in plan.expire] == ["audit_logs_p2020_01"]
     assert [k.name for k in plan.kept] == ["audit_logs_p2020_02"]
     assert plan.kept[0].reason == (
         "expired (ends 2020-03-01T00:00:00+00:00 <= cutoff 2026-10-01T00:00:00+00:00) but it "
         "is the last child: never drops the last child"
     )
+
+
+def test_an_expired_child_is_not_the_last_when_the_run_creates_newer_ones_first() -> None:
+    """The run creates the current month and three ahead before anything expires: the newest
+    expired child was kept as "the last child" although it no longer was once they existed."""
+    p = policy(retention="1 month", expired_action="drop")
+    plan = plan_rotation(p, NOW, [DEFAULT, month(2020, 1), month(2020, 2)], [])
+    assert plan.create[0].name == "audit_logs_p2026_11"
+    assert [e.name for e in plan.expire] == ["audit_logs_p2020_01", "audit_logs_p2020_02"]
+    assert plan.kept == []
+
+
+def test_the_last_child_stays_when_nothing_newer_can_be_made() -> None:
+    """premake 0, and the current month's name is taken by an old child: nothing is created,
+    so the newest expired child is the last one."""
+    p = policy(retention="1 month", expired_action="drop", premake=0)
+    taken = month(2020, 2, name="audit_logs_p2026_11")
+    plan = plan_rotation(p, NOW, [DEFAULT, month(2020, 1), taken], [])
+    assert plan.create == [] and "is taken by a child with other bounds" in plan.problems[0]
+    assert [e.name for e in plan.expire] == ["audit_logs_p2020_01"]
+    assert [k.name for k in plan.kept] == ["audit_logs_p2026_11"]
+
+
+def test_after_changes_the_findings_say_what_is_left_for_a_later_run() -> None:
+    """The state an applied run leaves: still short of premade months (two of three failed to
+    be created) and rows still waiting in the default partition."""
+    existing = [DEFAULT, month(2026, 11), month(2026, 12)]
+    waiting = [DefaultRows(bucket_start=utc(2027, 1, 1), rows=5)]
+    found = plan_rotation(policy(), NOW, existing, waiting)
+    left = plan_rotation(policy(), NOW, existing, waiting, after_changes=True)
+    assert [(h.kind, h.detail) for h in found.health] == [
+        ("premade_short", "1 of 3 months after 2026-11 have a partition ready; this run creates 2"),
+        (
+            "default_rows",
+            "5 rows in the default partition belong to month 2027-01: moved to audit_logs_p2027_01",
+        ),
+    ]
+    assert [(h.kind, h.detail) for h in left.health] == [
+        (
+            "premade_short",
+            "1 of 3 months after 2026-11 have a partition ready after this run; the next run "
+            "creates 2",
+        ),
+        (
+            "default_rows",
+            "5 rows in the default partition belong to month 2027-01: the next run moves them "
+            "to audit_logs_p2027_01",
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------- adopting

@@ -133,6 +133,9 @@ def test_dry_run_apply_and_restore(
     applied = perfops("rotate", *common, "--apply", env=env)
     assert applied.returncode == 0, applied.stderr
     assert "dropped: audit_logs_p2025_09, 50 rows ->" in applied.stdout
+    # the table as the run left it: the three months it created are no longer reported missing
+    assert "created: audit_logs_p2027_02" in applied.stdout
+    assert "premade_short" not in applied.stdout, applied.stdout
     # Progress, one line per step on a non-terminal stderr.
     assert f"perfops: {schema}.audit_logs: archiving 2 partitions..." in applied.stderr
     assert f"perfops: {schema}.audit_logs: archived audit_logs_p2025_09 (50 rows)..." in (

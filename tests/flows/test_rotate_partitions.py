@@ -350,6 +350,81 @@ def test_apply_creates_rescues_archives_and_drops(
     assert again.tables[0].created == [] and again.tables[0].expired == []
 
 
+def test_an_applied_run_reports_the_table_as_it_left_it(
+    pg_dsn: str,
+    pg_target: PostgresTarget,
+    schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+    emitted: list[tuple[str, dict[str, Any]]],
+) -> None:
+    """A table with one old month only. The --apply run created the current month and three
+    ahead, yet its report still said `premade_short` (0 of 3 ready) and kept the old month as
+    "the last child": it described the table as the run found it, and left the old month for
+    the next run."""
+    s = sql.Identifier(schema)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "create table {}.audit_logs (id bigint not null, created_at timestamptz not null)"
+                " partition by range (created_at)"
+            ).format(s)
+        )
+        conn.execute(
+            sql.SQL(
+                "create table {}.audit_logs_p2024_01 partition of {}.audit_logs for values from "
+                "('2024-01-01 00:00+00') to ('2024-02-01 00:00+00')"
+            ).format(s, s)
+        )
+        conn.execute(
+            sql.SQL("create table {}.audit_logs_default partition of {}.audit_logs default").format(
+                s, s
+            )
+        )
+        conn.execute(
+            sql.SQL("insert into {}.audit_logs values (1, '2024-01-05'), (2, '2024-01-06')").format(
+                s
+            )
+        )
+    dry = run(
+        target=pg_target,
+        monkeypatch=monkeypatch,
+        policies=[policy(schema, None, expired_action="drop")],
+    )
+    assert [e.partition for e in dry.tables[0].expired] == ["audit_logs_p2024_01"]
+    emitted.clear()
+    report = run(
+        target=pg_target,
+        monkeypatch=monkeypatch,
+        policies=[policy(schema, None, expired_action="drop")],
+        apply=True,
+    )
+    [t] = report.tables
+    assert not report.failed, t.problems
+    made = ["audit_logs_p2026_11", "audit_logs_p2026_12", "audit_logs_p2027_01"]
+    assert t.created_names == [*made, "audit_logs_p2027_02"]
+    assert [(e.partition, e.status, e.rows) for e in t.expired] == [
+        ("audit_logs_p2024_01", "dropped", 2)
+    ]
+    assert children(pg_dsn, schema) == ["audit_logs_default", *made, "audit_logs_p2027_02"]
+    assert t.plan is not None and t.plan.health[0].kind == "premade_short"  # as it was found
+    assert t.after is not None and t.after.health == [] and t.after.kept == []
+    rows = artifact_rows("perfops-partitions-rotate")
+    assert [r for r in rows if r["what"] in ("health", "keep")] == []
+    assert [(r["what"], r["partition"], r["result"]) for r in rows if r["what"] == "expire"] == [
+        ("expire", "audit_logs_p2024_01", "dropped; 2 rows")
+    ]
+    assert [p for e, p in emitted if e == "perfops.partitions.health"] == []
+    again = run(
+        target=pg_target,
+        monkeypatch=monkeypatch,
+        policies=[policy(schema, None, expired_action="drop")],
+        apply=True,
+    )
+    assert again.tables[0].created == [] and again.tables[0].expired == []
+    assert again.tables[0].after is None and again.tables[0].state == again.tables[0].plan
+    assert again.tables[0].plan is not None and again.tables[0].plan.health == []
+
+
 def test_rows_arriving_in_the_default_after_the_check_are_still_rescued(
     pg_dsn: str, pg_target: PostgresTarget, schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
