@@ -314,6 +314,32 @@ def test_apply_scaling_schedule_after_aws_renamed_the_zone_changes_nothing(
     assert {a["TimeZone"] for a in described["ScheduledUpdateGroupActions"]} == {"Etc/UTC"}
 
 
+def test_apply_scaling_schedule_refuses_a_bad_time_zone_before_any_aws_call(
+    group: tuple[Any, AutoScalingTarget], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the API the schedule arrives as data: its zone is checked as a parameter, so the
+    run fails saying why before a client is made."""
+    import flows.apply_scaling_schedule as module
+
+    def no_client(*_: object, **__: object) -> None:
+        raise AssertionError("an AWS client was made for a bad time zone")
+
+    monkeypatch.setattr(module, "client_for", no_client)
+    client, target = group
+    for zone in ("Europe/Berln", "localtime", ""):
+        state = module.apply_scaling_schedule(
+            aws=target, schedule={"timezone": zone}, dry_run=False, return_state=True
+        )
+        assert state.is_failed(), zone
+        assert "give an IANA name" in str(state.message) or "IANA time zone" in str(
+            state.message
+        ), state.message
+    assert (
+        client.describe_scheduled_actions(AutoScalingGroupName="web")["ScheduledUpdateGroupActions"]
+        == []
+    )
+
+
 def test_apply_scaling_schedule_rewrites_actions_that_set_the_desired_capacity(
     group: tuple[Any, AutoScalingTarget],
 ) -> None:
