@@ -5,7 +5,9 @@ Per range policy: read the table and its children, the rows in its default parti
 table an earlier run detached; plan (`decisions.partitioning.plan_rotation`); then, with `apply`:
 
 1. create the current and `premake` next partitions, moving rows that wait in the default
-   partition into them in the same transaction;
+   partition into them in the same transaction; then read the table again and plan again: the
+   expiry (the last child counted among the children that now exist) and the report (health,
+   gaps, kept children) work from the table as the creation left it;
 2. for each expired partition: mark and detach it (CONCURRENTLY unless the parent has a default
    partition), then by its policy keep it (`detach_only`), drop it (`drop`), or archive it
    (`archive_then_drop`): COPY into Parquet, upload with SHA-256 and a manifest, re-read both from
