@@ -76,6 +76,7 @@ class ArchivePlan(BaseModel):
 
     action: ArchiveAction
     line: str = Field(description="Said in the email, the artifact, the result and the event.")
+    replacing: str = Field(default="", description="What a replacement replaces, after the link.")
 
 
 def plan_archive(
@@ -96,15 +97,12 @@ def plan_archive(
             line=f"archive kept: a report for {week} is already archived at "
             f"{existing.describe()}{damaged}; this one is not archived; {REPLACE_HINT}",
         )
-    return ArchivePlan(
-        action="replace",
-        line=f"archived at {link}, replacing the report archived there before"
-        + (
-            f" (generated {existing.manifest.generated_at:%Y-%m-%d %H:%M} UTC)"
-            if existing.manifest is not None
-            else ""
-        ),
+    replacing = ", replacing the report archived there before" + (
+        f" (generated {existing.manifest.generated_at:%Y-%m-%d %H:%M} UTC)"
+        if existing.manifest is not None
+        else ""
     )
+    return ArchivePlan(action="replace", line=f"archived at {link}{replacing}", replacing=replacing)
 
 
 def build_manifest(

@@ -573,11 +573,13 @@ def render_html(
     rows_shown: int = ROWS_SHOWN,
     fleet_rows: int | None = None,
     kept: str | None = None,
+    replacing: str = "",
 ) -> str:
     """The report page. `src` maps a chart's cid to its image URL (`cid:...` in the email, a
     relative file in the archive). The email's page says where the archived copy is (`link`),
     or that the report is not archived and why (`not_archived`; `kept`: a report already
-    archived for the week was kept, this one not written over it). A record section's table shows
+    archived for the week was kept, this one not written over it; `replacing`: what this one
+    replaced there, said after the link). A record section's table shows
     its first `rows_shown` rows, the Fleet table its first `fleet_rows` (None: all); each says
     when it shows fewer than it has."""
     by_cid = {c.cid: c for c in charts}
@@ -611,7 +613,7 @@ def render_html(
     elif link:
         out.append(
             '<p style="font-size:14px;margin:4px 0;">Archived copy: '
-            f'<a href="{_e(link)}">{_e(link)}</a></p>'
+            f'<a href="{_e(link)}">{_e(link)}</a>{_e(replacing)}</p>'
         )
     # Summary: one screen.
     out.append(_h2("Summary"))
@@ -831,14 +833,16 @@ def _fleet_lines(view: FleetView | None) -> list[str]:
     return lines
 
 
-def archive_line(link: str | None, not_archived: str | None, kept: str | None = None) -> str:
-    """Where the email says the archived copy is, or that there is none and why (`kept`: the
-    report already archived for the week was kept)."""
+def archive_line(
+    link: str | None, not_archived: str | None, kept: str | None = None, replacing: str = ""
+) -> str:
+    """Where the email says the archived copy is (and what it replaced), or that there is none
+    and why (`kept`: the report already archived for the week was kept)."""
     if not_archived is not None:
         return f"Not archived: {not_archived}"
     if kept is not None:
         return kept[:1].upper() + kept[1:]
-    return f"Archived copy: {link}" if link else ""
+    return f"Archived copy: {link}{replacing}" if link else ""
 
 
 def render_text(
@@ -846,11 +850,12 @@ def render_text(
     link: str | None = None,
     not_archived: str | None = None,
     kept: str | None = None,
+    replacing: str = "",
 ) -> str:
     """The plain-text alternative."""
     lines = [f"Weekly performance report {report.week.label}", "", report.headline]
-    if archive_line(link, not_archived, kept):
-        lines.append(archive_line(link, not_archived, kept))
+    if archive_line(link, not_archived, kept, replacing):
+        lines.append(archive_line(link, not_archived, kept, replacing))
     lines += ["", "Three things to look at:"]
     lines += [f"  {n}. {t}" for n, t in enumerate(report.things, 1)]
     lines += _fleet_lines(report.fleet)
@@ -1075,17 +1080,19 @@ def render_email(
     link: str,
     not_archived: str | None,
     kept: str | None = None,
+    replacing: str = "",
 ) -> RenderedEmail:
     """The email of a rendered report, after archiving it: the archived copy's `link`, or
     `Not archived: <why>` when the archive refused it (`not_archived`), or `Archive kept: ...`
-    when a report already archived for the week was kept (`kept`). Its HTML shows fewer
+    when a report already archived for the week was kept (`kept`); after the link, what it
+    replaced (`replacing`). Its HTML shows fewer
     table rows when all of them would take it over EMAIL_HTML_MAX (Gmail clips it)."""
     report, charts = rendered.report, rendered.charts
     src = {c.cid: f"cid:{c.cid}" for c in charts}
     for rows_shown, fleet_rows in EMAIL_ROWS:
         html = render_html(
-            report, config, charts, src, link, not_archived, rows_shown, fleet_rows, kept
+            report, config, charts, src, link, not_archived, rows_shown, fleet_rows, kept, replacing
         )
         if len(html.encode()) <= EMAIL_HTML_MAX:
             break
-    return RenderedEmail(html=html, text=render_text(report, link, not_archived, kept))
+    return RenderedEmail(html=html, text=render_text(report, link, not_archived, kept, replacing))

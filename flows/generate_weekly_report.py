@@ -276,7 +276,8 @@ def generate_weekly_report(
             logger.error("%s", not_copied)
     logger.info("%s; %s", report.headline, archive_note)
 
-    email = render_email(rendered, config, link, not_archived, kept)  # says if not archived
+    replacing = plan.replacing + removal_line(removed) if plan is not None and not kept else ""
+    email = render_email(rendered, config, link, not_archived, kept, replacing)  # and why
     result_args: dict[str, Any] = {}
     delivery_error: BaseException | None = None
     if not to:

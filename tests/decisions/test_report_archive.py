@@ -40,7 +40,9 @@ def test_a_report_already_archived_is_kept_unless_told_and_the_line_says_how_to_
         "parameter replace_archive=true) to replace it"
     )
     replaced = plan_archive("2026-W47", LINK, existing, replace=True)
-    assert replaced.action == "replace"
+    assert (
+        replaced.action == "replace" and replaced.line == f"archived at {LINK}{replaced.replacing}"
+    )
     assert replaced.line == (
         f"archived at {LINK}, replacing the report archived there before (generated "
         "2026-11-23 08:00 UTC)"

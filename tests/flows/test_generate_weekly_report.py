@@ -9,6 +9,8 @@ on the same Prometheus, and with the values the data was generated from.
 from __future__ import annotations
 
 import csv
+import email
+import email.policy
 import io
 import json
 import os
@@ -723,6 +725,16 @@ def _archived_page(store: str, moto_server: MotoServer, bucket: str, out: Path) 
     return (out / "archive" / "reports" / "weekly" / WEEK.label / "index.html").read_bytes()
 
 
+def _last_email_text(outbox: Path) -> str:
+    """The plain-text part of the newest .eml in `outbox`, its whitespace collapsed."""
+    [*_, eml] = sorted(outbox.glob("*.eml"), key=lambda p: p.stat().st_mtime)
+    message = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    part = message.get_body(preferencelist=("plain",))
+    assert part is not None
+    return " ".join(part.get_content().split())
+
+
 @pytest.mark.parametrize("store", ["folder", "s3"])
 def test_a_rerun_keeps_the_archived_report_unless_told_to_replace_it(
     store: str,
@@ -759,9 +771,9 @@ def test_a_rerun_keeps_the_archived_report_unless_told_to_replace_it(
     assert message.startswith(f"weekly report {WEEK.label} {kept}"), message
     assert "pass --replace-archive (flow parameter replace_archive=true) to replace it" in message
     assert kept in str(latest_artifact(ARTIFACT_KEY))
-    [*_, eml] = sorted((out / "mail").glob("*.eml"), key=lambda p: p.stat().st_mtime)
-    text = eml.read_text()
-    assert "Archive kept: a report for" in text and "Archived copy" not in text
+    text = _last_email_text(out / "mail")
+    assert f"Archive kept: a report for {WEEK.label} is already archived at " in text
+    assert "Archived copy" not in text
 
     # Told to replace it, the poorer report is archived, and says what it replaced.
     result, message = _failed(
@@ -774,6 +786,10 @@ def test_a_rerun_keeps_the_archived_report_unless_told_to_replace_it(
     assert message.startswith(f"weekly report {WEEK.label} archived at {complete.archive}")
     replaced = _archived_page(store, moto_server, bucket, out)
     assert replaced != page and chart not in replaced
+    assert (
+        f"Archived copy: {complete.archive}, replacing the report archived there before"
+        in _last_email_text(out / "mail")
+    )
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
