@@ -256,6 +256,18 @@ def get_file(store: ArchiveStore, key: str, dest: Path) -> StoredObject:
         return get_stream(store, key, sink)
 
 
+def _head_hint(status: object) -> str:
+    """What a 403 to a HEAD usually means: S3 answers 403, not 404, for a missing object when
+    the credentials may not list the bucket."""
+    if status != 403:
+        return ""
+    return (
+        " (S3 answers 403 for a missing object when the credentials lack s3:ListBucket on the "
+        "bucket: grant s3:ListBucket, s3:GetObject, s3:PutObject and s3:DeleteObject on the "
+        "archive's prefix)"
+    )
+
+
 def object_exists(store: ArchiveStore, key: str) -> bool:
     """Whether `key` exists (S3 HEAD, or the file); storage errors other than 404 propagate."""
     if isinstance(store, S3Bucket):
@@ -267,7 +279,7 @@ def object_exists(store: ArchiveStore, key: str) -> bool:
             if status == 404:
                 return False
             raise ConnectionFailed(
-                f"S3 HEAD of s3://{store.bucket_name}/{s3_key} failed: {exc}"
+                f"S3 HEAD of s3://{store.bucket_name}/{s3_key} failed: {exc}{_head_hint(status)}"
             ) from exc
         except BotoCoreError as exc:
             raise ConnectionFailed(
@@ -377,10 +389,11 @@ def recorded_sha256(store: ArchiveStore, key: str) -> str | None:
                 Bucket=store.bucket_name, Key=s3_key
             )
         except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404:
                 return None
             raise ConnectionFailed(
-                f"S3 HEAD of s3://{store.bucket_name}/{s3_key} failed: {exc}"
+                f"S3 HEAD of s3://{store.bucket_name}/{s3_key} failed: {exc}{_head_hint(status)}"
             ) from exc
         except BotoCoreError as exc:
             raise ConnectionFailed(
