@@ -80,14 +80,29 @@ class DatabaseFigures(BaseModel):
 REPORTED_SYSTEMS = ("postgres", "prometheus")
 
 
+def selection_label(selection: list[str] | str) -> str:
+    """How the report names a selection (`targets`): a name, or the names joined."""
+    return selection if isinstance(selection, str) else ", ".join(selection)
+
+
+def _systems(target: Target) -> str:
+    systems = sorted(target.blocks) + (["autoscaling"] if target.has("autoscaling") else [])
+    return f"{target.name} ({', '.join(systems)})"
+
+
 def reported_targets(targets: list[Target], selection: str) -> list[Target]:
     """The selected targets the Fleet section reads (a `postgres` or `prometheus` block), in
-    the fleet's order; none raises ConfigurationError naming the selection."""
+    the fleet's order; none raises ConfigurationError naming the selection and what its
+    targets have. The flow checks this before any query, so a selection of caches alone fails
+    at once, not after the report's Prometheus queries."""
     reported = [t for t in targets if any(t.has(s) for s in REPORTED_SYSTEMS)]
     if not reported:
+        shown = ", ".join(_systems(t) for t in targets[:5]) + (", ..." if len(targets) > 5 else "")
         raise ConfigurationError(
-            f"no target of {selection} has a postgres or prometheus block in the fleet file: "
-            "the Fleet section has nothing to read"
+            f"no target of {selection} has a postgres or prometheus block in the fleet file "
+            f"({shown}): the Fleet section has nothing to read. Caches are in the report's "
+            "Caches section (from collect_cache_stats' events) without --fleet / targets; "
+            "select targets with a postgres or prometheus block for a Fleet section"
         )
     return reported
 

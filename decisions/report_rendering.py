@@ -413,6 +413,12 @@ class ReportResult(BaseModel):
     html_location: str
     folder: str | None = None
     files: int
+    archive_action: str = Field(
+        default="write",
+        description="write, keep (a report already archived for the week was kept), replace "
+        "or failed.",
+    )
+    archive_note: str = Field(default="", description="What was done with the archive.")
     recipients: list[str]
     accepted: list[str] = Field(default_factory=list)
     refused: dict[str, str] = Field(default_factory=dict)
@@ -431,12 +437,16 @@ def run_failure(
     not_emailed: str | None,
     not_archived: str | None = None,
     not_copied: str | None = None,
+    kept: str | None = None,
+    not_cleaned: str | None = None,
 ) -> str | None:
     """The run's Failed message, or None when everything succeeded. It starts with where the
-    report is archived (or why it is not), then says each thing that failed: no target scored
-    (`source` answered nothing), sections missing, no or refused recipients, fleet targets
-    unreachable, the browsable copy not written (`not_copied`); `not_emailed` is why the email
-    could not be sent."""
+    report is archived (or why it is not: `not_archived` the archive refused it, `kept` a
+    report already archived for the week was kept), then says each thing that failed: no
+    target scored (`source` answered nothing), sections missing, no or refused recipients,
+    fleet targets unreachable, the browsable copy not written (`not_copied`), the earlier
+    report's files not all removed after a replacement (`not_cleaned`); `not_emailed` is why
+    the email could not be sent."""
     failed = [
         f"0 of {len(report.checks)} targets scored: no figures for {report.week.label} from "
         f"{source}"
@@ -448,14 +458,21 @@ def run_failure(
         result.delivery if not result.recipients or result.refused else "",
         (report.fleet.failure or "") if report.fleet is not None else "",
         not_copied or "",
+        not_cleaned or "",
     ]
     if not any(failed) and not_emailed is None and not_archived is None:
         return None
-    archived = (
-        f"weekly report {report.week.label} archived at {result.archive}"
-        if not_archived is None
-        else f"weekly report {report.week.label} NOT archived at {result.archive}: {not_archived}"
-    ) + (f" but not emailed: {not_emailed}" if not_emailed is not None else "")
+    if not_archived is not None:
+        archived = f"weekly report {report.week.label} NOT archived at {result.archive}: "
+        archived += not_archived
+    elif kept is not None:  # kept: the link is the earlier report's, said in `kept`
+        archived = f"weekly report {report.week.label} {kept}"
+        if not_emailed is not None:
+            archived = f"weekly report {report.week.label} not emailed: {not_emailed}; {kept}"
+        return "; ".join([archived, *filter(None, failed)])
+    else:
+        archived = f"weekly report {report.week.label} archived at {result.archive}"
+    archived += f" but not emailed: {not_emailed}" if not_emailed is not None else ""
     return "; ".join([archived, *filter(None, failed)])
 
 
@@ -555,10 +572,14 @@ def render_html(
     not_archived: str | None = None,
     rows_shown: int = ROWS_SHOWN,
     fleet_rows: int | None = None,
+    kept: str | None = None,
+    replacing: str = "",
 ) -> str:
     """The report page. `src` maps a chart's cid to its image URL (`cid:...` in the email, a
     relative file in the archive). The email's page says where the archived copy is (`link`),
-    or that the report is not archived and why (`not_archived`). A record section's table shows
+    or that the report is not archived and why (`not_archived`; `kept`: a report already
+    archived for the week was kept, this one not written over it; `replacing`: what this one
+    replaced there, said after the link). A record section's table shows
     its first `rows_shown` rows, the Fleet table its first `fleet_rows` (None: all); each says
     when it shows fewer than it has."""
     by_cid = {c.cid: c for c in charts}
@@ -584,10 +605,15 @@ def render_html(
             f'<p style="font-size:14px;margin:4px 0;color:{STATUS_COLOURS["missed"]};">'
             f"{_e(archive_line(link, not_archived))}</p>"
         )
+    elif kept is not None:
+        out.append(
+            f'<p style="font-size:14px;margin:4px 0;color:{STATUS_COLOURS["no data"]};">'
+            f"{_e(archive_line(link, None, kept))}</p>"
+        )
     elif link:
         out.append(
             '<p style="font-size:14px;margin:4px 0;">Archived copy: '
-            f'<a href="{_e(link)}">{_e(link)}</a></p>'
+            f'<a href="{_e(link)}">{_e(link)}</a>{_e(replacing)}</p>'
         )
     # Summary: one screen.
     out.append(_h2("Summary"))
@@ -807,20 +833,29 @@ def _fleet_lines(view: FleetView | None) -> list[str]:
     return lines
 
 
-def archive_line(link: str | None, not_archived: str | None) -> str:
-    """Where the email says the archived copy is, or that there is none and why."""
+def archive_line(
+    link: str | None, not_archived: str | None, kept: str | None = None, replacing: str = ""
+) -> str:
+    """Where the email says the archived copy is (and what it replaced), or that there is none
+    and why (`kept`: the report already archived for the week was kept)."""
     if not_archived is not None:
         return f"Not archived: {not_archived}"
-    return f"Archived copy: {link}" if link else ""
+    if kept is not None:
+        return kept[:1].upper() + kept[1:]
+    return f"Archived copy: {link}{replacing}" if link else ""
 
 
 def render_text(
-    report: WeeklyReport, link: str | None = None, not_archived: str | None = None
+    report: WeeklyReport,
+    link: str | None = None,
+    not_archived: str | None = None,
+    kept: str | None = None,
+    replacing: str = "",
 ) -> str:
     """The plain-text alternative."""
     lines = [f"Weekly performance report {report.week.label}", "", report.headline]
-    if archive_line(link, not_archived):
-        lines.append(archive_line(link, not_archived))
+    if archive_line(link, not_archived, kept, replacing):
+        lines.append(archive_line(link, not_archived, kept, replacing))
     lines += ["", "Three things to look at:"]
     lines += [f"  {n}. {t}" for n, t in enumerate(report.things, 1)]
     lines += _fleet_lines(report.fleet)
@@ -1040,15 +1075,24 @@ def render_week(
 
 
 def render_email(
-    rendered: RenderedReport, config: ReportConfig, link: str, not_archived: str | None
+    rendered: RenderedReport,
+    config: ReportConfig,
+    link: str,
+    not_archived: str | None,
+    kept: str | None = None,
+    replacing: str = "",
 ) -> RenderedEmail:
     """The email of a rendered report, after archiving it: the archived copy's `link`, or
-    `Not archived: <why>` when the archive refused it (`not_archived`). Its HTML shows fewer
+    `Not archived: <why>` when the archive refused it (`not_archived`), or `Archive kept: ...`
+    when a report already archived for the week was kept (`kept`); after the link, what it
+    replaced (`replacing`). Its HTML shows fewer
     table rows when all of them would take it over EMAIL_HTML_MAX (Gmail clips it)."""
     report, charts = rendered.report, rendered.charts
     src = {c.cid: f"cid:{c.cid}" for c in charts}
     for rows_shown, fleet_rows in EMAIL_ROWS:
-        html = render_html(report, config, charts, src, link, not_archived, rows_shown, fleet_rows)
+        html = render_html(
+            report, config, charts, src, link, not_archived, rows_shown, fleet_rows, kept, replacing
+        )
         if len(html.encode()) <= EMAIL_HTML_MAX:
             break
-    return RenderedEmail(html=html, text=render_text(report, link, not_archived))
+    return RenderedEmail(html=html, text=render_text(report, link, not_archived, kept, replacing))

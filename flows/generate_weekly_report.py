@@ -9,8 +9,12 @@
 2. From the Prefect API, the `perfops.*` events of the week: what perfops itself did (one query
    per section, newest first; a section whose query hit its cap says it is partial).
 3. Rendered as an HTML page (inline CSS, PNG charts), plain text and CSV/Parquet data; archived
-   (S3 or a folder) before it is sent, so a failed delivery never loses the report. The email
-   is rendered after archiving: the archived copy's link, or `Not archived: <why>`.
+   (S3 or a folder, with a manifest of its files written last) before it is sent, so a failed
+   delivery never loses the report. A report already archived for the week is kept unless
+   `replace_archive` (decisions.report_archive): a rerun of an old week is usually poorer.
+   Replacing deletes, once the new manifest is read back, the earlier report's files it does
+   not list, and verifies the folder holds exactly the manifest's. The email is rendered after
+   archiving: the archived copy's link, `Not archived: <why>`, or `Archive kept: ...`.
 4. Emailed to the recipients through the prefect-email `EmailServerCredentials` block (or the
    file outbox): refused recipients are reported, the others still receive it; an SMTP server
    that stays down fails the run after the retries, with the report archived.
@@ -39,7 +43,14 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.resolve import check_block_names, resolve_archive, resolve_email, resolve_metrics
 from decisions.recipients import check_recipients
-from decisions.report_fleet import FleetView, display_rows, fleet_things
+from decisions.report_archive import ArchivePlan, ReportManifest, plan_archive, removal_line
+from decisions.report_fleet import (
+    FleetView,
+    display_rows,
+    fleet_things,
+    reported_targets,
+    selection_label,
+)
 from decisions.report_rendering import (
     ReportResult,
     WeeklyReport,
@@ -71,7 +82,15 @@ from tasks.mail import Attachment, InlineImage, SendResult, build_message, send_
 from tasks.prefect_events import read_perfops_events, read_table_artifact
 from tasks.prometheus.report import query_report_figures
 from tasks.records import emit, end_run, publish_markdown
-from tasks.storage import archive_report, object_link, object_location, write_folder
+from tasks.storage import (
+    StoredObject,
+    archive_report,
+    find_archived_report,
+    object_link,
+    object_location,
+    remove_stale_files,
+    write_folder,
+)
 
 ARTIFACT_KEY = "perfops-weekly-report"
 EVENT_GENERATED = "perfops.report.generated"
@@ -116,6 +135,7 @@ def generate_weekly_report(
     allow_partial: bool = False,
     targets: list[str] | str | None = None,
     fleet_file: str | None = None,
+    replace_archive: bool = False,
 ) -> ReportResult:
     """Generate, archive and send one weekly report.
 
@@ -140,6 +160,11 @@ def generate_weekly_report(
             target cannot be read.
         fleet_file: the fleet definition (default `PERFOPS_FLEET_FILE`, else
             deployments/fleet.yaml).
+        replace_archive: replace a report already archived for the week. Default False: it
+            is kept (a rerun of an old week, after Prefect's event retention trimmed its
+            events, builds a poorer report), this one is emailed but not archived, and the
+            email, artifact, event and result say so. When True the new report is written,
+            then the earlier one's files it does not have are deleted (verified).
     """
     install_log_redaction()
     check_block_names(prometheus_block=prometheus_block, s3_block=s3_block, email_block=email_block)
@@ -154,8 +179,9 @@ def generate_weekly_report(
     to = list(recipients if recipients is not None else config.recipients)
     # a bad address fails before any query, not after the report is archived
     check_recipients(to, "recipients" if recipients is not None else f"recipients in {config_file}")
-    if targets is not None:  # an unknown fleet or target fails before any query
-        load_selection(targets, fleet_file)
+    if targets is not None:  # an unknown fleet or target, or one of caches alone, fails
+        _, chosen = load_selection(targets, fleet_file)  # before any query
+        reported_targets(chosen, selection_label(targets))
 
     metrics = resolve_metrics(prometheus_block)
     current_raw, previous_raw, series = query_report_figures(
@@ -178,7 +204,7 @@ def generate_weekly_report(
     prefix = f"{ARCHIVE_PREFIX}/{this.label}"
     fleet: FleetView | None = None
     if targets is not None:
-        last = f"{ARCHIVE_PREFIX}/{before.label}/data/fleet.csv"
+        last = f"{ARCHIVE_PREFIX}/{before.label}"
         fleet = read_fleet_view(targets, fleet_file, config, this, events, store.value, last, clock)
         logger.info("fleet: %s", fleet.summary)
     report = WeeklyReport(
@@ -207,11 +233,39 @@ def generate_weekly_report(
     )
 
     not_archived: str | None = None
+    plan: ArchivePlan | None = None
+    stored: list[StoredObject] = []
+    manifest: ReportManifest | None = None
+    removed: list[str] = []
+    not_cleaned: str | None = None  # replaced, but the earlier report's files not all removed
     try:
-        stored = archive_report(store.value, prefix, rendered.files)
+        # A report already archived for the week is kept unless replace_archive.
+        plan = plan_archive(
+            this.label, link, find_archived_report(store.value, prefix), replace_archive
+        )
+        if plan.action == "keep":
+            logger.warning("%s", plan.line)
+        else:
+            stored, manifest = archive_report(
+                store.value, prefix, rendered.files, this.label, clock
+            )
     except Exception as exc:  # noqa: BLE001 - said in the artifact and the state, then Failed
         stored, not_archived = [], redact(str(exc))
         logger.error("archiving the report to %s failed: %s", link, not_archived)
+    if plan is not None and plan.action == "replace" and manifest is not None:
+        try:
+            removed = remove_stale_files(store.value, prefix, manifest)
+        except Exception as exc:  # noqa: BLE001 - the report is archived; said, then Failed
+            not_cleaned = redact(
+                f"the earlier report's files were not all removed from {prefix}/: {exc}"
+            )
+            logger.error("%s", not_cleaned)
+    kept = plan.line if plan is not None and plan.action == "keep" else None
+    archive_note = (
+        f"NOT archived: {not_archived}"
+        if not_archived is not None
+        else (plan.line if plan is not None else "") + removal_line(removed)
+    )
     folder: str | None = None
     not_copied: str | None = None  # the --out copy, when it could not be written
     if out_dir:
@@ -220,9 +274,10 @@ def generate_weekly_report(
         except OSError as exc:  # said in the artifact and the state; the email still goes
             not_copied = redact(f"copy to {Path(out_dir) / this.label} not written: {exc}")
             logger.error("%s", not_copied)
-    logger.info("%s; archived %d files to %s", report.headline, len(stored), link)
+    logger.info("%s; %s", report.headline, archive_note)
 
-    email = render_email(rendered, config, link, not_archived)  # says if archiving failed
+    replacing = plan.replacing + removal_line(removed) if plan is not None and not kept else ""
+    email = render_email(rendered, config, link, not_archived, kept, replacing)  # and why
     result_args: dict[str, Any] = {}
     delivery_error: BaseException | None = None
     if not to:
@@ -266,11 +321,7 @@ def generate_weekly_report(
             "; ".join(
                 filter(
                     None,
-                    [
-                        f"NOT archived: {not_archived}" if not_archived is not None else "",
-                        not_copied,
-                        delivery,
-                    ],
+                    [archive_note, not_cleaned, not_copied, delivery],
                 )
             ),
         ),
@@ -287,6 +338,10 @@ def generate_weekly_report(
         html_location=index_location,
         folder=folder,
         files=len(stored),
+        archive_action=(
+            "failed" if not_archived is not None else plan.action if plan is not None else "write"
+        ),
+        archive_note=archive_note,
         recipients=to,
         delivery=delivery,
         seconds=round(time.monotonic() - started, 3),
@@ -300,6 +355,8 @@ def generate_weekly_report(
         "missed": report.missed,
         "missing_sections": sorted(current.missing),
         "archive": link if not_archived is None else f"NOT archived: {not_archived}",
+        "archive_action": result.archive_action,
+        **({"archive_removed": removed} if removed else {}),
         "recipients": len(to),
         "accepted": len(result.accepted),
         "refused": sorted(result.refused),
@@ -312,7 +369,14 @@ def generate_weekly_report(
         emit(EVENT_GENERATED, resource, payload)
     not_emailed = redact(str(delivery_error)) if delivery_error is not None else None
     failure = run_failure(
-        report, result, metrics.description, not_emailed, not_archived, not_copied
+        report,
+        result,
+        metrics.description,
+        not_emailed,
+        not_archived,
+        not_copied,
+        kept=kept,
+        not_cleaned=not_cleaned,
     )
     error = (ReportDeliveryFailed if delivery_error is not None else ReportFailed)(
         failure or "", result

@@ -9,11 +9,12 @@ the reason; the other targets are still read. The report only reads, so it takes
 cluster concurrency slot (as `perfops fleet list`).
 
 Week over week, the PostgreSQL figures are compared with the fleet table archived with last
-week's report (`reports/weekly/<week>/data/fleet.csv`).
+week's report (`reports/weekly/<week>/data/fleet.csv`), when that report's manifest lists one.
 """
 
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from datetime import datetime
@@ -21,12 +22,14 @@ from datetime import datetime
 from blocks import PostgresTarget, PrometheusSource
 from blocks.resolve import ArchiveStore, load_block
 from decisions.fleet import Target
+from decisions.report_archive import MANIFEST
 from decisions.report_fleet import (
     FleetView,
     TargetFigures,
     build_view,
     events_of,
     reported_targets,
+    selection_label,
 )
 from decisions.report_fleet import previous_figures as parse_previous
 from decisions.reporting import RecordedEvent, ReportConfig, ReportWeek, assemble_week, evaluate
@@ -35,7 +38,7 @@ from perfops.redaction import one_line, redact
 from tasks.fleet_runs import load_selection
 from tasks.postgres.report_figures import fetch_database_figures
 from tasks.prometheus.report import query_report_figures
-from tasks.storage import get_object, object_exists
+from tasks.storage import get_object, object_exists, read_report_manifest
 
 
 def _load(block_type: type[PostgresTarget] | type[PrometheusSource], name: str) -> object:
@@ -102,9 +105,32 @@ def read_target(
     return figures
 
 
-def _last_week(store: ArchiveStore, key: str) -> tuple[bytes | None, str]:
-    """Last week's archived fleet table, and what the comparison is with."""
+FLEET_TABLE = "data/fleet.csv"
+
+
+def _last_week(store: ArchiveStore, prefix: str) -> tuple[bytes | None, str]:
+    """Last week's archived fleet table (under `prefix`, last week's folder), and what the
+    comparison is with. The folder's manifest says what is part of last week's report: a fleet
+    table it does not list (left there by an earlier run of that week) is not read."""
+    key = f"{prefix}/{FLEET_TABLE}"
     try:
+        if object_exists(store, f"{prefix}/{MANIFEST}"):
+            entry = read_report_manifest(store, prefix).files.get(FLEET_TABLE)
+            if entry is None:
+                return None, (
+                    f"nothing to compare with (last week's report, {prefix}/{MANIFEST}, "
+                    "has no fleet table)"
+                )
+            data = get_object(store, key)
+            if hashlib.sha256(data).hexdigest() != entry.sha256:
+                return None, (
+                    f"nothing to compare with: {key} is not the fleet table {prefix}/{MANIFEST} "
+                    "lists (its SHA-256 differs)"
+                )
+            return data, f"the fleet table archived with last week's report ({key})"
+        # Archived before manifests: a complete report has its index.html (written last).
+        if not object_exists(store, f"{prefix}/index.html"):
+            return None, f"nothing to compare with (no report archived at {prefix}/)"
         if not object_exists(store, key):
             return None, f"nothing to compare with (no fleet table at {key})"
         return get_object(store, key), f"the fleet table archived with last week's report ({key})"
@@ -119,13 +145,14 @@ def read_fleet_view(
     this: ReportWeek,
     events: list[RecordedEvent],
     store: ArchiveStore,
-    previous_key: str,
+    previous_prefix: str,
     read_at: datetime,
 ) -> FleetView:
     """Read every target `selection` names (`max_parallel` at once) and build the Fleet section,
-    worst first. `previous_key` is last week's archived fleet table."""
+    worst first. `previous_prefix` is last week's archive folder (its fleet table, as its
+    manifest lists it)."""
     definition, selected = load_selection(selection, fleet_file)
-    label = selection if isinstance(selection, str) else ", ".join(selection)
+    label = selection_label(selection)
     targets = reported_targets(selected, label)  # caches and groups alone: nothing to read
     with ThreadPoolExecutor(max_workers=min(definition.max_parallel, len(targets))) as pool:
         # Each thread runs in a copy of this run's context, so its task runs belong to the run.
@@ -133,7 +160,7 @@ def read_fleet_view(
             pool.submit(copy_context().run, read_target, t, config, this, events) for t in targets
         ]
         gathered = [f.result() for f in futures]
-    data, compared_with = _last_week(store, previous_key)
+    data, compared_with = _last_week(store, previous_prefix)
     return build_view(
         label,
         read_at,

@@ -1,7 +1,9 @@
 """Archive storage tasks: put and get objects with a SHA-256 checksum, on S3 (prefect-aws
 `S3Bucket`) or a local folder (Prefect `LocalFileSystem`); where an object is and the link a
-person opens; a report's files archived together, or copied to a browsable folder; a probe that
-proves a store accepts a write, a read and a delete before anything depends on it.
+person opens; a report's files archived together with their manifest (the report already
+archived for a week found, and after a replacement the earlier report's files the new manifest
+does not list removed, verified), or copied to a browsable folder; a probe that proves a store
+accepts a write, a read and a delete before anything depends on it.
 
 On S3 the checksum travels as `ChecksumSHA256`, so the server itself rejects a corrupted upload,
 and is also kept in the object's metadata; on a folder it sits beside the file as `NAME.sha256`.
@@ -14,6 +16,7 @@ import base64
 import hashlib
 import uuid
 from contextlib import suppress
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -25,7 +28,15 @@ from prefect_aws import S3Bucket
 from pydantic import BaseModel
 
 from blocks.resolve import ArchiveStore
-from perfops.errors import ChecksumMismatch, ConnectionFailed
+from decisions.report_archive import (
+    MANIFEST,
+    ArchivedReport,
+    ReportManifest,
+    build_manifest,
+    stale_files,
+)
+from perfops.errors import ChecksumMismatch, ConnectionFailed, PerfopsError
+from perfops.redaction import one_line
 
 
 class StoredObject(BaseModel):
@@ -245,6 +256,18 @@ def get_file(store: ArchiveStore, key: str, dest: Path) -> StoredObject:
         return get_stream(store, key, sink)
 
 
+def _head_hint(status: object) -> str:
+    """What a 403 to a HEAD usually means: S3 answers 403, not 404, for a missing object when
+    the credentials may not list the bucket."""
+    if status != 403:
+        return ""
+    return (
+        " (S3 answers 403 for a missing object when the credentials lack s3:ListBucket on the "
+        "bucket: grant s3:ListBucket, s3:GetObject, s3:PutObject and s3:DeleteObject on the "
+        "archive's prefix)"
+    )
+
+
 def object_exists(store: ArchiveStore, key: str) -> bool:
     """Whether `key` exists (S3 HEAD, or the file); storage errors other than 404 propagate."""
     if isinstance(store, S3Bucket):
@@ -256,7 +279,7 @@ def object_exists(store: ArchiveStore, key: str) -> bool:
             if status == 404:
                 return False
             raise ConnectionFailed(
-                f"S3 HEAD of s3://{store.bucket_name}/{s3_key} failed: {exc}"
+                f"S3 HEAD of s3://{store.bucket_name}/{s3_key} failed: {exc}{_head_hint(status)}"
             ) from exc
         except BotoCoreError as exc:
             raise ConnectionFailed(
@@ -327,14 +350,159 @@ def probe_archive(store: ArchiveStore) -> str:
     return f"wrote, read back and deleted a {len(data)}-byte probe"
 
 
+def list_keys(store: ArchiveStore, prefix: str) -> list[str]:
+    """Every object under the folder `prefix`, as keys relative to it, sorted (a folder store's
+    `.sha256` sidecars are part of their object, not objects)."""
+    if isinstance(store, S3Bucket):
+        base = _s3_key(store, prefix).rstrip("/") + "/"
+        keys: list[str] = []
+        try:
+            pages = (
+                store.credentials.get_s3_client()
+                .get_paginator("list_objects_v2")
+                .paginate(Bucket=store.bucket_name, Prefix=base)
+            )
+            for page in pages:
+                keys += [o["Key"].removeprefix(base) for o in page.get("Contents", [])]
+        except (ClientError, BotoCoreError) as exc:
+            raise ConnectionFailed(
+                f"S3 listing of s3://{store.bucket_name}/{base} failed: {exc}"
+            ) from exc
+        return sorted(keys)
+    root = _folder_path(store, prefix)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix != ".sha256"
+    )
+
+
+def recorded_sha256(store: ArchiveStore, key: str) -> str | None:
+    """The SHA-256 recorded when `key` was written (S3 metadata, or the folder's `.sha256`),
+    without reading the object; None when the object or its checksum is missing."""
+    if isinstance(store, S3Bucket):
+        s3_key = _s3_key(store, key)
+        try:
+            head = store.credentials.get_s3_client().head_object(
+                Bucket=store.bucket_name, Key=s3_key
+            )
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404:
+                return None
+            raise ConnectionFailed(
+                f"S3 HEAD of s3://{store.bucket_name}/{s3_key} failed: {exc}{_head_hint(status)}"
+            ) from exc
+        except BotoCoreError as exc:
+            raise ConnectionFailed(
+                f"S3 HEAD of s3://{store.bucket_name}/{s3_key} failed: {exc}"
+            ) from exc
+        sha: str | None = head.get("Metadata", {}).get("sha256")
+        return sha
+    path = _folder_path(store, key)
+    sidecar = Path(f"{path}.sha256")
+    if not path.exists() or not sidecar.exists():
+        return None
+    return sidecar.read_text().split()[0]
+
+
+class ArchiveInconsistent(PerfopsError):
+    """A week's archived report is not what its manifest says."""
+
+
+def read_report_manifest(store: ArchiveStore, prefix: str) -> ReportManifest:
+    """The manifest of the report archived under `prefix` (its own SHA-256 verified)."""
+    key = f"{prefix}/{MANIFEST}"
+    data = get_object.fn(store, key)
+    try:
+        return ReportManifest.model_validate_json(data)
+    except ValueError as exc:
+        raise ArchiveInconsistent(
+            f"{object_location(store, key)} is not a report manifest: {exc}"
+        ) from None
+
+
+@task(name="find_archived_report", cache_policy=NO_CACHE)
+def find_archived_report(store: ArchiveStore, prefix: str) -> ArchivedReport | None:
+    """The report already archived under `prefix`, if any (decisions.report_archive): its
+    manifest and the files that no longer match it; an archive from before manifests when
+    only its `index.html` is there; None when neither is (nothing, or files of a run that
+    stopped before its page)."""
+    link = object_link(store, f"{prefix}/index.html")
+    if object_exists(store, f"{prefix}/{MANIFEST}"):
+        try:
+            manifest = read_report_manifest(store, prefix)
+        except (ChecksumMismatch, ArchiveInconsistent) as exc:
+            return ArchivedReport(link=link, differing=[f"{MANIFEST} ({one_line(exc)})"])
+        differing = [
+            name
+            for name, entry in manifest.files.items()
+            if recorded_sha256(store, f"{prefix}/{name}") != entry.sha256
+        ]
+        return ArchivedReport(link=link, manifest=manifest, differing=differing)
+    if object_exists(store, f"{prefix}/index.html"):
+        return ArchivedReport(link=link)
+    return None
+
+
 @task(name="archive_weekly_report", cache_policy=NO_CACHE)
-def archive_report(store: ArchiveStore, prefix: str, files: dict[str, bytes]) -> list[StoredObject]:
-    """Write every file of the report under `prefix` (each with its SHA-256)."""
+def archive_report(
+    store: ArchiveStore, prefix: str, files: dict[str, bytes], week: str, generated_at: datetime
+) -> tuple[list[StoredObject], ReportManifest]:
+    """Write every file of the report under `prefix` (each with its SHA-256), then its manifest
+    (`manifest.json`, decisions.report_archive): the page after the files it points at, the
+    manifest last, so a manifest is only there once the whole report is."""
     index = {k: v for k, v in files.items() if k != "index.html"}
     stored = [put_object.fn(store, f"{prefix}/{key}", data) for key, data in index.items()]
-    # The page last: once it is there, everything it points at is too.
     stored.append(put_object.fn(store, f"{prefix}/index.html", files["index.html"]))
-    return stored
+    manifest = build_manifest(
+        week,
+        generated_at,
+        [(s.key.removeprefix(f"{prefix}/"), s.size, s.sha256) for s in stored],
+    )
+    put_object.fn(store, f"{prefix}/{MANIFEST}", manifest.model_dump_json(indent=2).encode())
+    return stored, manifest
+
+
+@task(name="remove_replaced_report_files", cache_policy=NO_CACHE)
+def remove_stale_files(store: ArchiveStore, prefix: str, manifest: ReportManifest) -> list[str]:
+    """After a replacement: delete the files under `prefix` that the new `manifest` does not
+    list (the earlier report's, e.g. its `data/fleet.csv`). Verified before: the manifest read
+    back from the archive is the one just written, so nothing is deleted unless the new report
+    is complete. Verified after: the folder then holds exactly the manifest's files. Idempotent:
+    a rerun finds nothing left to delete. Returns the keys deleted (relative to `prefix`)."""
+    where = object_location(store, f"{prefix}/{MANIFEST}")
+    if read_report_manifest(store, prefix) != manifest:
+        raise ArchiveInconsistent(
+            f"{where} is not the manifest just written (another run replaced it meanwhile?): "
+            "nothing deleted"
+        )
+    stale = stale_files(list_keys(store, prefix), manifest)
+    for name in stale:
+        delete_object(store, f"{prefix}/{name}")
+    listed = list_keys(store, prefix)
+    left, missing = stale_files(listed, manifest), sorted(set(manifest.files) - set(listed))
+    if left or missing:
+        raise ArchiveInconsistent(
+            f"{object_location(store, prefix)} does not match {where} after the replacement: "
+            + "; ".join(
+                filter(
+                    None,
+                    [
+                        f"still there: {', '.join(left)}" if left else "",
+                        f"missing: {', '.join(missing)}" if missing else "",
+                    ],
+                )
+            )
+        )
+    if isinstance(store, LocalFileSystem):  # folders the deleted files leave empty
+        root = _folder_path(store, prefix)
+        for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+            with suppress(OSError):
+                folder.rmdir()
+    return stale
 
 
 @task(name="write_report_folder", cache_policy=NO_CACHE)

@@ -55,8 +55,12 @@ def _fleet(ctx: typer.Context, fleet: str | None, fleet_file: Path | None) -> st
                 param_hint="--fleet-file",
             )
         return None
+    from decisions.report_fleet import reported_targets
+
     try:
-        selected(fleet, fleet_file, discovered=False)  # as every --fleet command checks it
+        _, chosen, _ = selected(fleet, fleet_file, discovered=False)  # as every --fleet command
+        if chosen:  # none yet: a fleet discovered on the server, checked by the flow
+            reported_targets(chosen, fleet)  # caches alone: nothing for the Fleet section
     except ConfigurationError as exc:
         raise selection_refused(exc) from None
     return fleet
@@ -126,6 +130,17 @@ def weekly(
     ] = None,
     fleet: FleetOption = None,
     fleet_file: FleetFileOption = None,
+    replace_archive: Annotated[
+        bool,
+        typer.Option(
+            "--replace-archive",
+            help="Replace the report already archived for the week. Without it that report "
+            "is kept (a rerun of an old week, its events trimmed by Prefect's retention, is "
+            "poorer), this one is emailed but not archived, and the output says so. With it the "
+            "new report is written, then the earlier report's files it does not have (e.g. "
+            "data/fleet.csv) are deleted, verified against the new manifest.",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
@@ -155,6 +170,7 @@ def weekly(
                 "email_block": email_block,
                 "targets": selection,
                 "fleet_file": str(fleet_file) if selection and fleet_file else None,
+                "replace_archive": replace_archive,
             },
             verbose=verbose,
             label="building the weekly report",
@@ -179,7 +195,11 @@ def _print(result: Any) -> None:
         print_wrapped(redact(f"{n}. {thing}"), indent=2)
     for section, why in result.missing_sections.items():
         print_wrapped(redact(f"missing {section}: {why}"), indent=2, style="yellow")
-    print_wrapped(redact(f"archived: {result.archive}"), indent=2)
+    if result.archive_action != "write":  # kept, replaced or refused: say what was done
+        style = {"keep": "yellow", "failed": "red"}.get(result.archive_action)
+        print_wrapped(redact(result.archive_note), indent=2, style=style)
+    else:
+        print_wrapped(redact(f"archived: {result.archive}"), indent=2)
     if result.folder:
         print_wrapped(redact(f"open in a browser: {Path(result.folder).as_uri()}"), indent=2)
     print_wrapped(redact(f"email: {result.delivery}"), indent=2)

@@ -9,6 +9,8 @@ on the same Prometheus, and with the values the data was generated from.
 from __future__ import annotations
 
 import csv
+import email
+import email.policy
 import io
 import json
 import os
@@ -715,6 +717,81 @@ def test_smtp_down_retries_then_fails_with_the_report_archived_on_s3(
     assert "data/endpoints.parquet" in names and "charts/resources.png" in names
 
 
+def _archived_page(store: str, moto_server: MotoServer, bucket: str, out: Path) -> bytes:
+    if store == "s3":
+        s3 = boto3.client("s3", **moto_server.client_kwargs())
+        key = f"perfops/reports/weekly/{WEEK.label}/index.html"
+        return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    return (out / "archive" / "reports" / "weekly" / WEEK.label / "index.html").read_bytes()
+
+
+def _last_email_text(outbox: Path) -> str:
+    """The plain-text part of the newest .eml in `outbox`, its whitespace collapsed."""
+    [*_, eml] = sorted(outbox.glob("*.eml"), key=lambda p: p.stat().st_mtime)
+    message = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    part = message.get_body(preferencelist=("plain",))
+    assert part is not None
+    return " ".join(part.get_content().split())
+
+
+@pytest.mark.parametrize("store", ["folder", "s3"])
+def test_a_rerun_keeps_the_archived_report_unless_told_to_replace_it(
+    store: str,
+    report_prometheus: PrometheusServer,
+    moto_server: MotoServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rerun of an old week (its events trimmed by Prefect's retention, or here without its
+    Prometheus) wrote its poorer report over the complete one archived for that week, silently."""
+    out = tmp_path / "defaults"
+    monkeypatch.setenv("PERFOPS_OUT_DIR", str(out))
+    bucket = f"perfops-rerun-{os.getpid()}"
+    if store == "s3":
+        boto3.client("s3", **moto_server.client_kwargs()).create_bucket(Bucket=bucket)
+        monkeypatch.setenv("PERFOPS_S3_BUCKET", bucket)
+        monkeypatch.setenv("PERFOPS_S3_ENDPOINT_URL", moto_server.endpoint_url)
+    monkeypatch.setenv("PERFOPS_PROMETHEUS_URL", report_prometheus.url)
+    complete = generate_weekly_report(week=WEEK.label, recipients=["sre@example.test"])
+    assert complete.missed == 3 and complete.archive_action == "write"
+    page = _archived_page(store, moto_server, bucket, out)
+    chart = b"charts/endpoint-get-api-v1-agents.png"  # the week's figures
+    assert chart in page
+
+    monkeypatch.delenv("PERFOPS_PROMETHEUS_URL")  # the rerun finds nothing: a poorer report
+    result, message = _failed(week=WEEK.label, recipients=["sre@example.test"])
+    assert result.met + result.missed == 0
+    assert _archived_page(store, moto_server, bucket, out) == page  # the complete one is kept
+    kept = (
+        f"archive kept: a report for {WEEK.label} is already archived at {complete.archive} "
+        "(generated "
+    )
+    assert result.archive_action == "keep" and result.archive_note.startswith(kept)
+    assert message.startswith(f"weekly report {WEEK.label} {kept}"), message
+    assert "pass --replace-archive (flow parameter replace_archive=true) to replace it" in message
+    assert kept in str(latest_artifact(ARTIFACT_KEY))
+    text = _last_email_text(out / "mail")
+    assert f"Archive kept: a report for {WEEK.label} is already archived at " in text
+    assert "Archived copy" not in text
+
+    # Told to replace it, the poorer report is archived, and says what it replaced.
+    result, message = _failed(
+        week=WEEK.label, recipients=["sre@example.test"], replace_archive=True
+    )
+    assert result.archive_action == "replace"
+    assert result.archive_note.startswith(
+        f"archived at {complete.archive}, replacing the report archived there before"
+    )
+    assert message.startswith(f"weekly report {WEEK.label} archived at {complete.archive}")
+    replaced = _archived_page(store, moto_server, bucket, out)
+    assert replaced != page and chart not in replaced
+    assert (
+        f"Archived copy: {complete.archive}, replacing the report archived there before"
+        in _last_email_text(out / "mail")
+    )
+
+
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("PERFOPS_")}
     base["PERFOPS_WARM"] = "off"  # leave no warm command process (cli/warm.py)
@@ -766,13 +843,26 @@ def test_cli_writes_the_report_and_prints_where(
     assert "not sent: no recipients; set recipients (CLI --to)" in unsent.stderr
     assert (tmp_path / "again" / WEEK.label / "index.html").exists()
     # what was archived is still shown (the one-line reason on stderr): --json gives the
-    # report's JSON, not an empty stdout
-    assert "archived:" in unsent.stdout and "email: not sent: no recipients" in unsent.stdout
-    as_json = _cli("--week", WEEK.label, "--out", str(tmp_path / "json"), "--json", env=env)
+    # report's JSON, not an empty stdout. The week's report archived by the first run is kept.
+    assert f"archive kept: a report for {WEEK.label} is already archived at " in " ".join(
+        unsent.stdout.split()
+    )
+    assert "pass --replace-archive" in " ".join(unsent.stdout.split())
+    assert "email: not sent: no recipients" in unsent.stdout
+    as_json = _cli(
+        "--week",
+        WEEK.label,
+        "--out",
+        str(tmp_path / "json"),
+        "--json",
+        "--replace-archive",
+        env=env,
+    )
     assert as_json.returncode == 1 and "not sent: no recipients" in as_json.stderr
     data = json.loads(as_json.stdout)
     assert data["week"] == WEEK.label and data["missed"] == 3
     assert data["delivery"].startswith("not sent: no recipients")
+    assert data["archive_action"] == "replace"
 
 
 def test_reads_the_newest_table_artifact_of_a_time_range() -> None:

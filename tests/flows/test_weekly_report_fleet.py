@@ -14,9 +14,11 @@ import csv
 import io
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +165,8 @@ def _archive_last_week(out: Path) -> None:
     table = "target,result,slowest_mean_ms,slow_statements,cache_hit_ratio\n"
     table += "billing,ok,0.001,0,\n"
     put_object(store, f"reports/weekly/{PREVIOUS.label}/data/fleet.csv", table.encode())
+    # archived before manifests: a complete report is one whose page is there (written last)
+    put_object(store, f"reports/weekly/{PREVIOUS.label}/index.html", b"<html></html>")
 
 
 @pytest.fixture(scope="module")
@@ -344,3 +348,129 @@ def test_cli_fleet_runs_the_report_and_refuses_what_makes_no_sense(
     assert "1. billing: ok" in ran.stdout
     page = (tmp_path / WEEK.label / "index.html").read_text()
     assert "Fleet billing: 1 targets: 0 unreachable, 0 need attention, 1 ok" in page
+
+
+def test_a_replaced_archive_is_its_manifest_and_next_week_reads_no_stale_fleet_table(
+    fleet: dict[str, Any],
+    report_prometheus: PrometheusServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fleet run's data/fleet.csv stayed in the week's folder when the week was run again
+    without --fleet, and next week's report compared its fleet with that stale table."""
+    from blocks.resolve import resolve_archive
+    from tasks.storage import list_keys, put_object, read_report_manifest
+
+    monkeypatch.setenv("PERFOPS_OUT_DIR", str(tmp_path / "perfops"))
+    monkeypatch.setenv("PERFOPS_PROMETHEUS_URL", report_prometheus.url)
+    fleet_args = {
+        "config_path": str(fleet["config"]),
+        "targets": "billing",
+        "fleet_file": str(fleet["file"]),
+        "recipients": ["sre@example.test"],
+    }
+    generate_weekly_report(week=PREVIOUS.label, **fleet_args, return_state=True)
+    store = resolve_archive(None).value
+    prefix = f"reports/weekly/{PREVIOUS.label}"
+    assert read_report_manifest(store, prefix).holds("data/fleet.csv")
+
+    state = generate_weekly_report(
+        week=PREVIOUS.label,
+        recipients=["sre@example.test"],
+        replace_archive=True,
+        return_state=True,
+    )
+    result = state.result(raise_on_failure=False)
+    result = getattr(result, "result", result)  # a Failed run's ReportFailed carries it
+    assert isinstance(result, ReportResult) and result.archive_action == "replace"
+    assert "; removed 2 files of the earlier report not in this one: data/fleet.csv, " in (
+        result.archive_note
+    )
+    manifest = read_report_manifest(store, prefix)
+    assert not manifest.holds("data/fleet.csv")
+    assert list_keys(store, prefix) == sorted([*manifest.files, "manifest.json"])
+
+    # A fleet table the manifest does not list (an interrupted run's) is not last week's.
+    stale = "target,result,slowest_mean_ms,slow_statements,cache_hit_ratio\nbilling,ok,0.001,0,\n"
+    put_object(store, f"{prefix}/data/fleet.csv", stale.encode())
+    state = generate_weekly_report(week=WEEK.label, **fleet_args, return_state=True)
+    this = state.result(raise_on_failure=False)
+    this = getattr(this, "result", this)
+    assert isinstance(this, ReportResult)
+    [billing] = this.fleet
+    assert billing["target"] == "billing" and billing["worst week over week"] == "-", billing
+    page = Path(this.html_location).read_text()
+    assert (
+        f"week over week: nothing to compare with (last week&#x27;s report, {prefix}/"
+        "manifest.json, has no fleet table)"
+    ) in page
+
+
+class _CountingPrometheus(BaseHTTPRequestHandler):
+    """Counts the queries it gets (and answers none of them)."""
+
+    asked: list[str] = []
+
+    def do_GET(self) -> None:
+        self.asked.append(self.path)
+        self.send_response(503)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def test_a_selection_of_caches_alone_fails_before_any_query(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--fleet` naming only cache targets (a redis block, no postgres or prometheus) failed
+    only after the report's Prometheus queries and the week's events had been read."""
+    fleet_file = tmp_path / "fleet.yaml"
+    fleet_file.write_text(
+        "targets:\n"
+        "  - name: sessions\n    blocks: {redis: perfops-redis-sessions}\n"
+        "    labels: {tier: cache}\n"
+        "  - name: carts\n    blocks: {redis: perfops-redis-carts}\n    labels: {tier: cache}\n",
+        encoding="utf-8",
+    )
+    asked: list[str] = []
+    handler = type("Counting", (_CountingPrometheus,), {"asked": asked})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("PERFOPS_PROMETHEUS_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("PERFOPS_OUT_DIR", str(tmp_path / "perfops"))
+    try:
+        state = generate_weekly_report(
+            week=WEEK.label,
+            recipients=["sre@example.test"],
+            targets="tier=cache",
+            fleet_file=str(fleet_file),
+            return_state=True,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert state.is_failed()
+    assert (
+        "ConfigurationError: no target of tier=cache has a postgres or prometheus block in the "
+        "fleet file (sessions (redis), carts (redis)): the Fleet section has nothing to read. "
+        "Caches are in the report's Caches section"
+    ) in (state.message or ""), state.message
+    assert asked == []  # not one query
+    assert (
+        not (tmp_path / "perfops" / "archive").exists()
+        and not (tmp_path / "perfops" / "mail").exists()
+    )
+    # The command refuses it before Prefect starts.
+    refused = _cli(
+        "--fleet",
+        "sessions",
+        "--fleet-file",
+        str(fleet_file),
+        env={"PERFOPS_LOCAL_SERVER": "off", "PERFOPS_OUT_DIR": str(tmp_path / "cli")},
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "no target of sessions has a postgres or prometheus block" in " ".join(
+        refused.stderr.split()
+    )
+    assert not (tmp_path / "cli").exists()

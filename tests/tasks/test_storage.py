@@ -12,7 +12,7 @@ import pytest
 from prefect.filesystems import LocalFileSystem
 from prefect_aws import S3Bucket
 
-from blocks.resolve import resolve_archive
+from blocks.resolve import ArchiveStore, resolve_archive
 from perfops.errors import ChecksumMismatch, ConnectionFailed
 from perfops.settings import PerfopsSettings
 from tasks import storage
@@ -126,3 +126,88 @@ def test_the_probe_gives_up_on_an_endpoint_that_never_answers_with_its_own_timeo
         assert time.monotonic() - started < 30
         # the block keeps its own timeouts: the probe's are on a copy
         assert (hung.credentials.aws_client_parameters.config or {})["read_timeout"] == 60
+
+
+def _stores(moto_server: MotoServer, tmp_path: Path, name: str) -> list[ArchiveStore]:
+    _, bucket = _bucket(moto_server, name)
+    return [bucket, LocalFileSystem(basepath=str(tmp_path / "archive"))]
+
+
+def test_a_replaced_report_keeps_only_its_manifests_files_in_s3_and_in_a_folder(
+    moto_server: MotoServer, tmp_path: Path
+) -> None:
+    """A rerun of a week wrote its files over the earlier run's and left the earlier run's
+    other files (a fleet run's data/fleet.csv) in the folder, read as part of the report."""
+    from datetime import UTC, datetime
+
+    from tasks.storage import (
+        archive_report,
+        find_archived_report,
+        list_keys,
+        read_report_manifest,
+        remove_stale_files,
+    )
+
+    prefix = "reports/weekly/2026-W40"
+    first = {"index.html": b"<html>fleet</html>", "data/fleet.csv": b"target\nbilling\n"}
+    second = {"index.html": b"<html>poorer</html>", "data/targets.csv": b"target\n"}
+    for store in _stores(moto_server, tmp_path, "perfops-report-replace"):
+        assert find_archived_report(store, prefix) is None
+        archive_report(store, prefix, first, "2026-W40", datetime(2026, 10, 5, 8, tzinfo=UTC))
+        found = find_archived_report(store, prefix)
+        assert found is not None and found.manifest is not None and found.differing == []
+        assert sorted(found.manifest.files) == ["data/fleet.csv", "index.html"]
+        _, manifest = archive_report(
+            store, prefix, second, "2026-W40", datetime(2026, 12, 7, tzinfo=UTC)
+        )
+        # Before the removal the earlier report's file is still there, not in the manifest.
+        assert "data/fleet.csv" in list_keys(store, prefix)
+        assert not read_report_manifest(store, prefix).holds("data/fleet.csv")
+        assert remove_stale_files(store, prefix, manifest) == ["data/fleet.csv"]
+        assert list_keys(store, prefix) == ["data/targets.csv", "index.html", "manifest.json"]
+        assert get_object(store, f"{prefix}/index.html") == b"<html>poorer</html>"
+        assert remove_stale_files(store, prefix, manifest) == []  # idempotent
+
+
+def test_stale_files_are_not_deleted_unless_the_manifest_read_back_is_the_new_one(
+    moto_server: MotoServer, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    from tasks.storage import ArchiveInconsistent, archive_report, list_keys, remove_stale_files
+
+    prefix = "reports/weekly/2026-W41"
+    for store in _stores(moto_server, tmp_path, "perfops-report-verify"):
+        put_object(store, f"{prefix}/data/fleet.csv", b"left by an earlier run\n")
+        _, ours = archive_report(
+            store, prefix, {"index.html": b"a"}, "2026-W41", datetime(2026, 12, 7, tzinfo=UTC)
+        )
+        # Another run replaced the week meanwhile: its manifest is not ours.
+        archive_report(
+            store, prefix, {"index.html": b"b"}, "2026-W41", datetime(2026, 12, 8, tzinfo=UTC)
+        )
+        with pytest.raises(ArchiveInconsistent, match="is not the manifest just written"):
+            remove_stale_files(store, prefix, ours)
+        assert "data/fleet.csv" in list_keys(store, prefix)  # nothing deleted
+
+
+def test_an_archive_whose_files_no_longer_match_its_manifest_is_named(
+    moto_server: MotoServer, tmp_path: Path
+) -> None:
+    """A replacement that stopped after some files: the old manifest, new files."""
+    from datetime import UTC, datetime
+
+    from tasks.storage import archive_report, find_archived_report
+
+    prefix = "reports/weekly/2026-W42"
+    for store in _stores(moto_server, tmp_path, "perfops-report-damaged"):
+        archive_report(
+            store, prefix, {"index.html": b"old"}, "2026-W42", datetime(2026, 10, 19, tzinfo=UTC)
+        )
+        put_object(store, f"{prefix}/index.html", b"half of a replacement")
+        found = find_archived_report(store, prefix)
+        assert found is not None and found.differing == ["index.html"]
+        legacy = "reports/weekly/2026-W43"  # archived before manifests: the page alone
+        put_object(store, f"{legacy}/index.html", b"legacy")
+        old = find_archived_report(store, legacy)
+        assert old is not None and old.manifest is None
