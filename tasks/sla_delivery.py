@@ -49,18 +49,27 @@ from blocks import RedisTarget
 from blocks.resolve import EmailSink
 from decisions.burn_rate import Alert
 from decisions.escalation import (
+    ESCALATING,
     IncidentState,
     Notice,
     PostedNotice,
     acknowledge,
     acknowledgement,
+    as_recorded,
     continuing,
     decide,
     policy_channels,
     rebuild,
     record,
+    record_unreached,
 )
-from decisions.sla_notices import notice_blocks, notice_metadata, notice_text, slack_escape
+from decisions.sla_notices import (
+    notice_blocks,
+    notice_metadata,
+    notice_text,
+    slack_escape,
+    unreached_lines,
+)
 from decisions.sla_report import Delivered, DeliveryReport
 from decisions.slo_definitions import SlaDefinitions
 from perfops.errors import ConnectionFailed, LockBusy
@@ -436,6 +445,7 @@ def _email_fallback(
         raise ConnectionFailed(f"{why}; no email fallback configured")
     minutes = int((notice.at - notice.started_at).total_seconds() // 60)
     lines = [notice_text(notice, minutes, slack=False), "", f"Slack failed: {why}", ""]
+    lines += [*unreached_lines(notice, slack=False), ""] if notice.unreached else []
     for a in notice.alerts:
         lines.append(f"- {a.key} [{a.severity}]: {a.reason} (runbook {a.runbook or 'n/a'})")
     message = build_message(
@@ -556,6 +566,7 @@ def deliver(
             store.save(state)
         lost = False
         for notice in plan.notices:
+            notice = as_recorded(notice, states.get(notice.group))
             state = continuing(states.get(notice.group), notice)
             base = _row(notice, names)
             if lost or not held.renew():  # expired: another run may be deciding; send no more
@@ -611,14 +622,23 @@ def deliver(
                         store.clear_pending(notice.key)
                     # else the marker stays: a post Slack stored but could not confirm is found
                     # (and recorded) by the next run rather than sent twice
-                    delivered.append(
-                        Delivered(
-                            **base, sink="skipped", outcome="failed", note=redact(str(unsent))
+                    why = redact(str(unsent))
+                    if notice.kind in ESCALATING and held.renew():
+                        # The level is due all the same: the incident goes on to it (the next
+                        # level at its delay from now) and this notice is tried again.
+                        states[notice.group] = record_unreached(state, notice, why, base["channel"])
+                        store.save(states[notice.group])
+                        why += (
+                            f"; the incident went on to level {notice.level} all the same (the "
+                            "next level at its delay); this notice is tried again each run"
                         )
-                    )
+                    delivered.append(Delivered(**base, sink="skipped", outcome="failed", note=why))
                     continue
                 note = f"{exc}; {note}"
                 channel, ts, sink, outcome = notice.channel, "", "email", "email fallback"
+            if notice.unreached:
+                levels = ", ".join(f"level {u.level} ({u.channel})" for u in notice.unreached)
+                note = f"{note + '; ' if note else ''}said {levels} could not be reached"
             posted = PostedNotice(
                 key=notice.key, channel=channel, ts=ts, sent_at=now, sink=sink, note=redact(note)
             )

@@ -208,7 +208,7 @@ def test_slack_down_without_fallback_keeps_the_marker_and_the_next_run_sends(
     assert len(keys(slack)) == len(set(keys(slack))) == 2
 
 
-def test_an_unconfirmed_first_message_holds_back_the_new_incident_of_its_group(
+def test_an_unconfirmed_first_message_is_looked_for_not_posted_again(
     store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
 ) -> None:
     store.mark_state()
@@ -217,18 +217,22 @@ def test_an_unconfirmed_first_message_holds_back_the_new_incident_of_its_group(
     slack.fail_next(503, count=2, method="conversations.history")  # and Slack unreadable
     [first] = deliver(store, SlackMessenger(target), D, FIRING, T0).delivered
     assert (first.kind, first.outcome) == ("fire", "failed")
-    assert len(slack.messages) == 1 and store.incidents() == {}
-    # No incident in Redis: this run decides a new one (another key, the same alerts). While the
-    # first message cannot be looked for it waits: it was a second FIRING, and once the first was
-    # found, recorded over it (its thread never resolved).
+    assert len(slack.messages) == 1
+    # The incident is recorded at level 1 all the same (its clock runs from T0), its first
+    # message not confirmed: the next run tries it again under the same key, and while it
+    # cannot be looked for it waits rather than post a second FIRING.
+    [state] = store.incidents().values()
+    assert state.incident == first.incident and [u.key for u in state.unreached] == [first.key]
     [late] = deliver(store, SlackMessenger(target), D, FIRING, T0 + MINUTE).delivered
-    assert late.kind == "fire" and late.key != first.key and late.outcome == "deferred"
-    assert late.note.startswith(f"waits: {first.key} of this group maybe sent, not confirmed")
+    assert (late.kind, late.key, late.outcome) == ("fire", first.key, "deferred")
+    assert late.note.startswith("maybe sent, not confirmed")
     assert len(slack.messages) == 1
     report = deliver(store, SlackMessenger(target), D, FIRING, T0 + 2 * MINUTE)
     assert f"notice {first.key} found sent, recorded" in report.recovered
     assert report.delivered == [] and len(slack.messages) == 1
-    assert store.incidents()["default:slo=availability"].root_ts == slack.messages[0]["ts"]
+    [state] = store.incidents().values()
+    assert state.root_ts == slack.messages[0]["ts"] and state.unreached == []
+    assert state.level_at == T0  # level 2 falls due 15 min after the start
 
 
 def test_two_concurrent_evaluators_send_once(
@@ -560,3 +564,121 @@ def test_an_acknowledgement_interrupted_before_its_reply_posts_it(
     )
     assert [r.outcome for r in done.replies] == ["sent"]
     assert [k.split(":")[-2] for k in keys(slack)] == ["fire", "ack"]
+
+
+# Three levels, three channels, no email fallback: a level whose channel is broken must not
+# hold the escalation back.
+THREE_CHANNELS = parse_definitions(
+    DEFINITIONS.replace("    email_fallback: [oncall@example.test]\n", "")
+    .replace('channel: "#oncall", after: 15m', 'channel: "#team-lead", after: 15m')
+    .replace('channel: "#oncall", mentions: [U0MGR]', 'channel: "#eng-manager", mentions: [U0MGR]')
+    .replace('channel: "#incidents", mentions: [U0CTO]', 'channel: "#cto", mentions: [U0CTO]'),
+    "three-channels.yaml",
+)
+
+
+def test_a_level_slack_cannot_reach_does_not_hold_back_the_next_level(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    """#team-lead archived, no email fallback: level 1's notice failed every minute and 'the
+    next run decides it again', so the engineering manager (level 2, #eng-manager) was never
+    told while the SLO burned."""
+    slack.set_archived("#team-lead", True)
+    messenger = SlackMessenger(slack_target)
+    reports = [
+        deliver(store, messenger, THREE_CHANNELS, FIRING, T0 + m * MINUTE) for m in range(17)
+    ]
+    failed = reports[0].delivered[0]
+    assert (failed.kind, failed.level, failed.outcome) == ("fire", 1, "failed")
+    assert "Slack channel #team-lead not found" in failed.note
+    assert "no email fallback configured" in failed.note
+    # Level 2 at its delay from the start (15 min), not from a delivery that never came.
+    at_15 = {(d.kind, d.level): d for d in reports[15].delivered}
+    escalated = at_15[("escalate", 2)]
+    assert escalated.outcome == "sent" and escalated.channel == "#eng-manager"
+    # ... and that run still fails naming level 1's notice, tried again (the same key).
+    assert at_15[("fire", 1)].outcome == "failed" and at_15[("fire", 1)].key == failed.key
+    [message] = slack.messages
+    assert message["channel"] == slack.channel_id("#eng-manager")
+    assert message["thread_ts"] is None  # its own first message in #eng-manager
+    assert "<@U0MGR>" in message["text"]
+    assert "level 1 (team lead) could not be reached" in message["text"]
+    assert "#team-lead" in str(message["blocks"]) and "not found" in str(message["blocks"])
+    # Once, whatever the minutes after it.
+    assert [d.outcome for d in reports[16].delivered if d.kind == "escalate"] == []
+
+
+def test_a_level_reached_late_gets_its_notice_once_and_every_thread_the_resolution(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    slack.set_member("#eng-manager", False)  # the bot was removed from level 2's channel
+
+    def at(minute: int, alerts: list[Any] = FIRING) -> Any:  # each run its own messenger
+        return deliver(
+            store, SlackMessenger(slack_target), THREE_CHANNELS, alerts, T0 + minute * MINUTE
+        )
+
+    for minute in range(46):
+        report = at(minute)
+    rows = {(d.kind, d.level): d for d in report.delivered}
+    assert rows[("escalate", 3)].outcome == "sent"
+    assert rows[("escalate", 3)].note == "said level 2 (#eng-manager) could not be reached"
+    assert rows[("escalate", 2)].outcome == "failed"
+    assert "the Slack bot is not in #eng-manager" in rows[("escalate", 2)].note
+    assert "tried again each run" in rows[("escalate", 2)].note
+    cto = slack.messages[-1]
+    assert cto["channel"] == slack.channel_id("#cto")
+    assert "level 2 (engineering manager) could not be reached" in cto["text"]
+    # Invited again (the next run resolves the channel anew): level 2 is told once, in its
+    # own channel, and the incident's clock is where it was.
+    slack.set_member("#eng-manager", True)
+    for minute in range(46, 60):
+        report = at(minute)
+        assert all(d.outcome in ("sent", "already sent") for d in report.delivered)
+    [late] = [m for m in slack.messages if m["channel"] == slack.channel_id("#eng-manager")]
+    assert late["thread_ts"] is None and "ESCALATED" in late["text"]
+    [state] = store.incidents().values()
+    assert state.unreached == [] and state.level_at == T0 + 45 * MINUTE
+    report = at(60, [])
+    assert sorted(d.channel for d in report.delivered) == ["#cto", "#eng-manager", "#team-lead"]
+    assert all(d.outcome == "sent" for d in report.delivered)
+    assert len(keys(slack)) == len(set(keys(slack))) == 6  # fire, level 3, 2 late, 3 resolved
+
+
+def test_levels_not_reached_survive_a_redis_restart_and_are_sent_once(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    slack.set_archived("#team-lead", True)
+    messenger = SlackMessenger(slack_target)
+    for minute in range(16):
+        deliver(store, messenger, THREE_CHANNELS, FIRING, T0 + minute * MINUTE)
+    assert len(slack.messages) == 1  # level 2 only
+    store.client.flushdb()  # Redis without persistence restarted
+    report = deliver(store, SlackMessenger(slack_target), THREE_CHANNELS, FIRING, T0 + 16 * MINUTE)
+    assert "state rebuilt from slack: 1 notices, 1 incidents (1 open)" in report.recovered
+    [state] = store.incidents().values()
+    assert [(u.level, u.channel, u.since) for u in state.unreached] == [(1, "#team-lead", T0)]
+    assert [(d.kind, d.outcome) for d in report.delivered] == [("fire", "failed")]
+    slack.set_archived("#team-lead", False)
+    for minute in range(17, 20):
+        deliver(store, SlackMessenger(slack_target), THREE_CHANNELS, FIRING, T0 + minute * MINUTE)
+    assert [slack.channel_name(m["channel"]) for m in slack.messages] == [
+        "#eng-manager",
+        "#team-lead",
+    ]
+    assert len(keys(slack)) == len(set(keys(slack)))
+
+
+def test_a_level_tried_again_that_crashed_after_its_send_is_not_sent_twice(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    slack.set_archived("#team-lead", True)
+    deliver(store, SlackMessenger(slack_target), THREE_CHANNELS, FIRING, T0)
+    slack.set_archived("#team-lead", False)
+    with pytest.raises(KeyboardInterrupt):  # the late first message posted, then killed
+        deliver(store, CrashAfterSend(slack_target), THREE_CHANNELS, FIRING, T0 + MINUTE)
+    report = deliver(store, SlackMessenger(slack_target), THREE_CHANNELS, FIRING, T0 + 2 * MINUTE)
+    assert "found sent, recorded" in report.recovered and report.delivered == []
+    [state] = store.incidents().values()
+    assert state.unreached == [] and state.root_ts == slack.messages[0]["ts"]
+    assert len(slack.messages) == 1
