@@ -272,9 +272,11 @@ def decide(
         if state.level < len(policy.levels):
             if state.level_at is not None and now - state.level_at >= current.after:
                 notices.append(_escalate(state, now, definitions, ids))
-        elif state.last_notified_at is not None and (
-            now - state.last_notified_at >= policy.repeat_interval
-        ):
+        elif (
+            state.last_notified_at is not None
+            and now - state.last_notified_at >= policy.repeat_interval
+            and not any(u.level == state.level for u in state.unreached)
+        ):  # a reminder to a level not reached yet would only say what its try says
             notices.append(_repeat(state, now, definitions, ids))
     # Values in `changed` only refresh alert details; a notice's state_after supersedes them.
     for n in notices:
@@ -441,7 +443,10 @@ def _retry(
     ids: Mapping[str, str],
 ) -> Notice:
     """The notice of a level that could not be reached, tried again under its own key: the
-    incident's level and clocks stay where they are (they went on without it)."""
+    incident's level and escalation clock stay where they are (they went on without it); the
+    current level's reminders count from this notice."""
+    current = missed.level == state.level
+    after = state.model_copy(update={"last_notified_at": now}) if current else state
     return _at_level(
         state,
         definitions,
@@ -451,7 +456,7 @@ def _retry(
         kind=missed.kind,
         key=missed.key,
         alerts=list(state.alerts.values()),
-        after=state,
+        after=after,
         due_at=missed.since,
     )
 
@@ -749,8 +754,11 @@ def rebuild(payloads: list[dict[str, Any]]) -> tuple[dict[str, IncidentState], l
                 state.root_channel, state.root_ts = p["_channel"], p["_ts"]
         if kind in ("fire", "escalate") and p["level"] >= state.level:
             state.level, state.level_at = p["level"], due
-        for u in p.get("unreached") or []:
-            missed.setdefault(p["incident"], {})[u["key"]] = Unreached.model_validate(u)
+        # The newest notice says which levels were not reached when it was decided (one
+        # reached since by email is not in Slack: an older notice's list would resend it).
+        missed[p["incident"]] = {
+            u["key"]: Unreached.model_validate(u) for u in p.get("unreached") or []
+        }
         if kind in ("fire", "escalate", "repeat"):
             state.last_notified_at = at
             state.repeats = int(p.get("repeats") or 0)

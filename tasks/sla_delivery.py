@@ -14,8 +14,13 @@ Exactly one notice per incident and level:
   and record is resolved by reading the channel back: a message whose metadata carries the
   notice's key was sent (recorded now, not sent again), otherwise it is sent. While the channel
   cannot be read, the notice waits (`deferred`) rather than risk a second copy, for at most
-  `PENDING_WAIT_S`, and so do the other notices of its group (an unconfirmed first message
-  leaves no incident: the run decides a new one, the same alerts under another key).
+  `PENDING_WAIT_S`, and so do the other notices of its group (a first message whose run
+  crashed before recording it leaves no incident: the run decides a new one, the same alerts
+  under another key).
+- A level that cannot be reached does not hold the escalation back: a `fire` or `escalate`
+  that failed (Slack refused it, no email fallback or it failed too) is recorded as a level not
+  reached (`decisions.escalation.record_unreached`, under the lock), the next level falls due at
+  its delay, and the notice is tried again (its own key) each run.
 - Channels: the policies' channel names are resolved to Slack ids once per run (cached in
   Redis, `tasks.slack.channels`); every notice, thread key and read uses the id.
 - One incident, its own threads: a notice of a new incident never continues the previous
@@ -589,8 +594,9 @@ def deliver(
                 )
                 continue
             if notice.group in unchecked:  # maybe sent, Slack unreadable: never a second copy
-                # The group's other notices wait too: an unconfirmed first message leaves no
-                # incident in Redis, so this run decided a new one (another key, the same alerts)
+                # The group's other notices wait too: a first message whose run crashed before
+                # recording it leaves no incident in Redis, so this run decided a new one
+                # (another key, the same alerts)
                 key, why = unchecked[notice.group]
                 why = (
                     f"maybe sent, not confirmed ({why}); checked next run"

@@ -629,3 +629,17 @@ def test_levels_not_reached_survive_a_rebuild_from_the_notices() -> None:
     states, _ = rebuild([_with_place(notice_metadata(n), n) for n in sim.sent])
     assert fire.due_at == T0 and states[original.group].unreached == []
     assert states[original.group].level_at == T0 + 45 * MIN
+
+
+def test_the_last_level_not_reached_is_tried_again_not_reminded() -> None:
+    sim = Sim(THREE_CHANNELS)
+    sim.unreachable = {"#cto"}
+    firing = [alert("availability/page-fast")]
+    sim.run(T0, 45 + 125, firing)  # past the repeat interval (2h) after level 3 fell due
+    assert {(n.kind, n.level) for n in sim.failed} == {("escalate", 3)}  # no STILL FIRING
+    sim.unreachable = set()
+    sim.run(T0 + 170 * MIN, 125, firing)
+    assert [(n.kind, n.level, n.at - T0) for n in sim.sent[2:]] == [
+        ("escalate", 3, 170 * MIN),  # late, once
+        ("repeat", 3, 170 * MIN + 120 * MIN),  # then reminders every 2 h from it
+    ]
