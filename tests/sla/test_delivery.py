@@ -682,3 +682,58 @@ def test_a_level_tried_again_that_crashed_after_its_send_is_not_sent_twice(
     [state] = store.incidents().values()
     assert state.unreached == [] and state.root_ts == slack.messages[0]["ts"]
     assert len(slack.messages) == 1
+
+
+def test_two_concurrent_evaluators_escalate_past_a_level_once(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    slack.set_archived("#team-lead", True)
+    errors: list[BaseException] = []
+
+    def evaluator() -> None:
+        try:
+            for minute in range(50):
+                messenger = SlackMessenger(slack_target)
+                deliver(store, messenger, THREE_CHANNELS, FIRING, T0 + minute * MINUTE)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=evaluator) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [k.rsplit(":", 2)[1:] for k in keys(slack)] == [["escalate", "2"], ["escalate", "3"]]
+    [state] = store.incidents().values()
+    assert [u.level for u in state.unreached] == [1] and store.pending() == []
+
+
+def test_the_email_fallback_of_a_level_says_which_levels_could_not_be_reached(
+    tmp_path: Path,
+) -> None:
+    from email import message_from_bytes
+
+    from decisions.escalation import decide, record_unreached
+
+    [fire] = decide(T0, FIRING, {}, THREE_CHANNELS).notices
+    states = {
+        fire.group: record_unreached(None, fire, "Slack channel #team-lead not found", "#team-lead")
+    }
+    escalate = next(
+        n
+        for n in decide(T0 + 15 * MINUTE, FIRING, states, THREE_CHANNELS).notices
+        if n.kind == "escalate"
+    )
+    note = sla_delivery._email_fallback(
+        escalate, FileOutbox(directory=tmp_path), ["mgr@example.test"], "perfops@x", "is_archived"
+    )
+    assert note.startswith("emailed mgr@example.test via file")
+    [eml] = tmp_path.glob("*.eml")
+    mail = message_from_bytes(eml.read_bytes())
+    assert mail["Subject"].endswith("- level 1 (team lead) could not be reached")
+    body = mail.get_payload(decode=True).decode()
+    assert (
+        "Level 1 (team lead, #team-lead) could not be reached since 2026-11-02 12:00 UTC: " in body
+    )
+    assert "Slack channel #team-lead not found" in body
