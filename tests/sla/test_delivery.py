@@ -712,7 +712,8 @@ def test_two_concurrent_evaluators_escalate_past_a_level_once(
 def test_the_email_fallback_of_a_level_says_which_levels_could_not_be_reached(
     tmp_path: Path,
 ) -> None:
-    from email import message_from_bytes
+    from email import message_from_bytes, policy
+    from email.message import EmailMessage
 
     from decisions.escalation import decide, record_unreached
 
@@ -730,9 +731,10 @@ def test_the_email_fallback_of_a_level_says_which_levels_could_not_be_reached(
     )
     assert note.startswith("emailed mgr@example.test via file")
     [eml] = tmp_path.glob("*.eml")
-    mail = message_from_bytes(eml.read_bytes())
+    mail = message_from_bytes(eml.read_bytes(), policy=policy.default)
+    assert isinstance(mail, EmailMessage)
     assert mail["Subject"].endswith("- level 1 (team lead) could not be reached")
-    body = mail.get_payload(decode=True).decode()
+    body = mail.get_content()
     assert (
         "Level 1 (team lead, #team-lead) could not be reached since 2026-11-02 12:00 UTC: " in body
     )
