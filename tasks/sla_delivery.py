@@ -635,8 +635,12 @@ def deliver(
                         states[notice.group] = record_unreached(state, notice, why, base["channel"])
                         store.save(states[notice.group])
                         why += (
-                            f"; the incident went on to level {notice.level} all the same (the "
-                            "next level at its delay); this notice is tried again each run"
+                            f"; level {notice.level} not reached since "
+                            f"{notice.due_at:%Y-%m-%d %H:%M} UTC, the escalation went on without "
+                            "it; tried again each run"
+                            if notice.due_at is not None
+                            else f"; the incident went on to level {notice.level} all the same "
+                            "(the next level at its delay); this notice is tried again each run"
                         )
                     delivered.append(Delivered(**base, sink="skipped", outcome="failed", note=why))
                     continue

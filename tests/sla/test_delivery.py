@@ -598,6 +598,11 @@ def test_a_level_slack_cannot_reach_does_not_hold_back_the_next_level(
     assert escalated.outcome == "sent" and escalated.channel == "#eng-manager"
     # ... and that run still fails naming level 1's notice, tried again (the same key).
     assert at_15[("fire", 1)].outcome == "failed" and at_15[("fire", 1)].key == failed.key
+    assert "the incident went on to level 1 all the same" in failed.note
+    assert at_15[("fire", 1)].note.endswith(
+        "level 1 not reached since 2026-11-02 12:00 UTC, the escalation went on without it; "
+        "tried again each run"
+    )
     [message] = slack.messages
     assert message["channel"] == slack.channel_id("#eng-manager")
     assert message["thread_ts"] is None  # its own first message in #eng-manager
