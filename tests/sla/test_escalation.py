@@ -643,3 +643,24 @@ def test_the_last_level_not_reached_is_tried_again_not_reminded() -> None:
         ("escalate", 3, 170 * MIN),  # late, once
         ("repeat", 3, 170 * MIN + 120 * MIN),  # then reminders every 2 h from it
     ]
+
+
+def test_levels_reached_late_in_one_run_share_their_channels_thread() -> None:
+    """Levels 1 and 2 share #oncall: once it works, both are tried in one run; the second is a
+    reply under the first message the first just posted, not a second top-level message."""
+    sim = Sim()
+    sim.unreachable = {"#oncall"}
+    firing = [alert("availability/page-fast")]
+    sim.run(T0, 46, firing)
+    [cto] = sim.sent
+    assert (cto.kind, cto.level, cto.channel) == ("escalate", 3, "#incidents")
+    assert [u.level for u in cto.unreached] == [1, 2]
+    sim.unreachable = set()
+    sim.step(T0 + 46 * MIN, firing)
+    fire, level2 = sim.sent[1:]
+    assert (fire.kind, fire.channel, fire.thread_ts) == ("fire", "#oncall", None)
+    state = sim.states[fire.group]
+    assert (level2.kind, level2.channel) == ("escalate", "#oncall")
+    assert level2.thread_ts == state.root_ts == state.channel_roots["#oncall"]
+    assert level2.unreached == []  # level 1 was reached just before it, in the same run
+    assert state.unreached == [] and (state.level, state.level_at) == (3, T0 + 45 * MIN)
