@@ -629,7 +629,10 @@ def deliver(
                     # else the marker stays: a post Slack stored but could not confirm is found
                     # (and recorded) by the next run rather than sent twice
                     why = redact(str(unsent))
-                    if notice.kind in ESCALATING and held.renew():
+                    if notice.kind in ESCALATING and not held.renew():
+                        lost = True  # another run may hold it: record nothing, send no more
+                        why += f"; {held.lost}: not recorded, the next run decides it again"
+                    elif notice.kind in ESCALATING:
                         # The level is due all the same: the incident goes on to it (the next
                         # level at its delay from now) and this notice is tried again.
                         states[notice.group] = record_unreached(state, notice, why, base["channel"])

@@ -744,3 +744,25 @@ def test_the_email_fallback_of_a_level_says_which_levels_could_not_be_reached(
         "Level 1 (team lead, #team-lead) could not be reached since 2026-11-02 12:00 UTC: " in body
     )
     assert "Slack channel #team-lead not found" in body
+
+
+def test_a_level_that_failed_after_the_lock_expired_is_not_recorded(
+    redis_target: RedisTarget, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    """Slack answered the first message's 503 after the lock (1 s) expired: another run may
+    hold it now, so the level is not recorded as reached; the next run decides it again."""
+    store = SlaStore(redis_target, lock_timeout_s=1)
+    target = slack_target.model_copy(update={"timeout_s": 10, "max_retries": 0})
+    slack.fail_next(503, method="chat.postMessage")
+    slack.delay_next(2, method="chat.postMessage")
+    report = deliver(store, SlackMessenger(target), THREE_CHANNELS, FIRING, T0)
+    [d] = report.delivered
+    assert (d.kind, d.outcome) == ("fire", "failed") and "no email fallback" in d.note
+    assert "went on to level" not in d.note and store.incidents() == {}
+    assert d.note.endswith("not recorded, the next run decides it again")
+    assert "the SLA lock" in d.note and "expired (held over 1 s" in d.note
+    assert "the rest of this run was not sent or recorded" in report.lock_lost
+    assert [n.key for n, _ in store.pending()] == [d.key]  # maybe stored: looked for next run
+    report = deliver(store, SlackMessenger(target), THREE_CHANNELS, FIRING, T0 + MINUTE)
+    assert [(x.kind, x.outcome) for x in report.delivered] == [("fire", "sent")]
+    assert len(keys(slack)) == len(set(keys(slack))) == 1
