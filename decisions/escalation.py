@@ -13,6 +13,11 @@ Alertmanager's `notify/`: silence -> inhibit (a critical alert mutes warnings of
 - a new alert in an open incident is notified at its current level (a reply in the thread);
   alerts leaving (or coming back) only update its first message in place;
 - no alert left: a resolved notice in the same thread;
+- a level whose notice could not be delivered (`Unreached`: Slack refused it, no email fallback
+  or it failed too) does not hold the escalation back: the incident is recorded at that level
+  all the same (`record_unreached`), the next level falls due at its delay from then, its
+  notice says which level could not be reached and why, and the undelivered notice is tried
+  again (the same key) each run while the incident is open and unacknowledged;
 - the definitions edited under an open incident: it continues at its policy's last level, or
   in the group its alerts moved to when its policy is gone (`carry_over`, `fit_policy`);
 - one incident, its own threads: a new incident in a group never continues the previous
@@ -59,6 +64,22 @@ class PostedNotice(BaseModel):
     note: str = ""
 
 
+ESCALATING: tuple[NoticeKind, ...] = ("fire", "escalate")  # notices that move the level on
+
+
+class Unreached(BaseModel):
+    """A level whose notice (`fire` or `escalate`) could not be delivered: the incident went on
+    to that level all the same, and the notice (the same key) is tried again each run."""
+
+    key: str
+    kind: NoticeKind
+    level: int
+    level_name: str = ""
+    channel: str  # as the policy names it
+    why: str
+    since: datetime  # when the level fell due (its first attempt)
+
+
 class IncidentState(BaseModel):
     """One group's incident: what is firing, how far it escalated, where its thread is."""
 
@@ -79,6 +100,7 @@ class IncidentState(BaseModel):
     acked_at: datetime | None = None
     resolved_at: datetime | None = None
     notices: dict[str, PostedNotice] = Field(default_factory=dict)
+    unreached: list[Unreached] = Field(default_factory=list)  # levels not delivered, by level
 
     @property
     def open(self) -> bool:
@@ -107,6 +129,9 @@ class Notice(BaseModel):
     started_at: datetime
     at: datetime
     state_after: IncidentState
+    # Lower levels of the incident that could not be reached (said in this notice's text).
+    unreached: list[Unreached] = Field(default_factory=list)
+    due_at: datetime | None = None  # a notice tried again: when its level fell due
 
 
 class Suppressed(BaseModel):
@@ -208,7 +233,14 @@ def decide(
                 notices.append(_new_incident(group, firing, now, definitions, ids))
             continue
         if not firing:
-            notices.extend(_resolved(state, now))
+            resolved = _resolved(state, now)
+            if not resolved:  # no level was ever reached: nobody to tell
+                changed[group] = state.model_copy(update={"resolved_at": now})
+                warnings.append(
+                    f"incident {state.incident} resolved without a notice: no level of it was "
+                    f"reached ({'; '.join(f'{u.key}: {u.why}' for u in state.unreached)})"
+                )
+            notices.extend(resolved)
             continue
         state, policy, warning = fit_policy(state, definitions, firing[0].escalation)
         if warning:
@@ -219,9 +251,12 @@ def decide(
             notice = _join(state, firing, new, now, definitions, ids)
             notices.append(notice)
             state = notice.state_after
-        elif set(state.alerts) != {a.key for a in firing} or any(
-            state.alerts[a.key].severity != a.severity for a in firing if a.key in state.alerts
-        ):
+        elif state.root_ts is not None and (
+            set(state.alerts) != {a.key for a in firing}
+            or any(
+                state.alerts[a.key].severity != a.severity for a in firing if a.key in state.alerts
+            )
+        ):  # the first message re-rendered (none in Slack: the state alone)
             updated = state.model_copy(update={"alerts": {a.key: a for a in firing}})
             notices.append(_update(updated, now, policy))
             state = updated
@@ -230,13 +265,18 @@ def decide(
             changed[group] = state
         if state.acked_at is not None:
             continue
+        for missed in state.unreached:  # levels not reached yet: tried again, the same key
+            if missed.level <= len(policy.levels):
+                notices.append(_retry(state, missed, now, definitions, ids))
         current = policy.levels[state.level - 1]
         if state.level < len(policy.levels):
             if state.level_at is not None and now - state.level_at >= current.after:
                 notices.append(_escalate(state, now, definitions, ids))
-        elif state.last_notified_at is not None and (
-            now - state.last_notified_at >= policy.repeat_interval
-        ):
+        elif (
+            state.last_notified_at is not None
+            and now - state.last_notified_at >= policy.repeat_interval
+            and not any(u.level == state.level for u in state.unreached)
+        ):  # a reminder to a level not reached yet would only say what its try says
             notices.append(_repeat(state, now, definitions, ids))
     # Values in `changed` only refresh alert details; a notice's state_after supersedes them.
     for n in notices:
@@ -367,9 +407,11 @@ def _at_level(
     alerts: list[Alert],
     after: IncidentState,
     update_ts: str | None = None,
+    due_at: datetime | None = None,
 ) -> Notice:
     """A notice to escalation level `level_no` of the incident's policy: that level's channel
-    (else the incident's first channel) and mentions, in the channel's thread."""
+    (else the incident's first channel) and mentions, in the channel's thread; saying which
+    lower levels could not be reached."""
     policy = definitions.policy(state.policy)
     level = policy.levels[level_no - 1]
     channel = level_channel(policy, level_no, ids)
@@ -388,6 +430,34 @@ def _at_level(
         started_at=state.started_at,
         at=now,
         state_after=after,
+        unreached=[u for u in state.unreached if u.level < level_no],
+        due_at=due_at,
+    )
+
+
+def _retry(
+    state: IncidentState,
+    missed: Unreached,
+    now: datetime,
+    definitions: SlaDefinitions,
+    ids: Mapping[str, str],
+) -> Notice:
+    """The notice of a level that could not be reached, tried again under its own key: the
+    incident's level and escalation clock stay where they are (they went on without it); the
+    current level's reminders count from this notice."""
+    current = missed.level == state.level
+    after = state.model_copy(update={"last_notified_at": now}) if current else state
+    return _at_level(
+        state,
+        definitions,
+        missed.level,
+        now,
+        ids,
+        kind=missed.kind,
+        key=missed.key,
+        alerts=list(state.alerts.values()),
+        after=after,
+        due_at=missed.since,
     )
 
 
@@ -491,8 +561,6 @@ def _in_every_thread(
     """A reply of `kind` in every channel the incident reached (in its thread there), its first
     channel first; `key(i)` the i-th reply's idempotency key; `update_first`: the first message
     is re-rendered too."""
-    first = state.root_channel or DEFAULT_CHANNEL
-    channels = [first] + [c for c in state.channel_roots if c != first]
     return [
         Notice(
             key=key(i),
@@ -508,8 +576,29 @@ def _in_every_thread(
             at=at,
             state_after=after,
         )
-        for i, channel in enumerate(channels)
+        for i, channel in enumerate(reached_channels(state))
     ]
+
+
+def notice_kind(key: str) -> str:
+    """The kind of the notice with idempotency key `key` (`<incident>:<kind>:<n>`)."""
+    parts = key.rsplit(":", 2)
+    return parts[1] if len(parts) == 3 else ""
+
+
+def reached_channels(state: IncidentState) -> list[str]:
+    """The channels a reply to the whole incident (resolved, acknowledged) goes to, its first
+    channel first: every channel it has a thread in, and its first channel unless its first
+    message could not be delivered there. None when no level was ever reached (nobody to
+    tell); the first channel when the incident went out by email only."""
+    first = state.root_channel
+    root_missed = any(u.kind == "fire" for u in state.unreached)
+    channels = [first] if first and not root_missed else []
+    channels += [c for c in state.channel_roots if c != first]
+    told = any(notice_kind(k) in ("fire", "join", "escalate", "repeat") for k in state.notices)
+    if not channels and (told or not root_missed):
+        channels = [first or DEFAULT_CHANNEL]
+    return channels
 
 
 def _resolved(state: IncidentState, now: datetime) -> list[Notice]:
@@ -548,22 +637,77 @@ def continuing(state: IncidentState | None, notice: Notice) -> IncidentState:
     return notice.state_after
 
 
+def _carried(prior: IncidentState, notice: Notice, missed: list[Unreached]) -> IncidentState:
+    """`notice.state_after` with what the run already recorded of the incident (`prior`: its
+    other notices, threads and levels not reached) and `missed`; a level not reached that a
+    notice has since reached is dropped."""
+    new = notice.state_after.model_copy(deep=True)
+    new.notices = {**prior.notices, **new.notices}
+    new.channel_roots = {**prior.channel_roots, **new.channel_roots}
+    by_key = {u.key: u for u in new.unreached}
+    by_key.update({u.key: u for u in prior.unreached})  # the recorded one is the newer
+    by_key.update({u.key: u for u in missed})
+    new.unreached = sorted(
+        (u for u in by_key.values() if u.key not in new.notices), key=lambda u: u.level
+    )
+    if prior.root_ts and not new.root_ts:
+        new.root_channel, new.root_ts = prior.root_channel, prior.root_ts
+    return new
+
+
 def record(state: IncidentState | None, notice: Notice, posted: PostedNotice) -> IncidentState:
     """The incident after `notice` was delivered as `posted` (ts kept to thread and update).
     `state` is the group's recorded state; only the notice's own incident is carried over."""
     prior = continuing(state, notice)
-    new = notice.state_after.model_copy(deep=True)
-    # Keep what other notices of the same run already recorded.
-    new.notices = {**prior.notices, **new.notices, notice.key: posted}
-    new.channel_roots = {**prior.channel_roots, **new.channel_roots}
+    new = _carried(prior, notice, [])
+    new.notices[notice.key] = posted
+    new.unreached = [u for u in new.unreached if u.key != notice.key]
     top_level = notice.kind in ("fire", "escalate", "repeat") and notice.thread_ts is None
     if top_level and posted.sink != "email":
         new.channel_roots.setdefault(posted.channel, posted.ts)
         if notice.kind == "fire":
             new.root_channel, new.root_ts = posted.channel, posted.ts
-    if prior.root_ts and not new.root_ts:
-        new.root_channel, new.root_ts = prior.root_channel, prior.root_ts
     return new
+
+
+def record_unreached(
+    state: IncidentState | None, notice: Notice, why: str, channel: str
+) -> IncidentState:
+    """The incident after `notice` (to `channel`, as the policy names it) could not be
+    delivered (`why`): a `fire` or `escalate` moves the incident to its level all the same, so
+    the escalation clock runs from when the level fell due, not from a delivery; the notice
+    is kept as `Unreached` (since its first attempt) and tried again. Other kinds leave the
+    incident as it was (they are decided again)."""
+    prior = continuing(state, notice)
+    if notice.kind not in ESCALATING:
+        return prior
+    earlier = next((u for u in prior.unreached if u.key == notice.key), None)
+    missed = Unreached(
+        key=notice.key,
+        kind=notice.kind,
+        level=notice.level,
+        level_name=notice.level_name,
+        channel=channel,
+        why=why,
+        since=earlier.since if earlier else notice.due_at or notice.at,
+    )
+    return _carried(prior, notice, [missed])
+
+
+def as_recorded(notice: Notice, state: IncidentState | None) -> Notice:
+    """`notice` against its incident as recorded so far in this run (`state`): in the thread
+    an earlier notice of the run started in its channel, and no longer saying that a level the
+    run reached since could not be reached."""
+    if state is None or state.incident != notice.incident:
+        return notice
+    update: dict[str, Any] = {}
+    threaded = notice.kind in ("escalate", "repeat", "join")
+    if threaded and notice.thread_ts is None and notice.channel in state.channel_roots:
+        update["thread_ts"] = state.channel_roots[notice.channel]
+    unreached = [u for u in notice.unreached if u.key not in state.notices]
+    if len(unreached) != len(notice.unreached):
+        update["unreached"] = unreached
+    return notice.model_copy(update=update) if update else notice
 
 
 def acknowledge(state: IncidentState, by: str, now: datetime) -> IncidentState:
@@ -582,9 +726,11 @@ def rebuild(payloads: list[dict[str, Any]]) -> tuple[dict[str, IncidentState], l
     notices posted before the metadata fitted Slack's documented shape (alert labels an object,
     None values present) read the same."""
     incidents: dict[str, IncidentState] = {}
+    missed: dict[str, dict[str, Unreached]] = {}  # incident -> levels said not reached
     log: list[PostedNotice] = []
     for p in sorted(payloads, key=lambda p: (p["at"], p["_ts"])):
         at = datetime.fromisoformat(p["at"])
+        due = datetime.fromisoformat(p["due_at"]) if p.get("due_at") else at
         log.append(
             PostedNotice(key=p["key"], channel=p["_channel"], ts=p["_ts"], sent_at=at, sink="slack")
         )
@@ -607,13 +753,18 @@ def rebuild(payloads: list[dict[str, Any]]) -> tuple[dict[str, IncidentState], l
             if kind == "fire":
                 state.root_channel, state.root_ts = p["_channel"], p["_ts"]
         if kind in ("fire", "escalate") and p["level"] >= state.level:
-            state.level, state.level_at = p["level"], at
+            state.level, state.level_at = p["level"], due
+        # The newest notice says which levels were not reached when it was decided (one
+        # reached since by email is not in Slack: an older notice's list would resend it).
+        missed[p["incident"]] = {
+            u["key"]: Unreached.model_validate(u) for u in p.get("unreached") or []
+        }
         if kind in ("fire", "escalate", "repeat"):
             state.last_notified_at = at
             state.repeats = int(p.get("repeats") or 0)
         if kind in ("fire", "escalate", "repeat", "update") and alerts:
             state.alerts = alerts
-        if kind in ("fire", "join"):
+        if kind in ("fire", "join", "escalate", "repeat"):  # a level told of every alert
             state.notified += [k for k in alerts if k not in state.notified]
             if kind == "join":
                 state.alerts = {**state.alerts, **alerts}
@@ -621,6 +772,14 @@ def rebuild(payloads: list[dict[str, Any]]) -> tuple[dict[str, IncidentState], l
             state.acked_by, state.acked_at = p.get("acked_by"), at
         if kind == "resolved":
             state.resolved_at = at
+    for incident, levels in missed.items():  # levels not reached, unless reached since
+        state = incidents[incident]
+        state.unreached = sorted(
+            (u for u in levels.values() if u.key not in state.notices), key=lambda u: u.level
+        )
+        for u in state.unreached:
+            if u.level > state.level:
+                state.level, state.level_at = u.level, u.since
     latest: dict[str, IncidentState] = {}
     for state in incidents.values():
         if state.group not in latest or state.started_at > latest[state.group].started_at:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from decisions.burn_rate import Alert
-from decisions.escalation import Notice
+from decisions.escalation import Notice, Unreached
 from decisions.slack_metadata import alert_metadata, drop_nulls
 from perfops.wording import figure
 
@@ -54,9 +54,25 @@ def notice_text(
     head = f"{TITLES[notice.kind]} [{severity}] {names}"
     if notice.kind == "resolved":
         return f"{head}: resolved after {resolved_after_min} min"
-    return f"{head}: level {notice.level} ({notice.level_name})" + (
-        f" {mentions}" if mentions else ""
+    missed = ", ".join(
+        f"level {u.level} ({slack_escape(u.level_name) if slack else u.level_name})"
+        for u in notice.unreached
     )
+    return (
+        f"{head}: level {notice.level} ({notice.level_name})"
+        + (f" {mentions}" if mentions else "")
+        + (f" - {missed} could not be reached" if missed else "")
+    )
+
+
+def unreached_lines(notice: Notice, *, slack: bool = True) -> list[str]:
+    """One line per lower level of the incident that could not be reached, and why."""
+    esc = slack_escape if slack else (lambda text: text)
+    return [
+        f"Level {u.level} ({esc(u.level_name)}, {esc(u.channel)}) could not be reached since "
+        f"{u.since:%Y-%m-%d %H:%M} UTC: {esc(u.why)}"
+        for u in notice.unreached
+    ]
 
 
 def notice_blocks(notice: Notice, run_url: str = "") -> list[dict[str, Any]]:
@@ -96,6 +112,10 @@ def notice_blocks(notice: Notice, run_url: str = "") -> list[dict[str, Any]]:
     if notice.mentions and notice.kind != "resolved":
         status += " " + " ".join(f"<@{m}>" for m in notice.mentions)
     blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": status}})
+    missed = unreached_lines(notice)
+    if missed and notice.kind != "resolved":
+        text = "\n".join(f":warning: {line}" for line in missed)[:2900]
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
     links = []
     if run_url:
         links.append(f"<{run_url}|Prefect run>")
@@ -129,5 +149,17 @@ def notice_metadata(notice: Notice) -> dict[str, Any]:
             "repeats": notice.state_after.repeats,
             "alerts": [alert_metadata(a) for a in notice.alerts],
             "acked_by": notice.state_after.acked_by,
+            "due_at": notice.due_at.isoformat() if notice.due_at else None,
         }
+    ) | (
+        {"unreached": [_unreached_metadata(u) for u in notice.state_after.unreached]}
+        if notice.state_after.unreached
+        else {}
     )
+
+
+def _unreached_metadata(missed: Unreached) -> dict[str, Any]:
+    """A level not reached as a flat object of strings and numbers (its reason shortened)."""
+    fields = missed.model_dump(mode="json")
+    fields["why"] = fields["why"][:500]
+    return drop_nulls(fields)

@@ -111,9 +111,11 @@ class SlaRunReport(BaseModel):
         if delivery and delivery.busy:
             return delivery.busy
         if delivery and unsent:
+            # A level that could not be reached first: what most needs fixing.
+            first = next((d for d in unsent if d.kind in ("fire", "escalate")), unsent[0])
             return (
-                f"{len(unsent)} of {len(delivery.delivered)} notices not sent: {unsent[0].key}: "
-                f"{unsent[0].note}"
+                f"{len(unsent)} of {len(delivery.delivered)} notices not sent: {first.key}: "
+                f"{first.note}"
             )
         if delivery and delivery.lock_lost:
             return delivery.lock_lost

@@ -9,7 +9,9 @@ resource `perfops.sla.degradation.<rule>`, which the deployment trigger of
 `scale_predictively` watches (prefect.yaml). A run that could not reach Prometheus for any SLO
 or rule ends Failed after its records are written (every item "no data"), and so does one
 that could not take the SLA lock (another run held it) or read Redis: evaluated and recorded,
-nothing sent.
+nothing sent. A notice that could not be sent at all ends the run Failed naming it; when it is
+a level's (Slack refused it, no email fallback), the escalation goes on past that level all the
+same and the notice is tried again each run (docs/sla.md, "A level Slack cannot reach").
 """
 
 from __future__ import annotations

@@ -14,8 +14,13 @@ Exactly one notice per incident and level:
   and record is resolved by reading the channel back: a message whose metadata carries the
   notice's key was sent (recorded now, not sent again), otherwise it is sent. While the channel
   cannot be read, the notice waits (`deferred`) rather than risk a second copy, for at most
-  `PENDING_WAIT_S`, and so do the other notices of its group (an unconfirmed first message
-  leaves no incident: the run decides a new one, the same alerts under another key).
+  `PENDING_WAIT_S`, and so do the other notices of its group (a first message whose run
+  crashed before recording it leaves no incident: the run decides a new one, the same alerts
+  under another key).
+- A level that cannot be reached does not hold the escalation back: a `fire` or `escalate`
+  that failed (Slack refused it, no email fallback or it failed too) is recorded as a level not
+  reached (`decisions.escalation.record_unreached`, under the lock), the next level falls due at
+  its delay, and the notice is tried again (its own key) each run.
 - Channels: the policies' channel names are resolved to Slack ids once per run (cached in
   Redis, `tasks.slack.channels`); every notice, thread key and read uses the id.
 - One incident, its own threads: a notice of a new incident never continues the previous
@@ -49,18 +54,27 @@ from blocks import RedisTarget
 from blocks.resolve import EmailSink
 from decisions.burn_rate import Alert
 from decisions.escalation import (
+    ESCALATING,
     IncidentState,
     Notice,
     PostedNotice,
     acknowledge,
     acknowledgement,
+    as_recorded,
     continuing,
     decide,
     policy_channels,
     rebuild,
     record,
+    record_unreached,
 )
-from decisions.sla_notices import notice_blocks, notice_metadata, notice_text, slack_escape
+from decisions.sla_notices import (
+    notice_blocks,
+    notice_metadata,
+    notice_text,
+    slack_escape,
+    unreached_lines,
+)
 from decisions.sla_report import Delivered, DeliveryReport
 from decisions.slo_definitions import SlaDefinitions
 from perfops.errors import ConnectionFailed, LockBusy
@@ -436,6 +450,7 @@ def _email_fallback(
         raise ConnectionFailed(f"{why}; no email fallback configured")
     minutes = int((notice.at - notice.started_at).total_seconds() // 60)
     lines = [notice_text(notice, minutes, slack=False), "", f"Slack failed: {why}", ""]
+    lines += [*unreached_lines(notice, slack=False), ""] if notice.unreached else []
     for a in notice.alerts:
         lines.append(f"- {a.key} [{a.severity}]: {a.reason} (runbook {a.runbook or 'n/a'})")
     message = build_message(
@@ -556,6 +571,7 @@ def deliver(
             store.save(state)
         lost = False
         for notice in plan.notices:
+            notice = as_recorded(notice, states.get(notice.group))
             state = continuing(states.get(notice.group), notice)
             base = _row(notice, names)
             if lost or not held.renew():  # expired: another run may be deciding; send no more
@@ -578,8 +594,9 @@ def deliver(
                 )
                 continue
             if notice.group in unchecked:  # maybe sent, Slack unreadable: never a second copy
-                # The group's other notices wait too: an unconfirmed first message leaves no
-                # incident in Redis, so this run decided a new one (another key, the same alerts)
+                # The group's other notices wait too: a first message whose run crashed before
+                # recording it leaves no incident in Redis, so this run decided a new one
+                # (another key, the same alerts)
                 key, why = unchecked[notice.group]
                 why = (
                     f"maybe sent, not confirmed ({why}); checked next run"
@@ -611,14 +628,30 @@ def deliver(
                         store.clear_pending(notice.key)
                     # else the marker stays: a post Slack stored but could not confirm is found
                     # (and recorded) by the next run rather than sent twice
-                    delivered.append(
-                        Delivered(
-                            **base, sink="skipped", outcome="failed", note=redact(str(unsent))
+                    why = redact(str(unsent))
+                    if notice.kind in ESCALATING and not held.renew():
+                        lost = True  # another run may hold it: record nothing, send no more
+                        why += f"; {held.lost}: not recorded, the next run decides it again"
+                    elif notice.kind in ESCALATING:
+                        # The level is due all the same: the incident goes on to it (the next
+                        # level at its delay from now) and this notice is tried again.
+                        states[notice.group] = record_unreached(state, notice, why, base["channel"])
+                        store.save(states[notice.group])
+                        why += (
+                            f"; level {notice.level} not reached since "
+                            f"{notice.due_at:%Y-%m-%d %H:%M} UTC, the escalation went on without "
+                            "it; tried again each run"
+                            if notice.due_at is not None
+                            else f"; the incident went on to level {notice.level} all the same "
+                            "(the next level at its delay); this notice is tried again each run"
                         )
-                    )
+                    delivered.append(Delivered(**base, sink="skipped", outcome="failed", note=why))
                     continue
                 note = f"{exc}; {note}"
                 channel, ts, sink, outcome = notice.channel, "", "email", "email fallback"
+            if notice.unreached:
+                levels = ", ".join(f"level {u.level} ({u.channel})" for u in notice.unreached)
+                note = f"{note + '; ' if note else ''}said {levels} could not be reached"
             posted = PostedNotice(
                 key=notice.key, channel=channel, ts=ts, sent_at=now, sink=sink, note=redact(note)
             )

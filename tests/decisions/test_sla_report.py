@@ -89,6 +89,13 @@ def test_one_notice_not_sent_fails_the_run_naming_it_and_is_partial() -> None:
     assert not _report(_notice("failed")).partial
 
 
+def test_a_level_not_reached_is_the_notice_the_failure_names() -> None:
+    """A join (or update) of the incident failed too, earlier in the run: the message names
+    the level that could not be reached, what most needs fixing."""
+    report = _report(_notice("failed", kind="join"), _notice("failed", kind="fire"))
+    assert report.failure == "2 of 2 notices not sent: inc-1/fire/failed: channel_not_found"
+
+
 def test_a_deferred_run_fails_with_what_the_rebuild_found() -> None:
     assert _report(deferred=True).failure == "rebuilt from Slack"
 

@@ -225,6 +225,12 @@ class SlackStandIn(LocalServer):
         with self._lock:
             self._by_name(name).is_member = member
 
+    def set_archived(self, name: str, archived: bool) -> None:
+        """Archive (or unarchive) channel `name`: posts answer `is_archived`, and
+        `conversations.list` with `exclude_archived` no longer lists it."""
+        with self._lock:
+            self._by_name(name).is_archived = archived
+
     def channel_id(self, name: str) -> str:
         """The id of channel `name` (`#name` or `name`)."""
         with self._lock:

@@ -208,7 +208,7 @@ def test_slack_down_without_fallback_keeps_the_marker_and_the_next_run_sends(
     assert len(keys(slack)) == len(set(keys(slack))) == 2
 
 
-def test_an_unconfirmed_first_message_holds_back_the_new_incident_of_its_group(
+def test_an_unconfirmed_first_message_is_looked_for_not_posted_again(
     store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
 ) -> None:
     store.mark_state()
@@ -217,18 +217,22 @@ def test_an_unconfirmed_first_message_holds_back_the_new_incident_of_its_group(
     slack.fail_next(503, count=2, method="conversations.history")  # and Slack unreadable
     [first] = deliver(store, SlackMessenger(target), D, FIRING, T0).delivered
     assert (first.kind, first.outcome) == ("fire", "failed")
-    assert len(slack.messages) == 1 and store.incidents() == {}
-    # No incident in Redis: this run decides a new one (another key, the same alerts). While the
-    # first message cannot be looked for it waits: it was a second FIRING, and once the first was
-    # found, recorded over it (its thread never resolved).
+    assert len(slack.messages) == 1
+    # The incident is recorded at level 1 all the same (its clock runs from T0), its first
+    # message not confirmed: the next run tries it again under the same key, and while it
+    # cannot be looked for it waits rather than post a second FIRING.
+    [state] = store.incidents().values()
+    assert state.incident == first.incident and [u.key for u in state.unreached] == [first.key]
     [late] = deliver(store, SlackMessenger(target), D, FIRING, T0 + MINUTE).delivered
-    assert late.kind == "fire" and late.key != first.key and late.outcome == "deferred"
-    assert late.note.startswith(f"waits: {first.key} of this group maybe sent, not confirmed")
+    assert (late.kind, late.key, late.outcome) == ("fire", first.key, "deferred")
+    assert late.note.startswith("maybe sent, not confirmed")
     assert len(slack.messages) == 1
     report = deliver(store, SlackMessenger(target), D, FIRING, T0 + 2 * MINUTE)
     assert f"notice {first.key} found sent, recorded" in report.recovered
     assert report.delivered == [] and len(slack.messages) == 1
-    assert store.incidents()["default:slo=availability"].root_ts == slack.messages[0]["ts"]
+    [state] = store.incidents().values()
+    assert state.root_ts == slack.messages[0]["ts"] and state.unreached == []
+    assert state.level_at == T0  # level 2 falls due 15 min after the start
 
 
 def test_two_concurrent_evaluators_send_once(
@@ -560,3 +564,205 @@ def test_an_acknowledgement_interrupted_before_its_reply_posts_it(
     )
     assert [r.outcome for r in done.replies] == ["sent"]
     assert [k.split(":")[-2] for k in keys(slack)] == ["fire", "ack"]
+
+
+# Three levels, three channels, no email fallback: a level whose channel is broken must not
+# hold the escalation back.
+THREE_CHANNELS = parse_definitions(
+    DEFINITIONS.replace("    email_fallback: [oncall@example.test]\n", "")
+    .replace('channel: "#oncall", after: 15m', 'channel: "#team-lead", after: 15m')
+    .replace('channel: "#oncall", mentions: [U0MGR]', 'channel: "#eng-manager", mentions: [U0MGR]')
+    .replace('channel: "#incidents", mentions: [U0CTO]', 'channel: "#cto", mentions: [U0CTO]'),
+    "three-channels.yaml",
+)
+
+
+def test_a_level_slack_cannot_reach_does_not_hold_back_the_next_level(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    """#team-lead archived, no email fallback: level 1's notice failed every minute and 'the
+    next run decides it again', so the engineering manager (level 2, #eng-manager) was never
+    told while the SLO burned."""
+    slack.set_archived("#team-lead", True)
+    messenger = SlackMessenger(slack_target)
+    reports = [
+        deliver(store, messenger, THREE_CHANNELS, FIRING, T0 + m * MINUTE) for m in range(17)
+    ]
+    failed = reports[0].delivered[0]
+    assert (failed.kind, failed.level, failed.outcome) == ("fire", 1, "failed")
+    assert "Slack channel #team-lead not found" in failed.note
+    assert "no email fallback configured" in failed.note
+    # Level 2 at its delay from the start (15 min), not from a delivery that never came.
+    at_15 = {(d.kind, d.level): d for d in reports[15].delivered}
+    escalated = at_15[("escalate", 2)]
+    assert escalated.outcome == "sent" and escalated.channel == "#eng-manager"
+    # ... and that run still fails naming level 1's notice, tried again (the same key).
+    assert at_15[("fire", 1)].outcome == "failed" and at_15[("fire", 1)].key == failed.key
+    assert "the incident went on to level 1 all the same" in failed.note
+    assert at_15[("fire", 1)].note.endswith(
+        "level 1 not reached since 2026-11-02 12:00 UTC, the escalation went on without it; "
+        "tried again each run"
+    )
+    [message] = slack.messages
+    assert message["channel"] == slack.channel_id("#eng-manager")
+    assert message["thread_ts"] is None  # its own first message in #eng-manager
+    assert "<@U0MGR>" in message["text"]
+    assert "level 1 (team lead) could not be reached" in message["text"]
+    assert "#team-lead" in str(message["blocks"]) and "not found" in str(message["blocks"])
+    # Once, whatever the minutes after it.
+    assert [d.outcome for d in reports[16].delivered if d.kind == "escalate"] == []
+
+
+def test_a_level_reached_late_gets_its_notice_once_and_every_thread_the_resolution(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    slack.set_member("#eng-manager", False)  # the bot was removed from level 2's channel
+
+    def at(minute: int, alerts: list[Any] = FIRING) -> Any:  # each run its own messenger
+        return deliver(
+            store, SlackMessenger(slack_target), THREE_CHANNELS, alerts, T0 + minute * MINUTE
+        )
+
+    for minute in range(46):
+        report = at(minute)
+    rows = {(d.kind, d.level): d for d in report.delivered}
+    assert rows[("escalate", 3)].outcome == "sent"
+    assert rows[("escalate", 3)].note == "said level 2 (#eng-manager) could not be reached"
+    assert rows[("escalate", 2)].outcome == "failed"
+    assert "the Slack bot is not in #eng-manager" in rows[("escalate", 2)].note
+    assert "tried again each run" in rows[("escalate", 2)].note
+    cto = slack.messages[-1]
+    assert cto["channel"] == slack.channel_id("#cto")
+    assert "level 2 (engineering manager) could not be reached" in cto["text"]
+    # Invited again (the next run resolves the channel anew): level 2 is told once, in its
+    # own channel, and the incident's clock is where it was.
+    slack.set_member("#eng-manager", True)
+    for minute in range(46, 60):
+        report = at(minute)
+        assert all(d.outcome in ("sent", "already sent") for d in report.delivered)
+    [late] = [m for m in slack.messages if m["channel"] == slack.channel_id("#eng-manager")]
+    assert late["thread_ts"] is None and "ESCALATED" in late["text"]
+    [state] = store.incidents().values()
+    assert state.unreached == [] and state.level_at == T0 + 45 * MINUTE
+    report = at(60, [])
+    assert sorted(d.channel for d in report.delivered) == ["#cto", "#eng-manager", "#team-lead"]
+    assert all(d.outcome == "sent" for d in report.delivered)
+    assert len(keys(slack)) == len(set(keys(slack))) == 6  # fire, level 3, 2 late, 3 resolved
+
+
+def test_levels_not_reached_survive_a_redis_restart_and_are_sent_once(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    slack.set_archived("#team-lead", True)
+    messenger = SlackMessenger(slack_target)
+    for minute in range(16):
+        deliver(store, messenger, THREE_CHANNELS, FIRING, T0 + minute * MINUTE)
+    assert len(slack.messages) == 1  # level 2 only
+    store.client.flushdb()  # Redis without persistence restarted
+    report = deliver(store, SlackMessenger(slack_target), THREE_CHANNELS, FIRING, T0 + 16 * MINUTE)
+    assert "state rebuilt from slack: 1 notices, 1 incidents (1 open)" in report.recovered
+    [state] = store.incidents().values()
+    assert [(u.level, u.channel, u.since) for u in state.unreached] == [(1, "#team-lead", T0)]
+    assert [(d.kind, d.outcome) for d in report.delivered] == [("fire", "failed")]
+    slack.set_archived("#team-lead", False)
+    for minute in range(17, 20):
+        deliver(store, SlackMessenger(slack_target), THREE_CHANNELS, FIRING, T0 + minute * MINUTE)
+    assert [slack.channel_name(m["channel"]) for m in slack.messages] == [
+        "#eng-manager",
+        "#team-lead",
+    ]
+    assert len(keys(slack)) == len(set(keys(slack)))
+
+
+def test_a_level_tried_again_that_crashed_after_its_send_is_not_sent_twice(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    slack.set_archived("#team-lead", True)
+    deliver(store, SlackMessenger(slack_target), THREE_CHANNELS, FIRING, T0)
+    slack.set_archived("#team-lead", False)
+    with pytest.raises(KeyboardInterrupt):  # the late first message posted, then killed
+        deliver(store, CrashAfterSend(slack_target), THREE_CHANNELS, FIRING, T0 + MINUTE)
+    report = deliver(store, SlackMessenger(slack_target), THREE_CHANNELS, FIRING, T0 + 2 * MINUTE)
+    assert "found sent, recorded" in report.recovered and report.delivered == []
+    [state] = store.incidents().values()
+    assert state.unreached == [] and state.root_ts == slack.messages[0]["ts"]
+    assert len(slack.messages) == 1
+
+
+def test_two_concurrent_evaluators_escalate_past_a_level_once(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    slack.set_archived("#team-lead", True)
+    errors: list[BaseException] = []
+
+    def evaluator() -> None:
+        try:
+            for minute in range(50):
+                messenger = SlackMessenger(slack_target)
+                deliver(store, messenger, THREE_CHANNELS, FIRING, T0 + minute * MINUTE)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=evaluator) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [k.rsplit(":", 2)[1:] for k in keys(slack)] == [["escalate", "2"], ["escalate", "3"]]
+    [state] = store.incidents().values()
+    assert [u.level for u in state.unreached] == [1] and store.pending() == []
+
+
+def test_the_email_fallback_of_a_level_says_which_levels_could_not_be_reached(
+    tmp_path: Path,
+) -> None:
+    from email import message_from_bytes, policy
+    from email.message import EmailMessage
+
+    from decisions.escalation import decide, record_unreached
+
+    [fire] = decide(T0, FIRING, {}, THREE_CHANNELS).notices
+    states = {
+        fire.group: record_unreached(None, fire, "Slack channel #team-lead not found", "#team-lead")
+    }
+    escalate = next(
+        n
+        for n in decide(T0 + 15 * MINUTE, FIRING, states, THREE_CHANNELS).notices
+        if n.kind == "escalate"
+    )
+    note = sla_delivery._email_fallback(
+        escalate, FileOutbox(directory=tmp_path), ["mgr@example.test"], "perfops@x", "is_archived"
+    )
+    assert note.startswith("emailed mgr@example.test via file")
+    [eml] = tmp_path.glob("*.eml")
+    mail = message_from_bytes(eml.read_bytes(), policy=policy.default)
+    assert isinstance(mail, EmailMessage)
+    assert mail["Subject"].endswith("- level 1 (team lead) could not be reached")
+    body = mail.get_content()
+    assert (
+        "Level 1 (team lead, #team-lead) could not be reached since 2026-11-02 12:00 UTC: " in body
+    )
+    assert "Slack channel #team-lead not found" in body
+
+
+def test_a_level_that_failed_after_the_lock_expired_is_not_recorded(
+    redis_target: RedisTarget, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    """Slack answered the first message's 503 after the lock (1 s) expired: another run may
+    hold it now, so the level is not recorded as reached; the next run decides it again."""
+    store = SlaStore(redis_target, lock_timeout_s=1)
+    target = slack_target.model_copy(update={"timeout_s": 10, "max_retries": 0})
+    slack.fail_next(503, method="chat.postMessage")
+    slack.delay_next(2, method="chat.postMessage")
+    report = deliver(store, SlackMessenger(target), THREE_CHANNELS, FIRING, T0)
+    [d] = report.delivered
+    assert (d.kind, d.outcome) == ("fire", "failed") and "no email fallback" in d.note
+    assert "went on to level" not in d.note and store.incidents() == {}
+    assert d.note.endswith("not recorded, the next run decides it again")
+    assert "the SLA lock" in d.note and "expired (held over 1 s" in d.note
+    assert "the rest of this run was not sent or recorded" in report.lock_lost
+    assert [n.key for n, _ in store.pending()] == [d.key]  # maybe stored: looked for next run
+    report = deliver(store, SlackMessenger(target), THREE_CHANNELS, FIRING, T0 + MINUTE)
+    assert [(x.kind, x.outcome) for x in report.delivered] == [("fire", "sent")]
+    assert len(keys(slack)) == len(set(keys(slack))) == 1

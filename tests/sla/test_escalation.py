@@ -16,15 +16,18 @@ from decisions.escalation import (
     PostedNotice,
     acknowledge,
     acknowledgement,
+    as_recorded,
     continuing,
     decide,
     policy_channels,
+    reached_channels,
     rebuild,
     record,
+    record_unreached,
 )
 from decisions.sla_notices import notice_blocks, notice_metadata, notice_text
 from decisions.slack_metadata import slack_metadata_problems
-from decisions.slo_definitions import parse_definitions
+from decisions.slo_definitions import SlaDefinitions, parse_definitions
 from perfops.errors import ConfigurationError
 from tests.sla.helpers import DEFINITIONS, T0, definitions
 
@@ -51,12 +54,15 @@ def alert(key: str, severity: str = "critical", slo: str = "availability") -> Al
 
 
 class Sim:
-    """Drive `decide` minute by minute, 'sending' every notice (ts = minute)."""
+    """Drive `decide` minute by minute, 'sending' every notice (ts = minute); a notice to a
+    channel in `unreachable` is not delivered (recorded as such, as delivery does)."""
 
-    def __init__(self) -> None:
+    def __init__(self, definitions: SlaDefinitions = D) -> None:
         self.states: dict[str, IncidentState] = {}
         self.sent: list[Notice] = []
-        self.definitions = D
+        self.failed: list[Notice] = []
+        self.definitions = definitions
+        self.unreachable: set[str] = set()
 
     def step(self, now: datetime, alerts: list[Alert]) -> Plan:
         plan = decide(now, alerts, self.states, self.definitions)
@@ -65,6 +71,12 @@ class Sim:
             self.states[moved.group] = moved
         self.states.update(plan.states)
         for n in plan.notices:
+            n = as_recorded(n, self.states.get(n.group))
+            if n.channel in self.unreachable:
+                why = f"Slack channel {n.channel} not found"
+                self.states[n.group] = record_unreached(self.states.get(n.group), n, why, n.channel)
+                self.failed.append(n)
+                continue
             posted = PostedNotice(
                 key=n.key,
                 channel=n.channel,
@@ -456,3 +468,199 @@ def test_each_change_of_the_alert_set_is_its_own_update_and_a_retry_the_same() -
     again = decide(T0 + timedelta(minutes=5), [fast, slow], {state.group: state}, D)
     twice = decide(T0 + timedelta(minutes=5), [fast, slow], {state.group: state}, D)
     assert [n.key for n in again.notices] == [n.key for n in twice.notices]
+
+
+# Three levels, each its own channel, no email fallback.
+THREE_CHANNELS = parse_definitions(
+    DEFINITIONS.replace("    email_fallback: [oncall@example.test]\n", "")
+    .replace('channel: "#oncall", after: 15m', 'channel: "#team-lead", after: 15m')
+    .replace('channel: "#oncall", mentions: [U0MGR]', 'channel: "#eng-manager", mentions: [U0MGR]')
+    .replace('channel: "#incidents", mentions: [U0CTO]', 'channel: "#cto", mentions: [U0CTO]'),
+    "three-channels.yaml",
+)
+MIN = timedelta(minutes=1)
+
+
+def test_a_level_not_reached_does_not_hold_back_the_next_and_is_tried_again() -> None:
+    """Level 1's channel refused every notice: the incident never got past level 1 (each run
+    decided its FIRING again), so the engineering manager was never told."""
+    sim = Sim(THREE_CHANNELS)
+    sim.unreachable = {"#team-lead"}
+    firing = [alert("availability/page-fast")]
+    sim.run(T0, 46, firing)
+    # Level 1 tried every minute under one key; levels 2 and 3 at their delays from the start.
+    assert {n.key for n in sim.failed} == {f"{sim.failed[0].incident}:fire:1"}
+    assert len(sim.failed) == 46 and sim.failed[-1].due_at == T0
+    assert [(n.kind, n.level, n.at - T0, n.channel) for n in sim.sent] == [
+        ("escalate", 2, 15 * MIN, "#eng-manager"),
+        ("escalate", 3, 45 * MIN, "#cto"),
+    ]
+    level2, _ = sim.sent
+    assert [(u.level, u.channel, u.since) for u in level2.unreached] == [(1, "#team-lead", T0)]
+    assert level2.thread_ts is None  # the first message in #eng-manager
+    text = notice_text(level2, 15)
+    assert text.endswith("<@U0MGR> - level 1 (team lead) could not be reached")
+    warning = notice_blocks(level2)[-2]["text"]["text"]
+    assert warning.startswith(":warning: Level 1 (team lead, #team-lead) could not be reached")
+    assert "since 2026-11-02 12:00 UTC: Slack channel #team-lead not found" in warning
+    state = sim.states[level2.group]
+    assert (state.level, state.level_at, state.root_ts) == (3, T0 + 45 * MIN, None)
+    # The channel fixed: level 1 gets its (late) first message once, in its own channel.
+    sim.unreachable = set()
+    sim.run(T0 + 46 * MIN, 30, firing)
+    [late] = sim.sent[2:]
+    assert (late.kind, late.key, late.channel, late.due_at) == (
+        "fire",
+        sim.failed[0].key,
+        "#team-lead",
+        T0,
+    )
+    state = sim.states[late.group]
+    assert state.unreached == [] and state.root_channel == "#team-lead"
+    assert (state.level, state.level_at) == (3, T0 + 45 * MIN)  # the clock did not move
+    sim.step(T0 + 80 * MIN, [])  # resolved in every thread, level 1's included
+    assert [(n.kind, n.channel) for n in sim.sent[3:]] == [
+        ("resolved", "#team-lead"),
+        ("resolved", "#eng-manager"),
+        ("resolved", "#cto"),
+    ]
+
+
+def test_two_levels_not_reached_are_both_named_by_the_third() -> None:
+    sim = Sim(THREE_CHANNELS)
+    sim.unreachable = {"#team-lead", "#eng-manager"}
+    sim.run(T0, 46, [alert("availability/page-fast")])
+    [level3] = sim.sent
+    assert (level3.kind, level3.level, level3.at) == ("escalate", 3, T0 + 45 * MIN)
+    assert [(u.level, u.since) for u in level3.unreached] == [(1, T0), (2, T0 + 15 * MIN)]
+    assert "level 1 (team lead), level 2 (engineering manager) could not be reached" in (
+        notice_text(level3, 45)
+    )
+    # Tried again each run: level 2 since its first attempt, under its own key.
+    retries = [n for n in sim.failed if n.at == T0 + 45 * MIN]
+    assert [(n.kind, n.level, n.due_at) for n in retries] == [
+        ("fire", 1, T0),
+        ("escalate", 2, T0 + 15 * MIN),
+    ]
+
+
+def test_acknowledging_stops_the_tries_and_replies_only_where_the_incident_was_seen() -> None:
+    sim = Sim(THREE_CHANNELS)
+    sim.unreachable = {"#team-lead"}
+    firing = [alert("availability/page-fast")]
+    sim.run(T0, 16, firing)
+    state = sim.states[next(iter(sim.states))]
+    assert reached_channels(state) == ["#eng-manager"]  # not #team-lead: never seen there
+    replies = acknowledgement(state, "alice", T0 + 16 * MIN)
+    assert [(n.channel, n.thread_ts) for n in replies] == [
+        ("#eng-manager", state.channel_roots["#eng-manager"])
+    ]
+    sim.states[state.group] = replies[0].state_after
+    tried = len(sim.failed)
+    sim.run(T0 + 17 * MIN, 60, firing)
+    assert len(sim.failed) == tried and len(sim.sent) == 1  # no tries, no level 3
+
+
+def test_an_incident_no_level_of_which_was_reached_resolves_without_a_notice() -> None:
+    sim = Sim(THREE_CHANNELS)
+    sim.unreachable = {"#team-lead"}
+    sim.run(T0, 10, [alert("availability/page-fast")])
+    state = sim.states[next(iter(sim.states))]
+    assert reached_channels(state) == []
+    plan = sim.step(T0 + 10 * MIN, [])
+    assert plan.notices == [] and sim.states[state.group].resolved_at == T0 + 10 * MIN
+    [warning] = plan.warnings
+    assert warning.startswith(f"incident {state.incident} resolved without a notice: no level")
+    assert "Slack channel #team-lead not found" in warning
+    # Alert changes of an incident without a first message update the state only.
+    sim2 = Sim(THREE_CHANNELS)
+    sim2.unreachable = {"#team-lead"}
+    sim2.step(T0, [alert("availability/page-fast"), alert("availability/page-slow")])
+    plan = sim2.step(T0 + MIN, [alert("availability/page-fast")])
+    assert [n.kind for n in plan.notices] == ["fire"]  # the try, no update of a first message
+    assert set(sim2.states[state.group].alerts) == {"availability/page-fast"}
+
+
+def test_a_failed_try_keeps_when_the_level_fell_due() -> None:
+    sim = Sim(THREE_CHANNELS)
+    sim.unreachable = {"#eng-manager"}
+    sim.run(T0, 20, [alert("availability/page-fast")])
+    [missed] = sim.states[next(iter(sim.states))].unreached
+    assert (missed.level, missed.since, missed.why) == (
+        2,
+        T0 + 15 * MIN,
+        "Slack channel #eng-manager not found",
+    )
+    assert [n.at - T0 for n in sim.failed] == [m * MIN for m in range(15, 20)]
+    # A notice that is not a level (a reminder, a join) changes nothing when it fails.
+    join = sim.sent[0].model_copy(update={"kind": "join"})
+    state = sim.states[join.group]
+    assert record_unreached(state, join, "x", "#team-lead") == state
+
+
+def test_levels_not_reached_survive_a_rebuild_from_the_notices() -> None:
+    sim = Sim(THREE_CHANNELS)
+    sim.unreachable = {"#team-lead", "#cto"}
+    sim.run(T0, 50, [alert("availability/page-fast")])
+    original = sim.states[next(iter(sim.states))]
+    assert [u.level for u in original.unreached] == [1, 3]
+    # Slack holds level 2 only, and a join after level 3 fell due (its metadata names both).
+    late = decide(
+        T0 + 50 * MIN,
+        [alert("availability/page-fast"), alert("availability/page-slow")],
+        sim.states,
+        THREE_CHANNELS,
+    )
+    join = next(n for n in late.notices if n.kind == "join")
+    for n in [*sim.sent, join]:
+        payload = notice_metadata(n)
+        assert slack_metadata_problems({"event_type": "x", "event_payload": payload}) == []
+    states, _ = rebuild([_with_place(notice_metadata(n), n) for n in [*sim.sent, join]])
+    rebuilt = states[original.group]
+    assert [(u.key, u.since, u.why) for u in rebuilt.unreached] == [
+        (u.key, u.since, u.why) for u in original.unreached
+    ]
+    assert (rebuilt.level, rebuilt.level_at) == (3, T0 + 45 * MIN)
+    assert reached_channels(rebuilt) == ["#eng-manager"]
+    # A level reached late is due when it fell due, not when it got through.
+    sim.unreachable = set()
+    sim.step(T0 + 51 * MIN, [alert("availability/page-fast")])
+    fire = next(n for n in sim.sent if n.kind == "fire")
+    states, _ = rebuild([_with_place(notice_metadata(n), n) for n in sim.sent])
+    assert fire.due_at == T0 and states[original.group].unreached == []
+    assert states[original.group].level_at == T0 + 45 * MIN
+
+
+def test_the_last_level_not_reached_is_tried_again_not_reminded() -> None:
+    sim = Sim(THREE_CHANNELS)
+    sim.unreachable = {"#cto"}
+    firing = [alert("availability/page-fast")]
+    sim.run(T0, 45 + 125, firing)  # past the repeat interval (2h) after level 3 fell due
+    assert {(n.kind, n.level) for n in sim.failed} == {("escalate", 3)}  # no STILL FIRING
+    sim.unreachable = set()
+    sim.run(T0 + 170 * MIN, 125, firing)
+    assert [(n.kind, n.level, n.at - T0) for n in sim.sent[2:]] == [
+        ("escalate", 3, 170 * MIN),  # late, once
+        ("repeat", 3, 170 * MIN + 120 * MIN),  # then reminders every 2 h from it
+    ]
+
+
+def test_levels_reached_late_in_one_run_share_their_channels_thread() -> None:
+    """Levels 1 and 2 share #oncall: once it works, both are tried in one run; the second is a
+    reply under the first message the first just posted, not a second top-level message."""
+    sim = Sim()
+    sim.unreachable = {"#oncall"}
+    firing = [alert("availability/page-fast")]
+    sim.run(T0, 46, firing)
+    [cto] = sim.sent
+    assert (cto.kind, cto.level, cto.channel) == ("escalate", 3, "#incidents")
+    assert [u.level for u in cto.unreached] == [1, 2]
+    sim.unreachable = set()
+    sim.step(T0 + 46 * MIN, firing)
+    fire, level2 = sim.sent[1:]
+    assert (fire.kind, fire.channel, fire.thread_ts) == ("fire", "#oncall", None)
+    state = sim.states[fire.group]
+    assert (level2.kind, level2.channel) == ("escalate", "#oncall")
+    assert level2.thread_ts == state.root_ts == state.channel_roots["#oncall"]
+    assert level2.unreached == []  # level 1 was reached just before it, in the same run
+    assert state.unreached == [] and (state.level, state.level_at) == (3, T0 + 45 * MIN)

@@ -160,6 +160,33 @@ def test_notices_slack_refuses_without_fallback_end_failed_with_the_records_writ
     assert slack.messages == []
 
 
+def test_a_level_slack_cannot_reach_is_escalated_past_and_the_run_fails_naming_it(
+    prefect_harness: None, sla_env: Path, slack: SlackStandIn
+) -> None:
+    """Level 1's channel archived, no email fallback: level 2 (its own channel) is told at its
+    delay from the start, and that run still ends Failed naming level 1's notice."""
+    from flows.evaluate_slos import evaluate_slos
+
+    sla_env.write_text(
+        DEFINITIONS.replace("    email_fallback: [oncall@example.test]\n", "").replace(
+            'channel: "#oncall", mentions: [U0MGR]', 'channel: "#eng-manager", mentions: [U0MGR]'
+        )
+    )
+    slack.set_archived("#oncall", True)
+    first = evaluate_slos(definitions_path=str(sla_env), at=_at(3), return_state=True)
+    assert first.is_failed()
+    state = evaluate_slos(definitions_path=str(sla_env), at=_at(18), return_state=True)
+    assert state.is_failed() and state.message is not None
+    fire_key = "default:slo=availability@" + str(int(_at(3).timestamp())) + ":fire:1"
+    assert f"notices not sent: {fire_key}: Slack channel #oncall not found" in state.message
+    rows = artifact_rows("perfops-sla")  # written before the run ended
+    escalated = [r for r in rows if r["kind"] == "notice escalate"]
+    assert [r["result"] for r in escalated] == ["sent", "sent"]  # availability, error-rate
+    assert all("said level 1 (#oncall) could not be reached" in str(r["reason"]) for r in escalated)
+    assert [m["channel"] for m in slack.messages] == [slack.channel_id("#eng-manager")] * 2
+    assert all("level 1 (team lead) could not be reached" in m["text"] for m in slack.messages)
+
+
 def test_prometheus_answering_503_after_retries_is_a_blind_run_that_fails(
     prefect_harness: None, sla_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
