@@ -300,6 +300,8 @@ def _run_generate_weekly_report(progress: Progress) -> FlowOutcome:
         f"{result.headline} (synthetic metrics from a demo Prometheus); 1st thing to look at: "
         f"{result.things[0]}; {result.delivery}"
     )
+    if result.archive_action == "keep":  # a second demo run of the same week
+        found += f"; {result.archive_note}"
     files = [result.folder] if result.folder else []
     return FlowOutcome("generate_weekly_report", state.name or "", found, ARTIFACT_KEY, files)
 

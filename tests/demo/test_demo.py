@@ -64,6 +64,12 @@ def test_demo_runs_to_the_end_and_is_fast_the_second_time(
     report = flows["generate_weekly_report"]
     assert "targets met" in report["found"] and "sent to 1 of 1" in report["found"]
     assert Path(report["files"][0]).name == "index.html" and Path(report["files"][0]).exists()
+    # the second run of the same week keeps the first run's archived report, and says so
+    assert "archive kept: a report for" in report["found"]
+    assert (
+        "archive kept"
+        not in {f["flow"]: f for f in first["flows"]}["generate_weekly_report"]["found"]
+    )
     assert "rows waiting in the default partition" in flows["rotate_partitions"]["found"]
     sla = flows["evaluate_slos"]["found"]
     assert "before the outage: 0 alerts" in sla and "notices: fire level 1" in sla
