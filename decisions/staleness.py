@@ -1,7 +1,10 @@
 """Which tables need fresh planner statistics, and why. Pure: no I/O, no Prefect.
 
 A table is stale when the rows modified since its last ANALYZE reach `analyze_threshold` of its
-rows (`n_mod_since_analyze / max(reltuples or n_live_tup, 1)`), or when it was never analyzed.
+rows (`n_mod_since_analyze / max(reltuples or n_live_tup, 1)`), or when it was never analyzed, or
+when its change counters were reset since its last ANALYZE (statistics exist but no analyze time:
+`pg_stat_reset()`, a crash or a failover); then the changes before the reset are unknown, and
+PostgreSQL's documentation advises an ANALYZE.
 Optionally a table whose dead tuples reach `vacuum_dead_ratio` of all its tuples gets
 `VACUUM (ANALYZE)` instead. Every table gets one decision with the reason a person reads
 ("12.0% of rows changed since last analyze >= 10%", "fresh: 2.1% < 10%"), most stale first.
@@ -26,10 +29,11 @@ DEFAULT_STATEMENT_TIMEOUT_MS = 600_000
 DEFAULT_BATCH_SIZE = 200
 
 Action = Literal["analyze", "vacuum-analyze", "skip"]
-# Why: stale, never analyzed, dead tuples (act); fresh, small, excluded, over max_tables,
-# partitioned parent without change counters (skip).
+# Why: stale, never analyzed, change counters reset, dead tuples (act); fresh, small, excluded,
+# over max_tables, partitioned parent without change counters (skip).
 Code = Literal[
     "never-analyzed",
+    "counters-reset",
     "stale",
     "dead-tuples",
     "fresh",
@@ -89,6 +93,13 @@ class TableStats(BaseModel):
         return (
             self.last_analyze is None and self.last_autoanalyze is None and not self.has_statistics
         )
+
+    @property
+    def counters_reset(self) -> bool:
+        """Analyzed once (pg_stats has its statistics) but no analyze time is recorded: the
+        change counters were reset since (pg_stat_reset(), a crash, a failover), so
+        `n_mod_since_analyze` counts only the changes since the reset."""
+        return self.last_analyze is None and self.last_autoanalyze is None and self.has_statistics
 
 
 class StatisticsPolicy(BaseModel):
@@ -317,6 +328,13 @@ def _judge(t: TableStats, policy: StatisticsPolicy) -> Decision:
         reason = "never analyzed" + (f"; {dead_reason}" if dead_reason else "")
         return Decision(table=t, action=action, code="never-analyzed", reason=reason)
     ratio = t.change_ratio
+    if t.counters_reset:
+        reason = (
+            "change counters reset since its last analyze (pg_stat_reset, a crash or a "
+            f"failover): the changes before the reset are unknown ({percent(ratio)} of rows "
+            "changed since)" + (f"; {dead_reason}" if dead_reason else "")
+        )
+        return Decision(table=t, action=action, code="counters-reset", reason=reason)
     if ratio >= policy.analyze_threshold:
         reason = f"{percent(ratio)} of rows changed since last analyze >= {threshold}"
         if dead_reason:
@@ -336,13 +354,14 @@ def _judge(t: TableStats, policy: StatisticsPolicy) -> Decision:
 
 _RANK: dict[Code, int] = {
     "never-analyzed": 0,
-    "stale": 1,
-    "dead-tuples": 2,
-    "over-max-tables": 3,
-    "fresh": 4,
-    "partitioned": 5,
-    "small": 6,
-    "excluded": 7,
+    "counters-reset": 1,
+    "stale": 2,
+    "dead-tuples": 3,
+    "over-max-tables": 4,
+    "fresh": 5,
+    "partitioned": 6,
+    "small": 7,
+    "excluded": 8,
 }
 
 
@@ -350,7 +369,7 @@ def _order(d: Decision) -> tuple[int, float, float, str, str]:
     """Most stale first: never analyzed (biggest first), then by change ratio, then by dead ratio;
     skipped tables after, nearest to the threshold first."""
     t = d.table
-    if d.code == "never-analyzed":
+    if d.code in ("never-analyzed", "counters-reset"):
         weight = t.rows
     elif d.code == "dead-tuples":
         weight = t.dead_ratio

@@ -78,11 +78,18 @@ def test_never_analyzed_tables_are_analyzed_whatever_their_counters() -> None:
     assert (d.action, d.code, d.reason) == ("analyze", "never-analyzed", "never analyzed")
 
 
-def test_statistics_without_an_analyze_time_are_judged_by_their_changes() -> None:
-    # After pg_stat_reset() the times are gone but pg_stats still has the statistics.
+def test_statistics_without_an_analyze_time_are_analyzed_their_counters_were_reset() -> None:
+    """After pg_stat_reset() (or a crash, or a failover) the times are gone, pg_stats still has
+    the statistics and n_mod_since_analyze restarted from 0. Before, such a table was "fresh:
+    0.0% < 10%" however much it had changed before the reset."""
     reset = table("t", last_analyze=None, analyze_count=0, has_statistics=True)
     [d] = decide([reset], StatisticsPolicy())
-    assert (d.action, d.reason) == ("skip", "fresh: 0.0% < 10%")
+    assert (d.action, d.code, d.reason) == (
+        "analyze",
+        "counters-reset",
+        "change counters reset since its last analyze (pg_stat_reset, a crash or a failover): "
+        "the changes before the reset are unknown (0.0% of rows changed since)",
+    )
 
 
 def test_autoanalyze_counts_as_an_analyze() -> None:

@@ -481,3 +481,35 @@ def test_cli_bad_value_names_the_flag_and_exits_2() -> None:
     assert usage.returncode == 2
     assert usage.stderr.strip().count("\n") == 0
     assert "--threshold: Input should be greater than 0" in usage.stderr
+
+
+def test_a_table_whose_counters_were_reset_after_it_grew_is_analyzed_not_called_fresh(
+    db: psycopg.Connection[Any], schema: str
+) -> None:
+    """Analyzed at 1,000 rows, grown a hundredfold, then its counters reset (as pg_stat_reset(),
+    a crash or a failover do to every table): n_mod_since_analyze is 0 and no analyze time is
+    left. Before, the run said "fresh: 0.0% < 10%" and "nothing to do", and the planner kept
+    estimating 1,000 rows."""
+    create(db, schema, "Grown ü")
+    analyze(db, schema, "Grown ü")
+    db.execute(
+        sql.SQL("insert into {} select g, 0 from generate_series(1, 100000) g").format(
+            sql.Identifier(schema, "Grown ü")
+        )
+    )
+    flush(db)
+    db.execute(
+        "select pg_stat_reset_single_table_counters(%s::regclass)",
+        (sql.Identifier(schema, "Grown ü").as_string(db),),
+    )
+    report = refresh_one(policy=policy(schema))
+    [t] = report.tables
+    assert (t.code, t.result) == ("counters-reset", "analyzed")
+    assert t.reason.startswith("change counters reset since its last analyze")
+    row = db.execute(
+        "select reltuples from pg_class where oid = %s::regclass",
+        (sql.Identifier(schema, "Grown ü").as_string(db),),
+    ).fetchone()
+    assert row is not None and row[0] > 100_000
+    again = refresh_one(policy=policy(schema))  # analyzed now: judged by its counters again
+    assert [x.code for x in again.tables] == ["fresh"]
