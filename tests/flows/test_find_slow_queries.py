@@ -162,6 +162,27 @@ def test_a_batch_of_plans_survives_statements_that_fail_to_plan(pg_target: Postg
     assert results[3].error is not None and "no_such_table" in results[3].error
 
 
+def test_a_statement_ending_in_a_line_comment_is_planned_and_the_run_completes(
+    env_dsn: str,
+) -> None:
+    """pg_stat_statements keeps a trailing `-- comment` (an ORM's, a report's tag). Before, on
+    PostgreSQL 15 it commented out the rest of the EXPLAIN batch (`prepare ... as <text>;
+    explain ... execute ...`): no plan came back and the whole run crashed with "unexpected
+    AssertionError" (suggest_indexes too, through the same planner)."""
+    with psycopg.connect(env_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("select *, pg_sleep(%s) from {} where id = %s -- nightly report").format(
+                q(SCHEMA, "y")
+            ),
+            (SLEEP_S, 1),
+        )
+    settings = SlowQuerySettings(threshold_ms=THRESHOLD_MS, top=0, explain=True)
+    report = one_target(find_slow_queries, settings=settings)
+    [tagged] = [s for s in report.statements if s.query.endswith("-- nightly report")]
+    assert tagged.plan is not None and tagged.plan.status == "planned", tagged.plan
+    assert "Index Scan on y using y_pkey" in tagged.plan.summary
+
+
 def test_missing_pg_stat_statements_fails_with_the_fix(env_dsn: str) -> None:
     with psycopg.connect(env_dsn, autocommit=True) as conn:
         conn.execute("drop extension pg_stat_statements")
