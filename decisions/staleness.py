@@ -30,7 +30,7 @@ DEFAULT_BATCH_SIZE = 200
 
 Action = Literal["analyze", "vacuum-analyze", "skip"]
 # Why: stale, never analyzed, change counters reset, dead tuples (act); fresh, small, excluded,
-# over max_tables, partitioned parent without change counters (skip).
+# over max_tables, partitioned parent whose partitions changed too little (skip).
 Code = Literal[
     "never-analyzed",
     "counters-reset",
@@ -41,6 +41,7 @@ Code = Literal[
     "excluded",
     "over-max-tables",
     "partitioned",
+    "with-parent",
 ]
 
 
@@ -52,6 +53,10 @@ class TableStats(BaseModel):
     table_name: str
     relkind: Literal["r", "m", "p"] = Field(
         default="r", description="r table, m materialized view, p partitioned table."
+    )
+    ancestors: list[int] = Field(
+        default_factory=list,
+        description="The partitioned tables it is a partition of (relids, nearest first).",
     )
     n_live_tup: int = 0
     n_dead_tup: int = 0
@@ -310,12 +315,23 @@ def _judge(t: TableStats, policy: StatisticsPolicy) -> Decision:
                 code="never-analyzed",
                 reason="never analyzed (partitioned table: ANALYZE samples all its partitions)",
             )
+        # Autovacuum never analyzes a partitioned table; its change count is read from its
+        # partitions (tasks.postgres.tables.fetch_table_stats).
+        ratio = t.change_ratio
+        share = f"{percent(ratio)} of its partitions' rows new or changed since its last analyze"
+        if ratio >= policy.analyze_threshold:
+            return Decision(
+                table=t,
+                action="analyze",
+                code="stale",
+                reason=f"partitioned table: {share} >= {threshold} (autovacuum never analyzes "
+                "it; ANALYZE samples all its partitions)",
+            )
         return Decision(
             table=t,
             action="skip",
             code="partitioned",
-            reason="partitioned table: PostgreSQL keeps no change counters for it; "
-            "its partitions are judged on their own",
+            reason=f"partitioned table: {share} < {threshold}",
         )
     vacuum = policy.vacuum_dead_ratio is not None and t.dead_ratio >= policy.vacuum_dead_ratio
     dead_reason = (
@@ -359,9 +375,10 @@ _RANK: dict[Code, int] = {
     "dead-tuples": 3,
     "over-max-tables": 4,
     "fresh": 5,
-    "partitioned": 6,
-    "small": 7,
-    "excluded": 8,
+    "with-parent": 6,
+    "partitioned": 7,
+    "small": 8,
+    "excluded": 9,
 }
 
 
@@ -378,9 +395,30 @@ def _order(d: Decision) -> tuple[int, float, float, str, str]:
     return (_RANK[d.code], -weight, -t.dead_ratio, t.schema_name, t.table_name)
 
 
+def _with_parents(decisions: list[Decision]) -> list[Decision]:
+    """A partition whose partitioned table is analyzed in this run is left to that ANALYZE (it
+    recurses into every partition): analyzed on its own as well, at the same time on another
+    connection, the two would wait for each other's lock (and fail at lock_timeout)."""
+    names = {d.table.relid: d.table.name for d in decisions}
+    parents = {d.table.relid for d in decisions if d.acts and d.table.relkind == "p"}
+    out = []
+    for d in decisions:
+        parent = next((a for a in d.table.ancestors if a in parents), None)
+        if d.acts and parent is not None:
+            d = Decision(
+                table=d.table,
+                action="skip",
+                code="with-parent",
+                reason=f"analyzed with its partitioned table {names[parent]} ({d.reason})",
+            )
+        out.append(d)
+    return out
+
+
 def decide(stats: Sequence[TableStats], policy: StatisticsPolicy) -> list[Decision]:
     """One decision per table, most stale first, at most `policy.max_tables` acting."""
-    decisions = sorted((_judge(t, policy) for t in stats), key=_order)
+    decisions = _with_parents([_judge(t, policy) for t in stats])
+    decisions.sort(key=_order)
     if policy.max_tables is None:
         return decisions
     kept: list[Decision] = []

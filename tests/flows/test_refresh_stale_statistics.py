@@ -513,3 +513,51 @@ def test_a_table_whose_counters_were_reset_after_it_grew_is_analyzed_not_called_
     assert row is not None and row[0] > 100_000
     again = refresh_one(policy=policy(schema))  # analyzed now: judged by its counters again
     assert [x.code for x in again.tables] == ["fresh"]
+
+
+def test_a_partitioned_table_whose_partitions_grew_is_analyzed_once_with_them(
+    db: psycopg.Connection[Any], schema: str
+) -> None:
+    """Autovacuum never analyzes a partitioned table. Before, perfops analyzed one only when it
+    had never been analyzed: a new partition holding five times the rows left the parent's
+    statistics at 1,000 rows for good ("partitioned table: PostgreSQL keeps no change
+    counters for it"). Now its change count is its partitions'; the partitions go with its
+    ANALYZE (not alongside it on another connection); a second run has nothing to do."""
+    parent = sql.Identifier(schema, "Events ü")
+    db.execute(sql.SQL("create table {} (id int, at int) partition by range (at)").format(parent))
+    for name, low, high in (("Events 1", 0, 100), ("Events 2", 100, 200)):
+        db.execute(
+            sql.SQL(
+                "create table {} partition of {} for values from ({}) to ({}) "
+                "with (autovacuum_enabled = false)"
+            ).format(sql.Identifier(schema, name), parent, sql.Literal(low), sql.Literal(high))
+        )
+    db.execute(
+        sql.SQL("insert into {} select g, g % 100 from generate_series(1, 1000) g").format(parent)
+    )
+    analyze(db, schema, "Events ü")
+    first = refresh_one(policy=policy(schema))
+    assert {t.table_name: t.code for t in first.tables} == {
+        "Events ü": "partitioned",
+        "Events 1": "fresh",
+        "Events 2": "fresh",
+    }
+    db.execute(
+        sql.SQL("insert into {} select g, 100 + g % 100 from generate_series(1, 5000) g").format(
+            parent
+        )
+    )
+    flush(db)
+    report = refresh_one(policy=policy(schema))
+    got = {t.table_name: (t.code, t.result) for t in report.tables}
+    assert got == {
+        "Events ü": ("stale", "analyzed"),
+        "Events 2": ("with-parent", "skipped"),
+        "Events 1": ("fresh", "skipped"),
+    }
+    [row] = db.execute(
+        "select reltuples from pg_class where oid = %s::regclass", (parent.as_string(db),)
+    ).fetchall()
+    assert row[0] == 6_000
+    again = refresh_one(policy=policy(schema))
+    assert not [t for t in again.tables if t.result != "skipped"], again.tables
