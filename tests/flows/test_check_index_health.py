@@ -682,3 +682,35 @@ def indexes_in(dsn: str, schema: str) -> set[str]:
             (sql.Identifier(schema).as_string(conn),),
         ).fetchall()
     return {r[0] for r in rows}
+
+
+def test_cli_a_report_with_a_table_not_checked_exits_1_and_never_says_nothing_to_do(
+    perfops: Callable[[list[str]], int], health_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, a report-only run with the only table locked printed "nothing to do: no unused,
+    duplicate, covered or invalid index" and exited 0 (the run itself was Failed): a cron job
+    read it as a clean bill of health."""
+    s = "Health Locked ü"
+    with psycopg.connect(health_db, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop schema if exists {} cascade").format(q(s)))
+        conn.execute(sql.SQL("create schema {}").format(q(s)))
+        conn.execute(sql.SQL("create table {} (a int)").format(q(s, "T")))
+        conn.execute(sql.SQL("create index t_a on {} (a)").format(q(s, "T")))
+    try:
+        with psycopg.connect(health_db) as holder:
+            holder.execute(sql.SQL("lock table {} in access exclusive mode").format(q(s, "T")))
+            code = perfops(["indexes", "health", "--schema", s, "--dsn", health_db])
+        captured = capsys.readouterr()
+        assert code == 1
+        assert "nothing to do" not in captured.out
+        assert 'not checked: "Health Locked ü"."T": table locked' in captured.out
+        assert " ".join(captured.out.split()).endswith(
+            "no unused, duplicate, covered or invalid index in the tables checked; 1 table not "
+            "checked (above)"
+        )
+        assert captured.err.strip().splitlines()[-1] == (
+            'perfops: 1 table not checked, locked by another session: "Health Locked ü"."T"'
+        )
+    finally:
+        with psycopg.connect(health_db, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop schema if exists {} cascade").format(q(s)))
