@@ -416,11 +416,12 @@ def _with_parents(decisions: list[Decision]) -> list[Decision]:
 
 
 def decide(stats: Sequence[TableStats], policy: StatisticsPolicy) -> list[Decision]:
-    """One decision per table, most stale first, at most `policy.max_tables` acting."""
-    decisions = _with_parents([_judge(t, policy) for t in stats])
-    decisions.sort(key=_order)
+    """One decision per table, most stale first, at most `policy.max_tables` acting; then a
+    partition of a partitioned table that acts is left to that table's ANALYZE (only one that
+    acts: one postponed by max_tables analyzes nothing this run)."""
+    decisions = sorted((_judge(t, policy) for t in stats), key=_order)
     if policy.max_tables is None:
-        return decisions
+        return sorted(_with_parents(decisions), key=_order)
     kept: list[Decision] = []
     postponed: list[Decision] = []
     acting = 0
@@ -438,7 +439,7 @@ def decide(stats: Sequence[TableStats], policy: StatisticsPolicy) -> list[Decisi
             continue
         acting += d.acts
         kept.append(d)
-    return sorted(kept + postponed, key=_order)
+    return sorted(_with_parents(kept + postponed), key=_order)
 
 
 def batches(decisions: Sequence[Decision], size: int) -> list[list[Decision]]:

@@ -381,3 +381,12 @@ def test_a_partition_of_a_partitioned_table_analyzed_in_this_run_is_left_to_that
         "analyzed with its partitioned table public.events (20.0% of rows changed since last "
         "analyze >= 10%)"
     )
+
+
+def test_a_partition_is_not_left_to_a_partitioned_table_postponed_by_max_tables() -> None:
+    parent = table("events", relkind="p", n_live_tup=0, n_mod_since_analyze=1_500)
+    part = table("events_1", n_mod_since_analyze=5_000, ancestors=[parent.relid])
+    got = {
+        d.table.table_name: d.code for d in decide([parent, part], StatisticsPolicy(max_tables=1))
+    }
+    assert got == {"events_1": "stale", "events": "over-max-tables"}
