@@ -151,6 +151,11 @@ def refresh_session(target: PostgresTarget, *, dry_run: bool = False) -> Iterato
         if dry_run:
             yield
             return
+        # This connection sits idle for the whole run, holding the lock: a server or role
+        # idle_session_timeout (PostgreSQL 14+) would end it, dropping the lock mid-run and
+        # failing the run at its end ("terminating connection due to idle-session timeout").
+        if conn.info.server_version >= 140000:
+            conn.execute("set idle_session_timeout = 0")
         try:
             ensure_primary(conn, "refresh statistics")
         except ReadOnlyServer as exc:

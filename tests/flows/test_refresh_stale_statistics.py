@@ -561,3 +561,33 @@ def test_a_partitioned_table_whose_partitions_grew_is_analyzed_once_with_them(
     assert row[0] == 6_000
     again = refresh_one(policy=policy(schema))
     assert not [t for t in again.tables if t.result != "skipped"], again.tables
+
+
+def test_a_server_idle_session_timeout_does_not_end_the_run(
+    db: psycopg.Connection[Any], schema: str, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection holding `stats-refresh` is idle while the tables are analyzed. Before,
+    with idle_session_timeout set for the role (here in the DSN), the server ended it mid-run
+    (the lock gone with it) and the run failed after all its work: "unexpected
+    IdleSessionTimeout: terminating connection due to idle-session timeout"."""
+    import threading
+
+    create(db, schema, "held")
+    monkeypatch.setenv(
+        "PERFOPS_DSN",
+        psycopg.conninfo.make_conninfo(pg_dsn, options="-c idle_session_timeout=200"),
+    )
+    holder = psycopg.connect(pg_dsn)  # ANALYZE waits for it: the run outlasts 200 ms idle
+    holder.execute(
+        sql.SQL("lock table {} in share update exclusive mode").format(
+            sql.Identifier(schema, "held")
+        )
+    )
+    release = threading.Timer(3.0, holder.rollback)
+    release.start()
+    try:
+        report = refresh_one(policy=policy(schema, lock_timeout_ms=10_000))
+    finally:
+        release.join()
+        holder.close()
+    assert [(t.table_name, t.result) for t in report.tables] == [("held", "analyzed")]
