@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC
 
 import psycopg
 import pytest
@@ -320,3 +321,29 @@ def test_a_role_without_pg_read_all_stats_is_told_what_it_cannot_see(
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert json.loads(captured.out)["hidden"] is None
+
+
+def test_a_run_says_since_when_pg_stat_statements_counted(
+    env_dsn: str, perfops: Callable[[list[str]], int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a pg_stat_statements_reset() an hour ago, "no statement over the threshold" means
+    an hour of workload. Before, the report did not say since when it counted (only a run with
+    no statement at all did); now the report, the note and the command say it."""
+    with psycopg.connect(env_dsn) as conn:
+        row = conn.execute("select stats_reset from pg_stat_statements_info").fetchone()
+    assert row is not None and row[0] is not None
+    since = f"since its reset at {row[0].astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    state = find_slow_queries(
+        settings=SlowQuerySettings(threshold_ms=86_400_000, top=0), return_state=True
+    )
+    report = state.result()
+    assert isinstance(report, SlowQueryReport) and report.statements_reset == row[0]
+    message = state.message or ""
+    assert message.startswith("none of the ")
+    assert message.endswith(f"statements in pg_stat_statements {since} is over the threshold")
+    assert perfops(["queries", "slow", "--dsn", env_dsn, "--top", "0"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"figures count from pg_stat_statements' reset at {row[0].astimezone(UTC):%Y-%m-%d %H:%M}"
+        " UTC" in out
+    )
