@@ -315,6 +315,15 @@ def _judge(t: TableStats, policy: StatisticsPolicy) -> Decision:
                 code="never-analyzed",
                 reason="never analyzed (partitioned table: ANALYZE samples all its partitions)",
             )
+        if t.counters_reset:  # its partitions' counters were reset with it: nothing to go by
+            return Decision(
+                table=t,
+                action="analyze",
+                code="counters-reset",
+                reason="partitioned table whose change counters were reset since its last "
+                "analyze (pg_stat_reset, a crash or a failover): the changes before the reset "
+                "are unknown",
+            )
         # Autovacuum never analyzes a partitioned table; its change count is read from its
         # partitions (tasks.postgres.tables.fetch_table_stats).
         ratio = t.change_ratio

@@ -390,3 +390,10 @@ def test_a_partition_is_not_left_to_a_partitioned_table_postponed_by_max_tables(
         d.table.table_name: d.code for d in decide([parent, part], StatisticsPolicy(max_tables=1))
     }
     assert got == {"events_1": "stale", "events": "over-max-tables"}
+
+
+def test_a_partitioned_table_whose_counters_were_reset_is_analyzed_with_its_partitions() -> None:
+    parent = table("events", relkind="p", n_live_tup=0, last_analyze=None, analyze_count=0)
+    part = table("events_1", last_analyze=None, analyze_count=0, ancestors=[parent.relid])
+    got = {d.table.table_name: d.code for d in decide([parent, part], StatisticsPolicy())}
+    assert got == {"events": "counters-reset", "events_1": "with-parent"}
