@@ -8,9 +8,10 @@ From the index catalog (`tasks.postgres.indexes.IndexInfo` rows):
 - **duplicate**: same table, method, key columns (with their operator class, collation and
   order), INCLUDE columns and predicate as another index. The one kept is, in order, the one
   backing a constraint, a unique one, a `NULLS NOT DISTINCT` one, the table's replica identity,
-  one not reported unused, then the first by name; when all of them are reported unused, none is
-  called a duplicate of another. A unique `NULLS NOT DISTINCT` index is never a duplicate of one
-  without it (it also refuses a second NULL), nor a unique index a duplicate of a non-unique one.
+  one attached to a partitioned index (or one), one not reported unused, then the first by
+  name; when all of them are reported unused, none is called a duplicate of another. A unique
+  `NULLS NOT DISTINCT` index is never a duplicate of one without it (it also refuses a second
+  NULL), nor a unique index a duplicate of a non-unique one.
 - **covered**: a btree whose key columns are a strict prefix of another valid btree's on the same
   table with the same predicate (and whose INCLUDE columns the other has); never a unique index
   or one backing a constraint, and never covered by an index reported unused (the advice is then
@@ -342,6 +343,9 @@ def classify_indexes(
                 *_keep_order(i)[:3],
                 not shapes[_key(i)].nulls_not_distinct,
                 not i.is_replica_identity,
+                # one that cannot be dropped on its own (a partitioned index, or a partition's
+                # attached one) is kept, so the copy that can go is the one reported
+                i.partition_of is None and not i.is_partitioned,
                 _key(i) in to_drop_unused,
                 i.index_name,
             ),

@@ -502,3 +502,16 @@ def test_a_replica_identity_index_is_kept_over_a_plain_duplicate_and_else_not_dr
     assert found["b_ident"].not_droppable_reason.startswith(  # type: ignore[union-attr]
         "it is the replica identity of public.agents"
     )
+
+
+def test_of_two_copies_on_a_partition_the_one_that_can_be_dropped_is_reported() -> None:
+    """The copy attached to the partitioned index goes only with it: it is kept, and the
+    standalone copy is the droppable duplicate (before, the first by name was kept, and the
+    attached one was reported, not droppable, leaving nothing to drop)."""
+    attached = idx("events_1_v_idx", "v", table="events_1").model_copy(
+        update={"partition_of": "public.events_v_idx"}
+    )
+    found = by_name(classify_indexes([idx("events_1_a_extra", "v", table="events_1"), attached]))
+    assert list(found) == ["events_1_a_extra"]
+    assert found["events_1_a_extra"].droppable
+    assert found["events_1_a_extra"].reason == "duplicate of events_1_v_idx (v)"
