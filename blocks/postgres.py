@@ -114,11 +114,15 @@ class PostgresTarget(Block):
         register_secret(str(params.get("password") or ""))
         lock_ms = overrides.pop("lock_timeout_ms", self.lock_timeout_ms)
         statement_ms = overrides.pop("statement_timeout_ms", self.statement_timeout_ms)
+        # The DSN's own `options` (`-c search_path=app,extensions`) are kept; perfops' timeouts
+        # come after them, so they win where both set one.
+        own = str(params.get("options") or "").strip()
+        timeouts = f"-c lock_timeout={int(lock_ms)} -c statement_timeout={int(statement_ms)}"
         return make_conninfo(
             dsn,
             application_name=self.application_name,
             connect_timeout=self.connect_timeout_s,
-            options=f"-c lock_timeout={int(lock_ms)} -c statement_timeout={int(statement_ms)}",
+            options=f"{own} {timeouts}".strip(),
             **overrides,
         )
 

@@ -17,6 +17,9 @@ class ExtensionInfo(BaseModel):
     name: str
     available_version: str | None
     installed_version: str | None
+    # installed in a schema off the role's search_path: (what, the fix); the flows that use its
+    # bare names fail ("relation pg_stat_statements does not exist")
+    off_path: tuple[str, str] | None = None
 
 
 class PostgresInfo(BaseModel):
@@ -154,6 +157,8 @@ def postgres_findings(info: PostgresInfo) -> list[Finding]:
                     needed_by=used_for,
                 )
             )
+        elif ext.off_path is not None:
+            findings.append(Finding(what=ext.off_path[0], fix=ext.off_path[1], needed_by=used_for))
     if not info.reads_all_statements:
         findings.append(
             Finding(

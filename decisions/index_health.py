@@ -7,14 +7,24 @@ From the index catalog (`tasks.postgres.indexes.IndexInfo` rows):
   `DROP INDEX CONCURRENTLY`): queries never use it, writes may still maintain it.
 - **duplicate**: same table, method, key columns (with their operator class, collation and
   order), INCLUDE columns and predicate as another index. The one kept is, in order, the one
-  backing a constraint, a unique one, one not reported unused, then the first by name; when all
-  of them are reported unused, none is called a duplicate of another.
+  backing a constraint, a unique one, a `NULLS NOT DISTINCT` one, the table's replica identity,
+  one attached to a partitioned index (or one), one not reported unused, then the first by
+  name; when all of them are reported unused, none is called a duplicate of another. A unique
+  `NULLS NOT DISTINCT` index is never a duplicate of one without it (it also refuses a second
+  NULL), nor a unique index a duplicate of a non-unique one.
 - **covered**: a btree whose key columns are a strict prefix of another valid btree's on the same
   table with the same predicate (and whose INCLUDE columns the other has); never a unique index
   or one backing a constraint, and never covered by an index reported unused (the advice is then
   to keep the used narrow one and drop the unused wide one).
 - **unused**: valid, no scans since the statistics were reset, at least `min_size_bytes`, not
-  unique, not backing a constraint.
+  unique, not backing a constraint, not an index on a partitioned table (PostgreSQL keeps no
+  scan counts for those: its partitions' indexes are reported each on its own).
+
+A finding is reported but not droppable (with the reason and what to do instead) when its index
+backs a constraint, is referenced by a foreign key, is the table's replica identity (dropping it
+makes UPDATE and DELETE fail on a published table), or belongs to a partitioned index (`DROP
+INDEX CONCURRENTLY` cannot drop a partitioned index, and a partition's index goes only with its
+parent).
 
 Each finding names the index to drop (`schema.index`, quoted where SQL needs it), the bytes it
 wastes, and a reason naming the other index. Choosing what to drop from the names a person gave
@@ -24,7 +34,7 @@ wastes, and a reason naming the other index. Choosing what to drop from the name
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -54,6 +64,10 @@ class IndexInfo(BaseModel):
     scans: int  # idx_scan since the last statistics reset
     definition: str  # pg_get_indexdef
     comment: str | None = None  # COMMENT ON INDEX: perfops' build record, or the owner's
+    foreign_keys: str | None = None  # the foreign keys that reference the table through it
+    is_replica_identity: bool = False  # REPLICA IDENTITY USING INDEX names it
+    is_partitioned: bool = False  # an index on a partitioned table (no storage, no statistics)
+    partition_of: str | None = None  # the partitioned index it is attached to, as SQL spells it
 
 
 class IndexLocation(BaseModel):
@@ -236,6 +250,9 @@ class _Shape:
     include: frozenset[str]
     method: str
     predicate: str | None
+    # A unique index that also refuses a second NULL: stricter than one without, so never kept
+    # as the same (it is not part of the shape: the plain one is its duplicate, not vice versa).
+    nulls_not_distinct: bool = field(default=False, compare=False)
 
 
 def index_shape(index: IndexInfo) -> _Shape:
@@ -247,6 +264,7 @@ def index_shape(index: IndexInfo) -> _Shape:
 
     keys: tuple[str, ...] = tuple(index.columns)
     include = frozenset(index.include_columns)
+    nulls_not_distinct = "NULLS NOT DISTINCT" in index.definition.upper()
     try:
         statement = parse_sql(index.definition)[0].stmt
     except (ParseError, IndexError):
@@ -254,7 +272,8 @@ def index_shape(index: IndexInfo) -> _Shape:
     if isinstance(statement, ast.IndexStmt):
         keys = tuple(RawStream()(p) for p in statement.indexParams or ())
         include = frozenset(RawStream()(p) for p in statement.indexIncludingParams or ())
-    return _Shape(keys, include, index.method, index.predicate)
+        nulls_not_distinct = bool(statement.nulls_not_distinct)
+    return _Shape(keys, include, index.method, index.predicate, nulls_not_distinct)
 
 
 def classify_indexes(
@@ -289,6 +308,7 @@ def classify_indexes(
             and not index.is_unique
             and not index.is_primary
             and not index.constraint_name
+            and not index.is_partitioned  # no scan counts are kept for it: always 0
         ):
             return False
         built = built_at(index.comment)
@@ -318,11 +338,23 @@ def classify_indexes(
             continue
         # Keep a used one where the flags allow: the index kept must not itself be advised away.
         keeper, *rest = sorted(
-            members, key=lambda i: (*_keep_order(i)[:3], _key(i) in to_drop_unused, i.index_name)
+            members,
+            key=lambda i: (
+                *_keep_order(i)[:3],
+                not shapes[_key(i)].nulls_not_distinct,
+                not i.is_replica_identity,
+                # one that cannot be dropped on its own (a partitioned index, or a partition's
+                # attached one) is kept, so the copy that can go is the one reported
+                i.partition_of is None and not i.is_partitioned,
+                _key(i) in to_drop_unused,
+                i.index_name,
+            ),
         )
         if _key(keeper) in to_drop_unused:
             continue  # all of them unused: each is reported unused, none kept for another
         for index in rest:
+            if _stricter(index, shapes[_key(index)], keeper, shapes[_key(keeper)]):
+                continue  # it enforces more than the one kept (a constraint's): not a duplicate
             dropped_as_duplicate.add(_key(index))
             add(
                 index,
@@ -372,12 +404,7 @@ def classify_indexes(
         found.sort(key=lambda kr: _KIND_ORDER[kr[0]])
         kind = found[0][0]
         other = others.get(key)
-        blocked = None
-        if index.constraint_name:
-            blocked = (
-                f"backs constraint {maybe_double_quote_name(index.constraint_name)}: drop the "
-                "constraint with ALTER TABLE if it is redundant, not the index"
-            )
+        blocked = _not_droppable(index)
         findings.append(
             IndexFinding(
                 kind=kind,
@@ -400,6 +427,46 @@ def classify_indexes(
         )
     findings.sort(key=lambda f: (-f.size_bytes, _KIND_ORDER[f.kind], f.name))
     return findings
+
+
+def _not_droppable(index: IndexInfo) -> str | None:
+    """Why dropping the index itself is wrong even when it wastes space (None: it may go)."""
+    table = qualified_name(index.schema_name, index.table_name)
+    if index.constraint_name:
+        return (
+            f"backs constraint {maybe_double_quote_name(index.constraint_name)}: drop the "
+            "constraint with ALTER TABLE if it is redundant, not the index"
+        )
+    if index.foreign_keys:
+        return (
+            f"foreign key {index.foreign_keys} references {table} through it: DROP INDEX "
+            "fails while it does (drop the foreign key, drop the index, re-create the key)"
+        )
+    if index.is_replica_identity:
+        return (
+            f"it is the replica identity of {table} (logical replication finds rows by it; "
+            "without it UPDATE and DELETE fail on a published table): ALTER TABLE "
+            f"{table} REPLICA IDENTITY USING INDEX another (or DEFAULT) first"
+        )
+    if index.is_partitioned:
+        return (
+            f"it is the index of partitioned table {table}: DROP INDEX CONCURRENTLY cannot drop "
+            "it; drop it with DROP INDEX (it takes its partitions' indexes and locks the table)"
+        )
+    if index.partition_of:
+        return (
+            f"it is a partition of index {index.partition_of}: it goes only with that index "
+            "(DROP INDEX on the partitioned index)"
+        )
+    return None
+
+
+def _stricter(index: IndexInfo, shape: _Shape, keeper: IndexInfo, kept: _Shape) -> bool:
+    """`index` refuses rows `keeper` accepts: unique where the kept one is not, or NULLS NOT
+    DISTINCT where the kept one lets NULLs repeat. Dropping it would lose that rule."""
+    return (index.is_unique and not keeper.is_unique) or (
+        shape.nulls_not_distinct and not kept.nulls_not_distinct
+    )
 
 
 def _key(index: IndexInfo) -> tuple[str, str]:

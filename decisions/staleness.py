@@ -1,7 +1,10 @@
 """Which tables need fresh planner statistics, and why. Pure: no I/O, no Prefect.
 
 A table is stale when the rows modified since its last ANALYZE reach `analyze_threshold` of its
-rows (`n_mod_since_analyze / max(reltuples or n_live_tup, 1)`), or when it was never analyzed.
+rows (`n_mod_since_analyze / max(reltuples or n_live_tup, 1)`), or when it was never analyzed, or
+when its change counters were reset since its last ANALYZE (statistics exist but no analyze time:
+`pg_stat_reset()`, a crash or a failover); then the changes before the reset are unknown, and
+PostgreSQL's documentation advises an ANALYZE.
 Optionally a table whose dead tuples reach `vacuum_dead_ratio` of all its tuples gets
 `VACUUM (ANALYZE)` instead. Every table gets one decision with the reason a person reads
 ("12.0% of rows changed since last analyze >= 10%", "fresh: 2.1% < 10%"), most stale first.
@@ -26,10 +29,11 @@ DEFAULT_STATEMENT_TIMEOUT_MS = 600_000
 DEFAULT_BATCH_SIZE = 200
 
 Action = Literal["analyze", "vacuum-analyze", "skip"]
-# Why: stale, never analyzed, dead tuples (act); fresh, small, excluded, over max_tables,
-# partitioned parent without change counters (skip).
+# Why: stale, never analyzed, change counters reset, dead tuples (act); fresh, small, excluded,
+# over max_tables, partitioned parent whose partitions changed too little (skip).
 Code = Literal[
     "never-analyzed",
+    "counters-reset",
     "stale",
     "dead-tuples",
     "fresh",
@@ -37,6 +41,7 @@ Code = Literal[
     "excluded",
     "over-max-tables",
     "partitioned",
+    "with-parent",
 ]
 
 
@@ -48,6 +53,10 @@ class TableStats(BaseModel):
     table_name: str
     relkind: Literal["r", "m", "p"] = Field(
         default="r", description="r table, m materialized view, p partitioned table."
+    )
+    ancestors: list[int] = Field(
+        default_factory=list,
+        description="The partitioned tables it is a partition of (relids, nearest first).",
     )
     n_live_tup: int = 0
     n_dead_tup: int = 0
@@ -89,6 +98,13 @@ class TableStats(BaseModel):
         return (
             self.last_analyze is None and self.last_autoanalyze is None and not self.has_statistics
         )
+
+    @property
+    def counters_reset(self) -> bool:
+        """Analyzed once (pg_stats has its statistics) but no analyze time is recorded: the
+        change counters were reset since (pg_stat_reset(), a crash, a failover), so
+        `n_mod_since_analyze` counts only the changes since the reset."""
+        return self.last_analyze is None and self.last_autoanalyze is None and self.has_statistics
 
 
 class StatisticsPolicy(BaseModel):
@@ -299,12 +315,32 @@ def _judge(t: TableStats, policy: StatisticsPolicy) -> Decision:
                 code="never-analyzed",
                 reason="never analyzed (partitioned table: ANALYZE samples all its partitions)",
             )
+        if t.counters_reset:  # its partitions' counters were reset with it: nothing to go by
+            return Decision(
+                table=t,
+                action="analyze",
+                code="counters-reset",
+                reason="partitioned table whose change counters were reset since its last "
+                "analyze (pg_stat_reset, a crash or a failover): the changes before the reset "
+                "are unknown",
+            )
+        # Autovacuum never analyzes a partitioned table; its change count is read from its
+        # partitions (tasks.postgres.tables.fetch_table_stats).
+        ratio = t.change_ratio
+        share = f"{percent(ratio)} of its partitions' rows new or changed since its last analyze"
+        if ratio >= policy.analyze_threshold:
+            return Decision(
+                table=t,
+                action="analyze",
+                code="stale",
+                reason=f"partitioned table: {share} >= {threshold} (autovacuum never analyzes "
+                "it; ANALYZE samples all its partitions)",
+            )
         return Decision(
             table=t,
             action="skip",
             code="partitioned",
-            reason="partitioned table: PostgreSQL keeps no change counters for it; "
-            "its partitions are judged on their own",
+            reason=f"partitioned table: {share} < {threshold}",
         )
     vacuum = policy.vacuum_dead_ratio is not None and t.dead_ratio >= policy.vacuum_dead_ratio
     dead_reason = (
@@ -317,6 +353,13 @@ def _judge(t: TableStats, policy: StatisticsPolicy) -> Decision:
         reason = "never analyzed" + (f"; {dead_reason}" if dead_reason else "")
         return Decision(table=t, action=action, code="never-analyzed", reason=reason)
     ratio = t.change_ratio
+    if t.counters_reset:
+        reason = (
+            "change counters reset since its last analyze (pg_stat_reset, a crash or a "
+            f"failover): the changes before the reset are unknown ({percent(ratio)} of rows "
+            "changed since)" + (f"; {dead_reason}" if dead_reason else "")
+        )
+        return Decision(table=t, action=action, code="counters-reset", reason=reason)
     if ratio >= policy.analyze_threshold:
         reason = f"{percent(ratio)} of rows changed since last analyze >= {threshold}"
         if dead_reason:
@@ -336,13 +379,15 @@ def _judge(t: TableStats, policy: StatisticsPolicy) -> Decision:
 
 _RANK: dict[Code, int] = {
     "never-analyzed": 0,
-    "stale": 1,
-    "dead-tuples": 2,
-    "over-max-tables": 3,
-    "fresh": 4,
-    "partitioned": 5,
-    "small": 6,
-    "excluded": 7,
+    "counters-reset": 1,
+    "stale": 2,
+    "dead-tuples": 3,
+    "over-max-tables": 4,
+    "fresh": 5,
+    "with-parent": 6,
+    "partitioned": 7,
+    "small": 8,
+    "excluded": 9,
 }
 
 
@@ -350,7 +395,7 @@ def _order(d: Decision) -> tuple[int, float, float, str, str]:
     """Most stale first: never analyzed (biggest first), then by change ratio, then by dead ratio;
     skipped tables after, nearest to the threshold first."""
     t = d.table
-    if d.code == "never-analyzed":
+    if d.code in ("never-analyzed", "counters-reset"):
         weight = t.rows
     elif d.code == "dead-tuples":
         weight = t.dead_ratio
@@ -359,11 +404,33 @@ def _order(d: Decision) -> tuple[int, float, float, str, str]:
     return (_RANK[d.code], -weight, -t.dead_ratio, t.schema_name, t.table_name)
 
 
+def _with_parents(decisions: list[Decision]) -> list[Decision]:
+    """A partition whose partitioned table is analyzed in this run is left to that ANALYZE (it
+    recurses into every partition): analyzed on its own as well, at the same time on another
+    connection, the two would wait for each other's lock (and fail at lock_timeout)."""
+    names = {d.table.relid: d.table.name for d in decisions}
+    parents = {d.table.relid for d in decisions if d.acts and d.table.relkind == "p"}
+    out = []
+    for d in decisions:
+        parent = next((a for a in d.table.ancestors if a in parents), None)
+        if d.acts and parent is not None:
+            d = Decision(
+                table=d.table,
+                action="skip",
+                code="with-parent",
+                reason=f"analyzed with its partitioned table {names[parent]} ({d.reason})",
+            )
+        out.append(d)
+    return out
+
+
 def decide(stats: Sequence[TableStats], policy: StatisticsPolicy) -> list[Decision]:
-    """One decision per table, most stale first, at most `policy.max_tables` acting."""
+    """One decision per table, most stale first, at most `policy.max_tables` acting; then a
+    partition of a partitioned table that acts is left to that table's ANALYZE (only one that
+    acts: one postponed by max_tables analyzes nothing this run)."""
     decisions = sorted((_judge(t, policy) for t in stats), key=_order)
     if policy.max_tables is None:
-        return decisions
+        return sorted(_with_parents(decisions), key=_order)
     kept: list[Decision] = []
     postponed: list[Decision] = []
     acting = 0
@@ -381,7 +448,7 @@ def decide(stats: Sequence[TableStats], policy: StatisticsPolicy) -> list[Decisi
             continue
         acting += d.acts
         kept.append(d)
-    return sorted(kept + postponed, key=_order)
+    return sorted(_with_parents(kept + postponed), key=_order)
 
 
 def batches(decisions: Sequence[Decision], size: int) -> list[list[Decision]]:

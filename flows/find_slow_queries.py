@@ -3,6 +3,8 @@ with why it is listed and optionally its generic plan. Read-only; CLI `perfops q
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
@@ -49,6 +51,9 @@ class SlowQueryReport(BaseModel):
     statements_seen: int  # distinct statements pg_stat_statements holds for this database
     statements: list[SlowStatement]  # most total time first
     hidden: HiddenStatements | None = None  # other roles' statements this role cannot see
+    # when pg_stat_statements was last reset (PostgreSQL 14+; None: unknown): every figure
+    # counts from then, so a reset an hour ago means an hour of workload
+    statements_reset: datetime | None = None
 
     @property
     def over_threshold(self) -> int:
@@ -122,6 +127,7 @@ def find_slow_queries(
         )
         seen = len({s.queryid for s in stats})
         hidden = fetch_hidden_statements(pg.value)  # listed around them, they would go unsaid
+        reset = fetch_statements_reset(pg.value)
         if settings.explain and statements:
             statements = _with_plans(pg.value, statements, settings)
 
@@ -132,13 +138,16 @@ def find_slow_queries(
             statements_seen=seen,
             statements=statements,
             hidden=hidden,
+            statements_reset=reset,
         )
         if hidden:
             logger.warning("%s", hidden.warning)
-        nothing = (  # a run with nothing to list says why (none recorded: since when)
-            f"no statement among {seen} over the threshold"
+        # a run with nothing to list says why, and since when it counted (a reset an hour ago
+        # leaves an hour of workload: "none over the threshold" then says little)
+        nothing = (
+            f"none of the {statements_since(seen, reset)} is over the threshold"
             if seen
-            else statements_since(0, fetch_statements_reset(pg.value))
+            else statements_since(0, reset)
         )
         rows = statement_rows(statements) or [{"rank": "-", "reason": nothing, "query": ""}]
         if hidden:

@@ -61,8 +61,8 @@ def suggest(
 ) -> None:
     """Suggest indexes from pg_stat_statements, costed with hypopg on generic plans (flow
     suggest_indexes). With --apply, build them CONCURRENTLY under lock_timeout and an advisory
-    lock, then verify the real plans."""
-    from decisions.index_suggestions import nothing_suggested
+    lock, then verify the real plans. Exit 1 when a build failed or was not permitted (with
+    --json too)."""
     from decisions.indexing import IndexAdvisorSettings
 
     use_dsn(dsn)
@@ -95,7 +95,15 @@ def suggest(
     )
     if as_json:
         print_json(report)
-        return
+    else:
+        _print(report)
+    if any(b.status == "failed" for b in report.builds):  # with --json too
+        raise typer.Exit(1)
+
+
+def _print(report: Any) -> None:
+    from decisions.index_suggestions import nothing_suggested
+
     out.print(
         f"[bold]index suggestions[/] for {report.database}: "
         f"{report.statements_considered} statements considered, "
@@ -129,6 +137,3 @@ def suggest(
             out.print(f"    {r.candidate.key}: {r.reason}", highlight=False)
     if report.suggestions and not report.applied:
         out.print("\n  dry run: nothing was built; rerun with --apply to build these indexes")
-    failed = [b for b in report.builds if b.status == "failed"]
-    if failed:
-        raise typer.Exit(1)

@@ -28,7 +28,12 @@ from cli.support import (
     run_flow,
     use_dsn,
 )
-from decisions.index_health import DEFAULT_MIN_SIZE_BYTES, IndexHealthSettings, format_bytes
+from decisions.index_health import (
+    DEFAULT_MIN_SIZE_BYTES,
+    IndexHealthSettings,
+    format_bytes,
+    qualified_name,
+)
 from perfops.wording import counted
 
 _UNITS = {
@@ -103,9 +108,10 @@ def health(
     """Find unused, duplicate, covered and invalid indexes and the space each wastes (flow
     check_index_health). Report only; `--apply --drop SCHEMA.INDEX` drops the named ones.
 
-    Exit 1 when an index named with --apply was refused (e.g. outside --schema) or its drop
-    failed. A name no index in the database has is reported "not found" and exits 0: a rerun
-    after a drop ends there (check the name if no earlier run dropped it)."""
+    Exit 1 when a table could not be checked (locked by another session), or an index named
+    with --apply was refused (e.g. outside --schema) or its drop failed. A name no index in the
+    database has is reported "not found" and exits 0: a rerun after a drop ends there (check
+    the name if no earlier run dropped it)."""
     if apply and not drop:
         raise typer.BadParameter(
             "name each index to drop with --drop SCHEMA.INDEX (perfops never drops a finding "
@@ -149,8 +155,19 @@ def health(
     else:
         _print(report)
     not_done = [d for d in report.drops if d.status in ("refused", "failed")]
+    problems = []
     if apply and not_done:
-        fail(f"{len(not_done)} of {len(report.drops)} named indexes not dropped (see the reasons)")
+        problems.append(
+            f"{len(not_done)} of {len(report.drops)} named indexes not dropped (see the reasons)"
+        )
+    if report.locked_tables:
+        locked = [qualified_name(t.schema_name, t.table_name) for t in report.locked_tables]
+        problems.append(
+            f"{counted(len(locked), 'table')} not checked, locked by another session: "
+            f"{', '.join(locked[:5])}{', ...' if len(locked) > 5 else ''}"
+        )
+    if problems:
+        fail("; ".join(problems))
 
 
 def _print(report: Any) -> None:
@@ -194,9 +211,17 @@ def _print(report: Any) -> None:
     for t in report.locked_tables:
         out.print()
         print_wrapped(
-            f"not checked: {t.schema_name}.{t.table_name}: {t.reason}", indent=0, style="red"
+            f"not checked: {qualified_name(t.schema_name, t.table_name)}: {t.reason}",
+            indent=0,
+            style="red",
         )
-    if not report.findings:
+    if not report.findings and report.locked_tables:
+        out.print(
+            "no unused, duplicate, covered or invalid index in the tables checked; "
+            f"{counted(len(report.locked_tables), 'table')} not checked (above)",
+            highlight=False,
+        )
+    elif not report.findings:
         out.print("nothing to do: no unused, duplicate, covered or invalid index", highlight=False)
     elif not report.applied:
         out.print("\nreport only: nothing was changed", highlight=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Annotated, Any
 
 import typer
@@ -110,6 +111,12 @@ def _print(report: Any) -> None:
     )
     if report.hidden:
         print_wrapped(report.hidden.warning, indent=0, style="yellow")
+    if report.statements_reset is not None:
+        out.print(
+            "figures count from pg_stat_statements' reset at "
+            f"{report.statements_reset.astimezone(UTC):%Y-%m-%d %H:%M} UTC",
+            highlight=False,
+        )
     if not report.statements:
         out.print("nothing to show: no statement over the threshold", highlight=False)
     for st in report.statements:

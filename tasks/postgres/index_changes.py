@@ -5,9 +5,9 @@ For each index it was asked to drop (findings of `decisions.index_health`, named
 1. refuse on a replica (`pg_is_in_recovery()`);
 2. take a Postgres advisory lock for the table (`perfops` DDL on one table never overlaps);
 3. re-check inside the lock that the index still exists and still matches the finding: same
-   definition, no constraint depends on it, not a partitioned index or a partition of one, still
-   no scans for an unused one, and the index kept in its place still there and valid for a
-   duplicate or covered one;
+   definition, no constraint depends on it, not the table's replica identity, not a partitioned
+   index or a partition of one, still no scans for an unused one, and the index kept in its
+   place still there and valid for a duplicate or covered one;
 4. `DROP INDEX CONCURRENTLY IF EXISTS` in autocommit (CONCURRENTLY cannot run in a transaction)
    under `lock_timeout` and `statement_timeout`;
 5. verify it is gone.
@@ -37,7 +37,7 @@ from tasks.postgres.server import advisory_lock, connect, ensure_primary
 from tasks.transient_errors import RETRY_DEFAULTS
 
 _STATE_QUERY: LiteralString = """
-    select i.oid, i.relkind, x.indisvalid as is_valid,
+    select i.oid, i.relkind, x.indisvalid as is_valid, x.indisreplident as is_replica_identity,
            coalesce(s.idx_scan, 0) as scans,
            (select string_agg(format('%%I (%%s)', c.conname, c.contype), ', ')
               from pg_constraint c where c.conindid = i.oid) as constraints,
@@ -154,6 +154,11 @@ def _refusal(conn: psycopg.Connection[Any], finding: IndexFinding, state: dict[s
         return (
             f"constraint {state['constraints']} depends on it: drop or change the constraint "
             "with ALTER TABLE instead"
+        )
+    if state["is_replica_identity"]:
+        return (
+            f"it is the replica identity of {finding.table} (without it UPDATE and DELETE fail "
+            "on a published table): change the table's REPLICA IDENTITY first"
         )
     if state["relkind"] == "I":
         return "it is a partitioned index: DROP INDEX CONCURRENTLY cannot drop it"

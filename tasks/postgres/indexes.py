@@ -37,6 +37,16 @@ _CATALOG_QUERY: LiteralString = """
            pg_get_expr(x.indpred, x.indrelid, true) as predicate,
            x.indisunique as is_unique, x.indisprimary as is_primary,
            c.conname as constraint_name,
+           (select string_agg(quote_ident(f.conname), ', ' order by f.conname)
+              from pg_constraint f
+              where f.conindid = x.indexrelid and f.contype = 'f') as foreign_keys,
+           x.indisreplident as is_replica_identity,
+           i.relkind = 'I' as is_partitioned,
+           (select quote_ident(pn.nspname) || '.' || quote_ident(pi.relname)
+              from pg_inherits p
+              join pg_class pi on pi.oid = p.inhparent
+              join pg_namespace pn on pn.oid = pi.relnamespace
+              where p.inhrelid = x.indexrelid) as partition_of,
            x.indisvalid as is_valid, x.indisready as is_ready,
            pg_relation_size(i.oid) as size_bytes,
            coalesce(s.idx_scan, 0) as scans,

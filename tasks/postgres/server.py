@@ -105,6 +105,12 @@ def extension_off_path(conn: psycopg.Connection[Any], name: str) -> str | None:
     """Why the installed extension `name` cannot be used by its bare names in this session (it
     lives in a schema not on the search_path: its views and functions are "not found"), with
     the fix; None when it is on the path (or not installed: the caller says that)."""
+    gap = extension_path_gap(conn, name)
+    return f"{gap[0]}: {gap[1]}" if gap else None
+
+
+def extension_path_gap(conn: psycopg.Connection[Any], name: str) -> tuple[str, str] | None:
+    """`extension_off_path` as (what is wrong, the fix), for a report that shows them apart."""
     row = conn.execute(
         "select n.nspname as schema, n.nspname = any(current_schemas(false)) as on_path, "
         "array_to_string(current_schemas(false), ', ') as path, current_user as role "
@@ -118,9 +124,9 @@ def extension_off_path(conn: psycopg.Connection[Any], name: str) -> str | None:
     path = row["path"] or "(empty)"
     return (
         f"{name} is installed in schema {row['schema']} of database {conn.info.dbname}, which "
-        f"is not on the search_path of {row['role']} ({path}): ALTER ROLE "
-        f"{sql.Identifier(row['role']).as_string(conn)} SET search_path = "
-        f'"$user", public, {schema}; (or ALTER EXTENSION {name} SET SCHEMA public;)'
+        f"is not on the search_path of {row['role']} ({path})",
+        f"ALTER ROLE {sql.Identifier(row['role']).as_string(conn)} SET search_path = "
+        f'"$user", public, {schema}; (or ALTER EXTENSION {name} SET SCHEMA public;)',
     )
 
 
@@ -165,6 +171,9 @@ def run_statement(
 
 
 WATCHED_EXTENSIONS = ("pg_stat_statements", "hypopg", "pg_partman")
+# Used by their bare names (pg_partman's functions are called schema-qualified): off the role's
+# search_path, the flows that use them fail (`extension_off_path`).
+BARE_NAME_EXTENSIONS = ("pg_stat_statements", "hypopg")
 
 
 @task(name="fetch_postgres_info", **RETRY_DEFAULTS)
@@ -200,7 +209,12 @@ def fetch_postgres_info(target: PostgresTarget) -> PostgresInfo:
             """,
             (list(WATCHED_EXTENSIONS),),
         ).fetchall()
-    extensions = {r["name"]: ExtensionInfo(**r) for r in rows}
+        gaps = {
+            r["name"]: extension_path_gap(conn, r["name"])
+            for r in rows
+            if r["installed_version"] and r["name"] in BARE_NAME_EXTENSIONS
+        }
+    extensions = {r["name"]: ExtensionInfo(**r, off_path=gaps.get(r["name"])) for r in rows}
     setting = head.pop("preload")
     preload = None if setting is None else [p.strip() for p in setting.split(",") if p.strip()]
     return PostgresInfo(**head, shared_preload_libraries=preload, extensions=extensions)

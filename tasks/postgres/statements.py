@@ -173,7 +173,9 @@ def explain_generic(conn: psycopg.Connection[Any], query: str) -> dict[str, Any]
     # being spliced in; it is only ever planned here, never executed. One round trip: the
     # settings, the plan and the clean-up go as one simple-protocol batch (a what-if costing
     # plans hundreds of statements; each trip costs more than the planning on a busy server).
-    statement = sql.SQL(query)
+    # A newline after the text: a statement ending in a `--` comment (`... = $1 -- nightly
+    # report`, as pg_stat_statements keeps it) would otherwise comment out the rest of the batch.
+    statement = sql.SQL(query) + sql.SQL("\n")
     guard = sql.SQL("set local transaction_read_only = on; ")
     try:
         count = len(parse_sql(query))
@@ -208,7 +210,8 @@ def explain_generic(conn: psycopg.Connection[Any], query: str) -> dict[str, Any]
             break
         if not cursor.nextset():
             break
-    assert plan is not None
+    if plan is None:  # (never seen: the batch always ends in the EXPLAIN's result)
+        raise psycopg.ProgrammingError("EXPLAIN returned no plan: not planned")
     value = next(iter(plan.values())) if isinstance(plan, dict) else plan[0]
     document = json.loads(value) if isinstance(value, str) else value
     top: dict[str, Any] = document[0]["Plan"]

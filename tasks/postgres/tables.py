@@ -65,7 +65,14 @@ def fetch_table_stats(target: PostgresTarget, schemas: list[str] | None = None) 
 
     Leaves out system schemas, other sessions' temporary tables, TOAST tables and tables that
     belong to an extension (pg_partman's configuration...). Takes no lock on any table (sizes
-    come from `relpages`, not `pg_relation_size`), so a locked table cannot stall it.
+    come from `relpages`, not `pg_relation_size`; partitions from `pg_inherits`, not
+    `pg_partition_tree`, which locks them), so a locked table cannot stall it.
+
+    PostgreSQL keeps no change counter for a partitioned table: its `n_mod_since_analyze` is
+    read here from its leaf partitions, as their changes since their own analyze plus how far
+    their rows now differ from the rows the table had at its last analyze (`reltuples`: new
+    partitions, growth, partitions dropped). Analyze times cannot tell it: ANALYZE of the table
+    stamps it before the partitions it recurses into.
     """
     with connect(target, statement_timeout_ms=60_000) as conn:
         conn.read_only = True
@@ -75,7 +82,21 @@ def fetch_table_stats(target: PostgresTarget, schemas: list[str] | None = None) 
                    c.relkind::text as relkind,
                    pg_stat_get_live_tuples(c.oid) as n_live_tup,
                    pg_stat_get_dead_tuples(c.oid) as n_dead_tup,
-                   pg_stat_get_mod_since_analyze(c.oid) as n_mod_since_analyze,
+                   case when c.relkind = 'p'
+                        then coalesce(parts.changes, 0)
+                             + abs(coalesce(parts.rows, 0) - greatest(c.reltuples, 0))
+                        else pg_stat_get_mod_since_analyze(c.oid)
+                   end::bigint as n_mod_since_analyze,
+                   array(  -- the partitioned tables it belongs to, nearest first (no lock)
+                       with recursive up(oid, depth) as (
+                           select i.inhparent, 1 from pg_inherits i where i.inhrelid = c.oid
+                           union all
+                           select i.inhparent, up.depth + 1
+                           from pg_inherits i join up on i.inhrelid = up.oid
+                       )
+                       select up.oid::bigint from up join pg_class a on a.oid = up.oid
+                       where a.relkind = 'p' order by up.depth
+                   ) as ancestors,
                    c.reltuples::float8 as reltuples,
                    c.relpages::bigint * current_setting('block_size')::bigint as size_bytes,
                    pg_stat_get_last_analyze_time(c.oid) as last_analyze,
@@ -92,6 +113,18 @@ def fetch_table_stats(target: PostgresTarget, schemas: list[str] | None = None) 
                    end as has_statistics
             from pg_class c
             join pg_namespace n on n.oid = c.relnamespace
+            left join lateral (  -- a partitioned table: its leaf partitions, without a lock
+                with recursive tree(oid) as (
+                    select i.inhrelid from pg_inherits i where i.inhparent = c.oid
+                    union all
+                    select i.inhrelid from pg_inherits i join tree on i.inhparent = tree.oid
+                )
+                select sum(case when l.reltuples > 0 then l.reltuples
+                                else pg_stat_get_live_tuples(l.oid) end) as rows,
+                       sum(pg_stat_get_mod_since_analyze(l.oid)) as changes
+                from tree join pg_class l on l.oid = tree.oid
+                where l.relkind = 'r'
+            ) parts on c.relkind = 'p'
             where c.relkind in ('r', 'm', 'p')
               and c.relpersistence <> 't'
               and n.nspname not in ('pg_catalog', 'information_schema')
@@ -118,6 +151,11 @@ def refresh_session(target: PostgresTarget, *, dry_run: bool = False) -> Iterato
         if dry_run:
             yield
             return
+        # This connection sits idle for the whole run, holding the lock: a server or role
+        # idle_session_timeout (PostgreSQL 14+) would end it, dropping the lock mid-run and
+        # failing the run at its end ("terminating connection due to idle-session timeout").
+        if conn.info.server_version >= 140000:
+            conn.execute("set idle_session_timeout = 0")
         try:
             ensure_primary(conn, "refresh statistics")
         except ReadOnlyServer as exc:

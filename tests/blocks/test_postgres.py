@@ -76,3 +76,23 @@ def test_a_dsn_that_does_not_parse_names_no_piece_of_its_password() -> None:
     plain = PostgresTarget(dsn=SecretStr("host=db.internal dbname"))
     with pytest.raises(ConfigurationError, match='after "dbname"'):  # no password: as it is
         plain.conninfo()
+
+
+def test_the_dsn_options_are_kept_and_perfops_timeouts_win(pg_dsn: str) -> None:
+    """Before, perfops replaced the DSN's `options` with its timeouts: a DSN reaching its
+    extensions with `-c search_path=...` lost it (hypopg 'not on the search_path', statements
+    resolved in another schema), and every other setting given there was dropped silently."""
+    from psycopg.conninfo import make_conninfo
+
+    from tasks.postgres.server import connect
+
+    dsn = make_conninfo(
+        pg_dsn, options="-c search_path=pg_catalog,public -c work_mem=7MB -c lock_timeout=9"
+    )
+    target = PostgresTarget(dsn=SecretStr(dsn), lock_timeout_ms=1_234)
+    with connect(target) as conn:
+        got = conn.execute(
+            "select current_setting('search_path') as path, current_setting('work_mem') as mem,"
+            " current_setting('lock_timeout') as lock"
+        ).fetchone()
+    assert got == {"path": "pg_catalog,public", "mem": "7MB", "lock": "1234ms"}

@@ -480,3 +480,38 @@ def test_a_name_outside_the_schemas_checked_is_refused_naming_schema() -> None:
         )
     assert got["app.t_typo"][0] == "not found"
     assert plan.to_drop == []
+
+
+def test_a_nulls_not_distinct_index_is_no_duplicate_of_a_constraint_that_lets_nulls_repeat() -> (
+    None
+):
+    """The unique constraint is kept first, but it accepts many NULLs: the NULLS NOT DISTINCT
+    index enforces more, so it is not its duplicate (before: droppable "duplicate of code_key")."""
+    nnd = idx("code_nnd", "code", unique=True)
+    nnd = nnd.model_copy(update={"definition": nnd.definition + " NULLS NOT DISTINCT"})
+    found = by_name(classify_indexes([idx("code_key", "code", unique=True, constraint="k"), nnd]))
+    assert found == {}
+
+
+def test_a_replica_identity_index_is_kept_over_a_plain_duplicate_and_else_not_droppable() -> None:
+    ident = idx("b_ident", "k", unique=True).model_copy(update={"is_replica_identity": True})
+    found = by_name(classify_indexes([idx("a_plain", "k", unique=True), ident]))
+    assert found["a_plain"].reason == "duplicate of b_ident (k)"
+    found = by_name(classify_indexes([idx("pk", "k", primary=True, constraint="pk"), ident]))
+    assert not found["b_ident"].droppable
+    assert found["b_ident"].not_droppable_reason.startswith(  # type: ignore[union-attr]
+        "it is the replica identity of public.agents"
+    )
+
+
+def test_of_two_copies_on_a_partition_the_one_that_can_be_dropped_is_reported() -> None:
+    """The copy attached to the partitioned index goes only with it: it is kept, and the
+    standalone copy is the droppable duplicate (before, the first by name was kept, and the
+    attached one was reported, not droppable, leaving nothing to drop)."""
+    attached = idx("events_1_v_idx", "v", table="events_1").model_copy(
+        update={"partition_of": "public.events_v_idx"}
+    )
+    found = by_name(classify_indexes([idx("events_1_a_extra", "v", table="events_1"), attached]))
+    assert list(found) == ["events_1_a_extra"]
+    assert found["events_1_a_extra"].droppable
+    assert found["events_1_a_extra"].reason == "duplicate of events_1_v_idx (v)"

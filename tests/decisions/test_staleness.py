@@ -78,11 +78,18 @@ def test_never_analyzed_tables_are_analyzed_whatever_their_counters() -> None:
     assert (d.action, d.code, d.reason) == ("analyze", "never-analyzed", "never analyzed")
 
 
-def test_statistics_without_an_analyze_time_are_judged_by_their_changes() -> None:
-    # After pg_stat_reset() the times are gone but pg_stats still has the statistics.
+def test_statistics_without_an_analyze_time_are_analyzed_their_counters_were_reset() -> None:
+    """After pg_stat_reset() (or a crash, or a failover) the times are gone, pg_stats still has
+    the statistics and n_mod_since_analyze restarted from 0. Before, such a table was "fresh:
+    0.0% < 10%" however much it had changed before the reset."""
     reset = table("t", last_analyze=None, analyze_count=0, has_statistics=True)
     [d] = decide([reset], StatisticsPolicy())
-    assert (d.action, d.reason) == ("skip", "fresh: 0.0% < 10%")
+    assert (d.action, d.code, d.reason) == (
+        "analyze",
+        "counters-reset",
+        "change counters reset since its last analyze (pg_stat_reset, a crash or a failover): "
+        "the changes before the reset are unknown (0.0% of rows changed since)",
+    )
 
 
 def test_autoanalyze_counts_as_an_analyze() -> None:
@@ -241,10 +248,14 @@ def test_max_tables_keeps_the_most_stale_and_postpones_the_rest_with_the_reason(
     )
 
 
-def test_partitioned_parents_are_analyzed_only_when_never_analyzed() -> None:
+def test_partitioned_parents_are_judged_by_their_partitions_changes() -> None:
+    """A partitioned table's change count is its partitions' (fetch_table_stats). Before, a
+    parent analyzed once was skipped for ever ("PostgreSQL keeps no change counters for it"):
+    autovacuum never analyzes it either, so its statistics aged without limit."""
     decisions = decide(
         [
-            table("events", relkind="p", n_live_tup=0, reltuples=-1),
+            table("events", relkind="p", n_live_tup=0, n_mod_since_analyze=500),
+            table("grown", relkind="p", n_live_tup=0, n_mod_since_analyze=50_000),
             never("measurements", relkind="p"),
         ],
         StatisticsPolicy(),
@@ -254,10 +265,15 @@ def test_partitioned_parents_are_analyzed_only_when_never_analyzed() -> None:
             "analyze",
             "never analyzed (partitioned table: ANALYZE samples all its partitions)",
         ),
+        "grown": (
+            "analyze",
+            "partitioned table: 500.0% of its partitions' rows new or changed since its last "
+            "analyze >= 10% (autovacuum never analyzes it; ANALYZE samples all its partitions)",
+        ),
         "events": (
             "skip",
-            "partitioned table: PostgreSQL keeps no change counters for it; "
-            "its partitions are judged on their own",
+            "partitioned table: 5.0% of its partitions' rows new or changed since its last "
+            "analyze < 10%",
         ),
     }
 
@@ -339,3 +355,45 @@ def test_a_schema_quoted_as_perfops_prints_it_is_that_schema() -> None:
     assert policy.exclude_schemas == ['Old "x"', "Old"]
     [d] = decide([table("Orders", "Mixed Case", n_mod_since_analyze=5_000)], policy)
     assert d.acts
+
+
+def test_a_partition_of_a_partitioned_table_analyzed_in_this_run_is_left_to_that_analyze() -> None:
+    """ANALYZE of a partitioned table recurses into its partitions: a partition analyzed on its
+    own too, at the same time on another connection, would wait for the parent's lock."""
+    parent = table("events", relkind="p", n_live_tup=0, n_mod_since_analyze=5_000)
+    part = table("events_2026", n_mod_since_analyze=2_000, ancestors=[parent.relid])
+    other = table("other", n_mod_since_analyze=2_000)
+    calm = table("calm", relkind="p", n_live_tup=0)
+    calm_part = table("calm_1", n_mod_since_analyze=2_000, ancestors=[calm.relid])
+    got = {
+        d.table.table_name: (d.action, d.code)
+        for d in decide([parent, part, other, calm, calm_part], StatisticsPolicy())
+    }
+    assert got == {
+        "events": ("analyze", "stale"),
+        "events_2026": ("skip", "with-parent"),
+        "other": ("analyze", "stale"),
+        "calm": ("skip", "partitioned"),
+        "calm_1": ("analyze", "stale"),
+    }
+    [d] = [d for d in decide([parent, part], StatisticsPolicy()) if d.code == "with-parent"]
+    assert d.reason == (
+        "analyzed with its partitioned table public.events (20.0% of rows changed since last "
+        "analyze >= 10%)"
+    )
+
+
+def test_a_partition_is_not_left_to_a_partitioned_table_postponed_by_max_tables() -> None:
+    parent = table("events", relkind="p", n_live_tup=0, n_mod_since_analyze=1_500)
+    part = table("events_1", n_mod_since_analyze=5_000, ancestors=[parent.relid])
+    got = {
+        d.table.table_name: d.code for d in decide([parent, part], StatisticsPolicy(max_tables=1))
+    }
+    assert got == {"events_1": "stale", "events": "over-max-tables"}
+
+
+def test_a_partitioned_table_whose_counters_were_reset_is_analyzed_with_its_partitions() -> None:
+    parent = table("events", relkind="p", n_live_tup=0, last_analyze=None, analyze_count=0)
+    part = table("events_1", last_analyze=None, analyze_count=0, ancestors=[parent.relid])
+    got = {d.table.table_name: d.code for d in decide([parent, part], StatisticsPolicy())}
+    assert got == {"events": "counters-reset", "events_1": "with-parent"}

@@ -148,6 +148,35 @@ def test_missing_extension_is_degraded_with_its_fix(
             conn.execute("create extension if not exists hypopg")
 
 
+def test_an_extension_off_the_search_path_is_degraded_with_its_fix(
+    monkeypatch: pytest.MonkeyPatch, pg_dsn: str
+) -> None:
+    """hypopg installed in a schema the role's search_path does not hold (a managed database's
+    `extensions` schema). Before, doctor said "postgres ok ... hypopg 1.3.1" and `perfops
+    indexes suggest` then failed: "hypopg is installed in schema ... not on the search_path"."""
+    import psycopg
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute('create schema if not exists "Ext ü"')
+        conn.execute('alter extension hypopg set schema "Ext ü"')
+    try:
+        monkeypatch.setenv("PERFOPS_DSN", pg_dsn)
+        [pg] = [c for c in check_connections() if c.system == "postgres"]
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("alter extension hypopg set schema public")
+            conn.execute('drop schema "Ext ü"')
+    assert pg.status == "degraded"
+    [finding] = pg.findings
+    assert finding.what.startswith("hypopg is installed in schema Ext ü of database ")
+    assert finding.what.endswith("which is not on the search_path of postgres (public)")
+    assert finding.fix == (
+        'ALTER ROLE "postgres" SET search_path = "$user", public, "Ext ü"; '
+        "(or ALTER EXTENSION hypopg SET SCHEMA public;)"
+    )
+    assert finding.needed_by == "index suggestions"
+
+
 @pytest.mark.usefixtures("all_real")
 def test_a_role_without_pg_monitor_is_reached_and_told_what_to_grant(
     monkeypatch: pytest.MonkeyPatch, pg_dsn: str

@@ -564,3 +564,153 @@ def test_cli_a_drop_outside_schema_or_of_no_index_exits_1_saying_which(
     finally:
         with psycopg.connect(health_db, autocommit=True) as conn:
             conn.execute("drop schema if exists health_other cascade")
+
+
+def test_an_index_that_enforces_or_identifies_rows_is_never_dropped_as_a_duplicate(
+    health_db: str,
+) -> None:
+    """Before, each of these was a droppable "duplicate" and `--apply --drop` dropped the first
+    three: the NULLS NOT DISTINCT unique index (kept: a plain unique one earlier by name; then a
+    second NULL was accepted), and the replica-identity indexes (then UPDATE failed: "cannot
+    update table ... because it does not have a replica identity and publishes updates"); the
+    partitions' indexes were advised "to drop" and refused only when applying."""
+    s = "Health RI ü"  # mixed case, a space, non-ASCII
+    with psycopg.connect(health_db, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop schema if exists {} cascade").format(q(s)))
+        conn.execute(sql.SQL("create schema {}").format(q(s)))
+        for ddl in (
+            "create table {s}.nnd (a int)",
+            "create unique index a_plain on {s}.nnd (a)",
+            "create unique index b_nnd on {s}.nnd (a) nulls not distinct",
+            'create table {s}."Ri" (id int primary key, k int not null)',
+            'create unique index ri_k on {s}."Ri" (k)',
+            'create unique index ri_k_ident on {s}."Ri" (k)',
+            'alter table {s}."Ri" replica identity using index ri_k_ident',
+            "create table {s}.ri_pk (id int primary key)",
+            "create unique index ri_pk_ident on {s}.ri_pk (id)",
+            "alter table {s}.ri_pk replica identity using index ri_pk_ident",
+            "create table {s}.parted (v int) partition by range (v)",
+            "create table {s}.part_1 partition of {s}.parted for values from (0) to (100)",
+            "create index parted_v on {s}.parted (v)",
+            "create index parted_v_again on {s}.parted (v)",
+        ):
+            conn.execute(sql.SQL(ddl).format(s=q(s)))
+        conn.execute(sql.SQL("create publication health_pub for table {}").format(q(s, "Ri")))
+    try:
+        settings = SETTINGS.model_copy(update={"schemas": [s], "min_size_bytes": 0})
+        before = indexes_in(health_db, s)
+        names = ["b_nnd", "ri_k_ident", "ri_pk_ident", "part_1_v_idx1", "parted_v_again"]
+        report, message = failed_run(
+            check_index_health(
+                settings=settings,
+                apply=True,
+                drop=[f"{s}.{n}" for n in names],
+                return_state=True,
+            )
+        )
+        found = _findings(report)
+        assert found["a_plain"].reason == "duplicate of b_nnd (a)"  # the stricter one is kept
+        assert "b_nnd" not in found
+        assert found["ri_k"].reason == "duplicate of ri_k_ident (k)"
+        assert found["ri_pk_ident"].not_droppable_reason == (
+            f'it is the replica identity of "{s}".ri_pk (logical replication finds rows by it; '
+            "without it UPDATE and DELETE fail on a published table): ALTER TABLE "
+            f'"{s}".ri_pk REPLICA IDENTITY USING INDEX another (or DEFAULT) first'
+        )
+        assert not found["part_1_v_idx1"].droppable
+        assert found["part_1_v_idx1"].not_droppable_reason.startswith(  # type: ignore[union-attr]
+            f'it is a partition of index "{s}".parted_v_again'
+        )
+        assert not found["parted_v_again"].droppable
+        assert "parted_v" not in found  # no scan counts for a partitioned index: never "unused"
+        got = {d.requested.removeprefix(f"{s}."): d.status for d in report.drops}
+        assert got == {
+            "b_nnd": "refused",
+            "ri_k_ident": "refused",
+            "ri_pk_ident": "refused",
+            "part_1_v_idx1": "refused",
+            "parted_v_again": "refused",
+        }
+        assert message.startswith("5 of 5 drops not done")
+        assert indexes_in(health_db, s) == before
+        with psycopg.connect(health_db, autocommit=True) as conn:
+            conn.execute(sql.SQL("insert into {} values (null)").format(q(s, "nnd")))
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                conn.execute(sql.SQL("insert into {} values (null)").format(q(s, "nnd")))
+            conn.execute(sql.SQL("update {} set k = k").format(q(s, "Ri")))  # still identified
+    finally:
+        with psycopg.connect(health_db, autocommit=True) as conn:
+            conn.execute("drop publication if exists health_pub")
+            conn.execute(sql.SQL("drop schema if exists {} cascade").format(q(s)))
+
+
+def test_a_replica_identity_set_after_the_check_stops_the_drop(
+    health_db: str, pg_target: PostgresTarget
+) -> None:
+    """The re-check inside the lock: an index made the replica identity since the check is not
+    dropped (before, it was: nothing in the re-check looked at indisreplident)."""
+    s = "Health RI later"
+    with psycopg.connect(health_db, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop schema if exists {} cascade").format(q(s)))
+        conn.execute(sql.SQL("create schema {}").format(q(s)))
+        conn.execute(sql.SQL("create table {} (id int primary key)").format(q(s, "t")))
+        conn.execute(sql.SQL("create unique index t_id on {} (id)").format(q(s, "t")))
+    try:
+        settings = SETTINGS.model_copy(update={"schemas": [s], "min_size_bytes": 0})
+        [finding] = one_target(check_index_health, settings=settings).findings
+        assert finding.index_name == "t_id" and finding.droppable
+        with psycopg.connect(health_db, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("alter table {} replica identity using index t_id").format(q(s, "t"))
+            )
+        [outcome] = drop_indexes(
+            pg_target, [finding], lock_timeout_ms=1_000, statement_timeout_ms=10_000
+        )
+        assert outcome.status == "refused"
+        assert outcome.reason.startswith(f'it is the replica identity of "{s}".t')
+        assert indexes_in(health_db, s) == {f'"{s}".t_id', f'"{s}".t_pkey'}
+    finally:
+        with psycopg.connect(health_db, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop schema if exists {} cascade").format(q(s)))
+
+
+def indexes_in(dsn: str, schema: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "select indexrelid::regclass::text from pg_index x "
+            "join pg_class c on c.oid = x.indexrelid where c.relnamespace = %s::regnamespace",
+            (sql.Identifier(schema).as_string(conn),),
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_cli_a_report_with_a_table_not_checked_exits_1_and_never_says_nothing_to_do(
+    perfops: Callable[[list[str]], int], health_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, a report-only run with the only table locked printed "nothing to do: no unused,
+    duplicate, covered or invalid index" and exited 0 (the run itself was Failed): a cron job
+    read it as a clean bill of health."""
+    s = "Health Locked ü"
+    with psycopg.connect(health_db, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop schema if exists {} cascade").format(q(s)))
+        conn.execute(sql.SQL("create schema {}").format(q(s)))
+        conn.execute(sql.SQL("create table {} (a int)").format(q(s, "T")))
+        conn.execute(sql.SQL("create index t_a on {} (a)").format(q(s, "T")))
+    try:
+        with psycopg.connect(health_db) as holder:
+            holder.execute(sql.SQL("lock table {} in access exclusive mode").format(q(s, "T")))
+            code = perfops(["indexes", "health", "--schema", s, "--dsn", health_db])
+        captured = capsys.readouterr()
+        assert code == 1
+        assert "nothing to do" not in captured.out
+        assert 'not checked: "Health Locked ü"."T": table locked' in captured.out
+        assert " ".join(captured.out.split()).endswith(
+            "no unused, duplicate, covered or invalid index in the tables checked; 1 table not "
+            "checked (above)"
+        )
+        assert captured.err.strip().splitlines()[-1] == (
+            'perfops: 1 table not checked, locked by another session: "Health Locked ü"."T"'
+        )
+    finally:
+        with psycopg.connect(health_db, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop schema if exists {} cascade").format(q(s)))

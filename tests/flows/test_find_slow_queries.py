@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC
 
 import psycopg
 import pytest
@@ -162,6 +163,27 @@ def test_a_batch_of_plans_survives_statements_that_fail_to_plan(pg_target: Postg
     assert results[3].error is not None and "no_such_table" in results[3].error
 
 
+def test_a_statement_ending_in_a_line_comment_is_planned_and_the_run_completes(
+    env_dsn: str,
+) -> None:
+    """pg_stat_statements keeps a trailing `-- comment` (an ORM's, a report's tag). Before, on
+    PostgreSQL 15 it commented out the rest of the EXPLAIN batch (`prepare ... as <text>;
+    explain ... execute ...`): no plan came back and the whole run crashed with "unexpected
+    AssertionError" (suggest_indexes too, through the same planner)."""
+    with psycopg.connect(env_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("select *, pg_sleep(%s) from {} where id = %s -- nightly report").format(
+                q(SCHEMA, "y")
+            ),
+            (SLEEP_S, 1),
+        )
+    settings = SlowQuerySettings(threshold_ms=THRESHOLD_MS, top=0, explain=True)
+    report = one_target(find_slow_queries, settings=settings)
+    [tagged] = [s for s in report.statements if s.query.endswith("-- nightly report")]
+    assert tagged.plan is not None and tagged.plan.status == "planned", tagged.plan
+    assert "Index Scan on y using y_pkey" in tagged.plan.summary
+
+
 def test_missing_pg_stat_statements_fails_with_the_fix(env_dsn: str) -> None:
     with psycopg.connect(env_dsn, autocommit=True) as conn:
         conn.execute("drop extension pg_stat_statements")
@@ -299,3 +321,29 @@ def test_a_role_without_pg_read_all_stats_is_told_what_it_cannot_see(
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert json.loads(captured.out)["hidden"] is None
+
+
+def test_a_run_says_since_when_pg_stat_statements_counted(
+    env_dsn: str, perfops: Callable[[list[str]], int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a pg_stat_statements_reset() an hour ago, "no statement over the threshold" means
+    an hour of workload. Before, the report did not say since when it counted (only a run with
+    no statement at all did); now the report, the note and the command say it."""
+    with psycopg.connect(env_dsn) as conn:
+        row = conn.execute("select stats_reset from pg_stat_statements_info").fetchone()
+    assert row is not None and row[0] is not None
+    since = f"since its reset at {row[0].astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    state = find_slow_queries(
+        settings=SlowQuerySettings(threshold_ms=86_400_000, top=0), return_state=True
+    )
+    report = state.result()
+    assert isinstance(report, SlowQueryReport) and report.statements_reset == row[0]
+    message = state.message or ""
+    assert message.startswith("none of the ")
+    assert message.endswith(f"statements in pg_stat_statements {since} is over the threshold")
+    assert perfops(["queries", "slow", "--dsn", env_dsn, "--top", "0"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"figures count from pg_stat_statements' reset at {row[0].astimezone(UTC):%Y-%m-%d %H:%M}"
+        " UTC" in out
+    )

@@ -481,3 +481,113 @@ def test_cli_bad_value_names_the_flag_and_exits_2() -> None:
     assert usage.returncode == 2
     assert usage.stderr.strip().count("\n") == 0
     assert "--threshold: Input should be greater than 0" in usage.stderr
+
+
+def test_a_table_whose_counters_were_reset_after_it_grew_is_analyzed_not_called_fresh(
+    db: psycopg.Connection[Any], schema: str
+) -> None:
+    """Analyzed at 1,000 rows, grown a hundredfold, then its counters reset (as pg_stat_reset(),
+    a crash or a failover do to every table): n_mod_since_analyze is 0 and no analyze time is
+    left. Before, the run said "fresh: 0.0% < 10%" and "nothing to do", and the planner kept
+    estimating 1,000 rows."""
+    create(db, schema, "Grown ü")
+    analyze(db, schema, "Grown ü")
+    db.execute(
+        sql.SQL("insert into {} select g, 0 from generate_series(1, 100000) g").format(
+            sql.Identifier(schema, "Grown ü")
+        )
+    )
+    flush(db)
+    db.execute(
+        "select pg_stat_reset_single_table_counters(%s::regclass)",
+        (sql.Identifier(schema, "Grown ü").as_string(db),),
+    )
+    report = refresh_one(policy=policy(schema))
+    [t] = report.tables
+    assert (t.code, t.result) == ("counters-reset", "analyzed")
+    assert t.reason.startswith("change counters reset since its last analyze")
+    row = db.execute(
+        "select reltuples from pg_class where oid = %s::regclass",
+        (sql.Identifier(schema, "Grown ü").as_string(db),),
+    ).fetchone()
+    assert row is not None and row[0] > 100_000
+    again = refresh_one(policy=policy(schema))  # analyzed now: judged by its counters again
+    assert [x.code for x in again.tables] == ["fresh"]
+
+
+def test_a_partitioned_table_whose_partitions_grew_is_analyzed_once_with_them(
+    db: psycopg.Connection[Any], schema: str
+) -> None:
+    """Autovacuum never analyzes a partitioned table. Before, perfops analyzed one only when it
+    had never been analyzed: a new partition holding five times the rows left the parent's
+    statistics at 1,000 rows for good ("partitioned table: PostgreSQL keeps no change
+    counters for it"). Now its change count is its partitions'; the partitions go with its
+    ANALYZE (not alongside it on another connection); a second run has nothing to do."""
+    parent = sql.Identifier(schema, "Events ü")
+    db.execute(sql.SQL("create table {} (id int, at int) partition by range (at)").format(parent))
+    for name, low, high in (("Events 1", 0, 100), ("Events 2", 100, 200)):
+        db.execute(
+            sql.SQL(
+                "create table {} partition of {} for values from ({}) to ({}) "
+                "with (autovacuum_enabled = false)"
+            ).format(sql.Identifier(schema, name), parent, sql.Literal(low), sql.Literal(high))
+        )
+    db.execute(
+        sql.SQL("insert into {} select g, g % 100 from generate_series(1, 1000) g").format(parent)
+    )
+    analyze(db, schema, "Events ü")
+    first = refresh_one(policy=policy(schema))
+    assert {t.table_name: t.code for t in first.tables} == {
+        "Events ü": "partitioned",
+        "Events 1": "fresh",
+        "Events 2": "fresh",
+    }
+    db.execute(
+        sql.SQL("insert into {} select g, 100 + g % 100 from generate_series(1, 5000) g").format(
+            parent
+        )
+    )
+    flush(db)
+    report = refresh_one(policy=policy(schema))
+    got = {t.table_name: (t.code, t.result) for t in report.tables}
+    assert got == {
+        "Events ü": ("stale", "analyzed"),
+        "Events 2": ("with-parent", "skipped"),
+        "Events 1": ("fresh", "skipped"),
+    }
+    [row] = db.execute(
+        "select reltuples from pg_class where oid = %s::regclass", (parent.as_string(db),)
+    ).fetchall()
+    assert row[0] == 6_000
+    again = refresh_one(policy=policy(schema))
+    assert not [t for t in again.tables if t.result != "skipped"], again.tables
+
+
+def test_a_server_idle_session_timeout_does_not_end_the_run(
+    db: psycopg.Connection[Any], schema: str, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection holding `stats-refresh` is idle while the tables are analyzed. Before,
+    with idle_session_timeout set for the role (here in the DSN), the server ended it mid-run
+    (the lock gone with it) and the run failed after all its work: "unexpected
+    IdleSessionTimeout: terminating connection due to idle-session timeout"."""
+    import threading
+
+    create(db, schema, "held")
+    monkeypatch.setenv(
+        "PERFOPS_DSN",
+        psycopg.conninfo.make_conninfo(pg_dsn, options="-c idle_session_timeout=200"),
+    )
+    holder = psycopg.connect(pg_dsn)  # ANALYZE waits for it: the run outlasts 200 ms idle
+    holder.execute(
+        sql.SQL("lock table {} in share update exclusive mode").format(
+            sql.Identifier(schema, "held")
+        )
+    )
+    release = threading.Timer(3.0, holder.rollback)
+    release.start()
+    try:
+        report = refresh_one(policy=policy(schema, lock_timeout_ms=10_000))
+    finally:
+        release.join()
+        holder.close()
+    assert [(t.table_name, t.result) for t in report.tables] == [("held", "analyzed")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -421,3 +422,21 @@ def test_hypopg_off_the_search_path_fails_with_the_fix(workload: str) -> None:
     assert state.message.endswith(
         'search_path = "$user", public, "hypo_ext"; (or ALTER EXTENSION hypopg SET SCHEMA public;)'
     )
+
+
+def test_cli_apply_json_exits_1_when_a_build_failed(
+    workload: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, `--apply --json` printed the failed build and exited 0 (the human output exited
+    1): a script reading the exit code took a failed build for a built index."""
+    from cli.command import main
+
+    with psycopg.connect(workload, autocommit=True) as conn:  # the build's name is taken
+        conn.execute(sql.SQL("create index {} on adv.y (id)").format(sql.Identifier(ORDERS_IDX)))
+    args = ["indexes", "suggest", "--dsn", workload, "--table", "adv.orders", "--min-calls", "10"]
+    code = main([*args, "--apply", "--json"])
+    captured = capsys.readouterr()
+    assert code == 1
+    builds = {b["index_name"]: b for b in json.loads(captured.out)["builds"]}
+    assert builds[ORDERS_IDX]["status"] == "failed"
+    assert "is taken by an index on adv.y" in builds[ORDERS_IDX]["detail"]

@@ -133,6 +133,10 @@ def test_the_what_if_planner_plans_one_statement_and_runs_nothing(
         conn.rollback()
         assert plan_cost(explain_generic(conn, "select id from part.jobs where id = $1")) > 0
         conn.rollback()
+        # a trailing line comment (kept by pg_stat_statements) comments out nothing after it
+        commented = "select id from part.jobs where id = $1 -- nightly; drop table part.y"
+        assert plan_cost(explain_generic(conn, commented)) > 0
+        conn.rollback()
         assert conn.execute("select to_regclass('part.y') is not null").fetchone() == {
             "?column?": True
         }
