@@ -128,12 +128,25 @@ def predicate_sql(candidate: Candidate) -> sql.Composable:
     return sql.SQL(" WHERE ") + column + _TESTS[predicate.test]
 
 
-def create_index_sql(candidate: Candidate) -> sql.Composed:
+def create_index_sql(
+    candidate: Candidate,
+    *,
+    name: str | None = None,
+    on: tuple[str, str] | None = None,
+    only: bool = False,
+) -> sql.Composed:
     """`CREATE INDEX CONCURRENTLY name ON schema.table USING btree (columns) [INCLUDE (...)]
-    [WHERE predicate]`."""
-    return sql.SQL("CREATE INDEX CONCURRENTLY {} ON {} USING btree ({}){}{}").format(
-        sql.Identifier(index_name(candidate)),
-        sql.Identifier(candidate.schema_name, candidate.table_name),
+    [WHERE predicate]`. `name`/`on`: the same index under another name on another table (one
+    partition of the candidate's table); `only`: `CREATE INDEX name ON ONLY table` (a
+    partitioned table's own index, invalid until every partition's index is attached)."""
+    head = (
+        "CREATE INDEX {} ON ONLY {} USING btree ({}){}{}"
+        if only
+        else ("CREATE INDEX CONCURRENTLY {} ON {} USING btree ({}){}{}")
+    )
+    return sql.SQL(head).format(
+        sql.Identifier(name or index_name(candidate)),
+        sql.Identifier(*(on or (candidate.schema_name, candidate.table_name))),
         sql.SQL(", ").join(
             sql.Identifier(c) + sql.SQL(" DESC" if c in candidate.descending else "")
             for c in candidate.columns
@@ -188,6 +201,13 @@ def _existing_cover(conn: psycopg.Connection[Any], candidate: Candidate) -> str 
 
 
 def _drop_concurrently(conn: psycopg.Connection[Any], schema: str, name: str) -> None:
+    """Drop an index without blocking writes; a partitioned table's own index (which cannot be
+    dropped CONCURRENTLY, and holds no data) with a plain DROP under the caller's lock_timeout:
+    it drops its partitions' attached indexes with it."""
+    found = _named(conn, schema, name)
+    if found is not None and found["relkind"] == "I":
+        conn.execute(sql.SQL("drop index if exists {}").format(sql.Identifier(schema, name)))
+        return
     conn.execute(
         sql.SQL("drop index concurrently if exists {}").format(sql.Identifier(schema, name))
     )
@@ -241,6 +261,152 @@ def _drop_own_leftover(conn: psycopg.Connection[Any], schema: str, table: str, n
     return "the INVALID index it left was dropped"
 
 
+class _NotBuilt(Exception):
+    """A partition's index could not be built or attached (the message says why)."""
+
+
+def _partition_index_name(name: str, partition_oid: int) -> str:
+    """The index of one partition under the partitioned index `name`: `name` cut to fit, then
+    `_p<partition oid>`, so a rerun after a crash finds (and reuses) what the last one built."""
+    suffix = f"_p{partition_oid}"
+    return name[: 63 - len(suffix)] + suffix
+
+
+def _partitions(conn: psycopg.Connection[Any], schema: str, table: str) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        """
+        select n.nspname as schema, c.relname as name, c.oid::bigint as oid,
+               c.relkind::text as relkind
+        from pg_inherits i join pg_class c on c.oid = i.inhrelid
+        join pg_namespace n on n.oid = c.relnamespace
+        where i.inhparent = %s::regclass order by n.nspname, c.relname
+        """,
+        (sql.Identifier(schema, table).as_string(conn),),
+    ).fetchall()
+    return [dict(r) for r in rows]
+
+
+def _attached(conn: psycopg.Connection[Any], schema: str, name: str) -> bool:
+    row = conn.execute(
+        "select exists (select 1 from pg_inherits where inhrelid = %s::regclass) as attached",
+        (sql.Identifier(schema, name).as_string(conn),),
+    ).fetchone()
+    return bool(row and row["attached"])
+
+
+def _index_partitions(
+    conn: psycopg.Connection[Any],
+    candidate: Candidate,
+    index: tuple[str, str],
+    table: tuple[str, str],
+    made: list[tuple[str, str]],
+    *,
+    lock_timeout_ms: int,
+    statement_timeout_ms: int,
+) -> None:
+    """Give every partition of `table` its copy of the candidate and attach it to `index` (the
+    table's own index): a leaf's built CONCURRENTLY, a sub-partitioned one's ON ONLY and filled
+    the same way. A copy a crashed run built under the same name is reused, an INVALID one
+    dropped and built again; a name taken by anything else stops the build."""
+    for part in _partitions(conn, *table):
+        where = (part["schema"], part["name"])
+        if part["relkind"] not in ("r", "p"):
+            raise _NotBuilt(
+                f"partition {where[0]}.{where[1]} (relkind {part['relkind']!r}) cannot have "
+                "an index: build it by hand on the other partitions"
+            )
+        child = (part["schema"], _partition_index_name(index[1], int(part["oid"])))
+        found = _named(conn, *child)
+        if found is not None and (
+            found["relkind"] not in ("i", "I")
+            or (found["table_schema"], found["table_name"]) != where
+        ):
+            raise _NotBuilt(_name_taken(found, *child))
+        if found is not None and found["relkind"] == "i" and not found["valid"]:
+            _drop_concurrently(conn, *child)
+            found = None
+        if found is None:
+            statement = create_index_sql(
+                candidate, name=child[1], on=where, only=part["relkind"] == "p"
+            )
+            set_timeouts(conn, statement_timeout_ms=statement_timeout_ms, local=False)
+            try:
+                conn.execute(statement)
+            finally:
+                set_timeouts(
+                    conn,
+                    lock_timeout_ms=lock_timeout_ms,
+                    statement_timeout_ms=CLEANUP_TIMEOUT_MS,
+                    local=False,
+                )
+            made.append(child)
+        if part["relkind"] == "p":
+            _index_partitions(
+                conn,
+                candidate,
+                child,
+                where,
+                made,
+                lock_timeout_ms=lock_timeout_ms,
+                statement_timeout_ms=statement_timeout_ms,
+            )
+        if not _attached(conn, *child):
+            conn.execute(
+                sql.SQL("alter index {} attach partition {}").format(
+                    sql.Identifier(*index), sql.Identifier(*child)
+                )
+            )
+
+
+def _build_partitioned(
+    conn: psycopg.Connection[Any],
+    candidate: Candidate,
+    name: str,
+    *,
+    lock_timeout_ms: int,
+    statement_timeout_ms: int,
+) -> str | None:
+    """CREATE INDEX CONCURRENTLY cannot build on a partitioned table, so build it the way
+    PostgreSQL allows without blocking writes: the table's own index `ON ONLY` (catalog only,
+    invalid until complete), each partition's copy CONCURRENTLY, each attached; the table's
+    index turns valid once every partition's copy is attached. Returns None, or why it failed
+    after dropping what it made (the table's index first: it drops the attached copies)."""
+    schema, table = candidate.schema_name, candidate.table_name
+    made: list[tuple[str, str]] = []
+    try:
+        if _named(conn, schema, name) is None:
+            conn.execute(create_index_sql(candidate, only=True))
+        made.insert(0, (schema, name))
+        _index_partitions(
+            conn,
+            candidate,
+            (schema, name),
+            (schema, table),
+            made,
+            lock_timeout_ms=lock_timeout_ms,
+            statement_timeout_ms=statement_timeout_ms,
+        )
+    except (psycopg.Error, _NotBuilt) as exc:
+        why = f"build failed: {one_line(exc) if isinstance(exc, psycopg.Error) else exc}"
+        try:
+            set_timeouts(
+                conn,
+                lock_timeout_ms=lock_timeout_ms,
+                statement_timeout_ms=CLEANUP_TIMEOUT_MS,
+                local=False,
+            )
+            for index in made:  # the table's index first: its attached copies go with it
+                _drop_concurrently(conn, *index)
+            why += f"; the {len(made)} indexes it made were dropped" if made else ""
+        except psycopg.Error as drop_exc:
+            why += (
+                f"; dropping the indexes it made failed too: {one_line(drop_exc)} (the next "
+                "run finishes this index, reusing the partitions' copies already built)"
+            )
+        return why
+    return None
+
+
 def _replan(
     conn: psycopg.Connection[Any], queries: dict[int, str]
 ) -> tuple[dict[int, float], dict[int, set[str]]]:
@@ -283,46 +449,77 @@ def build_one(
                 statement_timeout_ms=CLEANUP_TIMEOUT_MS,
                 local=False,
             )
+            table_row = _named(conn, schema, table)
+            partitioned = table_row is not None and table_row["relkind"] == "p"
             for leftover in _invalid_leftovers(conn, schema, table):
-                _drop_concurrently(conn, schema, leftover)
+                if not (partitioned and leftover == name):  # a crashed run's: resumed below
+                    _drop_concurrently(conn, schema, leftover)
             cover = _existing_cover(conn, candidate)
             if cover is not None:
                 result.status, result.detail = "already covered", f"{cover} already covers it"
                 return result
             taken = _named(conn, schema, name)
-            if taken is not None:  # never build over, or later drop, what is not ours
+            unfinished = (  # this index of a partitioned table, left INVALID by a crashed run
+                partitioned
+                and taken is not None
+                and taken["relkind"] == "I"
+                and (taken["table_schema"], taken["table_name"]) == (schema, table)
+                and not taken["valid"]
+            )
+            if taken is not None and not unfinished:  # never build over, or drop, others'
                 result.detail = _name_taken(taken, schema, name)
                 return result
             measured = _measure(conn, request.measure) if request.measure else []
             started = time.monotonic()
-            statement = create_index_sql(candidate)
-            try:
-                set_timeouts(conn, statement_timeout_ms=statement_timeout_ms, local=False)
-                conn.execute(statement)
-            except psycopg.Error as exc:
-                result.detail = f"build failed: {one_line(exc)}"
+            if partitioned:
+                failed = _build_partitioned(
+                    conn,
+                    candidate,
+                    name,
+                    lock_timeout_ms=lock_timeout_ms,
+                    statement_timeout_ms=statement_timeout_ms,
+                )
+                if failed is not None:
+                    result.detail = failed
+                    return result
+            else:
+                statement = create_index_sql(candidate)
                 try:
-                    set_timeouts(
-                        conn,
-                        lock_timeout_ms=lock_timeout_ms,
-                        statement_timeout_ms=CLEANUP_TIMEOUT_MS,
-                        local=False,
-                    )
-                    result.detail += "; " + _drop_own_leftover(conn, schema, table, name)
-                except psycopg.Error as drop_exc:
-                    result.detail += (
-                        f"; dropping the INVALID index failed too: {one_line(drop_exc)}"
-                    )
-                return result
+                    set_timeouts(conn, statement_timeout_ms=statement_timeout_ms, local=False)
+                    conn.execute(statement)
+                except psycopg.Error as exc:
+                    result.detail = f"build failed: {one_line(exc)}"
+                    try:
+                        set_timeouts(
+                            conn,
+                            lock_timeout_ms=lock_timeout_ms,
+                            statement_timeout_ms=CLEANUP_TIMEOUT_MS,
+                            local=False,
+                        )
+                        result.detail += "; " + _drop_own_leftover(conn, schema, table, name)
+                    except psycopg.Error as drop_exc:
+                        result.detail += (
+                            f"; dropping the INVALID index failed too: {one_line(drop_exc)}"
+                        )
+                    return result
             result.seconds = time.monotonic() - started
             set_timeouts(conn, statement_timeout_ms=CLEANUP_TIMEOUT_MS, local=False)
+            # a partitioned table's index holds no data: its size and names are its tree's
             row = conn.execute(
-                "select x.indisvalid as valid, pg_relation_size(x.indexrelid) as size "
+                "select x.indisvalid as valid, "
+                "(select coalesce(sum(pg_relation_size(t.relid)), 0) "
+                " from pg_partition_tree(x.indexrelid) t) as size, "
+                "array(select c.relname::text from pg_partition_tree(x.indexrelid) t "
+                " join pg_class c on c.oid = t.relid) as names "
                 "from pg_index x where x.indexrelid = %s::regclass",
                 (sql.Identifier(schema, name).as_string(conn),),
             ).fetchone()
             if not row or not row["valid"]:
-                dropped = _drop_own_leftover(conn, schema, table, name)
+                if partitioned:
+                    _drop_concurrently(conn, schema, name)
+                    dropped = "it and the copies attached to it were dropped"
+                else:
+                    dropped = _drop_own_leftover(conn, schema, table, name)
                 result.detail = f"the build finished but the index is not valid; {dropped}"
                 return result
             result.size_bytes = int(row["size"])
@@ -332,9 +529,10 @@ def build_one(
                     sql.Identifier(schema, name), sql.Literal(build_comment(datetime.now(UTC)))
                 )
             )
+            built = set(row["names"]) | {name}
             after, used = _replan(conn, request.queries)
             result.costs_after = after
-            result.used_by = sorted(qid for qid, names in used.items() if name in names)
+            result.used_by = sorted(qid for qid, names in used.items() if names & built)
             result.status = "created"
             result.detail = (
                 f"valid, {result.size_bytes:,} bytes, used by {len(result.used_by)} of "
