@@ -250,6 +250,39 @@ def test_prometheus_history(
         scale_predictively(group="api", query=LoadQuery(promql="sum("), now=HISTORY_END)
 
 
+def test_no_decision_on_missing_data_reports_the_groups_own_capacity_not_zero(
+    monkeypatch: pytest.MonkeyPatch,
+    env: RedisTarget,
+    prometheus: PrometheusServer,
+    group: tuple[Any, AutoScalingTarget],
+) -> None:
+    """Prometheus without data (a renamed metric, an exporter down): no decision, and the
+    record and the event say the group is at the capacity AWS has, not at 0 (the weekly
+    report drew the group's capacity dropping to 0 every 10 minutes of the outage)."""
+    client, target = group
+    client.set_desired_capacity(AutoScalingGroupName="web", DesiredCapacity=7)
+    monkeypatch.setenv("PERFOPS_PROMETHEUS_URL", prometheus.url)
+    empty = LoadQuery(promql="sum(perfops_missing_metric)", lookback=timedelta(days=1))
+    state = scale_predictively(
+        group="web", aws=target, query=empty, now=HISTORY_END, dry_run=False, return_state=True
+    )
+    run, message = failed_run(state)
+    assert run.action == "fail_static" and (run.current, run.desired) == (7, 7)
+    assert run.summary.startswith("web: keep 7 (from 7): ")
+    assert message.startswith("no decision for web: ")
+    decided = wait_for_event(
+        "perfops.scaling.decided", flow_run_id=str(state.state_details.flow_run_id)
+    )
+    assert (decided.payload["current"], decided.payload["desired"]) == (7, 7)
+    # a simulated group: the capacity its last run left, not 0
+    good = LoadQuery(promql="sum(perfops_test_load)", lookback=timedelta(days=13))
+    one_target(scale_predictively, group="sim", query=good, now=HISTORY_END, current_capacity=5)
+    none, _ = failed_run(
+        scale_predictively(group="sim", query=empty, now=HISTORY_END, return_state=True)
+    )
+    assert (none.current, none.desired) == (5, 5)
+
+
 def test_apply_scaling_schedule_dry_run_then_idempotent(
     group: tuple[Any, AutoScalingTarget],
 ) -> None:
