@@ -50,6 +50,9 @@ from tasks.cache_scan import (
 # max_keys above it) a second, dropping SCAN follows. Memory is bounded by this, never by the
 # number of keys in Redis.
 COLLECT = 200_000
+# Dropping SCAN passes in all, when servers restart under them (a pass that spans a restart
+# may miss keys: its cursor means nothing to the new process); past it the run says so.
+MAX_PASSES = 4
 
 
 def _kwargs(target: RedisTarget) -> dict[str, Any]:
@@ -136,6 +139,9 @@ class PatternResult:
     seconds: float
     kept: list[str] = field(default_factory=list)  # dropped keys, the first `keep_keys`
     rewritten: int = 0  # sampled keys there again, written since the drop (the app's refill)
+    # nodes whose server restarted during the last pass (its keys may be left, or the count
+    # be short): an applied run fails saying so, a dry run's count is an estimate
+    restarted: list[str] = field(default_factory=list)
 
 
 def _drop_collected(conn: CacheConnection, found: KeyCount, batch_size: int) -> int:
@@ -185,10 +191,13 @@ def invalidate_pattern(
     """Count the keys of `pattern` (a dry run stops there), refuse past `max_keys` unless
     `force`, then UNLINK them in pipelined batches: the keys the count kept (one SCAN pass in
     all) while there were at most `COLLECT` per node, else a second SCAN that drops as it goes.
-    With `force` a single dropping SCAN. Afterwards the sampled keys are checked gone (one
-    there again with a longer TTL than before the drop was written since: `rewritten`, the
-    application's refill, not a key left). The first `keep_keys` dropped keys are returned
-    (`kept`: what a warm-up refetches)."""
+    With `force` a single dropping SCAN. A pass during which a server restarted (its INFO
+    run_id changed: the SCAN cursor is meaningless to the new process, and the pass may have
+    missed keys) is followed by another dropping pass, up to `MAX_PASSES` in all; a server
+    that keeps restarting is reported (`restarted`). Afterwards the sampled keys are checked
+    gone (one there again with a longer TTL than before the drop was written since:
+    `rewritten`, the application's refill, not a key left). The first `keep_keys` dropped
+    keys are returned (`kept`: what a warm-up refetches)."""
     started = time.monotonic()
     kept: list[bytes] = []
 
@@ -198,10 +207,12 @@ def invalidate_pattern(
             kept.extend(batch[:room])
 
     before: dict[str, int] | None = None  # the samples' TTLs before the drop
+    restarted: list[str] = []  # nodes restarted during the last pass
     with connected(target) as conn:
         if apply and force:  # samples taken as they go: no TTL before the drop to compare
             found = scan_pattern(conn, pattern, options, drop=True, on_batch=keep)
             matched, dropped, passes, refused = found.matched, found.dropped, 1, None
+            restarted = found.restarted
         else:
             found = scan_pattern(
                 conn,
@@ -212,18 +223,23 @@ def invalidate_pattern(
                 collect=COLLECT if apply else 0,
             )
             matched, dropped, passes = found.matched, 0, 1
+            restarted = found.restarted
             refused = (
                 refusal(label or pattern, pattern, matched, max_keys, force) if apply else None
             )
             if apply and refused is None:
                 before = _ttls(conn, found.samples)
-                if found.complete:
+                if found.complete:  # (never after a restart: the count may have missed keys)
                     dropped = _drop_collected(conn, found, options.batch_size)
                     for keys in found.keys.values():
                         keep(keys)
+                    restarted = []
                 else:
-                    dropped = scan_pattern(conn, pattern, options, drop=True, on_batch=keep).dropped
-                    passes = 2
+                    again = scan_pattern(conn, pattern, options, drop=True, on_batch=keep)
+                    dropped, passes, restarted = again.dropped, 2, again.restarted
+        while apply and refused is None and restarted and passes < MAX_PASSES:
+            again = scan_pattern(conn, pattern, options, drop=True, on_batch=keep)
+            dropped, passes, restarted = dropped + again.dropped, passes + 1, again.restarted
         left: list[str] = []
         rewritten = 0
         if apply and refused is None:
@@ -239,6 +255,7 @@ def invalidate_pattern(
         seconds=round(time.monotonic() - started, 3),
         kept=[decode_key(k) for k in kept[:keep_keys]],
         rewritten=rewritten,
+        restarted=restarted,
     )
 
 

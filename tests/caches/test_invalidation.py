@@ -4,20 +4,23 @@ then a re-run, and a real L1 subscriber process."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import redis
 
 import tasks.cache_keys as cache_keys
 from blocks import RedisTarget
 from decisions.cache_invalidation import l1_message, pattern_outcome
-from decisions.cache_policy import glob_regex, load_policy, targets_for_event
+from decisions.cache_policy import Target, glob_regex, load_policy, targets_for_event
 from tasks.cache_keys import (
     ScanOptions,
     connected,
@@ -28,10 +31,12 @@ from tasks.cache_keys import (
     read_versions,
 )
 from tests.caches.conftest import client_for
+from tests.servers.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = load_policy(ROOT / "deployments" / "caches.yaml")
 OPTIONS = ScanOptions(scan_count=200, batch_size=100)
+TARGET = Target(kind="pattern", cache="workflow_definitions", pattern="workflow:*")
 
 
 def seed(target: RedisTarget, keys: list[str]) -> None:
@@ -335,3 +340,72 @@ def test_redis_errors_are_one_line_naming_the_server() -> None:
     target = RedisTarget(url="redis://127.0.0.1:1/0", retries=0, socket_timeout_s=1)
     with pytest.raises(Exception, match=r"Redis at redis://127\.0\.0\.1:1/0 failed"):
         invalidate_pattern.fn(target, "a:*", OPTIONS, apply=False, max_keys=1, force=False)
+
+
+def _start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
+    """A private redis-server that keeps its keys across a restart (RDB on shutdown)."""
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            redis.Redis(port=port).ping()
+            return server
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                server.kill()
+                raise
+            time.sleep(0.01)
+
+
+def test_a_redis_restarted_during_the_scan_is_scanned_again_not_reported_done(
+    tmp_path: Path,
+) -> None:
+    """A SCAN cursor means nothing to a restarted server (its hash seed is new): a pass that
+    spans a restart missed about a fifth of 20,000 keys and the run said `dropped` (its sampled
+    keys, from the first pages, were gone). Another pass drops the rest; a server that restarts
+    during every pass fails the step saying so."""
+    port = free_port()
+    servers = [_start_redis(port, tmp_path)]
+    try:
+        client = redis.Redis(port=port)
+        keys = [f"workflow:{i}:definition:v1" for i in range(20_000)]
+        pipe = client.pipeline(transaction=False)
+        for k in keys:
+            pipe.set(k, "v")
+        pipe.execute()
+        target = RedisTarget(url=f"redis://127.0.0.1:{port}/0", retries=10)
+
+        def restart() -> None:
+            time.sleep(0.3)
+            with contextlib.suppress(redis.ConnectionError):
+                redis.Redis(port=port).shutdown(save=True)
+            servers[-1].wait(timeout=20)
+            servers.append(_start_redis(port, tmp_path))
+
+        restarter = threading.Thread(target=restart)
+        restarter.start()
+        slow = ScanOptions(scan_count=100, batch_size=100, pause_s=0.01)
+        result = invalidate_pattern.fn(
+            target, "workflow:*", slow, apply=True, max_keys=100_000, force=False
+        )
+        restarter.join()
+        assert len(servers) == 2  # it did restart, during the run
+        assert redis.Redis(port=port).dbsize() == 0
+        assert result.passes >= 2 and result.restarted == []
+        outcome = pattern_outcome(TARGET, "workflow:*", result, apply=True)
+        assert outcome.result == "dropped"
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=20)
+    again = cache_keys.PatternResult(
+        matched=5, dropped=3, samples=[], nodes={}, refused=None, passes=4, left=[],
+        seconds=1.0, restarted=[f"127.0.0.1:{port}"],
+    )  # fmt: skip
+    failed = pattern_outcome(TARGET, "workflow:*", again, apply=True)
+    assert failed.result == "failed"
+    assert f"Redis 127.0.0.1:{port} restarted during each of 4 SCAN passes" in failed.reason
