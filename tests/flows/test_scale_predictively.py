@@ -311,6 +311,40 @@ def test_apply_scaling_schedule_dry_run_then_idempotent(
     assert event.payload["group"] == "web"
 
 
+def test_apply_scaling_schedule_says_where_it_loosens_a_groups_own_bounds(
+    group: tuple[Any, AutoScalingTarget],
+) -> None:
+    """A group of its own floor 6 and ceiling 10: the default schedule (business 4..100,
+    off hours 2..100) takes its MinSize down to 2 at 17:00 (and scale_predictively, held to
+    the group's bounds, may then scale in below 6) and its MaxSize up to 100. The dry run said
+    only 'would write 2 of 2 scheduled actions'."""
+    from flows.apply_scaling_schedule import apply_scaling_schedule
+
+    client, target = group
+    client.update_auto_scaling_group(
+        AutoScalingGroupName="web", MinSize=6, MaxSize=10, DesiredCapacity=6
+    )
+    loosened = (
+        "the group's own bounds [6, 10]: it lowers its MinSize 6 to 2 (off-hours) and raises "
+        "its MaxSize 10 to 100 (business-hours)"
+    )
+    preview, run_id = _run(lambda: apply_scaling_schedule(aws=target, return_state=True))
+    assert preview.summary == (
+        f"web: would write 2 of 2 scheduled actions; the schedule would loosen {loosened}"
+    )
+    event = wait_for_event("perfops.scaling.scheduled", flow_run_id=run_id)
+    assert event.payload["loosened"] == [
+        "lowers its MinSize 6 to 2 (off-hours)",
+        "raises its MaxSize 10 to 100 (business-hours)",
+    ]
+    applied = one_target(apply_scaling_schedule, aws=target, dry_run=False)
+    assert applied.summary.endswith(f"; the schedule loosened {loosened}")
+    # perfops' actions manage the bounds now: a new schedule is not compared with them
+    wider = Schedule(off_hours_min=1)
+    again = one_target(apply_scaling_schedule, aws=target, schedule=wider, dry_run=False)
+    assert again.loosened == [] and again.summary == "web: wrote 1 of 2 scheduled actions"
+
+
 def test_apply_scaling_schedule_rewrites_actions_that_set_the_desired_capacity(
     group: tuple[Any, AutoScalingTarget],
 ) -> None:
