@@ -42,6 +42,7 @@ from tasks.cache_scan import (
     ScanOptions,
     decode_key,
     scan_pattern,
+    server_run_id,
     unlink_batch,
 )
 
@@ -276,32 +277,43 @@ def drop_tagged(
     """The keys listed in the tag index set `tag_key` (SCARD first: past `max_keys` refused
     unless `force`): counted, or (with `apply`) UNLINKed a batch at a time (SSCAN), each batch
     then removed from the set (SREM), and the set itself once empty, so a re-run after a crash
-    finds only what is left. Returns the result and, when applied, the dropped keys by batch
-    (for L1 notices)."""
+    finds only what is left. A pass during which the set's server restarted (its run_id
+    changed: the SSCAN cursor means nothing to the new process) is followed by another, up to
+    `MAX_PASSES` (an applied one: the members dropped already left the set). Returns the
+    result and, when applied, the dropped keys by batch (for L1 notices)."""
     started = time.monotonic()
-    matched = dropped = 0
+    matched = dropped = passes = 0
     samples: list[str] = []
     before: dict[str, int] = {}
     dropped_batches: list[list[str]] = []
+    restarted: list[str] = []
     with connected(target) as conn:
         router = conn.router
+        holder = conn.master_of(tag_key.encode())
+        where = next((n for n, c in conn.masters if c is holder), node_name(target))
         size = int(cast(int, router.scard(tag_key)))
         refused = refusal(tag_key, None, size, max_keys, force) if apply else None
-        cursor = 0
-        while refused is None:
-            page: Any = router.sscan(tag_key, cursor=cursor, count=batch_size)
-            cursor, members = page
-            matched += len(members)
-            if len(samples) < SAMPLES:
-                taken = [decode_key(m) for m in members[: SAMPLES - len(samples)]]
-                samples += taken
-                if apply:  # their TTLs before the drop: a refill since is not a key left
-                    before.update(_ttls(conn, taken))
-            if apply and members:
-                dropped += _drop_members(conn, members)
-                router.srem(tag_key, *members)
-                dropped_batches.append([decode_key(m) for m in members])
-            if cursor == 0:
+        while refused is None and passes < MAX_PASSES:
+            passes += 1
+            started_as = server_run_id(holder)
+            cursor = 0
+            while True:
+                page: Any = router.sscan(tag_key, cursor=cursor, count=batch_size)
+                cursor, members = page
+                matched += len(members)
+                if len(samples) < SAMPLES:
+                    taken = [decode_key(m) for m in members[: SAMPLES - len(samples)]]
+                    samples += taken
+                    if apply:  # their TTLs before the drop: a refill since is not a key left
+                        before.update(_ttls(conn, taken))
+                if apply and members:
+                    dropped += _drop_members(conn, members)
+                    router.srem(tag_key, *members)
+                    dropped_batches.append([decode_key(m) for m in members])
+                if cursor == 0:
+                    break
+            restarted = [] if server_run_id(holder) == started_as else [where]
+            if not restarted or not apply:  # a dry run's count is an estimate, said so
                 break
         if refused:
             matched = size
@@ -317,10 +329,11 @@ def drop_tagged(
         samples=samples,
         nodes={},
         refused=refused,
-        passes=1,
+        passes=max(passes, 1),
         left=left,
         seconds=round(time.monotonic() - started, 3),
         rewritten=rewritten,
+        restarted=restarted,
     )
     return result, dropped_batches
 

@@ -379,7 +379,7 @@ def test_a_redis_restarted_during_the_scan_is_scanned_again_not_reported_done(
         pipe.execute()
         target = RedisTarget(url=f"redis://127.0.0.1:{port}/0", retries=10)
 
-        def restart() -> None:
+        def restart() -> None:  # during the count (200 SCAN calls, 10 ms apart)
             time.sleep(0.3)
             with contextlib.suppress(redis.ConnectionError):
                 redis.Redis(port=port).shutdown(save=True)
@@ -409,3 +409,46 @@ def test_a_redis_restarted_during_the_scan_is_scanned_again_not_reported_done(
     failed = pattern_outcome(TARGET, "workflow:*", again, apply=True)
     assert failed.result == "failed"
     assert f"Redis 127.0.0.1:{port} restarted during each of 4 SCAN passes" in failed.reason
+
+
+def test_a_redis_restarted_during_a_tags_sscan_is_scanned_again_not_reported_done(
+    tmp_path: Path,
+) -> None:
+    """The tag's SSCAN cursor means nothing to a restarted server either: the members it had
+    not reached stayed listed, their keys in Redis, and the run said `dropped`."""
+    port = free_port()
+    servers = [_start_redis(port, tmp_path)]
+    try:
+        client = redis.Redis(port=port)
+        keys = [f"user:{i}:profile:p" for i in range(60_000)]
+        pipe = client.pipeline(transaction=False)
+        for i in range(0, len(keys), 1000):
+            pipe.mset(dict.fromkeys(keys[i : i + 1000], "v"))
+            pipe.sadd("tag:department:ops", *keys[i : i + 1000])
+        pipe.execute()
+        target = RedisTarget(url=f"redis://127.0.0.1:{port}/0", retries=10)
+
+        def restart() -> None:  # once the drop is under way
+            while int(redis.Redis(port=port).scard("tag:department:ops")) > 45_000:  # type: ignore[arg-type]
+                time.sleep(0.001)
+            with contextlib.suppress(redis.ConnectionError):
+                redis.Redis(port=port).shutdown(save=True)
+            servers[-1].wait(timeout=20)
+            servers.append(_start_redis(port, tmp_path))
+
+        restarter = threading.Thread(target=restart)
+        restarter.start()
+        result, _ = drop_tagged.fn(
+            target, "tag:department:ops", 100, apply=True, max_keys=100_000, force=False
+        )
+        restarter.join()
+        assert len(servers) == 2  # it did restart, during the run
+        assert redis.Redis(port=port).dbsize() == 0  # every key and the emptied index
+        assert result.passes >= 2 and result.restarted == []
+        # (UNLINK's own count: a batch UNLINKed as the server went down, whose reply was lost,
+        # counts 0 when the retry finds its keys gone)
+        assert len(keys) - 100 <= result.dropped <= len(keys)
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=20)
