@@ -201,7 +201,7 @@ def test_a_redis_restarted_since_the_last_sample_is_said_so_even_with_counters_p
         for _ in range(400):  # more hits and misses than before the restart
             client.get("user:1:profile:p")
             client.get("user:2:profile:p")
-        while int(client.info("server")["uptime_in_seconds"]) <= sampled["uptime_s"]:
+        while int(client.info("server")["uptime_in_seconds"]) <= sampled["uptime_s"]:  # type: ignore[index]
             time.sleep(0.2)
         second = one_target(collect_cache_stats)
         [node] = second.nodes
