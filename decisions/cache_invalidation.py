@@ -168,6 +168,12 @@ def pattern_outcome(target: Target, pattern: str, result: Any, apply: bool) -> O
             reason += f"; {counted(rewritten, 'sampled key')} written again since (refilled)"
         if result.left:
             verdict, reason = "failed", f"sampled keys still there: {', '.join(result.left)}"
+    protected = getattr(result, "protected", 0)
+    if protected:
+        reason += (
+            f"; {counted(protected, 'key')} of perfops' own state "
+            f"({getattr(result, 'protected_prefix', '')}*) left alone"
+        )
     return Outcome(
         target=f"{target.cache or 'pattern'}: {pattern}",
         result=verdict,

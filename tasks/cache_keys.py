@@ -18,7 +18,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import redis
@@ -143,6 +143,9 @@ class PatternResult:
     # nodes whose server restarted during the last pass (its keys may be left, or the count
     # be short): an applied run fails saying so, a dry run's count is an estimate
     restarted: list[str] = field(default_factory=list)
+    # keys of perfops' own state (under the block's key_prefix) that matched, left alone
+    protected: int = 0
+    protected_prefix: str = ""
 
 
 def _drop_collected(conn: CacheConnection, found: KeyCount, batch_size: int) -> int:
@@ -201,6 +204,9 @@ def invalidate_pattern(
     keys are returned (`kept`: what a warm-up refetches)."""
     started = time.monotonic()
     kept: list[bytes] = []
+    # perfops' own state (scaling locks and cooldowns, SLA incidents, the stats sample) lives
+    # under the block's key_prefix, in the Redis it invalidates by default: never a cache key
+    options = replace(options, protected_prefix=target.key_prefix)
 
     def keep(batch: list[bytes]) -> None:  # called from one thread per master
         room = keep_keys - len(kept)
@@ -257,6 +263,8 @@ def invalidate_pattern(
         kept=[decode_key(k) for k in kept[:keep_keys]],
         rewritten=rewritten,
         restarted=restarted,
+        protected=found.protected,
+        protected_prefix=target.key_prefix,
     )
 
 
@@ -287,6 +295,7 @@ def drop_tagged(
     before: dict[str, int] = {}
     dropped_batches: list[list[str]] = []
     restarted: list[str] = []
+    protect, protected = target.key_prefix.encode(), 0
     with connected(target) as conn:
         router = conn.router
         holder = conn.master_of(tag_key.encode())
@@ -300,6 +309,10 @@ def drop_tagged(
             while True:
                 page: Any = router.sscan(tag_key, cursor=cursor, count=batch_size)
                 cursor, members = page
+                if protect:  # perfops' own state listed in a tag: never dropped
+                    mine = [m for m in members if not m.startswith(protect)]
+                    protected += len(members) - len(mine)
+                    members = mine
                 matched += len(members)
                 if len(samples) < SAMPLES:
                     taken = [decode_key(m) for m in members[: SAMPLES - len(samples)]]
@@ -334,6 +347,8 @@ def drop_tagged(
         seconds=round(time.monotonic() - started, 3),
         rewritten=rewritten,
         restarted=restarted,
+        protected=protected,
+        protected_prefix=target.key_prefix,
     )
     return result, dropped_batches
 

@@ -50,6 +50,8 @@ class ScanOptions:
     scan_count: int = 1000
     batch_size: int = 1000
     pause_s: float = 0.0
+    # keys under this prefix (perfops' own state: the block's key_prefix) never match
+    protected_prefix: str = ""
 
 
 @dataclass
@@ -66,6 +68,7 @@ class KeyCount:
     # the matching keys by node, kept by a count while there are at most `collect` of them
     keys: dict[str, list[bytes]] = field(default_factory=dict, repr=False)
     complete: bool = True  # every matching key is in `keys`
+    protected: int = 0  # keys that matched under `protected_prefix`, left alone
     # the nodes whose server restarted while they were scanned (INFO run_id changed): a SCAN
     # cursor means nothing to the new process (its hash seed is new), so the pass may have
     # missed keys its server still has
@@ -116,6 +119,7 @@ def _scan_node(
     pending: list[bytes] = []
     cursor = 0
     started_as = server_run_id(client)
+    protect = options.protected_prefix.encode()
 
     def flush() -> None:
         if not pending:
@@ -128,6 +132,10 @@ def _scan_node(
     while True:
         reply: Any = client.scan(cursor=cursor, match=pattern, count=options.scan_count)
         cursor, keys = reply
+        if protect:
+            mine = [k for k in keys if not k.startswith(protect)]
+            result.protected += len(keys) - len(mine)
+            keys = mine
         if options.pause_s:  # pacing: Redis serves other clients in between
             time.sleep(options.pause_s)
         result.matched += len(keys)
@@ -198,4 +206,5 @@ def scan_pattern(
         total.keys.update(p.keys)
         total.complete = total.complete and p.complete and not p.restarted
         total.restarted += p.restarted
+        total.protected += p.protected
     return total

@@ -452,3 +452,32 @@ def test_a_redis_restarted_during_a_tags_sscan_is_scanned_again_not_reported_don
         for server in servers:
             server.terminate()
             server.wait(timeout=20)
+
+
+def test_perfops_own_state_in_the_same_redis_is_never_dropped_by_a_pattern_or_a_tag(
+    cache_target: RedisTarget,
+) -> None:
+    """perfops keeps its scaling locks, cooldowns and tuning, its SLA incidents and its stats
+    sample under the block's key_prefix (`perfops:`) in the Redis it invalidates by default:
+    `--pattern 'p*' --apply` (a literal prefix, under max_keys) dropped them with the
+    `product:` keys; a group's cooldown gone, its next decision may scale in at once."""
+    state = ["perfops:scaling:web:state", "perfops:sla:incident:api", "perfops:cache:stats:last"]
+    products = [f"product:{i}" for i in range(20)]
+    seed(cache_target, state + products)
+    dry = invalidate_pattern.fn(cache_target, "p*", OPTIONS, apply=False, max_keys=100, force=False)
+    assert (dry.matched, dry.protected) == (20, 3)
+    done = invalidate_pattern.fn(cache_target, "p*", OPTIONS, apply=True, max_keys=100, force=False)
+    assert (done.dropped, done.protected) == (20, 3)
+    assert existing(cache_target, state + products) == set(state)
+    row = pattern_outcome(TARGET, "p*", done, apply=True)
+    assert row.result == "dropped"
+    assert row.reason.endswith("; 3 keys of perfops' own state (perfops:*) left alone")
+    forced = invalidate_pattern.fn(cache_target, "*", OPTIONS, apply=True, max_keys=100, force=True)
+    assert forced.protected == 3 and existing(cache_target, state) == set(state)
+    client_for(cache_target).sadd("tag:user_id:9", "user:9:profile:a", *state)
+    seed(cache_target, ["user:9:profile:a"])
+    tagged, _ = drop_tagged.fn(
+        cache_target, "tag:user_id:9", 100, apply=True, max_keys=100, force=False
+    )
+    assert (tagged.dropped, tagged.protected) == (1, 3)
+    assert existing(cache_target, state) == set(state)
