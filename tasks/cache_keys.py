@@ -172,11 +172,16 @@ def _still_there(
 ) -> tuple[list[str], int]:
     """The sampled keys the drop left, and how many are there again because they were written
     since (the application refilling a hot key on its next miss: a TTL longer than the key's
-    before the drop, or one it had none). Without `before`, every key there is left."""
+    before the drop, or one it had none, or none where it had one). Without `before`, every
+    key there is left."""
     after = {k: t for k, t in _ttls(conn, samples).items() if t != -2}
     if before is None:
         return list(after), 0
-    fresh = [k for k, t in after.items() if t > before.get(k, -2)]
+    # written since: a longer TTL than before, or none where it had one (a TTL-less write;
+    # a key the drop missed keeps its TTL running down)
+    fresh = [
+        k for k, t in after.items() if t > before.get(k, -2) or (t == -1 and before.get(k, -2) >= 0)
+    ]
     return [k for k in after if k not in fresh], len(fresh)
 
 

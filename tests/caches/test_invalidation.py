@@ -124,6 +124,30 @@ def test_a_key_the_app_writes_again_after_the_drop_is_fresh_not_left(
     assert missed.left == [keys[1]] and missed.rewritten == 0
 
 
+def test_a_key_the_app_writes_again_without_a_ttl_is_fresh_not_left(
+    cache_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app that writes some keys without a TTL refills one after the drop: it had a TTL
+    before and has none now, which only a write since gives it (a key the drop missed keeps
+    its TTL running down). The run failed: 'sampled keys still there'."""
+    keys = [f"user:43:profile:{i}" for i in range(4)]
+    seed(cache_target, keys)
+    client = client_for(cache_target)
+    drop = cache_keys._drop_collected
+
+    def drop_then_the_app_refills_without_ttl(conn: object, found: object, size: int) -> int:
+        dropped = drop(conn, found, size)  # type: ignore[arg-type]
+        client.set(keys[0], "fresh")  # no TTL
+        return dropped
+
+    monkeypatch.setattr(cache_keys, "_drop_collected", drop_then_the_app_refills_without_ttl)
+    done = invalidate_pattern.fn(
+        cache_target, "user:43:profile:*", OPTIONS, apply=True, max_keys=1000, force=False
+    )
+    assert (done.dropped, done.left, done.rewritten) == (4, [], 1)
+    assert pattern_outcome(TARGET, "user:43:profile:*", done, apply=True).result == "dropped"
+
+
 def test_a_tagged_key_the_app_writes_again_after_the_drop_is_fresh_not_left(
     cache_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
 ) -> None:
