@@ -394,6 +394,7 @@ def test_a_redis_restarted_during_the_scan_is_scanned_again_not_reported_done(
     during every pass fails the step saying so."""
     port = free_port()
     servers = [_start_redis(port, tmp_path)]
+    restarter: threading.Thread | None = None
     try:
         client = redis.Redis(port=port)
         keys = [f"workflow:{i}:definition:v1" for i in range(20_000)]
@@ -423,6 +424,8 @@ def test_a_redis_restarted_during_the_scan_is_scanned_again_not_reported_done(
         outcome = pattern_outcome(TARGET, "workflow:*", result, apply=True)
         assert outcome.result == "dropped"
     finally:
+        if restarter is not None:  # never a server it starts after this one stops the rest
+            restarter.join(timeout=30)
         for server in servers:
             server.terminate()
             server.wait(timeout=20)
@@ -442,6 +445,7 @@ def test_a_redis_restarted_during_a_tags_sscan_is_scanned_again_not_reported_don
     not reached stayed listed, their keys in Redis, and the run said `dropped`."""
     port = free_port()
     servers = [_start_redis(port, tmp_path)]
+    restarter: threading.Thread | None = None
     try:
         client = redis.Redis(port=port)
         keys = [f"user:{i}:profile:p" for i in range(60_000)]
@@ -473,6 +477,8 @@ def test_a_redis_restarted_during_a_tags_sscan_is_scanned_again_not_reported_don
         # counts 0 when the retry finds its keys gone)
         assert len(keys) - 100 <= result.dropped <= len(keys)
     finally:
+        if restarter is not None:  # never a server it starts after this one stops the rest
+            restarter.join(timeout=30)
         for server in servers:
             server.terminate()
             server.wait(timeout=20)
