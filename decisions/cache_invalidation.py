@@ -145,10 +145,21 @@ def pattern_outcome(target: Target, pattern: str, result: Any, apply: bool) -> O
     refused, left, samples, passes, seconds)."""
     if result.refused:
         verdict, reason = "refused", result.refused
+    elif apply and getattr(result, "restarted", None):
+        verdict = "failed"
+        reason = (
+            f"UNLINKed {result.dropped:,} keys, but Redis {', '.join(result.restarted)} "
+            f"restarted during each of {result.passes} SCAN passes (its run_id changed): a "
+            "pass across a restart misses keys, so some may be left; run again once it is up"
+        )
     elif not result.matched and not result.dropped:
         verdict, reason = "nothing to drop", "no key matches"
     elif not apply:
         verdict, reason = "would drop", f"{result.matched:,} keys match (dry run)"
+        if getattr(result, "restarted", None):
+            reason += (
+                f"; Redis {', '.join(result.restarted)} restarted during the count: an estimate"
+            )
     else:
         verdict = "dropped"
         reason = f"UNLINKed {result.dropped:,} keys in {result.passes} SCAN pass(es)"
@@ -157,6 +168,12 @@ def pattern_outcome(target: Target, pattern: str, result: Any, apply: bool) -> O
             reason += f"; {counted(rewritten, 'sampled key')} written again since (refilled)"
         if result.left:
             verdict, reason = "failed", f"sampled keys still there: {', '.join(result.left)}"
+    protected = getattr(result, "protected", 0)
+    if protected:
+        reason += (
+            f"; {counted(protected, 'key')} of perfops' own state "
+            f"({getattr(result, 'protected_prefix', '')}*) left alone"
+        )
     return Outcome(
         target=f"{target.cache or 'pattern'}: {pattern}",
         result=verdict,

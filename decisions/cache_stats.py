@@ -35,6 +35,7 @@ class NodeSample(BaseModel):
     fragmentation: float
     key_count: int
     uptime_s: int = 0
+    run_id: str = ""  # the Redis process (INFO server): a new one after every restart
 
 
 class NodeStats(BaseModel):
@@ -56,7 +57,8 @@ class NodeStats(BaseModel):
 
 
 def between(previous: NodeSample | None, current: NodeSample) -> NodeStats:
-    """Deltas since `previous`; none after a restart (counters went down or uptime reset)."""
+    """Deltas since `previous`; none after a restart (another run_id, counters went down or
+    uptime reset: a restart long enough ago has new counters and uptime past the old ones)."""
     share = current.used_memory / current.maxmemory if current.maxmemory else None
     base = {
         "node": current.node,
@@ -78,8 +80,11 @@ def between(previous: NodeSample | None, current: NodeSample) -> NodeStats:
             note="first sample: ratio from the next run",
         )
     counters = ("keyspace_hits", "keyspace_misses", "evicted_keys", "expired_keys")
-    if current.uptime_s < previous.uptime_s or any(
-        getattr(current, c) < getattr(previous, c) for c in counters
+    restarted = bool(previous.run_id and current.run_id and previous.run_id != current.run_id)
+    if (
+        restarted
+        or current.uptime_s < previous.uptime_s
+        or any(getattr(current, c) < getattr(previous, c) for c in counters)
     ):
         return NodeStats(
             **base,

@@ -67,6 +67,8 @@ class LoadRunRecord(BaseModel):
     aborted: bool
     regressed: bool
     endpoints: dict[str, EndpointRecord]
+    # decisions.load_scenarios.load_fingerprint of what the run sent ("": kept before it was)
+    definition: str = ""
 
 
 class BaselineEndpoint(BaseModel):
@@ -81,6 +83,8 @@ class Baseline(BaseModel):
     established_at: datetime
     run_ids: list[str]
     endpoints: dict[str, BaselineEndpoint]
+    # the load its runs sent (load_fingerprint; "": established before it was kept)
+    definition: str = ""
 
 
 class NoBaseline(ValueError):
@@ -94,20 +98,31 @@ def establish_baseline(
     policy: ComparePolicy | None = None,
     *,
     target: str,
+    definition: str = "",
 ) -> Baseline:
     """The baseline of `test` against `target` (a base URL) from the last `policy.runs` good
     runs of that test against that target (newest first in `runs`): a run against another
-    system never enters it."""
+    system never enters it. With `definition` (the load the test sends now,
+    `load_fingerprint`), only runs that sent that load: a run of the test's earlier
+    definition (another rate, other paths) never enters it either."""
     policy = policy or ComparePolicy()
     mine = sorted(
-        (r for r in runs if r.test == test and r.target == target),
+        (
+            r
+            for r in runs
+            if r.test == test
+            and r.target == target
+            and (not definition or r.definition == definition)
+        ),
         key=lambda r: r.started_at,
         reverse=True,
     )
     good = [r for r in mine if r.passed and not r.aborted and not r.regressed][: policy.runs]
     if not good:
         raise NoBaseline(
-            f"no good run of {test} against {target} to make a baseline from "
+            f"no good run of {test} against {target}"
+            + (" of its current definition" if definition else "")
+            + " to make a baseline from "
             f"({counted(len(mine), 'run')} in history, none met its criteria without an abort "
             "or a regression)"
         )
@@ -130,6 +145,7 @@ def establish_baseline(
         established_at=now,
         run_ids=[r.run_id for r in good],
         endpoints=endpoints,
+        definition=definition,
     )
 
 

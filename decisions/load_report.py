@@ -31,7 +31,7 @@ from decisions.load_results import (
     timeline,
     window_p95s,
 )
-from decisions.load_scenarios import LoadTest
+from decisions.load_scenarios import LoadTest, load_fingerprint
 from decisions.load_shares import ShareRun, overlap_problem, share_rows
 from perfops.wording import counted
 
@@ -64,6 +64,7 @@ class LoadTestReport(BaseModel):
     established_baseline: bool = False
     share_runs: list[ShareRun] = Field(default_factory=list)  # a test in 2+ shares
     apart: str | None = None  # why the shares did not run together (decisions.load_shares)
+    definition: str = ""  # the load it sent (decisions.load_scenarios.load_fingerprint)
 
     @property
     def passed(self) -> bool:
@@ -149,6 +150,7 @@ def build_report(
         timeline=timeline(result),
         criteria=criteria,
         aborted=result.aborted,
+        definition=load_fingerprint(test),
     )
 
 
@@ -180,8 +182,17 @@ def add_comparison(
 ) -> None:
     """Compare the run with the newest baseline (`previous`) per endpoint, saying in
     `report.baseline` what it was compared with, or why not (history `kept` or off; a run
-    `establishing` the first baseline is told so, not told to establish one)."""
-    if previous is not None:
+    `establishing` the first baseline is told so, not told to establish one). A baseline made
+    from another definition of the test (another load under the same name: the tests file
+    edited) is not compared with: its figures measured something else."""
+    if previous is not None and previous.definition and previous.definition != report.definition:
+        report.baseline = (
+            f"not compared: the newest baseline of {report.test} against this target was made "
+            f"from another definition of the test (load {previous.definition}, now "
+            f"{report.definition}: the tests file changed what it sends)"
+            + ("" if establishing else "; run with --baseline (baseline=true) to establish one")
+        )
+    elif previous is not None:
         report.comparisons = compare_to_baseline(
             previous, history_record(report, result).endpoints, policy
         )
@@ -238,6 +249,7 @@ def history_record(report: LoadTestReport, result: ShareResult) -> LoadRunRecord
         aborted=report.aborted is not None,
         regressed=bool(report.regressed),
         endpoints=endpoints,
+        definition=report.definition,
     )
 
 

@@ -380,6 +380,20 @@ def definition_hash(test: LoadTest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+# what a test's figures do not depend on: its words, its pass marks and its abort limits
+NOT_THE_LOAD = frozenset({"description", "criteria", "abort"})
+
+
+def load_fingerprint(test: LoadTest) -> str:
+    """A short fingerprint of the load a test sends (its duration, ramps, pattern, scenarios
+    and connections; not its description, criteria or abort limits): a run is compared with,
+    and a baseline made from, only runs of the same load. Editing what a test sends under the
+    same name (another rate, another path) makes its old baseline another test's."""
+    kept = test.model_dump(mode="json", by_alias=True, exclude=set(NOT_THE_LOAD))
+    canonical = json.dumps(kept, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
 def parse_tests(text: str, source: str = "<string>") -> LoadTests:
     """Parse and validate YAML text; errors name `source`, the line and the field."""
     return parse_model(LoadTests, text, source, expected="a mapping with tests: [...]")

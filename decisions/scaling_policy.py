@@ -569,6 +569,22 @@ def held_to_group(decision: Decision, min_size: int, max_size: int) -> Decision:
     )
 
 
+def loosened_bounds(schedule: Schedule, min_size: int, max_size: int) -> list[str]:
+    """How writing `schedule` on a group loosens the MinSize..MaxSize the group has (an
+    operator's floor and ceiling, before perfops' actions manage them): the lowest minimum
+    under its MinSize, the highest maximum over its MaxSize, each naming its window."""
+    lows = [(w.min_capacity, w.name) for w in schedule.windows]
+    highs = [(w.max_capacity, w.name) for w in schedule.windows]
+    lowest, low_at = min([*lows, (schedule.off_hours_min, "off-hours")], key=lambda b: b[0])
+    highest, high_at = max([*highs, (schedule.off_hours_max, "off-hours")], key=lambda b: b[0])
+    out = []
+    if lowest < min_size:
+        out.append(f"lowers its MinSize {min_size} to {lowest} ({low_at})")
+    if highest > max_size:
+        out.append(f"raises its MaxSize {max_size} to {highest} ({high_at})")
+    return out
+
+
 def schedule_actions(schedule: Schedule) -> list[tuple[str, str, int, int, str]]:
     """The schedule as recurring Auto Scaling actions: (name, cron, min, max, zone).
 

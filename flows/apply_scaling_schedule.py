@@ -19,10 +19,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from decisions.fleet import AUTOSCALING, FleetReport, keyed, target_labels
-from decisions.scaling_policy import Schedule, schedule_actions
+from decisions.scaling_policy import Schedule, loosened_bounds, schedule_actions
 from perfops.errors import ConfigurationError
 from perfops.redaction import install_log_redaction
 from tasks.autoscaling import (
+    ACTION_PREFIX,
     AutoScalingTarget,
     ScheduledAction,
     action_change,
@@ -50,11 +51,26 @@ class ScheduleRun:
     actions: list[dict[str, Any]] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)  # perfops' actions no window has now
+    # a group perfops' actions did not manage yet: how the schedule loosens its own bounds
+    loosened: list[str] = field(default_factory=list)
+    bounds: tuple[int, int] | None = None  # the group's MinSize, MaxSize as found
 
     @property
     def summary(self) -> str:
         if not self.changed and not self.deleted:
             return f"{self.group}: schedule already in place ({len(self.actions)} actions)"
+        if self.loosened and self.bounds is not None:
+            return f"{self._done()}; {self._loosened()}"
+        return self._done()
+
+    def _loosened(self) -> str:
+        low, high = self.bounds or (0, 0)
+        verb = "would loosen" if self.dry_run else "loosened"
+        return f"the schedule {verb} the group's own bounds [{low}, {high}]: it " + " and ".join(
+            self.loosened
+        )
+
+    def _done(self) -> str:
         done = []
         if self.changed:
             verb = "would write" if self.dry_run else "wrote"
@@ -121,8 +137,12 @@ def apply_scaling_schedule(
     logger = get_run_logger()
     client = client_for(aws, load_credentials(aws))
     actions = [ScheduledAction(*a) for a in schedule_actions(schedule)]
-    describe_group(client, aws.group)
+    found = describe_group(client, aws.group)
     existing = scheduled_actions(client, aws.group)
+    # a group none of perfops' actions manage yet has the operator's own floor and ceiling:
+    # say (dry run and applied) where the schedule goes below or above them
+    managed = any(name.startswith(ACTION_PREFIX) for name in existing)
+    loosened = [] if managed else loosened_bounds(schedule, found.min_size, found.max_size)
     why = {a.name: action_change(existing.get(a.name), a) for a in actions}
     stale = stale_actions(existing, actions)
     if dry_run:
@@ -131,8 +151,10 @@ def apply_scaling_schedule(
         changed = put_schedule_task(client, aws.group, actions)
         stale = delete_actions_task(client, aws.group, stale)
     shown = [{k: v for k, v in asdict(a).items() if k != "desired"} for a in actions]
-    run = ScheduleRun(aws.group, dry_run, shown, changed, stale)
-    logger.info("%s", run.summary)
+    run = ScheduleRun(
+        aws.group, dry_run, shown, changed, stale, loosened, (found.min_size, found.max_size)
+    )
+    (logger.warning if run.loosened and changed else logger.info)("%s", run.summary)
     publish_table(
         keyed(ARTIFACT_KEY, fleet_target),
         [
@@ -169,6 +191,7 @@ def apply_scaling_schedule(
             "changed": changed,
             "deleted": run.deleted,
             "dry_run": dry_run,
+            "loosened": run.loosened if changed else [],
         },
         **target_labels(fleet_target),
     )

@@ -208,6 +208,10 @@ def invalidate_cache(
                     target, t.tag_key, options.batch_size, apply=apply, max_keys=limit, force=force
                 )
                 outcomes.append(pattern_outcome(t, t.tag_key, found, apply))
+                if not apply:  # a dry run says what --apply would refuse, as for a pattern
+                    outcomes[-1] = with_apply_refusal(
+                        outcomes[-1], refusal(t.tag_key, None, found.matched, limit, force)
+                    )
                 kept = [k for b in batches for k in b]
                 wanted = warm_after(policy, t, t.tag_key, outcomes[-1], kept, redis_block)
                 warm.extend([wanted] if wanted and not warm else [])

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 from prefect import flow, get_run_logger
 
+from blocks import RedisTarget
 from blocks.resolve import CsvTrace, check_block_names, resolve_metrics, resolve_redis
 from decisions import forecasting
 from decisions.fleet import AUTOSCALING, FleetReport, Target, keyed, target_labels
@@ -163,14 +164,15 @@ def scale_predictively(
     try:
         history = read_load_history(metrics, query, at)
     except InsufficientData as exc:
+        current, unread = _capacity_now(aws, current_capacity, redis_target, group)
         run = ScalingRun(
             group,
             str(mode or "?"),
             dry_run,
-            current_capacity or 0,
-            current_capacity or 0,
+            current,
+            current,
             "fail_static",
-            str(exc),
+            f"{exc}{unread}",
             source=str(metrics),
         )
         logger.warning("no decision: %s", exc)
@@ -196,10 +198,7 @@ def scale_predictively(
             elif current_capacity is not None:
                 current = current_capacity
             else:  # a simulated group: at what its last run set (or, dry, kept)
-                last = read_history(redis_target, group, limit=1)
-                current = pol.min_capacity
-                if last:
-                    current = int(last[0]["desired" if last[0].get("applied") else "current"])
+                current = _last_capacity(redis_target, group, pol.min_capacity)
             observation = Observation(
                 now=at,
                 load=history.series.to_numpy(),
@@ -277,6 +276,35 @@ def scale_predictively(
         return end_run(run, f"capacity of {group} not set to {run.desired}: {not_set}")
     failed = run.action == "fail_static"
     return end_run(run, f"no decision for {group}: {run.reason}" if failed else None)
+
+
+def _last_capacity(redis_target: RedisTarget, group: str, default: int) -> int:
+    """The capacity the group's last run left (set, or kept in a dry run), else `default`."""
+    last = read_history(redis_target, group, limit=1)
+    if not last:
+        return default
+    return int(last[0]["desired" if last[0].get("applied") else "current"])
+
+
+def _capacity_now(
+    aws: AutoScalingTarget | None, given: int | None, redis_target: RedisTarget, group: str
+) -> tuple[int, str]:
+    """The capacity a run that decides nothing (no usable load history) reports the group at,
+    and what to add to its reason: AWS's desired capacity for a real group, else the given
+    one, else what its last run left; never a made-up 0 for a group that has instances (its
+    record and its perfops.scaling.decided event would say so, and the weekly report draw it)."""
+    unread = ""
+    if aws is not None:
+        try:
+            return describe_group(client_for(aws, load_credentials(aws)), aws.group).desired, ""
+        except PerfopsError as exc:
+            unread = f"; the group's capacity not read ({exc}): the last one known is shown"
+    if given is not None:
+        return given, unread
+    try:
+        return _last_capacity(redis_target, group, 0), unread
+    except PerfopsError:
+        return 0, unread
 
 
 def _record(

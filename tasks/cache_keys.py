@@ -18,7 +18,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import redis
@@ -42,6 +42,7 @@ from tasks.cache_scan import (
     ScanOptions,
     decode_key,
     scan_pattern,
+    server_run_id,
     unlink_batch,
 )
 
@@ -50,6 +51,9 @@ from tasks.cache_scan import (
 # max_keys above it) a second, dropping SCAN follows. Memory is bounded by this, never by the
 # number of keys in Redis.
 COLLECT = 200_000
+# Dropping SCAN passes in all, when servers restart under them (a pass that spans a restart
+# may miss keys: its cursor means nothing to the new process); past it the run says so.
+MAX_PASSES = 4
 
 
 def _kwargs(target: RedisTarget) -> dict[str, Any]:
@@ -136,6 +140,12 @@ class PatternResult:
     seconds: float
     kept: list[str] = field(default_factory=list)  # dropped keys, the first `keep_keys`
     rewritten: int = 0  # sampled keys there again, written since the drop (the app's refill)
+    # nodes whose server restarted during the last pass (its keys may be left, or the count
+    # be short): an applied run fails saying so, a dry run's count is an estimate
+    restarted: list[str] = field(default_factory=list)
+    # keys of perfops' own state (under the block's key_prefix) that matched, left alone
+    protected: int = 0
+    protected_prefix: str = ""
 
 
 def _drop_collected(conn: CacheConnection, found: KeyCount, batch_size: int) -> int:
@@ -162,11 +172,16 @@ def _still_there(
 ) -> tuple[list[str], int]:
     """The sampled keys the drop left, and how many are there again because they were written
     since (the application refilling a hot key on its next miss: a TTL longer than the key's
-    before the drop, or one it had none). Without `before`, every key there is left."""
+    before the drop, or one it had none, or none where it had one). Without `before`, every
+    key there is left."""
     after = {k: t for k, t in _ttls(conn, samples).items() if t != -2}
     if before is None:
         return list(after), 0
-    fresh = [k for k, t in after.items() if t > before.get(k, -2)]
+    # written since: a longer TTL than before, or none where it had one (a TTL-less write;
+    # a key the drop missed keeps its TTL running down)
+    fresh = [
+        k for k, t in after.items() if t > before.get(k, -2) or (t == -1 and before.get(k, -2) >= 0)
+    ]
     return [k for k in after if k not in fresh], len(fresh)
 
 
@@ -185,12 +200,18 @@ def invalidate_pattern(
     """Count the keys of `pattern` (a dry run stops there), refuse past `max_keys` unless
     `force`, then UNLINK them in pipelined batches: the keys the count kept (one SCAN pass in
     all) while there were at most `COLLECT` per node, else a second SCAN that drops as it goes.
-    With `force` a single dropping SCAN. Afterwards the sampled keys are checked gone (one
-    there again with a longer TTL than before the drop was written since: `rewritten`, the
-    application's refill, not a key left). The first `keep_keys` dropped keys are returned
-    (`kept`: what a warm-up refetches)."""
+    With `force` a single dropping SCAN. A pass during which a server restarted (its INFO
+    run_id changed: the SCAN cursor is meaningless to the new process, and the pass may have
+    missed keys) is followed by another dropping pass, up to `MAX_PASSES` in all; a server
+    that keeps restarting is reported (`restarted`). Afterwards the sampled keys are checked
+    gone (one there again with a longer TTL than before the drop was written since:
+    `rewritten`, the application's refill, not a key left). The first `keep_keys` dropped
+    keys are returned (`kept`: what a warm-up refetches)."""
     started = time.monotonic()
     kept: list[bytes] = []
+    # perfops' own state (scaling locks and cooldowns, SLA incidents, the stats sample) lives
+    # under the block's key_prefix, in the Redis it invalidates by default: never a cache key
+    options = replace(options, protected_prefix=target.key_prefix)
 
     def keep(batch: list[bytes]) -> None:  # called from one thread per master
         room = keep_keys - len(kept)
@@ -198,10 +219,12 @@ def invalidate_pattern(
             kept.extend(batch[:room])
 
     before: dict[str, int] | None = None  # the samples' TTLs before the drop
+    restarted: list[str] = []  # nodes restarted during the last pass
     with connected(target) as conn:
         if apply and force:  # samples taken as they go: no TTL before the drop to compare
             found = scan_pattern(conn, pattern, options, drop=True, on_batch=keep)
             matched, dropped, passes, refused = found.matched, found.dropped, 1, None
+            restarted = found.restarted
         else:
             found = scan_pattern(
                 conn,
@@ -212,18 +235,23 @@ def invalidate_pattern(
                 collect=COLLECT if apply else 0,
             )
             matched, dropped, passes = found.matched, 0, 1
+            restarted = found.restarted
             refused = (
                 refusal(label or pattern, pattern, matched, max_keys, force) if apply else None
             )
             if apply and refused is None:
                 before = _ttls(conn, found.samples)
-                if found.complete:
+                if found.complete:  # (never after a restart: the count may have missed keys)
                     dropped = _drop_collected(conn, found, options.batch_size)
                     for keys in found.keys.values():
                         keep(keys)
+                    restarted = []
                 else:
-                    dropped = scan_pattern(conn, pattern, options, drop=True, on_batch=keep).dropped
-                    passes = 2
+                    again = scan_pattern(conn, pattern, options, drop=True, on_batch=keep)
+                    dropped, passes, restarted = again.dropped, 2, again.restarted
+        while apply and refused is None and restarted and passes < MAX_PASSES:
+            again = scan_pattern(conn, pattern, options, drop=True, on_batch=keep)
+            dropped, passes, restarted = dropped + again.dropped, passes + 1, again.restarted
         left: list[str] = []
         rewritten = 0
         if apply and refused is None:
@@ -239,6 +267,9 @@ def invalidate_pattern(
         seconds=round(time.monotonic() - started, 3),
         kept=[decode_key(k) for k in kept[:keep_keys]],
         rewritten=rewritten,
+        restarted=restarted,
+        protected=found.protected,
+        protected_prefix=target.key_prefix,
     )
 
 
@@ -259,32 +290,48 @@ def drop_tagged(
     """The keys listed in the tag index set `tag_key` (SCARD first: past `max_keys` refused
     unless `force`): counted, or (with `apply`) UNLINKed a batch at a time (SSCAN), each batch
     then removed from the set (SREM), and the set itself once empty, so a re-run after a crash
-    finds only what is left. Returns the result and, when applied, the dropped keys by batch
-    (for L1 notices)."""
+    finds only what is left. A pass during which the set's server restarted (its run_id
+    changed: the SSCAN cursor means nothing to the new process) is followed by another, up to
+    `MAX_PASSES` (an applied one: the members dropped already left the set). Returns the
+    result and, when applied, the dropped keys by batch (for L1 notices)."""
     started = time.monotonic()
-    matched = dropped = 0
+    matched = dropped = passes = 0
     samples: list[str] = []
     before: dict[str, int] = {}
     dropped_batches: list[list[str]] = []
+    restarted: list[str] = []
+    protect, protected = target.key_prefix.encode(), 0
     with connected(target) as conn:
         router = conn.router
+        holder = conn.master_of(tag_key.encode())
+        where = next((n for n, c in conn.masters if c is holder), node_name(target))
         size = int(cast(int, router.scard(tag_key)))
         refused = refusal(tag_key, None, size, max_keys, force) if apply else None
-        cursor = 0
-        while refused is None:
-            page: Any = router.sscan(tag_key, cursor=cursor, count=batch_size)
-            cursor, members = page
-            matched += len(members)
-            if len(samples) < SAMPLES:
-                taken = [decode_key(m) for m in members[: SAMPLES - len(samples)]]
-                samples += taken
-                if apply:  # their TTLs before the drop: a refill since is not a key left
-                    before.update(_ttls(conn, taken))
-            if apply and members:
-                dropped += _drop_members(conn, members)
-                router.srem(tag_key, *members)
-                dropped_batches.append([decode_key(m) for m in members])
-            if cursor == 0:
+        while refused is None and passes < MAX_PASSES:
+            passes += 1
+            started_as = server_run_id(holder)
+            cursor = 0
+            while True:
+                page: Any = router.sscan(tag_key, cursor=cursor, count=batch_size)
+                cursor, members = page
+                if protect:  # perfops' own state listed in a tag: never dropped
+                    mine = [m for m in members if not m.startswith(protect)]
+                    protected += len(members) - len(mine)
+                    members = mine
+                matched += len(members)
+                if len(samples) < SAMPLES:
+                    taken = [decode_key(m) for m in members[: SAMPLES - len(samples)]]
+                    samples += taken
+                    if apply:  # their TTLs before the drop: a refill since is not a key left
+                        before.update(_ttls(conn, taken))
+                if apply and members:
+                    dropped += _drop_members(conn, members)
+                    router.srem(tag_key, *members)
+                    dropped_batches.append([decode_key(m) for m in members])
+                if cursor == 0:
+                    break
+            restarted = [] if server_run_id(holder) == started_as else [where]
+            if not restarted or not apply:  # a dry run's count is an estimate, said so
                 break
         if refused:
             matched = size
@@ -300,10 +347,13 @@ def drop_tagged(
         samples=samples,
         nodes={},
         refused=refused,
-        passes=1,
+        passes=max(passes, 1),
         left=left,
         seconds=round(time.monotonic() - started, 3),
         rewritten=rewritten,
+        restarted=restarted,
+        protected=protected,
+        protected_prefix=target.key_prefix,
     )
     return result, dropped_batches
 

@@ -50,6 +50,8 @@ class ScanOptions:
     scan_count: int = 1000
     batch_size: int = 1000
     pause_s: float = 0.0
+    # keys under this prefix (perfops' own state: the block's key_prefix) never match
+    protected_prefix: str = ""
 
 
 @dataclass
@@ -66,6 +68,11 @@ class KeyCount:
     # the matching keys by node, kept by a count while there are at most `collect` of them
     keys: dict[str, list[bytes]] = field(default_factory=dict, repr=False)
     complete: bool = True  # every matching key is in `keys`
+    protected: int = 0  # keys that matched under `protected_prefix`, left alone
+    # the nodes whose server restarted while they were scanned (INFO run_id changed): a SCAN
+    # cursor means nothing to the new process (its hash seed is new), so the pass may have
+    # missed keys its server still has
+    restarted: list[str] = field(default_factory=list)
 
 
 def decode_key(key: bytes) -> str:
@@ -89,6 +96,12 @@ def unlink_batch(client: redis.Redis, keys: list[bytes], cluster: bool) -> int:
     return sum(int(n) for n in pipe.execute())
 
 
+def server_run_id(client: redis.Redis) -> str:
+    """The Redis process's `run_id` (INFO server): a new one after every restart."""
+    info: Any = client.info("server")
+    return str(info.get("run_id", ""))
+
+
 def _scan_node(
     name: str,
     client: redis.Redis,
@@ -105,6 +118,8 @@ def _scan_node(
     kept: list[bytes] = []
     pending: list[bytes] = []
     cursor = 0
+    started_as = server_run_id(client)
+    protect = options.protected_prefix.encode()
 
     def flush() -> None:
         if not pending:
@@ -117,6 +132,10 @@ def _scan_node(
     while True:
         reply: Any = client.scan(cursor=cursor, match=pattern, count=options.scan_count)
         cursor, keys = reply
+        if protect:
+            mine = [k for k in keys if not k.startswith(protect)]
+            result.protected += len(keys) - len(mine)
+            keys = mine
         if options.pause_s:  # pacing: Redis serves other clients in between
             time.sleep(options.pause_s)
         result.matched += len(keys)
@@ -139,6 +158,8 @@ def _scan_node(
             break
     if drop:
         flush()
+    if server_run_id(client) != started_as:
+        result.restarted.append(name)
     result.nodes[name] = result.matched
     result.keys[name] = kept
     result.complete = result.complete and not result.stopped_early and (drop or bool(collect))
@@ -183,5 +204,7 @@ def scan_pattern(
         total.nodes.update(p.nodes)
         total.stopped_early |= p.stopped_early
         total.keys.update(p.keys)
-        total.complete = total.complete and p.complete
+        total.complete = total.complete and p.complete and not p.restarted
+        total.restarted += p.restarted
+        total.protected += p.protected
     return total

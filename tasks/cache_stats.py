@@ -42,6 +42,7 @@ def sample_nodes(target: RedisTarget) -> tuple[bool, list[NodeSample]]:
                     fragmentation=float(info.get("mem_fragmentation_ratio", 0.0)),
                     key_count=int(cast(int, client.dbsize())),
                     uptime_s=int(info.get("uptime_in_seconds", 0)),
+                    run_id=str(info.get("run_id", "")),
                 )
             )
         return conn.cluster, out

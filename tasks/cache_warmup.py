@@ -1,8 +1,9 @@
 """Cache warm-up I/O: values fetched from the application over HTTP (httpx, bounded concurrency,
 429 waited out per its Retry-After, 5xx and timeouts retried with backoff and jitter, other 4xx
 and any redirect failing that key at once: what a redirect leads to, a login page, is not the
-key's value), or keys and values computed by a read-only PostgreSQL query; written
-to Redis with a TTL each, pipelined (on a cluster, a pipeline that routes each key)."""
+key's value; nor is any other answer than a 200: a 204 has none, a 202 a status), or keys
+and values computed by a read-only PostgreSQL query; written to Redis with a TTL each,
+pipelined (on a cluster, a pipeline that routes each key)."""
 
 from __future__ import annotations
 
@@ -66,6 +67,13 @@ def _fetch_one(
             )
         if response.status_code >= 400:
             return None, f"HTTP {response.status_code} from {url}", limited
+        if response.status_code != 200:  # 204 nothing to cache, 202 a status: not the value
+            return (
+                None,
+                f"HTTP {response.status_code} from {url}: not a value (only a 200 answer is "
+                "cached)",
+                limited,
+            )
         return response.content, None, limited
     return None, "retries exhausted", limited  # pragma: no cover - the loop always returns
 

@@ -59,7 +59,12 @@ def keep_history(
                 history, report.test, HISTORY_FOR_BASELINE, load_target=report.target
             )
             made = establish_baseline(
-                report.test, runs, datetime.now(UTC), policy, target=report.target
+                report.test,
+                runs,
+                datetime.now(UTC),
+                policy,
+                target=report.target,
+                definition=report.definition,
             )
             save_load_baseline(history, made)
             report.established_baseline = True

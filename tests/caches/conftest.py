@@ -72,7 +72,8 @@ def cdn_target(cdn: CdnStandIn) -> CdnTarget:
 class App:
     """GET /values/<key>: 200 with JSON; `gone` keys 404; `limited` keys 429 (Retry-After 1)
     the first time; `private` keys 302 to /login (200, a login page, as an app behind SSO
-    answers a request without a session). Records the most requests in flight at once (a
+    answers a request without a session); `deleted` keys 204 (no content), `pending` keys 202
+    (a status body). Records the most requests in flight at once (a
     request is in flight until its body is sent)."""
 
     def __init__(self) -> None:
@@ -105,6 +106,10 @@ class App:
                 elif "private" in key:
                     status, headers = 302, {"Location": "/login"}
                 body = json.dumps({"key": key}).encode()
+                if "deleted" in key:  # nothing to cache: the entity is gone
+                    status, body = 204, b""
+                elif "pending" in key:  # computed later: the body is a status, not the value
+                    status, body = 202, b'{"status": "pending"}'
                 self.send_response(status)
                 for k, v in headers.items():
                     self.send_header(k, v)

@@ -245,6 +245,26 @@ def test_a_bare_pattern_is_refused_the_run_fails_and_nothing_goes(
     assert report.outcomes[0].result == "refused"
 
 
+def test_a_tags_dry_run_says_what_apply_would_refuse_as_a_patterns_does(
+    redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tag listing more keys than max_keys: the dry run said 'would drop 5 keys' and no
+    more, then --apply refused it."""
+    monkeypatch.setenv("PERFOPS_REDIS_URL", redis_target.url)
+    client = client_for(redis_target)
+    keys = [f"user:7:profile:{i}" for i in range(5)]
+    client.mset(dict.fromkeys(keys, "x"))
+    client.sadd("tag:user_id:7", *keys)
+    dry = one_target(invalidate_cache, tag="user_id=7", max_keys=3)
+    [row] = dry.outcomes
+    assert row.result == "would drop" and row.reason.startswith("5 keys match (dry run); --apply: ")
+    assert "tag:user_id:7 matches more than max_keys 3 keys" in row.reason
+    report, _ = failed_run(
+        invalidate_cache(tag="user_id=7", max_keys=3, apply=True, return_state=True)
+    )
+    assert report.outcomes[0].result == "refused" and client.exists(*keys) == 5
+
+
 def test_cli_dry_run_of_a_hostile_event_counts_the_literal_user_only(
     redis_target: RedisTarget,
     perfops: Callable[[list[str]], int],

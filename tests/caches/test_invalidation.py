@@ -4,20 +4,23 @@ then a re-run, and a real L1 subscriber process."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import redis
 
 import tasks.cache_keys as cache_keys
 from blocks import RedisTarget
 from decisions.cache_invalidation import l1_message, pattern_outcome
-from decisions.cache_policy import glob_regex, load_policy, targets_for_event
+from decisions.cache_policy import Target, glob_regex, load_policy, targets_for_event
 from tasks.cache_keys import (
     ScanOptions,
     connected,
@@ -28,10 +31,12 @@ from tasks.cache_keys import (
     read_versions,
 )
 from tests.caches.conftest import client_for
+from tests.servers.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = load_policy(ROOT / "deployments" / "caches.yaml")
 OPTIONS = ScanOptions(scan_count=200, batch_size=100)
+TARGET = Target(kind="pattern", cache="workflow_definitions", pattern="workflow:*")
 
 
 def seed(target: RedisTarget, keys: list[str]) -> None:
@@ -117,6 +122,30 @@ def test_a_key_the_app_writes_again_after_the_drop_is_fresh_not_left(
         cache_target, "user:42:profile:*", OPTIONS, apply=True, max_keys=1000, force=False
     )
     assert missed.left == [keys[1]] and missed.rewritten == 0
+
+
+def test_a_key_the_app_writes_again_without_a_ttl_is_fresh_not_left(
+    cache_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app that writes some keys without a TTL refills one after the drop: it had a TTL
+    before and has none now, which only a write since gives it (a key the drop missed keeps
+    its TTL running down). The run failed: 'sampled keys still there'."""
+    keys = [f"user:43:profile:{i}" for i in range(4)]
+    seed(cache_target, keys)
+    client = client_for(cache_target)
+    drop = cache_keys._drop_collected
+
+    def drop_then_the_app_refills_without_ttl(conn: object, found: object, size: int) -> int:
+        dropped = drop(conn, found, size)  # type: ignore[arg-type]
+        client.set(keys[0], "fresh")  # no TTL
+        return dropped
+
+    monkeypatch.setattr(cache_keys, "_drop_collected", drop_then_the_app_refills_without_ttl)
+    done = invalidate_pattern.fn(
+        cache_target, "user:43:profile:*", OPTIONS, apply=True, max_keys=1000, force=False
+    )
+    assert (done.dropped, done.left, done.rewritten) == (4, [], 1)
+    assert pattern_outcome(TARGET, "user:43:profile:*", done, apply=True).result == "dropped"
 
 
 def test_a_tagged_key_the_app_writes_again_after_the_drop_is_fresh_not_left(
@@ -335,3 +364,150 @@ def test_redis_errors_are_one_line_naming_the_server() -> None:
     target = RedisTarget(url="redis://127.0.0.1:1/0", retries=0, socket_timeout_s=1)
     with pytest.raises(Exception, match=r"Redis at redis://127\.0\.0\.1:1/0 failed"):
         invalidate_pattern.fn(target, "a:*", OPTIONS, apply=False, max_keys=1, force=False)
+
+
+def _start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
+    """A private redis-server that keeps its keys across a restart (RDB on shutdown)."""
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            redis.Redis(port=port).ping()
+            return server
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                server.kill()
+                raise
+            time.sleep(0.01)
+
+
+def test_a_redis_restarted_during_the_scan_is_scanned_again_not_reported_done(
+    tmp_path: Path,
+) -> None:
+    """A SCAN cursor means nothing to a restarted server (its hash seed is new): a pass that
+    spans a restart missed about a fifth of 20,000 keys and the run said `dropped` (its sampled
+    keys, from the first pages, were gone). Another pass drops the rest; a server that restarts
+    during every pass fails the step saying so."""
+    port = free_port()
+    servers = [_start_redis(port, tmp_path)]
+    restarter: threading.Thread | None = None
+    try:
+        client = redis.Redis(port=port)
+        keys = [f"workflow:{i}:definition:v1" for i in range(20_000)]
+        pipe = client.pipeline(transaction=False)
+        for k in keys:
+            pipe.set(k, "v")
+        pipe.execute()
+        target = RedisTarget(url=f"redis://127.0.0.1:{port}/0", retries=10)
+
+        def restart() -> None:  # during the count (200 SCAN calls, 10 ms apart)
+            time.sleep(0.3)
+            with contextlib.suppress(redis.ConnectionError):
+                redis.Redis(port=port).shutdown(save=True)
+            servers[-1].wait(timeout=20)
+            servers.append(_start_redis(port, tmp_path))
+
+        restarter = threading.Thread(target=restart)
+        restarter.start()
+        slow = ScanOptions(scan_count=100, batch_size=100, pause_s=0.01)
+        result = invalidate_pattern.fn(
+            target, "workflow:*", slow, apply=True, max_keys=100_000, force=False
+        )
+        restarter.join()
+        assert len(servers) == 2  # it did restart, during the run
+        assert redis.Redis(port=port).dbsize() == 0
+        assert result.passes >= 2 and result.restarted == []
+        outcome = pattern_outcome(TARGET, "workflow:*", result, apply=True)
+        assert outcome.result == "dropped"
+    finally:
+        if restarter is not None:  # never a server it starts after this one stops the rest
+            restarter.join(timeout=30)
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=20)
+    again = cache_keys.PatternResult(
+        matched=5, dropped=3, samples=[], nodes={}, refused=None, passes=4, left=[],
+        seconds=1.0, restarted=[f"127.0.0.1:{port}"],
+    )  # fmt: skip
+    failed = pattern_outcome(TARGET, "workflow:*", again, apply=True)
+    assert failed.result == "failed"
+    assert f"Redis 127.0.0.1:{port} restarted during each of 4 SCAN passes" in failed.reason
+
+
+def test_a_redis_restarted_during_a_tags_sscan_is_scanned_again_not_reported_done(
+    tmp_path: Path,
+) -> None:
+    """The tag's SSCAN cursor means nothing to a restarted server either: the members it had
+    not reached stayed listed, their keys in Redis, and the run said `dropped`."""
+    port = free_port()
+    servers = [_start_redis(port, tmp_path)]
+    restarter: threading.Thread | None = None
+    try:
+        client = redis.Redis(port=port)
+        keys = [f"user:{i}:profile:p" for i in range(60_000)]
+        pipe = client.pipeline(transaction=False)
+        for i in range(0, len(keys), 1000):
+            pipe.mset(dict.fromkeys(keys[i : i + 1000], "v"))
+            pipe.sadd("tag:department:ops", *keys[i : i + 1000])
+        pipe.execute()
+        target = RedisTarget(url=f"redis://127.0.0.1:{port}/0", retries=10)
+
+        def restart() -> None:  # once the drop is under way
+            while int(redis.Redis(port=port).scard("tag:department:ops")) > 45_000:  # type: ignore[arg-type]
+                time.sleep(0.001)
+            with contextlib.suppress(redis.ConnectionError):
+                redis.Redis(port=port).shutdown(save=True)
+            servers[-1].wait(timeout=20)
+            servers.append(_start_redis(port, tmp_path))
+
+        restarter = threading.Thread(target=restart)
+        restarter.start()
+        result, _ = drop_tagged.fn(
+            target, "tag:department:ops", 100, apply=True, max_keys=100_000, force=False
+        )
+        restarter.join()
+        assert len(servers) == 2  # it did restart, during the run
+        assert redis.Redis(port=port).dbsize() == 0  # every key and the emptied index
+        assert result.passes >= 2 and result.restarted == []
+        # (UNLINK's own count: a batch UNLINKed as the server went down, whose reply was lost,
+        # counts 0 when the retry finds its keys gone)
+        assert len(keys) - 100 <= result.dropped <= len(keys)
+    finally:
+        if restarter is not None:  # never a server it starts after this one stops the rest
+            restarter.join(timeout=30)
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=20)
+
+
+def test_perfops_own_state_in_the_same_redis_is_never_dropped_by_a_pattern_or_a_tag(
+    cache_target: RedisTarget,
+) -> None:
+    """perfops keeps its scaling locks, cooldowns and tuning, its SLA incidents and its stats
+    sample under the block's key_prefix (`perfops:`) in the Redis it invalidates by default:
+    `--pattern 'p*' --apply` (a literal prefix, under max_keys) dropped them with the
+    `product:` keys; a group's cooldown gone, its next decision may scale in at once."""
+    state = ["perfops:scaling:web:state", "perfops:sla:incident:api", "perfops:cache:stats:last"]
+    products = [f"product:{i}" for i in range(20)]
+    seed(cache_target, state + products)
+    dry = invalidate_pattern.fn(cache_target, "p*", OPTIONS, apply=False, max_keys=100, force=False)
+    assert (dry.matched, dry.protected) == (20, 3)
+    done = invalidate_pattern.fn(cache_target, "p*", OPTIONS, apply=True, max_keys=100, force=False)
+    assert (done.dropped, done.protected) == (20, 3)
+    assert existing(cache_target, state + products) == set(state)
+    row = pattern_outcome(TARGET, "p*", done, apply=True)
+    assert row.result == "dropped"
+    assert row.reason.endswith("; 3 keys of perfops' own state (perfops:*) left alone")
+    forced = invalidate_pattern.fn(cache_target, "*", OPTIONS, apply=True, max_keys=100, force=True)
+    assert forced.protected == 3 and existing(cache_target, state) == set(state)
+    client_for(cache_target).sadd("tag:user_id:9", "user:9:profile:a", *state)
+    seed(cache_target, ["user:9:profile:a"])
+    tagged, _ = drop_tagged.fn(
+        cache_target, "tag:user_id:9", 100, apply=True, max_keys=100, force=False
+    )
+    assert (tagged.dropped, tagged.protected) == (1, 3)
+    assert existing(cache_target, state) == set(state)

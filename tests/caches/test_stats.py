@@ -156,3 +156,58 @@ def test_a_password_in_the_redis_url_never_reaches_the_artifact_the_hash_or_the_
             logs = "\n".join(log.message for log in api.read_logs(only))
             time.sleep(0.3)
     assert "127.0.0.1" in logs and PASSWORD not in logs
+
+
+def test_a_redis_restarted_since_the_last_sample_is_said_so_even_with_counters_past_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis that keeps its keys on disk (the previous sample with them) restarted after a
+    sample taken early in its life: by the next run its new counters and uptime had passed the
+    old ones, so the deltas mixed two processes' counters into a hit ratio of neither. The
+    server's run_id tells."""
+    port = free_port()
+
+    def start() -> subprocess.Popen[bytes]:
+        server = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                redis.Redis(port=port).ping()
+                return server
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    server.kill()
+                    raise
+                time.sleep(0.01)
+
+    servers = [start()]
+    try:
+        monkeypatch.setenv("PERFOPS_REDIS_URL", f"redis://127.0.0.1:{port}/0")
+        client = redis.Redis(port=port)
+        client.set("user:1:profile:p", "x", ex=3600)
+        for _ in range(50):
+            client.get("user:1:profile:p")
+        first = one_target(collect_cache_stats)
+        assert "first sample" in first.nodes[0].note
+        sampled = json.loads(client.hget(STATE_KEY, first.nodes[0].node) or "{}")  # type: ignore[arg-type]
+        client.shutdown(save=True)
+        servers[0].wait(timeout=20)
+        servers.append(start())
+        client = redis.Redis(port=port)
+        for _ in range(400):  # more hits and misses than before the restart
+            client.get("user:1:profile:p")
+            client.get("user:2:profile:p")
+        while int(client.info("server")["uptime_in_seconds"]) <= sampled["uptime_s"]:  # type: ignore[index]
+            time.sleep(0.2)
+        second = one_target(collect_cache_stats)
+        [node] = second.nodes
+        assert node.note == "restarted or reset since the last sample"
+        assert node.hit_ratio is None and second.hit_ratio is None
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=20)

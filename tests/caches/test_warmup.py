@@ -62,6 +62,27 @@ def test_a_redirect_fails_its_key_instead_of_caching_where_it_leads(
     assert "/login" not in app.seen
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_no_content_or_accepted_answer_fails_its_key_instead_of_caching_it(
+    app: App, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After workflow_deleted the app has nothing for the key (204) or computes it later
+    (202 and a status body): the warm-up cached an empty value, or the status, for 30 min."""
+    monkeypatch.setenv("PERFOPS_REDIS_URL", redis_target.url)
+    keys = ["agent:1:config:main", "agent:deleted:config:main", "agent:pending:config:main"]
+    state = warm_cache(cache="agent_configs", keys=keys, url_template=app.url, return_state=True)
+    report, _ = failed_run(state)
+    assert (report.warmed, report.failed) == (1, 2)
+    reasons = {f.key: f.reason for f in report.failures}
+    deleted_url = app.url.replace("{key}", "agent%3Adeleted%3Aconfig%3Amain")
+    assert reasons["agent:deleted:config:main"] == (
+        f"HTTP 204 from {deleted_url}: not a value (only a 200 answer is cached)"
+    )
+    assert reasons["agent:pending:config:main"].startswith("HTTP 202 from ")
+    client = client_for(redis_target)
+    assert client.exists("agent:deleted:config:main", "agent:pending:config:main") == 0
+
+
 def test_values_computed_in_postgresql_are_written_pipelined(
     pg_target: PostgresTarget, redis_target: RedisTarget
 ) -> None:

@@ -68,6 +68,20 @@ def test_a_baseline_is_made_from_runs_against_its_own_target_only() -> None:
         establish_baseline("t", runs, NOW, target="https://other.example.com")
 
 
+def test_a_baseline_is_made_from_runs_of_the_tests_current_load_only() -> None:
+    rng = random.Random(3)
+    runs = [run(i, rng) for i in range(4)]
+    runs = [
+        r.model_copy(update={"definition": "new" if i < 2 else "old"}) for i, r in enumerate(runs)
+    ]
+    baseline = establish_baseline(
+        "t", runs, NOW, ComparePolicy(runs=5), target=LOCAL, definition="new"
+    )
+    assert baseline.run_ids == ["r0", "r1"] and baseline.definition == "new"
+    with pytest.raises(NoBaseline, match=r"no good run of t against .* of its current definition"):
+        establish_baseline("t", runs, NOW, target=LOCAL, definition="another")
+
+
 def test_no_good_run_means_no_baseline_and_says_why() -> None:
     with pytest.raises(NoBaseline, match="1 run in history, none met its criteria"):
         establish_baseline("t", [run(0, random.Random(1), passed=False)], NOW, target=LOCAL)

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from decisions.load_scenarios import LoadTest, cap_problems, load_tests, parse_tests
+from decisions.load_scenarios import (
+    LoadTest,
+    cap_problems,
+    load_fingerprint,
+    load_tests,
+    parse_tests,
+)
 from perfops.errors import ConfigurationError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,3 +185,13 @@ def test_a_step_may_not_set_the_headers_perfops_writes_nor_inject_any(
 def test_ordinary_headers_still_reach_the_step() -> None:
     test = parse_tests(MINIMAL.replace("{url: /x}", "{url: '/x?a=1', headers: {X-Team: perf}}"))
     assert test.tests[0].scenarios[0].steps[0].headers == {"X-Team": "perf"}
+
+
+def test_the_load_fingerprint_changes_with_what_a_test_sends_not_with_its_words_or_marks() -> None:
+    base = load_fingerprint(parse_tests(MINIMAL).get("t"))
+    reworded = MINIMAL.replace("duration: 10s", "description: nightly\n    duration: 10s")
+    marked = MINIMAL + "    criteria: [{endpoint: GET /x, p95_ms: 100}]\n"
+    assert load_fingerprint(parse_tests(reworded).get("t")) == base
+    assert load_fingerprint(parse_tests(marked).get("t")) == base
+    for sends_else in (MINIMAL.replace("rps: 50", "rps: 80"), MINIMAL.replace("/x", "/y")):
+        assert load_fingerprint(parse_tests(sends_else).get("t")) != base

@@ -321,3 +321,52 @@ def test_history_lists_runs_newest_first(
     assert [r["regressed"] for r in runs][:2] == [True, False]
     assert perfops(["load", "run", "nope", "--tests-file", "deployments/load_tests.yaml"]) == 1
     assert "no load test named 'nope'; defined: platform-api" in capsys.readouterr().err
+
+
+RESHAPED = """\
+tests:
+  - name: reshaped
+    duration: 4s
+    pattern: {rps: %d}
+    scenarios:
+      - name: list
+        steps: [{url: /api/v1/agents}]
+    criteria:
+      - {endpoint: GET /api/v1/agents, p95_ms: 2000}
+"""
+
+
+def test_a_baseline_of_another_definition_of_the_test_is_not_compared_nor_mixed_in(
+    tmp_path: Path, local: Callable[[TargetServer], None], history_dsn: str
+) -> None:
+    """The tests file edited (the same test name, another load): the runs are no longer
+    comparable with the baseline of the old definition, and a new baseline is made from the
+    new definition's runs only."""
+    before, after = tmp_path / "before.yaml", tmp_path / "after.yaml"
+    before.write_text(RESHAPED % 40)
+    after.write_text(RESHAPED % 20)
+    with TargetServer(TargetBehaviour(median_ms=10, seed=1)) as server:
+        local(server)
+        first = run_load_test(
+            name="reshaped", tests_file=str(before), baseline=True, compare=LENIENT
+        )
+    assert first.established_baseline
+    with TargetServer(TargetBehaviour(median_ms=250, seed=2), port=server.port) as slower:
+        local(slower)
+        other = run_load_test(
+            name="reshaped", tests_file=str(after), baseline=True, compare=LENIENT
+        )
+    # not judged against the other definition's baseline (it would have "regressed")
+    assert other.regressed == [] and other.comparisons == []
+    assert other.baseline is not None
+    assert other.baseline.startswith(
+        "not compared: the newest baseline of reshaped against this target was made from "
+        "another definition of the test"
+    ), other.baseline
+    assert other.baseline.endswith("new baseline established from 1 run")
+    with psycopg.connect(history_dsn) as conn:
+        kept = conn.execute(
+            "select baseline->'run_ids' from perfops.load_test_baselines "
+            "where test = 'reshaped' order by established_at"
+        ).fetchall()
+    assert kept == [([first.run_id],), ([other.run_id],)]

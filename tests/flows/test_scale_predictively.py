@@ -250,6 +250,39 @@ def test_prometheus_history(
         scale_predictively(group="api", query=LoadQuery(promql="sum("), now=HISTORY_END)
 
 
+def test_no_decision_on_missing_data_reports_the_groups_own_capacity_not_zero(
+    monkeypatch: pytest.MonkeyPatch,
+    env: RedisTarget,
+    prometheus: PrometheusServer,
+    group: tuple[Any, AutoScalingTarget],
+) -> None:
+    """Prometheus without data (a renamed metric, an exporter down): no decision, and the
+    record and the event say the group is at the capacity AWS has, not at 0 (the weekly
+    report drew the group's capacity dropping to 0 every 10 minutes of the outage)."""
+    client, target = group
+    client.set_desired_capacity(AutoScalingGroupName="web", DesiredCapacity=7)
+    monkeypatch.setenv("PERFOPS_PROMETHEUS_URL", prometheus.url)
+    empty = LoadQuery(promql="sum(perfops_missing_metric)", lookback=timedelta(days=1))
+    state = scale_predictively(
+        group="web", aws=target, query=empty, now=HISTORY_END, dry_run=False, return_state=True
+    )
+    run, message = failed_run(state)
+    assert run.action == "fail_static" and (run.current, run.desired) == (7, 7)
+    assert run.summary.startswith("web: keep 7 (from 7): ")
+    assert message.startswith("no decision for web: ")
+    decided = wait_for_event(
+        "perfops.scaling.decided", flow_run_id=str(state.state_details.flow_run_id)
+    )
+    assert (decided.payload["current"], decided.payload["desired"]) == (7, 7)
+    # a simulated group: the capacity its last run left, not 0
+    good = LoadQuery(promql="sum(perfops_test_load)", lookback=timedelta(days=13))
+    one_target(scale_predictively, group="sim", query=good, now=HISTORY_END, current_capacity=5)
+    none, _ = failed_run(
+        scale_predictively(group="sim", query=empty, now=HISTORY_END, return_state=True)
+    )
+    assert (none.current, none.desired) == (5, 5)
+
+
 def test_apply_scaling_schedule_dry_run_then_idempotent(
     group: tuple[Any, AutoScalingTarget],
 ) -> None:
@@ -338,6 +371,40 @@ def test_apply_scaling_schedule_refuses_a_bad_time_zone_before_any_aws_call(
         client.describe_scheduled_actions(AutoScalingGroupName="web")["ScheduledUpdateGroupActions"]
         == []
     )
+
+
+def test_apply_scaling_schedule_says_where_it_loosens_a_groups_own_bounds(
+    group: tuple[Any, AutoScalingTarget],
+) -> None:
+    """A group of its own floor 6 and ceiling 10: the default schedule (business 4..100,
+    off hours 2..100) takes its MinSize down to 2 at 17:00 (and scale_predictively, held to
+    the group's bounds, may then scale in below 6) and its MaxSize up to 100. The dry run said
+    only 'would write 2 of 2 scheduled actions'."""
+    from flows.apply_scaling_schedule import apply_scaling_schedule
+
+    client, target = group
+    client.update_auto_scaling_group(
+        AutoScalingGroupName="web", MinSize=6, MaxSize=10, DesiredCapacity=6
+    )
+    loosened = (
+        "the group's own bounds [6, 10]: it lowers its MinSize 6 to 2 (off-hours) and raises "
+        "its MaxSize 10 to 100 (business-hours)"
+    )
+    preview, run_id = _run(lambda: apply_scaling_schedule(aws=target, return_state=True))
+    assert preview.summary == (
+        f"web: would write 2 of 2 scheduled actions; the schedule would loosen {loosened}"
+    )
+    event = wait_for_event("perfops.scaling.scheduled", flow_run_id=run_id)
+    assert event.payload["loosened"] == [
+        "lowers its MinSize 6 to 2 (off-hours)",
+        "raises its MaxSize 10 to 100 (business-hours)",
+    ]
+    applied = one_target(apply_scaling_schedule, aws=target, dry_run=False)
+    assert applied.summary.endswith(f"; the schedule loosened {loosened}")
+    # perfops' actions manage the bounds now: a new schedule is not compared with them
+    wider = Schedule(off_hours_min=1)
+    again = one_target(apply_scaling_schedule, aws=target, schedule=wider, dry_run=False)
+    assert again.loosened == [] and again.summary == "web: wrote 1 of 2 scheduled actions"
 
 
 def test_apply_scaling_schedule_rewrites_actions_that_set_the_desired_capacity(
@@ -475,9 +542,11 @@ def test_a_fleet_scales_each_of_its_groups_and_leaves_databases_out(
 
     scheduled = apply_scaling_schedule(targets="all", fleet_file=str(fleet), dry_run=False)
     assert isinstance(scheduled, FleetReport)
-    assert [(t.target, t.result, t.changed) for t in scheduled.targets] == [
+    assert [(t.target, t.result, t.changed.split("; ")[0]) for t in scheduled.targets] == [
         (name, "done", f"{name}: wrote 2 of 2 scheduled actions") for name in ("web", "api")
     ]
+    # the shared schedule's ceiling (100) is over the group's own (40): said
+    assert "it raises its MaxSize 40 to 100 (business-hours)" in scheduled.targets[0].changed
     # (moto keys scheduled actions by name alone, not per group as AWS does, so the groups'
     # actions cannot both be read back here: each child's own report says what it wrote)
 
