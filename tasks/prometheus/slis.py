@@ -79,7 +79,8 @@ class SeveralSeries(ValueError):
     """A query that must answer one series answered several."""
 
     def __init__(self, what: str, metrics: list[dict[str, str]]):
-        shown = ", ".join(series_name(m) for m in metrics[:3])
+        names = sorted(series_name(m) for m in metrics)  # Prometheus' order is not stable
+        shown = ", ".join(names[:3])
         more = f" and {len(metrics) - 3} more" if len(metrics) > 3 else ""
         super().__init__(
             f"the {what} answered {len(metrics)} series ({shown}{more}), it must answer one: "

@@ -39,3 +39,15 @@ def test_series_name_is_stable() -> None:
         series_name({"__name__": "up", "job": "b", "instance": "a"}) == 'up{instance="a",job="b"}'
     )
     assert series_name({}) == "{}"
+
+
+def test_several_series_are_named_in_a_stable_order() -> None:
+    """Prometheus answers series in no fixed order: the error names them sorted, so the same
+    query says the same thing on every run (the first three, then how many more)."""
+    from tasks.prometheus.slis import SeveralSeries
+
+    metrics = [{"service": s} for s in ("web", "batch", "api", "zeta")]
+    message = str(SeveralSeries("query", metrics))
+    assert 'answered 4 series ({service="api"}, {service="batch"}, {service="web"} and 1 more)' in (
+        message
+    )
