@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tasks.prometheus.client import plan_range_chunks, series_name
+from tasks.prometheus.slis import SeveralSeries
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -44,8 +45,6 @@ def test_series_name_is_stable() -> None:
 def test_several_series_are_named_in_a_stable_order() -> None:
     """Prometheus answers series in no fixed order: the error names them sorted, so the same
     query says the same thing on every run (the first three, then how many more)."""
-    from tasks.prometheus.slis import SeveralSeries
-
     metrics = [{"service": s} for s in ("web", "batch", "api", "zeta")]
     message = str(SeveralSeries("query", metrics))
     assert 'answered 4 series ({service="api"}, {service="batch"}, {service="web"} and 1 more)' in (
