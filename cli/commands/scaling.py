@@ -337,7 +337,7 @@ def backtest(
     trace: Annotated[Path, typer.Option("--trace", help="CSV with timestamp,value columns.")],
     delay: Annotated[str, typer.Option(help="Provisioning delay (e.g. 10min).")] = "10min",
     chart: Annotated[
-        Path | None, typer.Option(help="Chart PNG (default out/scaling/backtest-<trace>.png).")
+        Path | None, typer.Option(help="Chart PNG (default `out/scaling/backtest-<trace>.png`).")
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:

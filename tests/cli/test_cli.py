@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -132,3 +135,34 @@ def test_version_and_bare_command(args: list[str]) -> None:
     result = _run(*args)
     assert result.returncode == 0
     assert "perfops" in result.stdout
+
+
+def test_help_keeps_every_placeholder_an_option_names() -> None:
+    """`--help` is rendered as markdown, where a bare `<trace>` is an HTML tag and vanishes
+    (`scaling backtest --chart` read "default out/scaling/backtest-.png"): every `<name>` an
+    option's or command's help text holds must reach the rendered help."""
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from cli.command import app
+
+    def commands(command: Any, path: list[str]) -> Iterator[tuple[list[str], Any]]:
+        subcommands = getattr(command, "commands", None)
+        if subcommands is None:
+            yield path, command
+            return
+        for name, sub in subcommands.items():
+            yield from commands(sub, [*path, name])
+
+    checked, lost = 0, []
+    for path, command in commands(get_command(app), []):
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        placeholders = {t for text in texts for t in re.findall(r"<[A-Za-z_][A-Za-z_ ]*>", text)}
+        if not placeholders:
+            continue
+        output = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "400"}).output
+        shown = " ".join(output.split())
+        checked += 1
+        lost += [f"{' '.join(path)}: {t}" for t in sorted(placeholders) if t not in shown]
+    assert checked >= 2  # scaling backtest and deploy name placeholders
+    assert lost == [], lost
