@@ -107,6 +107,28 @@ def test_postgres_commands_on_an_unreachable_server(
     assert secret not in result.stdout + result.stderr
 
 
+def test_perfops_debug_shows_the_traceback_of_a_one_line_error(prefect_api_url: str) -> None:
+    """README: "Set PERFOPS_DEBUG=1 to see a traceback instead of the one-line error". It used to
+    apply only to unexpected exceptions: a failed connection printed its one line either way.
+    The traceback passes through redaction like every other line."""
+    secret = "cli-secret-in-a-debug-run"
+    dsn = f"postgresql://app:{secret}@127.0.0.1:1/app"
+    env = {"PREFECT_API_URL": prefect_api_url}
+    plain = _run("stats", "refresh", "--dsn", dsn, env=env)
+    debug = _run("stats", "refresh", "--dsn", dsn, env={**env, "PERFOPS_DEBUG": "1"})
+    assert plain.returncode == debug.returncode == 1, debug.stderr
+    assert "Traceback" not in plain.stderr
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert (
+        "perfops.errors.ConnectionFailed: cannot connect to PostgreSQL at app@127.0.0.1:1/app"
+        in (debug.stderr)
+    )
+    # the one line still ends the output, as a script reading the last line expects
+    last = debug.stderr.strip().splitlines()[-1]
+    assert last.startswith("perfops: cannot connect to PostgreSQL at app@127.0.0.1:1/app:")
+    assert secret not in plain.stdout + plain.stderr + debug.stdout + debug.stderr
+
+
 def test_doctor_json_is_machine_readable(prefect_api_url: str, pg_dsn: str, tmp_path: Path) -> None:
     result = _run(
         "doctor",
