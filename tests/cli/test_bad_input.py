@@ -349,3 +349,23 @@ def test_load_run_refuses_bad_usage_with_exit_2_before_prefect_starts(
     monkeypatch.setenv("PERFOPS_LOAD_TESTS_FILE", str(tmp_path / "missing.yaml"))
     assert perfops(["load", "run", "platform-api"]) == 2
     assert "Invalid value for PERFOPS_LOAD_TESTS_FILE: cannot read" in capsys.readouterr().err
+
+
+def test_report_weekly_refuses_a_to_that_is_not_one_address_with_exit_2(
+    perfops: Callable[[list[str]], int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """README: a bad flag value is refused with exit 2 before any server starts. `--to 'a, b'`
+    used to start Prefect and exit 1, like a report that could not be sent."""
+    import cli.commands.report
+
+    def run_flow(*_: object, **__: object) -> None:
+        raise AssertionError("the bad input reached run_flow")
+
+    monkeypatch.setattr(cli.commands.report, "run_flow", run_flow)
+    args = ["report", "weekly", "--to", "sre@example.com", "--to", "a@x.com, b@x.com"]
+    assert perfops(args) == 2
+    err = capsys.readouterr().err
+    assert "Invalid value for --to: 'a@x.com, b@x.com' holds 2 addresses" in err, err
+    assert err.strip().count("\n") == 0 and "sre@example.com'" not in err
