@@ -369,3 +369,36 @@ def test_report_weekly_refuses_a_to_that_is_not_one_address_with_exit_2(
     err = capsys.readouterr().err
     assert "Invalid value for --to: 'a@x.com, b@x.com' holds 2 addresses" in err, err
     assert err.strip().count("\n") == 0 and "sre@example.com'" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--event", "nosuch", "--payload", "{}"], "no event 'nosuch' in the cache policy"),
+        (
+            ["--event", "user_updated", "--payload", "{}"],
+            "event user_updated: cache user_profiles needs 'user_id' in the payload",
+        ),
+        (["--tag", "nosuch=1"], "tag 'nosuch' is not declared by any cache"),
+        (["--versions", "user_profiles"], "cache user_profiles is not versioned"),
+    ],
+    ids=["unknown event", "payload without its field", "undeclared tag", "unversioned cache"],
+)
+def test_cache_invalidate_refuses_a_request_the_policy_cannot_resolve_with_exit_2(
+    perfops: Callable[[list[str]], int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    message: str,
+) -> None:
+    """README: a bad flag value is refused with exit 2 before any server starts. These used to
+    start Prefect and exit 1, as a refused or failed step does."""
+    import cli.commands.cache
+
+    def run_flow(*_: object, **__: object) -> None:
+        raise AssertionError("the bad input reached run_flow")
+
+    monkeypatch.setattr(cli.commands.cache, "run_flow", run_flow)
+    assert perfops(["cache", "invalidate", *args]) == 2
+    err = capsys.readouterr().err
+    assert f"Invalid value: {message}" in err and err.strip().count("\n") == 0, err
