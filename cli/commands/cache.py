@@ -81,6 +81,18 @@ def _warm_url(policy: Path, cache_name: str) -> str | None:
         raise typer.BadParameter(str(exc)) from None
 
 
+def _check_keys(policy: Path, cache_name: str, keys: list[str]) -> None:
+    """Keys that are not the cache's own are bad usage, refused before Prefect starts (the flow
+    refuses them again before anything is fetched or written)."""
+    from decisions.cache_policy import load_policy
+    from decisions.cache_warmup import not_of_cache
+
+    loaded = load_policy(policy)
+    why = not_of_cache(loaded, loaded.cache(cache_name), keys)
+    if why:
+        raise typer.BadParameter(why, param_hint="--key/--keys-file")
+
+
 def _check_request(
     policy: Path,
     event: str | None,
@@ -334,6 +346,8 @@ def warm(
         raise typer.BadParameter(
             f"--key/--keys-file need --url-template ({cache_name} has no warm_url in {policy})"
         )
+    if keys:
+        _check_keys(policy, cache_name, keys)
     set_env("PERFOPS_DSN", dsn)
 
     def load() -> Any:

@@ -402,3 +402,26 @@ def test_cache_invalidate_refuses_a_request_the_policy_cannot_resolve_with_exit_
     assert perfops(["cache", "invalidate", *args]) == 2
     err = capsys.readouterr().err
     assert f"Invalid value: {message}" in err and err.strip().count("\n") == 0, err
+
+
+def test_cache_warm_refuses_keys_of_another_cache_with_exit_2(
+    perfops: Callable[[list[str]], int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A --key that is not the --cache's own used to start Prefect and exit 1, as a key that
+    failed to warm does."""
+    import cli.commands.cache
+
+    def run_flow(*_: object, **__: object) -> None:
+        raise AssertionError("the bad input reached run_flow")
+
+    monkeypatch.setattr(cli.commands.cache, "run_flow", run_flow)
+    args = ["cache", "warm", "--cache", "agent_configs", "--key", "agent:1:config:main"]
+    args += ["--key", "user:42:profile:main", "--url-template", "http://127.0.0.1:1/{key}"]
+    assert perfops(args) == 2
+    err = capsys.readouterr().err
+    assert (
+        "Invalid value for --key/--keys-file: 1 of 2 keys are not keys of cache agent_configs "
+        "(agent:{agent_id}:config:*): user:42:profile:main (a key of user_profiles)" in err
+    ), err
