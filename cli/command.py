@@ -11,6 +11,7 @@ import gc
 import json
 import os
 import sys
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -312,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as exc:
         return int(exc.exit_code)
     except PerfopsError as exc:
+        if os.environ.get("PERFOPS_DEBUG"):
+            # the traceback README promises, passed through redaction like every other line
+            print(redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
         print(f"perfops: {redact(str(exc))}", file=sys.stderr)
         return 1
     except Exception as exc:

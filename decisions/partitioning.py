@@ -798,7 +798,9 @@ def plan_rotation(
                 )
             )
             detail = (
-                f"the next run moves them to {target}" if after_changes else f"moved to {target}"
+                f"the next run moves them to {target}"
+                if after_changes
+                else f"this run moves them to {target}"
             )
         elif start in unrescued:
             detail = unrescued[start]

@@ -233,7 +233,7 @@ def check_connections(
     statuses = {c.system: c.status for c in checks}
     emit(
         "perfops.connections.checked",
-        "blocks.resolve",
+        "perfops.connections",
         {"statuses": statuses, "origins": {c.system: c.origin for c in checks}},
     )
     for c in checks:

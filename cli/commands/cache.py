@@ -81,6 +81,38 @@ def _warm_url(policy: Path, cache_name: str) -> str | None:
         raise typer.BadParameter(str(exc)) from None
 
 
+def _check_keys(policy: Path, cache_name: str, keys: list[str]) -> None:
+    """Keys that are not the cache's own are bad usage, refused before Prefect starts (the flow
+    refuses them again before anything is fetched or written)."""
+    from decisions.cache_policy import load_policy
+    from decisions.cache_warmup import not_of_cache
+
+    loaded = load_policy(policy)
+    why = not_of_cache(loaded, loaded.cache(cache_name), keys)
+    if why:
+        raise typer.BadParameter(why, param_hint="--key/--keys-file")
+
+
+def _check_request(
+    policy: Path,
+    event: str | None,
+    payload: str | None,
+    pattern: str | None,
+    tag: str | None,
+    versions: str | None,
+) -> None:
+    """Refuse as bad usage, before Prefect starts, a request the policy cannot resolve: an
+    event it does not define, a payload without a field the event's caches need, an undeclared
+    tag, an unversioned cache (the flow checks the same again)."""
+    from decisions.cache_policy import load_policy, parse_payload, resolve_request
+    from perfops.errors import PerfopsError
+
+    try:
+        resolve_request(load_policy(policy), event, parse_payload(payload), pattern, tag, versions)
+    except PerfopsError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 def _run(
     load: Callable[[], Any],
     asked: dict[str, Any],
@@ -178,6 +210,7 @@ def invalidate(
         raise typer.BadParameter("--force goes with --apply")
     if not policy.is_file():
         raise typer.BadParameter(f"--policy {policy}: no such file")
+    _check_request(policy, event, payload, pattern, tag, versions)
 
     def load() -> Any:
         from flows.invalidate_cache import invalidate_cache
@@ -313,6 +346,8 @@ def warm(
         raise typer.BadParameter(
             f"--key/--keys-file need --url-template ({cache_name} has no warm_url in {policy})"
         )
+    if keys:
+        _check_keys(policy, cache_name, keys)
     set_env("PERFOPS_DSN", dsn)
 
     def load() -> Any:

@@ -19,6 +19,7 @@ from cli.support import (
     run_flow,
     use_dsn,
 )
+from perfops.errors import ConfigurationError
 from perfops.redaction import redact
 
 app = typer.Typer(no_args_is_help=True)
@@ -57,6 +58,14 @@ def _flow() -> Any:
     from flows.run_load_test import run_load_test
 
     return run_load_test
+
+
+def _tests_file_hint(ctx: typer.Context) -> str:
+    """What named the tests file: the variable it came from, else --tests-file (or its default)."""
+    from typer._click.core import ParameterSource
+
+    from_env = ctx.get_parameter_source("tests_file") == ParameterSource.ENVIRONMENT
+    return "PERFOPS_LOAD_TESTS_FILE" if from_env else "--tests-file"
 
 
 def _given(ctx: typer.Context, parameter: str, value: str | None) -> str | None:
@@ -116,7 +125,24 @@ def run(
     target_block = _given(ctx, "target_block", target_block)
     target_url = _given(ctx, "target_url", target_url)
     path = tests_file or get_settings().load_tests_file
-    load_tests(path).get(name)  # a bad file or name: one line, before Prefect starts
+    # Bad usage (exit 2, one line, before Prefect starts), as for every command: a tests file
+    # that cannot be read or is malformed, a test it does not define, a --target-url that is no
+    # loopback server or is named beside --target-block. Exit 1 stays the test's own outcome.
+    try:
+        tests = load_tests(path)
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc), param_hint=_tests_file_hint(ctx)) from None
+    try:
+        tests.get(name)
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc), param_hint="NAME") from None
+    if target_url:
+        from blocks.resolve import resolve_load_target
+
+        try:
+            resolve_load_target(target_block, url=target_url)
+        except ConfigurationError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--target-url") from None
     use_dsn(dsn)
     report = run_flow(
         _flow,

@@ -151,9 +151,16 @@ def weekly(
     archived and recorded all the same, when no target could be scored, a section is missing
     (Prometheus did not answer a query), there are no recipients, a recipient was refused, the
     email could not be sent, the archive refused the report, a fleet target could not be
-    read, or the --out copy could not be written; exit 1 before any work when a recipient is
-    not one address or a block name names no saved block."""
+    read, or the --out copy could not be written; exit 1 before any work when a block name
+    names no saved block; exit 2 (bad usage) when a --to is not one address."""
     label = _week(week)
+    if to:  # a bad flag value: exit 2 before Prefect starts (the flow checks them again)
+        from decisions.recipients import check_recipients
+
+        try:
+            check_recipients(to, "--to")
+        except ConfigurationError as exc:
+            raise typer.BadParameter(str(exc).removeprefix("--to: "), param_hint="--to") from None
     selection = _fleet(ctx, fleet, fleet_file)
     set_env("PERFOPS_PROMETHEUS_URL", prometheus_url)
     failure: str | None = None

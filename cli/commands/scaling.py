@@ -337,7 +337,7 @@ def backtest(
     trace: Annotated[Path, typer.Option("--trace", help="CSV with timestamp,value columns.")],
     delay: Annotated[str, typer.Option(help="Provisioning delay (e.g. 10min).")] = "10min",
     chart: Annotated[
-        Path | None, typer.Option(help="Chart PNG (default out/scaling/backtest-<trace>.png).")
+        Path | None, typer.Option(help="Chart PNG (default `out/scaling/backtest-<trace>.png`).")
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -358,6 +358,13 @@ def backtest(
     from decisions.scaling_replay import backtest as run_backtest
     from perfops.settings import get_settings
 
+    try:  # a bad --delay is bad usage, never blamed on the trace
+        if pd.Timedelta(delay) < pd.Timedelta(0):
+            raise ValueError("negative")
+    except ValueError:
+        raise typer.BadParameter(
+            f"not a duration like 10min, 90s or 1h: {delay!r}", param_hint="--delay"
+        ) from None
     if not trace.is_file():
         fail(f"trace file {trace} does not exist")
     frame = pd.read_csv(trace)

@@ -294,3 +294,134 @@ def test_a_wrong_selection_in_a_good_file_still_names_fleet(
     assert perfops(["stats", "refresh", "--fleet", "env=prod", "--fleet-file", str(path)]) == 2
     err = capsys.readouterr().err
     assert "Invalid value for --fleet: no target has the label 'env=prod'" in err, err
+
+
+def test_load_run_refuses_bad_usage_with_exit_2_before_prefect_starts(
+    perfops: Callable[[list[str]], int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """docs/load-tests.md: exit 1 is the test's outcome (a criterion missed, aborted, regressed),
+    2 bad usage. A test the file does not define, a tests file that cannot be read or is
+    malformed, and a --target-url that names no loopback server used to exit 1 like a failed
+    test (the last one after starting Prefect)."""
+    import cli.commands.load
+
+    def run_flow(*_: object, **__: object) -> None:
+        raise AssertionError("the bad input reached run_flow")
+
+    monkeypatch.setattr(cli.commands.load, "run_flow", run_flow)
+    bad = tmp_path / "bad.yaml"
+    good = "deployments/load_tests.yaml"
+    bad.write_text(Path(good).read_text().replace("rps: 1600", "rps: 0", 1))
+    cases = [
+        (["nope", "--tests-file", good], "Invalid value for NAME: no load test named 'nope'"),
+        (
+            ["platform-api", "--tests-file", str(tmp_path / "missing.yaml")],
+            "Invalid value for --tests-file: cannot read load tests",
+        ),
+        (
+            ["platform-api", "--tests-file", str(bad)],
+            f"Invalid value for --tests-file: {bad} line",
+        ),
+        (
+            ["platform-api", "--tests-file", good, "--target-url", "http://staging.example.com"],
+            "Invalid value for --target-url: target_url may name a loopback host only",
+        ),
+        (
+            [
+                "platform-api",
+                "--tests-file",
+                good,
+                "--target-url",
+                "http://127.0.0.1:8089",
+                "--target-block",
+                "staging",
+            ],
+            "Invalid value for --target-url: name one load target, not two",
+        ),
+    ]
+    for args, message in cases:
+        assert perfops(["load", "run", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and err.strip().count("\n") == 0, err
+    monkeypatch.setenv("PERFOPS_LOAD_TESTS_FILE", str(tmp_path / "missing.yaml"))
+    assert perfops(["load", "run", "platform-api"]) == 2
+    assert "Invalid value for PERFOPS_LOAD_TESTS_FILE: cannot read" in capsys.readouterr().err
+
+
+def test_report_weekly_refuses_a_to_that_is_not_one_address_with_exit_2(
+    perfops: Callable[[list[str]], int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """README: a bad flag value is refused with exit 2 before any server starts. `--to 'a, b'`
+    used to start Prefect and exit 1, like a report that could not be sent."""
+    import cli.commands.report
+
+    def run_flow(*_: object, **__: object) -> None:
+        raise AssertionError("the bad input reached run_flow")
+
+    monkeypatch.setattr(cli.commands.report, "run_flow", run_flow)
+    args = ["report", "weekly", "--to", "sre@example.com", "--to", "a@x.com, b@x.com"]
+    assert perfops(args) == 2
+    err = capsys.readouterr().err
+    assert "Invalid value for --to: 'a@x.com, b@x.com' holds 2 addresses" in err, err
+    assert err.strip().count("\n") == 0 and "sre@example.com'" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--event", "nosuch", "--payload", "{}"], "no event 'nosuch' in the cache policy"),
+        (
+            ["--event", "user_updated", "--payload", "{}"],
+            "event user_updated: cache user_profiles needs 'user_id' in the payload",
+        ),
+        (["--tag", "nosuch=1"], "tag 'nosuch' is not declared by any cache"),
+        (["--versions", "user_profiles"], "cache user_profiles is not versioned"),
+    ],
+    ids=["unknown event", "payload without its field", "undeclared tag", "unversioned cache"],
+)
+def test_cache_invalidate_refuses_a_request_the_policy_cannot_resolve_with_exit_2(
+    perfops: Callable[[list[str]], int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    message: str,
+) -> None:
+    """README: a bad flag value is refused with exit 2 before any server starts. These used to
+    start Prefect and exit 1, as a refused or failed step does."""
+    import cli.commands.cache
+
+    def run_flow(*_: object, **__: object) -> None:
+        raise AssertionError("the bad input reached run_flow")
+
+    monkeypatch.setattr(cli.commands.cache, "run_flow", run_flow)
+    assert perfops(["cache", "invalidate", *args]) == 2
+    err = capsys.readouterr().err
+    assert f"Invalid value: {message}" in err and err.strip().count("\n") == 0, err
+
+
+def test_cache_warm_refuses_keys_of_another_cache_with_exit_2(
+    perfops: Callable[[list[str]], int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A --key that is not the --cache's own used to start Prefect and exit 1, as a key that
+    failed to warm does."""
+    import cli.commands.cache
+
+    def run_flow(*_: object, **__: object) -> None:
+        raise AssertionError("the bad input reached run_flow")
+
+    monkeypatch.setattr(cli.commands.cache, "run_flow", run_flow)
+    args = ["cache", "warm", "--cache", "agent_configs", "--key", "agent:1:config:main"]
+    args += ["--key", "user:42:profile:main", "--url-template", "http://127.0.0.1:1/{key}"]
+    assert perfops(args) == 2
+    err = capsys.readouterr().err
+    assert (
+        "Invalid value for --key/--keys-file: 1 of 2 keys are not keys of cache agent_configs "
+        "(agent:{agent_id}:config:*): user:42:profile:main (a key of user_profiles)" in err
+    ), err

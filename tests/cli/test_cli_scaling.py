@@ -69,6 +69,19 @@ def test_backtest_bad_trace_is_one_line(tmp_path: Path) -> None:
     assert wrong.returncode == 1 and "needs timestamp,value columns" in wrong.stderr
 
 
+def test_backtest_bad_delay_is_bad_usage_naming_the_flag(tmp_path: Path) -> None:
+    """`--delay xyz` used to exit 1 blaming the trace ("trace t.csv: unit abbreviation w/o a
+    number")."""
+    trace = str(_trace(tmp_path / "t.csv"))
+    for delay in ("xyz", "-5min"):
+        result = _run("scaling", "backtest", "--trace", trace, f"--delay={delay}")
+        assert result.returncode == 2, result.stderr
+        assert f"Invalid value for --delay: not a duration like 10min, 90s or 1h: '{delay}'" in (
+            result.stderr
+        )
+        assert "trace" not in result.stderr.split("--delay")[1].split("(see")[0]
+
+
 def test_history_of_an_unknown_group_and_redis_down() -> None:
     empty = _run(
         "scaling", "history", "--group", "never-decided", env={"PERFOPS_REDIS_URL": REDIS_TEST_URL}

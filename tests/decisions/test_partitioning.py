@@ -394,7 +394,9 @@ def test_after_changes_the_findings_say_what_is_left_for_a_later_run() -> None:
         ("premade_short", "1 of 3 months after 2026-11 have a partition ready; this run creates 2"),
         (
             "default_rows",
-            "5 rows in the default partition belong to month 2027-01: moved to audit_logs_p2027_01",
+            # the plan as found (a dry run's report): nothing has moved yet
+            "5 rows in the default partition belong to month 2027-01: this run moves them to "
+            "audit_logs_p2027_01",
         ),
     ]
     assert [(h.kind, h.detail) for h in left.health] == [

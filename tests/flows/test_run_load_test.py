@@ -319,7 +319,7 @@ def test_history_lists_runs_newest_first(
     assert perfops(["load", "history", "steady", "--dsn", history_dsn, "--json"]) == 0
     runs = json.loads(capsys.readouterr().out)
     assert [r["regressed"] for r in runs][:2] == [True, False]
-    assert perfops(["load", "run", "nope", "--tests-file", "deployments/load_tests.yaml"]) == 1
+    assert perfops(["load", "run", "nope", "--tests-file", "deployments/load_tests.yaml"]) == 2
     assert "no load test named 'nope'; defined: platform-api" in capsys.readouterr().err
 
 
