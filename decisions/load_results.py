@@ -278,12 +278,28 @@ _BOUNDS = {
 }
 
 
+# A test whose criteria bound no error rate is still judged on its errors (as Locust fails a
+# run with any failure by default): errors of all requests at most this.
+DEFAULT_MAX_ERROR_RATE = 0.01
+DEFAULT_NOTE = "; the default: the test sets no max_error_rate criterion"
+
+
+def judged_criteria(criteria: list[Criteria]) -> list[Criteria]:
+    """The test's criteria, plus `{endpoint: all, max_error_rate: 0.01}` when none of them
+    bounds an error rate: a run answering 30 % errors does not pass on its latency alone."""
+    if any(c.max_error_rate is not None for c in criteria):
+        return list(criteria)
+    return [*criteria, Criteria(endpoint="all", max_error_rate=DEFAULT_MAX_ERROR_RATE)]
+
+
 def judge(criteria: list[Criteria], stats: list[LatencyStats]) -> list[CriterionResult]:
-    """Each criterion against the measured figures; a figure that could not be measured (no
+    """Each criterion against the measured figures (with the default error-rate bound when
+    the criteria set none: `judged_criteria`); a figure that could not be measured (no
     responses) fails its criterion."""
     by_name = {s.name: s for s in stats}
     results = []
-    for c in criteria:
+    judged = judged_criteria(criteria)
+    for i, c in enumerate(judged):
         s = by_name.get(c.endpoint)
         for field, (measure, how, unit) in _BOUNDS.items():
             limit = getattr(c, field)
@@ -297,6 +313,8 @@ def judge(criteria: list[Criteria], stats: list[LatencyStats]) -> list[Criterion
                 shown = f"{value:.2%}" if measure == "error_rate" else f"{value:,.1f}{unit}"
                 want = f"{limit:.2%}" if measure == "error_rate" else f"{limit:,g}{unit}"
                 reason = f"{measure} {shown}, {how} {want}: {'met' if passed else 'missed'}"
+            if i >= len(criteria):  # not the test's own
+                reason += DEFAULT_NOTE
             results.append(
                 CriterionResult(
                     endpoint=c.endpoint,

@@ -86,11 +86,28 @@ def test_criteria_say_what_was_measured_against_what() -> None:
 
 def test_a_criterion_on_an_endpoint_without_responses_fails() -> None:
     stats = endpoint_stats(share([]))
-    [result] = judge([Criteria(endpoint="GET /a", p95_ms=100)], stats)
+    [result, _default_errors] = judge([Criteria(endpoint="GET /a", p95_ms=100)], stats)
     assert not result.passed
     assert result.reason == "p95_ms not measured: no responses"
     assert result.value is None
     assert stats[0].p95_ms is None
+
+
+def test_a_test_without_an_error_rate_criterion_is_judged_on_its_errors_by_default() -> None:
+    """30 % of the requests failing used to pass a test whose criteria bound latency only (up
+    to the abort limit, 50 %): the default bound, 1 % of all requests, says it missed."""
+    stats = endpoint_stats(share([10_000] * 100, {"status 503": 30}))
+    results = judge([Criteria(endpoint="GET /a", p95_ms=100)], stats)
+    assert [(r.endpoint, r.measure, r.passed) for r in results] == [
+        ("GET /a", "p95_ms", True),
+        ("all", "error_rate", False),
+    ]
+    assert results[1].reason.endswith(
+        "at most 1.00%: missed; the default: the test sets no max_error_rate criterion"
+    )
+    # a test that bounds errors anywhere keeps its own bound, and only its own
+    own = judge([Criteria(endpoint="GET /a", max_error_rate=0.5)], stats)
+    assert [(r.measure, r.passed) for r in own] == [("error_rate", True)]
 
 
 @pytest.mark.parametrize("n", [1, 3])
