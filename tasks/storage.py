@@ -271,22 +271,28 @@ def _head_hint(status: object) -> str:
 def object_exists(store: ArchiveStore, key: str) -> bool:
     """Whether `key` exists (S3 HEAD, or the file); storage errors other than 404 propagate."""
     if isinstance(store, S3Bucket):
-        s3_key = _s3_key(store, key)
-        try:
-            store.credentials.get_s3_client().head_object(Bucket=store.bucket_name, Key=s3_key)
-        except ClientError as exc:
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status == 404:
-                return False
-            raise ConnectionFailed(
-                f"S3 HEAD of s3://{store.bucket_name}/{s3_key} failed: {exc}{_head_hint(status)}"
-            ) from exc
-        except BotoCoreError as exc:
-            raise ConnectionFailed(
-                f"S3 HEAD of s3://{store.bucket_name}/{s3_key} failed: {exc}"
-            ) from exc
-        return True
+        return _s3_head(store, key) is not None
     return (_folder_path(store, key)).exists()
+
+
+def _s3_head(store: S3Bucket, key: str) -> dict[str, str] | None:
+    """S3 HEAD of `key`: its user metadata, or None when there is no such object (404); any other
+    error is a ConnectionFailed naming the object (and the permission a 403 may mean)."""
+    s3_key = _s3_key(store, key)
+    try:
+        head = store.credentials.get_s3_client().head_object(Bucket=store.bucket_name, Key=s3_key)
+    except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status == 404:
+            return None
+        raise ConnectionFailed(
+            f"S3 HEAD of s3://{store.bucket_name}/{s3_key} failed: {exc}{_head_hint(status)}"
+        ) from exc
+    except BotoCoreError as exc:
+        raise ConnectionFailed(
+            f"S3 HEAD of s3://{store.bucket_name}/{s3_key} failed: {exc}"
+        ) from exc
+    return dict(head.get("Metadata", {}))
 
 
 def delete_object(store: ArchiveStore, key: str) -> None:
@@ -383,24 +389,8 @@ def recorded_sha256(store: ArchiveStore, key: str) -> str | None:
     """The SHA-256 recorded when `key` was written (S3 metadata, or the folder's `.sha256`),
     without reading the object; None when the object or its checksum is missing."""
     if isinstance(store, S3Bucket):
-        s3_key = _s3_key(store, key)
-        try:
-            head = store.credentials.get_s3_client().head_object(
-                Bucket=store.bucket_name, Key=s3_key
-            )
-        except ClientError as exc:
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status == 404:
-                return None
-            raise ConnectionFailed(
-                f"S3 HEAD of s3://{store.bucket_name}/{s3_key} failed: {exc}{_head_hint(status)}"
-            ) from exc
-        except BotoCoreError as exc:
-            raise ConnectionFailed(
-                f"S3 HEAD of s3://{store.bucket_name}/{s3_key} failed: {exc}"
-            ) from exc
-        sha: str | None = head.get("Metadata", {}).get("sha256")
-        return sha
+        metadata = _s3_head(store, key)
+        return None if metadata is None else metadata.get("sha256")
     path = _folder_path(store, key)
     sidecar = Path(f"{path}.sha256")
     if not path.exists() or not sidecar.exists():

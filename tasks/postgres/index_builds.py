@@ -261,6 +261,13 @@ def _drop_own_leftover(conn: psycopg.Connection[Any], schema: str, table: str, n
     return "the INVALID index it left was dropped"
 
 
+def _cleanup_timeouts(conn: psycopg.Connection[Any], lock_timeout_ms: int) -> None:
+    """The session's timeouts for catalog work and cleanup (the build runs under its own)."""
+    set_timeouts(
+        conn, lock_timeout_ms=lock_timeout_ms, statement_timeout_ms=CLEANUP_TIMEOUT_MS, local=False
+    )
+
+
 class _NotBuilt(Exception):
     """A partition's index could not be built or attached (the message says why)."""
 
@@ -333,12 +340,7 @@ def _index_partitions(
             try:
                 conn.execute(statement)
             finally:
-                set_timeouts(
-                    conn,
-                    lock_timeout_ms=lock_timeout_ms,
-                    statement_timeout_ms=CLEANUP_TIMEOUT_MS,
-                    local=False,
-                )
+                _cleanup_timeouts(conn, lock_timeout_ms)
             made.append(child)
         if part["relkind"] == "p":
             _index_partitions(
@@ -389,12 +391,7 @@ def _build_partitioned(
     except (psycopg.Error, _NotBuilt) as exc:
         why = f"build failed: {one_line(exc) if isinstance(exc, psycopg.Error) else exc}"
         try:
-            set_timeouts(
-                conn,
-                lock_timeout_ms=lock_timeout_ms,
-                statement_timeout_ms=CLEANUP_TIMEOUT_MS,
-                local=False,
-            )
+            _cleanup_timeouts(conn, lock_timeout_ms)
             for index in made:  # the table's index first: its attached copies go with it
                 _drop_concurrently(conn, *index)
             why += f"; the {len(made)} indexes it made were dropped" if made else ""
@@ -443,12 +440,7 @@ def build_one(
     try:
         with advisory_lock(conn, f"index-build:{schema}.{table}"):
             # catalog work and cleanup under ordinary timeouts; the build under its own
-            set_timeouts(
-                conn,
-                lock_timeout_ms=lock_timeout_ms,
-                statement_timeout_ms=CLEANUP_TIMEOUT_MS,
-                local=False,
-            )
+            _cleanup_timeouts(conn, lock_timeout_ms)
             table_row = _named(conn, schema, table)
             partitioned = table_row is not None and table_row["relkind"] == "p"
             for leftover in _invalid_leftovers(conn, schema, table):
@@ -490,12 +482,7 @@ def build_one(
                 except psycopg.Error as exc:
                     result.detail = f"build failed: {one_line(exc)}"
                     try:
-                        set_timeouts(
-                            conn,
-                            lock_timeout_ms=lock_timeout_ms,
-                            statement_timeout_ms=CLEANUP_TIMEOUT_MS,
-                            local=False,
-                        )
+                        _cleanup_timeouts(conn, lock_timeout_ms)
                         result.detail += "; " + _drop_own_leftover(conn, schema, table, name)
                     except psycopg.Error as drop_exc:
                         result.detail += (
