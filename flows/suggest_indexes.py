@@ -61,7 +61,12 @@ from tasks.postgres.hypopg import (
     fetch_table_catalog,
     verify_index_set,
 )
-from tasks.postgres.index_builds import BuildRequest, create_index_ddl, create_indexes
+from tasks.postgres.index_builds import (
+    BuildRequest,
+    create_index_ddl,
+    create_indexes,
+    partitioned_index_ddl,
+)
 from tasks.postgres.indexes import fetch_indexes
 from tasks.postgres.privileges import fetch_table_privileges
 from tasks.postgres.statements import (
@@ -242,7 +247,16 @@ def _suggest(
         database=resolved.description,
         unknown_tables=unknown,
         statements_considered=len(statements),
-        suggestions=suggestions(chosen, texts_of, create_index_ddl, plans),
+        suggestions=suggestions(
+            chosen,
+            texts_of,
+            lambda c: (
+                partitioned_index_ddl(c)
+                if str(c.table) in snapshot.partitioned
+                else create_index_ddl(c)
+            ),
+            plans,
+        ),
         rejected=rejected,
         skipped=skipped,
         costing=costing_notes(plans, texts_of),

@@ -35,6 +35,7 @@ class CatalogSnapshot(BaseModel):
 
     tables: dict[str, list[str]]  # "schema.table" -> columns
     search_path: list[str]
+    partitioned: list[str] = []  # "schema.table" of the partitioned ones
 
     def catalog(self) -> Catalog:
         out: Catalog = {}
@@ -108,7 +109,8 @@ def fetch_table_catalog(target: PostgresTarget) -> CatalogSnapshot:
         rows = conn.execute(
             """
             select n.nspname as schema_name, c.relname as table_name,
-                   array_agg(a.attname::text order by a.attnum) as columns
+                   array_agg(a.attname::text order by a.attnum) as columns,
+                   c.relkind = 'p' as partitioned
             from pg_class c
             join pg_namespace n on n.oid = c.relnamespace
             join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
@@ -118,13 +120,14 @@ def fetch_table_catalog(target: PostgresTarget) -> CatalogSnapshot:
               and not exists (
                   select 1 from pg_depend d
                   where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
-            group by n.nspname, c.relname
+            group by n.nspname, c.relname, c.relkind
             """
         ).fetchall()
         path = conn.execute("select current_schemas(false) as path").fetchone()
     return CatalogSnapshot(
         tables={f"{r['schema_name']}.{r['table_name']}": list(r["columns"]) for r in rows},
         search_path=list(path["path"]) if path else ["public"],
+        partitioned=[f"{r['schema_name']}.{r['table_name']}" for r in rows if r["partitioned"]],
     )
 
 

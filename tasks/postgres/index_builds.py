@@ -161,6 +161,31 @@ def create_index_ddl(candidate: Candidate) -> str:
     return create_index_sql(candidate).as_string(None) + ";"
 
 
+def partitioned_index_ddl(candidate: Candidate) -> str:
+    """The suggestion's DDL on a partitioned table, where `CREATE INDEX CONCURRENTLY` fails:
+    the steps `--apply` takes (`_build_partitioned`), as a person would run them."""
+    name = index_name(candidate)
+    table = sql.Identifier(candidate.schema_name, candidate.table_name).as_string(None)
+    each = create_index_sql(candidate, name=f"{name[:50]}_p<oid>", on=("<schema>", "<partition>"))
+    return "\n".join(
+        [
+            f"-- {table} is partitioned: CREATE INDEX CONCURRENTLY cannot build on it; "
+            "--apply builds it as",
+            create_index_sql(candidate, only=True).as_string(None) + ";",
+            "-- then for each partition (a sub-partitioned one: ON ONLY and the same again):",
+            "-- " + each.as_string(None) + ";",
+            "-- "
+            + sql.SQL("ALTER INDEX {} ATTACH PARTITION {}")
+            .format(
+                sql.Identifier(candidate.schema_name, name),
+                sql.Identifier("<schema>", f"{name[:50]}_p<oid>"),
+            )
+            .as_string(None)
+            + ";",
+        ]
+    )
+
+
 def _invalid_leftovers(conn: psycopg.Connection[Any], schema: str, table: str) -> list[str]:
     rows = conn.execute(
         """

@@ -95,6 +95,13 @@ def test_apply_builds_on_every_partition_attaches_them_and_a_rerun_suggests_noth
 ) -> None:
     settings = IndexAdvisorSettings(min_calls=10, include_tables=["advp.events"])
     report = one_target(suggest_indexes, settings=settings, apply=True)
+    # the DDL shown is what can build on a partitioned table, not a CONCURRENTLY that fails
+    [suggestion] = report.suggestions
+    assert suggestion.ddl.startswith('-- "advp"."events" is partitioned'), suggestion.ddl
+    assert f'CREATE INDEX "{NAME}" ON ONLY "advp"."events" USING btree ("customer_id");' in (
+        suggestion.ddl
+    )
+    assert "ATTACH PARTITION" in suggestion.ddl
     [build] = report.builds
     assert build.status == "created", build.detail
     assert build.index_name == NAME
