@@ -95,6 +95,10 @@ class Evaluation(BaseModel):
     statuses: list[SloStatus]
     alerts: list[Alert]
     no_data_since: dict[str, datetime]  # carry into the next evaluation
+    # Keys of the alerts that could not be evaluated at `at` (no data, no traffic in one of an
+    # SLO pair's windows): unknown, not ok. An open incident keeps them firing as they were
+    # (`decisions.escalation.decide`), never resolves on them.
+    unknown: list[str] = Field(default_factory=list)
 
 
 def _finite(value: float | None) -> float | None:
@@ -151,6 +155,28 @@ def _labels(base: dict[str, str], **extra: str) -> dict[str, str]:
 
 def _fmt(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}g}"
+
+
+def unknown_alerts(definitions: SlaDefinitions, statuses: list[SloStatus]) -> list[str]:
+    """The keys of the alerts `statuses` could not evaluate: every alert of an item without
+    data; an SLO's burn pair with a window missing (no samples, no traffic)."""
+    by_name = {(s.kind, s.name): s for s in statuses}
+    keys: list[str] = []
+    for slo in definitions.slos:
+        st = by_name.get(("slo", slo.name))
+        for bw in slo.burn_windows:
+            pair = (promql_duration(bw.long), promql_duration(bw.short))
+            if st is None or any(st.burn_rates.get(w) is None for w in pair):
+                keys.append(f"{slo.name}/{bw.name}")
+    for rule in definitions.alert_rules:
+        st = by_name.get(("rule", rule.name))
+        if st is None or st.status == "no data":
+            keys.append(f"{rule.name}/threshold")
+    for deg in definitions.degradation:
+        st = by_name.get(("degradation", deg.name))
+        if st is None or st.status == "no data":
+            keys.append(f"{deg.name}/degraded")
+    return keys
 
 
 def _evaluate_slo(slo: Slo, m: SloMeasurement) -> tuple[SloStatus, list[Alert]]:
@@ -401,7 +427,13 @@ def evaluate(
             nd = _no_data_alert(st, since, now, definitions.settings, **meta)
             if nd is not None:
                 alerts.append(nd)
-    return Evaluation(at=now, statuses=statuses, alerts=alerts, no_data_since=carried)
+    return Evaluation(
+        at=now,
+        statuses=statuses,
+        alerts=alerts,
+        no_data_since=carried,
+        unknown=unknown_alerts(definitions, statuses),
+    )
 
 
 def page_delay(burn_started: datetime, paged: datetime) -> timedelta:

@@ -43,7 +43,7 @@ import contextlib
 import json
 import smtplib
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -532,8 +532,10 @@ def deliver(
     run_url: str = "",
     lock_wait_s: float = LOCK_WAIT_S,
     recovery_lookback: timedelta = DEFAULT_RECOVERY_LOOKBACK,
+    unknown: Collection[str] = (),
 ) -> DeliveryReport:
-    """Decide and deliver the notices due at `now`, exactly once each (see the module doc)."""
+    """Decide and deliver the notices due at `now`, exactly once each (see the module doc).
+    `unknown`: the alerts that could not be evaluated at `now` (an open incident keeps them)."""
     delivered: list[Delivered] = []
     with store.locked(lock_wait_s) as held:
         newer = store.decided_at()
@@ -561,7 +563,7 @@ def deliver(
         for key in found:
             recovered += f"{'; ' if recovered else ''}notice {key} found sent, recorded"
         states = store.incidents()
-        plan = decide(now, alerts, states, definitions, channel_ids)
+        plan = decide(now, alerts, states, definitions, channel_ids, unknown)
         store.mark_decided(now)
         for old, moved in plan.moved.items():  # its policy is gone: the incident moved group
             store.move(old, moved)
