@@ -215,14 +215,20 @@ def _evaluate_slo(slo: Slo, m: SloMeasurement) -> tuple[SloStatus, list[Alert]]:
         status.status = "no data"
         status.detail = m.error or "no samples in any window (or no traffic)"
         return status, alerts
+    undecided: list[str] = []  # pairs whose long window burns and whose short one is missing
     for bw in slo.burn_windows:
         long_w, short_w = promql_duration(bw.long), promql_duration(bw.short)
         b_long, b_short = burns.get(long_w), burns.get(short_w)
-        if b_long is None or b_short is None:
-            continue
         # A quantile SLO burns when the quantile exceeds the threshold (ratio > 1) in both
         # windows; its factor is ignored (1.0).
         factor = 1.0 if slo.sli.kind == "quantile" else bw.factor
+        if b_long is not None and b_long > factor and b_short is None:
+            undecided.append(
+                f"{bw.name}: {b_long:.1f}x over {long_w} (alert above {factor:g}x), none over "
+                f"{short_w} (no samples or no traffic)"
+            )
+        if b_long is None or b_short is None:
+            continue
         if b_long > factor and b_short > factor:
             sli_long = ratios[long_w]
             value = sli_long if slo.sli.kind == "quantile" else 1.0 - (sli_long or 0.0)
@@ -254,6 +260,9 @@ def _evaluate_slo(slo: Slo, m: SloMeasurement) -> tuple[SloStatus, list[Alert]]:
     if alerts:
         status.status = "firing"
         status.detail = "; ".join(a.reason for a in alerts)
+    elif undecided:  # burning as far as can be seen, the short window silent: not ok
+        status.status = "no data"
+        status.detail = "cannot tell whether it still burns: " + "; ".join(undecided)
     return status, alerts
 
 

@@ -166,3 +166,30 @@ def test_a_window_without_traffic_leaves_its_alert_unknown_not_ok() -> None:
     assert ok.unknown == []
     plan = decide(T0 + timedelta(minutes=2), ok.alerts, sim.states, d, unknown=ok.unknown)
     assert [n.kind for n in plan.notices] == ["resolved"]
+
+
+def test_a_burning_long_window_with_a_silent_short_one_is_no_data_not_ok() -> None:
+    """Regression: the service went dark mid-burn (1h burning 20x, no requests in the last 5
+    minutes): the SLO was 'ok' with no alert, and stayed so while the traffic was gone (no
+    no-data alert either). It cannot be said ok: 'no data', naming the pair."""
+    d = definitions()
+    dark = burning(_1h=0.02)
+    dark.total["5m"], dark.good["5m"] = 0.0, 0.0
+    ev = evaluate(d, {"availability": dark}, _quiet_rules(), _deg(0.18, 0.18), T0)
+    status = {s.name: s for s in ev.statuses}["availability"]
+    assert status.status == "no data"
+    assert "page-fast: 20.0x over 1h" in status.detail and "none over 5m" in status.detail
+    later = evaluate(
+        d,
+        {"availability": dark},
+        _quiet_rules(),
+        _deg(0.18, 0.18),
+        T0 + timedelta(minutes=10),
+        ev.no_data_since,
+    )
+    assert [a.key for a in later.alerts] == ["availability/no-data"]
+    # A quiet long window with a silent short one is ok (nothing burning to say).
+    idle = burning()
+    idle.total["5m"], idle.good["5m"] = 0.0, 0.0
+    ev = evaluate(d, {"availability": idle}, _quiet_rules(), _deg(0.18, 0.18), T0)
+    assert {s.name: s for s in ev.statuses}["availability"].status == "ok"
