@@ -745,6 +745,16 @@ def record_unreached(
     return _carried(prior, notice, [missed])
 
 
+def record_unresolved(state: IncidentState | None, notice: Notice) -> IncidentState | None:
+    """The incident after its `resolved` reply `notice` could not be delivered to its thread:
+    open again when a reply of the same run to another thread closed it (None: nothing to
+    change), so the next run decides the resolution again; the replies that went out are in
+    the notice log (never sent twice), the one that failed is tried again."""
+    if state is None or state.incident != notice.incident or state.resolved_at is None:
+        return None
+    return state.model_copy(update={"resolved_at": None})
+
+
 def as_recorded(notice: Notice, state: IncidentState | None) -> Notice:
     """`notice` against its incident as recorded so far in this run (`state`): in the thread
     an earlier notice of the run started in its channel, and no longer saying (in its text or

@@ -67,6 +67,7 @@ from decisions.escalation import (
     rebuild,
     record,
     record_unreached,
+    record_unresolved,
 )
 from decisions.sla_notices import (
     notice_blocks,
@@ -572,6 +573,7 @@ def deliver(
         for state in plan.states.values():
             store.save(state)
         lost = False
+        unresolved: dict[str, Notice] = {}  # group -> a resolved reply not delivered
         for notice in plan.notices:
             notice = as_recorded(notice, states.get(notice.group))
             state = continuing(states.get(notice.group), notice)
@@ -647,6 +649,9 @@ def deliver(
                             else f"; the incident went on to level {notice.level} all the same "
                             "(the next level at its delay); this notice is tried again each run"
                         )
+                    elif notice.kind == "resolved":  # another thread's reply may close it
+                        unresolved.setdefault(notice.group, notice)
+                        why += "; the incident stays open until this thread is told (next run)"
                     delivered.append(Delivered(**base, sink="skipped", outcome="failed", note=why))
                     continue
                 note = f"{exc}; {note}"
@@ -668,6 +673,11 @@ def deliver(
             store.save(states[notice.group])
             store.clear_pending(notice.key)
             delivered.append(Delivered(**base, sink=sink, ts=ts, outcome=outcome, note=note))
+        for group, notice in unresolved.items():  # open again: the next run tells that thread
+            reopened = record_unresolved(states.get(group), notice)
+            if reopened is not None and not lost and held.renew():
+                states[group] = reopened
+                store.save(reopened)
         store.client.delete(store.key("rebuild-failing-since"))
         return DeliveryReport(
             delivered=delivered,
