@@ -407,7 +407,9 @@ def _send(
     messenger: Messenger,
     run_url: str,
     state: IncidentState | None,
-) -> tuple[str, str]:
+) -> tuple[str, str, str]:
+    """Post (or update) `notice`; returns the channel, ts and a note (what went wrong after
+    the post went out: it is not sent again)."""
     minutes = int((notice.at - notice.started_at).total_seconds() // 60)
     text = notice_text(notice, minutes)
     blocks = notice_blocks(notice, run_url)
@@ -415,7 +417,7 @@ def _send(
     if notice.kind == "update":
         if notice.update_ts:
             messenger.update(notice.channel, notice.update_ts, text, blocks)
-        return notice.channel, notice.update_ts or ""
+        return notice.channel, notice.update_ts or "", ""
     channel, ts = messenger.post(
         notice.channel,
         text,
@@ -425,7 +427,10 @@ def _send(
         broadcast=notice.kind in ("escalate", "repeat", "join"),
     )
     if notice.kind == "resolved" and notice.update_ts:
-        messenger.update(notice.channel, notice.update_ts, text, blocks)
+        try:
+            messenger.update(notice.channel, notice.update_ts, text, blocks)
+        except NoticeFailed as exc:  # the reply went out: never a failed (re-sent) notice
+            return channel, ts, f"the first message not updated to RESOLVED: {redact(str(exc))}"
     if notice.kind == "join" and notice.update_ts and state is not None and state.root_channel:
         every = notice.model_copy(
             update={"kind": "update", "alerts": list(notice.state_after.alerts.values())}
@@ -437,7 +442,7 @@ def _send(
                 notice_text(every, minutes),
                 notice_blocks(every, run_url),
             )
-    return channel, ts
+    return channel, ts, ""
 
 
 def _email_fallback(
@@ -613,7 +618,7 @@ def deliver(
             store.set_pending(notice)
             note = ""
             try:
-                channel, ts = _send(notice, messenger, run_url, state)
+                channel, ts, note = _send(notice, messenger, run_url, state)
                 sink, outcome = messenger.sink, "sent"
             except NoticeFailed as exc:
                 if notice.kind == "update":

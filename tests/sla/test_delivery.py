@@ -806,3 +806,24 @@ def test_a_resolved_notice_slack_refused_in_one_thread_is_sent_by_a_later_run(
     [state] = store.incidents().values()
     assert not state.open
     assert at(18, []).delivered == []
+
+
+def test_a_resolved_reply_whose_first_message_was_deleted_is_posted_once(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    """Regression: someone deleted the incident's FIRING message in Slack; the resolved reply
+    was posted, then updating the deleted first message failed (message_not_found), so the
+    notice counted as failed and was not logged: every run posted RESOLVED again. The reply
+    went out: it is recorded, the failed update said in its note."""
+    run(store, slack_target, 0)
+    root = slack.messages[0]
+    slack.delete_message("#oncall", root["ts"])
+    report = run(store, slack_target, 1, alerts=[])
+    [resolved] = report.delivered
+    assert (resolved.kind, resolved.outcome) == ("resolved", "sent")
+    assert "message_not_found" in resolved.note
+    for minute in (2, 3):
+        assert run(store, slack_target, minute, alerts=[]).delivered == []
+    assert len([m for m in slack.messages if "RESOLVED" in m["text"]]) == 1
+    [state] = store.incidents().values()
+    assert not state.open
