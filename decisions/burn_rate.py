@@ -95,6 +95,10 @@ class Evaluation(BaseModel):
     statuses: list[SloStatus]
     alerts: list[Alert]
     no_data_since: dict[str, datetime]  # carry into the next evaluation
+    # Keys of the alerts that could not be evaluated at `at` (no data, no traffic in one of an
+    # SLO pair's windows): unknown, not ok. An open incident keeps them firing as they were
+    # (`decisions.escalation.decide`), never resolves on them.
+    unknown: list[str] = Field(default_factory=list)
 
 
 def _finite(value: float | None) -> float | None:
@@ -153,6 +157,28 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}g}"
 
 
+def unknown_alerts(definitions: SlaDefinitions, statuses: list[SloStatus]) -> list[str]:
+    """The keys of the alerts `statuses` could not evaluate: every alert of an item without
+    data; an SLO's burn pair with a window missing (no samples, no traffic)."""
+    by_name = {(s.kind, s.name): s for s in statuses}
+    keys: list[str] = []
+    for slo in definitions.slos:
+        st = by_name.get(("slo", slo.name))
+        for bw in slo.burn_windows:
+            pair = (promql_duration(bw.long), promql_duration(bw.short))
+            if st is None or any(st.burn_rates.get(w) is None for w in pair):
+                keys.append(f"{slo.name}/{bw.name}")
+    for rule in definitions.alert_rules:
+        st = by_name.get(("rule", rule.name))
+        if st is None or st.status == "no data":
+            keys.append(f"{rule.name}/threshold")
+    for deg in definitions.degradation:
+        st = by_name.get(("degradation", deg.name))
+        if st is None or st.status == "no data":
+            keys.append(f"{deg.name}/degraded")
+    return keys
+
+
 def _evaluate_slo(slo: Slo, m: SloMeasurement) -> tuple[SloStatus, list[Alert]]:
     full = promql_duration(slo.window)
     base = _labels(slo.labels, slo=slo.name)
@@ -189,14 +215,20 @@ def _evaluate_slo(slo: Slo, m: SloMeasurement) -> tuple[SloStatus, list[Alert]]:
         status.status = "no data"
         status.detail = m.error or "no samples in any window (or no traffic)"
         return status, alerts
+    undecided: list[str] = []  # pairs whose long window burns and whose short one is missing
     for bw in slo.burn_windows:
         long_w, short_w = promql_duration(bw.long), promql_duration(bw.short)
         b_long, b_short = burns.get(long_w), burns.get(short_w)
-        if b_long is None or b_short is None:
-            continue
         # A quantile SLO burns when the quantile exceeds the threshold (ratio > 1) in both
         # windows; its factor is ignored (1.0).
         factor = 1.0 if slo.sli.kind == "quantile" else bw.factor
+        if b_long is not None and b_long > factor and b_short is None:
+            undecided.append(
+                f"{bw.name}: {b_long:.1f}x over {long_w} (alert above {factor:g}x), none over "
+                f"{short_w} (no samples or no traffic)"
+            )
+        if b_long is None or b_short is None:
+            continue
         if b_long > factor and b_short > factor:
             sli_long = ratios[long_w]
             value = sli_long if slo.sli.kind == "quantile" else 1.0 - (sli_long or 0.0)
@@ -228,6 +260,9 @@ def _evaluate_slo(slo: Slo, m: SloMeasurement) -> tuple[SloStatus, list[Alert]]:
     if alerts:
         status.status = "firing"
         status.detail = "; ".join(a.reason for a in alerts)
+    elif undecided:  # burning as far as can be seen, the short window silent: not ok
+        status.status = "no data"
+        status.detail = "cannot tell whether it still burns: " + "; ".join(undecided)
     return status, alerts
 
 
@@ -401,7 +436,13 @@ def evaluate(
             nd = _no_data_alert(st, since, now, definitions.settings, **meta)
             if nd is not None:
                 alerts.append(nd)
-    return Evaluation(at=now, statuses=statuses, alerts=alerts, no_data_since=carried)
+    return Evaluation(
+        at=now,
+        statuses=statuses,
+        alerts=alerts,
+        no_data_since=carried,
+        unknown=unknown_alerts(definitions, statuses),
+    )
 
 
 def page_delay(burn_started: datetime, paged: datetime) -> timedelta:

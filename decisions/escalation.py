@@ -33,7 +33,7 @@ No I/O and no clock: `now` is an argument, so replays and tests control time.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
@@ -213,16 +213,22 @@ def decide(
     states: dict[str, IncidentState],
     definitions: SlaDefinitions,
     channel_ids: Mapping[str, str] | None = None,
+    unknown: Collection[str] = (),
 ) -> Plan:
     """The notices due at `now` for `alerts` (firing, before silences) given each group's
     incident state (`states`: group -> latest incident); channels as ids where `channel_ids`
-    (configured name -> id) has them."""
+    (configured name -> id) has them. `unknown`: keys of alerts that could not be evaluated
+    at `now` (no data): one an open incident holds keeps firing as it was (`held`), so the
+    incident never resolves on a Prometheus it cannot read."""
     ids = channel_ids or {}
-    active, suppressed = silence_and_inhibit(alerts, definitions, now)
+    kept, warnings = held(now, alerts, states, unknown)
+    active, suppressed = silence_and_inhibit(alerts + kept, definitions, now)
+    muted = {s.alert: f"{s.alert} {s.why}" for s in suppressed}
     grouped: dict[str, list[Alert]] = {}
     for alert in active:
         grouped.setdefault(group_key(alert, definitions), []).append(alert)
-    states, moved, warnings = carry_over(states, grouped, definitions)
+    states, moved, moves = carry_over(states, grouped, definitions)
+    warnings += moves
     notices: list[Notice] = []
     changed: dict[str, IncidentState] = {}
     for group in sorted(set(grouped) | {g for g, s in states.items() if s.open}):
@@ -231,6 +237,13 @@ def decide(
         if state is None or not state.open:
             if firing:
                 notices.append(_new_incident(group, firing, now, definitions, ids))
+            continue
+        mine = sorted(k for k in state.alerts if k in muted)
+        if not firing and mine:  # still firing, silenced or inhibited: nothing said, not resolved
+            warnings.append(
+                f"incident {state.incident}: muted ({'; '.join(muted[k] for k in mine)}): no "
+                "notice, not resolved"
+            )
             continue
         if not firing:
             resolved = _resolved(state, now)
@@ -286,35 +299,73 @@ def decide(
     )
 
 
+def held(
+    now: datetime,
+    alerts: list[Alert],
+    states: Mapping[str, IncidentState],
+    unknown: Collection[str],
+) -> tuple[list[Alert], list[str]]:
+    """The alerts of open incidents that could not be evaluated at `now` (`unknown`) and are
+    not firing: kept firing as last seen (no data is not ok), and why, per incident."""
+    firing = {a.key for a in alerts}
+    unknown = set(unknown)
+    kept: list[Alert] = []
+    warnings: list[str] = []
+    for state in sorted(states.values(), key=lambda s: s.incident):
+        if not state.open:
+            continue
+        mine = [a for k, a in sorted(state.alerts.items()) if k in unknown and k not in firing]
+        if mine:
+            kept += mine
+            firing |= {a.key for a in mine}
+            warnings.append(
+                f"incident {state.incident}: {', '.join(a.key for a in mine)} could not be "
+                f"evaluated at {now:%Y-%m-%d %H:%M} UTC (no data): kept firing, not resolved"
+            )
+    return kept, warnings
+
+
 def carry_over(
     states: dict[str, IncidentState],
     grouped: Mapping[str, list[Alert]],
     definitions: SlaDefinitions,
 ) -> tuple[dict[str, IncidentState], dict[str, IncidentState], list[str]]:
-    """Open incidents whose escalation policy is no longer defined (the definitions were edited:
-    the policy renamed or removed, an SLO given another). A group is keyed by its policy, so the
-    incident's alerts now fire in another group: the incident moves there, under that group's
-    policy, keeping its thread, level and acknowledgement; unless that group has an open
+    """Open incidents whose alerts the edited definitions group otherwise: the policy renamed
+    or removed, an SLO given another policy, the policy's `group_by` changed. A group is keyed
+    by its policy and `group_by` labels, so the incident's alerts now fire in another group:
+    the incident moves there, under that group's policy, keeping its thread, level and
+    acknowledgement (never resolved, then fired again as new); unless that group has an open
     incident of its own, or none of its alerts fires any more, when it stays and resolves.
     Returns the states by group after the moves, the moved (old group -> incident), and why."""
     out = dict(states)
     moved: dict[str, IncidentState] = {}
     warnings: list[str] = []
     for group, state in sorted(states.items()):
-        if not state.open or definitions.find_policy(state.policy) is not None:
+        policy_gone = definitions.find_policy(state.policy) is None
+        if not state.open or (not policy_gone and grouped.get(group)):
             continue
         mine = set(state.alerts) | set(state.notified)
         target = next(
             (
                 g
                 for g, firing in sorted(grouped.items())
-                if any(a.key in mine for a in firing) and not (g in out and out[g].open)
+                if g != group
+                and any(a.key in mine for a in firing)
+                and not (g in out and out[g].open)
             ),
             None,
         )
-        gone = f"incident {state.incident}: escalation policy {state.policy!r} is no longer defined"
+        gone = (
+            f"incident {state.incident}: escalation policy {state.policy!r} is no longer defined"
+            if policy_gone
+            else f"incident {state.incident}: its alerts are grouped otherwise now (the "
+            "definitions changed: group_by, or its SLO given another policy)"
+        )
         if target is None:
-            warnings.append(f"{gone}; it resolves where it is (none of its alerts fires elsewhere)")
+            if policy_gone:
+                warnings.append(
+                    f"{gone}; it resolves where it is (none of its alerts fires elsewhere)"
+                )
             continue
         policy = definitions.policy(grouped[target][0].escalation)
         migrated = state.model_copy(update={"group": target, "policy": policy.name})
@@ -694,10 +745,20 @@ def record_unreached(
     return _carried(prior, notice, [missed])
 
 
+def record_unresolved(state: IncidentState | None, notice: Notice) -> IncidentState | None:
+    """The incident after its `resolved` reply `notice` could not be delivered to its thread:
+    open again when a reply of the same run to another thread closed it (None: nothing to
+    change), so the next run decides the resolution again; the replies that went out are in
+    the notice log (never sent twice), the one that failed is tried again."""
+    if state is None or state.incident != notice.incident or state.resolved_at is None:
+        return None
+    return state.model_copy(update={"resolved_at": None})
+
+
 def as_recorded(notice: Notice, state: IncidentState | None) -> Notice:
     """`notice` against its incident as recorded so far in this run (`state`): in the thread
-    an earlier notice of the run started in its channel, and no longer saying that a level the
-    run reached since could not be reached."""
+    an earlier notice of the run started in its channel, and no longer saying (in its text or
+    its metadata) that a level the run reached since could not be reached."""
     if state is None or state.incident != notice.incident:
         return notice
     update: dict[str, Any] = {}
@@ -707,6 +768,11 @@ def as_recorded(notice: Notice, state: IncidentState | None) -> Notice:
     unreached = [u for u in notice.unreached if u.key not in state.notices]
     if len(unreached) != len(notice.unreached):
         update["unreached"] = unreached
+    # Its metadata too (what a rebuild from Slack reads): a level reached by email earlier in
+    # the run is in no Slack message to say so, and would be tried again.
+    after = [u for u in notice.state_after.unreached if u.key not in state.notices]
+    if len(after) != len(notice.state_after.unreached):
+        update["state_after"] = notice.state_after.model_copy(update={"unreached": after})
     return notice.model_copy(update=update) if update else notice
 
 

@@ -83,6 +83,7 @@ def escalate_alerts(
             email_from=get_settings().email_from,
             run_url=run_url,
             lock_wait_s=sla_delivery.LOCK_WAIT_S,
+            unknown=evaluation.unknown,
         )
     except LockBusy as exc:  # evaluated all the same: the run records it, then ends Failed
         return DeliveryReport(delivered=[], suppressed=[], busy=str(exc))

@@ -43,7 +43,7 @@ import contextlib
 import json
 import smtplib
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -67,6 +67,7 @@ from decisions.escalation import (
     rebuild,
     record,
     record_unreached,
+    record_unresolved,
 )
 from decisions.sla_notices import (
     notice_blocks,
@@ -406,7 +407,9 @@ def _send(
     messenger: Messenger,
     run_url: str,
     state: IncidentState | None,
-) -> tuple[str, str]:
+) -> tuple[str, str, str]:
+    """Post (or update) `notice`; returns the channel, ts and a note (what went wrong after
+    the post went out: it is not sent again)."""
     minutes = int((notice.at - notice.started_at).total_seconds() // 60)
     text = notice_text(notice, minutes)
     blocks = notice_blocks(notice, run_url)
@@ -414,7 +417,7 @@ def _send(
     if notice.kind == "update":
         if notice.update_ts:
             messenger.update(notice.channel, notice.update_ts, text, blocks)
-        return notice.channel, notice.update_ts or ""
+        return notice.channel, notice.update_ts or "", ""
     channel, ts = messenger.post(
         notice.channel,
         text,
@@ -424,7 +427,10 @@ def _send(
         broadcast=notice.kind in ("escalate", "repeat", "join"),
     )
     if notice.kind == "resolved" and notice.update_ts:
-        messenger.update(notice.channel, notice.update_ts, text, blocks)
+        try:
+            messenger.update(notice.channel, notice.update_ts, text, blocks)
+        except NoticeFailed as exc:  # the reply went out: never a failed (re-sent) notice
+            return channel, ts, f"the first message not updated to RESOLVED: {redact(str(exc))}"
     if notice.kind == "join" and notice.update_ts and state is not None and state.root_channel:
         every = notice.model_copy(
             update={"kind": "update", "alerts": list(notice.state_after.alerts.values())}
@@ -436,7 +442,7 @@ def _send(
                 notice_text(every, minutes),
                 notice_blocks(every, run_url),
             )
-    return channel, ts
+    return channel, ts, ""
 
 
 def _email_fallback(
@@ -532,8 +538,10 @@ def deliver(
     run_url: str = "",
     lock_wait_s: float = LOCK_WAIT_S,
     recovery_lookback: timedelta = DEFAULT_RECOVERY_LOOKBACK,
+    unknown: Collection[str] = (),
 ) -> DeliveryReport:
-    """Decide and deliver the notices due at `now`, exactly once each (see the module doc)."""
+    """Decide and deliver the notices due at `now`, exactly once each (see the module doc).
+    `unknown`: the alerts that could not be evaluated at `now` (an open incident keeps them)."""
     delivered: list[Delivered] = []
     with store.locked(lock_wait_s) as held:
         newer = store.decided_at()
@@ -561,7 +569,7 @@ def deliver(
         for key in found:
             recovered += f"{'; ' if recovered else ''}notice {key} found sent, recorded"
         states = store.incidents()
-        plan = decide(now, alerts, states, definitions, channel_ids)
+        plan = decide(now, alerts, states, definitions, channel_ids, unknown)
         store.mark_decided(now)
         for old, moved in plan.moved.items():  # its policy is gone: the incident moved group
             store.move(old, moved)
@@ -570,6 +578,7 @@ def deliver(
         for state in plan.states.values():
             store.save(state)
         lost = False
+        unresolved: dict[str, Notice] = {}  # group -> a resolved reply not delivered
         for notice in plan.notices:
             notice = as_recorded(notice, states.get(notice.group))
             state = continuing(states.get(notice.group), notice)
@@ -609,7 +618,7 @@ def deliver(
             store.set_pending(notice)
             note = ""
             try:
-                channel, ts = _send(notice, messenger, run_url, state)
+                channel, ts, note = _send(notice, messenger, run_url, state)
                 sink, outcome = messenger.sink, "sent"
             except NoticeFailed as exc:
                 if notice.kind == "update":
@@ -645,6 +654,9 @@ def deliver(
                             else f"; the incident went on to level {notice.level} all the same "
                             "(the next level at its delay); this notice is tried again each run"
                         )
+                    elif notice.kind == "resolved":  # another thread's reply may close it
+                        unresolved.setdefault(notice.group, notice)
+                        why += "; the incident stays open until this thread is told (next run)"
                     delivered.append(Delivered(**base, sink="skipped", outcome="failed", note=why))
                     continue
                 note = f"{exc}; {note}"
@@ -666,6 +678,11 @@ def deliver(
             store.save(states[notice.group])
             store.clear_pending(notice.key)
             delivered.append(Delivered(**base, sink=sink, ts=ts, outcome=outcome, note=note))
+        for group, notice in unresolved.items():  # open again: the next run tells that thread
+            reopened = record_unresolved(states.get(group), notice)
+            if reopened is not None and not lost and held.renew():
+                states[group] = reopened
+                store.save(reopened)
         store.client.delete(store.key("rebuild-failing-since"))
         return DeliveryReport(
             delivered=delivered,

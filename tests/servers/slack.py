@@ -200,6 +200,14 @@ class SlackStandIn(LocalServer):
         with self._lock:
             return copy.deepcopy(self._messages)
 
+    def delete_message(self, channel: str, ts: str) -> None:
+        """A person deleted the message `ts` of `channel` (a name or id) in Slack."""
+        with self._lock:
+            cid = channel if not channel.startswith("#") else self._by_name(channel[1:]).id
+            self._messages = [
+                m for m in self._messages if not (m["channel"] == cid and m["ts"] == ts)
+            ]
+
     def add_channel(
         self,
         name: str,

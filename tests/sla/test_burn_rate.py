@@ -140,3 +140,56 @@ def test_quantile_slo_fires_when_both_windows_exceed_the_threshold() -> None:
     fast = SloMeasurement(slo="p95", quantile={w: 0.15 for w in windows} | {"5m": 0.3})
     ev = evaluate(d, {"availability": burning(), "p95": fast}, _quiet_rules(), _deg(0.2, 0.2), T0)
     assert [a for a in ev.alerts if a.slo == "p95"] == []  # only the short window is slow
+
+
+def test_a_window_without_traffic_leaves_its_alert_unknown_not_ok() -> None:
+    """Regression: a page whose 5m window had no traffic (0 requests: the service down hard)
+    was simply not firing, so its open incident resolved. It is unknown: `decide` keeps it."""
+    from decisions.escalation import decide
+    from tests.sla.test_escalation import Sim
+
+    d = definitions()
+    firing = _eval(burning(_1h=0.02, _5m=0.05), _quiet_rules(), _deg(0.18, 0.18))
+    assert [a.key for a in firing.alerts] == ["availability/page-fast"]
+    silent = burning(_1h=0.02)
+    silent.total["5m"], silent.good["5m"] = 0.0, 0.0  # no requests in the last 5 minutes
+    ev = evaluate(d, {"availability": silent}, _quiet_rules(), _deg(0.18, 0.18), T0)
+    assert ev.alerts == []
+    assert ev.unknown == ["availability/page-fast"]
+    sim = Sim(d)
+    sim.step(T0, firing.alerts)
+    plan = decide(T0 + timedelta(minutes=1), ev.alerts, sim.states, d, unknown=ev.unknown)
+    assert [n.kind for n in plan.notices] == []  # not resolved
+    assert "availability/page-fast could not be evaluated" in plan.warnings[0]
+    # Data that says the burn stopped resolves it.
+    ok = _eval(burning(_1h=0.02, _5m=0.0001), _quiet_rules(), _deg(0.18, 0.18))
+    assert ok.unknown == []
+    plan = decide(T0 + timedelta(minutes=2), ok.alerts, sim.states, d, unknown=ok.unknown)
+    assert [n.kind for n in plan.notices] == ["resolved"]
+
+
+def test_a_burning_long_window_with_a_silent_short_one_is_no_data_not_ok() -> None:
+    """Regression: the service went dark mid-burn (1h burning 20x, no requests in the last 5
+    minutes): the SLO was 'ok' with no alert, and stayed so while the traffic was gone (no
+    no-data alert either). It cannot be said ok: 'no data', naming the pair."""
+    d = definitions()
+    dark = burning(_1h=0.02)
+    dark.total["5m"], dark.good["5m"] = 0.0, 0.0
+    ev = evaluate(d, {"availability": dark}, _quiet_rules(), _deg(0.18, 0.18), T0)
+    status = {s.name: s for s in ev.statuses}["availability"]
+    assert status.status == "no data"
+    assert "page-fast: 20.0x over 1h" in status.detail and "none over 5m" in status.detail
+    later = evaluate(
+        d,
+        {"availability": dark},
+        _quiet_rules(),
+        _deg(0.18, 0.18),
+        T0 + timedelta(minutes=10),
+        ev.no_data_since,
+    )
+    assert [a.key for a in later.alerts] == ["availability/no-data"]
+    # A quiet long window with a silent short one is ok (nothing burning to say).
+    idle = burning()
+    idle.total["5m"], idle.good["5m"] = 0.0, 0.0
+    ev = evaluate(d, {"availability": idle}, _quiet_rules(), _deg(0.18, 0.18), T0)
+    assert {s.name: s for s in ev.statuses}["availability"].status == "ok"

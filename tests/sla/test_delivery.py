@@ -766,3 +766,64 @@ def test_a_level_that_failed_after_the_lock_expired_is_not_recorded(
     report = deliver(store, SlackMessenger(target), THREE_CHANNELS, FIRING, T0 + MINUTE)
     assert [(x.kind, x.outcome) for x in report.delivered] == [("fire", "sent")]
     assert len(keys(slack)) == len(set(keys(slack))) == 1
+
+
+@pytest.mark.parametrize("refusing", ["#eng-manager", "#team-lead"])
+def test_a_resolved_notice_slack_refused_in_one_thread_is_sent_by_a_later_run(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn, refusing: str
+) -> None:
+    """Regression: the resolution of an incident seen in two channels, the bot removed from
+    the second meanwhile (no email fallback): the first thread's resolved reply went out and
+    closed the incident, so the second's, 'decided again by the next run', never was: the
+    engineering manager's thread (the level that paged them) stayed FIRING for good."""
+
+    def at(minute: int, alerts: list[Any] = FIRING) -> Any:
+        return deliver(
+            store, SlackMessenger(slack_target), THREE_CHANNELS, alerts, T0 + minute * MINUTE
+        )
+
+    for minute in range(16):
+        at(minute)
+    assert [m["channel"] for m in slack.messages] == [
+        slack.channel_id("#team-lead"),
+        slack.channel_id("#eng-manager"),
+    ]
+    slack.set_member(refusing, False)
+    report = at(16, [])
+    outcomes = {d.channel: d.outcome for d in report.delivered}
+    other = next(c for c in outcomes if c != refusing)
+    assert outcomes == {refusing: "failed", other: "sent"}
+    [state] = store.incidents().values()
+    assert state.open  # not closed until every thread was told
+    slack.set_member(refusing, True)
+    report = at(17, [])
+    outcomes = {d.channel: d.outcome for d in report.delivered}
+    assert outcomes == {refusing: "sent", other: "already sent"}
+    resolved = [m for m in slack.messages if "RESOLVED" in m["text"] and m["thread_ts"]]
+    assert sorted(m["channel"] for m in resolved) == sorted(
+        [slack.channel_id("#team-lead"), slack.channel_id("#eng-manager")]
+    )
+    [state] = store.incidents().values()
+    assert not state.open
+    assert at(18, []).delivered == []
+
+
+def test_a_resolved_reply_whose_first_message_was_deleted_is_posted_once(
+    store: SlaStore, slack_target: SlackEscalationTarget, slack: SlackStandIn
+) -> None:
+    """Regression: someone deleted the incident's FIRING message in Slack; the resolved reply
+    was posted, then updating the deleted first message failed (message_not_found), so the
+    notice counted as failed and was not logged: every run posted RESOLVED again. The reply
+    went out: it is recorded, the failed update said in its note."""
+    run(store, slack_target, 0)
+    root = slack.messages[0]
+    slack.delete_message("#oncall", root["ts"])
+    report = run(store, slack_target, 1, alerts=[])
+    [resolved] = report.delivered
+    assert (resolved.kind, resolved.outcome) == ("resolved", "sent")
+    assert "message_not_found" in resolved.note
+    for minute in (2, 3):
+        assert run(store, slack_target, minute, alerts=[]).delivered == []
+    assert len([m for m in slack.messages if "RESOLVED" in m["text"]]) == 1
+    [state] = store.incidents().values()
+    assert not state.open

@@ -664,3 +664,128 @@ def test_levels_reached_late_in_one_run_share_their_channels_thread() -> None:
     assert level2.thread_ts == state.root_ts == state.channel_roots["#oncall"]
     assert level2.unreached == []  # level 1 was reached just before it, in the same run
     assert state.unreached == [] and (state.level, state.level_at) == (3, T0 + 45 * MIN)
+
+
+def test_silencing_an_open_incident_mutes_it_without_a_false_resolved() -> None:
+    """Regression: a silence added under an open incident (maintenance: stop the pages) made
+    its alerts 'not firing', so the incident resolved with a RESOLVED reply while the outage
+    went on, and the silence's end fired it again as a new incident from level 1. Muted, it
+    sends nothing (no resolved, no escalation, no reminder) and goes on when the silence ends."""
+    silenced = definitions(
+        "silences:\n  - matchers: {slo: availability}\n    ends_at: 2026-11-02T13:00:00Z\n"
+        "    comment: maintenance\n"
+    )
+    a = [alert("availability/page-fast")]
+    sim = Sim()
+    sim.step(T0, a)  # before the silence: fired
+    assert [n.kind for n in sim.sent] == ["fire"]
+    incident = sim.sent[0].incident
+    sim.definitions = silenced  # the silence added to slos.yaml
+    plan = sim.step(T0 + timedelta(minutes=20), a)  # past level 1's 15 min: no escalation
+    assert plan.notices == []
+    assert any("muted" in w for w in plan.warnings)
+    group = next(iter(sim.states))
+    assert sim.states[group].open and sim.states[group].incident == incident
+    # The silence ends with the alert still firing: the same incident escalates.
+    plan = sim.step(T0 + timedelta(minutes=61), a)
+    assert [(n.kind, n.incident) for n in plan.notices] == [("escalate", incident)]
+    # An alert that stops firing while silenced resolves its incident, said in the thread.
+    sim = Sim()
+    sim.step(T0, a)
+    sim.definitions = silenced
+    assert sim.step(T0 + timedelta(minutes=5), a).notices == []
+    plan = sim.step(T0 + timedelta(minutes=6), [])
+    assert [(n.kind, n.incident) for n in plan.notices] == [("resolved", incident)]
+
+
+REGROUPED = parse_definitions(
+    DEFINITIONS.replace(
+        "    repeat_interval: 2h\n", "    repeat_interval: 2h\n    group_by: [slo, severity]\n"
+    ),
+    "regrouped.yaml",
+)
+
+
+def test_an_incident_whose_group_by_was_edited_continues_in_its_thread() -> None:
+    """Regression: editing a policy's group_by under an open incident regrouped its alerts, so
+    the incident resolved (a false RESOLVED while still firing) and the same alerts fired again
+    as a new incident from level 1. It moves to the new group, as for a renamed policy."""
+    sim = Sim()
+    firing = [alert("availability/page-fast")]
+    sim.run(T0, 5, firing)
+    [fired] = sim.sent
+    sim.definitions = REGROUPED
+    plan = sim.step(T0 + timedelta(minutes=5), firing)
+    assert plan.notices == []  # neither resolved nor fired again
+    assert list(plan.moved) == ["default:slo=availability"]
+    state = sim.states["default:slo=availability,severity=critical"]
+    assert (state.incident, state.level) == (fired.incident, 1)
+    sim.run(T0 + timedelta(minutes=6), 10, firing)
+    assert [(n.kind, n.incident) for n in sim.sent] == [
+        ("fire", fired.incident),
+        ("escalate", fired.incident),
+    ]
+
+
+MOVED_SLO = parse_definitions(
+    DEFINITIONS.replace(
+        "escalation_policies:\n",
+        "escalation_policies:\n  - name: platform\n    levels:\n"
+        '      - {name: platform lead, channel: "#oncall", after: 15m}\n'
+        '      - {name: platform manager, channel: "#oncall", after: 30m}\n',
+    ).replace("    objective: 0.999\n", "    objective: 0.999\n    escalation: platform\n"),
+    "moved-slo.yaml",
+)
+
+
+def test_an_slo_given_another_existing_policy_moves_its_open_incident() -> None:
+    """Regression: an SLO given another policy that was already defined (the old one still
+    is) resolved its open incident and fired it again under the new policy; docs/sla.md
+    says the incident moves, as when its policy is gone."""
+    sim = Sim()
+    sim.run(T0, 5, [alert("availability/page-fast")])
+    [fired] = sim.sent
+    sim.definitions = MOVED_SLO
+    moved = [alert("availability/page-fast").model_copy(update={"escalation": "platform"})]
+    plan = sim.step(T0 + timedelta(minutes=5), moved)
+    assert plan.notices == []
+    state = sim.states["platform:slo=availability"]
+    assert (state.incident, state.policy) == (fired.incident, "platform")
+    sim.run(T0 + timedelta(minutes=6), 10, moved)
+    assert [(n.kind, n.level_name) for n in sim.sent] == [
+        ("fire", "team lead"),
+        ("escalate", "platform manager"),
+    ]
+
+
+def test_a_level_emailed_late_in_a_run_is_not_said_unreached_by_the_runs_later_notices() -> None:
+    """Regression: a level not reached, tried again and delivered by email, then a later notice
+    of the same run posted in Slack: that notice's metadata still listed the level as not
+    reached (decided before the try), so after Redis lost its data the state rebuilt from Slack
+    tried the level again: a second email (the emailed notice is not in Slack to say otherwise)."""
+    sim = Sim(THREE_CHANNELS)
+    sim.unreachable = {"#team-lead"}
+    firing = [alert("availability/page-fast")]
+    sim.run(T0, 15, firing)  # level 1 not reached
+    at = T0 + 15 * MIN
+    plan = decide(at, firing, sim.states, THREE_CHANNELS)
+    retry, escalate = plan.notices
+    assert (retry.kind, retry.due_at, escalate.kind) == ("fire", T0, "escalate")
+    # Slack refused level 1 again; its email went out.
+    emailed = PostedNotice(key=retry.key, channel=retry.channel, ts="", sent_at=at, sink="email")
+    group = retry.group
+    sim.states[group] = record(sim.states[group], as_recorded(retry, sim.states[group]), emailed)
+    escalate = as_recorded(escalate, sim.states[group])
+    assert escalate.unreached == []  # its text no longer says level 1 was not reached
+    assert "unreached" not in notice_metadata(escalate)  # nor does its metadata
+    posted = PostedNotice(
+        key=escalate.key,
+        channel=escalate.channel,
+        ts=f"{at.timestamp():.6f}",
+        sent_at=at,
+        sink="slack",
+    )
+    sim.states[group] = record(sim.states[group], escalate, posted)
+    states, _ = rebuild([_with_place(notice_metadata(escalate), escalate)])
+    assert states[group].unreached == []
+    assert [n.kind for n in decide(at + MIN, firing, states, THREE_CHANNELS).notices] == []

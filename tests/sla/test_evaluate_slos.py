@@ -302,3 +302,25 @@ def test_a_run_without_redis_records_its_evaluation_then_fails_saying_so(
     assert {r["item"]: r["result"] for r in rows}["availability"] == "firing"
     assert wait_for_events("perfops.sla.evaluated", flow_run_id=state.state_details.flow_run_id)
     assert slack.messages == []
+
+
+def test_prometheus_down_under_an_open_incident_sends_no_resolved_notice(
+    prefect_harness: None, sla_env: Path, slack: SlackStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a blind run (Prometheus unreachable: no alert could be evaluated) resolved
+    every open incident, a false 'RESOLVED' in each thread mid-outage. What could not be
+    evaluated keeps firing as it was; the incidents resolve when data says so."""
+    from flows.evaluate_slos import evaluate_slos
+
+    report = evaluate_slos(definitions_path=str(sla_env), at=_at(3))
+    assert report.delivery is not None
+    assert [d.kind for d in report.delivery.delivered] == ["fire", "fire"]
+    sent = len(slack.messages)
+    with UnhealthyProxy(503) as proxy:  # Prometheus down behind its proxy
+        monkeypatch.setenv("PERFOPS_PROMETHEUS_URL", proxy.url)
+        state = evaluate_slos(definitions_path=str(sla_env), at=_at(4), return_state=True)
+    assert state.is_failed()  # blind: still Failed
+    assert len(slack.messages) == sent  # nothing resolved (nor updated)
+    assert not any("RESOLVED" in m["text"] for m in slack.messages)
+    rows = artifact_rows("perfops-sla")
+    assert not [r for r in rows if r["kind"] == "notice resolved"]
