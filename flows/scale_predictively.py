@@ -34,7 +34,7 @@ from decisions.scaling_report import (
     scaling_events,
 )
 from decisions.scaling_tuning import base_policy, candidate_from_record, scaling_policy_for
-from perfops.errors import LockBusy, PerfopsError
+from perfops.errors import ConfigurationError, LockBusy, PerfopsError
 from perfops.redaction import install_log_redaction
 from perfops.settings import get_settings
 from tasks.autoscaling import (
@@ -105,6 +105,8 @@ def scale_predictively(
             record name): the Auto Scaling group's name, behind its region (and endpoint,
             credentials block) where they are configured (`eu-west-1/api`, as a fleet child and
             `perfops scaling decide --aws --region` key it; `decisions.fleet.scaling_key`).
+            With `aws`, it must name `aws.group` (`web`, `eu-west-1/web`): a run keyed for
+            one group never acts on another.
         policy: the scaling policy; default: 2..100 instances, 70 % target, capacity per
             instance sized so the history's p99.9 needs 20 instances.
         mode: override the policy's mode (forecast_and_scale, forecast_only, reactive).
@@ -113,7 +115,8 @@ def scale_predictively(
         aws: the Auto Scaling group (region, endpoint, credentials block); without it the group
             is simulated (current capacity from `current_capacity`, else what the group's last
             run set, or kept in a dry run; else the policy's minimum).
-        current_capacity: the simulated group's capacity.
+        current_capacity: the simulated group's capacity (refused with `aws`: a real
+            group's capacity is AWS's).
         metrics_block / redis_block: block names (default: PERFOPS_* variables, else the
             embedded CSV trace and local Redis).
         now: the decision time (default: now; CSV trace: its last point).
@@ -152,6 +155,7 @@ def scale_predictively(
             system=AUTOSCALING,
         )
     fleet_target = verified_fleet_target(fleet_target)  # never trusted as given
+    _check_group(group, aws, current_capacity)
     check_block_names(
         metrics_block=metrics_block,
         redis_block=redis_block,
@@ -276,6 +280,30 @@ def scale_predictively(
         return end_run(run, f"capacity of {group} not set to {run.desired}: {not_set}")
     failed = run.action == "fail_static"
     return end_run(run, f"no decision for {group}: {run.reason}" if failed else None)
+
+
+def _check_group(group: str, aws: AutoScalingTarget | None, current_capacity: int | None) -> None:
+    """Refuse parameters that would decide for one group and act on another, or claim a
+    capacity the run would not use: with `aws`, the capacity is AWS's (a `current_capacity`
+    given too was silently ignored), and `group` (the key of the lock, state, cooldowns and
+    tuning) must name `aws.group` (`web`, `eu-west-1/web`): a key of another group (the
+    deployment's `demo`, or the group an SLA alert's trigger names) ran that group's
+    cooldowns and tuning on `aws.group`, under a lock another run for it does not see."""
+    if aws is None:
+        return
+    if current_capacity is not None:
+        raise ConfigurationError(
+            f"current_capacity={current_capacity} is for a simulated group, but aws names the "
+            f"Auto Scaling group {aws.group!r}, whose capacity is read from AWS: drop "
+            "current_capacity (or aws, to simulate)"
+        )
+    if group != aws.group and not group.endswith(f"/{aws.group}"):
+        raise ConfigurationError(
+            f"group {group!r} is not the key of the Auto Scaling group {aws.group!r} that aws "
+            f"names: the run would use {group!r}'s lock, cooldowns and tuning to scale "
+            f"{aws.group!r}; pass group={aws.group!r} (or its key with region or account, "
+            f"e.g. 'eu-west-1/{aws.group}'), or aws for {group!r}"
+        )
 
 
 def _last_capacity(redis_target: RedisTarget, group: str, default: int) -> int:

@@ -738,3 +738,37 @@ def test_decide_from_the_command_line_keys_the_group_as_its_fleet_target_does(
     assert [r["group"] for r in read_history(env, f"{where}/us-east-1/web")] == [
         f"{where}/us-east-1/web"
     ]
+
+
+def test_current_capacity_with_aws_is_refused_and_nothing_changes(
+    env: RedisTarget, group: tuple[Any, AutoScalingTarget]
+) -> None:
+    """A capacity given for a real group was silently ignored (AWS's was used): refused."""
+    client, target = group
+    policy = ScalingPolicy(capacity_per_instance=2000.0, max_step=100, max_capacity=40)
+    with pytest.raises(ConfigurationError, match="current_capacity=30 is for a simulated group"):
+        scale_predictively(
+            group="web", aws=target, current_capacity=30, dry_run=False, policy=policy
+        )
+    [found] = client.describe_auto_scaling_groups(AutoScalingGroupNames=["web"])[
+        "AutoScalingGroups"
+    ]
+    assert found["DesiredCapacity"] == 2 and read_history(env, "web") == []
+
+
+def test_a_key_of_another_group_never_acts_on_the_aws_group(
+    env: RedisTarget, group: tuple[Any, AutoScalingTarget]
+) -> None:
+    """The deployment's trigger runs it with the group an SLA alert names while `aws` stays
+    the deployment's: the run scaled `web` under `checkout`'s lock, cooldowns and tuning
+    (and recorded it as checkout's). Refused, nothing changed; a key with a region is fine."""
+    client, target = group
+    policy = ScalingPolicy(capacity_per_instance=2000.0, max_step=100, max_capacity=40)
+    with pytest.raises(ConfigurationError, match="'checkout' is not the key of the Auto Scal"):
+        scale_predictively(group="checkout", aws=target, dry_run=False, policy=policy)
+    [found] = client.describe_auto_scaling_groups(AutoScalingGroupNames=["web"])[
+        "AutoScalingGroups"
+    ]
+    assert found["DesiredCapacity"] == 2 and read_history(env, "checkout") == []
+    keyed_run = one_target(scale_predictively, group="us-east-1/web", aws=target, policy=policy)
+    assert keyed_run.group == "us-east-1/web" and keyed_run.current == 2
