@@ -1,5 +1,5 @@
 """scale_predictively: read the load history, forecast it, decide the group's capacity behind
-guardrails and (only with dry_run=False and mode forecast_and_scale) set it. CLI
+guardrails and (only with dry_run=False, in any mode but forecast_only) set it. CLI
 `perfops scaling decide`.
 
 One decision per group at a time (a Redis lock; a concurrent run skips and says why); the last
@@ -217,7 +217,7 @@ def scale_predictively(
                 decision = held_to_group(decision, found.min_size, found.max_size)
             acts = (
                 not dry_run
-                and pol.mode == "forecast_and_scale"
+                and pol.mode != "forecast_only"  # reactive acts (a tuned simple choice runs so)
                 and decision.changes
                 and decision.action != "fail_static"
             )

@@ -18,7 +18,7 @@ from decisions.scaling_report import LoadQuery
 from flows.scale_predictively import scale_predictively
 from perfops.errors import ConfigurationError, ConnectionFailed
 from tasks.autoscaling import AutoScalingTarget
-from tasks.scaling_state import group_lock, load_state, read_history
+from tasks.scaling_state import group_lock, load_state, read_history, save_tuning
 from tests.conftest import HISTORY_END, REDIS_TEST_URL, load_value
 from tests.records import artifact_rows, failed_run, one_target, wait_for_event
 from tests.servers import MotoServer, PrometheusServer
@@ -772,3 +772,56 @@ def test_a_key_of_another_group_never_acts_on_the_aws_group(
     assert found["DesiredCapacity"] == 2 and read_history(env, "checkout") == []
     keyed_run = one_target(scale_predictively, group="us-east-1/web", aws=target, policy=policy)
     assert keyed_run.group == "us-east-1/web" and keyed_run.current == 2
+
+
+def test_a_tuned_simple_choice_and_the_reactive_mode_set_the_capacity(
+    env: RedisTarget, group: tuple[Any, AutoScalingTarget]
+) -> None:
+    """Only mode forecast_and_scale acted: a tuned simple choice runs as mode `reactive`, so
+    once tune_scaling stored one (whenever no forecast beats the simple policies) every
+    `dry_run=False` run only said `would set` and ended Completed, the group never scaled.
+    Every mode but forecast_only acts."""
+    client, target = group
+    policy = ScalingPolicy(capacity_per_instance=2000.0, max_step=100, max_capacity=40)
+    save_tuning.fn(
+        env,
+        "web",
+        {
+            "at": "2026-12-07T00:20:00+00:00",
+            "candidate": {
+                "family": "target_tracking",
+                "target": 0.7,
+                "quantile": None,
+                "margin": "additive",
+            },
+            "label": "target tracking @ 70%",
+            "reason": "no forecast beats the simple policies on this history",
+        },
+    )
+
+    def desired() -> int:
+        [found] = client.describe_auto_scaling_groups(AutoScalingGroupNames=["web"])[
+            "AutoScalingGroups"
+        ]
+        return int(found["DesiredCapacity"])
+
+    tuned = one_target(scale_predictively, group="web", aws=target, dry_run=False, policy=policy)
+    assert tuned.mode == "reactive" and "tuned 2026-12-07" in tuned.tuned
+    assert tuned.applied and tuned.desired > 2 and desired() == tuned.desired
+    assert tuned.summary.startswith(f"web: set {tuned.desired} (from 2)")
+    client.set_desired_capacity(AutoScalingGroupName="web", DesiredCapacity=2)
+    reactive = one_target(
+        scale_predictively,
+        group="web",
+        aws=target,
+        dry_run=False,
+        policy=policy,
+        mode="reactive",
+        use_tuning=False,
+    )
+    assert reactive.applied and desired() == reactive.desired > 2
+    client.set_desired_capacity(AutoScalingGroupName="web", DesiredCapacity=2)
+    only = one_target(
+        scale_predictively, group="web", aws=target, dry_run=False, mode="forecast_only"
+    )
+    assert not only.applied and desired() == 2
