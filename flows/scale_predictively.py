@@ -71,7 +71,10 @@ def _tuned(
         return pol, f"tuning not used (use_tuning=False); tuned: {record['label']}"
     if pol.mode == "forecast_only":
         return pol, f"forecast only: the tuning would use {record['label']} ({record['reason']})"
-    tuned = scaling_policy_for(pol, candidate_from_record(record), record.get("schedule_load"))
+    candidate = candidate_from_record(record)
+    if pol.mode == "reactive" and candidate.family == "forecast":  # the operator's override
+        return pol, f"reactive mode: the tuned {record['label']} needs forecasts, not used"
+    tuned = scaling_policy_for(pol, candidate, record.get("schedule_load"))
     return tuned, f"tuned {str(record['at'])[:10]}: {record['label']}"
 
 
@@ -131,7 +134,8 @@ def scale_predictively(
             Ignored on a run no fleet parent started (it runs as a single run).
         use_tuning: run the policy tune_scaling chose for the group (stored in Redis) instead
             of `policy` (whose bounds, capacity per instance and boot time it keeps); in
-            forecast_only mode the record says what the tuning would use.
+            forecast_only mode the record says what the tuning would use; in reactive mode
+            a tuned forecast choice is not used (the mode turns forecasts off).
     """
     install_log_redaction()
     if targets is not None:  # the parent of a fleet run: one child run per group

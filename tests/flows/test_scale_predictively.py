@@ -825,3 +825,28 @@ def test_a_tuned_simple_choice_and_the_reactive_mode_set_the_capacity(
         scale_predictively, group="web", aws=target, dry_run=False, mode="forecast_only"
     )
     assert not only.applied and desired() == 2
+
+
+def test_reactive_mode_does_not_run_a_tuned_forecast_choice(env: RedisTarget) -> None:
+    """An operator's mode=reactive (forecasts off) was switched back to forecast_and_scale by
+    a tuned forecast choice: the override ignored, the forecast deciding."""
+    save_tuning.fn(
+        env,
+        "sim",
+        {
+            "at": "2026-12-07T00:20:00+00:00",
+            "candidate": {
+                "family": "forecast",
+                "target": 1.0,
+                "quantile": 0.95,
+                "margin": "additive",
+            },
+            "label": "forecast @ 100% p95",
+            "reason": "the forecast beats the simple policies",
+        },
+    )
+    run = one_target(scale_predictively, group="sim", mode="reactive", current_capacity=3)
+    assert run.mode == "reactive" and "predictive" not in run.demands
+    assert "reactive mode: the tuned forecast @ 100% p95 needs forecasts, not used" in run.tuned
+    tuned = one_target(scale_predictively, group="sim", current_capacity=3)
+    assert tuned.mode == "forecast_and_scale" and "predictive" in tuned.demands
