@@ -34,7 +34,7 @@ from decisions.scaling_report import (
     scaling_events,
 )
 from decisions.scaling_tuning import base_policy, candidate_from_record, scaling_policy_for
-from perfops.errors import ConfigurationError, LockBusy, PerfopsError
+from perfops.errors import ConfigurationError, ConnectionFailed, LockBusy, PerfopsError
 from perfops.redaction import install_log_redaction
 from perfops.settings import get_settings
 from tasks.autoscaling import (
@@ -227,6 +227,7 @@ def scale_predictively(
             )
             applied = False
             not_set: PerfopsError | None = None
+            unsaved: ConnectionFailed | None = None
             if acts and client is not None and aws is not None:
                 try:  # from the capacity decided on: a group changed meanwhile is left alone
                     set_capacity_task(client, aws.group, decision.desired, decision.current)
@@ -263,7 +264,14 @@ def scale_predictively(
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(decision_chart(history.series, history.step, upper, decision, pol))
             run.chart = str(out)
-            save_state(redis_target, group, new_state, history_record(run, at))
+            try:
+                save_state(redis_target, group, new_state, history_record(run, at))
+            except ConnectionFailed as exc:  # recorded below (what was set stays said), then fails
+                unsaved = exc
+                run.reason = (
+                    f"{run.reason}; state not saved ({exc}): the next run does not see this "
+                    "run's action or cooldown"
+                )
     except LockBusy as exc:
         logger.warning("%s", exc)
         run = ScalingRun(
@@ -282,6 +290,9 @@ def scale_predictively(
     _record(run, history.series, upper, fleet_target)
     if not_set is not None:
         return end_run(run, f"capacity of {group} not set to {run.desired}: {not_set}")
+    if unsaved is not None:
+        done = f"set to {run.desired}" if run.applied else "unchanged"
+        return end_run(run, f"capacity of {group} {done}, but its state not saved: {unsaved}")
     failed = run.action == "fail_static"
     return end_run(run, f"no decision for {group}: {run.reason}" if failed else None)
 

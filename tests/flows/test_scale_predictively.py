@@ -850,3 +850,32 @@ def test_reactive_mode_does_not_run_a_tuned_forecast_choice(env: RedisTarget) ->
     assert "reactive mode: the tuned forecast @ 100% p95 needs forecasts, not used" in run.tuned
     tuned = one_target(scale_predictively, group="sim", current_capacity=3)
     assert tuned.mode == "forecast_and_scale" and "predictive" in tuned.demands
+
+
+def test_state_not_saved_after_setting_the_capacity_is_recorded_and_fails(
+    env: RedisTarget, group: tuple[Any, AutoScalingTarget], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis failing between the decision and saving its state (a fault the shared Redis
+    cannot be made to produce on cue: the save is replaced) raised out of the flow after the
+    capacity was set: no artifact, no `applied` event, no record of the change."""
+    client, target = group
+    policy = ScalingPolicy(capacity_per_instance=2000.0, max_step=100, max_capacity=40)
+
+    def redis_gone(*_: Any, **__: Any) -> None:
+        raise ConnectionFailed("Redis at redis://127.0.0.1:6379/5 failed (connection reset)")
+
+    monkeypatch.setattr("flows.scale_predictively.save_state", redis_gone)
+    state = scale_predictively(
+        group="web", aws=target, dry_run=False, policy=policy, return_state=True
+    )
+    run, message = failed_run(state)
+    [found] = client.describe_auto_scaling_groups(AutoScalingGroupNames=["web"])[
+        "AutoScalingGroups"
+    ]
+    assert run.applied and found["DesiredCapacity"] == run.desired > 2
+    assert message.startswith(f"capacity of web set to {run.desired}, but its state not saved")
+    assert "state not saved" in run.reason and "cooldown" in run.reason
+    applied = wait_for_event(
+        "perfops.scaling.applied", flow_run_id=str(state.state_details.flow_run_id)
+    )
+    assert applied.payload["to"] == run.desired and "state not saved" in applied.payload["reason"]
