@@ -16,7 +16,8 @@ capacity and the reasons for it. Every demand is expressed in instances:
 Scale-out: the largest demand wins, plus a little headroom (`scale_out_headroom`) so one action
 covers the next steps of a rising load. Scale-in: the largest recommendation of the
 stabilization window wins (HPA), the window is stretched after a burst (load well above the
-fleet's recent norm tends to come back), never during the scale-in cooldown, and not at all
+fleet's recent norm tends to come back), never during the scale-in cooldown, never while the
+load has collapsed far below its recent median (an outage or a broken metric), and not at all
 within a dead band (`scale_in_tolerance`) below the current capacity, so small dips and the
 headroom of the last scale-out do not act (fewer actions than following the load step by
 step; the headroom is capped to what the dead band keeps, so the two never flap). Guardrails
@@ -212,6 +213,14 @@ class ScalingPolicy(BaseModel):
         2.0, gt=1, description="A burst: load above this times the median of burst_baseline."
     )
     burst_baseline: timedelta = Field(timedelta(hours=1), gt=timedelta(0))
+    collapse_fraction: float = Field(
+        0.10,
+        ge=0,
+        lt=1,
+        description="A load below this fraction of its median over burst_baseline is a "
+        "collapse (an outage, or a broken exporter reporting zero, looks the same): no "
+        "scale-in until the median follows it (half the baseline); 0 turns it off.",
+    )
     tolerance: float = Field(0.10, ge=0, lt=1, description="Target-tracking dead band.")
     scale_in_tolerance: float = Field(
         0.12,
@@ -502,6 +511,17 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalingState | None =
                 f"scale-out cooldown ({since} of {policy.scale_out_cooldown})",
             )
 
+    # a collapse (the load far below its recent median: an outage, or a metric gone to zero)
+    # is no reason to scale in: when the service or the metric comes back, the load does too
+    collapsed = median > EPS and now_load < policy.collapse_fraction * median
+    if collapsed and desired < current:
+        desired, reason = (
+            current,
+            f"no scale-in: the load fell to {figure(now_load)}, under "
+            f"{policy.collapse_fraction:.0%} of its median {figure(median)} over the last "
+            f"{policy.burst_baseline} (an outage or a broken metric looks the same); scale-in "
+            f"waits until the median follows it ({reason})",
+        )
     # scale-in dead band: a small dip (or the headroom of the last scale-out) does not act
     if lo <= current <= hi and current - policy.scale_in_tolerance * current <= desired < current:
         desired, reason = (

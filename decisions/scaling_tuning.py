@@ -466,7 +466,7 @@ def scaling_policy_for(
     schedule (UTC business hours, Mon-Fri 09-17) is sized from `schedule_load` (the p99 load
     of business hours and off hours) at the target utilisation and sets a minimum
     (`schedule_floor`), with target tracking at that target above it (`ScheduledFloor`). The
-    group's own bounds and schedule stay: guardrails over whichever policy runs."""
+    group's own bounds, schedule and `max_step` stay: guardrails over whichever policy runs."""
     u = candidate.target
     plain: dict[str, Any] = {
         "mode": "reactive",
@@ -480,7 +480,9 @@ def scaling_policy_for(
         "thresholds": None,
         "schedule_floor": None,  # the group's own `schedule` stays: its bounds are guardrails
         "target_tracking": True,
-        "max_step": base.max_capacity,
+        # max_step stays the group's: the replays use the full range, but live the step limit
+        # is a guardrail like the bounds (a tuned choice took a group whose load fell to zero
+        # from 30 to its minimum in one action)
     }
     if candidate.family == "forecast":
         return _updated(

@@ -1,5 +1,5 @@
 """scale_predictively: read the load history, forecast it, decide the group's capacity behind
-guardrails and (only with dry_run=False and mode forecast_and_scale) set it. CLI
+guardrails and (only with dry_run=False, in any mode but forecast_only) set it. CLI
 `perfops scaling decide`.
 
 One decision per group at a time (a Redis lock; a concurrent run skips and says why); the last
@@ -34,7 +34,7 @@ from decisions.scaling_report import (
     scaling_events,
 )
 from decisions.scaling_tuning import base_policy, candidate_from_record, scaling_policy_for
-from perfops.errors import LockBusy, PerfopsError
+from perfops.errors import ConfigurationError, ConnectionFailed, LockBusy, PerfopsError
 from perfops.redaction import install_log_redaction
 from perfops.settings import get_settings
 from tasks.autoscaling import (
@@ -71,7 +71,10 @@ def _tuned(
         return pol, f"tuning not used (use_tuning=False); tuned: {record['label']}"
     if pol.mode == "forecast_only":
         return pol, f"forecast only: the tuning would use {record['label']} ({record['reason']})"
-    tuned = scaling_policy_for(pol, candidate_from_record(record), record.get("schedule_load"))
+    candidate = candidate_from_record(record)
+    if pol.mode == "reactive" and candidate.family == "forecast":  # the operator's override
+        return pol, f"reactive mode: the tuned {record['label']} needs forecasts, not used"
+    tuned = scaling_policy_for(pol, candidate, record.get("schedule_load"))
     return tuned, f"tuned {str(record['at'])[:10]}: {record['label']}"
 
 
@@ -105,6 +108,8 @@ def scale_predictively(
             record name): the Auto Scaling group's name, behind its region (and endpoint,
             credentials block) where they are configured (`eu-west-1/api`, as a fleet child and
             `perfops scaling decide --aws --region` key it; `decisions.fleet.scaling_key`).
+            With `aws`, it must name `aws.group` (`web`, `eu-west-1/web`): a run keyed for
+            one group never acts on another.
         policy: the scaling policy; default: 2..100 instances, 70 % target, capacity per
             instance sized so the history's p99.9 needs 20 instances.
         mode: override the policy's mode (forecast_and_scale, forecast_only, reactive).
@@ -113,7 +118,8 @@ def scale_predictively(
         aws: the Auto Scaling group (region, endpoint, credentials block); without it the group
             is simulated (current capacity from `current_capacity`, else what the group's last
             run set, or kept in a dry run; else the policy's minimum).
-        current_capacity: the simulated group's capacity.
+        current_capacity: the simulated group's capacity (refused with `aws`: a real
+            group's capacity is AWS's).
         metrics_block / redis_block: block names (default: PERFOPS_* variables, else the
             embedded CSV trace and local Redis).
         now: the decision time (default: now; CSV trace: its last point).
@@ -128,7 +134,8 @@ def scale_predictively(
             Ignored on a run no fleet parent started (it runs as a single run).
         use_tuning: run the policy tune_scaling chose for the group (stored in Redis) instead
             of `policy` (whose bounds, capacity per instance and boot time it keeps); in
-            forecast_only mode the record says what the tuning would use.
+            forecast_only mode the record says what the tuning would use; in reactive mode
+            a tuned forecast choice is not used (the mode turns forecasts off).
     """
     install_log_redaction()
     if targets is not None:  # the parent of a fleet run: one child run per group
@@ -152,6 +159,7 @@ def scale_predictively(
             system=AUTOSCALING,
         )
     fleet_target = verified_fleet_target(fleet_target)  # never trusted as given
+    _check_group(group, aws, current_capacity)
     check_block_names(
         metrics_block=metrics_block,
         redis_block=redis_block,
@@ -213,12 +221,13 @@ def scale_predictively(
                 decision = held_to_group(decision, found.min_size, found.max_size)
             acts = (
                 not dry_run
-                and pol.mode == "forecast_and_scale"
+                and pol.mode != "forecast_only"  # reactive acts (a tuned simple choice runs so)
                 and decision.changes
                 and decision.action != "fail_static"
             )
             applied = False
             not_set: PerfopsError | None = None
+            unsaved: ConnectionFailed | None = None
             if acts and client is not None and aws is not None:
                 try:  # from the capacity decided on: a group changed meanwhile is left alone
                     set_capacity_task(client, aws.group, decision.desired, decision.current)
@@ -255,7 +264,14 @@ def scale_predictively(
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(decision_chart(history.series, history.step, upper, decision, pol))
             run.chart = str(out)
-            save_state(redis_target, group, new_state, history_record(run, at))
+            try:
+                save_state(redis_target, group, new_state, history_record(run, at))
+            except ConnectionFailed as exc:  # recorded below (what was set stays said), then fails
+                unsaved = exc
+                run.reason = (
+                    f"{run.reason}; state not saved ({exc}): the next run does not see this "
+                    "run's action or cooldown"
+                )
     except LockBusy as exc:
         logger.warning("%s", exc)
         run = ScalingRun(
@@ -274,8 +290,35 @@ def scale_predictively(
     _record(run, history.series, upper, fleet_target)
     if not_set is not None:
         return end_run(run, f"capacity of {group} not set to {run.desired}: {not_set}")
+    if unsaved is not None:
+        done = f"set to {run.desired}" if run.applied else "unchanged"
+        return end_run(run, f"capacity of {group} {done}, but its state not saved: {unsaved}")
     failed = run.action == "fail_static"
     return end_run(run, f"no decision for {group}: {run.reason}" if failed else None)
+
+
+def _check_group(group: str, aws: AutoScalingTarget | None, current_capacity: int | None) -> None:
+    """Refuse parameters that would decide for one group and act on another, or claim a
+    capacity the run would not use: with `aws`, the capacity is AWS's (a `current_capacity`
+    given too was silently ignored), and `group` (the key of the lock, state, cooldowns and
+    tuning) must name `aws.group` (`web`, `eu-west-1/web`): a key of another group (the
+    deployment's `demo`, or the group an SLA alert's trigger names) ran that group's
+    cooldowns and tuning on `aws.group`, under a lock another run for it does not see."""
+    if aws is None:
+        return
+    if current_capacity is not None:
+        raise ConfigurationError(
+            f"current_capacity={current_capacity} is for a simulated group, but aws names the "
+            f"Auto Scaling group {aws.group!r}, whose capacity is read from AWS: drop "
+            "current_capacity (or aws, to simulate)"
+        )
+    if group != aws.group and not group.endswith(f"/{aws.group}"):
+        raise ConfigurationError(
+            f"group {group!r} is not the key of the Auto Scaling group {aws.group!r} that aws "
+            f"names: the run would use {group!r}'s lock, cooldowns and tuning to scale "
+            f"{aws.group!r}; pass group={aws.group!r} (or its key with region or account, "
+            f"e.g. 'eu-west-1/{aws.group}'), or aws for {group!r}"
+        )
 
 
 def _last_capacity(redis_target: RedisTarget, group: str, default: int) -> int:

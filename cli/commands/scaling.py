@@ -149,6 +149,12 @@ def decide(
         return
 
     target = _aws(group, aws, region, endpoint_url, credentials_block)
+    if target is not None and current is not None:  # was silently ignored: AWS's is used
+        raise typer.BadParameter(
+            "--current is the capacity of a simulated group; with --aws (--endpoint-url, "
+            "--credentials-block) the group's capacity is read from AWS: drop --current",
+            param_hint="--current",
+        )
     run = run_flow(
         loader,
         {

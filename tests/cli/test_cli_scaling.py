@@ -89,3 +89,23 @@ def test_history_of_an_unknown_group_and_redis_down() -> None:
     assert empty.returncode == 0 and "no scaling decisions recorded" in empty.stdout
     down = _run("scaling", "history", env={"PERFOPS_REDIS_URL": "redis://127.0.0.1:1/0"})
     assert down.returncode == 1 and "Redis at redis://127.0.0.1:1/0 failed" in down.stderr
+
+
+def test_decide_refuses_current_with_aws_naming_the_flag() -> None:
+    """`--current` with `--aws` was passed on and silently ignored (AWS's capacity used)."""
+    result = _run(
+        "scaling",
+        "decide",
+        "--group",
+        "web",
+        "--aws",
+        "--endpoint-url",
+        "http://127.0.0.1:1",
+        "--current",
+        "5",
+        env={"PERFOPS_REDIS_URL": REDIS_TEST_URL},
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Invalid value for --current: --current is the capacity of a simulated group" in (
+        result.stderr
+    )

@@ -293,3 +293,24 @@ def test_each_group_key_has_its_own_chart_file() -> None:
     assert chart_file("eu-west-1/api") == "eu-west-1/api.png"
     assert chart_file("us-east-1/api") == "us-east-1/api.png"
     assert chart_file("127.0.0.1:5000/../api x") == "127.0.0.1_5000/_/api_x.png"
+
+
+def test_a_load_that_collapses_to_zero_does_not_scale_in_until_the_median_follows() -> None:
+    """An outage (or an exporter reporting zero) took a group at 30 instances down by its
+    whole scale-in at once: with a forecast whose spread shrank the stabilization window, or
+    a tuned simple policy (5-minute window, no burst window), to the minimum in one run. A
+    collapse (under 10 % of the last hour's median) holds scale-in; once the median has
+    followed (half the hour at the new level), scale-in resumes behind its guardrails."""
+    p = policy(stabilization_window=timedelta(0), max_step=30)
+    steady = [210.0] * 288
+    held = decide(p, obs([*steady, 0.0], 30))
+    assert (held.desired, held.action) == (30, "none")
+    assert "no scale-in: the load fell to 0, under 10% of its median 210" in held.reason
+    dip = decide(p, obs([*steady, 100.0], 30))  # half the load: a real dip scales in
+    assert dip.desired == 15 and dip.action == "scale_in"
+    lasting = decide(p, obs([*steady, *[0.0] * 8], 30))  # 40 minutes of zero: the median is 0
+    assert lasting.desired == 2 and lasting.action == "scale_in"
+    off = decide(
+        policy(stabilization_window=timedelta(0), collapse_fraction=0.0), obs([*steady, 0.0], 30)
+    )
+    assert off.desired == 10  # turned off: max_step's 20 only

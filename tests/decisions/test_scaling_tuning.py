@@ -226,7 +226,9 @@ def test_backtest_replays_each_candidate_and_the_choice_becomes_a_live_policy() 
 
 
 def test_each_family_runs_live_as_it_was_back_tested() -> None:
-    base = ScalingPolicy(capacity_per_instance=10.0, step=timedelta(minutes=5), min_capacity=1)
+    base = ScalingPolicy(  # max_step 100: the replays' full range (the guardrail: below)
+        capacity_per_instance=10.0, step=timedelta(minutes=5), min_capacity=1, max_step=100
+    )
     now = datetime(2024, 3, 6, 10, 0, tzinfo=UTC)  # Wednesday, business hours
     tt = scaling_policy_for(base, Candidate("target_tracking", 0.5))
     assert tt.mode == "reactive" and tt.target_utilization == 0.5
@@ -270,7 +272,11 @@ def test_the_groups_own_schedule_stays_a_guardrail_under_a_tuned_choice() -> Non
         ),
     )
     base = ScalingPolicy(
-        capacity_per_instance=10.0, step=timedelta(minutes=5), min_capacity=1, schedule=own
+        capacity_per_instance=10.0,
+        step=timedelta(minutes=5),
+        min_capacity=1,
+        schedule=own,
+        max_step=100,
     )
     quiet = np.full(30, 20.0)  # 4 instances at 50 %
     evening = datetime(2024, 3, 6, 19, 0, tzinfo=UTC)  # 20:00 in Berlin: the shop window
@@ -285,6 +291,30 @@ def test_the_groups_own_schedule_stays_a_guardrail_under_a_tuned_choice() -> Non
     assert decide(sched, Observation(evening, quiet, evening, current=30)).desired == 12
     night = evening.replace(hour=23)  # both off hours: the tuned floor's 8
     assert decide(sched, Observation(night, quiet, night, current=30)).desired == 8
+
+
+def test_the_groups_max_step_stays_a_guardrail_under_a_tuned_choice() -> None:
+    """A tuned simple choice set max_step to the group's max_capacity: a load that fell to
+    zero took the group from 30 to its minimum in one action,
+    past the operator's `max_step` (the back-test's replays use the full range; live, the
+    step limit is a guardrail like the bounds)."""
+    base = ScalingPolicy(
+        capacity_per_instance=10.0, step=timedelta(minutes=5), min_capacity=1, max_step=5
+    )
+    now = datetime(2024, 3, 6, 10, 0, tzinfo=UTC)
+    idle = np.zeros(30)  # idle for a while (a collapse holds scale-in of its own)
+    for candidate in (
+        Candidate("target_tracking", 0.5),
+        Candidate("target_tracking_30m", 0.5),
+        Candidate("step", 0.5),
+    ):
+        tuned = scaling_policy_for(base, candidate)
+        assert tuned.max_step == 5, candidate
+        d = decide(tuned, Observation(now, idle, now, current=30))
+        assert d.desired == 25 and "limited to 5 instances per action" in d.reason, candidate
+    up = scaling_policy_for(base, Candidate("target_tracking", 0.5))
+    burst = decide(up, Observation(now, np.full(30, 500.0), now, current=30))
+    assert burst.desired == 35  # scale-out too: one step of 5 (100 wanted)
 
 
 def test_perfops_is_tuned_on_the_training_steps_only() -> None:

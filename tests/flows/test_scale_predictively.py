@@ -18,7 +18,7 @@ from decisions.scaling_report import LoadQuery
 from flows.scale_predictively import scale_predictively
 from perfops.errors import ConfigurationError, ConnectionFailed
 from tasks.autoscaling import AutoScalingTarget
-from tasks.scaling_state import group_lock, load_state, read_history
+from tasks.scaling_state import group_lock, load_state, read_history, save_tuning
 from tests.conftest import HISTORY_END, REDIS_TEST_URL, load_value
 from tests.records import artifact_rows, failed_run, one_target, wait_for_event
 from tests.servers import MotoServer, PrometheusServer
@@ -738,3 +738,144 @@ def test_decide_from_the_command_line_keys_the_group_as_its_fleet_target_does(
     assert [r["group"] for r in read_history(env, f"{where}/us-east-1/web")] == [
         f"{where}/us-east-1/web"
     ]
+
+
+def test_current_capacity_with_aws_is_refused_and_nothing_changes(
+    env: RedisTarget, group: tuple[Any, AutoScalingTarget]
+) -> None:
+    """A capacity given for a real group was silently ignored (AWS's was used): refused."""
+    client, target = group
+    policy = ScalingPolicy(capacity_per_instance=2000.0, max_step=100, max_capacity=40)
+    with pytest.raises(ConfigurationError, match="current_capacity=30 is for a simulated group"):
+        scale_predictively(
+            group="web", aws=target, current_capacity=30, dry_run=False, policy=policy
+        )
+    [found] = client.describe_auto_scaling_groups(AutoScalingGroupNames=["web"])[
+        "AutoScalingGroups"
+    ]
+    assert found["DesiredCapacity"] == 2 and read_history(env, "web") == []
+
+
+def test_a_key_of_another_group_never_acts_on_the_aws_group(
+    env: RedisTarget, group: tuple[Any, AutoScalingTarget]
+) -> None:
+    """The deployment's trigger runs it with the group an SLA alert names while `aws` stays
+    the deployment's: the run scaled `web` under `checkout`'s lock, cooldowns and tuning
+    (and recorded it as checkout's). Refused, nothing changed; a key with a region is fine."""
+    client, target = group
+    policy = ScalingPolicy(capacity_per_instance=2000.0, max_step=100, max_capacity=40)
+    with pytest.raises(ConfigurationError, match="'checkout' is not the key of the Auto Scal"):
+        scale_predictively(group="checkout", aws=target, dry_run=False, policy=policy)
+    [found] = client.describe_auto_scaling_groups(AutoScalingGroupNames=["web"])[
+        "AutoScalingGroups"
+    ]
+    assert found["DesiredCapacity"] == 2 and read_history(env, "checkout") == []
+    keyed_run = one_target(scale_predictively, group="us-east-1/web", aws=target, policy=policy)
+    assert keyed_run.group == "us-east-1/web" and keyed_run.current == 2
+
+
+def test_a_tuned_simple_choice_and_the_reactive_mode_set_the_capacity(
+    env: RedisTarget, group: tuple[Any, AutoScalingTarget]
+) -> None:
+    """Only mode forecast_and_scale acted: a tuned simple choice runs as mode `reactive`, so
+    once tune_scaling stored one (whenever no forecast beats the simple policies) every
+    `dry_run=False` run only said `would set` and ended Completed, the group never scaled.
+    Every mode but forecast_only acts."""
+    client, target = group
+    policy = ScalingPolicy(capacity_per_instance=2000.0, max_step=100, max_capacity=40)
+    save_tuning.fn(
+        env,
+        "web",
+        {
+            "at": "2026-12-07T00:20:00+00:00",
+            "candidate": {
+                "family": "target_tracking",
+                "target": 0.7,
+                "quantile": None,
+                "margin": "additive",
+            },
+            "label": "target tracking @ 70%",
+            "reason": "no forecast beats the simple policies on this history",
+        },
+    )
+
+    def desired() -> int:
+        [found] = client.describe_auto_scaling_groups(AutoScalingGroupNames=["web"])[
+            "AutoScalingGroups"
+        ]
+        return int(found["DesiredCapacity"])
+
+    tuned = one_target(scale_predictively, group="web", aws=target, dry_run=False, policy=policy)
+    assert tuned.mode == "reactive" and "tuned 2026-12-07" in tuned.tuned
+    assert tuned.applied and tuned.desired > 2 and desired() == tuned.desired
+    assert tuned.summary.startswith(f"web: set {tuned.desired} (from 2)")
+    client.set_desired_capacity(AutoScalingGroupName="web", DesiredCapacity=2)
+    reactive = one_target(
+        scale_predictively,
+        group="web",
+        aws=target,
+        dry_run=False,
+        policy=policy,
+        mode="reactive",
+        use_tuning=False,
+    )
+    assert reactive.applied and desired() == reactive.desired > 2
+    client.set_desired_capacity(AutoScalingGroupName="web", DesiredCapacity=2)
+    only = one_target(
+        scale_predictively, group="web", aws=target, dry_run=False, mode="forecast_only"
+    )
+    assert not only.applied and desired() == 2
+
+
+def test_reactive_mode_does_not_run_a_tuned_forecast_choice(env: RedisTarget) -> None:
+    """An operator's mode=reactive (forecasts off) was switched back to forecast_and_scale by
+    a tuned forecast choice: the override ignored, the forecast deciding."""
+    save_tuning.fn(
+        env,
+        "sim",
+        {
+            "at": "2026-12-07T00:20:00+00:00",
+            "candidate": {
+                "family": "forecast",
+                "target": 1.0,
+                "quantile": 0.95,
+                "margin": "additive",
+            },
+            "label": "forecast @ 100% p95",
+            "reason": "the forecast beats the simple policies",
+        },
+    )
+    run = one_target(scale_predictively, group="sim", mode="reactive", current_capacity=3)
+    assert run.mode == "reactive" and "predictive" not in run.demands
+    assert "reactive mode: the tuned forecast @ 100% p95 needs forecasts, not used" in run.tuned
+    tuned = one_target(scale_predictively, group="sim", current_capacity=3)
+    assert tuned.mode == "forecast_and_scale" and "predictive" in tuned.demands
+
+
+def test_state_not_saved_after_setting_the_capacity_is_recorded_and_fails(
+    env: RedisTarget, group: tuple[Any, AutoScalingTarget], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis failing between the decision and saving its state (a fault the shared Redis
+    cannot be made to produce on cue: the save is replaced) raised out of the flow after the
+    capacity was set: no artifact, no `applied` event, no record of the change."""
+    client, target = group
+    policy = ScalingPolicy(capacity_per_instance=2000.0, max_step=100, max_capacity=40)
+
+    def redis_gone(*_: Any, **__: Any) -> None:
+        raise ConnectionFailed("Redis at redis://127.0.0.1:6379/5 failed (connection reset)")
+
+    monkeypatch.setattr("flows.scale_predictively.save_state", redis_gone)
+    state = scale_predictively(
+        group="web", aws=target, dry_run=False, policy=policy, return_state=True
+    )
+    run, message = failed_run(state)
+    [found] = client.describe_auto_scaling_groups(AutoScalingGroupNames=["web"])[
+        "AutoScalingGroups"
+    ]
+    assert run.applied and found["DesiredCapacity"] == run.desired > 2
+    assert message.startswith(f"capacity of web set to {run.desired}, but its state not saved")
+    assert "state not saved" in run.reason and "cooldown" in run.reason
+    applied = wait_for_event(
+        "perfops.scaling.applied", flow_run_id=str(state.state_details.flow_run_id)
+    )
+    assert applied.payload["to"] == run.desired and "state not saved" in applied.payload["reason"]
