@@ -315,6 +315,28 @@ def schedule_active(
     return planned, None
 
 
+def deployment_paused(
+    planned: bool, server: bool | None, applied: bool | None, last_planned: bool | None = None
+) -> tuple[bool, str | None]:
+    """Whether the deployment ends paused. `planned` is prefect.yaml's `paused` (default
+    False) and `last_planned` what it said at the last `perfops deploy` (None if unknown);
+    `server` the deployment's `paused` before the deploy (None for a new one) and `applied`
+    what the last `perfops deploy` left (None if unknown). `prefect deploy` always un-pauses a
+    deployment, so one an operator paused (the toggle on its page in the UI, which stops every
+    schedule of it at once) is paused again, on every later deploy until the operator resumes
+    it or prefect.yaml's `paused` changes; with no record, a paused one stays paused.
+    Returns (paused, a note when the operator's state wins over prefect.yaml)."""
+    active, note = schedule_active(
+        not planned,
+        None if server is None else not server,
+        None if applied is None else not applied,
+        last_planned=None if last_planned is None else not last_planned,
+    )
+    if note is not None:
+        note = f"kept {'running' if active else 'paused'} as set on the server"
+    return not active, note
+
+
 def strict_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
     """The parameter schema with unknown top-level parameters refused: Prefect's generated
     schema refuses unknown nested keys (409) but accepts unknown top-level ones, and such a run

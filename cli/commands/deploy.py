@@ -28,6 +28,7 @@ from decisions.deployments import (
     REQUIREMENTS,
     SYSTEMS,
     Readiness,
+    deployment_paused,
     deployment_readiness,
     merge_parameters,
     schedule_active,
@@ -54,7 +55,9 @@ class Planned:
     parameters: dict[str, Any]
     schedules: list[str]
     yaml_active: list[bool]
+    yaml_paused: bool = False
     created: bool = False
+    paused: bool = False
     active: list[bool] = field(default_factory=list)
     planned: list[bool] = field(default_factory=list)
     readiness: list[Readiness] = field(default_factory=list)
@@ -87,6 +90,7 @@ def read_project(path: Path) -> list[Planned]:
                 parameters=entry.get("parameters") or {},
                 schedules=[_schedule_key(s) for s in entry.get("schedules") or []],
                 yaml_active=[bool(s.get("active", True)) for s in entry.get("schedules") or []],
+                yaml_paused=bool(entry.get("paused", False)),
             )
         )
     return planned
@@ -242,6 +246,14 @@ def _apply(
         item.active.append(active)
         if not dry_run and key in current and current[key].get("active") != active:
             api.set_schedule(after["id"], current[key]["id"], active)  # type: ignore[index]
+    item.paused, note = deployment_paused(
+        item.yaml_paused,
+        before.get("paused", False) if before else None,
+        record.get("paused") if record else None,
+        record.get("planned_paused") if record else None,
+    )
+    if note:
+        item.notes.append(f"deployment: {note}")
     if dry_run or after is None:
         return
     api.update(
@@ -249,6 +261,8 @@ def _apply(
         {
             "parameters": merged,
             "parameter_openapi_schema": strict_schema(after["parameter_openapi_schema"]),
+            # prefect deploy un-paused it: an operator's pause (the UI's toggle) is put back
+            "paused": item.paused,
         },
     )
     api.save_record(
@@ -258,6 +272,8 @@ def _apply(
             "applied": merged,
             "schedules": dict(zip(item.schedules, item.active, strict=True)),
             "planned": dict(zip(item.schedules, item.planned, strict=True)),
+            "paused": item.paused,
+            "planned_paused": item.yaml_paused,
         },
     )
 
@@ -403,7 +419,10 @@ def _report(chosen: list[Planned], dry_run: bool, as_json: bool) -> None:
     verb = "would deploy" if dry_run else "deployed"
     for item in chosen:
         states = ", ".join("on" if a else "off" for a in item.active)
-        out.print(f"{verb} {item.name}: " + (f"schedule {states}" if states else "no schedule"))
+        shown = f"schedule {states}" if states else "no schedule"
+        if item.paused:  # no schedule of a paused deployment runs, whatever its own state
+            shown = f"deployment paused ({shown})"
+        out.print(f"{verb} {item.name}: {shown}")
         for r in item.readiness:
             out.print(f"  {r.system}: {'ok, ' if r.configured else ''}{r.how}")
         for note in item.notes:

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.command import PERFOPS, ROOT
@@ -119,3 +120,45 @@ def test_a_record_past_what_one_prefect_variable_holds_is_kept_in_parts(
     assert api.record(name) == small
     api.save_record(name, big)  # and parts again, over the old ones
     assert api.record(name) == big
+
+
+def test_a_deployment_an_operator_paused_stays_paused_across_redeploys(
+    prefect_api_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Prefect 3 UI's toggle on a deployment's page pauses the deployment (`paused`), not
+    # its schedules. `prefect deploy` un-paused it, and perfops deploy printed "schedule on":
+    # every paused deployment resumed its schedule on the next release.
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api_url)
+    http = httpx.Client(base_url=prefect_api_url.rstrip("/") + "/", timeout=30)
+    if http.get("work_pools/perfops-process").status_code == 404:
+        made = http.post("work_pools/", json={"name": "perfops-process", "type": "process"})
+        assert made.status_code == 201, made.text
+
+    def deploy() -> str:
+        result = subprocess.run(
+            [*PERFOPS, "deploy", "check_connections"],
+            env={**os.environ, "PREFECT_API_URL": prefect_api_url},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def paused() -> bool:
+        found = http.get("deployments/name/check_connections/check_connections")
+        return bool(found.json()["paused"])
+
+    deploy()
+    deployment_id = http.get("deployments/name/check_connections/check_connections").json()["id"]
+    assert http.patch(f"deployments/{deployment_id}", json={"paused": True}).status_code == 204
+    first = deploy()
+    assert paused(), first
+    assert "deployment paused (schedule on)" in first
+    assert "deployment: kept paused as set on the server" in first
+    assert paused(), deploy()  # and on every later deploy, not only the first
+    assert http.patch(f"deployments/{deployment_id}", json={"paused": False}).status_code == 204
+    resumed = deploy()
+    assert not paused(), resumed
+    assert "deployment paused" not in resumed

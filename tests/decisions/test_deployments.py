@@ -11,6 +11,7 @@ import yaml
 from decisions.deployments import (
     REQUIREMENTS,
     SYSTEMS,
+    deployment_paused,
     deployment_readiness,
     merge_parameters,
     schedule_active,
@@ -257,3 +258,16 @@ def test_the_pull_step_reads_the_project_dir_at_run_time(tmp_path: Path) -> None
 def test_a_schedule_whose_systems_are_not_configured_stays_off_even_if_resumed() -> None:
     assert schedule_active(True, True, False, ready=False) == (False, None)
     assert schedule_active(True, None, None, ready=False) == (False, None)
+
+
+def test_a_deployment_the_operator_paused_stays_paused_until_they_resume_it() -> None:
+    assert deployment_paused(False, None, None) == (False, None)  # a new deployment
+    # no record (the first perfops deploy after a bare prefect deploy): a pause is kept
+    assert deployment_paused(False, True, None) == (True, "kept paused as set on the server")
+    # paused since the last deploy, and on every later deploy while prefect.yaml says the same
+    assert deployment_paused(False, True, False, False)[0] is True
+    assert deployment_paused(False, True, True, False)[0] is True
+    # resumed by the operator: running again
+    assert deployment_paused(False, False, True, False) == (False, None)
+    # prefect.yaml itself changed `paused`: it wins
+    assert deployment_paused(True, False, False, False) == (True, None)
