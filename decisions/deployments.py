@@ -315,6 +315,26 @@ def schedule_active(
     return planned, None
 
 
+def match_schedules(
+    planned: list[str], server: list[tuple[str, bool]]
+) -> dict[str, tuple[bool, str | None]]:
+    """The state each of prefect.yaml's schedules (`planned`, by key: `cron 23 3 * * * UTC`)
+    had on the server before the deploy: {key: (active, the server's key when it differs)}.
+    A schedule is found by its key; a schedule an operator edited on the server (its cron or
+    time zone changed, so its key is no longer prefect.yaml's) is paired, in order, with a
+    prefect.yaml schedule found nowhere else, so a pause set with the edit is not lost when
+    `prefect deploy` puts prefect.yaml's timing back. Schedules found nowhere are left out
+    (new ones)."""
+    found: dict[str, tuple[bool, str | None]] = {
+        key: (active, None) for key, active in server if key in planned
+    }
+    edited = [(key, active) for key, active in server if key not in planned]
+    unmatched = [key for key in planned if key not in found]
+    for key, (old_key, active) in zip(unmatched, edited, strict=False):
+        found[key] = (active, old_key)
+    return found
+
+
 def deployment_paused(
     planned: bool, server: bool | None, applied: bool | None, last_planned: bool | None = None
 ) -> tuple[bool, str | None]:

@@ -30,6 +30,7 @@ from decisions.deployments import (
     Readiness,
     deployment_paused,
     deployment_readiness,
+    match_schedules,
     merge_parameters,
     schedule_active,
     strict_schema,
@@ -229,7 +230,10 @@ def _apply(
     item.readiness = deployment_readiness(item.name, merged, pool_env, saved, assumed)
     ready = all(r.configured for r in item.readiness)
     gated = bool(REQUIREMENTS.get(item.name))
-    previous = {_schedule_key(s): s.get("active") for s in (before or {}).get("schedules", [])}
+    previous = match_schedules(
+        item.schedules,
+        [(_schedule_key(s), bool(s.get("active"))) for s in (before or {}).get("schedules", [])],
+    )
     applied = (record or {}).get("schedules") or {}
     last_planned = (record or {}).get("planned") or {}
     item.planned = []
@@ -237,9 +241,15 @@ def _apply(
     item.active = []
     for key, yaml_active in zip(item.schedules, item.yaml_active, strict=True):
         planned = ready if gated else yaml_active
+        server_active, edited = previous.get(key, (None, None))
         active, note = schedule_active(
-            planned, previous.get(key), applied.get(key), ready, last_planned.get(key)
+            planned, server_active, applied.get(key), ready, last_planned.get(key)
         )
+        if edited is not None:
+            item.notes.append(
+                f"schedule {key}: replaces {edited} set on the server (prefect.yaml's timing "
+                f"wins; its {'active' if server_active else 'paused'} state carries over)"
+            )
         item.planned.append(planned)
         if note:
             item.notes.append(f"schedule {key}: {note}")

@@ -122,29 +122,38 @@ def test_a_record_past_what_one_prefect_variable_holds_is_kept_in_parts(
     assert api.record(name) == big
 
 
-def test_a_deployment_an_operator_paused_stays_paused_across_redeploys(
-    prefect_api_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The Prefect 3 UI's toggle on a deployment's page pauses the deployment (`paused`), not
-    # its schedules. `prefect deploy` un-paused it, and perfops deploy printed "schedule on":
-    # every paused deployment resumed its schedule on the next release.
-    monkeypatch.setenv("PREFECT_API_URL", prefect_api_url)
+def _server(prefect_api_url: str) -> httpx.Client:
+    """The harness's API, with the work pool prefect.yaml names."""
     http = httpx.Client(base_url=prefect_api_url.rstrip("/") + "/", timeout=30)
     if http.get("work_pools/perfops-process").status_code == 404:
         made = http.post("work_pools/", json={"name": "perfops-process", "type": "process"})
         assert made.status_code == 201, made.text
+    return http
+
+
+def _deploy(prefect_api_url: str, *args: str) -> str:
+    result = subprocess.run(
+        [*PERFOPS, "deploy", *args],
+        env={**os.environ, "PREFECT_API_URL": prefect_api_url},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_a_deployment_an_operator_paused_stays_paused_across_redeploys(
+    prefect_api_url: str,
+) -> None:
+    # The Prefect 3 UI's toggle on a deployment's page pauses the deployment (`paused`), not
+    # its schedules. `prefect deploy` un-paused it, and perfops deploy printed "schedule on":
+    # every paused deployment resumed its schedule on the next release.
+    http = _server(prefect_api_url)
 
     def deploy() -> str:
-        result = subprocess.run(
-            [*PERFOPS, "deploy", "check_connections"],
-            env={**os.environ, "PREFECT_API_URL": prefect_api_url},
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout
+        return _deploy(prefect_api_url, "check_connections")
 
     def paused() -> bool:
         found = http.get("deployments/name/check_connections/check_connections")
@@ -162,3 +171,31 @@ def test_a_deployment_an_operator_paused_stays_paused_across_redeploys(
     resumed = deploy()
     assert not paused(), resumed
     assert "deployment paused" not in resumed
+
+
+def test_a_schedule_paused_with_its_time_zone_edited_stays_paused(prefect_api_url: str) -> None:
+    # An operator moved refresh_stale_statistics' schedule to Europe/Paris in the UI and paused
+    # it. Its key no longer matched prefect.yaml's (UTC), so the next perfops deploy took it
+    # for a new schedule: prefect.yaml's UTC schedule came back active, with no note.
+    http = _server(prefect_api_url)
+    name = "refresh_stale_statistics"
+
+    def schedules() -> list[tuple[bool, str]]:
+        found = http.get(f"deployments/name/{name}/{name}").json()["schedules"]
+        return [(s["active"], s["schedule"]["timezone"]) for s in found]
+
+    _deploy(prefect_api_url, name, "--configured", "postgres")
+    assert schedules() == [(True, "UTC")]
+    deployment = http.get(f"deployments/name/{name}/{name}").json()
+    [schedule] = deployment["schedules"]
+    edited = http.patch(
+        f"deployments/{deployment['id']}/schedules/{schedule['id']}",
+        json={"active": False, "schedule": {"cron": "23 3 * * *", "timezone": "Europe/Paris"}},
+    )
+    assert edited.status_code == 204, edited.text
+    out = _deploy(prefect_api_url, name, "--configured", "postgres")
+    assert schedules() == [(False, "UTC")], out  # prefect.yaml's timing, the operator's pause
+    assert "replaces cron 23 3 * * * Europe/Paris set on the server" in out
+    assert "kept paused as set on the server" in out
+    again = _deploy(prefect_api_url, name, "--configured", "postgres")
+    assert schedules() == [(False, "UTC")], again

@@ -13,6 +13,7 @@ from decisions.deployments import (
     SYSTEMS,
     deployment_paused,
     deployment_readiness,
+    match_schedules,
     merge_parameters,
     schedule_active,
     strict_schema,
@@ -271,3 +272,16 @@ def test_a_deployment_the_operator_paused_stays_paused_until_they_resume_it() ->
     assert deployment_paused(False, False, True, False) == (False, None)
     # prefect.yaml itself changed `paused`: it wins
     assert deployment_paused(True, False, False, False) == (True, None)
+
+
+def test_a_schedule_edited_on_the_server_is_paired_with_the_one_it_was() -> None:
+    utc, paris = "cron 23 3 * * * UTC", "cron 23 3 * * * Europe/Paris"
+    assert match_schedules([utc], [(utc, False)]) == {utc: (False, None)}
+    assert match_schedules([utc], [(paris, False)]) == {utc: (False, paris)}
+    assert match_schedules([utc], []) == {}  # a new schedule
+    hourly = "cron 17 * * * * UTC"
+    # one found by its key, the other edited: each gets its own
+    assert match_schedules([hourly, utc], [(hourly, True), (paris, False)]) == {
+        hourly: (True, None),
+        utc: (False, paris),
+    }
