@@ -145,16 +145,21 @@ def system_readiness(
     pool_env: Mapping[str, str],
     saved_blocks: Mapping[str, set[str]],
     assumed: set[str] | frozenset[str] = frozenset(),
+    deployment_env: Mapping[str, str] | None = None,
 ) -> Readiness:
     """Is `system` configured for a deployment with these parameters on a work pool whose job
     environment is `pool_env`? `saved_blocks` maps a block type slug to the saved names;
-    `assumed` are systems the operator says the workers' own environment configures."""
+    `assumed` are systems the operator says the workers' own environment configures;
+    `deployment_env` the deployment's own job variables' `env`, which override the pool's."""
     spec = SYSTEMS[system]
     saved = saved_blocks.get(spec.block_type, set())
     named = [
         (f"parameter {p}", str(parameters[p])) for p in spec.block_parameters if parameters.get(p)
     ]
-    if pool_env.get(spec.block_variable):
+    own = deployment_env or {}
+    if own.get(spec.block_variable):
+        named.append((f"job variable {spec.block_variable}", own[spec.block_variable]))
+    elif pool_env.get(spec.block_variable):
         named.append((f"work pool variable {spec.block_variable}", pool_env[spec.block_variable]))
     if named:
         where, block = named[0]
@@ -168,6 +173,8 @@ def system_readiness(
             f"(saved: {listing})",
         )
     for variable in spec.settings_variables:
+        if own.get(variable):
+            return Readiness(system, True, f"job variable {variable}")
         if pool_env.get(variable):
             return Readiness(system, True, f"work pool variable {variable}")
     if system in assumed:
@@ -187,6 +194,7 @@ def deployment_readiness(
     pool_env: Mapping[str, str],
     saved_blocks: Mapping[str, set[str]],
     assumed: set[str] | frozenset[str] = frozenset(),
+    deployment_env: Mapping[str, str] | None = None,
 ) -> list[Readiness]:
     """One `Readiness` per system the deployment needs (none for an unknown deployment). A
     fleet deployment (`targets` set) gets the systems of FLEET_SYSTEMS from each target's
@@ -201,7 +209,7 @@ def deployment_readiness(
             "PERFOPS_FLEET_FILE or the fleet_file parameter names the file)",
         )
         if s in by_fleet
-        else system_readiness(s, parameters, pool_env, saved_blocks, assumed)
+        else system_readiness(s, parameters, pool_env, saved_blocks, assumed, deployment_env)
         for s in REQUIREMENTS.get(deployment, ())
     ]
 

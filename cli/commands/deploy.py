@@ -57,6 +57,7 @@ class Planned:
     schedules: list[str]
     yaml_active: list[bool]
     yaml_paused: bool = False
+    job_variables: dict[str, Any] = field(default_factory=dict)
     created: bool = False
     paused: bool = False
     active: list[bool] = field(default_factory=list)
@@ -82,7 +83,8 @@ def read_project(path: Path) -> list[Planned]:
     planned = []
     for entry in document.get("deployments") or []:
         flow = str(entry["entrypoint"]).rsplit(":", 1)[1]
-        pool = (entry.get("work_pool") or {}).get("name", "")
+        work_pool = entry.get("work_pool") or {}
+        pool = work_pool.get("name", "")
         planned.append(
             Planned(
                 name=entry["name"],
@@ -92,6 +94,7 @@ def read_project(path: Path) -> list[Planned]:
                 schedules=[_schedule_key(s) for s in entry.get("schedules") or []],
                 yaml_active=[bool(s.get("active", True)) for s in entry.get("schedules") or []],
                 yaml_paused=bool(entry.get("paused", False)),
+                job_variables=work_pool.get("job_variables") or {},
             )
         )
     return planned
@@ -227,7 +230,22 @@ def _apply(
         item.parameters,
         server,
     )
-    item.readiness = deployment_readiness(item.name, merged, pool_env, saved, assumed)
+    # Job variables set on the deployment (its Edit page in the UI: `env` names a block for
+    # this deployment only) are kept the same way: prefect deploy resets them to prefect.yaml's,
+    # and the run then took the work pool's block, another database.
+    job_records = (record or {}).get("job_variables") or {}
+    job_variables, job_notes = merge_parameters(
+        job_records.get("yaml"),
+        job_records.get("applied"),
+        item.job_variables,
+        before.get("job_variables") or {} if before else None,
+    )
+    item.notes += [f"job variables: {note}" for note in job_notes]
+    env = job_variables.get("env")
+    own_env = (
+        {str(k): str(v) for k, v in env.items() if v is not None} if isinstance(env, dict) else {}
+    )
+    item.readiness = deployment_readiness(item.name, merged, pool_env, saved, assumed, own_env)
     ready = all(r.configured for r in item.readiness)
     gated = bool(REQUIREMENTS.get(item.name))
     previous = match_schedules(
@@ -273,6 +291,7 @@ def _apply(
             "parameter_openapi_schema": strict_schema(after["parameter_openapi_schema"]),
             # prefect deploy un-paused it: an operator's pause (the UI's toggle) is put back
             "paused": item.paused,
+            "job_variables": job_variables,
         },
     )
     api.save_record(
@@ -284,6 +303,7 @@ def _apply(
             "planned": dict(zip(item.schedules, item.planned, strict=True)),
             "paused": item.paused,
             "planned_paused": item.yaml_paused,
+            "job_variables": {"yaml": item.job_variables, "applied": job_variables},
         },
     )
 

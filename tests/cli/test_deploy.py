@@ -11,7 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
+from blocks import PostgresTarget
 from tests.command import PERFOPS, ROOT
 
 
@@ -199,3 +201,31 @@ def test_a_schedule_paused_with_its_time_zone_edited_stays_paused(prefect_api_ur
     assert "kept paused as set on the server" in out
     again = _deploy(prefect_api_url, name, "--configured", "postgres")
     assert schedules() == [(False, "UTC")], again
+
+
+def test_a_block_named_in_the_deployments_own_job_variables_survives_a_redeploy(
+    prefect_api_url: str,
+) -> None:
+    # The operator named this deployment's database in its job variables (the deployment's
+    # Edit page: env PERFOPS_POSTGRES_BLOCK). prefect deploy reset them to prefect.yaml's {}:
+    # the next runs took the work pool's block, another database, and the schedule stayed off
+    # as "not configured" because only the pool's environment was read.
+    http = _server(prefect_api_url)
+    name = "find_slow_queries"
+    block = f"r4-jobvar-{os.getpid()}"
+    PostgresTarget(dsn=SecretStr("postgresql://perfops@127.0.0.1:5432/nowhere")).save(
+        block, overwrite=True
+    )
+    _deploy(prefect_api_url, name)
+    deployment = http.get(f"deployments/name/{name}/{name}").json()
+    env = {"env": {"PERFOPS_POSTGRES_BLOCK": block}}
+    set_ = http.patch(f"deployments/{deployment['id']}", json={"job_variables": env})
+    assert set_.status_code == 204, set_.text
+    out = _deploy(prefect_api_url, name)
+    after = http.get(f"deployments/name/{name}/{name}").json()
+    assert after["job_variables"] == env, out
+    assert f"job variables: kept env.PERFOPS_POSTGRES_BLOCK={block!r} set on the server" in out
+    assert f"postgres: ok, block {block!r} (job variable PERFOPS_POSTGRES_BLOCK)" in out
+    assert [s["active"] for s in after["schedules"]] == [True], out
+    _deploy(prefect_api_url, name)  # and on the next deploy too
+    assert http.get(f"deployments/name/{name}/{name}").json()["job_variables"] == env

@@ -285,3 +285,24 @@ def test_a_schedule_edited_on_the_server_is_paired_with_the_one_it_was() -> None
         hourly: (True, None),
         utc: (False, paris),
     }
+
+
+def test_a_deployments_own_job_variable_names_its_block_over_the_pools() -> None:
+    saved = {"perfops-postgres-target": {"orders", "shared"}}
+    pool = {"PERFOPS_POSTGRES_BLOCK": "shared"}
+    [ready] = deployment_readiness(
+        "refresh_stale_statistics",
+        {},
+        pool,
+        saved,
+        deployment_env={"PERFOPS_POSTGRES_BLOCK": "orders"},
+    )
+    assert ready.configured and ready.how == "block 'orders' (job variable PERFOPS_POSTGRES_BLOCK)"
+    [missing] = deployment_readiness(
+        "refresh_stale_statistics",
+        {},
+        pool,
+        saved,
+        deployment_env={"PERFOPS_POSTGRES_BLOCK": "typo"},
+    )
+    assert not missing.configured and "job variable PERFOPS_POSTGRES_BLOCK names" in missing.how
