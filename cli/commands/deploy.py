@@ -67,10 +67,15 @@ class Planned:
 
 
 def _schedule_key(schedule: dict[str, Any]) -> str:
+    """One schedule's timing, the same for prefect.yaml's and the server's spelling of it
+    (`interval: 600` in prefect.yaml is `600.0` on the server)."""
     inner = schedule.get("schedule", schedule)
     for kind in ("cron", "interval", "rrule"):
-        if inner.get(kind) is not None:
-            return f"{kind} {inner[kind]} {inner.get('timezone') or 'UTC'}"
+        value = inner.get(kind)
+        if value is not None:
+            if kind == "interval" and isinstance(value, int | float):
+                value = f"{float(value):g}"
+            return f"{kind} {value} {inner.get('timezone') or 'UTC'}"
     return json.dumps(inner, sort_keys=True)
 
 

@@ -14,6 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 from blocks import PostgresTarget
+from cli.commands.deploy import _schedule_key
 from tests.command import PERFOPS, ROOT
 
 
@@ -229,3 +230,12 @@ def test_a_block_named_in_the_deployments_own_job_variables_survives_a_redeploy(
     assert [s["active"] for s in after["schedules"]] == [True], out
     _deploy(prefect_api_url, name)  # and on the next deploy too
     assert http.get(f"deployments/name/{name}/{name}").json()["job_variables"] == env
+
+
+def test_an_interval_schedule_is_the_same_in_prefect_yaml_and_on_the_server() -> None:
+    # prefect.yaml's `interval: 600` comes back from the server as 600.0: the keys differed,
+    # so the server's schedule was never found and an operator's pause of it was lost.
+    ours = _schedule_key({"interval": 600, "active": True})
+    server = {"schedule": {"interval": 600.0, "anchor_date": "2026-12-08T01:58:04Z"}}
+    assert ours == _schedule_key({**server, "active": False}) == "interval 600 UTC"
+    assert _schedule_key({"interval": 90.5}) == "interval 90.5 UTC"
