@@ -37,6 +37,10 @@ from perfops.errors import ConfigurationError
 # digits and dashes only), concurrency limits and run names.
 TARGET_NAME = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+# A saved block's name as Prefect allows it (lowercase letters, digits, dashes), never empty: an
+# empty name is no name, and a flow given none loads PERFOPS_<SYSTEM>_BLOCK, PERFOPS_DSN or the
+# demo database instead: another database than the target's.
+BLOCK_NAME = r"^[a-z0-9-]+$"
 SYSTEMS = ("postgres", "prometheus", "redis", "archive")
 DEFAULT_MAX_PARALLEL = 4
 DEFAULT_MAX_PARALLEL_PER_CLUSTER = 2
@@ -49,6 +53,7 @@ FAILED_SHOWN = 3
 
 TargetName = Annotated[str, Field(pattern=TARGET_NAME)]
 LabelKey = Annotated[str, Field(pattern=LABEL)]
+BlockName = Annotated[str, Field(pattern=BLOCK_NAME)]
 System = Literal["postgres", "prometheus", "redis", "archive"]
 
 
@@ -70,7 +75,7 @@ class ScalingGroup(_Model):
         default=None, description="AWS region (default: AWS_REGION on the worker)."
     )
     endpoint_url: str | None = Field(default=None, description="Endpoint override (moto).")
-    credentials_block: str | None = Field(
+    credentials_block: BlockName | None = Field(
         default=None, description="prefect-aws AwsCredentials block (default: boto3's chain)."
     )
 
@@ -147,7 +152,7 @@ class Target(_Model):
         description="Short name (lowercase letters, digits, dashes): run names, tags, artifact "
         "keys and concurrency limits carry it."
     )
-    blocks: dict[System, str] = Field(
+    blocks: dict[System, BlockName] = Field(
         default_factory=dict,
         description="Saved block per system, e.g. {postgres: perfops-postgres-orders}.",
     )

@@ -154,6 +154,16 @@ def test_a_selection_that_selects_nothing_says_why(
             FLEET.replace("{postgres: perfops-postgres-billing}", "{mysql: x}"),
             "fleet.yaml line 8, targets[1].blocks.mysql: Input should be 'postgres'",
         ),
+        # an empty block name is no name: the child loaded PERFOPS_POSTGRES_BLOCK (or
+        # PERFOPS_DSN, or the demo database) and ANALYZEd that database, reported done
+        (
+            FLEET.replace("{postgres: perfops-postgres-billing}", '{postgres: ""}'),
+            "fleet.yaml line 8, targets[1].blocks.postgres: String should match pattern",
+        ),
+        (
+            FLEET.replace("{postgres: perfops-postgres-billing}", "{postgres: Billing DB}"),
+            "fleet.yaml line 8, targets[1].blocks.postgres: String should match pattern",
+        ),
         (FLEET.replace("max_parallel: 3", "max_parallel: 0"), "line 1, max_parallel: Input"),
         (
             FLEET.replace("targets: [billing, orders]", "targets: [billing, shop]"),
