@@ -232,12 +232,17 @@ class Discovery(_Model):
 
 
 def discovered_targets(
-    discovery: Discovery, block_names: Sequence[str], taken: Iterable[str]
+    discovery: Discovery,
+    block_names: Sequence[str],
+    taken: Iterable[str],
+    reserved: Iterable[str] = (ALL,),
 ) -> tuple[list[Target], list[str]]:
     """The targets `discovery` finds among the saved postgres `block_names`, and why any block
-    with the prefix was left out (its rest is no valid target name, or a target of the file or
-    an earlier discovery already has that name: the file wins)."""
+    with the prefix was left out (its rest is no valid target name, a target of the file or an
+    earlier discovery already has that name: the file wins, or it is `reserved`: `all` and the
+    file's fleets, which a run selecting that name would run instead of this one database)."""
     used = set(taken)
+    selections = set(reserved)
     found: list[Target] = []
     skipped: list[str] = []
     for block in sorted(block_names):
@@ -249,6 +254,13 @@ def discovered_targets(
             continue
         if name in used:
             skipped.append(f"{block}: a target {name!r} exists already")
+            continue
+        if name in selections:
+            skipped.append(
+                f"{block}: {name!r} names "
+                + ("every target" if name == ALL else f"the fleet {name!r}")
+                + f": a run selecting {name!r} would run that, not this database"
+            )
             continue
         used.add(name)
         found.append(
@@ -315,7 +327,10 @@ class Fleet(_Model):
         skipped: list[str] = []
         for discovery in self.discover:
             found, why = discovered_targets(
-                discovery, block_names, [t.name for t in (*self.targets, *added)]
+                discovery,
+                block_names,
+                [t.name for t in (*self.targets, *added)],
+                [ALL, *self.fleets],
             )
             added += found
             skipped += why
@@ -331,6 +346,10 @@ class Fleet(_Model):
     @field_validator("targets")
     @classmethod
     def _unique(cls, targets: list[Target]) -> list[Target]:
+        if any(t.name == ALL for t in targets):
+            raise ValueError(
+                f"a target may not be called {ALL!r}: a run selecting {ALL!r} runs every target"
+            )
         twice = sorted(n for n, c in Counter(t.name for t in targets).items() if c > 1)
         if twice:
             raise ValueError(f"target names must be unique: {', '.join(twice)} given twice")

@@ -278,6 +278,31 @@ def test_discovery_makes_a_target_per_saved_block_with_the_prefix() -> None:
     ]
 
 
+def test_no_target_takes_the_name_of_a_fleet_or_all() -> None:
+    # A saved block perfops-postgres-staging (the staging database) became the target
+    # "staging" beside the fleet "staging" (every env=staging target): `--fleet staging` ran
+    # the fleet, `targets: [staging]` the one database. The file refuses a fleet named like a
+    # listed target; a discovered one, or a target called "all", went through.
+    fleet = parse_fleet(
+        "targets:\n  - {name: orders, blocks: {postgres: perfops-postgres-orders}}\n"
+        "discover:\n  - block_prefix: perfops-postgres-\n"
+        "fleets:\n  staging: {labels: {env: staging}}\n",
+        "fleet.yaml",
+    )
+    grown, skipped = fleet.with_discovered(
+        ["perfops-postgres-staging", "perfops-postgres-all", "perfops-postgres-billing"]
+    )
+    assert names(grown.targets) == ["orders", "billing"]
+    assert skipped == [
+        "perfops-postgres-all: 'all' names every target: a run selecting 'all' would run that, "
+        "not this database",
+        "perfops-postgres-staging: 'staging' names the fleet 'staging': a run selecting "
+        "'staging' would run that, not this database",
+    ]
+    with pytest.raises(ConfigurationError, match="line 2, targets: Value error, a target may not"):
+        parse_fleet("targets:\n  - {name: all, blocks: {postgres: perfops-postgres-a}}\n", "f")
+
+
 def test_a_fleet_may_only_discover_but_must_have_targets_somehow() -> None:
     only = parse_fleet("discover:\n  - block_prefix: perfops-postgres-\n", "fleet.yaml")
     assert only.targets == [] and only.with_discovered(["perfops-postgres-x"])[0].targets
