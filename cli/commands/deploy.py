@@ -10,6 +10,7 @@ name) instead of accepting them and crashing the run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -239,13 +240,18 @@ def _apply(
     # this deployment only) are kept the same way: prefect deploy resets them to prefect.yaml's,
     # and the run then took the work pool's block, another database.
     job_records = (record or {}).get("job_variables") or {}
-    job_variables, job_notes = merge_parameters(
-        job_records.get("yaml"),
-        job_records.get("applied"),
-        item.job_variables,
-        before.get("job_variables") or {} if before else None,
+    server_jobs = before.get("job_variables") or {} if before else None
+    job_variables, _ = merge_parameters(
+        job_records.get("yaml"), job_records.get("applied"), item.job_variables, server_jobs
     )
-    item.notes += [f"job variables: {note}" for note in job_notes]
+    # The notes name the values; a secret an operator put there is shown as a hash of it.
+    _, job_notes = merge_parameters(
+        _masked(job_records.get("yaml")),
+        _masked(job_records.get("applied")),
+        _masked(item.job_variables) or {},
+        _masked(server_jobs),
+    )
+    item.notes += [f"job variables: {redact(note)}" for note in job_notes]
     env = job_variables.get("env")
     own_env = (
         {str(k): str(v) for k, v in env.items() if v is not None} if isinstance(env, dict) else {}
@@ -406,6 +412,20 @@ def deploy(
 
 
 SECRET_MARKERS = ("DSN", "TOKEN", "PASSWORD", "SECRET", "KEY")
+
+
+def _masked(job_variables: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Job variables with each `env` value that is or names a secret replaced by a short hash
+    of it (two values stay apart, and the merge decides on them the same way)."""
+    if not job_variables or not isinstance(job_variables.get("env"), dict):
+        return job_variables
+    env = {
+        k: f"<hidden {hashlib.sha256(str(v).encode()).hexdigest()[:8]}>"
+        if any(m in str(k).upper() for m in SECRET_MARKERS) or carries_secret(str(v))
+        else v
+        for k, v in job_variables["env"].items()
+    }
+    return {**job_variables, "env": env}
 
 
 def _pool_updates(pairs: list[str]) -> dict[str, str]:

@@ -14,7 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 from blocks import PostgresTarget
-from cli.commands.deploy import _schedule_key
+from cli.commands.deploy import _masked, _schedule_key
 from tests.command import PERFOPS, ROOT
 
 
@@ -239,3 +239,15 @@ def test_an_interval_schedule_is_the_same_in_prefect_yaml_and_on_the_server() ->
     server = {"schedule": {"interval": 600.0, "anchor_date": "2026-12-08T01:58:04Z"}}
     assert ours == _schedule_key({**server, "active": False}) == "interval 600 UTC"
     assert _schedule_key({"interval": 90.5}) == "interval 90.5 UTC"
+
+
+def test_a_secret_in_a_kept_job_variable_is_not_printed() -> None:
+    # kept job variables are listed with their values: an operator's PERFOPS_DSN with its
+    # password must not reach the deploy's output (a CI log)
+    masked = _masked(
+        {"env": {"PERFOPS_DSN": "postgresql://u:s3cret@db/app", "PERFOPS_REDIS_BLOCK": "cache"}}
+    )
+    assert masked is not None
+    assert "s3cret" not in str(masked)
+    assert masked["env"]["PERFOPS_REDIS_BLOCK"] == "cache"
+    assert masked["env"]["PERFOPS_DSN"].startswith("<hidden ")
