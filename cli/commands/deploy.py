@@ -271,8 +271,11 @@ def _apply(
     for key, yaml_active in zip(item.schedules, item.yaml_active, strict=True):
         planned = ready if gated else yaml_active
         server_active, edited = previous.get(key, (None, None))
+        # what the last deploy did to this schedule: under its key, else (prefect.yaml changed
+        # its timing since) under the key of the server's schedule it replaces
+        was = key if key in applied or edited is None else edited
         active, note = schedule_active(
-            planned, server_active, applied.get(key), ready, last_planned.get(key)
+            planned, server_active, applied.get(was), ready, last_planned.get(was)
         )
         if edited is not None:
             item.notes.append(

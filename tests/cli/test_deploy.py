@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from blocks import PostgresTarget
-from cli.commands.deploy import _masked, _schedule_key
+from cli.commands.deploy import Planned, _apply, _masked, _schedule_key
 from tests.command import PERFOPS, ROOT
 
 
@@ -134,6 +135,17 @@ def _server(prefect_api_url: str) -> httpx.Client:
     return http
 
 
+def _patch(http: httpx.Client, path: str, body: dict[str, object]) -> None:
+    """PATCH on the harness, again while its SQLite answers 503 (busy: its scheduler writes
+    the runs of a schedule a deploy just turned on)."""
+    for _ in range(20):
+        answer = http.patch(path, json=body)
+        if answer.status_code != 503:
+            break
+        time.sleep(0.5)
+    assert answer.status_code == 204, answer.text
+
+
 def _deploy(prefect_api_url: str, *args: str) -> str:
     result = subprocess.run(
         [*PERFOPS, "deploy", *args],
@@ -164,13 +176,13 @@ def test_a_deployment_an_operator_paused_stays_paused_across_redeploys(
 
     deploy()
     deployment_id = http.get("deployments/name/check_connections/check_connections").json()["id"]
-    assert http.patch(f"deployments/{deployment_id}", json={"paused": True}).status_code == 204
+    _patch(http, f"deployments/{deployment_id}", {"paused": True})
     first = deploy()
     assert paused(), first
     assert "deployment paused (schedule on)" in first
     assert "deployment: kept paused as set on the server" in first
     assert paused(), deploy()  # and on every later deploy, not only the first
-    assert http.patch(f"deployments/{deployment_id}", json={"paused": False}).status_code == 204
+    _patch(http, f"deployments/{deployment_id}", {"paused": False})
     resumed = deploy()
     assert not paused(), resumed
     assert "deployment paused" not in resumed
@@ -191,11 +203,11 @@ def test_a_schedule_paused_with_its_time_zone_edited_stays_paused(prefect_api_ur
     assert schedules() == [(True, "UTC")]
     deployment = http.get(f"deployments/name/{name}/{name}").json()
     [schedule] = deployment["schedules"]
-    edited = http.patch(
+    _patch(
+        http,
         f"deployments/{deployment['id']}/schedules/{schedule['id']}",
-        json={"active": False, "schedule": {"cron": "23 3 * * *", "timezone": "Europe/Paris"}},
+        {"active": False, "schedule": {"cron": "23 3 * * *", "timezone": "Europe/Paris"}},
     )
-    assert edited.status_code == 204, edited.text
     out = _deploy(prefect_api_url, name, "--configured", "postgres")
     assert schedules() == [(False, "UTC")], out  # prefect.yaml's timing, the operator's pause
     assert "replaces cron 23 3 * * * Europe/Paris set on the server" in out
@@ -220,8 +232,7 @@ def test_a_block_named_in_the_deployments_own_job_variables_survives_a_redeploy(
     _deploy(prefect_api_url, name)
     deployment = http.get(f"deployments/name/{name}/{name}").json()
     env = {"env": {"PERFOPS_POSTGRES_BLOCK": block}}
-    set_ = http.patch(f"deployments/{deployment['id']}", json={"job_variables": env})
-    assert set_.status_code == 204, set_.text
+    _patch(http, f"deployments/{deployment['id']}", {"job_variables": env})
     out = _deploy(prefect_api_url, name)
     after = http.get(f"deployments/name/{name}/{name}").json()
     assert after["job_variables"] == env, out
@@ -251,3 +262,31 @@ def test_a_secret_in_a_kept_job_variable_is_not_printed() -> None:
     assert "s3cret" not in str(masked)
     assert masked["env"]["PERFOPS_REDIS_BLOCK"] == "cache"
     assert masked["env"]["PERFOPS_DSN"].startswith("<hidden ")
+
+
+def test_a_schedule_perfops_left_off_comes_on_when_ready_after_prefect_yaml_retimes_it() -> None:
+    # The last deploy left the 03:23 schedule off (postgres not configured); this release moves
+    # it to 04:23 and postgres is now configured: the schedule comes on. Paired with the
+    # server's 03:23 schedule, the old off state must read as perfops', not as an operator's.
+    old, new = "cron 23 3 * * * UTC", "cron 23 4 * * * UTC"
+    item = Planned(
+        name="refresh_stale_statistics",
+        flow="refresh_stale_statistics",
+        pool="perfops-process",
+        parameters={},
+        schedules=[new],
+        yaml_active=[False],
+    )
+    before = {
+        "id": "d",
+        "parameters": {},
+        "paused": False,
+        "schedules": [{"id": "s", "active": False, "schedule": {"cron": "23 3 * * *"}}],
+    }
+    record = {"yaml": {}, "applied": {}, "schedules": {old: False}, "planned": {old: False}}
+    _apply(None, item, before, record, {}, {}, {"postgres"}, True)  # type: ignore[arg-type]
+    assert item.active == [True], item.notes
+    # and one an operator paused stays paused through the same release
+    operator = {**record, "schedules": {old: True}, "planned": {old: True}}
+    _apply(None, item, before, operator, {}, {}, {"postgres"}, True)  # type: ignore[arg-type]
+    assert item.active == [False], item.notes
