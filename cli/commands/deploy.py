@@ -1,9 +1,10 @@
 """`perfops deploy`: `prefect deploy --all` that keeps what operators set on the server.
 
-Around Prefect's own deploy it (1) keeps parameters and schedule states an operator changed in
-the UI or API (a three-way merge against what the last `perfops deploy` applied, recorded in a
-Prefect variable per deployment), (2) turns a schedule on only once the systems its deployment
-needs are configured (a block named by a parameter or the work pool's environment, or
+Around Prefect's own deploy it (1) keeps parameters, job variables, schedule states and a
+deployment's pause that an operator changed in the UI or API (a three-way merge against what the
+last `perfops deploy` applied, recorded in a Prefect variable per deployment), (2) turns a
+schedule on only once the systems its deployment needs are configured (a block named by a
+parameter, the deployment's job variables or the work pool's environment, or
 `--configured SYSTEM`), and (3) makes the API refuse unknown top-level parameters (409 with the
 name) instead of accepting them and crashing the run.
 """
@@ -352,10 +353,11 @@ def deploy(
 ) -> None:
     """Deploy prefect.yaml's deployments (prefect deploy) keeping what operators set.
 
-    Parameters and schedule states changed on the server since the last `perfops deploy` are
-    kept (a note says so; prefect.yaml wins where it changed the same value). A schedule starts
-    only once its deployment's systems are configured: a block named by a parameter or by
-    `PERFOPS_<SYSTEM>_BLOCK` in the work pool's environment, `PERFOPS_...` connection settings
+    Parameters, job variables, schedule states and a deployment's pause changed on the server
+    since the last `perfops deploy` are kept (a note says so; prefect.yaml wins where it
+    changed the same value). A schedule starts only once its deployment's systems are
+    configured: a block named by a parameter or by `PERFOPS_<SYSTEM>_BLOCK` in the
+    deployment's job variables or the work pool's environment, `PERFOPS_...` connection settings
     there, or `--configured SYSTEM` (docs/deployments.md). Unknown top-level parameters are
     refused by the API (409).
     """
