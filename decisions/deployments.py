@@ -145,16 +145,21 @@ def system_readiness(
     pool_env: Mapping[str, str],
     saved_blocks: Mapping[str, set[str]],
     assumed: set[str] | frozenset[str] = frozenset(),
+    deployment_env: Mapping[str, str] | None = None,
 ) -> Readiness:
     """Is `system` configured for a deployment with these parameters on a work pool whose job
     environment is `pool_env`? `saved_blocks` maps a block type slug to the saved names;
-    `assumed` are systems the operator says the workers' own environment configures."""
+    `assumed` are systems the operator says the workers' own environment configures;
+    `deployment_env` the deployment's own job variables' `env`, which override the pool's."""
     spec = SYSTEMS[system]
     saved = saved_blocks.get(spec.block_type, set())
     named = [
         (f"parameter {p}", str(parameters[p])) for p in spec.block_parameters if parameters.get(p)
     ]
-    if pool_env.get(spec.block_variable):
+    own = deployment_env or {}
+    if own.get(spec.block_variable):
+        named.append((f"job variable {spec.block_variable}", own[spec.block_variable]))
+    elif pool_env.get(spec.block_variable):
         named.append((f"work pool variable {spec.block_variable}", pool_env[spec.block_variable]))
     if named:
         where, block = named[0]
@@ -168,6 +173,8 @@ def system_readiness(
             f"(saved: {listing})",
         )
     for variable in spec.settings_variables:
+        if own.get(variable):
+            return Readiness(system, True, f"job variable {variable}")
         if pool_env.get(variable):
             return Readiness(system, True, f"work pool variable {variable}")
     if system in assumed:
@@ -187,6 +194,7 @@ def deployment_readiness(
     pool_env: Mapping[str, str],
     saved_blocks: Mapping[str, set[str]],
     assumed: set[str] | frozenset[str] = frozenset(),
+    deployment_env: Mapping[str, str] | None = None,
 ) -> list[Readiness]:
     """One `Readiness` per system the deployment needs (none for an unknown deployment). A
     fleet deployment (`targets` set) gets the systems of FLEET_SYSTEMS from each target's
@@ -201,7 +209,7 @@ def deployment_readiness(
             "PERFOPS_FLEET_FILE or the fleet_file parameter names the file)",
         )
         if s in by_fleet
-        else system_readiness(s, parameters, pool_env, saved_blocks, assumed)
+        else system_readiness(s, parameters, pool_env, saved_blocks, assumed, deployment_env)
         for s in REQUIREMENTS.get(deployment, ())
     ]
 
@@ -313,6 +321,48 @@ def schedule_active(
         state = "active" if server else "paused"
         return server, f"kept {state} as set on the server"
     return planned, None
+
+
+def match_schedules(
+    planned: list[str], server: list[tuple[str, bool]]
+) -> dict[str, tuple[bool, str | None]]:
+    """The state each of prefect.yaml's schedules (`planned`, by key: `cron 23 3 * * * UTC`)
+    had on the server before the deploy: {key: (active, the server's key when it differs)}.
+    A schedule is found by its key; a schedule an operator edited on the server (its cron or
+    time zone changed, so its key is no longer prefect.yaml's) is paired, in order, with a
+    prefect.yaml schedule found nowhere else, so a pause set with the edit is not lost when
+    `prefect deploy` puts prefect.yaml's timing back. Schedules found nowhere are left out
+    (new ones)."""
+    found: dict[str, tuple[bool, str | None]] = {
+        key: (active, None) for key, active in server if key in planned
+    }
+    edited = [(key, active) for key, active in server if key not in planned]
+    unmatched = [key for key in planned if key not in found]
+    for key, (old_key, active) in zip(unmatched, edited, strict=False):
+        found[key] = (active, old_key)
+    return found
+
+
+def deployment_paused(
+    planned: bool, server: bool | None, applied: bool | None, last_planned: bool | None = None
+) -> tuple[bool, str | None]:
+    """Whether the deployment ends paused. `planned` is prefect.yaml's `paused` (default
+    False) and `last_planned` what it said at the last `perfops deploy` (None if unknown);
+    `server` the deployment's `paused` before the deploy (None for a new one) and `applied`
+    what the last `perfops deploy` left (None if unknown). `prefect deploy` always un-pauses a
+    deployment, so one an operator paused (the toggle on its page in the UI, which stops every
+    schedule of it at once) is paused again, on every later deploy until the operator resumes
+    it or prefect.yaml's `paused` changes; with no record, a paused one stays paused.
+    Returns (paused, a note when the operator's state wins over prefect.yaml)."""
+    active, note = schedule_active(
+        not planned,
+        None if server is None else not server,
+        None if applied is None else not applied,
+        last_planned=None if last_planned is None else not last_planned,
+    )
+    if note is not None:
+        note = f"kept {'running' if active else 'paused'} as set on the server"
+    return not active, note
 
 
 def strict_schema(schema: Mapping[str, Any]) -> dict[str, Any]:

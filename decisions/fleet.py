@@ -37,6 +37,10 @@ from perfops.errors import ConfigurationError
 # digits and dashes only), concurrency limits and run names.
 TARGET_NAME = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+# A saved block's name as Prefect allows it (lowercase letters, digits, dashes), never empty: an
+# empty name is no name, and a flow given none loads PERFOPS_<SYSTEM>_BLOCK, PERFOPS_DSN or the
+# demo database instead: another database than the target's.
+BLOCK_NAME = r"^[a-z0-9-]+$"
 SYSTEMS = ("postgres", "prometheus", "redis", "archive")
 DEFAULT_MAX_PARALLEL = 4
 DEFAULT_MAX_PARALLEL_PER_CLUSTER = 2
@@ -49,6 +53,7 @@ FAILED_SHOWN = 3
 
 TargetName = Annotated[str, Field(pattern=TARGET_NAME)]
 LabelKey = Annotated[str, Field(pattern=LABEL)]
+BlockName = Annotated[str, Field(pattern=BLOCK_NAME)]
 System = Literal["postgres", "prometheus", "redis", "archive"]
 
 
@@ -70,7 +75,7 @@ class ScalingGroup(_Model):
         default=None, description="AWS region (default: AWS_REGION on the worker)."
     )
     endpoint_url: str | None = Field(default=None, description="Endpoint override (moto).")
-    credentials_block: str | None = Field(
+    credentials_block: BlockName | None = Field(
         default=None, description="prefect-aws AwsCredentials block (default: boto3's chain)."
     )
 
@@ -147,7 +152,7 @@ class Target(_Model):
         description="Short name (lowercase letters, digits, dashes): run names, tags, artifact "
         "keys and concurrency limits carry it."
     )
-    blocks: dict[System, str] = Field(
+    blocks: dict[System, BlockName] = Field(
         default_factory=dict,
         description="Saved block per system, e.g. {postgres: perfops-postgres-orders}.",
     )
@@ -227,12 +232,17 @@ class Discovery(_Model):
 
 
 def discovered_targets(
-    discovery: Discovery, block_names: Sequence[str], taken: Iterable[str]
+    discovery: Discovery,
+    block_names: Sequence[str],
+    taken: Iterable[str],
+    reserved: Iterable[str] = (ALL,),
 ) -> tuple[list[Target], list[str]]:
     """The targets `discovery` finds among the saved postgres `block_names`, and why any block
-    with the prefix was left out (its rest is no valid target name, or a target of the file or
-    an earlier discovery already has that name: the file wins)."""
+    with the prefix was left out (its rest is no valid target name, a target of the file or an
+    earlier discovery already has that name: the file wins, or it is `reserved`: `all` and the
+    file's fleets, which a run selecting that name would run instead of this one database)."""
     used = set(taken)
+    selections = set(reserved)
     found: list[Target] = []
     skipped: list[str] = []
     for block in sorted(block_names):
@@ -244,6 +254,13 @@ def discovered_targets(
             continue
         if name in used:
             skipped.append(f"{block}: a target {name!r} exists already")
+            continue
+        if name in selections:
+            skipped.append(
+                f"{block}: {name!r} names "
+                + ("every target" if name == ALL else f"the fleet {name!r}")
+                + f": a run selecting {name!r} would run that, not this database"
+            )
             continue
         used.add(name)
         found.append(
@@ -310,7 +327,10 @@ class Fleet(_Model):
         skipped: list[str] = []
         for discovery in self.discover:
             found, why = discovered_targets(
-                discovery, block_names, [t.name for t in (*self.targets, *added)]
+                discovery,
+                block_names,
+                [t.name for t in (*self.targets, *added)],
+                [ALL, *self.fleets],
             )
             added += found
             skipped += why
@@ -326,6 +346,10 @@ class Fleet(_Model):
     @field_validator("targets")
     @classmethod
     def _unique(cls, targets: list[Target]) -> list[Target]:
+        if any(t.name == ALL for t in targets):
+            raise ValueError(
+                f"a target may not be called {ALL!r}: a run selecting {ALL!r} runs every target"
+            )
         twice = sorted(n for n, c in Counter(t.name for t in targets).items() if c > 1)
         if twice:
             raise ValueError(f"target names must be unique: {', '.join(twice)} given twice")

@@ -1,15 +1,17 @@
 """`perfops deploy`: `prefect deploy --all` that keeps what operators set on the server.
 
-Around Prefect's own deploy it (1) keeps parameters and schedule states an operator changed in
-the UI or API (a three-way merge against what the last `perfops deploy` applied, recorded in a
-Prefect variable per deployment), (2) turns a schedule on only once the systems its deployment
-needs are configured (a block named by a parameter or the work pool's environment, or
+Around Prefect's own deploy it (1) keeps parameters, job variables, schedule states and a
+deployment's pause that an operator changed in the UI or API (a three-way merge against what the
+last `perfops deploy` applied, recorded in a Prefect variable per deployment), (2) turns a
+schedule on only once the systems its deployment needs are configured (a block named by a
+parameter, the deployment's job variables or the work pool's environment, or
 `--configured SYSTEM`), and (3) makes the API refuse unknown top-level parameters (409 with the
 name) instead of accepting them and crashing the run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -28,7 +30,9 @@ from decisions.deployments import (
     REQUIREMENTS,
     SYSTEMS,
     Readiness,
+    deployment_paused,
     deployment_readiness,
+    match_schedules,
     merge_parameters,
     schedule_active,
     strict_schema,
@@ -54,7 +58,10 @@ class Planned:
     parameters: dict[str, Any]
     schedules: list[str]
     yaml_active: list[bool]
+    yaml_paused: bool = False
+    job_variables: dict[str, Any] = field(default_factory=dict)
     created: bool = False
+    paused: bool = False
     active: list[bool] = field(default_factory=list)
     planned: list[bool] = field(default_factory=list)
     readiness: list[Readiness] = field(default_factory=list)
@@ -62,10 +69,15 @@ class Planned:
 
 
 def _schedule_key(schedule: dict[str, Any]) -> str:
+    """One schedule's timing, the same for prefect.yaml's and the server's spelling of it
+    (`interval: 600` in prefect.yaml is `600.0` on the server)."""
     inner = schedule.get("schedule", schedule)
     for kind in ("cron", "interval", "rrule"):
-        if inner.get(kind) is not None:
-            return f"{kind} {inner[kind]} {inner.get('timezone') or 'UTC'}"
+        value = inner.get(kind)
+        if value is not None:
+            if kind == "interval" and isinstance(value, int | float):
+                value = f"{float(value):g}"
+            return f"{kind} {value} {inner.get('timezone') or 'UTC'}"
     return json.dumps(inner, sort_keys=True)
 
 
@@ -78,7 +90,8 @@ def read_project(path: Path) -> list[Planned]:
     planned = []
     for entry in document.get("deployments") or []:
         flow = str(entry["entrypoint"]).rsplit(":", 1)[1]
-        pool = (entry.get("work_pool") or {}).get("name", "")
+        work_pool = entry.get("work_pool") or {}
+        pool = work_pool.get("name", "")
         planned.append(
             Planned(
                 name=entry["name"],
@@ -87,6 +100,8 @@ def read_project(path: Path) -> list[Planned]:
                 parameters=entry.get("parameters") or {},
                 schedules=[_schedule_key(s) for s in entry.get("schedules") or []],
                 yaml_active=[bool(s.get("active", True)) for s in entry.get("schedules") or []],
+                yaml_paused=bool(entry.get("paused", False)),
+                job_variables=work_pool.get("job_variables") or {},
             )
         )
     return planned
@@ -222,10 +237,33 @@ def _apply(
         item.parameters,
         server,
     )
-    item.readiness = deployment_readiness(item.name, merged, pool_env, saved, assumed)
+    # Job variables set on the deployment (its Edit page in the UI: `env` names a block for
+    # this deployment only) are kept the same way: prefect deploy resets them to prefect.yaml's,
+    # and the run then took the work pool's block, another database.
+    job_records = (record or {}).get("job_variables") or {}
+    server_jobs = before.get("job_variables") or {} if before else None
+    job_variables, _ = merge_parameters(
+        job_records.get("yaml"), job_records.get("applied"), item.job_variables, server_jobs
+    )
+    # The notes name the values; a secret an operator put there is shown as a hash of it.
+    _, job_notes = merge_parameters(
+        _masked(job_records.get("yaml")),
+        _masked(job_records.get("applied")),
+        _masked(item.job_variables) or {},
+        _masked(server_jobs),
+    )
+    item.notes += [f"job variables: {redact(note)}" for note in job_notes]
+    env = job_variables.get("env")
+    own_env = (
+        {str(k): str(v) for k, v in env.items() if v is not None} if isinstance(env, dict) else {}
+    )
+    item.readiness = deployment_readiness(item.name, merged, pool_env, saved, assumed, own_env)
     ready = all(r.configured for r in item.readiness)
     gated = bool(REQUIREMENTS.get(item.name))
-    previous = {_schedule_key(s): s.get("active") for s in (before or {}).get("schedules", [])}
+    previous = match_schedules(
+        item.schedules,
+        [(_schedule_key(s), bool(s.get("active"))) for s in (before or {}).get("schedules", [])],
+    )
     applied = (record or {}).get("schedules") or {}
     last_planned = (record or {}).get("planned") or {}
     item.planned = []
@@ -233,15 +271,32 @@ def _apply(
     item.active = []
     for key, yaml_active in zip(item.schedules, item.yaml_active, strict=True):
         planned = ready if gated else yaml_active
+        server_active, edited = previous.get(key, (None, None))
+        # what the last deploy did to this schedule: under its key, else (prefect.yaml changed
+        # its timing since) under the key of the server's schedule it replaces
+        was = key if key in applied or edited is None else edited
         active, note = schedule_active(
-            planned, previous.get(key), applied.get(key), ready, last_planned.get(key)
+            planned, server_active, applied.get(was), ready, last_planned.get(was)
         )
+        if edited is not None:
+            item.notes.append(
+                f"schedule {key}: replaces {edited} set on the server (prefect.yaml's timing "
+                f"wins; its {'active' if server_active else 'paused'} state carries over)"
+            )
         item.planned.append(planned)
         if note:
             item.notes.append(f"schedule {key}: {note}")
         item.active.append(active)
         if not dry_run and key in current and current[key].get("active") != active:
             api.set_schedule(after["id"], current[key]["id"], active)  # type: ignore[index]
+    item.paused, note = deployment_paused(
+        item.yaml_paused,
+        before.get("paused", False) if before else None,
+        record.get("paused") if record else None,
+        record.get("planned_paused") if record else None,
+    )
+    if note:
+        item.notes.append(f"deployment: {note}")
     if dry_run or after is None:
         return
     api.update(
@@ -249,6 +304,9 @@ def _apply(
         {
             "parameters": merged,
             "parameter_openapi_schema": strict_schema(after["parameter_openapi_schema"]),
+            # prefect deploy un-paused it: an operator's pause (the UI's toggle) is put back
+            "paused": item.paused,
+            "job_variables": job_variables,
         },
     )
     api.save_record(
@@ -258,6 +316,9 @@ def _apply(
             "applied": merged,
             "schedules": dict(zip(item.schedules, item.active, strict=True)),
             "planned": dict(zip(item.schedules, item.planned, strict=True)),
+            "paused": item.paused,
+            "planned_paused": item.yaml_paused,
+            "job_variables": {"yaml": item.job_variables, "applied": job_variables},
         },
     )
 
@@ -292,10 +353,11 @@ def deploy(
 ) -> None:
     """Deploy prefect.yaml's deployments (prefect deploy) keeping what operators set.
 
-    Parameters and schedule states changed on the server since the last `perfops deploy` are
-    kept (a note says so; prefect.yaml wins where it changed the same value). A schedule starts
-    only once its deployment's systems are configured: a block named by a parameter or by
-    `PERFOPS_<SYSTEM>_BLOCK` in the work pool's environment, `PERFOPS_...` connection settings
+    Parameters, job variables, schedule states and a deployment's pause changed on the server
+    since the last `perfops deploy` are kept (a note says so; prefect.yaml wins where it
+    changed the same value). A schedule starts only once its deployment's systems are
+    configured: a block named by a parameter or by `PERFOPS_<SYSTEM>_BLOCK` in the
+    deployment's job variables or the work pool's environment, `PERFOPS_...` connection settings
     there, or `--configured SYSTEM` (docs/deployments.md). Unknown top-level parameters are
     refused by the API (409).
     """
@@ -357,6 +419,20 @@ def deploy(
 SECRET_MARKERS = ("DSN", "TOKEN", "PASSWORD", "SECRET", "KEY")
 
 
+def _masked(job_variables: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Job variables with each `env` value that is or names a secret replaced by a short hash
+    of it (two values stay apart, and the merge decides on them the same way)."""
+    if not job_variables or not isinstance(job_variables.get("env"), dict):
+        return job_variables
+    env = {
+        k: f"<hidden {hashlib.sha256(str(v).encode()).hexdigest()[:8]}>"
+        if any(m in str(k).upper() for m in SECRET_MARKERS) or carries_secret(str(v))
+        else v
+        for k, v in job_variables["env"].items()
+    }
+    return {**job_variables, "env": env}
+
+
 def _pool_updates(pairs: list[str]) -> dict[str, str]:
     """--pool-env NAME=VALUE pairs, refusing malformed ones and secrets (exit 2)."""
     updates: dict[str, str] = {}
@@ -403,7 +479,10 @@ def _report(chosen: list[Planned], dry_run: bool, as_json: bool) -> None:
     verb = "would deploy" if dry_run else "deployed"
     for item in chosen:
         states = ", ".join("on" if a else "off" for a in item.active)
-        out.print(f"{verb} {item.name}: " + (f"schedule {states}" if states else "no schedule"))
+        shown = f"schedule {states}" if states else "no schedule"
+        if item.paused:  # no schedule of a paused deployment runs, whatever its own state
+            shown = f"deployment paused ({shown})"
+        out.print(f"{verb} {item.name}: {shown}")
         for r in item.readiness:
             out.print(f"  {r.system}: {'ok, ' if r.configured else ''}{r.how}")
         for note in item.notes:

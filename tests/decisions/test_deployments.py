@@ -11,7 +11,9 @@ import yaml
 from decisions.deployments import (
     REQUIREMENTS,
     SYSTEMS,
+    deployment_paused,
     deployment_readiness,
+    match_schedules,
     merge_parameters,
     schedule_active,
     strict_schema,
@@ -257,3 +259,50 @@ def test_the_pull_step_reads_the_project_dir_at_run_time(tmp_path: Path) -> None
 def test_a_schedule_whose_systems_are_not_configured_stays_off_even_if_resumed() -> None:
     assert schedule_active(True, True, False, ready=False) == (False, None)
     assert schedule_active(True, None, None, ready=False) == (False, None)
+
+
+def test_a_deployment_the_operator_paused_stays_paused_until_they_resume_it() -> None:
+    assert deployment_paused(False, None, None) == (False, None)  # a new deployment
+    # no record (the first perfops deploy after a bare prefect deploy): a pause is kept
+    assert deployment_paused(False, True, None) == (True, "kept paused as set on the server")
+    # paused since the last deploy, and on every later deploy while prefect.yaml says the same
+    assert deployment_paused(False, True, False, False)[0] is True
+    assert deployment_paused(False, True, True, False)[0] is True
+    # resumed by the operator: running again
+    assert deployment_paused(False, False, True, False) == (False, None)
+    # prefect.yaml itself changed `paused`: it wins
+    assert deployment_paused(True, False, False, False) == (True, None)
+
+
+def test_a_schedule_edited_on_the_server_is_paired_with_the_one_it_was() -> None:
+    utc, paris = "cron 23 3 * * * UTC", "cron 23 3 * * * Europe/Paris"
+    assert match_schedules([utc], [(utc, False)]) == {utc: (False, None)}
+    assert match_schedules([utc], [(paris, False)]) == {utc: (False, paris)}
+    assert match_schedules([utc], []) == {}  # a new schedule
+    hourly = "cron 17 * * * * UTC"
+    # one found by its key, the other edited: each gets its own
+    assert match_schedules([hourly, utc], [(hourly, True), (paris, False)]) == {
+        hourly: (True, None),
+        utc: (False, paris),
+    }
+
+
+def test_a_deployments_own_job_variable_names_its_block_over_the_pools() -> None:
+    saved = {"perfops-postgres-target": {"orders", "shared"}}
+    pool = {"PERFOPS_POSTGRES_BLOCK": "shared"}
+    [ready] = deployment_readiness(
+        "refresh_stale_statistics",
+        {},
+        pool,
+        saved,
+        deployment_env={"PERFOPS_POSTGRES_BLOCK": "orders"},
+    )
+    assert ready.configured and ready.how == "block 'orders' (job variable PERFOPS_POSTGRES_BLOCK)"
+    [missing] = deployment_readiness(
+        "refresh_stale_statistics",
+        {},
+        pool,
+        saved,
+        deployment_env={"PERFOPS_POSTGRES_BLOCK": "typo"},
+    )
+    assert not missing.configured and "job variable PERFOPS_POSTGRES_BLOCK names" in missing.how

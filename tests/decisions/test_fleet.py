@@ -154,6 +154,16 @@ def test_a_selection_that_selects_nothing_says_why(
             FLEET.replace("{postgres: perfops-postgres-billing}", "{mysql: x}"),
             "fleet.yaml line 8, targets[1].blocks.mysql: Input should be 'postgres'",
         ),
+        # an empty block name is no name: the child loaded PERFOPS_POSTGRES_BLOCK (or
+        # PERFOPS_DSN, or the demo database) and ANALYZEd that database, reported done
+        (
+            FLEET.replace("{postgres: perfops-postgres-billing}", '{postgres: ""}'),
+            "fleet.yaml line 8, targets[1].blocks.postgres: String should match pattern",
+        ),
+        (
+            FLEET.replace("{postgres: perfops-postgres-billing}", "{postgres: Billing DB}"),
+            "fleet.yaml line 8, targets[1].blocks.postgres: String should match pattern",
+        ),
         (FLEET.replace("max_parallel: 3", "max_parallel: 0"), "line 1, max_parallel: Input"),
         (
             FLEET.replace("targets: [billing, orders]", "targets: [billing, shop]"),
@@ -266,6 +276,31 @@ def test_discovery_makes_a_target_per_saved_block_with_the_prefix() -> None:
         "perfops-postgres-eu-Orders: a target 'orders' exists already",
         "perfops-postgres-eu-a_b: 'a_b' is no target name (lowercase letters, digits, -)",
     ]
+
+
+def test_no_target_takes_the_name_of_a_fleet_or_all() -> None:
+    # A saved block perfops-postgres-staging (the staging database) became the target
+    # "staging" beside the fleet "staging" (every env=staging target): `--fleet staging` ran
+    # the fleet, `targets: [staging]` the one database. The file refuses a fleet named like a
+    # listed target; a discovered one, or a target called "all", went through.
+    fleet = parse_fleet(
+        "targets:\n  - {name: orders, blocks: {postgres: perfops-postgres-orders}}\n"
+        "discover:\n  - block_prefix: perfops-postgres-\n"
+        "fleets:\n  staging: {labels: {env: staging}}\n",
+        "fleet.yaml",
+    )
+    grown, skipped = fleet.with_discovered(
+        ["perfops-postgres-staging", "perfops-postgres-all", "perfops-postgres-billing"]
+    )
+    assert names(grown.targets) == ["orders", "billing"]
+    assert skipped == [
+        "perfops-postgres-all: 'all' names every target: a run selecting 'all' would run that, "
+        "not this database",
+        "perfops-postgres-staging: 'staging' names the fleet 'staging': a run selecting "
+        "'staging' would run that, not this database",
+    ]
+    with pytest.raises(ConfigurationError, match="line 2, targets: Value error, a target may not"):
+        parse_fleet("targets:\n  - {name: all, blocks: {postgres: perfops-postgres-a}}\n", "f")
 
 
 def test_a_fleet_may_only_discover_but_must_have_targets_somehow() -> None:
