@@ -356,7 +356,6 @@ class ForecastPolicy:
             step=step.to_pytimedelta(),
             max_step=env.max_inst,
             scale_in_cooldown=timedelta(0),
-            collapse_fraction=0.0,  # a replayed trace's drops are real load (and so benchmarked)
         )
         settings.update(self.overrides)
         self.policy = ScalingPolicy(**settings)
