@@ -32,6 +32,7 @@ from tasks.cache_keys import (
 )
 from tests.caches.conftest import client_for
 from tests.servers.ports import free_port
+from tests.servers.redis_cluster import start_private_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = load_policy(ROOT / "deployments" / "caches.yaml")
@@ -366,25 +367,6 @@ def test_redis_errors_are_one_line_naming_the_server() -> None:
         invalidate_pattern.fn(target, "a:*", OPTIONS, apply=False, max_keys=1, force=False)
 
 
-def _start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
-    """A private redis-server that keeps its keys across a restart (RDB on shutdown)."""
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            redis.Redis(port=port).ping()
-            return server
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                server.kill()
-                raise
-            time.sleep(0.01)
-
-
 def test_a_redis_restarted_during_the_scan_is_scanned_again_not_reported_done(
     tmp_path: Path,
 ) -> None:
@@ -393,7 +375,7 @@ def test_a_redis_restarted_during_the_scan_is_scanned_again_not_reported_done(
     keys, from the first pages, were gone). Another pass drops the rest; a server that restarts
     during every pass fails the step saying so."""
     port = free_port()
-    servers = [_start_redis(port, tmp_path)]
+    servers = [start_private_redis(port, tmp_path)]
     restarter: threading.Thread | None = None
     try:
         client = redis.Redis(port=port)
@@ -409,7 +391,7 @@ def test_a_redis_restarted_during_the_scan_is_scanned_again_not_reported_done(
             with contextlib.suppress(redis.ConnectionError):
                 redis.Redis(port=port).shutdown(save=True)
             servers[-1].wait(timeout=20)
-            servers.append(_start_redis(port, tmp_path))
+            servers.append(start_private_redis(port, tmp_path))
 
         restarter = threading.Thread(target=restart)
         restarter.start()
@@ -444,7 +426,7 @@ def test_a_redis_restarted_during_a_tags_sscan_is_scanned_again_not_reported_don
     """The tag's SSCAN cursor means nothing to a restarted server either: the members it had
     not reached stayed listed, their keys in Redis, and the run said `dropped`."""
     port = free_port()
-    servers = [_start_redis(port, tmp_path)]
+    servers = [start_private_redis(port, tmp_path)]
     restarter: threading.Thread | None = None
     try:
         client = redis.Redis(port=port)
@@ -462,7 +444,7 @@ def test_a_redis_restarted_during_a_tags_sscan_is_scanned_again_not_reported_don
             with contextlib.suppress(redis.ConnectionError):
                 redis.Redis(port=port).shutdown(save=True)
             servers[-1].wait(timeout=20)
-            servers.append(_start_redis(port, tmp_path))
+            servers.append(start_private_redis(port, tmp_path))
 
         restarter = threading.Thread(target=restart)
         restarter.start()

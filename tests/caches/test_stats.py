@@ -26,7 +26,7 @@ from tasks.cache_stats import STATE_KEY
 from tests.caches.conftest import client_for
 from tests.records import artifact_rows, failed_run, latest_artifact, one_target, wait_for_event
 from tests.servers.ports import free_port
-from tests.servers.redis_cluster import REDIS_SERVER
+from tests.servers.redis_cluster import REDIS_SERVER, start_private_redis
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -167,24 +167,7 @@ def test_a_redis_restarted_since_the_last_sample_is_said_so_even_with_counters_p
     server's run_id tells."""
     port = free_port()
 
-    def start() -> subprocess.Popen[bytes]:
-        server = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(tmp_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                redis.Redis(port=port).ping()
-                return server
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    server.kill()
-                    raise
-                time.sleep(0.01)
-
-    servers = [start()]
+    servers = [start_private_redis(port, tmp_path)]
     try:
         monkeypatch.setenv("PERFOPS_REDIS_URL", f"redis://127.0.0.1:{port}/0")
         client = redis.Redis(port=port)
@@ -196,7 +179,7 @@ def test_a_redis_restarted_since_the_last_sample_is_said_so_even_with_counters_p
         sampled = json.loads(client.hget(STATE_KEY, first.nodes[0].node) or "{}")  # type: ignore[arg-type]
         client.shutdown(save=True)
         servers[0].wait(timeout=20)
-        servers.append(start())
+        servers.append(start_private_redis(port, tmp_path))
         client = redis.Redis(port=port)
         for _ in range(400):  # more hits and misses than before the restart
             client.get("user:1:profile:p")

@@ -26,6 +26,26 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 
 
+def start_private_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
+    """A private redis-server on `port` that keeps its keys in `folder` across a restart (an
+    RDB written on SHUTDOWN SAVE, none on its own), once it answers PING."""
+    server = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            redis.Redis(port=port).ping()
+            return server
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                server.kill()
+                raise
+            time.sleep(0.01)
+
+
 def _bindable(port: int) -> bool:
     with socket.socket() as s:
         try:
