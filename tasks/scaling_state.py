@@ -51,7 +51,10 @@ def group_lock(target: RedisTarget, group: str, ttl_s: int = LOCK_TTL_S) -> Iter
                 f"another scaling run holds the lock of group {group!r}: this run skips "
                 "(one decision per group at a time)"
             )
-    except redis.RedisError as exc:
+    except (redis.RedisError, LockBusy) as exc:
+        client.close()  # a skipped run leaves no connection behind (one per run, every 10 min)
+        if isinstance(exc, LockBusy):
+            raise
         raise _down(target, exc) from exc
     try:
         yield

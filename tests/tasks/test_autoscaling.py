@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, time
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+import redis
 
 from blocks import RedisTarget
 from decisions.scaling_policy import ScalingState, Schedule, ScheduleWindow, schedule_actions
@@ -27,6 +29,8 @@ from tasks.autoscaling import (
 )
 from tasks.scaling_state import group_lock, load_state, read_history, save_state
 from tests.servers import MotoServer
+from tests.servers.ports import free_port
+from tests.servers.redis_cluster import start_private_redis
 
 
 @pytest.fixture()
@@ -344,3 +348,32 @@ def test_a_changed_bound_is_named_in_the_reason(asg: Any) -> None:
         None,
         "different on the group: min 1 on the group, 2 wanted",
     ]
+
+
+def _clients(probe: redis.Redis) -> int:
+    info: dict[str, Any] = probe.info("clients")  # type: ignore[assignment]
+    return int(info["connected_clients"])
+
+
+def test_a_run_the_lock_turns_away_leaves_no_connection_behind(tmp_path: Path) -> None:
+    """A skipped run (another holds the group's lock) closes its Redis connection: each one
+    left a connection open, one per skipped run every 10 minutes (a private redis-server, so
+    its client count is this test's alone)."""
+    port = free_port()
+    server = start_private_redis(port, tmp_path)
+    try:
+        target = RedisTarget(url=f"redis://127.0.0.1:{port}/0")
+        probe = redis.Redis(port=port)
+        busy: list[LockBusy] = []  # kept, as a caller's logs and retries may keep them
+        with group_lock(target, "web"):
+            before = _clients(probe)
+            for _ in range(10):
+                with pytest.raises(LockBusy) as caught, group_lock(target, "web"):
+                    pass
+                busy.append(caught.value)
+            after = _clients(probe)
+        assert after == before, (before, after)
+        probe.close()
+    finally:
+        server.kill()
+        server.wait(timeout=20)
