@@ -4,7 +4,6 @@ then a re-run, and a real L1 subscriber process."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -32,7 +31,7 @@ from tasks.cache_keys import (
 )
 from tests.caches.conftest import client_for
 from tests.servers.ports import free_port
-from tests.servers.redis_cluster import start_private_redis
+from tests.servers.redis_cluster import restart_private_redis, start_private_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = load_policy(ROOT / "deployments" / "caches.yaml")
@@ -388,10 +387,7 @@ def test_a_redis_restarted_during_the_scan_is_scanned_again_not_reported_done(
 
         def restart() -> None:  # during the count (200 SCAN calls, 10 ms apart)
             time.sleep(0.3)
-            with contextlib.suppress(redis.ConnectionError):
-                redis.Redis(port=port).shutdown(save=True)
-            servers[-1].wait(timeout=20)
-            servers.append(start_private_redis(port, tmp_path))
+            restart_private_redis(servers, port, tmp_path)
 
         restarter = threading.Thread(target=restart)
         restarter.start()
@@ -441,10 +437,7 @@ def test_a_redis_restarted_during_a_tags_sscan_is_scanned_again_not_reported_don
         def restart() -> None:  # once the drop is under way
             while int(redis.Redis(port=port).scard("tag:department:ops")) > 45_000:  # type: ignore[arg-type]
                 time.sleep(0.001)
-            with contextlib.suppress(redis.ConnectionError):
-                redis.Redis(port=port).shutdown(save=True)
-            servers[-1].wait(timeout=20)
-            servers.append(start_private_redis(port, tmp_path))
+            restart_private_redis(servers, port, tmp_path)
 
         restarter = threading.Thread(target=restart)
         restarter.start()

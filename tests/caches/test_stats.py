@@ -26,7 +26,11 @@ from tasks.cache_stats import STATE_KEY
 from tests.caches.conftest import client_for
 from tests.records import artifact_rows, failed_run, latest_artifact, one_target, wait_for_event
 from tests.servers.ports import free_port
-from tests.servers.redis_cluster import REDIS_SERVER, start_private_redis
+from tests.servers.redis_cluster import (
+    REDIS_SERVER,
+    restart_private_redis,
+    start_private_redis,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -177,9 +181,7 @@ def test_a_redis_restarted_since_the_last_sample_is_said_so_even_with_counters_p
         first = one_target(collect_cache_stats)
         assert "first sample" in first.nodes[0].note
         sampled = json.loads(client.hget(STATE_KEY, first.nodes[0].node) or "{}")  # type: ignore[arg-type]
-        client.shutdown(save=True)
-        servers[0].wait(timeout=20)
-        servers.append(start_private_redis(port, tmp_path))
+        restart_private_redis(servers, port, tmp_path)
         client = redis.Redis(port=port)
         for _ in range(400):  # more hits and misses than before the restart
             client.get("user:1:profile:p")

@@ -11,6 +11,7 @@ create` returns before every node agrees the cluster is ok, so `start()` waits f
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import socket
@@ -44,6 +45,16 @@ def start_private_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
                 server.kill()
                 raise
             time.sleep(0.01)
+
+
+def restart_private_redis(servers: list[subprocess.Popen[bytes]], port: int, folder: Path) -> None:
+    """Restart the private redis-server `servers[-1]` keeping its keys (SHUTDOWN SAVE, then
+    `start_private_redis` again); the new process is appended to `servers`, so a test's
+    cleanup stops whichever runs."""
+    with contextlib.suppress(redis.ConnectionError):
+        redis.Redis(port=port).shutdown(save=True)
+    servers[-1].wait(timeout=20)
+    servers.append(start_private_redis(port, folder))
 
 
 def _bindable(port: int) -> bool:
